@@ -1,0 +1,4 @@
+//! Subcommand implementations behind `src/main.rs` (parsing lives in main.rs; logic lives here).
+
+pub mod convert;
+pub mod inspect;

@@ -1,0 +1,30 @@
+//! Library error type: every variant names the file, key, tensor or value that is wrong.
+
+use std::path::PathBuf;
+
+/// Errors returned by the arbor library (the CLI wraps them in `anyhow`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration file (HF `config.json`, run TOML) has a missing, malformed or invalid key.
+    #[error("{file}: key `{key}`: {msg}")]
+    Config { file: PathBuf, key: String, msg: String },
+    /// A checkpoint tensor is missing, has the wrong shape or an unsupported dtype.
+    #[error("{file}: tensor `{tensor}`: {msg}")]
+    Checkpoint { file: PathBuf, tensor: String, msg: String },
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A value outside what the operation supports (batch too large, token id out of range, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wrap an `std::io::Error` with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

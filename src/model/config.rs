@@ -1,0 +1,238 @@
+//! Model hyper-parameters, read from (and written back to) a Hugging Face `config.json`.
+
+use crate::error::{Error, Result};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// Which HF architecture family a model belongs to (decides names in `config.json` and q/k/v biases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `Qwen2ForCausalLM`: q/k/v projections carry biases.
+    Qwen2,
+    /// `LlamaForCausalLM`: no biases (unless `attention_bias = true`).
+    Llama,
+}
+
+/// Decoder-only transformer shape. Letters used in shape comments across the crate:
+/// C = hidden_size, I = intermediate_size, L = num_layers, H = num_heads, KV = num_kv_heads,
+/// D = head_dim, V = vocab_size, N = tokens in a packed batch, T = length of one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections have biases (Qwen2: always; LLaMA: `attention_bias`).
+    pub qkv_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Width of the fused q|k|v projection output: (H + 2·KV)·D.
+    pub fn qkv_dim(&self) -> usize {
+        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+    }
+
+    /// Width of the attention output before o_proj: H·D.
+    pub fn attn_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Number of parameters (tied embeddings counted once).
+    pub fn num_params(&self) -> usize {
+        crate::model::params::ParamLayout::new(self).total()
+    }
+
+    /// Check internal consistency; `file` names the source in the error.
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::Config { file: file.into(), key: key.into(), msg });
+        for (key, v) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive".into());
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads = {}",
+                    self.num_kv_heads, self.num_heads
+                ),
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            return bad("head_dim", format!("{} must be even for RoPE", self.head_dim));
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return bad("rms_norm_eps", format!("{} must be positive", self.rms_norm_eps));
+        }
+        if !(self.rope_theta > 0.0) {
+            return bad("rope_theta", format!("{} must be positive", self.rope_theta));
+        }
+        Ok(())
+    }
+
+    /// Parse an HF `config.json` file.
+    pub fn from_hf_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            file: path.into(),
+            key: "<json>".into(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_hf_json(&value, path)
+    }
+
+    /// Parse an HF `config.json` already read into a JSON value; `file` is used in errors.
+    pub fn from_hf_json(v: &Value, file: &Path) -> Result<Self> {
+        let obj = v.as_object().ok_or_else(|| Error::Config {
+            file: file.into(),
+            key: "<root>".into(),
+            msg: "expected a JSON object".into(),
+        })?;
+        let err = |key: &str, msg: &str| Error::Config { file: file.into(), key: key.into(), msg: msg.into() };
+        let req_usize = |key: &str| -> Result<usize> {
+            let x = obj.get(key).ok_or_else(|| err(key, "missing (required)"))?;
+            x.as_u64().map(|n| n as usize).ok_or_else(|| err(key, &format!("expected a non-negative integer, got {x}")))
+        };
+        let opt_usize = |key: &str| -> Result<Option<usize>> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| err(key, &format!("expected a non-negative integer, got {x}"))),
+            }
+        };
+        let opt_f64 = |key: &str, default: f64| -> Result<f64> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => x.as_f64().ok_or_else(|| err(key, &format!("expected a number, got {x}"))),
+            }
+        };
+        let opt_bool = |key: &str, default: bool| -> Result<bool> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => x.as_bool().ok_or_else(|| err(key, &format!("expected true/false, got {x}"))),
+            }
+        };
+        let model_type = obj.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let archs: Vec<&str> = obj
+            .get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let arch = if model_type == "qwen2" || archs.contains(&"Qwen2ForCausalLM") {
+            Arch::Qwen2
+        } else if model_type == "llama" || archs.contains(&"LlamaForCausalLM") {
+            Arch::Llama
+        } else {
+            return Err(err(
+                "model_type",
+                &format!("unsupported model_type {model_type:?} (supported: \"qwen2\", \"llama\")"),
+            ));
+        };
+        if let Some(Value::Object(rs)) = obj.get("rope_scaling") {
+            let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("?");
+            if kind != "default" {
+                return Err(err("rope_scaling", &format!("rope_type {kind:?} is not supported (only default RoPE)")));
+            }
+        }
+        if opt_bool("mlp_bias", false)? {
+            return Err(err("mlp_bias", "MLP biases are not supported"));
+        }
+        let hidden_size = req_usize("hidden_size")?;
+        let num_heads = req_usize("num_attention_heads")?;
+        let num_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        let head_dim = match opt_usize("head_dim")? {
+            Some(d) => d,
+            None if num_heads > 0 && hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => return Err(err("head_dim", "missing and hidden_size is not divisible by num_attention_heads")),
+        };
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Array(a)) => Ok(a.first().and_then(Value::as_u64).map(|n| n as u32)),
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| Some(n as u32))
+                    .ok_or_else(|| err(key, &format!("expected a token id, got {x}"))),
+            }
+        };
+        let cfg = ModelConfig {
+            arch,
+            hidden_size,
+            intermediate_size: req_usize("intermediate_size")?,
+            num_layers: req_usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: opt_f64("rms_norm_eps", 1e-6)?,
+            rope_theta: opt_f64("rope_theta", 10000.0)?,
+            vocab_size: req_usize("vocab_size")?,
+            max_position_embeddings: req_usize("max_position_embeddings")?,
+            tie_word_embeddings: opt_bool("tie_word_embeddings", false)?,
+            qkv_bias: match arch {
+                Arch::Qwen2 => true,
+                Arch::Llama => opt_bool("attention_bias", false)?,
+            },
+            bos_token_id: token_id("bos_token_id")?,
+            eos_token_id: token_id("eos_token_id")?,
+        };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// The HF `config.json` contents for this model (loadable by transformers).
+    pub fn to_hf_json(&self) -> Value {
+        let mut m = Map::new();
+        let (arch_name, model_type) = match self.arch {
+            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+            Arch::Llama => ("LlamaForCausalLM", "llama"),
+        };
+        m.insert("architectures".into(), json!([arch_name]));
+        m.insert("model_type".into(), json!(model_type));
+        m.insert("hidden_size".into(), json!(self.hidden_size));
+        m.insert("intermediate_size".into(), json!(self.intermediate_size));
+        m.insert("num_hidden_layers".into(), json!(self.num_layers));
+        m.insert("num_attention_heads".into(), json!(self.num_heads));
+        m.insert("num_key_value_heads".into(), json!(self.num_kv_heads));
+        m.insert("head_dim".into(), json!(self.head_dim));
+        m.insert("hidden_act".into(), json!("silu"));
+        m.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
+        m.insert("rope_theta".into(), json!(self.rope_theta));
+        m.insert("vocab_size".into(), json!(self.vocab_size));
+        m.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
+        m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        m.insert("torch_dtype".into(), json!("float32"));
+        if self.arch == Arch::Llama {
+            m.insert("attention_bias".into(), json!(self.qkv_bias));
+            m.insert("mlp_bias".into(), json!(false));
+        }
+        if let Some(b) = self.bos_token_id {
+            m.insert("bos_token_id".into(), json!(b));
+        }
+        if let Some(e) = self.eos_token_id {
+            m.insert("eos_token_id".into(), json!(e));
+        }
+        Value::Object(m)
+    }
+}
