@@ -1,23 +1,51 @@
 //! `arbor sim ...` subcommands (parsed by the `arbor` binary, executed here).
 
+use crate::report;
+use crate::run::{options_log, run_scenario};
+use crate::scenario::Scenario;
+use anyhow::{Context, Result};
 use clap::Subcommand;
+use std::path::PathBuf;
 
 /// Simulator subcommands.
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
-    /// Run one scenario file.
+    /// Run one scenario file: every policy, a comparison table (or JSON), optional CSV and PNG plots.
     Run {
         /// Scenario TOML file.
         #[arg(long)]
-        scenario: std::path::PathBuf,
+        scenario: PathBuf,
+        /// Seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Write CSV, JSON and PNG plots into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
 /// Execute a simulator subcommand.
-pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
+pub fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
-        SimCommand::Run { scenario } => {
-            anyhow::bail!("arbor sim run {}: the simulator is not yet available", scenario.display())
+        SimCommand::Run { scenario, seed, json, out } => {
+            let sc = Scenario::load(&scenario)?;
+            let seed = seed.unwrap_or(sc.seed);
+            eprintln!("{}", options_log(&sc, seed));
+            let r = run_scenario(&sc, seed).with_context(|| format!("scenario {}", scenario.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", report::table(&r));
+            }
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::write(dir.join("results.csv"), report::csv(&r))?;
+                std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&r)?)?;
+            }
+            Ok(())
         }
     }
 }

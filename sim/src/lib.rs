@@ -1,3 +1,16 @@
 //! arbor-sim: deterministic discrete-event simulator of RL training clusters.
+//!
+//! A scenario is a pure function of (scenario file, seed): see [`run::run_scenario`].
 
 pub mod cli;
+pub mod control;
+pub mod cost;
+pub mod dist;
+pub mod engine;
+pub mod event;
+pub mod metrics;
+pub mod report;
+pub mod run;
+pub mod rng;
+pub mod scenario;
+pub mod worker;

@@ -1,0 +1,395 @@
+//! Step control: launching prompts, batch cutoff, async budget and staleness, training, weight sync.
+
+use crate::engine::{GroupState, Phase, Sim};
+use crate::event::{ns_from_s, s_from_ns, Event};
+use crate::scenario::{Dispatch, Mode, Placement};
+
+impl<'a> Sim<'a> {
+    /// Kick off the run.
+    pub fn start(&mut self) {
+        if self.sc.steps == 0 {
+            self.finished = true;
+            return;
+        }
+        match self.pol.mode {
+            Mode::Sync => self.start_step(0),
+            _ => self.maybe_launch(),
+        }
+    }
+
+    fn ledger(&mut self, prompt: u64, attempt: u32, what: u8) {
+        if let Some(l) = self.m.ledger.as_mut() {
+            l.push((prompt, attempt, what));
+        }
+    }
+
+    /// Launch one prompt group at the current policy version.
+    fn launch_group(&mut self) -> u32 {
+        let (prompt, attempt) = self.retry.pop_front().unwrap_or_else(|| {
+            self.next_prompt += 1;
+            (self.next_prompt - 1, 0)
+        });
+        self.ledger(prompt, attempt, 0);
+        let g = self.free_groups.pop().unwrap_or_else(|| {
+            self.groups.push(crate::engine::Group {
+                prompt: 0,
+                attempt: 0,
+                start_version: 0,
+                target: 0,
+                done: 0,
+                samples: Vec::new(),
+                pinned: None,
+                difficulty: 1.0,
+                state: GroupState::Free,
+            });
+            self.groups.len() as u32 - 1
+        });
+        let pinned = if self.pol.prompt_replication { None } else { Some(self.pick_worker()) };
+        let difficulty = self.difficulty(prompt);
+        let n = self.sc.workload.responses_per_prompt;
+        let grp = &mut self.groups[g as usize];
+        grp.prompt = prompt;
+        grp.attempt = attempt;
+        grp.start_version = self.version;
+        grp.target = n;
+        grp.done = 0;
+        grp.samples.clear();
+        grp.pinned = pinned;
+        grp.difficulty = difficulty;
+        grp.state = GroupState::Live;
+        self.live_groups.push(g);
+        self.live_count += 1;
+        for idx in 0..n + self.pol.group_size_redundancy {
+            self.new_sample(g, idx);
+        }
+        g
+    }
+
+    /// Synchronous mode: begin step `s` (resume paused groups, launch ⌈η·P⌉ + redundant groups).
+    fn start_step(&mut self, s: u32) {
+        self.step_start_ns = self.now;
+        self.step_groups.clear();
+        self.live_groups.clear();
+        self.barrier_expected = 0;
+        self.barrier_arrived.clear();
+        self.launching = true;
+        let p = self.sc.workload.prompts_per_step;
+        let target = (self.pol.tail_eta * p as f64).ceil() as u32 + self.pol.redundant_groups;
+        let paused = std::mem::take(&mut self.paused_groups);
+        for &g in &paused {
+            self.groups[g as usize].state = GroupState::Live;
+            self.live_groups.push(g);
+            self.live_count += 1;
+            let members = self.groups[g as usize].samples.clone();
+            for x in members {
+                self.resume(x);
+            }
+        }
+        let launched = paused.len() as u32;
+        for _ in launched..target.max(launched) {
+            self.launch_group();
+        }
+        self.launching = false;
+        self.check_barrier();
+        let _ = s;
+    }
+
+    fn resume(&mut self, s: u32) {
+        let x = &mut self.samples[s as usize];
+        if x.phase != Phase::Paused {
+            return;
+        }
+        x.lockstep = false;
+        x.tag = x.tag.wrapping_add(1);
+        match x.paused_phase {
+            Phase::Gen | Phase::Queued => {
+                x.prefill = x.ctx;
+                self.enqueue_gen(s)
+            }
+            Phase::Reward | Phase::WaitReward => self.sample_done(s),
+            Phase::Barrier if x.after_env => self.start_gen_turn(s),
+            _ => self.start_env(s),
+        }
+    }
+
+    /// A sample's response is complete (rewarded, or generated under batched rewards).
+    pub fn sample_done(&mut self, s: u32) {
+        let g = self.samples[s as usize].group;
+        self.samples[s as usize].phase = Phase::Done;
+        let grp = &mut self.groups[g as usize];
+        if grp.state != GroupState::Live {
+            return;
+        }
+        grp.done += 1;
+        if grp.done == grp.target {
+            self.group_complete(g);
+        }
+    }
+
+    fn group_complete(&mut self, g: u32) {
+        self.groups[g as usize].state = GroupState::Complete;
+        let members = self.groups[g as usize].samples.clone();
+        for s in members {
+            if self.samples[s as usize].phase != Phase::Done {
+                self.abort_sample(s);
+            }
+        }
+        match self.pol.mode {
+            Mode::Sync => {
+                self.step_groups.push(g);
+                if self.step_groups.len() as u32 == self.sc.workload.prompts_per_step {
+                    self.cutoff();
+                }
+            }
+            _ => {
+                self.buffer.push_back(g);
+                self.try_train();
+            }
+        }
+    }
+
+    /// Abort one sample (its tokens are wasted work).
+    pub fn abort_sample(&mut self, s: u32) {
+        let phase = self.samples[s as usize].phase;
+        if phase == Phase::Gen {
+            self.evict(s);
+        }
+        let x = &mut self.samples[s as usize];
+        if phase == Phase::Free {
+            return;
+        }
+        self.m.aborted_samples += 1;
+        self.m.aborted_tokens += x.resp_tokens;
+        x.tag = x.tag.wrapping_add(1);
+        x.phase = Phase::Free;
+        if x.lockstep {
+            x.lockstep = false;
+            if phase == Phase::Barrier {
+                self.barrier_arrived.retain(|&y| y != s);
+            }
+            self.leave_barrier();
+        }
+    }
+
+    fn pause_sample(&mut self, s: u32) {
+        let phase = self.samples[s as usize].phase;
+        if matches!(phase, Phase::Done | Phase::Free | Phase::Paused) {
+            return;
+        }
+        if phase == Phase::Gen {
+            self.evict(s);
+        }
+        self.m.paused_samples += 1;
+        let x = &mut self.samples[s as usize];
+        x.tag = x.tag.wrapping_add(1);
+        x.paused_phase = phase;
+        x.phase = Phase::Paused;
+    }
+
+    /// Abort a group; its prompt goes back to the pool with attempt + 1.
+    fn abort_group(&mut self, g: u32) {
+        let members = std::mem::take(&mut self.groups[g as usize].samples);
+        for &s in &members {
+            self.abort_sample(s);
+            self.free_samples.push(s);
+        }
+        let grp = &mut self.groups[g as usize];
+        grp.samples = members;
+        grp.samples.clear();
+        grp.state = GroupState::Free;
+        let (prompt, attempt) = (grp.prompt, grp.attempt);
+        self.ledger(prompt, attempt, 1);
+        self.retry.push_back((prompt, attempt + 1));
+        self.free_groups.push(g);
+        self.live_count -= 1;
+    }
+
+    /// Synchronous mode: P groups are complete; stop (abort or pause) the rest, then reward/train.
+    fn cutoff(&mut self) {
+        let live = std::mem::take(&mut self.live_groups);
+        for &g in &live {
+            match self.groups[g as usize].state {
+                GroupState::Live if self.pol.partial_rollout => {
+                    self.groups[g as usize].state = GroupState::Paused;
+                    let members = self.groups[g as usize].samples.clone();
+                    for s in members {
+                        self.pause_sample(s);
+                    }
+                    self.paused_groups.push(g);
+                    self.live_count -= 1;
+                }
+                GroupState::Live => self.abort_group(g),
+                _ => {}
+            }
+        }
+        self.barrier_expected = 0;
+        self.barrier_arrived.clear();
+        self.m.gen_phase_s += s_from_ns(self.now - self.step_start_ns);
+        let step = self.trained;
+        if self.pol.dispatch == Dispatch::Static {
+            let groups = self.step_groups.clone();
+            let mut lat: f64 = 0.0;
+            for g in groups {
+                for &s in &self.groups[g as usize].samples {
+                    if self.samples[s as usize].phase == Phase::Done {
+                        lat = lat.max(self.reward_latency_s(s));
+                    }
+                }
+            }
+            self.m.reward_phase_s += lat;
+            self.q.push(self.now + ns_from_s(lat), Event::RewardPhaseDone { step });
+        } else {
+            let groups = std::mem::take(&mut self.step_groups);
+            self.begin_train(step, groups);
+        }
+    }
+
+    /// Barrier-mode rewards are in; train.
+    pub fn reward_phase_done(&mut self, step: u32) {
+        let groups = std::mem::take(&mut self.step_groups);
+        self.begin_train(step, groups);
+    }
+
+    /// Consume `groups` for training step `step`.
+    fn begin_train(&mut self, step: u32, groups: Vec<u32>) {
+        let mut tokens = 0u64;
+        for g in groups {
+            let (sv, prompt, attempt) = {
+                let grp = &self.groups[g as usize];
+                (grp.start_version, grp.prompt, grp.attempt)
+            };
+            let staleness = step.saturating_sub(sv);
+            let members = std::mem::take(&mut self.groups[g as usize].samples);
+            for &s in &members {
+                let x = &mut self.samples[s as usize];
+                if x.phase == Phase::Done {
+                    tokens += x.ctx;
+                    self.m.consumed_samples += 1;
+                    self.m.consumed_response_tokens += x.resp_tokens;
+                    self.m.staleness(staleness);
+                }
+                x.phase = Phase::Free;
+                x.tag = x.tag.wrapping_add(1);
+                self.free_samples.push(s);
+            }
+            self.groups[g as usize].samples = members;
+            self.groups[g as usize].samples.clear();
+            self.groups[g as usize].state = GroupState::Free;
+            self.free_groups.push(g);
+            self.ledger(prompt, attempt, 2);
+            self.consumed_groups += 1;
+            self.live_count -= 1;
+        }
+        self.m.trained_tokens += tokens;
+        self.trainer_busy = true;
+        let t = self.now + ns_from_s(self.cost.train_s(tokens));
+        self.m.train_intervals.push((self.now, t));
+        self.q.push(t, Event::TrainDone { step });
+    }
+
+    /// Training of `step` finished: record it, then synchronise weights.
+    pub fn train_done(&mut self, step: u32) {
+        self.trainer_busy = false;
+        self.trained = step + 1;
+        self.m.step_end_ns.push(self.now);
+        if self.trained >= self.sc.steps {
+            self.finished = true;
+            return;
+        }
+        let sync_s = self.cost.sync_s;
+        self.m.sync_phase_s += sync_s;
+        if self.pol.mode != Mode::Sync {
+            // Interruptible generation: every inference worker pauses while new weights load.
+            for w in 0..self.workers.len() {
+                self.workers[w].stall(self.now, sync_s, &self.cost);
+                self.mark_dirty_pub(w as u32);
+            }
+        }
+        self.q.push(self.now + ns_from_s(sync_s), Event::SyncDone { version: step + 1 });
+        if self.pol.mode != Mode::Sync {
+            self.try_train();
+        }
+    }
+
+    /// New weights are served.
+    pub fn sync_done(&mut self, version: u32) {
+        self.version = version;
+        match self.pol.mode {
+            Mode::Sync => self.start_step(version),
+            _ => self.maybe_launch(),
+        }
+    }
+
+    /// Something finished on a worker: async rollout may refill.
+    pub fn after_capacity_freed(&mut self) {
+        if self.pol.mode != Mode::Sync {
+            self.maybe_launch();
+        }
+    }
+
+    /// Async: launch prompts while within the budget P·(version + 1) + ⌈α·P⌉ and the queues are short.
+    pub fn maybe_launch(&mut self) {
+        let p = self.sc.workload.prompts_per_step as u64;
+        let ahead = if self.alpha_steps == u32::MAX {
+            u64::MAX / 4
+        } else if self.pol.mode == Mode::Async {
+            (self.pol.alpha * p as f64).ceil() as u64
+        } else {
+            p * self.alpha_steps as u64
+        };
+        let allowed = (p * (self.version as u64 + 1)).saturating_add(ahead);
+        let n = (self.sc.workload.responses_per_prompt + self.pol.group_size_redundancy) as u64;
+        let queue_cap = self.workers.len() as u64 + n;
+        let mut guard = 0;
+        while self.consumed_groups + self.live_count < allowed && self.queued < queue_cap && guard < 1 << 20 {
+            self.launch_group();
+            guard += 1;
+        }
+    }
+
+    /// Async: train step `trained` once P fresh-enough groups are complete; abort stale ones.
+    pub fn try_train(&mut self) {
+        if self.trainer_busy || self.finished {
+            return;
+        }
+        let step = self.trained;
+        let min_version = step.saturating_sub(self.alpha_steps);
+        let mut stale = Vec::new();
+        self.buffer.retain(|&g| {
+            let fresh = self.groups[g as usize].start_version >= min_version;
+            if !fresh {
+                stale.push(g);
+            }
+            fresh
+        });
+        for g in stale {
+            self.groups[g as usize].state = GroupState::Live;
+            self.abort_group(g);
+        }
+        let p = self.sc.workload.prompts_per_step as usize;
+        if self.buffer.len() < p {
+            return;
+        }
+        let batch: Vec<u32> = self.buffer.drain(..p).collect();
+        // Older in-flight prompts can never be used: abort them (they are regenerated).
+        let live = std::mem::take(&mut self.live_groups);
+        let mut keep = Vec::with_capacity(live.len());
+        for g in live {
+            let grp = &self.groups[g as usize];
+            match grp.state {
+                GroupState::Live if grp.start_version < min_version => self.abort_group(g),
+                GroupState::Live => keep.push(g),
+                _ => {}
+            }
+        }
+        self.live_groups = keep;
+        self.begin_train(step, batch);
+        self.maybe_launch();
+    }
+
+    /// Mark a worker for event rescheduling (public for control code).
+    pub fn mark_dirty_pub(&mut self, w: u32) {
+        let _ = Placement::Colocated;
+        self.mark_dirty_inner(w);
+    }
+}

@@ -1,0 +1,189 @@
+//! Distributions for response lengths (tokens) and latencies (seconds), with their own samplers.
+//!
+//! Every distribution is clamped to `[min, max]` (generation is capped at the maximum length, so
+//! the long tail piles up at `max`, as in real RLVR runs).
+
+use crate::rng::Rng;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One weighted Gaussian component of a mixture.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    /// Relative weight (normalised over components).
+    pub weight: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation.
+    pub std: f64,
+}
+
+/// A distribution spec as written in a scenario file (`{ kind = "...", ... }`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Dist {
+    /// Always `value`.
+    Constant { value: f64 },
+    /// `median · exp(sigma · Z)`, clamped to `[min, max]`.
+    Lognormal {
+        median: f64,
+        sigma: f64,
+        #[serde(default)]
+        min: f64,
+        #[serde(default = "inf")]
+        max: f64,
+    },
+    /// `mean + std · Z`, clamped to `[min, max]` (default min 0).
+    Gaussian {
+        mean: f64,
+        std: f64,
+        #[serde(default)]
+        min: f64,
+        #[serde(default = "inf")]
+        max: f64,
+    },
+    /// Pareto type I: `scale · U^(-1/shape)`, clamped to `max`.
+    Pareto {
+        scale: f64,
+        shape: f64,
+        #[serde(default = "inf")]
+        max: f64,
+    },
+    /// Mixture of Gaussians, clamped to `[min, max]`.
+    GaussianMixture {
+        components: Vec<Component>,
+        #[serde(default)]
+        min: f64,
+        #[serde(default = "inf")]
+        max: f64,
+    },
+    /// Uniform draw from the numbers in one column of a CSV file (path relative to the scenario).
+    Empirical {
+        csv: String,
+        #[serde(default)]
+        column: usize,
+        #[serde(skip)]
+        values: Vec<f64>,
+    },
+}
+
+fn inf() -> f64 {
+    f64::INFINITY
+}
+
+impl Dist {
+    /// Sample one value.
+    pub fn sample(&self, rng: &mut Rng) -> f64 {
+        match self {
+            Dist::Constant { value } => *value,
+            Dist::Lognormal { median, sigma, min, max } => (median * (sigma * rng.normal()).exp()).clamp(*min, *max),
+            Dist::Gaussian { mean, std, min, max } => (mean + std * rng.normal()).clamp(*min, *max),
+            Dist::Pareto { scale, shape, max } => (scale * rng.uniform_open().powf(-1.0 / shape)).min(*max),
+            Dist::GaussianMixture { components, min, max } => {
+                let total: f64 = components.iter().map(|c| c.weight).sum();
+                let mut u = rng.uniform() * total;
+                let mut pick = &components[components.len() - 1];
+                for c in components {
+                    if u < c.weight {
+                        pick = c;
+                        break;
+                    }
+                    u -= c.weight;
+                }
+                (pick.mean + pick.std * rng.normal()).clamp(*min, *max)
+            }
+            Dist::Empirical { values, .. } => values[rng.below(values.len() as u64) as usize],
+        }
+    }
+
+    /// Check parameters and load CSV data; `key` names the scenario key for error messages.
+    pub fn prepare(&mut self, key: &str, base_dir: &Path) -> Result<()> {
+        let bad = |what: &str| -> Result<()> { bail!("{key}: {what}") };
+        match self {
+            Dist::Constant { value } if !(value.is_finite() && *value >= 0.0) => bad("value must be finite and >= 0"),
+            Dist::Lognormal { median, sigma, min, max } | Dist::Gaussian { mean: median, std: sigma, min, max }
+                if !(median.is_finite() && *sigma >= 0.0 && *min >= 0.0 && *max >= *min) =>
+            {
+                bad("need finite median/mean, sigma/std >= 0 and 0 <= min <= max")
+            }
+            Dist::Pareto { scale, shape, max } if !(*scale > 0.0 && *shape > 0.0 && *max >= *scale) => {
+                bad("pareto needs scale > 0, shape > 0, max >= scale")
+            }
+            Dist::GaussianMixture { components, min, max } => {
+                if components.is_empty() || components.iter().any(|c| c.weight < 0.0 || c.std < 0.0) {
+                    return bad("gaussian_mixture needs >= 1 component with weight >= 0 and std >= 0");
+                }
+                if components.iter().map(|c| c.weight).sum::<f64>() <= 0.0 || *min < 0.0 || max < min {
+                    return bad("gaussian_mixture needs positive total weight and 0 <= min <= max");
+                }
+                Ok(())
+            }
+            Dist::Empirical { csv, column, values } => {
+                let path = base_dir.join(&*csv);
+                *values = read_csv_column(&path, *column).with_context(|| format!("{key}: csv = {csv:?}"))?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Mean estimated from 20k draws of a fixed stream (used for reporting and bounds).
+    pub fn mean_estimate(&self) -> f64 {
+        let mut rng = Rng::new(0xD15);
+        let n = 20_000;
+        (0..n).map(|_| self.sample(&mut rng)).sum::<f64>() / n as f64
+    }
+}
+
+/// Read one numeric column of a CSV file; a non-numeric first row is taken as a header.
+pub fn read_csv_column(path: &Path, column: usize) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut values = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(cell) = line.split(',').nth(column) else {
+            bail!("{}:{}: no column {column}", path.display(), i + 1);
+        };
+        match cell.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => values.push(v),
+            Ok(_) => bail!("{}:{}: value {cell:?} must be finite and >= 0", path.display(), i + 1),
+            Err(_) if values.is_empty() && i == 0 => continue,
+            Err(_) => bail!("{}:{}: {cell:?} is not a number", path.display(), i + 1),
+        }
+    }
+    if values.is_empty() {
+        bail!("{}: no values in column {column}", path.display());
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lognormal_median_and_cap() {
+        let d = Dist::Lognormal { median: 100.0, sigma: 1.0, min: 0.0, max: 1000.0 };
+        let mut r = Rng::new(3);
+        let mut v: Vec<f64> = (0..20001).map(|_| d.sample(&mut r)).collect();
+        v.sort_by(f64::total_cmp);
+        assert!((v[10000] - 100.0).abs() < 5.0, "median {}", v[10000]);
+        assert_eq!(v[20000], 1000.0);
+    }
+
+    #[test]
+    fn parses_tagged_and_rejects_unknown_keys() {
+        #[derive(Deserialize)]
+        struct W {
+            d: Dist,
+        }
+        let w: W = toml::from_str("d = { kind = \"pareto\", scale = 2.0, shape = 1.5 }").unwrap();
+        assert!(matches!(w.d, Dist::Pareto { .. }));
+        assert!(toml::from_str::<W>("d = { kind = \"pareto\", scale = 2.0, shape = 1.5, bogus = 1 }").is_err());
+    }
+}

@@ -1,0 +1,680 @@
+//! The simulation core: state, event loop, inference dispatch and the trajectory life cycle.
+//!
+//! A trajectory (sample) alternates environment phases and generation turns:
+//! `env reset → gen 1 → env step → gen 2 → … → gen T → reward`. Step control (barriers,
+//! async budget, training, weight sync) lives in [`crate::control`].
+
+use crate::cost::CostModel;
+use crate::event::{ns_from_s, s_from_ns, Event, EventQueue, TimeNs, TraceHash};
+use crate::metrics::{summarize, Metrics, PolicyResult, RunInfo};
+use crate::rng::Rng;
+use crate::scenario::{Dispatch, Mode, Placement, Policy, Scenario};
+use crate::worker::Worker;
+use anyhow::{bail, Result};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+const PURPOSE_LENGTH: u64 = 1;
+const PURPOSE_TURNS: u64 = 2;
+const PURPOSE_ENV: u64 = 3;
+const PURPOSE_REWARD: u64 = 4;
+const PURPOSE_DIFFICULTY: u64 = 5;
+
+/// Where a sample is in its life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Free,
+    Env,
+    Queued,
+    Gen,
+    Barrier,
+    Reward,
+    WaitReward,
+    Done,
+    Paused,
+}
+
+/// One trajectory (one response of a prompt).
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub group: u32,
+    pub idx: u32,
+    /// Bumped on abort/pause/restart; events and queue entries carrying an old tag are ignored.
+    pub tag: u32,
+    pub phase: Phase,
+    /// Phase to resume after a pause.
+    pub paused_phase: Phase,
+    /// Completed generation turns.
+    pub turn: u32,
+    pub turns: u32,
+    /// Restarts after environment crashes.
+    pub attempt: u32,
+    /// Cached context tokens (prompt + generated + observations) outside generation.
+    pub ctx: u64,
+    /// Tokens generated over all turns.
+    pub resp_tokens: u64,
+    /// Tokens still to generate in the current turn.
+    pub gen_left: u64,
+    /// Tokens to prefill at the next admission.
+    pub prefill: u64,
+    pub worker: u32,
+    pub admit_step: u64,
+    /// The pending environment phase crashes.
+    pub env_fails: bool,
+    /// Moves in lockstep with the batch (synchronous multi-turn barrier).
+    pub lockstep: bool,
+    /// Waiting at the barrier after an environment phase (else after a generation turn).
+    pub after_env: bool,
+}
+
+/// Life cycle of a prompt's group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupState {
+    Free,
+    Live,
+    Complete,
+    Paused,
+}
+
+/// A prompt with its n (+ redundancy) responses.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub prompt: u64,
+    pub attempt: u32,
+    pub start_version: u32,
+    pub target: u32,
+    pub done: u32,
+    pub samples: Vec<u32>,
+    pub pinned: Option<u32>,
+    pub difficulty: f64,
+    pub state: GroupState,
+}
+
+/// One policy run.
+pub struct Sim<'a> {
+    pub sc: &'a Scenario,
+    pub pol: &'a Policy,
+    pub cost: CostModel,
+    pub seed: u64,
+    pub q: EventQueue,
+    pub now: TimeNs,
+    pub hash: TraceHash,
+    pub events: u64,
+    pub workers: Vec<Worker>,
+    pub load_heap: BinaryHeap<Reverse<(u32, u32)>>,
+    pub rr: u32,
+    pub global_queue: VecDeque<(u32, u32)>,
+    pub queued: u64,
+    pub dirty: Vec<u32>,
+    pub is_dirty: Vec<bool>,
+    pub samples: Vec<Sample>,
+    pub free_samples: Vec<u32>,
+    pub groups: Vec<Group>,
+    pub free_groups: Vec<u32>,
+    pub next_prompt: u64,
+    pub retry: VecDeque<(u64, u32)>,
+    pub version: u32,
+    pub trained: u32,
+    pub trainer_busy: bool,
+    pub consumed_groups: u64,
+    pub live_groups: Vec<u32>,
+    pub live_count: u64,
+    pub buffer: VecDeque<u32>,
+    pub step_groups: Vec<u32>,
+    pub paused_groups: Vec<u32>,
+    pub barrier_expected: u64,
+    pub barrier_arrived: Vec<u32>,
+    pub step_start_ns: TimeNs,
+    pub finished: bool,
+    /// Launching a batch: barrier checks wait until every sample of the batch exists.
+    pub launching: bool,
+    pub alpha_steps: u32,
+    pub m: Metrics,
+}
+
+impl<'a> Sim<'a> {
+    /// Prepare a run of `pol` with `train_fraction` (disaggregated split) and `seed`.
+    pub fn new(sc: &'a Scenario, pol: &'a Policy, train_fraction: f64, seed: u64) -> Sim<'a> {
+        let cost = CostModel::new(sc, pol.placement, train_fraction);
+        let k = cost.workers as usize;
+        let alpha_steps = match pol.mode {
+            Mode::Sync => 0,
+            Mode::OneStepOffPolicy => 1,
+            Mode::Async if pol.alpha.is_finite() => pol.alpha.ceil().min(1e6) as u32,
+            Mode::Async => u32::MAX,
+        };
+        Sim {
+            sc,
+            pol,
+            cost,
+            seed,
+            q: EventQueue::new(),
+            now: 0,
+            hash: TraceHash::default(),
+            events: 0,
+            workers: (0..k).map(|_| Worker::default()).collect(),
+            load_heap: (0..k as u32).map(|w| Reverse((0, w))).collect(),
+            rr: 0,
+            global_queue: VecDeque::new(),
+            queued: 0,
+            dirty: Vec::new(),
+            is_dirty: vec![false; k],
+            samples: Vec::new(),
+            free_samples: Vec::new(),
+            groups: Vec::new(),
+            free_groups: Vec::new(),
+            next_prompt: 0,
+            retry: VecDeque::new(),
+            version: 0,
+            trained: 0,
+            trainer_busy: false,
+            consumed_groups: 0,
+            live_groups: Vec::new(),
+            live_count: 0,
+            buffer: VecDeque::new(),
+            step_groups: Vec::new(),
+            paused_groups: Vec::new(),
+            barrier_expected: 0,
+            barrier_arrived: Vec::new(),
+            step_start_ns: 0,
+            finished: false,
+            launching: false,
+            alpha_steps,
+            m: Metrics::default(),
+        }
+    }
+
+    /// Run until `steps` training steps are done; returns the summary.
+    pub fn run(mut self, train_fraction: Option<f64>) -> Result<(PolicyResult, Metrics)> {
+        let wall = std::time::Instant::now();
+        let limit_ns = ns_from_s(self.sc.limits.sim_time_s_max);
+        self.start();
+        self.flush_dirty();
+        while !self.finished {
+            let Some((t, ev)) = self.q.pop() else {
+                bail!(
+                    "policy {:?}: simulation stalled at t = {:.3} s after {} steps (no events left); seed {}",
+                    self.pol.name,
+                    s_from_ns(self.now),
+                    self.trained,
+                    self.seed
+                );
+            };
+            if let Event::WorkerNext { worker, epoch } = ev {
+                if self.workers[worker as usize].epoch != epoch {
+                    continue;
+                }
+            }
+            self.now = t;
+            self.events += 1;
+            self.hash.event(t, &ev);
+            if self.events > self.sc.limits.events_max || t > limit_ns {
+                bail!(
+                    "policy {:?}: limit reached (limits.events_max = {}, limits.sim_time_s_max = {}) at step {}; seed {}",
+                    self.pol.name,
+                    self.sc.limits.events_max,
+                    self.sc.limits.sim_time_s_max,
+                    self.trained,
+                    self.seed
+                );
+            }
+            self.handle(ev);
+            self.flush_dirty();
+        }
+        let info = RunInfo {
+            policy: &self.pol.name,
+            seed: self.seed,
+            gpus: self.sc.hardware.gpus,
+            workers: self.cost.workers,
+            tp: self.cost.tp,
+            train_gpus: self.cost.train_gpus,
+            colocated: self.pol.placement == Placement::Colocated,
+            train_fraction,
+            warmup_steps: self.sc.warmup_steps,
+            events: self.events,
+            trace_hash: self.hash.0,
+            wall_s: wall.elapsed().as_secs_f64(),
+        };
+        let res = summarize(&self.m, info);
+        Ok((res, self.m))
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::WorkerNext { worker, .. } => self.worker_next(worker),
+            Event::EnvDone { sample, tag } => {
+                if self.samples[sample as usize].tag == tag {
+                    self.env_done(sample);
+                }
+            }
+            Event::RewardDone { sample, tag } => {
+                if self.samples[sample as usize].tag == tag {
+                    self.sample_done(sample);
+                }
+            }
+            Event::RewardPhaseDone { step } => self.reward_phase_done(step),
+            Event::TrainDone { step } => self.train_done(step),
+            Event::SyncDone { version } => self.sync_done(version),
+        }
+    }
+
+    // ---------------------------------------------------------------- workers and dispatch
+
+    pub fn mark_dirty_inner(&mut self, w: u32) {
+        self.mark_dirty(w)
+    }
+
+    fn mark_dirty(&mut self, w: u32) {
+        if !self.is_dirty[w as usize] {
+            self.is_dirty[w as usize] = true;
+            self.dirty.push(w);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &w in &dirty {
+            self.is_dirty[w as usize] = false;
+            let samples = &self.samples;
+            let live = |s: u32, tag: u32| {
+                let x = &samples[s as usize];
+                x.tag == tag && x.phase == Phase::Gen
+            };
+            let wk = &mut self.workers[w as usize];
+            wk.epoch = wk.epoch.wrapping_add(1);
+            if let Some(t) = wk.next_completion(&live, &self.cost) {
+                let epoch = wk.epoch;
+                self.q.push(t.max(self.now), Event::WorkerNext { worker: w, epoch });
+            }
+            self.push_load(w);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn load(&self, w: u32) -> u32 {
+        let wk = &self.workers[w as usize];
+        wk.active + wk.local_queue.len() as u32
+    }
+
+    fn push_load(&mut self, w: u32) {
+        let l = self.load(w);
+        self.load_heap.push(Reverse((l, w)));
+        if self.load_heap.len() > 8 * self.workers.len() + 1024 {
+            let k = self.workers.len() as u32;
+            let fresh: Vec<_> = (0..k).map(|w| Reverse((self.load(w), w))).collect();
+            self.load_heap = fresh.into();
+        }
+    }
+
+    /// Least-loaded worker (ties by lowest index).
+    fn least_loaded(&mut self) -> u32 {
+        for _ in 0..(self.load_heap.len() + 1) {
+            let Some(&Reverse((l, w))) = self.load_heap.peek() else { break };
+            if self.load(w) == l {
+                return w;
+            }
+            self.load_heap.pop();
+        }
+        let k = self.workers.len() as u32;
+        let fresh: Vec<_> = (0..k).map(|w| Reverse((self.load(w), w))).collect();
+        self.load_heap = fresh.into();
+        self.load_heap.peek().map(|r| r.0 .1).unwrap_or(0)
+    }
+
+    /// Choose the worker a new request (or pinned group) goes to.
+    pub fn pick_worker(&mut self) -> u32 {
+        match self.pol.dispatch {
+            Dispatch::Static => {
+                let w = self.rr % self.workers.len() as u32;
+                self.rr = self.rr.wrapping_add(1);
+                w
+            }
+            Dispatch::Queue => self.least_loaded(),
+        }
+    }
+
+    /// Queue a sample's next generation turn.
+    pub fn enqueue_gen(&mut self, s: u32) {
+        let (g, tag) = {
+            let x = &mut self.samples[s as usize];
+            x.phase = Phase::Queued;
+            (x.group, x.tag)
+        };
+        let w = match self.groups[g as usize].pinned {
+            Some(w) => w,
+            None if self.pol.dispatch == Dispatch::Queue => {
+                let w = self.least_loaded();
+                if self.workers[w as usize].active >= self.sc.inference.max_concurrency {
+                    self.global_queue.push_back((s, tag));
+                    self.queued += 1;
+                    return;
+                }
+                w
+            }
+            None => self.pick_worker(),
+        };
+        self.workers[w as usize].local_queue.push_back((s, tag));
+        self.queued += 1;
+        self.fill(w);
+        self.push_load(w);
+    }
+
+    /// Admit queued sequences while the worker has free slots.
+    fn fill(&mut self, w: u32) {
+        let cap = self.sc.inference.max_concurrency;
+        let mut guard = 0usize;
+        while self.workers[w as usize].active < cap {
+            guard += 1;
+            if guard > 1 << 24 {
+                break;
+            }
+            let next = match self.workers[w as usize].local_queue.pop_front() {
+                Some(e) => Some(e),
+                None => self.global_queue.pop_front(),
+            };
+            let Some((s, tag)) = next else { break };
+            self.queued -= 1;
+            let x = &self.samples[s as usize];
+            if x.tag != tag || x.phase != Phase::Queued {
+                continue;
+            }
+            self.admit(s, w);
+        }
+    }
+
+    fn admit(&mut self, s: u32, w: u32) {
+        let now = self.now;
+        let cost = &self.cost;
+        let wk = &mut self.workers[w as usize];
+        wk.advance(now, cost);
+        if wk.active == 0 {
+            wk.busy_since = Some(now);
+            self.m.infer_busy.push((now, cost.tp as i32));
+        }
+        let x = &mut self.samples[s as usize];
+        let stall = x.prefill as f64 * cost.prefill_per_token_s;
+        x.prefill = 0;
+        x.phase = Phase::Gen;
+        x.worker = w;
+        x.admit_step = wk.anchor_step;
+        wk.admit(s, x.tag, x.ctx, x.gen_left, stall);
+        self.mark_dirty(w);
+    }
+
+    /// Take a generating sample off its worker, crediting the tokens it decoded so far.
+    pub fn evict(&mut self, s: u32) {
+        let (w, admit_step) = {
+            let x = &self.samples[s as usize];
+            (x.worker, x.admit_step)
+        };
+        let now = self.now;
+        let wk = &mut self.workers[w as usize];
+        wk.advance(now, &self.cost);
+        let done = wk.steps_since(admit_step);
+        let x = &mut self.samples[s as usize];
+        let done = done.min(x.gen_left.saturating_sub(1));
+        wk.remove(x.ctx + done);
+        x.ctx += done;
+        x.resp_tokens += done;
+        x.gen_left -= done;
+        if wk.active == 0 {
+            wk.busy_since = None;
+            self.m.infer_busy.push((now, self.cost.tp as i32 * -1));
+        }
+        self.mark_dirty(w);
+    }
+
+    fn worker_next(&mut self, w: u32) {
+        let now = self.now;
+        self.workers[w as usize].advance(now, &self.cost);
+        let mut finished = Vec::new();
+        {
+            let samples = &self.samples;
+            let live = |s: u32, tag: u32| {
+                let x = &samples[s as usize];
+                x.tag == tag && x.phase == Phase::Gen
+            };
+            let wk = &mut self.workers[w as usize];
+            while let Some(s) = wk.pop_finished(&live, |s| {
+                let x = &samples[s as usize];
+                x.ctx + x.gen_left
+            }) {
+                finished.push(s);
+            }
+            if !finished.is_empty() && wk.active == 0 {
+                wk.busy_since = None;
+                self.m.infer_busy.push((now, -(self.cost.tp as i32)));
+            }
+        }
+        self.mark_dirty(w);
+        for s in finished {
+            self.turn_generated(s);
+        }
+        self.fill(w);
+        self.after_capacity_freed();
+    }
+
+    // ---------------------------------------------------------------- trajectory life cycle
+
+    fn rng(&self, purpose: u64, s: u32, turn: u32) -> Rng {
+        let x = &self.samples[s as usize];
+        let g = &self.groups[x.group as usize];
+        Rng::for_coords(self.seed, &[purpose, g.prompt, g.attempt as u64, x.idx as u64, x.attempt as u64, turn as u64])
+    }
+
+    /// Allocate a sample of group `g`, draw its turn count and start its environment reset.
+    pub fn new_sample(&mut self, g: u32, idx: u32) -> u32 {
+        let s = self.free_samples.pop().unwrap_or_else(|| {
+            self.samples.push(Sample {
+                group: 0,
+                idx: 0,
+                tag: 0,
+                phase: Phase::Free,
+                paused_phase: Phase::Free,
+                turn: 0,
+                turns: 1,
+                attempt: 0,
+                ctx: 0,
+                resp_tokens: 0,
+                gen_left: 0,
+                prefill: 0,
+                worker: 0,
+                admit_step: 0,
+                env_fails: false,
+                lockstep: false,
+                after_env: false,
+            });
+            self.samples.len() as u32 - 1
+        });
+        let lockstep = self.pol.mode == Mode::Sync && !self.pol.env_async;
+        let x = &mut self.samples[s as usize];
+        x.group = g;
+        x.idx = idx;
+        x.tag = x.tag.wrapping_add(1);
+        x.attempt = 0;
+        x.lockstep = lockstep;
+        if lockstep {
+            self.barrier_expected += 1;
+        }
+        self.groups[g as usize].samples.push(s);
+        self.begin_trajectory(s);
+        s
+    }
+
+    fn begin_trajectory(&mut self, s: u32) {
+        let turns = match &self.sc.workload.turns {
+            Some(d) => {
+                let mut r = self.rng(PURPOSE_TURNS, s, 0);
+                d.sample(&mut r).round().clamp(1.0, 1e6) as u32
+            }
+            None => 1,
+        };
+        let x = &mut self.samples[s as usize];
+        x.turns = turns;
+        x.turn = 0;
+        x.ctx = 0;
+        x.resp_tokens = 0;
+        x.gen_left = 0;
+        self.start_env(s);
+    }
+
+    /// Start an environment phase (reset before turn 1, step after later turns).
+    pub fn start_env(&mut self, s: u32) {
+        let w = &self.sc.workload;
+        let turn = self.samples[s as usize].turn;
+        let dist = if turn == 0 { w.env_reset_s.as_ref() } else { w.env_step_s.as_ref() };
+        let mut r = self.rng(PURPOSE_ENV, s, turn);
+        let mut lat = dist.map(|d| d.sample(&mut r)).unwrap_or(0.0);
+        if r.chance(w.fail_slow_prob) {
+            lat *= w.fail_slow_factor;
+        }
+        let fails = r.chance(w.fail_stop_prob);
+        let x = &mut self.samples[s as usize];
+        x.phase = Phase::Env;
+        x.env_fails = fails;
+        if lat <= 0.0 && !fails {
+            self.env_done(s);
+        } else {
+            let tag = x.tag;
+            self.q.push(self.now + ns_from_s(lat), Event::EnvDone { sample: s, tag });
+        }
+    }
+
+    fn env_done(&mut self, s: u32) {
+        if self.samples[s as usize].env_fails {
+            self.restart(s);
+            return;
+        }
+        let prompt_tokens = self.sc.workload.prompt_tokens as u64;
+        let obs = self.sc.workload.obs_tokens_per_turn as u64;
+        let x = &mut self.samples[s as usize];
+        if x.turn == 0 {
+            x.ctx = prompt_tokens;
+            x.prefill = prompt_tokens;
+        } else {
+            x.ctx += obs;
+            x.prefill = obs;
+        }
+        if x.lockstep {
+            x.after_env = true;
+            self.arrive(s);
+        } else {
+            self.start_gen_turn(s);
+        }
+    }
+
+    /// Draw the length of the next turn and queue it.
+    pub fn start_gen_turn(&mut self, s: u32) {
+        let turn = self.samples[s as usize].turn;
+        let mut r = self.rng(PURPOSE_LENGTH, s, turn);
+        let diff = self.groups[self.samples[s as usize].group as usize].difficulty;
+        let w = &self.sc.workload;
+        let len = (w.response_tokens.sample(&mut r) * diff).round().clamp(1.0, w.max_response_tokens as f64) as u64;
+        self.samples[s as usize].gen_left = len;
+        self.enqueue_gen(s);
+    }
+
+    fn restart(&mut self, s: u32) {
+        self.m.restarts += 1;
+        let x = &mut self.samples[s as usize];
+        self.m.aborted_tokens += x.resp_tokens;
+        x.attempt += 1;
+        x.tag = x.tag.wrapping_add(1);
+        if x.lockstep {
+            x.lockstep = false;
+            self.leave_barrier();
+        }
+        self.begin_trajectory(s);
+    }
+
+    fn turn_generated(&mut self, s: u32) {
+        let x = &mut self.samples[s as usize];
+        x.ctx += x.gen_left;
+        x.resp_tokens += x.gen_left;
+        x.gen_left = 0;
+        x.turn += 1;
+        if x.turn >= x.turns {
+            if x.lockstep {
+                x.lockstep = false;
+                self.leave_barrier();
+            }
+            self.generation_finished(s);
+        } else if x.lockstep {
+            x.after_env = false;
+            self.arrive(s);
+        } else {
+            self.start_env(s);
+        }
+    }
+
+    fn generation_finished(&mut self, s: u32) {
+        if self.pol.mode == Mode::Sync && self.pol.dispatch == Dispatch::Static {
+            self.samples[s as usize].phase = Phase::WaitReward;
+            self.sample_done(s);
+            return;
+        }
+        let lat = match &self.sc.workload.reward_s {
+            Some(d) => d.sample(&mut self.rng(PURPOSE_REWARD, s, 0)),
+            None => 0.0,
+        };
+        let x = &mut self.samples[s as usize];
+        if lat <= 0.0 {
+            self.sample_done(s);
+        } else {
+            x.phase = Phase::Reward;
+            let tag = x.tag;
+            self.q.push(self.now + ns_from_s(lat), Event::RewardDone { sample: s, tag });
+        }
+    }
+
+    /// Reward latency of a sample (used by barrier-mode batched rewards).
+    pub fn reward_latency_s(&self, s: u32) -> f64 {
+        match &self.sc.workload.reward_s {
+            Some(d) => d.sample(&mut self.rng(PURPOSE_REWARD, s, 0)),
+            None => 0.0,
+        }
+    }
+
+    /// Per-prompt difficulty factor exp(σ_p · Z).
+    pub fn difficulty(&self, prompt: u64) -> f64 {
+        let sigma = self.sc.workload.prompt_difficulty_sigma;
+        if sigma == 0.0 {
+            return 1.0;
+        }
+        (sigma * Rng::for_coords(self.seed, &[PURPOSE_DIFFICULTY, prompt]).normal()).exp()
+    }
+
+    // ---------------------------------------------------------------- synchronous multi-turn barrier
+
+    fn arrive(&mut self, s: u32) {
+        self.samples[s as usize].phase = Phase::Barrier;
+        self.barrier_arrived.push(s);
+        self.check_barrier();
+    }
+
+    /// A lockstep sample stops taking part in the barrier.
+    pub fn leave_barrier(&mut self) {
+        self.barrier_expected = self.barrier_expected.saturating_sub(1);
+        self.check_barrier();
+    }
+
+    /// Release the barrier when every lockstep sample has arrived.
+    pub fn check_barrier(&mut self) {
+        if self.launching || self.barrier_arrived.is_empty() || (self.barrier_arrived.len() as u64) < self.barrier_expected {
+            return;
+        }
+        let released = std::mem::take(&mut self.barrier_arrived);
+        for s in released {
+            let x = &self.samples[s as usize];
+            if x.phase != Phase::Barrier {
+                continue;
+            }
+            if x.after_env {
+                self.start_gen_turn(s);
+            } else {
+                self.start_env(s);
+            }
+        }
+    }
+}

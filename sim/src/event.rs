@@ -1,0 +1,150 @@
+//! Event queue ordered by (integer time in ns, priority class, insertion sequence) and the trace hash.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+/// Simulated time in integer nanoseconds.
+pub type TimeNs = u64;
+
+/// Seconds → nanoseconds (rounded, saturating at 0).
+#[inline]
+pub fn ns_from_s(s: f64) -> TimeNs {
+    if s <= 0.0 || !s.is_finite() {
+        0
+    } else {
+        (s * 1e9).round() as TimeNs
+    }
+}
+
+/// Nanoseconds → seconds.
+#[inline]
+pub fn s_from_ns(t: TimeNs) -> f64 {
+    t as f64 * 1e-9
+}
+
+/// What happens at an event; payloads are slab indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Event {
+    /// Next sequence completion on an inference worker (stale if `epoch` is old).
+    WorkerNext { worker: u32, epoch: u32 },
+    /// An environment phase (reset or step) of a trajectory finished.
+    EnvDone { sample: u32, tag: u32 },
+    /// Reward of a sample computed.
+    RewardDone { sample: u32, tag: u32 },
+    /// Barrier-mode reward phase finished for a step.
+    RewardPhaseDone { step: u32 },
+    /// Training of a step finished.
+    TrainDone { step: u32 },
+    /// Weight synchronisation to inference finished; `version` is now served.
+    SyncDone { version: u32 },
+}
+
+impl Event {
+    /// Priority class: lower runs first at equal time (completions before control decisions).
+    pub fn class(&self) -> u8 {
+        match self {
+            Event::WorkerNext { .. } => 0,
+            Event::EnvDone { .. } => 1,
+            Event::RewardDone { .. } => 2,
+            Event::RewardPhaseDone { .. } => 3,
+            Event::TrainDone { .. } => 4,
+            Event::SyncDone { .. } => 5,
+        }
+    }
+
+    fn words(&self) -> (u64, u64, u64) {
+        match *self {
+            Event::WorkerNext { worker, epoch } => (1, worker as u64, epoch as u64),
+            Event::EnvDone { sample, tag } => (2, sample as u64, tag as u64),
+            Event::RewardDone { sample, tag } => (3, sample as u64, tag as u64),
+            Event::RewardPhaseDone { step } => (4, step as u64, 0),
+            Event::TrainDone { step } => (5, step as u64, 0),
+            Event::SyncDone { version } => (6, version as u64, 0),
+        }
+    }
+}
+
+/// Min-priority queue of events with a deterministic tie-break by insertion sequence.
+#[derive(Default)]
+pub struct EventQueue {
+    heap: BinaryHeap<Reverse<(TimeNs, u8, u64, Event)>>,
+    seq: u64,
+}
+
+impl EventQueue {
+    /// Empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Schedule `ev` at absolute time `at`.
+    #[inline]
+    pub fn push(&mut self, at: TimeNs, ev: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, ev.class(), self.seq, ev)));
+    }
+
+    /// Pop the earliest event.
+    #[inline]
+    pub fn pop(&mut self) -> Option<(TimeNs, Event)> {
+        self.heap.pop().map(|Reverse((t, _, _, e))| (t, e))
+    }
+
+    /// Number of queued events.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// True when no event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+/// FNV-1a 64-bit hash over the processed event stream.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceHash(pub u64);
+
+impl Default for TraceHash {
+    fn default() -> Self {
+        TraceHash(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl TraceHash {
+    /// Fold one 64-bit word, byte by byte (FNV-1a, prime 0x100000001b3).
+    #[inline]
+    pub fn word(&mut self, w: u64) {
+        for b in w.to_le_bytes() {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+
+    /// Fold an event at time `t`.
+    #[inline]
+    pub fn event(&mut self, t: TimeNs, e: &Event) {
+        let (a, b, c) = e.words();
+        self.word(t);
+        self.word(a | (b << 8) | (c << 40));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_by_time_class_then_sequence() {
+        let mut q = EventQueue::new();
+        q.push(5, Event::TrainDone { step: 1 });
+        q.push(5, Event::WorkerNext { worker: 2, epoch: 0 });
+        q.push(5, Event::WorkerNext { worker: 1, epoch: 0 });
+        q.push(3, Event::SyncDone { version: 1 });
+        assert_eq!(q.pop().unwrap(), (3, Event::SyncDone { version: 1 }));
+        assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 2, epoch: 0 }));
+        assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 1, epoch: 0 }));
+        assert_eq!(q.pop().unwrap(), (5, Event::TrainDone { step: 1 }));
+        assert!(q.is_empty());
+    }
+}

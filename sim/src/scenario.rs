@@ -1,0 +1,521 @@
+//! Scenario files (TOML): cluster, model, workload, policies, calibration and validation cases.
+//!
+//! Parsing uses `deny_unknown_fields` everywhere; every key is documented in sim/README.md.
+
+use crate::dist::Dist;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Hardware of the cluster (per GPU figures).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    /// Total GPUs in the job.
+    pub gpus: u32,
+    /// HBM bandwidth per GPU, TB/s (H100/H800: 3.35).
+    #[serde(default = "d_hbm")]
+    pub hbm_tb_per_s: f64,
+    /// Dense bf16 peak per GPU, TFLOP/s (H100/H800: 989).
+    #[serde(default = "d_peak")]
+    pub peak_tflops: f64,
+    /// Bandwidth for trainer → inference weight transfer (disaggregated), GB/s.
+    #[serde(default = "d_link")]
+    pub link_gb_per_s: f64,
+    /// Bandwidth for in-place resharding (colocated), GB/s.
+    #[serde(default = "d_intra")]
+    pub intra_node_gb_per_s: f64,
+}
+fn d_hbm() -> f64 {
+    3.35
+}
+fn d_peak() -> f64 {
+    989.0
+}
+fn d_link() -> f64 {
+    25.0
+}
+fn d_intra() -> f64 {
+    200.0
+}
+
+/// The policy model.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// Parameters N, billions.
+    pub params_b: f64,
+    /// KV-cache bytes per token (2 · layers · kv_heads · head_dim · 2 bytes for bf16).
+    pub kv_bytes_per_token: f64,
+}
+
+/// Inference engine constants (the decode/prefill cost model).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inference {
+    /// GPUs per inference worker (tensor-parallel group).
+    #[serde(default = "one")]
+    pub tp: u32,
+    /// Maximum sequences decoded together per worker (continuous batching slots).
+    #[serde(default = "d_conc")]
+    pub max_concurrency: u32,
+    /// Fixed per-decode-step overhead, ms (kernel launches, sampling, scheduling).
+    #[serde(default = "d_overhead")]
+    pub decode_overhead_ms: f64,
+    /// Fraction of HBM bandwidth a decode step achieves (the usual calibration knob).
+    #[serde(default = "d_bw_eff")]
+    pub bandwidth_efficiency: f64,
+    /// Achieved fraction of peak FLOP/s in prefill.
+    #[serde(default = "d_prefill_mfu")]
+    pub prefill_mfu: f64,
+}
+fn one() -> u32 {
+    1
+}
+fn d_conc() -> u32 {
+    256
+}
+fn d_overhead() -> f64 {
+    5.0
+}
+fn d_bw_eff() -> f64 {
+    0.6
+}
+fn d_prefill_mfu() -> f64 {
+    0.4
+}
+
+/// Training constants.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Training {
+    /// Model FLOP utilisation of training: time = 6·N·tokens / (mfu · peak · gpus).
+    #[serde(default = "d_mfu")]
+    pub mfu: f64,
+    /// Fixed time per update (optimizer step, logprob recompute bookkeeping), s.
+    #[serde(default)]
+    pub update_overhead_s: f64,
+    /// Fixed latency of one weight synchronisation, s (added to 2N bytes / bandwidth).
+    #[serde(default)]
+    pub sync_overhead_s: f64,
+    /// Fraction of GPUs given to training under disaggregated placement.
+    #[serde(default = "d_train_fraction")]
+    pub train_fraction: f64,
+}
+fn d_mfu() -> f64 {
+    0.35
+}
+fn d_train_fraction() -> f64 {
+    0.25
+}
+
+/// The RL workload.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Prompts (groups) per training step, P.
+    pub prompts_per_step: u32,
+    /// Responses per prompt, n (group size).
+    pub responses_per_prompt: u32,
+    /// Prompt length, tokens.
+    pub prompt_tokens: u32,
+    /// Response length per generation turn, tokens.
+    pub response_tokens: Dist,
+    /// Cap on tokens generated per turn.
+    pub max_response_tokens: u32,
+    /// Per-prompt difficulty: lengths of one prompt's responses share a factor exp(σ_p · Z).
+    #[serde(default)]
+    pub prompt_difficulty_sigma: f64,
+    /// Generation turns per trajectory (rounded, at least 1). Default 1 (single-turn RLVR).
+    #[serde(default)]
+    pub turns: Option<Dist>,
+    /// Observation tokens appended by the environment after each turn.
+    #[serde(default)]
+    pub obs_tokens_per_turn: u32,
+    /// Environment step latency after each generation turn but the last, s.
+    #[serde(default)]
+    pub env_step_s: Option<Dist>,
+    /// Environment reset latency before the first turn, s.
+    #[serde(default)]
+    pub env_reset_s: Option<Dist>,
+    /// Reward latency per sample, s.
+    #[serde(default)]
+    pub reward_s: Option<Dist>,
+    /// Probability that an environment step crashes (fail-stop): the trajectory restarts from reset.
+    #[serde(default)]
+    pub fail_stop_prob: f64,
+    /// Probability that an environment step is slow (fail-slow).
+    #[serde(default)]
+    pub fail_slow_prob: f64,
+    /// Latency multiplier of a fail-slow step.
+    #[serde(default = "d_slow")]
+    pub fail_slow_factor: f64,
+}
+fn d_slow() -> f64 {
+    10.0
+}
+
+/// Whole-run phase structure.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Generate a batch, barrier, train, sync weights, repeat.
+    Sync,
+    /// Rollout runs continuously on inference GPUs, bounded by the async ratio α.
+    Async,
+    /// Async with α = 1.
+    OneStepOffPolicy,
+}
+
+/// Where generation and training run.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// All GPUs generate, then all GPUs train (time-shared).
+    Colocated,
+    /// Separate inference and training GPUs (`train_fraction`).
+    Disaggregated,
+}
+
+/// How requests reach inference workers.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatch {
+    /// Round-robin assignment at launch; rewards after the generation barrier.
+    Static,
+    /// Least-loaded worker / shared queue; rewards as soon as a response finishes.
+    Queue,
+}
+
+/// One scheduling policy to simulate.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Name used in tables and validation cases.
+    pub name: String,
+    /// `sync`, `async` or `one_step_off_policy`.
+    pub mode: Mode,
+    /// `colocated` or `disaggregated` (async modes require disaggregated).
+    #[serde(default = "d_placement")]
+    pub placement: Placement,
+    /// `static` or `queue`.
+    #[serde(default = "d_dispatch")]
+    pub dispatch: Dispatch,
+    /// Each response of a prompt is its own request (else a prompt's group is pinned to one worker).
+    #[serde(default)]
+    pub prompt_replication: bool,
+    /// Async ratio α (`inf` allowed): samples may be at most ⌈α⌉ versions stale.
+    #[serde(default)]
+    pub alpha: f64,
+    /// Environment-level async: no barrier between trajectories' turns (multi-turn).
+    #[serde(default)]
+    pub env_async: bool,
+    /// Tail batching: launch ⌈η·P⌉ prompts, keep the first P complete groups (η ≥ 1).
+    #[serde(default = "d_eta")]
+    pub tail_eta: f64,
+    /// Partial rollout: unfinished samples at the cutoff pause and resume next step.
+    #[serde(default)]
+    pub partial_rollout: bool,
+    /// Redundant environments: extra groups launched per step (first P complete count).
+    #[serde(default)]
+    pub redundant_groups: u32,
+    /// Redundant environments: extra trajectories per group (first n complete count).
+    #[serde(default)]
+    pub group_size_redundancy: u32,
+    /// Override of `training.train_fraction` for this policy.
+    #[serde(default)]
+    pub train_fraction: Option<f64>,
+    /// Try train fractions 1/8, 1/4, 3/8, 1/2 and keep the fastest (a user-side tuning, not a fit).
+    #[serde(default)]
+    pub split_search: bool,
+}
+fn d_placement() -> Placement {
+    Placement::Colocated
+}
+fn d_dispatch() -> Dispatch {
+    Dispatch::Static
+}
+fn d_eta() -> f64 {
+    1.0
+}
+
+/// Which constant calibration scales.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Knob {
+    /// `inference.bandwidth_efficiency`.
+    BandwidthEfficiency,
+    /// `inference.decode_overhead_ms`.
+    DecodeOverhead,
+}
+
+/// Calibrate one constant so the synchronous baseline matches a published step time.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Name of the synchronous baseline policy.
+    pub policy: String,
+    /// Published mean step time of that baseline, s.
+    pub step_s: f64,
+    /// Constant to scale.
+    #[serde(default = "d_knob")]
+    pub knob: Knob,
+}
+fn d_knob() -> Knob {
+    Knob::BandwidthEfficiency
+}
+
+/// What a validation case compares.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Throughput of `policy` / throughput of `baseline` (samples per second).
+    Speedup,
+    /// Mean step time of `policy`, s.
+    StepS,
+}
+
+/// A published figure to reproduce.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// Case name printed by `arbor sim validate`.
+    pub name: String,
+    /// `speedup` or `step_s`.
+    pub metric: Metric,
+    /// Policy whose result is predicted.
+    pub policy: String,
+    /// Baseline policy (for `speedup`).
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Published value.
+    pub published: f64,
+    /// Override of `hardware.gpus` for this case.
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    /// Override of `workload.prompts_per_step`.
+    #[serde(default)]
+    pub prompts_per_step: Option<u32>,
+    /// Override of `workload.responses_per_prompt`.
+    #[serde(default)]
+    pub responses_per_prompt: Option<u32>,
+    /// Known modelling gap, printed next to the result.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Bounds on a run (every loop has a limit).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Maximum events processed per policy run.
+    #[serde(default = "d_events")]
+    pub events_max: u64,
+    /// Maximum simulated time per policy run, s.
+    #[serde(default = "d_time")]
+    pub sim_time_s_max: f64,
+}
+fn d_events() -> u64 {
+    200_000_000
+}
+fn d_time() -> f64 {
+    1e8
+}
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { events_max: d_events(), sim_time_s_max: d_time() }
+    }
+}
+
+/// A complete scenario file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name.
+    pub name: String,
+    /// What the scenario models.
+    #[serde(default)]
+    pub description: String,
+    /// Where the published numbers come from, and the setup.
+    #[serde(default)]
+    pub source: String,
+    /// Default seed (`--seed` overrides).
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// Training steps simulated per policy.
+    pub steps: u32,
+    /// Steps excluded from the mean step time (pipeline fill).
+    #[serde(default)]
+    pub warmup_steps: u32,
+    pub hardware: Hardware,
+    pub model: Model,
+    #[serde(default = "d_inference")]
+    pub inference: Inference,
+    #[serde(default = "d_training")]
+    pub training: Training,
+    pub workload: Workload,
+    #[serde(rename = "policy")]
+    pub policies: Vec<Policy>,
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    #[serde(default, rename = "case")]
+    pub cases: Vec<Case>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+fn d_seed() -> u64 {
+    1
+}
+fn d_inference() -> Inference {
+    toml::from_str("").expect("inference defaults")
+}
+fn d_training() -> Training {
+    toml::from_str("").expect("training defaults")
+}
+
+impl Scenario {
+    /// Parse and validate a scenario file; errors name the file and key.
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        Scenario::parse(&text, &base).with_context(|| format!("scenario {}", path.display()))
+    }
+
+    /// Parse from text; `base_dir` resolves CSV paths.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Scenario> {
+        let mut sc: Scenario = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        sc.check(base_dir)?;
+        Ok(sc)
+    }
+
+    fn check(&mut self, base: &Path) -> Result<()> {
+        let h = &self.hardware;
+        let pos = |key: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{key} = {v}: must be a finite number > 0");
+            }
+            Ok(())
+        };
+        let frac = |key: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v <= 1.0) {
+                bail!("{key} = {v}: must be in (0, 1]");
+            }
+            Ok(())
+        };
+        let prob = |key: &str, v: f64| -> Result<()> {
+            if !(0.0..1.0).contains(&v) {
+                bail!("{key} = {v}: must be in [0, 1)");
+            }
+            Ok(())
+        };
+        if self.steps == 0 || self.steps > 1_000_000 {
+            bail!("steps = {}: must be in 1..=1000000", self.steps);
+        }
+        if self.warmup_steps >= self.steps {
+            bail!("warmup_steps = {} must be < steps = {}", self.warmup_steps, self.steps);
+        }
+        if h.gpus == 0 || h.gpus > 1_000_000 {
+            bail!("hardware.gpus = {}: must be in 1..=1000000", h.gpus);
+        }
+        pos("hardware.hbm_tb_per_s", h.hbm_tb_per_s)?;
+        pos("hardware.peak_tflops", h.peak_tflops)?;
+        pos("hardware.link_gb_per_s", h.link_gb_per_s)?;
+        pos("hardware.intra_node_gb_per_s", h.intra_node_gb_per_s)?;
+        pos("model.params_b", self.model.params_b)?;
+        pos("model.kv_bytes_per_token", self.model.kv_bytes_per_token)?;
+        let i = &self.inference;
+        if i.tp == 0 || i.tp > h.gpus {
+            bail!("inference.tp = {}: must be in 1..=hardware.gpus ({})", i.tp, h.gpus);
+        }
+        if i.max_concurrency == 0 {
+            bail!("inference.max_concurrency must be >= 1");
+        }
+        if !(i.decode_overhead_ms.is_finite() && i.decode_overhead_ms >= 0.0) {
+            bail!("inference.decode_overhead_ms must be >= 0");
+        }
+        frac("inference.bandwidth_efficiency", i.bandwidth_efficiency)?;
+        frac("inference.prefill_mfu", i.prefill_mfu)?;
+        let t = &self.training;
+        frac("training.mfu", t.mfu)?;
+        frac("training.train_fraction", t.train_fraction)?;
+        if !(t.update_overhead_s >= 0.0 && t.sync_overhead_s >= 0.0) {
+            bail!("training.update_overhead_s and training.sync_overhead_s must be >= 0");
+        }
+        let w = &mut self.workload;
+        if w.prompts_per_step == 0 || w.responses_per_prompt == 0 || w.responses_per_prompt > 4096 {
+            bail!("workload.prompts_per_step must be >= 1 and workload.responses_per_prompt in 1..=4096");
+        }
+        if w.max_response_tokens == 0 {
+            bail!("workload.max_response_tokens must be >= 1");
+        }
+        w.response_tokens.prepare("workload.response_tokens", base)?;
+        for (key, d) in [
+            ("workload.turns", &mut w.turns),
+            ("workload.env_step_s", &mut w.env_step_s),
+            ("workload.env_reset_s", &mut w.env_reset_s),
+            ("workload.reward_s", &mut w.reward_s),
+        ] {
+            if let Some(d) = d {
+                d.prepare(key, base)?;
+            }
+        }
+        if !(w.prompt_difficulty_sigma >= 0.0 && w.prompt_difficulty_sigma < 5.0) {
+            bail!("workload.prompt_difficulty_sigma must be in [0, 5)");
+        }
+        prob("workload.fail_stop_prob", w.fail_stop_prob)?;
+        prob("workload.fail_slow_prob", w.fail_slow_prob)?;
+        pos("workload.fail_slow_factor", w.fail_slow_factor)?;
+        if self.policies.is_empty() {
+            bail!("at least one [[policy]] is required");
+        }
+        for (k, p) in self.policies.iter().enumerate() {
+            let key = format!("policy[{k}] ({})", p.name);
+            if self.policies[..k].iter().any(|q| q.name == p.name) {
+                bail!("{key}: duplicate policy name");
+            }
+            if p.mode != Mode::Sync && p.placement == Placement::Colocated {
+                bail!("{key}: mode = {:?} needs placement = \"disaggregated\"", p.mode);
+            }
+            if !(p.alpha >= 0.0) {
+                bail!("{key}.alpha = {}: must be >= 0 (inf allowed)", p.alpha);
+            }
+            if !(p.tail_eta >= 1.0 && p.tail_eta <= 16.0) {
+                bail!("{key}.tail_eta = {}: must be in [1, 16]", p.tail_eta);
+            }
+            if let Some(f) = p.train_fraction {
+                if !(f > 0.0 && f < 1.0) {
+                    bail!("{key}.train_fraction = {f}: must be in (0, 1)");
+                }
+            }
+            if p.group_size_redundancy > 4096 || p.redundant_groups > 1_000_000 {
+                bail!("{key}: redundancy too large");
+            }
+        }
+        if let Some(c) = &self.calibration {
+            if !self.policies.iter().any(|p| p.name == c.policy) {
+                bail!("calibration.policy = {:?}: no such policy", c.policy);
+            }
+            pos("calibration.step_s", c.step_s)?;
+        }
+        for (k, c) in self.cases.iter().enumerate() {
+            for name in std::iter::once(&c.policy).chain(c.baseline.iter()) {
+                if !self.policies.iter().any(|p| &p.name == name) {
+                    bail!("case[{k}] ({}): no policy named {name:?}", c.name);
+                }
+            }
+            if c.metric == Metric::Speedup && c.baseline.is_none() {
+                bail!("case[{k}] ({}): metric = \"speedup\" needs baseline", c.name);
+            }
+            pos(&format!("case[{k}].published"), c.published)?;
+        }
+        if self.limits.events_max == 0 || self.limits.sim_time_s_max.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            bail!("limits.events_max and limits.sim_time_s_max must be > 0");
+        }
+        Ok(())
+    }
+
+    /// Look up a policy by name.
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
