@@ -2,8 +2,13 @@
 //!
 //! Data path: prompt → rollout → reward → advantage → loss → gradient → all-reduce → AdamW.
 
+pub mod attention;
 pub mod cli;
 pub mod error;
+pub mod io;
 pub mod model;
+pub mod rng;
+pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

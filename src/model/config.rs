@@ -150,11 +150,27 @@ impl ModelConfig {
                 &format!("unsupported model_type {model_type:?} (supported: \"qwen2\", \"llama\")"),
             ));
         };
-        if let Some(Value::Object(rs)) = obj.get("rope_scaling") {
-            let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("?");
-            if kind != "default" {
-                return Err(err("rope_scaling", &format!("rope_type {kind:?} is not supported (only default RoPE)")));
+        // RoPE: transformers < 5 writes `rope_theta` (+ optional `rope_scaling`); transformers 5
+        // writes `rope_parameters: {rope_theta, rope_type}`. Accept both; only default RoPE.
+        for key in ["rope_scaling", "rope_parameters"] {
+            if let Some(Value::Object(rs)) = obj.get(key) {
+                let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("default");
+                if kind != "default" {
+                    return Err(err(key, &format!("rope_type {kind:?} is not supported (only default RoPE)")));
+                }
             }
+        }
+        let rope_theta = match (obj.get("rope_theta"), obj.get("rope_parameters").and_then(|r| r.get("rope_theta"))) {
+            (Some(x), _) if !x.is_null() => {
+                x.as_f64().ok_or_else(|| err("rope_theta", &format!("expected a number, got {x}")))?
+            }
+            (_, Some(x)) => {
+                x.as_f64().ok_or_else(|| err("rope_parameters.rope_theta", &format!("expected a number, got {x}")))?
+            }
+            _ => 10000.0,
+        };
+        if opt_bool("use_sliding_window", false)? {
+            return Err(err("use_sliding_window", "sliding-window attention is not supported"));
         }
         if opt_bool("mlp_bias", false)? {
             return Err(err("mlp_bias", "MLP biases are not supported"));
@@ -186,7 +202,7 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             rms_norm_eps: opt_f64("rms_norm_eps", 1e-6)?,
-            rope_theta: opt_f64("rope_theta", 10000.0)?,
+            rope_theta,
             vocab_size: req_usize("vocab_size")?,
             max_position_embeddings: req_usize("max_position_embeddings")?,
             tie_word_embeddings: opt_bool("tie_word_embeddings", false)?,

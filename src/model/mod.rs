@@ -1,7 +1,15 @@
 //! Decoder-only transformer of the Qwen2/LLaMA family with explicit forward and backward.
 
+pub mod batch;
 pub mod config;
+pub mod head;
+pub mod init;
 pub mod params;
+pub mod transformer;
+pub mod workspace;
 
+pub use batch::Batch;
 pub use config::{Arch, ModelConfig};
 pub use params::{ParamLayout, ParamSpec, Params};
+pub use transformer::Model;
+pub use workspace::Workspace;

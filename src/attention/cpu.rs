@@ -1,0 +1,210 @@
+//! CPU causal GQA attention on packed sequences (flash-style bookkeeping: only the row
+//! log-sum-exp is kept; the backward recomputes P = exp(S − lse)).
+//!
+//! Work is split into tasks (sequence, kv head); each task walks its query rows in blocks of
+//! `BLOCK_ROWS`, touching only keys 0..=row (causal), so no work is spent above the diagonal
+//! beyond one block. Extra memory: O(N · BLOCK_ROWS) scratch, never T×T per head.
+
+use crate::tensor::cpu::matmul::gemm_raw;
+use rayon::prelude::*;
+
+/// Query rows processed per block.
+pub const BLOCK_ROWS: usize = 64;
+
+/// Head layout of the fused q|k|v buffer ([N, (H + 2·KV)·D]) and of the output ([N, H·D]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn qkv_stride(&self) -> usize {
+        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+    }
+    fn out_stride(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    fn group(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+    /// Scratch floats `attention_forward`/`attention_backward` need for `n_tokens` tokens.
+    pub fn scratch_len(&self, n_tokens: usize) -> usize {
+        2 * self.num_kv_heads * n_tokens * BLOCK_ROWS
+    }
+}
+
+/// A raw pointer that may be shared across rayon tasks which write disjoint regions.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only for buffers whose tasks touch disjoint elements (documented at each use).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole Sync wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn tasks(seq_starts: &[usize], kv: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> + '_ {
+    let n_seq = seq_starts.len().saturating_sub(1);
+    (0..n_seq * kv).into_par_iter().map(move |t| (t / kv, t % kv))
+}
+
+/// Forward: out = softmax(scale·Q Kᵀ + causal mask) V per sequence and head; lse[i·H + h] is the
+/// row log-sum-exp of the scaled scores. qkv: [N, (H+2KV)·D] with RoPE applied; out: [N, H·D].
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    scratch: &mut [f32],
+    qkv: &[f32],
+    seq_starts: &[usize],
+    shape: AttnShape,
+) {
+    let (h_n, kv_n, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    let (qs, os) = (shape.qkv_stride(), shape.out_stride());
+    let n = *seq_starts.last().unwrap_or(&0);
+    assert!(qkv.len() >= n * qs && out.len() >= n * os && lse.len() >= n * h_n);
+    assert!(scratch.len() >= shape.scratch_len(n));
+    let scale = 1.0 / (d as f32).sqrt();
+    let (out_p, lse_p, scr_p) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(scratch.as_mut_ptr()));
+    tasks(seq_starts, kv_n).for_each(|(s, g)| {
+        let (start, t_len) = (seq_starts[s], seq_starts[s + 1] - seq_starts[s]);
+        if t_len == 0 {
+            return;
+        }
+        // SAFETY: task (s, g) owns scratch [2·BLOCK_ROWS·(KV·start + g·T), +2·BLOCK_ROWS·T): the
+        // regions of distinct tasks are disjoint since Σ_s KV·T_s = KV·N.
+        let sbuf = unsafe {
+            std::slice::from_raw_parts_mut(scr_p.get().add(2 * BLOCK_ROWS * (kv_n * start + g * t_len)), BLOCK_ROWS * t_len)
+        };
+        let base = &qkv[start * qs..];
+        let k_ptr = base[(h_n + g) * d..].as_ptr();
+        let v_ptr = base[(h_n + kv_n + g) * d..].as_ptr();
+        for h in g * shape.group()..(g + 1) * shape.group() {
+            let q_ptr = base[h * d..].as_ptr();
+            for r0 in (0..t_len).step_by(BLOCK_ROWS) {
+                let br = BLOCK_ROWS.min(t_len - r0);
+                let cols = r0 + br;
+                // S[br, cols] = scale · Q[r0.., :] · K[0..cols, :]ᵀ
+                // SAFETY: Q/K rows r < t_len of this sequence lie inside qkv (checked above).
+                unsafe {
+                    gemm_raw(br, cols, d, sbuf.as_mut_ptr(), cols, (q_ptr.add(r0 * qs), qs, 1), (k_ptr, 1, qs), scale, false)
+                };
+                for i in 0..br {
+                    let row = &mut sbuf[i * cols..(i + 1) * cols];
+                    let valid = r0 + i + 1;
+                    let m = row[..valid].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut sum = 0.0;
+                    for v in &mut row[..valid] {
+                        *v = (*v - m).exp();
+                        sum += *v;
+                    }
+                    let inv = 1.0 / sum;
+                    row[..valid].iter_mut().for_each(|v| *v *= inv);
+                    row[valid..].iter_mut().for_each(|v| *v = 0.0);
+                    // SAFETY: lse element (start + r0 + i, h) belongs to this task only.
+                    unsafe { *lse_p.get().add((start + r0 + i) * h_n + h) = m + sum.ln() };
+                }
+                // O[r0.., h] = P[br, cols] · V[0..cols, :]
+                // SAFETY: output columns [h·D, (h+1)·D) of this sequence's rows are written by this
+                // task only (head h belongs to kv group g).
+                unsafe {
+                    gemm_raw(br, d, cols, out_p.get().add((start + r0) * os + h * d), os, (sbuf.as_ptr(), cols, 1), (v_ptr, qs, 1), 1.0, false)
+                };
+            }
+        }
+    });
+}
+
+/// Backward of `attention_forward`. Writes (overwrites) dqkv: [N, (H+2KV)·D] given dout: [N, H·D]
+/// and the forward's qkv, out and lse:
+/// dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    seq_starts: &[usize],
+    shape: AttnShape,
+) {
+    let (h_n, kv_n, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    let (qs, os) = (shape.qkv_stride(), shape.out_stride());
+    let n = *seq_starts.last().unwrap_or(&0);
+    assert!(dqkv.len() >= n * qs && dout.len() >= n * os && out.len() >= n * os && lse.len() >= n * h_n);
+    assert!(scratch.len() >= shape.scratch_len(n));
+    let scale = 1.0 / (d as f32).sqrt();
+    let (dqkv_p, scr_p) = (SharedMut(dqkv.as_mut_ptr()), SharedMut(scratch.as_mut_ptr()));
+    tasks(seq_starts, kv_n).for_each(|(s, g)| {
+        let (start, t_len) = (seq_starts[s], seq_starts[s + 1] - seq_starts[s]);
+        if t_len == 0 {
+            return;
+        }
+        // SAFETY: disjoint scratch per task, as in the forward.
+        let (pbuf, dpbuf) = unsafe {
+            let p = scr_p.get().add(2 * BLOCK_ROWS * (kv_n * start + g * t_len));
+            (
+                std::slice::from_raw_parts_mut(p, BLOCK_ROWS * t_len),
+                std::slice::from_raw_parts_mut(p.add(BLOCK_ROWS * t_len), BLOCK_ROWS * t_len),
+            )
+        };
+        let base = &qkv[start * qs..];
+        let k_ptr = base[(h_n + g) * d..].as_ptr();
+        let v_ptr = base[(h_n + kv_n + g) * d..].as_ptr();
+        // SAFETY: this task owns rows [start, start+T) × columns of q heads in group g, k head g and
+        // v head g of dqkv; no other task touches them.
+        let dbase = unsafe { dqkv_p.get().add(start * qs) };
+        let (dk_ptr, dv_ptr) = unsafe { (dbase.add((h_n + g) * d), dbase.add((h_n + kv_n + g) * d)) };
+        for r in 0..t_len {
+            // SAFETY: as above (zero this task's dK, dV columns before accumulating).
+            unsafe {
+                std::ptr::write_bytes(dk_ptr.add(r * qs), 0, d);
+                std::ptr::write_bytes(dv_ptr.add(r * qs), 0, d);
+            }
+        }
+        for h in g * shape.group()..(g + 1) * shape.group() {
+            let q_ptr = base[h * d..].as_ptr();
+            let do_ptr = dout[start * os + h * d..].as_ptr();
+            let dq_ptr = unsafe { dbase.add(h * d) };
+            for r0 in (0..t_len).step_by(BLOCK_ROWS) {
+                let br = BLOCK_ROWS.min(t_len - r0);
+                let cols = r0 + br;
+                // SAFETY (all gemm_raw below): rows < t_len of this sequence, columns of this task.
+                unsafe {
+                    gemm_raw(br, cols, d, pbuf.as_mut_ptr(), cols, (q_ptr.add(r0 * qs), qs, 1), (k_ptr, 1, qs), scale, false);
+                    gemm_raw(br, cols, d, dpbuf.as_mut_ptr(), cols, (do_ptr.add(r0 * os), os, 1), (v_ptr, 1, qs), 1.0, false);
+                }
+                for i in 0..br {
+                    let row_tok = start + r0 + i;
+                    let l = lse[row_tok * h_n + h];
+                    let o = &out[row_tok * os + h * d..row_tok * os + (h + 1) * d];
+                    let dor = &dout[row_tok * os + h * d..row_tok * os + (h + 1) * d];
+                    let di: f32 = o.iter().zip(dor).map(|(a, b)| a * b).sum();
+                    let valid = r0 + i + 1;
+                    let p = &mut pbuf[i * cols..(i + 1) * cols];
+                    let dp = &mut dpbuf[i * cols..(i + 1) * cols];
+                    for j in 0..valid {
+                        p[j] = (p[j] - l).exp();
+                        dp[j] = p[j] * (dp[j] - di);
+                    }
+                    p[valid..].iter_mut().for_each(|v| *v = 0.0);
+                    dp[valid..].iter_mut().for_each(|v| *v = 0.0);
+                }
+                unsafe {
+                    // dQ[r0.., h] = scale · dS · K[0..cols]
+                    gemm_raw(br, d, cols, dq_ptr.add(r0 * qs), qs, (dpbuf.as_ptr(), cols, 1), (k_ptr, qs, 1), scale, false);
+                    // dK[0..cols] += scale · dSᵀ · Q[r0..]
+                    gemm_raw(cols, d, br, dk_ptr, qs, (dpbuf.as_ptr(), 1, cols), (q_ptr.add(r0 * qs), qs, 1), scale, true);
+                    // dV[0..cols] += Pᵀ · dO[r0..]
+                    gemm_raw(cols, d, br, dv_ptr, qs, (pbuf.as_ptr(), 1, cols), (do_ptr.add(r0 * os), os, 1), 1.0, true);
+                }
+            }
+        }
+    });
+}

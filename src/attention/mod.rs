@@ -1,0 +1,8 @@
+//! Causal grouped-query attention over packed sequences, forward and backward.
+//!
+//! The statistics pass (FCI, FAI, WAAD) of the AttnRL issue builds on the row log-sum-exp values
+//! this forward stores.
+
+pub mod cpu;
+
+pub use cpu::{attention_backward, attention_forward, AttnShape};

@@ -1,0 +1,222 @@
+//! Matrix products on row-major f32 buffers through the `gemm` crate (BLIS-style, AVX2/FMA,
+//! rayon-parallel). Transposes are expressed as strides, never materialised.
+
+use gemm::Parallelism;
+
+/// Below this many multiply-adds a product runs on the calling thread (rayon overhead dominates).
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// A read-only strided matrix view: element (i, j) is at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// A mutable strided matrix view.
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Row-major [rows, cols] matrix with row stride `rs`.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        MatRef { data, rows, cols, rs, cs: 1 }
+    }
+    /// The transpose (a view, no copy).
+    pub fn t(self) -> Self {
+        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view out of bounds: {} >= {}", last, self.data.len());
+        }
+    }
+}
+
+impl<'a> MatMut<'a> {
+    /// Row-major [rows, cols] matrix with row stride `rs`.
+    pub fn rows(data: &'a mut [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        MatMut { data, rows, cols, rs, cs: 1 }
+    }
+}
+
+/// C = alpha·A·B (+ C if `accumulate`). Shapes: A [m, k], B [k, n], C [m, n]. `parallel` lets the
+/// product use the rayon pool (pass false inside an already-parallel loop).
+pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate: bool, parallel: bool) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    assert_eq!(a.rows, m, "gemm: A rows {} != C rows {}", a.rows, m);
+    assert_eq!(b.rows, k, "gemm: B rows {} != A cols {}", b.rows, k);
+    assert_eq!(b.cols, n, "gemm: B cols {} != C cols {}", b.cols, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    a.check();
+    b.check();
+    let c_ref = MatRef { data: c.data, rows: m, cols: n, rs: c.rs, cs: c.cs };
+    c_ref.check();
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    c.data[i * c.rs + j * c.cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let par = if parallel && m * n * k >= PARALLEL_MIN_MACS { Parallelism::Rayon(0) } else { Parallelism::None };
+    // SAFETY: every view was bounds-checked above for its full extent (last element index <
+    // len); `c` is borrowed mutably so it aliases neither `a` nor `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.data.as_mut_ptr(),
+            c.cs as isize,
+            c.rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// C[m,n] (+)= A[m,k] · B[n,k]ᵀ — a linear layer's forward, Y = X Wᵀ with W in [out, in] layout.
+pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
+    gemm(
+        MatMut::rows(c, m, n, n),
+        MatRef::rows(a, m, k, k),
+        MatRef::rows(b, n, k, k).t(),
+        1.0,
+        accumulate,
+        true,
+    );
+}
+
+/// C[m,n] (+)= A[m,k] · B[k,n] — a linear layer's input gradient, dX = dY W.
+pub fn matmul_nn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
+    gemm(MatMut::rows(c, m, n, n), MatRef::rows(a, m, k, k), MatRef::rows(b, k, n, n), 1.0, accumulate, true);
+}
+
+/// C[m,n] (+)= A[k,m]ᵀ · B[k,n] — a linear layer's weight gradient, dW = dYᵀ X.
+pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
+    gemm(
+        MatMut::rows(c, m, n, n),
+        MatRef::rows(a, k, m, m).t(),
+        MatRef::rows(b, k, n, n),
+        1.0,
+        accumulate,
+        true,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn transpose(x: &[f32], r: usize, c: usize) -> Vec<f32> {
+        let mut t = vec![0.0; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                t[j * r + i] = x[i * c + j];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn all_transpose_variants_match_naive() {
+        let (m, n, k) = (37, 70, 129);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 31) as f32 / 15.0 - 1.0).collect();
+        let want = naive(&a, &b, m, n, k);
+        let close = |got: &[f32]| got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-3 * (1.0 + w.abs()));
+
+        let mut c = vec![0.0; m * n];
+        matmul_nn(&mut c, &a, &b, m, n, k, false);
+        assert!(close(&c));
+        let bt = transpose(&b, k, n);
+        matmul_nt(&mut c, &a, &bt, m, n, k, false);
+        assert!(close(&c));
+        let at = transpose(&a, m, k);
+        matmul_tn(&mut c, &at, &b, m, n, k, false);
+        assert!(close(&c));
+        // accumulate adds on top
+        matmul_nn(&mut c, &a, &b, m, n, k, true);
+        assert!(c.iter().zip(&want).all(|(g, w)| (g - 2.0 * w).abs() < 2e-3 * (1.0 + w.abs())));
+    }
+}
+
+/// C = alpha·A·B (+ C) on raw row/column-strided pointers, single-threaded. For kernels whose
+/// parallel tasks write disjoint column blocks of one shared buffer (attention heads).
+///
+/// # Safety
+/// Every element addressed by the strides must be in bounds of its allocation; `c` must not
+/// overlap `a` or `b`, nor any region another thread accesses concurrently.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: usize,
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize, usize),
+    alpha: f32,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        accumulate,
+        a.0,
+        a.2 as isize,
+        a.1 as isize,
+        b.0,
+        b.2 as isize,
+        b.1 as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}

@@ -1,0 +1,6 @@
+//! CPU backend: GEMM through the `gemm` crate, elementwise kernels parallelised with rayon.
+
+pub mod matmul;
+pub mod ops;
+
+pub use matmul::{matmul_nn, matmul_nt, matmul_tn, MatRef, MatMut};

@@ -1,0 +1,60 @@
+//! Helpers shared by integration tests: reading golden fixtures and comparing tensors.
+#![allow(dead_code)]
+
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Path of a committed fixture directory.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A reference file read fully into f32 / i64 vectors with shapes.
+pub struct Reference {
+    pub f32s: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub i64s: HashMap<String, (Vec<usize>, Vec<i64>)>,
+}
+
+impl Reference {
+    pub fn load(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+        let (mut f32s, mut i64s) = (HashMap::new(), HashMap::new());
+        for (name, view) in st.tensors() {
+            let shape = view.shape().to_vec();
+            match view.dtype() {
+                Dtype::F32 => {
+                    let v = view.data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                    f32s.insert(name, (shape, v));
+                }
+                Dtype::I64 => {
+                    let v = view.data().chunks(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+                    i64s.insert(name, (shape, v));
+                }
+                other => panic!("unexpected dtype {other:?} for {name}"),
+            }
+        }
+        Reference { f32s, i64s }
+    }
+
+    pub fn f32(&self, name: &str) -> &[f32] {
+        &self.f32s.get(name).unwrap_or_else(|| panic!("reference has no f32 tensor {name}")).1
+    }
+
+    pub fn i64(&self, name: &str) -> &[i64] {
+        &self.i64s.get(name).unwrap_or_else(|| panic!("reference has no i64 tensor {name}")).1
+    }
+}
+
+/// max |a − b|.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// max |a − b| / max |b| (relative error at the scale of the tensor).
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max).max(1e-12);
+    max_abs_diff(a, b) / scale
+}
