@@ -25,6 +25,18 @@ pub enum SimCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run every validation scenario: calibrate on the sync baseline, predict the published figures.
+    Validate {
+        /// One JSON object per case per line (`case`, `predicted`, `published`, `error`).
+        #[arg(long)]
+        json: bool,
+        /// Directory of scenario files with `[[case]]` entries.
+        #[arg(long, default_value = "sim/scenarios")]
+        dir: PathBuf,
+        /// Seed (default 1).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// Execute a simulator subcommand.
@@ -44,6 +56,25 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                 std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 std::fs::write(dir.join("results.csv"), report::csv(&r))?;
                 std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&r)?)?;
+            }
+            Ok(())
+        }
+        SimCommand::Validate { json, dir, seed } => {
+            let mut cals = Vec::new();
+            let mut rows = Vec::new();
+            for f in crate::validate::validation_files(&dir)? {
+                let sc = Scenario::load(&f)?;
+                let (cal, r) = crate::validate::validate_scenario(&sc, seed).with_context(|| format!("{}", f.display()))?;
+                if json {
+                    for row in &r {
+                        println!("{}", serde_json::to_string(row)?);
+                    }
+                }
+                cals.extend(cal);
+                rows.extend(r);
+            }
+            if !json {
+                print!("{}", crate::validate::table(&cals, &rows));
             }
             Ok(())
         }

@@ -44,9 +44,12 @@ impl<'a> Sim<'a> {
             });
             self.groups.len() as u32 - 1
         });
-        let pinned = if self.pol.prompt_replication { None } else { Some(self.pick_worker()) };
-        let difficulty = self.difficulty(prompt);
         let n = self.sc.workload.responses_per_prompt;
+        let pinned = if self.pol.prompt_replication { None } else { Some(self.pick_worker()) };
+        if let Some(w) = pinned {
+            self.reserve(w, n + self.pol.group_size_redundancy);
+        }
+        let difficulty = self.difficulty(prompt);
         let grp = &mut self.groups[g as usize];
         grp.prompt = prompt;
         grp.attempt = attempt;
@@ -153,6 +156,11 @@ impl<'a> Sim<'a> {
         let phase = self.samples[s as usize].phase;
         if phase == Phase::Gen {
             self.evict(s);
+        }
+        if std::mem::take(&mut self.samples[s as usize].holds_reservation) {
+            if let Some(w) = self.groups[self.samples[s as usize].group as usize].pinned {
+                self.release_reservation(w);
+            }
         }
         let x = &mut self.samples[s as usize];
         if phase == Phase::Free {

@@ -65,6 +65,8 @@ pub struct Sample {
     pub lockstep: bool,
     /// Waiting at the barrier after an environment phase (else after a generation turn).
     pub after_env: bool,
+    /// Holds one unit of reserved load on its group's pinned worker until first queued.
+    pub holds_reservation: bool,
 }
 
 /// Life cycle of a prompt's group.
@@ -294,7 +296,19 @@ impl<'a> Sim<'a> {
 
     fn load(&self, w: u32) -> u32 {
         let wk = &self.workers[w as usize];
-        wk.active + wk.local_queue.len() as u32
+        wk.active + wk.local_queue.len() as u32 + wk.reserved
+    }
+
+    /// Give back one unit of reserved load.
+    pub fn release_reservation(&mut self, w: u32) {
+        let wk = &mut self.workers[w as usize];
+        wk.reserved = wk.reserved.saturating_sub(1);
+    }
+
+    /// Reserve `n` sequences of load on worker `w` (a group pinned there).
+    pub fn reserve(&mut self, w: u32, n: u32) {
+        self.workers[w as usize].reserved += n;
+        self.push_load(w);
     }
 
     fn push_load(&mut self, w: u32) {
@@ -336,13 +350,19 @@ impl<'a> Sim<'a> {
 
     /// Queue a sample's next generation turn.
     pub fn enqueue_gen(&mut self, s: u32) {
-        let (g, tag) = {
+        let (g, tag, held) = {
             let x = &mut self.samples[s as usize];
             x.phase = Phase::Queued;
-            (x.group, x.tag)
+            let held = std::mem::take(&mut x.holds_reservation);
+            (x.group, x.tag, held)
         };
         let w = match self.groups[g as usize].pinned {
-            Some(w) => w,
+            Some(w) => {
+                if held {
+                    self.release_reservation(w);
+                }
+                w
+            }
             None if self.pol.dispatch == Dispatch::Queue => {
                 let w = self.least_loaded();
                 if self.workers[w as usize].active >= self.sc.inference.max_concurrency {
@@ -484,6 +504,7 @@ impl<'a> Sim<'a> {
                 env_fails: false,
                 lockstep: false,
                 after_env: false,
+                holds_reservation: false,
             });
             self.samples.len() as u32 - 1
         });
@@ -494,6 +515,7 @@ impl<'a> Sim<'a> {
         x.tag = x.tag.wrapping_add(1);
         x.attempt = 0;
         x.lockstep = lockstep;
+        x.holds_reservation = self.groups[g as usize].pinned.is_some();
         if lockstep {
             self.barrier_expected += 1;
         }

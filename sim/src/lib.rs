@@ -13,4 +13,5 @@ pub mod report;
 pub mod run;
 pub mod rng;
 pub mod scenario;
+pub mod validate;
 pub mod worker;

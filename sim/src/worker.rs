@@ -28,6 +28,8 @@ pub struct Worker {
     pub epoch: u32,
     /// Requests pinned to this worker (static dispatch or a prompt's group), FIFO.
     pub local_queue: VecDeque<(u32, u32)>,
+    /// Sequences of groups pinned here that are not queued yet (counted as load).
+    pub reserved: u32,
     /// Start of the current busy interval.
     pub busy_since: Option<TimeNs>,
     heap: BinaryHeap<Entry>,
