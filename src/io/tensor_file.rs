@@ -1,0 +1,124 @@
+//! Reading a safetensors file's header (and single small tensors) without loading the whole file.
+
+use super::dtype::decode_into;
+use crate::error::{Error, Result};
+use safetensors::Dtype;
+use serde_json::Value;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Largest header accepted (the safetensors format's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// One tensor entry of a safetensors header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorEntry {
+    /// Tensor name.
+    pub name: String,
+    /// Dtype tag as written in the file (`F32`, `BF16`, `I64`, ...).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Byte range [begin, end) relative to the start of the data section.
+    pub data_offsets: (u64, u64),
+}
+
+impl TensorEntry {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A parsed safetensors header.
+#[derive(Debug, Clone)]
+pub struct SafetensorsHeader {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Tensors sorted by data offset.
+    pub tensors: Vec<TensorEntry>,
+    /// The `__metadata__` string map, if any.
+    pub metadata: Option<serde_json::Map<String, Value>>,
+    /// Byte position where the data section starts (8 + header length).
+    pub data_start: u64,
+    /// Total file length in bytes.
+    pub file_len: u64,
+}
+
+/// Read and validate the header of a safetensors file: every tensor's byte range must lie inside the file,
+/// so a truncated file is reported here.
+pub fn read_header(path: &Path) -> Result<SafetensorsHeader> {
+    let bad = |msg: String| Error::Invalid(format!("{}: not a valid safetensors file: {msg}", path.display()));
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len8 = [0u8; 8];
+    f.read_exact(&mut len8).map_err(|_| bad(format!("{file_len} bytes is too short for a header")))?;
+    let header_len = u64::from_le_bytes(len8);
+    if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
+        return Err(bad(format!("header length {header_len} does not fit in a {file_len}-byte file")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: Value = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let data_start = 8 + header_len;
+    let mut tensors = Vec::with_capacity(obj.len());
+    let mut metadata = None;
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            metadata = info.as_object().cloned();
+            continue;
+        }
+        let field = |k: &str| info.get(k).ok_or_else(|| bad(format!("tensor `{name}` has no `{k}`")));
+        let dtype = field("dtype")?.as_str().ok_or_else(|| bad(format!("tensor `{name}`: dtype is not a string")))?;
+        let nums = |k: &str| -> Result<Vec<u64>> {
+            field(k)?
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| bad(format!("tensor `{name}`: `{k}` is not a list of integers")))
+        };
+        let shape: Vec<usize> = nums("shape")?.into_iter().map(|d| d as usize).collect();
+        let offsets = nums("data_offsets")?;
+        let (begin, end) = match offsets.as_slice() {
+            [b, e] if b <= e => (*b, *e),
+            _ => return Err(bad(format!("tensor `{name}`: bad data_offsets {offsets:?}"))),
+        };
+        if data_start + end > file_len {
+            return Err(bad(format!(
+                "tensor `{name}` ends at byte {} past the end of the file ({file_len} bytes); truncated?",
+                data_start + end
+            )));
+        }
+        tensors.push(TensorEntry { name: name.clone(), dtype: dtype.to_string(), shape, data_offsets: (begin, end) });
+    }
+    tensors.sort_by_key(|t| t.data_offsets.0);
+    Ok(SafetensorsHeader { path: path.to_path_buf(), tensors, metadata, data_start, file_len })
+}
+
+/// Parse a safetensors dtype tag.
+pub fn parse_dtype(tag: &str) -> Option<Dtype> {
+    serde_json::from_value(Value::String(tag.to_string())).ok()
+}
+
+/// Read one floating-point tensor of `header` as f32 (seeks; does not read the rest of the file).
+pub fn read_tensor_f32(header: &SafetensorsHeader, entry: &TensorEntry) -> Result<Vec<f32>> {
+    let path = &header.path;
+    let dtype = parse_dtype(&entry.dtype).ok_or_else(|| Error::Checkpoint {
+        file: path.clone(),
+        tensor: entry.name.clone(),
+        msg: format!("unknown dtype {}", entry.dtype),
+    })?;
+    let (begin, end) = entry.data_offsets;
+    let mut bytes = vec![0u8; (end - begin) as usize];
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(header.data_start + begin)).map_err(|e| Error::io(path, e))?;
+    f.read_exact(&mut bytes).map_err(|e| Error::io(path, e))?;
+    let mut out = vec![0.0; entry.numel()];
+    decode_into(dtype, &bytes, &mut out).map_err(|msg| Error::Checkpoint {
+        file: path.clone(),
+        tensor: entry.name.clone(),
+        msg,
+    })?;
+    Ok(out)
+}
