@@ -360,6 +360,10 @@ impl<'a> Sim<'a> {
         if self.trainer_busy || self.finished {
             return;
         }
+        let p = self.sc.workload.prompts_per_step as usize;
+        if self.buffer.len() < p {
+            return;
+        }
         let step = self.trained;
         let min_version = step.saturating_sub(self.alpha_steps);
         let mut stale = Vec::new();
@@ -374,7 +378,6 @@ impl<'a> Sim<'a> {
             self.groups[g as usize].state = GroupState::Live;
             self.abort_group(g);
         }
-        let p = self.sc.workload.prompts_per_step as usize;
         if self.buffer.len() < p {
             return;
         }

@@ -49,7 +49,7 @@ pub fn calibrate(sc: &mut Scenario, seed: u64) -> Result<Option<CalibrationResul
         Knob::BandwidthEfficiency => (0.01f64, 1.0f64, false),
         Knob::DecodeOverhead => (0.0f64, 1000.0f64, true),
     };
-    let mut step_at = |sc: &mut Scenario, v: f64| -> Result<f64> {
+    let step_at = |sc: &mut Scenario, v: f64| -> Result<f64> {
         set_knob(sc, cal.knob, v);
         Ok(run_policy_best(sc, &pol, seed)?.step_time_s_mean)
     };
