@@ -10,5 +10,6 @@ pub mod model;
 pub mod rng;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -2,6 +2,10 @@
 //! rayon-parallel). Transposes are expressed as strides, never materialised.
 
 use gemm::Parallelism;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Number of GEMM calls made so far (all threads); tests use it to attribute allocations.
+pub static GEMM_CALLS: AtomicUsize = AtomicUsize::new(0);
 
 /// Below this many multiply-adds a product runs on the calling thread (rayon overhead dominates).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
@@ -73,6 +77,7 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate:
         }
         return;
     }
+    GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
     let par = if parallel && m * n * k >= PARALLEL_MIN_MACS { Parallelism::Rayon(0) } else { Parallelism::None };
     // SAFETY: every view was bounds-checked above for its full extent (last element index <
     // len); `c` is borrowed mutably so it aliases neither `a` nor `b`.
@@ -198,6 +203,7 @@ pub unsafe fn gemm_raw(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
     gemm::gemm(
         m,
         n,
