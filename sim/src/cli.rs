@@ -21,9 +21,30 @@ pub enum SimCommand {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
-        /// Write CSV, JSON and PNG plots into this directory.
+        /// Write results.csv, results.json, busy.png and steps.png into this directory.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Sweep one policy over GPU counts and async ratios (progress bar on stderr).
+    Sweep {
+        /// Scenario TOML file.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Policy to sweep (default: the first). alpha > 0 runs it async on a disaggregated split.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Comma-separated GPU counts.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+        gpus: Vec<u32>,
+        /// Comma-separated async ratios (0 = the policy's own mode; inf allowed).
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2,4")]
+        alpha: Vec<f64>,
+        /// Seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print JSON lines instead of CSV.
+        #[arg(long)]
+        json: bool,
     },
     /// Run every validation scenario: calibrate on the sync baseline, predict the published figures.
     Validate {
@@ -56,6 +77,33 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                 std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 std::fs::write(dir.join("results.csv"), report::csv(&r))?;
                 std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&r)?)?;
+                crate::plot::write_plots(&r, &dir)?;
+                eprintln!("wrote {0}/results.csv, {0}/results.json, {0}/busy.png, {0}/steps.png", dir.display());
+            }
+            Ok(())
+        }
+        SimCommand::Sweep { scenario, policy, gpus, alpha, seed, json } => {
+            let sc = Scenario::load(&scenario)?;
+            let seed = seed.unwrap_or(sc.seed);
+            eprintln!("{}", options_log(&sc, seed));
+            let policy = policy.unwrap_or_else(|| sc.policies[0].name.clone());
+            if alpha.iter().any(|a| a.is_nan() || *a < 0.0) {
+                anyhow::bail!("--alpha: values must be >= 0 (inf allowed)");
+            }
+            let points = crate::sweep::sweep(&sc, &policy, &gpus, &alpha, seed)?;
+            if !json {
+                println!("gpus,alpha,step_time_s_mean,samples_per_s,tokens_per_s,staleness_mean,inference_busy_fraction,trace_hash");
+            }
+            for p in points {
+                if json {
+                    println!("{}", serde_json::to_string(&p)?);
+                } else {
+                    println!(
+                        "{},{},{:.4},{:.4},{:.1},{:.3},{:.4},{}",
+                        p.gpus, p.alpha, p.step_time_s_mean, p.samples_per_s, p.tokens_per_s, p.staleness_mean,
+                        p.inference_busy_fraction, p.trace_hash
+                    );
+                }
             }
             Ok(())
         }
