@@ -100,8 +100,14 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                 } else {
                     println!(
                         "{},{},{:.4},{:.4},{:.1},{:.3},{:.4},{}",
-                        p.gpus, p.alpha, p.step_time_s_mean, p.samples_per_s, p.tokens_per_s, p.staleness_mean,
-                        p.inference_busy_fraction, p.trace_hash
+                        p.gpus,
+                        p.alpha,
+                        p.step_time_s_mean,
+                        p.samples_per_s,
+                        p.tokens_per_s,
+                        p.staleness_mean,
+                        p.inference_busy_fraction,
+                        p.trace_hash
                     );
                 }
             }
@@ -112,7 +118,8 @@ pub fn run(cmd: SimCommand) -> Result<()> {
             let mut rows = Vec::new();
             for f in crate::validate::validation_files(&dir)? {
                 let sc = Scenario::load(&f)?;
-                let (cal, r) = crate::validate::validate_scenario(&sc, seed).with_context(|| format!("{}", f.display()))?;
+                let (cal, r) =
+                    crate::validate::validate_scenario(&sc, seed).with_context(|| format!("{}", f.display()))?;
                 if json {
                     for row in &r {
                         println!("{}", serde_json::to_string(row)?);

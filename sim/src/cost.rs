@@ -42,7 +42,8 @@ impl CostModel {
         let (infer_gpus, train_gpus) = match placement {
             Placement::Colocated => (h.gpus, h.gpus),
             Placement::Disaggregated => {
-                let train = ((h.gpus as f64 * train_fraction).round() as u32).clamp(1, h.gpus.saturating_sub(tp).max(1));
+                let train =
+                    ((h.gpus as f64 * train_fraction).round() as u32).clamp(1, h.gpus.saturating_sub(tp).max(1));
                 (h.gpus - train.min(h.gpus - 1), train)
             }
         };

@@ -440,7 +440,7 @@ impl<'a> Sim<'a> {
         x.gen_left -= done;
         if wk.active == 0 {
             wk.busy_since = None;
-            self.m.infer_busy.push((now, self.cost.tp as i32 * -1));
+            self.m.infer_busy.push((now, -(self.cost.tp as i32)));
         }
         self.mark_dirty(w);
     }
@@ -683,7 +683,10 @@ impl<'a> Sim<'a> {
 
     /// Release the barrier when every lockstep sample has arrived.
     pub fn check_barrier(&mut self) {
-        if self.launching || self.barrier_arrived.is_empty() || (self.barrier_arrived.len() as u64) < self.barrier_expected {
+        if self.launching
+            || self.barrier_arrived.is_empty()
+            || (self.barrier_arrived.len() as u64) < self.barrier_expected
+        {
             return;
         }
         let released = std::mem::take(&mut self.barrier_arrived);

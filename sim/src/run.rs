@@ -24,7 +24,13 @@ pub struct ScenarioResult {
 }
 
 /// Run one policy with one train fraction; `track` records the prompt ledger (tests).
-pub fn run_policy(sc: &Scenario, pol: &Policy, train_fraction: f64, seed: u64, track: bool) -> Result<(PolicyResult, Metrics)> {
+pub fn run_policy(
+    sc: &Scenario,
+    pol: &Policy,
+    train_fraction: f64,
+    seed: u64,
+    track: bool,
+) -> Result<(PolicyResult, Metrics)> {
     let mut sim = Sim::new(sc, pol, train_fraction, seed);
     if track {
         sim.m.ledger = Some(Vec::new());
@@ -44,7 +50,7 @@ pub fn run_policy_best(sc: &Scenario, pol: &Policy, seed: u64) -> Result<PolicyR
     for f in SPLIT_CANDIDATES {
         let (r, _) = run_policy(sc, pol, f, seed, false)?;
         events += r.events;
-        if best.as_ref().map_or(true, |b| r.samples_per_s > b.samples_per_s) {
+        if best.as_ref().is_none_or(|b| r.samples_per_s > b.samples_per_s) {
             best = Some(r);
         }
     }

@@ -476,7 +476,7 @@ impl Scenario {
             if p.mode != Mode::Sync && p.placement == Placement::Colocated {
                 bail!("{key}: mode = {:?} needs placement = \"disaggregated\"", p.mode);
             }
-            if !(p.alpha >= 0.0) {
+            if p.alpha.is_nan() || p.alpha < 0.0 {
                 bail!("{key}.alpha = {}: must be >= 0 (inf allowed)", p.alpha);
             }
             if !(p.tail_eta >= 1.0 && p.tail_eta <= 16.0) {
@@ -508,7 +508,9 @@ impl Scenario {
             }
             pos(&format!("case[{k}].published"), c.published)?;
         }
-        if self.limits.events_max == 0 || self.limits.sim_time_s_max.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        if self.limits.events_max == 0
+            || self.limits.sim_time_s_max.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             bail!("limits.events_max and limits.sim_time_s_max must be > 0");
         }
         Ok(())

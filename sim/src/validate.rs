@@ -11,6 +11,9 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Cache key: (gpus, prompts, responses overrides, policy/metric).
+type CacheKey = (Option<u32>, Option<u32>, Option<u32>, String);
+
 /// One validation result.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseResult {
@@ -105,7 +108,7 @@ fn with_overrides(sc: &Scenario, c: &Case) -> Scenario {
 pub fn validate_scenario(sc: &Scenario, seed: u64) -> Result<(Option<CalibrationResult>, Vec<CaseResult>)> {
     let mut sc = sc.clone();
     let cal = calibrate(&mut sc, seed)?;
-    let mut cache: HashMap<(Option<u32>, Option<u32>, Option<u32>, String), f64> = HashMap::new();
+    let mut cache: HashMap<CacheKey, f64> = HashMap::new();
     let mut out = Vec::new();
     for c in &sc.cases {
         let scc = with_overrides(&sc, c);
