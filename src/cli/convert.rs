@@ -90,7 +90,8 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     };
     let Some(to) = &args.to else {
         println!(
-            "checked {}: {:?}, {n_params} params, stored {}, {} file(s), {} ignored tensor(s), {tok}; nothing written (no --to)",
+            "checked {}: {:?}, {n_params} params, stored {}, {} file(s), {} ignored tensor(s), {tok}; \
+             nothing written (no --to)",
             from.display(),
             loaded.config.arch,
             stored.join(" "),
@@ -117,11 +118,11 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "converted {} -> {}: {:?}, {n_params} params, {} ({} -> {}), {} shard(s), {} bytes of tensors, {} bytes written, {} ignored tensor(s), {copied} side file(s) copied, {tok}",
+        "converted {} -> {}: {:?}, {n_params} params, {} -> {}, {} shard(s), {} tensor bytes ({} written), \
+         {} ignored tensor(s), {tok}, {copied} side file(s) copied",
         from.display(),
         to.display(),
         loaded.config.arch,
-        args.dtype,
         stored.join(" "),
         args.dtype,
         summary.files.len(),

@@ -126,7 +126,7 @@ fn print_shards(index: &Path, layout: Option<&ParamLayout>, stats_max: usize, di
 fn print_tensors(header: &SafetensorsHeader, layout: Option<&ParamLayout>, stats_max: usize) -> anyhow::Result<()> {
     println!("{}: {} tensors, {} bytes", header.path.display(), header.tensors.len(), header.file_len);
     for t in &header.tensors {
-        let mut line = format!("  {:<56} {:<5} {:?}", t.name, t.dtype, t.shape);
+        let mut line = format!("  {:<56} {:<5} {:<14}", t.name, t.dtype, format!("{:?}", t.shape));
         if t.numel() <= stats_max && t.numel() > 0 {
             if let Ok(v) = read_tensor_f32(header, t) {
                 let min = v.iter().copied().fold(f32::INFINITY, f32::min);

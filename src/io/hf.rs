@@ -190,7 +190,7 @@ impl View for OutTensor<'_> {
 }
 
 /// Group tensors (in layout order) into shards of at most `max` bytes; `None` → one shard.
-fn plan_shards<'a>(specs: &'a [ParamSpec], dtype: StoreDtype, max: Option<u64>) -> Vec<Vec<&'a ParamSpec>> {
+fn plan_shards(specs: &[ParamSpec], dtype: StoreDtype, max: Option<u64>) -> Vec<Vec<&ParamSpec>> {
     let mut shards: Vec<Vec<&ParamSpec>> = vec![Vec::new()];
     let mut bytes = 0u64;
     for spec in specs {
@@ -267,7 +267,7 @@ pub fn save_hf_dir(dir: &Path, cfg: &ModelConfig, params: &Params, opts: &SaveOp
     Ok(summary)
 }
 
-/// The `config.json` to write: the base config's keys, overridden by arbor's, with `torch_dtype` set.
+/// The `config.json` to write: the base config's keys, overridden by arbor's, with `torch_dtype`/`dtype` set.
 fn config_json(cfg: &ModelConfig, opts: &SaveOptions) -> Value {
     let mut out = match &opts.base_config {
         Some(Value::Object(base)) => base.clone(),
@@ -276,7 +276,9 @@ fn config_json(cfg: &ModelConfig, opts: &SaveOptions) -> Value {
     if let Value::Object(ours) = cfg.to_hf_json() {
         out.extend(ours);
     }
+    // transformers < 4.56 reads `torch_dtype`, later versions `dtype`; both are written (as transformers 5 does).
     out.insert("torch_dtype".into(), json!(opts.dtype.torch_name()));
+    out.insert("dtype".into(), json!(opts.dtype.torch_name()));
     Value::Object(out)
 }
 

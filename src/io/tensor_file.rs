@@ -84,10 +84,19 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader> {
             [b, e] if b <= e => (*b, *e),
             _ => return Err(bad(format!("tensor `{name}`: bad data_offsets {offsets:?}"))),
         };
-        if data_start + end > file_len {
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape {shape:?} overflows")))?;
+        if let Some(dt) = parse_dtype(dtype) {
+            if numel.checked_mul(dt.bitsize() as u64) != (end - begin).checked_mul(8) {
+                let msg = format!("tensor `{name}`: {} bytes do not hold {dtype} of shape {shape:?}", end - begin);
+                return Err(bad(msg));
+            }
+        }
+        if !matches!(data_start.checked_add(end), Some(e) if e <= file_len) {
             return Err(bad(format!(
-                "tensor `{name}` ends at byte {} past the end of the file ({file_len} bytes); truncated?",
-                data_start + end
+                "tensor `{name}` (data bytes {begin}..{end}) ends past the end of the {file_len}-byte file; truncated?"
             )));
         }
         tensors.push(TensorEntry { name: name.clone(), dtype: dtype.to_string(), shape, data_offsets: (begin, end) });

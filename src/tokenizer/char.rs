@@ -132,7 +132,9 @@ impl CharTokenizer {
             "padding": null,
             "added_tokens": added,
             "normalizer": null,
-            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": ONE_CHAR_REGEX}, "behavior": "Isolated", "invert": false},
+            "pre_tokenizer": {
+                "type": "Split", "pattern": {"Regex": ONE_CHAR_REGEX}, "behavior": "Isolated", "invert": false
+            },
             "post_processor": null,
             "decoder": {"type": "Fuse"},
             // No `<unk>` in the vocabulary: an unknown character is an error, as in `encode`.
