@@ -1,1 +1,97 @@
-fn main() {}
+//! Criterion benches of the numerical core: GEMM (gemm crate vs matrixmultiply, the choice made
+//! in DESIGN), causal attention forward + backward, and one full training step.
+//! Run: `cargo bench --bench core` (threads: RAYON_NUM_THREADS, default all cores).
+
+use arbor::attention::{attention_backward, attention_forward, AttnShape};
+use arbor::model::init::init_params;
+use arbor::model::{Batch, Model, ModelConfig, Workspace};
+use arbor::tensor::cpu::matmul_nt;
+use arbor::train::{clip_grad_norm, AdamW, AdamWConfig};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::path::Path;
+
+fn gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemm_f32");
+    for n in [256usize, 512, 1024] {
+        let a: Vec<f32> = (0..n * n).map(|i| (i % 13) as f32 * 0.1).collect();
+        let b = a.clone();
+        let mut out = vec![0.0f32; n * n];
+        g.throughput(Throughput::Elements((2 * n * n * n) as u64));
+        g.bench_with_input(BenchmarkId::new("gemm_crate", n), &n, |bch, &n| {
+            bch.iter(|| matmul_nt(&mut out, &a, &b, n, n, n, false))
+        });
+        g.bench_with_input(BenchmarkId::new("matrixmultiply", n), &n, |bch, &n| {
+            bch.iter(|| unsafe {
+                matrixmultiply::sgemm(
+                    n,
+                    n,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    n as isize,
+                    1,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let shape = AttnShape { num_heads: 4, num_kv_heads: 2, head_dim: 64 };
+    let (b, t) = (8usize, 128usize);
+    let n = b * t;
+    let qkv_w = (4 + 4) * 64;
+    let qkv: Vec<f32> = (0..n * qkv_w).map(|i| ((i % 29) as f32 - 14.0) * 0.02).collect();
+    let starts: Vec<usize> = (0..=b).map(|s| s * t).collect();
+    let mut out = vec![0.0; n * 256];
+    let mut lse = vec![0.0; n * 4];
+    let mut scratch = vec![0.0; shape.scratch_len(n)];
+    let mut dqkv = vec![0.0; n * qkv_w];
+    let dout: Vec<f32> = (0..n * 256).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    c.bench_function("attention_fwd_bwd_b8_t128_h4_kv2_d64", |bch| {
+        bch.iter(|| {
+            attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &starts, shape);
+            attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, &starts, shape);
+        })
+    });
+}
+
+fn train_step(c: &mut Criterion) {
+    let cfg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models/bench-tiny/config.json");
+    let cfg = ModelConfig::from_hf_file(&cfg_path).expect("bench-tiny config");
+    let mut model = Model::new(cfg.clone(), init_params(&cfg, 0, 0.02)).unwrap();
+    let mut batch = Batch::new();
+    for s in 0..8u32 {
+        let toks: Vec<u32> = (0..128u32).map(|i| (i * 31 + s * 7) % 512).collect();
+        batch.push_lm(&toks, 0).unwrap();
+    }
+    let n = batch.len();
+    let mut ws = Workspace::new(&cfg, n);
+    let mut grads = vec![0.0f32; model.params.data.len()];
+    let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
+    let dlogp = vec![-1.0 / n as f32; n];
+    let mut g = c.benchmark_group("train_step");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("bench_tiny_b8_t128", |bch| {
+        bch.iter(|| {
+            grads.iter_mut().for_each(|x| *x = 0.0);
+            model.forward(&batch, &mut ws).unwrap();
+            model.backward(&batch, &dlogp, &mut ws, &mut grads).unwrap();
+            clip_grad_norm(&mut grads, 1.0);
+            opt.step(&mut model.params.data, &grads, 1e-4);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, gemm, attention, train_step);
+criterion_main!(benches);

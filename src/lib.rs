@@ -4,10 +4,12 @@
 
 pub mod attention;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod io;
 pub mod model;
 pub mod rng;
+pub mod tasks;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

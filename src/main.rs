@@ -1,1 +1,69 @@
-fn main() {}
+//! The `arbor` command line: parsing and dispatch only.
+
+use arbor::cli::{bench, convert, inspect, train};
+use clap::{Parser, Subcommand};
+
+/// arbor: deterministic RL training of language models on verifiable reasoning tasks.
+#[derive(Debug, Parser)]
+#[command(name = "arbor", version, about)]
+struct Cli {
+    /// Worker threads (default: `run.threads` of the config for `train`, else all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model (default: the embedded tiny CPU job).
+    Train(train::TrainArgs),
+    /// Supervised warm start on solver traces (arrives with the RL trainer).
+    Sft,
+    /// Benchmarks of the numerical core.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Read an HF model directory and write it back (dtype, sharding).
+    Convert(convert::ConvertArgs),
+    /// Summarise a model directory or checkpoint.
+    Inspect(inspect::InspectArgs),
+    /// Discrete-event simulation of RL training clusters.
+    #[command(subcommand)]
+    Sim(arbor_sim::cli::SimCommand),
+}
+
+fn init_threads(n: usize) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("could not start {n} worker threads: {e}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            let cfg = train::resolve(&args)?;
+            init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
+            train::run(&cfg)
+        }
+        Command::Sft => anyhow::bail!("arbor sft: not yet available (it arrives with the RL trainer, issue 4)"),
+        Command::Bench(cmd) => {
+            init_threads(cli.threads.unwrap_or(0))?;
+            match cmd {
+                bench::BenchCommand::TrainStep(a) => bench::train_step(&a),
+                bench::BenchCommand::Gemm { n, reps } => bench::gemm(n, reps),
+            }
+        }
+        Command::Convert(args) => convert::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Sim(cmd) => arbor_sim::cli::run(cmd),
+    }
+}

@@ -9,7 +9,8 @@ use common::{fixture, max_abs_diff, Reference};
 #[test]
 fn adamw_with_clipping_matches_pytorch() {
     let dir = fixture("adamw");
-    let hp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("hparams.json")).unwrap()).unwrap();
+    let hp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("hparams.json")).unwrap()).unwrap();
     let f = |k: &str| hp[k].as_f64().unwrap_or_else(|| panic!("hparams.json: {k}")) as f32;
     let betas = hp["betas"].as_array().unwrap();
     let cfg = AdamWConfig {

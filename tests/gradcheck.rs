@@ -71,7 +71,13 @@ fn check(arch: Arch, tied: bool) {
             let fd = (lp - lm) / (2.0 * h as f64);
             let err = (grads[idx] as f64 - fd).abs() / fd.abs().max(0.1);
             worst = worst.max(err);
-            assert!(err < 2e-2, "{arch:?} {}[{}]: analytic {} vs finite difference {fd}", spec.name, idx - spec.offset, grads[idx]);
+            assert!(
+                err < 2e-2,
+                "{arch:?} {}[{}]: analytic {} vs finite difference {fd}",
+                spec.name,
+                idx - spec.offset,
+                grads[idx]
+            );
         }
     }
     println!("{arch:?} tied={tied}: worst relative error vs finite differences {worst:.2e}");

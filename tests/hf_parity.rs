@@ -39,7 +39,9 @@ fn check_model(name: &str) {
     let e_ent = max_abs_diff(&ws.entropy[..n], &pick(r.f32("entropy")));
     let loss: f32 = -ws.logprobs[..n].iter().zip(&weights).map(|(l, w)| l * w).sum::<f32>();
     let want_loss = r.f32("loss")[0];
-    println!("{name}: logits max-abs {e_logits:.2e}, logprobs {e_logp:.2e}, entropy {e_ent:.2e}, loss {loss} vs {want_loss}");
+    println!(
+        "{name}: logits max-abs {e_logits:.2e}, logprobs {e_logp:.2e}, entropy {e_ent:.2e}, loss {loss} vs {want_loss}"
+    );
     assert!(e_logits <= 1e-4, "{name}: logits max-abs error {e_logits}");
     assert!(e_logp <= 1e-4, "{name}: logprob max-abs error {e_logp}");
     assert!(e_ent <= 1e-4, "{name}: entropy max-abs error {e_ent}");

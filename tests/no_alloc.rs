@@ -71,7 +71,8 @@ fn train_step_allocates_no_buffers() {
     step(&mut model, &mut ws, &mut grads); // warm-up: thread pool, gemm caches
     let mut per_step = Vec::new();
     for _ in 0..3 {
-        let (b0, c0, g0) = (BYTES.load(Ordering::Relaxed), CALLS.load(Ordering::Relaxed), GEMM_CALLS.load(Ordering::Relaxed));
+        let (b0, c0, g0) =
+            (BYTES.load(Ordering::Relaxed), CALLS.load(Ordering::Relaxed), GEMM_CALLS.load(Ordering::Relaxed));
         step(&mut model, &mut ws, &mut grads);
         per_step.push((
             BYTES.load(Ordering::Relaxed) - b0,

@@ -70,7 +70,8 @@ pub fn attention_forward(
     assert!(qkv.len() >= n * qs && out.len() >= n * os && lse.len() >= n * h_n);
     assert!(scratch.len() >= shape.scratch_len(n));
     let scale = 1.0 / (d as f32).sqrt();
-    let (out_p, lse_p, scr_p) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(scratch.as_mut_ptr()));
+    let (out_p, lse_p, scr_p) =
+        (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(scratch.as_mut_ptr()));
     tasks(seq_starts, kv_n).for_each(|(s, g)| {
         let (start, t_len) = (seq_starts[s], seq_starts[s + 1] - seq_starts[s]);
         if t_len == 0 {
@@ -79,7 +80,10 @@ pub fn attention_forward(
         // SAFETY: task (s, g) owns scratch [2·BLOCK_ROWS·(KV·start + g·T), +2·BLOCK_ROWS·T): the
         // regions of distinct tasks are disjoint since Σ_s KV·T_s = KV·N.
         let sbuf = unsafe {
-            std::slice::from_raw_parts_mut(scr_p.get().add(2 * BLOCK_ROWS * (kv_n * start + g * t_len)), BLOCK_ROWS * t_len)
+            std::slice::from_raw_parts_mut(
+                scr_p.get().add(2 * BLOCK_ROWS * (kv_n * start + g * t_len)),
+                BLOCK_ROWS * t_len,
+            )
         };
         let base = &qkv[start * qs..];
         let k_ptr = base[(h_n + g) * d..].as_ptr();
@@ -92,7 +96,17 @@ pub fn attention_forward(
                 // S[br, cols] = scale · Q[r0.., :] · K[0..cols, :]ᵀ
                 // SAFETY: Q/K rows r < t_len of this sequence lie inside qkv (checked above).
                 unsafe {
-                    gemm_raw(br, cols, d, sbuf.as_mut_ptr(), cols, (q_ptr.add(r0 * qs), qs, 1), (k_ptr, 1, qs), scale, false)
+                    gemm_raw(
+                        br,
+                        cols,
+                        d,
+                        sbuf.as_mut_ptr(),
+                        cols,
+                        (q_ptr.add(r0 * qs), qs, 1),
+                        (k_ptr, 1, qs),
+                        scale,
+                        false,
+                    )
                 };
                 for i in 0..br {
                     let row = &mut sbuf[i * cols..(i + 1) * cols];
@@ -113,7 +127,17 @@ pub fn attention_forward(
                 // SAFETY: output columns [h·D, (h+1)·D) of this sequence's rows are written by this
                 // task only (head h belongs to kv group g).
                 unsafe {
-                    gemm_raw(br, d, cols, out_p.get().add((start + r0) * os + h * d), os, (sbuf.as_ptr(), cols, 1), (v_ptr, qs, 1), 1.0, false)
+                    gemm_raw(
+                        br,
+                        d,
+                        cols,
+                        out_p.get().add((start + r0) * os + h * d),
+                        os,
+                        (sbuf.as_ptr(), cols, 1),
+                        (v_ptr, qs, 1),
+                        1.0,
+                        false,
+                    )
                 };
             }
         }
@@ -177,8 +201,28 @@ pub fn attention_backward(
                 let cols = r0 + br;
                 // SAFETY (all gemm_raw below): rows < t_len of this sequence, columns of this task.
                 unsafe {
-                    gemm_raw(br, cols, d, pbuf.as_mut_ptr(), cols, (q_ptr.add(r0 * qs), qs, 1), (k_ptr, 1, qs), scale, false);
-                    gemm_raw(br, cols, d, dpbuf.as_mut_ptr(), cols, (do_ptr.add(r0 * os), os, 1), (v_ptr, 1, qs), 1.0, false);
+                    gemm_raw(
+                        br,
+                        cols,
+                        d,
+                        pbuf.as_mut_ptr(),
+                        cols,
+                        (q_ptr.add(r0 * qs), qs, 1),
+                        (k_ptr, 1, qs),
+                        scale,
+                        false,
+                    );
+                    gemm_raw(
+                        br,
+                        cols,
+                        d,
+                        dpbuf.as_mut_ptr(),
+                        cols,
+                        (do_ptr.add(r0 * os), os, 1),
+                        (v_ptr, 1, qs),
+                        1.0,
+                        false,
+                    );
                 }
                 for i in 0..br {
                     let row_tok = start + r0 + i;
@@ -198,11 +242,41 @@ pub fn attention_backward(
                 }
                 unsafe {
                     // dQ[r0.., h] = scale · dS · K[0..cols]
-                    gemm_raw(br, d, cols, dq_ptr.add(r0 * qs), qs, (dpbuf.as_ptr(), cols, 1), (k_ptr, qs, 1), scale, false);
+                    gemm_raw(
+                        br,
+                        d,
+                        cols,
+                        dq_ptr.add(r0 * qs),
+                        qs,
+                        (dpbuf.as_ptr(), cols, 1),
+                        (k_ptr, qs, 1),
+                        scale,
+                        false,
+                    );
                     // dK[0..cols] += scale · dSᵀ · Q[r0..]
-                    gemm_raw(cols, d, br, dk_ptr, qs, (dpbuf.as_ptr(), 1, cols), (q_ptr.add(r0 * qs), qs, 1), scale, true);
+                    gemm_raw(
+                        cols,
+                        d,
+                        br,
+                        dk_ptr,
+                        qs,
+                        (dpbuf.as_ptr(), 1, cols),
+                        (q_ptr.add(r0 * qs), qs, 1),
+                        scale,
+                        true,
+                    );
                     // dV[0..cols] += Pᵀ · dO[r0..]
-                    gemm_raw(cols, d, br, dv_ptr, qs, (pbuf.as_ptr(), 1, cols), (do_ptr.add(r0 * os), os, 1), 1.0, true);
+                    gemm_raw(
+                        cols,
+                        d,
+                        br,
+                        dv_ptr,
+                        qs,
+                        (pbuf.as_ptr(), 1, cols),
+                        (do_ptr.add(r0 * os), os, 1),
+                        1.0,
+                        true,
+                    );
                 }
             }
         }

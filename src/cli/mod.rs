@@ -1,4 +1,6 @@
 //! Subcommand implementations behind `src/main.rs` (parsing lives in main.rs; logic lives here).
 
+pub mod bench;
 pub mod convert;
 pub mod inspect;
+pub mod train;

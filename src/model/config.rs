@@ -69,22 +69,19 @@ impl ModelConfig {
                 return bad(key, "must be positive".into());
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_key_value_heads",
-                format!(
-                    "{} does not divide num_attention_heads = {}",
-                    self.num_kv_heads, self.num_heads
-                ),
+                format!("{} does not divide num_attention_heads = {}", self.num_kv_heads, self.num_heads),
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim", format!("{} must be even for RoPE", self.head_dim));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return bad("rms_norm_eps", format!("{} must be positive", self.rms_norm_eps));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad("rope_theta", format!("{} must be positive", self.rope_theta));
         }
         Ok(())
@@ -187,10 +184,9 @@ impl ModelConfig {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::Array(a)) => Ok(a.first().and_then(Value::as_u64).map(|n| n as u32)),
-                Some(x) => x
-                    .as_u64()
-                    .map(|n| Some(n as u32))
-                    .ok_or_else(|| err(key, &format!("expected a token id, got {x}"))),
+                Some(x) => {
+                    x.as_u64().map(|n| Some(n as u32)).ok_or_else(|| err(key, &format!("expected a token id, got {x}")))
+                }
             }
         };
         let cfg = ModelConfig {

@@ -99,7 +99,13 @@ impl Model {
             // resid_mid = resid_in + att · Woᵀ
             a.resid_mid[..n * c].copy_from_slice(&a.resid_in[..n * c]);
             matmul_nt(&mut a.resid_mid[..n * c], &a.att[..n * hd], &p[o.o_w..o.o_w + c * hd], n, c, hd, true);
-            ops::rmsnorm_forward(&mut a.ln2[..n * c], &mut a.rstd2[..n], &a.resid_mid[..n * c], &p[o.ln2..o.ln2 + c], eps);
+            ops::rmsnorm_forward(
+                &mut a.ln2[..n * c],
+                &mut a.rstd2[..n],
+                &a.resid_mid[..n * c],
+                &p[o.ln2..o.ln2 + c],
+                eps,
+            );
             let gu = &mut a.gate_up[..n * 2 * inter];
             matmul_nt(gu, &a.ln2[..n * c], &p[o.gate_up_w..o.gate_up_w + 2 * inter * c], n, 2 * inter, c, false);
             ops::swiglu_forward(&mut a.act[..n * inter], &a.gate_up[..n * 2 * inter], inter);
@@ -183,7 +189,12 @@ impl Model {
             let dres = &ws.dresid[..n * c];
             matmul_nn(&mut ws.dact[..n * inter], dres, &p[o.down_w..o.down_w + c * inter], n, inter, c, false);
             matmul_tn(&mut grads[o.down_w..o.down_w + c * inter], dres, &a.act[..n * inter], c, inter, n, true);
-            ops::swiglu_backward(&mut ws.dgate_up[..n * 2 * inter], &ws.dact[..n * inter], &a.gate_up[..n * 2 * inter], inter);
+            ops::swiglu_backward(
+                &mut ws.dgate_up[..n * 2 * inter],
+                &ws.dact[..n * inter],
+                &a.gate_up[..n * 2 * inter],
+                inter,
+            );
             let wgu = &p[o.gate_up_w..o.gate_up_w + 2 * inter * c];
             matmul_nn(&mut ws.dln[..n * c], &ws.dgate_up[..n * 2 * inter], wgu, n, c, 2 * inter, false);
             let dwgu = &mut grads[o.gate_up_w..o.gate_up_w + 2 * inter * c];

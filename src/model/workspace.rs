@@ -129,10 +129,22 @@ impl Workspace {
             .layers
             .iter()
             .map(|l| {
-                [&l.resid_in, &l.ln1, &l.rstd1, &l.qkv, &l.att, &l.lse, &l.resid_mid, &l.ln2, &l.rstd2, &l.gate_up, &l.act]
-                    .iter()
-                    .map(|v| v.len())
-                    .sum::<usize>()
+                [
+                    &l.resid_in,
+                    &l.ln1,
+                    &l.rstd1,
+                    &l.qkv,
+                    &l.att,
+                    &l.lse,
+                    &l.resid_mid,
+                    &l.ln2,
+                    &l.rstd2,
+                    &l.gate_up,
+                    &l.act,
+                ]
+                .iter()
+                .map(|v| v.len())
+                .sum::<usize>()
             })
             .sum();
         let rest: usize = [

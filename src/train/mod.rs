@@ -1,6 +1,7 @@
 //! Training: optimizer, schedules and the loops (pretraining/SFT now; RL in later issues).
 
 pub mod adamw;
+pub mod pretrain;
 pub mod schedule;
 
 pub use adamw::{clip_grad_norm, grad_norm, AdamW, AdamWConfig};

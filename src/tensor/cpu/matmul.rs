@@ -108,14 +108,7 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate:
 
 /// C[m,n] (+)= A[m,k] · B[n,k]ᵀ — a linear layer's forward, Y = X Wᵀ with W in [out, in] layout.
 pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    gemm(
-        MatMut::rows(c, m, n, n),
-        MatRef::rows(a, m, k, k),
-        MatRef::rows(b, n, k, k).t(),
-        1.0,
-        accumulate,
-        true,
-    );
+    gemm(MatMut::rows(c, m, n, n), MatRef::rows(a, m, k, k), MatRef::rows(b, n, k, k).t(), 1.0, accumulate, true);
 }
 
 /// C[m,n] (+)= A[m,k] · B[k,n] — a linear layer's input gradient, dX = dY W.
@@ -125,13 +118,51 @@ pub fn matmul_nn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usi
 
 /// C[m,n] (+)= A[k,m]ᵀ · B[k,n] — a linear layer's weight gradient, dW = dYᵀ X.
 pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
-    gemm(
-        MatMut::rows(c, m, n, n),
-        MatRef::rows(a, k, m, m).t(),
-        MatRef::rows(b, k, n, n),
-        1.0,
+    gemm(MatMut::rows(c, m, n, n), MatRef::rows(a, k, m, m).t(), MatRef::rows(b, k, n, n), 1.0, accumulate, true);
+}
+
+/// C = alpha·A·B (+ C) on raw row/column-strided pointers, single-threaded. For kernels whose
+/// parallel tasks write disjoint column blocks of one shared buffer (attention heads).
+///
+/// # Safety
+/// Every element addressed by the strides must be in bounds of its allocation; `c` must not
+/// overlap `a` or `b`, nor any region another thread accesses concurrently.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: usize,
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize, usize),
+    alpha: f32,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
         accumulate,
-        true,
+        a.0,
+        a.2 as isize,
+        a.1 as isize,
+        b.0,
+        b.2 as isize,
+        b.1 as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        Parallelism::None,
     );
 }
 
@@ -180,49 +211,4 @@ mod tests {
         matmul_nn(&mut c, &a, &b, m, n, k, true);
         assert!(c.iter().zip(&want).all(|(g, w)| (g - 2.0 * w).abs() < 2e-3 * (1.0 + w.abs())));
     }
-}
-
-/// C = alpha·A·B (+ C) on raw row/column-strided pointers, single-threaded. For kernels whose
-/// parallel tasks write disjoint column blocks of one shared buffer (attention heads).
-///
-/// # Safety
-/// Every element addressed by the strides must be in bounds of its allocation; `c` must not
-/// overlap `a` or `b`, nor any region another thread accesses concurrently.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: *mut f32,
-    c_rs: usize,
-    a: (*const f32, usize, usize),
-    b: (*const f32, usize, usize),
-    alpha: f32,
-    accumulate: bool,
-) {
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
-    gemm::gemm(
-        m,
-        n,
-        k,
-        c,
-        1,
-        c_rs as isize,
-        accumulate,
-        a.0,
-        a.2 as isize,
-        a.1 as isize,
-        b.0,
-        b.2 as isize,
-        b.1 as isize,
-        1.0,
-        alpha,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
 }

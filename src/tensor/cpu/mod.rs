@@ -3,4 +3,4 @@
 pub mod matmul;
 pub mod ops;
 
-pub use matmul::{matmul_nn, matmul_nt, matmul_tn, MatRef, MatMut};
+pub use matmul::{matmul_nn, matmul_nt, matmul_tn, MatMut, MatRef};

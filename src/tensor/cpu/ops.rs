@@ -33,18 +33,16 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
 pub fn rmsnorm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
     let rpt = rows_per_task(c);
-    y.par_chunks_mut(c * rpt).zip(rstd.par_chunks_mut(rpt)).zip(x.par_chunks(c * rpt)).for_each(
-        |((yc, rc), xc)| {
-            for ((yr, r), xr) in yc.chunks_mut(c).zip(rc.iter_mut()).zip(xc.chunks(c)) {
-                let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
-                let s = 1.0 / (ms + eps).sqrt();
-                *r = s;
-                for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                    *o = xv * s * wv;
-                }
+    y.par_chunks_mut(c * rpt).zip(rstd.par_chunks_mut(rpt)).zip(x.par_chunks(c * rpt)).for_each(|((yc, rc), xc)| {
+        for ((yr, r), xr) in yc.chunks_mut(c).zip(rc.iter_mut()).zip(xc.chunks(c)) {
+            let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+            let s = 1.0 / (ms + eps).sqrt();
+            *r = s;
+            for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                *o = xv * s * wv;
             }
-        },
-    );
+        }
+    });
 }
 
 /// RMSNorm backward. Adds the input gradient into `dx` and the weight gradient into `dw`:
@@ -52,8 +50,11 @@ pub fn rmsnorm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], ep
 pub fn rmsnorm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32]) {
     let c = w.len();
     let rpt = rows_per_task(c);
-    dx.par_chunks_mut(c * rpt).zip(dy.par_chunks(c * rpt)).zip(x.par_chunks(c * rpt)).zip(rstd.par_chunks(rpt)).for_each(
-        |(((dxc, dyc), xc), rc)| {
+    dx.par_chunks_mut(c * rpt)
+        .zip(dy.par_chunks(c * rpt))
+        .zip(x.par_chunks(c * rpt))
+        .zip(rstd.par_chunks(rpt))
+        .for_each(|(((dxc, dyc), xc), rc)| {
             for (((dxr, dyr), xr), &s) in dxc.chunks_mut(c).zip(dyc.chunks(c)).zip(xc.chunks(c)).zip(rc) {
                 let dot: f32 = dyr.iter().zip(w).zip(xr).map(|((g, wv), xv)| g * wv * xv).sum();
                 let k = s * s * s * dot / c as f32;
@@ -61,8 +62,7 @@ pub fn rmsnorm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w
                     *d += s * g * wv - k * xv;
                 }
             }
-        },
-    );
+        });
     // dw: columns in parallel, each task sweeps all rows of its column block.
     const COLS: usize = 64;
     dw.par_chunks_mut(COLS).enumerate().for_each(|(blk, dwc)| {
@@ -131,7 +131,14 @@ impl RopeTable {
 /// Rotate (HF "rotate_half" layout: pairs (i, i + D/2)) the first `n_heads` heads of each row
 /// of `x` ([N, row_stride]) in place by the angle of that row's position. `inverse` applies the
 /// transpose rotation, which is the backward pass.
-pub fn rope_apply(x: &mut [f32], row_stride: usize, n_heads: usize, positions: &[u32], table: &RopeTable, inverse: bool) {
+pub fn rope_apply(
+    x: &mut [f32],
+    row_stride: usize,
+    n_heads: usize,
+    positions: &[u32],
+    table: &RopeTable,
+    inverse: bool,
+) {
     let half = table.half;
     let d = 2 * half;
     let rpt = rows_per_task(row_stride);
@@ -173,8 +180,11 @@ pub fn swiglu_forward(act: &mut [f32], gate_up: &[f32], inter: usize) {
 /// SwiGLU backward: d gate = dact·up·σ(g)·(1 + g·(1 − σ(g))), d up = dact·silu(g).
 pub fn swiglu_backward(dgate_up: &mut [f32], dact: &[f32], gate_up: &[f32], inter: usize) {
     let rpt = rows_per_task(2 * inter);
-    dgate_up.par_chunks_mut(2 * inter * rpt).zip(dact.par_chunks(inter * rpt)).zip(gate_up.par_chunks(2 * inter * rpt)).for_each(
-        |((dc, ac), gc)| {
+    dgate_up
+        .par_chunks_mut(2 * inter * rpt)
+        .zip(dact.par_chunks(inter * rpt))
+        .zip(gate_up.par_chunks(2 * inter * rpt))
+        .for_each(|((dc, ac), gc)| {
             for ((dr, ar), gr) in dc.chunks_mut(2 * inter).zip(ac.chunks(inter)).zip(gc.chunks(2 * inter)) {
                 let (g, u) = gr.split_at(inter);
                 let (dg, du) = dr.split_at_mut(inter);
@@ -184,8 +194,7 @@ pub fn swiglu_backward(dgate_up: &mut [f32], dact: &[f32], gate_up: &[f32], inte
                     du[j] = ar[j] * g[j] * s;
                 }
             }
-        },
-    );
+        });
 }
 
 #[cfg(test)]
@@ -224,6 +233,7 @@ mod tests {
         let mut dx = vec![0.0; n * c];
         let mut dw = vec![0.0; c];
         rmsnorm_backward(&mut dx, &mut dw, &dy, &x, &w, &r);
+        #[allow(clippy::needless_range_loop)]
         for i in 0..n * c {
             let want = fd(&loss, &x, i);
             assert!((dx[i] as f64 - want).abs() < 2e-3, "dx[{i}] {} vs {want}", dx[i]);
@@ -242,6 +252,7 @@ mod tests {
         };
         let mut d = vec![0.0; n * 2 * inter];
         swiglu_backward(&mut d, &da, &gu, inter);
+        #[allow(clippy::needless_range_loop)]
         for i in 0..gu.len() {
             let want = fd(&loss, &gu, i);
             assert!((d[i] as f64 - want).abs() < 2e-3, "d[{i}] {} vs {want}", d[i]);

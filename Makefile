@@ -1,0 +1,42 @@
+# arbor — the two commands of the README, plus benchmarks.
+#   make run    set up, build, run the default job (tiny model, CPU, ~1 min)
+#   make test   set up, build, pass every test
+CARGO ?= cargo
+THREADS ?= 2
+TORCH_VENV ?= .venv-torch
+
+.PHONY: run test setup build lint bench bench-peer bench-sim-peer fixtures
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release
+
+run: build
+	./target/release/arbor train
+
+test: setup
+	$(CARGO) test --release --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --workspace -- -D warnings
+
+bench:
+	$(CARGO) bench --bench core
+
+# arbor vs PyTorch CPU on the same config and thread count (PyTorch in $(TORCH_VENV); created
+# on first use with `pip install torch transformers`, ~5 GB).
+bench-peer: build
+	@test -x $(TORCH_VENV)/bin/python || (python3 -m venv $(TORCH_VENV) && $(TORCH_VENV)/bin/pip install -q -r scripts/requirements-fixtures.txt)
+	@bash scripts/peer/bench_peer.sh $(THREADS) $(TORCH_VENV)/bin/python
+
+bench-sim-peer:
+	@python3 -c "import simpy" 2>/dev/null || pip install -q simpy
+	@bash scripts/peer/bench_sim_peer.sh
+
+# Regenerate the golden fixtures (by hand; outputs are committed).
+fixtures:
+	@test -x $(TORCH_VENV)/bin/python || (python3 -m venv $(TORCH_VENV) && $(TORCH_VENV)/bin/pip install -q -r scripts/requirements-fixtures.txt)
+	$(TORCH_VENV)/bin/python scripts/make_fixtures.py

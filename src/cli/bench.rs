@@ -1,0 +1,157 @@
+//! `arbor bench`: throughput of the numerical core, printed as one JSON line.
+
+use crate::io::load_hf_dir;
+use crate::model::init::init_params;
+use crate::model::{Batch, Model, ModelConfig, Workspace};
+use crate::rng::Rng;
+use crate::tensor::cpu::matmul_nt;
+use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// `arbor bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One full training step (forward, backward, clip, AdamW) on random tokens.
+    TrainStep(TrainStepArgs),
+    /// f32 GEMM throughput of the gemm crate at one square size.
+    Gemm {
+        #[arg(long, default_value_t = 1024)]
+        n: usize,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
+}
+
+/// Arguments of `arbor bench train-step`.
+#[derive(Debug, Args)]
+pub struct TrainStepArgs {
+    /// HF model directory or config.json (random weights when there are no safetensors).
+    #[arg(long)]
+    pub model_config: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Median of a sample.
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// GFLOP/s of an n×n×n f32 product (median of `reps`).
+pub fn gemm_gflops(n: usize, reps: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b = a.clone();
+    let mut c = vec![0.0f32; n * n];
+    matmul_nt(&mut c, &a, &b, n, n, n, false);
+    let times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            matmul_nt(&mut c, &a, &b, n, n, n, false);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    2.0 * (n * n * n) as f64 / median(times) / 1e9
+}
+
+fn load_model(path: &Path, seed: u64) -> anyhow::Result<Model> {
+    let (dir, cfg_file) = if path.is_dir() {
+        (path.to_path_buf(), path.join("config.json"))
+    } else {
+        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
+    };
+    let has_weights = dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file();
+    if path.is_dir() && has_weights {
+        let (cfg, params) = load_hf_dir(&dir)?;
+        return Ok(Model::new(cfg, params)?);
+    }
+    let cfg = ModelConfig::from_hf_file(&cfg_file)?;
+    let params = init_params(&cfg, seed, 0.02);
+    Ok(Model::new(cfg, params)?)
+}
+
+/// FLOPs of one training step, counted like scripts/peer/torch_train_step.py:
+/// 6·(matmul parameters)·tokens + 6·L·B·T²·H·D (causal attention, forward + backward).
+pub fn train_step_flops(cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
+    let total = cfg.num_params();
+    let embed = cfg.vocab_size * cfg.hidden_size;
+    let matmul_params = if cfg.tie_word_embeddings { total } else { total - embed };
+    let tokens = (batch * seq) as f64;
+    6.0 * matmul_params as f64 * tokens
+        + 6.0 * (cfg.num_layers * batch * seq * seq * cfg.num_heads * cfg.head_dim) as f64
+}
+
+/// Run `arbor bench train-step` and print one JSON line.
+pub fn train_step(args: &TrainStepArgs) -> anyhow::Result<()> {
+    let mut model = load_model(&args.model_config, args.seed)
+        .with_context(|| format!("loading {}", args.model_config.display()))?;
+    let cfg = model.cfg.clone();
+    anyhow::ensure!(
+        args.seq >= 2 && args.seq <= cfg.max_position_embeddings,
+        "--seq {} must be in 2..={}",
+        args.seq,
+        cfg.max_position_embeddings
+    );
+    anyhow::ensure!(args.batch > 0 && args.steps > 0, "--batch and --steps must be positive");
+    let mut rng = Rng::new(args.seed);
+    let mut batch = Batch::new();
+    for _ in 0..args.batch {
+        let toks: Vec<u32> = (0..args.seq).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        batch.push_lm(&toks, 0)?;
+    }
+    let n = batch.len();
+    let dlogp = vec![-1.0 / n as f32; n];
+    let mut ws = Workspace::new(&cfg, n);
+    let mut grads = vec![0.0f32; model.params.data.len()];
+    let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let t = Instant::now();
+        grads.iter_mut().for_each(|g| *g = 0.0);
+        model.forward(&batch, &mut ws)?;
+        model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
+        clip_grad_norm(&mut grads, 1.0);
+        opt.step(&mut model.params.data, &grads, 1e-4);
+        if i >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times.clone());
+    let flops = train_step_flops(&cfg, args.batch, args.seq);
+    let gemm_peak = gemm_gflops(1024, 7);
+    let gflops = flops / step_s / 1e9;
+    let line = serde_json::json!({
+        "impl": "arbor",
+        "threads": rayon::current_num_threads(),
+        "batch": args.batch,
+        "seq": args.seq,
+        "params": cfg.num_params(),
+        "step_ms": step_s * 1e3,
+        "step_ms_min": times.iter().copied().fold(f64::INFINITY, f64::min) * 1e3,
+        "tokens_per_s": n as f64 / step_s,
+        "gflops": gflops,
+        "gemm_peak_gflops": gemm_peak,
+        "fraction_of_gemm_peak": gflops / gemm_peak,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Run `arbor bench gemm`.
+pub fn gemm(n: usize, reps: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(n > 0, "--n must be positive");
+    let line = serde_json::json!({"impl": "gemm-crate", "n": n, "threads": rayon::current_num_threads(), "gflops": gemm_gflops(n, reps)});
+    println!("{line}");
+    Ok(())
+}

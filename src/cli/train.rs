@@ -1,0 +1,55 @@
+//! `arbor train`: run a training job from a TOML config (or the embedded default).
+
+use crate::config::RunConfig;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Arguments of `arbor train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Run configuration (TOML); without it the embedded default job runs (configs/default.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override `train.steps`.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override `run.out_dir`.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Override `run.seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Load the config with overrides applied.
+pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => RunConfig::load(path)?,
+        None => RunConfig::default_job(),
+    };
+    if let Some(s) = args.steps {
+        anyhow::ensure!(s > 0, "--steps must be positive");
+        cfg.train.steps = s;
+    }
+    if let Some(d) = &args.out_dir {
+        cfg.run.out_dir = d.clone();
+    }
+    if let Some(s) = args.seed {
+        cfg.run.seed = s;
+    }
+    Ok(cfg)
+}
+
+/// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
+pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
+    let report = crate::train::pretrain::run(cfg, &mut std::io::stdout())?;
+    let first = report.losses.first().copied().unwrap_or(f64::NAN);
+    let last_k = report.losses.len().min(10);
+    let last = report.losses[report.losses.len() - last_k..].iter().sum::<f64>() / last_k.max(1) as f64;
+    println!(
+        "done: loss {first:.4} → {last:.4} (mean of the last {last_k} steps), {:.0} tokens/s, output in {}",
+        report.tokens_per_s,
+        report.out_dir.display()
+    );
+    Ok(())
+}

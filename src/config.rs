@@ -1,0 +1,271 @@
+//! Run configuration: TOML → typed structs (unknown keys rejected), validated with errors that
+//! name the file and key.
+
+use crate::error::{Error, Result};
+use crate::model::config::{Arch, ModelConfig};
+use crate::train::ScheduleKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The embedded default job.
+pub const DEFAULT_CONFIG: &str = include_str!("../configs/default.toml");
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub run: RunSection,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+}
+
+/// `[run]`: naming, seeding, output and threads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Output goes to `<out_dir>/<name>/`.
+    pub name: String,
+    /// The one seed every random stream derives from.
+    pub seed: u64,
+    #[serde(default = "default_out_dir")]
+    pub out_dir: PathBuf,
+    /// Worker threads (0 = all cores).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_out_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+/// `[model]`: start from an HF directory (`hf_dir`) or build a fresh model from the dims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HF model directory to start from; when set, the dimension keys must be absent.
+    pub hf_dir: Option<PathBuf>,
+    /// "qwen2" (q/k/v biases) or "llama".
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_layers: Option<usize>,
+    pub num_heads: Option<usize>,
+    pub num_kv_heads: Option<usize>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Standard deviation of the random initialisation of matrices.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+}
+
+fn default_arch() -> String {
+    "qwen2".into()
+}
+fn default_max_pos() -> usize {
+    256
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_init_std() -> f64 {
+    0.02
+}
+
+/// `[data]`: the training task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Only "addition" until the RL issue adds tasks.
+    pub task: String,
+    #[serde(default = "default_digits")]
+    pub max_digits: u32,
+    /// Held-out problems scored at each evaluation.
+    #[serde(default = "default_eval")]
+    pub eval_problems: usize,
+}
+
+fn default_digits() -> u32 {
+    3
+}
+fn default_eval() -> usize {
+    256
+}
+
+/// `[train]`: optimisation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub steps: u64,
+    /// Sequences per step.
+    pub batch_size: usize,
+    pub lr: f32,
+    #[serde(default)]
+    pub min_lr: f32,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    /// Global-norm clip (0 disables).
+    #[serde(default = "default_clip")]
+    pub grad_clip: f32,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f32,
+    #[serde(default = "default_beta1")]
+    pub beta1: f32,
+    #[serde(default = "default_beta2")]
+    pub beta2: f32,
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Steps between held-out evaluations (0 = only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+}
+
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Cosine
+}
+fn default_clip() -> f32 {
+    1.0
+}
+fn default_wd() -> f32 {
+    0.1
+}
+fn default_beta1() -> f32 {
+    0.9
+}
+fn default_beta2() -> f32 {
+    0.95
+}
+fn default_eps() -> f32 {
+    1e-8
+}
+fn default_log_every() -> u64 {
+    10
+}
+
+impl RunConfig {
+    /// Parse TOML text; `file` names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
+            file: file.into(),
+            key: e.span().map(|s| text[s].chars().take(60).collect()).unwrap_or_default(),
+            msg: e.message().to_string(),
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// The embedded default job.
+    pub fn default_job() -> Self {
+        Self::parse(DEFAULT_CONFIG, Path::new("<embedded configs/default.toml>"))
+            .expect("embedded default config is valid")
+    }
+
+    fn validate(&self, file: &Path) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::Config { file: file.into(), key: key.into(), msg });
+        if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
+            return bad("run.name", format!("{:?} must be a non-empty name without slashes", self.run.name));
+        }
+        if self.data.task != "addition" {
+            return bad("data.task", format!("unknown task {:?} (available: \"addition\")", self.data.task));
+        }
+        if !(1..=18).contains(&self.data.max_digits) {
+            return bad("data.max_digits", format!("{} must be in 1..=18", self.data.max_digits));
+        }
+        if self.train.steps == 0 || self.train.batch_size == 0 {
+            return bad("train.steps", "steps and batch_size must be positive".into());
+        }
+        if self.train.lr.is_nan() || self.train.lr <= 0.0 || self.train.min_lr < 0.0 {
+            return bad("train.lr", format!("lr {} must be > 0 and min_lr {} ≥ 0", self.train.lr, self.train.min_lr));
+        }
+        if self.model.arch != "qwen2" && self.model.arch != "llama" {
+            return bad("model.arch", format!("{:?} is not \"qwen2\" or \"llama\"", self.model.arch));
+        }
+        let dims = [
+            self.model.hidden_size,
+            self.model.intermediate_size,
+            self.model.num_layers,
+            self.model.num_heads,
+            self.model.num_kv_heads,
+        ];
+        match &self.model.hf_dir {
+            Some(_) if dims.iter().any(Option::is_some) => {
+                bad("model.hf_dir", "give either hf_dir or the model dimensions, not both".into())
+            }
+            None if dims.iter().any(Option::is_none) => bad(
+                "model",
+                "without hf_dir, hidden_size, intermediate_size, num_layers, num_heads and num_kv_heads are required"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The model configuration for a fresh model with a `vocab_size` tokenizer.
+    pub fn fresh_model(&self, vocab_size: usize, eos: u32, file: &Path) -> Result<ModelConfig> {
+        let m = &self.model;
+        let hidden = m.hidden_size.unwrap_or(0);
+        let heads = m.num_heads.unwrap_or(1).max(1);
+        let arch = if m.arch == "llama" { Arch::Llama } else { Arch::Qwen2 };
+        let cfg = ModelConfig {
+            arch,
+            hidden_size: hidden,
+            intermediate_size: m.intermediate_size.unwrap_or(0),
+            num_layers: m.num_layers.unwrap_or(0),
+            num_heads: heads,
+            num_kv_heads: m.num_kv_heads.unwrap_or(0),
+            head_dim: hidden / heads,
+            rms_norm_eps: 1e-6,
+            rope_theta: m.rope_theta,
+            vocab_size,
+            max_position_embeddings: m.max_position_embeddings,
+            tie_word_embeddings: m.tie_word_embeddings,
+            qkv_bias: arch == Arch::Qwen2,
+            bos_token_id: None,
+            eos_token_id: Some(eos),
+        };
+        if !hidden.is_multiple_of(heads) {
+            return Err(Error::Config {
+                file: file.into(),
+                key: "model.num_heads".into(),
+                msg: format!("{heads} does not divide hidden_size = {hidden}"),
+            });
+        }
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_parses_and_bad_keys_are_named() {
+        let d = RunConfig::default_job();
+        assert_eq!(d.data.task, "addition");
+        let bad = DEFAULT_CONFIG.replace("batch_size = 64", "batch_size = 64\nbatchsize = 3");
+        let e = RunConfig::parse(&bad, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(e.contains("x.toml") && e.contains("batchsize"), "{e}");
+        let bad = DEFAULT_CONFIG.replace("task = \"addition\"", "task = \"chess\"");
+        let e = RunConfig::parse(&bad, Path::new("y.toml")).unwrap_err().to_string();
+        assert!(e.contains("y.toml") && e.contains("data.task") && e.contains("chess"), "{e}");
+        let bad = DEFAULT_CONFIG.replace("lr = 3e-3", "lr = \"fast\"");
+        let e = RunConfig::parse(&bad, Path::new("z.toml")).unwrap_err().to_string();
+        assert!(e.contains("z.toml"), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Verifiable tasks. For now: synthetic arithmetic used by the default pretraining job.
+
+pub mod arithmetic;

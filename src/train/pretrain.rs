@@ -1,0 +1,243 @@
+//! The supervised (next-token) training loop on a synthetic task: the default job until the RL
+//! loop lands. One step on one screen: sample problems → pack → forward → loss gradient →
+//! backward → clip → AdamW.
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
+use crate::model::init::init_params;
+use crate::model::{Batch, Model, Workspace};
+use crate::tasks::arithmetic::Addition;
+use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
+use crate::tokenizer::Tokenizer;
+use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Data split ids (problem streams never overlap across splits).
+const SPLIT_TRAIN: u64 = 0;
+const SPLIT_EVAL: u64 = 1;
+
+/// Held-out evaluation of the answer tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Eval {
+    /// Mean −log p over answer tokens (answer digits and the closing newline).
+    pub answer_nll: f64,
+    /// Fraction of problems whose every answer token has p > 1/2 under teacher forcing (so greedy
+    /// decoding reproduces the answer).
+    pub answer_exact: f64,
+}
+
+/// What a run did, for callers and tests.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub losses: Vec<f64>,
+    pub evals: Vec<(u64, Eval)>,
+    pub tokens_per_s: f64,
+    pub out_dir: PathBuf,
+    pub final_params: Vec<f32>,
+}
+
+/// Encode one problem as `<bos> prompt answer <eos>`; returns tokens and the index of the first
+/// answer token.
+fn encode(tok: &CharTokenizer, p: &Addition) -> Result<(Vec<u32>, usize)> {
+    let mut ids = vec![BOS_ID];
+    ids.extend(tok.encode(&p.prompt())?);
+    let answer_start = ids.len();
+    ids.extend(tok.encode(&p.answer())?);
+    ids.push(EOS_ID);
+    Ok((ids, answer_start))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_batch(
+    tok: &CharTokenizer,
+    seed: u64,
+    split: u64,
+    first: u64,
+    count: usize,
+    digits: u32,
+    batch: &mut Batch,
+    answer_mask: &mut Vec<bool>,
+) -> Result<()> {
+    batch.clear();
+    answer_mask.clear();
+    for i in 0..count as u64 {
+        let (ids, start) = encode(tok, &Addition::sample(seed, split, first + i, digits))?;
+        batch.push_lm(&ids, PAD_ID)?;
+        // position j predicts token j+1: answer targets are positions start-1 .. len-2
+        answer_mask.extend((0..ids.len()).map(|j| j + 1 >= start && j + 1 < ids.len()));
+    }
+    Ok(())
+}
+
+/// Score held-out problems with teacher forcing.
+pub fn evaluate(model: &Model, tok: &CharTokenizer, cfg: &RunConfig, ws: &mut Workspace) -> Result<Eval> {
+    let (mut batch, mut mask) = (Batch::new(), Vec::new());
+    let n_problems = cfg.data.eval_problems.max(1);
+    build_batch(tok, cfg.run.seed, SPLIT_EVAL, 0, n_problems, cfg.data.max_digits, &mut batch, &mut mask)?;
+    model.forward(&batch, ws)?;
+    let (mut nll, mut count, mut exact) = (0.0f64, 0usize, 0usize);
+    for s in 0..batch.num_seqs() {
+        let (a, b) = (batch.seq_starts[s], batch.seq_starts[s + 1]);
+        let mut all = true;
+        for (&lp, _) in ws.logprobs[a..b].iter().zip(&mask[a..b]).filter(|(_, &m)| m) {
+            nll -= lp as f64;
+            count += 1;
+            all &= lp > -std::f32::consts::LN_2;
+        }
+        exact += all as usize;
+    }
+    Ok(Eval { answer_nll: nll / count.max(1) as f64, answer_exact: exact as f64 / batch.num_seqs() as f64 })
+}
+
+/// Run the configured job, printing progress to `log` and writing `<out_dir>/<name>/`:
+/// `config.toml` (resolved), `metrics.jsonl` and `checkpoints/step-N/` (an HF directory).
+pub fn run(cfg: &RunConfig, log: &mut dyn Write) -> Result<TrainReport> {
+    let tok = CharTokenizer::default();
+    let out_dir = cfg.run.out_dir.join(&cfg.run.name);
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+    let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+    write_file(&out_dir.join("config.toml"), resolved.as_bytes())?;
+
+    let model_cfg_file = Path::new("[model]");
+    let mut model = match &cfg.model.hf_dir {
+        Some(dir) => {
+            let (mc, params) = load_hf_dir(dir)?;
+            if mc.vocab_size < tok.vocab_size() {
+                return Err(Error::Config {
+                    file: dir.join("config.json"),
+                    key: "vocab_size".into(),
+                    msg: format!("{} is smaller than the character tokenizer's {}", mc.vocab_size, tok.vocab_size()),
+                });
+            }
+            Model::new(mc, params)?
+        }
+        None => {
+            let mc = cfg.fresh_model(tok.vocab_size(), EOS_ID, model_cfg_file)?;
+            let params = init_params(&mc, cfg.run.seed, cfg.model.init_std);
+            Model::new(mc, params)?
+        }
+    };
+    let t = &cfg.train;
+    let schedule = LrSchedule {
+        kind: t.schedule,
+        peak_lr: t.lr,
+        min_lr: t.min_lr,
+        warmup_steps: t.warmup_steps,
+        total_steps: t.steps,
+    };
+    let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
+    let mut opt = AdamW::for_layout(adam, &model.params.layout);
+    let mut grads = vec![0.0f32; model.params.data.len()];
+    let mut ws = Workspace::new(&model.cfg, 0);
+    let (mut batch, mut mask) = (Batch::new(), Vec::new());
+    let mut dlogp = Vec::new();
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let say = |log: &mut dyn Write, s: String| {
+        let _ = writeln!(log, "{s}");
+    };
+    say(
+        log,
+        format!(
+            "arbor train: {} params ({} layers, hidden {}), task {} up to {} digits, {} steps × {} sequences, {} threads → {}",
+            model.cfg.num_params(),
+            model.cfg.num_layers,
+            model.cfg.hidden_size,
+            cfg.data.task,
+            cfg.data.max_digits,
+            t.steps,
+            t.batch_size,
+            rayon::current_num_threads(),
+            out_dir.display()
+        ),
+    );
+
+    let mut report = TrainReport {
+        losses: vec![],
+        evals: vec![],
+        tokens_per_s: 0.0,
+        out_dir: out_dir.clone(),
+        final_params: vec![],
+    };
+    let e0 = evaluate(&model, &tok, cfg, &mut ws)?;
+    say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
+    report.evals.push((0, e0));
+    let (mut tokens_total, mut train_secs) = (0usize, 0.0f64);
+    for step in 0..t.steps {
+        let t0 = Instant::now();
+        // 1. data: problems (seed, train split, step·B + i), packed
+        build_batch(
+            &tok,
+            cfg.run.seed,
+            SPLIT_TRAIN,
+            step * t.batch_size as u64,
+            t.batch_size,
+            cfg.data.max_digits,
+            &mut batch,
+            &mut mask,
+        )?;
+        // 2. forward → per-token log-probs
+        model.forward(&batch, &mut ws)?;
+        // 3. loss = token-mean NLL over every predicted token (the last position has no target)
+        let n = batch.len();
+        dlogp.clear();
+        dlogp.extend((0..n).map(|i| !batch.seq_starts[1..].contains(&(i + 1)) as u8 as f32));
+        let count = dlogp.iter().sum::<f32>().max(1.0);
+        let loss = -ws.logprobs[..n].iter().zip(&dlogp).map(|(l, w)| (*l * w) as f64).sum::<f64>() / count as f64;
+        dlogp.iter_mut().for_each(|w| *w = -*w / count);
+        // 4. backward → gradients; 5. clip; 6. AdamW
+        grads.iter_mut().for_each(|g| *g = 0.0);
+        model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
+        let norm =
+            if t.grad_clip > 0.0 { clip_grad_norm(&mut grads, t.grad_clip) } else { crate::train::grad_norm(&grads) };
+        let lr = schedule.lr(step);
+        opt.step(&mut model.params.data, &grads, lr);
+        let secs = t0.elapsed().as_secs_f64();
+        tokens_total += n;
+        train_secs += secs;
+        report.losses.push(loss);
+        let line = serde_json::json!({"step": step + 1, "loss": loss, "grad_norm": norm, "lr": lr, "tokens": n, "step_s": secs});
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        if (step + 1) % t.log_every.max(1) == 0 || step == 0 {
+            say(
+                log,
+                format!(
+                    "step {:>5}/{}  loss {loss:.4}  grad_norm {norm:.3}  lr {lr:.2e}  {:.0} tokens/s",
+                    step + 1,
+                    t.steps,
+                    tokens_total as f64 / train_secs
+                ),
+            );
+        }
+        let last = step + 1 == t.steps;
+        if last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0) {
+            let e = evaluate(&model, &tok, cfg, &mut ws)?;
+            say(
+                log,
+                format!(
+                    "eval step {}: answer nll {:.4}, answer exact {:.1}%",
+                    step + 1,
+                    e.answer_nll,
+                    100.0 * e.answer_exact
+                ),
+            );
+            let line = serde_json::json!({"step": step + 1, "eval_answer_nll": e.answer_nll, "eval_answer_exact": e.answer_exact});
+            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            report.evals.push((step + 1, e));
+        }
+    }
+    report.tokens_per_s = tokens_total as f64 / train_secs.max(1e-9);
+    let ckpt = out_dir.join("checkpoints").join(format!("step-{}", t.steps));
+    save_hf_dir(&ckpt, &model.cfg, &model.params, &SaveOptions::default())?;
+    Tokenizer::Char(tok).save_to_dir(&ckpt)?;
+    say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));
+    report.final_params = model.params.data;
+    Ok(report)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
