@@ -6,6 +6,7 @@
 //! beyond one block. Extra memory: O(N · BLOCK_ROWS) scratch, never T×T per head.
 
 use crate::tensor::cpu::matmul::gemm_raw;
+use crate::tensor::cpu::simd::{self, simd_kernel};
 use rayon::prelude::*;
 
 /// Query rows processed per block.
@@ -108,20 +109,11 @@ pub fn attention_forward(
                         false,
                     )
                 };
-                for i in 0..br {
-                    let row = &mut sbuf[i * cols..(i + 1) * cols];
-                    let valid = r0 + i + 1;
-                    let m = row[..valid].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let mut sum = 0.0;
-                    for v in &mut row[..valid] {
-                        *v = (*v - m).exp();
-                        sum += *v;
-                    }
-                    let inv = 1.0 / sum;
-                    row[..valid].iter_mut().for_each(|v| *v *= inv);
-                    row[valid..].iter_mut().for_each(|v| *v = 0.0);
+                let mut lse_blk = [0.0f32; BLOCK_ROWS];
+                causal_softmax_rows(&mut sbuf[..br * cols], cols, r0, &mut lse_blk[..br]);
+                for (i, &l) in lse_blk[..br].iter().enumerate() {
                     // SAFETY: lse element (start + r0 + i, h) belongs to this task only.
-                    unsafe { *lse_p.get().add((start + r0 + i) * h_n + h) = m + sum.ln() };
+                    unsafe { *lse_p.get().add((start + r0 + i) * h_n + h) = l };
                 }
                 // O[r0.., h] = P[br, cols] · V[0..cols, :]
                 // SAFETY: output columns [h·D, (h+1)·D) of this sequence's rows are written by this
@@ -224,22 +216,21 @@ pub fn attention_backward(
                         false,
                     );
                 }
+                let (mut lse_blk, mut di_blk) = ([0.0f32; BLOCK_ROWS], [0.0f32; BLOCK_ROWS]);
                 for i in 0..br {
-                    let row_tok = start + r0 + i;
-                    let l = lse[row_tok * h_n + h];
-                    let o = &out[row_tok * os + h * d..row_tok * os + (h + 1) * d];
-                    let dor = &dout[row_tok * os + h * d..row_tok * os + (h + 1) * d];
-                    let di: f32 = o.iter().zip(dor).map(|(a, b)| a * b).sum();
-                    let valid = r0 + i + 1;
-                    let p = &mut pbuf[i * cols..(i + 1) * cols];
-                    let dp = &mut dpbuf[i * cols..(i + 1) * cols];
-                    for j in 0..valid {
-                        p[j] = (p[j] - l).exp();
-                        dp[j] = p[j] * (dp[j] - di);
-                    }
-                    p[valid..].iter_mut().for_each(|v| *v = 0.0);
-                    dp[valid..].iter_mut().for_each(|v| *v = 0.0);
+                    let tok = start + r0 + i;
+                    lse_blk[i] = lse[tok * h_n + h];
+                    let row = tok * os + h * d..tok * os + (h + 1) * d;
+                    di_blk[i] = simd::dot(&out[row.clone()], &dout[row]);
                 }
+                causal_softmax_grad_rows(
+                    &mut pbuf[..br * cols],
+                    &mut dpbuf[..br * cols],
+                    cols,
+                    r0,
+                    &lse_blk[..br],
+                    &di_blk[..br],
+                );
                 unsafe {
                     // dQ[r0.., h] = scale · dS · K[0..cols]
                     gemm_raw(
@@ -281,4 +272,38 @@ pub fn attention_backward(
             }
         }
     });
+}
+
+simd_kernel! {
+    /// Causal softmax of a block of score rows s ([br, cols], row i is query r0 + i): keys
+    /// 0..=r0+i are normalised, the rest zeroed; writes each row's log-sum-exp.
+    fn causal_softmax_rows(s: &mut [f32], cols: usize, r0: usize, lse: &mut [f32]) -> () {
+        for (i, (row, l)) in s.chunks_mut(cols).zip(lse.iter_mut()).enumerate() {
+            let valid = r0 + i + 1;
+            let (live, masked) = row.split_at_mut(valid);
+            let m = simd::max(live);
+            let sum = simd::exp_shift_sum(live, m);
+            let inv = 1.0 / sum;
+            live.iter_mut().for_each(|v| *v *= inv);
+            masked.iter_mut().for_each(|v| *v = 0.0);
+            *l = m + sum.ln();
+        }
+    }
+}
+
+simd_kernel! {
+    /// Backward of the causal softmax on a block: p holds scores S (in), becomes P = e^(S − lse);
+    /// dp holds dP = dO Vᵀ (in), becomes dS = P ⊙ (dP − Di). Masked entries are zeroed.
+    fn causal_softmax_grad_rows(p: &mut [f32], dp: &mut [f32], cols: usize, r0: usize, lse: &[f32], di: &[f32]) -> () {
+        for (i, (pr, dr)) in p.chunks_mut(cols).zip(dp.chunks_mut(cols)).enumerate() {
+            let valid = r0 + i + 1;
+            let (l, d) = (lse[i], di[i]);
+            for (pv, dv) in pr[..valid].iter_mut().zip(dr[..valid].iter_mut()) {
+                *pv = simd::exp(*pv - l);
+                *dv = *pv * (*dv - d);
+            }
+            pr[valid..].iter_mut().for_each(|v| *v = 0.0);
+            dr[valid..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! LM head with fused log-softmax: log-probabilities of target tokens, entropy of the full
 //! distribution, and the backward for a per-token weight, in row chunks (no [N, V] buffer).
 
+use crate::tensor::cpu::simd::{self, simd_kernel};
 use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
 use rayon::prelude::*;
 
@@ -8,18 +9,44 @@ use rayon::prelude::*;
 /// logp = z[target] − lse and entropy = lse − Σ softmax(z)·z.
 pub fn logits_stats(z: &[f32], v: usize, targets: &[u32], lse: &mut [f32], logp: &mut [f32], entropy: &mut [f32]) {
     z.par_chunks(v).zip(targets).zip(lse).zip(logp).zip(entropy).for_each(|((((row, &t), l), lp), ent)| {
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let (mut sum, mut sz) = (0.0f32, 0.0f32);
-        for &x in row {
-            let e = (x - m).exp();
-            sum += e;
-            sz += e * x;
-        }
+        let (m, sum, sz) = row_moments(row);
         let lse_v = m + sum.ln();
         *l = lse_v;
         *lp = row[t as usize] - lse_v;
         *ent = lse_v - sz / sum;
     });
+}
+
+simd_kernel! {
+    /// (max z, Σ e^(z−max), Σ e^(z−max)·z) of one row, with 8 independent lanes.
+    fn row_moments(row: &[f32]) -> (f32, f32, f32) {
+        let m = simd::max(row);
+        let (mut s, mut sz) = ([0.0f32; 8], [0.0f32; 8]);
+        let split = row.len() - row.len() % 8;
+        for c in row[..split].chunks_exact(8) {
+            for j in 0..8 {
+                let e = simd::exp(c[j] - m);
+                s[j] += e;
+                sz[j] += e * c[j];
+            }
+        }
+        let (mut ts, mut tsz) = (0.0f32, 0.0f32);
+        for &x in &row[split..] {
+            let e = simd::exp(x - m);
+            ts += e;
+            tsz += e * x;
+        }
+        (m, s.iter().sum::<f32>() + ts, sz.iter().sum::<f32>() + tsz)
+    }
+}
+
+simd_kernel! {
+    /// row ← −g · e^(row − lse) (the softmax part of dL/dz).
+    fn scaled_softmax_row(row: &mut [f32], lse: f32, g: f32) -> () {
+        for x in row.iter_mut() {
+            *x = -g * simd::exp(*x - lse);
+        }
+    }
 }
 
 /// Turn a logits chunk into dL/dz in place, for dL/dlogp = g per row:
@@ -30,9 +57,7 @@ pub fn logits_backward_inplace(z: &mut [f32], v: usize, targets: &[u32], lse: &[
             row.iter_mut().for_each(|x| *x = 0.0);
             return;
         }
-        for x in row.iter_mut() {
-            *x = -gi * (*x - l).exp();
-        }
+        scaled_softmax_row(row, l, gi);
         row[t as usize] += gi;
     });
 }

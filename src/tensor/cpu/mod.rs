@@ -2,5 +2,6 @@
 
 pub mod matmul;
 pub mod ops;
+pub mod simd;
 
 pub use matmul::{matmul_nn, matmul_nt, matmul_tn, MatMut, MatRef};

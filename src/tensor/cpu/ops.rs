@@ -3,6 +3,7 @@
 //! Shapes use N = tokens, C = channels. Every kernel writes into caller-provided buffers (no
 //! allocation); rows are split across the rayon pool when there is enough work.
 
+use crate::tensor::cpu::simd::{self, simd_kernel};
 use rayon::prelude::*;
 
 /// Rows per rayon task: big enough that scheduling overhead is noise.
@@ -159,22 +160,39 @@ pub fn rope_apply(
     });
 }
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+simd_kernel! {
+    /// SwiGLU forward on a block of rows.
+    fn swiglu_rows(act: &mut [f32], gate_up: &[f32], inter: usize) -> () {
+        for (ar, gr) in act.chunks_mut(inter).zip(gate_up.chunks(2 * inter)) {
+            let (g, u) = gr.split_at(inter);
+            for ((a, &gv), &uv) in ar.iter_mut().zip(g).zip(u) {
+                *a = gv * simd::sigmoid(gv) * uv;
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// SwiGLU backward on a block of rows.
+    fn swiglu_backward_rows(dgate_up: &mut [f32], dact: &[f32], gate_up: &[f32], inter: usize) -> () {
+        for ((dr, ar), gr) in dgate_up.chunks_mut(2 * inter).zip(dact.chunks(inter)).zip(gate_up.chunks(2 * inter)) {
+            let (g, u) = gr.split_at(inter);
+            let (dg, du) = dr.split_at_mut(inter);
+            for j in 0..inter {
+                let s = simd::sigmoid(g[j]);
+                dg[j] = ar[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
+                du[j] = ar[j] * g[j] * s;
+            }
+        }
+    }
 }
 
 /// SwiGLU: act[i, j] = silu(gate[i, j]) · up[i, j] where gate_up rows are [gate (I) | up (I)].
 pub fn swiglu_forward(act: &mut [f32], gate_up: &[f32], inter: usize) {
     let rpt = rows_per_task(2 * inter);
-    act.par_chunks_mut(inter * rpt).zip(gate_up.par_chunks(2 * inter * rpt)).for_each(|(ac, gc)| {
-        for (ar, gr) in ac.chunks_mut(inter).zip(gc.chunks(2 * inter)) {
-            let (g, u) = gr.split_at(inter);
-            for ((a, &gv), &uv) in ar.iter_mut().zip(g).zip(u) {
-                *a = gv * sigmoid(gv) * uv;
-            }
-        }
-    });
+    act.par_chunks_mut(inter * rpt)
+        .zip(gate_up.par_chunks(2 * inter * rpt))
+        .for_each(|(ac, gc)| swiglu_rows(ac, gc, inter));
 }
 
 /// SwiGLU backward: d gate = dact·up·σ(g)·(1 + g·(1 − σ(g))), d up = dact·silu(g).
@@ -184,17 +202,7 @@ pub fn swiglu_backward(dgate_up: &mut [f32], dact: &[f32], gate_up: &[f32], inte
         .par_chunks_mut(2 * inter * rpt)
         .zip(dact.par_chunks(inter * rpt))
         .zip(gate_up.par_chunks(2 * inter * rpt))
-        .for_each(|((dc, ac), gc)| {
-            for ((dr, ar), gr) in dc.chunks_mut(2 * inter).zip(ac.chunks(inter)).zip(gc.chunks(2 * inter)) {
-                let (g, u) = gr.split_at(inter);
-                let (dg, du) = dr.split_at_mut(inter);
-                for j in 0..inter {
-                    let s = sigmoid(g[j]);
-                    dg[j] = ar[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
-                    du[j] = ar[j] * g[j] * s;
-                }
-            }
-        });
+        .for_each(|((dc, ac), gc)| swiglu_backward_rows(dc, ac, gc, inter));
 }
 
 #[cfg(test)]
