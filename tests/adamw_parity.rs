@@ -3,7 +3,7 @@
 
 mod common;
 
-use arbor::train::{clip_grad_norm, AdamW, AdamWConfig};
+use arbor::train::{clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
 use common::{fixture, max_abs_diff, Reference};
 
 #[test]
@@ -25,8 +25,13 @@ fn adamw_with_clipping_matches_pytorch() {
     let (na, nb) = (r.f32("a.init").len(), r.f32("b.init").len());
     let mut p: Vec<f32> = [r.f32("a.init"), r.f32("b.init")].concat();
     let mut opt = AdamW::with_segments(cfg, na + nb, vec![(0..na, true), (na..na + nb, true)]);
+    // the fused path (clip coefficient applied inside the update) must agree as well
+    let mut p_fused = p.clone();
+    let mut opt_fused = opt.clone();
     for k in 0..steps {
         let mut g: Vec<f32> = [r.f32(&format!("a.grad.{k}")), r.f32(&format!("b.grad.{k}"))].concat();
+        let scale = clip_coefficient(grad_norm(&g), max_norm);
+        opt_fused.step_scaled(&mut p_fused, &g, lr, scale);
         let norm = clip_grad_norm(&mut g, max_norm);
         let want_norm = r.f32(&format!("norm.{k}"))[0];
         assert!((norm - want_norm).abs() <= 1e-5 * want_norm, "step {k}: norm {norm} vs {want_norm}");
@@ -35,5 +40,7 @@ fn adamw_with_clipping_matches_pytorch() {
         let e = max_abs_diff(&p, &want);
         println!("step {k}: pre-clip norm {norm:.6} (torch {want_norm:.6}), params max-abs error {e:.2e}");
         assert!(e <= 1e-6, "step {k}: parameters differ from PyTorch by {e}");
+        let e_fused = max_abs_diff(&p_fused, &want);
+        assert!(e_fused <= 1e-6, "step {k}: fused clip+AdamW differs from PyTorch by {e_fused}");
     }
 }

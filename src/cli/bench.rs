@@ -5,7 +5,7 @@ use crate::model::init::init_params;
 use crate::model::{Batch, Model, ModelConfig, Workspace};
 use crate::rng::Rng;
 use crate::tensor::cpu::matmul_nt;
-use crate::train::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::train::{clip_coefficient, grad_norm, AdamW, AdamWConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -121,8 +121,8 @@ pub fn train_step(args: &TrainStepArgs) -> anyhow::Result<()> {
         grads.iter_mut().for_each(|g| *g = 0.0);
         model.forward(&batch, &mut ws)?;
         model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
-        clip_grad_norm(&mut grads, 1.0);
-        opt.step(&mut model.params.data, &grads, 1e-4);
+        let scale = clip_coefficient(grad_norm(&grads), 1.0);
+        opt.step_scaled(&mut model.params.data, &grads, 1e-4, scale);
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
         }

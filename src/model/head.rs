@@ -87,7 +87,8 @@ pub fn head_forward(
 }
 
 /// Backward of the head: writes dh ([N, C]) and adds into dw ([V, C]), recomputing the logits
-/// chunk by chunk. `g[i]` = dL/dlogp_i.
+/// chunk by chunk, unless `cached` says the forward's single chunk still holds all N rows.
+/// `g[i]` = dL/dlogp_i.
 #[allow(clippy::too_many_arguments)]
 pub fn head_backward(
     logits: &mut [f32],
@@ -100,6 +101,7 @@ pub fn head_backward(
     g: &[f32],
     c: usize,
     v: usize,
+    cached: bool,
 ) {
     let n = targets.len();
     let rows = (logits.len() / v).max(1);
@@ -108,7 +110,9 @@ pub fn head_backward(
         let m = r1 - r0;
         let z = &mut logits[..m * v];
         let hc = &h[r0 * c..r1 * c];
-        matmul_nt(z, hc, w, m, v, c, false);
+        if !(cached && m == n) {
+            matmul_nt(z, hc, w, m, v, c, false);
+        }
         logits_backward_inplace(z, v, &targets[r0..r1], &lse[r0..r1], &g[r0..r1]);
         matmul_nn(&mut dh[r0 * c..r1 * c], z, w, m, c, v, false);
         matmul_tn(dw, z, hc, v, c, m, true);

@@ -68,6 +68,7 @@ impl Model {
         let cfg = &self.cfg;
         let n = batch.len();
         ws.ensure(cfg, n);
+        let head_rows = ws.head_rows;
         let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
         let eps = cfg.rms_norm_eps as f32;
@@ -121,7 +122,7 @@ impl Model {
         ops::rmsnorm_forward(&mut ws.lnf[..n * c], &mut ws.rstdf[..n], &ws.resid_out[..n * c], fw, eps);
         let v = cfg.vocab_size;
         head_forward(
-            &mut ws.logits,
+            &mut ws.logits[..head_rows * cfg.vocab_size],
             &ws.lnf[..n * c],
             &p[lay.lm_head..lay.lm_head + v * c],
             &batch.targets,
@@ -131,6 +132,7 @@ impl Model {
             &mut ws.logprobs[..n],
             &mut ws.entropy[..n],
         );
+        ws.logits_cached = (n <= ws.head_rows).then_some(n);
         Ok(())
     }
 
@@ -161,7 +163,7 @@ impl Model {
 
         // Head: dlnf into ws.dln.
         head_backward(
-            &mut ws.logits,
+            &mut ws.logits[..ws.head_rows * v],
             &mut ws.dln[..n * c],
             &mut grads[lay.lm_head..lay.lm_head + v * c],
             &ws.lnf[..n * c],
@@ -171,7 +173,9 @@ impl Model {
             dlogp,
             c,
             v,
+            ws.logits_cached == Some(n),
         );
+        ws.logits_cached = None;
         ws.dresid[..n * c].iter_mut().for_each(|x| *x = 0.0);
         let (fw, fr) = (&p[lay.final_norm..lay.final_norm + c], lay.final_norm..lay.final_norm + c);
         ops::rmsnorm_backward(

@@ -45,6 +45,8 @@ pub struct Workspace {
     /// [head_rows, V] one chunk of logits (the head runs in row chunks to bound memory).
     pub logits: Vec<f32>,
     pub head_rows: usize,
+    /// Rows of logits left in `logits` by the last forward (Some(N) when one chunk held them all).
+    pub logits_cached: Option<usize>,
     /// Backward scratch: [N, C] ×2, [N, (H+2KV)·D], [N, H·D], [N, 2I], [N, I].
     pub dresid: Vec<f32>,
     pub dln: Vec<f32>,
@@ -121,6 +123,13 @@ impl Workspace {
         let shape = AttnShape { num_heads: h, num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
         grow(&mut self.attn_scratch, shape.scratch_len(n));
         self.cap = n;
+    }
+
+    /// Bound the LM head's chunk to `rows` rows (less memory for huge vocabularies; the backward
+    /// then recomputes logits chunk by chunk).
+    pub fn limit_head_rows(&mut self, rows: usize) {
+        self.head_rows = self.head_rows.min(rows.max(1));
+        self.logits_cached = None;
     }
 
     /// Bytes held by all buffers.

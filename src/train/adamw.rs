@@ -2,6 +2,7 @@
 //! f32 buffers, matching `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
 
 use crate::model::params::ParamLayout;
+use crate::tensor::cpu::simd::simd_kernel;
 use rayon::prelude::*;
 
 /// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
@@ -51,45 +52,87 @@ impl AdamW {
     /// p ← p·(1 − lr·λ); m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
     /// p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε).
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
+        self.step_scaled(params, grads, lr, 1.0);
+    }
+
+    /// `step` with the gradient multiplied by `grad_scale` on the fly (fuses gradient clipping:
+    /// pass `clip_coefficient(norm, max_norm)` instead of rescaling the buffer first).
+    pub fn step_scaled(&mut self, params: &mut [f32], grads: &[f32], lr: f32, grad_scale: f32) {
         assert_eq!(params.len(), self.m.len(), "AdamW: parameter count changed");
         assert_eq!(grads.len(), self.m.len(), "AdamW: gradient count differs from parameters");
         self.t += 1;
         let c = self.cfg;
         let bc1 = 1.0 - (c.beta1 as f64).powi(self.t as i32);
         let bc2 = 1.0 - (c.beta2 as f64).powi(self.t as i32);
-        let step_size = (lr as f64 / bc1) as f32;
-        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+        let hp = StepConsts {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step_size: (lr as f64 / bc1) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            grad_scale,
+            decay: 1.0,
+        };
         for (range, decays) in &self.segments {
-            let decay = if *decays { 1.0 - lr * c.weight_decay } else { 1.0 };
+            let hp = StepConsts { decay: if *decays { 1.0 - lr * c.weight_decay } else { 1.0 }, ..hp };
             let r = range.clone();
             params[r.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[r.clone()].par_chunks(CHUNK))
                 .zip(self.m[r.clone()].par_chunks_mut(CHUNK))
                 .zip(self.v[r].par_chunks_mut(CHUNK))
-                .for_each(|(((p, g), m), v)| {
-                    for i in 0..p.len() {
-                        let gi = g[i];
-                        m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * gi;
-                        v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * gi * gi;
-                        let denom = v[i].sqrt() * inv_sqrt_bc2 + c.eps;
-                        p[i] = p[i] * decay - step_size * m[i] / denom;
-                    }
-                });
+                .for_each(|(((p, g), m), v)| adamw_update(p, g, m, v, hp));
         }
     }
 }
 
+/// Per-step constants of the AdamW update.
+#[derive(Clone, Copy)]
+struct StepConsts {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    grad_scale: f32,
+    decay: f32,
+}
+
+simd_kernel! {
+    /// The AdamW update on one chunk.
+    fn adamw_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: StepConsts) -> () {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g * k.grad_scale;
+            *m = k.beta1 * *m + (1.0 - k.beta1) * g;
+            *v = k.beta2 * *v + (1.0 - k.beta2) * g * g;
+            let denom = v.sqrt() * k.inv_sqrt_bc2 + k.eps;
+            *p = *p * k.decay - k.step_size * *m / denom;
+        }
+    }
+}
+
+simd_kernel! {
+    /// Σ x² of one chunk in f32 lanes (chunks are summed in f64).
+    fn sum_squares(x: &[f32]) -> f64 {
+        crate::tensor::cpu::simd::dot(x, x) as f64
+    }
+}
+
+/// PyTorch's clipping coefficient: min(1, max_norm / (norm + 1e-6)).
+pub fn clip_coefficient(norm: f32, max_norm: f32) -> f32 {
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
 /// Global L2 norm of a gradient buffer (accumulated in f64).
 pub fn grad_norm(grads: &[f32]) -> f32 {
-    grads.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>().sqrt() as f32
+    grads.par_chunks(CHUNK).map(sum_squares).sum::<f64>().sqrt() as f32
 }
 
 /// Scale gradients so their global norm is at most `max_norm` (PyTorch's rule: coefficient
 /// max_norm / (norm + 1e-6), applied only when below 1). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
     let norm = grad_norm(grads);
-    let coef = max_norm / (norm + 1e-6);
+    let coef = clip_coefficient(norm, max_norm);
     if coef < 1.0 {
         grads.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= coef));
     }

@@ -4,5 +4,5 @@ pub mod adamw;
 pub mod pretrain;
 pub mod schedule;
 
-pub use adamw::{clip_grad_norm, grad_norm, AdamW, AdamWConfig};
+pub use adamw::{clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
 pub use schedule::{LrSchedule, ScheduleKind};

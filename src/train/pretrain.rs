@@ -10,7 +10,7 @@ use crate::model::{Batch, Model, Workspace};
 use crate::tasks::arithmetic::Addition;
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
-use crate::train::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::train::{clip_coefficient, grad_norm, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -191,10 +191,10 @@ pub fn run(cfg: &RunConfig, log: &mut dyn Write) -> Result<TrainReport> {
         // 4. backward → gradients; 5. clip; 6. AdamW
         grads.iter_mut().for_each(|g| *g = 0.0);
         model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
-        let norm =
-            if t.grad_clip > 0.0 { clip_grad_norm(&mut grads, t.grad_clip) } else { crate::train::grad_norm(&grads) };
+        let norm = grad_norm(&grads);
+        let scale = if t.grad_clip > 0.0 { clip_coefficient(norm, t.grad_clip) } else { 1.0 };
         let lr = schedule.lr(step);
-        opt.step(&mut model.params.data, &grads, lr);
+        opt.step_scaled(&mut model.params.data, &grads, lr, scale);
         let secs = t0.elapsed().as_secs_f64();
         tokens_total += n;
         train_secs += secs;
