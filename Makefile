@@ -17,7 +17,7 @@ run: build
 	./target/release/arbor train
 
 test: setup
-	$(CARGO) test --release --workspace
+	bash scripts/test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace (release build: the numerics tests are compute-bound) and ends
+# with one summary line "tests: N passed, N failed" over all test binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
