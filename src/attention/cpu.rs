@@ -55,6 +55,51 @@ fn tasks(seq_starts: &[usize], kv: usize) -> impl IndexedParallelIterator<Item =
     (0..n_seq * kv).into_par_iter().map(move |t| (t / kv, t % kv))
 }
 
+/// One parallel task: sequence s (tokens start..start+t_len) × kv head g, with its two scratch
+/// halves ([BLOCK_ROWS, T] each) and pointers to its K and V columns in the q|k|v buffer.
+struct Task<'a> {
+    start: usize,
+    t_len: usize,
+    /// q|k|v rows of this sequence.
+    qkv: &'a [f32],
+    k: *const f32,
+    v: *const f32,
+    scratch: (&'a mut [f32], &'a mut [f32]),
+}
+
+/// Run `body` on every (sequence, kv head) task in parallel.
+fn for_each_task(
+    seq_starts: &[usize],
+    shape: AttnShape,
+    qkv: &[f32],
+    scratch: &mut [f32],
+    body: impl Fn(usize, Task<'_>) + Sync + Send,
+) {
+    let (h_n, kv_n, d, qs) = (shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.qkv_stride());
+    let n = *seq_starts.last().unwrap_or(&0);
+    assert!(qkv.len() >= n * qs && scratch.len() >= shape.scratch_len(n));
+    let scr = SharedMut(scratch.as_mut_ptr());
+    tasks(seq_starts, kv_n).for_each(|(s, g)| {
+        let (start, t_len) = (seq_starts[s], seq_starts[s + 1] - seq_starts[s]);
+        if t_len == 0 {
+            return;
+        }
+        // SAFETY: task (s, g) owns scratch [2·BLOCK_ROWS·(KV·start + g·T), +2·BLOCK_ROWS·T): the
+        // regions of distinct tasks are disjoint since Σ_s KV·T_s = KV·N, and lie inside
+        // `scratch` (length ≥ 2·KV·N·BLOCK_ROWS, asserted above).
+        let scratch = unsafe {
+            let p = scr.get().add(2 * BLOCK_ROWS * (kv_n * start + g * t_len));
+            (
+                std::slice::from_raw_parts_mut(p, BLOCK_ROWS * t_len),
+                std::slice::from_raw_parts_mut(p.add(BLOCK_ROWS * t_len), BLOCK_ROWS * t_len),
+            )
+        };
+        let rows = &qkv[start * qs..(start + t_len) * qs];
+        let (k, v) = (rows[(h_n + g) * d..].as_ptr(), rows[(h_n + kv_n + g) * d..].as_ptr());
+        body(g, Task { start, t_len, qkv: rows, k, v, scratch });
+    });
+}
+
 /// Forward: out = softmax(scale·Q Kᵀ + causal mask) V per sequence and head; lse[i·H + h] is the
 /// row log-sum-exp of the scaled scores. qkv: [N, (H+2KV)·D] with RoPE applied; out: [N, H·D].
 pub fn attention_forward(
@@ -65,30 +110,14 @@ pub fn attention_forward(
     seq_starts: &[usize],
     shape: AttnShape,
 ) {
-    let (h_n, kv_n, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    let (h_n, d) = (shape.num_heads, shape.head_dim);
     let (qs, os) = (shape.qkv_stride(), shape.out_stride());
     let n = *seq_starts.last().unwrap_or(&0);
-    assert!(qkv.len() >= n * qs && out.len() >= n * os && lse.len() >= n * h_n);
-    assert!(scratch.len() >= shape.scratch_len(n));
+    assert!(out.len() >= n * os && lse.len() >= n * h_n);
     let scale = 1.0 / (d as f32).sqrt();
-    let (out_p, lse_p, scr_p) =
-        (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(scratch.as_mut_ptr()));
-    tasks(seq_starts, kv_n).for_each(|(s, g)| {
-        let (start, t_len) = (seq_starts[s], seq_starts[s + 1] - seq_starts[s]);
-        if t_len == 0 {
-            return;
-        }
-        // SAFETY: task (s, g) owns scratch [2·BLOCK_ROWS·(KV·start + g·T), +2·BLOCK_ROWS·T): the
-        // regions of distinct tasks are disjoint since Σ_s KV·T_s = KV·N.
-        let sbuf = unsafe {
-            std::slice::from_raw_parts_mut(
-                scr_p.get().add(2 * BLOCK_ROWS * (kv_n * start + g * t_len)),
-                BLOCK_ROWS * t_len,
-            )
-        };
-        let base = &qkv[start * qs..];
-        let k_ptr = base[(h_n + g) * d..].as_ptr();
-        let v_ptr = base[(h_n + kv_n + g) * d..].as_ptr();
+    let (out_p, lse_p) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
+    for_each_task(seq_starts, shape, qkv, scratch, |g, task| {
+        let Task { start, t_len, qkv: base, k: k_ptr, v: v_ptr, scratch: (sbuf, _) } = task;
         for h in g * shape.group()..(g + 1) * shape.group() {
             let q_ptr = base[h * d..].as_ptr();
             for r0 in (0..t_len).step_by(BLOCK_ROWS) {
@@ -154,25 +183,10 @@ pub fn attention_backward(
     let (qs, os) = (shape.qkv_stride(), shape.out_stride());
     let n = *seq_starts.last().unwrap_or(&0);
     assert!(dqkv.len() >= n * qs && dout.len() >= n * os && out.len() >= n * os && lse.len() >= n * h_n);
-    assert!(scratch.len() >= shape.scratch_len(n));
     let scale = 1.0 / (d as f32).sqrt();
-    let (dqkv_p, scr_p) = (SharedMut(dqkv.as_mut_ptr()), SharedMut(scratch.as_mut_ptr()));
-    tasks(seq_starts, kv_n).for_each(|(s, g)| {
-        let (start, t_len) = (seq_starts[s], seq_starts[s + 1] - seq_starts[s]);
-        if t_len == 0 {
-            return;
-        }
-        // SAFETY: disjoint scratch per task, as in the forward.
-        let (pbuf, dpbuf) = unsafe {
-            let p = scr_p.get().add(2 * BLOCK_ROWS * (kv_n * start + g * t_len));
-            (
-                std::slice::from_raw_parts_mut(p, BLOCK_ROWS * t_len),
-                std::slice::from_raw_parts_mut(p.add(BLOCK_ROWS * t_len), BLOCK_ROWS * t_len),
-            )
-        };
-        let base = &qkv[start * qs..];
-        let k_ptr = base[(h_n + g) * d..].as_ptr();
-        let v_ptr = base[(h_n + kv_n + g) * d..].as_ptr();
+    let dqkv_p = SharedMut(dqkv.as_mut_ptr());
+    for_each_task(seq_starts, shape, qkv, scratch, |g, task| {
+        let Task { start, t_len, qkv: base, k: k_ptr, v: v_ptr, scratch: (pbuf, dpbuf) } = task;
         // SAFETY: this task owns rows [start, start+T) × columns of q heads in group g, k head g and
         // v head g of dqkv; no other task touches them.
         let dbase = unsafe { dqkv_p.get().add(start * qs) };
@@ -305,5 +319,76 @@ simd_kernel! {
             pr[valid..].iter_mut().for_each(|v| *v = 0.0);
             dr[valid..].iter_mut().for_each(|v| *v = 0.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive reference in f64: materialise S = scale·QKᵀ per (sequence, head), causal softmax,
+    /// O = PV; backward by the textbook formulas. Returns (out, dqkv).
+    fn naive(qkv: &[f32], dout: &[f32], starts: &[usize], sh: AttnShape) -> (Vec<f64>, Vec<f64>) {
+        let (h_n, kv_n, d) = (sh.num_heads, sh.num_kv_heads, sh.head_dim);
+        let (qs, os) = (sh.qkv_stride(), sh.out_stride());
+        let n = *starts.last().unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let (mut out, mut dqkv) = (vec![0.0f64; n * os], vec![0.0f64; n * qs]);
+        let at = |tok: usize, col: usize| qkv[tok * qs + col] as f64;
+        for w in starts.windows(2) {
+            let (s0, t) = (w[0], w[1] - w[0]);
+            for h in 0..h_n {
+                let g = h / (h_n / kv_n);
+                let (qc, kc, vc) = (h * d, (h_n + g) * d, (h_n + kv_n + g) * d);
+                let mut p = vec![vec![0.0f64; t]; t];
+                for i in 0..t {
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|j| (0..d).map(|x| at(s0 + i, qc + x) * at(s0 + j, kc + x)).sum::<f64>() * scale)
+                        .collect();
+                    let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = sc.iter().map(|v| (v - m).exp()).sum();
+                    for j in 0..=i {
+                        p[i][j] = (sc[j] - m).exp() / z;
+                    }
+                    for x in 0..d {
+                        out[(s0 + i) * os + h * d + x] = (0..=i).map(|j| p[i][j] * at(s0 + j, vc + x)).sum();
+                    }
+                }
+                for i in 0..t {
+                    let dov = |x: usize| dout[(s0 + i) * os + h * d + x] as f64;
+                    let dp: Vec<f64> = (0..=i).map(|j| (0..d).map(|x| dov(x) * at(s0 + j, vc + x)).sum()).collect();
+                    let di: f64 = (0..=i).map(|j| p[i][j] * dp[j]).sum();
+                    for j in 0..=i {
+                        let ds = p[i][j] * (dp[j] - di) * scale;
+                        for x in 0..d {
+                            dqkv[(s0 + i) * qs + qc + x] += ds * at(s0 + j, kc + x);
+                            dqkv[(s0 + j) * qs + kc + x] += ds * at(s0 + i, qc + x);
+                            dqkv[(s0 + j) * qs + vc + x] += p[i][j] * dov(x);
+                        }
+                    }
+                }
+            }
+        }
+        (out, dqkv)
+    }
+
+    #[test]
+    fn multi_block_gqa_matches_naive_reference() {
+        let sh = AttnShape { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
+        // lengths span 1, 2 and 3 row blocks, plus an empty sequence
+        let starts = [0usize, 150, 150, 220, 225];
+        let n = 225;
+        let mut rng = crate::rng::Rng::new(3);
+        let qkv: Vec<f32> = (0..n * sh.qkv_stride()).map(|_| rng.normal() as f32).collect();
+        let dout: Vec<f32> = (0..n * sh.out_stride()).map(|_| rng.normal() as f32).collect();
+        let (mut out, mut lse, mut scratch) = (vec![0.0; n * 32], vec![0.0; n * 4], vec![0.0; sh.scratch_len(n)]);
+        attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &starts, sh);
+        let mut dqkv = vec![f32::NAN; n * sh.qkv_stride()];
+        attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, &starts, sh);
+        let (want_out, want_d) = naive(&qkv, &dout, &starts, sh);
+        let err = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
+        let (eo, ed) = (err(&out, &want_out), err(&dqkv, &want_d));
+        assert!(eo < 1e-5, "forward max error {eo}");
+        assert!(ed < 1e-4, "backward max error {ed}");
     }
 }

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Number of GEMM calls made so far (all threads); tests use it to attribute allocations.
 pub static GEMM_CALLS: AtomicUsize = AtomicUsize::new(0);
+/// Wall time spent in pool-parallel GEMM calls (the model's projections), in nanoseconds;
+/// `arbor bench train-step` divides it by the step time.
+pub static GEMM_PARALLEL_NANOS: AtomicUsize = AtomicUsize::new(0);
 
 /// Below this many multiply-adds a product runs on the calling thread (rayon overhead dominates).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
@@ -79,6 +82,7 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate:
     }
     GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
     let par = if parallel && m * n * k >= PARALLEL_MIN_MACS { Parallelism::Rayon(0) } else { Parallelism::None };
+    let t0 = parallel.then(std::time::Instant::now);
     // SAFETY: every view was bounds-checked above for its full extent (last element index <
     // len); `c` is borrowed mutably so it aliases neither `a` nor `b`.
     unsafe {
@@ -103,6 +107,9 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate:
             false,
             par,
         );
+    }
+    if let Some(t0) = t0 {
+        GEMM_PARALLEL_NANOS.fetch_add(t0.elapsed().as_nanos() as usize, Ordering::Relaxed);
     }
 }
 
