@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod decode;
 pub mod head;
 pub mod init;
 pub mod params;
