@@ -9,6 +9,7 @@ pub mod error;
 pub mod io;
 pub mod model;
 pub mod rng;
+pub mod rollout;
 pub mod tasks;
 pub mod tensor;
 pub mod tokenizer;

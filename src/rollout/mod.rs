@@ -1,0 +1,8 @@
+//! Rollout: sampling and batched generation with a KV cache (continuous batching). Tree
+//! branching, replication and the async buffer arrive with the RL issues.
+
+pub mod engine;
+pub mod sampler;
+
+pub use engine::{generate, Completion, Finish, GenerateConfig, Request};
+pub use sampler::{sample, SamplingParams};
