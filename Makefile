@@ -5,7 +5,7 @@ CARGO ?= cargo
 THREADS ?= 2
 TORCH_VENV ?= .venv-torch
 
-.PHONY: run test setup build lint bench bench-peer bench-sim-peer fixtures
+.PHONY: run test setup build lint bench bench-peer bench-generate-peer bench-sim-peer fixtures
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,13 @@ bench:
 bench-peer: build
 	@test -x $(TORCH_VENV)/bin/python || (python3 -m venv $(TORCH_VENV) && $(TORCH_VENV)/bin/pip install -q -r scripts/requirements-fixtures.txt)
 	@bash scripts/peer/bench_peer.sh $(THREADS) $(TORCH_VENV)/bin/python
+
+# arbor generate vs transformers generate (batch 64, prompt 16, 112 new tokens, same threads).
+bench-generate-peer: build
+	@test -x $(TORCH_VENV)/bin/python || (python3 -m venv $(TORCH_VENV) && $(TORCH_VENV)/bin/pip install -q -r scripts/requirements-fixtures.txt)
+	@./target/release/arbor --threads $(THREADS) bench generate --model-config configs/models/bench-tiny | tee /tmp/arbor-gen.json
+	@$(TORCH_VENV)/bin/python scripts/peer/hf_generate.py --model-config configs/models/bench-tiny --threads $(THREADS) | tee /tmp/hf-gen.json
+	@python3 -c "import json; a=json.load(open('/tmp/arbor-gen.json')); h=json.load(open('/tmp/hf-gen.json')); print(f\"ratio arbor/transformers generate tokens/s: {a['tokens_per_s']/h['tokens_per_s']:.2f}x\")"
 
 bench-sim-peer:
 	@python3 -c "import simpy" 2>/dev/null || pip install -q simpy

@@ -59,6 +59,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_threads(cli.threads.unwrap_or(0))?;
             match cmd {
                 bench::BenchCommand::TrainStep(a) => bench::train_step(&a),
+                bench::BenchCommand::Generate(a) => bench::generate(&a),
                 bench::BenchCommand::Gemm { n, reps } => bench::gemm(n, reps),
             }
         }

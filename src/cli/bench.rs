@@ -18,6 +18,8 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// One full training step (forward, backward, clip, AdamW) on random tokens.
     TrainStep(TrainStepArgs),
+    /// Batched generation with the KV cache (continuous batching), random prompts, no stop token.
+    Generate(GenerateArgs),
     /// f32 GEMM throughput of the gemm crate at one square size.
     Gemm {
         #[arg(long, default_value_t = 1024)]
@@ -43,6 +45,80 @@ pub struct TrainStepArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// Arguments of `arbor bench generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// HF model directory or config.json (random weights when there are no safetensors).
+    #[arg(long)]
+    pub model_config: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 112)]
+    pub new_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Run `arbor bench generate` and print one JSON line (new tokens per second, median of reps).
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    use crate::rollout::{generate, GenerateConfig, Request, SamplingParams};
+    let model = load_model(&args.model_config, args.seed)
+        .with_context(|| format!("loading {}", args.model_config.display()))?;
+    anyhow::ensure!(
+        args.batch > 0 && args.prompt_len > 0 && args.new_tokens > 0,
+        "--batch, --prompt-len and --new-tokens must be positive"
+    );
+    let v = model.cfg.vocab_size as u64;
+    let mut rng = Rng::new(args.seed);
+    let requests: Vec<Request> = (0..args.batch as u64)
+        .map(|p| Request {
+            prompt_id: p,
+            sample_index: 0,
+            prompt: (0..args.prompt_len).map(|_| rng.below(v) as u32).collect(),
+        })
+        .collect();
+    let cfg = GenerateConfig {
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: args.new_tokens,
+        },
+        stop_tokens: vec![],
+        seed: args.seed,
+        step: 0,
+        max_batch: args.batch,
+    };
+    let mut times = Vec::new();
+    let mut produced = 0;
+    for _ in 0..args.reps.max(1) {
+        let t = Instant::now();
+        let out = generate(&model, &requests, &cfg)?;
+        times.push(t.elapsed().as_secs_f64());
+        produced = out.iter().map(|c| c.tokens.len()).sum::<usize>();
+    }
+    let secs = median(times);
+    let line = serde_json::json!({
+        "impl": "arbor",
+        "threads": rayon::current_num_threads(),
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "generated_tokens": produced,
+        "seconds": secs,
+        "tokens_per_s": produced as f64 / secs,
+    });
+    println!("{line}");
+    Ok(())
 }
 
 /// Median of a sample.
