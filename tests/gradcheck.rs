@@ -1,5 +1,6 @@
 //! Finite-difference gradient check of the whole model on a tiny configuration (independent of
-//! any fixture): central differences of L = −Σ w·logp against the analytic backward.
+//! any fixture): central differences of L = −Σ w·logp + Σ u·H (H the per-token entropy)
+//! against the analytic backward.
 
 use arbor::model::init::init_params;
 use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
@@ -43,16 +44,20 @@ fn check(arch: Arch, tied: bool) {
         batch.push_lm(s, 0).unwrap();
     }
     let w: Vec<f32> = (0..batch.len()).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
+    // entropy weights: L = −Σ w·logp + Σ u·H exercises the entropy-bonus gradient too
+    let u: Vec<f32> = (0..batch.len()).map(|_| (rng.uniform() - 0.5) as f32).collect();
     let mut model = Model::new(cfg.clone(), params).unwrap();
     let mut ws = Workspace::new(&cfg, batch.len());
     let loss = |m: &Model, ws: &mut Workspace| -> f64 {
         m.forward(&batch, ws).unwrap();
-        -ws.logprobs[..batch.len()].iter().zip(&w).map(|(l, wi)| (*l as f64) * (*wi as f64)).sum::<f64>()
+        let n = batch.len();
+        -ws.logprobs[..n].iter().zip(&w).map(|(l, wi)| (*l as f64) * (*wi as f64)).sum::<f64>()
+            + ws.entropy[..n].iter().zip(&u).map(|(h, ui)| (*h as f64) * (*ui as f64)).sum::<f64>()
     };
     loss(&model, &mut ws);
     let dlogp: Vec<f32> = w.iter().map(|x| -x).collect();
     let mut grads = vec![0.0f32; model.params.data.len()];
-    model.backward(&batch, &dlogp, &mut ws, &mut grads).unwrap();
+    model.backward_with_entropy(&batch, &dlogp, Some(&u), &mut ws, &mut grads).unwrap();
 
     // h balances truncation error (O(h²), visible at 1e-2 with these weights) against f32
     // rounding in the loss (≈1e-6 / 2h).

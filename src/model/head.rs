@@ -41,23 +41,33 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// row ← −g · e^(row − lse) (the softmax part of dL/dz).
-    fn scaled_softmax_row(row: &mut [f32], lse: f32, g: f32) -> () {
+    /// row ← −p·(g + e·(log p + H)) with p = e^(row − lse): the softmax part of dL/dz for
+    /// dL/dlogp = g and dL/dH = e (dH/dz_j = −p_j·(log p_j + H)).
+    fn scaled_softmax_row(row: &mut [f32], lse: f32, g: f32, e: f32, h: f32) -> () {
         for x in row.iter_mut() {
-            *x = -g * simd::exp(*x - lse);
+            let logp = *x - lse;
+            *x = -simd::exp(logp) * (g + e * (logp + h));
         }
     }
 }
 
-/// Turn a logits chunk into dL/dz in place, for dL/dlogp = g per row:
-/// dz = g·(onehot(target) − softmax(z)).
-pub fn logits_backward_inplace(z: &mut [f32], v: usize, targets: &[u32], lse: &[f32], g: &[f32]) {
-    z.par_chunks_mut(v).zip(targets).zip(lse).zip(g).for_each(|(((row, &t), &l), &gi)| {
-        if gi == 0.0 {
+/// Turn a logits chunk into dL/dz in place, for dL/dlogp = g and (optionally) dL/dH = e per row,
+/// H the row's entropy: dz = g·(onehot(target) − p) − e·p·(log p + H).
+pub fn logits_backward_inplace(
+    z: &mut [f32],
+    v: usize,
+    targets: &[u32],
+    lse: &[f32],
+    g: &[f32],
+    ent: Option<(&[f32], &[f32])>,
+) {
+    z.par_chunks_mut(v).zip(targets).zip(lse).zip(g).enumerate().for_each(|(i, (((row, &t), &l), &gi))| {
+        let (ei, hi) = ent.map_or((0.0, 0.0), |(e, h)| (e[i], h[i]));
+        if gi == 0.0 && ei == 0.0 {
             row.iter_mut().for_each(|x| *x = 0.0);
             return;
         }
-        scaled_softmax_row(row, l, gi);
+        scaled_softmax_row(row, l, gi, ei, hi);
         row[t as usize] += gi;
     });
 }
@@ -88,7 +98,7 @@ pub fn head_forward(
 
 /// Backward of the head: writes dh ([N, C]) and adds into dw ([V, C]), recomputing the logits
 /// chunk by chunk, unless `cached` says the forward's single chunk still holds all N rows.
-/// `g[i]` = dL/dlogp_i.
+/// `g[i]` = dL/dlogp_i; `ent` = (dL/dH_i, H_i) when the loss has an entropy term.
 #[allow(clippy::too_many_arguments)]
 pub fn head_backward(
     logits: &mut [f32],
@@ -99,6 +109,7 @@ pub fn head_backward(
     targets: &[u32],
     lse: &[f32],
     g: &[f32],
+    ent: Option<(&[f32], &[f32])>,
     c: usize,
     v: usize,
     cached: bool,
@@ -113,7 +124,8 @@ pub fn head_backward(
         if !(cached && m == n) {
             matmul_nt(z, hc, w, m, v, c, false);
         }
-        logits_backward_inplace(z, v, &targets[r0..r1], &lse[r0..r1], &g[r0..r1]);
+        let ent_chunk = ent.map(|(e, h)| (&e[r0..r1], &h[r0..r1]));
+        logits_backward_inplace(z, v, &targets[r0..r1], &lse[r0..r1], &g[r0..r1], ent_chunk);
         matmul_nn(&mut dh[r0 * c..r1 * c], z, w, m, c, v, false);
         matmul_tn(dw, z, hc, v, c, m, true);
     }

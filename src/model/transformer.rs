@@ -147,10 +147,23 @@ impl Model {
     /// weighted log-likelihood loss L = −Σ w_i·logp_i). Gradients are ADDED into `grads`
     /// (same layout as the parameters), so micro-batches accumulate.
     pub fn backward(&self, batch: &Batch, dlogp: &[f32], ws: &mut Workspace, grads: &mut [f32]) -> Result<()> {
+        self.backward_with_entropy(batch, dlogp, None, ws, grads)
+    }
+
+    /// `backward` for a loss that also depends on the per-token entropies H_i of the forward:
+    /// `dent[i]` = ∂L/∂H_i (e.g. −β for an entropy bonus −β·Σ H_i).
+    pub fn backward_with_entropy(
+        &self,
+        batch: &Batch,
+        dlogp: &[f32],
+        dent: Option<&[f32]>,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let n = batch.len();
-        if dlogp.len() != n {
-            return Err(Error::Invalid(format!("dlogp has {} entries, the batch {n} tokens", dlogp.len())));
+        if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
+            return Err(Error::Invalid(format!("dlogp/dent do not have one entry per token ({n})")));
         }
         if grads.len() != self.params.data.len() || ws.capacity() < n {
             return Err(Error::Invalid("gradient buffer or workspace does not match the model".into()));
@@ -171,6 +184,7 @@ impl Model {
             &batch.targets,
             &ws.head_lse[..n],
             dlogp,
+            dent.map(|d| (d, &ws.entropy[..n])),
             c,
             v,
             ws.logits_cached == Some(n),
