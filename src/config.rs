@@ -127,6 +127,19 @@ pub struct TrainSection {
     /// Steps between held-out evaluations (0 = only at the end).
     #[serde(default)]
     pub eval_every: u64,
+    /// Steps between checkpoints (1 = every step: a killed run loses at most the step in progress).
+    #[serde(default = "default_ckpt_every")]
+    pub checkpoint_every: u64,
+    /// Newest checkpoints kept (older ones are deleted after a successful save).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn default_ckpt_every() -> u64 {
+    1
+}
+fn default_keep() -> usize {
+    2
 }
 
 fn default_schedule() -> ScheduleKind {

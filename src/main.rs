@@ -52,7 +52,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => {
             let cfg = train::resolve(&args)?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
-            train::run(&cfg)
+            train::run(&cfg, args.resume.as_deref())
         }
         Command::Sft => anyhow::bail!("arbor sft: not yet available (it arrives with the RL trainer, issue 4)"),
         Command::Bench(cmd) => {

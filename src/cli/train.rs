@@ -19,6 +19,9 @@ pub struct TrainArgs {
     /// Override `run.seed`.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Continue from a checkpoint directory, or `latest` (the newest under the run's directory).
+    #[arg(long)]
+    pub resume: Option<String>,
 }
 
 /// Load the config with overrides applied.
@@ -41,8 +44,20 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
 }
 
 /// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
-pub fn run(cfg: &RunConfig) -> anyhow::Result<()> {
-    let report = crate::train::pretrain::run(cfg, &mut std::io::stdout())?;
+pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
+    let dir = match resume {
+        None => None,
+        Some("latest") => {
+            let run_dir = cfg.run.out_dir.join(&cfg.run.name);
+            let all = crate::train::checkpoint::list_checkpoints(&run_dir)?;
+            let (_, dir) = all
+                .last()
+                .ok_or_else(|| anyhow::anyhow!("--resume latest: no checkpoint under {}", run_dir.display()))?;
+            Some(dir.clone())
+        }
+        Some(path) => Some(std::path::PathBuf::from(path)),
+    };
+    let report = crate::train::pretrain::run(cfg, dir.as_deref(), &mut std::io::stdout())?;
     let first = report.losses.first().copied().unwrap_or(f64::NAN);
     let last_k = report.losses.len().min(10);
     let last = report.losses[report.losses.len() - last_k..].iter().sum::<f64>() / last_k.max(1) as f64;

@@ -1,6 +1,7 @@
 //! Training: optimizer, schedules and the loops (pretraining/SFT now; RL in later issues).
 
 pub mod adamw;
+pub mod checkpoint;
 pub mod pretrain;
 pub mod schedule;
 

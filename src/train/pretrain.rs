@@ -4,12 +4,13 @@
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
+use crate::io::load_hf_dir;
 use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
 use crate::tasks::arithmetic::Addition;
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
+use crate::train::checkpoint::{load_checkpoint, save_checkpoint, TrainerState};
 use crate::train::{clip_coefficient, grad_norm, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,8 +94,9 @@ pub fn evaluate(model: &Model, tok: &CharTokenizer, cfg: &RunConfig, ws: &mut Wo
 }
 
 /// Run the configured job, printing progress to `log` and writing `<out_dir>/<name>/`:
-/// `config.toml` (resolved), `metrics.jsonl` and `checkpoints/step-N/` (an HF directory).
-pub fn run(cfg: &RunConfig, log: &mut dyn Write) -> Result<TrainReport> {
+/// `config.toml` (resolved), `metrics.jsonl` and `checkpoints/step-N/` (HF weights + optimizer
+/// state). With `resume`, training continues from that checkpoint exactly as if never stopped.
+pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Result<TrainReport> {
     let tok = CharTokenizer::default();
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
@@ -130,12 +132,30 @@ pub fn run(cfg: &RunConfig, log: &mut dyn Write) -> Result<TrainReport> {
     };
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
+    let mut start = 0u64;
+    if let Some(dir) = resume {
+        let ck = load_checkpoint(dir)?;
+        if ck.config != model.cfg {
+            return Err(Error::Invalid(format!("{}: the checkpoint's model differs from the config's", dir.display())));
+        }
+        if ck.state.seed != cfg.run.seed {
+            return Err(Error::Invalid(format!(
+                "{}: checkpoint seed {} differs from run.seed {}",
+                dir.display(),
+                ck.state.seed,
+                cfg.run.seed
+            )));
+        }
+        model.params = ck.params;
+        (opt.m, opt.v, opt.t) = (ck.exp_avg, ck.exp_avg_sq, ck.state.adam_t);
+        start = ck.state.step;
+    }
     let mut grads = vec![0.0f32; model.params.data.len()];
     let mut ws = Workspace::new(&model.cfg, 0);
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
     let metrics_path = out_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = open_metrics(&metrics_path, start)?;
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };
@@ -162,11 +182,19 @@ pub fn run(cfg: &RunConfig, log: &mut dyn Write) -> Result<TrainReport> {
         out_dir: out_dir.clone(),
         final_params: vec![],
     };
-    let e0 = evaluate(&model, &tok, cfg, &mut ws)?;
-    say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
-    report.evals.push((0, e0));
+    if start == 0 {
+        let e0 = evaluate(&model, &tok, cfg, &mut ws)?;
+        say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
+        let line =
+            serde_json::json!({"step": 0, "eval_answer_nll": e0.answer_nll, "eval_answer_exact": e0.answer_exact});
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        report.evals.push((0, e0));
+    } else {
+        say(log, format!("resumed from step {start}"));
+    }
+    let tokenizer = Tokenizer::Char(tok.clone());
     let (mut tokens_total, mut train_secs) = (0usize, 0.0f64);
-    for step in 0..t.steps {
+    for step in start..t.steps {
         let t0 = Instant::now();
         // 1. data: problems (seed, train split, step·B + i), packed
         build_batch(
@@ -228,14 +256,35 @@ pub fn run(cfg: &RunConfig, log: &mut dyn Write) -> Result<TrainReport> {
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
             report.evals.push((step + 1, e));
         }
+        if last || (step + 1) % t.checkpoint_every.max(1) == 0 {
+            let state = TrainerState { step: step + 1, seed: cfg.run.seed, adam_t: opt.t };
+            save_checkpoint(&out_dir, &model.cfg, &model.params, Some(&tokenizer), &opt, &state, t.keep_checkpoints)?;
+        }
     }
     report.tokens_per_s = tokens_total as f64 / train_secs.max(1e-9);
     let ckpt = out_dir.join("checkpoints").join(format!("step-{}", t.steps));
-    save_hf_dir(&ckpt, &model.cfg, &model.params, &SaveOptions::default())?;
-    Tokenizer::Char(tok).save_to_dir(&ckpt)?;
     say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));
     report.final_params = model.params.data;
     Ok(report)
+}
+
+/// Open metrics.jsonl: fresh for a new run; for a resume from step `start`, keep only the lines
+/// of steps ≤ start (a later step's lines belong to the lost tail) and append after them.
+fn open_metrics(path: &Path, start: u64) -> Result<std::fs::File> {
+    if start > 0 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                let step = serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64());
+                step.is_some_and(|s| s <= start)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_file(path, kept.as_bytes())?;
+        return std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e));
+    }
+    std::fs::File::create(path).map_err(|e| Error::io(path, e))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -1,0 +1,199 @@
+//! Training checkpoints with exact resume: `checkpoints/step-N/` holds the HF-layout weights
+//! (+ tokenizer), the AdamW moments, the trainer state and a checksum manifest. A checkpoint is
+//! written into a temporary directory and renamed into place, so a crash never leaves a partial
+//! `step-N`; the manifest is verified before anything is loaded.
+//!
+//! All randomness in arbor derives from (seed, step, ...) coordinates, so (weights, moments,
+//! step) is the whole state: resuming from step N reproduces the uninterrupted run bit for bit.
+
+use crate::error::{Error, Result};
+use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
+use crate::model::{ModelConfig, Params};
+use crate::tokenizer::Tokenizer;
+use crate::train::AdamW;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const MANIFEST_FILE: &str = "manifest.json";
+
+/// Everything besides weights and moments that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// The run's seed (a resume with another seed is refused).
+    pub seed: u64,
+    /// AdamW's step counter t.
+    pub adam_t: u64,
+}
+
+/// 64-bit FNV-1a checksum (detects corruption and truncation; not a cryptographic hash).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
+    r.map_err(|e| Error::io(path, e))
+}
+
+/// Write `checkpoints/step-<state.step>/` under `run_dir` and keep only the newest `keep_last`.
+pub fn save_checkpoint(
+    run_dir: &Path,
+    cfg: &ModelConfig,
+    params: &Params,
+    tokenizer: Option<&Tokenizer>,
+    opt: &AdamW,
+    state: &TrainerState,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    io(&root, std::fs::create_dir_all(&root))?;
+    let final_dir = root.join(format!("step-{}", state.step));
+    let tmp = root.join(format!(".step-{}.tmp-{}", state.step, std::process::id()));
+    if tmp.exists() {
+        io(&tmp, std::fs::remove_dir_all(&tmp))?;
+    }
+    save_hf_dir(&tmp, cfg, params, &SaveOptions::default())?;
+    if let Some(t) = tokenizer {
+        t.save_to_dir(&tmp)?;
+    }
+    let n = opt.m.len();
+    let shape = vec![n];
+    let (m_bytes, v_bytes): (&[u8], &[u8]) = (bytemuck::cast_slice(&opt.m), bytemuck::cast_slice(&opt.v));
+    let tensors = [
+        ("exp_avg", safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), m_bytes)),
+        ("exp_avg_sq", safetensors::tensor::TensorView::new(Dtype::F32, shape, v_bytes)),
+    ];
+    let mut views = Vec::new();
+    for (name, view) in tensors {
+        views.push((name, view.map_err(|e| Error::Invalid(format!("optimizer state: {e}")))?));
+    }
+    let opt_path = tmp.join(OPTIMIZER_FILE);
+    safetensors::serialize_to_file(views, None, &opt_path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", opt_path.display())))?;
+    let state_json = serde_json::to_vec_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
+    io(&tmp, std::fs::write(tmp.join(STATE_FILE), state_json))?;
+    // Manifest of every file: size and checksum.
+    let mut files = BTreeMap::new();
+    for entry in io(&tmp, std::fs::read_dir(&tmp))? {
+        let path = io(&tmp, entry)?.path();
+        let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let bytes = io(&path, std::fs::read(&path))?;
+        files.insert(name, serde_json::json!({"bytes": bytes.len(), "fnv1a64": format!("{:016x}", fnv1a64(&bytes))}));
+    }
+    let manifest =
+        serde_json::to_vec_pretty(&serde_json::json!({ "files": files })).map_err(|e| Error::Invalid(e.to_string()))?;
+    io(&tmp, std::fs::write(tmp.join(MANIFEST_FILE), manifest))?;
+    if final_dir.exists() {
+        io(&final_dir, std::fs::remove_dir_all(&final_dir))?;
+    }
+    io(&final_dir, std::fs::rename(&tmp, &final_dir))?;
+    prune(&root, keep_last.max(1))?;
+    Ok(final_dir)
+}
+
+/// Completed checkpoints under `run_dir/checkpoints`, oldest first, as (step, dir).
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let root = run_dir.join("checkpoints");
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in io(&root, std::fs::read_dir(&root))? {
+        let path = io(&root, entry)?.path();
+        let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            if path.join(MANIFEST_FILE).is_file() {
+                out.push((step, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn prune(root: &Path, keep_last: usize) -> Result<()> {
+    let run_dir = root.parent().unwrap_or(root);
+    let all = list_checkpoints(run_dir)?;
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep_last)) {
+        io(dir, std::fs::remove_dir_all(dir))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint read back after its manifest checked out.
+#[derive(Debug)]
+pub struct LoadedState {
+    pub config: ModelConfig,
+    pub params: Params,
+    pub exp_avg: Vec<f32>,
+    pub exp_avg_sq: Vec<f32>,
+    pub state: TrainerState,
+}
+
+/// Verify the manifest of a checkpoint directory, then load it.
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let text = io(&manifest_path, std::fs::read_to_string(&manifest_path))?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        file: manifest_path.clone(),
+        key: "<json>".into(),
+        msg: format!("not valid JSON: {e}"),
+    })?;
+    let files = manifest.get("files").and_then(|f| f.as_object()).ok_or_else(|| Error::Config {
+        file: manifest_path.clone(),
+        key: "files".into(),
+        msg: "missing".into(),
+    })?;
+    for (name, meta) in files {
+        let path = dir.join(name);
+        let bytes = io(&path, std::fs::read(&path))?;
+        let want = meta.get("fnv1a64").and_then(|v| v.as_str()).unwrap_or("");
+        let got = format!("{:016x}", fnv1a64(&bytes));
+        if got != want {
+            return Err(Error::Checkpoint {
+                file: path,
+                tensor: "<file>".into(),
+                msg: format!("checksum {got} does not match the manifest's {want}: the checkpoint is corrupt"),
+            });
+        }
+    }
+    let (config, params) = load_hf_dir(dir)?;
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let bytes = io(&opt_path, std::fs::read(&opt_path))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", opt_path.display())))?;
+    let read = |name: &str| -> Result<Vec<f32>> {
+        let t = st.tensor(name).map_err(|e| Error::Checkpoint {
+            file: opt_path.clone(),
+            tensor: name.into(),
+            msg: e.to_string(),
+        })?;
+        if t.dtype() != Dtype::F32 || t.shape() != [params.data.len()] {
+            return Err(Error::Checkpoint {
+                file: opt_path.clone(),
+                tensor: name.into(),
+                msg: format!("expected F32 [{}], found {:?} {:?}", params.data.len(), t.dtype(), t.shape()),
+            });
+        }
+        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    };
+    let (exp_avg, exp_avg_sq) = (read("exp_avg")?, read("exp_avg_sq")?);
+    let state_path = dir.join(STATE_FILE);
+    let text = io(&state_path, std::fs::read_to_string(&state_path))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Config {
+        file: state_path.clone(),
+        key: "<json>".into(),
+        msg: e.to_string(),
+    })?;
+    Ok(LoadedState { config, params, exp_avg, exp_avg_sq, state })
+}

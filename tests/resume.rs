@@ -1,0 +1,124 @@
+//! Exact resume: 3 steps + resume + 3 steps equals 6 straight steps bit for bit (weights and
+//! metrics), a SIGKILLed run resumed with `--resume latest` ends identical to an uninterrupted
+//! one, and a corrupt checkpoint is refused with the file named.
+
+use arbor::config::{RunConfig, DEFAULT_CONFIG};
+use arbor::io::load_hf_dir;
+use arbor::train::checkpoint::{list_checkpoints, load_checkpoint};
+use arbor::train::pretrain;
+use std::path::Path;
+use std::process::Command;
+
+fn config_text(steps: u64, keep: usize) -> String {
+    DEFAULT_CONFIG
+        .replace("hidden_size = 64", "hidden_size = 32")
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("intermediate_size = 384", "intermediate_size = 64")
+        .replace("num_layers = 4", "num_layers = 2")
+        .replace("steps = 400", &format!("steps = {steps}"))
+        .replace("batch_size = 64", "batch_size = 8")
+        .replace("eval_problems = 256", "eval_problems = 16")
+        .replace("eval_every = 100", "eval_every = 2")
+        + &format!("checkpoint_every = 1\nkeep_checkpoints = {keep}\n")
+}
+
+fn config(out: &Path, steps: u64, keep: usize) -> RunConfig {
+    let mut c = RunConfig::parse(&config_text(steps, keep), Path::new("resume.toml")).unwrap();
+    c.run.out_dir = out.to_path_buf();
+    c
+}
+
+/// metrics.jsonl without the wall-clock field.
+fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("step_s");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn three_plus_three_steps_equal_six() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = pretrain::run(&config(a.path(), 6, 10), None, &mut Vec::new()).unwrap();
+    pretrain::run(&config(b.path(), 6, 10), None, &mut Vec::new()).unwrap();
+    // resume the second run from its step-3 checkpoint: steps 4..6 are redone
+    let ck = b.path().join("default/checkpoints/step-3");
+    let resumed = pretrain::run(&config(b.path(), 6, 10), Some(&ck), &mut Vec::new()).unwrap();
+    assert_eq!(resumed.losses.len(), 3, "only steps 4..6 run after the resume");
+    assert_eq!(straight.final_params, resumed.final_params, "weights differ after resume");
+    assert_eq!(metrics(&a.path().join("default")), metrics(&b.path().join("default")), "metrics differ after resume");
+    let loaded = load_checkpoint(&b.path().join("default/checkpoints/step-6")).unwrap();
+    assert_eq!(loaded.state.step, 6);
+    assert_eq!(loaded.params.data, straight.final_params);
+}
+
+#[test]
+fn corrupt_checkpoint_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    pretrain::run(&config(dir.path(), 2, 2), None, &mut Vec::new()).unwrap();
+    let ck = dir.path().join("default/checkpoints/step-2");
+    let opt = ck.join("optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&opt, bytes).unwrap();
+    let err = load_checkpoint(&ck).unwrap_err().to_string();
+    assert!(err.contains("optimizer.safetensors") && err.contains("corrupt"), "{err}");
+    // keep_checkpoints = 2 pruned step-0..; only the newest two remain
+    let left: Vec<u64> = list_checkpoints(&dir.path().join("default")).unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(left, vec![1, 2]);
+}
+
+#[test]
+fn sigkill_then_resume_latest_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 400;
+    let cfg_path = dir.path().join("kill.toml");
+    std::fs::write(&cfg_path, config_text(steps, 2)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_arbor");
+    let out_a = dir.path().join("a");
+    let out_b = dir.path().join("b");
+    let run = |out: &Path, extra: &[&str]| {
+        Command::new(bin)
+            .args([
+                "--threads",
+                "1",
+                "train",
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "--out-dir",
+                out.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // interrupted run: kill -9 as soon as a few checkpoints exist
+    let mut child = run(&out_b, &[]);
+    let run_dir = out_b.join("default");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while list_checkpoints(&run_dir).map(|c| c.last().map_or(0, |x| x.0)).unwrap_or(0) < 5 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let was_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(was_running, "the run finished before it could be killed; make it longer");
+    let killed_at = list_checkpoints(&run_dir).unwrap().last().unwrap().0;
+    assert!(killed_at < steps);
+    assert!(run(&out_b, &["--resume", "latest"]).wait().unwrap().success());
+    assert!(run(&out_a, &[]).wait().unwrap().success());
+    let final_ck = format!("default/checkpoints/step-{steps}");
+    let (_, pa) = load_hf_dir(&out_a.join(&final_ck)).unwrap();
+    let (_, pb) = load_hf_dir(&out_b.join(&final_ck)).unwrap();
+    assert_eq!(pa.data, pb.data, "killed at step {killed_at} and resumed: weights differ");
+    assert_eq!(metrics(&out_a.join("default")), metrics(&out_b.join("default")));
+}
