@@ -176,7 +176,11 @@ impl Denominators {
     /// Combine two shards' denominators the way a data-parallel all-reduce does: tokens and seqs add, t_max is
     /// the max (a configured t_max is equal on every rank, so it is unchanged).
     pub fn combine(self, other: Denominators) -> Self {
-        Denominators { tokens: self.tokens + other.tokens, seqs: self.seqs + other.seqs, t_max: self.t_max.max(other.t_max) }
+        Denominators {
+            tokens: self.tokens + other.tokens,
+            seqs: self.seqs + other.seqs,
+            t_max: self.t_max.max(other.t_max),
+        }
     }
 
     /// Weight a_t of each token of a response of length `seq_len` so that agg(x) = Σ_t a_t·x_t:
