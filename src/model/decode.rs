@@ -61,6 +61,9 @@ pub struct DecodeBuffers {
     act: Vec<f32>,
     /// [rows, V] next-token logits of the last decode step.
     pub logits: Vec<f32>,
+    /// [rows, max_len] attention scores; [rows] positions of the new tokens.
+    scores: Vec<f32>,
+    positions: Vec<u32>,
 }
 
 impl DecodeBuffers {
@@ -76,6 +79,8 @@ impl DecodeBuffers {
             gate_up: vec![0.0; rows * 2 * c.intermediate_size],
             act: vec![0.0; rows * c.intermediate_size],
             logits: vec![0.0; rows * c.vocab_size],
+            scores: Vec::new(),
+            positions: Vec::with_capacity(rows),
         }
     }
 }
@@ -157,8 +162,8 @@ impl Model {
                 tokens.len()
             )));
         }
-        let mut positions = [0u32; 0].to_vec();
-        positions.reserve(b);
+        let positions = &mut buf.positions;
+        positions.clear();
         for &s in slots {
             if s >= cache.slots || cache.len[s] >= cache.max_len {
                 return Err(Error::Invalid(format!("decode_step: slot {s} is full or out of range")));
@@ -168,6 +173,10 @@ impl Model {
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             return Err(Error::Invalid(format!("decode_step: token {t} outside the vocabulary")));
         }
+        if buf.scores.len() < b * cache.max_len {
+            buf.scores.resize(b * cache.max_len, 0.0);
+        }
+        let positions = &buf.positions;
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (qkv_w, hd, d) = (cfg.qkv_dim(), cfg.attn_dim(), cfg.head_dim);
         let (h_n, kvd) = (cfg.num_heads, cache.kv_dim);
@@ -186,7 +195,7 @@ impl Model {
             if let Some(bias) = o.qkv_b {
                 ops::add_bias(qkv, &p[bias..bias + qkv_w]);
             }
-            ops::rope_apply(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, &positions, &self.rope, false);
+            ops::rope_apply(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, positions, &self.rope, false);
             for (i, &s) in slots.iter().enumerate() {
                 let r = cache.row(s, positions[i] as usize);
                 cache.k[l][r.clone()].copy_from_slice(&qkv[i * qkv_w + hd..i * qkv_w + hd + kvd]);
@@ -194,25 +203,27 @@ impl Model {
             }
             let (kc, vc, max_len) = (&cache.k[l], &cache.v[l], cache.max_len);
             let qkv = &buf.qkv[..b * qkv_w];
-            buf.att[..b * hd].par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
-                let len = positions[i] as usize + 1;
-                let base = slots[i] * max_len * kvd;
-                let mut scores = vec![0.0f32; len];
-                for h in 0..h_n {
-                    let g = h / group;
-                    let (k, vv) = (&kc[base + g * d..base + len * kvd], &vc[base + g * d..base + len * kvd]);
-                    attend_one(
-                        &mut out[h * d..(h + 1) * d],
-                        &qkv[i * qkv_w + h * d..i * qkv_w + (h + 1) * d],
-                        k,
-                        vv,
-                        kvd,
-                        len,
-                        scale,
-                        &mut scores,
-                    );
-                }
-            });
+            let scores_all = &mut buf.scores[..b * max_len];
+            buf.att[..b * hd].par_chunks_mut(hd).zip(scores_all.par_chunks_mut(max_len)).enumerate().for_each(
+                |(i, (out, scores))| {
+                    let len = positions[i] as usize + 1;
+                    let base = slots[i] * max_len * kvd;
+                    for h in 0..h_n {
+                        let g = h / group;
+                        let (k, vv) = (&kc[base + g * d..base + len * kvd], &vc[base + g * d..base + len * kvd]);
+                        attend_one(
+                            &mut out[h * d..(h + 1) * d],
+                            &qkv[i * qkv_w + h * d..i * qkv_w + (h + 1) * d],
+                            k,
+                            vv,
+                            kvd,
+                            len,
+                            scale,
+                            scores,
+                        );
+                    }
+                },
+            );
             matmul_nt(x, &buf.att[..b * hd], &p[o.o_w..o.o_w + c * hd], b, c, hd, true);
             ops::rmsnorm_forward(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln2..o.ln2 + c], eps);
             let gu = &mut buf.gate_up[..b * 2 * inter];
