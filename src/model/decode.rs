@@ -117,31 +117,53 @@ impl Model {
         ws: &mut Workspace,
         logits: &mut [f32],
     ) -> Result<()> {
+        self.prefill_many(&[prompt], &[slot], cache, ws, logits)
+    }
+
+    /// Prefill several prompts in one packed forward: prompt i goes into cache slot `slots[i]`
+    /// and its last position's logits into row i of `logits` ([k, V]).
+    pub fn prefill_many(
+        &self,
+        prompts: &[&[u32]],
+        slots: &[usize],
+        cache: &mut KvCache,
+        ws: &mut Workspace,
+        logits: &mut [f32],
+    ) -> Result<()> {
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        if prompt.is_empty() || prompt.len() > cache.max_len || slot >= cache.slots {
-            return Err(Error::Invalid(format!(
-                "prefill: prompt of {} tokens into slot {slot} (cache: {} slots × {} tokens)",
-                prompt.len(),
-                cache.slots,
-                cache.max_len
-            )));
+        let k = prompts.len();
+        if slots.len() != k || logits.len() < k * v {
+            return Err(Error::Invalid(format!("prefill: {k} prompts, {} slots, logits for fewer rows", slots.len())));
         }
         let mut batch = Batch::new();
-        batch.push_lm(prompt, 0)?;
+        for (prompt, &slot) in prompts.iter().zip(slots) {
+            if prompt.is_empty() || prompt.len() > cache.max_len || slot >= cache.slots {
+                return Err(Error::Invalid(format!(
+                    "prefill: prompt of {} tokens into slot {slot} (cache: {} slots × {} tokens)",
+                    prompt.len(),
+                    cache.slots,
+                    cache.max_len
+                )));
+            }
+            batch.push_lm(prompt, 0)?;
+        }
         self.forward(&batch, ws)?;
         let (qkv_w, hd, kvd) = (self.cfg.qkv_dim(), self.cfg.attn_dim(), cache.kv_dim);
-        for l in 0..self.cfg.num_layers {
-            let qkv = &ws.layers[l].qkv;
-            for (pos, row) in qkv.chunks(qkv_w).take(prompt.len()).enumerate() {
-                let r = cache.row(slot, pos);
-                cache.k[l][r.clone()].copy_from_slice(&row[hd..hd + kvd]);
-                cache.v[l][r].copy_from_slice(&row[hd + kvd..hd + 2 * kvd]);
-            }
-        }
-        cache.len[slot] = prompt.len();
-        let last = &ws.lnf[(prompt.len() - 1) * c..prompt.len() * c];
         let w = &self.params.data[self.params.layout.lm_head..self.params.layout.lm_head + v * c];
-        matmul_nt(&mut logits[..v], last, w, 1, v, c, false);
+        for (i, &slot) in slots.iter().enumerate() {
+            let (start, end) = (batch.seq_starts[i], batch.seq_starts[i + 1]);
+            for l in 0..self.cfg.num_layers {
+                let qkv = &ws.layers[l].qkv[start * qkv_w..end * qkv_w];
+                for (pos, row) in qkv.chunks(qkv_w).enumerate() {
+                    let r = cache.row(slot, pos);
+                    cache.k[l][r.clone()].copy_from_slice(&row[hd..hd + kvd]);
+                    cache.v[l][r].copy_from_slice(&row[hd + kvd..hd + 2 * kvd]);
+                }
+            }
+            cache.len[slot] = end - start;
+            let last = &ws.lnf[(end - 1) * c..end * c];
+            matmul_nt(&mut logits[i * v..(i + 1) * v], last, w, 1, v, c, false);
+        }
         Ok(())
     }
 

@@ -7,6 +7,8 @@
 //! Stop-gradient factors (sg) are constants: e.g. tis ℓ = −sg(clip(r, 0, 1))·A·logπ has ∂ℓ/∂logπ = −clip(r, 0, 1)·A.
 
 use super::loss_config::{Denominators, LossConfig, LossKind};
+use std::ops::Range;
+
 use crate::{Error, Result};
 
 /// Packed response tokens of a (micro-)batch: one entry per response token; response s has tokens
@@ -32,7 +34,7 @@ pub struct TokenBatch<'a> {
     pub seq_reward: &'a [f32],
 }
 
-impl TokenBatch<'_> {
+impl<'a> TokenBatch<'a> {
     /// Number of response tokens.
     pub fn n_tokens(&self) -> usize {
         self.logp.len()
@@ -41,6 +43,32 @@ impl TokenBatch<'_> {
     /// Number of responses (N_seq, empty ones included).
     pub fn n_seqs(&self) -> usize {
         self.seq_starts.len().saturating_sub(1)
+    }
+
+    /// Token range `seq_starts[seqs.start]..seq_starts[seqs.end]` of responses `seqs` (to slice `dlogp`/`dent`).
+    pub fn token_range(&self, seqs: Range<usize>) -> Range<usize> {
+        self.seq_starts[seqs.start]..self.seq_starts[seqs.end]
+    }
+
+    /// The micro-batch of responses `seqs`: all per-token slices cut to [`TokenBatch::token_range`], offsets
+    /// rebased to 0 into `starts` (a reusable buffer). Use it with the full batch's [`Denominators`].
+    pub fn sub_batch<'b>(&self, seqs: Range<usize>, starts: &'b mut Vec<usize>) -> TokenBatch<'b>
+    where
+        'a: 'b,
+    {
+        let toks = self.token_range(seqs.clone());
+        starts.clear();
+        starts.extend(self.seq_starts[seqs.start..=seqs.end].iter().map(|&o| o - toks.start));
+        TokenBatch {
+            seq_starts: starts,
+            logp: &self.logp[toks.clone()],
+            old_logp: &self.old_logp[toks.clone()],
+            behav_logp: self.behav_logp.map(|b| &b[toks.clone()]),
+            ref_logp: self.ref_logp.map(|r| &r[toks.clone()]),
+            entropy: &self.entropy[toks.clone()],
+            advantages: &self.advantages[toks],
+            seq_reward: &self.seq_reward[seqs],
+        }
     }
 
     fn check(&self, cfg: &LossConfig) -> Result<()> {

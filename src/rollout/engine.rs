@@ -103,31 +103,44 @@ pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Re
     };
 
     loop {
-        // Refill free slots from the queue (prefill + first token).
-        while let (Some(&slot), Some(&req)) = (free.last(), queue.front()) {
-            free.pop();
-            queue.pop_front();
-            let r = &requests[req];
-            model.prefill(&r.prompt, slot, &mut cache, &mut ws, &mut logits)?;
-            let mut a = Active {
-                req,
-                slot,
-                rng: Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]),
-                out: Completion {
-                    prompt_id: r.prompt_id,
-                    sample_index: r.sample_index,
-                    tokens: Vec::new(),
-                    logprobs: Vec::new(),
-                    entropies: Vec::new(),
-                    finish: Finish::Length,
-                },
-                next: 0,
-            };
-            if cfg.sampling.max_new_tokens == 0 || push(&mut a, &logits, cache.len[slot], &mut scratch) {
-                free.push(slot);
-                done[req] = Some(a.out);
-            } else {
-                active.push(a);
+        // Refill free slots from the queue: one packed prefill for all of them, then each
+        // request's first token.
+        let n_new = free.len().min(queue.len());
+        if n_new > 0 {
+            let reqs: Vec<usize> = queue.drain(..n_new).collect();
+            let new_slots: Vec<usize> = (0..n_new).filter_map(|_| free.pop()).collect();
+            let prompts: Vec<&[u32]> = reqs.iter().map(|&r| requests[r].prompt.as_slice()).collect();
+            if logits.len() < n_new * v {
+                logits.resize(n_new * v, 0.0);
+            }
+            model.prefill_many(&prompts, &new_slots, &mut cache, &mut ws, &mut logits)?;
+            for (i, (&req, &slot)) in reqs.iter().zip(&new_slots).enumerate() {
+                let r = &requests[req];
+                let mut a = Active {
+                    req,
+                    slot,
+                    rng: Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]),
+                    out: Completion {
+                        prompt_id: r.prompt_id,
+                        sample_index: r.sample_index,
+                        tokens: Vec::new(),
+                        logprobs: Vec::new(),
+                        entropies: Vec::new(),
+                        finish: Finish::Length,
+                    },
+                    next: 0,
+                };
+                let z = &logits[i * v..(i + 1) * v];
+                if cfg.sampling.max_new_tokens == 0 || push(&mut a, z, cache.len[slot], &mut scratch) {
+                    free.push(slot);
+                    done[req] = Some(a.out);
+                } else {
+                    active.push(a);
+                }
+            }
+            // requests that finished at their first token freed slots: refill before decoding
+            if active.len() < slots && !queue.is_empty() {
+                continue;
             }
         }
         if active.is_empty() {
