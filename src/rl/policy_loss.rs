@@ -6,9 +6,9 @@
 //! with per-token outputs `dlogp[t]` = ∂L/∂logπ_θ(o_t) and `dent[t]` = ∂L/∂H_t for the model's backward.
 //! Stop-gradient factors (sg) are constants: e.g. tis ℓ = −sg(clip(r, 0, 1))·A·logπ has ∂ℓ/∂logπ = −clip(r, 0, 1)·A.
 
-use super::loss_config::{Denominators, LossConfig, LossKind};
 use std::ops::Range;
 
+use super::loss_config::{Denominators, LossConfig, LossKind};
 use crate::{Error, Result};
 
 /// Packed response tokens of a (micro-)batch: one entry per response token; response s has tokens
