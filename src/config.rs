@@ -18,6 +18,77 @@ pub struct RunConfig {
     pub model: ModelSection,
     pub data: DataSection,
     pub train: TrainSection,
+    /// Optional RL phase after the supervised phase.
+    pub rl: Option<RlSection>,
+    /// Policy loss of the RL phase (defaults: ALGORITHMS.md §5 reference values).
+    pub loss: Option<crate::rl::LossConfig>,
+}
+
+/// `[rl]`: the GRPO-family phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlSection {
+    pub steps: u64,
+    #[serde(default = "d_prompts")]
+    pub prompts_per_step: usize,
+    #[serde(default = "d_samples")]
+    pub samples_per_prompt: u32,
+    #[serde(default = "d_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "d_temperature")]
+    pub temperature: f32,
+    #[serde(default = "d_rl_lr")]
+    pub lr: f32,
+    #[serde(default = "default_clip")]
+    pub grad_clip: f32,
+    #[serde(default)]
+    pub advantage: crate::rl::AdvantageKind,
+    /// Drop groups whose rewards are all equal (zero advantage) before the update.
+    #[serde(default = "d_true")]
+    pub filter_zero_std: bool,
+    /// Sequences generated together (KV-cache slots).
+    #[serde(default = "d_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "d_eval_problems")]
+    pub eval_problems: usize,
+    /// Samples per held-out problem at temperature 1 (plus one greedy).
+    #[serde(default = "d_eval_samples")]
+    pub eval_samples: u32,
+    #[serde(default)]
+    pub eval_every: u64,
+    #[serde(default = "d_rl_log")]
+    pub log_every: u64,
+}
+
+fn d_prompts() -> usize {
+    32
+}
+fn d_samples() -> u32 {
+    8
+}
+fn d_new_tokens() -> usize {
+    8
+}
+fn d_temperature() -> f32 {
+    1.0
+}
+fn d_rl_lr() -> f32 {
+    1e-4
+}
+fn d_true() -> bool {
+    true
+}
+fn d_max_batch() -> usize {
+    256
+}
+fn d_eval_problems() -> usize {
+    200
+}
+fn d_eval_samples() -> u32 {
+    4
+}
+fn d_rl_log() -> u64 {
+    5
 }
 
 /// `[run]`: naming, seeding, output and threads.
@@ -199,8 +270,26 @@ impl RunConfig {
         if !(1..=18).contains(&self.data.max_digits) {
             return bad("data.max_digits", format!("{} must be in 1..=18", self.data.max_digits));
         }
-        if self.train.steps == 0 || self.train.batch_size == 0 {
-            return bad("train.steps", "steps and batch_size must be positive".into());
+        if (self.train.steps == 0 && self.rl.is_none()) || self.train.batch_size == 0 {
+            return bad("train.steps", "steps (without an [rl] phase) and batch_size must be positive".into());
+        }
+        if let Some(rl) = &self.rl {
+            if rl.prompts_per_step == 0 || rl.samples_per_prompt == 0 || rl.max_new_tokens == 0 || rl.max_batch == 0 {
+                return bad(
+                    "rl",
+                    "prompts_per_step, samples_per_prompt, max_new_tokens and max_batch must be positive".into(),
+                );
+            }
+            if rl.lr.is_nan() || rl.lr <= 0.0 {
+                return bad("rl.lr", format!("{} must be positive", rl.lr));
+            }
+        }
+        if let Some(loss) = &self.loss {
+            loss.validate().map_err(|e| Error::Config {
+                file: file.into(),
+                key: format!("loss.{}", e.key),
+                msg: e.msg,
+            })?;
         }
         if self.train.lr.is_nan() || self.train.lr <= 0.0 || self.train.min_lr < 0.0 {
             return bad("train.lr", format!("lr {} must be > 0 and min_lr {} ≥ 0", self.train.lr, self.train.min_lr));

@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod checkpoint;
 pub mod pretrain;
+pub mod rl;
 pub mod schedule;
 
 pub use adamw::{clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};

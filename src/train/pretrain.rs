@@ -38,6 +38,8 @@ pub struct TrainReport {
     pub tokens_per_s: f64,
     pub out_dir: PathBuf,
     pub final_params: Vec<f32>,
+    /// Held-out solve rates before and after the RL phase, when the config has one.
+    pub rl: Option<(crate::train::rl::SolveRate, crate::train::rl::SolveRate)>,
 }
 
 /// Encode one problem as `<bos> prompt answer <eos>`; returns tokens and the index of the first
@@ -181,6 +183,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         tokens_per_s: 0.0,
         out_dir: out_dir.clone(),
         final_params: vec![],
+        rl: None,
     };
     if start == 0 {
         let e0 = evaluate(&model, &tok, cfg, &mut ws)?;
@@ -262,7 +265,20 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         }
     }
     report.tokens_per_s = tokens_total as f64 / train_secs.max(1e-9);
-    let ckpt = out_dir.join("checkpoints").join(format!("step-{}", t.steps));
+    let mut final_step = t.steps;
+    if let Some(rl) = &cfg.rl {
+        if start > t.steps {
+            return Err(Error::Invalid("resuming inside the RL phase is not supported yet".into()));
+        }
+        let loss_cfg = cfg.loss.clone().unwrap_or_default();
+        let mut rl_opt = AdamW::for_layout(adam, &model.params.layout);
+        let rates = crate::train::rl::run(&mut model, &mut rl_opt, cfg, rl, &loss_cfg, &mut metrics, log)?;
+        report.rl = Some(rates);
+        final_step = t.steps + rl.steps;
+        let state = TrainerState { step: final_step, seed: cfg.run.seed, adam_t: rl_opt.t };
+        save_checkpoint(&out_dir, &model.cfg, &model.params, Some(&tokenizer), &rl_opt, &state, t.keep_checkpoints)?;
+    }
+    let ckpt = out_dir.join("checkpoints").join(format!("step-{final_step}"));
     say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));
     report.final_params = model.params.data;
     Ok(report)
