@@ -139,7 +139,10 @@ pub fn run(
         let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
         // 5. training batch: prompt + response of every sample in a group with signal
         let keep: Vec<usize> = (0..completions.len())
-            .filter(|&k| !(rl.filter_zero_std && adv.zero_std[k / n as usize]) && !completions[k].tokens.is_empty())
+            .filter(|&k| {
+                let no_signal = rl.filter_zero_std && adv.zero_std[k / n as usize];
+                !no_signal && !completions[k].tokens.is_empty()
+            })
             .collect();
         let mut batch = Batch::new();
         let (mut resp_starts, mut resp_pos) = (vec![0usize], Vec::new());
