@@ -240,7 +240,14 @@ impl RunConfig {
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
         let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
             file: file.into(),
-            key: e.span().map(|s| text[s].chars().take(60).collect()).unwrap_or_default(),
+            // toml's message names the key; the span gives where it is
+            key: e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}: {}", text[s].chars().take(40).collect::<String>())
+                })
+                .unwrap_or_default(),
             msg: e.message().to_string(),
         })?;
         cfg.validate(file)?;
