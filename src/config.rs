@@ -154,11 +154,32 @@ fn default_init_std() -> f64 {
 pub struct DataSection {
     /// Only "addition" until the RL issue adds tasks.
     pub task: String,
+    /// addition: operands have 1..=max_digits digits.
     #[serde(default = "default_digits")]
     pub max_digits: u32,
+    /// countdown: pool size (2..=4), pool numbers in 1..=max_number, targets in 1..=max_target.
+    #[serde(default = "d_numbers")]
+    pub numbers: usize,
+    #[serde(default = "d_max_number")]
+    pub max_number: u64,
+    #[serde(default = "d_max_target")]
+    pub max_target: u64,
+    /// countdown: every pool number must be used exactly once (else at most once).
+    #[serde(default = "d_true")]
+    pub exactly_once: bool,
     /// Held-out problems scored at each evaluation.
     #[serde(default = "default_eval")]
     pub eval_problems: usize,
+}
+
+fn d_numbers() -> usize {
+    3
+}
+fn d_max_number() -> u64 {
+    20
+}
+fn d_max_target() -> u64 {
+    100
 }
 
 fn default_digits() -> u32 {
@@ -271,8 +292,17 @@ impl RunConfig {
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
             return bad("run.name", format!("{:?} must be a non-empty name without slashes", self.run.name));
         }
-        if self.data.task != "addition" {
-            return bad("data.task", format!("unknown task {:?} (available: \"addition\")", self.data.task));
+        if self.data.task != "addition" && self.data.task != "countdown" {
+            return bad(
+                "data.task",
+                format!("unknown task {:?} (available: \"addition\", \"countdown\")", self.data.task),
+            );
+        }
+        if !(2..=4).contains(&self.data.numbers) {
+            return bad("data.numbers", format!("{} must be in 2..=4", self.data.numbers));
+        }
+        if !(2..=1000).contains(&self.data.max_number) || !(1..=100_000).contains(&self.data.max_target) {
+            return bad("data.max_number", "max_number must be in 2..=1000 and max_target in 1..=100000".into());
         }
         if !(1..=18).contains(&self.data.max_digits) {
             return bad("data.max_digits", format!("{} must be in 1..=18", self.data.max_digits));
@@ -321,6 +351,25 @@ impl RunConfig {
                     .into(),
             ),
             _ => Ok(()),
+        }
+    }
+
+    /// The task of `[data]`.
+    pub fn task(&self) -> Box<dyn crate::tasks::Task> {
+        use crate::tasks::{countdown::CountdownConfig, AdditionTask, CountdownTask};
+        let d = &self.data;
+        match d.task.as_str() {
+            "countdown" => Box::new(CountdownTask {
+                seed: self.run.seed,
+                cfg: CountdownConfig {
+                    numbers: d.numbers,
+                    max_number: d.max_number,
+                    max_target: d.max_target,
+                    exactly_once: d.exactly_once,
+                    heldout_fraction: 0.1,
+                },
+            }),
+            _ => Box::new(AdditionTask { seed: self.run.seed, max_digits: d.max_digits }),
         }
     }
 

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::io::load_hf_dir;
 use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
-use crate::tasks::arithmetic::Addition;
+use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, TrainerState};
@@ -16,9 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Data split ids (problem streams never overlap across splits).
-const SPLIT_TRAIN: u64 = 0;
-const SPLIT_EVAL: u64 = 1;
+use crate::tasks::{SPLIT_EVAL, SPLIT_TRAIN};
 
 /// Held-out evaluation of the answer tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,11 +42,13 @@ pub struct TrainReport {
 
 /// Encode one problem as `<bos> prompt answer <eos>`; returns tokens and the index of the first
 /// answer token.
-fn encode(tok: &CharTokenizer, p: &Addition) -> Result<(Vec<u32>, usize)> {
+fn encode(tok: &CharTokenizer, p: &Problem) -> Result<(Vec<u32>, usize)> {
     let mut ids = vec![BOS_ID];
-    ids.extend(tok.encode(&p.prompt())?);
+    ids.extend(tok.encode(&p.prompt)?);
     let answer_start = ids.len();
-    ids.extend(tok.encode(&p.answer())?);
+    let solution =
+        p.solution.as_deref().ok_or_else(|| Error::Invalid(format!("no reference solution for {:?}", p.prompt)))?;
+    ids.extend(tok.encode(solution)?);
     ids.push(EOS_ID);
     Ok((ids, answer_start))
 }
@@ -56,18 +56,17 @@ fn encode(tok: &CharTokenizer, p: &Addition) -> Result<(Vec<u32>, usize)> {
 #[allow(clippy::too_many_arguments)]
 fn build_batch(
     tok: &CharTokenizer,
-    seed: u64,
+    task: &dyn Task,
     split: u64,
     first: u64,
     count: usize,
-    digits: u32,
     batch: &mut Batch,
     answer_mask: &mut Vec<bool>,
 ) -> Result<()> {
     batch.clear();
     answer_mask.clear();
     for i in 0..count as u64 {
-        let (ids, start) = encode(tok, &Addition::sample(seed, split, first + i, digits))?;
+        let (ids, start) = encode(tok, &task.problem(split, first + i))?;
         batch.push_lm(&ids, PAD_ID)?;
         // position j predicts token j+1: answer targets are positions start-1 .. len-2
         answer_mask.extend((0..ids.len()).map(|j| j + 1 >= start && j + 1 < ids.len()));
@@ -76,10 +75,16 @@ fn build_batch(
 }
 
 /// Score held-out problems with teacher forcing.
-pub fn evaluate(model: &Model, tok: &CharTokenizer, cfg: &RunConfig, ws: &mut Workspace) -> Result<Eval> {
+pub fn evaluate(
+    model: &Model,
+    tok: &CharTokenizer,
+    task: &dyn Task,
+    cfg: &RunConfig,
+    ws: &mut Workspace,
+) -> Result<Eval> {
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let n_problems = cfg.data.eval_problems.max(1);
-    build_batch(tok, cfg.run.seed, SPLIT_EVAL, 0, n_problems, cfg.data.max_digits, &mut batch, &mut mask)?;
+    build_batch(tok, task, SPLIT_EVAL, 0, n_problems, &mut batch, &mut mask)?;
     model.forward(&batch, ws)?;
     let (mut nll, mut count, mut exact) = (0.0f64, 0usize, 0usize);
     for s in 0..batch.num_seqs() {
@@ -100,6 +105,7 @@ pub fn evaluate(model: &Model, tok: &CharTokenizer, cfg: &RunConfig, ws: &mut Wo
 /// state). With `resume`, training continues from that checkpoint exactly as if never stopped.
 pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Result<TrainReport> {
     let tok = CharTokenizer::default();
+    let task = cfg.task();
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
@@ -186,7 +192,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         rl: None,
     };
     if start == 0 {
-        let e0 = evaluate(&model, &tok, cfg, &mut ws)?;
+        let e0 = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws)?;
         say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
         let line =
             serde_json::json!({"step": 0, "eval_answer_nll": e0.answer_nll, "eval_answer_exact": e0.answer_exact});
@@ -200,16 +206,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     for step in start..t.steps {
         let t0 = Instant::now();
         // 1. data: problems (seed, train split, step·B + i), packed
-        build_batch(
-            &tok,
-            cfg.run.seed,
-            SPLIT_TRAIN,
-            step * t.batch_size as u64,
-            t.batch_size,
-            cfg.data.max_digits,
-            &mut batch,
-            &mut mask,
-        )?;
+        build_batch(&tok, task.as_ref(), SPLIT_TRAIN, step * t.batch_size as u64, t.batch_size, &mut batch, &mut mask)?;
         // 2. forward → per-token log-probs
         model.forward(&batch, &mut ws)?;
         // 3. loss = token-mean NLL over every predicted token (the last position has no target)
@@ -245,7 +242,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         }
         let last = step + 1 == t.steps;
         if last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0) {
-            let e = evaluate(&model, &tok, cfg, &mut ws)?;
+            let e = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws)?;
             say(
                 log,
                 format!(
@@ -272,7 +269,8 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         }
         let loss_cfg = cfg.loss.clone().unwrap_or_default();
         let mut rl_opt = AdamW::for_layout(adam, &model.params.layout);
-        let rates = crate::train::rl::run(&mut model, &mut rl_opt, cfg, rl, &loss_cfg, &mut metrics, log)?;
+        let rates =
+            crate::train::rl::run(&mut model, &mut rl_opt, cfg, task.as_ref(), rl, &loss_cfg, &mut metrics, log)?;
         report.rl = Some(rates);
         final_step = t.steps + rl.steps;
         let state = TrainerState { step: final_step, seed: cfg.run.seed, adam_t: rl_opt.t };

@@ -3,22 +3,19 @@
 //! (ALGORITHMS.md §5) → backward → clip → AdamW. Every random draw derives from
 //! (seed, step, prompt id, sample index).
 //!
-//! Task: multi-digit addition with the character tokenizer (Countdown and JSONL tasks plug in
-//! through the same three calls: prompt text, reward of a response, held-out split).
+//! The task comes from `[data]` (`crate::tasks::Task`: addition or Countdown) with the character
+//! tokenizer; the held-out split never overlaps the training problems.
 
 use crate::config::{RlSection, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
 use crate::rl::{broadcast_to_tokens, group_advantages, policy_loss, LossConfig, TokenBatch};
 use crate::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
-use crate::tasks::arithmetic::Addition;
+use crate::tasks::{Problem, Task, SPLIT_EVAL, SPLIT_TRAIN};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
 use crate::train::{clip_coefficient, grad_norm, AdamW, LrSchedule};
 use std::io::Write;
 use std::time::Instant;
-
-const SPLIT_TRAIN: u64 = 0;
-const SPLIT_EVAL: u64 = 1;
 
 /// Held-out solve rates (fractions).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,26 +24,33 @@ pub struct SolveRate {
     pub sampled: f64,
 }
 
-/// One problem's prompt tokens and its checker.
-fn problem(cfg: &RunConfig, tok: &CharTokenizer, split: u64, index: u64) -> Result<(Vec<u32>, Addition)> {
-    let p = Addition::sample(cfg.run.seed, split, index, cfg.data.max_digits);
+/// One problem's prompt tokens and the problem.
+fn problem(task: &dyn Task, tok: &CharTokenizer, split: u64, index: u64) -> Result<(Vec<u32>, Problem)> {
+    let p = task.problem(split, index);
     let mut ids = vec![BOS_ID];
-    ids.extend(tok.encode(&p.prompt())?);
+    ids.extend(tok.encode(&p.prompt)?);
     Ok((ids, p))
 }
 
-fn reward(tok: &CharTokenizer, p: &Addition, c: &Completion) -> f32 {
+fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion) -> f32 {
     let text: Vec<u32> = c.tokens.iter().copied().filter(|&t| t != EOS_ID).collect();
-    p.reward(&tok.decode(&text))
+    task.reward(p, &tok.decode(&text))
 }
 
 /// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1.
-pub fn evaluate(model: &Model, cfg: &RunConfig, rl: &RlSection, tok: &CharTokenizer, step: u64) -> Result<SolveRate> {
+pub fn evaluate(
+    model: &Model,
+    cfg: &RunConfig,
+    task: &dyn Task,
+    rl: &RlSection,
+    tok: &CharTokenizer,
+    step: u64,
+) -> Result<SolveRate> {
     let n = rl.eval_problems as u64;
     let mut problems = Vec::new();
     let mut requests = Vec::new();
     for i in 0..n {
-        let (ids, p) = problem(cfg, tok, SPLIT_EVAL, i)?;
+        let (ids, p) = problem(task, tok, SPLIT_EVAL, i)?;
         for s in 0..rl.eval_samples.max(1) {
             requests.push(Request { prompt_id: i, sample_index: s, prompt: ids.clone() });
         }
@@ -61,7 +65,7 @@ pub fn evaluate(model: &Model, cfg: &RunConfig, rl: &RlSection, tok: &CharTokeni
             max_batch: rl.max_batch,
         };
         let out = generate(model, reqs, &gc)?;
-        let solved: f32 = out.iter().map(|c| reward(tok, &problems[c.prompt_id as usize], c)).sum();
+        let solved: f32 = out.iter().map(|c| reward(task, tok, &problems[c.prompt_id as usize], c)).sum();
         Ok(solved as f64 / out.len().max(1) as f64)
     };
     let greedy_reqs: Vec<Request> = requests.iter().filter(|r| r.sample_index == 0).cloned().collect();
@@ -77,6 +81,7 @@ pub fn run(
     model: &mut Model,
     opt: &mut AdamW,
     cfg: &RunConfig,
+    task: &dyn Task,
     rl: &RlSection,
     loss_cfg: &LossConfig,
     metrics: &mut dyn Write,
@@ -88,7 +93,7 @@ pub fn run(
     };
     let reference = (loss_cfg.kl_coef > 0.0).then(|| model.clone());
     let schedule = LrSchedule::constant(rl.lr);
-    let before = evaluate(model, cfg, rl, &tok, 0)?;
+    let before = evaluate(model, cfg, task, rl, &tok, 0)?;
     say(
         log,
         format!(
@@ -111,7 +116,7 @@ pub fn run(
         let mut requests = Vec::with_capacity(p * n as usize);
         for i in 0..p as u64 {
             let id = step * p as u64 + i;
-            let (ids, prob) = problem(cfg, &tok, SPLIT_TRAIN, id)?;
+            let (ids, prob) = problem(task, &tok, SPLIT_TRAIN, id)?;
             for s in 0..n {
                 requests.push(Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
             }
@@ -134,7 +139,7 @@ pub fn run(
         let t_gen = t0.elapsed().as_secs_f64();
         // 3. rewards, 4. group advantages
         let rewards: Vec<f32> =
-            completions.iter().enumerate().map(|(k, c)| reward(&tok, &problems[k / n as usize], c)).collect();
+            completions.iter().enumerate().map(|(k, c)| reward(task, &tok, &problems[k / n as usize], c)).collect();
         let group_starts: Vec<usize> = (0..=p).map(|g| g * n as usize).collect();
         let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
         // 5. training batch: prompt + response of every sample in a group with signal
@@ -240,7 +245,7 @@ pub fn run(
             );
         }
         if rl.eval_every > 0 && (step + 1) % rl.eval_every == 0 || step + 1 == rl.steps {
-            last = evaluate(model, cfg, rl, &tok, step + 1)?;
+            last = evaluate(model, cfg, task, rl, &tok, step + 1)?;
             say(
                 log,
                 format!(
