@@ -131,8 +131,8 @@ impl<'a> Sim<'a> {
 
     fn group_complete(&mut self, g: u32) {
         self.groups[g as usize].state = GroupState::Complete;
-        let members = self.groups[g as usize].samples.clone();
-        for s in members {
+        for i in 0..self.groups[g as usize].samples.len() {
+            let s = self.groups[g as usize].samples[i];
             if self.samples[s as usize].phase != Phase::Done {
                 self.abort_sample(s);
             }

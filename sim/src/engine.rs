@@ -6,13 +6,13 @@
 
 use crate::cost::CostModel;
 use crate::event::{ns_from_s, s_from_ns, Event, EventQueue, TimeNs, TraceHash};
+use crate::iheap::IndexedHeap;
 use crate::metrics::{summarize, Metrics, PolicyResult, RunInfo};
 use crate::rng::Rng;
 use crate::scenario::{Dispatch, Mode, Placement, Policy, Scenario};
 use crate::worker::Worker;
 use anyhow::{bail, Result};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 const PURPOSE_LENGTH: u64 = 1;
 const PURPOSE_TURNS: u64 = 2;
@@ -103,7 +103,8 @@ pub struct Sim<'a> {
     pub hash: TraceHash,
     pub events: u64,
     pub workers: Vec<Worker>,
-    pub load_heap: BinaryHeap<Reverse<(u32, u32)>>,
+    /// Workers keyed by `load << 32 | index` (least loaded first, ties by lowest index).
+    pub load_heap: IndexedHeap<u64>,
     pub rr: u32,
     pub global_queue: VecDeque<(u32, u32)>,
     pub queued: u64,
@@ -131,6 +132,8 @@ pub struct Sim<'a> {
     /// Launching a batch: barrier checks wait until every sample of the batch exists.
     pub launching: bool,
     pub alpha_steps: u32,
+    /// Reused buffer (finished sequences of one worker event).
+    pub scratch: Vec<u32>,
     pub m: Metrics,
 }
 
@@ -150,12 +153,16 @@ impl<'a> Sim<'a> {
             pol,
             cost,
             seed,
-            q: EventQueue::new(),
+            q: EventQueue::with_workers(k),
             now: 0,
             hash: TraceHash::default(),
             events: 0,
             workers: (0..k).map(|_| Worker::default()).collect(),
-            load_heap: (0..k as u32).map(|w| Reverse((0, w))).collect(),
+            load_heap: {
+                let mut h = IndexedHeap::new(k);
+                (0..k as u32).for_each(|w| h.set(w, w as u64));
+                h
+            },
             rr: 0,
             global_queue: VecDeque::new(),
             queued: 0,
@@ -182,6 +189,7 @@ impl<'a> Sim<'a> {
             finished: false,
             launching: false,
             alpha_steps,
+            scratch: Vec::new(),
             m: Metrics::default(),
         }
     }
@@ -284,11 +292,8 @@ impl<'a> Sim<'a> {
             };
             let wk = &mut self.workers[w as usize];
             wk.epoch = wk.epoch.wrapping_add(1);
-            if let Some(t) = wk.next_completion(&live, &self.cost) {
-                let epoch = wk.epoch;
-                self.q.push(t.max(self.now), Event::WorkerNext { worker: w, epoch });
-            }
-            self.push_load(w);
+            let t = wk.next_completion(&live, &self.cost).map(|t| t.max(self.now));
+            self.q.set_worker(w, t, wk.epoch);
         }
         self.dirty = dirty;
         self.dirty.clear();
@@ -303,6 +308,7 @@ impl<'a> Sim<'a> {
     pub fn release_reservation(&mut self, w: u32) {
         let wk = &mut self.workers[w as usize];
         wk.reserved = wk.reserved.saturating_sub(1);
+        self.push_load(w);
     }
 
     /// Reserve `n` sequences of load on worker `w` (a group pinned there).
@@ -312,28 +318,13 @@ impl<'a> Sim<'a> {
     }
 
     fn push_load(&mut self, w: u32) {
-        let l = self.load(w);
-        self.load_heap.push(Reverse((l, w)));
-        if self.load_heap.len() > 8 * self.workers.len() + 1024 {
-            let k = self.workers.len() as u32;
-            let fresh: Vec<_> = (0..k).map(|w| Reverse((self.load(w), w))).collect();
-            self.load_heap = fresh.into();
-        }
+        let l = self.load(w) as u64;
+        self.load_heap.set(w, (l << 32) | w as u64);
     }
 
     /// Least-loaded worker (ties by lowest index).
     fn least_loaded(&mut self) -> u32 {
-        for _ in 0..(self.load_heap.len() + 1) {
-            let Some(&Reverse((l, w))) = self.load_heap.peek() else { break };
-            if self.load(w) == l {
-                return w;
-            }
-            self.load_heap.pop();
-        }
-        let k = self.workers.len() as u32;
-        let fresh: Vec<_> = (0..k).map(|w| Reverse((self.load(w), w))).collect();
-        self.load_heap = fresh.into();
-        self.load_heap.peek().map(|r| r.0 .1).unwrap_or(0)
+        self.load_heap.peek().map(|(w, _)| w).unwrap_or(0)
     }
 
     /// Choose the worker a new request (or pinned group) goes to.
@@ -377,7 +368,6 @@ impl<'a> Sim<'a> {
         self.workers[w as usize].local_queue.push_back((s, tag));
         self.queued += 1;
         self.fill(w);
-        self.push_load(w);
     }
 
     /// Admit queued sequences while the worker has free slots.
@@ -401,6 +391,7 @@ impl<'a> Sim<'a> {
             }
             self.admit(s, w);
         }
+        self.push_load(w);
     }
 
     fn admit(&mut self, s: u32, w: u32) {
@@ -443,12 +434,14 @@ impl<'a> Sim<'a> {
             self.m.infer_busy.push((now, -(self.cost.tp as i32)));
         }
         self.mark_dirty(w);
+        self.push_load(w);
     }
 
     fn worker_next(&mut self, w: u32) {
         let now = self.now;
         self.workers[w as usize].advance(now, &self.cost);
-        let mut finished = Vec::new();
+        let mut finished = std::mem::take(&mut self.scratch);
+        finished.clear();
         {
             let samples = &self.samples;
             let live = |s: u32, tag: u32| {
@@ -468,9 +461,11 @@ impl<'a> Sim<'a> {
             }
         }
         self.mark_dirty(w);
-        for s in finished {
+        self.push_load(w);
+        for &s in &finished {
             self.turn_generated(s);
         }
+        self.scratch = finished;
         self.fill(w);
         self.after_capacity_freed();
     }
@@ -546,12 +541,17 @@ impl<'a> Sim<'a> {
         let w = &self.sc.workload;
         let turn = self.samples[s as usize].turn;
         let dist = if turn == 0 { w.env_reset_s.as_ref() } else { w.env_step_s.as_ref() };
-        let mut r = self.rng(PURPOSE_ENV, s, turn);
-        let mut lat = dist.map(|d| d.sample(&mut r)).unwrap_or(0.0);
-        if r.chance(w.fail_slow_prob) {
-            lat *= w.fail_slow_factor;
-        }
-        let fails = r.chance(w.fail_stop_prob);
+        let (lat, fails) = if dist.is_none() && w.fail_slow_prob <= 0.0 && w.fail_stop_prob <= 0.0 {
+            // Nothing to draw: skip deriving the stream (same result, no hashing cost).
+            (0.0, false)
+        } else {
+            let mut r = self.rng(PURPOSE_ENV, s, turn);
+            let mut lat = dist.map(|d| d.sample(&mut r)).unwrap_or(0.0);
+            if r.chance(w.fail_slow_prob) {
+                lat *= w.fail_slow_factor;
+            }
+            (lat, r.chance(w.fail_stop_prob))
+        };
         let x = &mut self.samples[s as usize];
         x.phase = Phase::Env;
         x.env_fails = fails;
@@ -689,8 +689,8 @@ impl<'a> Sim<'a> {
         {
             return;
         }
-        let released = std::mem::take(&mut self.barrier_arrived);
-        for s in released {
+        let mut released = std::mem::take(&mut self.barrier_arrived);
+        for &s in &released {
             let x = &self.samples[s as usize];
             if x.phase != Phase::Barrier {
                 continue;
@@ -700,6 +700,10 @@ impl<'a> Sim<'a> {
             } else {
                 self.start_env(s);
             }
+        }
+        if self.barrier_arrived.is_empty() {
+            released.clear();
+            self.barrier_arrived = released;
         }
     }
 }

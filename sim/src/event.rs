@@ -3,6 +3,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use crate::iheap::IndexedHeap;
+
 /// Simulated time in integer nanoseconds.
 pub type TimeNs = u64;
 
@@ -64,10 +66,44 @@ impl Event {
     }
 }
 
+/// A scheduled event; ordered by (time, class << 56 | insertion sequence) only.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    at: TimeNs,
+    order: u64,
+    ev: Event,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    #[inline]
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
 /// Min-priority queue of events with a deterministic tie-break by insertion sequence.
+///
+/// Worker completions (`Event::WorkerNext`, class 0) live in an indexed heap with one slot per
+/// worker that is rescheduled in place ([`EventQueue::set_worker`]); the other events in a binary
+/// heap. `pop` merges both by the same (time, class, sequence) order, so the processed stream is
+/// the one a single heap with stale-entry skipping would give, without the stale entries.
 #[derive(Default)]
 pub struct EventQueue {
-    heap: BinaryHeap<Reverse<(TimeNs, u8, u64, Event)>>,
+    heap: BinaryHeap<Reverse<Entry>>,
+    /// Worker slots keyed by `time << 64 | sequence`.
+    workers: IndexedHeap<u128>,
+    epochs: Vec<u32>,
     seq: u64,
 }
 
@@ -77,27 +113,56 @@ impl EventQueue {
         Self::default()
     }
 
-    /// Schedule `ev` at absolute time `at`.
+    /// Empty queue with worker slots `0..workers`.
+    pub fn with_workers(workers: usize) -> Self {
+        EventQueue { workers: IndexedHeap::new(workers), epochs: vec![0; workers], ..Self::default() }
+    }
+
+    /// Schedule `ev` at absolute time `at` (a `WorkerNext` replaces that worker's pending one).
     #[inline]
     pub fn push(&mut self, at: TimeNs, ev: Event) {
         self.seq += 1;
-        self.heap.push(Reverse((at, ev.class(), self.seq, ev)));
+        if let Event::WorkerNext { worker, epoch } = ev {
+            if (worker as usize) < self.epochs.len() {
+                self.epochs[worker as usize] = epoch;
+                self.workers.set(worker, ((at as u128) << 64) | self.seq as u128);
+                return;
+            }
+        }
+        self.heap.push(Reverse(Entry { at, order: ((ev.class() as u64) << 56) | self.seq, ev }));
+    }
+
+    /// Schedule worker `w`'s next completion at `at` (replacing any pending one), or cancel it.
+    #[inline]
+    pub fn set_worker(&mut self, w: u32, at: Option<TimeNs>, epoch: u32) {
+        match at {
+            Some(at) => self.push(at, Event::WorkerNext { worker: w, epoch }),
+            None => self.workers.remove(w),
+        }
     }
 
     /// Pop the earliest event.
     #[inline]
     pub fn pop(&mut self) -> Option<(TimeNs, Event)> {
-        self.heap.pop().map(|Reverse((t, _, _, e))| (t, e))
+        let main = self.heap.peek().map(|r| ((r.0.at as u128) << 64) | r.0.order as u128);
+        match (self.workers.peek(), main) {
+            (Some((w, key)), m) if !matches!(m, Some(m) if m <= key) => {
+                self.workers.remove(w);
+                Some(((key >> 64) as TimeNs, Event::WorkerNext { worker: w, epoch: self.epochs[w as usize] }))
+            }
+            (_, Some(_)) => self.heap.pop().map(|Reverse(e)| (e.at, e.ev)),
+            _ => None,
+        }
     }
 
     /// Number of queued events.
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.heap.len() + self.workers.len()
     }
 
     /// True when no event is queued.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len() == 0
     }
 }
 

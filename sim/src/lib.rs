@@ -8,6 +8,7 @@ pub mod cost;
 pub mod dist;
 pub mod engine;
 pub mod event;
+pub mod iheap;
 pub mod metrics;
 pub mod plot;
 pub mod report;
