@@ -60,6 +60,26 @@ pub enum SimCommand {
     },
 }
 
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Write `text` to stdout. A closed pipe (`arbor sim run --json | head`) is not an error: output
+/// stops quietly and the command still finishes (and writes its `--out` files).
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        r => Ok(r?),
+    }
+}
+
 /// Execute a simulator subcommand.
 pub fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
@@ -69,9 +89,9 @@ pub fn run(cmd: SimCommand) -> Result<()> {
             eprintln!("{}", options_log(&sc, seed));
             let r = run_scenario(&sc, seed).with_context(|| format!("scenario {}", scenario.display()))?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                emit(&format!("{}\n", serde_json::to_string(&r)?))?;
             } else {
-                print!("{}", report::table(&r));
+                emit(&report::table(&r))?;
             }
             if let Some(dir) = out {
                 std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -92,14 +112,14 @@ pub fn run(cmd: SimCommand) -> Result<()> {
             }
             let points = crate::sweep::sweep(&sc, &policy, &gpus, &alpha, seed)?;
             if !json {
-                println!("gpus,alpha,step_time_s_mean,samples_per_s,tokens_per_s,staleness_mean,inference_busy_fraction,trace_hash");
+                emit("gpus,alpha,step_time_s_mean,samples_per_s,tokens_per_s,staleness_mean,inference_busy_fraction,trace_hash\n")?;
             }
             for p in points {
                 if json {
-                    println!("{}", serde_json::to_string(&p)?);
+                    emit(&format!("{}\n", serde_json::to_string(&p)?))?;
                 } else {
-                    println!(
-                        "{},{},{:.4},{:.4},{:.1},{:.3},{:.4},{}",
+                    emit(&format!(
+                        "{},{},{:.4},{:.4},{:.1},{:.3},{:.4},{}\n",
                         p.gpus,
                         p.alpha,
                         p.step_time_s_mean,
@@ -108,7 +128,7 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                         p.staleness_mean,
                         p.inference_busy_fraction,
                         p.trace_hash
-                    );
+                    ))?;
                 }
             }
             Ok(())
@@ -122,14 +142,14 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                     crate::validate::validate_scenario(&sc, seed).with_context(|| format!("{}", f.display()))?;
                 if json {
                     for row in &r {
-                        println!("{}", serde_json::to_string(row)?);
+                        emit(&format!("{}\n", serde_json::to_string(row)?))?;
                     }
                 }
                 cals.extend(cal);
                 rows.extend(r);
             }
             if !json {
-                print!("{}", crate::validate::table(&cals, &rows));
+                emit(&crate::validate::table(&cals, &rows))?;
             }
             Ok(())
         }

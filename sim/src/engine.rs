@@ -1,24 +1,16 @@
-//! The simulation core: state, event loop, inference dispatch and the trajectory life cycle.
+//! The simulation core: state, event loop and inference dispatch.
 //!
-//! A trajectory (sample) alternates environment phases and generation turns:
-//! `env reset → gen 1 → env step → gen 2 → … → gen T → reward`. Step control (barriers,
-//! async budget, training, weight sync) lives in [`crate::control`].
+//! The trajectory life cycle (`env reset → gen 1 → env step → … → gen T → reward`) lives in
+//! [`crate::trajectory`]; step control (barriers, async budget, training, weight sync) in [`crate::control`].
 
 use crate::cost::CostModel;
 use crate::event::{ns_from_s, s_from_ns, Event, EventQueue, TimeNs, TraceHash};
 use crate::iheap::IndexedHeap;
 use crate::metrics::{summarize, Metrics, PolicyResult, RunInfo};
-use crate::rng::Rng;
 use crate::scenario::{Dispatch, Mode, Placement, Policy, Scenario};
 use crate::worker::Worker;
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
-
-const PURPOSE_LENGTH: u64 = 1;
-const PURPOSE_TURNS: u64 = 2;
-const PURPOSE_ENV: u64 = 3;
-const PURPOSE_REWARD: u64 = 4;
-const PURPOSE_DIFFICULTY: u64 = 5;
 
 /// Where a sample is in its life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -437,7 +429,7 @@ impl<'a> Sim<'a> {
         self.push_load(w);
     }
 
-    fn worker_next(&mut self, w: u32) {
+    pub(crate) fn worker_next(&mut self, w: u32) {
         let now = self.now;
         self.workers[w as usize].advance(now, &self.cost);
         let mut finished = std::mem::take(&mut self.scratch);
@@ -468,242 +460,5 @@ impl<'a> Sim<'a> {
         self.scratch = finished;
         self.fill(w);
         self.after_capacity_freed();
-    }
-
-    // ---------------------------------------------------------------- trajectory life cycle
-
-    fn rng(&self, purpose: u64, s: u32, turn: u32) -> Rng {
-        let x = &self.samples[s as usize];
-        let g = &self.groups[x.group as usize];
-        Rng::for_coords(self.seed, &[purpose, g.prompt, g.attempt as u64, x.idx as u64, x.attempt as u64, turn as u64])
-    }
-
-    /// Allocate a sample of group `g`, draw its turn count and start its environment reset.
-    pub fn new_sample(&mut self, g: u32, idx: u32) -> u32 {
-        let s = self.free_samples.pop().unwrap_or_else(|| {
-            self.samples.push(Sample {
-                group: 0,
-                idx: 0,
-                tag: 0,
-                phase: Phase::Free,
-                paused_phase: Phase::Free,
-                turn: 0,
-                turns: 1,
-                attempt: 0,
-                ctx: 0,
-                resp_tokens: 0,
-                gen_left: 0,
-                prefill: 0,
-                worker: 0,
-                admit_step: 0,
-                env_fails: false,
-                lockstep: false,
-                after_env: false,
-                holds_reservation: false,
-            });
-            self.samples.len() as u32 - 1
-        });
-        let lockstep = self.pol.mode == Mode::Sync && !self.pol.env_async;
-        let x = &mut self.samples[s as usize];
-        x.group = g;
-        x.idx = idx;
-        x.tag = x.tag.wrapping_add(1);
-        x.attempt = 0;
-        x.lockstep = lockstep;
-        x.holds_reservation = self.groups[g as usize].pinned.is_some();
-        if lockstep {
-            self.barrier_expected += 1;
-        }
-        self.groups[g as usize].samples.push(s);
-        self.begin_trajectory(s);
-        s
-    }
-
-    fn begin_trajectory(&mut self, s: u32) {
-        let turns = match &self.sc.workload.turns {
-            Some(d) => {
-                let mut r = self.rng(PURPOSE_TURNS, s, 0);
-                d.sample(&mut r).round().clamp(1.0, 1e6) as u32
-            }
-            None => 1,
-        };
-        let x = &mut self.samples[s as usize];
-        x.turns = turns;
-        x.turn = 0;
-        x.ctx = 0;
-        x.resp_tokens = 0;
-        x.gen_left = 0;
-        self.start_env(s);
-    }
-
-    /// Start an environment phase (reset before turn 1, step after later turns).
-    pub fn start_env(&mut self, s: u32) {
-        let w = &self.sc.workload;
-        let turn = self.samples[s as usize].turn;
-        let dist = if turn == 0 { w.env_reset_s.as_ref() } else { w.env_step_s.as_ref() };
-        let (lat, fails) = if dist.is_none() && w.fail_slow_prob <= 0.0 && w.fail_stop_prob <= 0.0 {
-            // Nothing to draw: skip deriving the stream (same result, no hashing cost).
-            (0.0, false)
-        } else {
-            let mut r = self.rng(PURPOSE_ENV, s, turn);
-            let mut lat = dist.map(|d| d.sample(&mut r)).unwrap_or(0.0);
-            if r.chance(w.fail_slow_prob) {
-                lat *= w.fail_slow_factor;
-            }
-            (lat, r.chance(w.fail_stop_prob))
-        };
-        let x = &mut self.samples[s as usize];
-        x.phase = Phase::Env;
-        x.env_fails = fails;
-        if lat <= 0.0 && !fails {
-            self.env_done(s);
-        } else {
-            let tag = x.tag;
-            self.q.push(self.now + ns_from_s(lat), Event::EnvDone { sample: s, tag });
-        }
-    }
-
-    fn env_done(&mut self, s: u32) {
-        if self.samples[s as usize].env_fails {
-            self.restart(s);
-            return;
-        }
-        let prompt_tokens = self.sc.workload.prompt_tokens as u64;
-        let obs = self.sc.workload.obs_tokens_per_turn as u64;
-        let x = &mut self.samples[s as usize];
-        if x.turn == 0 {
-            x.ctx = prompt_tokens;
-            x.prefill = prompt_tokens;
-        } else {
-            x.ctx += obs;
-            x.prefill = obs;
-        }
-        if x.lockstep {
-            x.after_env = true;
-            self.arrive(s);
-        } else {
-            self.start_gen_turn(s);
-        }
-    }
-
-    /// Draw the length of the next turn and queue it.
-    pub fn start_gen_turn(&mut self, s: u32) {
-        let turn = self.samples[s as usize].turn;
-        let mut r = self.rng(PURPOSE_LENGTH, s, turn);
-        let diff = self.groups[self.samples[s as usize].group as usize].difficulty;
-        let w = &self.sc.workload;
-        let len = (w.response_tokens.sample(&mut r) * diff).round().clamp(1.0, w.max_response_tokens as f64) as u64;
-        self.samples[s as usize].gen_left = len;
-        self.enqueue_gen(s);
-    }
-
-    fn restart(&mut self, s: u32) {
-        self.m.restarts += 1;
-        let x = &mut self.samples[s as usize];
-        self.m.aborted_tokens += x.resp_tokens;
-        x.attempt += 1;
-        x.tag = x.tag.wrapping_add(1);
-        if x.lockstep {
-            x.lockstep = false;
-            self.leave_barrier();
-        }
-        self.begin_trajectory(s);
-    }
-
-    fn turn_generated(&mut self, s: u32) {
-        let x = &mut self.samples[s as usize];
-        x.ctx += x.gen_left;
-        x.resp_tokens += x.gen_left;
-        x.gen_left = 0;
-        x.turn += 1;
-        if x.turn >= x.turns {
-            if x.lockstep {
-                x.lockstep = false;
-                self.leave_barrier();
-            }
-            self.generation_finished(s);
-        } else if x.lockstep {
-            x.after_env = false;
-            self.arrive(s);
-        } else {
-            self.start_env(s);
-        }
-    }
-
-    fn generation_finished(&mut self, s: u32) {
-        if self.pol.mode == Mode::Sync && self.pol.dispatch == Dispatch::Static {
-            self.samples[s as usize].phase = Phase::WaitReward;
-            self.sample_done(s);
-            return;
-        }
-        let lat = match &self.sc.workload.reward_s {
-            Some(d) => d.sample(&mut self.rng(PURPOSE_REWARD, s, 0)),
-            None => 0.0,
-        };
-        let x = &mut self.samples[s as usize];
-        if lat <= 0.0 {
-            self.sample_done(s);
-        } else {
-            x.phase = Phase::Reward;
-            let tag = x.tag;
-            self.q.push(self.now + ns_from_s(lat), Event::RewardDone { sample: s, tag });
-        }
-    }
-
-    /// Reward latency of a sample (used by barrier-mode batched rewards).
-    pub fn reward_latency_s(&self, s: u32) -> f64 {
-        match &self.sc.workload.reward_s {
-            Some(d) => d.sample(&mut self.rng(PURPOSE_REWARD, s, 0)),
-            None => 0.0,
-        }
-    }
-
-    /// Per-prompt difficulty factor exp(σ_p · Z).
-    pub fn difficulty(&self, prompt: u64) -> f64 {
-        let sigma = self.sc.workload.prompt_difficulty_sigma;
-        if sigma == 0.0 {
-            return 1.0;
-        }
-        (sigma * Rng::for_coords(self.seed, &[PURPOSE_DIFFICULTY, prompt]).normal()).exp()
-    }
-
-    // ---------------------------------------------------------------- synchronous multi-turn barrier
-
-    fn arrive(&mut self, s: u32) {
-        self.samples[s as usize].phase = Phase::Barrier;
-        self.barrier_arrived.push(s);
-        self.check_barrier();
-    }
-
-    /// A lockstep sample stops taking part in the barrier.
-    pub fn leave_barrier(&mut self) {
-        self.barrier_expected = self.barrier_expected.saturating_sub(1);
-        self.check_barrier();
-    }
-
-    /// Release the barrier when every lockstep sample has arrived.
-    pub fn check_barrier(&mut self) {
-        if self.launching
-            || self.barrier_arrived.is_empty()
-            || (self.barrier_arrived.len() as u64) < self.barrier_expected
-        {
-            return;
-        }
-        let mut released = std::mem::take(&mut self.barrier_arrived);
-        for &s in &released {
-            let x = &self.samples[s as usize];
-            if x.phase != Phase::Barrier {
-                continue;
-            }
-            if x.after_env {
-                self.start_gen_turn(s);
-            } else {
-                self.start_env(s);
-            }
-        }
-        if self.barrier_arrived.is_empty() {
-            released.clear();
-            self.barrier_arrived = released;
-        }
     }
 }

@@ -16,5 +16,6 @@ pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod sweep;
+pub mod trajectory;
 pub mod validate;
 pub mod worker;
