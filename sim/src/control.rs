@@ -309,7 +309,13 @@ impl<'a> Sim<'a> {
         if self.pol.mode != Mode::Sync {
             // Interruptible generation: every inference worker pauses while new weights load.
             for w in 0..self.workers.len() {
-                self.workers[w].stall(self.now, sync_s, &self.cost);
+                let mut stall = sync_s;
+                if self.pol.interruptible {
+                    // In-flight sequences recompute their KV cache under the new weights.
+                    self.workers[w].advance(self.now, &self.cost);
+                    stall += self.workers[w].kv_tokens as f64 * self.cost.prefill_per_token_s;
+                }
+                self.workers[w].stall(self.now, stall, &self.cost);
                 self.mark_dirty_pub(w as u32);
             }
         }
@@ -322,6 +328,15 @@ impl<'a> Sim<'a> {
     /// New weights are served.
     pub fn sync_done(&mut self, version: u32) {
         self.version = version;
+        if self.pol.interruptible && self.pol.mode != Mode::Sync {
+            // Interruptible generation: unfinished groups continue under the new weights.
+            for i in 0..self.live_groups.len() {
+                let g = self.live_groups[i] as usize;
+                if self.groups[g].state == GroupState::Live {
+                    self.groups[g].start_version = version;
+                }
+            }
+        }
         match self.pol.mode {
             Mode::Sync => self.start_step(version),
             _ => self.maybe_launch(),
