@@ -58,13 +58,24 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
         Some(path) => Some(std::path::PathBuf::from(path)),
     };
     let report = crate::train::pretrain::run(cfg, dir.as_deref(), &mut std::io::stdout())?;
-    let first = report.losses.first().copied().unwrap_or(f64::NAN);
-    let last_k = report.losses.len().min(10);
-    let last = report.losses[report.losses.len() - last_k..].iter().sum::<f64>() / last_k.max(1) as f64;
-    println!(
-        "done: loss {first:.4} → {last:.4} (mean of the last {last_k} steps), {:.0} tokens/s, output in {}",
-        report.tokens_per_s,
-        report.out_dir.display()
-    );
+    if let (Some(first), false) = (report.losses.first(), report.losses.is_empty()) {
+        let last_k = report.losses.len().min(10);
+        let last = report.losses[report.losses.len() - last_k..].iter().sum::<f64>() / last_k as f64;
+        println!(
+            "supervised: loss {first:.4} → {last:.4} (mean of the last {last_k} steps), {:.0} tokens/s",
+            report.tokens_per_s
+        );
+    }
+    if let Some((before, after)) = report.rl {
+        println!(
+            "rl: held-out solve rate (sampled, T = 1) {:.1}% → {:.1}% ({:+.1} points), greedy {:.1}% → {:.1}%",
+            100.0 * before.sampled,
+            100.0 * after.sampled,
+            100.0 * (after.sampled - before.sampled),
+            100.0 * before.greedy,
+            100.0 * after.greedy
+        );
+    }
+    println!("done: output in {}", report.out_dir.display());
     Ok(())
 }

@@ -170,14 +170,17 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     say(
         log,
         format!(
-            "arbor train: {} params ({} layers, hidden {}), task {} up to {} digits, {} steps × {} sequences, {} threads → {}",
+            "arbor train: {} params ({} layers, hidden {}), task {}, {} supervised steps × {} sequences{}, {} threads → {}",
             model.cfg.num_params(),
             model.cfg.num_layers,
             model.cfg.hidden_size,
-            cfg.data.task,
-            cfg.data.max_digits,
+            task.name(),
             t.steps,
             t.batch_size,
+            cfg.rl.as_ref().map_or(String::new(), |r| format!(
+                ", then {} RL steps × {} prompts × {} samples",
+                r.steps, r.prompts_per_step, r.samples_per_prompt
+            )),
             rayon::current_num_threads(),
             out_dir.display()
         ),
