@@ -14,6 +14,9 @@ pub enum Error {
     /// An I/O error on a named path.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A dataset file has a malformed record (`line` is 1-based; 0 = the file as a whole).
+    #[error("{file}:{line}: {msg}")]
+    Dataset { file: PathBuf, line: usize, msg: String },
     /// A value outside what the operation supports (batch too large, token id out of range, ...).
     #[error("{0}")]
     Invalid(String),

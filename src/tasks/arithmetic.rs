@@ -1,11 +1,22 @@
-//! Multi-digit addition problems `a+b=c` (answers checkable exactly), seeded per example index.
+//! Multi-digit arithmetic: the small `a+b=c` [`Addition`] problem (answer only) and
+//! [`Column`] problems (`+ - *`) whose reference solutions are column-method traces, one step per
+//! line, ending in the answer:
+//!
+//! - `457+68=`: `7+8+0=15`, `5+6+1=12`, `4+0+1=5`, `525` (digit + digit + carry per column);
+//! - `502-68=`: `12-0-8=4`, `10-1-6=3`, `5-1-0=4`, `434` (a borrowed ten is written in front of the top digit);
+//! - `457*68=`: `457*8=3656`, `457*60=27420`, `3656+27420=31076`, `31076` (partial products, running sums).
+//!
+//! The reward reads the last non-empty line as the answer.
 
-use crate::rng::Rng;
+use crate::rng::{mix64, Rng};
+use crate::tasks::{Problem, Reward, Task, SPLIT_EVAL};
 
 /// One problem: the prompt `a+b=` and the answer `c`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addition {
+    /// First operand.
     pub a: u64,
+    /// Second operand.
     pub b: u64,
 }
 
@@ -43,6 +54,225 @@ impl Addition {
     }
 }
 
+/// A column-arithmetic operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `+` with carries.
+    Add,
+    /// `-` with borrows (the generator keeps `a ≥ b`).
+    Sub,
+    /// `*` by partial products.
+    Mul,
+}
+
+impl Op {
+    /// The operator character.
+    pub fn symbol(self) -> char {
+        match self {
+            Op::Add => '+',
+            Op::Sub => '-',
+            Op::Mul => '*',
+        }
+    }
+    /// The operation for `c` in `+ - *`.
+    pub fn from_symbol(c: char) -> Option<Op> {
+        match c {
+            '+' => Some(Op::Add),
+            '-' => Some(Op::Sub),
+            '*' => Some(Op::Mul),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of the column-arithmetic generator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArithmeticConfig {
+    /// Operations drawn uniformly, e.g. `"+-*"`.
+    pub ops: String,
+    /// Operands have min_digits..=max_digits digits (1..=9).
+    pub min_digits: u32,
+    /// See `min_digits`.
+    pub max_digits: u32,
+    /// Fraction of (a, op, b) triples reserved for the held-out split.
+    pub heldout_fraction: f64,
+}
+
+impl Default for ArithmeticConfig {
+    /// `+ - *` on operands of 1..=3 digits, 10 % held out.
+    fn default() -> Self {
+        ArithmeticConfig { ops: "+-*".into(), min_digits: 1, max_digits: 3, heldout_fraction: 0.1 }
+    }
+}
+
+impl ArithmeticConfig {
+    /// Check the settings; on error returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.ops.is_empty() || !self.ops.chars().all(|c| Op::from_symbol(c).is_some()) {
+            return Err(("ops", format!("{:?} must be a non-empty string of `+`, `-`, `*`", self.ops)));
+        }
+        if !(1..=9).contains(&self.max_digits) {
+            return Err(("max_digits", format!("{} is not in 1..=9", self.max_digits)));
+        }
+        if !(1..=self.max_digits).contains(&self.min_digits) {
+            return Err(("min_digits", format!("{} is not in 1..=max_digits ({})", self.min_digits, self.max_digits)));
+        }
+        if !(0.01..=0.99).contains(&self.heldout_fraction) {
+            return Err(("heldout_fraction", format!("{} is not in 0.01..=0.99", self.heldout_fraction)));
+        }
+        Ok(())
+    }
+}
+
+/// One column-arithmetic problem `a op b`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    /// First operand.
+    pub a: u64,
+    /// The operation.
+    pub op: Op,
+    /// Second operand.
+    pub b: u64,
+}
+
+/// Decimal digits of `x`, least significant first (`0` → `[0]`).
+fn digits(mut x: u64) -> Vec<u64> {
+    let mut d = vec![x % 10];
+    x /= 10;
+    while x > 0 {
+        d.push(x % 10);
+        x /= 10;
+    }
+    d
+}
+
+/// Whether a problem belongs to the held-out split (a fixed hash, independent of the seed).
+fn column_heldout(c: &Column, fraction: f64) -> bool {
+    let h = mix64(mix64(mix64(0xA217 ^ c.a) ^ c.op.symbol() as u64) ^ c.b);
+    (h % 10_000) as f64 / 10_000.0 < fraction
+}
+
+/// Bound on generator draws per problem.
+const MAX_DRAWS: usize = 100_000;
+
+impl Column {
+    /// The problem for (seed, split, index); held-out problems ([`SPLIT_EVAL`]) never occur in
+    /// other splits. Panics only for configs that fail [`ArithmeticConfig::validate`].
+    pub fn sample(cfg: &ArithmeticConfig, seed: u64, split: u64, index: u64) -> Self {
+        let ops: Vec<Op> = cfg.ops.chars().filter_map(Op::from_symbol).collect();
+        let mut rng = Rng::derive(seed, &[0xA217, split, index]);
+        let operand = |rng: &mut Rng| {
+            let d = cfg.min_digits + rng.below(u64::from(cfg.max_digits - cfg.min_digits + 1)) as u32;
+            let lo = if d == 1 { 0 } else { 10u64.pow(d - 1) };
+            lo + rng.below(10u64.pow(d) - lo)
+        };
+        for _ in 0..MAX_DRAWS {
+            let op = ops[rng.below(ops.len() as u64) as usize];
+            let (mut a, mut b) = (operand(&mut rng), operand(&mut rng));
+            if op == Op::Sub && a < b {
+                std::mem::swap(&mut a, &mut b);
+            }
+            let c = Column { a, op, b };
+            if column_heldout(&c, cfg.heldout_fraction) == (split == SPLIT_EVAL) {
+                return c;
+            }
+        }
+        panic!("Column::sample: no problem in {MAX_DRAWS} draws; the config {cfg:?} fails validate()")
+    }
+
+    /// Parse a prompt `a op b=` back.
+    pub fn from_prompt(prompt: &str) -> Option<Self> {
+        let body = prompt.trim_end().strip_suffix('=')?;
+        let at = body.find(['+', '-', '*'])?;
+        let op = Op::from_symbol(body[at..].chars().next()?)?;
+        Some(Column { a: body[..at].parse().ok()?, op, b: body[at + 1..].parse().ok()? })
+    }
+
+    /// The prompt, e.g. `457+68=`.
+    pub fn prompt(&self) -> String {
+        format!("{}{}{}=", self.a, self.op.symbol(), self.b)
+    }
+
+    /// The exact result (`None` if it does not fit: a − b < 0 or overflow).
+    pub fn answer(&self) -> Option<u64> {
+        match self.op {
+            Op::Add => self.a.checked_add(self.b),
+            Op::Sub => self.a.checked_sub(self.b),
+            Op::Mul => self.a.checked_mul(self.b),
+        }
+    }
+
+    /// The column-method trace, one step per line, the last line being the answer.
+    pub fn trace(&self) -> Option<Vec<String>> {
+        let answer = self.answer()?;
+        let (da, db) = (digits(self.a), digits(self.b));
+        let at = |d: &[u64], i: usize| d.get(i).copied().unwrap_or(0);
+        let mut lines = Vec::new();
+        match self.op {
+            Op::Add => {
+                let mut carry = 0;
+                for i in 0..da.len().max(db.len()) {
+                    let s = at(&da, i) + at(&db, i) + carry;
+                    lines.push(format!("{}+{}+{carry}={s}", at(&da, i), at(&db, i)));
+                    carry = s / 10;
+                }
+            }
+            Op::Sub => {
+                let mut borrow = 0;
+                for i in 0..da.len() {
+                    let (top, bottom) = (at(&da, i), at(&db, i));
+                    let out = u64::from(top < borrow + bottom);
+                    let r = top + 10 * out - borrow - bottom;
+                    lines.push(format!("{}-{borrow}-{bottom}={r}", top + 10 * out));
+                    borrow = out;
+                }
+            }
+            Op::Mul => {
+                let mut partials = Vec::new();
+                for (j, &d) in db.iter().enumerate() {
+                    if d != 0 || (j == 0 && self.b == 0) {
+                        let m = d * 10u64.pow(j as u32);
+                        partials.push(self.a * m);
+                        lines.push(format!("{}*{m}={}", self.a, self.a * m));
+                    }
+                }
+                let mut sum = partials[0];
+                for &p in &partials[1..] {
+                    lines.push(format!("{sum}+{p}={}", sum + p));
+                    sum += p;
+                }
+            }
+        }
+        lines.push(answer.to_string());
+        Some(lines)
+    }
+}
+
+/// The column-arithmetic [`Task`]: the last non-empty response line must be the exact answer.
+pub struct ArithmeticTask {
+    /// Seed of the problem stream.
+    pub seed: u64,
+    /// Generator settings.
+    pub cfg: ArithmeticConfig,
+}
+
+impl Task for ArithmeticTask {
+    fn name(&self) -> &str {
+        "arithmetic"
+    }
+    fn problem(&self, split: u64, index: u64) -> Problem {
+        let c = Column::sample(&self.cfg, self.seed, split, index);
+        let answer = c.answer().map_or_else(String::new, |x| x.to_string());
+        Problem { id: index, prompt: c.prompt(), answer, solution: c.trace().map(|l| l.join("\n")) }
+    }
+    fn grade(&self, problem: &Problem, response: &str) -> Reward {
+        let last = response.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let value = last.parse::<u64>().ok();
+        let expected = Column::from_prompt(&problem.prompt).and_then(|c| c.answer());
+        Reward::new(value.is_some() && value == expected, value.is_some(), 0.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +286,49 @@ mod tests {
         assert_eq!(p.reward(&format!("{}\nextra", p.a + p.b)), 1.0);
         assert_eq!(p.reward(&format!("{}", p.a + p.b + 1)), 0.0);
         assert_eq!(p.reward("abc"), 0.0);
+    }
+
+    fn trace(a: u64, op: char, b: u64) -> String {
+        Column { a, op: Op::from_symbol(op).unwrap(), b }.trace().unwrap().join("\n")
+    }
+
+    #[test]
+    fn traces_follow_the_column_method() {
+        assert_eq!(trace(457, '+', 68), "7+8+0=15\n5+6+1=12\n4+0+1=5\n525");
+        assert_eq!(trace(99, '+', 1), "9+1+0=10\n9+0+1=10\n100");
+        assert_eq!(trace(502, '-', 68), "12-0-8=4\n10-1-6=3\n5-1-0=4\n434");
+        assert_eq!(trace(7, '-', 7), "7-0-7=0\n0");
+        assert_eq!(trace(457, '*', 68), "457*8=3656\n457*60=27420\n3656+27420=31076\n31076");
+        assert_eq!(trace(12, '*', 0), "12*0=0\n0");
+        assert_eq!(trace(12, '*', 300), "12*300=3600\n3600");
+        assert_eq!(Column { a: 3, op: Op::Sub, b: 5 }.trace(), None);
+    }
+
+    #[test]
+    fn column_problems_are_seeded_disjoint_and_graded() {
+        let cfg = ArithmeticConfig { min_digits: 2, max_digits: 4, ..Default::default() };
+        let task = ArithmeticTask { seed: 5, cfg: cfg.clone() };
+        for i in 0..200 {
+            let c = Column::sample(&cfg, 5, 0, i);
+            assert_eq!(c, Column::sample(&cfg, 5, 0, i));
+            assert!((10..10_000).contains(&c.a) && (10..10_000).contains(&c.b), "{c:?}");
+            assert!(!column_heldout(&c, cfg.heldout_fraction));
+            assert!(column_heldout(&Column::sample(&cfg, 5, SPLIT_EVAL, i), cfg.heldout_fraction));
+            assert_eq!(Column::from_prompt(&c.prompt()), Some(c));
+            let p = task.problem(0, i);
+            let full = p.solution.clone().unwrap();
+            assert!(full.ends_with(&format!("\n{}", p.answer)));
+            for (line, expect) in full.lines().filter_map(|l| l.split_once('=')) {
+                let lhs = crate::tasks::rational::parse_expression(line).unwrap().0;
+                assert_eq!(lhs.to_string(), expect, "every step is true: {line}={expect}");
+            }
+            assert!(task.grade(&p, &full).correct);
+            assert!(task.grade(&p, &format!("{}\n", p.answer)).correct);
+            let wrong = task.grade(&p, "12x");
+            assert!(!wrong.correct && !wrong.well_formed);
+        }
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(ArithmeticConfig { ops: "+/".into(), ..Default::default() }.validate().unwrap_err().0, "ops");
+        assert_eq!(ArithmeticConfig { min_digits: 5, ..Default::default() }.validate().unwrap_err().0, "min_digits");
     }
 }

@@ -1,35 +1,120 @@
 //! Verifiable tasks: problems are a pure function of (seed, split, index); rewards are exact.
+//!
+//! A [`Task`] hands out [`Problem`]s for the training and held-out splits and grades a model's
+//! response with a [`Reward`] (1 correct, 0 wrong, minus an optional format penalty when the
+//! response cannot be read at all). Tasks: [`countdown`] (the default RL task), multi-digit
+//! [`arithmetic`] with column traces, [`jsonl`] datasets checked by [`answer`], and the small
+//! `a+b=` [`AdditionTask`]. [`config::TaskConfig`] and [`config::build`] make one from TOML.
 
+pub mod answer;
 pub mod arithmetic;
+pub mod config;
 pub mod countdown;
+pub mod jsonl;
 pub mod rational;
+
+pub use config::{build, TaskConfig, TaskKind};
+pub use countdown::CountdownTask;
 
 /// Data splits: training problems and held-out problems never overlap.
 pub const SPLIT_TRAIN: u64 = 0;
 /// The held-out split.
 pub const SPLIT_EVAL: u64 = 1;
 
-/// One problem: its prompt and, when the task can produce one, a reference solution text
-/// (the response a solver writes, used for supervised warm starts).
+/// One problem.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
+    /// Identifier, unique within (task, split): the index for generators, the record number for datasets.
+    pub id: u64,
+    /// The text the model continues.
     pub prompt: String,
+    /// The reference final answer (e.g. the Countdown target, the sum, the dataset's `answer`).
+    pub answer: String,
+    /// A reference response when the task can write one (solver trace ending in the final line),
+    /// used for supervised warm starts; the same text as [`Task::solution`].
     pub solution: Option<String>,
 }
 
-/// A verifiable task: seeded problems and an exact reward (1 correct, 0 wrong).
-pub trait Task: Send + Sync {
-    /// Short name (config value).
-    fn name(&self) -> &str;
-    /// The problem for (split, index).
-    fn problem(&self, split: u64, index: u64) -> Problem;
-    /// Reward of `response` (EOS stripped) to the problem with this prompt.
-    fn reward(&self, problem: &Problem, response: &str) -> f32;
+/// The grade of one response.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reward {
+    /// The scalar reward: 1 correct, 0 wrong, `-format_penalty` when not well formed.
+    pub score: f32,
+    /// The response's answer is right.
+    pub correct: bool,
+    /// The response has the expected shape (e.g. its last line parses as an expression).
+    pub well_formed: bool,
 }
 
-/// `a+b=` → `c` with operands of up to `max_digits` digits.
+impl Reward {
+    /// Score `correct` / `well_formed`: 1 if correct, else `-format_penalty` if malformed, else 0.
+    pub fn new(correct: bool, well_formed: bool, format_penalty: f32) -> Self {
+        let score = if correct {
+            1.0
+        } else if !well_formed {
+            -format_penalty
+        } else {
+            0.0
+        };
+        Reward { score, correct, well_formed: well_formed || correct }
+    }
+}
+
+/// A verifiable task: seeded problems and an exact reward.
+pub trait Task: Send + Sync {
+    /// Short name (the config's `kind`).
+    fn name(&self) -> &str;
+    /// The problem for (split, index): a pure function of the task's seed, `split` and `index`.
+    fn problem(&self, split: u64, index: u64) -> Problem;
+    /// Number of distinct problems in `split`; `None` for an unbounded generator. Finite tasks
+    /// wrap around: `problem(split, i)` equals `problem(split, i % len)`.
+    fn len(&self, _split: u64) -> Option<u64> {
+        None
+    }
+    /// Grade `response` (EOS stripped) to `problem`, without format penalty (see [`FormatPenalty`]).
+    fn grade(&self, problem: &Problem, response: &str) -> Reward;
+    /// The scalar reward, `grade(..).score`.
+    fn reward(&self, problem: &Problem, response: &str) -> f32 {
+        self.grade(problem, response).score
+    }
+    /// A reference response (step-by-step trace) for supervised training, if the task has one.
+    fn solution(&self, problem: &Problem) -> Option<String> {
+        problem.solution.clone()
+    }
+}
+
+/// Wraps a task so that malformed responses score `-penalty` instead of 0.
+pub struct FormatPenalty {
+    /// The wrapped task.
+    pub task: Box<dyn Task>,
+    /// Subtracted from the reward of a response that is not well formed (≥ 0).
+    pub penalty: f32,
+}
+
+impl Task for FormatPenalty {
+    fn name(&self) -> &str {
+        self.task.name()
+    }
+    fn problem(&self, split: u64, index: u64) -> Problem {
+        self.task.problem(split, index)
+    }
+    fn len(&self, split: u64) -> Option<u64> {
+        self.task.len(split)
+    }
+    fn grade(&self, problem: &Problem, response: &str) -> Reward {
+        let r = self.task.grade(problem, response);
+        Reward::new(r.correct, r.well_formed, self.penalty)
+    }
+    fn solution(&self, problem: &Problem) -> Option<String> {
+        self.task.solution(problem)
+    }
+}
+
+/// `a+b=` → `c` with operands of up to `max_digits` digits; the answer is the response's first line.
 pub struct AdditionTask {
+    /// Seed of the problem stream.
     pub seed: u64,
+    /// Operands have 1..=max_digits digits.
     pub max_digits: u32,
 }
 
@@ -46,38 +131,14 @@ impl Task for AdditionTask {
     }
     fn problem(&self, split: u64, index: u64) -> Problem {
         let p = arithmetic::Addition::sample(self.seed, split, index, self.max_digits);
-        let answer = p.answer();
-        Problem { prompt: p.prompt(), solution: Some(answer.trim_end().to_string()) }
+        let answer = p.answer().trim_end().to_string();
+        Problem { id: index, prompt: p.prompt(), solution: Some(answer.clone()), answer }
     }
-    fn reward(&self, problem: &Problem, response: &str) -> f32 {
-        Self::parse(&problem.prompt).map_or(0.0, |p| p.reward(response))
-    }
-}
-
-/// Countdown (see `countdown`).
-pub struct CountdownTask {
-    pub seed: u64,
-    pub cfg: countdown::CountdownConfig,
-}
-
-impl CountdownTask {
-    fn parse(prompt: &str) -> Option<countdown::Countdown> {
-        let (nums, target) = prompt.strip_suffix(':')?.split_once("->")?;
-        let pool = nums.split_whitespace().map(|n| n.parse().ok()).collect::<Option<Vec<u64>>>()?;
-        Some(countdown::Countdown { pool, target: target.trim().parse().ok()? })
-    }
-}
-
-impl Task for CountdownTask {
-    fn name(&self) -> &str {
-        "countdown"
-    }
-    fn problem(&self, split: u64, index: u64) -> Problem {
-        let c = countdown::Countdown::sample(&self.cfg, self.seed, split, index);
-        Problem { prompt: c.prompt(), solution: c.solution_text() }
-    }
-    fn reward(&self, problem: &Problem, response: &str) -> f32 {
-        Self::parse(&problem.prompt).map_or(0.0, |c| c.reward(response, self.cfg.exactly_once))
+    fn grade(&self, problem: &Problem, response: &str) -> Reward {
+        let first = response.split('\n').next().unwrap_or("").trim();
+        let well_formed = first.parse::<u64>().is_ok();
+        let correct = Self::parse(&problem.prompt).is_some_and(|p| p.reward(response) == 1.0);
+        Reward::new(correct, well_formed, 0.0)
     }
 }
 
@@ -90,15 +151,28 @@ mod tests {
         let tasks: Vec<Box<dyn Task>> = vec![
             Box::new(AdditionTask { seed: 3, max_digits: 3 }),
             Box::new(CountdownTask { seed: 3, cfg: countdown::CountdownConfig::default() }),
+            Box::new(arithmetic::ArithmeticTask { seed: 3, cfg: arithmetic::ArithmeticConfig::default() }),
         ];
         for t in &tasks {
             for i in 0..50 {
                 let p = t.problem(SPLIT_TRAIN, i);
-                let sol = p.solution.clone().unwrap();
-                assert_eq!(t.reward(&p, &sol), 1.0, "{} {:?}", t.name(), p);
+                let sol = t.solution(&p).unwrap();
+                assert_eq!(t.grade(&p, &sol), Reward { score: 1.0, correct: true, well_formed: true }, "{p:?}");
                 assert_eq!(t.reward(&p, "garbage"), 0.0);
                 assert_ne!(p, t.problem(SPLIT_EVAL, i));
+                assert_eq!(p.id, i);
             }
         }
+    }
+
+    #[test]
+    fn format_penalty_applies_only_to_malformed_responses() {
+        let t = FormatPenalty { task: Box::new(AdditionTask { seed: 1, max_digits: 2 }), penalty: 0.5 };
+        let p = t.problem(SPLIT_TRAIN, 0);
+        assert_eq!(t.reward(&p, &p.answer), 1.0);
+        assert_eq!(t.reward(&p, "1000"), 0.0, "well formed but wrong");
+        assert_eq!(t.grade(&p, "abc"), Reward { score: -0.5, correct: false, well_formed: false });
+        assert_eq!(t.name(), "addition");
+        assert_eq!(Reward::new(true, false, 1.0).score, 1.0);
     }
 }

@@ -1,0 +1,212 @@
+//! Final-answer extraction and numeric comparison for free-form (JSONL / math) responses.
+//!
+//! The candidate answer is the content of the last `\boxed{...}` in the response if there is one,
+//! else the last number in the text. Numbers are compared exactly as rationals: integers (`-12`,
+//! `1,000`), decimals (`0.5`), fractions (`1/2`) and LaTeX fractions (`\frac{1}{2}`, `\dfrac`,
+//! `\tfrac`), so `0.5`, `1/2` and `\boxed{\frac{1}{2}}` are the same answer. Answers that are not
+//! numbers are compared as text after removing spaces, `$` and case.
+
+use crate::tasks::rational::Rational;
+
+/// The content of the last `\boxed{...}` (balanced braces), if any.
+pub fn last_boxed(text: &str) -> Option<&str> {
+    let start = text.rfind("\\boxed{")? + "\\boxed{".len();
+    let mut depth = 1usize;
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[start..start + i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The span of the last LaTeX fraction `[-]\\frac{..}{..}` (also `\\dfrac`, `\\tfrac`) in `text`.
+fn last_frac(text: &str) -> Option<(usize, usize)> {
+    let at = text.rfind("frac{")?;
+    let start =
+        text[..at].strip_suffix("\\d").or(text[..at].strip_suffix("\\t")).or(text[..at].strip_suffix('\\'))?.len();
+    let start = if text[..start].ends_with('-') { start - 1 } else { start };
+    let mut end = at + "frac".len();
+    for _ in 0..2 {
+        let inner = brace_group(&text[end..])?;
+        end += inner;
+    }
+    Some((start, end))
+}
+
+/// Length of the balanced `{...}` group at the start of `text`.
+fn brace_group(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 1 => return Some(i + 1),
+            '}' => depth = depth.checked_sub(1)?,
+            _ if depth == 0 => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The last number in `text`: `[-]digits[,ddd]*[.digits][/digits]`; a `-` is a sign only when it
+/// does not follow a letter, digit or `)` (so `5-3` ends in `3`).
+pub fn last_number(text: &str) -> Option<&str> {
+    last_number_span(text).map(|(s, e)| &text[s..e])
+}
+
+/// Byte span of [`last_number`].
+fn last_number_span(text: &str) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
+    let digits_from = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    let mut found = None;
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.')) {
+            i += 1;
+            continue;
+        }
+        let sign = i > 0 && b[i - 1] == b'-' && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b')'));
+        let start = if sign { i - 1 } else { i };
+        let mut end = digits_from(i);
+        // Thousands groups: `,ddd` not followed by another digit.
+        while end < b.len() && b[end] == b',' && digits_from(end + 1) == end + 4 {
+            end += 4;
+        }
+        if end + 1 < b.len() && b[end] == b'.' && b[end + 1].is_ascii_digit() {
+            end = digits_from(end + 1);
+        } else if end + 1 < b.len() && b[end] == b'/' && b[end + 1].is_ascii_digit() {
+            end = digits_from(end + 1);
+        }
+        found = Some((start, end));
+        i = end;
+    }
+    found
+}
+
+/// Strip LaTeX and formatting noise: spaces, `$`, `\left`, `\right`, `\,`, `\!`, `{}` around a
+/// plain value, thousands commas between digit groups.
+fn normalize(text: &str) -> String {
+    let mut t = text.to_string();
+    for noise in ["\\left", "\\right", "\\,", "\\!", "\\ ", "$", " ", "\t", "\n"] {
+        t = t.replace(noise, "");
+    }
+    for frac in ["\\dfrac", "\\tfrac"] {
+        t = t.replace(frac, "\\frac");
+    }
+    while t.len() >= 2 && t.starts_with('{') && t.ends_with('}') {
+        t = t[1..t.len() - 1].to_string();
+    }
+    t
+}
+
+/// Parse an answer as an exact number: a plain number (see [`Rational::parse_number`], with
+/// thousands commas allowed) or `[-]\frac{p}{q}` with plain numbers p, q.
+pub fn parse_answer(text: &str) -> Option<Rational> {
+    let t = normalize(text);
+    let (neg, body) = match t.strip_prefix('-') {
+        Some(rest) if rest.starts_with("\\frac") => (true, rest),
+        _ => (false, t.as_str()),
+    };
+    if let Some(rest) = body.strip_prefix("\\frac{") {
+        let (p, rest) = rest.split_once('}')?;
+        let q = rest.strip_prefix('{')?.strip_suffix('}')?;
+        let v = parse_answer(p)?.apply('/', parse_answer(q)?)?;
+        return if neg { Rational::from_int(0).apply('-', v) } else { Some(v) };
+    }
+    let grouped = body.contains(',')
+        && body.split(',').skip(1).all(|g| g.len() >= 3 && g[..3].bytes().all(|c| c.is_ascii_digit()));
+    Rational::parse_number(&if grouped { body.replace(',', "") } else { body.to_string() })
+}
+
+/// The candidate final answer of a response: the last `\boxed{}` content, else the last number
+/// or LaTeX fraction, whichever ends later.
+pub fn extract_answer(response: &str) -> Option<&str> {
+    if let Some(b) = last_boxed(response) {
+        return Some(b);
+    }
+    let number = last_number_span(response);
+    let (s, e) = match (number, last_frac(response)) {
+        (Some(n), Some(f)) if n.1 > f.1 => n,
+        (_, Some(f)) => f,
+        (n, None) => n?,
+    };
+    Some(&response[s..e])
+}
+
+/// Outcome of comparing a response with a reference answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerMatch {
+    /// A candidate answer was found in the response.
+    pub found: bool,
+    /// It equals the reference (numerically when the reference is a number).
+    pub correct: bool,
+}
+
+/// Compare `response` with `reference`: numerically when the reference parses as a number, else
+/// as normalized text (the last `\boxed{}` content, else the last non-empty line).
+pub fn check_answer(response: &str, reference: &str) -> AnswerMatch {
+    if let Some(expected) = parse_answer(reference) {
+        let candidate = extract_answer(response);
+        let correct = candidate.and_then(parse_answer).is_some_and(|v| v == expected);
+        return AnswerMatch { found: candidate.is_some(), correct };
+    }
+    let candidate = last_boxed(response).or_else(|| response.lines().rev().find(|l| !l.trim().is_empty()));
+    let norm = |s: &str| normalize(s).to_lowercase();
+    AnswerMatch { found: candidate.is_some(), correct: candidate.is_some_and(|c| norm(c) == norm(reference)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extraction_prefers_the_last_box_then_the_last_number() {
+        assert_eq!(last_boxed("a \\boxed{1} b \\boxed{\\frac{3}{4}} c"), Some("\\frac{3}{4}"));
+        assert_eq!(last_boxed("\\boxed{1"), None);
+        assert_eq!(last_number("so 12 apples, then -3.5."), Some("-3.5"));
+        assert_eq!(last_number("5-3"), Some("3"));
+        assert_eq!(last_number("x=(-2)"), Some("-2"));
+        assert_eq!(last_number("about 1,234,567 people"), Some("1,234,567"));
+        assert_eq!(last_number("1, 2, 3"), Some("3"));
+        assert_eq!(last_number("ratio 3/4"), Some("3/4"));
+        assert_eq!(last_number("no digits"), None);
+        assert_eq!(extract_answer("7 then \\boxed{8} then 9"), Some("8"));
+        assert_eq!(extract_answer("so x = -\\dfrac{1}{2}."), Some("-\\dfrac{1}{2}"));
+        assert_eq!(extract_answer("\\frac{1}{2} or 7"), Some("7"));
+    }
+
+    #[test]
+    fn numbers_compare_exactly() {
+        for (response, reference) in [
+            ("0.5", "1/2"),
+            ("\\boxed{\\frac{1}{2}}", "0.5"),
+            ("The answer is $\\boxed{\\dfrac{2}{4}}$.", "1/2"),
+            ("-\\frac{3}{6}", "-0.5"),
+            ("\\boxed{-\\frac{1}{2}}", "-1/2"),
+            ("1,000", "1000"),
+            ("\\boxed{ 12 }", "12.0"),
+            ("it is 42.", "42"),
+        ] {
+            assert!(check_answer(response, reference).correct, "{response} vs {reference}");
+        }
+        assert_eq!(check_answer("0.51", "1/2"), AnswerMatch { found: true, correct: false });
+        assert_eq!(check_answer("none", "1/2"), AnswerMatch { found: false, correct: false });
+        assert_eq!(check_answer("\\boxed{x}", "3"), AnswerMatch { found: true, correct: false });
+        assert!(check_answer("I pick \\boxed{Paris}", "paris").correct);
+        assert!(!check_answer("London", "Paris").correct);
+        assert_eq!(parse_answer("\\frac{1}{0}"), None);
+    }
+}

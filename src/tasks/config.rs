@@ -1,0 +1,228 @@
+//! Task configuration: a `[data]`-style TOML table that selects and parameterises a task.
+//!
+//! ```toml
+//! kind = "countdown"     # "countdown" | "arithmetic" | "jsonl" | "addition"
+//! numbers = 3            # countdown: pool size (2..=4)
+//! max_number = 20        # countdown: pool numbers in 1..=max_number
+//! max_target = 100       # countdown: targets in 1..=max_target (≥ numbers·max_number)
+//! exactly_once = true    # countdown: every number used exactly once (false: at most once)
+//! heldout_fraction = 0.1 # countdown, arithmetic, jsonl: share of problems held out for eval
+//! format_penalty = 0.0   # reward of a malformed response is -format_penalty
+//! ```
+//! `arithmetic` takes `ops` (e.g. `"+-*"`), `min_digits`, `max_digits`; `addition` takes
+//! `max_digits`; `jsonl` takes `path` and an optional `eval_path`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::tasks::arithmetic::{ArithmeticConfig, ArithmeticTask};
+use crate::tasks::countdown::{CountdownConfig, CountdownTask};
+use crate::tasks::jsonl::JsonlTask;
+use crate::tasks::{AdditionTask, FormatPenalty, Task};
+
+/// Which task to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// [`CountdownTask`] (the default RL task).
+    Countdown,
+    /// [`ArithmeticTask`]: multi-digit `+ - *` with column traces.
+    Arithmetic,
+    /// [`JsonlTask`]: prompts and answers from a file.
+    Jsonl,
+    /// [`AdditionTask`]: `a+b=` answered on the first line.
+    Addition,
+}
+
+/// Task settings; every key but `kind` has a default (see the module doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// The task (`task` is accepted as an alias).
+    #[serde(alias = "task")]
+    pub kind: TaskKind,
+    /// Malformed responses score `-format_penalty` (≥ 0; 0 = plain 0/1 reward).
+    #[serde(default)]
+    pub format_penalty: f32,
+    /// Share of problems (number multisets, operand triples or prompts) held out for eval.
+    #[serde(default = "d_heldout")]
+    pub heldout_fraction: f64,
+    /// countdown: pool size.
+    #[serde(default = "d_numbers")]
+    pub numbers: usize,
+    /// countdown: pool numbers in 1..=max_number.
+    #[serde(default = "d_max_number")]
+    pub max_number: u64,
+    /// countdown: targets in 1..=max_target.
+    #[serde(default = "d_max_target")]
+    pub max_target: u64,
+    /// countdown: use every number exactly once (else at most once).
+    #[serde(default = "d_true")]
+    pub exactly_once: bool,
+    /// arithmetic: operations drawn, from `+-*`.
+    #[serde(default = "d_ops")]
+    pub ops: String,
+    /// arithmetic: minimum operand digits.
+    #[serde(default = "d_one")]
+    pub min_digits: u32,
+    /// arithmetic, addition: maximum operand digits.
+    #[serde(default = "d_max_digits")]
+    pub max_digits: u32,
+    /// jsonl: the dataset file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// jsonl: a separate held-out file (else `heldout_fraction` of the prompts are held out).
+    #[serde(default)]
+    pub eval_path: Option<PathBuf>,
+}
+
+fn d_heldout() -> f64 {
+    0.1
+}
+fn d_numbers() -> usize {
+    3
+}
+fn d_max_number() -> u64 {
+    20
+}
+fn d_max_target() -> u64 {
+    100
+}
+fn d_true() -> bool {
+    true
+}
+fn d_ops() -> String {
+    "+-*".into()
+}
+fn d_one() -> u32 {
+    1
+}
+fn d_max_digits() -> u32 {
+    3
+}
+
+impl TaskConfig {
+    /// The defaults for `kind`.
+    pub fn new(kind: TaskKind) -> Self {
+        TaskConfig {
+            kind,
+            format_penalty: 0.0,
+            heldout_fraction: d_heldout(),
+            numbers: d_numbers(),
+            max_number: d_max_number(),
+            max_target: d_max_target(),
+            exactly_once: true,
+            ops: d_ops(),
+            min_digits: d_one(),
+            max_digits: d_max_digits(),
+            path: None,
+            eval_path: None,
+        }
+    }
+
+    /// The Countdown settings.
+    pub fn countdown(&self) -> CountdownConfig {
+        CountdownConfig {
+            numbers: self.numbers,
+            max_number: self.max_number,
+            max_target: self.max_target,
+            exactly_once: self.exactly_once,
+            heldout_fraction: self.heldout_fraction,
+        }
+    }
+
+    /// The column-arithmetic settings.
+    pub fn arithmetic(&self) -> ArithmeticConfig {
+        ArithmeticConfig {
+            ops: self.ops.clone(),
+            min_digits: self.min_digits,
+            max_digits: self.max_digits,
+            heldout_fraction: self.heldout_fraction,
+        }
+    }
+
+    /// Check the settings for `kind`; on error returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(self.format_penalty.is_finite() && self.format_penalty >= 0.0) {
+            return Err(("format_penalty", format!("{} must be finite and ≥ 0", self.format_penalty)));
+        }
+        if self.kind != TaskKind::Jsonl {
+            if self.path.is_some() {
+                return Err(("path", "only kind = \"jsonl\" reads a file".into()));
+            }
+            if self.eval_path.is_some() {
+                return Err(("eval_path", "only kind = \"jsonl\" reads a file".into()));
+            }
+        }
+        match self.kind {
+            TaskKind::Countdown => self.countdown().validate(),
+            TaskKind::Arithmetic => self.arithmetic().validate(),
+            TaskKind::Addition if !(1..=18).contains(&self.max_digits) => {
+                Err(("max_digits", format!("{} is not in 1..=18", self.max_digits)))
+            }
+            TaskKind::Addition => Ok(()),
+            TaskKind::Jsonl if self.path.is_none() => Err(("path", "kind = \"jsonl\" needs a dataset file".into())),
+            TaskKind::Jsonl if !(0.0..1.0).contains(&self.heldout_fraction) => {
+                Err(("heldout_fraction", format!("{} is not in [0, 1)", self.heldout_fraction)))
+            }
+            TaskKind::Jsonl => Ok(()),
+        }
+    }
+}
+
+/// Build the task of `cfg` with problem seed `seed` (validated first; a JSONL file is loaded).
+/// Errors: [`Error::Invalid`] naming the key, or the dataset's [`Error::Dataset`] / [`Error::Io`].
+pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
+    cfg.validate().map_err(|(key, msg)| Error::Invalid(format!("task key `{key}`: {msg}")))?;
+    let task: Box<dyn Task> = match cfg.kind {
+        TaskKind::Countdown => Box::new(CountdownTask { seed, cfg: cfg.countdown() }),
+        TaskKind::Arithmetic => Box::new(ArithmeticTask { seed, cfg: cfg.arithmetic() }),
+        TaskKind::Addition => Box::new(AdditionTask { seed, max_digits: cfg.max_digits }),
+        TaskKind::Jsonl => {
+            let path = cfg.path.as_deref().unwrap_or_else(|| unreachable!("validated: jsonl has a path"));
+            Box::new(JsonlTask::load_split(path, cfg.eval_path.as_deref(), cfg.heldout_fraction)?)
+        }
+    };
+    Ok(if cfg.format_penalty > 0.0 { Box::new(FormatPenalty { task, penalty: cfg.format_penalty }) } else { task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<TaskConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parses_defaults_and_rejects_bad_keys() {
+        let cfg = parse("kind = \"countdown\"").unwrap();
+        assert_eq!(cfg, TaskConfig::new(TaskKind::Countdown));
+        assert_eq!(cfg.countdown(), CountdownConfig::default());
+        assert_eq!(parse("task = \"arithmetic\"\nops = \"+\"").unwrap().ops, "+");
+        assert!(parse("kind = \"countdown\"\nnumbrs = 3").unwrap_err().contains("numbrs"));
+        assert!(parse("kind = \"chess\"").unwrap_err().contains("chess"));
+        let err = |text: &str| build(&parse(text).unwrap(), 1).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err("kind = \"countdown\"\nnumbers = 7").contains("`numbers`"));
+        assert!(err("kind = \"countdown\"\nformat_penalty = -1.0").contains("`format_penalty`"));
+        assert!(err("kind = \"jsonl\"").contains("`path`"));
+        assert!(err("kind = \"addition\"\npath = \"x.jsonl\"").contains("`path`"));
+        assert!(err("kind = \"arithmetic\"\nmax_digits = 12").contains("`max_digits`"));
+        assert!(err("kind = \"jsonl\"\npath = \"/nonexistent/x.jsonl\"").contains("/nonexistent/x.jsonl"));
+    }
+
+    #[test]
+    fn builds_every_generated_kind() {
+        for (kind, name) in
+            [(TaskKind::Countdown, "countdown"), (TaskKind::Arithmetic, "arithmetic"), (TaskKind::Addition, "addition")]
+        {
+            let t = build(&TaskConfig { format_penalty: 0.25, ..TaskConfig::new(kind) }, 7).unwrap();
+            assert_eq!(t.name(), name);
+            let p = t.problem(crate::tasks::SPLIT_TRAIN, 3);
+            assert_eq!(t.reward(&p, &t.solution(&p).unwrap()), 1.0);
+            assert_eq!(t.reward(&p, "?"), -0.25);
+        }
+    }
+}
