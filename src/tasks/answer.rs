@@ -85,9 +85,8 @@ fn last_number_span(text: &str) -> Option<(usize, usize)> {
         while end < b.len() && b[end] == b',' && digits_from(end + 1) == end + 4 {
             end += 4;
         }
-        if end + 1 < b.len() && b[end] == b'.' && b[end + 1].is_ascii_digit() {
-            end = digits_from(end + 1);
-        } else if end + 1 < b.len() && b[end] == b'/' && b[end + 1].is_ascii_digit() {
+        // A decimal part or a denominator.
+        if end + 1 < b.len() && (b[end] == b'.' || b[end] == b'/') && b[end + 1].is_ascii_digit() {
             end = digits_from(end + 1);
         }
         found = Some((start, end));

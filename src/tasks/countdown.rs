@@ -146,7 +146,7 @@ fn apply(a: u64, op: char, b: u64) -> Option<u64> {
         '+' => a.checked_add(b),
         '-' if a > b => Some(a - b),
         '*' => a.checked_mul(b),
-        '/' if b > 0 && a % b == 0 => Some(a / b),
+        '/' if b > 0 && (a / b) * b == a => Some(a / b),
         _ => None,
     }
 }

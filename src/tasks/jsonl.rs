@@ -76,7 +76,7 @@ fn read_records(path: &Path) -> Result<Vec<Record>> {
 
 /// Whether a prompt belongs to the derived held-out split.
 fn prompt_heldout(prompt: &str, fraction: f64) -> bool {
-    let h = prompt.bytes().fold(0x15_0_u64, |h, c| mix64(h ^ u64::from(c)));
+    let h = prompt.bytes().fold(0x0150_u64, |h, c| mix64(h ^ u64::from(c)));
     (h % 10_000) as f64 / 10_000.0 < fraction
 }
 

@@ -233,7 +233,7 @@ mod tests {
         assert!(matches!(v(""), Err(ExprError::Malformed(0))));
         assert!(matches!(v(&"(".repeat(100)), Err(ExprError::Malformed(_))));
         assert!(matches!(v("99999999999999999999999"), Err(ExprError::Overflow)));
-        assert_eq!(v(&"1000000000*".repeat(20).trim_end_matches('*').to_string()), Err(ExprError::Overflow));
+        assert_eq!(v("1000000000*".repeat(20).trim_end_matches('*')), Err(ExprError::Overflow));
         assert_eq!(parse_expression("(15+15)-12").unwrap().1, vec![15, 15, 12]);
     }
 
