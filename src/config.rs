@@ -16,7 +16,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("../configs/default.toml");
 pub struct RunConfig {
     pub run: RunSection,
     pub model: ModelSection,
-    pub data: DataSection,
+    /// `[data]`: the task (`crate::tasks::TaskConfig`: kind = countdown | arithmetic | jsonl | addition).
+    pub data: crate::tasks::TaskConfig,
     pub train: TrainSection,
     /// Optional RL phase after the supervised phase.
     pub rl: Option<RlSection>,
@@ -148,43 +149,6 @@ fn default_init_std() -> f64 {
     0.02
 }
 
-/// `[data]`: the training task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataSection {
-    /// Only "addition" until the RL issue adds tasks.
-    pub task: String,
-    /// addition: operands have 1..=max_digits digits.
-    #[serde(default = "default_digits")]
-    pub max_digits: u32,
-    /// countdown: pool size (2..=4), pool numbers in 1..=max_number, targets in 1..=max_target.
-    #[serde(default = "d_numbers")]
-    pub numbers: usize,
-    #[serde(default = "d_max_number")]
-    pub max_number: u64,
-    #[serde(default = "d_max_target")]
-    pub max_target: u64,
-    /// countdown: every pool number must be used exactly once (else at most once).
-    #[serde(default = "d_true")]
-    pub exactly_once: bool,
-    /// Held-out problems scored at each evaluation.
-    #[serde(default = "default_eval")]
-    pub eval_problems: usize,
-}
-
-fn d_numbers() -> usize {
-    3
-}
-fn d_max_number() -> u64 {
-    20
-}
-fn d_max_target() -> u64 {
-    100
-}
-
-fn default_digits() -> u32 {
-    3
-}
 fn default_eval() -> usize {
     256
 }
@@ -219,6 +183,9 @@ pub struct TrainSection {
     /// Steps between held-out evaluations (0 = only at the end).
     #[serde(default)]
     pub eval_every: u64,
+    /// Held-out problems scored (teacher-forced answer NLL / exact) at each evaluation.
+    #[serde(default = "default_eval")]
+    pub eval_problems: usize,
     /// Steps between checkpoints (1 = every step: a killed run loses at most the step in progress).
     #[serde(default = "default_ckpt_every")]
     pub checkpoint_every: u64,
@@ -292,21 +259,11 @@ impl RunConfig {
         if self.run.name.is_empty() || self.run.name.contains(['/', '\\']) {
             return bad("run.name", format!("{:?} must be a non-empty name without slashes", self.run.name));
         }
-        if self.data.task != "addition" && self.data.task != "countdown" {
-            return bad(
-                "data.task",
-                format!("unknown task {:?} (available: \"addition\", \"countdown\")", self.data.task),
-            );
-        }
-        if !(2..=4).contains(&self.data.numbers) {
-            return bad("data.numbers", format!("{} must be in 2..=4", self.data.numbers));
-        }
-        if !(2..=1000).contains(&self.data.max_number) || !(1..=100_000).contains(&self.data.max_target) {
-            return bad("data.max_number", "max_number must be in 2..=1000 and max_target in 1..=100000".into());
-        }
-        if !(1..=18).contains(&self.data.max_digits) {
-            return bad("data.max_digits", format!("{} must be in 1..=18", self.data.max_digits));
-        }
+        self.data.validate().map_err(|(key, msg)| Error::Config {
+            file: file.into(),
+            key: format!("data.{key}"),
+            msg,
+        })?;
         if (self.train.steps == 0 && self.rl.is_none()) || self.train.batch_size == 0 {
             return bad("train.steps", "steps (without an [rl] phase) and batch_size must be positive".into());
         }
@@ -354,23 +311,9 @@ impl RunConfig {
         }
     }
 
-    /// The task of `[data]`.
-    pub fn task(&self) -> Box<dyn crate::tasks::Task> {
-        use crate::tasks::{countdown::CountdownConfig, AdditionTask, CountdownTask};
-        let d = &self.data;
-        match d.task.as_str() {
-            "countdown" => Box::new(CountdownTask {
-                seed: self.run.seed,
-                cfg: CountdownConfig {
-                    numbers: d.numbers,
-                    max_number: d.max_number,
-                    max_target: d.max_target,
-                    exactly_once: d.exactly_once,
-                    heldout_fraction: 0.1,
-                },
-            }),
-            _ => Box::new(AdditionTask { seed: self.run.seed, max_digits: d.max_digits }),
-        }
+    /// The task of `[data]` (a JSONL dataset is loaded here).
+    pub fn task(&self) -> Result<Box<dyn crate::tasks::Task>> {
+        crate::tasks::build(&self.data, self.run.seed)
     }
 
     /// The model configuration for a fresh model with a `vocab_size` tokenizer.
@@ -415,13 +358,16 @@ mod tests {
     #[test]
     fn default_parses_and_bad_keys_are_named() {
         let d = RunConfig::default_job();
-        assert_eq!(d.data.task, "addition");
+        assert_eq!(d.data.kind, crate::tasks::TaskKind::Addition);
         let bad = DEFAULT_CONFIG.replace("batch_size = 64", "batch_size = 64\nbatchsize = 3");
         let e = RunConfig::parse(&bad, Path::new("x.toml")).unwrap_err().to_string();
         assert!(e.contains("x.toml") && e.contains("batchsize"), "{e}");
         let bad = DEFAULT_CONFIG.replace("task = \"addition\"", "task = \"chess\"");
         let e = RunConfig::parse(&bad, Path::new("y.toml")).unwrap_err().to_string();
-        assert!(e.contains("y.toml") && e.contains("data.task") && e.contains("chess"), "{e}");
+        assert!(e.contains("y.toml") && e.contains("chess"), "{e}");
+        let bad = DEFAULT_CONFIG.replace("max_digits = 2", "max_digits = 40");
+        let e = RunConfig::parse(&bad, Path::new("w.toml")).unwrap_err().to_string();
+        assert!(e.contains("w.toml") && e.contains("data.max_digits"), "{e}");
         let bad = DEFAULT_CONFIG.replace("lr = 3e-3", "lr = \"fast\"");
         let e = RunConfig::parse(&bad, Path::new("z.toml")).unwrap_err().to_string();
         assert!(e.contains("z.toml"), "{e}");

@@ -83,7 +83,7 @@ pub fn evaluate(
     ws: &mut Workspace,
 ) -> Result<Eval> {
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
-    let n_problems = cfg.data.eval_problems.max(1);
+    let n_problems = cfg.train.eval_problems.max(1);
     build_batch(tok, task, SPLIT_EVAL, 0, n_problems, &mut batch, &mut mask)?;
     model.forward(&batch, ws)?;
     let (mut nll, mut count, mut exact) = (0.0f64, 0usize, 0usize);
@@ -105,7 +105,7 @@ pub fn evaluate(
 /// state). With `resume`, training continues from that checkpoint exactly as if never stopped.
 pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Result<TrainReport> {
     let tok = CharTokenizer::default();
-    let task = cfg.task();
+    let task = cfg.task()?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
