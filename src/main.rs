@@ -18,8 +18,9 @@ struct Cli {
 enum Command {
     /// Train a model (default: the embedded tiny CPU job).
     Train(train::TrainArgs),
-    /// Supervised warm start on solver traces (arrives with the RL trainer).
-    Sft,
+    /// Supervised warm start only: the config's `[train]` phase on the task's solver traces
+    /// (any `[rl]` section is skipped); its checkpoint is an HF directory an RL run starts from.
+    Sft(train::TrainArgs),
     /// Benchmarks of the numerical core.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -54,7 +55,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
             train::run(&cfg, args.resume.as_deref())
         }
-        Command::Sft => anyhow::bail!("arbor sft: not yet available (it arrives with the RL trainer, issue 4)"),
+        Command::Sft(args) => {
+            let mut cfg = train::resolve(&args)?;
+            cfg.rl = None;
+            init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
+            train::run(&cfg, args.resume.as_deref())
+        }
         Command::Bench(cmd) => {
             init_threads(cli.threads.unwrap_or(0))?;
             match cmd {

@@ -9,10 +9,34 @@ fn arbor(args: &[&str]) -> (i32, String) {
 }
 
 #[test]
-fn unfinished_subcommand_says_not_yet_available() {
-    let (code, err) = arbor(&["sft"]);
+fn unfinished_features_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let h5 = dir.path().join("trajectories.h5");
+    std::fs::write(&h5, b"not really hdf5").unwrap();
+    let (code, err) = arbor(&["inspect", h5.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not yet available"), "{err}");
+    assert!(err.contains("not yet supported"), "{err}");
+}
+
+#[test]
+fn sft_runs_the_supervised_phase_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sft.toml");
+    let text = arbor::config::DEFAULT_CONFIG
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("num_layers = 4", "num_layers = 1")
+        .replace("steps = 400", "steps = 3")
+        .replace("eval_problems = 256", "eval_problems = 8")
+        + "\n[rl]\nsteps = 5\n";
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["--threads", "1", "sft", "--config", cfg.to_str().unwrap(), "--out-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("rl eval"), "sft must skip the [rl] phase: {stdout}");
+    assert!(dir.path().join("default/checkpoints/step-3/model.safetensors").is_file());
 }
 
 #[test]
