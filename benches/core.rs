@@ -6,7 +6,7 @@ use arbor::attention::{attention_backward, attention_forward, AttnShape};
 use arbor::model::init::init_params;
 use arbor::model::{Batch, Model, ModelConfig, Workspace};
 use arbor::tensor::cpu::matmul_nt;
-use arbor::train::{clip_coefficient, grad_norm, AdamW, AdamWConfig};
+use arbor::train::{clip_and_step, AdamW, AdamWConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::path::Path;
 
@@ -86,8 +86,7 @@ fn train_step(c: &mut Criterion) {
             grads.iter_mut().for_each(|x| *x = 0.0);
             model.forward(&batch, &mut ws).unwrap();
             model.backward(&batch, &dlogp, &mut ws, &mut grads).unwrap();
-            let scale = clip_coefficient(grad_norm(&grads), 1.0);
-            opt.step_scaled(&mut model.params.data, &grads, 1e-4, scale);
+            clip_and_step(&mut opt, &mut model.params.data, &grads, 1e-4, 1.0);
         })
     });
     g.finish();

@@ -100,6 +100,27 @@ fn for_each_task(
     });
 }
 
+/// out[br, cols] = alpha · X[br, d] · Yᵀ where X rows start at `x` (row stride `x_rs`) and Y's
+/// `cols` rows start at `y` (row stride `y_rs`): the score block S = scale·Q Kᵀ and dP = dO Vᵀ.
+///
+/// # Safety
+/// The `br` rows of X and `cols` rows of Y (each `d` wide) must lie inside their buffers, and
+/// `out` must hold br·cols floats that no other thread touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_times_rows_t(
+    out: &mut [f32],
+    x: *const f32,
+    x_rs: usize,
+    y: *const f32,
+    y_rs: usize,
+    br: usize,
+    cols: usize,
+    d: usize,
+    alpha: f32,
+) {
+    gemm_raw(br, cols, d, out.as_mut_ptr(), cols, (x, x_rs, 1), (y, 1, y_rs), alpha, false)
+}
+
 /// Forward: out = softmax(scale·Q Kᵀ + causal mask) V per sequence and head; lse[i·H + h] is the
 /// row log-sum-exp of the scaled scores. qkv: [N, (H+2KV)·D] with RoPE applied; out: [N, H·D].
 pub fn attention_forward(
@@ -125,19 +146,7 @@ pub fn attention_forward(
                 let cols = r0 + br;
                 // S[br, cols] = scale · Q[r0.., :] · K[0..cols, :]ᵀ
                 // SAFETY: Q/K rows r < t_len of this sequence lie inside qkv (checked above).
-                unsafe {
-                    gemm_raw(
-                        br,
-                        cols,
-                        d,
-                        sbuf.as_mut_ptr(),
-                        cols,
-                        (q_ptr.add(r0 * qs), qs, 1),
-                        (k_ptr, 1, qs),
-                        scale,
-                        false,
-                    )
-                };
+                unsafe { rows_times_rows_t(sbuf, q_ptr.add(r0 * qs), qs, k_ptr, qs, br, cols, d, scale) };
                 let mut lse_blk = [0.0f32; BLOCK_ROWS];
                 causal_softmax_rows(&mut sbuf[..br * cols], cols, r0, &mut lse_blk[..br]);
                 for (i, &l) in lse_blk[..br].iter().enumerate() {
@@ -207,28 +216,9 @@ pub fn attention_backward(
                 let cols = r0 + br;
                 // SAFETY (all gemm_raw below): rows < t_len of this sequence, columns of this task.
                 unsafe {
-                    gemm_raw(
-                        br,
-                        cols,
-                        d,
-                        pbuf.as_mut_ptr(),
-                        cols,
-                        (q_ptr.add(r0 * qs), qs, 1),
-                        (k_ptr, 1, qs),
-                        scale,
-                        false,
-                    );
-                    gemm_raw(
-                        br,
-                        cols,
-                        d,
-                        dpbuf.as_mut_ptr(),
-                        cols,
-                        (do_ptr.add(r0 * os), os, 1),
-                        (v_ptr, 1, qs),
-                        1.0,
-                        false,
-                    );
+                    // P block (recomputed scores) and dP = dO Vᵀ
+                    rows_times_rows_t(pbuf, q_ptr.add(r0 * qs), qs, k_ptr, qs, br, cols, d, scale);
+                    rows_times_rows_t(dpbuf, do_ptr.add(r0 * os), os, v_ptr, qs, br, cols, d, 1.0);
                 }
                 let (mut lse_blk, mut di_blk) = ([0.0f32; BLOCK_ROWS], [0.0f32; BLOCK_ROWS]);
                 for i in 0..br {

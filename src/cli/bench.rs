@@ -6,7 +6,7 @@ use crate::model::{Batch, Model, ModelConfig, Workspace};
 use crate::rng::Rng;
 use crate::tensor::cpu::matmul::GEMM_PARALLEL_NANOS;
 use crate::tensor::cpu::matmul_nt;
-use crate::train::{clip_coefficient, grad_norm, AdamW, AdamWConfig};
+use crate::train::{clip_and_step, AdamW, AdamWConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -201,8 +201,7 @@ pub fn train_step(args: &TrainStepArgs) -> anyhow::Result<()> {
         grads.iter_mut().for_each(|g| *g = 0.0);
         model.forward(&batch, &mut ws)?;
         model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
-        let scale = clip_coefficient(grad_norm(&grads), 1.0);
-        opt.step_scaled(&mut model.params.data, &grads, 1e-4, scale);
+        clip_and_step(&mut opt, &mut model.params.data, &grads, 1e-4, 1.0);
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
             gemm_nanos += GEMM_PARALLEL_NANOS.load(Ordering::Relaxed) - g0;

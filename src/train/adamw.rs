@@ -118,6 +118,15 @@ simd_kernel! {
     }
 }
 
+/// The optimizer half of a training step: global gradient norm, clip to `max_norm` (0 = no
+/// clipping) fused into the AdamW update at learning rate `lr`. Returns the pre-clip norm.
+pub fn clip_and_step(opt: &mut AdamW, params: &mut [f32], grads: &[f32], lr: f32, max_norm: f32) -> f32 {
+    let norm = grad_norm(grads);
+    let scale = if max_norm > 0.0 { clip_coefficient(norm, max_norm) } else { 1.0 };
+    opt.step_scaled(params, grads, lr, scale);
+    norm
+}
+
 /// PyTorch's clipping coefficient: min(1, max_norm / (norm + 1e-6)).
 pub fn clip_coefficient(norm: f32, max_norm: f32) -> f32 {
     (max_norm / (norm + 1e-6)).min(1.0)

@@ -6,5 +6,5 @@ pub mod pretrain;
 pub mod rl;
 pub mod schedule;
 
-pub use adamw::{clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
+pub use adamw::{clip_and_step, clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
 pub use schedule::{LrSchedule, ScheduleKind};

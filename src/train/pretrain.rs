@@ -11,7 +11,7 @@ use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, TrainerState};
-use crate::train::{clip_coefficient, grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::train::{clip_and_step, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -222,10 +222,8 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         // 4. backward → gradients; 5. clip; 6. AdamW
         grads.iter_mut().for_each(|g| *g = 0.0);
         model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
-        let norm = grad_norm(&grads);
-        let scale = if t.grad_clip > 0.0 { clip_coefficient(norm, t.grad_clip) } else { 1.0 };
         let lr = schedule.lr(step);
-        opt.step_scaled(&mut model.params.data, &grads, lr, scale);
+        let norm = clip_and_step(&mut opt, &mut model.params.data, &grads, lr, t.grad_clip);
         let secs = t0.elapsed().as_secs_f64();
         tokens_total += n;
         train_secs += secs;

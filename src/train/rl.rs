@@ -13,7 +13,7 @@ use crate::rl::{broadcast_to_tokens, group_advantages, policy_loss, LossConfig, 
 use crate::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
 use crate::tasks::{Problem, Task, SPLIT_EVAL, SPLIT_TRAIN};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
-use crate::train::{clip_coefficient, grad_norm, AdamW, LrSchedule};
+use crate::train::{clip_and_step, AdamW, LrSchedule};
 use std::io::Write;
 use std::time::Instant;
 
@@ -199,9 +199,7 @@ pub fn run(
             grads.iter_mut().for_each(|g| *g = 0.0);
             let with_ent = loss_cfg.entropy_coef != 0.0;
             model.backward_with_entropy(&batch, &dlogp, with_ent.then_some(dent.as_slice()), &mut ws, &mut grads)?;
-            norm = grad_norm(&grads) as f64;
-            let scale = if rl.grad_clip > 0.0 { clip_coefficient(norm as f32, rl.grad_clip) } else { 1.0 };
-            opt.step_scaled(&mut model.params.data, &grads, schedule.lr(step), scale);
+            norm = clip_and_step(opt, &mut model.params.data, &grads, schedule.lr(step), rl.grad_clip) as f64;
             loss_v = out.loss;
             clip_frac = out.stats.clip_frac();
             approx_kl = out.stats.approx_kl();
