@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// The embedded default job.
 pub const DEFAULT_CONFIG: &str = include_str!("../configs/default.toml");
+/// configs/addition-sft.toml: a one-minute supervised job, the base of the tests' configs.
+pub const ADDITION_CONFIG: &str = include_str!("../configs/addition-sft.toml");
 
 /// A whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +61,22 @@ pub struct RlSection {
     pub eval_every: u64,
     #[serde(default = "d_rl_log")]
     pub log_every: u64,
+    /// Passes over each step's samples (PPO epochs).
+    #[serde(default = "d_one")]
+    pub epochs: usize,
+    /// Optimizer updates per pass: the step's samples are cut into this many mini-batches.
+    #[serde(default = "d_one")]
+    pub mini_batches: usize,
+    /// Samples per forward/backward, gradients accumulated exactly; 0 = a whole mini-batch at once.
+    #[serde(default)]
+    pub micro_batch: usize,
+    /// Write `trajectories.h5` (needs the `hdf5` feature; ignored without it).
+    #[serde(default = "d_true")]
+    pub dump_trajectories: bool,
+}
+
+fn d_one() -> usize {
+    1
 }
 
 fn d_prompts() -> usize {
@@ -273,6 +291,12 @@ impl RunConfig {
                     "rl",
                     "prompts_per_step, samples_per_prompt, max_new_tokens and max_batch must be positive".into(),
                 );
+            }
+            if rl.epochs == 0 {
+                return bad("rl.epochs", "0 must be at least 1".into());
+            }
+            if rl.mini_batches == 0 {
+                return bad("rl.mini_batches", "0 must be at least 1".into());
             }
             if rl.lr.is_nan() || rl.lr <= 0.0 {
                 return bad("rl.lr", format!("{} must be positive", rl.lr));

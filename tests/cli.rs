@@ -22,7 +22,7 @@ fn unfinished_features_say_so() {
 fn sft_runs_the_supervised_phase_only() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sft.toml");
-    let text = arbor::config::DEFAULT_CONFIG
+    let text = arbor::config::ADDITION_CONFIG
         .replace("hidden_size = 128", "hidden_size = 32")
         .replace("num_layers = 4", "num_layers = 1")
         .replace("steps = 400", "steps = 3")
@@ -36,14 +36,14 @@ fn sft_runs_the_supervised_phase_only() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!stdout.contains("rl eval"), "sft must skip the [rl] phase: {stdout}");
-    assert!(dir.path().join("default/checkpoints/step-3/model.safetensors").is_file());
+    assert!(dir.path().join("addition-sft/checkpoints/step-3/model.safetensors").is_file());
 }
 
 #[test]
 fn bad_config_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    let text = arbor::config::DEFAULT_CONFIG.replace("lr = 3e-3", "lr = 3e-3\nlearning_rate = 1");
+    let text = arbor::config::ADDITION_CONFIG.replace("lr = 3e-3", "lr = 3e-3\nlearning_rate = 1");
     std::fs::write(&path, text).unwrap();
     let (code, err) = arbor(&["train", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");

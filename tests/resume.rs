@@ -2,7 +2,7 @@
 //! metrics), a SIGKILLed run resumed with `--resume latest` ends identical to an uninterrupted
 //! one, and a corrupt checkpoint is refused with the file named.
 
-use arbor::config::{RunConfig, DEFAULT_CONFIG};
+use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::io::load_hf_dir;
 use arbor::train::checkpoint::{list_checkpoints, load_checkpoint};
 use arbor::train::pretrain;
@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn config_text(steps: u64, keep: usize) -> String {
-    DEFAULT_CONFIG
+    ADDITION_CONFIG
         .replace("hidden_size = 64", "hidden_size = 32")
         .replace("hidden_size = 128", "hidden_size = 32")
         .replace("intermediate_size = 384", "intermediate_size = 64")
@@ -47,12 +47,16 @@ fn three_plus_three_steps_equal_six() {
     let straight = pretrain::run(&config(a.path(), 6, 10), None, &mut Vec::new()).unwrap();
     pretrain::run(&config(b.path(), 6, 10), None, &mut Vec::new()).unwrap();
     // resume the second run from its step-3 checkpoint: steps 4..6 are redone
-    let ck = b.path().join("default/checkpoints/step-3");
+    let ck = b.path().join("addition-sft/checkpoints/step-3");
     let resumed = pretrain::run(&config(b.path(), 6, 10), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(resumed.losses.len(), 3, "only steps 4..6 run after the resume");
     assert_eq!(straight.final_params, resumed.final_params, "weights differ after resume");
-    assert_eq!(metrics(&a.path().join("default")), metrics(&b.path().join("default")), "metrics differ after resume");
-    let loaded = load_checkpoint(&b.path().join("default/checkpoints/step-6")).unwrap();
+    assert_eq!(
+        metrics(&a.path().join("addition-sft")),
+        metrics(&b.path().join("addition-sft")),
+        "metrics differ after resume"
+    );
+    let loaded = load_checkpoint(&b.path().join("addition-sft/checkpoints/step-6")).unwrap();
     assert_eq!(loaded.state.step, 6);
     assert_eq!(loaded.params.data, straight.final_params);
 }
@@ -61,7 +65,7 @@ fn three_plus_three_steps_equal_six() {
 fn corrupt_checkpoint_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     pretrain::run(&config(dir.path(), 2, 2), None, &mut Vec::new()).unwrap();
-    let ck = dir.path().join("default/checkpoints/step-2");
+    let ck = dir.path().join("addition-sft/checkpoints/step-2");
     let opt = ck.join("optimizer.safetensors");
     let mut bytes = std::fs::read(&opt).unwrap();
     let last = bytes.len() - 1;
@@ -70,7 +74,7 @@ fn corrupt_checkpoint_is_refused_naming_the_file() {
     let err = load_checkpoint(&ck).unwrap_err().to_string();
     assert!(err.contains("optimizer.safetensors") && err.contains("corrupt"), "{err}");
     // keep_checkpoints = 2 pruned step-0..; only the newest two remain
-    let left: Vec<u64> = list_checkpoints(&dir.path().join("default")).unwrap().iter().map(|c| c.0).collect();
+    let left: Vec<u64> = list_checkpoints(&dir.path().join("addition-sft")).unwrap().iter().map(|c| c.0).collect();
     assert_eq!(left, vec![1, 2]);
 }
 
@@ -102,7 +106,7 @@ fn sigkill_then_resume_latest_matches_an_uninterrupted_run() {
     };
     // interrupted run: kill -9 as soon as a few checkpoints exist
     let mut child = run(&out_b, &[]);
-    let run_dir = out_b.join("default");
+    let run_dir = out_b.join("addition-sft");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while list_checkpoints(&run_dir).map(|c| c.last().map_or(0, |x| x.0)).unwrap_or(0) < 5 {
         assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
@@ -116,9 +120,9 @@ fn sigkill_then_resume_latest_matches_an_uninterrupted_run() {
     assert!(killed_at < steps);
     assert!(run(&out_b, &["--resume", "latest"]).wait().unwrap().success());
     assert!(run(&out_a, &[]).wait().unwrap().success());
-    let final_ck = format!("default/checkpoints/step-{steps}");
+    let final_ck = format!("addition-sft/checkpoints/step-{steps}");
     let (_, pa) = load_hf_dir(&out_a.join(&final_ck)).unwrap();
     let (_, pb) = load_hf_dir(&out_b.join(&final_ck)).unwrap();
     assert_eq!(pa.data, pb.data, "killed at step {killed_at} and resumed: weights differ");
-    assert_eq!(metrics(&out_a.join("default")), metrics(&out_b.join("default")));
+    assert_eq!(metrics(&out_a.join("addition-sft")), metrics(&out_b.join("addition-sft")));
 }

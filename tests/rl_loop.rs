@@ -1,12 +1,12 @@
 //! The GRPO loop end to end on a tiny model: it runs, logs the metrics the trainer promises,
 //! evaluates before and after, and is a pure function of the seed.
 
-use arbor::config::{RunConfig, DEFAULT_CONFIG};
+use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::train::pretrain;
 use std::path::Path;
 
 fn config(out: &Path) -> RunConfig {
-    let text = DEFAULT_CONFIG
+    let text = ADDITION_CONFIG
         .replace("hidden_size = 128", "hidden_size = 32")
         .replace("intermediate_size = 384", "intermediate_size = 64")
         .replace("num_layers = 4", "num_layers = 2")
@@ -29,7 +29,7 @@ fn grpo_loop_runs_logs_and_is_deterministic() {
     assert_eq!(ra.final_params, rb.final_params, "same seed must give the same weights after RL");
     let (before, after) = ra.rl.expect("the config has an [rl] phase");
     assert!((0.0..=1.0).contains(&before.sampled) && (0.0..=1.0).contains(&after.greedy));
-    let metrics = std::fs::read_to_string(a.path().join("default/metrics.jsonl")).unwrap();
+    let metrics = std::fs::read_to_string(a.path().join("addition-sft/metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = metrics
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -61,5 +61,5 @@ fn grpo_loop_runs_logs_and_is_deterministic() {
     assert!(mismatch < 1e-4, "rollout vs train log-prob mismatch {mismatch}");
     let evals = metrics.lines().filter(|l| l.contains("eval_solve_rate")).count();
     assert_eq!(evals, 2, "one eval before the first RL update and one at the end");
-    assert!(a.path().join("default/checkpoints/step-34").is_dir());
+    assert!(a.path().join("addition-sft/checkpoints/step-34").is_dir());
 }

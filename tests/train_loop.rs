@@ -1,13 +1,13 @@
 //! The default job's loop end to end on a smaller config: loss falls, a run is a pure function
 //! of its seed, and the checkpoint it writes loads back bit-identically.
 
-use arbor::config::{RunConfig, DEFAULT_CONFIG};
+use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::io::load_hf_dir;
 use arbor::train::pretrain;
 use std::path::Path;
 
 fn small(out: &Path, seed: u64) -> RunConfig {
-    let text = DEFAULT_CONFIG
+    let text = ADDITION_CONFIG
         .replace("hidden_size = 128", "hidden_size = 64")
         .replace("intermediate_size = 384", "intermediate_size = 128")
         .replace("num_layers = 4", "num_layers = 2")
@@ -41,7 +41,7 @@ fn loss_falls_runs_are_deterministic_and_checkpoints_reload() {
     assert_ne!(a.final_params, c.final_params);
 
     // outputs: resolved config, metrics, HF checkpoint with tokenizer
-    let run_dir = dir.path().join("default");
+    let run_dir = dir.path().join("addition-sft");
     assert!(RunConfig::load(&run_dir.join("config.toml")).is_ok(), "resolved config must parse back");
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().filter(|l| l.contains("\"loss\"")).count(), 60);

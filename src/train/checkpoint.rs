@@ -30,6 +30,9 @@ pub struct TrainerState {
     pub seed: u64,
     /// AdamW's step counter t.
     pub adam_t: u64,
+    /// Inside the RL phase: the held-out solve rate (sampled, greedy) measured before its first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl_eval_before: Option<[f64; 2]>,
 }
 
 /// 64-bit FNV-1a checksum (detects corruption and truncation; not a cryptographic hash).

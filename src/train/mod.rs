@@ -2,7 +2,9 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod dump;
 pub mod pretrain;
+pub mod progress;
 pub mod rl;
 pub mod schedule;
 

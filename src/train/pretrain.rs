@@ -11,6 +11,7 @@ use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, TrainerState};
+use crate::train::progress::Progress;
 use crate::train::{clip_and_step, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -141,6 +142,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
     let mut start = 0u64;
+    let mut rl_before = None;
     if let Some(dir) = resume {
         let ck = load_checkpoint(dir)?;
         if ck.config != model.cfg {
@@ -154,16 +156,25 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
                 cfg.run.seed
             )));
         }
+        let total = t.steps + cfg.rl.as_ref().map_or(0, |r| r.steps);
+        if ck.state.step > total {
+            return Err(Error::Invalid(format!(
+                "{}: checkpoint step {} is past the run's {total} steps",
+                dir.display(),
+                ck.state.step
+            )));
+        }
         model.params = ck.params;
         (opt.m, opt.v, opt.t) = (ck.exp_avg, ck.exp_avg_sq, ck.state.adam_t);
         start = ck.state.step;
+        rl_before = ck.state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
     }
     let mut grads = vec![0.0f32; model.params.data.len()];
     let mut ws = Workspace::new(&model.cfg, 0);
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
     let metrics_path = out_dir.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, start)?;
+    let mut metrics = open_metrics(&metrics_path, start, t.steps)?;
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };
@@ -194,14 +205,15 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         final_params: vec![],
         rl: None,
     };
-    if start == 0 {
+    let progress = Progress::new(t.steps, "sft");
+    if start == 0 && t.steps > 0 {
         let e0 = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws)?;
         say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
         let line =
             serde_json::json!({"step": 0, "eval_answer_nll": e0.answer_nll, "eval_answer_exact": e0.answer_exact});
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
         report.evals.push((0, e0));
-    } else {
+    } else if start > 0 {
         say(log, format!("resumed from step {start}"));
     }
     let tokenizer = Tokenizer::Char(tok.clone());
@@ -230,10 +242,11 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         report.losses.push(loss);
         let line = serde_json::json!({"step": step + 1, "loss": loss, "grad_norm": norm, "lr": lr, "tokens": n, "step_s": secs});
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        progress.set(step + 1, format!("loss {loss:.4}  {:.0} tokens/s", tokens_total as f64 / train_secs));
         if (step + 1) % t.log_every.max(1) == 0 || step == 0 {
-            say(
+            progress.say(
                 log,
-                format!(
+                &format!(
                     "step {:>5}/{}  loss {loss:.4}  grad_norm {norm:.3}  lr {lr:.2e}  {:.0} tokens/s",
                     step + 1,
                     t.steps,
@@ -244,9 +257,9 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         let last = step + 1 == t.steps;
         if last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0) {
             let e = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws)?;
-            say(
+            progress.say(
                 log,
-                format!(
+                &format!(
                     "eval step {}: answer nll {:.4}, answer exact {:.1}%",
                     step + 1,
                     e.answer_nll,
@@ -258,24 +271,32 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
             report.evals.push((step + 1, e));
         }
         if last || (step + 1) % t.checkpoint_every.max(1) == 0 {
-            let state = TrainerState { step: step + 1, seed: cfg.run.seed, adam_t: opt.t };
+            metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+            let state = TrainerState { step: step + 1, seed: cfg.run.seed, adam_t: opt.t, rl_eval_before: None };
             save_checkpoint(&out_dir, &model.cfg, &model.params, Some(&tokenizer), &opt, &state, t.keep_checkpoints)?;
         }
     }
+    progress.finish();
     report.tokens_per_s = tokens_total as f64 / train_secs.max(1e-9);
     let mut final_step = t.steps;
     if let Some(rl) = &cfg.rl {
-        if start > t.steps {
-            return Err(Error::Invalid("resuming inside the RL phase is not supported yet".into()));
-        }
         let loss_cfg = cfg.loss.clone().unwrap_or_default();
-        let mut rl_opt = AdamW::for_layout(adam, &model.params.layout);
-        let rates =
-            crate::train::rl::run(&mut model, &mut rl_opt, cfg, task.as_ref(), rl, &loss_cfg, &mut metrics, log)?;
+        let done = start.saturating_sub(t.steps);
+        // the RL phase has its own AdamW; a resume inside the phase continues the loaded one
+        let mut rl_opt = if done > 0 { opt } else { AdamW::for_layout(adam, &model.params.layout) };
+        let phase = crate::train::rl::Phase {
+            cfg,
+            rl,
+            loss: &loss_cfg,
+            task: task.as_ref(),
+            run_dir: &out_dir,
+            offset: t.steps,
+            tokenizer: &tokenizer,
+        };
+        let begin = crate::train::rl::PhaseStart { done, before: rl_before };
+        let rates = crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, &mut metrics, log)?;
         report.rl = Some(rates);
         final_step = t.steps + rl.steps;
-        let state = TrainerState { step: final_step, seed: cfg.run.seed, adam_t: rl_opt.t };
-        save_checkpoint(&out_dir, &model.cfg, &model.params, Some(&tokenizer), &rl_opt, &state, t.keep_checkpoints)?;
     }
     let ckpt = out_dir.join("checkpoints").join(format!("step-{final_step}"));
     say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));
@@ -283,16 +304,23 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     Ok(report)
 }
 
-/// Open metrics.jsonl: fresh for a new run; for a resume from step `start`, keep only the lines
-/// of steps ≤ start (a later step's lines belong to the lost tail) and append after them.
-fn open_metrics(path: &Path, start: u64) -> Result<std::fs::File> {
+/// Open metrics.jsonl: fresh for a new run; for a resume from global step `start`, keep only the
+/// lines of steps ≤ start (a later step's lines belong to the lost tail) and append after them.
+/// Supervised lines carry `step`; RL lines carry `rl_step` (global step `sft_steps + rl_step`, and
+/// the eval before the first RL step, `rl_step` 0, is kept only once the phase has begun).
+fn open_metrics(path: &Path, start: u64, sft_steps: u64) -> Result<std::fs::File> {
     if start > 0 {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let kept: String = text
             .lines()
             .filter(|l| {
-                let step = serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64());
-                step.is_some_and(|s| s <= start)
+                let v = serde_json::from_str::<serde_json::Value>(l).ok();
+                let field = |k: &str| v.as_ref().and_then(|v| v[k].as_u64());
+                match (field("step"), field("rl_step")) {
+                    (Some(s), _) => s <= start,
+                    (None, Some(r)) => start > sft_steps && sft_steps + r <= start,
+                    _ => false,
+                }
             })
             .map(|l| format!("{l}\n"))
             .collect();

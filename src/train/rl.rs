@@ -1,123 +1,104 @@
-//! The RL loop (GRPO family), one step on one screen: sample prompts → generate n responses
-//! each (continuous batching) → rewards → group advantages → recompute log-probs → policy loss
-//! (ALGORITHMS.md §5) → backward → clip → AdamW. Every random draw derives from
-//! (seed, step, prompt id, sample index).
+//! The RL phase (GRPO family), one step on one screen: sample prompts → generate n responses
+//! each (continuous batching) → rewards → group advantages → policy update (epochs × mini-batches
+//! × accumulated micro-batches, ALGORITHMS.md §5) → metrics, trajectory dump, eval, checkpoint.
+//! Every random draw derives from (seed, step, prompt id, sample index), so the RL step number,
+//! the weights and the AdamW moments are the whole state: a resumed phase is bit-identical.
 //!
-//! The task comes from `[data]` (`crate::tasks::Task`: addition or Countdown) with the character
-//! tokenizer; the held-out split never overlaps the training problems.
+//! The task comes from `[data]` (`crate::tasks::Task`) with the character tokenizer; the held-out
+//! split never overlaps the training problems.
+
+pub mod eval;
+pub mod update;
+
+pub use eval::{evaluate, SolveRate};
+pub use update::{policy_update, Sample, UpdateBuffers, UpdatePlan, UpdateReport};
 
 use crate::config::{RlSection, RunConfig};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model, Workspace};
-use crate::rl::{broadcast_to_tokens, group_advantages, policy_loss, LossConfig, TokenBatch};
-use crate::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
-use crate::tasks::{Problem, Task, SPLIT_EVAL, SPLIT_TRAIN};
-use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
-use crate::train::{clip_and_step, AdamW, LrSchedule};
+use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
+use crate::model::Model;
+use crate::rl::{broadcast_to_tokens, group_advantages, LossConfig};
+use crate::rollout::{generate, Finish, GenerateConfig, Request, SamplingParams};
+use crate::tasks::{Task, SPLIT_TRAIN};
+use crate::tokenizer::char::{CharTokenizer, EOS_ID};
+use crate::tokenizer::Tokenizer;
+use crate::train::checkpoint::{save_checkpoint, TrainerState};
+use crate::train::progress::Progress;
+use crate::train::AdamW;
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
-/// Held-out solve rates (fractions).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SolveRate {
-    pub greedy: f64,
-    pub sampled: f64,
+/// One generated sample of a step, as dumped to trajectories.h5.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSample {
+    pub prompt_id: u64,
+    pub sample_index: u32,
+    /// Training data of the sample (prompt, response, behaviour log-probs, per-token advantages, reward).
+    pub data: Sample,
+    /// logπ_old recomputed by the trainer per response token; NaN when the sample was not trained on.
+    pub logp: Vec<f32>,
+    /// Why generation stopped.
+    pub finish: Finish,
 }
 
-/// One problem's prompt tokens and the problem.
-fn problem(task: &dyn Task, tok: &CharTokenizer, split: u64, index: u64) -> Result<(Vec<u32>, Problem)> {
-    let p = task.problem(split, index);
-    let mut ids = vec![BOS_ID];
-    ids.extend(tok.encode(&p.prompt)?);
-    Ok((ids, p))
+/// What one RL step did.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// The metrics.jsonl line of the step.
+    pub metrics: serde_json::Value,
+    /// Every sample of the step, in (prompt, sample) order.
+    pub samples: Vec<StepSample>,
+    pub reward_mean: f64,
+    pub response_len_mean: f64,
 }
 
-fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion) -> f32 {
-    let text: Vec<u32> = c.tokens.iter().copied().filter(|&t| t != EOS_ID).collect();
-    task.reward(p, &tok.decode(&text))
+/// The RL trainer: settings plus reusable buffers; the model and optimizer are passed to [`RlTrainer::step`].
+pub struct RlTrainer<'a> {
+    cfg: &'a RunConfig,
+    rl: &'a RlSection,
+    loss: &'a LossConfig,
+    task: &'a dyn Task,
+    tok: CharTokenizer,
+    reference: Option<Model>,
+    buf: UpdateBuffers,
 }
 
-/// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1.
-pub fn evaluate(
-    model: &Model,
-    cfg: &RunConfig,
-    task: &dyn Task,
-    rl: &RlSection,
-    tok: &CharTokenizer,
-    step: u64,
-) -> Result<SolveRate> {
-    let n = rl.eval_problems as u64;
-    let mut problems = Vec::new();
-    let mut requests = Vec::new();
-    for i in 0..n {
-        let (ids, p) = problem(task, tok, SPLIT_EVAL, i)?;
-        for s in 0..rl.eval_samples.max(1) {
-            requests.push(Request { prompt_id: i, sample_index: s, prompt: ids.clone() });
-        }
-        problems.push(p);
+impl<'a> RlTrainer<'a> {
+    /// A trainer for `model`; `reference` is the frozen policy of the KL term (needed iff kl_coef > 0).
+    pub fn new(
+        cfg: &'a RunConfig,
+        rl: &'a RlSection,
+        loss: &'a LossConfig,
+        task: &'a dyn Task,
+        model: &Model,
+        reference: Option<Model>,
+    ) -> Self {
+        RlTrainer { cfg, rl, loss, task, tok: CharTokenizer::default(), reference, buf: UpdateBuffers::new(model) }
     }
-    let rate = |temperature: f32, reqs: &[Request]| -> Result<f64> {
-        let gc = GenerateConfig {
-            sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: rl.max_new_tokens },
-            stop_tokens: vec![EOS_ID],
-            seed: cfg.run.seed ^ 0xE7A1,
-            step,
-            max_batch: rl.max_batch,
-        };
-        let out = generate(model, reqs, &gc)?;
-        let solved: f32 = out.iter().map(|c| reward(task, tok, &problems[c.prompt_id as usize], c)).sum();
-        Ok(solved as f64 / out.len().max(1) as f64)
-    };
-    let greedy_reqs: Vec<Request> = requests.iter().filter(|r| r.sample_index == 0).cloned().collect();
-    let greedy = rate(0.0, &greedy_reqs)?;
-    let sampled = rate(1.0, &requests)?;
-    Ok(SolveRate { greedy, sampled })
-}
 
-/// Run `rl.steps` GRPO-family steps on `model`, logging to `log` and appending to `metrics`.
-/// Returns the held-out solve rates before and after.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: &mut Model,
-    opt: &mut AdamW,
-    cfg: &RunConfig,
-    task: &dyn Task,
-    rl: &RlSection,
-    loss_cfg: &LossConfig,
-    metrics: &mut dyn Write,
-    log: &mut dyn Write,
-) -> Result<(SolveRate, SolveRate)> {
-    let tok = CharTokenizer::default();
-    let say = |log: &mut dyn Write, s: String| {
-        let _ = writeln!(log, "{s}");
-    };
-    let reference = (loss_cfg.kl_coef > 0.0).then(|| model.clone());
-    let schedule = LrSchedule::constant(rl.lr);
-    let before = evaluate(model, cfg, task, rl, &tok, 0)?;
-    say(
-        log,
-        format!(
-            "rl eval before: solve rate greedy {:.1}%, sampled {:.1}%",
-            100.0 * before.greedy,
-            100.0 * before.sampled
-        ),
-    );
-    let line =
-        serde_json::json!({"rl_step": 0, "eval_solve_rate": before.sampled, "eval_solve_rate_greedy": before.greedy});
-    writeln!(metrics, "{line}").map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))?;
-    let (mut ws, mut ref_ws) = (Workspace::new(&model.cfg, 0), Workspace::new(&model.cfg, 0));
-    let mut grads = vec![0.0f32; model.params.data.len()];
-    let mut last = before;
-    for step in 0..rl.steps {
+    /// The update plan of `[rl]`.
+    pub fn plan(&self) -> UpdatePlan {
+        UpdatePlan {
+            epochs: self.rl.epochs,
+            mini_batches: self.rl.mini_batches,
+            micro_batch: self.rl.micro_batch,
+            grad_clip: self.rl.grad_clip,
+        }
+    }
+
+    /// RL step `step` (0-based): generate with the current weights, then update them.
+    pub fn step(&mut self, model: &mut Model, opt: &mut AdamW, step: u64) -> Result<StepOutput> {
+        let rl = self.rl;
         let t0 = Instant::now();
         // 1. prompts × n samples
-        let (p, n) = (rl.prompts_per_step, rl.samples_per_prompt);
+        let (p, n) = (rl.prompts_per_step, rl.samples_per_prompt as usize);
         let mut problems = Vec::with_capacity(p);
-        let mut requests = Vec::with_capacity(p * n as usize);
+        let mut requests = Vec::with_capacity(p * n);
         for i in 0..p as u64 {
             let id = step * p as u64 + i;
-            let (ids, prob) = problem(task, &tok, SPLIT_TRAIN, id)?;
-            for s in 0..n {
+            let (ids, prob) = eval::problem(self.task, &self.tok, SPLIT_TRAIN, id)?;
+            for s in 0..n as u32 {
                 requests.push(Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
             }
             problems.push(prob);
@@ -131,131 +112,231 @@ pub fn run(
                 max_new_tokens: rl.max_new_tokens,
             },
             stop_tokens: vec![EOS_ID],
-            seed: cfg.run.seed,
+            seed: self.cfg.run.seed,
             step: step + 1,
             max_batch: rl.max_batch,
         };
         let completions = generate(model, &requests, &gc)?;
         let t_gen = t0.elapsed().as_secs_f64();
         // 3. rewards, 4. group advantages
-        let rewards: Vec<f32> =
-            completions.iter().enumerate().map(|(k, c)| reward(task, &tok, &problems[k / n as usize], c)).collect();
-        let group_starts: Vec<usize> = (0..=p).map(|g| g * n as usize).collect();
-        let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
-        // 5. training batch: prompt + response of every sample in a group with signal
-        let keep: Vec<usize> = (0..completions.len())
-            .filter(|&k| {
-                let no_signal = rl.filter_zero_std && adv.zero_std[k / n as usize];
-                !no_signal && !completions[k].tokens.is_empty()
-            })
+        let rewards: Vec<f32> = completions
+            .iter()
+            .enumerate()
+            .map(|(k, c)| eval::reward(self.task, &self.tok, &problems[k / n], c))
             .collect();
-        let mut batch = Batch::new();
-        let (mut resp_starts, mut resp_pos) = (vec![0usize], Vec::new());
-        for &k in &keep {
-            let seq: Vec<u32> = requests[k].prompt.iter().chain(&completions[k].tokens).copied().collect();
-            let base = batch.len() + requests[k].prompt.len() - 1;
-            batch.push_lm(&seq, 0)?;
-            resp_pos.extend(base..base + completions[k].tokens.len());
-            resp_starts.push(resp_pos.len());
-        }
-        let mut out_line = serde_json::json!({});
-        let (mut loss_v, mut norm, mut clip_frac, mut approx_kl, mut entropy, mut mismatch) =
-            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-        if !keep.is_empty() {
-            // 6. recompute log-probs (on-policy: old = current, detached), reference if KL
-            model.forward(&batch, &mut ws)?;
-            let logp: Vec<f32> = resp_pos.iter().map(|&i| ws.logprobs[i]).collect();
-            let ent: Vec<f32> = resp_pos.iter().map(|&i| ws.entropy[i]).collect();
-            let behav: Vec<f32> = keep.iter().flat_map(|&k| completions[k].logprobs.iter().copied()).collect();
-            let ref_logp = match &reference {
-                Some(r) => {
-                    r.forward(&batch, &mut ref_ws)?;
-                    Some(resp_pos.iter().map(|&i| ref_ws.logprobs[i]).collect::<Vec<f32>>())
-                }
-                None => None,
-            };
-            let seq_adv: Vec<f32> = keep.iter().map(|&k| adv.advantages[k]).collect();
-            let seq_reward: Vec<f32> = keep.iter().map(|&k| rewards[k]).collect();
-            let mut tok_adv = vec![0.0f32; resp_pos.len()];
-            broadcast_to_tokens(&seq_adv, &resp_starts, &mut tok_adv);
-            let tb = TokenBatch {
-                seq_starts: &resp_starts,
-                logp: &logp,
-                old_logp: &logp,
-                behav_logp: Some(&behav),
-                ref_logp: ref_logp.as_deref(),
-                entropy: &ent,
-                advantages: &tok_adv,
-                seq_reward: &seq_reward,
-            };
-            let (mut d_resp, mut e_resp) = (vec![0.0f32; resp_pos.len()], vec![0.0f32; resp_pos.len()]);
-            let out = policy_loss(&tb, loss_cfg, None, &mut d_resp, &mut e_resp)?;
-            // 7. backward on the full sequences (prompt positions get zero weight)
-            let (mut dlogp, mut dent) = (vec![0.0f32; batch.len()], vec![0.0f32; batch.len()]);
-            for (j, &i) in resp_pos.iter().enumerate() {
-                dlogp[i] = d_resp[j];
-                dent[i] = e_resp[j];
+        let group_starts: Vec<usize> = (0..=p).map(|g| g * n).collect();
+        let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
+        let t_reward = t0.elapsed().as_secs_f64() - t_gen;
+        // 5. training samples: every sample of a group with signal
+        let mut samples: Vec<StepSample> = Vec::with_capacity(completions.len());
+        let mut keep = Vec::new();
+        for (k, c) in completions.into_iter().enumerate() {
+            let finish = c.finish;
+            let mut tok_adv = vec![0.0f32; c.tokens.len()];
+            broadcast_to_tokens(&[adv.advantages[k]], &[0, c.tokens.len()], &mut tok_adv);
+            let no_signal = rl.filter_zero_std && adv.zero_std[k / n];
+            if !no_signal && !c.tokens.is_empty() {
+                keep.push(k);
             }
-            grads.iter_mut().for_each(|g| *g = 0.0);
-            let with_ent = loss_cfg.entropy_coef != 0.0;
-            model.backward_with_entropy(&batch, &dlogp, with_ent.then_some(dent.as_slice()), &mut ws, &mut grads)?;
-            norm = clip_and_step(opt, &mut model.params.data, &grads, schedule.lr(step), rl.grad_clip) as f64;
-            loss_v = out.loss;
-            clip_frac = out.stats.clip_frac();
-            approx_kl = out.stats.approx_kl();
-            entropy = out.stats.entropy();
-            mismatch = out.stats.mismatch_abs_mean();
-            out_line =
-                serde_json::json!({"mismatch_abs_max": out.stats.mismatch_abs_max, "ref_kl": out.stats.ref_kl()});
+            let data = Sample {
+                prompt: requests[k].prompt.clone(),
+                response: c.tokens,
+                behav_logp: c.logprobs,
+                advantages: tok_adv,
+                reward: rewards[k],
+            };
+            samples.push(StepSample {
+                prompt_id: c.prompt_id,
+                sample_index: c.sample_index,
+                logp: vec![f32::NAN; data.response.len()],
+                finish,
+                data,
+            });
         }
+        let train: Vec<Sample> = keep.iter().map(|&k| samples[k].data.clone()).collect();
+        // 6. policy update
+        let t1 = Instant::now();
+        let lr = rl.lr;
+        let plan = self.plan();
+        let report = policy_update(model, opt, self.reference.as_ref(), &train, self.loss, &plan, lr, &mut self.buf)?;
+        let t_train = t1.elapsed().as_secs_f64();
+        let mut off = 0;
+        for &k in &keep {
+            let len = samples[k].data.response.len();
+            samples[k].logp.copy_from_slice(&report.old_logp[off..off + len]);
+            off += len;
+        }
+        // 7. metrics
         let secs = t0.elapsed().as_secs_f64();
         let n_samples = rewards.len().max(1) as f64;
         let reward_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / n_samples;
         let reward_std = (rewards.iter().map(|&r| (r as f64 - reward_mean).powi(2)).sum::<f64>() / n_samples).sqrt();
-        let lens: Vec<usize> = completions.iter().map(|c| c.tokens.len()).collect();
-        let len_mean = lens.iter().sum::<usize>() as f64 / n_samples;
-        let clipped =
-            completions.iter().filter(|c| c.finish == crate::rollout::Finish::Length).count() as f64 / n_samples;
+        let lens: Vec<usize> = samples.iter().map(|s| s.data.response.len()).collect();
         let gen_tokens: usize = lens.iter().sum();
-        let mut line = serde_json::json!({
-            "rl_step": step + 1, "reward_mean": reward_mean, "reward_std": reward_std, "solve_rate": reward_mean,
-            "response_len_mean": len_mean, "response_len_max": lens.iter().max().copied().unwrap_or(0),
-            "response_clip_ratio": clipped, "loss": loss_v, "clip_frac": clip_frac, "approx_kl": approx_kl,
-            "entropy": entropy, "grad_norm": norm, "lr": schedule.lr(step), "logprob_mismatch_abs_mean": mismatch,
-            "zero_std_frac": adv.zero_std_fraction(), "trained_samples": keep.len(),
-            "gen_tokens_per_s": gen_tokens as f64 / t_gen.max(1e-9), "time_generate_s": t_gen, "time_train_s": secs - t_gen,
+        let len_mean = gen_tokens as f64 / n_samples;
+        let clipped = samples.iter().filter(|s| s.finish == Finish::Length).count() as f64 / n_samples;
+        let st = &report.stats;
+        let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let train_tokens: usize = train.iter().map(|s| s.prompt.len() + s.response.len()).sum();
+        let metrics = serde_json::json!({
+            "rl_step": step + 1, "policy_version": step, "reward_mean": reward_mean, "reward_std": reward_std,
+            "solve_rate": reward_mean, "response_len_mean": len_mean, "response_len_max": lens.iter().max().copied().unwrap_or(0),
+            "response_clip_ratio": clipped, "loss": mean(&report.losses), "clip_frac": st.clip_frac(),
+            "approx_kl": st.approx_kl(), "ref_kl": st.ref_kl(), "entropy": st.entropy(),
+            "grad_norm": mean(&report.grad_norms), "updates": report.losses.len(), "lr": lr,
+            "logprob_mismatch_abs_mean": st.mismatch_abs_mean(), "logprob_mismatch_abs_max": st.mismatch_abs_max,
+            "zero_std_frac": adv.zero_std_fraction(), "trained_samples": train.len(),
+            "gen_tokens_per_s": gen_tokens as f64 / t_gen.max(1e-9),
+            "train_tokens_per_s": (train_tokens * plan.epochs.max(1)) as f64 / t_train.max(1e-9),
+            "time_generate_s": t_gen, "time_reward_s": t_reward, "time_train_s": t_train, "step_s": secs,
         });
-        if let (Some(a), Some(b)) = (line.as_object_mut(), out_line.as_object()) {
-            a.extend(b.clone());
+        Ok(StepOutput { metrics, samples, reward_mean, response_len_mean: len_mean })
+    }
+}
+
+/// Where the RL phase sits in the run.
+pub struct Phase<'a> {
+    pub cfg: &'a RunConfig,
+    pub rl: &'a RlSection,
+    pub loss: &'a LossConfig,
+    pub task: &'a dyn Task,
+    /// The run directory (`<out_dir>/<name>`).
+    pub run_dir: &'a Path,
+    /// Global step of the phase's start (the supervised steps before it): RL step k is global step offset + k.
+    pub offset: u64,
+    /// Tokenizer saved with every checkpoint.
+    pub tokenizer: &'a Tokenizer,
+}
+
+/// Where a (possibly resumed) phase starts: RL steps already done and, when > 0, the eval before the first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseStart {
+    pub done: u64,
+    pub before: Option<SolveRate>,
+}
+
+const REFERENCE_DIR: &str = "reference";
+
+fn write_line(metrics: &mut dyn Write, line: &serde_json::Value) -> Result<()> {
+    writeln!(metrics, "{line}").map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))
+}
+
+fn eval_line(step: u64, r: &SolveRate) -> serde_json::Value {
+    serde_json::json!({"rl_step": step, "eval_solve_rate": r.sampled, "eval_solve_rate_greedy": r.greedy})
+}
+
+/// Run (or continue) the RL phase: eval before, `rl.steps` steps with metrics, dumps, periodic evals and
+/// checkpoints. Returns the held-out solve rates before and after.
+pub fn run_phase(
+    model: &mut Model,
+    opt: &mut AdamW,
+    ph: &Phase,
+    start: PhaseStart,
+    metrics: &mut dyn Write,
+    log: &mut dyn Write,
+) -> Result<(SolveRate, SolveRate)> {
+    let (cfg, rl) = (ph.cfg, ph.rl);
+    let tok = CharTokenizer::default();
+    let progress = Progress::new(rl.steps, "rl");
+    let ref_dir = ph.run_dir.join(REFERENCE_DIR);
+    let reference = if ph.loss.kl_coef > 0.0 {
+        if start.done == 0 {
+            save_hf_dir(&ref_dir, &model.cfg, &model.params, &SaveOptions::default())?;
+            Some(model.clone())
+        } else {
+            let (mc, params) = load_hf_dir(&ref_dir)?;
+            Some(Model::new(mc, params)?)
         }
-        writeln!(metrics, "{line}").map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))?;
+    } else {
+        None
+    };
+    let before = match start.before {
+        Some(b) if start.done > 0 => b,
+        _ => {
+            let b = evaluate(model, cfg, ph.task, rl, &tok, 0)?;
+            write_line(metrics, &eval_line(0, &b))?;
+            b
+        }
+    };
+    progress.say(
+        log,
+        &format!(
+            "rl eval before: solve rate greedy {:.1}%, sampled {:.1}%",
+            100.0 * before.greedy,
+            100.0 * before.sampled
+        ),
+    );
+    if start.done > 0 {
+        progress.say(log, &format!("rl: resumed after step {}", start.done));
+    }
+    let mut dump = crate::train::dump::Dump::open(ph, start.done)?;
+    let mut trainer = RlTrainer::new(cfg, rl, ph.loss, ph.task, model, reference);
+    let mut last = before;
+    for step in start.done..rl.steps {
+        let out = trainer.step(model, opt, step)?;
+        write_line(metrics, &out.metrics)?;
+        dump.append(step, &out.samples)?;
+        let m = &out.metrics;
+        let secs = m["step_s"].as_f64().unwrap_or(0.0);
+        progress.set(
+            step + 1,
+            format!(
+                "reward {:.3}  len {:.1}  eval {:.1}%",
+                out.reward_mean,
+                out.response_len_mean,
+                100.0 * last.sampled
+            ),
+        );
         if (step + 1) % rl.log_every.max(1) == 0 || step == 0 {
-            say(
+            progress.say(
                 log,
-                format!(
-                    "rl step {:>4}/{}  reward {reward_mean:.3}  len {len_mean:.1}  kept {}/{}  clip {clip_frac:.3}  {:.1}s (gen {t_gen:.1}s)",
+                &format!(
+                    "rl step {:>4}/{}  reward {:.3}  len {:.1}  kept {}/{}  clip {:.3}  {secs:.1}s (gen {:.1}s)",
                     step + 1,
                     rl.steps,
-                    keep.len(),
-                    rewards.len(),
-                    secs
+                    out.reward_mean,
+                    out.response_len_mean,
+                    m["trained_samples"],
+                    out.samples.len(),
+                    m["clip_frac"].as_f64().unwrap_or(0.0),
+                    m["time_generate_s"].as_f64().unwrap_or(0.0),
                 ),
             );
         }
-        if rl.eval_every > 0 && (step + 1) % rl.eval_every == 0 || step + 1 == rl.steps {
-            last = evaluate(model, cfg, task, rl, &tok, step + 1)?;
-            say(
+        let final_step = step + 1 == rl.steps;
+        if final_step || (rl.eval_every > 0 && (step + 1) % rl.eval_every == 0) {
+            last = evaluate(model, cfg, ph.task, rl, &tok, step + 1)?;
+            progress.say(
                 log,
-                format!(
+                &format!(
                     "rl eval step {}: solve rate greedy {:.1}%, sampled {:.1}%",
                     step + 1,
                     100.0 * last.greedy,
                     100.0 * last.sampled
                 ),
             );
-            let line = serde_json::json!({"rl_step": step + 1, "eval_solve_rate": last.sampled, "eval_solve_rate_greedy": last.greedy});
-            writeln!(metrics, "{line}").map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))?;
+            write_line(metrics, &eval_line(step + 1, &last))?;
+        }
+        let every = cfg.train.checkpoint_every.max(1);
+        if final_step || (step + 1) % every == 0 {
+            metrics.flush().map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))?;
+            let state = TrainerState {
+                step: ph.offset + step + 1,
+                seed: cfg.run.seed,
+                adam_t: opt.t,
+                rl_eval_before: Some([before.sampled, before.greedy]),
+            };
+            save_checkpoint(
+                ph.run_dir,
+                &model.cfg,
+                &model.params,
+                Some(ph.tokenizer),
+                opt,
+                &state,
+                cfg.train.keep_checkpoints,
+            )?;
         }
     }
+    progress.finish();
     Ok((before, last))
 }

@@ -1,0 +1,301 @@
+//! The policy update of one RL step: `epochs` passes over the step's samples, each split into
+//! `mini_batches` optimizer updates, each accumulated over micro-batches of at most `micro_batch`
+//! samples.
+//!
+//! Accumulation is exact: every micro-batch's loss uses the [`Denominators`] of its whole
+//! mini-batch, so each token's weight does not depend on the split and the summed micro-batch
+//! gradients equal the one-pass gradient of the mini-batch (up to float summation order; tested in
+//! tests/rl_update.rs). π_old is the policy before the step's first update: with one update per
+//! step it is the current policy (detached) and costs nothing; otherwise one forward pass over
+//! the samples records it first.
+
+use crate::error::{Error, Result};
+use crate::model::{Batch, Model, Workspace};
+use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, TokenBatch};
+use crate::train::{clip_and_step, AdamW};
+
+/// One sampled response, ready for training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Prompt tokens (BOS first).
+    pub prompt: Vec<u32>,
+    /// Response tokens (EOS included when generated).
+    pub response: Vec<u32>,
+    /// Behaviour log-probs μ(o_t) recorded at rollout, one per response token.
+    pub behav_logp: Vec<f32>,
+    /// Per-token advantages, one per response token.
+    pub advantages: Vec<f32>,
+    /// Sequence reward (topr branches on its sign).
+    pub reward: f32,
+}
+
+/// How the step's samples become optimizer updates (`[rl]` keys of the same names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdatePlan {
+    /// Passes over the step's samples (≥ 1).
+    pub epochs: usize,
+    /// Optimizer updates per pass; the samples are cut into this many contiguous mini-batches (≥ 1).
+    pub mini_batches: usize,
+    /// Samples per forward/backward (gradient accumulation); 0 = the whole mini-batch at once.
+    pub micro_batch: usize,
+    /// Global-norm clip (0 = off).
+    pub grad_clip: f32,
+}
+
+impl UpdatePlan {
+    /// One update per step, no accumulation.
+    pub fn single(grad_clip: f32) -> Self {
+        UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: 0, grad_clip }
+    }
+
+    fn updates(&self) -> usize {
+        self.epochs.max(1) * self.mini_batches.max(1)
+    }
+}
+
+/// What the update did (statistics over every micro-batch of every update).
+#[derive(Debug, Clone, Default)]
+pub struct UpdateReport {
+    /// Loss of each optimizer update (summed over its micro-batches).
+    pub losses: Vec<f64>,
+    /// Pre-clip gradient norm of each update.
+    pub grad_norms: Vec<f64>,
+    /// Loss statistics summed over all updates.
+    pub stats: LossStats,
+    /// logπ_old per response token of every sample, concatenated in sample order (the recomputed log-probs).
+    pub old_logp: Vec<f32>,
+}
+
+/// Reusable buffers of the update (allocated once per run, grown on demand).
+pub struct UpdateBuffers {
+    ws: Workspace,
+    ref_ws: Workspace,
+    batch: Batch,
+    grads: Vec<f32>,
+}
+
+impl UpdateBuffers {
+    /// Buffers for `model`.
+    pub fn new(model: &Model) -> Self {
+        UpdateBuffers {
+            ws: Workspace::new(&model.cfg, 0),
+            ref_ws: Workspace::new(&model.cfg, 0),
+            batch: Batch::new(),
+            grads: vec![0.0; model.params.data.len()],
+        }
+    }
+
+    /// The gradient of the last update (before clipping), for tests and diagnostics.
+    pub fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+}
+
+/// Packed positions of the micro-batch `samples`: the batch holds prompt+response of each sample;
+/// `resp_pos[j]` is the position whose target is response token j; `starts` are response offsets.
+fn pack(samples: &[Sample], batch: &mut Batch, resp_pos: &mut Vec<usize>, starts: &mut Vec<usize>) -> Result<()> {
+    batch.clear();
+    resp_pos.clear();
+    starts.clear();
+    starts.push(0);
+    let mut seq = Vec::new();
+    for s in samples {
+        if s.prompt.is_empty() {
+            return Err(Error::Invalid("rl update: a sample has an empty prompt".into()));
+        }
+        if s.behav_logp.len() != s.response.len() || s.advantages.len() != s.response.len() {
+            return Err(Error::Invalid(format!(
+                "rl update: a sample has {} response tokens but {} behaviour log-probs and {} advantages",
+                s.response.len(),
+                s.behav_logp.len(),
+                s.advantages.len()
+            )));
+        }
+        seq.clear();
+        seq.extend_from_slice(&s.prompt);
+        seq.extend_from_slice(&s.response);
+        let base = batch.len() + s.prompt.len() - 1;
+        batch.push_lm(&seq, 0)?;
+        resp_pos.extend(base..base + s.response.len());
+        starts.push(resp_pos.len());
+    }
+    Ok(())
+}
+
+/// Contiguous chunks of `0..n`: `parts` of them (the last ones may be one shorter); empty chunks dropped.
+fn chunks(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut out = Vec::with_capacity(parts);
+    let mut a = 0;
+    for p in 0..parts {
+        let len = base + usize::from(p < extra);
+        if len > 0 {
+            out.push(a..a + len);
+        }
+        a += len;
+    }
+    out
+}
+
+/// Micro-batch ranges of a mini-batch `range` (micro = 0: one micro-batch).
+fn micro_ranges(range: std::ops::Range<usize>, micro: usize) -> Vec<std::ops::Range<usize>> {
+    let step = if micro == 0 { range.len().max(1) } else { micro };
+    (range.start..range.end).step_by(step).map(|a| a..(a + step).min(range.end)).collect()
+}
+
+/// Sum of response lengths of samples before index i (token offsets into the flat per-token arrays).
+fn token_offsets(samples: &[Sample]) -> Vec<usize> {
+    let mut off = Vec::with_capacity(samples.len() + 1);
+    off.push(0);
+    for s in samples {
+        off.push(off.last().copied().unwrap_or(0) + s.response.len());
+    }
+    off
+}
+
+/// Forward `samples[range]` on `model` and copy its response-token log-probs (and entropies) out.
+fn response_logp(
+    model: &Model,
+    samples: &[Sample],
+    ws: &mut Workspace,
+    batch: &mut Batch,
+    out_logp: &mut Vec<f32>,
+    out_ent: Option<&mut Vec<f32>>,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let (mut resp_pos, mut starts) = (Vec::new(), Vec::new());
+    pack(samples, batch, &mut resp_pos, &mut starts)?;
+    out_logp.clear();
+    if batch.is_empty() {
+        return Ok((resp_pos, starts));
+    }
+    model.forward(batch, ws)?;
+    out_logp.extend(resp_pos.iter().map(|&i| ws.logprobs[i]));
+    if let Some(ent) = out_ent {
+        ent.clear();
+        ent.extend(resp_pos.iter().map(|&i| ws.entropy[i]));
+    }
+    Ok((resp_pos, starts))
+}
+
+/// Run the policy update of one step on `samples` (in order), with `reference` for the KL term.
+pub fn policy_update(
+    model: &mut Model,
+    opt: &mut AdamW,
+    reference: Option<&Model>,
+    samples: &[Sample],
+    loss_cfg: &LossConfig,
+    plan: &UpdatePlan,
+    lr: f32,
+    buf: &mut UpdateBuffers,
+) -> Result<UpdateReport> {
+    if loss_cfg.kl_coef > 0.0 && reference.is_none() {
+        return Err(Error::Invalid("rl update: kl_coef > 0 needs a reference model".into()));
+    }
+    let mut report = UpdateReport::default();
+    if samples.is_empty() {
+        return Ok(report);
+    }
+    let offsets = token_offsets(samples);
+    let micro = plan.micro_batch;
+    let minis = chunks(samples.len(), plan.mini_batches);
+    // π_old (and π_ref): one forward pass before any update, when there will be several updates.
+    let mut tmp = Vec::new();
+    let precompute_old = plan.updates() > 1;
+    let mut ref_logp = Vec::new();
+    if precompute_old || reference.is_some() {
+        for r in micro_ranges(0..samples.len(), micro) {
+            if precompute_old {
+                response_logp(model, &samples[r.clone()], &mut buf.ws, &mut buf.batch, &mut tmp, None)?;
+                report.old_logp.extend_from_slice(&tmp);
+            }
+            if let Some(rf) = reference {
+                response_logp(rf, &samples[r], &mut buf.ref_ws, &mut buf.batch, &mut tmp, None)?;
+                ref_logp.extend_from_slice(&tmp);
+            }
+        }
+    }
+    let (mut logp, mut ent) = (Vec::new(), Vec::new());
+    let (mut behav, mut adv, mut rewards) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d_resp, mut e_resp, mut dlogp, mut dent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let with_ent = loss_cfg.entropy_coef != 0.0;
+    for _epoch in 0..plan.epochs.max(1) {
+        for mini in &minis {
+            let mut starts = Vec::with_capacity(mini.len() + 1);
+            starts.push(0usize);
+            for s in &samples[mini.clone()] {
+                starts.push(starts.last().copied().unwrap_or(0) + s.response.len());
+            }
+            let denom = Denominators::new(loss_cfg, &starts);
+            buf.grads.iter_mut().for_each(|g| *g = 0.0);
+            let mut loss = 0.0f64;
+            for r in micro_ranges(mini.clone(), micro) {
+                let part = &samples[r.clone()];
+                let (resp_pos, starts) =
+                    response_logp(model, part, &mut buf.ws, &mut buf.batch, &mut logp, Some(&mut ent))?;
+                if logp.is_empty() {
+                    continue;
+                }
+                let toks = offsets[r.start]..offsets[r.end];
+                let old: &[f32] = if precompute_old { &report.old_logp[toks.clone()] } else { &logp };
+                behav.clear();
+                adv.clear();
+                rewards.clear();
+                for s in part {
+                    behav.extend_from_slice(&s.behav_logp);
+                    adv.extend_from_slice(&s.advantages);
+                    rewards.push(s.reward);
+                }
+                let tb = TokenBatch {
+                    seq_starts: &starts,
+                    logp: &logp,
+                    old_logp: old,
+                    behav_logp: Some(&behav),
+                    ref_logp: reference.map(|_| &ref_logp[toks.clone()]),
+                    entropy: &ent,
+                    advantages: &adv,
+                    seq_reward: &rewards,
+                };
+                d_resp.clear();
+                d_resp.resize(logp.len(), 0.0);
+                e_resp.clear();
+                e_resp.resize(logp.len(), 0.0);
+                let out = policy_loss(&tb, loss_cfg, Some(&denom), &mut d_resp, &mut e_resp)?;
+                loss += out.loss;
+                report.stats.merge(&out.stats);
+                if !precompute_old && report.old_logp.len() < offsets[r.end] {
+                    report.old_logp.extend_from_slice(&logp);
+                }
+                let n = buf.batch.len();
+                dlogp.clear();
+                dlogp.resize(n, 0.0);
+                dent.clear();
+                dent.resize(n, 0.0);
+                for (j, &i) in resp_pos.iter().enumerate() {
+                    dlogp[i] = d_resp[j];
+                    dent[i] = e_resp[j];
+                }
+                let dent_arg = with_ent.then_some(dent.as_slice());
+                model.backward_with_entropy(&buf.batch, &dlogp, dent_arg, &mut buf.ws, &mut buf.grads)?;
+            }
+            let norm = clip_and_step(opt, &mut model.params.data, &buf.grads, lr, plan.grad_clip);
+            report.losses.push(loss);
+            report.grad_norms.push(norm as f64);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_range_in_order() {
+        assert_eq!(chunks(10, 3), vec![0..4, 4..7, 7..10]);
+        assert_eq!(chunks(2, 5), vec![0..1, 1..2]);
+        assert_eq!(chunks(0, 2), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(micro_ranges(3..10, 3), vec![3..6, 6..9, 9..10]);
+        assert_eq!(micro_ranges(3..10, 0), vec![3..10]);
+    }
+}

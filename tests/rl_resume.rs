@@ -1,0 +1,124 @@
+//! Exact resume inside the RL phase: 3 RL steps + resume + 3 RL steps equals 6 straight steps bit
+//! for bit (weights, metrics, checkpoints), also from the supervised/RL boundary, with the KL
+//! reference, mini-batches and accumulation in play; and a SIGKILLed RL run resumed with
+//! `--resume latest` ends identical to an uninterrupted one.
+
+use arbor::config::{RunConfig, ADDITION_CONFIG};
+use arbor::io::load_hf_dir;
+use arbor::train::checkpoint::{list_checkpoints, load_checkpoint};
+use arbor::train::pretrain;
+use std::path::Path;
+use std::process::Command;
+
+const SFT_STEPS: u64 = 2;
+
+fn config_text(rl_steps: u64) -> String {
+    ADDITION_CONFIG
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("intermediate_size = 384", "intermediate_size = 64")
+        .replace("num_layers = 4", "num_layers = 2")
+        .replace("steps = 400", &format!("steps = {SFT_STEPS}"))
+        .replace("batch_size = 64", "batch_size = 8")
+        .replace("eval_problems = 256", "eval_problems = 8")
+        + "checkpoint_every = 1\nkeep_checkpoints = 20\n"
+        + &format!("\n[rl]\nsteps = {rl_steps}\nprompts_per_step = 4\nsamples_per_prompt = 4\nmax_new_tokens = 5\n")
+        + "eval_problems = 8\neval_samples = 2\neval_every = 2\nlog_every = 1\nfilter_zero_std = false\n"
+        + "mini_batches = 2\nmicro_batch = 3\nepochs = 2\nlr = 1e-3\n"
+        + "\n[loss]\nkind = \"ppo\"\nkl_coef = 0.01\nentropy_coef = 0.01\n"
+}
+
+fn config(out: &Path, rl_steps: u64) -> RunConfig {
+    let mut c = RunConfig::parse(&config_text(rl_steps), Path::new("rl_resume.toml")).unwrap();
+    c.run.out_dir = out.to_path_buf();
+    c
+}
+
+/// metrics.jsonl without wall-clock fields.
+fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s"));
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn three_plus_three_rl_steps_equal_six() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = pretrain::run(&config(a.path(), 6), None, &mut Vec::new()).unwrap();
+    pretrain::run(&config(b.path(), 6), None, &mut Vec::new()).unwrap();
+    let run_b = b.path().join("addition-sft");
+    // inside the RL phase: global step SFT_STEPS + 3
+    let ck = run_b.join(format!("checkpoints/step-{}", SFT_STEPS + 3));
+    let state = load_checkpoint(&ck).unwrap().state;
+    assert!(state.rl_eval_before.is_some(), "an RL checkpoint records the eval before the phase");
+    let mut log = Vec::new();
+    let resumed = pretrain::run(&config(b.path(), 6), Some(&ck), &mut log).unwrap();
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.contains("resumed after step 3"), "{log}");
+    assert_eq!(log.matches("rl step").count(), 3, "only RL steps 4..6 run after the resume:\n{log}");
+    assert_eq!(straight.final_params, resumed.final_params, "weights differ after an RL resume");
+    assert_eq!(straight.rl.unwrap().0, resumed.rl.unwrap().0, "the eval before RL is carried over");
+    assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&run_b), "metrics differ after an RL resume");
+    // at the boundary (last supervised step): the RL phase starts fresh, with a fresh optimizer
+    let ck = run_b.join(format!("checkpoints/step-{SFT_STEPS}"));
+    let resumed = pretrain::run(&config(b.path(), 6), Some(&ck), &mut Vec::new()).unwrap();
+    assert_eq!(straight.final_params, resumed.final_params, "weights differ after a resume at the RL boundary");
+    assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&run_b), "metrics differ after a boundary resume");
+}
+
+#[test]
+fn a_checkpoint_past_the_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    pretrain::run(&config(dir.path(), 2), None, &mut Vec::new()).unwrap();
+    let ck = dir.path().join(format!("addition-sft/checkpoints/step-{}", SFT_STEPS + 2));
+    let mut short = config(dir.path(), 2);
+    short.rl.as_mut().unwrap().steps = 1;
+    let err = pretrain::run(&short, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("past the run") && err.contains("step-4"), "{err}");
+}
+
+#[test]
+fn sigkill_in_the_rl_phase_then_resume_latest_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let rl_steps = 60;
+    let cfg_path = dir.path().join("kill.toml");
+    std::fs::write(&cfg_path, config_text(rl_steps).replace("eval_every = 2", "eval_every = 20")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_arbor");
+    let (out_a, out_b) = (dir.path().join("a"), dir.path().join("b"));
+    let run = |out: &Path, extra: &[&str]| {
+        Command::new(bin)
+            .args(["--threads", "1", "train", "--config", cfg_path.to_str().unwrap(), "--out-dir"])
+            .arg(out)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = run(&out_b, &[]);
+    let run_dir = out_b.join("addition-sft");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while list_checkpoints(&run_dir).map(|c| c.last().map_or(0, |x| x.0)).unwrap_or(0) < SFT_STEPS + 4 {
+        assert!(std::time::Instant::now() < deadline, "no RL checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let was_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(was_running, "the run finished before it could be killed; make it longer");
+    let killed_at = list_checkpoints(&run_dir).unwrap().last().unwrap().0;
+    assert!(killed_at < SFT_STEPS + rl_steps);
+    assert!(run(&out_b, &["--resume", "latest"]).wait().unwrap().success());
+    assert!(run(&out_a, &[]).wait().unwrap().success());
+    let final_ck = format!("addition-sft/checkpoints/step-{}", SFT_STEPS + rl_steps);
+    let (_, pa) = load_hf_dir(&out_a.join(&final_ck)).unwrap();
+    let (_, pb) = load_hf_dir(&out_b.join(&final_ck)).unwrap();
+    assert_eq!(pa.data, pb.data, "killed at step {killed_at} and resumed: weights differ");
+    assert_eq!(metrics(&out_a.join("addition-sft")), metrics(&out_b.join("addition-sft")));
+}

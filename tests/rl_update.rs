@@ -1,0 +1,174 @@
+//! Gradient accumulation in the RL update is exact: splitting a mini-batch into micro-batches
+//! (each normalised by the whole mini-batch's denominators) gives the same gradient, loss and
+//! update as one pass, for every aggregation mode and loss kind; mini-batches and epochs run the
+//! promised number of updates against a π_old fixed before the first one.
+
+use arbor::model::init::init_params;
+use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
+use arbor::rl::{Aggregation, LossConfig, LossKind};
+use arbor::rng::Rng;
+use arbor::train::rl::{policy_update, Sample, UpdateBuffers, UpdatePlan};
+use arbor::train::{AdamW, AdamWConfig};
+
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Qwen2,
+        hidden_size: 16,
+        intermediate_size: 24,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 4,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        vocab_size: 13,
+        max_position_embeddings: 32,
+        tie_word_embeddings: false,
+        qkv_bias: true,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
+
+fn model() -> Model {
+    let cfg = tiny();
+    let params = init_params(&cfg, 3, 0.3);
+    Model::new(cfg, params).unwrap()
+}
+
+/// Response log-probs of `s` under `m` (teacher forcing).
+fn logp(m: &Model, s: &Sample) -> Vec<f32> {
+    let mut b = Batch::new();
+    let seq: Vec<u32> = s.prompt.iter().chain(&s.response).copied().collect();
+    b.push_lm(&seq, 0).unwrap();
+    let mut ws = Workspace::new(&m.cfg, 0);
+    m.forward(&b, &mut ws).unwrap();
+    let base = s.prompt.len() - 1;
+    ws.logprobs[base..base + s.response.len()].to_vec()
+}
+
+/// Seven samples of ragged lengths (one empty response), behaviour log-probs near the model's.
+fn samples(m: &Model) -> Vec<Sample> {
+    let mut rng = Rng::new(17);
+    let lens = [(3, 5), (2, 1), (4, 0), (5, 6), (2, 3), (3, 4), (4, 2)];
+    lens.iter()
+        .enumerate()
+        .map(|(i, &(p, r))| {
+            let prompt: Vec<u32> = (0..p).map(|_| 1 + rng.below(12) as u32).collect();
+            let response: Vec<u32> = (0..r).map(|_| 1 + rng.below(12) as u32).collect();
+            let adv = (rng.uniform() * 2.0 - 1.0) as f32;
+            let mut s = Sample {
+                prompt,
+                behav_logp: vec![0.0; r],
+                advantages: vec![adv; r],
+                response,
+                reward: if i % 2 == 0 { 1.0 } else { 0.0 },
+            };
+            s.behav_logp = logp(m, &s).iter().map(|&l| l + (0.3 * rng.normal()) as f32).collect();
+            s
+        })
+        .collect()
+}
+
+fn adam(m: &Model) -> AdamW {
+    AdamW::for_layout(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }, &m.params.layout)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    num / den.max(1e-30)
+}
+
+#[test]
+fn micro_batches_accumulate_to_the_one_pass_gradient() {
+    let base = model();
+    let data = samples(&base);
+    let kinds = [LossKind::Ppo, LossKind::Tis, LossKind::Topr, LossKind::Cispo, LossKind::DecoupledPpo];
+    let aggs = [
+        Aggregation::TokenMean,
+        Aggregation::SeqMeanTokenMean,
+        Aggregation::SeqMeanTokenSum,
+        Aggregation::SeqMeanTokenSumNorm,
+    ];
+    for kind in kinds {
+        for agg in aggs {
+            let cfg = LossConfig { kind, agg, kl_coef: 0.05, entropy_coef: 0.02, ..LossConfig::default() };
+            let run = |micro: usize| {
+                let mut m = base.clone();
+                let mut opt = adam(&m);
+                let mut buf = UpdateBuffers::new(&m);
+                let plan = UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: micro, grad_clip: 0.0 };
+                let r = policy_update(&mut m, &mut opt, Some(&base), &data, &cfg, &plan, 1e-2, &mut buf).unwrap();
+                (r, buf.grads().to_vec(), m.params.data)
+            };
+            let (one, g1, p1) = run(0);
+            assert!(g1.iter().any(|&g| g != 0.0), "{kind:?}/{agg:?}: zero gradient tests nothing");
+            for micro in [1, 2, 3] {
+                let (acc, g, p) = run(micro);
+                let e = rel_err(&g, &g1);
+                assert!(e < 2e-6, "{kind:?}/{agg:?} micro {micro}: gradient rel err {e:e}");
+                let dl = (acc.losses[0] - one.losses[0]).abs();
+                assert!(dl < 1e-6 * one.losses[0].abs().max(1.0), "{kind:?}/{agg:?} micro {micro}: loss {dl:e}");
+                assert_eq!(acc.stats.n_tokens, one.stats.n_tokens);
+                assert_eq!(acc.stats.n_clipped, one.stats.n_clipped, "{kind:?}/{agg:?} micro {micro}");
+                // a micro-batch's forward packs fewer rows, so GEMM sums differ in the last bits only
+                let d = max_diff(&acc.old_logp, &one.old_logp);
+                assert!(d < 1e-5, "{kind:?}/{agg:?}: π_old differs by {d:e}");
+                let dp = p.iter().zip(&p1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(dp < 1e-5, "{kind:?}/{agg:?} micro {micro}: updated weights differ by {dp:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn mini_batches_and_epochs_update_against_a_fixed_old_policy() {
+    let base = model();
+    let data = samples(&base);
+    let cfg = LossConfig { kind: LossKind::Ppo, agg: Aggregation::TokenMean, kl_coef: 0.0, ..LossConfig::default() };
+    let run = |plan: UpdatePlan| {
+        let mut m = base.clone();
+        let mut opt = adam(&m);
+        let mut buf = UpdateBuffers::new(&m);
+        let r = policy_update(&mut m, &mut opt, None, &data, &cfg, &plan, 3e-2, &mut buf).unwrap();
+        (r, m.params.data, opt.t)
+    };
+    let plan = |mini_batches, epochs, micro_batch| UpdatePlan { epochs, mini_batches, micro_batch, grad_clip: 1.0 };
+    let (r, p, t) = run(plan(3, 2, 0));
+    assert_eq!(r.losses.len(), 6, "3 mini-batches × 2 epochs = 6 updates");
+    assert_eq!(t, 6);
+    // π_old is the policy before the first update, for every sample
+    let want: Vec<f32> = data.iter().flat_map(|s| logp(&base, s)).collect();
+    assert_eq!(r.old_logp.len(), want.len());
+    assert!(max_diff(&r.old_logp, &want) < 1e-5, "π_old is not the policy before the first update");
+    // the policy moved away from π_old during the step, so later updates see ratios ≠ 1
+    assert!(r.stats.approx_kl_sum > 0.0, "later updates must see a moved policy");
+    // accumulation inside each mini-batch does not change the multi-update trajectory
+    let (r2, p2, _) = run(plan(3, 2, 1));
+    let dp = p.iter().zip(&p2).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(dp < 1e-4, "micro-batching changed the weights after 6 updates by {dp:e}");
+    assert_eq!(r2.losses.len(), 6);
+    // one update per step: π_old = π_θ, every ratio is 1 and nothing is clipped
+    let (r1, _, t1) = run(plan(1, 1, 0));
+    assert_eq!((r1.losses.len(), t1), (1, 1));
+    assert_eq!(r1.stats.n_clipped, 0);
+    assert!(r1.stats.approx_kl_sum.abs() < 1e-9);
+}
+
+#[test]
+fn mismatched_sample_lengths_are_an_error_not_a_panic() {
+    let base = model();
+    let mut data = samples(&base);
+    data[1].advantages.push(0.5);
+    let (mut m, cfg) = (base.clone(), LossConfig { kl_coef: 0.0, ..LossConfig::default() });
+    let mut opt = adam(&m);
+    let mut buf = UpdateBuffers::new(&m);
+    let plan = UpdatePlan::single(1.0);
+    let err = policy_update(&mut m, &mut opt, None, &data, &cfg, &plan, 1e-3, &mut buf).unwrap_err().to_string();
+    assert!(err.contains("advantages"), "{err}");
+}
