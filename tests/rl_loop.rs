@@ -53,6 +53,10 @@ fn grpo_loop_runs_logs_and_is_deterministic() {
         "time_generate_s",
         "time_train_s",
         "ref_kl",
+        "updates",
+        "policy_version",
+        "time_reward_s",
+        "train_tokens_per_s",
     ] {
         assert!(steps.iter().all(|s| s.get(key).is_some_and(|v| v.is_number())), "metrics lack {key}");
     }
@@ -62,4 +66,23 @@ fn grpo_loop_runs_logs_and_is_deterministic() {
     let evals = metrics.lines().filter(|l| l.contains("eval_solve_rate")).count();
     assert_eq!(evals, 2, "one eval before the first RL update and one at the end");
     assert!(a.path().join("addition-sft/checkpoints/step-34").is_dir());
+}
+
+/// The default job (configs/default.toml) starts from the shipped warm start, which already solves
+/// Countdown problems; two RL steps of it run and write a checkpoint and the before/after evals.
+#[test]
+fn default_job_starts_from_the_shipped_warm_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RunConfig::default_job();
+    cfg.run.out_dir = dir.path().to_path_buf();
+    let rl = cfg.rl.as_mut().unwrap();
+    rl.steps = 2;
+    rl.eval_problems = 100;
+    rl.eval_samples = 1;
+    rl.prompts_per_step = 4;
+    let report = pretrain::run(&cfg, None, &mut Vec::new()).unwrap();
+    let (before, after) = report.rl.unwrap();
+    assert!(before.greedy >= 0.15, "the warm start should solve some problems greedily: {before:?}");
+    assert!((0.0..=1.0).contains(&after.sampled));
+    assert!(dir.path().join("default/checkpoints/step-2/model.safetensors").is_file());
 }
