@@ -25,6 +25,36 @@ pub struct RunConfig {
     pub rl: Option<RlSection>,
     /// Policy loss of the RL phase (defaults: ALGORITHMS.md §5 reference values).
     pub loss: Option<crate::rl::LossConfig>,
+    /// SPMD layout and fault handling under MPI (defaults when absent).
+    #[serde(default)]
+    pub parallel: ParallelSection,
+}
+
+/// `[parallel]`: world = dp × tp under mpirun/srun; dp is world / tp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelSection {
+    /// Tensor-parallel ranks per model replica (must divide the world size).
+    pub tp: usize,
+    /// Gradient all-reduce bucket size in MiB.
+    pub bucket_mb: f64,
+    /// A collective that does not complete in this many seconds aborts the job (0 = never).
+    pub collective_timeout_s: f64,
+    /// A training step that does not complete in this many seconds aborts the job (0 = never).
+    pub step_timeout_s: f64,
+}
+
+impl Default for ParallelSection {
+    fn default() -> Self {
+        ParallelSection { tp: 1, bucket_mb: 4.0, collective_timeout_s: 300.0, step_timeout_s: 1800.0 }
+    }
+}
+
+impl ParallelSection {
+    /// Bucket size in bytes (at least one f32).
+    pub fn bucket_bytes(&self) -> usize {
+        ((self.bucket_mb * 1048576.0) as usize).max(4)
+    }
 }
 
 /// `[rl]`: the GRPO-family phase.
@@ -300,6 +330,25 @@ impl RunConfig {
             }
             if rl.lr.is_nan() || rl.lr <= 0.0 {
                 return bad("rl.lr", format!("{} must be positive", rl.lr));
+            }
+        }
+        let par = &self.parallel;
+        if par.tp == 0 {
+            return bad("parallel.tp", "0 must be at least 1".into());
+        }
+        if par.tp > 1 {
+            return bad(
+                "parallel.tp",
+                format!("{}: tensor parallelism is not implemented yet; use tp = 1 (data parallel only)", par.tp),
+            );
+        }
+        for (key, v) in [
+            ("parallel.bucket_mb", par.bucket_mb),
+            ("parallel.collective_timeout_s", par.collective_timeout_s),
+            ("parallel.step_timeout_s", par.step_timeout_s),
+        ] {
+            if !(v.is_finite() && v >= 0.0) || (key == "parallel.bucket_mb" && v == 0.0) {
+                return bad(key, format!("{v} must be a finite positive number"));
             }
         }
         if let Some(loss) = &self.loss {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod model;
+pub mod parallel;
 pub mod rl;
 pub mod rng;
 pub mod rollout;

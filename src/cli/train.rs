@@ -43,6 +43,49 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     Ok(cfg)
 }
 
+/// Under an MPI launcher (mpirun, mpiexec, srun), initialise MPI and build the dp × tp grid with
+/// a watchdog; otherwise `None` (a single process, no MPI).
+#[cfg(feature = "mpi")]
+fn spmd_grid(cfg: &RunConfig) -> anyhow::Result<Option<(mpi::environment::Universe, crate::parallel::Grid)>> {
+    use crate::parallel::mpi_comm::{launched_by_mpi, MpiComm};
+    use crate::parallel::watchdog::Watchdog;
+    if !launched_by_mpi() {
+        return Ok(None);
+    }
+    let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+        .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
+    let world = universe.world();
+    let rank = mpi::traits::Communicator::rank(&world) as usize;
+    let secs = cfg.parallel.collective_timeout_s;
+    let timeout = std::time::Duration::from_secs_f64(if secs > 0.0 { secs } else { 1e9 });
+    // MPI_Abort on the world from the watchdog thread (MPI_THREAD_MULTIPLE was requested)
+    let watchdog = Watchdog::start(
+        rank,
+        timeout,
+        Box::new(|_msg| {
+            // SAFETY: MPI is initialised for the whole run (the universe outlives the watchdog's use)
+            // and MPI_Abort may be called from any thread under MPI_THREAD_MULTIPLE.
+            unsafe {
+                mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 3);
+            }
+            std::process::exit(3);
+        }),
+    );
+    let comm = MpiComm::new(world, Some(watchdog.clone()));
+    let mut grid = crate::parallel::Grid::new(Box::new(comm), cfg.parallel.tp)?;
+    grid.watchdog = Some(watchdog);
+    if grid.is_root() {
+        println!("arbor: SPMD {}", grid.describe());
+    }
+    Ok(Some((universe, grid)))
+}
+
+/// Without the `mpi` feature every run is a single process.
+#[cfg(not(feature = "mpi"))]
+fn spmd_grid(_cfg: &RunConfig) -> anyhow::Result<Option<((), crate::parallel::Grid)>> {
+    Ok(None)
+}
+
 /// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
 pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
     let dir = match resume {
@@ -57,7 +100,28 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
         }
         Some(path) => Some(std::path::PathBuf::from(path)),
     };
-    let report = crate::train::pretrain::run(cfg, dir.as_deref(), &mut std::io::stdout())?;
+    let report = match spmd_grid(cfg)? {
+        None => crate::train::pretrain::run(cfg, dir.as_deref(), &mut std::io::stdout())?,
+        Some((_universe, grid)) => {
+            let root = grid.is_root();
+            let mut out: Box<dyn std::io::Write> =
+                if root { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
+            match crate::train::pretrain::run_on(cfg, dir.as_deref(), &grid, &mut out) {
+                Ok(r) => {
+                    grid.world.barrier()?;
+                    if let Some(w) = &grid.watchdog {
+                        w.stop();
+                    }
+                    if !root {
+                        return Ok(());
+                    }
+                    r
+                }
+                // a failing rank takes the whole job down instead of leaving the others in a collective
+                Err(e) => grid.world.abort(&format!("rank {}: {e}", grid.world.rank())),
+            }
+        }
+    };
     if let (Some(first), false) = (report.losses.first(), report.losses.is_empty()) {
         let last_k = report.losses.len().min(10);
         let last = report.losses[report.losses.len() - last_k..].iter().sum::<f64>() / last_k as f64;

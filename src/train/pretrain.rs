@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::io::load_hf_dir;
 use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
+use crate::parallel::{all_reduce_buckets, partition, Comm, Grid};
 use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
@@ -75,42 +76,62 @@ fn build_batch(
     Ok(())
 }
 
-/// Score held-out problems with teacher forcing.
+/// Score held-out problems with teacher forcing; the problems are partitioned over the
+/// data-parallel ranks and the sums all-reduced.
 pub fn evaluate(
     model: &Model,
     tok: &CharTokenizer,
     task: &dyn Task,
     cfg: &RunConfig,
     ws: &mut Workspace,
+    dp: &dyn Comm,
 ) -> Result<Eval> {
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let n_problems = cfg.train.eval_problems.max(1);
-    build_batch(tok, task, SPLIT_EVAL, 0, n_problems, &mut batch, &mut mask)?;
-    model.forward(&batch, ws)?;
-    let (mut nll, mut count, mut exact) = (0.0f64, 0usize, 0usize);
-    for s in 0..batch.num_seqs() {
-        let (a, b) = (batch.seq_starts[s], batch.seq_starts[s + 1]);
-        let mut all = true;
-        for (&lp, _) in ws.logprobs[a..b].iter().zip(&mask[a..b]).filter(|(_, &m)| m) {
-            nll -= lp as f64;
-            count += 1;
-            all &= lp > -std::f32::consts::LN_2;
+    let mine = partition(n_problems, dp.size(), dp.rank());
+    // [Σ −log p, answer tokens, exact sequences, sequences]
+    let mut sums = [0.0f64; 4];
+    if !mine.is_empty() {
+        build_batch(tok, task, SPLIT_EVAL, mine.start as u64, mine.len(), &mut batch, &mut mask)?;
+        model.forward(&batch, ws)?;
+        for s in 0..batch.num_seqs() {
+            let (a, b) = (batch.seq_starts[s], batch.seq_starts[s + 1]);
+            let mut all = true;
+            for (&lp, _) in ws.logprobs[a..b].iter().zip(&mask[a..b]).filter(|(_, &m)| m) {
+                sums[0] -= lp as f64;
+                sums[1] += 1.0;
+                all &= lp > -std::f32::consts::LN_2;
+            }
+            sums[2] += all as u8 as f64;
         }
-        exact += all as usize;
+        sums[3] = batch.num_seqs() as f64;
     }
-    Ok(Eval { answer_nll: nll / count.max(1) as f64, answer_exact: exact as f64 / batch.num_seqs() as f64 })
+    dp.all_reduce_sum_f64(&mut sums)?;
+    Ok(Eval { answer_nll: sums[0] / sums[1].max(1.0), answer_exact: sums[2] / sums[3].max(1.0) })
 }
 
 /// Run the configured job, printing progress to `log` and writing `<out_dir>/<name>/`:
 /// `config.toml` (resolved), `metrics.jsonl` and `checkpoints/step-N/` (HF weights + optimizer
 /// state). With `resume`, training continues from that checkpoint exactly as if never stopped.
 pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Result<TrainReport> {
+    run_on(cfg, resume, &Grid::local(), log)
+}
+
+/// [`run`] on one rank of an SPMD job: each step's sequences are partitioned over the
+/// data-parallel ranks (the global batch is the same for any dp), gradients and loss
+/// normalisers are all-reduced, and only the world's rank 0 writes files; the others pass a sink
+/// as `log`.
+pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Write) -> Result<TrainReport> {
+    let dp = grid.dp.as_ref();
+    let root = grid.is_root();
     let tok = CharTokenizer::default();
     let task = cfg.task()?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
-    std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
-    let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
-    write_file(&out_dir.join("config.toml"), resolved.as_bytes())?;
+    if root {
+        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+        let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+        write_file(&out_dir.join("config.toml"), resolved.as_bytes())?;
+    }
 
     let model_cfg_file = Path::new("[model]");
     let mut model = match &cfg.model.hf_dir {
@@ -174,14 +195,15 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
     let metrics_path = out_dir.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, start, t.steps)?;
+    let mut metrics: Box<dyn Write> =
+        if root { Box::new(open_metrics(&metrics_path, start, t.steps)?) } else { Box::new(std::io::sink()) };
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };
     say(
         log,
         format!(
-            "arbor train: {} params ({} layers, hidden {}), task {}, {} supervised steps × {} sequences{}, {} threads → {}",
+            "arbor train: {} params ({} layers, hidden {}), task {}, {} supervised steps × {} sequences{}, {} threads, {} → {}",
             model.cfg.num_params(),
             model.cfg.num_layers,
             model.cfg.hidden_size,
@@ -193,6 +215,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
                 r.steps, r.prompts_per_step, r.samples_per_prompt
             )),
             rayon::current_num_threads(),
+            grid.describe(),
             out_dir.display()
         ),
     );
@@ -207,7 +230,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     };
     let progress = Progress::new(t.steps, "sft");
     if start == 0 && t.steps > 0 {
-        let e0 = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws)?;
+        let e0 = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws, dp)?;
         say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
         let line =
             serde_json::json!({"step": 0, "eval_answer_nll": e0.answer_nll, "eval_answer_exact": e0.answer_exact});
@@ -218,22 +241,40 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     }
     let tokenizer = Tokenizer::Char(tok.clone());
     let (mut tokens_total, mut train_secs) = (0usize, 0.0f64);
+    let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
     for step in start..t.steps {
+        let _armed = grid
+            .watchdog
+            .as_ref()
+            .filter(|_| cfg.parallel.step_timeout_s > 0.0)
+            .map(|w| w.watch_step(&format!("step {}", step + 1), step_timeout));
+        crate::parallel::fault::maybe_inject(grid, step + 1)?;
         let t0 = Instant::now();
-        // 1. data: problems (seed, train split, step·B + i), packed
-        build_batch(&tok, task.as_ref(), SPLIT_TRAIN, step * t.batch_size as u64, t.batch_size, &mut batch, &mut mask)?;
-        // 2. forward → per-token log-probs
-        model.forward(&batch, &mut ws)?;
-        // 3. loss = token-mean NLL over every predicted token (the last position has no target)
+        // 1. data: problems (seed, train split, step·B + i), this rank's share, packed
+        let mine = partition(t.batch_size, dp.size(), dp.rank());
+        let first = step * t.batch_size as u64 + mine.start as u64;
+        build_batch(&tok, task.as_ref(), SPLIT_TRAIN, first, mine.len(), &mut batch, &mut mask)?;
+        // 2. forward → per-token log-probs; 3. loss = token-mean NLL over every predicted token of
+        // the global batch (the last position of a sequence has no target)
         let n = batch.len();
         dlogp.clear();
         dlogp.extend((0..n).map(|i| !batch.seq_starts[1..].contains(&(i + 1)) as u8 as f32));
-        let count = dlogp.iter().sum::<f32>().max(1.0);
-        let loss = -ws.logprobs[..n].iter().zip(&dlogp).map(|(l, w)| (*l * w) as f64).sum::<f64>() / count as f64;
-        dlogp.iter_mut().for_each(|w| *w = -*w / count);
-        // 4. backward → gradients; 5. clip; 6. AdamW
         grads.iter_mut().for_each(|g| *g = 0.0);
-        model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
+        let mut sums = [0.0f64; 2]; // [predicted tokens, Σ log p]
+        if n > 0 {
+            model.forward(&batch, &mut ws)?;
+            sums[0] = dlogp.iter().sum::<f32>() as f64;
+            sums[1] = ws.logprobs[..n].iter().zip(&dlogp).map(|(l, w)| (*l * w) as f64).sum::<f64>();
+        }
+        dp.all_reduce_sum_f64(&mut sums)?;
+        let count = (sums[0] as f32).max(1.0);
+        let loss = -sums[1] / count as f64;
+        dlogp.iter_mut().for_each(|w| *w = -*w / count);
+        // 4. backward → gradients (all-reduced); 5. clip; 6. AdamW
+        if n > 0 {
+            model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
+        }
+        all_reduce_buckets(dp, &mut grads, cfg.parallel.bucket_bytes())?;
         let lr = schedule.lr(step);
         let norm = clip_and_step(&mut opt, &mut model.params.data, &grads, lr, t.grad_clip);
         let secs = t0.elapsed().as_secs_f64();
@@ -256,7 +297,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
         }
         let last = step + 1 == t.steps;
         if last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0) {
-            let e = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws)?;
+            let e = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws, dp)?;
             progress.say(
                 log,
                 &format!(
@@ -270,7 +311,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
             report.evals.push((step + 1, e));
         }
-        if last || (step + 1) % t.checkpoint_every.max(1) == 0 {
+        if root && (last || (step + 1) % t.checkpoint_every.max(1) == 0) {
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
             let state = TrainerState { step: step + 1, seed: cfg.run.seed, adam_t: opt.t, rl_eval_before: None };
             save_checkpoint(&out_dir, &model.cfg, &model.params, Some(&tokenizer), &opt, &state, t.keep_checkpoints)?;
@@ -294,7 +335,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
             tokenizer: &tokenizer,
         };
         let begin = crate::train::rl::PhaseStart { done, before: rl_before };
-        let rates = crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, &mut metrics, log)?;
+        let rates = crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?;
         report.rl = Some(rates);
         final_step = t.steps + rl.steps;
     }

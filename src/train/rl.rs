@@ -9,14 +9,16 @@
 
 pub mod eval;
 pub mod update;
+pub mod wire;
 
 pub use eval::{evaluate, SolveRate};
-pub use update::{policy_update, Sample, UpdateBuffers, UpdatePlan, UpdateReport};
+pub use update::{policy_update, policy_update_dp, DpShard, Sample, UpdateBuffers, UpdatePlan, UpdateReport};
 
 use crate::config::{RlSection, RunConfig};
 use crate::error::{Error, Result};
 use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
 use crate::model::Model;
+use crate::parallel::{partition, Comm, Grid, Local};
 use crate::rl::{broadcast_to_tokens, group_advantages, LossConfig};
 use crate::rollout::{generate, Finish, GenerateConfig, Request, SamplingParams};
 use crate::tasks::{Task, SPLIT_TRAIN};
@@ -62,6 +64,7 @@ pub struct RlTrainer<'a> {
     tok: CharTokenizer,
     reference: Option<Model>,
     buf: UpdateBuffers,
+    dp: &'a dyn Comm,
 }
 
 impl<'a> RlTrainer<'a> {
@@ -74,7 +77,14 @@ impl<'a> RlTrainer<'a> {
         model: &Model,
         reference: Option<Model>,
     ) -> Self {
-        RlTrainer { cfg, rl, loss, task, tok: CharTokenizer::default(), reference, buf: UpdateBuffers::new(model) }
+        let (tok, buf) = (CharTokenizer::default(), UpdateBuffers::new(model));
+        RlTrainer { cfg, rl, loss, task, tok, reference, buf, dp: &Local }
+    }
+
+    /// Run data-parallel over `dp`: each rank generates and trains its share of the step's prompts.
+    pub fn with_dp(mut self, dp: &'a dyn Comm) -> Self {
+        self.dp = dp;
+        self
     }
 
     /// The update plan of `[rl]`.
@@ -93,10 +103,11 @@ impl<'a> RlTrainer<'a> {
         let t0 = Instant::now();
         // 1. prompts × n samples
         let (p, n) = (rl.prompts_per_step, rl.samples_per_prompt as usize);
-        let mut problems = Vec::with_capacity(p);
-        let mut requests = Vec::with_capacity(p * n);
-        for i in 0..p as u64 {
-            let id = step * p as u64 + i;
+        let mine = partition(p, self.dp.size(), self.dp.rank());
+        let mut problems = Vec::with_capacity(mine.len());
+        let mut requests = Vec::with_capacity(mine.len() * n);
+        for i in mine.clone() {
+            let id = step * p as u64 + i as u64;
             let (ids, prob) = eval::problem(self.task, &self.tok, SPLIT_TRAIN, id)?;
             for s in 0..n as u32 {
                 requests.push(Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
@@ -124,11 +135,12 @@ impl<'a> RlTrainer<'a> {
             .enumerate()
             .map(|(k, c)| eval::reward(self.task, &self.tok, &problems[k / n], c))
             .collect();
-        let group_starts: Vec<usize> = (0..=p).map(|g| g * n).collect();
+        let group_starts: Vec<usize> = (0..=mine.len()).map(|g| g * n).collect();
         let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
         let t_reward = t0.elapsed().as_secs_f64() - t_gen;
         // 5. training samples: every sample of a group with signal
         let mut samples: Vec<StepSample> = Vec::with_capacity(completions.len());
+        let rewards_local = rewards;
         let mut keep = Vec::new();
         for (k, c) in completions.into_iter().enumerate() {
             let finish = c.finish;
@@ -143,7 +155,7 @@ impl<'a> RlTrainer<'a> {
                 response: c.tokens,
                 behav_logp: c.logprobs,
                 advantages: tok_adv,
-                reward: rewards[k],
+                reward: rewards_local[k],
             };
             samples.push(StepSample {
                 prompt_id: c.prompt_id,
@@ -158,7 +170,19 @@ impl<'a> RlTrainer<'a> {
         let t1 = Instant::now();
         let lr = rl.lr;
         let plan = self.plan();
-        let report = policy_update(model, opt, self.reference.as_ref(), &train, self.loss, &plan, lr, &mut self.buf)?;
+        let counts = self.dp.all_gather_bytes(&(train.len() as u64).to_le_bytes())?;
+        let counts: Vec<usize> = counts
+            .iter()
+            .map(|b| b.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize))
+            .collect();
+        let shard = DpShard {
+            comm: self.dp,
+            offset: counts[..self.dp.rank()].iter().sum(),
+            total: counts.iter().sum(),
+            bucket_bytes: self.cfg.parallel.bucket_bytes(),
+        };
+        let reference = self.reference.as_ref();
+        let report = policy_update_dp(model, opt, reference, &train, self.loss, &plan, lr, &mut self.buf, &shard)?;
         let t_train = t1.elapsed().as_secs_f64();
         let mut off = 0;
         for &k in &keep {
@@ -166,6 +190,21 @@ impl<'a> RlTrainer<'a> {
             samples[k].logp.copy_from_slice(&report.old_logp[off..off + len]);
             off += len;
         }
+        // every rank's samples, in global (rank) order, for the metrics and the dump
+        let n_trained = shard.total;
+        if self.dp.size() > 1 {
+            let all = self.dp.all_gather_bytes(&wire::encode(&samples))?;
+            samples = Vec::new();
+            for bytes in &all {
+                samples.extend(wire::decode(bytes)?);
+            }
+        }
+        let rewards: Vec<f32> = samples.iter().map(|s| s.data.reward).collect();
+        let zero_std = {
+            let mut z = [adv.zero_std.iter().filter(|&&z| z).count() as f64, adv.zero_std.len() as f64];
+            self.dp.all_reduce_sum_f64(&mut z)?;
+            z[0] / z[1].max(1.0)
+        };
         // 7. metrics
         let secs = t0.elapsed().as_secs_f64();
         let n_samples = rewards.len().max(1) as f64;
@@ -177,7 +216,11 @@ impl<'a> RlTrainer<'a> {
         let clipped = samples.iter().filter(|s| s.finish == Finish::Length).count() as f64 / n_samples;
         let st = &report.stats;
         let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
-        let train_tokens: usize = train.iter().map(|s| s.prompt.len() + s.response.len()).sum();
+        let train_tokens: usize = samples
+            .iter()
+            .filter(|s| s.logp.first().is_some_and(|l| !l.is_nan()))
+            .map(|s| s.data.prompt.len() + s.data.response.len())
+            .sum();
         let metrics = serde_json::json!({
             "rl_step": step + 1, "policy_version": step, "reward_mean": reward_mean, "reward_std": reward_std,
             "solve_rate": reward_mean, "response_len_mean": len_mean, "response_len_max": lens.iter().max().copied().unwrap_or(0),
@@ -185,7 +228,7 @@ impl<'a> RlTrainer<'a> {
             "approx_kl": st.approx_kl(), "ref_kl": st.ref_kl(), "entropy": st.entropy(),
             "grad_norm": mean(&report.grad_norms), "updates": report.losses.len(), "lr": lr,
             "logprob_mismatch_abs_mean": st.mismatch_abs_mean(), "logprob_mismatch_abs_max": st.mismatch_abs_max,
-            "zero_std_frac": adv.zero_std_fraction(), "trained_samples": train.len(),
+            "zero_std_frac": zero_std, "trained_samples": n_trained,
             "gen_tokens_per_s": gen_tokens as f64 / t_gen.max(1e-9),
             "train_tokens_per_s": (train_tokens * plan.epochs.max(1)) as f64 / t_train.max(1e-9),
             "time_generate_s": t_gen, "time_reward_s": t_reward, "time_train_s": t_train, "step_s": secs,
@@ -232,16 +275,20 @@ pub fn run_phase(
     opt: &mut AdamW,
     ph: &Phase,
     start: PhaseStart,
+    grid: &Grid,
     metrics: &mut dyn Write,
     log: &mut dyn Write,
 ) -> Result<(SolveRate, SolveRate)> {
     let (cfg, rl) = (ph.cfg, ph.rl);
+    let (dp, root) = (grid.dp.as_ref(), grid.is_root());
     let tok = CharTokenizer::default();
     let progress = Progress::new(rl.steps, "rl");
     let ref_dir = ph.run_dir.join(REFERENCE_DIR);
     let reference = if ph.loss.kl_coef > 0.0 {
         if start.done == 0 {
-            save_hf_dir(&ref_dir, &model.cfg, &model.params, &SaveOptions::default())?;
+            if root {
+                save_hf_dir(&ref_dir, &model.cfg, &model.params, &SaveOptions::default())?;
+            }
             Some(model.clone())
         } else {
             let (mc, params) = load_hf_dir(&ref_dir)?;
@@ -253,7 +300,7 @@ pub fn run_phase(
     let before = match start.before {
         Some(b) if start.done > 0 => b,
         _ => {
-            let b = evaluate(model, cfg, ph.task, rl, &tok, 0)?;
+            let b = evaluate(model, cfg, ph.task, rl, &tok, 0, dp)?;
             write_line(metrics, &eval_line(0, &b))?;
             b
         }
@@ -269,13 +316,22 @@ pub fn run_phase(
     if start.done > 0 {
         progress.say(log, &format!("rl: resumed after step {}", start.done));
     }
-    let mut dump = crate::train::dump::Dump::open(ph, start.done)?;
-    let mut trainer = RlTrainer::new(cfg, rl, ph.loss, ph.task, model, reference);
+    let mut dump = if root { Some(crate::train::dump::Dump::open(ph, start.done)?) } else { None };
+    let mut trainer = RlTrainer::new(cfg, rl, ph.loss, ph.task, model, reference).with_dp(dp);
     let mut last = before;
+    let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
     for step in start.done..rl.steps {
+        let _armed = grid
+            .watchdog
+            .as_ref()
+            .filter(|_| cfg.parallel.step_timeout_s > 0.0)
+            .map(|w| w.watch_step(&format!("rl step {}", step + 1), step_timeout));
+        crate::parallel::fault::maybe_inject(grid, ph.offset + step + 1)?;
         let out = trainer.step(model, opt, step)?;
         write_line(metrics, &out.metrics)?;
-        dump.append(step, &out.samples)?;
+        if let Some(d) = dump.as_mut() {
+            d.append(step, &out.samples)?;
+        }
         let m = &out.metrics;
         let secs = m["step_s"].as_f64().unwrap_or(0.0);
         progress.set(
@@ -305,7 +361,7 @@ pub fn run_phase(
         }
         let final_step = step + 1 == rl.steps;
         if final_step || (rl.eval_every > 0 && (step + 1) % rl.eval_every == 0) {
-            last = evaluate(model, cfg, ph.task, rl, &tok, step + 1)?;
+            last = evaluate(model, cfg, ph.task, rl, &tok, step + 1, dp)?;
             progress.say(
                 log,
                 &format!(
@@ -318,7 +374,7 @@ pub fn run_phase(
             write_line(metrics, &eval_line(step + 1, &last))?;
         }
         let every = cfg.train.checkpoint_every.max(1);
-        if final_step || (step + 1) % every == 0 {
+        if root && (final_step || (step + 1) % every == 0) {
             metrics.flush().map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))?;
             let state = TrainerState {
                 step: ph.offset + step + 1,

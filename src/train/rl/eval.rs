@@ -3,6 +3,7 @@
 use crate::config::{RlSection, RunConfig};
 use crate::error::Result;
 use crate::model::Model;
+use crate::parallel::{partition, Comm};
 use crate::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
 use crate::tasks::{Problem, Task, SPLIT_EVAL};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
@@ -27,7 +28,8 @@ pub fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion)
     task.reward(p, &tok.decode(&text))
 }
 
-/// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1.
+/// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1; the
+/// problems are partitioned over the data-parallel ranks `dp` and the counts all-reduced.
 pub fn evaluate(
     model: &Model,
     cfg: &RunConfig,
@@ -35,18 +37,19 @@ pub fn evaluate(
     rl: &RlSection,
     tok: &CharTokenizer,
     step: u64,
+    dp: &dyn Comm,
 ) -> Result<SolveRate> {
-    let n = rl.eval_problems as u64;
+    let mine = partition(rl.eval_problems, dp.size(), dp.rank());
     let mut problems = Vec::new();
     let mut requests = Vec::new();
-    for i in 0..n {
-        let (ids, p) = problem(task, tok, SPLIT_EVAL, i)?;
+    for i in mine.clone() {
+        let (ids, p) = problem(task, tok, SPLIT_EVAL, i as u64)?;
         for s in 0..rl.eval_samples.max(1) {
-            requests.push(Request { prompt_id: i, sample_index: s, prompt: ids.clone() });
+            requests.push(Request { prompt_id: i as u64, sample_index: s, prompt: ids.clone() });
         }
         problems.push(p);
     }
-    let rate = |temperature: f32, reqs: &[Request]| -> Result<f64> {
+    let solved = |temperature: f32, reqs: &[Request]| -> Result<[f64; 2]> {
         let gc = GenerateConfig {
             sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: rl.max_new_tokens },
             stop_tokens: vec![EOS_ID],
@@ -55,11 +58,14 @@ pub fn evaluate(
             max_batch: rl.max_batch,
         };
         let out = generate(model, reqs, &gc)?;
-        let solved: f32 = out.iter().map(|c| reward(task, tok, &problems[c.prompt_id as usize], c)).sum();
-        Ok(solved as f64 / out.len().max(1) as f64)
+        let first = mine.start as u64;
+        let solved: f32 = out.iter().map(|c| reward(task, tok, &problems[(c.prompt_id - first) as usize], c)).sum();
+        Ok([solved as f64, out.len() as f64])
     };
     let greedy_reqs: Vec<Request> = requests.iter().filter(|r| r.sample_index == 0).cloned().collect();
-    let greedy = rate(0.0, &greedy_reqs)?;
-    let sampled = rate(1.0, &requests)?;
-    Ok(SolveRate { greedy, sampled })
+    let [g, gn] = solved(0.0, &greedy_reqs)?;
+    let [s, sn] = solved(1.0, &requests)?;
+    let mut sums = [g, gn, s, sn];
+    dp.all_reduce_sum_f64(&mut sums)?;
+    Ok(SolveRate { greedy: sums[0] / sums[1].max(1.0), sampled: sums[2] / sums[3].max(1.0) })
 }

@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
+use crate::parallel::{all_reduce_buckets, Comm, Local, DEFAULT_BUCKET_BYTES};
 use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, TokenBatch};
 use crate::train::{clip_and_step, AdamW};
 
@@ -178,7 +179,18 @@ fn response_logp(
     Ok((resp_pos, starts))
 }
 
+/// This rank's place in a data-parallel update: its samples are the global samples
+/// `offset..offset + local` of `total`, and `comm` joins the data-parallel ranks.
+pub struct DpShard<'c> {
+    pub comm: &'c dyn Comm,
+    pub offset: usize,
+    pub total: usize,
+    /// Gradient all-reduce bucket size.
+    pub bucket_bytes: usize,
+}
+
 /// Run the policy update of one step on `samples` (in order), with `reference` for the KL term.
+#[allow(clippy::too_many_arguments)]
 pub fn policy_update(
     model: &mut Model,
     opt: &mut AdamW,
@@ -189,16 +201,56 @@ pub fn policy_update(
     lr: f32,
     buf: &mut UpdateBuffers,
 ) -> Result<UpdateReport> {
+    let shard = DpShard { comm: &Local, offset: 0, total: samples.len(), bucket_bytes: DEFAULT_BUCKET_BYTES };
+    policy_update_dp(model, opt, reference, samples, loss_cfg, plan, lr, buf, &shard)
+}
+
+/// [`policy_update`] on one data-parallel rank: mini-batches are cut from the GLOBAL sample order
+/// (so the updates are the same for any number of ranks), each micro-batch is normalised by the
+/// all-reduced denominators of its global mini-batch, and gradients are all-reduced before the
+/// step. Every rank makes the same collectives in the same order, whatever its share.
+#[allow(clippy::too_many_arguments)]
+pub fn policy_update_dp(
+    model: &mut Model,
+    opt: &mut AdamW,
+    reference: Option<&Model>,
+    samples: &[Sample],
+    loss_cfg: &LossConfig,
+    plan: &UpdatePlan,
+    lr: f32,
+    buf: &mut UpdateBuffers,
+    dp: &DpShard,
+) -> Result<UpdateReport> {
     if loss_cfg.kl_coef > 0.0 && reference.is_none() {
         return Err(Error::Invalid("rl update: kl_coef > 0 needs a reference model".into()));
     }
     let mut report = UpdateReport::default();
-    if samples.is_empty() {
+    if dp.total == 0 {
         return Ok(report);
+    }
+    if dp.offset + samples.len() > dp.total {
+        return Err(Error::Invalid(format!(
+            "rl update: local samples {}..{} exceed the global count {}",
+            dp.offset,
+            dp.offset + samples.len(),
+            dp.total
+        )));
     }
     let offsets = token_offsets(samples);
     let micro = plan.micro_batch;
-    let minis = chunks(samples.len(), plan.mini_batches);
+    // global mini-batches, intersected with this rank's samples (possibly empty)
+    let mine = dp.offset..dp.offset + samples.len();
+    let minis: Vec<std::ops::Range<usize>> = chunks(dp.total, plan.mini_batches)
+        .into_iter()
+        .map(|g| {
+            let (a, b) = (g.start.max(mine.start), g.end.min(mine.end));
+            if a < b {
+                a - dp.offset..b - dp.offset
+            } else {
+                0..0
+            }
+        })
+        .collect();
     // π_old (and π_ref): one forward pass before any update, when there will be several updates.
     let mut tmp = Vec::new();
     let precompute_old = plan.updates() > 1;
@@ -226,7 +278,11 @@ pub fn policy_update(
             for s in &samples[mini.clone()] {
                 starts.push(starts.last().copied().unwrap_or(0) + s.response.len());
             }
-            let denom = Denominators::new(loss_cfg, &starts);
+            let local = Denominators::new(loss_cfg, &starts);
+            let (mut sums, mut tmax) = ([local.tokens, local.seqs], [local.t_max]);
+            dp.comm.all_reduce_sum_f64(&mut sums)?;
+            dp.comm.all_reduce_max_f64(&mut tmax)?;
+            let denom = Denominators { tokens: sums[0], seqs: sums[1], t_max: tmax[0] };
             buf.grads.iter_mut().for_each(|g| *g = 0.0);
             let mut loss = 0.0f64;
             for r in micro_ranges(mini.clone(), micro) {
@@ -278,12 +334,52 @@ pub fn policy_update(
                 let dent_arg = with_ent.then_some(dent.as_slice());
                 model.backward_with_entropy(&buf.batch, &dlogp, dent_arg, &mut buf.ws, &mut buf.grads)?;
             }
+            all_reduce_buckets(dp.comm, &mut buf.grads, dp.bucket_bytes)?;
+            let mut l = [loss];
+            dp.comm.all_reduce_sum_f64(&mut l)?;
             let norm = clip_and_step(opt, &mut model.params.data, &buf.grads, lr, plan.grad_clip);
-            report.losses.push(loss);
+            report.losses.push(l[0]);
             report.grad_norms.push(norm as f64);
         }
     }
+    reduce_stats(dp.comm, &mut report.stats)?;
     Ok(report)
+}
+
+/// Sum the loss statistics over the data-parallel ranks (max for the mismatch maximum).
+fn reduce_stats(comm: &dyn Comm, st: &mut LossStats) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mut v = [
+        st.n_tokens as f64,
+        st.n_clipped as f64,
+        st.n_dual_clipped as f64,
+        st.n_capped as f64,
+        st.ratio_sum,
+        st.approx_kl_sum,
+        st.ref_kl_sum,
+        st.entropy_sum,
+        st.weight_sum,
+        st.mismatch_abs_sum,
+    ];
+    comm.all_reduce_sum_f64(&mut v)?;
+    let mut m = [st.mismatch_abs_max];
+    comm.all_reduce_max_f64(&mut m)?;
+    *st = LossStats {
+        n_tokens: v[0] as u64,
+        n_clipped: v[1] as u64,
+        n_dual_clipped: v[2] as u64,
+        n_capped: v[3] as u64,
+        ratio_sum: v[4],
+        approx_kl_sum: v[5],
+        ref_kl_sum: v[6],
+        entropy_sum: v[7],
+        weight_sum: v[8],
+        mismatch_abs_sum: v[9],
+        mismatch_abs_max: m[0],
+    };
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,112 @@
+//! [`Comm`] over MPI (the `mpi` crate, Open MPI or MPICH). Collectives are armed on the
+//! [`Watchdog`] so a rank stuck in one aborts the job with the collective's name.
+
+use super::comm::Comm;
+use super::watchdog::Watchdog;
+use crate::error::{Error, Result};
+use mpi::collective::SystemOperation;
+use mpi::datatype::PartitionMut;
+use mpi::topology::{Color, SimpleCommunicator};
+use mpi::traits::*;
+use mpi::Count;
+
+/// An MPI communicator (the world or a split of it).
+pub struct MpiComm {
+    comm: SimpleCommunicator,
+    watchdog: Option<Watchdog>,
+}
+
+/// Whether this process was started by an MPI launcher (mpirun/mpiexec/srun with PMI/PMIx).
+pub fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"].iter().any(|v| std::env::var_os(v).is_some())
+}
+
+impl MpiComm {
+    /// Wrap `comm`; collectives are watched by `watchdog` when given.
+    pub fn new(comm: SimpleCommunicator, watchdog: Option<Watchdog>) -> Self {
+        MpiComm { comm, watchdog }
+    }
+
+    fn watch<T>(&self, what: &str, f: impl FnOnce() -> T) -> T {
+        let _g = self.watchdog.as_ref().map(|w| w.watch_collective(what));
+        f()
+    }
+}
+
+fn count(n: usize, what: &str) -> Result<Count> {
+    Count::try_from(n).map_err(|_| Error::Invalid(format!("{what}: {n} elements exceed MPI's count range")))
+}
+
+impl Comm for MpiComm {
+    fn rank(&self) -> usize {
+        self.comm.rank() as usize
+    }
+    fn size(&self) -> usize {
+        self.comm.size() as usize
+    }
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let send = buf.to_vec();
+        self.watch("all_reduce_sum_f32", || self.comm.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let send = buf.to_vec();
+        self.watch("all_reduce_sum_f64", || self.comm.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        Ok(())
+    }
+    fn all_reduce_max_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let send = buf.to_vec();
+        self.watch("all_reduce_max_f64", || self.comm.all_reduce_into(&send[..], buf, SystemOperation::max()));
+        Ok(())
+    }
+    fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) -> Result<()> {
+        if root >= self.size() {
+            return Err(Error::Invalid(format!("broadcast: root {root} out of range for {} ranks", self.size())));
+        }
+        let mut len = [buf.len() as u64];
+        let r = self.comm.process_at_rank(root as i32);
+        self.watch("broadcast(len)", || r.broadcast_into(&mut len[..]));
+        buf.resize(len[0] as usize, 0);
+        self.watch("broadcast", || r.broadcast_into(&mut buf[..]));
+        Ok(())
+    }
+    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let n = self.size();
+        let mut lens = vec![0u64; n];
+        self.watch("all_gather(len)", || self.comm.all_gather_into(&(mine.len() as u64), &mut lens[..]));
+        let counts: Vec<Count> = lens.iter().map(|&l| count(l as usize, "all_gather")).collect::<Result<_>>()?;
+        let mut displs = Vec::with_capacity(n);
+        let mut total: Count = 0;
+        for &c in &counts {
+            displs.push(total);
+            total = total.checked_add(c).ok_or_else(|| Error::Invalid("all_gather: total exceeds MPI count".into()))?;
+        }
+        let mut all = vec![0u8; total as usize];
+        {
+            let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            self.watch("all_gather", || self.comm.all_gather_varcount_into(mine, &mut part));
+        }
+        Ok(counts.iter().zip(&displs).map(|(&c, &d)| all[d as usize..(d + c) as usize].to_vec()).collect())
+    }
+    fn barrier(&self) -> Result<()> {
+        self.watch("barrier", || self.comm.barrier());
+        Ok(())
+    }
+    fn split(&self, color: usize, key: usize) -> Result<Box<dyn Comm>> {
+        let c = i32::try_from(color).map_err(|_| Error::Invalid(format!("split: color {color} too large")))?;
+        let k = i32::try_from(key).map_err(|_| Error::Invalid(format!("split: key {key} too large")))?;
+        let sub = self
+            .watch("split", || self.comm.split_by_color_with_key(Color::with_value(c), k))
+            .ok_or_else(|| Error::Invalid(format!("split: MPI returned no communicator for color {color}")))?;
+        Ok(Box::new(MpiComm::new(sub, self.watchdog.clone())))
+    }
+    fn abort(&self, msg: &str) -> ! {
+        eprintln!("arbor rank {}: aborting the job: {msg}", self.rank());
+        self.comm.abort(2)
+    }
+    fn describe(&self) -> String {
+        let lib = mpi::environment::library_version().unwrap_or_default();
+        let first = lib.split(['\n', '\0', ',']).next().unwrap_or("").trim().to_string();
+        format!("mpi: {first}")
+    }
+}
