@@ -147,7 +147,8 @@ impl LinePlot {
             .or_else(|| {
                 let (lo, hi) = bounds(|p| p.1)?;
                 let pad = (hi - lo) * 0.05;
-                Some((lo - pad, hi + pad))
+                // All zeros (say, a KL that is exactly 0 on-policy): show 0..1 rather than a symmetric range.
+                Some(if lo == 0.0 && hi == 0.0 { (-0.05, 1.0) } else { (lo - pad, hi + pad) })
             })
             .unwrap_or((0.0, 1.0));
         (proper(x), proper(y))
@@ -244,17 +245,34 @@ pub fn write_png(path: &Path, r: &Rendered) -> Result<()> {
 
 fn draw_panel<DB: DrawingBackend>(p: &LinePlot, area: &DrawingArea<DB, Shift>, text: bool) -> Result<()> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
-    let ((x0, x1), (y0, y1)) = p.ranges();
+    let ((x0, x1), (y0, mut y1)) = p.ranges();
     let (aw, ah) = area.dim_in_pixel();
     let small = aw.min(ah) < 300;
+    let (margin, margin_right, caption_px) = if small { (8, 14, 16) } else { (14, 24, 22) };
+    let caption_h = if text && !p.title.is_empty() { caption_px + 10 } else { 0 };
+    let (x_area, y_area) = match text {
+        true => (if p.x_label.is_empty() { 24 } else { 44 }, if p.y_label.is_empty() { 56 } else { 76 }),
+        false => (0, 0),
+    };
+    let legend = if text { legend_size(p) } else { None };
+    if let (Some(lb), None) = (legend, p.y_range) {
+        // Estimated plotting area; if every legend spot covers data, raise the top of the y range so that
+        // a band as tall as the legend is free of data.
+        let pw = aw.saturating_sub(margin + margin_right + y_area);
+        let ph = ah.saturating_sub(2 * margin + x_area + caption_h);
+        let (_, hits) = legend_corner(p, lb, (pw, ph), ((x0, x1), (y0, y1)));
+        let fh = (lb.1 + 5.0) / ph.max(1) as f64;
+        if hits > 0 && fh < 0.5 {
+            y1 += (y1 - y0) * fh / (1.0 - fh);
+        }
+    }
     let mut builder = ChartBuilder::on(area);
-    builder.margin(if small { 8 } else { 14 }).margin_right(if small { 14 } else { 24 });
+    builder.margin(margin).margin_right(margin_right);
     if text {
         if !p.title.is_empty() {
-            builder.caption(&p.title, (FAMILY, if small { 16 } else { 22 }));
+            builder.caption(&p.title, (FAMILY, caption_px));
         }
-        builder.x_label_area_size(if p.x_label.is_empty() { 24 } else { 44 });
-        builder.y_label_area_size(if p.y_label.is_empty() { 56 } else { 76 });
+        builder.x_label_area_size(x_area).y_label_area_size(y_area);
     }
     let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?;
     let (x_fmt, y_fmt) = (|v: &f64| tick_label(*v, x1 - x0), |v: &f64| tick_label(*v, y1 - y0));
@@ -298,8 +316,8 @@ fn draw_panel<DB: DrawingBackend>(p: &LinePlot, area: &DrawingArea<DB, Shift>, t
         }
         labelled += named as usize;
     }
-    if text && labelled > 0 {
-        let position = legend_corner(p, chart.plotting_area().dim_in_pixel(), ((x0, x1), (y0, y1)));
+    if let (Some(lb), true) = (legend, labelled > 0) {
+        let (position, _) = legend_corner(p, lb, chart.plotting_area().dim_in_pixel(), ((x0, x1), (y0, y1)));
         chart
             .configure_series_labels()
             .position(position)
@@ -336,19 +354,25 @@ fn tick_label(v: f64, span: f64) -> String {
     }
 }
 
-/// The legend's place: the corner (or top/bottom middle) whose box covers the fewest data samples.
+/// Pixel size of the legend box plotters draws for `p`: text, a 30 px sample and 10 px margins,
+/// about 17 px per line. `None` when no named series has data.
+fn legend_size(p: &LinePlot) -> Option<(f64, f64)> {
+    let font = (FAMILY, 13).into_font();
+    let named: Vec<&Series> = p.series.iter().filter(|s| !s.name.is_empty() && s.finite().next().is_some()).collect();
+    let text_w = named.iter().map(|s| font.box_size(&s.name).map(|b| b.0).unwrap_or(7 * s.name.len() as u32)).max()?;
+    Some(((text_w + 50) as f64, (17 * named.len() + 20) as f64))
+}
+
+/// The legend's place: the corner (or top/bottom middle) whose box of `(bw, bh)` pixels (plus the
+/// 5 px plotters leaves to the edge) covers the fewest data samples, and that count.
 fn legend_corner(
     p: &LinePlot,
+    (bw, bh): (f64, f64),
     (pw, ph): (u32, u32),
     ((x0, x1), (y0, y1)): ((f64, f64), (f64, f64)),
-) -> SeriesLabelPosition {
+) -> (SeriesLabelPosition, usize) {
     use SeriesLabelPosition::*;
-    let font = (FAMILY, 13).into_font();
-    let named: Vec<&Series> = p.series.iter().filter(|s| !s.name.is_empty()).collect();
-    let text_w = named.iter().map(|s| font.box_size(&s.name).map(|b| b.0).unwrap_or(7 * s.name.len() as u32)).max();
-    // Box size as plotters lays it out: text, a 30 px sample, 10 px margins; ~17 px per line.
-    let (bw, bh) = ((text_w.unwrap_or(0) + 50 + 5) as f64, (17 * named.len() + 20 + 5) as f64);
-    let (fw, fh) = ((bw / pw.max(1) as f64).min(1.0), (bh / ph.max(1) as f64).min(1.0));
+    let (fw, fh) = (((bw + 5.0) / pw.max(1) as f64).min(1.0), ((bh + 5.0) / ph.max(1) as f64).min(1.0));
     let norm = |(x, y): (f64, f64)| ((x - x0) / (x1 - x0), (y1 - y) / (y1 - y0));
     let mut samples = vec![];
     for s in &p.series {
@@ -372,7 +396,7 @@ fn legend_corner(
             best = (pos, hits);
         }
     }
-    best.0
+    best
 }
 
 /// Maximal runs of consecutive finite points (a line is broken where a value is missing).
@@ -392,37 +416,44 @@ fn finite_runs(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
     runs
 }
 
+/// GPU busy fraction over normalised run time, one line per policy.
+fn busy_plot(r: &ScenarioResult) -> LinePlot {
+    let plot = LinePlot::new(
+        format!("{}: GPU busy fraction", r.scenario),
+        "fraction of run time",
+        "busy fraction of all GPUs",
+    )
+    .x_range(0.0, 1.0)
+    .y_range(0.0, 1.05);
+    r.policies.iter().fold(plot, |plot, p| {
+        let n = p.busy_timeline.len().max(1) as f64;
+        let pts = p.busy_timeline.iter().enumerate().map(|(i, &v)| ((i as f64 + 0.5) / n, v)).collect();
+        plot.series(Series::line(p.policy.as_str(), pts).width(3))
+    })
+}
+
+/// Step time per step, one line per policy.
+fn steps_plot(r: &ScenarioResult) -> LinePlot {
+    let y_max = r.policies.iter().flat_map(|p| p.step_times_s.iter().copied()).fold(0.0, f64::max) * 1.1;
+    let plot = LinePlot::new(format!("{}: time per training step", r.scenario), "step", "step time (s)")
+        .y_range(0.0, y_max.max(1e-9));
+    r.policies.iter().fold(plot, |plot, p| {
+        let pts = p.step_times_s.iter().enumerate().map(|(i, &v)| (i as f64 + 1.0, v)).collect();
+        plot.series(Series::line(p.policy.as_str(), pts).width(2))
+    })
+}
+
 /// Write `busy.png` and `steps.png` into `dir`.
 pub fn write_plots(r: &ScenarioResult, dir: &Path) -> Result<()> {
-    let busy = r.policies.iter().fold(
-        LinePlot::new(
-            format!("{}: GPU busy fraction", r.scenario),
-            "fraction of run time",
-            "busy fraction of all GPUs",
-        )
-        .x_range(0.0, 1.0)
-        .y_range(0.0, 1.05),
-        |plot, p| {
-            let n = p.busy_timeline.len().max(1) as f64;
-            let pts = p.busy_timeline.iter().enumerate().map(|(i, &v)| ((i as f64 + 0.5) / n, v)).collect();
-            plot.series(Series::line(p.policy.as_str(), pts).width(3))
-        },
-    );
-    save(&busy, &dir.join("busy.png"))?;
-    let y_max = r.policies.iter().flat_map(|p| p.step_times_s.iter().copied()).fold(0.0, f64::max) * 1.1;
-    let steps = r.policies.iter().fold(
-        LinePlot::new(format!("{}: time per training step", r.scenario), "step", "step time (s)")
-            .y_range(0.0, y_max.max(1e-9)),
-        |plot, p| {
-            let pts = p.step_times_s.iter().enumerate().map(|(i, &v)| (i as f64 + 1.0, v)).collect();
-            plot.series(Series::line(p.policy.as_str(), pts).width(2))
-        },
-    );
-    save(&steps, &dir.join("steps.png"))
+    save(&busy_plot(r), &dir.join("busy.png"))?;
+    save(&steps_plot(r), &dir.join("steps.png"))
 }
 
 fn save(plot: &LinePlot, path: &Path) -> Result<()> {
-    Figure::single(plot.clone(), (900, 500)).save(path).map(|_| ())
+    if !Figure::single(plot.clone(), (900, 500)).save(path)? {
+        eprintln!("warning: {}: text could not be drawn; the plot has no labels", path.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -502,6 +533,45 @@ mod tests {
             .map(|&(v, span)| tick_label(v, span))
             .collect();
         assert_eq!(labels, ["250", "0.25", "2", "0", "5e-5", "1234.5"]);
+    }
+
+    /// (width, height) from a PNG's IHDR, after checking the signature.
+    fn png_size(path: &Path) -> (u32, u32) {
+        let b = std::fs::read(path).unwrap();
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(&b[12..16], b"IHDR");
+        (u32::from_be_bytes(b[16..20].try_into().unwrap()), u32::from_be_bytes(b[20..24].try_into().unwrap()))
+    }
+
+    #[test]
+    fn write_plots_writes_labelled_busy_and_step_plots() {
+        let sc = crate::scenario::Scenario::load(Path::new("scenarios/rlvr-small.toml")).unwrap();
+        let r = crate::run::run_scenario(&sc, sc.seed).unwrap();
+        let dir = std::env::temp_dir().join(format!("arbor-sim-plots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_plots(&r, &dir).unwrap();
+        for name in ["busy.png", "steps.png"] {
+            assert_eq!(png_size(&dir.join(name)), (900, 500), "{name}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        // What write_plots draws, in memory: a title band with text, one legend entry per policy.
+        let busy = Figure::single(busy_plot(&r), (900, 500)).render().unwrap();
+        assert!(busy.text);
+        assert!(dark_in(&busy, (250, 650), (0, 36)) > 100);
+        assert_eq!(busy_plot(&r).series.len(), r.policies.len());
+        assert!(busy_plot(&r).series.iter().zip(&r.policies).all(|(s, p)| s.name == p.policy));
+    }
+
+    #[test]
+    fn legend_avoids_the_data() {
+        // Data fills the upper right and the whole bottom band: the legend goes upper left.
+        let pts = vec![(0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (8.0, 10.0)];
+        let p = LinePlot::new("t", "x", "y").series(Series::line("a long series name", pts));
+        let lb = legend_size(&p).unwrap();
+        let (pos, hits) = legend_corner(&p, lb, (600, 400), ((0.0, 10.0), (0.0, 10.0)));
+        assert!(matches!(pos, SeriesLabelPosition::UpperLeft), "{pos:?}");
+        assert_eq!(hits, 0);
+        assert!(legend_size(&LinePlot::new("t", "x", "y").series(Series::line("empty", vec![]))).is_none());
     }
 
     #[test]
