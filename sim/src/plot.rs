@@ -517,6 +517,12 @@ mod tests {
             assert_eq!(r.rgb.len(), 300 * 200 * 3, "{}", p.title);
         }
         assert!(Figure::single(demo("t"), (4, 4)).render().is_err());
+        // Panels smaller than their label areas: drawn (with or without text), never a panic.
+        let crowded = demo("a rather long title for a tiny panel").series(Series::dots("second", vec![(1.0, 0.5)]));
+        for size in [(16, 16), (40, 30), (90, 60), (160, 100), (3000, 40)] {
+            let r = Figure::grid(vec![crowded.clone(); 3], 2, size).render().unwrap();
+            assert_eq!(r.rgb.len() as u32, r.size.0 * r.size.1 * 3);
+        }
     }
 
     #[test]
