@@ -1,6 +1,6 @@
 //! The `arbor` command line: parsing and dispatch only.
 
-use arbor::cli::{bench, convert, inspect, train};
+use arbor::cli::{bench, convert, inspect, plot, train};
 use clap::{Parser, Subcommand};
 
 /// arbor: deterministic RL training of language models on verifiable reasoning tasks.
@@ -28,6 +28,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Summarise a model directory or checkpoint.
     Inspect(inspect::InspectArgs),
+    /// PNG plots of a run's metrics.jsonl (reward, solve rate, length, loss, RL statistics).
+    Plot(plot::PlotArgs),
     /// Discrete-event simulation of RL training clusters.
     #[command(subcommand)]
     Sim(arbor_sim::cli::SimCommand),
@@ -71,6 +73,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Plot(args) => plot::run(&args),
         Command::Sim(cmd) => arbor_sim::cli::run(cmd),
     }
 }

@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod convert;
 pub mod inspect;
+pub mod plot;
 pub mod train;
