@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs what arbor needs on a fresh Debian machine with a Rust toolchain. Idempotent.
-# Today the default build is pure Rust (gemm, rayon, safetensors, tokenizers with fancy-regex),
-# so only the toolchain is checked; the MPI/HDF5/CUDA issues add their packages here.
+# Besides the Rust toolchain: Open MPI + libclang (feature `mpi`), python3 for the tests.
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found. Install Rust (https://rustup.rs) and re-run." >&2
@@ -11,6 +10,10 @@ need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# MPI (feature `mpi`, on by default): Open MPI headers + launcher, libclang for the bindings
+command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
+[ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] || [ -e /usr/include/mpi.h ] || need_apt+=(libopenmpi-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
