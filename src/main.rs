@@ -69,6 +69,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 bench::BenchCommand::TrainStep(a) => bench::train_step(&a),
                 bench::BenchCommand::Generate(a) => bench::generate(&a),
                 bench::BenchCommand::Gemm { n, reps } => bench::gemm(n, reps),
+                bench::BenchCommand::Allreduce(a) => arbor::cli::bench_allreduce::run(&a),
             }
         }
         Command::Convert(args) => convert::run(&args),

@@ -19,6 +19,7 @@ fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env("OMPI_MCA_btl", "self,vader,tcp")
         .env("OMPI_MCA_btl_tcp_if_include", "lo")
         .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .arg(env!("CARGO_BIN_EXE_arbor"))
         .args(args);
     for (k, v) in env {

@@ -20,6 +20,8 @@ pub enum BenchCommand {
     TrainStep(TrainStepArgs),
     /// Batched generation with the KV cache (continuous batching), random prompts, no stop token.
     Generate(GenerateArgs),
+    /// Gradient all-reduce bandwidth under mpirun: bucketed vs one raw MPI all-reduce.
+    Allreduce(crate::cli::bench_allreduce::AllreduceArgs),
     /// f32 GEMM throughput of the gemm crate at one square size.
     Gemm {
         #[arg(long, default_value_t = 1024)]
