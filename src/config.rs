@@ -431,18 +431,25 @@ mod tests {
     #[test]
     fn default_parses_and_bad_keys_are_named() {
         let d = RunConfig::default_job();
-        assert_eq!(d.data.kind, crate::tasks::TaskKind::Addition);
-        let bad = DEFAULT_CONFIG.replace("batch_size = 64", "batch_size = 64\nbatchsize = 3");
+        assert_eq!(d.data.kind, crate::tasks::TaskKind::Countdown);
+        assert!(d.rl.is_some() && d.model.hf_dir.is_some());
+        let bad = ADDITION_CONFIG.replace("batch_size = 64", "batch_size = 64\nbatchsize = 3");
         let e = RunConfig::parse(&bad, Path::new("x.toml")).unwrap_err().to_string();
         assert!(e.contains("x.toml") && e.contains("batchsize"), "{e}");
-        let bad = DEFAULT_CONFIG.replace("task = \"addition\"", "task = \"chess\"");
+        let bad = ADDITION_CONFIG.replace("task = \"addition\"", "task = \"chess\"");
         let e = RunConfig::parse(&bad, Path::new("y.toml")).unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("chess"), "{e}");
-        let bad = DEFAULT_CONFIG.replace("max_digits = 2", "max_digits = 40");
+        let bad = ADDITION_CONFIG.replace("max_digits = 2", "max_digits = 40");
         let e = RunConfig::parse(&bad, Path::new("w.toml")).unwrap_err().to_string();
         assert!(e.contains("w.toml") && e.contains("data.max_digits"), "{e}");
-        let bad = DEFAULT_CONFIG.replace("lr = 3e-3", "lr = \"fast\"");
+        let bad = ADDITION_CONFIG.replace("lr = 3e-3", "lr = \"fast\"");
         let e = RunConfig::parse(&bad, Path::new("z.toml")).unwrap_err().to_string();
         assert!(e.contains("z.toml"), "{e}");
+        let bad = ADDITION_CONFIG.to_string() + "\n[parallel]\ntp = 2\n";
+        let e = RunConfig::parse(&bad, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.contains("parallel.tp") && e.contains("not implemented"), "{e}");
+        let bad = ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 1\nmini_batches = 0\n";
+        let e = RunConfig::parse(&bad, Path::new("m.toml")).unwrap_err().to_string();
+        assert!(e.contains("rl.mini_batches"), "{e}");
     }
 }
