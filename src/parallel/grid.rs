@@ -20,7 +20,7 @@ impl Grid {
     /// Split `world` into dp × tp (tp = `tp`); the world size must be a multiple of tp.
     pub fn new(world: Box<dyn Comm>, tp: usize) -> Result<Self> {
         let size = world.size();
-        if tp == 0 || size % tp != 0 {
+        if tp == 0 || !size.is_multiple_of(tp) {
             return Err(Error::Invalid(format!(
                 "parallel.tp = {tp} does not divide the world size {size} (world = dp × tp)"
             )));
