@@ -3,6 +3,7 @@
 //! Data path: prompt → rollout → reward → advantage → loss → gradient → all-reduce → AdamW.
 
 pub mod attention;
+pub mod attnrl;
 pub mod cli;
 pub mod config;
 pub mod error;
