@@ -228,10 +228,6 @@ fn naive_groups(lookback: &[f64], lf: f64, gf: f64) -> HeadGroups {
 /// |got − want| ≤ 1e-5 · max(1, |want|) for every element.
 fn assert_close(what: &str, got: &[f32], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs() / w.abs().max(1.0)).fold(0.0, f64::max);
-    if std::env::var("STATS_DEBUG").is_ok() {
-        eprintln!("{what}: worst {worst:.2e} max {:.3}", want.iter().cloned().fold(0.0, f64::max));
-    }
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let tol = 1e-5 * w.abs().max(1.0);
         assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: got {g}, want {w}");
