@@ -166,7 +166,8 @@ pub(super) fn run_task(
     let rows = &qkv[seq.start * qs..(seq.start + seq.len) * qs];
     let k_ptr = rows[(h_n + g) * d..].as_ptr();
     let scale = 1.0 / (d as f32).sqrt();
-    let mut tile = vec![0.0f32; BLOCK_ROWS * TILE_COLS];
+    // Short sequences get a tile of their own size (batches of many short responses are common).
+    let mut tile = vec![0.0f32; BLOCK_ROWS.min(seq.len - row_lo) * TILE_COLS.min(seq.len)];
     let mut fci_chunks = out.fci.chunks_mut(s_n.max(1));
     let mut waad_chunks = out.waad.chunks_mut(t_len.max(1));
     let mut fai_chunks = out.fai.chunks_mut(t_len.max(1));
