@@ -4,5 +4,6 @@
 //! this forward stores.
 
 pub mod cpu;
+pub mod stats;
 
 pub use cpu::{attention_backward, attention_forward, AttnShape};
