@@ -28,6 +28,10 @@ pub struct RunConfig {
     /// SPMD layout and fault handling under MPI (defaults when absent).
     #[serde(default)]
     pub parallel: ParallelSection,
+    /// AttnRL tree sampling in the RL phase (ATB with `branch_by = "fci"`, TreeRL with "entropy").
+    pub attnrl: Option<crate::attnrl::AttnRlConfig>,
+    /// Attention-rhythm credit: per-token advantage shaping in the RL phase.
+    pub rhythm: Option<crate::attnrl::RhythmConfig>,
 }
 
 /// `[parallel]`: world = dp × tp under mpirun/srun; dp is world / tp.
@@ -350,6 +354,23 @@ impl RunConfig {
             if !(v.is_finite() && v >= 0.0) || (key == "parallel.bucket_mb" && v == 0.0) {
                 return bad(key, format!("{v} must be a finite positive number"));
             }
+        }
+        if let Some(a) = &self.attnrl {
+            a.validate().map_err(|e| Error::Config {
+                file: file.into(),
+                key: format!("attnrl.{}", e.key),
+                msg: e.msg,
+            })?;
+        }
+        if let Some(r) = &self.rhythm {
+            r.validate().map_err(|e| Error::Config {
+                file: file.into(),
+                key: format!("rhythm.{}", e.key),
+                msg: e.msg,
+            })?;
+        }
+        if (self.attnrl.is_some() || self.rhythm.is_some()) && self.rl.is_none() {
+            return bad("attnrl", "[attnrl] and [rhythm] shape the RL phase: add an [rl] table".into());
         }
         if let Some(loss) = &self.loss {
             loss.validate().map_err(|e| Error::Config {

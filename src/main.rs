@@ -28,6 +28,9 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Summarise a model directory or checkpoint.
     Inspect(inspect::InspectArgs),
+    /// Experiments over several runs (`arbor experiment compare`).
+    #[command(subcommand)]
+    Experiment(arbor::cli::experiment::ExperimentCommand),
     /// PNG plots of a run's metrics.jsonl (reward, solve rate, length, loss, RL statistics).
     Plot(plot::PlotArgs),
     /// Discrete-event simulation of RL training clusters.
@@ -75,6 +78,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Plot(args) => plot::run(&args),
+        Command::Experiment(cmd) => {
+            init_threads(cli.threads.unwrap_or(2))?;
+            arbor::cli::experiment::run(&cmd)
+        }
         Command::Sim(cmd) => arbor_sim::cli::run(cmd),
     }
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_allreduce;
 pub mod convert;
+pub mod experiment;
 pub mod inspect;
 pub mod plot;
 pub mod train;

@@ -33,6 +33,22 @@ pub struct TrainerState {
     /// Inside the RL phase: the held-out solve rate (sampled, greedy) measured before its first step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rl_eval_before: Option<[f64; 2]>,
+    /// State of adaptive sampling (next problem, dynamic batch size, FCI filter) inside an AttnRL phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingState>,
+}
+
+/// Adaptive-sampling state that a resumed AttnRL phase needs (ALGORITHMS.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingState {
+    /// Index of the next training problem (the dynamic batch makes it differ from step × prompts).
+    pub next_problem: u64,
+    /// Prompts of the next step (0 = `prompts_per_step`).
+    pub prompts: usize,
+    /// Running mean question FCI of all-correct problems and how many were seen.
+    pub fci_mean: f64,
+    pub fci_count: u64,
 }
 
 /// 64-bit FNV-1a checksum (detects corruption and truncation; not a cryptographic hash).

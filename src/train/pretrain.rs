@@ -163,7 +163,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
     let mut start = 0u64;
-    let mut rl_before = None;
+    let (mut rl_before, mut sampling) = (None, None);
     if let Some(dir) = resume {
         let ck = load_checkpoint(dir)?;
         if ck.config != model.cfg {
@@ -188,6 +188,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         model.params = ck.params;
         (opt.m, opt.v, opt.t) = (ck.exp_avg, ck.exp_avg_sq, ck.state.adam_t);
         start = ck.state.step;
+        sampling = ck.state.sampling;
         rl_before = ck.state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
     }
     let mut grads = vec![0.0f32; model.params.data.len()];
@@ -313,7 +314,13 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         }
         if root && (last || (step + 1) % t.checkpoint_every.max(1) == 0) {
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
-            let state = TrainerState { step: step + 1, seed: cfg.run.seed, adam_t: opt.t, rl_eval_before: None };
+            let state = TrainerState {
+                step: step + 1,
+                seed: cfg.run.seed,
+                adam_t: opt.t,
+                rl_eval_before: None,
+                sampling: None,
+            };
             save_checkpoint(&out_dir, &model.cfg, &model.params, Some(&tokenizer), &opt, &state, t.keep_checkpoints)?;
         }
     }
@@ -334,7 +341,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             offset: t.steps,
             tokenizer: &tokenizer,
         };
-        let begin = crate::train::rl::PhaseStart { done, before: rl_before };
+        let begin = crate::train::rl::PhaseStart { done, before: rl_before, sampling };
         let rates = crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?;
         report.rl = Some(rates);
         final_step = t.steps + rl.steps;

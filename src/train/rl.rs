@@ -8,6 +8,8 @@
 //! split never overlaps the training problems.
 
 pub mod eval;
+pub mod rhythm;
+pub mod tree;
 pub mod update;
 pub mod wire;
 
@@ -17,10 +19,10 @@ pub use update::{policy_update, policy_update_dp, DpShard, Sample, UpdateBuffers
 use crate::config::{RlSection, RunConfig};
 use crate::error::{Error, Result};
 use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
-use crate::model::Model;
+use crate::model::{Model, Workspace};
 use crate::parallel::{partition, Comm, Grid, Local};
 use crate::rl::{broadcast_to_tokens, group_advantages, LossConfig};
-use crate::rollout::{generate, Finish, GenerateConfig, Request, SamplingParams};
+use crate::rollout::{generate, Completion, Finish, GenerateConfig, Request, SamplingParams};
 use crate::tasks::{Task, SPLIT_TRAIN};
 use crate::tokenizer::char::{CharTokenizer, EOS_ID};
 use crate::tokenizer::Tokenizer;
@@ -65,6 +67,28 @@ pub struct RlTrainer<'a> {
     reference: Option<Model>,
     buf: UpdateBuffers,
     dp: &'a dyn Comm,
+    /// Adaptive-sampling state of an `[attnrl]` phase.
+    pub tree: Option<tree::TreeState>,
+    stats_ws: Workspace,
+}
+
+/// The step's sampling result, before the update.
+struct Sampled {
+    /// Every generated sample of this rank, in order.
+    generated: Vec<StepSample>,
+    /// Training sequences of this rank.
+    train: Vec<Sample>,
+    /// For each training sequence, the generated sample it is (to copy recomputed log-probs back), if any.
+    train_of: Vec<Option<usize>>,
+    /// Candidate training sequences (before zero-signal filtering) and those with non-zero advantage.
+    candidates: usize,
+    effective: usize,
+    /// Prompts whose initial responses were all correct / all wrong, and prompts.
+    all_correct: usize,
+    all_wrong: usize,
+    prompts: usize,
+    zero_std: (usize, usize),
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl<'a> RlTrainer<'a> {
@@ -78,7 +102,9 @@ impl<'a> RlTrainer<'a> {
         reference: Option<Model>,
     ) -> Self {
         let (tok, buf) = (CharTokenizer::default(), UpdateBuffers::new(model));
-        RlTrainer { cfg, rl, loss, task, tok, reference, buf, dp: &Local }
+        let tree = cfg.attnrl.as_ref().map(|_| tree::TreeState::new(rl.prompts_per_step));
+        let stats_ws = Workspace::new(&model.cfg, 0);
+        RlTrainer { cfg, rl, loss, task, tok, reference, buf, dp: &Local, tree, stats_ws }
     }
 
     /// Run data-parallel over `dp`: each rank generates and trains its share of the step's prompts.
@@ -97,11 +123,23 @@ impl<'a> RlTrainer<'a> {
         }
     }
 
-    /// RL step `step` (0-based): generate with the current weights, then update them.
-    pub fn step(&mut self, model: &mut Model, opt: &mut AdamW, step: u64) -> Result<StepOutput> {
+    /// Generate `requests` at RL step `step` (0-based) with the rollout settings of `[rl]`.
+    fn generate(&self, model: &Model, requests: &[Request], step: u64, max_new: usize) -> Result<Vec<Completion>> {
         let rl = self.rl;
-        let t0 = Instant::now();
-        // 1. prompts × n samples
+        let gc = GenerateConfig {
+            sampling: SamplingParams { temperature: rl.temperature, top_p: 1.0, top_k: 0, max_new_tokens: max_new },
+            stop_tokens: vec![EOS_ID],
+            seed: self.cfg.run.seed,
+            step: step + 1,
+            max_batch: rl.max_batch,
+        };
+        generate(model, requests, &gc)
+    }
+
+    /// GRPO-family sampling: this rank's share of the prompts × n samples, group advantages,
+    /// optional rhythm shaping.
+    fn sample_groups(&mut self, model: &Model, step: u64) -> Result<Sampled> {
+        let rl = self.rl;
         let (p, n) = (rl.prompts_per_step, rl.samples_per_prompt as usize);
         let mine = partition(p, self.dp.size(), self.dp.rank());
         let mut problems = Vec::with_capacity(mine.len());
@@ -114,22 +152,7 @@ impl<'a> RlTrainer<'a> {
             }
             problems.push(prob);
         }
-        // 2. generate
-        let gc = GenerateConfig {
-            sampling: SamplingParams {
-                temperature: rl.temperature,
-                top_p: 1.0,
-                top_k: 0,
-                max_new_tokens: rl.max_new_tokens,
-            },
-            stop_tokens: vec![EOS_ID],
-            seed: self.cfg.run.seed,
-            step: step + 1,
-            max_batch: rl.max_batch,
-        };
-        let completions = generate(model, &requests, &gc)?;
-        let t_gen = t0.elapsed().as_secs_f64();
-        // 3. rewards, 4. group advantages
+        let completions = self.generate(model, &requests, step, rl.max_new_tokens)?;
         let rewards: Vec<f32> = completions
             .iter()
             .enumerate()
@@ -137,43 +160,125 @@ impl<'a> RlTrainer<'a> {
             .collect();
         let group_starts: Vec<usize> = (0..=mine.len()).map(|g| g * n).collect();
         let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
-        let t_reward = t0.elapsed().as_secs_f64() - t_gen;
-        // 5. training samples: every sample of a group with signal
-        let mut samples: Vec<StepSample> = Vec::with_capacity(completions.len());
-        let rewards_local = rewards;
-        let mut keep = Vec::new();
+        let mut out = Sampled {
+            generated: Vec::with_capacity(completions.len()),
+            train: Vec::new(),
+            train_of: Vec::new(),
+            candidates: 0,
+            effective: 0,
+            all_correct: 0,
+            all_wrong: 0,
+            prompts: mine.len(),
+            zero_std: (adv.zero_std.iter().filter(|&&z| z).count(), adv.zero_std.len()),
+            extra: serde_json::Map::new(),
+        };
+        for g in 0..mine.len() {
+            let r = &rewards[g * n..(g + 1) * n];
+            out.all_correct += usize::from(r.iter().all(|&x| x >= 1.0));
+            out.all_wrong += usize::from(r.iter().all(|&x| x < 1.0));
+        }
         for (k, c) in completions.into_iter().enumerate() {
-            let finish = c.finish;
             let mut tok_adv = vec![0.0f32; c.tokens.len()];
             broadcast_to_tokens(&[adv.advantages[k]], &[0, c.tokens.len()], &mut tok_adv);
             let no_signal = rl.filter_zero_std && adv.zero_std[k / n];
-            if !no_signal && !c.tokens.is_empty() {
-                keep.push(k);
+            if !c.tokens.is_empty() {
+                out.candidates += 1;
+                out.effective += usize::from(adv.advantages[k] != 0.0);
             }
             let data = Sample {
                 prompt: requests[k].prompt.clone(),
                 response: c.tokens,
                 behav_logp: c.logprobs,
                 advantages: tok_adv,
-                reward: rewards_local[k],
+                reward: rewards[k],
             };
-            samples.push(StepSample {
+            if !no_signal && !data.response.is_empty() {
+                out.train.push(data.clone());
+                out.train_of.push(Some(k));
+            }
+            out.generated.push(StepSample {
                 prompt_id: c.prompt_id,
                 sample_index: c.sample_index,
                 logp: vec![f32::NAN; data.response.len()],
-                finish,
+                finish: c.finish,
                 data,
             });
         }
-        let train: Vec<Sample> = keep.iter().map(|&k| samples[k].data.clone()).collect();
-        // 6. policy update
+        if let Some(rc) = &self.cfg.rhythm {
+            let shaped = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
+            out.extra.insert("rhythm_amplified_frac".into(), shaped.into());
+        }
+        Ok(out)
+    }
+
+    /// Tree sampling (`[attnrl]`), single process.
+    fn sample_tree(&mut self, model: &Model, step: u64) -> Result<Sampled> {
+        let ac = self.cfg.attnrl.as_ref().ok_or_else(|| Error::Invalid("tree sampling without [attnrl]".into()))?;
+        if self.dp.size() > 1 {
+            return Err(Error::Invalid(
+                "[attnrl] tree sampling runs in one data-parallel rank for now (dp = 1)".into(),
+            ));
+        }
+        let mut state = self.tree.take().unwrap_or_else(|| tree::TreeState::new(self.rl.prompts_per_step));
+        let mut ws = std::mem::replace(&mut self.stats_ws, Workspace::new(&model.cfg, 0));
+        let res = tree::sample_trees(self, model, ac, &mut state, step, &mut ws);
+        self.stats_ws = ws;
+        let next_prompts = state.batch.prompts;
+        self.tree = Some(state);
+        let tb = res?;
+        let n = ac.initial_responses.max(1);
+        let initial = &tb.generated[..tb.questions * n];
+        let mut out = Sampled {
+            candidates: tb.candidates,
+            effective: tb.effective,
+            all_correct: (0..tb.questions)
+                .filter(|q| initial[q * n..(q + 1) * n].iter().all(|s| s.data.reward >= 1.0))
+                .count(),
+            all_wrong: (0..tb.questions)
+                .filter(|q| initial[q * n..(q + 1) * n].iter().all(|s| s.data.reward < 1.0))
+                .count(),
+            prompts: tb.questions,
+            zero_std: (tb.dropped_questions, tb.questions),
+            train_of: vec![None; tb.train.len()],
+            train: tb.train,
+            generated: tb.generated,
+            extra: serde_json::Map::new(),
+        };
+        out.extra.insert("branch_points".into(), tb.branch_points.into());
+        out.extra.insert("branch_points_filled".into(), tb.filled_points.into());
+        out.extra.insert("next_prompts".into(), next_prompts.into());
+        if let Some(rc) = &self.cfg.rhythm {
+            let shaped = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
+            out.extra.insert("rhythm_amplified_frac".into(), shaped.into());
+        }
+        Ok(out)
+    }
+
+    /// RL step `step` (0-based): generate with the current weights, then update them.
+    pub fn step(&mut self, model: &mut Model, opt: &mut AdamW, step: u64) -> Result<StepOutput> {
+        let t0 = Instant::now();
+        let sampled =
+            if self.cfg.attnrl.is_some() { self.sample_tree(model, step)? } else { self.sample_groups(model, step)? };
+        let t_gen = t0.elapsed().as_secs_f64();
+        let Sampled {
+            mut generated,
+            train,
+            train_of,
+            mut extra,
+            candidates,
+            effective,
+            all_correct,
+            all_wrong,
+            prompts,
+            zero_std,
+        } = sampled;
         let t1 = Instant::now();
-        let lr = rl.lr;
+        let lr = self.rl.lr;
         let plan = self.plan();
         let counts = self.dp.all_gather_bytes(&(train.len() as u64).to_le_bytes())?;
         let counts: Vec<usize> = counts
             .iter()
-            .map(|b| b.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize))
+            .map(|b| b.get(..8).and_then(|b| b.try_into().ok()).map_or(0, |b| u64::from_le_bytes(b) as usize))
             .collect();
         let shard = DpShard {
             comm: self.dp,
@@ -185,55 +290,67 @@ impl<'a> RlTrainer<'a> {
         let report = policy_update_dp(model, opt, reference, &train, self.loss, &plan, lr, &mut self.buf, &shard)?;
         let t_train = t1.elapsed().as_secs_f64();
         let mut off = 0;
-        for &k in &keep {
-            let len = samples[k].data.response.len();
-            samples[k].logp.copy_from_slice(&report.old_logp[off..off + len]);
+        for (s, of) in train.iter().zip(&train_of) {
+            let len = s.response.len();
+            if let Some(k) = of {
+                generated[*k].logp.copy_from_slice(&report.old_logp[off..off + len]);
+            }
             off += len;
         }
+        // counts over all ranks
+        let valid_tokens: usize =
+            train.iter().map(|s| s.advantages.iter().filter(|&&a| a != 0.0).count()).sum::<usize>();
+        let train_tokens: usize = train.iter().map(|s| s.prompt.len() + s.response.len()).sum();
+        let mut sums = [
+            valid_tokens as f64,
+            train_tokens as f64,
+            candidates as f64,
+            effective as f64,
+            all_correct as f64,
+            all_wrong as f64,
+            prompts as f64,
+            zero_std.0 as f64,
+            zero_std.1 as f64,
+        ];
+        self.dp.all_reduce_sum_f64(&mut sums)?;
+        let frac = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         // every rank's samples, in global (rank) order, for the metrics and the dump
-        let n_trained = shard.total;
         if self.dp.size() > 1 {
-            let all = self.dp.all_gather_bytes(&wire::encode(&samples))?;
-            samples = Vec::new();
+            let all = self.dp.all_gather_bytes(&wire::encode(&generated))?;
+            generated = Vec::new();
             for bytes in &all {
-                samples.extend(wire::decode(bytes)?);
+                generated.extend(wire::decode(bytes)?);
             }
         }
-        let rewards: Vec<f32> = samples.iter().map(|s| s.data.reward).collect();
-        let zero_std = {
-            let mut z = [adv.zero_std.iter().filter(|&&z| z).count() as f64, adv.zero_std.len() as f64];
-            self.dp.all_reduce_sum_f64(&mut z)?;
-            z[0] / z[1].max(1.0)
-        };
-        // 7. metrics
         let secs = t0.elapsed().as_secs_f64();
-        let n_samples = rewards.len().max(1) as f64;
-        let reward_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / n_samples;
-        let reward_std = (rewards.iter().map(|&r| (r as f64 - reward_mean).powi(2)).sum::<f64>() / n_samples).sqrt();
-        let lens: Vec<usize> = samples.iter().map(|s| s.data.response.len()).collect();
+        let n_samples = generated.len().max(1) as f64;
+        let rewards: Vec<f64> = generated.iter().map(|s| s.data.reward as f64).collect();
+        let reward_mean = rewards.iter().sum::<f64>() / n_samples;
+        let reward_std = (rewards.iter().map(|&r| (r - reward_mean).powi(2)).sum::<f64>() / n_samples).sqrt();
+        let lens: Vec<usize> = generated.iter().map(|s| s.data.response.len()).collect();
         let gen_tokens: usize = lens.iter().sum();
         let len_mean = gen_tokens as f64 / n_samples;
-        let clipped = samples.iter().filter(|s| s.finish == Finish::Length).count() as f64 / n_samples;
+        let clipped = generated.iter().filter(|s| s.finish == Finish::Length).count() as f64 / n_samples;
         let st = &report.stats;
         let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
-        let train_tokens: usize = samples
-            .iter()
-            .filter(|s| s.logp.first().is_some_and(|l| !l.is_nan()))
-            .map(|s| s.data.prompt.len() + s.data.response.len())
-            .sum();
-        let metrics = serde_json::json!({
+        let mut metrics = serde_json::json!({
             "rl_step": step + 1, "policy_version": step, "reward_mean": reward_mean, "reward_std": reward_std,
             "solve_rate": reward_mean, "response_len_mean": len_mean, "response_len_max": lens.iter().max().copied().unwrap_or(0),
             "response_clip_ratio": clipped, "loss": mean(&report.losses), "clip_frac": st.clip_frac(),
             "approx_kl": st.approx_kl(), "ref_kl": st.ref_kl(), "entropy": st.entropy(),
             "grad_norm": mean(&report.grad_norms), "updates": report.losses.len(), "lr": lr,
             "logprob_mismatch_abs_mean": st.mismatch_abs_mean(), "logprob_mismatch_abs_max": st.mismatch_abs_max,
-            "zero_std_frac": zero_std, "trained_samples": n_trained,
+            "trained_samples": shard.total, "valid_tokens": sums[0],
+            "effective_sample_ratio": frac(sums[3], sums[2]), "all_correct_ratio": frac(sums[4], sums[6]),
+            "all_wrong_ratio": frac(sums[5], sums[6]), "zero_std_frac": frac(sums[7], sums[8]), "prompts": sums[6],
             "gen_tokens_per_s": gen_tokens as f64 / t_gen.max(1e-9),
-            "train_tokens_per_s": (train_tokens * plan.epochs.max(1)) as f64 / t_train.max(1e-9),
-            "time_generate_s": t_gen, "time_reward_s": t_reward, "time_train_s": t_train, "step_s": secs,
+            "train_tokens_per_s": sums[1] * plan.epochs.max(1) as f64 / t_train.max(1e-9),
+            "time_generate_s": t_gen, "time_train_s": t_train, "step_s": secs,
         });
-        Ok(StepOutput { metrics, samples, reward_mean, response_len_mean: len_mean })
+        if let Some(m) = metrics.as_object_mut() {
+            m.append(&mut extra);
+        }
+        Ok(StepOutput { metrics, samples: generated, reward_mean, response_len_mean: len_mean })
     }
 }
 
@@ -256,6 +373,8 @@ pub struct Phase<'a> {
 pub struct PhaseStart {
     pub done: u64,
     pub before: Option<SolveRate>,
+    /// Adaptive-sampling state of an `[attnrl]` phase.
+    pub sampling: Option<crate::train::checkpoint::SamplingState>,
 }
 
 const REFERENCE_DIR: &str = "reference";
@@ -318,6 +437,9 @@ pub fn run_phase(
     }
     let mut dump = if root { Some(crate::train::dump::Dump::open(ph, start.done)?) } else { None };
     let mut trainer = RlTrainer::new(cfg, rl, ph.loss, ph.task, model, reference).with_dp(dp);
+    if let (Some(t), Some(s)) = (trainer.tree.as_mut(), start.sampling.filter(|_| start.done > 0)) {
+        *t = tree::TreeState::restore(&s, rl.prompts_per_step);
+    }
     let mut last = before;
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
     for step in start.done..rl.steps {
@@ -381,6 +503,7 @@ pub fn run_phase(
                 seed: cfg.run.seed,
                 adam_t: opt.t,
                 rl_eval_before: Some([before.sampled, before.greedy]),
+                sampling: trainer.tree.as_ref().map(|t| t.save()),
             };
             save_checkpoint(
                 ph.run_dir,

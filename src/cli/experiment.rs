@@ -1,0 +1,239 @@
+//! `arbor experiment compare`: the comparison a paper would show. From one base run config (the
+//! same warm start, seed and budget), run GRPO, TreeRL (entropy branching), AttnRL (ATB + adaptive
+//! sampling) and the three attention-rhythm schemes one after the other, then write `compare.md`
+//! and PNGs: held-out solve rate vs RL steps and vs wall time, effective-sample ratio,
+//! all-correct / all-wrong prompt ratios and valid tokens per step.
+
+use crate::attnrl::{AttnRlConfig, BranchBy, RhythmConfig, RhythmScheme};
+use crate::config::RunConfig;
+use anyhow::{bail, Context};
+use arbor_sim::plot::{Figure, LinePlot, Series};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// `arbor experiment` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Run several RL methods from the same start and compare them (compare.md + PNGs).
+    Compare(CompareArgs),
+}
+
+/// Arguments of `arbor experiment compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Comparison config (TOML with a `[compare]` table), e.g. configs/compare-countdown.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override `compare.out_dir`.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Override `compare.rl_steps` (e.g. a quick smoke run).
+    #[arg(long)]
+    pub steps: Option<u64>,
+}
+
+/// The comparison file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareFile {
+    compare: CompareSection,
+    /// Settings of the tree methods (branch_by is set per method).
+    #[serde(default)]
+    attnrl: AttnRlConfig,
+    /// Settings of the rhythm methods (scheme is set per method).
+    #[serde(default)]
+    rhythm: RhythmConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareSection {
+    /// Base run config (relative to the working directory).
+    base: PathBuf,
+    /// RL steps of every method.
+    rl_steps: u64,
+    /// RL steps between held-out evaluations.
+    eval_every: u64,
+    /// Held-out problems per evaluation.
+    #[serde(default = "d_eval")]
+    eval_problems: usize,
+    /// Methods, in order: grpo, treerl, attnrl, rhythm-local, rhythm-global, rhythm-coupled.
+    methods: Vec<String>,
+    /// Output directory (one run directory per method + compare.md + PNGs).
+    out_dir: PathBuf,
+}
+
+fn d_eval() -> usize {
+    200
+}
+
+/// The run config of `method` from the base.
+fn method_config(base: &RunConfig, file: &CompareFile, method: &str, out: &Path) -> anyhow::Result<RunConfig> {
+    let c = &file.compare;
+    let mut cfg = base.clone();
+    cfg.run.name = method.to_string();
+    cfg.run.out_dir = out.to_path_buf();
+    cfg.train.checkpoint_every = c.rl_steps.max(1);
+    let rl = cfg.rl.as_mut().context("the base config needs an [rl] table")?;
+    rl.steps = c.rl_steps;
+    rl.eval_every = c.eval_every;
+    rl.eval_problems = c.eval_problems;
+    rl.dump_trajectories = false;
+    match method {
+        "grpo" => {}
+        "treerl" => cfg.attnrl = Some(AttnRlConfig { branch_by: BranchBy::Entropy, ..file.attnrl.clone() }),
+        "attnrl" => cfg.attnrl = Some(AttnRlConfig { branch_by: BranchBy::Fci, ..file.attnrl.clone() }),
+        "rhythm-local" | "rhythm-global" | "rhythm-coupled" => {
+            let scheme = match method {
+                "rhythm-local" => RhythmScheme::Local,
+                "rhythm-global" => RhythmScheme::Global,
+                _ => RhythmScheme::Coupled,
+            };
+            cfg.rhythm = Some(RhythmConfig { scheme, ..file.rhythm.clone() });
+        }
+        other => bail!(
+            "compare.methods: unknown method {other:?} (grpo, treerl, attnrl, rhythm-local, rhythm-global, rhythm-coupled)"
+        ),
+    }
+    Ok(cfg)
+}
+
+/// What one method's metrics.jsonl says.
+#[derive(Debug, Default)]
+struct Summary {
+    method: String,
+    /// (rl step, seconds since the phase began, sampled, greedy)
+    evals: Vec<(f64, f64, f64, f64)>,
+    effective: Vec<f64>,
+    all_correct: Vec<f64>,
+    all_wrong: Vec<f64>,
+    valid_tokens: Vec<f64>,
+    trained: Vec<f64>,
+    step_s: Vec<f64>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn summarise(method: &str, metrics: &Path) -> anyhow::Result<Summary> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
+    let mut s = Summary { method: method.to_string(), ..Summary::default() };
+    let mut clock = 0.0;
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", metrics.display(), i + 1))?;
+        let Some(step) = v.get("rl_step").and_then(|x| x.as_f64()) else { continue };
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+        if let Some(rate) = f("eval_solve_rate") {
+            s.evals.push((step, clock, rate, f("eval_solve_rate_greedy").unwrap_or(f64::NAN)));
+            continue;
+        }
+        clock += f("step_s").unwrap_or(0.0);
+        s.step_s.push(f("step_s").unwrap_or(0.0));
+        s.effective.push(f("effective_sample_ratio").unwrap_or(f64::NAN));
+        s.all_correct.push(f("all_correct_ratio").unwrap_or(f64::NAN));
+        s.all_wrong.push(f("all_wrong_ratio").unwrap_or(f64::NAN));
+        s.valid_tokens.push(f("valid_tokens").unwrap_or(f64::NAN));
+        s.trained.push(f("trained_samples").unwrap_or(f64::NAN));
+    }
+    if s.evals.is_empty() {
+        bail!("{}: no eval_solve_rate lines", metrics.display());
+    }
+    Ok(s)
+}
+
+/// The comparison table (markdown).
+fn table(rows: &[Summary], steps: u64) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| method | held-out solve rate before → after (sampled) | Δ points | greedy after | effective-sample ratio | all-correct prompts | all-wrong prompts | valid tokens / step | trained seqs / step | s / step |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let (first, last) = (r.evals[0], r.evals[r.evals.len() - 1]);
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} % → {:.1} % | {:+.1} | {:.1} % | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {:.2} |",
+            r.method,
+            100.0 * first.2,
+            100.0 * last.2,
+            100.0 * (last.2 - first.2),
+            100.0 * last.3,
+            mean(&r.effective),
+            mean(&r.all_correct),
+            mean(&r.all_wrong),
+            mean(&r.valid_tokens),
+            mean(&r.trained),
+            mean(&r.step_s),
+        );
+    }
+    let _ = writeln!(md, "\n{steps} RL steps per method; ratios are means over the steps.");
+    md
+}
+
+/// Run `arbor experiment compare`.
+pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
+    let ExperimentCommand::Compare(args) = cmd;
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("{}", args.config.display()))?;
+    let mut file: CompareFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", args.config.display(), e.to_string().trim()))?;
+    if let Some(d) = &args.out_dir {
+        file.compare.out_dir = d.clone();
+    }
+    if let Some(s) = args.steps {
+        file.compare.rl_steps = s;
+    }
+    file.attnrl.validate().map_err(|e| anyhow::anyhow!("{}: attnrl.{e}", args.config.display()))?;
+    file.rhythm.validate().map_err(|e| anyhow::anyhow!("{}: rhythm.{e}", args.config.display()))?;
+    anyhow::ensure!(!file.compare.methods.is_empty(), "{}: compare.methods is empty", args.config.display());
+    let base = RunConfig::load(&file.compare.base)?;
+    let out = file.compare.out_dir.clone();
+    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    // check every method before running any
+    let cfgs: Vec<RunConfig> = file
+        .compare
+        .methods
+        .iter()
+        .map(|m| method_config(&base, &file, m, &out))
+        .collect::<anyhow::Result<_>>()
+        .with_context(|| format!("{}", args.config.display()))?;
+    let mut rows = Vec::new();
+    for (m, cfg) in file.compare.methods.iter().zip(&cfgs) {
+        println!("== {m}");
+        crate::train::pretrain::run(cfg, None, &mut std::io::stdout())?;
+        rows.push(summarise(m, &out.join(m).join("metrics.jsonl"))?);
+    }
+    let md = format!(
+        "# arbor experiment compare\n\nBase: `{}`, config `{}`, seed {}.\n\n{}\n![solve rate](solve_rate_vs_step.png)\n![solve rate vs time](solve_rate_vs_time.png)\n",
+        file.compare.base.display(),
+        args.config.display(),
+        base.run.seed,
+        table(&rows, file.compare.rl_steps)
+    );
+    std::fs::write(out.join("compare.md"), &md).with_context(|| format!("{}", out.join("compare.md").display()))?;
+    let mut by_step = LinePlot::new("Held-out solve rate (sampled)", "RL step", "solve rate");
+    let mut by_time = LinePlot::new("Held-out solve rate (sampled)", "wall time of the RL steps (s)", "solve rate");
+    let mut eff = LinePlot::new("Effective-sample ratio", "RL step", "fraction with non-zero advantage");
+    for (i, r) in rows.iter().enumerate() {
+        by_step = by_step.series(Series::line_dots(&r.method, r.evals.iter().map(|e| (e.0, e.2)).collect()).colour(i));
+        by_time = by_time.series(Series::line_dots(&r.method, r.evals.iter().map(|e| (e.1, e.2)).collect()).colour(i));
+        let pts = r.effective.iter().enumerate().map(|(k, &v)| ((k + 1) as f64, v)).collect();
+        eff = eff.series(Series::line(&r.method, pts).colour(i));
+    }
+    for (name, plot) in
+        [("solve_rate_vs_step.png", by_step), ("solve_rate_vs_time.png", by_time), ("effective_ratio.png", eff)]
+    {
+        Figure::single(plot, (900, 500)).save(&out.join(name))?;
+    }
+    println!("\n{md}");
+    println!("wrote {}", out.join("compare.md").display());
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Attention-rhythm credit (ROLL, ALGORITHMS.md §7) applied to a step's training sequences: one
+//! statistics pass (look-back → local/global heads, WAAD, FAI on the configured layers), then
+//! per-token γ from the configured scheme, and Ã_t = γ_t·A_t (detached).
+
+use super::Sample;
+use crate::attention::stats::{attention_stats, default_rhythm_layers, SeqSteps, StatsConfig};
+use crate::attnrl::{batch_thresholds, rhythm_marks, shape_advantages, RhythmConfig};
+use crate::error::Result;
+use crate::model::{Batch, Model, Workspace};
+
+/// Shape the advantages of `train` in place; returns the fraction of tokens amplified (γ > 1).
+pub fn shape(model: &Model, ws: &mut Workspace, rc: &RhythmConfig, train: &mut [Sample]) -> Result<f64> {
+    if train.is_empty() {
+        return Ok(0.0);
+    }
+    let mut batch = Batch::new();
+    let mut steps = Vec::with_capacity(train.len());
+    for s in train.iter() {
+        let seq: Vec<u32> = s.prompt.iter().chain(&s.response).copied().collect();
+        batch.push_lm(&seq, 0)?;
+        steps.push(SeqSteps { bounds: Vec::new(), response_start: s.prompt.len(), end_of_thinking: None });
+    }
+    model.forward(&batch, ws)?;
+    let cfg = StatsConfig {
+        fci: false,
+        rhythm: true,
+        rhythm_layers: default_rhythm_layers(model.cfg.num_layers, rc.layers),
+        window: rc.waad_window,
+        h_lo: rc.fai_min_offset,
+        h_hi: rc.fai_max_offset,
+        local_frac: rc.local_head_frac,
+        global_frac: rc.global_head_frac,
+        ..StatsConfig::default()
+    };
+    let stats = attention_stats(model, &batch, ws, &steps, &cfg)?;
+    let waads: Vec<&[f32]> = stats.iter().map(|s| s.waad.as_slice()).collect();
+    let th = batch_thresholds(&waads, rc)?;
+    let (mut amplified, mut total) = (0usize, 0usize);
+    for (s, st) in train.iter_mut().zip(&stats) {
+        let marks = rhythm_marks(&st.waad, &st.fai, rc, th)?;
+        amplified += marks.gamma.iter().filter(|&&g| g > 1.0).count();
+        total += marks.gamma.len();
+        s.advantages = shape_advantages(&marks.gamma, &s.advantages)?;
+    }
+    Ok(if total > 0 { amplified as f64 / total as f64 } else { 0.0 })
+}

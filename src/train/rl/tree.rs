@@ -1,0 +1,348 @@
+//! Tree sampling of the RL phase (AttnRL, ALGORITHMS.md §1–3): n initial responses per prompt →
+//! steps and FCI from the attention statistics pass → which responses to branch (adaptive) →
+//! branch points (ATB: earliest high-FCI steps; TreeRL baseline: highest-entropy tokens) → T
+//! continuations from each prefix → tree values and node advantages → one training sequence per
+//! leaf, zero-advantage questions dropped, and the next step's prompt count from the dynamic batch.
+//!
+//! Every continuation draws from its own RNG stream (seed, step, prompt id, sample index ≥ n), so
+//! the trees do not depend on batch layout. A continuation is generated with the full token
+//! budget and then cut to what the original response had left (prefix + continuation ≤
+//! `max_new_tokens`): sampling is causal, so the cut equals stopping at the budget.
+
+use super::{eval, Sample, StepSample};
+use crate::attention::stats::{attention_stats, SeqStats, SeqSteps, StatsConfig};
+use crate::attnrl::{
+    atb_branch_points, keep_nonzero_advantage, question_fci, question_trees, response_step_bounds_from_texts,
+    responses_to_branch, sequence_step_bounds, token_branch_points, AllCorrectFciFilter, AttnRlConfig, BranchBy,
+    Continuation, DynamicBatch, ResponseTree, Source, SplitPoint,
+};
+use crate::error::Result;
+use crate::model::{Batch, Model, Workspace};
+use crate::rollout::{Completion, Finish};
+use crate::tokenizer::char::CharTokenizer;
+use crate::train::checkpoint::SamplingState;
+
+/// Adaptive-sampling state carried across steps (checkpointed as [`SamplingState`]).
+#[derive(Debug, Clone)]
+pub struct TreeState {
+    pub next_problem: u64,
+    pub batch: DynamicBatch,
+    pub filter: AllCorrectFciFilter,
+}
+
+impl TreeState {
+    /// A fresh phase with `prompts` prompts in its first step.
+    pub fn new(prompts: usize) -> Self {
+        TreeState { next_problem: 0, batch: DynamicBatch::new(prompts), filter: AllCorrectFciFilter::default() }
+    }
+
+    /// Restore from a checkpoint.
+    pub fn restore(s: &SamplingState, prompts: usize) -> Self {
+        let mut t = TreeState::new(if s.prompts > 0 { s.prompts } else { prompts });
+        t.next_problem = s.next_problem;
+        t.filter = AllCorrectFciFilter { mean: s.fci_mean, count: s.fci_count };
+        t
+    }
+
+    /// What a checkpoint stores.
+    pub fn save(&self) -> SamplingState {
+        SamplingState {
+            next_problem: self.next_problem,
+            prompts: self.batch.prompts,
+            fci_mean: self.filter.mean,
+            fci_count: self.filter.count,
+        }
+    }
+}
+
+/// Response-relative step bounds of every response (separators from `[attnrl]`).
+pub fn response_bounds(tok: &CharTokenizer, response: &[u32], separators: &[String]) -> Vec<usize> {
+    let texts: Vec<String> = response.iter().map(|&t| tok.decode(&[t])).collect();
+    response_step_bounds_from_texts(&texts, separators)
+}
+
+/// FCI per step (full-sequence steps, 0 = prompt) of each (prompt, response) under `model`.
+pub fn step_fci(
+    model: &Model,
+    ws: &mut Workspace,
+    seqs: &[(&[u32], &[u32], Vec<usize>)],
+    delta: usize,
+) -> Result<Vec<SeqStats>> {
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut batch = Batch::new();
+    let mut steps = Vec::with_capacity(seqs.len());
+    for (prompt, response, bounds) in seqs {
+        let seq: Vec<u32> = prompt.iter().chain(response.iter()).copied().collect();
+        batch.push_lm(&seq, 0)?;
+        steps.push(SeqSteps {
+            bounds: sequence_step_bounds(prompt.len(), bounds),
+            response_start: prompt.len(),
+            end_of_thinking: None,
+        });
+    }
+    model.forward(&batch, ws)?;
+    let cfg = StatsConfig { fci: true, delta, rhythm: false, ..StatsConfig::default() };
+    attention_stats(model, &batch, ws, &steps, &cfg)
+}
+
+/// One initial response and, after branching, its continuations.
+struct Initial {
+    prompt_idx: usize,
+    completion: Completion,
+    reward: f32,
+    bounds: Vec<usize>,
+    fci: Vec<f32>,
+}
+
+/// What the tree phase produced for one step.
+pub struct TreeBatch {
+    /// Every generated sample (initial responses and continuations), for metrics and the dump.
+    pub generated: Vec<StepSample>,
+    /// Training sequences (one per leaf of each kept question's branched trees).
+    pub train: Vec<Sample>,
+    /// Questions whose training paths all had the same reward (dropped) and all questions.
+    pub dropped_questions: usize,
+    pub questions: usize,
+    /// Branch points placed and those that came from the fill rule.
+    pub branch_points: usize,
+    pub filled_points: usize,
+    /// Leaf sequences before the zero-advantage filter, and those with a non-zero advantage token.
+    pub candidates: usize,
+    pub effective: usize,
+}
+
+/// Sample the step's trees.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_trees(
+    trainer: &mut super::RlTrainer,
+    model: &Model,
+    ac: &AttnRlConfig,
+    state: &mut TreeState,
+    step: u64,
+    ws: &mut Workspace,
+) -> Result<TreeBatch> {
+    let rl = trainer.rl;
+    let (tok, task) = (trainer.tok.clone(), trainer.task);
+    let n = ac.initial_responses.max(1);
+    let p = state.batch.prompts.max(1);
+    // 1. prompts (a running problem counter: the dynamic batch changes the count per step)
+    let first = state.next_problem;
+    state.next_problem += p as u64;
+    let mut problems = Vec::with_capacity(p);
+    let mut prompts = Vec::with_capacity(p);
+    let mut requests = Vec::with_capacity(p * n);
+    for i in 0..p as u64 {
+        let id = first + i;
+        let (ids, prob) = eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, id)?;
+        for s in 0..n as u32 {
+            requests.push(crate::rollout::Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
+        }
+        problems.push(prob);
+        prompts.push(ids);
+    }
+    let completions = trainer.generate(model, &requests, step, rl.max_new_tokens)?;
+    // 2. rewards, steps, FCI
+    let mut initial: Vec<Initial> = completions
+        .into_iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let reward = eval::reward(task, &tok, &problems[k / n], &c);
+            let bounds = response_bounds(&tok, &c.tokens, &ac.step_separators);
+            Initial { prompt_idx: k / n, completion: c, reward, bounds, fci: Vec::new() }
+        })
+        .collect();
+    let need_fci = ac.branch_by == BranchBy::Fci || ac.all_correct_fci_filter;
+    if need_fci {
+        let seqs: Vec<(&[u32], &[u32], Vec<usize>)> = initial
+            .iter()
+            .filter(|r| !r.completion.tokens.is_empty())
+            .map(|r| (prompts[r.prompt_idx].as_slice(), r.completion.tokens.as_slice(), r.bounds.clone()))
+            .collect();
+        let stats = step_fci(model, ws, &seqs, ac.fci_step_gap)?;
+        let mut it = stats.into_iter();
+        for r in initial.iter_mut().filter(|r| !r.completion.tokens.is_empty()) {
+            // response steps only: drop pseudo-step 0 (the prompt)
+            r.fci = it.next().map(|s| s.fci.get(1..).map(<[f32]>::to_vec).unwrap_or_default()).unwrap_or_default();
+        }
+    }
+    // 3. which responses to branch: the all-correct FCI filter first (updated with this batch)
+    let correct: Vec<Vec<bool>> =
+        (0..p).map(|q| initial[q * n..(q + 1) * n].iter().map(|r| r.reward >= 1.0).collect()).collect();
+    let all_correct: Vec<usize> = (0..p).filter(|&q| correct[q].iter().all(|&c| c)).collect();
+    let mut kept_all_correct = vec![!ac.all_correct_fci_filter; p];
+    if ac.all_correct_fci_filter && !all_correct.is_empty() {
+        let fcis: Vec<f64> = all_correct
+            .iter()
+            .map(|&q| {
+                let scores: Vec<&[f32]> = initial[q * n..(q + 1) * n].iter().map(|r| r.fci.as_slice()).collect();
+                question_fci(&scores)
+            })
+            .collect::<Result<_>>()?;
+        for (&q, keep) in all_correct.iter().zip(state.filter.update_and_filter(&fcis)?) {
+            kept_all_correct[q] = keep;
+        }
+    }
+    // 4. branch points and continuation requests
+    let max_len = rl.max_new_tokens;
+    let min_dist = ac.min_branch_distance_tokens(max_len);
+    let (nb, nt) = (ac.branch_points, ac.continuations);
+    let mut splits: Vec<Vec<usize>> = vec![Vec::new(); initial.len()];
+    let (mut n_points, mut n_filled) = (0, 0);
+    let mut cont_requests = Vec::new();
+    for q in 0..p {
+        let prompt_id = first + q as u64;
+        let branch = responses_to_branch(
+            &correct[q],
+            ac.tree_rounding,
+            kept_all_correct[q],
+            trainer.cfg.run.seed,
+            step,
+            prompt_id,
+        );
+        for r in branch {
+            let k = q * n + r;
+            let resp = &initial[k];
+            if resp.completion.tokens.len() < 2 {
+                continue;
+            }
+            let choice = match ac.branch_by {
+                BranchBy::Fci => atb_branch_points(&resp.bounds, &resp.fci, ac.rho, nb, min_dist, ac.distance_rule)?,
+                BranchBy::Entropy => token_branch_points(&resp.completion.entropies, nb, min_dist, ac.distance_rule)?,
+                BranchBy::NegLogprob => {
+                    let nl: Vec<f32> = resp.completion.logprobs.iter().map(|l| -l).collect();
+                    token_branch_points(&nl, nb, min_dist, ac.distance_rule)?
+                }
+            };
+            n_points += choice.points.len();
+            n_filled += choice.filled;
+            for (si, &at) in choice.points.iter().enumerate() {
+                let mut prefix = prompts[q].clone();
+                prefix.extend_from_slice(&resp.completion.tokens[..at]);
+                for c in 0..nt {
+                    let sample_index = (n + (r * nb + si) * nt + c) as u32;
+                    cont_requests.push((
+                        k,
+                        si,
+                        crate::rollout::Request { prompt_id, sample_index, prompt: prefix.clone() },
+                    ));
+                }
+            }
+            splits[k] = choice.points.clone();
+        }
+    }
+    let reqs: Vec<crate::rollout::Request> = cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
+    let mut conts = trainer.generate(model, &reqs, step, max_len)?;
+    // cut each continuation to the budget its prefix left
+    for ((k, si, _), c) in cont_requests.iter().zip(conts.iter_mut()) {
+        let budget = max_len.saturating_sub(splits[*k][*si]);
+        if c.tokens.len() > budget {
+            c.tokens.truncate(budget);
+            c.logprobs.truncate(budget);
+            c.entropies.truncate(budget);
+            c.finish = Finish::Length;
+        }
+    }
+    let cont_rewards: Vec<f32> = cont_requests
+        .iter()
+        .zip(&conts)
+        .map(|((k, _, _), c)| eval::reward(task, &tok, &problems[initial[*k].prompt_idx], c))
+        .collect();
+    // 5. trees, advantages, leaf sequences; zero-advantage filter per question
+    let mut per_resp: Vec<Vec<Vec<usize>>> = splits.iter().map(|s| vec![Vec::new(); s.len()]).collect();
+    for (j, (k, si, _)) in cont_requests.iter().enumerate() {
+        per_resp[*k][*si].push(j);
+    }
+    let mut train = Vec::new();
+    let (mut dropped, mut candidates, mut effective) = (0, 0, 0);
+    for q in 0..p {
+        let trees: Vec<ResponseTree> = (q * n..(q + 1) * n)
+            .map(|k| ResponseTree {
+                len: initial[k].completion.tokens.len(),
+                reward: initial[k].reward,
+                splits: splits[k]
+                    .iter()
+                    .zip(&per_resp[k])
+                    .map(|(&at, js)| SplitPoint {
+                        at,
+                        continuations: js
+                            .iter()
+                            .map(|&j| Continuation { len: conts[j].tokens.len(), reward: cont_rewards[j] })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let qt = question_trees(&trees)?;
+        candidates += qt.sequences.len();
+        effective += qt.sequences.iter().filter(|(_, s)| s.segments.iter().any(|g| g.advantage != 0.0)).count();
+        let leaf_rewards: Vec<f32> = qt.sequences.iter().map(|(_, s)| s.reward).collect();
+        if ac.zero_advantage_filter && !keep_nonzero_advantage(&leaf_rewards) {
+            dropped += 1;
+            continue;
+        }
+        for (ti, seq) in &qt.sequences {
+            let k = q * n + ti;
+            let (mut response, mut behav) = (Vec::new(), Vec::new());
+            for seg in &seq.segments {
+                let (toks, lps) = match seg.source {
+                    Source::Response => (&initial[k].completion.tokens, &initial[k].completion.logprobs),
+                    Source::Continuation { split, index } => {
+                        let j = per_resp[k][split][index];
+                        (&conts[j].tokens, &conts[j].logprobs)
+                    }
+                };
+                response.extend_from_slice(&toks[seg.start..seg.end]);
+                behav.extend_from_slice(&lps[seg.start..seg.end]);
+            }
+            if response.is_empty() {
+                continue;
+            }
+            train.push(Sample {
+                prompt: prompts[q].clone(),
+                advantages: seq.token_advantages(),
+                response,
+                behav_logp: behav,
+                reward: seq.reward,
+            });
+        }
+    }
+    // 6. dynamic batch for the next step
+    if ac.dynamic_batch {
+        let target = ac.target_sequences(rl.prompts_per_step);
+        let max = ac.dynamic_batch_max(rl.prompts_per_step);
+        state.batch.update(target, train.len(), ac.dynamic_batch_lambda, max);
+    }
+    // every generated sample, for metrics and the dump (advantage 0 where it is not a leaf's own)
+    let mut generated: Vec<StepSample> = Vec::with_capacity(initial.len() + conts.len());
+    let to_sample = |prompt: Vec<u32>, c: &Completion, reward: f32| StepSample {
+        prompt_id: c.prompt_id,
+        sample_index: c.sample_index,
+        logp: vec![f32::NAN; c.tokens.len()],
+        finish: c.finish,
+        data: Sample {
+            prompt,
+            advantages: vec![0.0; c.tokens.len()],
+            response: c.tokens.clone(),
+            behav_logp: c.logprobs.clone(),
+            reward,
+        },
+    };
+    for r in &initial {
+        generated.push(to_sample(prompts[r.prompt_idx].clone(), &r.completion, r.reward));
+    }
+    for (((_, _, req), c), &rw) in cont_requests.iter().zip(&conts).zip(&cont_rewards) {
+        generated.push(to_sample(req.prompt.clone(), c, rw));
+    }
+    Ok(TreeBatch {
+        generated,
+        train,
+        dropped_questions: dropped,
+        questions: p,
+        branch_points: n_points,
+        filled_points: n_filled,
+        candidates,
+        effective,
+    })
+}
