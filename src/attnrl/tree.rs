@@ -87,10 +87,10 @@ impl ResponseTree {
 /// V(root) = mean reward over all leaves of the question's trees (each unbranched response is one leaf).
 pub fn question_root_value(trees: &[ResponseTree]) -> Result<f64> {
     let (mut sum, mut n) = (0.0f64, 0usize);
-    for t in trees {
+    for (i, t) in trees.iter().enumerate() {
         for r in t.leaf_rewards() {
             if !r.is_finite() {
-                return Err(Error::Invalid(format!("leaf reward {r} must be finite")));
+                return Err(Error::Invalid(format!("response {i}: leaf reward {r} must be finite")));
             }
             sum += f64::from(r);
             n += 1;
