@@ -8,8 +8,8 @@ use arbor::attnrl::adaptive::{
     keep_nonzero_advantage, next_batch_size, question_fci, responses_to_branch, trees_per_problem, AllCorrectFciFilter,
     DynamicBatch,
 };
-use arbor::attnrl::branch::{atb_branch_points, token_branch_points};
-use arbor::attnrl::config::{AttnRlConfig, DistanceRule, RhythmConfig, RhythmScheme, TreeRounding};
+use arbor::attnrl::branch::{atb_branch_points, branch_points, token_branch_points};
+use arbor::attnrl::config::{AttnRlConfig, BranchBy, DistanceRule, RhythmConfig, RhythmScheme, TreeRounding};
 use arbor::attnrl::rhythm::{
     batch_thresholds, rhythm_marks, shape_advantages, top_count, top_fraction_mask, RhythmThresholds,
 };
@@ -107,6 +107,12 @@ fn token_baseline_top_scores_with_distance_and_fill() {
     let c = token_branch_points(&e, 2, 20, DistanceRule::StepGap).unwrap();
     assert_eq!((c.points.clone(), c.filled), (vec![2, 4], 2));
     assert!(token_branch_points(&[1.0, 2.0], 2, 0, DistanceRule::StepGap).unwrap().points.is_empty());
+    // Through the config: d = ⌊0.0625·64⌋ = 4 with the default step-gap rule.
+    let cfg = AttnRlConfig { branch_by: BranchBy::Entropy, ..AttnRlConfig::default() };
+    assert_eq!(branch_points(&cfg, 64, &[], &[], &e).unwrap().points, vec![4, 10]);
+    let cfg = AttnRlConfig { min_branch_distance: Some(0), ..AttnRlConfig::default() };
+    let c = branch_points(&cfg, 64, &[0, 5, 10, 14], &[0.0, 0.1, 0.9], &[]).unwrap();
+    assert_eq!(c.points, vec![5, 10]);
     assert!(token_branch_points(&[1.0, f32::NAN, 2.0], 2, 0, DistanceRule::StepGap).is_err());
 }
 

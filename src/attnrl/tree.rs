@@ -154,10 +154,9 @@ pub fn tree_advantages(tree: &ResponseTree, root_value: f64) -> Result<TreeAdvan
     let r = f64::from(tree.reward);
     let mut segments = Vec::with_capacity(k + 1);
     let mut parent = root_value;
-    for j in 0..=k {
+    for (j, &(sum, n)) in suffix.iter().enumerate() {
         let start = if j == 0 { 0 } else { tree.splits[j - 1].at };
         let end = if j == k { tree.len } else { tree.splits[j].at };
-        let (sum, n) = suffix[j];
         let seg = node(start, end, r + sum, 1 + n, parent, root_value);
         parent = seg.value;
         segments.push(seg);
@@ -232,7 +231,7 @@ impl LeafSequence {
     pub fn token_advantages(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.len());
         for s in &self.segments {
-            out.extend(std::iter::repeat(s.advantage).take(s.end - s.start));
+            out.resize(out.len() + (s.end - s.start), s.advantage);
         }
         out
     }
