@@ -13,7 +13,7 @@
 //!
 //! Points come back sorted ascending, as token offsets into the response: prefix = prompt + response[..point].
 
-use crate::attnrl::config::DistanceRule;
+use crate::attnrl::config::{AttnRlConfig, BranchBy, DistanceRule};
 use crate::attnrl::steps::check_bounds;
 use crate::{Error, Result};
 
@@ -107,6 +107,25 @@ pub fn token_branch_points(
     let spans: Vec<(usize, usize)> = (0..len).map(|t| (t, t + 1)).collect();
     let (units, filled) = choose(&order, &order, &spans, n_points, min_distance, rule);
     Ok(BranchChoice { points: units.clone(), units, filled })
+}
+
+/// Branch points of one response per `cfg` (N = `branch_points`, d = `min_branch_distance_tokens(max_response_len)`,
+/// `distance_rule`): ATB over `bounds`/`step_scores` when `branch_by = "fci"`, else the token baseline over
+/// `token_scores` (the caller passes entropies or −log p according to `branch_by`; unused inputs may be empty).
+pub fn branch_points(
+    cfg: &AttnRlConfig,
+    max_response_len: usize,
+    bounds: &[usize],
+    step_scores: &[f32],
+    token_scores: &[f32],
+) -> Result<BranchChoice> {
+    let d = cfg.min_branch_distance_tokens(max_response_len);
+    match cfg.branch_by {
+        BranchBy::Fci => atb_branch_points(bounds, step_scores, cfg.rho, cfg.branch_points, d, cfg.distance_rule),
+        BranchBy::Entropy | BranchBy::NegLogprob => {
+            token_branch_points(token_scores, cfg.branch_points, d, cfg.distance_rule)
+        }
+    }
 }
 
 /// Greedy choice: walk `candidates` in order, keep a unit whose span starts ≥ d and is ≥ d from every kept span;

@@ -22,7 +22,9 @@ pub use adaptive::{
     keep_nonzero_advantage, next_batch_size, question_fci, responses_to_branch, trees_per_problem, AllCorrectFciFilter,
     DynamicBatch,
 };
-pub use branch::{atb_branch_points, atb_candidates, quantile_linear, token_branch_points, BranchChoice};
+pub use branch::{
+    atb_branch_points, atb_candidates, branch_points, quantile_linear, token_branch_points, BranchChoice,
+};
 pub use config::{AttnRlConfig, AttnRlConfigError, BranchBy, DistanceRule, RhythmConfig, RhythmScheme, TreeRounding};
 pub use rhythm::{batch_thresholds, rhythm_marks, shape_advantages, RhythmMarks, RhythmThresholds};
 pub use steps::{response_step_bounds, response_step_bounds_from_texts, sequence_step_bounds};

@@ -87,10 +87,10 @@ impl ResponseTree {
 /// V(root) = mean reward over all leaves of the question's trees (each unbranched response is one leaf).
 pub fn question_root_value(trees: &[ResponseTree]) -> Result<f64> {
     let (mut sum, mut n) = (0.0f64, 0usize);
-    for t in trees {
+    for (i, t) in trees.iter().enumerate() {
         for r in t.leaf_rewards() {
             if !r.is_finite() {
-                return Err(Error::Invalid(format!("leaf reward {r} must be finite")));
+                return Err(Error::Invalid(format!("response {i}: leaf reward {r} must be finite")));
             }
             sum += f64::from(r);
             n += 1;
@@ -154,10 +154,9 @@ pub fn tree_advantages(tree: &ResponseTree, root_value: f64) -> Result<TreeAdvan
     let r = f64::from(tree.reward);
     let mut segments = Vec::with_capacity(k + 1);
     let mut parent = root_value;
-    for j in 0..=k {
+    for (j, &(sum, n)) in suffix.iter().enumerate() {
         let start = if j == 0 { 0 } else { tree.splits[j - 1].at };
         let end = if j == k { tree.len } else { tree.splits[j].at };
-        let (sum, n) = suffix[j];
         let seg = node(start, end, r + sum, 1 + n, parent, root_value);
         parent = seg.value;
         segments.push(seg);
@@ -232,7 +231,7 @@ impl LeafSequence {
     pub fn token_advantages(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.len());
         for s in &self.segments {
-            out.extend(std::iter::repeat(s.advantage).take(s.end - s.start));
+            out.resize(out.len() + (s.end - s.start), s.advantage);
         }
         out
     }
