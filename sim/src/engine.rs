@@ -431,7 +431,7 @@ impl<'a> Sim<'a> {
 
     pub(crate) fn worker_next(&mut self, w: u32) {
         let now = self.now;
-        self.workers[w as usize].advance(now, &self.cost);
+        self.workers[w as usize].advance_to_completion(now, &self.cost);
         let mut finished = std::mem::take(&mut self.scratch);
         finished.clear();
         {

@@ -11,10 +11,11 @@ pub type TimeNs = u64;
 /// Seconds → nanoseconds (rounded, saturating at 0).
 #[inline]
 pub fn ns_from_s(s: f64) -> TimeNs {
-    if s <= 0.0 || !s.is_finite() {
-        0
+    // Round half up without libm's `round` (hot path); `as` saturates, so +inf maps to u64::MAX and NaN to 0.
+    if s > 0.0 {
+        (s * 1e9 + 0.5) as TimeNs
     } else {
-        (s * 1e9).round() as TimeNs
+        0
     }
 }
 
@@ -105,6 +106,10 @@ pub struct EventQueue {
     workers: IndexedHeap<u128>,
     epochs: Vec<u32>,
     seq: u64,
+    /// A worker whose event was just popped; its slot stays in the heap (at the root) so that the
+    /// usual reschedule ([`EventQueue::set_worker`]) updates it in place instead of a remove + insert.
+    /// Removed for real if anything else happens first.
+    popped: Option<u32>,
 }
 
 impl EventQueue {
@@ -124,6 +129,9 @@ impl EventQueue {
         self.seq += 1;
         if let Event::WorkerNext { worker, epoch } = ev {
             if (worker as usize) < self.epochs.len() {
+                if self.popped == Some(worker) {
+                    self.popped = None;
+                }
                 self.epochs[worker as usize] = epoch;
                 self.workers.set(worker, ((at as u128) << 64) | self.seq as u128);
                 return;
@@ -137,17 +145,25 @@ impl EventQueue {
     pub fn set_worker(&mut self, w: u32, at: Option<TimeNs>, epoch: u32) {
         match at {
             Some(at) => self.push(at, Event::WorkerNext { worker: w, epoch }),
-            None => self.workers.remove(w),
+            None => {
+                if self.popped == Some(w) {
+                    self.popped = None;
+                }
+                self.workers.remove(w)
+            }
         }
     }
 
     /// Pop the earliest event.
     #[inline]
     pub fn pop(&mut self) -> Option<(TimeNs, Event)> {
+        if let Some(w) = self.popped.take() {
+            self.workers.remove(w);
+        }
         let main = self.heap.peek().map(|r| ((r.0.at as u128) << 64) | r.0.order as u128);
         match (self.workers.peek(), main) {
             (Some((w, key)), m) if !matches!(m, Some(m) if m <= key) => {
-                self.workers.remove(w);
+                self.popped = Some(w);
                 Some(((key >> 64) as TimeNs, Event::WorkerNext { worker: w, epoch: self.epochs[w as usize] }))
             }
             (_, Some(_)) => self.heap.pop().map(|Reverse(e)| (e.at, e.ev)),
@@ -157,7 +173,7 @@ impl EventQueue {
 
     /// Number of queued events.
     pub fn len(&self) -> usize {
-        self.heap.len() + self.workers.len()
+        self.heap.len() + self.workers.len() - self.popped.is_some() as usize
     }
 
     /// True when no event is queued.
@@ -166,7 +182,7 @@ impl EventQueue {
     }
 }
 
-/// FNV-1a 64-bit hash over the processed event stream.
+/// Order-sensitive 64-bit hash over the processed event stream (one multiply-xorshift round per word).
 #[derive(Clone, Copy, Debug)]
 pub struct TraceHash(pub u64);
 
@@ -177,13 +193,12 @@ impl Default for TraceHash {
 }
 
 impl TraceHash {
-    /// Fold one 64-bit word, byte by byte (FNV-1a, prime 0x100000001b3).
+    /// Fold one 64-bit word: `h = (h ^ w) · K; h ^= h >> 29` (every input bit reaches the high half
+    /// through the multiply and comes back down through the shift, so later words mix with earlier ones).
     #[inline]
     pub fn word(&mut self, w: u64) {
-        for b in w.to_le_bytes() {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
-        }
+        let h = (self.0 ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
     }
 
     /// Fold an event at time `t`.

@@ -20,7 +20,9 @@ impl<'a> Sim<'a> {
     pub(crate) fn rng(&self, purpose: u64, s: u32, turn: u32) -> Rng {
         let x = &self.samples[s as usize];
         let g = &self.groups[x.group as usize];
-        Rng::for_coords(self.seed, &[purpose, g.prompt, g.attempt as u64, x.idx as u64, x.attempt as u64, turn as u64])
+        // Coordinates packed into three words (turns are clamped to 1e6 < 2^24, purposes < 2^8).
+        let sub = purpose | ((turn as u64 & 0xFF_FFFF) << 8) | ((x.attempt as u64) << 32);
+        Rng::for_coords(self.seed, &[g.prompt, ((g.attempt as u64) << 32) | x.idx as u64, sub])
     }
 
     /// Allocate a sample of group `g`, draw its turn count and start its environment reset.
