@@ -5,7 +5,7 @@
 
 use crate::cost::CostModel;
 use crate::event::{ns_from_s, s_from_ns, Event, EventQueue, TimeNs, TraceHash};
-use crate::iheap::IndexedHeap;
+use crate::iheap::MinTree;
 use crate::metrics::{summarize, Metrics, PolicyResult, RunInfo};
 use crate::scenario::{Dispatch, Mode, Placement, Policy, Scenario};
 use crate::worker::Worker;
@@ -95,8 +95,8 @@ pub struct Sim<'a> {
     pub hash: TraceHash,
     pub events: u64,
     pub workers: Vec<Worker>,
-    /// Workers keyed by `load << 32 | index` (least loaded first, ties by lowest index).
-    pub load_heap: IndexedHeap<u64>,
+    /// Load per worker (least loaded first, ties by lowest index).
+    pub load_heap: MinTree,
     pub rr: u32,
     pub global_queue: VecDeque<(u32, u32)>,
     pub queued: u64,
@@ -150,11 +150,7 @@ impl<'a> Sim<'a> {
             hash: TraceHash::default(),
             events: 0,
             workers: (0..k).map(|_| Worker::default()).collect(),
-            load_heap: {
-                let mut h = IndexedHeap::new(k);
-                (0..k as u32).for_each(|w| h.set(w, w as u64));
-                h
-            },
+            load_heap: MinTree::new(k),
             rr: 0,
             global_queue: VecDeque::new(),
             queued: 0,
@@ -310,13 +306,13 @@ impl<'a> Sim<'a> {
     }
 
     fn push_load(&mut self, w: u32) {
-        let l = self.load(w) as u64;
-        self.load_heap.set(w, (l << 32) | w as u64);
+        let l = self.load(w);
+        self.load_heap.set(w, l);
     }
 
     /// Least-loaded worker (ties by lowest index).
     fn least_loaded(&mut self) -> u32 {
-        self.load_heap.peek().map(|(w, _)| w).unwrap_or(0)
+        self.load_heap.least()
     }
 
     /// Choose the worker a new request (or pinned group) goes to.

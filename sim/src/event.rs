@@ -1,4 +1,4 @@
-//! Event queue ordered by (integer time in ns, priority class, insertion sequence) and the trace hash.
+//! Event queue ordered by integer time in ns with deterministic tie-breaks, and the trace hash.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -93,17 +93,17 @@ impl Ord for Entry {
     }
 }
 
-/// Min-priority queue of events with a deterministic tie-break by insertion sequence.
+/// Min-priority queue of events with a deterministic tie-break.
 ///
 /// Worker completions (`Event::WorkerNext`, class 0) live in an indexed heap with one slot per
-/// worker that is rescheduled in place ([`EventQueue::set_worker`]); the other events in a binary
-/// heap. `pop` merges both by the same (time, class, sequence) order, so the processed stream is
-/// the one a single heap with stale-entry skipping would give, without the stale entries.
+/// worker that is rescheduled in place ([`EventQueue::set_worker`]), ordered by (time, worker
+/// index); the other events in a binary heap ordered by (time, class, insertion sequence). At equal
+/// times worker completions come first (class 0), so no stale entries are ever queued.
 #[derive(Default)]
 pub struct EventQueue {
     heap: BinaryHeap<Reverse<Entry>>,
-    /// Worker slots keyed by `time << 64 | sequence`.
-    workers: IndexedHeap<u128>,
+    /// Worker slots keyed by time (ties by worker index).
+    workers: IndexedHeap<TimeNs>,
     epochs: Vec<u32>,
     seq: u64,
     /// A worker whose event was just popped; its slot stays in the heap (at the root) so that the
@@ -133,7 +133,7 @@ impl EventQueue {
                     self.popped = None;
                 }
                 self.epochs[worker as usize] = epoch;
-                self.workers.set(worker, ((at as u128) << 64) | self.seq as u128);
+                self.workers.set(worker, at);
                 return;
             }
         }
@@ -160,11 +160,11 @@ impl EventQueue {
         if let Some(w) = self.popped.take() {
             self.workers.remove(w);
         }
-        let main = self.heap.peek().map(|r| ((r.0.at as u128) << 64) | r.0.order as u128);
+        let main = self.heap.peek().map(|r| r.0.at);
         match (self.workers.peek(), main) {
-            (Some((w, key)), m) if !matches!(m, Some(m) if m <= key) => {
+            (Some((w, at)), m) if !matches!(m, Some(m) if m < at) => {
                 self.popped = Some(w);
-                Some(((key >> 64) as TimeNs, Event::WorkerNext { worker: w, epoch: self.epochs[w as usize] }))
+                Some((at, Event::WorkerNext { worker: w, epoch: self.epochs[w as usize] }))
             }
             (_, Some(_)) => self.heap.pop().map(|Reverse(e)| (e.at, e.ev)),
             _ => None,
@@ -225,6 +225,27 @@ mod tests {
         assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 2, epoch: 0 }));
         assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 1, epoch: 0 }));
         assert_eq!(q.pop().unwrap(), (5, Event::TrainDone { step: 1 }));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn worker_slots_tie_by_index_and_come_first() {
+        let mut q = EventQueue::with_workers(4);
+        q.push(5, Event::TrainDone { step: 1 });
+        q.push(5, Event::WorkerNext { worker: 2, epoch: 7 });
+        q.push(5, Event::WorkerNext { worker: 1, epoch: 3 });
+        q.push(9, Event::WorkerNext { worker: 0, epoch: 1 });
+        q.set_worker(0, Some(4), 2);
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.pop().unwrap(), (4, Event::WorkerNext { worker: 0, epoch: 2 }));
+        // Popped but not rescheduled: dropped at the next pop.
+        assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 1, epoch: 3 }));
+        q.set_worker(1, Some(6), 4);
+        assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 2, epoch: 7 }));
+        q.set_worker(2, None, 8);
+        assert_eq!(q.pop().unwrap(), (5, Event::TrainDone { step: 1 }));
+        assert_eq!(q.pop().unwrap(), (6, Event::WorkerNext { worker: 1, epoch: 4 }));
+        assert_eq!(q.pop(), None);
         assert!(q.is_empty());
     }
 }

@@ -127,7 +127,7 @@ impl Rng {
 /// Layers of the ziggurat.
 const ZIG_N: usize = 256;
 /// Right edge of the base layer and the common area of every layer, for f(x) = exp(−x²/2), 256 layers.
-const ZIG_R: f64 = 3.654_152_885_361_008_8;
+const ZIG_R: f64 = 3.654_152_885_361_009;
 const ZIG_V: f64 = 0.004_928_673_233_99;
 
 /// Ziggurat tables: `x[i]` is the width of layer i (x[0] = v / f(r) for the base layer with its tail,

@@ -139,7 +139,8 @@ impl<'a> Sim<'a> {
         let mut r = self.rng(PURPOSE_LENGTH, s, turn);
         let diff = self.groups[self.samples[s as usize].group as usize].difficulty;
         let w = &self.sc.workload;
-        let len = (w.response_tokens.sample(&mut r) * diff).round().clamp(1.0, w.max_response_tokens as f64) as u64;
+        // Round half up by truncation (no libm call on the hot path); NaN and negatives become 0, then 1.
+        let len = ((w.response_tokens.sample(&mut r) * diff + 0.5) as u64).clamp(1, w.max_response_tokens as u64);
         self.samples[s as usize].gen_left = len;
         self.enqueue_gen(s);
     }
