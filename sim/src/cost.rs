@@ -29,6 +29,8 @@ pub struct CostModel {
     pub tp: u32,
     /// GPUs that train.
     pub train_gpus: u32,
+    /// KV-cache capacity of one worker, tokens (`u64::MAX` when unlimited).
+    pub kv_capacity: u64,
 }
 
 impl CostModel {
@@ -64,6 +66,14 @@ impl CostModel {
             workers,
             tp,
             train_gpus,
+            kv_capacity: {
+                let c = sc.kv_capacity_tokens();
+                if c.is_finite() {
+                    c.max(1.0) as u64
+                } else {
+                    u64::MAX
+                }
+            },
         }
     }
 

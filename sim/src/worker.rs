@@ -4,6 +4,11 @@
 //! a step costs `a + b · kv` (see [`crate::cost`]). So instead of one event per decode step the
 //! worker keeps an anchor (time, step count, cached tokens) and jumps straight to the step at which
 //! its next sequence finishes: O(log n) per sequence instead of O(length).
+//!
+//! KV-cache capacity: the batch's cached tokens grow by one per sequence per step, so the step at
+//! which they would exceed the worker's capacity is also known in closed form; the worker's next
+//! event is the earlier of that step and the next completion, and at an overflow the engine
+//! preempts its newest sequences (see `Sim::preempt_overflow`).
 
 use crate::cost::CostModel;
 use crate::event::{ns_from_s, TimeNs};
@@ -41,6 +46,9 @@ pub struct Worker {
     sched_step: u64,
     sched_ns: TimeNs,
     sched_ok: bool,
+    /// (sample, tag) in admission order, newest last: preemption takes the newest live entry.
+    /// Entries of sequences that left the batch stay until popped or compacted.
+    pub order: Vec<(u32, u32)>,
 }
 
 impl Worker {
@@ -146,11 +154,24 @@ impl Worker {
         Some(s)
     }
 
-    /// Time of the next completion, if any sequence is active.
+    /// True when the batch has no room for one more token per sequence (and more than one sequence,
+    /// so that preempting one can help).
+    #[inline]
+    pub fn kv_overflow(&self, cost: &CostModel) -> bool {
+        self.active > 1 && self.kv_tokens.saturating_add(self.active as u64) > cost.kv_capacity
+    }
+
+    /// Time of the next completion or KV-cache overflow, if any sequence is active.
     pub fn next_completion(&mut self, live: &impl Fn(u32, u32) -> bool, cost: &CostModel) -> Option<TimeNs> {
         self.skip_stale(live);
         let &Reverse((finish, _, _)) = self.heap.peek()?;
-        let m = finish.saturating_sub(self.anchor_step);
+        let mut m = finish.saturating_sub(self.anchor_step);
+        if self.active > 1 && cost.kv_capacity != u64::MAX {
+            // Steps that still fit: kv + active · steps <= capacity.
+            let fit = cost.kv_capacity.saturating_sub(self.kv_tokens) / self.active as u64;
+            m = m.min(fit);
+        }
+        let finish = self.anchor_step + m;
         let t = self.anchor_ns + ns_from_s(cost.steps_time_s(m, self.active as u64, self.kv_tokens));
         (self.sched_step, self.sched_ns, self.sched_ok) = (finish.max(self.anchor_step), t, true);
         Some(t)
