@@ -460,7 +460,7 @@ impl Scenario {
         frac("inference.prefill_mfu", i.prefill_mfu)?;
         frac("inference.memory_utilization", i.memory_utilization)?;
         match i.kv_capacity_tokens {
-            Some(c) if !(c >= 1.0) => {
+            Some(c) if c.is_nan() || c < 1.0 => {
                 bail!("inference.kv_capacity_tokens = {c}: must be >= 1 (inf disables the limit)")
             }
             Some(_) => {}
