@@ -29,6 +29,8 @@ pub struct CostModel {
     pub tp: u32,
     /// GPUs that train.
     pub train_gpus: u32,
+    /// KV-cache capacity of one worker, tokens (`u64::MAX` when unlimited).
+    pub kv_capacity: u64,
 }
 
 impl CostModel {
@@ -64,6 +66,14 @@ impl CostModel {
             workers,
             tp,
             train_gpus,
+            kv_capacity: {
+                let c = sc.kv_capacity_tokens();
+                if c.is_finite() {
+                    c.max(1.0) as u64
+                } else {
+                    u64::MAX
+                }
+            },
         }
     }
 
@@ -71,8 +81,9 @@ impl CostModel {
     /// `T(m) = m·a + b·(m·kv + n·m(m−1)/2)`.
     #[inline]
     pub fn steps_time_s(&self, m: u64, n: u64, kv: u64) -> f64 {
-        let m = m as f64;
-        m * self.step_base_s + self.step_per_kv_token_s * (m * kv as f64 + n as f64 * m * (m - 1.0) * 0.5)
+        // Counts stay far below 2^63, and i64 → f64 is one instruction on x86-64 (u64 → f64 is not).
+        let (m, n, kv) = (m as i64 as f64, n as i64 as f64, kv as i64 as f64);
+        m * self.step_base_s + self.step_per_kv_token_s * (m * kv + n * m * (m - 1.0) * 0.5)
     }
 
     /// Largest `m` with `T(m) <= dt_s` (solves the quadratic, then fixes rounding; at most 8 corrections).

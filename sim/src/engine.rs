@@ -5,7 +5,7 @@
 
 use crate::cost::CostModel;
 use crate::event::{ns_from_s, s_from_ns, Event, EventQueue, TimeNs, TraceHash};
-use crate::iheap::IndexedHeap;
+use crate::iheap::MinTree;
 use crate::metrics::{summarize, Metrics, PolicyResult, RunInfo};
 use crate::scenario::{Dispatch, Mode, Placement, Policy, Scenario};
 use crate::worker::Worker;
@@ -95,8 +95,8 @@ pub struct Sim<'a> {
     pub hash: TraceHash,
     pub events: u64,
     pub workers: Vec<Worker>,
-    /// Workers keyed by `load << 32 | index` (least loaded first, ties by lowest index).
-    pub load_heap: IndexedHeap<u64>,
+    /// Load per worker (least loaded first, ties by lowest index).
+    pub load_heap: MinTree,
     pub rr: u32,
     pub global_queue: VecDeque<(u32, u32)>,
     pub queued: u64,
@@ -150,11 +150,7 @@ impl<'a> Sim<'a> {
             hash: TraceHash::default(),
             events: 0,
             workers: (0..k).map(|_| Worker::default()).collect(),
-            load_heap: {
-                let mut h = IndexedHeap::new(k);
-                (0..k as u32).for_each(|w| h.set(w, w as u64));
-                h
-            },
+            load_heap: MinTree::new(k),
             rr: 0,
             global_queue: VecDeque::new(),
             queued: 0,
@@ -273,9 +269,23 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Settle every worker whose batch changed during the last event: resolve a KV-cache overflow,
+    /// let a worker with free slots take queued requests (a slot freed by an abort or preemption is
+    /// refilled as soon as the event is over), then reschedule its next event. Handling a worker can
+    /// mark more workers dirty; they are settled in the same pass.
     fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &w in &dirty {
+        let cap = self.sc.inference.max_concurrency;
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let w = self.dirty[i];
+            i += 1;
+            if self.workers[w as usize].kv_overflow(&self.cost) {
+                self.preempt_overflow(w);
+            }
+            let wk = &self.workers[w as usize];
+            if wk.active < cap && !(wk.local_queue.is_empty() && self.global_queue.is_empty()) {
+                self.fill(w);
+            }
             self.is_dirty[w as usize] = false;
             let samples = &self.samples;
             let live = |s: u32, tag: u32| {
@@ -287,7 +297,6 @@ impl<'a> Sim<'a> {
             let t = wk.next_completion(&live, &self.cost).map(|t| t.max(self.now));
             self.q.set_worker(w, t, wk.epoch);
         }
-        self.dirty = dirty;
         self.dirty.clear();
     }
 
@@ -310,13 +319,13 @@ impl<'a> Sim<'a> {
     }
 
     fn push_load(&mut self, w: u32) {
-        let l = self.load(w) as u64;
-        self.load_heap.set(w, (l << 32) | w as u64);
+        let l = self.load(w);
+        self.load_heap.set(w, l);
     }
 
     /// Least-loaded worker (ties by lowest index).
     fn least_loaded(&mut self) -> u32 {
-        self.load_heap.peek().map(|(w, _)| w).unwrap_or(0)
+        self.load_heap.least()
     }
 
     /// Choose the worker a new request (or pinned group) goes to.
@@ -365,25 +374,63 @@ impl<'a> Sim<'a> {
     /// Admit queued sequences while the worker has free slots.
     fn fill(&mut self, w: u32) {
         let cap = self.sc.inference.max_concurrency;
+        let kv_cap = self.cost.kv_capacity;
+        self.workers[w as usize].advance(self.now, &self.cost);
         let mut guard = 0usize;
         while self.workers[w as usize].active < cap {
             guard += 1;
             if guard > 1 << 24 {
                 break;
             }
-            let next = match self.workers[w as usize].local_queue.pop_front() {
-                Some(e) => Some(e),
-                None => self.global_queue.pop_front(),
-            };
-            let Some((s, tag)) = next else { break };
-            self.queued -= 1;
+            let wk = &self.workers[w as usize];
+            let local = !wk.local_queue.is_empty();
+            let next = if local { wk.local_queue.front() } else { self.global_queue.front() };
+            let Some(&(s, tag)) = next else { break };
             let x = &self.samples[s as usize];
-            if x.tag != tag || x.phase != Phase::Queued {
-                continue;
+            let live = x.tag == tag && x.phase == Phase::Queued;
+            // KV admission (vLLM-style, first come first served): the head waits until its context
+            // plus one more token for every sequence fits; an idle worker always admits.
+            if live && wk.active > 0 && wk.kv_tokens + x.ctx + wk.active as u64 + 1 > kv_cap {
+                break;
             }
-            self.admit(s, w);
+            if local {
+                self.workers[w as usize].local_queue.pop_front();
+            } else {
+                self.global_queue.pop_front();
+            }
+            self.queued -= 1;
+            if live {
+                self.admit(s, w);
+            }
         }
         self.push_load(w);
+    }
+
+    /// KV-cache overflow on worker `w` (no room for the next decode step): preempt the newest
+    /// sequences, as vLLM's recompute preemption does, until the rest fit. A preempted sequence keeps
+    /// the tokens it generated, goes back to the front of this worker's queue and, when readmitted,
+    /// prefills its whole context again.
+    fn preempt_overflow(&mut self, w: u32) {
+        let mut guard = 0usize;
+        while self.workers[w as usize].kv_overflow(&self.cost) && guard < 1 << 24 {
+            guard += 1;
+            let Some((s, tag)) = self.workers[w as usize].order.pop() else { break };
+            let x = &self.samples[s as usize];
+            if !(x.tag == tag && x.phase == Phase::Gen && x.worker == w) {
+                continue;
+            }
+            self.evict(s);
+            let x = &mut self.samples[s as usize];
+            x.tag = x.tag.wrapping_add(1);
+            x.phase = Phase::Queued;
+            x.prefill = x.ctx;
+            self.m.preemptions += 1;
+            self.m.recomputed_tokens += x.ctx;
+            let tag = x.tag;
+            self.workers[w as usize].local_queue.push_front((s, tag));
+            self.queued += 1;
+            self.push_load(w);
+        }
     }
 
     fn admit(&mut self, s: u32, w: u32) {
@@ -402,6 +449,17 @@ impl<'a> Sim<'a> {
         x.worker = w;
         x.admit_step = wk.anchor_step;
         wk.admit(s, x.tag, x.ctx, x.gen_left, stall);
+        if cost.kv_capacity != u64::MAX {
+            wk.order.push((s, x.tag));
+            if wk.order.len() > 2 * wk.active as usize + 64 {
+                // Drop entries of sequences that left the batch (keeps the stack O(batch)).
+                let samples = &self.samples;
+                wk.order.retain(|&(y, tag)| {
+                    let x = &samples[y as usize];
+                    x.tag == tag && x.phase == Phase::Gen && x.worker == w
+                });
+            }
+        }
         self.mark_dirty(w);
     }
 
@@ -431,7 +489,7 @@ impl<'a> Sim<'a> {
 
     pub(crate) fn worker_next(&mut self, w: u32) {
         let now = self.now;
-        self.workers[w as usize].advance(now, &self.cost);
+        self.workers[w as usize].advance_to_completion(now, &self.cost);
         let mut finished = std::mem::take(&mut self.scratch);
         finished.clear();
         {

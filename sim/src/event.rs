@@ -1,4 +1,4 @@
-//! Event queue ordered by (integer time in ns, priority class, insertion sequence) and the trace hash.
+//! Event queue ordered by integer time in ns with deterministic tie-breaks, and the trace hash.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -11,10 +11,11 @@ pub type TimeNs = u64;
 /// Seconds → nanoseconds (rounded, saturating at 0).
 #[inline]
 pub fn ns_from_s(s: f64) -> TimeNs {
-    if s <= 0.0 || !s.is_finite() {
-        0
+    // Round half up without libm's `round` (hot path); `as` saturates, so +inf maps to u64::MAX and NaN to 0.
+    if s > 0.0 {
+        (s * 1e9 + 0.5) as TimeNs
     } else {
-        (s * 1e9).round() as TimeNs
+        0
     }
 }
 
@@ -92,19 +93,23 @@ impl Ord for Entry {
     }
 }
 
-/// Min-priority queue of events with a deterministic tie-break by insertion sequence.
+/// Min-priority queue of events with a deterministic tie-break.
 ///
 /// Worker completions (`Event::WorkerNext`, class 0) live in an indexed heap with one slot per
-/// worker that is rescheduled in place ([`EventQueue::set_worker`]); the other events in a binary
-/// heap. `pop` merges both by the same (time, class, sequence) order, so the processed stream is
-/// the one a single heap with stale-entry skipping would give, without the stale entries.
+/// worker that is rescheduled in place ([`EventQueue::set_worker`]), ordered by (time, worker
+/// index); the other events in a binary heap ordered by (time, class, insertion sequence). At equal
+/// times worker completions come first (class 0), so no stale entries are ever queued.
 #[derive(Default)]
 pub struct EventQueue {
     heap: BinaryHeap<Reverse<Entry>>,
-    /// Worker slots keyed by `time << 64 | sequence`.
-    workers: IndexedHeap<u128>,
+    /// Worker slots keyed by time (ties by worker index).
+    workers: IndexedHeap<TimeNs>,
     epochs: Vec<u32>,
     seq: u64,
+    /// A worker whose event was just popped; its slot stays in the heap (at the root) so that the
+    /// usual reschedule ([`EventQueue::set_worker`]) updates it in place instead of a remove + insert.
+    /// Removed for real if anything else happens first.
+    popped: Option<u32>,
 }
 
 impl EventQueue {
@@ -124,8 +129,11 @@ impl EventQueue {
         self.seq += 1;
         if let Event::WorkerNext { worker, epoch } = ev {
             if (worker as usize) < self.epochs.len() {
+                if self.popped == Some(worker) {
+                    self.popped = None;
+                }
                 self.epochs[worker as usize] = epoch;
-                self.workers.set(worker, ((at as u128) << 64) | self.seq as u128);
+                self.workers.set(worker, at);
                 return;
             }
         }
@@ -137,18 +145,26 @@ impl EventQueue {
     pub fn set_worker(&mut self, w: u32, at: Option<TimeNs>, epoch: u32) {
         match at {
             Some(at) => self.push(at, Event::WorkerNext { worker: w, epoch }),
-            None => self.workers.remove(w),
+            None => {
+                if self.popped == Some(w) {
+                    self.popped = None;
+                }
+                self.workers.remove(w)
+            }
         }
     }
 
     /// Pop the earliest event.
     #[inline]
     pub fn pop(&mut self) -> Option<(TimeNs, Event)> {
-        let main = self.heap.peek().map(|r| ((r.0.at as u128) << 64) | r.0.order as u128);
+        if let Some(w) = self.popped.take() {
+            self.workers.remove(w);
+        }
+        let main = self.heap.peek().map(|r| r.0.at);
         match (self.workers.peek(), main) {
-            (Some((w, key)), m) if !matches!(m, Some(m) if m <= key) => {
-                self.workers.remove(w);
-                Some(((key >> 64) as TimeNs, Event::WorkerNext { worker: w, epoch: self.epochs[w as usize] }))
+            (Some((w, at)), m) if !matches!(m, Some(m) if m < at) => {
+                self.popped = Some(w);
+                Some((at, Event::WorkerNext { worker: w, epoch: self.epochs[w as usize] }))
             }
             (_, Some(_)) => self.heap.pop().map(|Reverse(e)| (e.at, e.ev)),
             _ => None,
@@ -157,7 +173,7 @@ impl EventQueue {
 
     /// Number of queued events.
     pub fn len(&self) -> usize {
-        self.heap.len() + self.workers.len()
+        self.heap.len() + self.workers.len() - self.popped.is_some() as usize
     }
 
     /// True when no event is queued.
@@ -166,7 +182,7 @@ impl EventQueue {
     }
 }
 
-/// FNV-1a 64-bit hash over the processed event stream.
+/// Order-sensitive 64-bit hash over the processed event stream (one multiply-xorshift round per word).
 #[derive(Clone, Copy, Debug)]
 pub struct TraceHash(pub u64);
 
@@ -177,13 +193,12 @@ impl Default for TraceHash {
 }
 
 impl TraceHash {
-    /// Fold one 64-bit word, byte by byte (FNV-1a, prime 0x100000001b3).
+    /// Fold one 64-bit word: `h = (h ^ w) · K; h ^= h >> 29` (every input bit reaches the high half
+    /// through the multiply and comes back down through the shift, so later words mix with earlier ones).
     #[inline]
     pub fn word(&mut self, w: u64) {
-        for b in w.to_le_bytes() {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
-        }
+        let h = (self.0 ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
     }
 
     /// Fold an event at time `t`.
@@ -210,6 +225,27 @@ mod tests {
         assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 2, epoch: 0 }));
         assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 1, epoch: 0 }));
         assert_eq!(q.pop().unwrap(), (5, Event::TrainDone { step: 1 }));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn worker_slots_tie_by_index_and_come_first() {
+        let mut q = EventQueue::with_workers(4);
+        q.push(5, Event::TrainDone { step: 1 });
+        q.push(5, Event::WorkerNext { worker: 2, epoch: 7 });
+        q.push(5, Event::WorkerNext { worker: 1, epoch: 3 });
+        q.push(9, Event::WorkerNext { worker: 0, epoch: 1 });
+        q.set_worker(0, Some(4), 2);
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.pop().unwrap(), (4, Event::WorkerNext { worker: 0, epoch: 2 }));
+        // Popped but not rescheduled: dropped at the next pop.
+        assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 1, epoch: 3 }));
+        q.set_worker(1, Some(6), 4);
+        assert_eq!(q.pop().unwrap(), (5, Event::WorkerNext { worker: 2, epoch: 7 }));
+        q.set_worker(2, None, 8);
+        assert_eq!(q.pop().unwrap(), (5, Event::TrainDone { step: 1 }));
+        assert_eq!(q.pop().unwrap(), (6, Event::WorkerNext { worker: 1, epoch: 4 }));
+        assert_eq!(q.pop(), None);
         assert!(q.is_empty());
     }
 }

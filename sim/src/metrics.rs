@@ -22,6 +22,10 @@ pub struct Metrics {
     pub restarts: u64,
     /// Samples paused at a cutoff (partial rollout).
     pub paused_samples: u64,
+    /// Sequences preempted on a full KV cache (each recomputes its context when readmitted).
+    pub preemptions: u64,
+    /// Context tokens recomputed (prefilled again) because of KV-cache preemption.
+    pub recomputed_tokens: u64,
     /// Histogram of staleness (training step − start version) over consumed samples.
     pub staleness_hist: Vec<u64>,
     /// Inference GPU busy changes (time, +/- GPUs), in time order.
@@ -75,6 +79,8 @@ pub struct PolicyResult {
     pub aborted_tokens: u64,
     pub restarts: u64,
     pub paused_samples: u64,
+    pub preemptions: u64,
+    pub recomputed_tokens: u64,
     /// Fraction of inference GPU-time busy over the run.
     pub inference_busy_fraction: f64,
     /// Fraction of all GPU-time spent generating / training / idle.
@@ -204,6 +210,8 @@ pub fn summarize(m: &Metrics, info: RunInfo) -> PolicyResult {
         aborted_tokens: m.aborted_tokens,
         restarts: m.restarts,
         paused_samples: m.paused_samples,
+        preemptions: m.preemptions,
+        recomputed_tokens: m.recomputed_tokens,
         inference_busy_fraction,
         time_split: TimeSplit {
             generate,

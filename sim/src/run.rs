@@ -18,7 +18,7 @@ pub struct ScenarioResult {
     pub wall_s: f64,
     pub events: u64,
     pub events_per_s: f64,
-    /// FNV-1a over every policy's event stream, in policy order.
+    /// Trace hash folded over every policy's event stream, in policy order.
     pub trace_hash: String,
     pub policies: Vec<PolicyResult>,
 }

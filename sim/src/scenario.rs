@@ -25,6 +25,9 @@ pub struct Hardware {
     /// Bandwidth for in-place resharding (colocated), GB/s.
     #[serde(default = "d_intra")]
     pub intra_node_gb_per_s: f64,
+    /// HBM capacity per GPU, GB (H100/H800: 80); bounds the KV cache of an inference worker.
+    #[serde(default = "d_hbm_gb")]
+    pub hbm_gb: f64,
 }
 fn d_hbm() -> f64 {
     3.35
@@ -37,6 +40,9 @@ fn d_link() -> f64 {
 }
 fn d_intra() -> f64 {
     200.0
+}
+fn d_hbm_gb() -> f64 {
+    80.0
 }
 
 /// The policy model.
@@ -68,6 +74,14 @@ pub struct Inference {
     /// Achieved fraction of peak FLOP/s in prefill.
     #[serde(default = "d_prefill_mfu")]
     pub prefill_mfu: f64,
+    /// Fraction of a worker's HBM the engine may use for weights and KV cache (vLLM
+    /// `gpu_memory_utilization`, SGLang `mem_fraction_static`).
+    #[serde(default = "d_mem_util")]
+    pub memory_utilization: f64,
+    /// KV-cache capacity of one worker, tokens. Absent: derived as
+    /// (tp · hbm_gb · memory_utilization − 2N bytes) / kv_bytes_per_token; `inf` disables the limit.
+    #[serde(default)]
+    pub kv_capacity_tokens: Option<f64>,
 }
 fn one() -> u32 {
     1
@@ -83,6 +97,9 @@ fn d_bw_eff() -> f64 {
 }
 fn d_prefill_mfu() -> f64 {
     0.4
+}
+fn d_mem_util() -> f64 {
+    0.9
 }
 
 /// Training constants.
@@ -426,6 +443,7 @@ impl Scenario {
         pos("hardware.peak_tflops", h.peak_tflops)?;
         pos("hardware.link_gb_per_s", h.link_gb_per_s)?;
         pos("hardware.intra_node_gb_per_s", h.intra_node_gb_per_s)?;
+        pos("hardware.hbm_gb", h.hbm_gb)?;
         pos("model.params_b", self.model.params_b)?;
         pos("model.kv_bytes_per_token", self.model.kv_bytes_per_token)?;
         let i = &self.inference;
@@ -440,6 +458,27 @@ impl Scenario {
         }
         frac("inference.bandwidth_efficiency", i.bandwidth_efficiency)?;
         frac("inference.prefill_mfu", i.prefill_mfu)?;
+        frac("inference.memory_utilization", i.memory_utilization)?;
+        match i.kv_capacity_tokens {
+            Some(c) if c.is_nan() || c < 1.0 => {
+                bail!("inference.kv_capacity_tokens = {c}: must be >= 1 (inf disables the limit)")
+            }
+            Some(_) => {}
+            None => {
+                let c = self.kv_capacity_tokens();
+                if c < 1.0 {
+                    bail!(
+                        "derived KV capacity is {c:.0} tokens: the weights (2 x model.params_b = {:.1} GB) do not fit in \
+                         inference.tp ({}) x hardware.hbm_gb ({}) x inference.memory_utilization ({}); raise those or set \
+                         inference.kv_capacity_tokens",
+                        2.0 * self.model.params_b,
+                        i.tp,
+                        h.hbm_gb,
+                        i.memory_utilization
+                    );
+                }
+            }
+        }
         let t = &self.training;
         frac("training.mfu", t.mfu)?;
         frac("training.train_fraction", t.train_fraction)?;
@@ -519,6 +558,15 @@ impl Scenario {
             bail!("limits.events_max and limits.sim_time_s_max must be > 0");
         }
         Ok(())
+    }
+
+    /// KV-cache capacity of one inference worker, tokens (`inf` when unlimited).
+    pub fn kv_capacity_tokens(&self) -> f64 {
+        let i = &self.inference;
+        i.kv_capacity_tokens.unwrap_or_else(|| {
+            let bytes = i.tp as f64 * self.hardware.hbm_gb * 1e9 * i.memory_utilization - 2e9 * self.model.params_b;
+            (bytes / self.model.kv_bytes_per_token).floor()
+        })
     }
 
     /// Look up a policy by name.

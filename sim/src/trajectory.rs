@@ -20,7 +20,9 @@ impl<'a> Sim<'a> {
     pub(crate) fn rng(&self, purpose: u64, s: u32, turn: u32) -> Rng {
         let x = &self.samples[s as usize];
         let g = &self.groups[x.group as usize];
-        Rng::for_coords(self.seed, &[purpose, g.prompt, g.attempt as u64, x.idx as u64, x.attempt as u64, turn as u64])
+        // Coordinates packed into three words (turns are clamped to 1e6 < 2^24, purposes < 2^8).
+        let sub = purpose | ((turn as u64 & 0xFF_FFFF) << 8) | ((x.attempt as u64) << 32);
+        Rng::for_coords(self.seed, &[g.prompt, ((g.attempt as u64) << 32) | x.idx as u64, sub])
     }
 
     /// Allocate a sample of group `g`, draw its turn count and start its environment reset.
@@ -137,7 +139,8 @@ impl<'a> Sim<'a> {
         let mut r = self.rng(PURPOSE_LENGTH, s, turn);
         let diff = self.groups[self.samples[s as usize].group as usize].difficulty;
         let w = &self.sc.workload;
-        let len = (w.response_tokens.sample(&mut r) * diff).round().clamp(1.0, w.max_response_tokens as f64) as u64;
+        // Round half up by truncation (no libm call on the hot path); NaN and negatives become 0, then 1.
+        let len = ((w.response_tokens.sample(&mut r) * diff + 0.5) as u64).clamp(1, w.max_response_tokens as u64);
         self.samples[s as usize].gen_left = len;
         self.enqueue_gen(s);
     }

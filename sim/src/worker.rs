@@ -4,6 +4,11 @@
 //! a step costs `a + b · kv` (see [`crate::cost`]). So instead of one event per decode step the
 //! worker keeps an anchor (time, step count, cached tokens) and jumps straight to the step at which
 //! its next sequence finishes: O(log n) per sequence instead of O(length).
+//!
+//! KV-cache capacity: the batch's cached tokens grow by one per sequence per step, so the step at
+//! which they would exceed the worker's capacity is also known in closed form; the worker's next
+//! event is the earlier of that step and the next completion, and at an overflow the engine
+//! preempts its newest sequences (see `Sim::preempt_overflow`).
 
 use crate::cost::CostModel;
 use crate::event::{ns_from_s, TimeNs};
@@ -33,6 +38,17 @@ pub struct Worker {
     /// Start of the current busy interval.
     pub busy_since: Option<TimeNs>,
     heap: BinaryHeap<Entry>,
+    /// Heap entries whose sequence was removed ([`Worker::remove`]) and that are still in the heap;
+    /// while 0, the heap top is live without asking.
+    stale: u32,
+    /// The completion last computed by [`Worker::next_completion`]: the worker reaches step
+    /// `sched_step` at `sched_ns` unless its batch changes first (`sched_ok` cleared).
+    sched_step: u64,
+    sched_ns: TimeNs,
+    sched_ok: bool,
+    /// (sample, tag) in admission order, newest last: preemption takes the newest live entry.
+    /// Entries of sequences that left the batch stay until popped or compacted.
+    pub order: Vec<(u32, u32)>,
 }
 
 impl Worker {
@@ -57,8 +73,24 @@ impl Worker {
         self.kv_tokens += m * self.active as u64;
     }
 
+    /// Move the anchor to the completion computed by [`Worker::next_completion`] when `now` is its
+    /// time (the usual case: the worker's own completion event), without solving for the step count.
+    /// Falls back to [`Worker::advance`] otherwise.
+    #[inline]
+    pub fn advance_to_completion(&mut self, now: TimeNs, cost: &CostModel) {
+        if self.sched_ok && now == self.sched_ns && self.active > 0 && self.sched_step > self.anchor_step {
+            let m = self.sched_step - self.anchor_step;
+            self.anchor_ns = self.sched_ns;
+            self.anchor_step = self.sched_step;
+            self.kv_tokens += m * self.active as u64;
+        } else {
+            self.advance(now, cost);
+        }
+    }
+
     /// Add a sequence with `ctx` cached tokens that will generate `gen` more tokens; `stall_s` of prefill.
     pub fn admit(&mut self, sample: u32, tag: u32, ctx: u64, gen: u64, stall_s: f64) {
+        self.sched_ok = false;
         self.heap.push(Reverse((self.anchor_step + gen.max(1), sample, tag)));
         self.active += 1;
         self.kv_tokens += ctx;
@@ -69,6 +101,7 @@ impl Worker {
     /// Delay the worker by `stall_s` from `now` (weight sync in place).
     pub fn stall(&mut self, now: TimeNs, stall_s: f64, cost: &CostModel) {
         self.advance(now, cost);
+        self.sched_ok = false;
         self.anchor_ns = self.anchor_ns.max(now) + ns_from_s(stall_s);
         self.epoch = self.epoch.wrapping_add(1);
     }
@@ -76,6 +109,13 @@ impl Worker {
     /// Remove an active sequence that currently holds `ctx_now` cached tokens (abort or pause).
     /// Its heap entry stays and is skipped later because its tag no longer matches.
     pub fn remove(&mut self, ctx_now: u64) {
+        self.stale += 1;
+        self.drop_one(ctx_now);
+    }
+
+    /// One active sequence leaves the batch with `ctx_now` cached tokens.
+    fn drop_one(&mut self, ctx_now: u64) {
+        self.sched_ok = false;
         self.active -= 1;
         self.kv_tokens = self.kv_tokens.saturating_sub(ctx_now);
         if self.active == 0 {
@@ -85,15 +125,20 @@ impl Worker {
     }
 
     /// Drop heap entries whose sample is no longer live here.
+    #[inline]
     fn skip_stale(&mut self, live: &impl Fn(u32, u32) -> bool) {
-        while let Some(&Reverse((_, s, tag))) = self.heap.peek() {
+        if self.active == 0 {
+            self.heap.clear();
+            self.stale = 0;
+            return;
+        }
+        while self.stale > 0 {
+            let Some(&Reverse((_, s, tag))) = self.heap.peek() else { break };
             if live(s, tag) {
                 break;
             }
             self.heap.pop();
-        }
-        if self.active == 0 {
-            self.heap.clear();
+            self.stale -= 1;
         }
     }
 
@@ -105,16 +150,31 @@ impl Worker {
             return None;
         }
         self.heap.pop();
-        self.remove(ctx_of(s));
+        self.drop_one(ctx_of(s));
         Some(s)
     }
 
-    /// Time of the next completion, if any sequence is active.
+    /// True when the batch has no room for one more token per sequence (and more than one sequence,
+    /// so that preempting one can help).
+    #[inline]
+    pub fn kv_overflow(&self, cost: &CostModel) -> bool {
+        self.active > 1 && self.kv_tokens.saturating_add(self.active as u64) > cost.kv_capacity
+    }
+
+    /// Time of the next completion or KV-cache overflow, if any sequence is active.
     pub fn next_completion(&mut self, live: &impl Fn(u32, u32) -> bool, cost: &CostModel) -> Option<TimeNs> {
         self.skip_stale(live);
         let &Reverse((finish, _, _)) = self.heap.peek()?;
-        let m = finish.saturating_sub(self.anchor_step);
-        Some(self.anchor_ns + ns_from_s(cost.steps_time_s(m, self.active as u64, self.kv_tokens)))
+        let mut m = finish.saturating_sub(self.anchor_step);
+        if self.active > 1 && cost.kv_capacity != u64::MAX {
+            // Steps that still fit: kv + active · steps <= capacity.
+            let fit = cost.kv_capacity.saturating_sub(self.kv_tokens) / self.active as u64;
+            m = m.min(fit);
+        }
+        let finish = self.anchor_step + m;
+        let t = self.anchor_ns + ns_from_s(cost.steps_time_s(m, self.active as u64, self.kv_tokens));
+        (self.sched_step, self.sched_ns, self.sched_ok) = (finish.max(self.anchor_step), t, true);
+        Some(t)
     }
 
     /// Steps this worker has decoded since `step` (tokens generated by a sequence admitted then).

@@ -8,6 +8,21 @@ use std::path::Path;
 
 /// A small scenario; `policy` is the body of one `[[policy]]` table.
 fn scenario(gpus: u32, prompts: u32, n: u32, median: u32, conc: u32, extra_workload: &str, policy: &str) -> Scenario {
+    scenario_kv(gpus, prompts, n, median, conc, "inf", extra_workload, policy)
+}
+
+/// As [`scenario`], with `kv` as `inference.kv_capacity_tokens` (`inf`: no KV-cache limit).
+#[allow(clippy::too_many_arguments)]
+fn scenario_kv(
+    gpus: u32,
+    prompts: u32,
+    n: u32,
+    median: u32,
+    conc: u32,
+    kv: &str,
+    extra_workload: &str,
+    policy: &str,
+) -> Scenario {
     let text = format!(
         r#"
 name = "prop"
@@ -19,6 +34,7 @@ params_b = 1.5
 kv_bytes_per_token = 28672
 [inference]
 max_concurrency = {conc}
+kv_capacity_tokens = {kv}
 [workload]
 prompts_per_step = {prompts}
 responses_per_prompt = {n}
@@ -74,6 +90,31 @@ proptest! {
         prop_assert_eq!(r.staleness_hist.iter().sum::<u64>(), m.consumed_samples);
     }
 
+    /// KV-cache capacity: with a cache far smaller than the batch needs, sequences are preempted and
+    /// recomputed, every prompt is still consumed exactly once, staleness stays within α, and the
+    /// step is never faster than with an unlimited cache.
+    #[test]
+    fn kv_preemption_conserves_work(mode in 0usize..3, gpus in 2u32..6, prompts in 2u32..8, n in 2u32..6, seed in 0u64..1000) {
+        let pol = [
+            "mode = \"sync\"\ndispatch = \"queue\"\nprompt_replication = true",
+            "mode = \"sync\"\ndispatch = \"queue\"",
+            "mode = \"async\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\nprompt_replication = true\nalpha = 1",
+        ][mode];
+        let small = scenario_kv(gpus, prompts, n, 600, 64, "3000", "", pol);
+        let (r, m) = run_policy(&small, &small.policies[0], 0.25, seed, true).unwrap();
+        prop_assert_eq!(r.steps, 4);
+        prop_assert!(r.staleness_max <= 1);
+        let consumed = m.ledger.as_ref().unwrap().iter().filter(|e| e.2 == 2).count() as u64;
+        prop_assert_eq!(consumed, 4 * prompts as u64);
+        prop_assert_eq!(r.recomputed_tokens > 0, r.preemptions > 0);
+        if mode == 0 {
+            let big = scenario_kv(gpus, prompts, n, 600, 64, "inf", "", pol);
+            let (u, _) = run_policy(&big, &big.policies[0], 0.25, seed, false).unwrap();
+            prop_assert_eq!(u.preemptions, 0);
+            prop_assert!(r.makespan_s >= u.makespan_s * (1.0 - 1e-9), "{} < {}", r.makespan_s, u.makespan_s);
+        }
+    }
+
     /// Same seed, same trace hash (a run is a pure function of scenario and seed).
     #[test]
     fn same_seed_same_trace(seed in 0u64..1_000_000, multi in any::<bool>()) {
@@ -122,6 +163,24 @@ proptest! {
         let gen_mean = r.time_split.gen_phase * r.makespan_s / r.steps as f64;
         prop_assert!(gen_mean <= bound * (1.0 + 1e-9), "mean gen {} > bound {}", gen_mean, bound);
     }
+}
+
+/// A cache that holds a few sequences' worth of tokens forces preemptions on a batch of 16 long
+/// responses; the derived capacity of a realistic setup never preempts them.
+#[test]
+fn kv_capacity_preempts_only_when_the_cache_is_small() {
+    let pol = "mode = \"sync\"\ndispatch = \"queue\"";
+    let tiny = scenario_kv(1, 1, 16, 2000, 64, "8000", "", pol);
+    let (r, _) = run_policy(&tiny, &tiny.policies[0], 0.25, 3, false).unwrap();
+    assert!(r.preemptions > 0 && r.recomputed_tokens > 0, "{} preemptions", r.preemptions);
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/roll-flash-replication.toml")).unwrap();
+    let sc = Scenario::parse(&text, Path::new(".")).unwrap();
+    // 8.2B on one 80 GB GPU at 0.9 utilisation: (72 − 16.4) GB / 147,456 B per token.
+    let derived = sc.kv_capacity_tokens();
+    assert!((derived - 377_000.0).abs() < 1_000.0, "derived capacity {derived}");
+    let err = Scenario::parse(&text.replace("params_b = 8.2", "params_b = 80"), Path::new(".")).unwrap_err();
+    assert!(format!("{err:#}").contains("kv_capacity_tokens"), "{err:#}");
 }
 
 #[test]
