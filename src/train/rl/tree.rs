@@ -256,7 +256,7 @@ pub fn sample_trees(
     }
     let mut train = Vec::new();
     let (mut dropped, mut candidates, mut effective) = (0, 0, 0);
-    for q in 0..p {
+    for (q, prompt) in prompts.iter().enumerate() {
         let trees: Vec<ResponseTree> = (q * n..(q + 1) * n)
             .map(|k| ResponseTree {
                 len: initial[k].completion.tokens.len(),
@@ -300,7 +300,7 @@ pub fn sample_trees(
                 continue;
             }
             train.push(Sample {
-                prompt: prompts[q].clone(),
+                prompt: prompt.clone(),
                 advantages: seq.token_advantages(),
                 response,
                 behav_logp: behav,
