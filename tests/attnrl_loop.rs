@@ -29,7 +29,9 @@ fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s"));
+            v.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s"));
             v
         })
         .collect()
