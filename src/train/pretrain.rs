@@ -212,8 +212,14 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             t.steps,
             t.batch_size,
             cfg.rl.as_ref().map_or(String::new(), |r| format!(
-                ", then {} RL steps × {} prompts × {} samples",
-                r.steps, r.prompts_per_step, r.samples_per_prompt
+                ", then {} RL steps × {} prompts × {}{}",
+                r.steps,
+                r.prompts_per_step,
+                match &cfg.attnrl {
+                    Some(a) => format!("{} initial responses, trees branched by {:?}", a.initial_responses, a.branch_by),
+                    None => format!("{} samples", r.samples_per_prompt),
+                },
+                cfg.rhythm.as_ref().map_or(String::new(), |h| format!(", rhythm {:?}", h.scheme))
             )),
             rayon::current_num_threads(),
             grid.describe(),
