@@ -61,11 +61,14 @@ fn fixture(seed: u64, seqs: &[(usize, usize)], max_step: usize) -> Fixture {
     let mut steps = Vec::new();
     for &(len, prompt) in seqs {
         let toks: Vec<u32> = (0..len).map(|_| rng.below(64) as u32).collect();
-        batch.push_lm(&toks, 0).unwrap();
+        batch.push(&toks, &toks).unwrap(); // targets do not matter to attention
         let mut bounds = vec![0, prompt];
         while *bounds.last().unwrap() < len {
             let next = bounds.last().unwrap() + 1 + rng.below(max_step as u64) as usize;
             bounds.push(next.min(len));
+        }
+        if len == 0 {
+            bounds.clear(); // an empty sequence has no steps at all
         }
         steps.push(SeqSteps { bounds, response_start: prompt, end_of_thinking: None });
     }
@@ -101,7 +104,7 @@ fn naive_map(f: &Fixture, seq: usize, layer: usize, head: usize) -> Vec<Vec<f64>
 
 /// FCI of one head, literally: a_{j,k} block means, y_k = Σ_{j ≥ k+Δ} a_{j,k}.
 fn naive_fci_head(p: &[Vec<f64>], bounds: &[usize], delta: usize) -> Vec<f64> {
-    let s_n = bounds.len() - 1;
+    let s_n = bounds.len().saturating_sub(1);
     let mut a = vec![vec![0.0; s_n]; s_n];
     for j in 0..s_n {
         for k in 0..s_n {
@@ -285,6 +288,14 @@ fn default_statistics_match_the_naive_reference() {
     // The prompt-only sequence has one step and no response.
     assert_eq!(got[2].fci, vec![0.0]);
     assert!(got[2].waad.is_empty() && got[2].fai.is_empty());
+}
+
+#[test]
+fn default_config_with_short_steps_and_an_empty_sequence_matches_the_naive_reference() {
+    let f = fixture(19, &[(70, 9), (0, 0), (129, 64), (65, 3)], 3);
+    let got = check_against_naive(&f, &StatsConfig::default(), &[0, 1, 2, 3], &[1, 2]);
+    assert!(got[1].fci.is_empty() && got[1].waad.is_empty());
+    assert!(got[2].fci.iter().any(|&y| y > 0.0));
 }
 
 #[test]
