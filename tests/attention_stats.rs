@@ -386,9 +386,9 @@ fn bad_inputs_are_errors_naming_the_value() {
     assert!(err.contains("workspace"), "{err}");
     // A malformed packing is refused; an empty batch has no statistics.
     let mut broken = f.batch.clone();
-    broken.seq_starts[1] = 50;
+    broken.seq_starts[1] = 70;
     let err = attention_stats(&f.model, &broken, &f.ws, &f.steps, &cfg).unwrap_err().to_string();
-    assert!(err.contains("seq_starts [0, 50, 60]"), "{err}");
+    assert!(err.contains("seq_starts [0, 70, 60]"), "{err}");
     assert!(attention_stats(&f.model, &Batch::default(), &f.ws, &[], &cfg).unwrap().is_empty());
     // Disabled parts ignore their inputs: with FCI off, bad bounds are not looked at.
     let bad = with(0, &|s| s.bounds[0] = 3);
