@@ -61,11 +61,14 @@ fn fixture(seed: u64, seqs: &[(usize, usize)], max_step: usize) -> Fixture {
     let mut steps = Vec::new();
     for &(len, prompt) in seqs {
         let toks: Vec<u32> = (0..len).map(|_| rng.below(64) as u32).collect();
-        batch.push_lm(&toks, 0).unwrap();
+        batch.push(&toks, &toks).unwrap(); // targets do not matter to attention
         let mut bounds = vec![0, prompt];
         while *bounds.last().unwrap() < len {
             let next = bounds.last().unwrap() + 1 + rng.below(max_step as u64) as usize;
             bounds.push(next.min(len));
+        }
+        if len == 0 {
+            bounds.clear(); // an empty sequence has no steps at all
         }
         steps.push(SeqSteps { bounds, response_start: prompt, end_of_thinking: None });
     }
@@ -101,7 +104,7 @@ fn naive_map(f: &Fixture, seq: usize, layer: usize, head: usize) -> Vec<Vec<f64>
 
 /// FCI of one head, literally: a_{j,k} block means, y_k = Σ_{j ≥ k+Δ} a_{j,k}.
 fn naive_fci_head(p: &[Vec<f64>], bounds: &[usize], delta: usize) -> Vec<f64> {
-    let s_n = bounds.len() - 1;
+    let s_n = bounds.len().saturating_sub(1);
     let mut a = vec![vec![0.0; s_n]; s_n];
     for j in 0..s_n {
         for k in 0..s_n {
@@ -288,6 +291,14 @@ fn default_statistics_match_the_naive_reference() {
 }
 
 #[test]
+fn default_config_with_short_steps_and_an_empty_sequence_matches_the_naive_reference() {
+    let f = fixture(19, &[(70, 9), (0, 0), (129, 64), (65, 3)], 3);
+    let got = check_against_naive(&f, &StatsConfig::default(), &[0, 1, 2, 3], &[1, 2]);
+    assert!(got[1].fci.is_empty() && got[1].waad.is_empty());
+    assert!(got[2].fci.iter().any(|&y| y > 0.0));
+}
+
+#[test]
 fn custom_layers_windows_and_end_of_thinking_match_the_naive_reference() {
     let mut f = fixture(5, &SEQS, 6);
     f.steps[0].end_of_thinking = Some(9);
@@ -373,6 +384,12 @@ fn bad_inputs_are_errors_naming_the_value() {
     let small = Workspace::new(&f.model.cfg, 10);
     let err = attention_stats(&f.model, &f.batch, &small, &f.steps, &cfg).unwrap_err().to_string();
     assert!(err.contains("workspace"), "{err}");
+    // A malformed packing is refused; an empty batch has no statistics.
+    let mut broken = f.batch.clone();
+    broken.seq_starts[1] = 70;
+    let err = attention_stats(&f.model, &broken, &f.ws, &f.steps, &cfg).unwrap_err().to_string();
+    assert!(err.contains("seq_starts [0, 70, 60]"), "{err}");
+    assert!(attention_stats(&f.model, &Batch::default(), &f.ws, &[], &cfg).unwrap().is_empty());
     // Disabled parts ignore their inputs: with FCI off, bad bounds are not looked at.
     let bad = with(0, &|s| s.bounds[0] = 3);
     assert!(attention_stats(&f.model, &f.batch, &f.ws, &bad, &StatsConfig { fci: false, ..cfg.clone() }).is_ok());

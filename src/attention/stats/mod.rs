@@ -252,7 +252,8 @@ pub fn attention_stats(
     let (l_n, h_n, kv_n) = (mc.num_layers, mc.num_heads, mc.num_kv_heads);
     let n = batch.len();
     let starts = &batch.seq_starts;
-    if starts.first().is_some_and(|&s| s != 0) || starts.windows(2).any(|w| w[0] > w[1]) || starts.last() != Some(&n) {
+    let partitions = starts.first().is_some_and(|&s| s == 0) && starts.windows(2).all(|w| w[0] <= w[1]);
+    if !(partitions && starts.last() == Some(&n) || starts.is_empty() && n == 0) {
         return Err(Error::Invalid(format!(
             "attention stats: batch seq_starts {starts:?} do not partition {n} tokens"
         )));

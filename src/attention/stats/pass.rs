@@ -118,7 +118,7 @@ impl RowCtx<'_> {
         }
         let b = self.seq.bounds;
         let first_step = 2 + self.p.delta;
-        if self.fci && self.seq.kmax >= 2 && first_step < b.len() - 1 {
+        if self.fci && self.seq.kmax >= 2 && first_step < b.len().saturating_sub(1) {
             b[first_step]
         } else {
             self.seq.len
