@@ -491,11 +491,10 @@ mod imp {
         }
         // Without locking a reader can open a dump that a running trainer holds open (HDF5 1.10 keeps an
         // exclusive lock on files opened for writing); the writer flushes after every append, so what is on disk
-        // between appends is consistent.
-        File::with_options()
-            .with_fapl(|p| p.file_locking(false))
-            .open(path)
-            .map_err(|e| h5err(path, "cannot open as an HDF5 file", e))
+        // between appends is consistent. HDF5 refuses to open a file twice in one process with different locking
+        // settings, so when this process has the file open already (a writer), open it as that one does.
+        let unlocked = File::with_options().with_fapl(|p| p.file_locking(false)).open(path);
+        unlocked.or_else(|first| File::open(path).map_err(|_| h5err(path, "cannot open as an HDF5 file", first)))
     }
 
     /// Check `format_version` and read the text attributes.
