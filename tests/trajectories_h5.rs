@@ -121,6 +121,11 @@ mod with_hdf5 {
 
     /// Run scripts/read_trajectories.py on `path`; fails with install instructions when h5py is missing.
     fn h5py_json(path: &Path) -> Value {
+        h5py_json_locking(path, "FALSE")
+    }
+
+    /// Same, with the reader's HDF5_USE_FILE_LOCKING set to `locking`.
+    fn h5py_json_locking(path: &Path, locking: &str) -> Value {
         let probe = Command::new("python3").args(["-c", "import h5py"]).output();
         match probe {
             Ok(o) if o.status.success() => {}
@@ -132,7 +137,12 @@ mod with_hdf5 {
             Err(e) => panic!("cannot run python3 ({e}): run scripts/setup.sh to install python3 and h5py"),
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/read_trajectories.py");
-        let out = Command::new("python3").arg(&script).arg(path).output().expect("running python3");
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(path)
+            .env("HDF5_USE_FILE_LOCKING", locking)
+            .output()
+            .expect("running python3");
         assert!(
             out.status.success(),
             "read_trajectories.py failed on {}: {}",
@@ -221,8 +231,9 @@ mod with_hdf5 {
         let step1 = samples(1, 5, 3);
         let mut w = TrajectoryWriter::create(&path, CONFIG).unwrap();
         append(&mut w, &step0);
-        // Still open for writing, in this process and (through h5py) in another one.
-        check_h5py_datasets(&h5py_json(&path), &step0);
+        // Still open for writing, in this process and (through h5py) in another one. The writer takes no file
+        // lock, so even a reader that locks (HDF5's default) can open the file.
+        check_h5py_datasets(&h5py_json_locking(&path, "TRUE"), &step0);
         assert_eq!(read_summary(&path).unwrap().samples, 3);
         append(&mut w, &step1);
         // Never closed: what is on disk is what a crash would leave behind.

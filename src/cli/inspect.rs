@@ -187,7 +187,7 @@ fn print_trajectory_summary(s: &TrajectorySummary) {
         match name.as_str() {
             "format_version" | "arbor_version" => {}
             "config" => println!(
-                "config: {} lines of TOML (print it with: h5dump -a config {})",
+                "config: {} lines of TOML (print it with: h5dump -a /config {})",
                 value.lines().count(),
                 s.path.display()
             ),

@@ -485,16 +485,26 @@ mod imp {
         }
     }
 
+    /// Options for every file this module opens: no file locking. HDF5 1.10 otherwise holds an exclusive lock
+    /// for as long as a file is open for writing, so no other reader (h5py, h5dump, `arbor inspect`) could open
+    /// a dump while its run goes on, and a child process that inherits the descriptor keeps the lock after the
+    /// writer closed the file. What readers see is consistent between appends, since each append ends with a
+    /// flush. The cost: two writers on one file are not detected (a run owns its run directory).
+    fn options() -> hdf5::file::FileBuilder {
+        let mut b = File::with_options();
+        b.with_fapl(|p| p.file_locking(false));
+        b
+    }
+
     fn open_read(path: &Path) -> Result<File> {
         if !path.exists() {
             return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
         }
-        // Without locking a reader can open a dump that a running trainer holds open (HDF5 1.10 keeps an
-        // exclusive lock on files opened for writing); the writer flushes after every append, so what is on disk
-        // between appends is consistent. HDF5 refuses to open a file twice in one process with different locking
-        // settings, so when this process has the file open already (a writer), open it as that one does.
-        let unlocked = File::with_options().with_fapl(|p| p.file_locking(false)).open(path);
-        unlocked.or_else(|first| File::open(path).map_err(|_| h5err(path, "cannot open as an HDF5 file", first)))
+        // HDF5 refuses to open a file twice in one process with different locking settings: when something else
+        // in this process has it open with the default (locking) settings, open it as that one did.
+        options()
+            .open(path)
+            .or_else(|first| File::open(path).map_err(|_| h5err(path, "cannot open as an HDF5 file", first)))
     }
 
     /// Check `format_version` and read the text attributes.
@@ -666,7 +676,7 @@ mod imp {
 
     impl Writer {
         pub(super) fn create(path: &Path, config_toml: &str) -> Result<Self> {
-            let file = File::create(path).map_err(|e| h5err(path, "cannot create HDF5 file", e))?;
+            let file = options().create(path).map_err(|e| h5err(path, "cannot create HDF5 file", e))?;
             file.new_attr::<i64>()
                 .create("format_version")
                 .and_then(|a| a.write_scalar(&FORMAT_VERSION))
@@ -693,7 +703,8 @@ mod imp {
             if !path.exists() {
                 return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
             }
-            let file = File::open_rw(path).map_err(|e| h5err(path, "cannot open as an HDF5 file for writing", e))?;
+            let file =
+                options().open_rw(path).map_err(|e| h5err(path, "cannot open as an HDF5 file for writing", e))?;
             read_attributes(&file, path)?;
             let cols = Columns::open(&file, path)?;
             let (po, ro) = cols.complete_offsets(path)?;
