@@ -1,11 +1,30 @@
 #!/usr/bin/env bash
-# Installs what arbor needs on a fresh Debian machine with a Rust toolchain. Idempotent.
-# Besides the Rust toolchain: Open MPI + libclang (feature `mpi`), python3 for the tests.
+# Installs what arbor needs on a fresh Debian machine with a Rust toolchain. Idempotent; run as root (CI) or
+# with sudo rights for apt-get.
+# - feature `mpi` (default): Open MPI headers + launcher, libclang for the bindings; tests/mpi.rs runs mpirun.
+# - feature `hdf5` (default, trajectory dumps): libhdf5-dev + pkg-config; hdf5-tools gives h5dump.
+#   `cargo build --no-default-features` needs none of them.
+# - tests/trajectories_h5.rs reads the dumps back with Python's h5py.
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found. Install Rust (https://rustup.rs) and re-run." >&2
     exit 1
 fi
+
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if [ -z "${apt_updated:-}" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    echo "setup: apt-get install $*"
+    local out
+    if ! out=$(apt-get install -y -qq --no-install-recommends "$@" 2>&1); then
+        echo "$out" >&2
+        exit 1
+    fi
+}
+
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
@@ -14,9 +33,33 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
 [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] || [ -e /usr/include/mpi.h ] || need_apt+=(libopenmpi-dev)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need_apt[@]}"
+# Open MPI 4's launcher refuses to start, even on one node, without an rsh/ssh agent
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v h5dump >/dev/null 2>&1 || need_apt+=(hdf5-tools)
+if ! pkg-config --exists hdf5 2>/dev/null && [ ! -e /usr/include/hdf5/serial/hdf5.h ]; then
+    need_apt+=(libhdf5-dev)
 fi
-echo "setup: $(cargo --version), $(cc --version | head -1)"
+if [ ${#need_apt[@]} -gt 0 ]; then
+    apt_install "${need_apt[@]}"
+fi
+
+# h5py for whichever python3 is first on PATH. Debian's own python3 (prefix /usr) is "externally managed"
+# (PEP 668), so it gets Debian's python3-h5py; any other (pyenv, venv, conda) gets the pip wheel.
+if ! python3 -c 'import h5py' >/dev/null 2>&1; then
+    if [ "$(python3 -c 'import sys; print(sys.prefix)')" = /usr ]; then
+        apt_install python3-h5py
+    else
+        echo "setup: python3 -m pip install h5py"
+        export PIP_ROOT_USER_ACTION=ignore
+        python3 -m pip install -q --disable-pip-version-check h5py 2>/dev/null ||
+            python3 -m pip install -q --disable-pip-version-check --break-system-packages h5py
+    fi
+fi
+
+if ! python3 -c 'import h5py' >/dev/null 2>&1; then
+    echo "setup: $(command -v python3) still cannot import h5py; install it for that interpreter" >&2
+    exit 1
+fi
+echo "setup: $(cargo --version), $(cc --version | head -1), HDF5 $(pkg-config --modversion hdf5 2>/dev/null || echo '?')," \
+    "h5py $(python3 -c 'import h5py; print(h5py.__version__)')"

@@ -1,7 +1,8 @@
-//! `arbor inspect`: summarise a model directory, config.json or safetensors file (later: trajectory dumps).
+//! `arbor inspect`: summarise a model directory, config.json, safetensors file or HDF5 trajectory dump.
 
 use crate::io::hf::{read_index, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 use crate::io::tensor_file::{read_header, read_tensor_f32, SafetensorsHeader};
+use crate::io::trajectories::{read_summary, StepStats, TrajectorySummary};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context};
@@ -11,11 +12,13 @@ use std::path::{Path, PathBuf};
 
 /// Tensors with at most this many elements get min/max/mean printed.
 const STATS_MAX_NUMEL: usize = 1 << 16;
+/// A trajectory dump with more steps than this gets only its first and last few steps listed.
+const STEPS_LISTED: usize = 10;
 
 /// Arguments of `arbor inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A model directory, config.json, *.safetensors or model.safetensors.index.json file.
+    /// A model directory, config.json, *.safetensors, model.safetensors.index.json or trajectory dump (*.h5).
     pub path: PathBuf,
     /// Print min/max/mean for tensors with at most this many elements (0: never).
     #[arg(long, default_value_t = STATS_MAX_NUMEL)]
@@ -27,7 +30,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let path = &args.path;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.ends_with(".h5") || name.ends_with(".hdf5") {
-        bail!("{}: HDF5 trajectory dumps are not yet supported", path.display());
+        let summary = read_summary(path)?;
+        print_trajectory_summary(&summary);
+        return Ok(());
     }
     if !path.exists() {
         bail!("{}: no such file or directory", path.display());
@@ -49,7 +54,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     bail!(
-        "{}: don't know how to inspect this (expected a model directory, config.json or *.safetensors)",
+        "{}: don't know how to inspect this (expected a model directory, config.json, *.safetensors or *.h5)",
         path.display()
     )
 }
@@ -167,5 +172,63 @@ fn check_layout(layout: &ParamLayout, headers: &[SafetensorsHeader], dir: &Path)
             layout.specs.len(),
             dir.display()
         );
+    }
+}
+
+/// Print what `arbor inspect` shows about a trajectory dump.
+fn print_trajectory_summary(s: &TrajectorySummary) {
+    println!(
+        "{}: arbor trajectory dump, format {}, written by arbor {}",
+        s.path.display(),
+        s.format_version,
+        if s.arbor_version.is_empty() { "?" } else { &s.arbor_version }
+    );
+    for (name, value) in &s.attributes {
+        match name.as_str() {
+            "format_version" | "arbor_version" => {}
+            "config" => println!(
+                "config: {} lines of TOML (print it with: h5dump -a /config {})",
+                value.lines().count(),
+                s.path.display()
+            ),
+            _ => println!("{name}: {value}"),
+        }
+    }
+    println!("samples: {}", s.samples);
+    if s.incomplete_rows > 0 {
+        println!("incomplete rows ignored: {} (the writer was stopped in the middle of an append)", s.incomplete_rows);
+    }
+    if let (Some(first), Some(last)) = (s.steps.first(), s.steps.last()) {
+        println!("steps: {} (step {} .. {})", s.steps.len(), first.step, last.step);
+    } else {
+        println!("steps: 0");
+    }
+    if let Some((lo, hi)) = s.policy_versions {
+        println!("policy versions: {lo} .. {hi}");
+    }
+    if let Some(mean) = s.reward_mean {
+        println!("reward mean: {mean:.4}");
+    }
+    let n = s.steps.len();
+    let (head, tail) = if n > STEPS_LISTED { (STEPS_LISTED / 2, STEPS_LISTED / 2) } else { (n, 0) };
+    let print_step = |st: &StepStats| {
+        println!(
+            "  step {:>6}: {:>5} samples, reward mean {:.4}, response length mean {:.1}",
+            st.step, st.samples, st.reward_mean, st.response_len_mean
+        )
+    };
+    s.steps[..head].iter().for_each(print_step);
+    if n > head + tail {
+        println!("  ... {} steps not shown", n - head - tail);
+    }
+    s.steps[n - tail..].iter().for_each(print_step);
+    if let Some(mean) = s.response_len_mean {
+        println!("response length: mean {mean:.1}, max {}", s.response_len_max);
+    }
+    println!("tokens: {} prompt, {} response", s.prompt_tokens, s.response_tokens);
+    println!("datasets:");
+    for d in &s.datasets {
+        let chunk = d.chunk.as_ref().map(|c| format!("chunk {c:?}")).unwrap_or_else(|| "contiguous".into());
+        println!("  {:<18} {:<8} {:<12} {chunk} {}", d.name, d.dtype, format!("{:?}", d.shape), d.filters.join("+"));
     }
 }

@@ -4,6 +4,7 @@ pub mod atomic;
 pub mod dtype;
 pub mod hf;
 pub mod tensor_file;
+pub mod trajectories;
 
 pub use dtype::StoreDtype;
 pub use hf::{load_hf_dir, load_hf_dir_with_report, save_hf_dir, LoadedCheckpoint, SaveOptions, SaveSummary};
