@@ -65,6 +65,23 @@ fn three_plus_three_rl_steps_equal_six() {
     assert_eq!(straight.final_params, resumed.final_params, "weights differ after an RL resume");
     assert_eq!(straight.rl.unwrap().0, resumed.rl.unwrap().0, "the eval before RL is carried over");
     assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&run_b), "metrics differ after an RL resume");
+    #[cfg(feature = "hdf5")]
+    {
+        // the dump of the resumed run dropped nothing and duplicated nothing
+        use arbor::io::trajectories::read_trajectories;
+        let (da, db) = (
+            read_trajectories(&a.path().join("addition-sft/trajectories.h5")).unwrap(),
+            read_trajectories(&run_b.join("trajectories.h5")).unwrap(),
+        );
+        assert_eq!(da.step, (1..=6u64).flat_map(|s| std::iter::repeat(s).take(16)).collect::<Vec<_>>());
+        assert_eq!(
+            (da.step.clone(), da.response_tokens.clone(), da.reward.clone()),
+            (db.step, db.response_tokens, db.reward)
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&da.logp), bits(&db.logp), "recomputed log-probs differ after a resume");
+        assert_eq!(bits(&da.advantages), bits(&db.advantages));
+    }
     // at the boundary (last supervised step): the RL phase starts fresh, with a fresh optimizer
     let ck = run_b.join(format!("checkpoints/step-{SFT_STEPS}"));
     let resumed = pretrain::run(&config(b.path(), 6), Some(&ck), &mut Vec::new()).unwrap();
