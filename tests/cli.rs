@@ -9,13 +9,17 @@ fn arbor(args: &[&str]) -> (i32, String) {
 }
 
 #[test]
-fn unfinished_features_say_so() {
+fn a_broken_trajectory_dump_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let h5 = dir.path().join("trajectories.h5");
     std::fs::write(&h5, b"not really hdf5").unwrap();
     let (code, err) = arbor(&["inspect", h5.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not yet supported"), "{err}");
+    assert!(err.contains("trajectories.h5"), "{err}");
+    #[cfg(feature = "hdf5")]
+    assert!(err.contains("cannot open as an HDF5 file"), "{err}");
+    #[cfg(not(feature = "hdf5"))]
+    assert!(err.contains("without the `hdf5` feature"), "{err}");
 }
 
 #[test]

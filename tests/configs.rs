@@ -3,11 +3,32 @@
 use arbor::config::RunConfig;
 
 #[test]
+fn a_bad_comparison_method_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/default.toml");
+    let text = format!(
+        "[compare]\nbase = {:?}\nrl_steps = 2\neval_every = 1\nmethods = [\"grpo\", \"magic\"]\nout_dir = \"x\"\n",
+        base.to_str().unwrap()
+    );
+    std::fs::write(&p, text).unwrap();
+    let e = format!("{:#}", arbor::cli::experiment::plan(&p).unwrap_err());
+    assert!(e.contains("c.toml") && e.contains("magic"), "{e}");
+}
+
+#[test]
 fn committed_configs_parse_and_build_their_tasks() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("compare-") {
+            // comparison presets: every method's run config validates
+            let cfgs = arbor::cli::experiment::plan(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(cfgs.iter().any(|c| c.attnrl.is_some()) && cfgs.iter().any(|c| c.rhythm.is_some()));
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "toml") {
             let cfg = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
             let task = cfg.task().unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -179,9 +179,13 @@ fn table(rows: &[Summary], steps: u64) -> String {
     md
 }
 
-/// Run `arbor experiment compare`.
-pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
-    let ExperimentCommand::Compare(args) = cmd;
+/// Parse and validate a comparison file and build every method's run config (nothing runs).
+pub fn plan(path: &Path) -> anyhow::Result<Vec<RunConfig>> {
+    let args = CompareArgs { config: path.to_path_buf(), out_dir: None, steps: None };
+    Ok(load(&args)?.2)
+}
+
+fn load(args: &CompareArgs) -> anyhow::Result<(CompareFile, RunConfig, Vec<RunConfig>)> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("{}", args.config.display()))?;
     let mut file: CompareFile =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", args.config.display(), e.to_string().trim()))?;
@@ -196,7 +200,6 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
     anyhow::ensure!(!file.compare.methods.is_empty(), "{}: compare.methods is empty", args.config.display());
     let base = RunConfig::load(&file.compare.base)?;
     let out = file.compare.out_dir.clone();
-    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
     // check every method before running any
     let cfgs: Vec<RunConfig> = file
         .compare
@@ -205,6 +208,15 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
         .map(|m| method_config(&base, &file, m, &out))
         .collect::<anyhow::Result<_>>()
         .with_context(|| format!("{}", args.config.display()))?;
+    Ok((file, base, cfgs))
+}
+
+/// Run `arbor experiment compare`.
+pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
+    let ExperimentCommand::Compare(args) = cmd;
+    let (file, base, cfgs) = load(args)?;
+    let out = file.compare.out_dir.clone();
+    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
     let mut rows = Vec::new();
     for (m, cfg) in file.compare.methods.iter().zip(&cfgs) {
         println!("== {m}");
