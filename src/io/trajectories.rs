@@ -106,25 +106,22 @@ impl Trajectories {
         self.step.is_empty()
     }
 
-    /// Sample `i` as a record borrowing from the columns (`None` when out of range).
+    /// Sample `i` as a record borrowing from the columns (`None` when out of range, or when the columns were
+    /// modified so that the offsets no longer fit the flat arrays).
     pub fn record(&self, i: usize) -> Option<TrajectoryRecord<'_>> {
-        if i >= self.len() {
-            return None;
-        }
-        // The reader checked that offsets are non-decreasing and within the flat arrays.
-        let p = self.prompt_offsets[i] as usize..self.prompt_offsets[i + 1] as usize;
-        let r = self.response_offsets[i] as usize..self.response_offsets[i + 1] as usize;
+        let range = |offs: &[u64]| Some(*offs.get(i)? as usize..*offs.get(i + 1)? as usize);
+        let (p, r) = (range(&self.prompt_offsets)?, range(&self.response_offsets)?);
         Some(TrajectoryRecord {
-            step: self.step[i],
-            policy_version: self.policy_version[i],
-            prompt_id: self.prompt_id[i],
-            sample_index: self.sample_index[i],
-            prompt: &self.prompt_tokens[p],
-            response: &self.response_tokens[r.clone()],
-            behav_logp: &self.behav_logp[r.clone()],
-            logp: &self.logp[r.clone()],
-            advantages: &self.advantages[r],
-            reward: self.reward[i],
+            step: *self.step.get(i)?,
+            policy_version: *self.policy_version.get(i)?,
+            prompt_id: *self.prompt_id.get(i)?,
+            sample_index: *self.sample_index.get(i)?,
+            prompt: self.prompt_tokens.get(p)?,
+            response: self.response_tokens.get(r.clone())?,
+            behav_logp: self.behav_logp.get(r.clone())?,
+            logp: self.logp.get(r.clone())?,
+            advantages: self.advantages.get(r)?,
+            reward: *self.reward.get(i)?,
         })
     }
 }
