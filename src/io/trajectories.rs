@@ -493,10 +493,14 @@ mod imp {
         b
     }
 
+    /// An I/O error naming `path` when it cannot be stat'ed (missing, permission denied), before HDF5's
+    /// less readable message.
+    fn check_exists(path: &Path) -> Result<()> {
+        std::fs::metadata(path).map(|_| ()).map_err(|e| Error::io(path, e))
+    }
+
     fn open_read(path: &Path) -> Result<File> {
-        if !path.exists() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-        }
+        check_exists(path)?;
         // HDF5 refuses to open a file twice in one process with different locking settings: when something else
         // in this process has it open with the default (locking) settings, open it as that one did.
         options()
@@ -697,9 +701,7 @@ mod imp {
         }
 
         pub(super) fn resume(path: &Path, first_dropped_step: u64) -> Result<Self> {
-            if !path.exists() {
-                return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-            }
+            check_exists(path)?;
             let file =
                 options().open_rw(path).map_err(|e| h5err(path, "cannot open as an HDF5 file for writing", e))?;
             read_attributes(&file, path)?;
