@@ -106,25 +106,22 @@ impl Trajectories {
         self.step.is_empty()
     }
 
-    /// Sample `i` as a record borrowing from the columns (`None` when out of range).
+    /// Sample `i` as a record borrowing from the columns (`None` when out of range, or when the columns were
+    /// modified so that the offsets no longer fit the flat arrays).
     pub fn record(&self, i: usize) -> Option<TrajectoryRecord<'_>> {
-        if i >= self.len() {
-            return None;
-        }
-        // The reader checked that offsets are non-decreasing and within the flat arrays.
-        let p = self.prompt_offsets[i] as usize..self.prompt_offsets[i + 1] as usize;
-        let r = self.response_offsets[i] as usize..self.response_offsets[i + 1] as usize;
+        let range = |offs: &[u64]| Some(*offs.get(i)? as usize..*offs.get(i + 1)? as usize);
+        let (p, r) = (range(&self.prompt_offsets)?, range(&self.response_offsets)?);
         Some(TrajectoryRecord {
-            step: self.step[i],
-            policy_version: self.policy_version[i],
-            prompt_id: self.prompt_id[i],
-            sample_index: self.sample_index[i],
-            prompt: &self.prompt_tokens[p],
-            response: &self.response_tokens[r.clone()],
-            behav_logp: &self.behav_logp[r.clone()],
-            logp: &self.logp[r.clone()],
-            advantages: &self.advantages[r],
-            reward: self.reward[i],
+            step: *self.step.get(i)?,
+            policy_version: *self.policy_version.get(i)?,
+            prompt_id: *self.prompt_id.get(i)?,
+            sample_index: *self.sample_index.get(i)?,
+            prompt: self.prompt_tokens.get(p)?,
+            response: self.response_tokens.get(r.clone())?,
+            behav_logp: self.behav_logp.get(r.clone())?,
+            logp: self.logp.get(r.clone())?,
+            advantages: self.advantages.get(r)?,
+            reward: *self.reward.get(i)?,
         })
     }
 }
@@ -496,10 +493,14 @@ mod imp {
         b
     }
 
+    /// An I/O error naming `path` when it cannot be stat'ed (missing, permission denied), before HDF5's
+    /// less readable message.
+    fn check_exists(path: &Path) -> Result<()> {
+        std::fs::metadata(path).map(|_| ()).map_err(|e| Error::io(path, e))
+    }
+
     fn open_read(path: &Path) -> Result<File> {
-        if !path.exists() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-        }
+        check_exists(path)?;
         // HDF5 refuses to open a file twice in one process with different locking settings: when something else
         // in this process has it open with the default (locking) settings, open it as that one did.
         options()
@@ -700,9 +701,7 @@ mod imp {
         }
 
         pub(super) fn resume(path: &Path, first_dropped_step: u64) -> Result<Self> {
-            if !path.exists() {
-                return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
-            }
+            check_exists(path)?;
             let file =
                 options().open_rw(path).map_err(|e| h5err(path, "cannot open as an HDF5 file for writing", e))?;
             read_attributes(&file, path)?;
