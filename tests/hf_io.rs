@@ -405,7 +405,7 @@ fn inspect_reports_models_and_rejects_hdf5() {
     inspect::run(&args(&dir.path().join("config.json"))).expect("inspect config");
     inspect::run(&args(&dir.path().join("model.safetensors"))).expect("inspect file");
     let msg = inspect::run(&args(Path::new("runs/x/trajectories.h5"))).expect_err("h5").to_string();
-    assert!(msg.contains("HDF5 trajectory dumps are not yet supported"), "{msg}");
+    assert!(msg.contains("runs/x/trajectories.h5"), "{msg}");
     let msg = inspect::run(&args(&dir.path().join("nope"))).expect_err("missing").to_string();
     assert!(msg.contains("nope"), "{msg}");
 }

@@ -153,6 +153,7 @@ impl<'a> RlTrainer<'a> {
             problems.push(prob);
         }
         let completions = self.generate(model, &requests, step, rl.max_new_tokens)?;
+        let t_reward = Instant::now();
         let rewards: Vec<f32> = completions
             .iter()
             .enumerate()
@@ -160,6 +161,7 @@ impl<'a> RlTrainer<'a> {
             .collect();
         let group_starts: Vec<usize> = (0..=mine.len()).map(|g| g * n).collect();
         let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
+        let t_reward = t_reward.elapsed().as_secs_f64();
         let mut out = Sampled {
             generated: Vec::with_capacity(completions.len()),
             train: Vec::new(),
@@ -204,6 +206,7 @@ impl<'a> RlTrainer<'a> {
                 data,
             });
         }
+        out.extra.insert("time_reward_s".into(), t_reward.into());
         if let Some(rc) = &self.cfg.rhythm {
             let shaped = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
             out.extra.insert("rhythm_amplified_frac".into(), shaped.into());
