@@ -73,7 +73,7 @@ fn three_plus_three_rl_steps_equal_six() {
             read_trajectories(&a.path().join("addition-sft/trajectories.h5")).unwrap(),
             read_trajectories(&run_b.join("trajectories.h5")).unwrap(),
         );
-        assert_eq!(da.step, (1..=6u64).flat_map(|s| std::iter::repeat(s).take(16)).collect::<Vec<_>>());
+        assert_eq!(da.step, (1..=6u64).flat_map(|s| std::iter::repeat_n(s, 16)).collect::<Vec<_>>());
         assert_eq!(
             (da.step.clone(), da.response_tokens.clone(), da.reward.clone()),
             (db.step, db.response_tokens, db.reward)
