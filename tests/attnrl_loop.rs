@@ -51,6 +51,25 @@ fn attnrl_trees_train_leaves_and_resume_bit_identically() {
         let e = s["effective_sample_ratio"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&e));
     }
+    // the compass view of a dumped sample: steps with their FCI, scored by the newest checkpoint
+    #[cfg(feature = "hdf5")]
+    {
+        let dump = a.path().join("default/trajectories.h5");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["inspect", dump.to_str().unwrap(), "--sample", "0", "--fci-step-gap", "1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("FCI (Δ = 1 steps) scored by") && text.contains("step-4"), "{text}");
+        assert!(text.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).count() >= 2, "{text}");
+        let bad = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["inspect", dump.to_str().unwrap(), "--sample", "100000"])
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("out of range"));
+    }
     // the same seed gives the same run; a resume after step 2 continues exactly
     pretrain::run(&config(b.path(), ATTNRL), None, &mut Vec::new()).unwrap();
     let ck = b.path().join("default/checkpoints/step-2");

@@ -294,7 +294,13 @@ fn truncated_or_corrupt_safetensors_is_an_error_not_a_panic() {
         std::fs::write(&file, &good[..cut]).expect("write truncated");
         let msg = load_hf_dir(dir.path()).expect_err("truncated file must fail").to_string();
         assert!(msg.contains("model.safetensors"), "cut at {cut}: {msg}");
-        let inspected = inspect::run(&InspectArgs { path: file.clone(), stats_max_numel: 1 << 16 });
+        let inspected = inspect::run(&InspectArgs {
+            path: file.clone(),
+            stats_max_numel: 1 << 16,
+            sample: None,
+            model: None,
+            fci_step_gap: 4,
+        });
         assert!(inspected.is_err(), "inspect accepted a file cut at {cut}");
     }
     let mut garbage = good.clone();
@@ -400,7 +406,13 @@ fn inspect_reports_models_and_rejects_hdf5() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(&qwen2_json());
     save_hf_dir(dir.path(), &cfg, &random_params(&cfg, 16), &SaveOptions::default()).expect("save");
-    let args = |p: &Path| InspectArgs { path: p.to_path_buf(), stats_max_numel: 1 << 16 };
+    let args = |p: &Path| InspectArgs {
+        path: p.to_path_buf(),
+        stats_max_numel: 1 << 16,
+        sample: None,
+        model: None,
+        fci_step_gap: 4,
+    };
     inspect::run(&args(dir.path())).expect("inspect dir");
     inspect::run(&args(&dir.path().join("config.json"))).expect("inspect config");
     inspect::run(&args(&dir.path().join("model.safetensors"))).expect("inspect file");
@@ -450,7 +462,13 @@ fn absurd_header_values_are_errors_not_panics() {
         let msg = load_hf_dir(dir.path()).expect_err("must fail").to_string();
         assert!(msg.contains("model.safetensors"), "{header}: {msg}");
         // inspect lists an unknown dtype (it reads no data); every other header is rejected.
-        let inspected = inspect::run(&InspectArgs { path: file, stats_max_numel: 1 << 16 });
+        let inspected = inspect::run(&InspectArgs {
+            path: file,
+            stats_max_numel: 1 << 16,
+            sample: None,
+            model: None,
+            fci_step_gap: 4,
+        });
         assert_eq!(inspected.is_err(), !header.contains("Q4_K"), "{header}");
     }
 }

@@ -23,6 +23,15 @@ pub struct InspectArgs {
     /// Print min/max/mean for tensors with at most this many elements (0: never).
     #[arg(long, default_value_t = STATS_MAX_NUMEL)]
     pub stats_max_numel: usize,
+    /// For a trajectory dump: print sample K with its steps, advantages and FCI scores.
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Model that scores FCI for `--sample` (default: the newest checkpoint next to the dump).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Δ of the FCI sum for `--sample`, in steps.
+    #[arg(long, default_value_t = 4)]
+    pub fci_step_gap: usize,
 }
 
 /// Run `arbor inspect`.
@@ -30,6 +39,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let path = &args.path;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.ends_with(".h5") || name.ends_with(".hdf5") {
+        if let Some(k) = args.sample {
+            return crate::cli::compass::print_sample(path, k, args.model.as_deref(), args.fci_step_gap);
+        }
         let summary = read_summary(path)?;
         print_trajectory_summary(&summary);
         return Ok(());
