@@ -5,7 +5,7 @@
 use arbor::attention::{attention_backward, attention_forward, AttnShape};
 use arbor::model::init::init_params;
 use arbor::model::{Batch, Model, ModelConfig, Workspace};
-use arbor::tensor::cpu::matmul_nt;
+use arbor::tensor::cpu::{matmul_nt, matmul_packed, PackedMatrix};
 use arbor::train::{clip_and_step, AdamW, AdamWConfig};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::path::Path;
@@ -39,6 +39,27 @@ fn gemm(c: &mut Criterion) {
                     1,
                 )
             })
+        });
+    }
+    g.finish();
+}
+
+/// The decode step's products: 32 rows (one decode shard of a 64-sequence batch) times each
+/// weight of a bench-tiny layer, packed once (`matmul_packed`) vs the gemm crate (packs per call).
+fn decode_gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode_gemm_m32");
+    let m = 32usize;
+    for (name, n, k) in [("qkv", 512usize, 256usize), ("gate_up", 1536, 256), ("down", 256, 768)] {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 17) as f32 * 0.05 - 0.4).collect();
+        let packed = PackedMatrix::from_rows(&w, n, k);
+        let mut out = vec![0.0f32; m * n];
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(BenchmarkId::new("packed", name), |bch| {
+            bch.iter(|| matmul_packed(&mut out, &a, m, &packed, false))
+        });
+        g.bench_function(BenchmarkId::new("gemm_crate", name), |bch| {
+            bch.iter(|| matmul_nt(&mut out, &a, &w, m, n, k, false))
         });
     }
     g.finish();
@@ -92,5 +113,5 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, attention, train_step);
+criterion_group!(benches, gemm, decode_gemm, attention, train_step);
 criterion_main!(benches);

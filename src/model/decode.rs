@@ -9,18 +9,24 @@ use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::transformer::Model;
 use crate::model::workspace::Workspace;
-use crate::tensor::cpu::matmul_nt;
 use crate::tensor::cpu::ops;
 use crate::tensor::cpu::simd::{self, simd_kernel};
+use crate::tensor::cpu::{matmul_nt, matmul_packed, PackedMatrix};
 use rayon::prelude::*;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens.
-/// Layout per layer: [slots, max_len, KV·D] for K and for V.
+///
+/// Keys are stored transposed in blocks of 8 positions per KV head, [slots, KV, T/8, D, 8] with
+/// T = `max_len` rounded up to a multiple of 8, so a query scores 8 consecutive positions per
+/// vector operation reading contiguous memory; values stay [slots, max_len, KV·D].
 #[derive(Debug)]
 pub struct KvCache {
     pub slots: usize,
     pub max_len: usize,
     kv_dim: usize,
+    kv_heads: usize,
+    /// Key time stride (`max_len` rounded up to 8).
+    t_cap: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     /// Tokens held per slot.
@@ -31,25 +37,74 @@ impl KvCache {
     /// An empty cache for a model.
     pub fn new(model: &Model, slots: usize, max_len: usize) -> Self {
         let kv_dim = model.cfg.num_kv_heads * model.cfg.head_dim;
-        let per_layer = slots * max_len * kv_dim;
+        let t_cap = max_len.div_ceil(8) * 8;
         let layers = model.cfg.num_layers;
         KvCache {
             slots,
             max_len,
             kv_dim,
-            k: (0..layers).map(|_| vec![0.0; per_layer]).collect(),
-            v: (0..layers).map(|_| vec![0.0; per_layer]).collect(),
+            kv_heads: model.cfg.num_kv_heads,
+            t_cap,
+            k: (0..layers).map(|_| vec![0.0; slots * kv_dim * t_cap]).collect(),
+            v: (0..layers).map(|_| vec![0.0; slots * max_len * kv_dim]).collect(),
             len: vec![0; slots],
         }
     }
 
-    fn row(&self, slot: usize, pos: usize) -> std::ops::Range<usize> {
+    /// Write layer `l`'s key and value rows ([KV·D] each) of position `pos` of `slot`.
+    fn store(&mut self, l: usize, slot: usize, pos: usize, key: &[f32], value: &[f32]) {
+        let kt = &mut self.k[l][slot * self.kv_dim * self.t_cap..(slot + 1) * self.kv_dim * self.t_cap];
+        let d = self.kv_dim / self.kv_heads;
+        for (g, kh) in key[..self.kv_dim].chunks(d).enumerate() {
+            let blk = &mut kt[g * d * self.t_cap + (pos / KB) * d * KB..];
+            for (p, &x) in kh.iter().enumerate() {
+                blk[p * KB + pos % KB] = x;
+            }
+        }
         let o = (slot * self.max_len + pos) * self.kv_dim;
-        o..o + self.kv_dim
+        self.v[l][o..o + self.kv_dim].copy_from_slice(&value[..self.kv_dim]);
     }
 }
 
-/// Per-step buffers of the decode path for up to `rows` sequences.
+/// Every weight matrix of a model packed for `matmul_packed`, built once per generation call
+/// and shared (read-only) by all decode threads.
+#[derive(Debug)]
+pub struct DecodeWeights {
+    layers: Vec<LayerWeights>,
+    lm_head: PackedMatrix,
+}
+
+#[derive(Debug)]
+struct LayerWeights {
+    qkv: PackedMatrix,
+    o: PackedMatrix,
+    gate_up: PackedMatrix,
+    down: PackedMatrix,
+}
+
+impl DecodeWeights {
+    /// Pack the model's current weights (layers in parallel).
+    pub fn new(model: &Model) -> Self {
+        let c = &model.cfg;
+        let (h, qkv_w, hd, inter) = (c.hidden_size, c.qkv_dim(), c.attn_dim(), c.intermediate_size);
+        let p = &model.params.data;
+        let lay = &model.params.layout;
+        let pack = |at: usize, n: usize, k: usize| PackedMatrix::from_rows(&p[at..at + n * k], n, k);
+        let layers = lay
+            .layers
+            .par_iter()
+            .map(|o| LayerWeights {
+                qkv: pack(o.qkv_w, qkv_w, h),
+                o: pack(o.o_w, h, hd),
+                gate_up: pack(o.gate_up_w, 2 * inter, h),
+                down: pack(o.down_w, h, inter),
+            })
+            .collect();
+        DecodeWeights { layers, lm_head: pack(lay.lm_head, c.vocab_size, h) }
+    }
+}
+
+/// Per-step buffers of the decode path (grown on demand, never shrunk).
 #[derive(Debug, Default)]
 pub struct DecodeBuffers {
     x: Vec<f32>,
@@ -59,48 +114,103 @@ pub struct DecodeBuffers {
     att: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
-    /// [rows, V] next-token logits of the last decode step.
+    /// [rows, V] next-token logits of the last step (rows = the step's logit rows).
     pub logits: Vec<f32>,
-    /// [rows, max_len] attention scores; [rows] positions of the new tokens.
+    /// Attention scores of one query head.
     scores: Vec<f32>,
+    /// Position of each row; next free position of each cache slot.
     positions: Vec<u32>,
+    next_pos: Vec<usize>,
 }
 
 impl DecodeBuffers {
-    /// Buffers for `rows` concurrent sequences.
+    /// Buffers for `rows` concurrent sequences (more rows grow them).
     pub fn new(model: &Model, rows: usize) -> Self {
+        let mut b = DecodeBuffers::default();
+        b.reserve(model, rows, rows);
+        b
+    }
+
+    fn reserve(&mut self, model: &Model, rows: usize, logit_rows: usize) {
         let c = &model.cfg;
-        DecodeBuffers {
-            x: vec![0.0; rows * c.hidden_size],
-            ln: vec![0.0; rows * c.hidden_size],
-            rstd: vec![0.0; rows],
-            qkv: vec![0.0; rows * c.qkv_dim()],
-            att: vec![0.0; rows * c.attn_dim()],
-            gate_up: vec![0.0; rows * 2 * c.intermediate_size],
-            act: vec![0.0; rows * c.intermediate_size],
-            logits: vec![0.0; rows * c.vocab_size],
-            scores: Vec::new(),
-            positions: Vec::with_capacity(rows),
-        }
+        let grow = |v: &mut Vec<f32>, n: usize| {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        };
+        grow(&mut self.x, rows * c.hidden_size);
+        grow(&mut self.ln, rows * c.hidden_size);
+        grow(&mut self.rstd, rows);
+        grow(&mut self.qkv, rows * c.qkv_dim());
+        grow(&mut self.att, rows * c.attn_dim());
+        grow(&mut self.gate_up, rows * 2 * c.intermediate_size);
+        grow(&mut self.act, rows * c.intermediate_size);
+        grow(&mut self.logits, logit_rows * c.vocab_size);
     }
 }
 
+/// Positions per key block of the cache (one AVX2 register of scores).
+const KB: usize = 8;
+/// Key blocks (scores) or value columns (outputs) kept in registers per pass.
+const BLOCKS: usize = 4;
+
 simd_kernel! {
-    /// One query head against cached keys/values 0..len: out = softmax(scale·K q) V.
-    /// `scores` is scratch of at least `len` floats.
-    fn attend_one(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize, scale: f32, scores: &mut [f32]) -> () {
-        let d = q.len();
-        for (j, s) in scores[..len].iter_mut().enumerate() {
-            *s = simd::dot(q, &k[j * stride..j * stride + d]) * scale;
-        }
-        let m = simd::max(&scores[..len]);
-        let sum = simd::exp_shift_sum(&mut scores[..len], m);
-        let inv = 1.0 / sum;
-        out.iter_mut().for_each(|o| *o = 0.0);
-        for (j, &p) in scores[..len].iter().enumerate() {
-            let w = p * inv;
-            for (o, &vv) in out.iter_mut().zip(&v[j * stride..j * stride + d]) {
-                *o += w * vv;
+    /// Attention of one row's query heads against cached positions 0..len of its slot:
+    /// out_h = softmax(scale · q_h·K) V for every head h (query head h reads KV head h / group).
+    /// `kt`: the slot's keys [KV, t_cap/8, D, 8]; `v`: its values [max_len, KV·D].
+    /// Each score and output is one sum over D (resp. positions) in order, whatever the tiling.
+    fn attend_row(out: &mut [f32], q: &[f32], kt: &[f32], v: &[f32], d: usize, group: usize, len: usize, scale: f32, scores: &mut [f32]) -> () {
+        let kv_dim = q.len() / group;
+        let blocks = len.div_ceil(KB);
+        for (h, (o, qh)) in out.chunks_mut(d).zip(q.chunks(d)).enumerate() {
+            let g = h / group;
+            let kg = &kt[g * d * (kt.len() / kv_dim)..];
+            // scores of BLOCKS key blocks at a time; the padding lanes of the last block read
+            // stale keys and are dropped
+            let mut jb = 0;
+            while jb < blocks {
+                let nb = BLOCKS.min(blocks - jb);
+                let mut acc = [[0.0f32; KB]; BLOCKS];
+                let kblk = &kg[jb * d * KB..(jb + nb) * d * KB];
+                for (p, &qp) in qh.iter().enumerate() {
+                    for (bi, a) in acc[..nb].iter_mut().enumerate() {
+                        let row = &kblk[(bi * d + p) * KB..(bi * d + p + 1) * KB];
+                        for l in 0..KB {
+                            a[l] += qp * row[l];
+                        }
+                    }
+                }
+                for (bi, a) in acc[..nb].iter().enumerate() {
+                    scores[(jb + bi) * KB..(jb + bi + 1) * KB].copy_from_slice(a);
+                }
+                jb += nb;
+            }
+            let s = &mut scores[..len];
+            s.iter_mut().for_each(|x| *x *= scale);
+            let m = simd::max(s);
+            let inv = 1.0 / simd::exp_shift_sum(s, m);
+            s.iter_mut().for_each(|x| *x *= inv);
+            // outputs BLOCKS·8 columns at a time
+            let vg = &v[g * d..];
+            let mut c0 = 0;
+            while c0 + BLOCKS * KB <= d {
+                let mut acc = [0.0f32; BLOCKS * KB];
+                for (j, &pj) in s.iter().enumerate() {
+                    let row = &vg[j * kv_dim + c0..j * kv_dim + c0 + BLOCKS * KB];
+                    for l in 0..BLOCKS * KB {
+                        acc[l] += pj * row[l];
+                    }
+                }
+                o[c0..c0 + BLOCKS * KB].copy_from_slice(&acc);
+                c0 += BLOCKS * KB;
+            }
+            if c0 < d {
+                o[c0..].fill(0.0);
+                for (j, &pj) in s.iter().enumerate() {
+                    for (x, &vv) in o[c0..].iter_mut().zip(&vg[j * kv_dim + c0..j * kv_dim + d]) {
+                        *x += pj * vv;
+                    }
+                }
             }
         }
     }
@@ -155,9 +265,7 @@ impl Model {
             for l in 0..self.cfg.num_layers {
                 let qkv = &ws.layers[l].qkv[start * qkv_w..end * qkv_w];
                 for (pos, row) in qkv.chunks(qkv_w).enumerate() {
-                    let r = cache.row(slot, pos);
-                    cache.k[l][r.clone()].copy_from_slice(&row[hd..hd + kvd]);
-                    cache.v[l][r].copy_from_slice(&row[hd + kvd..hd + 2 * kvd]);
+                    cache.store(l, slot, pos, &row[hd..hd + kvd], &row[hd + kvd..hd + 2 * kvd]);
                 }
             }
             cache.len[slot] = end - start;
@@ -168,7 +276,8 @@ impl Model {
     }
 
     /// Append one token to each listed slot and compute next-token logits for each, in
-    /// `buf.logits` rows in the order of `slots`. `positions[i]` must equal `cache.len[slots[i]]`.
+    /// `buf.logits` rows in the order of `slots`. Packs the weights on every call: loops should
+    /// pack once (`DecodeWeights::new`) and call `forward_cached`.
     pub fn decode_step(
         &self,
         tokens: &[u32],
@@ -176,88 +285,193 @@ impl Model {
         cache: &mut KvCache,
         buf: &mut DecodeBuffers,
     ) -> Result<()> {
+        let rows: Vec<usize> = (0..slots.len()).collect();
+        self.forward_cached(&DecodeWeights::new(self), tokens, slots, &rows, cache, buf)
+    }
+
+    /// Run new tokens through the model against the KV cache, single-threaded. Row i is token
+    /// `tokens[i]` appended to cache slot `slots[i]`: a slot's rows take its next positions in
+    /// order, so one call can prefill a whole prompt (or a chunk of it) for some slots while
+    /// decoding one token for others. The next-token logits of rows `logit_rows` (strictly
+    /// increasing) go to rows 0.. of `buf.logits`.
+    ///
+    /// Every kernel works row by row (`matmul_packed` included), so a row's results are
+    /// bit-identical whatever else is in the call.
+    pub fn forward_cached(
+        &self,
+        w: &DecodeWeights,
+        tokens: &[u32],
+        slots: &[usize],
+        logit_rows: &[usize],
+        cache: &mut KvCache,
+        buf: &mut DecodeBuffers,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let b = slots.len();
-        if tokens.len() != b || b * cfg.hidden_size > buf.x.len() {
-            return Err(Error::Invalid(format!(
-                "decode_step: {} tokens for {b} slots (buffers for fewer rows)",
-                tokens.len()
-            )));
+        if tokens.len() != b {
+            return Err(Error::Invalid(format!("forward_cached: {} tokens for {b} slots", tokens.len())));
         }
-        let positions = &mut buf.positions;
-        positions.clear();
-        for &s in slots {
-            if s >= cache.slots || cache.len[s] >= cache.max_len {
-                return Err(Error::Invalid(format!("decode_step: slot {s} is full or out of range")));
-            }
-            positions.push(cache.len[s] as u32);
+        if w.layers.len() != cfg.num_layers
+            || w.lm_head.k() != cfg.hidden_size
+            || cache.kv_dim != cfg.num_kv_heads * cfg.head_dim
+        {
+            return Err(Error::Invalid("forward_cached: weights or cache built for another model".into()));
+        }
+        if logit_rows.windows(2).any(|p| p[0] >= p[1]) || logit_rows.last().is_some_and(|&r| r >= b) {
+            return Err(Error::Invalid("forward_cached: logit rows must be increasing row indices".into()));
         }
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(Error::Invalid(format!("decode_step: token {t} outside the vocabulary")));
+            return Err(Error::Invalid(format!("forward_cached: token {t} outside the vocabulary")));
         }
-        if buf.scores.len() < b * cache.max_len {
-            buf.scores.resize(b * cache.max_len, 0.0);
+        let max_pos = cache.max_len.min(self.rope.max_positions());
+        buf.positions.clear();
+        buf.next_pos.clear();
+        buf.next_pos.extend_from_slice(&cache.len);
+        for &s in slots {
+            if s >= cache.slots || buf.next_pos[s] >= max_pos {
+                return Err(Error::Invalid(format!("forward_cached: slot {s} is full or out of range")));
+            }
+            buf.positions.push(buf.next_pos[s] as u32);
+            buf.next_pos[s] += 1;
         }
-        let positions = &buf.positions;
+        buf.reserve(self, b, logit_rows.len());
+        if buf.scores.len() < cache.t_cap {
+            buf.scores.resize(cache.t_cap, 0.0);
+        }
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (qkv_w, hd, d) = (cfg.qkv_dim(), cfg.attn_dim(), cfg.head_dim);
-        let (h_n, kvd) = (cfg.num_heads, cache.kv_dim);
+        let (qkv_w, hd, d, kvd) = (cfg.qkv_dim(), cfg.attn_dim(), cfg.head_dim, cache.kv_dim);
         let group = cfg.num_heads / cfg.num_kv_heads;
         let eps = cfg.rms_norm_eps as f32;
         let scale = 1.0 / (d as f32).sqrt();
         let p = &self.params.data;
         let lay = &self.params.layout;
+        let (t_cap, max_len) = (cache.t_cap, cache.max_len);
         let x = &mut buf.x[..b * c];
-        ops::embedding_forward(x, &p[lay.embed..], tokens, c);
-        for l in 0..cfg.num_layers {
-            let o = lay.layers[l];
-            ops::rmsnorm_forward(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln1..o.ln1 + c], eps);
-            let qkv = &mut buf.qkv[..b * qkv_w];
-            matmul_nt(qkv, &buf.ln[..b * c], &p[o.qkv_w..o.qkv_w + qkv_w * c], b, qkv_w, c, false);
-            if let Some(bias) = o.qkv_b {
-                ops::add_bias(qkv, &p[bias..bias + qkv_w]);
-            }
-            ops::rope_apply(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, positions, &self.rope, false);
-            for (i, &s) in slots.iter().enumerate() {
-                let r = cache.row(s, positions[i] as usize);
-                cache.k[l][r.clone()].copy_from_slice(&qkv[i * qkv_w + hd..i * qkv_w + hd + kvd]);
-                cache.v[l][r].copy_from_slice(&qkv[i * qkv_w + hd + kvd..i * qkv_w + hd + 2 * kvd]);
-            }
-            let (kc, vc, max_len) = (&cache.k[l], &cache.v[l], cache.max_len);
-            let qkv = &buf.qkv[..b * qkv_w];
-            let scores_all = &mut buf.scores[..b * max_len];
-            buf.att[..b * hd].par_chunks_mut(hd).zip(scores_all.par_chunks_mut(max_len)).enumerate().for_each(
-                |(i, (out, scores))| {
-                    let len = positions[i] as usize + 1;
-                    let base = slots[i] * max_len * kvd;
-                    for h in 0..h_n {
-                        let g = h / group;
-                        let (k, vv) = (&kc[base + g * d..base + len * kvd], &vc[base + g * d..base + len * kvd]);
-                        attend_one(
-                            &mut out[h * d..(h + 1) * d],
-                            &qkv[i * qkv_w + h * d..i * qkv_w + (h + 1) * d],
-                            k,
-                            vv,
-                            kvd,
-                            len,
-                            scale,
-                            scores,
-                        );
-                    }
-                },
-            );
-            matmul_nt(x, &buf.att[..b * hd], &p[o.o_w..o.o_w + c * hd], b, c, hd, true);
-            ops::rmsnorm_forward(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln2..o.ln2 + c], eps);
-            let gu = &mut buf.gate_up[..b * 2 * inter];
-            matmul_nt(gu, &buf.ln[..b * c], &p[o.gate_up_w..o.gate_up_w + 2 * inter * c], b, 2 * inter, c, false);
-            ops::swiglu_forward(&mut buf.act[..b * inter], gu, inter);
-            matmul_nt(x, &buf.act[..b * inter], &p[o.down_w..o.down_w + c * inter], b, c, inter, true);
+        for (row, &t) in x.chunks_mut(c).zip(tokens) {
+            row.copy_from_slice(&p[lay.embed + t as usize * c..lay.embed + (t as usize + 1) * c]);
         }
-        ops::rmsnorm_forward(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[lay.final_norm..lay.final_norm + c], eps);
-        matmul_nt(&mut buf.logits[..b * v], &buf.ln[..b * c], &p[lay.lm_head..lay.lm_head + v * c], b, v, c, false);
+        for (l, lw) in w.layers.iter().enumerate() {
+            let o = lay.layers[l];
+            ops::rmsnorm_rows(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln1..o.ln1 + c], eps);
+            let qkv = &mut buf.qkv[..b * qkv_w];
+            matmul_packed(qkv, &buf.ln[..b * c], b, &lw.qkv, false);
+            if let Some(bias) = o.qkv_b {
+                for row in qkv.chunks_mut(qkv_w) {
+                    row.iter_mut().zip(&p[bias..bias + qkv_w]).for_each(|(y, b)| *y += b);
+                }
+            }
+            ops::rope_rows(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, &buf.positions, &self.rope, false);
+            for (i, row) in qkv.chunks(qkv_w).enumerate() {
+                cache.store(l, slots[i], buf.positions[i] as usize, &row[hd..hd + kvd], &row[hd + kvd..]);
+            }
+            for (i, (out, row)) in buf.att[..b * hd].chunks_mut(hd).zip(qkv.chunks(qkv_w)).enumerate() {
+                let s = slots[i];
+                attend_row(
+                    out,
+                    &row[..hd],
+                    &cache.k[l][s * kvd * t_cap..(s + 1) * kvd * t_cap],
+                    &cache.v[l][s * max_len * kvd..(s + 1) * max_len * kvd],
+                    d,
+                    group,
+                    buf.positions[i] as usize + 1,
+                    scale,
+                    &mut buf.scores,
+                );
+            }
+            matmul_packed(x, &buf.att[..b * hd], b, &lw.o, true);
+            ops::rmsnorm_rows(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln2..o.ln2 + c], eps);
+            let gu = &mut buf.gate_up[..b * 2 * inter];
+            matmul_packed(gu, &buf.ln[..b * c], b, &lw.gate_up, false);
+            ops::swiglu_rows(&mut buf.act[..b * inter], gu, inter);
+            matmul_packed(x, &buf.act[..b * inter], b, &lw.down, true);
+        }
+        // only the logit rows go through the head: move them to the front (increasing indices,
+        // so a row is never overwritten before it is moved)
+        let n_out = logit_rows.len();
+        for (dst, &src) in logit_rows.iter().enumerate() {
+            if dst != src {
+                x.copy_within(src * c..(src + 1) * c, dst * c);
+            }
+        }
+        let (x, ln) = (&buf.x[..n_out * c], &mut buf.ln[..n_out * c]);
+        ops::rmsnorm_rows(ln, &mut buf.rstd[..n_out], x, &p[lay.final_norm..lay.final_norm + c], eps);
+        matmul_packed(&mut buf.logits[..n_out * v], ln, n_out, &w.lm_head, false);
         for &s in slots {
-            cache.len[s] += 1;
+            cache.len[s] = buf.next_pos[s];
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [−1, 1) (SplitMix64).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// softmax(scale · q·K) V per head in f64 from row-major K, V [len, KV·D].
+    fn reference(q: &[f32], k: &[f32], v: &[f32], d: usize, group: usize, len: usize, scale: f32) -> Vec<f64> {
+        let kv_dim = q.len() / group;
+        let mut out = vec![0.0f64; q.len()];
+        for (h, o) in out.chunks_mut(d).enumerate() {
+            let g = h / group;
+            let s: Vec<f64> = (0..len)
+                .map(|j| {
+                    (0..d).map(|p| q[h * d + p] as f64 * k[j * kv_dim + g * d + p] as f64).sum::<f64>() * scale as f64
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for (j, w) in e.iter().enumerate() {
+                for (p, x) in o.iter_mut().enumerate() {
+                    *x += w / z * v[j * kv_dim + g * d + p] as f64;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attend_row_matches_reference_on_ragged_shapes() {
+        // (head dim, query heads, kv heads, cached positions, capacity)
+        let shapes: [(usize, usize, usize, usize, usize); 5] =
+            [(64, 4, 2, 37, 40), (40, 3, 3, 1, 8), (16, 4, 1, 9, 17), (72, 2, 1, 130, 130), (8, 2, 2, 33, 33)];
+        for (t, &(d, heads, kv_heads, len, max_len)) in shapes.iter().enumerate() {
+            let (kv_dim, group) = (kv_heads * d, heads / kv_heads);
+            let t_cap = max_len.div_ceil(KB) * KB;
+            let q = values(heads * d, 10 + t as u64);
+            // keys and values for every position of the slot: rows past `len` must not matter
+            let k = values(max_len * kv_dim, 20 + t as u64);
+            let v = values(max_len * kv_dim, 30 + t as u64);
+            let mut kt = vec![f32::NAN; kv_dim * t_cap];
+            for pos in 0..max_len {
+                for g in 0..kv_heads {
+                    for p in 0..d {
+                        kt[g * d * t_cap + (pos / KB) * d * KB + p * KB + pos % KB] = k[pos * kv_dim + g * d + p];
+                    }
+                }
+            }
+            let scale = 1.0 / (d as f32).sqrt();
+            let mut out = vec![0.0; heads * d];
+            let mut scores = vec![0.0; t_cap];
+            attend_row(&mut out, &q, &kt, &v, d, group, len, scale, &mut scores);
+            let want = reference(&q, &k, &v, d, group, len, scale);
+            for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                assert!((o as f64 - w).abs() < 1e-5, "shape {t}, element {i}: {o} vs {w}");
+            }
+        }
     }
 }

@@ -1,16 +1,18 @@
 //! Batched autoregressive generation with continuous batching: up to `max_batch` sequences
-//! decode together; a finished sequence frees its KV-cache slot and the next request is
-//! prefilled into it at once (queue scheduling, no batch barrier).
+//! decode together; a finished sequence frees its KV-cache slot and the next request's prompt
+//! goes into it at the next step, alongside the other slots' decode rows (queue scheduling, no
+//! batch barrier).
 //!
 //! Every request's random stream is `Rng::derive(seed, [step, prompt_id, sample_index])`, so a
 //! completion does not depend on batch size, slot assignment or rank count.
 
 use crate::error::{Error, Result};
-use crate::model::decode::{DecodeBuffers, KvCache};
-use crate::model::{Model, Workspace};
+use crate::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
+use crate::model::Model;
 use crate::rng::Rng;
 use crate::rollout::sampler::{sample, SamplingParams};
-use std::collections::VecDeque;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One generation request: sample `sample_index` of prompt `prompt_id`.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,20 +55,39 @@ pub struct GenerateConfig {
     pub max_batch: usize,
 }
 
+/// Most rows one shard runs through the model per step: decode rows always go in; prompts are
+/// fed (in chunks if need be) into what is left, which bounds the step buffers.
+const ROWS_PER_STEP: usize = 256;
+
 struct Active {
     req: usize,
     slot: usize,
     rng: Rng,
     out: Completion,
+    /// Prompt tokens already in the cache.
+    fed: usize,
     next: u32,
 }
 
 /// Generate completions for all requests; results are returned in request order.
+///
+/// The slots are split into one shard per thread of the rayon pool; each shard runs its own
+/// continuous-batching loop (no synchronisation between shards) and takes the next request from
+/// a shared queue whenever one of its slots frees. The decode kernels are row-wise and
+/// batch-invariant, so a completion is bit-identical whichever shard, slot or batch it runs in.
 pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
     if cfg.max_batch == 0 {
         return Err(Error::Invalid("generate: max_batch must be positive".into()));
     }
     let v = model.cfg.vocab_size;
+    for (i, r) in requests.iter().enumerate() {
+        if r.prompt.is_empty() {
+            return Err(Error::Invalid(format!("generate: request {i} has an empty prompt")));
+        }
+        if let Some(t) = r.prompt.iter().find(|&&t| t as usize >= v) {
+            return Err(Error::Invalid(format!("generate: request {i}: token {t} outside the vocabulary")));
+        }
+    }
     let longest = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
     let max_len = (longest + cfg.sampling.max_new_tokens).min(model.cfg.max_position_embeddings);
     if longest >= max_len.max(1) && !requests.is_empty() {
@@ -75,99 +96,150 @@ pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Re
             model.cfg.max_position_embeddings
         )));
     }
-    let slots = cfg.max_batch.min(requests.len().max(1));
-    let mut cache = KvCache::new(model, slots, max_len.max(1));
-    let mut buf = DecodeBuffers::new(model, slots);
-    let mut ws = Workspace::new(&model.cfg, 0);
-    let mut logits = vec![0.0f32; v];
-    let mut scratch = Vec::new();
-    let mut queue: VecDeque<usize> = (0..requests.len()).collect();
-    let mut free: Vec<usize> = (0..slots).rev().collect();
-    let mut active: Vec<Active> = Vec::with_capacity(slots);
-    let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
-    let (mut tokens, mut slot_ids) = (Vec::with_capacity(slots), Vec::with_capacity(slots));
-
-    // Sample from `z` for request `a`; returns true when the request is finished.
-    let push = |a: &mut Active, z: &[f32], cache_len: usize, scratch: &mut Vec<(f32, u32)>| -> bool {
-        let s = sample(z, &cfg.sampling, &mut a.rng, scratch);
-        a.out.tokens.push(s.token);
-        a.out.logprobs.push(s.logprob);
-        a.out.entropies.push(s.entropy);
-        a.next = s.token;
-        if cfg.stop_tokens.contains(&s.token) {
-            a.out.finish = Finish::Stop;
-            true
-        } else {
-            a.out.tokens.len() >= cfg.sampling.max_new_tokens || cache_len >= max_len
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let weights = DecodeWeights::new(model);
+    let slots = cfg.max_batch.min(requests.len());
+    let shards = rayon::current_num_threads().clamp(1, slots);
+    let queue = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let shard = |s: usize| {
+        let n = slots / shards + usize::from(s < slots % shards);
+        let r = run_shard(model, &weights, requests, cfg, n, max_len, &queue, &failed);
+        if r.is_err() {
+            failed.store(true, Ordering::Relaxed);
         }
+        r
     };
-
-    loop {
-        // Refill free slots from the queue: one packed prefill for all of them, then each
-        // request's first token.
-        let n_new = free.len().min(queue.len());
-        if n_new > 0 {
-            let reqs: Vec<usize> = queue.drain(..n_new).collect();
-            let new_slots: Vec<usize> = (0..n_new).filter_map(|_| free.pop()).collect();
-            let prompts: Vec<&[u32]> = reqs.iter().map(|&r| requests[r].prompt.as_slice()).collect();
-            if logits.len() < n_new * v {
-                logits.resize(n_new * v, 0.0);
-            }
-            model.prefill_many(&prompts, &new_slots, &mut cache, &mut ws, &mut logits)?;
-            for (i, (&req, &slot)) in reqs.iter().zip(&new_slots).enumerate() {
-                let r = &requests[req];
-                let mut a = Active {
-                    req,
-                    slot,
-                    rng: Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]),
-                    out: Completion {
-                        prompt_id: r.prompt_id,
-                        sample_index: r.sample_index,
-                        tokens: Vec::new(),
-                        logprobs: Vec::new(),
-                        entropies: Vec::new(),
-                        finish: Finish::Length,
-                    },
-                    next: 0,
-                };
-                let z = &logits[i * v..(i + 1) * v];
-                if cfg.sampling.max_new_tokens == 0 || push(&mut a, z, cache.len[slot], &mut scratch) {
-                    free.push(slot);
-                    done[req] = Some(a.out);
-                } else {
-                    active.push(a);
-                }
-            }
-            // requests that finished at their first token freed slots: refill before decoding
-            if active.len() < slots && !queue.is_empty() {
-                continue;
-            }
-        }
-        if active.is_empty() {
-            break;
-        }
-        tokens.clear();
-        slot_ids.clear();
-        tokens.extend(active.iter().map(|a| a.next));
-        slot_ids.extend(active.iter().map(|a| a.slot));
-        model.decode_step(&tokens, &slot_ids, &mut cache, &mut buf)?;
-        let mut i = 0;
-        let mut row = 0;
-        while i < active.len() {
-            let z = &buf.logits[row * v..(row + 1) * v];
-            row += 1;
-            let cache_len = cache.len[active[i].slot];
-            if push(&mut active[i], z, cache_len, &mut scratch) {
-                let a = active.remove(i);
-                free.push(a.slot);
-                done[a.req] = Some(a.out);
-            } else {
-                i += 1;
-            }
+    let parts: Vec<Result<Vec<(usize, Completion)>>> =
+        if shards == 1 { vec![shard(0)] } else { (0..shards).into_par_iter().map(shard).collect() };
+    let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+    for part in parts {
+        for (i, c) in part? {
+            done[i] = Some(c);
         }
     }
     done.into_iter()
         .enumerate()
         .map(|(i, c)| c.ok_or_else(|| Error::Invalid(format!("generate: request {i} was never completed"))))
         .collect()
+}
+
+/// One shard's continuous-batching loop over `slots` cache slots: admit requests from `queue`
+/// into free slots, run one step (prompt chunks of newly admitted requests + one token of every
+/// decoding one), sample, free finished slots; until the queue is drained and no slot is busy.
+#[allow(clippy::too_many_arguments)]
+fn run_shard(
+    model: &Model,
+    weights: &DecodeWeights,
+    requests: &[Request],
+    cfg: &GenerateConfig,
+    slots: usize,
+    max_len: usize,
+    queue: &AtomicUsize,
+    failed: &AtomicBool,
+) -> Result<Vec<(usize, Completion)>> {
+    let v = model.cfg.vocab_size;
+    let mut cache = KvCache::new(model, slots, max_len);
+    let mut buf = DecodeBuffers::new(model, slots);
+    let mut scratch = Vec::new();
+    let mut free: Vec<usize> = (0..slots).rev().collect();
+    let mut active: Vec<Active> = Vec::with_capacity(slots);
+    let mut done = Vec::new();
+    let (mut tokens, mut slot_ids) = (Vec::new(), Vec::new());
+    let (mut logit_rows, mut sampling) = (Vec::with_capacity(slots), Vec::with_capacity(slots));
+    loop {
+        while let Some(&slot) = free.last() {
+            let req = queue.fetch_add(1, Ordering::Relaxed);
+            if req >= requests.len() || failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let r = &requests[req];
+            let out = Completion {
+                prompt_id: r.prompt_id,
+                sample_index: r.sample_index,
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                entropies: Vec::new(),
+                finish: Finish::Length,
+            };
+            if cfg.sampling.max_new_tokens == 0 {
+                done.push((req, out));
+                continue;
+            }
+            free.pop();
+            cache.len[slot] = 0;
+            let rng = Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]);
+            active.push(Active { req, slot, rng, out, fed: 0, next: 0 });
+        }
+        if active.is_empty() {
+            break;
+        }
+        // rows of this step: one per decoding request, then prompt chunks within the budget
+        tokens.clear();
+        slot_ids.clear();
+        logit_rows.clear();
+        sampling.clear();
+        let decoding = active.iter().filter(|a| a.fed == requests[a.req].prompt.len()).count();
+        let mut budget = ROWS_PER_STEP.saturating_sub(decoding);
+        for (i, a) in active.iter_mut().enumerate() {
+            let prompt = &requests[a.req].prompt;
+            if a.fed < prompt.len() {
+                let n = budget.min(prompt.len() - a.fed);
+                if n == 0 {
+                    continue;
+                }
+                budget -= n;
+                tokens.extend_from_slice(&prompt[a.fed..a.fed + n]);
+                slot_ids.resize(slot_ids.len() + n, a.slot);
+                a.fed += n;
+                if a.fed < prompt.len() {
+                    continue;
+                }
+            } else {
+                tokens.push(a.next);
+                slot_ids.push(a.slot);
+            }
+            logit_rows.push(tokens.len() - 1);
+            sampling.push(i);
+        }
+        model.forward_cached(weights, &tokens, &slot_ids, &logit_rows, &mut cache, &mut buf)?;
+        let mut finished = false;
+        for (row, &i) in sampling.iter().enumerate() {
+            let a = &mut active[i];
+            let s = sample(&buf.logits[row * v..(row + 1) * v], &cfg.sampling, &mut a.rng, &mut scratch);
+            a.out.tokens.push(s.token);
+            a.out.logprobs.push(s.logprob);
+            a.out.entropies.push(s.entropy);
+            a.next = s.token;
+            if cfg.stop_tokens.contains(&s.token) {
+                a.out.finish = Finish::Stop;
+            }
+            if a.out.finish == Finish::Stop
+                || a.out.tokens.len() >= cfg.sampling.max_new_tokens
+                || cache.len[a.slot] >= max_len
+            {
+                // mark for removal; `fed` past the prompt length flags it
+                a.fed = usize::MAX;
+                finished = true;
+            }
+        }
+        if finished {
+            let mut i = 0;
+            while i < active.len() {
+                if active[i].fed == usize::MAX {
+                    let a = active.swap_remove(i);
+                    free.push(a.slot);
+                    done.push((a.req, a.out));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    Ok(done)
 }

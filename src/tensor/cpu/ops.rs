@@ -34,16 +34,23 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
 pub fn rmsnorm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
     let rpt = rows_per_task(c);
-    y.par_chunks_mut(c * rpt).zip(rstd.par_chunks_mut(rpt)).zip(x.par_chunks(c * rpt)).for_each(|((yc, rc), xc)| {
-        for ((yr, r), xr) in yc.chunks_mut(c).zip(rc.iter_mut()).zip(xc.chunks(c)) {
-            let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
-            let s = 1.0 / (ms + eps).sqrt();
-            *r = s;
-            for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                *o = xv * s * wv;
-            }
+    y.par_chunks_mut(c * rpt)
+        .zip(rstd.par_chunks_mut(rpt))
+        .zip(x.par_chunks(c * rpt))
+        .for_each(|((yc, rc), xc)| rmsnorm_rows(yc, rc, xc, w, eps));
+}
+
+/// `rmsnorm_forward` on the calling thread (rows = rstd.len()).
+pub fn rmsnorm_rows(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let c = w.len();
+    for ((yr, r), xr) in y.chunks_mut(c).zip(rstd.iter_mut()).zip(x.chunks(c)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        *r = s;
+        for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+            *o = xv * s * wv;
         }
-    });
+    }
 }
 
 /// RMSNorm backward. Adds the input gradient into `dx` and the weight gradient into `dw`:
@@ -140,29 +147,41 @@ pub fn rope_apply(
     table: &RopeTable,
     inverse: bool,
 ) {
+    let rpt = rows_per_task(row_stride);
+    x.par_chunks_mut(row_stride * rpt)
+        .enumerate()
+        .for_each(|(blk, chunk)| rope_rows(chunk, row_stride, n_heads, &positions[blk * rpt..], table, inverse));
+}
+
+/// `rope_apply` on the calling thread; row r uses `positions[r]`.
+pub fn rope_rows(
+    x: &mut [f32],
+    row_stride: usize,
+    n_heads: usize,
+    positions: &[u32],
+    table: &RopeTable,
+    inverse: bool,
+) {
     let half = table.half;
     let d = 2 * half;
-    let rpt = rows_per_task(row_stride);
-    x.par_chunks_mut(row_stride * rpt).enumerate().for_each(|(blk, chunk)| {
-        for (r, row) in chunk.chunks_mut(row_stride).enumerate() {
-            let p = positions[blk * rpt + r] as usize;
-            let (cs, sn) = (&table.cos[p * half..(p + 1) * half], &table.sin[p * half..(p + 1) * half]);
-            for h in 0..n_heads {
-                let (lo, hi) = row[h * d..(h + 1) * d].split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (lo[i], hi[i]);
-                    let (c, s) = (cs[i], if inverse { -sn[i] } else { sn[i] });
-                    lo[i] = a * c - b * s;
-                    hi[i] = b * c + a * s;
-                }
+    for (row, &p) in x.chunks_mut(row_stride).zip(positions) {
+        let p = p as usize;
+        let (cs, sn) = (&table.cos[p * half..(p + 1) * half], &table.sin[p * half..(p + 1) * half]);
+        for h in 0..n_heads {
+            let (lo, hi) = row[h * d..(h + 1) * d].split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                let (c, s) = (cs[i], if inverse { -sn[i] } else { sn[i] });
+                lo[i] = a * c - b * s;
+                hi[i] = b * c + a * s;
             }
         }
-    });
+    }
 }
 
 simd_kernel! {
-    /// SwiGLU forward on a block of rows.
-    fn swiglu_rows(act: &mut [f32], gate_up: &[f32], inter: usize) -> () {
+    /// SwiGLU forward on a block of rows, on the calling thread.
+    pub fn swiglu_rows(act: &mut [f32], gate_up: &[f32], inter: usize) -> () {
         for (ar, gr) in act.chunks_mut(inter).zip(gate_up.chunks(2 * inter)) {
             let (g, u) = gr.split_at(inter);
             for ((a, &gv), &uv) in ar.iter_mut().zip(g).zip(u) {

@@ -1,0 +1,331 @@
+//! Products with a weight matrix packed once and reused many times: the decode path multiplies
+//! the same weights by a few dozen activation rows per step, where a general GEMM spends as much
+//! time re-packing the weights as multiplying.
+//!
+//! A linear layer's weight W [n, k] ([out, in], Y = X Wᵀ) is stored as panels of `NR` = 16
+//! output columns: panel `q` holds W[16q + j, p] at `(q·k + p)·16 + j` (zero past n). The AVX2 +
+//! FMA kernel keeps a tile of up to 6 rows × 16 columns in 12 registers and streams one panel
+//! row (two vector loads) plus one broadcast per activation row for each p.
+//!
+//! Every output element is a single multiply-add chain over p = 0..k in order, started from
+//! zero and added to C only at the end when accumulating. A row's result therefore does not
+//! depend on how many rows are multiplied together or where the row sits: batched generation
+//! gives bit-identical results whatever the batch composition.
+
+/// Output columns per packed panel (two AVX2 registers).
+pub const NR: usize = 16;
+/// Most activation rows per register tile.
+const MR: usize = 6;
+
+/// A weight matrix W [n, k] packed for `matmul_packed`.
+#[derive(Debug, Clone, Default)]
+pub struct PackedMatrix {
+    n: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Pack row-major W [n, k] (only the first n·k elements of `w` are read).
+    pub fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
+        assert!(w.len() >= n * k, "PackedMatrix: {} elements for a [{n}, {k}] matrix", w.len());
+        let mut data = vec![0.0f32; n.div_ceil(NR) * k * NR];
+        if k == 0 {
+            return PackedMatrix { n, k, data };
+        }
+        for (q, panel) in data.chunks_mut(k * NR).enumerate() {
+            for j in 0..NR.min(n - q * NR) {
+                let row = &w[(q * NR + j) * k..(q * NR + j + 1) * k];
+                for (p, &x) in row.iter().enumerate() {
+                    panel[p * NR + j] = x;
+                }
+            }
+        }
+        PackedMatrix { n, k, data }
+    }
+
+    /// Output features n.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features k.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// Split m rows into ⌈m/6⌉ register tiles of near-equal height (32 → 6,6,5,5,5,5: no tile so
+/// short that FMA latency, not throughput, bounds it).
+fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = m.div_ceil(MR);
+    let (base, extra) = (m.checked_div(tiles).unwrap_or(0), m.checked_rem(tiles).unwrap_or(0));
+    (0..tiles).scan(0usize, move |start, t| {
+        let h = base + usize::from(t < extra);
+        let r = (*start, h);
+        *start += h;
+        Some(r)
+    })
+}
+
+/// C[m, n] (+)= A[m, k] · Wᵀ with W packed; A and C row-major with row strides k and n.
+/// Single-threaded: callers parallelise over independent row blocks.
+pub fn matmul_packed(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accumulate: bool) {
+    let (n, k) = (w.n, w.k);
+    assert!(a.len() >= m * k && c.len() >= m * n, "matmul_packed: buffers too small for m = {m}, n = {n}, k = {k}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above); the buffer sizes were
+            // checked against m, n, k, which bound every access of the kernel.
+            unsafe { avx2::matmul(c, a, m, w, accumulate) };
+            return;
+        }
+    }
+    portable(c, a, m, w, accumulate);
+}
+
+/// The same product without SIMD intrinsics (same summation order per element, but separate
+/// multiply and add where the AVX2 kernel fuses them).
+fn portable(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accumulate: bool) {
+    let (n, k) = (w.n, w.k);
+    for (q, panel) in w.data.chunks(k * NR).enumerate() {
+        let cols = NR.min(n - q * NR);
+        for i in 0..m {
+            let ar = &a[i * k..(i + 1) * k];
+            let mut acc = [0.0f32; NR];
+            for (p, &x) in ar.iter().enumerate() {
+                for (s, &b) in acc.iter_mut().zip(&panel[p * NR..(p + 1) * NR]) {
+                    *s += x * b;
+                }
+            }
+            let cr = &mut c[i * n + q * NR..i * n + q * NR + cols];
+            for (o, &s) in cr.iter_mut().zip(&acc) {
+                *o = if accumulate { *o + s } else { s };
+            }
+        }
+    }
+}
+
+/// Depth of one pass over a panel: 256 × 16 floats (16 KiB) of weights stay in L1 while every
+/// row tile consumes them. Deeper products run in passes whose running sums round-trip through
+/// a scratch buffer unchanged, so the chain per element (and its result) is the same.
+const KC: usize = 256;
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// Running sums of one panel between depth passes ([m, 16]).
+    static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{row_tiles, PackedMatrix, KC, NR, PARTIAL};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` must hold m·k and `c` m·n elements.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accumulate: bool) {
+        let (n, k) = (w.n, w.k);
+        let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
+        PARTIAL.with_borrow_mut(|partial| {
+            if k > KC && partial.len() < m * NR {
+                partial.resize(m * NR, 0.0);
+            }
+            let pp = partial.as_mut_ptr();
+            for q in 0..n.div_ceil(NR) {
+                let cols = NR.min(n - q * NR);
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    let b = w.data.as_ptr().add((q * k + k0) * NR);
+                    let pass = Pass { first: k0 == 0, last: k0 + kc == k, cols, accumulate };
+                    for (r0, h) in row_tiles(m) {
+                        let (a0, c0, p0) = (ap.add(r0 * k + k0), cp.add(r0 * n + q * NR), pp.add(r0 * NR));
+                        match h {
+                            1 => tile::<1>(a0, k, b, kc, c0, n, p0, pass),
+                            2 => tile::<2>(a0, k, b, kc, c0, n, p0, pass),
+                            3 => tile::<3>(a0, k, b, kc, c0, n, p0, pass),
+                            4 => tile::<4>(a0, k, b, kc, c0, n, p0, pass),
+                            5 => tile::<5>(a0, k, b, kc, c0, n, p0, pass),
+                            _ => tile::<6>(a0, k, b, kc, c0, n, p0, pass),
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Where a depth pass starts and ends.
+    #[derive(Clone, Copy)]
+    struct Pass {
+        /// Start from zero (else from the running sums in the scratch).
+        first: bool,
+        /// Write C (else store the running sums to the scratch).
+        last: bool,
+        /// Valid columns of the panel.
+        cols: usize,
+        /// Add to C instead of overwriting it.
+        accumulate: bool,
+    }
+
+    /// One H × 16 tile over depth kc: rows a[0..H) (stride lda) times panel rows b[0..kc).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const H: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        partial: *mut f32,
+        pass: Pass,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; H];
+        if !pass.first {
+            for (r, t) in acc.iter_mut().enumerate() {
+                t[0] = _mm256_loadu_ps(partial.add(r * NR));
+                t[1] = _mm256_loadu_ps(partial.add(r * NR + 8));
+            }
+        }
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            for (r, t) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
+                t[0] = _mm256_fmadd_ps(x, b0, t[0]);
+                t[1] = _mm256_fmadd_ps(x, b1, t[1]);
+            }
+        }
+        for (r, t) in acc.iter().enumerate() {
+            if !pass.last {
+                _mm256_storeu_ps(partial.add(r * NR), t[0]);
+                _mm256_storeu_ps(partial.add(r * NR + 8), t[1]);
+                continue;
+            }
+            let cr = c.add(r * ldc);
+            if pass.cols == NR {
+                let (mut lo, mut hi) = (t[0], t[1]);
+                if pass.accumulate {
+                    lo = _mm256_add_ps(_mm256_loadu_ps(cr), lo);
+                    hi = _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), hi);
+                }
+                _mm256_storeu_ps(cr, lo);
+                _mm256_storeu_ps(cr.add(8), hi);
+            } else {
+                let mut tmp = [0.0f32; NR];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), t[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), t[1]);
+                for (j, &s) in tmp[..pass.cols].iter().enumerate() {
+                    let o = cr.add(j);
+                    *o = if pass.accumulate { *o + s } else { s };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [−1, 1) (SplitMix64).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn row_tiles_cover_every_row_once_with_at_most_six() {
+        for m in 0..50 {
+            let tiles: Vec<_> = row_tiles(m).collect();
+            let mut next = 0;
+            for &(start, h) in &tiles {
+                assert_eq!(start, next);
+                assert!((1..=MR).contains(&h));
+                next += h;
+            }
+            assert_eq!(next, m);
+            assert_eq!(tiles.len(), m.div_ceil(MR));
+        }
+    }
+
+    #[test]
+    fn matches_naive_product_on_ragged_shapes() {
+        let shapes =
+            [(1, 1, 1), (1, 16, 8), (3, 17, 5), (7, 33, 40), (13, 50, 64), (32, 48, 29), (6, 15, 100), (9, 20, 600)];
+        for (t, &(m, n, k)) in shapes.iter().enumerate() {
+            let a = values(m * k, 1 + t as u64);
+            let w = values(n * k, 100 + t as u64);
+            let c0 = values(m * n, 200 + t as u64);
+            let packed = PackedMatrix::from_rows(&w, n, k);
+            assert_eq!((packed.n(), packed.k()), (n, k));
+            for accumulate in [false, true] {
+                let mut c = c0.clone();
+                matmul_packed(&mut c, &a, m, &packed, accumulate);
+                let mut c_portable = c0.clone();
+                portable(&mut c_portable, &a, m, &packed, accumulate);
+                for i in 0..m {
+                    for j in 0..n {
+                        let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum();
+                        let want = dot + if accumulate { c0[i * n + j] as f64 } else { 0.0 };
+                        for got in [c[i * n + j], c_portable[i * n + j]] {
+                            assert!(
+                                (got as f64 - want).abs() < 1e-5 * (1.0 + k as f64).sqrt(),
+                                "m={m} n={n} k={k} ({i},{j}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_whatever_the_batch() {
+        let (n, k) = (37, 531);
+        let w = PackedMatrix::from_rows(&values(n * k, 5), n, k);
+        let a = values(23 * k, 6);
+        let mut all = vec![0.0; 23 * n];
+        matmul_packed(&mut all, &a, 23, &w, false);
+        for (i, want) in all.chunks(n).enumerate() {
+            let mut one = vec![0.0; n];
+            matmul_packed(&mut one, &a[i * k..(i + 1) * k], 1, &w, false);
+            assert_eq!(one, want, "row {i}");
+            let m = 23 - i;
+            let mut tail = vec![0.0; m * n];
+            matmul_packed(&mut tail, &a[i * k..], m, &w, false);
+            assert_eq!(&tail[..n], want, "row {i} as the first of {m}");
+        }
+    }
+
+    #[test]
+    fn empty_shapes_are_no_ops() {
+        let w = PackedMatrix::from_rows(&[], 0, 4);
+        let mut c: Vec<f32> = vec![];
+        matmul_packed(&mut c, &[1.0; 8], 2, &w, false);
+        let w = PackedMatrix::from_rows(&[], 3, 0);
+        let mut c = vec![7.0; 6];
+        matmul_packed(&mut c, &[], 2, &w, false);
+        assert_eq!(c, vec![0.0; 6]);
+    }
+}
