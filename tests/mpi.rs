@@ -120,10 +120,10 @@ fn data_parallel_grpo_matches_one_process_after_3_rl_steps() {
             "hf_dir = \"configs/warmstart/countdown-sft\"",
             &format!("hf_dir = \"{}/configs/warmstart/countdown-sft\"", env!("CARGO_MANIFEST_DIR")),
         )
-        .replace("steps = 450", "steps = 3")
+        .replace("steps = 900", "steps = 3")
         .replace("prompts_per_step = 32", "prompts_per_step = 5")
         .replace("eval_problems = 500", "eval_problems = 11")
-        .replace("eval_every = 150", "eval_every = 2\nmini_batches = 2\nmicro_batch = 3")
+        .replace("eval_every = 300", "eval_every = 2\nmini_batches = 2\nmicro_batch = 3")
         .replace("kl_coef = 0.0", "kl_coef = 0.01");
     let cfg = write_config(dir.path(), &text_cfg);
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
