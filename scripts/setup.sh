@@ -19,7 +19,7 @@ apt_install() {
     fi
     echo "setup: apt-get install $*"
     local out
-    if ! out=$(apt-get install -y -qq --no-install-recommends "$@" 2>&1); then
+    if ! out=$(apt-get install -y -qq "$@" 2>&1); then
         echo "$out" >&2
         exit 1
     fi
