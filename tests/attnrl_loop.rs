@@ -2,9 +2,11 @@
 //! branches responses and trains one sequence per leaf, the run is a pure function of the seed,
 //! and a resume inside the phase (adaptive-sampling state restored) is bit-identical.
 
+mod common;
 use arbor::config::{RunConfig, DEFAULT_CONFIG};
 use arbor::train::checkpoint::load_checkpoint;
 use arbor::train::pretrain;
+use common::metrics_without_clock as metrics;
 use std::path::Path;
 
 fn config(out: &Path, extra: &str) -> RunConfig {
@@ -22,20 +24,6 @@ fn config(out: &Path, extra: &str) -> RunConfig {
 }
 
 const ATTNRL: &str = "\n[attnrl]\nstep_separators = [\"\\n\"]\nfci_step_gap = 1\nmin_branch_distance = 2\n";
-
-fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut()
-                .unwrap()
-                .retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s"));
-            v
-        })
-        .collect()
-}
 
 #[test]
 fn attnrl_trees_train_leaves_and_resume_bit_identically() {

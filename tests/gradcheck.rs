@@ -2,28 +2,13 @@
 //! any fixture): central differences of L = −Σ w·logp + Σ u·H (H the per-token entropy)
 //! against the analytic backward.
 
+mod common;
 use arbor::model::init::init_params;
 use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
 use arbor::rng::Rng;
 
 fn tiny(arch: Arch, tied: bool) -> ModelConfig {
-    ModelConfig {
-        arch,
-        hidden_size: 16,
-        intermediate_size: 24,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10000.0,
-        vocab_size: 13,
-        max_position_embeddings: 32,
-        tie_word_embeddings: tied,
-        qkv_bias: arch == Arch::Qwen2,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
+    common::tiny_config(arch, tied)
 }
 
 fn check(arch: Arch, tied: bool) {

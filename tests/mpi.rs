@@ -3,8 +3,10 @@
 //! fails, hangs or dies takes the whole job down with a message naming it, within the timeout.
 #![cfg(feature = "mpi")]
 
+mod common;
 use arbor::config::{RunConfig, ADDITION_CONFIG, DEFAULT_CONFIG};
 use arbor::io::load_hf_dir;
+use common::metrics_without_clock as metrics;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -36,20 +38,6 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// metrics.jsonl without wall-clock fields.
-fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s" || k == "tokens"));
-            v
-        })
-        .collect()
-}
-
 fn close(a: &serde_json::Value, b: &serde_json::Value, tol: f64) -> bool {
     match (a, b) {
         (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
@@ -68,7 +56,14 @@ fn compare_runs(a: &Path, b: &Path, ck: &str, what: &str) {
     let (_, pb) = load_hf_dir(&b.join(ck)).unwrap();
     let d = pa.data.iter().zip(&pb.data).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(d <= 1e-6, "{what}: weights differ by {d:e}");
-    let (ma, mb) = (metrics(a), metrics(b));
+    let strip = |mut m: Vec<serde_json::Value>| {
+        // `tokens` is the rank's own share
+        m.iter_mut().for_each(|v| {
+            v.as_object_mut().unwrap().remove("tokens");
+        });
+        m
+    };
+    let (ma, mb) = (strip(metrics(a)), strip(metrics(b)));
     assert_eq!(ma.len(), mb.len(), "{what}: metrics line counts differ");
     for (x, y) in ma.iter().zip(&mb) {
         assert!(close(x, y, 1e-5), "{what}: metrics differ:\n{x}\n{y}");

@@ -2,10 +2,12 @@
 //! metrics), a SIGKILLed run resumed with `--resume latest` ends identical to an uninterrupted
 //! one, and a corrupt checkpoint is refused with the file named.
 
+mod common;
 use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::io::load_hf_dir;
 use arbor::train::checkpoint::{list_checkpoints, load_checkpoint};
 use arbor::train::pretrain;
+use common::metrics_without_clock as metrics;
 use std::path::Path;
 use std::process::Command;
 
@@ -26,19 +28,6 @@ fn config(out: &Path, steps: u64, keep: usize) -> RunConfig {
     let mut c = RunConfig::parse(&config_text(steps, keep), Path::new("resume.toml")).unwrap();
     c.run.out_dir = out.to_path_buf();
     c
-}
-
-/// metrics.jsonl without the wall-clock field.
-fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("step_s");
-            v
-        })
-        .collect()
 }
 
 #[test]

@@ -3,10 +3,12 @@
 //! reference, mini-batches and accumulation in play; and a SIGKILLed RL run resumed with
 //! `--resume latest` ends identical to an uninterrupted one.
 
+mod common;
 use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::io::load_hf_dir;
 use arbor::train::checkpoint::{list_checkpoints, load_checkpoint};
 use arbor::train::pretrain;
+use common::metrics_without_clock as metrics;
 use std::path::Path;
 use std::process::Command;
 
@@ -31,20 +33,6 @@ fn config(out: &Path, rl_steps: u64) -> RunConfig {
     let mut c = RunConfig::parse(&config_text(rl_steps), Path::new("rl_resume.toml")).unwrap();
     c.run.out_dir = out.to_path_buf();
     c
-}
-
-/// metrics.jsonl without wall-clock fields.
-fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s"));
-            v
-        })
-        .collect()
 }
 
 #[test]

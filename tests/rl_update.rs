@@ -3,6 +3,7 @@
 //! update as one pass, for every aggregation mode and loss kind; mini-batches and epochs run the
 //! promised number of updates against a π_old fixed before the first one.
 
+mod common;
 use arbor::model::init::init_params;
 use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
 use arbor::rl::{Aggregation, LossConfig, LossKind};
@@ -11,23 +12,7 @@ use arbor::train::rl::{policy_update, Sample, UpdateBuffers, UpdatePlan};
 use arbor::train::{AdamW, AdamWConfig};
 
 fn tiny() -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Qwen2,
-        hidden_size: 16,
-        intermediate_size: 24,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 4,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10000.0,
-        vocab_size: 13,
-        max_position_embeddings: 32,
-        tie_word_embeddings: false,
-        qkv_bias: true,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
+    common::tiny_config(Arch::Qwen2, false)
 }
 
 fn model() -> Model {

@@ -5,15 +5,20 @@ use super::comm::Comm;
 use super::watchdog::Watchdog;
 use crate::error::{Error, Result};
 use mpi::collective::SystemOperation;
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Equivalence, PartitionMut};
 use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
+use std::cell::RefCell;
 
 /// An MPI communicator (the world or a split of it).
 pub struct MpiComm {
     comm: SimpleCommunicator,
     watchdog: Option<Watchdog>,
+    /// Send-side copies of in-place reductions, kept across calls so a training step's gradient
+    /// buckets allocate nothing after the first step.
+    send_f32: RefCell<Vec<f32>>,
+    send_f64: RefCell<Vec<f64>>,
 }
 
 /// Whether this process was started by an MPI launcher (mpirun/mpiexec/srun with PMI/PMIx).
@@ -24,7 +29,15 @@ pub fn launched_by_mpi() -> bool {
 impl MpiComm {
     /// Wrap `comm`; collectives are watched by `watchdog` when given.
     pub fn new(comm: SimpleCommunicator, watchdog: Option<Watchdog>) -> Self {
-        MpiComm { comm, watchdog }
+        MpiComm { comm, watchdog, send_f32: RefCell::default(), send_f64: RefCell::default() }
+    }
+
+    /// In-place reduction of `buf` with `op` (MPI needs distinct send and receive buffers).
+    fn reduce<T: Equivalence + Copy>(&self, what: &str, send: &RefCell<Vec<T>>, buf: &mut [T], op: SystemOperation) {
+        let mut send = send.borrow_mut();
+        send.clear();
+        send.extend_from_slice(buf);
+        self.watch(what, || self.comm.all_reduce_into(&send[..], buf, op));
     }
 
     fn watch<T>(&self, what: &str, f: impl FnOnce() -> T) -> T {
@@ -45,18 +58,15 @@ impl Comm for MpiComm {
         self.comm.size() as usize
     }
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let send = buf.to_vec();
-        self.watch("all_reduce_sum_f32", || self.comm.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        self.reduce("all_reduce_sum_f32", &self.send_f32, buf, SystemOperation::sum());
         Ok(())
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let send = buf.to_vec();
-        self.watch("all_reduce_sum_f64", || self.comm.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        self.reduce("all_reduce_sum_f64", &self.send_f64, buf, SystemOperation::sum());
         Ok(())
     }
     fn all_reduce_max_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let send = buf.to_vec();
-        self.watch("all_reduce_max_f64", || self.comm.all_reduce_into(&send[..], buf, SystemOperation::max()));
+        self.reduce("all_reduce_max_f64", &self.send_f64, buf, SystemOperation::max());
         Ok(())
     }
     fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) -> Result<()> {

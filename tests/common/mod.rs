@@ -58,3 +58,40 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max).max(1e-12);
     max_abs_diff(a, b) / scale
 }
+
+/// A run's metrics.jsonl lines without the wall-clock fields (`time_*`, `*_per_s`, `step_s`), so two
+/// runs of the same seed compare equal.
+pub fn metrics_without_clock(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s"));
+            v
+        })
+        .collect()
+}
+
+/// A tiny model configuration for gradient and update tests (2 layers, hidden 16, GQA 4/2, vocab 13).
+pub fn tiny_config(arch: arbor::model::Arch, tied: bool) -> arbor::model::ModelConfig {
+    arbor::model::ModelConfig {
+        arch,
+        hidden_size: 16,
+        intermediate_size: 24,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 4,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        vocab_size: 13,
+        max_position_embeddings: 32,
+        tie_word_embeddings: tied,
+        qkv_bias: arch == arbor::model::Arch::Qwen2,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}

@@ -240,18 +240,10 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// Deterministic values in [−1, 1) (SplitMix64).
+    /// Deterministic values in [−1, 1).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect()
     }
 
     #[test]
