@@ -64,11 +64,36 @@ impl Model {
     /// Forward pass: fills `ws.logprobs[..N]` (log p of each target) and `ws.entropy[..N]`, and
     /// keeps every activation the backward needs.
     pub fn forward(&self, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+        self.forward_trunk(batch, ws)?;
+        let cfg = &self.cfg;
+        let n = batch.len();
+        let c = cfg.hidden_size;
+        let p = &self.params.data;
+        let lay = &self.params.layout;
+        let v = cfg.vocab_size;
+        head_forward(
+            &mut ws.logits[..ws.head_rows * cfg.vocab_size],
+            &ws.lnf[..n * c],
+            &p[lay.lm_head..lay.lm_head + v * c],
+            &batch.targets,
+            c,
+            v,
+            &mut ws.head_lse[..n],
+            &mut ws.logprobs[..n],
+            &mut ws.entropy[..n],
+        );
+        ws.logits_cached = (n <= ws.head_rows).then_some(n);
+        Ok(())
+    }
+
+    /// Forward of the decoder trunk: embeddings, every layer and the final norm. Fills
+    /// `ws.lnf[..N·C]` (the normed last hidden states, input of any head) and keeps every
+    /// activation `backward_trunk` needs.
+    pub fn forward_trunk(&self, batch: &Batch, ws: &mut Workspace) -> Result<()> {
         self.check_batch(batch)?;
         let cfg = &self.cfg;
         let n = batch.len();
         ws.ensure(cfg, n);
-        let head_rows = ws.head_rows;
         let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
         let eps = cfg.rms_norm_eps as f32;
@@ -120,19 +145,6 @@ impl Model {
         }
         let fw = &p[lay.final_norm..lay.final_norm + c];
         ops::rmsnorm_forward(&mut ws.lnf[..n * c], &mut ws.rstdf[..n], &ws.resid_out[..n * c], fw, eps);
-        let v = cfg.vocab_size;
-        head_forward(
-            &mut ws.logits[..head_rows * cfg.vocab_size],
-            &ws.lnf[..n * c],
-            &p[lay.lm_head..lay.lm_head + v * c],
-            &batch.targets,
-            c,
-            v,
-            &mut ws.head_lse[..n],
-            &mut ws.logprobs[..n],
-            &mut ws.entropy[..n],
-        );
-        ws.logits_cached = (n <= ws.head_rows).then_some(n);
         Ok(())
     }
 
@@ -168,11 +180,9 @@ impl Model {
         if grads.len() != self.params.data.len() || ws.capacity() < n {
             return Err(Error::Invalid("gradient buffer or workspace does not match the model".into()));
         }
-        let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
+        let (c, v) = (cfg.hidden_size, cfg.vocab_size);
         let p = &self.params.data;
         let lay = &self.params.layout;
-        let shape = self.attn_shape();
 
         // Head: dlnf into ws.dln.
         head_backward(
@@ -190,6 +200,22 @@ impl Model {
             ws.logits_cached == Some(n),
         );
         ws.logits_cached = None;
+        self.backward_trunk(batch, ws, grads)
+    }
+
+    /// Backward of the trunk after `forward_trunk` (or `forward`) on the same batch:
+    /// `ws.dln[..N·C]` holds ∂L/∂lnf (the head's input gradient). Gradients are ADDED into `grads`.
+    pub fn backward_trunk(&self, batch: &Batch, ws: &mut Workspace, grads: &mut [f32]) -> Result<()> {
+        let cfg = &self.cfg;
+        let n = batch.len();
+        if grads.len() != self.params.data.len() || ws.capacity() < n {
+            return Err(Error::Invalid("gradient buffer or workspace does not match the model".into()));
+        }
+        let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
+        let p = &self.params.data;
+        let lay = &self.params.layout;
+        let shape = self.attn_shape();
         ws.dresid[..n * c].iter_mut().for_each(|x| *x = 0.0);
         let (fw, fr) = (&p[lay.final_norm..lay.final_norm + c], lay.final_norm..lay.final_norm + c);
         ops::rmsnorm_backward(
