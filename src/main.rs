@@ -33,6 +33,9 @@ enum Command {
     Experiment(arbor::cli::experiment::ExperimentCommand),
     /// PNG plots of a run's metrics.jsonl (reward, solve rate, length, loss, RL statistics).
     Plot(plot::PlotArgs),
+    /// Self-checking SPMD programs (`mpirun -np 2 arbor selftest tp`).
+    #[command(subcommand)]
+    Selftest(arbor::cli::selftest::SelftestCommand),
     /// Discrete-event simulation of RL training clusters.
     #[command(subcommand)]
     Sim(arbor_sim::cli::SimCommand),
@@ -81,6 +84,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Experiment(cmd) => {
             init_threads(cli.threads.unwrap_or(2))?;
             arbor::cli::experiment::run(&cmd)
+        }
+        Command::Selftest(arbor::cli::selftest::SelftestCommand::Tp(a)) => {
+            init_threads(cli.threads.unwrap_or(1))?;
+            arbor::cli::selftest::tp(&a)
         }
         Command::Sim(cmd) => arbor_sim::cli::run(cmd),
     }

@@ -7,4 +7,5 @@ pub mod convert;
 pub mod experiment;
 pub mod inspect;
 pub mod plot;
+pub mod selftest;
 pub mod train;

@@ -46,7 +46,9 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
 /// Under an MPI launcher (mpirun, mpiexec, srun), initialise MPI and build the dp × tp grid with
 /// a watchdog; otherwise `None` (a single process, no MPI).
 #[cfg(feature = "mpi")]
-fn spmd_grid(cfg: &RunConfig) -> anyhow::Result<Option<(mpi::environment::Universe, crate::parallel::Grid)>> {
+pub(crate) fn spmd_grid(
+    cfg: &RunConfig,
+) -> anyhow::Result<Option<(mpi::environment::Universe, crate::parallel::Grid)>> {
     use crate::parallel::mpi_comm::{launched_by_mpi, MpiComm};
     use crate::parallel::watchdog::Watchdog;
     if !launched_by_mpi() {
@@ -82,7 +84,7 @@ fn spmd_grid(cfg: &RunConfig) -> anyhow::Result<Option<(mpi::environment::Univer
 
 /// Without the `mpi` feature every run is a single process.
 #[cfg(not(feature = "mpi"))]
-fn spmd_grid(_cfg: &RunConfig) -> anyhow::Result<Option<((), crate::parallel::Grid)>> {
+pub(crate) fn spmd_grid(_cfg: &RunConfig) -> anyhow::Result<Option<((), crate::parallel::Grid)>> {
     Ok(None)
 }
 

@@ -378,12 +378,23 @@ impl Model {
                     &mut buf.scores,
                 );
             }
+            // row-parallel o_proj and down_proj under tensor parallelism: one rank keeps the
+            // residual, every rank adds its partial product, the all-reduce sums them
+            let keep = self.adds_residual();
+            if !keep {
+                x.fill(0.0);
+            }
             matmul_packed(x, &buf.att[..b * hd], b, &lw.o, true);
+            self.tp_reduce(x)?;
             ops::rmsnorm_rows(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln2..o.ln2 + c], eps);
             let gu = &mut buf.gate_up[..b * 2 * inter];
             matmul_packed(gu, &buf.ln[..b * c], b, &lw.gate_up, false);
             ops::swiglu_rows(&mut buf.act[..b * inter], gu, inter);
+            if !keep {
+                x.fill(0.0);
+            }
             matmul_packed(x, &buf.act[..b * inter], b, &lw.down, true);
+            self.tp_reduce(x)?;
         }
         // only the logit rows go through the head: move them to the front (increasing indices,
         // so a row is never overwritten before it is moved)

@@ -6,6 +6,7 @@ pub mod decode;
 pub mod head;
 pub mod init;
 pub mod params;
+pub mod shard;
 pub mod transformer;
 pub mod workspace;
 

@@ -9,16 +9,21 @@ use crate::model::batch::Batch;
 use crate::model::config::ModelConfig;
 use crate::model::head::{head_backward, head_forward};
 use crate::model::params::{ParamLayout, Params};
+use crate::model::shard::{gather_params, shard_config, shard_params, TensorParallel};
+use crate::parallel::{Comm, TpGroup};
 use crate::model::workspace::Workspace;
 use crate::tensor::cpu::ops::{self, RopeTable};
 use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
 
-/// A decoder-only transformer: configuration, f32 master weights and the RoPE tables.
+/// A decoder-only transformer: configuration, f32 master weights and the RoPE tables. Under
+/// tensor parallelism `cfg` and `params` are this rank's shard (see [`crate::model::shard`]) and
+/// `tp` holds the group and the full configuration.
 #[derive(Debug, Clone)]
 pub struct Model {
     pub cfg: ModelConfig,
     pub params: Params,
     pub rope: RopeTable,
+    pub tp: Option<TensorParallel>,
 }
 
 impl Model {
@@ -32,7 +37,65 @@ impl Model {
             )));
         }
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings);
-        Ok(Model { cfg, params, rope })
+        Ok(Model { cfg, params, rope, tp: None })
+    }
+
+    /// This rank's tensor-parallel shard of a full model (the model itself when the group has one rank).
+    pub fn shard(self, group: TpGroup) -> Result<Model> {
+        if group.size() == 1 {
+            return Ok(self);
+        }
+        let local = shard_config(&self.cfg, group.size())?;
+        let params = shard_params(&self.params, &local, group.rank())?;
+        let mut m = Model::new(local, params)?;
+        m.tp = Some(TensorParallel { group, full: self.cfg });
+        Ok(m)
+    }
+
+    /// The configuration of the whole (unsharded) model.
+    pub fn full_config(&self) -> &ModelConfig {
+        self.tp.as_ref().map_or(&self.cfg, |t| &t.full)
+    }
+
+    /// Reassemble a full-model buffer (parameters, or AdamW moments) from this rank's shard-layout
+    /// `data`: a collective over the tensor-parallel group; a copy without one.
+    pub fn gather(&self, data: &[f32]) -> Result<Params> {
+        let shard = Params { layout: self.params.layout.clone(), data: data.to_vec() };
+        match &self.tp {
+            None => Ok(shard),
+            Some(t) => gather_params(&shard, &t.full, &t.group),
+        }
+    }
+
+    /// This rank's shard of a full-model buffer (e.g. AdamW moments loaded from a checkpoint).
+    pub fn scatter(&self, full: &Params) -> Result<Vec<f32>> {
+        match &self.tp {
+            None => Ok(full.data.clone()),
+            Some(t) => Ok(shard_params(full, &self.cfg, t.group.rank())?.data),
+        }
+    }
+
+    /// Global L2 norm of a gradient buffer in this model's layout, as the full model would see it
+    /// (sharded tensors summed over the tensor-parallel group, replicated ones counted once).
+    pub fn grad_norm(&self, grads: &[f32]) -> Result<f32> {
+        match &self.tp {
+            None => Ok(crate::train::adamw::grad_norm(grads)),
+            Some(t) => Ok(t.sum_squares(&self.params.layout, grads)?.sqrt() as f32),
+        }
+    }
+
+    /// Sum a row-parallel partial result over the tensor-parallel group (no-op without one).
+    pub(crate) fn tp_reduce(&self, buf: &mut [f32]) -> Result<()> {
+        match &self.tp {
+            Some(t) => t.group.all_reduce_sum_f32(buf),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this rank adds the residual to a row-parallel output (only one rank of the group
+    /// does, so the all-reduce sums it once).
+    pub(crate) fn adds_residual(&self) -> bool {
+        self.tp.as_ref().is_none_or(|t| t.group.rank() == 0)
     }
 
     fn attn_shape(&self) -> AttnShape {
@@ -122,9 +185,14 @@ impl Model {
                 &batch.seq_starts,
                 shape,
             );
-            // resid_mid = resid_in + att · Woᵀ
-            a.resid_mid[..n * c].copy_from_slice(&a.resid_in[..n * c]);
+            // resid_mid = resid_in + att · Woᵀ (row-parallel: partial sums all-reduced)
+            if self.adds_residual() {
+                a.resid_mid[..n * c].copy_from_slice(&a.resid_in[..n * c]);
+            } else {
+                a.resid_mid[..n * c].fill(0.0);
+            }
             matmul_nt(&mut a.resid_mid[..n * c], &a.att[..n * hd], &p[o.o_w..o.o_w + c * hd], n, c, hd, true);
+            self.tp_reduce(&mut a.resid_mid[..n * c])?;
             ops::rmsnorm_forward(
                 &mut a.ln2[..n * c],
                 &mut a.rstd2[..n],
@@ -140,8 +208,13 @@ impl Model {
                 Some(next) => &mut next.resid_in[..n * c],
                 None => &mut ws.resid_out[..n * c],
             };
-            out.copy_from_slice(&a.resid_mid[..n * c]);
+            if self.adds_residual() {
+                out.copy_from_slice(&a.resid_mid[..n * c]);
+            } else {
+                out.fill(0.0);
+            }
             matmul_nt(out, &a.act[..n * inter], &p[o.down_w..o.down_w + c * inter], n, c, inter, true);
+            self.tp_reduce(out)?;
         }
         let fw = &p[lay.final_norm..lay.final_norm + c];
         ops::rmsnorm_forward(&mut ws.lnf[..n * c], &mut ws.rstdf[..n], &ws.resid_out[..n * c], fw, eps);
@@ -241,6 +314,7 @@ impl Model {
             );
             let wgu = &p[o.gate_up_w..o.gate_up_w + 2 * inter * c];
             matmul_nn(&mut ws.dln[..n * c], &ws.dgate_up[..n * 2 * inter], wgu, n, c, 2 * inter, false);
+            self.tp_reduce(&mut ws.dln[..n * c])?;
             let dwgu = &mut grads[o.gate_up_w..o.gate_up_w + 2 * inter * c];
             matmul_tn(dwgu, &ws.dgate_up[..n * 2 * inter], &a.ln2[..n * c], 2 * inter, c, n, true);
             let (gw, gr) = (&p[o.ln2..o.ln2 + c], o.ln2..o.ln2 + c);
@@ -273,6 +347,7 @@ impl Model {
             }
             let wqkv = &p[o.qkv_w..o.qkv_w + qkv_w * c];
             matmul_nn(&mut ws.dln[..n * c], dqkv, wqkv, n, c, qkv_w, false);
+            self.tp_reduce(&mut ws.dln[..n * c])?;
             matmul_tn(&mut grads[o.qkv_w..o.qkv_w + qkv_w * c], dqkv, &a.ln1[..n * c], qkv_w, c, n, true);
             let (gw, gr) = (&p[o.ln1..o.ln1 + c], o.ln1..o.ln1 + c);
             ops::rmsnorm_backward(

@@ -9,7 +9,8 @@ pub const DEFAULT_BUCKET_BYTES: usize = 4 << 20;
 
 /// Collectives over a group of ranks. Every rank of the group must call the same collectives in
 /// the same order (SPMD); a rank that fails must [`Comm::abort`] so the others do not hang.
-pub trait Comm {
+/// `Send` so a model shard can hold its tensor-parallel group ([`super::TpGroup`]).
+pub trait Comm: Send {
     /// This process's index in the group, 0-based.
     fn rank(&self) -> usize;
     /// Number of ranks in the group.

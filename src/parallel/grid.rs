@@ -2,6 +2,7 @@
 //! tensor-parallel group are consecutive, so they share a node under the usual block mapping).
 
 use super::comm::Comm;
+use super::tp::TpGroup;
 use super::watchdog::Watchdog;
 use crate::error::{Error, Result};
 
@@ -10,8 +11,8 @@ pub struct Grid {
     pub world: Box<dyn Comm>,
     /// Ranks holding the same tensor shard (same tp rank), across data-parallel replicas.
     pub dp: Box<dyn Comm>,
-    /// Ranks sharing one model replica.
-    pub tp: Box<dyn Comm>,
+    /// Ranks sharing one model replica (its handle goes into the model shard).
+    pub tp: TpGroup,
     /// Aborts the job when a step overruns (None in a single process without a watchdog).
     pub watchdog: Option<Watchdog>,
 }
@@ -28,14 +29,14 @@ impl Grid {
         let rank = world.rank();
         let (dp_rank, tp_rank) = (rank / tp, rank % tp);
         let dp = world.split(tp_rank, dp_rank)?;
-        let tp_comm = world.split(size + dp_rank, tp_rank)?;
+        let tp_comm = TpGroup::new(world.split(size + dp_rank, tp_rank)?);
         Ok(Grid { world, dp, tp: tp_comm, watchdog: None })
     }
 
     /// A single-process grid.
     pub fn local() -> Self {
         use super::comm::Local;
-        Grid { world: Box::new(Local), dp: Box::new(Local), tp: Box::new(Local), watchdog: None }
+        Grid { world: Box::new(Local), dp: Box::new(Local), tp: TpGroup::single(), watchdog: None }
     }
 
     /// "world 4 = dp 2 × tp 2"

@@ -7,7 +7,9 @@ pub mod fault;
 pub mod grid;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
+pub mod tp;
 pub mod watchdog;
 
 pub use comm::{all_reduce_buckets, Comm, Local, DEFAULT_BUCKET_BYTES};
 pub use grid::{partition, Grid};
+pub use tp::TpGroup;

@@ -21,6 +21,12 @@ pub struct MpiComm {
     send_f64: RefCell<Vec<f64>>,
 }
 
+// SAFETY: the MPI handle is a process-wide object; `arbor train` initialises MPI with
+// MPI_THREAD_MULTIPLE, so it may be used from any thread. The RefCell buffers are only touched
+// inside one collective call, and a communicator shared between threads is wrapped in a mutex
+// (`TpGroup`), so no two threads use one `MpiComm` at the same time.
+unsafe impl Send for MpiComm {}
+
 /// Whether this process was started by an MPI launcher (mpirun/mpiexec/srun with PMI/PMIx).
 pub fn launched_by_mpi() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"].iter().any(|v| std::env::var_os(v).is_some())

@@ -101,7 +101,10 @@ pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Re
     }
     let weights = DecodeWeights::new(model);
     let slots = cfg.max_batch.min(requests.len());
-    let shards = rayon::current_num_threads().clamp(1, slots);
+    // a tensor-parallel group steps its decode loop in lockstep (every step all-reduces), so
+    // it runs one loop per rank; otherwise one loop per thread
+    let threads = if model.tp.is_some() { 1 } else { rayon::current_num_threads() };
+    let shards = threads.clamp(1, slots);
     let queue = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let shard = |s: usize| {

@@ -127,6 +127,21 @@ pub fn clip_and_step(opt: &mut AdamW, params: &mut [f32], grads: &[f32], lr: f32
     norm
 }
 
+/// [`clip_and_step`] on a model's own gradients: the clipping norm is the whole model's, summed
+/// over its tensor-parallel group when it is a shard. Returns the norm before clipping.
+pub fn clip_and_step_model(
+    opt: &mut AdamW,
+    model: &mut crate::model::Model,
+    grads: &[f32],
+    lr: f32,
+    max_norm: f32,
+) -> crate::error::Result<f32> {
+    let norm = model.grad_norm(grads)?;
+    let scale = if max_norm > 0.0 { clip_coefficient(norm, max_norm) } else { 1.0 };
+    opt.step_scaled(&mut model.params.data, grads, lr, scale);
+    Ok(norm)
+}
+
 /// PyTorch's clipping coefficient: min(1, max_norm / (norm + 1e-6)).
 pub fn clip_coefficient(norm: f32, max_norm: f32) -> f32 {
     (max_norm / (norm + 1e-6)).min(1.0)

@@ -160,6 +160,36 @@ pub struct LoadedState {
     pub state: TrainerState,
 }
 
+/// Save a training checkpoint of `model`, which may be a tensor-parallel shard: the shards'
+/// weights and AdamW moments are gathered into the full model's layout (a collective over the
+/// model's tensor-parallel group, so every rank of the group calls this), and only the rank with
+/// `write` writes `checkpoints/step-N/`. Returns the directory on the writing rank.
+#[allow(clippy::too_many_arguments)]
+pub fn save_model_checkpoint(
+    run_dir: &Path,
+    model: &crate::model::Model,
+    tokenizer: Option<&Tokenizer>,
+    opt: &AdamW,
+    state: &TrainerState,
+    keep_last: usize,
+    write: bool,
+) -> Result<Option<PathBuf>> {
+    if model.tp.is_none() {
+        return match write {
+            true => save_checkpoint(run_dir, &model.cfg, &model.params, tokenizer, opt, state, keep_last).map(Some),
+            false => Ok(None),
+        };
+    }
+    let params = model.gather(&model.params.data)?;
+    let (m, v) = (model.gather(&opt.m)?.data, model.gather(&opt.v)?.data);
+    if !write {
+        return Ok(None);
+    }
+    let mut full_opt = AdamW::for_layout(opt.cfg, &params.layout);
+    (full_opt.m, full_opt.v, full_opt.t) = (m, v, opt.t);
+    save_checkpoint(run_dir, model.full_config(), &params, tokenizer, &full_opt, state, keep_last).map(Some)
+}
+
 /// Verify the manifest of a checkpoint directory, then load it.
 pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
     let manifest_path = dir.join(MANIFEST_FILE);

@@ -8,5 +8,5 @@ pub mod progress;
 pub mod rl;
 pub mod schedule;
 
-pub use adamw::{clip_and_step, clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
+pub use adamw::{clip_and_step, clip_and_step_model, clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
 pub use schedule::{LrSchedule, ScheduleKind};

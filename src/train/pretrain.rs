@@ -11,9 +11,9 @@ use crate::parallel::{all_reduce_buckets, partition, Comm, Grid};
 use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
-use crate::train::checkpoint::{load_checkpoint, save_checkpoint, TrainerState};
+use crate::train::checkpoint::{load_checkpoint, save_model_checkpoint, TrainerState};
 use crate::train::progress::Progress;
-use crate::train::{clip_and_step, AdamW, AdamWConfig, LrSchedule};
+use crate::train::{clip_and_step_model, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -56,7 +56,7 @@ fn encode(tok: &CharTokenizer, p: &Problem) -> Result<(Vec<u32>, usize)> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build_batch(
+pub(crate) fn build_batch(
     tok: &CharTokenizer,
     task: &dyn Task,
     split: u64,
@@ -110,6 +110,30 @@ pub fn evaluate(
     Ok(Eval { answer_nll: sums[0] / sums[1].max(1.0), answer_exact: sums[2] / sums[3].max(1.0) })
 }
 
+/// The run's full (unsharded) model: loaded from `model.hf_dir`, or freshly initialised from
+/// the config's dimensions and `run.seed`.
+pub fn build_model(cfg: &RunConfig, tok: &CharTokenizer) -> Result<Model> {
+    let model_cfg_file = Path::new("[model]");
+    Ok(match &cfg.model.hf_dir {
+        Some(dir) => {
+            let (mc, params) = load_hf_dir(dir)?;
+            if mc.vocab_size < tok.vocab_size() {
+                return Err(Error::Config {
+                    file: dir.join("config.json"),
+                    key: "vocab_size".into(),
+                    msg: format!("{} is smaller than the character tokenizer's {}", mc.vocab_size, tok.vocab_size()),
+                });
+            }
+            Model::new(mc, params)?
+        }
+        None => {
+            let mc = cfg.fresh_model(tok.vocab_size(), EOS_ID, model_cfg_file)?;
+            let params = init_params(&mc, cfg.run.seed, cfg.model.init_std);
+            Model::new(mc, params)?
+        }
+    })
+}
+
 /// Run the configured job, printing progress to `log` and writing `<out_dir>/<name>/`:
 /// `config.toml` (resolved), `metrics.jsonl` and `checkpoints/step-N/` (HF weights + optimizer
 /// state). With `resume`, training continues from that checkpoint exactly as if never stopped.
@@ -133,25 +157,9 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         write_file(&out_dir.join("config.toml"), resolved.as_bytes())?;
     }
 
-    let model_cfg_file = Path::new("[model]");
-    let mut model = match &cfg.model.hf_dir {
-        Some(dir) => {
-            let (mc, params) = load_hf_dir(dir)?;
-            if mc.vocab_size < tok.vocab_size() {
-                return Err(Error::Config {
-                    file: dir.join("config.json"),
-                    key: "vocab_size".into(),
-                    msg: format!("{} is smaller than the character tokenizer's {}", mc.vocab_size, tok.vocab_size()),
-                });
-            }
-            Model::new(mc, params)?
-        }
-        None => {
-            let mc = cfg.fresh_model(tok.vocab_size(), EOS_ID, model_cfg_file)?;
-            let params = init_params(&mc, cfg.run.seed, cfg.model.init_std);
-            Model::new(mc, params)?
-        }
-    };
+    let model = build_model(cfg, &tok)?;
+    // under tensor parallelism every rank built the full model; it keeps its shard
+    let mut model = model.shard(grid.tp.clone())?;
     let t = &cfg.train;
     let schedule = LrSchedule {
         kind: t.schedule,
@@ -166,7 +174,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let (mut rl_before, mut sampling) = (None, None);
     if let Some(dir) = resume {
         let ck = load_checkpoint(dir)?;
-        if ck.config != model.cfg {
+        if &ck.config != model.full_config() {
             return Err(Error::Invalid(format!("{}: the checkpoint's model differs from the config's", dir.display())));
         }
         if ck.state.seed != cfg.run.seed {
@@ -185,8 +193,10 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
                 ck.state.step
             )));
         }
-        model.params = ck.params;
-        (opt.m, opt.v, opt.t) = (ck.exp_avg, ck.exp_avg_sq, ck.state.adam_t);
+        let moments = |data: Vec<f32>| model.scatter(&crate::model::Params { layout: ck.params.layout.clone(), data });
+        let (m, v) = (moments(ck.exp_avg)?, moments(ck.exp_avg_sq)?);
+        model.params.data = model.scatter(&ck.params)?;
+        (opt.m, opt.v, opt.t) = (m, v, ck.state.adam_t);
         start = ck.state.step;
         sampling = ck.state.sampling;
         rl_before = ck.state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
@@ -205,7 +215,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         log,
         format!(
             "arbor train: {} params ({} layers, hidden {}), task {}, {} supervised steps × {} sequences{}, {} threads, {} → {}",
-            model.cfg.num_params(),
+            model.full_config().num_params(),
             model.cfg.num_layers,
             model.cfg.hidden_size,
             task.name(),
@@ -283,7 +293,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         }
         all_reduce_buckets(dp, &mut grads, cfg.parallel.bucket_bytes())?;
         let lr = schedule.lr(step);
-        let norm = clip_and_step(&mut opt, &mut model.params.data, &grads, lr, t.grad_clip);
+        let norm = clip_and_step_model(&mut opt, &mut model, &grads, lr, t.grad_clip)?;
         let secs = t0.elapsed().as_secs_f64();
         tokens_total += n;
         train_secs += secs;
@@ -318,7 +328,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
             report.evals.push((step + 1, e));
         }
-        if root && (last || (step + 1) % t.checkpoint_every.max(1) == 0) {
+        if last || (step + 1) % t.checkpoint_every.max(1) == 0 {
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
             let state = TrainerState {
                 step: step + 1,
@@ -327,7 +337,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
                 rl_eval_before: None,
                 sampling: None,
             };
-            save_checkpoint(&out_dir, &model.cfg, &model.params, Some(&tokenizer), &opt, &state, t.keep_checkpoints)?;
+            save_model_checkpoint(&out_dir, &model, Some(&tokenizer), &opt, &state, t.keep_checkpoints, root)?;
         }
     }
     progress.finish();
@@ -354,7 +364,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     }
     let ckpt = out_dir.join("checkpoints").join(format!("step-{final_step}"));
     say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));
-    report.final_params = model.params.data;
+    report.final_params = model.gather(&model.params.data)?.data;
     Ok(report)
 }
 

@@ -26,7 +26,7 @@ use crate::rollout::{generate, Completion, Finish, GenerateConfig, Request, Samp
 use crate::tasks::{Task, SPLIT_TRAIN};
 use crate::tokenizer::char::{CharTokenizer, EOS_ID};
 use crate::tokenizer::Tokenizer;
-use crate::train::checkpoint::{save_checkpoint, TrainerState};
+use crate::train::checkpoint::{save_model_checkpoint, TrainerState};
 use crate::train::progress::Progress;
 use crate::train::AdamW;
 use std::io::Write;
@@ -408,13 +408,14 @@ pub fn run_phase(
     let ref_dir = ph.run_dir.join(REFERENCE_DIR);
     let reference = if ph.loss.kl_coef > 0.0 {
         if start.done == 0 {
+            let full = model.gather(&model.params.data)?;
             if root {
-                save_hf_dir(&ref_dir, &model.cfg, &model.params, &SaveOptions::default())?;
+                save_hf_dir(&ref_dir, model.full_config(), &full, &SaveOptions::default())?;
             }
             Some(model.clone())
         } else {
             let (mc, params) = load_hf_dir(&ref_dir)?;
-            Some(Model::new(mc, params)?)
+            Some(Model::new(mc, params)?.shard(grid.tp.clone())?)
         }
     } else {
         None
@@ -499,7 +500,7 @@ pub fn run_phase(
             write_line(metrics, &eval_line(step + 1, &last))?;
         }
         let every = cfg.train.checkpoint_every.max(1);
-        if root && (final_step || (step + 1) % every == 0) {
+        if final_step || (step + 1) % every == 0 {
             metrics.flush().map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))?;
             let state = TrainerState {
                 step: ph.offset + step + 1,
@@ -508,15 +509,7 @@ pub fn run_phase(
                 rl_eval_before: Some([before.sampled, before.greedy]),
                 sampling: trainer.tree.as_ref().map(|t| t.save()),
             };
-            save_checkpoint(
-                ph.run_dir,
-                &model.cfg,
-                &model.params,
-                Some(ph.tokenizer),
-                opt,
-                &state,
-                cfg.train.keep_checkpoints,
-            )?;
+            save_model_checkpoint(ph.run_dir, model, Some(ph.tokenizer), opt, &state, cfg.train.keep_checkpoints, root)?;
         }
     }
     progress.finish();

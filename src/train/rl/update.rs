@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::{all_reduce_buckets, Comm, Local, DEFAULT_BUCKET_BYTES};
 use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, TokenBatch};
-use crate::train::{clip_and_step, AdamW};
+use crate::train::{clip_and_step_model, AdamW};
 
 /// One sampled response, ready for training.
 #[derive(Debug, Clone, PartialEq)]
@@ -337,7 +337,7 @@ pub fn policy_update_dp(
             all_reduce_buckets(dp.comm, &mut buf.grads, dp.bucket_bytes)?;
             let mut l = [loss];
             dp.comm.all_reduce_sum_f64(&mut l)?;
-            let norm = clip_and_step(opt, &mut model.params.data, &buf.grads, lr, plan.grad_clip);
+            let norm = clip_and_step_model(opt, model, &buf.grads, lr, plan.grad_clip)?;
             report.losses.push(l[0]);
             report.grad_norms.push(norm as f64);
         }
