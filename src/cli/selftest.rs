@@ -91,7 +91,8 @@ fn check(cfg: &RunConfig, grid: &Grid, sequences: usize) -> crate::error::Result
     let mut token_diff = 0;
     let mut gen_lp = 0.0f64;
     for (a, b) in c1.iter().zip(&c2) {
-        token_diff += a.tokens.iter().zip(&b.tokens).filter(|(x, y)| x != y).count() + a.tokens.len().abs_diff(b.tokens.len());
+        token_diff +=
+            a.tokens.iter().zip(&b.tokens).filter(|(x, y)| x != y).count() + a.tokens.len().abs_diff(b.tokens.len());
         if a.tokens == b.tokens {
             gen_lp = gen_lp.max(max_abs(&a.logprobs, &b.logprobs));
         }
@@ -116,7 +117,11 @@ pub fn tp(args: &TpArgs) -> anyhow::Result<()> {
     };
     cfg.parallel.tp = args.tp;
     let Some((_universe, grid)) = crate::cli::train::spmd_grid(&cfg)? else {
-        anyhow::bail!("arbor selftest tp runs under an MPI launcher: mpirun -np {} arbor selftest tp --tp {}", args.tp, args.tp);
+        anyhow::bail!(
+            "arbor selftest tp runs under an MPI launcher: mpirun -np {} arbor selftest tp --tp {}",
+            args.tp,
+            args.tp
+        );
     };
     let (mut diffs, tokens) = match check(&cfg, &grid, args.sequences.max(1)) {
         Ok(r) => r,
@@ -131,7 +136,10 @@ pub fn tp(args: &TpArgs) -> anyhow::Result<()> {
     }
     let ok = diffs.iter().all(|&d| d <= args.tol) && bad_tokens == 0;
     if grid.is_root() {
-        println!("arbor selftest tp: {} — one process vs its tensor-parallel shards, max |Δ| over all ranks:", grid.describe());
+        println!(
+            "arbor selftest tp: {} — one process vs its tensor-parallel shards, max |Δ| over all ranks:",
+            grid.describe()
+        );
         for (name, d) in NAMES.iter().zip(&diffs) {
             println!("  {name:<20} {d:.3e}");
         }

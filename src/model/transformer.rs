@@ -10,8 +10,8 @@ use crate::model::config::ModelConfig;
 use crate::model::head::{head_backward, head_forward};
 use crate::model::params::{ParamLayout, Params};
 use crate::model::shard::{gather_params, shard_config, shard_params, TensorParallel};
-use crate::parallel::{Comm, TpGroup};
 use crate::model::workspace::Workspace;
+use crate::parallel::{Comm, TpGroup};
 use crate::tensor::cpu::ops::{self, RopeTable};
 use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
 

@@ -509,7 +509,15 @@ pub fn run_phase(
                 rl_eval_before: Some([before.sampled, before.greedy]),
                 sampling: trainer.tree.as_ref().map(|t| t.save()),
             };
-            save_model_checkpoint(ph.run_dir, model, Some(ph.tokenizer), opt, &state, cfg.train.keep_checkpoints, root)?;
+            save_model_checkpoint(
+                ph.run_dir,
+                model,
+                Some(ph.tokenizer),
+                opt,
+                &state,
+                cfg.train.keep_checkpoints,
+                root,
+            )?;
         }
     }
     progress.finish();
