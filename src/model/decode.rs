@@ -152,7 +152,21 @@ impl DecodeBuffers {
 /// Positions per key block of the cache (one AVX2 register of scores).
 const KB: usize = 8;
 /// Key blocks (scores) or value columns (outputs) kept in registers per pass.
-const BLOCKS: usize = 4;
+const BLOCKS: usize = 8;
+
+/// o[..W] = Σ_j s_j · v[j·stride..][..W], each column summed over j in order; W/8 independent
+/// vector sums keep the adds from waiting on each other.
+#[inline(always)]
+fn value_tile<const W: usize>(o: &mut [f32], s: &[f32], v: &[f32], stride: usize) {
+    let mut acc = [0.0f32; W];
+    for (j, &pj) in s.iter().enumerate() {
+        let row = &v[j * stride..j * stride + W];
+        for l in 0..W {
+            acc[l] += pj * row[l];
+        }
+    }
+    o[..W].copy_from_slice(&acc);
+}
 
 simd_kernel! {
     /// Attention of one row's query heads against cached positions 0..len of its slot:
@@ -190,19 +204,16 @@ simd_kernel! {
             let m = simd::max(s);
             let inv = 1.0 / simd::exp_shift_sum(s, m);
             s.iter_mut().for_each(|x| *x *= inv);
-            // outputs BLOCKS·8 columns at a time
+            // outputs 64 columns (eight independent 8-lane sums), then 32, at a time
             let vg = &v[g * d..];
             let mut c0 = 0;
-            while c0 + BLOCKS * KB <= d {
-                let mut acc = [0.0f32; BLOCKS * KB];
-                for (j, &pj) in s.iter().enumerate() {
-                    let row = &vg[j * kv_dim + c0..j * kv_dim + c0 + BLOCKS * KB];
-                    for l in 0..BLOCKS * KB {
-                        acc[l] += pj * row[l];
-                    }
-                }
-                o[c0..c0 + BLOCKS * KB].copy_from_slice(&acc);
-                c0 += BLOCKS * KB;
+            while c0 + 64 <= d {
+                value_tile::<64>(&mut o[c0..c0 + 64], s, &vg[c0..], kv_dim);
+                c0 += 64;
+            }
+            while c0 + 32 <= d {
+                value_tile::<32>(&mut o[c0..c0 + 32], s, &vg[c0..], kv_dim);
+                c0 += 32;
             }
             if c0 < d {
                 o[c0..].fill(0.0);
