@@ -32,6 +32,9 @@ pub struct RunConfig {
     pub attnrl: Option<crate::attnrl::AttnRlConfig>,
     /// Attention-rhythm credit: per-token advantage shaping in the RL phase.
     pub rhythm: Option<crate::attnrl::RhythmConfig>,
+    /// `[async]`: disaggregated rollout and train ranks with a staleness bound (ROLL Flash).
+    #[serde(rename = "async")]
+    pub async_rl: Option<crate::train::async_rl::AsyncConfig>,
 }
 
 /// `[parallel]`: world = dp × tp under mpirun/srun; dp is world / tp.
@@ -358,6 +361,9 @@ impl RunConfig {
             if !(v.is_finite() && v >= 0.0) || (key == "parallel.bucket_mb" && v == 0.0) {
                 return bad(key, format!("{v} must be a finite positive number"));
             }
+        }
+        if let Some(a) = &self.async_rl {
+            a.validate(self).map_err(|(key, msg)| Error::Config { file: file.into(), key, msg })?;
         }
         if let Some(a) = &self.attnrl {
             a.validate().map_err(|e| Error::Config {

@@ -63,9 +63,11 @@ fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32) {
     eprintln!("{what}: weights max |Δ| = {d:e}");
     assert!(d <= tol, "{what}: weights differ by {d:e}");
     let strip = |mut m: Vec<serde_json::Value>| {
-        // `tokens` is the rank's own share
+        // `tokens` is the rank's own share; the async trainer adds its staleness bookkeeping
         m.iter_mut().for_each(|v| {
-            v.as_object_mut().unwrap().remove("tokens");
+            for k in ["tokens", "staleness_max", "staleness_mean", "weights_in_sync"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
         });
         m
     };
@@ -110,13 +112,11 @@ fn data_parallel_2_and_4_ranks_match_one_process_after_3_supervised_steps() {
     }
 }
 
-#[test]
-fn data_and_tensor_parallel_grpo_match_one_process_after_3_rl_steps() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut base = RunConfig::default_job();
-    let rl = base.rl.as_mut().unwrap();
-    let _ = rl; // the embedded default parses; the text below shortens it
-    let text_cfg = DEFAULT_CONFIG
+/// The default GRPO job, shortened to 3 RL steps on 5 prompts, with two updates per step and a KL term.
+fn grpo_config() -> String {
+    let base = RunConfig::default_job();
+    assert!(base.rl.is_some(), "the embedded default has an RL phase");
+    DEFAULT_CONFIG
         .replace(
             "hf_dir = \"configs/warmstart/countdown-sft\"",
             &format!("hf_dir = \"{}/configs/warmstart/countdown-sft\"", env!("CARGO_MANIFEST_DIR")),
@@ -125,7 +125,58 @@ fn data_and_tensor_parallel_grpo_match_one_process_after_3_rl_steps() {
         .replace("prompts_per_step = 32", "prompts_per_step = 5")
         .replace("eval_problems = 500", "eval_problems = 11")
         .replace("eval_every = 300", "eval_every = 2\nmini_batches = 2\nmicro_batch = 3")
-        .replace("kl_coef = 0.0", "kl_coef = 0.01");
+        .replace("kl_coef = 0.0", "kl_coef = 0.01")
+}
+
+#[test]
+fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alpha() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let run = |n: &str| dir.path().join(n).join("default");
+    let sync_cfg = write_config(dir.path(), &grpo_config());
+    let one = single(&["--threads", "1", "train", "--config", &sync_cfg, "--out-dir", &out("sync")]);
+    assert!(one.status.success(), "{}", text(&one));
+    let with = |name: &str, rollout: usize, alpha: f64| {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, format!("{}\n[async]\nrollout_ranks = {rollout}\nalpha = {alpha}\n", grpo_config()))
+            .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // (name, ranks, rollout ranks, α): 1 trainer + 1 generator at α = 0 must be the synchronous run
+    for (name, np, rollout, alpha) in [("a0", 2, 1, 0.0), ("a1", 2, 1, 1.0), ("a1r2", 3, 2, 1.0), ("a2", 4, 2, 1.5)] {
+        let cfg = with(name, rollout, alpha);
+        let o = mpirun(np, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out(name)], &[]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        assert!(text(&o).contains(&format!("{rollout} rollout rank(s)")), "{}", text(&o));
+        let lag = alpha.ceil() as u64;
+        let steps: Vec<_> = metrics(&run(name)).into_iter().filter(|m| m.get("staleness_max").is_some()).collect();
+        assert_eq!(steps.len(), 3, "{name}: one line per RL step");
+        for m in &steps {
+            let (step, stale) = (m["rl_step"].as_u64().unwrap(), m["staleness_max"].as_u64().unwrap());
+            // every batch: staleness within the bound, and exactly the configured lag once it can be
+            assert!(stale <= lag, "{name}: step {step} staleness {stale} > α = {alpha}");
+            assert_eq!(stale, (step - 1).min(lag), "{name}: step {step}");
+            assert_eq!(m["policy_version"].as_u64().unwrap(), step - 1 - stale);
+            assert_eq!(
+                m["weights_in_sync"],
+                serde_json::Value::Bool(true),
+                "{name}: rollout weights = trainer's version"
+            );
+        }
+    }
+    compare_runs(&run("sync"), &run("a0"), "checkpoints/step-3", "async α = 0 vs synchronous");
+    // the same α gives the same run whatever the number of rollout ranks
+    compare_runs(&run("a1"), &run("a1r2"), "checkpoints/step-3", "α = 1: 1 vs 2 rollout ranks");
+    // and a stale run really differs from the synchronous one
+    let (_, ps) = load_hf_dir(&run("sync").join("checkpoints/step-3")).unwrap();
+    let (_, pa) = load_hf_dir(&run("a1").join("checkpoints/step-3")).unwrap();
+    assert!(ps.data.iter().zip(&pa.data).any(|(x, y)| (x - y).abs() > 1e-5), "α = 1 trained on stale samples");
+}
+
+#[test]
+fn data_and_tensor_parallel_grpo_match_one_process_after_3_rl_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_cfg = grpo_config();
     let cfg = write_config(dir.path(), &text_cfg);
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let one = single(&["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("one")]);

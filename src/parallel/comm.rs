@@ -31,6 +31,17 @@ pub trait Comm: Send {
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Comm>>;
     /// Abort the whole job (every rank of the world) with `msg`; never returns.
     fn abort(&self, msg: &str) -> !;
+    /// Send `bytes` to rank `dest` of this group (returns once the buffer may be reused). Not
+    /// watched by the collective timeout: a receiver may legitimately wait a whole step.
+    fn send_bytes(&self, dest: usize, bytes: &[u8]) -> Result<()> {
+        let _ = (dest, bytes);
+        Err(Error::Invalid(format!("{}: point-to-point messages are not supported", self.describe())))
+    }
+    /// Receive the next message from rank `src` of this group (any length), in send order.
+    fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
+        let _ = src;
+        Err(Error::Invalid(format!("{}: point-to-point messages are not supported", self.describe())))
+    }
     /// Short description ("local", "mpi (Open MPI 4.1.4)", ...).
     fn describe(&self) -> String;
 }

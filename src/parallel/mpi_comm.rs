@@ -116,6 +116,21 @@ impl Comm for MpiComm {
             .ok_or_else(|| Error::Invalid(format!("split: MPI returned no communicator for color {color}")))?;
         Ok(Box::new(MpiComm::new(sub, self.watchdog.clone())))
     }
+    fn send_bytes(&self, dest: usize, bytes: &[u8]) -> Result<()> {
+        if dest >= self.size() {
+            return Err(Error::Invalid(format!("send: rank {dest} out of range for {} ranks", self.size())));
+        }
+        count(bytes.len(), "send")?;
+        self.comm.process_at_rank(dest as i32).send(bytes);
+        Ok(())
+    }
+    fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
+        if src >= self.size() {
+            return Err(Error::Invalid(format!("recv: rank {src} out of range for {} ranks", self.size())));
+        }
+        let (msg, _status) = self.comm.process_at_rank(src as i32).receive_vec::<u8>();
+        Ok(msg)
+    }
     fn abort(&self, msg: &str) -> ! {
         eprintln!("arbor rank {}: aborting the job: {msg}", self.rank());
         self.comm.abort(2)

@@ -74,6 +74,12 @@ impl Comm for TpGroup {
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Comm>> {
         self.with(|c| c.split(color, key))
     }
+    fn send_bytes(&self, dest: usize, bytes: &[u8]) -> Result<()> {
+        self.with(|c| c.send_bytes(dest, bytes))
+    }
+    fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
+        self.with(|c| c.recv_bytes(src))
+    }
     fn abort(&self, msg: &str) -> ! {
         self.with(|c| c.abort(msg))
     }

@@ -1,6 +1,7 @@
 //! Training: optimizer, schedules and the loops (pretraining/SFT now; RL in later issues).
 
 pub mod adamw;
+pub mod async_rl;
 pub mod checkpoint;
 pub mod dump;
 pub mod pretrain;

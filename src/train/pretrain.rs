@@ -358,7 +358,12 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             tokenizer: &tokenizer,
         };
         let begin = crate::train::rl::PhaseStart { done, before: rl_before, sampling };
-        let rates = crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?;
+        let rates = match &cfg.async_rl {
+            None => crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?,
+            Some(_) => {
+                crate::train::async_rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?
+            }
+        };
         report.rl = Some(rates);
         final_step = t.steps + rl.steps;
     }

@@ -73,7 +73,7 @@ pub struct RlTrainer<'a> {
 }
 
 /// The step's sampling result, before the update.
-struct Sampled {
+pub(crate) struct Sampled {
     /// Every generated sample of this rank, in order.
     generated: Vec<StepSample>,
     /// Training sequences of this rank.
@@ -89,6 +89,13 @@ struct Sampled {
     prompts: usize,
     zero_std: (usize, usize),
     extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Sampled {
+    /// Add a metric to the step's metrics line.
+    pub(crate) fn note(&mut self, key: &str, value: serde_json::Value) {
+        self.extra.insert(key.into(), value);
+    }
 }
 
 impl<'a> RlTrainer<'a> {
@@ -260,9 +267,32 @@ impl<'a> RlTrainer<'a> {
     /// RL step `step` (0-based): generate with the current weights, then update them.
     pub fn step(&mut self, model: &mut Model, opt: &mut AdamW, step: u64) -> Result<StepOutput> {
         let t0 = Instant::now();
-        let sampled =
-            if self.cfg.attnrl.is_some() { self.sample_tree(model, step)? } else { self.sample_groups(model, step)? };
+        let sampled = self.sample(model, step)?;
         let t_gen = t0.elapsed().as_secs_f64();
+        self.train_on(model, opt, step, sampled, t0, t_gen)
+    }
+
+    /// The sampling half of a step: this rank's share of the step's prompts, generated with
+    /// `model`, rewarded, with advantages.
+    pub(crate) fn sample(&mut self, model: &Model, step: u64) -> Result<Sampled> {
+        if self.cfg.attnrl.is_some() {
+            self.sample_tree(model, step)
+        } else {
+            self.sample_groups(model, step)
+        }
+    }
+
+    /// The training half of a step: update `model` on `sampled` and assemble the step's metrics
+    /// (`t0` = when the step began, `t_gen` = seconds its sampling took).
+    pub(crate) fn train_on(
+        &mut self,
+        model: &mut Model,
+        opt: &mut AdamW,
+        step: u64,
+        sampled: Sampled,
+        t0: Instant,
+        t_gen: f64,
+    ) -> Result<StepOutput> {
         let Sampled {
             mut generated,
             train,
@@ -401,6 +431,31 @@ pub fn run_phase(
     metrics: &mut dyn Write,
     log: &mut dyn Write,
 ) -> Result<(SolveRate, SolveRate)> {
+    run_phase_with(model, opt, ph, start, grid, metrics, log, None)
+}
+
+/// Where a training rank's step samples come from when they are not generated in-process: the
+/// disaggregated trainer ([`crate::train::async_rl`]) receives them from rollout ranks and
+/// publishes each new policy version back.
+pub(crate) trait SampleSource {
+    /// The samples this rank trains on at `step` (its data-parallel share).
+    fn sampled(&mut self, trainer: &mut RlTrainer, model: &Model, step: u64) -> Result<(Sampled, f64)>;
+    /// Called after the update of `step`: the model now holds policy version `step + 1`.
+    fn published(&mut self, model: &Model, step: u64) -> Result<()>;
+}
+
+/// [`run_phase`] with the step's samples taken from `source` when given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_phase_with(
+    model: &mut Model,
+    opt: &mut AdamW,
+    ph: &Phase,
+    start: PhaseStart,
+    grid: &Grid,
+    metrics: &mut dyn Write,
+    log: &mut dyn Write,
+    mut source: Option<&mut dyn SampleSource>,
+) -> Result<(SolveRate, SolveRate)> {
     let (cfg, rl) = (ph.cfg, ph.rl);
     let (dp, root) = (grid.dp.as_ref(), grid.is_root());
     let tok = CharTokenizer::default();
@@ -453,7 +508,16 @@ pub fn run_phase(
             .filter(|_| cfg.parallel.step_timeout_s > 0.0)
             .map(|w| w.watch_step(&format!("rl step {}", step + 1), step_timeout));
         crate::parallel::fault::maybe_inject(grid, ph.offset + step + 1)?;
-        let out = trainer.step(model, opt, step)?;
+        let out = match source.as_deref_mut() {
+            None => trainer.step(model, opt, step)?,
+            Some(src) => {
+                let t0 = Instant::now();
+                let (sampled, t_gen) = src.sampled(&mut trainer, model, step)?;
+                let out = trainer.train_on(model, opt, step, sampled, t0, t_gen)?;
+                src.published(model, step)?;
+                out
+            }
+        };
         write_line(metrics, &out.metrics)?;
         if let Some(d) = dump.as_mut() {
             d.append(step, &out.samples)?;

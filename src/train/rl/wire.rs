@@ -1,7 +1,7 @@
 //! A compact little-endian encoding of a rank's step samples, so rank 0 can gather every
 //! rank's samples for the metrics and the trajectory dump (MPI moves bytes, not Rust values).
 
-use super::{Sample, StepSample};
+use super::{Sample, Sampled, StepSample};
 use crate::error::{Error, Result};
 use crate::rollout::Finish;
 
@@ -95,6 +95,121 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<StepSample>> {
         });
     }
     Ok(out)
+}
+
+/// Encode a step's sampling result for another rank (disaggregated rollout): the generated
+/// samples, which of them train, and the step's counts. Tree sampling's extra training
+/// sequences are not carried (only group sampling runs on rollout ranks).
+pub(crate) fn encode_sampled(s: &Sampled) -> Result<Vec<u8>> {
+    let mut out = encode(&s.generated);
+    let of: Vec<u32> = s
+        .train_of
+        .iter()
+        .map(|k| k.map(|k| k as u32).ok_or_else(|| Error::Invalid("only group samples cross ranks".into())))
+        .collect::<Result<_>>()?;
+    put_u32s(&mut out, &of);
+    let counts = [s.candidates, s.effective, s.all_correct, s.all_wrong, s.prompts, s.zero_std.0, s.zero_std.1];
+    counts.iter().for_each(|&c| out.extend_from_slice(&(c as u64).to_le_bytes()));
+    let extra = serde_json::to_vec(&s.extra).map_err(|e| Error::Invalid(e.to_string()))?;
+    out.extend_from_slice(&(extra.len() as u64).to_le_bytes());
+    out.extend_from_slice(&extra);
+    Ok(out)
+}
+
+/// Decode what [`encode_sampled`] wrote.
+pub(crate) fn decode_sampled(bytes: &[u8]) -> Result<Sampled> {
+    let generated = decode(bytes)?;
+    let mut r = Reader { b: bytes, at: encode(&generated).len() };
+    let of = r.u32s()?;
+    let mut c = [0usize; 7];
+    for x in c.iter_mut() {
+        *x = r.u64()? as usize;
+    }
+    let n = r.len()?;
+    let extra = serde_json::from_slice(r.take(n)?).map_err(|e| Error::Invalid(format!("sampled extras: {e}")))?;
+    let mut train = Vec::with_capacity(of.len());
+    for &k in &of {
+        let g = generated.get(k as usize).ok_or_else(|| Error::Invalid(format!("train index {k} out of range")))?;
+        train.push(g.data.clone());
+    }
+    Ok(Sampled {
+        generated,
+        train,
+        train_of: of.iter().map(|&k| Some(k as usize)).collect(),
+        candidates: c[0],
+        effective: c[1],
+        all_correct: c[2],
+        all_wrong: c[3],
+        prompts: c[4],
+        zero_std: (c[5], c[6]),
+        extra,
+    })
+}
+
+/// Concatenate parts in order (the shares of consecutive prompt ranges) into one result.
+pub(crate) fn merge_sampled(parts: Vec<Sampled>) -> Sampled {
+    let mut out = Sampled {
+        generated: Vec::new(),
+        train: Vec::new(),
+        train_of: Vec::new(),
+        candidates: 0,
+        effective: 0,
+        all_correct: 0,
+        all_wrong: 0,
+        prompts: 0,
+        zero_std: (0, 0),
+        extra: serde_json::Map::new(),
+    };
+    for p in parts {
+        let base = out.generated.len();
+        out.train_of.extend(p.train_of.iter().map(|k| k.map(|k| k + base)));
+        out.generated.extend(p.generated);
+        out.train.extend(p.train);
+        out.candidates += p.candidates;
+        out.effective += p.effective;
+        out.all_correct += p.all_correct;
+        out.all_wrong += p.all_wrong;
+        out.prompts += p.prompts;
+        out.zero_std = (out.zero_std.0 + p.zero_std.0, out.zero_std.1 + p.zero_std.1);
+        for (k, v) in p.extra {
+            // per-part timings: keep the slowest part's
+            let slower = out.extra.get(&k).and_then(|o| o.as_f64()).zip(v.as_f64()).is_none_or(|(o, n)| n > o);
+            if slower {
+                out.extra.insert(k, v);
+            }
+        }
+    }
+    out
+}
+
+/// The share of a whole step's result that data-parallel rank `rank` of `ranks` trains on:
+/// the samples of its contiguous range of prompts (`per_prompt` samples each). The step's
+/// counts stay with rank 0 (the trainer sums them over the ranks).
+pub(crate) fn share_of(all: &Sampled, per_prompt: usize, ranks: usize, rank: usize) -> Sampled {
+    let prompts = all.generated.len() / per_prompt.max(1);
+    let mine = crate::parallel::partition(prompts, ranks, rank);
+    let range = mine.start * per_prompt..mine.end * per_prompt;
+    let mut train = Vec::new();
+    let mut train_of = Vec::new();
+    for (s, k) in all.train.iter().zip(&all.train_of) {
+        if let Some(k) = k.filter(|k| range.contains(k)) {
+            train.push(s.clone());
+            train_of.push(Some(k - range.start));
+        }
+    }
+    let keep = |c: usize| if rank == 0 { c } else { 0 };
+    Sampled {
+        generated: all.generated[range].to_vec(),
+        train,
+        train_of,
+        candidates: keep(all.candidates),
+        effective: keep(all.effective),
+        all_correct: keep(all.all_correct),
+        all_wrong: keep(all.all_wrong),
+        prompts: keep(all.prompts),
+        zero_std: (keep(all.zero_std.0), keep(all.zero_std.1)),
+        extra: all.extra.clone(),
+    }
 }
 
 #[cfg(test)]

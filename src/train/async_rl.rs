@@ -1,0 +1,376 @@
+//! Disaggregated asynchronous RL (ROLL Flash's async ratio, ALGORITHMS.md §8) under MPI.
+//!
+//! `[async] rollout_ranks = R` splits the world: the last R ranks only generate, the others
+//! train (data parallel among themselves; world rank 0 leads them and writes the files).
+//! Rollout rank r generates its contiguous share of every step's prompts, exactly as a
+//! data-parallel rank of the synchronous trainer would, and sends the finished groups (tokens,
+//! behaviour log-probs, rewards, advantages) with the policy version and a checksum of the
+//! weights it used. The training leader receives batch s, checks it, hands each training rank
+//! its share, updates, and sends policy version s + 1 to every rollout rank.
+//!
+//! **Staleness bound.** With lag k = ⌈α⌉, batch b is generated with policy version
+//! max(first, b − k): rollout runs ahead of training by up to k batches while the trainer
+//! works, and every sample of the batch trained at step s started at version ≥ s − k (checked on
+//! every batch; a violation is an error). Fixing the version per batch, rather than taking
+//! whichever samples finish first, keeps runs deterministic: the same seed gives the same
+//! weights for any number of rollout or training ranks, and α = 0 is exactly the synchronous
+//! trainer (tests/mpi.rs). Nothing is ever too old to train on, so no prompt is aborted.
+//!
+//! Messages are point-to-point on two duplicates of the world communicator (batches, weights);
+//! each rollout rank receives weights on a thread, so a publishing trainer never waits for
+//! generation, and sends batches from another, so generation never waits for the trainer.
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::parallel::{Comm, Grid, TpGroup};
+use crate::train::checkpoint::fnv1a64;
+use crate::train::rl::wire::{decode_sampled, encode_sampled, merge_sampled, share_of};
+use crate::train::rl::{run_phase_with, Phase, PhaseStart, RlTrainer, SampleSource, Sampled, SolveRate};
+use crate::train::AdamW;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// `[async]`: disaggregated rollout and training ranks with a staleness bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncConfig {
+    /// Ranks that only generate: the last `rollout_ranks` of the world (≥ 1; at least one rank must train).
+    pub rollout_ranks: usize,
+    /// Async ratio α ≥ 0: batch b is generated with policy version b − ⌈α⌉ (0 = synchronous).
+    #[serde(default)]
+    pub alpha: f64,
+}
+
+impl AsyncConfig {
+    /// Check the section against the rest of the config: (key, message) on error.
+    pub fn validate(&self, cfg: &RunConfig) -> std::result::Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((format!("async.{k}"), m));
+        if self.rollout_ranks == 0 {
+            return bad("rollout_ranks", "0 must be at least 1 (without rollout ranks, drop [async])".into());
+        }
+        if !(self.alpha.is_finite() && (0.0..=64.0).contains(&self.alpha)) {
+            return bad("alpha", format!("{} must be a number in [0, 64]", self.alpha));
+        }
+        if cfg.rl.is_none() {
+            return bad("rollout_ranks", "[async] needs an [rl] phase".into());
+        }
+        if cfg.attnrl.is_some() || cfg.rhythm.is_some() {
+            return bad("rollout_ranks", "[async] runs group sampling (GRPO family); drop [attnrl]/[rhythm]".into());
+        }
+        if cfg.parallel.tp != 1 {
+            return bad("rollout_ranks", format!("[async] trains with tp = 1 (parallel.tp = {})", cfg.parallel.tp));
+        }
+        Ok(())
+    }
+
+    /// k = ⌈α⌉: how many batches generation may run ahead.
+    pub fn lag(&self) -> u64 {
+        self.alpha.ceil() as u64
+    }
+}
+
+/// The policy version batch `b` is generated with, in a phase that started at version `first`.
+pub fn batch_version(b: u64, lag: u64, first: u64) -> u64 {
+    b.saturating_sub(lag).max(first)
+}
+
+/// A weights message: [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop.
+fn weights_message(model: &Model, version: u64) -> (Vec<u8>, u64) {
+    let bytes: &[u8] = bytemuck::cast_slice(&model.params.data);
+    let sum = fnv1a64(bytes);
+    let mut out = Vec::with_capacity(16 + bytes.len());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&sum.to_le_bytes());
+    out.extend_from_slice(bytes);
+    (out, sum)
+}
+
+fn u64_at(b: &[u8], at: usize) -> Result<u64> {
+    b.get(at..at + 8)
+        .and_then(|x| x.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| Error::Invalid("async: truncated message header".into()))
+}
+
+/// Run the RL phase of an `[async]` config on this rank (every rank of the world calls it).
+#[allow(clippy::too_many_arguments)]
+pub fn run_phase(
+    model: &mut Model,
+    opt: &mut AdamW,
+    ph: &Phase,
+    start: PhaseStart,
+    grid: &Grid,
+    metrics: &mut dyn Write,
+    log: &mut dyn Write,
+) -> Result<(SolveRate, SolveRate)> {
+    let ac = ph.cfg.async_rl.as_ref().ok_or_else(|| Error::Invalid("async phase without [async]".into()))?;
+    let world = grid.world.as_ref();
+    let (size, rank, r) = (world.size(), world.rank(), ac.rollout_ranks);
+    if r >= size {
+        return Err(Error::Invalid(format!(
+            "async.rollout_ranks = {r} leaves no training rank in a world of {size} (launch with mpirun -np {} or more)",
+            r + 1
+        )));
+    }
+    let first_rollout = size - r;
+    let is_rollout = rank >= first_rollout;
+    // collectives over the whole world, in the same order on every rank
+    let role = world.split(usize::from(is_rollout), rank)?;
+    let batches = world.split(0, rank)?;
+    let weights = world.split(0, rank)?;
+    let lag = ac.lag();
+    if is_rollout {
+        rollout_loop(model, ph, start.done, lag, role, batches, weights)?;
+        let none = SolveRate { greedy: 0.0, sampled: 0.0 };
+        return Ok((none, none));
+    }
+    let dp = role.split(0, role.rank())?;
+    let train_grid = Grid { world: role, dp, tp: TpGroup::single(), watchdog: grid.watchdog.clone() };
+    let (_, first_sum) = weights_message(model, start.done);
+    let mut source = Received {
+        batches,
+        weights,
+        rollout: (first_rollout..size).collect(),
+        train: train_grid.world.as_ref(),
+        lag,
+        first: start.done,
+        published: vec![(start.done, first_sum)],
+        per_prompt: ph.rl.samples_per_prompt as usize,
+        steps: ph.rl.steps,
+    };
+    if train_grid.is_root() {
+        let _ = writeln!(
+            log,
+            "async: {} training rank(s) + {r} rollout rank(s), α = {} (batches generated with policy version step − {lag})",
+            first_rollout, ac.alpha
+        );
+    }
+    let res = run_phase_with(model, opt, ph, start, &train_grid, metrics, log, Some(&mut source));
+    // the train group's communicators go before the world's
+    drop(train_grid);
+    res
+}
+
+/// A rollout rank: generate batch b with policy version `batch_version(b)`, send it to the
+/// training leader (world rank 0), take new versions as they are published.
+fn rollout_loop(
+    model: &mut Model,
+    ph: &Phase,
+    done: u64,
+    lag: u64,
+    role: Box<dyn Comm>,
+    batches: Box<dyn Comm>,
+    weights: Box<dyn Comm>,
+) -> Result<()> {
+    let (to_sender, outbox) = mpsc::channel::<Vec<u8>>();
+    let (to_main, inbox) = mpsc::channel::<Result<Vec<u8>>>();
+    std::thread::scope(|scope| -> Result<()> {
+        let sender = scope.spawn(move || -> Result<()> {
+            for msg in outbox {
+                batches.send_bytes(0, &msg)?;
+            }
+            Ok(())
+        });
+        scope.spawn(move || loop {
+            let msg = weights.recv_bytes(0);
+            let stop = msg.as_ref().map_or(true, |m| m.is_empty());
+            if to_main.send(msg).is_err() || stop {
+                break;
+            }
+        });
+        let mut generate_all = || -> Result<()> {
+            let mut trainer = RlTrainer::new(ph.cfg, ph.rl, ph.loss, ph.task, model, None).with_dp(role.as_ref());
+            let (mut version, mut sum) = (done, weights_message(model, done).1);
+            for b in done..ph.rl.steps {
+                let need = batch_version(b, lag, done);
+                while version < need {
+                    let msg =
+                        inbox.recv().map_err(|_| Error::Invalid("async: the weights channel closed".into()))??;
+                    if msg.is_empty() {
+                        return Err(Error::Invalid("async: the trainer stopped before the last batch".into()));
+                    }
+                    version = u64_at(&msg, 0)?;
+                    let data = &msg[16..];
+                    if data.len() != model.params.data.len() * 4 {
+                        return Err(Error::Invalid(format!("async: weights of version {version} have the wrong size")));
+                    }
+                    bytemuck::cast_slice_mut::<f32, u8>(&mut model.params.data).copy_from_slice(data);
+                    sum = fnv1a64(data);
+                    if sum != u64_at(&msg, 8)? {
+                        return Err(Error::Invalid(format!("async: weights of version {version} arrived corrupted")));
+                    }
+                }
+                let t0 = Instant::now();
+                let sampled = trainer.sample(model, b)?;
+                let secs = t0.elapsed().as_secs_f64();
+                let mut msg = Vec::new();
+                msg.extend_from_slice(&version.to_le_bytes());
+                msg.extend_from_slice(&sum.to_le_bytes());
+                msg.extend_from_slice(&secs.to_le_bytes());
+                msg.extend_from_slice(&encode_sampled(&sampled)?);
+                to_sender.send(msg).map_err(|_| Error::Invalid("async: the batch sender stopped".into()))?;
+            }
+            Ok(())
+        };
+        // a failing rollout rank takes the job down (its threads would otherwise wait forever)
+        if let Err(e) = generate_all() {
+            role.abort(&format!("rollout rank {}: {e}", role.rank()));
+        }
+        drop(to_sender);
+        sender.join().map_err(|_| Error::Invalid("async: the batch sender panicked".into()))??;
+        // drain published versions until the trainer's stop message
+        for msg in inbox {
+            if msg?.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The training ranks' source of samples: batches from the rollout ranks.
+struct Received<'g> {
+    batches: Box<dyn Comm>,
+    weights: Box<dyn Comm>,
+    /// World ranks of the rollout ranks.
+    rollout: Vec<usize>,
+    /// The training ranks' communicator (rank 0 = world rank 0, the leader).
+    train: &'g dyn Comm,
+    lag: u64,
+    first: u64,
+    /// (version, checksum) of every policy version published so far.
+    published: Vec<(u64, u64)>,
+    per_prompt: usize,
+    steps: u64,
+}
+
+impl Received<'_> {
+    /// Receive and check every rollout rank's part of batch `step` (leader only).
+    fn receive(&mut self, step: u64) -> Result<(Sampled, f64, u64)> {
+        let want = batch_version(step, self.lag, self.first);
+        let (mut parts, mut gen_s) = (Vec::new(), 0.0f64);
+        for &r in &self.rollout {
+            let msg = self.batches.recv_bytes(r)?;
+            let version = u64_at(&msg, 0)?;
+            let sum = u64_at(&msg, 8)?;
+            gen_s = gen_s.max(f64::from_bits(u64_at(&msg, 16)?));
+            if step.saturating_sub(version) > self.lag {
+                return Err(Error::Invalid(format!(
+                    "async: batch {step} from rank {r} was generated with version {version}, staler than the bound {}",
+                    self.lag
+                )));
+            }
+            if version != want {
+                return Err(Error::Invalid(format!(
+                    "async: batch {step} from rank {r} used version {version}, expected {want}"
+                )));
+            }
+            let ours = self.published.iter().find(|(v, _)| *v == version).map(|p| p.1);
+            if ours != Some(sum) {
+                return Err(Error::Invalid(format!(
+                    "async: rank {r} generated batch {step} with weights (checksum {sum:016x}) that differ from the trainer's version {version}"
+                )));
+            }
+            parts.push(decode_sampled(&msg[24..])?);
+        }
+        Ok((merge_sampled(parts), gen_s, want))
+    }
+}
+
+impl SampleSource for Received<'_> {
+    fn sampled(&mut self, _trainer: &mut RlTrainer, _model: &Model, step: u64) -> Result<(Sampled, f64)> {
+        let t0 = Instant::now();
+        let leader = self.train.rank() == 0;
+        let (all, gen_s, version) = if leader {
+            let (all, gen_s, version) = self.receive(step)?;
+            if self.train.size() > 1 {
+                let mut bytes = encode_sampled(&all)?;
+                bytes.extend_from_slice(&gen_s.to_le_bytes());
+                bytes.extend_from_slice(&version.to_le_bytes());
+                self.train.broadcast_bytes(0, &mut bytes)?;
+            }
+            (all, gen_s, version)
+        } else {
+            let mut bytes = Vec::new();
+            self.train.broadcast_bytes(0, &mut bytes)?;
+            let n = bytes.len().checked_sub(16).ok_or_else(|| Error::Invalid("async: short batch broadcast".into()))?;
+            let gen_s = f64::from_bits(u64_at(&bytes, n)?);
+            let version = u64_at(&bytes, n + 8)?;
+            (decode_sampled(&bytes[..n])?, gen_s, version)
+        };
+        let mut mine = share_of(&all, self.per_prompt, self.train.size(), self.train.rank());
+        let staleness = step - version;
+        mine.note("policy_version", version.into());
+        mine.note("staleness_mean", (staleness as f64).into());
+        mine.note("staleness_max", staleness.into());
+        mine.note("weights_in_sync", true.into());
+        mine.note("time_wait_batch_s", t0.elapsed().as_secs_f64().into());
+        Ok((mine, gen_s))
+    }
+
+    fn published(&mut self, model: &Model, step: u64) -> Result<()> {
+        if self.train.rank() != 0 {
+            return Ok(());
+        }
+        let version = step + 1;
+        if version < self.steps {
+            let (msg, sum) = weights_message(model, version);
+            self.published.push((version, sum));
+            // keep the checksums a batch may still refer to
+            let oldest = batch_version(version, self.lag, self.first);
+            self.published.retain(|(v, _)| *v >= oldest);
+            for &r in &self.rollout {
+                self.weights.send_bytes(r, &msg)?;
+            }
+        } else {
+            for &r in &self.rollout {
+                self.weights.send_bytes(r, &[])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_CONFIG;
+    use std::path::Path;
+
+    #[test]
+    fn batches_are_generated_at_most_lag_versions_behind() {
+        for lag in 0..4u64 {
+            for first in [0u64, 5] {
+                for b in first..first + 10 {
+                    let v = batch_version(b, lag, first);
+                    assert!(v >= first && v <= b && b - v <= lag, "b {b} lag {lag} → v {v}");
+                    // the bound is used fully once there is history
+                    if b >= first + lag {
+                        assert_eq!(b - v, lag);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_section_is_validated_with_its_key() {
+        let parse =
+            |extra: &str| RunConfig::parse(&format!("{DEFAULT_CONFIG}\n[async]\n{extra}\n"), Path::new("a.toml"));
+        let ok = parse("rollout_ranks = 2\nalpha = 1.5").unwrap();
+        assert_eq!(ok.async_rl.as_ref().unwrap().lag(), 2);
+        for (bad, key) in [
+            ("rollout_ranks = 0", "async.rollout_ranks"),
+            ("rollout_ranks = 1\nalpha = -1", "async.alpha"),
+            ("rollout_ranks = 1\nalpha = nan", "async.alpha"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("a.toml") && e.contains(key), "{bad}: {e}");
+        }
+        let e = parse("rollout_ranks = 1\nstaleness = 2").unwrap_err().to_string();
+        assert!(e.contains("staleness"), "unknown keys are refused: {e}");
+    }
+}
