@@ -302,6 +302,31 @@ fn fault_run(kind: &str, expect: &[&str]) {
 }
 
 #[test]
+fn a_failing_or_hanging_rollout_rank_takes_the_async_job_down() {
+    for (kind, expect) in
+        [("error", vec!["rank 1 (rollout)", "injected fault at step 2"]), ("hang", vec!["rank 0", "rl step 2"])]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let text_cfg = grpo_config() + "\n[parallel]\nstep_timeout_s = 4\n\n[async]\nrollout_ranks = 1\nalpha = 1\n";
+        let cfg = write_config(dir.path(), &text_cfg);
+        let out = dir.path().join("out").to_str().unwrap().to_string();
+        let t0 = Instant::now();
+        let spec = format!("{kind}:1:2");
+        let o = mpirun(
+            2,
+            &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out],
+            &[("ARBOR_INJECT_FAULT", &spec)],
+        );
+        let all = text(&o);
+        assert!(!o.status.success(), "{kind}: the job must fail:\n{all}");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{kind}: took {:?}", t0.elapsed());
+        for e in expect {
+            assert!(all.contains(e), "{kind}: output lacks {e:?}:\n{all}");
+        }
+    }
+}
+
+#[test]
 fn a_failing_rank_aborts_the_job_naming_itself() {
     fault_run("error", &["rank 1", "injected fault at step 4"]);
 }

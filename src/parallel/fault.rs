@@ -7,6 +7,11 @@ use crate::error::{Error, Result};
 
 /// Fail, hang or exit here if the environment asks this rank to at `step`.
 pub fn maybe_inject(grid: &Grid, step: u64) -> Result<()> {
+    maybe_inject_at(grid.world.rank(), step)
+}
+
+/// [`maybe_inject`] for world rank `world_rank` (a rank outside any training grid, e.g. a rollout rank).
+pub fn maybe_inject_at(world_rank: usize, step: u64) -> Result<()> {
     let Ok(spec) = std::env::var("ARBOR_INJECT_FAULT") else { return Ok(()) };
     let parts: Vec<&str> = spec.split(':').collect();
     let [kind, rank, at] = parts[..] else {
@@ -15,7 +20,7 @@ pub fn maybe_inject(grid: &Grid, step: u64) -> Result<()> {
     let (Ok(rank), Ok(at)) = (rank.parse::<usize>(), at.parse::<u64>()) else {
         return Err(Error::Invalid(format!("ARBOR_INJECT_FAULT={spec:?}: rank and step must be integers")));
     };
-    if rank != grid.world.rank() || at != step {
+    if rank != world_rank || at != step {
         return Ok(());
     }
     match kind {

@@ -123,7 +123,7 @@ pub fn run_phase(
     let weights = world.split(0, rank)?;
     let lag = ac.lag();
     if is_rollout {
-        rollout_loop(model, ph, start.done, lag, role, batches, weights)?;
+        rollout_loop(model, ph, start.done, lag, rank, role, batches, weights)?;
         let none = SolveRate { greedy: 0.0, sampled: 0.0 };
         return Ok((none, none));
     }
@@ -156,11 +156,13 @@ pub fn run_phase(
 
 /// A rollout rank: generate batch b with policy version `batch_version(b)`, send it to the
 /// training leader (world rank 0), take new versions as they are published.
+#[allow(clippy::too_many_arguments)]
 fn rollout_loop(
     model: &mut Model,
     ph: &Phase,
     done: u64,
     lag: u64,
+    world_rank: usize,
     role: Box<dyn Comm>,
     batches: Box<dyn Comm>,
     weights: Box<dyn Comm>,
@@ -185,6 +187,7 @@ fn rollout_loop(
             let mut trainer = RlTrainer::new(ph.cfg, ph.rl, ph.loss, ph.task, model, None).with_dp(role.as_ref());
             let (mut version, mut sum) = (done, weights_message(model, done).1);
             for b in done..ph.rl.steps {
+                crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
                 let need = batch_version(b, lag, done);
                 while version < need {
                     let msg =
@@ -217,7 +220,7 @@ fn rollout_loop(
         };
         // a failing rollout rank takes the job down (its threads would otherwise wait forever)
         if let Err(e) = generate_all() {
-            role.abort(&format!("rollout rank {}: {e}", role.rank()));
+            role.abort(&format!("rank {world_rank} (rollout): {e}"));
         }
         drop(to_sender);
         sender.join().map_err(|_| Error::Invalid("async: the batch sender panicked".into()))??;
