@@ -35,6 +35,8 @@ pub struct RunConfig {
     /// `[async]`: disaggregated rollout and train ranks with a staleness bound (ROLL Flash).
     #[serde(rename = "async")]
     pub async_rl: Option<crate::train::async_rl::AsyncConfig>,
+    /// `[critic]`: PPO with GAE on value models (count ≥ 2: AsyPPO's mini-critics).
+    pub critic: Option<crate::train::critic::CriticConfig>,
 }
 
 /// `[parallel]`: world = dp × tp under mpirun/srun; dp is world / tp.
@@ -360,6 +362,21 @@ impl RunConfig {
         ] {
             if !(v.is_finite() && v >= 0.0) || (key == "parallel.bucket_mb" && v == 0.0) {
                 return bad(key, format!("{v} must be a finite positive number"));
+            }
+        }
+        if let Some(c) = &self.critic {
+            c.validate().map_err(|(key, msg)| Error::Config { file: file.into(), key, msg })?;
+            let clash = if self.rl.is_none() {
+                Some("[critic] needs an [rl] phase")
+            } else if self.attnrl.is_some() {
+                Some("[critic] replaces group advantages; it does not combine with [attnrl] trees")
+            } else if self.async_rl.is_some() {
+                Some("[critic] runs in the synchronous trainer; drop [async]")
+            } else {
+                None
+            };
+            if let Some(msg) = clash {
+                return Err(Error::Config { file: file.into(), key: "critic".into(), msg: msg.into() });
             }
         }
         if let Some(a) = &self.async_rl {

@@ -7,6 +7,7 @@
 //! full-batch ones and the micro-batch losses sum to the full-batch loss.
 
 pub mod advantages;
+pub mod gae;
 pub mod loss_config;
 pub mod policy_loss;
 

@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod async_rl;
 pub mod checkpoint;
+pub mod critic;
 pub mod dump;
 pub mod pretrain;
 pub mod progress;

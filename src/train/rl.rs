@@ -7,6 +7,7 @@
 //! The task comes from `[data]` (`crate::tasks::Task`) with the character tokenizer; the held-out
 //! split never overlaps the training problems.
 
+mod critic_step;
 pub mod eval;
 pub mod rhythm;
 pub mod tree;
@@ -70,6 +71,9 @@ pub struct RlTrainer<'a> {
     /// Adaptive-sampling state of an `[attnrl]` phase.
     pub tree: Option<tree::TreeState>,
     stats_ws: Workspace,
+    /// Value models of a `[critic]` phase (created by `init_critics`).
+    pub critics: Vec<crate::train::critic::Critic>,
+    critic_batch: Option<critic_step::CriticBatch>,
 }
 
 /// The step's sampling result, before the update.
@@ -111,7 +115,20 @@ impl<'a> RlTrainer<'a> {
         let (tok, buf) = (CharTokenizer::default(), UpdateBuffers::new(model));
         let tree = cfg.attnrl.as_ref().map(|_| tree::TreeState::new(rl.prompts_per_step));
         let stats_ws = Workspace::new(&model.cfg, 0);
-        RlTrainer { cfg, rl, loss, task, tok, reference, buf, dp: &Local, tree, stats_ws }
+        RlTrainer {
+            cfg,
+            rl,
+            loss,
+            task,
+            tok,
+            reference,
+            buf,
+            dp: &Local,
+            tree,
+            stats_ws,
+            critics: Vec::new(),
+            critic_batch: None,
+        }
     }
 
     /// Run data-parallel over `dp`: each rank generates and trains its share of the step's prompts.
@@ -189,7 +206,8 @@ impl<'a> RlTrainer<'a> {
         for (k, c) in completions.into_iter().enumerate() {
             let mut tok_adv = vec![0.0f32; c.tokens.len()];
             broadcast_to_tokens(&[adv.advantages[k]], &[0, c.tokens.len()], &mut tok_adv);
-            let no_signal = rl.filter_zero_std && adv.zero_std[k / n];
+            // with critics, GAE gives equal-reward groups a signal too
+            let no_signal = rl.filter_zero_std && self.critics.is_empty() && adv.zero_std[k / n];
             if !c.tokens.is_empty() {
                 out.candidates += 1;
                 out.effective += usize::from(adv.advantages[k] != 0.0);
@@ -214,6 +232,9 @@ impl<'a> RlTrainer<'a> {
             });
         }
         out.extra.insert("time_reward_s".into(), t_reward.into());
+        if !self.critics.is_empty() {
+            self.critic_advantages(&mut out)?;
+        }
         if let Some(rc) = &self.cfg.rhythm {
             let shaped = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
             out.extra.insert("rhythm_amplified_frac".into(), shaped.into());
@@ -320,7 +341,18 @@ impl<'a> RlTrainer<'a> {
             bucket_bytes: self.cfg.parallel.bucket_bytes(),
         };
         let reference = self.reference.as_ref();
-        let report = policy_update_dp(model, opt, reference, &train, self.loss, &plan, lr, &mut self.buf, &shard)?;
+        let warmup = self.cfg.critic.as_ref().is_some_and(|c| step < c.warmup_steps);
+        let report = if warmup {
+            // critic warm-up: the policy waits (its π_old is unknown, so the dump gets NaN)
+            let tokens = train.iter().map(|s| s.response.len()).sum();
+            UpdateReport { old_logp: vec![f32::NAN; tokens], ..UpdateReport::default() }
+        } else {
+            policy_update_dp(model, opt, reference, &train, self.loss, &plan, lr, &mut self.buf, &shard)?
+        };
+        self.buf.entropy_keep.clear();
+        if !self.critics.is_empty() {
+            self.critic_update(&train, &mut extra)?;
+        }
         let t_train = t1.elapsed().as_secs_f64();
         let mut off = 0;
         for (s, of) in train.iter().zip(&train_of) {
@@ -496,6 +528,11 @@ pub(crate) fn run_phase_with(
     }
     let mut dump = if root { Some(crate::train::dump::Dump::open(ph, start.done)?) } else { None };
     let mut trainer = RlTrainer::new(cfg, rl, ph.loss, ph.task, model, reference).with_dp(dp);
+    trainer.init_critics(model)?;
+    if start.done > 0 && !trainer.critics.is_empty() {
+        let dir = ph.run_dir.join("checkpoints").join(format!("step-{}", ph.offset + start.done));
+        trainer.load_critics(&dir)?;
+    }
     if let (Some(t), Some(s)) = (trainer.tree.as_mut(), start.sampling.filter(|_| start.done > 0)) {
         *t = tree::TreeState::restore(&s, rl.prompts_per_step);
     }
@@ -573,7 +610,7 @@ pub(crate) fn run_phase_with(
                 rl_eval_before: Some([before.sampled, before.greedy]),
                 sampling: trainer.tree.as_ref().map(|t| t.save()),
             };
-            save_model_checkpoint(
+            let saved = save_model_checkpoint(
                 ph.run_dir,
                 model,
                 Some(ph.tokenizer),
@@ -582,6 +619,11 @@ pub(crate) fn run_phase_with(
                 cfg.train.keep_checkpoints,
                 root,
             )?;
+            if let Some(dir) = saved {
+                // next to the policy's files (written after them: a crash in between leaves a
+                // checkpoint that refuses to resume a [critic] run, naming the missing critic)
+                trainer.save_critics(&dir)?;
+            }
         }
     }
     progress.finish();

@@ -73,6 +73,9 @@ pub struct UpdateBuffers {
     ref_ws: Workspace,
     batch: Batch,
     grads: Vec<f32>,
+    /// Per response token of the step's samples (concatenated in order), a factor on the entropy
+    /// bonus's gradient (AsyPPO excludes the tokens its critics disagree most on); empty = all 1.
+    pub entropy_keep: Vec<f32>,
 }
 
 impl UpdateBuffers {
@@ -83,6 +86,7 @@ impl UpdateBuffers {
             ref_ws: Workspace::new(&model.cfg, 0),
             batch: Batch::new(),
             grads: vec![0.0; model.params.data.len()],
+            entropy_keep: Vec::new(),
         }
     }
 
@@ -329,7 +333,7 @@ pub fn policy_update_dp(
                 dent.resize(n, 0.0);
                 for (j, &i) in resp_pos.iter().enumerate() {
                     dlogp[i] = d_resp[j];
-                    dent[i] = e_resp[j];
+                    dent[i] = e_resp[j] * buf.entropy_keep.get(toks.start + j).copied().unwrap_or(1.0);
                 }
                 let dent_arg = with_ent.then_some(dent.as_slice());
                 model.backward_with_entropy(&buf.batch, &dlogp, dent_arg, &mut buf.ws, &mut buf.grads)?;

@@ -1,0 +1,310 @@
+//! Value models for PPO with GAE and AsyPPO's mini-critics (ALGORITHMS.md §5–6).
+//!
+//! A critic is the same decoder trunk as the policy (any size) with a scalar value head
+//! V = lnf · w + b in place of the LM head; V(s_t) is read at the position whose next token is
+//! response token t. Each critic has its own AdamW and trains on its disjoint subset of every
+//! prompt's responses (response i → critic i mod M) with loss 0.5·(V − R)² (optionally clipped
+//! around the values the step started with), token-mean over the critic's tokens of the global
+//! batch (data-parallel ranks all-reduce the count and the gradients).
+
+use crate::error::{Error, Result};
+use crate::model::init::init_params;
+use crate::model::{Batch, Model, ModelConfig, Workspace};
+use crate::parallel::{all_reduce_buckets, Comm};
+use crate::rl::gae::Aggregate;
+use crate::train::rl::Sample;
+use crate::train::{AdamW, AdamWConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `[critic]`: PPO with GAE on one or more value models (≥ 2: AsyPPO).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriticConfig {
+    /// Number of critics M (1 = PPO with one critic; 2 = AsyPPO's default).
+    pub count: usize,
+    /// Critic width (default: the policy's); heads default to the policy's, head_dim = hidden / heads.
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_layers: Option<usize>,
+    pub num_heads: Option<usize>,
+    pub num_kv_heads: Option<usize>,
+    /// Start from the policy's embeddings and lower layers (needs the policy's width and heads).
+    pub init_from_policy: bool,
+    /// Critic AdamW learning rate.
+    pub lr: f32,
+    /// Value clip ε around the step's starting values (0 = off; ALGORITHMS.md: 0.5).
+    pub value_clip: f32,
+    /// RL steps that train only the critics (the policy waits for a useful baseline).
+    pub warmup_steps: u64,
+    /// GAE λ and γ.
+    pub gae_lambda: f32,
+    pub gae_gamma: f32,
+    /// V̄ from the critics: mean (default) or min.
+    pub aggregate: Aggregate,
+    /// AsyPPO: advantages of the tokens with the lowest k of σ (critics agree) are set to 0.
+    pub mask_low_frac: f64,
+    /// AsyPPO: tokens with the highest h of σ (critics disagree) get no entropy bonus.
+    pub entropy_exclude_high_frac: f64,
+    /// Normalise the batch's advantages to zero mean and unit variance (local batch).
+    pub whiten: bool,
+}
+
+impl Default for CriticConfig {
+    fn default() -> Self {
+        CriticConfig {
+            count: 2,
+            hidden_size: None,
+            intermediate_size: None,
+            num_layers: None,
+            num_heads: None,
+            num_kv_heads: None,
+            init_from_policy: false,
+            lr: 1e-4,
+            value_clip: 0.0,
+            warmup_steps: 0,
+            gae_lambda: 0.95,
+            gae_gamma: 1.0,
+            aggregate: Aggregate::Mean,
+            mask_low_frac: 0.2,
+            entropy_exclude_high_frac: 0.2,
+            whiten: false,
+        }
+    }
+}
+
+impl CriticConfig {
+    /// Check the values: (key, message) on error.
+    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((format!("critic.{k}"), m));
+        if self.count == 0 || self.count > 16 {
+            return bad("count", format!("{} must be in 1..=16", self.count));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", format!("{} must be positive", self.lr));
+        }
+        for (k, v) in [("gae_lambda", self.gae_lambda), ("gae_gamma", self.gae_gamma)] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(k, format!("{v} must be in [0, 1]"));
+            }
+        }
+        if !(self.value_clip >= 0.0 && self.value_clip.is_finite()) {
+            return bad("value_clip", format!("{} must be ≥ 0", self.value_clip));
+        }
+        let (k, h) = (self.mask_low_frac, self.entropy_exclude_high_frac);
+        if !((0.0..=1.0).contains(&k) && (0.0..=1.0).contains(&h) && k + h <= 1.0) {
+            return bad("mask_low_frac", format!("k = {k} and h = {h} must be fractions with k + h ≤ 1"));
+        }
+        Ok(())
+    }
+
+    /// The critic's model configuration, from the policy's (full) configuration.
+    pub fn model_config(&self, policy: &ModelConfig) -> Result<ModelConfig> {
+        let mut c = policy.clone();
+        c.hidden_size = self.hidden_size.unwrap_or(c.hidden_size);
+        c.intermediate_size = self.intermediate_size.unwrap_or(c.intermediate_size);
+        c.num_layers = self.num_layers.unwrap_or(c.num_layers);
+        c.num_heads = self.num_heads.unwrap_or(c.num_heads);
+        c.num_kv_heads = self.num_kv_heads.unwrap_or(c.num_kv_heads);
+        if self.hidden_size.is_some() || self.num_heads.is_some() {
+            c.head_dim = c.hidden_size / c.num_heads.max(1);
+        }
+        c.validate(Path::new("[critic]"))?;
+        Ok(c)
+    }
+}
+
+/// One value model with its optimizer state.
+pub struct Critic {
+    pub model: Model,
+    /// Value head: w [C] then the bias.
+    pub head: Vec<f32>,
+    pub opt: AdamW,
+    pub head_opt: AdamW,
+    ws: Workspace,
+    batch: Batch,
+}
+
+/// Pack samples' prompt+response; returns the positions of V(s_t) of every response token.
+fn pack(samples: &[&Sample], batch: &mut Batch) -> Result<Vec<usize>> {
+    batch.clear();
+    let mut pos = Vec::new();
+    let mut seq = Vec::new();
+    for s in samples {
+        if s.prompt.is_empty() {
+            return Err(Error::Invalid("critic: a sample has an empty prompt".into()));
+        }
+        seq.clear();
+        seq.extend_from_slice(&s.prompt);
+        seq.extend_from_slice(&s.response);
+        let base = batch.len() + s.prompt.len() - 1;
+        batch.push_lm(&seq, 0)?;
+        pos.extend(base..base + s.response.len());
+    }
+    Ok(pos)
+}
+
+impl Critic {
+    /// Critic `index` for a policy: fresh weights seeded from (seed, index), or the policy's
+    /// embeddings and lower layers; the value head starts at zero (V = 0).
+    pub fn new(cc: &CriticConfig, policy: &Model, index: usize, seed: u64, init_std: f64) -> Result<Self> {
+        let mc = cc.model_config(policy.full_config())?;
+        let mut params = init_params(&mc, seed ^ (0xC217_1C00 + index as u64), init_std);
+        if cc.init_from_policy {
+            let full = policy.gather(&policy.params.data)?;
+            for spec in params.layout.specs.clone() {
+                match full.layout.get(&spec.name) {
+                    Some(p) if p.shape == spec.shape => {
+                        let src = full.data[p.range()].to_vec();
+                        params.data[spec.range()].copy_from_slice(&src);
+                    }
+                    Some(_) => {
+                        return Err(Error::Invalid(format!(
+                            "critic.init_from_policy: {} has another shape in the critic; drop the width overrides",
+                            spec.name
+                        )))
+                    }
+                    None => {}
+                }
+            }
+        }
+        let model = Model::new(mc.clone(), params)?;
+        let adam = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
+        let opt = AdamW::for_layout(adam, &model.params.layout);
+        let head_opt = AdamW::with_segments(adam, mc.hidden_size + 1, vec![(0..mc.hidden_size + 1, false)]);
+        let ws = Workspace::new(&mc, 0);
+        Ok(Critic { model, head: vec![0.0; mc.hidden_size + 1], opt, head_opt, ws, batch: Batch::new() })
+    }
+
+    /// V(s_t) of every response token of `samples`, concatenated in order.
+    pub fn values(&mut self, samples: &[&Sample]) -> Result<Vec<f32>> {
+        let pos = pack(samples, &mut self.batch)?;
+        if self.batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.model.forward_trunk(&self.batch, &mut self.ws)?;
+        let c = self.model.cfg.hidden_size;
+        let (w, b) = (&self.head[..c], self.head[c]);
+        Ok(pos.iter().map(|&i| dot(&self.ws.lnf[i * c..(i + 1) * c], w) + b).collect())
+    }
+
+    /// One update on `samples` toward `returns` (per response token, concatenated); `old` are the
+    /// values at the step's start (for the clip). Token-mean over `tokens_total` tokens (all
+    /// ranks); gradients all-reduced over `dp`. Returns this rank's summed loss.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train(
+        &mut self,
+        samples: &[&Sample],
+        returns: &[f32],
+        old: &[f32],
+        clip: f32,
+        lr: f32,
+        tokens_total: f64,
+        dp: &dyn Comm,
+        bucket_bytes: usize,
+    ) -> Result<f64> {
+        let c = self.model.cfg.hidden_size;
+        let mut grads = vec![0.0f32; self.model.params.data.len()];
+        let mut head_grads = vec![0.0f32; c + 1];
+        let mut loss = 0.0f64;
+        if !samples.is_empty() {
+            let pos = pack(samples, &mut self.batch)?;
+            self.model.forward_trunk(&self.batch, &mut self.ws)?;
+            let n = self.batch.len();
+            self.ws.dln[..n * c].fill(0.0);
+            let scale = 1.0 / tokens_total.max(1.0);
+            for (j, &i) in pos.iter().enumerate() {
+                let h = &self.ws.lnf[i * c..(i + 1) * c];
+                let v = dot(h, &self.head[..c]) + self.head[c];
+                let (r, o) = (returns[j] as f64, old[j] as f64);
+                let plain = 0.5 * (v as f64 - r).powi(2);
+                let mut dv = (v as f64 - r) * scale;
+                let mut l = plain;
+                if clip > 0.0 {
+                    let vc = o + (v as f64 - o).clamp(-(clip as f64), clip as f64);
+                    let clipped = 0.5 * (vc - r).powi(2);
+                    if clipped > plain {
+                        l = clipped;
+                        // the clamp has zero slope outside [o − ε, o + ε]
+                        dv = if (v as f64 - o).abs() < clip as f64 { (vc - r) * scale } else { 0.0 };
+                    }
+                }
+                loss += l * scale;
+                let dv = dv as f32;
+                for k in 0..c {
+                    head_grads[k] += dv * h[k];
+                    self.ws.dln[i * c + k] = dv * self.head[k];
+                }
+                head_grads[c] += dv;
+            }
+            self.model.backward_trunk(&self.batch, &mut self.ws, &mut grads)?;
+        }
+        all_reduce_buckets(dp, &mut grads, bucket_bytes)?;
+        dp.all_reduce_sum_f32(&mut head_grads)?;
+        self.opt.step(&mut self.model.params.data, &grads, lr);
+        self.head_opt.step(&mut self.head, &head_grads, lr);
+        Ok(loss)
+    }
+
+    /// Write weights, head and both optimizers' state to `path` (one safetensors file).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let t = [self.opt.t as f32, self.head_opt.t as f32];
+        let tensors: [(&str, &[f32]); 7] = [
+            ("params", &self.model.params.data),
+            ("head", &self.head),
+            ("exp_avg", &self.opt.m),
+            ("exp_avg_sq", &self.opt.v),
+            ("head_exp_avg", &self.head_opt.m),
+            ("head_exp_avg_sq", &self.head_opt.v),
+            ("adam_t", &t),
+        ];
+        let mut views = Vec::new();
+        for (name, data) in tensors {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                vec![data.len()],
+                bytemuck::cast_slice(data),
+            )
+            .map_err(|e| Error::Invalid(format!("critic state: {e}")))?;
+            views.push((name, view));
+        }
+        let bytes =
+            safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Restore what [`Critic::save`] wrote (the configuration must match).
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let read = |name: &str, want: usize| -> Result<Vec<f32>> {
+            let t = st.tensor(name).map_err(|e| Error::Invalid(format!("{}: {name}: {e}", path.display())))?;
+            let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            if v.len() != want {
+                return Err(Error::Invalid(format!(
+                    "{}: {name} has {} values, the [critic] config needs {want}",
+                    path.display(),
+                    v.len()
+                )));
+            }
+            Ok(v)
+        };
+        let (n, h) = (self.model.params.data.len(), self.head.len());
+        self.model.params.data = read("params", n)?;
+        self.head = read("head", h)?;
+        self.opt.m = read("exp_avg", n)?;
+        self.opt.v = read("exp_avg_sq", n)?;
+        self.head_opt.m = read("head_exp_avg", h)?;
+        self.head_opt.v = read("head_exp_avg_sq", h)?;
+        let t = read("adam_t", 2)?;
+        (self.opt.t, self.head_opt.t) = (t[0] as u64, t[1] as u64);
+        Ok(())
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
