@@ -45,6 +45,10 @@ struct CompareFile {
     /// Settings of the rhythm methods (scheme is set per method).
     #[serde(default)]
     rhythm: RhythmConfig,
+    /// Critics of `asyppo` (count 2 unless set); `ppo` uses one critic of the policy's size with
+    /// the same learning settings.
+    #[serde(default)]
+    critic: crate::train::critic::CriticConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,8 +97,21 @@ fn method_config(base: &RunConfig, file: &CompareFile, method: &str, out: &Path)
             };
             cfg.rhythm = Some(RhythmConfig { scheme, ..file.rhythm.clone() });
         }
+        "ppo" => {
+            let c = &file.critic;
+            cfg.critic = Some(crate::train::critic::CriticConfig {
+                count: 1,
+                hidden_size: None,
+                intermediate_size: None,
+                num_layers: None,
+                num_heads: None,
+                num_kv_heads: None,
+                ..c.clone()
+            })
+        }
+        "asyppo" => cfg.critic = Some(file.critic.clone()),
         other => bail!(
-            "compare.methods: unknown method {other:?} (grpo, treerl, attnrl, rhythm-local, rhythm-global, rhythm-coupled)"
+            "compare.methods: unknown method {other:?} (grpo, treerl, attnrl, rhythm-local, rhythm-global, rhythm-coupled, ppo, asyppo)"
         ),
     }
     Ok(cfg)
@@ -112,6 +129,7 @@ struct Summary {
     valid_tokens: Vec<f64>,
     trained: Vec<f64>,
     step_s: Vec<f64>,
+    state_mib: Vec<f64>,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -142,6 +160,7 @@ fn summarise(method: &str, metrics: &Path) -> anyhow::Result<Summary> {
         s.all_wrong.push(f("all_wrong_ratio").unwrap_or(f64::NAN));
         s.valid_tokens.push(f("valid_tokens").unwrap_or(f64::NAN));
         s.trained.push(f("trained_samples").unwrap_or(f64::NAN));
+        s.state_mib.push(f("train_state_mib").unwrap_or(f64::NAN));
     }
     if s.evals.is_empty() {
         bail!("{}: no eval_solve_rate lines", metrics.display());
@@ -154,14 +173,14 @@ fn table(rows: &[Summary], steps: u64) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "| method | held-out solve rate before → after (sampled) | Δ points | greedy after | effective-sample ratio | all-correct prompts | all-wrong prompts | valid tokens / step | trained seqs / step | s / step |"
+        "| method | held-out solve rate before → after (sampled) | Δ points | greedy after | effective-sample ratio | all-correct prompts | all-wrong prompts | valid tokens / step | trained seqs / step | s / step | train state MiB |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (first, last) = (r.evals[0], r.evals[r.evals.len() - 1]);
         let _ = writeln!(
             md,
-            "| {} | {:.1} % → {:.1} % | {:+.1} | {:.1} % | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {:.2} |",
+            "| {} | {:.1} % → {:.1} % | {:+.1} | {:.1} % | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {:.2} | {:.1} |",
             r.method,
             100.0 * first.2,
             100.0 * last.2,
@@ -173,9 +192,13 @@ fn table(rows: &[Summary], steps: u64) -> String {
             mean(&r.valid_tokens),
             mean(&r.trained),
             mean(&r.step_s),
+            mean(&r.state_mib),
         );
     }
-    let _ = writeln!(md, "\n{steps} RL steps per method; ratios are means over the steps.");
+    let _ = writeln!(
+        md,
+        "\n{steps} RL steps per method; ratios are means over the steps. Train state = f32 weights, gradients and AdamW moments of the policy and its critics, plus the KL reference."
+    );
     md
 }
 

@@ -137,6 +137,15 @@ impl<'a> RlTrainer<'a> {
         self
     }
 
+    /// Bytes of the training state: the policy's weights, gradients and AdamW moments, the
+    /// reference weights, and each critic's weights, gradients and moments (f32).
+    pub fn state_bytes(&self, model: &Model) -> usize {
+        let policy = 4 * model.params.data.len();
+        let reference = self.reference.as_ref().map_or(0, |r| r.params.data.len());
+        let critics: usize = self.critics.iter().map(|c| 4 * (c.model.params.data.len() + c.head.len())).sum();
+        4 * (policy + reference + critics)
+    }
+
     /// The update plan of `[rl]`.
     pub fn plan(&self) -> UpdatePlan {
         UpdatePlan {
@@ -411,6 +420,7 @@ impl<'a> RlTrainer<'a> {
             "gen_tokens_per_s": gen_tokens as f64 / t_gen.max(1e-9),
             "train_tokens_per_s": sums[1] * plan.epochs.max(1) as f64 / t_train.max(1e-9),
             "time_generate_s": t_gen, "time_train_s": t_train, "step_s": secs,
+            "train_state_mib": self.state_bytes(model) as f64 / (1u64 << 20) as f64,
         });
         if let Some(m) = metrics.as_object_mut() {
             m.append(&mut extra);
