@@ -97,6 +97,10 @@ impl Comm for MpiComm {
             displs.push(total);
             total = total.checked_add(c).ok_or_else(|| Error::Invalid("all_gather: total exceeds MPI count".into()))?;
         }
+        if total == 0 {
+            // nothing to move (MPI implementations may reject zero-size receive buffers)
+            return Ok(vec![Vec::new(); n]);
+        }
         let mut all = vec![0u8; total as usize];
         {
             let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);

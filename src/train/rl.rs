@@ -251,14 +251,9 @@ impl<'a> RlTrainer<'a> {
         Ok(out)
     }
 
-    /// Tree sampling (`[attnrl]`), single process.
+    /// Tree sampling (`[attnrl]`): this data-parallel rank's questions.
     fn sample_tree(&mut self, model: &Model, step: u64) -> Result<Sampled> {
         let ac = self.cfg.attnrl.as_ref().ok_or_else(|| Error::Invalid("tree sampling without [attnrl]".into()))?;
-        if self.dp.size() > 1 {
-            return Err(Error::Invalid(
-                "[attnrl] tree sampling runs in one data-parallel rank for now (dp = 1)".into(),
-            ));
-        }
         let mut state = self.tree.take().unwrap_or_else(|| tree::TreeState::new(self.rl.prompts_per_step));
         let mut ws = std::mem::replace(&mut self.stats_ws, Workspace::new(&model.cfg, 0));
         let res = tree::sample_trees(self, model, ac, &mut state, step, &mut ws);
@@ -284,8 +279,10 @@ impl<'a> RlTrainer<'a> {
             generated: tb.generated,
             extra: serde_json::Map::new(),
         };
-        out.extra.insert("branch_points".into(), tb.branch_points.into());
-        out.extra.insert("branch_points_filled".into(), tb.filled_points.into());
+        let mut points = [tb.branch_points as f64, tb.filled_points as f64];
+        self.dp.all_reduce_sum_f64(&mut points)?;
+        out.extra.insert("branch_points".into(), (points[0] as u64).into());
+        out.extra.insert("branch_points_filled".into(), (points[1] as u64).into());
         out.extra.insert("next_prompts".into(), next_prompts.into());
         if let Some(rc) = &self.cfg.rhythm {
             let shaped = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;

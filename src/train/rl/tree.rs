@@ -113,7 +113,23 @@ pub struct TreeBatch {
     pub effective: usize,
 }
 
-/// Sample the step's trees.
+/// Every rank's `values`, concatenated in rank order, and where this rank's start.
+fn gather_in_rank_order(dp: &dyn crate::parallel::Comm, values: &[f64]) -> Result<(Vec<f64>, usize)> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let all = dp.all_gather_bytes(&bytes)?;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (r, b) in all.iter().enumerate() {
+        if r == dp.rank() {
+            offset = out.len();
+        }
+        out.extend(b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
+    }
+    Ok((out, offset))
+}
+
+/// Sample the step's trees: this data-parallel rank's share of the step's questions; the
+/// adaptive state (problem counter, FCI filter, dynamic batch) stays identical on every rank.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_trees(
     trainer: &mut super::RlTrainer,
@@ -126,10 +142,14 @@ pub fn sample_trees(
     let rl = trainer.rl;
     let (tok, task) = (trainer.tok.clone(), trainer.task);
     let n = ac.initial_responses.max(1);
-    let p = state.batch.prompts.max(1);
-    // 1. prompts (a running problem counter: the dynamic batch changes the count per step)
-    let first = state.next_problem;
-    state.next_problem += p as u64;
+    let p_all = state.batch.prompts.max(1);
+    // 1. prompts (a running problem counter: the dynamic batch changes the count per step); this
+    // data-parallel rank takes a contiguous share of the step's questions
+    let dp = trainer.dp;
+    let mine = crate::parallel::partition(p_all, dp.size(), dp.rank());
+    let p = mine.len();
+    let first = state.next_problem + mine.start as u64;
+    state.next_problem += p_all as u64;
     let mut problems = Vec::with_capacity(p);
     let mut prompts = Vec::with_capacity(p);
     let mut requests = Vec::with_capacity(p * n);
@@ -172,7 +192,7 @@ pub fn sample_trees(
         (0..p).map(|q| initial[q * n..(q + 1) * n].iter().map(|r| r.reward >= 1.0).collect()).collect();
     let all_correct: Vec<usize> = (0..p).filter(|&q| correct[q].iter().all(|&c| c)).collect();
     let mut kept_all_correct = vec![!ac.all_correct_fci_filter; p];
-    if ac.all_correct_fci_filter && !all_correct.is_empty() {
+    if ac.all_correct_fci_filter {
         let fcis: Vec<f64> = all_correct
             .iter()
             .map(|&q| {
@@ -180,8 +200,11 @@ pub fn sample_trees(
                 question_fci(&scores)
             })
             .collect::<Result<_>>()?;
-        for (&q, keep) in all_correct.iter().zip(state.filter.update_and_filter(&fcis)?) {
-            kept_all_correct[q] = keep;
+        // the running mean sees every rank's all-correct questions in question order, as one rank would
+        let (global, offset) = gather_in_rank_order(dp, &fcis)?;
+        let keep = state.filter.update_and_filter(&global)?;
+        for (&q, &k) in all_correct.iter().zip(&keep[offset..offset + fcis.len()]) {
+            kept_all_correct[q] = k;
         }
     }
     // 4. branch points and continuation requests
@@ -312,7 +335,9 @@ pub fn sample_trees(
     if ac.dynamic_batch {
         let target = ac.target_sequences(rl.prompts_per_step);
         let max = ac.dynamic_batch_max(rl.prompts_per_step);
-        state.batch.update(target, train.len(), ac.dynamic_batch_lambda, max);
+        let mut kept = [train.len() as f64];
+        dp.all_reduce_sum_f64(&mut kept)?;
+        state.batch.update(target, kept[0] as usize, ac.dynamic_batch_lambda, max);
     }
     // every generated sample, for metrics and the dump (advantage 0 where it is not a leaf's own)
     let mut generated: Vec<StepSample> = Vec::with_capacity(initial.len() + conts.len());
