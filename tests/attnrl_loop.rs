@@ -57,6 +57,24 @@ fn attnrl_trees_train_leaves_and_resume_bit_identically() {
             .unwrap();
         assert_eq!(bad.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&bad.stderr).contains("out of range"));
+        // the dump holds the trees: continuations name their parent response and branch token,
+        // initial responses carry their steps' FCI, and the trained node advantages are there
+        let t = arbor::io::trajectories::read_trajectories(&dump).unwrap();
+        let mut continuations = 0;
+        for i in 0..t.len() {
+            let r = t.record(i).unwrap();
+            if r.branch_parent >= 0 {
+                continuations += 1;
+                assert!(r.branch_token >= 1 && (r.sample_index as i64) > r.branch_parent, "sample {i}");
+                assert!(r.fci.iter().all(|x| x.is_nan()), "continuations are not scored");
+            } else if !r.response.is_empty() {
+                assert!(r.fci.iter().all(|x| x.is_finite() && *x >= 0.0), "sample {i}: {:?}", r.fci);
+                assert!(r.step_index.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "steps are consecutive");
+            }
+        }
+        assert!(continuations > 0, "no continuation in the dump");
+        assert!(t.advantages.iter().any(|&a| a != 0.0), "tree advantages reach the dump");
+        assert!(t.waad.iter().all(|x| x.is_nan()), "no rhythm in this run");
     }
     // the same seed gives the same run; a resume after step 2 continues exactly
     pretrain::run(&config(b.path(), ATTNRL), None, &mut Vec::new()).unwrap();
@@ -85,6 +103,13 @@ fn entropy_branching_and_rhythm_schemes_run() {
             // 0 on a step where every group had equal rewards (nothing trained)
             assert!(amp.iter().all(|&f| (0.0..1.0).contains(&f)), "{amp:?}");
             assert!(amp.iter().any(|&f| f > 0.1), "coupled rhythm amplifies some tokens: {amp:?}");
+            #[cfg(feature = "hdf5")]
+            {
+                let t =
+                    arbor::io::trajectories::read_trajectories(&dir.path().join("default/trajectories.h5")).unwrap();
+                let finite = t.waad.iter().zip(&t.fai).filter(|(w, f)| w.is_finite() && f.is_finite()).count();
+                assert!(finite > 0, "the rhythm's WAAD/FAI reach the dump of the trained samples");
+            }
         }
     }
 }

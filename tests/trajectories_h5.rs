@@ -22,6 +22,9 @@ mod with_hdf5 {
         logp: Vec<f32>,
         advantages: Vec<f32>,
         reward: f32,
+        branch: (i64, i64),
+        step_index: Vec<u32>,
+        stats: [Vec<f32>; 3],
     }
 
     /// f32 values a lossy reader or writer would change: NaN payloads, signed zero, infinities, subnormals.
@@ -56,6 +59,14 @@ mod with_hdf5 {
                     logp: (0..rlen).map(|t| if i % 2 == 0 { f(t, 1) } else { f32::NAN }).collect(),
                     advantages: (0..rlen).map(|t| f(t, 2)).collect(),
                     reward: if i == 2 { f32::from_bits(0x7fc0_1234) } else { i as f32 * 0.25 - salt as f32 },
+                    // every third sample is a continuation branched from sample 0 at a token position
+                    branch: if i % 3 == 2 { (0, 1 + i as i64) } else { (-1, -1) },
+                    step_index: (0..rlen as u32).map(|t| t / 2).collect(),
+                    stats: [
+                        (0..rlen).map(|t| f(t, 3)).collect(),
+                        (0..rlen).map(|t| f(t, 4)).collect(),
+                        (0..rlen).map(|t| f(t, 5)).collect(),
+                    ],
                     response,
                 }
             })
@@ -79,6 +90,12 @@ mod with_hdf5 {
                 logp: &self.logp,
                 advantages: &self.advantages,
                 reward: self.reward,
+                branch_parent: self.branch.0,
+                branch_token: self.branch.1,
+                step_index: &self.step_index,
+                fci: &self.stats[0],
+                waad: &self.stats[1],
+                fai: &self.stats[2],
             }
         }
     }
@@ -116,6 +133,12 @@ mod with_hdf5 {
             ("behav_logp", "float32", flat_f32(|x| &x.behav_logp)),
             ("logp", "float32", flat_f32(|x| &x.logp)),
             ("advantages", "float32", flat_f32(|x| &x.advantages)),
+            ("branch_parent", "int64", s.iter().map(|x| x.branch.0 as u64).collect()),
+            ("branch_token", "int64", s.iter().map(|x| x.branch.1 as u64).collect()),
+            ("step_index", "uint32", flat_u32(|x| &x.step_index)),
+            ("fci", "float32", flat_f32(|x| &x.stats[0])),
+            ("waad", "float32", flat_f32(|x| &x.stats[1])),
+            ("fai", "float32", flat_f32(|x| &x.stats[2])),
         ]
     }
 
@@ -165,7 +188,13 @@ mod with_hdf5 {
             assert!(d["chunks"].is_array(), "{name}: must be chunked");
             assert_eq!(d["compression"], "gzip", "{name}");
             assert_eq!(d["shuffle"], true, "{name}");
-            let got: Vec<u64> = d["values"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            // signed columns (-1 = none) compare as their two's-complement bits
+            let got: Vec<u64> = d["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().or_else(|| v.as_i64().map(|x| x as u64)).unwrap())
+                .collect();
             assert_eq!(got, values, "{name}");
         }
     }
@@ -186,6 +215,11 @@ mod with_hdf5 {
             assert_eq!(bits(got.logp), bits(&want.logp), "sample {i}");
             assert_eq!(bits(got.advantages), bits(&want.advantages), "sample {i}");
             assert_eq!(got.reward.to_bits(), want.reward.to_bits(), "sample {i}");
+            assert_eq!((got.branch_parent, got.branch_token), want.branch, "sample {i}");
+            assert_eq!(got.step_index, &want.step_index[..], "sample {i}");
+            for (g, w) in [(got.fci, &want.stats[0]), (got.waad, &want.stats[1]), (got.fai, &want.stats[2])] {
+                assert_eq!(bits(g), bits(w), "sample {i}");
+            }
         }
         assert!(t.record(s.len()).is_none());
     }
@@ -211,7 +245,7 @@ mod with_hdf5 {
         assert!(all.iter().any(|s| s.response.is_empty()), "test data must include an empty response");
         let json = h5py_json(&path);
         let attrs = json["attrs"].as_object().unwrap();
-        assert_eq!(attrs["format_version"], 1);
+        assert_eq!(attrs["format_version"], 2);
         assert_eq!(attrs["arbor_version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(attrs["config"], CONFIG);
         assert_eq!(attrs["tokenizer"], "gpt2");
@@ -219,7 +253,7 @@ mod with_hdf5 {
         check_h5py_datasets(&json, &all);
         check_rust_reader(&path, &all);
         let t = read_trajectories(&path).unwrap();
-        assert_eq!((t.format_version, t.config.as_str()), (1, CONFIG));
+        assert_eq!((t.format_version, t.config.as_str()), (2, CONFIG));
         assert_eq!(t.attributes["tokenizer"], "gpt2");
     }
 
@@ -427,7 +461,7 @@ mod with_hdf5 {
         let foreign = dir.path().join("foreign.h5");
         {
             let f = hdf5::File::create(&foreign).unwrap();
-            f.new_attr::<i64>().create("format_version").unwrap().write_scalar(&1i64).unwrap();
+            f.new_attr::<i64>().create("format_version").unwrap().write_scalar(&2i64).unwrap();
             f.new_dataset::<u64>().shape(3).create("step").unwrap();
         }
         for err in [
@@ -471,7 +505,7 @@ mod with_hdf5 {
         let prompt: usize = all.iter().map(|s| s.prompt.len()).sum();
         let max_len = all.iter().map(|s| s.response.len()).max().unwrap();
         for want in [
-            "format 1".to_string(),
+            "format 2".to_string(),
             format!("arbor {}", env!("CARGO_PKG_VERSION")),
             "tokenizer: gpt2".into(),
             "config: 6 lines".into(),

@@ -45,6 +45,12 @@ pub fn print_sample(path: &Path, k: usize, model: Option<&Path>, delta: usize) -
         r.reward
     );
     println!("prompt: {:?}", tok.decode(&r.prompt[1.min(r.prompt.len())..]));
+    if r.branch_parent >= 0 {
+        println!(
+            "continuation: branched from sample {} of prompt {} at its response token {}",
+            r.branch_parent, r.prompt_id, r.branch_token
+        );
+    }
     let mut fci: Vec<f32> = Vec::new();
     match scoring_model(path, model)? {
         Some((dir, m)) if !r.response.is_empty() => {
@@ -65,13 +71,35 @@ pub fn print_sample(path: &Path, k: usize, model: Option<&Path>, delta: usize) -
         }
         _ => println!("FCI: no checkpoint next to the dump (give --model DIR to score it)"),
     }
-    println!("{:>4}  {:>7}  {:>8}  {:>9}  text", "step", "FCI", "adv", "mean logp");
+    // the FCI the run itself computed at generation time (tree sampling), when the dump has it
+    let stored = r.fci.iter().any(|x| x.is_finite());
+    let rhythm = r.waad.iter().any(|x| x.is_finite());
+    println!(
+        "{:>4}  {:>7}  {:>10}  {:>8}  {:>9}{}  text",
+        "step",
+        "FCI",
+        "FCI (run)",
+        "adv",
+        "mean logp",
+        if rhythm { "  max WAAD   max FAI" } else { "" }
+    );
     for (s, w) in bounds.windows(2).enumerate() {
         let (a, b) = (w[0], w[1]);
+        let run_fci = if stored { format!("{:.4}", r.fci[a]) } else { "-".to_string() };
+        let peak = |v: &[f32]| v[a..b].iter().copied().filter(|x| x.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+        let marks = if rhythm { format!("  {:>8.4}  {:>8.4}", peak(r.waad), peak(r.fai)) } else { String::new() };
         let adv = r.advantages[a..b].iter().map(|&x| x as f64).sum::<f64>() / (b - a) as f64;
         let lp = r.behav_logp[a..b].iter().map(|&x| x as f64).sum::<f64>() / (b - a) as f64;
         let score = fci.get(s).map_or("-".to_string(), |y| format!("{y:.4}"));
-        println!("{:>4}  {:>7}  {:>8.4}  {:>9.3}  {:?}", s + 1, score, adv, lp, texts[a..b].concat());
+        println!(
+            "{:>4}  {:>7}  {:>10}  {:>8.4}  {:>9.3}{marks}  {:?}",
+            s + 1,
+            score,
+            run_fci,
+            adv,
+            lp,
+            texts[a..b].concat()
+        );
     }
     Ok(())
 }

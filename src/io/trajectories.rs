@@ -14,14 +14,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Version of the layout written by this module (file attribute `format_version`).
-pub const FORMAT_VERSION: i64 = 1;
+pub const FORMAT_VERSION: i64 = 2;
 
 /// Datasets with one entry per sample.
-pub const PER_SAMPLE_DATASETS: [&str; 5] = ["step", "policy_version", "prompt_id", "sample_index", "reward"];
+pub const PER_SAMPLE_DATASETS: [&str; 7] =
+    ["step", "policy_version", "prompt_id", "sample_index", "reward", "branch_parent", "branch_token"];
 /// Offset datasets (one entry per sample plus a leading 0).
 pub const OFFSET_DATASETS: [&str; 2] = ["prompt_offsets", "response_offsets"];
 /// Flat token-level datasets; all but `prompt_tokens` are aligned with `response_tokens`.
-pub const FLAT_DATASETS: [&str; 5] = ["prompt_tokens", "response_tokens", "behav_logp", "logp", "advantages"];
+pub const FLAT_DATASETS: [&str; 9] =
+    ["prompt_tokens", "response_tokens", "behav_logp", "logp", "advantages", "step_index", "fci", "waad", "fai"];
 
 /// One sample of a training step, as handed to [`TrajectoryWriter::append`].
 #[derive(Debug, Clone, Copy)]
@@ -46,15 +48,32 @@ pub struct TrajectoryRecord<'a> {
     pub advantages: &'a [f32],
     /// Scalar reward of the sample.
     pub reward: f32,
+    /// Tree sampling: `sample_index` of the response this continuation branched from (−1: not a continuation).
+    pub branch_parent: i64,
+    /// Tree sampling: token position in the parent's response where this continuation starts (−1: none).
+    pub branch_token: i64,
+    /// Step of each response token (steps split by `[attnrl] step_separators`; 0 without tree sampling).
+    pub step_index: &'a [u32],
+    /// FCI of each response token's step (NaN where not computed).
+    pub fci: &'a [f32],
+    /// WAAD and FAI of each response token (`[rhythm]`; NaN where not computed).
+    pub waad: &'a [f32],
+    pub fai: &'a [f32],
 }
 
 impl TrajectoryRecord<'_> {
     /// Check that the per-token arrays have one value per response token; the error names the field.
     pub fn validate(&self) -> Result<()> {
         let n = self.response.len();
-        for (field, len) in
-            [("behav_logp", self.behav_logp.len()), ("logp", self.logp.len()), ("advantages", self.advantages.len())]
-        {
+        for (field, len) in [
+            ("behav_logp", self.behav_logp.len()),
+            ("logp", self.logp.len()),
+            ("advantages", self.advantages.len()),
+            ("step_index", self.step_index.len()),
+            ("fci", self.fci.len()),
+            ("waad", self.waad.len()),
+            ("fai", self.fai.len()),
+        ] {
             if len != n {
                 return Err(Error::Invalid(format!(
                     "trajectory record (step {}, prompt_id {}, sample_index {}): `{field}` has {len} values but the \
@@ -84,6 +103,8 @@ pub struct Trajectories {
     pub prompt_id: Vec<u64>,
     pub sample_index: Vec<u32>,
     pub reward: Vec<f32>,
+    pub branch_parent: Vec<i64>,
+    pub branch_token: Vec<i64>,
     /// Offsets into the flat arrays (length = samples + 1, starting at 0).
     pub prompt_offsets: Vec<u64>,
     pub response_offsets: Vec<u64>,
@@ -93,6 +114,10 @@ pub struct Trajectories {
     pub behav_logp: Vec<f32>,
     pub logp: Vec<f32>,
     pub advantages: Vec<f32>,
+    pub step_index: Vec<u32>,
+    pub fci: Vec<f32>,
+    pub waad: Vec<f32>,
+    pub fai: Vec<f32>,
 }
 
 impl Trajectories {
@@ -120,8 +145,14 @@ impl Trajectories {
             response: self.response_tokens.get(r.clone())?,
             behav_logp: self.behav_logp.get(r.clone())?,
             logp: self.logp.get(r.clone())?,
-            advantages: self.advantages.get(r)?,
+            advantages: self.advantages.get(r.clone())?,
             reward: *self.reward.get(i)?,
+            branch_parent: *self.branch_parent.get(i)?,
+            branch_token: *self.branch_token.get(i)?,
+            step_index: self.step_index.get(r.clone())?,
+            fci: self.fci.get(r.clone())?,
+            waad: self.waad.get(r.clone())?,
+            fai: self.fai.get(r)?,
         })
     }
 }
@@ -353,6 +384,12 @@ mod imp {
         behav_logp: Dataset,
         logp: Dataset,
         advantages: Dataset,
+        branch_parent: Dataset,
+        branch_token: Dataset,
+        step_index: Dataset,
+        fci: Dataset,
+        waad: Dataset,
+        fai: Dataset,
     }
 
     fn create_column<T: H5Type>(file: &File, path: &Path, name: &str, chunk: usize) -> Result<Dataset> {
@@ -426,6 +463,12 @@ mod imp {
                 behav_logp: create_column::<f32>(file, path, "behav_logp", TOKEN_CHUNK)?,
                 logp: create_column::<f32>(file, path, "logp", TOKEN_CHUNK)?,
                 advantages: create_column::<f32>(file, path, "advantages", TOKEN_CHUNK)?,
+                branch_parent: create_column::<i64>(file, path, "branch_parent", SAMPLE_CHUNK)?,
+                branch_token: create_column::<i64>(file, path, "branch_token", SAMPLE_CHUNK)?,
+                step_index: create_column::<u32>(file, path, "step_index", TOKEN_CHUNK)?,
+                fci: create_column::<f32>(file, path, "fci", TOKEN_CHUNK)?,
+                waad: create_column::<f32>(file, path, "waad", TOKEN_CHUNK)?,
+                fai: create_column::<f32>(file, path, "fai", TOKEN_CHUNK)?,
             })
         }
 
@@ -443,25 +486,42 @@ mod imp {
                 behav_logp: open_column::<f32>(file, path, "behav_logp")?,
                 logp: open_column::<f32>(file, path, "logp")?,
                 advantages: open_column::<f32>(file, path, "advantages")?,
+                branch_parent: open_column::<i64>(file, path, "branch_parent")?,
+                branch_token: open_column::<i64>(file, path, "branch_token")?,
+                step_index: open_column::<u32>(file, path, "step_index")?,
+                fci: open_column::<f32>(file, path, "fci")?,
+                waad: open_column::<f32>(file, path, "waad")?,
+                fai: open_column::<f32>(file, path, "fai")?,
             })
         }
 
-        fn per_sample_lens(&self) -> [usize; 5] {
+        fn per_sample_lens(&self) -> [usize; 7] {
             [
                 self.step.size(),
                 self.policy_version.size(),
                 self.prompt_id.size(),
                 self.sample_index.size(),
                 self.reward.size(),
+                self.branch_parent.size(),
+                self.branch_token.size(),
             ]
         }
 
         /// Length reached by all the response-aligned flat arrays.
         fn response_flat_len(&self) -> usize {
-            [self.response_tokens.size(), self.behav_logp.size(), self.logp.size(), self.advantages.size()]
-                .into_iter()
-                .min()
-                .unwrap_or(0)
+            [
+                self.response_tokens.size(),
+                self.behav_logp.size(),
+                self.logp.size(),
+                self.advantages.size(),
+                self.step_index.size(),
+                self.fci.size(),
+                self.waad.size(),
+                self.fai.size(),
+            ]
+            .into_iter()
+            .min()
+            .unwrap_or(0)
         }
 
         /// Read the offsets and return them truncated to the complete samples (`n + 1` entries each).
@@ -632,6 +692,12 @@ mod imp {
             behav_logp: cut(read_column(&c.behav_logp, path, "behav_logp")?, nr),
             logp: cut(read_column(&c.logp, path, "logp")?, nr),
             advantages: cut(read_column(&c.advantages, path, "advantages")?, nr),
+            branch_parent: cut(read_column(&c.branch_parent, path, "branch_parent")?, n),
+            branch_token: cut(read_column(&c.branch_token, path, "branch_token")?, n),
+            step_index: cut(read_column(&c.step_index, path, "step_index")?, nr),
+            fci: cut(read_column(&c.fci, path, "fci")?, nr),
+            waad: cut(read_column(&c.waad, path, "waad")?, nr),
+            fai: cut(read_column(&c.fai, path, "fai")?, nr),
         })
     }
 
@@ -742,6 +808,8 @@ mod imp {
                 (&c.prompt_id, "prompt_id"),
                 (&c.sample_index, "sample_index"),
                 (&c.reward, "reward"),
+                (&c.branch_parent, "branch_parent"),
+                (&c.branch_token, "branch_token"),
             ] {
                 truncate(ds, p, name, self.samples)?;
             }
@@ -753,6 +821,10 @@ mod imp {
                 (&c.behav_logp, "behav_logp"),
                 (&c.logp, "logp"),
                 (&c.advantages, "advantages"),
+                (&c.step_index, "step_index"),
+                (&c.fci, "fci"),
+                (&c.waad, "waad"),
+                (&c.fai, "fai"),
             ] {
                 truncate(ds, p, name, self.response_len)?;
             }
@@ -799,11 +871,17 @@ mod imp {
             rewrite_rows!(prompt_id, u64);
             rewrite_rows!(sample_index, u32);
             rewrite_rows!(reward, f32);
+            rewrite_rows!(branch_parent, i64);
+            rewrite_rows!(branch_token, i64);
             rewrite_ranges!(prompt_tokens, u32, po);
             rewrite_ranges!(response_tokens, u32, ro);
             rewrite_ranges!(behav_logp, f32, ro);
             rewrite_ranges!(logp, f32, ro);
             rewrite_ranges!(advantages, f32, ro);
+            rewrite_ranges!(step_index, u32, ro);
+            rewrite_ranges!(fci, f32, ro);
+            rewrite_ranges!(waad, f32, ro);
+            rewrite_ranges!(fai, f32, ro);
             let (npo, nro) = (new_offsets(po, keep), new_offsets(ro, keep));
             for (ds, name, v) in
                 [(&c.prompt_offsets, "prompt_offsets", &npo), (&c.response_offsets, "response_offsets", &nro)]
@@ -844,6 +922,8 @@ mod imp {
             let mut behav_logp = Vec::with_capacity(nr);
             let mut logp = Vec::with_capacity(nr);
             let mut advantages = Vec::with_capacity(nr);
+            let (mut step_index, mut fci) = (Vec::with_capacity(nr), Vec::with_capacity(nr));
+            let (mut waad, mut fai) = (Vec::with_capacity(nr), Vec::with_capacity(nr));
             let mut prompt_offsets = Vec::with_capacity(n);
             let mut response_offsets = Vec::with_capacity(n);
             for r in records {
@@ -852,6 +932,10 @@ mod imp {
                 behav_logp.extend_from_slice(r.behav_logp);
                 logp.extend_from_slice(r.logp);
                 advantages.extend_from_slice(r.advantages);
+                step_index.extend_from_slice(r.step_index);
+                fci.extend_from_slice(r.fci);
+                waad.extend_from_slice(r.waad);
+                fai.extend_from_slice(r.fai);
                 prompt_offsets.push(self.prompt_len + prompt_tokens.len() as u64);
                 response_offsets.push(self.response_len + response_tokens.len() as u64);
             }
@@ -860,6 +944,8 @@ mod imp {
             let prompt_id: Vec<u64> = records.iter().map(|r| r.prompt_id).collect();
             let sample_index: Vec<u32> = records.iter().map(|r| r.sample_index).collect();
             let reward: Vec<f32> = records.iter().map(|r| r.reward).collect();
+            let branch_parent: Vec<i64> = records.iter().map(|r| r.branch_parent).collect();
+            let branch_token: Vec<i64> = records.iter().map(|r| r.branch_token).collect();
 
             // Flat data first, per-sample columns next, offsets last: a reader counts a sample only once all of
             // these cover it.
@@ -869,11 +955,17 @@ mod imp {
             write_at(&c.behav_logp, p, "behav_logp", self.response_len, &behav_logp)?;
             write_at(&c.logp, p, "logp", self.response_len, &logp)?;
             write_at(&c.advantages, p, "advantages", self.response_len, &advantages)?;
+            write_at(&c.step_index, p, "step_index", self.response_len, &step_index)?;
+            write_at(&c.fci, p, "fci", self.response_len, &fci)?;
+            write_at(&c.waad, p, "waad", self.response_len, &waad)?;
+            write_at(&c.fai, p, "fai", self.response_len, &fai)?;
             write_at(&c.step, p, "step", s, &step)?;
             write_at(&c.policy_version, p, "policy_version", s, &policy_version)?;
             write_at(&c.prompt_id, p, "prompt_id", s, &prompt_id)?;
             write_at(&c.sample_index, p, "sample_index", s, &sample_index)?;
             write_at(&c.reward, p, "reward", s, &reward)?;
+            write_at(&c.branch_parent, p, "branch_parent", s, &branch_parent)?;
+            write_at(&c.branch_token, p, "branch_token", s, &branch_token)?;
             write_at(&c.prompt_offsets, p, "prompt_offsets", s + 1, &prompt_offsets)?;
             write_at(&c.response_offsets, p, "response_offsets", s + 1, &response_offsets)?;
             self.flush()?;

@@ -45,6 +45,24 @@ pub struct StepSample {
     pub logp: Vec<f32>,
     /// Why generation stopped.
     pub finish: Finish,
+    /// Attention statistics and tree position of the sample (empty when not computed).
+    pub trace: AttnTrace,
+}
+
+/// What the attention statistics and tree sampling recorded about a generated sample, for the
+/// dump (`docs/trajectories.md`). Empty vectors mean "not computed".
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AttnTrace {
+    /// A continuation: the `sample_index` of the response it branched from and the token
+    /// position in that response where it starts.
+    pub branch: Option<(u32, u32)>,
+    /// Step of each response token.
+    pub step_index: Vec<u32>,
+    /// FCI of each response token's step.
+    pub fci: Vec<f32>,
+    /// WAAD and FAI of each response token.
+    pub waad: Vec<f32>,
+    pub fai: Vec<f32>,
 }
 
 /// What one RL step did.
@@ -238,6 +256,7 @@ impl<'a> RlTrainer<'a> {
                 logp: vec![f32::NAN; data.response.len()],
                 finish: c.finish,
                 data,
+                trace: AttnTrace::default(),
             });
         }
         out.extra.insert("time_reward_s".into(), t_reward.into());
@@ -245,8 +264,15 @@ impl<'a> RlTrainer<'a> {
             self.critic_advantages(&mut out)?;
         }
         if let Some(rc) = &self.cfg.rhythm {
-            let shaped = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
+            let (shaped, marks) = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
             out.extra.insert("rhythm_amplified_frac".into(), shaped.into());
+            // the statistics and the shaped advantages go into the dump with each sample
+            for ((i, (waad, fai)), s) in out.train_of.iter().zip(marks).zip(&out.train) {
+                if let Some(g) = i.and_then(|i| out.generated.get_mut(i)) {
+                    (g.trace.waad, g.trace.fai) = (waad, fai);
+                    g.data.advantages.clone_from(&s.advantages);
+                }
+            }
         }
         Ok(out)
     }
@@ -285,7 +311,7 @@ impl<'a> RlTrainer<'a> {
         out.extra.insert("branch_points_filled".into(), (points[1] as u64).into());
         out.extra.insert("next_prompts".into(), next_prompts.into());
         if let Some(rc) = &self.cfg.rhythm {
-            let shaped = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
+            let (shaped, _) = rhythm::shape(model, &mut self.stats_ws, rc, &mut out.train)?;
             out.extra.insert("rhythm_amplified_frac".into(), shaped.into());
         }
         Ok(out)
@@ -564,7 +590,8 @@ pub(crate) fn run_phase_with(
         };
         write_line(metrics, &out.metrics)?;
         if let Some(d) = dump.as_mut() {
-            d.append(step, &out.samples)?;
+            let version = out.metrics["policy_version"].as_u64().unwrap_or(step);
+            d.append(step, version, &out.samples)?;
         }
         let m = &out.metrics;
         let secs = m["step_s"].as_f64().unwrap_or(0.0);

@@ -8,10 +8,19 @@ use crate::attnrl::{batch_thresholds, rhythm_marks, shape_advantages, RhythmConf
 use crate::error::Result;
 use crate::model::{Batch, Model, Workspace};
 
-/// Shape the advantages of `train` in place; returns the fraction of tokens amplified (γ > 1).
-pub fn shape(model: &Model, ws: &mut Workspace, rc: &RhythmConfig, train: &mut [Sample]) -> Result<f64> {
+/// WAAD and FAI of every response token of one sample.
+pub type TokenRhythm = (Vec<f32>, Vec<f32>);
+
+/// Shape the advantages of `train` in place; returns the fraction of tokens amplified (γ > 1)
+/// and each sample's WAAD and FAI.
+pub fn shape(
+    model: &Model,
+    ws: &mut Workspace,
+    rc: &RhythmConfig,
+    train: &mut [Sample],
+) -> Result<(f64, Vec<TokenRhythm>)> {
     if train.is_empty() {
-        return Ok(0.0);
+        return Ok((0.0, Vec::new()));
     }
     let mut batch = Batch::new();
     let mut steps = Vec::with_capacity(train.len());
@@ -42,5 +51,6 @@ pub fn shape(model: &Model, ws: &mut Workspace, rc: &RhythmConfig, train: &mut [
         total += marks.gamma.len();
         s.advantages = shape_advantages(&marks.gamma, &s.advantages)?;
     }
-    Ok(if total > 0 { amplified as f64 / total as f64 } else { 0.0 })
+    let frac = if total > 0 { amplified as f64 / total as f64 } else { 0.0 };
+    Ok((frac, stats.into_iter().map(|st| (st.waad, st.fai)).collect()))
 }

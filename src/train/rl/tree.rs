@@ -9,7 +9,7 @@
 //! budget and then cut to what the original response had left (prefix + continuation ≤
 //! `max_new_tokens`): sampling is causal, so the cut equals stopping at the budget.
 
-use super::{eval, Sample, StepSample};
+use super::{eval, AttnTrace, Sample, StepSample};
 use crate::attention::stats::{attention_stats, SeqStats, SeqSteps, StatsConfig};
 use crate::attnrl::{
     atb_branch_points, keep_nonzero_advantage, question_fci, question_trees, response_step_bounds_from_texts,
@@ -59,6 +59,15 @@ impl TreeState {
 pub fn response_bounds(tok: &CharTokenizer, response: &[u32], separators: &[String]) -> Vec<usize> {
     let texts: Vec<String> = response.iter().map(|&t| tok.decode(&[t])).collect();
     response_step_bounds_from_texts(&texts, separators)
+}
+
+/// The step of each of `n` response tokens, from response-relative step bounds [0, e_1, …, n].
+pub fn token_steps(bounds: &[usize], n: usize) -> Vec<u32> {
+    let mut out = vec![0u32; n];
+    for (j, w) in bounds.windows(2).enumerate() {
+        out[w[0].min(n)..w[1].min(n)].fill(j as u32);
+    }
+    out
 }
 
 /// FCI per step (full-sequence steps, 0 = prompt) of each (prompt, response) under `model`.
@@ -278,6 +287,7 @@ pub fn sample_trees(
         per_resp[*k][*si].push(j);
     }
     let mut train = Vec::new();
+    let mut seg_advantages = Vec::new();
     let (mut dropped, mut candidates, mut effective) = (0, 0, 0);
     for (q, prompt) in prompts.iter().enumerate() {
         let trees: Vec<ResponseTree> = (q * n..(q + 1) * n)
@@ -298,6 +308,17 @@ pub fn sample_trees(
             })
             .collect();
         let qt = question_trees(&trees)?;
+        // the node advantages, onto the generated samples whose tokens each segment covers
+        for (ti, seq) in &qt.sequences {
+            let k = q * n + ti;
+            for seg in &seq.segments {
+                let g = match seg.source {
+                    Source::Response => k,
+                    Source::Continuation { split, index } => initial.len() + per_resp[k][split][index],
+                };
+                seg_advantages.push((g, seg.start..seg.end, seg.advantage));
+            }
+        }
         candidates += qt.sequences.len();
         effective += qt.sequences.iter().filter(|(_, s)| s.segments.iter().any(|g| g.advantage != 0.0)).count();
         let leaf_rewards: Vec<f32> = qt.sequences.iter().map(|(_, s)| s.reward).collect();
@@ -346,6 +367,10 @@ pub fn sample_trees(
         sample_index: c.sample_index,
         logp: vec![f32::NAN; c.tokens.len()],
         finish: c.finish,
+        trace: AttnTrace {
+            step_index: token_steps(&response_bounds(&tok, &c.tokens, &ac.step_separators), c.tokens.len()),
+            ..AttnTrace::default()
+        },
         data: Sample {
             prompt,
             advantages: vec![0.0; c.tokens.len()],
@@ -355,10 +380,22 @@ pub fn sample_trees(
         },
     };
     for r in &initial {
-        generated.push(to_sample(prompts[r.prompt_idx].clone(), &r.completion, r.reward));
+        let mut g = to_sample(prompts[r.prompt_idx].clone(), &r.completion, r.reward);
+        if !r.fci.is_empty() {
+            g.trace.fci =
+                g.trace.step_index.iter().map(|&j| r.fci.get(j as usize).copied().unwrap_or(f32::NAN)).collect();
+        }
+        generated.push(g);
     }
-    for (((_, _, req), c), &rw) in cont_requests.iter().zip(&conts).zip(&cont_rewards) {
-        generated.push(to_sample(req.prompt.clone(), c, rw));
+    for (((k, si, req), c), &rw) in cont_requests.iter().zip(&conts).zip(&cont_rewards) {
+        let mut g = to_sample(req.prompt.clone(), c, rw);
+        g.trace.branch = Some((initial[*k].completion.sample_index, splits[*k][*si] as u32));
+        generated.push(g);
+    }
+    for (g, r, a) in seg_advantages {
+        if let Some(adv) = generated.get_mut(g).and_then(|s| s.data.advantages.get_mut(r)) {
+            adv.fill(a);
+        }
     }
     Ok(TreeBatch {
         generated,

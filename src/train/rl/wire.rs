@@ -1,7 +1,7 @@
 //! A compact little-endian encoding of a rank's step samples, so rank 0 can gather every
 //! rank's samples for the metrics and the trajectory dump (MPI moves bytes, not Rust values).
 
-use super::{Sample, Sampled, StepSample};
+use super::{AttnTrace, Sample, Sampled, StepSample};
 use crate::error::{Error, Result};
 use crate::rollout::Finish;
 
@@ -29,6 +29,14 @@ pub fn encode(samples: &[StepSample]) -> Vec<u8> {
         put_f32s(&mut out, &s.data.behav_logp);
         put_f32s(&mut out, &s.data.advantages);
         put_f32s(&mut out, &s.logp);
+        let t = &s.trace;
+        let (parent, at) = t.branch.map_or((u32::MAX, u32::MAX), |b| b);
+        out.extend_from_slice(&parent.to_le_bytes());
+        out.extend_from_slice(&at.to_le_bytes());
+        put_u32s(&mut out, &t.step_index);
+        put_f32s(&mut out, &t.fci);
+        put_f32s(&mut out, &t.waad);
+        put_f32s(&mut out, &t.fai);
     }
     out
 }
@@ -86,12 +94,21 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<StepSample>> {
         let behav_logp = r.f32s()?;
         let advantages = r.f32s()?;
         let logp = r.f32s()?;
+        let (parent, at) = (r.u32()?, r.u32()?);
+        let trace = AttnTrace {
+            branch: (parent != u32::MAX).then_some((parent, at)),
+            step_index: r.u32s()?,
+            fci: r.f32s()?,
+            waad: r.f32s()?,
+            fai: r.f32s()?,
+        };
         out.push(StepSample {
             prompt_id,
             sample_index,
             data: Sample { prompt, response, behav_logp, advantages, reward },
             logp,
             finish,
+            trace,
         });
     }
     Ok(out)
@@ -230,11 +247,19 @@ mod tests {
             },
             logp: vec![f32::NAN, -3.0],
             finish: Finish::Length,
+            trace: AttnTrace {
+                branch: Some((1, 4)),
+                step_index: vec![0, 1],
+                fci: vec![0.5, 0.25],
+                waad: vec![],
+                fai: vec![1.0, f32::NAN],
+            },
         };
         let empty = StepSample {
             data: Sample { response: vec![], behav_logp: vec![], advantages: vec![], ..s.data.clone() },
             logp: vec![],
             finish: Finish::Stop,
+            trace: AttnTrace::default(),
             ..s.clone()
         };
         let bytes = encode(&[s.clone(), empty.clone()]);
@@ -244,6 +269,9 @@ mod tests {
         assert_eq!(back[0].logp[1], -3.0);
         assert!(back[0].logp[0].is_nan());
         assert_eq!(back[0].finish, Finish::Length);
+        assert_eq!(back[0].trace.branch, Some((1, 4)));
+        assert_eq!(back[0].trace.fci, [0.5, 0.25]);
+        assert!(back[0].trace.fai[1].is_nan() && back[1].trace == AttnTrace::default());
         assert_eq!(back[1].data, empty.data);
         assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "truncation is an error");
     }
