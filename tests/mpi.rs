@@ -177,19 +177,23 @@ fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alph
 fn attnrl_tree_sampling_under_data_parallelism_matches_one_process() {
     // ATB with the all-correct FCI filter and the dynamic batch: questions split over the ranks,
     // the adaptive state kept identical on every rank
-    let dir = tempfile::tempdir().unwrap();
-    let text_cfg = grpo_config()
-        + "\n[attnrl]\nstep_separators = [\"\\n\"]\nfci_step_gap = 1\nmin_branch_distance = 2\ninitial_responses = 4\n";
-    let cfg = write_config(dir.path(), &text_cfg);
-    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let one = single(&["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("one")]);
-    assert!(one.status.success(), "{}", text(&one));
-    let two = mpirun(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("two")], &[]);
-    assert!(two.status.success(), "{}", text(&two));
-    let run = |n: &str| dir.path().join(n).join("default");
-    let m = metrics(&run("one"));
-    assert!(m.iter().any(|l| l["branch_points"].as_u64().unwrap_or(0) > 0), "trees were branched: {m:?}");
-    compare_runs(&run("one"), &run("two"), "checkpoints/step-3", "AttnRL dp=2 vs dp=1");
+    // and the one-step off-policy pipeline (each rank carries its own pending batch)
+    for off in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let text_cfg = grpo_config()
+            + "\n[attnrl]\nstep_separators = [\"\\n\"]\nfci_step_gap = 1\nmin_branch_distance = 2\ninitial_responses = 4\n"
+            + &format!("off_policy = {off}\n");
+        let cfg = write_config(dir.path(), &text_cfg);
+        let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        let one = single(&["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("one")]);
+        assert!(one.status.success(), "{}", text(&one));
+        let two = mpirun(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("two")], &[]);
+        assert!(two.status.success(), "{}", text(&two));
+        let run = |n: &str| dir.path().join(n).join("default");
+        let m = metrics(&run("one"));
+        assert!(m.iter().any(|l| l["branch_points"].as_u64().unwrap_or(0) > 0), "trees were branched: {m:?}");
+        compare_runs(&run("one"), &run("two"), "checkpoints/step-3", &format!("AttnRL (off-policy {off}) dp=2 vs dp=1"));
+    }
 }
 
 #[test]

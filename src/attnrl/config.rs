@@ -95,6 +95,9 @@ pub struct AttnRlConfig {
     pub target_train_sequences: Option<usize>,
     /// The ⌊B_{m−1}·B′/B″⌋ target is capped at ⌈factor·B_0⌉ prompts (also the target when B″ = 0). Default 4.
     pub dynamic_batch_max_factor: f64,
+    /// One-step off-policy pipeline (ALGORITHMS.md §4): one generation call per step makes batch m's
+    /// continuations and batch m + 1's initial responses. Default false.
+    pub off_policy: bool,
 }
 
 impl Default for AttnRlConfig {
@@ -117,6 +120,7 @@ impl Default for AttnRlConfig {
             dynamic_batch_lambda: 0.9,
             target_train_sequences: None,
             dynamic_batch_max_factor: 4.0,
+            off_policy: false,
         }
     }
 }

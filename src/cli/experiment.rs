@@ -87,8 +87,11 @@ fn method_config(base: &RunConfig, file: &CompareFile, method: &str, out: &Path)
     rl.dump_trajectories = false;
     match method {
         "grpo" => {}
-        "treerl" => cfg.attnrl = Some(AttnRlConfig { branch_by: BranchBy::Entropy, ..file.attnrl.clone() }),
-        "attnrl" => cfg.attnrl = Some(AttnRlConfig { branch_by: BranchBy::Fci, ..file.attnrl.clone() }),
+        "treerl" => cfg.attnrl = Some(AttnRlConfig { branch_by: BranchBy::Entropy, off_policy: false, ..file.attnrl.clone() }),
+        // AttnRL as the paper runs it: ATB + adaptive sampling + the one-step off-policy pipeline
+        "attnrl" => {
+            cfg.attnrl = Some(AttnRlConfig { branch_by: BranchBy::Fci, off_policy: true, ..file.attnrl.clone() })
+        }
         "rhythm-local" | "rhythm-global" | "rhythm-coupled" => {
             let scheme = match method {
                 "rhythm-local" => RhythmScheme::Local,

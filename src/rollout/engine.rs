@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One generation request: sample `sample_index` of prompt `prompt_id`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub prompt_id: u64,
     pub sample_index: u32,
@@ -23,7 +23,7 @@ pub struct Request {
 }
 
 /// Why a completion ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Finish {
     /// Produced a stop token (included in `tokens`).
     Stop,
@@ -32,7 +32,7 @@ pub enum Finish {
 }
 
 /// A finished request: response tokens with behaviour log-probs and entropies.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Completion {
     pub prompt_id: u64,
     pub sample_index: u32,

@@ -286,7 +286,8 @@ impl<'a> RlTrainer<'a> {
         self.stats_ws = ws;
         let next_prompts = state.batch.prompts;
         self.tree = Some(state);
-        let tb = res?;
+        let mut tb = res?;
+        self.buf.fixed_old_logp = std::mem::take(&mut tb.fixed_old_logp);
         let n = ac.initial_responses.max(1);
         let initial = &tb.generated[..tb.questions * n];
         let mut out = Sampled {
@@ -382,6 +383,7 @@ impl<'a> RlTrainer<'a> {
             policy_update_dp(model, opt, reference, &train, self.loss, &plan, lr, &mut self.buf, &shard)?
         };
         self.buf.entropy_keep.clear();
+        self.buf.fixed_old_logp.clear();
         if !self.critics.is_empty() {
             self.critic_update(&train, &mut extra)?;
         }
@@ -568,6 +570,16 @@ pub(crate) fn run_phase_with(
     }
     if let (Some(t), Some(s)) = (trainer.tree.as_mut(), start.sampling.filter(|_| start.done > 0)) {
         *t = tree::TreeState::restore(&s, rl.prompts_per_step);
+        if cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) {
+            let dir = ph.run_dir.join("checkpoints").join(format!("step-{}", ph.offset + start.done));
+            let path = dir.join(format!("pending-rank{}.json", dp.rank()));
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            t.pending = Some(serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+                file: path.clone(),
+                key: "<json>".into(),
+                msg: format!("not a pending AttnRL batch: {e}"),
+            })?);
+        }
     }
     let mut last = before;
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
@@ -653,10 +665,21 @@ pub(crate) fn run_phase_with(
                 cfg.train.keep_checkpoints,
                 root,
             )?;
+            // the off-policy pipeline's next batch, one file per data-parallel rank (gathered to root)
+            let pending = trainer.tree.as_ref().and_then(|t| t.pending.as_ref());
+            let json = match pending {
+                Some(p) => serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("pending batch: {e}")))?,
+                None => Vec::new(),
+            };
+            let all = if cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) { dp.all_gather_bytes(&json)? } else { vec![] };
             if let Some(dir) = saved {
                 // next to the policy's files (written after them: a crash in between leaves a
-                // checkpoint that refuses to resume a [critic] run, naming the missing critic)
+                // checkpoint that refuses to resume, naming what is missing)
                 trainer.save_critics(&dir)?;
+                for (r, bytes) in all.iter().enumerate() {
+                    let path = dir.join(format!("pending-rank{r}.json"));
+                    std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ use crate::model::{Batch, Model, Workspace};
 use crate::rollout::{Completion, Finish};
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::SamplingState;
+use serde::{Deserialize, Serialize};
 
 /// Adaptive-sampling state carried across steps (checkpointed as [`SamplingState`]).
 #[derive(Debug, Clone)]
@@ -28,12 +29,19 @@ pub struct TreeState {
     pub next_problem: u64,
     pub batch: DynamicBatch,
     pub filter: AllCorrectFciFilter,
+    /// Off-policy pipeline: the next batch's scored initial responses (checkpointed as JSON).
+    pub pending: Option<PendingBatch>,
 }
 
 impl TreeState {
     /// A fresh phase with `prompts` prompts in its first step.
     pub fn new(prompts: usize) -> Self {
-        TreeState { next_problem: 0, batch: DynamicBatch::new(prompts), filter: AllCorrectFciFilter::default() }
+        TreeState {
+            next_problem: 0,
+            batch: DynamicBatch::new(prompts),
+            filter: AllCorrectFciFilter::default(),
+            pending: None,
+        }
     }
 
     /// Restore from a checkpoint.
@@ -97,6 +105,7 @@ pub fn step_fci(
 }
 
 /// One initial response and, after branching, its continuations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Initial {
     prompt_idx: usize,
     completion: Completion,
@@ -120,6 +129,8 @@ pub struct TreeBatch {
     /// Leaf sequences before the zero-advantage filter, and those with a non-zero advantage token.
     pub candidates: usize,
     pub effective: usize,
+    /// Off-policy pipeline: π_old per token of `train` (concatenated; NaN = the current policy); empty otherwise.
+    pub fixed_old_logp: Vec<f32>,
 }
 
 /// Every rank's `values`, concatenated in rank order, and where this rank's start.
@@ -148,30 +159,109 @@ pub fn sample_trees(
     step: u64,
     ws: &mut Workspace,
 ) -> Result<TreeBatch> {
-    let rl = trainer.rl;
+    let max_new = trainer.rl.max_new_tokens;
+    if !ac.off_policy {
+        let (batch, requests) = next_batch(trainer, ac, state)?;
+        let completions = trainer.generate(model, &requests, step, max_new)?;
+        let pending = score_initial(trainer, model, ac, state, step, batch, completions, ws)?;
+        let reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
+        let conts = trainer.generate(model, &reqs, step, max_new)?;
+        return grow_trees(trainer, ac, state, pending, conts, false);
+    }
+    // one-step off-policy (ALGORITHMS.md §4): batch m's initial responses were generated, scored and
+    // branched at step m − 1 (step 0 bootstraps them); ONE generation call now produces batch m's
+    // continuations and batch m + 1's initial responses under θ_m
+    let pending = match state.pending.take() {
+        Some(p) => p,
+        None => {
+            let (batch, requests) = next_batch(trainer, ac, state)?;
+            let completions = trainer.generate(model, &requests, step, max_new)?;
+            score_initial(trainer, model, ac, state, step, batch, completions, ws)?
+        }
+    };
+    let (next, next_requests) = next_batch(trainer, ac, state)?;
+    let mut reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
+    let n_cont = reqs.len();
+    reqs.extend(next_requests);
+    let mut out = trainer.generate(model, &reqs, step + 1, max_new)?;
+    let next_initial = out.split_off(n_cont);
+    let tb = grow_trees(trainer, ac, state, pending, out, true)?;
+    // FCI of batch m + 1 under θ_m, before the update
+    state.pending = Some(score_initial(trainer, model, ac, state, step + 1, next, next_initial, ws)?);
+    Ok(tb)
+}
+
+/// The questions of the next batch (this rank's share) and their initial-response requests.
+fn next_batch(
+    trainer: &super::RlTrainer,
+    ac: &AttnRlConfig,
+    state: &mut TreeState,
+) -> Result<(BatchQuestions, Vec<crate::rollout::Request>)> {
     let (tok, task) = (trainer.tok.clone(), trainer.task);
     let n = ac.initial_responses.max(1);
     let p_all = state.batch.prompts.max(1);
-    // 1. prompts (a running problem counter: the dynamic batch changes the count per step); this
+    // a running problem counter (the dynamic batch changes the count per step); this
     // data-parallel rank takes a contiguous share of the step's questions
     let dp = trainer.dp;
     let mine = crate::parallel::partition(p_all, dp.size(), dp.rank());
     let p = mine.len();
     let first = state.next_problem + mine.start as u64;
     state.next_problem += p_all as u64;
-    let mut problems = Vec::with_capacity(p);
     let mut prompts = Vec::with_capacity(p);
     let mut requests = Vec::with_capacity(p * n);
     for i in 0..p as u64 {
         let id = first + i;
-        let (ids, prob) = eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, id)?;
+        let (ids, _) = eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, id)?;
         for s in 0..n as u32 {
             requests.push(crate::rollout::Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
         }
-        problems.push(prob);
         prompts.push(ids);
     }
-    let completions = trainer.generate(model, &requests, step, rl.max_new_tokens)?;
+    Ok((BatchQuestions { first, prompts }, requests))
+}
+
+/// Questions of one batch on this rank: ids `first..first + prompts.len()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct BatchQuestions {
+    first: u64,
+    prompts: Vec<Vec<u32>>,
+}
+
+/// A batch's initial responses, rewarded, scored by FCI and with their branch points chosen: what
+/// the continuations need. Carried to the next step (and checkpointed) by the off-policy pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingBatch {
+    first: u64,
+    prompts: Vec<Vec<u32>>,
+    initial: Vec<Initial>,
+    splits: Vec<Vec<usize>>,
+    /// (initial response k, split index, request) of every continuation.
+    cont_requests: Vec<(usize, usize, crate::rollout::Request)>,
+    n_points: usize,
+    n_filled: usize,
+}
+
+/// Rewards, steps and FCI of a batch's initial responses, the all-correct filter, and the branch
+/// points with their continuation requests (`step` seeds the branching choices).
+#[allow(clippy::too_many_arguments)]
+fn score_initial(
+    trainer: &super::RlTrainer,
+    model: &Model,
+    ac: &AttnRlConfig,
+    state: &mut TreeState,
+    step: u64,
+    batch: BatchQuestions,
+    completions: Vec<Completion>,
+    ws: &mut Workspace,
+) -> Result<PendingBatch> {
+    let rl = trainer.rl;
+    let (tok, task) = (trainer.tok.clone(), trainer.task);
+    let n = ac.initial_responses.max(1);
+    let dp = trainer.dp;
+    let BatchQuestions { first, prompts } = batch;
+    let p = prompts.len();
+    let problems: Vec<crate::tasks::Problem> =
+        (0..p as u64).map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1)).collect::<Result<_>>()?;
     // 2. rewards, steps, FCI
     let mut initial: Vec<Initial> = completions
         .into_iter()
@@ -264,8 +354,37 @@ pub fn sample_trees(
             splits[k] = choice.points.clone();
         }
     }
-    let reqs: Vec<crate::rollout::Request> = cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
-    let mut conts = trainer.generate(model, &reqs, step, max_len)?;
+    Ok(PendingBatch {
+        first,
+        prompts,
+        initial,
+        splits,
+        cont_requests,
+        n_points,
+        n_filled,
+    })
+}
+
+/// Continuations in, trees out: node advantages, one training sequence per leaf, the
+/// zero-advantage filter and the dynamic batch. With `fixed_old`, original-response tokens keep
+/// the log-probs they were generated with as π_old (the off-policy pipeline's θ_{m−1}).
+fn grow_trees(
+    trainer: &super::RlTrainer,
+    ac: &AttnRlConfig,
+    state: &mut TreeState,
+    pending: PendingBatch,
+    mut conts: Vec<Completion>,
+    fixed_old: bool,
+) -> Result<TreeBatch> {
+    let rl = trainer.rl;
+    let (tok, task) = (trainer.tok.clone(), trainer.task);
+    let n = ac.initial_responses.max(1);
+    let dp = trainer.dp;
+    let max_len = rl.max_new_tokens;
+    let PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled } = pending;
+    let p = prompts.len();
+    let problems: Vec<crate::tasks::Problem> =
+        (0..p as u64).map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1)).collect::<Result<_>>()?;
     // cut each continuation to the budget its prefix left
     for ((k, si, _), c) in cont_requests.iter().zip(conts.iter_mut()) {
         let budget = max_len.saturating_sub(splits[*k][*si]);
@@ -287,6 +406,7 @@ pub fn sample_trees(
         per_resp[*k][*si].push(j);
     }
     let mut train = Vec::new();
+    let mut old_logp = Vec::new();
     let mut seg_advantages = Vec::new();
     let (mut dropped, mut candidates, mut effective) = (0, 0, 0);
     for (q, prompt) in prompts.iter().enumerate() {
@@ -339,6 +459,14 @@ pub fn sample_trees(
                 };
                 response.extend_from_slice(&toks[seg.start..seg.end]);
                 behav.extend_from_slice(&lps[seg.start..seg.end]);
+                if fixed_old {
+                    // π_old: θ_{m−1}'s log-probs for the original response, the current policy (NaN) for
+                    // continuations generated by θ_m
+                    match seg.source {
+                        Source::Response => old_logp.extend_from_slice(&lps[seg.start..seg.end]),
+                        Source::Continuation { .. } => old_logp.resize(old_logp.len() + seg.end - seg.start, f32::NAN),
+                    }
+                }
             }
             if response.is_empty() {
                 continue;
@@ -398,6 +526,7 @@ pub fn sample_trees(
         }
     }
     Ok(TreeBatch {
+        fixed_old_logp: old_logp,
         generated,
         train,
         dropped_questions: dropped,

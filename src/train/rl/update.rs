@@ -76,6 +76,10 @@ pub struct UpdateBuffers {
     /// Per response token of the step's samples (concatenated in order), a factor on the entropy
     /// bonus's gradient (AsyPPO excludes the tokens its critics disagree most on); empty = all 1.
     pub entropy_keep: Vec<f32>,
+    /// π_old per response token of the step's samples (concatenated), NaN where the policy before
+    /// the update is π_old; empty = all of them (the usual case). The off-policy AttnRL pipeline
+    /// keeps the generating policy's log-probs for tokens sampled one step earlier.
+    pub fixed_old_logp: Vec<f32>,
 }
 
 impl UpdateBuffers {
@@ -87,6 +91,7 @@ impl UpdateBuffers {
             batch: Batch::new(),
             grads: vec![0.0; model.params.data.len()],
             entropy_keep: Vec::new(),
+            fixed_old_logp: Vec::new(),
         }
     }
 
@@ -298,6 +303,16 @@ pub fn policy_update_dp(
                 }
                 let toks = offsets[r.start]..offsets[r.end];
                 let old: &[f32] = if precompute_old { &report.old_logp[toks.clone()] } else { &logp };
+                let merged: Vec<f32>;
+                let old = if buf.fixed_old_logp.is_empty() {
+                    old
+                } else {
+                    let fixed = buf.fixed_old_logp.get(toks.clone()).ok_or_else(|| {
+                        Error::Invalid("rl update: fixed π_old does not cover every response token".into())
+                    })?;
+                    merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
+                    &merged
+                };
                 behav.clear();
                 adv.clear();
                 rewards.clear();
