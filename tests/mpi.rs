@@ -192,7 +192,12 @@ fn attnrl_tree_sampling_under_data_parallelism_matches_one_process() {
         let run = |n: &str| dir.path().join(n).join("default");
         let m = metrics(&run("one"));
         assert!(m.iter().any(|l| l["branch_points"].as_u64().unwrap_or(0) > 0), "trees were branched: {m:?}");
-        compare_runs(&run("one"), &run("two"), "checkpoints/step-3", &format!("AttnRL (off-policy {off}) dp=2 vs dp=1"));
+        compare_runs(
+            &run("one"),
+            &run("two"),
+            "checkpoints/step-3",
+            &format!("AttnRL (off-policy {off}) dp=2 vs dp=1"),
+        );
     }
 }
 

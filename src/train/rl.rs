@@ -671,7 +671,8 @@ pub(crate) fn run_phase_with(
                 Some(p) => serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("pending batch: {e}")))?,
                 None => Vec::new(),
             };
-            let all = if cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) { dp.all_gather_bytes(&json)? } else { vec![] };
+            let all =
+                if cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) { dp.all_gather_bytes(&json)? } else { vec![] };
             if let Some(dir) = saved {
                 // next to the policy's files (written after them: a crash in between leaves a
                 // checkpoint that refuses to resume, naming what is missing)

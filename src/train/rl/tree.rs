@@ -260,8 +260,9 @@ fn score_initial(
     let dp = trainer.dp;
     let BatchQuestions { first, prompts } = batch;
     let p = prompts.len();
-    let problems: Vec<crate::tasks::Problem> =
-        (0..p as u64).map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1)).collect::<Result<_>>()?;
+    let problems: Vec<crate::tasks::Problem> = (0..p as u64)
+        .map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
+        .collect::<Result<_>>()?;
     // 2. rewards, steps, FCI
     let mut initial: Vec<Initial> = completions
         .into_iter()
@@ -354,15 +355,7 @@ fn score_initial(
             splits[k] = choice.points.clone();
         }
     }
-    Ok(PendingBatch {
-        first,
-        prompts,
-        initial,
-        splits,
-        cont_requests,
-        n_points,
-        n_filled,
-    })
+    Ok(PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled })
 }
 
 /// Continuations in, trees out: node advantages, one training sequence per leaf, the
@@ -383,8 +376,9 @@ fn grow_trees(
     let max_len = rl.max_new_tokens;
     let PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled } = pending;
     let p = prompts.len();
-    let problems: Vec<crate::tasks::Problem> =
-        (0..p as u64).map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1)).collect::<Result<_>>()?;
+    let problems: Vec<crate::tasks::Problem> = (0..p as u64)
+        .map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
+        .collect::<Result<_>>()?;
     // cut each continuation to the budget its prefix left
     for ((k, si, _), c) in cont_requests.iter().zip(conts.iter_mut()) {
         let budget = max_len.saturating_sub(splits[*k][*si]);
