@@ -63,9 +63,9 @@ fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32) {
     eprintln!("{what}: weights max |Δ| = {d:e}");
     assert!(d <= tol, "{what}: weights differ by {d:e}");
     let strip = |mut m: Vec<serde_json::Value>| {
-        // `tokens` is the rank's own share; the async trainer adds its staleness bookkeeping
+        // `tokens` and `train_state_mib` are the rank's own (share, shard); async adds its staleness bookkeeping
         m.iter_mut().for_each(|v| {
-            for k in ["tokens", "staleness_max", "staleness_mean", "weights_in_sync"] {
+            for k in ["tokens", "staleness_max", "staleness_mean", "weights_in_sync", "train_state_mib"] {
                 v.as_object_mut().unwrap().remove(k);
             }
         });
