@@ -37,6 +37,10 @@ pub struct RunConfig {
     pub async_rl: Option<crate::train::async_rl::AsyncConfig>,
     /// `[critic]`: PPO with GAE on value models (count ≥ 2: AsyPPO's mini-critics).
     pub critic: Option<crate::train::critic::CriticConfig>,
+    /// `[workload]`: long-tail workload mode for system benchmarks (forced response lengths).
+    pub workload: Option<crate::rollout::WorkloadConfig>,
+    /// `[env]`: multi-turn environments with latency (replaces `[data]`'s single-turn prompts).
+    pub env: Option<crate::env::EnvConfig>,
 }
 
 /// `[parallel]`: world = dp × tp under mpirun/srun; dp is world / tp.
@@ -378,6 +382,15 @@ impl RunConfig {
             if let Some(msg) = clash {
                 return Err(Error::Config { file: file.into(), key: "critic".into(), msg: msg.into() });
             }
+        }
+        if let Some(w) = &self.workload {
+            w.validate().map_err(|(key, msg)| Error::Config { file: file.into(), key, msg })?;
+            if self.rl.is_none() {
+                return bad("workload", "[workload] shapes RL generation: add an [rl] table".into());
+            }
+        }
+        if let Some(e) = &self.env {
+            e.validate(self).map_err(|(key, msg)| Error::Config { file: file.into(), key, msg })?;
         }
         if let Some(a) = &self.async_rl {
             a.validate(self).map_err(|(key, msg)| Error::Config { file: file.into(), key, msg })?;

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod attnrl;
 pub mod cli;
 pub mod config;
+pub mod env;
 pub mod error;
 pub mod io;
 pub mod model;

@@ -32,7 +32,33 @@ fn config(temperature: f32, max_batch: usize) -> GenerateConfig {
         seed: 42,
         step: 3,
         max_batch,
+        workload: None,
     }
+}
+
+#[test]
+fn workload_mode_forces_the_drawn_lengths_whatever_the_batch() {
+    let m = model();
+    let text = "lengths = { kind = \"lognormal\", median = 6, sigma = 1.0, max = 40 }\ndecode_step_ms = 0.5";
+    let w: arbor::rollout::WorkloadConfig = toml::from_str(text).unwrap();
+    let mut cfg = config(1.0, 3);
+    cfg.stop_tokens = vec![0, 1, 2, 3];
+    cfg.workload = Some(w.clone());
+    let requests: Vec<Request> = (0..10u32)
+        .map(|i| Request { prompt_id: u64::from(i / 2), sample_index: i % 2, prompt: vec![1, 5 + i, 7] })
+        .collect();
+    let out = generate(&m, &requests, &cfg).unwrap();
+    let mut lengths = Vec::new();
+    for (r, c) in requests.iter().zip(&out) {
+        let want = w.length(cfg.seed, cfg.step, r.prompt_id, r.sample_index, 12);
+        assert_eq!(c.tokens.len(), want, "request {r:?}");
+        assert_eq!(c.finish, arbor::rollout::Finish::Length);
+        lengths.push(want);
+    }
+    assert!(lengths.iter().any(|&l| l != lengths[0]), "lengths vary: {lengths:?}");
+    cfg.max_batch = 8;
+    let again = generate(&m, &requests, &cfg).unwrap();
+    assert_eq!(out, again, "batch size does not change a completion");
 }
 
 #[test]

@@ -99,6 +99,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         step: 0,
         max_batch: args.batch,
+        workload: None,
     };
     let mut times = Vec::new();
     let mut produced = 0;

@@ -86,6 +86,7 @@ fn check(cfg: &RunConfig, grid: &Grid, sequences: usize) -> crate::error::Result
         seed: cfg.run.seed,
         step: 1,
         max_batch: 4,
+        workload: None,
     };
     let (c1, c2) = (generate(&full, &requests, &gc)?, generate(&shard, &requests, &gc)?);
     let mut token_diff = 0;

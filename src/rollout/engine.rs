@@ -53,6 +53,8 @@ pub struct GenerateConfig {
     pub step: u64,
     /// Sequences decoded together.
     pub max_batch: usize,
+    /// Long-tail workload mode: forced lengths and a least decode-step time (`[workload]`).
+    pub workload: Option<crate::rollout::WorkloadConfig>,
 }
 
 /// Most rows one shard runs through the model per step: decode rows always go in; prompts are
@@ -67,6 +69,8 @@ struct Active {
     /// Prompt tokens already in the cache.
     fed: usize,
     next: u32,
+    /// Forced response length (workload mode).
+    target: Option<usize>,
 }
 
 /// Generate completions for all requests; results are returned in request order.
@@ -174,7 +178,10 @@ fn run_shard(
             free.pop();
             cache.len[slot] = 0;
             let rng = Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]);
-            active.push(Active { req, slot, rng, out, fed: 0, next: 0 });
+            let target = cfg.workload.as_ref().map(|w| {
+                w.length(cfg.seed, cfg.step, r.prompt_id, r.sample_index, cfg.sampling.max_new_tokens)
+            });
+            active.push(Active { req, slot, rng, out, fed: 0, next: 0, target });
         }
         if active.is_empty() {
             break;
@@ -207,6 +214,7 @@ fn run_shard(
             logit_rows.push(tokens.len() - 1);
             sampling.push(i);
         }
+        let t_step = std::time::Instant::now();
         model.forward_cached(weights, &tokens, &slot_ids, &logit_rows, &mut cache, &mut buf)?;
         let mut finished = false;
         for (row, &i) in sampling.iter().enumerate() {
@@ -216,16 +224,25 @@ fn run_shard(
             a.out.logprobs.push(s.logprob);
             a.out.entropies.push(s.entropy);
             a.next = s.token;
-            if cfg.stop_tokens.contains(&s.token) {
+            // a forced length ignores stop tokens and ends the response at its target
+            if a.target.is_none() && cfg.stop_tokens.contains(&s.token) {
                 a.out.finish = Finish::Stop;
             }
             if a.out.finish == Finish::Stop
+                || a.target.is_some_and(|t| a.out.tokens.len() >= t)
                 || a.out.tokens.len() >= cfg.sampling.max_new_tokens
                 || cache.len[a.slot] >= max_len
             {
                 // mark for removal; `fed` past the prompt length flags it
                 a.fed = usize::MAX;
                 finished = true;
+            }
+        }
+        if let Some(w) = &cfg.workload {
+            // an emulated memory-bound decode step: sleep out the rest of it
+            let floor = w.step_floor();
+            if let Some(rest) = floor.checked_sub(t_step.elapsed()) {
+                std::thread::sleep(rest);
             }
         }
         if finished {

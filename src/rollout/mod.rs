@@ -3,6 +3,8 @@
 
 pub mod engine;
 pub mod sampler;
+pub mod workload;
 
 pub use engine::{generate, Completion, Finish, GenerateConfig, Request};
 pub use sampler::{sample, SamplingParams};
+pub use workload::WorkloadConfig;

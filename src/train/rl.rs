@@ -8,6 +8,7 @@
 //! split never overlaps the training problems.
 
 mod critic_step;
+pub mod env_step;
 pub mod eval;
 pub mod rhythm;
 pub mod tree;
@@ -183,6 +184,7 @@ impl<'a> RlTrainer<'a> {
             seed: self.cfg.run.seed,
             step: step + 1,
             max_batch: rl.max_batch,
+            workload: self.cfg.workload.clone(),
         };
         generate(model, requests, &gc)
     }
@@ -331,6 +333,8 @@ impl<'a> RlTrainer<'a> {
     pub(crate) fn sample(&mut self, model: &Model, step: u64) -> Result<Sampled> {
         if self.cfg.attnrl.is_some() {
             self.sample_tree(model, step)
+        } else if self.cfg.env.is_some() {
+            self.sample_env(model, step)
         } else {
             self.sample_groups(model, step)
         }

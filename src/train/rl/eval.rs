@@ -39,6 +39,14 @@ pub fn evaluate(
     step: u64,
     dp: &dyn Comm,
 ) -> Result<SolveRate> {
+    if let Some(ec) = &cfg.env {
+        // a multi-turn environment: the rate of held-out games won
+        let seed = cfg.run.seed;
+        let (new, batch) = (rl.max_new_tokens, rl.max_batch);
+        let greedy = super::env_step::env_win_rate(model, ec, seed, 0.0, 1, new, batch, step, dp)?;
+        let sampled = super::env_step::env_win_rate(model, ec, seed, 1.0, rl.eval_samples, new, batch, step, dp)?;
+        return Ok(SolveRate { greedy, sampled });
+    }
     let mine = partition(rl.eval_problems, dp.size(), dp.rank());
     let mut problems = Vec::new();
     let mut requests = Vec::new();
@@ -56,6 +64,7 @@ pub fn evaluate(
             seed: cfg.run.seed ^ 0xE7A1,
             step,
             max_batch: rl.max_batch,
+            workload: None,
         };
         let out = generate(model, reqs, &gc)?;
         let first = mine.start as u64;
