@@ -236,6 +236,48 @@ fn asyppo_critics_under_data_parallelism_match_one_process() {
 }
 
 #[test]
+fn multi_turn_environments_under_data_parallelism_lose_and_duplicate_nothing() {
+    // the guess game with latencies and failures (retried once): without redundancy the kept
+    // groups are a function of the seed, so dp = 2 must train exactly what dp = 1 trains; with
+    // redundant groups every step still keeps all its groups, each with n distinct trajectories
+    let dir = tempfile::tempdir().unwrap();
+    let env = |extra: usize, mode: &str| {
+        grpo_config().replace("max_new_tokens = 32", "max_new_tokens = 4").replace("samples_per_prompt = 8", "samples_per_prompt = 3")
+            + "\n[env]\nkind = \"guess\"\nhigh = 3\nmax_turns = 2\neval_games = 6\nfailure_rate = 0.15\nmax_retries = 1\n"
+            + "step_latency_ms = { kind = \"lognormal\", median = 2, sigma = 1.0, max = 20 }\n"
+            + &format!("extra_groups = {extra}\nmode = \"{mode}\"\n")
+    };
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let run = |n: &str| dir.path().join(n).join("default");
+    let exact = write_config(dir.path(), &env(0, "sync"));
+    let one = single(&["--threads", "1", "train", "--config", &exact, "--out-dir", &out("one")]);
+    assert!(one.status.success(), "{}", text(&one));
+    let two = mpirun(2, &["--threads", "1", "train", "--config", &exact, "--out-dir", &out("two")], &[]);
+    assert!(two.status.success(), "{}", text(&two));
+    compare_runs(&run("one"), &run("two"), "checkpoints/step-3", "[env] dp=2 vs dp=1");
+    let m = metrics(&run("one"));
+    assert!(m.iter().any(|l| l["grad_norm"].as_f64().unwrap_or(0.0) > 0.0), "some games were won: {m:?}");
+    assert!(m.iter().any(|l| l["env_retries"].as_u64().unwrap_or(0) > 0), "failures were retried");
+    let p = dir.path().join("redundant.toml");
+    std::fs::write(&p, env(4, "async")).unwrap();
+    let o = mpirun(2, &["--threads", "1", "train", "--config", p.to_str().unwrap(), "--out-dir", &out("red")], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    for name in ["one", "two", "red"] {
+        let steps: Vec<_> = metrics(&run(name)).into_iter().filter(|m| m.get("env_groups_kept").is_some()).collect();
+        assert_eq!(steps.len(), 3, "{name}");
+        for m in &steps {
+            let kept = m["env_groups_kept"].as_u64().unwrap();
+            assert_eq!(m["env_trajectories"].as_u64().unwrap(), 3 * kept, "{name}: n per kept group: {m}");
+            if name == "red" {
+                assert_eq!(kept, 5, "redundant groups keep the batch whole: {m}");
+            } else {
+                assert_eq!(kept + m["env_groups_failed"].as_u64().unwrap(), 5, "{name}: {m}");
+            }
+        }
+    }
+}
+
+#[test]
 fn data_and_tensor_parallel_grpo_match_one_process_after_3_rl_steps() {
     let dir = tempfile::tempdir().unwrap();
     let text_cfg = grpo_config();

@@ -22,6 +22,8 @@ pub enum BenchCommand {
     Generate(GenerateArgs),
     /// Gradient all-reduce bandwidth under mpirun: bucketed vs one raw MPI all-reduce.
     Allreduce(crate::cli::bench_allreduce::AllreduceArgs),
+    /// Multi-turn environments with latency: sync vs env-level async vs redundant groups.
+    Env(crate::cli::bench_env::EnvArgs),
     /// f32 GEMM throughput of the gemm crate at one square size.
     Gemm {
         #[arg(long, default_value_t = 1024)]

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_allreduce;
+pub mod bench_env;
 pub mod compass;
 pub mod convert;
 pub mod experiment;

@@ -97,11 +97,17 @@ impl EnvConfig {
         let Some(rl) = &cfg.rl else {
             return bad("kind", "[env] is played in the RL phase: add an [rl] table".into());
         };
+        if rl.prompts_per_step + self.extra_groups >= 1 << 24 {
+            return bad("extra_groups", "groups per step (with the extra ones) must stay below 2^24".into());
+        }
         if u64::from(rl.samples_per_prompt) + u64::from(self.extra_samples) > 1 << 23 {
             return bad("extra_samples", "too many samples per group".into());
         }
         if cfg.attnrl.is_some() || cfg.rhythm.is_some() || cfg.critic.is_some() || cfg.workload.is_some() {
             return bad("kind", "[env] runs group sampling; drop [attnrl], [rhythm], [critic] and [workload]".into());
+        }
+        if cfg.async_rl.is_some() {
+            return bad("kind", "[env] plays env-level async inside the (data-parallel) trainer; drop [async]".into());
         }
         if cfg.parallel.tp != 1 {
             return bad("kind", format!("[env] runs with tp = 1 (parallel.tp = {})", cfg.parallel.tp));

@@ -13,17 +13,19 @@ use crate::rollout::{GenerateConfig, SamplingParams};
 use crate::tokenizer::char::{CharTokenizer, EOS_ID};
 use crate::train::rl::Sample;
 
-/// Game ids of the evaluation split start here (training games are step · groups + i).
+/// Game ids of the evaluation split start here (training games: see [`games_of`]).
 pub const EVAL_GAMES: u64 = 1 << 48;
+
+/// Game ids are (step << GAME_BITS) | index: a game's id does not depend on the redundancy.
+pub const GAME_BITS: u32 = 24;
 
 /// The games this rank plays at `step`: its share of the needed groups, then its share of the
 /// redundant ones, and how many of them it must keep.
 pub fn games_of(ec: &EnvConfig, groups: usize, step: u64, dp: &dyn Comm) -> (Vec<u64>, usize) {
-    let total = (groups + ec.extra_groups) as u64;
     let mine = partition(groups, dp.size(), dp.rank());
     let extra = partition(ec.extra_groups, dp.size(), dp.rank());
-    let mut games: Vec<u64> = mine.clone().map(|i| step * total + i as u64).collect();
-    games.extend(extra.map(|i| step * total + (groups + i) as u64));
+    let mut games: Vec<u64> = mine.clone().map(|i| (step << GAME_BITS) | i as u64).collect();
+    games.extend(extra.map(|i| (step << GAME_BITS) | (groups + i) as u64));
     (games, mine.len())
 }
 
@@ -72,7 +74,7 @@ impl RlTrainer<'_> {
         };
         let mut turns = 0usize;
         for (k, t) in r.groups.iter().flatten().enumerate() {
-            let no_signal = rl.filter_zero_std && adv.zero_std[k];
+            let no_signal = rl.filter_zero_std && adv.zero_std[k / n as usize];
             for turn in &t.turns {
                 turns += 1;
                 let c = &turn.completion;
@@ -125,8 +127,7 @@ impl RlTrainer<'_> {
         for (name, v) in names.iter().zip(counts) {
             out.note(name, (v as u64).into());
         }
-        out.note("env_rollout_s", r.wall_s.into());
-        out.note("env_generate_calls", r.generate_calls.into());
+        out.note("time_env_rollout_s", r.wall_s.into());
         Ok(out)
     }
 }
