@@ -50,9 +50,8 @@ fn play(m: &Model, ec: &EnvConfig, mode: EnvMode, games: &[u64], keep: usize, n:
 /// Whether the trajectory (game, sample) meets a call that fails on every attempt.
 fn doomed(ec: &EnvConfig, game: u64, sample: u32, calls: u32) -> bool {
     let m: LatencyModel = ec.latency();
-    (0..calls).any(|call| {
-        (0..=ec.max_retries).all(|attempt| m.draw(CallKey { seed: 11, game, sample, call, attempt }).1)
-    })
+    (0..calls)
+        .any(|call| (0..=ec.max_retries).all(|attempt| m.draw(CallKey { seed: 11, game, sample, call, attempt }).1))
 }
 
 #[test]
@@ -112,8 +111,7 @@ fn failures_without_redundancy_shrink_the_batch_but_never_corrupt_it() {
     let ec = env("failure_rate = 0.5\nmax_retries = 0");
     let games: Vec<u64> = (0..8).collect();
     let r = play(&m, &ec, EnvMode::Async, &games, 8, 2, 0);
-    let expect_kept =
-        games.iter().filter(|&&g| (0..2).all(|s| !doomed(&ec, g, s, 1))).count();
+    let expect_kept = games.iter().filter(|&&g| (0..2).all(|s| !doomed(&ec, g, s, 1))).count();
     assert!(r.groups.len() < games.len(), "a failure rate of 50 % loses groups");
     assert!(r.groups.len() <= expect_kept);
     assert_eq!(r.groups.len() + r.failed_groups, games.len());
@@ -168,9 +166,7 @@ fn the_env_section_is_validated_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let base = rl_config(dir.path(), "");
     assert!(base.env.is_some());
-    let text = |extra: &str| {
-        ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 1\n\n[env]\nkind = \"guess\"\n" + extra
-    };
+    let text = |extra: &str| ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 1\n\n[env]\nkind = \"guess\"\n" + extra;
     for (bad, key) in [
         ("failure_rate = 1.0", "env.failure_rate"),
         ("max_turns = 0", "env.max_turns"),

@@ -361,6 +361,16 @@ impl<'a> Sim<'a> {
             p * self.alpha_steps as u64
         };
         let allowed = (p * (self.version as u64 + 1)).saturating_add(ahead);
+        if self.pol.batch_rollout {
+            // one whole batch at a time, once the previous one has finished generating
+            let in_flight = self.live_count.saturating_sub(self.buffer.len() as u64);
+            if in_flight == 0 && self.consumed_groups + self.live_count + p <= allowed {
+                for _ in 0..p {
+                    self.launch_group();
+                }
+            }
+            return;
+        }
         let n = (self.sc.workload.responses_per_prompt + self.pol.group_size_redundancy) as u64;
         let queue_cap = self.workers.len() as u64 + n;
         let mut guard = 0;

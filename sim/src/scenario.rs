@@ -224,6 +224,12 @@ pub struct Policy {
     /// Async ratio α (`inf` allowed): samples may be at most ⌈α⌉ versions stale.
     #[serde(default)]
     pub alpha: f64,
+    /// Batch rollout (async modes): the rollout side launches a whole step's P groups at once, and
+    /// the next batch only when none of its groups is still generating (arbor's `[async]`
+    /// trainer and other batch-pipelined one-step off-policy designs); without it rollout refills
+    /// group by group as capacity frees (ROLL Flash).
+    #[serde(default)]
+    pub batch_rollout: bool,
     /// Environment-level async: no barrier between trajectories' turns (multi-turn).
     #[serde(default)]
     pub env_async: bool,

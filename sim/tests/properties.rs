@@ -64,6 +64,17 @@ proptest! {
         prop_assert_eq!(r.steps, 4);
     }
 
+    /// Batch rollout (arbor's [async]): staleness within α and nothing aborted.
+    #[test]
+    fn batch_rollout_stays_within_alpha_and_aborts_nothing(alpha in 1u32..4, gpus in 2u32..9, prompts in 1u32..12, n in 1u32..6, seed in 0u64..1000) {
+        let pol = format!("mode = \"async\"\nplacement = \"disaggregated\"\nalpha = {alpha}\nbatch_rollout = true");
+        let sc = scenario(gpus, prompts, n, 300, 64, "", &pol);
+        let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
+        prop_assert!(r.staleness_max <= alpha, "staleness {} > alpha {}", r.staleness_max, alpha);
+        prop_assert_eq!(r.steps, 4);
+        prop_assert_eq!(r.aborted_samples, 0);
+    }
+
     /// Work conservation: each prompt attempt is launched once and then consumed once or aborted (and relaunched).
     #[test]
     fn work_conservation(mode in 0usize..4, gpus in 2u32..9, prompts in 1u32..10, n in 1u32..5, seed in 0u64..1000) {

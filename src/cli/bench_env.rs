@@ -36,8 +36,16 @@ pub fn run(args: &EnvArgs) -> anyhow::Result<()> {
     };
     let tok = CharTokenizer::default();
     let model = build_model(&cfg, &tok).context("building the model")?;
-    let extra = args.extra_groups.unwrap_or(if ec.extra_groups > 0 { ec.extra_groups } else { rl.prompts_per_step.div_ceil(4) });
-    let modes = [("sync", EnvMode::Sync, 0usize), ("env_async", EnvMode::Async, 0), ("env_async_redundant", EnvMode::Async, extra)];
+    let extra = args.extra_groups.unwrap_or(if ec.extra_groups > 0 {
+        ec.extra_groups
+    } else {
+        rl.prompts_per_step.div_ceil(4)
+    });
+    let modes = [
+        ("sync", EnvMode::Sync, 0usize),
+        ("env_async", EnvMode::Async, 0),
+        ("env_async_redundant", EnvMode::Async, extra),
+    ];
     let mut secs = Vec::new();
     for (name, mode, extra_groups) in modes {
         let mut env = ec.clone();
@@ -50,7 +58,12 @@ pub fn run(args: &EnvArgs) -> anyhow::Result<()> {
                 tok: &tok,
                 env: &env,
                 gen: GenerateConfig {
-                    sampling: SamplingParams { temperature: rl.temperature, top_p: 1.0, top_k: 0, max_new_tokens: rl.max_new_tokens },
+                    sampling: SamplingParams {
+                        temperature: rl.temperature,
+                        top_p: 1.0,
+                        top_k: 0,
+                        max_new_tokens: rl.max_new_tokens,
+                    },
                     stop_tokens: vec![EOS_ID],
                     seed: cfg.run.seed,
                     step: step + 1,

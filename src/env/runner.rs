@@ -138,7 +138,10 @@ pub fn rollout(p: &Play, games: &[u64], keep: usize, n: u32, extra: u32) -> Resu
         }
         drop(ask);
         serve(p, &asks, &live, &mut out)?;
-        Ok(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("env: a trajectory thread panicked".into())))).collect())
+        Ok(handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("env: a trajectory thread panicked".into()))))
+            .collect())
     })?;
     for r in results {
         r?;

@@ -178,9 +178,10 @@ fn run_shard(
             free.pop();
             cache.len[slot] = 0;
             let rng = Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]);
-            let target = cfg.workload.as_ref().map(|w| {
-                w.length(cfg.seed, cfg.step, r.prompt_id, r.sample_index, cfg.sampling.max_new_tokens)
-            });
+            let target = cfg
+                .workload
+                .as_ref()
+                .map(|w| w.length(cfg.seed, cfg.step, r.prompt_id, r.sample_index, cfg.sampling.max_new_tokens));
             active.push(Active { req, slot, rng, out, fed: 0, next: 0, target });
         }
         if active.is_empty() {
@@ -231,7 +232,7 @@ fn run_shard(
             if a.out.finish == Finish::Stop
                 || a.target.is_some_and(|t| a.out.tokens.len() >= t)
                 || a.out.tokens.len() >= cfg.sampling.max_new_tokens
-                || cache.len[a.slot] >= max_len
+                || cache.len[a.slot] + 1 >= max_len
             {
                 // mark for removal; `fed` past the prompt length flags it
                 a.fed = usize::MAX;

@@ -38,7 +38,9 @@ impl WorkloadConfig {
         let finite = |x: f64| x.is_finite();
         let ok = match &self.lengths {
             Dist::Constant { value } => finite(*value) && *value >= 1.0,
-            Dist::Lognormal { median, sigma, .. } => finite(*median) && *median > 0.0 && finite(*sigma) && *sigma >= 0.0,
+            Dist::Lognormal { median, sigma, .. } => {
+                finite(*median) && *median > 0.0 && finite(*sigma) && *sigma >= 0.0
+            }
             Dist::Gaussian { mean, std, .. } => finite(*mean) && finite(*std) && *std >= 0.0,
             Dist::Pareto { scale, shape, .. } => finite(*scale) && *scale > 0.0 && finite(*shape) && *shape > 0.0,
             Dist::GaussianMixture { components, .. } => {

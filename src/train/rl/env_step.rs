@@ -166,7 +166,10 @@ pub fn env_win_rate(
         mode: EnvMode::Async,
     };
     let r = rollout(&play, &games, games.len(), samples.max(1), 0)?;
-    let mut sums = [r.groups.iter().flatten().map(|t| f64::from(t.reward)).sum::<f64>(), (games.len() * samples.max(1) as usize) as f64];
+    let mut sums = [
+        r.groups.iter().flatten().map(|t| f64::from(t.reward)).sum::<f64>(),
+        (games.len() * samples.max(1) as usize) as f64,
+    ];
     dp.all_reduce_sum_f64(&mut sums)?;
     Ok(sums[0] / sums[1].max(1.0))
 }

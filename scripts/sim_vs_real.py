@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Sim meets reality (ISSUE 9): real synchronous vs asynchronous training under mpirun, and the
+simulator's prediction for the same setup.
+
+1. Runs configs/longtail.toml (forced lognormal response lengths, an emulated 6 ms decode step)
+   under `mpirun -np 4` with 2 rollout ranks and 2 training ranks at alpha = 0 (synchronous: proven
+   equal to the synchronous trainer in tests/mpi.rs), 1 and 2.
+2. Derives a simulator scenario from the alpha = 0 run only: the measured decode-step time, training
+   seconds per token and per-step overhead, and the configured length distribution.
+3. Runs `arbor sim run` on it and prints real and predicted step times and speedups, with the error.
+
+Usage: python3 scripts/sim_vs_real.py [--steps 12] [--out runs/sim-vs-real]
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARBOR = os.path.join(ROOT, "target", "release", "arbor")
+WARMUP = 2  # steps left out of the means (first batches, no history to overlap with)
+PROMPT_TOKENS = 24  # Countdown prompt length in characters (tokens), for the token counts
+
+
+def mpirun(np, args):
+    env = dict(os.environ)
+    env.update({
+        "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_btl_tcp_if_include": "lo",
+        "OMPI_MCA_oob_tcp_if_include": "lo", "OMPI_MCA_btl_vader_single_copy_mechanism": "none",
+        "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    })
+    cmd = ["mpirun", "-np", str(np), "--oversubscribe", ARBOR] + args
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"sim_vs_real: {' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
+
+
+def steps_of(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        lines = [json.loads(l) for l in f]
+    return [m for m in lines if "step_s" in m and "rl_step" in m]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "sim-vs-real"))
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    base = open(os.path.join(ROOT, "configs", "longtail.toml")).read()
+    base = re.sub(r"(?m)^steps = 10$", f"steps = {a.steps}", base)
+    lengths = re.search(r"(?m)^lengths = (.*)$", base).group(1)
+    step_ms = float(re.search(r"(?m)^decode_step_ms = (.*)$", base).group(1))
+    real = {}
+    for alpha in (0, 1, 2):
+        cfg = os.path.join(a.out, f"alpha{alpha}.toml")
+        with open(cfg, "w") as f:
+            f.write(base + f"\n[async]\nrollout_ranks = 2\nalpha = {alpha}\n")
+        out = os.path.join(a.out, f"alpha{alpha}")
+        print(f"sim_vs_real: mpirun -np 4 arbor train --config {cfg} (alpha = {alpha})", flush=True)
+        mpirun(4, ["--threads", "1", "train", "--config", cfg, "--out-dir", out])
+        real[alpha] = steps_of(os.path.join(out, "longtail"))[WARMUP:]
+
+    # the scenario, from the synchronous run only
+    s0 = real[0]
+    decode_s = mean([m["time_generate_s"] / max(m["response_len_max"], 1) for m in s0])
+    tokens = [m["trained_samples"] * (PROMPT_TOKENS + m["response_len_mean"]) for m in s0]
+    train_per_token = mean([m["time_train_s"] / t for m, t in zip(s0, tokens)])
+    overhead = max(0.0, mean([m["step_s"] - m["time_generate_s"] - m["time_train_s"] for m in s0]))
+    params = 814208
+    peak = 1e12
+    # training: 6 N tokens / (train_gpus * peak * mfu) = train_per_token * tokens on 2 training ranks
+    mfu = 6 * params / (2 * peak * train_per_token)
+    with open(os.path.join(a.out, "alpha0.toml")) as f:
+        rl = f.read()
+    prompts = int(re.search(r"(?m)^prompts_per_step = (\d+)", rl).group(1))
+    n = int(re.search(r"(?m)^samples_per_prompt = (\d+)", rl).group(1))
+    max_new = int(re.search(r"(?m)^max_new_tokens = (\d+)", rl).group(1))
+    max_batch = int(re.search(r"(?m)^max_batch = (\d+)", rl).group(1))
+    scenario = f"""name = "sim-vs-real"
+description = "Derived by scripts/sim_vs_real.py from the alpha = 0 run (4 CPU ranks: 2 rollout, 2 train)."
+seed = 1
+steps = {a.steps}
+warmup_steps = {WARMUP}
+
+[hardware]
+gpus = 4
+hbm_tb_per_s = 1e9
+peak_tflops = {peak / 1e12}
+link_gb_per_s = 1e9
+intra_node_gb_per_s = 1e9
+hbm_gb = 1e6
+
+[model]
+params_b = {params / 1e9}
+kv_bytes_per_token = 1e-6
+
+[inference]
+tp = 1
+max_concurrency = {max_batch}
+decode_overhead_ms = {decode_s * 1e3}
+bandwidth_efficiency = 1.0
+prefill_mfu = 1.0
+
+[training]
+mfu = {mfu}
+update_overhead_s = 0.0
+sync_overhead_s = {overhead}
+train_fraction = 0.5
+
+[workload]
+prompts_per_step = {prompts}
+responses_per_prompt = {n}
+prompt_tokens = {PROMPT_TOKENS}
+response_tokens = {lengths}
+max_response_tokens = {max_new}
+prompt_difficulty_sigma = 0.0
+"""
+    # arbor's [async] rollout ranks generate one whole batch at a time (batch_rollout); the
+    # "-refill" policies are ROLL Flash's group-by-group refill, what continuous rollout would buy
+    for alpha in (0, 1, 2):
+        for refill in (False, True):
+            if refill and alpha == 0:
+                continue
+            mode = "sync" if alpha == 0 else "async"
+            scenario += f"""
+[[policy]]
+name = "alpha{alpha}{'-refill' if refill else ''}"
+mode = "{mode}"
+placement = "disaggregated"
+dispatch = "static"
+alpha = {alpha}
+batch_rollout = {'false' if refill else 'true'}
+"""
+    path = os.path.join(a.out, "scenario.toml")
+    with open(path, "w") as f:
+        f.write(scenario)
+    r = subprocess.run([ARBOR, "sim", "run", "--scenario", path, "--json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"sim_vs_real: arbor sim run failed:\n{r.stdout}\n{r.stderr}")
+    js = json.loads(r.stdout[r.stdout.index("{"):])
+    sim = {p["policy"]: p["step_time_s_mean"] for p in js["policies"]}
+
+    print(f"\nmeasured from alpha = 0: decode step {decode_s * 1e3:.2f} ms (floor {step_ms} ms), "
+          f"train {train_per_token * 1e6:.2f} us/token, overhead {overhead * 1e3:.1f} ms/step")
+    print(f"scenario: {path}\n")
+    print("| run | real s/step | sim s/step | real speedup | sim speedup | speedup error | sim, group refill |")
+    print("|---|---|---|---|---|---|---|")
+    r0, p0 = mean([m["step_s"] for m in real[0]]), sim["alpha0"]
+    rows = []
+    for alpha in (0, 1, 2):
+        rs, ps = mean([m["step_s"] for m in real[alpha]]), sim[f"alpha{alpha}"]
+        su_r, su_p = r0 / rs, p0 / ps
+        err = abs(su_p - su_r) / su_r
+        refill = p0 / sim[f"alpha{alpha}-refill"] if alpha else 1.0
+        rows.append({"alpha": alpha, "real_step_s": rs, "sim_step_s": ps, "real_speedup": su_r,
+                     "sim_speedup": su_p, "error": err, "sim_refill_speedup": refill})
+        print(f"| alpha = {alpha} | {rs:.3f} | {ps:.3f} | {su_r:.2f}x | {su_p:.2f}x | {100 * err:.1f} % | {refill:.2f}x |")
+    with open(os.path.join(a.out, "table.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    worst = max(r["error"] for r in rows)
+    print(f"\nworst speedup error {100 * worst:.1f} % (target <= 20 %)")
+
+
+if __name__ == "__main__":
+    main()
