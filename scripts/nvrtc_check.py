@@ -93,7 +93,8 @@ def compile_src(lib, src, name, arch):
     return rc == 0, log, ptx
 
 
-ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\(')
+ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
+                      r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
 INCLUDE_RE = re.compile(r'^\s*#\s*include\b', re.M)
 
 
@@ -128,7 +129,9 @@ def main(argv):
             failed = True
             continue
         entries = ENTRY_RE.findall(code)
-        src = common + "\n" + body
+        # The #line directive only makes diagnostics point into the .cu file; the Rust loader
+        # prepends common.cuh the same way (with or without it, the code is identical).
+        src = common + "\n#line 1 \"%s\"\n" % os.path.basename(fpath) + body
         for arch in ARCHS:
             ok, log, ptx = compile_src(lib, src, os.path.basename(fpath), arch)
             if not ok:

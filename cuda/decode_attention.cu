@@ -1,0 +1,163 @@
+// Single-query attention for incremental decoding against a KV cache
+// (CPU: src/model/decode.rs KvCache::store / attend_row).
+//
+// GPU cache layout (differs from the CPU's transposed 8-position key blocks, which only serve
+// AVX2): for each layer, two buffers
+//   k_cache, v_cache: [slots, KV, max_len, D] storage T, row-major: position p of kv head g of
+//   slot s is the D contiguous elements at ((s * KV + g) * max_len + p) * D.
+// Positions 0..len-1 of a slot must hold the post-RoPE keys and the values of its tokens.
+//
+// ABI (T = float for _f32, unsigned short (bf16) for _bf16):
+//
+// kv_cache_store_f32 / kv_cache_store_bf16
+//   (T* k_cache, T* v_cache, const T* qkv, int qkv_stride, int k_col, int v_col,
+//    const int* slots, const unsigned int* positions, int b, int kv_heads, int head_dim, int max_len)
+//   Copies, for each row i < b, the key and value of row i of the packed q|k|v buffer
+//   (qkv: [b, qkv_stride]; key at columns [k_col, k_col + KV*D), value at [v_col, v_col + KV*D);
+//   for the standard layout k_col = H*D, v_col = (H+KV)*D) into slot slots[i] at position
+//   positions[i] (must be < max_len). Run it after RoPE and before decode_attn.
+//   Launch: grid = (b), block = 128, no dynamic shared memory.
+//
+// decode_attn_f32 / decode_attn_bf16
+//   (T* out, int out_stride, const T* q, int q_stride, const T* k_cache, const T* v_cache,
+//    const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim, int max_len)
+//   q: [B, q_stride] T, head h of row i at columns [h*D, (h+1)*D) (so q can be read straight out
+//   of the packed q|k|v rows: q_stride = (H + 2KV) * D); out: [B, out_stride] T, head h of row i at
+//   columns [h*D, (h+1)*D); slots: [B] cache slot of row i; lens: [B] number of cached positions
+//   row i attends to (its own position + 1, the current token already stored; 1 <= len <= max_len).
+//   For query head h of row i, kv head g = h / (H / KV), scale = 1 / sqrt(D):
+//     out = softmax_j(scale * q . K[j]) V[j] over j < lens[i]
+//   Online softmax (running max and sum) per warp, warps merged at the end.
+//   head_dim: any value with 1 <= D <= 256 (each lane owns dims lane, lane + 32, ...).
+//   Launch: grid = (num_heads, B), block = 128 (MUST be 128: 4 warps; warp w takes positions
+//   j = w, w + 4, ...), no dynamic shared memory (static: 4 * 258 floats).
+
+#define DEC_WARPS 4
+#define DEC_MAX_D 256
+#define DEC_PER_LANE (DEC_MAX_D / 32)
+
+template <typename T>
+__device__ void kv_cache_store(T* __restrict__ k_cache, T* __restrict__ v_cache, const T* __restrict__ qkv,
+                               int qkv_stride, int k_col, int v_col, const int* __restrict__ slots,
+                               const unsigned int* __restrict__ positions, int b, int kv_heads, int head_dim,
+                               int max_len) {
+    const int i = blockIdx.x;
+    if (i >= b) return;
+    const long long s = slots[i];
+    const long long p = positions[i];
+    const T* row = qkv + (long long)i * qkv_stride;
+    const int w = kv_heads * head_dim;
+    for (int c = threadIdx.x; c < w; c += blockDim.x) {
+        const int g = c / head_dim, d = c - g * head_dim;
+        const long long dst = ((s * kv_heads + g) * max_len + p) * head_dim + d;
+        k_cache[dst] = row[k_col + c];
+        v_cache[dst] = row[v_col + c];
+    }
+}
+
+extern "C" __global__ void kv_cache_store_f32(float* k_cache, float* v_cache, const float* qkv, int qkv_stride,
+                                              int k_col, int v_col, const int* slots, const unsigned int* positions,
+                                              int b, int kv_heads, int head_dim, int max_len) {
+    kv_cache_store<float>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b, kv_heads,
+                          head_dim, max_len);
+}
+
+extern "C" __global__ void kv_cache_store_bf16(unsigned short* k_cache, unsigned short* v_cache,
+                                               const unsigned short* qkv, int qkv_stride, int k_col, int v_col,
+                                               const int* slots, const unsigned int* positions, int b,
+                                               int kv_heads, int head_dim, int max_len) {
+    kv_cache_store<unsigned short>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b,
+                                   kv_heads, head_dim, max_len);
+}
+
+template <typename T>
+__device__ void decode_attn(T* __restrict__ out, int out_stride, const T* __restrict__ q, int q_stride,
+                            const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                            const int* __restrict__ slots, const int* __restrict__ lens, int num_heads,
+                            int kv_heads, int head_dim, int max_len) {
+    __shared__ float s_acc[DEC_WARPS][DEC_MAX_D];
+    __shared__ float s_m[DEC_WARPS], s_l[DEC_WARPS];
+    const int h = blockIdx.x, i = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = num_heads / kv_heads;
+    const int g = h / group;
+    const int len = lens[i];
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    const T* qh = q + (long long)i * q_stride + (long long)h * head_dim;
+    const long long base = ((long long)slots[i] * kv_heads + g) * max_len * head_dim;
+    const T* kb = k_cache + base;
+    const T* vb = v_cache + base;
+
+    float qr[DEC_PER_LANE], acc[DEC_PER_LANE];
+#pragma unroll
+    for (int e = 0; e < DEC_PER_LANE; ++e) {
+        const int d = lane + 32 * e;
+        qr[e] = d < head_dim ? load_f(qh + d) : 0.0f;
+        acc[e] = 0.0f;
+    }
+    float m = neg_inf_f(), l = 0.0f;
+    for (int j = warp; j < len; j += DEC_WARPS) {
+        const T* kr = kb + (long long)j * head_dim;
+        float part = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DEC_PER_LANE; ++e) {
+            const int d = lane + 32 * e;
+            if (d < head_dim) part += qr[e] * load_f(kr + d);
+        }
+        const float sc = warp_sum(part) * scale;
+        const float mn = fmaxf(m, sc);
+        const float corr = expf(m - mn);  // 0 on the first key (m = -inf)
+        const float p = expf(sc - mn);
+        l = l * corr + p;
+        const T* vr = vb + (long long)j * head_dim;
+#pragma unroll
+        for (int e = 0; e < DEC_PER_LANE; ++e) {
+            const int d = lane + 32 * e;
+            acc[e] = acc[e] * corr + (d < head_dim ? p * load_f(vr + d) : 0.0f);
+        }
+        m = mn;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < DEC_PER_LANE; ++e) {
+        const int d = lane + 32 * e;
+        if (d < head_dim) s_acc[warp][d] = acc[e];
+    }
+    __syncthreads();
+    float mt = neg_inf_f();
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; ++w) mt = fmaxf(mt, s_m[w]);
+    float lt = 0.0f, f[DEC_WARPS];
+#pragma unroll
+    for (int w = 0; w < DEC_WARPS; ++w) {
+        f[w] = s_m[w] == neg_inf_f() ? 0.0f : expf(s_m[w] - mt);
+        lt += s_l[w] * f[w];
+    }
+    const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+    T* oh = out + (long long)i * out_stride + (long long)h * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) o += s_acc[w][d] * f[w];
+        store_f(oh + d, o * inv);
+    }
+}
+
+extern "C" __global__ void decode_attn_f32(float* out, int out_stride, const float* q, int q_stride,
+                                           const float* k_cache, const float* v_cache, const int* slots,
+                                           const int* lens, int num_heads, int kv_heads, int head_dim,
+                                           int max_len) {
+    decode_attn<float>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads, kv_heads,
+                       head_dim, max_len);
+}
+
+extern "C" __global__ void decode_attn_bf16(unsigned short* out, int out_stride, const unsigned short* q,
+                                            int q_stride, const unsigned short* k_cache,
+                                            const unsigned short* v_cache, const int* slots, const int* lens,
+                                            int num_heads, int kv_heads, int head_dim, int max_len) {
+    decode_attn<unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
+                                kv_heads, head_dim, max_len);
+}

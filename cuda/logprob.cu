@@ -1,0 +1,141 @@
+// Fused log-softmax statistics of the LM head and their backward
+// (CPU: src/model/head.rs logits_stats / logits_backward_inplace).
+//
+// ABI (N rows of V logits; T = float (_f32) or unsigned short bf16 (_bf16) for the logits; every
+// statistic and every per-row input is f32):
+//
+// logprob_fwd_f32 / logprob_fwd_bf16
+//   (const T* logits, const unsigned int* targets, float* lse, float* logp, float* entropy,
+//    int n, int v)
+//   logits: [N, V] T; targets: [N] (< V); lse, logp, entropy: [N] f32.
+//   lse[i]     = log sum_j exp(z[i,j])
+//   logp[i]    = z[i, targets[i]] - lse[i]
+//   entropy[i] = lse[i] - sum_j softmax(z)[i,j] * z[i,j]
+//   One pass over the row with a per-thread online (max, sum e^(z-max), sum e^(z-max)*z) triple,
+//   merged across the block.
+//   Launch: grid = (n), block = 512 (multiple of 32, <= 1024), no dynamic shared memory.
+//
+// logprob_bwd_f32 / logprob_bwd_bf16
+//   (T* dlogits, const T* logits, const unsigned int* targets, const float* lse,
+//    const float* dlogp, const float* dentropy, const float* entropy, int n, int v)
+//   dlogits: [N, V] T (overwritten; MAY alias logits: every element is read before it is
+//   written by the same thread); dlogp: [N] = dL/dlogp; dentropy: [N] = dL/dH or NULL (no entropy
+//   term; then entropy may be NULL too); entropy: [N] the forward's H; lse: [N] the forward's lse.
+//   With p_j = exp(z_j - lse), g = dlogp[i], e = dentropy[i] (0 if NULL), H = entropy[i]:
+//     dlogits[i,j] = g * (onehot(j == target) - p_j) - e * p_j * (log p_j + H)
+//   (d logp / dz = onehot - p;  dH / dz_j = -p_j (log p_j + H)). Rows with g == 0 and e == 0 are
+//   written as exact zeros (like the CPU).
+//   Launch: grid = (n), block = 512, no dynamic shared memory.
+
+// Merge (m2, s2, z2) into (m, s, z): s, z are sums of e^(x - m) and e^(x - m) * x.
+__device__ __forceinline__ void lse3_merge(float& m, float& s, float& z, float m2, float s2, float z2) {
+    const float mn = fmaxf(m, m2);
+    if (mn == neg_inf_f()) return;
+    const float a = expf(m - mn), b = expf(m2 - mn);
+    s = s * a + s2 * b;
+    z = z * a + z2 * b;
+    m = mn;
+}
+
+template <typename T>
+__device__ void logprob_fwd(const T* __restrict__ logits, const unsigned int* __restrict__ targets,
+                            float* __restrict__ lse, float* __restrict__ logp, float* __restrict__ entropy,
+                            int n, int v) {
+    __shared__ float sm[32], ss[32], sz[32];
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const T* z = logits + (long long)row * v;
+    float m = neg_inf_f(), s = 0.0f, zz = 0.0f;
+    for (int j = threadIdx.x; j < v; j += blockDim.x) {
+        const float x = load_f(z + j);
+        if (x > m) {
+            const float a = expf(m - x);  // m = -inf gives 0
+            s = s * a + 1.0f;
+            zz = zz * a + x;
+            m = x;
+        } else if (x != neg_inf_f()) {  // a -inf logit adds nothing (and must not make NaN)
+            const float e = expf(x - m);
+            s += e;
+            zz += e * x;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(ARBOR_FULL_MASK, m, o);
+        const float s2 = __shfl_xor_sync(ARBOR_FULL_MASK, s, o);
+        const float z2 = __shfl_xor_sync(ARBOR_FULL_MASK, zz, o);
+        lse3_merge(m, s, zz, m2, s2, z2);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) {
+        sm[warp] = m;
+        ss[warp] = s;
+        sz[warp] = zz;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        m = lane < nw ? sm[lane] : neg_inf_f();
+        s = lane < nw ? ss[lane] : 0.0f;
+        zz = lane < nw ? sz[lane] : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float m2 = __shfl_xor_sync(ARBOR_FULL_MASK, m, o);
+            const float s2 = __shfl_xor_sync(ARBOR_FULL_MASK, s, o);
+            const float z2 = __shfl_xor_sync(ARBOR_FULL_MASK, zz, o);
+            lse3_merge(m, s, zz, m2, s2, z2);
+        }
+        if (lane == 0) {
+            const float l = m + logf(s);
+            lse[row] = l;
+            logp[row] = load_f(z + targets[row]) - l;
+            entropy[row] = l - zz / s;
+        }
+    }
+}
+
+extern "C" __global__ void logprob_fwd_f32(const float* logits, const unsigned int* targets, float* lse,
+                                           float* logp, float* entropy, int n, int v) {
+    logprob_fwd<float>(logits, targets, lse, logp, entropy, n, v);
+}
+
+extern "C" __global__ void logprob_fwd_bf16(const unsigned short* logits, const unsigned int* targets, float* lse,
+                                            float* logp, float* entropy, int n, int v) {
+    logprob_fwd<unsigned short>(logits, targets, lse, logp, entropy, n, v);
+}
+
+template <typename T>
+__device__ void logprob_bwd(T* dlogits, const T* logits, const unsigned int* __restrict__ targets,
+                            const float* __restrict__ lse, const float* __restrict__ dlogp,
+                            const float* __restrict__ dentropy, const float* __restrict__ entropy, int n,
+                            int v) {
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const long long off = (long long)row * v;
+    const float g = dlogp[row];
+    const float e = dentropy ? dentropy[row] : 0.0f;
+    const float h = (dentropy && entropy) ? entropy[row] : 0.0f;
+    const int t = (int)targets[row];
+    if (g == 0.0f && e == 0.0f) {
+        for (int j = threadIdx.x; j < v; j += blockDim.x) store_f(dlogits + off + j, 0.0f);
+        return;
+    }
+    const float l = lse[row];
+    for (int j = threadIdx.x; j < v; j += blockDim.x) {
+        const float lp = load_f(logits + off + j) - l;
+        float d = -expf(lp) * (g + e * (lp + h));
+        if (j == t) d += g;
+        store_f(dlogits + off + j, d);
+    }
+}
+
+extern "C" __global__ void logprob_bwd_f32(float* dlogits, const float* logits, const unsigned int* targets,
+                                           const float* lse, const float* dlogp, const float* dentropy,
+                                           const float* entropy, int n, int v) {
+    logprob_bwd<float>(dlogits, logits, targets, lse, dlogp, dentropy, entropy, n, v);
+}
+
+extern "C" __global__ void logprob_bwd_bf16(unsigned short* dlogits, const unsigned short* logits,
+                                            const unsigned int* targets, const float* lse, const float* dlogp,
+                                            const float* dentropy, const float* entropy, int n, int v) {
+    logprob_bwd<unsigned short>(dlogits, logits, targets, lse, dlogp, dentropy, entropy, n, v);
+}
