@@ -73,14 +73,7 @@ __device__ void attn_fwd(T* __restrict__ out, int out_stride, float* __restrict_
         __syncthreads();
 
         float s[NJ];
-#pragma unroll
-        for (int jj = 0; jj < NJ; ++jj) s[jj] = 0.0f;
-        const float* qr = Qs + r * LD;
-        for (int d = 0; d < DM; ++d) {
-            const float qv = qr[d];
-#pragma unroll
-            for (int jj = 0; jj < NJ; ++jj) s[jj] += qv * Ks[(c + 4 * jj) * LD + d];
-        }
+        tile_scores<DM, NJ>(s, Qs + r * LD, Ks, LD, c);
         float mt = neg_inf_f();
 #pragma unroll
         for (int jj = 0; jj < NJ; ++jj) {

@@ -156,14 +156,7 @@ __device__ void attn_stats(const T* __restrict__ q, int q_stride, const T* __res
         __syncthreads();
 
         float s[NJ];
-#pragma unroll
-        for (int jj = 0; jj < NJ; ++jj) s[jj] = 0.0f;
-        const float* qr = Qs + r * LD;
-        for (int d = 0; d < DM; ++d) {
-            const float qv = qr[d];
-#pragma unroll
-            for (int jj = 0; jj < NJ; ++jj) s[jj] += qv * Ks[(c + 4 * jj) * LD + d];
-        }
+        tile_scores<DM, NJ>(s, Qs + r * LD, Ks, LD, c);
         // Tile-level (block-uniform) tests for the column sums.
         const int dmin = q0 - (k0 + ST_B - 1), dmax = q0 + ST_B - 1 - k0;
         const bool tile_fai = blk_rhy && dmax >= h_lo && dmin <= h_hi && k0 + ST_B > r_resp;

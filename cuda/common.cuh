@@ -154,3 +154,16 @@ __device__ __forceinline__ void load_rows_f32(float* dst, int ld, int rows, cons
         dst[r * ld + d] = x;
     }
 }
+
+// s[jj] = q_row . K_tile[c + 4 jj] for jj < NJ: one thread's scores against a shared-memory key
+// tile (rows of leading dimension ld, DM columns); thread column c takes every fourth key.
+template <int DM, int NJ>
+__device__ __forceinline__ void tile_scores(float (&s)[NJ], const float* q_row, const float* Ks, int ld, int c) {
+#pragma unroll
+    for (int jj = 0; jj < NJ; ++jj) s[jj] = 0.0f;
+    for (int d = 0; d < DM; ++d) {
+        const float qv = q_row[d];
+#pragma unroll
+        for (int jj = 0; jj < NJ; ++jj) s[jj] += qv * Ks[(c + 4 * jj) * ld + d];
+    }
+}

@@ -172,6 +172,7 @@ fn the_env_section_is_validated_with_its_key() {
         ("max_turns = 0", "env.max_turns"),
         ("low = 5\nhigh = 4", "env.low"),
         ("eval_games = 0", "env.eval_games"),
+        ("step_latency_ms = { kind = \"lognormal\", median = 5, sigma = -1 }", "env.step_latency_ms"),
     ] {
         let e = RunConfig::parse(&text(bad), Path::new("e.toml")).unwrap_err().to_string();
         assert!(e.contains("e.toml") && e.contains(key), "{bad}: {e}");

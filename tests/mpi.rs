@@ -7,7 +7,7 @@ mod common;
 use arbor::config::{RunConfig, ADDITION_CONFIG, DEFAULT_CONFIG};
 use arbor::io::load_hf_dir;
 use common::metrics_without_clock as metrics;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,18 @@ fn sft_config() -> String {
         .replace("eval_every = 100", "eval_every = 1")
 }
 
+/// Train `cfg` (a written config of the default job's run name) in one process into `dir/one` and
+/// under `mpirun -np 2` into `dir/two`; returns the two run directories.
+fn one_and_two(dir: &Path, cfg: &str) -> (PathBuf, PathBuf) {
+    for (name, np) in [("one", 1), ("two", 2)] {
+        let out = dir.join(name).to_str().unwrap().to_string();
+        let args = ["--threads", "1", "train", "--config", cfg, "--out-dir", &out];
+        let o = if np == 1 { single(&args) } else { mpirun(np, &args, &[]) };
+        assert!(o.status.success(), "{name}: {}", text(&o));
+    }
+    (dir.join("one").join("default"), dir.join("two").join("default"))
+}
+
 #[test]
 fn data_parallel_2_and_4_ranks_match_one_process_after_3_supervised_steps() {
     let dir = tempfile::tempdir().unwrap();
@@ -197,21 +209,10 @@ fn attnrl_tree_sampling_under_data_parallelism_matches_one_process() {
         let text_cfg = grpo_config()
             + "\n[attnrl]\nstep_separators = [\"\\n\"]\nfci_step_gap = 1\nmin_branch_distance = 2\ninitial_responses = 4\n"
             + &format!("off_policy = {off}\n");
-        let cfg = write_config(dir.path(), &text_cfg);
-        let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-        let one = single(&["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("one")]);
-        assert!(one.status.success(), "{}", text(&one));
-        let two = mpirun(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("two")], &[]);
-        assert!(two.status.success(), "{}", text(&two));
-        let run = |n: &str| dir.path().join(n).join("default");
-        let m = metrics(&run("one"));
+        let (one, two) = one_and_two(dir.path(), &write_config(dir.path(), &text_cfg));
+        let m = metrics(&one);
         assert!(m.iter().any(|l| l["branch_points"].as_u64().unwrap_or(0) > 0), "trees were branched: {m:?}");
-        compare_runs(
-            &run("one"),
-            &run("two"),
-            "checkpoints/step-3",
-            &format!("AttnRL (off-policy {off}) dp=2 vs dp=1"),
-        );
+        compare_runs(&one, &two, "checkpoints/step-3", &format!("AttnRL (off-policy {off}) dp=2 vs dp=1"));
     }
 }
 
@@ -223,15 +224,9 @@ fn asyppo_critics_under_data_parallelism_match_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let text_cfg = grpo_config()
         + "\n[critic]\ncount = 2\nhidden_size = 32\nintermediate_size = 64\nnum_layers = 1\nnum_heads = 2\nnum_kv_heads = 1\nlr = 1e-2\nmask_low_frac = 0.0\nentropy_exclude_high_frac = 0.0\n";
-    let cfg = write_config(dir.path(), &text_cfg);
-    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let one = single(&["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("one")]);
-    assert!(one.status.success(), "{}", text(&one));
-    let two = mpirun(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("two")], &[]);
-    assert!(two.status.success(), "{}", text(&two));
-    let run = |n: &str| dir.path().join(n).join("default");
-    compare_runs(&run("one"), &run("two"), "checkpoints/step-3", "critics dp=2 vs dp=1");
-    let m = metrics(&run("two"));
+    let (one, two) = one_and_two(dir.path(), &write_config(dir.path(), &text_cfg));
+    compare_runs(&one, &two, "checkpoints/step-3", "critics dp=2 vs dp=1");
+    let m = metrics(&two);
     assert!(m.iter().any(|l| l["critic_1_value_loss"].as_f64().unwrap_or(0.0) > 0.0), "the critics trained");
 }
 
@@ -249,13 +244,9 @@ fn multi_turn_environments_under_data_parallelism_lose_and_duplicate_nothing() {
     };
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let run = |n: &str| dir.path().join(n).join("default");
-    let exact = write_config(dir.path(), &env(0, "sync"));
-    let one = single(&["--threads", "1", "train", "--config", &exact, "--out-dir", &out("one")]);
-    assert!(one.status.success(), "{}", text(&one));
-    let two = mpirun(2, &["--threads", "1", "train", "--config", &exact, "--out-dir", &out("two")], &[]);
-    assert!(two.status.success(), "{}", text(&two));
-    compare_runs(&run("one"), &run("two"), "checkpoints/step-3", "[env] dp=2 vs dp=1");
-    let m = metrics(&run("one"));
+    let (one, two) = one_and_two(dir.path(), &write_config(dir.path(), &env(0, "sync")));
+    compare_runs(&one, &two, "checkpoints/step-3", "[env] dp=2 vs dp=1");
+    let m = metrics(&one);
     assert!(m.iter().any(|l| l["grad_norm"].as_f64().unwrap_or(0.0) > 0.0), "some games were won: {m:?}");
     assert!(m.iter().any(|l| l["env_retries"].as_u64().unwrap_or(0) > 0), "failures were retried");
     let p = dir.path().join("redundant.toml");
@@ -281,17 +272,12 @@ fn multi_turn_environments_under_data_parallelism_lose_and_duplicate_nothing() {
 fn data_and_tensor_parallel_grpo_match_one_process_after_3_rl_steps() {
     let dir = tempfile::tempdir().unwrap();
     let text_cfg = grpo_config();
-    let cfg = write_config(dir.path(), &text_cfg);
+    let (one, two) = one_and_two(dir.path(), &write_config(dir.path(), &text_cfg));
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let one = single(&["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("one")]);
-    assert!(one.status.success(), "{}", text(&one));
-    let two = mpirun(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out("two")], &[]);
-    assert!(two.status.success(), "{}", text(&two));
-    let run = |n: &str| dir.path().join(n).join("default");
     // the RL steps really trained: some samples carried advantage
-    let m = metrics(&run("one"));
+    let m = metrics(&one);
     assert!(m.iter().any(|l| l["trained_samples"].as_u64().unwrap_or(0) > 0), "no RL signal: {m:?}");
-    compare_runs(&run("one"), &run("two"), "checkpoints/step-3", "GRPO dp=2 vs dp=1");
+    compare_runs(&one, &two, "checkpoints/step-3", "GRPO dp=2 vs dp=1");
     // tensor parallelism: generation, the reference model, the KL term and the update on shards
     let tp_path = dir.path().join("tp.toml");
     std::fs::write(&tp_path, text_cfg.clone() + "\n[parallel]\ntp = 2\n").unwrap();
@@ -302,7 +288,8 @@ fn data_and_tensor_parallel_grpo_match_one_process_after_3_rl_steps() {
     // PPO ratios by as much; every metric (rewards, lengths, losses, KL) still agrees to 1e-5. AdamW's
     // early updates move each weight by about lr·sign(m), so a weight whose gradient is ~0 may step
     // either way: the weight bound is one update, lr = 1e-4 (measured 6.8e-5; SFT under TP: 6.3e-7).
-    compare_runs_within(&run("one"), &run("tp"), "checkpoints/step-3", "GRPO tp=2 vs one process", 1e-4);
+    let tp_run = dir.path().join("tp").join("default");
+    compare_runs_within(&one, &tp_run, "checkpoints/step-3", "GRPO tp=2 vs one process", 1e-4);
 }
 
 /// The numbers `arbor selftest tp` prints, by name.

@@ -98,8 +98,8 @@ impl Dist {
         }
     }
 
-    /// Check parameters and load CSV data; `key` names the scenario key for error messages.
-    pub fn prepare(&mut self, key: &str, base_dir: &Path) -> Result<()> {
+    /// Check the parameters (not the CSV of `empirical`); `key` names the key for error messages.
+    pub fn check(&self, key: &str) -> Result<()> {
         let bad = |what: &str| -> Result<()> { bail!("{key}: {what}") };
         match self {
             Dist::Constant { value } if !(value.is_finite() && *value >= 0.0) => bad("value must be finite and >= 0"),
@@ -120,13 +120,18 @@ impl Dist {
                 }
                 Ok(())
             }
-            Dist::Empirical { csv, column, values } => {
-                let path = base_dir.join(&*csv);
-                *values = read_csv_column(&path, *column).with_context(|| format!("{key}: csv = {csv:?}"))?;
-                Ok(())
-            }
             _ => Ok(()),
         }
+    }
+
+    /// Check parameters and load CSV data; `key` names the scenario key for error messages.
+    pub fn prepare(&mut self, key: &str, base_dir: &Path) -> Result<()> {
+        self.check(key)?;
+        if let Dist::Empirical { csv, column, values } = self {
+            let path = base_dir.join(&*csv);
+            *values = read_csv_column(&path, *column).with_context(|| format!("{key}: csv = {csv:?}"))?;
+        }
+        Ok(())
     }
 
     /// Mean estimated from 20k draws of a fixed stream (used for reporting and bounds).

@@ -6,10 +6,10 @@
 use crate::config::RunConfig;
 use crate::env::runner::Play;
 use crate::env::{rollout, EnvMode};
-use crate::rollout::{GenerateConfig, SamplingParams};
-use crate::tokenizer::char::{CharTokenizer, EOS_ID};
+use crate::tokenizer::char::CharTokenizer;
 use crate::train::pretrain::build_model;
 use crate::train::rl::env_step::games_of;
+use crate::train::rl::rollout_config;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -53,27 +53,8 @@ pub fn run(args: &EnvArgs) -> anyhow::Result<()> {
         let (mut wall, mut kept, mut failed) = (0.0, 0usize, 0usize);
         for step in 0..args.steps {
             let (games, keep) = games_of(&env, rl.prompts_per_step, step, &crate::parallel::Local);
-            let play = Play {
-                model: &model,
-                tok: &tok,
-                env: &env,
-                gen: GenerateConfig {
-                    sampling: SamplingParams {
-                        temperature: rl.temperature,
-                        top_p: 1.0,
-                        top_k: 0,
-                        max_new_tokens: rl.max_new_tokens,
-                    },
-                    stop_tokens: vec![EOS_ID],
-                    seed: cfg.run.seed,
-                    step: step + 1,
-                    max_batch: rl.max_batch,
-                    workload: None,
-                },
-                seed: cfg.run.seed,
-                latent: true,
-                mode,
-            };
+            let gen = rollout_config(&cfg, rl, step, rl.max_new_tokens);
+            let play = Play { model: &model, tok: &tok, env: &env, gen, seed: cfg.run.seed, latent: true, mode };
             let r = rollout(&play, &games, keep, rl.samples_per_prompt, ec.extra_samples)?;
             wall += r.wall_s;
             kept += r.groups.len();

@@ -87,8 +87,8 @@ impl EnvConfig {
             return bad("failure_rate", format!("{} must be in [0, 1)", self.failure_rate));
         }
         for (k, d) in [("reset_latency_ms", &self.reset_latency_ms), ("step_latency_ms", &self.step_latency_ms)] {
-            if matches!(d, Some(Dist::Empirical { .. })) {
-                return bad(k, "give a parametric distribution (constant, lognormal, gaussian, pareto)".into());
+            if let Some(d) = d {
+                crate::rollout::workload::check_parametric(&format!("env.{k}"), d)?;
             }
         }
         if self.eval_games == 0 {

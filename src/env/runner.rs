@@ -259,11 +259,11 @@ fn serve(p: &Play, asks: &mpsc::Receiver<Ask>, live: &AtomicUsize, out: &mut Env
 }
 
 /// Call `f` on the environment, retrying failures; `None` when every attempt failed.
-fn with_retries<T>(
-    env: &mut Latent<GuessGame>,
+fn with_retries<E: Env, T>(
+    env: &mut Latent<E>,
     max_retries: u32,
     retries: &AtomicUsize,
-    mut f: impl FnMut(&mut Latent<GuessGame>) -> std::result::Result<T, EnvFailure>,
+    mut f: impl FnMut(&mut Latent<E>) -> std::result::Result<T, EnvFailure>,
 ) -> Option<T> {
     for attempt in 0..=max_retries {
         env.key.attempt = attempt;

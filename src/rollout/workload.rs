@@ -26,6 +26,18 @@ pub struct WorkloadConfig {
     pub decode_step_ms: f64,
 }
 
+/// Check a distribution of a trainer config (`key` names it): valid parameters, and parametric
+/// (`empirical` reads a CSV relative to a simulator scenario, which a trainer config has not).
+pub fn check_parametric(key: &str, d: &Dist) -> Result<(), (String, String)> {
+    if matches!(d, Dist::Empirical { .. }) {
+        return Err((
+            key.into(),
+            "kind = \"empirical\" is for simulator scenarios; give a parametric distribution".into(),
+        ));
+    }
+    d.check(key).map_err(|e| (key.into(), format!("{e:#}")))
+}
+
 /// Salt of the length stream, so it never coincides with a sampling stream.
 const LENGTH_STREAM: u64 = 0x1e6_7a11;
 
@@ -35,27 +47,7 @@ impl WorkloadConfig {
         if !(self.decode_step_ms.is_finite() && (0.0..=10_000.0).contains(&self.decode_step_ms)) {
             return Err(("workload.decode_step_ms".into(), format!("{} must be in [0, 10000]", self.decode_step_ms)));
         }
-        let finite = |x: f64| x.is_finite();
-        let ok = match &self.lengths {
-            Dist::Constant { value } => finite(*value) && *value >= 1.0,
-            Dist::Lognormal { median, sigma, .. } => {
-                finite(*median) && *median > 0.0 && finite(*sigma) && *sigma >= 0.0
-            }
-            Dist::Gaussian { mean, std, .. } => finite(*mean) && finite(*std) && *std >= 0.0,
-            Dist::Pareto { scale, shape, .. } => finite(*scale) && *scale > 0.0 && finite(*shape) && *shape > 0.0,
-            Dist::GaussianMixture { components, .. } => {
-                !components.is_empty() && components.iter().all(|c| finite(c.mean) && finite(c.std) && c.weight > 0.0)
-            }
-            Dist::Empirical { .. } => {
-                return Err((
-                    "workload.lengths".into(),
-                    "kind = \"empirical\" is for simulator scenarios; give a parametric distribution".into(),
-                ))
-            }
-        };
-        if !ok {
-            return Err(("workload.lengths".into(), format!("{:?} has invalid parameters", self.lengths)));
-        }
+        check_parametric("workload.lengths", &self.lengths)?;
         Ok(())
     }
 
@@ -110,7 +102,7 @@ mod tests {
         w.decode_step_ms = -1.0;
         assert_eq!(w.validate().unwrap_err().0, "workload.decode_step_ms");
         let mut w = lognormal();
-        w.lengths = Dist::Lognormal { median: 0.0, sigma: 1.0, min: 0.0, max: 10.0 };
+        w.lengths = Dist::Lognormal { median: 10.0, sigma: -1.0, min: 0.0, max: 10.0 };
         assert_eq!(w.validate().unwrap_err().0, "workload.lengths");
     }
 }

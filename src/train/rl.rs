@@ -96,6 +96,7 @@ pub struct RlTrainer<'a> {
 }
 
 /// The step's sampling result, before the update.
+#[derive(Default)]
 pub(crate) struct Sampled {
     /// Every generated sample of this rank, in order.
     generated: Vec<StepSample>,
@@ -118,6 +119,43 @@ impl Sampled {
     /// Add a metric to the step's metrics line.
     pub(crate) fn note(&mut self, key: &str, value: serde_json::Value) {
         self.extra.insert(key.into(), value);
+    }
+
+    /// Record one completion of `prompt` with its sequence-level advantage (broadcast to every
+    /// token) and reward; it becomes a training sequence when `train` and it is not empty.
+    pub(crate) fn push(&mut self, prompt: Vec<u32>, c: Completion, advantage: f32, reward: f32, train: bool) {
+        let mut tok_adv = vec![0.0f32; c.tokens.len()];
+        broadcast_to_tokens(&[advantage], &[0, c.tokens.len()], &mut tok_adv);
+        if !c.tokens.is_empty() {
+            self.candidates += 1;
+            self.effective += usize::from(advantage != 0.0);
+        }
+        let data = Sample { prompt, response: c.tokens, behav_logp: c.logprobs, advantages: tok_adv, reward };
+        if train && !data.response.is_empty() {
+            self.train.push(data.clone());
+            self.train_of.push(Some(self.generated.len()));
+        }
+        self.generated.push(StepSample {
+            prompt_id: c.prompt_id,
+            sample_index: c.sample_index,
+            logp: vec![f32::NAN; data.response.len()],
+            finish: c.finish,
+            data,
+            trace: AttnTrace::default(),
+        });
+    }
+}
+
+/// Generation settings of the RL phase at step `step` (0-based; every request's random stream is
+/// keyed by step + 1), with at most `max_new` new tokens.
+pub fn rollout_config(cfg: &RunConfig, rl: &RlSection, step: u64, max_new: usize) -> GenerateConfig {
+    GenerateConfig {
+        sampling: SamplingParams { temperature: rl.temperature, top_p: 1.0, top_k: 0, max_new_tokens: max_new },
+        stop_tokens: vec![EOS_ID],
+        seed: cfg.run.seed,
+        step: step + 1,
+        max_batch: rl.max_batch,
+        workload: cfg.workload.clone(),
     }
 }
 
@@ -177,16 +215,7 @@ impl<'a> RlTrainer<'a> {
 
     /// Generate `requests` at RL step `step` (0-based) with the rollout settings of `[rl]`.
     fn generate(&self, model: &Model, requests: &[Request], step: u64, max_new: usize) -> Result<Vec<Completion>> {
-        let rl = self.rl;
-        let gc = GenerateConfig {
-            sampling: SamplingParams { temperature: rl.temperature, top_p: 1.0, top_k: 0, max_new_tokens: max_new },
-            stop_tokens: vec![EOS_ID],
-            seed: self.cfg.run.seed,
-            step: step + 1,
-            max_batch: rl.max_batch,
-            workload: self.cfg.workload.clone(),
-        };
-        generate(model, requests, &gc)
+        generate(model, requests, &rollout_config(self.cfg, self.rl, step, max_new))
     }
 
     /// GRPO-family sampling: this rank's share of the prompts × n samples, group advantages,
@@ -217,15 +246,9 @@ impl<'a> RlTrainer<'a> {
         let t_reward = t_reward.elapsed().as_secs_f64();
         let mut out = Sampled {
             generated: Vec::with_capacity(completions.len()),
-            train: Vec::new(),
-            train_of: Vec::new(),
-            candidates: 0,
-            effective: 0,
-            all_correct: 0,
-            all_wrong: 0,
             prompts: mine.len(),
             zero_std: (adv.zero_std.iter().filter(|&&z| z).count(), adv.zero_std.len()),
-            extra: serde_json::Map::new(),
+            ..Sampled::default()
         };
         for g in 0..mine.len() {
             let r = &rewards[g * n..(g + 1) * n];
@@ -233,33 +256,9 @@ impl<'a> RlTrainer<'a> {
             out.all_wrong += usize::from(r.iter().all(|&x| x < 1.0));
         }
         for (k, c) in completions.into_iter().enumerate() {
-            let mut tok_adv = vec![0.0f32; c.tokens.len()];
-            broadcast_to_tokens(&[adv.advantages[k]], &[0, c.tokens.len()], &mut tok_adv);
             // with critics, GAE gives equal-reward groups a signal too
             let no_signal = rl.filter_zero_std && self.critics.is_empty() && adv.zero_std[k / n];
-            if !c.tokens.is_empty() {
-                out.candidates += 1;
-                out.effective += usize::from(adv.advantages[k] != 0.0);
-            }
-            let data = Sample {
-                prompt: requests[k].prompt.clone(),
-                response: c.tokens,
-                behav_logp: c.logprobs,
-                advantages: tok_adv,
-                reward: rewards[k],
-            };
-            if !no_signal && !data.response.is_empty() {
-                out.train.push(data.clone());
-                out.train_of.push(Some(k));
-            }
-            out.generated.push(StepSample {
-                prompt_id: c.prompt_id,
-                sample_index: c.sample_index,
-                logp: vec![f32::NAN; data.response.len()],
-                finish: c.finish,
-                data,
-                trace: AttnTrace::default(),
-            });
+            out.push(requests[k].prompt.clone(), c, adv.advantages[k], rewards[k], !no_signal);
         }
         out.extra.insert("time_reward_s".into(), t_reward.into());
         if !self.critics.is_empty() {

@@ -28,6 +28,19 @@ pub fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion)
     task.reward(p, &tok.decode(&text))
 }
 
+/// Generation settings of the held-out evaluation after `step` RL steps (its own random
+/// streams, never a forced workload).
+pub fn eval_config(cfg: &RunConfig, rl: &RlSection, temperature: f32, step: u64) -> GenerateConfig {
+    GenerateConfig {
+        sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: rl.max_new_tokens },
+        stop_tokens: vec![EOS_ID],
+        seed: cfg.run.seed ^ 0xE7A1,
+        step,
+        max_batch: rl.max_batch,
+        workload: None,
+    }
+}
+
 /// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1; the
 /// problems are partitioned over the data-parallel ranks `dp` and the counts all-reduced.
 pub fn evaluate(
@@ -39,12 +52,10 @@ pub fn evaluate(
     step: u64,
     dp: &dyn Comm,
 ) -> Result<SolveRate> {
-    if let Some(ec) = &cfg.env {
+    if cfg.env.is_some() {
         // a multi-turn environment: the rate of held-out games won
-        let seed = cfg.run.seed;
-        let (new, batch) = (rl.max_new_tokens, rl.max_batch);
-        let greedy = super::env_step::env_win_rate(model, ec, seed, 0.0, 1, new, batch, step, dp)?;
-        let sampled = super::env_step::env_win_rate(model, ec, seed, 1.0, rl.eval_samples, new, batch, step, dp)?;
+        let greedy = super::env_step::env_win_rate(model, cfg, rl, 0.0, 1, step, dp)?;
+        let sampled = super::env_step::env_win_rate(model, cfg, rl, 1.0, rl.eval_samples, step, dp)?;
         return Ok(SolveRate { greedy, sampled });
     }
     let mine = partition(rl.eval_problems, dp.size(), dp.rank());
@@ -58,15 +69,7 @@ pub fn evaluate(
         problems.push(p);
     }
     let solved = |temperature: f32, reqs: &[Request]| -> Result<[f64; 2]> {
-        let gc = GenerateConfig {
-            sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: rl.max_new_tokens },
-            stop_tokens: vec![EOS_ID],
-            seed: cfg.run.seed ^ 0xE7A1,
-            step,
-            max_batch: rl.max_batch,
-            workload: None,
-        };
-        let out = generate(model, reqs, &gc)?;
+        let out = generate(model, reqs, &eval_config(cfg, rl, temperature, step))?;
         let first = mine.start as u64;
         let solved: f32 = out.iter().map(|c| reward(task, tok, &problems[(c.prompt_id - first) as usize], c)).sum();
         Ok([solved as f64, out.len() as f64])

@@ -165,18 +165,7 @@ pub(crate) fn decode_sampled(bytes: &[u8]) -> Result<Sampled> {
 
 /// Concatenate parts in order (the shares of consecutive prompt ranges) into one result.
 pub(crate) fn merge_sampled(parts: Vec<Sampled>) -> Sampled {
-    let mut out = Sampled {
-        generated: Vec::new(),
-        train: Vec::new(),
-        train_of: Vec::new(),
-        candidates: 0,
-        effective: 0,
-        all_correct: 0,
-        all_wrong: 0,
-        prompts: 0,
-        zero_std: (0, 0),
-        extra: serde_json::Map::new(),
-    };
+    let mut out = Sampled::default();
     for p in parts {
         let base = out.generated.len();
         out.train_of.extend(p.train_of.iter().map(|k| k.map(|k| k + base)));
