@@ -32,7 +32,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # MPI (feature `mpi`, on by default): Open MPI headers + launcher, libclang for the bindings
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
 [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] || [ -e /usr/include/mpi.h ] || need_apt+=(libopenmpi-dev)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# (libclang-cpp.so alone, which other packages bring, is not what bindgen loads)
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 # Open MPI 4's launcher refuses to start, even on one node, without an rsh/ssh agent
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)

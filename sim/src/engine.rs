@@ -124,8 +124,6 @@ pub struct Sim<'a> {
     /// Launching a batch: barrier checks wait until every sample of the batch exists.
     pub launching: bool,
     pub alpha_steps: u32,
-    /// Reused buffer (finished sequences of one worker event).
-    pub scratch: Vec<u32>,
     pub m: Metrics,
 }
 
@@ -177,7 +175,6 @@ impl<'a> Sim<'a> {
             finished: false,
             launching: false,
             alpha_steps,
-            scratch: Vec::new(),
             m: Metrics::default(),
         }
     }
@@ -490,32 +487,34 @@ impl<'a> Sim<'a> {
     pub(crate) fn worker_next(&mut self, w: u32) {
         let now = self.now;
         self.workers[w as usize].advance_to_completion(now, &self.cost);
-        let mut finished = std::mem::take(&mut self.scratch);
-        finished.clear();
-        {
-            let samples = &self.samples;
-            let live = |s: u32, tag: u32| {
-                let x = &samples[s as usize];
-                x.tag == tag && x.phase == Phase::Gen
+        // Pop and handle finished sequences one at a time: handling one can pause or abort others
+        // (a batch cutoff, a complete group's redundant members), and a sequence popped but not yet
+        // handled would otherwise be evicted a second time and lost.
+        loop {
+            let popped = {
+                let samples = &self.samples;
+                let live = |s: u32, tag: u32| {
+                    let x = &samples[s as usize];
+                    x.tag == tag && x.phase == Phase::Gen
+                };
+                let wk = &mut self.workers[w as usize];
+                let s = wk.pop_finished(&live, |s| {
+                    let x = &samples[s as usize];
+                    x.ctx + x.gen_left
+                });
+                if s.is_some() && wk.active == 0 {
+                    wk.busy_since = None;
+                    self.m.infer_busy.push((now, -(self.cost.tp as i32)));
+                }
+                s
             };
-            let wk = &mut self.workers[w as usize];
-            while let Some(s) = wk.pop_finished(&live, |s| {
-                let x = &samples[s as usize];
-                x.ctx + x.gen_left
-            }) {
-                finished.push(s);
-            }
-            if !finished.is_empty() && wk.active == 0 {
-                wk.busy_since = None;
-                self.m.infer_busy.push((now, -(self.cost.tp as i32)));
-            }
+            let Some(s) = popped else { break };
+            self.mark_dirty(w);
+            self.push_load(w);
+            self.turn_generated(s);
         }
         self.mark_dirty(w);
         self.push_load(w);
-        for &s in &finished {
-            self.turn_generated(s);
-        }
-        self.scratch = finished;
         self.fill(w);
         self.after_capacity_freed();
     }

@@ -51,6 +51,18 @@ name = "p"
     Scenario::parse(&text, Path::new(".")).expect("test scenario parses")
 }
 
+/// A batch cutoff caused by one finished sequence pauses others that finished in the same decode
+/// step; they used to be evicted twice and lost (the run stalled). Found by `work_conservation`.
+#[test]
+fn cutoff_in_a_shared_decode_step_loses_no_sample() {
+    let pol = "mode = \"sync\"\ndispatch = \"static\"\npartial_rollout = true\ntail_eta = 1.5";
+    let sc = scenario(5, 5, 1, 300, 64, "", pol);
+    let (r, m) = run_policy(&sc, &sc.policies[0], 0.25, 712, true).expect("the run completes");
+    assert_eq!(r.steps, 4);
+    let consumed = m.ledger.as_ref().unwrap().iter().filter(|e| e.2 == 2).count();
+    assert_eq!(consumed, 4 * 5);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
