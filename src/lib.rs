@@ -6,6 +6,8 @@ pub mod attention;
 pub mod attnrl;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod env;
 pub mod error;
 pub mod io;

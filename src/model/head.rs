@@ -1,8 +1,9 @@
 //! LM head with fused log-softmax: log-probabilities of target tokens, entropy of the full
 //! distribution, and the backward for a per-token weight, in row chunks (no [N, V] buffer).
 
+use crate::error::Result;
+use crate::tensor::backend::Backend;
 use crate::tensor::cpu::simd::{self, simd_kernel};
-use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
 use rayon::prelude::*;
 
 /// Per-row statistics of a logits chunk z: [rows, V]. Writes lse = log Σ exp z,
@@ -72,61 +73,70 @@ pub fn logits_backward_inplace(
     });
 }
 
-/// Forward of the head over all rows of `h` ([N, C]) with weight w ([V, C]), chunked by
-/// `logits.len() / V` rows.
+/// Forward of the head over all N rows of `h` ([N, C]) with weight w ([V, C]), in chunks of
+/// `rows` rows through `logits` ([rows, V]).
 #[allow(clippy::too_many_arguments)]
-pub fn head_forward(
-    logits: &mut [f32],
-    h: &[f32],
-    w: &[f32],
-    targets: &[u32],
-    c: usize,
-    v: usize,
-    lse: &mut [f32],
-    logp: &mut [f32],
-    entropy: &mut [f32],
-) {
-    let n = targets.len();
-    let rows = (logits.len() / v).max(1);
+pub fn head_forward<B: Backend>(
+    be: &B,
+    logits: &mut B::Buf,
+    rows: usize,
+    h: &B::Buf,
+    w: B::R<'_>,
+    batch: &B::Batch<'_>,
+    (n, c, v): (usize, usize, usize),
+    (lse, logp, entropy): (&mut B::Buf, &mut B::Buf, &mut B::Buf),
+) -> Result<()> {
+    let rows = rows.max(1);
     for r0 in (0..n).step_by(rows) {
         let r1 = (r0 + rows).min(n);
-        let z = &mut logits[..(r1 - r0) * v];
-        matmul_nt(z, &h[r0 * c..r1 * c], w, r1 - r0, v, c, false);
-        logits_stats(z, v, &targets[r0..r1], &mut lse[r0..r1], &mut logp[r0..r1], &mut entropy[r0..r1]);
+        let wv = B::sub_r(&w, 0..v * c);
+        be.matmul_nt(B::m(logits, 0..(r1 - r0) * v), B::r(h, r0 * c..r1 * c), wv, r1 - r0, v, c, false)?;
+        be.logprob_forward(
+            B::r(logits, 0..(r1 - r0) * v),
+            v,
+            batch,
+            r0..r1,
+            B::m(lse, r0..r1),
+            B::m(logp, r0..r1),
+            B::m(entropy, r0..r1),
+        )?;
     }
+    Ok(())
 }
 
 /// Backward of the head: writes dh ([N, C]) and adds into dw ([V, C]), recomputing the logits
 /// chunk by chunk, unless `cached` says the forward's single chunk still holds all N rows.
-/// `g[i]` = dL/dlogp_i; `ent` = (dL/dH_i, H_i) when the loss has an entropy term.
+/// `g` = dL/dlogp per row; `ent` = (dL/dH, H) per row when the loss has an entropy term.
 #[allow(clippy::too_many_arguments)]
-pub fn head_backward(
-    logits: &mut [f32],
-    dh: &mut [f32],
-    dw: &mut [f32],
-    h: &[f32],
-    w: &[f32],
-    targets: &[u32],
-    lse: &[f32],
-    g: &[f32],
-    ent: Option<(&[f32], &[f32])>,
-    c: usize,
-    v: usize,
+pub fn head_backward<B: Backend>(
+    be: &B,
+    logits: &mut B::Buf,
+    rows: usize,
+    dh: &mut B::Buf,
+    mut dw: B::M<'_>,
+    h: &B::Buf,
+    w: B::R<'_>,
+    batch: &B::Batch<'_>,
+    (n, c, v): (usize, usize, usize),
+    lse: &B::Buf,
+    g: B::R<'_>,
+    ent: Option<(B::R<'_>, &B::Buf)>,
     cached: bool,
-) {
-    let n = targets.len();
-    let rows = (logits.len() / v).max(1);
+) -> Result<()> {
+    let rows = rows.max(1);
     for r0 in (0..n).step_by(rows) {
         let r1 = (r0 + rows).min(n);
         let m = r1 - r0;
-        let z = &mut logits[..m * v];
-        let hc = &h[r0 * c..r1 * c];
+        let hc = || B::r(h, r0 * c..r1 * c);
+        let wv = || B::sub_r(&w, 0..v * c);
         if !(cached && m == n) {
-            matmul_nt(z, hc, w, m, v, c, false);
+            be.matmul_nt(B::m(logits, 0..m * v), hc(), wv(), m, v, c, false)?;
         }
-        let ent_chunk = ent.map(|(e, h)| (&e[r0..r1], &h[r0..r1]));
-        logits_backward_inplace(z, v, &targets[r0..r1], &lse[r0..r1], &g[r0..r1], ent_chunk);
-        matmul_nn(&mut dh[r0 * c..r1 * c], z, w, m, c, v, false);
-        matmul_tn(dw, z, hc, v, c, m, true);
+        let ent_chunk = ent.as_ref().map(|(e, hh)| (B::sub_r(e, r0..r1), B::r(hh, r0..r1)));
+        let (lse_c, g_c) = (B::r(lse, r0..r1), B::sub_r(&g, r0..r1));
+        be.logprob_backward(B::m(logits, 0..m * v), v, batch, r0..r1, lse_c, g_c, ent_chunk)?;
+        be.matmul_nn(B::m(dh, r0 * c..r1 * c), B::r(logits, 0..m * v), wv(), m, c, v, false)?;
+        be.matmul_tn(B::sub_m(&mut dw, 0..v * c), B::r(logits, 0..m * v), hc(), v, c, m, true)?;
     }
+    Ok(())
 }

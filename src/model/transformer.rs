@@ -3,7 +3,7 @@
 //!
 //! Shapes: N tokens (packed), C hidden, I intermediate, H heads, KV kv heads, D head dim, V vocab.
 
-use crate::attention::{attention_backward, attention_forward, AttnShape};
+use crate::attention::AttnShape;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::config::ModelConfig;
@@ -12,8 +12,9 @@ use crate::model::params::{ParamLayout, Params};
 use crate::model::shard::{gather_params, shard_config, shard_params, TensorParallel};
 use crate::model::workspace::Workspace;
 use crate::parallel::{Comm, TpGroup};
-use crate::tensor::cpu::ops::{self, RopeTable};
-use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
+use crate::tensor::cpu::matmul_nt;
+use crate::tensor::cpu::ops::RopeTable;
+use crate::tensor::{Backend, Cpu};
 
 /// A decoder-only transformer: configuration, f32 master weights and the RoPE tables. Under
 /// tensor parallelism `cfg` and `params` are this rank's shard (see [`crate::model::shard`]) and
@@ -124,29 +125,16 @@ impl Model {
         Ok(())
     }
 
+    /// This model's weights and RoPE tables on the CPU backend.
+    pub fn on_cpu(&self) -> On<'_, Cpu> {
+        On { be: &Cpu, params: &self.params.data, rope: &self.rope }
+    }
+
     /// Forward pass: fills `ws.logprobs[..N]` (log p of each target) and `ws.entropy[..N]`, and
     /// keeps every activation the backward needs.
     pub fn forward(&self, batch: &Batch, ws: &mut Workspace) -> Result<()> {
-        self.forward_trunk(batch, ws)?;
-        let cfg = &self.cfg;
-        let n = batch.len();
-        let c = cfg.hidden_size;
-        let p = &self.params.data;
-        let lay = &self.params.layout;
-        let v = cfg.vocab_size;
-        head_forward(
-            &mut ws.logits[..ws.head_rows * cfg.vocab_size],
-            &ws.lnf[..n * c],
-            &p[lay.lm_head..lay.lm_head + v * c],
-            &batch.targets,
-            c,
-            v,
-            &mut ws.head_lse[..n],
-            &mut ws.logprobs[..n],
-            &mut ws.entropy[..n],
-        );
-        ws.logits_cached = (n <= ws.head_rows).then_some(n);
-        Ok(())
+        self.check_batch(batch)?;
+        self.forward_on(&self.on_cpu(), batch, &batch, ws)
     }
 
     /// Forward of the decoder trunk: embeddings, every layer and the final norm. Fills
@@ -154,71 +142,7 @@ impl Model {
     /// activation `backward_trunk` needs.
     pub fn forward_trunk(&self, batch: &Batch, ws: &mut Workspace) -> Result<()> {
         self.check_batch(batch)?;
-        let cfg = &self.cfg;
-        let n = batch.len();
-        ws.ensure(cfg, n);
-        let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
-        let eps = cfg.rms_norm_eps as f32;
-        let p = &self.params.data;
-        let lay = &self.params.layout;
-        let shape = self.attn_shape();
-
-        ops::embedding_forward(&mut ws.layers[0].resid_in[..n * c], &p[lay.embed..], &batch.tokens, c);
-        for l in 0..cfg.num_layers {
-            let o = lay.layers[l];
-            let (head, tail) = ws.layers.split_at_mut(l + 1);
-            let a = &mut head[l];
-            let x = &a.resid_in[..n * c];
-            ops::rmsnorm_forward(&mut a.ln1[..n * c], &mut a.rstd1[..n], x, &p[o.ln1..o.ln1 + c], eps);
-            let qkv = &mut a.qkv[..n * qkv_w];
-            matmul_nt(qkv, &a.ln1[..n * c], &p[o.qkv_w..o.qkv_w + qkv_w * c], n, qkv_w, c, false);
-            if let Some(b) = o.qkv_b {
-                ops::add_bias(qkv, &p[b..b + qkv_w]);
-            }
-            ops::rope_apply(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, &batch.positions, &self.rope, false);
-            attention_forward(
-                &mut a.att[..n * hd],
-                &mut a.lse[..n * cfg.num_heads],
-                &mut ws.attn_scratch,
-                &a.qkv[..n * qkv_w],
-                &batch.seq_starts,
-                shape,
-            );
-            // resid_mid = resid_in + att · Woᵀ (row-parallel: partial sums all-reduced)
-            if self.adds_residual() {
-                a.resid_mid[..n * c].copy_from_slice(&a.resid_in[..n * c]);
-            } else {
-                a.resid_mid[..n * c].fill(0.0);
-            }
-            matmul_nt(&mut a.resid_mid[..n * c], &a.att[..n * hd], &p[o.o_w..o.o_w + c * hd], n, c, hd, true);
-            self.tp_reduce(&mut a.resid_mid[..n * c])?;
-            ops::rmsnorm_forward(
-                &mut a.ln2[..n * c],
-                &mut a.rstd2[..n],
-                &a.resid_mid[..n * c],
-                &p[o.ln2..o.ln2 + c],
-                eps,
-            );
-            let gu = &mut a.gate_up[..n * 2 * inter];
-            matmul_nt(gu, &a.ln2[..n * c], &p[o.gate_up_w..o.gate_up_w + 2 * inter * c], n, 2 * inter, c, false);
-            ops::swiglu_forward(&mut a.act[..n * inter], &a.gate_up[..n * 2 * inter], inter);
-            // next residual = resid_mid + act · Wdownᵀ
-            let out = match tail.first_mut() {
-                Some(next) => &mut next.resid_in[..n * c],
-                None => &mut ws.resid_out[..n * c],
-            };
-            if self.adds_residual() {
-                out.copy_from_slice(&a.resid_mid[..n * c]);
-            } else {
-                out.fill(0.0);
-            }
-            matmul_nt(out, &a.act[..n * inter], &p[o.down_w..o.down_w + c * inter], n, c, inter, true);
-            self.tp_reduce(out)?;
-        }
-        let fw = &p[lay.final_norm..lay.final_norm + c];
-        ops::rmsnorm_forward(&mut ws.lnf[..n * c], &mut ws.rstdf[..n], &ws.resid_out[..n * c], fw, eps);
-        Ok(())
+        self.forward_trunk_on(&self.on_cpu(), batch, &batch, ws)
     }
 
     /// Full logits [N, V] of the last forward (for tests and sampling; training never needs them).
@@ -245,121 +169,303 @@ impl Model {
         ws: &mut Workspace,
         grads: &mut [f32],
     ) -> Result<()> {
-        let cfg = &self.cfg;
         let n = batch.len();
         if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
             return Err(Error::Invalid(format!("dlogp/dent do not have one entry per token ({n})")));
         }
-        if grads.len() != self.params.data.len() || ws.capacity() < n {
-            return Err(Error::Invalid("gradient buffer or workspace does not match the model".into()));
-        }
-        let (c, v) = (cfg.hidden_size, cfg.vocab_size);
-        let p = &self.params.data;
-        let lay = &self.params.layout;
-
-        // Head: dlnf into ws.dln.
-        head_backward(
-            &mut ws.logits[..ws.head_rows * v],
-            &mut ws.dln[..n * c],
-            &mut grads[lay.lm_head..lay.lm_head + v * c],
-            &ws.lnf[..n * c],
-            &p[lay.lm_head..lay.lm_head + v * c],
-            &batch.targets,
-            &ws.head_lse[..n],
-            dlogp,
-            dent.map(|d| (d, &ws.entropy[..n])),
-            c,
-            v,
-            ws.logits_cached == Some(n),
-        );
-        ws.logits_cached = None;
-        self.backward_trunk(batch, ws, grads)
+        self.backward_on(&self.on_cpu(), batch, &batch, dlogp, dent, ws, grads)
     }
 
     /// Backward of the trunk after `forward_trunk` (or `forward`) on the same batch:
     /// `ws.dln[..N·C]` holds ∂L/∂lnf (the head's input gradient). Gradients are ADDED into `grads`.
     pub fn backward_trunk(&self, batch: &Batch, ws: &mut Workspace, grads: &mut [f32]) -> Result<()> {
+        self.backward_trunk_on(&self.on_cpu(), batch, &batch, ws, grads)
+    }
+
+    // ------------------------------------------------------------------ generic over the backend
+
+    /// [`Model::forward`] on any backend: `batch` is the host batch (sizes), `dev` the same batch
+    /// in the backend's memory (see [`Backend::batch`]), checked by the caller.
+    pub fn forward_on<B: Backend>(
+        &self,
+        on: &On<'_, B>,
+        batch: &Batch,
+        dev: &B::Batch<'_>,
+        ws: &mut Workspace<B>,
+    ) -> Result<()> {
+        self.forward_trunk_on(on, batch, dev, ws)?;
+        let (n, c, v) = (batch.len(), self.cfg.hidden_size, self.cfg.vocab_size);
+        let lay = &self.params.layout;
+        let w = B::r(on.params, lay.lm_head..lay.lm_head + v * c);
+        head_forward(
+            on.be,
+            &mut ws.logits,
+            ws.head_rows,
+            &ws.lnf,
+            w,
+            dev,
+            (n, c, v),
+            (&mut ws.head_lse, &mut ws.logprobs, &mut ws.entropy),
+        )?;
+        ws.logits_cached = (n <= ws.head_rows).then_some(n);
+        Ok(())
+    }
+
+    /// [`Model::forward_trunk`] on any backend (see [`Model::forward_on`]).
+    pub fn forward_trunk_on<B: Backend>(
+        &self,
+        on: &On<'_, B>,
+        batch: &Batch,
+        dev: &B::Batch<'_>,
+        ws: &mut Workspace<B>,
+    ) -> Result<()> {
+        let (be, p) = (on.be, on.params);
         let cfg = &self.cfg;
         let n = batch.len();
-        if grads.len() != self.params.data.len() || ws.capacity() < n {
-            return Err(Error::Invalid("gradient buffer or workspace does not match the model".into()));
+        ws.ensure_on(be, cfg, n)?;
+        let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
+        let eps = cfg.rms_norm_eps as f32;
+        let lay = &self.params.layout;
+        let shape = self.attn_shape();
+        let v = cfg.vocab_size;
+        let nc = 0..n * c;
+
+        be.embedding_forward(
+            B::m(&mut ws.layers[0].resid_in, nc.clone()),
+            B::r(p, lay.embed..lay.embed + v * c),
+            dev,
+            c,
+        )?;
+        for l in 0..cfg.num_layers {
+            let o = lay.layers[l];
+            let (head, tail) = ws.layers.split_at_mut(l + 1);
+            let a = &mut head[l];
+            let x = B::r(&a.resid_in, nc.clone());
+            be.rmsnorm_forward(
+                B::m(&mut a.ln1, nc.clone()),
+                B::m(&mut a.rstd1, 0..n),
+                x,
+                B::r(p, o.ln1..o.ln1 + c),
+                eps,
+            )?;
+            let wqkv = B::r(p, o.qkv_w..o.qkv_w + qkv_w * c);
+            be.matmul_nt(B::m(&mut a.qkv, 0..n * qkv_w), B::r(&a.ln1, nc.clone()), wqkv, n, qkv_w, c, false)?;
+            if let Some(b) = o.qkv_b {
+                be.add_bias(B::m(&mut a.qkv, 0..n * qkv_w), B::r(p, b..b + qkv_w))?;
+            }
+            let rot = cfg.num_heads + cfg.num_kv_heads;
+            be.rope_apply(B::m(&mut a.qkv, 0..n * qkv_w), qkv_w, rot, dev, on.rope, false)?;
+            be.attention_forward(
+                B::m(&mut a.att, 0..n * hd),
+                B::m(&mut a.lse, 0..n * cfg.num_heads),
+                B::m(&mut ws.attn_scratch, 0..be.attn_scratch_len(shape, n)),
+                B::r(&a.qkv, 0..n * qkv_w),
+                dev,
+                shape,
+            )?;
+            // resid_mid = resid_in + att · Woᵀ (row-parallel: partial sums all-reduced)
+            if self.adds_residual() {
+                be.copy(B::m(&mut a.resid_mid, nc.clone()), B::r(&a.resid_in, nc.clone()))?;
+            } else {
+                be.zero(B::m(&mut a.resid_mid, nc.clone()))?;
+            }
+            let wo = B::r(p, o.o_w..o.o_w + c * hd);
+            be.matmul_nt(B::m(&mut a.resid_mid, nc.clone()), B::r(&a.att, 0..n * hd), wo, n, c, hd, true)?;
+            self.tp_reduce_on(be, B::m(&mut a.resid_mid, nc.clone()))?;
+            let w2 = B::r(p, o.ln2..o.ln2 + c);
+            be.rmsnorm_forward(
+                B::m(&mut a.ln2, nc.clone()),
+                B::m(&mut a.rstd2, 0..n),
+                B::r(&a.resid_mid, nc.clone()),
+                w2,
+                eps,
+            )?;
+            let wgu = B::r(p, o.gate_up_w..o.gate_up_w + 2 * inter * c);
+            be.matmul_nt(
+                B::m(&mut a.gate_up, 0..n * 2 * inter),
+                B::r(&a.ln2, nc.clone()),
+                wgu,
+                n,
+                2 * inter,
+                c,
+                false,
+            )?;
+            be.swiglu_forward(B::m(&mut a.act, 0..n * inter), B::r(&a.gate_up, 0..n * 2 * inter), inter)?;
+            // next residual = resid_mid + act · Wdownᵀ
+            let out = match tail.first_mut() {
+                Some(next) => &mut next.resid_in,
+                None => &mut ws.resid_out,
+            };
+            if self.adds_residual() {
+                be.copy(B::m(out, nc.clone()), B::r(&a.resid_mid, nc.clone()))?;
+            } else {
+                be.zero(B::m(out, nc.clone()))?;
+            }
+            let wd = B::r(p, o.down_w..o.down_w + c * inter);
+            be.matmul_nt(B::m(out, nc.clone()), B::r(&a.act, 0..n * inter), wd, n, c, inter, true)?;
+            self.tp_reduce_on(be, B::m(out, nc.clone()))?;
+        }
+        let fw = B::r(p, lay.final_norm..lay.final_norm + c);
+        be.rmsnorm_forward(B::m(&mut ws.lnf, nc.clone()), B::m(&mut ws.rstdf, 0..n), B::r(&ws.resid_out, nc), fw, eps)?;
+        Ok(())
+    }
+
+    /// [`Model::backward_with_entropy`] on any backend: `dlogp` and `dent` have one entry per token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_on<B: Backend>(
+        &self,
+        on: &On<'_, B>,
+        batch: &Batch,
+        dev: &B::Batch<'_>,
+        dlogp: B::R<'_>,
+        dent: Option<B::R<'_>>,
+        ws: &mut Workspace<B>,
+        mut grads: B::M<'_>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let n = batch.len();
+        if ws.capacity() < n {
+            return Err(Error::Invalid("the workspace does not match the model".into()));
+        }
+        let (c, v) = (cfg.hidden_size, cfg.vocab_size);
+        let lay = &self.params.layout;
+        // Head: dlnf into ws.dln.
+        let cached = ws.logits_cached == Some(n);
+        head_backward(
+            on.be,
+            &mut ws.logits,
+            ws.head_rows,
+            &mut ws.dln,
+            B::sub_m(&mut grads, lay.lm_head..lay.lm_head + v * c),
+            &ws.lnf,
+            B::r(on.params, lay.lm_head..lay.lm_head + v * c),
+            dev,
+            (n, c, v),
+            &ws.head_lse,
+            dlogp,
+            dent.map(|d| (d, &ws.entropy)),
+            cached,
+        )?;
+        ws.logits_cached = None;
+        self.backward_trunk_on(on, batch, dev, ws, grads)
+    }
+
+    /// [`Model::backward_trunk`] on any backend.
+    pub fn backward_trunk_on<B: Backend>(
+        &self,
+        on: &On<'_, B>,
+        batch: &Batch,
+        dev: &B::Batch<'_>,
+        ws: &mut Workspace<B>,
+        mut grads: B::M<'_>,
+    ) -> Result<()> {
+        let (be, p) = (on.be, on.params);
+        let cfg = &self.cfg;
+        let n = batch.len();
+        if ws.capacity() < n {
+            return Err(Error::Invalid("the workspace does not match the model".into()));
         }
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
-        let p = &self.params.data;
         let lay = &self.params.layout;
         let shape = self.attn_shape();
-        ws.dresid[..n * c].iter_mut().for_each(|x| *x = 0.0);
-        let (fw, fr) = (&p[lay.final_norm..lay.final_norm + c], lay.final_norm..lay.final_norm + c);
-        ops::rmsnorm_backward(
-            &mut ws.dresid[..n * c],
-            &mut grads[fr],
-            &ws.dln[..n * c],
-            &ws.resid_out[..n * c],
-            fw,
-            &ws.rstdf[..n],
-        );
+        let nc = 0..n * c;
+        macro_rules! g {
+            ($r:expr) => {
+                B::sub_m(&mut grads, $r)
+            };
+        }
+        be.zero(B::m(&mut ws.dresid, nc.clone()))?;
+        let fr = lay.final_norm..lay.final_norm + c;
+        be.rmsnorm_backward(
+            B::m(&mut ws.dresid, nc.clone()),
+            g!(fr.clone()),
+            B::r(&ws.dln, nc.clone()),
+            B::r(&ws.resid_out, nc.clone()),
+            B::r(p, fr),
+            B::r(&ws.rstdf, 0..n),
+        )?;
         for l in (0..cfg.num_layers).rev() {
             let o = lay.layers[l];
             let a = &ws.layers[l];
             // MLP: resid_out = resid_mid + act · Wdownᵀ
-            let dres = &ws.dresid[..n * c];
-            matmul_nn(&mut ws.dact[..n * inter], dres, &p[o.down_w..o.down_w + c * inter], n, inter, c, false);
-            matmul_tn(&mut grads[o.down_w..o.down_w + c * inter], dres, &a.act[..n * inter], c, inter, n, true);
-            ops::swiglu_backward(
-                &mut ws.dgate_up[..n * 2 * inter],
-                &ws.dact[..n * inter],
-                &a.gate_up[..n * 2 * inter],
+            let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
+            let wd = o.down_w..o.down_w + c * inter;
+            be.matmul_nn(B::m(&mut ws.dact, ni.clone()), dr(), B::r(p, wd.clone()), n, inter, c, false)?;
+            be.matmul_tn(g!(wd), dr(), B::r(&a.act, ni.clone()), c, inter, n, true)?;
+            be.swiglu_backward(
+                B::m(&mut ws.dgate_up, n2i.clone()),
+                B::r(&ws.dact, ni),
+                B::r(&a.gate_up, n2i.clone()),
                 inter,
-            );
-            let wgu = &p[o.gate_up_w..o.gate_up_w + 2 * inter * c];
-            matmul_nn(&mut ws.dln[..n * c], &ws.dgate_up[..n * 2 * inter], wgu, n, c, 2 * inter, false);
-            self.tp_reduce(&mut ws.dln[..n * c])?;
-            let dwgu = &mut grads[o.gate_up_w..o.gate_up_w + 2 * inter * c];
-            matmul_tn(dwgu, &ws.dgate_up[..n * 2 * inter], &a.ln2[..n * c], 2 * inter, c, n, true);
-            let (gw, gr) = (&p[o.ln2..o.ln2 + c], o.ln2..o.ln2 + c);
-            ops::rmsnorm_backward(
-                &mut ws.dresid[..n * c],
-                &mut grads[gr],
-                &ws.dln[..n * c],
-                &a.resid_mid[..n * c],
-                gw,
-                &a.rstd2[..n],
-            );
+            )?;
+            let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;
+            let dgu = || B::r(&ws.dgate_up, 0..n * 2 * inter);
+            be.matmul_nn(B::m(&mut ws.dln, nc.clone()), dgu(), B::r(p, wgu.clone()), n, c, 2 * inter, false)?;
+            self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
+            be.matmul_tn(g!(wgu), dgu(), B::r(&a.ln2, nc.clone()), 2 * inter, c, n, true)?;
+            let gr = o.ln2..o.ln2 + c;
+            be.rmsnorm_backward(
+                B::m(&mut ws.dresid, nc.clone()),
+                g!(gr.clone()),
+                B::r(&ws.dln, nc.clone()),
+                B::r(&a.resid_mid, nc.clone()),
+                B::r(p, gr),
+                B::r(&a.rstd2, 0..n),
+            )?;
             // Attention: resid_mid = resid_in + att · Woᵀ
-            let dres = &ws.dresid[..n * c];
-            matmul_nn(&mut ws.datt[..n * hd], dres, &p[o.o_w..o.o_w + c * hd], n, hd, c, false);
-            matmul_tn(&mut grads[o.o_w..o.o_w + c * hd], dres, &a.att[..n * hd], c, hd, n, true);
-            attention_backward(
-                &mut ws.dqkv[..n * qkv_w],
-                &mut ws.attn_scratch,
-                &ws.datt[..n * hd],
-                &a.qkv[..n * qkv_w],
-                &a.att[..n * hd],
-                &a.lse[..n * cfg.num_heads],
-                &batch.seq_starts,
+            let dr = || B::r(&ws.dresid, 0..n * c);
+            let wo = o.o_w..o.o_w + c * hd;
+            be.matmul_nn(B::m(&mut ws.datt, 0..n * hd), dr(), B::r(p, wo.clone()), n, hd, c, false)?;
+            be.matmul_tn(g!(wo), dr(), B::r(&a.att, 0..n * hd), c, hd, n, true)?;
+            be.attention_backward(
+                B::m(&mut ws.dqkv, 0..n * qkv_w),
+                B::m(&mut ws.attn_scratch, 0..be.attn_scratch_len(shape, n)),
+                B::r(&ws.datt, 0..n * hd),
+                B::r(&a.qkv, 0..n * qkv_w),
+                B::r(&a.att, 0..n * hd),
+                B::r(&a.lse, 0..n * cfg.num_heads),
+                dev,
                 shape,
-            );
-            let dqkv = &mut ws.dqkv[..n * qkv_w];
-            ops::rope_apply(dqkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, &batch.positions, &self.rope, true);
+            )?;
+            let rot = cfg.num_heads + cfg.num_kv_heads;
+            be.rope_apply(B::m(&mut ws.dqkv, 0..n * qkv_w), qkv_w, rot, dev, on.rope, true)?;
             if let Some(b) = o.qkv_b {
-                ops::bias_backward(&mut grads[b..b + qkv_w], dqkv);
+                be.bias_backward(g!(b..b + qkv_w), B::r(&ws.dqkv, 0..n * qkv_w))?;
             }
-            let wqkv = &p[o.qkv_w..o.qkv_w + qkv_w * c];
-            matmul_nn(&mut ws.dln[..n * c], dqkv, wqkv, n, c, qkv_w, false);
-            self.tp_reduce(&mut ws.dln[..n * c])?;
-            matmul_tn(&mut grads[o.qkv_w..o.qkv_w + qkv_w * c], dqkv, &a.ln1[..n * c], qkv_w, c, n, true);
-            let (gw, gr) = (&p[o.ln1..o.ln1 + c], o.ln1..o.ln1 + c);
-            ops::rmsnorm_backward(
-                &mut ws.dresid[..n * c],
-                &mut grads[gr],
-                &ws.dln[..n * c],
-                &a.resid_in[..n * c],
-                gw,
-                &a.rstd1[..n],
-            );
+            let wq = o.qkv_w..o.qkv_w + qkv_w * c;
+            let dq = || B::r(&ws.dqkv, 0..n * qkv_w);
+            be.matmul_nn(B::m(&mut ws.dln, nc.clone()), dq(), B::r(p, wq.clone()), n, c, qkv_w, false)?;
+            self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
+            be.matmul_tn(g!(wq), dq(), B::r(&a.ln1, nc.clone()), qkv_w, c, n, true)?;
+            let gr = o.ln1..o.ln1 + c;
+            be.rmsnorm_backward(
+                B::m(&mut ws.dresid, nc.clone()),
+                g!(gr.clone()),
+                B::r(&ws.dln, nc.clone()),
+                B::r(&a.resid_in, nc.clone()),
+                B::r(p, gr),
+                B::r(&a.rstd1, 0..n),
+            )?;
         }
-        ops::embedding_backward(&mut grads[lay.embed..lay.embed + v * c], &ws.dresid[..n * c], &batch.tokens, c);
+        be.embedding_backward(g!(lay.embed..lay.embed + v * c), B::r(&ws.dresid, nc), dev, c)?;
         Ok(())
     }
+
+    /// Sum a row-parallel partial result over the tensor-parallel group (no-op without one).
+    fn tp_reduce_on<B: Backend>(&self, be: &B, x: B::M<'_>) -> Result<()> {
+        match &self.tp {
+            Some(t) => be.all_reduce_tp(x, &t.group),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A model's weights and RoPE tables in one backend's memory: what the generic forward and
+/// backward read ([`Model::forward_on`] and friends).
+pub struct On<'a, B: Backend> {
+    pub be: &'a B,
+    pub params: &'a B::Buf,
+    pub rope: &'a B::Rope,
 }

@@ -2,77 +2,146 @@
 //! batch seen (a training step after the first allocates nothing).
 
 use crate::attention::AttnShape;
+use crate::error::Result;
 use crate::model::config::ModelConfig;
+use crate::tensor::{Backend, Cpu};
 
-/// Saved activations of one decoder layer (N = tokens).
-#[derive(Debug, Default)]
-pub struct LayerActs {
+/// Saved activations of one decoder layer (N = tokens), in backend `B`'s memory.
+pub struct LayerActs<B: Backend = Cpu> {
     /// [N, C] residual stream entering the layer.
-    pub resid_in: Vec<f32>,
+    pub resid_in: B::Buf,
     /// [N, C] input RMSNorm output; [N] its 1/rms.
-    pub ln1: Vec<f32>,
-    pub rstd1: Vec<f32>,
+    pub ln1: B::Buf,
+    pub rstd1: B::Buf,
     /// [N, (H+2KV)·D] q|k|v after bias and RoPE.
-    pub qkv: Vec<f32>,
+    pub qkv: B::Buf,
     /// [N, H·D] attention output (before o_proj); [N, H] row log-sum-exp of the scores.
-    pub att: Vec<f32>,
-    pub lse: Vec<f32>,
+    pub att: B::Buf,
+    pub lse: B::Buf,
     /// [N, C] residual after the attention block.
-    pub resid_mid: Vec<f32>,
+    pub resid_mid: B::Buf,
     /// [N, C] post-attention RMSNorm output; [N] its 1/rms.
-    pub ln2: Vec<f32>,
-    pub rstd2: Vec<f32>,
+    pub ln2: B::Buf,
+    pub rstd2: B::Buf,
     /// [N, 2I] gate|up projections; [N, I] silu(gate)·up.
-    pub gate_up: Vec<f32>,
-    pub act: Vec<f32>,
+    pub gate_up: B::Buf,
+    pub act: B::Buf,
 }
 
-/// All buffers a forward + backward pass needs.
-#[derive(Debug, Default)]
-pub struct Workspace {
+/// All buffers a forward + backward pass needs, in backend `B`'s memory.
+pub struct Workspace<B: Backend = Cpu> {
     cap: usize,
-    pub layers: Vec<LayerActs>,
+    pub layers: Vec<LayerActs<B>>,
     /// [N, C] residual after the last layer; [N, C] final norm output; [N] its 1/rms.
-    pub resid_out: Vec<f32>,
-    pub lnf: Vec<f32>,
-    pub rstdf: Vec<f32>,
+    pub resid_out: B::Buf,
+    pub lnf: B::Buf,
+    pub rstdf: B::Buf,
     /// [N] log p(target) per token, filled by the forward.
-    pub logprobs: Vec<f32>,
+    pub logprobs: B::Buf,
     /// [N] entropy of the full next-token distribution per token, filled by the forward.
-    pub entropy: Vec<f32>,
+    pub entropy: B::Buf,
     /// [N] log-sum-exp of the logits (kept for the backward).
-    pub head_lse: Vec<f32>,
+    pub head_lse: B::Buf,
     /// [head_rows, V] one chunk of logits (the head runs in row chunks to bound memory).
-    pub logits: Vec<f32>,
+    pub logits: B::Buf,
     pub head_rows: usize,
     /// Rows of logits left in `logits` by the last forward (Some(N) when one chunk held them all).
     pub logits_cached: Option<usize>,
     /// Backward scratch: [N, C] ×2, [N, (H+2KV)·D], [N, H·D], [N, 2I], [N, I].
-    pub dresid: Vec<f32>,
-    pub dln: Vec<f32>,
-    pub dqkv: Vec<f32>,
-    pub datt: Vec<f32>,
-    pub dgate_up: Vec<f32>,
-    pub dact: Vec<f32>,
+    pub dresid: B::Buf,
+    pub dln: B::Buf,
+    pub dqkv: B::Buf,
+    pub datt: B::Buf,
+    pub dgate_up: B::Buf,
+    pub dact: B::Buf,
     /// Attention scratch, O(N · BLOCK_ROWS).
-    pub attn_scratch: Vec<f32>,
+    pub attn_scratch: B::Buf,
 }
 
-/// Logit elements per head chunk (bounds the [rows, V] buffer to 16 MiB).
-const HEAD_CHUNK_ELEMS: usize = 1 << 22;
-
-fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() < n {
-        v.resize(n, 0.0);
+impl<B: Backend> LayerActs<B> {
+    fn new(be: &B) -> Result<Self> {
+        Ok(LayerActs {
+            resid_in: be.empty()?,
+            ln1: be.empty()?,
+            rstd1: be.empty()?,
+            qkv: be.empty()?,
+            att: be.empty()?,
+            lse: be.empty()?,
+            resid_mid: be.empty()?,
+            ln2: be.empty()?,
+            rstd2: be.empty()?,
+            gate_up: be.empty()?,
+            act: be.empty()?,
+        })
+    }
+    fn bufs(&self) -> [&B::Buf; 11] {
+        [
+            &self.resid_in,
+            &self.ln1,
+            &self.rstd1,
+            &self.qkv,
+            &self.att,
+            &self.lse,
+            &self.resid_mid,
+            &self.ln2,
+            &self.rstd2,
+            &self.gate_up,
+            &self.act,
+        ]
     }
 }
 
-impl Workspace {
+impl Default for Workspace<Cpu> {
+    fn default() -> Self {
+        // Empty host vectors cannot fail.
+        Workspace::empty(&Cpu).expect("host buffers")
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Workspace<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Workspace {{ tokens: {}, layers: {}, bytes: {} }}", self.cap, self.layers.len(), self.bytes())
+    }
+}
+
+impl Workspace<Cpu> {
     /// Buffers for batches of up to `max_tokens` tokens.
     pub fn new(cfg: &ModelConfig, max_tokens: usize) -> Self {
         let mut ws = Workspace::default();
         ws.ensure(cfg, max_tokens);
         ws
+    }
+
+    /// Grow the buffers to hold `n` tokens (no-op when they already do).
+    pub fn ensure(&mut self, cfg: &ModelConfig, n: usize) {
+        // Growing host vectors cannot fail.
+        self.ensure_on(&Cpu, cfg, n).expect("host buffers grow");
+    }
+}
+
+impl<B: Backend> Workspace<B> {
+    /// A workspace with no buffers yet.
+    pub fn empty(be: &B) -> Result<Self> {
+        Ok(Workspace {
+            cap: 0,
+            layers: Vec::new(),
+            resid_out: be.empty()?,
+            lnf: be.empty()?,
+            rstdf: be.empty()?,
+            logprobs: be.empty()?,
+            entropy: be.empty()?,
+            head_lse: be.empty()?,
+            logits: be.empty()?,
+            head_rows: 0,
+            logits_cached: None,
+            dresid: be.empty()?,
+            dln: be.empty()?,
+            dqkv: be.empty()?,
+            datt: be.empty()?,
+            dgate_up: be.empty()?,
+            dact: be.empty()?,
+            attn_scratch: be.empty()?,
+        })
     }
 
     /// Tokens the buffers currently hold room for.
@@ -81,26 +150,33 @@ impl Workspace {
     }
 
     /// Grow the buffers to hold `n` tokens (no-op when they already do).
-    pub fn ensure(&mut self, cfg: &ModelConfig, n: usize) {
+    pub fn ensure_on(&mut self, be: &B, cfg: &ModelConfig, n: usize) -> Result<()> {
         if n <= self.cap && self.layers.len() == cfg.num_layers {
-            return;
+            return Ok(());
         }
         let n = n.max(self.cap);
         let (c, i, h) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads);
         let (qkv, hd) = (cfg.qkv_dim(), cfg.attn_dim());
-        self.layers.resize_with(cfg.num_layers, LayerActs::default);
+        while self.layers.len() < cfg.num_layers {
+            self.layers.push(LayerActs::new(be)?);
+        }
+        self.layers.truncate(cfg.num_layers);
         for l in &mut self.layers {
-            grow(&mut l.resid_in, n * c);
-            grow(&mut l.ln1, n * c);
-            grow(&mut l.rstd1, n);
-            grow(&mut l.qkv, n * qkv);
-            grow(&mut l.att, n * hd);
-            grow(&mut l.lse, n * h);
-            grow(&mut l.resid_mid, n * c);
-            grow(&mut l.ln2, n * c);
-            grow(&mut l.rstd2, n);
-            grow(&mut l.gate_up, n * 2 * i);
-            grow(&mut l.act, n * i);
+            for (v, len) in [
+                (&mut l.resid_in, n * c),
+                (&mut l.ln1, n * c),
+                (&mut l.rstd1, n),
+                (&mut l.qkv, n * qkv),
+                (&mut l.att, n * hd),
+                (&mut l.lse, n * h),
+                (&mut l.resid_mid, n * c),
+                (&mut l.ln2, n * c),
+                (&mut l.rstd2, n),
+                (&mut l.gate_up, n * 2 * i),
+                (&mut l.act, n * i),
+            ] {
+                be.grow(v, len)?;
+            }
         }
         for (v, len) in [
             (&mut self.resid_out, n * c),
@@ -116,13 +192,14 @@ impl Workspace {
             (&mut self.dgate_up, n * 2 * i),
             (&mut self.dact, n * i),
         ] {
-            grow(v, len);
+            be.grow(v, len)?;
         }
-        self.head_rows = (HEAD_CHUNK_ELEMS / cfg.vocab_size).clamp(1, n.max(1));
-        grow(&mut self.logits, self.head_rows * cfg.vocab_size);
+        self.head_rows = (be.head_chunk_elems() / cfg.vocab_size).clamp(1, n.max(1));
+        be.grow(&mut self.logits, self.head_rows * cfg.vocab_size)?;
         let shape = AttnShape { num_heads: h, num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
-        grow(&mut self.attn_scratch, shape.scratch_len(n));
+        be.grow(&mut self.attn_scratch, be.attn_scratch_len(shape, n))?;
         self.cap = n;
+        Ok(())
     }
 
     /// Bound the LM head's chunk to `rows` rows (less memory for huge vocabularies; the backward
@@ -134,28 +211,7 @@ impl Workspace {
 
     /// Bytes held by all buffers.
     pub fn bytes(&self) -> usize {
-        let per_layer: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    &l.resid_in,
-                    &l.ln1,
-                    &l.rstd1,
-                    &l.qkv,
-                    &l.att,
-                    &l.lse,
-                    &l.resid_mid,
-                    &l.ln2,
-                    &l.rstd2,
-                    &l.gate_up,
-                    &l.act,
-                ]
-                .iter()
-                .map(|v| v.len())
-                .sum::<usize>()
-            })
-            .sum();
+        let per_layer: usize = self.layers.iter().map(|l| l.bufs().iter().map(|v| B::len(v)).sum::<usize>()).sum();
         let rest: usize = [
             &self.resid_out,
             &self.lnf,
@@ -173,7 +229,7 @@ impl Workspace {
             &self.attn_scratch,
         ]
         .iter()
-        .map(|v| v.len())
+        .map(|v| B::len(v))
         .sum();
         4 * (per_layer + rest)
     }

@@ -1,6 +1,10 @@
 //! Storage and the handful of operations the model needs, per backend.
 //!
 //! The CPU backend (`cpu`) is the specification: every fast path (CUDA, fused kernels) is tested
-//! against it.
+//! against it. [`Backend`] is the interface the model is written against.
 
+pub mod backend;
 pub mod cpu;
+
+pub use backend::Backend;
+pub use cpu::Cpu;

@@ -48,6 +48,11 @@ impl AdamW {
         AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], t: 0, segments }
     }
 
+    /// The (range, decays) segments, in buffer order.
+    pub fn segments(&self) -> &[(std::ops::Range<usize>, bool)] {
+        &self.segments
+    }
+
     /// One update with learning rate `lr`:
     /// p ← p·(1 − lr·λ); m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
     /// p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε).

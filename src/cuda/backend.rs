@@ -1,0 +1,528 @@
+//! The CUDA device as a [`Backend`]: f32 device buffers, arbor's kernels (cuda/*.cu) and cuBLAS
+//! SGEMM. Every method follows the CPU function of the same name (tests/cuda.rs compares them).
+
+use crate::attention::AttnShape;
+use crate::cuda::device::{drv, Arg, Gpu};
+use crate::error::{Error, Result};
+use crate::model::batch::Batch;
+use crate::parallel::{Comm, TpGroup};
+use crate::tensor::backend::Backend;
+use crate::tensor::cpu::ops::RopeTable;
+use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::{Gemm, GemmConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
+use std::ops::Range;
+
+/// A packed batch in device memory.
+pub struct GpuBatch {
+    pub tokens: CudaSlice<u32>,
+    pub targets: CudaSlice<u32>,
+    pub positions: CudaSlice<u32>,
+    /// [n_seq + 1] sequence starts as int.
+    pub cu_seqlens: CudaSlice<i32>,
+    pub n_seq: usize,
+    pub max_len: usize,
+}
+
+/// RoPE cos/sin tables on the device ([max_pos, D/2] each).
+pub struct GpuRope {
+    pub half: usize,
+    pub cos: CudaSlice<f32>,
+    pub sin: CudaSlice<f32>,
+}
+
+/// Logit elements per LM-head chunk on the device (1 GiB of f32).
+const HEAD_CHUNK_ELEMS: usize = 1 << 28;
+
+fn int(x: usize, what: &str) -> Result<i32> {
+    i32::try_from(x).map_err(|_| Error::Invalid(format!("{what} = {x} exceeds the CUDA kernels' int range")))
+}
+
+/// The head-dim bucket of the attention kernels.
+fn attn_dm(head_dim: usize) -> Result<u32> {
+    match head_dim {
+        1..=32 => Ok(32),
+        33..=64 => Ok(64),
+        65..=128 => Ok(128),
+        _ => Err(Error::Invalid(format!("head_dim {head_dim}: the CUDA attention kernels support 1..=128"))),
+    }
+}
+
+impl Gpu {
+    fn gemm(
+        &self,
+        mut c: CudaViewMut<'_, f32>,
+        a: CudaView<'_, f32>,
+        b: CudaView<'_, f32>,
+        (m, n, k): (usize, usize, usize),
+        (op_b, ld_b, op_a, ld_a): (bool, usize, bool, usize),
+        acc: bool,
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            if !acc {
+                self.stream.memset_zeros(&mut c).map_err(drv("memset"))?;
+            }
+            return Ok(());
+        }
+        // Row-major C[m, n] is column-major Cᵀ[n, m] = op(B) · op(A) in cuBLAS terms.
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let cfg = GemmConfig {
+            transa: op(op_b),
+            transb: op(op_a),
+            m: int(n, "gemm n")?,
+            n: int(m, "gemm m")?,
+            k: int(k, "gemm k")?,
+            alpha: 1.0f32,
+            lda: int(ld_b, "gemm ld")?,
+            ldb: int(ld_a, "gemm ld")?,
+            beta: if acc { 1.0 } else { 0.0 },
+            ldc: int(n, "gemm ldc")?,
+        };
+        // SAFETY: the views hold m·k, n·k (or k·n) and m·n elements (checked by the callers'
+        // slicing), matching the leading dimensions above.
+        unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| Error::Invalid(format!("cuBLAS SGEMM: {e:?}")))
+    }
+
+    fn ids_ptr<T>(&self, s: &CudaSlice<T>, offset: usize) -> u64 {
+        s.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<T>()) as u64
+    }
+}
+
+impl Backend for Gpu {
+    type Buf = CudaSlice<f32>;
+    type R<'a> = CudaView<'a, f32>;
+    type M<'a> = CudaViewMut<'a, f32>;
+    type Batch<'a> = GpuBatch;
+    type Rope = GpuRope;
+
+    fn name(&self) -> String {
+        self.describe()
+    }
+    fn empty(&self) -> Result<CudaSlice<f32>> {
+        self.stream.null().map_err(drv("alloc"))
+    }
+    fn len(buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn grow(&self, buf: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+        if buf.len() < n {
+            *buf = self.stream.alloc_zeros(n).map_err(drv("alloc"))?;
+        }
+        Ok(())
+    }
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream.clone_htod(data).map_err(drv("upload"))
+    }
+    fn download(&self, buf: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
+        if out.len() > buf.len() {
+            return Err(Error::Invalid(format!("download of {} from a buffer of {}", out.len(), buf.len())));
+        }
+        self.stream.memcpy_dtoh(&buf.slice(0..out.len()), out).map_err(drv("download"))?;
+        self.sync()
+    }
+    fn r(buf: &CudaSlice<f32>, r: Range<usize>) -> CudaView<'_, f32> {
+        buf.slice(r)
+    }
+    fn m(buf: &mut CudaSlice<f32>, r: Range<usize>) -> CudaViewMut<'_, f32> {
+        buf.slice_mut(r)
+    }
+    fn sub_r<'a>(x: &Self::R<'a>, r: Range<usize>) -> Self::R<'a> {
+        x.slice(r)
+    }
+    fn sub_m<'a, 'b: 'a>(x: &'a mut CudaViewMut<'b, f32>, r: Range<usize>) -> CudaViewMut<'a, f32> {
+        x.slice_mut(r)
+    }
+    fn batch(&self, batch: &Batch) -> Result<GpuBatch> {
+        let up = |x: &[u32]| self.stream.clone_htod(x).map_err(drv("upload"));
+        let starts = batch.seq_starts.iter().map(|&s| int(s, "token index")).collect::<Result<Vec<i32>>>()?;
+        Ok(GpuBatch {
+            tokens: up(&batch.tokens)?,
+            targets: up(&batch.targets)?,
+            positions: up(&batch.positions)?,
+            cu_seqlens: self.stream.clone_htod(&starts).map_err(drv("upload"))?,
+            n_seq: batch.num_seqs(),
+            max_len: batch.max_seq_len(),
+        })
+    }
+    fn rope(&self, table: &RopeTable) -> Result<GpuRope> {
+        Ok(GpuRope { half: table.half, cos: self.upload(&table.cos)?, sin: self.upload(&table.sin)? })
+    }
+    fn copy(&self, mut dst: CudaViewMut<'_, f32>, src: CudaView<'_, f32>) -> Result<()> {
+        self.stream.memcpy_dtod(&src, &mut dst).map_err(drv("copy"))
+    }
+    fn zero(&self, mut dst: CudaViewMut<'_, f32>) -> Result<()> {
+        self.stream.memset_zeros(&mut dst).map_err(drv("memset"))
+    }
+    fn attn_scratch_len(&self, shape: AttnShape, n: usize) -> usize {
+        // delta = rowsum(dO ⊙ O) per (token, head)
+        n * shape.num_heads
+    }
+    fn head_chunk_elems(&self) -> usize {
+        HEAD_CHUNK_ELEMS
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.sync()
+    }
+    fn all_reduce_tp(&self, mut x: CudaViewMut<'_, f32>, group: &TpGroup) -> Result<()> {
+        if group.size() == 1 {
+            return Ok(());
+        }
+        // Through the host over the group's communicator (NCCL: crate::cuda::nccl for DP buffers).
+        let mut host = vec![0.0f32; x.len()];
+        self.stream.memcpy_dtoh(&x, &mut host[..]).map_err(drv("download"))?;
+        self.sync()?;
+        group.all_reduce_sum_f32(&mut host)?;
+        self.stream.memcpy_htod(&host[..], &mut x).map_err(drv("upload"))?;
+        self.sync()
+    }
+
+    fn matmul_nt(
+        &self,
+        c: Self::M<'_>,
+        a: Self::R<'_>,
+        b: Self::R<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<()> {
+        // C = A·Bᵀ: Cᵀ = B·Aᵀ; B row-major [n, k] read transposed (ld k), A row-major [m, k] (ld k)
+        self.gemm(c, a, b, (m, n, k), (true, k, false, k), acc)
+    }
+    fn matmul_nn(
+        &self,
+        c: Self::M<'_>,
+        a: Self::R<'_>,
+        b: Self::R<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<()> {
+        // C = A·B: Cᵀ = Bᵀ·Aᵀ; B row-major [k, n] (ld n), A row-major [m, k] (ld k)
+        self.gemm(c, a, b, (m, n, k), (false, n, false, k), acc)
+    }
+    fn matmul_tn(
+        &self,
+        c: Self::M<'_>,
+        a: Self::R<'_>,
+        b: Self::R<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<()> {
+        // C = Aᵀ·B: Cᵀ = Bᵀ·A; B row-major [k, n] (ld n), A row-major [k, m] read transposed (ld m)
+        self.gemm(c, a, b, (m, n, k), (false, n, true, m), acc)
+    }
+
+    fn embedding_forward(&self, mut out: Self::M<'_>, table: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
+        let n = out.len() / c.max(1);
+        let args = [
+            Arg::P(self.pm(&mut out)),
+            Arg::P(self.pr(&table)),
+            Arg::P(self.ids_ptr(&batch.tokens, 0)),
+            Arg::I(int(n, "tokens")?),
+            Arg::I(int(c, "hidden")?),
+        ];
+        self.launch("embedding", "embedding_fwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)
+    }
+    fn embedding_backward(&self, mut dtable: Self::M<'_>, dout: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
+        let n = dout.len() / c.max(1);
+        let args = [
+            Arg::P(self.pm(&mut dtable)),
+            Arg::P(self.pr(&dout)),
+            Arg::P(self.ids_ptr(&batch.tokens, 0)),
+            Arg::I(int(n, "tokens")?),
+            Arg::I(int(c, "hidden")?),
+        ];
+        self.launch("embedding", "embedding_bwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)
+    }
+    fn rmsnorm_forward(
+        &self,
+        mut y: Self::M<'_>,
+        mut rstd: Self::M<'_>,
+        x: Self::R<'_>,
+        w: Self::R<'_>,
+        eps: f32,
+    ) -> Result<()> {
+        let (n, c) = (rstd.len(), w.len());
+        let args = [
+            Arg::P(self.pm(&mut y)),
+            Arg::P(self.pm(&mut rstd)),
+            Arg::P(self.pr(&x)),
+            Arg::P(self.pr(&w)),
+            Arg::I(int(n, "rows")?),
+            Arg::I(int(c, "cols")?),
+            Arg::F(eps),
+        ];
+        self.launch("rmsnorm", "rmsnorm_fwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)
+    }
+    fn rmsnorm_backward(
+        &self,
+        mut dx: Self::M<'_>,
+        mut dw: Self::M<'_>,
+        dy: Self::R<'_>,
+        x: Self::R<'_>,
+        w: Self::R<'_>,
+        rstd: Self::R<'_>,
+    ) -> Result<()> {
+        let (n, c) = (rstd.len(), w.len());
+        let (ni, ci) = (int(n, "rows")?, int(c, "cols")?);
+        let args = [
+            Arg::P(self.pm(&mut dx)),
+            Arg::P(self.pr(&dy)),
+            Arg::P(self.pr(&x)),
+            Arg::P(self.pr(&w)),
+            Arg::P(self.pr(&rstd)),
+            Arg::I(ni),
+            Arg::I(ci),
+        ];
+        self.launch("rmsnorm", "rmsnorm_bwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        let rows = 256usize;
+        let p = n.div_ceil(rows).max(1);
+        let partial: CudaSlice<f32> = self.stream.alloc_zeros(p * c).map_err(drv("alloc"))?;
+        let pp = partial.device_ptr(&self.stream).0;
+        let args = [
+            Arg::P(pp),
+            Arg::P(self.pr(&dy)),
+            Arg::P(self.pr(&x)),
+            Arg::P(self.pr(&rstd)),
+            Arg::I(ni),
+            Arg::I(ci),
+            Arg::I(rows as i32),
+        ];
+        self.launch("rmsnorm", "rmsnorm_dw_partial_f32", (c.div_ceil(32) as u32, p as u32, 1), (32, 8, 1), 0, &args)?;
+        let args = [Arg::P(self.pm(&mut dw)), Arg::P(pp), Arg::I(p as i32), Arg::I(ci)];
+        self.launch("rmsnorm", "colsum_add_f32", (c.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        Ok(())
+    }
+    fn add_bias(&self, mut out: Self::M<'_>, bias: Self::R<'_>) -> Result<()> {
+        let c = bias.len();
+        let n = out.len() / c.max(1);
+        let args =
+            [Arg::P(self.pm(&mut out)), Arg::P(self.pr(&bias)), Arg::I(int(n, "rows")?), Arg::I(int(c, "cols")?)];
+        self.launch("elementwise", "add_bias_f32", (c.div_ceil(256) as u32, n as u32, 1), (256, 1, 1), 0, &args)
+    }
+    fn bias_backward(&self, mut dbias: Self::M<'_>, dout: Self::R<'_>) -> Result<()> {
+        let c = dbias.len();
+        let n = dout.len() / c.max(1);
+        let rows = 256usize;
+        let p = n.div_ceil(rows).max(1);
+        let partial: CudaSlice<f32> = self.stream.alloc_zeros(p * c).map_err(drv("alloc"))?;
+        let pp = partial.device_ptr(&self.stream).0;
+        let (ni, ci) = (int(n, "rows")?, int(c, "cols")?);
+        let args = [Arg::P(pp), Arg::P(self.pr(&dout)), Arg::I(ni), Arg::I(ci), Arg::I(rows as i32)];
+        self.launch("elementwise", "col_partial_f32", (c.div_ceil(256) as u32, p as u32, 1), (256, 1, 1), 0, &args)?;
+        let args = [Arg::P(self.pm(&mut dbias)), Arg::P(pp), Arg::I(p as i32), Arg::I(ci)];
+        self.launch("rmsnorm", "colsum_add_f32", (c.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)
+    }
+    fn rope_apply(
+        &self,
+        mut x: Self::M<'_>,
+        row_stride: usize,
+        n_heads: usize,
+        batch: &GpuBatch,
+        table: &GpuRope,
+        inverse: bool,
+    ) -> Result<()> {
+        let n = x.len() / row_stride.max(1);
+        let half = table.half;
+        let args = [
+            Arg::P(self.pm(&mut x)),
+            Arg::I(int(n, "rows")?),
+            Arg::I(int(row_stride, "row stride")?),
+            Arg::I(int(n_heads, "heads")?),
+            Arg::I(int(2 * half, "head dim")?),
+            Arg::P(self.ids_ptr(&batch.positions, 0)),
+            Arg::P(table.cos.device_ptr(&self.stream).0),
+            Arg::P(table.sin.device_ptr(&self.stream).0),
+            Arg::I(inverse as i32),
+        ];
+        self.launch("rope", "rope_f32", (n as u32, 1, 1), (128, 1, 1), 0, &args)
+    }
+    fn attention_forward(
+        &self,
+        mut out: Self::M<'_>,
+        mut lse: Self::M<'_>,
+        _scratch: Self::M<'_>,
+        qkv: Self::R<'_>,
+        batch: &GpuBatch,
+        shape: AttnShape,
+    ) -> Result<()> {
+        let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+        let dm = attn_dm(d)?;
+        let stride = int((h + 2 * kv) * d, "qkv stride")?;
+        let q = self.pr(&qkv);
+        let args = [
+            Arg::P(self.pm(&mut out)),
+            Arg::I(int(h * d, "out stride")?),
+            Arg::P(self.pm(&mut lse)),
+            Arg::P(q),
+            Arg::I(stride),
+            Arg::P(q + (h * d * 4) as u64),
+            Arg::I(stride),
+            Arg::P(q + ((h + kv) * d * 4) as u64),
+            Arg::I(stride),
+            Arg::P(self.ids_ptr(&batch.cu_seqlens, 0)),
+            Arg::I(int(h, "heads")?),
+            Arg::I(int(kv, "kv heads")?),
+            Arg::I(int(d, "head dim")?),
+        ];
+        let grid = (batch.max_len.div_ceil(64) as u32, h as u32, batch.n_seq as u32);
+        self.launch("attention_fwd", &format!("attn_fwd_{dm}_f32"), grid, (256, 1, 1), 192 * (dm + 1) * 4, &args)
+    }
+    fn attention_backward(
+        &self,
+        mut dqkv: Self::M<'_>,
+        mut scratch: Self::M<'_>,
+        dout: Self::R<'_>,
+        qkv: Self::R<'_>,
+        out: Self::R<'_>,
+        lse: Self::R<'_>,
+        batch: &GpuBatch,
+        shape: AttnShape,
+    ) -> Result<()> {
+        let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+        let dm = attn_dm(d)?;
+        let n = lse.len() / h.max(1);
+        let stride = int((h + 2 * kv) * d, "qkv stride")?;
+        let hd = int(h * d, "out stride")?;
+        let (hi, kvi, di) = (int(h, "heads")?, int(kv, "kv heads")?, int(d, "head dim")?);
+        let delta = self.pm(&mut scratch);
+        let (o, dout_p, lse_p) = (self.pr(&out), self.pr(&dout), self.pr(&lse));
+        let args = [
+            Arg::P(delta),
+            Arg::P(o),
+            Arg::I(hd),
+            Arg::P(dout_p),
+            Arg::I(hd),
+            Arg::I(int(n, "tokens")?),
+            Arg::I(hi),
+            Arg::I(di),
+        ];
+        self.launch("attention_bwd", "attn_bwd_delta_f32", (n as u32, 1, 1), (128, 1, 1), 0, &args)?;
+        let (q, g) = (self.pr(&qkv), self.pm(&mut dqkv));
+        let (k_off, v_off) = ((h * d * 4) as u64, ((h + kv) * d * 4) as u64);
+        let cu = self.ids_ptr(&batch.cu_seqlens, 0);
+        let smem = 192 * (dm + 1) * 4;
+        let tiles = batch.max_len.div_ceil(64) as u32;
+        let tail = [
+            Arg::P(q),
+            Arg::I(stride),
+            Arg::P(q + k_off),
+            Arg::I(stride),
+            Arg::P(q + v_off),
+            Arg::I(stride),
+            Arg::P(dout_p),
+            Arg::I(hd),
+            Arg::P(lse_p),
+            Arg::P(delta),
+            Arg::P(cu),
+            Arg::I(hi),
+            Arg::I(kvi),
+            Arg::I(di),
+        ];
+        let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
+        args.extend_from_slice(&tail);
+        self.launch(
+            "attention_bwd",
+            &format!("attn_bwd_dkdv_{dm}_f32"),
+            (tiles, kv as u32, batch.n_seq as u32),
+            (256, 1, 1),
+            smem,
+            &args,
+        )?;
+        let mut args = vec![Arg::P(g), Arg::I(stride)];
+        args.extend_from_slice(&tail);
+        self.launch(
+            "attention_bwd",
+            &format!("attn_bwd_dq_{dm}_f32"),
+            (tiles, h as u32, batch.n_seq as u32),
+            (256, 1, 1),
+            smem,
+            &args,
+        )
+    }
+    fn swiglu_forward(&self, mut act: Self::M<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()> {
+        let n = act.len() / inter.max(1);
+        let args = [
+            Arg::P(self.pm(&mut act)),
+            Arg::P(self.pr(&gate_up)),
+            Arg::I(int(n, "rows")?),
+            Arg::I(int(inter, "inter")?),
+        ];
+        self.launch("swiglu", "swiglu_fwd_f32", (inter.div_ceil(256) as u32, n as u32, 1), (256, 1, 1), 0, &args)
+    }
+    fn swiglu_backward(
+        &self,
+        mut dgate_up: Self::M<'_>,
+        dact: Self::R<'_>,
+        gate_up: Self::R<'_>,
+        inter: usize,
+    ) -> Result<()> {
+        let n = dact.len() / inter.max(1);
+        let args = [
+            Arg::P(self.pm(&mut dgate_up)),
+            Arg::P(self.pr(&dact)),
+            Arg::P(self.pr(&gate_up)),
+            Arg::I(int(n, "rows")?),
+            Arg::I(int(inter, "inter")?),
+        ];
+        self.launch("swiglu", "swiglu_bwd_f32", (inter.div_ceil(256) as u32, n as u32, 1), (256, 1, 1), 0, &args)
+    }
+    fn logprob_forward(
+        &self,
+        z: Self::R<'_>,
+        v: usize,
+        batch: &GpuBatch,
+        rows: Range<usize>,
+        mut lse: Self::M<'_>,
+        mut logp: Self::M<'_>,
+        mut entropy: Self::M<'_>,
+    ) -> Result<()> {
+        let n = rows.len();
+        let args = [
+            Arg::P(self.pr(&z)),
+            Arg::P(self.ids_ptr(&batch.targets, rows.start)),
+            Arg::P(self.pm(&mut lse)),
+            Arg::P(self.pm(&mut logp)),
+            Arg::P(self.pm(&mut entropy)),
+            Arg::I(int(n, "rows")?),
+            Arg::I(int(v, "vocab")?),
+        ];
+        self.launch("logprob", "logprob_fwd_f32", (n as u32, 1, 1), (512, 1, 1), 0, &args)
+    }
+    fn logprob_backward(
+        &self,
+        mut z: Self::M<'_>,
+        v: usize,
+        batch: &GpuBatch,
+        rows: Range<usize>,
+        lse: Self::R<'_>,
+        g: Self::R<'_>,
+        ent: Option<(Self::R<'_>, Self::R<'_>)>,
+    ) -> Result<()> {
+        let n = rows.len();
+        let zp = self.pm(&mut z);
+        let (de, h) = match &ent {
+            Some((de, h)) => (self.pr(de), self.pr(h)),
+            None => (0, 0),
+        };
+        let args = [
+            Arg::P(zp),
+            Arg::P(zp),
+            Arg::P(self.ids_ptr(&batch.targets, rows.start)),
+            Arg::P(self.pr(&lse)),
+            Arg::P(self.pr(&g)),
+            Arg::P(de),
+            Arg::P(h),
+            Arg::I(int(n, "rows")?),
+            Arg::I(int(v, "vocab")?),
+        ];
+        self.launch("logprob", "logprob_bwd_f32", (n as u32, 1, 1), (512, 1, 1), 0, &args)
+    }
+}

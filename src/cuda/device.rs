@@ -1,0 +1,199 @@
+//! One CUDA device: context, stream, cuBLAS handle and the kernel cache.
+//!
+//! Everything runs on one stream, so operations are ordered without events (cudarc's per-buffer
+//! event tracking is switched off). Kernels are compiled by NVRTC for the device's own
+//! architecture the first time a module is used and kept for the life of the process.
+
+use crate::cuda::nvrtc;
+use crate::error::{Error, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Shared memory a block may use without raising the function's attribute.
+const DEFAULT_SMEM: u32 = 48 * 1024;
+
+/// A kernel argument: a device pointer (0 = NULL), an int, a float or a 64-bit int.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    P(u64),
+    I(i32),
+    F(f32),
+    L(i64),
+}
+
+/// A CUDA device ready to run arbor's kernels.
+pub struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) blas: CudaBlas,
+    arch: String,
+    name: String,
+    ordinal: usize,
+    sms: u32,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
+}
+
+pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Invalid(format!("CUDA {what}: {e:?}"))
+}
+
+/// Why no CUDA device can be used here, or `None` when one can. Never panics: the driver library
+/// is looked up before anything calls into it.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: only tries to dlopen the library by its candidate names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver (libcuda.so) on the loader path".into());
+    }
+    match CudaContext::device_count() {
+        Ok(0) => Some("the CUDA driver reports no device".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("no CUDA device ({e:?})")),
+    }
+}
+
+impl Gpu {
+    /// Open device `ordinal`: a clear error (never a crash) when there is no driver, no device,
+    /// no NVRTC or no cuBLAS.
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        if let Some(why) = unavailable() {
+            return Err(Error::Invalid(format!("CUDA backend: {why}")));
+        }
+        if !nvrtc::available() {
+            return Err(Error::Invalid(
+                "CUDA backend: NVRTC (libnvrtc.so) not found; kernels cannot be compiled".into(),
+            ));
+        }
+        // SAFETY: dlopen probe only.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Invalid("CUDA backend: cuBLAS (libcublas.so) not found".into()));
+        }
+        let count = CudaContext::device_count().map_err(drv("device count"))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Invalid(format!("CUDA backend: device {ordinal} requested, {count} present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv("context"))?;
+        // One stream orders everything; per-buffer events would only cost time.
+        // SAFETY: called before any buffer or stream of this context exists.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv("stream"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Invalid(format!("cuBLAS: {e:?}")))?;
+        let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
+        let name = ctx.name().map_err(drv("device name"))?;
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(drv("SM count"))?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            blas,
+            arch: format!("compute_{major}{minor}"),
+            name,
+            ordinal,
+            sms: sms.max(1) as u32,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)".
+    pub fn describe(&self) -> String {
+        format!("cuda:{} ({}, {})", self.ordinal, self.name, self.arch)
+    }
+
+    /// Streaming multiprocessors.
+    pub fn sms(&self) -> u32 {
+        self.sms
+    }
+
+    /// Wait for the stream.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {
+        let mut mods = self.modules.lock().map_err(|_| Error::Invalid("CUDA module cache poisoned".into()))?;
+        if let Some(m) = mods.get(name) {
+            return Ok(m.clone());
+        }
+        let c = nvrtc::compile(name, &self.arch)?;
+        let ptx = cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&c.ptx).into_owned());
+        let m = self.ctx.load_module(ptx).map_err(drv("module load"))?;
+        mods.insert(name, m.clone());
+        Ok(m)
+    }
+
+    /// Kernel `entry` of module `module`, allowed `smem` bytes of dynamic shared memory.
+    pub(crate) fn function(&self, module: &'static str, entry: &str, smem: u32) -> Result<CudaFunction> {
+        let key = format!("{module}/{entry}");
+        {
+            let fns = self.functions.lock().map_err(|_| Error::Invalid("CUDA kernel cache poisoned".into()))?;
+            if let Some((f, allowed)) = fns.get(&key) {
+                if smem <= (*allowed).max(DEFAULT_SMEM) {
+                    return Ok(f.clone());
+                }
+            }
+        }
+        let f = self.module(module)?.load_function(entry).map_err(drv("kernel lookup"))?;
+        if smem > DEFAULT_SMEM {
+            // SAFETY: `f` is a live function of a loaded module.
+            unsafe {
+                cudarc::driver::result::function::set_function_attribute(
+                    f.cu_function(),
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+            }
+            .map_err(drv("shared memory attribute"))?;
+        }
+        let mut fns = self.functions.lock().map_err(|_| Error::Invalid("CUDA kernel cache poisoned".into()))?;
+        fns.insert(key, (f.clone(), smem));
+        Ok(f)
+    }
+
+    /// Launch `module/entry` on the stream.
+    pub(crate) fn launch(
+        &self,
+        module: &'static str,
+        entry: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let f = self.function(module, entry, smem)?;
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::P(x) => b.arg(x),
+                Arg::I(x) => b.arg(x),
+                Arg::F(x) => b.arg(x),
+                Arg::L(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
+        // SAFETY: every launch site passes the arguments its kernel's ABI comment lists, with
+        // pointers into live buffers of this context large enough for the shapes it passes.
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Invalid(format!("CUDA launch {module}/{entry}: {e:?}")))?;
+        Ok(())
+    }
+
+    /// Device address of a view (for kernel arguments).
+    pub(crate) fn pr(&self, v: &CudaView<'_, f32>) -> u64 {
+        v.device_ptr(&self.stream).0
+    }
+
+    /// Device address of a writable view.
+    pub(crate) fn pm(&self, v: &mut CudaViewMut<'_, f32>) -> u64 {
+        v.device_ptr_mut(&self.stream).0
+    }
+}

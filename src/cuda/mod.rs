@@ -1,0 +1,16 @@
+//! CUDA backend (feature `cuda`): arbor's kernels (cuda/*.cu, compiled at run time by NVRTC and
+//! cached), cuBLAS SGEMM, and NCCL, all loaded dynamically so that a build with this feature runs
+//! on machines without CUDA and says why when asked for a GPU.
+//!
+//! The model code is not duplicated: [`Gpu`] implements [`crate::tensor::Backend`] and runs the
+//! same generic forward and backward as the CPU (`Model::forward_on` / `backward_on`).
+
+pub mod backend;
+pub mod device;
+pub mod model;
+pub mod nccl;
+pub mod nvrtc;
+
+pub use backend::{GpuBatch, GpuRope};
+pub use device::{unavailable, Arg, Gpu};
+pub use model::GpuModel;

@@ -1,0 +1,159 @@
+//! A model resident on a GPU: weights, gradients, AdamW moments and the activation workspace in
+//! device memory; the forward and backward are the generic ones of `crate::model::transformer`.
+
+use crate::cuda::backend::GpuRope;
+use crate::cuda::device::{drv, Arg, Gpu};
+use crate::error::{Error, Result};
+use crate::model::transformer::On;
+use crate::model::{Batch, Model, Workspace};
+use crate::tensor::Backend;
+use crate::train::adamw::{clip_coefficient, AdamW};
+use cudarc::driver::{CudaSlice, DevicePtr};
+
+/// Weights, gradients and optimizer state of one model on one device.
+pub struct GpuModel<'g> {
+    gpu: &'g Gpu,
+    params: CudaSlice<f32>,
+    grads: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    rope: GpuRope,
+    ws: Workspace<Gpu>,
+}
+
+impl<'g> GpuModel<'g> {
+    /// Upload `model`'s weights (gradients and moments start at zero).
+    pub fn new(gpu: &'g Gpu, model: &Model) -> Result<Self> {
+        let n = model.params.data.len();
+        let zeros = |len| gpu.stream.alloc_zeros::<f32>(len).map_err(drv("alloc"));
+        Ok(GpuModel {
+            gpu,
+            params: gpu.upload(&model.params.data)?,
+            grads: zeros(n)?,
+            m: zeros(n)?,
+            v: zeros(n)?,
+            rope: gpu.rope(&model.rope)?,
+            ws: Workspace::empty(gpu)?,
+        })
+    }
+
+    /// Forward on `batch`: returns (log p of each target, entropy of each row).
+    pub fn forward(&mut self, model: &Model, batch: &Batch) -> Result<(Vec<f32>, Vec<f32>)> {
+        model.check_batch(batch)?;
+        let dev = self.gpu.batch(batch)?;
+        let on = On { be: self.gpu, params: &self.params, rope: &self.rope };
+        model.forward_on(&on, batch, &dev, &mut self.ws)?;
+        let n = batch.len();
+        let (mut logp, mut ent) = (vec![0.0; n], vec![0.0; n]);
+        self.gpu.download(&self.ws.logprobs, &mut logp)?;
+        self.gpu.download(&self.ws.entropy, &mut ent)?;
+        Ok((logp, ent))
+    }
+
+    /// Backward after [`GpuModel::forward`] on the same batch; gradients are ADDED to the device
+    /// gradient buffer (see [`Model::backward_with_entropy`] for `dlogp` and `dent`).
+    pub fn backward(&mut self, model: &Model, batch: &Batch, dlogp: &[f32], dent: Option<&[f32]>) -> Result<()> {
+        let n = batch.len();
+        if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
+            return Err(Error::Invalid(format!("dlogp/dent do not have one entry per token ({n})")));
+        }
+        let dev = self.gpu.batch(batch)?;
+        let g = self.gpu.upload(dlogp)?;
+        let e = dent.map(|d| self.gpu.upload(d)).transpose()?;
+        let on = On { be: self.gpu, params: &self.params, rope: &self.rope };
+        let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
+        let ev = e.as_ref().map(|e| Gpu::r(e, 0..n));
+        model.backward_on(&on, batch, &dev, Gpu::r(&g, 0..n), ev, &mut self.ws, grads)?;
+        self.gpu.sync()
+    }
+
+    /// The gradients, on the host.
+    pub fn grads(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.grads.len()];
+        self.gpu.download(&self.grads, &mut out)?;
+        Ok(out)
+    }
+
+    /// The weights, on the host.
+    pub fn params(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.params.len()];
+        self.gpu.download(&self.params, &mut out)?;
+        Ok(out)
+    }
+
+    /// Zero the gradients.
+    pub fn zero_grads(&mut self) -> Result<()> {
+        self.gpu.stream.memset_zeros(&mut self.grads).map_err(drv("memset"))
+    }
+
+    /// Global L2 norm of the gradients (deterministic two-pass f64 sum).
+    pub fn grad_norm(&self) -> Result<f32> {
+        let n = self.grads.len();
+        let p = n.div_ceil(256).clamp(1, 1024);
+        let partials = self.gpu.stream.alloc_zeros::<f64>(p).map_err(drv("alloc"))?;
+        let norm = self.gpu.stream.alloc_zeros::<f32>(1).map_err(drv("alloc"))?;
+        let pp = partials.device_ptr(&self.gpu.stream).0;
+        let gp = self.grads.device_ptr(&self.gpu.stream).0;
+        self.gpu.launch(
+            "grad_norm",
+            "sumsq_partial_f32",
+            (p as u32, 1, 1),
+            (256, 1, 1),
+            0,
+            &[Arg::P(gp), Arg::L(n as i64), Arg::P(pp)],
+        )?;
+        let np = norm.device_ptr(&self.gpu.stream).0;
+        self.gpu.launch(
+            "grad_norm",
+            "sumsq_final_f64",
+            (1, 1, 1),
+            (1024, 1, 1),
+            0,
+            &[Arg::P(pp), Arg::I(p as i32), Arg::P(np), Arg::P(0)],
+        )?;
+        let mut out = [0.0f32];
+        self.gpu.stream.memcpy_dtoh(&norm, &mut out[..]).map_err(drv("download"))?;
+        self.gpu.sync()?;
+        Ok(out[0])
+    }
+
+    /// One AdamW step with the hyper-parameters, step count and decay segments of `opt` (its host
+    /// moments are not used; `opt.t` is advanced), clipping to `max_norm` (0 = none). Returns the
+    /// pre-clip gradient norm.
+    pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<f32> {
+        let norm = self.grad_norm()?;
+        let scale = if max_norm > 0.0 { clip_coefficient(norm, max_norm) } else { 1.0 };
+        opt.t += 1;
+        let c = opt.cfg;
+        let bc1 = (1.0 - (c.beta1 as f64).powi(opt.t as i32)) as f32;
+        let bc2 = (1.0 - (c.beta2 as f64).powi(opt.t as i32)) as f32;
+        let s = &self.gpu.stream;
+        let (p, g, m, v) =
+            (self.params.device_ptr(s).0, self.grads.device_ptr(s).0, self.m.device_ptr(s).0, self.v.device_ptr(s).0);
+        let blocks = (16 * self.gpu.sms()).max(1);
+        for (range, decays) in opt.segments() {
+            let off = (range.start * 4) as u64;
+            let wd = if *decays { c.weight_decay } else { 0.0 };
+            let args = [
+                Arg::P(p + off),
+                Arg::P(g + off),
+                Arg::P(m + off),
+                Arg::P(v + off),
+                Arg::P(0),
+                Arg::L(range.len() as i64),
+                Arg::F(lr),
+                Arg::F(c.beta1),
+                Arg::F(c.beta2),
+                Arg::F(c.eps),
+                Arg::F(wd),
+                Arg::F(bc1),
+                Arg::F(bc2),
+                Arg::F(scale),
+            ];
+            let grid = (range.len().div_ceil(256) as u32).clamp(1, blocks);
+            self.gpu.launch("adamw", "adamw_f32", (grid, 1, 1), (256, 1, 1), 0, &args)?;
+        }
+        self.gpu.sync()?;
+        Ok(norm)
+    }
+}

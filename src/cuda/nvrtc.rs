@@ -1,0 +1,134 @@
+//! Kernel sources and their run-time compilation by NVRTC.
+//!
+//! Every `cuda/*.cu` file is embedded in the binary; `common.cuh` is prepended to each (kernel
+//! files never `#include` it, so NVRTC needs no include path and no CUDA headers). A compile that
+//! prints any warning is an error, exactly as in `scripts/nvrtc_check.py`.
+
+use crate::error::{Error, Result};
+use std::ffi::CString;
+
+/// cuda/common.cuh.
+pub const COMMON: &str = include_str!("../../cuda/common.cuh");
+
+/// (module name, source) of every kernel file.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("adamw", include_str!("../../cuda/adamw.cu")),
+    ("attention_bwd", include_str!("../../cuda/attention_bwd.cu")),
+    ("attention_fwd", include_str!("../../cuda/attention_fwd.cu")),
+    ("attn_stats", include_str!("../../cuda/attn_stats.cu")),
+    ("decode_attention", include_str!("../../cuda/decode_attention.cu")),
+    ("elementwise", include_str!("../../cuda/elementwise.cu")),
+    ("embedding", include_str!("../../cuda/embedding.cu")),
+    ("grad_norm", include_str!("../../cuda/grad_norm.cu")),
+    ("logprob", include_str!("../../cuda/logprob.cu")),
+    ("rmsnorm", include_str!("../../cuda/rmsnorm.cu")),
+    ("rope", include_str!("../../cuda/rope.cu")),
+    ("swiglu", include_str!("../../cuda/swiglu.cu")),
+];
+
+/// The source of module `name` (common.cuh prepended).
+pub fn source(name: &str) -> Result<String> {
+    let (_, body) = SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| Error::Invalid(format!("no CUDA kernel module named {name:?}")))?;
+    Ok(format!("{COMMON}\n#line 1 \"{name}.cu\"\n{body}"))
+}
+
+/// The `extern "C" __global__` entry names a source declares.
+pub fn entries(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in src.match_indices("extern \"C\"") {
+        let rest = &src[i..];
+        let Some(v) = rest.find("void") else { continue };
+        let mut after = rest[v + 4..].trim_start();
+        if let Some(bounds) = after.strip_prefix("__launch_bounds__") {
+            let Some(close) = bounds.find(')') else { continue };
+            after = bounds[close + 1..].trim_start();
+        }
+        let name: String = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Whether an NVRTC library can be loaded (it is looked up on the loader path at run time).
+pub fn available() -> bool {
+    // SAFETY: only tries to dlopen the library by its candidate names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's version (major, minor).
+pub fn version() -> Result<(i32, i32)> {
+    if !available() {
+        return Err(Error::Invalid(no_nvrtc()));
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: plain out-parameters.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| Error::Invalid(format!("nvrtcVersion: {e:?}")))?;
+    Ok((major, minor))
+}
+
+fn no_nvrtc() -> String {
+    "NVRTC (libnvrtc.so) was not found on the loader path; install the CUDA toolkit or \
+     `pip install nvidia-cuda-nvrtc-cu12` and add its lib directory to LD_LIBRARY_PATH"
+        .into()
+}
+
+/// A compiled module: its PTX text and the compiler's log (empty when clean).
+pub struct Compiled {
+    pub ptx: Vec<u8>,
+    pub log: String,
+}
+
+/// Compile module `name` for virtual architecture `arch` (e.g. "compute_90"). Errors carry the
+/// compiler log; a log with warnings is returned in `Compiled::log` (the caller decides).
+pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
+    if !available() {
+        return Err(Error::Invalid(no_nvrtc()));
+    }
+    use cudarc::nvrtc::result;
+    let src = CString::new(source(name)?).map_err(|_| Error::Invalid(format!("{name}.cu holds a NUL byte")))?;
+    let cname = CString::new(format!("{name}.cu")).map_err(|_| Error::Invalid("bad module name".into()))?;
+    let prog = result::create_program(&src, Some(&cname))
+        .map_err(|e| Error::Invalid(format!("nvrtcCreateProgram({name}): {e:?}")))?;
+    let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "-default-device".into()];
+    // SAFETY: `prog` is a live program until destroyed below; the log and PTX are copied out.
+    let outcome = unsafe { result::compile_program(prog, &opts) };
+    let log = unsafe { result::get_program_log(prog) }
+        .map(|raw| {
+            let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+            String::from_utf8_lossy(&bytes).trim().to_string()
+        })
+        .unwrap_or_default();
+    let ptx = match outcome {
+        Ok(()) => unsafe { result::get_ptx(prog) }
+            .map(|raw| raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect::<Vec<u8>>())
+            .map_err(|e| Error::Invalid(format!("nvrtcGetPTX({name}): {e:?}"))),
+        Err(e) => Err(Error::Invalid(format!("NVRTC failed to compile cuda/{name}.cu for {arch} ({e:?}):\n{log}"))),
+    };
+    // SAFETY: destroyed once, after its last use.
+    let _ = unsafe { result::destroy_program(prog) };
+    Ok(Compiled { ptx: ptx?, log })
+}
+
+/// Compile module `name` for `arch` and insist on a clean log and on every declared entry being
+/// in the PTX (the CI compile check).
+pub fn compile_clean(name: &str, arch: &str) -> Result<Compiled> {
+    let c = compile(name, arch)?;
+    if !c.log.is_empty() {
+        return Err(Error::Invalid(format!("cuda/{name}.cu for {arch}: the compiler printed:\n{}", c.log)));
+    }
+    let ptx = String::from_utf8_lossy(&c.ptx);
+    let src = source(name)?;
+    for e in entries(&src) {
+        if !ptx.contains(&format!(".entry {e}(")) {
+            return Err(Error::Invalid(format!("cuda/{name}.cu for {arch}: no .entry {e} in the PTX")));
+        }
+    }
+    Ok(c)
+}

@@ -1,0 +1,215 @@
+//! The operations the model is written in, per backend.
+//!
+//! The decoder's forward and backward (`crate::model::transformer`) are written once, generic over
+//! [`Backend`]; [`Cpu`](crate::tensor::cpu::Cpu) runs them on host slices (the specification) and
+//! the CUDA backend (`crate::cuda::Gpu`, feature `cuda`) on device buffers with arbor's own kernels
+//! and cuBLAS. A backend supplies f32 storage, views of ranges of it, a packed batch in its own
+//! memory, and one method per operation. Shapes follow the CPU functions each method names:
+//! N tokens (packed), C hidden, V vocab; every row-major buffer is contiguous.
+
+use crate::attention::AttnShape;
+use crate::error::Result;
+use crate::model::batch::Batch;
+use crate::parallel::TpGroup;
+use crate::tensor::cpu::ops::RopeTable;
+use std::ops::Range;
+
+/// A place the model's operations run.
+pub trait Backend {
+    /// Owned f32 storage.
+    type Buf;
+    /// A read-only view of a range of a [`Backend::Buf`].
+    type R<'a>
+    where
+        Self: 'a;
+    /// A writable view of a range of a [`Backend::Buf`].
+    type M<'a>
+    where
+        Self: 'a;
+    /// A packed batch (tokens, targets, positions, sequence starts) in this backend's memory.
+    type Batch<'a>;
+    /// The RoPE cos/sin tables in this backend's memory.
+    type Rope;
+
+    /// A short name for messages ("cpu", "cuda:0 (NVIDIA H100)").
+    fn name(&self) -> String;
+
+    // ------------------------------------------------------------------ storage
+    /// An empty buffer.
+    fn empty(&self) -> Result<Self::Buf>;
+    /// Elements of `buf`.
+    fn len(buf: &Self::Buf) -> usize;
+    /// Grow `buf` to at least `n` elements (contents need not survive; new ones need not be zero).
+    fn grow(&self, buf: &mut Self::Buf, n: usize) -> Result<()>;
+    /// A buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Copy `buf[..out.len()]` to the host.
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<()>;
+    /// View of `buf[r]`.
+    fn r<'a>(buf: &'a Self::Buf, r: Range<usize>) -> Self::R<'a>;
+    /// Writable view of `buf[r]`.
+    fn m<'a>(buf: &'a mut Self::Buf, r: Range<usize>) -> Self::M<'a>;
+    /// Sub-view `x[r]` of a view.
+    fn sub_r<'a>(x: &Self::R<'a>, r: Range<usize>) -> Self::R<'a>;
+    /// Writable sub-view `x[r]` of a writable view.
+    fn sub_m<'a, 'b: 'a>(x: &'a mut Self::M<'b>, r: Range<usize>) -> Self::M<'a>;
+    /// A batch in this backend's memory (validated by the caller).
+    fn batch<'a>(&self, batch: &'a Batch) -> Result<Self::Batch<'a>>;
+    /// The RoPE tables in this backend's memory.
+    fn rope(&self, table: &RopeTable) -> Result<Self::Rope>;
+    /// dst = src (equal lengths).
+    fn copy(&self, dst: Self::M<'_>, src: Self::R<'_>) -> Result<()>;
+    /// dst = 0.
+    fn zero(&self, dst: Self::M<'_>) -> Result<()>;
+    /// Floats of attention scratch for `n` tokens.
+    fn attn_scratch_len(&self, shape: AttnShape, n: usize) -> usize;
+    /// Largest number of logit elements one LM-head chunk may hold.
+    fn head_chunk_elems(&self) -> usize;
+    /// Wait until every queued operation has finished (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+    /// Sum `x` over a tensor-parallel group (row-parallel partial results).
+    fn all_reduce_tp(&self, x: Self::M<'_>, group: &TpGroup) -> Result<()>;
+
+    // ------------------------------------------------------------------ GEMM (row-major)
+    /// c[m, n] (+)= a[m, k] · b[n, k]ᵀ.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_nt(
+        &self,
+        c: Self::M<'_>,
+        a: Self::R<'_>,
+        b: Self::R<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<()>;
+    /// c[m, n] (+)= a[m, k] · b[k, n].
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_nn(
+        &self,
+        c: Self::M<'_>,
+        a: Self::R<'_>,
+        b: Self::R<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<()>;
+    /// c[m, n] (+)= a[k, m]ᵀ · b[k, n].
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_tn(
+        &self,
+        c: Self::M<'_>,
+        a: Self::R<'_>,
+        b: Self::R<'_>,
+        m: usize,
+        n: usize,
+        k: usize,
+        acc: bool,
+    ) -> Result<()>;
+
+    // ------------------------------------------------------------------ layers
+    /// out[i, :] = table[tokens[i], :].
+    fn embedding_forward(&self, out: Self::M<'_>, table: Self::R<'_>, batch: &Self::Batch<'_>, c: usize) -> Result<()>;
+    /// dtable[tokens[i], :] += dout[i, :].
+    fn embedding_backward(
+        &self,
+        dtable: Self::M<'_>,
+        dout: Self::R<'_>,
+        batch: &Self::Batch<'_>,
+        c: usize,
+    ) -> Result<()>;
+    /// y = x · rstd · w row by row; rstd[i] = 1/sqrt(mean(x_i²) + eps).
+    fn rmsnorm_forward(
+        &self,
+        y: Self::M<'_>,
+        rstd: Self::M<'_>,
+        x: Self::R<'_>,
+        w: Self::R<'_>,
+        eps: f32,
+    ) -> Result<()>;
+    /// dx += ∂/∂x, dw += ∂/∂w of the forward above.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: Self::M<'_>,
+        dw: Self::M<'_>,
+        dy: Self::R<'_>,
+        x: Self::R<'_>,
+        w: Self::R<'_>,
+        rstd: Self::R<'_>,
+    ) -> Result<()>;
+    /// out[i, :] += bias.
+    fn add_bias(&self, out: Self::M<'_>, bias: Self::R<'_>) -> Result<()>;
+    /// dbias += Σ_i dout[i, :].
+    fn bias_backward(&self, dbias: Self::M<'_>, dout: Self::R<'_>) -> Result<()>;
+    /// Rotate the first `n_heads` heads of each row ([N, row_stride]) by its position; `inverse`
+    /// is the backward.
+    fn rope_apply(
+        &self,
+        x: Self::M<'_>,
+        row_stride: usize,
+        n_heads: usize,
+        batch: &Self::Batch<'_>,
+        table: &Self::Rope,
+        inverse: bool,
+    ) -> Result<()>;
+    /// Causal GQA attention over the packed q|k|v rows; lse [N, H].
+    fn attention_forward(
+        &self,
+        out: Self::M<'_>,
+        lse: Self::M<'_>,
+        scratch: Self::M<'_>,
+        qkv: Self::R<'_>,
+        batch: &Self::Batch<'_>,
+        shape: AttnShape,
+    ) -> Result<()>;
+    /// dqkv (overwritten) of the attention above.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dqkv: Self::M<'_>,
+        scratch: Self::M<'_>,
+        dout: Self::R<'_>,
+        qkv: Self::R<'_>,
+        out: Self::R<'_>,
+        lse: Self::R<'_>,
+        batch: &Self::Batch<'_>,
+        shape: AttnShape,
+    ) -> Result<()>;
+    /// act = silu(gate) · up from gate_up rows [gate | up].
+    fn swiglu_forward(&self, act: Self::M<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()>;
+    /// dgate_up (overwritten) of the forward above.
+    fn swiglu_backward(
+        &self,
+        dgate_up: Self::M<'_>,
+        dact: Self::R<'_>,
+        gate_up: Self::R<'_>,
+        inter: usize,
+    ) -> Result<()>;
+    /// Per row of logits z ([rows, V], rows = `rows.len()` of the batch's targets): log-sum-exp,
+    /// log p(target) and entropy.
+    #[allow(clippy::too_many_arguments)]
+    fn logprob_forward(
+        &self,
+        z: Self::R<'_>,
+        v: usize,
+        batch: &Self::Batch<'_>,
+        rows: Range<usize>,
+        lse: Self::M<'_>,
+        logp: Self::M<'_>,
+        entropy: Self::M<'_>,
+    ) -> Result<()>;
+    /// z ← ∂L/∂z in place, for `g` = ∂L/∂logp and `ent` = (∂L/∂H, H).
+    #[allow(clippy::too_many_arguments)]
+    fn logprob_backward(
+        &self,
+        z: Self::M<'_>,
+        v: usize,
+        batch: &Self::Batch<'_>,
+        rows: Range<usize>,
+        lse: Self::R<'_>,
+        g: Self::R<'_>,
+        ent: Option<(Self::R<'_>, Self::R<'_>)>,
+    ) -> Result<()>;
+}

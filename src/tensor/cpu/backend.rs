@@ -1,0 +1,206 @@
+//! The CPU as a [`Backend`]: host vectors, and the functions of this module tree.
+
+use crate::attention::{attention_backward, attention_forward, AttnShape};
+use crate::error::Result;
+use crate::model::batch::Batch;
+use crate::model::head::{logits_backward_inplace, logits_stats};
+use crate::parallel::{Comm, TpGroup};
+use crate::tensor::backend::Backend;
+use crate::tensor::cpu::ops::{self, RopeTable};
+use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
+use std::ops::Range;
+
+/// The CPU backend (rayon threads, the `gemm` crate). It is the reference every other backend is
+/// tested against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu;
+
+/// Logit elements per LM-head chunk on the CPU (bounds the [rows, V] buffer to 16 MiB).
+const HEAD_CHUNK_ELEMS: usize = 1 << 22;
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type R<'a> = &'a [f32];
+    type M<'a> = &'a mut [f32];
+    type Batch<'a> = &'a Batch;
+    type Rope = RopeTable;
+
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+    fn empty(&self) -> Result<Vec<f32>> {
+        Ok(Vec::new())
+    }
+    fn len(buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn grow(&self, buf: &mut Vec<f32>, n: usize) -> Result<()> {
+        if buf.len() < n {
+            buf.resize(n, 0.0);
+        }
+        Ok(())
+    }
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(&buf[..out.len()]);
+        Ok(())
+    }
+    fn r(buf: &Vec<f32>, r: Range<usize>) -> &[f32] {
+        &buf[r]
+    }
+    fn m(buf: &mut Vec<f32>, r: Range<usize>) -> &mut [f32] {
+        &mut buf[r]
+    }
+    fn sub_r<'a>(x: &Self::R<'a>, r: Range<usize>) -> Self::R<'a> {
+        &x[r]
+    }
+    fn sub_m<'a, 'b: 'a>(x: &'a mut &'b mut [f32], r: Range<usize>) -> &'a mut [f32] {
+        &mut x[r]
+    }
+    fn batch<'a>(&self, batch: &'a Batch) -> Result<&'a Batch> {
+        Ok(batch)
+    }
+    fn rope(&self, table: &RopeTable) -> Result<RopeTable> {
+        Ok(table.clone())
+    }
+    fn copy(&self, dst: &mut [f32], src: &[f32]) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn zero(&self, dst: &mut [f32]) -> Result<()> {
+        dst.fill(0.0);
+        Ok(())
+    }
+    fn attn_scratch_len(&self, shape: AttnShape, n: usize) -> usize {
+        shape.scratch_len(n)
+    }
+    fn head_chunk_elems(&self) -> usize {
+        HEAD_CHUNK_ELEMS
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_tp(&self, x: &mut [f32], group: &TpGroup) -> Result<()> {
+        group.all_reduce_sum_f32(x)
+    }
+
+    fn matmul_nt(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) -> Result<()> {
+        matmul_nt(c, a, b, m, n, k, acc);
+        Ok(())
+    }
+    fn matmul_nn(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) -> Result<()> {
+        matmul_nn(c, a, b, m, n, k, acc);
+        Ok(())
+    }
+    fn matmul_tn(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) -> Result<()> {
+        matmul_tn(c, a, b, m, n, k, acc);
+        Ok(())
+    }
+
+    fn embedding_forward(&self, out: &mut [f32], table: &[f32], batch: &&Batch, c: usize) -> Result<()> {
+        ops::embedding_forward(out, table, &batch.tokens, c);
+        Ok(())
+    }
+    fn embedding_backward(&self, dtable: &mut [f32], dout: &[f32], batch: &&Batch, c: usize) -> Result<()> {
+        ops::embedding_backward(dtable, dout, &batch.tokens, c);
+        Ok(())
+    }
+    fn rmsnorm_forward(&self, y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) -> Result<()> {
+        ops::rmsnorm_forward(y, rstd, x, w, eps);
+        Ok(())
+    }
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        rstd: &[f32],
+    ) -> Result<()> {
+        ops::rmsnorm_backward(dx, dw, dy, x, w, rstd);
+        Ok(())
+    }
+    fn add_bias(&self, out: &mut [f32], bias: &[f32]) -> Result<()> {
+        ops::add_bias(out, bias);
+        Ok(())
+    }
+    fn bias_backward(&self, dbias: &mut [f32], dout: &[f32]) -> Result<()> {
+        ops::bias_backward(dbias, dout);
+        Ok(())
+    }
+    fn rope_apply(
+        &self,
+        x: &mut [f32],
+        row_stride: usize,
+        n_heads: usize,
+        batch: &&Batch,
+        table: &RopeTable,
+        inverse: bool,
+    ) -> Result<()> {
+        ops::rope_apply(x, row_stride, n_heads, &batch.positions, table, inverse);
+        Ok(())
+    }
+    fn attention_forward(
+        &self,
+        out: &mut [f32],
+        lse: &mut [f32],
+        scratch: &mut [f32],
+        qkv: &[f32],
+        batch: &&Batch,
+        shape: AttnShape,
+    ) -> Result<()> {
+        attention_forward(out, lse, scratch, qkv, &batch.seq_starts, shape);
+        Ok(())
+    }
+    fn attention_backward(
+        &self,
+        dqkv: &mut [f32],
+        scratch: &mut [f32],
+        dout: &[f32],
+        qkv: &[f32],
+        out: &[f32],
+        lse: &[f32],
+        batch: &&Batch,
+        shape: AttnShape,
+    ) -> Result<()> {
+        attention_backward(dqkv, scratch, dout, qkv, out, lse, &batch.seq_starts, shape);
+        Ok(())
+    }
+    fn swiglu_forward(&self, act: &mut [f32], gate_up: &[f32], inter: usize) -> Result<()> {
+        ops::swiglu_forward(act, gate_up, inter);
+        Ok(())
+    }
+    fn swiglu_backward(&self, dgate_up: &mut [f32], dact: &[f32], gate_up: &[f32], inter: usize) -> Result<()> {
+        ops::swiglu_backward(dgate_up, dact, gate_up, inter);
+        Ok(())
+    }
+    fn logprob_forward(
+        &self,
+        z: &[f32],
+        v: usize,
+        batch: &&Batch,
+        rows: Range<usize>,
+        lse: &mut [f32],
+        logp: &mut [f32],
+        entropy: &mut [f32],
+    ) -> Result<()> {
+        logits_stats(z, v, &batch.targets[rows], lse, logp, entropy);
+        Ok(())
+    }
+    fn logprob_backward(
+        &self,
+        z: &mut [f32],
+        v: usize,
+        batch: &&Batch,
+        rows: Range<usize>,
+        lse: &[f32],
+        g: &[f32],
+        ent: Option<(&[f32], &[f32])>,
+    ) -> Result<()> {
+        logits_backward_inplace(z, v, &batch.targets[rows], lse, g, ent);
+        Ok(())
+    }
+}
