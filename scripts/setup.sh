@@ -6,6 +6,7 @@
 #   `cargo build --no-default-features` needs none of them.
 # - tests/trajectories_h5.rs reads the dumps back with Python's h5py.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found. Install Rust (https://rustup.rs) and re-run." >&2
     exit 1
@@ -62,5 +63,14 @@ if ! python3 -c 'import h5py' >/dev/null 2>&1; then
     echo "setup: $(command -v python3) still cannot import h5py; install it for that interpreter" >&2
     exit 1
 fi
+# NVRTC for the CUDA kernels' compile check (tests/cuda.rs) on machines without a CUDA toolkit: the
+# pip wheel in a git-ignored venv; scripts/test.sh puts its lib directory on LD_LIBRARY_PATH.
+# Best effort: without it the compile check prints why it skipped.
+nvrtc_lib() { ls -d .venv-nvrtc/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib 2>/dev/null | head -1; }
+if [ -z "$(nvrtc_lib)" ]; then
+    echo "setup: pip install nvidia-cuda-nvrtc-cu12 (into .venv-nvrtc)"
+    (python3 -m venv .venv-nvrtc && .venv-nvrtc/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvrtc-cu12) ||
+        echo "setup: warning: could not install NVRTC; the CUDA compile check will be skipped" >&2
+fi
 echo "setup: $(cargo --version), $(cc --version | head -1), HDF5 $(pkg-config --modversion hdf5 2>/dev/null || echo '?')," \
-    "h5py $(python3 -c 'import h5py; print(h5py.__version__)')"
+    "h5py $(python3 -c 'import h5py; print(h5py.__version__)')", NVRTC "$(nvrtc_lib || true)"

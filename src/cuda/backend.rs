@@ -48,14 +48,51 @@ fn attn_dm(head_dim: usize) -> Result<u32> {
     }
 }
 
+/// A row-major product as one column-major cuBLAS call: C[m, n] (+)= op(A)·op(B) is computed
+/// as Cᵀ[n, m] = op'(B)·op'(A), since a row-major matrix read column-major is its transpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmPlan {
+    /// Whether cuBLAS's first operand (our B) is transposed; its leading dimension.
+    pub trans_first: bool,
+    pub ld_first: usize,
+    /// Whether cuBLAS's second operand (our A) is transposed; its leading dimension.
+    pub trans_second: bool,
+    pub ld_second: usize,
+}
+
+/// Which of the three row-major products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmKind {
+    /// C = A·Bᵀ with A [m, k], B [n, k].
+    Nt,
+    /// C = A·B with A [m, k], B [k, n].
+    Nn,
+    /// C = Aᵀ·B with A [k, m], B [k, n].
+    Tn,
+}
+
+/// The cuBLAS operands of a row-major product (see [`GemmPlan`]); cuBLAS gets (m, n, k) =
+/// (n, m, k) and ldc = n.
+pub fn gemm_plan(kind: GemmKind, m: usize, n: usize, k: usize) -> GemmPlan {
+    match kind {
+        // B [n, k] row-major = Bᵀ column-major (k × n, ld k), transposed back; A [m, k] = Aᵀ (ld k)
+        GemmKind::Nt => GemmPlan { trans_first: true, ld_first: k, trans_second: false, ld_second: k },
+        // B [k, n] = Bᵀ column-major (n × k, ld n); A [m, k] = Aᵀ (k × m, ld k)
+        GemmKind::Nn => GemmPlan { trans_first: false, ld_first: n, trans_second: false, ld_second: k },
+        // B [k, n] = Bᵀ (ld n); A [k, m] = Aᵀ column-major (m × k, ld m), transposed to k × m
+        GemmKind::Tn => GemmPlan { trans_first: false, ld_first: n, trans_second: true, ld_second: m },
+    }
+}
+
 impl Gpu {
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         mut c: CudaViewMut<'_, f32>,
         a: CudaView<'_, f32>,
         b: CudaView<'_, f32>,
+        kind: GemmKind,
         (m, n, k): (usize, usize, usize),
-        (op_b, ld_b, op_a, ld_a): (bool, usize, bool, usize),
         acc: bool,
     ) -> Result<()> {
         if m == 0 || n == 0 {
@@ -67,22 +104,25 @@ impl Gpu {
             }
             return Ok(());
         }
-        // Row-major C[m, n] is column-major Cᵀ[n, m] = op(B) · op(A) in cuBLAS terms.
+        if a.len() < m * k || b.len() < n * k || c.len() < m * n {
+            return Err(Error::Invalid(format!("GEMM {kind:?} {m}x{n}x{k}: operand views too short")));
+        }
+        let p = gemm_plan(kind, m, n, k);
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         let cfg = GemmConfig {
-            transa: op(op_b),
-            transb: op(op_a),
+            transa: op(p.trans_first),
+            transb: op(p.trans_second),
             m: int(n, "gemm n")?,
             n: int(m, "gemm m")?,
             k: int(k, "gemm k")?,
             alpha: 1.0f32,
-            lda: int(ld_b, "gemm ld")?,
-            ldb: int(ld_a, "gemm ld")?,
+            lda: int(p.ld_first, "gemm ld")?,
+            ldb: int(p.ld_second, "gemm ld")?,
             beta: if acc { 1.0 } else { 0.0 },
             ldc: int(n, "gemm ldc")?,
         };
-        // SAFETY: the views hold m·k, n·k (or k·n) and m·n elements (checked by the callers'
-        // slicing), matching the leading dimensions above.
+        // SAFETY: the views hold at least m·k, n·k and m·n elements (checked above), matching
+        // the leading dimensions of the plan.
         unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| Error::Invalid(format!("cuBLAS SGEMM: {e:?}")))
     }
 
@@ -189,8 +229,7 @@ impl Backend for Gpu {
         k: usize,
         acc: bool,
     ) -> Result<()> {
-        // C = A·Bᵀ: Cᵀ = B·Aᵀ; B row-major [n, k] read transposed (ld k), A row-major [m, k] (ld k)
-        self.gemm(c, a, b, (m, n, k), (true, k, false, k), acc)
+        self.gemm(c, a, b, GemmKind::Nt, (m, n, k), acc)
     }
     fn matmul_nn(
         &self,
@@ -202,8 +241,7 @@ impl Backend for Gpu {
         k: usize,
         acc: bool,
     ) -> Result<()> {
-        // C = A·B: Cᵀ = Bᵀ·Aᵀ; B row-major [k, n] (ld n), A row-major [m, k] (ld k)
-        self.gemm(c, a, b, (m, n, k), (false, n, false, k), acc)
+        self.gemm(c, a, b, GemmKind::Nn, (m, n, k), acc)
     }
     fn matmul_tn(
         &self,
@@ -215,8 +253,7 @@ impl Backend for Gpu {
         k: usize,
         acc: bool,
     ) -> Result<()> {
-        // C = Aᵀ·B: Cᵀ = Bᵀ·A; B row-major [k, n] (ld n), A row-major [k, m] read transposed (ld m)
-        self.gemm(c, a, b, (m, n, k), (false, n, true, m), acc)
+        self.gemm(c, a, b, GemmKind::Tn, (m, n, k), acc)
     }
 
     fn embedding_forward(&self, mut out: Self::M<'_>, table: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
@@ -524,5 +561,112 @@ impl Backend for Gpu {
             Arg::I(int(v, "vocab")?),
         ];
         self.launch("logprob", "logprob_bwd_f32", (n as u32, 1, 1), (512, 1, 1), 0, &args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
+
+    /// cuBLAS SGEMM semantics on the host (column-major, op = transpose or not).
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm_colmajor(
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        beta: f32,
+    ) {
+        for j in 0..n {
+            for i in 0..m {
+                let mut s = 0.0f64;
+                for l in 0..k {
+                    let av = if ta { a[l + i * lda] } else { a[i + l * lda] };
+                    let bv = if tb { b[j + l * ldb] } else { b[l + j * ldb] };
+                    s += av as f64 * bv as f64;
+                }
+                c[i + j * ldc] = beta * c[i + j * ldc] + s as f32;
+            }
+        }
+    }
+
+    /// The plans, run through an emulated column-major SGEMM, equal the CPU's row-major products.
+    #[test]
+    fn gemm_plans_reproduce_the_row_major_products() {
+        let (m, n, k) = (5, 7, 3);
+        let mut rng = crate::rng::Rng::new(3);
+        let mut rand = |len: usize| (0..len).map(|_| rng.uniform() as f32 - 0.5).collect::<Vec<f32>>();
+        for kind in [GemmKind::Nt, GemmKind::Nn, GemmKind::Tn] {
+            for acc in [false, true] {
+                let (a, b, c0) = (rand(m * k), rand(n * k), rand(m * n));
+                let mut want = c0.clone();
+                match kind {
+                    GemmKind::Nt => matmul_nt(&mut want, &a, &b, m, n, k, acc),
+                    GemmKind::Nn => matmul_nn(&mut want, &a, &b, m, n, k, acc),
+                    GemmKind::Tn => matmul_tn(&mut want, &a, &b, m, n, k, acc),
+                }
+                let p = gemm_plan(kind, m, n, k);
+                let mut got = c0.clone();
+                let beta = if acc { 1.0 } else { 0.0 };
+                sgemm_colmajor(
+                    p.trans_first,
+                    p.trans_second,
+                    n,
+                    m,
+                    k,
+                    &b,
+                    p.ld_first,
+                    &a,
+                    p.ld_second,
+                    &mut got,
+                    n,
+                    beta,
+                );
+                let err = want.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                assert!(err < 1e-5, "{kind:?} acc {acc}: max error {err}");
+            }
+        }
+    }
+
+    /// Every kernel file declares the entries the backend launches.
+    #[test]
+    fn launched_entries_exist_in_the_sources() {
+        let launched = [
+            ("embedding", "embedding_fwd_f32"),
+            ("embedding", "embedding_bwd_f32"),
+            ("rmsnorm", "rmsnorm_fwd_f32"),
+            ("rmsnorm", "rmsnorm_bwd_f32"),
+            ("rmsnorm", "rmsnorm_dw_partial_f32"),
+            ("rmsnorm", "colsum_add_f32"),
+            ("elementwise", "add_bias_f32"),
+            ("elementwise", "col_partial_f32"),
+            ("rope", "rope_f32"),
+            ("attention_fwd", "attn_fwd_32_f32"),
+            ("attention_fwd", "attn_fwd_64_f32"),
+            ("attention_fwd", "attn_fwd_128_f32"),
+            ("attention_bwd", "attn_bwd_delta_f32"),
+            ("attention_bwd", "attn_bwd_dkdv_64_f32"),
+            ("attention_bwd", "attn_bwd_dq_128_f32"),
+            ("swiglu", "swiglu_fwd_f32"),
+            ("swiglu", "swiglu_bwd_f32"),
+            ("logprob", "logprob_fwd_f32"),
+            ("logprob", "logprob_bwd_f32"),
+            ("grad_norm", "sumsq_partial_f32"),
+            ("grad_norm", "sumsq_final_f64"),
+            ("adamw", "adamw_f32"),
+        ];
+        for (module, entry) in launched {
+            let src = crate::cuda::nvrtc::source(module).unwrap();
+            let entries = crate::cuda::nvrtc::entries(&src);
+            assert!(entries.iter().any(|e| e == entry), "{module}.cu has no entry {entry} (has {entries:?})");
+        }
     }
 }

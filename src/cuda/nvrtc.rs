@@ -39,9 +39,10 @@ pub fn source(name: &str) -> Result<String> {
 pub fn entries(src: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (i, _) in src.match_indices("extern \"C\"") {
-        let rest = &src[i..];
-        let Some(v) = rest.find("void") else { continue };
-        let mut after = rest[v + 4..].trim_start();
+        let rest = src[i + 10..].trim_start();
+        let Some(rest) = rest.strip_prefix("__global__") else { continue };
+        let Some(after) = rest.trim_start().strip_prefix("void") else { continue };
+        let mut after = after.trim_start();
         if let Some(bounds) = after.strip_prefix("__launch_bounds__") {
             let Some(close) = bounds.find(')') else { continue };
             after = bounds[close + 1..].trim_start();

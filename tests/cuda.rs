@@ -1,0 +1,350 @@
+//! CUDA backend tests (feature `cuda`).
+//!
+//! * The NVRTC compile check runs wherever libnvrtc loads (CI installs it with pip): every kernel
+//!   file compiles for compute_80 and compute_90 with no error and no warning, and every declared
+//!   entry is in the PTX. Without libnvrtc it prints why it skipped.
+//! * The GPU tests compare every kernel, a full forward + backward and an AdamW step against the
+//!   CPU backend on random inputs, printing the largest error of each; on a machine without a CUDA
+//!   device they print "skipped: no CUDA device". `scripts/gpu-check.sh` runs them on a GPU.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use arbor::attention::AttnShape;
+use arbor::cuda::{nvrtc, Gpu, GpuModel};
+use arbor::model::{init::init_params, Arch, Batch, Model};
+use arbor::rng::Rng;
+use arbor::tensor::cpu::ops::RopeTable;
+use arbor::tensor::{Backend, Cpu};
+use arbor::train::adamw::{AdamW, AdamWConfig};
+use common::{max_abs_diff, tiny_config};
+
+#[test]
+fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
+    if !nvrtc::available() {
+        println!(
+            "skipped: libnvrtc not found on the loader path (pip install nvidia-cuda-nvrtc-cu12 and add its lib \
+             directory to LD_LIBRARY_PATH; scripts/setup.sh and scripts/test.sh do this)"
+        );
+        return;
+    }
+    let (major, minor) = nvrtc::version().expect("NVRTC version");
+    let mut compiled = 0;
+    for (name, _) in nvrtc::SOURCES {
+        for arch in ["compute_80", "compute_90"] {
+            match nvrtc::compile_clean(name, arch) {
+                Ok(c) => assert!(!c.ptx.is_empty()),
+                Err(e) => panic!("{e}"),
+            }
+            compiled += 1;
+        }
+    }
+    println!("NVRTC {major}.{minor}: {compiled} compiles clean");
+    assert_eq!(compiled, 2 * nvrtc::SOURCES.len());
+}
+
+#[test]
+fn compile_errors_and_warnings_are_reported_with_the_file_name() {
+    if !nvrtc::available() {
+        println!("skipped: libnvrtc not found");
+        return;
+    }
+    // `entries` must find every kernel the files declare, including those after __launch_bounds__.
+    let src = nvrtc::source("attention_fwd").unwrap();
+    let e = nvrtc::entries(&src);
+    assert!(e.iter().any(|x| x == "attn_fwd_64_bf16"), "{e:?}");
+    let err = nvrtc::compile("no_such_module", "compute_90").err().expect("unknown module");
+    assert!(err.to_string().contains("no_such_module"), "{err}");
+}
+
+/// The GPU, or `None` after printing why the test is skipped.
+fn gpu() -> Option<Gpu> {
+    if let Some(why) = arbor::cuda::unavailable() {
+        println!("skipped: no CUDA device ({why})");
+        return None;
+    }
+    match Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => panic!("a CUDA device is present but unusable: {e}"),
+    }
+}
+
+fn rand(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+fn down(g: &Gpu, b: &<Gpu as Backend>::Buf, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n];
+    g.download(b, &mut out).unwrap();
+    out
+}
+
+/// Compare and print; `tol` is relative to max(1, max |want|).
+fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    let err = max_abs_diff(got, want);
+    println!("{what:<28} max |gpu - cpu| = {err:.3e} (scale {scale:.2})");
+    assert!(err <= tol * scale, "{what}: max error {err} > {tol} × {scale}");
+}
+
+/// A packed batch of sequences of the given lengths with random tokens < v.
+fn batch(rng: &mut Rng, lens: &[usize], v: u32) -> Batch {
+    let mut b = Batch::new();
+    for &l in lens {
+        let t: Vec<u32> = (0..l).map(|_| (rng.next_u64() % v as u64) as u32).collect();
+        let y: Vec<u32> = (0..l).map(|_| (rng.next_u64() % v as u64) as u32).collect();
+        b.push(&t, &y).unwrap();
+    }
+    b
+}
+
+#[test]
+fn elementwise_kernels_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(1);
+    let (n, c, inter) = (77, 96, 160);
+    let x = rand(&mut rng, n * c);
+    let w = rand(&mut rng, c);
+    let dy = rand(&mut rng, n * c);
+    let (xg, wg, dyg) = (g.upload(&x).unwrap(), g.upload(&w).unwrap(), g.upload(&dy).unwrap());
+
+    // RMSNorm forward and backward (dx and dw are added into)
+    let (mut y, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
+    Cpu.rmsnorm_forward(&mut y, &mut rstd, &x, &w, 1e-6).unwrap();
+    let (mut yg, mut rg) = (g.upload(&vec![0.0; n * c]).unwrap(), g.upload(&vec![0.0; n]).unwrap());
+    g.rmsnorm_forward(Gpu::m(&mut yg, 0..n * c), Gpu::m(&mut rg, 0..n), Gpu::r(&xg, 0..n * c), Gpu::r(&wg, 0..c), 1e-6)
+        .unwrap();
+    close("rmsnorm fwd", &down(&g, &yg, n * c), &y, 1e-5);
+    let (dx0, dw0) = (rand(&mut rng, n * c), rand(&mut rng, c));
+    let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
+    Cpu.rmsnorm_backward(&mut dx, &mut dw, &dy, &x, &w, &rstd).unwrap();
+    let (mut dxg, mut dwg) = (g.upload(&dx0).unwrap(), g.upload(&dw0).unwrap());
+    g.rmsnorm_backward(
+        Gpu::m(&mut dxg, 0..n * c),
+        Gpu::m(&mut dwg, 0..c),
+        Gpu::r(&dyg, 0..n * c),
+        Gpu::r(&xg, 0..n * c),
+        Gpu::r(&wg, 0..c),
+        Gpu::r(&rg, 0..n),
+    )
+    .unwrap();
+    close("rmsnorm bwd dx", &down(&g, &dxg, n * c), &dx, 1e-5);
+    close("rmsnorm bwd dw", &down(&g, &dwg, c), &dw, 1e-4);
+
+    // bias add and bias gradient
+    let mut yb = y.clone();
+    Cpu.add_bias(&mut yb, &w).unwrap();
+    g.add_bias(Gpu::m(&mut yg, 0..n * c), Gpu::r(&wg, 0..c)).unwrap();
+    close("add_bias", &down(&g, &yg, n * c), &yb, 1e-6);
+    let mut db = dw0.clone();
+    Cpu.bias_backward(&mut db, &dy).unwrap();
+    let mut dbg = g.upload(&dw0).unwrap();
+    g.bias_backward(Gpu::m(&mut dbg, 0..c), Gpu::r(&dyg, 0..n * c)).unwrap();
+    close("bias_backward", &down(&g, &dbg, c), &db, 1e-5);
+
+    // SwiGLU
+    let gu = rand(&mut rng, n * 2 * inter);
+    let dact = rand(&mut rng, n * inter);
+    let (gug, dactg) = (g.upload(&gu).unwrap(), g.upload(&dact).unwrap());
+    let mut act = vec![0.0; n * inter];
+    Cpu.swiglu_forward(&mut act, &gu, inter).unwrap();
+    let mut actg = g.upload(&vec![0.0; n * inter]).unwrap();
+    g.swiglu_forward(Gpu::m(&mut actg, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter), inter).unwrap();
+    close("swiglu fwd", &down(&g, &actg, n * inter), &act, 1e-5);
+    let mut dgu = vec![0.0; n * 2 * inter];
+    Cpu.swiglu_backward(&mut dgu, &dact, &gu, inter).unwrap();
+    let mut dgug = g.upload(&vec![0.0; n * 2 * inter]).unwrap();
+    g.swiglu_backward(
+        Gpu::m(&mut dgug, 0..n * 2 * inter),
+        Gpu::r(&dactg, 0..n * inter),
+        Gpu::r(&gug, 0..n * 2 * inter),
+        inter,
+    )
+    .unwrap();
+    close("swiglu bwd", &down(&g, &dgug, n * 2 * inter), &dgu, 1e-5);
+}
+
+#[test]
+fn gemm_embedding_rope_and_logprob_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(2);
+    let (m, n, k) = (67, 45, 33);
+    for (kind, a_len, b_len) in [("nt", m * k, n * k), ("nn", m * k, k * n), ("tn", k * m, k * n)] {
+        for acc in [false, true] {
+            let (a, b, c0) = (rand(&mut rng, a_len), rand(&mut rng, b_len), rand(&mut rng, m * n));
+            let mut want = c0.clone();
+            let (ag, bg, mut cg) = (g.upload(&a).unwrap(), g.upload(&b).unwrap(), g.upload(&c0).unwrap());
+            let (av, bv, cv) = (Gpu::r(&ag, 0..a_len), Gpu::r(&bg, 0..b_len), Gpu::m(&mut cg, 0..m * n));
+            match kind {
+                "nt" => {
+                    Cpu.matmul_nt(&mut want, &a, &b, m, n, k, acc).unwrap();
+                    g.matmul_nt(cv, av, bv, m, n, k, acc).unwrap()
+                }
+                "nn" => {
+                    Cpu.matmul_nn(&mut want, &a, &b, m, n, k, acc).unwrap();
+                    g.matmul_nn(cv, av, bv, m, n, k, acc).unwrap()
+                }
+                _ => {
+                    Cpu.matmul_tn(&mut want, &a, &b, m, n, k, acc).unwrap();
+                    g.matmul_tn(cv, av, bv, m, n, k, acc).unwrap()
+                }
+            }
+            close(&format!("sgemm {kind} acc={acc}"), &down(&g, &cg, m * n), &want, 1e-4);
+        }
+    }
+
+    let (v, c) = (50u32, 24usize);
+    let b = batch(&mut rng, &[5, 17, 1, 9], v);
+    let nt = b.len();
+    let dev = g.batch(&b).unwrap();
+    let table = rand(&mut rng, v as usize * c);
+    let tg = g.upload(&table).unwrap();
+    let mut out = vec![0.0; nt * c];
+    Cpu.embedding_forward(&mut out, &table, &&b, c).unwrap();
+    let mut og = g.upload(&vec![0.0; nt * c]).unwrap();
+    g.embedding_forward(Gpu::m(&mut og, 0..nt * c), Gpu::r(&tg, 0..table.len()), &dev, c).unwrap();
+    close("embedding fwd", &down(&g, &og, nt * c), &out, 0.0);
+    let dout = rand(&mut rng, nt * c);
+    let dg = g.upload(&dout).unwrap();
+    let mut dt = table.clone();
+    Cpu.embedding_backward(&mut dt, &dout, &&b, c).unwrap();
+    let mut dtg = g.upload(&table).unwrap();
+    g.embedding_backward(Gpu::m(&mut dtg, 0..table.len()), Gpu::r(&dg, 0..nt * c), &dev, c).unwrap();
+    close("embedding bwd", &down(&g, &dtg, table.len()), &dt, 1e-5);
+
+    // RoPE forward and inverse on packed q|k|v rows (H 4, KV 2, D 8)
+    let (h, kv, d) = (4, 2, 8);
+    let stride = (h + 2 * kv) * d;
+    let rope = RopeTable::new(d, 10000.0, 64);
+    let rg = g.rope(&rope).unwrap();
+    let x = rand(&mut rng, nt * stride);
+    for inverse in [false, true] {
+        let mut want = x.clone();
+        Cpu.rope_apply(&mut want, stride, h + kv, &&b, &rope, inverse).unwrap();
+        let mut xg = g.upload(&x).unwrap();
+        g.rope_apply(Gpu::m(&mut xg, 0..nt * stride), stride, h + kv, &dev, &rg, inverse).unwrap();
+        close(&format!("rope inverse={inverse}"), &down(&g, &xg, nt * stride), &want, 1e-5);
+    }
+
+    // log-prob statistics and their backward (with an entropy term), rows 3.. of the batch
+    let vv = v as usize;
+    let rows = 3..nt;
+    let r = rows.len();
+    let z = rand(&mut rng, r * vv);
+    let zg = g.upload(&z).unwrap();
+    let (mut lse, mut lp, mut en) = (vec![0.0; r], vec![0.0; r], vec![0.0; r]);
+    Cpu.logprob_forward(&z, vv, &&b, rows.clone(), &mut lse, &mut lp, &mut en).unwrap();
+    let mut bufs: Vec<_> = (0..3).map(|_| g.upload(&vec![0.0; r]).unwrap()).collect();
+    let (l3, rest) = bufs.split_at_mut(1);
+    let (p3, e3) = rest.split_at_mut(1);
+    g.logprob_forward(
+        Gpu::r(&zg, 0..r * vv),
+        vv,
+        &dev,
+        rows.clone(),
+        Gpu::m(&mut l3[0], 0..r),
+        Gpu::m(&mut p3[0], 0..r),
+        Gpu::m(&mut e3[0], 0..r),
+    )
+    .unwrap();
+    close("logprob lse", &down(&g, &bufs[0], r), &lse, 1e-5);
+    close("logprob logp", &down(&g, &bufs[1], r), &lp, 1e-5);
+    close("logprob entropy", &down(&g, &bufs[2], r), &en, 1e-5);
+    let (gr, de) = (rand(&mut rng, r), rand(&mut rng, r));
+    let mut dz = z.clone();
+    Cpu.logprob_backward(&mut dz, vv, &&b, rows.clone(), &lse, &gr, Some((&de, &en))).unwrap();
+    let (ggr, gde, glse, gen) =
+        (g.upload(&gr).unwrap(), g.upload(&de).unwrap(), g.upload(&lse).unwrap(), g.upload(&en).unwrap());
+    let mut dzg = g.upload(&z).unwrap();
+    let ent = Some((Gpu::r(&gde, 0..r), Gpu::r(&gen, 0..r)));
+    g.logprob_backward(Gpu::m(&mut dzg, 0..r * vv), vv, &dev, rows, Gpu::r(&glse, 0..r), Gpu::r(&ggr, 0..r), ent)
+        .unwrap();
+    close("logprob bwd", &down(&g, &dzg, r * vv), &dz, 1e-5);
+}
+
+#[test]
+fn flash_attention_forward_and_backward_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(3);
+    for (h, kv, d) in [(4, 2, 16), (8, 2, 64), (2, 1, 128)] {
+        let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
+        let b = batch(&mut rng, &[1, 70, 130, 3], 10);
+        let n = b.len();
+        let dev = g.batch(&b).unwrap();
+        let stride = (h + 2 * kv) * d;
+        let qkv = rand(&mut rng, n * stride);
+        let qg = g.upload(&qkv).unwrap();
+        let (mut out, mut lse) = (vec![0.0; n * h * d], vec![0.0; n * h]);
+        let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
+        Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &&b, shape).unwrap();
+        let (mut og, mut lg) = (g.upload(&vec![0.0; n * h * d]).unwrap(), g.upload(&vec![0.0; n * h]).unwrap());
+        let sl = g.attn_scratch_len(shape, n);
+        let mut sg = g.upload(&vec![0.0; sl]).unwrap();
+        g.attention_forward(
+            Gpu::m(&mut og, 0..n * h * d),
+            Gpu::m(&mut lg, 0..n * h),
+            Gpu::m(&mut sg, 0..sl),
+            Gpu::r(&qg, 0..n * stride),
+            &dev,
+            shape,
+        )
+        .unwrap();
+        close(&format!("attention fwd D={d} out"), &down(&g, &og, n * h * d), &out, 1e-4);
+        close(&format!("attention fwd D={d} lse"), &down(&g, &lg, n * h), &lse, 1e-4);
+        let dout = rand(&mut rng, n * h * d);
+        let dg = g.upload(&dout).unwrap();
+        let mut dqkv = vec![0.0; n * stride];
+        Cpu.attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, &&b, shape).unwrap();
+        let mut dqg = g.upload(&vec![1.0; n * stride]).unwrap();
+        g.attention_backward(
+            Gpu::m(&mut dqg, 0..n * stride),
+            Gpu::m(&mut sg, 0..sl),
+            Gpu::r(&dg, 0..n * h * d),
+            Gpu::r(&qg, 0..n * stride),
+            Gpu::r(&og, 0..n * h * d),
+            Gpu::r(&lg, 0..n * h),
+            &dev,
+            shape,
+        )
+        .unwrap();
+        close(&format!("attention bwd D={d} dqkv"), &down(&g, &dqg, n * stride), &dqkv, 1e-3);
+    }
+}
+
+#[test]
+fn a_full_train_step_on_the_gpu_matches_the_cpu() {
+    let Some(g) = gpu() else { return };
+    for arch in [Arch::Qwen2, Arch::Llama] {
+        let cfg = tiny_config(arch, false);
+        let model = Model::new(cfg.clone(), init_params(&cfg, 7, 0.5)).unwrap();
+        let mut rng = Rng::new(4);
+        let b = batch(&mut rng, &[9, 20, 4], cfg.vocab_size as u32);
+        let n = b.len();
+        let dlogp: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { -1.0 / n as f32 }).collect();
+        let dent: Vec<f32> = vec![-0.01; n];
+
+        let mut ws = arbor::model::Workspace::new(&cfg, n);
+        model.forward(&b, &mut ws).unwrap();
+        let mut grads = vec![0.0; model.params.data.len()];
+        model.backward_with_entropy(&b, &dlogp, Some(&dent), &mut ws, &mut grads).unwrap();
+
+        let mut gm = GpuModel::new(&g, &model).unwrap();
+        let (lp, en) = gm.forward(&model, &b).unwrap();
+        close(&format!("{arch:?} forward logp"), &lp, &ws.logprobs[..n], 1e-4);
+        close(&format!("{arch:?} forward entropy"), &en, &ws.entropy[..n], 1e-4);
+        gm.backward(&model, &b, &dlogp, Some(&dent)).unwrap();
+        close(&format!("{arch:?} backward grads"), &gm.grads().unwrap(), &grads, 1e-4);
+
+        // one AdamW step with clipping, from identical state
+        let ocfg = AdamWConfig::default();
+        let mut cpu_opt = AdamW::for_layout(ocfg, &model.params.layout);
+        let mut gpu_opt = AdamW::for_layout(ocfg, &model.params.layout);
+        let mut p = model.params.data.clone();
+        let norm = arbor::train::adamw::clip_and_step(&mut cpu_opt, &mut p, &grads, 1e-2, 0.5);
+        let gnorm = gm.adamw_step(&mut gpu_opt, 1e-2, 0.5).unwrap();
+        println!("{arch:?} grad norm cpu {norm:.6} gpu {gnorm:.6}");
+        assert!((norm - gnorm).abs() <= 1e-4 * norm.max(1.0));
+        close(&format!("{arch:?} params after AdamW"), &gm.params().unwrap(), &p, 1e-5);
+    }
+}
