@@ -77,6 +77,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 bench::BenchCommand::Gemm { n, reps } => bench::gemm(n, reps),
                 bench::BenchCommand::Allreduce(a) => arbor::cli::bench_allreduce::run(&a),
                 bench::BenchCommand::Env(a) => arbor::cli::bench_env::run(&a),
+                bench::BenchCommand::Gpu(a) => arbor::cli::bench_gpu::run(&a),
             }
         }
         Command::Convert(args) => convert::run(&args),

@@ -24,6 +24,8 @@ pub enum BenchCommand {
     Allreduce(crate::cli::bench_allreduce::AllreduceArgs),
     /// Multi-turn environments with latency: sync vs env-level async vs redundant groups.
     Env(crate::cli::bench_env::EnvArgs),
+    /// CUDA backend (feature `cuda`): a train step (tokens/s, MFU) or attention fwd+bwd on a GPU.
+    Gpu(crate::cli::bench_gpu::GpuArgs),
     /// f32 GEMM throughput of the gemm crate at one square size.
     Gemm {
         #[arg(long, default_value_t = 1024)]
@@ -127,7 +129,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Median of a sample.
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
@@ -148,7 +150,7 @@ pub fn gemm_gflops(n: usize, reps: usize) -> f64 {
     2.0 * (n * n * n) as f64 / times.iter().copied().fold(f64::INFINITY, f64::min) / 1e9
 }
 
-fn load_model(path: &Path, seed: u64) -> anyhow::Result<Model> {
+pub(crate) fn load_model(path: &Path, seed: u64) -> anyhow::Result<Model> {
     let (dir, cfg_file) = if path.is_dir() {
         (path.to_path_buf(), path.join("config.json"))
     } else {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_allreduce;
 pub mod bench_env;
+pub mod bench_gpu;
 pub mod compass;
 pub mod convert;
 pub mod experiment;

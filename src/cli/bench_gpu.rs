@@ -1,0 +1,185 @@
+//! `arbor bench gpu`: the CUDA backend on a GPU. `--kind train-step`: forward + backward + AdamW
+//! of a model (random tokens) in tokens/s and model FLOPs utilisation; `--kind attention`: the
+//! flash attention kernels' forward + backward on one shape (the peer is PyTorch's
+//! scaled_dot_product_attention, scripts/peer/sdpa_bench.py). One JSON line each.
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+/// What `arbor bench gpu` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GpuBench {
+    TrainStep,
+    Attention,
+}
+
+/// Arguments of `arbor bench gpu`.
+#[derive(Debug, Args)]
+pub struct GpuArgs {
+    #[arg(long, value_enum, default_value = "train-step")]
+    pub kind: GpuBench,
+    /// HF model directory or config.json (train-step; random weights without safetensors).
+    #[arg(long)]
+    pub model_config: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub seq: usize,
+    /// Attention shape: query heads, kv heads, head dim.
+    #[arg(long, default_value_t = 14)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 2)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 64)]
+    pub head_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Peak dense TFLOP/s the MFU is relative to (H100 SXM bf16: 989).
+    #[arg(long, default_value_t = 989.0)]
+    pub peak_tflops: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn run(_args: &GpuArgs) -> anyhow::Result<()> {
+    anyhow::bail!("this arbor was built without the `cuda` feature (cargo build --features cuda)")
+}
+
+#[cfg(feature = "cuda")]
+pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
+    use crate::cuda::Gpu;
+    anyhow::ensure!(args.batch > 0 && args.seq > 0 && args.steps > 0, "--batch, --seq and --steps must be positive");
+    let gpu = Gpu::new(0)?;
+    match args.kind {
+        GpuBench::TrainStep => train_step(&gpu, args),
+        GpuBench::Attention => attention(&gpu, args),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn train_step(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
+    use crate::cli::bench::{load_model, median, train_step_flops};
+    use crate::cuda::GpuModel;
+    use crate::model::Batch;
+    use crate::rng::Rng;
+    use crate::train::adamw::{AdamW, AdamWConfig};
+    use anyhow::Context;
+    use std::time::Instant;
+    let path = args.model_config.as_ref().context("--model-config is required for --kind train-step")?;
+    let model = load_model(path, args.seed).with_context(|| format!("loading {}", path.display()))?;
+    let cfg = model.cfg.clone();
+    anyhow::ensure!(args.seq <= cfg.max_position_embeddings, "--seq exceeds max_position_embeddings");
+    let mut rng = Rng::new(args.seed);
+    let mut batch = Batch::new();
+    for _ in 0..args.batch {
+        let toks: Vec<u32> = (0..args.seq).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        batch.push_lm(&toks, 0)?;
+    }
+    let n = batch.len();
+    let dlogp = vec![-1.0 / n as f32; n];
+    let mut gm = GpuModel::new(gpu, &model)?;
+    let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.steps {
+        let t = Instant::now();
+        gm.zero_grads()?;
+        gm.forward(&model, &batch)?;
+        gm.backward(&model, &batch, &dlogp, None)?;
+        gm.adamw_step(&mut opt, 1e-5, 1.0)?;
+        if i >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times);
+    let flops = train_step_flops(&cfg, args.batch, args.seq);
+    let line = serde_json::json!({
+        "impl": "arbor-cuda",
+        "device": gpu.describe(),
+        "dtype": "f32 (SGEMM)",
+        "params": cfg.num_params(),
+        "batch": args.batch,
+        "seq": args.seq,
+        "step_ms": step_s * 1e3,
+        "tokens_per_s": n as f64 / step_s,
+        "tflops": flops / step_s / 1e12,
+        "mfu": flops / step_s / 1e12 / args.peak_tflops,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
+    use crate::attention::AttnShape;
+    use crate::cli::bench::median;
+    use crate::cuda::Gpu;
+    use crate::model::Batch;
+    use crate::rng::Rng;
+    use crate::tensor::Backend;
+    use std::time::Instant;
+    let (h, kv, d) = (args.heads, args.kv_heads, args.head_dim);
+    anyhow::ensure!(kv > 0 && h % kv == 0, "--heads must be a multiple of --kv-heads");
+    let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
+    let mut batch = Batch::new();
+    for _ in 0..args.batch {
+        batch.push(&vec![0; args.seq], &vec![0; args.seq])?;
+    }
+    let n = batch.len();
+    let stride = (h + 2 * kv) * d;
+    let mut rng = Rng::new(args.seed);
+    let qkv: Vec<f32> = (0..n * stride).map(|_| rng.normal() as f32).collect();
+    let dev = gpu.batch(&batch)?;
+    let qg = gpu.upload(&qkv)?;
+    let zeros = |len: usize| gpu.upload(&vec![0.0; len]);
+    let (mut out, mut lse, mut dqkv) = (zeros(n * h * d)?, zeros(n * h)?, zeros(n * stride)?);
+    let sl = gpu.attn_scratch_len(shape, n);
+    let mut scratch = zeros(sl)?;
+    let dout = gpu.upload(&qkv[..n * h * d])?;
+    let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+    for i in 0..args.warmup + args.steps {
+        let t = Instant::now();
+        gpu.attention_forward(
+            Gpu::m(&mut out, 0..n * h * d),
+            Gpu::m(&mut lse, 0..n * h),
+            Gpu::m(&mut scratch, 0..sl),
+            Gpu::r(&qg, 0..n * stride),
+            &dev,
+            shape,
+        )?;
+        gpu.synchronize()?;
+        let t1 = Instant::now();
+        gpu.attention_backward(
+            Gpu::m(&mut dqkv, 0..n * stride),
+            Gpu::m(&mut scratch, 0..sl),
+            Gpu::r(&dout, 0..n * h * d),
+            Gpu::r(&qg, 0..n * stride),
+            Gpu::r(&out, 0..n * h * d),
+            Gpu::r(&lse, 0..n * h),
+            &dev,
+            shape,
+        )?;
+        gpu.synchronize()?;
+        if i >= args.warmup {
+            fwd.push((t1 - t).as_secs_f64());
+            bwd.push(t1.elapsed().as_secs_f64());
+        }
+    }
+    let (f, b) = (median(fwd), median(bwd));
+    // causal: half of the 4·T²·H·D multiply-adds of the forward; the backward does 2.5× the forward
+    let fwd_flops = 2.0 * (args.batch * args.seq * args.seq * h * d) as f64;
+    let line = serde_json::json!({
+        "impl": "arbor-cuda",
+        "device": gpu.describe(),
+        "dtype": "f32",
+        "batch": args.batch, "seq": args.seq, "heads": h, "kv_heads": kv, "head_dim": d,
+        "fwd_ms": f * 1e3,
+        "bwd_ms": b * 1e3,
+        "fwd_bwd_ms": (f + b) * 1e3,
+        "fwd_bwd_tflops": 3.5 * fwd_flops / (f + b) / 1e12,
+    });
+    println!("{line}");
+    Ok(())
+}
