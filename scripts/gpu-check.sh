@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Every GPU test and benchmark of the CUDA backend in one command, on a machine with an NVIDIA GPU.
+#
+#   bash scripts/gpu-check.sh              # builds with cargo (feature cuda only: no MPI/HDF5 needed)
+#   bash scripts/gpu-check.sh gpu-bin      # uses prebuilt binaries (a GPU machine without cargo/registry):
+#                                          # make them on a build machine with `bash scripts/gpu-check.sh --build gpu-bin`
+#
+# Prints each kernel's largest error against the CPU backend (tests/cuda.rs), then the benchmarks:
+# attention fwd+bwd vs PyTorch SDPA on the same shape (ratio), a train step of a ~0.5B
+# Qwen2-shaped model (tokens/s, MFU), and writes them to $OUT (default gpu-check-out/) for
+# docs/benchmarks.md. Needs libcuda, libnvrtc, libcublas on the loader path (PyTorch's wheels
+# carry the last two: this script adds their directories) and, for the peer, python3 with torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu-check-out}"
+mkdir -p "$out"
+
+if [ "${1:-}" = "--build" ]; then
+    dest="${2:-gpu-bin}"
+    mkdir -p "$dest"
+    cargo build --release --no-default-features --features cuda
+    cargo test --release --no-default-features --features cuda --test cuda --no-run 2>&1 | tee /tmp/gpu-build.log
+    cp target/release/arbor "$dest/arbor"
+    test_bin="$(grep -o 'target/release/deps/cuda-[0-9a-f]*' /tmp/gpu-build.log | tail -1)"
+    cp "$test_bin" "$dest/cuda-tests"
+    echo "gpu-check: binaries in $dest/ (arbor, cuda-tests)"
+    exit 0
+fi
+
+# CUDA libraries shipped inside Python wheels (torch's nvidia-* packages), if any
+pylibs="$(python3 - <<'PY' 2>/dev/null || true
+import glob, os, site
+dirs = set()
+for base in site.getsitepackages() + [site.getusersitepackages()]:
+    for lib in glob.glob(os.path.join(base, "nvidia", "*", "lib")):
+        dirs.add(lib)
+print(":".join(sorted(dirs)))
+PY
+)"
+if [ -n "$pylibs" ]; then
+    export LD_LIBRARY_PATH="$pylibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+# NCCL ships libnccl.so.2 only; cudarc looks for libnccl.so
+ncclso="$(ls ${pylibs//:/\/libnccl.so.2 }/libnccl.so.2 2>/dev/null | head -1 || true)"
+if [ -n "$ncclso" ]; then
+    mkdir -p "$out/lib" && ln -sf "$ncclso" "$out/lib/libnccl.so"
+    export LD_LIBRARY_PATH="$PWD/$out/lib:$LD_LIBRARY_PATH"
+fi
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt" || true
+
+if [ -n "${1:-}" ]; then
+    arbor="$1/arbor"
+    tests="$1/cuda-tests"
+else
+    cargo build --release --no-default-features --features cuda
+    arbor=target/release/arbor
+    tests="cargo test --release --no-default-features --features cuda --test cuda --"
+fi
+
+echo "== kernel and train-step tests (GPU vs CPU)"
+$tests --nocapture --test-threads 1 2>&1 | tee "$out/tests.txt"
+if grep -q "skipped: no CUDA device" "$out/tests.txt"; then
+    echo "gpu-check: the tests found no CUDA device" >&2
+    exit 1
+fi
+
+echo "== attention fwd+bwd vs PyTorch SDPA"
+shape=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
+"$arbor" bench gpu --kind attention "${shape[@]}" | tee "$out/attention.json"
+if python3 -c "import torch" 2>/dev/null; then
+    python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype f32 | tee "$out/sdpa.json"
+    python3 - "$out" <<'PY'
+import json, sys
+d = sys.argv[1]
+a = json.load(open(f"{d}/attention.json")); p = json.load(open(f"{d}/sdpa.json"))
+print(f"attention fwd+bwd: arbor {a['fwd_bwd_ms']:.2f} ms, torch SDPA {p['fwd_bwd_ms']:.2f} ms, "
+      f"arbor speed = {p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a['device']})")
+PY
+fi
+
+echo "== train step, Qwen2-0.5B shape (random weights)"
+"$arbor" bench gpu --kind train-step --model-config configs/models/qwen2-0.5b-shape --batch 4 --seq 1024 \
+    | tee "$out/train_step.json"
+echo "gpu-check: results in $out/"
