@@ -348,3 +348,36 @@ fn a_full_train_step_on_the_gpu_matches_the_cpu() {
         close(&format!("{arch:?} params after AdamW"), &gm.params().unwrap(), &p, 1e-5);
     }
 }
+
+#[test]
+fn greedy_generation_on_the_gpu_equals_the_cpu_engine() {
+    use arbor::cuda::GpuDecoder;
+    use arbor::rollout::{generate, GenerateConfig, Request, SamplingParams};
+    let Some(g) = gpu() else { return };
+    let mut cfg = tiny_config(Arch::Qwen2, false);
+    cfg.max_position_embeddings = 64;
+    let model = Model::new(cfg.clone(), init_params(&cfg, 11, 1.0)).unwrap();
+    let mut rng = Rng::new(5);
+    let prompts: Vec<Vec<u32>> =
+        [3usize, 7, 1, 12].iter().map(|&l| (0..l).map(|_| (rng.next_u64() % 13) as u32).collect()).collect();
+    let requests: Vec<Request> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Request { prompt_id: i as u64, sample_index: 0, prompt: p.clone() })
+        .collect();
+    let gen_cfg = GenerateConfig {
+        sampling: SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 20 },
+        stop_tokens: vec![12],
+        seed: 0,
+        step: 0,
+        max_batch: 4,
+        workload: None,
+    };
+    let cpu = generate(&model, &requests, &gen_cfg).unwrap();
+    let mut dec = GpuDecoder::new(&g, &model).unwrap();
+    let gpu_out = dec.greedy(&model, &prompts, 20, &[12]).unwrap();
+    for (c, o) in cpu.iter().zip(&gpu_out) {
+        println!("prompt {}: cpu {:?} gpu {:?}", c.prompt_id, c.tokens, o);
+        assert_eq!(&c.tokens, o, "prompt {}: greedy tokens differ", c.prompt_id);
+    }
+}

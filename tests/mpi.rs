@@ -52,10 +52,11 @@ fn close(a: &serde_json::Value, b: &serde_json::Value, tol: f64) -> bool {
 }
 
 fn compare_runs(a: &Path, b: &Path, ck: &str, what: &str) {
-    compare_runs_within(a, b, ck, what, 1e-6);
+    compare_runs_within(a, b, ck, what, 1e-6, 1e-5);
 }
 
-fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32) {
+/// `tol`: largest weight difference; `metric_tol`: relative tolerance of every metric.
+fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32, metric_tol: f64) {
     let (ca, pa) = load_hf_dir(&a.join(ck)).unwrap();
     let (cb, pb) = load_hf_dir(&b.join(ck)).unwrap();
     assert_eq!(ca, cb, "{what}: the saved model configurations differ");
@@ -88,7 +89,7 @@ fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32) {
     let (ma, mb) = (strip(metrics(a)), strip(metrics(b)));
     assert_eq!(ma.len(), mb.len(), "{what}: metrics line counts differ");
     for (x, y) in ma.iter().zip(&mb) {
-        assert!(close(x, y, 1e-5), "{what}: metrics differ:\n{x}\n{y}");
+        assert!(close(x, y, metric_tol), "{what}: metrics differ:\n{x}\n{y}");
     }
 }
 
@@ -285,11 +286,12 @@ fn data_and_tensor_parallel_grpo_match_one_process_after_3_rl_steps() {
         mpirun(2, &["--threads", "1", "train", "--config", tp_path.to_str().unwrap(), "--out-dir", &out("tp")], &[]);
     assert!(tp.status.success(), "{}", text(&tp));
     // Shards sum the o_proj/down_proj products in another order, so log-probs differ by ~1e-7 and
-    // PPO ratios by as much; every metric (rewards, lengths, losses, KL) still agrees to 1e-5. AdamW's
+    // PPO ratios by as much; every metric (rewards, lengths, losses, KL) still agrees to 1e-5, except
+    // the gradient norm after two updates (1.3e-5 relative on an AVX-512 machine): metrics to 5e-5. AdamW's
     // early updates move each weight by about lr·sign(m), so a weight whose gradient is ~0 may step
     // either way: the weight bound is one update, lr = 1e-4 (measured 6.8e-5; SFT under TP: 6.3e-7).
     let tp_run = dir.path().join("tp").join("default");
-    compare_runs_within(&one, &tp_run, "checkpoints/step-3", "GRPO tp=2 vs one process", 1e-4);
+    compare_runs_within(&one, &tp_run, "checkpoints/step-3", "GRPO tp=2 vs one process", 1e-4, 5e-5);
 }
 
 /// The numbers `arbor selftest tp` prints, by name.
@@ -341,7 +343,14 @@ fn tensor_parallel_2_and_tp2_x_dp2_match_one_process_after_3_supervised_steps() 
         assert!(text(&o).contains(grid), "rank 0 prints the grid: {}", text(&o));
         let run = |n: &str| dir.path().join(n).join("addition-sft");
         // checkpoints hold the gathered full model (same config and tensor shapes as tp = 1)
-        compare_runs_within(&run("one"), &run(&name), "checkpoints/step-3", &format!("{grid} vs 1 process"), 1e-5);
+        compare_runs_within(
+            &run("one"),
+            &run(&name),
+            "checkpoints/step-3",
+            &format!("{grid} vs 1 process"),
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -367,7 +376,7 @@ fn a_tensor_parallel_run_resumes_exactly_from_its_gathered_checkpoint() {
     );
     assert!(resumed.status.success(), "{}", text(&resumed));
     let run = |n: &str| dir.path().join(n).join("addition-sft");
-    compare_runs_within(&run("full"), &run("part"), "checkpoints/step-3", "tp=2 resumed vs uninterrupted", 0.0);
+    compare_runs_within(&run("full"), &run("part"), "checkpoints/step-3", "tp=2 resumed vs uninterrupted", 0.0, 1e-5);
 }
 
 fn fault_run(kind: &str, expect: &[&str]) {

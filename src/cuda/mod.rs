@@ -6,11 +6,13 @@
 //! same generic forward and backward as the CPU (`Model::forward_on` / `backward_on`).
 
 pub mod backend;
+pub mod decode;
 pub mod device;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
 
 pub use backend::{GpuBatch, GpuRope};
+pub use decode::{GpuDecoder, GpuKvCache};
 pub use device::{unavailable, Arg, Gpu};
 pub use model::GpuModel;
