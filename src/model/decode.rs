@@ -168,6 +168,25 @@ fn value_tile<const W: usize>(o: &mut [f32], s: &[f32], v: &[f32], stride: usize
     o[..W].copy_from_slice(&acc);
 }
 
+/// Scores of NB key blocks (8 positions each) for one query head: out[b·8 + l] = Σ_p q[p]·k, one
+/// sum over p in order per score.
+#[inline(always)]
+fn score_blocks<const NB: usize>(qh: &[f32], kblk: &[f32], d: usize, out: &mut [f32]) {
+    let mut acc = [[0.0f32; KB]; NB];
+    let kblk = &kblk[..NB * d * KB];
+    for (p, &qp) in qh.iter().enumerate() {
+        for (bi, a) in acc.iter_mut().enumerate() {
+            let row = &kblk[(bi * d + p) * KB..(bi * d + p + 1) * KB];
+            for l in 0..KB {
+                a[l] += qp * row[l];
+            }
+        }
+    }
+    for (bi, a) in acc.iter().enumerate() {
+        out[bi * KB..(bi + 1) * KB].copy_from_slice(a);
+    }
+}
+
 simd_kernel! {
     /// Attention of one row's query heads against cached positions 0..len of its slot:
     /// out_h = softmax(scale · q_h·K) V for every head h (query head h reads KV head h / group).
@@ -184,18 +203,18 @@ simd_kernel! {
             let mut jb = 0;
             while jb < blocks {
                 let nb = BLOCKS.min(blocks - jb);
-                let mut acc = [[0.0f32; KB]; BLOCKS];
                 let kblk = &kg[jb * d * KB..(jb + nb) * d * KB];
-                for (p, &qp) in qh.iter().enumerate() {
-                    for (bi, a) in acc[..nb].iter_mut().enumerate() {
-                        let row = &kblk[(bi * d + p) * KB..(bi * d + p + 1) * KB];
-                        for l in 0..KB {
-                            a[l] += qp * row[l];
-                        }
-                    }
-                }
-                for (bi, a) in acc[..nb].iter().enumerate() {
-                    scores[(jb + bi) * KB..(jb + bi + 1) * KB].copy_from_slice(a);
+                let out = &mut scores[jb * KB..(jb + nb) * KB];
+                // a block count fixed at compile time keeps the accumulators in registers
+                match nb {
+                    1 => score_blocks::<1>(qh, kblk, d, out),
+                    2 => score_blocks::<2>(qh, kblk, d, out),
+                    3 => score_blocks::<3>(qh, kblk, d, out),
+                    4 => score_blocks::<4>(qh, kblk, d, out),
+                    5 => score_blocks::<5>(qh, kblk, d, out),
+                    6 => score_blocks::<6>(qh, kblk, d, out),
+                    7 => score_blocks::<7>(qh, kblk, d, out),
+                    _ => score_blocks::<8>(qh, kblk, d, out),
                 }
                 jb += nb;
             }

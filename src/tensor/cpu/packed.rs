@@ -14,8 +14,10 @@
 
 /// Output columns per packed panel (two AVX2 registers).
 pub const NR: usize = 16;
-/// Most activation rows per register tile.
+/// Most activation rows per register tile (AVX2: 2 registers per row; AVX-512: 1).
 const MR: usize = 6;
+#[cfg(target_arch = "x86_64")]
+const MR512: usize = 12;
 
 /// A weight matrix W [n, k] packed for `matmul_packed`.
 #[derive(Debug, Clone, Default)]
@@ -55,10 +57,10 @@ impl PackedMatrix {
     }
 }
 
-/// Split m rows into ⌈m/6⌉ register tiles of near-equal height (32 → 6,6,5,5,5,5: no tile so
-/// short that FMA latency, not throughput, bounds it).
-fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
-    let tiles = m.div_ceil(MR);
+/// Split m rows into ⌈m/mr⌉ register tiles of near-equal height (32 rows, mr 6 → 6,6,5,5,5,5: no
+/// tile so short that FMA latency, not throughput, bounds it).
+fn row_tiles(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = m.div_ceil(mr);
     let (base, extra) = (m.checked_div(tiles).unwrap_or(0), m.checked_rem(tiles).unwrap_or(0));
     (0..tiles).scan(0usize, move |start, t| {
         let h = base + usize::from(t < extra);
@@ -84,6 +86,11 @@ pub fn matmul_packed(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accum
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above); sizes checked as below.
+            unsafe { avx512::matmul(c, a, m, w, accumulate) };
+            return;
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above); the buffer sizes were
             // checked against m, n, k, which bound every access of the kernel.
@@ -129,7 +136,7 @@ thread_local! {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{row_tiles, PackedMatrix, KC, NR, PARTIAL};
+    use super::{row_tiles, PackedMatrix, KC, MR, NR, PARTIAL};
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -149,7 +156,7 @@ mod avx2 {
                     let kc = KC.min(k - k0);
                     let b = w.data.as_ptr().add((q * k + k0) * NR);
                     let pass = Pass { first: k0 == 0, last: k0 + kc == k, cols, accumulate };
-                    for (r0, h) in row_tiles(m) {
+                    for (r0, h) in row_tiles(m, MR) {
                         let (a0, c0, p0) = (ap.add(r0 * k + k0), cp.add(r0 * n + q * NR), pp.add(r0 * NR));
                         match h {
                             1 => tile::<1>(a0, k, b, kc, c0, n, p0, pass),
@@ -236,6 +243,105 @@ mod avx2 {
     }
 }
 
+/// The AVX-512 kernel: one 16-lane register per row of a 12 × 16 tile. Each output element is
+/// the same fused multiply-add chain as in the AVX2 kernel, so both give the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{row_tiles, PackedMatrix, KC, MR512, NR, PARTIAL};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX-512F; `a` must hold m·k and `c` m·n elements.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accumulate: bool) {
+        let (n, k) = (w.n, w.k);
+        let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
+        PARTIAL.with_borrow_mut(|partial| {
+            if k > KC && partial.len() < m * NR {
+                partial.resize(m * NR, 0.0);
+            }
+            let pp = partial.as_mut_ptr();
+            for q in 0..n.div_ceil(NR) {
+                let cols = NR.min(n - q * NR);
+                let mask: __mmask16 = if cols == NR { 0xffff } else { (1u16 << cols) - 1 };
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    let b = w.data.as_ptr().add((q * k + k0) * NR);
+                    let pass = Pass { first: k0 == 0, last: k0 + kc == k, mask, accumulate };
+                    for (r0, h) in row_tiles(m, MR512) {
+                        let (a0, c0, p0) = (ap.add(r0 * k + k0), cp.add(r0 * n + q * NR), pp.add(r0 * NR));
+                        match h {
+                            1 => tile::<1>(a0, k, b, kc, c0, n, p0, pass),
+                            2 => tile::<2>(a0, k, b, kc, c0, n, p0, pass),
+                            3 => tile::<3>(a0, k, b, kc, c0, n, p0, pass),
+                            4 => tile::<4>(a0, k, b, kc, c0, n, p0, pass),
+                            5 => tile::<5>(a0, k, b, kc, c0, n, p0, pass),
+                            6 => tile::<6>(a0, k, b, kc, c0, n, p0, pass),
+                            7 => tile::<7>(a0, k, b, kc, c0, n, p0, pass),
+                            8 => tile::<8>(a0, k, b, kc, c0, n, p0, pass),
+                            9 => tile::<9>(a0, k, b, kc, c0, n, p0, pass),
+                            10 => tile::<10>(a0, k, b, kc, c0, n, p0, pass),
+                            11 => tile::<11>(a0, k, b, kc, c0, n, p0, pass),
+                            _ => tile::<12>(a0, k, b, kc, c0, n, p0, pass),
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Where a depth pass starts and ends.
+    #[derive(Clone, Copy)]
+    struct Pass {
+        first: bool,
+        last: bool,
+        /// Valid columns of the panel.
+        mask: __mmask16,
+        accumulate: bool,
+    }
+
+    /// One H × 16 tile over depth kc (see the AVX2 kernel).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const H: usize>(
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        partial: *mut f32,
+        pass: Pass,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); H];
+        if !pass.first {
+            for (r, t) in acc.iter_mut().enumerate() {
+                *t = _mm512_loadu_ps(partial.add(r * NR));
+            }
+        }
+        for p in 0..kc {
+            let bv = _mm512_loadu_ps(b.add(p * NR));
+            for (r, t) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(r * lda + p));
+                *t = _mm512_fmadd_ps(x, bv, *t);
+            }
+        }
+        for (r, t) in acc.iter().enumerate() {
+            if !pass.last {
+                _mm512_storeu_ps(partial.add(r * NR), *t);
+                continue;
+            }
+            let cr = c.add(r * ldc);
+            let mut v = *t;
+            if pass.accumulate {
+                v = _mm512_add_ps(_mm512_maskz_loadu_ps(pass.mask, cr), v);
+            }
+            _mm512_mask_storeu_ps(cr, pass.mask, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,7 +355,7 @@ mod tests {
     #[test]
     fn row_tiles_cover_every_row_once_with_at_most_six() {
         for m in 0..50 {
-            let tiles: Vec<_> = row_tiles(m).collect();
+            let tiles: Vec<_> = row_tiles(m, MR).collect();
             let mut next = 0;
             for &(start, h) in &tiles {
                 assert_eq!(start, next);
@@ -307,6 +413,30 @@ mod tests {
             let mut tail = vec![0.0; m * n];
             matmul_packed(&mut tail, &a[i * k..], m, &w, false);
             assert_eq!(&tail[..n], want, "row {i} as the first of {m}");
+        }
+    }
+
+    /// The AVX-512 and AVX2 kernels run the same chain per element: the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_and_avx2_kernels_agree_bit_for_bit() {
+        if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx2")) {
+            println!("skipped: this CPU lacks AVX-512F or AVX2");
+            return;
+        }
+        for (m, n, k) in [(1, 16, 8), (13, 50, 64), (32, 48, 600), (25, 7, 3)] {
+            let w = PackedMatrix::from_rows(&values(n * k, 7), n, k);
+            let a = values(m * k, 8);
+            for accumulate in [false, true] {
+                let c0 = values(m * n, 9);
+                let (mut x, mut y) = (c0.clone(), c0.clone());
+                // SAFETY: both features were detected above; buffers sized m·k and m·n.
+                unsafe {
+                    avx2::matmul(&mut x, &a, m, &w, accumulate);
+                    avx512::matmul(&mut y, &a, m, &w, accumulate);
+                }
+                assert_eq!(x, y, "m={m} n={n} k={k} accumulate={accumulate}");
+            }
         }
     }
 
