@@ -254,6 +254,18 @@ pub struct TrainSection {
     /// Newest checkpoints kept (older ones are deleted after a successful save).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// Where the supervised phase's forward and backward run: "cpu" or "cuda" (GPU 0 of each rank).
+    #[serde(default)]
+    pub device: Device,
+}
+
+/// Compute device of the supervised phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
 }
 
 fn default_ckpt_every() -> u64 {
@@ -344,6 +356,19 @@ impl RunConfig {
             }
             if rl.lr.is_nan() || rl.lr <= 0.0 {
                 return bad("rl.lr", format!("{} must be positive", rl.lr));
+            }
+        }
+        if self.train.device == Device::Cuda {
+            if !cfg!(feature = "cuda") {
+                return bad("train.device", "\"cuda\": this arbor was built without the `cuda` feature".into());
+            }
+            if self.rl.is_some() || self.parallel.tp > 1 {
+                return bad(
+                    "train.device",
+                    "\"cuda\" drives the supervised phase with data parallelism only; [rl] and tp > 1 run on \
+                     the CPU for now"
+                        .into(),
+                );
             }
         }
         let par = &self.parallel;
@@ -506,6 +531,12 @@ mod tests {
         let bad = ADDITION_CONFIG.replace("lr = 3e-3", "lr = \"fast\"");
         let e = RunConfig::parse(&bad, Path::new("z.toml")).unwrap_err().to_string();
         assert!(e.contains("z.toml"), "{e}");
+        let bad = ADDITION_CONFIG.replace("[train]\n", "[train]\ndevice = \"tpu\"\n");
+        let e = RunConfig::parse(&bad, Path::new("d.toml")).unwrap_err().to_string();
+        assert!(e.contains("d.toml") && e.contains("tpu"), "{e}");
+        let bad = ADDITION_CONFIG.replace("[train]\n", "[train]\ndevice = \"cuda\"\n") + "\n[parallel]\ntp = 2\n";
+        let e = RunConfig::parse(&bad, Path::new("g.toml")).unwrap_err().to_string();
+        assert!(e.contains("g.toml") && e.contains("train.device"), "{e}");
         let bad = ADDITION_CONFIG.to_string() + "\n[parallel]\ntp = 0\n";
         let e = RunConfig::parse(&bad, Path::new("p.toml")).unwrap_err().to_string();
         assert!(e.contains("p.toml") && e.contains("parallel.tp"), "{e}");

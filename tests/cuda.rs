@@ -315,6 +315,7 @@ fn flash_attention_forward_and_backward_match_the_cpu() {
 #[test]
 fn a_full_train_step_on_the_gpu_matches_the_cpu() {
     let Some(g) = gpu() else { return };
+    let g = std::sync::Arc::new(g);
     for arch in [Arch::Qwen2, Arch::Llama] {
         let cfg = tiny_config(arch, false);
         let model = Model::new(cfg.clone(), init_params(&cfg, 7, 0.5)).unwrap();
@@ -329,7 +330,7 @@ fn a_full_train_step_on_the_gpu_matches_the_cpu() {
         let mut grads = vec![0.0; model.params.data.len()];
         model.backward_with_entropy(&b, &dlogp, Some(&dent), &mut ws, &mut grads).unwrap();
 
-        let mut gm = GpuModel::new(&g, &model).unwrap();
+        let mut gm = GpuModel::new(g.clone(), &model).unwrap();
         let (lp, en) = gm.forward(&model, &b).unwrap();
         close(&format!("{arch:?} forward logp"), &lp, &ws.logprobs[..n], 1e-4);
         close(&format!("{arch:?} forward entropy"), &en, &ws.entropy[..n], 1e-4);
@@ -380,4 +381,40 @@ fn greedy_generation_on_the_gpu_equals_the_cpu_engine() {
         println!("prompt {}: cpu {:?} gpu {:?}", c.prompt_id, c.tokens, o);
         assert_eq!(&c.tokens, o, "prompt {}: greedy tokens differ", c.prompt_id);
     }
+}
+
+/// `[train] device = "cuda"`: 3 supervised steps on the GPU end with the CPU run's weights; on a
+/// machine without a GPU the run stops at once with an error saying why (never a crash).
+#[test]
+fn supervised_training_on_the_gpu_matches_the_cpu() {
+    use arbor::config::{Device, RunConfig, ADDITION_CONFIG};
+    use arbor::train::pretrain;
+    let text = ADDITION_CONFIG
+        .replace("hidden_size = 128", "hidden_size = 64")
+        .replace("intermediate_size = 384", "intermediate_size = 128")
+        .replace("num_layers = 4", "num_layers = 2")
+        .replace("steps = 400", "steps = 3")
+        .replace("batch_size = 64", "batch_size = 8")
+        .replace("eval_problems = 256", "eval_problems = 8");
+    let parsed = RunConfig::parse(&(text.clone() + "\n"), std::path::Path::new("t.toml")).unwrap();
+    assert_eq!(parsed.train.device, Device::Cpu, "the default device is the CPU");
+    let with_cuda = text.replace("[train]\n", "[train]\ndevice = \"cuda\"\n");
+    let mut cfg = RunConfig::parse(&with_cuda, std::path::Path::new("t.toml")).unwrap();
+    assert_eq!(cfg.train.device, Device::Cuda);
+    let dir = tempfile::tempdir().unwrap();
+    cfg.run.out_dir = dir.path().join("gpu");
+    let gpu_run = pretrain::run(&cfg, None, &mut Vec::new());
+    if let Some(why) = arbor::cuda::unavailable() {
+        let err = gpu_run.err().expect("device = \"cuda\" without a GPU must fail").to_string();
+        assert!(err.contains("CUDA backend"), "{err}");
+        println!("skipped: no CUDA device ({why}); the run failed cleanly: {err}");
+        return;
+    }
+    let gpu_run = gpu_run.unwrap();
+    let mut cpu_cfg = cfg.clone();
+    cpu_cfg.train.device = Device::Cpu;
+    cpu_cfg.run.out_dir = dir.path().join("cpu");
+    let cpu_run = pretrain::run(&cpu_cfg, None, &mut Vec::new()).unwrap();
+    println!("losses cpu {:?} gpu {:?}", cpu_run.losses, gpu_run.losses);
+    close("SFT weights after 3 steps", &gpu_run.final_params, &cpu_run.final_params, 1e-4);
 }

@@ -52,7 +52,7 @@ pub fn run(_args: &GpuArgs) -> anyhow::Result<()> {
 pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
     use crate::cuda::Gpu;
     anyhow::ensure!(args.batch > 0 && args.seq > 0 && args.steps > 0, "--batch, --seq and --steps must be positive");
-    let gpu = Gpu::new(0)?;
+    let gpu = std::sync::Arc::new(Gpu::new(0)?);
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
@@ -60,7 +60,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn train_step(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
+fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::Result<()> {
     use crate::cli::bench::{load_model, median, train_step_flops};
     use crate::cuda::GpuModel;
     use crate::model::Batch;
@@ -80,7 +80,7 @@ fn train_step(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
     }
     let n = batch.len();
     let dlogp = vec![-1.0 / n as f32; n];
-    let mut gm = GpuModel::new(gpu, &model)?;
+    let mut gm = GpuModel::new(gpu.clone(), &model)?;
     let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
     let mut times = Vec::new();
     for i in 0..args.warmup + args.steps {

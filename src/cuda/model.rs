@@ -9,10 +9,11 @@ use crate::model::{Batch, Model, Workspace};
 use crate::tensor::Backend;
 use crate::train::adamw::{clip_coefficient, AdamW};
 use cudarc::driver::{CudaSlice, DevicePtr};
+use std::sync::Arc;
 
 /// Weights, gradients and optimizer state of one model on one device.
-pub struct GpuModel<'g> {
-    gpu: &'g Gpu,
+pub struct GpuModel {
+    gpu: Arc<Gpu>,
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
     m: CudaSlice<f32>,
@@ -21,19 +22,19 @@ pub struct GpuModel<'g> {
     ws: Workspace<Gpu>,
 }
 
-impl<'g> GpuModel<'g> {
+impl GpuModel {
     /// Upload `model`'s weights (gradients and moments start at zero).
-    pub fn new(gpu: &'g Gpu, model: &Model) -> Result<Self> {
+    pub fn new(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
         let n = model.params.data.len();
         let zeros = |len| gpu.stream.alloc_zeros::<f32>(len).map_err(drv("alloc"));
         Ok(GpuModel {
-            gpu,
             params: gpu.upload(&model.params.data)?,
             grads: zeros(n)?,
             m: zeros(n)?,
             v: zeros(n)?,
             rope: gpu.rope(&model.rope)?,
-            ws: Workspace::empty(gpu)?,
+            ws: Workspace::empty(&*gpu)?,
+            gpu,
         })
     }
 
@@ -41,7 +42,7 @@ impl<'g> GpuModel<'g> {
     pub fn forward(&mut self, model: &Model, batch: &Batch) -> Result<(Vec<f32>, Vec<f32>)> {
         model.check_batch(batch)?;
         let dev = self.gpu.batch(batch)?;
-        let on = On { be: self.gpu, params: &self.params, rope: &self.rope };
+        let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         model.forward_on(&on, batch, &dev, &mut self.ws)?;
         let n = batch.len();
         let (mut logp, mut ent) = (vec![0.0; n], vec![0.0; n]);
@@ -60,7 +61,7 @@ impl<'g> GpuModel<'g> {
         let dev = self.gpu.batch(batch)?;
         let g = self.gpu.upload(dlogp)?;
         let e = dent.map(|d| self.gpu.upload(d)).transpose()?;
-        let on = On { be: self.gpu, params: &self.params, rope: &self.rope };
+        let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
         let ev = e.as_ref().map(|e| Gpu::r(e, 0..n));
         model.backward_on(&on, batch, &dev, Gpu::r(&g, 0..n), ev, &mut self.ws, grads)?;
@@ -79,6 +80,19 @@ impl<'g> GpuModel<'g> {
         let mut out = vec![0.0; self.params.len()];
         self.gpu.download(&self.params, &mut out)?;
         Ok(out)
+    }
+
+    /// Replace the weights with `params` (e.g. after an optimizer step on the host).
+    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        if params.len() != self.params.len() {
+            return Err(Error::Invalid(format!("{} weights for a model of {}", params.len(), self.params.len())));
+        }
+        self.gpu.stream.memcpy_htod(params, &mut self.params).map_err(drv("upload"))
+    }
+
+    /// The device this model lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
     }
 
     /// Zero the gradients.

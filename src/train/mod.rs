@@ -4,6 +4,7 @@ pub mod adamw;
 pub mod async_rl;
 pub mod checkpoint;
 pub mod critic;
+pub mod device;
 pub mod dump;
 pub mod pretrain;
 pub mod progress;

@@ -12,6 +12,7 @@ use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_model_checkpoint, TrainerState};
+use crate::train::device::Engine;
 use crate::train::progress::Progress;
 use crate::train::{clip_and_step_model, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
@@ -203,6 +204,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     }
     let mut grads = vec![0.0f32; model.params.data.len()];
     let mut ws = Workspace::new(&model.cfg, 0);
+    let mut engine = Engine::new(t.device, &model)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
     let metrics_path = out_dir.join("metrics.jsonl");
@@ -236,6 +238,9 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             out_dir.display()
         ),
     );
+    if !matches!(engine, Engine::Cpu) {
+        say(log, format!("supervised forward/backward on {}", engine.describe()));
+    }
 
     let mut report = TrainReport {
         losses: vec![],
@@ -279,7 +284,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         grads.iter_mut().for_each(|g| *g = 0.0);
         let mut sums = [0.0f64; 2]; // [predicted tokens, Σ log p]
         if n > 0 {
-            model.forward(&batch, &mut ws)?;
+            engine.forward(&model, &batch, &mut ws)?;
             sums[0] = dlogp.iter().sum::<f32>() as f64;
             sums[1] = ws.logprobs[..n].iter().zip(&dlogp).map(|(l, w)| (*l * w) as f64).sum::<f64>();
         }
@@ -289,11 +294,12 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         dlogp.iter_mut().for_each(|w| *w = -*w / count);
         // 4. backward → gradients (all-reduced); 5. clip; 6. AdamW
         if n > 0 {
-            model.backward(&batch, &dlogp, &mut ws, &mut grads)?;
+            engine.backward(&model, &batch, &dlogp, &mut ws, &mut grads)?;
         }
         all_reduce_buckets(dp, &mut grads, cfg.parallel.bucket_bytes())?;
         let lr = schedule.lr(step);
         let norm = clip_and_step_model(&mut opt, &mut model, &grads, lr, t.grad_clip)?;
+        engine.weights_changed(&model)?;
         let secs = t0.elapsed().as_secs_f64();
         tokens_total += n;
         train_secs += secs;
