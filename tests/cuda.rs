@@ -405,7 +405,8 @@ fn supervised_training_on_the_gpu_matches_the_cpu() {
     cfg.run.out_dir = dir.path().join("gpu");
     let gpu_run = pretrain::run(&cfg, None, &mut Vec::new());
     if let Some(why) = arbor::cuda::unavailable() {
-        let err = gpu_run.err().expect("device = \"cuda\" without a GPU must fail").to_string();
+        let Err(err) = gpu_run else { panic!("device = \"cuda\" without a GPU must fail") };
+        let err = err.to_string();
         assert!(err.contains("CUDA backend"), "{err}");
         println!("skipped: no CUDA device ({why}); the run failed cleanly: {err}");
         return;
