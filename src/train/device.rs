@@ -26,6 +26,7 @@ impl Engine {
             }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => {
+                let _ = model;
                 Err(crate::error::Error::Invalid("[train] device = \"cuda\": built without the `cuda` feature".into()))
             }
         }
@@ -81,7 +82,10 @@ impl Engine {
     /// The host weights changed (optimizer step, resume): refresh the device copy.
     pub fn weights_changed(&mut self, model: &Model) -> Result<()> {
         match self {
-            Engine::Cpu => Ok(()),
+            Engine::Cpu => {
+                let _ = model;
+                Ok(())
+            }
             #[cfg(feature = "cuda")]
             Engine::Cuda(g) => g.set_params(&model.params.data),
         }
