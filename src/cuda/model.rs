@@ -95,6 +95,12 @@ impl GpuModel {
         &self.gpu
     }
 
+    /// Sum the gradients over a NCCL group, on the devices.
+    pub fn all_reduce_grads(&mut self, nccl: &crate::cuda::nccl::Nccl) -> Result<()> {
+        nccl.all_reduce_device(&mut self.grads)?;
+        self.gpu.sync()
+    }
+
     /// Zero the gradients.
     pub fn zero_grads(&mut self) -> Result<()> {
         self.gpu.stream.memset_zeros(&mut self.grads).map_err(drv("memset"))

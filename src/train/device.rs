@@ -6,27 +6,36 @@
 use crate::config::Device;
 use crate::error::Result;
 use crate::model::{Batch, Model, Workspace};
+use crate::parallel::Comm;
 
 /// The compute engine of one rank.
 pub enum Engine {
     Cpu,
+    /// The model on GPU 0, with a NCCL communicator over the data-parallel group when it has more
+    /// than one rank (gradients are then summed on the devices before they come back).
     #[cfg(feature = "cuda")]
-    Cuda(Box<crate::cuda::GpuModel>),
+    Cuda(Box<crate::cuda::GpuModel>, Option<crate::cuda::nccl::Nccl>),
 }
 
 impl Engine {
-    /// An engine for `device` holding `model`'s weights: a clear error where CUDA is unusable.
-    pub fn new(device: Device, model: &Model) -> Result<Engine> {
+    /// An engine for `device` holding `model`'s weights, for the data-parallel group `dp` (every
+    /// rank calls this together): a clear error where CUDA is unusable.
+    pub fn new(device: Device, model: &Model, dp: &dyn Comm) -> Result<Engine> {
         match device {
             Device::Cpu => Ok(Engine::Cpu),
             #[cfg(feature = "cuda")]
             Device::Cuda => {
                 let gpu = std::sync::Arc::new(crate::cuda::Gpu::new(0)?);
-                Ok(Engine::Cuda(Box::new(crate::cuda::GpuModel::new(gpu, model)?)))
+                let nccl = if dp.size() > 1 {
+                    Some(crate::cuda::nccl::Nccl::new(&gpu, dp.split(0, dp.rank())?)?)
+                } else {
+                    None
+                };
+                Ok(Engine::Cuda(Box::new(crate::cuda::GpuModel::new(gpu, model)?), nccl))
             }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => {
-                let _ = model;
+                let _ = (model, dp);
                 Err(crate::error::Error::Invalid("[train] device = \"cuda\": built without the `cuda` feature".into()))
             }
         }
@@ -37,7 +46,10 @@ impl Engine {
         match self {
             Engine::Cpu => "cpu".into(),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(g) => g.gpu().describe(),
+            Engine::Cuda(g, nccl) => match nccl {
+                Some(n) => format!("{} ({})", g.gpu().describe(), n.describe()),
+                None => g.gpu().describe(),
+            },
         }
     }
 
@@ -46,7 +58,7 @@ impl Engine {
         match self {
             Engine::Cpu => model.forward(batch, ws),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(g) => {
+            Engine::Cuda(g, _) => {
                 let (logp, ent) = g.forward(model, batch)?;
                 ws.ensure(&model.cfg, batch.len());
                 ws.logprobs[..logp.len()].copy_from_slice(&logp);
@@ -56,7 +68,17 @@ impl Engine {
         }
     }
 
-    /// Backward after `forward` on the same batch: gradients ADDED into `grads` (host).
+    /// Whether [`Engine::backward`] returns gradients already summed over the data-parallel group.
+    pub fn reduces_gradients(&self) -> bool {
+        match self {
+            Engine::Cpu => false,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(_, nccl) => nccl.is_some(),
+        }
+    }
+
+    /// Backward after `forward` on the same batch: gradients ADDED into `grads` (host); summed over
+    /// the data-parallel group first when [`Engine::reduces_gradients`].
     pub fn backward(
         &mut self,
         model: &Model,
@@ -68,10 +90,15 @@ impl Engine {
         match self {
             Engine::Cpu => model.backward(batch, dlogp, ws, grads),
             #[cfg(feature = "cuda")]
-            Engine::Cuda(g) => {
+            Engine::Cuda(g, nccl) => {
                 let _ = ws;
                 g.zero_grads()?;
-                g.backward(model, batch, dlogp, None)?;
+                if !batch.is_empty() {
+                    g.backward(model, batch, dlogp, None)?;
+                }
+                if let Some(n) = nccl {
+                    g.all_reduce_grads(n)?;
+                }
                 let d = g.grads()?;
                 grads.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
                 Ok(())
@@ -87,7 +114,7 @@ impl Engine {
                 Ok(())
             }
             #[cfg(feature = "cuda")]
-            Engine::Cuda(g) => g.set_params(&model.params.data),
+            Engine::Cuda(g, _) => g.set_params(&model.params.data),
         }
     }
 }

@@ -204,7 +204,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     }
     let mut grads = vec![0.0f32; model.params.data.len()];
     let mut ws = Workspace::new(&model.cfg, 0);
-    let mut engine = Engine::new(t.device, &model)?;
+    let mut engine = Engine::new(t.device, &model, dp)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
     let metrics_path = out_dir.join("metrics.jsonl");
@@ -293,10 +293,13 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         let loss = -sums[1] / count as f64;
         dlogp.iter_mut().for_each(|w| *w = -*w / count);
         // 4. backward → gradients (all-reduced); 5. clip; 6. AdamW
-        if n > 0 {
+        if n > 0 || engine.reduces_gradients() {
+            // (a rank with no tokens still joins the engine's collective)
             engine.backward(&model, &batch, &dlogp, &mut ws, &mut grads)?;
         }
-        all_reduce_buckets(dp, &mut grads, cfg.parallel.bucket_bytes())?;
+        if !engine.reduces_gradients() {
+            all_reduce_buckets(dp, &mut grads, cfg.parallel.bucket_bytes())?;
+        }
         let lr = schedule.lr(step);
         let norm = clip_and_step_model(&mut opt, &mut model, &grads, lr, t.grad_clip)?;
         engine.weights_changed(&model)?;
