@@ -3,13 +3,12 @@
 
 use crate::attention::AttnShape;
 use crate::cuda::device::{drv, Arg, Gpu};
+use crate::cuda::gemm::GemmKind;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::parallel::{Comm, TpGroup};
 use crate::tensor::backend::Backend;
 use crate::tensor::cpu::ops::RopeTable;
-use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::ops::Range;
 
@@ -48,84 +47,7 @@ fn attn_dm(head_dim: usize) -> Result<u32> {
     }
 }
 
-/// A row-major product as one column-major cuBLAS call: C[m, n] (+)= op(A)·op(B) is computed
-/// as Cᵀ[n, m] = op'(B)·op'(A), since a row-major matrix read column-major is its transpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GemmPlan {
-    /// Whether cuBLAS's first operand (our B) is transposed; its leading dimension.
-    pub trans_first: bool,
-    pub ld_first: usize,
-    /// Whether cuBLAS's second operand (our A) is transposed; its leading dimension.
-    pub trans_second: bool,
-    pub ld_second: usize,
-}
-
-/// Which of the three row-major products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GemmKind {
-    /// C = A·Bᵀ with A [m, k], B [n, k].
-    Nt,
-    /// C = A·B with A [m, k], B [k, n].
-    Nn,
-    /// C = Aᵀ·B with A [k, m], B [k, n].
-    Tn,
-}
-
-/// The cuBLAS operands of a row-major product (see [`GemmPlan`]); cuBLAS gets (m, n, k) =
-/// (n, m, k) and ldc = n.
-pub fn gemm_plan(kind: GemmKind, m: usize, n: usize, k: usize) -> GemmPlan {
-    match kind {
-        // B [n, k] row-major = Bᵀ column-major (k × n, ld k), transposed back; A [m, k] = Aᵀ (ld k)
-        GemmKind::Nt => GemmPlan { trans_first: true, ld_first: k, trans_second: false, ld_second: k },
-        // B [k, n] = Bᵀ column-major (n × k, ld n); A [m, k] = Aᵀ (k × m, ld k)
-        GemmKind::Nn => GemmPlan { trans_first: false, ld_first: n, trans_second: false, ld_second: k },
-        // B [k, n] = Bᵀ (ld n); A [k, m] = Aᵀ column-major (m × k, ld m), transposed to k × m
-        GemmKind::Tn => GemmPlan { trans_first: false, ld_first: n, trans_second: true, ld_second: m },
-    }
-}
-
 impl Gpu {
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        mut c: CudaViewMut<'_, f32>,
-        a: CudaView<'_, f32>,
-        b: CudaView<'_, f32>,
-        kind: GemmKind,
-        (m, n, k): (usize, usize, usize),
-        acc: bool,
-    ) -> Result<()> {
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        if k == 0 {
-            if !acc {
-                self.stream.memset_zeros(&mut c).map_err(drv("memset"))?;
-            }
-            return Ok(());
-        }
-        if a.len() < m * k || b.len() < n * k || c.len() < m * n {
-            return Err(Error::Invalid(format!("GEMM {kind:?} {m}x{n}x{k}: operand views too short")));
-        }
-        let p = gemm_plan(kind, m, n, k);
-        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let cfg = GemmConfig {
-            transa: op(p.trans_first),
-            transb: op(p.trans_second),
-            m: int(n, "gemm n")?,
-            n: int(m, "gemm m")?,
-            k: int(k, "gemm k")?,
-            alpha: 1.0f32,
-            lda: int(p.ld_first, "gemm ld")?,
-            ldb: int(p.ld_second, "gemm ld")?,
-            beta: if acc { 1.0 } else { 0.0 },
-            ldc: int(n, "gemm ldc")?,
-        };
-        // SAFETY: the views hold at least m·k, n·k and m·n elements (checked above), matching
-        // the leading dimensions of the plan.
-        unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| Error::Invalid(format!("cuBLAS SGEMM: {e:?}")))
-    }
-
     fn ids_ptr<T>(&self, s: &CudaSlice<T>, offset: usize) -> u64 {
         s.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<T>()) as u64
     }
@@ -566,76 +488,6 @@ impl Backend for Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
-
-    /// cuBLAS SGEMM semantics on the host (column-major, op = transpose or not).
-    #[allow(clippy::too_many_arguments)]
-    fn sgemm_colmajor(
-        ta: bool,
-        tb: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        ldb: usize,
-        c: &mut [f32],
-        ldc: usize,
-        beta: f32,
-    ) {
-        for j in 0..n {
-            for i in 0..m {
-                let mut s = 0.0f64;
-                for l in 0..k {
-                    let av = if ta { a[l + i * lda] } else { a[i + l * lda] };
-                    let bv = if tb { b[j + l * ldb] } else { b[l + j * ldb] };
-                    s += av as f64 * bv as f64;
-                }
-                c[i + j * ldc] = beta * c[i + j * ldc] + s as f32;
-            }
-        }
-    }
-
-    /// The plans, run through an emulated column-major SGEMM, equal the CPU's row-major products.
-    #[test]
-    fn gemm_plans_reproduce_the_row_major_products() {
-        let (m, n, k) = (5, 7, 3);
-        let mut rng = crate::rng::Rng::new(3);
-        let mut rand = |len: usize| (0..len).map(|_| rng.uniform() as f32 - 0.5).collect::<Vec<f32>>();
-        for kind in [GemmKind::Nt, GemmKind::Nn, GemmKind::Tn] {
-            for acc in [false, true] {
-                let (a, b, c0) = (rand(m * k), rand(n * k), rand(m * n));
-                let mut want = c0.clone();
-                match kind {
-                    GemmKind::Nt => matmul_nt(&mut want, &a, &b, m, n, k, acc),
-                    GemmKind::Nn => matmul_nn(&mut want, &a, &b, m, n, k, acc),
-                    GemmKind::Tn => matmul_tn(&mut want, &a, &b, m, n, k, acc),
-                }
-                let p = gemm_plan(kind, m, n, k);
-                let mut got = c0.clone();
-                let beta = if acc { 1.0 } else { 0.0 };
-                sgemm_colmajor(
-                    p.trans_first,
-                    p.trans_second,
-                    n,
-                    m,
-                    k,
-                    &b,
-                    p.ld_first,
-                    &a,
-                    p.ld_second,
-                    &mut got,
-                    n,
-                    beta,
-                );
-                let err = want.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-                assert!(err < 1e-5, "{kind:?} acc {acc}: max error {err}");
-            }
-        }
-    }
-
     /// Every kernel file declares the entries the backend launches.
     #[test]
     fn launched_entries_exist_in_the_sources() {

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod decode;
 pub mod device;
+pub mod gemm;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
