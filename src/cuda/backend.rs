@@ -33,7 +33,8 @@ pub struct GpuRope {
 /// Logit elements per LM-head chunk on the device (1 GiB of f32).
 const HEAD_CHUNK_ELEMS: usize = 1 << 28;
 
-fn int(x: usize, what: &str) -> Result<i32> {
+/// `x` as a kernel/cuBLAS `int`, or an error naming the quantity.
+pub(crate) fn int(x: usize, what: &str) -> Result<i32> {
     i32::try_from(x).map_err(|_| Error::Invalid(format!("{what} = {x} exceeds the CUDA kernels' int range")))
 }
 

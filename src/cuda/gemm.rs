@@ -1,14 +1,11 @@
 //! cuBLAS SGEMM for the row-major products of the model.
 
+use crate::cuda::backend::int;
 use crate::cuda::device::{drv, Gpu};
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaView, CudaViewMut};
-
-fn int(x: usize, what: &str) -> Result<i32> {
-    i32::try_from(x).map_err(|_| Error::Invalid(format!("{what} = {x} exceeds cuBLAS's int range")))
-}
 
 /// A row-major product as one column-major cuBLAS call: C[m, n] (+)= op(A)·op(B) is computed
 /// as Cᵀ[n, m] = op'(B)·op'(A), since a row-major matrix read column-major is its transpose.
