@@ -419,3 +419,49 @@ fn supervised_training_on_the_gpu_matches_the_cpu() {
     println!("losses cpu {:?} gpu {:?}", cpu_run.losses, gpu_run.losses);
     close("SFT weights after 3 steps", &gpu_run.final_params, &cpu_run.final_params, 1e-4);
 }
+
+/// FCI on the GPU (cuda/attn_stats.cu) equals the CPU statistics pass: per-step values within
+/// f32 summation noise, and the same maximising head except where the GPU's value equals the CPU's
+/// maximum to 1e-5 (another head tied within the GPU's f32 atomics).
+#[test]
+fn fci_on_the_gpu_matches_the_cpu_statistics_pass() {
+    use arbor::attention::stats::{attention_stats, SeqSteps, StatsConfig};
+    let Some(g) = gpu() else { return };
+    let mut cfg = tiny_config(Arch::Qwen2, false);
+    cfg.head_dim = 8;
+    cfg.max_position_embeddings = 256;
+    cfg.vocab_size = 64;
+    let model = Model::new(cfg.clone(), init_params(&cfg, 21, 0.5)).unwrap();
+    let mut rng = Rng::new(6);
+    let mut b = Batch::new();
+    let mut steps = Vec::new();
+    for &(len, prompt) in &[(150usize, 20usize), (90, 7), (33, 33), (200, 64)] {
+        let toks: Vec<u32> = (0..len).map(|_| (rng.next_u64() % 64) as u32).collect();
+        b.push(&toks, &toks).unwrap();
+        let mut bounds = vec![0, prompt];
+        while *bounds.last().unwrap() < len {
+            let next = bounds.last().unwrap() + 1 + (rng.next_u64() % 12) as usize;
+            bounds.push(next.min(len));
+        }
+        steps.push(SeqSteps { bounds, response_start: prompt, end_of_thinking: None });
+    }
+    steps[1].end_of_thinking = Some(4);
+    let scfg = StatsConfig { rhythm: false, ..StatsConfig::default() };
+    let mut ws = arbor::model::Workspace::new(&cfg, b.len());
+    model.forward(&b, &mut ws).unwrap();
+    let cpu = attention_stats(&model, &b, &ws, &steps, &scfg).unwrap();
+    let mut gm = GpuModel::new(std::sync::Arc::new(g), &model).unwrap();
+    let gpu_fci = arbor::cuda::stats::fci(&mut gm, &model, &b, &steps, &scfg).unwrap();
+    let mut compared = 0;
+    for (s, (c, (y, arg))) in cpu.iter().zip(&gpu_fci).enumerate() {
+        close(&format!("FCI sequence {s}"), y, &c.fci, 1e-4);
+        for k in 0..y.len() {
+            if arg[k] != c.fci_argmax[k] {
+                // another head may win only if it reaches the CPU's maximum within f32 noise
+                assert!(c.fci[k] > 0.0 && (y[k] - c.fci[k]).abs() <= 1e-5 * c.fci[k].max(1.0), "sequence {s} step {k}");
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared > 20, "too few steps compared ({compared})");
+}

@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
+pub mod stats;
 
 pub use backend::{GpuBatch, GpuRope};
 pub use decode::{GpuDecoder, GpuKvCache};

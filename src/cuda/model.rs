@@ -19,7 +19,7 @@ pub struct GpuModel {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
     rope: GpuRope,
-    ws: Workspace<Gpu>,
+    pub(crate) ws: Workspace<Gpu>,
 }
 
 impl GpuModel {

@@ -21,7 +21,7 @@
 //! - Ā^loc / Ā^glob = mean of P over the local / global heads of `select_heads`, chosen per
 //!   sequence from its own look-back among the (rhythm layer, head) pairs.
 
-mod pass;
+pub(crate) mod pass;
 
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
@@ -197,7 +197,7 @@ pub fn combine_rhythm(
 }
 
 /// Resolve a layer list (empty = `default`), rejecting indices ≥ L and repeats.
-fn resolve_layers(list: &[usize], default: Vec<usize>, num_layers: usize, key: &str) -> Result<Vec<usize>> {
+pub(crate) fn resolve_layers(list: &[usize], default: Vec<usize>, num_layers: usize, key: &str) -> Result<Vec<usize>> {
     let layers = if list.is_empty() { default } else { list.to_vec() };
     for (i, &l) in layers.iter().enumerate() {
         if l >= num_layers {
@@ -211,7 +211,7 @@ fn resolve_layers(list: &[usize], default: Vec<usize>, num_layers: usize, key: &
 }
 
 /// Check one sequence's steps and build its plan.
-fn plan_seq<'a>(idx: usize, start: usize, len: usize, st: &'a SeqSteps, fci: bool) -> Result<SeqPlan<'a>> {
+pub(crate) fn plan_seq<'a>(idx: usize, start: usize, len: usize, st: &'a SeqSteps, fci: bool) -> Result<SeqPlan<'a>> {
     let bad = |msg: String| Err(Error::Invalid(format!("attention stats: sequence {idx}: {msg}")));
     let r = st.response_start;
     if r > len {

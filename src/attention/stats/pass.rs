@@ -12,7 +12,7 @@ use crate::tensor::cpu::simd::{self, simd_kernel};
 pub(super) const TILE_COLS: usize = 256;
 
 /// One sequence as the kernel sees it (token indices are local to the sequence).
-pub(super) struct SeqPlan<'a> {
+pub(crate) struct SeqPlan<'a> {
     /// First token of the sequence in the packed batch; its length n.
     pub start: usize,
     pub len: usize,
