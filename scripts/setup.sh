@@ -67,10 +67,20 @@ fi
 # pip wheel in a git-ignored venv; scripts/test.sh puts its lib directory on LD_LIBRARY_PATH.
 # Best effort: without it the compile check prints why it skipped.
 nvrtc_lib() { ls -d .venv-nvrtc/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib 2>/dev/null | head -1; }
+install_nvrtc() {
+    rm -rf .venv-nvrtc
+    python3 -m venv .venv-nvrtc >/dev/null 2>&1 &&
+        .venv-nvrtc/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvrtc-cu12
+}
 if [ -z "$(nvrtc_lib)" ]; then
     echo "setup: pip install nvidia-cuda-nvrtc-cu12 (into .venv-nvrtc)"
-    (python3 -m venv .venv-nvrtc && .venv-nvrtc/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvrtc-cu12) ||
-        echo "setup: warning: could not install NVRTC; the CUDA compile check will be skipped" >&2
+    if ! install_nvrtc; then
+        # Debian's python3 needs python3-venv for `python3 -m venv`
+        if [ "$(python3 -c 'import sys; print(sys.prefix)')" = /usr ] && [ "$(id -u)" = 0 ]; then
+            apt_install python3-venv
+        fi
+        install_nvrtc || echo "setup: warning: could not install NVRTC; the CUDA compile check will be skipped" >&2
+    fi
 fi
 echo "setup: $(cargo --version), $(cc --version | head -1), HDF5 $(pkg-config --modversion hdf5 2>/dev/null || echo '?')," \
     "h5py $(python3 -c 'import h5py; print(h5py.__version__)')", NVRTC "$(nvrtc_lib || true)"
