@@ -65,7 +65,8 @@ impl Backend for Gpu {
         self.describe()
     }
     fn empty(&self) -> Result<CudaSlice<f32>> {
-        self.stream.null().map_err(drv("alloc"))
+        // one element: the stream-ordered allocator is never asked for zero bytes
+        self.stream.alloc_zeros(1).map_err(drv("alloc"))
     }
     fn len(buf: &CudaSlice<f32>) -> usize {
         buf.len()
@@ -77,7 +78,7 @@ impl Backend for Gpu {
         Ok(())
     }
     fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
-        self.stream.clone_htod(data).map_err(drv("upload"))
+        self.htod(data)
     }
     fn download(&self, buf: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
         if out.len() > buf.len() {
@@ -99,13 +100,13 @@ impl Backend for Gpu {
         x.slice_mut(r)
     }
     fn batch(&self, batch: &Batch) -> Result<GpuBatch> {
-        let up = |x: &[u32]| self.stream.clone_htod(x).map_err(drv("upload"));
+        let up = |x: &[u32]| self.htod(x);
         let starts = batch.seq_starts.iter().map(|&s| int(s, "token index")).collect::<Result<Vec<i32>>>()?;
         Ok(GpuBatch {
             tokens: up(&batch.tokens)?,
             targets: up(&batch.targets)?,
             positions: up(&batch.positions)?,
-            cu_seqlens: self.stream.clone_htod(&starts).map_err(drv("upload"))?,
+            cu_seqlens: self.htod(&starts)?,
             n_seq: batch.num_seqs(),
             max_len: batch.max_seq_len(),
         })

@@ -82,8 +82,8 @@ impl<'g> GpuDecoder<'g> {
         let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
         let lens: Vec<i32> = host.positions.iter().map(|&p| p as i32 + 1).collect();
         let s = &self.gpu.stream;
-        let slot_dev = s.clone_htod(&slot_ids).map_err(drv("upload"))?;
-        let lens_dev = s.clone_htod(&lens).map_err(drv("upload"))?;
+        let slot_dev = self.gpu.htod(&slot_ids)?;
+        let lens_dev = self.gpu.htod(&lens)?;
 
         let (g, p, lay) = (self.gpu, &self.params, &model.params.layout);
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);

@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -185,6 +185,15 @@ impl Gpu {
         // pointers into live buffers of this context large enough for the shapes it passes.
         unsafe { b.launch(cfg) }.map_err(|e| Error::Invalid(format!("CUDA launch {module}/{entry}: {e:?}")))?;
         Ok(())
+    }
+
+    /// A device copy of `data` (one zero element when `data` is empty: the driver's stream-ordered
+    /// allocator is never asked for zero bytes).
+    pub(crate) fn htod<T: DeviceRepr + ValidAsZeroBits>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        if data.is_empty() {
+            return self.stream.alloc_zeros(1).map_err(drv("alloc"));
+        }
+        self.stream.clone_htod(data).map_err(drv("upload"))
     }
 
     /// Device address of a view (for kernel arguments).

@@ -64,7 +64,7 @@ pub fn fci(
     }
     let gpu = gm.gpu();
     let s = &gpu.stream;
-    let up_i = |x: &[i32]| s.clone_htod(if x.is_empty() { &[0][..] } else { x }).map_err(drv("upload"));
+    let up_i = |x: &[i32]| gpu.htod(x);
     let (seq_info_d, tok_step_d, bounds_d, bounds_off_d) =
         (up_i(&seq_info)?, up_i(&tok_step)?, up_i(&bounds)?, up_i(&bounds_off)?);
     let step_inv_d = gpu.upload(&step_inv)?;
