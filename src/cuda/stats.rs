@@ -4,6 +4,7 @@
 //! layers and heads with a packed (value, head) atomic maximum. The result has the CPU's meaning
 //! and layout (`attention::stats::SeqStats::fci` and `fci_argmax`); tests/cuda.rs compares them.
 
+use crate::attention::stats::pass::SeqPlan;
 use crate::attention::stats::{plan_seq, resolve_layers, HeadId, SeqSteps, StatsConfig};
 use crate::cuda::backend::int;
 use crate::cuda::device::{drv, Arg};
@@ -38,30 +39,10 @@ pub fn fci(
         .collect::<Result<Vec<_>>>()?;
     gm.forward(model, batch)?;
 
-    // host tables: seq_info, per-token step and 1/|step|, step bounds
     let n = batch.len();
-    let (mut seq_info, mut tok_step, mut step_inv) = (Vec::new(), vec![-1i32; n], vec![0.0f32; n]);
-    let (mut bounds, mut bounds_off) = (Vec::new(), vec![0i32]);
-    for p in &plans {
-        let s_n = p.num_steps();
-        let (kmax, key_lo, row_lo) = if s_n > 0 {
-            let row_lo = if 2 + cfg.delta < p.bounds.len() { p.bounds[2 + cfg.delta] } else { p.len };
-            (p.kmax as i32, p.bounds.get(2).copied().unwrap_or(p.len), row_lo)
-        } else {
-            (-1, p.len, p.len)
-        };
-        seq_info.extend([int(p.resp, "response start")?, kmax, int(key_lo, "token")?, int(row_lo, "token")?]);
-        for k in 0..s_n {
-            for t in p.bounds[k]..p.bounds[k + 1] {
-                tok_step[p.start + t] = k as i32;
-                step_inv[p.start + t] = p.inv_len[k] as f32;
-            }
-        }
-        for &b in p.bounds {
-            bounds.push(int(b, "step bound")?);
-        }
-        bounds_off.push(bounds.len() as i32);
-    }
+    let t = FciTables::new(&plans, n, cfg.delta)?;
+    let (seq_info, tok_step, step_inv, bounds, bounds_off) =
+        (&t.seq_info, &t.tok_step, &t.step_inv, &t.bounds, &t.bounds_off);
     let gpu = gm.gpu();
     let s = &gpu.stream;
     let up_i = |x: &[i32]| gpu.htod(x);
@@ -131,21 +112,202 @@ pub fn fci(
     let mut keys = vec![0u64; total];
     s.memcpy_dtoh(&best, &mut keys[..]).map_err(drv("download"))?;
     gpu.sync()?;
-    let mut out = Vec::with_capacity(n_seq);
-    for (i, p) in plans.iter().enumerate() {
-        let s_n = p.num_steps();
-        let off = bounds_off[i] as usize;
-        let (mut y, mut arg) = (vec![0.0f32; s_n], vec![None; s_n]);
-        for k in 0..s_n {
-            let key = keys[off + k];
-            let v = f32::from_bits((key >> 32) as u32);
-            if v > 0.0 {
-                let id = 0xffff_ffffu64 - (key & 0xffff_ffff);
-                y[k] = v;
-                arg[k] = Some(HeadId { layer: id as usize / h_n, head: id as usize % h_n });
+    Ok(decode_keys(&keys, &t.bounds_off, h_n))
+}
+
+/// The host tables of the statistics kernels (cuda/attn_stats.cu "Per-sequence description").
+pub struct FciTables {
+    /// [n_seq, 4] (r, kmax or −1, fci_key_lo, fci_row_lo).
+    pub seq_info: Vec<i32>,
+    /// [N] local step of each token (−1 without FCI) and 1/|its step| (0 without).
+    pub tok_step: Vec<i32>,
+    pub step_inv: Vec<f32>,
+    /// Concatenated step bounds and their offsets ([n_seq + 1]).
+    pub bounds: Vec<i32>,
+    pub bounds_off: Vec<i32>,
+}
+
+impl FciTables {
+    /// Tables for checked sequence plans over `n` packed tokens.
+    pub(crate) fn new(plans: &[SeqPlan<'_>], n: usize, delta: usize) -> Result<FciTables> {
+        let mut t = FciTables {
+            seq_info: Vec::new(),
+            tok_step: vec![-1; n],
+            step_inv: vec![0.0; n],
+            bounds: Vec::new(),
+            bounds_off: vec![0],
+        };
+        for p in plans {
+            let s_n = p.num_steps();
+            let (kmax, key_lo, row_lo) = if s_n > 0 {
+                let row_lo = if 2 + delta < p.bounds.len() { p.bounds[2 + delta] } else { p.len };
+                (p.kmax as i32, p.bounds.get(2).copied().unwrap_or(p.len), row_lo)
+            } else {
+                (-1, p.len, p.len)
+            };
+            t.seq_info.extend([int(p.resp, "response start")?, kmax, int(key_lo, "token")?, int(row_lo, "token")?]);
+            for k in 0..s_n {
+                for tok in p.bounds[k]..p.bounds[k + 1] {
+                    t.tok_step[p.start + tok] = k as i32;
+                    t.step_inv[p.start + tok] = p.inv_len[k] as f32;
+                }
+            }
+            for &b in p.bounds {
+                t.bounds.push(int(b, "step bound")?);
+            }
+            t.bounds_off.push(t.bounds.len() as i32);
+        }
+        Ok(t)
+    }
+}
+
+/// The packed maximum of `attn_stats_fci_reduce`: value bits high, 0xffffffff − head id low.
+pub fn fci_key(y: f32, layer: usize, head: usize, num_heads: usize) -> u64 {
+    ((y.to_bits() as u64) << 32) | (0xffff_ffffu64 - (layer * num_heads + head) as u64)
+}
+
+/// Per sequence (y_k, argmax head) from the reduced keys.
+pub fn decode_keys(keys: &[u64], bounds_off: &[i32], num_heads: usize) -> FciResult {
+    bounds_off
+        .windows(2)
+        .map(|w| {
+            // S + 1 bounds per sequence with steps, none without
+            let s_n = ((w[1] - w[0]) as usize).saturating_sub(1);
+            let (mut y, mut arg) = (vec![0.0f32; s_n], vec![None; s_n]);
+            for k in 0..s_n {
+                let key = keys[w[0] as usize + k];
+                let v = f32::from_bits((key >> 32) as u32);
+                if v > 0.0 {
+                    let id = (0xffff_ffffu64 - (key & 0xffff_ffff)) as usize;
+                    y[k] = v;
+                    arg[k] = Some(HeadId { layer: id / num_heads, head: id % num_heads });
+                }
+            }
+            (y, arg)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::stats::attention_stats;
+    use crate::model::{init::init_params, Arch, ModelConfig, Workspace};
+    use crate::rng::Rng;
+
+    /// The host side of the GPU FCI (tables, packed maximum, decoding) driven by a host emulation
+    /// of the two kernels' documented contracts reproduces the CPU statistics pass.
+    #[test]
+    fn host_tables_and_key_decoding_reproduce_the_cpu_fci() {
+        let cfg = ModelConfig {
+            arch: Arch::Qwen2,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            vocab_size: 50,
+            max_position_embeddings: 128,
+            tie_word_embeddings: false,
+            qkv_bias: true,
+            bos_token_id: None,
+            eos_token_id: None,
+        };
+        let model = Model::new(cfg.clone(), init_params(&cfg, 3, 0.8)).unwrap();
+        let mut rng = Rng::new(9);
+        let mut batch = Batch::new();
+        let mut steps = Vec::new();
+        for &(len, prompt) in &[(60usize, 9usize), (0, 0), (25, 25), (80, 30)] {
+            let toks: Vec<u32> = (0..len).map(|_| rng.below(50) as u32).collect();
+            batch.push(&toks, &toks).unwrap();
+            let mut bounds = vec![0, prompt];
+            while *bounds.last().unwrap() < len {
+                let next = bounds.last().unwrap() + 1 + rng.below(7) as usize;
+                bounds.push(next.min(len));
+            }
+            if len == 0 {
+                bounds.clear();
+            }
+            steps.push(SeqSteps { bounds, response_start: prompt, end_of_thinking: None });
+        }
+        steps[3].end_of_thinking = Some(6);
+        let scfg = StatsConfig { rhythm: false, fci_layers: vec![2, 0], ..StatsConfig::default() };
+        let mut ws = Workspace::new(&cfg, batch.len());
+        model.forward(&batch, &mut ws).unwrap();
+        let want = attention_stats(&model, &batch, &ws, &steps, &scfg).unwrap();
+
+        let (n, h_n, d) = (batch.len(), cfg.num_heads, cfg.head_dim);
+        let group = h_n / cfg.num_kv_heads;
+        let starts = &batch.seq_starts;
+        let plans: Vec<_> = (0..batch.num_seqs())
+            .map(|s| plan_seq(s, starts[s], starts[s + 1] - starts[s], &steps[s], true).unwrap())
+            .collect();
+        let t = FciTables::new(&plans, n, scfg.delta).unwrap();
+        let qkv_w = cfg.qkv_dim();
+        let mut keys = vec![0u64; t.bounds.len().max(1)];
+        for layer in [2usize, 0] {
+            let (qkv, lse) = (&ws.layers[layer].qkv, &ws.layers[layer].lse);
+            // kernel 1 (attn_stats, FCI part), as its header states it
+            let mut fci_col = vec![0.0f64; h_n * n];
+            for (i, w) in starts.windows(2).enumerate() {
+                let (st, len) = (w[0], w[1] - w[0]);
+                let (kmax, key_lo, row_lo) = (t.seq_info[4 * i + 1], t.seq_info[4 * i + 2], t.seq_info[4 * i + 3]);
+                if kmax < 2 {
+                    continue;
+                }
+                for h in 0..h_n {
+                    let g = h / group;
+                    for row in row_lo as usize..len {
+                        let tt = st + row;
+                        let j = t.tok_step[tt];
+                        for key in key_lo as usize..=row {
+                            let ss = st + key;
+                            let k = t.tok_step[ss];
+                            if k < 2 || k > kmax || j < k + scfg.delta as i32 {
+                                continue;
+                            }
+                            let q = &qkv[tt * qkv_w + h * d..tt * qkv_w + (h + 1) * d];
+                            let kk = &qkv[ss * qkv_w + (h_n + g) * d..ss * qkv_w + (h_n + g + 1) * d];
+                            let dot: f64 = q.iter().zip(kk).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let p = (dot / (d as f64).sqrt() - lse[tt * h_n + h] as f64).exp();
+                            fci_col[h * n + ss] += p * t.step_inv[tt] as f64;
+                        }
+                    }
+                }
+            }
+            // kernel 2 (attn_stats_fci_reduce)
+            for (i, w) in starts.windows(2).enumerate() {
+                let (st, off) = (w[0], t.bounds_off[i] as usize);
+                let s_n = (t.bounds_off[i + 1] - t.bounds_off[i]) as usize;
+                let kmax = t.seq_info[4 * i + 1];
+                for h in 0..h_n {
+                    for k in 2..s_n.saturating_sub(1).min(kmax.max(0) as usize + 1) {
+                        let (b0, b1) = (t.bounds[off + k] as usize, t.bounds[off + k + 1] as usize);
+                        let y = (b0..b1).map(|s| fci_col[h * n + st + s]).sum::<f64>() / (b1 - b0) as f64;
+                        let key = fci_key(y as f32, layer, h, h_n);
+                        keys[off + k] = keys[off + k].max(key);
+                    }
+                }
             }
         }
-        out.push((y, arg));
+        let got = decode_keys(&keys, &t.bounds_off, h_n);
+        let mut compared = 0;
+        for (s, (w, (y, arg))) in want.iter().zip(&got).enumerate() {
+            assert_eq!(w.fci.len(), y.len(), "sequence {s}: step count");
+            for k in 0..y.len() {
+                assert!(
+                    (w.fci[k] - y[k]).abs() <= 1e-5 * w.fci[k].max(1e-3),
+                    "seq {s} step {k}: {} vs {}",
+                    w.fci[k],
+                    y[k]
+                );
+                assert_eq!(w.fci_argmax[k], arg[k], "seq {s} step {k}");
+                compared += (y[k] > 0.0) as usize;
+            }
+        }
+        assert!(compared > 10, "only {compared} non-zero steps compared");
     }
-    Ok(out)
 }
