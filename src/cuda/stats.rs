@@ -41,15 +41,13 @@ pub fn fci(
 
     let n = batch.len();
     let t = FciTables::new(&plans, n, cfg.delta)?;
-    let (seq_info, tok_step, step_inv, bounds, bounds_off) =
-        (&t.seq_info, &t.tok_step, &t.step_inv, &t.bounds, &t.bounds_off);
     let gpu = gm.gpu();
     let s = &gpu.stream;
     let up_i = |x: &[i32]| gpu.htod(x);
     let (seq_info_d, tok_step_d, bounds_d, bounds_off_d) =
-        (up_i(&seq_info)?, up_i(&tok_step)?, up_i(&bounds)?, up_i(&bounds_off)?);
-    let step_inv_d = gpu.upload(&step_inv)?;
-    let total = bounds.len().max(1);
+        (up_i(&t.seq_info)?, up_i(&t.tok_step)?, up_i(&t.bounds)?, up_i(&t.bounds_off)?);
+    let step_inv_d = gpu.upload(&t.step_inv)?;
+    let total = t.bounds.len().max(1);
     let best = s.alloc_zeros::<u64>(total).map_err(drv("alloc"))?;
     let mut fci_col = s.alloc_zeros::<f32>((h_n * n).max(1)).map_err(drv("alloc"))?;
     let dev = gpu.batch(batch)?;
