@@ -23,7 +23,9 @@ if [ "${1:-}" = "--build" ]; then
     cp target/release/arbor "$dest/arbor"
     test_bin="$(grep -o 'target/release/deps/cuda-[0-9a-f]*' /tmp/gpu-build.log | tail -1)"
     cp "$test_bin" "$dest/cuda-tests"
-    echo "gpu-check: binaries in $dest/ (arbor, cuda-tests)"
+    # without debug info both fit the device tool's 64 MiB carry limit
+    strip "$dest/arbor" "$dest/cuda-tests" 2>/dev/null || true
+    echo "gpu-check: binaries in $dest/ (arbor, cuda-tests): $(du -sh "$dest" | cut -f1)"
     exit 0
 fi
 
@@ -40,6 +42,10 @@ PY
 if [ -n "$pylibs" ]; then
     export LD_LIBRARY_PATH="$pylibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# and the toolkit's own, when installed
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+done
 # NCCL ships libnccl.so.2 only; cudarc looks for libnccl.so
 ncclso="$(ls ${pylibs//:/\/libnccl.so.2 }/libnccl.so.2 2>/dev/null | head -1 || true)"
 if [ -n "$ncclso" ]; then
