@@ -44,7 +44,7 @@ if [ -n "$pylibs" ]; then
 fi
 # and the toolkit's own, when installed
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+    if [ -d "$d" ]; then export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"; fi
 done
 # NCCL ships libnccl.so.2 only; cudarc looks for libnccl.so
 ncclso="$(ls ${pylibs//:/\/libnccl.so.2 }/libnccl.so.2 2>/dev/null | head -1 || true)"
