@@ -420,14 +420,15 @@ fn supervised_training_on_the_gpu_matches_the_cpu() {
     close("SFT weights after 3 steps", &gpu_run.final_params, &cpu_run.final_params, 1e-4);
 }
 
-/// FCI on the GPU (cuda/attn_stats.cu) equals the CPU statistics pass: per-step values within
-/// f32 summation noise, and the same maximising head except where the GPU's value equals the CPU's
-/// maximum to 1e-5 (another head tied within the GPU's f32 atomics).
+/// The statistics pass on the GPU (cuda/attn_stats.cu) equals the CPU's: FCI per step within
+/// f32 summation noise with the same maximising head (another head only where it reaches the CPU's
+/// maximum to 1e-5, a tie within the GPU's f32 atomics), look-back, head groups, WAAD and FAI.
 #[test]
-fn fci_on_the_gpu_matches_the_cpu_statistics_pass() {
+fn attention_statistics_on_the_gpu_match_the_cpu_pass() {
     use arbor::attention::stats::{attention_stats, SeqSteps, StatsConfig};
     let Some(g) = gpu() else { return };
     let mut cfg = tiny_config(Arch::Qwen2, false);
+    cfg.num_layers = 6;
     cfg.head_dim = 8;
     cfg.max_position_embeddings = 256;
     cfg.vocab_size = 64;
@@ -446,22 +447,26 @@ fn fci_on_the_gpu_matches_the_cpu_statistics_pass() {
         steps.push(SeqSteps { bounds, response_start: prompt, end_of_thinking: None });
     }
     steps[1].end_of_thinking = Some(4);
-    let scfg = StatsConfig { rhythm: false, ..StatsConfig::default() };
+    let scfg = StatsConfig { h_lo: 3, h_hi: 40, keep_head_partials: true, ..StatsConfig::default() };
     let mut ws = arbor::model::Workspace::new(&cfg, b.len());
     model.forward(&b, &mut ws).unwrap();
     let cpu = attention_stats(&model, &b, &ws, &steps, &scfg).unwrap();
     let mut gm = GpuModel::new(std::sync::Arc::new(g), &model).unwrap();
-    let gpu_fci = arbor::cuda::stats::fci(&mut gm, &model, &b, &steps, &scfg).unwrap();
+    let gpu_stats = arbor::cuda::stats::attention_stats(&mut gm, &model, &b, &steps, &scfg).unwrap();
     let mut compared = 0;
-    for (s, (c, (y, arg))) in cpu.iter().zip(&gpu_fci).enumerate() {
-        close(&format!("FCI sequence {s}"), y, &c.fci, 1e-4);
-        for k in 0..y.len() {
-            if arg[k] != c.fci_argmax[k] {
-                // another head may win only if it reaches the CPU's maximum within f32 noise
-                assert!(c.fci[k] > 0.0 && (y[k] - c.fci[k]).abs() <= 1e-5 * c.fci[k].max(1.0), "sequence {s} step {k}");
+    for (s, (c, o)) in cpu.iter().zip(&gpu_stats).enumerate() {
+        close(&format!("FCI sequence {s}"), &o.fci, &c.fci, 1e-4);
+        for k in 0..o.fci.len() {
+            if o.fci_argmax[k] != c.fci_argmax[k] {
+                assert!((o.fci[k] - c.fci[k]).abs() <= 1e-5 * c.fci[k].max(1.0), "sequence {s} step {k}");
             }
             compared += 1;
         }
+        close(&format!("look-back sequence {s}"), &o.lookback, &c.lookback, 1e-4);
+        assert_eq!(o.heads, c.heads, "sequence {s}: head groups");
+        close(&format!("WAAD sequence {s}"), &o.waad, &c.waad, 1e-4);
+        close(&format!("FAI sequence {s}"), &o.fai, &c.fai, 1e-4);
+        close(&format!("per-head FAI sequence {s}"), &o.head_fai, &c.head_fai, 1e-4);
     }
     assert!(compared > 20, "too few steps compared ({compared})");
 }

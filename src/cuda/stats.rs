@@ -1,41 +1,61 @@
-//! Forward Context Influence on the GPU (cuda/attn_stats.cu): after a forward of the batch, each
-//! FCI layer's probabilities are recomputed tile by tile from its q|k rows and lse (never an N × N
-//! map), summed per key over later steps' rows, folded into per-step means and maximised over
-//! layers and heads with a packed (value, head) atomic maximum. The result has the CPU's meaning
-//! and layout (`attention::stats::SeqStats::fci` and `fci_argmax`); tests/cuda.rs compares them.
+//! The attention-statistics pass on the GPU (cuda/attn_stats.cu). After a forward of the batch,
+//! each layer with a role has its probabilities recomputed tile by tile from its q|k rows and lse
+//! (never an N × N map):
+//! - FCI layers: summed per key over later steps' rows, folded into per-step means and maximised
+//!   over layers and heads with a packed (value, head) atomic maximum;
+//! - rhythm layers: per-row look-back distance and WAAD, per-key FAI sums.
+//!
+//! Head selection and the local/global means of the rhythm statistics then run on the host with
+//! the CPU's own functions (O(heads × T)). The result is the CPU's `SeqStats`; tests/cuda.rs
+//! compares them.
 
 use crate::attention::stats::pass::SeqPlan;
-use crate::attention::stats::{plan_seq, resolve_layers, HeadId, SeqSteps, StatsConfig};
+use crate::attention::stats::{
+    combine_rhythm, default_rhythm_layers, fai_rows, plan_seq, resolve_layers, select_heads, HeadId, SeqStats,
+    SeqSteps, StatsConfig,
+};
 use crate::cuda::backend::int;
 use crate::cuda::device::{drv, Arg};
-use crate::cuda::GpuModel;
+use crate::cuda::{Gpu, GpuModel};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 use crate::tensor::Backend;
-use cudarc::driver::DevicePtr;
+use cudarc::driver::{CudaSlice, DevicePtr};
 
 /// Per sequence: y_k per step and the (layer, head) attaining it (empty without step bounds).
 pub type FciResult = Vec<(Vec<f32>, Vec<Option<HeadId>>)>;
 
-/// FCI of every sequence of `batch` (`steps[s]` describes sequence s; `cfg.fci_layers` and
-/// `cfg.delta` as on the CPU; the rhythm statistics are not computed here).
-pub fn fci(
+/// [`crate::attention::stats::attention_stats`] on the GPU: runs the forward of `batch` on `gm`,
+/// then the statistics of `cfg` (same layers, Δ, W, window and fractions as on the CPU).
+pub fn attention_stats(
     gm: &mut GpuModel,
     model: &Model,
     batch: &Batch,
     steps: &[SeqSteps],
     cfg: &StatsConfig,
-) -> Result<FciResult> {
+) -> Result<Vec<SeqStats>> {
     let mc = &model.cfg;
     let (l_n, h_n, kv_n, d) = (mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim);
     let n_seq = batch.num_seqs();
     if steps.len() != n_seq {
         return Err(Error::Invalid(format!("attention stats: {} step lists for {n_seq} sequences", steps.len())));
     }
-    let layers = resolve_layers(&cfg.fci_layers, (0..l_n).collect(), l_n, "fci_layers")?;
+    if cfg.h_lo > cfg.h_hi {
+        return Err(Error::Invalid(format!("attention stats: h_lo = {} exceeds h_hi = {}", cfg.h_lo, cfg.h_hi)));
+    }
+    if cfg.rhythm {
+        select_heads(&[], cfg.local_frac, cfg.global_frac)?;
+    }
+    let fci_layers =
+        if cfg.fci { resolve_layers(&cfg.fci_layers, (0..l_n).collect(), l_n, "fci_layers")? } else { vec![] };
+    let rhythm_layers = if cfg.rhythm {
+        resolve_layers(&cfg.rhythm_layers, default_rhythm_layers(l_n, 5), l_n, "rhythm_layers")?
+    } else {
+        vec![]
+    };
     let starts = &batch.seq_starts;
     let plans = (0..n_seq)
-        .map(|s| plan_seq(s, starts[s], starts[s + 1] - starts[s], &steps[s], true))
+        .map(|s| plan_seq(s, starts[s], starts[s + 1] - starts[s], &steps[s], cfg.fci))
         .collect::<Result<Vec<_>>>()?;
     gm.forward(model, batch)?;
 
@@ -49,9 +69,12 @@ pub fn fci(
     let step_inv_d = gpu.upload(&t.step_inv)?;
     let total = t.bounds.len().max(1);
     let best = s.alloc_zeros::<u64>(total).map_err(drv("alloc"))?;
-    let mut fci_col = s.alloc_zeros::<f32>((h_n * n).max(1)).map_err(drv("alloc"))?;
+    let hn = (h_n * n).max(1);
+    let zeros = || s.alloc_zeros::<f32>(hn).map_err(drv("alloc"));
+    let (mut fci_col, mut fai_col, dist_row, waad_row) = (zeros()?, zeros()?, zeros()?, zeros()?);
     let dev = gpu.batch(batch)?;
-    let ptr_i = |x: &cudarc::driver::CudaSlice<i32>| x.device_ptr(s).0;
+    let ptr_i = |x: &CudaSlice<i32>| x.device_ptr(s).0;
+    let ptr_f = |x: &CudaSlice<f32>| x.device_ptr(s).0;
     let dm = match d {
         1..=32 => 32u32,
         33..=64 => 64,
@@ -61,12 +84,23 @@ pub fn fci(
     let qkv_w = mc.qkv_dim();
     let stride = int(qkv_w, "qkv stride")?;
     let max_len = batch.max_seq_len();
-    let col = fci_col.device_ptr(s).0;
-    for &layer in &layers {
+    // per rhythm layer: dist, waad (rows) and fai (columns), [H, N] each, on the host
+    let mut rhythm_rows: Vec<[Vec<f32>; 3]> = Vec::new();
+    for layer in 0..l_n {
+        let (do_fci, do_rhythm) = (fci_layers.contains(&layer), rhythm_layers.contains(&layer));
+        if !(do_fci || do_rhythm) {
+            continue;
+        }
         let a = &gm.ws.layers[layer];
-        let q = gpu.pr(&crate::cuda::Gpu::r(&a.qkv, 0..n * qkv_w));
-        let lse = gpu.pr(&crate::cuda::Gpu::r(&a.lse, 0..n * h_n));
-        s.memset_zeros(&mut fci_col).map_err(drv("memset"))?;
+        let q = gpu.pr(&Gpu::r(&a.qkv, 0..n * qkv_w));
+        let lse = gpu.pr(&Gpu::r(&a.lse, 0..n * h_n));
+        if do_fci {
+            s.memset_zeros(&mut fci_col).map_err(drv("memset"))?;
+        }
+        if do_rhythm {
+            s.memset_zeros(&mut fai_col).map_err(drv("memset"))?;
+        }
+        let on = |yes: bool, p: u64| if yes { p } else { 0 };
         let args = [
             Arg::P(q),
             Arg::I(stride),
@@ -85,32 +119,94 @@ pub fn fci(
             Arg::I(int(cfg.window, "window")?),
             Arg::I(int(cfg.h_lo, "h_lo")?),
             Arg::I(int(cfg.h_hi, "h_hi")?),
-            Arg::I(1),
-            Arg::I(0),
-            Arg::P(col),
-            Arg::P(0),
-            Arg::P(0),
-            Arg::P(0),
+            Arg::I(do_fci as i32),
+            Arg::I(do_rhythm as i32),
+            Arg::P(on(do_fci, ptr_f(&fci_col))),
+            Arg::P(on(do_rhythm, ptr_f(&fai_col))),
+            Arg::P(on(do_rhythm, ptr_f(&dist_row))),
+            Arg::P(on(do_rhythm, ptr_f(&waad_row))),
         ];
         let grid = (max_len.div_ceil(64) as u32, h_n as u32, n_seq as u32);
         gpu.launch("attn_stats", &format!("attn_stats_{dm}_f32"), grid, (256, 1, 1), 128 * (dm + 1) * 4, &args)?;
-        let args = [
-            Arg::P(best.device_ptr(s).0),
-            Arg::P(col),
-            Arg::I(n as i32),
-            Arg::P(dev.cu_seqlens.device_ptr(s).0),
-            Arg::P(ptr_i(&seq_info_d)),
-            Arg::P(ptr_i(&bounds_d)),
-            Arg::P(ptr_i(&bounds_off_d)),
-            Arg::I(h_n as i32),
-            Arg::I(layer as i32),
-        ];
-        gpu.launch("attn_stats", "attn_stats_fci_reduce", (n_seq as u32, h_n as u32, 1), (256, 1, 1), 0, &args)?;
+        if do_fci {
+            let args = [
+                Arg::P(best.device_ptr(s).0),
+                Arg::P(ptr_f(&fci_col)),
+                Arg::I(n as i32),
+                Arg::P(dev.cu_seqlens.device_ptr(s).0),
+                Arg::P(ptr_i(&seq_info_d)),
+                Arg::P(ptr_i(&bounds_d)),
+                Arg::P(ptr_i(&bounds_off_d)),
+                Arg::I(h_n as i32),
+                Arg::I(layer as i32),
+            ];
+            gpu.launch("attn_stats", "attn_stats_fci_reduce", (n_seq as u32, h_n as u32, 1), (256, 1, 1), 0, &args)?;
+        }
+        if do_rhythm {
+            let mut rows = [vec![0.0f32; h_n * n], vec![0.0f32; h_n * n], vec![0.0f32; h_n * n]];
+            for (host, dev_buf) in rows.iter_mut().zip([&dist_row, &waad_row, &fai_col]) {
+                gpu.download(dev_buf, host)?;
+            }
+            rhythm_rows.push(rows);
+        }
     }
     let mut keys = vec![0u64; total];
     s.memcpy_dtoh(&best, &mut keys[..]).map_err(drv("download"))?;
     gpu.sync()?;
-    Ok(decode_keys(&keys, &t.bounds_off, h_n))
+    // rhythm rows arrived in layer order; the CPU orders them as `rhythm_layers` lists them
+    let mut by_layer: Vec<usize> = rhythm_layers.clone();
+    by_layer.sort_unstable();
+    let ordered: Vec<&[Vec<f32>; 3]> =
+        rhythm_layers.iter().map(|l| &rhythm_rows[by_layer.iter().position(|x| x == l).unwrap_or(0)]).collect();
+    let fci = decode_keys(&keys, &t.bounds_off, h_n);
+    let mut out = Vec::with_capacity(n_seq);
+    for (p, (y, arg)) in plans.iter().zip(fci) {
+        let mut res = SeqStats::default();
+        if cfg.fci && p.num_steps() > 0 {
+            (res.fci, res.fci_argmax) = (y, arg);
+        }
+        if cfg.rhythm {
+            rhythm_of(&mut res, p, &ordered, h_n, n, cfg)?;
+        }
+        out.push(res);
+    }
+    Ok(out)
+}
+
+/// Look-back, head groups, WAAD and FAI of one sequence from the downloaded per-head rows
+/// (`rows[rl]` = [dist, waad, fai] of rhythm layer rl, each [H, N]), as the CPU reduces them.
+fn rhythm_of(
+    res: &mut SeqStats,
+    p: &SeqPlan<'_>,
+    rows: &[&[Vec<f32>; 3]],
+    h_n: usize,
+    n: usize,
+    cfg: &StatsConfig,
+) -> Result<()> {
+    let t_len = p.resp_len();
+    let heads = rows.len() * h_n;
+    let (mut lookback, mut waad, mut fai) =
+        (vec![0.0f32; heads], vec![0.0f32; heads * t_len], vec![0.0f32; heads * t_len]);
+    let inv_t = if t_len == 0 { 0.0 } else { 1.0 / t_len as f64 };
+    for (rl, &[dist, w, f]) in rows.iter().enumerate() {
+        for h in 0..h_n {
+            let flat = rl * h_n + h;
+            let base = h * n + p.start + p.resp;
+            lookback[flat] = (dist[base..base + t_len].iter().map(|&x| x as f64).sum::<f64>() * inv_t) as f32;
+            waad[flat * t_len..(flat + 1) * t_len].copy_from_slice(&w[base..base + t_len]);
+            for i in 0..t_len {
+                let c = fai_rows(i, t_len, cfg.h_lo, cfg.h_hi).map_or(0.0, |(a, b)| 1.0 / (b - a + 1) as f32);
+                fai[flat * t_len + i] = f[base + i] * c;
+            }
+        }
+    }
+    res.heads = select_heads(&lookback, cfg.local_frac, cfg.global_frac)?;
+    (res.waad, res.fai) = combine_rhythm(&waad, &fai, t_len, &res.heads)?;
+    res.lookback = lookback;
+    if cfg.keep_head_partials {
+        (res.head_waad, res.head_fai) = (waad, fai);
+    }
+    Ok(())
 }
 
 /// The host tables of the statistics kernels (cuda/attn_stats.cu "Per-sequence description").
