@@ -153,11 +153,7 @@ pub fn attention_stats(
     let mut keys = vec![0u64; total];
     s.memcpy_dtoh(&best, &mut keys[..]).map_err(drv("download"))?;
     gpu.sync()?;
-    // rhythm rows arrived in layer order; the CPU orders them as `rhythm_layers` lists them
-    let mut by_layer: Vec<usize> = rhythm_layers.clone();
-    by_layer.sort_unstable();
-    let ordered: Vec<&[Vec<f32>; 3]> =
-        rhythm_layers.iter().map(|l| &rhythm_rows[by_layer.iter().position(|x| x == l).unwrap_or(0)]).collect();
+    let ordered = in_list_order(&rhythm_layers, &rhythm_rows);
     let fci = decode_keys(&keys, &t.bounds_off, h_n);
     let mut out = Vec::with_capacity(n_seq);
     for (p, (y, arg)) in plans.iter().zip(fci) {
@@ -171,6 +167,14 @@ pub fn attention_stats(
         out.push(res);
     }
     Ok(out)
+}
+
+/// Rhythm rows computed in ascending layer order, reordered as `rhythm_layers` lists the layers
+/// (the CPU's order of look-back entries and per-head partials).
+fn in_list_order<'a>(rhythm_layers: &[usize], rows: &'a [[Vec<f32>; 3]]) -> Vec<&'a [Vec<f32>; 3]> {
+    let mut by_layer = rhythm_layers.to_vec();
+    by_layer.sort_unstable();
+    rhythm_layers.iter().filter_map(|l| by_layer.iter().position(|x| x == l).map(|i| &rows[i])).collect()
 }
 
 /// Look-back, head groups, WAAD and FAI of one sequence from the downloaded per-head rows
@@ -289,10 +293,11 @@ mod tests {
     use crate::model::{init::init_params, Arch, ModelConfig, Workspace};
     use crate::rng::Rng;
 
-    /// The host side of the GPU FCI (tables, packed maximum, decoding) driven by a host emulation
-    /// of the two kernels' documented contracts reproduces the CPU statistics pass.
+    /// The host side of the GPU statistics (FCI tables, packed maximum, key decoding; rhythm row
+    /// order, look-back, head groups, WAAD and FAI), driven by a host emulation of the kernels'
+    /// documented contracts, reproduces the CPU statistics pass.
     #[test]
-    fn host_tables_and_key_decoding_reproduce_the_cpu_fci() {
+    fn host_side_of_the_gpu_statistics_reproduces_the_cpu_pass() {
         let cfg = ModelConfig {
             arch: Arch::Qwen2,
             hidden_size: 32,
@@ -387,6 +392,64 @@ mod tests {
                 }
             }
         }
+        // pass 1, rhythm part, on rhythm layers listed out of order (computed in layer order)
+        let rhythm_layers = [2usize, 1];
+        let rcfg = StatsConfig {
+            fci: false,
+            rhythm_layers: rhythm_layers.to_vec(),
+            h_lo: 2,
+            h_hi: 9,
+            ..StatsConfig::default()
+        };
+        let rwant = attention_stats(&model, &batch, &ws, &steps, &rcfg).unwrap();
+        let mut rows_by_layer = Vec::new();
+        for layer in [1usize, 2] {
+            let (qkv, lse) = (&ws.layers[layer].qkv, &ws.layers[layer].lse);
+            let [mut dist, mut waad, mut fai] = [vec![0.0f32; h_n * n], vec![0.0f32; h_n * n], vec![0.0f32; h_n * n]];
+            for (i, w) in starts.windows(2).enumerate() {
+                let (st, len, r) = (w[0], w[1] - w[0], t.seq_info[4 * i] as usize);
+                for h in 0..h_n {
+                    let g = h / group;
+                    for row in 0..len {
+                        let tt = st + row;
+                        let (mut dsum, mut wsum) = (0.0f64, 0.0f64);
+                        for key in 0..=row {
+                            let ss = st + key;
+                            let q = &qkv[tt * qkv_w + h * d..tt * qkv_w + (h + 1) * d];
+                            let kk = &qkv[ss * qkv_w + (h_n + g) * d..ss * qkv_w + (h_n + g + 1) * d];
+                            let dot: f64 = q.iter().zip(kk).map(|(a, b)| *a as f64 * *b as f64).sum();
+                            let p = (dot / (d as f64).sqrt() - lse[tt * h_n + h] as f64).exp();
+                            dsum += p * (row - key) as f64;
+                            wsum += p * (row - key).min(rcfg.window) as f64;
+                            if key >= r && (rcfg.h_lo..=rcfg.h_hi).contains(&(row - key)) {
+                                fai[h * n + ss] += p as f32;
+                            }
+                        }
+                        if row >= r {
+                            dist[h * n + tt] = dsum as f32;
+                            waad[h * n + tt] = wsum as f32;
+                        }
+                    }
+                }
+            }
+            rows_by_layer.push([dist, waad, fai]);
+        }
+        let ordered = in_list_order(&rhythm_layers, &rows_by_layer);
+        for (s, p) in plans.iter().enumerate() {
+            let mut res = SeqStats::default();
+            rhythm_of(&mut res, p, &ordered, h_n, n, &rcfg).unwrap();
+            let w = &rwant[s];
+            assert_eq!(res.heads, w.heads, "sequence {s}: head groups");
+            for (what, a, b) in
+                [("look-back", &res.lookback, &w.lookback), ("WAAD", &res.waad, &w.waad), ("FAI", &res.fai, &w.fai)]
+            {
+                assert_eq!(a.len(), b.len(), "sequence {s} {what}");
+                for (x, y) in a.iter().zip(b.iter()) {
+                    assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "sequence {s} {what}: {x} vs {y}");
+                }
+            }
+        }
+
         let got = decode_keys(&keys, &t.bounds_off, h_n);
         let mut compared = 0;
         for (s, (w, (y, arg))) in want.iter().zip(&got).enumerate() {
