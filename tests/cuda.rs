@@ -470,3 +470,49 @@ fn attention_statistics_on_the_gpu_match_the_cpu_pass() {
     }
     assert!(compared > 20, "too few steps compared ({compared})");
 }
+
+/// cuBLAS GemmEx with bf16 operands and f32 accumulation, f32 or bf16 output, for the three
+/// row-major products, against the CPU's f32 product of the same bf16-rounded operands.
+#[test]
+fn bf16_gemms_with_f32_accumulation_match_the_cpu() {
+    use arbor::cuda::gemm::{GemmKind, OutType};
+    use cudarc::driver::DevicePtr;
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(8);
+    let (m, n, k) = (70, 52, 96);
+    let to_bf16 = |x: &[f32]| -> (Vec<u16>, Vec<f32>) {
+        let b: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        (b.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_f32()).collect())
+    };
+    for (kind, a_len, b_len) in
+        [(GemmKind::Nt, m * k, n * k), (GemmKind::Nn, m * k, k * n), (GemmKind::Tn, k * m, k * n)]
+    {
+        let (a_bits, a_f) = to_bf16(&rand(&mut rng, a_len));
+        let (b_bits, b_f) = to_bf16(&rand(&mut rng, b_len));
+        let c0 = rand(&mut rng, m * n);
+        for acc in [false, true] {
+            let mut want = c0.clone();
+            match kind {
+                GemmKind::Nt => Cpu.matmul_nt(&mut want, &a_f, &b_f, m, n, k, acc).unwrap(),
+                GemmKind::Nn => Cpu.matmul_nn(&mut want, &a_f, &b_f, m, n, k, acc).unwrap(),
+                GemmKind::Tn => Cpu.matmul_tn(&mut want, &a_f, &b_f, m, n, k, acc).unwrap(),
+            }
+            let ag = g.stream().clone_htod(&a_bits).unwrap();
+            let bg = g.stream().clone_htod(&b_bits).unwrap();
+            let cg = g.upload(&c0).unwrap();
+            let cp = cg.device_ptr(g.stream()).0;
+            g.gemm_bf16(cp, OutType::F32, &ag.as_view(), &bg.as_view(), kind, (m, n, k), m * n, acc).unwrap();
+            close(&format!("bf16 GEMM {kind:?} acc={acc} → f32"), &down(&g, &cg, m * n), &want, 1e-4);
+            if !acc {
+                let cb = g.stream().alloc_zeros::<u16>(m * n).unwrap();
+                let cbp = cb.device_ptr(g.stream()).0;
+                g.gemm_bf16(cbp, OutType::Bf16, &ag.as_view(), &bg.as_view(), kind, (m, n, k), m * n, false).unwrap();
+                let mut bits = vec![0u16; m * n];
+                g.stream().memcpy_dtoh(&cb, &mut bits[..]).unwrap();
+                g.stream().synchronize().unwrap();
+                let got: Vec<f32> = bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
+                close(&format!("bf16 GEMM {kind:?} → bf16"), &got, &want, 1e-2);
+            }
+        }
+    }
+}

@@ -107,6 +107,11 @@ impl Gpu {
         format!("cuda:{} ({}, {})", self.ordinal, self.name, self.arch)
     }
 
+    /// The stream every operation of this device runs on (for callers managing their own buffers).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// Streaming multiprocessors.
     pub fn sms(&self) -> u32 {
         self.sms

@@ -86,6 +86,75 @@ impl Gpu {
     }
 }
 
+/// Storage type of a mixed-precision GEMM output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutType {
+    F32,
+    Bf16,
+}
+
+impl Gpu {
+    /// Mixed precision: C (+)= op(A)·op(B) with A and B in bf16 (as u16 bit patterns), f32
+    /// accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F) and C in f32 or bf16 (`out`); shapes and
+    /// row-major layouts as [`GemmKind`]. `c` holds m·n elements of the output type (u16 for bf16,
+    /// f32 otherwise; a bf16 C is passed as its u16 view).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16(
+        &self,
+        c: u64,
+        out: OutType,
+        a: &CudaView<'_, u16>,
+        b: &CudaView<'_, u16>,
+        kind: GemmKind,
+        (m, n, k): (usize, usize, usize),
+        c_len: usize,
+        acc: bool,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+        use cudarc::driver::DevicePtr;
+        if m == 0 || n == 0 || k == 0 {
+            return Err(Error::Invalid(format!("bf16 GEMM {kind:?} {m}x{n}x{k}: empty shapes are not supported")));
+        }
+        if a.len() < m * k || b.len() < n * k || c_len < m * n || c == 0 {
+            return Err(Error::Invalid(format!("bf16 GEMM {kind:?} {m}x{n}x{k}: operand views too short")));
+        }
+        let p = gemm_plan(kind, m, n, k);
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let (alpha, beta) = (1.0f32, if acc { 1.0f32 } else { 0.0 });
+        let c_type = match out {
+            OutType::F32 => cudaDataType_t::CUDA_R_32F,
+            OutType::Bf16 => cudaDataType_t::CUDA_R_16BF,
+        };
+        let (bp, ap) = (b.device_ptr(&self.stream).0, a.device_ptr(&self.stream).0);
+        // SAFETY: the operands hold at least m·k, n·k and m·n elements of their types (checked
+        // above) on this context; the handle runs on `self.stream`, which orders every access.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op(p.trans_first),
+                op(p.trans_second),
+                int(n, "gemm n")?,
+                int(m, "gemm m")?,
+                int(k, "gemm k")?,
+                (&alpha) as *const f32 as *const _,
+                bp as *const _,
+                cudaDataType_t::CUDA_R_16BF,
+                int(p.ld_first, "gemm ld")?,
+                ap as *const _,
+                cudaDataType_t::CUDA_R_16BF,
+                int(p.ld_second, "gemm ld")?,
+                (&beta) as *const f32 as *const _,
+                c as *mut _,
+                c_type,
+                int(n, "gemm ldc")?,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::Invalid(format!("cuBLAS GemmEx (bf16): {e:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
