@@ -88,4 +88,8 @@ fi
 echo "== train step, Qwen2-0.5B shape (random weights)"
 "$arbor" bench gpu --kind train-step --model-config configs/models/qwen2-0.5b-shape --batch 4 --seq 1024 \
     | tee "$out/train_step.json"
+echo "== greedy generation (device KV cache), bench-tiny and the 0.5B shape"
+"$arbor" bench gpu --kind generate --model-config configs/models/bench-tiny --batch 64 | tee "$out/generate_tiny.json"
+"$arbor" bench gpu --kind generate --model-config configs/models/qwen2-0.5b-shape --batch 64 --new-tokens 256 \
+    | tee "$out/generate_0.5b.json"
 echo "gpu-check: results in $out/"

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 pub enum GpuBench {
     TrainStep,
     Attention,
+    /// Greedy generation with the device KV cache (`--batch` prompts of `--prompt-len` tokens,
+    /// `--new-tokens` each).
+    Generate,
 }
 
 /// Arguments of `arbor bench gpu`.
@@ -32,6 +35,10 @@ pub struct GpuArgs {
     pub kv_heads: usize,
     #[arg(long, default_value_t = 64)]
     pub head_dim: usize,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 112)]
+    pub new_tokens: usize,
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
@@ -56,7 +63,52 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
+        GpuBench::Generate => generate(&gpu, args),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn generate(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
+    use crate::cli::bench::{load_model, median};
+    use crate::cuda::GpuDecoder;
+    use crate::rng::Rng;
+    use anyhow::Context;
+    use std::time::Instant;
+    let path = args.model_config.as_ref().context("--model-config is required for --kind generate")?;
+    let model = load_model(path, args.seed).with_context(|| format!("loading {}", path.display()))?;
+    anyhow::ensure!(args.prompt_len > 0 && args.new_tokens > 0, "--prompt-len and --new-tokens must be positive");
+    anyhow::ensure!(
+        args.prompt_len + args.new_tokens <= model.cfg.max_position_embeddings,
+        "--prompt-len + --new-tokens exceeds max_position_embeddings"
+    );
+    let mut rng = Rng::new(args.seed);
+    let v = model.cfg.vocab_size as u64;
+    let prompts: Vec<Vec<u32>> =
+        (0..args.batch).map(|_| (0..args.prompt_len).map(|_| rng.below(v) as u32).collect()).collect();
+    let mut dec = GpuDecoder::new(gpu, &model)?;
+    let mut times = Vec::new();
+    let mut produced = 0;
+    for i in 0..args.warmup + args.steps.min(5) {
+        let t = Instant::now();
+        let out = dec.greedy(&model, &prompts, args.new_tokens, &[])?;
+        if i >= args.warmup {
+            times.push(t.elapsed().as_secs_f64());
+            produced = out.iter().map(|o| o.len()).sum::<usize>();
+        }
+    }
+    let s = median(times);
+    let line = serde_json::json!({
+        "impl": "arbor-cuda",
+        "device": gpu.describe(),
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "generated_tokens": produced,
+        "seconds": s,
+        "tokens_per_s": produced as f64 / s,
+    });
+    println!("{line}");
+    Ok(())
 }
 
 #[cfg(feature = "cuda")]
