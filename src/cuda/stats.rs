@@ -11,8 +11,7 @@
 
 use crate::attention::stats::pass::SeqPlan;
 use crate::attention::stats::{
-    combine_rhythm, default_rhythm_layers, fai_rows, plan_seq, resolve_layers, select_heads, HeadId, SeqStats,
-    SeqSteps, StatsConfig,
+    combine_rhythm, fai_rows, prepare, select_heads, HeadId, Prepared, SeqStats, SeqSteps, StatsConfig,
 };
 use crate::cuda::backend::int;
 use crate::cuda::device::{drv, Arg};
@@ -37,26 +36,7 @@ pub fn attention_stats(
     let mc = &model.cfg;
     let (l_n, h_n, kv_n, d) = (mc.num_layers, mc.num_heads, mc.num_kv_heads, mc.head_dim);
     let n_seq = batch.num_seqs();
-    if steps.len() != n_seq {
-        return Err(Error::Invalid(format!("attention stats: {} step lists for {n_seq} sequences", steps.len())));
-    }
-    if cfg.h_lo > cfg.h_hi {
-        return Err(Error::Invalid(format!("attention stats: h_lo = {} exceeds h_hi = {}", cfg.h_lo, cfg.h_hi)));
-    }
-    if cfg.rhythm {
-        select_heads(&[], cfg.local_frac, cfg.global_frac)?;
-    }
-    let fci_layers =
-        if cfg.fci { resolve_layers(&cfg.fci_layers, (0..l_n).collect(), l_n, "fci_layers")? } else { vec![] };
-    let rhythm_layers = if cfg.rhythm {
-        resolve_layers(&cfg.rhythm_layers, default_rhythm_layers(l_n, 5), l_n, "rhythm_layers")?
-    } else {
-        vec![]
-    };
-    let starts = &batch.seq_starts;
-    let plans = (0..n_seq)
-        .map(|s| plan_seq(s, starts[s], starts[s + 1] - starts[s], &steps[s], cfg.fci))
-        .collect::<Result<Vec<_>>>()?;
+    let Prepared { rhythm_layers, roles, plans } = prepare(l_n, batch, steps, cfg)?;
     gm.forward(model, batch)?;
 
     let n = batch.len();
@@ -86,11 +66,8 @@ pub fn attention_stats(
     let max_len = batch.max_seq_len();
     // per rhythm layer: dist, waad (rows) and fai (columns), [H, N] each, on the host
     let mut rhythm_rows: Vec<[Vec<f32>; 3]> = Vec::new();
-    for layer in 0..l_n {
-        let (do_fci, do_rhythm) = (fci_layers.contains(&layer), rhythm_layers.contains(&layer));
-        if !(do_fci || do_rhythm) {
-            continue;
-        }
+    for role in &roles {
+        let (layer, do_fci, do_rhythm) = (role.layer, role.fci, role.rhythm.is_some());
         let a = &gm.ws.layers[layer];
         let q = gpu.pr(&Gpu::r(&a.qkv, 0..n * qkv_w));
         let lse = gpu.pr(&Gpu::r(&a.lse, 0..n * h_n));
@@ -289,7 +266,7 @@ pub fn decode_keys(keys: &[u64], bounds_off: &[i32], num_heads: usize) -> FciRes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::stats::attention_stats;
+    use crate::attention::stats::{attention_stats, plan_seq};
     use crate::model::{init::init_params, Arch, ModelConfig, Workspace};
     use crate::rng::Rng;
 

@@ -197,7 +197,7 @@ pub fn combine_rhythm(
 }
 
 /// Resolve a layer list (empty = `default`), rejecting indices ≥ L and repeats.
-pub(crate) fn resolve_layers(list: &[usize], default: Vec<usize>, num_layers: usize, key: &str) -> Result<Vec<usize>> {
+fn resolve_layers(list: &[usize], default: Vec<usize>, num_layers: usize, key: &str) -> Result<Vec<usize>> {
     let layers = if list.is_empty() { default } else { list.to_vec() };
     for (i, &l) in layers.iter().enumerate() {
         if l >= num_layers {
@@ -239,33 +239,22 @@ pub(crate) fn plan_seq<'a>(idx: usize, start: usize, len: usize, st: &'a SeqStep
     Ok(SeqPlan { start, len, resp: r, bounds: b, inv_len, kmax })
 }
 
-/// FCI, look-back, WAAD and FAI of every sequence of `batch`, after `model.forward(batch, ws)`.
-/// `steps[s]` describes sequence s. See the module doc for the exact definitions.
-pub fn attention_stats(
-    model: &Model,
+/// What a statistics pass over a batch needs, checked: the rhythm layer list (its order is the
+/// order of the look-back entries), every layer's role, and each sequence's plan (shared by the CPU pass and the CUDA one).
+pub(crate) struct Prepared<'a> {
+    pub rhythm_layers: Vec<usize>,
+    pub roles: Vec<LayerRole>,
+    pub plans: Vec<SeqPlan<'a>>,
+}
+
+/// Check `steps` and `cfg` against a batch of a model with `num_layers` layers and plan the pass.
+pub(crate) fn prepare<'a>(
+    num_layers: usize,
     batch: &Batch,
-    ws: &Workspace,
-    steps: &[SeqSteps],
+    steps: &'a [SeqSteps],
     cfg: &StatsConfig,
-) -> Result<Vec<SeqStats>> {
-    let mc = &model.cfg;
-    let (l_n, h_n, kv_n) = (mc.num_layers, mc.num_heads, mc.num_kv_heads);
-    let n = batch.len();
-    let starts = &batch.seq_starts;
-    let partitions = starts.first().is_some_and(|&s| s == 0) && starts.windows(2).all(|w| w[0] <= w[1]);
-    if !(partitions && starts.last() == Some(&n) || starts.is_empty() && n == 0) {
-        return Err(Error::Invalid(format!(
-            "attention stats: batch seq_starts {starts:?} do not partition {n} tokens"
-        )));
-    }
-    if ws.layers.len() != l_n || ws.capacity() < n {
-        return Err(Error::Invalid(format!(
-            "attention stats: workspace holds {} layers × {} tokens, the forward needs {l_n} × {n}",
-            ws.layers.len(),
-            ws.capacity()
-        )));
-    }
-    let n_seq = batch.num_seqs();
+) -> Result<Prepared<'a>> {
+    let (l_n, n_seq, starts) = (num_layers, batch.num_seqs(), &batch.seq_starts);
     if steps.len() != n_seq {
         return Err(Error::Invalid(format!("attention stats: {} step lists for {n_seq} sequences", steps.len())));
     }
@@ -293,6 +282,37 @@ pub fn attention_stats(
     let plans = (0..n_seq)
         .map(|s| plan_seq(s, starts[s], starts[s + 1] - starts[s], &steps[s], cfg.fci))
         .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared { rhythm_layers, roles, plans })
+}
+
+/// FCI, look-back, WAAD and FAI of every sequence of `batch`, after `model.forward(batch, ws)`.
+/// `steps[s]` describes sequence s. See the module doc for the exact definitions.
+pub fn attention_stats(
+    model: &Model,
+    batch: &Batch,
+    ws: &Workspace,
+    steps: &[SeqSteps],
+    cfg: &StatsConfig,
+) -> Result<Vec<SeqStats>> {
+    let mc = &model.cfg;
+    let (l_n, h_n, kv_n) = (mc.num_layers, mc.num_heads, mc.num_kv_heads);
+    let n = batch.len();
+    let starts = &batch.seq_starts;
+    let partitions = starts.first().is_some_and(|&s| s == 0) && starts.windows(2).all(|w| w[0] <= w[1]);
+    if !(partitions && starts.last() == Some(&n) || starts.is_empty() && n == 0) {
+        return Err(Error::Invalid(format!(
+            "attention stats: batch seq_starts {starts:?} do not partition {n} tokens"
+        )));
+    }
+    if ws.layers.len() != l_n || ws.capacity() < n {
+        return Err(Error::Invalid(format!(
+            "attention stats: workspace holds {} layers × {} tokens, the forward needs {l_n} × {n}",
+            ws.layers.len(),
+            ws.capacity()
+        )));
+    }
+    let n_seq = batch.num_seqs();
+    let Prepared { rhythm_layers, roles, plans } = prepare(l_n, batch, steps, cfg)?;
 
     let shape = crate::attention::AttnShape { num_heads: h_n, num_kv_heads: kv_n, head_dim: mc.head_dim };
     let params = PassParams { shape, delta: cfg.delta, window: cfg.window, h_lo: cfg.h_lo, h_hi: cfg.h_hi };

@@ -39,7 +39,7 @@ impl SeqPlan<'_> {
 
 /// What a layer contributes: FCI, rhythm statistics (at this position of the rhythm list), or both.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct LayerRole {
+pub(crate) struct LayerRole {
     pub layer: usize,
     pub fci: bool,
     pub rhythm: Option<usize>,
