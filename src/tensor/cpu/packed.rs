@@ -134,97 +134,132 @@ thread_local! {
     static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Where one register tile's depth pass starts and ends, and what it reads and writes.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tile {
+    /// Rows of A (stride `lda`) at the pass's first depth; the panel's rows (16 floats each).
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    /// Depth of the pass; rows in the tile.
+    kc: usize,
+    h: usize,
+    /// Output rows (stride `ldc`) at the panel's first column; the rows' running sums ([h, 16]).
+    c: *mut f32,
+    ldc: usize,
+    partial: *mut f32,
+    /// Start from zero (else from the running sums); write C (else store the running sums).
+    first: bool,
+    last: bool,
+    /// Valid columns of the panel; add to C instead of overwriting it.
+    cols: usize,
+    accumulate: bool,
+}
+
+/// The loops shared by the SIMD kernels: panels × depth passes of `KC` × row tiles of at most
+/// `mr` rows, each handed to `tile`.
+///
+/// # Safety
+/// `a` must hold m·k and `c` m·n elements; `tile` must stay within the tile it is given.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn drive(
+    c: &mut [f32],
+    a: &[f32],
+    m: usize,
+    w: &PackedMatrix,
+    accumulate: bool,
+    mr: usize,
+    mut tile: impl FnMut(Tile),
+) {
+    let (n, k) = (w.n, w.k);
+    let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
+    PARTIAL.with_borrow_mut(|partial| {
+        if k > KC && partial.len() < m * NR {
+            partial.resize(m * NR, 0.0);
+        }
+        let pp = partial.as_mut_ptr();
+        for q in 0..n.div_ceil(NR) {
+            let cols = NR.min(n - q * NR);
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                // SAFETY (all offsets): within A, the packed panel, C and the scratch, per the contract.
+                let b = unsafe { w.data.as_ptr().add((q * k + k0) * NR) };
+                for (r0, h) in row_tiles(m, mr) {
+                    tile(Tile {
+                        a: unsafe { ap.add(r0 * k + k0) },
+                        lda: k,
+                        b,
+                        kc,
+                        h,
+                        c: unsafe { cp.add(r0 * n + q * NR) },
+                        ldc: n,
+                        partial: unsafe { pp.add(r0 * NR) },
+                        first: k0 == 0,
+                        last: k0 + kc == k,
+                        cols,
+                        accumulate,
+                    });
+                }
+            }
+        }
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{row_tiles, PackedMatrix, KC, MR, NR, PARTIAL};
+    use super::{drive, PackedMatrix, Tile, MR, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
     /// The CPU must support AVX2 and FMA; `a` must hold m·k and `c` m·n elements.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accumulate: bool) {
-        let (n, k) = (w.n, w.k);
-        let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
-        PARTIAL.with_borrow_mut(|partial| {
-            if k > KC && partial.len() < m * NR {
-                partial.resize(m * NR, 0.0);
-            }
-            let pp = partial.as_mut_ptr();
-            for q in 0..n.div_ceil(NR) {
-                let cols = NR.min(n - q * NR);
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    let b = w.data.as_ptr().add((q * k + k0) * NR);
-                    let pass = Pass { first: k0 == 0, last: k0 + kc == k, cols, accumulate };
-                    for (r0, h) in row_tiles(m, MR) {
-                        let (a0, c0, p0) = (ap.add(r0 * k + k0), cp.add(r0 * n + q * NR), pp.add(r0 * NR));
-                        match h {
-                            1 => tile::<1>(a0, k, b, kc, c0, n, p0, pass),
-                            2 => tile::<2>(a0, k, b, kc, c0, n, p0, pass),
-                            3 => tile::<3>(a0, k, b, kc, c0, n, p0, pass),
-                            4 => tile::<4>(a0, k, b, kc, c0, n, p0, pass),
-                            5 => tile::<5>(a0, k, b, kc, c0, n, p0, pass),
-                            _ => tile::<6>(a0, k, b, kc, c0, n, p0, pass),
-                        }
-                    }
-                }
-            }
-        })
+        // SAFETY: sizes per this function's contract; each tile stays within its rows and panel.
+        unsafe {
+            drive(c, a, m, w, accumulate, MR, |t| match t.h {
+                1 => tile::<1>(t),
+                2 => tile::<2>(t),
+                3 => tile::<3>(t),
+                4 => tile::<4>(t),
+                5 => tile::<5>(t),
+                _ => tile::<6>(t),
+            })
+        }
     }
 
-    /// Where a depth pass starts and ends.
-    #[derive(Clone, Copy)]
-    struct Pass {
-        /// Start from zero (else from the running sums in the scratch).
-        first: bool,
-        /// Write C (else store the running sums to the scratch).
-        last: bool,
-        /// Valid columns of the panel.
-        cols: usize,
-        /// Add to C instead of overwriting it.
-        accumulate: bool,
-    }
-
-    /// One H × 16 tile over depth kc: rows a[0..H) (stride lda) times panel rows b[0..kc).
+    /// One H × 16 tile over depth kc: rows a[0..H) times panel rows b[0..kc).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const H: usize>(
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        kc: usize,
-        c: *mut f32,
-        ldc: usize,
-        partial: *mut f32,
-        pass: Pass,
-    ) {
+    unsafe fn tile<const H: usize>(t: Tile) {
+        let (a, lda, b, c, ldc, partial) = (t.a, t.lda, t.b, t.c, t.ldc, t.partial);
         let mut acc = [[_mm256_setzero_ps(); 2]; H];
-        if !pass.first {
-            for (r, t) in acc.iter_mut().enumerate() {
-                t[0] = _mm256_loadu_ps(partial.add(r * NR));
-                t[1] = _mm256_loadu_ps(partial.add(r * NR + 8));
+        if !t.first {
+            for (r, v) in acc.iter_mut().enumerate() {
+                v[0] = _mm256_loadu_ps(partial.add(r * NR));
+                v[1] = _mm256_loadu_ps(partial.add(r * NR + 8));
             }
         }
-        for p in 0..kc {
+        for p in 0..t.kc {
             let b0 = _mm256_loadu_ps(b.add(p * NR));
             let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            for (r, t) in acc.iter_mut().enumerate() {
+            for (r, v) in acc.iter_mut().enumerate() {
                 let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
-                t[0] = _mm256_fmadd_ps(x, b0, t[0]);
-                t[1] = _mm256_fmadd_ps(x, b1, t[1]);
+                v[0] = _mm256_fmadd_ps(x, b0, v[0]);
+                v[1] = _mm256_fmadd_ps(x, b1, v[1]);
             }
         }
-        for (r, t) in acc.iter().enumerate() {
-            if !pass.last {
-                _mm256_storeu_ps(partial.add(r * NR), t[0]);
-                _mm256_storeu_ps(partial.add(r * NR + 8), t[1]);
+        for (r, v) in acc.iter().enumerate() {
+            if !t.last {
+                _mm256_storeu_ps(partial.add(r * NR), v[0]);
+                _mm256_storeu_ps(partial.add(r * NR + 8), v[1]);
                 continue;
             }
             let cr = c.add(r * ldc);
-            if pass.cols == NR {
-                let (mut lo, mut hi) = (t[0], t[1]);
-                if pass.accumulate {
+            if t.cols == NR {
+                let (mut lo, mut hi) = (v[0], v[1]);
+                if t.accumulate {
                     lo = _mm256_add_ps(_mm256_loadu_ps(cr), lo);
                     hi = _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), hi);
                 }
@@ -232,11 +267,11 @@ mod avx2 {
                 _mm256_storeu_ps(cr.add(8), hi);
             } else {
                 let mut tmp = [0.0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), t[0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), t[1]);
-                for (j, &s) in tmp[..pass.cols].iter().enumerate() {
+                _mm256_storeu_ps(tmp.as_mut_ptr(), v[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v[1]);
+                for (j, &s) in tmp[..t.cols].iter().enumerate() {
                     let o = cr.add(j);
-                    *o = if pass.accumulate { *o + s } else { s };
+                    *o = if t.accumulate { *o + s } else { s };
                 }
             }
         }
@@ -247,97 +282,62 @@ mod avx2 {
 /// the same fused multiply-add chain as in the AVX2 kernel, so both give the same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{row_tiles, PackedMatrix, KC, MR512, NR, PARTIAL};
+    use super::{drive, PackedMatrix, Tile, MR512, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
     /// The CPU must support AVX-512F; `a` must hold m·k and `c` m·n elements.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn matmul(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accumulate: bool) {
-        let (n, k) = (w.n, w.k);
-        let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
-        PARTIAL.with_borrow_mut(|partial| {
-            if k > KC && partial.len() < m * NR {
-                partial.resize(m * NR, 0.0);
-            }
-            let pp = partial.as_mut_ptr();
-            for q in 0..n.div_ceil(NR) {
-                let cols = NR.min(n - q * NR);
-                let mask: __mmask16 = if cols == NR { 0xffff } else { (1u16 << cols) - 1 };
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    let b = w.data.as_ptr().add((q * k + k0) * NR);
-                    let pass = Pass { first: k0 == 0, last: k0 + kc == k, mask, accumulate };
-                    for (r0, h) in row_tiles(m, MR512) {
-                        let (a0, c0, p0) = (ap.add(r0 * k + k0), cp.add(r0 * n + q * NR), pp.add(r0 * NR));
-                        match h {
-                            1 => tile::<1>(a0, k, b, kc, c0, n, p0, pass),
-                            2 => tile::<2>(a0, k, b, kc, c0, n, p0, pass),
-                            3 => tile::<3>(a0, k, b, kc, c0, n, p0, pass),
-                            4 => tile::<4>(a0, k, b, kc, c0, n, p0, pass),
-                            5 => tile::<5>(a0, k, b, kc, c0, n, p0, pass),
-                            6 => tile::<6>(a0, k, b, kc, c0, n, p0, pass),
-                            7 => tile::<7>(a0, k, b, kc, c0, n, p0, pass),
-                            8 => tile::<8>(a0, k, b, kc, c0, n, p0, pass),
-                            9 => tile::<9>(a0, k, b, kc, c0, n, p0, pass),
-                            10 => tile::<10>(a0, k, b, kc, c0, n, p0, pass),
-                            11 => tile::<11>(a0, k, b, kc, c0, n, p0, pass),
-                            _ => tile::<12>(a0, k, b, kc, c0, n, p0, pass),
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// Where a depth pass starts and ends.
-    #[derive(Clone, Copy)]
-    struct Pass {
-        first: bool,
-        last: bool,
-        /// Valid columns of the panel.
-        mask: __mmask16,
-        accumulate: bool,
+        // SAFETY: sizes per this function's contract; each tile stays within its rows and panel.
+        unsafe {
+            drive(c, a, m, w, accumulate, MR512, |t| match t.h {
+                1 => tile::<1>(t),
+                2 => tile::<2>(t),
+                3 => tile::<3>(t),
+                4 => tile::<4>(t),
+                5 => tile::<5>(t),
+                6 => tile::<6>(t),
+                7 => tile::<7>(t),
+                8 => tile::<8>(t),
+                9 => tile::<9>(t),
+                10 => tile::<10>(t),
+                11 => tile::<11>(t),
+                _ => tile::<12>(t),
+            })
+        }
     }
 
     /// One H × 16 tile over depth kc (see the AVX2 kernel).
     #[target_feature(enable = "avx512f")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const H: usize>(
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        kc: usize,
-        c: *mut f32,
-        ldc: usize,
-        partial: *mut f32,
-        pass: Pass,
-    ) {
+    unsafe fn tile<const H: usize>(t: Tile) {
+        let (a, lda, b, c, ldc, partial) = (t.a, t.lda, t.b, t.c, t.ldc, t.partial);
+        let mask: __mmask16 = if t.cols == NR { 0xffff } else { (1u16 << t.cols) - 1 };
         let mut acc = [_mm512_setzero_ps(); H];
-        if !pass.first {
-            for (r, t) in acc.iter_mut().enumerate() {
-                *t = _mm512_loadu_ps(partial.add(r * NR));
+        if !t.first {
+            for (r, v) in acc.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(partial.add(r * NR));
             }
         }
-        for p in 0..kc {
+        for p in 0..t.kc {
             let bv = _mm512_loadu_ps(b.add(p * NR));
-            for (r, t) in acc.iter_mut().enumerate() {
+            for (r, v) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_ps(*a.add(r * lda + p));
-                *t = _mm512_fmadd_ps(x, bv, *t);
+                *v = _mm512_fmadd_ps(x, bv, *v);
             }
         }
-        for (r, t) in acc.iter().enumerate() {
-            if !pass.last {
-                _mm512_storeu_ps(partial.add(r * NR), *t);
+        for (r, v) in acc.iter().enumerate() {
+            if !t.last {
+                _mm512_storeu_ps(partial.add(r * NR), *v);
                 continue;
             }
             let cr = c.add(r * ldc);
-            let mut v = *t;
-            if pass.accumulate {
-                v = _mm512_add_ps(_mm512_maskz_loadu_ps(pass.mask, cr), v);
+            let mut out = *v;
+            if t.accumulate {
+                out = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), out);
             }
-            _mm512_mask_storeu_ps(cr, pass.mask, v);
+            _mm512_mask_storeu_ps(cr, mask, out);
         }
     }
 }
