@@ -350,11 +350,9 @@ fn a_full_train_step_on_the_gpu_matches_the_cpu() {
     }
 }
 
-#[test]
-fn greedy_generation_on_the_gpu_equals_the_cpu_engine() {
-    use arbor::cuda::GpuDecoder;
+/// A tiny model, four prompts and the CPU engine's greedy completions (20 tokens, stop token 12).
+fn greedy_case() -> (Model, Vec<Vec<u32>>, Vec<arbor::rollout::Completion>) {
     use arbor::rollout::{generate, GenerateConfig, Request, SamplingParams};
-    let Some(g) = gpu() else { return };
     let mut cfg = tiny_config(Arch::Qwen2, false);
     cfg.max_position_embeddings = 64;
     let model = Model::new(cfg.clone(), init_params(&cfg, 11, 1.0)).unwrap();
@@ -375,6 +373,35 @@ fn greedy_generation_on_the_gpu_equals_the_cpu_engine() {
         workload: None,
     };
     let cpu = generate(&model, &requests, &gen_cfg).unwrap();
+    (model, prompts, cpu)
+}
+
+/// The greedy loop the GPU decoder runs, driven by the CPU's cached decode step instead, equals
+/// the CPU engine at temperature 0 (runs everywhere: it checks the loop, not the kernels).
+#[test]
+fn greedy_loop_on_the_cpu_decode_step_equals_the_engine() {
+    use arbor::model::decode::{DecodeBuffers, KvCache};
+    let (model, prompts, cpu) = greedy_case();
+    let v = model.cfg.vocab_size;
+    let mut cache = KvCache::new(&model, prompts.len(), 40);
+    let mut buf = DecodeBuffers::new(&model, prompts.len());
+    let got = arbor::cuda::decode::greedy_loop(&prompts, 20, &[12], v, |toks, slots| {
+        model.decode_step(toks, slots, &mut cache, &mut buf)?;
+        Ok(buf.logits[..toks.len() * v].to_vec())
+    })
+    .unwrap();
+    for (c, g) in cpu.iter().zip(&got) {
+        assert_eq!(&c.tokens, g, "prompt {}", c.prompt_id);
+    }
+    assert!(got.iter().all(|g| !g.is_empty()));
+    println!("{} of 4 completions ended on the stop token", got.iter().filter(|g| g.last() == Some(&12)).count());
+}
+
+#[test]
+fn greedy_generation_on_the_gpu_equals_the_cpu_engine() {
+    use arbor::cuda::GpuDecoder;
+    let Some(g) = gpu() else { return };
+    let (model, prompts, cpu) = greedy_case();
     let mut dec = GpuDecoder::new(&g, &model).unwrap();
     let gpu_out = dec.greedy(&model, &prompts, 20, &[12]).unwrap();
     for (c, o) in cpu.iter().zip(&gpu_out) {
