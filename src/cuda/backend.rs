@@ -245,8 +245,7 @@ impl Backend for Gpu {
         self.launch("rmsnorm", "rmsnorm_bwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)?;
         let rows = 256usize;
         let p = n.div_ceil(rows).max(1);
-        let partial: CudaSlice<f32> = self.stream.alloc_zeros(p * c).map_err(drv("alloc"))?;
-        let pp = partial.device_ptr(&self.stream).0;
+        let pp = self.scratch(p * c)?;
         let args = [
             Arg::P(pp),
             Arg::P(self.pr(&dy)),
@@ -273,8 +272,7 @@ impl Backend for Gpu {
         let n = dout.len() / c.max(1);
         let rows = 256usize;
         let p = n.div_ceil(rows).max(1);
-        let partial: CudaSlice<f32> = self.stream.alloc_zeros(p * c).map_err(drv("alloc"))?;
-        let pp = partial.device_ptr(&self.stream).0;
+        let pp = self.scratch(p * c)?;
         let (ni, ci) = (int(n, "rows")?, int(c, "cols")?);
         let args = [Arg::P(pp), Arg::P(self.pr(&dout)), Arg::I(ni), Arg::I(ci), Arg::I(rows as i32)];
         self.launch("elementwise", "col_partial_f32", (c.div_ceil(256) as u32, p as u32, 1), (256, 1, 1), 0, &args)?;

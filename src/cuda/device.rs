@@ -38,6 +38,9 @@ pub struct Gpu {
     sms: u32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
+    /// Reused f32 scratch of the column-sum passes (grown on demand, never shrunk), so a training
+    /// step allocates nothing.
+    scratch: Mutex<Option<CudaSlice<f32>>>,
 }
 
 pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -99,6 +102,7 @@ impl Gpu {
             sms: sms.max(1) as u32,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(None),
         })
     }
 
@@ -199,6 +203,18 @@ impl Gpu {
             return self.stream.alloc_zeros(1).map_err(drv("alloc"));
         }
         self.stream.clone_htod(data).map_err(drv("upload"))
+    }
+
+    /// Device address of a scratch buffer of at least `len` f32 (contents undefined), valid until
+    /// the next call; every use is ordered on the one stream.
+    pub(crate) fn scratch(&self, len: usize) -> Result<u64> {
+        let mut s = self.scratch.lock().map_err(|_| Error::Invalid("CUDA scratch poisoned".into()))?;
+        if s.as_ref().is_none_or(|b| b.len() < len) {
+            *s = Some(self.stream.alloc_zeros(len.max(1)).map_err(drv("alloc"))?);
+        }
+        let buf = s.as_ref().ok_or_else(|| Error::Invalid("CUDA scratch missing".into()))?;
+        let ptr = buf.device_ptr(&self.stream).0;
+        Ok(ptr)
     }
 
     /// Device address of a view (for kernel arguments).
