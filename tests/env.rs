@@ -62,8 +62,27 @@ fn sync_and_env_async_play_the_same_games() {
     let a = play(&m, &ec, EnvMode::Sync, &games, 6, 3, 0);
     let b = play(&m, &ec, EnvMode::Async, &games, 6, 3, 0);
     assert_eq!(a.groups, b.groups, "the mode changes timing only");
-    // retries of a failing group's other trajectories depend on when they learn of the abort
+    // a closed group records nothing more, so its counters do not depend on when its other
+    // trajectories learn of the abort: one recorded failure per failed group, whatever the mode
     assert_eq!(a.failed_groups, b.failed_groups);
+    assert_eq!((a.failed_trajectories, a.retries), (b.failed_trajectories, b.retries), "counters are timing-free");
+    assert_eq!(a.failed_trajectories, a.failed_groups);
+    // the retries are those of the kept trajectories, recomputed from the seeded failure draws
+    let lm: LatencyModel = ec.latency();
+    let expect: usize = (a.groups.iter().flatten())
+        .map(|t| {
+            (0..=t.turns.len() as u32)
+                .map(|call| {
+                    (0..ec.max_retries)
+                        .take_while(|&attempt| {
+                            lm.draw(CallKey { seed: 11, game: t.game, sample: t.sample, call, attempt }).1
+                        })
+                        .count()
+                })
+                .sum::<usize>()
+        })
+        .sum();
+    assert_eq!(a.retries, expect, "retried calls of the kept trajectories");
     assert!(a.retries > 0, "failures were injected and retried");
     assert!(a.generate_calls <= 3 + 1, "sync mode batches every turn: {} calls", a.generate_calls);
     assert!(b.generate_calls >= a.generate_calls, "async serves requests as they come");

@@ -53,11 +53,13 @@ pub struct EnvRollout {
     pub failed_groups: usize,
     /// Groups stopped because enough others had finished (redundancy).
     pub aborted_groups: usize,
-    /// Trajectories that failed after their retries.
+    /// Trajectories that failed after their retries while their group was still open (a failure
+    /// after its group closed changes nothing, and whether it happens is a matter of timing).
     pub failed_trajectories: usize,
     /// Extra trajectories of kept groups stopped or discarded once `n` had finished.
     pub surplus_trajectories: usize,
-    /// Failed calls that were retried.
+    /// Failed calls that were retried, in the kept trajectories (the ones trained on). Without
+    /// redundancy this is a function of the seed, like everything trained.
     pub retries: usize,
     /// `generate` calls and the requests they served.
     pub generate_calls: usize,
@@ -89,6 +91,8 @@ enum Outcome {
 struct Group {
     finished: Vec<Trajectory>,
     failed: usize,
+    /// Retried calls of the trajectories in `finished`.
+    retries: usize,
     closed: bool,
     kept: bool,
 }
@@ -119,18 +123,18 @@ pub fn rollout(p: &Play, games: &[u64], keep: usize, n: u32, extra: u32) -> Resu
     });
     let abort: Vec<AtomicBool> = (0..games.len()).map(|_| AtomicBool::new(false)).collect();
     let live = AtomicUsize::new(games.len() * per_group);
-    let retries = AtomicUsize::new(0);
     let (ask, asks) = mpsc::channel::<Ask>();
     let mut out = EnvRollout::default();
     let results = std::thread::scope(|scope| -> Result<Vec<Result<()>>> {
         let mut handles = Vec::new();
         for (gi, &game) in games.iter().enumerate() {
             for s in 0..n + extra {
-                let (ask, board, abort, live, retries) = (ask.clone(), &board, &abort, &live, &retries);
+                let (ask, board, abort, live) = (ask.clone(), &board, &abort, &live);
                 handles.push(scope.spawn(move || -> Result<()> {
-                    let res = play_one(p, game, s, &abort[gi], &ask, retries);
+                    let mut retries = 0;
+                    let res = play_one(p, game, s, &abort[gi], &ask, &mut retries);
                     // settle before leaving the live count, so the server's barrier sees it
-                    let settled = res.map(|o| settle(board, abort, gi, o));
+                    let settled = res.map(|o| settle(board, abort, gi, o, retries));
                     live.fetch_sub(1, Ordering::SeqCst);
                     settled
                 }));
@@ -150,6 +154,7 @@ pub fn rollout(p: &Play, games: &[u64], keep: usize, n: u32, extra: u32) -> Resu
     for (g, group) in board.groups.into_iter().enumerate() {
         out.failed_trajectories += group.failed;
         if group.kept {
+            out.retries += group.retries;
             let mut t = group.finished;
             t.sort_by_key(|t| t.sample);
             // the invariant the trainer relies on: n distinct finished trajectories of this game
@@ -166,13 +171,14 @@ pub fn rollout(p: &Play, games: &[u64], keep: usize, n: u32, extra: u32) -> Resu
     }
     out.surplus_trajectories = board.surplus;
     out.groups.sort_by_key(|g| g[0].game);
-    out.retries = retries.into_inner();
     out.wall_s = t0.elapsed().as_secs_f64();
     Ok(out)
 }
 
-/// Record a trajectory's outcome; close groups that are complete or can no longer complete.
-fn settle(board: &Mutex<Board>, abort: &[AtomicBool], g: usize, outcome: Outcome) {
+/// Record a trajectory's outcome (and the calls it retried); close groups that are complete or can
+/// no longer complete. A closed group records nothing more, so what it holds does not depend on
+/// how fast its other trajectories noticed.
+fn settle(board: &Mutex<Board>, abort: &[AtomicBool], g: usize, outcome: Outcome, retries: usize) {
     let Ok(mut b) = board.lock() else { return };
     let (n, started) = (b.n, b.started);
     let abort_all = {
@@ -180,8 +186,11 @@ fn settle(board: &Mutex<Board>, abort: &[AtomicBool], g: usize, outcome: Outcome
         match outcome {
             Outcome::Aborted => return,
             Outcome::Failed => {
+                if group.closed {
+                    return;
+                }
                 group.failed += 1;
-                if !group.closed && started - group.failed < n {
+                if started - group.failed < n {
                     group.closed = true;
                     abort[g].store(true, Ordering::SeqCst);
                 }
@@ -193,6 +202,7 @@ fn settle(board: &Mutex<Board>, abort: &[AtomicBool], g: usize, outcome: Outcome
                     return;
                 }
                 group.finished.push(t);
+                group.retries += retries;
                 if group.finished.len() < n {
                     return;
                 }
@@ -262,7 +272,7 @@ fn serve(p: &Play, asks: &mpsc::Receiver<Ask>, live: &AtomicUsize, out: &mut Env
 fn with_retries<E: Env, T>(
     env: &mut Latent<E>,
     max_retries: u32,
-    retries: &AtomicUsize,
+    retries: &mut usize,
     mut f: impl FnMut(&mut Latent<E>) -> std::result::Result<T, EnvFailure>,
 ) -> Option<T> {
     for attempt in 0..=max_retries {
@@ -270,7 +280,7 @@ fn with_retries<E: Env, T>(
         match f(env) {
             Ok(v) => return Some(v),
             Err(_) if attempt < max_retries => {
-                retries.fetch_add(1, Ordering::Relaxed);
+                *retries += 1;
             }
             Err(_) => {}
         }
@@ -285,7 +295,7 @@ fn play_one(
     sample: u32,
     abort: &AtomicBool,
     ask: &mpsc::Sender<Ask>,
-    retries: &AtomicUsize,
+    retries: &mut usize,
 ) -> Result<Outcome> {
     let ec = p.env;
     let model = if p.latent { ec.latency() } else { Default::default() };
