@@ -2,20 +2,23 @@
 //! the same weights by a few dozen activation rows per step, where a general GEMM spends as much
 //! time re-packing the weights as multiplying.
 //!
-//! A linear layer's weight W [n, k] ([out, in], Y = X Wᵀ) is stored as panels of `NR` = 16
-//! output columns: panel `q` holds W[16q + j, p] at `(q·k + p)·16 + j` (zero past n). The AVX2 +
-//! FMA kernel keeps a tile of up to 6 rows × 16 columns in 12 registers and streams one panel
-//! row (two vector loads) plus one broadcast per activation row for each p.
+//! A linear layer's weight W [n, k] ([out, in], Y = X Wᵀ) is stored as panels of `NR` = 32
+//! output columns: panel `q` holds W[32q + j, p] at `(q·k + p)·32 + j` (zero past n), one panel
+//! row per two cache lines. For each p a kernel loads one panel row and, per activation row of
+//! its register tile, broadcasts one value that feeds every column of the row:
+//! - AVX-512: up to 12 rows × 32 columns in 24 registers (two FMAs per broadcast, so the two FMA
+//!   ports, not the loads, bound it);
+//! - AVX2 + FMA: up to 3 rows × 32 columns in 12 registers.
 //!
 //! Every output element is a single multiply-add chain over p = 0..k in order, started from
 //! zero and added to C only at the end when accumulating. A row's result therefore does not
 //! depend on how many rows are multiplied together or where the row sits: batched generation
 //! gives bit-identical results whatever the batch composition.
 
-/// Output columns per packed panel (two AVX2 registers).
-pub const NR: usize = 16;
-/// Most activation rows per register tile (AVX2: 2 registers per row; AVX-512: 1).
-const MR: usize = 6;
+/// Output columns per packed panel (two AVX-512 registers, four AVX2 registers).
+pub const NR: usize = 32;
+/// Most activation rows per register tile (AVX2: 4 registers per row; AVX-512: 2).
+const MR: usize = 3;
 #[cfg(target_arch = "x86_64")]
 const MR512: usize = 12;
 
@@ -32,6 +35,7 @@ pub struct PackedMatrix {
 
 /// Floats per cache line.
 const LINE: usize = 16;
+const _: () = assert!(NR % LINE == 0, "a panel row is whole cache lines");
 
 impl PackedMatrix {
     /// Pack row-major W [n, k] (only the first n·k elements of `w` are read).
@@ -70,7 +74,7 @@ impl PackedMatrix {
     }
 }
 
-/// Split m rows into ⌈m/mr⌉ register tiles of near-equal height (32 rows, mr 6 → 6,6,5,5,5,5: no
+/// Split m rows into ⌈m/mr⌉ register tiles of near-equal height (32 rows, mr 12 → 11,11,10: no
 /// tile so short that FMA latency, not throughput, bounds it).
 fn row_tiles(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
     let tiles = m.div_ceil(mr);
@@ -136,27 +140,24 @@ fn portable(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accumulate: bo
     }
 }
 
-/// Depth of one pass over a panel: 256 × 16 floats (16 KiB) of weights stay in L1 while every
+/// Depth of one pass over a panel: 128 × 32 floats (16 KiB) of weights stay in L1 while every
 /// row tile consumes them. Deeper products run in passes whose running sums round-trip through
 /// a scratch buffer unchanged, so the chain per element (and its result) is the same.
-const KC: usize = 256;
+const KC: usize = 128;
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
     /// Running sums of one panel between depth passes ([m, 16]).
     static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// A packed per row tile, depth-major ([k, h] for a tile of h rows), so a tile's h values
-    /// at one depth sit at fixed offsets from one pointer.
-    static APACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where one register tile's depth pass starts and ends, and what it reads and writes.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Tile {
-    /// The tile's packed rows of A at the pass's first depth (`h` values per depth, see
-    /// `APACK`); the panel's rows (16 floats each).
+    /// Rows of A (stride `lda`) at the pass's first depth; the panel's rows (`NR` floats each).
     a: *const f32,
+    lda: usize,
     b: *const f32,
     /// Depth of the pass; rows in the tile.
     kc: usize,
@@ -173,13 +174,8 @@ struct Tile {
     accumulate: bool,
 }
 
-/// The loops shared by the SIMD kernels: A packed per row tile of at most `mr` rows, then
-/// panels × depth passes of `KC` × row tiles, each handed to `tile`.
-///
-/// Packing A costs one pass over m·k values and is what keeps the kernels at their FMA rate:
-/// read in place, the h rows of a tile sit `k` apart, and the address of row r + 1 is computed
-/// from that of row r, a serial chain of one add per row that bounded the tile at about one FMA
-/// per cycle, half the rate of the two FMA ports.
+/// The loops shared by the SIMD kernels: panels × depth passes of `KC` × row tiles of at most
+/// `mr` rows, each handed to `tile`.
 ///
 /// # Safety
 /// `a` must hold m·k and `c` m·n elements; `tile` must stay within the tile it is given.
@@ -196,49 +192,35 @@ unsafe fn drive(
 ) {
     let (n, k) = (w.n, w.k);
     let cp = c.as_mut_ptr();
-    APACK.with_borrow_mut(|apack| {
-        PARTIAL.with_borrow_mut(|partial| {
-            if k > KC && partial.len() < m * NR {
-                partial.resize(m * NR, 0.0);
-            }
-            if apack.len() < m * k {
-                apack.resize(m * k, 0.0);
-            }
-            // tile (r0, h) occupies apack[r0·k .. (r0 + h)·k] as [k, h]
-            for (r0, h) in row_tiles(m, mr) {
-                let dst = &mut apack[r0 * k..(r0 + h) * k];
-                for r in 0..h {
-                    let row = &a[(r0 + r) * k..(r0 + r + 1) * k];
-                    for (p, &x) in row.iter().enumerate() {
-                        dst[p * h + r] = x;
-                    }
+    PARTIAL.with_borrow_mut(|partial| {
+        if k > KC && partial.len() < m * NR {
+            partial.resize(m * NR, 0.0);
+        }
+        let (ap, pp) = (a.as_ptr(), partial.as_mut_ptr());
+        for q in 0..n.div_ceil(NR) {
+            let cols = NR.min(n - q * NR);
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                // SAFETY (all offsets): within A, the packed panel, C and the scratch, per the contract.
+                let b = unsafe { w.panels().as_ptr().add((q * k + k0) * NR) };
+                for (r0, h) in row_tiles(m, mr) {
+                    tile(Tile {
+                        a: unsafe { ap.add(r0 * k + k0) },
+                        lda: k,
+                        b,
+                        kc,
+                        h,
+                        c: unsafe { cp.add(r0 * n + q * NR) },
+                        ldc: n,
+                        partial: unsafe { pp.add(r0 * NR) },
+                        first: k0 == 0,
+                        last: k0 + kc == k,
+                        cols,
+                        accumulate,
+                    });
                 }
             }
-            let (ap, pp) = (apack.as_ptr(), partial.as_mut_ptr());
-            for q in 0..n.div_ceil(NR) {
-                let cols = NR.min(n - q * NR);
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    // SAFETY (all offsets): within A, the packed panel, C and the scratch, per the contract.
-                    let b = unsafe { w.panels().as_ptr().add((q * k + k0) * NR) };
-                    for (r0, h) in row_tiles(m, mr) {
-                        tile(Tile {
-                            a: unsafe { ap.add(r0 * k + k0 * h) },
-                            b,
-                            kc,
-                            h,
-                            c: unsafe { cp.add(r0 * n + q * NR) },
-                            ldc: n,
-                            partial: unsafe { pp.add(r0 * NR) },
-                            first: k0 == 0,
-                            last: k0 + kc == k,
-                            cols,
-                            accumulate,
-                        });
-                    }
-                }
-            }
-        })
+        }
     })
 }
 
@@ -246,6 +228,9 @@ unsafe fn drive(
 mod avx2 {
     use super::{drive, PackedMatrix, Tile, MR, NR};
     use std::arch::x86_64::*;
+
+    /// Vector registers per tile row.
+    const V: usize = NR / 8;
 
     /// # Safety
     /// The CPU must support AVX2 and FMA; `a` must hold m·k and `c` m·n elements.
@@ -256,64 +241,57 @@ mod avx2 {
             drive(c, a, m, w, accumulate, MR, |t| match t.h {
                 1 => tile::<1>(t),
                 2 => tile::<2>(t),
-                3 => tile::<3>(t),
-                4 => tile::<4>(t),
-                5 => tile::<5>(t),
-                _ => tile::<6>(t),
+                _ => tile::<3>(t),
             })
         }
     }
 
-    /// One H × 16 tile over depth kc: rows a[0..H) times panel rows b[0..kc).
+    /// One H × 32 tile over depth kc: rows a[0..H) times panel rows b[0..kc).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn tile<const H: usize>(t: Tile) {
         let (a, b, c, ldc, partial) = (t.a, t.b, t.c, t.ldc, t.partial);
-        let mut acc = [[_mm256_setzero_ps(); 2]; H];
+        let mut acc = [[_mm256_setzero_ps(); V]; H];
         if !t.first {
-            for (r, v) in acc.iter_mut().enumerate() {
-                v[0] = _mm256_loadu_ps(partial.add(r * NR));
-                v[1] = _mm256_loadu_ps(partial.add(r * NR + 8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(partial.add(r * NR + 8 * j));
+                }
             }
         }
         for p in 0..t.kc {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            for (r, v) in acc.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*a.add(p * H + r));
-                v[0] = _mm256_fmadd_ps(x, b0, v[0]);
-                v[1] = _mm256_fmadd_ps(x, b1, v[1]);
+            let mut bv = [_mm256_setzero_ps(); V];
+            for (j, v) in bv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(b.add(p * NR + 8 * j));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(r * t.lda + p));
+                for (v, &bj) in row.iter_mut().zip(&bv) {
+                    *v = _mm256_fmadd_ps(x, bj, *v);
+                }
             }
         }
-        for (r, v) in acc.iter().enumerate() {
+        for (r, row) in acc.iter().enumerate() {
             if !t.last {
-                _mm256_storeu_ps(partial.add(r * NR), v[0]);
-                _mm256_storeu_ps(partial.add(r * NR + 8), v[1]);
+                for (j, v) in row.iter().enumerate() {
+                    _mm256_storeu_ps(partial.add(r * NR + 8 * j), *v);
+                }
                 continue;
             }
+            let mut tmp = [0.0f32; NR];
+            for (j, v) in row.iter().enumerate() {
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8 * j), *v);
+            }
             let cr = c.add(r * ldc);
-            if t.cols == NR {
-                let (mut lo, mut hi) = (v[0], v[1]);
-                if t.accumulate {
-                    lo = _mm256_add_ps(_mm256_loadu_ps(cr), lo);
-                    hi = _mm256_add_ps(_mm256_loadu_ps(cr.add(8)), hi);
-                }
-                _mm256_storeu_ps(cr, lo);
-                _mm256_storeu_ps(cr.add(8), hi);
-            } else {
-                let mut tmp = [0.0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), v[0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v[1]);
-                for (j, &s) in tmp[..t.cols].iter().enumerate() {
-                    let o = cr.add(j);
-                    *o = if t.accumulate { *o + s } else { s };
-                }
+            for (j, &s) in tmp[..t.cols].iter().enumerate() {
+                let o = cr.add(j);
+                *o = if t.accumulate { *o + s } else { s };
             }
         }
     }
 }
 
-/// The AVX-512 kernel: one 16-lane register per row of a 12 × 16 tile. Each output element is
+/// The AVX-512 kernel: two 16-lane registers per row of a 12 × 32 tile. Each output element is
 /// the same fused multiply-add chain as in the AVX2 kernel, so both give the same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -343,36 +321,54 @@ mod avx512 {
         }
     }
 
-    /// One H × 16 tile over depth kc (see the AVX2 kernel).
+    /// One H × 32 tile over depth kc (see the AVX2 kernel).
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn tile<const H: usize>(t: Tile) {
         let (a, b, c, ldc, partial) = (t.a, t.b, t.c, t.ldc, t.partial);
-        let mask: __mmask16 = if t.cols == NR { 0xffff } else { (1u16 << t.cols) - 1 };
-        let mut acc = [_mm512_setzero_ps(); H];
+        // valid columns of each half of the panel
+        let lanes = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                (1u16 << n) - 1
+            }
+        };
+        let mask = [lanes(t.cols), lanes(t.cols.saturating_sub(16))];
+        let mut acc = [[_mm512_setzero_ps(); 2]; H];
         if !t.first {
             for (r, v) in acc.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(partial.add(r * NR));
+                v[0] = _mm512_loadu_ps(partial.add(r * NR));
+                v[1] = _mm512_loadu_ps(partial.add(r * NR + 16));
             }
         }
         for p in 0..t.kc {
-            let bv = _mm512_loadu_ps(b.add(p * NR));
+            let b0 = _mm512_loadu_ps(b.add(p * NR));
+            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
             for (r, v) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.add(p * H + r));
-                *v = _mm512_fmadd_ps(x, bv, *v);
+                let x = _mm512_set1_ps(*a.add(r * t.lda + p));
+                v[0] = _mm512_fmadd_ps(x, b0, v[0]);
+                v[1] = _mm512_fmadd_ps(x, b1, v[1]);
             }
         }
         for (r, v) in acc.iter().enumerate() {
             if !t.last {
-                _mm512_storeu_ps(partial.add(r * NR), *v);
+                _mm512_storeu_ps(partial.add(r * NR), v[0]);
+                _mm512_storeu_ps(partial.add(r * NR + 16), v[1]);
                 continue;
             }
             let cr = c.add(r * ldc);
-            let mut out = *v;
-            if t.accumulate {
-                out = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cr), out);
+            for (half, (&out, &mk)) in v.iter().zip(&mask).enumerate() {
+                if mk == 0 {
+                    continue;
+                }
+                let o = cr.add(16 * half);
+                let mut out = out;
+                if t.accumulate {
+                    out = _mm512_add_ps(_mm512_maskz_loadu_ps(mk, o), out);
+                }
+                _mm512_mask_storeu_ps(o, mk, out);
             }
-            _mm512_mask_storeu_ps(cr, mask, out);
         }
     }
 }
@@ -388,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn row_tiles_cover_every_row_once_with_at_most_six() {
+    fn row_tiles_cover_every_row_once_with_at_most_mr() {
         for m in 0..50 {
             let tiles: Vec<_> = row_tiles(m, MR).collect();
             let mut next = 0;
