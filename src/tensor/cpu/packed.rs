@@ -159,6 +159,9 @@ struct Tile {
     a: *const f32,
     lda: usize,
     b: *const f32,
+    /// The same depth range of the next panel, fetched into cache by the first row tile (null:
+    /// none).
+    next: *const f32,
     /// Depth of the pass; rows in the tile.
     kc: usize,
     h: usize,
@@ -203,8 +206,10 @@ unsafe fn drive(
                 let kc = KC.min(k - k0);
                 // SAFETY (all offsets): within A, the packed panel, C and the scratch, per the contract.
                 let b = unsafe { w.panels().as_ptr().add((q * k + k0) * NR) };
+                let next = if (q + 1) * NR < n { unsafe { b.add(k * NR) } } else { std::ptr::null() };
                 for (r0, h) in row_tiles(m, mr) {
                     tile(Tile {
+                        next: if r0 == 0 { next } else { std::ptr::null() },
                         a: unsafe { ap.add(r0 * k + k0) },
                         lda: k,
                         b,
@@ -260,6 +265,10 @@ mod avx2 {
             }
         }
         for p in 0..t.kc {
+            if !t.next.is_null() {
+                _mm_prefetch::<_MM_HINT_T0>(t.next.add(p * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(t.next.add(p * NR + 16) as *const i8);
+            }
             let mut bv = [_mm256_setzero_ps(); V];
             for (j, v) in bv.iter_mut().enumerate() {
                 *v = _mm256_loadu_ps(b.add(p * NR + 8 * j));
@@ -343,6 +352,10 @@ mod avx512 {
             }
         }
         for p in 0..t.kc {
+            if !t.next.is_null() {
+                _mm_prefetch::<_MM_HINT_T0>(t.next.add(p * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(t.next.add(p * NR + 16) as *const i8);
+            }
             let b0 = _mm512_loadu_ps(b.add(p * NR));
             let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
             for (r, v) in acc.iter_mut().enumerate() {
