@@ -11,14 +11,15 @@ use crate::model::transformer::Model;
 use crate::model::workspace::Workspace;
 use crate::tensor::cpu::ops;
 use crate::tensor::cpu::simd::{self, simd_kernel};
-use crate::tensor::cpu::{matmul_nt, matmul_packed, PackedMatrix};
+use crate::tensor::cpu::{matmul_nt, matmul_packed, AlignedBuf, PackedMatrix};
 use rayon::prelude::*;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens.
 ///
 /// Keys are stored transposed in blocks of 8 positions per KV head, [slots, KV, T/8, D, 8] with
 /// T = `max_len` rounded up to a multiple of 8, so a query scores 8 consecutive positions per
-/// vector operation reading contiguous memory; values stay [slots, max_len, KV·D].
+/// vector operation reading contiguous memory; values are [slots, KV, max_len, D], so one KV
+/// head's values are one contiguous stream too.
 #[derive(Debug)]
 pub struct KvCache {
     pub slots: usize,
@@ -27,8 +28,8 @@ pub struct KvCache {
     kv_heads: usize,
     /// Key time stride (`max_len` rounded up to 8).
     t_cap: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<AlignedBuf>,
+    v: Vec<AlignedBuf>,
     /// Tokens held per slot.
     pub len: Vec<usize>,
 }
@@ -45,8 +46,8 @@ impl KvCache {
             kv_dim,
             kv_heads: model.cfg.num_kv_heads,
             t_cap,
-            k: (0..layers).map(|_| vec![0.0; slots * kv_dim * t_cap]).collect(),
-            v: (0..layers).map(|_| vec![0.0; slots * max_len * kv_dim]).collect(),
+            k: (0..layers).map(|_| AlignedBuf::zeros(slots * kv_dim * t_cap)).collect(),
+            v: (0..layers).map(|_| AlignedBuf::zeros(slots * max_len * kv_dim)).collect(),
             len: vec![0; slots],
         }
     }
@@ -61,8 +62,10 @@ impl KvCache {
                 blk[p * KB + pos % KB] = x;
             }
         }
-        let o = (slot * self.max_len + pos) * self.kv_dim;
-        self.v[l][o..o + self.kv_dim].copy_from_slice(&value[..self.kv_dim]);
+        for (g, vh) in value[..self.kv_dim].chunks(d).enumerate() {
+            let o = ((slot * self.kv_heads + g) * self.max_len + pos) * d;
+            self.v[l][o..o + d].copy_from_slice(vh);
+        }
     }
 }
 
@@ -190,7 +193,7 @@ fn score_blocks<const NB: usize>(qh: &[f32], kblk: &[f32], d: usize, out: &mut [
 simd_kernel! {
     /// Attention of one row's query heads against cached positions 0..len of its slot:
     /// out_h = softmax(scale · q_h·K) V for every head h (query head h reads KV head h / group).
-    /// `kt`: the slot's keys [KV, t_cap/8, D, 8]; `v`: its values [max_len, KV·D].
+    /// `kt`: the slot's keys [KV, t_cap/8, D, 8]; `v`: its values [KV, max_len, D].
     /// Each score and output is one sum over D (resp. positions) in order, whatever the tiling.
     fn attend_row(out: &mut [f32], q: &[f32], kt: &[f32], v: &[f32], d: usize, group: usize, len: usize, scale: f32, scores: &mut [f32]) -> () {
         let kv_dim = q.len() / group;
@@ -224,20 +227,20 @@ simd_kernel! {
             let inv = 1.0 / simd::exp_shift_sum(s, m);
             s.iter_mut().for_each(|x| *x *= inv);
             // outputs 64 columns (eight independent 8-lane sums), then 32, at a time
-            let vg = &v[g * d..];
+            let vg = &v[g * (v.len() / (kv_dim / d))..];
             let mut c0 = 0;
             while c0 + 64 <= d {
-                value_tile::<64>(&mut o[c0..c0 + 64], s, &vg[c0..], kv_dim);
+                value_tile::<64>(&mut o[c0..c0 + 64], s, &vg[c0..], d);
                 c0 += 64;
             }
             while c0 + 32 <= d {
-                value_tile::<32>(&mut o[c0..c0 + 32], s, &vg[c0..], kv_dim);
+                value_tile::<32>(&mut o[c0..c0 + 32], s, &vg[c0..], d);
                 c0 += 32;
             }
             if c0 < d {
                 o[c0..].fill(0.0);
                 for (j, &pj) in s.iter().enumerate() {
-                    for (x, &vv) in o[c0..].iter_mut().zip(&vg[j * kv_dim + c0..j * kv_dim + d]) {
+                    for (x, &vv) in o[c0..].iter_mut().zip(&vg[j * d + c0..j * d + d]) {
                         *x += pj * vv;
                     }
                 }
@@ -489,18 +492,20 @@ mod tests {
             // keys and values for every position of the slot: rows past `len` must not matter
             let k = values(max_len * kv_dim, 20 + t as u64);
             let v = values(max_len * kv_dim, 30 + t as u64);
+            let mut vh = vec![f32::NAN; kv_dim * max_len];
             let mut kt = vec![f32::NAN; kv_dim * t_cap];
             for pos in 0..max_len {
                 for g in 0..kv_heads {
                     for p in 0..d {
                         kt[g * d * t_cap + (pos / KB) * d * KB + p * KB + pos % KB] = k[pos * kv_dim + g * d + p];
+                        vh[(g * max_len + pos) * d + p] = v[pos * kv_dim + g * d + p];
                     }
                 }
             }
             let scale = 1.0 / (d as f32).sqrt();
             let mut out = vec![0.0; heads * d];
             let mut scores = vec![0.0; t_cap];
-            attend_row(&mut out, &q, &kt, &v, d, group, len, scale, &mut scores);
+            attend_row(&mut out, &q, &kt, &vh, d, group, len, scale, &mut scores);
             let want = reference(&q, &k, &v, d, group, len, scale);
             for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
                 assert!((o as f64 - w).abs() < 1e-5, "shape {t}, element {i}: {o} vs {w}");

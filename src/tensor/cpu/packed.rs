@@ -15,6 +15,8 @@
 //! depend on how many rows are multiplied together or where the row sits: batched generation
 //! gives bit-identical results whatever the batch composition.
 
+use super::aligned::{AlignedBuf, LINE};
+
 /// Output columns per packed panel (two AVX-512 registers, four AVX2 registers).
 pub const NR: usize = 32;
 /// Most activation rows per register tile (AVX2: 4 registers per row; AVX-512: 2).
@@ -27,27 +29,21 @@ const MR512: usize = 12;
 pub struct PackedMatrix {
     n: usize,
     k: usize,
-    /// The panels start at `data[off]`, on a 64-byte boundary: a panel row is one cache line
-    /// (16 floats), so the kernels' row loads never straddle two lines.
-    data: Vec<f32>,
-    off: usize,
+    /// The panels, starting on a cache line: a panel row is whole lines, so the kernels' row
+    /// loads never straddle two lines.
+    data: AlignedBuf,
 }
-
-/// Floats per cache line.
-const LINE: usize = 16;
 const _: () = assert!(NR % LINE == 0, "a panel row is whole cache lines");
 
 impl PackedMatrix {
     /// Pack row-major W [n, k] (only the first n·k elements of `w` are read).
     pub fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
         assert!(w.len() >= n * k, "PackedMatrix: {} elements for a [{n}, {k}] matrix", w.len());
-        let len = n.div_ceil(NR) * k * NR;
-        let mut data = vec![0.0f32; len + LINE];
-        let off = data.as_ptr().align_offset(LINE * 4).min(LINE);
+        let mut data = AlignedBuf::zeros(n.div_ceil(NR) * k * NR);
         if k == 0 {
-            return PackedMatrix { n, k, data, off };
+            return PackedMatrix { n, k, data };
         }
-        for (q, panel) in data[off..off + len].chunks_mut(k * NR).enumerate() {
+        for (q, panel) in data.chunks_mut(k * NR).enumerate() {
             for j in 0..NR.min(n - q * NR) {
                 let row = &w[(q * NR + j) * k..(q * NR + j + 1) * k];
                 for (p, &x) in row.iter().enumerate() {
@@ -55,12 +51,12 @@ impl PackedMatrix {
                 }
             }
         }
-        PackedMatrix { n, k, data, off }
+        PackedMatrix { n, k, data }
     }
 
     /// The packed panels.
     fn panels(&self) -> &[f32] {
-        &self.data[self.off..self.off + self.n.div_ceil(NR) * self.k * NR]
+        &self.data
     }
 
     /// Output features n.
