@@ -35,14 +35,31 @@ pub struct Sampled {
     pub entropy: f32,
 }
 
+thread_local! {
+    /// exp((z_i − max)/T) of the last call's logits, computed once and read again by the draw.
+    static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Sample from logits z ([V]). `scratch` is reused between calls (no allocation once grown).
 pub fn sample(z: &[f32], params: &SamplingParams, rng: &mut Rng, scratch: &mut Vec<(f32, u32)>) -> Sampled {
+    WEIGHTS.with_borrow_mut(|w| sample_with(z, params, rng, scratch, w))
+}
+
+fn sample_with(
+    z: &[f32],
+    params: &SamplingParams,
+    rng: &mut Rng,
+    scratch: &mut Vec<(f32, u32)>,
+    w: &mut Vec<f64>,
+) -> Sampled {
     let t = if params.temperature > 0.0 { params.temperature } else { 1.0 };
     let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let (mut sum, mut sz) = (0.0f64, 0.0f64);
+    w.clear();
     for &x in z {
         let s = ((x - m) / t) as f64;
         let e = s.exp();
+        w.push(e);
         sum += e;
         sz += e * s;
     }
@@ -55,8 +72,8 @@ pub fn sample(z: &[f32], params: &SamplingParams, rng: &mut Rng, scratch: &mut V
     } else if params.top_k == 0 && params.top_p >= 1.0 {
         let mut u = rng.uniform() * sum;
         let mut pick = z.len() - 1;
-        for (i, &x) in z.iter().enumerate() {
-            u -= (((x - m) / t) as f64).exp();
+        for (i, &e) in w.iter().enumerate() {
+            u -= e;
             if u <= 0.0 {
                 pick = i;
                 break;
