@@ -486,7 +486,7 @@ mod tests {
             let w = values(n * k, 11);
             let p = PackedMatrix::from_rows(&w, n, k);
             assert_eq!(p.panels().as_ptr() as usize % 64, 0, "[{n}, {k}]");
-            assert_eq!(p.panels()[k * NR - NR], w[(k - 1)], "W[0, k-1] is panel 0's last row, column 0");
+            assert_eq!(p.panels()[k * NR - NR], w[k - 1], "W[0, k-1] is panel 0's last row, column 0");
         }
     }
 
