@@ -5,6 +5,7 @@
 //! the policy-gradient ratio compares against the trainer's recomputed log-probs.
 
 use crate::rng::Rng;
+use crate::tensor::cpu::simd::{self, simd_kernel};
 use serde::{Deserialize, Serialize};
 
 /// How to pick the next token.
@@ -37,7 +38,34 @@ pub struct Sampled {
 
 thread_local! {
     /// exp((z_i − max)/T) of the last call's logits, computed once and read again by the draw.
-    static WEIGHTS: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    static WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Partial sums of the normaliser (independent chains, so the f64 additions overlap).
+const CHAINS: usize = 4;
+
+simd_kernel! {
+    /// w_i = e^(s_i) with s_i = (z_i − m)/t, in f32 through the vectorised `exp` (relative error
+    /// ~1e−7); returns Σ w_i and Σ w_i·s_i accumulated in f64.
+    fn weights(w: &mut [f32], z: &[f32], m: f32, t: f32) -> (f64, f64) {
+        for (e, &x) in w.iter_mut().zip(z) {
+            *e = simd::exp((x - m) / t);
+        }
+        let (mut sum, mut sz) = ([0.0f64; CHAINS], [0.0f64; CHAINS]);
+        let body = z.len() - z.len() % CHAINS;
+        for (ws, zs) in w[..body].chunks_exact(CHAINS).zip(z[..body].chunks_exact(CHAINS)) {
+            for c in 0..CHAINS {
+                let e = ws[c] as f64;
+                sum[c] += e;
+                sz[c] += e * ((zs[c] - m) / t) as f64;
+            }
+        }
+        for (&e, &x) in w[body..].iter().zip(&z[body..]) {
+            sum[0] += e as f64;
+            sz[0] += e as f64 * ((x - m) / t) as f64;
+        }
+        (sum.iter().sum(), sz.iter().sum())
+    }
 }
 
 /// Sample from logits z ([V]). `scratch` is reused between calls (no allocation once grown).
@@ -50,19 +78,12 @@ fn sample_with(
     params: &SamplingParams,
     rng: &mut Rng,
     scratch: &mut Vec<(f32, u32)>,
-    w: &mut Vec<f64>,
+    w: &mut Vec<f32>,
 ) -> Sampled {
     let t = if params.temperature > 0.0 { params.temperature } else { 1.0 };
-    let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let (mut sum, mut sz) = (0.0f64, 0.0f64);
-    w.clear();
-    for &x in z {
-        let s = ((x - m) / t) as f64;
-        let e = s.exp();
-        w.push(e);
-        sum += e;
-        sz += e * s;
-    }
+    let m = simd::max(z);
+    w.resize(z.len(), 0.0);
+    let (sum, sz) = weights(w, z, m, t);
     let log_z = sum.ln();
     let entropy = (log_z - sz / sum) as f32;
     let logprob_of = |tok: usize| (((z[tok] - m) / t) as f64 - log_z) as f32;
@@ -73,7 +94,7 @@ fn sample_with(
         let mut u = rng.uniform() * sum;
         let mut pick = z.len() - 1;
         for (i, &e) in w.iter().enumerate() {
-            u -= e;
+            u -= e as f64;
             if u <= 0.0 {
                 pick = i;
                 break;
