@@ -127,7 +127,10 @@ fn chunked_head_matches_single_chunk() {
     };
     let (lp1, en1, g1) = run(None);
     let (lp2, en2, g2) = run(Some(5));
-    assert!(max_abs_diff(&lp1, &lp2) < 1e-6 && max_abs_diff(&en1, &en2) < 1e-6);
+    // the chunks recompute their logits with another GEMM blocking: a few ulps of values up to
+    // ~6 (log 512), where one ulp is 4.8e-7
+    let (dl, de) = (max_abs_diff(&lp1, &lp2), max_abs_diff(&en1, &en2));
+    assert!(dl < 2e-6 && de < 2e-6, "log-probs differ by {dl:e}, entropies by {de:e}");
     let e = rel_err(&g2, &g1);
     assert!(e < 1e-5, "chunked head gradients differ: {e}");
 }
