@@ -10,6 +10,9 @@
 //!   ports, not the loads, bound it);
 //! - AVX2 + FMA: up to 3 rows × 32 columns in 12 registers.
 //!
+//! The first row tile of each panel pass also prefetches the next panel's rows, so the weights,
+//! which stream from L3 on every decode step, arrive while this panel is multiplied.
+//!
 //! Every output element is a single multiply-add chain over p = 0..k in order, started from
 //! zero and added to C only at the end when accumulating. A row's result therefore does not
 //! depend on how many rows are multiplied together or where the row sits: batched generation
@@ -143,7 +146,7 @@ const KC: usize = 128;
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// Running sums of one panel between depth passes ([m, 16]).
+    /// Running sums of one panel between depth passes ([m, NR]).
     static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
