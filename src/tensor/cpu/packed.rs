@@ -36,7 +36,7 @@ pub struct PackedMatrix {
     /// loads never straddle two lines.
     data: AlignedBuf,
 }
-const _: () = assert!(NR % LINE == 0, "a panel row is whole cache lines");
+const _: () = assert!(NR.is_multiple_of(LINE), "a panel row is whole cache lines");
 
 impl PackedMatrix {
     /// Pack row-major W [n, k] (only the first n·k elements of `w` are read).
