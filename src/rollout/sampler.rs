@@ -103,7 +103,7 @@ fn sample_with(
         pick
     } else {
         scratch.clear();
-        scratch.extend(z.iter().enumerate().map(|(i, &x)| ((((x - m) / t) as f64 - log_z).exp() as f32, i as u32)));
+        scratch.extend(w.iter().enumerate().map(|(i, &e)| ((e as f64 / sum) as f32, i as u32)));
         scratch.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut keep = if params.top_k > 0 { params.top_k.min(scratch.len()) } else { scratch.len() };
         if params.top_p < 1.0 {
