@@ -164,7 +164,7 @@ struct Tile {
     /// Depth of the pass; rows in the tile.
     kc: usize,
     h: usize,
-    /// Output rows (stride `ldc`) at the panel's first column; the rows' running sums ([h, 16]).
+    /// Output rows (stride `ldc`) at the panel's first column; the rows' running sums ([h, NR]).
     c: *mut f32,
     ldc: usize,
     partial: *mut f32,
