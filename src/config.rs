@@ -41,6 +41,10 @@ pub struct RunConfig {
     pub workload: Option<crate::rollout::WorkloadConfig>,
     /// `[env]`: multi-turn environments with latency (replaces `[data]`'s single-turn prompts).
     pub env: Option<crate::env::EnvConfig>,
+    /// A resume may change settings the run recorded (`arbor train --allow-config-change`; never
+    /// read from or written to a file).
+    #[serde(skip)]
+    pub allow_config_change: bool,
 }
 
 /// `[parallel]`: world = dp × tp under mpirun/srun; dp is world / tp.
@@ -257,6 +261,14 @@ pub struct TrainSection {
     /// Where the supervised phase's forward and backward run: "cpu" or "cuda" (GPU 0 of each rank).
     #[serde(default)]
     pub device: Device,
+    /// Steps in a row whose update may be skipped for a non-finite loss or gradient norm before
+    /// the run stops (both phases; 0 = stop at the first).
+    #[serde(default = "default_max_nonfinite")]
+    pub max_nonfinite_steps: u64,
+}
+
+fn default_max_nonfinite() -> u64 {
+    3
 }
 
 /// Compute device of the supervised phase.
@@ -300,16 +312,20 @@ fn default_log_every() -> u64 {
 impl RunConfig {
     /// Parse TOML text; `file` names the source in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        // 1. TOML syntax, then every number of every section finite (a NaN or ±inf never reaches a
+        //    typed field, whatever section it is in)
+        let tree: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
+            file: file.into(),
+            key: e.span().map(|s| format!("line {}", line_of(text, s.start))).unwrap_or_default(),
+            msg: e.message().to_string(),
+        })?;
+        if let Some((key, v)) = first_non_finite(&tree, "") {
+            return Err(Error::Config { file: file.into(), key, msg: format!("{v} is not a finite number") });
+        }
+        // 2. the typed schema; a wrong type or unknown key is named by its dotted path and line
         let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
             file: file.into(),
-            // toml's message names the key; the span gives where it is
-            key: e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start].matches('\n').count() + 1;
-                    format!("line {line}: {}", text[s].chars().take(40).collect::<String>())
-                })
-                .unwrap_or_default(),
+            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
             msg: e.message().to_string(),
         })?;
         cfg.validate(file)?;
@@ -338,24 +354,69 @@ impl RunConfig {
             key: format!("data.{key}"),
             msg,
         })?;
-        if (self.train.steps == 0 && self.rl.is_none()) || self.train.batch_size == 0 {
-            return bad("train.steps", "steps (without an [rl] phase) and batch_size must be positive".into());
+        if self.train.steps == 0 && self.rl.is_none() {
+            return bad("train.steps", "0: a run without an [rl] phase needs supervised steps".into());
+        }
+        if self.train.batch_size == 0 {
+            return bad("train.batch_size", "0 must be at least 1".into());
+        }
+        if self.train.eval_problems == 0 {
+            return bad("train.eval_problems", "0 must be at least 1 (every evaluation scores held-out problems)".into());
+        }
+        let t = &self.train;
+        for (key, v, ok, want) in [
+            ("train.lr", t.lr, t.lr > 0.0, "> 0"),
+            ("train.min_lr", t.min_lr, t.min_lr >= 0.0 && t.min_lr <= t.lr, "in [0, lr]"),
+            ("train.grad_clip", t.grad_clip, t.grad_clip >= 0.0, "≥ 0 (0 disables clipping)"),
+            ("train.weight_decay", t.weight_decay, t.weight_decay >= 0.0, "≥ 0"),
+            ("train.beta1", t.beta1, (0.0..1.0).contains(&t.beta1), "in [0, 1)"),
+            ("train.beta2", t.beta2, (0.0..1.0).contains(&t.beta2), "in [0, 1)"),
+            ("train.eps", t.eps, t.eps > 0.0, "> 0"),
+        ] {
+            if !(v.is_finite() && ok) {
+                return bad(key, format!("{v} must be {want}"));
+            }
+        }
+        let m = &self.model;
+        if !(m.rope_theta.is_finite() && m.rope_theta > 0.0) {
+            return bad("model.rope_theta", format!("{} must be > 0", m.rope_theta));
+        }
+        if !(m.init_std.is_finite() && m.init_std > 0.0) {
+            return bad("model.init_std", format!("{} must be > 0", m.init_std));
         }
         if let Some(rl) = &self.rl {
-            if rl.prompts_per_step == 0 || rl.samples_per_prompt == 0 || rl.max_new_tokens == 0 || rl.max_batch == 0 {
+            for (key, v) in [
+                ("rl.prompts_per_step", rl.prompts_per_step),
+                ("rl.samples_per_prompt", rl.samples_per_prompt as usize),
+                ("rl.max_new_tokens", rl.max_new_tokens),
+                ("rl.max_batch", rl.max_batch),
+                ("rl.epochs", rl.epochs),
+                ("rl.mini_batches", rl.mini_batches),
+                ("rl.eval_problems", rl.eval_problems),
+            ] {
+                if v == 0 {
+                    return bad(key, "0 must be at least 1".into());
+                }
+            }
+            // a group advantage compares the samples of one prompt: a group of one has none
+            if rl.samples_per_prompt < 2 && self.critic.is_none() && self.attnrl.is_none() {
                 return bad(
-                    "rl",
-                    "prompts_per_step, samples_per_prompt, max_new_tokens and max_batch must be positive".into(),
+                    "rl.samples_per_prompt",
+                    format!(
+                        "{}: the {:?} advantage compares the samples of a prompt, so a group needs at least 2 \
+                         (or add a [critic] for per-sample values)",
+                        rl.samples_per_prompt, rl.advantage
+                    ),
                 );
             }
-            if rl.epochs == 0 {
-                return bad("rl.epochs", "0 must be at least 1".into());
-            }
-            if rl.mini_batches == 0 {
-                return bad("rl.mini_batches", "0 must be at least 1".into());
-            }
-            if rl.lr.is_nan() || rl.lr <= 0.0 {
-                return bad("rl.lr", format!("{} must be positive", rl.lr));
+            for (key, v, ok, want) in [
+                ("rl.lr", rl.lr, rl.lr > 0.0, "> 0"),
+                ("rl.grad_clip", rl.grad_clip, rl.grad_clip >= 0.0, "≥ 0 (0 disables clipping)"),
+                ("rl.temperature", rl.temperature, rl.temperature >= 0.0, "≥ 0 (0 = greedy rollouts)"),
+            ] {
+                if !(v.is_finite() && ok) {
+                    return bad(key, format!("{v} must be {want}"));
+                }
             }
         }
         if self.train.device == Device::Cuda {
@@ -444,9 +505,6 @@ impl RunConfig {
                 msg: e.msg,
             })?;
         }
-        if self.train.lr.is_nan() || self.train.lr <= 0.0 || self.train.min_lr < 0.0 {
-            return bad("train.lr", format!("lr {} must be > 0 and min_lr {} ≥ 0", self.train.lr, self.train.min_lr));
-        }
         if self.model.arch != "qwen2" && self.model.arch != "llama" {
             return bad("model.arch", format!("{:?} is not \"qwen2\" or \"llama\"", self.model.arch));
         }
@@ -508,6 +566,48 @@ impl RunConfig {
         cfg.validate(file)?;
         Ok(cfg)
     }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// The dotted key a TOML error span points into, with its line: the table of the nearest `[header]`
+/// above it and the key on its line (`train.steps (line 23)`); the line alone when the span is not
+/// on a `key = value` line.
+fn key_at(text: &str, at: usize) -> String {
+    let line_no = line_of(text, at);
+    let mut table = String::new();
+    let mut key = None;
+    for (i, line) in text.lines().enumerate().take(line_no) {
+        let t = line.trim();
+        if t.starts_with('[') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            key = None;
+        } else if i + 1 == line_no {
+            key = t.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).filter(|k| !k.is_empty());
+        }
+    }
+    match (key, table.is_empty()) {
+        (Some(k), true) => format!("{k} (line {line_no})"),
+        (Some(k), false) => format!("{table}.{k} (line {line_no})"),
+        (None, false) => format!("{table} (line {line_no})"),
+        (None, true) => format!("line {line_no}"),
+    }
+}
+
+/// The dotted path and value of the first non-finite float in a TOML tree (arrays index as `key[i]`).
+fn first_non_finite(table: &toml::Table, prefix: &str) -> Option<(String, f64)> {
+    fn walk(v: &toml::Value, path: String) -> Option<(String, f64)> {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() => Some((path, *f)),
+            toml::Value::Table(t) => first_non_finite(t, &path),
+            toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| walk(x, format!("{path}[{i}]"))),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| walk(v, if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }))
 }
 
 #[cfg(test)]

@@ -17,6 +17,11 @@ pub enum Error {
     /// A dataset file has a malformed record (`line` is 1-based; 0 = the file as a whole).
     #[error("{file}:{line}: {msg}")]
     Dataset { file: PathBuf, line: usize, msg: String },
+    /// Not enough free space for a write; checked before writing, so nothing on disk was touched.
+    #[error(
+        "{path}: disk full: writing {what} needs about {need_mb:.2} MB free (with a {reserve_mb:.2} MB reserve), {free_mb:.2} MB are free; nothing already written was damaged: free some space and resume with `arbor train --resume latest`"
+    )]
+    DiskFull { path: PathBuf, what: String, need_mb: f64, reserve_mb: f64, free_mb: f64 },
     /// A value outside what the operation supports (batch too large, token id out of range, ...).
     #[error("{0}")]
     Invalid(String),

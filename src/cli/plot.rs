@@ -88,7 +88,9 @@ pub fn parse_metrics(name: &str, bytes: &[u8]) -> anyhow::Result<Metrics> {
         let Some(obj) = value.as_object() else {
             bail!("{name}:{at}: expected a JSON object, found {}", kind(&value));
         };
-        let (step_key, keys, dest): (&str, &[&'static str], &mut Vec<Row>) = if obj.contains_key("rl_step") {
+        let (step_key, keys, dest): (&str, &[&'static str], &mut Vec<Row>) = if obj.contains_key("event") {
+            continue; // an event (a config change on resume), not a step's metrics
+        } else if obj.contains_key("rl_step") {
             ("rl_step", &RL_KEYS, &mut m.rl)
         } else if obj.contains_key("step") {
             ("step", &SFT_KEYS, &mut m.sft)

@@ -22,6 +22,10 @@ pub struct TrainArgs {
     /// Continue from a checkpoint directory, or `latest` (the newest under the run's directory).
     #[arg(long)]
     pub resume: Option<String>,
+    /// Let `--resume` continue with settings that differ from the run's recorded config.toml (the
+    /// change is recorded in config-history.jsonl and metrics.jsonl); without it such a resume is refused.
+    #[arg(long)]
+    pub allow_config_change: bool,
 }
 
 /// Load the config with overrides applied.
@@ -40,6 +44,7 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     if let Some(s) = args.seed {
         cfg.run.seed = s;
     }
+    cfg.allow_config_change = args.allow_config_change;
     Ok(cfg)
 }
 

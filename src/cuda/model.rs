@@ -139,9 +139,13 @@ impl GpuModel {
 
     /// One AdamW step with the hyper-parameters, step count and decay segments of `opt` (its host
     /// moments are not used; `opt.t` is advanced), clipping to `max_norm` (0 = none). Returns the
-    /// pre-clip gradient norm.
+    /// pre-clip gradient norm. A non-finite norm skips the update (weights, moments and `opt.t`
+    /// unchanged), as on the CPU.
     pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<f32> {
         let norm = self.grad_norm()?;
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
         let scale = if max_norm > 0.0 { clip_coefficient(norm, max_norm) } else { 1.0 };
         opt.t += 1;
         let c = opt.cfg;

@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod dtype;
+pub mod space;
 pub mod hf;
 pub mod tensor_file;
 pub mod trajectories;

@@ -768,6 +768,10 @@ mod imp {
 
         pub(super) fn resume(path: &Path, first_dropped_step: u64) -> Result<Self> {
             check_exists(path)?;
+            // dropping the rows after the checkpoint rewrites metadata and the last chunks
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let need = (9 * 4 * TOKEN_CHUNK + 9 * 8 * SAMPLE_CHUNK) as u64;
+            crate::io::space::ensure_space(dir, need, "the trajectory dump (truncated to the checkpoint)")?;
             let file =
                 options().open_rw(path).map_err(|e| h5err(path, "cannot open as an HDF5 file for writing", e))?;
             read_attributes(&file, path)?;
@@ -904,6 +908,14 @@ mod imp {
             if records.is_empty() {
                 return Ok(());
             }
+            // HDF5 cannot undo a write that fails half-way (a full disk would leave chunks and metadata
+            // that disagree), so the room is checked first: the raw bytes of the records, the last
+            // (compressed) chunk of every column rewritten, and the metadata within the reserve
+            let tokens: usize = records.iter().map(|r| r.prompt.len() + r.response.len()).sum();
+            let raw = 4 * 9 * tokens + 8 * 16 * records.len();
+            let need = (raw + 9 * 4 * TOKEN_CHUNK + 9 * 8 * SAMPLE_CHUNK) as u64;
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            crate::io::space::ensure_space(dir, need, "the trajectory dump")?;
             match self.write_records(records) {
                 Ok(()) => Ok(()),
                 Err(e) => {

@@ -124,16 +124,24 @@ simd_kernel! {
 }
 
 /// The optimizer half of a training step: global gradient norm, clip to `max_norm` (0 = no
-/// clipping) fused into the AdamW update at learning rate `lr`. Returns the pre-clip norm.
+/// clipping) fused into the AdamW update at learning rate `lr`. Returns the pre-clip norm. A
+/// non-finite norm (a NaN or inf anywhere in the gradients) skips the update: the weights, the
+/// moments and AdamW's step count stay as they were, and the caller sees the norm (see
+/// [`crate::train::guard`]).
 pub fn clip_and_step(opt: &mut AdamW, params: &mut [f32], grads: &[f32], lr: f32, max_norm: f32) -> f32 {
     let norm = grad_norm(grads);
+    if !norm.is_finite() {
+        return norm;
+    }
     let scale = if max_norm > 0.0 { clip_coefficient(norm, max_norm) } else { 1.0 };
     opt.step_scaled(params, grads, lr, scale);
     norm
 }
 
 /// [`clip_and_step`] on a model's own gradients: the clipping norm is the whole model's, summed
-/// over its tensor-parallel group when it is a shard. Returns the norm before clipping.
+/// over its tensor-parallel group when it is a shard. Returns the norm before clipping; a
+/// non-finite norm skips the update, as in [`clip_and_step`] (every rank of the group sees the
+/// same norm, so all skip together).
 pub fn clip_and_step_model(
     opt: &mut AdamW,
     model: &mut crate::model::Model,
@@ -142,6 +150,9 @@ pub fn clip_and_step_model(
     max_norm: f32,
 ) -> crate::error::Result<f32> {
     let norm = model.grad_norm(grads)?;
+    if !norm.is_finite() {
+        return Ok(norm);
+    }
     let scale = if max_norm > 0.0 { clip_coefficient(norm, max_norm) } else { 1.0 };
     opt.step_scaled(&mut model.params.data, grads, lr, scale);
     Ok(norm)

@@ -65,7 +65,13 @@ fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
     r.map_err(|e| Error::io(path, e))
 }
 
-/// Write `checkpoints/step-<state.step>/` under `run_dir` and keep only the newest `keep_last`.
+/// Files a trainer adds to a checkpoint (critics, a pending batch): written into the checkpoint's
+/// temporary folder, so they are covered by its manifest and appear together with it or not at all.
+pub type ExtraFiles<'a> = &'a dyn Fn(&Path) -> Result<()>;
+
+/// Write `checkpoints/step-<state.step>/` under `run_dir` (with the `extra` files) and keep only the
+/// newest `keep_last`.
+#[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
     run_dir: &Path,
     cfg: &ModelConfig,
@@ -74,6 +80,7 @@ pub fn save_checkpoint(
     opt: &AdamW,
     state: &TrainerState,
     keep_last: usize,
+    extra: ExtraFiles,
 ) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     io(&root, std::fs::create_dir_all(&root))?;
@@ -82,9 +89,54 @@ pub fn save_checkpoint(
     if tmp.exists() {
         io(&tmp, std::fs::remove_dir_all(&tmp))?;
     }
-    save_hf_dir(&tmp, cfg, params, &SaveOptions::default())?;
+    // f32 weights and two f32 moments per parameter (the small files fit in the reserve)
+    let need = 12 * params.data.len() as u64;
+    crate::io::space::ensure_space(&root, need, &format!("checkpoint step-{}", state.step))?;
+    // a failed write (a full disk after all) leaves no temporary folder behind
+    write_checkpoint_files(&tmp, cfg, params, tokenizer, opt, state, extra).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
+    if final_dir.exists() {
+        io(&final_dir, std::fs::remove_dir_all(&final_dir))?;
+    }
+    io(&final_dir, std::fs::rename(&tmp, &final_dir))?;
+    prune(&root, keep_last.max(1))?;
+    Ok(final_dir)
+}
+
+/// Remove the temporary folders (`checkpoints/.step-N.tmp-PID`) of checkpoints whose writer died
+/// before renaming them into place; returns how many. Called when a run (or a resume) starts.
+pub fn remove_stale_temporaries(run_dir: &Path) -> Result<usize> {
+    let root = run_dir.join("checkpoints");
+    if !root.is_dir() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for entry in io(&root, std::fs::read_dir(&root))? {
+        let path = io(&root, entry)?.path();
+        let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with(".step-") && name.contains(".tmp-") && path.is_dir() {
+            io(&path, std::fs::remove_dir_all(&path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The files of a checkpoint, written into `tmp`.
+fn write_checkpoint_files(
+    tmp: &Path,
+    cfg: &ModelConfig,
+    params: &Params,
+    tokenizer: Option<&Tokenizer>,
+    opt: &AdamW,
+    state: &TrainerState,
+    extra: ExtraFiles,
+) -> Result<()> {
+    save_hf_dir(tmp, cfg, params, &SaveOptions::default())?;
+    extra(tmp)?;
     if let Some(t) = tokenizer {
-        t.save_to_dir(&tmp)?;
+        t.save_to_dir(tmp)?;
     }
     let n = opt.m.len();
     let shape = vec![n];
@@ -101,24 +153,19 @@ pub fn save_checkpoint(
     safetensors::serialize_to_file(views, None, &opt_path)
         .map_err(|e| Error::Invalid(format!("{}: {e}", opt_path.display())))?;
     let state_json = serde_json::to_vec_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
-    io(&tmp, std::fs::write(tmp.join(STATE_FILE), state_json))?;
+    io(tmp, std::fs::write(tmp.join(STATE_FILE), state_json))?;
     // Manifest of every file: size and checksum.
     let mut files = BTreeMap::new();
-    for entry in io(&tmp, std::fs::read_dir(&tmp))? {
-        let path = io(&tmp, entry)?.path();
+    for entry in io(tmp, std::fs::read_dir(tmp))? {
+        let path = io(tmp, entry)?.path();
         let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let bytes = io(&path, std::fs::read(&path))?;
         files.insert(name, serde_json::json!({"bytes": bytes.len(), "fnv1a64": format!("{:016x}", fnv1a64(&bytes))}));
     }
     let manifest =
         serde_json::to_vec_pretty(&serde_json::json!({ "files": files })).map_err(|e| Error::Invalid(e.to_string()))?;
-    io(&tmp, std::fs::write(tmp.join(MANIFEST_FILE), manifest))?;
-    if final_dir.exists() {
-        io(&final_dir, std::fs::remove_dir_all(&final_dir))?;
-    }
-    io(&final_dir, std::fs::rename(&tmp, &final_dir))?;
-    prune(&root, keep_last.max(1))?;
-    Ok(final_dir)
+    io(tmp, std::fs::write(tmp.join(MANIFEST_FILE), manifest))?;
+    Ok(())
 }
 
 /// Completed checkpoints under `run_dir/checkpoints`, oldest first, as (step, dir).
@@ -173,10 +220,11 @@ pub fn save_model_checkpoint(
     state: &TrainerState,
     keep_last: usize,
     write: bool,
+    extra: ExtraFiles,
 ) -> Result<Option<PathBuf>> {
     if model.tp.is_none() {
         return match write {
-            true => save_checkpoint(run_dir, &model.cfg, &model.params, tokenizer, opt, state, keep_last).map(Some),
+            true => save_checkpoint(run_dir, &model.cfg, &model.params, tokenizer, opt, state, keep_last, extra).map(Some),
             false => Ok(None),
         };
     }
@@ -187,7 +235,7 @@ pub fn save_model_checkpoint(
     }
     let mut full_opt = AdamW::for_layout(opt.cfg, &params.layout);
     (full_opt.m, full_opt.v, full_opt.t) = (m, v, opt.t);
-    save_checkpoint(run_dir, model.full_config(), &params, tokenizer, &full_opt, state, keep_last).map(Some)
+    save_checkpoint(run_dir, model.full_config(), &params, tokenizer, &full_opt, state, keep_last, extra).map(Some)
 }
 
 /// Verify the manifest of a checkpoint directory, then load it.

@@ -13,7 +13,7 @@ use crate::model::{Batch, Model, ModelConfig, Workspace};
 use crate::parallel::{all_reduce_buckets, Comm};
 use crate::rl::gae::Aggregate;
 use crate::train::rl::Sample;
-use crate::train::{AdamW, AdamWConfig};
+use crate::train::{grad_norm, AdamW, AdamWConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -92,8 +92,13 @@ impl CriticConfig {
             return bad("value_clip", format!("{} must be ≥ 0", self.value_clip));
         }
         let (k, h) = (self.mask_low_frac, self.entropy_exclude_high_frac);
-        if !((0.0..=1.0).contains(&k) && (0.0..=1.0).contains(&h) && k + h <= 1.0) {
-            return bad("mask_low_frac", format!("k = {k} and h = {h} must be fractions with k + h ≤ 1"));
+        for (key, v) in [("mask_low_frac", k), ("entropy_exclude_high_frac", h)] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, format!("{v} must be a fraction in [0, 1]"));
+            }
+        }
+        if k + h > 1.0 {
+            return bad("mask_low_frac", format!("k = {k} and h = {h} (entropy_exclude_high_frac) must have k + h ≤ 1"));
         }
         Ok(())
     }
@@ -241,8 +246,11 @@ impl Critic {
         }
         all_reduce_buckets(dp, &mut grads, bucket_bytes)?;
         dp.all_reduce_sum_f32(&mut head_grads)?;
-        self.opt.step(&mut self.model.params.data, &grads, lr);
-        self.head_opt.step(&mut self.head, &head_grads, lr);
+        // a non-finite loss or gradient skips the critic's update (its weights never take a NaN)
+        if loss.is_finite() && grad_norm(&grads).is_finite() && grad_norm(&head_grads).is_finite() {
+            self.opt.step(&mut self.model.params.data, &grads, lr);
+            self.head_opt.step(&mut self.head, &head_grads, lr);
+        }
         Ok(loss)
     }
 

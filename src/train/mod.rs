@@ -6,9 +6,11 @@ pub mod checkpoint;
 pub mod critic;
 pub mod device;
 pub mod dump;
+pub mod guard;
 pub mod pretrain;
 pub mod progress;
 pub mod rl;
+pub mod run_record;
 pub mod schedule;
 
 pub use adamw::{clip_and_step, clip_and_step_model, clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};

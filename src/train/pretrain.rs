@@ -12,7 +12,9 @@ use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_model_checkpoint, TrainerState};
+use crate::io::space::SpaceCheckedFile;
 use crate::train::device::Engine;
+use crate::train::guard::NonFiniteGuard;
 use crate::train::progress::Progress;
 use crate::train::{clip_and_step_model, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
@@ -154,8 +156,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
     if root {
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
-        let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
-        write_file(&out_dir.join("config.toml"), resolved.as_bytes())?;
+        crate::train::checkpoint::remove_stale_temporaries(&out_dir)?;
     }
 
     let model = build_model(cfg, &tok)?;
@@ -202,6 +203,18 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         sampling = ck.state.sampling;
         rl_before = ck.state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
     }
+    // the run directory's record of its config: written fresh, or compared on a resume
+    let mut config_event = None;
+    if root {
+        let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+        match resume {
+            Some(_) => {
+                config_event =
+                    crate::train::run_record::resume_config(&out_dir, &resolved, start, cfg.allow_config_change)?;
+            }
+            None => crate::io::atomic::write_atomic(&out_dir.join("config.toml"), resolved.as_bytes())?,
+        }
+    }
     let mut grads = vec![0.0f32; model.params.data.len()];
     let mut ws = Workspace::new(&model.cfg, 0);
     let mut engine = Engine::new(t.device, &model, dp)?;
@@ -213,6 +226,10 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };
+    if let Some(event) = &config_event {
+        writeln!(metrics, "{event}").map_err(|e| Error::io(&metrics_path, e))?;
+        say(log, format!("resumed with a changed config (recorded in config-history.jsonl): {}", event["changes"]));
+    }
     say(
         log,
         format!(
@@ -264,6 +281,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let tokenizer = Tokenizer::Char(tok.clone());
     let (mut tokens_total, mut train_secs) = (0usize, 0.0f64);
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
+    let mut guard = NonFiniteGuard::new(t.max_nonfinite_steps);
     for step in start..t.steps {
         let _armed = grid
             .watchdog
@@ -301,14 +319,22 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             all_reduce_buckets(dp, &mut grads, cfg.parallel.bucket_bytes())?;
         }
         let lr = schedule.lr(step);
-        let norm = clip_and_step_model(&mut opt, &mut model, &grads, lr, t.grad_clip)?;
-        engine.weights_changed(&model)?;
+        // a non-finite loss or gradient norm skips the update (the optimizer refuses the norm)
+        let norm = match loss.is_finite() {
+            true => clip_and_step_model(&mut opt, &mut model, &grads, lr, t.grad_clip)?,
+            false => f32::NAN,
+        };
+        let skipped = NonFiniteGuard::is_bad(loss, norm as f64) as usize;
+        if skipped == 0 {
+            engine.weights_changed(&model)?;
+        }
         let secs = t0.elapsed().as_secs_f64();
         tokens_total += n;
         train_secs += secs;
         report.losses.push(loss);
-        let line = serde_json::json!({"step": step + 1, "loss": loss, "grad_norm": norm, "lr": lr, "tokens": n, "step_s": secs});
+        let line = serde_json::json!({"step": step + 1, "loss": loss, "grad_norm": norm, "lr": lr, "tokens": n, "step_s": secs, "skipped_updates": skipped});
         writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        guard.record("sft", step + 1, skipped, loss, norm as f64)?;
         progress.set(step + 1, format!("loss {loss:.4}  {:.0} tokens/s", tokens_total as f64 / train_secs));
         if (step + 1) % t.log_every.max(1) == 0 || step == 0 {
             progress.say(
@@ -346,7 +372,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
                 rl_eval_before: None,
                 sampling: None,
             };
-            save_model_checkpoint(&out_dir, &model, Some(&tokenizer), &opt, &state, t.keep_checkpoints, root)?;
+            let none = |_: &Path| Ok::<(), Error>(());
+            save_model_checkpoint(&out_dir, &model, Some(&tokenizer), &opt, &state, t.keep_checkpoints, root, &none)?;
         }
     }
     progress.finish();
@@ -386,7 +413,11 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
 /// lines of steps ≤ start (a later step's lines belong to the lost tail) and append after them.
 /// Supervised lines carry `step`; RL lines carry `rl_step` (global step `sft_steps + rl_step`, and
 /// the eval before the first RL step, `rl_step` 0, is kept only once the phase has begun).
-fn open_metrics(path: &Path, start: u64, sft_steps: u64) -> Result<std::fs::File> {
+fn open_metrics(path: &Path, start: u64, sft_steps: u64) -> Result<SpaceCheckedFile> {
+    open_metrics_file(path, start, sft_steps).map(|f| SpaceCheckedFile::new(f, path))
+}
+
+fn open_metrics_file(path: &Path, start: u64, sft_steps: u64) -> Result<std::fs::File> {
     if start > 0 {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let kept: String = text
@@ -402,12 +433,9 @@ fn open_metrics(path: &Path, start: u64, sft_steps: u64) -> Result<std::fs::File
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        write_file(path, kept.as_bytes())?;
+        // all at once: a failed rewrite (a full disk) keeps the old file
+        crate::io::atomic::write_atomic(path, kept.as_bytes())?;
         return std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e));
     }
     std::fs::File::create(path).map_err(|e| Error::io(path, e))
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }

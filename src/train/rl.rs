@@ -441,6 +441,7 @@ impl<'a> RlTrainer<'a> {
             "response_clip_ratio": clipped, "loss": mean(&report.losses), "clip_frac": st.clip_frac(),
             "approx_kl": st.approx_kl(), "ref_kl": st.ref_kl(), "entropy": st.entropy(),
             "grad_norm": mean(&report.grad_norms), "updates": report.losses.len(), "lr": lr,
+            "skipped_updates": report.skipped_updates,
             "logprob_mismatch_abs_mean": st.mismatch_abs_mean(), "logprob_mismatch_abs_max": st.mismatch_abs_max,
             "trained_samples": shard.total, "valid_tokens": sums[0],
             "effective_sample_ratio": frac(sums[3], sums[2]), "all_correct_ratio": frac(sums[4], sums[6]),
@@ -586,6 +587,7 @@ pub(crate) fn run_phase_with(
     }
     let mut last = before;
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
+    let mut guard = crate::train::guard::NonFiniteGuard::new(cfg.train.max_nonfinite_steps);
     for step in start.done..rl.steps {
         let _armed = grid
             .watchdog
@@ -604,6 +606,10 @@ pub(crate) fn run_phase_with(
             }
         };
         write_line(metrics, &out.metrics)?;
+        let (skipped, loss, norm) = (&out.metrics["skipped_updates"], &out.metrics["loss"], &out.metrics["grad_norm"]);
+        // (serde_json writes a non-finite number as null)
+        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        guard.record("rl", step + 1, skipped.as_u64().unwrap_or(0) as usize, num(loss), num(norm))?;
         if let Some(d) = dump.as_mut() {
             let version = out.metrics["policy_version"].as_u64().unwrap_or(step);
             d.append(step, version, &out.samples)?;
@@ -659,15 +665,6 @@ pub(crate) fn run_phase_with(
                 rl_eval_before: Some([before.sampled, before.greedy]),
                 sampling: trainer.tree.as_ref().map(|t| t.save()),
             };
-            let saved = save_model_checkpoint(
-                ph.run_dir,
-                model,
-                Some(ph.tokenizer),
-                opt,
-                &state,
-                cfg.train.keep_checkpoints,
-                root,
-            )?;
             // the off-policy pipeline's next batch, one file per data-parallel rank (gathered to root)
             let pending = trainer.tree.as_ref().and_then(|t| t.pending.as_ref());
             let json = match pending {
@@ -676,15 +673,26 @@ pub(crate) fn run_phase_with(
             };
             let all =
                 if cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) { dp.all_gather_bytes(&json)? } else { vec![] };
-            if let Some(dir) = saved {
-                // next to the policy's files (written after them: a crash in between leaves a
-                // checkpoint that refuses to resume, naming what is missing)
-                trainer.save_critics(&dir)?;
+            // the critics and the pending batch go into the checkpoint's folder before it is renamed
+            // into place, under its manifest: a checkpoint has all of them or does not exist
+            let extra = |dir: &Path| -> Result<()> {
+                trainer.save_critics(dir)?;
                 for (r, bytes) in all.iter().enumerate() {
                     let path = dir.join(format!("pending-rank{r}.json"));
                     std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
                 }
-            }
+                Ok(())
+            };
+            save_model_checkpoint(
+                ph.run_dir,
+                model,
+                Some(ph.tokenizer),
+                opt,
+                &state,
+                cfg.train.keep_checkpoints,
+                root,
+                &extra,
+            )?;
         }
     }
     progress.finish();

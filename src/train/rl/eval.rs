@@ -71,7 +71,12 @@ pub fn evaluate(
     let solved = |temperature: f32, reqs: &[Request]| -> Result<[f64; 2]> {
         let out = generate(model, reqs, &eval_config(cfg, rl, temperature, step))?;
         let first = mine.start as u64;
-        let solved: f32 = out.iter().map(|c| reward(task, tok, &problems[(c.prompt_id - first) as usize], c)).sum();
+        // a solve counts 1 (a malformed answer's −format_penalty, or its −0.0, is not a solve)
+        let solved: f32 = out
+            .iter()
+            .map(|c| reward(task, tok, &problems[(c.prompt_id - first) as usize], c))
+            .map(|r| if r > 0.0 { r } else { 0.0 })
+            .sum();
         Ok([solved as f64, out.len() as f64])
     };
     let greedy_reqs: Vec<Request> = requests.iter().filter(|r| r.sample_index == 0).cloned().collect();

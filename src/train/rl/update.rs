@@ -61,6 +61,8 @@ pub struct UpdateReport {
     pub losses: Vec<f64>,
     /// Pre-clip gradient norm of each update.
     pub grad_norms: Vec<f64>,
+    /// Updates skipped for a non-finite loss or gradient norm.
+    pub skipped_updates: usize,
     /// Loss statistics summed over all updates.
     pub stats: LossStats,
     /// logπ_old per response token of every sample, concatenated in sample order (the recomputed log-probs).
@@ -356,7 +358,12 @@ pub fn policy_update_dp(
             all_reduce_buckets(dp.comm, &mut buf.grads, dp.bucket_bytes)?;
             let mut l = [loss];
             dp.comm.all_reduce_sum_f64(&mut l)?;
-            let norm = clip_and_step_model(opt, model, &buf.grads, lr, plan.grad_clip)?;
+            // a non-finite loss or gradient norm skips the update (the optimizer refuses the norm)
+            let norm = match l[0].is_finite() {
+                true => clip_and_step_model(opt, model, &buf.grads, lr, plan.grad_clip)?,
+                false => f32::NAN,
+            };
+            report.skipped_updates += crate::train::guard::NonFiniteGuard::is_bad(l[0], norm as f64) as usize;
             report.losses.push(l[0]);
             report.grad_norms.push(norm as f64);
         }

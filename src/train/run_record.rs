@@ -1,0 +1,132 @@
+//! What a run directory records about its own configuration: `config.toml` is the resolved config
+//! the steps ran with. A resume compares the config it is given against it; a change of any
+//! setting (other than where the run lives and how many threads it uses, which change no result)
+//! is refused unless `--allow-config-change` is given, and then the change is recorded: the
+//! previous config is kept as `config.until-step-N.toml`, `config-history.jsonl` gains a line, and
+//! metrics.jsonl an `event` line at the step where the change took effect.
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Settings that may differ on a resume without being a change of the run.
+const NOT_A_CHANGE: [&str; 2] = ["run.out_dir", "run.threads"];
+
+/// One changed setting: dotted key, value recorded by the run, value given now (`None` = absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub key: String,
+    pub was: Option<String>,
+    pub now: Option<String>,
+}
+
+/// Every leaf of a TOML tree by dotted key (array elements as `key[i]`), values in TOML syntax.
+fn leaves(v: &toml::Value, path: String, out: &mut BTreeMap<String, String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, x) in t {
+                leaves(x, if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out);
+            }
+        }
+        toml::Value::Array(a) if a.iter().any(|x| x.is_table() || x.is_array()) => {
+            for (i, x) in a.iter().enumerate() {
+                leaves(x, format!("{path}[{i}]"), out);
+            }
+        }
+        // an f32 setting widened to f64 by the serializer reads as the f32 it is (0.001, not 0.0010000000474974513)
+        toml::Value::Float(f) if (*f as f32) as f64 == *f => {
+            out.insert(path, format!("{}", *f as f32));
+        }
+        other => {
+            out.insert(path, other.to_string());
+        }
+    }
+}
+
+/// The settings that differ between two resolved configs (TOML texts), by dotted key.
+pub fn diff(recorded: &str, now: &str, file: &Path) -> Result<Vec<Change>> {
+    let parse = |text: &str| -> Result<BTreeMap<String, String>> {
+        let v: toml::Value = toml::from_str(text).map_err(|e| Error::Config {
+            file: file.into(),
+            key: "<toml>".into(),
+            msg: format!("the run's recorded config does not parse: {}", e.message()),
+        })?;
+        let mut out = BTreeMap::new();
+        leaves(&v, String::new(), &mut out);
+        Ok(out)
+    };
+    let (a, b) = (parse(recorded)?, parse(now)?);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    Ok(keys
+        .into_iter()
+        .filter(|k| !NOT_A_CHANGE.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .map(|k| Change { key: k.clone(), was: a.get(k).cloned(), now: b.get(k).cloned() })
+        .collect())
+}
+
+fn show(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("(absent)")
+}
+
+/// Compare the resolved config `now` of a run resumed after global step `step` with the run's
+/// `config.toml`; refuse a change unless `allow`, else record it (see the module doc). Returns the
+/// metrics.jsonl event line of an allowed change. Writes `config.toml` (the config now in force).
+pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Result<Option<serde_json::Value>> {
+    let path = run_dir.join("config.toml");
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        // a checkpoint resumed into a fresh directory: nothing recorded to compare with
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let changes = if recorded.is_empty() { Vec::new() } else { diff(&recorded, now, &path)? };
+    if changes.is_empty() {
+        crate::io::atomic::write_atomic(&path, now.as_bytes())?;
+        return Ok(None);
+    }
+    let listed: Vec<String> =
+        changes.iter().map(|c| format!("{}: {} → {}", c.key, show(&c.was), show(&c.now))).collect();
+    if !allow {
+        return Err(Error::Config {
+            file: path,
+            key: changes[0].key.clone(),
+            msg: format!(
+                "the resume changes {} setting(s) the run's steps 1..{step} used ({}); resume with the recorded \
+                 config, or pass --allow-config-change to continue with the new one (the change is then recorded \
+                 in config-history.jsonl and metrics.jsonl)",
+                changes.len(),
+                listed.join("; ")
+            ),
+        });
+    }
+    let kept = run_dir.join(format!("config.until-step-{step}.toml"));
+    crate::io::atomic::write_atomic(&kept, recorded.as_bytes())?;
+    let entries: serde_json::Map<String, serde_json::Value> = changes
+        .iter()
+        .map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now})))
+        .collect();
+    let event = serde_json::json!({"step": step, "event": "config_change", "changes": entries});
+    let history = run_dir.join("config-history.jsonl");
+    let mut text = std::fs::read_to_string(&history).unwrap_or_default();
+    text.push_str(&format!("{}\n", serde_json::json!({"from_step": step + 1, "previous": kept.file_name().map(|n| n.to_string_lossy().into_owned()), "changes": event["changes"]})));
+    crate::io::atomic::write_atomic(&history, text.as_bytes())?;
+    crate::io::atomic::write_atomic(&path, now.as_bytes())?;
+    Ok(Some(event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_changed_added_and_removed_keys_but_not_the_location() {
+        let a = "[run]\nname = \"x\"\nout_dir = \"a\"\nthreads = 1\n[rl]\nlr = 1e-4\nsteps = 3\n";
+        let b = "[run]\nname = \"x\"\nout_dir = \"b\"\nthreads = 2\n[rl]\nlr = 2e-4\nsteps = 3\n[loss]\nkl_coef = 0.0\n";
+        let d = diff(a, b, Path::new("c.toml")).unwrap();
+        let keys: Vec<&str> = d.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["loss.kl_coef", "rl.lr"]);
+        assert_eq!(d[1].was.as_deref(), Some("0.0001"));
+        assert_eq!(d[0].was, None);
+        assert!(diff(a, a, Path::new("c.toml")).unwrap().is_empty());
+    }
+}
