@@ -145,7 +145,7 @@ impl Dist {
             Dist::Pareto { scale, shape, max } => {
                 need(key, "scale", *scale, scale.is_finite() && *scale > 0.0, "a finite number > 0")?;
                 need(key, "shape", *shape, shape.is_finite() && *shape > 0.0, "a finite number > 0")?;
-                if !(*max >= *scale) {
+                if max.is_nan() || max < scale {
                     bail!("{key}.max = {}: must be >= {key}.scale ({}) (inf allowed)", show(*max), show(*scale));
                 }
                 Ok(())

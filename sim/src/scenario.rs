@@ -485,13 +485,13 @@ impl Scenario {
         frac("inference.memory_utilization", i.memory_utilization)?;
         match i.kv_capacity_tokens {
             // `inf` is documented: no KV-cache limit.
-            Some(c) if !(c >= 1.0) => {
+            Some(c) if c.is_nan() || c < 1.0 => {
                 bail!("inference.kv_capacity_tokens = {}: must be >= 1 (inf disables the limit)", show(c))
             }
             Some(_) => {}
             None => {
                 let c = self.kv_capacity_tokens();
-                if !(c >= 1.0) {
+                if c.is_nan() || c < 1.0 {
                     bail!(
                         "derived KV capacity is {c:.0} tokens (model.kv_bytes_per_token = {}): the weights \
                          (2 x model.params_b = {:.1} GB) do not fit in inference.tp ({}) x hardware.hbm_gb ({}) x \
@@ -551,7 +551,7 @@ impl Scenario {
                 bail!("{key} ({name:?}): mode = {:?} needs placement = \"disaggregated\"", p.mode);
             }
             // `inf` is documented: unbounded staleness.
-            if !(p.alpha >= 0.0) {
+            if p.alpha.is_nan() || p.alpha < 0.0 {
                 bail!("{key}.alpha = {} (policy {name:?}): must be >= 0 (inf allowed)", show(p.alpha));
             }
             if !(p.tail_eta >= 1.0 && p.tail_eta <= 16.0) {
