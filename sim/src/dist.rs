@@ -73,6 +73,33 @@ fn inf() -> f64 {
     f64::INFINITY
 }
 
+/// A float as it is written in TOML (`nan`, `inf`, `-inf`, `0.5`), for error messages.
+pub fn show(v: f64) -> String {
+    if v.is_nan() {
+        "nan".to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Refuse `key.field = v` unless `ok`; `what` says what the field must be.
+fn need(key: &str, field: &str, v: f64, ok: bool, what: &str) -> Result<()> {
+    if !ok {
+        bail!("{key}.{field} = {}: must be {what}", show(v));
+    }
+    Ok(())
+}
+
+/// The clamp range of a distribution: `min` finite and >= 0; `max` > 0 and >= `min`, `inf` allowed
+/// (a cap of 0 would turn any distribution into a point mass at 0: write `constant` for that).
+fn check_bounds(key: &str, min: f64, max: f64) -> Result<()> {
+    need(key, "min", min, min.is_finite() && min >= 0.0, "a finite number >= 0")?;
+    if !(max > 0.0 && max >= min) {
+        bail!("{key}.max = {}: must be > 0 and >= {key}.min ({}) (inf allowed)", show(max), show(min));
+    }
+    Ok(())
+}
+
 impl Dist {
     /// Sample one value.
     pub fn sample(&self, rng: &mut Rng) -> f64 {
@@ -98,29 +125,51 @@ impl Dist {
         }
     }
 
-    /// Check the parameters (not the CSV of `empirical`); `key` names the key for error messages.
+    /// Check the parameters (not the CSV of `empirical`); `key` names the scenario key, and an error
+    /// names the offending field below it (`workload.response_tokens.sigma = inf: ...`) and its value.
     pub fn check(&self, key: &str) -> Result<()> {
-        let bad = |what: &str| -> Result<()> { bail!("{key}: {what}") };
         match self {
-            Dist::Constant { value } if !(value.is_finite() && *value >= 0.0) => bad("value must be finite and >= 0"),
-            Dist::Lognormal { median, sigma, min, max } | Dist::Gaussian { mean: median, std: sigma, min, max }
-                if !(median.is_finite() && *sigma >= 0.0 && *min >= 0.0 && *max >= *min) =>
-            {
-                bad("need finite median/mean, sigma/std >= 0 and 0 <= min <= max")
+            Dist::Constant { value } => {
+                need(key, "value", *value, value.is_finite() && *value >= 0.0, "a finite number >= 0")
             }
-            Dist::Pareto { scale, shape, max } if !(*scale > 0.0 && *shape > 0.0 && *max >= *scale) => {
-                bad("pareto needs scale > 0, shape > 0, max >= scale")
+            Dist::Lognormal { median, sigma, min, max } => {
+                need(key, "median", *median, median.is_finite() && *median > 0.0, "a finite number > 0")?;
+                need(key, "sigma", *sigma, sigma.is_finite() && *sigma >= 0.0, "a finite number >= 0")?;
+                check_bounds(key, *min, *max)
             }
-            Dist::GaussianMixture { components, min, max } => {
-                if components.is_empty() || components.iter().any(|c| c.weight < 0.0 || c.std < 0.0) {
-                    return bad("gaussian_mixture needs >= 1 component with weight >= 0 and std >= 0");
-                }
-                if components.iter().map(|c| c.weight).sum::<f64>() <= 0.0 || *min < 0.0 || max < min {
-                    return bad("gaussian_mixture needs positive total weight and 0 <= min <= max");
+            Dist::Gaussian { mean, std, min, max } => {
+                need(key, "mean", *mean, mean.is_finite(), "a finite number")?;
+                need(key, "std", *std, std.is_finite() && *std >= 0.0, "a finite number >= 0")?;
+                check_bounds(key, *min, *max)
+            }
+            Dist::Pareto { scale, shape, max } => {
+                need(key, "scale", *scale, scale.is_finite() && *scale > 0.0, "a finite number > 0")?;
+                need(key, "shape", *shape, shape.is_finite() && *shape > 0.0, "a finite number > 0")?;
+                if max.is_nan() || max < scale {
+                    bail!("{key}.max = {}: must be >= {key}.scale ({}) (inf allowed)", show(*max), show(*scale));
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            Dist::GaussianMixture { components, min, max } => {
+                if components.is_empty() {
+                    bail!("{key}.components: a gaussian_mixture needs at least one component");
+                }
+                for (i, c) in components.iter().enumerate() {
+                    let k = format!("{key}.components[{i}]");
+                    need(&k, "weight", c.weight, c.weight.is_finite() && c.weight >= 0.0, "a finite number >= 0")?;
+                    need(&k, "mean", c.mean, c.mean.is_finite(), "a finite number")?;
+                    need(&k, "std", c.std, c.std.is_finite() && c.std >= 0.0, "a finite number >= 0")?;
+                }
+                let total: f64 = components.iter().map(|c| c.weight).sum();
+                if !(total.is_finite() && total > 0.0) {
+                    bail!(
+                        "{key}.components[..].weight: the weights sum to {}; the total must be finite and > 0",
+                        show(total)
+                    );
+                }
+                check_bounds(key, *min, *max)
+            }
+            Dist::Empirical { .. } => Ok(()),
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Parsing uses `deny_unknown_fields` everywhere; every key is documented in sim/README.md.
 
-use crate::dist::Dist;
+use crate::dist::{show, Dist};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -410,29 +410,49 @@ impl Scenario {
     }
 
     /// Parse from text; `base_dir` resolves CSV paths.
+    ///
+    /// Before typed deserialisation every float of the document is checked: `nan` and `-inf` are
+    /// refused everywhere and `inf` everywhere but [`INF_ALLOWED`], with the dotted key in the error.
+    /// [`Scenario::check`] then applies the range of each key.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Scenario> {
+        let doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        refuse_non_finite_table(&doc, "")?;
         let mut sc: Scenario = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         sc.check(base_dir)?;
         Ok(sc)
     }
 
+    /// Range checks of every key; errors name the key (dotted path) and the value. Non-finite
+    /// values are refused here too (not only by the document walk in [`Scenario::parse`]).
     fn check(&mut self, base: &Path) -> Result<()> {
         let h = &self.hardware;
         let pos = |key: &str, v: f64| -> Result<()> {
             if !(v.is_finite() && v > 0.0) {
-                bail!("{key} = {v}: must be a finite number > 0");
+                bail!("{key} = {}: must be a finite number > 0", show(v));
+            }
+            Ok(())
+        };
+        let nonneg = |key: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{key} = {}: must be a finite number >= 0", show(v));
             }
             Ok(())
         };
         let frac = |key: &str, v: f64| -> Result<()> {
             if !(v > 0.0 && v <= 1.0) {
-                bail!("{key} = {v}: must be in (0, 1]");
+                bail!("{key} = {}: must be in (0, 1]", show(v));
+            }
+            Ok(())
+        };
+        let open_frac = |key: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v < 1.0) {
+                bail!("{key} = {}: must be in (0, 1)", show(v));
             }
             Ok(())
         };
         let prob = |key: &str, v: f64| -> Result<()> {
             if !(0.0..1.0).contains(&v) {
-                bail!("{key} = {v}: must be in [0, 1)");
+                bail!("{key} = {}: must be in [0, 1)", show(v));
             }
             Ok(())
         };
@@ -457,26 +477,27 @@ impl Scenario {
             bail!("inference.tp = {}: must be in 1..=hardware.gpus ({})", i.tp, h.gpus);
         }
         if i.max_concurrency == 0 {
-            bail!("inference.max_concurrency must be >= 1");
+            bail!("inference.max_concurrency = 0: must be >= 1");
         }
-        if !(i.decode_overhead_ms.is_finite() && i.decode_overhead_ms >= 0.0) {
-            bail!("inference.decode_overhead_ms must be >= 0");
-        }
+        nonneg("inference.decode_overhead_ms", i.decode_overhead_ms)?;
         frac("inference.bandwidth_efficiency", i.bandwidth_efficiency)?;
         frac("inference.prefill_mfu", i.prefill_mfu)?;
         frac("inference.memory_utilization", i.memory_utilization)?;
         match i.kv_capacity_tokens {
+            // `inf` is documented: no KV-cache limit.
             Some(c) if c.is_nan() || c < 1.0 => {
-                bail!("inference.kv_capacity_tokens = {c}: must be >= 1 (inf disables the limit)")
+                bail!("inference.kv_capacity_tokens = {}: must be >= 1 (inf disables the limit)", show(c))
             }
             Some(_) => {}
             None => {
                 let c = self.kv_capacity_tokens();
-                if c < 1.0 {
+                if c.is_nan() || c < 1.0 {
                     bail!(
-                        "derived KV capacity is {c:.0} tokens: the weights (2 x model.params_b = {:.1} GB) do not fit in \
-                         inference.tp ({}) x hardware.hbm_gb ({}) x inference.memory_utilization ({}); raise those or set \
+                        "derived KV capacity is {c:.0} tokens (model.kv_bytes_per_token = {}): the weights \
+                         (2 x model.params_b = {:.1} GB) do not fit in inference.tp ({}) x hardware.hbm_gb ({}) x \
+                         inference.memory_utilization ({}) with room for one token; raise those or set \
                          inference.kv_capacity_tokens",
+                        self.model.kv_bytes_per_token,
                         2.0 * self.model.params_b,
                         i.tp,
                         h.hbm_gb,
@@ -487,16 +508,18 @@ impl Scenario {
         }
         let t = &self.training;
         frac("training.mfu", t.mfu)?;
-        frac("training.train_fraction", t.train_fraction)?;
-        if !(t.update_overhead_s >= 0.0 && t.sync_overhead_s >= 0.0) {
-            bail!("training.update_overhead_s and training.sync_overhead_s must be >= 0");
-        }
+        open_frac("training.train_fraction", t.train_fraction)?;
+        nonneg("training.update_overhead_s", t.update_overhead_s)?;
+        nonneg("training.sync_overhead_s", t.sync_overhead_s)?;
         let w = &mut self.workload;
-        if w.prompts_per_step == 0 || w.responses_per_prompt == 0 || w.responses_per_prompt > 4096 {
-            bail!("workload.prompts_per_step must be >= 1 and workload.responses_per_prompt in 1..=4096");
+        if w.prompts_per_step == 0 {
+            bail!("workload.prompts_per_step = 0: must be >= 1");
+        }
+        if w.responses_per_prompt == 0 || w.responses_per_prompt > 4096 {
+            bail!("workload.responses_per_prompt = {}: must be in 1..=4096", w.responses_per_prompt);
         }
         if w.max_response_tokens == 0 {
-            bail!("workload.max_response_tokens must be >= 1");
+            bail!("workload.max_response_tokens = 0: must be >= 1");
         }
         w.response_tokens.prepare("workload.response_tokens", base)?;
         for (key, d) in [
@@ -510,7 +533,7 @@ impl Scenario {
             }
         }
         if !(w.prompt_difficulty_sigma >= 0.0 && w.prompt_difficulty_sigma < 5.0) {
-            bail!("workload.prompt_difficulty_sigma must be in [0, 5)");
+            bail!("workload.prompt_difficulty_sigma = {}: must be in [0, 5)", show(w.prompt_difficulty_sigma));
         }
         prob("workload.fail_stop_prob", w.fail_stop_prob)?;
         prob("workload.fail_slow_prob", w.fail_slow_prob)?;
@@ -519,26 +542,29 @@ impl Scenario {
             bail!("at least one [[policy]] is required");
         }
         for (k, p) in self.policies.iter().enumerate() {
-            let key = format!("policy[{k}] ({})", p.name);
+            let key = format!("policy[{k}]");
+            let name = &p.name;
             if self.policies[..k].iter().any(|q| q.name == p.name) {
-                bail!("{key}: duplicate policy name");
+                bail!("{key}.name = {name:?}: duplicate policy name");
             }
             if p.mode != Mode::Sync && p.placement == Placement::Colocated {
-                bail!("{key}: mode = {:?} needs placement = \"disaggregated\"", p.mode);
+                bail!("{key} ({name:?}): mode = {:?} needs placement = \"disaggregated\"", p.mode);
             }
+            // `inf` is documented: unbounded staleness.
             if p.alpha.is_nan() || p.alpha < 0.0 {
-                bail!("{key}.alpha = {}: must be >= 0 (inf allowed)", p.alpha);
+                bail!("{key}.alpha = {} (policy {name:?}): must be >= 0 (inf allowed)", show(p.alpha));
             }
             if !(p.tail_eta >= 1.0 && p.tail_eta <= 16.0) {
-                bail!("{key}.tail_eta = {}: must be in [1, 16]", p.tail_eta);
+                bail!("{key}.tail_eta = {} (policy {name:?}): must be in [1, 16]", show(p.tail_eta));
             }
             if let Some(f) = p.train_fraction {
-                if !(f > 0.0 && f < 1.0) {
-                    bail!("{key}.train_fraction = {f}: must be in (0, 1)");
-                }
+                open_frac(&format!("{key}.train_fraction"), f)?;
             }
-            if p.group_size_redundancy > 4096 || p.redundant_groups > 1_000_000 {
-                bail!("{key}: redundancy too large");
+            if p.group_size_redundancy > 4096 {
+                bail!("{key}.group_size_redundancy = {}: must be <= 4096", p.group_size_redundancy);
+            }
+            if p.redundant_groups > 1_000_000 {
+                bail!("{key}.redundant_groups = {}: must be <= 1000000", p.redundant_groups);
             }
         }
         if let Some(c) = &self.calibration {
@@ -558,11 +584,10 @@ impl Scenario {
             }
             pos(&format!("case[{k}].published"), c.published)?;
         }
-        if self.limits.events_max == 0
-            || self.limits.sim_time_s_max.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-        {
-            bail!("limits.events_max and limits.sim_time_s_max must be > 0");
+        if self.limits.events_max == 0 {
+            bail!("limits.events_max = 0: must be >= 1");
         }
+        pos("limits.sim_time_s_max", self.limits.sim_time_s_max)?;
         Ok(())
     }
 
@@ -578,5 +603,68 @@ impl Scenario {
     /// Look up a policy by name.
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+/// Float keys whose `inf` has a documented meaning; `[]` stands for any array index.
+/// `inference.kv_capacity_tokens`: no KV-cache limit; `policy[].alpha`: unbounded staleness;
+/// a distribution's `max`: no upper clamp (the default).
+pub const INF_ALLOWED: &[&str] = &[
+    "inference.kv_capacity_tokens",
+    "policy[].alpha",
+    "workload.response_tokens.max",
+    "workload.turns.max",
+    "workload.env_step_s.max",
+    "workload.env_reset_s.max",
+    "workload.reward_s.max",
+];
+
+/// `policy[3].alpha` → `policy[].alpha` (the form [`INF_ALLOWED`] is written in).
+fn key_shape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for ch in path.chars() {
+        match ch {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+fn refuse_non_finite_table(t: &toml::Table, prefix: &str) -> Result<()> {
+    for (k, v) in t {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        refuse_non_finite(v, &path)?;
+    }
+    Ok(())
+}
+
+/// Refuse any `nan`/`-inf` float below `v`, and `inf` outside [`INF_ALLOWED`], naming its dotted path.
+fn refuse_non_finite(v: &toml::Value, path: &str) -> Result<()> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => {
+            if *f == f64::INFINITY && INF_ALLOWED.contains(&key_shape(path).as_str()) {
+                return Ok(());
+            }
+            let allowed = if INF_ALLOWED.contains(&key_shape(path).as_str()) { " or inf" } else { "" };
+            bail!("{path} = {}: must be a finite number{allowed}", show(*f));
+        }
+        toml::Value::Table(t) => refuse_non_finite_table(t, path),
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                refuse_non_finite(x, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
