@@ -361,7 +361,10 @@ impl RunConfig {
             return bad("train.batch_size", "0 must be at least 1".into());
         }
         if self.train.eval_problems == 0 {
-            return bad("train.eval_problems", "0 must be at least 1 (every evaluation scores held-out problems)".into());
+            return bad(
+                "train.eval_problems",
+                "0 must be at least 1 (every evaluation scores held-out problems)".into(),
+            );
         }
         let t = &self.train;
         for (key, v, ok, want) in [
@@ -598,9 +601,11 @@ fn key_at(text: &str, at: usize) -> String {
 }
 
 /// The dotted path and value of the first non-finite float in a TOML tree (arrays index as `key[i]`).
+/// A distribution's `max = inf` (no cap, its default) is the one infinity allowed.
 fn first_non_finite(table: &toml::Table, prefix: &str) -> Option<(String, f64)> {
     fn walk(v: &toml::Value, path: String) -> Option<(String, f64)> {
         match v {
+            toml::Value::Float(f) if *f == f64::INFINITY && path.ends_with(".max") => None,
             toml::Value::Float(f) if !f.is_finite() => Some((path, *f)),
             toml::Value::Table(t) => first_non_finite(t, &path),
             toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| walk(x, format!("{path}[{i}]"))),

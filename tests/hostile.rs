@@ -109,8 +109,18 @@ const ZERO_OK: &[&str] = &[
     "workload.decode_step_ms",          // no emulated decode time
     "env.failure_rate",                 // no failures
     "async.alpha",                      // synchronous
-    "rhythm.alpha",                     // no shaping amplitude
-    "rhythm.gamma_amp",                 // no amplification
+    "rhythm.alpha",                     // a dominated anchor keeps all its amplification
+    "rhythm.local_head_frac",           // no local heads: WAAD from none
+    "rhythm.global_head_frac",          // no global heads
+    "rhythm.preplan_frac",              // no pre-plan tokens
+    "rhythm.anchor_frac",               // no anchors
+    "workload.lengths.min",             // a distribution's floor
+    "workload.lengths.sigma",           // a lognormal of zero spread is a constant
+    "env.reset_latency_ms.min",         // no floor
+    "env.reset_latency_ms.sigma",       // constant latency
+    "env.step_latency_ms.min",          // no floor
+    "env.step_latency_ms.std",          // constant latency
+    "env.step_latency_ms.mean",         // zero mean latency (clamped at the floor)
     "attnrl.rho",                       // branch at every eligible step
     "attnrl.min_branch_distance_frac",  // no distance constraint
     "attnrl.dynamic_batch_lambda",      // no dynamic batch growth
@@ -118,7 +128,7 @@ const ZERO_OK: &[&str] = &[
 
 /// Float keys where a negative value is meaningful.
 const NEGATIVE_OK: &[&str] = &[
-    "rhythm.alpha", // a negative amplitude inverts the shaping (ALGORITHMS.md §7)
+    "env.step_latency_ms.mean", // a gaussian's mean below its floor (draws are clamped at `min`)
 ];
 
 #[test]
@@ -140,6 +150,8 @@ fn every_float_key_refuses_nan_infinities_and_out_of_range_values_naming_the_key
                 match parse(&bad) {
                     Ok(_) if x == 0.0 && ZERO_OK.contains(&key.as_str()) => {}
                     Ok(_) if x < 0.0 && NEGATIVE_OK.contains(&key.as_str()) => {}
+                    // a distribution's cap: inf (its default) means none
+                    Ok(_) if x == f64::INFINITY && key.ends_with(".max") => {}
                     Ok(_) => failures.push(format!("{key} = {x} was accepted")),
                     Err(e) if !e.contains(last) => {
                         failures.push(format!("{key} = {x}: the error does not name `{last}`: {e}"))
@@ -187,9 +199,7 @@ fn the_bad_cases_found_by_hand_are_refused_naming_the_key() {
     let e = refused(&ADDITION_CONFIG.replace("batch_size = 64", "batch_size = 64\nbatchsize = 3"));
     assert!(e.contains("train.batchsize"), "{e}");
     // a NaN inside an inline distribution table
-    let e = refused(
-        &(rl + "\n[workload]\nlengths = { kind = \"lognormal\", median = 4, sigma = nan, max = 5 }\n"),
-    );
+    let e = refused(&(rl + "\n[workload]\nlengths = { kind = \"lognormal\", median = 4, sigma = nan, max = 5 }\n"));
     assert!(e.contains("workload.lengths.sigma"), "{e}");
 }
 
@@ -263,7 +273,9 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
     let line: serde_json::Value = serde_json::from_str(history.lines().next().unwrap()).unwrap();
     assert_eq!(line["from_step"], 4);
     assert_eq!(line["changes"]["rl.lr"]["was"], "0.001", "{line}");
-    assert_eq!(std::fs::read_to_string(run.join("config.until-step-3.toml")).unwrap(), recorded);
+    let before: RunConfig =
+        toml::from_str(&std::fs::read_to_string(run.join("config.until-step-3.toml")).unwrap()).unwrap();
+    assert_eq!(before.rl.unwrap().lr, 1e-3);
     let now: RunConfig = toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
     assert_eq!(now.rl.unwrap().lr, 2e-3);
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -281,8 +293,8 @@ fn arbor_bin() -> &'static str {
 
 /// The datasets of a dump as h5py reads them (values only; the attributes hold the run's paths).
 fn dump_values(json: &Path) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
     let sets = v["datasets"].as_object().unwrap();
     serde_json::Value::Object(sets.iter().map(|(k, d)| (k.clone(), d["values"].clone())).collect())
 }
@@ -325,7 +337,8 @@ fn a_full_disk_at_every_stage_then_a_resume_on_a_freed_disk_matches_an_uninterru
     std::fs::create_dir_all(&out).unwrap();
     // a private mount namespace (as root, or as a user through a user namespace): no privileges
     // are kept and the tmpfs disappears with the script
-    let probe = Command::new("unshare").args(["-rm", "sh", "-c", "mount -t tmpfs none \"$0\"", mnt.to_str().unwrap()]).output();
+    let probe =
+        Command::new("unshare").args(["-rm", "sh", "-c", "mount -t tmpfs none \"$0\"", mnt.to_str().unwrap()]).output();
     match probe {
         Ok(o) if o.status.success() => {}
         other => {
@@ -356,7 +369,10 @@ fn a_full_disk_at_every_stage_then_a_resume_on_a_freed_disk_matches_an_uninterru
         let rc = read(case.join("first.rc"));
         if rc != "0" {
             let err = read(case.join("first.err"));
-            assert!(err.contains("disk full") && err.contains("needs about") && err.contains("MB are free"), "{free} KiB: {err}");
+            assert!(
+                err.contains("disk full") && err.contains("needs about") && err.contains("MB are free"),
+                "{free} KiB: {err}"
+            );
             for stage in ["metrics.jsonl", "trajectory dump", "checkpoint"] {
                 if err.contains(&format!("writing {stage}")) || err.contains(&format!("writing the {stage}")) {
                     stages.insert(stage);
@@ -364,12 +380,28 @@ fn a_full_disk_at_every_stage_then_a_resume_on_a_freed_disk_matches_an_uninterru
             }
         }
         let dump_rc = read(case.join("first-dump.rc"));
-        assert!(dump_rc == "0" || dump_rc == "none", "{free} KiB: the dump was unreadable after the failure: {}", read(case.join("first-dump.err")));
+        assert!(
+            dump_rc == "0" || dump_rc == "none",
+            "{free} KiB: the dump was unreadable after the failure: {}",
+            read(case.join("first-dump.err"))
+        );
         assert_eq!(read(case.join("first-tmp")), "0", "{free} KiB: a temporary checkpoint folder was left behind");
-        assert_eq!(read(case.join("resume.rc")), "0", "{free} KiB: the resume failed: {}", read(case.join("resume.err")));
-        assert!(std::fs::read(case.join("model.safetensors")).unwrap() == want_weights, "{free} KiB: final weights differ");
+        assert_eq!(
+            read(case.join("resume.rc")),
+            "0",
+            "{free} KiB: the resume failed: {}",
+            read(case.join("resume.err"))
+        );
+        assert!(
+            std::fs::read(case.join("model.safetensors")).unwrap() == want_weights,
+            "{free} KiB: final weights differ"
+        );
         assert_eq!(common::metrics_without_clock(&case), want_metrics, "{free} KiB: metrics differ");
         assert_eq!(dump_values(&case.join("dump.json")), want_dump, "{free} KiB: the dump differs");
     }
-    assert_eq!(stages.len(), 3, "the sweep did not stop the run at every stage (metrics, dump, checkpoint): {stages:?}");
+    assert_eq!(
+        stages.len(),
+        3,
+        "the sweep did not stop the run at every stage (metrics, dump, checkpoint): {stages:?}"
+    );
 }

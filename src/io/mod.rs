@@ -2,8 +2,8 @@
 
 pub mod atomic;
 pub mod dtype;
-pub mod space;
 pub mod hf;
+pub mod space;
 pub mod tensor_file;
 pub mod trajectories;
 

@@ -148,6 +148,9 @@ impl TaskConfig {
         if !(self.format_penalty.is_finite() && self.format_penalty >= 0.0) {
             return Err(("format_penalty", format!("{} must be finite and ≥ 0", self.format_penalty)));
         }
+        if !(0.0..1.0).contains(&self.heldout_fraction) {
+            return Err(("heldout_fraction", format!("{} is not in [0, 1)", self.heldout_fraction)));
+        }
         if self.kind != TaskKind::Jsonl {
             if self.path.is_some() {
                 return Err(("path", "only kind = \"jsonl\" reads a file".into()));
@@ -164,9 +167,7 @@ impl TaskConfig {
             }
             TaskKind::Addition => Ok(()),
             TaskKind::Jsonl if self.path.is_none() => Err(("path", "kind = \"jsonl\" needs a dataset file".into())),
-            TaskKind::Jsonl if !(0.0..1.0).contains(&self.heldout_fraction) => {
-                Err(("heldout_fraction", format!("{} is not in [0, 1)", self.heldout_fraction)))
-            }
+
             TaskKind::Jsonl => Ok(()),
         }
     }

@@ -224,7 +224,9 @@ pub fn save_model_checkpoint(
 ) -> Result<Option<PathBuf>> {
     if model.tp.is_none() {
         return match write {
-            true => save_checkpoint(run_dir, &model.cfg, &model.params, tokenizer, opt, state, keep_last, extra).map(Some),
+            true => {
+                save_checkpoint(run_dir, &model.cfg, &model.params, tokenizer, opt, state, keep_last, extra).map(Some)
+            }
             false => Ok(None),
         };
     }

@@ -98,7 +98,10 @@ impl CriticConfig {
             }
         }
         if k + h > 1.0 {
-            return bad("mask_low_frac", format!("k = {k} and h = {h} (entropy_exclude_high_frac) must have k + h ≤ 1"));
+            return bad(
+                "mask_low_frac",
+                format!("k = {k} and h = {h} (entropy_exclude_high_frac) must have k + h ≤ 1"),
+            );
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::io::load_hf_dir;
+use crate::io::space::SpaceCheckedFile;
 use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::{all_reduce_buckets, partition, Comm, Grid};
@@ -12,7 +13,6 @@ use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{load_checkpoint, save_model_checkpoint, TrainerState};
-use crate::io::space::SpaceCheckedFile;
 use crate::train::device::Engine;
 use crate::train::guard::NonFiniteGuard;
 use crate::train::progress::Progress;

@@ -101,10 +101,8 @@ pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Resul
     }
     let kept = run_dir.join(format!("config.until-step-{step}.toml"));
     crate::io::atomic::write_atomic(&kept, recorded.as_bytes())?;
-    let entries: serde_json::Map<String, serde_json::Value> = changes
-        .iter()
-        .map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now})))
-        .collect();
+    let entries: serde_json::Map<String, serde_json::Value> =
+        changes.iter().map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now}))).collect();
     let event = serde_json::json!({"step": step, "event": "config_change", "changes": entries});
     let history = run_dir.join("config-history.jsonl");
     let mut text = std::fs::read_to_string(&history).unwrap_or_default();
@@ -121,7 +119,8 @@ mod tests {
     #[test]
     fn diff_names_changed_added_and_removed_keys_but_not_the_location() {
         let a = "[run]\nname = \"x\"\nout_dir = \"a\"\nthreads = 1\n[rl]\nlr = 1e-4\nsteps = 3\n";
-        let b = "[run]\nname = \"x\"\nout_dir = \"b\"\nthreads = 2\n[rl]\nlr = 2e-4\nsteps = 3\n[loss]\nkl_coef = 0.0\n";
+        let b =
+            "[run]\nname = \"x\"\nout_dir = \"b\"\nthreads = 2\n[rl]\nlr = 2e-4\nsteps = 3\n[loss]\nkl_coef = 0.0\n";
         let d = diff(a, b, Path::new("c.toml")).unwrap();
         let keys: Vec<&str> = d.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["loss.kl_coef", "rl.lr"]);
