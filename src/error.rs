@@ -22,6 +22,10 @@ pub enum Error {
         "{path}: disk full: writing {what} needs about {need_mb:.2} MB free (with a {reserve_mb:.2} MB reserve), {free_mb:.2} MB are free; nothing already written was damaged: free some space and resume with `arbor train --resume latest`"
     )]
     DiskFull { path: PathBuf, what: String, need_mb: f64, reserve_mb: f64, free_mb: f64 },
+    /// The run stopped at a signal (SIGUSR1, SIGTERM) after checkpointing global step `step`; not a
+    /// failure: `arbor train --resume auto` continues from there.
+    #[error("preempted: stopped by a signal after step {step}, checkpoint written; resume with `arbor train --resume auto` (or `latest`)")]
+    Preempted { step: u64 },
     /// A value outside what the operation supports (batch too large, token id out of range, ...).
     #[error("{0}")]
     Invalid(String),

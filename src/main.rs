@@ -51,6 +51,11 @@ fn init_threads(n: usize) -> anyhow::Result<()> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
+        // a preempted run checkpointed and stopped on purpose: its own status, for requeue logic
+        if let Some(p @ arbor::error::Error::Preempted { .. }) = e.downcast_ref::<arbor::error::Error>() {
+            eprintln!("arbor: {p}");
+            std::process::exit(arbor::train::preempt::EXIT_PREEMPTED);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -60,12 +65,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => {
             let cfg = train::resolve(&args)?;
+            arbor::train::preempt::install_handlers()?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
             train::run(&cfg, args.resume.as_deref())
         }
         Command::Sft(args) => {
             let mut cfg = train::resolve(&args)?;
             cfg.rl = None;
+            arbor::train::preempt::install_handlers()?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
             train::run(&cfg, args.resume.as_deref())
         }

@@ -19,7 +19,8 @@ pub struct TrainArgs {
     /// Override `run.seed`.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Continue from a checkpoint directory, or `latest` (the newest under the run's directory).
+    /// Continue from a checkpoint directory, `latest` (the newest under the run's directory), or
+    /// `auto` (the newest if there is one, else start fresh: what a requeued Slurm job runs).
     #[arg(long)]
     pub resume: Option<String>,
     /// Let `--resume` continue with settings that differ from the run's recorded config.toml (the
@@ -95,10 +96,11 @@ pub(crate) fn spmd_grid(_cfg: &RunConfig) -> anyhow::Result<Option<((), crate::p
 
 /// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
 pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
+    let run_dir = cfg.run.out_dir.join(&cfg.run.name);
     let dir = match resume {
         None => None,
+        Some("auto") => crate::train::checkpoint::list_checkpoints(&run_dir)?.last().map(|(_, d)| d.clone()),
         Some("latest") => {
-            let run_dir = cfg.run.out_dir.join(&cfg.run.name);
             let all = crate::train::checkpoint::list_checkpoints(&run_dir)?;
             let (_, dir) = all
                 .last()
@@ -123,6 +125,14 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
                         return Ok(());
                     }
                     r
+                }
+                // a preempted run: every rank stopped at the same step; rank 0 reports it
+                Err(e @ crate::error::Error::Preempted { .. }) => {
+                    grid.world.barrier()?;
+                    if let Some(w) = &grid.watchdog {
+                        w.stop();
+                    }
+                    return Err(e.into());
                 }
                 // a failing rank takes the whole job down instead of leaving the others in a collective
                 Err(e) => grid.world.abort(&format!("rank {}: {e}", grid.world.rank())),

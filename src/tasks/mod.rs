@@ -52,7 +52,8 @@ impl Reward {
         let score = if correct {
             1.0
         } else if !well_formed {
-            -format_penalty
+            // (0 − p, not −p: without a penalty the score is +0.0, never a −0.0 that prints as "-0.0")
+            0.0 - format_penalty
         } else {
             0.0
         };

@@ -363,7 +363,9 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
             report.evals.push((step + 1, e));
         }
-        if last || (step + 1) % t.checkpoint_every.max(1) == 0 {
+        // a signal on any rank (Slurm's preemption notice) stops every rank here, checkpointed
+        let preempted = crate::train::preempt::agreed(grid.world.as_ref())?;
+        if last || preempted || (step + 1) % t.checkpoint_every.max(1) == 0 {
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
             let state = TrainerState {
                 step: step + 1,
@@ -374,6 +376,11 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             };
             let none = |_: &Path| Ok::<(), Error>(());
             save_model_checkpoint(&out_dir, &model, Some(&tokenizer), &opt, &state, t.keep_checkpoints, root, &none)?;
+        }
+        if preempted {
+            progress.finish();
+            say(log, format!("preempted: checkpoint of step {} written", step + 1));
+            return Err(Error::Preempted { step: step + 1 });
         }
     }
     progress.finish();

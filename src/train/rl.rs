@@ -656,7 +656,11 @@ pub(crate) fn run_phase_with(
             write_line(metrics, &eval_line(step + 1, &last))?;
         }
         let every = cfg.train.checkpoint_every.max(1);
-        if final_step || (step + 1) % every == 0 {
+        // a signal on any rank stops every rank here, checkpointed (not under [async]: its rollout
+        // ranks do not take part in the trainer's collectives; a killed async run resumes from its
+        // last periodic checkpoint)
+        let preempted = source.is_none() && crate::train::preempt::agreed(grid.world.as_ref())?;
+        if final_step || preempted || (step + 1) % every == 0 {
             metrics.flush().map_err(|e| Error::Invalid(format!("metrics.jsonl: {e}")))?;
             let state = TrainerState {
                 step: ph.offset + step + 1,
@@ -693,6 +697,11 @@ pub(crate) fn run_phase_with(
                 root,
                 &extra,
             )?;
+        }
+        if preempted {
+            progress.finish();
+            progress.say(log, &format!("preempted: checkpoint of RL step {} written", step + 1));
+            return Err(Error::Preempted { step: ph.offset + step + 1 });
         }
     }
     progress.finish();

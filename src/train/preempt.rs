@@ -1,0 +1,63 @@
+//! Preemption: Slurm signals a job before it kills it (`#SBATCH --signal=USR1@120`, `scancel
+//! --signal=USR1`, or SIGTERM at the time limit and on preemption). `arbor train` catches SIGUSR1
+//! and SIGTERM; at the end of the step in progress the ranks agree (one all-reduce of a flag per
+//! step, so a signal seen by any rank stops them all at the same step), rank 0 writes a checkpoint
+//! (the dump is flushed every step), and the run returns [`Error::Preempted`]: the process exits
+//! with [`EXIT_PREEMPTED`], which the shipped sbatch scripts answer with `scontrol requeue`, and the
+//! requeued job's `--resume auto` continues from that checkpoint.
+
+use crate::error::{Error, Result};
+use crate::parallel::Comm;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Exit status of a run stopped by a signal after checkpointing (EX_TEMPFAIL: "try again").
+pub const EXIT_PREEMPTED: i32 = 75;
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    // async-signal-safe: one atomic store
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Catch SIGUSR1 and SIGTERM for the rest of the process: they request a stop at the next step end
+/// instead of killing it. (A second SIGTERM still arrives as a request; Slurm's SIGKILL after its
+/// grace period ends the process regardless.)
+pub fn install_handlers() -> Result<()> {
+    for sig in [libc::SIGUSR1, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with a plain handler, an empty mask and SA_RESTART (interrupted
+        // system calls resume); the handler only stores to an atomic.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(Error::Invalid(format!(
+                "cannot install the handler of signal {sig}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process has received a stop request.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Request a stop as a signal would (tests, and callers that embed the trainer).
+pub fn request() {
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether any rank of `comm` has a stop request (a collective: every rank calls it at the same
+/// step end).
+pub fn agreed(comm: &dyn Comm) -> Result<bool> {
+    let mut flag = [requested() as u8 as f64];
+    comm.all_reduce_max_f64(&mut flag)?;
+    Ok(flag[0] > 0.0)
+}
