@@ -110,7 +110,7 @@ impl<'a> Reader<'a> {
         let left = self.left();
         let fits = usize::try_from(n).ok().filter(|&n| n.checked_mul(item_bytes).is_some_and(|b| b <= left));
         fits.ok_or_else(|| {
-            self.fail(field, format!("length {n} (at least {item_bytes} bytes each) exceeds the {left} bytes left"))
+            self.fail(field, format!("length {n} (at least {item_bytes} bytes each) exceeds the {left} bytes left: truncated or corrupt"))
         })
     }
 
