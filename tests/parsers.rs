@@ -138,6 +138,52 @@ fn mutate_text(text: &str, edits: &[Edit]) -> String {
     text
 }
 
+/// Integers and floats at the edges of what a numeric key may hold (TOML spellings).
+const ODD_INTEGERS: [&str; 8] = ["0", "-1", "1", "2", "65536", "4294967296", "9223372036854775807", "-9223372036854775808"];
+const ODD_FLOATS: [&str; 9] = ["0.0", "-1.0", "0.5", "-0.0", "nan", "inf", "-inf", "1e308", "1e-30"];
+/// Strings at the edges of what a string key may hold.
+const ODD_STRINGS: [&str; 8] = ["\"\"", "\"é∞\"", "\"a/b\"", "\"../x\"", "\" \"", "\"\\u0000\"", "\"qwen2\"", "\"x.jsonl\""];
+
+/// Odd value number `k` (modulo their count) of the TOML type of `old`; `None` for an inline table.
+fn odd_value(old: &str, k: usize) -> Option<String> {
+    let pick = |xs: &[&str]| xs[k % xs.len()].to_string();
+    match old.chars().next()? {
+        '"' => Some(pick(&ODD_STRINGS)),
+        't' | 'f' => Some(if old.starts_with('t') { "false" } else { "true" }.to_string()),
+        '[' => Some(pick(&["[]", "[\"\"]", "[0]"])),
+        '{' => None,
+        _ if old.contains(['.', 'e', 'n']) => Some(pick(&ODD_FLOATS)),
+        _ => Some(pick(&ODD_INTEGERS)),
+    }
+}
+
+/// Give line `i`, when it is a `key = value` line, odd value `k` of its type; whether it was.
+fn retype_line(lines: &mut [String], i: usize, k: usize) -> bool {
+    let t = lines[i].trim_start();
+    if t.starts_with('#') || t.starts_with('[') {
+        return false;
+    }
+    let Some(r) = value_range(&lines[i]) else { return false };
+    let Some(new) = odd_value(lines[i][r.clone()].trim(), k) else { return false };
+    lines[i].replace_range(r, &format!(" {new}"));
+    true
+}
+
+/// Replace the values of the `key = value` lines picked by `picks` with odd values of the same
+/// TOML type, so the text stays well-typed TOML and reaches the config's validation.
+fn retype_values(text: &str, picks: &[(Index, Index)]) -> String {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let assignments: Vec<usize> =
+        (0..lines.len()).filter(|&i| retype_line(&mut lines.clone(), i, 0)).collect();
+    if assignments.is_empty() {
+        return text.to_string();
+    }
+    for (line, value) in picks {
+        retype_line(&mut lines, assignments[line.index(assignments.len())], value.index(1 << 16));
+    }
+    lines.join("\n")
+}
+
 /// Apply `edits` to bytes: flips, truncations, inserted and deleted bytes.
 fn mutate_bytes(bytes: &[u8], edits: &[Edit]) -> Vec<u8> {
     let mut out = bytes.to_vec();
@@ -217,6 +263,39 @@ fn bad_config_values_name_file_key_and_value() {
     }
 }
 
+/// Every `key = value` line of every shipped config, with every odd value of its type in turn:
+/// an exhaustive sweep of single-value edits (the proptest below combines several).
+#[test]
+fn config_validation_never_panics_on_any_single_odd_value() {
+    let mut parsed = 0;
+    for (path, text) in shipped_configs() {
+        let lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+        for i in 0..lines.len() {
+            for k in 0..ODD_FLOATS.len().max(ODD_STRINGS.len()).max(ODD_INTEGERS.len()) {
+                let mut edited = lines.clone();
+                if !retype_line(&mut edited, i, k) {
+                    break;
+                }
+                if let Err(e) = RunConfig::parse(&edited.join("\n"), Path::new("sweep.toml")) {
+                    assert!(e.to_string().contains("sweep.toml"), "{}: {e}", path.display());
+                }
+                parsed += 1;
+            }
+        }
+    }
+    assert!(parsed > 1000, "swept only {parsed} edits");
+}
+
+#[test]
+fn env_ranges_that_overflow_are_errors() {
+    // found by config_validation_never_panics_on_odd_values: high − low overflowed i64
+    let text = format!(
+        "{ADDITION_CONFIG}\n[rl]\nsteps = 1\n\n[env]\nkind = \"guess\"\nlow = -9223372036854775808\nhigh = 9223372036854775807\n"
+    );
+    let msg = RunConfig::parse(&text, Path::new("env.toml")).expect_err("an i64-wide range").to_string();
+    assert!(msg.contains("env.toml") && msg.contains("env.low") && msg.contains("-9223372036854775808"), "{msg}");
+}
+
 /// `base` with the keys of `extra` (one table header then `key = value` lines) set in that table.
 fn merge_toml(base: &str, extra: &str) -> String {
     let mut doc: toml::Table = toml::from_str(base).expect("base parses");
@@ -250,6 +329,16 @@ proptest! {
         let configs = shipped_configs();
         let (_, text) = &configs[pick.index(configs.len())];
         check_config(&mutate_text(text, &edits))?;
+    }
+
+    #[test]
+    fn config_validation_never_panics_on_odd_values(
+        pick in any::<Index>(),
+        picks in proptest::collection::vec((any::<Index>(), any::<Index>()), 1..4),
+    ) {
+        let configs = shipped_configs();
+        let (_, text) = &configs[pick.index(configs.len())];
+        check_config(&retype_values(text, &picks))?;
     }
 }
 
