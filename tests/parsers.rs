@@ -74,10 +74,13 @@ fn edits(max: usize) -> impl Strategy<Value = Vec<Edit>> {
     )
 }
 
-/// The `= value` part of a `key = value` line, as a byte range.
+/// The value of a TOML `key = value` or JSON `"key": value,` line, as a byte range (without a
+/// trailing comma).
 fn value_range(line: &str) -> Option<std::ops::Range<usize>> {
-    let eq = line.find('=')?;
-    Some(eq + 1..line.len())
+    let at = line.find('=').or_else(|| line.find("\":").map(|k| k + 1))?;
+    let body = line.trim_end();
+    let end = if body.len() > at + 1 && body.ends_with(',') { body.len() - 1 } else { line.len() };
+    Some(at + 1..end.max(at + 1))
 }
 
 /// Apply `edits` to `text`: byte flips and truncations (made valid UTF-8 lossily), line
@@ -412,6 +415,58 @@ fn header_text(bytes: &[u8]) -> String {
     String::from_utf8(bytes[8..8 + n].to_vec()).expect("arbor writes UTF-8 headers")
 }
 
+/// JSON values at the edges of what a config.json or manifest key may hold.
+fn odd_json() -> Vec<Value> {
+    vec![
+        json!(0),
+        json!(-1),
+        json!(1u64 << 40),
+        json!(u64::MAX),
+        json!(1e308),
+        json!(-0.0),
+        json!(0.5),
+        Value::Null,
+        json!(""),
+        json!("../x"),
+        json!([]),
+        json!([1, 2]),
+        json!({}),
+        json!(true),
+    ]
+}
+
+/// Every key of an arbor-written config.json set to every odd JSON value (and removed): loading
+/// and inspecting the directory must not panic, and a load error names one of its files.
+#[test]
+fn config_json_sweep_never_panics() {
+    let (dir, _) = saved_model();
+    let path = dir.path().join("config.json");
+    let good: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let keys: Vec<String> = good.as_object().expect("object").keys().cloned().collect();
+    for key in &keys {
+        for value in odd_json().into_iter().map(Some).chain([None]) {
+            let mut v = good.clone();
+            let obj = v.as_object_mut().expect("object");
+            match &value {
+                Some(x) => obj.insert(key.clone(), x.clone()),
+                None => obj.remove(key),
+            };
+            std::fs::write(&path, v.to_string()).expect("write");
+            if let Err(e) = load_hf_dir(dir.path()) {
+                let msg = e.to_string();
+                assert!(msg.contains("config.json") || msg.contains("model.safetensors"), "{key} = {value:?}: {msg}");
+            }
+            let _ = arbor::cli::inspect::run(&arbor::cli::inspect::InspectArgs {
+                path: dir.path().to_path_buf(),
+                stats_max_numel: 0,
+                sample: None,
+                model: None,
+                fci_step_gap: 4,
+            });
+        }
+    }
+}
+
 #[test]
 fn bad_safetensors_headers_name_file_tensor_and_problem() {
     let (dir, good) = saved_model();
@@ -522,6 +577,49 @@ fn bad_manifests_and_vouched_files_name_file_and_problem() {
     replace_vouched(&dir, "trainer_state.json", b"{\"step\": 3, \"seed\": -7, \"adam_t\": 3}");
     let msg = load_checkpoint(&dir).expect_err("negative seed").to_string();
     assert!(msg.contains("trainer_state.json"), "{msg}");
+}
+
+/// Structured edits of a saved manifest: entries removed, renamed (to paths inside and outside
+/// the checkpoint) or given odd sizes and checksums, `files` of the wrong type.
+#[test]
+fn manifest_sweep_never_panics() {
+    let (_run, dir) = saved_checkpoint();
+    let path = dir.join("manifest.json");
+    let good: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let names: Vec<String> = good["files"].as_object().expect("files").keys().cloned().collect();
+    let mut variants: Vec<Value> = Vec::new();
+    for name in &names {
+        let mut v = good.clone();
+        v["files"].as_object_mut().expect("files").remove(name);
+        variants.push(v);
+        for new_name in ["", ".", "..", "../manifest.json", "missing.bin", "model.safetensors/", "/nonexistent-arbor-file"] {
+            let mut v = good.clone();
+            let files = v["files"].as_object_mut().expect("files");
+            let entry = files.remove(name).expect("entry");
+            files.insert(new_name.to_string(), entry);
+            variants.push(v);
+        }
+        for field in ["fnv1a64", "bytes"] {
+            for odd in odd_json() {
+                let mut v = good.clone();
+                v["files"][name.as_str()][field] = odd;
+                variants.push(v);
+            }
+        }
+        let mut v = good.clone();
+        v["files"][name.as_str()] = json!("not an object");
+        variants.push(v);
+    }
+    for odd in odd_json() {
+        variants.push(json!({ "files": odd }));
+    }
+    for v in &variants {
+        std::fs::write(&path, v.to_string()).expect("write");
+        let listed = v["files"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        if let Err(e) = check_checkpoint(&dir, &listed) {
+            panic!("{v}: {e}");
+        }
+    }
 }
 
 proptest! {
