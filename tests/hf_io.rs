@@ -114,9 +114,12 @@ fn write_custom(dir: &Path, cfg_json: &Value, params: &Params, edit: impl FnOnce
     safetensors::serialize_to_file(raw, None, &dir.join("model.safetensors")).expect("write safetensors");
 }
 
+/// An edit of a safetensors file's JSON header.
+type HeaderEdit = fn(&mut serde_json::Map<String, Value>);
+
 /// Save `params` as arbor does, then rewrite the JSON header of `model.safetensors` with `edit`
 /// (the data section is kept as it is).
-fn write_custom_header(dir: &Path, cfg_json: &Value, params: &Params, edit: fn(&mut serde_json::Map<String, Value>)) {
+fn write_custom_header(dir: &Path, cfg_json: &Value, params: &Params, edit: HeaderEdit) {
     save_hf_dir(dir, &config(cfg_json), params, &SaveOptions::default()).expect("save");
     let file = dir.join("model.safetensors");
     let bytes = std::fs::read(&file).expect("read");
@@ -501,7 +504,7 @@ fn inspect_fails_on_weights_that_train_refuses() {
     let cfg = config(&cfg_json);
     let params = random_params(&cfg, 17);
     // a layout tensor stored as I32, an extra tensor with a dtype tag safetensors does not know
-    let cases: [(&str, fn(&mut serde_json::Map<String, Value>)); 2] = [
+    let cases: [(&str, HeaderEdit); 2] = [
         ("unsupported dtype I32", |raw| {
             raw["model.norm.weight"]["dtype"] = json!("I32");
         }),

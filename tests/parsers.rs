@@ -142,10 +142,12 @@ fn mutate_text(text: &str, edits: &[Edit]) -> String {
 }
 
 /// Integers and floats at the edges of what a numeric key may hold (TOML spellings).
-const ODD_INTEGERS: [&str; 8] = ["0", "-1", "1", "2", "65536", "4294967296", "9223372036854775807", "-9223372036854775808"];
+const ODD_INTEGERS: [&str; 8] =
+    ["0", "-1", "1", "2", "65536", "4294967296", "9223372036854775807", "-9223372036854775808"];
 const ODD_FLOATS: [&str; 9] = ["0.0", "-1.0", "0.5", "-0.0", "nan", "inf", "-inf", "1e308", "1e-30"];
 /// Strings at the edges of what a string key may hold.
-const ODD_STRINGS: [&str; 8] = ["\"\"", "\"é∞\"", "\"a/b\"", "\"../x\"", "\" \"", "\"\\u0000\"", "\"qwen2\"", "\"x.jsonl\""];
+const ODD_STRINGS: [&str; 8] =
+    ["\"\"", "\"é∞\"", "\"a/b\"", "\"../x\"", "\" \"", "\"\\u0000\"", "\"qwen2\"", "\"x.jsonl\""];
 
 /// Odd value number `k` (modulo their count) of the TOML type of `old`; `None` for an inline table.
 fn odd_value(old: &str, k: usize) -> Option<String> {
@@ -176,8 +178,7 @@ fn retype_line(lines: &mut [String], i: usize, k: usize) -> bool {
 /// TOML type, so the text stays well-typed TOML and reaches the config's validation.
 fn retype_values(text: &str, picks: &[(Index, Index)]) -> String {
     let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
-    let assignments: Vec<usize> =
-        (0..lines.len()).filter(|&i| retype_line(&mut lines.clone(), i, 0)).collect();
+    let assignments: Vec<usize> = (0..lines.len()).filter(|&i| retype_line(&mut lines.clone(), i, 0)).collect();
     if assignments.is_empty() {
         return text.to_string();
     }
@@ -304,7 +305,8 @@ fn merge_toml(base: &str, extra: &str) -> String {
     let mut doc: toml::Table = toml::from_str(base).expect("base parses");
     let extra: toml::Table = toml::from_str(extra).expect("extra parses");
     for (table, kv) in extra {
-        let (Some(dst), toml::Value::Table(kv)) = (doc.entry(table).or_insert(toml::Value::Table(Default::default())).as_table_mut(), kv)
+        let (Some(dst), toml::Value::Table(kv)) =
+            (doc.entry(table).or_insert(toml::Value::Table(Default::default())).as_table_mut(), kv)
         else {
             panic!("extra must be one table");
         };
@@ -479,7 +481,10 @@ fn bad_safetensors_headers_name_file_tensor_and_problem() {
     let mut v: Value = serde_json::from_str(&header).expect("json");
     v[name]["dtype"] = json!("F8_E9M9");
     let msg = err(&with_header(&good, &v.to_string()));
-    assert!(msg.contains("model.safetensors") && msg.contains(name) && msg.contains("unknown dtype \"F8_E9M9\""), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains(name) && msg.contains("unknown dtype \"F8_E9M9\""),
+        "{msg}"
+    );
     let mut v: Value = serde_json::from_str(&header).expect("json");
     v[name]["data_offsets"] = json!([0, 1u64 << 40]);
     let msg = err(&with_header(&good, &v.to_string()));
@@ -592,7 +597,9 @@ fn manifest_sweep_never_panics() {
         let mut v = good.clone();
         v["files"].as_object_mut().expect("files").remove(name);
         variants.push(v);
-        for new_name in ["", ".", "..", "../manifest.json", "missing.bin", "model.safetensors/", "/nonexistent-arbor-file"] {
+        for new_name in
+            ["", ".", "..", "../manifest.json", "missing.bin", "model.safetensors/", "/nonexistent-arbor-file"]
+        {
             let mut v = good.clone();
             let files = v["files"].as_object_mut().expect("files");
             let entry = files.remove(name).expect("entry");
@@ -753,7 +760,7 @@ fn step_sample(i: u32) -> StepSample {
             reward: 1.0,
         },
         logp: vec![-0.5; n],
-        finish: if i % 2 == 0 { Finish::Stop } else { Finish::Length },
+        finish: if i.is_multiple_of(2) { Finish::Stop } else { Finish::Length },
         trace: AttnTrace { branch: (i % 2 == 1).then_some((0, 1)), fci: vec![0.1; n], ..AttnTrace::default() },
     }
 }

@@ -1,7 +1,7 @@
 //! `arbor inspect`: summarise a model directory, config.json, safetensors file or HDF5 trajectory dump.
 
-use crate::io::hf::{read_index, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 use crate::io::dtype::loadable_width;
+use crate::io::hf::{read_index, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 use crate::io::tensor_file::{parse_dtype, read_header, read_tensor_f32, unknown_dtype, SafetensorsHeader};
 use crate::io::trajectories::{read_summary, StepStats, TrajectorySummary};
 use crate::model::{ModelConfig, ParamLayout};
@@ -55,7 +55,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     }
     if name.ends_with(".safetensors") {
         let header = read_header(path)?;
-        return verdict(path, print_tensors(&header, None, args.stats_max_numel));
+        return verdict(path, print_tensors(&header, None, args.stats_max_numel).len());
     }
     if name.ends_with(".index.json") {
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -85,7 +85,7 @@ fn inspect_dir(dir: &Path, stats_max: usize) -> anyhow::Result<()> {
     let layout = cfg.as_ref().map(ParamLayout::new);
     let problems = if dir.join(SINGLE_FILE).is_file() {
         let header = read_header(&dir.join(SINGLE_FILE))?;
-        print_tensors(&header, layout.as_ref(), stats_max)
+        print_tensors(&header, layout.as_ref(), stats_max).len()
     } else if dir.join(INDEX_FILE).is_file() {
         print_shards(&dir.join(INDEX_FILE), layout.as_ref(), stats_max, dir)?
     } else {
@@ -145,21 +145,19 @@ fn print_shards(index: &Path, layout: Option<&ParamLayout>, stats_max: usize, di
     let files: BTreeSet<PathBuf> = map.values().cloned().collect();
     println!("{}: {} tensors in {} shard(s)", index.display(), map.len(), files.len());
     let mut headers = Vec::new();
-    let mut problems = 0;
+    let mut flagged = Vec::new();
     for f in &files {
         let h = read_header(f).with_context(|| format!("shard listed in {}", index.display()))?;
-        problems += print_tensors(&h, None, stats_max);
+        flagged.extend(print_tensors(&h, None, stats_max));
         headers.push(h);
     }
-    if let Some(layout) = layout {
-        problems += check_layout(layout, &headers, dir);
-    }
-    Ok(problems)
+    let layout_problems = layout.map_or(0, |layout| check_layout(layout, &headers, dir, &flagged));
+    Ok(flagged.len() + layout_problems)
 }
 
 /// List a file's tensors (with stats for small ones), then what loading it would refuse;
-/// returns the number of problems printed.
-fn print_tensors(header: &SafetensorsHeader, layout: Option<&ParamLayout>, stats_max: usize) -> usize {
+/// returns the (file, tensor) of every problem printed.
+fn print_tensors(header: &SafetensorsHeader, layout: Option<&ParamLayout>, stats_max: usize) -> Vec<(PathBuf, String)> {
     println!("{}: {} tensors, {} bytes", header.path.display(), header.tensors.len(), header.file_len);
     for t in &header.tensors {
         let mut line = format!("  {:<56} {:<5} {:<14}", t.name, t.dtype, format!("{:?}", t.shape));
@@ -173,30 +171,39 @@ fn print_tensors(header: &SafetensorsHeader, layout: Option<&ParamLayout>, stats
         }
         println!("{line}");
     }
-    let refused = header.load_problems();
-    for (tensor, msg) in &refused {
-        problem(&header.path, tensor, msg);
+    let mut flagged = Vec::new();
+    for (tensor, msg) in header.load_problems() {
+        problem(&header.path, &tensor, &msg);
+        flagged.push((header.path.clone(), tensor));
     }
-    let mut problems = refused.len();
     if let Some(layout) = layout {
-        problems += check_layout(layout, std::slice::from_ref(header), header.path.parent().unwrap_or(Path::new(".")));
+        let dir = header.path.parent().unwrap_or(Path::new("."));
+        for _ in 0..check_layout(layout, std::slice::from_ref(header), dir, &flagged) {
+            flagged.push((header.path.clone(), "<layout>".into()));
+        }
     }
-    problems
+    flagged
 }
 
-/// Print which layout tensors are missing, mis-shaped or stored in a dtype arbor does not load,
-/// and which stored tensors arbor ignores; returns the number of problems printed.
-fn check_layout(layout: &ParamLayout, headers: &[SafetensorsHeader], dir: &Path) -> usize {
+/// Print which layout tensors are missing, mis-shaped or stored in a dtype arbor does not load
+/// (unless `flagged` already names that file and tensor), and which stored tensors arbor
+/// ignores; returns the number of problems printed.
+fn check_layout(
+    layout: &ParamLayout,
+    headers: &[SafetensorsHeader],
+    dir: &Path,
+    flagged: &[(PathBuf, String)],
+) -> usize {
     let stored: Vec<_> = headers.iter().flat_map(|h| h.tensors.iter().map(move |t| (h, t))).collect();
-    let mut problems = 0;
+    let (mut problems, mut clean) = (0, true);
     for spec in &layout.specs {
         match stored.iter().find(|(_, t)| t.name == spec.name) {
             None => {
-                problems += 1;
+                (problems, clean) = (problems + 1, false);
                 println!("layout: missing {} (expected shape {:?})", spec.name, spec.shape);
             }
             Some((_, t)) if t.shape != spec.shape => {
-                problems += 1;
+                (problems, clean) = (problems + 1, false);
                 println!("layout: {} has shape {:?}, expected {:?}", spec.name, t.shape, spec.shape);
             }
             Some((h, t)) => {
@@ -205,14 +212,17 @@ fn check_layout(layout: &ParamLayout, headers: &[SafetensorsHeader], dir: &Path)
                     Some(dt) => loadable_width(dt).err(),
                 };
                 if let Some(msg) = refused {
-                    problems += 1;
-                    problem(&h.path, &t.name, &msg);
+                    clean = false;
+                    if !flagged.iter().any(|(f, n)| *f == h.path && *n == t.name) {
+                        problems += 1;
+                        problem(&h.path, &t.name, &msg);
+                    }
                 }
             }
         }
     }
     let ignored = stored.iter().filter(|(_, t)| layout.get(&t.name).is_none()).count();
-    if problems == 0 {
+    if clean {
         println!(
             "layout: all {} tensors match config.json in {} ({ignored} ignored)",
             layout.specs.len(),

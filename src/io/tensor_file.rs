@@ -175,7 +175,9 @@ impl SafetensorsHeader {
 
 /// Why a dtype tag that is not a safetensors dtype is refused.
 pub fn unknown_dtype(tag: &str) -> String {
-    format!("unknown dtype {tag:?}: not a safetensors dtype, so the file does not load (arbor loads F32, BF16, F16, F64)")
+    format!(
+        "unknown dtype {tag:?}: not a safetensors dtype, so the file does not load (arbor loads F32, BF16, F16, F64)"
+    )
 }
 
 /// Parse a safetensors dtype tag.

@@ -132,11 +132,11 @@ impl ModelConfig {
         let (q, kv) = (n(self.num_heads).saturating_mul(d), n(self.num_kv_heads).saturating_mul(d));
         let qkv = q.saturating_add(kv.saturating_mul(2));
         let per_layer = [
-            c.saturating_mul(2),                                    // the two norms
-            qkv.saturating_mul(c),                                  // q, k, v
-            if self.qkv_bias { qkv } else { 0 },                    // their biases
-            c.saturating_mul(q),                                    // o_proj
-            i.saturating_mul(c).saturating_mul(3),                  // gate, up, down
+            c.saturating_mul(2),                   // the two norms
+            qkv.saturating_mul(c),                 // q, k, v
+            if self.qkv_bias { qkv } else { 0 },   // their biases
+            c.saturating_mul(q),                   // o_proj
+            i.saturating_mul(c).saturating_mul(3), // gate, up, down
         ]
         .into_iter()
         .fold(0u128, u128::saturating_add);

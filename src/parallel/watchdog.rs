@@ -39,7 +39,10 @@ struct Inner {
 fn timeout_message(rank: usize, kind: &str, slot: &Slot, now: Instant, step: Option<&str>) -> String {
     let waited = now.duration_since(slot.armed).as_secs_f64();
     if kind != "collective" {
-        return format!("rank {rank}: watchdog: step `{}` did not finish in time ({waited:.1} s); aborting the job", slot.what);
+        return format!(
+            "rank {rank}: watchdog: step `{}` did not finish in time ({waited:.1} s); aborting the job",
+            slot.what
+        );
     }
     let during = step.map(|s| format!(", during `{s}`")).unwrap_or_default();
     let missing = match slot.others.as_deref() {
@@ -210,7 +213,12 @@ mod tests {
         let got = hits.lock().unwrap().clone();
         assert!(!got.is_empty(), "the watchdog did not fire");
         let m = &got[0];
-        for part in ["rank 0", "`all_reduce_sum_f64` (#2 on this rank, during `step 4`)", "did not finish in time", "rank 1 had not entered it"] {
+        for part in [
+            "rank 0",
+            "`all_reduce_sum_f64` (#2 on this rank, during `step 4`)",
+            "did not finish in time",
+            "rank 1 had not entered it",
+        ] {
             assert!(m.contains(part), "{part:?} missing from {m}");
         }
         wd.stop();

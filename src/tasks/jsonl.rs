@@ -165,10 +165,8 @@ impl JsonlTask {
             0 => String::new(),
             n => format!("; {n} more record(s) of the dataset have characters outside it"),
         };
-        let msg = format!(
-            "`{field}`: character {c:?} (U+{:04X}) at position {pos} is not in {alphabet}{more}",
-            u32::from(c)
-        );
+        let msg =
+            format!("`{field}`: character {c:?} (U+{:04X}) at position {pos} is not in {alphabet}{more}", u32::from(c));
         Err(bad(file, line, msg))
     }
 
@@ -255,6 +253,9 @@ mod tests {
         let small = CharTokenizer::new("0123456789+=").unwrap();
         task(ok, ok).check_alphabet(&small).unwrap();
         let e = task("{\"prompt\": \"a=\", \"answer\": 1}", ok).check_alphabet(&small).unwrap_err().to_string();
-        assert!(e.starts_with("train.jsonl:1: `prompt`: character 'a'") && e.contains("alphabet of 12 characters"), "{e}");
+        assert!(
+            e.starts_with("train.jsonl:1: `prompt`: character 'a'") && e.contains("alphabet of 12 characters"),
+            "{e}"
+        );
     }
 }

@@ -140,7 +140,8 @@ pub fn decode_weights(msg: &[u8], n_params: usize) -> Result<WeightsMessage<'_>>
     let version = u64_at(msg, 0, what, "version")?;
     let sum = u64_at(msg, 8, what, "checksum")?;
     let data = &msg[WEIGHTS_HEADER..];
-    let want = n_params.checked_mul(4).ok_or_else(|| Error::Invalid(format!("async: {n_params} parameters overflow")))?;
+    let want =
+        n_params.checked_mul(4).ok_or_else(|| Error::Invalid(format!("async: {n_params} parameters overflow")))?;
     if data.len() != want {
         return Err(Error::Invalid(format!(
             "async: {what} of version {version} carries {} bytes of weights; the model's {n_params} f32 parameters need {want}",
@@ -194,7 +195,10 @@ pub(crate) fn encode_share(all: &Sampled, gen_s: f64, version: u64) -> Result<Ve
 pub(crate) fn decode_share(bytes: &[u8]) -> Result<(Sampled, f64, u64)> {
     let what = "batch broadcast";
     let n = bytes.len().checked_sub(SHARE_TRAILER).ok_or_else(|| {
-        Error::Invalid(format!("async: {what} of {} bytes is shorter than its {SHARE_TRAILER}-byte trailer", bytes.len()))
+        Error::Invalid(format!(
+            "async: {what} of {} bytes is shorter than its {SHARE_TRAILER}-byte trailer",
+            bytes.len()
+        ))
     })?;
     let gen_s = seconds_at(bytes, n, what)?;
     let version = u64_at(bytes, n + 8, what, "version")?;
@@ -352,8 +356,8 @@ impl Received<'_> {
         let (mut parts, mut gen_s) = (Vec::new(), 0.0f64);
         for &r in &self.rollout {
             let msg = self.batches.recv_bytes(r)?;
-            let BatchMessage { version, sum, gen_s: secs, sampled } = decode_batch(&msg)
-                .map_err(|e| Error::Invalid(format!("batch {step} from rank {r}: {e}")))?;
+            let BatchMessage { version, sum, gen_s: secs, sampled } =
+                decode_batch(&msg).map_err(|e| Error::Invalid(format!("batch {step} from rank {r}: {e}")))?;
             gen_s = gen_s.max(secs);
             if step.saturating_sub(version) > self.lag {
                 return Err(Error::Invalid(format!(

@@ -110,7 +110,12 @@ impl<'a> Reader<'a> {
         let left = self.left();
         let fits = usize::try_from(n).ok().filter(|&n| n.checked_mul(item_bytes).is_some_and(|b| b <= left));
         fits.ok_or_else(|| {
-            self.fail(field, format!("length {n} (at least {item_bytes} bytes each) exceeds the {left} bytes left: truncated or corrupt"))
+            self.fail(
+                field,
+                format!(
+                    "length {n} (at least {item_bytes} bytes each) exceeds the {left} bytes left: truncated or corrupt"
+                ),
+            )
         })
     }
 
@@ -353,7 +358,7 @@ mod tests {
                 reward: i as f32,
             },
             logp: vec![-1.0; i as usize % 3],
-            finish: if i % 2 == 0 { Finish::Stop } else { Finish::Length },
+            finish: if i.is_multiple_of(2) { Finish::Stop } else { Finish::Length },
             trace: AttnTrace::default(),
         }
     }
@@ -363,7 +368,8 @@ mod tests {
         let generated: Vec<StepSample> = (0..n).map(sample).collect();
         let train_of: Vec<Option<usize>> = (0..n as usize).step_by(2).map(Some).collect();
         let train = train_of.iter().flatten().map(|&k| generated[k].data.clone()).collect();
-        let mut s = Sampled { generated, train, train_of, candidates: 3, prompts: 2, zero_std: (1, 2), ..Default::default() };
+        let mut s =
+            Sampled { generated, train, train_of, candidates: 3, prompts: 2, zero_std: (1, 2), ..Default::default() };
         s.note("time_generate_s", 0.5.into());
         s
     }
