@@ -114,6 +114,25 @@ fn write_custom(dir: &Path, cfg_json: &Value, params: &Params, edit: impl FnOnce
     safetensors::serialize_to_file(raw, None, &dir.join("model.safetensors")).expect("write safetensors");
 }
 
+/// An edit of a safetensors file's JSON header.
+type HeaderEdit = fn(&mut serde_json::Map<String, Value>);
+
+/// Save `params` as arbor does, then rewrite the JSON header of `model.safetensors` with `edit`
+/// (the data section is kept as it is).
+fn write_custom_header(dir: &Path, cfg_json: &Value, params: &Params, edit: HeaderEdit) {
+    save_hf_dir(dir, &config(cfg_json), params, &SaveOptions::default()).expect("save");
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).expect("read");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).expect("header");
+    edit(&mut header);
+    let text = Value::Object(header).to_string();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&file, out).expect("write");
+}
+
 #[test]
 fn qwen2_f32_round_trip_is_bit_identical() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -461,14 +480,51 @@ fn absurd_header_values_are_errors_not_panics() {
         std::fs::write(&file, &bytes).expect("write");
         let msg = load_hf_dir(dir.path()).expect_err("must fail").to_string();
         assert!(msg.contains("model.safetensors"), "{header}: {msg}");
-        // inspect lists an unknown dtype (it reads no data); every other header is rejected.
-        let inspected = inspect::run(&InspectArgs {
-            path: file,
+        if header.contains("Q4_K") {
+            assert!(msg.contains("`model.norm.weight`") && msg.contains("unknown dtype \"Q4_K\""), "{msg}");
+        }
+        // inspect refuses every one of them, the unknown dtype included (train refuses it too)
+        for path in [file.clone(), dir.path().to_path_buf()] {
+            let inspected = inspect::run(&InspectArgs {
+                path: path.clone(),
+                stats_max_numel: 1 << 16,
+                sample: None,
+                model: None,
+                fci_step_gap: 4,
+            });
+            assert!(inspected.is_err(), "{header}: inspect {} passed", path.display());
+        }
+    }
+}
+
+#[test]
+fn inspect_fails_on_weights_that_train_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_json = llama_json();
+    let cfg = config(&cfg_json);
+    let params = random_params(&cfg, 17);
+    // a layout tensor stored as I32, an extra tensor with a dtype tag safetensors does not know
+    let cases: [(&str, HeaderEdit); 2] = [
+        ("unsupported dtype I32", |raw| {
+            raw["model.norm.weight"]["dtype"] = json!("I32");
+        }),
+        ("unknown dtype \"Q4_K\"", |raw| {
+            let at = raw.values().filter_map(|t| t["data_offsets"][1].as_u64()).max().unwrap_or(0);
+            raw.insert("extra.q4".into(), json!({"dtype": "Q4_K", "shape": [0], "data_offsets": [at, at]}));
+        }),
+    ];
+    for (want, edit) in cases {
+        write_custom_header(dir.path(), &cfg_json, &params, edit);
+        let load = load_hf_dir(dir.path()).expect_err("train refuses").to_string();
+        assert!(load.contains(want), "{want}: {load}");
+        let args = InspectArgs {
+            path: dir.path().to_path_buf(),
             stats_max_numel: 1 << 16,
             sample: None,
             model: None,
             fci_step_gap: 4,
-        });
-        assert_eq!(inspected.is_err(), !header.contains("Q4_K"), "{header}");
+        };
+        let msg = inspect::run(&args).expect_err("inspect must fail").to_string();
+        assert!(msg.contains("problem(s)") && msg.contains("arbor train"), "{want}: {msg}");
     }
 }

@@ -433,8 +433,12 @@ fn a_failing_rank_aborts_the_job_naming_itself() {
 
 #[test]
 fn a_hanging_rank_trips_the_watchdog_of_the_others() {
-    // rank 1 sleeps at step 4; rank 0 waits in the loss all-reduce until the 3 s collective timeout
-    fault_run("hang", &["rank 0", "all_reduce_sum_f64", "did not finish in time"]);
+    // rank 1 sleeps at step 4; rank 0 waits in the loss all-reduce until the 3 s collective
+    // timeout, and says which rank it waited for
+    fault_run(
+        "hang",
+        &["rank 0", "all_reduce_sum_f64", "did not finish in time", "during `step 4`", "rank 1 had not entered it"],
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! `arbor inspect`: summarise a model directory, config.json, safetensors file or HDF5 trajectory dump.
 
+use crate::io::dtype::loadable_width;
 use crate::io::hf::{read_index, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
-use crate::io::tensor_file::{read_header, read_tensor_f32, SafetensorsHeader};
+use crate::io::tensor_file::{parse_dtype, read_header, read_tensor_f32, unknown_dtype, SafetensorsHeader};
 use crate::io::trajectories::{read_summary, StepStats, TrajectorySummary};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::tokenizer::Tokenizer;
@@ -54,11 +55,11 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     }
     if name.ends_with(".safetensors") {
         let header = read_header(path)?;
-        return print_tensors(&header, None, args.stats_max_numel);
+        return verdict(path, print_tensors(&header, None, args.stats_max_numel).len());
     }
     if name.ends_with(".index.json") {
         let dir = path.parent().unwrap_or(Path::new("."));
-        return print_shards(path, None, args.stats_max_numel, dir);
+        return verdict(path, print_shards(path, None, args.stats_max_numel, dir)?);
     }
     if name.ends_with(".json") {
         let cfg = ModelConfig::from_hf_file(path)?;
@@ -82,14 +83,15 @@ fn inspect_dir(dir: &Path, stats_max: usize) -> anyhow::Result<()> {
         None
     };
     let layout = cfg.as_ref().map(ParamLayout::new);
-    if dir.join(SINGLE_FILE).is_file() {
+    let problems = if dir.join(SINGLE_FILE).is_file() {
         let header = read_header(&dir.join(SINGLE_FILE))?;
-        print_tensors(&header, layout.as_ref(), stats_max)?;
+        print_tensors(&header, layout.as_ref(), stats_max).len()
     } else if dir.join(INDEX_FILE).is_file() {
-        print_shards(&dir.join(INDEX_FILE), layout.as_ref(), stats_max, dir)?;
+        print_shards(&dir.join(INDEX_FILE), layout.as_ref(), stats_max, dir)?
     } else {
         println!("no weights ({SINGLE_FILE} or {INDEX_FILE})");
-    }
+        0
+    };
     match Tokenizer::from_dir(dir)? {
         Some(t) => println!(
             "tokenizer: vocab {}, bos {:?}, eos {:?}, pad {:?}",
@@ -100,7 +102,20 @@ fn inspect_dir(dir: &Path, stats_max: usize) -> anyhow::Result<()> {
         ),
         None => println!("tokenizer: none"),
     }
+    verdict(dir, problems)
+}
+
+/// Fail when the listing found problems: `arbor train` would refuse these weights.
+fn verdict(path: &Path, problems: usize) -> anyhow::Result<()> {
+    if problems > 0 {
+        bail!("{}: {problems} problem(s) listed above; `arbor train` would refuse these weights", path.display());
+    }
     Ok(())
+}
+
+/// Print one problem line (what loading for training says about it).
+fn problem(file: &Path, tensor: &str, msg: &str) {
+    println!("problem: {}: tensor `{tensor}`: {msg}", file.display());
 }
 
 fn print_config(cfg: &ModelConfig) {
@@ -124,23 +139,25 @@ fn print_config(cfg: &ModelConfig) {
     println!("parameters: {}", cfg.num_params());
 }
 
-fn print_shards(index: &Path, layout: Option<&ParamLayout>, stats_max: usize, dir: &Path) -> anyhow::Result<()> {
+/// List every shard of an index; returns the number of problems printed.
+fn print_shards(index: &Path, layout: Option<&ParamLayout>, stats_max: usize, dir: &Path) -> anyhow::Result<usize> {
     let map = read_index(index)?;
     let files: BTreeSet<PathBuf> = map.values().cloned().collect();
     println!("{}: {} tensors in {} shard(s)", index.display(), map.len(), files.len());
     let mut headers = Vec::new();
+    let mut flagged = Vec::new();
     for f in &files {
         let h = read_header(f).with_context(|| format!("shard listed in {}", index.display()))?;
-        print_tensors(&h, None, stats_max)?;
+        flagged.extend(print_tensors(&h, None, stats_max));
         headers.push(h);
     }
-    if let Some(layout) = layout {
-        check_layout(layout, &headers, dir);
-    }
-    Ok(())
+    let layout_problems = layout.map_or(0, |layout| check_layout(layout, &headers, dir, &flagged));
+    Ok(flagged.len() + layout_problems)
 }
 
-fn print_tensors(header: &SafetensorsHeader, layout: Option<&ParamLayout>, stats_max: usize) -> anyhow::Result<()> {
+/// List a file's tensors (with stats for small ones), then what loading it would refuse;
+/// returns the (file, tensor) of every problem printed.
+fn print_tensors(header: &SafetensorsHeader, layout: Option<&ParamLayout>, stats_max: usize) -> Vec<(PathBuf, String)> {
     println!("{}: {} tensors, {} bytes", header.path.display(), header.tensors.len(), header.file_len);
     for t in &header.tensors {
         let mut line = format!("  {:<56} {:<5} {:<14}", t.name, t.dtype, format!("{:?}", t.shape));
@@ -154,37 +171,65 @@ fn print_tensors(header: &SafetensorsHeader, layout: Option<&ParamLayout>, stats
         }
         println!("{line}");
     }
-    if let Some(layout) = layout {
-        check_layout(layout, std::slice::from_ref(header), header.path.parent().unwrap_or(Path::new(".")));
+    let mut flagged = Vec::new();
+    for (tensor, msg) in header.load_problems() {
+        problem(&header.path, &tensor, &msg);
+        flagged.push((header.path.clone(), tensor));
     }
-    Ok(())
-}
-
-/// Print which layout tensors are missing or mis-shaped, and which stored tensors arbor ignores.
-fn check_layout(layout: &ParamLayout, headers: &[SafetensorsHeader], dir: &Path) {
-    let stored: Vec<_> = headers.iter().flat_map(|h| h.tensors.iter()).collect();
-    let mut problems = 0;
-    for spec in &layout.specs {
-        match stored.iter().find(|t| t.name == spec.name) {
-            None => {
-                problems += 1;
-                println!("layout: missing {} (expected shape {:?})", spec.name, spec.shape);
-            }
-            Some(t) if t.shape != spec.shape => {
-                problems += 1;
-                println!("layout: {} has shape {:?}, expected {:?}", spec.name, t.shape, spec.shape);
-            }
-            Some(_) => {}
+    if let Some(layout) = layout {
+        let dir = header.path.parent().unwrap_or(Path::new("."));
+        for _ in 0..check_layout(layout, std::slice::from_ref(header), dir, &flagged) {
+            flagged.push((header.path.clone(), "<layout>".into()));
         }
     }
-    let ignored = stored.iter().filter(|t| layout.get(&t.name).is_none()).count();
-    if problems == 0 {
+    flagged
+}
+
+/// Print which layout tensors are missing, mis-shaped or stored in a dtype arbor does not load
+/// (unless `flagged` already names that file and tensor), and which stored tensors arbor
+/// ignores; returns the number of problems printed.
+fn check_layout(
+    layout: &ParamLayout,
+    headers: &[SafetensorsHeader],
+    dir: &Path,
+    flagged: &[(PathBuf, String)],
+) -> usize {
+    let stored: Vec<_> = headers.iter().flat_map(|h| h.tensors.iter().map(move |t| (h, t))).collect();
+    let (mut problems, mut clean) = (0, true);
+    for spec in &layout.specs {
+        match stored.iter().find(|(_, t)| t.name == spec.name) {
+            None => {
+                (problems, clean) = (problems + 1, false);
+                println!("layout: missing {} (expected shape {:?})", spec.name, spec.shape);
+            }
+            Some((_, t)) if t.shape != spec.shape => {
+                (problems, clean) = (problems + 1, false);
+                println!("layout: {} has shape {:?}, expected {:?}", spec.name, t.shape, spec.shape);
+            }
+            Some((h, t)) => {
+                let refused = match parse_dtype(&t.dtype) {
+                    None => Some(unknown_dtype(&t.dtype)),
+                    Some(dt) => loadable_width(dt).err(),
+                };
+                if let Some(msg) = refused {
+                    clean = false;
+                    if !flagged.iter().any(|(f, n)| *f == h.path && *n == t.name) {
+                        problems += 1;
+                        problem(&h.path, &t.name, &msg);
+                    }
+                }
+            }
+        }
+    }
+    let ignored = stored.iter().filter(|(_, t)| layout.get(&t.name).is_none()).count();
+    if clean {
         println!(
             "layout: all {} tensors match config.json in {} ({ignored} ignored)",
             layout.specs.len(),
             dir.display()
         );
     }
+    problems
 }
 
 /// Print what `arbor inspect` shows about a trajectory dump.

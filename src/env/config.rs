@@ -77,7 +77,8 @@ impl EnvConfig {
         if self.kind != "guess" {
             return bad("kind", format!("{:?} is not a known environment (\"guess\")", self.kind));
         }
-        if self.low > self.high || self.high - self.low > 1_000_000 {
+        // checked: an i64 span such as [-2^63, 0] overflows a plain subtraction
+        if self.low > self.high || self.high.checked_sub(self.low).is_none_or(|span| span > 1_000_000) {
             return bad("low", format!("[{}, {}] must be a range of at most 10^6 numbers", self.low, self.high));
         }
         if self.max_turns == 0 || self.max_turns > 255 {
@@ -97,7 +98,7 @@ impl EnvConfig {
         let Some(rl) = &cfg.rl else {
             return bad("kind", "[env] is played in the RL phase: add an [rl] table".into());
         };
-        if rl.prompts_per_step + self.extra_groups >= 1 << 24 {
+        if rl.prompts_per_step.checked_add(self.extra_groups).is_none_or(|groups| groups >= 1 << 24) {
             return bad("extra_groups", "groups per step (with the extra ones) must stay below 2^24".into());
         }
         if u64::from(rl.samples_per_prompt) + u64::from(self.extra_samples) > 1 << 23 {

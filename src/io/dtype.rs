@@ -89,16 +89,22 @@ impl FromStr for StoreDtype {
     }
 }
 
+/// Bytes per element of a dtype arbor loads as weights; for any other dtype (integers, bool,
+/// fp8, ...) the message [`decode_into`] refuses it with.
+pub fn loadable_width(dtype: Dtype) -> Result<usize, String> {
+    match dtype {
+        Dtype::F32 => Ok(4),
+        Dtype::BF16 | Dtype::F16 => Ok(2),
+        Dtype::F64 => Ok(8),
+        other => Err(format!("unsupported dtype {other} (supported: F32, BF16, F16, F64)")),
+    }
+}
+
 /// Decode little-endian stored elements of a floating-point dtype into `out` (len = element count).
 ///
 /// Returns `Err(dtype name)` for dtypes arbor does not load as weights (integers, bool, fp8, ...).
 pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
-    let width = match dtype {
-        Dtype::F32 => 4,
-        Dtype::BF16 | Dtype::F16 => 2,
-        Dtype::F64 => 8,
-        other => return Err(format!("unsupported dtype {other} (supported: F32, BF16, F16, F64)")),
-    };
+    let width = loadable_width(dtype)?;
     if bytes.len() != out.len() * width {
         return Err(format!("{} bytes of {dtype} data for {} elements", bytes.len(), out.len()));
     }

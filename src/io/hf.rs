@@ -4,6 +4,7 @@
 
 use super::atomic::StagedFiles;
 use super::dtype::{decode_into, StoreDtype};
+use super::tensor_file::parse_header;
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, ParamSpec, Params};
 use safetensors::{Dtype, SafeTensors, View};
@@ -94,8 +95,7 @@ pub fn load_hf_dir_with_report(dir: &Path) -> Result<LoadedCheckpoint> {
     let mut dtypes = BTreeMap::new();
     for file in &files {
         let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Invalid(format!("{}: not a valid safetensors file: {e}", file.display())))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| refused(file, &bytes, &e.to_string()))?;
         let mut names: Vec<&str> = st.names().into_iter().collect();
         names.sort_unstable();
         for name in names {
@@ -121,6 +121,18 @@ pub fn load_hf_dir_with_report(dir: &Path) -> Result<LoadedCheckpoint> {
         return Err(checkpoint_err(&file, &spec.name, &msg));
     }
     Ok(LoadedCheckpoint { config, params, ignored, files, dtypes })
+}
+
+/// The error for a safetensors file the `safetensors` crate refused with `msg`: what arbor's own
+/// header reader finds wrong (the same words `arbor inspect` prints), else the crate's message.
+fn refused(file: &Path, bytes: &[u8], msg: &str) -> Error {
+    match parse_header(file, bytes) {
+        Err(e) => e,
+        Ok(h) => match h.load_problems().into_iter().next() {
+            Some((tensor, why)) => checkpoint_err(file, &tensor, &why),
+            None => Error::Invalid(format!("{}: not a valid safetensors file: {msg}", file.display())),
+        },
+    }
 }
 
 fn checkpoint_err(file: &Path, tensor: &str, msg: &str) -> Error {

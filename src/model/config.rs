@@ -4,6 +4,12 @@ use crate::error::{Error, Result};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
+/// Most elements arbor builds from a config: parameters, and entries of the RoPE table (2^40,
+/// 4 TiB of f32): beyond any machine it runs on, and far below where sizes overflow.
+const MAX_ELEMENTS: u128 = 1 << 40;
+/// Most decoder layers a config may have (the layout lists every layer's tensors).
+const MAX_LAYERS: usize = 1 << 16;
+
 /// Which HF architecture family a model belongs to (decides names in `config.json` and q/k/v biases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -84,7 +90,59 @@ impl ModelConfig {
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return bad("rope_theta", format!("{} must be positive", self.rope_theta));
         }
+        // sizes that would overflow the layout's arithmetic or ask for an absurd allocation
+        // (the layout and the RoPE table are built from these numbers before any weight is read)
+        if self.num_layers > MAX_LAYERS {
+            return bad("num_hidden_layers", format!("{} is more than arbor supports (2^16)", self.num_layers));
+        }
+        let params = self.param_count_u128();
+        if params > MAX_ELEMENTS {
+            return bad(
+                "hidden_size",
+                format!(
+                    "the dimensions (hidden_size {}, intermediate_size {}, {} layers, {} heads of {}, vocab {}) \
+                     make {params} parameters, more than arbor supports (2^40)",
+                    self.hidden_size,
+                    self.intermediate_size,
+                    self.num_layers,
+                    self.num_heads,
+                    self.head_dim,
+                    self.vocab_size
+                ),
+            );
+        }
+        let rope = (self.max_position_embeddings as u128).saturating_mul(self.head_dim as u128);
+        if rope > MAX_ELEMENTS {
+            return bad(
+                "max_position_embeddings",
+                format!(
+                    "{} positions × head_dim {} is more than arbor's RoPE table supports (2^40)",
+                    self.max_position_embeddings, self.head_dim
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// The parameter count of [`crate::model::ParamLayout::new`], computed without overflow
+    /// (saturating at `u128::MAX`) so absurd dimensions can be refused before the layout is built.
+    fn param_count_u128(&self) -> u128 {
+        let n = |x: usize| x as u128;
+        let (c, i, d, v) = (n(self.hidden_size), n(self.intermediate_size), n(self.head_dim), n(self.vocab_size));
+        let (q, kv) = (n(self.num_heads).saturating_mul(d), n(self.num_kv_heads).saturating_mul(d));
+        let qkv = q.saturating_add(kv.saturating_mul(2));
+        let per_layer = [
+            c.saturating_mul(2),                   // the two norms
+            qkv.saturating_mul(c),                 // q, k, v
+            if self.qkv_bias { qkv } else { 0 },   // their biases
+            c.saturating_mul(q),                   // o_proj
+            i.saturating_mul(c).saturating_mul(3), // gate, up, down
+        ]
+        .into_iter()
+        .fold(0u128, u128::saturating_add);
+        let embed = v.saturating_mul(c);
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        n(self.num_layers).saturating_mul(per_layer).saturating_add(embed).saturating_add(head).saturating_add(c)
     }
 
     /// Parse an HF `config.json` file.
@@ -246,5 +304,50 @@ impl ModelConfig {
             m.insert("eos_token_id".into(), json!(e));
         }
         Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(edit: impl FnOnce(&mut Map<String, Value>)) -> Result<ModelConfig> {
+        let mut v = json!({"model_type": "llama", "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40,
+                           "max_position_embeddings": 64, "tie_word_embeddings": false});
+        if let Value::Object(m) = &mut v {
+            edit(m);
+        }
+        ModelConfig::from_hf_json(&v, Path::new("c.json"))
+    }
+
+    #[test]
+    fn the_checked_parameter_count_is_the_layouts() {
+        for (tied, arch) in [(false, "llama"), (true, "llama"), (false, "qwen2")] {
+            let cfg = llama(|m| {
+                m.insert("tie_word_embeddings".into(), json!(tied));
+                m.insert("model_type".into(), json!(arch));
+            })
+            .unwrap();
+            assert_eq!(cfg.param_count_u128(), cfg.num_params() as u128, "{arch}, tied {tied}");
+        }
+    }
+
+    #[test]
+    fn absurd_dimensions_are_refused_by_key_before_anything_is_allocated() {
+        for (key, value, named) in [
+            ("hidden_size", json!(1u64 << 40), "hidden_size"),
+            ("vocab_size", json!(u64::MAX), "hidden_size"),
+            ("intermediate_size", json!(1u64 << 62), "hidden_size"),
+            ("num_hidden_layers", json!(1u64 << 20), "num_hidden_layers"),
+            ("max_position_embeddings", json!(1u64 << 40), "max_position_embeddings"),
+        ] {
+            let e = llama(|m| {
+                m.insert(key.into(), value);
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("c.json") && e.contains(&format!("`{named}`")) && e.contains("2^"), "{key}: {e}");
+        }
     }
 }

@@ -15,6 +15,8 @@ use std::cell::RefCell;
 pub struct MpiComm {
     comm: SimpleCommunicator,
     watchdog: Option<Watchdog>,
+    /// World ranks of the other members, for the watchdog's message.
+    others: Vec<usize>,
     /// Send-side copies of in-place reductions, kept across calls so a training step's gradient
     /// buckets allocate nothing after the first step.
     send_f32: RefCell<Vec<f32>>,
@@ -35,7 +37,12 @@ pub fn launched_by_mpi() -> bool {
 impl MpiComm {
     /// Wrap `comm`; collectives are watched by `watchdog` when given.
     pub fn new(comm: SimpleCommunicator, watchdog: Option<Watchdog>) -> Self {
-        MpiComm { comm, watchdog, send_f32: RefCell::default(), send_f64: RefCell::default() }
+        // local group arithmetic (no communication): members of this communicator as world ranks
+        let world = SimpleCommunicator::world().group();
+        let me = comm.rank();
+        let ranks: Vec<i32> = (0..comm.size()).filter(|&r| r != me).collect();
+        let others = comm.group().translate_ranks(&ranks, &world).into_iter().flatten().map(|r| r as usize).collect();
+        MpiComm { comm, watchdog, others, send_f32: RefCell::default(), send_f64: RefCell::default() }
     }
 
     /// In-place reduction of `buf` with `op` (MPI needs distinct send and receive buffers).
@@ -47,7 +54,7 @@ impl MpiComm {
     }
 
     fn watch<T>(&self, what: &str, f: impl FnOnce() -> T) -> T {
-        let _g = self.watchdog.as_ref().map(|w| w.watch_collective(what));
+        let _g = self.watchdog.as_ref().map(|w| w.watch_collective_among(what, &self.others));
         f()
     }
 }

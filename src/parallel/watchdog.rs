@@ -1,16 +1,26 @@
 //! Never hang: a background thread aborts the whole job when a step or a collective runs past its
 //! deadline, naming this rank and what it was waiting in. Under MPI the abort is `MPI_Abort` on
 //! the world (every rank dies, mpirun exits non-zero); in one process it exits with status 3.
+//!
+//! A rank stuck in a collective cannot see the others (they are busy, hung or dead), but it knows
+//! which ranks the collective is over: the message names the collective, its number on this rank,
+//! how long it waited and during which step, and the ranks that had not entered it — exactly
+//! when the group has two ranks, else the candidates ("at least one of ranks ...").
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 type AbortFn = Box<dyn Fn(&str) + Send + Sync>;
 
 struct Slot {
+    armed: Instant,
     deadline: Instant,
     what: String,
+    /// Collectives: their number on this rank (1-based) and the world ranks of the group's other
+    /// members, when known.
+    seq: u64,
+    others: Option<Vec<usize>>,
 }
 
 struct Inner {
@@ -18,8 +28,41 @@ struct Inner {
     collective_timeout: Duration,
     step: Mutex<Option<Slot>>,
     collective: Mutex<Option<Slot>>,
+    /// Collectives armed so far.
+    collectives: AtomicU64,
     stop: AtomicBool,
     abort: AbortFn,
+}
+
+/// What an expired slot says: `kind` is "collective" or "step"; `step` is the step in progress
+/// (for a collective); `others` the other members of the collective's group (world ranks).
+fn timeout_message(rank: usize, kind: &str, slot: &Slot, now: Instant, step: Option<&str>) -> String {
+    let waited = now.duration_since(slot.armed).as_secs_f64();
+    if kind != "collective" {
+        return format!(
+            "rank {rank}: watchdog: step `{}` did not finish in time ({waited:.1} s); aborting the job",
+            slot.what
+        );
+    }
+    let during = step.map(|s| format!(", during `{s}`")).unwrap_or_default();
+    let missing = match slot.others.as_deref() {
+        None => String::new(),
+        Some([]) => "; it is over this rank alone".to_string(),
+        Some([one]) => format!("; rank {one} had not entered it (stalled, failed or in another collective)"),
+        Some(many) => {
+            let list: Vec<String> = many.iter().map(usize::to_string).collect();
+            format!(
+                "; at least one of ranks {} had not entered it (this rank cannot see which: \
+                 a rank waiting in it reports the same)",
+                list.join(", ")
+            )
+        }
+    };
+    format!(
+        "rank {rank}: watchdog: collective `{}` (#{} on this rank{during}) did not finish in time: \
+         waited {waited:.1} s{missing}; aborting the job",
+        slot.what, slot.seq
+    )
 }
 
 /// A cloneable handle to the watchdog thread.
@@ -51,6 +94,7 @@ impl Watchdog {
             collective_timeout,
             step: Mutex::new(None),
             collective: Mutex::new(None),
+            collectives: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             abort,
         });
@@ -65,13 +109,14 @@ impl Watchdog {
                 }
                 let now = Instant::now();
                 for (slot, kind) in [(&inner.collective, "collective"), (&inner.step, "step")] {
-                    let expired =
-                        slot.lock().ok().and_then(|s| s.as_ref().filter(|s| now >= s.deadline).map(|s| s.what.clone()));
-                    if let Some(what) = expired {
-                        let msg = format!(
-                            "rank {}: watchdog: {kind} `{what}` did not finish in time; aborting the job",
-                            inner.rank
-                        );
+                    let step = || inner.step.lock().ok().and_then(|s| s.as_ref().map(|s| s.what.clone()));
+                    let expired = slot.lock().ok().and_then(|s| {
+                        s.as_ref().filter(|s| now >= s.deadline).map(|s| {
+                            let step = if kind == "collective" { step() } else { None };
+                            timeout_message(inner.rank, kind, s, now, step.as_deref())
+                        })
+                    });
+                    if let Some(msg) = expired {
                         eprintln!("arbor {msg}");
                         (inner.abort)(&msg);
                     }
@@ -85,15 +130,29 @@ impl Watchdog {
     /// Arm the step deadline: `what` must finish within `timeout`.
     pub fn watch_step(&self, what: &str, timeout: Duration) -> Armed {
         if let Ok(mut s) = self.inner.step.lock() {
-            *s = Some(Slot { deadline: Instant::now() + timeout, what: what.to_string() });
+            let now = Instant::now();
+            *s = Some(Slot { armed: now, deadline: now + timeout, what: what.to_string(), seq: 0, others: None });
         }
         Armed { inner: self.inner.clone(), collective: false }
     }
 
-    /// Arm the collective deadline (the configured collective timeout).
+    /// Arm the collective deadline (the configured collective timeout); the group is not known.
     pub fn watch_collective(&self, what: &str) -> Armed {
+        self.arm_collective(what, None)
+    }
+
+    /// Arm the collective deadline for a collective over this rank and the world ranks `others`
+    /// (named in the message if it times out).
+    pub fn watch_collective_among(&self, what: &str, others: &[usize]) -> Armed {
+        self.arm_collective(what, Some(others.to_vec()))
+    }
+
+    fn arm_collective(&self, what: &str, others: Option<Vec<usize>>) -> Armed {
+        let seq = self.inner.collectives.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut s) = self.inner.collective.lock() {
-            *s = Some(Slot { deadline: Instant::now() + self.inner.collective_timeout, what: what.to_string() });
+            let now = Instant::now();
+            let deadline = now + self.inner.collective_timeout;
+            *s = Some(Slot { armed: now, deadline, what: what.to_string(), seq, others });
         }
         Armed { inner: self.inner.clone(), collective: true }
     }
@@ -132,6 +191,53 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(hits.lock().unwrap().len(), n);
         wd.stop();
+    }
+
+    #[test]
+    fn a_collective_timeout_names_the_ranks_that_had_not_entered_it() {
+        let hits = Arc::new(Mutex::new(Vec::<String>::new()));
+        let h = hits.clone();
+        let wd = Watchdog::start(
+            0,
+            Duration::from_millis(100),
+            Box::new(move |m| {
+                h.lock().unwrap().push(m.to_string());
+            }),
+        );
+        let _step = wd.watch_step("step 4", Duration::from_secs(60));
+        drop(wd.watch_collective("barrier"));
+        {
+            let _g = wd.watch_collective_among("all_reduce_sum_f64", &[1]);
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        let got = hits.lock().unwrap().clone();
+        assert!(!got.is_empty(), "the watchdog did not fire");
+        let m = &got[0];
+        for part in [
+            "rank 0",
+            "`all_reduce_sum_f64` (#2 on this rank, during `step 4`)",
+            "did not finish in time",
+            "rank 1 had not entered it",
+        ] {
+            assert!(m.contains(part), "{part:?} missing from {m}");
+        }
+        wd.stop();
+
+        let now = Instant::now();
+        let slot = |others: Option<Vec<usize>>| Slot {
+            armed: now - Duration::from_millis(5000),
+            deadline: now,
+            what: "all_gather".into(),
+            seq: 12,
+            others,
+        };
+        let m = timeout_message(2, "collective", &slot(Some(vec![0, 1, 3])), now, None);
+        assert!(m.contains("#12 on this rank)") && m.contains("waited 5.0 s"), "{m}");
+        assert!(m.contains("at least one of ranks 0, 1, 3 had not entered it"), "{m}");
+        let m = timeout_message(2, "collective", &slot(None), now, None);
+        assert!(!m.contains("entered"), "{m}");
+        let m = timeout_message(2, "step", &slot(None), now, None);
+        assert!(m.starts_with("rank 2: watchdog: step `all_gather` did not finish in time"), "{m}");
     }
 
     #[test]

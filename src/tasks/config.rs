@@ -21,6 +21,7 @@ use crate::tasks::arithmetic::{ArithmeticConfig, ArithmeticTask};
 use crate::tasks::countdown::{CountdownConfig, CountdownTask};
 use crate::tasks::jsonl::JsonlTask;
 use crate::tasks::{AdditionTask, FormatPenalty, Task};
+use crate::tokenizer::CharTokenizer;
 
 /// Which task to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +174,8 @@ impl TaskConfig {
     }
 }
 
-/// Build the task of `cfg` with problem seed `seed` (validated first; a JSONL file is loaded).
+/// Build the task of `cfg` with problem seed `seed` (validated first; a JSONL file is loaded and
+/// every record checked against the character tokenizer's alphabet).
 /// Errors: [`Error::Invalid`] naming the key, or the dataset's [`Error::Dataset`] / [`Error::Io`].
 pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
     cfg.validate().map_err(|(key, msg)| Error::Invalid(format!("task key `{key}`: {msg}")))?;
@@ -183,7 +185,12 @@ pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
         TaskKind::Addition => Box::new(AdditionTask { seed, max_digits: cfg.max_digits }),
         TaskKind::Jsonl => {
             let path = cfg.path.as_deref().unwrap_or_else(|| unreachable!("validated: jsonl has a path"));
-            Box::new(JsonlTask::load_split(path, cfg.eval_path.as_deref(), cfg.heldout_fraction)?)
+            let task = JsonlTask::load_split(path, cfg.eval_path.as_deref(), cfg.heldout_fraction)?;
+            // the trainer reads and writes text with the built-in character tokenizer
+            // (train::pretrain and train::rl): refuse a record it cannot encode now, not at
+            // the first evaluation
+            task.check_alphabet(&CharTokenizer::default())?;
+            Box::new(task)
         }
     };
     Ok(if cfg.format_penalty > 0.0 { Box::new(FormatPenalty { task, penalty: cfg.format_penalty }) } else { task })

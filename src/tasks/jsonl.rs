@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::rng::mix64;
 use crate::tasks::answer::check_answer;
 use crate::tasks::{Problem, Reward, Task, SPLIT_EVAL};
+use crate::tokenizer::{CharTokenizer, DEFAULT_ALPHABET};
 
 /// One dataset record.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +90,14 @@ pub struct JsonlTask {
     pub train: Vec<Record>,
     /// Held-out records.
     pub eval: Vec<Record>,
+    /// The held-out file, when the held-out records come from one (else they come from `path`).
+    pub eval_path: Option<PathBuf>,
+}
+
+/// The first field of `r` with a character `tok` cannot encode: (field, character position, character).
+fn unencodable(r: &Record, tok: &CharTokenizer) -> Option<(&'static str, usize, char)> {
+    let fields = [("prompt", Some(&r.prompt)), ("answer", Some(&r.answer)), ("solution", r.solution.as_ref())];
+    fields.into_iter().find_map(|(name, text)| text.and_then(|t| tok.first_unknown(t)).map(|(pos, c)| (name, pos, c)))
 }
 
 impl JsonlTask {
@@ -122,7 +131,43 @@ impl JsonlTask {
                 (train, eval)
             }
         };
-        Ok(JsonlTask { path: path.to_path_buf(), train, eval })
+        Ok(JsonlTask { path: path.to_path_buf(), train, eval, eval_path: eval_path.map(Path::to_path_buf) })
+    }
+
+    /// Check that every record's `prompt`, `answer` and `solution` is written in `tok`'s alphabet:
+    /// the trainer encodes prompts and solutions with it, and a model can only write an answer
+    /// whose characters it has. The error names the file and line of the first offending record
+    /// (in file order), the field and the character, and counts the others.
+    pub fn check_alphabet(&self, tok: &CharTokenizer) -> Result<()> {
+        let eval_file = self.eval_path.as_deref().unwrap_or(&self.path);
+        let mut first: Option<(usize, &Path, usize, &str, usize, char)> = None;
+        let mut count = 0usize;
+        let eval_rank = usize::from(self.eval_path.is_some());
+        for (rank, file, records) in [(0, self.path.as_path(), &self.train), (eval_rank, eval_file, &self.eval)] {
+            for r in records {
+                if let Some((field, pos, c)) = unencodable(r, tok) {
+                    count += 1;
+                    if first.is_none_or(|f| (rank, r.line) < (f.0, f.2)) {
+                        first = Some((rank, file, r.line, field, pos, c));
+                    }
+                }
+            }
+        }
+        let Some((_, file, line, field, pos, c)) = first else {
+            return Ok(());
+        };
+        let alphabet = if tok.alphabet() == DEFAULT_ALPHABET {
+            "the character tokenizer's alphabet (printable ASCII, newline and tab)".to_string()
+        } else {
+            format!("the character tokenizer's alphabet of {} characters", tok.alphabet().chars().count())
+        };
+        let more = match count - 1 {
+            0 => String::new(),
+            n => format!("; {n} more record(s) of the dataset have characters outside it"),
+        };
+        let msg =
+            format!("`{field}`: character {c:?} (U+{:04X}) at position {pos} is not in {alphabet}{more}", u32::from(c));
+        Err(bad(file, line, msg))
     }
 
     fn records(&self, split: u64) -> &[Record] {
@@ -174,5 +219,43 @@ mod tests {
         assert_eq!((r[0].answer.as_str(), r[1].line, r[1].extra["level"].as_u64()), ("2", 2, Some(3)));
         let err = parse_records("{}", f).unwrap_err().to_string();
         assert!(err.starts_with("data.jsonl:1:"), "{err}");
+    }
+
+    #[test]
+    fn characters_outside_the_alphabet_name_file_line_field_and_character() {
+        let task = |train: &str, eval: &str| JsonlTask {
+            path: "train.jsonl".into(),
+            train: parse_records(train, Path::new("train.jsonl")).unwrap(),
+            eval: parse_records(eval, Path::new("eval.jsonl")).unwrap(),
+            eval_path: Some("eval.jsonl".into()),
+        };
+        let tok = CharTokenizer::default();
+        let ok = "{\"prompt\": \"1+1=<eos>\", \"answer\": 2, \"solution\": \"2\"}\n";
+        task(ok, ok).check_alphabet(&tok).unwrap();
+        let e = task(&format!("{ok}{{\"prompt\": \"2+2=\", \"answer\": \"4\", \"solution\": \"4 ✓\"}}\n"), ok)
+            .check_alphabet(&tok)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("train.jsonl:2: `solution`: character '✓' (U+2713) at position 2"), "{e}");
+        assert!(!e.contains("more record"), "{e}");
+        // the held-out file counts too, and the first bad record in file order is named
+        let e = task(ok, &format!("{ok}{ok}{{\"prompt\": \"café\", \"answer\": \"é\"}}\n"))
+            .check_alphabet(&tok)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("eval.jsonl:3: `prompt`: character 'é'"), "{e}");
+        let mut one_file = task(&format!("{ok}{{\"prompt\": \"x\", \"answer\": \"½\"}}\n"), "");
+        one_file.eval_path = None;
+        one_file.eval = parse_records("\n\n\n{\"prompt\": \"π\", \"answer\": 3}", Path::new("train.jsonl")).unwrap();
+        let e = one_file.check_alphabet(&tok).unwrap_err().to_string();
+        assert!(e.starts_with("train.jsonl:2: `answer`: character '½'"), "{e}");
+        assert!(e.contains("1 more record(s)"), "{e}");
+        let small = CharTokenizer::new("0123456789+=").unwrap();
+        task(ok, ok).check_alphabet(&small).unwrap();
+        let e = task("{\"prompt\": \"a=\", \"answer\": 1}", ok).check_alphabet(&small).unwrap_err().to_string();
+        assert!(
+            e.starts_with("train.jsonl:1: `prompt`: character 'a'") && e.contains("alphabet of 12 characters"),
+            "{e}"
+        );
     }
 }

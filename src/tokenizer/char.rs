@@ -70,26 +70,36 @@ impl CharTokenizer {
     /// special added tokens); every other character must be in the alphabet.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len());
+        self.scan(text, |id| out.push(id)).map_err(|(pos, c)| {
+            Error::Invalid(format!("character {c:?} at position {pos} of {text:?} is not in the tokenizer's alphabet"))
+        })?;
+        Ok(out)
+    }
+
+    /// The first character of `text` that [`CharTokenizer::encode`] refuses, with its character
+    /// position (0-based); `None` when all of `text` encodes.
+    pub fn first_unknown(&self, text: &str) -> Option<(usize, char)> {
+        self.scan(text, |_| {}).err()
+    }
+
+    /// Walk `text` as `encode` does, handing each id to `emit`; stops at the first character
+    /// outside the alphabet and returns (character position, character).
+    fn scan(&self, text: &str, mut emit: impl FnMut(u32)) -> std::result::Result<(), (usize, char)> {
         let mut rest = text;
         let mut pos = 0usize; // character position, for errors
         while let Some(c) = rest.chars().next() {
             if let Some(id) = SPECIAL_TOKENS.iter().position(|s| rest.starts_with(s)) {
-                out.push(id as u32);
+                emit(id as u32);
                 let n = SPECIAL_TOKENS[id].len();
                 rest = &rest[n..];
                 pos += n;
                 continue;
             }
-            let id = self.ids.get(&c).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "character {c:?} at position {pos} of {text:?} is not in the tokenizer's alphabet"
-                ))
-            })?;
-            out.push(*id);
+            emit(*self.ids.get(&c).ok_or((pos, c))?);
             rest = &rest[c.len_utf8()..];
             pos += 1;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The text of one id: its character, the special token's name, or "" for an id out of range.

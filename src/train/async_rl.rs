@@ -77,22 +77,132 @@ pub fn batch_version(b: u64, lag: u64, first: u64) -> u64 {
     b.saturating_sub(lag).max(first)
 }
 
+// Rank-to-rank messages of this module, all little-endian:
+// - weights (leader → rollout ranks): [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop;
+// - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_sampled];
+// - share (leader → training ranks, broadcast): [encode_sampled][generation seconds f64][version u64].
+// Decoding never panics: a short or malformed message is an error naming the message and what is wrong.
+
+/// Bytes of the weights message header (version, checksum).
+const WEIGHTS_HEADER: usize = 16;
+/// Bytes of the batch message header (version, checksum, generation seconds).
+const BATCH_HEADER: usize = 24;
+/// Bytes of the share message trailer (generation seconds, version).
+const SHARE_TRAILER: usize = 16;
+
 /// A weights message: [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop.
 fn weights_message(model: &Model, version: u64) -> (Vec<u8>, u64) {
     let bytes: &[u8] = bytemuck::cast_slice(&model.params.data);
     let sum = fnv1a64(bytes);
-    let mut out = Vec::with_capacity(16 + bytes.len());
+    let mut out = Vec::with_capacity(WEIGHTS_HEADER + bytes.len());
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&sum.to_le_bytes());
     out.extend_from_slice(bytes);
     (out, sum)
 }
 
-fn u64_at(b: &[u8], at: usize) -> Result<u64> {
-    b.get(at..at + 8)
-        .and_then(|x| x.try_into().ok())
+/// The little-endian u64 at byte `at` of `msg`, or an error naming the message and the field.
+fn u64_at(msg: &[u8], at: usize, what: &str, field: &str) -> Result<u64> {
+    at.checked_add(8)
+        .and_then(|end| msg.get(at..end))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_le_bytes)
-        .ok_or_else(|| Error::Invalid("async: truncated message header".into()))
+        .ok_or_else(|| {
+            Error::Invalid(format!("async: {what} of {} bytes is too short for its {field} at byte {at}", msg.len()))
+        })
+}
+
+/// A generation time read from a message: finite and non-negative.
+fn seconds_at(msg: &[u8], at: usize, what: &str) -> Result<f64> {
+    let s = f64::from_bits(u64_at(msg, at, what, "generation time")?);
+    if s.is_finite() && s >= 0.0 {
+        Ok(s)
+    } else {
+        Err(Error::Invalid(format!("async: {what}: generation time {s} s is not a finite non-negative number")))
+    }
+}
+
+/// A decoded, checked weights message.
+#[derive(Debug, PartialEq)]
+pub struct WeightsMessage<'a> {
+    /// The policy version.
+    pub version: u64,
+    /// fnv1a64 of `data` (verified).
+    pub sum: u64,
+    /// The parameters' f32 bytes (exactly `4 · n_params`).
+    pub data: &'a [u8],
+}
+
+/// Decode a non-empty weights message for a model of `n_params` parameters: the size must
+/// match and the checksum must hold, else an error says which.
+pub fn decode_weights(msg: &[u8], n_params: usize) -> Result<WeightsMessage<'_>> {
+    let what = "weights message";
+    let version = u64_at(msg, 0, what, "version")?;
+    let sum = u64_at(msg, 8, what, "checksum")?;
+    let data = &msg[WEIGHTS_HEADER..];
+    let want =
+        n_params.checked_mul(4).ok_or_else(|| Error::Invalid(format!("async: {n_params} parameters overflow")))?;
+    if data.len() != want {
+        return Err(Error::Invalid(format!(
+            "async: {what} of version {version} carries {} bytes of weights; the model's {n_params} f32 parameters need {want}",
+            data.len()
+        )));
+    }
+    let got = fnv1a64(data);
+    if got != sum {
+        return Err(Error::Invalid(format!(
+            "async: {what} of version {version} arrived corrupted (checksum {got:016x}, sent {sum:016x})"
+        )));
+    }
+    Ok(WeightsMessage { version, sum, data })
+}
+
+/// A rollout rank's batch: the policy version and weights checksum it was generated with, the
+/// generation time, and the samples.
+pub(crate) struct BatchMessage {
+    pub version: u64,
+    pub sum: u64,
+    pub gen_s: f64,
+    pub sampled: Sampled,
+}
+
+pub(crate) fn encode_batch(version: u64, sum: u64, gen_s: f64, sampled: &Sampled) -> Result<Vec<u8>> {
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&version.to_le_bytes());
+    msg.extend_from_slice(&sum.to_le_bytes());
+    msg.extend_from_slice(&gen_s.to_le_bytes());
+    msg.extend_from_slice(&encode_sampled(sampled)?);
+    Ok(msg)
+}
+
+pub(crate) fn decode_batch(msg: &[u8]) -> Result<BatchMessage> {
+    let what = "batch message";
+    let version = u64_at(msg, 0, what, "version")?;
+    let sum = u64_at(msg, 8, what, "weights checksum")?;
+    let gen_s = seconds_at(msg, 16, what)?;
+    let sampled = decode_sampled(&msg[BATCH_HEADER..])?;
+    Ok(BatchMessage { version, sum, gen_s, sampled })
+}
+
+/// The leader's broadcast of a whole step to the training ranks.
+pub(crate) fn encode_share(all: &Sampled, gen_s: f64, version: u64) -> Result<Vec<u8>> {
+    let mut bytes = encode_sampled(all)?;
+    bytes.extend_from_slice(&gen_s.to_le_bytes());
+    bytes.extend_from_slice(&version.to_le_bytes());
+    Ok(bytes)
+}
+
+pub(crate) fn decode_share(bytes: &[u8]) -> Result<(Sampled, f64, u64)> {
+    let what = "batch broadcast";
+    let n = bytes.len().checked_sub(SHARE_TRAILER).ok_or_else(|| {
+        Error::Invalid(format!(
+            "async: {what} of {} bytes is shorter than its {SHARE_TRAILER}-byte trailer",
+            bytes.len()
+        ))
+    })?;
+    let gen_s = seconds_at(bytes, n, what)?;
+    let version = u64_at(bytes, n + 8, what, "version")?;
+    Ok((decode_sampled(&bytes[..n])?, gen_s, version))
 }
 
 /// Run the RL phase of an `[async]` config on this rank (every rank of the world calls it).
@@ -195,25 +305,14 @@ fn rollout_loop(
                     if msg.is_empty() {
                         return Err(Error::Invalid("async: the trainer stopped before the last batch".into()));
                     }
-                    version = u64_at(&msg, 0)?;
-                    let data = &msg[16..];
-                    if data.len() != model.params.data.len() * 4 {
-                        return Err(Error::Invalid(format!("async: weights of version {version} have the wrong size")));
-                    }
-                    bytemuck::cast_slice_mut::<f32, u8>(&mut model.params.data).copy_from_slice(data);
-                    sum = fnv1a64(data);
-                    if sum != u64_at(&msg, 8)? {
-                        return Err(Error::Invalid(format!("async: weights of version {version} arrived corrupted")));
-                    }
+                    let w = decode_weights(&msg, model.params.data.len())?;
+                    bytemuck::cast_slice_mut::<f32, u8>(&mut model.params.data).copy_from_slice(w.data);
+                    (version, sum) = (w.version, w.sum);
                 }
                 let t0 = Instant::now();
                 let sampled = trainer.sample(model, b)?;
                 let secs = t0.elapsed().as_secs_f64();
-                let mut msg = Vec::new();
-                msg.extend_from_slice(&version.to_le_bytes());
-                msg.extend_from_slice(&sum.to_le_bytes());
-                msg.extend_from_slice(&secs.to_le_bytes());
-                msg.extend_from_slice(&encode_sampled(&sampled)?);
+                let msg = encode_batch(version, sum, secs, &sampled)?;
                 to_sender.send(msg).map_err(|_| Error::Invalid("async: the batch sender stopped".into()))?;
             }
             Ok(())
@@ -257,9 +356,9 @@ impl Received<'_> {
         let (mut parts, mut gen_s) = (Vec::new(), 0.0f64);
         for &r in &self.rollout {
             let msg = self.batches.recv_bytes(r)?;
-            let version = u64_at(&msg, 0)?;
-            let sum = u64_at(&msg, 8)?;
-            gen_s = gen_s.max(f64::from_bits(u64_at(&msg, 16)?));
+            let BatchMessage { version, sum, gen_s: secs, sampled } =
+                decode_batch(&msg).map_err(|e| Error::Invalid(format!("batch {step} from rank {r}: {e}")))?;
+            gen_s = gen_s.max(secs);
             if step.saturating_sub(version) > self.lag {
                 return Err(Error::Invalid(format!(
                     "async: batch {step} from rank {r} was generated with version {version}, staler than the bound {}",
@@ -277,7 +376,7 @@ impl Received<'_> {
                     "async: rank {r} generated batch {step} with weights (checksum {sum:016x}) that differ from the trainer's version {version}"
                 )));
             }
-            parts.push(decode_sampled(&msg[24..])?);
+            parts.push(sampled);
         }
         Ok((merge_sampled(parts), gen_s, want))
     }
@@ -290,22 +389,19 @@ impl SampleSource for Received<'_> {
         let (all, gen_s, version) = if leader {
             let (all, gen_s, version) = self.receive(step)?;
             if self.train.size() > 1 {
-                let mut bytes = encode_sampled(&all)?;
-                bytes.extend_from_slice(&gen_s.to_le_bytes());
-                bytes.extend_from_slice(&version.to_le_bytes());
+                let mut bytes = encode_share(&all, gen_s, version)?;
                 self.train.broadcast_bytes(0, &mut bytes)?;
             }
             (all, gen_s, version)
         } else {
             let mut bytes = Vec::new();
             self.train.broadcast_bytes(0, &mut bytes)?;
-            let n = bytes.len().checked_sub(16).ok_or_else(|| Error::Invalid("async: short batch broadcast".into()))?;
-            let gen_s = f64::from_bits(u64_at(&bytes, n)?);
-            let version = u64_at(&bytes, n + 8)?;
-            (decode_sampled(&bytes[..n])?, gen_s, version)
+            decode_share(&bytes).map_err(|e| Error::Invalid(format!("step {step} from the training leader: {e}")))?
         };
         let mut mine = share_of(&all, self.per_prompt, self.train.size(), self.train.rank());
-        let staleness = step - version;
+        let staleness = step.checked_sub(version).ok_or_else(|| {
+            Error::Invalid(format!("async: step {step} received samples of a later policy version {version}"))
+        })?;
         mine.note("policy_version", version.into());
         mine.note("staleness_mean", (staleness as f64).into());
         mine.note("staleness_max", staleness.into());
@@ -375,5 +471,103 @@ mod tests {
         }
         let e = parse("rollout_ranks = 1\nstaleness = 2").unwrap_err().to_string();
         assert!(e.contains("staleness"), "unknown keys are refused: {e}");
+    }
+
+    fn a_batch() -> Sampled {
+        let mut s = Sampled::default();
+        s.note("time_generate_s", 0.25.into());
+        s
+    }
+
+    fn weights(values: &[f32], version: u64) -> Vec<u8> {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        [&version.to_le_bytes()[..], &fnv1a64(bytes).to_le_bytes(), bytes].concat()
+    }
+
+    #[test]
+    fn short_or_corrupt_weights_are_errors_that_say_why() {
+        let good = weights(&[1.0, -2.0, 0.5], 7);
+        let w = decode_weights(&good, 3).unwrap();
+        assert_eq!((w.version, w.sum, w.data.len()), (7, fnv1a64(&good[16..]), 12));
+        let err = |b: &[u8], n: usize| decode_weights(b, n).unwrap_err().to_string();
+        // the message that used to panic: 8 ≤ length < 16
+        let e = err(&good[..12], 3);
+        assert!(e.contains("weights message of 12 bytes") && e.contains("checksum"), "{e}");
+        assert!(err(&good[..3], 3).contains("version"), "{}", err(&good[..3], 3));
+        let e = err(&good, 4);
+        assert!(e.contains("version 7") && e.contains("12 bytes") && e.contains("need 16"), "{e}");
+        let mut flipped = good.clone();
+        flipped[20] ^= 1;
+        assert!(err(&flipped, 3).contains("corrupted"), "{}", err(&flipped, 3));
+    }
+
+    #[test]
+    fn batch_and_share_messages_round_trip_and_reject_bad_input() {
+        let msg = encode_batch(4, 0xabc, 1.5, &a_batch()).unwrap();
+        let b = decode_batch(&msg).unwrap();
+        assert_eq!((b.version, b.sum, b.gen_s), (4, 0xabc, 1.5));
+        assert_eq!(encode_sampled(&b.sampled).unwrap(), encode_sampled(&a_batch()).unwrap());
+        for cut in [0, 9, 17, 23, 24, msg.len() - 1] {
+            assert!(decode_batch(&msg[..cut]).is_err(), "cut {cut}");
+        }
+        let e = decode_batch(&msg[..20]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("batch message of 20 bytes") && e.contains("generation time"), "{e}");
+        let nan = encode_batch(4, 0, f64::NAN, &a_batch()).unwrap();
+        let e = decode_batch(&nan).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("NaN s"), "{e}");
+
+        let share = encode_share(&a_batch(), 2.0, 9).unwrap();
+        let (all, gen_s, version) = decode_share(&share).unwrap();
+        assert_eq!((gen_s, version), (2.0, 9));
+        assert_eq!(encode_sampled(&all).unwrap(), encode_sampled(&a_batch()).unwrap());
+        let e = decode_share(&share[..15]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("batch broadcast of 15 bytes") && e.contains("trailer"), "{e}");
+        for cut in 0..share.len() {
+            assert!(decode_share(&share[..cut]).is_err(), "cut {cut}");
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(384))]
+
+            #[test]
+            fn arbitrary_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), n in 0usize..8) {
+                let _ = decode_weights(&bytes, n);
+                let _ = decode_batch(&bytes);
+                let _ = decode_share(&bytes);
+            }
+
+            #[test]
+            fn mutated_messages_never_panic(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let flip = |msg: &[u8]| {
+                    let mut bytes = msg.to_vec();
+                    for (at, x) in &flips {
+                        let i = at.index(bytes.len());
+                        bytes[i] ^= x | 1;
+                    }
+                    bytes
+                };
+                let batch = encode_batch(3, 1, 0.5, &a_batch()).unwrap();
+                let share = encode_share(&a_batch(), 0.5, 3).unwrap();
+                let _ = decode_batch(&flip(&batch)).is_ok();
+                let _ = decode_share(&flip(&share)).is_ok();
+                let w = weights(&[0.5, 1.5], 2);
+                let bad = flip(&w);
+                if decode_weights(&bad, 2).is_ok() {
+                    // the checksum catches every change but one of the version
+                    prop_assert_eq!(&bad[8..], &w[8..]);
+                }
+                prop_assert!(decode_batch(&batch[..cut.index(batch.len())]).is_err());
+                prop_assert!(decode_share(&share[..cut.index(share.len())]).is_err());
+                prop_assert!(decode_weights(&w[..cut.index(w.len())], 2).is_err());
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::attnrl::{
     responses_to_branch, sequence_step_bounds, token_branch_points, AllCorrectFciFilter, AttnRlConfig, BranchBy,
     Continuation, DynamicBatch, ResponseTree, Source, SplitPoint,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
 use crate::rollout::{Completion, Finish};
 use crate::tokenizer::char::CharTokenizer;
@@ -142,6 +142,12 @@ fn gather_in_rank_order(dp: &dyn crate::parallel::Comm, values: &[f64]) -> Resul
     for (r, b) in all.iter().enumerate() {
         if r == dp.rank() {
             offset = out.len();
+        }
+        if b.len() % 8 != 0 {
+            return Err(Error::Invalid(format!(
+                "tree sampling: rank {r} sent {} bytes of f64 values, not a multiple of 8",
+                b.len()
+            )));
         }
         out.extend(b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
     }

@@ -41,76 +41,149 @@ pub fn encode(samples: &[StepSample]) -> Vec<u8> {
     out
 }
 
+/// Bytes of the smallest encoded sample (every vector empty); bounds the sample count a
+/// message of a given length can announce, so a corrupt count cannot reserve huge memory.
+const MIN_SAMPLE_BYTES: usize = 8 + 4 + 1 + 4 + 5 * 8 + 4 + 4 + 4 * 8;
+
+/// Reads a message written by this module. Every error names the message kind, its length,
+/// the sample and field being read and the offset, and nothing panics on any input.
 struct Reader<'a> {
+    /// What the message is ("gathered samples", "rollout batch"), for errors.
+    what: &'static str,
     b: &'a [u8],
     at: usize,
+    /// The sample being read, for errors.
+    sample: Option<usize>,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.b.len());
-        let end = end.ok_or_else(|| Error::Invalid("gathered samples: truncated message".into()))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
+impl<'a> Reader<'a> {
+    fn new(what: &'static str, b: &'a [u8]) -> Self {
+        Reader { what, b, at: 0, sample: None }
     }
-    fn u64(&mut self) -> Result<u64> {
-        let b = self.take(8)?;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| Error::Invalid("gathered samples: bad u64".into()))?))
+
+    fn left(&self) -> usize {
+        self.b.len() - self.at
     }
-    fn u32(&mut self) -> Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes(b.try_into().map_err(|_| Error::Invalid("gathered samples: bad u32".into()))?))
+
+    fn fail(&self, field: &str, msg: String) -> Error {
+        let sample = self.sample.map(|i| format!("sample {i}, ")).unwrap_or_default();
+        Error::Invalid(format!(
+            "{}: malformed message of {} bytes: {sample}`{field}` at byte {}: {msg}",
+            self.what,
+            self.b.len(),
+            self.at
+        ))
     }
-    fn len(&mut self) -> Result<usize> {
-        let n = self.u64()? as usize;
-        if n > self.b.len() {
-            return Err(Error::Invalid(format!("gathered samples: length {n} exceeds the message")));
+
+    fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        match self.at.checked_add(n).filter(|&e| e <= self.b.len()) {
+            Some(end) => {
+                let s = &self.b[self.at..end];
+                self.at = end;
+                Ok(s)
+            }
+            None => Err(self.fail(field, format!("truncated: needs {n} bytes, {} left", self.left()))),
         }
-        Ok(n)
     }
-    fn u32s(&mut self) -> Result<Vec<u32>> {
-        let n = self.len()?;
-        (0..n).map(|_| self.u32()).collect()
+
+    fn u64(&mut self, field: &str) -> Result<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8, field)?);
+        Ok(u64::from_le_bytes(a))
     }
-    fn f32s(&mut self) -> Result<Vec<f32>> {
-        let n = self.len()?;
-        (0..n).map(|_| self.u32().map(f32::from_bits)).collect()
+
+    fn u32(&mut self, field: &str) -> Result<u32> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4, field)?);
+        Ok(u32::from_le_bytes(a))
+    }
+
+    /// A count or index that must fit in `usize`.
+    fn usize(&mut self, field: &str) -> Result<usize> {
+        let v = self.u64(field)?;
+        usize::try_from(v).map_err(|_| self.fail(field, format!("{v} does not fit in this machine's usize")))
+    }
+
+    /// A length prefix of `n` items of at least `item_bytes` bytes each, checked against what is left.
+    fn count(&mut self, item_bytes: usize, field: &str) -> Result<usize> {
+        let n = self.u64(field)?;
+        let left = self.left();
+        let fits = usize::try_from(n).ok().filter(|&n| n.checked_mul(item_bytes).is_some_and(|b| b <= left));
+        fits.ok_or_else(|| {
+            self.fail(
+                field,
+                format!(
+                    "length {n} (at least {item_bytes} bytes each) exceeds the {left} bytes left: truncated or corrupt"
+                ),
+            )
+        })
+    }
+
+    fn u32s(&mut self, field: &str) -> Result<Vec<u32>> {
+        let n = self.count(4, field)?;
+        let b = self.take(n * 4, field)?;
+        Ok(b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn f32s(&mut self, field: &str) -> Result<Vec<f32>> {
+        Ok(self.u32s(field)?.into_iter().map(f32::from_bits).collect())
+    }
+
+    /// The whole message must have been read.
+    fn end(&self) -> Result<()> {
+        match self.left() {
+            0 => Ok(()),
+            n => Err(self.fail("end", format!("{n} bytes follow the last field"))),
+        }
+    }
+
+    /// Samples as [`encode`] wrote them.
+    fn samples(&mut self) -> Result<Vec<StepSample>> {
+        let n = self.count(MIN_SAMPLE_BYTES, "sample count")?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            self.sample = Some(i);
+            let prompt_id = self.u64("prompt_id")?;
+            let sample_index = self.u32("sample_index")?;
+            let finish = match self.take(1, "finish")?[0] {
+                0 => Finish::Stop,
+                1 => Finish::Length,
+                other => return Err(self.fail("finish", format!("flag {other} is neither 0 (stop) nor 1 (length)"))),
+            };
+            let reward = f32::from_bits(self.u32("reward")?);
+            let prompt = self.u32s("prompt")?;
+            let response = self.u32s("response")?;
+            let behav_logp = self.f32s("behav_logp")?;
+            let advantages = self.f32s("advantages")?;
+            let logp = self.f32s("logp")?;
+            let (parent, at) = (self.u32("branch parent")?, self.u32("branch position")?);
+            let trace = AttnTrace {
+                branch: (parent != u32::MAX).then_some((parent, at)),
+                step_index: self.u32s("step_index")?,
+                fci: self.f32s("fci")?,
+                waad: self.f32s("waad")?,
+                fai: self.f32s("fai")?,
+            };
+            out.push(StepSample {
+                prompt_id,
+                sample_index,
+                data: Sample { prompt, response, behav_logp, advantages, reward },
+                logp,
+                finish,
+                trace,
+            });
+        }
+        self.sample = None;
+        Ok(out)
     }
 }
 
-/// Decode what [`encode`] wrote.
+/// Decode what [`encode`] wrote (one rank's part of a gather); a short, long or otherwise
+/// malformed message is an error that says what was wrong where.
 pub fn decode(bytes: &[u8]) -> Result<Vec<StepSample>> {
-    let mut r = Reader { b: bytes, at: 0 };
-    let n = r.len()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let prompt_id = r.u64()?;
-        let sample_index = r.u32()?;
-        let finish = if r.take(1)?[0] == 1 { Finish::Length } else { Finish::Stop };
-        let reward = f32::from_bits(r.u32()?);
-        let prompt = r.u32s()?;
-        let response = r.u32s()?;
-        let behav_logp = r.f32s()?;
-        let advantages = r.f32s()?;
-        let logp = r.f32s()?;
-        let (parent, at) = (r.u32()?, r.u32()?);
-        let trace = AttnTrace {
-            branch: (parent != u32::MAX).then_some((parent, at)),
-            step_index: r.u32s()?,
-            fci: r.f32s()?,
-            waad: r.f32s()?,
-            fai: r.f32s()?,
-        };
-        out.push(StepSample {
-            prompt_id,
-            sample_index,
-            data: Sample { prompt, response, behav_logp, advantages, reward },
-            logp,
-            finish,
-            trace,
-        });
-    }
+    let mut r = Reader::new("gathered samples", bytes);
+    let out = r.samples()?;
+    r.end()?;
     Ok(out)
 }
 
@@ -133,20 +206,28 @@ pub(crate) fn encode_sampled(s: &Sampled) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decode what [`encode_sampled`] wrote.
+/// Names of the step counts [`encode_sampled`] writes, in order (for errors).
+const COUNT_NAMES: [&str; 7] =
+    ["candidates", "effective", "all_correct", "all_wrong", "prompts", "zero_std.0", "zero_std.1"];
+
+/// Decode what [`encode_sampled`] wrote; malformed input is an error, never a panic.
 pub(crate) fn decode_sampled(bytes: &[u8]) -> Result<Sampled> {
-    let generated = decode(bytes)?;
-    let mut r = Reader { b: bytes, at: encode(&generated).len() };
-    let of = r.u32s()?;
+    let mut r = Reader::new("rollout batch", bytes);
+    let generated = r.samples()?;
+    let of = r.u32s("train_of")?;
     let mut c = [0usize; 7];
-    for x in c.iter_mut() {
-        *x = r.u64()? as usize;
+    for (x, name) in c.iter_mut().zip(COUNT_NAMES) {
+        *x = r.usize(name)?;
     }
-    let n = r.len()?;
-    let extra = serde_json::from_slice(r.take(n)?).map_err(|e| Error::Invalid(format!("sampled extras: {e}")))?;
+    let n = r.count(1, "extra length")?;
+    let json = r.take(n, "extra")?;
+    let extra = serde_json::from_slice(json).map_err(|e| r.fail("extra", format!("not a JSON object: {e}")))?;
+    r.end()?;
     let mut train = Vec::with_capacity(of.len());
     for &k in &of {
-        let g = generated.get(k as usize).ok_or_else(|| Error::Invalid(format!("train index {k} out of range")))?;
+        let g = generated.get(k as usize).ok_or_else(|| {
+            r.fail("train_of", format!("index {k} is out of range for {} generated samples", generated.len()))
+        })?;
         train.push(g.data.clone());
     }
     Ok(Sampled {
@@ -263,5 +344,115 @@ mod tests {
         assert!(back[0].trace.fai[1].is_nan() && back[1].trace == AttnTrace::default());
         assert_eq!(back[1].data, empty.data);
         assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "truncation is an error");
+    }
+
+    fn sample(i: u32) -> StepSample {
+        StepSample {
+            prompt_id: u64::from(i / 2),
+            sample_index: i % 2,
+            data: Sample {
+                prompt: vec![1, 5, i],
+                response: vec![4; i as usize % 3],
+                behav_logp: vec![-0.5; i as usize % 3],
+                advantages: vec![0.25; i as usize % 3],
+                reward: i as f32,
+            },
+            logp: vec![-1.0; i as usize % 3],
+            finish: if i.is_multiple_of(2) { Finish::Stop } else { Finish::Length },
+            trace: AttnTrace::default(),
+        }
+    }
+
+    /// A group-sampling result with `n` samples, every other one training, and a metric.
+    fn sampled(n: u32) -> Sampled {
+        let generated: Vec<StepSample> = (0..n).map(sample).collect();
+        let train_of: Vec<Option<usize>> = (0..n as usize).step_by(2).map(Some).collect();
+        let train = train_of.iter().flatten().map(|&k| generated[k].data.clone()).collect();
+        let mut s =
+            Sampled { generated, train, train_of, candidates: 3, prompts: 2, zero_std: (1, 2), ..Default::default() };
+        s.note("time_generate_s", 0.5.into());
+        s
+    }
+
+    #[test]
+    fn the_empty_sample_has_the_minimum_size() {
+        let empty = StepSample {
+            data: Sample { prompt: vec![], response: vec![], behav_logp: vec![], advantages: vec![], reward: 0.0 },
+            logp: vec![],
+            trace: AttnTrace::default(),
+            ..sample(0)
+        };
+        assert_eq!(encode(&[empty]).len(), 8 + MIN_SAMPLE_BYTES);
+    }
+
+    #[test]
+    fn sampled_round_trips_and_bad_messages_say_what_is_wrong() {
+        let s = sampled(5);
+        let bytes = encode_sampled(&s).unwrap();
+        let back = decode_sampled(&bytes).unwrap();
+        assert_eq!(back.generated, s.generated);
+        assert_eq!(back.train, s.train);
+        assert_eq!(back.train_of, s.train_of);
+        assert_eq!((back.candidates, back.prompts, back.zero_std), (3, 2, (1, 2)));
+        assert_eq!(back.extra, s.extra);
+
+        let err = |b: &[u8]| decode_sampled(b).err().map(|e| e.to_string()).unwrap_or_default();
+        for cut in [0, 7, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+            let e = err(&bytes[..cut]);
+            assert!(e.contains("rollout batch") && e.contains("truncated"), "cut {cut}: {e}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(err(&long).contains("1 bytes follow the last field"), "{}", err(&long));
+        // the first sample's finish flag sits after prompt_id (8), sample_index (4) and the count (8)
+        let mut flag = bytes.clone();
+        flag[8 + 8 + 4] = 7;
+        let e = err(&flag);
+        assert!(e.contains("sample 0") && e.contains("`finish`") && e.contains("flag 7"), "{e}");
+        let mut count = bytes.clone();
+        count[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = err(&count);
+        assert!(e.contains("`sample count`") && e.contains("exceeds"), "{e}");
+        // a training index past the samples
+        let mut bad = sampled(1);
+        bad.train_of = vec![Some(3)];
+        bad.train = vec![bad.generated[0].data.clone()];
+        let e = err(&encode_sampled(&bad).unwrap());
+        assert!(e.contains("`train_of`") && e.contains("index 3 is out of range for 1"), "{e}");
+        let e = decode(&bytes).unwrap_err().to_string();
+        assert!(e.contains("gathered samples") && e.contains("follow the last field"), "{e}");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(384))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode(&bytes);
+                let _ = decode_sampled(&bytes);
+            }
+
+            #[test]
+            fn mutated_messages_never_panic(
+                n in 0u32..4,
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let good = encode_sampled(&sampled(n)).unwrap();
+                let mut bytes = good.clone();
+                for (at, x) in &flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] ^= x | 1;
+                }
+                let _ = decode_sampled(&bytes);
+                let short = &good[..cut.index(good.len())];
+                prop_assert!(decode_sampled(short).is_err(), "a truncated message decoded");
+                let _ = decode(&bytes);
+            }
+        }
     }
 }
