@@ -405,3 +405,31 @@ fn a_full_disk_at_every_stage_then_a_resume_on_a_freed_disk_matches_an_uninterru
         "the sweep did not stop the run at every stage (metrics, dump, checkpoint): {stages:?}"
     );
 }
+
+#[test]
+fn a_manifest_vouching_for_nothing_or_for_files_outside_the_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = parse(
+        &ADDITION_CONFIG
+            .replace("hidden_size = 128", "hidden_size = 32")
+            .replace("intermediate_size = 384", "intermediate_size = 64")
+            .replace("steps = 400", "steps = 1")
+            .replace("batch_size = 64", "batch_size = 4")
+            .replace("eval_problems = 256", "eval_problems = 4"),
+    )
+    .unwrap();
+    cfg.run.out_dir = dir.path().to_path_buf();
+    pretrain::run(&cfg, None, &mut Vec::new()).unwrap();
+    let ck = dir.path().join("addition-sft/checkpoints/step-1");
+    let manifest = ck.join("manifest.json");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    arbor::train::checkpoint::load_checkpoint(&ck).unwrap();
+    std::fs::write(&manifest, r#"{"files": {}}"#).unwrap();
+    let e = arbor::train::checkpoint::load_checkpoint(&ck).unwrap_err().to_string();
+    assert!(e.contains("manifest.json") && e.contains("files.config.json"), "{e}");
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["files"]["../../config.toml"] = serde_json::json!({"bytes": 1, "fnv1a64": "0"});
+    std::fs::write(&manifest, v.to_string()).unwrap();
+    let e = arbor::train::checkpoint::load_checkpoint(&ck).unwrap_err().to_string();
+    assert!(e.contains("../../config.toml") && e.contains("inside the checkpoint"), "{e}");
+}

@@ -530,7 +530,8 @@ fn saved_checkpoint() -> (tempfile::TempDir, PathBuf) {
     let (cfg, params) = tiny_params();
     let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
     let state = TrainerState { step: 3, seed: 7, adam_t: 3, rl_eval_before: None, sampling: None };
-    let dir = save_checkpoint(run.path(), &cfg, &params, None, &opt, &state, 1).expect("save checkpoint");
+    let dir =
+        save_checkpoint(run.path(), &cfg, &params, None, &opt, &state, 1, &|_: &Path| Ok(())).expect("save checkpoint");
     (run, dir)
 }
 

@@ -254,7 +254,24 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
         key: "files".into(),
         msg: "missing".into(),
     })?;
+    // the manifest vouches for the files a checkpoint needs, and names nothing outside its folder
+    for required in ["config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE] {
+        if !files.contains_key(required) {
+            return Err(Error::Config {
+                file: manifest_path.clone(),
+                key: format!("files.{required}"),
+                msg: "missing: the manifest does not vouch for a file every checkpoint has".into(),
+            });
+        }
+    }
     for (name, meta) in files {
+        if name.is_empty() || name.contains(['/', '\\']) || name == ".." || name == "." {
+            return Err(Error::Config {
+                file: manifest_path.clone(),
+                key: format!("files.{name}"),
+                msg: "not a file name inside the checkpoint folder".into(),
+            });
+        }
         let path = dir.join(name);
         let bytes = io(&path, std::fs::read(&path))?;
         let want = meta.get("fnv1a64").and_then(|v| v.as_str()).unwrap_or("");

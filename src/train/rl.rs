@@ -368,8 +368,15 @@ impl<'a> RlTrainer<'a> {
         let counts = self.dp.all_gather_bytes(&(train.len() as u64).to_le_bytes())?;
         let counts: Vec<usize> = counts
             .iter()
-            .map(|b| b.get(..8).and_then(|b| b.try_into().ok()).map_or(0, |b| u64::from_le_bytes(b) as usize))
-            .collect();
+            .enumerate()
+            .map(|(r, b)| match <[u8; 8]>::try_from(b.as_slice()) {
+                Ok(b) => Ok(u64::from_le_bytes(b) as usize),
+                Err(_) => Err(Error::Invalid(format!(
+                    "rank {r} sent a {}-byte sample count (8 expected): ranks disagree on the protocol",
+                    b.len()
+                ))),
+            })
+            .collect::<Result<_>>()?;
         let shard = DpShard {
             comm: self.dp,
             offset: counts[..self.dp.rank()].iter().sum(),
