@@ -14,14 +14,7 @@ use std::time::{Duration, Instant};
 fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new("mpirun");
     c.args(["-np", &np.to_string(), "--oversubscribe"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        // keep Open MPI on shared memory / loopback inside containers
-        .env("OMPI_MCA_btl", "self,vader,tcp")
-        .env("OMPI_MCA_btl_tcp_if_include", "lo")
-        .env("OMPI_MCA_oob_tcp_if_include", "lo")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .envs(common::OMPI_TEST_ENV)
         .arg(env!("CARGO_BIN_EXE_arbor"))
         .args(args);
     for (k, v) in env {

@@ -168,17 +168,23 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    #[test]
-    fn an_expired_deadline_calls_abort_with_the_rank_and_what() {
+    /// A watchdog of `rank` with a 100 ms timeout whose abort records its messages.
+    fn recording(rank: usize) -> (Watchdog, Arc<Mutex<Vec<String>>>) {
         let hits = Arc::new(Mutex::new(Vec::<String>::new()));
         let h = hits.clone();
         let wd = Watchdog::start(
-            3,
+            rank,
             Duration::from_millis(100),
             Box::new(move |m| {
                 h.lock().unwrap().push(m.to_string());
             }),
         );
+        (wd, hits)
+    }
+
+    #[test]
+    fn an_expired_deadline_calls_abort_with_the_rank_and_what() {
+        let (wd, hits) = recording(3);
         {
             let _g = wd.watch_collective("all_reduce_sum_f32");
             std::thread::sleep(Duration::from_millis(400));
@@ -195,15 +201,7 @@ mod tests {
 
     #[test]
     fn a_collective_timeout_names_the_ranks_that_had_not_entered_it() {
-        let hits = Arc::new(Mutex::new(Vec::<String>::new()));
-        let h = hits.clone();
-        let wd = Watchdog::start(
-            0,
-            Duration::from_millis(100),
-            Box::new(move |m| {
-                h.lock().unwrap().push(m.to_string());
-            }),
-        );
+        let (wd, hits) = recording(0);
         let _step = wd.watch_step("step 4", Duration::from_secs(60));
         drop(wd.watch_collective("barrier"));
         {

@@ -95,3 +95,15 @@ pub fn tiny_config(arch: arbor::model::Arch, tied: bool) -> arbor::model::ModelC
         eos_token_id: None,
     }
 }
+
+/// Environment for Open MPI in the tests: root allowed, oversubscribed, shared memory and loopback
+/// only (containers have no other network).
+pub const OMPI_TEST_ENV: [(&str, &str); 7] = [
+    ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
+    ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+    ("OMPI_MCA_rmaps_base_oversubscribe", "1"),
+    ("OMPI_MCA_btl", "self,vader,tcp"),
+    ("OMPI_MCA_btl_tcp_if_include", "lo"),
+    ("OMPI_MCA_oob_tcp_if_include", "lo"),
+    ("OMPI_MCA_btl_vader_single_copy_mechanism", "none"),
+];
