@@ -803,3 +803,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_checkpoint_of_non_finite_weights_is_never_written() {
+    let run = tempfile::tempdir().expect("tempdir");
+    let (cfg, mut params) = tiny_params();
+    params.data[5] = f32::NAN;
+    let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
+    let state = TrainerState { step: 4, seed: 7, adam_t: 4, rl_eval_before: None, sampling: None };
+    let err = save_checkpoint(run.path(), &cfg, &params, None, &opt, &state, 1, &|_: &Path| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("non-finite") && err.to_string().contains("element 5"), "{err}");
+    assert!(arbor::train::checkpoint::list_checkpoints(run.path()).unwrap().is_empty());
+}

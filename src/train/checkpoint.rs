@@ -89,6 +89,14 @@ pub fn save_checkpoint(
     if tmp.exists() {
         io(&tmp, std::fs::remove_dir_all(&tmp))?;
     }
+    // the last line of defence of the non-finite guard (crate::train::guard): a checkpoint never
+    // holds a NaN or an infinity, so `--resume latest` always has finite weights to go back to
+    if let Some(i) = params.data.iter().chain(&opt.m).chain(&opt.v).position(|x| !x.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "step {}: the weights or optimizer moments hold a non-finite value (element {i}); checkpoint not written",
+            state.step
+        )));
+    }
     // f32 weights and two f32 moments per parameter (the small files fit in the reserve)
     let need = 12 * params.data.len() as u64;
     crate::io::space::ensure_space(&root, need, &format!("checkpoint step-{}", state.step))?;
