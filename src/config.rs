@@ -18,7 +18,7 @@ pub const ADDITION_CONFIG: &str = include_str!("../configs/addition-sft.toml");
 pub struct RunConfig {
     pub run: RunSection,
     pub model: ModelSection,
-    /// `[data]`: the task (`crate::tasks::TaskConfig`: kind = countdown | arithmetic | jsonl | addition).
+    /// `[data]`: the task (`crate::tasks::TaskConfig`: kind = countdown | arithmetic | jsonl | parquet | addition).
     pub data: crate::tasks::TaskConfig,
     pub train: TrainSection,
     /// Optional RL phase after the supervised phase.

@@ -676,7 +676,8 @@ fn check_jsonl(text: &str) -> Result<(), TestCaseError> {
     match parse_records(text, file) {
         Ok(records) => {
             prop_assert!(records.iter().all(|r| (1..=lines).contains(&r.line)));
-            let task = JsonlTask { path: file.into(), train: records, eval: Vec::new(), eval_path: None };
+            let task =
+                JsonlTask { kind: "jsonl", path: file.into(), train: records, eval: Vec::new(), eval_path: None };
             if let Err(e) = task.check_alphabet(&CharTokenizer::default()) {
                 let msg = e.to_string();
                 prop_assert!(msg.starts_with("fuzzed.jsonl:") && msg.contains("is not in"), "{msg}");

@@ -1,16 +1,19 @@
 //! Task configuration: a `[data]`-style TOML table that selects and parameterises a task.
 //!
 //! ```toml
-//! kind = "countdown"     # "countdown" | "arithmetic" | "jsonl" | "addition"
+//! kind = "countdown"     # "countdown" | "arithmetic" | "jsonl" | "parquet" | "addition"
 //! numbers = 3            # countdown: pool size (2..=4)
 //! max_number = 20        # countdown: pool numbers in 1..=max_number
 //! max_target = 100       # countdown: targets in 1..=max_target (≥ numbers·max_number)
 //! exactly_once = true    # countdown: every number used exactly once (false: at most once)
-//! heldout_fraction = 0.1 # countdown, arithmetic, jsonl: share of problems held out for eval
+//! heldout_fraction = 0.1 # countdown, arithmetic, jsonl, parquet: share of problems held out for eval
 //! format_penalty = 0.0   # reward of a malformed response is -format_penalty
 //! ```
 //! `arithmetic` takes `ops` (e.g. `"+-*"`), `min_digits`, `max_digits`; `addition` takes
-//! `max_digits`; `jsonl` takes `path` and an optional `eval_path`.
+//! `max_digits`; `jsonl` takes `path` and an optional `eval_path`; `parquet` takes `path` (a file or
+//! a directory of shards), an optional `eval_path`, and the column names `prompt_column` (default
+//! `"question"`, or `"prompt"` when a file has no `question`) and `answer_column` (default
+//! `"answer"`) — see [`crate::tasks::parquet`].
 
 use std::path::PathBuf;
 
@@ -19,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::tasks::arithmetic::{ArithmeticConfig, ArithmeticTask};
 use crate::tasks::countdown::{CountdownConfig, CountdownTask};
-use crate::tasks::jsonl::JsonlTask;
+use crate::tasks::dataset::DatasetTask;
+use crate::tasks::parquet::Columns;
 use crate::tasks::{AdditionTask, FormatPenalty, Task};
 use crate::tokenizer::CharTokenizer;
 
@@ -31,8 +35,10 @@ pub enum TaskKind {
     Countdown,
     /// [`ArithmeticTask`]: multi-digit `+ - *` with column traces.
     Arithmetic,
-    /// [`JsonlTask`]: prompts and answers from a file.
+    /// [`DatasetTask`]: prompts and answers from a JSONL file.
     Jsonl,
+    /// [`DatasetTask`]: prompts and answers from two columns of Parquet files.
+    Parquet,
     /// [`AdditionTask`]: `a+b=` answered on the first line.
     Addition,
 }
@@ -71,12 +77,18 @@ pub struct TaskConfig {
     /// arithmetic, addition: maximum operand digits.
     #[serde(default = "d_max_digits")]
     pub max_digits: u32,
-    /// jsonl: the dataset file.
+    /// jsonl, parquet: the dataset file (parquet: or a directory of `*.parquet` shards).
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// jsonl: a separate held-out file (else `heldout_fraction` of the prompts are held out).
+    /// jsonl, parquet: a separate held-out file (else `heldout_fraction` of the prompts are held out).
     #[serde(default)]
     pub eval_path: Option<PathBuf>,
+    /// parquet: the prompt column (unset: `question`, or `prompt` when a file has no `question`).
+    #[serde(default)]
+    pub prompt_column: Option<String>,
+    /// parquet: the answer column (unset: `answer`).
+    #[serde(default)]
+    pub answer_column: Option<String>,
 }
 
 fn d_heldout() -> f64 {
@@ -120,7 +132,14 @@ impl TaskConfig {
             max_digits: d_max_digits(),
             path: None,
             eval_path: None,
+            prompt_column: None,
+            answer_column: None,
         }
+    }
+
+    /// The Parquet columns read (`prompt_column`, `answer_column`).
+    pub fn parquet_columns(&self) -> Columns {
+        Columns { prompt: self.prompt_column.clone(), answer: self.answer_column.clone() }
     }
 
     /// The Countdown settings.
@@ -152,12 +171,19 @@ impl TaskConfig {
         if !(0.0..1.0).contains(&self.heldout_fraction) {
             return Err(("heldout_fraction", format!("{} is not in [0, 1)", self.heldout_fraction)));
         }
-        if self.kind != TaskKind::Jsonl {
-            if self.path.is_some() {
-                return Err(("path", "only kind = \"jsonl\" reads a file".into()));
+        let reads_files = matches!(self.kind, TaskKind::Jsonl | TaskKind::Parquet);
+        for (key, set) in [("path", self.path.is_some()), ("eval_path", self.eval_path.is_some())] {
+            if set && !reads_files {
+                return Err((key, "only kind = \"jsonl\" or \"parquet\" reads files".into()));
             }
-            if self.eval_path.is_some() {
-                return Err(("eval_path", "only kind = \"jsonl\" reads a file".into()));
+        }
+        for (key, column) in [("prompt_column", &self.prompt_column), ("answer_column", &self.answer_column)] {
+            match column {
+                Some(_) if self.kind != TaskKind::Parquet => {
+                    return Err((key, "only kind = \"parquet\" reads columns".into()));
+                }
+                Some(name) if name.is_empty() => return Err((key, "an empty column name".into())),
+                _ => {}
             }
         }
         match self.kind {
@@ -168,14 +194,16 @@ impl TaskConfig {
             }
             TaskKind::Addition => Ok(()),
             TaskKind::Jsonl if self.path.is_none() => Err(("path", "kind = \"jsonl\" needs a dataset file".into())),
-
-            TaskKind::Jsonl => Ok(()),
+            TaskKind::Parquet if self.path.is_none() => {
+                Err(("path", "kind = \"parquet\" needs a .parquet file or a directory of them".into()))
+            }
+            TaskKind::Jsonl | TaskKind::Parquet => Ok(()),
         }
     }
 }
 
-/// Build the task of `cfg` with problem seed `seed` (validated first; a JSONL file is loaded and
-/// every record checked against the character tokenizer's alphabet).
+/// Build the task of `cfg` with problem seed `seed` (validated first; a JSONL or Parquet dataset is
+/// loaded, so its errors come before any training).
 /// Errors: [`Error::Invalid`] naming the key, or the dataset's [`Error::Dataset`] / [`Error::Io`].
 pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
     cfg.validate().map_err(|(key, msg)| Error::Invalid(format!("task key `{key}`: {msg}")))?;
@@ -183,12 +211,16 @@ pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
         TaskKind::Countdown => Box::new(CountdownTask { seed, cfg: cfg.countdown() }),
         TaskKind::Arithmetic => Box::new(ArithmeticTask { seed, cfg: cfg.arithmetic() }),
         TaskKind::Addition => Box::new(AdditionTask { seed, max_digits: cfg.max_digits }),
-        TaskKind::Jsonl => {
-            let path = cfg.path.as_deref().unwrap_or_else(|| unreachable!("validated: jsonl has a path"));
-            let task = JsonlTask::load_split(path, cfg.eval_path.as_deref(), cfg.heldout_fraction)?;
+        TaskKind::Jsonl | TaskKind::Parquet => {
+            let path = cfg.path.as_deref().unwrap_or_else(|| unreachable!("validated: datasets have a path"));
+            let (eval, fraction) = (cfg.eval_path.as_deref(), cfg.heldout_fraction);
+            let task = match cfg.kind {
+                TaskKind::Parquet => DatasetTask::load_parquet(path, eval, fraction, &cfg.parquet_columns())?,
+                _ => DatasetTask::load_split(path, eval, fraction)?,
+            };
             // the trainer reads and writes text with the built-in character tokenizer
-            // (train::pretrain and train::rl): refuse a record it cannot encode now, not at
-            // the first evaluation
+            // (train::pretrain and train::rl): refuse a record it cannot encode now, not at the
+            // first evaluation
             task.check_alphabet(&CharTokenizer::default())?;
             Box::new(task)
         }
@@ -219,6 +251,14 @@ mod tests {
         assert!(err("kind = \"addition\"\npath = \"x.jsonl\"").contains("`path`"));
         assert!(err("kind = \"arithmetic\"\nmax_digits = 12").contains("`max_digits`"));
         assert!(err("kind = \"jsonl\"\npath = \"/nonexistent/x.jsonl\"").contains("/nonexistent/x.jsonl"));
+        assert!(err("kind = \"parquet\"").contains("`path`"));
+        assert!(err("kind = \"countdown\"\neval_path = \"e.parquet\"").contains("`eval_path`"));
+        assert!(err("kind = \"jsonl\"\npath = \"x.jsonl\"\nprompt_column = \"q\"").contains("`prompt_column`"));
+        assert!(err("kind = \"addition\"\nanswer_column = \"a\"").contains("`answer_column`"));
+        assert!(err("kind = \"parquet\"\npath = \"x\"\nanswer_column = \"\"").contains("`answer_column`"));
+        assert!(err("kind = \"parquet\"\npath = \"/nonexistent/d\"").contains("/nonexistent/d"));
+        let cfg = parse("kind = \"parquet\"\npath = \"d\"\nprompt_column = \"prompt\"").unwrap();
+        assert_eq!(cfg.parquet_columns(), Columns { prompt: Some("prompt".into()), answer: None });
     }
 
     #[test]

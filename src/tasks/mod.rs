@@ -3,14 +3,17 @@
 //! A [`Task`] hands out [`Problem`]s for the training and held-out splits and grades a model's
 //! response with a [`Reward`] (1 correct, 0 wrong, minus an optional format penalty when the
 //! response cannot be read at all). Tasks: [`countdown`] (the default RL task), multi-digit
-//! [`arithmetic`] with column traces, [`jsonl`] datasets checked by [`answer`], and the small
-//! `a+b=` [`AdditionTask`]. [`config::TaskConfig`] and [`config::build`] make one from TOML.
+//! [`arithmetic`] with column traces, datasets read from [`jsonl`] or [`parquet`] files (one
+//! [`dataset::DatasetTask`], checked by [`answer`]), and the small `a+b=` [`AdditionTask`].
+//! [`config::TaskConfig`] and [`config::build`] make one from TOML.
 
 pub mod answer;
 pub mod arithmetic;
 pub mod config;
 pub mod countdown;
+pub mod dataset;
 pub mod jsonl;
+pub mod parquet;
 pub mod rational;
 
 pub use config::{build, TaskConfig, TaskKind};
