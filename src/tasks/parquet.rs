@@ -60,12 +60,7 @@ impl DatasetTask {
     /// Load the Parquet file or shard directory `path`; the held-out split is `eval_path` (a file or
     /// directory, read the same way) when given, else the records whose prompt hashes into
     /// `eval_fraction` (see [`DatasetTask::load_with`]).
-    pub fn load_parquet(
-        path: &Path,
-        eval_path: Option<&Path>,
-        eval_fraction: f64,
-        columns: &Columns,
-    ) -> Result<Self> {
+    pub fn load_parquet(path: &Path, eval_path: Option<&Path>, eval_fraction: f64, columns: &Columns) -> Result<Self> {
         Self::load_with("parquet", path, eval_path, eval_fraction, |p| read_records(p, columns))
     }
 }
@@ -183,7 +178,9 @@ fn kind_of(d: &ColumnDescriptor) -> Option<Kind> {
     use ConvertedType as C;
     match (d.physical_type(), d.logical_type_ref(), d.converted_type()) {
         (Physical::BYTE_ARRAY, None | Some(LogicalType::String), C::NONE | C::UTF8) => Some(Kind::Text),
-        (Physical::INT32 | Physical::INT64, Some(LogicalType::Integer(t)), _) => Some(Kind::Int { unsigned: !t.is_signed }),
+        (Physical::INT32 | Physical::INT64, Some(LogicalType::Integer(t)), _) => {
+            Some(Kind::Int { unsigned: !t.is_signed })
+        }
         (Physical::INT32 | Physical::INT64, None, C::NONE | C::INT_8 | C::INT_16 | C::INT_32 | C::INT_64) => {
             Some(Kind::Int { unsigned: false })
         }
@@ -248,9 +245,8 @@ fn find_column<'a>(
 fn read_file(file: &Path, columns: &Columns, out: &mut Vec<Record>) -> Result<()> {
     let handle = File::open(file).map_err(|e| Error::io(file, e))?;
     let unreadable = |e: String| bad(file, 0, format!("not a readable Parquet file (truncated or corrupt?): {e}"));
-    let reader = guarded(|| SerializedFileReader::new(handle))
-        .map_err(unreadable)?
-        .map_err(|e| unreadable(e.to_string()))?;
+    let reader =
+        guarded(|| SerializedFileReader::new(handle)).map_err(unreadable)?.map_err(|e| unreadable(e.to_string()))?;
     let schema = reader.metadata().file_metadata().schema_descr();
     let has = |n: &str| schema.root_schema().get_fields().iter().any(|f| f.name() == n);
     let prompt_name = match &columns.prompt {
@@ -270,12 +266,13 @@ fn read_file(file: &Path, columns: &Columns, out: &mut Vec<Record>) -> Result<()
     let groups = reader.num_row_groups();
     let mut first_row = 0usize;
     for g in 0..groups {
+        let group = |msg: String| bad(file, 0, format!("row group {} of {groups}: {msg}", g + 1));
         let at = |row: usize, col: &Column, msg: String| {
             bad(file, row, format!("row group {} of {groups}, column `{}` ({}): {msg}", g + 1, col.name, col.key))
         };
-        let rg = reader.get_row_group(g).map_err(|e| at(0, &prompt, format!("cannot read the row group: {e}")))?;
+        let rg = reader.get_row_group(g).map_err(|e| group(format!("cannot read the row group: {e}")))?;
         let rows = usize::try_from(rg.metadata().num_rows())
-            .map_err(|_| at(0, &prompt, format!("invalid row count {}", rg.metadata().num_rows())))?;
+            .map_err(|_| group(format!("invalid row count {}", rg.metadata().num_rows())))?;
         let mut texts = [Vec::new(), Vec::new()];
         for (col, text) in [&prompt, &answer].into_iter().zip(&mut texts) {
             let decoded = guarded(|| read_column(rg.as_ref(), col, rows))
@@ -320,6 +317,10 @@ fn guarded<T>(step: impl FnOnce() -> T) -> std::result::Result<T, String> {
 
 /// Read `col` from row group `rg` (`rows` rows) as text; a null is an error.
 fn read_column(rg: &dyn RowGroupReader, col: &Column, rows: usize) -> ColumnResult {
+    let chunks = rg.metadata().num_columns();
+    if col.leaf >= chunks {
+        return Err((None, format!("the row group has {chunks} column chunks, the schema {} or more", col.leaf + 1)));
+    }
     let chunk = rg.metadata().column(col.leaf);
     match chunk.compression() {
         Compression::UNCOMPRESSED | Compression::SNAPPY | Compression::ZSTD(_) | Compression::GZIP(_) => {}
@@ -337,7 +338,8 @@ fn read_column(rg: &dyn RowGroupReader, col: &Column, rows: usize) -> ColumnResu
     }
     let reader = rg.get_column_reader(col.leaf).map_err(|e| (None, e.to_string()))?;
     let (max_def, unsigned) = (col.max_def, col.kind == Kind::Int { unsigned: true });
-    let finite = |x: f64, text: String| if x.is_finite() { Ok(text) } else { Err(format!("{x} is not a finite answer")) };
+    let finite =
+        |x: f64, text: String| if x.is_finite() { Ok(text) } else { Err(format!("{x} is not a finite answer")) };
     match (reader, col.kind) {
         (ColumnReader::ByteArrayColumnReader(r), Kind::Text) => {
             values(r, rows, max_def, |v| v.as_utf8().map(str::to_owned).map_err(|e| format!("not UTF-8 text: {e}")))
@@ -348,7 +350,9 @@ fn read_column(rg: &dyn RowGroupReader, col: &Column, rows: usize) -> ColumnResu
         (ColumnReader::Int64ColumnReader(r), Kind::Int { .. }) => {
             values(r, rows, max_def, |&v| Ok(if unsigned { (v as u64).to_string() } else { v.to_string() }))
         }
-        (ColumnReader::FloatColumnReader(r), Kind::Float) => values(r, rows, max_def, |&v| finite(v.into(), v.to_string())),
+        (ColumnReader::FloatColumnReader(r), Kind::Float) => {
+            values(r, rows, max_def, |&v| finite(v.into(), v.to_string()))
+        }
         (ColumnReader::DoubleColumnReader(r), Kind::Float) => values(r, rows, max_def, |&v| finite(v, v.to_string())),
         (_, kind) => Err((None, format!("the column reader does not match the schema's {kind:?} column"))),
     }
@@ -367,8 +371,9 @@ fn values<T: DataType>(
         defs.clear();
         vals.clear();
         let want = (rows - out.len()).min(BATCH);
-        let (records, _, _) =
-            reader.read_records(want, Some(&mut defs), None, &mut vals).map_err(|e| (None, format!("{e} (after {} rows)", out.len())))?;
+        let (records, _, _) = reader
+            .read_records(want, Some(&mut defs), None, &mut vals)
+            .map_err(|e| (None, format!("{e} (after {} rows)", out.len())))?;
         if records == 0 {
             return Err((None, format!("the column chunk ends after {} of the row group's {rows} rows", out.len())));
         }
