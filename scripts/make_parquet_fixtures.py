@@ -14,6 +14,8 @@ Files (see tests/fixtures/parquet/README.md):
   rows.tsv                         the same 60 rows as `question<TAB>answer` lines, in order
   int_answers.parquet              question (string), answer (int64), 12 rows
   prompt_answer.parquet            prompt (string), answer (string), 12 rows, no `question`
+  numeric_answers.parquet          4 rows, question plus answer columns of other types: f64, f32,
+                                   u64, i8, and f64 with a NaN in row 3
   null_answer.parquet              answer is null in row 4 (1-based) of 6
   missing_answer.parquet           question and solution, no `answer` column
   list_answer.parquet              answer is list<int64>
@@ -80,6 +82,19 @@ def main():
     write(
         "prompt_answer.parquet",
         pa.table({"prompt": questions, "answer": pa.array([str(v) for _, v in small], pa.string())}),
+    )
+    write(
+        "numeric_answers.parquet",
+        pa.table(
+            {
+                "question": pa.array([q for q, _ in small[:4]], pa.string()),
+                "f64": pa.array([0.5, -1.25, 3.0, 0.1], pa.float64()),
+                "f32": pa.array([0.5, -1.25, 3.0, 0.1], pa.float32()),
+                "u64": pa.array([0, 7, 2**63 + 1, 2**64 - 1], pa.uint64()),
+                "i8": pa.array([-128, -1, 0, 127], pa.int8()),
+                "nan": pa.array([1.0, 2.0, float("nan"), 4.0], pa.float64()),
+            }
+        ),
     )
     write(
         "null_answer.parquet",

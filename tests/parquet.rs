@@ -149,6 +149,22 @@ fn parquet_and_jsonl_with_the_same_rows_are_the_same_task() {
     assert_eq!(ints, strings, "int64 answers equal the same answers stored as strings");
     assert!(ints.iter().all(|r| r.answer.parse::<i64>().is_ok()));
     assert!(ints.iter().any(|r| r.answer.starts_with('-')), "negative answers keep their sign");
+    let numeric = |column: &str| {
+        let columns = Columns { prompt: None, answer: Some(column.into()) };
+        read_records(&fixture("numeric_answers.parquet"), &columns).map(|rows| rows.into_iter().map(|r| r.answer))
+    };
+    let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(numeric("f64").unwrap().collect::<Vec<_>>(), texts(&["0.5", "-1.25", "3", "0.1"]));
+    assert_eq!(numeric("f32").unwrap().collect::<Vec<_>>(), texts(&["0.5", "-1.25", "3", "0.1"]));
+    let u64s = texts(&["0", "7", "9223372036854775809", "18446744073709551615"]);
+    assert_eq!(numeric("u64").unwrap().collect::<Vec<_>>(), u64s, "unsigned columns are not read as signed");
+    assert_eq!(numeric("i8").unwrap().collect::<Vec<_>>(), texts(&["-128", "-1", "0", "127"]));
+    match numeric("nan").map(|_| ()) {
+        Err(Error::Dataset { line: 3, msg, .. }) => {
+            assert!(msg.contains("column `nan` (answer_column): row 3: NaN"), "{msg}")
+        }
+        other => panic!("expected the NaN in row 3 to be refused, got {other:?}"),
+    }
     for codec in ["zstd", "gzip"] {
         let rows = read_records(&fixture(&format!("{codec}.parquet")), &Columns::default()).unwrap();
         assert_eq!(rows, strings, "{codec}-compressed rows");

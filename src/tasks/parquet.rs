@@ -266,12 +266,13 @@ fn read_file(file: &Path, columns: &Columns, out: &mut Vec<Record>) -> Result<()
     let groups = reader.num_row_groups();
     let mut first_row = 0usize;
     for g in 0..groups {
+        let group = |msg: String| bad(file, 0, format!("row group {} of {groups}: {msg}", g + 1));
         let at = |row: usize, col: &Column, msg: String| {
             bad(file, row, format!("row group {} of {groups}, column `{}` ({}): {msg}", g + 1, col.name, col.key))
         };
-        let rg = reader.get_row_group(g).map_err(|e| at(0, &prompt, format!("cannot read the row group: {e}")))?;
+        let rg = reader.get_row_group(g).map_err(|e| group(format!("cannot read the row group: {e}")))?;
         let rows = usize::try_from(rg.metadata().num_rows())
-            .map_err(|_| at(0, &prompt, format!("invalid row count {}", rg.metadata().num_rows())))?;
+            .map_err(|_| group(format!("invalid row count {}", rg.metadata().num_rows())))?;
         let mut texts = [Vec::new(), Vec::new()];
         for (col, text) in [&prompt, &answer].into_iter().zip(&mut texts) {
             let decoded = guarded(|| read_column(rg.as_ref(), col, rows))
@@ -316,6 +317,10 @@ fn guarded<T>(step: impl FnOnce() -> T) -> std::result::Result<T, String> {
 
 /// Read `col` from row group `rg` (`rows` rows) as text; a null is an error.
 fn read_column(rg: &dyn RowGroupReader, col: &Column, rows: usize) -> ColumnResult {
+    let chunks = rg.metadata().num_columns();
+    if col.leaf >= chunks {
+        return Err((None, format!("the row group has {chunks} column chunks, the schema {} or more", col.leaf + 1)));
+    }
     let chunk = rg.metadata().column(col.leaf);
     match chunk.compression() {
         Compression::UNCOMPRESSED | Compression::SNAPPY | Compression::ZSTD(_) | Compression::GZIP(_) => {}
