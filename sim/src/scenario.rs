@@ -620,7 +620,7 @@ pub const INF_ALLOWED: &[&str] = &[
 ];
 
 /// `policy[3].alpha` → `policy[].alpha` (the form [`INF_ALLOWED`] is written in).
-fn key_shape(path: &str) -> String {
+pub fn key_shape(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut in_index = false;
     for ch in path.chars() {

@@ -157,23 +157,7 @@ const NEGATIVE_OK: &[&str] = &[
 
 /// `policy[3].alpha` → `policy[].alpha`.
 fn shape(path: &str) -> String {
-    let mut out = String::new();
-    let mut skip = false;
-    for ch in path.chars() {
-        match ch {
-            '[' => {
-                skip = true;
-                out.push('[');
-            }
-            ']' => {
-                skip = false;
-                out.push(']');
-            }
-            _ if !skip => out.push(ch),
-            _ => {}
-        }
-    }
-    out
+    arbor_sim::scenario::key_shape(path)
 }
 
 /// Dotted paths of every float leaf below `v`, array elements as `key[i]`.
