@@ -175,10 +175,6 @@ fn run_sweep(spec: &SweepSpec, sel: TaskSelection, out: Option<&Path>, json: boo
             sel.tasks
         );
     }
-    if let Some(dir) = out {
-        crate::pieces::check_out_dir(dir, &info, &indices)?;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create --out directory {}", dir.display()))?;
-    }
     if !whole {
         eprintln!(
             "sweep {}: task {} of {} (from {via}) runs {} of {} points: {}",
@@ -187,19 +183,14 @@ fn run_sweep(spec: &SweepSpec, sel: TaskSelection, out: Option<&Path>, json: boo
             sel.tasks,
             indices.len(),
             spec.len(),
-            indices.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+            if indices.is_empty() {
+                "none (more tasks than points)".to_string()
+            } else {
+                indices.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+            }
         );
     }
-    let mut written = Vec::new();
-    let points = spec.run_points(&indices, |i, p| {
-        if let Some(dir) = out {
-            let path = dir.join(crate::pieces::piece_name(i));
-            let piece = crate::pieces::Piece::new(&info, i, sel.task, sel.tasks, p);
-            crate::pieces::write_atomic(&path, piece.to_json()?.as_bytes())?;
-            written.push(path);
-        }
-        Ok(())
-    })?;
+    let (points, written) = crate::pieces::run_task(spec, sel.task, sel.tasks, out)?;
     if whole {
         emit(&crate::sweep::table(&points, json)?)?;
         if let Some(dir) = out {

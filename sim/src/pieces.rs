@@ -8,7 +8,7 @@
 //! Pieces are written to a hidden temporary file (`.point-000007.json.tmp-...`) and renamed, so a killed
 //! task leaves either a whole piece or none; [`merge`] ignores the temporary files.
 
-use crate::sweep::{Fnv128, SweepInfo, SweepPoint};
+use crate::sweep::{Fnv128, SweepInfo, SweepPoint, SweepSpec};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -350,6 +350,33 @@ pub fn check_out_dir(dir: &Path, info: &SweepInfo, indices: &[usize]) -> Result<
         }
     }
     Ok(())
+}
+
+/// Run the points of task `task` of `tasks` ([`crate::sweep::task_points`]). With `out`, first refuse a
+/// directory holding another sweep's pieces ([`check_out_dir`]), then write each point's piece as soon
+/// as it is computed. Returns the points (in index order) and the pieces written.
+pub fn run_task(
+    spec: &SweepSpec,
+    task: usize,
+    tasks: usize,
+    out: Option<&Path>,
+) -> Result<(Vec<SweepPoint>, Vec<PathBuf>)> {
+    let info = spec.info();
+    let indices = crate::sweep::task_points(spec.len(), task, tasks);
+    if let Some(dir) = out {
+        check_out_dir(dir, &info, &indices)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create --out directory {}", dir.display()))?;
+    }
+    let mut written = Vec::new();
+    let points = spec.run_points(&indices, |i, p| {
+        if let Some(dir) = out {
+            let path = dir.join(piece_name(i));
+            write_atomic(&path, Piece::new(&info, i, task, tasks, p).to_json()?.as_bytes())?;
+            written.push(path);
+        }
+        Ok(())
+    })?;
+    Ok((points, written))
 }
 
 /// A merged sweep.
