@@ -223,7 +223,11 @@ fn merge_sweep(dirs: &[PathBuf], out: Option<&Path>, json: bool) -> Result<()> {
     let m = crate::pieces::merge(dirs)?;
     eprintln!("merged {} pieces of sweep {} ({})", m.files.len(), m.fingerprint, m.info.describe());
     if !m.temporary.is_empty() {
-        eprintln!("note: ignored {} unfinished temporary file(s), e.g. {}", m.temporary.len(), m.temporary[0].display());
+        eprintln!(
+            "note: ignored {} unfinished temporary file(s), e.g. {}",
+            m.temporary.len(),
+            m.temporary[0].display()
+        );
     }
     emit(&crate::sweep::table(&m.points, json)?)?;
     let dir = out.unwrap_or(&dirs[0]);

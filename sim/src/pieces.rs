@@ -271,7 +271,8 @@ fn checksum(fingerprint: &str, index: usize, r: &PieceResult) -> String {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let tmp = dir.join(format!(".{}.tmp-{}-{nanos}", name.to_string_lossy(), std::process::id()));
     let res = std::fs::File::create(&tmp)
         .and_then(|mut f| {
@@ -469,16 +470,11 @@ pub fn merge(dirs: &[PathBuf]) -> Result<Merged> {
         }
     }
     if groups.len() > 1 {
-        groups.sort_by(|a, b| b.2.len().cmp(&a.2.len()));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.2.len()));
         let mut msg = format!("{where_} holds pieces of {} different sweeps; refusing to mix them:", groups.len());
         for (fp, info, files) in &groups {
-            let _ = write!(
-                msg,
-                "\n  fingerprint {fp} ({}): {} piece(s): {}",
-                info.describe(),
-                files.len(),
-                some(files, 6)
-            );
+            let _ =
+                write!(msg, "\n  fingerprint {fp} ({}): {} piece(s): {}", info.describe(), files.len(), some(files, 6));
         }
         bail!(msg);
     }
@@ -503,16 +499,9 @@ pub fn merge(dirs: &[PathBuf]) -> Result<Merged> {
     }
     let missing: Vec<usize> = (0..info.points).filter(|i| !by_index.contains_key(i)).collect();
     if !missing.is_empty() {
-        let mut msg = format!(
-            "{where_}: {} of {} points missing: {}",
-            missing.len(),
-            info.points,
-            ranges(&missing)
-        );
-        let named: Vec<String> = missing
-            .iter()
-            .filter_map(|&i| info.point(i).map(|(g, a)| format!("{i}: gpus={g} alpha={a}")))
-            .collect();
+        let mut msg = format!("{where_}: {} of {} points missing: {}", missing.len(), info.points, ranges(&missing));
+        let named: Vec<String> =
+            missing.iter().filter_map(|&i| info.point(i).map(|(g, a)| format!("{i}: gpus={g} alpha={a}"))).collect();
         let _ = write!(msg, " ({})", some(&named, 8));
         let tasks: Vec<usize> = pieces.iter().map(|(_, p)| p.tasks).collect();
         if let Some(&n) = tasks.first().filter(|&&n| tasks.iter().all(|&t| t == n)) {

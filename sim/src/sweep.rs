@@ -177,16 +177,16 @@ impl SweepSpec {
             bail!("--alpha: at least one async ratio is needed");
         }
         if gpus.len().saturating_mul(alphas.len()) > POINTS_MAX {
-            bail!(
-                "--gpus ({} values) x --alpha ({} values): more than {POINTS_MAX} points",
-                gpus.len(),
-                alphas.len()
-            );
+            bail!("--gpus ({} values) x --alpha ({} values): more than {POINTS_MAX} points", gpus.len(), alphas.len());
         }
         let tp = scenario.inference.tp;
         for &g in gpus {
             if g == 0 || g > GPUS_MAX || g < tp {
-                bail!("--gpus {g}: must be in {}..={GPUS_MAX} (inference.tp of scenario {} is {tp})", tp.max(1), scenario.name);
+                bail!(
+                    "--gpus {g}: must be in {}..={GPUS_MAX} (inference.tp of scenario {} is {tp})",
+                    tp.max(1),
+                    scenario.name
+                );
             }
         }
         for &a in alphas {

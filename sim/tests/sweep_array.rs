@@ -466,7 +466,8 @@ fn cli_three_array_tasks_merged_equal_the_local_sweep() {
     let local = temp_dir("cli-local");
     let arr = temp_dir("cli-array");
     let local_out = run_ok(bin().args(sweep_args(&local)));
-    let local_json = run_ok(bin().args(["sweep", "--scenario", SCENARIO, "--gpus", "16,32,64", "--alpha", "0,1,inf", "--json"]));
+    let local_json =
+        run_ok(bin().args(["sweep", "--scenario", SCENARIO, "--gpus", "16,32,64", "--alpha", "0,1,inf", "--json"]));
     // Task 0 by flags, task 1 by Slurm variables (--array=5-7), task 2 by flags.
     for t in [0, 2] {
         let o = run_ok(bin().args(sweep_args(&arr)).args(["--task", &t.to_string(), "--tasks", "3"]));
@@ -501,7 +502,11 @@ fn cli_three_array_tasks_merged_equal_the_local_sweep() {
     assert_eq!(std::fs::read(elsewhere.join("sweep.csv")).unwrap(), local_out.stdout);
     // No half-written files anywhere.
     for d in [&local, &arr] {
-        let stray: Vec<_> = std::fs::read_dir(d).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+        let stray: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(stray.is_empty(), "{stray:?}");
     }
     for d in [local, arr, elsewhere] {
@@ -519,7 +524,10 @@ fn cli_refusals_name_the_option_or_variable() {
     };
     // A split sweep needs a directory for its pieces.
     fail(
-        bin().args(["sweep", "--scenario", SCENARIO]).env("SLURM_ARRAY_TASK_ID", "1").env("SLURM_ARRAY_TASK_COUNT", "3"),
+        bin()
+            .args(["sweep", "--scenario", SCENARIO])
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .env("SLURM_ARRAY_TASK_COUNT", "3"),
         "--out DIR is required",
     );
     fail(bin().args(["sweep", "--scenario", SCENARIO, "--task", "1"]), "--tasks");
