@@ -3,9 +3,10 @@
 use crate::report;
 use crate::run::{options_log, run_scenario};
 use crate::scenario::Scenario;
-use anyhow::{Context, Result};
+use crate::sweep::{SweepSpec, TaskSelection, TaskSource};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Simulator subcommands.
 #[derive(Debug, Subcommand)]
@@ -25,11 +26,12 @@ pub enum SimCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Sweep one policy over GPU counts and async ratios (progress bar on stderr).
+    /// Sweep one policy over GPU counts and async ratios (progress bar on stderr); split it over the tasks
+    /// of a Slurm job array (`--task/--tasks` or SLURM_ARRAY_TASK_*) and merge the pieces (`--merge`).
     Sweep {
-        /// Scenario TOML file.
-        #[arg(long)]
-        scenario: PathBuf,
+        /// Scenario TOML file (not with --merge).
+        #[arg(long, required_unless_present = "merge")]
+        scenario: Option<PathBuf>,
         /// Policy to sweep (default: the first). alpha > 0 runs it async on a disaggregated split.
         #[arg(long)]
         policy: Option<String>,
@@ -45,6 +47,21 @@ pub enum SimCommand {
         /// Print JSON lines instead of CSV.
         #[arg(long)]
         json: bool,
+        /// Run only the points of task I (0-based) of --tasks N: points I, I+N, I+2N, ... Both flags
+        /// override SLURM_ARRAY_TASK_ID/_COUNT/_MIN/_STEP; without them those variables select the task.
+        #[arg(long, value_name = "I")]
+        task: Option<usize>,
+        /// Number of tasks the sweep is split into (with --task).
+        #[arg(long, value_name = "N")]
+        tasks: Option<usize>,
+        /// Sweep directory: one piece per point (point-000007.json); when this process runs every point
+        /// (or with --merge) also sweep.csv and sweep.png. Required when the sweep is split over tasks.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Merge the pieces in these directories: print the table and write sweep.csv and sweep.png
+        /// (into --out, default the first DIR).
+        #[arg(long, value_name = "DIR", num_args = 1.., conflicts_with_all = ["scenario", "policy", "seed", "task", "tasks", "gpus", "alpha"])]
+        merge: Vec<PathBuf>,
     },
     /// Run every validation scenario: calibrate on the sync baseline, predict the published figures.
     Validate {
@@ -102,36 +119,18 @@ pub fn run(cmd: SimCommand) -> Result<()> {
             }
             Ok(())
         }
-        SimCommand::Sweep { scenario, policy, gpus, alpha, seed, json } => {
+        SimCommand::Sweep { scenario, policy, gpus, alpha, seed, json, task, tasks, out, merge } => {
+            if !merge.is_empty() {
+                return merge_sweep(&merge, out.as_deref(), json);
+            }
+            let scenario = scenario.context("--scenario FILE is required (or --merge DIR)")?;
+            let sel = crate::sweep::select_task(task, tasks, |k| std::env::var(k).ok())?;
             let sc = Scenario::load(&scenario)?;
             let seed = seed.unwrap_or(sc.seed);
             eprintln!("{}", options_log(&sc, seed));
-            let policy = policy.unwrap_or_else(|| sc.policies[0].name.clone());
-            if alpha.iter().any(|a| a.is_nan() || *a < 0.0) {
-                anyhow::bail!("--alpha: values must be >= 0 (inf allowed)");
-            }
-            let points = crate::sweep::sweep(&sc, &policy, &gpus, &alpha, seed)?;
-            if !json {
-                emit("gpus,alpha,step_time_s_mean,samples_per_s,tokens_per_s,staleness_mean,inference_busy_fraction,trace_hash\n")?;
-            }
-            for p in points {
-                if json {
-                    emit(&format!("{}\n", serde_json::to_string(&p)?))?;
-                } else {
-                    emit(&format!(
-                        "{},{},{:.4},{:.4},{:.1},{:.3},{:.4},{}\n",
-                        p.gpus,
-                        p.alpha,
-                        p.step_time_s_mean,
-                        p.samples_per_s,
-                        p.tokens_per_s,
-                        p.staleness_mean,
-                        p.inference_busy_fraction,
-                        p.trace_hash
-                    ))?;
-                }
-            }
-            Ok(())
+            let spec = SweepSpec::new(sc, scenario.display().to_string(), policy.as_deref(), &gpus, &alpha, seed)
+                .with_context(|| format!("sweep of scenario {}", scenario.display()))?;
+            run_sweep(&spec, sel, out.as_deref(), json)
         }
         SimCommand::Validate { json, dir, seed } => {
             let mut cals = Vec::new();
@@ -154,4 +153,85 @@ pub fn run(cmd: SimCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Run this process's share of a sweep. The whole sweep (one task) prints the table and, with `out`,
+/// writes every piece plus `sweep.csv` and `sweep.png`; a task of several writes its pieces only and
+/// prints their paths.
+fn run_sweep(spec: &SweepSpec, sel: TaskSelection, out: Option<&Path>, json: bool) -> Result<()> {
+    let info = spec.info();
+    let indices = crate::sweep::task_points(spec.len(), sel.task, sel.tasks);
+    let whole = sel.tasks == 1;
+    let via = match sel.source {
+        TaskSource::Flags => "--task/--tasks",
+        TaskSource::SlurmArray => "SLURM_ARRAY_TASK_*",
+        TaskSource::Whole => "",
+    };
+    if !whole && out.is_none() {
+        bail!(
+            "this process is task {} of {} (from {via}) and writes its points as pieces: --out DIR is required \
+             (--task 0 --tasks 1 runs the whole sweep here)",
+            sel.task,
+            sel.tasks
+        );
+    }
+    if !whole {
+        eprintln!(
+            "sweep {}: task {} of {} (from {via}) runs {} of {} points: {}",
+            info.fingerprint(),
+            sel.task,
+            sel.tasks,
+            indices.len(),
+            spec.len(),
+            if indices.is_empty() {
+                "none (more tasks than points)".to_string()
+            } else {
+                indices.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+            }
+        );
+    }
+    let (points, written) = crate::pieces::run_task(spec, sel.task, sel.tasks, out)?;
+    if whole {
+        emit(&crate::sweep::table(&points, json)?)?;
+        if let Some(dir) = out {
+            let files = crate::sweep::write_summary(&info, &points, dir)?;
+            eprintln!("wrote {} pieces and {} into {}", written.len(), file_names(&files), dir.display());
+        }
+    } else {
+        for p in &written {
+            emit(&format!("{}\n", p.display()))?;
+        }
+        eprintln!(
+            "task {} of {}: {} piece(s) in {}; merge when all tasks are done: arbor sim sweep --merge {}",
+            sel.task,
+            sel.tasks,
+            written.len(),
+            out.map(|d| d.display().to_string()).unwrap_or_default(),
+            out.map(|d| d.display().to_string()).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn file_names(files: &[PathBuf]) -> String {
+    files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ")
+}
+
+/// `arbor sim sweep --merge DIR...`: the table on stdout, `sweep.csv` and `sweep.png` in `out` (default:
+/// the first directory).
+fn merge_sweep(dirs: &[PathBuf], out: Option<&Path>, json: bool) -> Result<()> {
+    let m = crate::pieces::merge(dirs)?;
+    eprintln!("merged {} pieces of sweep {} ({})", m.files.len(), m.fingerprint, m.info.describe());
+    if !m.temporary.is_empty() {
+        eprintln!(
+            "note: ignored {} unfinished temporary file(s), e.g. {}",
+            m.temporary.len(),
+            m.temporary[0].display()
+        );
+    }
+    emit(&crate::sweep::table(&m.points, json)?)?;
+    let dir = out.unwrap_or(&dirs[0]);
+    let files = crate::sweep::write_summary(&m.info, &m.points, dir)?;
+    eprintln!("wrote {} into {}", file_names(&files), dir.display());
+    Ok(())
 }

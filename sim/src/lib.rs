@@ -10,6 +10,7 @@ pub mod engine;
 pub mod event;
 pub mod iheap;
 pub mod metrics;
+pub mod pieces;
 pub mod plot;
 pub mod report;
 pub mod rng;
