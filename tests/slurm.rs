@@ -49,6 +49,7 @@ impl Cluster {
         let mut c = Command::new(program);
         c.env("SLURM_CONF", self.conf())
             .env("ARBOR", env!("CARGO_BIN_EXE_arbor"))
+            .env("ARBOR_SIM", format!("{} sim", env!("CARGO_BIN_EXE_arbor")))
             .envs(common::OMPI_TEST_ENV)
             .env("PMIX_MCA_gds", "hash");
         c
@@ -170,6 +171,19 @@ fn sbatch_scripts_train_under_slurm_and_a_signalled_job_requeues_and_ends_bit_id
     let a = cluster.submit("slurm/train.sbatch", &log_a, &[cfg_s, "--out-dir", &dir_a]);
     let m = cluster.submit("slurm/train-mpirun.sbatch", &log_m, &[cfg_s, "--out-dir", &dir_m]);
     let b = cluster.submit("slurm/train.sbatch", &log_b, &[cfg_s, "--out-dir", &dir_b]);
+    // a simulator sweep as a 3-task job array, merged by a job that waits for it
+    let scenario = format!("{REPO}/sim/scenarios/rlvr-small.toml");
+    let pieces = s(&out("sweep"));
+    let sweep = ["--gpus", "16,32,64", "--alpha", "0,1,inf"];
+    let mut array_args = vec!["--parsable", "--array=0-2"];
+    let array_out = format!("--output={}/sweep-%a.log", dir.path().display());
+    array_args.extend([array_out.as_str(), "--chdir", REPO, "slurm/sim-sweep.sbatch", &scenario, &pieces]);
+    array_args.extend(sweep);
+    let array = cluster.run("sbatch", &array_args);
+    let log_merge = out("merge.log");
+    let (merge_out, after) = (format!("--output={}", log_merge.display()), format!("--dependency=afterok:{array}"));
+    let merge = cluster
+        .run("sbatch", &["--parsable", &after, &merge_out, "--chdir", REPO, "slurm/sim-sweep-merge.sbatch", &pieces]);
 
     // signal job b once its RL phase is under way (metrics written by rank 0)
     let metrics_b = out("preempted").join("slurm/metrics.jsonl");
@@ -202,6 +216,25 @@ fn sbatch_scripts_train_under_slurm_and_a_signalled_job_requeues_and_ends_bit_id
     for (job, log) in [(&a, &log_a), (&m, &log_m), (&b, &log_b)] {
         cluster.wait(job, log, Duration::from_secs(150));
     }
+    cluster.wait(&merge, &log_merge, Duration::from_secs(120));
+    // the merged table is the one-process sweep's
+    let local = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["sim", "sweep", "--scenario", &scenario])
+        .args(sweep)
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let table = String::from_utf8_lossy(&local.stdout).trim().to_string();
+    let merged = std::fs::read_to_string(&log_merge).unwrap();
+    assert!(!table.is_empty() && merged.contains(&table), "merged:\n{merged}\nlocal:\n{table}");
+    assert_eq!(
+        std::fs::read_dir(&pieces)
+            .unwrap()
+            .filter(|e| { e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("point-")) })
+            .count(),
+        9,
+        "one piece per point"
+    );
     let log = std::fs::read_to_string(&log_b).unwrap();
     assert!(log.contains("preempted after a checkpoint; requeueing") && log.contains("restart 1"), "{log}");
     assert!(log.contains("resumed from step"), "the requeued job did not resume:\n{log}");
