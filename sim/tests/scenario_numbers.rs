@@ -100,17 +100,9 @@ fn fixtures() -> Vec<(String, String)> {
     v
 }
 
-/// Keys where `inf` is documented as meaningful (sim/README.md): no KV-cache limit, unbounded
-/// staleness, no upper clamp of a distribution. `[]` stands for any array index.
-const INF_OK: &[&str] = &[
-    "inference.kv_capacity_tokens",
-    "policy[].alpha",
-    "workload.response_tokens.max",
-    "workload.turns.max",
-    "workload.env_step_s.max",
-    "workload.env_reset_s.max",
-    "workload.reward_s.max",
-];
+/// Keys where `inf` is documented as meaningful (sim/README.md): the scenario's own list; the tests
+/// below check that each one really accepts `inf` and that every other key refuses it.
+const INF_OK: &[&str] = arbor_sim::scenario::INF_ALLOWED;
 
 /// Keys where 0 is a valid value.
 const ZERO_OK: &[&str] = &[
