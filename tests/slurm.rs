@@ -212,6 +212,10 @@ fn sbatch_scripts_train_under_slurm_and_a_signalled_job_requeues_and_ends_bit_id
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // slurmd refuses a job credential created in the same second as the job's last revocation
+    // ("Job credential revoked"): a requeued job started at once can fail that way, which is why
+    // Slurm holds it back; lift the hold only once two seconds have passed
+    std::thread::sleep(Duration::from_millis(2500));
     cluster.run("scontrol", &["update", &format!("JobId={b}"), "StartTime=now"]);
     for (job, log) in [(&a, &log_a), (&m, &log_m), (&b, &log_b)] {
         cluster.wait(job, log, Duration::from_secs(150));
