@@ -88,8 +88,19 @@ pub struct RlSection {
     pub max_new_tokens: usize,
     #[serde(default = "d_temperature")]
     pub temperature: f32,
+    /// Peak learning rate of the policy.
     #[serde(default = "d_rl_lr")]
     pub lr: f32,
+    /// Learning-rate schedule over the RL steps: "constant" (default), "linear" or "cosine"
+    /// decay to `min_lr` at the last step, after `warmup_steps` of linear warmup.
+    #[serde(default = "d_rl_schedule")]
+    pub schedule: ScheduleKind,
+    /// Learning rate at the last RL step for "linear"/"cosine" (default: `lr`, no decay).
+    #[serde(default)]
+    pub min_lr: Option<f32>,
+    /// RL steps of linear warmup from lr/warmup_steps to lr.
+    #[serde(default)]
+    pub warmup_steps: u64,
     #[serde(default = "default_clip")]
     pub grad_clip: f32,
     #[serde(default)]
@@ -141,6 +152,22 @@ fn d_temperature() -> f32 {
 }
 fn d_rl_lr() -> f32 {
     1e-4
+}
+fn d_rl_schedule() -> ScheduleKind {
+    ScheduleKind::Constant
+}
+
+impl RlSection {
+    /// The policy's learning-rate schedule over the RL steps.
+    pub fn lr_schedule(&self) -> crate::train::schedule::LrSchedule {
+        crate::train::schedule::LrSchedule {
+            kind: self.schedule,
+            peak_lr: self.lr,
+            min_lr: self.min_lr.unwrap_or(self.lr),
+            warmup_steps: self.warmup_steps,
+            total_steps: self.steps,
+        }
+    }
 }
 fn d_true() -> bool {
     true
@@ -420,6 +447,14 @@ impl RunConfig {
                 if !(v.is_finite() && ok) {
                     return bad(key, format!("{v} must be {want}"));
                 }
+            }
+            if let Some(m) = rl.min_lr {
+                if !(m.is_finite() && m >= 0.0 && m <= rl.lr) {
+                    return bad("rl.min_lr", format!("{m} must be in [0, rl.lr = {}]", rl.lr));
+                }
+            }
+            if rl.warmup_steps > rl.steps {
+                return bad("rl.warmup_steps", format!("{} exceeds rl.steps = {}", rl.warmup_steps, rl.steps));
             }
         }
         if self.train.device == Device::Cuda {

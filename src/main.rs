@@ -21,6 +21,8 @@ enum Command {
     /// Supervised warm start only: the config's `[train]` phase on the task's solver traces
     /// (any `[rl]` section is skipped); its checkpoint is an HF directory an RL run starts from.
     Sft(train::TrainArgs),
+    /// Held-out solve rate of a model directory, measured as the RL phase's evaluation measures it.
+    Eval(arbor::cli::eval::EvalArgs),
     /// Benchmarks of the numerical core.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -75,6 +77,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             arbor::train::preempt::install_handlers()?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
             train::run(&cfg, args.resume.as_deref())
+        }
+        Command::Eval(args) => {
+            init_threads(cli.threads.unwrap_or(2))?;
+            arbor::cli::eval::run(&args)
         }
         Command::Bench(cmd) => {
             init_threads(cli.threads.unwrap_or(0))?;

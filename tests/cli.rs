@@ -80,3 +80,57 @@ fn bench_train_step_prints_one_json_line() {
     assert!(line["gflops"].as_f64().unwrap() > 0.0);
     assert_eq!(line["threads"], 1);
 }
+
+#[test]
+fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("seeds.toml");
+    let text = arbor::config::ADDITION_CONFIG
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("num_layers = 4", "num_layers = 1")
+        .replace("steps = 400", "steps = 3")
+        .replace("eval_problems = 256", "eval_problems = 8")
+        + "\n[rl]\nsteps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 6\neval_samples = 2\ndump_trajectories = false\n";
+    std::fs::write(&cfg, text).unwrap();
+    let out_dir = dir.path().join("seeds");
+    let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["--threads", "1", "experiment", "seeds", "--config", cfg.to_str().unwrap(), "--seeds", "5,6"])
+        .args(["--control", "--out-dir", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(out_dir.join("seeds.md")).unwrap();
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| 5 |") || l.starts_with("| 6 |")).collect();
+    assert_eq!(rows.len(), 2, "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| mean ± sd |")), "{md}");
+    assert!(md.contains("SFT control steps"), "{md}");
+    for seed in [5, 6] {
+        // the control trained the arm's 3 supervised steps and at least one more
+        let control = out_dir.join(format!("sft-control-seed{seed}/metrics.jsonl"));
+        let steps = std::fs::read_to_string(&control).unwrap().lines().filter(|l| l.contains("\"loss\"")).count();
+        assert!(steps >= 4, "seed {seed}: the control ran {steps} steps");
+        // `arbor eval` of the run's last checkpoint, on the stream of its last eval, gives that eval
+        let run = out_dir.join(format!("seed{seed}"));
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value = metrics
+            .lines()
+            .filter(|l| l.contains("eval_solve_rate"))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .last()
+            .unwrap();
+        let ckpt = run.join("checkpoints/step-5");
+        assert!(ckpt.join("model.safetensors").is_file(), "no final checkpoint in {}", run.display());
+        let ev = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["--threads", "1", "eval", "--config", cfg.to_str().unwrap(), "--seed", &seed.to_string()])
+            .args(["--model", ckpt.to_str().unwrap(), "--step", "2", "--json"])
+            .output()
+            .unwrap();
+        assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+        assert_eq!(got["eval_solve_rate"], last["eval_solve_rate"], "seed {seed}");
+        assert_eq!(got["eval_solve_rate_greedy"], last["eval_solve_rate_greedy"], "seed {seed}");
+    }
+    let (code, err) = arbor(&["experiment", "seeds", "--config", cfg.to_str().unwrap(), "--seeds", "1,1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("seed 1 is given twice"), "{err}");
+}

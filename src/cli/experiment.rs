@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub enum ExperimentCommand {
     /// Run several RL methods from the same start and compare them (compare.md + PNGs).
     Compare(CompareArgs),
+    /// Run one job per seed and report mean ± sd of its before/after figures (seeds.md), with an
+    /// optional SFT-only control at equal wall time.
+    Seeds(super::seeds::SeedsArgs),
 }
 
 /// Arguments of `arbor experiment compare`.
@@ -239,7 +242,10 @@ fn load(args: &CompareArgs) -> anyhow::Result<(CompareFile, RunConfig, Vec<RunCo
 
 /// Run `arbor experiment compare`.
 pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
-    let ExperimentCommand::Compare(args) = cmd;
+    let args = match cmd {
+        ExperimentCommand::Compare(args) => args,
+        ExperimentCommand::Seeds(args) => return super::seeds::run(args),
+    };
     let (file, base, cfgs) = load(args)?;
     let out = file.compare.out_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;

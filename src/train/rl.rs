@@ -363,7 +363,7 @@ impl<'a> RlTrainer<'a> {
             zero_std,
         } = sampled;
         let t1 = Instant::now();
-        let lr = self.rl.lr;
+        let lr = self.rl.lr_schedule().lr(step);
         let plan = self.plan();
         let counts = self.dp.all_gather_bytes(&(train.len() as u64).to_le_bytes())?;
         let counts: Vec<usize> = counts

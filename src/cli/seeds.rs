@@ -1,0 +1,250 @@
+//! `arbor experiment seeds`: one job per seed, then mean ± sd of every before/after figure. With
+//! `--control`, each seed also runs the honest control ALGORITHMS.md §9 asks for: supervised
+//! training continued from the same start for the RL phase's wall time, scored by the same
+//! held-out evaluation (same problems, same sampling stream) as the RL arm's last eval.
+
+use crate::config::RunConfig;
+use crate::parallel::Local;
+use crate::tokenizer::char::CharTokenizer;
+use crate::train::rl::{evaluate, SolveRate};
+use anyhow::Context;
+use clap::Args;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `arbor experiment seeds`.
+#[derive(Debug, Args)]
+pub struct SeedsArgs {
+    /// Run configuration with an `[rl]` phase; without it, the embedded default job.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seeds, comma-separated (each replaces `run.seed`: SFT data order, sampling, the problem
+    /// stream and the held-out problems as the task derives them).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub seeds: Vec<u64>,
+    /// Output directory: one run directory per seed (and per control) plus seeds.md.
+    #[arg(long, default_value = "runs/seeds")]
+    pub out_dir: PathBuf,
+    /// Also run, per seed, supervised training from the same start for the RL phase's wall time.
+    #[arg(long)]
+    pub control: bool,
+}
+
+/// One seed's figures.
+#[derive(Debug, Clone)]
+struct SeedResult {
+    seed: u64,
+    before: SolveRate,
+    after: SolveRate,
+    /// Wall time of the RL steps (evaluations excluded), seconds.
+    rl_secs: f64,
+    /// The control's supervised steps and its held-out solve rate.
+    control: Option<(u64, SolveRate)>,
+}
+
+/// Mean and sample standard deviation (0 for fewer than two values).
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let sd = if v.len() < 2 { 0.0 } else { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() };
+    (m, sd)
+}
+
+/// Sum of the RL steps' `step_s` in a run's metrics.jsonl.
+fn rl_seconds(metrics: &Path) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
+    let mut secs = 0.0;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: a line is not JSON", metrics.display()))?;
+        if v.get("rl_step").is_some() {
+            secs += v.get("step_s").and_then(|s| s.as_f64()).unwrap_or(0.0);
+        }
+    }
+    Ok(secs)
+}
+
+/// Mean seconds per supervised step in a run's metrics.jsonl (the first step, which warms up, excluded).
+fn sft_step_seconds(metrics: &Path) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
+    let times: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some() && v.get("rl_step").is_none())
+        .filter_map(|v| v.get("step_s").and_then(|s| s.as_f64()))
+        .skip(1)
+        .collect();
+    anyhow::ensure!(!times.is_empty(), "{}: no supervised step times", metrics.display());
+    Ok(times.iter().sum::<f64>() / times.len() as f64)
+}
+
+/// The control's config: the same start and data, no RL phase, `steps` supervised steps at the
+/// config's `[train]` settings (its schedule stretched over them), written under `out`.
+fn control_config(cfg: &RunConfig, steps: u64, name: &str, out: &Path) -> RunConfig {
+    let mut c = cfg.clone();
+    c.rl = None;
+    c.loss = None;
+    c.run.name = name.to_string();
+    c.run.out_dir = out.to_path_buf();
+    c.train.steps = steps.max(1);
+    c.train.eval_every = 0;
+    c.train.checkpoint_every = steps.max(1);
+    c.train.log_every = (steps / 4).max(1);
+    c
+}
+
+/// Run the control of one seed: calibrate the supervised step time, then train for `secs`.
+fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Result<(u64, SolveRate)> {
+    let seed = cfg.run.seed;
+    let calib = control_config(cfg, 10, &format!("sft-calibrate-seed{seed}"), out);
+    crate::train::pretrain::run(&calib, None, &mut std::io::sink())?;
+    let step_s = sft_step_seconds(&out.join(&calib.run.name).join("metrics.jsonl"))?;
+    // the RL arm's own supervised steps (if any), then as many more as fit in its RL wall time
+    let extra = ((secs / step_s.max(1e-6)).round() as u64).max(1);
+    let steps = cfg.train.steps + extra;
+    println!("== seed {seed}: SFT control, {steps} steps ({extra} × {step_s:.3} s ≈ the RL phase's {secs:.0} s)");
+    let ctl = control_config(cfg, steps, &format!("sft-control-seed{seed}"), out);
+    let report = crate::train::pretrain::run(&ctl, None, &mut std::io::stdout())?;
+    let rl = cfg.rl.as_ref().context("the control needs the config's [rl] evaluation settings")?;
+    let tok = CharTokenizer::default();
+    let task = cfg.task()?;
+    let mut model = crate::train::pretrain::build_model(cfg, &tok)?;
+    model.params.data.copy_from_slice(&report.final_params);
+    // the RL arm's last eval used the stream of step rl.steps
+    let rate = evaluate(&model, cfg, task.as_ref(), rl, &tok, rl.steps, &Local)?;
+    Ok((steps, rate))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+fn pm(v: &[f64]) -> String {
+    let (m, sd) = mean_sd(v);
+    format!("{:+.1} ± {:.1}", 100.0 * m, 100.0 * sd)
+}
+
+/// The seeds.md table.
+fn table(rows: &[SeedResult], config: &str) -> String {
+    let mut md = format!("# arbor experiment seeds\n\nConfig: `{config}`. Held-out solve rates (%), sampled at T = 1 and greedy, before and after the RL phase.\n\n");
+    let control = rows.iter().all(|r| r.control.is_some());
+    md.push_str("| seed | sampled before | sampled after | gain | greedy before | greedy after | gain | RL wall (s) |");
+    if control {
+        md.push_str(" SFT control steps | control sampled | gain | control greedy | gain | RL − control (sampled) |");
+    }
+    md.push('\n');
+    md.push_str(&"|---".repeat(if control { 14 } else { 8 }));
+    md.push_str("|\n");
+    for r in rows {
+        let _ = write!(
+            md,
+            "| {} | {} | {} | {:+.1} | {} | {} | {:+.1} | {:.0} |",
+            r.seed,
+            pct(r.before.sampled),
+            pct(r.after.sampled),
+            100.0 * (r.after.sampled - r.before.sampled),
+            pct(r.before.greedy),
+            pct(r.after.greedy),
+            100.0 * (r.after.greedy - r.before.greedy),
+            r.rl_secs
+        );
+        if let Some((steps, c)) = r.control {
+            let _ = write!(
+                md,
+                " {steps} | {} | {:+.1} | {} | {:+.1} | {:+.1} |",
+                pct(c.sampled),
+                100.0 * (c.sampled - r.before.sampled),
+                pct(c.greedy),
+                100.0 * (c.greedy - r.before.greedy),
+                100.0 * (r.after.sampled - c.sampled)
+            );
+        }
+        md.push('\n');
+    }
+    let col = |f: &dyn Fn(&SeedResult) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    let _ = write!(
+        md,
+        "| mean ± sd | | | {} | | | {} | |",
+        pm(&col(&|r| r.after.sampled - r.before.sampled)),
+        pm(&col(&|r| r.after.greedy - r.before.greedy))
+    );
+    if control {
+        let c = |r: &SeedResult| r.control.map(|(_, c)| c).unwrap_or(r.before);
+        let _ = write!(
+            md,
+            " | | {} | | {} | {} |",
+            pm(&col(&|r| c(r).sampled - r.before.sampled)),
+            pm(&col(&|r| c(r).greedy - r.before.greedy)),
+            pm(&col(&|r| r.after.sampled - c(r).sampled))
+        );
+    }
+    md.push('\n');
+    md
+}
+
+/// Run `arbor experiment seeds`.
+pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
+    let base = match &args.config {
+        Some(path) => RunConfig::load(path)?,
+        None => RunConfig::default_job(),
+    };
+    let name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into());
+    anyhow::ensure!(base.rl.is_some(), "{name}: `experiment seeds` compares before/after an [rl] phase; the config has none");
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &args.seeds {
+        anyhow::ensure!(seen.insert(*s), "--seeds: seed {s} is given twice");
+    }
+    std::fs::create_dir_all(&args.out_dir).with_context(|| format!("{}", args.out_dir.display()))?;
+    let mut rows = Vec::new();
+    for &seed in &args.seeds {
+        let mut cfg = base.clone();
+        cfg.run.seed = seed;
+        cfg.run.name = format!("seed{seed}");
+        cfg.run.out_dir = args.out_dir.clone();
+        println!("== seed {seed}");
+        let report = crate::train::pretrain::run(&cfg, None, &mut std::io::stdout())?;
+        let (before, after) = report.rl.context("the run reported no RL evaluations")?;
+        let rl_secs = rl_seconds(&args.out_dir.join(&cfg.run.name).join("metrics.jsonl"))?;
+        let control = if args.control { Some(run_control(&cfg, rl_secs, &args.out_dir)?) } else { None };
+        rows.push(SeedResult { seed, before, after, rl_secs, control });
+        // the table so far, so that an interrupted experiment keeps what it measured
+        let md = table(&rows, &name);
+        crate::io::atomic::write_atomic(&args.out_dir.join("seeds.md"), md.as_bytes())?;
+    }
+    println!("\n{}", table(&rows, &name));
+    println!("wrote {}", args.out_dir.join("seeds.md").display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_sd() {
+        let (m, sd) = mean_sd(&[2.0, 4.0, 9.0]);
+        assert!((m - 5.0).abs() < 1e-12);
+        assert!((sd - 13.0f64.sqrt()).abs() < 1e-12);
+        assert_eq!(mean_sd(&[3.0]), (3.0, 0.0));
+    }
+
+    #[test]
+    fn table_reports_gains_and_the_control_margin() {
+        let r = |seed, b: f64, a: f64, c: f64| SeedResult {
+            seed,
+            before: SolveRate { greedy: b, sampled: b },
+            after: SolveRate { greedy: a, sampled: a },
+            rl_secs: 300.0,
+            control: Some((1000, SolveRate { greedy: c, sampled: c })),
+        };
+        let md = table(&[r(1, 0.2, 0.4, 0.3), r(2, 0.2, 0.3, 0.25)], "x.toml");
+        assert!(md.contains("| 1 | 20.0 | 40.0 | +20.0 |"), "{md}");
+        // mean gain (20 + 10) / 2 = 15, sd of {20, 10} = 7.07
+        assert!(md.contains("+15.0 ± 7.1"), "{md}");
+        // RL − control: 10 and 5 → 7.5 ± 3.5
+        assert!(md.contains("+7.5 ± 3.5"), "{md}");
+    }
+}
