@@ -64,6 +64,7 @@ fn main() {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    arbor::tensor::cpu::isa::cap_from_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Train(args) => {
             let cfg = train::resolve(&args)?;

@@ -64,8 +64,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.model.hf_dir.is_some(), "no model to evaluate: pass --model DIR or set model.hf_dir");
     let tok = CharTokenizer::default();
     let task = cfg.task()?;
-    let model = crate::train::pretrain::build_model(&cfg, &tok)
-        .with_context(|| format!("loading {}", cfg.model.hf_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()))?;
+    let model = crate::train::pretrain::build_model(&cfg, &tok).with_context(|| {
+        format!("loading {}", cfg.model.hf_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default())
+    })?;
     let rate = evaluate(&model, &cfg, task.as_ref(), &rl, &tok, args.step, &Local)?;
     if args.json {
         println!(

@@ -192,7 +192,10 @@ pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
         None => RunConfig::default_job(),
     };
     let name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into());
-    anyhow::ensure!(base.rl.is_some(), "{name}: `experiment seeds` compares before/after an [rl] phase; the config has none");
+    anyhow::ensure!(
+        base.rl.is_some(),
+        "{name}: `experiment seeds` compares before/after an [rl] phase; the config has none"
+    );
     let mut seen = std::collections::BTreeSet::new();
     for s in &args.seeds {
         anyhow::ensure!(seen.insert(*s), "--seeds: seed {s} is given twice");

@@ -3,6 +3,7 @@
 
 pub mod aligned;
 pub mod backend;
+pub mod isa;
 pub mod matmul;
 pub mod ops;
 pub mod packed;

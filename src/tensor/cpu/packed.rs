@@ -102,14 +102,16 @@ pub fn matmul_packed(c: &mut [f32], a: &[f32], m: usize, w: &PackedMatrix, accum
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above); sizes checked as below.
+        use super::isa::{active, Isa};
+        let isa = active();
+        if isa == Isa::Avx512 {
+            // SAFETY: `active` reports AVX-512 only when the CPU has AVX-512F; sizes checked as below.
             unsafe { avx512::matmul(c, a, m, w, accumulate) };
             return;
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above); the buffer sizes were
-            // checked against m, n, k, which bound every access of the kernel.
+        if isa == Isa::Avx2 {
+            // SAFETY: `active` reports AVX2 only when the CPU has AVX2 and FMA; the buffer sizes
+            // were checked against m, n, k, which bound every access of the kernel.
             unsafe { avx2::matmul(c, a, m, w, accumulate) };
             return;
         }

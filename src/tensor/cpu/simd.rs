@@ -19,8 +19,8 @@ macro_rules! simd_kernel {
                 unsafe fn avx2($($arg: $ty),*) -> $ret {
                     generic($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                if $crate::tensor::cpu::isa::active() >= $crate::tensor::cpu::isa::Isa::Avx2 {
+                    // SAFETY: `active` reports AVX2 or wider only when the CPU has AVX2 and FMA.
                     return unsafe { avx2($($arg),*) };
                 }
             }
