@@ -134,3 +134,36 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("seed 1 is given twice"), "{err}");
 }
+
+#[test]
+fn experiment_compare_with_control_reports_the_sft_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.toml");
+    let text = arbor::config::ADDITION_CONFIG
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("num_layers = 4", "num_layers = 1")
+        .replace("steps = 400", "steps = 2")
+        .replace("eval_problems = 256", "eval_problems = 8")
+        + "\n[rl]\nsteps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\n";
+    std::fs::write(&base, text).unwrap();
+    let out = dir.path().join("cmp");
+    let cmp = dir.path().join("cmp.toml");
+    std::fs::write(
+        &cmp,
+        format!(
+            "[compare]\nbase = {:?}\nrl_steps = 2\neval_every = 1\neval_problems = 4\nmethods = [\"grpo\"]\nout_dir = {:?}\n",
+            base.to_str().unwrap(),
+            out.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["--threads", "1", "experiment", "compare", "--config", cmp.to_str().unwrap(), "--control"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    let line = md.lines().find(|l| l.starts_with("SFT-only control:")).unwrap_or_else(|| panic!("{md}"));
+    assert!(line.contains("grpo's RL wall time") && line.contains("held-out solve rate sampled"), "{line}");
+    assert!(out.join("sft-control-seed1234/metrics.jsonl").is_file(), "the control's run directory");
+}

@@ -35,6 +35,10 @@ pub struct CompareArgs {
     /// Override `compare.rl_steps` (e.g. a quick smoke run).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Also run the SFT-only control: supervised training from the same start for the first
+    /// method's RL wall time, scored by the same held-out evaluation (a line under the table).
+    #[arg(long)]
+    pub control: bool,
 }
 
 /// The comparison file.
@@ -210,7 +214,7 @@ fn table(rows: &[Summary], steps: u64) -> String {
 
 /// Parse and validate a comparison file and build every method's run config (nothing runs).
 pub fn plan(path: &Path) -> anyhow::Result<Vec<RunConfig>> {
-    let args = CompareArgs { config: path.to_path_buf(), out_dir: None, steps: None };
+    let args = CompareArgs { config: path.to_path_buf(), out_dir: None, steps: None, control: false };
     Ok(load(&args)?.2)
 }
 
@@ -255,8 +259,21 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
         crate::train::pretrain::run(cfg, None, &mut std::io::stdout())?;
         rows.push(summarise(m, &out.join(m).join("metrics.jsonl"))?);
     }
+    let mut control = String::new();
+    if args.control {
+        let (first, cfg) = (&file.compare.methods[0], &cfgs[0]);
+        let secs = super::seeds::rl_seconds(&out.join(first).join("metrics.jsonl"))?;
+        let (steps, rate) = super::seeds::run_control(cfg, secs, &out)?;
+        let before = rows[0].evals.first().map_or(f64::NAN, |e| e.2);
+        control = format!(
+            "\nSFT-only control: {steps} supervised steps from the same start in {first}'s RL wall time ({secs:.0} s): held-out solve rate sampled {:.1} % ({:+.1} points), greedy {:.1} %.\n",
+            100.0 * rate.sampled,
+            100.0 * (rate.sampled - before),
+            100.0 * rate.greedy
+        );
+    }
     let md = format!(
-        "# arbor experiment compare\n\nBase: `{}`, config `{}`, seed {}.\n\n{}\n![solve rate](solve_rate_vs_step.png)\n![solve rate vs time](solve_rate_vs_time.png)\n",
+        "# arbor experiment compare\n\nBase: `{}`, config `{}`, seed {}.\n\n{}{control}\n![solve rate](solve_rate_vs_step.png)\n![solve rate vs time](solve_rate_vs_time.png)\n",
         file.compare.base.display(),
         args.config.display(),
         base.run.seed,

@@ -54,7 +54,7 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 /// Sum of the RL steps' `step_s` in a run's metrics.jsonl.
-fn rl_seconds(metrics: &Path) -> anyhow::Result<f64> {
+pub(crate) fn rl_seconds(metrics: &Path) -> anyhow::Result<f64> {
     let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
     let mut secs = 0.0;
     for line in text.lines() {
@@ -97,7 +97,7 @@ fn control_config(cfg: &RunConfig, steps: u64, name: &str, out: &Path) -> RunCon
 }
 
 /// Run the control of one seed: calibrate the supervised step time, then train for `secs`.
-fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Result<(u64, SolveRate)> {
+pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Result<(u64, SolveRate)> {
     let seed = cfg.run.seed;
     let calib = control_config(cfg, 10, &format!("sft-calibrate-seed{seed}"), out);
     crate::train::pretrain::run(&calib, None, &mut std::io::sink())?;
