@@ -5,13 +5,16 @@
 pub mod cli;
 pub mod control;
 pub mod cost;
+pub mod decode;
 pub mod dist;
 pub mod engine;
 pub mod event;
+pub mod hardware;
 pub mod iheap;
 pub mod metrics;
 pub mod pieces;
 pub mod plot;
+pub mod policy_cost;
 pub mod report;
 pub mod rng;
 pub mod run;

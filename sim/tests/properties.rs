@@ -175,7 +175,7 @@ proptest! {
         let pol = "mode = \"sync\"\ndispatch = \"queue\"\nprompt_replication = true";
         let sc = scenario(k, prompts, n, 300, q, "", pol);
         let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
-        let cost = arbor_sim::cost::CostModel::new(&sc, sc.policies[0].placement, 0.25);
+        let cost = arbor_sim::cost::CostModel::new(&sc, &sc.policies[0], 0.25);
         let b = (prompts * n) as f64;
         let t_step_max = cost.step_base_s + cost.step_per_kv_token_s * (q as f64 * (64.0 + 4096.0));
         // Upper bound on lengths: every response is capped at 4096 tokens; use the cap for L and the
