@@ -324,6 +324,7 @@ impl<'a> Sim<'a> {
     /// the step's fixed costs).
     fn begin_train(&mut self, step: u32, groups: Vec<u32>, last: bool) {
         let mut tokens = 0u64;
+        let mut sq_tokens = 0.0f64;
         for g in groups {
             let (sv, prompt, attempt) = {
                 let grp = &self.groups[g as usize];
@@ -335,6 +336,7 @@ impl<'a> Sim<'a> {
                 let x = &mut self.samples[s as usize];
                 if x.phase == Phase::Done {
                     tokens += x.ctx;
+                    sq_tokens += x.ctx as f64 * x.ctx as f64;
                     self.m.consumed_samples += 1;
                     self.m.consumed_response_tokens += x.resp_tokens;
                     self.m.staleness(staleness);
@@ -353,7 +355,7 @@ impl<'a> Sim<'a> {
         }
         self.m.trained_tokens += tokens;
         self.trainer_busy = true;
-        let t = self.now + ns_from_s(self.cost.train_part_s(tokens, last));
+        let t = self.now + ns_from_s(self.cost.train_part_s(tokens, sq_tokens, last));
         self.m.train_intervals.push((self.now, t));
         self.q.push(t, Event::TrainDone { step });
     }

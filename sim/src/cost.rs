@@ -126,13 +126,15 @@ impl CostModel {
         self.train_per_token_s * tokens as f64 + self.update_overhead_s
     }
 
-    /// Training time of one mini-batch of a streamed step over `tokens`; the step's fixed costs are
-    /// paid once, with its last mini-batch.
-    pub fn train_part_s(&self, tokens: u64, last: bool) -> f64 {
+    /// Training time of one mini-batch of a streamed step over `tokens` whose samples' squared
+    /// lengths sum to `sq_tokens` (causal attention); the step's fixed costs are paid once, with its
+    /// last mini-batch.
+    pub fn train_part_s(&self, tokens: u64, sq_tokens: f64, last: bool) -> f64 {
+        let attn = self.train.per_sq_token_s * sq_tokens;
         if last {
-            self.train_s(tokens)
+            self.train_s(tokens) + attn
         } else {
-            self.train_per_token_s * tokens as f64
+            self.train_per_token_s * tokens as f64 + attn
         }
     }
 }

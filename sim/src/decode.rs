@@ -22,6 +22,15 @@
 
 use crate::scenario::Scenario;
 
+/// Hidden size: `model.hidden`, else `sqrt(N / (12 · layers))` (0 without `model.layers`).
+pub fn hidden(sc: &Scenario) -> f64 {
+    match (sc.model.hidden, sc.model.layers) {
+        (Some(h), _) => h as f64,
+        (None, Some(l)) if l > 0 => (sc.model.params_b * 1e9 / (12.0 * l as f64)).sqrt(),
+        _ => 0.0,
+    }
+}
+
 /// Decode-step constants of one worker.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DecodeModel {
@@ -49,7 +58,7 @@ impl DecodeModel {
         let bw = tp * h.hbm_tb_per_s * 1e12 * inf.bandwidth_efficiency;
         let peak = tp * h.peak_tflops * 1e12;
         let layers = sc.model.layers.unwrap_or(0) as f64;
-        let hidden = if layers > 0.0 { (n_params / (12.0 * layers)).sqrt() } else { 0.0 };
+        let hidden = hidden(sc);
         let (ar_fixed, ar_per_seq) = if inf.tp > 1 && layers > 0.0 {
             let per_seq = hidden * 2.0 * 2.0 * (tp - 1.0) / tp / (h.allreduce_gb_per_s * 1e9);
             (2.0 * layers * inf.allreduce_latency_us * 1e-6, 2.0 * layers * per_seq)

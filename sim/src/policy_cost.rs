@@ -12,6 +12,11 @@
 //! | `offload` | `2 · 16N bytes / (G · pcie)`: parameters, gradients and Adam state to host and back | colocated systems that free GPU memory for generation |
 //! | `reshard` | `2N bytes / intra_node_gb_per_s`: training layout → inference layout in place | colocated systems |
 //! | `broadcast` | `2N bytes / link_gb_per_s`: trainer → inference engines over the network | disaggregated systems |
+//! | `activation_recompute` | one more forward pass (as `old_logprob`) inside the backward | trainers with gradient checkpointing (long sequences) |
+//!
+//! With `phases` the causal attention FLOPs are charged too (when `model.layers` is known): a sample
+//! of `s` tokens costs `2 · layers · hidden · s²` FLOPs per forward pass and three times that in the
+//! training pass, so long samples cost more than their token count says.
 //!
 //! `training.sync_overhead_s` is added to every weight sync. A policy without `phases` keeps the
 //! legacy charge: weight sync over the placement's link (reshard when colocated, broadcast when
@@ -34,6 +39,8 @@ pub enum CostPhase {
     Reshard,
     /// Broadcast weights to disaggregated inference engines.
     Broadcast,
+    /// Activation recomputation (gradient checkpointing): one more forward pass inside the backward.
+    ActivationRecompute,
 }
 
 /// Bytes of training state per parameter: bf16 weights and gradients, fp32 master weights and the
@@ -49,6 +56,8 @@ pub struct TrainCost {
     pub fixed_s: f64,
     /// Weight synchronisation per step, s.
     pub sync_s: f64,
+    /// Seconds per squared sample length (causal attention of all passes; 0 without `phases`).
+    pub per_sq_token_s: f64,
     /// Per-phase breakdown `(phase, s per token, fixed s)` for logs and tests.
     pub phases: Vec<(&'static str, f64, f64)>,
 }
@@ -66,6 +75,12 @@ impl TrainCost {
         let overhead = sc.training.update_overhead_s;
         let mut phases = vec![("train", train, overhead)];
         let (mut per_token, mut fixed, mut sync) = (train, overhead, 0.0);
+        // Causal attention FLOPs of one forward pass per squared sample length.
+        let attn_fwd = match (sc.model.layers, &pol.phases) {
+            (Some(l), Some(_)) => 2.0 * l as f64 * crate::decode::hidden(sc) / flops,
+            _ => 0.0,
+        };
+        let mut per_sq = 3.0 * attn_fwd;
         match &pol.phases {
             None => {
                 let bw = match placement {
@@ -85,7 +100,11 @@ impl TrainCost {
                         }
                         CostPhase::Reshard => ("reshard", 0.0, weight_bytes / (h.intra_node_gb_per_s * 1e9)),
                         CostPhase::Broadcast => ("broadcast", 0.0, weight_bytes / (h.link_gb_per_s * 1e9)),
+                        CostPhase::ActivationRecompute => ("activation_recompute", 2.0 * n / flops, 0.0),
                     };
+                    if matches!(p, CostPhase::OldLogprob | CostPhase::RefForward | CostPhase::ActivationRecompute) {
+                        per_sq += attn_fwd;
+                    }
                     if matches!(p, CostPhase::Reshard | CostPhase::Broadcast) {
                         sync += fix;
                     } else {
@@ -96,6 +115,12 @@ impl TrainCost {
                 }
             }
         }
-        TrainCost { per_token_s: per_token, fixed_s: fixed, sync_s: sync + sc.training.sync_overhead_s, phases }
+        TrainCost {
+            per_token_s: per_token,
+            fixed_s: fixed,
+            sync_s: sync + sc.training.sync_overhead_s,
+            per_sq_token_s: per_sq,
+            phases,
+        }
     }
 }

@@ -74,6 +74,9 @@ pub struct Model {
     /// `hardware.profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<u32>,
+    /// Hidden size (default `sqrt(N / (12 · layers))`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<u32>,
 }
 
 /// Inference engine constants (the decode/prefill cost model).
@@ -535,6 +538,9 @@ impl Scenario {
         pos("model.kv_bytes_per_token", self.model.kv_bytes_per_token)?;
         match (self.model.layers, &h.profile) {
             (Some(l), _) if l == 0 || l > 100_000 => bail!("model.layers = {l}: must be in 1..=100000"),
+            (_, _) if self.model.hidden.is_some_and(|x| x == 0 || x > 1_000_000) => {
+                bail!("model.hidden = {}: must be in 1..=1000000", self.model.hidden.unwrap_or(0))
+            }
             (None, Some(p)) => bail!("hardware.profile = {p:?} needs model.layers (the decode model's all-reduces and attention)"),
             _ => {}
         }
