@@ -135,8 +135,10 @@ pub fn run(cmd: SimCommand) -> Result<()> {
         SimCommand::Validate { json, dir, seed } => {
             let mut cals = Vec::new();
             let mut rows = Vec::new();
+            let mut loaded = Vec::new();
             for f in crate::validate::validation_files(&dir)? {
                 let sc = Scenario::load(&f)?;
+                loaded.push(sc.clone());
                 let (cal, r) =
                     crate::validate::validate_scenario(&sc, seed).with_context(|| format!("{}", f.display()))?;
                 if json {
@@ -147,8 +149,13 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                 cals.extend(cal);
                 rows.extend(r);
             }
-            if !json {
-                emit(&crate::validate::table(&cals, &rows))?;
+            let checks = crate::validate::profile_fit_checks(&loaded, seed)?;
+            if json {
+                for c in &checks {
+                    emit(&format!("{}\n", serde_json::to_string(c)?))?;
+                }
+            } else {
+                emit(&crate::validate::table(&checks, &cals, &rows))?;
             }
             Ok(())
         }

@@ -75,10 +75,19 @@ macro_rules! hopper_engine {
             eng("inference.per_seq_overhead_us", 30.0, "scheduler, sampling and detokenisation per sequence per step"),
             eng("inference.allreduce_latency_us", 8.0, "NCCL all-reduce latency on NVLink, small messages"),
             eng("inference.prefill_mfu", 0.4, "chunked prefill"),
-            eng("training.mfu", 0.35, "Megatron/FSDP bf16 training of 1-70B models"),
+            Constant {
+                key: "training.mfu",
+                value: 0.293,
+                source: Source::Fitted {
+                    scenario: "areal-14b",
+                    policy: "async-eta4",
+                    case: Some("areal_table1_14b_32nodes"),
+                    target: 2.23,
+                },
+            },
             Constant {
                 key: "inference.decode_overhead_ms",
-                value: 7.7,
+                value: 8.766,
                 source: Source::Fitted {
                     scenario: "roll-flash-env-latency",
                     policy: "sync-lockstep",
@@ -180,8 +189,16 @@ pub fn apply_profile(sc: &mut crate::scenario::Scenario, doc: &toml::Table) -> R
         if doc_has(doc, c.key) {
             continue;
         }
-        let v = c.value;
-        match c.key {
+        set_key(sc, c.key, c.value)?;
+        filled.push(c.key);
+    }
+    Ok(filled)
+}
+
+/// Set the scenario constant named by the dotted `key` (a key profiles may fill).
+pub fn set_key(sc: &mut crate::scenario::Scenario, key: &str, v: f64) -> Result<()> {
+    {
+        match key {
             "hardware.hbm_tb_per_s" => sc.hardware.hbm_tb_per_s = v,
             "hardware.peak_tflops" => sc.hardware.peak_tflops = v,
             "hardware.hbm_gb" => sc.hardware.hbm_gb = v,
@@ -197,9 +214,8 @@ pub fn apply_profile(sc: &mut crate::scenario::Scenario, doc: &toml::Table) -> R
             "inference.prefill_mfu" => sc.inference.prefill_mfu = v,
             "inference.decode_overhead_ms" => sc.inference.decode_overhead_ms = v,
             "training.mfu" => sc.training.mfu = v,
-            other => bail!("profile {}: unknown key {other}", p.name),
+            other => bail!("profile constant {other}: not a key profiles may set"),
         }
-        filled.push(c.key);
     }
-    Ok(filled)
+    Ok(())
 }
