@@ -49,8 +49,14 @@ impl CostModel {
         let (infer_gpus, train_gpus) = match placement {
             Placement::Colocated => (h.gpus, h.gpus),
             Placement::Disaggregated => {
-                let train =
+                let mut train =
                     ((h.gpus as f64 * train_fraction).round() as u32).clamp(1, h.gpus.saturating_sub(tp).max(1));
+                if let Some(per) = h.gpus_per_node.filter(|&p| p > 0 && h.gpus >= 2 * p) {
+                    // Whole nodes for the trainer (at least one node, at least one node left to generate).
+                    let nodes = h.gpus / per;
+                    let k = ((train as f64 / per as f64).round() as u32).clamp(1, nodes - 1);
+                    train = k * per;
+                }
                 (h.gpus - train.min(h.gpus - 1), train)
             }
         };

@@ -100,7 +100,7 @@ macro_rules! hopper_engine {
 }
 
 const H800_ENGINE: [Constant; 8] = hopper_engine!();
-const H800: [Constant; 15] = [
+const H800: [Constant; 16] = [
     ds("hardware.hbm_tb_per_s", 3.35, "H800 SXM HBM3"),
     ds("hardware.peak_tflops", 989.0, "H800 SXM dense bf16"),
     ds("hardware.hbm_gb", 80.0, "H800 SXM"),
@@ -108,6 +108,7 @@ const H800: [Constant; 15] = [
     ds("hardware.link_gb_per_s", 25.0, "one 200 Gb/s InfiniBand NIC per GPU"),
     ds("hardware.pcie_gb_per_s", 25.0, "PCIe Gen5 x16, achieved host copies"),
     ds("hardware.allreduce_gb_per_s", 160.0, "NVLink 400 GB/s, NCCL bus bandwidth"),
+    ds("hardware.gpus_per_node", 8.0, "HGX H800 node"),
     H800_ENGINE[0],
     H800_ENGINE[1],
     H800_ENGINE[2],
@@ -117,7 +118,7 @@ const H800: [Constant; 15] = [
     H800_ENGINE[6],
     H800_ENGINE[7],
 ];
-const H100: [Constant; 15] = [
+const H100: [Constant; 16] = [
     ds("hardware.hbm_tb_per_s", 3.35, "H100 SXM HBM3"),
     ds("hardware.peak_tflops", 989.0, "H100 SXM dense bf16"),
     ds("hardware.hbm_gb", 80.0, "H100 SXM"),
@@ -125,6 +126,7 @@ const H100: [Constant; 15] = [
     ds("hardware.link_gb_per_s", 50.0, "one 400 Gb/s InfiniBand NIC per GPU"),
     ds("hardware.pcie_gb_per_s", 25.0, "PCIe Gen5 x16, achieved host copies"),
     ds("hardware.allreduce_gb_per_s", 360.0, "NVLink 900 GB/s, NCCL bus bandwidth"),
+    ds("hardware.gpus_per_node", 8.0, "HGX H100 node"),
     H800_ENGINE[0],
     H800_ENGINE[1],
     H800_ENGINE[2],
@@ -206,6 +208,7 @@ pub fn set_key(sc: &mut crate::scenario::Scenario, key: &str, v: f64) -> Result<
             "hardware.link_gb_per_s" => sc.hardware.link_gb_per_s = v,
             "hardware.pcie_gb_per_s" => sc.hardware.pcie_gb_per_s = v,
             "hardware.allreduce_gb_per_s" => sc.hardware.allreduce_gb_per_s = v,
+            "hardware.gpus_per_node" => sc.hardware.gpus_per_node = Some(v as u32),
             "inference.bandwidth_efficiency" => sc.inference.bandwidth_efficiency = v,
             "inference.decode_mfu" => sc.inference.decode_mfu = Some(v),
             "inference.attention_efficiency" => sc.inference.attention_efficiency = Some(v),

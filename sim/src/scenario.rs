@@ -34,6 +34,10 @@ pub struct Hardware {
     /// NCCL all-reduce bus bandwidth inside a tensor-parallel group, GB/s (decode model).
     #[serde(default = "d_allreduce_bw")]
     pub allreduce_gb_per_s: f64,
+    /// GPUs per node: a disaggregated split gives the trainer whole nodes when the job spans two or
+    /// more of them. Absent: any GPU count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_per_node: Option<u32>,
     /// Hardware profile (`h800`, `h100`): fills every hardware, inference and training constant the
     /// file does not set, and switches the decode step to the first-principles model
     /// ([`crate::decode`]). See [`crate::hardware`].
@@ -533,6 +537,11 @@ impl Scenario {
         pos("hardware.intra_node_gb_per_s", h.intra_node_gb_per_s)?;
         pos("hardware.hbm_gb", h.hbm_gb)?;
         pos("hardware.pcie_gb_per_s", h.pcie_gb_per_s)?;
+        if let Some(n) = h.gpus_per_node {
+            if n == 0 || n > 1024 {
+                bail!("hardware.gpus_per_node = {n}: must be in 1..=1024");
+            }
+        }
         pos("hardware.allreduce_gb_per_s", h.allreduce_gb_per_s)?;
         pos("model.params_b", self.model.params_b)?;
         pos("model.kv_bytes_per_token", self.model.kv_bytes_per_token)?;
