@@ -138,7 +138,8 @@ const H100: [Constant; 16] = [
 ];
 
 /// Built-in profiles.
-pub const PROFILES: &[Profile] = &[Profile { name: "h800", constants: &H800 }, Profile { name: "h100", constants: &H100 }];
+pub const PROFILES: &[Profile] =
+    &[Profile { name: "h800", constants: &H800 }, Profile { name: "h100", constants: &H100 }];
 
 /// Look up a profile by name; the error lists the known ones.
 pub fn profile(name: &str) -> Result<&'static Profile> {
@@ -163,22 +164,6 @@ pub fn doc_has(doc: &toml::Table, key: &str) -> bool {
         }
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_profile_key_is_unique_and_finite() {
-        for p in PROFILES {
-            for (i, c) in p.constants.iter().enumerate() {
-                assert!(c.value.is_finite() && c.value > 0.0, "{}: {}", p.name, c.key);
-                assert!(p.constants[..i].iter().all(|d| d.key != c.key), "{}: {} twice", p.name, c.key);
-            }
-        }
-        assert!(profile("tpu").is_err());
-    }
 }
 
 /// Fill every constant of `sc`'s profile that the document `doc` does not spell; returns the keys
@@ -221,4 +206,20 @@ pub fn set_key(sc: &mut crate::scenario::Scenario, key: &str, v: f64) -> Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_key_is_unique_and_finite() {
+        for p in PROFILES {
+            for (i, c) in p.constants.iter().enumerate() {
+                assert!(c.value.is_finite() && c.value > 0.0, "{}: {}", p.name, c.key);
+                assert!(p.constants[..i].iter().all(|d| d.key != c.key), "{}: {} twice", p.name, c.key);
+            }
+        }
+        assert!(profile("tpu").is_err());
+    }
 }

@@ -550,7 +550,9 @@ impl Scenario {
             (_, _) if self.model.hidden.is_some_and(|x| x == 0 || x > 1_000_000) => {
                 bail!("model.hidden = {}: must be in 1..=1000000", self.model.hidden.unwrap_or(0))
             }
-            (None, Some(p)) => bail!("hardware.profile = {p:?} needs model.layers (the decode model's all-reduces and attention)"),
+            (None, Some(p)) => {
+                bail!("hardware.profile = {p:?} needs model.layers (the decode model's all-reduces and attention)")
+            }
             _ => {}
         }
         let i = &self.inference;
@@ -674,7 +676,10 @@ impl Scenario {
                     );
                 }
                 if p.partial_rollout {
-                    bail!("{key}.train_mini_batches = {} (policy {name:?}): not with partial_rollout", p.train_mini_batches);
+                    bail!(
+                        "{key}.train_mini_batches = {} (policy {name:?}): not with partial_rollout",
+                        p.train_mini_batches
+                    );
                 }
             }
             if p.long_rounds && !(p.mode == Mode::Sync && p.tail_eta > 1.0 && !p.partial_rollout) {

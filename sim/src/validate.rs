@@ -158,7 +158,8 @@ pub fn profile_fit_checks(scenarios: &[Scenario], seed: u64) -> Result<Vec<FitCh
                     run_policy_best(&s2, &pol, seed)?.step_time_s_mean
                 }
                 Some(cn) => {
-                    let k = s2.cases.iter().position(|x| x.name == cn).with_context(|| format!("{what}: no case {cn}"))?;
+                    let k =
+                        s2.cases.iter().position(|x| x.name == cn).with_context(|| format!("{what}: no case {cn}"))?;
                     let cs = s2.cases[k].clone();
                     predict(&s2, &cs, seed, &mut HashMap::new())?
                 }

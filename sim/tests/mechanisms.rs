@@ -93,7 +93,12 @@ fn streaming_overlaps_training_with_generation() {
     let sc = scenario(8, 16, 4, "peak_tflops = 2.0", "", "", pols);
     let (a, _) = run_policy(&sc, &sc.policies[0], 0.25, 3, false).unwrap();
     let (b, mb) = run_policy(&sc, &sc.policies[1], 0.25, 3, false).unwrap();
-    assert!(b.step_time_s_mean < 0.97 * a.step_time_s_mean, "stream {} vs locked {}", b.step_time_s_mean, a.step_time_s_mean);
+    assert!(
+        b.step_time_s_mean < 0.97 * a.step_time_s_mean,
+        "stream {} vs locked {}",
+        b.step_time_s_mean,
+        a.step_time_s_mean
+    );
     assert!(mb.mini_batches >= 3 * 5, "mini-batches before the last one of each step: {}", mb.mini_batches);
     assert_eq!(a.staleness_max, 0);
     assert_eq!(b.staleness_max, 0);
@@ -123,7 +128,8 @@ fn phase_costs_follow_the_formulas() {
     let pols = "[[policy]]\nname = \"verl\"\nmode = \"sync\"\nphases = [\"offload\", \"reshard\", \"ref_forward\"]\n\
                 [[policy]]\nname = \"legacy\"\nmode = \"sync\"\n\
                 [[policy]]\nname = \"async\"\nmode = \"async\"\nplacement = \"disaggregated\"\nalpha = 1\nphases = [\"broadcast\"]\n";
-    let sc = scenario(16, 4, 2, "pcie_gb_per_s = 20.0\nintra_node_gb_per_s = 100.0\nlink_gb_per_s = 10.0", "", "", pols);
+    let sc =
+        scenario(16, 4, 2, "pcie_gb_per_s = 20.0\nintra_node_gb_per_s = 100.0\nlink_gb_per_s = 10.0", "", "", pols);
     let n = 1.5e9;
     let verl = CostModel::new(&sc, &sc.policies[0], 0.25);
     assert_eq!(verl.train_gpus, 16);
@@ -158,13 +164,18 @@ fn decode_step_grows_with_batch_and_context_per_the_formula() {
     let peak = tp * 400e12;
     let expect = |n: f64, kv: f64| {
         let allreduce = 2.0 * l * (10e-6 + n * h * 2.0 * 2.0 * (tp - 1.0) / tp / 100e9);
-        1e-3 + n * 20e-6 + (2.0 * n_params / bw).max(n * 2.0 * n_params / (peak * 0.5))
+        1e-3 + n * 20e-6
+            + (2.0 * n_params / bw).max(n * 2.0 * n_params / (peak * 0.5))
             + allreduce
             + kv * (28672.0 / bw + 4.0 * h * l / (peak * 0.25))
     };
     for (n, kv) in [(1.0, 100.0), (8.0, 5e3), (64.0, 1e5), (512.0, 2e6), (4096.0, 1e7)] {
         let got = d.step_s(n, kv);
-        assert!((got - expect(n, kv)).abs() < 1e-12 * expect(n, kv).max(1e-3), "n {n} kv {kv}: {got} vs {}", expect(n, kv));
+        assert!(
+            (got - expect(n, kv)).abs() < 1e-12 * expect(n, kv).max(1e-3),
+            "n {n} kv {kv}: {got} vs {}",
+            expect(n, kv)
+        );
         assert!(d.step_s(2.0 * n, kv) > got, "more sequences must cost more");
         assert!(d.step_s(n, 2.0 * kv) > got, "more context must cost more");
     }
@@ -181,7 +192,15 @@ fn decode_step_grows_with_batch_and_context_per_the_formula() {
 /// A hardware profile fills what the file does not set; what the file sets wins.
 #[test]
 fn profile_fills_unset_keys_and_file_keys_win() {
-    let sc = scenario(16, 4, 2, "profile = \"h800\"", "layers = 28", "bandwidth_efficiency = 0.5", "[[policy]]\nname = \"p\"\nmode = \"sync\"\n");
+    let sc = scenario(
+        16,
+        4,
+        2,
+        "profile = \"h800\"",
+        "layers = 28",
+        "bandwidth_efficiency = 0.5",
+        "[[policy]]\nname = \"p\"\nmode = \"sync\"\n",
+    );
     assert_eq!(sc.hardware.hbm_tb_per_s, 3.35);
     assert_eq!(sc.hardware.gpus_per_node, Some(8));
     assert_eq!(sc.inference.bandwidth_efficiency, 0.5);
@@ -251,7 +270,12 @@ fn long_rounds_train_the_aborted_prompts() {
         }
         mean_len.push(m.consumed_response_tokens as f64 / m.consumed_samples as f64);
     }
-    assert!(mean_len[1] > mean_len[0] * 1.02, "trained lengths: relaunch {} vs long rounds {}", mean_len[0], mean_len[1]);
+    assert!(
+        mean_len[1] > mean_len[0] * 1.02,
+        "trained lengths: relaunch {} vs long rounds {}",
+        mean_len[0],
+        mean_len[1]
+    );
 }
 
 /// The engine group limit serialises pinned groups on an engine: never faster than without it, and
@@ -263,7 +287,12 @@ fn engine_group_limit_serialises_pinned_groups() {
     let one = scenario(4, 8, 8, "", "", "max_groups_per_engine = 1", pols);
     let (a, _) = run_policy(&free, &free.policies[0], 0.25, 2, false).unwrap();
     let (b, m) = run_policy(&one, &one.policies[0], 0.25, 2, true).unwrap();
-    assert!(b.step_time_s_mean > 1.2 * a.step_time_s_mean, "limit {} vs free {}", b.step_time_s_mean, a.step_time_s_mean);
+    assert!(
+        b.step_time_s_mean > 1.2 * a.step_time_s_mean,
+        "limit {} vs free {}",
+        b.step_time_s_mean,
+        a.step_time_s_mean
+    );
     assert_eq!(m.ledger.unwrap().iter().filter(|e| e.2 == 2).count(), 6 * 8);
 }
 
