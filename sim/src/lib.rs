@@ -19,6 +19,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+mod scenario_check;
 pub mod sweep;
 pub mod trajectory;
 pub mod validate;
