@@ -77,7 +77,7 @@ macro_rules! hopper_engine {
             eng("inference.prefill_mfu", 0.4, "chunked prefill"),
             Constant {
                 key: "training.mfu",
-                value: 0.293,
+                value: 0.2953,
                 source: Source::Fitted {
                     scenario: "areal-14b",
                     policy: "async-eta4",
@@ -87,7 +87,7 @@ macro_rules! hopper_engine {
             },
             Constant {
                 key: "inference.decode_overhead_ms",
-                value: 8.766,
+                value: 8.774,
                 source: Source::Fitted {
                     scenario: "roll-flash-env-latency",
                     policy: "sync-lockstep",

@@ -337,6 +337,8 @@ pub enum Knob {
     BandwidthEfficiency,
     /// `inference.decode_overhead_ms`.
     DecodeOverhead,
+    /// `training.mfu`.
+    TrainMfu,
 }
 
 /// Calibrate one constant so the synchronous baseline matches a published step time.

@@ -178,6 +178,47 @@ pub fn profile_fit_checks(scenarios: &[Scenario], seed: u64) -> Result<Vec<FitCh
     Ok(out)
 }
 
+/// Fit `knob` so that case `case`'s prediction equals its published value (bisection, at most 40
+/// rounds): how a profile constant is fitted on a case (`arbor sim fit`). Returns (value, prediction).
+/// `range` brackets the search (default: the knob's whole range); the prediction must be monotonic in
+/// it (a speedup is not over all of `train_mfu`: it peaks where training and generation balance).
+pub fn fit_case(sc: &Scenario, case: &str, knob: Knob, range: Option<(f64, f64)>, seed: u64) -> Result<(f64, f64)> {
+    let c = sc.cases.iter().find(|c| c.name == case).with_context(|| format!("no case {case:?} in {}", sc.name))?;
+    let mut s = sc.clone();
+    let (mut lo, mut hi) = range.unwrap_or(match knob {
+        Knob::BandwidthEfficiency => (0.01f64, 1.0f64),
+        Knob::DecodeOverhead => (0.0f64, 1000.0f64),
+        Knob::TrainMfu => (0.02f64, 1.0f64),
+    });
+    if !(lo.is_finite() && hi.is_finite() && lo < hi && lo >= 0.0) {
+        bail!("fit range [{lo}, {hi}]: need 0 <= lo < hi, both finite");
+    }
+    let mut at = |v: f64| -> Result<f64> {
+        set_knob(&mut s, knob, v);
+        predict(&s, c, seed, &mut HashMap::new())
+    };
+    let (p_lo, p_hi) = (at(lo)?, at(hi)?);
+    let target = c.published;
+    if (target - p_lo) * (target - p_hi) > 0.0 {
+        bail!("fit of {knob:?} on case {case}: published {target} is outside [{p_lo:.4}, {p_hi:.4}] reachable by the knob");
+    }
+    let rising = p_hi > p_lo;
+    let (mut mid, mut pred) = (0.5 * (lo + hi), f64::NAN);
+    for _ in 0..40 {
+        mid = 0.5 * (lo + hi);
+        pred = at(mid)?;
+        if (pred - target).abs() <= 1e-3 * target {
+            break;
+        }
+        if (pred < target) == rising {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok((mid, pred))
+}
+
 /// The prediction of one case (`cache` shares runs between cases of one scenario).
 fn predict(sc: &Scenario, c: &Case, seed: u64, cache: &mut HashMap<CacheKey, f64>) -> Result<f64> {
     let scc = with_overrides(sc, c);
@@ -208,6 +249,7 @@ fn knob_key(k: Knob) -> &'static str {
     match k {
         Knob::BandwidthEfficiency => "inference.bandwidth_efficiency",
         Knob::DecodeOverhead => "inference.decode_overhead_ms",
+        Knob::TrainMfu => "training.mfu",
     }
 }
 
@@ -225,6 +267,7 @@ fn set_knob(sc: &mut Scenario, knob: Knob, v: f64) {
     match knob {
         Knob::BandwidthEfficiency => sc.inference.bandwidth_efficiency = v,
         Knob::DecodeOverhead => sc.inference.decode_overhead_ms = v,
+        Knob::TrainMfu => sc.training.mfu = v,
     }
 }
 
@@ -236,6 +279,7 @@ pub fn calibrate(sc: &mut Scenario, seed: u64) -> Result<Option<CalibrationResul
     let (mut lo, mut hi, increasing) = match cal.knob {
         Knob::BandwidthEfficiency => (0.01f64, 1.0f64, false),
         Knob::DecodeOverhead => (0.0f64, 1000.0f64, true),
+        Knob::TrainMfu => (0.02f64, 1.0f64, false),
     };
     let step_at = |sc: &mut Scenario, v: f64| -> Result<f64> {
         set_knob(sc, cal.knob, v);
