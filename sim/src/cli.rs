@@ -161,8 +161,10 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                     Some((a.trim().parse::<f64>().map_err(|_| bad())?, b.trim().parse::<f64>().map_err(|_| bad())?))
                 }
             };
-            let k: crate::scenario::Knob = serde_json::from_value(serde_json::Value::String(knob.clone()))
-                .map_err(|_| anyhow::anyhow!("--knob {knob:?}: expected bandwidth_efficiency, decode_overhead or train_mfu"))?;
+            let k: crate::scenario::Knob =
+                serde_json::from_value(serde_json::Value::String(knob.clone())).map_err(|_| {
+                    anyhow::anyhow!("--knob {knob:?}: expected bandwidth_efficiency, decode_overhead or train_mfu")
+                })?;
             let (v, pred) = crate::validate::fit_case(&sc, &case, k, range, seed)?;
             emit(&format!("fitted {knob} = {v:.4} on case {case} of {}: predicted {pred:.4}\n", sc.name))?;
             Ok(())

@@ -353,3 +353,20 @@ fn shipped_validation_uses_each_fitted_constant_once() {
     }
     assert!(values.len() >= 2, "{values:?}");
 }
+
+/// `arbor sim fit` (validate::fit_case) recovers a training MFU from the step time it produced.
+#[test]
+fn fit_case_recovers_the_constant_behind_a_published_value() {
+    let pols = "[[policy]]\nname = \"sync\"\nmode = \"sync\"\ndispatch = \"queue\"\n\
+                [[case]]\nname = \"step\"\nmetric = \"step_s\"\npolicy = \"sync\"\npublished = 1.0\n";
+    let mut sc = scenario(8, 8, 4, "peak_tflops = 5.0", "", "", pols);
+    sc.training.mfu = 0.2;
+    let (_, rows) = arbor_sim::validate::validate_scenario(&sc, 1).unwrap();
+    sc.cases[0].published = rows[0].predicted;
+    sc.training.mfu = 0.6;
+    let (v, pred) =
+        arbor_sim::validate::fit_case(&sc, "step", arbor_sim::scenario::Knob::TrainMfu, Some((0.05, 0.9)), 1).unwrap();
+    assert!((v - 0.2).abs() < 0.005, "fitted mfu {v}");
+    assert!((pred / rows[0].predicted - 1.0).abs() <= 1e-3);
+    assert!(arbor_sim::validate::fit_case(&sc, "nope", arbor_sim::scenario::Knob::TrainMfu, None, 1).is_err());
+}
