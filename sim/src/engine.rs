@@ -408,29 +408,42 @@ impl<'a> Sim<'a> {
             let wk = &self.workers[w as usize];
             let local = !wk.local_queue.is_empty();
             let next = if local { wk.local_queue.front() } else { self.global_queue.front() };
-            let Some(&(s, tag)) = next else { break };
-            let x = &self.samples[s as usize];
-            let live = x.tag == tag && x.phase == Phase::Queued;
-            // Engine group limit: a group pinned here waits until one of the engine's slots is free.
+            let Some(&(mut s, mut tag)) = next else { break };
+            // Position in the local queue of the entry taken (0: the head).
+            let mut at = 0usize;
             let mut take_slot = false;
-            if live && local {
+            if local {
                 if let Some(limit) = self.sc.inference.max_groups_per_engine {
-                    let grp = &self.groups[x.group as usize];
-                    if grp.pinned == Some(w) && !grp.engine_slot {
-                        if wk.groups_running >= limit {
-                            break;
+                    // Engine group limit: a group pinned here waits until one of the engine's slots is
+                    // free; sequences of groups already holding a slot (their next turn, a preempted
+                    // sequence) go past it.
+                    let (samples, groups) = (&self.samples, &self.groups);
+                    let waits = |&(y, t): &(u32, u32)| {
+                        let x = &samples[y as usize];
+                        let g = &groups[x.group as usize];
+                        x.tag == t && x.phase == Phase::Queued && g.pinned == Some(w) && !g.engine_slot
+                    };
+                    if waits(&(s, tag)) {
+                        if wk.groups_running < limit {
+                            take_slot = true;
+                        } else {
+                            match wk.local_queue.iter().position(|e| !waits(e)) {
+                                Some(i) => (at, (s, tag)) = (i, wk.local_queue[i]),
+                                None => break,
+                            }
                         }
-                        take_slot = true;
                     }
                 }
             }
+            let x = &self.samples[s as usize];
+            let live = x.tag == tag && x.phase == Phase::Queued;
             // KV admission (vLLM-style, first come first served): the head waits until its context
             // plus one more token for every sequence fits; an idle worker always admits.
             if live && wk.active > 0 && wk.kv_tokens + x.ctx + wk.active as u64 + 1 > kv_cap {
                 break;
             }
             if local {
-                self.workers[w as usize].local_queue.pop_front();
+                self.workers[w as usize].local_queue.remove(at);
             } else {
                 self.global_queue.pop_front();
             }

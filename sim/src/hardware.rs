@@ -184,26 +184,24 @@ pub fn apply_profile(sc: &mut crate::scenario::Scenario, doc: &toml::Table) -> R
 
 /// Set the scenario constant named by the dotted `key` (a key profiles may fill).
 pub fn set_key(sc: &mut crate::scenario::Scenario, key: &str, v: f64) -> Result<()> {
-    {
-        match key {
-            "hardware.hbm_tb_per_s" => sc.hardware.hbm_tb_per_s = v,
-            "hardware.peak_tflops" => sc.hardware.peak_tflops = v,
-            "hardware.hbm_gb" => sc.hardware.hbm_gb = v,
-            "hardware.intra_node_gb_per_s" => sc.hardware.intra_node_gb_per_s = v,
-            "hardware.link_gb_per_s" => sc.hardware.link_gb_per_s = v,
-            "hardware.pcie_gb_per_s" => sc.hardware.pcie_gb_per_s = v,
-            "hardware.allreduce_gb_per_s" => sc.hardware.allreduce_gb_per_s = v,
-            "hardware.gpus_per_node" => sc.hardware.gpus_per_node = Some(v as u32),
-            "inference.bandwidth_efficiency" => sc.inference.bandwidth_efficiency = v,
-            "inference.decode_mfu" => sc.inference.decode_mfu = Some(v),
-            "inference.attention_efficiency" => sc.inference.attention_efficiency = Some(v),
-            "inference.per_seq_overhead_us" => sc.inference.per_seq_overhead_us = v,
-            "inference.allreduce_latency_us" => sc.inference.allreduce_latency_us = v,
-            "inference.prefill_mfu" => sc.inference.prefill_mfu = v,
-            "inference.decode_overhead_ms" => sc.inference.decode_overhead_ms = v,
-            "training.mfu" => sc.training.mfu = v,
-            other => bail!("profile constant {other}: not a key profiles may set"),
-        }
+    match key {
+        "hardware.hbm_tb_per_s" => sc.hardware.hbm_tb_per_s = v,
+        "hardware.peak_tflops" => sc.hardware.peak_tflops = v,
+        "hardware.hbm_gb" => sc.hardware.hbm_gb = v,
+        "hardware.intra_node_gb_per_s" => sc.hardware.intra_node_gb_per_s = v,
+        "hardware.link_gb_per_s" => sc.hardware.link_gb_per_s = v,
+        "hardware.pcie_gb_per_s" => sc.hardware.pcie_gb_per_s = v,
+        "hardware.allreduce_gb_per_s" => sc.hardware.allreduce_gb_per_s = v,
+        "hardware.gpus_per_node" => sc.hardware.gpus_per_node = Some(v as u32),
+        "inference.bandwidth_efficiency" => sc.inference.bandwidth_efficiency = v,
+        "inference.decode_mfu" => sc.inference.decode_mfu = Some(v),
+        "inference.attention_efficiency" => sc.inference.attention_efficiency = Some(v),
+        "inference.per_seq_overhead_us" => sc.inference.per_seq_overhead_us = v,
+        "inference.allreduce_latency_us" => sc.inference.allreduce_latency_us = v,
+        "inference.prefill_mfu" => sc.inference.prefill_mfu = v,
+        "inference.decode_overhead_ms" => sc.inference.decode_overhead_ms = v,
+        "training.mfu" => sc.training.mfu = v,
+        other => bail!("profile constant {other}: not a key profiles may set"),
     }
     Ok(())
 }

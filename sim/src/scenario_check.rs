@@ -214,6 +214,17 @@ impl Scenario {
                     }
                 }
             }
+            if let (Some(g), true) = (self.inference.max_groups_per_engine, self.workload.turns.is_some()) {
+                if p.mode == Mode::Sync && !p.env_async && !p.prompt_replication {
+                    // A group waiting for an engine slot would hold the turn barrier while the group
+                    // holding the slot waits at that barrier.
+                    bail!(
+                        "inference.max_groups_per_engine = {g} with {key} ({name:?}): a lockstep multi-turn policy \
+                         (mode = \"sync\", env_async = false, workload.turns set) cannot wait for engine slots; \
+                         set env_async = true or prompt_replication = true"
+                    );
+                }
+            }
             if p.redundant_groups > 1_000_000 {
                 bail!("{key}.redundant_groups = {}: must be <= 1000000", p.redundant_groups);
             }

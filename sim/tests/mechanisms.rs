@@ -370,3 +370,18 @@ fn fit_case_recovers_the_constant_behind_a_published_value() {
     assert!((pred / rows[0].predicted - 1.0).abs() <= 1e-3);
     assert!(arbor_sim::validate::fit_case(&sc, "nope", arbor_sim::scenario::Knob::TrainMfu, None, 1).is_err());
 }
+
+/// The engine group limit and a lockstep multi-turn barrier would wait on each other: refused.
+#[test]
+fn engine_group_limit_refuses_lockstep_multi_turn() {
+    let text = "name = \"bad\"\nsteps = 2\n[hardware]\ngpus = 2\n[model]\nparams_b = 1.5\nkv_bytes_per_token = 28672\n\
+                [inference]\nmax_groups_per_engine = 1\n[workload]\nprompts_per_step = 4\nresponses_per_prompt = 2\n\
+                prompt_tokens = 8\nresponse_tokens = { kind = \"constant\", value = 10 }\nmax_response_tokens = 16\n\
+                turns = { kind = \"constant\", value = 3 }\n[[policy]]\nname = \"p\"\nmode = \"sync\"\ndispatch = \"queue\"\n";
+    let e = format!("{:#}", Scenario::parse(text, Path::new(".")).unwrap_err());
+    assert!(e.contains("inference.max_groups_per_engine = 1") && e.contains("lockstep"), "{e}");
+    let ok = text.replace("dispatch = \"queue\"\n", "dispatch = \"queue\"\nenv_async = true\n");
+    let sc = Scenario::parse(&ok, Path::new(".")).unwrap();
+    let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, 1, false).unwrap();
+    assert_eq!(r.steps, 2);
+}
