@@ -63,6 +63,25 @@ pub enum SimCommand {
         #[arg(long, value_name = "DIR", num_args = 1.., conflicts_with_all = ["scenario", "policy", "seed", "task", "tasks", "gpus", "alpha"])]
         merge: Vec<PathBuf>,
     },
+    /// Fit one constant on one case's published value (how a hardware profile's case-fitted constant
+    /// is obtained; the value then goes into the profile, and that case keeps its own literature value).
+    Fit {
+        /// Scenario file holding the case.
+        #[arg(long, value_name = "FILE")]
+        scenario: PathBuf,
+        /// Case name.
+        #[arg(long)]
+        case: String,
+        /// Constant to fit: bandwidth_efficiency, decode_overhead or train_mfu.
+        #[arg(long, default_value = "train_mfu")]
+        knob: String,
+        /// Search bracket LO,HI (default: the knob's whole range).
+        #[arg(long, value_name = "LO,HI")]
+        range: Option<String>,
+        /// Seed (default 1).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run every validation scenario: calibrate on the sync baseline, predict the published figures.
     Validate {
         /// One JSON object per case per line (`case`, `predicted`, `published`, `error`).
@@ -132,11 +151,31 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                 .with_context(|| format!("sweep of scenario {}", scenario.display()))?;
             run_sweep(&spec, sel, out.as_deref(), json)
         }
+        SimCommand::Fit { scenario, case, knob, range, seed } => {
+            let sc = Scenario::load(&scenario)?;
+            let range = match range {
+                None => None,
+                Some(r) => {
+                    let bad = || anyhow::anyhow!("--range {r:?}: expected LO,HI (two numbers)");
+                    let (a, b) = r.split_once(',').ok_or_else(bad)?;
+                    Some((a.trim().parse::<f64>().map_err(|_| bad())?, b.trim().parse::<f64>().map_err(|_| bad())?))
+                }
+            };
+            let k: crate::scenario::Knob =
+                serde_json::from_value(serde_json::Value::String(knob.clone())).map_err(|_| {
+                    anyhow::anyhow!("--knob {knob:?}: expected bandwidth_efficiency, decode_overhead or train_mfu")
+                })?;
+            let (v, pred) = crate::validate::fit_case(&sc, &case, k, range, seed)?;
+            emit(&format!("fitted {knob} = {v:.4} on case {case} of {}: predicted {pred:.4}\n", sc.name))?;
+            Ok(())
+        }
         SimCommand::Validate { json, dir, seed } => {
             let mut cals = Vec::new();
             let mut rows = Vec::new();
+            let mut loaded = Vec::new();
             for f in crate::validate::validation_files(&dir)? {
                 let sc = Scenario::load(&f)?;
+                loaded.push(sc.clone());
                 let (cal, r) =
                     crate::validate::validate_scenario(&sc, seed).with_context(|| format!("{}", f.display()))?;
                 if json {
@@ -147,8 +186,13 @@ pub fn run(cmd: SimCommand) -> Result<()> {
                 cals.extend(cal);
                 rows.extend(r);
             }
-            if !json {
-                emit(&crate::validate::table(&cals, &rows))?;
+            let checks = crate::validate::profile_fit_checks(&loaded, seed)?;
+            if json {
+                for c in &checks {
+                    emit(&format!("{}\n", serde_json::to_string(c)?))?;
+                }
+            } else {
+                emit(&crate::validate::table(&checks, &cals, &rows))?;
             }
             Ok(())
         }

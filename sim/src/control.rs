@@ -25,7 +25,8 @@ impl<'a> Sim<'a> {
 
     /// Launch one prompt group at the current policy version.
     fn launch_group(&mut self) -> u32 {
-        let (prompt, attempt) = self.retry.pop_front().unwrap_or_else(|| {
+        let from_long = if self.launch_long { self.long_pool.pop_front() } else { None };
+        let (prompt, attempt) = from_long.or_else(|| self.retry.pop_front()).unwrap_or_else(|| {
             self.next_prompt += 1;
             (self.next_prompt - 1, 0)
         });
@@ -39,6 +40,7 @@ impl<'a> Sim<'a> {
                 done: 0,
                 samples: Vec::new(),
                 pinned: None,
+                engine_slot: false,
                 difficulty: 1.0,
                 state: GroupState::Free,
             });
@@ -58,6 +60,7 @@ impl<'a> Sim<'a> {
         grp.done = 0;
         grp.samples.clear();
         grp.pinned = pinned;
+        grp.engine_slot = false;
         grp.difficulty = difficulty;
         grp.state = GroupState::Live;
         self.live_groups.push(g);
@@ -76,8 +79,17 @@ impl<'a> Sim<'a> {
         self.barrier_expected = 0;
         self.barrier_arrived.clear();
         self.launching = true;
+        self.step_taken = 0;
+        self.step_complete = 0;
         let p = self.sc.workload.prompts_per_step;
-        let target = (self.pol.tail_eta * p as f64).ceil() as u32 + self.pol.redundant_groups;
+        // Long rounds: once P tail-aborted prompts wait, this step trains exactly them.
+        self.launch_long = self.pol.long_rounds && self.long_pool.len() >= p as usize;
+        let target = if self.launch_long {
+            self.m.long_rounds += 1;
+            p
+        } else {
+            (self.pol.tail_eta * p as f64).ceil() as u32 + self.pol.redundant_groups
+        };
         let paused = std::mem::take(&mut self.paused_groups);
         for &g in &paused {
             self.groups[g as usize].state = GroupState::Live;
@@ -92,6 +104,7 @@ impl<'a> Sim<'a> {
         for _ in launched..target.max(launched) {
             self.launch_group();
         }
+        self.launch_long = false;
         self.launching = false;
         self.check_barrier();
         let _ = s;
@@ -131,6 +144,7 @@ impl<'a> Sim<'a> {
 
     fn group_complete(&mut self, g: u32) {
         self.groups[g as usize].state = GroupState::Complete;
+        self.release_engine_slot(g);
         for i in 0..self.groups[g as usize].samples.len() {
             let s = self.groups[g as usize].samples[i];
             if self.samples[s as usize].phase != Phase::Done {
@@ -140,8 +154,11 @@ impl<'a> Sim<'a> {
         match self.pol.mode {
             Mode::Sync => {
                 self.step_groups.push(g);
-                if self.step_groups.len() as u32 == self.sc.workload.prompts_per_step {
+                self.step_complete += 1;
+                if self.step_complete == self.sc.workload.prompts_per_step {
                     self.cutoff();
+                } else if self.streaming() {
+                    self.stream_train_sync();
                 }
             }
             _ => {
@@ -196,6 +213,12 @@ impl<'a> Sim<'a> {
 
     /// Abort a group; its prompt goes back to the pool with attempt + 1.
     fn abort_group(&mut self, g: u32) {
+        self.abort_group_to(g, false)
+    }
+
+    /// Abort a group; its prompt is relaunched with attempt + 1, from the long-prompt pool when `long`.
+    fn abort_group_to(&mut self, g: u32, long: bool) {
+        self.release_engine_slot(g);
         let members = std::mem::take(&mut self.groups[g as usize].samples);
         for &s in &members {
             self.abort_sample(s);
@@ -207,7 +230,11 @@ impl<'a> Sim<'a> {
         grp.state = GroupState::Free;
         let (prompt, attempt) = (grp.prompt, grp.attempt);
         self.ledger(prompt, attempt, 1);
-        self.retry.push_back((prompt, attempt + 1));
+        if long {
+            self.long_pool.push_back((prompt, attempt + 1));
+        } else {
+            self.retry.push_back((prompt, attempt + 1));
+        }
         self.free_groups.push(g);
         self.live_count -= 1;
     }
@@ -218,6 +245,7 @@ impl<'a> Sim<'a> {
         for &g in &live {
             match self.groups[g as usize].state {
                 GroupState::Live if self.pol.partial_rollout => {
+                    self.release_engine_slot(g);
                     self.groups[g as usize].state = GroupState::Paused;
                     let members = self.groups[g as usize].samples.clone();
                     for s in members {
@@ -226,7 +254,7 @@ impl<'a> Sim<'a> {
                     self.paused_groups.push(g);
                     self.live_count -= 1;
                 }
-                GroupState::Live => self.abort_group(g),
+                GroupState::Live => self.abort_group_to(g, self.pol.long_rounds),
                 _ => {}
             }
         }
@@ -246,21 +274,57 @@ impl<'a> Sim<'a> {
             }
             self.m.reward_phase_s += lat;
             self.q.push(self.now + ns_from_s(lat), Event::RewardPhaseDone { step });
+        } else if self.streaming() {
+            self.stream_train_sync();
         } else {
             let groups = std::mem::take(&mut self.step_groups);
-            self.begin_train(step, groups);
+            self.begin_train(step, groups, true);
         }
+    }
+
+    /// Streaming training is on (`train_mini_batches > 1`).
+    #[inline]
+    pub fn streaming(&self) -> bool {
+        self.pol.train_mini_batches > 1
+    }
+
+    /// Groups the trainer takes next: a mini-batch of ⌈P/k⌉ (the last one of a step may be smaller),
+    /// or the whole batch when training is batch-locked.
+    fn next_take(&self) -> u32 {
+        let p = self.sc.workload.prompts_per_step;
+        if self.streaming() {
+            p.div_ceil(self.pol.train_mini_batches).min(p - self.step_taken)
+        } else {
+            p
+        }
+    }
+
+    /// Synchronous streaming: train the next mini-batch once its groups are complete.
+    fn stream_train_sync(&mut self) {
+        if self.trainer_busy || self.finished {
+            return;
+        }
+        let need = self.next_take() as usize;
+        if need == 0 || self.step_groups.len() < need {
+            return;
+        }
+        let groups: Vec<u32> = self.step_groups.drain(..need).collect();
+        self.step_taken += need as u32;
+        let last = self.step_taken == self.sc.workload.prompts_per_step;
+        self.begin_train(self.trained, groups, last);
     }
 
     /// Barrier-mode rewards are in; train.
     pub fn reward_phase_done(&mut self, step: u32) {
         let groups = std::mem::take(&mut self.step_groups);
-        self.begin_train(step, groups);
+        self.begin_train(step, groups, true);
     }
 
-    /// Consume `groups` for training step `step`.
-    fn begin_train(&mut self, step: u32, groups: Vec<u32>) {
+    /// Consume `groups` for training step `step` (`last`: the step's last mini-batch, which pays
+    /// the step's fixed costs).
+    fn begin_train(&mut self, step: u32, groups: Vec<u32>, last: bool) {
         let mut tokens = 0u64;
+        let mut sq_tokens = 0.0f64;
         for g in groups {
             let (sv, prompt, attempt) = {
                 let grp = &self.groups[g as usize];
@@ -272,6 +336,7 @@ impl<'a> Sim<'a> {
                 let x = &mut self.samples[s as usize];
                 if x.phase == Phase::Done {
                     tokens += x.ctx;
+                    sq_tokens += x.ctx as f64 * x.ctx as f64;
                     self.m.consumed_samples += 1;
                     self.m.consumed_response_tokens += x.resp_tokens;
                     self.m.staleness(staleness);
@@ -290,7 +355,7 @@ impl<'a> Sim<'a> {
         }
         self.m.trained_tokens += tokens;
         self.trainer_busy = true;
-        let t = self.now + ns_from_s(self.cost.train_s(tokens));
+        let t = self.now + ns_from_s(self.cost.train_part_s(tokens, sq_tokens, last));
         self.m.train_intervals.push((self.now, t));
         self.q.push(t, Event::TrainDone { step });
     }
@@ -298,6 +363,16 @@ impl<'a> Sim<'a> {
     /// Training of `step` finished: record it, then synchronise weights.
     pub fn train_done(&mut self, step: u32) {
         self.trainer_busy = false;
+        if self.streaming() && self.step_taken < self.sc.workload.prompts_per_step {
+            // A mini-batch of a streamed step: take the next one when it is complete.
+            self.m.mini_batches += 1;
+            match self.pol.mode {
+                Mode::Sync => self.stream_train_sync(),
+                _ => self.try_train(),
+            }
+            return;
+        }
+        self.step_taken = 0;
         self.trained = step + 1;
         self.m.step_end_ns.push(self.now);
         if self.trained >= self.sc.steps {
@@ -385,7 +460,7 @@ impl<'a> Sim<'a> {
         if self.trainer_busy || self.finished {
             return;
         }
-        let p = self.sc.workload.prompts_per_step as usize;
+        let p = self.next_take() as usize;
         if self.buffer.len() < p {
             return;
         }
@@ -407,6 +482,12 @@ impl<'a> Sim<'a> {
             return;
         }
         let batch: Vec<u32> = self.buffer.drain(..p).collect();
+        let last = if self.streaming() {
+            self.step_taken += p as u32;
+            self.step_taken == self.sc.workload.prompts_per_step
+        } else {
+            true
+        };
         // Older in-flight prompts can never be used: abort them (they are regenerated).
         let live = std::mem::take(&mut self.live_groups);
         let mut keep = Vec::with_capacity(live.len());
@@ -419,7 +500,7 @@ impl<'a> Sim<'a> {
             }
         }
         self.live_groups = keep;
-        self.begin_train(step, batch);
+        self.begin_train(step, batch, last);
         self.maybe_launch();
     }
 

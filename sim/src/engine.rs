@@ -80,6 +80,8 @@ pub struct Group {
     pub done: u32,
     pub samples: Vec<u32>,
     pub pinned: Option<u32>,
+    /// Holds one of its pinned engine's group slots (`inference.max_groups_per_engine`).
+    pub engine_slot: bool,
     pub difficulty: f64,
     pub state: GroupState,
 }
@@ -124,13 +126,21 @@ pub struct Sim<'a> {
     /// Launching a batch: barrier checks wait until every sample of the batch exists.
     pub launching: bool,
     pub alpha_steps: u32,
+    /// Streaming training: groups of the current step already taken by the trainer.
+    pub step_taken: u32,
+    /// Synchronous mode: groups of the current step complete so far.
+    pub step_complete: u32,
+    /// Long rounds: prompts aborted at a tail-batching cutoff, waiting for a long round.
+    pub long_pool: VecDeque<(u64, u32)>,
+    /// Long rounds: the step being launched draws its prompts from `long_pool`.
+    pub launch_long: bool,
     pub m: Metrics,
 }
 
 impl<'a> Sim<'a> {
     /// Prepare a run of `pol` with `train_fraction` (disaggregated split) and `seed`.
     pub fn new(sc: &'a Scenario, pol: &'a Policy, train_fraction: f64, seed: u64) -> Sim<'a> {
-        let cost = CostModel::new(sc, pol.placement, train_fraction);
+        let cost = CostModel::new(sc, pol, train_fraction);
         let k = cost.workers as usize;
         let alpha_steps = match pol.mode {
             Mode::Sync => 0,
@@ -175,6 +185,10 @@ impl<'a> Sim<'a> {
             finished: false,
             launching: false,
             alpha_steps,
+            step_taken: 0,
+            step_complete: 0,
+            long_pool: VecDeque::new(),
+            launch_long: false,
             m: Metrics::default(),
         }
     }
@@ -302,6 +316,18 @@ impl<'a> Sim<'a> {
         wk.active + wk.local_queue.len() as u32 + wk.reserved
     }
 
+    /// A group leaves its engine (complete, aborted or paused): free its group slot.
+    pub fn release_engine_slot(&mut self, g: u32) {
+        let grp = &mut self.groups[g as usize];
+        if std::mem::take(&mut grp.engine_slot) {
+            if let Some(w) = grp.pinned {
+                let wk = &mut self.workers[w as usize];
+                wk.groups_running = wk.groups_running.saturating_sub(1);
+                self.mark_dirty(w);
+            }
+        }
+    }
+
     /// Give back one unit of reserved load.
     pub fn release_reservation(&mut self, w: u32) {
         let wk = &mut self.workers[w as usize];
@@ -382,7 +408,33 @@ impl<'a> Sim<'a> {
             let wk = &self.workers[w as usize];
             let local = !wk.local_queue.is_empty();
             let next = if local { wk.local_queue.front() } else { self.global_queue.front() };
-            let Some(&(s, tag)) = next else { break };
+            let Some(&(mut s, mut tag)) = next else { break };
+            // Position in the local queue of the entry taken (0: the head).
+            let mut at = 0usize;
+            let mut take_slot = false;
+            if local {
+                if let Some(limit) = self.sc.inference.max_groups_per_engine {
+                    // Engine group limit: a group pinned here waits until one of the engine's slots is
+                    // free; sequences of groups already holding a slot (their next turn, a preempted
+                    // sequence) go past it.
+                    let (samples, groups) = (&self.samples, &self.groups);
+                    let waits = |&(y, t): &(u32, u32)| {
+                        let x = &samples[y as usize];
+                        let g = &groups[x.group as usize];
+                        x.tag == t && x.phase == Phase::Queued && g.pinned == Some(w) && !g.engine_slot
+                    };
+                    if waits(&(s, tag)) {
+                        if wk.groups_running < limit {
+                            take_slot = true;
+                        } else {
+                            match wk.local_queue.iter().position(|e| !waits(e)) {
+                                Some(i) => (at, (s, tag)) = (i, wk.local_queue[i]),
+                                None => break,
+                            }
+                        }
+                    }
+                }
+            }
             let x = &self.samples[s as usize];
             let live = x.tag == tag && x.phase == Phase::Queued;
             // KV admission (vLLM-style, first come first served): the head waits until its context
@@ -391,11 +443,16 @@ impl<'a> Sim<'a> {
                 break;
             }
             if local {
-                self.workers[w as usize].local_queue.pop_front();
+                self.workers[w as usize].local_queue.remove(at);
             } else {
                 self.global_queue.pop_front();
             }
             self.queued -= 1;
+            if take_slot {
+                let g = self.samples[s as usize].group;
+                self.groups[g as usize].engine_slot = true;
+                self.workers[w as usize].groups_running += 1;
+            }
             if live {
                 self.admit(s, w);
             }

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub ledger: Option<Vec<(u64, u32, u8)>>,
     /// Maximum staleness observed.
     pub staleness_max: u32,
+    /// Long rounds run (tail batching with long rounds).
+    pub long_rounds: u64,
+    /// Mini-batches trained before the last one of their step (streaming training).
+    pub mini_batches: u64,
 }
 
 impl Metrics {

@@ -35,6 +35,8 @@ pub struct Worker {
     pub local_queue: VecDeque<(u32, u32)>,
     /// Sequences of groups pinned here that are not queued yet (counted as load).
     pub reserved: u32,
+    /// Pinned groups holding one of this engine's group slots.
+    pub groups_running: u32,
     /// Start of the current busy interval.
     pub busy_since: Option<TimeNs>,
     heap: BinaryHeap<Entry>,

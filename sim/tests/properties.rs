@@ -68,8 +68,9 @@ proptest! {
 
     /// Every consumed sample is at most ⌈α⌉ versions stale.
     #[test]
-    fn staleness_never_exceeds_alpha(alpha in 0u32..4, gpus in 2u32..9, prompts in 1u32..12, n in 1u32..6, seed in 0u64..1000) {
-        let pol = format!("mode = \"async\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\nprompt_replication = true\nalpha = {alpha}");
+    fn staleness_never_exceeds_alpha(alpha in 0u32..4, mb in 1u32..4, gpus in 2u32..9, prompts in 1u32..12, n in 1u32..6, seed in 0u64..1000) {
+        // `mb` > 1: streaming training in mini-batches (the bound holds per mini-batch).
+        let pol = format!("mode = \"async\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\nprompt_replication = true\nalpha = {alpha}\ntrain_mini_batches = {mb}");
         let sc = scenario(gpus, prompts, n, 300, 64, "", &pol);
         let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
         prop_assert!(r.staleness_max <= alpha, "staleness {} > alpha {}", r.staleness_max, alpha);
@@ -89,12 +90,17 @@ proptest! {
 
     /// Work conservation: each prompt attempt is launched once and then consumed once or aborted (and relaunched).
     #[test]
-    fn work_conservation(mode in 0usize..4, gpus in 2u32..9, prompts in 1u32..10, n in 1u32..5, seed in 0u64..1000) {
+    fn work_conservation(mode in 0usize..7, gpus in 2u32..9, prompts in 1u32..10, n in 1u32..5, seed in 0u64..1000) {
         let pol = [
             "mode = \"async\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\nprompt_replication = true\nalpha = 1",
             "mode = \"sync\"\ndispatch = \"queue\"\ntail_eta = 1.5",
             "mode = \"sync\"\ndispatch = \"static\"\npartial_rollout = true\ntail_eta = 1.5",
             "mode = \"sync\"\ndispatch = \"queue\"\nprompt_replication = true\nredundant_groups = 2\ngroup_size_redundancy = 1",
+            // streaming training, synchronous and async
+            "mode = \"sync\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\ntrain_mini_batches = 3",
+            "mode = \"async\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\nalpha = 1\ntrain_mini_batches = 2",
+            // tail batching with long rounds: an aborted prompt is relaunched in a long round or never
+            "mode = \"sync\"\ndispatch = \"queue\"\ntail_eta = 2.0\nlong_rounds = true",
         ][mode];
         let sc = scenario(gpus, prompts, n, 300, 64, "", pol);
         let (r, m) = run_policy(&sc, &sc.policies[0], 0.25, seed, true).unwrap();
@@ -175,7 +181,7 @@ proptest! {
         let pol = "mode = \"sync\"\ndispatch = \"queue\"\nprompt_replication = true";
         let sc = scenario(k, prompts, n, 300, q, "", pol);
         let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
-        let cost = arbor_sim::cost::CostModel::new(&sc, sc.policies[0].placement, 0.25);
+        let cost = arbor_sim::cost::CostModel::new(&sc, &sc.policies[0], 0.25);
         let b = (prompts * n) as f64;
         let t_step_max = cost.step_base_s + cost.step_per_kv_token_s * (q as f64 * (64.0 + 4096.0));
         // Upper bound on lengths: every response is capped at 4096 tokens; use the cap for L and the

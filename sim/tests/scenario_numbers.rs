@@ -108,6 +108,8 @@ const INF_OK: &[&str] = arbor_sim::scenario::INF_ALLOWED;
 const ZERO_OK: &[&str] = &[
     // Fixed overheads and latencies may be absent.
     "inference.decode_overhead_ms",
+    "inference.per_seq_overhead_us",
+    "inference.allreduce_latency_us",
     "training.update_overhead_s",
     "training.sync_overhead_s",
     "workload.env_reset_s.value",

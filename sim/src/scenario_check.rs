@@ -1,0 +1,255 @@
+//! Range checks of a parsed scenario: every key's range, with errors that name the dotted key and
+//! the value (the non-finite walk over the raw document is in [`crate::scenario`]).
+
+use crate::dist::show;
+use crate::scenario::{Dispatch, Metric, Mode, Placement, Scenario};
+use anyhow::{bail, Result};
+use std::path::Path;
+
+impl Scenario {
+    /// Range checks of every key; errors name the key (dotted path) and the value. Non-finite
+    /// values are refused here too (not only by the document walk in [`Scenario::parse`]).
+    pub(crate) fn check(&mut self, base: &Path) -> Result<()> {
+        let h = &self.hardware;
+        let pos = |key: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{key} = {}: must be a finite number > 0", show(v));
+            }
+            Ok(())
+        };
+        let nonneg = |key: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{key} = {}: must be a finite number >= 0", show(v));
+            }
+            Ok(())
+        };
+        let frac = |key: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v <= 1.0) {
+                bail!("{key} = {}: must be in (0, 1]", show(v));
+            }
+            Ok(())
+        };
+        let open_frac = |key: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v < 1.0) {
+                bail!("{key} = {}: must be in (0, 1)", show(v));
+            }
+            Ok(())
+        };
+        let prob = |key: &str, v: f64| -> Result<()> {
+            if !(0.0..1.0).contains(&v) {
+                bail!("{key} = {}: must be in [0, 1)", show(v));
+            }
+            Ok(())
+        };
+        if self.steps == 0 || self.steps > 1_000_000 {
+            bail!("steps = {}: must be in 1..=1000000", self.steps);
+        }
+        if self.warmup_steps >= self.steps {
+            bail!("warmup_steps = {} must be < steps = {}", self.warmup_steps, self.steps);
+        }
+        if h.gpus == 0 || h.gpus > 1_000_000 {
+            bail!("hardware.gpus = {}: must be in 1..=1000000", h.gpus);
+        }
+        pos("hardware.hbm_tb_per_s", h.hbm_tb_per_s)?;
+        pos("hardware.peak_tflops", h.peak_tflops)?;
+        pos("hardware.link_gb_per_s", h.link_gb_per_s)?;
+        pos("hardware.intra_node_gb_per_s", h.intra_node_gb_per_s)?;
+        pos("hardware.hbm_gb", h.hbm_gb)?;
+        pos("hardware.pcie_gb_per_s", h.pcie_gb_per_s)?;
+        if let Some(n) = h.gpus_per_node {
+            if n == 0 || n > 1024 {
+                bail!("hardware.gpus_per_node = {n}: must be in 1..=1024");
+            }
+        }
+        pos("hardware.allreduce_gb_per_s", h.allreduce_gb_per_s)?;
+        pos("model.params_b", self.model.params_b)?;
+        pos("model.kv_bytes_per_token", self.model.kv_bytes_per_token)?;
+        match (self.model.layers, &h.profile) {
+            (Some(l), _) if l == 0 || l > 100_000 => bail!("model.layers = {l}: must be in 1..=100000"),
+            (_, _) if self.model.hidden.is_some_and(|x| x == 0 || x > 1_000_000) => {
+                bail!("model.hidden = {}: must be in 1..=1000000", self.model.hidden.unwrap_or(0))
+            }
+            (None, Some(p)) => {
+                bail!("hardware.profile = {p:?} needs model.layers (the decode model's all-reduces and attention)")
+            }
+            _ => {}
+        }
+        let i = &self.inference;
+        if i.tp == 0 || i.tp > h.gpus {
+            bail!("inference.tp = {}: must be in 1..=hardware.gpus ({})", i.tp, h.gpus);
+        }
+        if i.max_concurrency == 0 {
+            bail!("inference.max_concurrency = 0: must be >= 1");
+        }
+        nonneg("inference.decode_overhead_ms", i.decode_overhead_ms)?;
+        frac("inference.bandwidth_efficiency", i.bandwidth_efficiency)?;
+        frac("inference.prefill_mfu", i.prefill_mfu)?;
+        frac("inference.memory_utilization", i.memory_utilization)?;
+        nonneg("inference.per_seq_overhead_us", i.per_seq_overhead_us)?;
+        nonneg("inference.allreduce_latency_us", i.allreduce_latency_us)?;
+        if let Some(v) = i.decode_mfu {
+            frac("inference.decode_mfu", v)?;
+        }
+        if let Some(v) = i.attention_efficiency {
+            frac("inference.attention_efficiency", v)?;
+        }
+        if i.max_groups_per_engine == Some(0) {
+            bail!("inference.max_groups_per_engine = 0: must be >= 1");
+        }
+        match i.kv_capacity_tokens {
+            // `inf` is documented: no KV-cache limit.
+            Some(c) if c.is_nan() || c < 1.0 => {
+                bail!("inference.kv_capacity_tokens = {}: must be >= 1 (inf disables the limit)", show(c))
+            }
+            Some(_) => {}
+            None => {
+                let c = self.kv_capacity_tokens();
+                if c.is_nan() || c < 1.0 {
+                    bail!(
+                        "derived KV capacity is {c:.0} tokens (model.kv_bytes_per_token = {}): the weights \
+                         (2 x model.params_b = {:.1} GB) do not fit in inference.tp ({}) x hardware.hbm_gb ({}) x \
+                         inference.memory_utilization ({}) with room for one token; raise those or set \
+                         inference.kv_capacity_tokens",
+                        self.model.kv_bytes_per_token,
+                        2.0 * self.model.params_b,
+                        i.tp,
+                        h.hbm_gb,
+                        i.memory_utilization
+                    );
+                }
+            }
+        }
+        let t = &self.training;
+        frac("training.mfu", t.mfu)?;
+        open_frac("training.train_fraction", t.train_fraction)?;
+        nonneg("training.update_overhead_s", t.update_overhead_s)?;
+        nonneg("training.sync_overhead_s", t.sync_overhead_s)?;
+        let w = &mut self.workload;
+        if w.prompts_per_step == 0 {
+            bail!("workload.prompts_per_step = 0: must be >= 1");
+        }
+        if w.responses_per_prompt == 0 || w.responses_per_prompt > 4096 {
+            bail!("workload.responses_per_prompt = {}: must be in 1..=4096", w.responses_per_prompt);
+        }
+        if w.max_response_tokens == 0 {
+            bail!("workload.max_response_tokens = 0: must be >= 1");
+        }
+        w.response_tokens.prepare("workload.response_tokens", base)?;
+        for (key, d) in [
+            ("workload.turns", &mut w.turns),
+            ("workload.env_step_s", &mut w.env_step_s),
+            ("workload.env_reset_s", &mut w.env_reset_s),
+            ("workload.reward_s", &mut w.reward_s),
+        ] {
+            if let Some(d) = d {
+                d.prepare(key, base)?;
+            }
+        }
+        if !(w.prompt_difficulty_sigma >= 0.0 && w.prompt_difficulty_sigma < 5.0) {
+            bail!("workload.prompt_difficulty_sigma = {}: must be in [0, 5)", show(w.prompt_difficulty_sigma));
+        }
+        prob("workload.fail_stop_prob", w.fail_stop_prob)?;
+        prob("workload.fail_slow_prob", w.fail_slow_prob)?;
+        pos("workload.fail_slow_factor", w.fail_slow_factor)?;
+        if self.policies.is_empty() {
+            bail!("at least one [[policy]] is required");
+        }
+        for (k, p) in self.policies.iter().enumerate() {
+            let key = format!("policy[{k}]");
+            let name = &p.name;
+            if self.policies[..k].iter().any(|q| q.name == p.name) {
+                bail!("{key}.name = {name:?}: duplicate policy name");
+            }
+            if p.mode != Mode::Sync && p.placement == Placement::Colocated {
+                bail!("{key} ({name:?}): mode = {:?} needs placement = \"disaggregated\"", p.mode);
+            }
+            // `inf` is documented: unbounded staleness.
+            if p.alpha.is_nan() || p.alpha < 0.0 {
+                bail!("{key}.alpha = {} (policy {name:?}): must be >= 0 (inf allowed)", show(p.alpha));
+            }
+            if !(p.tail_eta >= 1.0 && p.tail_eta <= 16.0) {
+                bail!("{key}.tail_eta = {} (policy {name:?}): must be in [1, 16]", show(p.tail_eta));
+            }
+            if let Some(f) = p.train_fraction {
+                open_frac(&format!("{key}.train_fraction"), f)?;
+            }
+            if p.group_size_redundancy > 4096 {
+                bail!("{key}.group_size_redundancy = {}: must be <= 4096", p.group_size_redundancy);
+            }
+            if p.train_mini_batches == 0 || p.train_mini_batches > 4096 {
+                bail!("{key}.train_mini_batches = {} (policy {name:?}): must be in 1..=4096", p.train_mini_batches);
+            }
+            if p.train_mini_batches > 1 {
+                if p.placement == Placement::Colocated {
+                    bail!(
+                        "{key}.train_mini_batches = {} (policy {name:?}): streaming training needs placement = \"disaggregated\" \
+                         (colocated GPUs cannot generate and train at once)",
+                        p.train_mini_batches
+                    );
+                }
+                if p.mode == Mode::Sync && p.dispatch == Dispatch::Static {
+                    bail!(
+                        "{key}.train_mini_batches = {} (policy {name:?}): streaming in mode = \"sync\" needs dispatch = \"queue\" \
+                         (static dispatch rewards the batch after its barrier)",
+                        p.train_mini_batches
+                    );
+                }
+                if p.partial_rollout {
+                    bail!(
+                        "{key}.train_mini_batches = {} (policy {name:?}): not with partial_rollout",
+                        p.train_mini_batches
+                    );
+                }
+            }
+            if p.long_rounds && !(p.mode == Mode::Sync && p.tail_eta > 1.0 && !p.partial_rollout) {
+                bail!(
+                    "{key}.long_rounds = true (policy {name:?}): needs mode = \"sync\", tail_eta > 1 (is {}) and no partial_rollout",
+                    show(p.tail_eta)
+                );
+            }
+            if let Some(ph) = &p.phases {
+                for (j, x) in ph.iter().enumerate() {
+                    if ph[..j].contains(x) {
+                        bail!("{key}.phases[{j}] = {x:?} (policy {name:?}): listed twice");
+                    }
+                }
+            }
+            if let (Some(g), true) = (self.inference.max_groups_per_engine, self.workload.turns.is_some()) {
+                if p.mode == Mode::Sync && !p.env_async && !p.prompt_replication {
+                    // A group waiting for an engine slot would hold the turn barrier while the group
+                    // holding the slot waits at that barrier.
+                    bail!(
+                        "inference.max_groups_per_engine = {g} with {key} ({name:?}): a lockstep multi-turn policy \
+                         (mode = \"sync\", env_async = false, workload.turns set) cannot wait for engine slots; \
+                         set env_async = true or prompt_replication = true"
+                    );
+                }
+            }
+            if p.redundant_groups > 1_000_000 {
+                bail!("{key}.redundant_groups = {}: must be <= 1000000", p.redundant_groups);
+            }
+        }
+        if let Some(c) = &self.calibration {
+            if !self.policies.iter().any(|p| p.name == c.policy) {
+                bail!("calibration.policy = {:?}: no such policy", c.policy);
+            }
+            pos("calibration.step_s", c.step_s)?;
+        }
+        for (k, c) in self.cases.iter().enumerate() {
+            for name in std::iter::once(&c.policy).chain(c.baseline.iter()) {
+                if !self.policies.iter().any(|p| &p.name == name) {
+                    bail!("case[{k}] ({}): no policy named {name:?}", c.name);
+                }
+            }
+            if c.metric == Metric::Speedup && c.baseline.is_none() {
+                bail!("case[{k}] ({}): metric = \"speedup\" needs baseline", c.name);
+            }
+            pos(&format!("case[{k}].published"), c.published)?;
+        }
+        if self.limits.events_max == 0 {
+            bail!("limits.events_max = 0: must be >= 1");
+        }
+        pos("limits.sim_time_s_max", self.limits.sim_time_s_max)?;
+        Ok(())
+    }
+}
