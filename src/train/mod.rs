@@ -1,4 +1,4 @@
-//! Training: optimizer, schedules and the loops (pretraining/SFT now; RL in later issues).
+//! Training: optimizer, schedules and the loops: the supervised phase (`pretrain`), then the RL phase (`rl`, `async_rl`).
 
 pub mod adamw;
 pub mod async_rl;

@@ -1,4 +1,4 @@
-//! The RL phase (GRPO family), one step on one screen: sample prompts → generate n responses
+//! The RL phase (GRPO family): sample prompts → generate n responses
 //! each (continuous batching) → rewards → group advantages → policy update (epochs × mini-batches
 //! × accumulated micro-batches, ALGORITHMS.md §5) → metrics, trajectory dump, eval, checkpoint.
 //! Every random draw derives from (seed, step, prompt id, sample index), so the RL step number,
