@@ -83,6 +83,8 @@ pub struct Group {
     /// Holds one of its pinned engine's group slots (`inference.max_groups_per_engine`).
     pub engine_slot: bool,
     pub difficulty: f64,
+    /// The prompt's standard-normal length deviate `Z_prompt` (`workload.prompt_correlation`; 0 without).
+    pub latent: f64,
     pub state: GroupState,
 }
 

@@ -21,6 +21,7 @@ pub mod run;
 pub mod scenario;
 mod scenario_check;
 pub mod sweep;
+pub mod train_parallel;
 pub mod trajectory;
 pub mod validate;
 pub mod worker;
