@@ -444,6 +444,18 @@ impl<'a> Sim<'a> {
             if live && wk.active > 0 && wk.kv_tokens + x.ctx + wk.active as u64 + 1 > kv_cap {
                 break;
             }
+            if live && local && self.request_grouped(s, w) {
+                // Request admission: the group's queued samples together, or none (admission.rs).
+                if !self.admit_request(w, s) {
+                    break;
+                }
+                if take_slot {
+                    let g = self.samples[s as usize].group;
+                    self.groups[g as usize].engine_slot = true;
+                    self.workers[w as usize].groups_running += 1;
+                }
+                continue;
+            }
             if local {
                 self.workers[w as usize].local_queue.remove(at);
             } else {
@@ -475,21 +487,29 @@ impl<'a> Sim<'a> {
             if !(x.tag == tag && x.phase == Phase::Gen && x.worker == w) {
                 continue;
             }
-            self.evict(s);
-            let x = &mut self.samples[s as usize];
-            x.tag = x.tag.wrapping_add(1);
-            x.phase = Phase::Queued;
-            x.prefill = x.ctx;
-            self.m.preemptions += 1;
-            self.m.recomputed_tokens += x.ctx;
-            let tag = x.tag;
-            self.workers[w as usize].local_queue.push_front((s, tag));
-            self.queued += 1;
-            self.push_load(w);
+            self.preempt_one(w, s);
+            if self.request_grouped(s, w) {
+                self.preempt_request_rest(w, s);
+            }
         }
     }
 
-    fn admit(&mut self, s: u32, w: u32) {
+    /// Preempt the running sequence `s` on worker `w` to the front of its queue.
+    pub(crate) fn preempt_one(&mut self, w: u32, s: u32) {
+        self.evict(s);
+        let x = &mut self.samples[s as usize];
+        x.tag = x.tag.wrapping_add(1);
+        x.phase = Phase::Queued;
+        x.prefill = x.ctx;
+        self.m.preemptions += 1;
+        self.m.recomputed_tokens += x.ctx;
+        let tag = x.tag;
+        self.workers[w as usize].local_queue.push_front((s, tag));
+        self.queued += 1;
+        self.push_load(w);
+    }
+
+    pub(crate) fn admit(&mut self, s: u32, w: u32) {
         let now = self.now;
         let cost = &self.cost;
         let wk = &mut self.workers[w as usize];

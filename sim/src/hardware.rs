@@ -77,7 +77,7 @@ macro_rules! hopper_engine {
             eng("inference.prefill_mfu", 0.4, "chunked prefill"),
             Constant {
                 key: "training.mfu",
-                value: 0.3187,
+                value: 0.3197,
                 source: Source::Fitted {
                     scenario: "areal-14b",
                     policy: "async-eta4",

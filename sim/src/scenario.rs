@@ -128,6 +128,20 @@ pub struct Inference {
     /// engine); further groups pinned there wait in its queue. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_groups_per_engine: Option<u32>,
+    /// How a pinned n-sample request is scheduled: `sequence` (each sample alone; absent) or
+    /// `request` (admitted and preempted as one unit; see `admission.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
+}
+
+/// Scheduling unit of an engine's admission and preemption.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Every sequence on its own (vLLM V1, SGLang: an n-sample request becomes n requests).
+    Sequence,
+    /// A pinned group's samples together (vLLM V0 `SequenceGroup`).
+    Request,
 }
 fn one() -> u32 {
     1
