@@ -87,7 +87,7 @@ macro_rules! hopper_engine {
             },
             Constant {
                 key: "inference.decode_overhead_ms",
-                value: 8.774,
+                value: 8.8348,
                 source: Source::Fitted {
                     scenario: "roll-flash-env-latency",
                     policy: "sync-lockstep",
