@@ -20,6 +20,15 @@ use crate::engine::{Phase, Sim};
 use crate::scenario::Admission;
 
 impl Sim<'_> {
+    /// Record an engine event when tracking (tests): 0 admitted, 1 preempted, 2 turn generated.
+    #[inline]
+    pub(crate) fn log_engine(&mut self, w: u32, s: u32, what: u8) {
+        if let Some(log) = self.m.engine_log.as_mut() {
+            let x = &self.samples[s as usize];
+            log.push((self.now, w, self.groups[x.group as usize].prompt, x.idx, what));
+        }
+    }
+
     /// True when `s` belongs to a group scheduled as one request on worker `w`.
     pub(crate) fn request_grouped(&self, s: u32, w: u32) -> bool {
         self.sc.inference.admission == Some(Admission::Request)
@@ -90,5 +99,21 @@ impl Sim<'_> {
         for &y in running.iter().rev() {
             self.preempt_one(w, y);
         }
+    }
+
+    /// Preempt the running sequence `s` on worker `w` to the front of its queue.
+    pub(crate) fn preempt_one(&mut self, w: u32, s: u32) {
+        self.evict(s);
+        self.log_engine(w, s, 1);
+        let x = &mut self.samples[s as usize];
+        x.tag = x.tag.wrapping_add(1);
+        x.phase = Phase::Queued;
+        x.prefill = x.ctx;
+        self.m.preemptions += 1;
+        self.m.recomputed_tokens += x.ctx;
+        let tag = x.tag;
+        self.workers[w as usize].local_queue.push_front((s, tag));
+        self.queued += 1;
+        self.push_load(w);
     }
 }

@@ -343,7 +343,7 @@ impl<'a> Sim<'a> {
         self.push_load(w);
     }
 
-    fn push_load(&mut self, w: u32) {
+    pub(crate) fn push_load(&mut self, w: u32) {
         let l = self.load(w);
         self.load_heap.set(w, l);
     }
@@ -494,21 +494,6 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Preempt the running sequence `s` on worker `w` to the front of its queue.
-    pub(crate) fn preempt_one(&mut self, w: u32, s: u32) {
-        self.evict(s);
-        let x = &mut self.samples[s as usize];
-        x.tag = x.tag.wrapping_add(1);
-        x.phase = Phase::Queued;
-        x.prefill = x.ctx;
-        self.m.preemptions += 1;
-        self.m.recomputed_tokens += x.ctx;
-        let tag = x.tag;
-        self.workers[w as usize].local_queue.push_front((s, tag));
-        self.queued += 1;
-        self.push_load(w);
-    }
-
     pub(crate) fn admit(&mut self, s: u32, w: u32) {
         let now = self.now;
         let cost = &self.cost;
@@ -536,6 +521,7 @@ impl<'a> Sim<'a> {
                 });
             }
         }
+        self.log_engine(w, s, 0);
         self.mark_dirty(w);
     }
 
@@ -588,6 +574,7 @@ impl<'a> Sim<'a> {
                 s
             };
             let Some(s) = popped else { break };
+            self.log_engine(w, s, 2);
             self.mark_dirty(w);
             self.push_load(w);
             self.turn_generated(s);
