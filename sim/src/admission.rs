@@ -50,7 +50,8 @@ impl Sim<'_> {
             ctx += samples[e.0 as usize].ctx;
         }
         let cap = self.sc.inference.max_concurrency as u64;
-        if wk.active > 0 && (wk.active as u64 + k > cap || wk.kv_tokens + ctx + wk.active as u64 + k > self.cost.kv_capacity)
+        if wk.active > 0
+            && (wk.active as u64 + k > cap || wk.kv_tokens + ctx + wk.active as u64 + k > self.cost.kv_capacity)
         {
             return false;
         }

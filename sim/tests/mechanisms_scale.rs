@@ -12,7 +12,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// A small scenario; `training`, `model`, `inference` and `workload` are extra lines of those tables.
-fn scenario(gpus: u32, prompts: u32, n: u32, training: &str, model: &str, inference: &str, workload: &str, policies: &str) -> Scenario {
+#[allow(clippy::too_many_arguments)]
+fn scenario(
+    gpus: u32,
+    prompts: u32,
+    n: u32,
+    training: &str,
+    model: &str,
+    inference: &str,
+    workload: &str,
+    policies: &str,
+) -> Scenario {
     let rt = if workload.contains("response_tokens") {
         ""
     } else {
@@ -163,7 +173,7 @@ fn new_keys_are_checked_with_their_key() {
 
 /// Per (worker, prompt): true when some sample of the prompt runs while another one of it waits
 /// (neither running nor finished), checked after every instant of the engine log.
-fn splits(log: &[(u64, u32, u64, u32, u8)], n: usize) -> usize {
+fn splits(log: &[arbor_sim::metrics::EngineLogEntry], n: usize) -> usize {
     let mut running: BTreeMap<(u32, u64), BTreeSet<u32>> = BTreeMap::new();
     let mut finished: BTreeMap<(u32, u64), BTreeSet<u32>> = BTreeMap::new();
     let mut count = 0;
@@ -220,7 +230,9 @@ fn request_admission_never_splits_a_group() {
         assert_eq!(m.iter().filter(|e| e.2 == 2).count(), 6 * 8);
     }
     // Without a KV limit the two modes are the same run.
-    let free = |mode: &str| scenario(2, 8, 8, "", "", &format!("kv_capacity_tokens = inf\nadmission = \"{mode}\""), "", SYNC_QUEUE);
+    let free = |mode: &str| {
+        scenario(2, 8, 8, "", "", &format!("kv_capacity_tokens = inf\nadmission = \"{mode}\""), "", SYNC_QUEUE)
+    };
     let (a, b) = (free("sequence"), free("request"));
     let ra = run_policy(&a, &a.policies[0], 0.25, 5, false).unwrap().0;
     let rb = run_policy(&b, &b.policies[0], 0.25, 5, false).unwrap().0;
