@@ -288,3 +288,19 @@ fn prompt_correlation_keeps_the_marginal_and_correlates_a_prompt() {
     v.sort_by(f64::total_cmp);
     assert!((v[10_000] / (100.0 * 2f64.sqrt()) - 1.0).abs() < 0.03, "pareto median {}", v[10_000]);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Request admission with a KV cache far too small (a group alone may overflow it) still
+    /// finishes and conserves work: every prompt is consumed exactly once per step.
+    #[test]
+    fn request_admission_conserves_work_under_kv_pressure(gpus in 1u32..5, prompts in 1u32..8, n in 1u32..9, kv in 1500u32..6000, seed in 0u64..1000, groups in proptest::option::of(1u32..3)) {
+        let limit = groups.map_or(String::new(), |g| format!("\nmax_groups_per_engine = {g}"));
+        let sc = scenario(gpus, prompts, n, "", "", &format!("kv_capacity_tokens = {kv}\nadmission = \"request\"{limit}"), "", SYNC_QUEUE);
+        let (r, m) = run_policy(&sc, &sc.policies[0], 0.25, seed, true).unwrap();
+        let ledger = m.ledger.unwrap();
+        proptest::prop_assert_eq!(ledger.iter().filter(|e| e.2 == 2).count() as u32, 6 * prompts);
+        proptest::prop_assert_eq!(r.staleness_max, 0);
+    }
+}
