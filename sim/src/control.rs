@@ -42,6 +42,7 @@ impl<'a> Sim<'a> {
                 pinned: None,
                 engine_slot: false,
                 difficulty: 1.0,
+                latent: 0.0,
                 state: GroupState::Free,
             });
             self.groups.len() as u32 - 1
@@ -52,6 +53,7 @@ impl<'a> Sim<'a> {
             self.reserve(w, n + self.pol.group_size_redundancy);
         }
         let difficulty = self.difficulty(prompt);
+        let latent = self.latent(prompt);
         let grp = &mut self.groups[g as usize];
         grp.prompt = prompt;
         grp.attempt = attempt;
@@ -62,6 +64,7 @@ impl<'a> Sim<'a> {
         grp.pinned = pinned;
         grp.engine_slot = false;
         grp.difficulty = difficulty;
+        grp.latent = latent;
         grp.state = GroupState::Live;
         self.live_groups.push(g);
         self.live_count += 1;

@@ -73,6 +73,25 @@ fn inf() -> f64 {
     f64::INFINITY
 }
 
+/// Complementary error function (Numerical Recipes `erfcc`, fractional error < 1.2e-7).
+pub fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.26551223
+        + t * (1.00002368
+            + t * (0.37409196
+                + t * (0.09678418
+                    + t * (-0.18628806
+                        + t * (0.27886807
+                            + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
 /// A float as it is written in TOML (`nan`, `inf`, `-inf`, `0.5`), for error messages.
 pub fn show(v: f64) -> String {
     if v.is_nan() {
@@ -122,6 +141,28 @@ impl Dist {
                 (pick.mean + pick.std * rng.normal()).clamp(*min, *max)
             }
             Dist::Empirical { values, .. } => values[rng.below(values.len() as u64) as usize],
+        }
+    }
+
+    /// True for the kinds [`Dist::sample_from_normal`] supports.
+    pub fn has_normal_quantile(&self) -> bool {
+        matches!(self, Dist::Constant { .. } | Dist::Lognormal { .. } | Dist::Gaussian { .. } | Dist::Pareto { .. })
+    }
+
+    /// The value at the standard-normal deviate `z` (quantile `Φ(z)`), clamped as [`Dist::sample`]:
+    /// with `z` standard normal this has exactly the distribution of [`Dist::sample`]. Lognormal and
+    /// Gaussian use `z` directly; Pareto maps it through `Φ`. Other kinds: NaN (refused by the checks).
+    pub fn sample_from_normal(&self, z: f64) -> f64 {
+        match self {
+            Dist::Constant { value } => *value,
+            Dist::Lognormal { median, sigma, min, max } => (median * (sigma * z).exp()).clamp(*min, *max),
+            Dist::Gaussian { mean, std, min, max } => (mean + std * z).clamp(*min, *max),
+            Dist::Pareto { scale, shape, max } => {
+                // Upper tail probability Φ(−z) plays the role of the uniform U in U^(−1/shape).
+                let u = (0.5 * erfc(z / std::f64::consts::SQRT_2)).max(f64::MIN_POSITIVE);
+                (scale * u.powf(-1.0 / shape)).min(*max)
+            }
+            Dist::GaussianMixture { .. } | Dist::Empirical { .. } => f64::NAN,
         }
     }
 

@@ -83,6 +83,8 @@ pub struct Group {
     /// Holds one of its pinned engine's group slots (`inference.max_groups_per_engine`).
     pub engine_slot: bool,
     pub difficulty: f64,
+    /// The prompt's standard-normal length deviate `Z_prompt` (`workload.prompt_correlation`; 0 without).
+    pub latent: f64,
     pub state: GroupState,
 }
 
@@ -341,7 +343,7 @@ impl<'a> Sim<'a> {
         self.push_load(w);
     }
 
-    fn push_load(&mut self, w: u32) {
+    pub(crate) fn push_load(&mut self, w: u32) {
         let l = self.load(w);
         self.load_heap.set(w, l);
     }
@@ -442,6 +444,18 @@ impl<'a> Sim<'a> {
             if live && wk.active > 0 && wk.kv_tokens + x.ctx + wk.active as u64 + 1 > kv_cap {
                 break;
             }
+            if live && local && self.request_grouped(s, w) {
+                // Request admission: the group's queued samples together, or none (admission.rs).
+                if !self.admit_request(w, s) {
+                    break;
+                }
+                if take_slot {
+                    let g = self.samples[s as usize].group;
+                    self.groups[g as usize].engine_slot = true;
+                    self.workers[w as usize].groups_running += 1;
+                }
+                continue;
+            }
             if local {
                 self.workers[w as usize].local_queue.remove(at);
             } else {
@@ -473,21 +487,14 @@ impl<'a> Sim<'a> {
             if !(x.tag == tag && x.phase == Phase::Gen && x.worker == w) {
                 continue;
             }
-            self.evict(s);
-            let x = &mut self.samples[s as usize];
-            x.tag = x.tag.wrapping_add(1);
-            x.phase = Phase::Queued;
-            x.prefill = x.ctx;
-            self.m.preemptions += 1;
-            self.m.recomputed_tokens += x.ctx;
-            let tag = x.tag;
-            self.workers[w as usize].local_queue.push_front((s, tag));
-            self.queued += 1;
-            self.push_load(w);
+            self.preempt_one(w, s);
+            if self.request_grouped(s, w) {
+                self.preempt_request_rest(w, s);
+            }
         }
     }
 
-    fn admit(&mut self, s: u32, w: u32) {
+    pub(crate) fn admit(&mut self, s: u32, w: u32) {
         let now = self.now;
         let cost = &self.cost;
         let wk = &mut self.workers[w as usize];
@@ -514,6 +521,7 @@ impl<'a> Sim<'a> {
                 });
             }
         }
+        self.log_engine(w, s, 0);
         self.mark_dirty(w);
     }
 
@@ -566,6 +574,7 @@ impl<'a> Sim<'a> {
                 s
             };
             let Some(s) = popped else { break };
+            self.log_engine(w, s, 2);
             self.mark_dirty(w);
             self.push_load(w);
             self.turn_generated(s);

@@ -77,7 +77,7 @@ macro_rules! hopper_engine {
             eng("inference.prefill_mfu", 0.4, "chunked prefill"),
             Constant {
                 key: "training.mfu",
-                value: 0.2953,
+                value: 0.3197,
                 source: Source::Fitted {
                     scenario: "areal-14b",
                     policy: "async-eta4",
@@ -87,7 +87,7 @@ macro_rules! hopper_engine {
             },
             Constant {
                 key: "inference.decode_overhead_ms",
-                value: 8.774,
+                value: 8.8348,
                 source: Source::Fitted {
                     scenario: "roll-flash-env-latency",
                     policy: "sync-lockstep",

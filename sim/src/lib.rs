@@ -2,6 +2,7 @@
 //!
 //! A scenario is a pure function of (scenario file, seed): see [`run::run_scenario`].
 
+pub mod admission;
 pub mod cli;
 pub mod control;
 pub mod cost;
@@ -21,6 +22,7 @@ pub mod run;
 pub mod scenario;
 mod scenario_check;
 pub mod sweep;
+pub mod train_parallel;
 pub mod trajectory;
 pub mod validate;
 pub mod worker;

@@ -3,6 +3,9 @@
 use crate::event::{s_from_ns, TimeNs};
 use serde::Serialize;
 
+/// One engine event: (time, worker, prompt id, sample index, what: 0 admitted, 1 preempted, 2 turn generated).
+pub type EngineLogEntry = (TimeNs, u32, u64, u32, u8);
+
 /// Raw counters filled while a policy runs.
 #[derive(Default, Debug, Clone)]
 pub struct Metrics {
@@ -40,6 +43,9 @@ pub struct Metrics {
     pub sync_phase_s: f64,
     /// Ledger of (prompt id, attempt, what) when tracking is on: 0 launch, 1 abort, 2 consume.
     pub ledger: Option<Vec<(u64, u32, u8)>>,
+    /// Engine log when tracking is on: (time, worker, prompt id, sample index, what) with what
+    /// 0 admitted, 1 preempted, 2 turn generated.
+    pub engine_log: Option<Vec<EngineLogEntry>>,
     /// Maximum staleness observed.
     pub staleness_max: u32,
     /// Long rounds run (tail batching with long rounds).

@@ -115,6 +115,25 @@ impl TrainCost {
                 }
             }
         }
+        // Trainer model parallelism (derived cost model only): per-layer TP all-reduces and the
+        // pipeline bubble; nothing for a data-parallel trainer, so those results are unchanged.
+        let par = crate::train_parallel::TrainParallel::of(sc);
+        if let (Some(list), false, Some(_)) = (&pol.phases, par.is_data_parallel(), sc.model.layers) {
+            let fwd = list
+                .iter()
+                .filter(|p| matches!(p, CostPhase::OldLogprob | CostPhase::RefForward | CostPhase::ActivationRecompute))
+                .count() as f64;
+            let passes = 4.0 + 2.0 * fwd;
+            let bubble = par.bubble_factor() - 1.0;
+            let (bubble_tok, bubble_sq) = (per_token * bubble, per_sq * bubble);
+            let ar_tok = par.allreduce_per_token_s(sc, passes, train_gpus);
+            let ar_fix = par.allreduce_latency_s(sc, passes);
+            phases.push(("tp_allreduce", ar_tok, ar_fix));
+            phases.push(("pipeline_bubble", bubble_tok, 0.0));
+            per_token += bubble_tok + ar_tok;
+            per_sq += bubble_sq;
+            fixed += ar_fix;
+        }
         TrainCost {
             per_token_s: per_token,
             fixed_s: fixed,

@@ -34,6 +34,7 @@ pub fn run_policy(
     let mut sim = Sim::new(sc, pol, train_fraction, seed);
     if track {
         sim.m.ledger = Some(Vec::new());
+        sim.m.engine_log = Some(Vec::new());
     }
     let tf = (pol.placement == Placement::Disaggregated).then_some(train_fraction);
     sim.run(tf)

@@ -128,6 +128,20 @@ pub struct Inference {
     /// engine); further groups pinned there wait in its queue. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_groups_per_engine: Option<u32>,
+    /// How a pinned n-sample request is scheduled: `sequence` (each sample alone; absent) or
+    /// `request` (admitted and preempted as one unit; see `admission.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
+}
+
+/// Scheduling unit of an engine's admission and preemption.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// Every sequence on its own (vLLM V1, SGLang: an n-sample request becomes n requests).
+    Sequence,
+    /// A pinned group's samples together (vLLM V0 `SequenceGroup`).
+    Request,
 }
 fn one() -> u32 {
     1
@@ -164,6 +178,15 @@ pub struct Training {
     /// Fraction of GPUs given to training under disaggregated placement.
     #[serde(default = "d_train_fraction")]
     pub train_fraction: f64,
+    /// Trainer tensor-parallel degree (absent: derived from the model size, see `train_parallel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp: Option<u32>,
+    /// Trainer pipeline-parallel degree (absent: derived).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pp: Option<u32>,
+    /// Micro-batches per pipeline replica per step (absent: 4 · pp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batches: Option<u32>,
 }
 fn d_mfu() -> f64 {
     0.35
@@ -189,6 +212,11 @@ pub struct Workload {
     /// Per-prompt difficulty: lengths of one prompt's responses share a factor exp(σ_p · Z).
     #[serde(default)]
     pub prompt_difficulty_sigma: f64,
+    /// Within-prompt length correlation ρ in [0, 1): a sample's standard-normal length deviate is
+    /// `√ρ · Z_prompt + √(1 − ρ) · Z_sample` (Gaussian copula: the marginal distribution of
+    /// `response_tokens` is unchanged, and the log-lengths of a lognormal correlate with ρ).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prompt_correlation: f64,
     /// Generation turns per trajectory (rounded, at least 1). Default 1 (single-turn RLVR).
     #[serde(default)]
     pub turns: Option<Dist>,
@@ -213,6 +241,9 @@ pub struct Workload {
     /// Latency multiplier of a fail-slow step.
     #[serde(default = "d_slow")]
     pub fail_slow_factor: f64,
+}
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 fn d_slow() -> f64 {
     10.0

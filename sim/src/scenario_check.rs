@@ -124,6 +124,16 @@ impl Scenario {
         open_frac("training.train_fraction", t.train_fraction)?;
         nonneg("training.update_overhead_s", t.update_overhead_s)?;
         nonneg("training.sync_overhead_s", t.sync_overhead_s)?;
+        for (key, v) in [("training.tp", t.tp), ("training.pp", t.pp), ("training.micro_batches", t.micro_batches)] {
+            if let Some(v) = v.filter(|&v| v == 0 || v > 65_536) {
+                bail!("{key} = {v}: must be in 1..=65536");
+            }
+        }
+        if let (Some(tp), Some(pp)) = (t.tp, t.pp) {
+            if tp as u64 * pp as u64 > h.gpus as u64 {
+                bail!("training.tp x training.pp = {tp} x {pp}: more than hardware.gpus ({})", h.gpus);
+            }
+        }
         let w = &mut self.workload;
         if w.prompts_per_step == 0 {
             bail!("workload.prompts_per_step = 0: must be >= 1");
@@ -147,6 +157,14 @@ impl Scenario {
         }
         if !(w.prompt_difficulty_sigma >= 0.0 && w.prompt_difficulty_sigma < 5.0) {
             bail!("workload.prompt_difficulty_sigma = {}: must be in [0, 5)", show(w.prompt_difficulty_sigma));
+        }
+        prob("workload.prompt_correlation", w.prompt_correlation)?;
+        if w.prompt_correlation > 0.0 && !w.response_tokens.has_normal_quantile() {
+            bail!(
+                "workload.prompt_correlation = {}: needs workload.response_tokens of kind constant, lognormal, \
+                 gaussian or pareto (the correlated draw maps a normal deviate through the distribution)",
+                show(w.prompt_correlation)
+            );
         }
         prob("workload.fail_stop_prob", w.fail_stop_prob)?;
         prob("workload.fail_slow_prob", w.fail_slow_prob)?;

@@ -13,6 +13,7 @@ const PURPOSE_TURNS: u64 = 2;
 const PURPOSE_ENV: u64 = 3;
 const PURPOSE_REWARD: u64 = 4;
 const PURPOSE_DIFFICULTY: u64 = 5;
+const PURPOSE_CORRELATION: u64 = 6;
 
 impl<'a> Sim<'a> {
     // ---------------------------------------------------------------- trajectory life cycle
@@ -137,10 +138,18 @@ impl<'a> Sim<'a> {
     pub fn start_gen_turn(&mut self, s: u32) {
         let turn = self.samples[s as usize].turn;
         let mut r = self.rng(PURPOSE_LENGTH, s, turn);
-        let diff = self.groups[self.samples[s as usize].group as usize].difficulty;
+        let grp = &self.groups[self.samples[s as usize].group as usize];
+        let (diff, latent) = (grp.difficulty, grp.latent);
         let w = &self.sc.workload;
+        let rho = w.prompt_correlation;
+        let base = if rho == 0.0 {
+            w.response_tokens.sample(&mut r)
+        } else {
+            // Gaussian copula: the per-sample deviate mixed with the prompt's; the marginal is unchanged.
+            w.response_tokens.sample_from_normal(rho.sqrt() * latent + (1.0 - rho).sqrt() * r.normal())
+        };
         // Round half up by truncation (no libm call on the hot path); NaN and negatives become 0, then 1.
-        let len = ((w.response_tokens.sample(&mut r) * diff + 0.5) as u64).clamp(1, w.max_response_tokens as u64);
+        let len = ((base * diff + 0.5) as u64).clamp(1, w.max_response_tokens as u64);
         self.samples[s as usize].gen_left = len;
         self.enqueue_gen(s);
     }
@@ -213,6 +222,15 @@ impl<'a> Sim<'a> {
             return 1.0;
         }
         (sigma * Rng::for_coords(self.seed, &[PURPOSE_DIFFICULTY, prompt]).normal()).exp()
+    }
+
+    /// The prompt's standard-normal length deviate shared by its samples (0 when
+    /// `workload.prompt_correlation` is 0; drawn from its own stream, so other draws do not move).
+    pub fn latent(&self, prompt: u64) -> f64 {
+        if self.sc.workload.prompt_correlation == 0.0 {
+            return 0.0;
+        }
+        Rng::for_coords(self.seed, &[PURPOSE_CORRELATION, prompt]).normal()
     }
 
     // ---------------------------------------------------------------- synchronous multi-turn barrier

@@ -115,6 +115,7 @@ const ZERO_OK: &[&str] = &[
     "workload.env_reset_s.value",
     // No per-prompt length correlation; no failures.
     "workload.prompt_difficulty_sigma",
+    "workload.prompt_correlation",
     "workload.fail_stop_prob",
     "workload.fail_slow_prob",
     // alpha = 0: lockstep (AReaL's eta = 0).
