@@ -112,12 +112,8 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
         // `arbor eval` of the run's last checkpoint, on the stream of its last eval, gives that eval
         let run = out_dir.join(format!("seed{seed}"));
         let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-        let last: serde_json::Value = metrics
-            .lines()
-            .filter(|l| l.contains("eval_solve_rate"))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .last()
-            .unwrap();
+        let last: serde_json::Value =
+            metrics.lines().rfind(|l| l.contains("eval_solve_rate")).map(|l| serde_json::from_str(l).unwrap()).unwrap();
         let ckpt = run.join("checkpoints/step-5");
         assert!(ckpt.join("model.safetensors").is_file(), "no final checkpoint in {}", run.display());
         let ev = Command::new(env!("CARGO_BIN_EXE_arbor"))
