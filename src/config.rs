@@ -686,4 +686,26 @@ mod tests {
         let e = RunConfig::parse(&bad, Path::new("m.toml")).unwrap_err().to_string();
         assert!(e.contains("rl.mini_batches"), "{e}");
     }
+
+    #[test]
+    fn the_rl_learning_rate_follows_its_schedule_and_bad_bounds_are_named() {
+        let rl = RunConfig::default_job().rl.unwrap();
+        let s = rl.lr_schedule();
+        assert_eq!(s.lr(0), rl.lr, "cosine starts at the peak");
+        assert!((s.lr(rl.steps) - 1e-5).abs() < 1e-9, "and ends at min_lr: {}", s.lr(rl.steps));
+        assert!(s.lr(rl.steps / 2) < rl.lr && s.lr(rl.steps / 2) > 1e-5);
+        let constant =
+            RunConfig::parse(&(ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 10\nlr = 3e-4\n"), Path::new("c.toml"))
+                .unwrap()
+                .rl
+                .unwrap();
+        assert_eq!(constant.lr_schedule().lr(9), 3e-4, "the default schedule is constant");
+        for (extra, key) in
+            [("min_lr = 1e-3", "rl.min_lr"), ("min_lr = -1e-6", "rl.min_lr"), ("warmup_steps = 11", "rl.warmup_steps")]
+        {
+            let bad = ADDITION_CONFIG.to_string() + &format!("\n[rl]\nsteps = 10\nschedule = \"cosine\"\n{extra}\n");
+            let e = RunConfig::parse(&bad, Path::new("s.toml")).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
 }
