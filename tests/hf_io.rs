@@ -528,3 +528,18 @@ fn inspect_fails_on_weights_that_train_refuses() {
         assert!(msg.contains("problem(s)") && msg.contains("arbor train"), "{want}: {msg}");
     }
 }
+
+#[test]
+fn a_config_larger_than_its_weights_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(&qwen2_json());
+    save_hf_dir(dir.path(), &cfg, &random_params(&cfg, 2), &SaveOptions::default()).expect("save");
+    // a config.json edited to sizes that pass the dimension checks (2^38 parameters, ~1 TiB of
+    // f32) but that the few-KiB weights file cannot hold: refused, nothing allocated
+    let mut big = qwen2_json();
+    big["vocab_size"] = serde_json::json!(1u64 << 30);
+    big["hidden_size"] = serde_json::json!(256);
+    std::fs::write(dir.path().join("config.json"), big.to_string()).expect("write");
+    let e = load_hf_dir(dir.path()).expect_err("a config bigger than its weights").to_string();
+    assert!(e.contains("config.json") && e.contains("model.safetensors) hold"), "{e}");
+}

@@ -67,7 +67,6 @@ pub fn load_hf_dir(dir: &Path) -> Result<(ModelConfig, Params)> {
 /// Like [`load_hf_dir`], also reporting ignored tensors, files and stored dtypes.
 pub fn load_hf_dir_with_report(dir: &Path) -> Result<LoadedCheckpoint> {
     let config = ModelConfig::from_hf_file(&dir.join(CONFIG_FILE))?;
-    let mut params = Params::zeros(&config);
     // Which file holds each tensor (the index's weight_map, or everything in the single file).
     let (files, location): (Vec<PathBuf>, Option<HashMap<String, PathBuf>>) = if dir.join(SINGLE_FILE).is_file() {
         (vec![dir.join(SINGLE_FILE)], None)
@@ -83,6 +82,26 @@ pub fn load_hf_dir_with_report(dir: &Path) -> Result<LoadedCheckpoint> {
         };
         return Err(Error::Invalid(format!("{}: no {SINGLE_FILE} or {INDEX_FILE} found{hint}", dir.display())));
     };
+    // every parameter is stored in at least 2 bytes (f16/bf16): a config.json whose sizes the
+    // weights files cannot hold, and whose f32 parameters would take more than 1 GiB, is refused
+    // before they are allocated (smaller ones get the reader's precise per-tensor error below)
+    let mut stored = 0u64;
+    for file in &files {
+        stored += std::fs::metadata(file).map_err(|e| Error::io(file, e))?.len();
+    }
+    let need = (config.num_params() as u64).saturating_mul(2);
+    if need > stored && need.saturating_mul(2) > 1 << 30 {
+        return Err(Error::Config {
+            file: dir.join(CONFIG_FILE),
+            key: "hidden_size".into(),
+            msg: format!(
+                "the dimensions make {} parameters (at least {need} bytes of weights), but the weights files ({}) hold {stored} bytes",
+                config.num_params(),
+                files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    let mut params = Params::zeros(&config);
     if let Some(map) = &location {
         for spec in &params.layout.specs {
             if !map.contains_key(&spec.name) {
