@@ -365,6 +365,15 @@ impl RunConfig {
         Self::parse(&text, path)
     }
 
+    /// The config at `path`, or the embedded default job without one (what every subcommand
+    /// taking `--config` does).
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Ok(Self::default_job()),
+        }
+    }
+
     /// The embedded default job.
     pub fn default_job() -> Self {
         Self::parse(DEFAULT_CONFIG, Path::new("<embedded configs/default.toml>"))

@@ -8,6 +8,18 @@ fn arbor(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The addition job shrunk to a 1-layer, width-32 model with `sft_steps` supervised steps, then an
+/// `[rl]` section with the given keys.
+fn tiny_addition(sft_steps: u64, rl_keys: &str) -> String {
+    arbor::config::ADDITION_CONFIG
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("num_layers = 4", "num_layers = 1")
+        .replace("steps = 400", &format!("steps = {sft_steps}"))
+        .replace("eval_problems = 256", "eval_problems = 8")
+        + "\n[rl]\n"
+        + rl_keys
+}
+
 #[test]
 fn a_broken_trajectory_dump_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,12 +38,7 @@ fn a_broken_trajectory_dump_is_a_clear_error() {
 fn sft_runs_the_supervised_phase_only() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sft.toml");
-    let text = arbor::config::ADDITION_CONFIG
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("num_layers = 4", "num_layers = 1")
-        .replace("steps = 400", "steps = 3")
-        .replace("eval_problems = 256", "eval_problems = 8")
-        + "\n[rl]\nsteps = 5\n";
+    let text = tiny_addition(3, "steps = 5\n");
     std::fs::write(&cfg, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["--threads", "1", "sft", "--config", cfg.to_str().unwrap(), "--out-dir", dir.path().to_str().unwrap()])
@@ -85,12 +92,10 @@ fn bench_train_step_prints_one_json_line() {
 fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("seeds.toml");
-    let text = arbor::config::ADDITION_CONFIG
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("num_layers = 4", "num_layers = 1")
-        .replace("steps = 400", "steps = 3")
-        .replace("eval_problems = 256", "eval_problems = 8")
-        + "\n[rl]\nsteps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 6\neval_samples = 2\ndump_trajectories = false\n";
+    let text = tiny_addition(
+        3,
+        "steps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 6\neval_samples = 2\ndump_trajectories = false\n",
+    );
     std::fs::write(&cfg, text).unwrap();
     let out_dir = dir.path().join("seeds");
     let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
@@ -135,12 +140,10 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
 fn experiment_compare_with_control_reports_the_sft_arm() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.toml");
-    let text = arbor::config::ADDITION_CONFIG
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("num_layers = 4", "num_layers = 1")
-        .replace("steps = 400", "steps = 2")
-        .replace("eval_problems = 256", "eval_problems = 8")
-        + "\n[rl]\nsteps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\n";
+    let text = tiny_addition(
+        2,
+        "steps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\n",
+    );
     std::fs::write(&base, text).unwrap();
     let out = dir.path().join("cmp");
     let cmp = dir.path().join("cmp.toml");

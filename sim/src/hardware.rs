@@ -51,11 +51,20 @@ pub struct Constant {
     pub source: Source,
 }
 
-/// A named hardware profile.
+/// A named hardware profile: the GPU and node's datasheet constants, then the inference engine's
+/// (shared by profiles of the same GPU generation).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Profile {
     pub name: &'static str,
-    pub constants: &'static [Constant],
+    pub device: &'static [Constant],
+    pub engine: &'static [Constant],
+}
+
+impl Profile {
+    /// Every constant of the profile: the device's, then the engine's.
+    pub fn constants(&self) -> impl Iterator<Item = &'static Constant> {
+        self.device.iter().chain(self.engine.iter())
+    }
 }
 
 const fn ds(key: &'static str, value: f64, note: &'static str) -> Constant {
@@ -99,8 +108,8 @@ macro_rules! hopper_engine {
     };
 }
 
-const H800_ENGINE: [Constant; 8] = hopper_engine!();
-const H800: [Constant; 16] = [
+const HOPPER_ENGINE: [Constant; 8] = hopper_engine!();
+const H800: [Constant; 8] = [
     ds("hardware.hbm_tb_per_s", 3.35, "H800 SXM HBM3"),
     ds("hardware.peak_tflops", 989.0, "H800 SXM dense bf16"),
     ds("hardware.hbm_gb", 80.0, "H800 SXM"),
@@ -109,16 +118,8 @@ const H800: [Constant; 16] = [
     ds("hardware.pcie_gb_per_s", 25.0, "PCIe Gen5 x16, achieved host copies"),
     ds("hardware.allreduce_gb_per_s", 160.0, "NVLink 400 GB/s, NCCL bus bandwidth"),
     ds("hardware.gpus_per_node", 8.0, "HGX H800 node"),
-    H800_ENGINE[0],
-    H800_ENGINE[1],
-    H800_ENGINE[2],
-    H800_ENGINE[3],
-    H800_ENGINE[4],
-    H800_ENGINE[5],
-    H800_ENGINE[6],
-    H800_ENGINE[7],
 ];
-const H100: [Constant; 16] = [
+const H100: [Constant; 8] = [
     ds("hardware.hbm_tb_per_s", 3.35, "H100 SXM HBM3"),
     ds("hardware.peak_tflops", 989.0, "H100 SXM dense bf16"),
     ds("hardware.hbm_gb", 80.0, "H100 SXM"),
@@ -127,19 +128,13 @@ const H100: [Constant; 16] = [
     ds("hardware.pcie_gb_per_s", 25.0, "PCIe Gen5 x16, achieved host copies"),
     ds("hardware.allreduce_gb_per_s", 360.0, "NVLink 900 GB/s, NCCL bus bandwidth"),
     ds("hardware.gpus_per_node", 8.0, "HGX H100 node"),
-    H800_ENGINE[0],
-    H800_ENGINE[1],
-    H800_ENGINE[2],
-    H800_ENGINE[3],
-    H800_ENGINE[4],
-    H800_ENGINE[5],
-    H800_ENGINE[6],
-    H800_ENGINE[7],
 ];
 
 /// Built-in profiles.
-pub const PROFILES: &[Profile] =
-    &[Profile { name: "h800", constants: &H800 }, Profile { name: "h100", constants: &H100 }];
+pub const PROFILES: &[Profile] = &[
+    Profile { name: "h800", device: &H800, engine: &HOPPER_ENGINE },
+    Profile { name: "h100", device: &H100, engine: &HOPPER_ENGINE },
+];
 
 /// Look up a profile by name; the error lists the known ones.
 pub fn profile(name: &str) -> Result<&'static Profile> {
@@ -172,7 +167,7 @@ pub fn apply_profile(sc: &mut crate::scenario::Scenario, doc: &toml::Table) -> R
     let Some(name) = sc.hardware.profile.clone() else { return Ok(Vec::new()) };
     let p = profile(&name)?;
     let mut filled = Vec::new();
-    for c in p.constants {
+    for c in p.constants() {
         if doc_has(doc, c.key) {
             continue;
         }
@@ -213,9 +208,11 @@ mod tests {
     #[test]
     fn every_profile_key_is_unique_and_finite() {
         for p in PROFILES {
-            for (i, c) in p.constants.iter().enumerate() {
+            let all: Vec<&Constant> = p.constants().collect();
+            assert_eq!(all.len(), 16, "{}", p.name);
+            for (i, c) in all.iter().enumerate() {
                 assert!(c.value.is_finite() && c.value > 0.0, "{}: {}", p.name, c.key);
-                assert!(p.constants[..i].iter().all(|d| d.key != c.key), "{}: {} twice", p.name, c.key);
+                assert!(all[..i].iter().all(|d| d.key != c.key), "{}: {} twice", p.name, c.key);
             }
         }
         assert!(profile("tpu").is_err());

@@ -91,7 +91,7 @@ pub fn fits_of(sc: &Scenario, cal: Option<&CalibrationResult>) -> Vec<Fit> {
     let mut out = Vec::new();
     if let Some(name) = &sc.hardware.profile {
         if let Ok(p) = crate::hardware::profile(name) {
-            for c in p.constants {
+            for c in p.constants() {
                 if let crate::hardware::Source::Fitted { scenario, policy, case, .. } = c.source {
                     if sc.from_profile.contains(&c.key) {
                         out.push(Fit {
@@ -141,7 +141,7 @@ pub fn profile_fit_checks(scenarios: &[Scenario], seed: u64) -> Result<Vec<FitCh
     for sc in scenarios {
         let Some(name) = &sc.hardware.profile else { continue };
         let p = crate::hardware::profile(name)?;
-        for c in p.constants {
+        for c in p.constants() {
             let crate::hardware::Source::Fitted { scenario, policy, case, target } = c.source else { continue };
             if scenario != sc.name {
                 continue;

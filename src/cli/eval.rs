@@ -40,10 +40,7 @@ pub struct EvalArgs {
 
 /// Evaluate and print the solve rates.
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    let mut cfg = match &args.config {
-        Some(path) => RunConfig::load(path)?,
-        None => RunConfig::default_job(),
-    };
+    let mut cfg = RunConfig::load_or_default(args.config.as_deref())?;
     if let Some(s) = args.seed {
         cfg.run.seed = s;
     }

@@ -187,10 +187,7 @@ fn table(rows: &[SeedResult], config: &str) -> String {
 
 /// Run `arbor experiment seeds`.
 pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
-    let base = match &args.config {
-        Some(path) => RunConfig::load(path)?,
-        None => RunConfig::default_job(),
-    };
+    let base = RunConfig::load_or_default(args.config.as_deref())?;
     let name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into());
     anyhow::ensure!(
         base.rl.is_some(),

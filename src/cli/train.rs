@@ -31,10 +31,7 @@ pub struct TrainArgs {
 
 /// Load the config with overrides applied.
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => RunConfig::load(path)?,
-        None => RunConfig::default_job(),
-    };
+    let mut cfg = RunConfig::load_or_default(args.config.as_deref())?;
     if let Some(s) = args.steps {
         anyhow::ensure!(s > 0, "--steps must be positive");
         cfg.train.steps = s;
