@@ -63,7 +63,6 @@ fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32, metri
                 "tokens",
                 "staleness_max",
                 "staleness_mean",
-                "weights_in_sync",
                 "train_state_mib",
                 // the critics' batch diagnostics are rank 0's local batch (like the AsyPPO masks)
                 "critic_sigma_mean",
@@ -182,11 +181,8 @@ fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alph
             assert!(stale <= lag, "{name}: step {step} staleness {stale} > α = {alpha}");
             assert_eq!(stale, (step - 1).min(lag), "{name}: step {step}");
             assert_eq!(m["policy_version"].as_u64().unwrap(), step - 1 - stale);
-            assert_eq!(
-                m["weights_in_sync"],
-                serde_json::Value::Bool(true),
-                "{name}: rollout weights = trainer's version"
-            );
+            // (the rollout ranks' weights equal the trainer's version: a checksum mismatch ends the job)
+            assert!(m.get("weights_in_sync").is_none(), "{name}: a metric that could only be true");
         }
     }
     compare_runs(&run("sync"), &run("a0"), "checkpoints/step-3", "async α = 0 vs synchronous");

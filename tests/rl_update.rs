@@ -8,7 +8,7 @@ use arbor::model::init::init_params;
 use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
 use arbor::rl::{Aggregation, LossConfig, LossKind};
 use arbor::rng::Rng;
-use arbor::train::rl::{policy_update, Sample, UpdateBuffers, UpdatePlan};
+use arbor::train::rl::{policy_update, Sample, UpdateBatch, UpdateBuffers, UpdatePlan, UpdateSettings};
 use arbor::train::{AdamW, AdamWConfig};
 
 fn tiny() -> ModelConfig {
@@ -88,7 +88,14 @@ fn micro_batches_accumulate_to_the_one_pass_gradient() {
                 let mut opt = adam(&m);
                 let mut buf = UpdateBuffers::new(&m);
                 let plan = UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: micro, grad_clip: 0.0 };
-                let r = policy_update(&mut m, &mut opt, Some(&base), &data, &cfg, &plan, 1e-2, &mut buf).unwrap();
+                let r = policy_update(
+                    &mut m,
+                    &mut opt,
+                    UpdateBatch::of(&data),
+                    &UpdateSettings { loss: &cfg, plan, lr: 1e-2, reference: Some(&base) },
+                    &mut buf,
+                )
+                .unwrap();
                 (r, buf.grads().to_vec(), m.params.data)
             };
             let (one, g1, p1) = run(0);
@@ -120,7 +127,14 @@ fn mini_batches_and_epochs_update_against_a_fixed_old_policy() {
         let mut m = base.clone();
         let mut opt = adam(&m);
         let mut buf = UpdateBuffers::new(&m);
-        let r = policy_update(&mut m, &mut opt, None, &data, &cfg, &plan, 3e-2, &mut buf).unwrap();
+        let r = policy_update(
+            &mut m,
+            &mut opt,
+            UpdateBatch::of(&data),
+            &UpdateSettings { loss: &cfg, plan, lr: 3e-2, reference: None },
+            &mut buf,
+        )
+        .unwrap();
         (r, m.params.data, opt.t)
     };
     let plan = |mini_batches, epochs, micro_batch| UpdatePlan { epochs, mini_batches, micro_batch, grad_clip: 1.0 };
@@ -154,6 +168,14 @@ fn mismatched_sample_lengths_are_an_error_not_a_panic() {
     let mut opt = adam(&m);
     let mut buf = UpdateBuffers::new(&m);
     let plan = UpdatePlan::single(1.0);
-    let err = policy_update(&mut m, &mut opt, None, &data, &cfg, &plan, 1e-3, &mut buf).unwrap_err().to_string();
+    let err = policy_update(
+        &mut m,
+        &mut opt,
+        UpdateBatch::of(&data),
+        &UpdateSettings { loss: &cfg, plan, lr: 1e-3, reference: None },
+        &mut buf,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("advantages"), "{err}");
 }

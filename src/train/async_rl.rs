@@ -25,8 +25,11 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::parallel::{Comm, Grid, TpGroup};
 use crate::train::checkpoint::fnv1a64;
-use crate::train::rl::wire::{decode_sampled, encode_sampled, merge_sampled, share_of};
-use crate::train::rl::{run_phase_with, Phase, PhaseStart, RlTrainer, SampleSource, Sampled, SolveRate};
+use crate::train::rl::wire::{decode_rollouts, encode_rollouts, merge_rollouts, share_of};
+use crate::train::rl::{
+    run_phase_with, AsyncNotes, Phase, PhaseIo, PhaseStart, RlTrainer, Rollouts, SampleSource, Sampler, Sampling,
+    SolveRate,
+};
 use crate::train::AdamW;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -79,8 +82,8 @@ pub fn batch_version(b: u64, lag: u64, first: u64) -> u64 {
 
 // Rank-to-rank messages of this module, all little-endian:
 // - weights (leader → rollout ranks): [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop;
-// - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_sampled];
-// - share (leader → training ranks, broadcast): [encode_sampled][generation seconds f64][version u64].
+// - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_rollouts];
+// - share (leader → training ranks, broadcast): [encode_rollouts][generation seconds f64][version u64].
 // Decoding never panics: a short or malformed message is an error naming the message and what is wrong.
 
 /// Bytes of the weights message header (version, checksum).
@@ -163,15 +166,15 @@ pub(crate) struct BatchMessage {
     pub version: u64,
     pub sum: u64,
     pub gen_s: f64,
-    pub sampled: Sampled,
+    pub rollouts: Rollouts,
 }
 
-pub(crate) fn encode_batch(version: u64, sum: u64, gen_s: f64, sampled: &Sampled) -> Result<Vec<u8>> {
+pub(crate) fn encode_batch(version: u64, sum: u64, gen_s: f64, rollouts: &Rollouts) -> Result<Vec<u8>> {
     let mut msg = Vec::new();
     msg.extend_from_slice(&version.to_le_bytes());
     msg.extend_from_slice(&sum.to_le_bytes());
     msg.extend_from_slice(&gen_s.to_le_bytes());
-    msg.extend_from_slice(&encode_sampled(sampled)?);
+    msg.extend_from_slice(&encode_rollouts(rollouts)?);
     Ok(msg)
 }
 
@@ -180,19 +183,19 @@ pub(crate) fn decode_batch(msg: &[u8]) -> Result<BatchMessage> {
     let version = u64_at(msg, 0, what, "version")?;
     let sum = u64_at(msg, 8, what, "weights checksum")?;
     let gen_s = seconds_at(msg, 16, what)?;
-    let sampled = decode_sampled(&msg[BATCH_HEADER..])?;
-    Ok(BatchMessage { version, sum, gen_s, sampled })
+    let rollouts = decode_rollouts(msg.get(BATCH_HEADER..).unwrap_or_default())?;
+    Ok(BatchMessage { version, sum, gen_s, rollouts })
 }
 
 /// The leader's broadcast of a whole step to the training ranks.
-pub(crate) fn encode_share(all: &Sampled, gen_s: f64, version: u64) -> Result<Vec<u8>> {
-    let mut bytes = encode_sampled(all)?;
+pub(crate) fn encode_share(all: &Rollouts, gen_s: f64, version: u64) -> Result<Vec<u8>> {
+    let mut bytes = encode_rollouts(all)?;
     bytes.extend_from_slice(&gen_s.to_le_bytes());
     bytes.extend_from_slice(&version.to_le_bytes());
     Ok(bytes)
 }
 
-pub(crate) fn decode_share(bytes: &[u8]) -> Result<(Sampled, f64, u64)> {
+pub(crate) fn decode_share(bytes: &[u8]) -> Result<(Rollouts, f64, u64)> {
     let what = "batch broadcast";
     let n = bytes.len().checked_sub(SHARE_TRAILER).ok_or_else(|| {
         Error::Invalid(format!(
@@ -202,11 +205,10 @@ pub(crate) fn decode_share(bytes: &[u8]) -> Result<(Sampled, f64, u64)> {
     })?;
     let gen_s = seconds_at(bytes, n, what)?;
     let version = u64_at(bytes, n + 8, what, "version")?;
-    Ok((decode_sampled(&bytes[..n])?, gen_s, version))
+    Ok((decode_rollouts(&bytes[..n])?, gen_s, version))
 }
 
 /// Run the RL phase of an `[async]` config on this rank (every rank of the world calls it).
-#[allow(clippy::too_many_arguments)]
 pub fn run_phase(
     model: &mut Model,
     opt: &mut AdamW,
@@ -233,7 +235,7 @@ pub fn run_phase(
     let weights = world.split(0, rank)?;
     let lag = ac.lag();
     if is_rollout {
-        rollout_loop(model, ph, start.done, lag, rank, role, batches, weights)?;
+        rollout_loop(model, ph, start.done, lag, RolloutComms { world_rank: rank, role, batches, weights })?;
         let none = SolveRate { greedy: 0.0, sampled: 0.0 };
         return Ok((none, none));
     }
@@ -258,25 +260,26 @@ pub fn run_phase(
             first_rollout, ac.alpha
         );
     }
-    let res = run_phase_with(model, opt, ph, start, &train_grid, metrics, log, Some(&mut source));
+    let mut io = PhaseIo { metrics, log, source: Some(&mut source) };
+    let res = run_phase_with(model, opt, ph, start, &train_grid, &mut io);
     // the train group's communicators go before the world's
     drop(train_grid);
     res
 }
 
-/// A rollout rank: generate batch b with policy version `batch_version(b)`, send it to the
-/// training leader (world rank 0), take new versions as they are published.
-#[allow(clippy::too_many_arguments)]
-fn rollout_loop(
-    model: &mut Model,
-    ph: &Phase,
-    done: u64,
-    lag: u64,
+/// A rollout rank's world rank and communicators: its role group (the rollout ranks), the batch
+/// channel to the leader and the weights channel from it.
+struct RolloutComms {
     world_rank: usize,
     role: Box<dyn Comm>,
     batches: Box<dyn Comm>,
     weights: Box<dyn Comm>,
-) -> Result<()> {
+}
+
+/// A rollout rank: generate batch b with policy version `batch_version(b)`, send it to the
+/// training leader (world rank 0), take new versions as they are published.
+fn rollout_loop(model: &mut Model, ph: &Phase, done: u64, lag: u64, comms: RolloutComms) -> Result<()> {
+    let RolloutComms { world_rank, role, batches, weights } = comms;
     let (to_sender, outbox) = mpsc::channel::<Vec<u8>>();
     let (to_main, inbox) = mpsc::channel::<Result<Vec<u8>>>();
     std::thread::scope(|scope| -> Result<()> {
@@ -294,7 +297,8 @@ fn rollout_loop(
             }
         });
         let mut generate_all = || -> Result<()> {
-            let mut trainer = RlTrainer::new(ph.cfg, ph.rl, ph.loss, ph.task, model, None).with_dp(role.as_ref());
+            let ctx = RlTrainer::context(ph.cfg, ph.rl, ph.task, role.as_ref());
+            let mut sampler = Sampler::for_config(ph.cfg, ph.rl, model);
             let (mut version, mut sum) = (done, weights_message(model, done).1);
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
@@ -310,9 +314,9 @@ fn rollout_loop(
                     (version, sum) = (w.version, w.sum);
                 }
                 let t0 = Instant::now();
-                let sampled = trainer.sample(model, b)?;
+                let rollouts = sampler.sample(&ctx, model, b)?;
                 let secs = t0.elapsed().as_secs_f64();
-                let msg = encode_batch(version, sum, secs, &sampled)?;
+                let msg = encode_batch(version, sum, secs, &rollouts)?;
                 to_sender.send(msg).map_err(|_| Error::Invalid("async: the batch sender stopped".into()))?;
             }
             Ok(())
@@ -351,12 +355,12 @@ struct Received<'g> {
 
 impl Received<'_> {
     /// Receive and check every rollout rank's part of batch `step` (leader only).
-    fn receive(&mut self, step: u64) -> Result<(Sampled, f64, u64)> {
+    fn receive(&mut self, step: u64) -> Result<(Rollouts, f64, u64)> {
         let want = batch_version(step, self.lag, self.first);
         let (mut parts, mut gen_s) = (Vec::new(), 0.0f64);
         for &r in &self.rollout {
             let msg = self.batches.recv_bytes(r)?;
-            let BatchMessage { version, sum, gen_s: secs, sampled } =
+            let BatchMessage { version, sum, gen_s: secs, rollouts } =
                 decode_batch(&msg).map_err(|e| Error::Invalid(format!("batch {step} from rank {r}: {e}")))?;
             gen_s = gen_s.max(secs);
             if step.saturating_sub(version) > self.lag {
@@ -376,14 +380,14 @@ impl Received<'_> {
                     "async: rank {r} generated batch {step} with weights (checksum {sum:016x}) that differ from the trainer's version {version}"
                 )));
             }
-            parts.push(sampled);
+            parts.push(rollouts);
         }
-        Ok((merge_sampled(parts), gen_s, want))
+        Ok((merge_rollouts(parts), gen_s, want))
     }
 }
 
 impl SampleSource for Received<'_> {
-    fn sampled(&mut self, _trainer: &mut RlTrainer, _model: &Model, step: u64) -> Result<(Sampled, f64)> {
+    fn rollouts(&mut self, _model: &Model, step: u64) -> Result<(Rollouts, Sampling)> {
         let t0 = Instant::now();
         let leader = self.train.rank() == 0;
         let (all, gen_s, version) = if leader {
@@ -398,16 +402,16 @@ impl SampleSource for Received<'_> {
             self.train.broadcast_bytes(0, &mut bytes)?;
             decode_share(&bytes).map_err(|e| Error::Invalid(format!("step {step} from the training leader: {e}")))?
         };
-        let mut mine = share_of(&all, self.per_prompt, self.train.size(), self.train.rank());
+        let mine = share_of(&all, self.per_prompt, self.train.size(), self.train.rank());
         let staleness = step.checked_sub(version).ok_or_else(|| {
             Error::Invalid(format!("async: step {step} received samples of a later policy version {version}"))
         })?;
-        mine.note("policy_version", version.into());
-        mine.note("staleness_mean", (staleness as f64).into());
-        mine.note("staleness_max", staleness.into());
-        mine.note("weights_in_sync", true.into());
-        mine.note("time_wait_batch_s", t0.elapsed().as_secs_f64().into());
-        Ok((mine, gen_s))
+        let asynchronous = AsyncNotes {
+            staleness_mean: staleness as f64,
+            staleness_max: staleness,
+            time_wait_batch_s: t0.elapsed().as_secs_f64(),
+        };
+        Ok((mine, Sampling { t0, t_gen: gen_s, policy_version: version, asynchronous: Some(asynchronous) }))
     }
 
     fn published(&mut self, model: &Model, step: u64) -> Result<()> {
@@ -473,9 +477,9 @@ mod tests {
         assert!(e.contains("staleness"), "unknown keys are refused: {e}");
     }
 
-    fn a_batch() -> Sampled {
-        let mut s = Sampled::default();
-        s.note("time_generate_s", 0.25.into());
+    fn a_batch() -> Rollouts {
+        let mut s = Rollouts::default();
+        s.notes.time_reward_s = Some(0.25);
         s
     }
 
@@ -506,7 +510,7 @@ mod tests {
         let msg = encode_batch(4, 0xabc, 1.5, &a_batch()).unwrap();
         let b = decode_batch(&msg).unwrap();
         assert_eq!((b.version, b.sum, b.gen_s), (4, 0xabc, 1.5));
-        assert_eq!(encode_sampled(&b.sampled).unwrap(), encode_sampled(&a_batch()).unwrap());
+        assert_eq!(encode_rollouts(&b.rollouts).unwrap(), encode_rollouts(&a_batch()).unwrap());
         for cut in [0, 9, 17, 23, 24, msg.len() - 1] {
             assert!(decode_batch(&msg[..cut]).is_err(), "cut {cut}");
         }
@@ -519,7 +523,7 @@ mod tests {
         let share = encode_share(&a_batch(), 2.0, 9).unwrap();
         let (all, gen_s, version) = decode_share(&share).unwrap();
         assert_eq!((gen_s, version), (2.0, 9));
-        assert_eq!(encode_sampled(&all).unwrap(), encode_sampled(&a_batch()).unwrap());
+        assert_eq!(encode_rollouts(&all).unwrap(), encode_rollouts(&a_batch()).unwrap());
         let e = decode_share(&share[..15]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("batch broadcast of 15 bytes") && e.contains("trailer"), "{e}");
         for cut in 0..share.len() {

@@ -2,15 +2,20 @@
 //! advantages on the critics' aggregate value V̄ with AsyPPO's uncertainty masks; after it, each
 //! critic's update on its own subset of every prompt's responses.
 
-use super::{RlTrainer, Sample, Sampled};
+use super::report::CriticNotes;
+use super::rollouts::{Rollouts, TrainingBatch};
+use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::parallel::Comm;
 use crate::rl::gae::{aggregate, critic_of, explained_variance, gae, quantile, uncertainty_masks};
-use crate::train::critic::Critic;
+use crate::train::critic::{Critic, CriticConfig};
 use std::path::Path;
 
-/// What the critics computed for the step's training samples, kept for their update.
-pub(crate) struct CriticBatch {
+/// What the critics computed for the step's training samples, kept in the training batch for
+/// their update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CriticTargets {
     /// GAE returns R_t per response token (concatenated over the training samples).
     returns: Vec<f32>,
     /// Each critic's values at the step's start, per token.
@@ -21,28 +26,42 @@ pub(crate) struct CriticBatch {
     offsets: Vec<usize>,
 }
 
-impl RlTrainer<'_> {
-    /// Create the `[critic]` value models for `model` (a no-op without the section).
-    pub fn init_critics(&mut self, model: &Model) -> Result<()> {
-        if let Some(cc) = &self.cfg.critic {
-            self.critics = (0..cc.count)
-                .map(|m| Critic::new(cc, model, m, self.cfg.run.seed, self.cfg.model.init_std))
-                .collect::<Result<_>>()?;
-        }
-        Ok(())
+/// The value models of a `[critic]` phase.
+pub struct Critics {
+    cfg: CriticConfig,
+    pub models: Vec<Critic>,
+}
+
+impl Critics {
+    /// `[critic]`'s value models for `model`.
+    pub fn new(cc: &CriticConfig, model: &Model, cfg: &RunConfig) -> Result<Self> {
+        let models = (0..cc.count)
+            .map(|m| Critic::new(cc, model, m, cfg.run.seed, cfg.model.init_std))
+            .collect::<Result<_>>()?;
+        Ok(Critics { cfg: cc.clone(), models })
+    }
+
+    /// Bytes of the critics' weights, gradients and moments (f32).
+    pub fn state_bytes(&self) -> usize {
+        self.models.iter().map(|c| 4 * 4 * (c.model.params.data.len() + c.head.len())).sum()
+    }
+
+    /// Steps during which the policy waits for the critics (`warmup_steps`).
+    pub fn warming_up(&self, step: u64) -> bool {
+        step < self.cfg.warmup_steps
     }
 
     /// Write every critic's state into checkpoint directory `dir` (`critic-<m>.safetensors`).
-    pub fn save_critics(&self, dir: &Path) -> Result<()> {
-        for (m, c) in self.critics.iter().enumerate() {
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        for (m, c) in self.models.iter().enumerate() {
             c.save(&dir.join(format!("critic-{m}.safetensors")))?;
         }
         Ok(())
     }
 
     /// Restore every critic from checkpoint directory `dir`.
-    pub fn load_critics(&mut self, dir: &Path) -> Result<()> {
-        for (m, c) in self.critics.iter_mut().enumerate() {
+    pub fn load(&mut self, dir: &Path) -> Result<()> {
+        for (m, c) in self.models.iter_mut().enumerate() {
             let path = dir.join(format!("critic-{m}.safetensors"));
             if !path.exists() {
                 return Err(Error::Invalid(format!("{}: the checkpoint has no state for critic {m}", dir.display())));
@@ -52,24 +71,25 @@ impl RlTrainer<'_> {
         Ok(())
     }
 
-    /// Replace the group advantages of `out`'s training samples by GAE on V̄ and apply the masks.
-    pub(super) fn critic_advantages(&mut self, out: &mut Sampled) -> Result<()> {
-        let cc = self.cfg.critic.clone().ok_or_else(|| Error::Invalid("critic step without [critic]".into()))?;
-        let samples: Vec<&Sample> = out.train.iter().collect();
-        let values: Vec<Vec<f32>> = self.critics.iter_mut().map(|c| c.values(&samples)).collect::<Result<_>>()?;
+    /// Replace the group advantages of `out`'s training samples by GAE on V̄, apply the masks,
+    /// and keep the targets of the critics' update in the training batch.
+    pub fn advantages(&mut self, out: &mut Rollouts) -> Result<CriticNotes> {
+        let cc = &self.cfg;
+        let samples: Vec<&super::Sample> = out.batch.samples.iter().collect();
+        let values: Vec<Vec<f32>> = self.models.iter_mut().map(|c| c.values(&samples)).collect::<Result<_>>()?;
         let mut offsets = vec![0usize];
-        for s in &out.train {
+        for s in &out.batch.samples {
             offsets.push(offsets[offsets.len() - 1] + s.response.len());
         }
         let n = offsets[offsets.len() - 1];
         let (mut vbar, mut sigma) = (vec![0.0f32; n], vec![0.0f32; n]);
-        let mut per = vec![0.0f32; self.critics.len()];
+        let mut per = vec![0.0f32; self.models.len()];
         for t in 0..n {
             values.iter().zip(per.iter_mut()).for_each(|(v, p)| *p = v[t]);
             (vbar[t], sigma[t]) = aggregate(&per, cc.aggregate);
         }
         let (mut adv, mut ret) = (vec![0.0f32; n], vec![0.0f32; n]);
-        for (i, s) in out.train.iter().enumerate() {
+        for (i, s) in out.batch.samples.iter().enumerate() {
             let r = offsets[i]..offsets[i + 1];
             gae(&vbar[r.clone()], s.reward, cc.gae_gamma, cc.gae_lambda, &mut adv[r.clone()], &mut ret[r]);
         }
@@ -80,7 +100,7 @@ impl RlTrainer<'_> {
         }
         let mut keep = vec![1.0f32; n];
         let (mut masked, mut excluded) = (0usize, 0usize);
-        if self.critics.len() >= 2 {
+        if self.models.len() >= 2 {
             // AsyPPO: percentiles over this rank's batch of response tokens
             let (low, high) = uncertainty_masks(&sigma, cc.mask_low_frac, cc.entropy_exclude_high_frac);
             for t in 0..n {
@@ -94,57 +114,53 @@ impl RlTrainer<'_> {
                 }
             }
         }
-        let mut owner = Vec::with_capacity(out.train.len());
-        out.effective = 0;
-        for (i, s) in out.train.iter_mut().enumerate() {
+        let mut owner = Vec::with_capacity(out.batch.samples.len());
+        out.counts.effective = 0;
+        for (i, s) in out.batch.samples.iter_mut().enumerate() {
             let r = offsets[i]..offsets[i + 1];
             s.advantages.copy_from_slice(&adv[r.clone()]);
-            out.effective += usize::from(adv[r].iter().any(|&a| a != 0.0));
-            let k = out.train_of[i]
+            out.counts.effective += usize::from(adv[r].iter().any(|&a| a != 0.0));
+            let k = out.batch.generated_index[i]
                 .ok_or_else(|| Error::Invalid("critic: a training sample without its generation".into()))?;
             out.generated[k].data.advantages.copy_from_slice(&s.advantages);
-            owner.push(critic_of(out.generated[k].sample_index, self.critics.len()));
+            owner.push(critic_of(out.generated[k].sample_index, self.models.len()));
         }
         let frac = |c: usize| if n > 0 { c as f64 / n as f64 } else { 0.0 };
         let mean =
             |x: &[f32]| if x.is_empty() { 0.0 } else { x.iter().map(|&a| a as f64).sum::<f64>() / x.len() as f64 };
-        for (k, v) in [
-            ("critic_sigma_mean", mean(&sigma)),
-            ("critic_sigma_p20", quantile(&sigma, 0.2)),
-            ("critic_sigma_p80", quantile(&sigma, 0.8)),
-            ("critic_value_mean", mean(&vbar)),
-            ("critic_explained_variance", explained_variance(&vbar, &ret)),
-            ("adv_masked_frac", frac(masked)),
-            ("entropy_excluded_frac", frac(excluded)),
-        ] {
-            out.note(k, v.into());
-        }
-        self.buf.entropy_keep = keep;
-        self.critic_batch = Some(CriticBatch { returns: ret, old: values, owner, offsets });
-        Ok(())
+        let notes = CriticNotes {
+            critic_sigma_mean: mean(&sigma),
+            critic_sigma_p20: quantile(&sigma, 0.2),
+            critic_sigma_p80: quantile(&sigma, 0.8),
+            critic_value_mean: mean(&vbar),
+            critic_explained_variance: explained_variance(&vbar, &ret),
+            adv_masked_frac: frac(masked),
+            entropy_excluded_frac: frac(excluded),
+            value_losses: Vec::new(),
+        };
+        out.batch.entropy_keep = keep;
+        out.batch.critic = Some(CriticTargets { returns: ret, old: values, owner, offsets });
+        Ok(notes)
     }
 
-    /// Train every critic on its subset of `train` toward the step's returns.
-    pub(super) fn critic_update(
-        &mut self,
-        train: &[Sample],
-        extra: &mut serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()> {
-        let cc = self.cfg.critic.clone().ok_or_else(|| Error::Invalid("critic step without [critic]".into()))?;
-        let b = self.critic_batch.take().ok_or_else(|| Error::Invalid("critic update before its advantages".into()))?;
+    /// Train every critic on its subset of `batch` toward the step's returns; the value loss of
+    /// each critic (summed over the data-parallel ranks).
+    pub fn update(&mut self, batch: &TrainingBatch, dp: &dyn Comm, bucket: usize) -> Result<Vec<f64>> {
+        let cc = &self.cfg;
+        let train = &batch.samples;
+        let b = batch.critic.as_ref().ok_or_else(|| Error::Invalid("critic update before its advantages".into()))?;
         if b.owner.len() != train.len() {
             return Err(Error::Invalid("critic update: the training samples changed since sampling".into()));
         }
-        let m_count = self.critics.len();
+        let m_count = self.models.len();
         // tokens per critic over all data-parallel ranks (the token-mean's denominator)
         let mut tokens = vec![0.0f64; m_count];
         for (i, &m) in b.owner.iter().enumerate() {
             tokens[m] += (b.offsets[i + 1] - b.offsets[i]) as f64;
         }
-        self.dp.all_reduce_sum_f64(&mut tokens)?;
+        dp.all_reduce_sum_f64(&mut tokens)?;
         let mut losses = vec![0.0f64; m_count];
-        let bucket = self.cfg.parallel.bucket_bytes();
-        for (m, critic) in self.critics.iter_mut().enumerate() {
+        for (m, critic) in self.models.iter_mut().enumerate() {
             let (mut mine, mut ret, mut old) = (Vec::new(), Vec::new(), Vec::new());
             for (i, s) in train.iter().enumerate().filter(|(i, _)| b.owner[*i] == m) {
                 let r = b.offsets[i]..b.offsets[i + 1];
@@ -152,12 +168,9 @@ impl RlTrainer<'_> {
                 ret.extend_from_slice(&b.returns[r.clone()]);
                 old.extend_from_slice(&b.old[m][r]);
             }
-            losses[m] = critic.train(&mine, &ret, &old, cc.value_clip, cc.lr, tokens[m], self.dp, bucket)?;
+            losses[m] = critic.train(&mine, &ret, &old, cc.value_clip, cc.lr, tokens[m], dp, bucket)?;
         }
-        self.dp.all_reduce_sum_f64(&mut losses)?;
-        for (m, l) in losses.iter().enumerate() {
-            extra.insert(format!("critic_{m}_value_loss"), (*l).into());
-        }
-        Ok(())
+        dp.all_reduce_sum_f64(&mut losses)?;
+        Ok(losses)
     }
 }

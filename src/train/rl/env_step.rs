@@ -3,7 +3,8 @@
 //! policy turn with its trajectory's group advantage.
 
 use super::eval::eval_config;
-use super::{rollout_config, RlTrainer, Sampled};
+use super::report::EnvNotes;
+use super::rollouts::{rollout_config, RolloutCtx, Rollouts};
 use crate::config::{RlSection, RunConfig};
 use crate::env::runner::Play;
 use crate::env::{rollout, EnvConfig, EnvMode};
@@ -29,58 +30,54 @@ pub fn games_of(ec: &EnvConfig, groups: usize, step: u64, dp: &dyn Comm) -> (Vec
     (games, mine.len())
 }
 
-impl RlTrainer<'_> {
-    pub(super) fn sample_env(&mut self, model: &Model, step: u64) -> Result<Sampled> {
-        let ec = self.cfg.env.as_ref().ok_or_else(|| Error::Invalid("env sampling without [env]".into()))?;
-        let rl = self.rl;
-        let n = rl.samples_per_prompt;
-        let (games, keep) = games_of(ec, rl.prompts_per_step, step, self.dp);
-        let gen = rollout_config(self.cfg, rl, step, rl.max_new_tokens);
-        let play = Play { model, tok: &self.tok, env: ec, gen, seed: self.cfg.run.seed, latent: true, mode: ec.mode };
-        let r = rollout(&play, &games, keep, n, ec.extra_samples)?;
-        let rewards: Vec<f32> = r.groups.iter().flatten().map(|t| t.reward).collect();
-        let starts: Vec<usize> = (0..=r.groups.len()).map(|g| g * n as usize).collect();
-        let adv = group_advantages(rl.advantage, &rewards, &starts)?;
-        let mut out = Sampled {
-            all_correct: r.groups.iter().filter(|g| g.iter().all(|t| t.reward >= 1.0)).count(),
-            all_wrong: r.groups.iter().filter(|g| g.iter().all(|t| t.reward < 1.0)).count(),
-            prompts: r.groups.len(),
-            zero_std: (adv.zero_std.iter().filter(|&&z| z).count(), adv.zero_std.len()),
-            ..Sampled::default()
-        };
-        // one training sample per policy turn, moved out of the rollout
-        let trajectories: usize = r.groups.iter().map(Vec::len).sum();
-        for (k, t) in r.groups.into_iter().flatten().enumerate() {
-            let train = !(rl.filter_zero_std && adv.zero_std[k / n as usize]);
-            for turn in t.turns {
-                out.push(turn.prompt, turn.completion, adv.advantages[k], t.reward, train);
-            }
+/// Stages 1–3 with `[env]`: this rank's games played to the end, one training sample per policy
+/// turn with its trajectory's group advantage.
+pub fn sample_env(ctx: &RolloutCtx, ec: &EnvConfig, model: &Model, step: u64) -> Result<Rollouts> {
+    let rl = ctx.rl;
+    let n = rl.samples_per_prompt;
+    let (games, keep) = games_of(ec, rl.prompts_per_step, step, ctx.dp);
+    let gen = rollout_config(ctx.cfg, rl, step, rl.max_new_tokens);
+    let play = Play { model, tok: &ctx.tok, env: ec, gen, seed: ctx.cfg.run.seed, latent: true, mode: ec.mode };
+    let r = rollout(&play, &games, keep, n, ec.extra_samples)?;
+    let rewards: Vec<f32> = r.groups.iter().flatten().map(|t| t.reward).collect();
+    let starts: Vec<usize> = (0..=r.groups.len()).map(|g| g * n as usize).collect();
+    let adv = group_advantages(rl.advantage, &rewards, &starts)?;
+    let mut out = Rollouts::default();
+    out.counts.all_correct = r.groups.iter().filter(|g| g.iter().all(|t| t.reward >= 1.0)).count();
+    out.counts.all_wrong = r.groups.iter().filter(|g| g.iter().all(|t| t.reward < 1.0)).count();
+    out.counts.prompts = r.groups.len();
+    out.counts.zero_std = adv.zero_std.iter().filter(|&&z| z).count();
+    out.counts.groups = adv.zero_std.len();
+    // one training sample per policy turn, moved out of the rollout
+    let trajectories: usize = r.groups.iter().map(Vec::len).sum();
+    for (k, t) in r.groups.into_iter().flatten().enumerate() {
+        let train = !(rl.filter_zero_std && adv.zero_std[k / n as usize]);
+        for turn in t.turns {
+            out.push(turn.prompt, turn.completion, adv.advantages[k], t.reward, train);
         }
-        let mut counts = [
-            out.prompts as f64,
-            r.failed_groups as f64,
-            r.aborted_groups as f64,
-            r.failed_trajectories as f64,
-            r.retries as f64,
-            out.generated.len() as f64,
-            trajectories as f64,
-        ];
-        self.dp.all_reduce_sum_f64(&mut counts)?;
-        let names = [
-            "env_groups_kept",
-            "env_groups_failed",
-            "env_groups_aborted",
-            "env_trajectories_failed",
-            "env_retries",
-            "env_turns",
-            "env_trajectories",
-        ];
-        for (name, v) in names.iter().zip(counts) {
-            out.note(name, (v as u64).into());
-        }
-        out.note("time_env_rollout_s", r.wall_s.into());
-        Ok(out)
     }
+    let mut counts = [
+        out.counts.prompts as f64,
+        r.failed_groups as f64,
+        r.aborted_groups as f64,
+        r.failed_trajectories as f64,
+        r.retries as f64,
+        out.generated.len() as f64,
+        trajectories as f64,
+    ];
+    ctx.dp.all_reduce_sum_f64(&mut counts)?;
+    let [kept, failed, aborted, trajectories_failed, retries, turns, trajectories] = counts.map(|v| v as u64);
+    out.notes.env = Some(EnvNotes {
+        env_groups_kept: kept,
+        env_groups_failed: failed,
+        env_groups_aborted: aborted,
+        env_trajectories_failed: trajectories_failed,
+        env_retries: retries,
+        env_turns: turns,
+        env_trajectories: trajectories,
+        time_env_rollout_s: r.wall_s,
+    });
+    Ok(out)
 }
 
 /// Win rate on `[env]`'s `eval_games` held-out games (no latency, no failures) at `temperature` with

@@ -9,6 +9,7 @@
 //! budget and then cut to what the original response had left (prefix + continuation ≤
 //! `max_new_tokens`): sampling is causal, so the cut equals stopping at the budget.
 
+use super::rollouts::RolloutCtx;
 use super::{eval, AttnTrace, Sample, StepSample};
 use crate::attention::stats::{attention_stats, SeqStats, SeqSteps, StatsConfig};
 use crate::attnrl::{
@@ -154,61 +155,67 @@ fn gather_in_rank_order(dp: &dyn crate::parallel::Comm, values: &[f64]) -> Resul
     Ok((out, offset))
 }
 
-/// Sample the step's trees: this data-parallel rank's share of the step's questions; the
-/// adaptive state (problem counter, FCI filter, dynamic batch) stays identical on every rank.
-#[allow(clippy::too_many_arguments)]
-pub fn sample_trees(
-    trainer: &mut super::RlTrainer,
-    model: &Model,
-    ac: &AttnRlConfig,
-    state: &mut TreeState,
-    step: u64,
-    ws: &mut Workspace,
-) -> Result<TreeBatch> {
-    let max_new = trainer.rl.max_new_tokens;
-    if !ac.off_policy {
-        let (batch, requests) = next_batch(trainer, ac, state)?;
-        let completions = trainer.generate(model, &requests, step, max_new)?;
-        let pending = score_initial(trainer, model, ac, state, step, batch, completions, ws)?;
-        let reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
-        let conts = trainer.generate(model, &reqs, step, max_new)?;
-        return grow_trees(trainer, ac, state, pending, conts, false);
+/// The `[attnrl]` sampler: its settings, its adaptive state and the statistics pass's scratch.
+pub struct TreeSampler {
+    pub ac: AttnRlConfig,
+    pub state: TreeState,
+    ws: Workspace,
+}
+
+impl TreeSampler {
+    /// A fresh sampler for `model` with `prompts` questions in its first step.
+    pub fn new(ac: &AttnRlConfig, model: &Model, prompts: usize) -> Self {
+        TreeSampler { ac: ac.clone(), state: TreeState::new(prompts), ws: Workspace::new(&model.cfg, 0) }
     }
-    // one-step off-policy (ALGORITHMS.md §4): batch m's initial responses were generated, scored and
-    // branched at step m − 1 (step 0 bootstraps them); ONE generation call now produces batch m's
-    // continuations and batch m + 1's initial responses under θ_m
-    let pending = match state.pending.take() {
-        Some(p) => p,
-        None => {
-            let (batch, requests) = next_batch(trainer, ac, state)?;
-            let completions = trainer.generate(model, &requests, step, max_new)?;
-            score_initial(trainer, model, ac, state, step, batch, completions, ws)?
+
+    /// Sample the step's trees: this data-parallel rank's share of the step's questions; the
+    /// adaptive state (problem counter, FCI filter, dynamic batch) stays identical on every rank.
+    pub fn sample(&mut self, ctx: &RolloutCtx, model: &Model, step: u64) -> Result<TreeBatch> {
+        let max_new = ctx.rl.max_new_tokens;
+        if !self.ac.off_policy {
+            let (batch, requests) = next_batch(ctx, &self.ac, &mut self.state)?;
+            let completions = ctx.generate(model, &requests, step, max_new)?;
+            let pending = self.score_initial(ctx, model, step, batch, completions)?;
+            let reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
+            let conts = ctx.generate(model, &reqs, step, max_new)?;
+            return grow_trees(ctx, &self.ac, &mut self.state, pending, conts, false);
         }
-    };
-    let (next, next_requests) = next_batch(trainer, ac, state)?;
-    let mut reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
-    let n_cont = reqs.len();
-    reqs.extend(next_requests);
-    let mut out = trainer.generate(model, &reqs, step + 1, max_new)?;
-    let next_initial = out.split_off(n_cont);
-    let tb = grow_trees(trainer, ac, state, pending, out, true)?;
-    // FCI of batch m + 1 under θ_m, before the update
-    state.pending = Some(score_initial(trainer, model, ac, state, step + 1, next, next_initial, ws)?);
-    Ok(tb)
+        // one-step off-policy (ALGORITHMS.md §4): batch m's initial responses were generated, scored and
+        // branched at step m − 1 (step 0 bootstraps them); ONE generation call now produces batch m's
+        // continuations and batch m + 1's initial responses under θ_m
+        let pending = match self.state.pending.take() {
+            Some(p) => p,
+            None => {
+                let (batch, requests) = next_batch(ctx, &self.ac, &mut self.state)?;
+                let completions = ctx.generate(model, &requests, step, max_new)?;
+                self.score_initial(ctx, model, step, batch, completions)?
+            }
+        };
+        let (next, next_requests) = next_batch(ctx, &self.ac, &mut self.state)?;
+        let mut reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
+        let n_cont = reqs.len();
+        reqs.extend(next_requests);
+        let mut out = ctx.generate(model, &reqs, step + 1, max_new)?;
+        let next_initial = out.split_off(n_cont);
+        let tb = grow_trees(ctx, &self.ac, &mut self.state, pending, out, true)?;
+        // FCI of batch m + 1 under θ_m, before the update
+        self.state.pending = Some(self.score_initial(ctx, model, step + 1, next, next_initial)?);
+        Ok(tb)
+    }
 }
 
 /// The questions of the next batch (this rank's share) and their initial-response requests.
 fn next_batch(
-    trainer: &super::RlTrainer,
+    ctx: &RolloutCtx,
     ac: &AttnRlConfig,
     state: &mut TreeState,
 ) -> Result<(BatchQuestions, Vec<crate::rollout::Request>)> {
-    let (tok, task) = (trainer.tok.clone(), trainer.task);
+    let (tok, task) = (ctx.tok.clone(), ctx.task);
     let n = ac.initial_responses.max(1);
     let p_all = state.batch.prompts.max(1);
     // a running problem counter (the dynamic batch changes the count per step); this
     // data-parallel rank takes a contiguous share of the step's questions
-    let dp = trainer.dp;
+    let dp = ctx.dp;
     let mine = crate::parallel::partition(p_all, dp.size(), dp.rank());
     let p = mine.len();
     let first = state.next_problem + mine.start as u64;
@@ -247,138 +254,142 @@ pub struct PendingBatch {
     n_filled: usize,
 }
 
-/// Rewards, steps and FCI of a batch's initial responses, the all-correct filter, and the branch
-/// points with their continuation requests (`step` seeds the branching choices).
-#[allow(clippy::too_many_arguments)]
-fn score_initial(
-    trainer: &super::RlTrainer,
-    model: &Model,
-    ac: &AttnRlConfig,
-    state: &mut TreeState,
-    step: u64,
-    batch: BatchQuestions,
-    completions: Vec<Completion>,
-    ws: &mut Workspace,
-) -> Result<PendingBatch> {
-    let rl = trainer.rl;
-    let (tok, task) = (trainer.tok.clone(), trainer.task);
-    let n = ac.initial_responses.max(1);
-    let dp = trainer.dp;
-    let BatchQuestions { first, prompts } = batch;
-    let p = prompts.len();
-    let problems: Vec<crate::tasks::Problem> = (0..p as u64)
-        .map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
-        .collect::<Result<_>>()?;
-    // 2. rewards, steps, FCI
-    let mut initial: Vec<Initial> = completions
-        .into_iter()
-        .enumerate()
-        .map(|(k, c)| {
-            let reward = eval::reward(task, &tok, &problems[k / n], &c);
-            let bounds = response_bounds(&tok, &c.tokens, &ac.step_separators);
-            Initial { prompt_idx: k / n, completion: c, reward, bounds, fci: Vec::new() }
-        })
-        .collect();
-    let need_fci = ac.branch_by == BranchBy::Fci || ac.all_correct_fci_filter;
-    if need_fci {
-        let seqs: Vec<(&[u32], &[u32], Vec<usize>)> = initial
-            .iter()
-            .filter(|r| !r.completion.tokens.is_empty())
-            .map(|r| (prompts[r.prompt_idx].as_slice(), r.completion.tokens.as_slice(), r.bounds.clone()))
-            .collect();
-        let stats = step_fci(model, ws, &seqs, ac.fci_step_gap)?;
-        let mut it = stats.into_iter();
-        for r in initial.iter_mut().filter(|r| !r.completion.tokens.is_empty()) {
-            // response steps only: drop pseudo-step 0 (the prompt)
-            r.fci = it.next().map(|s| s.fci.get(1..).map(<[f32]>::to_vec).unwrap_or_default()).unwrap_or_default();
-        }
-    }
-    // 3. which responses to branch: the all-correct FCI filter first (updated with this batch)
-    let correct: Vec<Vec<bool>> =
-        (0..p).map(|q| initial[q * n..(q + 1) * n].iter().map(|r| r.reward >= 1.0).collect()).collect();
-    let all_correct: Vec<usize> = (0..p).filter(|&q| correct[q].iter().all(|&c| c)).collect();
-    let mut kept_all_correct = vec![!ac.all_correct_fci_filter; p];
-    if ac.all_correct_fci_filter {
-        let fcis: Vec<f64> = all_correct
-            .iter()
-            .map(|&q| {
-                let scores: Vec<&[f32]> = initial[q * n..(q + 1) * n].iter().map(|r| r.fci.as_slice()).collect();
-                question_fci(&scores)
-            })
+impl TreeSampler {
+    /// Rewards, steps and FCI of a batch's initial responses, the all-correct filter, and the branch
+    /// points with their continuation requests (`step` seeds the branching choices).
+    fn score_initial(
+        &mut self,
+        ctx: &RolloutCtx,
+        model: &Model,
+        step: u64,
+        batch: BatchQuestions,
+        completions: Vec<Completion>,
+    ) -> Result<PendingBatch> {
+        let (ac, state, ws) = (&self.ac, &mut self.state, &mut self.ws);
+        let rl = ctx.rl;
+        let (tok, task) = (ctx.tok.clone(), ctx.task);
+        let n = ac.initial_responses.max(1);
+        let dp = ctx.dp;
+        let BatchQuestions { first, prompts } = batch;
+        let p = prompts.len();
+        let problems: Vec<crate::tasks::Problem> = (0..p as u64)
+            .map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
             .collect::<Result<_>>()?;
-        // the running mean sees every rank's all-correct questions in question order, as one rank would
-        let (global, offset) = gather_in_rank_order(dp, &fcis)?;
-        let keep = state.filter.update_and_filter(&global)?;
-        for (&q, &k) in all_correct.iter().zip(&keep[offset..offset + fcis.len()]) {
-            kept_all_correct[q] = k;
-        }
-    }
-    // 4. branch points and continuation requests
-    let max_len = rl.max_new_tokens;
-    let min_dist = ac.min_branch_distance_tokens(max_len);
-    let (nb, nt) = (ac.branch_points, ac.continuations);
-    let mut splits: Vec<Vec<usize>> = vec![Vec::new(); initial.len()];
-    let (mut n_points, mut n_filled) = (0, 0);
-    let mut cont_requests = Vec::new();
-    for q in 0..p {
-        let prompt_id = first + q as u64;
-        let branch = responses_to_branch(
-            &correct[q],
-            ac.tree_rounding,
-            kept_all_correct[q],
-            trainer.cfg.run.seed,
-            step,
-            prompt_id,
-        );
-        for r in branch {
-            let k = q * n + r;
-            let resp = &initial[k];
-            if resp.completion.tokens.len() < 2 {
-                continue;
+        // 2. rewards, steps, FCI
+        let mut initial: Vec<Initial> = completions
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let reward = eval::reward(task, &tok, &problems[k / n], &c);
+                let bounds = response_bounds(&tok, &c.tokens, &ac.step_separators);
+                Initial { prompt_idx: k / n, completion: c, reward, bounds, fci: Vec::new() }
+            })
+            .collect();
+        let need_fci = ac.branch_by == BranchBy::Fci || ac.all_correct_fci_filter;
+        if need_fci {
+            let seqs: Vec<(&[u32], &[u32], Vec<usize>)> = initial
+                .iter()
+                .filter(|r| !r.completion.tokens.is_empty())
+                .map(|r| (prompts[r.prompt_idx].as_slice(), r.completion.tokens.as_slice(), r.bounds.clone()))
+                .collect();
+            let stats = step_fci(model, ws, &seqs, ac.fci_step_gap)?;
+            let mut it = stats.into_iter();
+            for r in initial.iter_mut().filter(|r| !r.completion.tokens.is_empty()) {
+                // response steps only: drop pseudo-step 0 (the prompt)
+                r.fci = it.next().map(|s| s.fci.get(1..).map(<[f32]>::to_vec).unwrap_or_default()).unwrap_or_default();
             }
-            let choice = match ac.branch_by {
-                BranchBy::Fci => atb_branch_points(&resp.bounds, &resp.fci, ac.rho, nb, min_dist, ac.distance_rule)?,
-                BranchBy::Entropy => token_branch_points(&resp.completion.entropies, nb, min_dist, ac.distance_rule)?,
-                BranchBy::NegLogprob => {
-                    let nl: Vec<f32> = resp.completion.logprobs.iter().map(|l| -l).collect();
-                    token_branch_points(&nl, nb, min_dist, ac.distance_rule)?
-                }
-            };
-            n_points += choice.points.len();
-            n_filled += choice.filled;
-            for (si, &at) in choice.points.iter().enumerate() {
-                let mut prefix = prompts[q].clone();
-                prefix.extend_from_slice(&resp.completion.tokens[..at]);
-                for c in 0..nt {
-                    let sample_index = (n + (r * nb + si) * nt + c) as u32;
-                    cont_requests.push((
-                        k,
-                        si,
-                        crate::rollout::Request { prompt_id, sample_index, prompt: prefix.clone() },
-                    ));
-                }
-            }
-            splits[k] = choice.points.clone();
         }
+        // 3. which responses to branch: the all-correct FCI filter first (updated with this batch)
+        let correct: Vec<Vec<bool>> =
+            (0..p).map(|q| initial[q * n..(q + 1) * n].iter().map(|r| r.reward >= 1.0).collect()).collect();
+        let all_correct: Vec<usize> = (0..p).filter(|&q| correct[q].iter().all(|&c| c)).collect();
+        let mut kept_all_correct = vec![!ac.all_correct_fci_filter; p];
+        if ac.all_correct_fci_filter {
+            let fcis: Vec<f64> = all_correct
+                .iter()
+                .map(|&q| {
+                    let scores: Vec<&[f32]> = initial[q * n..(q + 1) * n].iter().map(|r| r.fci.as_slice()).collect();
+                    question_fci(&scores)
+                })
+                .collect::<Result<_>>()?;
+            // the running mean sees every rank's all-correct questions in question order, as one rank would
+            let (global, offset) = gather_in_rank_order(dp, &fcis)?;
+            let keep = state.filter.update_and_filter(&global)?;
+            for (&q, &k) in all_correct.iter().zip(&keep[offset..offset + fcis.len()]) {
+                kept_all_correct[q] = k;
+            }
+        }
+        // 4. branch points and continuation requests
+        let max_len = rl.max_new_tokens;
+        let min_dist = ac.min_branch_distance_tokens(max_len);
+        let (nb, nt) = (ac.branch_points, ac.continuations);
+        let mut splits: Vec<Vec<usize>> = vec![Vec::new(); initial.len()];
+        let (mut n_points, mut n_filled) = (0, 0);
+        let mut cont_requests = Vec::new();
+        for q in 0..p {
+            let prompt_id = first + q as u64;
+            let branch = responses_to_branch(
+                &correct[q],
+                ac.tree_rounding,
+                kept_all_correct[q],
+                ctx.cfg.run.seed,
+                step,
+                prompt_id,
+            );
+            for r in branch {
+                let k = q * n + r;
+                let resp = &initial[k];
+                if resp.completion.tokens.len() < 2 {
+                    continue;
+                }
+                let choice = match ac.branch_by {
+                    BranchBy::Fci => {
+                        atb_branch_points(&resp.bounds, &resp.fci, ac.rho, nb, min_dist, ac.distance_rule)?
+                    }
+                    BranchBy::Entropy => {
+                        token_branch_points(&resp.completion.entropies, nb, min_dist, ac.distance_rule)?
+                    }
+                    BranchBy::NegLogprob => {
+                        let nl: Vec<f32> = resp.completion.logprobs.iter().map(|l| -l).collect();
+                        token_branch_points(&nl, nb, min_dist, ac.distance_rule)?
+                    }
+                };
+                n_points += choice.points.len();
+                n_filled += choice.filled;
+                for (si, &at) in choice.points.iter().enumerate() {
+                    let mut prefix = prompts[q].clone();
+                    prefix.extend_from_slice(&resp.completion.tokens[..at]);
+                    for c in 0..nt {
+                        let sample_index = (n + (r * nb + si) * nt + c) as u32;
+                        cont_requests.push((
+                            k,
+                            si,
+                            crate::rollout::Request { prompt_id, sample_index, prompt: prefix.clone() },
+                        ));
+                    }
+                }
+                splits[k] = choice.points.clone();
+            }
+        }
+        Ok(PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled })
     }
-    Ok(PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled })
 }
 
 /// Continuations in, trees out: node advantages, one training sequence per leaf, the
 /// zero-advantage filter and the dynamic batch. With `fixed_old`, original-response tokens keep
 /// the log-probs they were generated with as π_old (the off-policy pipeline's θ_{m−1}).
 fn grow_trees(
-    trainer: &super::RlTrainer,
+    ctx: &RolloutCtx,
     ac: &AttnRlConfig,
     state: &mut TreeState,
     pending: PendingBatch,
     mut conts: Vec<Completion>,
     fixed_old: bool,
 ) -> Result<TreeBatch> {
-    let rl = trainer.rl;
-    let (tok, task) = (trainer.tok.clone(), trainer.task);
+    let rl = ctx.rl;
+    let (tok, task) = (ctx.tok.clone(), ctx.task);
     let n = ac.initial_responses.max(1);
-    let dp = trainer.dp;
+    let dp = ctx.dp;
     let max_len = rl.max_new_tokens;
     let PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled } = pending;
     let p = prompts.len();

@@ -75,13 +75,37 @@ pub struct UpdateBuffers {
     ref_ws: Workspace,
     batch: Batch,
     grads: Vec<f32>,
-    /// Per response token of the step's samples (concatenated in order), a factor on the entropy
-    /// bonus's gradient (AsyPPO excludes the tokens its critics disagree most on); empty = all 1.
-    pub entropy_keep: Vec<f32>,
-    /// π_old per response token of the step's samples (concatenated), NaN where the policy before
-    /// the update is π_old; empty = all of them (the usual case). The off-policy AttnRL pipeline
-    /// keeps the generating policy's log-probs for tokens sampled one step earlier.
-    pub fixed_old_logp: Vec<f32>,
+}
+
+/// What one policy update trains on: the sequences (in order) and the per-token inputs that
+/// are not part of a sequence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpdateBatch<'a> {
+    pub samples: &'a [Sample],
+    /// π_old per response token (concatenated in sample order), NaN where the policy before the
+    /// update is π_old; empty = all of them (the usual case). The off-policy AttnRL pipeline keeps
+    /// the generating policy's log-probs for tokens sampled one step earlier.
+    pub fixed_old_logp: &'a [f32],
+    /// Per response token, a factor on the entropy bonus's gradient (AsyPPO excludes the tokens
+    /// its critics disagree most on); empty = all 1.
+    pub entropy_keep: &'a [f32],
+}
+
+impl<'a> UpdateBatch<'a> {
+    /// Plain sequences: π_old is the policy before the update, every token has the entropy bonus.
+    pub fn of(samples: &'a [Sample]) -> Self {
+        UpdateBatch { samples, ..UpdateBatch::default() }
+    }
+}
+
+/// How the update turns a batch into optimizer steps: loss, plan, learning rate, KL reference.
+#[derive(Clone, Copy)]
+pub struct UpdateSettings<'a> {
+    pub loss: &'a LossConfig,
+    pub plan: UpdatePlan,
+    pub lr: f32,
+    /// The frozen policy of the KL term (needed iff `loss.kl_coef > 0`).
+    pub reference: Option<&'a Model>,
 }
 
 impl UpdateBuffers {
@@ -92,8 +116,6 @@ impl UpdateBuffers {
             ref_ws: Workspace::new(&model.cfg, 0),
             batch: Batch::new(),
             grads: vec![0.0; model.params.data.len()],
-            entropy_keep: Vec::new(),
-            fixed_old_logp: Vec::new(),
         }
     }
 
@@ -200,38 +222,33 @@ pub struct DpShard<'c> {
     pub bucket_bytes: usize,
 }
 
-/// Run the policy update of one step on `samples` (in order), with `reference` for the KL term.
-#[allow(clippy::too_many_arguments)]
+/// Run the policy update of one step on `batch` in one process.
 pub fn policy_update(
     model: &mut Model,
     opt: &mut AdamW,
-    reference: Option<&Model>,
-    samples: &[Sample],
-    loss_cfg: &LossConfig,
-    plan: &UpdatePlan,
-    lr: f32,
+    batch: UpdateBatch,
+    settings: &UpdateSettings,
     buf: &mut UpdateBuffers,
 ) -> Result<UpdateReport> {
-    let shard = DpShard { comm: &Local, offset: 0, total: samples.len(), bucket_bytes: DEFAULT_BUCKET_BYTES };
-    policy_update_dp(model, opt, reference, samples, loss_cfg, plan, lr, buf, &shard)
+    let total = batch.samples.len();
+    let shard = DpShard { comm: &Local, offset: 0, total, bucket_bytes: DEFAULT_BUCKET_BYTES };
+    policy_update_dp(model, opt, batch, settings, buf, &shard)
 }
 
 /// [`policy_update`] on one data-parallel rank: mini-batches are cut from the GLOBAL sample order
 /// (so the updates are the same for any number of ranks), each micro-batch is normalised by the
 /// all-reduced denominators of its global mini-batch, and gradients are all-reduced before the
 /// step. Every rank makes the same collectives in the same order, whatever its share.
-#[allow(clippy::too_many_arguments)]
 pub fn policy_update_dp(
     model: &mut Model,
     opt: &mut AdamW,
-    reference: Option<&Model>,
-    samples: &[Sample],
-    loss_cfg: &LossConfig,
-    plan: &UpdatePlan,
-    lr: f32,
+    batch: UpdateBatch,
+    settings: &UpdateSettings,
     buf: &mut UpdateBuffers,
     dp: &DpShard,
 ) -> Result<UpdateReport> {
+    let UpdateBatch { samples, fixed_old_logp, entropy_keep } = batch;
+    let UpdateSettings { loss: loss_cfg, plan, lr, reference } = *settings;
     if loss_cfg.kl_coef > 0.0 && reference.is_none() {
         return Err(Error::Invalid("rl update: kl_coef > 0 needs a reference model".into()));
     }
@@ -306,10 +323,10 @@ pub fn policy_update_dp(
                 let toks = offsets[r.start]..offsets[r.end];
                 let old: &[f32] = if precompute_old { &report.old_logp[toks.clone()] } else { &logp };
                 let merged: Vec<f32>;
-                let old = if buf.fixed_old_logp.is_empty() {
+                let old = if fixed_old_logp.is_empty() {
                     old
                 } else {
-                    let fixed = buf.fixed_old_logp.get(toks.clone()).ok_or_else(|| {
+                    let fixed = fixed_old_logp.get(toks.clone()).ok_or_else(|| {
                         Error::Invalid("rl update: fixed π_old does not cover every response token".into())
                     })?;
                     merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
@@ -350,7 +367,7 @@ pub fn policy_update_dp(
                 dent.resize(n, 0.0);
                 for (j, &i) in resp_pos.iter().enumerate() {
                     dlogp[i] = d_resp[j];
-                    dent[i] = e_resp[j] * buf.entropy_keep.get(toks.start + j).copied().unwrap_or(1.0);
+                    dent[i] = e_resp[j] * entropy_keep.get(toks.start + j).copied().unwrap_or(1.0);
                 }
                 let dent_arg = with_ent.then_some(dent.as_slice());
                 model.backward_with_entropy(&buf.batch, &dlogp, dent_arg, &mut buf.ws, &mut buf.grads)?;

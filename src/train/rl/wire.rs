@@ -1,7 +1,7 @@
 //! A compact little-endian encoding of a rank's step samples, so rank 0 can gather every
 //! rank's samples for the metrics and the trajectory dump (MPI moves bytes, not Rust values).
 
-use super::{AttnTrace, Sample, Sampled, StepSample};
+use super::{AttnTrace, GroupCounts, Rollouts, Sample, StepSample, TrainingBatch};
 use crate::error::{Error, Result};
 use crate::rollout::Finish;
 
@@ -187,84 +187,82 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<StepSample>> {
     Ok(out)
 }
 
-/// Encode a step's sampling result for another rank (disaggregated rollout): the generated
-/// samples, which of them train, and the step's counts. Tree sampling's extra training
-/// sequences are not carried (only group sampling runs on rollout ranks).
-pub(crate) fn encode_sampled(s: &Sampled) -> Result<Vec<u8>> {
+/// Encode a step's rollouts for another rank (disaggregated rollout): the generated samples,
+/// which of them train, the step's counts and the sampler's notes. Only group sampling runs on
+/// rollout ranks, so every training sequence is a generated sample (tree leaves, the fixed π_old,
+/// masks and critic targets never cross ranks).
+pub(crate) fn encode_rollouts(s: &Rollouts) -> Result<Vec<u8>> {
     let mut out = encode(&s.generated);
     let of: Vec<u32> = s
-        .train_of
+        .batch
+        .generated_index
         .iter()
         .map(|k| k.map(|k| k as u32).ok_or_else(|| Error::Invalid("only group samples cross ranks".into())))
         .collect::<Result<_>>()?;
     put_u32s(&mut out, &of);
-    let counts = [s.candidates, s.effective, s.all_correct, s.all_wrong, s.prompts, s.zero_std.0, s.zero_std.1];
+    let c = &s.counts;
+    let counts = [c.candidates, c.effective, c.all_correct, c.all_wrong, c.prompts, c.zero_std, c.groups];
     counts.iter().for_each(|&c| out.extend_from_slice(&(c as u64).to_le_bytes()));
-    let extra = serde_json::to_vec(&s.extra).map_err(|e| Error::Invalid(e.to_string()))?;
-    out.extend_from_slice(&(extra.len() as u64).to_le_bytes());
-    out.extend_from_slice(&extra);
+    let notes = serde_json::to_vec(&s.notes).map_err(|e| Error::Invalid(e.to_string()))?;
+    out.extend_from_slice(&(notes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&notes);
     Ok(out)
 }
 
-/// Names of the step counts [`encode_sampled`] writes, in order (for errors).
-const COUNT_NAMES: [&str; 7] =
-    ["candidates", "effective", "all_correct", "all_wrong", "prompts", "zero_std.0", "zero_std.1"];
+/// Names of the step counts [`encode_rollouts`] writes, in order (for errors).
+const COUNT_NAMES: [&str; 7] = ["candidates", "effective", "all_correct", "all_wrong", "prompts", "zero_std", "groups"];
 
-/// Decode what [`encode_sampled`] wrote; malformed input is an error, never a panic.
-pub(crate) fn decode_sampled(bytes: &[u8]) -> Result<Sampled> {
+/// Decode what [`encode_rollouts`] wrote; malformed input is an error, never a panic.
+pub(crate) fn decode_rollouts(bytes: &[u8]) -> Result<Rollouts> {
     let mut r = Reader::new("rollout batch", bytes);
     let generated = r.samples()?;
-    let of = r.u32s("train_of")?;
+    let of = r.u32s("generated_index")?;
     let mut c = [0usize; 7];
     for (x, name) in c.iter_mut().zip(COUNT_NAMES) {
         *x = r.usize(name)?;
     }
-    let n = r.count(1, "extra length")?;
-    let json = r.take(n, "extra")?;
-    let extra = serde_json::from_slice(json).map_err(|e| r.fail("extra", format!("not a JSON object: {e}")))?;
+    let n = r.count(1, "notes length")?;
+    let json = r.take(n, "notes")?;
+    let notes = serde_json::from_slice(json).map_err(|e| r.fail("notes", format!("not the sampler's notes: {e}")))?;
     r.end()?;
-    let mut train = Vec::with_capacity(of.len());
+    let mut samples = Vec::with_capacity(of.len());
     for &k in &of {
         let g = generated.get(k as usize).ok_or_else(|| {
-            r.fail("train_of", format!("index {k} is out of range for {} generated samples", generated.len()))
+            r.fail("generated_index", format!("index {k} is out of range for {} generated samples", generated.len()))
         })?;
-        train.push(g.data.clone());
+        samples.push(g.data.clone());
     }
-    Ok(Sampled {
+    let [candidates, effective, all_correct, all_wrong, prompts, zero_std, groups] = c;
+    Ok(Rollouts {
         generated,
-        train,
-        train_of: of.iter().map(|&k| Some(k as usize)).collect(),
-        candidates: c[0],
-        effective: c[1],
-        all_correct: c[2],
-        all_wrong: c[3],
-        prompts: c[4],
-        zero_std: (c[5], c[6]),
-        extra,
+        batch: TrainingBatch {
+            samples,
+            generated_index: of.iter().map(|&k| Some(k as usize)).collect(),
+            ..TrainingBatch::default()
+        },
+        counts: GroupCounts { candidates, effective, all_correct, all_wrong, prompts, zero_std, groups },
+        notes,
     })
 }
 
 /// Concatenate parts in order (the shares of consecutive prompt ranges) into one result.
-pub(crate) fn merge_sampled(parts: Vec<Sampled>) -> Sampled {
-    let mut out = Sampled::default();
+pub(crate) fn merge_rollouts(parts: Vec<Rollouts>) -> Rollouts {
+    let mut out = Rollouts::default();
     for p in parts {
         let base = out.generated.len();
-        out.train_of.extend(p.train_of.iter().map(|k| k.map(|k| k + base)));
+        out.batch.generated_index.extend(p.batch.generated_index.iter().map(|k| k.map(|k| k + base)));
         out.generated.extend(p.generated);
-        out.train.extend(p.train);
-        out.candidates += p.candidates;
-        out.effective += p.effective;
-        out.all_correct += p.all_correct;
-        out.all_wrong += p.all_wrong;
-        out.prompts += p.prompts;
-        out.zero_std = (out.zero_std.0 + p.zero_std.0, out.zero_std.1 + p.zero_std.1);
-        for (k, v) in p.extra {
-            // per-part timings: keep the slowest part's
-            let slower = out.extra.get(&k).and_then(|o| o.as_f64()).zip(v.as_f64()).is_none_or(|(o, n)| n > o);
-            if slower {
-                out.extra.insert(k, v);
-            }
-        }
+        out.batch.samples.extend(p.batch.samples);
+        let (c, pc) = (&mut out.counts, p.counts);
+        c.candidates += pc.candidates;
+        c.effective += pc.effective;
+        c.all_correct += pc.all_correct;
+        c.all_wrong += pc.all_wrong;
+        c.prompts += pc.prompts;
+        c.zero_std += pc.zero_std;
+        c.groups += pc.groups;
+        // per-part timings: keep the slowest part's
+        out.notes.merge(&p.notes);
     }
     out
 }
@@ -272,36 +270,25 @@ pub(crate) fn merge_sampled(parts: Vec<Sampled>) -> Sampled {
 /// The share of a whole step's result that data-parallel rank `rank` of `ranks` trains on:
 /// the samples of its contiguous range of prompts (`per_prompt` samples each). The step's
 /// counts stay with rank 0 (the trainer sums them over the ranks).
-pub(crate) fn share_of(all: &Sampled, per_prompt: usize, ranks: usize, rank: usize) -> Sampled {
+pub(crate) fn share_of(all: &Rollouts, per_prompt: usize, ranks: usize, rank: usize) -> Rollouts {
     let prompts = all.generated.len() / per_prompt.max(1);
     let mine = crate::parallel::partition(prompts, ranks, rank);
     let range = mine.start * per_prompt..mine.end * per_prompt;
-    let mut train = Vec::new();
-    let mut train_of = Vec::new();
-    for (s, k) in all.train.iter().zip(&all.train_of) {
+    let mut batch = TrainingBatch::default();
+    for (s, k) in all.batch.samples.iter().zip(&all.batch.generated_index) {
         if let Some(k) = k.filter(|k| range.contains(k)) {
-            train.push(s.clone());
-            train_of.push(Some(k - range.start));
+            batch.samples.push(s.clone());
+            batch.generated_index.push(Some(k - range.start));
         }
     }
-    let keep = |c: usize| if rank == 0 { c } else { 0 };
-    Sampled {
-        generated: all.generated[range].to_vec(),
-        train,
-        train_of,
-        candidates: keep(all.candidates),
-        effective: keep(all.effective),
-        all_correct: keep(all.all_correct),
-        all_wrong: keep(all.all_wrong),
-        prompts: keep(all.prompts),
-        zero_std: (keep(all.zero_std.0), keep(all.zero_std.1)),
-        extra: all.extra.clone(),
-    }
+    let counts = if rank == 0 { all.counts } else { GroupCounts::default() };
+    Rollouts { generated: all.generated[range].to_vec(), batch, counts, notes: all.notes.clone() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::rl::SamplerNotes;
 
     #[test]
     fn samples_round_trip_bit_exactly() {
@@ -363,15 +350,15 @@ mod tests {
         }
     }
 
-    /// A group-sampling result with `n` samples, every other one training, and a metric.
-    fn sampled(n: u32) -> Sampled {
+    /// A group-sampling result with `n` samples, every other one training, and a note.
+    fn sampled(n: u32) -> Rollouts {
         let generated: Vec<StepSample> = (0..n).map(sample).collect();
-        let train_of: Vec<Option<usize>> = (0..n as usize).step_by(2).map(Some).collect();
-        let train = train_of.iter().flatten().map(|&k| generated[k].data.clone()).collect();
-        let mut s =
-            Sampled { generated, train, train_of, candidates: 3, prompts: 2, zero_std: (1, 2), ..Default::default() };
-        s.note("time_generate_s", 0.5.into());
-        s
+        let generated_index: Vec<Option<usize>> = (0..n as usize).step_by(2).map(Some).collect();
+        let samples = generated_index.iter().flatten().map(|&k| generated[k].data.clone()).collect();
+        let counts = GroupCounts { candidates: 3, prompts: 2, zero_std: 1, groups: 2, ..Default::default() };
+        let notes = SamplerNotes { time_reward_s: Some(0.5), ..Default::default() };
+        let batch = TrainingBatch { samples, generated_index, ..Default::default() };
+        Rollouts { generated, batch, counts, notes }
     }
 
     #[test]
@@ -388,15 +375,11 @@ mod tests {
     #[test]
     fn sampled_round_trips_and_bad_messages_say_what_is_wrong() {
         let s = sampled(5);
-        let bytes = encode_sampled(&s).unwrap();
-        let back = decode_sampled(&bytes).unwrap();
-        assert_eq!(back.generated, s.generated);
-        assert_eq!(back.train, s.train);
-        assert_eq!(back.train_of, s.train_of);
-        assert_eq!((back.candidates, back.prompts, back.zero_std), (3, 2, (1, 2)));
-        assert_eq!(back.extra, s.extra);
+        let bytes = encode_rollouts(&s).unwrap();
+        let back = decode_rollouts(&bytes).unwrap();
+        assert_eq!(back, s);
 
-        let err = |b: &[u8]| decode_sampled(b).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = |b: &[u8]| decode_rollouts(b).err().map(|e| e.to_string()).unwrap_or_default();
         for cut in [0, 7, 8, 20, bytes.len() / 2, bytes.len() - 1] {
             let e = err(&bytes[..cut]);
             assert!(e.contains("rollout batch") && e.contains("truncated"), "cut {cut}: {e}");
@@ -415,10 +398,10 @@ mod tests {
         assert!(e.contains("`sample count`") && e.contains("exceeds"), "{e}");
         // a training index past the samples
         let mut bad = sampled(1);
-        bad.train_of = vec![Some(3)];
-        bad.train = vec![bad.generated[0].data.clone()];
-        let e = err(&encode_sampled(&bad).unwrap());
-        assert!(e.contains("`train_of`") && e.contains("index 3 is out of range for 1"), "{e}");
+        bad.batch.generated_index = vec![Some(3)];
+        bad.batch.samples = vec![bad.generated[0].data.clone()];
+        let e = err(&encode_rollouts(&bad).unwrap());
+        assert!(e.contains("`generated_index`") && e.contains("index 3 is out of range for 1"), "{e}");
         let e = decode(&bytes).unwrap_err().to_string();
         assert!(e.contains("gathered samples") && e.contains("follow the last field"), "{e}");
     }
@@ -433,7 +416,7 @@ mod tests {
             #[test]
             fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
                 let _ = decode(&bytes);
-                let _ = decode_sampled(&bytes);
+                let _ = decode_rollouts(&bytes);
             }
 
             #[test]
@@ -442,15 +425,15 @@ mod tests {
                 flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
                 cut in any::<prop::sample::Index>(),
             ) {
-                let good = encode_sampled(&sampled(n)).unwrap();
+                let good = encode_rollouts(&sampled(n)).unwrap();
                 let mut bytes = good.clone();
                 for (at, x) in &flips {
                     let i = at.index(bytes.len());
                     bytes[i] ^= x | 1;
                 }
-                let _ = decode_sampled(&bytes);
+                let _ = decode_rollouts(&bytes);
                 let short = &good[..cut.index(good.len())];
-                prop_assert!(decode_sampled(short).is_err(), "a truncated message decoded");
+                prop_assert!(decode_rollouts(short).is_err(), "a truncated message decoded");
                 let _ = decode(&bytes);
             }
         }

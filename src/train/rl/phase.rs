@@ -1,0 +1,308 @@
+//! The RL phase around its steps: the reference policy, the eval before, then per step the
+//! pipeline of [`RlTrainer::step`], its metrics line, the trajectory dump, periodic evals and
+//! checkpoints (with the critics and the off-policy pipeline's pending batch), and preemption.
+
+use super::eval::{evaluate, SolveRate};
+use super::report::RlEvalLine;
+use super::rollouts::Rollouts;
+use super::tree::TreeState;
+use super::{RlTrainer, Sampling, StepOutput};
+use crate::config::{RlSection, RunConfig};
+use crate::error::{Error, Result};
+use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
+use crate::model::Model;
+use crate::parallel::Grid;
+use crate::rl::LossConfig;
+use crate::tasks::Task;
+use crate::tokenizer::char::CharTokenizer;
+use crate::tokenizer::Tokenizer;
+use crate::train::checkpoint::{save_model_checkpoint, TrainerState};
+use crate::train::progress::Progress;
+use crate::train::AdamW;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where the RL phase sits in the run.
+pub struct Phase<'a> {
+    pub cfg: &'a RunConfig,
+    pub rl: &'a RlSection,
+    pub loss: &'a LossConfig,
+    pub task: &'a dyn Task,
+    /// The run directory (`<out_dir>/<name>`).
+    pub run_dir: &'a Path,
+    /// Global step of the phase's start (the supervised steps before it): RL step k is global step offset + k.
+    pub offset: u64,
+    /// Tokenizer saved with every checkpoint.
+    pub tokenizer: &'a Tokenizer,
+}
+
+/// Where a (possibly resumed) phase starts: RL steps already done and, when > 0, the eval before the first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseStart {
+    pub done: u64,
+    pub before: Option<SolveRate>,
+    /// Adaptive-sampling state of an `[attnrl]` phase.
+    pub sampling: Option<crate::train::checkpoint::SamplingState>,
+}
+
+const REFERENCE_DIR: &str = "reference";
+
+/// Where the phase writes its metrics lines (for error messages).
+fn metrics_path(ph: &Phase) -> PathBuf {
+    ph.run_dir.join("metrics.jsonl")
+}
+
+fn write_line(ph: &Phase, metrics: &mut dyn Write, line: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_value(line).map_err(|e| Error::Invalid(format!("metrics line: {e}")))?;
+    writeln!(metrics, "{json}").map_err(|e| Error::io(metrics_path(ph), e))
+}
+
+fn eval_line(step: u64, r: &SolveRate) -> RlEvalLine {
+    RlEvalLine { rl_step: step, eval_solve_rate: r.sampled, eval_solve_rate_greedy: r.greedy }
+}
+
+/// Where a training rank's step samples come from when they are not generated in-process: the
+/// disaggregated trainer ([`crate::train::async_rl`]) receives them from rollout ranks and
+/// publishes each new policy version back.
+pub(crate) trait SampleSource {
+    /// The rollouts this rank trains on at `step` (its data-parallel share), and how they were made.
+    fn rollouts(&mut self, model: &Model, step: u64) -> Result<(Rollouts, Sampling)>;
+    /// Called after the update of `step`: the model now holds policy version `step + 1`.
+    fn published(&mut self, model: &Model, step: u64) -> Result<()>;
+}
+
+/// Run (or continue) the RL phase: eval before, `rl.steps` steps with metrics, dumps, periodic evals and
+/// checkpoints. Returns the held-out solve rates before and after.
+pub fn run_phase(
+    model: &mut Model,
+    opt: &mut AdamW,
+    ph: &Phase,
+    start: PhaseStart,
+    grid: &Grid,
+    metrics: &mut dyn Write,
+    log: &mut dyn Write,
+) -> Result<(SolveRate, SolveRate)> {
+    let mut io = PhaseIo { metrics, log, source: None };
+    run_phase_with(model, opt, ph, start, grid, &mut io)
+}
+
+/// The phase's outputs and, under `[async]`, where its samples come from.
+pub(crate) struct PhaseIo<'a> {
+    pub metrics: &'a mut dyn Write,
+    pub log: &'a mut dyn Write,
+    pub source: Option<&'a mut dyn SampleSource>,
+}
+
+/// The frozen reference policy of the KL term: saved at the phase's start, reloaded on resume.
+fn reference_policy(model: &Model, ph: &Phase, start: &PhaseStart, grid: &Grid) -> Result<Option<Model>> {
+    if ph.loss.kl_coef <= 0.0 {
+        return Ok(None);
+    }
+    let ref_dir = ph.run_dir.join(REFERENCE_DIR);
+    if start.done == 0 {
+        let full = model.gather(&model.params.data)?;
+        if grid.is_root() {
+            save_hf_dir(&ref_dir, model.full_config(), &full, &SaveOptions::default())?;
+        }
+        Ok(Some(model.clone()))
+    } else {
+        let (mc, params) = load_hf_dir(&ref_dir)?;
+        Ok(Some(Model::new(mc, params)?.shard(grid.tp.clone())?))
+    }
+}
+
+/// The directory of the checkpoint at global step `step`.
+fn checkpoint_dir(ph: &Phase, step: u64) -> PathBuf {
+    ph.run_dir.join("checkpoints").join(format!("step-{step}"))
+}
+
+/// Restore the critics and the tree sampler's state of a resumed phase.
+fn restore(trainer: &mut RlTrainer, ph: &Phase, start: &PhaseStart, rank: usize) -> Result<()> {
+    if start.done == 0 {
+        return Ok(());
+    }
+    let dir = checkpoint_dir(ph, ph.offset + start.done);
+    if let Some(c) = trainer.critics.as_mut() {
+        c.load(&dir)?;
+    }
+    if let (Some(t), Some(s)) = (trainer.sampler.tree_state_mut(), start.sampling) {
+        *t = TreeState::restore(&s, ph.rl.prompts_per_step);
+        if ph.cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) {
+            let path = dir.join(format!("pending-rank{rank}.json"));
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            t.pending = Some(serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+                file: path.clone(),
+                key: "<json>".into(),
+                msg: format!("not a pending AttnRL batch: {e}"),
+            })?);
+        }
+    }
+    Ok(())
+}
+
+/// [`run_phase`] with the step's samples taken from `io.source` when given.
+pub(crate) fn run_phase_with(
+    model: &mut Model,
+    opt: &mut AdamW,
+    ph: &Phase,
+    start: PhaseStart,
+    grid: &Grid,
+    io: &mut PhaseIo,
+) -> Result<(SolveRate, SolveRate)> {
+    let (cfg, rl) = (ph.cfg, ph.rl);
+    let (dp, root) = (grid.dp.as_ref(), grid.is_root());
+    let tok = CharTokenizer::default();
+    let progress = Progress::new(rl.steps, "rl");
+    let reference = reference_policy(model, ph, &start, grid)?;
+    let before = match start.before {
+        Some(b) if start.done > 0 => b,
+        _ => {
+            let b = evaluate(model, cfg, ph.task, rl, &tok, 0, dp)?;
+            write_line(ph, io.metrics, &eval_line(0, &b))?;
+            b
+        }
+    };
+    let log = &mut *io.log;
+    progress.say(
+        log,
+        &format!(
+            "rl eval before: solve rate greedy {:.1}%, sampled {:.1}%",
+            100.0 * before.greedy,
+            100.0 * before.sampled
+        ),
+    );
+    if start.done > 0 {
+        progress.say(log, &format!("rl: resumed after step {}", start.done));
+    }
+    let mut dump = if root { Some(crate::train::dump::Dump::open(ph, start.done)?) } else { None };
+    let ctx = RlTrainer::context(cfg, rl, ph.task, dp);
+    let mut trainer = RlTrainer::new(ctx, ph.loss, model, reference)?;
+    restore(&mut trainer, ph, &start, dp.rank())?;
+    let mut last = before;
+    let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
+    let mut guard = crate::train::guard::NonFiniteGuard::new(cfg.train.max_nonfinite_steps);
+    for step in start.done..rl.steps {
+        let _armed = grid
+            .watchdog
+            .as_ref()
+            .filter(|_| cfg.parallel.step_timeout_s > 0.0)
+            .map(|w| w.watch_step(&format!("rl step {}", step + 1), step_timeout));
+        crate::parallel::fault::maybe_inject(grid, ph.offset + step + 1)?;
+        let out: StepOutput = match io.source.as_deref_mut() {
+            None => trainer.step(model, opt, step)?,
+            Some(src) => {
+                let (rollouts, sampling) = src.rollouts(model, step)?;
+                let out = trainer.train_on(model, opt, step, rollouts, sampling)?;
+                src.published(model, step)?;
+                out
+            }
+        };
+        let r = &out.report;
+        write_line(ph, io.metrics, r)?;
+        guard.record("rl", step + 1, r.skipped_updates, r.loss, r.grad_norm)?;
+        if let Some(d) = dump.as_mut() {
+            d.append(step, r.policy_version, &out.samples)?;
+        }
+        progress.set(
+            step + 1,
+            format!("reward {:.3}  len {:.1}  eval {:.1}%", r.reward_mean, r.response_len_mean, 100.0 * last.sampled),
+        );
+        if (step + 1) % rl.log_every.max(1) == 0 || step == 0 {
+            progress.say(
+                log,
+                &format!(
+                    "rl step {:>4}/{}  reward {:.3}  len {:.1}  kept {}/{}  clip {:.3}  {:.1}s (gen {:.1}s)",
+                    step + 1,
+                    rl.steps,
+                    r.reward_mean,
+                    r.response_len_mean,
+                    r.trained_samples,
+                    out.samples.len(),
+                    r.clip_frac,
+                    r.step_s,
+                    r.time_generate_s,
+                ),
+            );
+        }
+        let final_step = step + 1 == rl.steps;
+        if final_step || (rl.eval_every > 0 && (step + 1) % rl.eval_every == 0) {
+            last = evaluate(model, cfg, ph.task, rl, &tok, step + 1, dp)?;
+            progress.say(
+                log,
+                &format!(
+                    "rl eval step {}: solve rate greedy {:.1}%, sampled {:.1}%",
+                    step + 1,
+                    100.0 * last.greedy,
+                    100.0 * last.sampled
+                ),
+            );
+            write_line(ph, io.metrics, &eval_line(step + 1, &last))?;
+        }
+        // a signal on any rank stops every rank here, checkpointed (not under [async]: its rollout
+        // ranks do not take part in the trainer's collectives; a killed async run resumes from its
+        // last periodic checkpoint)
+        let preempted = io.source.is_none() && crate::train::preempt::agreed(grid.world.as_ref())?;
+        if final_step || preempted || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
+            io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
+            checkpoint(model, opt, ph, &trainer, grid, step, before)?;
+        }
+        if preempted {
+            progress.finish();
+            progress.say(log, &format!("preempted: checkpoint of RL step {} written", step + 1));
+            return Err(Error::Preempted { step: ph.offset + step + 1 });
+        }
+    }
+    progress.finish();
+    Ok((before, last))
+}
+
+/// Checkpoint after RL step `step`: the model, the optimizer, the trainer state, the critics and
+/// the off-policy pipeline's pending batch (one file per data-parallel rank, gathered to root).
+fn checkpoint(
+    model: &Model,
+    opt: &AdamW,
+    ph: &Phase,
+    trainer: &RlTrainer,
+    grid: &Grid,
+    step: u64,
+    before: SolveRate,
+) -> Result<()> {
+    let cfg = ph.cfg;
+    let tree = trainer.sampler.tree_state();
+    let state = TrainerState {
+        step: ph.offset + step + 1,
+        seed: cfg.run.seed,
+        adam_t: opt.t,
+        rl_eval_before: Some([before.sampled, before.greedy]),
+        sampling: tree.map(|t| t.save()),
+    };
+    let json = match tree.and_then(|t| t.pending.as_ref()) {
+        Some(p) => serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("pending batch: {e}")))?,
+        None => Vec::new(),
+    };
+    let all = if cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) { grid.dp.all_gather_bytes(&json)? } else { vec![] };
+    // the critics and the pending batch go into the checkpoint's folder before it is renamed
+    // into place, under its manifest: a checkpoint has all of them or does not exist
+    let extra = |dir: &Path| -> Result<()> {
+        if let Some(c) = trainer.critics.as_ref() {
+            c.save(dir)?;
+        }
+        for (r, bytes) in all.iter().enumerate() {
+            let path = dir.join(format!("pending-rank{r}.json"));
+            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    };
+    let root = grid.is_root();
+    save_model_checkpoint(
+        ph.run_dir,
+        model,
+        Some(ph.tokenizer),
+        opt,
+        &state,
+        cfg.train.keep_checkpoints,
+        root,
+        &extra,
+    )?;
+    Ok(())
+}

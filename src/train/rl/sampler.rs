@@ -1,0 +1,138 @@
+//! Stages 1–3 of an RL step, one strategy per run chosen at start-up: generate this rank's
+//! share of the step, reward it, and turn rewards into advantages ([`Rollouts`]).
+//! - groups: n samples per prompt, group-normalised advantages (GRPO family);
+//! - trees (`[attnrl]`): FCI-guided branching, tree node advantages (`tree.rs`);
+//! - environments (`[env]`): multi-turn games, one training sample per turn (`env_step.rs`).
+
+use super::env_step::sample_env;
+use super::eval;
+use super::report::TreeNotes;
+use super::rollouts::{RolloutCtx, Rollouts, TrainingBatch};
+use super::tree::{TreeSampler, TreeState};
+use crate::config::{RlSection, RunConfig};
+use crate::env::EnvConfig;
+use crate::error::Result;
+use crate::model::Model;
+use crate::parallel::partition;
+use crate::rl::group_advantages;
+use crate::rollout::Request;
+use std::time::Instant;
+
+/// How the RL phase samples.
+pub enum Sampler {
+    /// n samples per prompt; `filter_zero_std`: groups with equal rewards do not train.
+    Groups {
+        filter_zero_std: bool,
+    },
+    Trees(Box<TreeSampler>),
+    Env(EnvConfig),
+}
+
+impl Sampler {
+    /// The sampler of `cfg`'s RL phase for `model`.
+    pub fn for_config(cfg: &RunConfig, rl: &RlSection, model: &Model) -> Self {
+        match (&cfg.attnrl, &cfg.env) {
+            (Some(ac), _) => Sampler::Trees(Box::new(TreeSampler::new(ac, model, rl.prompts_per_step))),
+            (None, Some(ec)) => Sampler::Env(ec.clone()),
+            // with critics, GAE gives equal-reward groups a signal too
+            (None, None) => Sampler::Groups { filter_zero_std: rl.filter_zero_std && cfg.critic.is_none() },
+        }
+    }
+
+    /// Stages 1–3 at RL step `step` (0-based) with the weights of `model`.
+    pub fn sample(&mut self, ctx: &RolloutCtx, model: &Model, step: u64) -> Result<Rollouts> {
+        match self {
+            Sampler::Groups { filter_zero_std } => sample_groups(ctx, model, step, *filter_zero_std),
+            Sampler::Trees(t) => sample_trees(ctx, t, model, step),
+            Sampler::Env(ec) => sample_env(ctx, ec, model, step),
+        }
+    }
+
+    /// The adaptive state of a tree sampler.
+    pub fn tree_state(&self) -> Option<&TreeState> {
+        match self {
+            Sampler::Trees(t) => Some(&t.state),
+            _ => None,
+        }
+    }
+
+    /// The adaptive state of a tree sampler, to restore it.
+    pub fn tree_state_mut(&mut self) -> Option<&mut TreeState> {
+        match self {
+            Sampler::Trees(t) => Some(&mut t.state),
+            _ => None,
+        }
+    }
+}
+
+/// GRPO-family sampling: this rank's share of the prompts × n samples, rewards, group advantages.
+fn sample_groups(ctx: &RolloutCtx, model: &Model, step: u64, filter_zero_std: bool) -> Result<Rollouts> {
+    let rl = ctx.rl;
+    let (p, n) = (rl.prompts_per_step, rl.samples_per_prompt as usize);
+    let mine = partition(p, ctx.dp.size(), ctx.dp.rank());
+    let mut problems = Vec::with_capacity(mine.len());
+    let mut requests = Vec::with_capacity(mine.len() * n);
+    for i in mine.clone() {
+        let id = step * p as u64 + i as u64;
+        let (ids, prob) = ctx.problem(id)?;
+        for s in 0..n as u32 {
+            requests.push(Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
+        }
+        problems.push(prob);
+    }
+    // 1. rollouts
+    let completions = ctx.generate(model, &requests, step, rl.max_new_tokens)?;
+    // 2. rewards
+    let t_reward = Instant::now();
+    let rewards: Vec<f32> =
+        completions.iter().enumerate().map(|(k, c)| eval::reward(ctx.task, &ctx.tok, &problems[k / n], c)).collect();
+    // 3. advantages
+    let group_starts: Vec<usize> = (0..=mine.len()).map(|g| g * n).collect();
+    let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
+    let t_reward = t_reward.elapsed().as_secs_f64();
+    let mut out = Rollouts { generated: Vec::with_capacity(completions.len()), ..Rollouts::default() };
+    out.counts.prompts = mine.len();
+    out.counts.zero_std = adv.zero_std.iter().filter(|&&z| z).count();
+    out.counts.groups = adv.zero_std.len();
+    for g in 0..mine.len() {
+        let r = &rewards[g * n..(g + 1) * n];
+        out.counts.all_correct += usize::from(r.iter().all(|&x| x >= 1.0));
+        out.counts.all_wrong += usize::from(r.iter().all(|&x| x < 1.0));
+    }
+    for (k, c) in completions.into_iter().enumerate() {
+        let no_signal = filter_zero_std && adv.zero_std[k / n];
+        out.push(requests[k].prompt.clone(), c, adv.advantages[k], rewards[k], !no_signal);
+    }
+    out.notes.time_reward_s = Some(t_reward);
+    Ok(out)
+}
+
+/// Tree sampling (`[attnrl]`): this data-parallel rank's questions.
+fn sample_trees(ctx: &RolloutCtx, sampler: &mut TreeSampler, model: &Model, step: u64) -> Result<Rollouts> {
+    let mut tb = sampler.sample(ctx, model, step)?;
+    let next_prompts = sampler.state.batch.prompts;
+    let n = sampler.ac.initial_responses.max(1);
+    let initial = &tb.generated[..tb.questions * n];
+    let mut out = Rollouts::default();
+    out.counts.candidates = tb.candidates;
+    out.counts.effective = tb.effective;
+    out.counts.all_correct =
+        (0..tb.questions).filter(|q| initial[q * n..(q + 1) * n].iter().all(|s| s.data.reward >= 1.0)).count();
+    out.counts.all_wrong =
+        (0..tb.questions).filter(|q| initial[q * n..(q + 1) * n].iter().all(|s| s.data.reward < 1.0)).count();
+    out.counts.prompts = tb.questions;
+    out.counts.zero_std = tb.dropped_questions;
+    out.counts.groups = tb.questions;
+    let mut points = [tb.branch_points as f64, tb.filled_points as f64];
+    ctx.dp.all_reduce_sum_f64(&mut points)?;
+    out.notes.tree =
+        Some(TreeNotes { branch_points: points[0] as u64, branch_points_filled: points[1] as u64, next_prompts });
+    out.batch = TrainingBatch {
+        generated_index: vec![None; tb.train.len()],
+        samples: tb.train,
+        fixed_old_logp: std::mem::take(&mut tb.fixed_old_logp),
+        ..TrainingBatch::default()
+    };
+    out.generated = tb.generated;
+    Ok(out)
+}
