@@ -7,7 +7,7 @@ use arbor::config::{RunConfig, DEFAULT_CONFIG};
 use arbor::model::init::init_params;
 use arbor::model::Model;
 use arbor::parallel::Local;
-use arbor::train::critic::{Critic, CriticConfig};
+use arbor::train::critic::{Critic, CriticConfig, ValueTargets};
 use arbor::train::pretrain;
 use arbor::train::rl::Sample;
 use common::metrics_without_clock as metrics;
@@ -61,7 +61,8 @@ fn a_critic_fits_its_returns() {
     let mut reported = Vec::new();
     for _ in 0..200 {
         let old = critic.values(&[&s]).unwrap();
-        reported.push(critic.train(&[&s], &returns, &old, 0.0, 3e-3, 4.0, &Local, 1 << 20).unwrap());
+        let targets = ValueTargets { returns: &returns, old: &old, tokens_total: 4.0 };
+        reported.push(critic.train(&[&s], targets, 0.0, 3e-3, &Local, 1 << 20).unwrap());
     }
     let last = loss(&mut critic);
     assert!((reported[0] - first).abs() < 1e-6, "the reported loss is 0.5·mean (V − R)²: {} vs {first}", reported[0]);

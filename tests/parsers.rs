@@ -17,7 +17,7 @@ use arbor::tasks::jsonl::{parse_records, JsonlTask};
 use arbor::tasks::{build, TaskConfig, TaskKind};
 use arbor::tokenizer::CharTokenizer;
 use arbor::train::async_rl::decode_weights;
-use arbor::train::checkpoint::{fnv1a64, load_checkpoint, save_checkpoint, TrainerState};
+use arbor::train::checkpoint::{fnv1a64, load_checkpoint, save_checkpoint, CheckpointFiles, TrainerState};
 use arbor::train::rl::wire;
 use arbor::train::rl::{AttnTrace, Sample, StepSample};
 use arbor::train::{AdamW, AdamWConfig};
@@ -530,8 +530,15 @@ fn saved_checkpoint() -> (tempfile::TempDir, PathBuf) {
     let (cfg, params) = tiny_params();
     let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
     let state = TrainerState { step: 3, seed: 7, adam_t: 3, rl_eval_before: None, sampling: None };
-    let dir =
-        save_checkpoint(run.path(), &cfg, &params, None, &opt, &state, 1, &|_: &Path| Ok(())).expect("save checkpoint");
+    let dir = save_checkpoint(
+        run.path(),
+        &cfg,
+        &params,
+        &opt,
+        &state,
+        &CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()) },
+    )
+    .expect("save checkpoint");
     (run, dir)
 }
 
@@ -812,7 +819,15 @@ fn a_checkpoint_of_non_finite_weights_is_never_written() {
     params.data[5] = f32::NAN;
     let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
     let state = TrainerState { step: 4, seed: 7, adam_t: 4, rl_eval_before: None, sampling: None };
-    let err = save_checkpoint(run.path(), &cfg, &params, None, &opt, &state, 1, &|_: &Path| Ok(())).unwrap_err();
+    let err = save_checkpoint(
+        run.path(),
+        &cfg,
+        &params,
+        &opt,
+        &state,
+        &CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()) },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("non-finite") && err.to_string().contains("element 5"), "{err}");
     assert!(arbor::train::checkpoint::list_checkpoints(run.path()).unwrap().is_empty());
 }

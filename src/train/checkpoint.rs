@@ -69,19 +69,28 @@ fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
 /// temporary folder, so they are covered by its manifest and appear together with it or not at all.
 pub type ExtraFiles<'a> = &'a dyn Fn(&Path) -> Result<()>;
 
+/// What a checkpoint holds besides the weights, the optimizer and the trainer state.
+#[derive(Clone, Copy)]
+pub struct CheckpointFiles<'a> {
+    /// Saved as tokenizer.json (HF layout) when given.
+    pub tokenizer: Option<&'a Tokenizer>,
+    /// Newest checkpoints kept; older ones are deleted after a successful save.
+    pub keep_last: usize,
+    /// Writes further files into the checkpoint's folder before it is renamed into place.
+    pub extra: ExtraFiles<'a>,
+}
+
 /// Write `checkpoints/step-<state.step>/` under `run_dir` (with the `extra` files) and keep only the
 /// newest `keep_last`.
-#[allow(clippy::too_many_arguments)]
 pub fn save_checkpoint(
     run_dir: &Path,
     cfg: &ModelConfig,
     params: &Params,
-    tokenizer: Option<&Tokenizer>,
     opt: &AdamW,
     state: &TrainerState,
-    keep_last: usize,
-    extra: ExtraFiles,
+    files: &CheckpointFiles,
 ) -> Result<PathBuf> {
+    let CheckpointFiles { tokenizer, keep_last, extra } = *files;
     let root = run_dir.join("checkpoints");
     io(&root, std::fs::create_dir_all(&root))?;
     let final_dir = root.join(format!("step-{}", state.step));
@@ -219,22 +228,17 @@ pub struct LoadedState {
 /// weights and AdamW moments are gathered into the full model's layout (a collective over the
 /// model's tensor-parallel group, so every rank of the group calls this), and only the rank with
 /// `write` writes `checkpoints/step-N/`. Returns the directory on the writing rank.
-#[allow(clippy::too_many_arguments)]
 pub fn save_model_checkpoint(
     run_dir: &Path,
     model: &crate::model::Model,
-    tokenizer: Option<&Tokenizer>,
     opt: &AdamW,
     state: &TrainerState,
-    keep_last: usize,
+    files: &CheckpointFiles,
     write: bool,
-    extra: ExtraFiles,
 ) -> Result<Option<PathBuf>> {
     if model.tp.is_none() {
         return match write {
-            true => {
-                save_checkpoint(run_dir, &model.cfg, &model.params, tokenizer, opt, state, keep_last, extra).map(Some)
-            }
+            true => save_checkpoint(run_dir, &model.cfg, &model.params, opt, state, files).map(Some),
             false => Ok(None),
         };
     }
@@ -245,7 +249,7 @@ pub fn save_model_checkpoint(
     }
     let mut full_opt = AdamW::for_layout(opt.cfg, &params.layout);
     (full_opt.m, full_opt.v, full_opt.t) = (m, v, opt.t);
-    save_checkpoint(run_dir, model.full_config(), &params, tokenizer, &full_opt, state, keep_last, extra).map(Some)
+    save_checkpoint(run_dir, model.full_config(), &params, &full_opt, state, files).map(Some)
 }
 
 /// Verify the manifest of a checkpoint directory, then load it.

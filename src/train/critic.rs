@@ -133,6 +133,17 @@ pub struct Critic {
     batch: Batch,
 }
 
+/// What a critic's update regresses toward.
+#[derive(Debug, Clone, Copy)]
+pub struct ValueTargets<'a> {
+    /// Return R_t per response token (concatenated over the samples).
+    pub returns: &'a [f32],
+    /// The critic's values at the step's start, per token (the clip's centre).
+    pub old: &'a [f32],
+    /// Response tokens over all data-parallel ranks (the token-mean's denominator).
+    pub tokens_total: f64,
+}
+
 /// Pack samples' prompt+response; returns the positions of V(s_t) of every response token.
 fn pack(samples: &[&Sample], batch: &mut Batch) -> Result<Vec<usize>> {
     batch.clear();
@@ -196,21 +207,19 @@ impl Critic {
         Ok(pos.iter().map(|&i| dot(&self.ws.lnf[i * c..(i + 1) * c], w) + b).collect())
     }
 
-    /// One update on `samples` toward `returns` (per response token, concatenated); `old` are the
-    /// values at the step's start (for the clip). Token-mean over `tokens_total` tokens (all
-    /// ranks); gradients all-reduced over `dp`. Returns this rank's summed loss.
-    #[allow(clippy::too_many_arguments)]
+    /// One update on `samples` toward `t.returns` (per response token, concatenated); `t.old`
+    /// are the values at the step's start (for the clip). Token-mean over `t.tokens_total` tokens
+    /// (all ranks); gradients all-reduced over `dp`. Returns this rank's summed loss.
     pub fn train(
         &mut self,
         samples: &[&Sample],
-        returns: &[f32],
-        old: &[f32],
+        t: ValueTargets,
         clip: f32,
         lr: f32,
-        tokens_total: f64,
         dp: &dyn Comm,
         bucket_bytes: usize,
     ) -> Result<f64> {
+        let ValueTargets { returns, old, tokens_total } = t;
         let c = self.model.cfg.hidden_size;
         let mut grads = vec![0.0f32; self.model.params.data.len()];
         let mut head_grads = vec![0.0f32; c + 1];

@@ -12,9 +12,10 @@ use crate::parallel::{all_reduce_buckets, partition, Comm, Grid};
 use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
-use crate::train::checkpoint::{load_checkpoint, save_model_checkpoint, TrainerState};
+use crate::train::checkpoint::{load_checkpoint, save_model_checkpoint, CheckpointFiles, TrainerState};
 use crate::train::device::Engine;
 use crate::train::guard::NonFiniteGuard;
+use crate::train::metrics::{write_line, SftEvalLine, SftStepReport};
 use crate::train::progress::Progress;
 use crate::train::{clip_and_step_model, AdamW, AdamWConfig, LrSchedule};
 use std::io::Write;
@@ -58,7 +59,6 @@ fn encode(tok: &CharTokenizer, p: &Problem) -> Result<(Vec<u32>, usize)> {
     Ok((ids, answer_start))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_batch(
     tok: &CharTokenizer,
     task: &dyn Task,
@@ -227,8 +227,14 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         let _ = writeln!(log, "{s}");
     };
     if let Some(event) = &config_event {
-        writeln!(metrics, "{event}").map_err(|e| Error::io(&metrics_path, e))?;
-        say(log, format!("resumed with a changed config (recorded in config-history.jsonl): {}", event["changes"]));
+        write_line(&mut metrics, &metrics_path, event)?;
+        say(
+            log,
+            format!(
+                "resumed with a changed config (recorded in config-history.jsonl): {}",
+                serde_json::Value::Object(event.changes.clone())
+            ),
+        );
     }
     say(
         log,
@@ -271,9 +277,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     if start == 0 && t.steps > 0 {
         let e0 = evaluate(&model, &tok, task.as_ref(), cfg, &mut ws, dp)?;
         say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
-        let line =
-            serde_json::json!({"step": 0, "eval_answer_nll": e0.answer_nll, "eval_answer_exact": e0.answer_exact});
-        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        let line = SftEvalLine { step: 0, eval_answer_nll: e0.answer_nll, eval_answer_exact: e0.answer_exact };
+        write_line(&mut metrics, &metrics_path, &line)?;
         report.evals.push((0, e0));
     } else if start > 0 {
         say(log, format!("resumed from step {start}"));
@@ -332,8 +337,16 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         tokens_total += n;
         train_secs += secs;
         report.losses.push(loss);
-        let line = serde_json::json!({"step": step + 1, "loss": loss, "grad_norm": norm, "lr": lr, "tokens": n, "step_s": secs, "skipped_updates": skipped});
-        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        let line = SftStepReport {
+            step: step + 1,
+            loss,
+            grad_norm: norm,
+            lr,
+            tokens: n,
+            step_s: secs,
+            skipped_updates: skipped,
+        };
+        write_line(&mut metrics, &metrics_path, &line)?;
         guard.record("sft", step + 1, skipped, loss, norm as f64)?;
         progress.set(step + 1, format!("loss {loss:.4}  {:.0} tokens/s", tokens_total as f64 / train_secs));
         if (step + 1) % t.log_every.max(1) == 0 || step == 0 {
@@ -359,8 +372,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
                     100.0 * e.answer_exact
                 ),
             );
-            let line = serde_json::json!({"step": step + 1, "eval_answer_nll": e.answer_nll, "eval_answer_exact": e.answer_exact});
-            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            let line = SftEvalLine { step: step + 1, eval_answer_nll: e.answer_nll, eval_answer_exact: e.answer_exact };
+            write_line(&mut metrics, &metrics_path, &line)?;
             report.evals.push((step + 1, e));
         }
         // a signal on any rank (Slurm's preemption notice) stops every rank here, checkpointed
@@ -375,7 +388,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
                 sampling: None,
             };
             let none = |_: &Path| Ok::<(), Error>(());
-            save_model_checkpoint(&out_dir, &model, Some(&tokenizer), &opt, &state, t.keep_checkpoints, root, &none)?;
+            let files = CheckpointFiles { tokenizer: Some(&tokenizer), keep_last: t.keep_checkpoints, extra: &none };
+            save_model_checkpoint(&out_dir, &model, &opt, &state, &files, root)?;
         }
         if preempted {
             progress.finish();

@@ -6,6 +6,7 @@
 //! metrics.jsonl an `event` line at the step where the change took effect.
 
 use crate::error::{Error, Result};
+use crate::train::metrics::ConfigChangeLine;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -71,7 +72,7 @@ fn show(v: &Option<String>) -> &str {
 /// Compare the resolved config `now` of a run resumed after global step `step` with the run's
 /// `config.toml`; refuse a change unless `allow`, else record it (see the module doc). Returns the
 /// metrics.jsonl event line of an allowed change. Writes `config.toml` (the config now in force).
-pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Result<Option<serde_json::Value>> {
+pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Result<Option<ConfigChangeLine>> {
     let path = run_dir.join("config.toml");
     let recorded = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -103,10 +104,10 @@ pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Resul
     crate::io::atomic::write_atomic(&kept, recorded.as_bytes())?;
     let entries: serde_json::Map<String, serde_json::Value> =
         changes.iter().map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now}))).collect();
-    let event = serde_json::json!({"step": step, "event": "config_change", "changes": entries});
+    let event = ConfigChangeLine { step, event: "config_change", changes: entries };
     let history = run_dir.join("config-history.jsonl");
     let mut text = std::fs::read_to_string(&history).unwrap_or_default();
-    text.push_str(&format!("{}\n", serde_json::json!({"from_step": step + 1, "previous": kept.file_name().map(|n| n.to_string_lossy().into_owned()), "changes": event["changes"]})));
+    text.push_str(&format!("{}\n", serde_json::json!({"from_step": step + 1, "previous": kept.file_name().map(|n| n.to_string_lossy().into_owned()), "changes": event.changes})));
     crate::io::atomic::write_atomic(&history, text.as_bytes())?;
     crate::io::atomic::write_atomic(&path, now.as_bytes())?;
     Ok(Some(event))

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::parallel::Comm;
 use crate::rl::gae::{aggregate, critic_of, explained_variance, gae, quantile, uncertainty_masks};
-use crate::train::critic::{Critic, CriticConfig};
+use crate::train::critic::{Critic, CriticConfig, ValueTargets};
 use std::path::Path;
 
 /// What the critics computed for the step's training samples, kept in the training batch for
@@ -168,7 +168,8 @@ impl Critics {
                 ret.extend_from_slice(&b.returns[r.clone()]);
                 old.extend_from_slice(&b.old[m][r]);
             }
-            losses[m] = critic.train(&mine, &ret, &old, cc.value_clip, cc.lr, tokens[m], dp, bucket)?;
+            let targets = ValueTargets { returns: &ret, old: &old, tokens_total: tokens[m] };
+            losses[m] = critic.train(&mine, targets, cc.value_clip, cc.lr, dp, bucket)?;
         }
         dp.all_reduce_sum_f64(&mut losses)?;
         Ok(losses)

@@ -16,7 +16,7 @@ use crate::rl::LossConfig;
 use crate::tasks::Task;
 use crate::tokenizer::char::CharTokenizer;
 use crate::tokenizer::Tokenizer;
-use crate::train::checkpoint::{save_model_checkpoint, TrainerState};
+use crate::train::checkpoint::{save_model_checkpoint, CheckpointFiles, TrainerState};
 use crate::train::progress::Progress;
 use crate::train::AdamW;
 use std::io::Write;
@@ -53,8 +53,7 @@ fn metrics_path(ph: &Phase) -> PathBuf {
 }
 
 fn write_line(ph: &Phase, metrics: &mut dyn Write, line: &impl serde::Serialize) -> Result<()> {
-    let json = serde_json::to_value(line).map_err(|e| Error::Invalid(format!("metrics line: {e}")))?;
-    writeln!(metrics, "{json}").map_err(|e| Error::io(metrics_path(ph), e))
+    crate::train::metrics::write_line(metrics, &metrics_path(ph), line)
 }
 
 fn eval_line(step: u64, r: &SolveRate) -> RlEvalLine {
@@ -293,16 +292,7 @@ fn checkpoint(
         }
         Ok(())
     };
-    let root = grid.is_root();
-    save_model_checkpoint(
-        ph.run_dir,
-        model,
-        Some(ph.tokenizer),
-        opt,
-        &state,
-        cfg.train.keep_checkpoints,
-        root,
-        &extra,
-    )?;
+    let files = CheckpointFiles { tokenizer: Some(ph.tokenizer), keep_last: cfg.train.keep_checkpoints, extra: &extra };
+    save_model_checkpoint(ph.run_dir, model, opt, &state, &files, grid.is_root())?;
     Ok(())
 }
