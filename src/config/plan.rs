@@ -61,9 +61,9 @@ pub enum Schedule {
 }
 
 impl RunConfig {
-    /// The plan of this config. Every config `parse` accepts has one; the rules of
-    /// `config::rules` exclude the combinations the precedence below would have to settle
-    /// ([attnrl] with [env] or [critic], [env] with [async]).
+    /// The plan of this config. Every config `parse` accepts has one; the precedence below
+    /// ([attnrl] over [env] and [critic]) only matters for combinations that `config::rules`
+    /// refuses.
     pub fn plan(&self) -> RunPlan {
         RunPlan { supervised_steps: self.train.steps, rl: self.rl.as_ref().map(|rl| self.rl_plan(rl)) }
     }
