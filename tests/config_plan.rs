@@ -38,8 +38,10 @@ fn root() -> PathBuf {
 /// Every file under `dir`, recursively, in name order.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -124,9 +126,11 @@ fn doc_examples() -> Vec<(String, String)> {
         let body = &rest[start + 8..];
         let end = body.find("```").expect("a closed ```toml block");
         let block = &body[..end];
-        let marker = block.lines().next().and_then(|l| l.strip_prefix("# plan: ")).unwrap_or_else(|| {
-            panic!("docs/config.md: a ```toml block must start with `# plan: ...`:\n{block}")
-        });
+        let marker = block
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# plan: "))
+            .unwrap_or_else(|| panic!("docs/config.md: a ```toml block must start with `# plan: ...`:\n{block}"));
         out.push((marker.to_string(), block.to_string()));
         rest = &body[end + 3..];
     }
@@ -206,11 +210,19 @@ fn rows() -> Vec<(Row, String)> {
             with(&["[rl]\nsteps = 1\nsamples_per_prompt = 1\n"]),
         ),
         (
-            row("cuda_supervised_only", "train.device", "\"cuda\" drives the supervised phase with data parallelism only"),
+            row(
+                "cuda_supervised_only",
+                "train.device",
+                "\"cuda\" drives the supervised phase with data parallelism only",
+            ),
             format!("{cuda}\n{RL}"),
         ),
         (
-            row("attention_pass_tp_one", "parallel.tp", "2: the attention-statistics pass ([attnrl], [rhythm]) needs every head on one rank"),
+            row(
+                "attention_pass_tp_one",
+                "parallel.tp",
+                "2: the attention-statistics pass ([attnrl], [rhythm]) needs every head on one rank",
+            ),
             with(&[RL, "[parallel]\ntp = 2\n", "[rhythm]\n"]),
         ),
         (row("critic_needs_rl", "critic", "[critic] needs an [rl] phase"), with(&["[critic]\n"])),
@@ -239,11 +251,19 @@ fn rows() -> Vec<(Row, String)> {
             with(&[RL, "[env]\nkind = \"guess\"\nextra_samples = 8388608\n"]),
         ),
         (
-            row("env_groups_only", "env.kind", "[env] runs group sampling; drop [attnrl], [rhythm], [critic] and [workload]"),
+            row(
+                "env_groups_only",
+                "env.kind",
+                "[env] runs group sampling; drop [attnrl], [rhythm], [critic] and [workload]",
+            ),
             with(&[RL, "[env]\nkind = \"guess\"\n", "[workload]\nlengths = { kind = \"constant\", value = 4 }\n"]),
         ),
         (
-            row("env_not_async", "env.kind", "[env] plays env-level async inside the (data-parallel) trainer; drop [async]"),
+            row(
+                "env_not_async",
+                "env.kind",
+                "[env] plays env-level async inside the (data-parallel) trainer; drop [async]",
+            ),
             with(&[RL, "[env]\nkind = \"guess\"\n", "[async]\nrollout_ranks = 1\n"]),
         ),
         (
@@ -255,7 +275,11 @@ fn rows() -> Vec<(Row, String)> {
             with(&["[async]\nrollout_ranks = 1\n"]),
         ),
         (
-            row("async_groups_only", "async.rollout_ranks", "[async] runs group sampling (GRPO family); drop [attnrl]/[rhythm]"),
+            row(
+                "async_groups_only",
+                "async.rollout_ranks",
+                "[async] runs group sampling (GRPO family); drop [attnrl]/[rhythm]",
+            ),
             with(&[RL, "[async]\nrollout_ranks = 1\n", "[attnrl]\n"]),
         ),
         (

@@ -83,8 +83,7 @@ fn group_of_two(cfg: &RunConfig) -> Option<String> {
 /// The CUDA backend runs the supervised phase with data parallelism only.
 fn cuda_supervised_only(cfg: &RunConfig) -> Option<String> {
     when(cfg.train.device == Device::Cuda && (cfg.rl.is_some() || cfg.parallel.tp > 1), || {
-        "\"cuda\" drives the supervised phase with data parallelism only; [rl] and tp > 1 run on the CPU for now"
-            .into()
+        "\"cuda\" drives the supervised phase with data parallelism only; [rl] and tp > 1 run on the CPU for now".into()
     })
 }
 
@@ -172,5 +171,7 @@ fn async_tp_one(cfg: &RunConfig) -> Option<String> {
 }
 
 fn attnrl_needs_rl(cfg: &RunConfig) -> Option<String> {
-    when(attention_pass(cfg) && cfg.rl.is_none(), || "[attnrl] and [rhythm] shape the RL phase: add an [rl] table".into())
+    when(attention_pass(cfg) && cfg.rl.is_none(), || {
+        "[attnrl] and [rhythm] shape the RL phase: add an [rl] table".into()
+    })
 }
