@@ -1,6 +1,5 @@
 //! `[env]`: the multi-turn environment of the RL phase and how its episodes are run.
 
-use crate::config::RunConfig;
 use crate::env::latency::LatencyModel;
 use arbor_sim::dist::Dist;
 use serde::{Deserialize, Serialize};
@@ -71,8 +70,9 @@ fn d_eval_games() -> usize {
 }
 
 impl EnvConfig {
-    /// Check the section against the rest of the config: (key, message) on error.
-    pub fn validate(&self, cfg: &RunConfig) -> Result<(), (String, String)> {
+    /// Check the section's own values: (key, message) on error. What it needs from other
+    /// sections (an [rl] phase, group sampling, tp = 1) is checked in `config::rules`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((format!("env.{k}"), m));
         if self.kind != "guess" {
             return bad("kind", format!("{:?} is not a known environment (\"guess\")", self.kind));
@@ -94,24 +94,6 @@ impl EnvConfig {
         }
         if self.eval_games == 0 {
             return bad("eval_games", "0 must be at least 1".into());
-        }
-        let Some(rl) = &cfg.rl else {
-            return bad("kind", "[env] is played in the RL phase: add an [rl] table".into());
-        };
-        if rl.prompts_per_step.checked_add(self.extra_groups).is_none_or(|groups| groups >= 1 << 24) {
-            return bad("extra_groups", "groups per step (with the extra ones) must stay below 2^24".into());
-        }
-        if u64::from(rl.samples_per_prompt) + u64::from(self.extra_samples) > 1 << 23 {
-            return bad("extra_samples", "too many samples per group".into());
-        }
-        if cfg.attnrl.is_some() || cfg.rhythm.is_some() || cfg.critic.is_some() || cfg.workload.is_some() {
-            return bad("kind", "[env] runs group sampling; drop [attnrl], [rhythm], [critic] and [workload]".into());
-        }
-        if cfg.async_rl.is_some() {
-            return bad("kind", "[env] plays env-level async inside the (data-parallel) trainer; drop [async]".into());
-        }
-        if cfg.parallel.tp != 1 {
-            return bad("kind", format!("[env] runs with tp = 1 (parallel.tp = {})", cfg.parallel.tp));
         }
         Ok(())
     }

@@ -20,7 +20,6 @@
 //! each rollout rank receives weights on a thread, so a publishing trainer never waits for
 //! generation, and sends batches from another, so generation never waits for the trainer.
 
-use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::parallel::{Comm, Grid, TpGroup};
@@ -31,49 +30,11 @@ use crate::train::rl::{
     SolveRate,
 };
 use crate::train::AdamW;
-use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::sync::mpsc;
 use std::time::Instant;
 
-/// `[async]`: disaggregated rollout and training ranks with a staleness bound.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AsyncConfig {
-    /// Ranks that only generate: the last `rollout_ranks` of the world (≥ 1; at least one rank must train).
-    pub rollout_ranks: usize,
-    /// Async ratio α ≥ 0: batch b is generated with policy version b − ⌈α⌉ (0 = synchronous).
-    #[serde(default)]
-    pub alpha: f64,
-}
-
-impl AsyncConfig {
-    /// Check the section against the rest of the config: (key, message) on error.
-    pub fn validate(&self, cfg: &RunConfig) -> std::result::Result<(), (String, String)> {
-        let bad = |k: &str, m: String| Err((format!("async.{k}"), m));
-        if self.rollout_ranks == 0 {
-            return bad("rollout_ranks", "0 must be at least 1 (without rollout ranks, drop [async])".into());
-        }
-        if !(self.alpha.is_finite() && (0.0..=64.0).contains(&self.alpha)) {
-            return bad("alpha", format!("{} must be a number in [0, 64]", self.alpha));
-        }
-        if cfg.rl.is_none() {
-            return bad("rollout_ranks", "[async] needs an [rl] phase".into());
-        }
-        if cfg.attnrl.is_some() || cfg.rhythm.is_some() {
-            return bad("rollout_ranks", "[async] runs group sampling (GRPO family); drop [attnrl]/[rhythm]".into());
-        }
-        if cfg.parallel.tp != 1 {
-            return bad("rollout_ranks", format!("[async] trains with tp = 1 (parallel.tp = {})", cfg.parallel.tp));
-        }
-        Ok(())
-    }
-
-    /// k = ⌈α⌉: how many batches generation may run ahead.
-    pub fn lag(&self) -> u64 {
-        self.alpha.ceil() as u64
-    }
-}
+pub use crate::config::AsyncConfig;
 
 /// The policy version batch `b` is generated with, in a phase that started at version `first`.
 pub fn batch_version(b: u64, lag: u64, first: u64) -> u64 {
@@ -440,7 +401,7 @@ impl SampleSource for Received<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_CONFIG;
+    use crate::config::{RunConfig, DEFAULT_CONFIG};
     use std::path::Path;
 
     #[test]

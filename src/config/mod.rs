@@ -1,0 +1,289 @@
+//! Run configuration: TOML → typed structs (unknown keys rejected), validated with errors that
+//! name the file and key, and resolved into a [`RunPlan`].
+//!
+//! `config` owns the schema of the sections and every rule that spans sections
+//! ([`rules::RULES`]); it imports nothing from `train`.
+
+mod async_section;
+mod critic_section;
+pub mod plan;
+mod rl_section;
+pub mod rules;
+pub mod schedule;
+mod sections;
+
+pub use async_section::AsyncConfig;
+pub use critic_section::CriticConfig;
+pub use plan::{AdvantageSource, RlPlan, RunPlan, Sampler, Schedule};
+pub use rl_section::RlSection;
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use sections::{Device, ModelSection, ParallelSection, RunSection, TrainSection, Violation};
+
+use crate::error::{Error, Result};
+use crate::model::config::{Arch, ModelConfig};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The embedded default job.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
+/// configs/addition-sft.toml: a one-minute supervised job, the base of the tests' configs.
+pub const ADDITION_CONFIG: &str = include_str!("../../configs/addition-sft.toml");
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub run: RunSection,
+    pub model: ModelSection,
+    /// `[data]`: the task (`crate::tasks::TaskConfig`: kind = countdown | arithmetic | jsonl | parquet | addition).
+    pub data: crate::tasks::TaskConfig,
+    pub train: TrainSection,
+    /// Optional RL phase after the supervised phase.
+    pub rl: Option<RlSection>,
+    /// Policy loss of the RL phase (defaults: ALGORITHMS.md §5 reference values).
+    pub loss: Option<crate::rl::LossConfig>,
+    /// SPMD layout and fault handling under MPI (defaults when absent).
+    #[serde(default)]
+    pub parallel: ParallelSection,
+    /// AttnRL tree sampling in the RL phase (ATB with `branch_by = "fci"`, TreeRL with "entropy").
+    pub attnrl: Option<crate::attnrl::AttnRlConfig>,
+    /// Attention-rhythm credit: per-token advantage shaping in the RL phase.
+    pub rhythm: Option<crate::attnrl::RhythmConfig>,
+    /// `[async]`: disaggregated rollout and train ranks with a staleness bound (ROLL Flash).
+    #[serde(rename = "async")]
+    pub async_rl: Option<AsyncConfig>,
+    /// `[critic]`: PPO with GAE on value models (count ≥ 2: AsyPPO's mini-critics).
+    pub critic: Option<CriticConfig>,
+    /// `[workload]`: long-tail workload mode for system benchmarks (forced response lengths).
+    pub workload: Option<crate::rollout::WorkloadConfig>,
+    /// `[env]`: multi-turn environments with latency (replaces `[data]`'s single-turn prompts).
+    pub env: Option<crate::env::EnvConfig>,
+    /// A resume may change settings the run recorded (`arbor train --allow-config-change`; never
+    /// read from or written to a file).
+    #[serde(skip)]
+    pub allow_config_change: bool,
+}
+
+impl RunConfig {
+    /// Parse TOML text; `file` names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        // 1. TOML syntax, then every number of every section finite (a NaN or ±inf never reaches a
+        //    typed field, whatever section it is in)
+        let tree: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
+            file: file.into(),
+            key: e.span().map(|s| format!("line {}", line_of(text, s.start))).unwrap_or_default(),
+            msg: e.message().to_string(),
+        })?;
+        if let Some((key, v)) = first_non_finite(&tree, "") {
+            return Err(Error::Config { file: file.into(), key, msg: format!("{v} is not a finite number") });
+        }
+        // 2. the typed schema; a wrong type or unknown key is named by its dotted path and line
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
+            file: file.into(),
+            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
+            msg: e.message().to_string(),
+        })?;
+        // 3. each section's own values, then the rules across sections
+        cfg.validate().map_err(|(key, msg)| Error::Config { file: file.into(), key, msg })?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// The config at `path`, or the embedded default job without one (what every subcommand
+    /// taking `--config` does).
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Ok(Self::default_job()),
+        }
+    }
+
+    /// The embedded default job.
+    pub fn default_job() -> Self {
+        Self::parse(DEFAULT_CONFIG, Path::new("<embedded configs/default.toml>"))
+            .expect("embedded default config is valid")
+    }
+
+    /// Every section's own checks, then the rules that span sections ([`rules::RULES`]): the
+    /// first failure as (dotted key, message).
+    pub fn validate(&self) -> std::result::Result<(), Violation> {
+        self.run.validate()?;
+        self.data.validate().map_err(|(key, msg)| (format!("data.{key}"), msg))?;
+        self.train.validate()?;
+        self.model.validate()?;
+        if let Some(rl) = &self.rl {
+            rl.validate()?;
+        }
+        self.parallel.validate()?;
+        if let Some(c) = &self.critic {
+            c.validate()?;
+        }
+        if let Some(w) = &self.workload {
+            w.validate()?;
+        }
+        if let Some(e) = &self.env {
+            e.validate()?;
+        }
+        if let Some(a) = &self.async_rl {
+            a.validate()?;
+        }
+        if let Some(a) = &self.attnrl {
+            a.validate().map_err(|e| (format!("attnrl.{}", e.key), e.msg))?;
+        }
+        if let Some(r) = &self.rhythm {
+            r.validate().map_err(|e| (format!("rhythm.{}", e.key), e.msg))?;
+        }
+        if let Some(loss) = &self.loss {
+            loss.validate().map_err(|e| (format!("loss.{}", e.key), e.msg))?;
+        }
+        rules::check_all(self)
+    }
+
+    /// The task of `[data]` (a JSONL dataset is loaded here).
+    pub fn task(&self) -> Result<Box<dyn crate::tasks::Task>> {
+        crate::tasks::build(&self.data, self.run.seed)
+    }
+
+    /// The model configuration for a fresh model with a `vocab_size` tokenizer.
+    pub fn fresh_model(&self, vocab_size: usize, eos: u32, file: &Path) -> Result<ModelConfig> {
+        let m = &self.model;
+        let hidden = m.hidden_size.unwrap_or(0);
+        let heads = m.num_heads.unwrap_or(1).max(1);
+        let arch = if m.arch == "llama" { Arch::Llama } else { Arch::Qwen2 };
+        let cfg = ModelConfig {
+            arch,
+            hidden_size: hidden,
+            intermediate_size: m.intermediate_size.unwrap_or(0),
+            num_layers: m.num_layers.unwrap_or(0),
+            num_heads: heads,
+            num_kv_heads: m.num_kv_heads.unwrap_or(0),
+            head_dim: hidden / heads,
+            rms_norm_eps: 1e-6,
+            rope_theta: m.rope_theta,
+            vocab_size,
+            max_position_embeddings: m.max_position_embeddings,
+            tie_word_embeddings: m.tie_word_embeddings,
+            qkv_bias: arch == Arch::Qwen2,
+            bos_token_id: None,
+            eos_token_id: Some(eos),
+        };
+        if !hidden.is_multiple_of(heads) {
+            return Err(Error::Config {
+                file: file.into(),
+                key: "model.num_heads".into(),
+                msg: format!("{heads} does not divide hidden_size = {hidden}"),
+            });
+        }
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// The dotted key a TOML error span points into, with its line: the table of the nearest `[header]`
+/// above it and the key on its line (`train.steps (line 23)`); the line alone when the span is not
+/// on a `key = value` line.
+fn key_at(text: &str, at: usize) -> String {
+    let line_no = line_of(text, at);
+    let mut table = String::new();
+    let mut key = None;
+    for (i, line) in text.lines().enumerate().take(line_no) {
+        let t = line.trim();
+        if t.starts_with('[') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            key = None;
+        } else if i + 1 == line_no {
+            key = t.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).filter(|k| !k.is_empty());
+        }
+    }
+    match (key, table.is_empty()) {
+        (Some(k), true) => format!("{k} (line {line_no})"),
+        (Some(k), false) => format!("{table}.{k} (line {line_no})"),
+        (None, false) => format!("{table} (line {line_no})"),
+        (None, true) => format!("line {line_no}"),
+    }
+}
+
+/// The dotted path and value of the first non-finite float in a TOML tree (arrays index as `key[i]`).
+/// A distribution's `max = inf` (no cap, its default) is the one infinity allowed.
+fn first_non_finite(table: &toml::Table, prefix: &str) -> Option<(String, f64)> {
+    fn walk(v: &toml::Value, path: String) -> Option<(String, f64)> {
+        match v {
+            toml::Value::Float(f) if *f == f64::INFINITY && path.ends_with(".max") => None,
+            toml::Value::Float(f) if !f.is_finite() => Some((path, *f)),
+            toml::Value::Table(t) => first_non_finite(t, &path),
+            toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| walk(x, format!("{path}[{i}]"))),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| walk(v, if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_parses_and_bad_keys_are_named() {
+        let d = RunConfig::default_job();
+        assert_eq!(d.data.kind, crate::tasks::TaskKind::Countdown);
+        assert!(d.rl.is_some() && d.model.hf_dir.is_some());
+        let bad = ADDITION_CONFIG.replace("batch_size = 64", "batch_size = 64\nbatchsize = 3");
+        let e = RunConfig::parse(&bad, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(e.contains("x.toml") && e.contains("batchsize"), "{e}");
+        let bad = ADDITION_CONFIG.replace("task = \"addition\"", "task = \"chess\"");
+        let e = RunConfig::parse(&bad, Path::new("y.toml")).unwrap_err().to_string();
+        assert!(e.contains("y.toml") && e.contains("chess"), "{e}");
+        let bad = ADDITION_CONFIG.replace("max_digits = 2", "max_digits = 40");
+        let e = RunConfig::parse(&bad, Path::new("w.toml")).unwrap_err().to_string();
+        assert!(e.contains("w.toml") && e.contains("data.max_digits"), "{e}");
+        let bad = ADDITION_CONFIG.replace("lr = 3e-3", "lr = \"fast\"");
+        let e = RunConfig::parse(&bad, Path::new("z.toml")).unwrap_err().to_string();
+        assert!(e.contains("z.toml"), "{e}");
+        let bad = ADDITION_CONFIG.replace("[train]\n", "[train]\ndevice = \"tpu\"\n");
+        let e = RunConfig::parse(&bad, Path::new("d.toml")).unwrap_err().to_string();
+        assert!(e.contains("d.toml") && e.contains("tpu"), "{e}");
+        let bad = ADDITION_CONFIG.replace("[train]\n", "[train]\ndevice = \"cuda\"\n") + "\n[parallel]\ntp = 2\n";
+        let e = RunConfig::parse(&bad, Path::new("g.toml")).unwrap_err().to_string();
+        assert!(e.contains("g.toml") && e.contains("train.device"), "{e}");
+        let bad = ADDITION_CONFIG.to_string() + "\n[parallel]\ntp = 0\n";
+        let e = RunConfig::parse(&bad, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(e.contains("p.toml") && e.contains("parallel.tp"), "{e}");
+        let ok = ADDITION_CONFIG.to_string() + "\n[parallel]\ntp = 2\n";
+        assert_eq!(RunConfig::parse(&ok, Path::new("p.toml")).unwrap().parallel.tp, 2);
+        let bad = ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 1\nmini_batches = 0\n";
+        let e = RunConfig::parse(&bad, Path::new("m.toml")).unwrap_err().to_string();
+        assert!(e.contains("rl.mini_batches"), "{e}");
+    }
+
+    #[test]
+    fn the_rl_learning_rate_follows_its_schedule_and_bad_bounds_are_named() {
+        let rl = RunConfig::default_job().rl.unwrap();
+        let s = rl.lr_schedule();
+        assert_eq!(s.lr(0), rl.lr, "cosine starts at the peak");
+        assert!((s.lr(rl.steps) - 1e-5).abs() < 1e-9, "and ends at min_lr: {}", s.lr(rl.steps));
+        assert!(s.lr(rl.steps / 2) < rl.lr && s.lr(rl.steps / 2) > 1e-5);
+        let constant =
+            RunConfig::parse(&(ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 10\nlr = 3e-4\n"), Path::new("c.toml"))
+                .unwrap()
+                .rl
+                .unwrap();
+        assert_eq!(constant.lr_schedule().lr(9), 3e-4, "the default schedule is constant");
+        for (extra, key) in
+            [("min_lr = 1e-3", "rl.min_lr"), ("min_lr = -1e-6", "rl.min_lr"), ("warmup_steps = 11", "rl.warmup_steps")]
+        {
+            let bad = ADDITION_CONFIG.to_string() + &format!("\n[rl]\nsteps = 10\nschedule = \"cosine\"\n{extra}\n");
+            let e = RunConfig::parse(&bad, Path::new("s.toml")).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `[rl]`: the GRPO-family phase after the supervised one, with its defaults and the checks of
+//! its own values.
+
+use super::schedule::{LrSchedule, ScheduleKind};
+use super::sections::{default_clip, Violation};
+use serde::{Deserialize, Serialize};
+
+/// `[rl]`: the GRPO-family phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlSection {
+    pub steps: u64,
+    #[serde(default = "d_prompts")]
+    pub prompts_per_step: usize,
+    #[serde(default = "d_samples")]
+    pub samples_per_prompt: u32,
+    #[serde(default = "d_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default = "d_temperature")]
+    pub temperature: f32,
+    /// Peak learning rate of the policy.
+    #[serde(default = "d_rl_lr")]
+    pub lr: f32,
+    /// Learning-rate schedule over the RL steps: "constant" (default), "linear" or "cosine"
+    /// decay to `min_lr` at the last step, after `warmup_steps` of linear warmup.
+    #[serde(default = "d_rl_schedule")]
+    pub schedule: ScheduleKind,
+    /// Learning rate at the last RL step for "linear"/"cosine" (default: `lr`, no decay).
+    #[serde(default)]
+    pub min_lr: Option<f32>,
+    /// RL steps of linear warmup from lr/warmup_steps to lr.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_clip")]
+    pub grad_clip: f32,
+    #[serde(default)]
+    pub advantage: crate::rl::AdvantageKind,
+    /// Drop groups whose rewards are all equal (zero advantage) before the update.
+    #[serde(default = "d_true")]
+    pub filter_zero_std: bool,
+    /// Sequences generated together (KV-cache slots).
+    #[serde(default = "d_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "d_eval_problems")]
+    pub eval_problems: usize,
+    /// Samples per held-out problem at temperature 1 (plus one greedy).
+    #[serde(default = "d_eval_samples")]
+    pub eval_samples: u32,
+    #[serde(default)]
+    pub eval_every: u64,
+    #[serde(default = "d_rl_log")]
+    pub log_every: u64,
+    /// Passes over each step's samples (PPO epochs).
+    #[serde(default = "d_one")]
+    pub epochs: usize,
+    /// Optimizer updates per pass: the step's samples are cut into this many mini-batches.
+    #[serde(default = "d_one")]
+    pub mini_batches: usize,
+    /// Samples per forward/backward, gradients accumulated exactly; 0 = a whole mini-batch at once.
+    #[serde(default)]
+    pub micro_batch: usize,
+    /// Write `trajectories.h5` (needs the `hdf5` feature; ignored without it).
+    #[serde(default = "d_true")]
+    pub dump_trajectories: bool,
+}
+
+fn d_one() -> usize {
+    1
+}
+fn d_prompts() -> usize {
+    32
+}
+fn d_samples() -> u32 {
+    8
+}
+fn d_new_tokens() -> usize {
+    8
+}
+fn d_temperature() -> f32 {
+    1.0
+}
+fn d_rl_lr() -> f32 {
+    1e-4
+}
+fn d_rl_schedule() -> ScheduleKind {
+    ScheduleKind::Constant
+}
+fn d_true() -> bool {
+    true
+}
+fn d_max_batch() -> usize {
+    256
+}
+fn d_eval_problems() -> usize {
+    200
+}
+fn d_eval_samples() -> u32 {
+    4
+}
+fn d_rl_log() -> u64 {
+    5
+}
+
+impl RlSection {
+    /// The policy's learning-rate schedule over the RL steps.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            kind: self.schedule,
+            peak_lr: self.lr,
+            min_lr: self.min_lr.unwrap_or(self.lr),
+            warmup_steps: self.warmup_steps,
+            total_steps: self.steps,
+        }
+    }
+
+    /// Check the section's own values (whether a group of one sample is allowed depends on
+    /// `[critic]` and `[attnrl]`: a rule).
+    pub fn validate(&self) -> Result<(), Violation> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        for (key, v) in [
+            ("rl.prompts_per_step", self.prompts_per_step),
+            ("rl.samples_per_prompt", self.samples_per_prompt as usize),
+            ("rl.max_new_tokens", self.max_new_tokens),
+            ("rl.max_batch", self.max_batch),
+            ("rl.epochs", self.epochs),
+            ("rl.mini_batches", self.mini_batches),
+            ("rl.eval_problems", self.eval_problems),
+        ] {
+            if v == 0 {
+                return bad(key, "0 must be at least 1".into());
+            }
+        }
+        for (key, v, ok, want) in [
+            ("rl.lr", self.lr, self.lr > 0.0, "> 0"),
+            ("rl.grad_clip", self.grad_clip, self.grad_clip >= 0.0, "≥ 0 (0 disables clipping)"),
+            ("rl.temperature", self.temperature, self.temperature >= 0.0, "≥ 0 (0 = greedy rollouts)"),
+        ] {
+            if !(v.is_finite() && ok) {
+                return bad(key, format!("{v} must be {want}"));
+            }
+        }
+        if let Some(m) = self.min_lr {
+            if !(m.is_finite() && m >= 0.0 && m <= self.lr) {
+                return bad("rl.min_lr", format!("{m} must be in [0, rl.lr = {}]", self.lr));
+            }
+        }
+        if self.warmup_steps > self.steps {
+            return bad("rl.warmup_steps", format!("{} exceeds rl.steps = {}", self.warmup_steps, self.steps));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! Every rule that spans two or more sections of a run config, in one place.
+//!
+//! Each rule is a named check with the key its error names; `RunConfig::parse` runs them in the
+//! order of [`RULES`] after every section has passed its own checks, and reports the first
+//! broken one. docs/config.md ("Run plans") lists them; tests/config_plan.rs breaks each one.
+
+use super::{Device, RunConfig};
+
+/// A rule spanning sections: its name, the key its error names, and the check.
+pub struct Rule {
+    /// Short name (tests/config_plan.rs covers every rule by name).
+    pub name: &'static str,
+    /// The dotted key (or table) the error names.
+    pub key: &'static str,
+    check: fn(&RunConfig) -> Option<String>,
+}
+
+impl Rule {
+    /// The message when `cfg` breaks the rule, `None` when it keeps it.
+    pub fn check(&self, cfg: &RunConfig) -> Option<String> {
+        (self.check)(cfg)
+    }
+}
+
+/// All rules, in the order they are checked.
+pub const RULES: &[Rule] = &[
+    Rule { name: "steps_or_rl", key: "train.steps", check: steps_or_rl },
+    Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
+    Rule { name: "cuda_supervised_only", key: "train.device", check: cuda_supervised_only },
+    Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
+    Rule { name: "critic_needs_rl", key: "critic", check: critic_needs_rl },
+    Rule { name: "critic_not_trees", key: "critic", check: critic_not_trees },
+    Rule { name: "critic_not_async", key: "critic", check: critic_not_async },
+    Rule { name: "workload_needs_rl", key: "workload", check: workload_needs_rl },
+    Rule { name: "env_needs_rl", key: "env.kind", check: env_needs_rl },
+    Rule { name: "env_group_count", key: "env.extra_groups", check: env_group_count },
+    Rule { name: "env_sample_count", key: "env.extra_samples", check: env_sample_count },
+    Rule { name: "env_groups_only", key: "env.kind", check: env_groups_only },
+    Rule { name: "env_not_async", key: "env.kind", check: env_not_async },
+    Rule { name: "env_tp_one", key: "env.kind", check: env_tp_one },
+    Rule { name: "async_needs_rl", key: "async.rollout_ranks", check: async_needs_rl },
+    Rule { name: "async_groups_only", key: "async.rollout_ranks", check: async_groups_only },
+    Rule { name: "async_tp_one", key: "async.rollout_ranks", check: async_tp_one },
+    Rule { name: "attnrl_needs_rl", key: "attnrl", check: attnrl_needs_rl },
+];
+
+/// The first rule `cfg` breaks: (key, message).
+pub(super) fn check_all(cfg: &RunConfig) -> Result<(), (String, String)> {
+    match RULES.iter().find_map(|r| r.check(cfg).map(|msg| (r.key.to_string(), msg))) {
+        Some(broken) => Err(broken),
+        None => Ok(()),
+    }
+}
+
+/// `msg` when `broken`.
+fn when(broken: bool, msg: impl FnOnce() -> String) -> Option<String> {
+    broken.then(msg)
+}
+
+/// Attention statistics ([attnrl] trees or [rhythm] shaping) are computed.
+fn attention_pass(cfg: &RunConfig) -> bool {
+    cfg.attnrl.is_some() || cfg.rhythm.is_some()
+}
+
+/// `[train] steps = 0` is a run only with an RL phase.
+fn steps_or_rl(cfg: &RunConfig) -> Option<String> {
+    when(cfg.train.steps == 0 && cfg.rl.is_none(), || "0: a run without an [rl] phase needs supervised steps".into())
+}
+
+/// A group advantage compares the samples of one prompt: a group of one has none (a critic or
+/// trees give per-sample values instead).
+fn group_of_two(cfg: &RunConfig) -> Option<String> {
+    let rl = cfg.rl.as_ref()?;
+    when(rl.samples_per_prompt < 2 && cfg.critic.is_none() && cfg.attnrl.is_none(), || {
+        format!(
+            "{}: the {:?} advantage compares the samples of a prompt, so a group needs at least 2 \
+             (or add a [critic] for per-sample values)",
+            rl.samples_per_prompt, rl.advantage
+        )
+    })
+}
+
+/// The CUDA backend runs the supervised phase with data parallelism only.
+fn cuda_supervised_only(cfg: &RunConfig) -> Option<String> {
+    when(cfg.train.device == Device::Cuda && (cfg.rl.is_some() || cfg.parallel.tp > 1), || {
+        "\"cuda\" drives the supervised phase with data parallelism only; [rl] and tp > 1 run on the CPU for now".into()
+    })
+}
+
+/// The attention-statistics pass needs every head on one rank.
+fn attention_pass_tp_one(cfg: &RunConfig) -> Option<String> {
+    let tp = cfg.parallel.tp;
+    when(tp > 1 && attention_pass(cfg), || {
+        format!(
+            "{tp}: the attention-statistics pass ([attnrl], [rhythm]) needs every head on one rank; use tp = 1 with data parallelism"
+        )
+    })
+}
+
+fn critic_needs_rl(cfg: &RunConfig) -> Option<String> {
+    when(cfg.critic.is_some() && cfg.rl.is_none(), || "[critic] needs an [rl] phase".into())
+}
+
+fn critic_not_trees(cfg: &RunConfig) -> Option<String> {
+    when(cfg.critic.is_some() && cfg.attnrl.is_some(), || {
+        "[critic] replaces group advantages; it does not combine with [attnrl] trees".into()
+    })
+}
+
+fn critic_not_async(cfg: &RunConfig) -> Option<String> {
+    when(cfg.critic.is_some() && cfg.async_rl.is_some(), || {
+        "[critic] runs in the synchronous trainer; drop [async]".into()
+    })
+}
+
+fn workload_needs_rl(cfg: &RunConfig) -> Option<String> {
+    when(cfg.workload.is_some() && cfg.rl.is_none(), || "[workload] shapes RL generation: add an [rl] table".into())
+}
+
+fn env_needs_rl(cfg: &RunConfig) -> Option<String> {
+    when(cfg.env.is_some() && cfg.rl.is_none(), || "[env] is played in the RL phase: add an [rl] table".into())
+}
+
+/// Groups per step, with the redundant ones, stay below 2^24.
+fn env_group_count(cfg: &RunConfig) -> Option<String> {
+    let (env, rl) = (cfg.env.as_ref()?, cfg.rl.as_ref()?);
+    when(rl.prompts_per_step.checked_add(env.extra_groups).is_none_or(|groups| groups >= 1 << 24), || {
+        "groups per step (with the extra ones) must stay below 2^24".into()
+    })
+}
+
+/// Samples per group, with the redundant ones, stay at most 2^23.
+fn env_sample_count(cfg: &RunConfig) -> Option<String> {
+    let (env, rl) = (cfg.env.as_ref()?, cfg.rl.as_ref()?);
+    when(u64::from(rl.samples_per_prompt) + u64::from(env.extra_samples) > 1 << 23, || {
+        "too many samples per group".into()
+    })
+}
+
+fn env_groups_only(cfg: &RunConfig) -> Option<String> {
+    let other = attention_pass(cfg) || cfg.critic.is_some() || cfg.workload.is_some();
+    when(cfg.env.is_some() && other, || {
+        "[env] runs group sampling; drop [attnrl], [rhythm], [critic] and [workload]".into()
+    })
+}
+
+fn env_not_async(cfg: &RunConfig) -> Option<String> {
+    when(cfg.env.is_some() && cfg.async_rl.is_some(), || {
+        "[env] plays env-level async inside the (data-parallel) trainer; drop [async]".into()
+    })
+}
+
+fn env_tp_one(cfg: &RunConfig) -> Option<String> {
+    let tp = cfg.parallel.tp;
+    when(cfg.env.is_some() && tp != 1, || format!("[env] runs with tp = 1 (parallel.tp = {tp})"))
+}
+
+fn async_needs_rl(cfg: &RunConfig) -> Option<String> {
+    when(cfg.async_rl.is_some() && cfg.rl.is_none(), || "[async] needs an [rl] phase".into())
+}
+
+fn async_groups_only(cfg: &RunConfig) -> Option<String> {
+    when(cfg.async_rl.is_some() && attention_pass(cfg), || {
+        "[async] runs group sampling (GRPO family); drop [attnrl]/[rhythm]".into()
+    })
+}
+
+fn async_tp_one(cfg: &RunConfig) -> Option<String> {
+    let tp = cfg.parallel.tp;
+    when(cfg.async_rl.is_some() && tp != 1, || format!("[async] trains with tp = 1 (parallel.tp = {tp})"))
+}
+
+fn attnrl_needs_rl(cfg: &RunConfig) -> Option<String> {
+    when(attention_pass(cfg) && cfg.rl.is_none(), || {
+        "[attnrl] and [rhythm] shape the RL phase: add an [rl] table".into()
+    })
+}

@@ -1,0 +1,277 @@
+//! The sections of a run that every job has (`[run]`, `[model]`, `[train]`, `[parallel]`) and the
+//! `[rl]` phase, with their defaults and the checks of each section's own values. Rules that
+//! span sections live in `config::rules`.
+
+use super::schedule::ScheduleKind;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A failed check: the dotted key and what is wrong with it.
+pub type Violation = (String, String);
+
+fn bad(key: &str, msg: String) -> Result<(), Violation> {
+    Err((key.into(), msg))
+}
+
+/// `[run]`: naming, seeding, output and threads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Output goes to `<out_dir>/<name>/`.
+    pub name: String,
+    /// The one seed every random stream derives from.
+    pub seed: u64,
+    #[serde(default = "default_out_dir")]
+    pub out_dir: PathBuf,
+    /// Worker threads (0 = all cores).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_out_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+impl RunSection {
+    /// Check the section's own values.
+    pub fn validate(&self) -> Result<(), Violation> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return bad("run.name", format!("{:?} must be a non-empty name without slashes", self.name));
+        }
+        Ok(())
+    }
+}
+
+/// `[model]`: start from an HF directory (`hf_dir`) or build a fresh model from the dims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HF model directory to start from; when set, the dimension keys must be absent.
+    pub hf_dir: Option<PathBuf>,
+    /// "qwen2" (q/k/v biases) or "llama".
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_layers: Option<usize>,
+    pub num_heads: Option<usize>,
+    pub num_kv_heads: Option<usize>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Standard deviation of the random initialisation of matrices.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+}
+
+fn default_arch() -> String {
+    "qwen2".into()
+}
+fn default_max_pos() -> usize {
+    256
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_init_std() -> f64 {
+    0.02
+}
+
+impl ModelSection {
+    /// Check the section's own values: positive numbers, a known arch, and either `hf_dir` or
+    /// all five dimensions.
+    pub fn validate(&self) -> Result<(), Violation> {
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad("model.rope_theta", format!("{} must be > 0", self.rope_theta));
+        }
+        if !(self.init_std.is_finite() && self.init_std > 0.0) {
+            return bad("model.init_std", format!("{} must be > 0", self.init_std));
+        }
+        if self.arch != "qwen2" && self.arch != "llama" {
+            return bad("model.arch", format!("{:?} is not \"qwen2\" or \"llama\"", self.arch));
+        }
+        let dims = [self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads];
+        match &self.hf_dir {
+            Some(_) if dims.iter().any(Option::is_some) => {
+                bad("model.hf_dir", "give either hf_dir or the model dimensions, not both".into())
+            }
+            None if dims.iter().any(Option::is_none) => bad(
+                "model",
+                "without hf_dir, hidden_size, intermediate_size, num_layers, num_heads and num_kv_heads are required"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `[train]`: optimisation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub steps: u64,
+    /// Sequences per step.
+    pub batch_size: usize,
+    pub lr: f32,
+    #[serde(default)]
+    pub min_lr: f32,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    /// Global-norm clip (0 disables).
+    #[serde(default = "default_clip")]
+    pub grad_clip: f32,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f32,
+    #[serde(default = "default_beta1")]
+    pub beta1: f32,
+    #[serde(default = "default_beta2")]
+    pub beta2: f32,
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Steps between held-out evaluations (0 = only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Held-out problems scored (teacher-forced answer NLL / exact) at each evaluation.
+    #[serde(default = "default_eval")]
+    pub eval_problems: usize,
+    /// Steps between checkpoints (1 = every step: a killed run loses at most the step in progress).
+    #[serde(default = "default_ckpt_every")]
+    pub checkpoint_every: u64,
+    /// Newest checkpoints kept (older ones are deleted after a successful save).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Where the supervised phase's forward and backward run: "cpu" or "cuda" (GPU 0 of each rank).
+    #[serde(default)]
+    pub device: Device,
+    /// Steps in a row whose update may be skipped for a non-finite loss or gradient norm before
+    /// the run stops (both phases; 0 = stop at the first).
+    #[serde(default = "default_max_nonfinite")]
+    pub max_nonfinite_steps: u64,
+}
+
+/// Compute device of the supervised phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+fn default_eval() -> usize {
+    256
+}
+fn default_max_nonfinite() -> u64 {
+    3
+}
+fn default_ckpt_every() -> u64 {
+    1
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Cosine
+}
+pub(super) fn default_clip() -> f32 {
+    1.0
+}
+fn default_wd() -> f32 {
+    0.1
+}
+fn default_beta1() -> f32 {
+    0.9
+}
+fn default_beta2() -> f32 {
+    0.95
+}
+fn default_eps() -> f32 {
+    1e-8
+}
+fn default_log_every() -> u64 {
+    10
+}
+
+impl TrainSection {
+    /// Check the section's own values (whether `steps = 0` is allowed depends on `[rl]`: a rule).
+    pub fn validate(&self) -> Result<(), Violation> {
+        if self.batch_size == 0 {
+            return bad("train.batch_size", "0 must be at least 1".into());
+        }
+        if self.eval_problems == 0 {
+            return bad(
+                "train.eval_problems",
+                "0 must be at least 1 (every evaluation scores held-out problems)".into(),
+            );
+        }
+        for (key, v, ok, want) in [
+            ("train.lr", self.lr, self.lr > 0.0, "> 0"),
+            ("train.min_lr", self.min_lr, self.min_lr >= 0.0 && self.min_lr <= self.lr, "in [0, lr]"),
+            ("train.grad_clip", self.grad_clip, self.grad_clip >= 0.0, "≥ 0 (0 disables clipping)"),
+            ("train.weight_decay", self.weight_decay, self.weight_decay >= 0.0, "≥ 0"),
+            ("train.beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)"),
+            ("train.beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
+            ("train.eps", self.eps, self.eps > 0.0, "> 0"),
+        ] {
+            if !(v.is_finite() && ok) {
+                return bad(key, format!("{v} must be {want}"));
+            }
+        }
+        if self.device == Device::Cuda && !cfg!(feature = "cuda") {
+            return bad("train.device", "\"cuda\": this arbor was built without the `cuda` feature".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[parallel]`: world = dp × tp under mpirun/srun; dp is world / tp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelSection {
+    /// Tensor-parallel ranks per model replica (must divide the world size, and the model's
+    /// heads, kv heads and MLP width; see `model::shard`).
+    pub tp: usize,
+    /// Gradient all-reduce bucket size in MiB.
+    pub bucket_mb: f64,
+    /// A collective that does not complete in this many seconds aborts the job (0 = never).
+    pub collective_timeout_s: f64,
+    /// A training step that does not complete in this many seconds aborts the job (0 = never).
+    pub step_timeout_s: f64,
+}
+
+impl Default for ParallelSection {
+    fn default() -> Self {
+        ParallelSection { tp: 1, bucket_mb: 4.0, collective_timeout_s: 300.0, step_timeout_s: 1800.0 }
+    }
+}
+
+impl ParallelSection {
+    /// Bucket size in bytes (at least one f32).
+    pub fn bucket_bytes(&self) -> usize {
+        ((self.bucket_mb * 1048576.0) as usize).max(4)
+    }
+
+    /// Check the section's own values.
+    pub fn validate(&self) -> Result<(), Violation> {
+        if self.tp == 0 {
+            return bad("parallel.tp", "0 must be at least 1".into());
+        }
+        for (key, v) in [
+            ("parallel.bucket_mb", self.bucket_mb),
+            ("parallel.collective_timeout_s", self.collective_timeout_s),
+            ("parallel.step_timeout_s", self.step_timeout_s),
+        ] {
+            if !(v.is_finite() && v >= 0.0) || (key == "parallel.bucket_mb" && v == 0.0) {
+                return bad(key, format!("{v} must be a finite positive number"));
+            }
+        }
+        Ok(())
+    }
+}
