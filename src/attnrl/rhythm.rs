@@ -130,11 +130,7 @@ pub fn rhythm_marks(
     if waad.len() != fai.len() {
         return Err(Error::shape(
             "rhythm marks",
-            format!(
-                "WAAD has {} tokens but FAI has {}; both need one value per response token",
-                waad.len(),
-                fai.len()
-            ),
+            format!("WAAD has {} tokens but FAI has {}; both need one value per response token", waad.len(), fai.len()),
         ));
     }
     let t_len = waad.len();

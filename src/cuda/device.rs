@@ -190,7 +190,8 @@ impl Gpu {
         let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
         // SAFETY: every launch site passes the arguments its kernel's ABI comment lists, with
         // pointers into live buffers of this context large enough for the shapes it passes.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::device(format!("CUDA launch {module}/{entry}"), format!("{e:?}")))?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| Error::device(format!("CUDA launch {module}/{entry}"), format!("{e:?}")))?;
         Ok(())
     }
 

@@ -85,7 +85,10 @@ impl GpuModel {
     /// Replace the weights with `params` (e.g. after an optimizer step on the host).
     pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
         if params.len() != self.params.len() {
-            return Err(Error::shape("weights upload", format!("{} weights for a model of {}", params.len(), self.params.len())));
+            return Err(Error::shape(
+                "weights upload",
+                format!("{} weights for a model of {}", params.len(), self.params.len()),
+            ));
         }
         self.gpu.stream.memcpy_htod(params, &mut self.params).map_err(drv("upload"))
     }

@@ -96,7 +96,8 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
     }
     use cudarc::nvrtc::result;
     let src = CString::new(source(name)?).map_err(|_| Error::device("NVRTC", format!("{name}.cu holds a NUL byte")))?;
-    let cname = CString::new(format!("{name}.cu")).map_err(|_| Error::device("NVRTC", format!("bad module name {name:?}")))?;
+    let cname =
+        CString::new(format!("{name}.cu")).map_err(|_| Error::device("NVRTC", format!("bad module name {name:?}")))?;
     let prog = result::create_program(&src, Some(&cname))
         .map_err(|e| Error::device(format!("nvrtcCreateProgram({name})"), format!("{e:?}")))?;
     let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "-default-device".into()];

@@ -278,8 +278,9 @@ pub fn save_hf_dir(dir: &Path, cfg: &ModelConfig, params: &Params, opts: &SaveOp
             (s.name.as_str(), t)
         });
         let tmp = staged.temp_path(&name);
-        safetensors::serialize_to_file(tensors.collect::<Vec<_>>(), Some(metadata.clone()), &tmp)
-            .map_err(|e| Error::io(dir.join(&name), std::io::Error::other(format!("writing safetensors failed: {e}"))))?;
+        safetensors::serialize_to_file(tensors.collect::<Vec<_>>(), Some(metadata.clone()), &tmp).map_err(|e| {
+            Error::io(dir.join(&name), std::io::Error::other(format!("writing safetensors failed: {e}")))
+        })?;
         summary.file_bytes += std::fs::metadata(&tmp).map_err(|e| Error::io(&tmp, e))?.len();
         summary.files.push(name);
     }

@@ -98,12 +98,15 @@ impl Comm for MpiComm {
         let n = self.size();
         let mut lens = vec![0u64; n];
         self.watch("all_gather(len)", || self.comm.all_gather_into(&(mine.len() as u64), &mut lens[..]));
-        let counts: Vec<Count> = lens.iter().map(|&l| count(self.rank(), l as usize, "all_gather")).collect::<Result<_>>()?;
+        let counts: Vec<Count> =
+            lens.iter().map(|&l| count(self.rank(), l as usize, "all_gather")).collect::<Result<_>>()?;
         let mut displs = Vec::with_capacity(n);
         let mut total: Count = 0;
         for &c in &counts {
             displs.push(total);
-            total = total.checked_add(c).ok_or_else(|| Error::collective(self.rank(), "all_gather", "total exceeds MPI count"))?;
+            total = total
+                .checked_add(c)
+                .ok_or_else(|| Error::collective(self.rank(), "all_gather", "total exceeds MPI count"))?;
         }
         if total == 0 {
             // nothing to move (MPI implementations may reject zero-size receive buffers)

@@ -303,7 +303,10 @@ pub fn attention_stats(
     let starts = &batch.seq_starts;
     let partitions = starts.first().is_some_and(|&s| s == 0) && starts.windows(2).all(|w| w[0] <= w[1]);
     if !(partitions && starts.last() == Some(&n) || starts.is_empty() && n == 0) {
-        return Err(Error::shape("attention stats", format!("batch seq_starts {starts:?} do not partition {n} tokens")));
+        return Err(Error::shape(
+            "attention stats",
+            format!("batch seq_starts {starts:?} do not partition {n} tokens"),
+        ));
     }
     if ws.layers.len() != l_n || ws.capacity() < n {
         return Err(Error::shape(
