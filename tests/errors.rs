@@ -139,3 +139,36 @@ fn a_context_added_on_the_way_up_keeps_the_variant() {
     let e = question_trees(&[ok, bad]).unwrap_err();
     assert!(matches!(&e, Error::Shape { what, .. } if what == "response 1: split 0 at token 0"), "{e:?}");
 }
+
+/// Answers parsed out of model output: a thousands group that starts with a multi-byte character
+/// (`1,ab€`: the group's first 3 bytes end inside the `€`) used to panic on a char boundary.
+#[test]
+fn a_thousands_group_cut_inside_a_character_is_not_a_number() {
+    use arbor::tasks::answer::{check_answer, parse_answer};
+    assert_eq!(parse_answer("1,ab€"), None);
+    assert_eq!(parse_answer("1,2€3"), None);
+    assert!(parse_answer("1,234").is_some());
+    let _ = check_answer("so the answer is \\boxed{1,ab€}", "1000");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Every grader of free-form model output returns a verdict on any text, never a panic.
+    #[test]
+    fn graders_of_model_output_never_panic(
+        text in "[0-9,./{}\\\\a-z€é$ -]{0,24}",
+        raw in proptest::prelude::any::<String>(),
+    ) {
+        use arbor::tasks::answer::{check_answer, extract_answer, parse_answer};
+        for t in [text.as_str(), raw.as_str()] {
+            let _ = parse_answer(t);
+            let _ = extract_answer(t);
+            let _ = check_answer(t, "12");
+            let _ = check_answer(&format!("\\boxed{{{t}}}"), "1/2");
+            let _ = arbor::env::guess::first_integer(t);
+            let _ = arbor::tasks::rational::parse_expression(t);
+            let _ = arbor::tasks::arithmetic::Column::from_prompt(t);
+        }
+    }
+}

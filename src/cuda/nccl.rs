@@ -43,7 +43,7 @@ impl Nccl {
         };
         boot.broadcast_bytes(0, &mut bytes)?;
         if bytes.len() != 128 {
-            let msg = format!("the NCCL unique id came as {} bytes, expected 128", bytes.len());
+            let msg = format!("received {} bytes, expected 128", bytes.len());
             return Err(Error::collective(0, "broadcast of the NCCL unique id", msg));
         }
         let mut raw = [0 as std::ffi::c_char; 128];
