@@ -26,7 +26,24 @@ pub enum Error {
     /// failure: `arbor train --resume auto` continues from there.
     #[error("preempted: stopped by a signal after step {step}, checkpoint written; resume with `arbor train --resume auto` (or `latest`)")]
     Preempted { step: u64 },
-    /// A value outside what the operation supports (batch too large, token id out of range, ...).
+    /// A file read from outside is not in the format it should be (a safetensors header, an HDF5
+    /// trajectory dump, a `tokenizer.json`), for problems no single tensor, key or line owns.
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    /// Tensors, buffers or index lists whose sizes or boundaries do not fit together: `what` names
+    /// the operation or the buffers, `msg` what was expected and what was found.
+    #[error("{what}: {msg}")]
+    Shape { what: String, msg: String },
+    /// A collective or a rank-to-rank message failed, or a peer sent bytes that do not parse. `rank`
+    /// is the rank at fault: the peer whose message was malformed, else the rank that saw the failure.
+    #[error("rank {rank}: {op}: {msg}")]
+    Collective { rank: usize, op: String, msg: String },
+    /// The accelerator stack failed or is missing: a CUDA driver, NVRTC, cuBLAS or NCCL call, or the
+    /// backend's own state. `api` names the library and the call ("CUDA launch m/k", "cuBLAS SGEMM").
+    #[error("{api}: {msg}")]
+    Device { api: String, msg: String },
+    /// A value outside what the operation supports (batch too large, token id out of range, ...),
+    /// when no file, key, tensor, rank or device is involved.
     #[error("{0}")]
     Invalid(String),
 }
@@ -38,5 +55,97 @@ impl Error {
     /// Wrap an `std::io::Error` with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// [`Error::Format`]: the file at `path` is malformed.
+    pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format { path: path.into(), msg: msg.into() }
+    }
+
+    /// [`Error::Shape`]: sizes that do not fit together in `what`.
+    pub fn shape(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Shape { what: what.into(), msg: msg.into() }
+    }
+
+    /// [`Error::Collective`]: operation `op` failed at (or was fed bad bytes by) `rank`.
+    pub fn collective(rank: usize, op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Collective { rank, op: op.into(), msg: msg.into() }
+    }
+
+    /// [`Error::Device`]: the accelerator call or component `api` failed.
+    pub fn device(api: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Device { api: api.into(), msg: msg.into() }
+    }
+
+    /// [`Error::Io`] for a problem with a path that the OS did not report (a path with no file
+    /// name, a NUL byte, a missing expected file): `kind` classifies it like an OS error would.
+    pub fn path(path: impl Into<PathBuf>, kind: std::io::ErrorKind, msg: impl Into<String>) -> Self {
+        Error::Io { path: path.into(), source: std::io::Error::new(kind, msg.into()) }
+    }
+
+    /// Say where an error happened by putting `context` in front: a [`Error::Shape`] gets it
+    /// before `what`, an [`Error::Invalid`] before its text. The other variants already name their
+    /// file, tensor, rank or device and are returned unchanged.
+    pub fn within(self, context: impl std::fmt::Display) -> Self {
+        match self {
+            Error::Shape { what, msg } => Error::Shape { what: format!("{context}: {what}"), msg },
+            Error::Invalid(msg) => Error::Invalid(format!("{context}: {msg}")),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn format_names_the_file() {
+        let e = Error::format("/m/model.safetensors", "header of 9 bytes is not JSON");
+        assert_eq!(e.to_string(), "/m/model.safetensors: header of 9 bytes is not JSON");
+        assert!(matches!(e, Error::Format { .. }));
+    }
+
+    #[test]
+    fn shape_names_what_and_sizes() {
+        let e = Error::shape("policy loss", "dlogp has 3 entries, the batch 4 tokens");
+        assert_eq!(e.to_string(), "policy loss: dlogp has 3 entries, the batch 4 tokens");
+        assert!(matches!(e, Error::Shape { .. }));
+    }
+
+    #[test]
+    fn collective_names_rank_and_operation() {
+        let e = Error::collective(3, "tensor-parallel gather", "sent 12 bytes, expected 16");
+        assert_eq!(e.to_string(), "rank 3: tensor-parallel gather: sent 12 bytes, expected 16");
+        assert!(matches!(e, Error::Collective { rank: 3, .. }));
+    }
+
+    #[test]
+    fn device_names_the_api() {
+        let e = Error::device("cuBLAS SGEMM", "CUBLAS_STATUS_EXECUTION_FAILED");
+        assert_eq!(e.to_string(), "cuBLAS SGEMM: CUBLAS_STATUS_EXECUTION_FAILED");
+        assert!(matches!(e, Error::Device { .. }));
+    }
+
+    #[test]
+    fn within_prefixes_shape_and_invalid_only() {
+        let e = Error::shape("split 0", "at token 0 must be inside (0, 4)").within("response 2");
+        assert_eq!(e.to_string(), "response 2: split 0: at token 0 must be inside (0, 4)");
+        assert!(matches!(e, Error::Shape { .. }));
+        let e = Error::Invalid("reward NaN must be finite".into()).within("response 1");
+        assert_eq!(e.to_string(), "response 1: reward NaN must be finite");
+        let e = Error::collective(2, "broadcast", "root 5 out of range").within("step 3");
+        assert_eq!(e.to_string(), "rank 2: broadcast: root 5 out of range");
+    }
+
+    #[test]
+    fn path_is_an_io_error_with_its_kind() {
+        let e = Error::path("/a/b", ErrorKind::InvalidInput, "path contains a NUL byte");
+        assert_eq!(e.to_string(), "/a/b: path contains a NUL byte");
+        match e {
+            Error::Io { source, .. } => assert_eq!(source.kind(), ErrorKind::InvalidInput),
+            other => panic!("expected Error::Io, got {other:?}"),
+        }
     }
 }

@@ -75,7 +75,7 @@ pub fn responses_to_branch(
 /// step's zero included). A response with no steps counts as 0.
 pub fn question_fci(step_scores: &[&[f32]]) -> Result<f64> {
     if step_scores.is_empty() {
-        return Err(Error::Invalid("question FCI of a question with no responses".into()));
+        return Err(Error::shape("question FCI", "a question with no responses"));
     }
     let mut total = 0.0f64;
     for (i, s) in step_scores.iter().enumerate() {

@@ -80,10 +80,13 @@ pub fn atb_branch_points(
     let n_steps = bounds.len().saturating_sub(1);
     check_bounds(bounds, *bounds.last().unwrap_or(&0), "step bounds")?;
     if step_scores.len() != n_steps {
-        return Err(Error::Invalid(format!(
-            "{} step scores for {n_steps} steps (bounds {bounds:?}); need one score per response step",
-            step_scores.len()
-        )));
+        return Err(Error::shape(
+            "branch points",
+            format!(
+                "{} step scores for {n_steps} steps (bounds {bounds:?}); need one score per response step",
+                step_scores.len()
+            ),
+        ));
     }
     let candidates = atb_candidates(step_scores, rho)?;
     let spans: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();

@@ -128,11 +128,10 @@ pub fn rhythm_marks(
     thresholds: RhythmThresholds,
 ) -> Result<RhythmMarks> {
     if waad.len() != fai.len() {
-        return Err(Error::Invalid(format!(
-            "WAAD has {} tokens but FAI has {}; both need one value per response token",
-            waad.len(),
-            fai.len()
-        )));
+        return Err(Error::shape(
+            "rhythm marks",
+            format!("WAAD has {} tokens but FAI has {}; both need one value per response token", waad.len(), fai.len()),
+        ));
     }
     let t_len = waad.len();
     let preplan = preplan_mask(waad, cfg.preplan_frac)?;
@@ -182,11 +181,10 @@ pub fn rhythm_marks(
 /// Ã_t = γ_t·A_t.
 pub fn shape_advantages(gamma: &[f32], advantages: &[f32]) -> Result<Vec<f32>> {
     if gamma.len() != advantages.len() {
-        return Err(Error::Invalid(format!(
-            "{} γ values for {} advantages; need one per response token",
-            gamma.len(),
-            advantages.len()
-        )));
+        return Err(Error::shape(
+            "rhythm advantages",
+            format!("{} γ values for {} advantages; need one per response token", gamma.len(), advantages.len()),
+        ));
     }
     Ok(gamma.iter().zip(advantages).map(|(g, a)| g * a).collect())
 }

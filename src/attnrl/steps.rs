@@ -68,7 +68,7 @@ pub(crate) fn check_bounds(bounds: &[usize], len: usize, what: &str) -> crate::R
     if ok || (len == 0 && bounds == [0]) {
         Ok(())
     } else {
-        Err(crate::Error::Invalid(format!("{what} {bounds:?} must rise strictly from 0 to the token count {len}")))
+        Err(crate::Error::shape(what, format!("{bounds:?} must rise strictly from 0 to the token count {len}")))
     }
 }
 

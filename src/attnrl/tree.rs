@@ -67,10 +67,10 @@ impl ResponseTree {
         let mut prev = 0;
         for (i, s) in self.splits.iter().enumerate() {
             if s.at <= prev || s.at >= self.len {
-                return Err(Error::Invalid(format!(
-                    "split {i} at token {} must be after the previous split ({prev}) and inside (0, {}) of the response",
-                    s.at, self.len
-                )));
+                return Err(Error::shape(
+                    format!("split {i} at token {}", s.at),
+                    format!("must be after the previous split ({prev}) and inside (0, {}) of the response", self.len),
+                ));
             }
             if s.continuations.is_empty() {
                 return Err(Error::Invalid(format!("split {i} at token {} has no continuations", s.at)));
@@ -285,7 +285,7 @@ pub fn question_trees(trees: &[ResponseTree]) -> Result<QuestionTrees> {
     let root_value = question_root_value(trees)?;
     let mut out = QuestionTrees { root_value, trees: Vec::with_capacity(trees.len()), sequences: Vec::new() };
     for (i, t) in trees.iter().enumerate() {
-        let adv = tree_advantages(t, root_value).map_err(|e| Error::Invalid(format!("response {i}: {e}")))?;
+        let adv = tree_advantages(t, root_value).map_err(|e| e.within(format!("response {i}")))?;
         out.sequences.extend(leaf_sequences(t, &adv).into_iter().map(|s| (i, s)));
         out.trees.push(adv);
     }

@@ -82,7 +82,7 @@ impl Backend for Gpu {
     }
     fn download(&self, buf: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
         if out.len() > buf.len() {
-            return Err(Error::Invalid(format!("download of {} from a buffer of {}", out.len(), buf.len())));
+            return Err(Error::shape("download", format!("{} values from a buffer of {}", out.len(), buf.len())));
         }
         self.stream.memcpy_dtoh(&buf.slice(0..out.len()), out).map_err(drv("download"))?;
         self.sync()

@@ -59,7 +59,7 @@ impl<'g> GpuDecoder<'g> {
         let cfg = &model.cfg;
         let b = tokens.len();
         if slots.len() != b || b == 0 {
-            return Err(Error::Invalid(format!("decode step: {b} tokens for {} slots", slots.len())));
+            return Err(Error::shape("decode step", format!("{b} tokens for {} slots", slots.len())));
         }
         if model.tp.is_some() {
             return Err(Error::Invalid("GPU decoding under tensor parallelism is not supported yet".into()));
@@ -94,7 +94,7 @@ impl<'g> GpuDecoder<'g> {
             g.grow(&mut self.bufs[i], len)?;
         }
         let [x, ln, rstd, qkv, att, gu, act, logits] = &mut self.bufs[..] else {
-            return Err(Error::Invalid("decode buffers".into()));
+            return Err(Error::shape("decode step", format!("{} work buffers, expected 8", self.bufs.len())));
         };
         g.embedding_forward(Gpu::m(x, 0..b * c), Gpu::r(p, lay.embed..lay.embed + v * c), &dev, c)?;
         let (slot_p, lens_p) = (slot_dev.device_ptr(s).0, lens_dev.device_ptr(s).0);

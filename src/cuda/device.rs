@@ -44,7 +44,7 @@ pub struct Gpu {
 }
 
 pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Invalid(format!("CUDA {what}: {e:?}"))
+    move |e| Error::device(format!("CUDA {what}"), format!("{e:?}"))
 }
 
 /// Why no CUDA device can be used here, or `None` when one can. Never panics: the driver library
@@ -66,27 +66,25 @@ impl Gpu {
     /// no NVRTC or no cuBLAS.
     pub fn new(ordinal: usize) -> Result<Gpu> {
         if let Some(why) = unavailable() {
-            return Err(Error::Invalid(format!("CUDA backend: {why}")));
+            return Err(Error::device("CUDA backend", why));
         }
         if !nvrtc::available() {
-            return Err(Error::Invalid(
-                "CUDA backend: NVRTC (libnvrtc.so) not found; kernels cannot be compiled".into(),
-            ));
+            return Err(Error::device("CUDA backend", "NVRTC (libnvrtc.so) not found; kernels cannot be compiled"));
         }
         // SAFETY: dlopen probe only.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::Invalid("CUDA backend: cuBLAS (libcublas.so) not found".into()));
+            return Err(Error::device("CUDA backend", "cuBLAS (libcublas.so) not found"));
         }
         let count = CudaContext::device_count().map_err(drv("device count"))?;
         if ordinal >= count.max(0) as usize {
-            return Err(Error::Invalid(format!("CUDA backend: device {ordinal} requested, {count} present")));
+            return Err(Error::device("CUDA backend", format!("device {ordinal} requested, {count} present")));
         }
         let ctx = CudaContext::new(ordinal).map_err(drv("context"))?;
         // One stream orders everything; per-buffer events would only cost time.
         // SAFETY: called before any buffer or stream of this context exists.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv("stream"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Invalid(format!("cuBLAS: {e:?}")))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::device("cuBLAS", format!("{e:?}")))?;
         let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
         let name = ctx.name().map_err(drv("device name"))?;
         let sms = ctx
@@ -127,7 +125,7 @@ impl Gpu {
     }
 
     fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {
-        let mut mods = self.modules.lock().map_err(|_| Error::Invalid("CUDA module cache poisoned".into()))?;
+        let mut mods = self.modules.lock().map_err(|_| Error::device("CUDA module cache", "poisoned"))?;
         if let Some(m) = mods.get(name) {
             return Ok(m.clone());
         }
@@ -142,7 +140,7 @@ impl Gpu {
     pub(crate) fn function(&self, module: &'static str, entry: &str, smem: u32) -> Result<CudaFunction> {
         let key = format!("{module}/{entry}");
         {
-            let fns = self.functions.lock().map_err(|_| Error::Invalid("CUDA kernel cache poisoned".into()))?;
+            let fns = self.functions.lock().map_err(|_| Error::device("CUDA kernel cache", "poisoned"))?;
             if let Some((f, allowed)) = fns.get(&key) {
                 if smem <= (*allowed).max(DEFAULT_SMEM) {
                     return Ok(f.clone());
@@ -161,7 +159,7 @@ impl Gpu {
             }
             .map_err(drv("shared memory attribute"))?;
         }
-        let mut fns = self.functions.lock().map_err(|_| Error::Invalid("CUDA kernel cache poisoned".into()))?;
+        let mut fns = self.functions.lock().map_err(|_| Error::device("CUDA kernel cache", "poisoned"))?;
         fns.insert(key, (f.clone(), smem));
         Ok(f)
     }
@@ -192,7 +190,8 @@ impl Gpu {
         let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
         // SAFETY: every launch site passes the arguments its kernel's ABI comment lists, with
         // pointers into live buffers of this context large enough for the shapes it passes.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Invalid(format!("CUDA launch {module}/{entry}: {e:?}")))?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| Error::device(format!("CUDA launch {module}/{entry}"), format!("{e:?}")))?;
         Ok(())
     }
 
@@ -208,11 +207,11 @@ impl Gpu {
     /// Device address of a scratch buffer of at least `len` f32 (contents undefined), valid until
     /// the next call; every use is ordered on the one stream.
     pub(crate) fn scratch(&self, len: usize) -> Result<u64> {
-        let mut s = self.scratch.lock().map_err(|_| Error::Invalid("CUDA scratch poisoned".into()))?;
+        let mut s = self.scratch.lock().map_err(|_| Error::device("CUDA scratch", "poisoned"))?;
         if s.as_ref().is_none_or(|b| b.len() < len) {
             *s = Some(self.stream.alloc_zeros(len.max(1)).map_err(drv("alloc"))?);
         }
-        let buf = s.as_ref().ok_or_else(|| Error::Invalid("CUDA scratch missing".into()))?;
+        let buf = s.as_ref().ok_or_else(|| Error::device("CUDA scratch", "missing"))?;
         let ptr = buf.device_ptr(&self.stream).0;
         Ok(ptr)
     }

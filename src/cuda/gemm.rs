@@ -64,7 +64,7 @@ impl Gpu {
             return Ok(());
         }
         if a.len() < m * k || b.len() < n * k || c.len() < m * n {
-            return Err(Error::Invalid(format!("GEMM {kind:?} {m}x{n}x{k}: operand views too short")));
+            return Err(Error::shape(format!("GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
         }
         let p = gemm_plan(kind, m, n, k);
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
@@ -82,7 +82,7 @@ impl Gpu {
         };
         // SAFETY: the views hold at least m·k, n·k and m·n elements (checked above), matching
         // the leading dimensions of the plan.
-        unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| Error::Invalid(format!("cuBLAS SGEMM: {e:?}")))
+        unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| Error::device("cuBLAS SGEMM", format!("{e:?}")))
     }
 }
 
@@ -113,10 +113,10 @@ impl Gpu {
         use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
         use cudarc::driver::DevicePtr;
         if m == 0 || n == 0 || k == 0 {
-            return Err(Error::Invalid(format!("bf16 GEMM {kind:?} {m}x{n}x{k}: empty shapes are not supported")));
+            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "empty shapes are not supported"));
         }
         if a.len() < m * k || b.len() < n * k || c_len < m * n || c == 0 {
-            return Err(Error::Invalid(format!("bf16 GEMM {kind:?} {m}x{n}x{k}: operand views too short")));
+            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
         }
         let p = gemm_plan(kind, m, n, k);
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
@@ -151,7 +151,7 @@ impl Gpu {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| Error::Invalid(format!("cuBLAS GemmEx (bf16): {e:?}")))
+        .map_err(|e| Error::device("cuBLAS GemmEx (bf16)", format!("{e:?}")))
     }
 }
 

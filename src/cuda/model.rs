@@ -56,7 +56,7 @@ impl GpuModel {
     pub fn backward(&mut self, model: &Model, batch: &Batch, dlogp: &[f32], dent: Option<&[f32]>) -> Result<()> {
         let n = batch.len();
         if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
-            return Err(Error::Invalid(format!("dlogp/dent do not have one entry per token ({n})")));
+            return Err(Error::shape("dlogp/dent", format!("do not have one entry per token ({n})")));
         }
         let dev = self.gpu.batch(batch)?;
         let g = self.gpu.upload(dlogp)?;
@@ -85,7 +85,10 @@ impl GpuModel {
     /// Replace the weights with `params` (e.g. after an optimizer step on the host).
     pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
         if params.len() != self.params.len() {
-            return Err(Error::Invalid(format!("{} weights for a model of {}", params.len(), self.params.len())));
+            return Err(Error::shape(
+                "weights upload",
+                format!("{} weights for a model of {}", params.len(), self.params.len()),
+            ));
         }
         self.gpu.stream.memcpy_htod(params, &mut self.params).map_err(drv("upload"))
     }

@@ -21,7 +21,7 @@ pub struct Nccl {
 unsafe impl Send for Nccl {}
 
 fn nccl_err(what: &str) -> impl Fn(cudarc::nccl::result::NcclError) -> Error + '_ {
-    move |e| Error::Invalid(format!("NCCL {what}: {e:?}"))
+    move |e| Error::device(format!("NCCL {what}"), format!("{e:?}"))
 }
 
 impl Nccl {
@@ -30,9 +30,9 @@ impl Nccl {
     pub fn new(gpu: &Gpu, boot: Box<dyn Comm>) -> Result<Nccl> {
         // SAFETY: dlopen probe only.
         if !unsafe { cudarc::nccl::sys::is_culib_present() } {
-            return Err(Error::Invalid(
-                "NCCL (libnccl.so) not found on the loader path (NCCL ships libnccl.so.2: link it as libnccl.so)"
-                    .into(),
+            return Err(Error::device(
+                "NCCL",
+                "libnccl.so not found on the loader path (NCCL ships libnccl.so.2: link it as libnccl.so)",
             ));
         }
         let mut bytes = if boot.rank() == 0 {
@@ -43,7 +43,8 @@ impl Nccl {
         };
         boot.broadcast_bytes(0, &mut bytes)?;
         if bytes.len() != 128 {
-            return Err(Error::Invalid(format!("NCCL unique id of {} bytes received", bytes.len())));
+            let msg = format!("received {} bytes, expected 128", bytes.len());
+            return Err(Error::collective(0, "broadcast of the NCCL unique id", msg));
         }
         let mut raw = [0 as std::ffi::c_char; 128];
         for (r, b) in raw.iter_mut().zip(&bytes) {

@@ -31,7 +31,7 @@ pub fn source(name: &str) -> Result<String> {
     let (_, body) = SOURCES
         .iter()
         .find(|(n, _)| *n == name)
-        .ok_or_else(|| Error::Invalid(format!("no CUDA kernel module named {name:?}")))?;
+        .ok_or_else(|| Error::device("NVRTC", format!("no CUDA kernel module named {name:?}")))?;
     Ok(format!("{COMMON}\n#line 1 \"{name}.cu\"\n{body}"))
 }
 
@@ -64,20 +64,22 @@ pub fn available() -> bool {
 /// NVRTC's version (major, minor).
 pub fn version() -> Result<(i32, i32)> {
     if !available() {
-        return Err(Error::Invalid(no_nvrtc()));
+        return Err(no_nvrtc());
     }
     let (mut major, mut minor) = (0, 0);
     // SAFETY: plain out-parameters.
     unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| Error::Invalid(format!("nvrtcVersion: {e:?}")))?;
+        .map_err(|e| Error::device("nvrtcVersion", format!("{e:?}")))?;
     Ok((major, minor))
 }
 
-fn no_nvrtc() -> String {
-    "NVRTC (libnvrtc.so) was not found on the loader path; install the CUDA toolkit or \
-     `pip install nvidia-cuda-nvrtc-cu12` and add its lib directory to LD_LIBRARY_PATH"
-        .into()
+fn no_nvrtc() -> Error {
+    Error::device(
+        "NVRTC",
+        "libnvrtc.so was not found on the loader path; install the CUDA toolkit or \
+         `pip install nvidia-cuda-nvrtc-cu12` and add its lib directory to LD_LIBRARY_PATH",
+    )
 }
 
 /// A compiled module: its PTX text and the compiler's log (empty when clean).
@@ -90,13 +92,14 @@ pub struct Compiled {
 /// compiler log; a log with warnings is returned in `Compiled::log` (the caller decides).
 pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
     if !available() {
-        return Err(Error::Invalid(no_nvrtc()));
+        return Err(no_nvrtc());
     }
     use cudarc::nvrtc::result;
-    let src = CString::new(source(name)?).map_err(|_| Error::Invalid(format!("{name}.cu holds a NUL byte")))?;
-    let cname = CString::new(format!("{name}.cu")).map_err(|_| Error::Invalid("bad module name".into()))?;
+    let src = CString::new(source(name)?).map_err(|_| Error::device("NVRTC", format!("{name}.cu holds a NUL byte")))?;
+    let cname =
+        CString::new(format!("{name}.cu")).map_err(|_| Error::device("NVRTC", format!("bad module name {name:?}")))?;
     let prog = result::create_program(&src, Some(&cname))
-        .map_err(|e| Error::Invalid(format!("nvrtcCreateProgram({name}): {e:?}")))?;
+        .map_err(|e| Error::device(format!("nvrtcCreateProgram({name})"), format!("{e:?}")))?;
     let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "-default-device".into()];
     // SAFETY: `prog` is a live program until destroyed below; the log and PTX are copied out.
     let outcome = unsafe { result::compile_program(prog, &opts) };
@@ -109,8 +112,8 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
     let ptx = match outcome {
         Ok(()) => unsafe { result::get_ptx(prog) }
             .map(|raw| raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect::<Vec<u8>>())
-            .map_err(|e| Error::Invalid(format!("nvrtcGetPTX({name}): {e:?}"))),
-        Err(e) => Err(Error::Invalid(format!("NVRTC failed to compile cuda/{name}.cu for {arch} ({e:?}):\n{log}"))),
+            .map_err(|e| Error::device(format!("nvrtcGetPTX({name})"), format!("{e:?}"))),
+        Err(e) => Err(Error::device("NVRTC", format!("failed to compile cuda/{name}.cu for {arch} ({e:?}):\n{log}"))),
     };
     // SAFETY: destroyed once, after its last use.
     let _ = unsafe { result::destroy_program(prog) };
@@ -122,13 +125,13 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
 pub fn compile_clean(name: &str, arch: &str) -> Result<Compiled> {
     let c = compile(name, arch)?;
     if !c.log.is_empty() {
-        return Err(Error::Invalid(format!("cuda/{name}.cu for {arch}: the compiler printed:\n{}", c.log)));
+        return Err(Error::device("NVRTC", format!("cuda/{name}.cu for {arch}: the compiler printed:\n{}", c.log)));
     }
     let ptx = String::from_utf8_lossy(&c.ptx);
     let src = source(name)?;
     for e in entries(&src) {
         if !ptx.contains(&format!(".entry {e}(")) {
-            return Err(Error::Invalid(format!("cuda/{name}.cu for {arch}: no .entry {e} in the PTX")));
+            return Err(Error::device("NVRTC", format!("cuda/{name}.cu for {arch}: no .entry {e} in the PTX")));
         }
     }
     Ok(c)

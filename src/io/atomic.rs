@@ -69,7 +69,8 @@ impl Drop for StagedFiles {
 /// and renamed. A failure (a full disk, say) leaves the previous file as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    let name =
+        path.file_name().ok_or_else(|| Error::path(path, std::io::ErrorKind::InvalidInput, "not a file path"))?;
     let mut staged = StagedFiles::new(dir)?;
     staged.write(&name.to_string_lossy(), bytes)?;
     staged.commit()

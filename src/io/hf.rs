@@ -80,7 +80,8 @@ pub fn load_hf_dir_with_report(dir: &Path) -> Result<LoadedCheckpoint> {
         } else {
             ""
         };
-        return Err(Error::Invalid(format!("{}: no {SINGLE_FILE} or {INDEX_FILE} found{hint}", dir.display())));
+        let msg = format!("no {SINGLE_FILE} or {INDEX_FILE} found{hint}");
+        return Err(Error::path(dir, std::io::ErrorKind::NotFound, msg));
     };
     // every parameter is stored in at least 2 bytes (f16/bf16): a config.json whose sizes the
     // weights files cannot hold, and whose f32 parameters would take more than 1 GiB, is refused
@@ -149,7 +150,7 @@ fn refused(file: &Path, bytes: &[u8], msg: &str) -> Error {
         Err(e) => e,
         Ok(h) => match h.load_problems().into_iter().next() {
             Some((tensor, why)) => checkpoint_err(file, &tensor, &why),
-            None => Error::Invalid(format!("{}: not a valid safetensors file: {msg}", file.display())),
+            None => Error::format(file, format!("not a valid safetensors file: {msg}")),
         },
     }
 }
@@ -253,16 +254,14 @@ fn is_model_file(name: &str) -> bool {
 /// (`model.safetensors` vs. shards) are removed afterwards so loaders cannot pick up old weights.
 pub fn save_hf_dir(dir: &Path, cfg: &ModelConfig, params: &Params, opts: &SaveOptions) -> Result<SaveSummary> {
     if params.data.len() != params.layout.total() {
-        return Err(Error::Invalid(format!(
-            "save {}: params hold {} values but the layout needs {}",
-            dir.display(),
-            params.data.len(),
-            params.layout.total()
-        )));
+        return Err(Error::shape(
+            format!("save {}", dir.display()),
+            format!("params hold {} values but the layout needs {}", params.data.len(), params.layout.total()),
+        ));
     }
     let expected = crate::model::ParamLayout::new(cfg);
     if expected.specs != params.layout.specs {
-        return Err(Error::Invalid(format!("save {}: params do not have the layout of the config", dir.display())));
+        return Err(Error::shape(format!("save {}", dir.display()), "params do not have the layout of the config"));
     }
     let mut staged = StagedFiles::new(dir)?;
     let shards = plan_shards(&params.layout.specs, opts.dtype, opts.max_shard_bytes);
@@ -279,8 +278,9 @@ pub fn save_hf_dir(dir: &Path, cfg: &ModelConfig, params: &Params, opts: &SaveOp
             (s.name.as_str(), t)
         });
         let tmp = staged.temp_path(&name);
-        safetensors::serialize_to_file(tensors.collect::<Vec<_>>(), Some(metadata.clone()), &tmp)
-            .map_err(|e| Error::Invalid(format!("{}: writing safetensors failed: {e}", dir.join(&name).display())))?;
+        safetensors::serialize_to_file(tensors.collect::<Vec<_>>(), Some(metadata.clone()), &tmp).map_err(|e| {
+            Error::io(dir.join(&name), std::io::Error::other(format!("writing safetensors failed: {e}")))
+        })?;
         summary.file_bytes += std::fs::metadata(&tmp).map_err(|e| Error::io(&tmp, e))?.len();
         summary.files.push(name);
     }

@@ -15,7 +15,7 @@ pub const RESERVE_BYTES: u64 = 1 << 20;
 pub fn free_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid(format!("{}: path contains a NUL byte", path.display())))?;
+        .map_err(|_| Error::path(path, std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
     // SAFETY: `c` is a NUL-terminated path and `st` a properly sized, writable statvfs.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

@@ -75,7 +75,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<SafetensorsHeader> {
 }
 
 fn invalid(path: &Path, msg: String) -> Error {
-    Error::Invalid(format!("{}: not a valid safetensors file: {msg}", path.display()))
+    Error::format(path, format!("not a valid safetensors file: {msg}"))
 }
 
 /// The header length of the first 8 bytes, checked against the format's limit and the file length.

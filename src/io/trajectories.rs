@@ -75,11 +75,13 @@ impl TrajectoryRecord<'_> {
             ("fai", self.fai.len()),
         ] {
             if len != n {
-                return Err(Error::Invalid(format!(
-                    "trajectory record (step {}, prompt_id {}, sample_index {}): `{field}` has {len} values but the \
-                     response has {n} tokens",
-                    self.step, self.prompt_id, self.sample_index
-                )));
+                return Err(Error::shape(
+                    format!(
+                        "trajectory record (step {}, prompt_id {}, sample_index {})",
+                        self.step, self.prompt_id, self.sample_index
+                    ),
+                    format!("`{field}` has {len} values but the response has {n} tokens"),
+                ));
             }
         }
         Ok(())
@@ -225,7 +227,7 @@ impl TrajectoryWriter {
     /// record has per-token arrays of the wrong length. After an HDF5 error the writer refuses further appends.
     pub fn append(&mut self, records: &[TrajectoryRecord]) -> Result<()> {
         for r in records {
-            r.validate().map_err(|e| Error::Invalid(format!("{}: {e}", self.inner.path().display())))?;
+            r.validate().map_err(|e| e.within(self.inner.path().display()))?;
         }
         self.inner.append(records)
     }
@@ -277,19 +279,14 @@ fn complete_samples(
     let mut n = per_sample_lens.iter().copied().min().unwrap_or(0);
     for (name, offs) in [("prompt_offsets", prompt_offsets), ("response_offsets", response_offsets)] {
         if offs.first() != Some(&0) {
-            return Err(Error::Invalid(format!("{}: dataset `{name}` must start with 0", what.display())));
+            return Err(Error::format(what, format!("dataset `{name}` must start with 0")));
         }
         n = n.min(offs.len() - 1);
     }
     for (name, offs) in [("prompt_offsets", prompt_offsets), ("response_offsets", response_offsets)] {
         if let Some(i) = offs[..=n].windows(2).position(|w| w[1] < w[0]) {
-            return Err(Error::Invalid(format!(
-                "{}: dataset `{name}` decreases at index {} ({} -> {})",
-                what.display(),
-                i + 1,
-                offs[i],
-                offs[i + 1]
-            )));
+            let msg = format!("dataset `{name}` decreases at index {} ({} -> {})", i + 1, offs[i], offs[i + 1]);
+            return Err(Error::format(what, msg));
         }
     }
     while n > 0 && (prompt_offsets[n] > prompt_flat_len as u64 || response_offsets[n] > response_flat_len as u64) {
@@ -367,7 +364,7 @@ mod imp {
     const DEFLATE_LEVEL: u8 = 4;
 
     fn h5err(path: &Path, what: &str, e: hdf5::Error) -> Error {
-        Error::Invalid(format!("{}: {what}: {e}", path.display()))
+        Error::format(path, format!("{what}: {e}"))
     }
 
     /// The twelve datasets of a dump.
@@ -405,27 +402,17 @@ mod imp {
     /// Open dataset `name`, checking that it is 1-D with elements of type `T`.
     fn open_column<T: H5Type>(file: &File, path: &Path, name: &str) -> Result<Dataset> {
         if !file.link_exists(name) {
-            return Err(Error::Invalid(format!(
-                "{}: dataset `{name}` not found (not an arbor trajectory dump?)",
-                path.display()
-            )));
+            return Err(Error::format(path, format!("dataset `{name}` not found (not an arbor trajectory dump?)")));
         }
         let ds = file.dataset(name).map_err(|e| h5err(path, &format!("dataset `{name}`"), e))?;
         let found =
             ds.dtype().and_then(|t| t.to_descriptor()).map_err(|e| h5err(path, &format!("dataset `{name}`"), e))?;
         let want = T::type_descriptor();
         if found != want {
-            return Err(Error::Invalid(format!(
-                "{}: dataset `{name}` has element type {found}, expected {want}",
-                path.display()
-            )));
+            return Err(Error::format(path, format!("dataset `{name}` has element type {found}, expected {want}")));
         }
         if ds.ndim() != 1 {
-            return Err(Error::Invalid(format!(
-                "{}: dataset `{name}` has shape {:?}, expected 1-D",
-                path.display(),
-                ds.shape()
-            )));
+            return Err(Error::format(path, format!("dataset `{name}` has shape {:?}, expected 1-D", ds.shape())));
         }
         Ok(ds)
     }
@@ -572,20 +559,15 @@ mod imp {
     fn read_attributes(file: &File, path: &Path) -> Result<(i64, String, String, BTreeMap<String, String>)> {
         let names = file.attr_names().map_err(|e| h5err(path, "listing attributes", e))?;
         if !names.iter().any(|n| n == "format_version") {
-            return Err(Error::Invalid(format!(
-                "{}: attribute `format_version` not found (not an arbor trajectory dump?)",
-                path.display()
-            )));
+            return Err(Error::format(path, "attribute `format_version` not found (not an arbor trajectory dump?)"));
         }
         let version = file
             .attr("format_version")
             .and_then(|a| a.read_scalar::<i64>())
             .map_err(|e| h5err(path, "reading attribute `format_version`", e))?;
         if version != FORMAT_VERSION {
-            return Err(Error::Invalid(format!(
-                "{}: attribute `format_version` is {version}; this arbor reads format {FORMAT_VERSION}",
-                path.display()
-            )));
+            let msg = format!("attribute `format_version` is {version}; this arbor reads format {FORMAT_VERSION}");
+            return Err(Error::format(path, msg));
         }
         let mut attrs = BTreeMap::new();
         for name in names {
@@ -618,9 +600,8 @@ mod imp {
     }
 
     fn write_text_attr(file: &File, path: &Path, name: &str, value: &str) -> Result<()> {
-        let v = VarLenUnicode::from_str(value).map_err(|e| {
-            Error::Invalid(format!("{}: attribute `{name}`: value cannot be stored: {e}", path.display()))
-        })?;
+        let v = VarLenUnicode::from_str(value)
+            .map_err(|e| Error::format(path, format!("attribute `{name}`: value cannot be stored: {e}")))?;
         if file.attr_names().map_err(|e| h5err(path, "listing attributes", e))?.iter().any(|n| n == name) {
             file.delete_attr(name).map_err(|e| h5err(path, &format!("replacing attribute `{name}`"), e))?;
         }
@@ -900,10 +881,8 @@ mod imp {
 
         pub(super) fn append(&mut self, records: &[TrajectoryRecord]) -> Result<()> {
             if let Some(msg) = &self.failed {
-                return Err(Error::Invalid(format!(
-                    "{}: an earlier append failed ({msg}); the dump can no longer be appended to",
-                    self.path.display()
-                )));
+                let msg = format!("an earlier append failed ({msg}); the dump can no longer be appended to");
+                return Err(Error::path(&self.path, std::io::ErrorKind::Other, msg));
             }
             if records.is_empty() {
                 return Ok(());
@@ -1011,11 +990,12 @@ mod imp {
     use super::*;
 
     fn unsupported(path: &Path) -> Error {
-        Error::Invalid(format!(
-            "{}: this arbor was built without the `hdf5` feature, so it cannot read or write HDF5 trajectory \
-             dumps (rebuild with default features; needs libhdf5-dev)",
-            path.display()
-        ))
+        Error::path(
+            path,
+            std::io::ErrorKind::Unsupported,
+            "this arbor was built without the `hdf5` feature, so it cannot read or write HDF5 trajectory dumps \
+             (rebuild with default features; needs libhdf5-dev)",
+        )
     }
 
     pub(super) fn read_trajectories(path: &Path) -> Result<Trajectories> {

@@ -24,12 +24,10 @@ impl Batch {
     /// Append one sequence with its targets (same length).
     pub fn push(&mut self, tokens: &[u32], targets: &[u32]) -> Result<()> {
         if tokens.len() != targets.len() {
-            return Err(Error::Invalid(format!(
-                "sequence {}: {} tokens but {} targets",
-                self.num_seqs(),
-                tokens.len(),
-                targets.len()
-            )));
+            return Err(Error::shape(
+                format!("sequence {}", self.num_seqs()),
+                format!("{} tokens but {} targets", tokens.len(), targets.len()),
+            ));
         }
         if self.seq_starts.is_empty() {
             self.seq_starts.push(0);
@@ -54,7 +52,7 @@ impl Batch {
         let mut batch = Batch::new();
         for (b, &len) in lengths.iter().enumerate() {
             if len > t || (b + 1) * t > ids.len() || (b + 1) * t > targets.len() {
-                return Err(Error::Invalid(format!("row {b}: length {len} exceeds the padded width {t}")));
+                return Err(Error::shape(format!("row {b}"), format!("length {len} exceeds the padded width {t}")));
             }
             batch.push(&ids[b * t..b * t + len], &targets[b * t..b * t + len])?;
         }

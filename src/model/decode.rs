@@ -302,17 +302,20 @@ impl Model {
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let k = prompts.len();
         if slots.len() != k || logits.len() < k * v {
-            return Err(Error::Invalid(format!("prefill: {k} prompts, {} slots, logits for fewer rows", slots.len())));
+            return Err(Error::shape("prefill", format!("{k} prompts, {} slots, logits for fewer rows", slots.len())));
         }
         let mut batch = Batch::new();
         for (prompt, &slot) in prompts.iter().zip(slots) {
             if prompt.is_empty() || prompt.len() > cache.max_len || slot >= cache.slots {
-                return Err(Error::Invalid(format!(
-                    "prefill: prompt of {} tokens into slot {slot} (cache: {} slots × {} tokens)",
-                    prompt.len(),
-                    cache.slots,
-                    cache.max_len
-                )));
+                return Err(Error::shape(
+                    "prefill",
+                    format!(
+                        "prompt of {} tokens into slot {slot} (cache: {} slots × {} tokens)",
+                        prompt.len(),
+                        cache.slots,
+                        cache.max_len
+                    ),
+                ));
             }
             batch.push_lm(prompt, 0)?;
         }
@@ -368,16 +371,16 @@ impl Model {
         let cfg = &self.cfg;
         let b = slots.len();
         if tokens.len() != b {
-            return Err(Error::Invalid(format!("forward_cached: {} tokens for {b} slots", tokens.len())));
+            return Err(Error::shape("forward_cached", format!("{} tokens for {b} slots", tokens.len())));
         }
         if w.layers.len() != cfg.num_layers
             || w.lm_head.k() != cfg.hidden_size
             || cache.kv_dim != cfg.num_kv_heads * cfg.head_dim
         {
-            return Err(Error::Invalid("forward_cached: weights or cache built for another model".into()));
+            return Err(Error::shape("forward_cached", "weights or cache built for another model"));
         }
         if logit_rows.windows(2).any(|p| p[0] >= p[1]) || logit_rows.last().is_some_and(|&r| r >= b) {
-            return Err(Error::Invalid("forward_cached: logit rows must be increasing row indices".into()));
+            return Err(Error::shape("forward_cached", "logit rows must be increasing row indices"));
         }
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             return Err(Error::Invalid(format!("forward_cached: token {t} outside the vocabulary")));

@@ -100,7 +100,7 @@ pub fn shard_params(full: &Params, shard_cfg: &ModelConfig, rank: usize) -> Resu
         let fs = full
             .layout
             .get(&spec.name)
-            .ok_or_else(|| Error::Invalid(format!("sharding: the full model has no tensor {}", spec.name)))?
+            .ok_or_else(|| Error::shape("sharding", format!("the full model has no tensor {}", spec.name)))?
             .clone();
         copy_shard(&mut src, &fs, &mut out.data, &spec, rank, false);
     }
@@ -114,7 +114,8 @@ pub fn gather_params(shard: &Params, full_cfg: &ModelConfig, tp: &dyn Comm) -> R
     let bytes = tp.all_gather_bytes(bytemuck::cast_slice(&shard.data))?;
     for (rank, b) in bytes.iter().enumerate() {
         if b.len() != shard.data.len() * 4 {
-            return Err(Error::Invalid(format!("tensor-parallel gather: rank {rank} sent {} bytes", b.len())));
+            let msg = format!("sent {} bytes, expected {}", b.len(), shard.data.len() * 4);
+            return Err(Error::collective(rank, "tensor-parallel gather", msg));
         }
         let mut data: Vec<f32> = vec![0.0; shard.data.len()];
         bytemuck::cast_slice_mut::<f32, u8>(&mut data).copy_from_slice(b);
@@ -122,7 +123,7 @@ pub fn gather_params(shard: &Params, full_cfg: &ModelConfig, tp: &dyn Comm) -> R
             let fs = full
                 .layout
                 .get(&spec.name)
-                .ok_or_else(|| Error::Invalid(format!("gather: the full model has no tensor {}", spec.name)))?
+                .ok_or_else(|| Error::shape("gather", format!("the full model has no tensor {}", spec.name)))?
                 .clone();
             copy_shard(&mut full.data, &fs, &mut data, spec, rank, true);
         }

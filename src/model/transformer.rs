@@ -32,10 +32,10 @@ impl Model {
     pub fn new(cfg: ModelConfig, params: Params) -> Result<Self> {
         let expected = ParamLayout::new(&cfg).total();
         if params.data.len() != expected {
-            return Err(Error::Invalid(format!(
-                "parameter buffer has {} elements, the config needs {expected}",
-                params.data.len()
-            )));
+            return Err(Error::shape(
+                "parameter buffer",
+                format!("has {} elements, the config needs {expected}", params.data.len()),
+            ));
         }
         let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings);
         Ok(Model { cfg, params, rope, tp: None })
@@ -120,7 +120,7 @@ impl Model {
             )));
         }
         if batch.targets.len() != batch.len() || batch.positions.len() != batch.len() {
-            return Err(Error::Invalid("batch tokens, targets and positions differ in length".into()));
+            return Err(Error::shape("batch", "tokens, targets and positions differ in length"));
         }
         Ok(())
     }
@@ -171,7 +171,7 @@ impl Model {
     ) -> Result<()> {
         let n = batch.len();
         if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
-            return Err(Error::Invalid(format!("dlogp/dent do not have one entry per token ({n})")));
+            return Err(Error::shape("dlogp/dent", format!("do not have one entry per token ({n})")));
         }
         self.backward_on(&self.on_cpu(), batch, &batch, dlogp, dent, ws, grads)
     }
@@ -326,7 +326,7 @@ impl Model {
         let cfg = &self.cfg;
         let n = batch.len();
         if ws.capacity() < n {
-            return Err(Error::Invalid("the workspace does not match the model".into()));
+            return Err(Error::shape("workspace", format!("holds {} tokens, the batch has {n}", ws.capacity())));
         }
         let (c, v) = (cfg.hidden_size, cfg.vocab_size);
         let lay = &self.params.layout;
@@ -364,7 +364,7 @@ impl Model {
         let cfg = &self.cfg;
         let n = batch.len();
         if ws.capacity() < n {
-            return Err(Error::Invalid("the workspace does not match the model".into()));
+            return Err(Error::shape("workspace", format!("holds {} tokens, the batch has {n}", ws.capacity())));
         }
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());

@@ -34,13 +34,20 @@ pub trait Comm: Send {
     /// Send `bytes` to rank `dest` of this group (returns once the buffer may be reused). Not
     /// watched by the collective timeout: a receiver may legitimately wait a whole step.
     fn send_bytes(&self, dest: usize, bytes: &[u8]) -> Result<()> {
-        let _ = (dest, bytes);
-        Err(Error::Invalid(format!("{}: point-to-point messages are not supported", self.describe())))
+        let _ = bytes;
+        Err(Error::collective(
+            self.rank(),
+            format!("send to rank {dest}"),
+            format!("{}: point-to-point messages are not supported", self.describe()),
+        ))
     }
     /// Receive the next message from rank `src` of this group (any length), in send order.
     fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
-        let _ = src;
-        Err(Error::Invalid(format!("{}: point-to-point messages are not supported", self.describe())))
+        Err(Error::collective(
+            self.rank(),
+            format!("receive from rank {src}"),
+            format!("{}: point-to-point messages are not supported", self.describe()),
+        ))
     }
     /// Short description ("local", "mpi (Open MPI 4.1.4)", ...).
     fn describe(&self) -> String;
@@ -68,7 +75,7 @@ impl Comm for Local {
     }
     fn broadcast_bytes(&self, root: usize, _buf: &mut Vec<u8>) -> Result<()> {
         if root != 0 {
-            return Err(Error::Invalid(format!("broadcast: root {root} out of range for 1 rank")));
+            return Err(Error::collective(0, "broadcast", format!("root {root} out of range for 1 rank")));
         }
         Ok(())
     }

@@ -59,8 +59,8 @@ impl MpiComm {
     }
 }
 
-fn count(n: usize, what: &str) -> Result<Count> {
-    Count::try_from(n).map_err(|_| Error::Invalid(format!("{what}: {n} elements exceed MPI's count range")))
+fn count(rank: usize, n: usize, what: &str) -> Result<Count> {
+    Count::try_from(n).map_err(|_| Error::collective(rank, what, format!("{n} elements exceed MPI's count range")))
 }
 
 impl Comm for MpiComm {
@@ -84,7 +84,8 @@ impl Comm for MpiComm {
     }
     fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) -> Result<()> {
         if root >= self.size() {
-            return Err(Error::Invalid(format!("broadcast: root {root} out of range for {} ranks", self.size())));
+            let msg = format!("root {root} out of range for {} ranks", self.size());
+            return Err(Error::collective(self.rank(), "broadcast", msg));
         }
         let mut len = [buf.len() as u64];
         let r = self.comm.process_at_rank(root as i32);
@@ -97,12 +98,15 @@ impl Comm for MpiComm {
         let n = self.size();
         let mut lens = vec![0u64; n];
         self.watch("all_gather(len)", || self.comm.all_gather_into(&(mine.len() as u64), &mut lens[..]));
-        let counts: Vec<Count> = lens.iter().map(|&l| count(l as usize, "all_gather")).collect::<Result<_>>()?;
+        let counts: Vec<Count> =
+            lens.iter().map(|&l| count(self.rank(), l as usize, "all_gather")).collect::<Result<_>>()?;
         let mut displs = Vec::with_capacity(n);
         let mut total: Count = 0;
         for &c in &counts {
             displs.push(total);
-            total = total.checked_add(c).ok_or_else(|| Error::Invalid("all_gather: total exceeds MPI count".into()))?;
+            total = total
+                .checked_add(c)
+                .ok_or_else(|| Error::collective(self.rank(), "all_gather", "total exceeds MPI count"))?;
         }
         if total == 0 {
             // nothing to move (MPI implementations may reject zero-size receive buffers)
@@ -120,24 +124,27 @@ impl Comm for MpiComm {
         Ok(())
     }
     fn split(&self, color: usize, key: usize) -> Result<Box<dyn Comm>> {
-        let c = i32::try_from(color).map_err(|_| Error::Invalid(format!("split: color {color} too large")))?;
-        let k = i32::try_from(key).map_err(|_| Error::Invalid(format!("split: key {key} too large")))?;
+        let me = self.rank();
+        let c = i32::try_from(color).map_err(|_| Error::collective(me, "split", format!("color {color} too large")))?;
+        let k = i32::try_from(key).map_err(|_| Error::collective(me, "split", format!("key {key} too large")))?;
         let sub = self
             .watch("split", || self.comm.split_by_color_with_key(Color::with_value(c), k))
-            .ok_or_else(|| Error::Invalid(format!("split: MPI returned no communicator for color {color}")))?;
+            .ok_or_else(|| Error::collective(me, "split", format!("MPI returned no communicator for color {color}")))?;
         Ok(Box::new(MpiComm::new(sub, self.watchdog.clone())))
     }
     fn send_bytes(&self, dest: usize, bytes: &[u8]) -> Result<()> {
         if dest >= self.size() {
-            return Err(Error::Invalid(format!("send: rank {dest} out of range for {} ranks", self.size())));
+            let msg = format!("rank {dest} out of range for {} ranks", self.size());
+            return Err(Error::collective(self.rank(), "send", msg));
         }
-        count(bytes.len(), "send")?;
+        count(self.rank(), bytes.len(), "send")?;
         self.comm.process_at_rank(dest as i32).send(bytes);
         Ok(())
     }
     fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
         if src >= self.size() {
-            return Err(Error::Invalid(format!("recv: rank {src} out of range for {} ranks", self.size())));
+            let msg = format!("rank {src} out of range for {} ranks", self.size());
+            return Err(Error::collective(self.rank(), "recv", msg));
         }
         let (msg, _status) = self.comm.process_at_rank(src as i32).receive_vec::<u8>();
         Ok(msg)

@@ -83,10 +83,10 @@ pub fn group_advantages(kind: AdvantageKind, rewards: &[f32], group_starts: &[us
         || group_starts.last() != Some(&rewards.len())
         || group_starts.windows(2).any(|w| w[0] > w[1])
     {
-        return Err(Error::Invalid(format!(
-            "group_starts must rise from 0 to the reward count {}, got {group_starts:?}",
-            rewards.len()
-        )));
+        return Err(Error::shape(
+            "group_starts",
+            format!("must rise from 0 to the reward count {}, got {group_starts:?}", rewards.len()),
+        ));
     }
     let zero_std = zero_std_groups(rewards, group_starts);
     let mut advantages = vec![0.0f32; rewards.len()];

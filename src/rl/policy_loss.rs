@@ -73,7 +73,8 @@ impl<'a> TokenBatch<'a> {
 
     fn check(&self, cfg: &LossConfig) -> Result<()> {
         let n = self.logp.len();
-        let bad = |msg: String| Err(Error::Invalid(format!("policy loss batch: {msg}")));
+        let bad = |msg: String| Err(Error::shape("policy loss batch", msg));
+        let unsupported = |msg: String| Err(Error::Invalid(format!("policy loss batch: {msg}")));
         if self.seq_starts.first() != Some(&0) || self.seq_starts.last() != Some(&n) {
             return bad(format!("seq_starts must run from 0 to the token count {n}, got {:?}", self.seq_starts));
         }
@@ -96,10 +97,10 @@ impl<'a> TokenBatch<'a> {
             return bad(format!("seq_reward has {} entries for {} responses", self.seq_reward.len(), self.n_seqs()));
         }
         if cfg.kind == LossKind::DecoupledPpo && self.behav_logp.is_none() {
-            return bad("decoupled_ppo needs behav_logp (the rollout's log-probs)".into());
+            return unsupported("decoupled_ppo needs behav_logp (the rollout's log-probs)".into());
         }
         if cfg.kl_coef != 0.0 && self.ref_logp.is_none() {
-            return bad(format!(
+            return unsupported(format!(
                 "kl_coef = {} needs ref_logp (set kl_coef = 0 to train without a reference)",
                 cfg.kl_coef
             ));
@@ -330,11 +331,10 @@ pub fn policy_loss(
     batch.check(cfg)?;
     let n = batch.n_tokens();
     if dlogp.len() != n || dent.len() != n {
-        return Err(Error::Invalid(format!(
-            "policy loss: dlogp/dent have {}/{} entries, the batch has {n} tokens",
-            dlogp.len(),
-            dent.len()
-        )));
+        return Err(Error::shape(
+            "policy loss",
+            format!("dlogp/dent have {}/{} entries, the batch has {n} tokens", dlogp.len(), dent.len()),
+        ));
     }
     let denom = denom.copied().unwrap_or_else(|| Denominators::new(cfg, batch.seq_starts));
     let (beta_kl, beta_ent) = (f64::from(cfg.kl_coef), f64::from(cfg.entropy_coef));

@@ -126,7 +126,7 @@ pub fn parse_answer(text: &str) -> Option<Rational> {
         return if neg { Rational::from_int(0).apply('-', v) } else { Some(v) };
     }
     let grouped = body.contains(',')
-        && body.split(',').skip(1).all(|g| g.len() >= 3 && g[..3].bytes().all(|c| c.is_ascii_digit()));
+        && body.split(',').skip(1).all(|g| g.as_bytes().get(..3).is_some_and(|d| d.iter().all(u8::is_ascii_digit)));
     Rational::parse_number(&if grouped { body.replace(',', "") } else { body.to_string() })
 }
 

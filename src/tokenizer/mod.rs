@@ -72,7 +72,7 @@ impl Tokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let inner = tokenizers::Tokenizer::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: not a valid tokenizer.json: {e}", path.display())))?;
+            .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let config = json_file(&dir.join(TOKENIZER_CONFIG_FILE))?;
         let map = json_file(&dir.join(SPECIAL_TOKENS_MAP_FILE))?;

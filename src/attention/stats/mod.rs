@@ -171,11 +171,14 @@ pub fn combine_rhythm(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let heads = head_waad.len().checked_div(t_len).unwrap_or(0);
     if head_waad.len() != heads * t_len || head_fai.len() != head_waad.len() {
-        return Err(Error::Invalid(format!(
-            "attention stats: per-head partials of {} and {} values do not split into rows of T = {t_len}",
-            head_waad.len(),
-            head_fai.len()
-        )));
+        return Err(Error::shape(
+            "attention stats",
+            format!(
+                "per-head partials of {} and {} values do not split into rows of T = {t_len}",
+                head_waad.len(),
+                head_fai.len()
+            ),
+        ));
     }
     let mean_of = |src: &[f32], idx: &[usize]| -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; t_len];
@@ -183,7 +186,7 @@ pub fn combine_rhythm(
             return Ok(out);
         }
         if let Some(&bad) = idx.iter().find(|&&h| h >= heads) {
-            return Err(Error::Invalid(format!("attention stats: head index {bad} but only {heads} heads")));
+            return Err(Error::shape("attention stats", format!("head index {bad} but only {heads} heads")));
         }
         let inv = 1.0 / idx.len().max(1) as f32;
         for &h in idx {
@@ -212,7 +215,7 @@ fn resolve_layers(list: &[usize], default: Vec<usize>, num_layers: usize, key: &
 
 /// Check one sequence's steps and build its plan.
 pub(crate) fn plan_seq<'a>(idx: usize, start: usize, len: usize, st: &'a SeqSteps, fci: bool) -> Result<SeqPlan<'a>> {
-    let bad = |msg: String| Err(Error::Invalid(format!("attention stats: sequence {idx}: {msg}")));
+    let bad = |msg: String| Err(Error::shape(format!("attention stats: sequence {idx}"), msg));
     let r = st.response_start;
     if r > len {
         return bad(format!("response_start {r} is past the sequence end ({len} tokens)"));
@@ -256,7 +259,7 @@ pub(crate) fn prepare<'a>(
 ) -> Result<Prepared<'a>> {
     let (l_n, n_seq, starts) = (num_layers, batch.num_seqs(), &batch.seq_starts);
     if steps.len() != n_seq {
-        return Err(Error::Invalid(format!("attention stats: {} step lists for {n_seq} sequences", steps.len())));
+        return Err(Error::shape("attention stats", format!("{} step lists for {n_seq} sequences", steps.len())));
     }
     if cfg.h_lo > cfg.h_hi {
         return Err(Error::Invalid(format!("attention stats: h_lo = {} exceeds h_hi = {}", cfg.h_lo, cfg.h_hi)));
@@ -300,16 +303,20 @@ pub fn attention_stats(
     let starts = &batch.seq_starts;
     let partitions = starts.first().is_some_and(|&s| s == 0) && starts.windows(2).all(|w| w[0] <= w[1]);
     if !(partitions && starts.last() == Some(&n) || starts.is_empty() && n == 0) {
-        return Err(Error::Invalid(format!(
-            "attention stats: batch seq_starts {starts:?} do not partition {n} tokens"
-        )));
+        return Err(Error::shape(
+            "attention stats",
+            format!("batch seq_starts {starts:?} do not partition {n} tokens"),
+        ));
     }
     if ws.layers.len() != l_n || ws.capacity() < n {
-        return Err(Error::Invalid(format!(
-            "attention stats: workspace holds {} layers × {} tokens, the forward needs {l_n} × {n}",
-            ws.layers.len(),
-            ws.capacity()
-        )));
+        return Err(Error::shape(
+            "attention stats",
+            format!(
+                "workspace holds {} layers × {} tokens, the forward needs {l_n} × {n}",
+                ws.layers.len(),
+                ws.capacity()
+            ),
+        ));
     }
     let n_seq = batch.num_seqs();
     let Prepared { rhythm_layers, roles, plans } = prepare(l_n, batch, steps, cfg)?;
