@@ -5,7 +5,7 @@
 mod common;
 use arbor::config::{RunConfig, DEFAULT_CONFIG};
 use arbor::train::checkpoint::load_checkpoint;
-use arbor::train::pretrain;
+use arbor::train::job;
 use common::metrics_without_clock as metrics;
 use std::path::Path;
 
@@ -28,7 +28,7 @@ const ATTNRL: &str = "\n[attnrl]\nstep_separators = [\"\\n\"]\nfci_step_gap = 1\
 #[test]
 fn attnrl_trees_train_leaves_and_resume_bit_identically() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let straight = pretrain::run(&config(a.path(), ATTNRL), None, &mut Vec::new()).unwrap();
+    let straight = job::run(&config(a.path(), ATTNRL), None, &mut Vec::new()).unwrap();
     let m = metrics(&a.path().join("default"));
     let steps: Vec<&serde_json::Value> = m.iter().filter(|l| l.get("branch_points").is_some()).collect();
     assert_eq!(steps.len(), 4);
@@ -77,11 +77,11 @@ fn attnrl_trees_train_leaves_and_resume_bit_identically() {
         assert!(t.waad.iter().all(|x| x.is_nan()), "no rhythm in this run");
     }
     // the same seed gives the same run; a resume after step 2 continues exactly
-    pretrain::run(&config(b.path(), ATTNRL), None, &mut Vec::new()).unwrap();
+    job::run(&config(b.path(), ATTNRL), None, &mut Vec::new()).unwrap();
     let ck = b.path().join("default/checkpoints/step-2");
     let st = load_checkpoint(&ck).unwrap().state;
     assert!(st.sampling.is_some_and(|s| s.next_problem > 0), "the sampling state is checkpointed");
-    let resumed = pretrain::run(&config(b.path(), ATTNRL), Some(&ck), &mut Vec::new()).unwrap();
+    let resumed = job::run(&config(b.path(), ATTNRL), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(straight.final_params, resumed.final_params, "AttnRL resume changed the weights");
     assert_eq!(m, metrics(&b.path().join("default")), "AttnRL resume changed the metrics");
 }
@@ -90,13 +90,13 @@ fn attnrl_trees_train_leaves_and_resume_bit_identically() {
 fn the_one_step_off_policy_pipeline_trains_on_stale_prefixes_and_resumes_exactly() {
     let off = ATTNRL.to_string() + "off_policy = true\n";
     let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let straight = pretrain::run(&config(a.path(), &off), None, &mut Vec::new()).unwrap();
+    let straight = job::run(&config(a.path(), &off), None, &mut Vec::new()).unwrap();
     let m = metrics(&a.path().join("default"));
     let steps: Vec<&serde_json::Value> = m.iter().filter(|l| l.get("branch_points").is_some()).collect();
     assert_eq!(steps.len(), 4);
     // one update per step: on-policy π_old is the current policy (ratio 1, KL 0); off-policy, the
     // original-response tokens keep θ_{m−1}'s log-probs, so from the second step on π_old differs
-    pretrain::run(&config(c.path(), ATTNRL), None, &mut Vec::new()).unwrap();
+    job::run(&config(c.path(), ATTNRL), None, &mut Vec::new()).unwrap();
     let on: Vec<f64> = metrics(&c.path().join("default"))
         .iter()
         .filter_map(|l| l.get("branch_points").and(l["approx_kl"].as_f64()))
@@ -107,10 +107,10 @@ fn the_one_step_off_policy_pipeline_trains_on_stale_prefixes_and_resumes_exactly
     assert!(kl[0] < 1e-9, "{kl:?}");
     assert!(kl[1..].iter().any(|&k| k > 1e3 * kl[0].max(1e-12)), "later steps train on θ_(m−1) prefixes: {kl:?}");
     // the pending batch (next step's scored initial responses) is checkpointed; a resume continues exactly
-    pretrain::run(&config(b.path(), &off), None, &mut Vec::new()).unwrap();
+    job::run(&config(b.path(), &off), None, &mut Vec::new()).unwrap();
     let ck = b.path().join("default/checkpoints/step-2");
     assert!(ck.join("pending-rank0.json").is_file(), "the pending batch is saved with the checkpoint");
-    let resumed = pretrain::run(&config(b.path(), &off), Some(&ck), &mut Vec::new()).unwrap();
+    let resumed = job::run(&config(b.path(), &off), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(straight.final_params, resumed.final_params, "off-policy resume changed the weights");
     assert_eq!(m, metrics(&b.path().join("default")), "off-policy resume changed the metrics");
 }
@@ -122,7 +122,7 @@ fn entropy_branching_and_rhythm_schemes_run() {
         "\n[rhythm]\nscheme = \"coupled\"\nlayers = 2\nfai_min_offset = 2\nfai_max_offset = 16\n".to_string(),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let r = pretrain::run(&config(dir.path(), &extra), None, &mut Vec::new()).unwrap();
+        let r = job::run(&config(dir.path(), &extra), None, &mut Vec::new()).unwrap();
         let (before, after) = r.rl.unwrap();
         assert!((0.0..=1.0).contains(&before.sampled) && (0.0..=1.0).contains(&after.sampled));
         let m = metrics(&dir.path().join("default"));

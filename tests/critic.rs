@@ -8,7 +8,7 @@ use arbor::model::init::init_params;
 use arbor::model::Model;
 use arbor::parallel::Local;
 use arbor::train::critic::{Critic, CriticConfig, ValueTargets};
-use arbor::train::pretrain;
+use arbor::train::job;
 use arbor::train::rl::Sample;
 use common::metrics_without_clock as metrics;
 use std::path::Path;
@@ -72,8 +72,8 @@ fn a_critic_fits_its_returns() {
 #[test]
 fn critic_resume_restores_weights_and_optimizer_state_exactly() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let straight = pretrain::run(&config(a.path(), 4, 2), None, &mut Vec::new()).unwrap();
-    pretrain::run(&config(b.path(), 4, 2), None, &mut Vec::new()).unwrap();
+    let straight = job::run(&config(a.path(), 4, 2), None, &mut Vec::new()).unwrap();
+    job::run(&config(b.path(), 4, 2), None, &mut Vec::new()).unwrap();
     let run_a = a.path().join("default");
     let run_b = b.path().join("default");
     // the AsyPPO metrics are there: exactly k = 20 % of tokens masked, h = 20 % excluded
@@ -94,7 +94,7 @@ fn critic_resume_restores_weights_and_optimizer_state_exactly() {
     // resume after RL step 2: critics come back from critic-<m>.safetensors
     let ck = run_b.join("checkpoints/step-2");
     assert!(ck.join("critic-0.safetensors").exists() && ck.join("critic-1.safetensors").exists());
-    let resumed = pretrain::run(&config(b.path(), 4, 2), Some(&ck), &mut Vec::new()).unwrap();
+    let resumed = job::run(&config(b.path(), 4, 2), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(straight.final_params, resumed.final_params, "policy weights differ after a critic resume");
     assert_eq!(metrics(&run_a), metrics(&run_b), "metrics (value losses included) differ after a resume");
     for m in 0..2 {
@@ -105,7 +105,7 @@ fn critic_resume_restores_weights_and_optimizer_state_exactly() {
     // a checkpoint without the critics' state refuses to resume a [critic] run, naming it: the
     // critics' files are under the checkpoint's manifest
     std::fs::remove_file(ck.join("critic-1.safetensors")).unwrap();
-    let err = pretrain::run(&config(b.path(), 4, 2), Some(&ck), &mut Vec::new()).unwrap_err().to_string();
+    let err = job::run(&config(b.path(), 4, 2), Some(&ck), &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("critic-1.safetensors"), "{err}");
 }
 

@@ -415,7 +415,7 @@ fn greedy_generation_on_the_gpu_equals_the_cpu_engine() {
 #[test]
 fn supervised_training_on_the_gpu_matches_the_cpu() {
     use arbor::config::{Device, RunConfig, ADDITION_CONFIG};
-    use arbor::train::pretrain;
+    use arbor::train::job;
     let text = ADDITION_CONFIG
         .replace("hidden_size = 128", "hidden_size = 64")
         .replace("intermediate_size = 384", "intermediate_size = 128")
@@ -430,7 +430,7 @@ fn supervised_training_on_the_gpu_matches_the_cpu() {
     assert_eq!(cfg.train.device, Device::Cuda);
     let dir = tempfile::tempdir().unwrap();
     cfg.run.out_dir = dir.path().join("gpu");
-    let gpu_run = pretrain::run(&cfg, None, &mut Vec::new());
+    let gpu_run = job::run(&cfg, None, &mut Vec::new());
     if let Some(why) = arbor::cuda::unavailable() {
         let Err(err) = gpu_run else { panic!("device = \"cuda\" without a GPU must fail") };
         let err = err.to_string();
@@ -442,7 +442,7 @@ fn supervised_training_on_the_gpu_matches_the_cpu() {
     let mut cpu_cfg = cfg.clone();
     cpu_cfg.train.device = Device::Cpu;
     cpu_cfg.run.out_dir = dir.path().join("cpu");
-    let cpu_run = pretrain::run(&cpu_cfg, None, &mut Vec::new()).unwrap();
+    let cpu_run = job::run(&cpu_cfg, None, &mut Vec::new()).unwrap();
     println!("losses cpu {:?} gpu {:?}", cpu_run.losses, gpu_run.losses);
     close("SFT weights after 3 steps", &gpu_run.final_params, &cpu_run.final_params, 1e-4);
 }

@@ -11,7 +11,7 @@ use arbor::io::load_hf_dir;
 use arbor::model::Model;
 use arbor::rollout::{GenerateConfig, SamplingParams};
 use arbor::tokenizer::char::{CharTokenizer, EOS_ID};
-use arbor::train::pretrain;
+use arbor::train::job;
 use std::path::Path;
 
 fn model() -> Model {
@@ -158,8 +158,8 @@ fn rl_config(out: &Path, extra_env: &str) -> RunConfig {
 fn an_rl_phase_trains_on_every_turn_of_kept_groups() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let extra = "failure_rate = 0.1\nmax_retries = 1\nmode = \"sync\"\n";
-    let ra = pretrain::run(&rl_config(a.path(), extra), None, &mut Vec::new()).unwrap();
-    let rb = pretrain::run(&rl_config(b.path(), extra), None, &mut Vec::new()).unwrap();
+    let ra = job::run(&rl_config(a.path(), extra), None, &mut Vec::new()).unwrap();
+    let rb = job::run(&rl_config(b.path(), extra), None, &mut Vec::new()).unwrap();
     assert_eq!(ra.final_params, rb.final_params, "no redundancy: a pure function of the seed");
     let (before, after) = ra.rl.unwrap();
     assert!((0.0..=1.0).contains(&before.greedy) && (0.0..=1.0).contains(&after.sampled));

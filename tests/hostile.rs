@@ -7,7 +7,7 @@
 
 mod common;
 use arbor::config::{RunConfig, ADDITION_CONFIG};
-use arbor::train::pretrain;
+use arbor::train::job;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -223,7 +223,7 @@ fn a_diverging_run_skips_non_finite_updates_then_stops_without_writing_nan_weigh
         + "keep_checkpoints = 20\nmax_nonfinite_steps = 2\n";
     let mut cfg = parse(&text).unwrap();
     cfg.run.out_dir = dir.path().to_path_buf();
-    let err = pretrain::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
+    let err = job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("max_nonfinite_steps = 2") && err.contains("3rd step in a row"), "{err}");
     let run = dir.path().join("addition-sft");
     let lines = common::metrics_without_clock(&run);
@@ -246,7 +246,7 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = parse(&tiny_rl(2, 2)).unwrap();
     cfg.run.out_dir = dir.path().to_path_buf();
-    pretrain::run(&cfg, None, &mut Vec::new()).unwrap();
+    job::run(&cfg, None, &mut Vec::new()).unwrap();
     let run = dir.path().join("addition-sft");
     let ck = run.join("checkpoints/step-3");
     // a stale temporary checkpoint folder (a writer killed mid-save) is removed by the next start
@@ -257,7 +257,7 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
 
     let mut changed = cfg.clone();
     changed.rl.as_mut().unwrap().lr = 2e-3;
-    let err = pretrain::run(&changed, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
+    let err = job::run(&changed, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("rl.lr") && err.contains("--allow-config-change") && err.contains("0.001"), "{err}");
     assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), recorded, "config.toml was rewritten");
     assert!(!stale.exists(), "the stale temporary checkpoint folder is still there");
@@ -265,10 +265,10 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
     // the same config (another thread count and directory are not changes) resumes
     let mut same = cfg.clone();
     same.run.threads = 1;
-    pretrain::run(&same, Some(&ck), &mut Vec::new()).unwrap();
+    job::run(&same, Some(&ck), &mut Vec::new()).unwrap();
 
     changed.allow_config_change = true;
-    pretrain::run(&changed, Some(&ck), &mut Vec::new()).unwrap();
+    job::run(&changed, Some(&ck), &mut Vec::new()).unwrap();
     let history = std::fs::read_to_string(run.join("config-history.jsonl")).unwrap();
     let line: serde_json::Value = serde_json::from_str(history.lines().next().unwrap()).unwrap();
     assert_eq!(line["from_step"], 4);
@@ -419,7 +419,7 @@ fn a_manifest_vouching_for_nothing_or_for_files_outside_the_checkpoint_is_refuse
     )
     .unwrap();
     cfg.run.out_dir = dir.path().to_path_buf();
-    pretrain::run(&cfg, None, &mut Vec::new()).unwrap();
+    job::run(&cfg, None, &mut Vec::new()).unwrap();
     let ck = dir.path().join("addition-sft/checkpoints/step-1");
     let manifest = ck.join("manifest.json");
     let good = std::fs::read_to_string(&manifest).unwrap();

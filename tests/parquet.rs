@@ -9,7 +9,7 @@ use arbor::error::Error;
 use arbor::tasks::dataset::DatasetTask;
 use arbor::tasks::parquet::{read_records, Columns};
 use arbor::tasks::{build, Task, TaskConfig, SPLIT_EVAL, SPLIT_TRAIN};
-use arbor::train::pretrain;
+use arbor::train::job;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
@@ -71,7 +71,7 @@ fn shard_directory_loads_every_row_in_order_and_trains() {
     let mut cfg = RunConfig::parse(&text, Path::new("parquet.toml")).unwrap();
     cfg.run.out_dir = dir.path().to_path_buf();
     let mut log = Vec::new();
-    let report = pretrain::run(&cfg, None, &mut log).unwrap();
+    let report = job::run(&cfg, None, &mut log).unwrap();
     let log = String::from_utf8(log).unwrap();
     assert!(log.contains("task parquet"), "{log}");
     let (before, after) = report.rl.expect("the config has an [rl] phase");

@@ -6,7 +6,7 @@ mod common;
 use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::io::load_hf_dir;
 use arbor::train::checkpoint::{list_checkpoints, load_checkpoint};
-use arbor::train::pretrain;
+use arbor::train::job;
 use common::metrics_without_clock as metrics;
 use std::path::Path;
 use std::process::Command;
@@ -33,11 +33,11 @@ fn config(out: &Path, steps: u64, keep: usize) -> RunConfig {
 #[test]
 fn three_plus_three_steps_equal_six() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let straight = pretrain::run(&config(a.path(), 6, 10), None, &mut Vec::new()).unwrap();
-    pretrain::run(&config(b.path(), 6, 10), None, &mut Vec::new()).unwrap();
+    let straight = job::run(&config(a.path(), 6, 10), None, &mut Vec::new()).unwrap();
+    job::run(&config(b.path(), 6, 10), None, &mut Vec::new()).unwrap();
     // resume the second run from its step-3 checkpoint: steps 4..6 are redone
     let ck = b.path().join("addition-sft/checkpoints/step-3");
-    let resumed = pretrain::run(&config(b.path(), 6, 10), Some(&ck), &mut Vec::new()).unwrap();
+    let resumed = job::run(&config(b.path(), 6, 10), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(resumed.losses.len(), 3, "only steps 4..6 run after the resume");
     assert_eq!(straight.final_params, resumed.final_params, "weights differ after resume");
     assert_eq!(
@@ -53,7 +53,7 @@ fn three_plus_three_steps_equal_six() {
 #[test]
 fn corrupt_checkpoint_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    pretrain::run(&config(dir.path(), 2, 2), None, &mut Vec::new()).unwrap();
+    job::run(&config(dir.path(), 2, 2), None, &mut Vec::new()).unwrap();
     let ck = dir.path().join("addition-sft/checkpoints/step-2");
     let opt = ck.join("optimizer.safetensors");
     let mut bytes = std::fs::read(&opt).unwrap();

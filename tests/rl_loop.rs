@@ -2,7 +2,7 @@
 //! evaluates before and after, and is a pure function of the seed.
 
 use arbor::config::{RunConfig, ADDITION_CONFIG};
-use arbor::train::pretrain;
+use arbor::train::job;
 use std::path::Path;
 
 fn config(out: &Path) -> RunConfig {
@@ -24,8 +24,8 @@ fn config(out: &Path) -> RunConfig {
 #[test]
 fn grpo_loop_runs_logs_and_is_deterministic() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let ra = pretrain::run(&config(a.path()), None, &mut Vec::new()).unwrap();
-    let rb = pretrain::run(&config(b.path()), None, &mut Vec::new()).unwrap();
+    let ra = job::run(&config(a.path()), None, &mut Vec::new()).unwrap();
+    let rb = job::run(&config(b.path()), None, &mut Vec::new()).unwrap();
     assert_eq!(ra.final_params, rb.final_params, "same seed must give the same weights after RL");
     let (before, after) = ra.rl.expect("the config has an [rl] phase");
     assert!((0.0..=1.0).contains(&before.sampled) && (0.0..=1.0).contains(&after.greedy));
@@ -80,7 +80,7 @@ fn default_job_starts_from_the_shipped_warm_start() {
     rl.eval_problems = 100;
     rl.eval_samples = 1;
     rl.prompts_per_step = 4;
-    let report = pretrain::run(&cfg, None, &mut Vec::new()).unwrap();
+    let report = job::run(&cfg, None, &mut Vec::new()).unwrap();
     let (before, after) = report.rl.unwrap();
     assert!(before.greedy >= 0.15, "the warm start should solve some problems greedily: {before:?}");
     assert!((0.0..=1.0).contains(&after.sampled));

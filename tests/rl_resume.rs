@@ -7,7 +7,7 @@ mod common;
 use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::io::load_hf_dir;
 use arbor::train::checkpoint::{list_checkpoints, load_checkpoint};
-use arbor::train::pretrain;
+use arbor::train::job;
 use common::metrics_without_clock as metrics;
 use std::path::Path;
 use std::process::Command;
@@ -38,15 +38,15 @@ fn config(out: &Path, rl_steps: u64) -> RunConfig {
 #[test]
 fn three_plus_three_rl_steps_equal_six() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let straight = pretrain::run(&config(a.path(), 6), None, &mut Vec::new()).unwrap();
-    pretrain::run(&config(b.path(), 6), None, &mut Vec::new()).unwrap();
+    let straight = job::run(&config(a.path(), 6), None, &mut Vec::new()).unwrap();
+    job::run(&config(b.path(), 6), None, &mut Vec::new()).unwrap();
     let run_b = b.path().join("addition-sft");
     // inside the RL phase: global step SFT_STEPS + 3
     let ck = run_b.join(format!("checkpoints/step-{}", SFT_STEPS + 3));
     let state = load_checkpoint(&ck).unwrap().state;
     assert!(state.rl_eval_before.is_some(), "an RL checkpoint records the eval before the phase");
     let mut log = Vec::new();
-    let resumed = pretrain::run(&config(b.path(), 6), Some(&ck), &mut log).unwrap();
+    let resumed = job::run(&config(b.path(), 6), Some(&ck), &mut log).unwrap();
     let log = String::from_utf8(log).unwrap();
     assert!(log.contains("resumed after step 3"), "{log}");
     assert_eq!(log.matches("rl step").count(), 3, "only RL steps 4..6 run after the resume:\n{log}");
@@ -72,7 +72,7 @@ fn three_plus_three_rl_steps_equal_six() {
     }
     // at the boundary (last supervised step): the RL phase starts fresh, with a fresh optimizer
     let ck = run_b.join(format!("checkpoints/step-{SFT_STEPS}"));
-    let resumed = pretrain::run(&config(b.path(), 6), Some(&ck), &mut Vec::new()).unwrap();
+    let resumed = job::run(&config(b.path(), 6), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(straight.final_params, resumed.final_params, "weights differ after a resume at the RL boundary");
     assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&run_b), "metrics differ after a boundary resume");
 }
@@ -80,11 +80,11 @@ fn three_plus_three_rl_steps_equal_six() {
 #[test]
 fn a_checkpoint_past_the_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    pretrain::run(&config(dir.path(), 2), None, &mut Vec::new()).unwrap();
+    job::run(&config(dir.path(), 2), None, &mut Vec::new()).unwrap();
     let ck = dir.path().join(format!("addition-sft/checkpoints/step-{}", SFT_STEPS + 2));
     let mut short = config(dir.path(), 2);
     short.rl.as_mut().unwrap().steps = 1;
-    let err = pretrain::run(&short, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
+    let err = job::run(&short, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("past the run") && err.contains("step-4"), "{err}");
 }
 

@@ -3,7 +3,7 @@
 
 use arbor::config::{RunConfig, ADDITION_CONFIG};
 use arbor::io::load_hf_dir;
-use arbor::train::pretrain;
+use arbor::train::job;
 use std::path::Path;
 
 fn small(out: &Path, seed: u64) -> RunConfig {
@@ -25,7 +25,7 @@ fn loss_falls_runs_are_deterministic_and_checkpoints_reload() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small(dir.path(), 7);
     let mut log = Vec::new();
-    let a = pretrain::run(&cfg, None, &mut log).unwrap();
+    let a = job::run(&cfg, None, &mut log).unwrap();
     let first: f64 = a.losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = a.losses[a.losses.len() - 5..].iter().sum::<f64>() / 5.0;
     println!("loss {first:.3} → {last:.3}; evals {:?}", a.evals);
@@ -34,10 +34,10 @@ fn loss_falls_runs_are_deterministic_and_checkpoints_reload() {
     assert!(e1.answer_nll < e0.answer_nll, "held-out answer NLL did not improve: {e0:?} → {e1:?}");
 
     // same seed → bit-identical weights; another seed → different
-    let b = pretrain::run(&cfg, None, &mut Vec::new()).unwrap();
+    let b = job::run(&cfg, None, &mut Vec::new()).unwrap();
     assert_eq!(a.final_params, b.final_params, "same seed gave different weights");
     let other = tempfile::tempdir().unwrap();
-    let c = pretrain::run(&small(other.path(), 8), None, &mut Vec::new()).unwrap();
+    let c = job::run(&small(other.path(), 8), None, &mut Vec::new()).unwrap();
     assert_ne!(a.final_params, c.final_params);
 
     // outputs: resolved config, metrics, HF checkpoint with tokenizer

@@ -256,7 +256,7 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (m, cfg) in file.compare.methods.iter().zip(&cfgs) {
         println!("== {m}");
-        crate::train::pretrain::run(cfg, None, &mut std::io::stdout())?;
+        crate::train::job::run(cfg, None, &mut std::io::stdout())?;
         rows.push(summarise(m, &out.join(m).join("metrics.jsonl"))?);
     }
     let mut control = String::new();

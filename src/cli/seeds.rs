@@ -100,14 +100,14 @@ fn control_config(cfg: &RunConfig, steps: u64, name: &str, out: &Path) -> RunCon
 pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Result<(u64, SolveRate)> {
     let seed = cfg.run.seed;
     let calib = control_config(cfg, 10, &format!("sft-calibrate-seed{seed}"), out);
-    crate::train::pretrain::run(&calib, None, &mut std::io::sink())?;
+    crate::train::job::run(&calib, None, &mut std::io::sink())?;
     let step_s = sft_step_seconds(&out.join(&calib.run.name).join("metrics.jsonl"))?;
     // the RL arm's own supervised steps (if any), then as many more as fit in its RL wall time
     let extra = ((secs / step_s.max(1e-6)).round() as u64).max(1);
     let steps = cfg.train.steps + extra;
     println!("== seed {seed}: SFT control, {steps} steps ({extra} × {step_s:.3} s ≈ the RL phase's {secs:.0} s)");
     let ctl = control_config(cfg, steps, &format!("sft-control-seed{seed}"), out);
-    let report = crate::train::pretrain::run(&ctl, None, &mut std::io::stdout())?;
+    let report = crate::train::job::run(&ctl, None, &mut std::io::stdout())?;
     let rl = cfg.rl.as_ref().context("the control needs the config's [rl] evaluation settings")?;
     let tok = CharTokenizer::default();
     let task = cfg.task()?;
@@ -205,7 +205,7 @@ pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
         cfg.run.name = format!("seed{seed}");
         cfg.run.out_dir = args.out_dir.clone();
         println!("== seed {seed}");
-        let report = crate::train::pretrain::run(&cfg, None, &mut std::io::stdout())?;
+        let report = crate::train::job::run(&cfg, None, &mut std::io::stdout())?;
         let (before, after) = report.rl.context("the run reported no RL evaluations")?;
         let rl_secs = rl_seconds(&args.out_dir.join(&cfg.run.name).join("metrics.jsonl"))?;
         let control = if args.control { Some(run_control(&cfg, rl_secs, &args.out_dir)?) } else { None };

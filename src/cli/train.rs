@@ -107,12 +107,12 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
         Some(path) => Some(std::path::PathBuf::from(path)),
     };
     let report = match spmd_grid(cfg)? {
-        None => crate::train::pretrain::run(cfg, dir.as_deref(), &mut std::io::stdout())?,
+        None => crate::train::job::run(cfg, dir.as_deref(), &mut std::io::stdout())?,
         Some((_universe, grid)) => {
             let root = grid.is_root();
             let mut out: Box<dyn std::io::Write> =
                 if root { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
-            match crate::train::pretrain::run_on(cfg, dir.as_deref(), &grid, &mut out) {
+            match crate::train::job::run_on(cfg, dir.as_deref(), &grid, &mut out) {
                 Ok(r) => {
                     grid.world.barrier()?;
                     if let Some(w) = &grid.watchdog {

@@ -179,7 +179,7 @@ pub fn run_phase(
     metrics: &mut dyn Write,
     log: &mut dyn Write,
 ) -> Result<(SolveRate, SolveRate)> {
-    let ac = ph.cfg.async_rl.as_ref().ok_or_else(|| Error::Invalid("async phase without [async]".into()))?;
+    let ac = ph.plan.async_cfg().ok_or_else(|| Error::Invalid("async phase without [async]".into()))?;
     let world = grid.world.as_ref();
     let (size, rank, r) = (world.size(), world.rank(), ac.rollout_ranks);
     if r >= size {
@@ -259,7 +259,7 @@ fn rollout_loop(model: &mut Model, ph: &Phase, done: u64, lag: u64, comms: Rollo
         });
         let mut generate_all = || -> Result<()> {
             let ctx = RlTrainer::context(ph.cfg, ph.rl, ph.task, role.as_ref());
-            let mut sampler = Sampler::for_config(ph.cfg, ph.rl, model);
+            let mut sampler = Sampler::new(ph.plan, model);
             let (mut version, mut sum) = (done, weights_message(model, done).1);
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;

@@ -7,6 +7,7 @@ pub mod critic;
 pub mod device;
 pub mod dump;
 pub mod guard;
+pub mod job;
 pub mod metrics;
 pub mod preempt;
 pub mod pretrain;

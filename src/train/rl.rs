@@ -39,7 +39,7 @@ pub use update::{
 };
 
 use crate::attnrl::RhythmConfig;
-use crate::config::{RlSection, RunConfig};
+use crate::config::{AdvantageSource, RlPlan, RlSection, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, Workspace};
 use crate::parallel::{Comm, Local};
@@ -118,12 +118,15 @@ pub struct RlTrainer<'a> {
 impl<'a> RlTrainer<'a> {
     /// A trainer for `model` on data-parallel group `dp`; `reference` is the frozen policy of the
     /// KL term (needed iff kl_coef > 0).
-    pub fn new(ctx: RolloutCtx<'a>, loss: &'a LossConfig, model: &Model, reference: Option<Model>) -> Result<Self> {
-        let cfg = ctx.cfg;
-        let critics = cfg.critic.as_ref().map(|cc| Critics::new(cc, model, cfg)).transpose()?;
-        let sampler = Sampler::for_config(cfg, ctx.rl, model);
-        let shaping = cfg.rhythm.as_ref().map(|rc| Shaping { rc: rc.clone(), ws: Workspace::new(&model.cfg, 0) });
-        Ok(RlTrainer { ctx, sampler, shaping, critics, loss, reference, buf: UpdateBuffers::new(model) })
+    pub fn new(ctx: RolloutCtx<'a>, plan: &'a RlPlan, model: &Model, reference: Option<Model>) -> Result<Self> {
+        let sampler = Sampler::new(plan, model);
+        let critics = match &plan.advantage {
+            AdvantageSource::Gae(cc) => Some(Critics::new(cc, model, ctx.cfg)?),
+            AdvantageSource::Group(_) | AdvantageSource::Tree => None,
+        };
+        let shaping = plan.shaping.as_ref().map(|rc| Shaping { rc: rc.clone(), ws: Workspace::new(&model.cfg, 0) });
+        let (loss, buf) = (&plan.loss, UpdateBuffers::new(model));
+        Ok(RlTrainer { ctx, sampler, shaping, critics, loss, reference, buf })
     }
 
     /// A context for `cfg`'s RL phase on one process.

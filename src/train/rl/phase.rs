@@ -7,7 +7,7 @@ use super::report::RlEvalLine;
 use super::rollouts::Rollouts;
 use super::tree::TreeState;
 use super::{RlTrainer, Sampling, StepOutput};
-use crate::config::{RlSection, RunConfig};
+use crate::config::{RlPlan, RlSection, RunConfig, Sampler as SamplerPlan};
 use crate::error::{Error, Result};
 use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
 use crate::model::Model;
@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 /// Where the RL phase sits in the run.
 pub struct Phase<'a> {
     pub cfg: &'a RunConfig,
+    /// The RL phase as resolved from the config: strategies, `[rl]` and the loss.
+    pub plan: &'a RlPlan,
     pub rl: &'a RlSection,
     pub loss: &'a LossConfig,
     pub task: &'a dyn Task,
@@ -126,7 +128,7 @@ fn restore(trainer: &mut RlTrainer, ph: &Phase, start: &PhaseStart, rank: usize)
     }
     if let (Some(t), Some(s)) = (trainer.sampler.tree_state_mut(), start.sampling) {
         *t = TreeState::restore(&s, ph.rl.prompts_per_step);
-        if ph.cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) {
+        if matches!(ph.plan.sampler, SamplerPlan::OffPolicyTrees(_)) {
             let path = dir.join(format!("pending-rank{rank}.json"));
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             t.pending = Some(serde_json::from_slice(&bytes).map_err(|e| Error::Config {
@@ -175,7 +177,7 @@ pub(crate) fn run_phase_with(
     }
     let mut dump = if root { Some(crate::train::dump::Dump::open(ph, start.done)?) } else { None };
     let ctx = RlTrainer::context(cfg, rl, ph.task, dp);
-    let mut trainer = RlTrainer::new(ctx, ph.loss, model, reference)?;
+    let mut trainer = RlTrainer::new(ctx, ph.plan, model, reference)?;
     restore(&mut trainer, ph, &start, dp.rank())?;
     let mut last = before;
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
@@ -279,7 +281,8 @@ fn checkpoint(
         Some(p) => serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("pending batch: {e}")))?,
         None => Vec::new(),
     };
-    let all = if cfg.attnrl.as_ref().is_some_and(|a| a.off_policy) { grid.dp.all_gather_bytes(&json)? } else { vec![] };
+    let off_policy = matches!(ph.plan.sampler, SamplerPlan::OffPolicyTrees(_));
+    let all = if off_policy { grid.dp.all_gather_bytes(&json)? } else { vec![] };
     // the critics and the pending batch go into the checkpoint's folder before it is renamed
     // into place, under its manifest: a checkpoint has all of them or does not exist
     let extra = |dir: &Path| -> Result<()> {

@@ -9,7 +9,7 @@ use super::eval;
 use super::report::TreeNotes;
 use super::rollouts::{RolloutCtx, Rollouts, TrainingBatch};
 use super::tree::{TreeSampler, TreeState};
-use crate::config::{RlSection, RunConfig};
+use crate::config::{AdvantageSource, RlPlan, Sampler as SamplerPlan};
 use crate::env::EnvConfig;
 use crate::error::Result;
 use crate::model::Model;
@@ -29,13 +29,18 @@ pub enum Sampler {
 }
 
 impl Sampler {
-    /// The sampler of `cfg`'s RL phase for `model`.
-    pub fn for_config(cfg: &RunConfig, rl: &RlSection, model: &Model) -> Self {
-        match (&cfg.attnrl, &cfg.env) {
-            (Some(ac), _) => Sampler::Trees(Box::new(TreeSampler::new(ac, model, rl.prompts_per_step))),
-            (None, Some(ec)) => Sampler::Env(ec.clone()),
+    /// The sampler of an RL phase's plan for `model`.
+    pub fn new(plan: &RlPlan, model: &Model) -> Self {
+        let rl = &plan.section;
+        match &plan.sampler {
+            SamplerPlan::Trees(ac) | SamplerPlan::OffPolicyTrees(ac) => {
+                Sampler::Trees(Box::new(TreeSampler::new(ac, model, rl.prompts_per_step)))
+            }
+            SamplerPlan::Env(ec) => Sampler::Env(ec.clone()),
             // with critics, GAE gives equal-reward groups a signal too
-            (None, None) => Sampler::Groups { filter_zero_std: rl.filter_zero_std && cfg.critic.is_none() },
+            SamplerPlan::Groups => Sampler::Groups {
+                filter_zero_std: rl.filter_zero_std && matches!(plan.advantage, AdvantageSource::Group(_)),
+            },
         }
     }
 
