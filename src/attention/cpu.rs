@@ -6,6 +6,7 @@
 //! beyond one block. Extra memory: O(N · BLOCK_ROWS) scratch, never T×T per head.
 
 use crate::tensor::cpu::matmul::gemm_raw;
+use crate::tensor::shape::GemmShape;
 use crate::tensor::cpu::simd::{self, simd_kernel};
 use rayon::prelude::*;
 
@@ -34,6 +35,15 @@ impl AttnShape {
     pub fn scratch_len(&self, n_tokens: usize) -> usize {
         2 * self.num_kv_heads * n_tokens * BLOCK_ROWS
     }
+}
+
+/// What the attention backward reads of its forward, in a backend's views: the q|k|v rows the
+/// forward read ([N, (H+2KV)·D]), its output ([N, H·D]) and its row log-sum-exp ([N, H]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnSaved<R> {
+    pub qkv: R,
+    pub out: R,
+    pub lse: R,
 }
 
 /// A raw pointer that may be shared across rayon tasks which write disjoint regions.
@@ -106,19 +116,14 @@ fn for_each_task(
 /// # Safety
 /// The `br` rows of X and `cols` rows of Y (each `d` wide) must lie inside their buffers, and
 /// `out` must hold br·cols floats that no other thread touches.
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows_times_rows_t(
     out: &mut [f32],
-    x: *const f32,
-    x_rs: usize,
-    y: *const f32,
-    y_rs: usize,
-    br: usize,
-    cols: usize,
-    d: usize,
+    (x, x_rs): (*const f32, usize),
+    (y, y_rs): (*const f32, usize),
+    (br, cols, d): (usize, usize, usize),
     alpha: f32,
 ) {
-    gemm_raw(br, cols, d, out.as_mut_ptr(), cols, (x, x_rs, 1), (y, 1, y_rs), alpha, false)
+    gemm_raw(GemmShape::new(br, cols, d), out.as_mut_ptr(), cols, (x, x_rs, 1), (y, 1, y_rs), alpha, false)
 }
 
 /// Forward: out = softmax(scale·Q Kᵀ + causal mask) V per sequence and head; lse[i·H + h] is the
@@ -146,7 +151,7 @@ pub fn attention_forward(
                 let cols = r0 + br;
                 // S[br, cols] = scale · Q[r0.., :] · K[0..cols, :]ᵀ
                 // SAFETY: Q/K rows r < t_len of this sequence lie inside qkv (checked above).
-                unsafe { rows_times_rows_t(sbuf, q_ptr.add(r0 * qs), qs, k_ptr, qs, br, cols, d, scale) };
+                unsafe { rows_times_rows_t(sbuf, (q_ptr.add(r0 * qs), qs), (k_ptr, qs), (br, cols, d), scale) };
                 let mut lse_blk = [0.0f32; BLOCK_ROWS];
                 causal_softmax_rows(&mut sbuf[..br * cols], cols, r0, &mut lse_blk[..br]);
                 for (i, &l) in lse_blk[..br].iter().enumerate() {
@@ -158,9 +163,7 @@ pub fn attention_forward(
                 // task only (head h belongs to kv group g).
                 unsafe {
                     gemm_raw(
-                        br,
-                        d,
-                        cols,
+                        GemmShape::new(br, d, cols),
                         out_p.get().add((start + r0) * os + h * d),
                         os,
                         (sbuf.as_ptr(), cols, 1),
@@ -175,19 +178,17 @@ pub fn attention_forward(
 }
 
 /// Backward of `attention_forward`. Writes (overwrites) dqkv: [N, (H+2KV)·D] given dout: [N, H·D]
-/// and the forward's qkv, out and lse:
+/// and the forward's qkv, out and lse (`saved`):
 /// dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
     scratch: &mut [f32],
     dout: &[f32],
-    qkv: &[f32],
-    out: &[f32],
-    lse: &[f32],
+    saved: AttnSaved<&[f32]>,
     seq_starts: &[usize],
     shape: AttnShape,
 ) {
+    let AttnSaved { qkv, out, lse } = saved;
     let (h_n, kv_n, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
     let (qs, os) = (shape.qkv_stride(), shape.out_stride());
     let n = *seq_starts.last().unwrap_or(&0);
@@ -217,8 +218,8 @@ pub fn attention_backward(
                 // SAFETY (all gemm_raw below): rows < t_len of this sequence, columns of this task.
                 unsafe {
                     // P block (recomputed scores) and dP = dO Vᵀ
-                    rows_times_rows_t(pbuf, q_ptr.add(r0 * qs), qs, k_ptr, qs, br, cols, d, scale);
-                    rows_times_rows_t(dpbuf, do_ptr.add(r0 * os), os, v_ptr, qs, br, cols, d, 1.0);
+                    rows_times_rows_t(pbuf, (q_ptr.add(r0 * qs), qs), (k_ptr, qs), (br, cols, d), scale);
+                    rows_times_rows_t(dpbuf, (do_ptr.add(r0 * os), os), (v_ptr, qs), (br, cols, d), 1.0);
                 }
                 let (mut lse_blk, mut di_blk) = ([0.0f32; BLOCK_ROWS], [0.0f32; BLOCK_ROWS]);
                 for i in 0..br {
@@ -238,9 +239,7 @@ pub fn attention_backward(
                 unsafe {
                     // dQ[r0.., h] = scale · dS · K[0..cols]
                     gemm_raw(
-                        br,
-                        d,
-                        cols,
+                        GemmShape::new(br, d, cols),
                         dq_ptr.add(r0 * qs),
                         qs,
                         (dpbuf.as_ptr(), cols, 1),
@@ -250,9 +249,7 @@ pub fn attention_backward(
                     );
                     // dK[0..cols] += scale · dSᵀ · Q[r0..]
                     gemm_raw(
-                        cols,
-                        d,
-                        br,
+                        GemmShape::new(cols, d, br),
                         dk_ptr,
                         qs,
                         (dpbuf.as_ptr(), 1, cols),
@@ -262,9 +259,7 @@ pub fn attention_backward(
                     );
                     // dV[0..cols] += Pᵀ · dO[r0..]
                     gemm_raw(
-                        cols,
-                        d,
-                        br,
+                        GemmShape::new(cols, d, br),
                         dv_ptr,
                         qs,
                         (pbuf.as_ptr(), 1, cols),
@@ -374,7 +369,7 @@ mod tests {
         let (mut out, mut lse, mut scratch) = (vec![0.0; n * 32], vec![0.0; n * 4], vec![0.0; sh.scratch_len(n)]);
         attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &starts, sh);
         let mut dqkv = vec![f32::NAN; n * sh.qkv_stride()];
-        attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, &starts, sh);
+        attention_backward(&mut dqkv, &mut scratch, &dout, AttnSaved { qkv: &qkv, out: &out, lse: &lse }, &starts, sh);
         let (want_out, want_d) = naive(&qkv, &dout, &starts, sh);
         let err = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
         let (eo, ed) = (err(&out, &want_out), err(&dqkv, &want_d));

@@ -47,6 +47,11 @@ pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error +
     move |e| Error::Invalid(format!("CUDA {what}: {e:?}"))
 }
 
+/// `x` as a kernel/cuBLAS `int`, or an error naming the quantity.
+pub(crate) fn int(x: usize, what: &str) -> Result<i32> {
+    i32::try_from(x).map_err(|_| Error::Invalid(format!("{what} = {x} exceeds the CUDA kernels' int range")))
+}
+
 /// Why no CUDA device can be used here, or `None` when one can. Never panics: the driver library
 /// is looked up before anything calls into it.
 pub fn unavailable() -> Option<String> {

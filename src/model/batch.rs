@@ -1,6 +1,7 @@
 //! Packed batches: sequences of different lengths laid end to end (no padding work).
 
 use crate::error::{Error, Result};
+use crate::tensor::backend::PackedBatch;
 
 /// A packed batch of `num_seqs()` sequences, N = `len()` tokens in all.
 ///
@@ -59,6 +60,16 @@ impl Batch {
             batch.push(&ids[b * t..b * t + len], &targets[b * t..b * t + len])?;
         }
         Ok(batch)
+    }
+
+    /// The batch as the operations of a backend read it (borrowed slices).
+    pub fn packed(&self) -> PackedBatch<'_> {
+        PackedBatch {
+            tokens: &self.tokens,
+            targets: &self.targets,
+            positions: &self.positions,
+            seq_starts: &self.seq_starts,
+        }
     }
 
     /// Clear, keeping capacity.
