@@ -80,7 +80,14 @@ fn attention(c: &mut Criterion) {
     c.bench_function("attention_fwd_bwd_b8_t128_h4_kv2_d64", |bch| {
         bch.iter(|| {
             attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &starts, shape);
-            attention_backward(&mut dqkv, &mut scratch, &dout, AttnSaved { qkv: &qkv, out: &out, lse: &lse }, &starts, shape);
+            attention_backward(
+                &mut dqkv,
+                &mut scratch,
+                &dout,
+                AttnSaved { qkv: &qkv, out: &out, lse: &lse },
+                &starts,
+                shape,
+            );
         })
     });
 }

@@ -527,14 +527,28 @@ fn bf16_gemms_with_f32_accumulation_match_the_cpu() {
             let bg = g.stream().clone_htod(&b_bits).unwrap();
             let cg = g.upload(&c0).unwrap();
             let cp = cg.device_ptr(g.stream()).0;
-            g.gemm_bf16(GemmOut { ptr: cp, ty: OutType::F32, len: m * n }, &ag.as_view(), &bg.as_view(), kind, GemmShape::new(m, n, k), acc)
-                .unwrap();
+            g.gemm_bf16(
+                GemmOut { ptr: cp, ty: OutType::F32, len: m * n },
+                &ag.as_view(),
+                &bg.as_view(),
+                kind,
+                GemmShape::new(m, n, k),
+                acc,
+            )
+            .unwrap();
             close(&format!("bf16 GEMM {kind:?} acc={acc} → f32"), &down(&g, &cg, m * n), &want, 1e-4);
             if !acc {
                 let cb = g.stream().alloc_zeros::<u16>(m * n).unwrap();
                 let cbp = cb.device_ptr(g.stream()).0;
-                g.gemm_bf16(GemmOut { ptr: cbp, ty: OutType::Bf16, len: m * n }, &ag.as_view(), &bg.as_view(), kind, GemmShape::new(m, n, k), false)
-                    .unwrap();
+                g.gemm_bf16(
+                    GemmOut { ptr: cbp, ty: OutType::Bf16, len: m * n },
+                    &ag.as_view(),
+                    &bg.as_view(),
+                    kind,
+                    GemmShape::new(m, n, k),
+                    false,
+                )
+                .unwrap();
                 let mut bits = vec![0u16; m * n];
                 g.stream().memcpy_dtoh(&cb, &mut bits[..]).unwrap();
                 g.stream().synchronize().unwrap();

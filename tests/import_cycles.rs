@@ -535,7 +535,8 @@ fn source_files() -> Vec<(String, Vec<String>, String)> {
         if rel == "src/main.rs" {
             continue;
         }
-        let mut module: Vec<String> = rel["src/".len()..rel.len() - ".rs".len()].split('/').map(str::to_string).collect();
+        let mut module: Vec<String> =
+            rel["src/".len()..rel.len() - ".rs".len()].split('/').map(str::to_string).collect();
         if matches!(module.last().map(String::as_str), Some("mod" | "lib")) {
             module.pop();
         }
@@ -606,7 +607,10 @@ fn two_files_that_use_each_other_are_a_cycle() {
     let files = [
         file("src/lib.rs", "pub mod a;\npub mod b;\n"),
         file("src/a.rs", "use crate::b::{g, self};\npub fn f() { g() }\n"),
-        file("src/b.rs", "pub fn g() {}\n// crate::a::f() in a comment is no reference\nfn h() { let s = \"crate::a::f\"; }\n"),
+        file(
+            "src/b.rs",
+            "pub fn g() {}\n// crate::a::f() in a comment is no reference\nfn h() { let s = \"crate::a::f\"; }\n",
+        ),
     ];
     assert!(cycles(&graph(&files)).is_empty(), "b refers to a only in a comment and a string");
     let files = [
@@ -627,7 +631,10 @@ fn parser_follows_nested_use_trees_super_and_reexports() {
         file("src/m/mod.rs", "mod c;\npub use c::{C, D as E};\npub struct P;\n"),
         file("src/m/c.rs", "use super::P;\npub struct C;\npub struct D;\n"),
         // `crate::m::E` resolves through the re-export to src/m/c.rs.
-        file("src/x.rs", "use crate::{m::{self, E}, y::{self}};\n#[cfg(test)]\nmod tests { use super::super::y::Y; }\n"),
+        file(
+            "src/x.rs",
+            "use crate::{m::{self, E}, y::{self}};\n#[cfg(test)]\nmod tests { use super::super::y::Y; }\n",
+        ),
         file("src/y.rs", "pub struct Y;\nfn f() { let _ = 'a'; let _: &'static str = r#\"crate::x\"#; }\n"),
     ];
     let edges = graph(&files);
@@ -645,4 +652,3 @@ fn parser_follows_nested_use_trees_super_and_reexports() {
     ];
     assert_eq!(cycles(&graph(&files)).len(), 1);
 }
-

@@ -6,8 +6,8 @@
 //! beyond one block. Extra memory: O(N · BLOCK_ROWS) scratch, never T×T per head.
 
 use crate::tensor::cpu::matmul::gemm_raw;
-use crate::tensor::shape::GemmShape;
 use crate::tensor::cpu::simd::{self, simd_kernel};
+use crate::tensor::shape::GemmShape;
 use rayon::prelude::*;
 
 /// Query rows processed per block.
@@ -49,8 +49,12 @@ pub struct AttnSaved<R> {
 /// A raw pointer that may be shared across rayon tasks which write disjoint regions.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
-// SAFETY: used only for buffers whose tasks touch disjoint elements (documented at each use).
+// SAFETY: the wrapper owns nothing; moving the address to another thread is sound because
+// every dereference is, each use naming the elements its task alone touches.
 unsafe impl Send for SharedMut {}
+// SAFETY: a shared `&SharedMut` only hands out copies of the address (`get`); the tasks that
+// write through it touch disjoint elements (stated at each use), so no element is accessed by
+// two threads at once.
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
@@ -150,7 +154,8 @@ pub fn attention_forward(
                 let br = BLOCK_ROWS.min(t_len - r0);
                 let cols = r0 + br;
                 // S[br, cols] = scale · Q[r0.., :] · K[0..cols, :]ᵀ
-                // SAFETY: Q/K rows r < t_len of this sequence lie inside qkv (checked above).
+                // SAFETY: Q rows r0..r0+br and K rows 0..cols (cols ≤ T) of this sequence lie inside
+                // qkv (checked above); sbuf is this task's BLOCK_ROWS·T ≥ br·cols floats.
                 unsafe { rows_times_rows_t(sbuf, (q_ptr.add(r0 * qs), qs), (k_ptr, qs), (br, cols, d), scale) };
                 let mut lse_blk = [0.0f32; BLOCK_ROWS];
                 causal_softmax_rows(&mut sbuf[..br * cols], cols, r0, &mut lse_blk[..br]);
@@ -197,12 +202,16 @@ pub fn attention_backward(
     let dqkv_p = SharedMut(dqkv.as_mut_ptr());
     for_each_task(seq_starts, shape, qkv, scratch, |g, task| {
         let Task { start, t_len, qkv: base, k: k_ptr, v: v_ptr, scratch: (pbuf, dpbuf) } = task;
-        // SAFETY: this task owns rows [start, start+T) × columns of q heads in group g, k head g and
-        // v head g of dqkv; no other task touches them.
+        // This task owns rows [start, start+T) × the columns of the q heads of group g, k head g
+        // and v head g of dqkv; no other task touches them.
+        // SAFETY: start < n (the task has T ≥ 1 tokens) and dqkv holds ≥ n·qs floats (asserted),
+        // so row `start` is inside dqkv.
         let dbase = unsafe { dqkv_p.get().add(start * qs) };
+        // SAFETY: both column offsets are below qs = (H + 2·KV)·D, so they stay in row `start`.
         let (dk_ptr, dv_ptr) = unsafe { (dbase.add((h_n + g) * d), dbase.add((h_n + kv_n + g) * d)) };
         for r in 0..t_len {
-            // SAFETY: as above (zero this task's dK, dV columns before accumulating).
+            // SAFETY: row r < T of this sequence, D floats at the columns of k head g and v head g:
+            // inside dqkv and written by this task only (zeroed before the products accumulate).
             unsafe {
                 std::ptr::write_bytes(dk_ptr.add(r * qs), 0, d);
                 std::ptr::write_bytes(dv_ptr.add(r * qs), 0, d);
@@ -211,11 +220,14 @@ pub fn attention_backward(
         for h in g * shape.group()..(g + 1) * shape.group() {
             let q_ptr = base[h * d..].as_ptr();
             let do_ptr = dout[start * os + h * d..].as_ptr();
+            // SAFETY: h < H, so column h·D is inside row `start` of dqkv.
             let dq_ptr = unsafe { dbase.add(h * d) };
             for r0 in (0..t_len).step_by(BLOCK_ROWS) {
                 let br = BLOCK_ROWS.min(t_len - r0);
                 let cols = r0 + br;
-                // SAFETY (all gemm_raw below): rows < t_len of this sequence, columns of this task.
+                // SAFETY: Q rows r0..r0+br and K, V rows 0..cols (cols ≤ T) of this sequence lie
+                // in qkv, and dO rows r0..r0+br in dout (≥ n·os floats, asserted); pbuf and dpbuf
+                // are this task's scratch halves of BLOCK_ROWS·T ≥ br·cols floats each.
                 unsafe {
                     // P block (recomputed scores) and dP = dO Vᵀ
                     rows_times_rows_t(pbuf, (q_ptr.add(r0 * qs), qs), (k_ptr, qs), (br, cols, d), scale);
@@ -236,6 +248,10 @@ pub fn attention_backward(
                     &lse_blk[..br],
                     &di_blk[..br],
                 );
+                // SAFETY: the three products read dS / P ([br, cols] in this task's scratch), K, Q
+                // and dO rows of this sequence (inside qkv and dout, as above) and write dQ rows
+                // r0..r0+br of head h and dK, dV rows 0..cols of kv head g: rows of this sequence
+                // in columns that belong to this task alone, in dqkv, which aliases no input.
                 unsafe {
                     // dQ[r0.., h] = scale · dS · K[0..cols]
                     gemm_raw(

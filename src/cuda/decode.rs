@@ -156,7 +156,13 @@ impl<'g> GpuDecoder<'g> {
                 eps,
             )?;
             let wgu = Gpu::r(p, o.gate_up_w..o.gate_up_w + 2 * inter * c);
-            g.matmul_nt(Gpu::m(gu, 0..b * 2 * inter), Gpu::r(ln, 0..b * c), wgu, GemmShape::new(b, 2 * inter, c), false)?;
+            g.matmul_nt(
+                Gpu::m(gu, 0..b * 2 * inter),
+                Gpu::r(ln, 0..b * c),
+                wgu,
+                GemmShape::new(b, 2 * inter, c),
+                false,
+            )?;
             g.swiglu_forward(Gpu::m(act, 0..b * inter), Gpu::r(gu, 0..b * 2 * inter), inter)?;
             let wd = Gpu::r(p, o.down_w..o.down_w + c * inter);
             g.matmul_nt(Gpu::m(x, 0..b * c), Gpu::r(act, 0..b * inter), wd, GemmShape::new(b, c, inter), true)?;

@@ -78,7 +78,7 @@ impl Gpu {
                 "CUDA backend: NVRTC (libnvrtc.so) not found; kernels cannot be compiled".into(),
             ));
         }
-        // SAFETY: dlopen probe only.
+        // SAFETY: only looks the library up on the loader path (dlopen); nothing in it is called.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(Error::Invalid("CUDA backend: cuBLAS (libcublas.so) not found".into()));
         }
@@ -156,7 +156,8 @@ impl Gpu {
         }
         let f = self.module(module)?.load_function(entry).map_err(drv("kernel lookup"))?;
         if smem > DEFAULT_SMEM {
-            // SAFETY: `f` is a live function of a loaded module.
+            // SAFETY: `f` is a live function of a module loaded in this context (kept in the
+            // cache for the life of the process), and the attribute takes a plain int.
             unsafe {
                 cudarc::driver::result::function::set_function_attribute(
                     f.cu_function(),

@@ -239,7 +239,13 @@ impl Model {
                 eps,
             )?;
             let wqkv = B::r(p, o.qkv_w..o.qkv_w + qkv_w * c);
-            be.matmul_nt(B::m(&mut a.qkv, 0..n * qkv_w), B::r(&a.ln1, nc.clone()), wqkv, GemmShape::new(n, qkv_w, c), false)?;
+            be.matmul_nt(
+                B::m(&mut a.qkv, 0..n * qkv_w),
+                B::r(&a.ln1, nc.clone()),
+                wqkv,
+                GemmShape::new(n, qkv_w, c),
+                false,
+            )?;
             if let Some(b) = o.qkv_b {
                 be.add_bias(B::m(&mut a.qkv, 0..n * qkv_w), B::r(p, b..b + qkv_w))?;
             }
@@ -260,7 +266,13 @@ impl Model {
                 be.zero(B::m(&mut a.resid_mid, nc.clone()))?;
             }
             let wo = B::r(p, o.o_w..o.o_w + c * hd);
-            be.matmul_nt(B::m(&mut a.resid_mid, nc.clone()), B::r(&a.att, 0..n * hd), wo, GemmShape::new(n, c, hd), true)?;
+            be.matmul_nt(
+                B::m(&mut a.resid_mid, nc.clone()),
+                B::r(&a.att, 0..n * hd),
+                wo,
+                GemmShape::new(n, c, hd),
+                true,
+            )?;
             self.tp_reduce_on(be, B::m(&mut a.resid_mid, nc.clone()))?;
             let w2 = B::r(p, o.ln2..o.ln2 + c);
             be.rmsnorm_forward(
@@ -370,7 +382,13 @@ impl Model {
             // MLP: resid_out = resid_mid + act · Wdownᵀ
             let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
             let wd = o.down_w..o.down_w + c * inter;
-            be.matmul_nn(B::m(&mut ws.dact, ni.clone()), dr(), B::r(p, wd.clone()), GemmShape::new(n, inter, c), false)?;
+            be.matmul_nn(
+                B::m(&mut ws.dact, ni.clone()),
+                dr(),
+                B::r(p, wd.clone()),
+                GemmShape::new(n, inter, c),
+                false,
+            )?;
             be.matmul_tn(g!(wd), dr(), B::r(&a.act, ni.clone()), GemmShape::new(c, inter, n), true)?;
             be.swiglu_backward(
                 B::m(&mut ws.dgate_up, n2i.clone()),
@@ -380,7 +398,13 @@ impl Model {
             )?;
             let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;
             let dgu = || B::r(&ws.dgate_up, 0..n * 2 * inter);
-            be.matmul_nn(B::m(&mut ws.dln, nc.clone()), dgu(), B::r(p, wgu.clone()), GemmShape::new(n, c, 2 * inter), false)?;
+            be.matmul_nn(
+                B::m(&mut ws.dln, nc.clone()),
+                dgu(),
+                B::r(p, wgu.clone()),
+                GemmShape::new(n, c, 2 * inter),
+                false,
+            )?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             be.matmul_tn(g!(wgu), dgu(), B::r(&a.ln2, nc.clone()), GemmShape::new(2 * inter, c, n), true)?;
             let gr = o.ln2..o.ln2 + c;

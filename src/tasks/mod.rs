@@ -16,8 +16,8 @@ pub mod jsonl;
 pub mod parquet;
 pub mod rational;
 
-pub use config::{build, TaskConfig, TaskKind};
 pub use arithmetic::AdditionTask;
+pub use config::{build, TaskConfig, TaskKind};
 pub use countdown::CountdownTask;
 
 /// Data splits: training problems and held-out problems never overlap.

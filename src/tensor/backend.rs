@@ -10,8 +10,8 @@
 use crate::attention::{AttnSaved, AttnShape};
 use crate::error::Result;
 use crate::parallel::TpGroup;
-use crate::tensor::shape::GemmShape;
 use crate::tensor::cpu::ops::RopeTable;
+use crate::tensor::shape::GemmShape;
 use std::ops::Range;
 
 /// A packed batch as the operations read it: sequences of different lengths laid end to end, N

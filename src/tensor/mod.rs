@@ -8,5 +8,5 @@ pub mod cpu;
 pub mod shape;
 
 pub use backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
-pub use shape::GemmShape;
 pub use cpu::Cpu;
+pub use shape::GemmShape;

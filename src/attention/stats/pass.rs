@@ -6,8 +6,8 @@
 use crate::attention::cpu::BLOCK_ROWS;
 use crate::attention::AttnShape;
 use crate::tensor::cpu::matmul::gemm_raw;
-use crate::tensor::shape::GemmShape;
 use crate::tensor::cpu::simd::{self, simd_kernel};
+use crate::tensor::shape::GemmShape;
 
 /// Keys per score tile (the tile is BLOCK_ROWS × TILE_COLS floats = 64 KiB).
 pub(super) const TILE_COLS: usize = 256;
