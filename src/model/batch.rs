@@ -93,11 +93,11 @@ impl Batch {
 
     /// Number of sequences.
     pub fn num_seqs(&self) -> usize {
-        self.seq_starts.len().saturating_sub(1)
+        self.packed().num_seqs()
     }
 
     /// Longest sequence.
     pub fn max_seq_len(&self) -> usize {
-        self.seq_starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+        self.packed().max_seq_len()
     }
 }
