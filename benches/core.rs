@@ -2,7 +2,7 @@
 //! in DESIGN), causal attention forward + backward, and one full training step.
 //! Run: `cargo bench --bench core` (threads: RAYON_NUM_THREADS, default all cores).
 
-use arbor::attention::{attention_backward, attention_forward, AttnShape};
+use arbor::attention::{attention_backward, attention_forward, AttnSaved, AttnShape};
 use arbor::model::init::init_params;
 use arbor::model::{Batch, Model, ModelConfig, Workspace};
 use arbor::tensor::cpu::{matmul_nt, matmul_packed, PackedMatrix};
@@ -80,7 +80,14 @@ fn attention(c: &mut Criterion) {
     c.bench_function("attention_fwd_bwd_b8_t128_h4_kv2_d64", |bch| {
         bch.iter(|| {
             attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &starts, shape);
-            attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, &starts, shape);
+            attention_backward(
+                &mut dqkv,
+                &mut scratch,
+                &dout,
+                AttnSaved { qkv: &qkv, out: &out, lse: &lse },
+                &starts,
+                shape,
+            );
         })
     });
 }

@@ -2,6 +2,9 @@
 //!
 //! Data path: prompt → rollout → reward → advantage → loss → gradient → all-reduce → AdamW.
 
+// Every `unsafe` block and impl says, in a `// SAFETY:` comment, why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod attention;
 pub mod attnrl;
 pub mod cli;

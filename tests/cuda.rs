@@ -10,12 +10,12 @@
 
 mod common;
 
-use arbor::attention::AttnShape;
+use arbor::attention::{AttnSaved, AttnShape};
 use arbor::cuda::{nvrtc, Gpu, GpuModel};
 use arbor::model::{init::init_params, Arch, Batch, Model};
 use arbor::rng::Rng;
 use arbor::tensor::cpu::ops::RopeTable;
-use arbor::tensor::{Backend, Cpu};
+use arbor::tensor::{Backend, Cpu, GemmShape, LogitStats, LogprobGrad};
 use arbor::train::adamw::{AdamW, AdamWConfig};
 use common::{max_abs_diff, tiny_config};
 
@@ -178,16 +178,16 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
             let (av, bv, cv) = (Gpu::r(&ag, 0..a_len), Gpu::r(&bg, 0..b_len), Gpu::m(&mut cg, 0..m * n));
             match kind {
                 "nt" => {
-                    Cpu.matmul_nt(&mut want, &a, &b, m, n, k, acc).unwrap();
-                    g.matmul_nt(cv, av, bv, m, n, k, acc).unwrap()
+                    Cpu.matmul_nt(&mut want, &a, &b, GemmShape::new(m, n, k), acc).unwrap();
+                    g.matmul_nt(cv, av, bv, GemmShape::new(m, n, k), acc).unwrap()
                 }
                 "nn" => {
-                    Cpu.matmul_nn(&mut want, &a, &b, m, n, k, acc).unwrap();
-                    g.matmul_nn(cv, av, bv, m, n, k, acc).unwrap()
+                    Cpu.matmul_nn(&mut want, &a, &b, GemmShape::new(m, n, k), acc).unwrap();
+                    g.matmul_nn(cv, av, bv, GemmShape::new(m, n, k), acc).unwrap()
                 }
                 _ => {
-                    Cpu.matmul_tn(&mut want, &a, &b, m, n, k, acc).unwrap();
-                    g.matmul_tn(cv, av, bv, m, n, k, acc).unwrap()
+                    Cpu.matmul_tn(&mut want, &a, &b, GemmShape::new(m, n, k), acc).unwrap();
+                    g.matmul_tn(cv, av, bv, GemmShape::new(m, n, k), acc).unwrap()
                 }
             }
             close(&format!("sgemm {kind} acc={acc}"), &down(&g, &cg, m * n), &want, 1e-4);
@@ -197,18 +197,18 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
     let (v, c) = (50u32, 24usize);
     let b = batch(&mut rng, &[5, 17, 1, 9], v);
     let nt = b.len();
-    let dev = g.batch(&b).unwrap();
+    let dev = g.batch(b.packed()).unwrap();
     let table = rand(&mut rng, v as usize * c);
     let tg = g.upload(&table).unwrap();
     let mut out = vec![0.0; nt * c];
-    Cpu.embedding_forward(&mut out, &table, &&b, c).unwrap();
+    Cpu.embedding_forward(&mut out, &table, &b.packed(), c).unwrap();
     let mut og = g.upload(&vec![0.0; nt * c]).unwrap();
     g.embedding_forward(Gpu::m(&mut og, 0..nt * c), Gpu::r(&tg, 0..table.len()), &dev, c).unwrap();
     close("embedding fwd", &down(&g, &og, nt * c), &out, 0.0);
     let dout = rand(&mut rng, nt * c);
     let dg = g.upload(&dout).unwrap();
     let mut dt = table.clone();
-    Cpu.embedding_backward(&mut dt, &dout, &&b, c).unwrap();
+    Cpu.embedding_backward(&mut dt, &dout, &b.packed(), c).unwrap();
     let mut dtg = g.upload(&table).unwrap();
     g.embedding_backward(Gpu::m(&mut dtg, 0..table.len()), Gpu::r(&dg, 0..nt * c), &dev, c).unwrap();
     close("embedding bwd", &down(&g, &dtg, table.len()), &dt, 1e-5);
@@ -221,7 +221,7 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
     let x = rand(&mut rng, nt * stride);
     for inverse in [false, true] {
         let mut want = x.clone();
-        Cpu.rope_apply(&mut want, stride, h + kv, &&b, &rope, inverse).unwrap();
+        Cpu.rope_apply(&mut want, stride, h + kv, &b.packed(), &rope, inverse).unwrap();
         let mut xg = g.upload(&x).unwrap();
         g.rope_apply(Gpu::m(&mut xg, 0..nt * stride), stride, h + kv, &dev, &rg, inverse).unwrap();
         close(&format!("rope inverse={inverse}"), &down(&g, &xg, nt * stride), &want, 1e-5);
@@ -234,7 +234,8 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
     let z = rand(&mut rng, r * vv);
     let zg = g.upload(&z).unwrap();
     let (mut lse, mut lp, mut en) = (vec![0.0; r], vec![0.0; r], vec![0.0; r]);
-    Cpu.logprob_forward(&z, vv, &&b, rows.clone(), &mut lse, &mut lp, &mut en).unwrap();
+    let stats = LogitStats { lse: &mut lse[..], logp: &mut lp[..], entropy: &mut en[..] };
+    Cpu.logprob_forward(&z, vv, &b.packed(), rows.clone(), stats).unwrap();
     let mut bufs: Vec<_> = (0..3).map(|_| g.upload(&vec![0.0; r]).unwrap()).collect();
     let (l3, rest) = bufs.split_at_mut(1);
     let (p3, e3) = rest.split_at_mut(1);
@@ -243,9 +244,7 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
         vv,
         &dev,
         rows.clone(),
-        Gpu::m(&mut l3[0], 0..r),
-        Gpu::m(&mut p3[0], 0..r),
-        Gpu::m(&mut e3[0], 0..r),
+        LogitStats { lse: Gpu::m(&mut l3[0], 0..r), logp: Gpu::m(&mut p3[0], 0..r), entropy: Gpu::m(&mut e3[0], 0..r) },
     )
     .unwrap();
     close("logprob lse", &down(&g, &bufs[0], r), &lse, 1e-5);
@@ -253,13 +252,14 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
     close("logprob entropy", &down(&g, &bufs[2], r), &en, 1e-5);
     let (gr, de) = (rand(&mut rng, r), rand(&mut rng, r));
     let mut dz = z.clone();
-    Cpu.logprob_backward(&mut dz, vv, &&b, rows.clone(), &lse, &gr, Some((&de, &en))).unwrap();
+    let grad = LogprobGrad { lse: &lse[..], g: &gr[..], ent: Some((&de[..], &en[..])) };
+    Cpu.logprob_backward(&mut dz, vv, &b.packed(), rows.clone(), grad).unwrap();
     let (ggr, gde, glse, gen) =
         (g.upload(&gr).unwrap(), g.upload(&de).unwrap(), g.upload(&lse).unwrap(), g.upload(&en).unwrap());
     let mut dzg = g.upload(&z).unwrap();
     let ent = Some((Gpu::r(&gde, 0..r), Gpu::r(&gen, 0..r)));
-    g.logprob_backward(Gpu::m(&mut dzg, 0..r * vv), vv, &dev, rows, Gpu::r(&glse, 0..r), Gpu::r(&ggr, 0..r), ent)
-        .unwrap();
+    let grad = LogprobGrad { lse: Gpu::r(&glse, 0..r), g: Gpu::r(&ggr, 0..r), ent };
+    g.logprob_backward(Gpu::m(&mut dzg, 0..r * vv), vv, &dev, rows, grad).unwrap();
     close("logprob bwd", &down(&g, &dzg, r * vv), &dz, 1e-5);
 }
 
@@ -271,13 +271,13 @@ fn flash_attention_forward_and_backward_match_the_cpu() {
         let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
         let b = batch(&mut rng, &[1, 70, 130, 3], 10);
         let n = b.len();
-        let dev = g.batch(&b).unwrap();
+        let dev = g.batch(b.packed()).unwrap();
         let stride = (h + 2 * kv) * d;
         let qkv = rand(&mut rng, n * stride);
         let qg = g.upload(&qkv).unwrap();
         let (mut out, mut lse) = (vec![0.0; n * h * d], vec![0.0; n * h]);
         let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
-        Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &&b, shape).unwrap();
+        Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &b.packed(), shape).unwrap();
         let (mut og, mut lg) = (g.upload(&vec![0.0; n * h * d]).unwrap(), g.upload(&vec![0.0; n * h]).unwrap());
         let sl = g.attn_scratch_len(shape, n);
         let mut sg = g.upload(&vec![0.0; sl]).unwrap();
@@ -295,15 +295,14 @@ fn flash_attention_forward_and_backward_match_the_cpu() {
         let dout = rand(&mut rng, n * h * d);
         let dg = g.upload(&dout).unwrap();
         let mut dqkv = vec![0.0; n * stride];
-        Cpu.attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, &&b, shape).unwrap();
+        let saved = AttnSaved { qkv: &qkv[..], out: &out[..], lse: &lse[..] };
+        Cpu.attention_backward(&mut dqkv, &mut scratch, &dout, saved, &b.packed(), shape).unwrap();
         let mut dqg = g.upload(&vec![1.0; n * stride]).unwrap();
         g.attention_backward(
             Gpu::m(&mut dqg, 0..n * stride),
             Gpu::m(&mut sg, 0..sl),
             Gpu::r(&dg, 0..n * h * d),
-            Gpu::r(&qg, 0..n * stride),
-            Gpu::r(&og, 0..n * h * d),
-            Gpu::r(&lg, 0..n * h),
+            AttnSaved { qkv: Gpu::r(&qg, 0..n * stride), out: Gpu::r(&og, 0..n * h * d), lse: Gpu::r(&lg, 0..n * h) },
             &dev,
             shape,
         )
@@ -502,7 +501,7 @@ fn attention_statistics_on_the_gpu_match_the_cpu_pass() {
 /// row-major products, against the CPU's f32 product of the same bf16-rounded operands.
 #[test]
 fn bf16_gemms_with_f32_accumulation_match_the_cpu() {
-    use arbor::cuda::gemm::{GemmKind, OutType};
+    use arbor::cuda::gemm::{GemmKind, GemmOut, OutType};
     use cudarc::driver::DevicePtr;
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(8);
@@ -520,20 +519,36 @@ fn bf16_gemms_with_f32_accumulation_match_the_cpu() {
         for acc in [false, true] {
             let mut want = c0.clone();
             match kind {
-                GemmKind::Nt => Cpu.matmul_nt(&mut want, &a_f, &b_f, m, n, k, acc).unwrap(),
-                GemmKind::Nn => Cpu.matmul_nn(&mut want, &a_f, &b_f, m, n, k, acc).unwrap(),
-                GemmKind::Tn => Cpu.matmul_tn(&mut want, &a_f, &b_f, m, n, k, acc).unwrap(),
+                GemmKind::Nt => Cpu.matmul_nt(&mut want, &a_f, &b_f, GemmShape::new(m, n, k), acc).unwrap(),
+                GemmKind::Nn => Cpu.matmul_nn(&mut want, &a_f, &b_f, GemmShape::new(m, n, k), acc).unwrap(),
+                GemmKind::Tn => Cpu.matmul_tn(&mut want, &a_f, &b_f, GemmShape::new(m, n, k), acc).unwrap(),
             }
             let ag = g.stream().clone_htod(&a_bits).unwrap();
             let bg = g.stream().clone_htod(&b_bits).unwrap();
             let cg = g.upload(&c0).unwrap();
             let cp = cg.device_ptr(g.stream()).0;
-            g.gemm_bf16(cp, OutType::F32, &ag.as_view(), &bg.as_view(), kind, (m, n, k), m * n, acc).unwrap();
+            g.gemm_bf16(
+                GemmOut { ptr: cp, ty: OutType::F32, len: m * n },
+                &ag.as_view(),
+                &bg.as_view(),
+                kind,
+                GemmShape::new(m, n, k),
+                acc,
+            )
+            .unwrap();
             close(&format!("bf16 GEMM {kind:?} acc={acc} → f32"), &down(&g, &cg, m * n), &want, 1e-4);
             if !acc {
                 let cb = g.stream().alloc_zeros::<u16>(m * n).unwrap();
                 let cbp = cb.device_ptr(g.stream()).0;
-                g.gemm_bf16(cbp, OutType::Bf16, &ag.as_view(), &bg.as_view(), kind, (m, n, k), m * n, false).unwrap();
+                g.gemm_bf16(
+                    GemmOut { ptr: cbp, ty: OutType::Bf16, len: m * n },
+                    &ag.as_view(),
+                    &bg.as_view(),
+                    kind,
+                    GemmShape::new(m, n, k),
+                    false,
+                )
+                .unwrap();
                 let mut bits = vec![0u16; m * n];
                 g.stream().memcpy_dtoh(&cb, &mut bits[..]).unwrap();
                 g.stream().synchronize().unwrap();

@@ -7,6 +7,7 @@
 
 use crate::tensor::cpu::matmul::gemm_raw;
 use crate::tensor::cpu::simd::{self, simd_kernel};
+use crate::tensor::shape::GemmShape;
 use rayon::prelude::*;
 
 /// Query rows processed per block.
@@ -36,11 +37,24 @@ impl AttnShape {
     }
 }
 
+/// What the attention backward reads of its forward, in a backend's views: the q|k|v rows the
+/// forward read ([N, (H+2KV)·D]), its output ([N, H·D]) and its row log-sum-exp ([N, H]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnSaved<R> {
+    pub qkv: R,
+    pub out: R,
+    pub lse: R,
+}
+
 /// A raw pointer that may be shared across rayon tasks which write disjoint regions.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
-// SAFETY: used only for buffers whose tasks touch disjoint elements (documented at each use).
+// SAFETY: the wrapper owns nothing; moving the address to another thread is sound because
+// every dereference is, each use naming the elements its task alone touches.
 unsafe impl Send for SharedMut {}
+// SAFETY: a shared `&SharedMut` only hands out copies of the address (`get`); the tasks that
+// write through it touch disjoint elements (stated at each use), so no element is accessed by
+// two threads at once.
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
@@ -106,19 +120,14 @@ fn for_each_task(
 /// # Safety
 /// The `br` rows of X and `cols` rows of Y (each `d` wide) must lie inside their buffers, and
 /// `out` must hold br·cols floats that no other thread touches.
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows_times_rows_t(
     out: &mut [f32],
-    x: *const f32,
-    x_rs: usize,
-    y: *const f32,
-    y_rs: usize,
-    br: usize,
-    cols: usize,
-    d: usize,
+    (x, x_rs): (*const f32, usize),
+    (y, y_rs): (*const f32, usize),
+    (br, cols, d): (usize, usize, usize),
     alpha: f32,
 ) {
-    gemm_raw(br, cols, d, out.as_mut_ptr(), cols, (x, x_rs, 1), (y, 1, y_rs), alpha, false)
+    gemm_raw(GemmShape::new(br, cols, d), out.as_mut_ptr(), cols, (x, x_rs, 1), (y, 1, y_rs), alpha, false)
 }
 
 /// Forward: out = softmax(scale·Q Kᵀ + causal mask) V per sequence and head; lse[i·H + h] is the
@@ -145,8 +154,9 @@ pub fn attention_forward(
                 let br = BLOCK_ROWS.min(t_len - r0);
                 let cols = r0 + br;
                 // S[br, cols] = scale · Q[r0.., :] · K[0..cols, :]ᵀ
-                // SAFETY: Q/K rows r < t_len of this sequence lie inside qkv (checked above).
-                unsafe { rows_times_rows_t(sbuf, q_ptr.add(r0 * qs), qs, k_ptr, qs, br, cols, d, scale) };
+                // SAFETY: Q rows r0..r0+br and K rows 0..cols (cols ≤ T) of this sequence lie inside
+                // qkv (checked above); sbuf is this task's BLOCK_ROWS·T ≥ br·cols floats.
+                unsafe { rows_times_rows_t(sbuf, (q_ptr.add(r0 * qs), qs), (k_ptr, qs), (br, cols, d), scale) };
                 let mut lse_blk = [0.0f32; BLOCK_ROWS];
                 causal_softmax_rows(&mut sbuf[..br * cols], cols, r0, &mut lse_blk[..br]);
                 for (i, &l) in lse_blk[..br].iter().enumerate() {
@@ -158,9 +168,7 @@ pub fn attention_forward(
                 // task only (head h belongs to kv group g).
                 unsafe {
                     gemm_raw(
-                        br,
-                        d,
-                        cols,
+                        GemmShape::new(br, d, cols),
                         out_p.get().add((start + r0) * os + h * d),
                         os,
                         (sbuf.as_ptr(), cols, 1),
@@ -175,19 +183,17 @@ pub fn attention_forward(
 }
 
 /// Backward of `attention_forward`. Writes (overwrites) dqkv: [N, (H+2KV)·D] given dout: [N, H·D]
-/// and the forward's qkv, out and lse:
+/// and the forward's qkv, out and lse (`saved`):
 /// dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
     scratch: &mut [f32],
     dout: &[f32],
-    qkv: &[f32],
-    out: &[f32],
-    lse: &[f32],
+    saved: AttnSaved<&[f32]>,
     seq_starts: &[usize],
     shape: AttnShape,
 ) {
+    let AttnSaved { qkv, out, lse } = saved;
     let (h_n, kv_n, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
     let (qs, os) = (shape.qkv_stride(), shape.out_stride());
     let n = *seq_starts.last().unwrap_or(&0);
@@ -196,12 +202,16 @@ pub fn attention_backward(
     let dqkv_p = SharedMut(dqkv.as_mut_ptr());
     for_each_task(seq_starts, shape, qkv, scratch, |g, task| {
         let Task { start, t_len, qkv: base, k: k_ptr, v: v_ptr, scratch: (pbuf, dpbuf) } = task;
-        // SAFETY: this task owns rows [start, start+T) × columns of q heads in group g, k head g and
-        // v head g of dqkv; no other task touches them.
+        // This task owns rows [start, start+T) × the columns of the q heads of group g, k head g
+        // and v head g of dqkv; no other task touches them.
+        // SAFETY: start < n (the task has T ≥ 1 tokens) and dqkv holds ≥ n·qs floats (asserted),
+        // so row `start` is inside dqkv.
         let dbase = unsafe { dqkv_p.get().add(start * qs) };
+        // SAFETY: both column offsets are below qs = (H + 2·KV)·D, so they stay in row `start`.
         let (dk_ptr, dv_ptr) = unsafe { (dbase.add((h_n + g) * d), dbase.add((h_n + kv_n + g) * d)) };
         for r in 0..t_len {
-            // SAFETY: as above (zero this task's dK, dV columns before accumulating).
+            // SAFETY: row r < T of this sequence, D floats at the columns of k head g and v head g:
+            // inside dqkv and written by this task only (zeroed before the products accumulate).
             unsafe {
                 std::ptr::write_bytes(dk_ptr.add(r * qs), 0, d);
                 std::ptr::write_bytes(dv_ptr.add(r * qs), 0, d);
@@ -210,15 +220,18 @@ pub fn attention_backward(
         for h in g * shape.group()..(g + 1) * shape.group() {
             let q_ptr = base[h * d..].as_ptr();
             let do_ptr = dout[start * os + h * d..].as_ptr();
+            // SAFETY: h < H, so column h·D is inside row `start` of dqkv.
             let dq_ptr = unsafe { dbase.add(h * d) };
             for r0 in (0..t_len).step_by(BLOCK_ROWS) {
                 let br = BLOCK_ROWS.min(t_len - r0);
                 let cols = r0 + br;
-                // SAFETY (all gemm_raw below): rows < t_len of this sequence, columns of this task.
+                // SAFETY: Q rows r0..r0+br and K, V rows 0..cols (cols ≤ T) of this sequence lie
+                // in qkv, and dO rows r0..r0+br in dout (≥ n·os floats, asserted); pbuf and dpbuf
+                // are this task's scratch halves of BLOCK_ROWS·T ≥ br·cols floats each.
                 unsafe {
                     // P block (recomputed scores) and dP = dO Vᵀ
-                    rows_times_rows_t(pbuf, q_ptr.add(r0 * qs), qs, k_ptr, qs, br, cols, d, scale);
-                    rows_times_rows_t(dpbuf, do_ptr.add(r0 * os), os, v_ptr, qs, br, cols, d, 1.0);
+                    rows_times_rows_t(pbuf, (q_ptr.add(r0 * qs), qs), (k_ptr, qs), (br, cols, d), scale);
+                    rows_times_rows_t(dpbuf, (do_ptr.add(r0 * os), os), (v_ptr, qs), (br, cols, d), 1.0);
                 }
                 let (mut lse_blk, mut di_blk) = ([0.0f32; BLOCK_ROWS], [0.0f32; BLOCK_ROWS]);
                 for i in 0..br {
@@ -235,12 +248,14 @@ pub fn attention_backward(
                     &lse_blk[..br],
                     &di_blk[..br],
                 );
+                // SAFETY: the three products read dS / P ([br, cols] in this task's scratch), K, Q
+                // and dO rows of this sequence (inside qkv and dout, as above) and write dQ rows
+                // r0..r0+br of head h and dK, dV rows 0..cols of kv head g: rows of this sequence
+                // in columns that belong to this task alone, in dqkv, which aliases no input.
                 unsafe {
                     // dQ[r0.., h] = scale · dS · K[0..cols]
                     gemm_raw(
-                        br,
-                        d,
-                        cols,
+                        GemmShape::new(br, d, cols),
                         dq_ptr.add(r0 * qs),
                         qs,
                         (dpbuf.as_ptr(), cols, 1),
@@ -250,9 +265,7 @@ pub fn attention_backward(
                     );
                     // dK[0..cols] += scale · dSᵀ · Q[r0..]
                     gemm_raw(
-                        cols,
-                        d,
-                        br,
+                        GemmShape::new(cols, d, br),
                         dk_ptr,
                         qs,
                         (dpbuf.as_ptr(), 1, cols),
@@ -262,9 +275,7 @@ pub fn attention_backward(
                     );
                     // dV[0..cols] += Pᵀ · dO[r0..]
                     gemm_raw(
-                        cols,
-                        d,
-                        br,
+                        GemmShape::new(cols, d, br),
                         dv_ptr,
                         qs,
                         (pbuf.as_ptr(), 1, cols),
@@ -374,7 +385,7 @@ mod tests {
         let (mut out, mut lse, mut scratch) = (vec![0.0; n * 32], vec![0.0; n * 4], vec![0.0; sh.scratch_len(n)]);
         attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &starts, sh);
         let mut dqkv = vec![f32::NAN; n * sh.qkv_stride()];
-        attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &out, &lse, &starts, sh);
+        attention_backward(&mut dqkv, &mut scratch, &dout, AttnSaved { qkv: &qkv, out: &out, lse: &lse }, &starts, sh);
         let (want_out, want_d) = naive(&qkv, &dout, &starts, sh);
         let err = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
         let (eo, ed) = (err(&out, &want_out), err(&dqkv, &want_d));

@@ -6,4 +6,4 @@
 pub mod cpu;
 pub mod stats;
 
-pub use cpu::{attention_backward, attention_forward, AttnShape};
+pub use cpu::{attention_backward, attention_forward, AttnSaved, AttnShape};

@@ -1,15 +1,14 @@
 //! `arbor bench`: throughput of the numerical core, printed as one JSON line.
 
-use crate::io::load_hf_dir;
-use crate::model::init::init_params;
-use crate::model::{Batch, Model, ModelConfig, Workspace};
+use crate::cli::bench_common::{load_model, median, train_step_flops};
+use crate::model::{Batch, Workspace};
 use crate::rng::Rng;
 use crate::tensor::cpu::matmul::GEMM_PARALLEL_NANOS;
 use crate::tensor::cpu::matmul_nt;
 use crate::train::{clip_and_step, AdamW, AdamWConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -128,12 +127,6 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Median of a sample.
-pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// GFLOP/s of an n×n×n f32 product (best of `reps`: the peak the machine gives right now).
 pub fn gemm_gflops(n: usize, reps: usize) -> f64 {
     let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.01).collect();
@@ -148,33 +141,6 @@ pub fn gemm_gflops(n: usize, reps: usize) -> f64 {
         })
         .collect();
     2.0 * (n * n * n) as f64 / times.iter().copied().fold(f64::INFINITY, f64::min) / 1e9
-}
-
-pub(crate) fn load_model(path: &Path, seed: u64) -> anyhow::Result<Model> {
-    let (dir, cfg_file) = if path.is_dir() {
-        (path.to_path_buf(), path.join("config.json"))
-    } else {
-        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
-    };
-    let has_weights = dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file();
-    if path.is_dir() && has_weights {
-        let (cfg, params) = load_hf_dir(&dir)?;
-        return Ok(Model::new(cfg, params)?);
-    }
-    let cfg = ModelConfig::from_hf_file(&cfg_file)?;
-    let params = init_params(&cfg, seed, 0.02);
-    Ok(Model::new(cfg, params)?)
-}
-
-/// FLOPs of one training step, counted like scripts/peer/torch_train_step.py:
-/// 6·(matmul parameters)·tokens + 6·L·B·T²·H·D (causal attention, forward + backward).
-pub fn train_step_flops(cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
-    let total = cfg.num_params();
-    let embed = cfg.vocab_size * cfg.hidden_size;
-    let matmul_params = if cfg.tie_word_embeddings { total } else { total - embed };
-    let tokens = (batch * seq) as f64;
-    6.0 * matmul_params as f64 * tokens
-        + 6.0 * (cfg.num_layers * batch * seq * seq * cfg.num_heads * cfg.head_dim) as f64
 }
 
 /// Run `arbor bench train-step` and print one JSON line.

@@ -69,7 +69,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 fn generate(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
-    use crate::cli::bench::{load_model, median};
+    use crate::cli::bench_common::{load_model, median};
     use crate::cuda::GpuDecoder;
     use crate::rng::Rng;
     use anyhow::Context;
@@ -113,7 +113,7 @@ fn generate(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::Result<()> {
-    use crate::cli::bench::{load_model, median, train_step_flops};
+    use crate::cli::bench_common::{load_model, median, train_step_flops};
     use crate::cuda::GpuModel;
     use crate::model::Batch;
     use crate::rng::Rng;
@@ -165,8 +165,8 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
 
 #[cfg(feature = "cuda")]
 fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
-    use crate::attention::AttnShape;
-    use crate::cli::bench::median;
+    use crate::attention::{AttnSaved, AttnShape};
+    use crate::cli::bench_common::median;
     use crate::cuda::Gpu;
     use crate::model::Batch;
     use crate::rng::Rng;
@@ -183,7 +183,7 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
     let stride = (h + 2 * kv) * d;
     let mut rng = Rng::new(args.seed);
     let qkv: Vec<f32> = (0..n * stride).map(|_| rng.normal() as f32).collect();
-    let dev = gpu.batch(&batch)?;
+    let dev = gpu.batch(batch.packed())?;
     let qg = gpu.upload(&qkv)?;
     let zeros = |len: usize| gpu.upload(&vec![0.0; len]);
     let (mut out, mut lse, mut dqkv) = (zeros(n * h * d)?, zeros(n * h)?, zeros(n * stride)?);
@@ -207,9 +207,7 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
             Gpu::m(&mut dqkv, 0..n * stride),
             Gpu::m(&mut scratch, 0..sl),
             Gpu::r(&dout, 0..n * h * d),
-            Gpu::r(&qg, 0..n * stride),
-            Gpu::r(&out, 0..n * h * d),
-            Gpu::r(&lse, 0..n * h),
+            AttnSaved { qkv: Gpu::r(&qg, 0..n * stride), out: Gpu::r(&out, 0..n * h * d), lse: Gpu::r(&lse, 0..n * h) },
             &dev,
             shape,
         )?;

@@ -1,14 +1,14 @@
 //! The CUDA device as a [`Backend`]: f32 device buffers, arbor's kernels (cuda/*.cu) and cuBLAS
 //! SGEMM. Every method follows the CPU function of the same name (tests/cuda.rs compares them).
 
-use crate::attention::AttnShape;
-use crate::cuda::device::{drv, Arg, Gpu};
+use crate::attention::{AttnSaved, AttnShape};
+use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::cuda::gemm::GemmKind;
 use crate::error::{Error, Result};
-use crate::model::batch::Batch;
 use crate::parallel::{Comm, TpGroup};
-use crate::tensor::backend::Backend;
+use crate::tensor::backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
 use crate::tensor::cpu::ops::RopeTable;
+use crate::tensor::shape::GemmShape;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::ops::Range;
 
@@ -32,11 +32,6 @@ pub struct GpuRope {
 
 /// Logit elements per LM-head chunk on the device (1 GiB of f32).
 const HEAD_CHUNK_ELEMS: usize = 1 << 28;
-
-/// `x` as a kernel/cuBLAS `int`, or an error naming the quantity.
-pub(crate) fn int(x: usize, what: &str) -> Result<i32> {
-    i32::try_from(x).map_err(|_| Error::Invalid(format!("{what} = {x} exceeds the CUDA kernels' int range")))
-}
 
 /// The head-dim bucket of the attention kernels.
 fn attn_dm(head_dim: usize) -> Result<u32> {
@@ -99,13 +94,13 @@ impl Backend for Gpu {
     fn sub_m<'a, 'b: 'a>(x: &'a mut CudaViewMut<'b, f32>, r: Range<usize>) -> CudaViewMut<'a, f32> {
         x.slice_mut(r)
     }
-    fn batch(&self, batch: &Batch) -> Result<GpuBatch> {
+    fn batch(&self, batch: PackedBatch<'_>) -> Result<GpuBatch> {
         let up = |x: &[u32]| self.htod(x);
         let starts = batch.seq_starts.iter().map(|&s| int(s, "token index")).collect::<Result<Vec<i32>>>()?;
         Ok(GpuBatch {
-            tokens: up(&batch.tokens)?,
-            targets: up(&batch.targets)?,
-            positions: up(&batch.positions)?,
+            tokens: up(batch.tokens)?,
+            targets: up(batch.targets)?,
+            positions: up(batch.positions)?,
             cu_seqlens: self.htod(&starts)?,
             n_seq: batch.num_seqs(),
             max_len: batch.max_seq_len(),
@@ -143,41 +138,14 @@ impl Backend for Gpu {
         self.sync()
     }
 
-    fn matmul_nt(
-        &self,
-        c: Self::M<'_>,
-        a: Self::R<'_>,
-        b: Self::R<'_>,
-        m: usize,
-        n: usize,
-        k: usize,
-        acc: bool,
-    ) -> Result<()> {
-        self.gemm(c, a, b, GemmKind::Nt, (m, n, k), acc)
+    fn matmul_nt(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
+        self.gemm(c, a, b, GemmKind::Nt, shape, acc)
     }
-    fn matmul_nn(
-        &self,
-        c: Self::M<'_>,
-        a: Self::R<'_>,
-        b: Self::R<'_>,
-        m: usize,
-        n: usize,
-        k: usize,
-        acc: bool,
-    ) -> Result<()> {
-        self.gemm(c, a, b, GemmKind::Nn, (m, n, k), acc)
+    fn matmul_nn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
+        self.gemm(c, a, b, GemmKind::Nn, shape, acc)
     }
-    fn matmul_tn(
-        &self,
-        c: Self::M<'_>,
-        a: Self::R<'_>,
-        b: Self::R<'_>,
-        m: usize,
-        n: usize,
-        k: usize,
-        acc: bool,
-    ) -> Result<()> {
-        self.gemm(c, a, b, GemmKind::Tn, (m, n, k), acc)
+    fn matmul_tn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
+        self.gemm(c, a, b, GemmKind::Tn, shape, acc)
     }
 
     fn embedding_forward(&self, mut out: Self::M<'_>, table: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
@@ -339,12 +307,11 @@ impl Backend for Gpu {
         mut dqkv: Self::M<'_>,
         mut scratch: Self::M<'_>,
         dout: Self::R<'_>,
-        qkv: Self::R<'_>,
-        out: Self::R<'_>,
-        lse: Self::R<'_>,
+        saved: AttnSaved<Self::R<'_>>,
         batch: &GpuBatch,
         shape: AttnShape,
     ) -> Result<()> {
+        let AttnSaved { qkv, out, lse } = saved;
         let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
         let dm = attn_dm(d)?;
         let n = lse.len() / h.max(1);
@@ -439,10 +406,9 @@ impl Backend for Gpu {
         v: usize,
         batch: &GpuBatch,
         rows: Range<usize>,
-        mut lse: Self::M<'_>,
-        mut logp: Self::M<'_>,
-        mut entropy: Self::M<'_>,
+        out: LogitStats<Self::M<'_>>,
     ) -> Result<()> {
+        let LogitStats { mut lse, mut logp, mut entropy } = out;
         let n = rows.len();
         let args = [
             Arg::P(self.pr(&z)),
@@ -461,10 +427,9 @@ impl Backend for Gpu {
         v: usize,
         batch: &GpuBatch,
         rows: Range<usize>,
-        lse: Self::R<'_>,
-        g: Self::R<'_>,
-        ent: Option<(Self::R<'_>, Self::R<'_>)>,
+        grad: LogprobGrad<Self::R<'_>, Self::R<'_>>,
     ) -> Result<()> {
+        let LogprobGrad { lse, g, ent } = grad;
         let n = rows.len();
         let zp = self.pm(&mut z);
         let (de, h) = match &ent {

@@ -8,7 +8,7 @@ use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
-use crate::tensor::Backend;
+use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaSlice, DevicePtr};
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
@@ -78,7 +78,7 @@ impl<'g> GpuDecoder<'g> {
             return Err(Error::Invalid("decode step: a slot appears twice".into()));
         }
         let host = Batch { tokens: tokens.to_vec(), targets: vec![0; b], positions, seq_starts: (0..=b).collect() };
-        let dev: GpuBatch = self.gpu.batch(&host)?;
+        let dev: GpuBatch = self.gpu.batch(host.packed())?;
         let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
         let lens: Vec<i32> = host.positions.iter().map(|&p| p as i32 + 1).collect();
         let s = &self.gpu.stream;
@@ -108,7 +108,7 @@ impl<'g> GpuDecoder<'g> {
                 eps,
             )?;
             let wq = Gpu::r(p, o.qkv_w..o.qkv_w + qkv_w * c);
-            g.matmul_nt(Gpu::m(qkv, 0..b * qkv_w), Gpu::r(ln, 0..b * c), wq, b, qkv_w, c, false)?;
+            g.matmul_nt(Gpu::m(qkv, 0..b * qkv_w), Gpu::r(ln, 0..b * c), wq, GemmShape::new(b, qkv_w, c), false)?;
             if let Some(bias) = o.qkv_b {
                 g.add_bias(Gpu::m(qkv, 0..b * qkv_w), Gpu::r(p, bias..bias + qkv_w))?;
             }
@@ -147,7 +147,7 @@ impl<'g> GpuDecoder<'g> {
             ];
             g.launch("decode_attention", "decode_attn_f32", (h as u32, b as u32, 1), (128, 1, 1), 0, &args)?;
             let wo = Gpu::r(p, o.o_w..o.o_w + c * hd);
-            g.matmul_nt(Gpu::m(x, 0..b * c), Gpu::r(att, 0..b * hd), wo, b, c, hd, true)?;
+            g.matmul_nt(Gpu::m(x, 0..b * c), Gpu::r(att, 0..b * hd), wo, GemmShape::new(b, c, hd), true)?;
             g.rmsnorm_forward(
                 Gpu::m(ln, 0..b * c),
                 Gpu::m(rstd, 0..b),
@@ -156,15 +156,21 @@ impl<'g> GpuDecoder<'g> {
                 eps,
             )?;
             let wgu = Gpu::r(p, o.gate_up_w..o.gate_up_w + 2 * inter * c);
-            g.matmul_nt(Gpu::m(gu, 0..b * 2 * inter), Gpu::r(ln, 0..b * c), wgu, b, 2 * inter, c, false)?;
+            g.matmul_nt(
+                Gpu::m(gu, 0..b * 2 * inter),
+                Gpu::r(ln, 0..b * c),
+                wgu,
+                GemmShape::new(b, 2 * inter, c),
+                false,
+            )?;
             g.swiglu_forward(Gpu::m(act, 0..b * inter), Gpu::r(gu, 0..b * 2 * inter), inter)?;
             let wd = Gpu::r(p, o.down_w..o.down_w + c * inter);
-            g.matmul_nt(Gpu::m(x, 0..b * c), Gpu::r(act, 0..b * inter), wd, b, c, inter, true)?;
+            g.matmul_nt(Gpu::m(x, 0..b * c), Gpu::r(act, 0..b * inter), wd, GemmShape::new(b, c, inter), true)?;
         }
         let fw = Gpu::r(p, lay.final_norm..lay.final_norm + c);
         g.rmsnorm_forward(Gpu::m(ln, 0..b * c), Gpu::m(rstd, 0..b), Gpu::r(x, 0..b * c), fw, eps)?;
         let wh = Gpu::r(p, lay.lm_head..lay.lm_head + v * c);
-        g.matmul_nt(Gpu::m(logits, 0..b * v), Gpu::r(ln, 0..b * c), wh, b, v, c, false)?;
+        g.matmul_nt(Gpu::m(logits, 0..b * v), Gpu::r(ln, 0..b * c), wh, GemmShape::new(b, v, c), false)?;
         let mut out = vec![0.0; b * v];
         g.download(logits, &mut out)?;
         for &s in slots {

@@ -47,6 +47,11 @@ pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error +
     move |e| Error::device(format!("CUDA {what}"), format!("{e:?}"))
 }
 
+/// `x` as a kernel/cuBLAS `int`, or an error naming the quantity.
+pub(crate) fn int(x: usize, what: &str) -> Result<i32> {
+    i32::try_from(x).map_err(|_| Error::Invalid(format!("{what} = {x} exceeds the CUDA kernels' int range")))
+}
+
 /// Why no CUDA device can be used here, or `None` when one can. Never panics: the driver library
 /// is looked up before anything calls into it.
 pub fn unavailable() -> Option<String> {
@@ -71,7 +76,7 @@ impl Gpu {
         if !nvrtc::available() {
             return Err(Error::device("CUDA backend", "NVRTC (libnvrtc.so) not found; kernels cannot be compiled"));
         }
-        // SAFETY: dlopen probe only.
+        // SAFETY: only looks the library up on the loader path (dlopen); nothing in it is called.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(Error::device("CUDA backend", "cuBLAS (libcublas.so) not found"));
         }
@@ -149,7 +154,8 @@ impl Gpu {
         }
         let f = self.module(module)?.load_function(entry).map_err(drv("kernel lookup"))?;
         if smem > DEFAULT_SMEM {
-            // SAFETY: `f` is a live function of a loaded module.
+            // SAFETY: `f` is a live function of a module loaded in this context (kept in the
+            // cache for the life of the process), and the attribute takes a plain int.
             unsafe {
                 cudarc::driver::result::function::set_function_attribute(
                     f.cu_function(),

@@ -1,8 +1,8 @@
 //! cuBLAS SGEMM for the row-major products of the model.
 
-use crate::cuda::backend::int;
-use crate::cuda::device::{drv, Gpu};
+use crate::cuda::device::{drv, int, Gpu};
 use crate::error::{Error, Result};
+use crate::tensor::shape::GemmShape;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -44,16 +44,18 @@ pub fn gemm_plan(kind: GemmKind, m: usize, n: usize, k: usize) -> GemmPlan {
 }
 
 impl Gpu {
-    #[allow(clippy::too_many_arguments)]
+    /// C (+)= op(A)·op(B) in f32 through cuBLAS SGEMM; shapes and row-major layouts as
+    /// [`GemmKind`].
     pub(crate) fn gemm(
         &self,
         mut c: CudaViewMut<'_, f32>,
         a: CudaView<'_, f32>,
         b: CudaView<'_, f32>,
         kind: GemmKind,
-        (m, n, k): (usize, usize, usize),
+        shape: GemmShape,
         acc: bool,
     ) -> Result<()> {
+        let GemmShape { m, n, k } = shape;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -93,23 +95,31 @@ pub enum OutType {
     Bf16,
 }
 
+/// The output operand of a mixed-precision GEMM: a device pointer to `len` elements of type `ty`
+/// (u16 bit patterns for bf16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmOut {
+    pub ptr: u64,
+    pub ty: OutType,
+    pub len: usize,
+}
+
 impl Gpu {
     /// Mixed precision: C (+)= op(A)·op(B) with A and B in bf16 (as u16 bit patterns), f32
-    /// accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F) and C in f32 or bf16 (`out`); shapes and
-    /// row-major layouts as [`GemmKind`]. `c` holds m·n elements of the output type (u16 for bf16,
-    /// f32 otherwise; a bf16 C is passed as its u16 view).
-    #[allow(clippy::too_many_arguments)]
+    /// accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F) and C in f32 or bf16 (`out.ty`); shapes and
+    /// row-major layouts as [`GemmKind`]. `out` holds m·n elements of the output type (u16 for
+    /// bf16, f32 otherwise; a bf16 C is passed as its u16 view).
     pub fn gemm_bf16(
         &self,
-        c: u64,
-        out: OutType,
+        out: GemmOut,
         a: &CudaView<'_, u16>,
         b: &CudaView<'_, u16>,
         kind: GemmKind,
-        (m, n, k): (usize, usize, usize),
-        c_len: usize,
+        shape: GemmShape,
         acc: bool,
     ) -> Result<()> {
+        let GemmShape { m, n, k } = shape;
+        let GemmOut { ptr: c, ty: out, len: c_len } = out;
         use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
         use cudarc::driver::DevicePtr;
         if m == 0 || n == 0 || k == 0 {
@@ -160,22 +170,10 @@ mod tests {
     use super::*;
     use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
 
-    /// cuBLAS SGEMM semantics on the host (column-major, op = transpose or not).
-    #[allow(clippy::too_many_arguments)]
-    fn sgemm_colmajor(
-        ta: bool,
-        tb: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        ldb: usize,
-        c: &mut [f32],
-        ldc: usize,
-        beta: f32,
-    ) {
+    /// cuBLAS SGEMM semantics on the host (column-major, op = transpose or not) for the operands
+    /// of `p`: cuBLAS's (m, n, k), its first and second operands and C (leading dimension m).
+    fn sgemm_colmajor(p: GemmPlan, (m, n, k): (usize, usize, usize), a: &[f32], b: &[f32], c: &mut [f32], beta: f32) {
+        let (ta, lda, tb, ldb, ldc) = (p.trans_first, p.ld_first, p.trans_second, p.ld_second, m);
         for j in 0..n {
             for i in 0..m {
                 let mut s = 0.0f64;
@@ -207,20 +205,7 @@ mod tests {
                 let p = gemm_plan(kind, m, n, k);
                 let mut got = c0.clone();
                 let beta = if acc { 1.0 } else { 0.0 };
-                sgemm_colmajor(
-                    p.trans_first,
-                    p.trans_second,
-                    n,
-                    m,
-                    k,
-                    &b,
-                    p.ld_first,
-                    &a,
-                    p.ld_second,
-                    &mut got,
-                    n,
-                    beta,
-                );
+                sgemm_colmajor(p, (n, m, k), &b, &a, &mut got, beta);
                 let err = want.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
                 assert!(err < 1e-5, "{kind:?} acc {acc}: max error {err}");
             }

@@ -4,6 +4,7 @@
 use crate::cuda::backend::GpuRope;
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::error::{Error, Result};
+use crate::model::head::HeadGrad;
 use crate::model::transformer::On;
 use crate::model::{Batch, Model, Workspace};
 use crate::tensor::Backend;
@@ -41,7 +42,7 @@ impl GpuModel {
     /// Forward on `batch`: returns (log p of each target, entropy of each row).
     pub fn forward(&mut self, model: &Model, batch: &Batch) -> Result<(Vec<f32>, Vec<f32>)> {
         model.check_batch(batch)?;
-        let dev = self.gpu.batch(batch)?;
+        let dev = self.gpu.batch(batch.packed())?;
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         model.forward_on(&on, batch, &dev, &mut self.ws)?;
         let n = batch.len();
@@ -58,13 +59,13 @@ impl GpuModel {
         if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
             return Err(Error::shape("dlogp/dent", format!("do not have one entry per token ({n})")));
         }
-        let dev = self.gpu.batch(batch)?;
+        let dev = self.gpu.batch(batch.packed())?;
         let g = self.gpu.upload(dlogp)?;
         let e = dent.map(|d| self.gpu.upload(d)).transpose()?;
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
         let ev = e.as_ref().map(|e| Gpu::r(e, 0..n));
-        model.backward_on(&on, batch, &dev, Gpu::r(&g, 0..n), ev, &mut self.ws, grads)?;
+        model.backward_on(&on, batch, &dev, HeadGrad { dlogp: Gpu::r(&g, 0..n), dent: ev }, &mut self.ws, grads)?;
         self.gpu.sync()
     }
 

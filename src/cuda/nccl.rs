@@ -28,7 +28,7 @@ impl Nccl {
     /// Create the communicator: rank 0 makes the unique id, `boot` broadcasts it, every rank
     /// joins with its GPU. Fails with a clear error where NCCL (libnccl.so) is missing.
     pub fn new(gpu: &Gpu, boot: Box<dyn Comm>) -> Result<Nccl> {
-        // SAFETY: dlopen probe only.
+        // SAFETY: only looks the library up on the loader path (dlopen); nothing in it is called.
         if !unsafe { cudarc::nccl::sys::is_culib_present() } {
             return Err(Error::device(
                 "NCCL",

@@ -67,7 +67,8 @@ pub fn version() -> Result<(i32, i32)> {
         return Err(no_nvrtc());
     }
     let (mut major, mut minor) = (0, 0);
-    // SAFETY: plain out-parameters.
+    // SAFETY: the library is present (checked above) and the call only writes two ints through
+    // pointers to these locals.
     unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
         .map_err(|e| Error::device("nvrtcVersion", format!("{e:?}")))?;
@@ -101,8 +102,9 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
     let prog = result::create_program(&src, Some(&cname))
         .map_err(|e| Error::device(format!("nvrtcCreateProgram({name})"), format!("{e:?}")))?;
     let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "-default-device".into()];
-    // SAFETY: `prog` is a live program until destroyed below; the log and PTX are copied out.
+    // SAFETY: `prog` is a live program (created above, destroyed only at the end).
     let outcome = unsafe { result::compile_program(prog, &opts) };
+    // SAFETY: `prog` is still live; the log is copied into an owned buffer before it is destroyed.
     let log = unsafe { result::get_program_log(prog) }
         .map(|raw| {
             let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
@@ -110,6 +112,7 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
         })
         .unwrap_or_default();
     let ptx = match outcome {
+        // SAFETY: `prog` is live and compiled; the PTX is copied into an owned buffer.
         Ok(()) => unsafe { result::get_ptx(prog) }
             .map(|raw| raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect::<Vec<u8>>())
             .map_err(|e| Error::device(format!("nvrtcGetPTX({name})"), format!("{e:?}"))),

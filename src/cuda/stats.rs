@@ -13,8 +13,7 @@ use crate::attention::stats::pass::SeqPlan;
 use crate::attention::stats::{
     combine_rhythm, fai_rows, prepare, select_heads, HeadId, Prepared, SeqStats, SeqSteps, StatsConfig,
 };
-use crate::cuda::backend::int;
-use crate::cuda::device::{drv, Arg};
+use crate::cuda::device::{drv, int, Arg};
 use crate::cuda::{Gpu, GpuModel};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
@@ -52,7 +51,7 @@ pub fn attention_stats(
     let hn = (h_n * n).max(1);
     let zeros = || s.alloc_zeros::<f32>(hn).map_err(drv("alloc"));
     let (mut fci_col, mut fai_col, dist_row, waad_row) = (zeros()?, zeros()?, zeros()?, zeros()?);
-    let dev = gpu.batch(batch)?;
+    let dev = gpu.batch(batch.packed())?;
     let ptr_i = |x: &CudaSlice<i32>| x.device_ptr(s).0;
     let ptr_f = |x: &CudaSlice<f32>| x.device_ptr(s).0;
     let dm = match d {

@@ -16,8 +16,10 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::path(path, std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: `c` is a NUL-terminated path and `st` a properly sized, writable statvfs.
+    // SAFETY: `statvfs` is a plain C struct of integers, for which all-zero bytes are a value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call and `st` a properly sized,
+    // writable statvfs.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(Error::io(path, std::io::Error::last_os_error()));
     }

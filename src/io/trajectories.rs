@@ -295,22 +295,28 @@ fn complete_samples(
     Ok(n)
 }
 
+/// The per-sample columns a summary is computed from (n samples; offsets have n + 1 entries).
+#[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
+struct SampleColumns<'a> {
+    step: &'a [u64],
+    policy_version: &'a [u64],
+    reward: &'a [f32],
+    prompt_offsets: &'a [u64],
+    response_offsets: &'a [u64],
+}
+
 /// Per-step and overall statistics from the per-sample columns.
-#[allow(clippy::too_many_arguments)]
 #[cfg_attr(not(feature = "hdf5"), allow(dead_code))]
 fn summarise(
     path: &Path,
     format_version: i64,
     arbor_version: String,
     attributes: BTreeMap<String, String>,
-    step: &[u64],
-    policy_version: &[u64],
-    reward: &[f32],
-    prompt_offsets: &[u64],
-    response_offsets: &[u64],
+    columns: SampleColumns<'_>,
     incomplete_rows: u64,
     datasets: Vec<DatasetInfo>,
 ) -> TrajectorySummary {
+    let SampleColumns { step, policy_version, reward, prompt_offsets, response_offsets } = columns;
     let n = step.len();
     let resp_len = |i: usize| response_offsets[i + 1] - response_offsets[i];
     // step -> (samples, reward sum, response token sum)
@@ -701,11 +707,13 @@ mod imp {
             format_version,
             arbor_version,
             attributes,
-            &step,
-            &policy_version,
-            &reward,
-            &po,
-            &ro,
+            SampleColumns {
+                step: &step,
+                policy_version: &policy_version,
+                reward: &reward,
+                prompt_offsets: &po,
+                response_offsets: &ro,
+            },
             (rows - n) as u64,
             datasets,
         ))

@@ -1,6 +1,7 @@
 //! Packed batches: sequences of different lengths laid end to end (no padding work).
 
 use crate::error::{Error, Result};
+use crate::tensor::backend::PackedBatch;
 
 /// A packed batch of `num_seqs()` sequences, N = `len()` tokens in all.
 ///
@@ -59,6 +60,16 @@ impl Batch {
         Ok(batch)
     }
 
+    /// The batch as the operations of a backend read it (borrowed slices).
+    pub fn packed(&self) -> PackedBatch<'_> {
+        PackedBatch {
+            tokens: &self.tokens,
+            targets: &self.targets,
+            positions: &self.positions,
+            seq_starts: &self.seq_starts,
+        }
+    }
+
     /// Clear, keeping capacity.
     pub fn clear(&mut self) {
         self.tokens.clear();
@@ -80,11 +91,11 @@ impl Batch {
 
     /// Number of sequences.
     pub fn num_seqs(&self) -> usize {
-        self.seq_starts.len().saturating_sub(1)
+        self.packed().num_seqs()
     }
 
     /// Longest sequence.
     pub fn max_seq_len(&self) -> usize {
-        self.seq_starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+        self.packed().max_seq_len()
     }
 }

@@ -53,11 +53,6 @@ impl ModelConfig {
         self.num_heads * self.head_dim
     }
 
-    /// Number of parameters (tied embeddings counted once).
-    pub fn num_params(&self) -> usize {
-        crate::model::params::ParamLayout::new(self).total()
-    }
-
     /// Check internal consistency; `file` names the source in the error.
     pub fn validate(&self, file: &Path) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::Config { file: file.into(), key: key.into(), msg });

@@ -211,6 +211,16 @@ fn score_blocks_d<const NB: usize, const D: usize>(qh: &[f32], kblk: &[f32], out
     }
 }
 
+/// Sizes of one [`attend_row`] call: head dim, query heads per KV head, cached positions to
+/// attend to, and the score scale (1/√d).
+#[derive(Debug, Clone, Copy)]
+struct AttendShape {
+    d: usize,
+    group: usize,
+    len: usize,
+    scale: f32,
+}
+
 simd_kernel! {
     /// Attention of one row's query heads against cached positions 0..len of its slot:
     /// out_h = softmax(scale · q_h·K) V for every head h (query head h reads KV head h / group).
@@ -218,7 +228,8 @@ simd_kernel! {
     /// Each score and output is one sum over D (resp. positions) in order, whatever the tiling.
     /// (An AVX-512VL build holding 16 key blocks in its 32 registers ran the attention alone
     /// 5 % faster but generation 15 % slower: it stays AVX2.)
-    fn attend_row(out: &mut [f32], q: &[f32], kt: &[f32], v: &[f32], d: usize, group: usize, len: usize, scale: f32, scores: &mut [f32]) -> () {
+    fn attend_row(out: &mut [f32], q: &[f32], kt: &[f32], v: &[f32], shape: AttendShape, scores: &mut [f32]) -> () {
+        let AttendShape { d, group, len, scale } = shape;
         let kv_dim = q.len() / group;
         let blocks = len.div_ceil(KB);
         for (h, (o, qh)) in out.chunks_mut(d).zip(q.chunks(d)).enumerate() {
@@ -433,10 +444,7 @@ impl Model {
                     &row[..hd],
                     &cache.k[l][s * kvd * t_cap..(s + 1) * kvd * t_cap],
                     &cache.v[l][s * max_len * kvd..(s + 1) * max_len * kvd],
-                    d,
-                    group,
-                    buf.positions[i] as usize + 1,
-                    scale,
+                    AttendShape { d, group, len: buf.positions[i] as usize + 1, scale },
                     &mut buf.scores,
                 );
             }
@@ -534,7 +542,7 @@ mod tests {
             let scale = 1.0 / (d as f32).sqrt();
             let mut out = vec![0.0; heads * d];
             let mut scores = vec![0.0; t_cap];
-            attend_row(&mut out, &q, &kt, &vh, d, group, len, scale, &mut scores);
+            attend_row(&mut out, &q, &kt, &vh, AttendShape { d, group, len, scale }, &mut scores);
             let want = reference(&q, &k, &v, d, group, len, scale);
             for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
                 assert!((o as f64 - w).abs() < 1e-5, "shape {t}, element {i}: {o} vs {w}");

@@ -115,6 +115,15 @@ impl ParamLayout {
     }
 }
 
+// Defined here rather than in config.rs: the count is the layout's, and the configuration
+// module stays below the layout (params uses config, not the other way round).
+impl ModelConfig {
+    /// Number of parameters (tied embeddings counted once).
+    pub fn num_params(&self) -> usize {
+        ParamLayout::new(self).total()
+    }
+}
+
 /// A model's parameters (or gradients, or optimizer moments): flat f32 data plus its layout.
 #[derive(Debug, Clone)]
 pub struct Params {

@@ -3,18 +3,18 @@
 //!
 //! Shapes: N tokens (packed), C hidden, I intermediate, H heads, KV kv heads, D head dim, V vocab.
 
-use crate::attention::AttnShape;
+use crate::attention::{AttnSaved, AttnShape};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::config::ModelConfig;
-use crate::model::head::{head_backward, head_forward};
+use crate::model::head::{head_backward, head_forward, HeadGrad};
 use crate::model::params::{ParamLayout, Params};
 use crate::model::shard::{gather_params, shard_config, shard_params, TensorParallel};
 use crate::model::workspace::Workspace;
 use crate::parallel::{Comm, TpGroup};
 use crate::tensor::cpu::matmul_nt;
 use crate::tensor::cpu::ops::RopeTable;
-use crate::tensor::{Backend, Cpu};
+use crate::tensor::{Backend, Cpu, GemmShape};
 
 /// A decoder-only transformer: configuration, f32 master weights and the RoPE tables. Under
 /// tensor parallelism `cfg` and `params` are this rank's shard (see [`crate::model::shard`]) and
@@ -80,7 +80,7 @@ impl Model {
     /// (sharded tensors summed over the tensor-parallel group, replicated ones counted once).
     pub fn grad_norm(&self, grads: &[f32]) -> Result<f32> {
         match &self.tp {
-            None => Ok(crate::train::adamw::grad_norm(grads)),
+            None => Ok(crate::tensor::cpu::reduce::grad_norm(grads)),
             Some(t) => Ok(t.sum_squares(&self.params.layout, grads)?.sqrt() as f32),
         }
     }
@@ -134,7 +134,7 @@ impl Model {
     /// keeps every activation the backward needs.
     pub fn forward(&self, batch: &Batch, ws: &mut Workspace) -> Result<()> {
         self.check_batch(batch)?;
-        self.forward_on(&self.on_cpu(), batch, &batch, ws)
+        self.forward_on(&self.on_cpu(), batch, &batch.packed(), ws)
     }
 
     /// Forward of the decoder trunk: embeddings, every layer and the final norm. Fills
@@ -142,7 +142,7 @@ impl Model {
     /// activation `backward_trunk` needs.
     pub fn forward_trunk(&self, batch: &Batch, ws: &mut Workspace) -> Result<()> {
         self.check_batch(batch)?;
-        self.forward_trunk_on(&self.on_cpu(), batch, &batch, ws)
+        self.forward_trunk_on(&self.on_cpu(), batch, &batch.packed(), ws)
     }
 
     /// Full logits [N, V] of the last forward (for tests and sampling; training never needs them).
@@ -173,13 +173,13 @@ impl Model {
         if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
             return Err(Error::shape("dlogp/dent", format!("do not have one entry per token ({n})")));
         }
-        self.backward_on(&self.on_cpu(), batch, &batch, dlogp, dent, ws, grads)
+        self.backward_on(&self.on_cpu(), batch, &batch.packed(), HeadGrad { dlogp, dent }, ws, grads)
     }
 
     /// Backward of the trunk after `forward_trunk` (or `forward`) on the same batch:
     /// `ws.dln[..N·C]` holds ∂L/∂lnf (the head's input gradient). Gradients are ADDED into `grads`.
     pub fn backward_trunk(&self, batch: &Batch, ws: &mut Workspace, grads: &mut [f32]) -> Result<()> {
-        self.backward_trunk_on(&self.on_cpu(), batch, &batch, ws, grads)
+        self.backward_trunk_on(&self.on_cpu(), batch, &batch.packed(), ws, grads)
     }
 
     // ------------------------------------------------------------------ generic over the backend
@@ -197,18 +197,7 @@ impl Model {
         let (n, c, v) = (batch.len(), self.cfg.hidden_size, self.cfg.vocab_size);
         let lay = &self.params.layout;
         let w = B::r(on.params, lay.lm_head..lay.lm_head + v * c);
-        head_forward(
-            on.be,
-            &mut ws.logits,
-            ws.head_rows,
-            &ws.lnf,
-            w,
-            dev,
-            (n, c, v),
-            (&mut ws.head_lse, &mut ws.logprobs, &mut ws.entropy),
-        )?;
-        ws.logits_cached = (n <= ws.head_rows).then_some(n);
-        Ok(())
+        head_forward(on.be, ws, w, dev, (n, c, v))
     }
 
     /// [`Model::forward_trunk`] on any backend (see [`Model::forward_on`]).
@@ -250,7 +239,13 @@ impl Model {
                 eps,
             )?;
             let wqkv = B::r(p, o.qkv_w..o.qkv_w + qkv_w * c);
-            be.matmul_nt(B::m(&mut a.qkv, 0..n * qkv_w), B::r(&a.ln1, nc.clone()), wqkv, n, qkv_w, c, false)?;
+            be.matmul_nt(
+                B::m(&mut a.qkv, 0..n * qkv_w),
+                B::r(&a.ln1, nc.clone()),
+                wqkv,
+                GemmShape::new(n, qkv_w, c),
+                false,
+            )?;
             if let Some(b) = o.qkv_b {
                 be.add_bias(B::m(&mut a.qkv, 0..n * qkv_w), B::r(p, b..b + qkv_w))?;
             }
@@ -271,7 +266,13 @@ impl Model {
                 be.zero(B::m(&mut a.resid_mid, nc.clone()))?;
             }
             let wo = B::r(p, o.o_w..o.o_w + c * hd);
-            be.matmul_nt(B::m(&mut a.resid_mid, nc.clone()), B::r(&a.att, 0..n * hd), wo, n, c, hd, true)?;
+            be.matmul_nt(
+                B::m(&mut a.resid_mid, nc.clone()),
+                B::r(&a.att, 0..n * hd),
+                wo,
+                GemmShape::new(n, c, hd),
+                true,
+            )?;
             self.tp_reduce_on(be, B::m(&mut a.resid_mid, nc.clone()))?;
             let w2 = B::r(p, o.ln2..o.ln2 + c);
             be.rmsnorm_forward(
@@ -286,9 +287,7 @@ impl Model {
                 B::m(&mut a.gate_up, 0..n * 2 * inter),
                 B::r(&a.ln2, nc.clone()),
                 wgu,
-                n,
-                2 * inter,
-                c,
+                GemmShape::new(n, 2 * inter, c),
                 false,
             )?;
             be.swiglu_forward(B::m(&mut a.act, 0..n * inter), B::r(&a.gate_up, 0..n * 2 * inter), inter)?;
@@ -303,7 +302,7 @@ impl Model {
                 be.zero(B::m(out, nc.clone()))?;
             }
             let wd = B::r(p, o.down_w..o.down_w + c * inter);
-            be.matmul_nt(B::m(out, nc.clone()), B::r(&a.act, 0..n * inter), wd, n, c, inter, true)?;
+            be.matmul_nt(B::m(out, nc.clone()), B::r(&a.act, 0..n * inter), wd, GemmShape::new(n, c, inter), true)?;
             self.tp_reduce_on(be, B::m(out, nc.clone()))?;
         }
         let fw = B::r(p, lay.final_norm..lay.final_norm + c);
@@ -311,15 +310,14 @@ impl Model {
         Ok(())
     }
 
-    /// [`Model::backward_with_entropy`] on any backend: `dlogp` and `dent` have one entry per token.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Model::backward_with_entropy`] on any backend: `grad.dlogp` and `grad.dent` have one entry
+    /// per token.
     pub fn backward_on<B: Backend>(
         &self,
         on: &On<'_, B>,
         batch: &Batch,
         dev: &B::Batch<'_>,
-        dlogp: B::R<'_>,
-        dent: Option<B::R<'_>>,
+        grad: HeadGrad<B::R<'_>>,
         ws: &mut Workspace<B>,
         mut grads: B::M<'_>,
     ) -> Result<()> {
@@ -331,23 +329,15 @@ impl Model {
         let (c, v) = (cfg.hidden_size, cfg.vocab_size);
         let lay = &self.params.layout;
         // Head: dlnf into ws.dln.
-        let cached = ws.logits_cached == Some(n);
         head_backward(
             on.be,
-            &mut ws.logits,
-            ws.head_rows,
-            &mut ws.dln,
+            ws,
             B::sub_m(&mut grads, lay.lm_head..lay.lm_head + v * c),
-            &ws.lnf,
             B::r(on.params, lay.lm_head..lay.lm_head + v * c),
             dev,
             (n, c, v),
-            &ws.head_lse,
-            dlogp,
-            dent.map(|d| (d, &ws.entropy)),
-            cached,
+            grad,
         )?;
-        ws.logits_cached = None;
         self.backward_trunk_on(on, batch, dev, ws, grads)
     }
 
@@ -392,8 +382,14 @@ impl Model {
             // MLP: resid_out = resid_mid + act · Wdownᵀ
             let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
             let wd = o.down_w..o.down_w + c * inter;
-            be.matmul_nn(B::m(&mut ws.dact, ni.clone()), dr(), B::r(p, wd.clone()), n, inter, c, false)?;
-            be.matmul_tn(g!(wd), dr(), B::r(&a.act, ni.clone()), c, inter, n, true)?;
+            be.matmul_nn(
+                B::m(&mut ws.dact, ni.clone()),
+                dr(),
+                B::r(p, wd.clone()),
+                GemmShape::new(n, inter, c),
+                false,
+            )?;
+            be.matmul_tn(g!(wd), dr(), B::r(&a.act, ni.clone()), GemmShape::new(c, inter, n), true)?;
             be.swiglu_backward(
                 B::m(&mut ws.dgate_up, n2i.clone()),
                 B::r(&ws.dact, ni),
@@ -402,9 +398,15 @@ impl Model {
             )?;
             let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;
             let dgu = || B::r(&ws.dgate_up, 0..n * 2 * inter);
-            be.matmul_nn(B::m(&mut ws.dln, nc.clone()), dgu(), B::r(p, wgu.clone()), n, c, 2 * inter, false)?;
+            be.matmul_nn(
+                B::m(&mut ws.dln, nc.clone()),
+                dgu(),
+                B::r(p, wgu.clone()),
+                GemmShape::new(n, c, 2 * inter),
+                false,
+            )?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
-            be.matmul_tn(g!(wgu), dgu(), B::r(&a.ln2, nc.clone()), 2 * inter, c, n, true)?;
+            be.matmul_tn(g!(wgu), dgu(), B::r(&a.ln2, nc.clone()), GemmShape::new(2 * inter, c, n), true)?;
             let gr = o.ln2..o.ln2 + c;
             be.rmsnorm_backward(
                 B::m(&mut ws.dresid, nc.clone()),
@@ -417,15 +419,17 @@ impl Model {
             // Attention: resid_mid = resid_in + att · Woᵀ
             let dr = || B::r(&ws.dresid, 0..n * c);
             let wo = o.o_w..o.o_w + c * hd;
-            be.matmul_nn(B::m(&mut ws.datt, 0..n * hd), dr(), B::r(p, wo.clone()), n, hd, c, false)?;
-            be.matmul_tn(g!(wo), dr(), B::r(&a.att, 0..n * hd), c, hd, n, true)?;
+            be.matmul_nn(B::m(&mut ws.datt, 0..n * hd), dr(), B::r(p, wo.clone()), GemmShape::new(n, hd, c), false)?;
+            be.matmul_tn(g!(wo), dr(), B::r(&a.att, 0..n * hd), GemmShape::new(c, hd, n), true)?;
             be.attention_backward(
                 B::m(&mut ws.dqkv, 0..n * qkv_w),
                 B::m(&mut ws.attn_scratch, 0..be.attn_scratch_len(shape, n)),
                 B::r(&ws.datt, 0..n * hd),
-                B::r(&a.qkv, 0..n * qkv_w),
-                B::r(&a.att, 0..n * hd),
-                B::r(&a.lse, 0..n * cfg.num_heads),
+                AttnSaved {
+                    qkv: B::r(&a.qkv, 0..n * qkv_w),
+                    out: B::r(&a.att, 0..n * hd),
+                    lse: B::r(&a.lse, 0..n * cfg.num_heads),
+                },
                 dev,
                 shape,
             )?;
@@ -436,9 +440,9 @@ impl Model {
             }
             let wq = o.qkv_w..o.qkv_w + qkv_w * c;
             let dq = || B::r(&ws.dqkv, 0..n * qkv_w);
-            be.matmul_nn(B::m(&mut ws.dln, nc.clone()), dq(), B::r(p, wq.clone()), n, c, qkv_w, false)?;
+            be.matmul_nn(B::m(&mut ws.dln, nc.clone()), dq(), B::r(p, wq.clone()), GemmShape::new(n, c, qkv_w), false)?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
-            be.matmul_tn(g!(wq), dq(), B::r(&a.ln1, nc.clone()), qkv_w, c, n, true)?;
+            be.matmul_tn(g!(wq), dq(), B::r(&a.ln1, nc.clone()), GemmShape::new(qkv_w, c, n), true)?;
             let gr = o.ln1..o.ln1 + c;
             be.rmsnorm_backward(
                 B::m(&mut ws.dresid, nc.clone()),

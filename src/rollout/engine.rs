@@ -109,11 +109,11 @@ pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Re
     // it runs one loop per rank; otherwise one loop per thread
     let threads = if model.tp.is_some() { 1 } else { rayon::current_num_threads() };
     let shards = threads.clamp(1, slots);
-    let queue = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
+    let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let queue = Queue { next: &next, failed: &failed };
     let shard = |s: usize| {
         let n = slots / shards + usize::from(s < slots % shards);
-        let r = run_shard(model, &weights, requests, cfg, n, max_len, &queue, &failed);
+        let r = run_shard(model, &weights, requests, cfg, n, max_len, queue);
         if r.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
@@ -133,10 +133,17 @@ pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Re
         .collect()
 }
 
+/// The request queue the shards share: the index of the next request to admit, and whether a
+/// shard has failed (the others then stop admitting).
+#[derive(Clone, Copy)]
+struct Queue<'a> {
+    next: &'a AtomicUsize,
+    failed: &'a AtomicBool,
+}
+
 /// One shard's continuous-batching loop over `slots` cache slots: admit requests from `queue`
 /// into free slots, run one step (prompt chunks of newly admitted requests + one token of every
 /// decoding one), sample, free finished slots; until the queue is drained and no slot is busy.
-#[allow(clippy::too_many_arguments)]
 fn run_shard(
     model: &Model,
     weights: &DecodeWeights,
@@ -144,9 +151,9 @@ fn run_shard(
     cfg: &GenerateConfig,
     slots: usize,
     max_len: usize,
-    queue: &AtomicUsize,
-    failed: &AtomicBool,
+    queue: Queue<'_>,
 ) -> Result<Vec<(usize, Completion)>> {
+    let Queue { next: queue, failed } = queue;
     let v = model.cfg.vocab_size;
     let mut cache = KvCache::new(model, slots, max_len);
     let mut buf = DecodeBuffers::new(model, slots);

@@ -273,6 +273,38 @@ impl Task for ArithmeticTask {
     }
 }
 
+/// `a+b=` → `c` with operands of up to `max_digits` digits; the answer is the response's first line.
+pub struct AdditionTask {
+    /// Seed of the problem stream.
+    pub seed: u64,
+    /// Operands have 1..=max_digits digits.
+    pub max_digits: u32,
+}
+
+impl AdditionTask {
+    fn parse(prompt: &str) -> Option<Addition> {
+        let (a, b) = prompt.strip_suffix('=')?.split_once('+')?;
+        Some(Addition { a: a.parse().ok()?, b: b.parse().ok()? })
+    }
+}
+
+impl Task for AdditionTask {
+    fn name(&self) -> &str {
+        "addition"
+    }
+    fn problem(&self, split: u64, index: u64) -> Problem {
+        let p = Addition::sample(self.seed, split, index, self.max_digits);
+        let answer = p.answer().trim_end().to_string();
+        Problem { id: index, prompt: p.prompt(), solution: Some(answer.clone()), answer }
+    }
+    fn grade(&self, problem: &Problem, response: &str) -> Reward {
+        let first = response.split('\n').next().unwrap_or("").trim();
+        let well_formed = first.parse::<u64>().is_ok();
+        let correct = Self::parse(&problem.prompt).is_some_and(|p| p.reward(response) == 1.0);
+        Reward::new(correct, well_formed, 0.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,12 +7,56 @@
 //! memory, and one method per operation. Shapes follow the CPU functions each method names:
 //! N tokens (packed), C hidden, V vocab; every row-major buffer is contiguous.
 
-use crate::attention::AttnShape;
+use crate::attention::{AttnSaved, AttnShape};
 use crate::error::Result;
-use crate::model::batch::Batch;
 use crate::parallel::TpGroup;
 use crate::tensor::cpu::ops::RopeTable;
+use crate::tensor::shape::GemmShape;
 use std::ops::Range;
+
+/// A packed batch as the operations read it: sequences of different lengths laid end to end, N
+/// tokens in all, as host slices (the model's `Batch` lends its vectors through `Batch::packed`).
+#[derive(Debug, Clone, Copy)]
+pub struct PackedBatch<'a> {
+    /// [N] input tokens.
+    pub tokens: &'a [u32],
+    /// [N] the token whose log-probability is read at each position.
+    pub targets: &'a [u32],
+    /// [N] positions, restarting at 0 in each sequence.
+    pub positions: &'a [u32],
+    /// [S + 1] sequence s occupies tokens `seq_starts[s]..seq_starts[s + 1]`.
+    pub seq_starts: &'a [usize],
+}
+
+impl PackedBatch<'_> {
+    /// Number of sequences S.
+    pub fn num_seqs(&self) -> usize {
+        self.seq_starts.len().saturating_sub(1)
+    }
+
+    /// Longest sequence.
+    pub fn max_seq_len(&self) -> usize {
+        self.seq_starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+    }
+}
+
+/// Per-row outputs of [`Backend::logprob_forward`]: log-sum-exp, log p(target) and entropy of
+/// each row of logits.
+pub struct LogitStats<T> {
+    pub lse: T,
+    pub logp: T,
+    pub entropy: T,
+}
+
+/// Per-row inputs of [`Backend::logprob_backward`]: from the loss (views `G`), `g` = ∂L/∂logp
+/// and, when the loss has an entropy term, ∂L/∂H as `ent.0`; from the forward (views `S`), the
+/// row log-sum-exp `lse` and the entropy H as `ent.1`. Two view types, since the loss's gradients
+/// and the forward's outputs are borrowed from different places for different lifetimes.
+pub struct LogprobGrad<G, S> {
+    pub lse: S,
+    pub g: G,
+    pub ent: Option<(G, S)>,
+}
 
 /// A place the model's operations run.
 pub trait Backend {
@@ -54,7 +98,7 @@ pub trait Backend {
     /// Writable sub-view `x[r]` of a writable view.
     fn sub_m<'a, 'b: 'a>(x: &'a mut Self::M<'b>, r: Range<usize>) -> Self::M<'a>;
     /// A batch in this backend's memory (validated by the caller).
-    fn batch<'a>(&self, batch: &'a Batch) -> Result<Self::Batch<'a>>;
+    fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<Self::Batch<'a>>;
     /// The RoPE tables in this backend's memory.
     fn rope(&self, table: &RopeTable) -> Result<Self::Rope>;
     /// dst = src (equal lengths).
@@ -72,41 +116,11 @@ pub trait Backend {
 
     // ------------------------------------------------------------------ GEMM (row-major)
     /// c[m, n] (+)= a[m, k] · b[n, k]ᵀ.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_nt(
-        &self,
-        c: Self::M<'_>,
-        a: Self::R<'_>,
-        b: Self::R<'_>,
-        m: usize,
-        n: usize,
-        k: usize,
-        acc: bool,
-    ) -> Result<()>;
+    fn matmul_nt(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
     /// c[m, n] (+)= a[m, k] · b[k, n].
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_nn(
-        &self,
-        c: Self::M<'_>,
-        a: Self::R<'_>,
-        b: Self::R<'_>,
-        m: usize,
-        n: usize,
-        k: usize,
-        acc: bool,
-    ) -> Result<()>;
+    fn matmul_nn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
     /// c[m, n] (+)= a[k, m]ᵀ · b[k, n].
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_tn(
-        &self,
-        c: Self::M<'_>,
-        a: Self::R<'_>,
-        b: Self::R<'_>,
-        m: usize,
-        n: usize,
-        k: usize,
-        acc: bool,
-    ) -> Result<()>;
+    fn matmul_tn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
 
     // ------------------------------------------------------------------ layers
     /// out[i, :] = table[tokens[i], :].
@@ -129,7 +143,6 @@ pub trait Backend {
         eps: f32,
     ) -> Result<()>;
     /// dx += ∂/∂x, dw += ∂/∂w of the forward above.
-    #[allow(clippy::too_many_arguments)]
     fn rmsnorm_backward(
         &self,
         dx: Self::M<'_>,
@@ -164,16 +177,13 @@ pub trait Backend {
         batch: &Self::Batch<'_>,
         shape: AttnShape,
     ) -> Result<()>;
-    /// dqkv (overwritten) of the attention above.
-    #[allow(clippy::too_many_arguments)]
+    /// dqkv (overwritten) of the attention above, from what its forward read and wrote.
     fn attention_backward(
         &self,
         dqkv: Self::M<'_>,
         scratch: Self::M<'_>,
         dout: Self::R<'_>,
-        qkv: Self::R<'_>,
-        out: Self::R<'_>,
-        lse: Self::R<'_>,
+        saved: AttnSaved<Self::R<'_>>,
         batch: &Self::Batch<'_>,
         shape: AttnShape,
     ) -> Result<()>;
@@ -189,27 +199,21 @@ pub trait Backend {
     ) -> Result<()>;
     /// Per row of logits z ([rows, V], rows = `rows.len()` of the batch's targets): log-sum-exp,
     /// log p(target) and entropy.
-    #[allow(clippy::too_many_arguments)]
     fn logprob_forward(
         &self,
         z: Self::R<'_>,
         v: usize,
         batch: &Self::Batch<'_>,
         rows: Range<usize>,
-        lse: Self::M<'_>,
-        logp: Self::M<'_>,
-        entropy: Self::M<'_>,
+        out: LogitStats<Self::M<'_>>,
     ) -> Result<()>;
-    /// z ← ∂L/∂z in place, for `g` = ∂L/∂logp and `ent` = (∂L/∂H, H).
-    #[allow(clippy::too_many_arguments)]
+    /// z ← ∂L/∂z in place, for `grad.g` = ∂L/∂logp and `grad.ent` = (∂L/∂H, H).
     fn logprob_backward(
         &self,
         z: Self::M<'_>,
         v: usize,
         batch: &Self::Batch<'_>,
         rows: Range<usize>,
-        lse: Self::R<'_>,
-        g: Self::R<'_>,
-        ent: Option<(Self::R<'_>, Self::R<'_>)>,
+        grad: LogprobGrad<Self::R<'_>, Self::R<'_>>,
     ) -> Result<()>;
 }

@@ -5,6 +5,8 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod shape;
 
-pub use backend::Backend;
+pub use backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
 pub use cpu::Cpu;
+pub use shape::GemmShape;

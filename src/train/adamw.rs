@@ -2,6 +2,9 @@
 //! f32 buffers, matching `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
 
 use crate::model::params::ParamLayout;
+/// The global gradient norm lives with the other reductions of the ops layer (the model needs it
+/// too); re-exported so `train::grad_norm` keeps its path.
+pub use crate::tensor::cpu::reduce::grad_norm;
 use crate::tensor::cpu::simd::simd_kernel;
 use rayon::prelude::*;
 
@@ -116,13 +119,6 @@ simd_kernel! {
     }
 }
 
-simd_kernel! {
-    /// Σ x² of one chunk in f32 lanes (chunks are summed in f64).
-    fn sum_squares(x: &[f32]) -> f64 {
-        crate::tensor::cpu::simd::dot(x, x) as f64
-    }
-}
-
 /// The optimizer half of a training step: global gradient norm, clip to `max_norm` (0 = no
 /// clipping) fused into the AdamW update at learning rate `lr`. Returns the pre-clip norm. A
 /// non-finite norm (a NaN or inf anywhere in the gradients) skips the update: the weights, the
@@ -161,11 +157,6 @@ pub fn clip_and_step_model(
 /// PyTorch's clipping coefficient: min(1, max_norm / (norm + 1e-6)).
 pub fn clip_coefficient(norm: f32, max_norm: f32) -> f32 {
     (max_norm / (norm + 1e-6)).min(1.0)
-}
-
-/// Global L2 norm of a gradient buffer (accumulated in f64).
-pub fn grad_norm(grads: &[f32]) -> f32 {
-    grads.par_chunks(CHUNK).map(sum_squares).sum::<f64>().sqrt() as f32
 }
 
 /// Scale gradients so their global norm is at most `max_norm` (PyTorch's rule: coefficient

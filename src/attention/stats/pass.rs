@@ -7,6 +7,7 @@ use crate::attention::cpu::BLOCK_ROWS;
 use crate::attention::AttnShape;
 use crate::tensor::cpu::matmul::gemm_raw;
 use crate::tensor::cpu::simd::{self, simd_kernel};
+use crate::tensor::shape::GemmShape;
 
 /// Keys per score tile (the tile is BLOCK_ROWS × TILE_COLS floats = 64 KiB).
 pub(super) const TILE_COLS: usize = 256;
@@ -198,9 +199,7 @@ pub(super) fn run_task(
                 // and is owned by this task.
                 unsafe {
                     gemm_raw(
-                        br,
-                        w,
-                        d,
+                        GemmShape::new(br, w, d),
                         tile.as_mut_ptr(),
                         w,
                         (q_ptr.add(r0 * qs), qs, 1),

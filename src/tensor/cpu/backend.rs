@@ -1,13 +1,13 @@
 //! The CPU as a [`Backend`]: host vectors, and the functions of this module tree.
 
-use crate::attention::{attention_backward, attention_forward, AttnShape};
+use crate::attention::{attention_backward, attention_forward, AttnSaved, AttnShape};
 use crate::error::Result;
-use crate::model::batch::Batch;
-use crate::model::head::{logits_backward_inplace, logits_stats};
 use crate::parallel::{Comm, TpGroup};
-use crate::tensor::backend::Backend;
+use crate::tensor::backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
+use crate::tensor::cpu::logits::{logits_backward_inplace, logits_stats};
 use crate::tensor::cpu::ops::{self, RopeTable};
 use crate::tensor::cpu::{matmul_nn, matmul_nt, matmul_tn};
+use crate::tensor::shape::GemmShape;
 use std::ops::Range;
 
 /// The CPU backend (rayon threads, the `gemm` crate). It is the reference every other backend is
@@ -22,7 +22,7 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
     type R<'a> = &'a [f32];
     type M<'a> = &'a mut [f32];
-    type Batch<'a> = &'a Batch;
+    type Batch<'a> = PackedBatch<'a>;
     type Rope = RopeTable;
 
     fn name(&self) -> String {
@@ -59,7 +59,7 @@ impl Backend for Cpu {
     fn sub_m<'a, 'b: 'a>(x: &'a mut &'b mut [f32], r: Range<usize>) -> &'a mut [f32] {
         &mut x[r]
     }
-    fn batch<'a>(&self, batch: &'a Batch) -> Result<&'a Batch> {
+    fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<PackedBatch<'a>> {
         Ok(batch)
     }
     fn rope(&self, table: &RopeTable) -> Result<RopeTable> {
@@ -86,25 +86,25 @@ impl Backend for Cpu {
         group.all_reduce_sum_f32(x)
     }
 
-    fn matmul_nt(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) -> Result<()> {
-        matmul_nt(c, a, b, m, n, k, acc);
+    fn matmul_nt(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
+        matmul_nt(c, a, b, shape.m, shape.n, shape.k, acc);
         Ok(())
     }
-    fn matmul_nn(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) -> Result<()> {
-        matmul_nn(c, a, b, m, n, k, acc);
+    fn matmul_nn(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
+        matmul_nn(c, a, b, shape.m, shape.n, shape.k, acc);
         Ok(())
     }
-    fn matmul_tn(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, acc: bool) -> Result<()> {
-        matmul_tn(c, a, b, m, n, k, acc);
+    fn matmul_tn(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
+        matmul_tn(c, a, b, shape.m, shape.n, shape.k, acc);
         Ok(())
     }
 
-    fn embedding_forward(&self, out: &mut [f32], table: &[f32], batch: &&Batch, c: usize) -> Result<()> {
-        ops::embedding_forward(out, table, &batch.tokens, c);
+    fn embedding_forward(&self, out: &mut [f32], table: &[f32], batch: &PackedBatch<'_>, c: usize) -> Result<()> {
+        ops::embedding_forward(out, table, batch.tokens, c);
         Ok(())
     }
-    fn embedding_backward(&self, dtable: &mut [f32], dout: &[f32], batch: &&Batch, c: usize) -> Result<()> {
-        ops::embedding_backward(dtable, dout, &batch.tokens, c);
+    fn embedding_backward(&self, dtable: &mut [f32], dout: &[f32], batch: &PackedBatch<'_>, c: usize) -> Result<()> {
+        ops::embedding_backward(dtable, dout, batch.tokens, c);
         Ok(())
     }
     fn rmsnorm_forward(&self, y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) -> Result<()> {
@@ -136,11 +136,11 @@ impl Backend for Cpu {
         x: &mut [f32],
         row_stride: usize,
         n_heads: usize,
-        batch: &&Batch,
+        batch: &PackedBatch<'_>,
         table: &RopeTable,
         inverse: bool,
     ) -> Result<()> {
-        ops::rope_apply(x, row_stride, n_heads, &batch.positions, table, inverse);
+        ops::rope_apply(x, row_stride, n_heads, batch.positions, table, inverse);
         Ok(())
     }
     fn attention_forward(
@@ -149,10 +149,10 @@ impl Backend for Cpu {
         lse: &mut [f32],
         scratch: &mut [f32],
         qkv: &[f32],
-        batch: &&Batch,
+        batch: &PackedBatch<'_>,
         shape: AttnShape,
     ) -> Result<()> {
-        attention_forward(out, lse, scratch, qkv, &batch.seq_starts, shape);
+        attention_forward(out, lse, scratch, qkv, batch.seq_starts, shape);
         Ok(())
     }
     fn attention_backward(
@@ -160,13 +160,11 @@ impl Backend for Cpu {
         dqkv: &mut [f32],
         scratch: &mut [f32],
         dout: &[f32],
-        qkv: &[f32],
-        out: &[f32],
-        lse: &[f32],
-        batch: &&Batch,
+        saved: AttnSaved<&[f32]>,
+        batch: &PackedBatch<'_>,
         shape: AttnShape,
     ) -> Result<()> {
-        attention_backward(dqkv, scratch, dout, qkv, out, lse, &batch.seq_starts, shape);
+        attention_backward(dqkv, scratch, dout, saved, batch.seq_starts, shape);
         Ok(())
     }
     fn swiglu_forward(&self, act: &mut [f32], gate_up: &[f32], inter: usize) -> Result<()> {
@@ -181,26 +179,22 @@ impl Backend for Cpu {
         &self,
         z: &[f32],
         v: usize,
-        batch: &&Batch,
+        batch: &PackedBatch<'_>,
         rows: Range<usize>,
-        lse: &mut [f32],
-        logp: &mut [f32],
-        entropy: &mut [f32],
+        out: LogitStats<&mut [f32]>,
     ) -> Result<()> {
-        logits_stats(z, v, &batch.targets[rows], lse, logp, entropy);
+        logits_stats(z, v, &batch.targets[rows], out.lse, out.logp, out.entropy);
         Ok(())
     }
     fn logprob_backward(
         &self,
         z: &mut [f32],
         v: usize,
-        batch: &&Batch,
+        batch: &PackedBatch<'_>,
         rows: Range<usize>,
-        lse: &[f32],
-        g: &[f32],
-        ent: Option<(&[f32], &[f32])>,
+        grad: LogprobGrad<&[f32], &[f32]>,
     ) -> Result<()> {
-        logits_backward_inplace(z, v, &batch.targets[rows], lse, g, ent);
+        logits_backward_inplace(z, v, &batch.targets[rows], grad.lse, grad.g, grad.ent);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Matrix products on row-major f32 buffers through the `gemm` crate (BLIS-style, AVX2/FMA,
 //! rayon-parallel). Transposes are expressed as strides, never materialised.
 
+use crate::tensor::shape::GemmShape;
 use gemm::Parallelism;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -135,17 +136,15 @@ pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usi
     gemm(MatMut::rows(c, m, n, n), MatRef::rows(a, k, m, m).t(), MatRef::rows(b, k, n, n), 1.0, accumulate, true);
 }
 
-/// C = alpha·A·B (+ C) on raw row/column-strided pointers, single-threaded. For kernels whose
+/// C[m, n] = alpha·A[m, k]·B[k, n] (+ C) on raw row/column-strided pointers (`a` and `b` are
+/// (pointer, row stride, column stride); C has unit column stride), single-threaded. For kernels whose
 /// parallel tasks write disjoint column blocks of one shared buffer (attention heads).
 ///
 /// # Safety
 /// Every element addressed by the strides must be in bounds of its allocation; `c` must not
 /// overlap `a` or `b`, nor any region another thread accesses concurrently.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
+    shape: GemmShape,
     c: *mut f32,
     c_rs: usize,
     a: (*const f32, usize, usize),
@@ -153,6 +152,7 @@ pub unsafe fn gemm_raw(
     alpha: f32,
     accumulate: bool,
 ) {
+    let GemmShape { m, n, k } = shape;
     if m == 0 || n == 0 || k == 0 {
         return;
     }

@@ -4,9 +4,11 @@
 pub mod aligned;
 pub mod backend;
 pub mod isa;
+pub mod logits;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
+pub mod reduce;
 pub mod simd;
 
 pub use aligned::AlignedBuf;

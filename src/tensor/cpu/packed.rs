@@ -205,20 +205,29 @@ unsafe fn drive(
             let cols = NR.min(n - q * NR);
             for k0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - k0);
-                // SAFETY (all offsets): within A, the packed panel, C and the scratch, per the contract.
+                // SAFETY: the panels hold ⌈n/NR⌉·k·NR floats, panel q's depth rows k0.. starting
+                // at (q·k + k0)·NR; q < ⌈n/NR⌉ and k0 < k keep the offset inside them.
                 let b = unsafe { w.panels().as_ptr().add((q * k + k0) * NR) };
+                // SAFETY: (q + 1)·NR < n means panel q + 1 exists, so its rows k0.. (k·NR further
+                // on) are inside the panels too.
                 let next = if (q + 1) * NR < n { unsafe { b.add(k * NR) } } else { std::ptr::null() };
                 for (r0, h) in row_tiles(m, mr) {
                     tile(Tile {
                         next: if r0 == 0 { next } else { std::ptr::null() },
+                        // SAFETY: r0 < m and k0 < k, and A holds m·k floats (this function's
+                        // contract), so row r0, depth k0 is inside A.
                         a: unsafe { ap.add(r0 * k + k0) },
                         lda: k,
                         b,
                         kc,
                         h,
+                        // SAFETY: r0 < m and q·NR < n, and C holds m·n floats (the contract).
                         c: unsafe { cp.add(r0 * n + q * NR) },
                         ldc: n,
-                        partial: unsafe { pp.add(r0 * NR) },
+                        // Only read or written when k > KC (a pass that is not both first and
+                        // last), when the scratch holds m·NR floats; with a single pass it may be
+                        // empty, so the address is formed without `add`'s in-bounds requirement.
+                        partial: pp.wrapping_add(r0 * NR),
                         first: k0 == 0,
                         last: k0 + kc == k,
                         cols,
