@@ -3,8 +3,10 @@
 //! rows written after its checkpoint. Without the `hdf5` feature, or with
 //! `[rl] dump_trajectories = false`, nothing is written.
 
+use crate::config::RunConfig;
 use crate::error::Result;
-use crate::train::rl::{Phase, StepSample};
+use crate::train::rl::StepSample;
+use std::path::Path;
 
 /// File name of the dump inside the run directory.
 pub const DUMP_FILE: &str = "trajectories.h5";
@@ -16,15 +18,16 @@ pub struct Dump {
 }
 
 impl Dump {
-    /// Create the dump for a fresh phase (`done == 0`) or reopen it for one resumed after `done` steps.
+    /// Create the dump of `cfg`'s RL phase in `run_dir` for a fresh phase (`done == 0`) or reopen
+    /// it for one resumed after `done` steps.
     #[cfg(feature = "hdf5")]
-    pub fn open(ph: &Phase, done: u64) -> Result<Self> {
+    pub fn open(run_dir: &Path, cfg: &RunConfig, done: u64) -> Result<Self> {
         use crate::io::trajectories::TrajectoryWriter;
-        if !ph.rl.dump_trajectories {
+        if !cfg.rl.as_ref().is_some_and(|rl| rl.dump_trajectories) {
             return Ok(Dump { writer: None });
         }
-        let path = ph.run_dir.join(DUMP_FILE);
-        let config = toml::to_string(ph.cfg).unwrap_or_default();
+        let path = run_dir.join(DUMP_FILE);
+        let config = toml::to_string(cfg).unwrap_or_default();
         let writer = if done > 0 && path.is_file() {
             TrajectoryWriter::resume(&path, done + 1)?
         } else {
@@ -35,7 +38,7 @@ impl Dump {
 
     /// Without the `hdf5` feature: no dump.
     #[cfg(not(feature = "hdf5"))]
-    pub fn open(_ph: &Phase, _done: u64) -> Result<Self> {
+    pub fn open(_run_dir: &Path, _cfg: &RunConfig, _done: u64) -> Result<Self> {
         Ok(Dump {})
     }
 

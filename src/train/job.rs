@@ -11,7 +11,7 @@ use crate::tokenizer::char::CharTokenizer;
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::load_checkpoint;
 use crate::train::metrics::write_line;
-use crate::train::pretrain::{build_model, Eval, SftPhase};
+use crate::train::pretrain::{build_model, Eval, SftPhase, SftReport};
 use crate::train::{AdamW, AdamWConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,17 +139,18 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             out_dir.display()
         ),
     );
+    let tokenizer = Tokenizer::Char(tok.clone());
+    let sft = SftPhase { cfg, task: task.as_ref(), grid, run_dir: &out_dir, tokenizer: &tokenizer };
+    let mut sft_report = SftReport::default();
+    crate::train::pretrain::run_phase(&sft, &mut model, &mut opt, start, &mut metrics, log, &mut sft_report)?;
     let mut report = TrainReport {
-        losses: vec![],
-        evals: vec![],
-        tokens_per_s: 0.0,
+        losses: sft_report.losses,
+        evals: sft_report.evals,
+        tokens_per_s: sft_report.tokens_per_s,
         out_dir: out_dir.clone(),
         final_params: vec![],
         rl: None,
     };
-    let tokenizer = Tokenizer::Char(tok.clone());
-    let sft = SftPhase { cfg, task: task.as_ref(), grid, run_dir: &out_dir, tokenizer: &tokenizer };
-    crate::train::pretrain::run_phase(&sft, &mut model, &mut opt, start, &mut metrics, log, &mut report)?;
     let mut final_step = t.steps;
     if let Some(plan) = &cfg.plan().rl {
         let rl = &plan.section;

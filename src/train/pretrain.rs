@@ -15,7 +15,6 @@ use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{save_model_checkpoint, CheckpointFiles, TrainerState};
 use crate::train::device::Engine;
 use crate::train::guard::NonFiniteGuard;
-use crate::train::job::TrainReport;
 use crate::train::metrics::{write_line, SftEvalLine, SftStepReport};
 use crate::train::progress::Progress;
 use crate::train::{clip_and_step_model, AdamW, LrSchedule};
@@ -126,6 +125,16 @@ pub fn build_model(cfg: &RunConfig, tok: &CharTokenizer) -> Result<Model> {
     })
 }
 
+/// What the supervised phase did, for callers and tests.
+#[derive(Debug, Clone, Default)]
+pub struct SftReport {
+    /// Loss of every step run (a resumed phase: the steps after the checkpoint).
+    pub losses: Vec<f64>,
+    /// Held-out evaluations (global step, result).
+    pub evals: Vec<(u64, Eval)>,
+    pub tokens_per_s: f64,
+}
+
 /// Where the supervised phase runs and writes.
 pub struct SftPhase<'a> {
     pub cfg: &'a RunConfig,
@@ -146,7 +155,7 @@ pub fn run_phase(
     start: u64,
     metrics: &mut dyn Write,
     log: &mut dyn Write,
-    report: &mut TrainReport,
+    report: &mut SftReport,
 ) -> Result<()> {
     let (cfg, task, grid, tokenizer) = (ph.cfg, ph.task, ph.grid, ph.tokenizer);
     let (dp, root, t) = (grid.dp.as_ref(), grid.is_root(), &cfg.train);
@@ -229,7 +238,7 @@ pub fn run_phase(
         };
         let skipped = NonFiniteGuard::is_bad(loss, norm as f64) as usize;
         if skipped == 0 {
-            engine.weights_changed(&model)?;
+            engine.weights_changed(model)?;
         }
         let secs = t0.elapsed().as_secs_f64();
         tokens_total += n;
@@ -286,8 +295,8 @@ pub fn run_phase(
                 sampling: None,
             };
             let none = |_: &Path| Ok::<(), Error>(());
-            let files = CheckpointFiles { tokenizer: Some(&tokenizer), keep_last: t.keep_checkpoints, extra: &none };
-            save_model_checkpoint(&out_dir, model, opt, &state, &files, root)?;
+            let files = CheckpointFiles { tokenizer: Some(tokenizer), keep_last: t.keep_checkpoints, extra: &none };
+            save_model_checkpoint(out_dir, model, opt, &state, &files, root)?;
         }
         if preempted {
             progress.finish();

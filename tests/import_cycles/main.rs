@@ -24,41 +24,11 @@
 //! descendant, are ordinary edges. Not followed: names used bare after a glob import
 //! (`use super::*`) or after a `use` of a module (`ops::f` after `use crate::tensor::cpu::ops;`:
 //! the `use` line already counts).
-//!
-//! `KNOWN_CYCLES_BEING_FIXED` lists, by exact file set, the cycles between `src/config.rs`, the
-//! training loop (`src/train/**`) and `src/env/config.rs` that are being untangled separately;
-//! any other cycle, or a change to one of those sets, fails.
 
 mod graph;
 
 use graph::{chain, cycles, graph};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-/// Cycles allowed for now, each as its exact set of files; all of them lie within
-/// [`in_being_fixed_region`]. The one today: `src/config.rs` imports schema types from the training
-/// loop (`train::async_rl`, `train::critic`, `train::schedule`) and `src/env/config.rs` validates
-/// against `config::RunConfig`, while the RL loop reads both configurations. `src/env/runner.rs`
-/// is in it only through those edges (RL loop → env runner → env config → config → train).
-const KNOWN_CYCLES_BEING_FIXED: &[&[&str]] = &[&[
-    "src/config.rs",
-    "src/env/config.rs",
-    "src/env/runner.rs",
-    "src/train/async_rl.rs",
-    "src/train/dump.rs",
-    "src/train/rl.rs",
-    "src/train/rl/critic_step.rs",
-    "src/train/rl/env_step.rs",
-    "src/train/rl/eval.rs",
-    "src/train/rl/tree.rs",
-    "src/train/rl/wire.rs",
-]];
-
-/// Where the allowed cycles may lie: the run configuration, the environment's configuration and
-/// runner, and the training loop.
-fn in_being_fixed_region(file: &str) -> bool {
-    matches!(file, "src/config.rs" | "src/env/config.rs" | "src/env/runner.rs") || file.starts_with("src/train/")
-}
 
 // ------------------------------------------------------------------------------------ tests
 
@@ -101,18 +71,8 @@ fn no_import_cycles_between_source_files() {
     let files = source_files();
     assert!(files.len() > 50, "found only {} source files", files.len());
     let edges = graph(&files);
-    let known: Vec<BTreeSet<&str>> = KNOWN_CYCLES_BEING_FIXED.iter().map(|c| c.iter().copied().collect()).collect();
-    for set in &known {
-        for f in set {
-            assert!(in_being_fixed_region(f), "KNOWN_CYCLES_BEING_FIXED may only hold config/train files, not {f}");
-        }
-    }
     let mut failures = Vec::new();
     for comp in cycles(&edges) {
-        let set: BTreeSet<&str> = comp.iter().map(String::as_str).collect();
-        if known.contains(&set) {
-            continue;
-        }
         failures.push(format!("  {} files: {}\n    e.g. {}", comp.len(), comp.join(", "), chain(&comp, &edges)));
     }
     assert!(failures.is_empty(), "import cycles between source files:\n{}", failures.join("\n"));
@@ -125,12 +85,14 @@ fn no_import_cycles_between_source_files() {
 #[test]
 fn lower_layers_import_nothing_from_higher_ones() {
     let rules: &[(&str, &[&str])] = &[
-        ("src/tensor/", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config.rs"]),
-        ("src/cuda/backend.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config.rs"]),
-        ("src/cuda/gemm.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config.rs"]),
-        ("src/cuda/device.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config.rs"]),
-        ("src/attention/cpu.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config.rs"]),
-        ("src/model/", &["src/train/", "src/rollout/", "src/cli/", "src/config.rs"]),
+        ("src/tensor/", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config/"]),
+        ("src/cuda/backend.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config/"]),
+        ("src/cuda/gemm.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config/"]),
+        ("src/cuda/device.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config/"]),
+        ("src/attention/cpu.rs", &["src/model/", "src/train/", "src/rollout/", "src/cli/", "src/config/"]),
+        ("src/model/", &["src/train/", "src/rollout/", "src/cli/", "src/config/"]),
+        // the run configuration owns its schema: the training loop reads it, never the reverse
+        ("src/config/", &["src/train/", "src/cli/"]),
     ];
     let edges = graph(&source_files());
     let mut bad = Vec::new();

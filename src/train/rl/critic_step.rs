@@ -3,7 +3,7 @@
 //! critic's update on its own subset of every prompt's responses.
 
 use super::report::CriticNotes;
-use super::rollouts::{Rollouts, TrainingBatch};
+use super::rollouts::{CriticTargets, Rollouts, TrainingBatch};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -11,20 +11,6 @@ use crate::parallel::Comm;
 use crate::rl::gae::{aggregate, critic_of, explained_variance, gae, quantile, uncertainty_masks};
 use crate::train::critic::{Critic, CriticConfig, ValueTargets};
 use std::path::Path;
-
-/// What the critics computed for the step's training samples, kept in the training batch for
-/// their update.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CriticTargets {
-    /// GAE returns R_t per response token (concatenated over the training samples).
-    returns: Vec<f32>,
-    /// Each critic's values at the step's start, per token.
-    old: Vec<Vec<f32>>,
-    /// The critic that trains on each training sample.
-    owner: Vec<usize>,
-    /// Token offset of each training sample (len + 1).
-    offsets: Vec<usize>,
-}
 
 /// The value models of a `[critic]` phase.
 pub struct Critics {

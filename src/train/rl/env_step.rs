@@ -2,20 +2,14 @@
 //! (plus its share of the redundant ones) played by `env::runner`, one training sample per
 //! policy turn with its trajectory's group advantage.
 
-use super::eval::eval_config;
 use super::report::EnvNotes;
 use super::rollouts::{rollout_config, RolloutCtx, Rollouts};
-use crate::config::{RlSection, RunConfig};
 use crate::env::runner::Play;
-use crate::env::{rollout, EnvConfig, EnvMode};
-use crate::error::{Error, Result};
+use crate::env::{rollout, EnvConfig};
+use crate::error::Result;
 use crate::model::Model;
 use crate::parallel::{partition, Comm};
 use crate::rl::group_advantages;
-use crate::tokenizer::char::CharTokenizer;
-
-/// Game ids of the evaluation split start here (training games: see [`games_of`]).
-pub const EVAL_GAMES: u64 = 1 << 48;
 
 /// Game ids are (step << GAME_BITS) | index: a game's id does not depend on the redundancy.
 pub const GAME_BITS: u32 = 24;
@@ -78,29 +72,4 @@ pub fn sample_env(ctx: &RolloutCtx, ec: &EnvConfig, model: &Model, step: u64) ->
         time_env_rollout_s: r.wall_s,
     });
     Ok(out)
-}
-
-/// Win rate on `[env]`'s `eval_games` held-out games (no latency, no failures) at `temperature` with
-/// `samples` samples each; the games are partitioned over `dp` and the counts all-reduced.
-pub fn env_win_rate(
-    model: &Model,
-    cfg: &RunConfig,
-    rl: &RlSection,
-    temperature: f32,
-    samples: u32,
-    step: u64,
-    dp: &dyn Comm,
-) -> Result<f64> {
-    let ec = cfg.env.as_ref().ok_or_else(|| Error::Invalid("env evaluation without [env]".into()))?;
-    let tok = CharTokenizer::default();
-    let mine = partition(ec.eval_games, dp.size(), dp.rank());
-    let games: Vec<u64> = mine.map(|i| EVAL_GAMES + i as u64).collect();
-    let gen = eval_config(cfg, rl, temperature, step);
-    let play = Play { model, tok: &tok, env: ec, gen, seed: cfg.run.seed, latent: false, mode: EnvMode::Async };
-    let samples = samples.max(1);
-    let r = rollout(&play, &games, games.len(), samples, 0)?;
-    let won: f64 = r.groups.iter().flatten().map(|t| f64::from(t.reward)).sum();
-    let mut sums = [won, (games.len() * samples as usize) as f64];
-    dp.all_reduce_sum_f64(&mut sums)?;
-    Ok(sums[0] / sums[1].max(1.0))
 }

@@ -1,31 +1,21 @@
 //! Held-out evaluation of the RL phase: solve rate on the eval split, greedy and sampled.
 
+use super::rollouts::{problem, reward};
 use crate::config::{RlSection, RunConfig};
-use crate::error::Result;
+use crate::env::runner::Play;
+use crate::env::{rollout, EnvMode};
+use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::parallel::{partition, Comm};
-use crate::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
-use crate::tasks::{Problem, Task, SPLIT_EVAL};
-use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
+use crate::rollout::{generate, GenerateConfig, Request, SamplingParams};
+use crate::tasks::{Task, SPLIT_EVAL};
+use crate::tokenizer::char::{CharTokenizer, EOS_ID};
 
 /// Held-out solve rates (fractions).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SolveRate {
     pub greedy: f64,
     pub sampled: f64,
-}
-
-/// One problem's prompt tokens and the problem.
-pub fn problem(task: &dyn Task, tok: &CharTokenizer, split: u64, index: u64) -> Result<(Vec<u32>, Problem)> {
-    let p = task.problem(split, index);
-    let mut ids = vec![BOS_ID];
-    ids.extend(tok.encode(&p.prompt)?);
-    Ok((ids, p))
-}
-
-pub fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion) -> f32 {
-    let text: Vec<u32> = c.tokens.iter().copied().filter(|&t| t != EOS_ID).collect();
-    task.reward(p, &tok.decode(&text))
 }
 
 /// Generation settings of the held-out evaluation after `step` RL steps (its own random
@@ -54,8 +44,8 @@ pub fn evaluate(
 ) -> Result<SolveRate> {
     if cfg.env.is_some() {
         // a multi-turn environment: the rate of held-out games won
-        let greedy = super::env_step::env_win_rate(model, cfg, rl, 0.0, 1, step, dp)?;
-        let sampled = super::env_step::env_win_rate(model, cfg, rl, 1.0, rl.eval_samples, step, dp)?;
+        let greedy = env_win_rate(model, cfg, rl, 0.0, 1, step, dp)?;
+        let sampled = env_win_rate(model, cfg, rl, 1.0, rl.eval_samples, step, dp)?;
         return Ok(SolveRate { greedy, sampled });
     }
     let mine = partition(rl.eval_problems, dp.size(), dp.rank());
@@ -85,4 +75,32 @@ pub fn evaluate(
     let mut sums = [g, gn, s, sn];
     dp.all_reduce_sum_f64(&mut sums)?;
     Ok(SolveRate { greedy: sums[0] / sums[1].max(1.0), sampled: sums[2] / sums[3].max(1.0) })
+}
+
+/// Game ids of the evaluation split start here (training games: see [`games_of`]).
+pub const EVAL_GAMES: u64 = 1 << 48;
+
+/// Win rate on `[env]`'s `eval_games` held-out games (no latency, no failures) at `temperature` with
+/// `samples` samples each; the games are partitioned over `dp` and the counts all-reduced.
+pub fn env_win_rate(
+    model: &Model,
+    cfg: &RunConfig,
+    rl: &RlSection,
+    temperature: f32,
+    samples: u32,
+    step: u64,
+    dp: &dyn Comm,
+) -> Result<f64> {
+    let ec = cfg.env.as_ref().ok_or_else(|| Error::Invalid("env evaluation without [env]".into()))?;
+    let tok = CharTokenizer::default();
+    let mine = partition(ec.eval_games, dp.size(), dp.rank());
+    let games: Vec<u64> = mine.map(|i| EVAL_GAMES + i as u64).collect();
+    let gen = eval_config(cfg, rl, temperature, step);
+    let play = Play { model, tok: &tok, env: ec, gen, seed: cfg.run.seed, latent: false, mode: EnvMode::Async };
+    let samples = samples.max(1);
+    let r = rollout(&play, &games, games.len(), samples, 0)?;
+    let won: f64 = r.groups.iter().flatten().map(|t| f64::from(t.reward)).sum();
+    let mut sums = [won, (games.len() * samples as usize) as f64];
+    dp.all_reduce_sum_f64(&mut sums)?;
+    Ok(sums[0] / sums[1].max(1.0))
 }

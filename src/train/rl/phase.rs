@@ -175,7 +175,7 @@ pub(crate) fn run_phase_with(
     if start.done > 0 {
         progress.say(log, &format!("rl: resumed after step {}", start.done));
     }
-    let mut dump = if root { Some(crate::train::dump::Dump::open(ph, start.done)?) } else { None };
+    let mut dump = if root { Some(crate::train::dump::Dump::open(ph.run_dir, cfg, start.done)?) } else { None };
     let ctx = RlTrainer::context(cfg, rl, ph.task, dp);
     let mut trainer = RlTrainer::new(ctx, ph.plan, model, reference)?;
     restore(&mut trainer, ph, &start, dp.rank())?;

@@ -3,8 +3,6 @@
 //! group counts, its notes for the report) and the [`TrainingBatch`] inside it: the sequences
 //! that train, with π_old, the entropy mask and the critics' targets as fields.
 
-use super::critic_step::CriticTargets;
-use super::eval;
 use super::report::SamplerNotes;
 use super::update::{Sample, UpdateBatch};
 use crate::config::{RlSection, RunConfig};
@@ -13,8 +11,9 @@ use crate::model::Model;
 use crate::parallel::Comm;
 use crate::rl::broadcast_to_tokens;
 use crate::rollout::{generate, Completion, Finish, GenerateConfig, Request, SamplingParams};
+use crate::tasks::Problem;
 use crate::tasks::Task;
-use crate::tokenizer::char::{CharTokenizer, EOS_ID};
+use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
 
 /// One generated sample of a step, as dumped to trajectories.h5.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +44,20 @@ pub struct AttnTrace {
     /// WAAD and FAI of each response token.
     pub waad: Vec<f32>,
     pub fai: Vec<f32>,
+}
+
+/// What the critics computed for the step's training samples, kept in the training batch for
+/// their update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CriticTargets {
+    /// GAE returns R_t per response token (concatenated over the training samples).
+    pub(crate) returns: Vec<f32>,
+    /// Each critic's values at the step's start, per token.
+    pub(crate) old: Vec<Vec<f32>>,
+    /// The critic that trains on each training sample.
+    pub(crate) owner: Vec<usize>,
+    /// Token offset of each training sample (len + 1).
+    pub(crate) offsets: Vec<usize>,
 }
 
 /// The sequences one rank trains on at a step, and everything the update needs beyond them.
@@ -147,7 +160,7 @@ impl RolloutCtx<'_> {
 
     /// Prompt tokens and problem of training problem `id`.
     pub fn problem(&self, id: u64) -> Result<(Vec<u32>, crate::tasks::Problem)> {
-        eval::problem(self.task, &self.tok, crate::tasks::SPLIT_TRAIN, id)
+        problem(self.task, &self.tok, crate::tasks::SPLIT_TRAIN, id)
     }
 }
 
@@ -162,4 +175,18 @@ pub fn rollout_config(cfg: &RunConfig, rl: &RlSection, step: u64, max_new: usize
         max_batch: rl.max_batch,
         workload: cfg.workload.clone(),
     }
+}
+
+/// One problem's prompt tokens and the problem.
+pub fn problem(task: &dyn Task, tok: &CharTokenizer, split: u64, index: u64) -> Result<(Vec<u32>, Problem)> {
+    let p = task.problem(split, index);
+    let mut ids = vec![BOS_ID];
+    ids.extend(tok.encode(&p.prompt)?);
+    Ok((ids, p))
+}
+
+/// The task's reward of completion `c` of problem `p` (EOS dropped, decoded).
+pub fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion) -> f32 {
+    let text: Vec<u32> = c.tokens.iter().copied().filter(|&t| t != EOS_ID).collect();
+    task.reward(p, &tok.decode(&text))
 }

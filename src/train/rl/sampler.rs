@@ -5,8 +5,8 @@
 //! - environments (`[env]`): multi-turn games, one training sample per turn (`env_step.rs`).
 
 use super::env_step::sample_env;
-use super::eval;
 use super::report::TreeNotes;
+use super::rollouts::reward;
 use super::rollouts::{RolloutCtx, Rollouts, TrainingBatch};
 use super::tree::{TreeSampler, TreeState};
 use crate::config::{AdvantageSource, RlPlan, Sampler as SamplerPlan};
@@ -90,7 +90,7 @@ fn sample_groups(ctx: &RolloutCtx, model: &Model, step: u64, filter_zero_std: bo
     // 2. rewards
     let t_reward = Instant::now();
     let rewards: Vec<f32> =
-        completions.iter().enumerate().map(|(k, c)| eval::reward(ctx.task, &ctx.tok, &problems[k / n], c)).collect();
+        completions.iter().enumerate().map(|(k, c)| reward(ctx.task, &ctx.tok, &problems[k / n], c)).collect();
     // 3. advantages
     let group_starts: Vec<usize> = (0..=mine.len()).map(|g| g * n).collect();
     let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;

@@ -10,7 +10,8 @@
 //! `max_new_tokens`): sampling is causal, so the cut equals stopping at the budget.
 
 use super::rollouts::RolloutCtx;
-use super::{eval, AttnTrace, Sample, StepSample};
+use super::rollouts::{problem, reward};
+use super::{AttnTrace, Sample, StepSample};
 use crate::attention::stats::{attention_stats, SeqStats, SeqSteps, StatsConfig};
 use crate::attnrl::{
     atb_branch_points, keep_nonzero_advantage, question_fci, question_trees, response_step_bounds_from_texts,
@@ -224,7 +225,7 @@ fn next_batch(
     let mut requests = Vec::with_capacity(p * n);
     for i in 0..p as u64 {
         let id = first + i;
-        let (ids, _) = eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, id)?;
+        let (ids, _) = problem(task, &tok, crate::tasks::SPLIT_TRAIN, id)?;
         for s in 0..n as u32 {
             requests.push(crate::rollout::Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
         }
@@ -273,14 +274,14 @@ impl TreeSampler {
         let BatchQuestions { first, prompts } = batch;
         let p = prompts.len();
         let problems: Vec<crate::tasks::Problem> = (0..p as u64)
-            .map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
+            .map(|i| problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
             .collect::<Result<_>>()?;
         // 2. rewards, steps, FCI
         let mut initial: Vec<Initial> = completions
             .into_iter()
             .enumerate()
             .map(|(k, c)| {
-                let reward = eval::reward(task, &tok, &problems[k / n], &c);
+                let reward = reward(task, &tok, &problems[k / n], &c);
                 let bounds = response_bounds(&tok, &c.tokens, &ac.step_separators);
                 Initial { prompt_idx: k / n, completion: c, reward, bounds, fci: Vec::new() }
             })
@@ -394,7 +395,7 @@ fn grow_trees(
     let PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled } = pending;
     let p = prompts.len();
     let problems: Vec<crate::tasks::Problem> = (0..p as u64)
-        .map(|i| eval::problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
+        .map(|i| problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
         .collect::<Result<_>>()?;
     // cut each continuation to the budget its prefix left
     for ((k, si, _), c) in cont_requests.iter().zip(conts.iter_mut()) {
@@ -409,7 +410,7 @@ fn grow_trees(
     let cont_rewards: Vec<f32> = cont_requests
         .iter()
         .zip(&conts)
-        .map(|((k, _, _), c)| eval::reward(task, &tok, &problems[initial[*k].prompt_idx], c))
+        .map(|((k, _, _), c)| reward(task, &tok, &problems[initial[*k].prompt_idx], c))
         .collect();
     // 5. trees, advantages, leaf sequences; zero-advantage filter per question
     let mut per_resp: Vec<Vec<Vec<usize>>> = splits.iter().map(|s| vec![Vec::new(); s.len()]).collect();
