@@ -11,18 +11,34 @@ use arbor_sim::train_parallel::TrainParallel;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// A small scenario; `training`, `model`, `inference` and `workload` are extra lines of those tables.
-#[allow(clippy::too_many_arguments)]
-fn scenario(
+/// A small scenario's settings. [`Spec::default`]: 16 GPUs, 4 prompts × 2 responses, no extra lines
+/// in any table, one synchronous queue-dispatched policy ([`SYNC_QUEUE`]).
+struct Spec<'a> {
     gpus: u32,
     prompts: u32,
+    /// Responses per prompt.
     n: u32,
-    training: &str,
-    model: &str,
-    inference: &str,
-    workload: &str,
-    policies: &str,
-) -> Scenario {
+    /// Extra lines of the `[training]` table.
+    training: &'a str,
+    /// Extra lines of the `[model]` table.
+    model: &'a str,
+    /// Extra lines of the `[inference]` table.
+    inference: &'a str,
+    /// Extra lines of the `[workload]` table (a default `response_tokens` unless they set it).
+    workload: &'a str,
+    /// The `[[policy]]` tables.
+    policies: &'a str,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec { gpus: 16, prompts: 4, n: 2, training: "", model: "", inference: "", workload: "", policies: SYNC_QUEUE }
+    }
+}
+
+/// The scenario `spec` describes.
+fn scenario(spec: &Spec) -> Scenario {
+    let Spec { gpus, prompts, n, training, model, inference, workload, policies } = *spec;
     let rt = if workload.contains("response_tokens") {
         ""
     } else {
@@ -77,14 +93,19 @@ fn trainer_tp_allreduce_follows_the_formula() {
     let mut last = 0.0;
     for layers in [24u32, 48] {
         let model = format!("layers = {layers}\nhidden = 2048");
-        let base = scenario(16, 4, 2, "tp = 1", &model, "", "", PHASED);
+        let base = scenario(&Spec { training: "tp = 1", model: &model, policies: PHASED, ..Spec::default() });
         let b = CostModel::new(&base, &base.policies[0], 0.25);
-        let plain = scenario(16, 4, 2, "", &model, "", "", PHASED);
+        let plain = scenario(&Spec { model: &model, policies: PHASED, ..Spec::default() });
         let p = CostModel::new(&plain, &plain.policies[0], 0.25);
         assert_eq!((b.train_per_token_s, b.update_overhead_s), (p.train_per_token_s, p.update_overhead_s));
         let mut prev = 0.0;
         for tp in [2u32, 4, 8] {
-            let sc = scenario(16, 4, 2, &format!("tp = {tp}\nmicro_batches = 3"), &model, "", "", PHASED);
+            let sc = scenario(&Spec {
+                training: &format!("tp = {tp}\nmicro_batches = 3"),
+                model: &model,
+                policies: PHASED,
+                ..Spec::default()
+            });
             let c = CostModel::new(&sc, &sc.policies[0], 0.25);
             let (t, l) = (tp as f64, layers as f64);
             let passes = 4.0 + 2.0;
@@ -100,8 +121,8 @@ fn trainer_tp_allreduce_follows_the_formula() {
     }
     // A policy without phases keeps the legacy charge: no parallelism cost.
     let legacy = "[[policy]]\nname = \"p\"\nmode = \"sync\"\n";
-    let a = scenario(16, 4, 2, "tp = 8", "layers = 24", "", "", legacy);
-    let b = scenario(16, 4, 2, "", "layers = 24", "", "", legacy);
+    let a = scenario(&Spec { training: "tp = 8", model: "layers = 24", policies: legacy, ..Spec::default() });
+    let b = scenario(&Spec { model: "layers = 24", policies: legacy, ..Spec::default() });
     let (ca, cb) = (CostModel::new(&a, &a.policies[0], 0.25), CostModel::new(&b, &b.policies[0], 0.25));
     assert_eq!(ca.train_per_token_s, cb.train_per_token_s);
 }
@@ -111,10 +132,15 @@ fn trainer_tp_allreduce_follows_the_formula() {
 #[test]
 fn pipeline_bubble_follows_the_formula() {
     let model = "layers = 24\nhidden = 2048";
-    let base = scenario(16, 4, 2, "pp = 1", model, "", "", PHASED);
+    let base = scenario(&Spec { training: "pp = 1", model, policies: PHASED, ..Spec::default() });
     let b = CostModel::new(&base, &base.policies[0], 0.25);
     for (pp, m) in [(2u32, 4u32), (4, 8), (4, 1)] {
-        let sc = scenario(16, 4, 2, &format!("pp = {pp}\ntp = 1\nmicro_batches = {m}"), model, "", "", PHASED);
+        let sc = scenario(&Spec {
+            training: &format!("pp = {pp}\ntp = 1\nmicro_batches = {m}"),
+            model,
+            policies: PHASED,
+            ..Spec::default()
+        });
         let c = CostModel::new(&sc, &sc.policies[0], 0.25);
         let f = (m + pp - 1) as f64 / m as f64;
         assert!(rel_eq(c.train_per_token_s, b.train_per_token_s * f), "pp {pp} m {m}");
@@ -218,8 +244,10 @@ fn request_admission_never_splits_a_group() {
     // One 8-sample group needs at most 8 · 1088 tokens: it always fits alone, four per engine do not.
     let inf = |mode: &str| format!("kv_capacity_tokens = 10000\nadmission = \"{mode}\"");
     let long = "response_tokens = { kind = \"lognormal\", median = 800, sigma = 1.0, max = 1024 }";
-    let seq = scenario(2, 8, 8, "", "", &inf("sequence"), long, SYNC_QUEUE);
-    let req = scenario(2, 8, 8, "", "", &inf("request"), long, SYNC_QUEUE);
+    let seq =
+        scenario(&Spec { gpus: 2, prompts: 8, n: 8, inference: &inf("sequence"), workload: long, ..Spec::default() });
+    let req =
+        scenario(&Spec { gpus: 2, prompts: 8, n: 8, inference: &inf("request"), workload: long, ..Spec::default() });
     let (rs, ms) = run_policy(&seq, &seq.policies[0], 0.25, 5, true).unwrap();
     let (rr, mr) = run_policy(&req, &req.policies[0], 0.25, 5, true).unwrap();
     let (ls, lr) = (ms.engine_log.unwrap(), mr.engine_log.unwrap());
@@ -231,7 +259,8 @@ fn request_admission_never_splits_a_group() {
     }
     // Without a KV limit the two modes are the same run.
     let free = |mode: &str| {
-        scenario(2, 8, 8, "", "", &format!("kv_capacity_tokens = inf\nadmission = \"{mode}\""), "", SYNC_QUEUE)
+        let inference = format!("kv_capacity_tokens = inf\nadmission = \"{mode}\"");
+        scenario(&Spec { gpus: 2, prompts: 8, n: 8, inference: &inference, ..Spec::default() })
     };
     let (a, b) = (free("sequence"), free("request"));
     let ra = run_policy(&a, &a.policies[0], 0.25, 5, false).unwrap().0;
@@ -245,11 +274,25 @@ fn request_admission_never_splits_a_group() {
 #[test]
 fn prompt_correlation_keeps_the_marginal_and_correlates_a_prompt() {
     let run = |w: &str| {
-        let sc = scenario(8, 64, 4, "", "", "kv_capacity_tokens = inf", w, SYNC_QUEUE);
+        let sc = scenario(&Spec {
+            gpus: 8,
+            prompts: 64,
+            n: 4,
+            inference: "kv_capacity_tokens = inf",
+            workload: w,
+            ..Spec::default()
+        });
         run_policy(&sc, &sc.policies[0], 0.25, 11, false).unwrap().1
     };
     let hash = |w: &str| {
-        let sc = scenario(8, 16, 4, "", "", "kv_capacity_tokens = inf", w, SYNC_QUEUE);
+        let sc = scenario(&Spec {
+            gpus: 8,
+            prompts: 16,
+            n: 4,
+            inference: "kv_capacity_tokens = inf",
+            workload: w,
+            ..Spec::default()
+        });
         run_policy(&sc, &sc.policies[0], 0.25, 3, false).unwrap().0.trace_hash
     };
     assert_eq!(hash(""), hash("prompt_correlation = 0.0"));
@@ -297,7 +340,7 @@ proptest::proptest! {
     #[test]
     fn request_admission_conserves_work_under_kv_pressure(gpus in 1u32..5, prompts in 1u32..8, n in 1u32..9, kv in 1500u32..6000, seed in 0u64..1000, groups in proptest::option::of(1u32..3)) {
         let limit = groups.map_or(String::new(), |g| format!("\nmax_groups_per_engine = {g}"));
-        let sc = scenario(gpus, prompts, n, "", "", &format!("kv_capacity_tokens = {kv}\nadmission = \"request\"{limit}"), "", SYNC_QUEUE);
+        let sc = scenario(&Spec { gpus, prompts, n, inference: &format!("kv_capacity_tokens = {kv}\nadmission = \"request\"{limit}"), ..Spec::default() });
         let (r, m) = run_policy(&sc, &sc.policies[0], 0.25, seed, true).unwrap();
         let ledger = m.ledger.unwrap();
         proptest::prop_assert_eq!(ledger.iter().filter(|e| e.2 == 2).count() as u32, 6 * prompts);

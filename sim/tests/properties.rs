@@ -6,23 +6,44 @@ use proptest::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// A small scenario; `policy` is the body of one `[[policy]]` table.
-fn scenario(gpus: u32, prompts: u32, n: u32, median: u32, conc: u32, extra_workload: &str, policy: &str) -> Scenario {
-    scenario_kv(gpus, prompts, n, median, conc, "inf", extra_workload, policy)
-}
-
-/// As [`scenario`], with `kv` as `inference.kv_capacity_tokens` (`inf`: no KV-cache limit).
-#[allow(clippy::too_many_arguments)]
-fn scenario_kv(
+/// A small scenario's settings. [`Spec::default`]: 4 GPUs, 4 prompts × 4 responses of median 300
+/// tokens, 64 concurrent sequences, no KV-cache limit, no extra workload lines, a synchronous
+/// queue-dispatched policy.
+struct Spec<'a> {
     gpus: u32,
     prompts: u32,
+    /// Responses per prompt.
     n: u32,
+    /// Median response length in tokens.
     median: u32,
+    /// `inference.max_concurrency`.
     conc: u32,
-    kv: &str,
-    extra_workload: &str,
-    policy: &str,
-) -> Scenario {
+    /// `inference.kv_capacity_tokens` (`inf`: no KV-cache limit).
+    kv: &'a str,
+    /// Extra lines of the `[workload]` table.
+    extra_workload: &'a str,
+    /// The body of the one `[[policy]]` table.
+    policy: &'a str,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec {
+            gpus: 4,
+            prompts: 4,
+            n: 4,
+            median: 300,
+            conc: 64,
+            kv: "inf",
+            extra_workload: "",
+            policy: "mode = \"sync\"\ndispatch = \"queue\"",
+        }
+    }
+}
+
+/// The scenario `spec` describes.
+fn scenario(spec: &Spec) -> Scenario {
+    let Spec { gpus, prompts, n, median, conc, kv, extra_workload, policy } = *spec;
     let text = format!(
         r#"
 name = "prop"
@@ -56,7 +77,7 @@ name = "p"
 #[test]
 fn cutoff_in_a_shared_decode_step_loses_no_sample() {
     let pol = "mode = \"sync\"\ndispatch = \"static\"\npartial_rollout = true\ntail_eta = 1.5";
-    let sc = scenario(5, 5, 1, 300, 64, "", pol);
+    let sc = scenario(&Spec { gpus: 5, prompts: 5, n: 1, policy: pol, ..Spec::default() });
     let (r, m) = run_policy(&sc, &sc.policies[0], 0.25, 712, true).expect("the run completes");
     assert_eq!(r.steps, 4);
     let consumed = m.ledger.as_ref().unwrap().iter().filter(|e| e.2 == 2).count();
@@ -71,7 +92,7 @@ proptest! {
     fn staleness_never_exceeds_alpha(alpha in 0u32..4, mb in 1u32..4, gpus in 2u32..9, prompts in 1u32..12, n in 1u32..6, seed in 0u64..1000) {
         // `mb` > 1: streaming training in mini-batches (the bound holds per mini-batch).
         let pol = format!("mode = \"async\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\nprompt_replication = true\nalpha = {alpha}\ntrain_mini_batches = {mb}");
-        let sc = scenario(gpus, prompts, n, 300, 64, "", &pol);
+        let sc = scenario(&Spec { gpus, prompts, n, policy: &pol, ..Spec::default() });
         let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
         prop_assert!(r.staleness_max <= alpha, "staleness {} > alpha {}", r.staleness_max, alpha);
         prop_assert_eq!(r.steps, 4);
@@ -81,7 +102,7 @@ proptest! {
     #[test]
     fn batch_rollout_stays_within_alpha_and_aborts_nothing(alpha in 1u32..4, gpus in 2u32..9, prompts in 1u32..12, n in 1u32..6, seed in 0u64..1000) {
         let pol = format!("mode = \"async\"\nplacement = \"disaggregated\"\nalpha = {alpha}\nbatch_rollout = true");
-        let sc = scenario(gpus, prompts, n, 300, 64, "", &pol);
+        let sc = scenario(&Spec { gpus, prompts, n, policy: &pol, ..Spec::default() });
         let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
         prop_assert!(r.staleness_max <= alpha, "staleness {} > alpha {}", r.staleness_max, alpha);
         prop_assert_eq!(r.steps, 4);
@@ -102,7 +123,7 @@ proptest! {
             // tail batching with long rounds: an aborted prompt is relaunched in a long round or never
             "mode = \"sync\"\ndispatch = \"queue\"\ntail_eta = 2.0\nlong_rounds = true",
         ][mode];
-        let sc = scenario(gpus, prompts, n, 300, 64, "", pol);
+        let sc = scenario(&Spec { gpus, prompts, n, policy: pol, ..Spec::default() });
         let (r, m) = run_policy(&sc, &sc.policies[0], 0.25, seed, true).unwrap();
         let mut state: HashMap<u64, (u32, bool)> = HashMap::new(); // prompt -> (open attempt, consumed)
         let mut consumed = 0u64;
@@ -129,7 +150,7 @@ proptest! {
             "mode = \"sync\"\ndispatch = \"queue\"",
             "mode = \"async\"\nplacement = \"disaggregated\"\ndispatch = \"queue\"\nprompt_replication = true\nalpha = 1",
         ][mode];
-        let small = scenario_kv(gpus, prompts, n, 600, 64, "3000", "", pol);
+        let small = scenario(&Spec { gpus, prompts, n, median: 600, kv: "3000", policy: pol, ..Spec::default() });
         let (r, m) = run_policy(&small, &small.policies[0], 0.25, seed, true).unwrap();
         prop_assert_eq!(r.steps, 4);
         prop_assert!(r.staleness_max <= 1);
@@ -137,7 +158,7 @@ proptest! {
         prop_assert_eq!(consumed, 4 * prompts as u64);
         prop_assert_eq!(r.recomputed_tokens > 0, r.preemptions > 0);
         if mode == 0 {
-            let big = scenario_kv(gpus, prompts, n, 600, 64, "inf", "", pol);
+            let big = scenario(&Spec { gpus, prompts, n, median: 600, policy: pol, ..Spec::default() });
             let (u, _) = run_policy(&big, &big.policies[0], 0.25, seed, false).unwrap();
             prop_assert_eq!(u.preemptions, 0);
             prop_assert!(r.makespan_s >= u.makespan_s * (1.0 - 1e-9), "{} < {}", r.makespan_s, u.makespan_s);
@@ -150,7 +171,12 @@ proptest! {
         let extra = if multi {
             "turns = { kind = \"gaussian\", mean = 3, std = 1, min = 1, max = 6 }\nenv_step_s = { kind = \"gaussian\", mean = 2, std = 2 }\nfail_stop_prob = 0.05\nfail_slow_prob = 0.05"
         } else { "" };
-        let sc = scenario(4, 4, 4, 200, 64, extra, "mode = \"sync\"\ndispatch = \"queue\"\nenv_async = true");
+        let sc = scenario(&Spec {
+            median: 200,
+            extra_workload: extra,
+            policy: "mode = \"sync\"\ndispatch = \"queue\"\nenv_async = true",
+            ..Spec::default()
+        });
         let a = run_scenario(&sc, seed).unwrap();
         let b = run_scenario(&sc, seed).unwrap();
         prop_assert_eq!(&a.trace_hash, &b.trace_hash);
@@ -164,8 +190,8 @@ proptest! {
     #[test]
     fn more_gpus_never_slower(k in 1u32..9, prompts in 1u32..12, n in 1u32..6, seed in 0u64..1000) {
         let pol = "mode = \"sync\"\ndispatch = \"queue\"\nprompt_replication = true";
-        let small = scenario(k, prompts, n, 400, 4096, "", pol);
-        let big = scenario(2 * k, prompts, n, 400, 4096, "", pol);
+        let small = scenario(&Spec { gpus: k, prompts, n, median: 400, conc: 4096, policy: pol, ..Spec::default() });
+        let big = scenario(&Spec { gpus: 2 * k, prompts, n, median: 400, conc: 4096, policy: pol, ..Spec::default() });
         let gen_s = |sc: &Scenario| {
             let (r, _) = run_policy(sc, &sc.policies[0], 0.25, seed, false).unwrap();
             r.time_split.gen_phase * r.makespan_s
@@ -179,7 +205,7 @@ proptest! {
     #[test]
     fn list_scheduling_bound(k in 1u32..9, q in 1u32..17, prompts in 1u32..10, n in 1u32..6, seed in 0u64..1000) {
         let pol = "mode = \"sync\"\ndispatch = \"queue\"\nprompt_replication = true";
-        let sc = scenario(k, prompts, n, 300, q, "", pol);
+        let sc = scenario(&Spec { gpus: k, prompts, n, conc: q, policy: pol, ..Spec::default() });
         let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
         let cost = arbor_sim::cost::CostModel::new(&sc, &sc.policies[0], 0.25);
         let b = (prompts * n) as f64;
@@ -199,7 +225,7 @@ proptest! {
 #[test]
 fn kv_capacity_preempts_only_when_the_cache_is_small() {
     let pol = "mode = \"sync\"\ndispatch = \"queue\"";
-    let tiny = scenario_kv(1, 1, 16, 2000, 64, "8000", "", pol);
+    let tiny = scenario(&Spec { gpus: 1, prompts: 1, n: 16, median: 2000, kv: "8000", policy: pol, ..Spec::default() });
     let (r, _) = run_policy(&tiny, &tiny.policies[0], 0.25, 3, false).unwrap();
     assert!(r.preemptions > 0 && r.recomputed_tokens > 0, "{} preemptions", r.preemptions);
     let text =
