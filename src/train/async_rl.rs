@@ -322,24 +322,31 @@ impl Received<'_> {
         for &r in &self.rollout {
             let msg = self.batches.recv_bytes(r)?;
             let BatchMessage { version, sum, gen_s: secs, rollouts } =
-                decode_batch(&msg).map_err(|e| Error::Invalid(format!("batch {step} from rank {r}: {e}")))?;
+                decode_batch(&msg).map_err(|e| Error::collective(r, format!("async batch {step}"), e.to_string()))?;
             gen_s = gen_s.max(secs);
             if step.saturating_sub(version) > self.lag {
-                return Err(Error::Invalid(format!(
-                    "async: batch {step} from rank {r} was generated with version {version}, staler than the bound {}",
-                    self.lag
-                )));
+                return Err(Error::collective(
+                    r,
+                    format!("async batch {step}"),
+                    format!("generated with version {version}, staler than the bound {}", self.lag),
+                ));
             }
             if version != want {
-                return Err(Error::Invalid(format!(
-                    "async: batch {step} from rank {r} used version {version}, expected {want}"
-                )));
+                return Err(Error::collective(
+                    r,
+                    format!("async batch {step}"),
+                    format!("used version {version}, expected {want}"),
+                ));
             }
             let ours = self.published.iter().find(|(v, _)| *v == version).map(|p| p.1);
             if ours != Some(sum) {
-                return Err(Error::Invalid(format!(
-                    "async: rank {r} generated batch {step} with weights (checksum {sum:016x}) that differ from the trainer's version {version}"
-                )));
+                return Err(Error::collective(
+                    r,
+                    format!("async batch {step}"),
+                    format!(
+                        "generated with weights (checksum {sum:016x}) that differ from the trainer's version {version}"
+                    ),
+                ));
             }
             parts.push(rollouts);
         }
@@ -361,7 +368,8 @@ impl SampleSource for Received<'_> {
         } else {
             let mut bytes = Vec::new();
             self.train.broadcast_bytes(0, &mut bytes)?;
-            decode_share(&bytes).map_err(|e| Error::Invalid(format!("step {step} from the training leader: {e}")))?
+            decode_share(&bytes)
+                .map_err(|e| Error::collective(0, format!("async step {step} broadcast"), e.to_string()))?
         };
         let mine = share_of(&all, self.per_prompt, self.train.size(), self.train.rank());
         let staleness = step.checked_sub(version).ok_or_else(|| {

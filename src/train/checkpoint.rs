@@ -167,8 +167,7 @@ fn write_checkpoint_files(
         views.push((name, view.map_err(|e| Error::Invalid(format!("optimizer state: {e}")))?));
     }
     let opt_path = tmp.join(OPTIMIZER_FILE);
-    safetensors::serialize_to_file(views, None, &opt_path)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", opt_path.display())))?;
+    safetensors::serialize_to_file(views, None, &opt_path).map_err(|e| Error::format(&opt_path, e.to_string()))?;
     let state_json = serde_json::to_vec_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
     io(tmp, std::fs::write(tmp.join(STATE_FILE), state_json))?;
     // Manifest of every file: size and checksum.
@@ -299,7 +298,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
     let (config, params) = load_hf_dir(dir)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let bytes = io(&opt_path, std::fs::read(&opt_path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", opt_path.display())))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&opt_path, e.to_string()))?;
     let read = |name: &str| -> Result<Vec<f32>> {
         let t = st.tensor(name).map_err(|e| Error::Checkpoint {
             file: opt_path.clone(),

@@ -183,8 +183,7 @@ impl Critic {
             .map_err(|e| Error::Invalid(format!("critic state: {e}")))?;
             views.push((name, view));
         }
-        let bytes =
-            safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| Error::format(path, e.to_string()))?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -193,17 +192,20 @@ impl Critic {
     /// Restore what [`Critic::save`] wrote (the configuration must match).
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, e.to_string()))?;
         let read = |name: &str, want: usize| -> Result<Vec<f32>> {
-            let t = st.tensor(name).map_err(|e| Error::Invalid(format!("{}: {name}: {e}", path.display())))?;
+            let t = st.tensor(name).map_err(|e| Error::Checkpoint {
+                file: path.into(),
+                tensor: name.into(),
+                msg: e.to_string(),
+            })?;
             let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             if v.len() != want {
-                return Err(Error::Invalid(format!(
-                    "{}: {name} has {} values, the [critic] config needs {want}",
-                    path.display(),
-                    v.len()
-                )));
+                return Err(Error::Checkpoint {
+                    file: path.into(),
+                    tensor: name.into(),
+                    msg: format!("{} values, the [critic] config needs {want}", v.len()),
+                });
             }
             Ok(v)
         };

@@ -195,10 +195,11 @@ impl<'a> RlTrainer<'a> {
             .enumerate()
             .map(|(r, b)| match <[u8; 8]>::try_from(b.as_slice()) {
                 Ok(b) => Ok(u64::from_le_bytes(b) as usize),
-                Err(_) => Err(Error::Invalid(format!(
-                    "rank {r} sent a {}-byte sample count (8 expected): ranks disagree on the protocol",
-                    b.len()
-                ))),
+                Err(_) => Err(Error::collective(
+                    r,
+                    "all-gather of the training sample counts",
+                    format!("a {}-byte count (8 expected): ranks disagree on the protocol", b.len()),
+                )),
             })
             .collect::<Result<_>>()?;
         let shard = DpShard {

@@ -50,7 +50,11 @@ impl Critics {
         for (m, c) in self.models.iter_mut().enumerate() {
             let path = dir.join(format!("critic-{m}.safetensors"));
             if !path.exists() {
-                return Err(Error::Invalid(format!("{}: the checkpoint has no state for critic {m}", dir.display())));
+                return Err(Error::path(
+                    &path,
+                    std::io::ErrorKind::NotFound,
+                    format!("the checkpoint has no state for critic {m}"),
+                ));
             }
             c.load(&path)?;
         }

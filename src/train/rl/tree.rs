@@ -146,10 +146,11 @@ fn gather_in_rank_order(dp: &dyn crate::parallel::Comm, values: &[f64]) -> Resul
             offset = out.len();
         }
         if b.len() % 8 != 0 {
-            return Err(Error::Invalid(format!(
-                "tree sampling: rank {r} sent {} bytes of f64 values, not a multiple of 8",
-                b.len()
-            )));
+            return Err(Error::collective(
+                r,
+                "tree sampling all-gather",
+                format!("{} bytes of f64 values, not a multiple of 8", b.len()),
+            ));
         }
         out.extend(b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
     }

@@ -135,15 +135,18 @@ fn pack(samples: &[Sample], batch: &mut Batch, resp_pos: &mut Vec<usize>, starts
     let mut seq = Vec::new();
     for s in samples {
         if s.prompt.is_empty() {
-            return Err(Error::Invalid("rl update: a sample has an empty prompt".into()));
+            return Err(Error::shape("rl update", "a sample has an empty prompt"));
         }
         if s.behav_logp.len() != s.response.len() || s.advantages.len() != s.response.len() {
-            return Err(Error::Invalid(format!(
-                "rl update: a sample has {} response tokens but {} behaviour log-probs and {} advantages",
-                s.response.len(),
-                s.behav_logp.len(),
-                s.advantages.len()
-            )));
+            return Err(Error::shape(
+                "rl update",
+                format!(
+                    "a sample has {} response tokens but {} behaviour log-probs and {} advantages",
+                    s.response.len(),
+                    s.behav_logp.len(),
+                    s.advantages.len()
+                ),
+            ));
         }
         seq.clear();
         seq.extend_from_slice(&s.prompt);
@@ -257,12 +260,10 @@ pub fn policy_update_dp(
         return Ok(report);
     }
     if dp.offset + samples.len() > dp.total {
-        return Err(Error::Invalid(format!(
-            "rl update: local samples {}..{} exceed the global count {}",
-            dp.offset,
-            dp.offset + samples.len(),
-            dp.total
-        )));
+        return Err(Error::shape(
+            "rl update",
+            format!("local samples {}..{} exceed the global count {}", dp.offset, dp.offset + samples.len(), dp.total),
+        ));
     }
     let offsets = token_offsets(samples);
     let micro = plan.micro_batch;
@@ -327,7 +328,7 @@ pub fn policy_update_dp(
                     old
                 } else {
                     let fixed = fixed_old_logp.get(toks.clone()).ok_or_else(|| {
-                        Error::Invalid("rl update: fixed π_old does not cover every response token".into())
+                        Error::shape("rl update", "the fixed π_old does not cover every response token")
                     })?;
                     merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
                     &merged
