@@ -524,21 +524,19 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // (c) checkpoint manifest (and the files it vouches for)
 
+/// Save `params` as the checkpoint of step `step` under `run` (fresh AdamW moments, seed 7).
+fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u64) -> arbor::Result<PathBuf> {
+    let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
+    let state = TrainerState { step, seed: 7, adam_t: step, rl_eval_before: None, sampling: None };
+    let files = CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()) };
+    save_checkpoint(run, cfg, params, &opt, &state, &files)
+}
+
 /// A checkpoint written by arbor; returns (run dir guard, checkpoint dir).
 fn saved_checkpoint() -> (tempfile::TempDir, PathBuf) {
     let run = tempfile::tempdir().expect("tempdir");
     let (cfg, params) = tiny_params();
-    let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
-    let state = TrainerState { step: 3, seed: 7, adam_t: 3, rl_eval_before: None, sampling: None };
-    let dir = save_checkpoint(
-        run.path(),
-        &cfg,
-        &params,
-        &opt,
-        &state,
-        &CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()) },
-    )
-    .expect("save checkpoint");
+    let dir = save_tiny(run.path(), &cfg, &params, 3).expect("save checkpoint");
     (run, dir)
 }
 
@@ -817,17 +815,7 @@ fn a_checkpoint_of_non_finite_weights_is_never_written() {
     let run = tempfile::tempdir().expect("tempdir");
     let (cfg, mut params) = tiny_params();
     params.data[5] = f32::NAN;
-    let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
-    let state = TrainerState { step: 4, seed: 7, adam_t: 4, rl_eval_before: None, sampling: None };
-    let err = save_checkpoint(
-        run.path(),
-        &cfg,
-        &params,
-        &opt,
-        &state,
-        &CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()) },
-    )
-    .unwrap_err();
+    let err = save_tiny(run.path(), &cfg, &params, 4).unwrap_err();
     assert!(err.to_string().contains("non-finite") && err.to_string().contains("element 5"), "{err}");
     assert!(arbor::train::checkpoint::list_checkpoints(run.path()).unwrap().is_empty());
 }
