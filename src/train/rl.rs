@@ -42,7 +42,7 @@ use crate::attnrl::RhythmConfig;
 use crate::config::{AdvantageSource, RlPlan, RlSection, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, Workspace};
-use crate::parallel::{Comm, Local};
+use crate::parallel::Comm;
 use crate::rl::LossConfig;
 use crate::rollout::Finish;
 use crate::tasks::Task;
@@ -132,11 +132,6 @@ impl<'a> RlTrainer<'a> {
     /// A context for `cfg`'s RL phase on one process.
     pub fn context(cfg: &'a RunConfig, rl: &'a RlSection, task: &'a dyn Task, dp: &'a dyn Comm) -> RolloutCtx<'a> {
         RolloutCtx { cfg, rl, task, tok: CharTokenizer::default(), dp }
-    }
-
-    /// A context on one process (no data parallelism).
-    pub fn local_context(cfg: &'a RunConfig, rl: &'a RlSection, task: &'a dyn Task) -> RolloutCtx<'a> {
-        Self::context(cfg, rl, task, &Local)
     }
 
     /// One RL step (0-based `step`): rollouts → rewards → advantages → training batch → update → report.
