@@ -49,14 +49,6 @@ pub struct RlStepReport {
     pub asynchronous: Option<AsyncNotes>,
 }
 
-impl RlStepReport {
-    /// The JSON line (keys in sorted order, as every metrics line).
-    pub fn to_json(&self) -> serde_json::Value {
-        // a struct of numbers always serialises; non-finite numbers become null
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-}
-
 /// What the sampler measured (travels from rollout ranks to the trainer under `[async]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SamplerNotes {
