@@ -62,7 +62,9 @@ pub struct GenerateConfig {
 const ROWS_PER_STEP: usize = 256;
 
 struct Active {
-    req: usize,
+    /// The caller's key of the request (its index in `generate`).
+    key: usize,
+    prompt: Vec<u32>,
     slot: usize,
     rng: Rng,
     out: Completion,
@@ -71,6 +73,171 @@ struct Active {
     next: u32,
     /// Forced response length (workload mode).
     target: Option<usize>,
+}
+
+/// One continuous-batching loop's state: `slots` KV-cache slots, the sequences decoding in
+/// them, and the step buffers. [`generate`] runs one per shard; a disaggregated rollout rank
+/// (`train::async_rl`) keeps one across batches and weight versions.
+pub struct Slots {
+    cache: KvCache,
+    buf: DecodeBuffers,
+    scratch: Vec<(f32, u32)>,
+    free: Vec<usize>,
+    active: Vec<Active>,
+    tokens: Vec<u32>,
+    slot_ids: Vec<usize>,
+    logit_rows: Vec<usize>,
+    sampling: Vec<usize>,
+}
+
+impl Slots {
+    /// `slots` cache slots of `max_len` positions for `model`.
+    pub fn new(model: &Model, slots: usize, max_len: usize) -> Self {
+        Slots {
+            cache: KvCache::new(model, slots, max_len),
+            buf: DecodeBuffers::new(model, slots),
+            scratch: Vec::new(),
+            free: (0..slots).rev().collect(),
+            active: Vec::with_capacity(slots),
+            tokens: Vec::new(),
+            slot_ids: Vec::new(),
+            logit_rows: Vec::with_capacity(slots),
+            sampling: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Whether a slot is free for [`Slots::admit`].
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Sequences in the slots.
+    pub fn busy(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Cache slots.
+    pub fn capacity(&self) -> usize {
+        self.cache.slots
+    }
+
+    /// Put request `r` (the caller's `key`) into a free slot; its random stream and forced
+    /// length are keyed by `stream_step` (the RL step of its batch + 1) and its coordinates.
+    /// With `max_new_tokens = 0` it is finished at once and returned. A caller must check
+    /// [`Slots::has_free`] first (admitting into a full set of slots is a bug).
+    pub fn admit(&mut self, key: usize, r: &Request, stream_step: u64, cfg: &GenerateConfig) -> Option<Completion> {
+        let out = Completion {
+            prompt_id: r.prompt_id,
+            sample_index: r.sample_index,
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            entropies: Vec::new(),
+            finish: Finish::Length,
+        };
+        if cfg.sampling.max_new_tokens == 0 {
+            return Some(out);
+        }
+        let slot = self.free.pop().expect("admit into a free slot (check has_free first)");
+        self.cache.len[slot] = 0;
+        let rng = Rng::derive(cfg.seed, &[stream_step, r.prompt_id, r.sample_index as u64]);
+        let target = cfg
+            .workload
+            .as_ref()
+            .map(|w| w.length(cfg.seed, stream_step, r.prompt_id, r.sample_index, cfg.sampling.max_new_tokens));
+        self.active.push(Active { key, prompt: r.prompt.clone(), slot, rng, out, fed: 0, next: 0, target });
+        None
+    }
+
+    /// One step of every sequence in the slots (prompt chunks of newly admitted ones + one token
+    /// of every decoding one, within the step's row budget); returns the sequences that finished
+    /// (with their keys) and frees their slots. Does nothing without sequences.
+    pub fn step(
+        &mut self,
+        model: &Model,
+        weights: &DecodeWeights,
+        cfg: &GenerateConfig,
+    ) -> Result<Vec<(usize, Completion)>> {
+        let mut done = Vec::new();
+        if self.active.is_empty() {
+            return Ok(done);
+        }
+        let v = model.cfg.vocab_size;
+        let max_len = self.cache.max_len;
+        let (tokens, slot_ids) = (&mut self.tokens, &mut self.slot_ids);
+        let (logit_rows, sampling) = (&mut self.logit_rows, &mut self.sampling);
+        // rows of this step: one per decoding request, then prompt chunks within the budget
+        tokens.clear();
+        slot_ids.clear();
+        logit_rows.clear();
+        sampling.clear();
+        let decoding = self.active.iter().filter(|a| a.fed == a.prompt.len()).count();
+        let mut budget = ROWS_PER_STEP.saturating_sub(decoding);
+        for (i, a) in self.active.iter_mut().enumerate() {
+            let prompt = &a.prompt;
+            if a.fed < prompt.len() {
+                let n = budget.min(prompt.len() - a.fed);
+                if n == 0 {
+                    continue;
+                }
+                budget -= n;
+                tokens.extend_from_slice(&prompt[a.fed..a.fed + n]);
+                slot_ids.resize(slot_ids.len() + n, a.slot);
+                a.fed += n;
+                if a.fed < prompt.len() {
+                    continue;
+                }
+            } else {
+                tokens.push(a.next);
+                slot_ids.push(a.slot);
+            }
+            logit_rows.push(tokens.len() - 1);
+            sampling.push(i);
+        }
+        let t_step = std::time::Instant::now();
+        model.forward_cached(weights, tokens, slot_ids, logit_rows, &mut self.cache, &mut self.buf)?;
+        let mut finished = false;
+        for (row, &i) in sampling.iter().enumerate() {
+            let a = &mut self.active[i];
+            let s = sample(&self.buf.logits[row * v..(row + 1) * v], &cfg.sampling, &mut a.rng, &mut self.scratch);
+            a.out.tokens.push(s.token);
+            a.out.logprobs.push(s.logprob);
+            a.out.entropies.push(s.entropy);
+            a.next = s.token;
+            // a forced length ignores stop tokens and ends the response at its target
+            if a.target.is_none() && cfg.stop_tokens.contains(&s.token) {
+                a.out.finish = Finish::Stop;
+            }
+            if a.out.finish == Finish::Stop
+                || a.target.is_some_and(|t| a.out.tokens.len() >= t)
+                || a.out.tokens.len() >= cfg.sampling.max_new_tokens
+                || self.cache.len[a.slot] + 1 >= max_len
+            {
+                // mark for removal; `fed` past the prompt length flags it
+                a.fed = usize::MAX;
+                finished = true;
+            }
+        }
+        if let Some(w) = &cfg.workload {
+            // an emulated memory-bound decode step: sleep out the rest of it
+            let floor = w.step_floor();
+            if let Some(rest) = floor.checked_sub(t_step.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        if finished {
+            let mut i = 0;
+            while i < self.active.len() {
+                if self.active[i].fed == usize::MAX {
+                    let a = self.active.swap_remove(i);
+                    self.free.push(a.slot);
+                    done.push((a.key, a.out));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
 }
 
 /// Generate completions for all requests; results are returned in request order.
@@ -142,8 +309,8 @@ struct Queue<'a> {
 }
 
 /// One shard's continuous-batching loop over `slots` cache slots: admit requests from `queue`
-/// into free slots, run one step (prompt chunks of newly admitted requests + one token of every
-/// decoding one), sample, free finished slots; until the queue is drained and no slot is busy.
+/// into free slots, run one step, collect finished sequences; until the queue is drained and no
+/// slot is busy.
 fn run_shard(
     model: &Model,
     weights: &DecodeWeights,
@@ -154,117 +321,22 @@ fn run_shard(
     queue: Queue<'_>,
 ) -> Result<Vec<(usize, Completion)>> {
     let Queue { next: queue, failed } = queue;
-    let v = model.cfg.vocab_size;
-    let mut cache = KvCache::new(model, slots, max_len);
-    let mut buf = DecodeBuffers::new(model, slots);
-    let mut scratch = Vec::new();
-    let mut free: Vec<usize> = (0..slots).rev().collect();
-    let mut active: Vec<Active> = Vec::with_capacity(slots);
+    let mut state = Slots::new(model, slots, max_len);
     let mut done = Vec::new();
-    let (mut tokens, mut slot_ids) = (Vec::new(), Vec::new());
-    let (mut logit_rows, mut sampling) = (Vec::with_capacity(slots), Vec::with_capacity(slots));
     loop {
-        while let Some(&slot) = free.last() {
+        while state.has_free() {
             let req = queue.fetch_add(1, Ordering::Relaxed);
             if req >= requests.len() || failed.load(Ordering::Relaxed) {
                 break;
             }
-            let r = &requests[req];
-            let out = Completion {
-                prompt_id: r.prompt_id,
-                sample_index: r.sample_index,
-                tokens: Vec::new(),
-                logprobs: Vec::new(),
-                entropies: Vec::new(),
-                finish: Finish::Length,
-            };
-            if cfg.sampling.max_new_tokens == 0 {
-                done.push((req, out));
-                continue;
+            if let Some(c) = state.admit(req, &requests[req], cfg.step, cfg) {
+                done.push((req, c));
             }
-            free.pop();
-            cache.len[slot] = 0;
-            let rng = Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]);
-            let target = cfg
-                .workload
-                .as_ref()
-                .map(|w| w.length(cfg.seed, cfg.step, r.prompt_id, r.sample_index, cfg.sampling.max_new_tokens));
-            active.push(Active { req, slot, rng, out, fed: 0, next: 0, target });
         }
-        if active.is_empty() {
+        if state.busy() == 0 {
             break;
         }
-        // rows of this step: one per decoding request, then prompt chunks within the budget
-        tokens.clear();
-        slot_ids.clear();
-        logit_rows.clear();
-        sampling.clear();
-        let decoding = active.iter().filter(|a| a.fed == requests[a.req].prompt.len()).count();
-        let mut budget = ROWS_PER_STEP.saturating_sub(decoding);
-        for (i, a) in active.iter_mut().enumerate() {
-            let prompt = &requests[a.req].prompt;
-            if a.fed < prompt.len() {
-                let n = budget.min(prompt.len() - a.fed);
-                if n == 0 {
-                    continue;
-                }
-                budget -= n;
-                tokens.extend_from_slice(&prompt[a.fed..a.fed + n]);
-                slot_ids.resize(slot_ids.len() + n, a.slot);
-                a.fed += n;
-                if a.fed < prompt.len() {
-                    continue;
-                }
-            } else {
-                tokens.push(a.next);
-                slot_ids.push(a.slot);
-            }
-            logit_rows.push(tokens.len() - 1);
-            sampling.push(i);
-        }
-        let t_step = std::time::Instant::now();
-        model.forward_cached(weights, &tokens, &slot_ids, &logit_rows, &mut cache, &mut buf)?;
-        let mut finished = false;
-        for (row, &i) in sampling.iter().enumerate() {
-            let a = &mut active[i];
-            let s = sample(&buf.logits[row * v..(row + 1) * v], &cfg.sampling, &mut a.rng, &mut scratch);
-            a.out.tokens.push(s.token);
-            a.out.logprobs.push(s.logprob);
-            a.out.entropies.push(s.entropy);
-            a.next = s.token;
-            // a forced length ignores stop tokens and ends the response at its target
-            if a.target.is_none() && cfg.stop_tokens.contains(&s.token) {
-                a.out.finish = Finish::Stop;
-            }
-            if a.out.finish == Finish::Stop
-                || a.target.is_some_and(|t| a.out.tokens.len() >= t)
-                || a.out.tokens.len() >= cfg.sampling.max_new_tokens
-                || cache.len[a.slot] + 1 >= max_len
-            {
-                // mark for removal; `fed` past the prompt length flags it
-                a.fed = usize::MAX;
-                finished = true;
-            }
-        }
-        if let Some(w) = &cfg.workload {
-            // an emulated memory-bound decode step: sleep out the rest of it
-            let floor = w.step_floor();
-            if let Some(rest) = floor.checked_sub(t_step.elapsed()) {
-                std::thread::sleep(rest);
-            }
-        }
-        if finished {
-            let mut i = 0;
-            while i < active.len() {
-                if active[i].fed == usize::MAX {
-                    let a = active.swap_remove(i);
-                    free.push(a.slot);
-                    done.push((a.req, a.out));
-                } else {
-                    i += 1;
-                }
-            }
-        }
+        done.extend(state.step(model, weights, cfg)?);
         if failed.load(Ordering::Relaxed) {
             break;
         }

@@ -5,6 +5,6 @@ pub mod engine;
 pub mod sampler;
 pub mod workload;
 
-pub use engine::{generate, Completion, Finish, GenerateConfig, Request};
+pub use engine::{generate, Completion, Finish, GenerateConfig, Request, Slots};
 pub use sampler::{sample, SamplingParams};
 pub use workload::WorkloadConfig;
