@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// change is recorded in config-history.jsonl and metrics.jsonl); without it such a resume is refused.
     #[arg(long)]
     pub allow_config_change: bool,
+    /// Replay a continuous `[async]` run's weight-install schedule (its rollout-schedule.jsonl):
+    /// the same seed and schedule give the same samples and weights.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
 }
 
 /// Load the config with overrides applied.
@@ -43,6 +47,14 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
         cfg.run.seed = s;
     }
     cfg.allow_config_change = args.allow_config_change;
+    if let Some(path) = &args.replay {
+        let ac = cfg.async_rl.as_mut().filter(|a| a.mode == crate::config::RolloutMode::Continuous);
+        let ac = ac.ok_or_else(|| {
+            anyhow::anyhow!("--replay {}: replays a continuous [async] run; the config has no [async] mode = \"continuous\"", path.display())
+        })?;
+        anyhow::ensure!(path.is_file(), "--replay {}: no such file", path.display());
+        ac.replay = Some(path.clone());
+    }
     Ok(cfg)
 }
 

@@ -13,7 +13,7 @@ mod run_config;
 pub mod schedule;
 mod sections;
 
-pub use async_section::AsyncConfig;
+pub use async_section::{AsyncConfig, RolloutMode};
 pub use critic_section::CriticConfig;
 pub use plan::{AdvantageSource, RlPlan, RunPlan, Sampler, Schedule};
 pub use rl_section::RlSection;

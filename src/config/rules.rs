@@ -144,9 +144,14 @@ fn env_groups_only(cfg: &RunConfig) -> Option<String> {
     })
 }
 
+/// `[env]` with `[async]`: whole batches only. Continuous rollout and replication schedule
+/// single-turn groups sample by sample; a game is a sequence of turns whose next prompt depends
+/// on the environment, which `[env]` already schedules turn by turn (env-level async) inside each
+/// rollout rank.
 fn env_not_async(cfg: &RunConfig) -> Option<String> {
-    when(cfg.env.is_some() && cfg.async_rl.is_some(), || {
-        "[env] plays env-level async inside the (data-parallel) trainer; drop [async]".into()
+    let streams = cfg.async_rl.as_ref().is_some_and(|a| a.streams());
+    when(cfg.env.is_some() && streams, || {
+        "[env] runs with [async] mode = \"batch\" and replicate = false (each rollout rank plays whole games, turn by turn)".into()
     })
 }
 

@@ -30,7 +30,7 @@ pub mod wire;
 pub use eval::{evaluate, SolveRate};
 pub use phase::{run_phase, Phase, PhaseStart};
 pub(crate) use phase::{run_phase_with, PhaseIo, SampleSource};
-pub use report::{AsyncNotes, CriticNotes, RlEvalLine, RlStepReport, SamplerNotes};
+pub use report::{AsyncNotes, CriticNotes, RlEvalLine, RlStepReport, SamplerNotes, StreamNotes};
 pub use rollouts::{rollout_config, AttnTrace, GroupCounts, RolloutCtx, Rollouts, StepSample, TrainingBatch};
 pub use sampler::Sampler;
 pub use update::{
@@ -61,7 +61,7 @@ pub struct StepOutput {
 }
 
 /// How the step's rollouts were obtained (stage 1–3's clock and policy version).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sampling {
     /// When the step began.
     pub t0: Instant,
@@ -317,7 +317,10 @@ impl<'a> RlTrainer<'a> {
             sampler: sampler_notes,
             rhythm_amplified_frac: notes.rhythm_amplified_frac,
             critic: notes.critic.map(|c| CriticNotes { value_losses, ..c }),
-            asynchronous: sampling.asynchronous,
+            asynchronous: sampling.asynchronous.map(|a| AsyncNotes {
+                trainer_idle_frac: (a.time_wait_batch_s / secs.max(1e-9)).min(1.0),
+                ..a
+            }),
         };
         Ok(StepOutput { report, samples: generated })
     }

@@ -130,12 +130,30 @@ impl Serialize for CriticNotes {
 }
 
 /// `[async]`: how old the trained batch was and how long the trainer waited for it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AsyncNotes {
-    /// Steps between the batch's policy version and the trainer's (the same for every sample of a batch).
+    /// Steps between a sample's starting policy version and the trainer's (batch mode: the same
+    /// for every sample of a batch), mean and max over the batch.
     pub staleness_mean: f64,
     pub staleness_max: u64,
     pub time_wait_batch_s: f64,
+    /// Fraction of the step the trainer spent waiting for the batch.
+    pub trainer_idle_frac: f64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamNotes>,
+}
+
+/// `[async]` streaming modes (continuous, replicated): what the rollout ranks reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StreamNotes {
+    /// Samples of the batch by staleness 0, 1, …, ⌈α⌉.
+    pub staleness_hist: Vec<u64>,
+    /// Busy fraction of the rollout ranks' slots since the previous step.
+    pub rollout_slot_util: f64,
+    /// Mean seconds from a sample's completion to its group share leaving the rollout rank.
+    pub reward_queue_s: f64,
+    /// Fraction of samples whose weights changed while they were generated.
+    pub mixed_version_frac: f64,
 }
 
 /// A held-out evaluation line of the RL phase.

@@ -11,11 +11,11 @@ use super::rollouts::{RolloutCtx, Rollouts, TrainingBatch};
 use super::tree::{TreeSampler, TreeState};
 use crate::config::{AdvantageSource, RlPlan, Sampler as SamplerPlan};
 use crate::env::EnvConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::parallel::partition;
-use crate::rl::group_advantages;
-use crate::rollout::Request;
+use crate::rl::{group_advantages, AdvantageKind};
+use crate::rollout::{Completion, Request};
 use std::time::Instant;
 
 /// How the RL phase samples.
@@ -92,23 +92,49 @@ fn sample_groups(ctx: &RolloutCtx, model: &Model, step: u64, filter_zero_std: bo
     let rewards: Vec<f32> =
         completions.iter().enumerate().map(|(k, c)| reward(ctx.task, &ctx.tok, &problems[k / n], c)).collect();
     // 3. advantages
-    let group_starts: Vec<usize> = (0..=mine.len()).map(|g| g * n).collect();
-    let adv = group_advantages(rl.advantage, &rewards, &group_starts)?;
-    let t_reward = t_reward.elapsed().as_secs_f64();
+    let prompts: Vec<Vec<u32>> = requests.into_iter().step_by(n.max(1)).map(|r| r.prompt).collect();
+    let mut out = group_rollouts(&prompts, completions, &rewards, n, rl.advantage, filter_zero_std)?;
+    out.notes.time_reward_s = Some(t_reward.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// Stage 3 of group sampling: `prompts.len()` groups of `n` completions each (in group order),
+/// with their rewards, become [`Rollouts`] with group advantages and the step's counts. With
+/// `filter_zero_std`, groups whose rewards are all equal do not train.
+pub(crate) fn group_rollouts(
+    prompts: &[Vec<u32>],
+    completions: Vec<Completion>,
+    rewards: &[f32],
+    n: usize,
+    kind: AdvantageKind,
+    filter_zero_std: bool,
+) -> Result<Rollouts> {
+    if completions.len() != prompts.len() * n || rewards.len() != completions.len() {
+        return Err(Error::shape(
+            "group rollouts",
+            format!(
+                "{} prompts × {n} samples need as many completions and rewards, got {} and {}",
+                prompts.len(),
+                completions.len(),
+                rewards.len()
+            ),
+        ));
+    }
+    let group_starts: Vec<usize> = (0..=prompts.len()).map(|g| g * n).collect();
+    let adv = group_advantages(kind, rewards, &group_starts)?;
     let mut out = Rollouts { generated: Vec::with_capacity(completions.len()), ..Rollouts::default() };
-    out.counts.prompts = mine.len();
+    out.counts.prompts = prompts.len();
     out.counts.zero_std = adv.zero_std.iter().filter(|&&z| z).count();
     out.counts.groups = adv.zero_std.len();
-    for g in 0..mine.len() {
+    for g in 0..prompts.len() {
         let r = &rewards[g * n..(g + 1) * n];
         out.counts.all_correct += usize::from(r.iter().all(|&x| x >= 1.0));
         out.counts.all_wrong += usize::from(r.iter().all(|&x| x < 1.0));
     }
     for (k, c) in completions.into_iter().enumerate() {
         let no_signal = filter_zero_std && adv.zero_std[k / n];
-        out.push(requests[k].prompt.clone(), c, adv.advantages[k], rewards[k], !no_signal);
+        out.push(prompts[k / n].clone(), c, adv.advantages[k], rewards[k], !no_signal);
     }
-    out.notes.time_reward_s = Some(t_reward);
     Ok(out)
 }
 

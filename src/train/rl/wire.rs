@@ -269,8 +269,10 @@ pub(crate) fn merge_rollouts(parts: Vec<Rollouts>) -> Rollouts {
 
 /// The share of a whole step's result that data-parallel rank `rank` of `ranks` trains on:
 /// the samples of its contiguous range of prompts (`per_prompt` samples each). The step's
-/// counts stay with rank 0 (the trainer sums them over the ranks).
+/// counts stay with rank 0 (the trainer sums them over the ranks). Environment turns (`[env]`:
+/// a group is a variable number of turns) are split turn by turn.
 pub(crate) fn share_of(all: &Rollouts, per_prompt: usize, ranks: usize, rank: usize) -> Rollouts {
+    let per_prompt = if all.notes.env.is_some() { 1 } else { per_prompt };
     let prompts = all.generated.len() / per_prompt.max(1);
     let mine = crate::parallel::partition(prompts, ranks, rank);
     let range = mine.start * per_prompt..mine.end * per_prompt;
