@@ -63,6 +63,11 @@ fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32, metri
                 "tokens",
                 "staleness_max",
                 "staleness_mean",
+                "staleness_hist",
+                "trainer_idle_frac",
+                "rollout_slot_util",
+                "reward_queue_s",
+                "mixed_version_frac",
                 "train_state_mib",
                 // the critics' batch diagnostics are rank 0's local batch (like the AsyPPO masks)
                 "critic_sigma_mean",
@@ -194,6 +199,63 @@ fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alph
     assert!(ps.data.iter().zip(&pa.data).any(|(x, y)| (x - y).abs() > 1e-5), "α = 1 trained on stale samples");
 }
 
+/// Continuous rollout (ROLL Flash) and replication: at α = 0 continuous is the synchronous
+/// trainer; replicated groups are the same groups; every sample's staleness stays within ⌈α⌉;
+/// and a continuous run replayed from its recorded install schedule gives the same weights.
+#[test]
+fn continuous_rollout_and_replication_keep_the_bound_and_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let run = |n: &str| dir.path().join(n).join("default");
+    let sync_cfg = write_config(dir.path(), &grpo_config());
+    let one = single(&["--threads", "1", "train", "--config", &sync_cfg, "--out-dir", &out("sync")]);
+    assert!(one.status.success(), "{}", text(&one));
+    let with = |name: &str, extra: &str| {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, format!("{}\n[async]\nrollout_ranks = 2\n{extra}\n", grpo_config())).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let train = |name: &str, extra: &str, more: &[&str]| {
+        let cfg = with(name, extra);
+        let mut args = vec!["--threads", "1", "train", "--config", &cfg];
+        let dir = out(name);
+        args.extend(["--out-dir", &dir]);
+        args.extend(more);
+        let o = mpirun(3, &args, &[]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+    };
+    train("c0", "alpha = 0\nmode = \"continuous\"", &[]);
+    compare_runs(&run("sync"), &run("c0"), "checkpoints/step-3", "continuous α = 0 vs synchronous");
+    train("b1", "alpha = 1", &[]);
+    train("b1rep", "alpha = 1\nreplicate = true", &[]);
+    compare_runs_within(&run("b1"), &run("b1rep"), "checkpoints/step-3", "batch α = 1: replicated vs not", 0.0, 0.0);
+    train("c2", "alpha = 2\nmode = \"continuous\"\nreplicate = true", &[]);
+    for name in ["c0", "c2"] {
+        let lag = if name == "c0" { 0 } else { 2 };
+        let steps: Vec<_> = metrics(&run(name)).into_iter().filter(|m| m.get("staleness_hist").is_some()).collect();
+        assert_eq!(steps.len(), 3, "{name}: one line per RL step");
+        for m in &steps {
+            let hist: Vec<u64> = m["staleness_hist"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(hist.len(), lag + 1, "{name}: {m}");
+            assert_eq!(hist.iter().sum::<u64>(), 5 * 8, "{name}: every sample counted once: {m}");
+            let max = m["staleness_max"].as_u64().unwrap();
+            assert!(max as usize <= lag && hist[max as usize] > 0, "{name}: {m}");
+            let util = m["rollout_slot_util"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&util), "{name}: {m}");
+        }
+    }
+    // at α = 1 batch 2 needs version 1 on both ranks; a slowed decode step (forced long-tail
+    // lengths) makes installs land while sequences are in flight. The schedule replayed gives the
+    // same samples, so the same weights, bit for bit
+    let slow = "alpha = 1\nmode = \"continuous\"\n\n[workload]\nlengths = { kind = \"lognormal\", median = 12, sigma = 0.8, max = 32 }\ndecode_step_ms = 3";
+    train("c1", slow, &[]);
+    let schedule = run("c1").join("rollout-schedule.jsonl");
+    let lines = std::fs::read_to_string(&schedule).unwrap();
+    assert!(lines.lines().filter(|l| l.contains("\"version\":1")).count() == 2, "both ranks install version 1: {lines}");
+    train("c1replay", slow, &["--replay", schedule.to_str().unwrap()]);
+    compare_runs_within(&run("c1"), &run("c1replay"), "checkpoints/step-3", "continuous α = 1 replayed", 0.0, 1e-9);
+}
+
 #[test]
 fn attnrl_tree_sampling_under_data_parallelism_matches_one_process() {
     // ATB with the all-correct FCI filter and the dynamic batch: questions split over the ranks,
@@ -244,6 +306,12 @@ fn multi_turn_environments_under_data_parallelism_lose_and_duplicate_nothing() {
     let m = metrics(&one);
     assert!(m.iter().any(|l| l["grad_norm"].as_f64().unwrap_or(0.0) > 0.0), "some games were won: {m:?}");
     assert!(m.iter().any(|l| l["env_retries"].as_u64().unwrap_or(0) > 0), "failures were retried");
+    // [env] on a rollout rank ([async], batch mode, α = 0) trains what one process trains
+    let p = dir.path().join("env-async.toml");
+    std::fs::write(&p, env(0, "sync") + "\n[async]\nrollout_ranks = 1\nalpha = 0\n").unwrap();
+    let o = mpirun(2, &["--threads", "1", "train", "--config", p.to_str().unwrap(), "--out-dir", &out("ea")], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    compare_runs(&one, &run("ea"), "checkpoints/step-3", "[env] + [async] α = 0 vs one process");
     let p = dir.path().join("redundant.toml");
     std::fs::write(&p, env(4, "async")).unwrap();
     let o = mpirun(2, &["--threads", "1", "train", "--config", p.to_str().unwrap(), "--out-dir", &out("red")], &[]);
@@ -397,11 +465,14 @@ fn fault_run(kind: &str, expect: &[&str]) {
 
 #[test]
 fn a_failing_or_hanging_rollout_rank_takes_the_async_job_down() {
-    for (kind, expect) in
-        [("error", vec!["rank 1 (rollout)", "injected fault at step 2"]), ("hang", vec!["rank 0", "rl step 2"])]
-    {
+    for (kind, expect, mode) in [
+        ("error", vec!["rank 1 (rollout)", "injected fault at step 2"], "batch"),
+        ("hang", vec!["rank 0", "rl step 2"], "batch"),
+        ("error", vec!["rank 1 (rollout)", "injected fault at step 2"], "continuous"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let text_cfg = grpo_config() + "\n[parallel]\nstep_timeout_s = 4\n\n[async]\nrollout_ranks = 1\nalpha = 1\n";
+        let text_cfg = grpo_config()
+            + &format!("\n[parallel]\nstep_timeout_s = 4\n\n[async]\nrollout_ranks = 1\nalpha = 1\nmode = \"{mode}\"\n");
         let cfg = write_config(dir.path(), &text_cfg);
         let out = dir.path().join("out").to_str().unwrap().to_string();
         let t0 = Instant::now();
