@@ -25,7 +25,7 @@ pub const STATS_PANEL: (u32, u32) = (600, 380);
 /// Keys read from supervised lines.
 const SFT_KEYS: [&str; 3] = ["loss", "eval_answer_nll", "eval_answer_exact"];
 /// Keys read from RL lines.
-const RL_KEYS: [&str; 12] = [
+const RL_KEYS: [&str; 18] = [
     "reward_mean",
     "reward_std",
     "solve_rate",
@@ -38,6 +38,12 @@ const RL_KEYS: [&str; 12] = [
     "approx_kl",
     "clip_frac",
     "grad_norm",
+    "staleness_mean",
+    "staleness_max",
+    "trainer_idle_frac",
+    "rollout_slot_util",
+    "reward_queue_s",
+    "mixed_version_frac",
 ];
 
 /// Arguments of `arbor plot`.
@@ -249,6 +255,21 @@ pub fn figures(m: &Metrics) -> Vec<(&'static str, Figure)> {
     if !stats.is_empty() {
         out.push(("rl_stats.png", Figure::grid(stats, 2, STATS_PANEL)));
     }
+
+    // `[async]`: how old the samples were, who waited, and the rollout ranks' pace
+    let staleness = LinePlot::new("Staleness", "RL step", "policy versions behind the trainer")
+        .series(Series::line("mean over samples", rl("staleness_mean")).colour(0))
+        .series(Series::line("max", rl("staleness_max")).colour(1).width(1));
+    let idle = LinePlot::new("Idle and busy", "RL step", "fraction")
+        .series(Series::line("trainer idle (waiting for the batch)", rl("trainer_idle_frac")).colour(0))
+        .series(Series::line("rollout slots busy", rl("rollout_slot_util")).colour(1))
+        .series(Series::line("samples spanning a weight update", rl("mixed_version_frac")).colour(2).width(1));
+    let queue = LinePlot::new("Reward queue latency", "RL step", "seconds")
+        .series(Series::line("completion → sent, mean", rl("reward_queue_s")).colour(0));
+    let panels: Vec<LinePlot> = [staleness, idle, queue].into_iter().filter(LinePlot::has_data).collect();
+    if !panels.is_empty() {
+        out.push(("async.png", Figure::grid(panels, 2, STATS_PANEL)));
+    }
     out
 }
 
@@ -334,5 +355,9 @@ mod tests {
         let m = parse_metrics("m", b"{\"rl_step\":0,\"eval_solve_rate\":0.2}\n").unwrap();
         let names: Vec<&str> = figures(&m).iter().map(|f| f.0).collect();
         assert_eq!(names, ["solve_rate.png"]);
+        let line = b"{\"rl_step\":1,\"staleness_mean\":1.5,\"staleness_hist\":[1,2],\"trainer_idle_frac\":0.1}\n";
+        let m = parse_metrics("m", line).unwrap();
+        let names: Vec<&str> = figures(&m).iter().map(|f| f.0).collect();
+        assert_eq!(names, ["async.png"]);
     }
 }
