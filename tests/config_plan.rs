@@ -261,10 +261,10 @@ fn rows() -> Vec<(Row, String)> {
         (
             row(
                 "env_not_async",
-                "env.kind",
-                "[env] plays env-level async inside the (data-parallel) trainer; drop [async]",
+                "async.mode",
+                "[env] runs with [async] mode = \"batch\" and replicate = false",
             ),
-            with(&[RL, "[env]\nkind = \"guess\"\n", "[async]\nrollout_ranks = 1\n"]),
+            with(&[RL, "[env]\nkind = \"guess\"\n", "[async]\nrollout_ranks = 1\nmode = \"continuous\"\n"]),
         ),
         (
             row("env_tp_one", "env.kind", "[env] runs with tp = 1 (parallel.tp = 2)"),

@@ -2,7 +2,7 @@
 
 use arbor::train::metrics::{
     AsyncNotes, ConfigChangeLine, CriticNotes, EnvNotes, RlEvalLine, RlStepReport, SamplerNotes, SftEvalLine,
-    SftStepReport, TreeNotes,
+    SftStepReport, StreamNotes, TreeNotes,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,7 +48,7 @@ fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
         sampler,
         rhythm_amplified_frac: Some(0.2),
         critic: Some(critic),
-        asynchronous: Some(AsyncNotes::default()),
+        asynchronous: Some(AsyncNotes { stream: Some(StreamNotes::default()), ..AsyncNotes::default() }),
         ..RlStepReport::default()
     };
     let change = ConfigChangeLine { step: 3, event: "config_change", changes: serde_json::Map::new() };

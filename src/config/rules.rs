@@ -36,7 +36,7 @@ pub const RULES: &[Rule] = &[
     Rule { name: "env_group_count", key: "env.extra_groups", check: env_group_count },
     Rule { name: "env_sample_count", key: "env.extra_samples", check: env_sample_count },
     Rule { name: "env_groups_only", key: "env.kind", check: env_groups_only },
-    Rule { name: "env_not_async", key: "env.kind", check: env_not_async },
+    Rule { name: "env_not_async", key: "async.mode", check: env_not_async },
     Rule { name: "env_tp_one", key: "env.kind", check: env_tp_one },
     Rule { name: "async_needs_rl", key: "async.rollout_ranks", check: async_needs_rl },
     Rule { name: "async_groups_only", key: "async.rollout_ranks", check: async_groups_only },

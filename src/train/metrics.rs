@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 pub use crate::train::rl::report::{
-    AsyncNotes, CriticNotes, EnvNotes, RlEvalLine, RlStepReport, SamplerNotes, TreeNotes,
+    AsyncNotes, CriticNotes, EnvNotes, RlEvalLine, RlStepReport, SamplerNotes, StreamNotes, TreeNotes,
 };
 use serde::Serialize;
 use std::io::Write;

@@ -34,7 +34,8 @@ pub fn read(path: &Path, rank: usize) -> Result<VecDeque<Install>> {
         if l.rank != rank {
             continue;
         }
-        if let Some(prev) = out.back().copied().filter(|p: &Install| (p.decode_step, p.version) >= (l.decode_step, l.version)) {
+        let backwards = |p: &Install| p.version >= l.version || p.decode_step > l.decode_step;
+        if let Some(prev) = out.back().copied().filter(backwards) {
             return Err(Error::Invalid(format!(
                 "{}: line {}: rank {rank} installs version {} at decode step {} after version {} at step {}: installs must go forward",
                 path.display(),
