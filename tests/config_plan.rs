@@ -259,11 +259,7 @@ fn rows() -> Vec<(Row, String)> {
             with(&[RL, "[env]\nkind = \"guess\"\n", "[workload]\nlengths = { kind = \"constant\", value = 4 }\n"]),
         ),
         (
-            row(
-                "env_not_async",
-                "async.mode",
-                "[env] runs with [async] mode = \"batch\" and replicate = false",
-            ),
+            row("env_not_async", "async.mode", "[env] runs with [async] mode = \"batch\" and replicate = false"),
             with(&[RL, "[env]\nkind = \"guess\"\n", "[async]\nrollout_ranks = 1\nmode = \"continuous\"\n"]),
         ),
         (
@@ -275,11 +271,7 @@ fn rows() -> Vec<(Row, String)> {
             with(&["[async]\nrollout_ranks = 1\n"]),
         ),
         (
-            row(
-                "async_groups_only",
-                "async.rollout_ranks",
-                "[async] runs group sampling (GRPO family); drop [attnrl]/[rhythm]",
-            ),
+            row("async_groups_only", "async.rollout_ranks", "[async] runs group sampling (GRPO family); drop [attnrl]"),
             with(&[RL, "[async]\nrollout_ranks = 1\n", "[attnrl]\n"]),
         ),
         (

@@ -41,12 +41,15 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
-    let sampler =
-        SamplerNotes { time_reward_s: Some(0.1), tree: Some(TreeNotes::default()), env: Some(EnvNotes::default()) };
+    let sampler = SamplerNotes {
+        time_reward_s: Some(0.1),
+        tree: Some(TreeNotes::default()),
+        env: Some(EnvNotes::default()),
+        rhythm_amplified_frac: Some(0.2),
+    };
     let critic = CriticNotes { value_losses: vec![0.5, 0.25], ..CriticNotes::default() };
     let rl = RlStepReport {
         sampler,
-        rhythm_amplified_frac: Some(0.2),
         critic: Some(critic),
         asynchronous: Some(AsyncNotes { stream: Some(StreamNotes::default()), ..AsyncNotes::default() }),
         ..RlStepReport::default()

@@ -251,9 +251,36 @@ fn continuous_rollout_and_replication_keep_the_bound_and_reproduce() {
     train("c1", slow, &[]);
     let schedule = run("c1").join("rollout-schedule.jsonl");
     let lines = std::fs::read_to_string(&schedule).unwrap();
-    assert!(lines.lines().filter(|l| l.contains("\"version\":1")).count() == 2, "both ranks install version 1: {lines}");
+    assert!(
+        lines.lines().filter(|l| l.contains("\"version\":1")).count() == 2,
+        "both ranks install version 1: {lines}"
+    );
     train("c1replay", slow, &["--replay", schedule.to_str().unwrap()]);
     compare_runs_within(&run("c1"), &run("c1replay"), "checkpoints/step-3", "continuous α = 1 replayed", 0.0, 1e-9);
+}
+
+/// `[rhythm]` under `[async]` (batch mode): the rollout rank shapes its share with the policy that
+/// generated it, so α = 0 with one rollout rank trains exactly what one process trains, and the
+/// shaped advantages and WAAD/FAI reach the metrics.
+#[test]
+fn rhythm_shaping_on_a_rollout_rank_equals_the_synchronous_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let run = |n: &str| dir.path().join(n).join("default");
+    let rhythm =
+        grpo_config() + "\n[rhythm]\nscheme = \"coupled\"\nlayers = 2\nfai_min_offset = 2\nfai_max_offset = 16\n";
+    let sync_cfg = write_config(dir.path(), &rhythm);
+    let one = single(&["--threads", "1", "train", "--config", &sync_cfg, "--out-dir", &out("sync")]);
+    assert!(one.status.success(), "{}", text(&one));
+    let p = dir.path().join("async.toml");
+    std::fs::write(&p, rhythm + "\n[async]\nrollout_ranks = 1\nalpha = 0\n").unwrap();
+    let o = mpirun(2, &["--threads", "1", "train", "--config", p.to_str().unwrap(), "--out-dir", &out("a0")], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    compare_runs(&run("sync"), &run("a0"), "checkpoints/step-3", "[rhythm] on a rollout rank vs synchronous");
+    let amplified: Vec<f64> =
+        metrics(&run("a0")).iter().filter_map(|m| m.get("rhythm_amplified_frac")?.as_f64()).collect();
+    assert_eq!(amplified.len(), 3, "one shaping figure per step");
+    assert!(amplified.iter().any(|&f| f > 0.0), "some tokens were amplified: {amplified:?}");
 }
 
 #[test]
@@ -472,7 +499,9 @@ fn a_failing_or_hanging_rollout_rank_takes_the_async_job_down() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let text_cfg = grpo_config()
-            + &format!("\n[parallel]\nstep_timeout_s = 4\n\n[async]\nrollout_ranks = 1\nalpha = 1\nmode = \"{mode}\"\n");
+            + &format!(
+                "\n[parallel]\nstep_timeout_s = 4\n\n[async]\nrollout_ranks = 1\nalpha = 1\nmode = \"{mode}\"\n"
+            );
         let cfg = write_config(dir.path(), &text_cfg);
         let out = dir.path().join("out").to_str().unwrap().to_string();
         let t0 = Instant::now();

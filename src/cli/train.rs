@@ -50,7 +50,10 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     if let Some(path) = &args.replay {
         let ac = cfg.async_rl.as_mut().filter(|a| a.mode == crate::config::RolloutMode::Continuous);
         let ac = ac.ok_or_else(|| {
-            anyhow::anyhow!("--replay {}: replays a continuous [async] run; the config has no [async] mode = \"continuous\"", path.display())
+            anyhow::anyhow!(
+                "--replay {}: replays a continuous [async] run; the config has no [async] mode = \"continuous\"",
+                path.display()
+            )
         })?;
         anyhow::ensure!(path.is_file(), "--replay {}: no such file", path.display());
         ac.replay = Some(path.clone());

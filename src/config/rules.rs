@@ -164,9 +164,18 @@ fn async_needs_rl(cfg: &RunConfig) -> Option<String> {
     when(cfg.async_rl.is_some() && cfg.rl.is_none(), || "[async] needs an [rl] phase".into())
 }
 
+/// `[attnrl]` trees stay in the synchronous trainer (the tree sampler's adaptive state and its
+/// FCI pass would move to the rollout ranks and their checkpoints); `[rhythm]` runs on the rollout
+/// ranks in batch mode, where each rank shapes its share with the policy that generated it, as a
+/// data-parallel rank does. Streaming modes mix policy versions (continuous) or split groups
+/// over ranks (replication) within a share, so no one policy sees the share to shape it.
 fn async_groups_only(cfg: &RunConfig) -> Option<String> {
-    when(cfg.async_rl.is_some() && attention_pass(cfg), || {
-        "[async] runs group sampling (GRPO family); drop [attnrl]/[rhythm]".into()
+    let ac = cfg.async_rl.as_ref()?;
+    if cfg.attnrl.is_some() {
+        return Some("[async] runs group sampling (GRPO family); drop [attnrl]".into());
+    }
+    when(cfg.rhythm.is_some() && ac.streams(), || {
+        "[rhythm] with [async] needs mode = \"batch\" and replicate = false (each rollout rank shapes its share with the policy that generated it)".into()
     })
 }
 

@@ -165,16 +165,7 @@ impl<'a> RlTrainer<'a> {
             notes.critic = Some(critics.advantages(rollouts)?);
         }
         if let Some(Shaping { rc, ws }) = self.shaping.as_mut() {
-            let (shaped, marks) = rhythm::shape(model, ws, rc, &mut rollouts.batch.samples)?;
-            notes.rhythm_amplified_frac = Some(shaped);
-            // the statistics and the shaped advantages go into the dump with each generated sample
-            let batch = &rollouts.batch;
-            for ((i, (waad, fai)), s) in batch.generated_index.iter().zip(marks).zip(&batch.samples) {
-                if let Some(g) = i.and_then(|i| rollouts.generated.get_mut(i)) {
-                    (g.trace.waad, g.trace.fai) = (waad, fai);
-                    g.data.advantages.clone_from(&s.advantages);
-                }
-            }
+            notes.rhythm_amplified_frac = Some(rhythm::shape_rollouts(model, ws, rc, rollouts)?);
         }
         Ok(notes)
     }
@@ -314,13 +305,14 @@ impl<'a> RlTrainer<'a> {
             time_train_s: t_train,
             step_s: secs,
             train_state_mib: self.state_bytes(model) as f64 / (1u64 << 20) as f64,
-            sampler: sampler_notes,
-            rhythm_amplified_frac: notes.rhythm_amplified_frac,
+            sampler: SamplerNotes {
+                rhythm_amplified_frac: notes.rhythm_amplified_frac.or(sampler_notes.rhythm_amplified_frac),
+                ..sampler_notes
+            },
             critic: notes.critic.map(|c| CriticNotes { value_losses, ..c }),
-            asynchronous: sampling.asynchronous.map(|a| AsyncNotes {
-                trainer_idle_frac: (a.time_wait_batch_s / secs.max(1e-9)).min(1.0),
-                ..a
-            }),
+            asynchronous: sampling
+                .asynchronous
+                .map(|a| AsyncNotes { trainer_idle_frac: (a.time_wait_batch_s / secs.max(1e-9)).min(1.0), ..a }),
         };
         Ok(StepOutput { report, samples: generated })
     }

@@ -20,9 +20,11 @@
 //! each rollout rank receives weights on a thread, so a publishing trainer never waits for
 //! generation, and sends batches from another, so generation never waits for the trainer.
 
+use crate::config::RlPlan;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, Workspace};
 use crate::parallel::{Comm, Grid, TpGroup};
+use crate::train::rl::rhythm::shape_rollouts;
 use crate::train::rl::wire::{merge_rollouts, share_of};
 use crate::train::rl::{
     run_phase_with, AsyncNotes, Phase, PhaseIo, PhaseStart, RlTrainer, Rollouts, SampleSource, Sampler, Sampling,
@@ -42,9 +44,9 @@ mod pieces;
 mod schedule;
 mod stream;
 use leader::StreamLeader;
-use pieces::Assembler;
-pub use messages::{decode_weights, WeightsMessage};
 use messages::{decode_batch, decode_share, encode_batch, encode_share, weights_message, BatchMessage};
+pub use messages::{decode_weights, WeightsMessage};
+use pieces::Assembler;
 
 /// The policy version batch `b` is generated with, in a phase that started at version `first`.
 pub fn batch_version(b: u64, lag: u64, first: u64) -> u64 {
@@ -113,8 +115,11 @@ pub fn run_phase(
             first_rollout, ac.alpha
         );
     }
+    // the rollout ranks shape the batches ([rhythm]); the trainer takes them as they come
+    let plan = RlPlan { shaping: None, ..ph.plan.clone() };
+    let ph = Phase { plan: &plan, ..*ph };
     let mut io = PhaseIo { metrics, log, source: Some(&mut source) };
-    let res = run_phase_with(model, opt, ph, start, &train_grid, &mut io);
+    let res = run_phase_with(model, opt, &ph, start, &train_grid, &mut io);
     // the train group's communicators go before the world's
     drop(train_grid);
     res
@@ -122,7 +127,13 @@ pub fn run_phase(
 
 /// The leader's assembly of streamed pieces; in continuous mode (not replaying) it records the
 /// install schedule in the run directory.
-fn stream_leader<'g>(model: &Model, ph: &Phase<'g>, ac: &AsyncConfig, rollout: &[usize], first: u64) -> Result<StreamLeader<'g>> {
+fn stream_leader<'g>(
+    model: &Model,
+    ph: &Phase<'g>,
+    ac: &AsyncConfig,
+    rollout: &[usize],
+    first: u64,
+) -> Result<StreamLeader<'g>> {
     let rl = ph.rl;
     let n = rl.samples_per_prompt as usize;
     let assembler =
@@ -164,7 +175,13 @@ struct RolloutComms {
 /// training leader (world rank 0), take new versions as they are published.
 /// In the streaming modes (`stream` = how weights are installed), one continuous-batching loop
 /// runs across batches instead (`stream.rs`).
-fn rollout_loop(model: &mut Model, ph: &Phase, done: u64, comms: RolloutComms, stream: Option<stream::Installs>) -> Result<()> {
+fn rollout_loop(
+    model: &mut Model,
+    ph: &Phase,
+    done: u64,
+    comms: RolloutComms,
+    stream: Option<stream::Installs>,
+) -> Result<()> {
     let RolloutComms { world_rank, role, batches, weights } = comms;
     let ac = ph.plan.async_cfg().ok_or_else(|| Error::Invalid("async phase without [async]".into()))?;
     let (lag, replicate) = (ac.lag(), ac.replicate);
@@ -201,6 +218,8 @@ fn rollout_loop(model: &mut Model, ph: &Phase, done: u64, comms: RolloutComms, s
             }
             let ctx = RlTrainer::context(ph.cfg, ph.rl, ph.task, role.as_ref());
             let mut sampler = Sampler::new(ph.plan, model);
+            // [rhythm]: this rank shapes its share with the policy that generated it
+            let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));
             let (mut version, mut sum) = (done, weights_message(model, done).1);
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
@@ -216,7 +235,10 @@ fn rollout_loop(model: &mut Model, ph: &Phase, done: u64, comms: RolloutComms, s
                     (version, sum) = (w.version, w.sum);
                 }
                 let t0 = Instant::now();
-                let rollouts = sampler.sample(&ctx, model, b)?;
+                let mut rollouts = sampler.sample(&ctx, model, b)?;
+                if let Some((rc, ws)) = shaping.as_mut() {
+                    rollouts.notes.rhythm_amplified_frac = Some(shape_rollouts(model, ws, rc, &mut rollouts)?);
+                }
                 let secs = t0.elapsed().as_secs_f64();
                 let msg = encode_batch(version, sum, secs, &rollouts)?;
                 to_sender.send(msg).map_err(|_| Error::Invalid("async: the batch sender stopped".into()))?;

@@ -123,7 +123,13 @@ impl Piece {
 
 /// Which prompts and samples of every batch rollout rank `r` of `ranks` generates: whole groups
 /// of a contiguous share of the prompts, or (replication) a contiguous share of every group.
-pub fn share(prompts: usize, n: usize, ranks: usize, r: usize, replicate: bool) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+pub fn share(
+    prompts: usize,
+    n: usize,
+    ranks: usize,
+    r: usize,
+    replicate: bool,
+) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
     if replicate {
         let samples = partition(n, ranks, r);
         let prompts = if samples.is_empty() { 0..0 } else { 0..prompts };
@@ -172,7 +178,14 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    pub fn new(rollout: Vec<usize>, prompts: usize, n: usize, replicate: bool, vocab: usize, batches: std::ops::Range<u64>) -> Self {
+    pub fn new(
+        rollout: Vec<usize>,
+        prompts: usize,
+        n: usize,
+        replicate: bool,
+        vocab: usize,
+        batches: std::ops::Range<u64>,
+    ) -> Self {
         let r = rollout.len();
         let (first, steps) = (batches.start, batches.end);
         Assembler {
@@ -203,7 +216,10 @@ impl Assembler {
         let bad = |msg: String| Err(Error::collective(from, format!("async batch {}", piece.batch), msg));
         let (prompts, samples) = share(self.prompts, self.n, self.rollout.len(), i, self.replicate);
         if !(self.first..self.steps).contains(&piece.batch) {
-            return bad(format!("a piece of batch {} outside the phase's batches {}..{}", piece.batch, self.first, self.steps));
+            return bad(format!(
+                "a piece of batch {} outside the phase's batches {}..{}",
+                piece.batch, self.first, self.steps
+            ));
         }
         let p = piece.prompt as usize;
         if !prompts.contains(&p) {
@@ -230,7 +246,10 @@ impl Assembler {
                 ));
             }
             if let Some(t) = c.tokens.iter().find(|&&t| t as usize >= self.vocab) {
-                return bad(format!("sample {} of prompt {p}: token {t} outside the vocabulary of {}", c.sample_index, self.vocab));
+                return bad(format!(
+                    "sample {} of prompt {p}: token {t} outside the vocabulary of {}",
+                    c.sample_index, self.vocab
+                ));
             }
         }
         let group = self.groups.entry((piece.batch, p)).or_default();
@@ -253,9 +272,14 @@ impl Assembler {
             while self.got.get(&(b, i)).copied().unwrap_or(0) < self.expected(i) {
                 let from = self.rollout[i];
                 let msg = comm.recv_bytes(from)?;
-                let piece = Piece::decode(&msg).map_err(|e| Error::collective(from, format!("async batch {b}"), e.to_string()))?;
+                let piece = Piece::decode(&msg)
+                    .map_err(|e| Error::collective(from, format!("async batch {b}"), e.to_string()))?;
                 if piece.batch < b {
-                    return Err(Error::collective(from, format!("async batch {b}"), format!("a late piece of batch {}", piece.batch)));
+                    return Err(Error::collective(
+                        from,
+                        format!("async batch {b}"),
+                        format!("a late piece of batch {}", piece.batch),
+                    ));
                 }
                 self.add(i, piece)?;
             }
@@ -358,7 +382,12 @@ mod tests {
         // 2 prompts × 4 samples, replicated over 2 ranks: each rank sends 2 samples of each prompt
         let mut a = Assembler::new(vec![2, 3], 2, 4, true, 16, 0..3);
         let mut b = Assembler::new(vec![2, 3], 2, 4, true, 16, 0..3);
-        let pieces = [(0, piece(0, 1, 2, 0..2)), (1, piece(0, 1, 2, 2..4)), (1, piece(0, 0, 2, 2..4)), (0, piece(0, 0, 2, 0..2))];
+        let pieces = [
+            (0, piece(0, 1, 2, 0..2)),
+            (1, piece(0, 1, 2, 2..4)),
+            (1, piece(0, 0, 2, 2..4)),
+            (0, piece(0, 0, 2, 0..2)),
+        ];
         for (i, p) in pieces.iter().cloned() {
             a.add(i, p).unwrap();
         }
@@ -367,7 +396,8 @@ mod tests {
         }
         let (x, y) = (a.take(0).unwrap(), b.take(0).unwrap());
         assert_eq!(x, y);
-        let order: Vec<(u64, u32)> = x.samples.iter().map(|s| (s.completion.prompt_id, s.completion.sample_index)).collect();
+        let order: Vec<(u64, u32)> =
+            x.samples.iter().map(|s| (s.completion.prompt_id, s.completion.sample_index)).collect();
         assert_eq!(order, [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]);
         assert_eq!(x.gen_s, 1.5);
         assert!((x.slot_util - 0.5).abs() < 1e-12 && x.queue_s == 0.5);

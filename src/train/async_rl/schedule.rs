@@ -28,9 +28,8 @@ pub fn read(path: &Path, rank: usize) -> Result<VecDeque<Install>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = VecDeque::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let l: Line = serde_json::from_str(line).map_err(|e| {
-            Error::Invalid(format!("{}: line {}: not a schedule line: {e}", path.display(), i + 1))
-        })?;
+        let l: Line = serde_json::from_str(line)
+            .map_err(|e| Error::Invalid(format!("{}: line {}: not a schedule line: {e}", path.display(), i + 1)))?;
         if l.rank != rank {
             continue;
         }

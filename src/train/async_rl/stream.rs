@@ -92,7 +92,9 @@ impl Policy {
             match inbox.try_recv() {
                 Ok(m) => m?,
                 Err(TryRecvError::Empty) => return Ok(None),
-                Err(TryRecvError::Disconnected) => return Err(Error::Invalid("async: the weights channel closed".into())),
+                Err(TryRecvError::Disconnected) => {
+                    return Err(Error::Invalid("async: the weights channel closed".into()))
+                }
             }
         };
         if msg.is_empty() {
@@ -285,7 +287,8 @@ fn finish(
     let g = open.get_mut(&(b, p_i)).ok_or_else(unknown)?;
     let r = reward(ph.task, tok, &g.problem, &c);
     let at = j - samples.start;
-    let sample = PieceSample { completion: c, reward: r, start_version: g.start[at], end_version: version, queue_s: 0.0 };
+    let sample =
+        PieceSample { completion: c, reward: r, start_version: g.start[at], end_version: version, queue_s: 0.0 };
     g.samples[at] = Some((sample, Instant::now()));
     g.left -= 1;
     g.last_done_s = clock.elapsed().as_secs_f64();
@@ -315,7 +318,12 @@ fn finish(
 }
 
 /// Send a complete group share with the installs since the previous one and the slot counters.
-fn send(piece: Option<Piece>, policy: &mut Policy, (busy_s, total_s): (f64, f64), outbox: &Sender<Vec<u8>>) -> Result<()> {
+fn send(
+    piece: Option<Piece>,
+    policy: &mut Policy,
+    (busy_s, total_s): (f64, f64),
+    outbox: &Sender<Vec<u8>>,
+) -> Result<()> {
     let Some(mut piece) = piece else { return Ok(()) };
     piece.installs = std::mem::take(&mut policy.unreported);
     (piece.slot_busy_s, piece.slot_total_s) = (busy_s, total_s);

@@ -40,9 +40,6 @@ pub struct RlStepReport {
     pub train_state_mib: f64,
     #[serde(flatten)]
     pub sampler: SamplerNotes,
-    /// `[rhythm]`: fraction of response tokens whose advantage was amplified (γ > 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rhythm_amplified_frac: Option<f64>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub critic: Option<CriticNotes>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -59,6 +56,10 @@ pub struct SamplerNotes {
     pub tree: Option<TreeNotes>,
     #[serde(flatten, skip_serializing_if = "Option::is_none", default)]
     pub env: Option<EnvNotes>,
+    /// `[rhythm]`: fraction of response tokens whose advantage was amplified (γ > 1). Stage 4
+    /// sets it; under `[async]` the rollout rank shapes with the policy that generated the batch.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rhythm_amplified_frac: Option<f64>,
 }
 
 impl SamplerNotes {
@@ -72,6 +73,8 @@ impl SamplerNotes {
         if self.env.is_none() {
             self.env.clone_from(&other.env);
         }
+        // rank 0's share, as the synchronous data-parallel trainer reports it
+        self.rhythm_amplified_frac = self.rhythm_amplified_frac.or(other.rhythm_amplified_frac);
     }
 }
 

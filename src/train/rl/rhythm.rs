@@ -2,7 +2,7 @@
 //! statistics pass (look-back → local/global heads, WAAD, FAI on the configured layers), then
 //! per-token γ from the configured scheme, and Ã_t = γ_t·A_t (detached).
 
-use super::Sample;
+use super::{Rollouts, Sample};
 use crate::attention::stats::{attention_stats, default_rhythm_layers, SeqSteps, StatsConfig};
 use crate::attnrl::{batch_thresholds, rhythm_marks, shape_advantages, RhythmConfig};
 use crate::error::Result;
@@ -53,4 +53,18 @@ pub fn shape(
     }
     let frac = if total > 0 { amplified as f64 / total as f64 } else { 0.0 };
     Ok((frac, stats.into_iter().map(|st| (st.waad, st.fai)).collect()))
+}
+
+/// [`shape`] on a step's training batch; the statistics and the shaped advantages also go into
+/// the dump with each generated sample. Returns the fraction of tokens amplified.
+pub fn shape_rollouts(model: &Model, ws: &mut Workspace, rc: &RhythmConfig, rollouts: &mut Rollouts) -> Result<f64> {
+    let (shaped, marks) = shape(model, ws, rc, &mut rollouts.batch.samples)?;
+    let batch = &rollouts.batch;
+    for ((i, (waad, fai)), s) in batch.generated_index.iter().zip(marks).zip(&batch.samples) {
+        if let Some(g) = i.and_then(|i| rollouts.generated.get_mut(i)) {
+            (g.trace.waad, g.trace.fai) = (waad, fai);
+            g.data.advantages.clone_from(&s.advantages);
+        }
+    }
+    Ok(shaped)
 }
