@@ -34,6 +34,11 @@ pub struct Hardware {
     /// NCCL all-reduce bus bandwidth inside a tensor-parallel group, GB/s (decode model).
     #[serde(default = "d_allreduce_bw")]
     pub allreduce_gb_per_s: f64,
+    /// Sustained HBM bandwidth of streaming kernels (elementwise, copies), GB/s: the training passes'
+    /// activation traffic moves at it ([`crate::activation`]). Absent: that traffic is not charged
+    /// (the training cost is FLOPs / (peak · mfu) alone, as before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_gb_per_s: Option<f64>,
     /// GPUs per node: a disaggregated split gives the trainer whole nodes when the job spans two or
     /// more of them. Absent: any GPU count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +86,12 @@ pub struct Model {
     /// Hidden size (default `sqrt(N / (12 · layers))`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<u32>,
+    /// MLP intermediate size (default `4 · hidden`); sizes the activation traffic of a layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_hidden: Option<u32>,
+    /// Vocabulary size; sizes the output layer's activation traffic (absent: not charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<u32>,
 }
 
 /// Inference engine constants (the decode/prefill cost model).

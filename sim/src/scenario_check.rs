@@ -62,12 +62,21 @@ impl Scenario {
             }
         }
         pos("hardware.allreduce_gb_per_s", h.allreduce_gb_per_s)?;
+        if let Some(v) = h.stream_gb_per_s {
+            pos("hardware.stream_gb_per_s", v)?;
+        }
         pos("model.params_b", self.model.params_b)?;
         pos("model.kv_bytes_per_token", self.model.kv_bytes_per_token)?;
         match (self.model.layers, &h.profile) {
             (Some(l), _) if l == 0 || l > 100_000 => bail!("model.layers = {l}: must be in 1..=100000"),
             (_, _) if self.model.hidden.is_some_and(|x| x == 0 || x > 1_000_000) => {
                 bail!("model.hidden = {}: must be in 1..=1000000", self.model.hidden.unwrap_or(0))
+            }
+            (_, _) if self.model.ffn_hidden.is_some_and(|x| x == 0 || x > 10_000_000) => {
+                bail!("model.ffn_hidden = {}: must be in 1..=10000000", self.model.ffn_hidden.unwrap_or(0))
+            }
+            (_, _) if self.model.vocab.is_some_and(|x| x == 0 || x > 100_000_000) => {
+                bail!("model.vocab = {}: must be in 1..=100000000", self.model.vocab.unwrap_or(0))
             }
             (None, Some(p)) => {
                 bail!("hardware.profile = {p:?} needs model.layers (the decode model's all-reduces and attention)")
