@@ -124,7 +124,8 @@ fn charge_scales_with_hidden_over_bandwidth() {
     // The cost model's training time of an update over `tokens` carries it linearly.
     let with = base("stream_gb_per_s = 2000.0", 1024);
     let without = base("", 1024);
-    let (cw, co) = (CostModel::new(&with, &with.policies[0], 0.25), CostModel::new(&without, &without.policies[0], 0.25));
+    let (cw, co) =
+        (CostModel::new(&with, &with.policies[0], 0.25), CostModel::new(&without, &without.policies[0], 0.25));
     let g = cw.train_gpus;
     for tokens in [1_000u64, 250_000] {
         let extra = cw.train_s(tokens) - co.train_s(tokens);
