@@ -17,6 +17,8 @@ pub enum Source {
     Datasheet { note: &'static str },
     /// A published engine measurement or a documented engine default (not fitted).
     Engine { note: &'static str },
+    /// A published measurement of the device (not fitted).
+    Measured { note: &'static str },
     /// Fitted to a published figure. `scenario` and `policy` name the synchronous baseline whose
     /// absolute step time was matched; `case` names a validation case when the fit used a case's
     /// published value instead.
@@ -35,6 +37,7 @@ impl Source {
         match self {
             Source::Datasheet { note } => format!("no (datasheet: {note})"),
             Source::Engine { note } => format!("no (engine: {note})"),
+            Source::Measured { note } => format!("no (measured: {note})"),
             Source::Fitted { scenario, policy, case: None, .. } => {
                 format!("yes, on the synchronous baseline {scenario}/{policy}")
             }
@@ -70,6 +73,9 @@ impl Profile {
 const fn ds(key: &'static str, value: f64, note: &'static str) -> Constant {
     Constant { key, value, source: Source::Datasheet { note } }
 }
+const fn meas(key: &'static str, value: f64, note: &'static str) -> Constant {
+    Constant { key, value, source: Source::Measured { note } }
+}
 const fn eng(key: &'static str, value: f64, note: &'static str) -> Constant {
     Constant { key, value, source: Source::Engine { note } }
 }
@@ -86,7 +92,7 @@ macro_rules! hopper_engine {
             eng("inference.prefill_mfu", 0.4, "chunked prefill"),
             Constant {
                 key: "training.mfu",
-                value: 0.3197,
+                value: 0.3344,
                 source: Source::Fitted {
                     scenario: "areal-14b",
                     policy: "async-eta4",
@@ -96,7 +102,7 @@ macro_rules! hopper_engine {
             },
             Constant {
                 key: "inference.decode_overhead_ms",
-                value: 8.8348,
+                value: 8.8196,
                 source: Source::Fitted {
                     scenario: "roll-flash-env-latency",
                     policy: "sync-lockstep",
@@ -109,7 +115,7 @@ macro_rules! hopper_engine {
 }
 
 const HOPPER_ENGINE: [Constant; 8] = hopper_engine!();
-const H800: [Constant; 8] = [
+const H800: [Constant; 9] = [
     ds("hardware.hbm_tb_per_s", 3.35, "H800 SXM HBM3"),
     ds("hardware.peak_tflops", 989.0, "H800 SXM dense bf16"),
     ds("hardware.hbm_gb", 80.0, "H800 SXM"),
@@ -118,8 +124,13 @@ const H800: [Constant; 8] = [
     ds("hardware.pcie_gb_per_s", 25.0, "PCIe Gen5 x16, achieved host copies"),
     ds("hardware.allreduce_gb_per_s", 160.0, "NVLink 400 GB/s, NCCL bus bandwidth"),
     ds("hardware.gpus_per_node", 8.0, "HGX H800 node"),
+    meas(
+        "hardware.stream_gb_per_s",
+        3000.0,
+        "device-to-device copy / STREAM triad on Hopper HBM3 sustain ~3.0 TB/s, ~90 % of the 3.35 TB/s peak",
+    ),
 ];
-const H100: [Constant; 8] = [
+const H100: [Constant; 9] = [
     ds("hardware.hbm_tb_per_s", 3.35, "H100 SXM HBM3"),
     ds("hardware.peak_tflops", 989.0, "H100 SXM dense bf16"),
     ds("hardware.hbm_gb", 80.0, "H100 SXM"),
@@ -128,6 +139,11 @@ const H100: [Constant; 8] = [
     ds("hardware.pcie_gb_per_s", 25.0, "PCIe Gen5 x16, achieved host copies"),
     ds("hardware.allreduce_gb_per_s", 360.0, "NVLink 900 GB/s, NCCL bus bandwidth"),
     ds("hardware.gpus_per_node", 8.0, "HGX H100 node"),
+    meas(
+        "hardware.stream_gb_per_s",
+        3000.0,
+        "device-to-device copy / STREAM triad on Hopper HBM3 sustain ~3.0 TB/s, ~90 % of the 3.35 TB/s peak",
+    ),
 ];
 
 /// Built-in profiles.
@@ -188,6 +204,7 @@ pub fn set_key(sc: &mut crate::scenario::Scenario, key: &str, v: f64) -> Result<
         "hardware.pcie_gb_per_s" => sc.hardware.pcie_gb_per_s = v,
         "hardware.allreduce_gb_per_s" => sc.hardware.allreduce_gb_per_s = v,
         "hardware.gpus_per_node" => sc.hardware.gpus_per_node = Some(v as u32),
+        "hardware.stream_gb_per_s" => sc.hardware.stream_gb_per_s = Some(v),
         "inference.bandwidth_efficiency" => sc.inference.bandwidth_efficiency = v,
         "inference.decode_mfu" => sc.inference.decode_mfu = Some(v),
         "inference.attention_efficiency" => sc.inference.attention_efficiency = Some(v),
@@ -209,7 +226,7 @@ mod tests {
     fn every_profile_key_is_unique_and_finite() {
         for p in PROFILES {
             let all: Vec<&Constant> = p.constants().collect();
-            assert_eq!(all.len(), 16, "{}", p.name);
+            assert_eq!(all.len(), 17, "{}", p.name);
             for (i, c) in all.iter().enumerate() {
                 assert!(c.value.is_finite() && c.value > 0.0, "{}: {}", p.name, c.key);
                 assert!(all[..i].iter().all(|d| d.key != c.key), "{}: {} twice", p.name, c.key);

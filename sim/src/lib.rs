@@ -2,6 +2,7 @@
 //!
 //! A scenario is a pure function of (scenario file, seed): see [`run::run_scenario`].
 
+pub mod activation;
 pub mod admission;
 pub mod cli;
 pub mod control;

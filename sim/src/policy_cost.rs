@@ -18,10 +18,16 @@
 //! of `s` tokens costs `2 · layers · hidden · s²` FLOPs per forward pass and three times that in the
 //! training pass, so long samples cost more than their token count says.
 //!
+//! With `hardware.stream_gb_per_s` (set by the hardware profiles) every policy also pays the
+//! memory-bound activation traffic of its passes ([`crate::activation`]): the training pass and
+//! each further forward pass move activations that grow like `hidden` per layer while the FLOPs grow
+//! like `hidden²`, which is what makes small models reach a lower share of peak.
+//!
 //! `training.sync_overhead_s` is added to every weight sync. A policy without `phases` keeps the
 //! legacy charge: weight sync over the placement's link (reshard when colocated, broadcast when
 //! disaggregated) and nothing else, so older scenario files give the same numbers.
 
+use crate::activation::TRAIN_PASS_FORWARDS;
 use crate::scenario::{Placement, Policy, Scenario};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +87,8 @@ impl TrainCost {
             _ => 0.0,
         };
         let mut per_sq = 3.0 * attn_fwd;
+        // Forward-pass equivalents of activation traffic through the layers and the output layer.
+        let (mut act_layers, mut act_head) = (TRAIN_PASS_FORWARDS, TRAIN_PASS_FORWARDS);
         match &pol.phases {
             None => {
                 let bw = match placement {
@@ -104,6 +112,10 @@ impl TrainCost {
                     };
                     if matches!(p, CostPhase::OldLogprob | CostPhase::RefForward | CostPhase::ActivationRecompute) {
                         per_sq += attn_fwd;
+                        act_layers += 1.0;
+                    }
+                    if matches!(p, CostPhase::OldLogprob | CostPhase::RefForward) {
+                        act_head += 1.0;
                     }
                     if matches!(p, CostPhase::Reshard | CostPhase::Broadcast) {
                         sync += fix;
@@ -114,6 +126,13 @@ impl TrainCost {
                     phases.push((name, tok, fix));
                 }
             }
+        }
+        // Memory-bound activation traffic (only with `hardware.stream_gb_per_s`; else nothing, and
+        // the numbers are those of the FLOPs-only model).
+        let act = crate::activation::per_token_s(sc, act_layers, act_head, train_gpus);
+        if act > 0.0 {
+            phases.push(("activation_io", act, 0.0));
+            per_token += act;
         }
         // Trainer model parallelism (derived cost model only): per-layer TP all-reduces and the
         // pipeline bubble; nothing for a data-parallel trainer, so those results are unchanged.

@@ -2,8 +2,10 @@
 //!
 //! Parsing uses `deny_unknown_fields` everywhere; every key is documented in sim/README.md.
 
-use crate::dist::{show, Dist};
-use anyhow::{bail, Context, Result};
+use crate::dist::Dist;
+use crate::scenario_check::refuse_non_finite_table;
+pub use crate::scenario_check::{key_shape, INF_ALLOWED};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,11 @@ pub struct Hardware {
     /// NCCL all-reduce bus bandwidth inside a tensor-parallel group, GB/s (decode model).
     #[serde(default = "d_allreduce_bw")]
     pub allreduce_gb_per_s: f64,
+    /// Sustained HBM bandwidth of streaming kernels (elementwise, copies), GB/s: the training passes'
+    /// activation traffic moves at it ([`crate::activation`]). Absent: that traffic is not charged
+    /// (the training cost is FLOPs / (peak · mfu) alone, as before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_gb_per_s: Option<f64>,
     /// GPUs per node: a disaggregated split gives the trainer whole nodes when the job spans two or
     /// more of them. Absent: any GPU count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +88,12 @@ pub struct Model {
     /// Hidden size (default `sqrt(N / (12 · layers))`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<u32>,
+    /// MLP intermediate size (default `4 · hidden`); sizes the activation traffic of a layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn_hidden: Option<u32>,
+    /// Vocabulary size; sizes the output layer's activation traffic (absent: not charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<u32>,
 }
 
 /// Inference engine constants (the decode/prefill cost model).
@@ -533,68 +546,5 @@ impl Scenario {
     /// Look up a policy by name.
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)
-    }
-}
-
-/// Float keys whose `inf` has a documented meaning; `[]` stands for any array index.
-/// `inference.kv_capacity_tokens`: no KV-cache limit; `policy[].alpha`: unbounded staleness;
-/// a distribution's `max`: no upper clamp (the default).
-pub const INF_ALLOWED: &[&str] = &[
-    "inference.kv_capacity_tokens",
-    "policy[].alpha",
-    "workload.response_tokens.max",
-    "workload.turns.max",
-    "workload.env_step_s.max",
-    "workload.env_reset_s.max",
-    "workload.reward_s.max",
-];
-
-/// `policy[3].alpha` → `policy[].alpha` (the form [`INF_ALLOWED`] is written in).
-pub fn key_shape(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut in_index = false;
-    for ch in path.chars() {
-        match ch {
-            '[' => {
-                in_index = true;
-                out.push('[');
-            }
-            ']' => {
-                in_index = false;
-                out.push(']');
-            }
-            _ if in_index => {}
-            _ => out.push(ch),
-        }
-    }
-    out
-}
-
-fn refuse_non_finite_table(t: &toml::Table, prefix: &str) -> Result<()> {
-    for (k, v) in t {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        refuse_non_finite(v, &path)?;
-    }
-    Ok(())
-}
-
-/// Refuse any `nan`/`-inf` float below `v`, and `inf` outside [`INF_ALLOWED`], naming its dotted path.
-fn refuse_non_finite(v: &toml::Value, path: &str) -> Result<()> {
-    match v {
-        toml::Value::Float(f) if !f.is_finite() => {
-            if *f == f64::INFINITY && INF_ALLOWED.contains(&key_shape(path).as_str()) {
-                return Ok(());
-            }
-            let allowed = if INF_ALLOWED.contains(&key_shape(path).as_str()) { " or inf" } else { "" };
-            bail!("{path} = {}: must be a finite number{allowed}", show(*f));
-        }
-        toml::Value::Table(t) => refuse_non_finite_table(t, path),
-        toml::Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
-                refuse_non_finite(x, &format!("{path}[{i}]"))?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
     }
 }

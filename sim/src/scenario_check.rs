@@ -1,5 +1,5 @@
 //! Range checks of a parsed scenario: every key's range, with errors that name the dotted key and
-//! the value (the non-finite walk over the raw document is in [`crate::scenario`]).
+//! the value; and the non-finite walk over the raw document that runs before it.
 
 use crate::dist::show;
 use crate::scenario::{Dispatch, Metric, Mode, Placement, Scenario};
@@ -62,12 +62,21 @@ impl Scenario {
             }
         }
         pos("hardware.allreduce_gb_per_s", h.allreduce_gb_per_s)?;
+        if let Some(v) = h.stream_gb_per_s {
+            pos("hardware.stream_gb_per_s", v)?;
+        }
         pos("model.params_b", self.model.params_b)?;
         pos("model.kv_bytes_per_token", self.model.kv_bytes_per_token)?;
         match (self.model.layers, &h.profile) {
             (Some(l), _) if l == 0 || l > 100_000 => bail!("model.layers = {l}: must be in 1..=100000"),
             (_, _) if self.model.hidden.is_some_and(|x| x == 0 || x > 1_000_000) => {
                 bail!("model.hidden = {}: must be in 1..=1000000", self.model.hidden.unwrap_or(0))
+            }
+            (_, _) if self.model.ffn_hidden.is_some_and(|x| x == 0 || x > 10_000_000) => {
+                bail!("model.ffn_hidden = {}: must be in 1..=10000000", self.model.ffn_hidden.unwrap_or(0))
+            }
+            (_, _) if self.model.vocab.is_some_and(|x| x == 0 || x > 100_000_000) => {
+                bail!("model.vocab = {}: must be in 1..=100000000", self.model.vocab.unwrap_or(0))
             }
             (None, Some(p)) => {
                 bail!("hardware.profile = {p:?} needs model.layers (the decode model's all-reduces and attention)")
@@ -269,5 +278,68 @@ impl Scenario {
         }
         pos("limits.sim_time_s_max", self.limits.sim_time_s_max)?;
         Ok(())
+    }
+}
+
+/// Float keys whose `inf` has a documented meaning; `[]` stands for any array index.
+/// `inference.kv_capacity_tokens`: no KV-cache limit; `policy[].alpha`: unbounded staleness;
+/// a distribution's `max`: no upper clamp (the default).
+pub const INF_ALLOWED: &[&str] = &[
+    "inference.kv_capacity_tokens",
+    "policy[].alpha",
+    "workload.response_tokens.max",
+    "workload.turns.max",
+    "workload.env_step_s.max",
+    "workload.env_reset_s.max",
+    "workload.reward_s.max",
+];
+
+/// `policy[3].alpha` → `policy[].alpha` (the form [`INF_ALLOWED`] is written in).
+pub fn key_shape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for ch in path.chars() {
+        match ch {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+pub(crate) fn refuse_non_finite_table(t: &toml::Table, prefix: &str) -> Result<()> {
+    for (k, v) in t {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        refuse_non_finite(v, &path)?;
+    }
+    Ok(())
+}
+
+/// Refuse any `nan`/`-inf` float below `v`, and `inf` outside [`INF_ALLOWED`], naming its dotted path.
+fn refuse_non_finite(v: &toml::Value, path: &str) -> Result<()> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => {
+            if *f == f64::INFINITY && INF_ALLOWED.contains(&key_shape(path).as_str()) {
+                return Ok(());
+            }
+            let allowed = if INF_ALLOWED.contains(&key_shape(path).as_str()) { " or inf" } else { "" };
+            bail!("{path} = {}: must be a finite number{allowed}", show(*f));
+        }
+        toml::Value::Table(t) => refuse_non_finite_table(t, path),
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                refuse_non_finite(x, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }

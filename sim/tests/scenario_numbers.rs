@@ -31,6 +31,7 @@ peak_tflops = 989.0
 link_gb_per_s = 25.0
 intra_node_gb_per_s = 200.0
 hbm_gb = 80.0
+stream_gb_per_s = 3000.0
 [model]
 params_b = 1.5
 kv_bytes_per_token = 28672.0
