@@ -145,6 +145,20 @@ dispatch = "static"
 alpha = {alpha}
 batch_rollout = {'false' if refill else 'true'}
 """
+    # arbor's continuous mode: group-by-group refill into fixed batches (a prompt of batch b starts
+    # once b <= version + ceil(alpha); step s trains exactly batch s), with and without replication
+    for alpha in (1, 2):
+        for rep in (False, True):
+            scenario += f"""
+[[policy]]
+name = "alpha{alpha}-fixed{'-rep' if rep else ''}"
+mode = "async"
+placement = "disaggregated"
+dispatch = "static"
+alpha = {alpha}
+fixed_batches = true
+prompt_replication = {'true' if rep else 'false'}
+"""
     # streaming training (what-if: arbor's trainer is batch-locked): the step's batch trained in
     # rl.mini_batches mini-batches (at least 2), each as soon as its groups are complete
     mb = re.search(r"(?m)^mini_batches = (\d+)", rl)
@@ -172,15 +186,15 @@ train_mini_batches = {mb}
     print(f"\nmeasured from alpha = 0: decode step {decode_s * 1e3:.2f} ms (floor {step_ms} ms), "
           f"train {train_per_token * 1e6:.2f} us/token, overhead {overhead * 1e3:.1f} ms/step")
     print(f"scenario: {path}\n")
-    print("| run | real s/step | sim s/step | real speedup | sim speedup | speedup error | trainer idle | slot util |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | real s/step | sim s/step | real speedup | sim speedup | speedup error | trainer idle | slot util | sim, ROLL refill |")
+    print("|---|---|---|---|---|---|---|---|---|")
     r0, p0 = mean([m["step_s"] for m in real["alpha0"]]), sim["alpha0"]
     rows = []
-    # the simulator's policy for each real run: batch-locked rollout, or group-by-group refill
-    # (continuous; replication changes only where a group is generated, not the rollout's pace here)
+    # the simulator's policy for each real run: batch-locked rollout, or group-by-group refill into
+    # fixed batches (continuous; alpha = 0 is the synchronous schedule either way)
     policy = {f"alpha{x}": f"alpha{x}" for x in (0, 1, 2)}
-    policy.update({f"alpha{x}-cont": (f"alpha{x}-refill" if x else "alpha0") for x in (0, 1, 2)})
-    policy["alpha2-cont-rep"] = "alpha2-refill"
+    policy.update({f"alpha{x}-cont": (f"alpha{x}-fixed" if x else "alpha0") for x in (0, 1, 2)})
+    policy["alpha2-cont-rep"] = "alpha2-fixed-rep"
     for name, alpha, _ in runs:
         rs, ps = mean([m["step_s"] for m in real[name]]), sim[policy[name]]
         su_r, su_p = r0 / rs, p0 / ps
@@ -188,10 +202,11 @@ train_mini_batches = {mb}
         idle = mean([m.get("trainer_idle_frac", 0.0) for m in real[name]])
         util = [m["rollout_slot_util"] for m in real[name] if "rollout_slot_util" in m]
         util = f"{mean(util):.2f}" if util else "-"
+        roll = f"{p0 / sim[f'alpha{alpha}-refill']:.2f}x" if alpha and "cont" in name else "-"
         rows.append({"run": name, "alpha": alpha, "sim_policy": policy[name], "real_step_s": rs, "sim_step_s": ps,
                      "real_speedup": su_r, "sim_speedup": su_p, "error": err, "trainer_idle_frac": idle,
                      "sim_stream_speedup": p0 / sim[f"alpha{alpha}-stream"]})
-        print(f"| {name} | {rs:.3f} | {ps:.3f} | {su_r:.2f}x | {su_p:.2f}x | {100 * err:.1f} % | {idle:.2f} | {util} |")
+        print(f"| {name} | {rs:.3f} | {ps:.3f} | {su_r:.2f}x | {su_p:.2f}x | {100 * err:.1f} % | {idle:.2f} | {util} | {roll} |")
     with open(os.path.join(a.out, "table.json"), "w") as f:
         json.dump(rows, f, indent=1)
     worst = max(r["error"] for r in rows)

@@ -3,6 +3,7 @@
 use crate::engine::{GroupState, Phase, Sim};
 use crate::event::{ns_from_s, s_from_ns, Event};
 use crate::scenario::{Dispatch, Mode, Placement};
+use std::collections::VecDeque;
 
 impl<'a> Sim<'a> {
     /// Kick off the run.
@@ -433,6 +434,9 @@ impl<'a> Sim<'a> {
         let p = self.sc.workload.prompts_per_step as u64;
         let ahead = if self.alpha_steps == u32::MAX {
             u64::MAX / 4
+        } else if self.pol.fixed_batches {
+            // whole batches: a prompt of batch b launches once b ≤ version + ⌈α⌉
+            p * self.pol.alpha.ceil() as u64
         } else if self.pol.mode == Mode::Async {
             (self.pol.alpha * p as f64).ceil() as u64
         } else {
@@ -468,6 +472,19 @@ impl<'a> Sim<'a> {
             return;
         }
         let step = self.trained;
+        if self.pol.fixed_batches {
+            // exactly batch `step`'s prompts, once every one of them is complete
+            let mine = (u64::from(step) * p as u64)..(u64::from(step + 1) * p as u64);
+            let of_step = |g: &u32| mine.contains(&self.groups[*g as usize].prompt);
+            if self.buffer.iter().filter(|g| of_step(g)).count() < p {
+                return;
+            }
+            let (batch, rest): (Vec<u32>, Vec<u32>) = self.buffer.iter().copied().partition(|g| of_step(g));
+            self.buffer = VecDeque::from(rest);
+            self.begin_train(step, batch, true);
+            self.maybe_launch();
+            return;
+        }
         let min_version = step.saturating_sub(self.alpha_steps);
         let mut stale = Vec::new();
         self.buffer.retain(|&g| {

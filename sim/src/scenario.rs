@@ -320,6 +320,12 @@ pub struct Policy {
     /// group by group as capacity frees (ROLL Flash).
     #[serde(default)]
     pub batch_rollout: bool,
+    /// Fixed batches (async, group-by-group refill): step s trains exactly the P prompts launched
+    /// s-th, once all are complete, and a prompt of batch b launches only once b ≤ version + ⌈α⌉, so
+    /// nothing is ever stale or aborted (arbor's `[async] mode = "continuous"`); without it the
+    /// trainer takes the first P complete groups and aborts stale ones (ROLL Flash).
+    #[serde(default)]
+    pub fixed_batches: bool,
     /// Environment-level async: no barrier between trajectories' turns (multi-turn).
     #[serde(default)]
     pub env_async: bool,

@@ -228,6 +228,21 @@ impl Scenario {
                     );
                 }
             }
+            if p.fixed_batches
+                && (p.mode != Mode::Async
+                    || p.batch_rollout
+                    || p.partial_rollout
+                    || p.tail_eta > 1.0
+                    || p.redundant_groups > 0
+                    || p.group_size_redundancy > 0
+                    || p.train_mini_batches > 1
+                    || !p.alpha.is_finite())
+            {
+                bail!(
+                    "{key}.fixed_batches = true (policy {name:?}): needs mode = \"async\" with a finite alpha, group-by-group \
+                     refill (no batch_rollout), and no partial_rollout, tail_eta > 1, redundancy or streaming training"
+                );
+            }
             if p.long_rounds && !(p.mode == Mode::Sync && p.tail_eta > 1.0 && !p.partial_rollout) {
                 bail!(
                     "{key}.long_rounds = true (policy {name:?}): needs mode = \"sync\", tail_eta > 1 (is {}) and no partial_rollout",

@@ -385,3 +385,44 @@ fn engine_group_limit_refuses_lockstep_multi_turn() {
     let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, 1, false).unwrap();
     assert_eq!(r.steps, 2);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Fixed batches (arbor's continuous rollout): a prompt starts only once its batch is within
+    /// ⌈α⌉ versions, so nothing is ever aborted and staleness never exceeds ⌈α⌉; and refilling
+    /// group by group is never slower than launching whole batches at the same α.
+    #[test]
+    fn fixed_batches_never_abort_and_keep_the_bound(alpha in 0u32..4, half in any::<bool>(), gpus in 4u32..12, prompts in 2u32..10, n in 1u32..5, seed in 0u64..500, rep in any::<bool>()) {
+        let a = if half && alpha > 0 { f64::from(alpha) - 0.5 } else { f64::from(alpha) };
+        let pols = format!(
+            "[[policy]]\nname = \"fixed\"\nmode = \"async\"\nplacement = \"disaggregated\"\nalpha = {a}\nfixed_batches = true\nprompt_replication = {rep}\n\
+             [[policy]]\nname = \"batch\"\nmode = \"async\"\nplacement = \"disaggregated\"\nalpha = {a}\nbatch_rollout = true\nprompt_replication = {rep}\n"
+        );
+        let sc = scenario(gpus, prompts, n, "peak_tflops = 2.0", "", "", &pols);
+        let (fixed, _) = run_policy(&sc, &sc.policies[0], 0.25, seed, false).unwrap();
+        let (batch, _) = run_policy(&sc, &sc.policies[1], 0.25, seed, false).unwrap();
+        prop_assert_eq!(fixed.aborted_samples, 0);
+        prop_assert!(f64::from(fixed.staleness_max) <= a.ceil(), "staleness {} > ⌈{}⌉", fixed.staleness_max, a);
+        prop_assert!(fixed.makespan_s <= batch.makespan_s * 1.02 + 1e-6, "fixed {} s vs whole batches {} s", fixed.makespan_s, batch.makespan_s);
+    }
+}
+
+/// Fixed batches use the staleness they are allowed (at α = 2, with training as long as
+/// generation, samples run two versions behind), and the key is refused where it means nothing.
+#[test]
+fn fixed_batches_use_the_bound_and_are_refused_where_they_mean_nothing() {
+    let pols = "[[policy]]\nname = \"fixed\"\nmode = \"async\"\nplacement = \"disaggregated\"\nalpha = 2\nfixed_batches = true\n";
+    let sc = scenario(8, 8, 4, "peak_tflops = 2.0", "", "", pols);
+    let (r, _) = run_policy(&sc, &sc.policies[0], 0.25, 1, false).unwrap();
+    assert_eq!((r.staleness_max, r.aborted_samples), (2, 0));
+    for bad in [
+        "mode = \"sync\"\nfixed_batches = true",
+        "mode = \"async\"\nplacement = \"disaggregated\"\nalpha = 1\nfixed_batches = true\nbatch_rollout = true",
+        "mode = \"async\"\nplacement = \"disaggregated\"\nalpha = inf\nfixed_batches = true",
+        "mode = \"async\"\nplacement = \"disaggregated\"\nalpha = 1\nfixed_batches = true\ntail_eta = 1.5",
+    ] {
+        let e = parse_err(bad, "", "", "");
+        assert!(e.contains("fixed_batches"), "{bad}: {e}");
+    }
+}
