@@ -10,6 +10,11 @@ use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
 use std::cell::RefCell;
+use std::time::Duration;
+
+/// First and longest pause between polls of a point-to-point message (`send_bytes`, `recv_bytes`).
+const PATIENT_FIRST: Duration = Duration::from_micros(20);
+const PATIENT_MAX: Duration = Duration::from_millis(1);
 
 /// An MPI communicator (the world or a split of it).
 pub struct MpiComm {
@@ -138,7 +143,20 @@ impl Comm for MpiComm {
             return Err(Error::collective(self.rank(), "send", msg));
         }
         count(self.rank(), bytes.len(), "send")?;
-        self.comm.process_at_rank(dest as i32).send(bytes);
+        // as in `recv_bytes`: a large message waits for its receiver (rendezvous); wait politely
+        let to = self.comm.process_at_rank(dest as i32);
+        mpi::request::scope(|scope| {
+            let mut req = to.immediate_send(scope, bytes);
+            let mut pause = PATIENT_FIRST;
+            loop {
+                match req.test() {
+                    Ok(_) => break,
+                    Err(r) => req = r,
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(PATIENT_MAX);
+            }
+        });
         Ok(())
     }
     fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
@@ -146,7 +164,17 @@ impl Comm for MpiComm {
             let msg = format!("rank {src} out of range for {} ranks", self.size());
             return Err(Error::collective(self.rank(), "recv", msg));
         }
-        let (msg, _status) = self.comm.process_at_rank(src as i32).receive_vec::<u8>();
+        // Point-to-point messages are the async control plane (weights, batches, pieces): rare and
+        // large. Waiting for one sleeps between probes (backing off from 20 µs to 1 ms) instead of
+        // spinning in MPI's progress loop, so an idle rank leaves its core to the ranks that compute
+        // (on an oversubscribed node a spinning receiver slows the trainer it waits for).
+        let from = self.comm.process_at_rank(src as i32);
+        let mut pause = PATIENT_FIRST;
+        while from.immediate_probe().is_none() {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(PATIENT_MAX);
+        }
+        let (msg, _status) = from.receive_vec::<u8>();
         Ok(msg)
     }
     fn abort(&self, msg: &str) -> ! {
