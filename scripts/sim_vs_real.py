@@ -53,6 +53,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "sim-vs-real"))
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs under --out (re-derive the simulation only)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     base = open(os.path.join(ROOT, "configs", "longtail.toml")).read()
@@ -70,16 +71,20 @@ def main():
         with open(cfg, "w") as f:
             f.write(base + f"\n[async]\nrollout_ranks = 2\nalpha = {alpha}\n{extra}")
         out = os.path.join(a.out, name)
-        print(f"sim_vs_real: mpirun -np 4 arbor train --config {cfg}", flush=True)
-        mpirun(4, ["--threads", "1", "train", "--config", cfg, "--out-dir", out])
+        if not (a.reuse and os.path.exists(os.path.join(out, "longtail", "metrics.jsonl"))):
+            print(f"sim_vs_real: mpirun -np 4 arbor train --config {cfg}", flush=True)
+            mpirun(4, ["--threads", "1", "train", "--config", cfg, "--out-dir", out])
         real[name] = steps_of(os.path.join(out, "longtail"))[WARMUP:]
 
     # the scenario, from the synchronous run only
     s0 = real["alpha0"]
     decode_s = mean([m["time_generate_s"] / max(m["response_len_max"], 1) for m in s0])
     tokens = [m["trained_samples"] * (PROMPT_TOKENS + m["response_len_mean"]) for m in s0]
-    train_per_token = mean([m["time_train_s"] / t for m, t in zip(s0, tokens)])
-    overhead = max(0.0, mean([m["step_s"] - m["time_generate_s"] - m["time_train_s"] for m in s0]))
+    # the trainer's busy time per step: the update, publishing the weights and the step's report
+    # (everything but waiting for the batch), charged per trained token
+    busy = [m["step_s"] - m["time_wait_batch_s"] for m in s0]
+    train_per_token = mean([b / t for b, t in zip(busy, tokens)])
+    overhead = 0.0
     params = 814208
     peak = 1e12
     # training: 6 N tokens / (train_gpus * peak * mfu) = train_per_token * tokens on 2 training ranks

@@ -139,10 +139,11 @@ impl<'a> RlTrainer<'a> {
         let t0 = Instant::now();
         let rollouts: Rollouts = self.sampler.sample(&self.ctx, model, step)?;
         let sampling = Sampling { t0, t_gen: t0.elapsed().as_secs_f64(), policy_version: step, asynchronous: None };
-        self.train_on(model, opt, step, rollouts, sampling)
+        self.train_on(model, opt, step, rollouts, sampling, None)
     }
 
-    /// Stages 4–6 on rollouts made here or received from rollout ranks (`[async]`).
+    /// Stages 4–6 on rollouts made here or received from rollout ranks (`[async]`: `source`, which
+    /// publishes the updated weights before the report, so rollout ranks get them at once).
     pub(crate) fn train_on(
         &mut self,
         model: &mut Model,
@@ -150,11 +151,15 @@ impl<'a> RlTrainer<'a> {
         step: u64,
         mut rollouts: Rollouts,
         sampling: Sampling,
+        source: Option<&mut dyn SampleSource>,
     ) -> Result<StepOutput> {
         let t1 = Instant::now();
         let notes: BatchNotes = self.training_batch(model, &mut rollouts)?;
         let mut updated: Updated = self.update(model, opt, step, &rollouts.batch)?;
         updated.t_train = t1.elapsed().as_secs_f64();
+        if let Some(src) = source {
+            src.published(model, step)?;
+        }
         self.report(model, step, rollouts, notes, updated, sampling)
     }
 

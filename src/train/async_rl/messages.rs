@@ -1,7 +1,7 @@
 //! The messages between training and rollout ranks, all little-endian:
 //! - weights (leader → rollout ranks): [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop;
 //! - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_rollouts];
-//! - share (leader → training ranks, broadcast): [encode_rollouts][generation seconds f64][version u64];
+//! - share (leader → each other training rank): [encode_rollouts][generation seconds f64][version u64];
 //! - piece (rollout rank → leader, streaming modes): see `pieces.rs`.
 //!
 //! Decoding never panics: a short or malformed message is an error naming the message and what is wrong.
@@ -15,7 +15,7 @@ use crate::train::rl::Rollouts;
 // Rank-to-rank messages of this module, all little-endian:
 // - weights (leader → rollout ranks): [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop;
 // - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_rollouts];
-// - share (leader → training ranks, broadcast): [encode_rollouts][generation seconds f64][version u64].
+// - share (leader → each other training rank): [encode_rollouts][generation seconds f64][version u64].
 // Decoding never panics: a short or malformed message is an error naming the message and what is wrong.
 
 /// Bytes of the weights message header (version, checksum).

@@ -91,6 +91,7 @@ pub fn run_phase(
         return Ok((none, none));
     }
     let dp = role.split(0, role.rank())?;
+    let shares = role.split(0, role.rank())?;
     let train_grid = Grid { world: role, dp, tp: TpGroup::single(), watchdog: grid.watchdog.clone() };
     let (_, first_sum) = weights_message(model, start.done);
     let mut source = Received {
@@ -98,6 +99,7 @@ pub fn run_phase(
         weights,
         rollout: (first_rollout..size).collect(),
         train: train_grid.world.as_ref(),
+        shares,
         lag,
         first: start.done,
         published: vec![(start.done, first_sum)],
@@ -269,6 +271,8 @@ struct Received<'g> {
     rollout: Vec<usize>,
     /// The training ranks' communicator (rank 0 = world rank 0, the leader).
     train: &'g dyn Comm,
+    /// The training ranks' channel for the leader's step shares (a duplicate of `train`).
+    shares: Box<dyn Comm>,
     lag: u64,
     first: u64,
     /// (version, checksum) of every policy version published so far.
@@ -280,6 +284,15 @@ struct Received<'g> {
 }
 
 impl Received<'_> {
+    /// The leader hands the whole step to the other training ranks (point to point, so a rank
+    /// waiting for it sleeps instead of spinning in a collective while the leader assembles).
+    fn share(&self, bytes: &[u8]) -> Result<()> {
+        for r in 1..self.train.size() {
+            self.shares.send_bytes(r, bytes)?;
+        }
+        Ok(())
+    }
+
     /// Receive and check every rollout rank's part of batch `step` (leader only).
     fn receive(&mut self, step: u64) -> Result<(Rollouts, f64, u64)> {
         let want = batch_version(step, self.lag, self.first);
@@ -334,21 +347,14 @@ impl SampleSource for Received<'_> {
                 stream: Some(b.notes),
                 ..AsyncNotes::default()
             });
-            if self.train.size() > 1 {
-                let mut bytes = encode_share(&b.rollouts, b.gen_s, b.oldest)?;
-                self.train.broadcast_bytes(0, &mut bytes)?;
-            }
+            self.share(&encode_share(&b.rollouts, b.gen_s, b.oldest)?)?;
             (b.rollouts, b.gen_s, b.oldest)
         } else if leader {
             let (all, gen_s, version) = self.receive(step)?;
-            if self.train.size() > 1 {
-                let mut bytes = encode_share(&all, gen_s, version)?;
-                self.train.broadcast_bytes(0, &mut bytes)?;
-            }
+            self.share(&encode_share(&all, gen_s, version)?)?;
             (all, gen_s, version)
         } else {
-            let mut bytes = Vec::new();
-            self.train.broadcast_bytes(0, &mut bytes)?;
+            let bytes = self.shares.recv_bytes(0)?;
             decode_share(&bytes)
                 .map_err(|e| Error::collective(0, format!("async step {step} broadcast"), e.to_string()))?
         };

@@ -193,9 +193,7 @@ pub(crate) fn run_phase_with(
             None => trainer.step(model, opt, step)?,
             Some(src) => {
                 let (rollouts, sampling) = src.rollouts(model, step)?;
-                let out = trainer.train_on(model, opt, step, rollouts, sampling)?;
-                src.published(model, step)?;
-                out
+                trainer.train_on(model, opt, step, rollouts, sampling, Some(src))?
             }
         };
         let r = &out.report;
