@@ -2,7 +2,7 @@
 """Sim meets reality (ISSUE 9): real synchronous vs asynchronous training under mpirun, and the
 simulator's prediction for the same setup.
 
-1. Runs configs/longtail.toml (forced lognormal response lengths, an emulated 6 ms decode step)
+1. Runs configs/longtail.toml (forced lognormal response lengths, an emulated 12 ms decode step)
    under `mpirun -np 4` with 2 rollout ranks and 2 training ranks at alpha = 0 (synchronous: proven
    equal to the synchronous trainer in tests/mpi.rs), 1 and 2, with batch-locked rollout (the
    default) and continuous rollout ([async] mode = "continuous"), and continuous with replication.
@@ -10,7 +10,7 @@ simulator's prediction for the same setup.
    seconds per token and per-step overhead, and the configured length distribution.
 3. Runs `arbor sim run` on it and prints real and predicted step times and speedups, with the error.
 
-Usage: python3 scripts/sim_vs_real.py [--steps 12] [--out runs/sim-vs-real]
+Usage: python3 scripts/sim_vs_real.py [--steps 24] [--out runs/sim-vs-real]
 """
 import argparse
 import json
@@ -51,12 +51,13 @@ def mean(xs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "sim-vs-real"))
+    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "longtail.toml"))
     ap.add_argument("--reuse", action="store_true", help="keep finished runs under --out (re-derive the simulation only)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    base = open(os.path.join(ROOT, "configs", "longtail.toml")).read()
+    base = open(a.config).read()
     base = re.sub(r"(?m)^steps = 10$", f"steps = {a.steps}", base)
     lengths = re.search(r"(?m)^lengths = (.*)$", base).group(1)
     step_ms = float(re.search(r"(?m)^decode_step_ms = (.*)$", base).group(1))
