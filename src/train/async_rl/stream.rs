@@ -28,6 +28,7 @@ use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::fnv1a64;
 use crate::train::rl::rollouts::{problem, reward};
 use crate::train::rl::{rollout_config, Phase};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
@@ -56,6 +57,15 @@ pub(super) struct Stream<'a> {
     /// Weights from the leader (empty = stop) and pieces to it.
     pub inbox: &'a Receiver<Result<Vec<u8>>>,
     pub outbox: &'a Sender<Vec<u8>>,
+}
+
+/// What finishing a sample reads: the phase (task), the tokenizer, this rank's sample range of
+/// every group and the loop's clock.
+struct Here<'a> {
+    ph: &'a Phase<'a>,
+    tok: CharTokenizer,
+    samples: std::ops::Range<usize>,
+    clock: Instant,
 }
 
 /// The rank's share of one group while it is generating.
@@ -158,13 +168,12 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
         return Ok(());
     }
     let gen = rollout_config(ph.cfg, rl, 0, rl.max_new_tokens);
-    let tok = CharTokenizer::default();
     let mut slots = Slots::new(model, rl.max_batch.max(1), model.cfg.max_position_embeddings);
     let capacity = slots.capacity() as f64;
     let sum = fnv1a64(bytemuck::cast_slice(&model.params.data));
     let mut policy =
         Policy { version: s.first, sum, weights: DecodeWeights::new(model), unreported: Vec::new(), stopped: false };
-    let clock = Instant::now();
+    let here = Here { ph, tok: CharTokenizer::default(), samples: samples.clone(), clock: Instant::now() };
     let (mut busy_s, mut total_s) = (0.0f64, 0.0f64);
     let mut open: HashMap<(u64, usize), Open> = HashMap::new();
     let (mut b, mut k) = (s.first, 0usize);
@@ -205,20 +214,21 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             }
             let (p_i, j) = (prompts.start + k / samples.len(), samples.start + k % samples.len());
             let id = b * p as u64 + p_i as u64;
-            if !open.contains_key(&(b, p_i)) {
-                let (prompt, problem) = problem(ph.task, &tok, SPLIT_TRAIN, id)?;
-                let g = Open {
-                    problem,
-                    prompt,
-                    samples: vec![None; samples.len()],
-                    start: vec![0; samples.len()],
-                    left: samples.len(),
-                    first_admit_s: clock.elapsed().as_secs_f64(),
-                    last_done_s: 0.0,
-                };
-                open.insert((b, p_i), g);
-            }
-            let g = open.get_mut(&(b, p_i)).ok_or_else(|| Error::Invalid("async: a group vanished".into()))?;
+            let g = match open.entry((b, p_i)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let (prompt, problem) = problem(ph.task, &here.tok, SPLIT_TRAIN, id)?;
+                    e.insert(Open {
+                        problem,
+                        prompt,
+                        samples: vec![None; samples.len()],
+                        start: vec![0; samples.len()],
+                        left: samples.len(),
+                        first_admit_s: here.clock.elapsed().as_secs_f64(),
+                        last_done_s: 0.0,
+                    })
+                }
+            };
             g.start[j - samples.start] = policy.version;
             let req = Request { prompt_id: id, sample_index: j as u32, prompt: g.prompt.clone() };
             let at = key(b, p_i, j);
@@ -228,7 +238,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
                 (b, k) = (b + 1, 0);
             }
             if let Some(c) = done {
-                let piece = finish(&mut open, coords(at), c, policy.version, ph, &tok, &samples, &clock)?;
+                let piece = finish(&mut open, coords(at), c, policy.version, &here)?;
                 send(piece, &mut policy, (busy_s, total_s), s.outbox)?;
             }
         }
@@ -265,24 +275,21 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
         (busy_s, total_s) = (busy_s + running * dt, total_s + capacity * dt);
         step += 1;
         for (at, c) in done {
-            let piece = finish(&mut open, coords(at), c, policy.version, ph, &tok, &samples, &clock)?;
+            let piece = finish(&mut open, coords(at), c, policy.version, &here)?;
             send(piece, &mut policy, (busy_s, total_s), s.outbox)?;
         }
     }
 }
 
 /// A sample finished under policy `version`: reward it; the group share once it is complete.
-#[allow(clippy::too_many_arguments)]
 fn finish(
     open: &mut HashMap<(u64, usize), Open>,
     (b, p_i, j): (u64, usize, usize),
     c: Completion,
     version: u64,
-    ph: &Phase,
-    tok: &CharTokenizer,
-    samples: &std::ops::Range<usize>,
-    clock: &Instant,
+    here: &Here,
 ) -> Result<Option<Piece>> {
+    let Here { ph, tok, samples, clock } = here;
     let unknown = || Error::Invalid(format!("async: a sample of an unknown group (batch {b}, prompt {p_i})"));
     let g = open.get_mut(&(b, p_i)).ok_or_else(unknown)?;
     let r = reward(ph.task, tok, &g.problem, &c);
