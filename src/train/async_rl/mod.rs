@@ -46,12 +46,8 @@ mod stream;
 use leader::StreamLeader;
 use messages::{decode_batch, decode_share, encode_batch, encode_share, weights_message, BatchMessage};
 pub use messages::{decode_weights, WeightsMessage};
+pub use pieces::batch_version;
 use pieces::Assembler;
-
-/// The policy version batch `b` is generated with, in a phase that started at version `first`.
-pub fn batch_version(b: u64, lag: u64, first: u64) -> u64 {
-    b.saturating_sub(lag).max(first)
-}
 
 /// Run the RL phase of an `[async]` config on this rank (every rank of the world calls it).
 pub fn run_phase(

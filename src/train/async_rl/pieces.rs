@@ -121,6 +121,12 @@ impl Piece {
     }
 }
 
+/// The policy version batch `b` is generated with in batch mode, in a phase that started at
+/// version `first` with lag ⌈α⌉ = `lag`.
+pub fn batch_version(b: u64, lag: u64, first: u64) -> u64 {
+    b.saturating_sub(lag).max(first)
+}
+
 /// Which prompts and samples of every batch rollout rank `r` of `ranks` generates: whole groups
 /// of a contiguous share of the prompts, or (replication) a contiguous share of every group.
 pub fn share(

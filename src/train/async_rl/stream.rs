@@ -17,7 +17,7 @@
 //! the rank's share of a group is complete it goes to the training leader as a [`Piece`].
 
 use super::messages::decode_weights;
-use super::pieces::{share, Install, Piece, PieceSample};
+use super::pieces::{batch_version, share, Install, Piece, PieceSample};
 use crate::error::{Error, Result};
 use crate::model::decode::DecodeWeights;
 use crate::model::Model;
@@ -203,7 +203,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
         // admission: the next requests of the queue whose batch may start under this version
         while slots.has_free() && b < rl.steps {
             let may = match s.installs {
-                Installs::Locked => policy.version == super::batch_version(b, s.lag, s.first),
+                Installs::Locked => policy.version == batch_version(b, s.lag, s.first),
                 _ => b.saturating_sub(policy.version) <= s.lag,
             };
             if !may {
@@ -254,7 +254,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
                     policy.install(model, &msg, step)?;
                 }
                 Installs::Locked => {
-                    let want = super::batch_version(b, s.lag, s.first);
+                    let want = batch_version(b, s.lag, s.first);
                     policy.install_exact(model, s.inbox, want, None, step)?;
                 }
                 Installs::Replay(due) => {
