@@ -157,14 +157,21 @@ fn grpo_config() -> String {
         .replace("kl_coef = 0.0", "kl_coef = 0.01")
 }
 
+/// Train [`grpo_config`] in one process into `dir/sync`; returns the `--out-dir` of a run name and
+/// the run directory of a run name under `dir`.
+fn synchronous_grpo(dir: &Path) -> (impl Fn(&str) -> String + '_, impl Fn(&str) -> PathBuf + '_) {
+    let out = move |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let run = move |n: &str| dir.join(n).join("default");
+    let sync_cfg = write_config(dir, &grpo_config());
+    let one = single(&["--threads", "1", "train", "--config", &sync_cfg, "--out-dir", &out("sync")]);
+    assert!(one.status.success(), "{}", text(&one));
+    (out, run)
+}
+
 #[test]
 fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alpha() {
     let dir = tempfile::tempdir().unwrap();
-    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let run = |n: &str| dir.path().join(n).join("default");
-    let sync_cfg = write_config(dir.path(), &grpo_config());
-    let one = single(&["--threads", "1", "train", "--config", &sync_cfg, "--out-dir", &out("sync")]);
-    assert!(one.status.success(), "{}", text(&one));
+    let (out, run) = synchronous_grpo(dir.path());
     let with = |name: &str, rollout: usize, alpha: f64| {
         let p = dir.path().join(format!("{name}.toml"));
         std::fs::write(&p, format!("{}\n[async]\nrollout_ranks = {rollout}\nalpha = {alpha}\n", grpo_config()))
@@ -205,11 +212,7 @@ fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alph
 #[test]
 fn continuous_rollout_and_replication_keep_the_bound_and_reproduce() {
     let dir = tempfile::tempdir().unwrap();
-    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let run = |n: &str| dir.path().join(n).join("default");
-    let sync_cfg = write_config(dir.path(), &grpo_config());
-    let one = single(&["--threads", "1", "train", "--config", &sync_cfg, "--out-dir", &out("sync")]);
-    assert!(one.status.success(), "{}", text(&one));
+    let (out, run) = synchronous_grpo(dir.path());
     let with = |name: &str, extra: &str| {
         let p = dir.path().join(format!("{name}.toml"));
         std::fs::write(&p, format!("{}\n[async]\nrollout_ranks = 2\n{extra}\n", grpo_config())).unwrap();
