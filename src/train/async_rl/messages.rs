@@ -92,6 +92,13 @@ pub fn decode_weights(msg: &[u8], n_params: usize) -> Result<WeightsMessage<'_>>
     Ok(WeightsMessage { version, sum, data })
 }
 
+/// Check weights message `msg` and load its parameters into `model`; returns (version, checksum).
+pub(crate) fn load_weights(model: &mut Model, msg: &[u8]) -> Result<(u64, u64)> {
+    let w = decode_weights(msg, model.params.data.len())?;
+    bytemuck::cast_slice_mut::<f32, u8>(&mut model.params.data).copy_from_slice(w.data);
+    Ok((w.version, w.sum))
+}
+
 /// A rollout rank's batch: the policy version and weights checksum it was generated with, the
 /// generation time, and the samples.
 pub(crate) struct BatchMessage {

@@ -16,9 +16,15 @@
 //! weights for any number of rollout or training ranks, and α = 0 is exactly the synchronous
 //! trainer (tests/mpi.rs). Nothing is ever too old to train on, so no prompt is aborted.
 //!
-//! Messages are point-to-point on two duplicates of the world communicator (batches, weights);
-//! each rollout rank receives weights on a thread, so a publishing trainer never waits for
-//! generation, and sends batches from another, so generation never waits for the trainer.
+//! `mode = "continuous"` and `replicate = true` stream instead (`stream.rs`): one
+//! continuous-batching loop per rollout rank across batches, a `Piece` per finished group share,
+//! assembled by the leader in batch order (`pieces.rs`, `leader.rs`); the continuous mode's weight
+//! installs are recorded for `--replay` (`schedule.rs`). docs/async.md compares the modes.
+//!
+//! Messages are point-to-point on two duplicates of the world communicator (batches, weights)
+//! and one of the training ranks' (the leader's step shares); each rollout rank receives weights
+//! on a thread, so a publishing trainer never waits for generation, and sends batches from
+//! another, so generation never waits for the trainer.
 
 use crate::config::RlPlan;
 use crate::error::{Error, Result};
@@ -44,7 +50,7 @@ mod pieces;
 mod schedule;
 mod stream;
 use leader::StreamLeader;
-use messages::{decode_batch, decode_share, encode_batch, encode_share, weights_message, BatchMessage};
+use messages::{decode_batch, decode_share, encode_batch, encode_share, load_weights, weights_message, BatchMessage};
 pub use messages::{decode_weights, WeightsMessage};
 pub use pieces::batch_version;
 use pieces::Assembler;
@@ -228,9 +234,7 @@ fn rollout_loop(
                     if msg.is_empty() {
                         return Err(Error::Invalid("async: the trainer stopped before the last batch".into()));
                     }
-                    let w = decode_weights(&msg, model.params.data.len())?;
-                    bytemuck::cast_slice_mut::<f32, u8>(&mut model.params.data).copy_from_slice(w.data);
-                    (version, sum) = (w.version, w.sum);
+                    (version, sum) = load_weights(model, &msg)?;
                 }
                 let t0 = Instant::now();
                 let mut rollouts = sampler.sample(&ctx, model, b)?;

@@ -16,7 +16,7 @@
 //! the batch mix or the rank. Every finished sample is rewarded at once (queue scheduling); when
 //! the rank's share of a group is complete it goes to the training leader as a [`Piece`].
 
-use super::messages::decode_weights;
+use super::messages::load_weights;
 use super::pieces::{batch_version, share, Install, Piece, PieceSample};
 use crate::error::{Error, Result};
 use crate::model::decode::DecodeWeights;
@@ -114,14 +114,11 @@ impl Policy {
         Ok(Some(msg))
     }
 
-    /// Install a weights message before decode step `step`; `want`: the version (and checksum)
-    /// it must be, else older versions are skipped until it comes.
+    /// Install a weights message before decode step `step` (recorded for the leader).
     fn install(&mut self, model: &mut Model, msg: &[u8], step: u64) -> Result<()> {
-        let w = decode_weights(msg, model.params.data.len())?;
-        bytemuck::cast_slice_mut::<f32, u8>(&mut model.params.data).copy_from_slice(w.data);
-        (self.version, self.sum) = (w.version, w.sum);
+        (self.version, self.sum) = load_weights(model, msg)?;
         self.weights = DecodeWeights::new(model);
-        self.unreported.push(Install { version: w.version, sum: w.sum, decode_step: step });
+        self.unreported.push(Install { version: self.version, sum: self.sum, decode_step: step });
         Ok(())
     }
 
