@@ -11,11 +11,11 @@ use std::path::Path;
 
 fn config(out: &Path, extra: &str) -> RunConfig {
     let text = DEFAULT_CONFIG
-        .replace("steps = 900", "steps = 4")
+        .replace("steps = 1500", "steps = 4")
         .replace("prompts_per_step = 32", "prompts_per_step = 4")
         .replace("eval_problems = 500", "eval_problems = 20")
         .replace("eval_samples = 4", "eval_samples = 1")
-        .replace("eval_every = 300", "eval_every = 2")
+        .replace("eval_every = 500", "eval_every = 2")
         .replace("keep_checkpoints = 2", "keep_checkpoints = 10")
         + extra;
     let mut c = RunConfig::parse(&text, Path::new("attnrl.toml")).unwrap();

@@ -22,10 +22,10 @@ fn config_text(rl_steps: u64, critics: usize) -> String {
             &format!("hf_dir = \"{}/configs/warmstart/countdown-sft\"", env!("CARGO_MANIFEST_DIR")),
         )
         .replace("keep_checkpoints = 2", "keep_checkpoints = 20")
-        .replace("steps = 900", &format!("steps = {rl_steps}"))
+        .replace("steps = 1500", &format!("steps = {rl_steps}"))
         .replace("prompts_per_step = 32", "prompts_per_step = 6")
         .replace("eval_problems = 500", "eval_problems = 8")
-        .replace("eval_every = 300", "eval_every = 2")
+        .replace("eval_every = 500", "eval_every = 2")
         + "\n[critic]\ncount = "
         + &critics.to_string()
         + "\nhidden_size = 32\nintermediate_size = 64\nnum_layers = 1\nnum_heads = 2\nnum_kv_heads = 1\nlr = 1e-2\nvalue_clip = 0.5\nwarmup_steps = 1\n"

@@ -150,11 +150,13 @@ fn grpo_config() -> String {
             "hf_dir = \"configs/warmstart/countdown-sft\"",
             &format!("hf_dir = \"{}/configs/warmstart/countdown-sft\"", env!("CARGO_MANIFEST_DIR")),
         )
-        .replace("steps = 900", "steps = 3")
+        .replace("steps = 1500", "steps = 3")
         .replace("prompts_per_step = 32", "prompts_per_step = 5")
         .replace("eval_problems = 500", "eval_problems = 11")
-        .replace("eval_every = 300", "eval_every = 2\nmini_batches = 2\nmicro_batch = 3")
+        .replace("eval_every = 500", "eval_every = 2\nmini_batches = 2\nmicro_batch = 3")
         .replace("kl_coef = 0.0", "kl_coef = 0.01")
+        // the TP comparison's weight bound below is one AdamW update at this lr
+        .replace("lr = 2e-4\n", "lr = 1e-4\n")
 }
 
 /// Train [`grpo_config`] in one process into `dir/sync`; returns the `--out-dir` of a run name and

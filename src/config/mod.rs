@@ -237,8 +237,10 @@ mod tests {
         let rl = RunConfig::default_job().rl.unwrap();
         let s = rl.lr_schedule();
         assert_eq!(s.lr(0), rl.lr, "cosine starts at the peak");
-        assert!((s.lr(rl.steps) - 1e-5).abs() < 1e-9, "and ends at min_lr: {}", s.lr(rl.steps));
-        assert!(s.lr(rl.steps / 2) < rl.lr && s.lr(rl.steps / 2) > 1e-5);
+        let min_lr = rl.min_lr.expect("the default job sets min_lr");
+        assert!(min_lr > 0.0 && min_lr < rl.lr);
+        assert!((s.lr(rl.steps) - min_lr).abs() < 1e-9, "and ends at min_lr: {}", s.lr(rl.steps));
+        assert!(s.lr(rl.steps / 2) < rl.lr && s.lr(rl.steps / 2) > min_lr);
         let constant =
             RunConfig::parse(&(ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 10\nlr = 3e-4\n"), Path::new("c.toml"))
                 .unwrap()
