@@ -5,7 +5,7 @@
 #   bash scripts/gpu-check.sh gpu-bin      # uses prebuilt binaries (a GPU machine without cargo/registry):
 #                                          # make them on a build machine with `bash scripts/gpu-check.sh --build gpu-bin`
 #
-# Prints each kernel's largest error against the CPU backend (tests/cuda.rs), then the benchmarks:
+# Prints each kernel's largest error against the CPU backend (tests/cuda/), then the benchmarks:
 # attention fwd+bwd vs PyTorch SDPA on the same shape (ratio), a train step of a ~0.5B
 # Qwen2-shaped model (tokens/s, MFU), and writes them to $OUT (default gpu-check-out/) for
 # docs/benchmarks.md. Needs libcuda, libnvrtc, libcublas on the loader path (PyTorch's wheels
@@ -92,4 +92,9 @@ echo "== greedy generation (device KV cache), bench-tiny and the 0.5B shape"
 "$arbor" bench gpu --kind generate --model-config configs/models/bench-tiny --batch 64 | tee "$out/generate_tiny.json"
 "$arbor" bench gpu --kind generate --model-config configs/models/qwen2-0.5b-shape --batch 64 --new-tokens 256 \
     | tee "$out/generate_0.5b.json"
+echo "== sampled generation (tokens drawn on the device), the 0.5B shape, batch 16 / 64 / 256"
+for b in 16 64 256; do
+    "$arbor" bench gpu --kind generate --sample --model-config configs/models/qwen2-0.5b-shape --batch "$b" --warmup 1 --steps 2 \
+        --new-tokens 64 | tee "$out/generate_sampled_0.5b_b$b.json"
+done
 echo "gpu-check: results in $out/"

@@ -63,7 +63,7 @@ if ! python3 -c 'import h5py' >/dev/null 2>&1; then
     echo "setup: $(command -v python3) still cannot import h5py; install it for that interpreter" >&2
     exit 1
 fi
-# NVRTC for the CUDA kernels' compile check (tests/cuda.rs) on machines without a CUDA toolkit: the
+# NVRTC for the CUDA kernels' compile check (tests/cuda/) on machines without a CUDA toolkit: the
 # pip wheel in a git-ignored venv; scripts/test.sh puts its lib directory on LD_LIBRARY_PATH.
 # Best effort: without it the compile check prints why it skipped.
 nvrtc_lib() { ls -d .venv-nvrtc/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib 2>/dev/null | head -1; }

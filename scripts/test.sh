@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-# NVRTC from scripts/setup.sh (the CUDA kernels' compile check in tests/cuda.rs)
+# NVRTC from scripts/setup.sh (the CUDA kernels' compile check in tests/cuda/)
 nvrtc_lib="$(ls -d "$PWD"/.venv-nvrtc/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib 2>/dev/null | head -1 || true)"
 if [ -n "$nvrtc_lib" ]; then
     export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -48,6 +48,10 @@ pub struct GpuArgs {
     pub peak_tflops: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `--kind generate`: sample at temperature 1 instead of greedy (tokens are drawn on the device
+    /// either way: only ids and log-probs cross to the host).
+    #[arg(long)]
+    pub sample: bool,
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -72,6 +76,7 @@ fn generate(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
     use crate::cli::bench_common::{load_model, median};
     use crate::cuda::GpuDecoder;
     use crate::rng::Rng;
+    use crate::rollout::{GenerateConfig, Request, SamplingParams};
     use anyhow::Context;
     use std::time::Instant;
     let path = args.model_config.as_ref().context("--model-config is required for --kind generate")?;
@@ -85,21 +90,40 @@ fn generate(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
     let v = model.cfg.vocab_size as u64;
     let prompts: Vec<Vec<u32>> =
         (0..args.batch).map(|_| (0..args.prompt_len).map(|_| rng.below(v) as u32).collect()).collect();
+    let requests: Vec<Request> = prompts
+        .into_iter()
+        .enumerate()
+        .map(|(i, prompt)| Request { prompt_id: i as u64, sample_index: 0, prompt })
+        .collect();
     let mut dec = GpuDecoder::new(gpu, &model)?;
     let mut times = Vec::new();
     let mut produced = 0;
     for i in 0..args.warmup + args.steps.min(5) {
         let t = Instant::now();
-        let out = dec.greedy(&model, &prompts, args.new_tokens, &[])?;
+        let gen_cfg = GenerateConfig {
+            sampling: SamplingParams {
+                temperature: if args.sample { 1.0 } else { 0.0 },
+                top_p: 1.0,
+                top_k: 0,
+                max_new_tokens: args.new_tokens,
+            },
+            stop_tokens: Vec::new(),
+            seed: args.seed,
+            step: i as u64,
+            max_batch: requests.len(),
+            workload: None,
+        };
+        let lens: Vec<usize> = dec.generate(&model, &requests, &gen_cfg)?.iter().map(|c| c.tokens.len()).collect();
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
-            produced = out.iter().map(|o| o.len()).sum::<usize>();
+            produced = lens.iter().sum::<usize>();
         }
     }
     let s = median(times);
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
+        "decoding": if args.sample { "sampled, T = 1" } else { "greedy" },
         "batch": args.batch,
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,

@@ -1,5 +1,5 @@
 //! The CUDA device as a [`Backend`]: f32 device buffers, arbor's kernels (cuda/*.cu) and cuBLAS
-//! SGEMM. Every method follows the CPU function of the same name (tests/cuda.rs compares them).
+//! SGEMM. Every method follows the CPU function of the same name (tests/cuda/ compares them).
 
 use crate::attention::{AttnSaved, AttnShape};
 use crate::cuda::device::{drv, int, Arg, Gpu};

@@ -1,15 +1,21 @@
 //! Generation on the GPU: a KV cache in device memory ([slots, KV, max_len, D] per layer, the
 //! layout of cuda/decode_attention.cu) and a decode step that runs B new tokens (one per slot)
 //! through the model against it. The step uses the same backend operations as training (RMSNorm,
-//! GEMMs, RoPE, SwiGLU, LM head) plus the two cache kernels; `greedy` builds temperature-0
-//! generation on it, which tests/cuda.rs compares token for token with the CPU engine.
+//! GEMMs, RoPE, SwiGLU, LM head) plus the two cache kernels; `step_sampled` then draws the next
+//! tokens on the device (cuda/sample.cu). Generation with continuous batching is built on it in
+//! cuda/generate.rs.
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
+use crate::cuda::sample::sample_rows;
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
+use crate::rollout::sampler::Sampled;
 use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaSlice, DevicePtr};
+
+/// Index of the next-token logits ([B, V]) among the decoder's work buffers.
+const LOGITS: usize = 7;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
 pub struct GpuKvCache {
@@ -56,6 +62,34 @@ impl<'g> GpuDecoder<'g> {
     /// Append `tokens[i]` to cache slot `slots[i]` (distinct slots) and return the next-token
     /// logits of every row ([B, V], on the host).
     pub fn step(&mut self, model: &Model, tokens: &[u32], slots: &[usize], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+        self.forward(model, tokens, slots, cache)?;
+        let mut out = vec![0.0; tokens.len() * model.cfg.vocab_size];
+        self.gpu.download(&self.bufs[LOGITS], &mut out)?;
+        Ok(out)
+    }
+
+    /// [`GpuDecoder::step`], then one token per row sampled on the device from the row's uniform
+    /// (cuda/sample.cu; temperature ≤ 0: greedy): only ids, log-probs and entropies come back.
+    pub fn step_sampled(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        slots: &[usize],
+        cache: &mut GpuKvCache,
+        uniforms: &[f64],
+        temperature: f32,
+    ) -> Result<Vec<Sampled>> {
+        if uniforms.len() != tokens.len() {
+            return Err(Error::shape("decode step", format!("{} uniforms for {} rows", uniforms.len(), tokens.len())));
+        }
+        self.forward(model, tokens, slots, cache)?;
+        let v = model.cfg.vocab_size;
+        let logits = Gpu::r(&self.bufs[LOGITS], 0..tokens.len() * v);
+        sample_rows(self.gpu, &logits, v, uniforms, temperature)
+    }
+
+    /// The decode step's forward: the next-token logits stay in the device buffer `LOGITS`.
+    fn forward(&mut self, model: &Model, tokens: &[u32], slots: &[usize], cache: &mut GpuKvCache) -> Result<()> {
         let cfg = &model.cfg;
         let b = tokens.len();
         if slots.len() != b || b == 0 {
@@ -171,79 +205,14 @@ impl<'g> GpuDecoder<'g> {
         g.rmsnorm_forward(Gpu::m(ln, 0..b * c), Gpu::m(rstd, 0..b), Gpu::r(x, 0..b * c), fw, eps)?;
         let wh = Gpu::r(p, lay.lm_head..lay.lm_head + v * c);
         g.matmul_nt(Gpu::m(logits, 0..b * v), Gpu::r(ln, 0..b * c), wh, GemmShape::new(b, v, c), false)?;
-        let mut out = vec![0.0; b * v];
-        g.download(logits, &mut out)?;
         for &s in slots {
             cache.len[s] += 1;
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Greedy (temperature 0) generation: each prompt is fed token by token, then up to `max_new`
-    /// argmax tokens are appended (first maximum on ties, like the CPU sampler), stopping after a
-    /// token in `stop`. All prompts run together, one slot each.
-    pub fn greedy(
-        &mut self,
-        model: &Model,
-        prompts: &[Vec<u32>],
-        max_new: usize,
-        stop: &[u32],
-    ) -> Result<Vec<Vec<u32>>> {
-        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut cache = GpuKvCache::new(self.gpu, model, prompts.len(), longest + max_new)?;
-        let v = model.cfg.vocab_size;
-        greedy_loop(prompts, max_new, stop, v, |toks, slots| self.step(model, toks, slots, &mut cache))
-    }
-}
-
-/// The greedy loop over any decode step: `step(tokens, slots)` appends one token to each listed
-/// slot (slot i = prompt i) and returns the next-token logits of each row ([B, V]).
-pub fn greedy_loop(
-    prompts: &[Vec<u32>],
-    max_new: usize,
-    stop: &[u32],
-    v: usize,
-    mut step: impl FnMut(&[u32], &[usize]) -> Result<Vec<f32>>,
-) -> Result<Vec<Vec<u32>>> {
-    let n = prompts.len();
-    if prompts.iter().any(|p| p.is_empty()) {
-        return Err(Error::Invalid("greedy: empty prompt".into()));
-    }
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let mut next: Vec<Option<u32>> = vec![None; n];
-    let mut fed = vec![0usize; n];
-    let mut done = vec![max_new == 0; n];
-    loop {
-        let (mut toks, mut slots) = (Vec::new(), Vec::new());
-        for i in (0..n).filter(|&i| !done[i]) {
-            toks.push(if fed[i] < prompts[i].len() { prompts[i][fed[i]] } else { next[i].unwrap_or(0) });
-            slots.push(i);
-        }
-        if slots.is_empty() {
-            return Ok(out);
-        }
-        let logits = step(&toks, &slots)?;
-        for (row, &i) in slots.iter().enumerate() {
-            if fed[i] < prompts[i].len() {
-                fed[i] += 1;
-                if fed[i] < prompts[i].len() {
-                    continue;
-                }
-            } else if let Some(t) = next[i] {
-                out[i].push(t);
-                if stop.contains(&t) || out[i].len() >= max_new {
-                    done[i] = true;
-                    continue;
-                }
-            }
-            let z = &logits[row * v..(row + 1) * v];
-            let mut best = 0;
-            for (j, &x) in z.iter().enumerate() {
-                if x > z[best] {
-                    best = j;
-                }
-            }
-            next[i] = Some(best as u32);
-        }
+    /// The device this decoder runs on.
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
     }
 }

@@ -9,9 +9,11 @@ pub mod backend;
 pub mod decode;
 pub mod device;
 pub mod gemm;
+pub mod generate;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
+pub mod sample;
 pub mod stats;
 
 pub use backend::{GpuBatch, GpuRope};

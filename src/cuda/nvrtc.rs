@@ -23,6 +23,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("logprob", include_str!("../../cuda/logprob.cu")),
     ("rmsnorm", include_str!("../../cuda/rmsnorm.cu")),
     ("rope", include_str!("../../cuda/rope.cu")),
+    ("sample", include_str!("../../cuda/sample.cu")),
     ("swiglu", include_str!("../../cuda/swiglu.cu")),
 ];
 

@@ -6,7 +6,7 @@
 //! - rhythm layers: per-row look-back distance and WAAD, per-key FAI sums.
 //!
 //! Head selection and the local/global means of the rhythm statistics then run on the host with
-//! the CPU's own functions (O(heads × T)). The result is the CPU's `SeqStats`; tests/cuda.rs
+//! the CPU's own functions (O(heads × T)). The result is the CPU's `SeqStats`; tests/cuda/
 //! compares them.
 
 use crate::attention::stats::pass::SeqPlan;

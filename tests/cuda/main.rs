@@ -8,7 +8,9 @@
 //!   device they print "skipped: no CUDA device". `scripts/gpu-check.sh` runs them on a GPU.
 #![cfg(feature = "cuda")]
 
+#[path = "../common/mod.rs"]
 mod common;
+mod generate;
 
 use arbor::attention::{AttnSaved, AttnShape};
 use arbor::cuda::{nvrtc, Gpu, GpuModel};
@@ -346,66 +348,6 @@ fn a_full_train_step_on_the_gpu_matches_the_cpu() {
         println!("{arch:?} grad norm cpu {norm:.6} gpu {gnorm:.6}");
         assert!((norm - gnorm).abs() <= 1e-4 * norm.max(1.0));
         close(&format!("{arch:?} params after AdamW"), &gm.params().unwrap(), &p, 1e-5);
-    }
-}
-
-/// A tiny model, four prompts and the CPU engine's greedy completions (20 tokens, stop token 12).
-fn greedy_case() -> (Model, Vec<Vec<u32>>, Vec<arbor::rollout::Completion>) {
-    use arbor::rollout::{generate, GenerateConfig, Request, SamplingParams};
-    let mut cfg = tiny_config(Arch::Qwen2, false);
-    cfg.max_position_embeddings = 64;
-    let model = Model::new(cfg.clone(), init_params(&cfg, 11, 1.0)).unwrap();
-    let mut rng = Rng::new(5);
-    let prompts: Vec<Vec<u32>> =
-        [3usize, 7, 1, 12].iter().map(|&l| (0..l).map(|_| (rng.next_u64() % 13) as u32).collect()).collect();
-    let requests: Vec<Request> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Request { prompt_id: i as u64, sample_index: 0, prompt: p.clone() })
-        .collect();
-    let gen_cfg = GenerateConfig {
-        sampling: SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, max_new_tokens: 20 },
-        stop_tokens: vec![12],
-        seed: 0,
-        step: 0,
-        max_batch: 4,
-        workload: None,
-    };
-    let cpu = generate(&model, &requests, &gen_cfg).unwrap();
-    (model, prompts, cpu)
-}
-
-/// The greedy loop the GPU decoder runs, driven by the CPU's cached decode step instead, equals
-/// the CPU engine at temperature 0 (runs everywhere: it checks the loop, not the kernels).
-#[test]
-fn greedy_loop_on_the_cpu_decode_step_equals_the_engine() {
-    use arbor::model::decode::{DecodeBuffers, KvCache};
-    let (model, prompts, cpu) = greedy_case();
-    let v = model.cfg.vocab_size;
-    let mut cache = KvCache::new(&model, prompts.len(), 40);
-    let mut buf = DecodeBuffers::new(&model, prompts.len());
-    let got = arbor::cuda::decode::greedy_loop(&prompts, 20, &[12], v, |toks, slots| {
-        model.decode_step(toks, slots, &mut cache, &mut buf)?;
-        Ok(buf.logits[..toks.len() * v].to_vec())
-    })
-    .unwrap();
-    for (c, g) in cpu.iter().zip(&got) {
-        assert_eq!(&c.tokens, g, "prompt {}", c.prompt_id);
-    }
-    assert!(got.iter().all(|g| !g.is_empty()));
-    println!("{} of 4 completions ended on the stop token", got.iter().filter(|g| g.last() == Some(&12)).count());
-}
-
-#[test]
-fn greedy_generation_on_the_gpu_equals_the_cpu_engine() {
-    use arbor::cuda::GpuDecoder;
-    let Some(g) = gpu() else { return };
-    let (model, prompts, cpu) = greedy_case();
-    let mut dec = GpuDecoder::new(&g, &model).unwrap();
-    let gpu_out = dec.greedy(&model, &prompts, 20, &[12]).unwrap();
-    for (c, o) in cpu.iter().zip(&gpu_out) {
-        println!("prompt {}: cpu {:?} gpu {:?}", c.prompt_id, c.tokens, o);
-        assert_eq!(&c.tokens, o, "prompt {}: greedy tokens differ", c.prompt_id);
     }
 }
 

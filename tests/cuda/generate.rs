@@ -1,0 +1,184 @@
+//! Generation on the GPU against the CPU engine: continuous batching through one loop
+//! (`cuda::generate::batch_loop`), and token sampling on the device (cuda/sample.cu) against the
+//! CPU sampler. The loop and the kernel's arithmetic are also checked on the host, over the CPU's
+//! decode step (those tests run everywhere).
+
+use super::{common::tiny_config, gpu};
+use arbor::cuda::generate::{batch_loop, StepRows};
+use arbor::cuda::sample::emulate_row;
+use arbor::cuda::{Gpu, GpuDecoder};
+use arbor::model::decode::{DecodeBuffers, KvCache};
+use arbor::model::{init::init_params, Arch, Model};
+use arbor::rng::Rng;
+use arbor::rollout::sampler::Sampled;
+use arbor::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
+use arbor::tensor::Backend;
+
+/// A tiny model, 4 prompts × 2 samples, and the generation settings at `temperature`: 20 new
+/// tokens, stop token 12, 3 slots (so finished requests free slots for later ones).
+fn case(temperature: f32) -> (Model, Vec<Request>, GenerateConfig) {
+    let mut cfg = tiny_config(Arch::Qwen2, false);
+    cfg.max_position_embeddings = 64;
+    let model = Model::new(cfg.clone(), init_params(&cfg, 11, 1.0)).unwrap();
+    let mut rng = Rng::new(5);
+    let prompts: Vec<Vec<u32>> =
+        [3usize, 7, 1, 12].iter().map(|&l| (0..l).map(|_| (rng.next_u64() % 13) as u32).collect()).collect();
+    let requests: Vec<Request> = (0..2u32)
+        .flat_map(|k| {
+            prompts.iter().enumerate().map(move |(i, p)| Request {
+                prompt_id: i as u64,
+                sample_index: k,
+                prompt: p.clone(),
+            })
+        })
+        .collect();
+    let gen_cfg = GenerateConfig {
+        sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: 20 },
+        stop_tokens: vec![12],
+        seed: 0,
+        step: 3,
+        max_batch: 3,
+        workload: None,
+    };
+    (model, requests, gen_cfg)
+}
+
+/// The host's stand-in for the GPU decoder: the CPU's cached decode step, then the greedy pick or
+/// the emulated sampling kernel on each picking row.
+fn host_loop(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Vec<Completion> {
+    let v = model.cfg.vocab_size;
+    let slots = cfg.max_batch.min(requests.len());
+    let mut cache = KvCache::new(model, slots, 40);
+    let mut buf = DecodeBuffers::new(model, slots);
+    let t = cfg.sampling.temperature;
+    batch_loop(requests, cfg, slots, 40, |rows: StepRows<'_>| {
+        for (&slot, &pos) in rows.slots.iter().zip(rows.positions) {
+            cache.len[slot] = pos;
+        }
+        model.decode_step(rows.tokens, rows.slots, &mut cache, &mut buf)?;
+        Ok((0..rows.tokens.len())
+            .map(|r| {
+                if rows.picks[r] {
+                    emulate_row(&buf.logits[r * v..(r + 1) * v], rows.uniforms[r], t)
+                } else {
+                    Sampled { token: 0, logprob: 0.0, entropy: 0.0 }
+                }
+            })
+            .collect())
+    })
+    .unwrap()
+}
+
+/// The loop the GPU decoder runs, over the CPU's decode step and the host emulation of
+/// cuda/sample.cu, equals the CPU engine at temperature 0 and 1 with 3 slots for 8 requests: the
+/// same tokens, finish reasons, behaviour log-probs and entropies (runs everywhere: it checks the
+/// continuous batching, the random draws and the kernel's arithmetic, not the device).
+#[test]
+fn the_gpu_generation_loop_on_the_cpu_decode_step_equals_the_engine() {
+    for temperature in [0.0f32, 1.0] {
+        let (model, requests, cfg) = case(temperature);
+        let cpu = generate(&model, &requests, &cfg).unwrap();
+        let got = host_loop(&model, &requests, &cfg);
+        let mut distinct = std::collections::BTreeSet::new();
+        for (c, g) in cpu.iter().zip(&got) {
+            let what = format!("T {temperature} prompt {} sample {}", c.prompt_id, c.sample_index);
+            assert_eq!((c.prompt_id, c.sample_index), (g.prompt_id, g.sample_index), "{what}");
+            assert_eq!(c.tokens, g.tokens, "{what}");
+            assert_eq!(c.finish, g.finish, "{what}");
+            for k in 0..c.tokens.len() {
+                assert!((c.logprobs[k] - g.logprobs[k]).abs() < 1e-5, "{what} token {k} log-prob");
+                assert!((c.entropies[k] - g.entropies[k]).abs() < 1e-5, "{what} token {k} entropy");
+            }
+            distinct.extend(g.tokens.iter().copied());
+        }
+        if temperature > 0.0 {
+            assert!(distinct.len() > 3, "sampling at T = 1 should spread over the vocabulary: {distinct:?}");
+            assert_ne!(got[0].tokens, got[4].tokens, "two samples of one prompt should differ");
+        }
+        let stops = got.iter().filter(|c| c.finish == arbor::rollout::Finish::Stop).count();
+        println!("T {temperature}: {stops} of {} completions ended on the stop token", got.len());
+    }
+}
+
+/// Generation on the GPU (continuous batching, tokens drawn on the device) equals the CPU engine:
+/// greedy exactly, sampled at T = 1 but for at most one completion (a logit within rounding of a
+/// sampling boundary may flip a token, and every later one with it).
+#[test]
+fn generation_on_the_gpu_equals_the_cpu_engine() {
+    let Some(g) = gpu() else { return };
+    for temperature in [0.0f32, 1.0] {
+        let (model, requests, cfg) = case(temperature);
+        let cpu = generate(&model, &requests, &cfg).unwrap();
+        let mut dec = GpuDecoder::new(&g, &model).unwrap();
+        let out = dec.generate(&model, &requests, &cfg).unwrap();
+        let mut differ = 0;
+        for (c, o) in cpu.iter().zip(&out) {
+            println!(
+                "T {temperature} prompt {} sample {}: cpu {:?} gpu {:?}",
+                c.prompt_id, c.sample_index, c.tokens, o.tokens
+            );
+            if o.tokens != c.tokens {
+                differ += 1;
+                continue;
+            }
+            assert_eq!(c.finish, o.finish);
+            for k in 0..c.tokens.len() {
+                assert!((o.logprobs[k] - c.logprobs[k]).abs() < 1e-4, "token {k} log-prob");
+            }
+        }
+        let allowed = if temperature > 0.0 { 1 } else { 0 };
+        assert!(differ <= allowed, "T {temperature}: {differ} of {} completions differ from the CPU engine", cpu.len());
+    }
+    let (model, requests, mut cfg) = case(1.0);
+    cfg.sampling.top_p = 0.9;
+    let e = GpuDecoder::new(&g, &model).unwrap().generate(&model, &requests, &cfg).unwrap_err().to_string();
+    assert!(e.contains("top_p"), "{e}");
+}
+
+/// Sampling on the device: the same tokens as the CPU sampler from the same uniforms (a logit
+/// within rounding of a boundary may flip one), log-probs and entropies within 1e-5, greedy rows
+/// on the first maximum; and the token frequencies of one row sampled many times follow softmax.
+#[test]
+fn device_sampling_matches_the_cpu_sampler() {
+    use arbor::cuda::sample::sample_rows;
+    use arbor::rollout::{sample, SamplingParams};
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(23);
+    let mut scratch = Vec::new();
+    for &(v, temperature) in &[(1000usize, 1.0f32), (151_936, 0.8), (257, 0.0), (4099, 1.3)] {
+        let n = 96;
+        let z: Vec<f32> = (0..n * v).map(|_| (rng.normal() * 3.0) as f32).collect();
+        let mut streams: Vec<Rng> = (0..n).map(|i| Rng::derive(9, &[v as u64, i as u64])).collect();
+        let uniforms: Vec<f64> = streams.iter().map(|r| r.clone().uniform()).collect();
+        let dev = g.upload(&z).unwrap();
+        let got = sample_rows(&g, &Gpu::r(&dev, 0..n * v), v, &uniforms, temperature).unwrap();
+        let params = SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: 1 };
+        let mut flips = 0;
+        for (i, s) in got.iter().enumerate() {
+            let want = sample(&z[i * v..(i + 1) * v], &params, &mut streams[i], &mut scratch);
+            flips += usize::from(s.token != want.token);
+            assert!((s.entropy - want.entropy).abs() <= 1e-5 * want.entropy.abs().max(1.0), "v {v} row {i}");
+            if s.token == want.token {
+                assert!((s.logprob - want.logprob).abs() <= 1e-5 * want.logprob.abs().max(1.0), "v {v} row {i}");
+            }
+        }
+        println!("v {v} T {temperature}: {flips} of {n} tokens differ from the CPU sampler");
+        assert!(flips <= 1, "v {v} T {temperature}: {flips} tokens differ");
+    }
+    // frequencies: one row of 6 logits, 20000 uniforms
+    let z = [1.0f32, 0.0, -1.0, 2.0, 0.5, -3.0];
+    let n = 20_000;
+    let rows: Vec<f32> = (0..n).flat_map(|_| z).collect();
+    let mut r = Rng::new(77);
+    let uniforms: Vec<f64> = (0..n).map(|_| r.uniform()).collect();
+    let dev = g.upload(&rows).unwrap();
+    let got = sample_rows(&g, &Gpu::r(&dev, 0..rows.len()), z.len(), &uniforms, 1.0).unwrap();
+    let total: f64 = z.iter().map(|&x| (x as f64).exp()).sum();
+    for (j, &x) in z.iter().enumerate() {
+        let p = (x as f64).exp() / total;
+        let f = got.iter().filter(|s| s.token as usize == j).count() as f64 / n as f64;
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        println!("token {j}: p {p:.4} frequency {f:.4}");
+        assert!((f - p).abs() < 5.0 * sd + 1e-4, "token {j}: frequency {f} vs p {p}");
+    }
+}
