@@ -12,9 +12,9 @@
 use crate::cuda::decode::{GpuDecoder, GpuKvCache};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::rng::Rng;
+use crate::rollout::engine::{context_len, Active};
 use crate::rollout::sampler::Sampled;
-use crate::rollout::{Completion, Finish, GenerateConfig, Request};
+use crate::rollout::{Completion, GenerateConfig, Request};
 
 /// One step of the loop: row r appends `tokens[r]` at position `positions[r]` of slot `slots[r]`
 /// (position 0: the slot starts a new sequence) and, where `picks[r]`, returns the next token
@@ -25,42 +25,6 @@ pub struct StepRows<'a> {
     pub positions: &'a [usize],
     pub picks: &'a [bool],
     pub uniforms: &'a [f64],
-}
-
-/// A request in a slot.
-struct Active {
-    key: usize,
-    slot: usize,
-    rng: Rng,
-    out: Completion,
-    fed: usize,
-    next: u32,
-    target: Option<usize>,
-}
-
-/// The checks of `rollout::generate`, and the context each slot needs.
-fn max_len(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<usize> {
-    if cfg.max_batch == 0 {
-        return Err(Error::Invalid("generate: max_batch must be positive".into()));
-    }
-    let v = model.cfg.vocab_size;
-    for (i, r) in requests.iter().enumerate() {
-        if r.prompt.is_empty() {
-            return Err(Error::Invalid(format!("generate: request {i} has an empty prompt")));
-        }
-        if let Some(t) = r.prompt.iter().find(|&&t| t as usize >= v) {
-            return Err(Error::Invalid(format!("generate: request {i}: token {t} outside the vocabulary")));
-        }
-    }
-    let longest = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-    let max_len = (longest + cfg.sampling.max_new_tokens).min(model.cfg.max_position_embeddings);
-    if longest >= max_len.max(1) && !requests.is_empty() {
-        return Err(Error::Invalid(format!(
-            "generate: a prompt of {longest} tokens leaves no room under max_position_embeddings = {}",
-            model.cfg.max_position_embeddings
-        )));
-    }
-    Ok(max_len)
 }
 
 /// Continuous batching of `requests` over `slots` slots of `max_len` tokens with `step`; returns
@@ -83,22 +47,11 @@ pub fn batch_loop(
     loop {
         while !free.is_empty() && queue < requests.len() {
             let r = &requests[queue];
-            let out = Completion {
-                prompt_id: r.prompt_id,
-                sample_index: r.sample_index,
-                tokens: Vec::new(),
-                logprobs: Vec::new(),
-                entropies: Vec::new(),
-                finish: Finish::Length,
-            };
             if max_new == 0 {
-                done[queue] = Some(out);
+                done[queue] = Some(Completion::empty(r));
             } else {
                 let slot = free.pop().unwrap_or_default();
-                let rng = Rng::derive(cfg.seed, &[cfg.step, r.prompt_id, r.sample_index as u64]);
-                let target =
-                    cfg.workload.as_ref().map(|w| w.length(cfg.seed, cfg.step, r.prompt_id, r.sample_index, max_new));
-                active.push(Active { key: queue, slot, rng, out, fed: 0, next: 0, target });
+                active.push(Active::new(queue, r, slot, cfg.step, cfg));
             }
             queue += 1;
         }
@@ -111,7 +64,7 @@ pub fn batch_loop(
         picks.clear();
         uniforms.clear();
         for a in active.iter_mut() {
-            let prompt = &requests[a.key].prompt;
+            let prompt = &a.prompt;
             let (tok, pos, pick) = if a.fed < prompt.len() {
                 a.fed += 1;
                 (prompt[a.fed - 1], a.fed - 1, a.fed == prompt.len())
@@ -137,19 +90,8 @@ pub fn batch_loop(
                 continue;
             }
             let a = &mut active[i];
-            a.out.tokens.push(s.token);
-            a.out.logprobs.push(s.logprob);
-            a.out.entropies.push(s.entropy);
             a.next = s.token;
-            if a.target.is_none() && cfg.stop_tokens.contains(&s.token) {
-                a.out.finish = Finish::Stop;
-            }
-            let held = positions[row] + 1;
-            if a.out.finish == Finish::Stop
-                || a.target.is_some_and(|t| a.out.tokens.len() >= t)
-                || a.out.tokens.len() >= max_new
-                || held + 1 >= max_len
-            {
+            if a.out.push(s, a.target, cfg, positions[row] + 1, max_len) {
                 let a = active.remove(i);
                 free.push(a.slot);
                 done[a.key] = Some(a.out);
@@ -176,7 +118,7 @@ impl GpuDecoder<'_> {
                 s.top_k, s.top_p
             )));
         }
-        let max_len = max_len(model, requests, cfg)?;
+        let max_len = context_len(model, requests, cfg)?;
         if requests.is_empty() {
             return Ok(Vec::new());
         }

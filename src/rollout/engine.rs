@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
 use crate::model::Model;
 use crate::rng::Rng;
-use crate::rollout::sampler::{sample, SamplingParams};
+use crate::rollout::sampler::{sample, Sampled, SamplingParams};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -42,6 +42,43 @@ pub struct Completion {
     pub finish: Finish,
 }
 
+impl Completion {
+    /// The empty completion of request `r` (finish `Length` until a stop token says otherwise).
+    pub fn empty(r: &Request) -> Self {
+        Completion {
+            prompt_id: r.prompt_id,
+            sample_index: r.sample_index,
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            entropies: Vec::new(),
+            finish: Finish::Length,
+        }
+    }
+
+    /// Append a sampled token and say whether the completion has ended: on a stop token (unless
+    /// a forced length `target` is set: then only at that length), at `max_new_tokens`, or when
+    /// its slot, holding `held` tokens, has no room for the next one under `max_len`.
+    pub fn push(
+        &mut self,
+        s: Sampled,
+        target: Option<usize>,
+        cfg: &GenerateConfig,
+        held: usize,
+        max_len: usize,
+    ) -> bool {
+        self.tokens.push(s.token);
+        self.logprobs.push(s.logprob);
+        self.entropies.push(s.entropy);
+        if target.is_none() && cfg.stop_tokens.contains(&s.token) {
+            self.finish = Finish::Stop;
+        }
+        self.finish == Finish::Stop
+            || target.is_some_and(|t| self.tokens.len() >= t)
+            || self.tokens.len() >= cfg.sampling.max_new_tokens
+            || held + 1 >= max_len
+    }
+}
+
 /// Generation settings.
 #[derive(Debug, Clone)]
 pub struct GenerateConfig {
@@ -61,18 +98,33 @@ pub struct GenerateConfig {
 /// fed (in chunks if need be) into what is left, which bounds the step buffers.
 const ROWS_PER_STEP: usize = 256;
 
-struct Active {
+/// A request in a KV-cache slot (also the GPU generation loop's, cuda/generate.rs).
+pub(crate) struct Active {
     /// The caller's key of the request (its index in `generate`).
-    key: usize,
-    prompt: Vec<u32>,
-    slot: usize,
-    rng: Rng,
-    out: Completion,
+    pub(crate) key: usize,
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) slot: usize,
+    /// The request's stream: `Rng::derive(seed, [stream_step, prompt_id, sample_index])`.
+    pub(crate) rng: Rng,
+    pub(crate) out: Completion,
     /// Prompt tokens already in the cache.
-    fed: usize,
-    next: u32,
+    pub(crate) fed: usize,
+    pub(crate) next: u32,
     /// Forced response length (workload mode).
-    target: Option<usize>,
+    pub(crate) target: Option<usize>,
+}
+
+impl Active {
+    /// Request `r` (the caller's `key`) starting in `slot`, its stream and forced length keyed by
+    /// `stream_step` and its coordinates.
+    pub(crate) fn new(key: usize, r: &Request, slot: usize, stream_step: u64, cfg: &GenerateConfig) -> Self {
+        let rng = Rng::derive(cfg.seed, &[stream_step, r.prompt_id, r.sample_index as u64]);
+        let target = cfg
+            .workload
+            .as_ref()
+            .map(|w| w.length(cfg.seed, stream_step, r.prompt_id, r.sample_index, cfg.sampling.max_new_tokens));
+        Active { key, prompt: r.prompt.clone(), slot, rng, out: Completion::empty(r), fed: 0, next: 0, target }
+    }
 }
 
 /// One continuous-batching loop's state: `slots` KV-cache slots, the sequences decoding in
@@ -126,25 +178,13 @@ impl Slots {
     /// With `max_new_tokens = 0` it is finished at once and returned. A caller must check
     /// [`Slots::has_free`] first (admitting into a full set of slots is a bug).
     pub fn admit(&mut self, key: usize, r: &Request, stream_step: u64, cfg: &GenerateConfig) -> Option<Completion> {
-        let out = Completion {
-            prompt_id: r.prompt_id,
-            sample_index: r.sample_index,
-            tokens: Vec::new(),
-            logprobs: Vec::new(),
-            entropies: Vec::new(),
-            finish: Finish::Length,
-        };
+        let out = Completion::empty(r);
         if cfg.sampling.max_new_tokens == 0 {
             return Some(out);
         }
         let slot = self.free.pop().expect("admit into a free slot (check has_free first)");
         self.cache.len[slot] = 0;
-        let rng = Rng::derive(cfg.seed, &[stream_step, r.prompt_id, r.sample_index as u64]);
-        let target = cfg
-            .workload
-            .as_ref()
-            .map(|w| w.length(cfg.seed, stream_step, r.prompt_id, r.sample_index, cfg.sampling.max_new_tokens));
-        self.active.push(Active { key, prompt: r.prompt.clone(), slot, rng, out, fed: 0, next: 0, target });
+        self.active.push(Active::new(key, r, slot, stream_step, cfg));
         None
     }
 
@@ -199,20 +239,8 @@ impl Slots {
         for (row, &i) in sampling.iter().enumerate() {
             let a = &mut self.active[i];
             let s = sample(&self.buf.logits[row * v..(row + 1) * v], &cfg.sampling, &mut a.rng, &mut self.scratch);
-            a.out.tokens.push(s.token);
-            a.out.logprobs.push(s.logprob);
-            a.out.entropies.push(s.entropy);
             a.next = s.token;
-            // a forced length ignores stop tokens and ends the response at its target
-            if a.target.is_none() && cfg.stop_tokens.contains(&s.token) {
-                a.out.finish = Finish::Stop;
-            }
-            if a.out.finish == Finish::Stop
-                || a.target.is_some_and(|t| a.out.tokens.len() >= t)
-                || a.out.tokens.len() >= cfg.sampling.max_new_tokens
-                || self.cache.len[a.slot] + 1 >= max_len
-            {
-                // mark for removal; `fed` past the prompt length flags it
+            if a.out.push(s, a.target, cfg, self.cache.len[a.slot], max_len) {
                 a.fed = usize::MAX;
                 finished = true;
             }
@@ -240,13 +268,10 @@ impl Slots {
     }
 }
 
-/// Generate completions for all requests; results are returned in request order.
-///
-/// The slots are split into one shard per thread of the rayon pool; each shard runs its own
-/// continuous-batching loop (no synchronisation between shards) and takes the next request from
-/// a shared queue whenever one of its slots frees. The decode kernels are row-wise and
-/// batch-invariant, so a completion is bit-identical whichever shard, slot or batch it runs in.
-pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
+/// The checks every generation backend makes of `requests` (a positive `max_batch`, non-empty
+/// prompts inside the vocabulary, room for one new token), and the KV-cache length per slot:
+/// the longest prompt plus `max_new_tokens`, capped by the model's context.
+pub fn context_len(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<usize> {
     if cfg.max_batch == 0 {
         return Err(Error::Invalid("generate: max_batch must be positive".into()));
     }
@@ -267,6 +292,17 @@ pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Re
             model.cfg.max_position_embeddings
         )));
     }
+    Ok(max_len)
+}
+
+/// Generate completions for all requests; results are returned in request order.
+///
+/// The slots are split into one shard per thread of the rayon pool; each shard runs its own
+/// continuous-batching loop (no synchronisation between shards) and takes the next request from
+/// a shared queue whenever one of its slots frees. The decode kernels are row-wise and
+/// batch-invariant, so a completion is bit-identical whichever shard, slot or batch it runs in.
+pub fn generate(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
+    let max_len = context_len(model, requests, cfg)?;
     if requests.is_empty() {
         return Ok(Vec::new());
     }
