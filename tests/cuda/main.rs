@@ -24,6 +24,7 @@ use common::{max_abs_diff, tiny_config};
 #[test]
 fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
     if !nvrtc::available() {
+        assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but libnvrtc is not on the loader path");
         println!(
             "skipped: libnvrtc not found on the loader path (pip install nvidia-cuda-nvrtc-cu12 and add its lib \
              directory to LD_LIBRARY_PATH; scripts/setup.sh and scripts/test.sh do this)"
@@ -59,9 +60,16 @@ fn compile_errors_and_warnings_are_reported_with_the_file_name() {
     assert!(err.to_string().contains("no_such_module"), "{err}");
 }
 
-/// The GPU, or `None` after printing why the test is skipped.
+/// Whether the run demands a GPU (`ARBOR_REQUIRE_GPU=1`, set by scripts/gpu-check.sh): then a
+/// missing device or NVRTC fails the tests instead of skipping them.
+fn gpu_required() -> bool {
+    std::env::var("ARBOR_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// The GPU, or `None` after printing why the test is skipped (a failure under [`gpu_required`]).
 fn gpu() -> Option<Gpu> {
     if let Some(why) = arbor::cuda::unavailable() {
+        assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but no CUDA device is usable: {why}");
         println!("skipped: no CUDA device ({why})");
         return None;
     }
