@@ -59,8 +59,8 @@ fn expected_plan(file: &str) -> &'static str {
         "addition-sft.toml" => "rl = none",
         "addition-grpo.toml" | "countdown-grpo.toml" | "default.toml" | "longtail.toml" => GROUPS,
         // configs/eff20: the default job with one key changed (docs/efficacy.md §3c-3d)
-        "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "g-entropy0.01.toml"
-        | "h-temp1.2.toml" => GROUPS,
+        "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "f-prompts64.toml"
+        | "g-entropy0.01.toml" | "h-temp1.2.toml" => GROUPS,
         "env-guess.toml" => "sampler = env, advantage = group, shaping = none, schedule = sync",
         other => panic!("configs/{other}: add its expected plan to tests/config_plan.rs"),
     }
