@@ -97,4 +97,7 @@ for b in 16 64 256; do
     "$arbor" bench gpu --kind generate --sample --model-config configs/models/qwen2-0.5b-shape --batch "$b" --warmup 1 --steps 2 \
         --new-tokens 64 | tee "$out/generate_sampled_0.5b_b$b.json"
 done
+echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), the 0.5B shape"
+"$arbor" bench gpu --kind rl-step --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
+    --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b.json"
 echo "gpu-check: results in $out/"

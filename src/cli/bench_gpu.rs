@@ -14,6 +14,10 @@ pub enum GpuBench {
     /// Greedy generation with the device KV cache (`--batch` prompts of `--prompt-len` tokens,
     /// `--new-tokens` each).
     Generate,
+    /// One GRPO step on the device (`--prompts` × `--samples` completions of up to `--new-tokens`,
+    /// training in micro-batches of `--batch` sequences): generation, recompute, backward and
+    /// optimizer seconds.
+    RlStep,
 }
 
 /// Arguments of `arbor bench gpu`.
@@ -52,6 +56,12 @@ pub struct GpuArgs {
     /// either way: only ids and log-probs cross to the host).
     #[arg(long)]
     pub sample: bool,
+    /// `--kind rl-step`: prompts per step.
+    #[arg(long, default_value_t = 64)]
+    pub prompts: usize,
+    /// `--kind rl-step`: completions per prompt (the GRPO group).
+    #[arg(long, default_value_t = 8)]
+    pub samples: usize,
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -68,6 +78,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
         GpuBench::Generate => generate(&gpu, args),
+        GpuBench::RlStep => crate::cli::bench_rl_step::rl_step(&gpu, args),
     }
 }
 

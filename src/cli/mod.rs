@@ -5,6 +5,8 @@ pub mod bench_allreduce;
 pub mod bench_common;
 pub mod bench_env;
 pub mod bench_gpu;
+#[cfg(feature = "cuda")]
+pub mod bench_rl_step;
 pub mod compass;
 pub mod convert;
 pub mod eval;

@@ -211,6 +211,18 @@ impl<'g> GpuDecoder<'g> {
         Ok(())
     }
 
+    /// Replace the weights with `params`, a device buffer of the same model (e.g. a `GpuModel`'s
+    /// after its optimizer step): a device-to-device copy, ordered on the one stream.
+    pub fn load_params(&mut self, params: &CudaSlice<f32>) -> Result<()> {
+        if params.len() != self.params.len() {
+            return Err(Error::shape(
+                "decoder weights",
+                format!("{} for a model of {}", params.len(), self.params.len()),
+            ));
+        }
+        self.gpu.stream.memcpy_dtod(params, &mut self.params).map_err(drv("copy"))
+    }
+
     /// The device this decoder runs on.
     pub fn gpu(&self) -> &'g Gpu {
         self.gpu

@@ -94,6 +94,11 @@ impl GpuModel {
         self.gpu.stream.memcpy_htod(params, &mut self.params).map_err(drv("upload"))
     }
 
+    /// The weights' device buffer (e.g. for a decoder to copy after an optimizer step).
+    pub fn params_device(&self) -> &CudaSlice<f32> {
+        &self.params
+    }
+
     /// The device this model lives on.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
