@@ -78,7 +78,20 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
         GpuBench::Generate => generate(&gpu, args),
-        GpuBench::RlStep => crate::cli::bench_rl_step::rl_step(&gpu, args),
+        GpuBench::RlStep => {
+            let a = crate::cli::bench_rl_step::RlStepArgs {
+                model_config: args.model_config.clone(),
+                prompts: args.prompts,
+                samples: args.samples,
+                prompt_len: args.prompt_len,
+                new_tokens: args.new_tokens,
+                batch: args.batch,
+                steps: args.steps,
+                warmup: args.warmup,
+                seed: args.seed,
+            };
+            crate::cli::bench_rl_step::rl_step(&gpu, &a)
+        }
     }
 }
 

@@ -9,15 +9,29 @@
 //! new weights copied device to device into the decoder. Only token ids, log-probs and the
 //! per-token loss gradient cross to the host. Prints one JSON line with the seconds of each phase.
 
-use crate::cli::bench_gpu::GpuArgs;
 use crate::cuda::{Gpu, GpuDecoder, GpuModel};
 use crate::model::Batch;
 use crate::rng::Rng;
 use crate::rollout::{Completion, GenerateConfig, Request, SamplingParams};
 use crate::train::adamw::{AdamW, AdamWConfig};
 use anyhow::Context;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The flags of `arbor bench gpu` that the rl-step reads.
+pub struct RlStepArgs {
+    pub model_config: Option<PathBuf>,
+    pub prompts: usize,
+    pub samples: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    /// Sequences per forward/backward micro-batch.
+    pub batch: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub seed: u64,
+}
 
 /// GRPO advantages of each completion, groups of `n` consecutive completions.
 fn group_advantages(rewards: &[f32], n: usize) -> Vec<f32> {
@@ -56,7 +70,7 @@ fn micro_batch(
 }
 
 /// The rl-step benchmark (see the module doc).
-pub fn rl_step(gpu: &Arc<Gpu>, args: &GpuArgs) -> anyhow::Result<()> {
+pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
     use crate::cli::bench_common::{load_model, median};
     let path = args.model_config.as_ref().context("--model-config is required for --kind rl-step")?;
     let model = load_model(path, args.seed).with_context(|| format!("loading {}", path.display()))?;
