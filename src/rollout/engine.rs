@@ -241,6 +241,7 @@ impl Slots {
             let s = sample(&self.buf.logits[row * v..(row + 1) * v], &cfg.sampling, &mut a.rng, &mut self.scratch);
             a.next = s.token;
             if a.out.push(s, a.target, cfg, self.cache.len[a.slot], max_len) {
+                // mark for removal; `fed` past the prompt length flags it
                 a.fed = usize::MAX;
                 finished = true;
             }
