@@ -7,7 +7,7 @@
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
-use crate::cuda::sample::sample_rows;
+use crate::cuda::sample::{sample_rows, SampleBufs};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 use crate::rollout::sampler::Sampled;
@@ -33,6 +33,7 @@ pub struct GpuDecoder<'g> {
     params: CudaSlice<f32>,
     rope: GpuRope,
     bufs: Vec<CudaSlice<f32>>,
+    sampling: SampleBufs,
 }
 
 impl GpuKvCache {
@@ -56,7 +57,13 @@ impl<'g> GpuDecoder<'g> {
         for _ in 0..8 {
             bufs.push(gpu.empty()?);
         }
-        Ok(GpuDecoder { gpu, params: gpu.upload(&model.params.data)?, rope: gpu.rope(&model.rope)?, bufs })
+        Ok(GpuDecoder {
+            gpu,
+            params: gpu.upload(&model.params.data)?,
+            rope: gpu.rope(&model.rope)?,
+            bufs,
+            sampling: SampleBufs::new(gpu, 1)?,
+        })
     }
 
     /// Append `tokens[i]` to cache slot `slots[i]` (distinct slots) and return the next-token
@@ -85,7 +92,7 @@ impl<'g> GpuDecoder<'g> {
         self.forward(model, tokens, slots, cache)?;
         let v = model.cfg.vocab_size;
         let logits = Gpu::r(&self.bufs[LOGITS], 0..tokens.len() * v);
-        sample_rows(self.gpu, &logits, v, uniforms, temperature)
+        sample_rows(self.gpu, &logits, v, uniforms, temperature, &mut self.sampling)
     }
 
     /// The decode step's forward: the next-token logits stay in the device buffer `LOGITS`.

@@ -9,19 +9,50 @@
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::error::{Error, Result};
 use crate::rollout::sampler::Sampled;
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 
 /// Threads per row (the kernel's `SAMPLE_BLOCK`): row chunks are `ceil(V / BLOCK)` long.
 pub const BLOCK: usize = 256;
 
+/// The sampler's device buffers (uniforms in, ids / log-probs / entropies out), allocated once
+/// and grown on demand, so a decode step allocates nothing on the device.
+pub struct SampleBufs {
+    uniforms: CudaSlice<f64>,
+    tokens: CudaSlice<u32>,
+    logp: CudaSlice<f32>,
+    entropy: CudaSlice<f32>,
+}
+
+impl SampleBufs {
+    /// Buffers for up to `rows` rows (more are grown into when asked for).
+    pub fn new(gpu: &Gpu, rows: usize) -> Result<Self> {
+        let s = gpu.stream();
+        let n = rows.max(1);
+        Ok(SampleBufs {
+            uniforms: s.alloc_zeros(n).map_err(drv("alloc"))?,
+            tokens: s.alloc_zeros(n).map_err(drv("alloc"))?,
+            logp: s.alloc_zeros(n).map_err(drv("alloc"))?,
+            entropy: s.alloc_zeros(n).map_err(drv("alloc"))?,
+        })
+    }
+
+    fn reserve(&mut self, gpu: &Gpu, rows: usize) -> Result<()> {
+        if self.tokens.len() < rows {
+            *self = SampleBufs::new(gpu, rows)?;
+        }
+        Ok(())
+    }
+}
+
 /// One token from each of the `n = uniforms.len()` rows of `logits` ([n, v] on the device) at
-/// `temperature` (≤ 0: greedy, and `uniforms` are ignored).
+/// `temperature` (≤ 0: greedy, and `uniforms` are ignored), through the buffers `bufs`.
 pub fn sample_rows(
     gpu: &Gpu,
     logits: &CudaView<'_, f32>,
     v: usize,
     uniforms: &[f64],
     temperature: f32,
+    bufs: &mut SampleBufs,
 ) -> Result<Vec<Sampled>> {
     let n = uniforms.len();
     if v == 0 || logits.len() < n * v {
@@ -33,26 +64,24 @@ pub fn sample_rows(
     if !temperature.is_finite() || uniforms.iter().any(|u| !(0.0..1.0).contains(u)) {
         return Err(Error::Invalid(format!("sample rows: temperature {temperature} or a uniform outside [0, 1)")));
     }
+    bufs.reserve(gpu, n)?;
     let s = gpu.stream();
-    let u_dev = gpu.htod(uniforms)?;
-    let mut tokens = s.alloc_zeros::<u32>(n).map_err(drv("alloc"))?;
-    let mut logp = s.alloc_zeros::<f32>(n).map_err(drv("alloc"))?;
-    let mut entropy = s.alloc_zeros::<f32>(n).map_err(drv("alloc"))?;
+    s.memcpy_htod(uniforms, &mut bufs.uniforms.slice_mut(0..n)).map_err(drv("upload"))?;
     let args = [
         Arg::P(gpu.pr(logits)),
-        Arg::P(u_dev.device_ptr(s).0),
+        Arg::P(bufs.uniforms.device_ptr(s).0),
         Arg::F(temperature),
-        Arg::P(tokens.device_ptr_mut(s).0),
-        Arg::P(logp.device_ptr_mut(s).0),
-        Arg::P(entropy.device_ptr_mut(s).0),
+        Arg::P(bufs.tokens.device_ptr_mut(s).0),
+        Arg::P(bufs.logp.device_ptr_mut(s).0),
+        Arg::P(bufs.entropy.device_ptr_mut(s).0),
         Arg::I(n as i32),
         Arg::I(v as i32),
     ];
     gpu.launch("sample", "sample_rows_f32", (n as u32, 1, 1), (BLOCK as u32, 1, 1), 0, &args)?;
     let (mut t, mut lp, mut h) = (vec![0u32; n], vec![0f32; n], vec![0f32; n]);
-    s.memcpy_dtoh(&tokens, &mut t[..]).map_err(drv("download"))?;
-    s.memcpy_dtoh(&logp, &mut lp[..]).map_err(drv("download"))?;
-    s.memcpy_dtoh(&entropy, &mut h[..]).map_err(drv("download"))?;
+    s.memcpy_dtoh(&bufs.tokens.slice(0..n), &mut t[..]).map_err(drv("download"))?;
+    s.memcpy_dtoh(&bufs.logp.slice(0..n), &mut lp[..]).map_err(drv("download"))?;
+    s.memcpy_dtoh(&bufs.entropy.slice(0..n), &mut h[..]).map_err(drv("download"))?;
     gpu.sync()?;
     Ok((0..n).map(|i| Sampled { token: t[i], logprob: lp[i], entropy: h[i] }).collect())
 }

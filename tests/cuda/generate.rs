@@ -140,18 +140,20 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
 /// on the first maximum; and the token frequencies of one row sampled many times follow softmax.
 #[test]
 fn device_sampling_matches_the_cpu_sampler() {
-    use arbor::cuda::sample::sample_rows;
+    use arbor::cuda::sample::{sample_rows, SampleBufs};
     use arbor::rollout::{sample, SamplingParams};
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(23);
     let mut scratch = Vec::new();
+    // one set of device buffers for every call: it grows from 1 row on the first
+    let mut bufs = SampleBufs::new(&g, 1).unwrap();
     for &(v, temperature) in &[(1000usize, 1.0f32), (151_936, 0.8), (257, 0.0), (4099, 1.3)] {
         let n = 96;
         let z: Vec<f32> = (0..n * v).map(|_| (rng.normal() * 3.0) as f32).collect();
         let mut streams: Vec<Rng> = (0..n).map(|i| Rng::derive(9, &[v as u64, i as u64])).collect();
         let uniforms: Vec<f64> = streams.iter().map(|r| r.clone().uniform()).collect();
         let dev = g.upload(&z).unwrap();
-        let got = sample_rows(&g, &Gpu::r(&dev, 0..n * v), v, &uniforms, temperature).unwrap();
+        let got = sample_rows(&g, &Gpu::r(&dev, 0..n * v), v, &uniforms, temperature, &mut bufs).unwrap();
         let params = SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: 1 };
         let mut flips = 0;
         for (i, s) in got.iter().enumerate() {
@@ -172,7 +174,7 @@ fn device_sampling_matches_the_cpu_sampler() {
     let mut r = Rng::new(77);
     let uniforms: Vec<f64> = (0..n).map(|_| r.uniform()).collect();
     let dev = g.upload(&rows).unwrap();
-    let got = sample_rows(&g, &Gpu::r(&dev, 0..rows.len()), z.len(), &uniforms, 1.0).unwrap();
+    let got = sample_rows(&g, &Gpu::r(&dev, 0..rows.len()), z.len(), &uniforms, 1.0, &mut bufs).unwrap();
     let total: f64 = z.iter().map(|&x| (x as f64).exp()).sum();
     for (j, &x) in z.iter().enumerate() {
         let p = (x as f64).exp() / total;
