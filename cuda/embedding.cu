@@ -10,12 +10,15 @@
 //   Ids must be < V (the host validates the batch; the kernel does not check).
 //
 // embedding_bwd_f32
-//   (float* dtable, const float* dout, const unsigned int* ids, int n, int c)
+//   (float* dtable, const float* dout, const unsigned int* csr, int u, int n, int c)
 //   dtable: [V, C] f32 (ADDED into, like the CPU), dout: [N, C] f32.
-//   dtable[ids[i], :] += dout[i, :] with atomicAdd (rows may repeat a token id).
-//   Launch: grid = (n), block = 256, no dynamic shared memory.
-//   Deviation: the order in which repeated ids are summed is not fixed (float atomics), so the
-//   result may differ from the CPU's serial order in the last bits when an id repeats.
+//   dtable[ids[i], :] += dout[i, :] for every row i, deterministically and in the CPU's order:
+//   csr = [ids (u distinct token ids) | starts (u + 1) | rows (N)], built by the host
+//   (`cuda::backend::embedding_csr`): distinct id k's rows, ascending, are
+//   rows[starts[k] .. starts[k + 1]]. Block k owns id k's row of dtable, so no two blocks write
+//   the same element and no atomics are needed; each element is summed serially in row order,
+//   exactly the CPU's ((d + dout[i1]) + dout[i2]) + ... (bit-identical). Rows >= n are skipped.
+//   Launch: grid = (u), block = 256, no dynamic shared memory.
 
 template <typename T>
 __device__ void embedding_fwd(T* __restrict__ out, const T* __restrict__ table,
@@ -38,10 +41,19 @@ extern "C" __global__ void embedding_fwd_bf16(unsigned short* out, const unsigne
 }
 
 extern "C" __global__ void embedding_bwd_f32(float* __restrict__ dtable, const float* __restrict__ dout,
-                                             const unsigned int* __restrict__ ids, int n, int c) {
-    const int row = blockIdx.x;
-    if (row >= n) return;
-    const long long dst = (long long)ids[row] * c;
-    const long long src = (long long)row * c;
-    for (int j = threadIdx.x; j < c; j += blockDim.x) atomicAdd(dtable + dst + j, dout[src + j]);
+                                             const unsigned int* __restrict__ csr, int u, int n, int c) {
+    const int k = blockIdx.x;
+    if (k >= u) return;
+    const unsigned int* starts = csr + u;
+    const unsigned int* rows = csr + 2 * u + 1;
+    const long long dst = (long long)csr[k] * c;
+    const unsigned int a = starts[k], b = starts[k + 1];
+    for (int j = threadIdx.x; j < c; j += blockDim.x) {
+        float acc = dtable[dst + j];
+        for (unsigned int r = a; r < b; ++r) {
+            const unsigned int row = rows[r];
+            if ((int)row < n) acc += dout[(long long)row * c + j];
+        }
+        dtable[dst + j] = acc;
+    }
 }

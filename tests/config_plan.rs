@@ -57,7 +57,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn expected_plan(file: &str) -> &'static str {
     match file {
         "addition-sft.toml" => "rl = none",
-        "addition-grpo.toml" | "countdown-grpo.toml" | "default.toml" | "longtail.toml" => GROUPS,
+        "addition-grpo.toml" | "countdown-grpo.toml" | "countdown-gpu.toml" | "default.toml" | "longtail.toml" => GROUPS,
         // configs/eff20: the default job with one key changed (docs/efficacy.md §3c-3d)
         "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "f-prompts64.toml"
         | "g-entropy0.01.toml" | "h-temp1.2.toml" => GROUPS,
@@ -213,12 +213,22 @@ fn rows() -> Vec<(Row, String)> {
             with(&["[rl]\nsteps = 1\nsamples_per_prompt = 1\n"]),
         ),
         (
-            row(
-                "cuda_supervised_only",
-                "train.device",
-                "\"cuda\" drives the supervised phase with data parallelism only",
-            ),
-            format!("{cuda}\n{RL}"),
+            row("cuda_tp_one", "parallel.tp", "2: train.device = \"cuda\" runs with tp = 1"),
+            format!("{cuda}\n{RL}\n[parallel]\ntp = 2\n"),
+        ),
+        (
+            row("cuda_no_critic", "critic", "[critic] runs on the CPU only for now: with train.device = \"cuda\""),
+            format!("{cuda}\n{RL}\n[critic]\n"),
+        ),
+        (row("cuda_no_attnrl", "attnrl", "[attnrl] runs on the CPU only"), format!("{cuda}\n{RL}\n[attnrl]\n")),
+        (row("cuda_no_rhythm", "rhythm", "[rhythm] runs on the CPU only"), format!("{cuda}\n{RL}\n[rhythm]\n")),
+        (
+            row("cuda_no_env", "env.kind", "[env] runs on the CPU only"),
+            format!("{cuda}\n{RL}\n[env]\nkind = \"guess\"\n"),
+        ),
+        (
+            row("cuda_no_async", "async.rollout_ranks", "[async] runs on the CPU only"),
+            format!("{cuda}\n{RL}\n[async]\nrollout_ranks = 1\n"),
         ),
         (
             row(
@@ -305,7 +315,7 @@ fn each_rule_refuses_its_combination_with_its_key_and_message() {
         let err = RunConfig::parse(text, Path::new("rules.toml")).expect_err(row.rule);
         match (&err, row.rule) {
             // a build without the `cuda` feature refuses the device before the rule
-            (arbor::Error::Config { key, msg, .. }, "cuda_supervised_only") if !cfg!(feature = "cuda") => {
+            (arbor::Error::Config { key, msg, .. }, rule) if rule.starts_with("cuda_") && !cfg!(feature = "cuda") => {
                 assert!(key == "train.device" && msg.contains("without the `cuda` feature"), "{err}")
             }
             (arbor::Error::Config { file, key, msg }, _) => {

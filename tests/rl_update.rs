@@ -8,6 +8,7 @@ use arbor::model::init::init_params;
 use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
 use arbor::rl::{Aggregation, LossConfig, LossKind};
 use arbor::rng::Rng;
+use arbor::train::engine::Engine;
 use arbor::train::rl::{policy_update, Sample, UpdateBatch, UpdateBuffers, UpdatePlan, UpdateSettings};
 use arbor::train::{AdamW, AdamWConfig};
 
@@ -88,7 +89,9 @@ fn micro_batches_accumulate_to_the_one_pass_gradient() {
                 let mut opt = adam(&m);
                 let mut buf = UpdateBuffers::new(&m);
                 let plan = UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: micro, grad_clip: 0.0 };
+                let mut engine = Engine::cpu();
                 let r = policy_update(
+                    &mut engine,
                     &mut m,
                     &mut opt,
                     UpdateBatch::of(&data),
@@ -96,7 +99,7 @@ fn micro_batches_accumulate_to_the_one_pass_gradient() {
                     &mut buf,
                 )
                 .unwrap();
-                (r, buf.grads().to_vec(), m.params.data)
+                (r, engine.host_grads().unwrap().to_vec(), m.params.data)
             };
             let (one, g1, p1) = run(0);
             assert!(g1.iter().any(|&g| g != 0.0), "{kind:?}/{agg:?}: zero gradient tests nothing");
@@ -128,6 +131,7 @@ fn mini_batches_and_epochs_update_against_a_fixed_old_policy() {
         let mut opt = adam(&m);
         let mut buf = UpdateBuffers::new(&m);
         let r = policy_update(
+            &mut Engine::cpu(),
             &mut m,
             &mut opt,
             UpdateBatch::of(&data),
@@ -169,6 +173,7 @@ fn mismatched_sample_lengths_are_an_error_not_a_panic() {
     let mut buf = UpdateBuffers::new(&m);
     let plan = UpdatePlan::single(1.0);
     let err = policy_update(
+        &mut Engine::cpu(),
         &mut m,
         &mut opt,
         UpdateBatch::of(&data),

@@ -96,7 +96,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn generate(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
+fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::Result<()> {
     use crate::cli::bench_common::{load_model, median};
     use crate::cuda::GpuDecoder;
     use crate::rng::Rng;

@@ -114,7 +114,8 @@ pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Res
     let mut model = crate::train::pretrain::build_model(cfg, &tok)?;
     model.params.data.copy_from_slice(&report.final_params);
     // the RL arm's last eval used the stream of step rl.steps
-    let rate = evaluate(&model, cfg, task.as_ref(), rl, &tok, rl.steps, &Local)?;
+    let mut engine = crate::train::engine::Engine::new(cfg.train.device, &model, &Local)?;
+    let rate = evaluate(&mut engine, &model, cfg, task.as_ref(), rl, rl.steps, &Local)?;
     Ok((steps, rate))
 }
 

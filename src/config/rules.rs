@@ -26,7 +26,12 @@ impl Rule {
 pub const RULES: &[Rule] = &[
     Rule { name: "steps_or_rl", key: "train.steps", check: steps_or_rl },
     Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
-    Rule { name: "cuda_supervised_only", key: "train.device", check: cuda_supervised_only },
+    Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
+    Rule { name: "cuda_no_critic", key: "critic", check: cuda_no_critic },
+    Rule { name: "cuda_no_attnrl", key: "attnrl", check: cuda_no_attnrl },
+    Rule { name: "cuda_no_rhythm", key: "rhythm", check: cuda_no_rhythm },
+    Rule { name: "cuda_no_env", key: "env.kind", check: cuda_no_env },
+    Rule { name: "cuda_no_async", key: "async.rollout_ranks", check: cuda_no_async },
     Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
     Rule { name: "critic_needs_rl", key: "critic", check: critic_needs_rl },
     Rule { name: "critic_not_trees", key: "critic", check: critic_not_trees },
@@ -80,11 +85,39 @@ fn group_of_two(cfg: &RunConfig) -> Option<String> {
     })
 }
 
-/// The CUDA backend runs the supervised phase with data parallelism only.
-fn cuda_supervised_only(cfg: &RunConfig) -> Option<String> {
-    when(cfg.train.device == Device::Cuda && (cfg.rl.is_some() || cfg.parallel.tp > 1), || {
-        "\"cuda\" drives the supervised phase with data parallelism only; [rl] and tp > 1 run on the CPU for now".into()
+/// The CUDA engine holds whole models (data parallelism over GPUs, no tensor parallelism).
+fn cuda_tp_one(cfg: &RunConfig) -> Option<String> {
+    let tp = cfg.parallel.tp;
+    when(cfg.train.device == Device::Cuda && tp > 1, || {
+        format!("{tp}: train.device = \"cuda\" runs with tp = 1 (data parallelism over GPUs); tensor parallelism runs on the CPU")
     })
+}
+
+/// A part of the RL step that runs on the host only, refused with "cuda" naming its section.
+fn cuda_host_only(cfg: &RunConfig, present: bool, section: &str) -> Option<String> {
+    when(cfg.train.device == Device::Cuda && present, || {
+        format!("{section} runs on the CPU only for now: with train.device = \"cuda\" drop {section}, or use device = \"cpu\"")
+    })
+}
+
+fn cuda_no_critic(cfg: &RunConfig) -> Option<String> {
+    cuda_host_only(cfg, cfg.critic.is_some(), "[critic]")
+}
+
+fn cuda_no_attnrl(cfg: &RunConfig) -> Option<String> {
+    cuda_host_only(cfg, cfg.attnrl.is_some(), "[attnrl]")
+}
+
+fn cuda_no_rhythm(cfg: &RunConfig) -> Option<String> {
+    cuda_host_only(cfg, cfg.rhythm.is_some(), "[rhythm]")
+}
+
+fn cuda_no_env(cfg: &RunConfig) -> Option<String> {
+    cuda_host_only(cfg, cfg.env.is_some(), "[env]")
+}
+
+fn cuda_no_async(cfg: &RunConfig) -> Option<String> {
+    cuda_host_only(cfg, cfg.async_rl.is_some(), "[async]")
 }
 
 /// The attention-statistics pass needs every head on one rank.

@@ -147,7 +147,8 @@ pub struct TrainSection {
     /// Newest checkpoints kept (older ones are deleted after a successful save).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
-    /// Where the supervised phase's forward and backward run: "cpu" or "cuda" (GPU 0 of each rank).
+    /// Where the model computes in both phases (forward, backward, AdamW, RL generation): "cpu"
+    /// or "cuda" (GPU 0 of each rank; see `train::engine`).
     #[serde(default)]
     pub device: Device,
     /// Steps in a row whose update may be skipped for a non-finite loss or gradient norm before
@@ -156,7 +157,7 @@ pub struct TrainSection {
     pub max_nonfinite_steps: u64,
 }
 
-/// Compute device of the supervised phase.
+/// Compute device of a run (`[train] device`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {

@@ -13,6 +13,7 @@ use crate::model::{Batch, Model};
 use crate::rollout::sampler::Sampled;
 use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaSlice, DevicePtr};
+use std::sync::Arc;
 
 /// Index of the next-token logits ([B, V]) among the decoder's work buffers.
 const LOGITS: usize = 7;
@@ -28,8 +29,8 @@ pub struct GpuKvCache {
 }
 
 /// A model's weights on the device plus step buffers, for generation.
-pub struct GpuDecoder<'g> {
-    gpu: &'g Gpu,
+pub struct GpuDecoder {
+    gpu: Arc<Gpu>,
     params: CudaSlice<f32>,
     rope: GpuRope,
     bufs: Vec<CudaSlice<f32>>,
@@ -50,15 +51,15 @@ impl GpuKvCache {
     }
 }
 
-impl<'g> GpuDecoder<'g> {
+impl GpuDecoder {
     /// Upload `model`'s weights.
-    pub fn new(gpu: &'g Gpu, model: &Model) -> Result<Self> {
+    pub fn new(gpu: &Arc<Gpu>, model: &Model) -> Result<Self> {
         let mut bufs = Vec::new();
         for _ in 0..8 {
             bufs.push(gpu.empty()?);
         }
         Ok(GpuDecoder {
-            gpu,
+            gpu: gpu.clone(),
             params: gpu.upload(&model.params.data)?,
             rope: gpu.rope(&model.rope)?,
             bufs,
@@ -92,7 +93,7 @@ impl<'g> GpuDecoder<'g> {
         self.forward(model, tokens, slots, cache)?;
         let v = model.cfg.vocab_size;
         let logits = Gpu::r(&self.bufs[LOGITS], 0..tokens.len() * v);
-        sample_rows(self.gpu, &logits, v, uniforms, temperature, &mut self.sampling)
+        sample_rows(&self.gpu, &logits, v, uniforms, temperature, &mut self.sampling)
     }
 
     /// The decode step's forward: the next-token logits stay in the device buffer `LOGITS`.
@@ -126,7 +127,7 @@ impl<'g> GpuDecoder<'g> {
         let slot_dev = self.gpu.htod(&slot_ids)?;
         let lens_dev = self.gpu.htod(&lens)?;
 
-        let (g, p, lay) = (self.gpu, &self.params, &model.params.layout);
+        let (g, p, lay) = (&*self.gpu, &self.params, &model.params.layout);
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (h, kv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
@@ -231,7 +232,7 @@ impl<'g> GpuDecoder<'g> {
     }
 
     /// The device this decoder runs on.
-    pub fn gpu(&self) -> &'g Gpu {
-        self.gpu
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
     }
 }

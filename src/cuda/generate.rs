@@ -106,7 +106,7 @@ pub fn batch_loop(
         .collect()
 }
 
-impl GpuDecoder<'_> {
+impl GpuDecoder {
     /// `rollout::generate` on the GPU: continuous batching over `cfg.max_batch` device KV-cache
     /// slots, tokens drawn on the device (temperature, or greedy at 0). Top-k/top-p sampling is
     /// not on the device yet and is refused, naming the setting.

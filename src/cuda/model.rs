@@ -39,6 +39,29 @@ impl GpuModel {
         })
     }
 
+    /// Upload `model`'s weights for forward passes only (a frozen reference policy): no gradient
+    /// or moment buffers; [`GpuModel::backward`] and [`GpuModel::adamw_step`] refuse it.
+    pub fn frozen(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
+        let one = || gpu.stream.alloc_zeros::<f32>(1).map_err(drv("alloc"));
+        Ok(GpuModel {
+            params: gpu.upload(&model.params.data)?,
+            grads: one()?,
+            m: one()?,
+            v: one()?,
+            rope: gpu.rope(&model.rope)?,
+            ws: Workspace::empty(&*gpu)?,
+            gpu,
+        })
+    }
+
+    /// A frozen model has no gradient buffer.
+    fn check_trainable(&self) -> Result<()> {
+        match self.grads.len() == self.params.len() {
+            true => Ok(()),
+            false => Err(Error::Invalid("a frozen GPU model (forward only) cannot train".into())),
+        }
+    }
+
     /// Forward on `batch`: returns (log p of each target, entropy of each row).
     pub fn forward(&mut self, model: &Model, batch: &Batch) -> Result<(Vec<f32>, Vec<f32>)> {
         model.check_batch(batch)?;
@@ -55,6 +78,7 @@ impl GpuModel {
     /// Backward after [`GpuModel::forward`] on the same batch; gradients are ADDED to the device
     /// gradient buffer (see [`Model::backward_with_entropy`] for `dlogp` and `dent`).
     pub fn backward(&mut self, model: &Model, batch: &Batch, dlogp: &[f32], dent: Option<&[f32]>) -> Result<()> {
+        self.check_trainable()?;
         let n = batch.len();
         if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
             return Err(Error::shape("dlogp/dent", format!("do not have one entry per token ({n})")));
@@ -104,6 +128,37 @@ impl GpuModel {
         &self.gpu
     }
 
+    /// The device, shared (for a decoder or a second model on it).
+    pub fn gpu_arc(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// The AdamW moments (m, v), on the host.
+    pub fn moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (mut m, mut v) = (vec![0.0; self.m.len()], vec![0.0; self.v.len()]);
+        self.gpu.download(&self.m, &mut m)?;
+        self.gpu.download(&self.v, &mut v)?;
+        Ok((m, v))
+    }
+
+    /// Replace the AdamW moments (a resumed optimizer); empty slices mean zeros.
+    pub fn set_moments(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
+        self.check_trainable()?;
+        for (host, dev) in [(m, &mut self.m), (v, &mut self.v)] {
+            if host.is_empty() {
+                self.gpu.stream.memset_zeros(dev).map_err(drv("memset"))?;
+            } else if host.len() != dev.len() {
+                return Err(Error::shape(
+                    "optimizer moments upload",
+                    format!("{} moments for a model of {}", host.len(), dev.len()),
+                ));
+            } else {
+                self.gpu.stream.memcpy_htod(host, dev).map_err(drv("upload"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sum the gradients over a NCCL group, on the devices.
     pub fn all_reduce_grads(&mut self, nccl: &crate::cuda::nccl::Nccl) -> Result<()> {
         nccl.all_reduce_device(&mut self.grads)?;
@@ -151,6 +206,7 @@ impl GpuModel {
     /// pre-clip gradient norm. A non-finite norm skips the update (weights, moments and `opt.t`
     /// unchanged), as on the CPU.
     pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<f32> {
+        self.check_trainable()?;
         let norm = self.grad_norm()?;
         if !norm.is_finite() {
             return Ok(norm);

@@ -4,7 +4,7 @@ pub mod adamw;
 pub mod async_rl;
 pub mod checkpoint;
 pub mod critic;
-pub mod device;
+pub mod engine;
 pub mod dump;
 pub mod guard;
 pub mod job;

@@ -8,16 +8,16 @@ use crate::error::{Error, Result};
 use crate::io::load_hf_dir;
 use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
-use crate::parallel::{all_reduce_buckets, partition, Comm, Grid};
+use crate::parallel::{partition, Comm, Grid};
 use crate::tasks::{Problem, Task};
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{save_model_checkpoint, CheckpointFiles, TrainerState};
-use crate::train::device::Engine;
+use crate::train::engine::Engine;
 use crate::train::guard::NonFiniteGuard;
 use crate::train::metrics::{write_line, SftEvalLine, SftStepReport};
 use crate::train::progress::Progress;
-use crate::train::{clip_and_step_model, AdamW, LrSchedule};
+use crate::train::{AdamW, LrSchedule};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -70,6 +70,7 @@ pub(crate) fn build_batch(
 /// Score held-out problems with teacher forcing; the problems are partitioned over the
 /// data-parallel ranks and the sums all-reduced.
 pub fn evaluate(
+    engine: &mut Engine,
     model: &Model,
     tok: &CharTokenizer,
     task: &dyn Task,
@@ -84,7 +85,7 @@ pub fn evaluate(
     let mut sums = [0.0f64; 4];
     if !mine.is_empty() {
         build_batch(tok, task, SPLIT_EVAL, mine.start as u64, mine.len(), &mut batch, &mut mask)?;
-        model.forward(&batch, ws)?;
+        engine.forward(model, &batch, ws)?;
         for s in 0..batch.num_seqs() {
             let (a, b) = (batch.seq_starts[s], batch.seq_starts[s + 1]);
             let mut all = true;
@@ -172,18 +173,18 @@ pub fn run_phase(
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };
-    let mut grads = vec![0.0f32; model.params.data.len()];
     let mut ws = Workspace::new(&model.cfg, 0);
     let mut engine = Engine::new(t.device, model, dp)?;
+    engine.load(model, opt)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
-    if !matches!(engine, Engine::Cpu) {
+    if engine.on_device() {
         say(log, format!("supervised forward/backward on {}", engine.describe()));
     }
 
     let progress = Progress::new(t.steps, "sft");
     if start == 0 && t.steps > 0 {
-        let e0 = evaluate(model, &tok, task, cfg, &mut ws, dp)?;
+        let e0 = evaluate(&mut engine, model, &tok, task, cfg, &mut ws, dp)?;
         say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
         let line = SftEvalLine { step: 0, eval_answer_nll: e0.answer_nll, eval_answer_exact: e0.answer_exact };
         write_line(metrics, &metrics_path, &line)?;
@@ -211,7 +212,7 @@ pub fn run_phase(
         let n = batch.len();
         dlogp.clear();
         dlogp.extend((0..n).map(|i| !batch.seq_starts[1..].contains(&(i + 1)) as u8 as f32));
-        grads.iter_mut().for_each(|g| *g = 0.0);
+        engine.zero_grads(model)?;
         let mut sums = [0.0f64; 2]; // [predicted tokens, Σ log p]
         if n > 0 {
             engine.forward(model, &batch, &mut ws)?;
@@ -222,24 +223,18 @@ pub fn run_phase(
         let count = (sums[0] as f32).max(1.0);
         let loss = -sums[1] / count as f64;
         dlogp.iter_mut().for_each(|w| *w = -*w / count);
-        // 4. backward → gradients (all-reduced); 5. clip; 6. AdamW
-        if n > 0 || engine.reduces_gradients() {
-            // (a rank with no tokens still joins the engine's collective)
-            engine.backward(model, &batch, &dlogp, &mut ws, &mut grads)?;
+        // 4. backward → gradients, all-reduced (a rank with no tokens still joins); 5. clip; 6. AdamW
+        if n > 0 {
+            engine.accumulate(model, &batch, &dlogp, None, &mut ws)?;
         }
-        if !engine.reduces_gradients() {
-            all_reduce_buckets(dp, &mut grads, cfg.parallel.bucket_bytes())?;
-        }
+        engine.reduce_grads(dp, cfg.parallel.bucket_bytes())?;
         let lr = schedule.lr(step);
         // a non-finite loss or gradient norm skips the update (the optimizer refuses the norm)
         let norm = match loss.is_finite() {
-            true => clip_and_step_model(opt, model, &grads, lr, t.grad_clip)?,
+            true => engine.step(opt, model, lr, t.grad_clip)?,
             false => f32::NAN,
         };
         let skipped = NonFiniteGuard::is_bad(loss, norm as f64) as usize;
-        if skipped == 0 {
-            engine.weights_changed(model)?;
-        }
         let secs = t0.elapsed().as_secs_f64();
         tokens_total += n;
         train_secs += secs;
@@ -269,7 +264,7 @@ pub fn run_phase(
         }
         let last = step + 1 == t.steps;
         if last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0) {
-            let e = evaluate(model, &tok, task, cfg, &mut ws, dp)?;
+            let e = evaluate(&mut engine, model, &tok, task, cfg, &mut ws, dp)?;
             progress.say(
                 log,
                 &format!(
@@ -294,6 +289,7 @@ pub fn run_phase(
                 rl_eval_before: None,
                 sampling: None,
             };
+            engine.sync_host(model, opt)?;
             let none = |_: &Path| Ok::<(), Error>(());
             let files = CheckpointFiles { tokenizer: Some(tokenizer), keep_last: t.keep_checkpoints, extra: &none };
             save_model_checkpoint(out_dir, model, opt, &state, &files, root)?;
@@ -305,6 +301,7 @@ pub fn run_phase(
         }
     }
     progress.finish();
+    engine.sync_host(model, opt)?;
     report.tokens_per_s = tokens_total as f64 / train_secs.max(1e-9);
     Ok(())
 }

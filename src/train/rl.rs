@@ -47,6 +47,7 @@ use crate::rl::LossConfig;
 use crate::rollout::Finish;
 use crate::tasks::Task;
 use crate::tokenizer::char::CharTokenizer;
+use crate::train::engine::Engine;
 use crate::train::AdamW;
 use critic_step::Critics;
 use std::time::Instant;
@@ -113,12 +114,20 @@ pub struct RlTrainer<'a> {
     loss: &'a LossConfig,
     reference: Option<Model>,
     buf: UpdateBuffers,
+    /// Where the policy generates, computes and updates (`[train] device`).
+    pub engine: Engine,
 }
 
 impl<'a> RlTrainer<'a> {
-    /// A trainer for `model` on data-parallel group `dp`; `reference` is the frozen policy of the
-    /// KL term (needed iff kl_coef > 0).
-    pub fn new(ctx: RolloutCtx<'a>, plan: &'a RlPlan, model: &Model, reference: Option<Model>) -> Result<Self> {
+    /// A trainer for `model` on data-parallel group `dp`, computing on `engine`; `reference` is
+    /// the frozen policy of the KL term (needed iff kl_coef > 0).
+    pub fn new(
+        ctx: RolloutCtx<'a>,
+        plan: &'a RlPlan,
+        model: &Model,
+        reference: Option<Model>,
+        engine: Engine,
+    ) -> Result<Self> {
         let sampler = Sampler::new(plan, model);
         let critics = match &plan.advantage {
             AdvantageSource::Gae(cc) => Some(Critics::new(cc, model, ctx.cfg)?),
@@ -126,7 +135,7 @@ impl<'a> RlTrainer<'a> {
         };
         let shaping = plan.shaping.as_ref().map(|rc| Shaping { rc: rc.clone(), ws: Workspace::new(&model.cfg, 0) });
         let (loss, buf) = (&plan.loss, UpdateBuffers::new(model));
-        Ok(RlTrainer { ctx, sampler, shaping, critics, loss, reference, buf })
+        Ok(RlTrainer { ctx, sampler, shaping, critics, loss, reference, buf, engine })
     }
 
     /// A context for `cfg`'s RL phase on one process.
@@ -137,7 +146,7 @@ impl<'a> RlTrainer<'a> {
     /// One RL step (0-based `step`): rollouts → rewards → advantages → training batch → update → report.
     pub fn step(&mut self, model: &mut Model, opt: &mut AdamW, step: u64) -> Result<StepOutput> {
         let t0 = Instant::now();
-        let rollouts: Rollouts = self.sampler.sample(&self.ctx, model, step)?;
+        let rollouts: Rollouts = self.sampler.sample(&self.ctx, &mut self.engine, model, step)?;
         let sampling = Sampling { t0, t_gen: t0.elapsed().as_secs_f64(), policy_version: step, asynchronous: None };
         self.train_on(model, opt, step, rollouts, sampling, None)
     }
@@ -210,7 +219,7 @@ impl<'a> RlTrainer<'a> {
                 grad_clip: rl.grad_clip,
             };
             let settings = UpdateSettings { loss: self.loss, plan, lr, reference: self.reference.as_ref() };
-            policy_update_dp(model, opt, batch.update_batch(), &settings, &mut self.buf, &shard)?
+            policy_update_dp(&mut self.engine, model, opt, batch.update_batch(), &settings, &mut self.buf, &shard)?
         };
         let value_losses = match self.critics.as_mut() {
             Some(c) => c.update(batch, dp, cfg.parallel.bucket_bytes())?,

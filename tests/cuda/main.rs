@@ -67,14 +67,14 @@ fn gpu_required() -> bool {
 }
 
 /// The GPU, or `None` after printing why the test is skipped (a failure under [`gpu_required`]).
-fn gpu() -> Option<Gpu> {
+fn gpu() -> Option<std::sync::Arc<Gpu>> {
     if let Some(why) = arbor::cuda::unavailable() {
         assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but no CUDA device is usable: {why}");
         println!("skipped: no CUDA device ({why})");
         return None;
     }
     match Gpu::new(0) {
-        Ok(g) => Some(g),
+        Ok(g) => Some(std::sync::Arc::new(g)),
         Err(e) => panic!("a CUDA device is present but unusable: {e}"),
     }
 }
@@ -324,7 +324,6 @@ fn flash_attention_forward_and_backward_match_the_cpu() {
 #[test]
 fn a_full_train_step_on_the_gpu_matches_the_cpu() {
     let Some(g) = gpu() else { return };
-    let g = std::sync::Arc::new(g);
     for arch in [Arch::Qwen2, Arch::Llama] {
         let cfg = tiny_config(arch, false);
         let model = Model::new(cfg.clone(), init_params(&cfg, 7, 0.5)).unwrap();
@@ -427,7 +426,7 @@ fn attention_statistics_on_the_gpu_match_the_cpu_pass() {
     let mut ws = arbor::model::Workspace::new(&cfg, b.len());
     model.forward(&b, &mut ws).unwrap();
     let cpu = attention_stats(&model, &b, &ws, &steps, &scfg).unwrap();
-    let mut gm = GpuModel::new(std::sync::Arc::new(g), &model).unwrap();
+    let mut gm = GpuModel::new(g, &model).unwrap();
     let gpu_stats = arbor::cuda::stats::attention_stats(&mut gm, &model, &b, &steps, &scfg).unwrap();
     let mut compared = 0;
     for (s, (c, o)) in cpu.iter().zip(&gpu_stats).enumerate() {

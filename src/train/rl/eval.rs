@@ -7,9 +7,10 @@ use crate::env::{rollout, EnvMode};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::parallel::{partition, Comm};
-use crate::rollout::{generate, GenerateConfig, Request, SamplingParams};
+use crate::rollout::{GenerateConfig, Request, SamplingParams};
 use crate::tasks::{Task, SPLIT_EVAL};
 use crate::tokenizer::char::{CharTokenizer, EOS_ID};
+use crate::train::engine::Engine;
 
 /// Held-out solve rates (fractions).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,15 +34,17 @@ pub fn eval_config(cfg: &RunConfig, rl: &RlSection, temperature: f32, step: u64)
 
 /// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1; the
 /// problems are partitioned over the data-parallel ranks `dp` and the counts all-reduced.
+/// Generation runs on `engine` (the policy's weights there).
 pub fn evaluate(
+    engine: &mut Engine,
     model: &Model,
     cfg: &RunConfig,
     task: &dyn Task,
     rl: &RlSection,
-    tok: &CharTokenizer,
     step: u64,
     dp: &dyn Comm,
 ) -> Result<SolveRate> {
+    let tok = &CharTokenizer::default();
     if cfg.env.is_some() {
         // a multi-turn environment: the rate of held-out games won
         let greedy = env_win_rate(model, cfg, rl, 0.0, 1, step, dp)?;
@@ -58,8 +61,8 @@ pub fn evaluate(
         }
         problems.push(p);
     }
-    let solved = |temperature: f32, reqs: &[Request]| -> Result<[f64; 2]> {
-        let out = generate(model, reqs, &eval_config(cfg, rl, temperature, step))?;
+    let mut solved = |temperature: f32, reqs: &[Request]| -> Result<[f64; 2]> {
+        let out = engine.generate(model, reqs, &eval_config(cfg, rl, temperature, step))?;
         let first = mine.start as u64;
         // a solve counts 1 (a malformed answer's −format_penalty, or its −0.0, is not a solve)
         let solved: f32 = out

@@ -14,10 +14,10 @@ use crate::model::Model;
 use crate::parallel::Grid;
 use crate::rl::LossConfig;
 use crate::tasks::Task;
-use crate::tokenizer::char::CharTokenizer;
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{save_model_checkpoint, CheckpointFiles, TrainerState};
 use crate::train::progress::Progress;
+use crate::train::engine::Engine;
 use crate::train::AdamW;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -152,13 +152,19 @@ pub(crate) fn run_phase_with(
 ) -> Result<(SolveRate, SolveRate)> {
     let (cfg, rl) = (ph.cfg, ph.rl);
     let (dp, root) = (grid.dp.as_ref(), grid.is_root());
-    let tok = CharTokenizer::default();
     let progress = Progress::new(rl.steps, "rl");
     let reference = reference_policy(model, ph, &start, grid)?;
+    let mut engine = Engine::new(cfg.train.device, model, dp)?;
+    engine.load(model, opt)?;
+    if engine.on_device() {
+        progress.say(&mut *io.log, &format!("rl: generation and training on {}", engine.describe()));
+    }
+    let ctx = RlTrainer::context(cfg, rl, ph.task, dp);
+    let mut trainer = RlTrainer::new(ctx, ph.plan, model, reference, engine)?;
     let before = match start.before {
         Some(b) if start.done > 0 => b,
         _ => {
-            let b = evaluate(model, cfg, ph.task, rl, &tok, 0, dp)?;
+            let b = evaluate(&mut trainer.engine, model, cfg, ph.task, rl, 0, dp)?;
             write_line(ph, io.metrics, &eval_line(0, &b))?;
             b
         }
@@ -176,8 +182,6 @@ pub(crate) fn run_phase_with(
         progress.say(log, &format!("rl: resumed after step {}", start.done));
     }
     let mut dump = if root { Some(crate::train::dump::Dump::open(ph.run_dir, cfg, start.done)?) } else { None };
-    let ctx = RlTrainer::context(cfg, rl, ph.task, dp);
-    let mut trainer = RlTrainer::new(ctx, ph.plan, model, reference)?;
     restore(&mut trainer, ph, &start, dp.rank())?;
     let mut last = before;
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
@@ -225,7 +229,7 @@ pub(crate) fn run_phase_with(
         }
         let final_step = step + 1 == rl.steps;
         if final_step || (rl.eval_every > 0 && (step + 1) % rl.eval_every == 0) {
-            last = evaluate(model, cfg, ph.task, rl, &tok, step + 1, dp)?;
+            last = evaluate(&mut trainer.engine, model, cfg, ph.task, rl, step + 1, dp)?;
             progress.say(
                 log,
                 &format!(
@@ -243,6 +247,7 @@ pub(crate) fn run_phase_with(
         let preempted = io.source.is_none() && crate::train::preempt::agreed(grid.world.as_ref())?;
         if final_step || preempted || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
             io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
+            trainer.engine.sync_host(model, opt)?;
             checkpoint(model, opt, ph, &trainer, grid, step, before)?;
         }
         if preempted {
@@ -252,6 +257,7 @@ pub(crate) fn run_phase_with(
         }
     }
     progress.finish();
+    trainer.engine.sync_host(model, opt)?;
     Ok((before, last))
 }
 

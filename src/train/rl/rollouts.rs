@@ -10,8 +10,9 @@ use crate::error::Result;
 use crate::model::Model;
 use crate::parallel::Comm;
 use crate::rl::broadcast_to_tokens;
-use crate::rollout::{generate, Completion, Finish, GenerateConfig, Request, SamplingParams};
+use crate::rollout::{Completion, Finish, GenerateConfig, Request, SamplingParams};
 use crate::tasks::Problem;
+use crate::train::engine::Engine;
 use crate::tasks::Task;
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
 
@@ -154,8 +155,15 @@ pub struct RolloutCtx<'a> {
 
 impl RolloutCtx<'_> {
     /// Generate `requests` at RL step `step` (0-based) with the rollout settings of `[rl]`.
-    pub fn generate(&self, model: &Model, requests: &[Request], step: u64, max_new: usize) -> Result<Vec<Completion>> {
-        generate(model, requests, &rollout_config(self.cfg, self.rl, step, max_new))
+    pub fn generate(
+        &self,
+        engine: &mut Engine,
+        model: &Model,
+        requests: &[Request],
+        step: u64,
+        max_new: usize,
+    ) -> Result<Vec<Completion>> {
+        engine.generate(model, requests, &rollout_config(self.cfg, self.rl, step, max_new))
     }
 
     /// Prompt tokens and problem of training problem `id`.

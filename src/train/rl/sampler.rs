@@ -13,6 +13,7 @@ use crate::config::{AdvantageSource, RlPlan, Sampler as SamplerPlan};
 use crate::env::EnvConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::train::engine::Engine;
 use crate::parallel::partition;
 use crate::rl::{group_advantages, AdvantageKind};
 use crate::rollout::{Completion, Request};
@@ -45,10 +46,10 @@ impl Sampler {
     }
 
     /// Stages 1–3 at RL step `step` (0-based) with the weights of `model`.
-    pub fn sample(&mut self, ctx: &RolloutCtx, model: &Model, step: u64) -> Result<Rollouts> {
+    pub fn sample(&mut self, ctx: &RolloutCtx, engine: &mut Engine, model: &Model, step: u64) -> Result<Rollouts> {
         match self {
-            Sampler::Groups { filter_zero_std } => sample_groups(ctx, model, step, *filter_zero_std),
-            Sampler::Trees(t) => sample_trees(ctx, t, model, step),
+            Sampler::Groups { filter_zero_std } => sample_groups(ctx, engine, model, step, *filter_zero_std),
+            Sampler::Trees(t) => sample_trees(ctx, t, engine, model, step),
             Sampler::Env(ec) => sample_env(ctx, ec, model, step),
         }
     }
@@ -71,7 +72,13 @@ impl Sampler {
 }
 
 /// GRPO-family sampling: this rank's share of the prompts × n samples, rewards, group advantages.
-fn sample_groups(ctx: &RolloutCtx, model: &Model, step: u64, filter_zero_std: bool) -> Result<Rollouts> {
+fn sample_groups(
+    ctx: &RolloutCtx,
+    engine: &mut Engine,
+    model: &Model,
+    step: u64,
+    filter_zero_std: bool,
+) -> Result<Rollouts> {
     let rl = ctx.rl;
     let (p, n) = (rl.prompts_per_step, rl.samples_per_prompt as usize);
     let mine = partition(p, ctx.dp.size(), ctx.dp.rank());
@@ -86,7 +93,7 @@ fn sample_groups(ctx: &RolloutCtx, model: &Model, step: u64, filter_zero_std: bo
         problems.push(prob);
     }
     // 1. rollouts
-    let completions = ctx.generate(model, &requests, step, rl.max_new_tokens)?;
+    let completions = ctx.generate(engine, model, &requests, step, rl.max_new_tokens)?;
     // 2. rewards
     let t_reward = Instant::now();
     let rewards: Vec<f32> =
@@ -139,8 +146,14 @@ pub(crate) fn group_rollouts(
 }
 
 /// Tree sampling (`[attnrl]`): this data-parallel rank's questions.
-fn sample_trees(ctx: &RolloutCtx, sampler: &mut TreeSampler, model: &Model, step: u64) -> Result<Rollouts> {
-    let mut tb = sampler.sample(ctx, model, step)?;
+fn sample_trees(
+    ctx: &RolloutCtx,
+    sampler: &mut TreeSampler,
+    engine: &mut Engine,
+    model: &Model,
+    step: u64,
+) -> Result<Rollouts> {
+    let mut tb = sampler.sample(ctx, engine, model, step)?;
     let next_prompts = sampler.state.batch.prompts;
     let n = sampler.ac.initial_responses.max(1);
     let initial = &tb.generated[..tb.questions * n];

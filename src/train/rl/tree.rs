@@ -20,6 +20,7 @@ use crate::attnrl::{
 };
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
+use crate::train::engine::Engine;
 use crate::rollout::{Completion, Finish};
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::SamplingState;
@@ -172,14 +173,14 @@ impl TreeSampler {
 
     /// Sample the step's trees: this data-parallel rank's share of the step's questions; the
     /// adaptive state (problem counter, FCI filter, dynamic batch) stays identical on every rank.
-    pub fn sample(&mut self, ctx: &RolloutCtx, model: &Model, step: u64) -> Result<TreeBatch> {
+    pub fn sample(&mut self, ctx: &RolloutCtx, engine: &mut Engine, model: &Model, step: u64) -> Result<TreeBatch> {
         let max_new = ctx.rl.max_new_tokens;
         if !self.ac.off_policy {
             let (batch, requests) = next_batch(ctx, &self.ac, &mut self.state)?;
-            let completions = ctx.generate(model, &requests, step, max_new)?;
+            let completions = ctx.generate(engine, model, &requests, step, max_new)?;
             let pending = self.score_initial(ctx, model, step, batch, completions)?;
             let reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
-            let conts = ctx.generate(model, &reqs, step, max_new)?;
+            let conts = ctx.generate(engine, model, &reqs, step, max_new)?;
             return grow_trees(ctx, &self.ac, &mut self.state, pending, conts, false);
         }
         // one-step off-policy (ALGORITHMS.md §4): batch m's initial responses were generated, scored and
@@ -189,7 +190,7 @@ impl TreeSampler {
             Some(p) => p,
             None => {
                 let (batch, requests) = next_batch(ctx, &self.ac, &mut self.state)?;
-                let completions = ctx.generate(model, &requests, step, max_new)?;
+                let completions = ctx.generate(engine, model, &requests, step, max_new)?;
                 self.score_initial(ctx, model, step, batch, completions)?
             }
         };
@@ -197,7 +198,7 @@ impl TreeSampler {
         let mut reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
         let n_cont = reqs.len();
         reqs.extend(next_requests);
-        let mut out = ctx.generate(model, &reqs, step + 1, max_new)?;
+        let mut out = ctx.generate(engine, model, &reqs, step + 1, max_new)?;
         let next_initial = out.split_off(n_cont);
         let tb = grow_trees(ctx, &self.ac, &mut self.state, pending, out, true)?;
         // FCI of batch m + 1 under θ_m, before the update

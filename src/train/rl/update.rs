@@ -11,9 +11,10 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
-use crate::parallel::{all_reduce_buckets, Comm, Local, DEFAULT_BUCKET_BYTES};
+use crate::parallel::{Comm, Local, DEFAULT_BUCKET_BYTES};
 use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, TokenBatch};
-use crate::train::{clip_and_step_model, AdamW};
+use crate::train::engine::Engine;
+use crate::train::AdamW;
 
 /// One sampled response, ready for training.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,12 +70,13 @@ pub struct UpdateReport {
     pub old_logp: Vec<f32>,
 }
 
-/// Reusable buffers of the update (allocated once per run, grown on demand).
+/// Reusable buffers of the update (allocated once per run, grown on demand), and the KL
+/// reference's engine (made on first use, on the policy engine's device).
 pub struct UpdateBuffers {
     ws: Workspace,
     ref_ws: Workspace,
     batch: Batch,
-    grads: Vec<f32>,
+    ref_engine: Option<Engine>,
 }
 
 /// What one policy update trains on: the sequences (in order) and the per-token inputs that
@@ -115,13 +117,8 @@ impl UpdateBuffers {
             ws: Workspace::new(&model.cfg, 0),
             ref_ws: Workspace::new(&model.cfg, 0),
             batch: Batch::new(),
-            grads: vec![0.0; model.params.data.len()],
+            ref_engine: None,
         }
-    }
-
-    /// The gradient of the last update (before clipping), for tests and diagnostics.
-    pub fn grads(&self) -> &[f32] {
-        &self.grads
     }
 }
 
@@ -193,6 +190,7 @@ fn token_offsets(samples: &[Sample]) -> Vec<usize> {
 
 /// Forward `samples[range]` on `model` and copy its response-token log-probs (and entropies) out.
 fn response_logp(
+    engine: &mut Engine,
     model: &Model,
     samples: &[Sample],
     ws: &mut Workspace,
@@ -206,7 +204,7 @@ fn response_logp(
     if batch.is_empty() {
         return Ok((resp_pos, starts));
     }
-    model.forward(batch, ws)?;
+    engine.forward(model, batch, ws)?;
     out_logp.extend(resp_pos.iter().map(|&i| ws.logprobs[i]));
     if let Some(ent) = out_ent {
         ent.clear();
@@ -225,8 +223,9 @@ pub struct DpShard<'c> {
     pub bucket_bytes: usize,
 }
 
-/// Run the policy update of one step on `batch` in one process.
+/// Run the policy update of one step on `batch` in one process, on `engine`.
 pub fn policy_update(
+    engine: &mut Engine,
     model: &mut Model,
     opt: &mut AdamW,
     batch: UpdateBatch,
@@ -235,7 +234,7 @@ pub fn policy_update(
 ) -> Result<UpdateReport> {
     let total = batch.samples.len();
     let shard = DpShard { comm: &Local, offset: 0, total, bucket_bytes: DEFAULT_BUCKET_BYTES };
-    policy_update_dp(model, opt, batch, settings, buf, &shard)
+    policy_update_dp(engine, model, opt, batch, settings, buf, &shard)
 }
 
 /// [`policy_update`] on one data-parallel rank: mini-batches are cut from the GLOBAL sample order
@@ -243,6 +242,7 @@ pub fn policy_update(
 /// all-reduced denominators of its global mini-batch, and gradients are all-reduced before the
 /// step. Every rank makes the same collectives in the same order, whatever its share.
 pub fn policy_update_dp(
+    engine: &mut Engine,
     model: &mut Model,
     opt: &mut AdamW,
     batch: UpdateBatch,
@@ -284,14 +284,17 @@ pub fn policy_update_dp(
     let mut tmp = Vec::new();
     let precompute_old = plan.updates() > 1;
     let mut ref_logp = Vec::new();
+    if let (Some(rf), None) = (reference, &buf.ref_engine) {
+        buf.ref_engine = Some(engine.frozen(rf)?);
+    }
     if precompute_old || reference.is_some() {
         for r in micro_ranges(0..samples.len(), micro) {
             if precompute_old {
-                response_logp(model, &samples[r.clone()], &mut buf.ws, &mut buf.batch, &mut tmp, None)?;
+                response_logp(engine, model, &samples[r.clone()], &mut buf.ws, &mut buf.batch, &mut tmp, None)?;
                 report.old_logp.extend_from_slice(&tmp);
             }
-            if let Some(rf) = reference {
-                response_logp(rf, &samples[r], &mut buf.ref_ws, &mut buf.batch, &mut tmp, None)?;
+            if let (Some(rf), Some(re)) = (reference, buf.ref_engine.as_mut()) {
+                response_logp(re, rf, &samples[r], &mut buf.ref_ws, &mut buf.batch, &mut tmp, None)?;
                 ref_logp.extend_from_slice(&tmp);
             }
         }
@@ -312,12 +315,12 @@ pub fn policy_update_dp(
             dp.comm.all_reduce_sum_f64(&mut sums)?;
             dp.comm.all_reduce_max_f64(&mut tmax)?;
             let denom = Denominators { tokens: sums[0], seqs: sums[1], t_max: tmax[0] };
-            buf.grads.iter_mut().for_each(|g| *g = 0.0);
+            engine.zero_grads(model)?;
             let mut loss = 0.0f64;
             for r in micro_ranges(mini.clone(), micro) {
                 let part = &samples[r.clone()];
                 let (resp_pos, starts) =
-                    response_logp(model, part, &mut buf.ws, &mut buf.batch, &mut logp, Some(&mut ent))?;
+                    response_logp(engine, model, part, &mut buf.ws, &mut buf.batch, &mut logp, Some(&mut ent))?;
                 if logp.is_empty() {
                     continue;
                 }
@@ -371,14 +374,14 @@ pub fn policy_update_dp(
                     dent[i] = e_resp[j] * entropy_keep.get(toks.start + j).copied().unwrap_or(1.0);
                 }
                 let dent_arg = with_ent.then_some(dent.as_slice());
-                model.backward_with_entropy(&buf.batch, &dlogp, dent_arg, &mut buf.ws, &mut buf.grads)?;
+                engine.accumulate(model, &buf.batch, &dlogp, dent_arg, &mut buf.ws)?;
             }
-            all_reduce_buckets(dp.comm, &mut buf.grads, dp.bucket_bytes)?;
+            engine.reduce_grads(dp.comm, dp.bucket_bytes)?;
             let mut l = [loss];
             dp.comm.all_reduce_sum_f64(&mut l)?;
             // a non-finite loss or gradient norm skips the update (the optimizer refuses the norm)
             let norm = match l[0].is_finite() {
-                true => clip_and_step_model(opt, model, &buf.grads, lr, plan.grad_clip)?,
+                true => engine.step(opt, model, lr, plan.grad_clip)?,
                 false => f32::NAN,
             };
             report.skipped_updates += crate::train::guard::NonFiniteGuard::is_bad(l[0], norm as f64) as usize;

@@ -1,0 +1,301 @@
+//! The compute engine of one rank (`[train] device`): where the policy's forward, backward,
+//! optimizer step and generation run. Both training phases and the RL trainer call it and never
+//! the host model directly, so the same loop runs on either device.
+//!
+//! - **cpu**: the host [`Model`] is the weights; gradients accumulate in a host buffer, all-reduced
+//!   over the data-parallel group in buckets, then clipped AdamW on the host (the bits of the
+//!   specification).
+//! - **cuda**: weights, gradients and AdamW moments live on GPU 0 ([`crate::cuda::GpuModel`]);
+//!   gradients are summed over the data-parallel group on the devices (NCCL), clipping and AdamW
+//!   run there, and generation decodes from a device copy of the weights
+//!   ([`crate::cuda::decode::GpuDecoder`], tokens drawn on the device). The host model's weights
+//!   and the host AdamW moments are refreshed only by [`Engine::sync_host`] (checkpoints, the end
+//!   of a phase); the host sees token ids, log-probs, rewards and metrics.
+
+use crate::config::Device;
+use crate::error::{Error, Result};
+use crate::model::{Batch, Model, Workspace};
+use crate::parallel::{all_reduce_buckets, Comm};
+use crate::rollout::{generate, Completion, GenerateConfig, Request};
+use crate::train::{clip_and_step_model, AdamW};
+
+/// The compute engine of one rank.
+pub enum Engine {
+    /// On the host; `grads` is the gradient accumulator (sized on first use).
+    Cpu { grads: Vec<f32> },
+    /// On GPU 0.
+    #[cfg(feature = "cuda")]
+    Cuda(Box<cuda::CudaEngine>),
+}
+
+impl Engine {
+    /// The host engine.
+    pub fn cpu() -> Engine {
+        Engine::Cpu { grads: Vec::new() }
+    }
+
+    /// An engine for `device` holding `model`'s weights, for the data-parallel group `dp` (every
+    /// rank calls this together): a clear error where CUDA is unusable.
+    pub fn new(device: Device, model: &Model, dp: &dyn Comm) -> Result<Engine> {
+        match device {
+            Device::Cpu => Ok(Engine::cpu()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda => Ok(Engine::Cuda(Box::new(cuda::CudaEngine::new(model, dp)?))),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda => {
+                let _ = (model, dp);
+                Err(unusable("this binary was built without the `cuda` feature"))
+            }
+        }
+    }
+
+    /// A forward-only engine on the same device for a frozen `model` (the KL reference).
+    pub fn frozen(&self, model: &Model) -> Result<Engine> {
+        match self {
+            Engine::Cpu { .. } => {
+                let _ = model;
+                Ok(Engine::cpu())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => Ok(Engine::Cuda(Box::new(e.frozen(model)?))),
+        }
+    }
+
+    /// What runs the model, for the log.
+    pub fn describe(&self) -> String {
+        match self {
+            Engine::Cpu { .. } => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.describe(),
+        }
+    }
+
+    /// Whether the weights live off the host.
+    pub fn on_device(&self) -> bool {
+        !matches!(self, Engine::Cpu { .. })
+    }
+
+    /// Forward: `ws.logprobs[..N]` and `ws.entropy[..N]` hold log p of each target and the entropy
+    /// of each row afterwards.
+    pub fn forward(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => model.forward(batch, ws),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.forward(model, batch, ws),
+        }
+    }
+
+    /// Set the gradients to zero.
+    pub fn zero_grads(&mut self, model: &Model) -> Result<()> {
+        match self {
+            Engine::Cpu { grads } => {
+                grads.clear();
+                grads.resize(model.params.data.len(), 0.0);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.model.zero_grads(),
+        }
+    }
+
+    /// Backward after [`Engine::forward`] on the same batch: gradients ADDED to the engine's
+    /// (see [`Model::backward_with_entropy`] for `dlogp` and `dent`).
+    pub fn accumulate(
+        &mut self,
+        model: &Model,
+        batch: &Batch,
+        dlogp: &[f32],
+        dent: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        match self {
+            Engine::Cpu { grads } => {
+                if grads.len() != model.params.data.len() {
+                    return Err(Error::Invalid("engine: accumulate before zero_grads".into()));
+                }
+                model.backward_with_entropy(batch, dlogp, dent, ws, grads)
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => match batch.is_empty() {
+                true => Ok(()),
+                false => e.model.backward(model, batch, dlogp, dent),
+            },
+        }
+    }
+
+    /// Sum the gradients over the data-parallel group `dp` (every rank calls this together).
+    pub fn reduce_grads(&mut self, dp: &dyn Comm, bucket_bytes: usize) -> Result<()> {
+        match self {
+            Engine::Cpu { grads } => all_reduce_buckets(dp, grads, bucket_bytes).map(|_| ()),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.reduce_grads(dp),
+        }
+    }
+
+    /// Clip the gradients to global norm `max_norm` (0 = none) and take one AdamW step at `lr`.
+    /// Returns the pre-clip norm; a non-finite norm skips the update (weights, moments and
+    /// `opt.t` unchanged).
+    pub fn step(&mut self, opt: &mut AdamW, model: &mut Model, lr: f32, max_norm: f32) -> Result<f32> {
+        match self {
+            Engine::Cpu { grads } => clip_and_step_model(opt, model, grads, lr, max_norm),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.step(opt, lr, max_norm),
+        }
+    }
+
+    /// The accumulated gradients, where they are on the host (tests and diagnostics).
+    pub fn host_grads(&self) -> Option<&[f32]> {
+        match self {
+            Engine::Cpu { grads } => Some(grads),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(_) => None,
+        }
+    }
+
+    /// `rollout::generate` with the engine's current weights (`model` gives the shapes and, on the
+    /// CPU, the weights).
+    pub fn generate(&mut self, model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
+        match self {
+            Engine::Cpu { .. } => generate(model, requests, cfg),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.generate(model, requests, cfg),
+        }
+    }
+
+    /// Bring the weights and AdamW moments to the host (`model.params`, `opt.m`, `opt.v`), e.g.
+    /// before a checkpoint; nothing to do on the CPU.
+    pub fn sync_host(&mut self, model: &mut Model, opt: &mut AdamW) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => {
+                let _ = (model, opt);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.sync_host(model, opt),
+        }
+    }
+
+    /// The host weights and moments changed (resume): copy them to the engine.
+    pub fn load(&mut self, model: &Model, opt: &AdamW) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => {
+                let _ = (model, opt);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.load(model, opt),
+        }
+    }
+}
+
+/// The error of a run that asks for "cuda" where no CUDA device is usable.
+pub fn unusable(why: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("[train] device = \"cuda\": no usable CUDA device ({why})"))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::unusable;
+    use crate::cuda::decode::GpuDecoder;
+    use crate::cuda::nccl::Nccl;
+    use crate::cuda::{Gpu, GpuModel};
+    use crate::error::{Error, Result};
+    use crate::model::{Batch, Model, Workspace};
+    use crate::parallel::Comm;
+    use crate::rollout::{Completion, GenerateConfig, Request};
+    use crate::train::AdamW;
+    use std::sync::Arc;
+
+    /// The policy on GPU 0: the training copy, the NCCL group of data parallelism, and the
+    /// decoder (created on first generation) with whether its weights are behind the training copy.
+    pub struct CudaEngine {
+        pub(super) model: GpuModel,
+        nccl: Option<Nccl>,
+        decoder: Option<GpuDecoder>,
+        decoder_stale: bool,
+        /// The device weights changed since the host's were refreshed.
+        host_stale: bool,
+    }
+
+    impl CudaEngine {
+        pub fn new(model: &Model, dp: &dyn Comm) -> Result<Self> {
+            let gpu = Arc::new(Gpu::new(0).map_err(unusable)?);
+            if model.tp.is_some() {
+                return Err(Error::Invalid("[train] device = \"cuda\" runs with tp = 1".into()));
+            }
+            let nccl = match dp.size() > 1 {
+                true => Some(Nccl::new(&gpu, dp.split(0, dp.rank())?)?),
+                false => None,
+            };
+            let model = GpuModel::new(gpu, model)?;
+            Ok(CudaEngine { model, nccl, decoder: None, decoder_stale: true, host_stale: false })
+        }
+
+        pub fn frozen(&self, model: &Model) -> Result<Self> {
+            let model = GpuModel::frozen(self.model.gpu_arc().clone(), model)?;
+            Ok(CudaEngine { model, nccl: None, decoder: None, decoder_stale: true, host_stale: false })
+        }
+
+        pub fn describe(&self) -> String {
+            match &self.nccl {
+                Some(n) => format!("{} ({})", self.model.gpu().describe(), n.describe()),
+                None => self.model.gpu().describe(),
+            }
+        }
+
+        pub fn forward(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+            let (logp, ent) = self.model.forward(model, batch)?;
+            ws.ensure(&model.cfg, batch.len());
+            ws.logprobs[..logp.len()].copy_from_slice(&logp);
+            ws.entropy[..ent.len()].copy_from_slice(&ent);
+            Ok(())
+        }
+
+        pub fn reduce_grads(&mut self, dp: &dyn Comm) -> Result<()> {
+            match &self.nccl {
+                Some(n) => self.model.all_reduce_grads(n),
+                None if dp.size() > 1 => Err(Error::Invalid("engine: no NCCL group for data parallelism".into())),
+                None => Ok(()),
+            }
+        }
+
+        pub fn step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<f32> {
+            let norm = self.model.adamw_step(opt, lr, max_norm)?;
+            if norm.is_finite() {
+                self.decoder_stale = true;
+                self.host_stale = true;
+            }
+            Ok(norm)
+        }
+
+        pub fn generate(&mut self, model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
+            let dec = match &mut self.decoder {
+                Some(d) => d,
+                slot => slot.insert(GpuDecoder::new(self.model.gpu_arc(), model)?),
+            };
+            if self.decoder_stale {
+                dec.load_params(self.model.params_device())?;
+                self.decoder_stale = false;
+            }
+            dec.generate(model, requests, cfg)
+        }
+
+        pub fn sync_host(&mut self, model: &mut Model, opt: &mut AdamW) -> Result<()> {
+            if self.host_stale {
+                model.params.data = self.model.params()?;
+                let (m, v) = self.model.moments()?;
+                (opt.m, opt.v) = (m, v);
+                self.host_stale = false;
+            }
+            Ok(())
+        }
+
+        pub fn load(&mut self, model: &Model, opt: &AdamW) -> Result<()> {
+            self.model.set_params(&model.params.data)?;
+            self.model.set_moments(&opt.m, &opt.v)?;
+            self.decoder_stale = true;
+            self.host_stale = false;
+            Ok(())
+        }
+    }
+}
