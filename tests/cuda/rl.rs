@@ -1,0 +1,191 @@
+//! The RL step on the GPU against the CPU, through one test body run on each engine
+//! (`train::engine::Engine`): sampling, the policy update with PPO clipping, the entropy bonus, the
+//! KL reference, mini-batches and accumulation, device AdamW; then a whole `[rl]` job with
+//! `device = "cuda"` and its resume. Without a GPU the engine's refusal is checked instead.
+
+use super::{close, common::metrics_without_clock, common::tiny_config, gpu, gpu_required};
+use arbor::config::{Device, RunConfig, ADDITION_CONFIG};
+use arbor::model::{init::init_params, Arch, Model};
+use arbor::parallel::Local;
+use arbor::rl::{Aggregation, LossConfig, LossKind};
+use arbor::rollout::{Completion, GenerateConfig, Request, SamplingParams};
+use arbor::train::adamw::{AdamW, AdamWConfig};
+use arbor::train::engine::Engine;
+use arbor::train::job;
+use arbor::train::rl::{policy_update, Sample, UpdateBatch, UpdateBuffers, UpdatePlan, UpdateSettings};
+
+/// What one engine did: the step's completions, the loss of each update, and the weights and
+/// first moments after them (on the host).
+struct Trace {
+    completions: Vec<Completion>,
+    losses: Vec<f64>,
+    params: Vec<f32>,
+    moments: Vec<f32>,
+}
+
+fn policy() -> Model {
+    let mut cfg = tiny_config(Arch::Qwen2, false);
+    cfg.max_position_embeddings = 64;
+    Model::new(cfg.clone(), init_params(&cfg, 17, 1.0)).unwrap()
+}
+
+/// 4 prompts × 4 samples at T = 1, up to 12 new tokens, stop token 12.
+fn rollout_case() -> (Vec<Request>, GenerateConfig) {
+    let prompts: [&[u32]; 4] = [&[1, 2, 3], &[4, 5, 6, 7, 8], &[9], &[10, 11, 0, 1, 2, 3]];
+    let requests = (0..4u32)
+        .flat_map(|k| {
+            prompts.iter().enumerate().map(move |(i, p)| Request {
+                prompt_id: i as u64,
+                sample_index: k,
+                prompt: p.to_vec(),
+            })
+        })
+        .collect();
+    let cfg = GenerateConfig {
+        sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 12 },
+        stop_tokens: vec![12],
+        seed: 9,
+        step: 1,
+        max_batch: 16,
+        workload: None,
+    };
+    (requests, cfg)
+}
+
+/// GRPO samples of `completions`: reward = the share of even tokens in the response, advantage =
+/// (r − group mean) / (group std + 1e-6), broadcast to every token.
+fn grpo_samples(requests: &[Request], completions: &[Completion]) -> Vec<Sample> {
+    let reward = |c: &Completion| {
+        c.tokens.iter().filter(|&&t| t % 2 == 0).count() as f32 / c.tokens.len().max(1) as f32
+    };
+    let mut out = Vec::new();
+    for (r, c) in requests.iter().zip(completions) {
+        let group: Vec<f32> = completions.iter().filter(|o| o.prompt_id == c.prompt_id).map(reward).collect();
+        let mean = group.iter().sum::<f32>() / group.len() as f32;
+        let std = (group.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / group.len() as f32).sqrt();
+        let adv = (reward(c) - mean) / (std + 1e-6);
+        if c.tokens.is_empty() {
+            continue;
+        }
+        out.push(Sample {
+            prompt: r.prompt.clone(),
+            response: c.tokens.clone(),
+            behav_logp: c.logprobs.clone(),
+            advantages: vec![adv; c.tokens.len()],
+            reward: reward(c),
+        });
+    }
+    out
+}
+
+/// The test body, the same for every engine: generate the step's samples, then 3 updates (each 2
+/// mini-batches of micro-batches of 3, PPO with entropy bonus and KL to the start) on `feed`'s
+/// samples when given (so both engines train on the same sequences), else on its own.
+fn grpo_on(engine: &mut Engine, base: &Model, feed: Option<&[Completion]>) -> Trace {
+    let (requests, gen) = rollout_case();
+    let completions = engine.generate(base, &requests, &gen).unwrap();
+    let samples = grpo_samples(&requests, feed.unwrap_or(&completions));
+    assert!(samples.iter().any(|s| s.advantages[0] != 0.0), "no sample has an advantage: the test tests nothing");
+    let mut model = base.clone();
+    let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
+    engine.load(&model, &opt).unwrap();
+    let mut buf = UpdateBuffers::new(&model);
+    let loss = LossConfig {
+        kind: LossKind::Ppo,
+        agg: Aggregation::TokenMean,
+        kl_coef: 0.05,
+        entropy_coef: 0.01,
+        ..LossConfig::default()
+    };
+    let plan = UpdatePlan { epochs: 1, mini_batches: 2, micro_batch: 3, grad_clip: 1.0 };
+    let settings = UpdateSettings { loss: &loss, plan, lr: 1e-3, reference: Some(base) };
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        let r = policy_update(engine, &mut model, &mut opt, UpdateBatch::of(&samples), &settings, &mut buf).unwrap();
+        assert_eq!(r.skipped_updates, 0);
+        losses.extend(r.losses);
+    }
+    engine.sync_host(&mut model, &mut opt).unwrap();
+    Trace { completions, losses, params: model.params.data, moments: opt.m }
+}
+
+/// A GRPO step on the GPU equals the CPU's: the sampled tokens for all sequences but at most one
+/// (a logit within rounding of a sampling boundary may flip a token), then 3 updates on the CPU's
+/// samples with losses within 1e-4 and weights within 1e-5.
+#[test]
+fn a_grpo_step_on_the_gpu_matches_the_cpu() {
+    let base = policy();
+    let cpu = grpo_on(&mut Engine::cpu(), &base, None);
+    assert!(cpu.params != base.params.data, "the updates changed nothing");
+    if gpu().is_none() {
+        return;
+    }
+    let mut dev = Engine::new(Device::Cuda, &base, &Local).unwrap();
+    let gpu = grpo_on(&mut dev, &base, Some(&cpu.completions));
+    let differ = cpu.completions.iter().zip(&gpu.completions).filter(|(a, b)| a.tokens != b.tokens).count();
+    println!("{differ} of {} sampled completions differ between the engines", cpu.completions.len());
+    assert!(differ <= 1, "{differ} completions differ");
+    for (k, (a, b)) in cpu.losses.iter().zip(&gpu.losses).enumerate() {
+        println!("update {k}: loss cpu {a:.8} gpu {b:.8}");
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "update {k}: loss {a} vs {b}");
+    }
+    assert_eq!(cpu.losses.len(), gpu.losses.len());
+    close("weights after 3 RL updates", &gpu.params, &cpu.params, 1e-5);
+    close("AdamW m after 3 RL updates", &gpu.moments, &cpu.moments, 1e-4);
+}
+
+/// A tiny `[rl]` job: 2 supervised steps, then `rl_steps` GRPO steps, on `device`.
+fn rl_job(out: &std::path::Path, device: &str, rl_steps: u64) -> RunConfig {
+    let text = ADDITION_CONFIG
+        .replace("[train]\n", &format!("[train]\ndevice = \"{device}\"\n"))
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("intermediate_size = 384", "intermediate_size = 64")
+        .replace("num_layers = 4", "num_layers = 2")
+        .replace("steps = 400", "steps = 2")
+        .replace("batch_size = 64", "batch_size = 8")
+        .replace("eval_problems = 256", "eval_problems = 8")
+        + "checkpoint_every = 1\nkeep_checkpoints = 20\n"
+        + &format!("\n[rl]\nsteps = {rl_steps}\nprompts_per_step = 4\nsamples_per_prompt = 4\nmax_new_tokens = 5\n")
+        + "eval_problems = 8\neval_samples = 2\neval_every = 2\nlog_every = 1\nfilter_zero_std = false\n"
+        + "mini_batches = 2\nmicro_batch = 3\nlr = 1e-3\n"
+        + "\n[loss]\nkind = \"ppo\"\nkl_coef = 0.01\nentropy_coef = 0.01\n";
+    let mut c = RunConfig::parse(&text, std::path::Path::new("rl_gpu.toml")).unwrap();
+    c.run.out_dir = out.to_path_buf();
+    c
+}
+
+/// `[rl]` with `device = "cuda"`: the job runs SFT and RL on the GPU, and 2 RL steps + resume + 2
+/// equal 4 straight steps bit for bit (weights and metrics). Without a GPU it stops at once with
+/// the engine's "no usable CUDA device", never a refusal of `[rl]`.
+#[test]
+fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = job::run(&rl_job(a.path(), "cuda", 4), None, &mut Vec::new());
+    if arbor::cuda::unavailable().is_some() {
+        assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but no CUDA device is usable");
+        let err = straight.err().expect("device = \"cuda\" without a GPU must fail").to_string();
+        assert!(err.contains("no usable CUDA device") && !err.contains("[rl]"), "{err}");
+        println!("skipped: no CUDA device; the RL job failed cleanly: {err}");
+        return;
+    }
+    let straight = straight.unwrap();
+    let mut log = Vec::new();
+    job::run(&rl_job(b.path(), "cuda", 4), None, &mut log).unwrap();
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.contains("rl: generation and training on cuda"), "{log}");
+    let run_b = b.path().join("addition-sft");
+    let ck = run_b.join("checkpoints/step-4"); // 2 SFT + 2 RL steps
+    let resumed = job::run(&rl_job(b.path(), "cuda", 4), Some(&ck), &mut Vec::new()).unwrap();
+    assert_eq!(straight.final_params, resumed.final_params, "GPU weights differ after an RL resume");
+    let (ma, mb) = (metrics_without_clock(&a.path().join("addition-sft")), metrics_without_clock(&run_b));
+    assert_eq!(ma, mb, "GPU metrics differ after an RL resume");
+    let (before, after) = straight.rl.unwrap();
+    println!("GPU RL job: solve rate {:.3} → {:.3} (sampled)", before.sampled, after.sampled);
+    // and the CPU engine runs the same job to the same supervised weights within f32 noise
+    let c = tempfile::tempdir().unwrap();
+    let cpu = job::run(&rl_job(c.path(), "cpu", 4), None, &mut Vec::new()).unwrap();
+    assert_eq!(cpu.losses.len(), straight.losses.len());
+    for (x, y) in cpu.losses.iter().zip(&straight.losses) {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "SFT loss cpu {x} gpu {y}");
+    }
+}
