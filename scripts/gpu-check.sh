@@ -100,4 +100,20 @@ done
 echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), the 0.5B shape"
 "$arbor" bench gpu --kind rl-step --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
     --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b.json"
+echo "== Countdown SFT then GRPO on the GPU (configs/countdown-gpu.toml; GPU_CHECK_FULL=1: the whole job, ~10 min)"
+cfg=configs/countdown-gpu.toml
+if [ "${GPU_CHECK_FULL:-0}" != "1" ]; then
+    # a short version of the job: same model and settings, fewer steps and eval problems
+    sed -e 's/^steps = 3000/steps = 600/' -e 's/^steps = 400/steps = 60/' -e 's/^eval_every = 100/eval_every = 30/' \
+        -e 's/^eval_problems = 500/eval_problems = 200/' -e 's/^name = "countdown-gpu"/name = "countdown-gpu-short"/' \
+        "$cfg" > "$out/countdown-gpu-short.toml"
+    cfg="$out/countdown-gpu-short.toml"
+fi
+t0=$SECONDS
+"$arbor" train --config "$cfg" --out-dir "$out/runs" > "$out/countdown_gpu.txt" 2>&1 || echo "gpu-check: the Countdown job failed" >&2
+echo "wall time: $((SECONDS - t0)) s" | tee -a "$out/countdown_gpu.txt"
+grep -E "held-out|eval|error|wall time" "$out/countdown_gpu.txt" || true
+# keep the metrics, drop the checkpoints (hundreds of MB)
+cp "$out"/runs/*/metrics.jsonl "$out/countdown_gpu_metrics.jsonl" 2>/dev/null || true
+rm -rf "$out/runs"
 echo "gpu-check: results in $out/"

@@ -57,7 +57,9 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn expected_plan(file: &str) -> &'static str {
     match file {
         "addition-sft.toml" => "rl = none",
-        "addition-grpo.toml" | "countdown-grpo.toml" | "countdown-gpu.toml" | "default.toml" | "longtail.toml" => GROUPS,
+        "addition-grpo.toml" | "countdown-grpo.toml" | "countdown-gpu.toml" | "default.toml" | "longtail.toml" => {
+            GROUPS
+        }
         // configs/eff20: the default job with one key changed (docs/efficacy.md §3c-3d)
         "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "f-prompts64.toml"
         | "g-entropy0.01.toml" | "h-temp1.2.toml" => GROUPS,

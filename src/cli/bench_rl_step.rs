@@ -1,19 +1,24 @@
-//! `arbor bench gpu --kind rl-step`: one GRPO step entirely on the GPU, timed by phase.
+//! `arbor bench gpu --kind rl-step`: one GRPO step entirely on the GPU through the trainer's own
+//! code (`train::engine::Engine` and `train::rl::policy_update`), timed by phase.
 //!
 //! `--prompts` random prompts of `--prompt-len` tokens, `--samples` completions each of up to
 //! `--new-tokens` tokens sampled at T = 1 on the device (continuous batching over all of them);
 //! a synthetic 0/1 reward (the parity of a completion's token sum, a pure function, so groups are
-//! mixed); GRPO advantages (r − mean) / (std + 1e-6) per group; the policy log-probs recomputed by
-//! a forward pass and the token-mean policy-gradient loss back-propagated in micro-batches of
-//! `--batch` sequences (gradients accumulate on the device); clipping and AdamW on the device; the
-//! new weights copied device to device into the decoder. Only token ids, log-probs and the
-//! per-token loss gradient cross to the host. Prints one JSON line with the seconds of each phase.
+//! mixed); GRPO advantages (r − mean) / (std + 1e-6) per group. Then the recompute of π_old (the
+//! forward pass the trainer makes before several updates per step) and one policy update (PPO,
+//! token-mean, forward + backward in micro-batches of `--batch` sequences with gradients
+//! accumulating on the device, clipping and AdamW on the device; the decoder picks up the new
+//! weights device to device at the next generation). Only token ids, log-probs, per-token loss
+//! gradients and metrics cross to the host. Prints one JSON line with the seconds of each phase.
 
-use crate::cuda::{Gpu, GpuDecoder, GpuModel};
-use crate::model::Batch;
+use crate::cuda::Gpu;
+use crate::model::{Batch, Workspace};
+use crate::rl::LossConfig;
 use crate::rng::Rng;
-use crate::rollout::{Completion, GenerateConfig, Request, SamplingParams};
+use crate::rollout::{GenerateConfig, Request, SamplingParams};
 use crate::train::adamw::{AdamW, AdamWConfig};
+use crate::train::engine::Engine;
+use crate::train::rl::{policy_update, Sample, UpdateBatch, UpdateBuffers, UpdatePlan, UpdateSettings};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,31 +49,6 @@ fn group_advantages(rewards: &[f32], n: usize) -> Vec<f32> {
     adv
 }
 
-/// The micro-batch of completions `range`: packed prompt + response sequences, and the
-/// per-token loss gradient (−A / response tokens of the step at each response token's position).
-fn micro_batch(
-    requests: &[Request],
-    done: &[Completion],
-    adv: &[f32],
-    range: std::ops::Range<usize>,
-    total_tokens: usize,
-) -> anyhow::Result<(Batch, Vec<f32>)> {
-    let mut batch = Batch::new();
-    let mut dlogp = Vec::new();
-    for i in range {
-        let (prompt, c) = (&requests[i].prompt, &done[i]);
-        if c.tokens.is_empty() {
-            continue;
-        }
-        let seq: Vec<u32> = prompt.iter().chain(&c.tokens).copied().collect();
-        batch.push_lm(&seq, 0)?;
-        // position p predicts token p + 1: response token k is the target at prompt.len() - 1 + k
-        let g = -adv[i] / total_tokens as f32;
-        dlogp.extend((0..seq.len()).map(|p| if p + 1 >= prompt.len() && p + 1 < seq.len() { g } else { 0.0 }));
-    }
-    Ok((batch, dlogp))
-}
-
 /// The rl-step benchmark (see the module doc).
 pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
     use crate::cli::bench_common::{load_model, median};
@@ -90,12 +70,17 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
             requests.push(Request { prompt_id: p as u64, sample_index: s as u32, prompt: prompt.clone() });
         }
     }
-    let mut dec = GpuDecoder::new(gpu, &model)?;
-    let mut gm = GpuModel::new(gpu.clone(), &model)?;
+    let mut model = model;
+    let mut engine = Engine::cuda(gpu.clone(), &model)?;
     let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
+    let mut buf = UpdateBuffers::new(&model);
     let micro = args.batch.max(1);
-    let mut phases: [Vec<f64>; 4] = Default::default();
-    let (mut gen_tokens, mut train_tokens, mut reward_mean) = (0usize, 0usize, 0.0f32);
+    let loss = LossConfig { agg: crate::rl::Aggregation::TokenMean, kl_coef: 0.0, ..LossConfig::default() };
+    let plan = UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: micro, grad_clip: 1.0 };
+    let settings = UpdateSettings { loss: &loss, plan, lr: 1e-6, reference: None };
+    let (mut ws, mut batch) = (Workspace::default(), Batch::new());
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    let (mut gen_tokens, mut train_tokens, mut reward_mean, mut last_loss) = (0usize, 0usize, 0.0f32, 0.0f64);
     for i in 0..args.warmup + args.steps {
         let gen_cfg = GenerateConfig {
             sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: args.new_tokens },
@@ -106,43 +91,51 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
             workload: None,
         };
         let t0 = Instant::now();
-        let done = dec.generate(&model, &requests, &gen_cfg)?;
+        let done = engine.generate(&model, &requests, &gen_cfg)?;
         let t1 = Instant::now();
         let rewards: Vec<f32> =
             done.iter().map(|c| (c.tokens.iter().map(|&t| t as u64).sum::<u64>() % 2) as f32).collect();
         let adv = group_advantages(&rewards, args.samples);
-        let total: usize = done.iter().map(|c| c.tokens.len()).sum();
-        gm.zero_grads()?;
-        let (mut fwd, mut packed) = (0.0f64, 0usize);
-        for a in (0..requests.len()).step_by(micro) {
-            let (batch, dlogp) = micro_batch(&requests, &done, &adv, a..(a + micro).min(requests.len()), total.max(1))?;
-            if batch.is_empty() {
-                continue;
+        let samples: Vec<Sample> = requests
+            .iter()
+            .zip(done)
+            .zip(&adv)
+            .filter(|((_, c), _)| !c.tokens.is_empty())
+            .map(|((r, c), &a)| Sample {
+                prompt: r.prompt.clone(),
+                advantages: vec![a; c.tokens.len()],
+                reward: (c.tokens.iter().map(|&t| t as u64).sum::<u64>() % 2) as f32,
+                behav_logp: c.logprobs,
+                response: c.tokens,
+            })
+            .collect();
+        // the π_old recompute the trainer makes before several updates per step
+        let mut packed = 0;
+        for chunk in samples.chunks(micro) {
+            batch.clear();
+            for s in chunk {
+                let seq: Vec<u32> = s.prompt.iter().chain(&s.response).copied().collect();
+                batch.push_lm(&seq, 0)?;
             }
-            let tf = Instant::now();
-            gm.forward(&model, &batch)?;
-            fwd += tf.elapsed().as_secs_f64();
-            gm.backward(&model, &batch, &dlogp, None)?;
+            engine.forward(&model, &batch, &mut ws)?;
             packed += batch.len();
         }
         let t2 = Instant::now();
-        gm.adamw_step(&mut opt, 1e-6, 1.0)?;
-        dec.load_params(gm.params_device())?;
+        let report = policy_update(&mut engine, &mut model, &mut opt, UpdateBatch::of(&samples), &settings, &mut buf)?;
         gpu.sync()?;
         let t3 = Instant::now();
         if i >= args.warmup {
-            let train = (t2 - t1).as_secs_f64();
             phases[0].push((t1 - t0).as_secs_f64());
-            phases[1].push(fwd);
-            phases[2].push(train - fwd);
-            phases[3].push((t3 - t2).as_secs_f64());
-            gen_tokens = total;
+            phases[1].push((t2 - t1).as_secs_f64());
+            phases[2].push((t3 - t2).as_secs_f64());
+            gen_tokens = samples.iter().map(|s| s.response.len()).sum();
             train_tokens = packed;
             reward_mean = rewards.iter().sum::<f32>() / rewards.len() as f32;
+            last_loss = report.losses.first().copied().unwrap_or(f64::NAN);
         }
     }
-    let [generate_s, forward_s, backward_s, update_s] = phases.map(median);
-    let step_s = generate_s + forward_s + backward_s + update_s;
+    let [generate_s, recompute_s, train_s] = phases.map(median);
+    let step_s = generate_s + recompute_s + train_s;
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "kind": "rl-step",
@@ -157,13 +150,13 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         "generated_tokens": gen_tokens,
         "trained_tokens": train_tokens,
         "reward_mean": reward_mean,
+        "loss": last_loss,
         "generate_s": generate_s,
-        "recompute_forward_s": forward_s,
-        "backward_s": backward_s,
-        "optimizer_and_weight_sync_s": update_s,
+        "recompute_s": recompute_s,
+        "train_s": train_s,
         "step_s": step_s,
         "gen_tokens_per_s": gen_tokens as f64 / generate_s,
-        "train_tokens_per_s": train_tokens as f64 / (forward_s + backward_s),
+        "train_tokens_per_s": train_tokens as f64 / train_s,
     });
     println!("{line}");
     Ok(())
@@ -174,25 +167,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn advantages_are_group_normalised_and_the_gradient_sits_on_response_tokens() {
+    fn advantages_are_group_normalised() {
         let adv = group_advantages(&[1.0, 0.0, 0.0, 0.0, 1.0, 1.0], 3);
         assert!((adv[0] - 2f32.sqrt()).abs() < 1e-5 && (adv[1] + 1.0 / 2f32.sqrt()).abs() < 1e-5);
         assert!((adv[3] + 2f32.sqrt()).abs() < 1e-5, "{adv:?}");
         assert!((adv.iter().sum::<f32>()).abs() < 1e-5);
-        let req = |p: u64| Request { prompt_id: p, sample_index: 0, prompt: vec![5, 6, 7] };
-        let done = |toks: Vec<u32>| Completion {
-            prompt_id: 0,
-            sample_index: 0,
-            logprobs: vec![0.0; toks.len()],
-            entropies: vec![0.0; toks.len()],
-            tokens: toks,
-            finish: crate::rollout::Finish::Length,
-        };
-        let (batch, dlogp) =
-            micro_batch(&[req(0), req(1)], &[done(vec![1, 2]), done(vec![])], &[0.5, 9.0], 0..2, 4).unwrap();
-        // only the first completion is packed: prompt 3 + response 2 = 5 positions; positions 2 and 3
-        // predict the two response tokens
-        assert_eq!(batch.len(), 5);
-        assert_eq!(dlogp, vec![0.0, 0.0, -0.125, -0.125, 0.0]);
     }
 }

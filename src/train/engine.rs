@@ -49,6 +49,12 @@ impl Engine {
         }
     }
 
+    /// An engine on an open GPU (one process, no data parallelism), e.g. for a benchmark.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(gpu: std::sync::Arc<crate::cuda::Gpu>, model: &Model) -> Result<Engine> {
+        Ok(Engine::Cuda(Box::new(cuda::CudaEngine::on(gpu, model, &crate::parallel::Local)?)))
+    }
+
     /// A forward-only engine on the same device for a frozen `model` (the KL reference).
     pub fn frozen(&self, model: &Model) -> Result<Engine> {
         match self {
@@ -219,7 +225,10 @@ mod cuda {
 
     impl CudaEngine {
         pub fn new(model: &Model, dp: &dyn Comm) -> Result<Self> {
-            let gpu = Arc::new(Gpu::new(0).map_err(unusable)?);
+            Self::on(Arc::new(Gpu::new(0).map_err(unusable)?), model, dp)
+        }
+
+        pub fn on(gpu: Arc<Gpu>, model: &Model, dp: &dyn Comm) -> Result<Self> {
             if model.tp.is_some() {
                 return Err(Error::Invalid("[train] device = \"cuda\" runs with tp = 1".into()));
             }
@@ -268,7 +277,12 @@ mod cuda {
             Ok(norm)
         }
 
-        pub fn generate(&mut self, model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
+        pub fn generate(
+            &mut self,
+            model: &Model,
+            requests: &[Request],
+            cfg: &GenerateConfig,
+        ) -> Result<Vec<Completion>> {
             let dec = match &mut self.decoder {
                 Some(d) => d,
                 slot => slot.insert(GpuDecoder::new(self.model.gpu_arc(), model)?),

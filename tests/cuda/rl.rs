@@ -55,9 +55,8 @@ fn rollout_case() -> (Vec<Request>, GenerateConfig) {
 /// GRPO samples of `completions`: reward = the share of even tokens in the response, advantage =
 /// (r − group mean) / (group std + 1e-6), broadcast to every token.
 fn grpo_samples(requests: &[Request], completions: &[Completion]) -> Vec<Sample> {
-    let reward = |c: &Completion| {
-        c.tokens.iter().filter(|&&t| t % 2 == 0).count() as f32 / c.tokens.len().max(1) as f32
-    };
+    let reward =
+        |c: &Completion| c.tokens.iter().filter(|&&t| t % 2 == 0).count() as f32 / c.tokens.len().max(1) as f32;
     let mut out = Vec::new();
     for (r, c) in requests.iter().zip(completions) {
         let group: Vec<f32> = completions.iter().filter(|o| o.prompt_id == c.prompt_id).map(reward).collect();
@@ -163,7 +162,8 @@ fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
     let straight = job::run(&rl_job(a.path(), "cuda", 4), None, &mut Vec::new());
     if arbor::cuda::unavailable().is_some() {
         assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but no CUDA device is usable");
-        let err = straight.err().expect("device = \"cuda\" without a GPU must fail").to_string();
+        let Err(err) = straight else { panic!("device = \"cuda\" without a GPU must fail") };
+        let err = err.to_string();
         assert!(err.contains("no usable CUDA device") && !err.contains("[rl]"), "{err}");
         println!("skipped: no CUDA device; the RL job failed cleanly: {err}");
         return;

@@ -12,9 +12,9 @@ use crate::parallel::Comm;
 use crate::rl::broadcast_to_tokens;
 use crate::rollout::{Completion, Finish, GenerateConfig, Request, SamplingParams};
 use crate::tasks::Problem;
-use crate::train::engine::Engine;
 use crate::tasks::Task;
 use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
+use crate::train::engine::Engine;
 
 /// One generated sample of a step, as dumped to trajectories.h5.
 #[derive(Debug, Clone, PartialEq)]

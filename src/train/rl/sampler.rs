@@ -13,10 +13,10 @@ use crate::config::{AdvantageSource, RlPlan, Sampler as SamplerPlan};
 use crate::env::EnvConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::train::engine::Engine;
 use crate::parallel::partition;
 use crate::rl::{group_advantages, AdvantageKind};
 use crate::rollout::{Completion, Request};
+use crate::train::engine::Engine;
 use std::time::Instant;
 
 /// How the RL phase samples.

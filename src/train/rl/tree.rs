@@ -20,10 +20,10 @@ use crate::attnrl::{
 };
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
-use crate::train::engine::Engine;
 use crate::rollout::{Completion, Finish};
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::SamplingState;
+use crate::train::engine::Engine;
 use serde::{Deserialize, Serialize};
 
 /// Adaptive-sampling state carried across steps (checkpointed as [`SamplingState`]).
