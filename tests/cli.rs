@@ -166,3 +166,28 @@ fn experiment_compare_with_control_reports_the_sft_arm() {
     assert!(line.contains("grpo's RL wall time") && line.contains("held-out solve rate sampled"), "{line}");
     assert!(out.join("sft-control-seed1234/metrics.jsonl").is_file(), "the control's run directory");
 }
+
+/// The GPU job on a machine without a usable CUDA device stops at once, before writing anything,
+/// saying that no CUDA device is usable (not that `[rl]` is unsupported on the GPU).
+#[test]
+fn the_gpu_job_without_a_gpu_stops_at_once_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    #[cfg(feature = "cuda")]
+    if arbor::cuda::unavailable().is_none() {
+        println!("skipped: a CUDA device is usable here (the job would run; scripts/gpu-check.sh runs it)");
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let (code, text) = arbor(&[
+        "train",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/configs/countdown-gpu.toml"),
+        "--out-dir",
+        out,
+    ]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("no usable CUDA device") && !text.contains("[rl]"), "{text}");
+    assert!(t0.elapsed().as_secs() < 30, "it should stop at once");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written");
+}
