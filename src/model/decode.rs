@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
+use crate::model::decode_stack::{assign_positions, check_step, decode_stack, DecodeDevice, Norm, Proj};
 use crate::model::transformer::Model;
 use crate::model::workspace::Workspace;
 use crate::tensor::cpu::ops;
@@ -380,105 +381,158 @@ impl Model {
         buf: &mut DecodeBuffers,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let b = slots.len();
-        if tokens.len() != b {
-            return Err(Error::shape("forward_cached", format!("{} tokens for {b} slots", tokens.len())));
-        }
+        check_step(self, tokens, slots, logit_rows)?;
         if w.layers.len() != cfg.num_layers
             || w.lm_head.k() != cfg.hidden_size
             || cache.kv_dim != cfg.num_kv_heads * cfg.head_dim
         {
             return Err(Error::shape("forward_cached", "weights or cache built for another model"));
         }
-        if logit_rows.windows(2).any(|p| p[0] >= p[1]) || logit_rows.last().is_some_and(|&r| r >= b) {
-            return Err(Error::shape("forward_cached", "logit rows must be increasing row indices"));
-        }
-        if let Some(t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(Error::Invalid(format!("forward_cached: token {t} outside the vocabulary")));
-        }
         let max_pos = cache.max_len.min(self.rope.max_positions());
-        buf.positions.clear();
-        buf.next_pos.clear();
-        buf.next_pos.extend_from_slice(&cache.len);
-        for &s in slots {
-            if s >= cache.slots || buf.next_pos[s] >= max_pos {
-                return Err(Error::Invalid(format!("forward_cached: slot {s} is full or out of range")));
-            }
-            buf.positions.push(buf.next_pos[s] as u32);
-            buf.next_pos[s] += 1;
-        }
-        buf.reserve(self, b, logit_rows.len());
+        assign_positions(slots, &cache.len, max_pos, &mut buf.positions, &mut buf.next_pos)?;
+        buf.reserve(self, slots.len(), logit_rows.len());
         if buf.scores.len() < cache.t_cap {
             buf.scores.resize(cache.t_cap, 0.0);
         }
-        let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (qkv_w, hd, d, kvd) = (cfg.qkv_dim(), cfg.attn_dim(), cfg.head_dim, cache.kv_dim);
-        let group = cfg.num_heads / cfg.num_kv_heads;
-        let eps = cfg.rms_norm_eps as f32;
-        let scale = 1.0 / (d as f32).sqrt();
-        let p = &self.params.data;
-        let lay = &self.params.layout;
-        let (t_cap, max_len) = (cache.t_cap, cache.max_len);
-        let x = &mut buf.x[..b * c];
-        for (row, &t) in x.chunks_mut(c).zip(tokens) {
+        decode_stack(self, &mut CpuStep { w, slots, cache: &mut *cache, buf: &mut *buf }, tokens, logit_rows)?;
+        cache.len.copy_from_slice(&buf.next_pos);
+        Ok(())
+    }
+}
+
+/// The CPU's half of a decode step ([`DecodeDevice`]): packed weights and their row-wise GEMM
+/// (`matmul_packed`), the blocked KV cache and [`attend_row`], row-wise norms, RoPE and SwiGLU;
+/// every operation is row by row, so a row's results do not depend on the other rows.
+struct CpuStep<'a> {
+    w: &'a DecodeWeights,
+    slots: &'a [usize],
+    cache: &'a mut KvCache,
+    buf: &'a mut DecodeBuffers,
+}
+
+impl DecodeDevice for CpuStep<'_> {
+    fn embed(&mut self, model: &Model, tokens: &[u32]) -> Result<()> {
+        let (c, p, lay) = (model.cfg.hidden_size, &model.params.data, &model.params.layout);
+        for (row, &t) in self.buf.x[..tokens.len() * c].chunks_mut(c).zip(tokens) {
             row.copy_from_slice(&p[lay.embed + t as usize * c..lay.embed + (t as usize + 1) * c]);
         }
-        for (l, lw) in w.layers.iter().enumerate() {
-            let o = lay.layers[l];
-            ops::rmsnorm_rows(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln1..o.ln1 + c], eps);
-            let qkv = &mut buf.qkv[..b * qkv_w];
-            matmul_packed(qkv, &buf.ln[..b * c], b, &lw.qkv, false);
-            if let Some(bias) = o.qkv_b {
-                for row in qkv.chunks_mut(qkv_w) {
-                    row.iter_mut().zip(&p[bias..bias + qkv_w]).for_each(|(y, b)| *y += b);
+        Ok(())
+    }
+
+    fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()> {
+        let (c, p, lay) = (model.cfg.hidden_size, &model.params.data, &model.params.layout);
+        let at = match norm {
+            Norm::Attn(l) => lay.layers[l].ln1,
+            Norm::Mlp(l) => lay.layers[l].ln2,
+            Norm::Final => lay.final_norm,
+        };
+        let b = &mut *self.buf;
+        let eps = model.cfg.rms_norm_eps as f32;
+        ops::rmsnorm_rows(&mut b.ln[..rows * c], &mut b.rstd[..rows], &b.x[..rows * c], &p[at..at + c], eps);
+        Ok(())
+    }
+
+    fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let (c, inter, qkv_w, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.qkv_dim(), cfg.attn_dim());
+        let b = &mut *self.buf;
+        match proj {
+            Proj::Qkv(l) => {
+                let qkv = &mut b.qkv[..rows * qkv_w];
+                matmul_packed(qkv, &b.ln[..rows * c], rows, &self.w.layers[l].qkv, false);
+                if let Some(bias) = model.params.layout.layers[l].qkv_b {
+                    let bias = &model.params.data[bias..bias + qkv_w];
+                    for row in qkv.chunks_mut(qkv_w) {
+                        row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                    }
                 }
-            }
-            ops::rope_rows(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, &buf.positions, &self.rope, false);
-            for (i, row) in qkv.chunks(qkv_w).enumerate() {
-                cache.store(l, slots[i], buf.positions[i] as usize, &row[hd..hd + kvd], &row[hd + kvd..]);
-            }
-            for (i, (out, row)) in buf.att[..b * hd].chunks_mut(hd).zip(qkv.chunks(qkv_w)).enumerate() {
-                let s = slots[i];
-                attend_row(
-                    out,
-                    &row[..hd],
-                    &cache.k[l][s * kvd * t_cap..(s + 1) * kvd * t_cap],
-                    &cache.v[l][s * max_len * kvd..(s + 1) * max_len * kvd],
-                    AttendShape { d, group, len: buf.positions[i] as usize + 1, scale },
-                    &mut buf.scores,
-                );
+                Ok(())
             }
             // row-parallel o_proj and down_proj under tensor parallelism: one rank keeps the
             // residual, every rank adds its partial product, the all-reduce sums them
-            let keep = self.adds_residual();
-            if !keep {
-                x.fill(0.0);
+            Proj::Out(l) | Proj::Down(l) => {
+                let x = &mut b.x[..rows * c];
+                if !model.adds_residual() {
+                    x.fill(0.0);
+                }
+                match proj {
+                    Proj::Out(_) => matmul_packed(x, &b.att[..rows * hd], rows, &self.w.layers[l].o, true),
+                    _ => matmul_packed(x, &b.act[..rows * inter], rows, &self.w.layers[l].down, true),
+                }
+                model.tp_reduce(x)
             }
-            matmul_packed(x, &buf.att[..b * hd], b, &lw.o, true);
-            self.tp_reduce(x)?;
-            ops::rmsnorm_rows(&mut buf.ln[..b * c], &mut buf.rstd[..b], x, &p[o.ln2..o.ln2 + c], eps);
-            let gu = &mut buf.gate_up[..b * 2 * inter];
-            matmul_packed(gu, &buf.ln[..b * c], b, &lw.gate_up, false);
-            ops::swiglu_rows(&mut buf.act[..b * inter], gu, inter);
-            if !keep {
-                x.fill(0.0);
+            Proj::GateUp(l) => {
+                matmul_packed(
+                    &mut b.gate_up[..rows * 2 * inter],
+                    &b.ln[..rows * c],
+                    rows,
+                    &self.w.layers[l].gate_up,
+                    false,
+                );
+                Ok(())
             }
-            matmul_packed(x, &buf.act[..b * inter], b, &lw.down, true);
-            self.tp_reduce(x)?;
+            Proj::Head => {
+                let v = cfg.vocab_size;
+                matmul_packed(&mut b.logits[..rows * v], &b.ln[..rows * c], rows, &self.w.lm_head, false);
+                Ok(())
+            }
         }
-        // only the logit rows go through the head: move them to the front (increasing indices,
-        // so a row is never overwritten before it is moved)
-        let n_out = logit_rows.len();
+    }
+
+    fn rope(&mut self, model: &Model, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let qkv_w = cfg.qkv_dim();
+        let b = &mut *self.buf;
+        ops::rope_rows(
+            &mut b.qkv[..rows * qkv_w],
+            qkv_w,
+            cfg.num_heads + cfg.num_kv_heads,
+            &b.positions,
+            &model.rope,
+            false,
+        );
+        Ok(())
+    }
+
+    fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let (qkv_w, hd, d) = (cfg.qkv_dim(), cfg.attn_dim(), cfg.head_dim);
+        let (cache, b) = (&mut *self.cache, &mut *self.buf);
+        let (kvd, t_cap, max_len) = (cache.kv_dim, cache.t_cap, cache.max_len);
+        let qkv = &b.qkv[..rows * qkv_w];
+        for (i, row) in qkv.chunks(qkv_w).enumerate() {
+            cache.store(layer, self.slots[i], b.positions[i] as usize, &row[hd..hd + kvd], &row[hd + kvd..]);
+        }
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        for (i, (out, row)) in b.att[..rows * hd].chunks_mut(hd).zip(qkv.chunks(qkv_w)).enumerate() {
+            let s = self.slots[i];
+            attend_row(
+                out,
+                &row[..hd],
+                &cache.k[layer][s * kvd * t_cap..(s + 1) * kvd * t_cap],
+                &cache.v[layer][s * max_len * kvd..(s + 1) * max_len * kvd],
+                AttendShape { d, group, len: b.positions[i] as usize + 1, scale },
+                &mut b.scores,
+            );
+        }
+        Ok(())
+    }
+
+    fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {
+        let inter = model.cfg.intermediate_size;
+        let b = &mut *self.buf;
+        ops::swiglu_rows(&mut b.act[..rows * inter], &b.gate_up[..rows * 2 * inter], inter);
+        Ok(())
+    }
+
+    fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {
+        // increasing indices, so a row is never overwritten before it is moved
+        let c = model.cfg.hidden_size;
         for (dst, &src) in logit_rows.iter().enumerate() {
             if dst != src {
-                x.copy_within(src * c..(src + 1) * c, dst * c);
+                self.buf.x.copy_within(src * c..(src + 1) * c, dst * c);
             }
-        }
-        let (x, ln) = (&buf.x[..n_out * c], &mut buf.ln[..n_out * c]);
-        ops::rmsnorm_rows(ln, &mut buf.rstd[..n_out], x, &p[lay.final_norm..lay.final_norm + c], eps);
-        matmul_packed(&mut buf.logits[..n_out * v], ln, n_out, &w.lm_head, false);
-        for &s in slots {
-            cache.len[s] = buf.next_pos[s];
         }
         Ok(())
     }
