@@ -68,6 +68,21 @@ fn attn_dm(head_dim: usize) -> Result<u32> {
 }
 
 impl Gpu {
+    /// The batch of a decode step: `tokens` and `positions` on the device, one row each (the
+    /// targets, sequence starts and embedding-backward table a decode step never reads are empty).
+    pub fn rows_batch(&self, tokens: &[u32], positions: &[u32]) -> Result<GpuBatch> {
+        Ok(GpuBatch {
+            tokens: self.htod(tokens)?,
+            targets: self.htod::<u32>(&[])?,
+            positions: self.htod(positions)?,
+            cu_seqlens: self.htod::<i32>(&[])?,
+            emb_csr: self.htod::<u32>(&[])?,
+            emb_ids: 0,
+            n_seq: 0,
+            max_len: 1,
+        })
+    }
+
     fn ids_ptr<T>(&self, s: &CudaSlice<T>, offset: usize) -> u64 {
         s.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<T>()) as u64
     }

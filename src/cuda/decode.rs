@@ -1,22 +1,23 @@
 //! Generation on the GPU: a KV cache in device memory ([slots, KV, max_len, D] per layer, the
-//! layout of cuda/decode_attention.cu) and a decode step that runs B new tokens (one per slot)
-//! through the model against it. The step uses the same backend operations as training (RMSNorm,
-//! GEMMs, RoPE, SwiGLU, LM head) plus the two cache kernels; `step_sampled` then draws the next
-//! tokens on the device (cuda/sample.cu). Generation with continuous batching is built on it in
+//! layout of cuda/decode_attention.cu) and a decode step that runs B new rows through the model
+//! against it: the layer stack of `model::decode_stack` (the CPU decode's too) over the GPU's
+//! operations ([`GpuStep`]: the same backend operations as training, RMSNorm, GEMMs, RoPE,
+//! SwiGLU, LM head, plus the two cache kernels). A slot's rows take consecutive positions, so one
+//! step prefills whole prompts for some slots while decoding one token for others; only the rows
+//! whose next token is wanted go through the LM head. `step_sampled` then draws those tokens on
+//! the device (cuda/sample.cu). Generation with continuous batching is built on it in
 //! cuda/generate.rs.
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::sample::{sample_rows, SampleBufs};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model};
+use crate::model::decode_stack::{assign_positions, check_step, decode_stack, DecodeDevice, Norm, Proj};
+use crate::model::Model;
 use crate::rollout::sampler::Sampled;
 use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
-
-/// Index of the next-token logits ([B, V]) among the decoder's work buffers.
-const LOGITS: usize = 7;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
 pub struct GpuKvCache {
@@ -33,8 +34,24 @@ pub struct GpuDecoder {
     gpu: Arc<Gpu>,
     params: CudaSlice<f32>,
     rope: GpuRope,
-    bufs: Vec<CudaSlice<f32>>,
+    bufs: StepBufs,
     sampling: SampleBufs,
+    /// Each row's position and each slot's length after the step (host scratch).
+    positions: Vec<u32>,
+    next: Vec<usize>,
+}
+
+/// The decode step's device buffers, grown on demand: the residual stream, normed rows, RMSNorm
+/// scratch, q|k|v, attention output, gate|up, SwiGLU output, and the logits of the picked rows.
+struct StepBufs {
+    x: CudaSlice<f32>,
+    ln: CudaSlice<f32>,
+    rstd: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    att: CudaSlice<f32>,
+    gate_up: CudaSlice<f32>,
+    act: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
 }
 
 impl GpuKvCache {
@@ -54,168 +71,108 @@ impl GpuKvCache {
 impl GpuDecoder {
     /// Upload `model`'s weights.
     pub fn new(gpu: &Arc<Gpu>, model: &Model) -> Result<Self> {
-        let mut bufs = Vec::new();
-        for _ in 0..8 {
-            bufs.push(gpu.empty()?);
-        }
+        let e = || gpu.empty();
+        let bufs =
+            StepBufs { x: e()?, ln: e()?, rstd: e()?, qkv: e()?, att: e()?, gate_up: e()?, act: e()?, logits: e()? };
         Ok(GpuDecoder {
             gpu: gpu.clone(),
             params: gpu.upload(&model.params.data)?,
             rope: gpu.rope(&model.rope)?,
             bufs,
             sampling: SampleBufs::new(gpu, 1)?,
+            positions: Vec::new(),
+            next: Vec::new(),
         })
     }
 
-    /// Append `tokens[i]` to cache slot `slots[i]` (distinct slots) and return the next-token
-    /// logits of every row ([B, V], on the host).
+    /// Append `tokens[i]` to cache slot `slots[i]` (a slot's rows take its next positions in
+    /// order) and return the next-token logits of every row ([B, V], on the host).
     pub fn step(&mut self, model: &Model, tokens: &[u32], slots: &[usize], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
-        self.forward(model, tokens, slots, cache)?;
+        let rows: Vec<usize> = (0..tokens.len()).collect();
+        self.forward(model, tokens, slots, &rows, cache)?;
         let mut out = vec![0.0; tokens.len() * model.cfg.vocab_size];
-        self.gpu.download(&self.bufs[LOGITS], &mut out)?;
+        self.gpu.download(&self.bufs.logits, &mut out)?;
         Ok(out)
     }
 
-    /// [`GpuDecoder::step`], then one token per row sampled on the device from the row's uniform
-    /// (cuda/sample.cu; temperature ≤ 0: greedy): only ids, log-probs and entropies come back.
+    /// The step of [`GpuDecoder::step`] with the next token drawn on the device for rows
+    /// `logit_rows` only (strictly increasing), each from its uniform (cuda/sample.cu; temperature
+    /// ≤ 0: greedy): only ids, log-probs and entropies come back, one per logit row.
     pub fn step_sampled(
+        &mut self,
+        model: &Model,
+        rows: StepInput<'_>,
+        cache: &mut GpuKvCache,
+        temperature: f32,
+    ) -> Result<Vec<Sampled>> {
+        let StepInput { tokens, slots, logit_rows, uniforms } = rows;
+        if uniforms.len() != logit_rows.len() {
+            return Err(Error::shape(
+                "decode step",
+                format!("{} uniforms for {} logit rows", uniforms.len(), logit_rows.len()),
+            ));
+        }
+        self.forward(model, tokens, slots, logit_rows, cache)?;
+        if logit_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let v = model.cfg.vocab_size;
+        let logits = Gpu::r(&self.bufs.logits, 0..logit_rows.len() * v);
+        sample_rows(&self.gpu, &logits, v, uniforms, temperature, &mut self.sampling)
+    }
+
+    /// The decode step's forward: the next-token logits of `logit_rows` stay in `bufs.logits`.
+    fn forward(
         &mut self,
         model: &Model,
         tokens: &[u32],
         slots: &[usize],
+        logit_rows: &[usize],
         cache: &mut GpuKvCache,
-        uniforms: &[f64],
-        temperature: f32,
-    ) -> Result<Vec<Sampled>> {
-        if uniforms.len() != tokens.len() {
-            return Err(Error::shape("decode step", format!("{} uniforms for {} rows", uniforms.len(), tokens.len())));
-        }
-        self.forward(model, tokens, slots, cache)?;
-        let v = model.cfg.vocab_size;
-        let logits = Gpu::r(&self.bufs[LOGITS], 0..tokens.len() * v);
-        sample_rows(&self.gpu, &logits, v, uniforms, temperature, &mut self.sampling)
-    }
-
-    /// The decode step's forward: the next-token logits stay in the device buffer `LOGITS`.
-    fn forward(&mut self, model: &Model, tokens: &[u32], slots: &[usize], cache: &mut GpuKvCache) -> Result<()> {
+    ) -> Result<()> {
         let cfg = &model.cfg;
+        check_step(model, tokens, slots, logit_rows)?;
         let b = tokens.len();
-        if slots.len() != b || b == 0 {
-            return Err(Error::shape("decode step", format!("{b} tokens for {} slots", slots.len())));
+        if b == 0 {
+            return Err(Error::shape("decode step", "no rows"));
         }
         if model.tp.is_some() {
             return Err(Error::Invalid("GPU decoding under tensor parallelism is not supported yet".into()));
         }
-        let mut positions = Vec::with_capacity(b);
-        for (&s, &t) in slots.iter().zip(tokens) {
-            if s >= cache.slots || cache.len[s] >= cache.max_len.min(cfg.max_position_embeddings) {
-                return Err(Error::Invalid(format!("decode step: slot {s} is full or out of range")));
-            }
-            if t as usize >= cfg.vocab_size {
-                return Err(Error::Invalid(format!("decode step: token {t} outside the vocabulary")));
-            }
-            positions.push(cache.len[s] as u32);
-        }
-        if slots.iter().enumerate().any(|(i, s)| slots[..i].contains(s)) {
-            return Err(Error::Invalid("decode step: a slot appears twice".into()));
-        }
-        let host = Batch { tokens: tokens.to_vec(), targets: vec![0; b], positions, seq_starts: (0..=b).collect() };
-        let dev: GpuBatch = self.gpu.batch(host.packed())?;
+        let max_pos = cache.max_len.min(cfg.max_position_embeddings);
+        assign_positions(slots, &cache.len, max_pos, &mut self.positions, &mut self.next)?;
+        let g = &*self.gpu;
+        let dev = g.rows_batch(tokens, &self.positions)?;
         let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
-        let lens: Vec<i32> = host.positions.iter().map(|&p| p as i32 + 1).collect();
-        let s = &self.gpu.stream;
-        let slot_dev = self.gpu.htod(&slot_ids)?;
-        let lens_dev = self.gpu.htod(&lens)?;
-
-        let (g, p, lay) = (&*self.gpu, &self.params, &model.params.layout);
+        let lens: Vec<i32> = self.positions.iter().map(|&p| p as i32 + 1).collect();
+        let (slot_dev, lens_dev) = (g.htod(&slot_ids)?, g.htod(&lens)?);
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (h, kv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
-        let eps = cfg.rms_norm_eps as f32;
-        for (i, len) in [b * c, b * c, b, b * qkv_w, b * hd, b * 2 * inter, b * inter, b * v].into_iter().enumerate() {
-            g.grow(&mut self.bufs[i], len)?;
+        let n = logit_rows.len();
+        let bf = &mut self.bufs;
+        for (buf, len) in [
+            (&mut bf.x, b * c),
+            (&mut bf.ln, b * c),
+            (&mut bf.rstd, b),
+            (&mut bf.qkv, b * cfg.qkv_dim()),
+            (&mut bf.att, b * cfg.attn_dim()),
+            (&mut bf.gate_up, b * 2 * inter),
+            (&mut bf.act, b * inter),
+            (&mut bf.logits, n.max(1) * v),
+        ] {
+            g.grow(buf, len)?;
         }
-        let [x, ln, rstd, qkv, att, gu, act, logits] = &mut self.bufs[..] else {
-            return Err(Error::shape("decode step", format!("{} work buffers, expected 8", self.bufs.len())));
+        let mut step = GpuStep {
+            g,
+            p: &self.params,
+            rope: &self.rope,
+            bufs: bf,
+            cache: &*cache,
+            dev: &dev,
+            slots: &slot_dev,
+            lens: &lens_dev,
         };
-        g.embedding_forward(Gpu::m(x, 0..b * c), Gpu::r(p, lay.embed..lay.embed + v * c), &dev, c)?;
-        let (slot_p, lens_p) = (slot_dev.device_ptr(s).0, lens_dev.device_ptr(s).0);
-        for l in 0..cfg.num_layers {
-            let o = lay.layers[l];
-            g.rmsnorm_forward(
-                Gpu::m(ln, 0..b * c),
-                Gpu::m(rstd, 0..b),
-                Gpu::r(x, 0..b * c),
-                Gpu::r(p, o.ln1..o.ln1 + c),
-                eps,
-            )?;
-            let wq = Gpu::r(p, o.qkv_w..o.qkv_w + qkv_w * c);
-            g.matmul_nt(Gpu::m(qkv, 0..b * qkv_w), Gpu::r(ln, 0..b * c), wq, GemmShape::new(b, qkv_w, c), false)?;
-            if let Some(bias) = o.qkv_b {
-                g.add_bias(Gpu::m(qkv, 0..b * qkv_w), Gpu::r(p, bias..bias + qkv_w))?;
-            }
-            g.rope_apply(Gpu::m(qkv, 0..b * qkv_w), qkv_w, h + kv, &dev, &self.rope, false)?;
-            let (kp, vp) = (cache.k[l].device_ptr(s).0, cache.v[l].device_ptr(s).0);
-            let qp = g.pr(&Gpu::r(qkv, 0..b * qkv_w));
-            let (qs, ml) = (qkv_w as i32, cache.max_len as i32);
-            let args = [
-                Arg::P(kp),
-                Arg::P(vp),
-                Arg::P(qp),
-                Arg::I(qs),
-                Arg::I(hd as i32),
-                Arg::I(((h + kv) * d) as i32),
-                Arg::P(slot_p),
-                Arg::P(dev.positions.device_ptr(s).0),
-                Arg::I(b as i32),
-                Arg::I(kv as i32),
-                Arg::I(d as i32),
-                Arg::I(ml),
-            ];
-            g.launch("decode_attention", "kv_cache_store_f32", (b as u32, 1, 1), (128, 1, 1), 0, &args)?;
-            let args = [
-                Arg::P(g.pm(&mut Gpu::m(att, 0..b * hd))),
-                Arg::I(hd as i32),
-                Arg::P(qp),
-                Arg::I(qs),
-                Arg::P(kp),
-                Arg::P(vp),
-                Arg::P(slot_p),
-                Arg::P(lens_p),
-                Arg::I(h as i32),
-                Arg::I(kv as i32),
-                Arg::I(d as i32),
-                Arg::I(ml),
-            ];
-            g.launch("decode_attention", "decode_attn_f32", (h as u32, b as u32, 1), (128, 1, 1), 0, &args)?;
-            let wo = Gpu::r(p, o.o_w..o.o_w + c * hd);
-            g.matmul_nt(Gpu::m(x, 0..b * c), Gpu::r(att, 0..b * hd), wo, GemmShape::new(b, c, hd), true)?;
-            g.rmsnorm_forward(
-                Gpu::m(ln, 0..b * c),
-                Gpu::m(rstd, 0..b),
-                Gpu::r(x, 0..b * c),
-                Gpu::r(p, o.ln2..o.ln2 + c),
-                eps,
-            )?;
-            let wgu = Gpu::r(p, o.gate_up_w..o.gate_up_w + 2 * inter * c);
-            g.matmul_nt(
-                Gpu::m(gu, 0..b * 2 * inter),
-                Gpu::r(ln, 0..b * c),
-                wgu,
-                GemmShape::new(b, 2 * inter, c),
-                false,
-            )?;
-            g.swiglu_forward(Gpu::m(act, 0..b * inter), Gpu::r(gu, 0..b * 2 * inter), inter)?;
-            let wd = Gpu::r(p, o.down_w..o.down_w + c * inter);
-            g.matmul_nt(Gpu::m(x, 0..b * c), Gpu::r(act, 0..b * inter), wd, GemmShape::new(b, c, inter), true)?;
-        }
-        let fw = Gpu::r(p, lay.final_norm..lay.final_norm + c);
-        g.rmsnorm_forward(Gpu::m(ln, 0..b * c), Gpu::m(rstd, 0..b), Gpu::r(x, 0..b * c), fw, eps)?;
-        let wh = Gpu::r(p, lay.lm_head..lay.lm_head + v * c);
-        g.matmul_nt(Gpu::m(logits, 0..b * v), Gpu::r(ln, 0..b * c), wh, GemmShape::new(b, v, c), false)?;
-        for &s in slots {
-            cache.len[s] += 1;
-        }
+        decode_stack(model, &mut step, tokens, logit_rows)?;
+        cache.len.copy_from_slice(&self.next);
         Ok(())
     }
 
@@ -234,5 +191,182 @@ impl GpuDecoder {
     /// The device this decoder runs on.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+}
+
+/// The rows of one sampled decode step: row r appends `tokens[r]` to slot `slots[r]`; the next
+/// token is drawn for rows `logit_rows` (strictly increasing), with `uniforms` (one per logit row;
+/// 0 at temperature 0).
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    pub tokens: &'a [u32],
+    pub slots: &'a [usize],
+    pub logit_rows: &'a [usize],
+    pub uniforms: &'a [f64],
+}
+
+/// The GPU's half of a decode step ([`DecodeDevice`]): the backend's operations on the decoder's
+/// buffers, weights read in place, and the cache kernels of cuda/decode_attention.cu.
+struct GpuStep<'a> {
+    g: &'a Gpu,
+    p: &'a CudaSlice<f32>,
+    rope: &'a GpuRope,
+    bufs: &'a mut StepBufs,
+    cache: &'a GpuKvCache,
+    /// The step's tokens and positions on the device.
+    dev: &'a GpuBatch,
+    /// Each row's slot and attended length (position + 1).
+    slots: &'a CudaSlice<i32>,
+    lens: &'a CudaSlice<i32>,
+}
+
+impl DecodeDevice for GpuStep<'_> {
+    fn embed(&mut self, model: &Model, tokens: &[u32]) -> Result<()> {
+        let (c, v, at) = (model.cfg.hidden_size, model.cfg.vocab_size, model.params.layout.embed);
+        let x = Gpu::m(&mut self.bufs.x, 0..tokens.len() * c);
+        self.g.embedding_forward(x, Gpu::r(self.p, at..at + v * c), self.dev, c)
+    }
+
+    fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()> {
+        let (c, lay) = (model.cfg.hidden_size, &model.params.layout);
+        let at = match norm {
+            Norm::Attn(l) => lay.layers[l].ln1,
+            Norm::Mlp(l) => lay.layers[l].ln2,
+            Norm::Final => lay.final_norm,
+        };
+        let b = &mut *self.bufs;
+        self.g.rmsnorm_forward(
+            Gpu::m(&mut b.ln, 0..rows * c),
+            Gpu::m(&mut b.rstd, 0..rows),
+            Gpu::r(&b.x, 0..rows * c),
+            Gpu::r(self.p, at..at + c),
+            model.cfg.rms_norm_eps as f32,
+        )
+    }
+
+    fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let (c, inter, v, qkv_w, hd) =
+            (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.qkv_dim(), cfg.attn_dim());
+        let (g, p, b, lay) = (self.g, self.p, &mut *self.bufs, &model.params.layout);
+        let w = |at: usize, len: usize| Gpu::r(p, at..at + len);
+        match proj {
+            Proj::Qkv(l) => {
+                let o = lay.layers[l];
+                let shape = GemmShape::new(rows, qkv_w, c);
+                g.matmul_nt(
+                    Gpu::m(&mut b.qkv, 0..rows * qkv_w),
+                    Gpu::r(&b.ln, 0..rows * c),
+                    w(o.qkv_w, qkv_w * c),
+                    shape,
+                    false,
+                )?;
+                match o.qkv_b {
+                    Some(bias) => g.add_bias(Gpu::m(&mut b.qkv, 0..rows * qkv_w), w(bias, qkv_w)),
+                    None => Ok(()),
+                }
+            }
+            Proj::Out(l) => {
+                let shape = GemmShape::new(rows, c, hd);
+                g.matmul_nt(
+                    Gpu::m(&mut b.x, 0..rows * c),
+                    Gpu::r(&b.att, 0..rows * hd),
+                    w(lay.layers[l].o_w, c * hd),
+                    shape,
+                    true,
+                )
+            }
+            Proj::GateUp(l) => {
+                let shape = GemmShape::new(rows, 2 * inter, c);
+                let wgu = w(lay.layers[l].gate_up_w, 2 * inter * c);
+                g.matmul_nt(Gpu::m(&mut b.gate_up, 0..rows * 2 * inter), Gpu::r(&b.ln, 0..rows * c), wgu, shape, false)
+            }
+            Proj::Down(l) => {
+                let shape = GemmShape::new(rows, c, inter);
+                let wd = w(lay.layers[l].down_w, c * inter);
+                g.matmul_nt(Gpu::m(&mut b.x, 0..rows * c), Gpu::r(&b.act, 0..rows * inter), wd, shape, true)
+            }
+            Proj::Head => {
+                if rows == 0 {
+                    return Ok(());
+                }
+                let shape = GemmShape::new(rows, v, c);
+                g.matmul_nt(
+                    Gpu::m(&mut b.logits, 0..rows * v),
+                    Gpu::r(&b.ln, 0..rows * c),
+                    w(lay.lm_head, v * c),
+                    shape,
+                    false,
+                )
+            }
+        }
+    }
+
+    fn rope(&mut self, model: &Model, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let qkv_w = cfg.qkv_dim();
+        let qkv = Gpu::m(&mut self.bufs.qkv, 0..rows * qkv_w);
+        self.g.rope_apply(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, self.dev, self.rope, false)
+    }
+
+    fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let (h, kv, d, qkv_w, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_dim(), cfg.attn_dim());
+        let (g, cache, b) = (self.g, self.cache, &mut *self.bufs);
+        let s = &g.stream;
+        let (kp, vp) = (cache.k[layer].device_ptr(s).0, cache.v[layer].device_ptr(s).0);
+        let (slot_p, lens_p) = (self.slots.device_ptr(s).0, self.lens.device_ptr(s).0);
+        let qp = g.pr(&Gpu::r(&b.qkv, 0..rows * qkv_w));
+        let (qs, ml) = (qkv_w as i32, cache.max_len as i32);
+        let args = [
+            Arg::P(kp),
+            Arg::P(vp),
+            Arg::P(qp),
+            Arg::I(qs),
+            Arg::I(hd as i32),
+            Arg::I(((h + kv) * d) as i32),
+            Arg::P(slot_p),
+            Arg::P(self.dev.positions.device_ptr(s).0),
+            Arg::I(rows as i32),
+            Arg::I(kv as i32),
+            Arg::I(d as i32),
+            Arg::I(ml),
+        ];
+        g.launch("decode_attention", "kv_cache_store_f32", (rows as u32, 1, 1), (128, 1, 1), 0, &args)?;
+        let args = [
+            Arg::P(g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd))),
+            Arg::I(hd as i32),
+            Arg::P(qp),
+            Arg::I(qs),
+            Arg::P(kp),
+            Arg::P(vp),
+            Arg::P(slot_p),
+            Arg::P(lens_p),
+            Arg::I(h as i32),
+            Arg::I(kv as i32),
+            Arg::I(d as i32),
+            Arg::I(ml),
+        ];
+        g.launch("decode_attention", "decode_attn_f32", (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+    }
+
+    fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {
+        let inter = model.cfg.intermediate_size;
+        let b = &mut *self.bufs;
+        self.g.swiglu_forward(Gpu::m(&mut b.act, 0..rows * inter), Gpu::r(&b.gate_up, 0..rows * 2 * inter), inter)
+    }
+
+    fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {
+        if logit_rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        // through the normed-rows buffer (free until the final norm writes it)
+        let c = model.cfg.hidden_size;
+        let b = &mut *self.bufs;
+        for (dst, &src) in logit_rows.iter().enumerate() {
+            self.g.copy(Gpu::m(&mut b.ln, dst * c..(dst + 1) * c), Gpu::r(&b.x, src * c..(src + 1) * c))?;
+        }
+        let n = logit_rows.len() * c;
+        self.g.copy(Gpu::m(&mut b.x, 0..n), Gpu::r(&b.ln, 0..n))
     }
 }

@@ -4,46 +4,46 @@
 //! `Rng::derive(seed, [step, prompt_id, sample_index])`, one uniform per sampled token, so the
 //! completions do not depend on the batch size and equal the CPU engine's wherever the logits agree.
 //!
-//! [`batch_loop`] is that loop over any one-token-per-slot decode step that also picks the tokens:
-//! the GPU decoder (tokens drawn on the device), or on the host the CPU decode step with the
-//! emulated sampling kernel, which tests/cuda/ holds against the CPU engine.
-//! Prompts are fed one token per step (the device has no multi-token prefill kernel yet).
+//! [`batch_loop`] is that loop over any decode step that also picks the tokens: the GPU decoder
+//! (tokens drawn on the device), or on the host the CPU decode step with the emulated sampling
+//! kernel, which tests/cuda/ holds against the CPU engine. A newly admitted request's prompt goes
+//! in as one chunk of rows (up to [`MAX_ROWS`] rows a step), next to one row per decoding request.
 
-use crate::cuda::decode::{GpuDecoder, GpuKvCache};
+use crate::cuda::decode::{GpuDecoder, GpuKvCache, StepInput};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::rollout::engine::{context_len, Active};
 use crate::rollout::sampler::Sampled;
 use crate::rollout::{Completion, GenerateConfig, Request};
 
-/// One step of the loop: row r appends `tokens[r]` at position `positions[r]` of slot `slots[r]`
-/// (position 0: the slot starts a new sequence) and, where `picks[r]`, returns the next token
-/// drawn with `uniforms[r]` (0 where the row does not pick, or at temperature 0).
-pub struct StepRows<'a> {
-    pub tokens: &'a [u32],
-    pub slots: &'a [usize],
-    pub positions: &'a [usize],
-    pub picks: &'a [bool],
-    pub uniforms: &'a [f64],
+/// Rows one step may hold (prompt chunks wait for the next step beyond it).
+pub const MAX_ROWS: usize = 8192;
+
+/// One step of the loop: `input`'s rows (a slot's rows take its next positions), the next token
+/// drawn for its logit rows; `starts` are the slots that begin a new sequence at this step (their
+/// cache length must be reset to 0 before it).
+pub struct LoopStep<'a> {
+    pub input: StepInput<'a>,
+    pub starts: &'a [usize],
 }
 
 /// Continuous batching of `requests` over `slots` slots of `max_len` tokens with `step`; returns
 /// the completions in request order. Mirrors `rollout::engine::Slots` (admission in request order,
-/// the same finish rules, forced lengths of `cfg.workload`), feeding one token per slot per step.
+/// the same finish rules, forced lengths of `cfg.workload`); `step` returns one pick per logit row.
 pub fn batch_loop(
     requests: &[Request],
     cfg: &GenerateConfig,
     slots: usize,
     max_len: usize,
-    mut step: impl FnMut(StepRows<'_>) -> Result<Vec<Sampled>>,
+    mut step: impl FnMut(LoopStep<'_>) -> Result<Vec<Sampled>>,
 ) -> Result<Vec<Completion>> {
     let (temperature, max_new) = (cfg.sampling.temperature, cfg.sampling.max_new_tokens);
     let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
     let mut free: Vec<usize> = (0..slots).rev().collect();
     let mut active: Vec<Active> = Vec::with_capacity(slots);
     let mut queue = 0;
-    let (mut tokens, mut slot_ids, mut positions, mut picks, mut uniforms) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tokens, mut slot_ids, mut logit_rows, mut uniforms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut starts, mut picking) = (Vec::new(), Vec::new());
     loop {
         while !free.is_empty() && queue < requests.len() {
             let r = &requests[queue];
@@ -60,45 +60,62 @@ pub fn batch_loop(
         }
         tokens.clear();
         slot_ids.clear();
-        positions.clear();
-        picks.clear();
+        logit_rows.clear();
         uniforms.clear();
-        for a in active.iter_mut() {
-            let prompt = &a.prompt;
-            let (tok, pos, pick) = if a.fed < prompt.len() {
-                a.fed += 1;
-                (prompt[a.fed - 1], a.fed - 1, a.fed == prompt.len())
+        starts.clear();
+        picking.clear();
+        let decoding = active.iter().filter(|a| a.fed == a.prompt.len()).count();
+        let mut budget = MAX_ROWS.saturating_sub(decoding);
+        for (i, a) in active.iter_mut().enumerate() {
+            if a.fed < a.prompt.len() {
+                let n = budget.min(a.prompt.len() - a.fed);
+                if n == 0 {
+                    continue;
+                }
+                budget -= n;
+                if a.fed == 0 {
+                    starts.push(a.slot);
+                }
+                tokens.extend_from_slice(&a.prompt[a.fed..a.fed + n]);
+                slot_ids.resize(slot_ids.len() + n, a.slot);
+                a.fed += n;
+                if a.fed < a.prompt.len() {
+                    continue;
+                }
             } else {
-                (a.next, prompt.len() + a.out.tokens.len() - 1, true)
-            };
-            tokens.push(tok);
-            slot_ids.push(a.slot);
-            positions.push(pos);
-            picks.push(pick);
-            uniforms.push(if pick && temperature > 0.0 { a.rng.uniform() } else { 0.0 });
-        }
-        let rows =
-            StepRows { tokens: &tokens, slots: &slot_ids, positions: &positions, picks: &picks, uniforms: &uniforms };
-        let picked = step(rows)?;
-        if picked.len() != active.len() {
-            return Err(Error::shape("decode step", format!("{} picks for {} rows", picked.len(), active.len())));
-        }
-        let mut i = 0;
-        for (row, s) in picked.into_iter().enumerate() {
-            if !picks[row] {
-                i += 1;
-                continue;
+                tokens.push(a.next);
+                slot_ids.push(a.slot);
             }
+            logit_rows.push(tokens.len() - 1);
+            picking.push(i);
+            uniforms.push(if temperature > 0.0 { a.rng.uniform() } else { 0.0 });
+        }
+        let input = StepInput { tokens: &tokens, slots: &slot_ids, logit_rows: &logit_rows, uniforms: &uniforms };
+        let picked = step(LoopStep { input, starts: &starts })?;
+        if picked.len() != picking.len() {
+            return Err(Error::shape(
+                "decode step",
+                format!("{} picks for {} logit rows", picked.len(), picking.len()),
+            ));
+        }
+        let mut finished = vec![false; active.len()];
+        for (s, &i) in picked.into_iter().zip(&picking) {
             let a = &mut active[i];
             a.next = s.token;
-            if a.out.push(s, a.target, cfg, positions[row] + 1, max_len) {
-                let a = active.remove(i);
-                free.push(a.slot);
-                done[a.key] = Some(a.out);
-            } else {
-                i += 1;
-            }
+            // the slot holds the prompt and every token fed so far
+            let held = a.prompt.len() + a.out.tokens.len();
+            finished[i] = a.out.push(s, a.target, cfg, held, max_len);
         }
+        let mut k = 0;
+        active.retain_mut(|a| {
+            let keep = !finished[k];
+            k += 1;
+            if !keep {
+                free.push(a.slot);
+                done[a.key] = Some(std::mem::replace(&mut a.out, Completion::empty(&requests[a.key])));
+            }
+            keep
+        });
     }
     done.into_iter()
         .enumerate()
@@ -124,11 +141,11 @@ impl GpuDecoder {
         }
         let slots = cfg.max_batch.min(requests.len());
         let mut cache = GpuKvCache::new(self.gpu(), model, slots, max_len)?;
-        batch_loop(requests, cfg, slots, max_len, |rows| {
-            for (&slot, &pos) in rows.slots.iter().zip(rows.positions) {
-                cache.len[slot] = pos;
+        batch_loop(requests, cfg, slots, max_len, |step| {
+            for &slot in step.starts {
+                cache.len[slot] = 0;
             }
-            self.step_sampled(model, rows.tokens, rows.slots, &mut cache, rows.uniforms, s.temperature)
+            self.step_sampled(model, step.input, &mut cache, s.temperature)
         })
     }
 }

@@ -1,9 +1,11 @@
 //! Incremental decoding with a KV cache: prefill a prompt into a cache slot (the training forward
 //! computes it; its post-RoPE k/v are copied out), then decode one token per active slot per step.
 //!
-//! The decode path is the training forward specialised to one new row per sequence: the same
-//! kernels (RMSNorm, fused q|k|v and gate|up GEMMs, RoPE, SwiGLU) on [B, ·] buffers, attention
-//! against the cache. `tests/decode.rs` checks it against the full forward position by position.
+//! The decode path is the training forward specialised to a few new rows per sequence: the layer
+//! stack of `model::decode_stack` (shared with the GPU decoder) over the CPU's operations
+//! ([`CpuStep`]: packed weights and their row-wise GEMM, row-wise RMSNorm, RoPE and SwiGLU,
+//! attention against the blocked cache). `tests/decode.rs` checks it against the full forward
+//! position by position.
 
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;

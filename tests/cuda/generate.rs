@@ -4,13 +4,12 @@
 //! decode step (those tests run everywhere).
 
 use super::{common::tiny_config, gpu};
-use arbor::cuda::generate::{batch_loop, StepRows};
+use arbor::cuda::generate::{batch_loop, LoopStep};
 use arbor::cuda::sample::emulate_row;
 use arbor::cuda::{Gpu, GpuDecoder};
-use arbor::model::decode::{DecodeBuffers, KvCache};
+use arbor::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
-use arbor::rollout::sampler::Sampled;
 use arbor::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
 use arbor::tensor::Backend;
 
@@ -51,19 +50,15 @@ fn host_loop(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Vec<C
     let mut cache = KvCache::new(model, slots, 40);
     let mut buf = DecodeBuffers::new(model, slots);
     let t = cfg.sampling.temperature;
-    batch_loop(requests, cfg, slots, 40, |rows: StepRows<'_>| {
-        for (&slot, &pos) in rows.slots.iter().zip(rows.positions) {
-            cache.len[slot] = pos;
+    let w = DecodeWeights::new(model);
+    batch_loop(requests, cfg, slots, 40, |step: LoopStep<'_>| {
+        for &slot in step.starts {
+            cache.len[slot] = 0;
         }
-        model.decode_step(rows.tokens, rows.slots, &mut cache, &mut buf)?;
-        Ok((0..rows.tokens.len())
-            .map(|r| {
-                if rows.picks[r] {
-                    emulate_row(&buf.logits[r * v..(r + 1) * v], rows.uniforms[r], t)
-                } else {
-                    Sampled { token: 0, logprob: 0.0, entropy: 0.0 }
-                }
-            })
+        let rows = step.input;
+        model.forward_cached(&w, rows.tokens, rows.slots, rows.logit_rows, &mut cache, &mut buf)?;
+        Ok((0..rows.logit_rows.len())
+            .map(|k| emulate_row(&buf.logits[k * v..(k + 1) * v], rows.uniforms[k], t))
             .collect())
     })
     .unwrap()
