@@ -26,12 +26,16 @@
 //    int kv_heads, int head_dim, int delta, int window, int h_lo, int h_hi, int do_fci,
 //    int do_rhythm, float* fci_col, float* fai_col, float* dist_row, float* waad_row)
 //   q/k/lse exactly as for attn_fwd (q = qkv, k = qkv + H*D, strides (H + 2KV) * D, lse [N, H]).
-//   Outputs, all f32 [num_heads, n_tokens] indexed h * n_tokens + global token:
-//   * fci_col (do_fci; ZEROED by the host before the launch; accumulated with atomicAdd):
-//       fci_col[h, s] = sum over rows t with j(t) >= k(s) + delta, 2 <= k(s) <= kmax of
-//                       P[t, s] / |S_j(t)|            (j(t), k(s) = steps of t and s)
-//   * fai_col (do_rhythm; ZEROED by the host; atomicAdd):
-//       fai_col[h, s] = sum over rows t with h_lo <= t - s <= h_hi of P[t, s], for keys s >= r
+//   Row outputs f32 [num_heads, n_tokens] indexed h * n_tokens + global token; column outputs
+//   f32 [q_tiles, num_heads, n_tokens], one plane per query tile (blockIdx.x), each block's column
+//   sums over its 64 rows stored (never accumulated) in its own plane, so no two blocks write one
+//   element; attn_stats_col_sum then sums the planes in tile order (deterministic, no atomics):
+//   * fci_col (do_fci; ZEROED by the host before the launch):
+//       sum over planes of fci_col[., h, s] = sum over rows t with j(t) >= k(s) + delta,
+//                       2 <= k(s) <= kmax of P[t, s] / |S_j(t)|   (j(t), k(s) = steps of t and s)
+//   * fai_col (do_rhythm; ZEROED by the host):
+//       sum over planes of fai_col[., h, s] = sum over rows t with h_lo <= t - s <= h_hi of
+//                       P[t, s], for keys s >= r
 //   * dist_row (do_rhythm; written for response rows t >= r only):
 //       dist_row[h, t] = sum_{s <= t} P[t, s] * (t - s)
 //   * waad_row (do_rhythm; written for response rows only):
@@ -39,6 +43,12 @@
 //   Pointers of a disabled group may be NULL. Launch: grid = (ceil(max_seq_len / 64), num_heads,
 //   n_seq), block = 256 (MUST be 256), dynamic shared memory = 128 * (DM + 1) * 4 bytes
 //   (DM 32: 16896, 64: 33280, 128: 66048 B; raise the attribute above 48 KiB).
+//
+// ===== 1b. attn_stats_col_sum
+//   (float* col, const float* planes, int q_tiles, int plane)
+//   col[i] = sum over q < q_tiles, in order, of planes[q * plane + i], for i < plane
+//   (plane = num_heads * n_tokens): pass 1's column planes folded into fci_col / fai_col [H, N].
+//   Launch: grid = (ceil(plane / 256)), block = 256.
 //
 // ===== 2. attn_stats_fci_reduce
 //   (unsigned long long* fci_best, const float* fci_col, int n_tokens, const int* cu_seqlens,
@@ -82,9 +92,9 @@
 // that layer's fai slice (rhythm), run pass 1, then fci_reduce (FCI layer) and lookback (rhythm
 // layer); read lookback, select heads, upload head_sel, run combine; read fci_best, waad, fai.
 //
-// Deviations from the CPU: fci_col and fai_col are summed with float atomics over query tiles
-// (order not fixed; the CPU sums FCI in f64 in a fixed order), so results agree to f32
-// rounding, not bit for bit. Everything else is per-row / fixed-order.
+// Deviations from the CPU: the column sums run in f32 in a fixed order (warps within a tile, then
+// tiles in order), the CPU's FCI in f64 in another fixed order, so results agree to f32 rounding,
+// not bit for bit; every sum is in a fixed order, so a run repeats bit for bit.
 
 #define ST_B 64
 
@@ -101,7 +111,8 @@ __device__ void attn_stats(const T* __restrict__ q, int q_stride, const T* __res
     float* Qs = smem;          // [64][LD]
     float* Ks = Qs + ST_B * LD;  // [64][LD]
     __shared__ int s_kstep[ST_B];
-    __shared__ float s_colf[ST_B], s_cola[ST_B];
+    // per-warp column partials (8 warps x 64 columns), summed in warp order
+    __shared__ float s_colf[8][ST_B], s_cola[8][ST_B];
 
     const int seq = blockIdx.z, h = blockIdx.y;
     const int start = cu_seqlens[seq];
@@ -139,12 +150,10 @@ __device__ void attn_stats(const T* __restrict__ q, int q_stride, const T* __res
 
     load_rows_f32<T, DM>(Qs, LD, ST_B, q + (long long)start * q_stride + (long long)h * head_dim, q_stride, q0,
                          len, head_dim);
-    if (tid < ST_B) {
-        s_colf[tid] = 0.0f;
-        s_cola[tid] = 0.0f;
-    }
     const T* kb = k + (long long)start * k_stride + (long long)g * head_dim;
     const long long col_base = (long long)h * n_tokens + start;
+    // this query tile's plane of the column outputs
+    const long long plane_base = (long long)blockIdx.x * num_heads * n_tokens + col_base;
 
     float dist = 0.0f, waad = 0.0f;
     const int klo = blk_rhy ? 0 : fci_key_lo;
@@ -188,17 +197,20 @@ __device__ void attn_stats(const T* __restrict__ q, int q_stride, const T* __res
                     b += __shfl_xor_sync(ARBOR_FULL_MASK, b, o);
                 }
                 if (lane < 4) {
-                    if (tile_fci && a != 0.0f) atomicAdd(&s_colf[c + 4 * jj], a);
-                    if (tile_fai && b != 0.0f) atomicAdd(&s_cola[c + 4 * jj], b);
+                    s_colf[tid >> 5][c + 4 * jj] = a;
+                    s_cola[tid >> 5][c + 4 * jj] = b;
                 }
             }
             __syncthreads();
-            if (tid < ST_B) {
-                const float a = s_colf[tid], b = s_cola[tid];
-                if (a != 0.0f) atomicAdd(fci_col + col_base + k0 + tid, a);
-                if (b != 0.0f) atomicAdd(fai_col + col_base + k0 + tid, b);
-                s_colf[tid] = 0.0f;
-                s_cola[tid] = 0.0f;
+            if (tid < ST_B && k0 + tid < len) {
+                float a = 0.0f, b = 0.0f;
+#pragma unroll
+                for (int w = 0; w < 8; ++w) {
+                    a += s_colf[w][tid];
+                    b += s_cola[w][tid];
+                }
+                if (tile_fci) fci_col[plane_base + k0 + tid] = a;
+                if (tile_fai) fai_col[plane_base + k0 + tid] = b;
             }
         }
     }
@@ -209,6 +221,16 @@ __device__ void attn_stats(const T* __restrict__ q, int q_stride, const T* __res
     if (c == 0 && row_rhy) {
         dist_row[col_base + t] = dist;
         waad_row[col_base + t] = waad;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    attn_stats_col_sum(float* __restrict__ col, const float* __restrict__ planes, int q_tiles, int plane) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < plane;
+         i += (long long)gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int q = 0; q < q_tiles; ++q) acc += planes[(long long)q * plane + i];
+        col[i] = acc;
     }
 }
 

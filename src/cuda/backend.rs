@@ -563,6 +563,8 @@ mod tests {
             ("grad_norm", "sumsq_partial_f32"),
             ("grad_norm", "sumsq_final_f64"),
             ("adamw", "adamw_f32"),
+            ("attn_stats", "attn_stats_col_sum"),
+            ("attn_stats", "attn_stats_fci_reduce"),
         ];
         for (module, entry) in launched {
             let src = crate::cuda::nvrtc::source(module).unwrap();

@@ -50,7 +50,7 @@ pub fn attention_stats(
     let best = s.alloc_zeros::<u64>(total).map_err(drv("alloc"))?;
     let hn = (h_n * n).max(1);
     let zeros = || s.alloc_zeros::<f32>(hn).map_err(drv("alloc"));
-    let (mut fci_col, mut fai_col, dist_row, waad_row) = (zeros()?, zeros()?, zeros()?, zeros()?);
+    let (fci_col, fai_col, dist_row, waad_row) = (zeros()?, zeros()?, zeros()?, zeros()?);
     let dev = gpu.batch(batch.packed())?;
     let ptr_i = |x: &CudaSlice<i32>| x.device_ptr(s).0;
     let ptr_f = |x: &CudaSlice<f32>| x.device_ptr(s).0;
@@ -63,6 +63,11 @@ pub fn attention_stats(
     let qkv_w = mc.qkv_dim();
     let stride = int(qkv_w, "qkv stride")?;
     let max_len = batch.max_seq_len();
+    // pass 1's column planes, one per query tile, summed in order by attn_stats_col_sum
+    let q_tiles = max_len.div_ceil(64).max(1);
+    let plane = h_n * n;
+    let planes = || s.alloc_zeros::<f32>((q_tiles * plane).max(1)).map_err(drv("alloc"));
+    let (mut fci_planes, mut fai_planes) = (planes()?, planes()?);
     // per rhythm layer: dist, waad (rows) and fai (columns), [H, N] each, on the host
     let mut rhythm_rows: Vec<[Vec<f32>; 3]> = Vec::new();
     for role in &roles {
@@ -71,10 +76,10 @@ pub fn attention_stats(
         let q = gpu.pr(&Gpu::r(&a.qkv, 0..n * qkv_w));
         let lse = gpu.pr(&Gpu::r(&a.lse, 0..n * h_n));
         if do_fci {
-            s.memset_zeros(&mut fci_col).map_err(drv("memset"))?;
+            s.memset_zeros(&mut fci_planes).map_err(drv("memset"))?;
         }
         if do_rhythm {
-            s.memset_zeros(&mut fai_col).map_err(drv("memset"))?;
+            s.memset_zeros(&mut fai_planes).map_err(drv("memset"))?;
         }
         let on = |yes: bool, p: u64| if yes { p } else { 0 };
         let args = [
@@ -97,13 +102,21 @@ pub fn attention_stats(
             Arg::I(int(cfg.h_hi, "h_hi")?),
             Arg::I(do_fci as i32),
             Arg::I(do_rhythm as i32),
-            Arg::P(on(do_fci, ptr_f(&fci_col))),
-            Arg::P(on(do_rhythm, ptr_f(&fai_col))),
+            Arg::P(on(do_fci, ptr_f(&fci_planes))),
+            Arg::P(on(do_rhythm, ptr_f(&fai_planes))),
             Arg::P(on(do_rhythm, ptr_f(&dist_row))),
             Arg::P(on(do_rhythm, ptr_f(&waad_row))),
         ];
         let grid = (max_len.div_ceil(64) as u32, h_n as u32, n_seq as u32);
         gpu.launch("attn_stats", &format!("attn_stats_{dm}_f32"), grid, (256, 1, 1), 128 * (dm + 1) * 4, &args)?;
+        for (on, col, planes) in [(do_fci, &fci_col, &fci_planes), (do_rhythm, &fai_col, &fai_planes)] {
+            if on && plane > 0 {
+                let args =
+                    [Arg::P(ptr_f(col)), Arg::P(ptr_f(planes)), Arg::I(q_tiles as i32), Arg::I(int(plane, "H × N")?)];
+                let blocks = (plane.div_ceil(256) as u32).clamp(1, 65535);
+                gpu.launch("attn_stats", "attn_stats_col_sum", (blocks, 1, 1), (256, 1, 1), 0, &args)?;
+            }
+        }
         if do_fci {
             let args = [
                 Arg::P(best.device_ptr(s).0),
