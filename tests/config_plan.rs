@@ -222,8 +222,6 @@ fn rows() -> Vec<(Row, String)> {
             row("cuda_no_critic", "critic", "[critic] runs on the CPU only for now: with train.device = \"cuda\""),
             format!("{cuda}\n{RL}\n[critic]\n"),
         ),
-        (row("cuda_no_attnrl", "attnrl", "[attnrl] runs on the CPU only"), format!("{cuda}\n{RL}\n[attnrl]\n")),
-        (row("cuda_no_rhythm", "rhythm", "[rhythm] runs on the CPU only"), format!("{cuda}\n{RL}\n[rhythm]\n")),
         (
             row("cuda_no_env", "env.kind", "[env] runs on the CPU only"),
             format!("{cuda}\n{RL}\n[env]\nkind = \"guess\"\n"),

@@ -28,8 +28,6 @@ pub const RULES: &[Rule] = &[
     Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
     Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
     Rule { name: "cuda_no_critic", key: "critic", check: cuda_no_critic },
-    Rule { name: "cuda_no_attnrl", key: "attnrl", check: cuda_no_attnrl },
-    Rule { name: "cuda_no_rhythm", key: "rhythm", check: cuda_no_rhythm },
     Rule { name: "cuda_no_env", key: "env.kind", check: cuda_no_env },
     Rule { name: "cuda_no_async", key: "async.rollout_ranks", check: cuda_no_async },
     Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
@@ -102,14 +100,6 @@ fn cuda_host_only(cfg: &RunConfig, present: bool, section: &str) -> Option<Strin
 
 fn cuda_no_critic(cfg: &RunConfig) -> Option<String> {
     cuda_host_only(cfg, cfg.critic.is_some(), "[critic]")
-}
-
-fn cuda_no_attnrl(cfg: &RunConfig) -> Option<String> {
-    cuda_host_only(cfg, cfg.attnrl.is_some(), "[attnrl]")
-}
-
-fn cuda_no_rhythm(cfg: &RunConfig) -> Option<String> {
-    cuda_host_only(cfg, cfg.rhythm.is_some(), "[rhythm]")
 }
 
 fn cuda_no_env(cfg: &RunConfig) -> Option<String> {

@@ -12,6 +12,7 @@
 //!   and the host AdamW moments are refreshed only by [`Engine::sync_host`] (checkpoints, the end
 //!   of a phase); the host sees token ids, log-probs, rewards and metrics.
 
+use crate::attention::stats::{SeqStats, SeqSteps, StatsConfig};
 use crate::config::Device;
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
@@ -155,6 +156,27 @@ impl Engine {
             Engine::Cpu { grads } => Some(grads),
             #[cfg(feature = "cuda")]
             Engine::Cuda(_) => None,
+        }
+    }
+
+    /// The attention-statistics pass (FCI, look-back, WAAD, FAI; `attention::stats`) of `batch`
+    /// under the engine's weights: a forward, then the statistics of `cfg` (`ws`: the CPU's
+    /// workspace).
+    pub fn attention_stats(
+        &mut self,
+        model: &Model,
+        batch: &Batch,
+        ws: &mut Workspace,
+        steps: &[SeqSteps],
+        cfg: &StatsConfig,
+    ) -> Result<Vec<SeqStats>> {
+        match self {
+            Engine::Cpu { .. } => {
+                model.forward(batch, ws)?;
+                crate::attention::stats::attention_stats(model, batch, ws, steps, cfg)
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => crate::cuda::stats::attention_stats(&mut e.model, model, batch, steps, cfg),
         }
     }
 

@@ -179,7 +179,7 @@ impl<'a> RlTrainer<'a> {
             notes.critic = Some(critics.advantages(rollouts)?);
         }
         if let Some(Shaping { rc, ws }) = self.shaping.as_mut() {
-            notes.rhythm_amplified_frac = Some(rhythm::shape_rollouts(model, ws, rc, rollouts)?);
+            notes.rhythm_amplified_frac = Some(rhythm::shape_rollouts(&mut self.engine, model, ws, rc, rollouts)?);
         }
         Ok(notes)
     }

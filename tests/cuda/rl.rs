@@ -189,3 +189,46 @@ fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
         assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "SFT loss cpu {x} gpu {y}");
     }
 }
+
+/// The default job (Countdown warm start) shrunk to 4 RL steps of 4 prompts, on the GPU, with
+/// `extra` sections.
+fn warm_job(out: &std::path::Path, extra: &str) -> RunConfig {
+    let text = arbor::config::DEFAULT_CONFIG
+        .replace("[train]\n", "[train]\ndevice = \"cuda\"\n")
+        .replace("steps = 1500", "steps = 4")
+        .replace("prompts_per_step = 32", "prompts_per_step = 4")
+        .replace("eval_problems = 500", "eval_problems = 20")
+        .replace("eval_samples = 4", "eval_samples = 1")
+        .replace("eval_every = 500", "eval_every = 2")
+        .replace("keep_checkpoints = 2", "keep_checkpoints = 10")
+        + extra;
+    let mut c = RunConfig::parse(&text, std::path::Path::new("warm_gpu.toml")).unwrap();
+    c.run.out_dir = out.to_path_buf();
+    c
+}
+
+/// `[attnrl]` trees (FCI branching, one-step off-policy) and `[rhythm]` shaping with
+/// `device = "cuda"`: their attention-statistics pass runs on the GPU, in a fixed order, so 2 RL
+/// steps + resume + 2 equal 4 straight steps bit for bit (weights and metrics).
+#[test]
+fn trees_and_rhythm_on_the_gpu_resume_bit_identically() {
+    if gpu().is_none() {
+        return;
+    }
+    let trees = "\n[attnrl]\nstep_separators = [\"\\n\"]\nfci_step_gap = 1\nmin_branch_distance = 2\n";
+    let rhythm = "\n[rhythm]\nscheme = \"coupled\"\nlayers = 2\nfai_min_offset = 2\nfai_max_offset = 16\n";
+    for extra in [trees, rhythm] {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let straight = job::run(&warm_job(a.path(), extra), None, &mut Vec::new()).unwrap();
+        job::run(&warm_job(b.path(), extra), None, &mut Vec::new()).unwrap();
+        let ck = b.path().join("default/checkpoints/step-2");
+        let resumed = job::run(&warm_job(b.path(), extra), Some(&ck), &mut Vec::new()).unwrap();
+        let what = extra.lines().nth(1).unwrap_or_default();
+        assert_eq!(straight.final_params, resumed.final_params, "{what}: GPU weights differ after a resume");
+        let (ma, mb) =
+            (metrics_without_clock(&a.path().join("default")), metrics_without_clock(&b.path().join("default")));
+        assert_eq!(ma, mb, "{what}: GPU metrics differ after a resume");
+        let (before, after) = straight.rl.unwrap();
+        println!("{what} on the GPU: solve rate {:.3} → {:.3}", before.sampled, after.sampled);
+    }
+}

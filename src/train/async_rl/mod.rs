@@ -241,7 +241,8 @@ fn rollout_loop(
                 let t0 = Instant::now();
                 let mut rollouts = sampler.sample(&ctx, &mut engine, model, b)?;
                 if let Some((rc, ws)) = shaping.as_mut() {
-                    rollouts.notes.rhythm_amplified_frac = Some(shape_rollouts(model, ws, rc, &mut rollouts)?);
+                    rollouts.notes.rhythm_amplified_frac =
+                        Some(shape_rollouts(&mut engine, model, ws, rc, &mut rollouts)?);
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 let msg = encode_batch(version, sum, secs, &rollouts)?;

@@ -3,10 +3,11 @@
 //! per-token γ from the configured scheme, and Ã_t = γ_t·A_t (detached).
 
 use super::{Rollouts, Sample};
-use crate::attention::stats::{attention_stats, default_rhythm_layers, SeqSteps, StatsConfig};
+use crate::attention::stats::{default_rhythm_layers, SeqSteps, StatsConfig};
 use crate::attnrl::{batch_thresholds, rhythm_marks, shape_advantages, RhythmConfig};
 use crate::error::Result;
 use crate::model::{Batch, Model, Workspace};
+use crate::train::engine::Engine;
 
 /// WAAD and FAI of every response token of one sample.
 pub type TokenRhythm = (Vec<f32>, Vec<f32>);
@@ -14,6 +15,7 @@ pub type TokenRhythm = (Vec<f32>, Vec<f32>);
 /// Shape the advantages of `train` in place; returns the fraction of tokens amplified (γ > 1)
 /// and each sample's WAAD and FAI.
 pub fn shape(
+    engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
     rc: &RhythmConfig,
@@ -29,7 +31,6 @@ pub fn shape(
         batch.push_lm(&seq, 0)?;
         steps.push(SeqSteps { bounds: Vec::new(), response_start: s.prompt.len(), end_of_thinking: None });
     }
-    model.forward(&batch, ws)?;
     let cfg = StatsConfig {
         fci: false,
         rhythm: true,
@@ -41,7 +42,7 @@ pub fn shape(
         global_frac: rc.global_head_frac,
         ..StatsConfig::default()
     };
-    let stats = attention_stats(model, &batch, ws, &steps, &cfg)?;
+    let stats = engine.attention_stats(model, &batch, ws, &steps, &cfg)?;
     let waads: Vec<&[f32]> = stats.iter().map(|s| s.waad.as_slice()).collect();
     let th = batch_thresholds(&waads, rc)?;
     let (mut amplified, mut total) = (0usize, 0usize);
@@ -57,8 +58,14 @@ pub fn shape(
 
 /// [`shape`] on a step's training batch; the statistics and the shaped advantages also go into
 /// the dump with each generated sample. Returns the fraction of tokens amplified.
-pub fn shape_rollouts(model: &Model, ws: &mut Workspace, rc: &RhythmConfig, rollouts: &mut Rollouts) -> Result<f64> {
-    let (shaped, marks) = shape(model, ws, rc, &mut rollouts.batch.samples)?;
+pub fn shape_rollouts(
+    engine: &mut Engine,
+    model: &Model,
+    ws: &mut Workspace,
+    rc: &RhythmConfig,
+    rollouts: &mut Rollouts,
+) -> Result<f64> {
+    let (shaped, marks) = shape(engine, model, ws, rc, &mut rollouts.batch.samples)?;
     let batch = &rollouts.batch;
     for ((i, (waad, fai)), s) in batch.generated_index.iter().zip(marks).zip(&batch.samples) {
         if let Some(g) = i.and_then(|i| rollouts.generated.get_mut(i)) {

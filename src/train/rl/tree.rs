@@ -12,7 +12,7 @@
 use super::rollouts::RolloutCtx;
 use super::rollouts::{problem, reward};
 use super::{AttnTrace, Sample, StepSample};
-use crate::attention::stats::{attention_stats, SeqStats, SeqSteps, StatsConfig};
+use crate::attention::stats::{SeqStats, SeqSteps, StatsConfig};
 use crate::attnrl::{
     atb_branch_points, keep_nonzero_advantage, question_fci, question_trees, response_step_bounds_from_texts,
     responses_to_branch, sequence_step_bounds, token_branch_points, AllCorrectFciFilter, AttnRlConfig, BranchBy,
@@ -83,6 +83,7 @@ pub fn token_steps(bounds: &[usize], n: usize) -> Vec<u32> {
 
 /// FCI per step (full-sequence steps, 0 = prompt) of each (prompt, response) under `model`.
 pub fn step_fci(
+    engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
     seqs: &[(&[u32], &[u32], Vec<usize>)],
@@ -102,9 +103,8 @@ pub fn step_fci(
             end_of_thinking: None,
         });
     }
-    model.forward(&batch, ws)?;
     let cfg = StatsConfig { fci: true, delta, rhythm: false, ..StatsConfig::default() };
-    attention_stats(model, &batch, ws, &steps, &cfg)
+    engine.attention_stats(model, &batch, ws, &steps, &cfg)
 }
 
 /// One initial response and, after branching, its continuations.
@@ -178,7 +178,7 @@ impl TreeSampler {
         if !self.ac.off_policy {
             let (batch, requests) = next_batch(ctx, &self.ac, &mut self.state)?;
             let completions = ctx.generate(engine, model, &requests, step, max_new)?;
-            let pending = self.score_initial(ctx, model, step, batch, completions)?;
+            let pending = self.score_initial(ctx, engine, model, step, batch, completions)?;
             let reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
             let conts = ctx.generate(engine, model, &reqs, step, max_new)?;
             return grow_trees(ctx, &self.ac, &mut self.state, pending, conts, false);
@@ -191,7 +191,7 @@ impl TreeSampler {
             None => {
                 let (batch, requests) = next_batch(ctx, &self.ac, &mut self.state)?;
                 let completions = ctx.generate(engine, model, &requests, step, max_new)?;
-                self.score_initial(ctx, model, step, batch, completions)?
+                self.score_initial(ctx, engine, model, step, batch, completions)?
             }
         };
         let (next, next_requests) = next_batch(ctx, &self.ac, &mut self.state)?;
@@ -202,7 +202,7 @@ impl TreeSampler {
         let next_initial = out.split_off(n_cont);
         let tb = grow_trees(ctx, &self.ac, &mut self.state, pending, out, true)?;
         // FCI of batch m + 1 under θ_m, before the update
-        self.state.pending = Some(self.score_initial(ctx, model, step + 1, next, next_initial)?);
+        self.state.pending = Some(self.score_initial(ctx, engine, model, step + 1, next, next_initial)?);
         Ok(tb)
     }
 }
@@ -263,6 +263,7 @@ impl TreeSampler {
     fn score_initial(
         &mut self,
         ctx: &RolloutCtx,
+        engine: &mut Engine,
         model: &Model,
         step: u64,
         batch: BatchQuestions,
@@ -295,7 +296,7 @@ impl TreeSampler {
                 .filter(|r| !r.completion.tokens.is_empty())
                 .map(|r| (prompts[r.prompt_idx].as_slice(), r.completion.tokens.as_slice(), r.bounds.clone()))
                 .collect();
-            let stats = step_fci(model, ws, &seqs, ac.fci_step_gap)?;
+            let stats = step_fci(engine, model, ws, &seqs, ac.fci_step_gap)?;
             let mut it = stats.into_iter();
             for r in initial.iter_mut().filter(|r| !r.completion.tokens.is_empty()) {
                 // response steps only: drop pseudo-step 0 (the prompt)
