@@ -219,10 +219,6 @@ fn rows() -> Vec<(Row, String)> {
             format!("{cuda}\n{RL}\n[parallel]\ntp = 2\n"),
         ),
         (
-            row("cuda_no_critic", "critic", "[critic] runs on the CPU only for now: with train.device = \"cuda\""),
-            format!("{cuda}\n{RL}\n[critic]\n"),
-        ),
-        (
             row("cuda_no_env", "env.kind", "[env] runs on the CPU only"),
             format!("{cuda}\n{RL}\n[env]\nkind = \"guess\"\n"),
         ),

@@ -27,7 +27,6 @@ pub const RULES: &[Rule] = &[
     Rule { name: "steps_or_rl", key: "train.steps", check: steps_or_rl },
     Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
     Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
-    Rule { name: "cuda_no_critic", key: "critic", check: cuda_no_critic },
     Rule { name: "cuda_no_env", key: "env.kind", check: cuda_no_env },
     Rule { name: "cuda_no_async", key: "async.rollout_ranks", check: cuda_no_async },
     Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
@@ -96,10 +95,6 @@ fn cuda_host_only(cfg: &RunConfig, present: bool, section: &str) -> Option<Strin
     when(cfg.train.device == Device::Cuda && present, || {
         format!("{section} runs on the CPU only for now: with train.device = \"cuda\" drop {section}, or use device = \"cpu\"")
     })
-}
-
-fn cuda_no_critic(cfg: &RunConfig) -> Option<String> {
-    cuda_host_only(cfg, cfg.critic.is_some(), "[critic]")
 }
 
 fn cuda_no_env(cfg: &RunConfig) -> Option<String> {

@@ -93,6 +93,35 @@ impl GpuModel {
         self.gpu.sync()
     }
 
+    /// Forward of the trunk only (embeddings, layers, final norm; a value model's): returns the
+    /// normed last hidden states lnf [N, C] on the host.
+    pub fn forward_trunk(&mut self, model: &Model, batch: &Batch) -> Result<Vec<f32>> {
+        model.check_batch(batch)?;
+        let dev = self.gpu.batch(batch.packed())?;
+        let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
+        model.forward_trunk_on(&on, batch, &dev, &mut self.ws)?;
+        let mut lnf = vec![0.0; batch.len() * model.cfg.hidden_size];
+        self.gpu.download(&self.ws.lnf, &mut lnf)?;
+        Ok(lnf)
+    }
+
+    /// Backward of the trunk after [`GpuModel::forward_trunk`] on the same batch, from
+    /// `dlnf` = ∂L/∂lnf [N, C]: gradients ADDED to the device gradient buffer.
+    pub fn backward_trunk(&mut self, model: &Model, batch: &Batch, dlnf: &[f32]) -> Result<()> {
+        self.check_trainable()?;
+        let nc = batch.len() * model.cfg.hidden_size;
+        if dlnf.len() != nc {
+            return Err(Error::shape("dlnf", format!("{} values for {nc} (tokens × hidden)", dlnf.len())));
+        }
+        let dev = self.gpu.batch(batch.packed())?;
+        let mut dst = self.ws.dln.slice_mut(0..nc);
+        self.gpu.stream.memcpy_htod(dlnf, &mut dst).map_err(drv("upload"))?;
+        let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
+        let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
+        model.backward_trunk_on(&on, batch, &dev, &mut self.ws, grads)?;
+        self.gpu.sync()
+    }
+
     /// The gradients, on the host.
     pub fn grads(&self) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.grads.len()];

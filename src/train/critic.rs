@@ -10,20 +10,24 @@
 use crate::error::{Error, Result};
 use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
-use crate::parallel::{all_reduce_buckets, Comm};
+use crate::parallel::Comm;
+use crate::train::engine::Engine;
 use crate::train::rl::Sample;
 use crate::train::{grad_norm, AdamW, AdamWConfig};
 use std::path::Path;
 
 pub use crate::config::CriticConfig;
 
-/// One value model with its optimizer state.
+/// One value model with its optimizer state. The trunk computes on its [`Engine`] (the run's
+/// device: on "cuda" its weights, gradients and moments live on the GPU, and `model`/`opt` are
+/// refreshed by [`Critic::sync_host`]); the value head (C + 1 numbers) stays on the host.
 pub struct Critic {
     pub model: Model,
     /// Value head: w [C] then the bias.
     pub head: Vec<f32>,
     pub opt: AdamW,
     pub head_opt: AdamW,
+    pub engine: Engine,
     ws: Workspace,
     batch: Batch,
 }
@@ -87,7 +91,21 @@ impl Critic {
         let opt = AdamW::for_layout(adam, &model.params.layout);
         let head_opt = AdamW::with_segments(adam, mc.hidden_size + 1, vec![(0..mc.hidden_size + 1, false)]);
         let ws = Workspace::new(&mc, 0);
-        Ok(Critic { model, head: vec![0.0; mc.hidden_size + 1], opt, head_opt, ws, batch: Batch::new() })
+        let head = vec![0.0; mc.hidden_size + 1];
+        Ok(Critic { model, head, opt, head_opt, engine: Engine::cpu(), ws, batch: Batch::new() })
+    }
+
+    /// Move the trunk to the device of `policy` (the policy's engine), over the data-parallel
+    /// group `dp` (every rank calls this together).
+    pub fn on_device_of(mut self, policy: &Engine, dp: &dyn Comm) -> Result<Self> {
+        self.engine = policy.sibling(&self.model, dp)?;
+        self.engine.load(&self.model, &self.opt)?;
+        Ok(self)
+    }
+
+    /// Bring the trunk's weights and moments to the host (before a checkpoint).
+    pub fn sync_host(&mut self) -> Result<()> {
+        self.engine.sync_host(&mut self.model, &mut self.opt)
     }
 
     /// V(s_t) of every response token of `samples`, concatenated in order.
@@ -96,7 +114,7 @@ impl Critic {
         if self.batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.model.forward_trunk(&self.batch, &mut self.ws)?;
+        self.engine.forward_trunk(&self.model, &self.batch, &mut self.ws)?;
         let c = self.model.cfg.hidden_size;
         let (w, b) = (&self.head[..c], self.head[c]);
         Ok(pos.iter().map(|&i| dot(&self.ws.lnf[i * c..(i + 1) * c], w) + b).collect())
@@ -116,12 +134,12 @@ impl Critic {
     ) -> Result<f64> {
         let ValueTargets { returns, old, tokens_total } = t;
         let c = self.model.cfg.hidden_size;
-        let mut grads = vec![0.0f32; self.model.params.data.len()];
+        self.engine.zero_grads(&self.model)?;
         let mut head_grads = vec![0.0f32; c + 1];
         let mut loss = 0.0f64;
         if !samples.is_empty() {
             let pos = pack(samples, &mut self.batch)?;
-            self.model.forward_trunk(&self.batch, &mut self.ws)?;
+            self.engine.forward_trunk(&self.model, &self.batch, &mut self.ws)?;
             let n = self.batch.len();
             self.ws.dln[..n * c].fill(0.0);
             let scale = 1.0 / tokens_total.max(1.0);
@@ -149,14 +167,17 @@ impl Critic {
                 }
                 head_grads[c] += dv;
             }
-            self.model.backward_trunk(&self.batch, &mut self.ws, &mut grads)?;
+            self.engine.accumulate_trunk(&self.model, &self.batch, &mut self.ws)?;
         }
-        all_reduce_buckets(dp, &mut grads, bucket_bytes)?;
+        self.engine.reduce_grads(dp, bucket_bytes)?;
         dp.all_reduce_sum_f32(&mut head_grads)?;
-        // a non-finite loss or gradient skips the critic's update (its weights never take a NaN)
-        if loss.is_finite() && grad_norm(&grads).is_finite() && grad_norm(&head_grads).is_finite() {
-            self.opt.step(&mut self.model.params.data, &grads, lr);
-            self.head_opt.step(&mut self.head, &head_grads, lr);
+        // a non-finite loss or gradient skips the critic's update (its weights never take a NaN):
+        // the engine's step skips on a non-finite trunk norm and says so by returning it
+        if loss.is_finite() && grad_norm(&head_grads).is_finite() {
+            let trunk = self.engine.step(&mut self.opt, &mut self.model, lr, 0.0)?;
+            if trunk.is_finite() {
+                self.head_opt.step(&mut self.head, &head_grads, lr);
+            }
         }
         Ok(loss)
     }
@@ -218,7 +239,7 @@ impl Critic {
         self.head_opt.v = read("head_exp_avg_sq", h)?;
         let t = read("adam_t", 2)?;
         (self.opt.t, self.head_opt.t) = (t[0] as u64, t[1] as u64);
-        Ok(())
+        self.engine.load(&self.model, &self.opt)
     }
 }
 

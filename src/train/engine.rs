@@ -56,6 +56,19 @@ impl Engine {
         Ok(Engine::Cuda(Box::new(cuda::CudaEngine::on(gpu, model, &crate::parallel::Local)?)))
     }
 
+    /// An engine for another trainable `model` on the same device (a value model), over the
+    /// data-parallel group `dp` (every rank calls this together).
+    pub fn sibling(&self, model: &Model, dp: &dyn Comm) -> Result<Engine> {
+        match self {
+            Engine::Cpu { .. } => {
+                let _ = (model, dp);
+                Ok(Engine::cpu())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => Ok(Engine::Cuda(Box::new(cuda::CudaEngine::on(e.model.gpu_arc().clone(), model, dp)?))),
+        }
+    }
+
     /// A forward-only engine on the same device for a frozen `model` (the KL reference).
     pub fn frozen(&self, model: &Model) -> Result<Engine> {
         match self {
@@ -89,6 +102,39 @@ impl Engine {
             Engine::Cpu { .. } => model.forward(batch, ws),
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => e.forward(model, batch, ws),
+        }
+    }
+
+    /// Forward of the trunk only (a value model's): `ws.lnf[..N·C]` holds the normed last hidden
+    /// states afterwards.
+    pub fn forward_trunk(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => model.forward_trunk(batch, ws),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => {
+                let lnf = e.model.forward_trunk(model, batch)?;
+                ws.ensure(&model.cfg, batch.len());
+                ws.lnf[..lnf.len()].copy_from_slice(&lnf);
+                Ok(())
+            }
+        }
+    }
+
+    /// Backward of the trunk after [`Engine::forward_trunk`] on the same batch, from ∂L/∂lnf in
+    /// `ws.dln[..N·C]`: gradients ADDED to the engine's.
+    pub fn accumulate_trunk(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+        match self {
+            Engine::Cpu { grads } => {
+                if grads.len() != model.params.data.len() {
+                    return Err(Error::Invalid("engine: accumulate before zero_grads".into()));
+                }
+                model.backward_trunk(batch, ws, grads)
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => match batch.is_empty() {
+                true => Ok(()),
+                false => e.model.backward_trunk(model, batch, &ws.dln[..batch.len() * model.cfg.hidden_size]),
+            },
         }
     }
 

@@ -130,7 +130,7 @@ impl<'a> RlTrainer<'a> {
     ) -> Result<Self> {
         let sampler = Sampler::new(plan, model);
         let critics = match &plan.advantage {
-            AdvantageSource::Gae(cc) => Some(Critics::new(cc, model, ctx.cfg)?),
+            AdvantageSource::Gae(cc) => Some(Critics::new(cc, model, ctx.cfg, &engine, ctx.dp)?),
             AdvantageSource::Group(_) | AdvantageSource::Tree => None,
         };
         let shaping = plan.shaping.as_ref().map(|rc| Shaping { rc: rc.clone(), ws: Workspace::new(&model.cfg, 0) });
@@ -329,6 +329,16 @@ impl<'a> RlTrainer<'a> {
                 .map(|a| AsyncNotes { trainer_idle_frac: (a.time_wait_batch_s / secs.max(1e-9)).min(1.0), ..a }),
         };
         Ok(StepOutput { report, samples: generated })
+    }
+
+    /// Bring the policy's and the critics' weights and moments to the host (checkpoints, the
+    /// phase's end); nothing to do on the CPU.
+    pub fn sync_host(&mut self, model: &mut Model, opt: &mut AdamW) -> Result<()> {
+        self.engine.sync_host(model, opt)?;
+        match self.critics.as_mut() {
+            Some(c) => c.sync_host(),
+            None => Ok(()),
+        }
     }
 
     /// Bytes of the training state: the policy's weights, gradients and AdamW moments, the

@@ -10,6 +10,7 @@ use crate::model::Model;
 use crate::parallel::Comm;
 use crate::rl::gae::{aggregate, critic_of, explained_variance, gae, quantile, uncertainty_masks};
 use crate::train::critic::{Critic, CriticConfig, ValueTargets};
+use crate::train::engine::Engine;
 use std::path::Path;
 
 /// The value models of a `[critic]` phase.
@@ -20,9 +21,11 @@ pub struct Critics {
 
 impl Critics {
     /// `[critic]`'s value models for `model`.
-    pub fn new(cc: &CriticConfig, model: &Model, cfg: &RunConfig) -> Result<Self> {
+    /// Each critic's trunk computes on the device of the policy's `engine`, over the
+    /// data-parallel group `dp`.
+    pub fn new(cc: &CriticConfig, model: &Model, cfg: &RunConfig, engine: &Engine, dp: &dyn Comm) -> Result<Self> {
         let models = (0..cc.count)
-            .map(|m| Critic::new(cc, model, m, cfg.run.seed, cfg.model.init_std))
+            .map(|m| Critic::new(cc, model, m, cfg.run.seed, cfg.model.init_std)?.on_device_of(engine, dp))
             .collect::<Result<_>>()?;
         Ok(Critics { cfg: cc.clone(), models })
     }
@@ -35,6 +38,11 @@ impl Critics {
     /// Steps during which the policy waits for the critics (`warmup_steps`).
     pub fn warming_up(&self, step: u64) -> bool {
         step < self.cfg.warmup_steps
+    }
+
+    /// Bring every critic's weights and moments to the host (before a checkpoint).
+    pub fn sync_host(&mut self) -> Result<()> {
+        self.models.iter_mut().try_for_each(Critic::sync_host)
     }
 
     /// Write every critic's state into checkpoint directory `dir` (`critic-<m>.safetensors`).

@@ -247,7 +247,7 @@ pub(crate) fn run_phase_with(
         let preempted = io.source.is_none() && crate::train::preempt::agreed(grid.world.as_ref())?;
         if final_step || preempted || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
             io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
-            trainer.engine.sync_host(model, opt)?;
+            trainer.sync_host(model, opt)?;
             checkpoint(model, opt, ph, &trainer, grid, step, before)?;
         }
         if preempted {
@@ -257,7 +257,7 @@ pub(crate) fn run_phase_with(
         }
     }
     progress.finish();
-    trainer.engine.sync_host(model, opt)?;
+    trainer.sync_host(model, opt)?;
     Ok((before, last))
 }
 
