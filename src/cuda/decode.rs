@@ -234,6 +234,9 @@ impl DecodeDevice for GpuStep<'_> {
             Norm::Mlp(l) => lay.layers[l].ln2,
             Norm::Final => lay.final_norm,
         };
+        if rows == 0 {
+            return Ok(());
+        }
         let b = &mut *self.bufs;
         self.g.rmsnorm_forward(
             Gpu::m(&mut b.ln, 0..rows * c),

@@ -112,8 +112,10 @@ impl Engine {
             Engine::Cpu { .. } => model.forward_trunk(batch, ws),
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => {
+                // only the host buffers the caller reads (the activations stay on the device)
                 let lnf = e.model.forward_trunk(model, batch)?;
-                ws.ensure(&model.cfg, batch.len());
+                grow(&mut ws.lnf, lnf.len());
+                grow(&mut ws.dln, lnf.len());
                 ws.lnf[..lnf.len()].copy_from_slice(&lnf);
                 Ok(())
             }
@@ -277,6 +279,14 @@ pub fn probe(device: Device) -> Result<()> {
     }
 }
 
+/// Grow a host vector to at least `n` elements.
+#[cfg(feature = "cuda")]
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
 /// The error of a run that asks for "cuda" where no CUDA device is usable.
 pub fn unusable(why: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("[train] device = \"cuda\": no usable CUDA device ({why})"))
@@ -336,8 +346,10 @@ mod cuda {
         }
 
         pub fn forward(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+            // only the host buffers the caller reads (the activations stay on the device)
             let (logp, ent) = self.model.forward(model, batch)?;
-            ws.ensure(&model.cfg, batch.len());
+            super::grow(&mut ws.logprobs, logp.len());
+            super::grow(&mut ws.entropy, ent.len());
             ws.logprobs[..logp.len()].copy_from_slice(&logp);
             ws.entropy[..ent.len()].copy_from_slice(&ent);
             Ok(())
