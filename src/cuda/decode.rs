@@ -121,6 +121,17 @@ impl GpuDecoder {
         sample_rows(&self.gpu, &logits, v, uniforms, temperature, &mut self.sampling)
     }
 
+    /// The step of [`GpuDecoder::step_sampled`] with the logit rows' logits ([n, V]) returned to
+    /// the host instead of a draw (top-k/top-p sampling on the host).
+    pub fn step_logits(&mut self, model: &Model, rows: StepInput<'_>, cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+        self.forward(model, rows.tokens, rows.slots, rows.logit_rows, cache)?;
+        let mut out = vec![0.0; rows.logit_rows.len() * model.cfg.vocab_size];
+        if !out.is_empty() {
+            self.gpu.download(&self.bufs.logits, &mut out)?;
+        }
+        Ok(out)
+    }
+
     /// The decode step's forward: the next-token logits of `logit_rows` stay in `bufs.logits`.
     fn forward(
         &mut self,

@@ -69,17 +69,19 @@ simd_kernel! {
 }
 
 /// Sample from logits z ([V]). `scratch` is reused between calls (no allocation once grown).
+/// Draws one uniform from `rng` when the temperature is positive, none when greedy.
 pub fn sample(z: &[f32], params: &SamplingParams, rng: &mut Rng, scratch: &mut Vec<(f32, u32)>) -> Sampled {
-    WEIGHTS.with_borrow_mut(|w| sample_with(z, params, rng, scratch, w))
+    let u = if params.temperature > 0.0 { rng.uniform() } else { 0.0 };
+    sample_with_uniform(z, params, u, scratch)
 }
 
-fn sample_with(
-    z: &[f32],
-    params: &SamplingParams,
-    rng: &mut Rng,
-    scratch: &mut Vec<(f32, u32)>,
-    w: &mut Vec<f32>,
-) -> Sampled {
+/// [`sample`] with its uniform `u` in [0, 1) drawn by the caller (unused when greedy): the GPU
+/// generation loop draws each row's uniform from the request's stream, as [`sample`] would.
+pub fn sample_with_uniform(z: &[f32], params: &SamplingParams, u: f64, scratch: &mut Vec<(f32, u32)>) -> Sampled {
+    WEIGHTS.with_borrow_mut(|w| sample_with(z, params, u, scratch, w))
+}
+
+fn sample_with(z: &[f32], params: &SamplingParams, u: f64, scratch: &mut Vec<(f32, u32)>, w: &mut Vec<f32>) -> Sampled {
     let t = if params.temperature > 0.0 { params.temperature } else { 1.0 };
     let m = simd::max(z);
     w.resize(z.len(), 0.0);
@@ -91,7 +93,7 @@ fn sample_with(
         // greedy: first maximum (deterministic tie-break)
         z.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0
     } else if params.top_k == 0 && params.top_p >= 1.0 {
-        let mut u = rng.uniform() * sum;
+        let mut u = u * sum;
         let mut pick = z.len() - 1;
         for (i, &e) in w.iter().enumerate() {
             u -= e as f64;
@@ -117,7 +119,7 @@ fn sample_with(
             }
         }
         let mass: f32 = scratch[..keep].iter().map(|x| x.0).sum();
-        let mut u = rng.uniform() as f32 * mass;
+        let mut u = u as f32 * mass;
         let mut pick = scratch[keep - 1].1;
         for &(p, i) in &scratch[..keep] {
             u -= p;

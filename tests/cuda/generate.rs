@@ -10,6 +10,7 @@ use arbor::cuda::{Gpu, GpuDecoder};
 use arbor::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
+use arbor::rollout::sampler::sample_with_uniform;
 use arbor::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
 use arbor::tensor::Backend;
 
@@ -43,7 +44,8 @@ fn case(temperature: f32) -> (Model, Vec<Request>, GenerateConfig) {
 }
 
 /// The host's stand-in for the GPU decoder: the CPU's cached decode step, then the greedy pick or
-/// the emulated sampling kernel on each picking row.
+/// the emulated sampling kernel on each picking row (with top-k/top-p: the CPU sampler on the
+/// row's uniform, as the GPU decoder does on the host).
 fn host_loop(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Vec<Completion> {
     let v = model.cfg.vocab_size;
     let slots = cfg.max_batch.min(requests.len());
@@ -57,21 +59,31 @@ fn host_loop(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Vec<C
         }
         let rows = step.input;
         model.forward_cached(&w, rows.tokens, rows.slots, rows.logit_rows, &mut cache, &mut buf)?;
+        let truncated = cfg.sampling.top_k != 0 || cfg.sampling.top_p < 1.0;
+        let mut scratch = Vec::new();
         Ok((0..rows.logit_rows.len())
-            .map(|k| emulate_row(&buf.logits[k * v..(k + 1) * v], rows.uniforms[k], t))
+            .map(|k| {
+                let z = &buf.logits[k * v..(k + 1) * v];
+                match truncated {
+                    true => sample_with_uniform(z, &cfg.sampling, rows.uniforms[k], &mut scratch),
+                    false => emulate_row(z, rows.uniforms[k], t),
+                }
+            })
             .collect())
     })
     .unwrap()
 }
 
 /// The loop the GPU decoder runs, over the CPU's decode step and the host emulation of
-/// cuda/sample.cu, equals the CPU engine at temperature 0 and 1 with 3 slots for 8 requests: the
+/// cuda/sample.cu, equals the CPU engine at temperature 0, 1, and 1 with top-p 0.9 and top-k 6,
+/// with 3 slots for 8 requests: the
 /// same tokens, finish reasons, behaviour log-probs and entropies (runs everywhere: it checks the
 /// continuous batching, the random draws and the kernel's arithmetic, not the device).
 #[test]
 fn the_gpu_generation_loop_on_the_cpu_decode_step_equals_the_engine() {
-    for temperature in [0.0f32, 1.0] {
-        let (model, requests, cfg) = case(temperature);
+    for (temperature, top_p, top_k) in [(0.0f32, 1.0, 0), (1.0, 1.0, 0), (1.0, 0.9, 6)] {
+        let (model, requests, mut cfg) = case(temperature);
+        (cfg.sampling.top_p, cfg.sampling.top_k) = (top_p, top_k);
         let cpu = generate(&model, &requests, &cfg).unwrap();
         let got = host_loop(&model, &requests, &cfg);
         let mut distinct = std::collections::BTreeSet::new();
@@ -124,10 +136,13 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
         let allowed = if temperature > 0.0 { 1 } else { 0 };
         assert!(differ <= allowed, "T {temperature}: {differ} of {} completions differ from the CPU engine", cpu.len());
     }
+    // top-k / top-p: the picked rows' logits come to the host for the CPU sampler
     let (model, requests, mut cfg) = case(1.0);
-    cfg.sampling.top_p = 0.9;
-    let e = GpuDecoder::new(&g, &model).unwrap().generate(&model, &requests, &cfg).unwrap_err().to_string();
-    assert!(e.contains("top_p"), "{e}");
+    (cfg.sampling.top_p, cfg.sampling.top_k) = (0.9, 6);
+    let cpu = generate(&model, &requests, &cfg).unwrap();
+    let out = GpuDecoder::new(&g, &model).unwrap().generate(&model, &requests, &cfg).unwrap();
+    let differ = cpu.iter().zip(&out).filter(|(c, o)| c.tokens != o.tokens).count();
+    assert!(differ <= 1, "top-k/top-p: {differ} of {} completions differ from the CPU engine", cpu.len());
 }
 
 /// Sampling on the device: the same tokens as the CPU sampler from the same uniforms (a logit
