@@ -41,8 +41,9 @@ pub struct GpuArgs {
     pub head_dim: usize,
     #[arg(long, default_value_t = 16)]
     pub prompt_len: usize,
-    #[arg(long, default_value_t = 112)]
-    pub new_tokens: usize,
+    /// New tokens per sequence (default: 112 for `generate`, 256 for `rl-step`).
+    #[arg(long)]
+    pub new_tokens: Option<usize>,
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
@@ -84,7 +85,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
                 prompts: args.prompts,
                 samples: args.samples,
                 prompt_len: args.prompt_len,
-                new_tokens: args.new_tokens,
+                new_tokens: args.new_tokens.unwrap_or(256),
                 batch: args.batch,
                 steps: args.steps,
                 warmup: args.warmup,
@@ -105,9 +106,10 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
     use std::time::Instant;
     let path = args.model_config.as_ref().context("--model-config is required for --kind generate")?;
     let model = load_model(path, args.seed).with_context(|| format!("loading {}", path.display()))?;
-    anyhow::ensure!(args.prompt_len > 0 && args.new_tokens > 0, "--prompt-len and --new-tokens must be positive");
+    let new_tokens = args.new_tokens.unwrap_or(112);
+    anyhow::ensure!(args.prompt_len > 0 && new_tokens > 0, "--prompt-len and --new-tokens must be positive");
     anyhow::ensure!(
-        args.prompt_len + args.new_tokens <= model.cfg.max_position_embeddings,
+        args.prompt_len + new_tokens <= model.cfg.max_position_embeddings,
         "--prompt-len + --new-tokens exceeds max_position_embeddings"
     );
     let mut rng = Rng::new(args.seed);
@@ -129,7 +131,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
                 temperature: if args.sample { 1.0 } else { 0.0 },
                 top_p: 1.0,
                 top_k: 0,
-                max_new_tokens: args.new_tokens,
+                max_new_tokens: new_tokens,
             },
             stop_tokens: Vec::new(),
             seed: args.seed,
@@ -150,7 +152,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         "decoding": if args.sample { "sampled, T = 1" } else { "greedy" },
         "batch": args.batch,
         "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens,
+        "new_tokens": new_tokens,
         "generated_tokens": produced,
         "seconds": s,
         "tokens_per_s": produced as f64 / s,

@@ -39,6 +39,32 @@ pub struct GpuDecoder {
     /// Each row's position and each slot's length after the step (host scratch).
     positions: Vec<u32>,
     next: Vec<usize>,
+    /// The step's rows on the device (tokens, positions, slots, attended lengths), reused.
+    rows: Option<RowsDev>,
+}
+
+/// A decode step's per-row inputs in device memory, with room for `cap` rows (grown by
+/// reallocation, written in place every step: no allocation per token).
+struct RowsDev {
+    cap: usize,
+    batch: GpuBatch,
+    slots: CudaSlice<i32>,
+    lens: CudaSlice<i32>,
+}
+
+impl RowsDev {
+    /// Buffers for at least `rows` rows, reusing `old` when it has room.
+    fn with_room(g: &Gpu, old: Option<RowsDev>, rows: usize) -> Result<RowsDev> {
+        match old {
+            Some(r) if r.cap >= rows => Ok(r),
+            _ => {
+                let cap = rows.next_power_of_two().max(64);
+                let alloc_i = || g.stream.alloc_zeros::<i32>(cap).map_err(drv("alloc"));
+                let zeros_u = vec![0u32; cap];
+                Ok(RowsDev { cap, batch: g.rows_batch(&zeros_u, &zeros_u)?, slots: alloc_i()?, lens: alloc_i()? })
+            }
+        }
+    }
 }
 
 /// The decode step's device buffers, grown on demand: the residual stream, normed rows, RMSNorm
@@ -82,6 +108,7 @@ impl GpuDecoder {
             sampling: SampleBufs::new(gpu, 1)?,
             positions: Vec::new(),
             next: Vec::new(),
+            rows: None,
         })
     }
 
@@ -153,10 +180,14 @@ impl GpuDecoder {
         let max_pos = cache.max_len.min(cfg.max_position_embeddings);
         assign_positions(slots, &cache.len, max_pos, &mut self.positions, &mut self.next)?;
         let g = &*self.gpu;
-        let dev = g.rows_batch(tokens, &self.positions)?;
+        let mut rows = RowsDev::with_room(g, self.rows.take(), b)?;
         let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
         let lens: Vec<i32> = self.positions.iter().map(|&p| p as i32 + 1).collect();
-        let (slot_dev, lens_dev) = (g.htod(&slot_ids)?, g.htod(&lens)?);
+        let st = &g.stream;
+        st.memcpy_htod(tokens, &mut rows.batch.tokens.slice_mut(0..b)).map_err(drv("upload"))?;
+        st.memcpy_htod(&self.positions[..], &mut rows.batch.positions.slice_mut(0..b)).map_err(drv("upload"))?;
+        st.memcpy_htod(&slot_ids[..], &mut rows.slots.slice_mut(0..b)).map_err(drv("upload"))?;
+        st.memcpy_htod(&lens[..], &mut rows.lens.slice_mut(0..b)).map_err(drv("upload"))?;
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let n = logit_rows.len();
         let bf = &mut self.bufs;
@@ -178,11 +209,13 @@ impl GpuDecoder {
             rope: &self.rope,
             bufs: bf,
             cache: &*cache,
-            dev: &dev,
-            slots: &slot_dev,
-            lens: &lens_dev,
+            dev: &rows.batch,
+            slots: &rows.slots,
+            lens: &rows.lens,
         };
-        decode_stack(model, &mut step, tokens, logit_rows)?;
+        let done = decode_stack(model, &mut step, tokens, logit_rows);
+        self.rows = Some(rows);
+        done?;
         cache.len.copy_from_slice(&self.next);
         Ok(())
     }
