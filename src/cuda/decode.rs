@@ -296,56 +296,33 @@ impl DecodeDevice for GpuStep<'_> {
         let (c, inter, v, qkv_w, hd) =
             (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.qkv_dim(), cfg.attn_dim());
         let (g, p, b, lay) = (self.g, self.p, &mut *self.bufs, &model.params.layout);
-        let w = |at: usize, len: usize| Gpu::r(p, at..at + len);
-        match proj {
-            Proj::Qkv(l) => {
-                let o = lay.layers[l];
-                let shape = GemmShape::new(rows, qkv_w, c);
-                g.matmul_nt(
-                    Gpu::m(&mut b.qkv, 0..rows * qkv_w),
-                    Gpu::r(&b.ln, 0..rows * c),
-                    w(o.qkv_w, qkv_w * c),
-                    shape,
-                    false,
-                )?;
-                match o.qkv_b {
-                    Some(bias) => g.add_bias(Gpu::m(&mut b.qkv, 0..rows * qkv_w), w(bias, qkv_w)),
-                    None => Ok(()),
-                }
-            }
-            Proj::Out(l) => {
-                let shape = GemmShape::new(rows, c, hd);
-                g.matmul_nt(
-                    Gpu::m(&mut b.x, 0..rows * c),
-                    Gpu::r(&b.att, 0..rows * hd),
-                    w(lay.layers[l].o_w, c * hd),
-                    shape,
-                    true,
-                )
-            }
-            Proj::GateUp(l) => {
-                let shape = GemmShape::new(rows, 2 * inter, c);
-                let wgu = w(lay.layers[l].gate_up_w, 2 * inter * c);
-                g.matmul_nt(Gpu::m(&mut b.gate_up, 0..rows * 2 * inter), Gpu::r(&b.ln, 0..rows * c), wgu, shape, false)
-            }
-            Proj::Down(l) => {
-                let shape = GemmShape::new(rows, c, inter);
-                let wd = w(lay.layers[l].down_w, c * inter);
-                g.matmul_nt(Gpu::m(&mut b.x, 0..rows * c), Gpu::r(&b.act, 0..rows * inter), wd, shape, true)
-            }
-            Proj::Head => {
-                if rows == 0 {
-                    return Ok(());
-                }
-                let shape = GemmShape::new(rows, v, c);
-                g.matmul_nt(
-                    Gpu::m(&mut b.logits, 0..rows * v),
-                    Gpu::r(&b.ln, 0..rows * c),
-                    w(lay.lm_head, v * c),
-                    shape,
-                    false,
-                )
-            }
+        if rows == 0 {
+            return Ok(());
+        }
+        // out (+)= in · Wᵀ: (output width, input width, weight offset, accumulate)
+        let (n, k, at, acc) = match proj {
+            Proj::Qkv(l) => (qkv_w, c, lay.layers[l].qkv_w, false),
+            Proj::Out(l) => (c, hd, lay.layers[l].o_w, true),
+            Proj::GateUp(l) => (2 * inter, c, lay.layers[l].gate_up_w, false),
+            Proj::Down(l) => (c, inter, lay.layers[l].down_w, true),
+            Proj::Head => (v, c, lay.lm_head, false),
+        };
+        let (out, inp) = match proj {
+            Proj::Qkv(_) => (&mut b.qkv, &b.ln),
+            Proj::Out(_) => (&mut b.x, &b.att),
+            Proj::GateUp(_) => (&mut b.gate_up, &b.ln),
+            Proj::Down(_) => (&mut b.x, &b.act),
+            Proj::Head => (&mut b.logits, &b.ln),
+        };
+        let w = Gpu::r(p, at..at + n * k);
+        g.matmul_nt(Gpu::m(out, 0..rows * n), Gpu::r(inp, 0..rows * k), w, GemmShape::new(rows, n, k), acc)?;
+        let bias = match proj {
+            Proj::Qkv(l) => lay.layers[l].qkv_b,
+            _ => None,
+        };
+        match bias {
+            Some(at) => g.add_bias(Gpu::m(&mut b.qkv, 0..rows * qkv_w), Gpu::r(p, at..at + qkv_w)),
+            None => Ok(()),
         }
     }
 
