@@ -100,6 +100,34 @@ done
 echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), the 0.5B shape"
 "$arbor" bench gpu --kind rl-step --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
     --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b.json"
+if [ "${GPU_CHECK_PEERS:-1}" = "1" ] && python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
+    echo "== PyTorch / transformers peers on the same GPU and shapes (f32 and bf16)"
+    for dt in f32 bf16; do
+        python3 scripts/peer/torch_train_step.py --device cuda --dtype "$dt" --model-config configs/models/qwen2-0.5b-shape \
+            --batch 4 --seq 1024 --steps 5 --warmup 2 | tee "$out/peer_train_step_$dt.json" || true
+        for b in 16 64 256; do
+            python3 scripts/peer/hf_generate.py --device cuda --dtype "$dt" --model-config configs/models/qwen2-0.5b-shape \
+                --batch "$b" --new-tokens 64 --reps 2 | tee "$out/peer_generate_sampled_0.5b_b${b}_$dt.json" || true
+        done
+    done
+    python3 - "$out" <<'PY' | tee "$out/ratios.txt"
+import json, os, sys
+d = sys.argv[1]
+def load(name):
+    p = os.path.join(d, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+def ratio(what, ours, peer):
+    a, p = load(ours), load(peer)
+    if a and p and a.get("tokens_per_s") and p.get("tokens_per_s"):
+        print(f"{what}: arbor {a['tokens_per_s']:,.0f} tok/s, peer {p['tokens_per_s']:,.0f} tok/s "
+              f"({p.get('dtype')}), arbor = {a['tokens_per_s'] / p['tokens_per_s']:.2f}x ({p.get('device')})")
+for dt in ("f32", "bf16"):
+    ratio(f"train step 0.5B 4x1024 vs torch {dt}", "train_step.json", f"peer_train_step_{dt}.json")
+    for b in (16, 64, 256):
+        ratio(f"sampled generation 0.5B batch {b} vs transformers {dt}", f"generate_sampled_0.5b_b{b}.json",
+              f"peer_generate_sampled_0.5b_b{b}_{dt}.json")
+PY
+fi
 echo "== Countdown SFT then GRPO on the GPU (configs/countdown-gpu.toml; GPU_CHECK_FULL=1: the whole job, ~10 min)"
 cfg=configs/countdown-gpu.toml
 if [ "${GPU_CHECK_FULL:-0}" != "1" ]; then

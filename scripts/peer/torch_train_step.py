@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch peer benchmark: one full training step of a causal LM on CPU.
+"""PyTorch peer benchmark: one full training step of a causal LM, on the CPU or a GPU.
 
     .venv-torch/bin/python scripts/peer/torch_train_step.py \\
         --model-config configs/models/bench-tiny --batch 8 --seq 128 --threads 2 --steps 20 --warmup 3
+    python3 scripts/peer/torch_train_step.py --device cuda --dtype bf16 \\
+        --model-config configs/models/qwen2-0.5b-shape --batch 4 --seq 1024 --steps 5 --warmup 2
 
-Random weights (AutoModelForCausalLM.from_config, float32, sdpa attention), random token ids.
+Random weights (AutoModelForCausalLM.from_config, float32 master weights, sdpa attention), random
+token ids; --dtype bf16 runs forward and backward under torch.autocast(bfloat16) (f32 weights and
+AdamW state, the mixed-precision recipe arbor's bf16 path follows). On a GPU each step is
+synchronised before its clock stops.
 Each step: forward with labels=input_ids (mean next-token CE), backward, clip_grad_norm_(1.0),
 AdamW(lr=1e-4, weight_decay=0.1).step(), zero_grad(set_to_none=True).
 `warmup` untimed steps, then `steps` steps each timed with time.perf_counter.
@@ -27,6 +32,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     args = ap.parse_args()
 
     import torch
@@ -44,22 +51,25 @@ def main():
         cfg_path = os.path.dirname(os.path.abspath(cfg_path))
     cfg = AutoConfig.from_pretrained(cfg_path)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
-    model.to(torch.float32).train()
+    dev = torch.device(args.device)
+    model.to(dev, torch.float32).train()
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
 
     B, T = args.batch, args.seq
     V = cfg.vocab_size
     gen = torch.Generator().manual_seed(args.seed + 1)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
 
     def step():
-        ids = torch.randint(0, V, (B, T), generator=gen)
-        out = model(input_ids=ids, labels=ids)
+        ids = torch.randint(0, V, (B, T), generator=gen).to(dev)
+        with autocast:
+            out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return out.loss.item()
+        return out.loss.item()  # .item() synchronises a GPU
 
     for _ in range(args.warmup):
         step()
@@ -100,6 +110,8 @@ def main():
     res = {
         "impl": "pytorch",
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": args.dtype,
         "threads": args.threads,
         "batch": B,
         "seq": T,
