@@ -148,7 +148,7 @@ pub struct TrainSection {
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
     /// Where the model computes in both phases (forward, backward, AdamW, RL generation): "cpu"
-    /// or "cuda" (GPU 0 of each rank; see `train::engine`).
+    /// or "cuda" (one GPU per rank, `cuda::placement`; see `train::engine`).
     #[serde(default)]
     pub device: Device,
     /// Steps in a row whose update may be skipped for a non-finite loss or gradient norm before

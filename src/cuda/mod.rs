@@ -13,6 +13,7 @@ pub mod generate;
 pub mod model;
 pub mod nccl;
 pub mod nvrtc;
+pub mod placement;
 pub mod sample;
 pub mod stats;
 

@@ -5,7 +5,8 @@
 //! - **cpu**: the host [`Model`] is the weights; gradients accumulate in a host buffer, all-reduced
 //!   over the data-parallel group in buckets, then clipped AdamW on the host (the bits of the
 //!   specification).
-//! - **cuda**: weights, gradients and AdamW moments live on GPU 0 ([`crate::cuda::GpuModel`]);
+//! - **cuda**: weights, gradients and AdamW moments live on the rank's GPU (`cuda::placement`:
+//!   the node-local rank modulo the visible devices; [`crate::cuda::GpuModel`]);
 //!   gradients are summed over the data-parallel group on the devices (NCCL), clipping and AdamW
 //!   run there, and generation decodes from a device copy of the weights
 //!   ([`crate::cuda::decode::GpuDecoder`], tokens drawn on the device). The host model's weights
@@ -24,7 +25,7 @@ use crate::train::{clip_and_step_model, AdamW};
 pub enum Engine {
     /// On the host; `grads` is the gradient accumulator (sized on first use).
     Cpu { grads: Vec<f32> },
-    /// On GPU 0.
+    /// On the rank's GPU.
     #[cfg(feature = "cuda")]
     Cuda(Box<cuda::CudaEngine>),
 }
@@ -305,7 +306,7 @@ mod cuda {
     use crate::train::AdamW;
     use std::sync::Arc;
 
-    /// The policy on GPU 0: the training copy, the NCCL group of data parallelism, and the
+    /// The policy on the rank's GPU: the training copy, the NCCL group of data parallelism, and the
     /// decoder (created on first generation) with whether its weights are behind the training copy.
     pub struct CudaEngine {
         pub(super) model: GpuModel,
@@ -318,7 +319,11 @@ mod cuda {
 
     impl CudaEngine {
         pub fn new(model: &Model, dp: &dyn Comm) -> Result<Self> {
-            Self::on(Arc::new(Gpu::new(0).map_err(unusable)?), model, dp)
+            // (the driver is only called once it is known to load)
+            super::probe(crate::config::Device::Cuda)?;
+            let count = cudarc::driver::CudaContext::device_count().map_err(|e| unusable(format!("{e:?}")))?;
+            let ordinal = crate::cuda::placement::this_process(count.max(0) as usize)?;
+            Self::on(Arc::new(Gpu::new(ordinal).map_err(unusable)?), model, dp)
         }
 
         pub fn on(gpu: Arc<Gpu>, model: &Model, dp: &dyn Comm) -> Result<Self> {
