@@ -219,7 +219,11 @@ fn rows() -> Vec<(Row, String)> {
             format!("{cuda}\n{RL}\n[parallel]\ntp = 2\n"),
         ),
         (
-            row("cuda_no_env", "env.kind", "[env] runs on the CPU only"),
+            row(
+                "cuda_env_sync",
+                "env.mode",
+                "on the GPU a batch's generation depends on its makeup: use mode = \"sync\"",
+            ),
             format!("{cuda}\n{RL}\n[env]\nkind = \"guess\"\n"),
         ),
         (

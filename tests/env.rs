@@ -44,7 +44,8 @@ fn play(m: &Model, ec: &EnvConfig, mode: EnvMode, games: &[u64], keep: usize, n:
         latent: true,
         mode,
     };
-    rollout(&p, games, keep, n, extra).unwrap()
+    let mut cpu = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| arbor::rollout::generate(m, reqs, gen);
+    rollout(&p, &mut cpu, games, keep, n, extra).unwrap()
 }
 
 /// Whether the trajectory (game, sample) meets a call that fails on every attempt.

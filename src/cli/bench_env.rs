@@ -55,7 +55,10 @@ pub fn run(args: &EnvArgs) -> anyhow::Result<()> {
             let (games, keep) = games_of(&env, rl.prompts_per_step, step, &crate::parallel::Local);
             let gen = rollout_config(&cfg, rl, step, rl.max_new_tokens);
             let play = Play { model: &model, tok: &tok, env: &env, gen, seed: cfg.run.seed, latent: true, mode };
-            let r = rollout(&play, &games, keep, rl.samples_per_prompt, ec.extra_samples)?;
+            let mut cpu = |reqs: &[crate::rollout::Request], gen: &crate::rollout::GenerateConfig| {
+                crate::rollout::generate(&model, reqs, gen)
+            };
+            let r = rollout(&play, &mut cpu, &games, keep, rl.samples_per_prompt, ec.extra_samples)?;
             wall += r.wall_s;
             kept += r.groups.len();
             failed += r.failed_groups;

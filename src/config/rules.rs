@@ -27,7 +27,7 @@ pub const RULES: &[Rule] = &[
     Rule { name: "steps_or_rl", key: "train.steps", check: steps_or_rl },
     Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
     Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
-    Rule { name: "cuda_no_env", key: "env.kind", check: cuda_no_env },
+    Rule { name: "cuda_env_sync", key: "env.mode", check: cuda_env_sync },
     Rule { name: "cuda_no_async", key: "async.rollout_ranks", check: cuda_no_async },
     Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
     Rule { name: "critic_needs_rl", key: "critic", check: critic_needs_rl },
@@ -97,8 +97,14 @@ fn cuda_host_only(cfg: &RunConfig, present: bool, section: &str) -> Option<Strin
     })
 }
 
-fn cuda_no_env(cfg: &RunConfig) -> Option<String> {
-    cuda_host_only(cfg, cfg.env.is_some(), "[env]")
+/// Env-level async batches the model's turns as they arrive; a GPU's generation of a batch
+/// depends on its makeup (its GEMMs are not batch-invariant, the CPU's are), so the run would
+/// depend on timing.
+fn cuda_env_sync(cfg: &RunConfig) -> Option<String> {
+    let async_env = cfg.env.as_ref().is_some_and(|e| e.mode == crate::env::EnvMode::Async);
+    when(cfg.train.device == Device::Cuda && async_env, || {
+        "\"async\" batches the model's turns as they arrive, and on the GPU a batch's generation depends on its makeup: use mode = \"sync\" with train.device = \"cuda\"".into()
+    })
 }
 
 fn cuda_no_async(cfg: &RunConfig) -> Option<String> {

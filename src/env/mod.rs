@@ -17,7 +17,7 @@ pub mod latency;
 pub mod runner;
 
 pub use config::{EnvConfig, EnvMode};
-pub use runner::{rollout, EnvRollout, Trajectory, TurnRecord};
+pub use runner::{rollout, EnvRollout, Generator, Trajectory, TurnRecord};
 
 /// One answer of an environment to an action.
 #[derive(Debug, Clone, PartialEq)]

@@ -275,3 +275,34 @@ fn a_critic_on_the_gpu_matches_the_cpu() {
     }
     close("critic trunk weights after 3 updates", &gp, &cp, 1e-5);
 }
+
+/// `[env]` with `device = "cuda"` (sync mode, no redundancy): the environments' turns are generated
+/// on the GPU, and two runs of one config end with the same weights bit for bit.
+#[test]
+fn an_env_job_on_the_gpu_is_a_function_of_the_seed() {
+    if gpu().is_none() {
+        return;
+    }
+    let text = ADDITION_CONFIG
+        .replace("[train]\n", "[train]\ndevice = \"cuda\"\n")
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("intermediate_size = 384", "intermediate_size = 64")
+        .replace("num_layers = 4", "num_layers = 2")
+        .replace("steps = 400", "steps = 5")
+        .replace("batch_size = 64", "batch_size = 8")
+        .replace("eval_problems = 256", "eval_problems = 8")
+        + "\n[rl]\nsteps = 3\nprompts_per_step = 4\nsamples_per_prompt = 3\nmax_new_tokens = 4\n"
+        + "eval_samples = 2\nlog_every = 1\nfilter_zero_std = false\n"
+        + "\n[env]\nkind = \"guess\"\nhigh = 8\nmax_turns = 3\neval_games = 6\nmode = \"sync\"\n"
+        + "step_latency_ms = { kind = \"constant\", value = 1 }\nfailure_rate = 0.1\nmax_retries = 1\n";
+    let run = |dir: &std::path::Path| {
+        let mut cfg = RunConfig::parse(&text, std::path::Path::new("env_gpu.toml")).unwrap();
+        cfg.run.out_dir = dir.to_path_buf();
+        job::run(&cfg, None, &mut Vec::new()).unwrap()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ra, rb) = (run(a.path()), run(b.path()));
+    assert_eq!(ra.final_params, rb.final_params, "a GPU env run is a pure function of the seed");
+    let (before, after) = ra.rl.unwrap();
+    println!("env on the GPU: win rate {:.3} → {:.3}", before.sampled, after.sampled);
+}

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::model::Model;
 use crate::parallel::{partition, Comm};
 use crate::rl::group_advantages;
+use crate::train::engine::Engine;
 
 /// Game ids are (step << GAME_BITS) | index: a game's id does not depend on the redundancy.
 pub const GAME_BITS: u32 = 24;
@@ -26,13 +27,13 @@ pub fn games_of(ec: &EnvConfig, groups: usize, step: u64, dp: &dyn Comm) -> (Vec
 
 /// Stages 1–3 with `[env]`: this rank's games played to the end, one training sample per policy
 /// turn with its trajectory's group advantage.
-pub fn sample_env(ctx: &RolloutCtx, ec: &EnvConfig, model: &Model, step: u64) -> Result<Rollouts> {
+pub fn sample_env(ctx: &RolloutCtx, ec: &EnvConfig, engine: &mut Engine, model: &Model, step: u64) -> Result<Rollouts> {
     let rl = ctx.rl;
     let n = rl.samples_per_prompt;
     let (games, keep) = games_of(ec, rl.prompts_per_step, step, ctx.dp);
     let gen = rollout_config(ctx.cfg, rl, step, rl.max_new_tokens);
     let play = Play { model, tok: &ctx.tok, env: ec, gen, seed: ctx.cfg.run.seed, latent: true, mode: ec.mode };
-    let r = rollout(&play, &games, keep, n, ec.extra_samples)?;
+    let r = rollout(&play, &mut |reqs, cfg| engine.generate(model, reqs, cfg), &games, keep, n, ec.extra_samples)?;
     let rewards: Vec<f32> = r.groups.iter().flatten().map(|t| t.reward).collect();
     let starts: Vec<usize> = (0..=r.groups.len()).map(|g| g * n as usize).collect();
     let adv = group_advantages(rl.advantage, &rewards, &starts)?;

@@ -47,8 +47,8 @@ pub fn evaluate(
     let tok = &CharTokenizer::default();
     if cfg.env.is_some() {
         // a multi-turn environment: the rate of held-out games won
-        let greedy = env_win_rate(model, cfg, rl, 0.0, 1, step, dp)?;
-        let sampled = env_win_rate(model, cfg, rl, 1.0, rl.eval_samples, step, dp)?;
+        let greedy = env_win_rate(engine, model, cfg, rl, (0.0, 1), step, dp)?;
+        let sampled = env_win_rate(engine, model, cfg, rl, (1.0, rl.eval_samples), step, dp)?;
         return Ok(SolveRate { greedy, sampled });
     }
     let mine = partition(rl.eval_problems, dp.size(), dp.rank());
@@ -84,13 +84,13 @@ pub fn evaluate(
 pub const EVAL_GAMES: u64 = 1 << 48;
 
 /// Win rate on `[env]`'s `eval_games` held-out games (no latency, no failures) at `temperature` with
-/// `samples` samples each; the games are partitioned over `dp` and the counts all-reduced.
+/// `samples` samples each, the model's turns generated on `engine`; the games are partitioned over `dp` and the counts all-reduced.
 pub fn env_win_rate(
+    engine: &mut Engine,
     model: &Model,
     cfg: &RunConfig,
     rl: &RlSection,
-    temperature: f32,
-    samples: u32,
+    (temperature, samples): (f32, u32),
     step: u64,
     dp: &dyn Comm,
 ) -> Result<f64> {
@@ -99,9 +99,11 @@ pub fn env_win_rate(
     let mine = partition(ec.eval_games, dp.size(), dp.rank());
     let games: Vec<u64> = mine.map(|i| EVAL_GAMES + i as u64).collect();
     let gen = eval_config(cfg, rl, temperature, step);
-    let play = Play { model, tok: &tok, env: ec, gen, seed: cfg.run.seed, latent: false, mode: EnvMode::Async };
+    // on a device, a batch's generation depends on its makeup: batch at the turn barrier
+    let mode = if engine.on_device() { EnvMode::Sync } else { EnvMode::Async };
+    let play = Play { model, tok: &tok, env: ec, gen, seed: cfg.run.seed, latent: false, mode };
     let samples = samples.max(1);
-    let r = rollout(&play, &games, games.len(), samples, 0)?;
+    let r = rollout(&play, &mut |reqs, gen| engine.generate(model, reqs, gen), &games, games.len(), samples, 0)?;
     let won: f64 = r.groups.iter().flatten().map(|t| f64::from(t.reward)).sum();
     let mut sums = [won, (games.len() * samples as usize) as f64];
     dp.all_reduce_sum_f64(&mut sums)?;

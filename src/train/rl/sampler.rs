@@ -50,7 +50,7 @@ impl Sampler {
         match self {
             Sampler::Groups { filter_zero_std } => sample_groups(ctx, engine, model, step, *filter_zero_std),
             Sampler::Trees(t) => sample_trees(ctx, t, engine, model, step),
-            Sampler::Env(ec) => sample_env(ctx, ec, model, step),
+            Sampler::Env(ec) => sample_env(ctx, ec, engine, model, step),
         }
     }
 
