@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod config;
 pub mod decode;
+mod decode_attend;
 pub mod decode_stack;
 pub mod head;
 pub mod init;
