@@ -149,6 +149,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
+        "dtype": "f32",
         "decoding": if args.sample { "sampled, T = 1" } else { "greedy" },
         "batch": args.batch,
         "prompt_len": args.prompt_len,
