@@ -134,8 +134,8 @@ impl Gpu {
         if let Some(m) = mods.get(name) {
             return Ok(m.clone());
         }
-        let c = nvrtc::compile(name, &self.arch)?;
-        let ptx = cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&c.ptx).into_owned());
+        let c = nvrtc::ptx_cached(name, &self.arch)?;
+        let ptx = cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&c).into_owned());
         let m = self.ctx.load_module(ptx).map_err(drv("module load"))?;
         mods.insert(name, m.clone());
         Ok(m)

@@ -90,6 +90,25 @@ pub struct Compiled {
     pub log: String,
 }
 
+/// The PTX of module `name` for `arch`, compiled once per process (every device context of the
+/// process, e.g. one engine per training phase, loads the same text; NVRTC takes about a second
+/// per file, loading the PTX far less).
+pub fn ptx_cached(name: &str, arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Cache = Mutex<HashMap<(String, String), Arc<Vec<u8>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = (name.to_string(), arch.to_string());
+    if let Some(p) = cache.lock().map_err(|_| Error::device("NVRTC cache", "poisoned"))?.get(&key) {
+        return Ok(p.clone());
+    }
+    // compiled outside the lock (another thread may compile the same module: both results agree)
+    let ptx = Arc::new(compile(name, arch)?.ptx);
+    cache.lock().map_err(|_| Error::device("NVRTC cache", "poisoned"))?.insert(key, ptx.clone());
+    Ok(ptx)
+}
+
 /// Compile module `name` for virtual architecture `arch` (e.g. "compute_90"). Errors carry the
 /// compiler log; a log with warnings is returned in `Compiled::log` (the caller decides).
 pub fn compile(name: &str, arch: &str) -> Result<Compiled> {

@@ -47,6 +47,23 @@ fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
     assert_eq!(compiled, 2 * nvrtc::SOURCES.len());
 }
 
+/// A module is compiled once per process: every device context (one engine per phase) loads the
+/// same cached PTX, equal to a fresh compile.
+#[test]
+fn ptx_is_compiled_once_per_process() {
+    if !nvrtc::available() {
+        assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but libnvrtc is not on the loader path");
+        println!("skipped: libnvrtc not found on the loader path");
+        return;
+    }
+    let a = nvrtc::ptx_cached("swiglu", "compute_80").unwrap();
+    let b = nvrtc::ptx_cached("swiglu", "compute_80").unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "the second request is served from the cache");
+    assert_eq!(*a, nvrtc::compile("swiglu", "compute_80").unwrap().ptx);
+    let c = nvrtc::ptx_cached("swiglu", "compute_90").unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&a, &c), "another architecture is another entry");
+}
+
 #[test]
 fn compile_errors_and_warnings_are_reported_with_the_file_name() {
     if !nvrtc::available() {
