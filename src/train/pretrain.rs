@@ -179,7 +179,7 @@ pub fn run_phase(
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
     if engine.on_device() {
-        say(log, format!("supervised forward/backward on {}", engine.describe()));
+        say(log, format!("sft: forward, backward and AdamW on {}", engine.describe()));
     }
 
     let progress = Progress::new(t.steps, "sft");
