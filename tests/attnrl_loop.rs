@@ -10,14 +10,7 @@ use common::metrics_without_clock as metrics;
 use std::path::Path;
 
 fn config(out: &Path, extra: &str) -> RunConfig {
-    let text = DEFAULT_CONFIG
-        .replace("steps = 1500", "steps = 4")
-        .replace("prompts_per_step = 32", "prompts_per_step = 4")
-        .replace("eval_problems = 500", "eval_problems = 20")
-        .replace("eval_samples = 4", "eval_samples = 1")
-        .replace("eval_every = 500", "eval_every = 2")
-        .replace("keep_checkpoints = 2", "keep_checkpoints = 10")
-        + extra;
+    let text = common::small_default() + extra;
     let mut c = RunConfig::parse(&text, Path::new("attnrl.toml")).unwrap();
     c.run.out_dir = out.to_path_buf();
     c

@@ -138,13 +138,7 @@ fn failures_without_redundancy_shrink_the_batch_but_never_corrupt_it() {
 }
 
 fn rl_config(out: &Path, extra_env: &str) -> RunConfig {
-    let text = ADDITION_CONFIG
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("intermediate_size = 384", "intermediate_size = 64")
-        .replace("num_layers = 4", "num_layers = 2")
-        .replace("steps = 400", "steps = 5")
-        .replace("batch_size = 64", "batch_size = 8")
-        .replace("eval_problems = 256", "eval_problems = 8")
+    let text = common::small_addition(5)
         + "\n[rl]\nsteps = 3\nprompts_per_step = 4\nsamples_per_prompt = 3\nmax_new_tokens = 4\n"
         + "eval_samples = 2\nlog_every = 1\nfilter_zero_std = false\n"
         + "\n[env]\nkind = \"guess\"\nhigh = 8\nmax_turns = 3\neval_games = 6\n"

@@ -13,13 +13,7 @@ use std::process::Command;
 
 /// A tiny supervised + GRPO run (seconds on 2 cores).
 fn tiny_rl(sft_steps: u64, rl_steps: u64) -> String {
-    ADDITION_CONFIG
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("intermediate_size = 384", "intermediate_size = 64")
-        .replace("num_layers = 4", "num_layers = 2")
-        .replace("steps = 400", &format!("steps = {sft_steps}"))
-        .replace("batch_size = 64", "batch_size = 8")
-        .replace("eval_problems = 256", "eval_problems = 8")
+    common::small_addition(sft_steps)
         + "keep_checkpoints = 20\n"
         + &format!("\n[rl]\nsteps = {rl_steps}\nprompts_per_step = 4\nsamples_per_prompt = 4\nmax_new_tokens = 5\n")
         + "eval_problems = 8\neval_samples = 2\nlog_every = 1\nfilter_zero_std = false\nlr = 1e-3\n"

@@ -107,3 +107,27 @@ pub const OMPI_TEST_ENV: [(&str, &str); 7] = [
     ("OMPI_MCA_oob_tcp_if_include", "lo"),
     ("OMPI_MCA_btl_vader_single_copy_mechanism", "none"),
 ];
+
+/// The addition job shrunk for tests: a 2-layer width-32 model, `sft_steps` supervised steps of 8
+/// sequences, 8 held-out problems.
+pub fn small_addition(sft_steps: u64) -> String {
+    arbor::config::ADDITION_CONFIG
+        .replace("hidden_size = 128", "hidden_size = 32")
+        .replace("intermediate_size = 384", "intermediate_size = 64")
+        .replace("num_layers = 4", "num_layers = 2")
+        .replace("steps = 400", &format!("steps = {sft_steps}"))
+        .replace("batch_size = 64", "batch_size = 8")
+        .replace("eval_problems = 256", "eval_problems = 8")
+}
+
+/// The default job (Countdown warm start) shrunk for tests: 4 RL steps of 4 prompts, evals of
+/// 20 problems every 2 steps, every checkpoint kept.
+pub fn small_default() -> String {
+    arbor::config::DEFAULT_CONFIG
+        .replace("steps = 1500", "steps = 4")
+        .replace("prompts_per_step = 32", "prompts_per_step = 4")
+        .replace("eval_problems = 500", "eval_problems = 20")
+        .replace("eval_samples = 4", "eval_samples = 1")
+        .replace("eval_every = 500", "eval_every = 2")
+        .replace("keep_checkpoints = 2", "keep_checkpoints = 10")
+}

@@ -3,8 +3,9 @@
 //! KL reference, mini-batches and accumulation, device AdamW; then a whole `[rl]` job with
 //! `device = "cuda"` and its resume. Without a GPU the engine's refusal is checked instead.
 
-use super::{close, common::metrics_without_clock, common::tiny_config, gpu, gpu_required};
-use arbor::config::{Device, RunConfig, ADDITION_CONFIG};
+use super::common::{metrics_without_clock, small_addition, small_default, tiny_config};
+use super::{close, gpu, gpu_required};
+use arbor::config::{Device, RunConfig};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::parallel::Local;
 use arbor::rl::{Aggregation, LossConfig, LossKind};
@@ -135,14 +136,7 @@ fn a_grpo_step_on_the_gpu_matches_the_cpu() {
 
 /// A tiny `[rl]` job: 2 supervised steps, then `rl_steps` GRPO steps, on `device`.
 fn rl_job(out: &std::path::Path, device: &str, rl_steps: u64) -> RunConfig {
-    let text = ADDITION_CONFIG
-        .replace("[train]\n", &format!("[train]\ndevice = \"{device}\"\n"))
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("intermediate_size = 384", "intermediate_size = 64")
-        .replace("num_layers = 4", "num_layers = 2")
-        .replace("steps = 400", "steps = 2")
-        .replace("batch_size = 64", "batch_size = 8")
-        .replace("eval_problems = 256", "eval_problems = 8")
+    let text = small_addition(2).replace("[train]\n", &format!("[train]\ndevice = \"{device}\"\n"))
         + "checkpoint_every = 1\nkeep_checkpoints = 20\n"
         + &format!("\n[rl]\nsteps = {rl_steps}\nprompts_per_step = 4\nsamples_per_prompt = 4\nmax_new_tokens = 5\n")
         + "eval_problems = 8\neval_samples = 2\neval_every = 2\nlog_every = 1\nfilter_zero_std = false\n"
@@ -193,15 +187,7 @@ fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
 /// The default job (Countdown warm start) shrunk to 4 RL steps of 4 prompts, on the GPU, with
 /// `extra` sections.
 fn warm_job(out: &std::path::Path, extra: &str) -> RunConfig {
-    let text = arbor::config::DEFAULT_CONFIG
-        .replace("[train]\n", "[train]\ndevice = \"cuda\"\n")
-        .replace("steps = 1500", "steps = 4")
-        .replace("prompts_per_step = 32", "prompts_per_step = 4")
-        .replace("eval_problems = 500", "eval_problems = 20")
-        .replace("eval_samples = 4", "eval_samples = 1")
-        .replace("eval_every = 500", "eval_every = 2")
-        .replace("keep_checkpoints = 2", "keep_checkpoints = 10")
-        + extra;
+    let text = small_default().replace("[train]\n", "[train]\ndevice = \"cuda\"\n") + extra;
     let mut c = RunConfig::parse(&text, std::path::Path::new("warm_gpu.toml")).unwrap();
     c.run.out_dir = out.to_path_buf();
     c
@@ -283,14 +269,7 @@ fn an_env_job_on_the_gpu_is_a_function_of_the_seed() {
     if gpu().is_none() {
         return;
     }
-    let text = ADDITION_CONFIG
-        .replace("[train]\n", "[train]\ndevice = \"cuda\"\n")
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("intermediate_size = 384", "intermediate_size = 64")
-        .replace("num_layers = 4", "num_layers = 2")
-        .replace("steps = 400", "steps = 5")
-        .replace("batch_size = 64", "batch_size = 8")
-        .replace("eval_problems = 256", "eval_problems = 8")
+    let text = small_addition(5).replace("[train]\n", "[train]\ndevice = \"cuda\"\n")
         + "\n[rl]\nsteps = 3\nprompts_per_step = 4\nsamples_per_prompt = 3\nmax_new_tokens = 4\n"
         + "eval_samples = 2\nlog_every = 1\nfilter_zero_std = false\n"
         + "\n[env]\nkind = \"guess\"\nhigh = 8\nmax_turns = 3\neval_games = 6\nmode = \"sync\"\n"
