@@ -1,6 +1,6 @@
 // Token sampling on the device: one token per row of logits, with its behaviour log-probability
-// and the entropy of the temperature-scaled distribution (CPU: src/rollout/sampler.rs `sample`,
-// its greedy and plain-temperature paths; top-k/top-p stay on the host for now).
+// and the entropy of the temperature-scaled distribution (CPU: src/rollout/sampler.rs `sample`:
+// greedy and plain temperature in sample_rows_*, top-k / top-p in sample_truncated_f32).
 //
 // ABI (N rows of V logits; T = float (_f32) or unsigned short bf16 (_bf16); everything else f32,
 // the uniforms f64):
@@ -120,4 +120,123 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
     sample_rows_bf16(const unsigned short* logits, const double* uniforms, float temperature, unsigned int* tokens,
                      float* logp, float* entropy, int n, int v) {
     sample_rows<unsigned short>(logits, uniforms, temperature, tokens, logp, entropy, n, v);
+}
+
+// sample_truncated_f32
+//   (const float* logits, const double* uniforms, float temperature, int top_k, float top_p,
+//    unsigned int* tokens, float* logp, float* entropy, int n, int v)
+//   Top-k / top-p sampling at temperature > 0 (the CPU sampler's truncated path): m, S, SZ, logp and
+//   entropy as in sample_rows (of the full distribution). With p_j = (float)(w_j / S) and the key
+//   key_j = (bits(p_j) << 32) | (0xffffffff - j) (u64; larger key = earlier in the CPU's order:
+//   p descending, then index ascending; all keys distinct), and
+//     C(t) = #{j : key_j >= t},  M(t) = sum of p_j over key_j >= t (f64),
+//   the kept set is {key_j >= t_keep}, t_keep = the largest t with C(t) >= k or M(t) >= top_p
+//   (k = top_k if > 0 else V, capped at V; the mass test only when top_p < 1): the shortest prefix
+//   of the CPU's sorted order holding k tokens or mass top_p. The token is the largest key t >= t_keep
+//   with M(t) >= u * M(t_keep): the first token of the sorted order where the kept mass reaches
+//   u * (kept mass), as the CPU's walk. Both are found by bisection over the 64-bit keys (64 passes
+//   over the row each); C and M of a pass are summed per thread over its chunk in order and over the
+//   threads in order (no atomics, so a fixed function of the row). The CPU accumulates in f32 in
+//   sorted order, so a token whose cumulative mass is within rounding of a boundary may differ.
+//   Launch: grid = (n), block = 256 (MUST be 256), no dynamic shared memory.
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
+    sample_truncated_f32(const float* __restrict__ logits, const double* __restrict__ uniforms, float temperature,
+                         int top_k, float top_p, unsigned int* __restrict__ tokens, float* __restrict__ logp,
+                         float* __restrict__ entropy, int n, int v) {
+    __shared__ float red[32];
+    __shared__ double part[SAMPLE_BLOCK], part_sz[SAMPLE_BLOCK];
+    __shared__ unsigned int pcount[SAMPLE_BLOCK];
+    __shared__ double s_total, s_total_sz, s_mass;
+    __shared__ unsigned int s_count;
+    const int row = blockIdx.x;
+    if (row >= n) return;
+    const float* z = logits + (long long)row * v;
+    const float t = temperature > 0.0f ? temperature : 1.0f;
+    const int chunk = (v + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK;
+    const int lo_j = min(v, (int)threadIdx.x * chunk), hi_j = min(v, lo_j + chunk);
+
+    float mx = neg_inf_f();
+    for (int j = lo_j; j < hi_j; ++j) mx = fmaxf(mx, z[j]);
+    const float m = block_max(mx, red);
+    double s = 0.0, sz = 0.0;
+    for (int j = lo_j; j < hi_j; ++j) {
+        const float sj = (z[j] - m) / t;
+        const float w = expf(sj);
+        s += (double)w;
+        sz += (double)w * (double)sj;
+    }
+    part[threadIdx.x] = s;
+    part_sz[threadIdx.x] = sz;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double a = 0.0, b = 0.0;
+        for (int c = 0; c < SAMPLE_BLOCK; ++c) {
+            a += part[c];
+            b += part_sz[c];
+        }
+        s_total = a;
+        s_total_sz = b;
+    }
+    __syncthreads();
+    const double total = s_total;
+
+    // C(t) and M(t) into s_count / s_mass (every thread calls it; it ends synchronised)
+    auto count_mass = [&](unsigned long long key_t) {
+        unsigned int cnt = 0;
+        double mass = 0.0;
+        for (int j = lo_j; j < hi_j; ++j) {
+            const float p = (float)((double)expf((z[j] - m) / t) / total);
+            const unsigned long long key =
+                ((unsigned long long)__float_as_uint(p) << 32) | (unsigned long long)(0xffffffffu - (unsigned int)j);
+            if (key >= key_t) {
+                ++cnt;
+                mass += (double)p;
+            }
+        }
+        pcount[threadIdx.x] = cnt;
+        part[threadIdx.x] = mass;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned int c = 0;
+            double a = 0.0;
+            for (int k = 0; k < SAMPLE_BLOCK; ++k) {
+                c += pcount[k];
+                a += part[k];
+            }
+            s_count = c;
+            s_mass = a;
+        }
+        __syncthreads();
+    };
+
+    const unsigned int keep_k = top_k > 0 ? min((unsigned int)top_k, (unsigned int)v) : (unsigned int)v;
+    const double mass_target = top_p < 1.0f ? (double)top_p : 1.0 / 0.0;
+    unsigned long long lo = 0ull, hi = ~0ull;
+    while (lo < hi) {
+        const unsigned long long d = hi - lo;
+        const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
+        count_mass(mid);
+        const bool ok = s_count >= keep_k || s_mass >= mass_target;
+        __syncthreads();  // every thread has read s_count / s_mass before the next pass writes them
+        if (ok) lo = mid; else hi = mid - 1;
+    }
+    count_mass(lo);
+    const double target = uniforms[row] * s_mass;
+    __syncthreads();
+    hi = ~0ull;
+    while (lo < hi) {
+        const unsigned long long d = hi - lo;
+        const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
+        count_mass(mid);
+        const bool ok = s_mass >= target;
+        __syncthreads();
+        if (ok) lo = mid; else hi = mid - 1;
+    }
+    if (threadIdx.x != 0) return;
+    const int pick = (int)(0xffffffffu - (unsigned int)(lo & 0xffffffffull));
+    const double log_s = log(total);
+    tokens[row] = (unsigned int)pick;
+    logp[row] = (float)((double)((z[pick] - m) / t) - log_s);
+    entropy[row] = (float)(log_s - s_total_sz / total);
 }

@@ -14,7 +14,7 @@ use crate::cuda::sample::{sample_rows, SampleBufs};
 use crate::error::{Error, Result};
 use crate::model::decode_stack::{assign_positions, check_step, decode_stack, DecodeDevice, Norm, Proj};
 use crate::model::Model;
-use crate::rollout::sampler::Sampled;
+use crate::rollout::sampler::{Sampled, SamplingParams};
 use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
@@ -123,14 +123,15 @@ impl GpuDecoder {
     }
 
     /// The step of [`GpuDecoder::step`] with the next token drawn on the device for rows
-    /// `logit_rows` only (strictly increasing), each from its uniform (cuda/sample.cu; temperature
-    /// ≤ 0: greedy): only ids, log-probs and entropies come back, one per logit row.
+    /// `logit_rows` only (strictly increasing), each from its uniform with `params`' temperature
+    /// (≤ 0: greedy), top-k and top-p (cuda/sample.cu): only ids, log-probs and entropies come
+    /// back, one per logit row.
     pub fn step_sampled(
         &mut self,
         model: &Model,
         rows: StepInput<'_>,
         cache: &mut GpuKvCache,
-        temperature: f32,
+        params: &SamplingParams,
     ) -> Result<Vec<Sampled>> {
         let StepInput { tokens, slots, logit_rows, uniforms } = rows;
         if uniforms.len() != logit_rows.len() {
@@ -145,18 +146,7 @@ impl GpuDecoder {
         }
         let v = model.cfg.vocab_size;
         let logits = Gpu::r(&self.bufs.logits, 0..logit_rows.len() * v);
-        sample_rows(&self.gpu, &logits, v, uniforms, temperature, &mut self.sampling)
-    }
-
-    /// The step of [`GpuDecoder::step_sampled`] with the logit rows' logits ([n, V]) returned to
-    /// the host instead of a draw (top-k/top-p sampling on the host).
-    pub fn step_logits(&mut self, model: &Model, rows: StepInput<'_>, cache: &mut GpuKvCache) -> Result<Vec<f32>> {
-        self.forward(model, rows.tokens, rows.slots, rows.logit_rows, cache)?;
-        let mut out = vec![0.0; rows.logit_rows.len() * model.cfg.vocab_size];
-        if !out.is_empty() {
-            self.gpu.download(&self.bufs.logits, &mut out)?;
-        }
-        Ok(out)
+        sample_rows(&self.gpu, &logits, v, uniforms, params, &mut self.sampling)
     }
 
     /// The decode step's forward: the next-token logits of `logit_rows` stay in `bufs.logits`.

@@ -13,7 +13,7 @@ use crate::cuda::decode::{GpuDecoder, GpuKvCache, StepInput};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::rollout::engine::{context_len, Active};
-use crate::rollout::sampler::{sample_with_uniform, Sampled};
+use crate::rollout::sampler::Sampled;
 use crate::rollout::{Completion, GenerateConfig, Request};
 
 /// Rows one step may hold (prompt chunks wait for the next step beyond it).
@@ -125,13 +125,9 @@ pub fn batch_loop(
 
 impl GpuDecoder {
     /// `rollout::generate` on the GPU: continuous batching over `cfg.max_batch` device KV-cache
-    /// slots, tokens drawn on the device (temperature, or greedy at 0). With top-k or top-p, the
-    /// picked rows' logits come to the host and the CPU sampler draws from them with the same
-    /// uniform (its exact truncation rules; a full-vocabulary row per token crosses the bus).
+    /// slots, tokens drawn on the device (temperature, top-k, top-p, or greedy at 0).
     pub fn generate(&mut self, model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
         let s = &cfg.sampling;
-        let truncated = s.top_k != 0 || s.top_p < 1.0;
-        let mut scratch = Vec::new();
         let max_len = context_len(model, requests, cfg)?;
         if requests.is_empty() {
             return Ok(Vec::new());
@@ -142,18 +138,7 @@ impl GpuDecoder {
             for &slot in step.starts {
                 cache.len[slot] = 0;
             }
-            if !truncated {
-                return self.step_sampled(model, step.input, &mut cache, s.temperature);
-            }
-            let logits = self.step_logits(model, step.input, &mut cache)?;
-            let v = model.cfg.vocab_size;
-            Ok(step
-                .input
-                .uniforms
-                .iter()
-                .enumerate()
-                .map(|(k, &u)| sample_with_uniform(&logits[k * v..(k + 1) * v], s, u, &mut scratch))
-                .collect())
+            self.step_sampled(model, step.input, &mut cache, s)
         })
     }
 }

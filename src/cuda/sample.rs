@@ -4,11 +4,12 @@
 //! The random draw stays on the host: each row's uniform comes from its sequence's own stream,
 //! drawn exactly where the CPU sampler draws it (one per sampled token), so a GPU rollout makes the
 //! same draws as the CPU engine and picks the same tokens wherever the logits agree. The kernel's
-//! arithmetic is mirrored by [`emulate_row`], which the tests hold against the CPU sampler.
+//! arithmetic is mirrored by [`emulate_row`] (and the top-k/top-p kernel's by
+//! [`emulate_truncated_row`]), which the tests hold against the CPU sampler.
 
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::error::{Error, Result};
-use crate::rollout::sampler::Sampled;
+use crate::rollout::sampler::{Sampled, SamplingParams};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 
 /// Threads per row (the kernel's `SAMPLE_BLOCK`): row chunks are `ceil(V / BLOCK)` long.
@@ -44,16 +45,18 @@ impl SampleBufs {
     }
 }
 
-/// One token from each of the `n = uniforms.len()` rows of `logits` ([n, v] on the device) at
-/// `temperature` (≤ 0: greedy, and `uniforms` are ignored), through the buffers `bufs`.
+/// One token from each of the `n = uniforms.len()` rows of `logits` ([n, v] on the device) with
+/// `params`' temperature (≤ 0: greedy, and `uniforms` are ignored), top-k and top-p, through the
+/// buffers `bufs`.
 pub fn sample_rows(
     gpu: &Gpu,
     logits: &CudaView<'_, f32>,
     v: usize,
     uniforms: &[f64],
-    temperature: f32,
+    params: &SamplingParams,
     bufs: &mut SampleBufs,
 ) -> Result<Vec<Sampled>> {
+    let temperature = params.temperature;
     let n = uniforms.len();
     if v == 0 || logits.len() < n * v {
         return Err(Error::shape("sample rows", format!("{n} rows of {v} logits from a buffer of {}", logits.len())));
@@ -77,13 +80,90 @@ pub fn sample_rows(
         Arg::I(n as i32),
         Arg::I(v as i32),
     ];
-    gpu.launch("sample", "sample_rows_f32", (n as u32, 1, 1), (BLOCK as u32, 1, 1), 0, &args)?;
+    if truncates(params) {
+        let mut args = args.to_vec();
+        args.splice(3..3, [Arg::I(params.top_k.min(i32::MAX as usize) as i32), Arg::F(params.top_p)]);
+        gpu.launch("sample", "sample_truncated_f32", (n as u32, 1, 1), (BLOCK as u32, 1, 1), 0, &args)?;
+    } else {
+        gpu.launch("sample", "sample_rows_f32", (n as u32, 1, 1), (BLOCK as u32, 1, 1), 0, &args)?;
+    }
     let (mut t, mut lp, mut h) = (vec![0u32; n], vec![0f32; n], vec![0f32; n]);
     s.memcpy_dtoh(&bufs.tokens.slice(0..n), &mut t[..]).map_err(drv("download"))?;
     s.memcpy_dtoh(&bufs.logp.slice(0..n), &mut lp[..]).map_err(drv("download"))?;
     s.memcpy_dtoh(&bufs.entropy.slice(0..n), &mut h[..]).map_err(drv("download"))?;
     gpu.sync()?;
     Ok((0..n).map(|i| Sampled { token: t[i], logprob: lp[i], entropy: h[i] }).collect())
+}
+
+/// Whether `params` sample from a truncated distribution (top-k or top-p at a positive
+/// temperature; greedy ignores them, as on the CPU).
+pub fn truncates(params: &SamplingParams) -> bool {
+    params.temperature > 0.0 && (params.top_k != 0 || params.top_p < 1.0)
+}
+
+/// `sample_truncated_f32` on the host, in the kernel's order (chunk sums in order, then the chunks
+/// in order; the same two bisections over the 64-bit keys): top-k / top-p sampling at
+/// temperature > 0 from the row's uniform `u`. `expf` is `f32::exp` here.
+pub fn emulate_truncated_row(z: &[f32], u: f64, params: &SamplingParams) -> Sampled {
+    let v = z.len();
+    let t = if params.temperature > 0.0 { params.temperature } else { 1.0 };
+    let chunk = v.div_ceil(BLOCK);
+    let range = |c: usize| (c * chunk).min(v)..((c + 1) * chunk).min(v);
+    let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let (mut total, mut total_sz) = (0.0f64, 0.0f64);
+    for c in 0..BLOCK {
+        let (mut s, mut sz) = (0.0f64, 0.0f64);
+        for &x in &z[range(c)] {
+            let sj = (x - m) / t;
+            let w = sj.exp();
+            s += w as f64;
+            sz += w as f64 * sj as f64;
+        }
+        total += s;
+        total_sz += sz;
+    }
+    let p = |j: usize| (((z[j] - m) / t).exp() as f64 / total) as f32;
+    let key = |j: usize| ((p(j).to_bits() as u64) << 32) | (0xffff_ffff - j as u32) as u64;
+    // C(t) and M(t): per chunk in order, then the chunks in order
+    let count_mass = |at: u64| {
+        let (mut count, mut mass) = (0u64, 0.0f64);
+        for c in 0..BLOCK {
+            let (mut n, mut a) = (0u64, 0.0f64);
+            for j in range(c).filter(|&j| key(j) >= at) {
+                n += 1;
+                a += p(j) as f64;
+            }
+            count += n;
+            mass += a;
+        }
+        (count, mass)
+    };
+    // the largest t >= lo where `ok(C(t), M(t))` holds (it holds at lo)
+    let bisect = |mut lo: u64, ok: &dyn Fn(u64, f64) -> bool| {
+        let mut hi = u64::MAX;
+        while lo < hi {
+            let d = hi - lo;
+            let mid = lo + (d >> 1) + (d & 1);
+            let (c, a) = count_mass(mid);
+            if ok(c, a) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    };
+    let keep_k = if params.top_k > 0 { params.top_k.min(v) as u64 } else { v as u64 };
+    let target_p = if params.top_p < 1.0 { params.top_p as f64 } else { f64::INFINITY };
+    let t_keep = bisect(0, &|c, a| c >= keep_k || a >= target_p);
+    let target = u * count_mass(t_keep).1;
+    let pick = 0xffff_ffff - (bisect(t_keep, &|_, a| a >= target) & 0xffff_ffff) as u32;
+    let log_s = total.ln();
+    Sampled {
+        token: pick,
+        logprob: (((z[pick as usize] - m) / t) as f64 - log_s) as f32,
+        entropy: (log_s - total_sz / total) as f32,
+    }
 }
 
 /// The kernel's arithmetic for one row, on the host, in the kernel's order: chunk reductions,
@@ -196,6 +276,47 @@ mod tests {
             }
         }
         assert_eq!(rows, 6 * 4 * 3 * 8);
+    }
+
+    /// The truncated kernel's bisections keep the CPU's set (top-k, then the shortest prefix reaching
+    /// top-p, in p-descending order) and draw its token from the same uniform, on vocabularies
+    /// smaller and larger than the block, peaked and flat rows, with the log-prob and entropy of
+    /// the full distribution.
+    #[test]
+    fn the_truncated_kernel_arithmetic_picks_the_cpu_samplers_tokens() {
+        use crate::rollout::sampler::sample_with_uniform;
+        let mut rng = Rng::new(23);
+        let mut scratch = Vec::new();
+        let mut rows = 0;
+        let settings = [(1.0f32, 5usize, 1.0f32), (1.0, 0, 0.9), (0.7, 50, 0.5), (1.3, 1, 1.0)];
+        for &v in &[13usize, 300, 1000, 4099] {
+            for &(temperature, top_k, top_p) in &settings {
+                for &scale in &[0.5f64, 3.0] {
+                    for _ in 0..4 {
+                        let z: Vec<f32> = (0..v).map(|_| (rng.normal() * scale) as f32).collect();
+                        let u = rng.uniform();
+                        let p = SamplingParams { temperature, top_p, top_k, max_new_tokens: 1 };
+                        assert!(truncates(&p));
+                        let want = sample_with_uniform(&z, &p, u, &mut scratch);
+                        let got = emulate_truncated_row(&z, u, &p);
+                        let what = format!("v {v} T {temperature} k {top_k} p {top_p} scale {scale}");
+                        assert_eq!(got.token, want.token, "{what}");
+                        assert!((got.logprob - want.logprob).abs() <= 1e-5 * want.logprob.abs().max(1.0), "{what}");
+                        assert!((got.entropy - want.entropy).abs() <= 1e-5 * want.entropy.abs().max(1.0), "{what}");
+                        rows += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(rows, 4 * 4 * 2 * 4);
+        // top-k = 1 is greedy; tied probabilities keep the lower index first, as the CPU's sort
+        let z = [0.0f32, 2.0, 2.0, 1.0];
+        let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 1, max_new_tokens: 1 };
+        assert_eq!(emulate_truncated_row(&z, 0.99, &p).token, 1);
+        let p2 = SamplingParams { top_k: 2, ..p };
+        for u in [0.1, 0.49, 0.51, 0.9] {
+            assert_eq!(emulate_truncated_row(&z, u, &p2).token, sample_with_uniform(&z, &p2, u, &mut scratch).token);
+        }
     }
 
     /// Ties go to the first maximum, across chunk boundaries too, as on the CPU.

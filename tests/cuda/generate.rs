@@ -5,12 +5,11 @@
 
 use super::{common::tiny_config, gpu};
 use arbor::cuda::generate::{batch_loop, LoopStep};
-use arbor::cuda::sample::emulate_row;
+use arbor::cuda::sample::{emulate_row, emulate_truncated_row, truncates};
 use arbor::cuda::{Gpu, GpuDecoder};
 use arbor::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
-use arbor::rollout::sampler::sample_with_uniform;
 use arbor::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
 use arbor::tensor::Backend;
 
@@ -44,8 +43,7 @@ fn case(temperature: f32) -> (Model, Vec<Request>, GenerateConfig) {
 }
 
 /// The host's stand-in for the GPU decoder: the CPU's cached decode step, then the greedy pick or
-/// the emulated sampling kernel on each picking row (with top-k/top-p: the CPU sampler on the
-/// row's uniform, as the GPU decoder does on the host).
+/// the emulated sampling kernels on each picking row (with top-k/top-p: the truncated kernel's).
 fn host_loop(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Vec<Completion> {
     let v = model.cfg.vocab_size;
     let slots = cfg.max_batch.min(requests.len());
@@ -59,13 +57,12 @@ fn host_loop(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Vec<C
         }
         let rows = step.input;
         model.forward_cached(&w, rows.tokens, rows.slots, rows.logit_rows, &mut cache, &mut buf)?;
-        let truncated = cfg.sampling.top_k != 0 || cfg.sampling.top_p < 1.0;
-        let mut scratch = Vec::new();
+        let truncated = truncates(&cfg.sampling);
         Ok((0..rows.logit_rows.len())
             .map(|k| {
                 let z = &buf.logits[k * v..(k + 1) * v];
                 match truncated {
-                    true => sample_with_uniform(z, &cfg.sampling, rows.uniforms[k], &mut scratch),
+                    true => emulate_truncated_row(z, rows.uniforms[k], &cfg.sampling),
                     false => emulate_row(z, rows.uniforms[k], t),
                 }
             })
@@ -136,7 +133,7 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
         let allowed = if temperature > 0.0 { 1 } else { 0 };
         assert!(differ <= allowed, "T {temperature}: {differ} of {} completions differ from the CPU engine", cpu.len());
     }
-    // top-k / top-p: the picked rows' logits come to the host for the CPU sampler
+    // top-k / top-p: sampled on the device too
     let (model, requests, mut cfg) = case(1.0);
     (cfg.sampling.top_p, cfg.sampling.top_k) = (0.9, 6);
     let cpu = generate(&model, &requests, &cfg).unwrap();
@@ -157,14 +154,24 @@ fn device_sampling_matches_the_cpu_sampler() {
     let mut scratch = Vec::new();
     // one set of device buffers for every call: it grows from 1 row on the first
     let mut bufs = SampleBufs::new(&g, 1).unwrap();
-    for &(v, temperature) in &[(1000usize, 1.0f32), (151_936, 0.8), (257, 0.0), (4099, 1.3)] {
+    let cases = [
+        (1000usize, 1.0f32, 0usize, 1.0f32),
+        (151_936, 0.8, 0, 1.0),
+        (257, 0.0, 0, 1.0),
+        (4099, 1.3, 0, 1.0),
+        // top-k / top-p: sample_truncated_f32
+        (151_936, 1.0, 50, 0.9),
+        (4099, 0.7, 0, 0.8),
+        (1000, 1.0, 7, 1.0),
+    ];
+    for &(v, temperature, top_k, top_p) in &cases {
         let n = 96;
         let z: Vec<f32> = (0..n * v).map(|_| (rng.normal() * 3.0) as f32).collect();
         let mut streams: Vec<Rng> = (0..n).map(|i| Rng::derive(9, &[v as u64, i as u64])).collect();
         let uniforms: Vec<f64> = streams.iter().map(|r| r.clone().uniform()).collect();
         let dev = g.upload(&z).unwrap();
-        let got = sample_rows(&g, &Gpu::r(&dev, 0..n * v), v, &uniforms, temperature, &mut bufs).unwrap();
-        let params = SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: 1 };
+        let params = SamplingParams { temperature, top_p, top_k, max_new_tokens: 1 };
+        let got = sample_rows(&g, &Gpu::r(&dev, 0..n * v), v, &uniforms, &params, &mut bufs).unwrap();
         let mut flips = 0;
         for (i, s) in got.iter().enumerate() {
             let want = sample(&z[i * v..(i + 1) * v], &params, &mut streams[i], &mut scratch);
@@ -174,8 +181,10 @@ fn device_sampling_matches_the_cpu_sampler() {
                 assert!((s.logprob - want.logprob).abs() <= 1e-5 * want.logprob.abs().max(1.0), "v {v} row {i}");
             }
         }
-        println!("v {v} T {temperature}: {flips} of {n} tokens differ from the CPU sampler");
-        assert!(flips <= 1, "v {v} T {temperature}: {flips} tokens differ");
+        println!(
+            "v {v} T {temperature} top-k {top_k} top-p {top_p}: {flips} of {n} tokens differ from the CPU sampler"
+        );
+        assert!(flips <= 1, "v {v} T {temperature} top-k {top_k} top-p {top_p}: {flips} tokens differ");
     }
     // frequencies: one row of 6 logits, 20000 uniforms
     let z = [1.0f32, 0.0, -1.0, 2.0, 0.5, -3.0];
@@ -184,7 +193,8 @@ fn device_sampling_matches_the_cpu_sampler() {
     let mut r = Rng::new(77);
     let uniforms: Vec<f64> = (0..n).map(|_| r.uniform()).collect();
     let dev = g.upload(&rows).unwrap();
-    let got = sample_rows(&g, &Gpu::r(&dev, 0..rows.len()), z.len(), &uniforms, 1.0, &mut bufs).unwrap();
+    let plain = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 1 };
+    let got = sample_rows(&g, &Gpu::r(&dev, 0..rows.len()), z.len(), &uniforms, &plain, &mut bufs).unwrap();
     let total: f64 = z.iter().map(|&x| (x as f64).exp()).sum();
     for (j, &x) in z.iter().enumerate() {
         let p = (x as f64).exp() / total;
@@ -192,5 +202,17 @@ fn device_sampling_matches_the_cpu_sampler() {
         let sd = (p * (1.0 - p) / n as f64).sqrt();
         println!("token {j}: p {p:.4} frequency {f:.4}");
         assert!((f - p).abs() < 5.0 * sd + 1e-4, "token {j}: frequency {f} vs p {p}");
+    }
+    // under top-k = 3 the three most likely tokens (3, 0, 4) share the renormalised mass, the
+    // others never come
+    let top3 = SamplingParams { top_k: 3, ..plain };
+    let got = sample_rows(&g, &Gpu::r(&dev, 0..rows.len()), z.len(), &uniforms, &top3, &mut bufs).unwrap();
+    let kept: f64 = [0usize, 3, 4].iter().map(|&j| (z[j] as f64).exp()).sum();
+    for (j, &x) in z.iter().enumerate() {
+        let p = if [0usize, 3, 4].contains(&j) { (x as f64).exp() / kept } else { 0.0 };
+        let f = got.iter().filter(|s| s.token as usize == j).count() as f64 / n as f64;
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        println!("top-3 token {j}: p {p:.4} frequency {f:.4}");
+        assert!((f - p).abs() < 5.0 * sd + 1e-4, "top-3 token {j}: frequency {f} vs p {p}");
     }
 }
