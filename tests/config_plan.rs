@@ -227,8 +227,8 @@ fn rows() -> Vec<(Row, String)> {
             format!("{cuda}\n{RL}\n[env]\nkind = \"guess\"\n"),
         ),
         (
-            row("cuda_no_async", "async.rollout_ranks", "[async] runs on the CPU only"),
-            format!("{cuda}\n{RL}\n[async]\nrollout_ranks = 1\n"),
+            row("cuda_async_batch", "async.mode", "continuous rollout and replication keep the CPU decoder"),
+            format!("{cuda}\n{RL}\n[async]\nrollout_ranks = 1\nmode = \"continuous\"\n"),
         ),
         (
             row(

@@ -28,7 +28,7 @@ pub const RULES: &[Rule] = &[
     Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
     Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
     Rule { name: "cuda_env_sync", key: "env.mode", check: cuda_env_sync },
-    Rule { name: "cuda_no_async", key: "async.rollout_ranks", check: cuda_no_async },
+    Rule { name: "cuda_async_batch", key: "async.mode", check: cuda_async_batch },
     Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
     Rule { name: "critic_needs_rl", key: "critic", check: critic_needs_rl },
     Rule { name: "critic_not_trees", key: "critic", check: critic_not_trees },
@@ -90,13 +90,6 @@ fn cuda_tp_one(cfg: &RunConfig) -> Option<String> {
     })
 }
 
-/// A part of the RL step that runs on the host only, refused with "cuda" naming its section.
-fn cuda_host_only(cfg: &RunConfig, present: bool, section: &str) -> Option<String> {
-    when(cfg.train.device == Device::Cuda && present, || {
-        format!("{section} runs on the CPU only for now: with train.device = \"cuda\" drop {section}, or use device = \"cpu\"")
-    })
-}
-
 /// Env-level async batches the model's turns as they arrive; a GPU's generation of a batch
 /// depends on its makeup (its GEMMs are not batch-invariant, the CPU's are), so the run would
 /// depend on timing.
@@ -107,8 +100,13 @@ fn cuda_env_sync(cfg: &RunConfig) -> Option<String> {
     })
 }
 
-fn cuda_no_async(cfg: &RunConfig) -> Option<String> {
-    cuda_host_only(cfg, cfg.async_rl.is_some(), "[async]")
+/// The streaming rollout loop (continuous mode, replication) keeps the CPU decoder's slots across
+/// weight versions; on the GPU, rollout ranks generate whole batches.
+fn cuda_async_batch(cfg: &RunConfig) -> Option<String> {
+    let streams = cfg.async_rl.as_ref().is_some_and(|a| a.streams());
+    when(cfg.train.device == Device::Cuda && streams, || {
+        "continuous rollout and replication keep the CPU decoder across weight versions: with train.device = \"cuda\" use mode = \"batch\" without replicate".into()
+    })
 }
 
 /// The attention-statistics pass needs every head on one rank.

@@ -252,6 +252,31 @@ impl Engine {
         }
     }
 
+    /// Bring the weights (not the moments) to the host: what an `[async]` trainer publishes to its
+    /// rollout ranks after every update.
+    pub fn sync_weights(&mut self, model: &mut Model) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => {
+                let _ = model;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.sync_weights(model),
+        }
+    }
+
+    /// New host weights (a rollout rank's install of a published version): copy them to the engine.
+    pub fn load_weights(&mut self, model: &Model) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => {
+                let _ = model;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.load_weights(model),
+        }
+    }
+
     /// The host weights and moments changed (resume): copy them to the engine.
     pub fn load(&mut self, model: &Model, opt: &AdamW) -> Result<()> {
         match self {
@@ -313,8 +338,9 @@ mod cuda {
         nccl: Option<Nccl>,
         decoder: Option<GpuDecoder>,
         decoder_stale: bool,
-        /// The device weights changed since the host's were refreshed.
+        /// The device weights (resp. moments) changed since the host's were refreshed.
         host_stale: bool,
+        moments_stale: bool,
     }
 
     impl CudaEngine {
@@ -335,12 +361,19 @@ mod cuda {
                 false => None,
             };
             let model = GpuModel::new(gpu, model)?;
-            Ok(CudaEngine { model, nccl, decoder: None, decoder_stale: true, host_stale: false })
+            Ok(CudaEngine { model, nccl, decoder: None, decoder_stale: true, host_stale: false, moments_stale: false })
         }
 
         pub fn frozen(&self, model: &Model) -> Result<Self> {
             let model = GpuModel::frozen(self.model.gpu_arc().clone(), model)?;
-            Ok(CudaEngine { model, nccl: None, decoder: None, decoder_stale: true, host_stale: false })
+            Ok(CudaEngine {
+                model,
+                nccl: None,
+                decoder: None,
+                decoder_stale: true,
+                host_stale: false,
+                moments_stale: false,
+            })
         }
 
         pub fn describe(&self) -> String {
@@ -373,6 +406,7 @@ mod cuda {
             if norm.is_finite() {
                 self.decoder_stale = true;
                 self.host_stale = true;
+                self.moments_stale = true;
             }
             Ok(norm)
         }
@@ -395,12 +429,27 @@ mod cuda {
         }
 
         pub fn sync_host(&mut self, model: &mut Model, opt: &mut AdamW) -> Result<()> {
-            if self.host_stale {
-                model.params.data = self.model.params()?;
+            self.sync_weights(model)?;
+            if self.moments_stale {
                 let (m, v) = self.model.moments()?;
                 (opt.m, opt.v) = (m, v);
+                self.moments_stale = false;
+            }
+            Ok(())
+        }
+
+        pub fn sync_weights(&mut self, model: &mut Model) -> Result<()> {
+            if self.host_stale {
+                model.params.data = self.model.params()?;
                 self.host_stale = false;
             }
+            Ok(())
+        }
+
+        pub fn load_weights(&mut self, model: &Model) -> Result<()> {
+            self.model.set_params(&model.params.data)?;
+            self.decoder_stale = true;
+            self.host_stale = false;
             Ok(())
         }
 
@@ -409,6 +458,7 @@ mod cuda {
             self.model.set_moments(&opt.m, &opt.v)?;
             self.decoder_stale = true;
             self.host_stale = false;
+            self.moments_stale = false;
             Ok(())
         }
     }

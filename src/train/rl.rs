@@ -167,6 +167,8 @@ impl<'a> RlTrainer<'a> {
         let mut updated: Updated = self.update(model, opt, step, &rollouts.batch)?;
         updated.t_train = t1.elapsed().as_secs_f64();
         if let Some(src) = source {
+            // the rollout ranks get the new weights from the host
+            self.engine.sync_weights(model)?;
             src.published(model, step)?;
         }
         self.report(model, step, rollouts, notes, updated, sampling)

@@ -225,8 +225,8 @@ fn rollout_loop(
             // [rhythm]: this rank shapes its share with the policy that generated it
             let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));
             let (mut version, mut sum) = (done, weights_message(model, done).1);
-            // rollout ranks generate on the host (`[async]` with "cuda" is refused)
-            let mut engine = crate::train::engine::Engine::cpu();
+            // this rank's own engine (its GPU with "cuda"), given each published version
+            let mut engine = crate::train::engine::Engine::new(ph.cfg.train.device, model, &crate::parallel::Local)?;
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
                 let need = batch_version(b, lag, done);
@@ -237,6 +237,7 @@ fn rollout_loop(
                         return Err(Error::Invalid("async: the trainer stopped before the last batch".into()));
                     }
                     (version, sum) = load_weights(model, &msg)?;
+                    engine.load_weights(model)?;
                 }
                 let t0 = Instant::now();
                 let mut rollouts = sampler.sample(&ctx, &mut engine, model, b)?;
