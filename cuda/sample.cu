@@ -27,6 +27,19 @@
 
 #define SAMPLE_BLOCK 256
 
+// The sums of w_j = expf((z_j - m) / t) and w_j * (z_j - m) / t over z[lo, hi), in order (f64).
+template <typename T>
+__device__ void chunk_sums(const T* __restrict__ z, int lo, int hi, float m, float t, double& s, double& sz) {
+    s = 0.0;
+    sz = 0.0;
+    for (int j = lo; j < hi; ++j) {
+        const float sj = (load_f(z + j) - m) / t;
+        const float w = expf(sj);
+        s += (double)w;
+        sz += (double)w * (double)sj;
+    }
+}
+
 template <typename T>
 __device__ void sample_rows(const T* __restrict__ logits, const double* __restrict__ uniforms, float temperature,
                             unsigned int* __restrict__ tokens, float* __restrict__ logp,
@@ -55,13 +68,8 @@ __device__ void sample_rows(const T* __restrict__ logits, const double* __restri
     const float m = block_max(mx, red);
 
     // chunk sums of w and w * s, in order
-    double s = 0.0, sz = 0.0;
-    for (int j = lo; j < hi; ++j) {
-        const float sj = (load_f(z + j) - m) / t;
-        const float w = expf(sj);
-        s += (double)w;
-        sz += (double)w * (double)sj;
-    }
+    double s, sz;
+    chunk_sums(z, lo, hi, m, t, s, sz);
     csum[threadIdx.x] = s;
     csz[threadIdx.x] = sz;
     cmax[threadIdx.x] = mx;
@@ -159,13 +167,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
     float mx = neg_inf_f();
     for (int j = lo_j; j < hi_j; ++j) mx = fmaxf(mx, z[j]);
     const float m = block_max(mx, red);
-    double s = 0.0, sz = 0.0;
-    for (int j = lo_j; j < hi_j; ++j) {
-        const float sj = (z[j] - m) / t;
-        const float w = expf(sj);
-        s += (double)w;
-        sz += (double)w * (double)sj;
-    }
+    double s, sz;
+    chunk_sums(z, lo_j, hi_j, m, t, s, sz);
     part[threadIdx.x] = s;
     part_sz[threadIdx.x] = sz;
     __syncthreads();
