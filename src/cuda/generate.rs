@@ -12,7 +12,7 @@
 use crate::cuda::decode::{GpuDecoder, GpuKvCache, StepInput};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::rollout::engine::{context_len, Active};
+use crate::rollout::engine::{context_len, Active, StepRows};
 use crate::rollout::sampler::Sampled;
 use crate::rollout::{Completion, GenerateConfig, Request};
 
@@ -42,8 +42,7 @@ pub fn batch_loop(
     let mut free: Vec<usize> = (0..slots).rev().collect();
     let mut active: Vec<Active> = Vec::with_capacity(slots);
     let mut queue = 0;
-    let (mut tokens, mut slot_ids, mut logit_rows, mut uniforms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut starts, mut picking) = (Vec::new(), Vec::new());
+    let (mut rows, mut uniforms) = (StepRows::default(), Vec::new());
     loop {
         while !free.is_empty() && queue < requests.len() {
             let r = &requests[queue];
@@ -58,40 +57,15 @@ pub fn batch_loop(
         if active.is_empty() {
             break;
         }
-        tokens.clear();
-        slot_ids.clear();
-        logit_rows.clear();
+        rows.plan(&mut active, MAX_ROWS);
         uniforms.clear();
-        starts.clear();
-        picking.clear();
-        let decoding = active.iter().filter(|a| a.fed == a.prompt.len()).count();
-        let mut budget = MAX_ROWS.saturating_sub(decoding);
-        for (i, a) in active.iter_mut().enumerate() {
-            if a.fed < a.prompt.len() {
-                let n = budget.min(a.prompt.len() - a.fed);
-                if n == 0 {
-                    continue;
-                }
-                budget -= n;
-                if a.fed == 0 {
-                    starts.push(a.slot);
-                }
-                tokens.extend_from_slice(&a.prompt[a.fed..a.fed + n]);
-                slot_ids.resize(slot_ids.len() + n, a.slot);
-                a.fed += n;
-                if a.fed < a.prompt.len() {
-                    continue;
-                }
-            } else {
-                tokens.push(a.next);
-                slot_ids.push(a.slot);
-            }
-            logit_rows.push(tokens.len() - 1);
-            picking.push(i);
-            uniforms.push(if temperature > 0.0 { a.rng.uniform() } else { 0.0 });
+        for &i in &rows.picking {
+            uniforms.push(if temperature > 0.0 { active[i].rng.uniform() } else { 0.0 });
         }
-        let input = StepInput { tokens: &tokens, slots: &slot_ids, logit_rows: &logit_rows, uniforms: &uniforms };
-        let picked = step(LoopStep { input, starts: &starts })?;
+        let input =
+            StepInput { tokens: &rows.tokens, slots: &rows.slots, logit_rows: &rows.logit_rows, uniforms: &uniforms };
+        let picked = step(LoopStep { input, starts: &rows.starts })?;
+        let picking = &rows.picking;
         if picked.len() != picking.len() {
             return Err(Error::shape(
                 "decode step",
@@ -99,7 +73,7 @@ pub fn batch_loop(
             ));
         }
         let mut finished = vec![false; active.len()];
-        for (s, &i) in picked.into_iter().zip(&picking) {
+        for (s, &i) in picked.into_iter().zip(picking) {
             let a = &mut active[i];
             a.next = s.token;
             // the slot holds the prompt and every token fed so far

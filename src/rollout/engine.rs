@@ -127,6 +127,57 @@ impl Active {
     }
 }
 
+/// The rows of one continuous-batching step (the CPU engine's and the GPU loop's,
+/// `cuda::generate::batch_loop`): a row per decoding sequence and the next chunk of each admitted
+/// prompt, in slot order, within a budget of rows.
+#[derive(Debug, Default)]
+pub(crate) struct StepRows {
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) slots: Vec<usize>,
+    /// The rows whose next token is drawn, and the index in `active` of each.
+    pub(crate) logit_rows: Vec<usize>,
+    pub(crate) picking: Vec<usize>,
+    /// Slots whose sequence starts at this step (its first prompt chunk).
+    pub(crate) starts: Vec<usize>,
+}
+
+impl StepRows {
+    /// Plan the step of `active` with at most `max_rows` rows of prompt chunks beside the decoding
+    /// rows (advances each sequence's `fed`).
+    pub(crate) fn plan(&mut self, active: &mut [Active], max_rows: usize) {
+        self.tokens.clear();
+        self.slots.clear();
+        self.logit_rows.clear();
+        self.picking.clear();
+        self.starts.clear();
+        let decoding = active.iter().filter(|a| a.fed == a.prompt.len()).count();
+        let mut budget = max_rows.saturating_sub(decoding);
+        for (i, a) in active.iter_mut().enumerate() {
+            if a.fed < a.prompt.len() {
+                let n = budget.min(a.prompt.len() - a.fed);
+                if n == 0 {
+                    continue;
+                }
+                budget -= n;
+                if a.fed == 0 {
+                    self.starts.push(a.slot);
+                }
+                self.tokens.extend_from_slice(&a.prompt[a.fed..a.fed + n]);
+                self.slots.resize(self.slots.len() + n, a.slot);
+                a.fed += n;
+                if a.fed < a.prompt.len() {
+                    continue;
+                }
+            } else {
+                self.tokens.push(a.next);
+                self.slots.push(a.slot);
+            }
+            self.logit_rows.push(self.tokens.len() - 1);
+            self.picking.push(i);
+        }
+    }
+}
+
 /// One continuous-batching loop's state: `slots` KV-cache slots, the sequences decoding in
 /// them, and the step buffers. [`generate`] runs one per shard; a disaggregated rollout rank
 /// (`train::async_rl`) keeps one across batches and weight versions.
@@ -136,10 +187,7 @@ pub struct Slots {
     scratch: Vec<(f32, u32)>,
     free: Vec<usize>,
     active: Vec<Active>,
-    tokens: Vec<u32>,
-    slot_ids: Vec<usize>,
-    logit_rows: Vec<usize>,
-    sampling: Vec<usize>,
+    rows: StepRows,
 }
 
 impl Slots {
@@ -151,10 +199,7 @@ impl Slots {
             scratch: Vec::new(),
             free: (0..slots).rev().collect(),
             active: Vec::with_capacity(slots),
-            tokens: Vec::new(),
-            slot_ids: Vec::new(),
-            logit_rows: Vec::with_capacity(slots),
-            sampling: Vec::with_capacity(slots),
+            rows: StepRows::default(),
         }
     }
 
@@ -203,40 +248,12 @@ impl Slots {
         }
         let v = model.cfg.vocab_size;
         let max_len = self.cache.max_len;
-        let (tokens, slot_ids) = (&mut self.tokens, &mut self.slot_ids);
-        let (logit_rows, sampling) = (&mut self.logit_rows, &mut self.sampling);
-        // rows of this step: one per decoding request, then prompt chunks within the budget
-        tokens.clear();
-        slot_ids.clear();
-        logit_rows.clear();
-        sampling.clear();
-        let decoding = self.active.iter().filter(|a| a.fed == a.prompt.len()).count();
-        let mut budget = ROWS_PER_STEP.saturating_sub(decoding);
-        for (i, a) in self.active.iter_mut().enumerate() {
-            let prompt = &a.prompt;
-            if a.fed < prompt.len() {
-                let n = budget.min(prompt.len() - a.fed);
-                if n == 0 {
-                    continue;
-                }
-                budget -= n;
-                tokens.extend_from_slice(&prompt[a.fed..a.fed + n]);
-                slot_ids.resize(slot_ids.len() + n, a.slot);
-                a.fed += n;
-                if a.fed < prompt.len() {
-                    continue;
-                }
-            } else {
-                tokens.push(a.next);
-                slot_ids.push(a.slot);
-            }
-            logit_rows.push(tokens.len() - 1);
-            sampling.push(i);
-        }
+        let rows = &mut self.rows;
+        rows.plan(&mut self.active, ROWS_PER_STEP);
         let t_step = std::time::Instant::now();
-        model.forward_cached(weights, tokens, slot_ids, logit_rows, &mut self.cache, &mut self.buf)?;
+        model.forward_cached(weights, &rows.tokens, &rows.slots, &rows.logit_rows, &mut self.cache, &mut self.buf)?;
         let mut finished = false;
-        for (row, &i) in sampling.iter().enumerate() {
+        for (row, &i) in rows.picking.iter().enumerate() {
             let a = &mut self.active[i];
             let s = sample(&self.buf.logits[row * v..(row + 1) * v], &cfg.sampling, &mut a.rng, &mut self.scratch);
             a.next = s.token;
