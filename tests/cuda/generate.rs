@@ -3,7 +3,7 @@
 //! CPU sampler. The loop and the kernel's arithmetic are also checked on the host, over the CPU's
 //! decode step (those tests run everywhere).
 
-use super::{common::tiny_config, gpu};
+use super::{common::tiny_config, gpu, request_groups};
 use arbor::cuda::generate::{batch_loop, LoopStep};
 use arbor::cuda::sample::{emulate_row, emulate_truncated_row, truncates};
 use arbor::cuda::{Gpu, GpuDecoder};
@@ -22,15 +22,7 @@ fn case(temperature: f32) -> (Model, Vec<Request>, GenerateConfig) {
     let mut rng = Rng::new(5);
     let prompts: Vec<Vec<u32>> =
         [3usize, 7, 1, 12].iter().map(|&l| (0..l).map(|_| (rng.next_u64() % 13) as u32).collect()).collect();
-    let requests: Vec<Request> = (0..2u32)
-        .flat_map(|k| {
-            prompts.iter().enumerate().map(move |(i, p)| Request {
-                prompt_id: i as u64,
-                sample_index: k,
-                prompt: p.clone(),
-            })
-        })
-        .collect();
+    let requests = request_groups(&prompts, 2);
     let gen_cfg = GenerateConfig {
         sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: 20 },
         stop_tokens: vec![12],

@@ -97,6 +97,19 @@ fn gpu() -> Option<std::sync::Arc<Gpu>> {
     }
 }
 
+/// `samples` requests per prompt, grouped by sample index: (prompt i, sample k) for k, then i.
+fn request_groups(prompts: &[Vec<u32>], samples: u32) -> Vec<arbor::rollout::Request> {
+    (0..samples)
+        .flat_map(|k| {
+            prompts.iter().enumerate().map(move |(i, p)| arbor::rollout::Request {
+                prompt_id: i as u64,
+                sample_index: k,
+                prompt: p.clone(),
+            })
+        })
+        .collect()
+}
+
 fn rand(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
 }

@@ -4,7 +4,7 @@
 //! `device = "cuda"` and its resume. Without a GPU the engine's refusal is checked instead.
 
 use super::common::{metrics_without_clock, small_addition, small_default, tiny_config};
-use super::{close, gpu, gpu_required};
+use super::{close, gpu, gpu_required, request_groups};
 use arbor::config::{Device, RunConfig};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::parallel::Local;
@@ -32,16 +32,8 @@ fn policy() -> Model {
 
 /// 4 prompts × 4 samples at T = 1, up to 12 new tokens, stop token 12.
 fn rollout_case() -> (Vec<Request>, GenerateConfig) {
-    let prompts: [&[u32]; 4] = [&[1, 2, 3], &[4, 5, 6, 7, 8], &[9], &[10, 11, 0, 1, 2, 3]];
-    let requests = (0..4u32)
-        .flat_map(|k| {
-            prompts.iter().enumerate().map(move |(i, p)| Request {
-                prompt_id: i as u64,
-                sample_index: k,
-                prompt: p.to_vec(),
-            })
-        })
-        .collect();
+    let prompts = [vec![1, 2, 3], vec![4, 5, 6, 7, 8], vec![9], vec![10, 11, 0, 1, 2, 3]];
+    let requests = request_groups(&prompts, 4);
     let cfg = GenerateConfig {
         sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 12 },
         stop_tokens: vec![12],
