@@ -1,6 +1,6 @@
 // Small row-wise helpers of the model (CPU: src/tensor/cpu/ops.rs add_bias / bias_backward).
 //
-// ABI:
+// ABI (f32_to_bf16_n: at the end of the file):
 // add_bias_f32
 //   (float* out, const float* bias, int n, int c)
 //   out: [N, C] f32, bias: [C] f32.  out[i, j] += bias[j].
@@ -30,4 +30,14 @@ extern "C" __global__ void col_partial_f32(float* __restrict__ partial, const fl
     float s = 0.0f;
     for (int i = r0; i < r1; ++i) s += x[(long long)i * c + j];
     partial[(long long)p * c + j] = s;
+}
+
+// f32_to_bf16_n
+//   (unsigned short* out, const float* x, long long n)
+//   out[i] = bf16(x[i]) for i < n, round to nearest even (f32_to_bf16 of common.cuh): the operands of
+//   a "bf16" matrix product (src/cuda/gemm.rs).
+//   Launch: grid = (any, 1), block = 256 (grid-stride), no dynamic shared memory.
+extern "C" __global__ void f32_to_bf16_n(unsigned short* __restrict__ out, const float* __restrict__ x, long long n) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) out[i] = f32_to_bf16(x[i]);
 }

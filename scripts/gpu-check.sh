@@ -91,9 +91,13 @@ print(f"attention fwd+bwd: arbor {a['fwd_bwd_ms']:.2f} ms, torch SDPA {p['fwd_bw
 PY
 fi
 
-echo "== train step, Qwen2-0.5B shape (random weights)"
+echo "== train step, Qwen2-0.5B shape (random weights): f32, then tf32 and bf16 products ([train] dtype)"
 "$arbor" bench gpu --kind train-step --model-config configs/models/qwen2-0.5b-shape --batch 4 --seq 1024 \
     | tee "$out/train_step.json"
+for dt in tf32 bf16; do
+    "$arbor" bench gpu --kind train-step --dtype "$dt" --model-config configs/models/qwen2-0.5b-shape --batch 4 --seq 1024 \
+        | tee "$out/train_step_$dt.json"
+done
 echo "== greedy generation (device KV cache), bench-tiny and the 0.5B shape"
 "$arbor" bench gpu --kind generate --model-config configs/models/bench-tiny --batch 64 | tee "$out/generate_tiny.json"
 "$arbor" bench gpu --kind generate --model-config configs/models/qwen2-0.5b-shape --batch 64 --new-tokens 256 \
@@ -103,9 +107,16 @@ for b in 16 64 256; do
     "$arbor" bench gpu --kind generate --sample --model-config configs/models/qwen2-0.5b-shape --batch "$b" --warmup 1 --steps 2 \
         --new-tokens 64 | tee "$out/generate_sampled_0.5b_b$b.json"
 done
+echo "== the same with bf16 products (decoder weights rounded once per version), batch 16 / 256"
+for b in 16 256; do
+    "$arbor" bench gpu --kind generate --sample --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch "$b" \
+        --warmup 1 --steps 2 --new-tokens 64 | tee "$out/generate_sampled_0.5b_b${b}_bf16.json"
+done
 echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), the 0.5B shape"
 "$arbor" bench gpu --kind rl-step --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
     --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b.json"
+"$arbor" bench gpu --kind rl-step --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
+    --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16.json"
 if [ "${GPU_CHECK_PEERS:-1}" = "1" ] && python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
     echo "== PyTorch / transformers peers on the same GPU and shapes (f32 and bf16)"
     for dt in f32 bf16; do
@@ -127,6 +138,11 @@ def ratio(what, ours, peer):
     if a and p and a.get("tokens_per_s") and p.get("tokens_per_s"):
         print(f"{what}: arbor {a['tokens_per_s']:,.0f} tok/s, peer {p['tokens_per_s']:,.0f} tok/s "
               f"({p.get('dtype')}), arbor = {a['tokens_per_s'] / p['tokens_per_s']:.2f}x ({p.get('device')})")
+for ours in ("tf32", "bf16"):
+    ratio(f"train step 0.5B 4x1024, arbor {ours} products vs torch bf16", f"train_step_{ours}.json", "peer_train_step_bf16.json")
+for b in (16, 256):
+    ratio(f"sampled generation 0.5B batch {b}, arbor bf16 products vs transformers bf16",
+          f"generate_sampled_0.5b_b{b}_bf16.json", f"peer_generate_sampled_0.5b_b{b}_bf16.json")
 for dt in ("f32", "bf16"):
     ratio(f"train step 0.5B 4x1024 vs torch {dt}", "train_step.json", f"peer_train_step_{dt}.json")
     for b in (16, 64, 256):

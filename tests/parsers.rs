@@ -259,6 +259,9 @@ fn bad_config_values_name_file_key_and_value() {
         ("[train]\nbatch_size = \"four\"", "line", "four"),
         ("[data]\nkind = \"chess\"", "line", "chess"),
         ("[train]\nstepz = 3", "line", "stepz"),
+        // bf16/tf32 products are a GPU setting: the CPU computes in f32
+        ("[train]\ndtype = \"bf16\"", "train.dtype", "bf16"),
+        ("[train]\ndtype = \"fp8\"", "line", "fp8"),
     ];
     for (extra, key, value) in cases {
         let text = merge_toml(DEFAULT_CONFIG, extra);

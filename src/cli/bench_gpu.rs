@@ -57,12 +57,24 @@ pub struct GpuArgs {
     /// either way: only ids and log-probs cross to the host).
     #[arg(long)]
     pub sample: bool,
+    /// Operand type of the matrix products (`[train] dtype`): f32, tf32 or bf16 (f32 accumulation
+    /// either way); the attention bench ignores it.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: crate::config::Dtype,
     /// `--kind rl-step`: prompts per step.
     #[arg(long, default_value_t = 64)]
     pub prompts: usize,
     /// `--kind rl-step`: completions per prompt (the GRPO group).
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
+}
+
+fn parse_dtype(s: &str) -> Result<crate::config::Dtype, String> {
+    use crate::config::Dtype;
+    [Dtype::F32, Dtype::Tf32, Dtype::Bf16]
+        .into_iter()
+        .find(|d| d.name() == s)
+        .ok_or_else(|| format!("{s:?} is not f32, tf32 or bf16"))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -75,6 +87,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
     use crate::cuda::Gpu;
     anyhow::ensure!(args.batch > 0 && args.seq > 0 && args.steps > 0, "--batch, --seq and --steps must be positive");
     let gpu = std::sync::Arc::new(Gpu::new(0)?);
+    gpu.set_dtype(args.dtype);
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
@@ -149,7 +162,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
-        "dtype": "f32",
+        "dtype": gpu.dtype().name(),
         "decoding": if args.sample { "sampled, T = 1" } else { "greedy" },
         "batch": args.batch,
         "prompt_len": args.prompt_len,
@@ -201,7 +214,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
-        "dtype": "f32 (SGEMM)",
+        "dtype": gpu.dtype().name(),
         "params": cfg.num_params(),
         "batch": args.batch,
         "seq": args.seq,
@@ -274,7 +287,7 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
-        "dtype": "f32",
+        "dtype": "f32 (storage and arithmetic)",
         "batch": args.batch, "seq": args.seq, "heads": h, "kv_heads": kv, "head_dim": d,
         "fwd_ms": f * 1e3,
         "bwd_ms": b * 1e3,

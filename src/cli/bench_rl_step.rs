@@ -140,7 +140,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         "impl": "arbor-cuda",
         "kind": "rl-step",
         "device": gpu.describe(),
-        "dtype": "f32",
+        "dtype": gpu.dtype().name(),
         "params": cfg.num_params(),
         "prompts": args.prompts,
         "samples": args.samples,

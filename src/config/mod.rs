@@ -19,7 +19,7 @@ pub use plan::{AdvantageSource, RlPlan, RunPlan, Sampler, Schedule};
 pub use rl_section::RlSection;
 pub use run_config::RunConfig;
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use sections::{Device, ModelSection, ParallelSection, RunSection, TrainSection, Violation};
+pub use sections::{Compute, Device, Dtype, ModelSection, ParallelSection, RunSection, TrainSection, Violation};
 
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, ModelConfig};

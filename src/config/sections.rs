@@ -151,6 +151,10 @@ pub struct TrainSection {
     /// or "cuda" (one GPU per rank, `cuda::placement`; see `train::engine`).
     #[serde(default)]
     pub device: Device,
+    /// Operand type of the matrix products on the GPU ("f32", "tf32" or "bf16"); weights,
+    /// activations, gradients, AdamW moments and every accumulation stay f32 (see [`Dtype`]).
+    #[serde(default)]
+    pub dtype: Dtype,
     /// Steps in a row whose update may be skipped for a non-finite loss or gradient norm before
     /// the run stops (both phases; 0 = stop at the first).
     #[serde(default = "default_max_nonfinite")]
@@ -164,6 +168,43 @@ pub enum Device {
     #[default]
     Cpu,
     Cuda,
+}
+
+/// Where and how a run computes: `[train] device` and `dtype`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compute {
+    pub device: Device,
+    pub dtype: Dtype,
+}
+
+impl From<Device> for Compute {
+    /// `device` with exact f32 products.
+    fn from(device: Device) -> Compute {
+        Compute { device, dtype: Dtype::F32 }
+    }
+}
+
+/// Operand type of a run's matrix products (`[train] dtype`). Every product accumulates in f32 and
+/// writes f32; only its inputs are rounded: "f32" is exact (the reference, and the only choice on
+/// the CPU), "tf32" rounds them to TF32 (10-bit mantissa) inside cuBLAS, "bf16" rounds both
+/// operands to bf16 before a tensor-core GEMM (as PyTorch's autocast does for matmuls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    Tf32,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Tf32 => "tf32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
 }
 
 fn default_eval() -> usize {
@@ -201,6 +242,11 @@ fn default_log_every() -> u64 {
 }
 
 impl TrainSection {
+    /// The run's device and product dtype.
+    pub fn compute(&self) -> Compute {
+        Compute { device: self.device, dtype: self.dtype }
+    }
+
     /// Check the section's own values (whether `steps = 0` is allowed depends on `[rl]`: a rule).
     pub fn validate(&self) -> Result<(), Violation> {
         if self.batch_size == 0 {
@@ -227,6 +273,12 @@ impl TrainSection {
         }
         if self.device == Device::Cuda && !cfg!(feature = "cuda") {
             return bad("train.device", "\"cuda\": this arbor was built without the `cuda` feature".into());
+        }
+        if self.dtype != Dtype::F32 && self.device != Device::Cuda {
+            return bad(
+                "train.dtype",
+                format!("\"{}\" needs train.device = \"cuda\" (the CPU computes in f32)", self.dtype.name()),
+            );
         }
         Ok(())
     }

@@ -549,6 +549,7 @@ mod tests {
             ("rmsnorm", "colsum_add_f32"),
             ("elementwise", "add_bias_f32"),
             ("elementwise", "col_partial_f32"),
+            ("elementwise", "f32_to_bf16_n"),
             ("rope", "rope_f32"),
             ("attention_fwd", "attn_fwd_32_f32"),
             ("attention_fwd", "attn_fwd_64_f32"),

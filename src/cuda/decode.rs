@@ -8,6 +8,7 @@
 //! the device (cuda/sample.cu). Generation with continuous batching is built on it in
 //! cuda/generate.rs.
 
+use crate::config::Dtype;
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::sample::{sample_rows, SampleBufs};
@@ -16,7 +17,7 @@ use crate::model::decode_stack::{assign_positions, check_step, decode_stack, Dec
 use crate::model::Model;
 use crate::rollout::sampler::{Sampled, SamplingParams};
 use crate::tensor::{Backend, GemmShape};
-use cudarc::driver::{CudaSlice, DevicePtr};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
@@ -33,6 +34,9 @@ pub struct GpuKvCache {
 pub struct GpuDecoder {
     gpu: Arc<Gpu>,
     params: CudaSlice<f32>,
+    /// The weights rounded to bf16 when the device's products are "bf16" (rounded once per
+    /// weight version, so a token step reads 2 bytes per weight instead of rounding 4).
+    params16: Option<CudaSlice<u16>>,
     rope: GpuRope,
     bufs: StepBufs,
     sampling: SampleBufs,
@@ -100,16 +104,38 @@ impl GpuDecoder {
         let e = || gpu.empty();
         let bufs =
             StepBufs { x: e()?, ln: e()?, rstd: e()?, qkv: e()?, att: e()?, gate_up: e()?, act: e()?, logits: e()? };
-        Ok(GpuDecoder {
+        let mut dec = GpuDecoder {
             gpu: gpu.clone(),
             params: gpu.upload(&model.params.data)?,
+            params16: None,
             rope: gpu.rope(&model.rope)?,
             bufs,
             sampling: SampleBufs::new(gpu, 1)?,
             positions: Vec::new(),
             next: Vec::new(),
             rows: None,
-        })
+        };
+        dec.round_weights()?;
+        Ok(dec)
+    }
+
+    /// Refresh the bf16 image of the weights (made or dropped as the device's dtype says).
+    fn round_weights(&mut self) -> Result<()> {
+        if self.gpu.dtype() != Dtype::Bf16 {
+            self.params16 = None;
+            return Ok(());
+        }
+        let n = self.params.len();
+        if self.params16.as_ref().is_none_or(|p| p.len() != n) {
+            self.params16 = Some(self.gpu.stream.alloc_zeros(n).map_err(drv("alloc"))?);
+        }
+        let st = &self.gpu.stream;
+        let x = self.params.device_ptr(st).0;
+        let out = match self.params16.as_mut() {
+            Some(p) => p.device_ptr_mut(st).0,
+            None => return Err(Error::device("decoder weights", "bf16 image missing")),
+        };
+        self.gpu.round_bf16(out, x, n)
     }
 
     /// Append `tokens[i]` to cache slot `slots[i]` (a slot's rows take its next positions in
@@ -196,6 +222,7 @@ impl GpuDecoder {
         let mut step = GpuStep {
             g,
             p: &self.params,
+            p16: self.params16.as_ref().map(|p| p.device_ptr(st).0),
             rope: &self.rope,
             bufs: bf,
             cache: &*cache,
@@ -219,7 +246,8 @@ impl GpuDecoder {
                 format!("{} for a model of {}", params.len(), self.params.len()),
             ));
         }
-        self.gpu.stream.memcpy_dtod(params, &mut self.params).map_err(drv("copy"))
+        self.gpu.stream.memcpy_dtod(params, &mut self.params).map_err(drv("copy"))?;
+        self.round_weights()
     }
 
     /// The device this decoder runs on.
@@ -244,6 +272,8 @@ pub struct StepInput<'a> {
 struct GpuStep<'a> {
     g: &'a Gpu,
     p: &'a CudaSlice<f32>,
+    /// Device address of the weights' bf16 image, when the products are "bf16".
+    p16: Option<u64>,
     rope: &'a GpuRope,
     bufs: &'a mut StepBufs,
     cache: &'a GpuKvCache,
@@ -304,8 +334,11 @@ impl DecodeDevice for GpuStep<'_> {
             Proj::Down(_) => (&mut b.x, &b.act),
             Proj::Head => (&mut b.logits, &b.ln),
         };
-        let w = Gpu::r(p, at..at + n * k);
-        g.matmul_nt(Gpu::m(out, 0..rows * n), Gpu::r(inp, 0..rows * k), w, GemmShape::new(rows, n, k), acc)?;
+        let (dst, src, shape) = (Gpu::m(out, 0..rows * n), Gpu::r(inp, 0..rows * k), GemmShape::new(rows, n, k));
+        match self.p16 {
+            Some(w16) => g.gemm_nt_bf16_weight(dst, src, w16 + 2 * at as u64, shape, acc)?,
+            None => g.matmul_nt(dst, src, Gpu::r(p, at..at + n * k), shape, acc)?,
+        }
         let bias = match proj {
             Proj::Qkv(l) => lay.layers[l].qkv_b,
             _ => None,

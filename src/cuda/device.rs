@@ -4,6 +4,7 @@
 //! event tracking is switched off). Kernels are compiled by NVRTC for the device's own
 //! architecture the first time a module is used and kept for the life of the process.
 
+use crate::config::Dtype;
 use crate::cuda::nvrtc;
 use crate::error::{Error, Result};
 use cudarc::cublas::CudaBlas;
@@ -13,6 +14,7 @@ use cudarc::driver::{
     DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shared memory a block may use without raising the function's attribute.
@@ -41,6 +43,10 @@ pub struct Gpu {
     /// Reused f32 scratch of the column-sum passes (grown on demand, never shrunk), so a training
     /// step allocates nothing.
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// Operand type of the matrix products (`[train] dtype`, [`Gpu::set_dtype`]).
+    dtype: AtomicU8,
+    /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
+    pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
 }
 
 pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -106,17 +112,38 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
+            dtype: AtomicU8::new(Dtype::F32 as u8),
+            bf16_scratch: Mutex::new(None),
         })
     }
 
-    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)".
+    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)", with ", bf16 products" (or tf32) when the
+    /// products do not take exact f32 operands.
     pub fn describe(&self) -> String {
-        format!("cuda:{} ({}, {})", self.ordinal, self.name, self.arch)
+        let products = match self.dtype() {
+            Dtype::F32 => String::new(),
+            d => format!(", {} products", d.name()),
+        };
+        format!("cuda:{} ({}, {}{products})", self.ordinal, self.name, self.arch)
     }
 
     /// The stream every operation of this device runs on (for callers managing their own buffers).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// The operand type of every matrix product from now on (training, decoding, statistics).
+    pub fn set_dtype(&self, dtype: Dtype) {
+        self.dtype.store(dtype as u8, Ordering::Relaxed);
+    }
+
+    /// The operand type of the matrix products.
+    pub fn dtype(&self) -> Dtype {
+        match self.dtype.load(Ordering::Relaxed) {
+            x if x == Dtype::Tf32 as u8 => Dtype::Tf32,
+            x if x == Dtype::Bf16 as u8 => Dtype::Bf16,
+            _ => Dtype::F32,
+        }
     }
 
     /// Streaming multiprocessors.

@@ -1,11 +1,14 @@
-//! cuBLAS SGEMM for the row-major products of the model.
+//! cuBLAS products for the row-major matrices of the model: SGEMM, or GemmEx with TF32 or bf16
+//! operands as `[train] dtype` asks (f32 accumulation and result either way).
 
-use crate::cuda::device::{drv, int, Gpu};
+use crate::config::Dtype;
+use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::error::{Error, Result};
 use crate::tensor::shape::GemmShape;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 
 /// A row-major product as one column-major cuBLAS call: C[m, n] (+)= op(A)·op(B) is computed
 /// as Cᵀ[n, m] = op'(B)·op'(A), since a row-major matrix read column-major is its transpose.
@@ -44,8 +47,10 @@ pub fn gemm_plan(kind: GemmKind, m: usize, n: usize, k: usize) -> GemmPlan {
 }
 
 impl Gpu {
-    /// C (+)= op(A)·op(B) in f32 through cuBLAS SGEMM; shapes and row-major layouts as
-    /// [`GemmKind`].
+    /// C (+)= op(A)·op(B) with f32 operands and result, f32 accumulation; shapes and row-major
+    /// layouts as [`GemmKind`]. The operands enter the product as the device's [`Gpu::dtype`]
+    /// says: exactly (SGEMM), rounded to TF32 inside cuBLAS, or rounded to bf16 by
+    /// `f32_to_bf16_n` into a reused scratch before a bf16 tensor-core GEMM.
     pub(crate) fn gemm(
         &self,
         mut c: CudaViewMut<'_, f32>,
@@ -68,6 +73,85 @@ impl Gpu {
         if a.len() < m * k || b.len() < n * k || c.len() < m * n {
             return Err(Error::shape(format!("GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
         }
+        match self.dtype() {
+            Dtype::F32 => self.sgemm(c, a, b, kind, shape, acc),
+            Dtype::Tf32 => {
+                let (cp, ap, bp) = (self.pm(&mut c), self.pr(&a), self.pr(&b));
+                let ops = ExOperands { c: cp, c_type: R_32F, a: ap, b: bp, ab_type: R_32F, compute: TF32 };
+                self.gemm_ex(ops, kind, shape, acc)
+            }
+            Dtype::Bf16 => {
+                let (cp, ap, bp) = (self.pm(&mut c), self.pr(&a), self.pr(&b));
+                self.gemm_rounded(cp, ap, Operand::F32(bp), kind, shape, acc)
+            }
+        }
+    }
+
+    /// C (+)= A·Bᵀ ([`GemmKind::Nt`]) with f32 A and C, and B already rounded to bf16: `b16` is
+    /// the device address of its n·k bf16 elements (a decoder's weight image, rounded once per
+    /// weight version). A is rounded now; f32 accumulation.
+    pub fn gemm_nt_bf16_weight(
+        &self,
+        mut c: CudaViewMut<'_, f32>,
+        a: CudaView<'_, f32>,
+        b16: u64,
+        shape: GemmShape,
+        acc: bool,
+    ) -> Result<()> {
+        let GemmShape { m, n, k } = shape;
+        if m == 0 || n == 0 || k == 0 || a.len() < m * k || c.len() < m * n || b16 == 0 {
+            return Err(Error::shape(
+                format!("bf16-weight GEMM {m}x{n}x{k}"),
+                "empty shape or operand views too short",
+            ));
+        }
+        let (cp, ap) = (self.pm(&mut c), self.pr(&a));
+        self.gemm_rounded(cp, ap, Operand::Bf16(b16), GemmKind::Nt, shape, acc)
+    }
+
+    /// A "bf16" product: A (f32 at `a`, m·k elements) is rounded into the scratch, B too unless it
+    /// is already bf16; then one bf16 tensor-core GEMM into the f32 C at `c`.
+    fn gemm_rounded(&self, c: u64, a: u64, b: Operand, kind: GemmKind, shape: GemmShape, acc: bool) -> Result<()> {
+        let GemmShape { m, n, k } = shape;
+        let mut guard = self.bf16_scratch.lock().map_err(|_| Error::device("CUDA scratch", "poisoned"))?;
+        let b_at = (m * k).next_multiple_of(BF16_ALIGN);
+        let need = b_at + if matches!(b, Operand::F32(_)) { n * k } else { 0 };
+        if guard.as_ref().is_none_or(|s| s.len() < need) {
+            *guard = Some(self.stream.alloc_zeros(need).map_err(drv("alloc"))?);
+        }
+        let scratch = guard.as_mut().ok_or_else(|| Error::device("CUDA scratch", "missing"))?;
+        let base = scratch.device_ptr_mut(&self.stream).0;
+        self.round_bf16(base, a, m * k)?;
+        let b16 = match b {
+            Operand::F32(bp) => {
+                let at = base + 2 * b_at as u64;
+                self.round_bf16(at, bp, n * k)?;
+                at
+            }
+            Operand::Bf16(bp) => bp,
+        };
+        let ops = ExOperands { c, c_type: R_32F, a: base, b: b16, ab_type: R_16BF, compute: F32 };
+        self.gemm_ex(ops, kind, shape, acc)
+    }
+
+    /// `out[i] = bf16(x[i])` (round to nearest even) for `n` elements at device addresses.
+    pub(crate) fn round_bf16(&self, out: u64, x: u64, n: usize) -> Result<()> {
+        let blocks = n.div_ceil(256).min(self.sms() as usize * 16).max(1) as u32;
+        let args = [Arg::P(out), Arg::P(x), Arg::L(n as i64)];
+        self.launch("elementwise", "f32_to_bf16_n", (blocks, 1, 1), (256, 1, 1), 0, &args)
+    }
+
+    /// The exact f32 product (cuBLAS SGEMM; views checked by [`Gpu::gemm`]).
+    fn sgemm(
+        &self,
+        mut c: CudaViewMut<'_, f32>,
+        a: CudaView<'_, f32>,
+        b: CudaView<'_, f32>,
+        kind: GemmKind,
+        shape: GemmShape,
+        acc: bool,
+    ) -> Result<()> {
+        let GemmShape { m, n, k } = shape;
         let p = gemm_plan(kind, m, n, k);
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         let cfg = GemmConfig {
@@ -82,11 +166,72 @@ impl Gpu {
             beta: if acc { 1.0 } else { 0.0 },
             ldc: int(n, "gemm ldc")?,
         };
-        // SAFETY: the views hold at least m·k, n·k and m·n elements (checked above), matching
-        // the leading dimensions of the plan.
+        // SAFETY: the views hold at least m·k, n·k and m·n elements (checked by the caller),
+        // matching the leading dimensions of the plan.
         unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| Error::device("cuBLAS SGEMM", format!("{e:?}")))
     }
+
+    /// One cublasGemmEx call for the row-major product of `kind` (see [`GemmPlan`]): the caller
+    /// guarantees m·k, n·k and m·n elements of the operands' types behind the pointers.
+    fn gemm_ex(&self, ops: ExOperands, kind: GemmKind, shape: GemmShape, acc: bool) -> Result<()> {
+        let GemmShape { m, n, k } = shape;
+        let p = gemm_plan(kind, m, n, k);
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let (alpha, beta) = (1.0f32, if acc { 1.0f32 } else { 0.0 });
+        // SAFETY: the pointers hold at least m·k, n·k and m·n elements of their types on this
+        // context (the callers check or allocate them); the handle runs on `self.stream`, which
+        // orders every access.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op(p.trans_first),
+                op(p.trans_second),
+                int(n, "gemm n")?,
+                int(m, "gemm m")?,
+                int(k, "gemm k")?,
+                (&alpha) as *const f32 as *const _,
+                ops.b as *const _,
+                ops.ab_type,
+                int(p.ld_first, "gemm ld")?,
+                ops.a as *const _,
+                ops.ab_type,
+                int(p.ld_second, "gemm ld")?,
+                (&beta) as *const f32 as *const _,
+                ops.c as *mut _,
+                ops.c_type,
+                int(n, "gemm ldc")?,
+                ops.compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::device(format!("cuBLAS GemmEx ({kind:?} {m}x{n}x{k})"), format!("{e:?}")))
+    }
 }
+
+/// The second operand of a "bf16" product: f32 to round, or already bf16.
+#[derive(Debug, Clone, Copy)]
+enum Operand {
+    F32(u64),
+    Bf16(u64),
+}
+
+/// The device pointers and types of one cublasGemmEx call.
+struct ExOperands {
+    c: u64,
+    c_type: cudaDataType_t,
+    a: u64,
+    b: u64,
+    ab_type: cudaDataType_t,
+    compute: cublasComputeType_t,
+}
+
+const R_32F: cudaDataType_t = cudaDataType_t::CUDA_R_32F;
+const R_16BF: cudaDataType_t = cudaDataType_t::CUDA_R_16BF;
+const F32: cublasComputeType_t = cublasComputeType_t::CUBLAS_COMPUTE_32F;
+const TF32: cublasComputeType_t = cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32;
+/// The second bf16 operand starts on a multiple of this many elements (256 bytes), so both
+/// operands keep the alignment the tensor-core kernels want.
+const BF16_ALIGN: usize = 128;
 
 /// Storage type of a mixed-precision GEMM output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,48 +265,19 @@ impl Gpu {
     ) -> Result<()> {
         let GemmShape { m, n, k } = shape;
         let GemmOut { ptr: c, ty: out, len: c_len } = out;
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
-        use cudarc::driver::DevicePtr;
         if m == 0 || n == 0 || k == 0 {
             return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "empty shapes are not supported"));
         }
         if a.len() < m * k || b.len() < n * k || c_len < m * n || c == 0 {
             return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
         }
-        let p = gemm_plan(kind, m, n, k);
-        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let (alpha, beta) = (1.0f32, if acc { 1.0f32 } else { 0.0 });
         let c_type = match out {
-            OutType::F32 => cudaDataType_t::CUDA_R_32F,
-            OutType::Bf16 => cudaDataType_t::CUDA_R_16BF,
+            OutType::F32 => R_32F,
+            OutType::Bf16 => R_16BF,
         };
         let (bp, ap) = (b.device_ptr(&self.stream).0, a.device_ptr(&self.stream).0);
-        // SAFETY: the operands hold at least m·k, n·k and m·n elements of their types (checked
-        // above) on this context; the handle runs on `self.stream`, which orders every access.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                op(p.trans_first),
-                op(p.trans_second),
-                int(n, "gemm n")?,
-                int(m, "gemm m")?,
-                int(k, "gemm k")?,
-                (&alpha) as *const f32 as *const _,
-                bp as *const _,
-                cudaDataType_t::CUDA_R_16BF,
-                int(p.ld_first, "gemm ld")?,
-                ap as *const _,
-                cudaDataType_t::CUDA_R_16BF,
-                int(p.ld_second, "gemm ld")?,
-                (&beta) as *const f32 as *const _,
-                c as *mut _,
-                c_type,
-                int(n, "gemm ldc")?,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| Error::device("cuBLAS GemmEx (bf16)", format!("{e:?}")))
+        let ops = ExOperands { c, c_type, a: ap, b: bp, ab_type: R_16BF, compute: F32 };
+        self.gemm_ex(ops, kind, shape, acc)
     }
 }
 
@@ -185,6 +301,48 @@ mod tests {
                 c[i + j * ldc] = beta * c[i + j * ldc] + s as f32;
             }
         }
+    }
+
+    /// common.cuh's `f32_to_bf16` (what `f32_to_bf16_n` writes), step for step on the host.
+    fn f32_to_bf16_kernel(f: f32) -> u16 {
+        let mut u = f.to_bits();
+        if u & 0x7fff_ffff > 0x7f80_0000 {
+            return ((u >> 16) | 0x0040) as u16;
+        }
+        u = u.wrapping_add(0x7fff + ((u >> 16) & 1));
+        (u >> 16) as u16
+    }
+
+    /// The kernel's rounding of "bf16" product operands is IEEE round-to-nearest-even (the `half`
+    /// crate's, which PyTorch's bf16 conversion matches): ties to even, overflow to ±inf, NaN kept
+    /// NaN, subnormals and signed zeros; over special values and a million random bit patterns.
+    #[test]
+    fn operands_round_to_nearest_even_bf16() {
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::from_bits(0x3f80_8000), // 1 + 2^-8: a tie, rounds to even (down)
+            f32::from_bits(0x3f81_8000), // a tie that rounds up
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::from_bits(0x7f80_0001), // NaN with its payload in the low bits only
+        ];
+        let mut rng = crate::rng::Rng::new(5);
+        let randoms = (0..1_000_000).map(|_| f32::from_bits(rng.next_u64() as u32));
+        for x in specials.into_iter().chain(randoms) {
+            let (got, want) = (f32_to_bf16_kernel(x), half::bf16::from_f32(x));
+            if x.is_nan() {
+                assert!(half::bf16::from_bits(got).is_nan(), "{x:e} ({:#x}) did not stay NaN", x.to_bits());
+            } else {
+                assert_eq!(got, want.to_bits(), "{x:e} ({:#x})", x.to_bits());
+            }
+        }
+        assert_eq!(f32_to_bf16_kernel(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(f32_to_bf16_kernel(f32::from_bits(0x3f81_8000)), 0x3f82);
     }
 
     /// The plans, run through an emulated column-major SGEMM, equal the CPU's row-major products.

@@ -14,7 +14,7 @@
 //!   of a phase); the host sees token ids, log-probs, rewards and metrics.
 
 use crate::attention::stats::{SeqStats, SeqSteps, StatsConfig};
-use crate::config::Device;
+use crate::config::{Compute, Device, Dtype};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::{all_reduce_buckets, Comm};
@@ -36,13 +36,19 @@ impl Engine {
         Engine::Cpu { grads: Vec::new() }
     }
 
-    /// An engine for `device` holding `model`'s weights, for the data-parallel group `dp` (every
-    /// rank calls this together): a clear error where CUDA is unusable.
-    pub fn new(device: Device, model: &Model, dp: &dyn Comm) -> Result<Engine> {
+    /// An engine for `compute` (a [`Device`] alone means f32 products) holding `model`'s weights,
+    /// for the data-parallel group `dp` (every rank calls this together): a clear error where CUDA
+    /// is unusable.
+    pub fn new(compute: impl Into<Compute>, model: &Model, dp: &dyn Comm) -> Result<Engine> {
+        let Compute { device, dtype } = compute.into();
         match device {
+            Device::Cpu if dtype != Dtype::F32 => Err(Error::Invalid(format!(
+                "[train] dtype = \"{}\" needs device = \"cuda\" (the CPU computes in f32)",
+                dtype.name()
+            ))),
             Device::Cpu => Ok(Engine::cpu()),
             #[cfg(feature = "cuda")]
-            Device::Cuda => Ok(Engine::Cuda(Box::new(cuda::CudaEngine::new(model, dp)?))),
+            Device::Cuda => Ok(Engine::Cuda(Box::new(cuda::CudaEngine::new(model, dp, dtype)?))),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => {
                 let _ = (model, dp);
@@ -344,12 +350,14 @@ mod cuda {
     }
 
     impl CudaEngine {
-        pub fn new(model: &Model, dp: &dyn Comm) -> Result<Self> {
+        pub fn new(model: &Model, dp: &dyn Comm, dtype: crate::config::Dtype) -> Result<Self> {
             // (the driver is only called once it is known to load)
             super::probe(crate::config::Device::Cuda)?;
             let count = cudarc::driver::CudaContext::device_count().map_err(|e| unusable(format!("{e:?}")))?;
             let ordinal = crate::cuda::placement::this_process(count.max(0) as usize)?;
-            Self::on(Arc::new(Gpu::new(ordinal).map_err(unusable)?), model, dp)
+            let gpu = Gpu::new(ordinal).map_err(unusable)?;
+            gpu.set_dtype(dtype);
+            Self::on(Arc::new(gpu), model, dp)
         }
 
         pub fn on(gpu: Arc<Gpu>, model: &Model, dp: &dyn Comm) -> Result<Self> {

@@ -174,7 +174,7 @@ pub fn run_phase(
         let _ = writeln!(log, "{s}");
     };
     let mut ws = Workspace::new(&model.cfg, 0);
-    let mut engine = Engine::new(t.device, model, dp)?;
+    let mut engine = Engine::new(t.compute(), model, dp)?;
     engine.load(model, opt)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();

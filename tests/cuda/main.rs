@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod generate;
+mod precision;
 mod rl;
 
 use arbor::attention::{AttnSaved, AttnShape};

@@ -154,7 +154,7 @@ pub(crate) fn run_phase_with(
     let (dp, root) = (grid.dp.as_ref(), grid.is_root());
     let progress = Progress::new(rl.steps, "rl");
     let reference = reference_policy(model, ph, &start, grid)?;
-    let mut engine = Engine::new(cfg.train.device, model, dp)?;
+    let mut engine = Engine::new(cfg.train.compute(), model, dp)?;
     engine.load(model, opt)?;
     if engine.on_device() {
         progress.say(&mut *io.log, &format!("rl: generation and training on {}", engine.describe()));

@@ -1,0 +1,194 @@
+//! `[train] dtype` on the GPU: the matrix products take tf32 or bf16 operands (f32 accumulation
+//! and result), checked against the CPU's product of the same rounded operands; a bf16 train step
+//! and 50 bf16 supervised steps against f32; bf16 decode logits against the f32 decode.
+
+use super::common::{max_abs_diff, small_addition, tiny_config};
+use super::{batch, close, down, gpu, rand};
+use arbor::config::{Dtype, RunConfig};
+use arbor::cuda::gemm::GemmKind;
+use arbor::cuda::{Gpu, GpuDecoder, GpuModel};
+use arbor::model::{init::init_params, Arch, Model};
+use arbor::rng::Rng;
+use arbor::tensor::{Backend, Cpu, GemmShape};
+use arbor::train::job;
+
+/// The CPU computes in f32: an engine asked for bf16 or tf32 products there is refused, naming the
+/// key (a config is refused before that, by `train.dtype`'s check; this guards other callers).
+/// Runs everywhere.
+#[test]
+fn the_cpu_engine_refuses_rounded_products() {
+    use arbor::config::{Compute, Device};
+    use arbor::train::engine::Engine;
+    let cfg = tiny_config(Arch::Qwen2, false);
+    let model = Model::new(cfg.clone(), init_params(&cfg, 1, 0.5)).unwrap();
+    for dtype in [Dtype::Tf32, Dtype::Bf16] {
+        let compute = Compute { device: Device::Cpu, dtype };
+        let Err(err) = Engine::new(compute, &model, &arbor::parallel::Local) else { panic!("{dtype:?} on the CPU") };
+        let msg = err.to_string();
+        assert!(msg.contains("[train] dtype") && msg.contains(dtype.name()), "{msg}");
+    }
+    assert!(matches!(Engine::new(Device::Cpu, &model, &arbor::parallel::Local), Ok(Engine::Cpu { .. })));
+}
+
+fn round_bf16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
+}
+
+/// The CPU's exact product of the row-major operands.
+fn cpu_product(kind: GemmKind, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) {
+    match kind {
+        GemmKind::Nt => Cpu.matmul_nt(c, a, b, shape, acc),
+        GemmKind::Nn => Cpu.matmul_nn(c, a, b, shape, acc),
+        GemmKind::Tn => Cpu.matmul_tn(c, a, b, shape, acc),
+    }
+    .unwrap();
+}
+
+/// The backend's product on the GPU with the device's current dtype.
+fn gpu_product(g: &Gpu, kind: GemmKind, c0: &[f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Vec<f32> {
+    let (ag, bg, mut cg) = (g.upload(a).unwrap(), g.upload(b).unwrap(), g.upload(c0).unwrap());
+    let (cm, ar, br) = (Gpu::m(&mut cg, 0..c0.len()), Gpu::r(&ag, 0..a.len()), Gpu::r(&bg, 0..b.len()));
+    match kind {
+        GemmKind::Nt => g.matmul_nt(cm, ar, br, shape, acc),
+        GemmKind::Nn => g.matmul_nn(cm, ar, br, shape, acc),
+        GemmKind::Tn => g.matmul_tn(cm, ar, br, shape, acc),
+    }
+    .unwrap();
+    down(g, &cg, c0.len())
+}
+
+/// Each dtype's products on the three row-major layouts: f32 equals the CPU's exact product; bf16
+/// equals the CPU's product of the bf16-rounded operands (and visibly differs from the exact one:
+/// the rounding happened); tf32 lies between (within TF32's 2⁻¹¹ relative rounding of the exact
+/// product, not exact). A decoder's pre-rounded bf16 weight gives the bf16 product.
+#[test]
+fn products_take_their_operands_as_the_dtype_says() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(12);
+    let (m, n, k) = (70, 52, 256);
+    let shape = GemmShape::new(m, n, k);
+    for kind in [GemmKind::Nt, GemmKind::Nn, GemmKind::Tn] {
+        let (a, b, c0) = (rand(&mut rng, m * k), rand(&mut rng, n * k), rand(&mut rng, m * n));
+        for acc in [false, true] {
+            let mut exact = c0.clone();
+            cpu_product(kind, &mut exact, &a, &b, shape, acc);
+            let mut rounded = c0.clone();
+            cpu_product(kind, &mut rounded, &round_bf16(&a), &round_bf16(&b), shape, acc);
+            for dtype in [Dtype::F32, Dtype::Tf32, Dtype::Bf16] {
+                g.set_dtype(dtype);
+                let got = gpu_product(&g, kind, &c0, &a, &b, shape, acc);
+                let what = format!("{kind:?} acc={acc} {}", dtype.name());
+                let off = max_abs_diff(&got, &exact);
+                match dtype {
+                    Dtype::F32 => close(&what, &got, &exact, 1e-5),
+                    Dtype::Bf16 => {
+                        close(&what, &got, &rounded, 1e-4);
+                        assert!(off > 1e-3, "{what}: equals the exact product ({off}): operands not rounded");
+                    }
+                    Dtype::Tf32 => {
+                        close(&what, &got, &exact, 2e-3);
+                        assert!(off > 1e-5, "{what}: equals the exact product ({off}): not a TF32 product");
+                    }
+                }
+            }
+        }
+    }
+    // a weight already rounded to bf16 (the decoder's image), A rounded by the product
+    g.set_dtype(Dtype::Bf16);
+    let (a, w, c0) = (rand(&mut rng, m * k), rand(&mut rng, n * k), rand(&mut rng, m * n));
+    let want = gpu_product(&g, GemmKind::Nt, &c0, &a, &w, shape, true);
+    let bits: Vec<u16> = w.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+    let w16 = g.stream().clone_htod(&bits).unwrap();
+    let (ag, mut cg) = (g.upload(&a).unwrap(), g.upload(&c0).unwrap());
+    use cudarc::driver::DevicePtr;
+    let wp = w16.device_ptr(g.stream()).0;
+    g.gemm_nt_bf16_weight(Gpu::m(&mut cg, 0..m * n), Gpu::r(&ag, 0..m * k), wp, shape, true).unwrap();
+    close("Nt with a bf16 weight image", &down(&g, &cg, m * n), &want, 1e-6);
+}
+
+/// One bf16 forward + backward of a small model against f32 on the same GPU: the loss within 1 %,
+/// the gradient within 5 % (relative L2), and not equal (bf16 products were used).
+#[test]
+fn a_bf16_train_step_tracks_the_f32_step() {
+    let Some(g) = gpu() else { return };
+    let mut cfg = tiny_config(Arch::Qwen2, false);
+    (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) = (64, 128, 4, 2, 16);
+    cfg.vocab_size = 50;
+    let model = Model::new(cfg.clone(), init_params(&cfg, 3, 0.5)).unwrap();
+    let mut rng = Rng::new(9);
+    let b = batch(&mut rng, &[24, 17, 30], cfg.vocab_size as u32);
+    let n = b.len();
+    let dlogp = vec![-1.0 / n as f32; n];
+    let mut runs = Vec::new();
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        g.set_dtype(dtype);
+        let mut gm = GpuModel::new(g.clone(), &model).unwrap();
+        let (lp, _) = gm.forward(&model, &b).unwrap();
+        gm.backward(&model, &b, &dlogp, None).unwrap();
+        let loss = -lp.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        runs.push((loss, gm.grads().unwrap()));
+    }
+    let ((l32, g32), (l16, g16)) = (&runs[0], &runs[1]);
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: Vec<f32> = g16.iter().zip(g32).map(|(a, b)| a - b).collect();
+    let rel = norm(&diff) / norm(g32);
+    println!("loss f32 {l32:.6} bf16 {l16:.6}; gradient relative L2 difference {rel:.3e}");
+    assert!((l16 - l32).abs() <= 0.01 * l32.abs(), "bf16 loss {l16} vs f32 {l32}");
+    assert!(rel <= 5e-2, "bf16 gradient differs from f32 by {rel} (relative L2)");
+    assert!(rel > 0.0, "the bf16 step equals the f32 step bit for bit: bf16 products were not used");
+}
+
+/// 50 supervised steps of the addition job with `dtype = "bf16"` (and "tf32") follow the f32 run's
+/// loss curve on the same GPU within 2 % at every step.
+#[test]
+fn bf16_supervised_training_tracks_the_f32_loss_curve() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dtype: &str| {
+        let text =
+            small_addition(50).replace("[train]\n", &format!("[train]\ndevice = \"cuda\"\ndtype = \"{dtype}\"\n"));
+        let mut cfg = RunConfig::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        cfg.run.out_dir = dir.path().join(dtype);
+        job::run(&cfg, None, &mut Vec::new()).unwrap().losses
+    };
+    let f32_losses = run("f32");
+    assert_eq!(f32_losses.len(), 50);
+    assert!(f32_losses[49] < f32_losses[0], "the f32 run did not learn: {f32_losses:?}");
+    for dtype in ["bf16", "tf32"] {
+        let losses = run(dtype);
+        let worst = losses.iter().zip(&f32_losses).map(|(a, b)| (a - b).abs() / b.abs()).fold(0.0f64, f64::max);
+        println!(
+            "{dtype}: last loss {:.5} (f32 {:.5}), largest relative step difference {worst:.3e}",
+            losses[49], f32_losses[49]
+        );
+        assert!(worst <= 0.02, "{dtype} loss curve leaves f32's by {worst}");
+    }
+}
+
+/// The decoder with bf16 products (weights rounded once into an image) against the f32 decoder:
+/// the logits of a prefill and three decode steps within 2 % of their scale, not bit-identical.
+#[test]
+fn bf16_decode_logits_track_the_f32_decode() {
+    let Some(g) = gpu() else { return };
+    let mut cfg = tiny_config(Arch::Llama, false);
+    (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim) = (64, 96, 16);
+    cfg.vocab_size = 40;
+    cfg.max_position_embeddings = 64;
+    let model = Model::new(cfg.clone(), init_params(&cfg, 5, 1.0)).unwrap();
+    let prompt: Vec<u32> = vec![3, 14, 15, 9, 2, 6];
+    let mut logits = Vec::new();
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        g.set_dtype(dtype);
+        let mut dec = GpuDecoder::new(&g, &model).unwrap();
+        let mut cache = arbor::cuda::GpuKvCache::new(&g, &model, 1, 32).unwrap();
+        let mut all = dec.step(&model, &prompt, &vec![0; prompt.len()], &mut cache).unwrap();
+        for t in [7u32, 1, 33] {
+            all.extend(dec.step(&model, &[t], &[0], &mut cache).unwrap());
+        }
+        logits.push(all);
+    }
+    close("bf16 decode logits vs f32", &logits[1], &logits[0], 2e-2);
+    assert!(max_abs_diff(&logits[1], &logits[0]) > 0.0, "bf16 decode equals f32 bit for bit: no bf16 products");
+}
