@@ -58,7 +58,7 @@ pub struct GpuArgs {
     #[arg(long)]
     pub sample: bool,
     /// Operand type of the matrix products (`[train] dtype`): f32, tf32 or bf16 (f32 accumulation
-    /// either way); the attention bench ignores it.
+    /// either way). `--kind attention` with bf16: the tensor-core forward (the backward is f32).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: crate::config::Dtype,
     /// `--kind rl-step`: prompts per step.
@@ -287,7 +287,10 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
-        "dtype": "f32 (storage and arithmetic)",
+        "dtype": match gpu.dtype() {
+            crate::config::Dtype::Bf16 => "bf16 products in the forward (tensor cores), f32 backward",
+            _ => "f32",
+        },
         "batch": args.batch, "seq": args.seq, "heads": h, "kv_heads": kv, "head_dim": d,
         "fwd_ms": f * 1e3,
         "bwd_ms": b * 1e3,

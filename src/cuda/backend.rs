@@ -2,6 +2,7 @@
 //! SGEMM. Every method follows the CPU function of the same name (tests/cuda/ compares them).
 
 use crate::attention::{AttnSaved, AttnShape};
+use crate::config::Dtype;
 use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::cuda::gemm::GemmKind;
 use crate::error::{Error, Result};
@@ -347,7 +348,18 @@ impl Backend for Gpu {
             Arg::I(int(d, "head dim")?),
         ];
         let grid = (batch.max_len.div_ceil(64) as u32, h as u32, batch.n_seq as u32);
-        self.launch("attention_fwd", &format!("attn_fwd_{dm}_f32"), grid, (256, 1, 1), 192 * (dm + 1) * 4, &args)
+        match self.dtype() {
+            // bf16 products: the tensor-core kernel (attention_mma.cu; head dims up to 32 padded to 64)
+            Dtype::Bf16 => {
+                let dm = dm.max(64);
+                let smem = 3 * 64 * (dm + 8) * 2;
+                self.launch("attention_mma", &format!("attn_fwd_mma_{dm}"), grid, (128, 1, 1), smem, &args)
+            }
+            Dtype::F32 | Dtype::Tf32 => {
+                let smem = 192 * (dm + 1) * 4;
+                self.launch("attention_fwd", &format!("attn_fwd_{dm}_f32"), grid, (256, 1, 1), smem, &args)
+            }
+        }
     }
     fn attention_backward(
         &self,
@@ -554,6 +566,8 @@ mod tests {
             ("attention_fwd", "attn_fwd_32_f32"),
             ("attention_fwd", "attn_fwd_64_f32"),
             ("attention_fwd", "attn_fwd_128_f32"),
+            ("attention_mma", "attn_fwd_mma_64"),
+            ("attention_mma", "attn_fwd_mma_128"),
             ("attention_bwd", "attn_bwd_delta_f32"),
             ("attention_bwd", "attn_bwd_dkdv_64_f32"),
             ("attention_bwd", "attn_bwd_dq_128_f32"),

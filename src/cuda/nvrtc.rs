@@ -15,6 +15,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("adamw", include_str!("../../cuda/adamw.cu")),
     ("attention_bwd", include_str!("../../cuda/attention_bwd.cu")),
     ("attention_fwd", include_str!("../../cuda/attention_fwd.cu")),
+    ("attention_mma", include_str!("../../cuda/attention_mma.cu")),
     ("attn_stats", include_str!("../../cuda/attn_stats.cu")),
     ("decode_attention", include_str!("../../cuda/decode_attention.cu")),
     ("elementwise", include_str!("../../cuda/elementwise.cu")),

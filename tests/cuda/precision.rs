@@ -192,3 +192,45 @@ fn bf16_decode_logits_track_the_f32_decode() {
     close("bf16 decode logits vs f32", &logits[1], &logits[0], 2e-2);
     assert!(max_abs_diff(&logits[1], &logits[0]) > 0.0, "bf16 decode equals f32 bit for bit: no bf16 products");
 }
+
+/// With bf16 products the attention forward runs on the tensor cores (attention_mma.cu): it equals
+/// the CPU attention of the bf16-rounded q, k, v (the log-sum-exp within f32 rounding, the output
+/// within the bf16 rounding of the probabilities) over packed sequences that span several tiles,
+/// GQA, head dims 16 (padded to 64), 64 and 128.
+#[test]
+fn the_tensor_core_attention_forward_matches_the_cpu_on_rounded_inputs() {
+    use arbor::attention::AttnShape;
+    let Some(g) = gpu() else { return };
+    g.set_dtype(Dtype::Bf16);
+    let mut rng = Rng::new(23);
+    for (h, kv, d) in [(4, 2, 16), (8, 2, 64), (2, 1, 128)] {
+        let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
+        let b = batch(&mut rng, &[1, 70, 130, 3, 64], 10);
+        let n = b.len();
+        let stride = (h + 2 * kv) * d;
+        let qkv = rand(&mut rng, n * stride);
+        let (mut out, mut lse) = (vec![0.0; n * h * d], vec![0.0; n * h]);
+        let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
+        Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &round_bf16(&qkv), &b.packed(), shape).unwrap();
+        let dev = g.batch(b.packed()).unwrap();
+        let qg = g.upload(&qkv).unwrap();
+        // poisoned outputs: every element must be written
+        let (mut og, mut lg) =
+            (g.upload(&vec![f32::NAN; n * h * d]).unwrap(), g.upload(&vec![f32::NAN; n * h]).unwrap());
+        let sl = g.attn_scratch_len(shape, n);
+        let mut sg = g.upload(&vec![0.0; sl.max(1)]).unwrap();
+        g.attention_forward(
+            Gpu::m(&mut og, 0..n * h * d),
+            Gpu::m(&mut lg, 0..n * h),
+            Gpu::m(&mut sg, 0..sl),
+            Gpu::r(&qg, 0..n * stride),
+            &dev,
+            shape,
+        )
+        .unwrap();
+        let (got, got_lse) = (down(&g, &og, n * h * d), down(&g, &lg, n * h));
+        assert!(got.iter().chain(&got_lse).all(|x| x.is_finite()), "D={d}: unwritten or non-finite output");
+        close(&format!("mma attention D={d} lse"), &got_lse, &lse, 1e-4);
+        close(&format!("mma attention D={d} out"), &got, &out, 1e-2);
+    }
+}

@@ -1,0 +1,270 @@
+//! The warp-level tensor-core product of cuda/attention_mma.cu (`mma.sync.m16n8k16` with bf16
+//! operands and f32 accumulators) on the host, lane by lane, with the PTX ISA's fragment layout;
+//! and the attention kernel's algorithm over it, so that its tiling, masking, online softmax and
+//! fragment indexing are checked against the CPU attention without a GPU.
+
+/// One lane's A fragment (four registers of two bf16), B fragment (two registers) and C/D
+/// fragment (four f32) of a warp's m16n8k16 product.
+pub type FragA = [u32; 4];
+pub type FragB = [u32; 2];
+pub type FragC = [f32; 4];
+
+fn lo(r: u32) -> f32 {
+    half::bf16::from_bits(r as u16).to_f32()
+}
+
+fn hi(r: u32) -> f32 {
+    half::bf16::from_bits((r >> 16) as u16).to_f32()
+}
+
+/// Two f32 as one register of two bf16 (round to nearest even), `lo` in the low half.
+pub fn pack_bf16(lo: f32, hi: f32) -> u32 {
+    half::bf16::from_f32(lo).to_bits() as u32 | (half::bf16::from_f32(hi).to_bits() as u32) << 16
+}
+
+/// d += a · b for the 32 lanes of a warp: A is 16 × 16, B 16 × 8, D 16 × 8, each lane holding the
+/// elements the PTX ISA assigns it (lane = 4·gr + tg): A register 0 = row gr, columns 2tg and
+/// 2tg + 1; register 1 = row gr + 8; registers 2 and 3 the same rows at columns + 8. B register 0
+/// = rows (k) 2tg, 2tg + 1 of column gr; register 1 = rows + 8. D elements 0, 1 = row gr, columns
+/// 2tg, 2tg + 1; elements 2, 3 = row gr + 8.
+pub fn mma_16816(d: &mut [FragC; 32], a: &[FragA; 32], b: &[FragB; 32]) {
+    let (mut am, mut bm) = ([[0.0f32; 16]; 16], [[0.0f32; 8]; 16]);
+    for lane in 0..32 {
+        let (gr, tg) = (lane / 4, lane % 4);
+        for (reg, (row, col)) in
+            [(gr, 2 * tg), (gr + 8, 2 * tg), (gr, 2 * tg + 8), (gr + 8, 2 * tg + 8)].into_iter().enumerate()
+        {
+            am[row][col] = lo(a[lane][reg]);
+            am[row][col + 1] = hi(a[lane][reg]);
+        }
+        bm[2 * tg][gr] = lo(b[lane][0]);
+        bm[2 * tg + 1][gr] = hi(b[lane][0]);
+        bm[2 * tg + 8][gr] = lo(b[lane][1]);
+        bm[2 * tg + 9][gr] = hi(b[lane][1]);
+    }
+    for (lane, dl) in d.iter_mut().enumerate() {
+        let (gr, tg) = (lane / 4, lane % 4);
+        for (e, (row, col)) in
+            [(gr, 2 * tg), (gr, 2 * tg + 1), (gr + 8, 2 * tg), (gr + 8, 2 * tg + 1)].into_iter().enumerate()
+        {
+            // bf16 products are exact in f32; the hardware's summation order is unspecified
+            dl[e] += (0..16).map(|k| am[row][k] * bm[k][col]).sum::<f32>();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::AttnShape;
+    use crate::tensor::{Backend, Cpu};
+
+    const BQ: usize = 64;
+    const BK: usize = 64;
+
+    /// The packed q|k|v rows of a batch and where each sequence starts.
+    struct Case {
+        qkv: Vec<f32>,
+        cu: Vec<usize>,
+        shape: AttnShape,
+    }
+
+    fn bf16_bits(x: f32) -> u16 {
+        half::bf16::from_f32(x).to_bits()
+    }
+
+    /// Butterfly over the 4 lanes of a row group (`__shfl_xor_sync` with 1, then 2).
+    fn quad_reduce(x: &mut [f32; 32], f: impl Fn(f32, f32) -> f32) {
+        for mask in [1, 2] {
+            let y = *x;
+            for lane in 0..32 {
+                x[lane] = f(y[lane], y[lane ^ mask]);
+            }
+        }
+    }
+
+    /// attention_mma.cu's `attn_fwd_mma<DM>`, statement for statement: one block per (query tile
+    /// of 64, head, sequence), four warps of 16 rows, lanes as arrays. Returns (out, lse).
+    fn emulate(case: &Case, dm: usize) -> (Vec<f32>, Vec<f32>) {
+        let AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } = case.shape;
+        let stride = (nh + 2 * kvh) * hd;
+        let n = *case.cu.last().unwrap();
+        let (lds, nt_n, kd_n, no_n) = (dm + 8, BK / 8, dm / 16, dm / 8);
+        let (mut out, mut lse) = (vec![f32::NAN; n * nh * hd], vec![f32::NAN; n * nh]);
+        let sl2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
+        let load = |s: &mut Vec<u16>, off: usize, r0: usize, start: usize, len: usize| {
+            for r in 0..64 {
+                for d in 0..dm {
+                    let x = if r0 + r < len && d < hd { case.qkv[(start + r0 + r) * stride + off + d] } else { 0.0 };
+                    s[r * lds + d] = bf16_bits(x);
+                }
+            }
+        };
+        let word = |s: &[u16], at: usize| s[at] as u32 | (s[at + 1] as u32) << 16;
+        for seq in 0..case.cu.len() - 1 {
+            let (start, len) = (case.cu[seq], case.cu[seq + 1] - case.cu[seq]);
+            for h in 0..nh {
+                let g = h / (nh / kvh);
+                for q0 in (0..len).step_by(BQ) {
+                    let (mut qs, mut ks, mut vs) = (vec![0u16; BQ * lds], vec![0u16; BK * lds], vec![0u16; BK * lds]);
+                    load(&mut qs, h * hd, q0, start, len);
+                    for warp in 0..4 {
+                        let wr = warp * 16;
+                        let qa: Vec<[FragA; 32]> = (0..kd_n)
+                            .map(|kd| {
+                                std::array::from_fn(|lane| {
+                                    let (gr, tg) = (lane / 4, lane % 4);
+                                    let p0 = (wr + gr) * lds + kd * 16 + 2 * tg;
+                                    let p1 = p0 + 8 * lds;
+                                    [word(&qs, p0), word(&qs, p1), word(&qs, p0 + 8), word(&qs, p1 + 8)]
+                                })
+                            })
+                            .collect();
+                        let mut o = vec![[[0.0f32; 4]; 32]; no_n];
+                        let (mut m0, mut m1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
+                        let (mut l0, mut l1) = ([0.0f32; 32], [0.0f32; 32]);
+                        let row = |lane: usize, e: usize| q0 + wr + lane / 4 + if e < 2 { 0 } else { 8 };
+                        let kend = (q0 + BQ).min(len);
+                        for k0 in (0..kend).step_by(BK) {
+                            load(&mut ks, (nh + g) * hd, k0, start, len);
+                            load(&mut vs, (nh + kvh + g) * hd, k0, start, len);
+                            let mut s = vec![[[0.0f32; 4]; 32]; nt_n];
+                            for (nt, st) in s.iter_mut().enumerate() {
+                                for (kd, qf) in qa.iter().enumerate() {
+                                    let b: [FragB; 32] = std::array::from_fn(|lane| {
+                                        let kp = (nt * 8 + lane / 4) * lds + kd * 16 + 2 * (lane % 4);
+                                        [word(&ks, kp), word(&ks, kp + 8)]
+                                    });
+                                    mma_16816(st, qf, &b);
+                                }
+                            }
+                            let (mut mx0, mut mx1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
+                            for (nt, st) in s.iter_mut().enumerate() {
+                                for (lane, sl) in st.iter_mut().enumerate() {
+                                    for (e, se) in sl.iter_mut().enumerate() {
+                                        let j = k0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                                        let i = row(lane, e);
+                                        let x = if j <= i && j < len { *se * sl2 } else { f32::NEG_INFINITY };
+                                        *se = x;
+                                        let mx = if e < 2 { &mut mx0[lane] } else { &mut mx1[lane] };
+                                        *mx = mx.max(x);
+                                    }
+                                }
+                            }
+                            quad_reduce(&mut mx0, f32::max);
+                            quad_reduce(&mut mx1, f32::max);
+                            for lane in 0..32 {
+                                let (mn0, mn1) = (m0[lane].max(mx0[lane]), m1[lane].max(mx1[lane]));
+                                let c0 = if mn0 == f32::NEG_INFINITY { 1.0 } else { (m0[lane] - mn0).exp2() };
+                                let c1 = if mn1 == f32::NEG_INFINITY { 1.0 } else { (m1[lane] - mn1).exp2() };
+                                l0[lane] *= c0;
+                                l1[lane] *= c1;
+                                for on in o.iter_mut() {
+                                    on[lane][0] *= c0;
+                                    on[lane][1] *= c0;
+                                    on[lane][2] *= c1;
+                                    on[lane][3] *= c1;
+                                }
+                                for st in s.iter_mut() {
+                                    for (e, se) in st[lane].iter_mut().enumerate() {
+                                        let mn = if e < 2 { mn0 } else { mn1 };
+                                        let x = *se;
+                                        let p = if x == f32::NEG_INFINITY { 0.0 } else { (x - mn).exp2() };
+                                        *se = p;
+                                        if e < 2 {
+                                            l0[lane] += p
+                                        } else {
+                                            l1[lane] += p
+                                        }
+                                    }
+                                }
+                                (m0[lane], m1[lane]) = (mn0, mn1);
+                            }
+                            for kk in 0..BK / 16 {
+                                let a: [FragA; 32] = std::array::from_fn(|l| {
+                                    let (x, y) = (s[2 * kk][l], s[2 * kk + 1][l]);
+                                    [
+                                        pack_bf16(x[0], x[1]),
+                                        pack_bf16(x[2], x[3]),
+                                        pack_bf16(y[0], y[1]),
+                                        pack_bf16(y[2], y[3]),
+                                    ]
+                                });
+                                for (nn, on) in o.iter_mut().enumerate() {
+                                    let b: [FragB; 32] = std::array::from_fn(|lane| {
+                                        let c = (kk * 16 + 2 * (lane % 4)) * lds + lane / 4 + nn * 8;
+                                        let at = |r: usize| vs[c + r * lds] as u32;
+                                        [at(0) | at(1) << 16, at(8) | at(9) << 16]
+                                    });
+                                    mma_16816(on, &a, &b);
+                                }
+                            }
+                        }
+                        quad_reduce(&mut l0, |a, b| a + b);
+                        quad_reduce(&mut l1, |a, b| a + b);
+                        for lane in 0..32 {
+                            let tg = lane % 4;
+                            for (e2, (m, l)) in [(m0[lane], l0[lane]), (m1[lane], l1[lane])].into_iter().enumerate() {
+                                let i = row(lane, 2 * e2);
+                                if i >= len {
+                                    continue;
+                                }
+                                let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+                                if tg == 0 {
+                                    lse[(start + i) * nh + h] = (m + l.log2()) * std::f32::consts::LN_2;
+                                }
+                                for (nn, on) in o.iter().enumerate() {
+                                    let d = nn * 8 + 2 * tg;
+                                    for (dd, x) in [(d, on[lane][2 * e2]), (d + 1, on[lane][2 * e2 + 1])] {
+                                        if dd < hd {
+                                            out[(start + i) * nh * hd + h * hd + dd] = x * inv;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (out, lse)
+    }
+
+    /// The emulated tensor-core forward equals the CPU attention of the bf16-rounded q, k, v: the
+    /// log-sum-exp within f32 rounding, the output within the bf16 rounding of P (2⁻⁸ relative);
+    /// causal masking across several query and key tiles, GQA, head dims 16 (padded), 64 and 128,
+    /// packed sequences of 1 to 150 tokens; every output element written.
+    #[test]
+    fn the_tensor_core_forward_equals_the_cpu_attention_of_rounded_inputs() {
+        let mut rng = crate::rng::Rng::new(19);
+        for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 64, 64), (2, 2, 128, 128)] {
+            let shape = AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd };
+            let lens = [1usize, 150, 64, 70];
+            let mut cu = vec![0];
+            for l in lens {
+                cu.push(cu.last().unwrap() + l);
+            }
+            let n = *cu.last().unwrap();
+            let stride = (nh + 2 * kvh) * hd;
+            let qkv: Vec<f32> = (0..n * stride).map(|_| rng.normal() as f32).collect();
+            let case = Case { qkv, cu: cu.clone(), shape };
+            let (out, lse) = emulate(&case, dm);
+
+            let rounded: Vec<f32> = case.qkv.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+            let mut b = crate::model::Batch::new();
+            for l in lens {
+                b.push(&vec![0; l], &vec![0; l]).unwrap();
+            }
+            let (mut want, mut want_lse) = (vec![0.0; n * nh * hd], vec![0.0; n * nh]);
+            let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
+            Cpu.attention_forward(&mut want, &mut want_lse, &mut scratch, &rounded, &b.packed(), shape).unwrap();
+            assert!(out.iter().chain(&lse).all(|x| x.is_finite()), "head dim {hd}: an element was not written");
+            let err = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let (e_out, e_lse) = (err(&out, &want), err(&lse, &want_lse));
+            assert!(e_lse < 1e-4, "head dim {hd}: lse off by {e_lse}");
+            assert!(e_out < 1e-2, "head dim {hd}: output off by {e_out}");
+            // and the rounding of P is visible: not the f32 attention of the rounded inputs
+            assert!(e_out > 0.0, "head dim {hd}: P was not rounded");
+        }
+    }
+}
