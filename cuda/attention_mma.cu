@@ -48,6 +48,43 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Fragments from a row-major bf16 matrix S in shared memory (row stride lds), for lane (gr, tg):
+// the A fragment of its 16 x 16 block at (r0, c0).
+__device__ __forceinline__ void frag_a(unsigned int* a, const unsigned short* S, int lds, int r0, int c0, int gr,
+                                       int tg) {
+    const unsigned short* p0 = S + (r0 + gr) * lds + c0 + 2 * tg;
+    const unsigned short* p1 = p0 + 8 * lds;
+    a[0] = *(const unsigned int*)p0;
+    a[1] = *(const unsigned int*)p1;
+    a[2] = *(const unsigned int*)(p0 + 8);
+    a[3] = *(const unsigned int*)(p1 + 8);
+}
+
+// The B fragment (k x n = 16 x 8) that is the transpose of S's 8 x 16 block at (n0, c0): column n
+// of B is row n0 + n of S (S·Xᵀ products: K for Q·Kᵀ).
+__device__ __forceinline__ void frag_bt(unsigned int* b, const unsigned short* S, int lds, int n0, int c0, int gr,
+                                        int tg) {
+    const unsigned short* p = S + (n0 + gr) * lds + c0 + 2 * tg;
+    b[0] = *(const unsigned int*)p;
+    b[1] = *(const unsigned int*)(p + 8);
+}
+
+// The B fragment that is S's 16 x 8 block at (k0, n0) as it stands (P·V products: V).
+__device__ __forceinline__ void frag_b(unsigned int* b, const unsigned short* S, int lds, int k0, int n0, int gr,
+                                       int tg) {
+    const unsigned short* c = S + (k0 + 2 * tg) * lds + n0 + gr;
+    b[0] = (unsigned int)c[0] | ((unsigned int)c[lds] << 16);
+    b[1] = (unsigned int)c[8 * lds] | ((unsigned int)c[9 * lds] << 16);
+}
+
+// The A fragment of 16 columns held as two C fragments (columns 0..7 in lo, 8..15 in hi).
+__device__ __forceinline__ void c_to_a(unsigned int* a, const float* lo, const float* hi) {
+    a[0] = pack_bf16(lo[0], lo[1]);
+    a[1] = pack_bf16(lo[2], lo[3]);
+    a[2] = pack_bf16(hi[0], hi[1]);
+    a[3] = pack_bf16(hi[2], hi[3]);
+}
+
 // Rows [r0, r0 + rows) of x (row stride `stride`), rounded to bf16 into S ([rows][lds]); rows past
 // `len` and dims past `head_dim` are written as zeros.
 template <int DM>
@@ -93,14 +130,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     const int wr = warp * 16;
     unsigned int qa[KD][4];
 #pragma unroll
-    for (int kd = 0; kd < KD; ++kd) {
-        const unsigned short* p0 = Qs + (wr + gr) * LDS + kd * 16 + 2 * tg;
-        const unsigned short* p1 = p0 + 8 * LDS;
-        qa[kd][0] = *(const unsigned int*)p0;
-        qa[kd][1] = *(const unsigned int*)p1;
-        qa[kd][2] = *(const unsigned int*)(p0 + 8);
-        qa[kd][3] = *(const unsigned int*)(p1 + 8);
-    }
+    for (int kd = 0; kd < KD; ++kd) frag_a(qa[kd], Qs, LDS, wr, kd * 16, gr, tg);
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -121,8 +151,8 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
             for (int kd = 0; kd < KD; ++kd) {
-                const unsigned short* kp = Ks + (nt * 8 + gr) * LDS + kd * 16 + 2 * tg;
-                unsigned int b[2] = {*(const unsigned int*)kp, *(const unsigned int*)(kp + 8)};
+                unsigned int b[2];
+                frag_bt(b, Ks, LDS, nt * 8, kd * 16, gr, tg);
                 mma_16816(s[nt], qa[kd], b);
             }
         }
@@ -173,15 +203,12 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
         // O += P V, 16 keys per step: P's A fragment is two key tiles of S's C fragments
 #pragma unroll
         for (int kk = 0; kk < AM_BK / 16; ++kk) {
-            const unsigned int a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                                       pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                       pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const unsigned short* vp = Vs + (kk * 16 + 2 * tg) * LDS + gr;
+            unsigned int a[4];
+            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
-                const unsigned short* c = vp + n * 8;
-                const unsigned int b[2] = {(unsigned int)c[0] | ((unsigned int)c[LDS] << 16),
-                                           (unsigned int)c[8 * LDS] | ((unsigned int)c[9 * LDS] << 16)};
+                unsigned int b[2];
+                frag_b(b, Vs, LDS, kk * 16, n * 8, gr, tg);
                 mma_16816(o[n], a, b);
             }
         }
@@ -225,4 +252,287 @@ extern "C" __global__ void __launch_bounds__(128)
                      int kv_heads, int head_dim) {
     attn_fwd_mma<128>(out, out_stride, lse, q, q_stride, k, k_stride, v, v_stride, cu_seqlens, num_heads, kv_heads,
                       head_dim);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward on the tensor cores (bf16 products, f32 accumulation), deterministic (no atomics).
+//
+// ABI. The arguments, layouts and results of attention_bwd.cu's attn_bwd_dq_DM_f32 and
+// attn_bwd_dkdv_DM_f32 (run attn_bwd_delta_f32 first; f32 q, k, v, dout, lse, delta; dq, dk, dv
+// OVERWRITTEN with their own row strides), entries DM = 64 and 128:
+//
+// attn_bwd_dq_mma_{64,128}
+//   (float* dq, int dq_stride, const float* q, int q_stride, const float* k, int k_stride,
+//    const float* v, int v_stride, const float* dout, int dout_stride, const float* lse,
+//    const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim)
+//   Block = 64 query rows of one head of one sequence (16 per warp); loops over key blocks of 64
+//   up to the diagonal: S = Q·Kᵀ and dP = dO·Vᵀ on the tensor cores, P = exp(scale S - lse),
+//   dS = P (dP - delta) in registers, dQ += dS·K (dS's C fragments are its A fragments).
+//   Launch: grid = (ceil(max_seq_len / 64), num_heads, n_seq), block = 128,
+//   dynamic shared memory = 4 * 64 * (DM + 8) * 2 bytes (DM 64: 36864, 128: 69632).
+//
+// attn_bwd_dkdv_mma_{64,128}
+//   (float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
+//    const float* k, int k_stride, const float* v, int v_stride, const float* dout,
+//    int dout_stride, const float* lse, const float* delta, const int* cu_seqlens, int num_heads,
+//    int kv_heads, int head_dim)
+//   Block = 64 keys of one kv head of one sequence (16 per warp); loops over the group's query
+//   heads and over query blocks of 64 from the diagonal to the end: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ,
+//   Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q.
+//   Launch: grid = (ceil(max_seq_len / 64), kv_heads, n_seq), block = 128,
+//   dynamic shared memory = 4 * 64 * (DM + 8) * 2 + 2 * 64 * 4 bytes (DM 64: 37376, 128: 70144).
+
+template <int DM>
+__device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const float* __restrict__ q, int q_stride,
+                                const float* __restrict__ k, int k_stride, const float* __restrict__ v, int v_stride,
+                                const float* __restrict__ dout, int dout_stride, const float* __restrict__ lse,
+                                const float* __restrict__ delta, const int* __restrict__ cu_seqlens, int num_heads,
+                                int kv_heads, int head_dim) {
+    constexpr int LDS = DM + 8, NT = AM_BK / 8, KD = DM / 16, NO = DM / 8;
+    unsigned short* Qs = (unsigned short*)am_smem;
+    unsigned short* Os = Qs + AM_BQ * LDS;
+    unsigned short* Ks = Os + AM_BQ * LDS;
+    unsigned short* Vs = Ks + AM_BK * LDS;
+
+    const int seq = blockIdx.z, h = blockIdx.y;
+    const int start = cu_seqlens[seq];
+    const int len = cu_seqlens[seq + 1] - start;
+    const int q0 = blockIdx.x * AM_BQ;
+    if (q0 >= len) return;
+    const int g = h / (num_heads / kv_heads);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
+    const float scale = 1.0f / sqrtf((float)head_dim), log2e = 1.4426950408889634f, sl2 = scale * log2e;
+
+    load_rows_bf16<DM>(Qs, LDS, AM_BQ, q + (long long)start * q_stride + (long long)h * head_dim, q_stride, q0, len,
+                       head_dim);
+    load_rows_bf16<DM>(Os, LDS, AM_BQ, dout + (long long)start * dout_stride + (long long)h * head_dim, dout_stride,
+                       q0, len, head_dim);
+    const float* kb = k + (long long)start * k_stride + (long long)g * head_dim;
+    const float* vb = v + (long long)start * v_stride + (long long)g * head_dim;
+    const int wr = warp * 16;
+    const int i0 = q0 + wr + gr, i1 = i0 + 8;
+    const float L0 = i0 < len ? lse[(long long)(start + i0) * num_heads + h] * log2e : 0.0f;
+    const float L1 = i1 < len ? lse[(long long)(start + i1) * num_heads + h] * log2e : 0.0f;
+    const float D0 = i0 < len ? delta[(long long)(start + i0) * num_heads + h] : 0.0f;
+    const float D1 = i1 < len ? delta[(long long)(start + i1) * num_heads + h] : 0.0f;
+
+    float acc[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    const int kend = min(q0 + AM_BQ, len);
+    for (int k0 = 0; k0 < kend; k0 += AM_BK) {
+        __syncthreads();  // the previous key block is consumed (and Qs, Os written on the first pass)
+        load_rows_bf16<DM>(Ks, LDS, AM_BK, kb, k_stride, k0, len, head_dim);
+        load_rows_bf16<DM>(Vs, LDS, AM_BK, vb, v_stride, k0, len, head_dim);
+        __syncthreads();
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = dp[nt][0] = dp[nt][1] =
+            dp[nt][2] = dp[nt][3] = 0.0f;
+#pragma unroll
+        for (int kd = 0; kd < KD; ++kd) {
+            unsigned int qa[4], oa[4];
+            frag_a(qa, Qs, LDS, wr, kd * 16, gr, tg);
+            frag_a(oa, Os, LDS, wr, kd * 16, gr, tg);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                unsigned int b[2];
+                frag_bt(b, Ks, LDS, nt * 8, kd * 16, gr, tg);
+                mma_16816(s[nt], qa, b);
+                frag_bt(b, Vs, LDS, nt * 8, kd * 16, gr, tg);
+                mma_16816(dp[nt], oa, b);
+            }
+        }
+        // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int j = k0 + nt * 8 + 2 * tg + (e & 1);
+                const int i = e < 2 ? i0 : i1;
+                const float p = (j <= i && i < len) ? exp2f(s[nt][e] * sl2 - (e < 2 ? L0 : L1)) : 0.0f;
+                s[nt][e] = p * (dp[nt][e] - (e < 2 ? D0 : D1));
+            }
+        }
+        // dQ += dS K
+#pragma unroll
+        for (int kk = 0; kk < AM_BK / 16; ++kk) {
+            unsigned int a[4];
+            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                unsigned int b[2];
+                frag_b(b, Ks, LDS, kk * 16, n * 8, gr, tg);
+                mma_16816(acc[n], a, b);
+            }
+        }
+    }
+    float* db = dq + (long long)start * dq_stride + (long long)h * head_dim;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        const int d = n * 8 + 2 * tg;
+        if (i0 < len) {
+            float* r = db + (long long)i0 * dq_stride;
+            if (d < head_dim) r[d] = acc[n][0] * scale;
+            if (d + 1 < head_dim) r[d + 1] = acc[n][1] * scale;
+        }
+        if (i1 < len) {
+            float* r = db + (long long)i1 * dq_stride;
+            if (d < head_dim) r[d] = acc[n][2] * scale;
+            if (d + 1 < head_dim) r[d + 1] = acc[n][3] * scale;
+        }
+    }
+}
+
+template <int DM>
+__device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* __restrict__ dv, int dv_stride,
+                                  const float* __restrict__ q, int q_stride, const float* __restrict__ k, int k_stride,
+                                  const float* __restrict__ v, int v_stride, const float* __restrict__ dout,
+                                  int dout_stride, const float* __restrict__ lse, const float* __restrict__ delta,
+                                  const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+    constexpr int LDS = DM + 8, NT = AM_BQ / 8, KD = DM / 16, NO = DM / 8;
+    unsigned short* Ks = (unsigned short*)am_smem;
+    unsigned short* Vs = Ks + AM_BK * LDS;
+    unsigned short* Qs = Vs + AM_BK * LDS;
+    unsigned short* Os = Qs + AM_BQ * LDS;
+    float* Ls = (float*)(Os + AM_BQ * LDS);  // the query block's lse (base 2) and delta
+    float* Ds = Ls + AM_BQ;
+
+    const int seq = blockIdx.z, g = blockIdx.y;
+    const int start = cu_seqlens[seq];
+    const int len = cu_seqlens[seq + 1] - start;
+    const int k0 = blockIdx.x * AM_BK;
+    if (k0 >= len) return;
+    const int group = num_heads / kv_heads;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
+    const float scale = 1.0f / sqrtf((float)head_dim), log2e = 1.4426950408889634f, sl2 = scale * log2e;
+
+    load_rows_bf16<DM>(Ks, LDS, AM_BK, k + (long long)start * k_stride + (long long)g * head_dim, k_stride, k0, len,
+                       head_dim);
+    load_rows_bf16<DM>(Vs, LDS, AM_BK, v + (long long)start * v_stride + (long long)g * head_dim, v_stride, k0, len,
+                       head_dim);
+    const int wr = warp * 16;
+    const int j0 = k0 + wr + gr, j1 = j0 + 8;  // this lane's key rows
+    float dka[NO][4], dva[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = dva[n][0] = dva[n][1] = dva[n][2] =
+        dva[n][3] = 0.0f;
+    for (int hh = 0; hh < group; ++hh) {
+        const int h = g * group + hh;
+        const float* qb = q + (long long)start * q_stride + (long long)h * head_dim;
+        const float* ob = dout + (long long)start * dout_stride + (long long)h * head_dim;
+        for (int q0 = k0; q0 < len; q0 += AM_BQ) {
+            __syncthreads();  // the previous query block is consumed (and Ks, Vs written on the first pass)
+            load_rows_bf16<DM>(Qs, LDS, AM_BQ, qb, q_stride, q0, len, head_dim);
+            load_rows_bf16<DM>(Os, LDS, AM_BQ, ob, dout_stride, q0, len, head_dim);
+            if (threadIdx.x < AM_BQ) {
+                const int i = q0 + threadIdx.x;
+                const long long at = (long long)(start + i) * num_heads + h;
+                Ls[threadIdx.x] = i < len ? lse[at] * log2e : 0.0f;
+                Ds[threadIdx.x] = i < len ? delta[at] : 0.0f;
+            }
+            __syncthreads();
+            float st[NT][4], dpt[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = dpt[nt][0] = dpt[nt][1] =
+                dpt[nt][2] = dpt[nt][3] = 0.0f;
+#pragma unroll
+            for (int kd = 0; kd < KD; ++kd) {
+                unsigned int ka[4], va[4];
+                frag_a(ka, Ks, LDS, wr, kd * 16, gr, tg);
+                frag_a(va, Vs, LDS, wr, kd * 16, gr, tg);
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    unsigned int b[2];
+                    frag_bt(b, Qs, LDS, nt * 8, kd * 16, gr, tg);
+                    mma_16816(st[nt], ka, b);
+                    frag_bt(b, Os, LDS, nt * 8, kd * 16, gr, tg);
+                    mma_16816(dpt[nt], va, b);
+                }
+            }
+            // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int c = nt * 8 + 2 * tg + (e & 1);
+                    const int i = q0 + c;
+                    const int j = e < 2 ? j0 : j1;
+                    const float p = (j <= i && i < len) ? exp2f(st[nt][e] * sl2 - Ls[c]) : 0.0f;
+                    st[nt][e] = p;
+                    dpt[nt][e] = p * (dpt[nt][e] - Ds[c]);
+                }
+            }
+            // dV += Pᵀ dO, dK += dSᵀ Q
+#pragma unroll
+            for (int kk = 0; kk < AM_BQ / 16; ++kk) {
+                unsigned int pa[4], sa[4];
+                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+                    unsigned int b[2];
+                    frag_b(b, Os, LDS, kk * 16, n * 8, gr, tg);
+                    mma_16816(dva[n], pa, b);
+                    frag_b(b, Qs, LDS, kk * 16, n * 8, gr, tg);
+                    mma_16816(dka[n], sa, b);
+                }
+            }
+        }
+    }
+    float* dkb = dk + (long long)start * dk_stride + (long long)g * head_dim;
+    float* dvb = dv + (long long)start * dv_stride + (long long)g * head_dim;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        const int d = n * 8 + 2 * tg;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int j = half ? j1 : j0;
+            if (j >= len) continue;
+            float* rk = dkb + (long long)j * dk_stride;
+            float* rv = dvb + (long long)j * dv_stride;
+            if (d < head_dim) {
+                rk[d] = dka[n][2 * half] * scale;
+                rv[d] = dva[n][2 * half];
+            }
+            if (d + 1 < head_dim) {
+                rk[d + 1] = dka[n][2 * half + 1] * scale;
+                rv[d + 1] = dva[n][2 * half + 1];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dq_mma_64(float* dq, int dq_stride, const float* q, int q_stride, const float* k, int k_stride,
+                        const float* v, int v_stride, const float* dout, int dout_stride, const float* lse,
+                        const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+    attn_bwd_dq_mma<64>(dq, dq_stride, q, q_stride, k, k_stride, v, v_stride, dout, dout_stride, lse, delta,
+                         cu_seqlens, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dkdv_mma_64(float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
+                          const float* k, int k_stride, const float* v, int v_stride, const float* dout,
+                          int dout_stride, const float* lse, const float* delta, const int* cu_seqlens,
+                          int num_heads, int kv_heads, int head_dim) {
+    attn_bwd_dkdv_mma<64>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout, dout_stride,
+                           lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dq_mma_128(float* dq, int dq_stride, const float* q, int q_stride, const float* k, int k_stride,
+                        const float* v, int v_stride, const float* dout, int dout_stride, const float* lse,
+                        const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+    attn_bwd_dq_mma<128>(dq, dq_stride, q, q_stride, k, k_stride, v, v_stride, dout, dout_stride, lse, delta,
+                         cu_seqlens, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dkdv_mma_128(float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
+                          const float* k, int k_stride, const float* v, int v_stride, const float* dout,
+                          int dout_stride, const float* lse, const float* delta, const int* cu_seqlens,
+                          int num_heads, int kv_heads, int head_dim) {
+    attn_bwd_dkdv_mma<128>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout, dout_stride,
+                           lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
 }

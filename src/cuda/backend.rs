@@ -393,7 +393,6 @@ impl Backend for Gpu {
         let (q, g) = (self.pr(&qkv), self.pm(&mut dqkv));
         let (k_off, v_off) = ((h * d * 4) as u64, ((h + kv) * d * 4) as u64);
         let cu = self.ids_ptr(&batch.cu_seqlens, 0);
-        let smem = 192 * (dm + 1) * 4;
         let tiles = batch.max_len.div_ceil(64) as u32;
         let tail = [
             Arg::P(q),
@@ -411,26 +410,32 @@ impl Backend for Gpu {
             Arg::I(kvi),
             Arg::I(di),
         ];
+        // (module, dkdv entry, dq entry, threads, dkdv and dq shared memory)
+        let (module, dkdv, dq, threads, smem_kv, smem_q) = match self.dtype() {
+            // bf16 products: the tensor-core kernels of attention_mma.cu (head dims up to 32 padded to 64)
+            Dtype::Bf16 => {
+                let dm = dm.max(64);
+                let bytes = 4 * 64 * (dm + 8) * 2;
+                (
+                    "attention_mma",
+                    format!("attn_bwd_dkdv_mma_{dm}"),
+                    format!("attn_bwd_dq_mma_{dm}"),
+                    128,
+                    bytes + 512,
+                    bytes,
+                )
+            }
+            Dtype::F32 | Dtype::Tf32 => {
+                let smem = 192 * (dm + 1) * 4;
+                ("attention_bwd", format!("attn_bwd_dkdv_{dm}_f32"), format!("attn_bwd_dq_{dm}_f32"), 256, smem, smem)
+            }
+        };
         let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
         args.extend_from_slice(&tail);
-        self.launch(
-            "attention_bwd",
-            &format!("attn_bwd_dkdv_{dm}_f32"),
-            (tiles, kv as u32, batch.n_seq as u32),
-            (256, 1, 1),
-            smem,
-            &args,
-        )?;
+        self.launch(module, &dkdv, (tiles, kv as u32, batch.n_seq as u32), (threads, 1, 1), smem_kv, &args)?;
         let mut args = vec![Arg::P(g), Arg::I(stride)];
         args.extend_from_slice(&tail);
-        self.launch(
-            "attention_bwd",
-            &format!("attn_bwd_dq_{dm}_f32"),
-            (tiles, h as u32, batch.n_seq as u32),
-            (256, 1, 1),
-            smem,
-            &args,
-        )
+        self.launch(module, &dq, (tiles, h as u32, batch.n_seq as u32), (threads, 1, 1), smem_q, &args)
     }
     fn swiglu_forward(&self, mut act: Self::M<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()> {
         let n = act.len() / inter.max(1);
@@ -568,6 +573,8 @@ mod tests {
             ("attention_fwd", "attn_fwd_128_f32"),
             ("attention_mma", "attn_fwd_mma_64"),
             ("attention_mma", "attn_fwd_mma_128"),
+            ("attention_mma", "attn_bwd_dq_mma_64"),
+            ("attention_mma", "attn_bwd_dkdv_mma_128"),
             ("attention_bwd", "attn_bwd_delta_f32"),
             ("attention_bwd", "attn_bwd_dkdv_64_f32"),
             ("attention_bwd", "attn_bwd_dq_128_f32"),

@@ -53,6 +53,45 @@ pub fn mma_16816(d: &mut [FragC; 32], a: &[FragA; 32], b: &[FragB; 32]) {
     }
 }
 
+fn word(s: &[u16], at: usize) -> u32 {
+    s[at] as u32 | (s[at + 1] as u32) << 16
+}
+
+/// attention_mma.cu's `frag_a` for every lane: the A fragment of the 16 × 16 block at (r0, c0) of
+/// the row-major bf16 matrix `s` (row stride `lds`).
+pub fn frag_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
+    std::array::from_fn(|lane| {
+        let p0 = (r0 + lane / 4) * lds + c0 + 2 * (lane % 4);
+        let p1 = p0 + 8 * lds;
+        [word(s, p0), word(s, p1), word(s, p0 + 8), word(s, p1 + 8)]
+    })
+}
+
+/// `frag_bt`: the B fragment that is the transpose of the 8 × 16 block of `s` at (n0, c0).
+pub fn frag_bt(s: &[u16], lds: usize, n0: usize, c0: usize) -> [FragB; 32] {
+    std::array::from_fn(|lane| {
+        let p = (n0 + lane / 4) * lds + c0 + 2 * (lane % 4);
+        [word(s, p), word(s, p + 8)]
+    })
+}
+
+/// `frag_b`: the B fragment that is the 16 × 8 block of `s` at (k0, n0).
+pub fn frag_b(s: &[u16], lds: usize, k0: usize, n0: usize) -> [FragB; 32] {
+    std::array::from_fn(|lane| {
+        let c = (k0 + 2 * (lane % 4)) * lds + n0 + lane / 4;
+        let at = |r: usize| s[c + r * lds] as u32;
+        [at(0) | at(1) << 16, at(8) | at(9) << 16]
+    })
+}
+
+/// `c_to_a`: the A fragment of 16 columns held as two C fragments (columns 0..7, 8..15).
+pub fn c_to_a(lo: &[FragC; 32], hi: &[FragC; 32]) -> [FragA; 32] {
+    std::array::from_fn(|l| {
+        let (x, y) = (lo[l], hi[l]);
+        [pack_bf16(x[0], x[1]), pack_bf16(x[2], x[3]), pack_bf16(y[0], y[1]), pack_bf16(y[2], y[3])]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,7 +139,6 @@ mod tests {
                 }
             }
         };
-        let word = |s: &[u16], at: usize| s[at] as u32 | (s[at + 1] as u32) << 16;
         for seq in 0..case.cu.len() - 1 {
             let (start, len) = (case.cu[seq], case.cu[seq + 1] - case.cu[seq]);
             for h in 0..nh {
@@ -110,16 +148,7 @@ mod tests {
                     load(&mut qs, h * hd, q0, start, len);
                     for warp in 0..4 {
                         let wr = warp * 16;
-                        let qa: Vec<[FragA; 32]> = (0..kd_n)
-                            .map(|kd| {
-                                std::array::from_fn(|lane| {
-                                    let (gr, tg) = (lane / 4, lane % 4);
-                                    let p0 = (wr + gr) * lds + kd * 16 + 2 * tg;
-                                    let p1 = p0 + 8 * lds;
-                                    [word(&qs, p0), word(&qs, p1), word(&qs, p0 + 8), word(&qs, p1 + 8)]
-                                })
-                            })
-                            .collect();
+                        let qa: Vec<[FragA; 32]> = (0..kd_n).map(|kd| frag_a(&qs, lds, wr, kd * 16)).collect();
                         let mut o = vec![[[0.0f32; 4]; 32]; no_n];
                         let (mut m0, mut m1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
                         let (mut l0, mut l1) = ([0.0f32; 32], [0.0f32; 32]);
@@ -131,11 +160,7 @@ mod tests {
                             let mut s = vec![[[0.0f32; 4]; 32]; nt_n];
                             for (nt, st) in s.iter_mut().enumerate() {
                                 for (kd, qf) in qa.iter().enumerate() {
-                                    let b: [FragB; 32] = std::array::from_fn(|lane| {
-                                        let kp = (nt * 8 + lane / 4) * lds + kd * 16 + 2 * (lane % 4);
-                                        [word(&ks, kp), word(&ks, kp + 8)]
-                                    });
-                                    mma_16816(st, qf, &b);
+                                    mma_16816(st, qf, &frag_bt(&ks, lds, nt * 8, kd * 16));
                                 }
                             }
                             let (mut mx0, mut mx1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
@@ -265,6 +290,219 @@ mod tests {
             assert!(e_out < 1e-2, "head dim {hd}: output off by {e_out}");
             // and the rounding of P is visible: not the f32 attention of the rounded inputs
             assert!(e_out > 0.0, "head dim {hd}: P was not rounded");
+        }
+    }
+
+    /// `load_rows_bf16<DM>`: rows [r0, r0 + 64) of the sequence at `start` (row stride `stride`,
+    /// column offset `off`), rounded to bf16, zero past `len` and past `hd`.
+    #[allow(clippy::too_many_arguments)]
+    fn load_rows(
+        s: &mut [u16],
+        dm: usize,
+        src: &[f32],
+        stride: usize,
+        off: usize,
+        r0: usize,
+        (start, len): (usize, usize),
+        hd: usize,
+    ) {
+        let lds = dm + 8;
+        for r in 0..64 {
+            for d in 0..dm {
+                let x = if r0 + r < len && d < hd { src[(start + r0 + r) * stride + off + d] } else { 0.0 };
+                s[r * lds + d] = bf16_bits(x);
+            }
+        }
+    }
+
+    /// attention_mma.cu's `attn_bwd_dq_mma<DM>` and `attn_bwd_dkdv_mma<DM>` statement for
+    /// statement, after the f32 delta kernel: the packed dqkv ([N, (H + 2KV)·D], NaN where unwritten).
+    fn emulate_bwd(case: &Case, dm: usize, out: &[f32], lse: &[f32], dout: &[f32]) -> Vec<f32> {
+        let AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } = case.shape;
+        let stride = (nh + 2 * kvh) * hd;
+        let n = *case.cu.last().unwrap();
+        let (lds, nt_n, kd_n, no_n) = (dm + 8, 8, dm / 16, dm / 8);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (log2e, sl2) = (std::f32::consts::LOG2_E, std::f32::consts::LOG2_E / (hd as f32).sqrt());
+        let mut delta = vec![0.0f32; n * nh];
+        for t in 0..n {
+            for h in 0..nh {
+                let r = t * nh * hd + h * hd;
+                delta[t * nh + h] = (0..hd).map(|d| dout[r + d] * out[r + d]).sum();
+            }
+        }
+        let mut dqkv = vec![f32::NAN; n * stride];
+        let zero = || vec![[[0.0f32; 4]; 32]; no_n];
+        let row = |base: usize, lane: usize, e: usize| base + lane / 4 + if e < 2 { 0 } else { 8 };
+        for seq in 0..case.cu.len() - 1 {
+            let sl = (case.cu[seq], case.cu[seq + 1] - case.cu[seq]);
+            let (start, len) = sl;
+            let mut tiles = vec![vec![0u16; 64 * lds]; 4];
+            // dQ: blocks of 64 query rows of one head
+            for h in 0..nh {
+                let g = h / (nh / kvh);
+                for q0 in (0..len).step_by(64) {
+                    load_rows(&mut tiles[0], dm, &case.qkv, stride, h * hd, q0, sl, hd);
+                    load_rows(&mut tiles[1], dm, dout, nh * hd, h * hd, q0, sl, hd);
+                    for warp in 0..4 {
+                        let wr = warp * 16;
+                        let mut acc = zero();
+                        for k0 in (0..(q0 + 64).min(len)).step_by(64) {
+                            load_rows(&mut tiles[2], dm, &case.qkv, stride, (nh + g) * hd, k0, sl, hd);
+                            load_rows(&mut tiles[3], dm, &case.qkv, stride, (nh + kvh + g) * hd, k0, sl, hd);
+                            let (qs, os, ks, vs) = (&tiles[0], &tiles[1], &tiles[2], &tiles[3]);
+                            let (mut s, mut dp) = (vec![[[0.0f32; 4]; 32]; nt_n], vec![[[0.0f32; 4]; 32]; nt_n]);
+                            for kd in 0..kd_n {
+                                let (qa, oa) = (frag_a(qs, lds, wr, kd * 16), frag_a(os, lds, wr, kd * 16));
+                                for nt in 0..nt_n {
+                                    mma_16816(&mut s[nt], &qa, &frag_bt(ks, lds, nt * 8, kd * 16));
+                                    mma_16816(&mut dp[nt], &oa, &frag_bt(vs, lds, nt * 8, kd * 16));
+                                }
+                            }
+                            for nt in 0..nt_n {
+                                for lane in 0..32 {
+                                    for e in 0..4 {
+                                        let j = k0 + nt * 8 + 2 * (lane % 4) + (e & 1);
+                                        let i = row(q0 + wr, lane, e);
+                                        let (l, dl) = if i < len {
+                                            (lse[(start + i) * nh + h] * log2e, delta[(start + i) * nh + h])
+                                        } else {
+                                            (0.0, 0.0)
+                                        };
+                                        let p = if j <= i && i < len { (s[nt][lane][e] * sl2 - l).exp2() } else { 0.0 };
+                                        s[nt][lane][e] = p * (dp[nt][lane][e] - dl);
+                                    }
+                                }
+                            }
+                            for kk in 0..4 {
+                                let a = c_to_a(&s[2 * kk], &s[2 * kk + 1]);
+                                for (nn, an) in acc.iter_mut().enumerate() {
+                                    mma_16816(an, &a, &frag_b(ks, lds, kk * 16, nn * 8));
+                                }
+                            }
+                        }
+                        for lane in 0..32 {
+                            for e in 0..4 {
+                                let (i, d) = (row(q0 + wr, lane, e), (e & 1) + 2 * (lane % 4));
+                                for (nn, an) in acc.iter().enumerate() {
+                                    if i < len && nn * 8 + d < hd {
+                                        dqkv[(start + i) * stride + h * hd + nn * 8 + d] = an[lane][e] * scale;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // dK, dV: blocks of 64 keys of one kv head, over the group's heads and query blocks
+            for g in 0..kvh {
+                for k0 in (0..len).step_by(64) {
+                    load_rows(&mut tiles[0], dm, &case.qkv, stride, (nh + g) * hd, k0, sl, hd);
+                    load_rows(&mut tiles[1], dm, &case.qkv, stride, (nh + kvh + g) * hd, k0, sl, hd);
+                    let (mut dka, mut dva) = (vec![zero(); 4], vec![zero(); 4]);
+                    for hh in 0..nh / kvh {
+                        let h = g * (nh / kvh) + hh;
+                        for q0 in (k0..len).step_by(64) {
+                            load_rows(&mut tiles[2], dm, &case.qkv, stride, h * hd, q0, sl, hd);
+                            load_rows(&mut tiles[3], dm, dout, nh * hd, h * hd, q0, sl, hd);
+                            let at = |c: usize| (start + q0 + c) * nh + h;
+                            let ls: Vec<f32> =
+                                (0..64).map(|c| if q0 + c < len { lse[at(c)] * log2e } else { 0.0 }).collect();
+                            let ds: Vec<f32> = (0..64).map(|c| if q0 + c < len { delta[at(c)] } else { 0.0 }).collect();
+                            let (ks, vs, qs, os) = (&tiles[0], &tiles[1], &tiles[2], &tiles[3]);
+                            for warp in 0..4 {
+                                let wr = warp * 16;
+                                let (mut st, mut dpt) = (vec![[[0.0f32; 4]; 32]; nt_n], vec![[[0.0f32; 4]; 32]; nt_n]);
+                                for kd in 0..kd_n {
+                                    let (ka, va) = (frag_a(ks, lds, wr, kd * 16), frag_a(vs, lds, wr, kd * 16));
+                                    for nt in 0..nt_n {
+                                        mma_16816(&mut st[nt], &ka, &frag_bt(qs, lds, nt * 8, kd * 16));
+                                        mma_16816(&mut dpt[nt], &va, &frag_bt(os, lds, nt * 8, kd * 16));
+                                    }
+                                }
+                                for nt in 0..nt_n {
+                                    for lane in 0..32 {
+                                        for e in 0..4 {
+                                            let c = nt * 8 + 2 * (lane % 4) + (e & 1);
+                                            let (i, j) = (q0 + c, row(k0 + wr, lane, e));
+                                            let p = if j <= i && i < len {
+                                                (st[nt][lane][e] * sl2 - ls[c]).exp2()
+                                            } else {
+                                                0.0
+                                            };
+                                            st[nt][lane][e] = p;
+                                            dpt[nt][lane][e] = p * (dpt[nt][lane][e] - ds[c]);
+                                        }
+                                    }
+                                }
+                                for kk in 0..4 {
+                                    let (pa, sa) =
+                                        (c_to_a(&st[2 * kk], &st[2 * kk + 1]), c_to_a(&dpt[2 * kk], &dpt[2 * kk + 1]));
+                                    for nn in 0..no_n {
+                                        mma_16816(&mut dva[warp][nn], &pa, &frag_b(os, lds, kk * 16, nn * 8));
+                                        mma_16816(&mut dka[warp][nn], &sa, &frag_b(qs, lds, kk * 16, nn * 8));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for warp in 0..4 {
+                        for lane in 0..32 {
+                            for e in 0..4 {
+                                let (j, d) = (row(k0 + warp * 16, lane, e), (e & 1) + 2 * (lane % 4));
+                                for nn in 0..no_n {
+                                    if j < len && nn * 8 + d < hd {
+                                        let r = (start + j) * stride + nn * 8 + d;
+                                        dqkv[r + (nh + g) * hd] = dka[warp][nn][lane][e] * scale;
+                                        dqkv[r + (nh + kvh + g) * hd] = dva[warp][nn][lane][e];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dqkv
+    }
+
+    /// The emulated tensor-core backward (dQ by query blocks; dK, dV by key blocks summed over the
+    /// group's heads) equals the CPU backward of the bf16-rounded inputs within bf16 rounding, on
+    /// the shapes of the forward test; every element of dqkv written.
+    #[test]
+    fn the_tensor_core_backward_equals_the_cpu_backward_of_rounded_inputs() {
+        use crate::attention::AttnSaved;
+        let mut rng = crate::rng::Rng::new(29);
+        for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 64, 64), (4, 2, 128, 128)] {
+            let shape = AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd };
+            let lens = [1usize, 150, 64, 70];
+            let mut cu = vec![0];
+            for l in lens {
+                cu.push(cu.last().unwrap() + l);
+            }
+            let n = *cu.last().unwrap();
+            let stride = (nh + 2 * kvh) * hd;
+            let qkv: Vec<f32> = (0..n * stride).map(|_| rng.normal() as f32).collect();
+            let dout: Vec<f32> = (0..n * nh * hd).map(|_| rng.normal() as f32).collect();
+            let round = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+            let (rq, rdo) = (round(&qkv), round(&dout));
+            let mut b = crate::model::Batch::new();
+            for l in lens {
+                b.push(&vec![0; l], &vec![0; l]).unwrap();
+            }
+            let (mut out, mut lse) = (vec![0.0; n * nh * hd], vec![0.0; n * nh]);
+            let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
+            Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &rq, &b.packed(), shape).unwrap();
+            let mut want = vec![0.0; n * stride];
+            let saved = AttnSaved { qkv: &rq[..], out: &out[..], lse: &lse[..] };
+            Cpu.attention_backward(&mut want, &mut scratch, &rdo, saved, &b.packed(), shape).unwrap();
+            let case = Case { qkv, cu, shape };
+            let got = emulate_bwd(&case, dm, &out, &lse, &dout);
+            assert!(got.iter().all(|x| x.is_finite()), "head dim {hd}: an element of dqkv was not written");
+            let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+            let err = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            println!("head dim {hd}: dqkv max error {err:.3e} (scale {scale:.2})");
+            assert!(err < 2e-2 * scale, "head dim {hd}: dqkv off by {err} (scale {scale})");
         }
     }
 }
