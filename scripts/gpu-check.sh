@@ -175,6 +175,7 @@ if [ "${GPU_CHECK_COUNTDOWN:-1}" = "1" ]; then
     rm -rf "$out/runs"
 fi
 echo "gpu-check: results in $out/"
+python3 scripts/gpu_summary.py "$out" | tee "$out/summary.txt" || true
 if [ "$tests_rc" != 0 ]; then
     echo "gpu-check: some GPU tests FAILED (see $out/tests.txt)" >&2
     exit 1
