@@ -77,6 +77,8 @@ if grep -q "skipped: no CUDA device" "$out/tests.txt"; then
     exit 1
 fi
 
+echo "== the device's ceilings: copy bandwidth, product rate of each dtype at a 0.5B training shape"
+"$arbor" bench gpu --kind ceilings --batch 4 --seq 1024 | tee "$out/ceilings.json"
 echo "== attention fwd+bwd vs PyTorch SDPA"
 shape=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
 "$arbor" bench gpu --kind attention "${shape[@]}" | tee "$out/attention.json"

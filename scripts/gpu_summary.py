@@ -43,9 +43,12 @@ def main():
         fig = []
         for key, fmt in (("tokens_per_s", "{:,.0f} tok/s"), ("gen_tokens_per_s", "gen {:,.0f} tok/s"),
                          ("step_ms", "{:.1f} ms"), ("step_s", "step {:.2f} s"), ("fwd_bwd_ms", "fwd+bwd {:.3f} ms"),
-                         ("tflops", "{:.1f} TFLOP/s"), ("mfu", "MFU {:.1%}")):
+                         ("forward_ms", "fwd {:.1f}"), ("backward_ms", "bwd {:.1f}"), ("optimizer_ms", "opt {:.1f} ms"),
+                         ("tflops", "{:.1f} TFLOP/s"), ("mfu", "MFU {:.1%}"), ("copy_gb_per_s", "copy {:,.0f} GB/s")):
             if isinstance(j.get(key), (int, float)):
                 fig.append(fmt.format(j[key]))
+        if isinstance(j.get("gemm_tflops"), dict):
+            fig.append("GEMM " + ", ".join(f"{k} {v:.0f}" for k, v in j["gemm_tflops"].items()) + " TFLOP/s")
         rows.append(f"  {name[:-5]:<44} {j.get('impl', '?'):<14} {str(j.get('dtype', '')):<10.10} {', '.join(fig)}")
     if rows:
         lines.append("benchmarks (file, impl, dtype, figures):")

@@ -18,6 +18,9 @@ pub enum GpuBench {
     /// training in micro-batches of `--batch` sequences): generation, recompute, backward and
     /// optimizer seconds.
     RlStep,
+    /// The device's ceilings: copy bandwidth and the product rate of each dtype
+    /// (`cli::bench_ceilings`).
+    Ceilings,
 }
 
 /// Arguments of `arbor bench gpu`.
@@ -92,6 +95,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
         GpuBench::Generate => generate(&gpu, args),
+        GpuBench::Ceilings => crate::cli::bench_ceilings::ceilings(&gpu, args),
         GpuBench::RlStep => {
             let a = crate::cli::bench_rl_step::RlStepArgs {
                 model_config: args.model_config.clone(),
@@ -198,18 +202,28 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
     let dlogp = vec![-1.0 / n as f32; n];
     let mut gm = GpuModel::new(gpu.clone(), &model)?;
     let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
-    let mut times = Vec::new();
+    // each phase ends on the host (forward returns log-probs, AdamW the norm; the backward is
+    // synchronised), so the phase times add up to the step
+    let (mut times, mut phases) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();
         gm.zero_grads()?;
         gm.forward(&model, &batch)?;
+        let t1 = Instant::now();
         gm.backward(&model, &batch, &dlogp, None)?;
+        gpu.sync()?;
+        let t2 = Instant::now();
         gm.adamw_step(&mut opt, 1e-5, 1.0)?;
         if i >= args.warmup {
-            times.push(t.elapsed().as_secs_f64());
+            let end = Instant::now();
+            times.push((end - t).as_secs_f64());
+            for (p, d) in phases.iter_mut().zip([t1 - t, t2 - t1, end - t2]) {
+                p.push(d.as_secs_f64());
+            }
         }
     }
     let step_s = median(times);
+    let [fwd_s, bwd_s, opt_s] = phases.map(median);
     let flops = train_step_flops(&cfg, args.batch, args.seq);
     let line = serde_json::json!({
         "impl": "arbor-cuda",
@@ -219,6 +233,9 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         "batch": args.batch,
         "seq": args.seq,
         "step_ms": step_s * 1e3,
+        "forward_ms": fwd_s * 1e3,
+        "backward_ms": bwd_s * 1e3,
+        "optimizer_ms": opt_s * 1e3,
         "tokens_per_s": n as f64 / step_s,
         "tflops": flops / step_s / 1e12,
         "mfu": flops / step_s / 1e12 / args.peak_tflops,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_allreduce;
+pub mod bench_ceilings;
 pub mod bench_common;
 pub mod bench_env;
 pub mod bench_gpu;
