@@ -87,10 +87,13 @@ shape=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
 if python3 -c "import torch" 2>/dev/null; then
     python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype f32 | tee "$out/sdpa.json"
     python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype bf16 | tee "$out/sdpa_bf16.json"
+    python3 scripts/peer/sdpa_bench.py --batch 4 --seq 1024 --heads 16 --kv-heads 4 --head-dim 128 --dtype bf16 \
+        | tee "$out/sdpa_bf16_d128.json"
     python3 - "$out" <<'PY'
 import json, os, sys
 d = sys.argv[1]
-for ours, peer in (("attention.json", "sdpa.json"), ("attention_bf16.json", "sdpa_bf16.json")):
+for ours, peer in (("attention.json", "sdpa.json"), ("attention_bf16.json", "sdpa_bf16.json"),
+                   ("attention_bf16_d128.json", "sdpa_bf16_d128.json")):
     if not (os.path.exists(f"{d}/{ours}") and os.path.exists(f"{d}/{peer}")):
         continue
     a = json.load(open(f"{d}/{ours}")); p = json.load(open(f"{d}/{peer}"))
@@ -115,6 +118,9 @@ for b in 16 64 256; do
     "$arbor" bench gpu --kind generate --sample --model-config configs/models/qwen2-0.5b-shape --batch "$b" --warmup 1 --steps 2 \
         --new-tokens 64 | tee "$out/generate_sampled_0.5b_b$b.json"
 done
+echo "== greedy generation with bf16 products, the 0.5B shape, batch 256, 16 + 256 tokens"
+"$arbor" bench gpu --kind generate --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch 256 --new-tokens 256 \
+    --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16.json"
 echo "== the same with bf16 products (decoder weights rounded once per version), batch 16 / 256"
 for b in 16 256; do
     "$arbor" bench gpu --kind generate --sample --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch "$b" \

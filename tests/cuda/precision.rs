@@ -233,6 +233,10 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         assert!(got.iter().chain(&got_lse).all(|x| x.is_finite()), "D={d}: unwritten or non-finite output");
         close(&format!("mma attention D={d} lse"), &got_lse, &lse, 1e-4);
         close(&format!("mma attention D={d} out"), &got, &out, 1e-2);
+        // and against the f32 reference on the unrounded inputs, within bf16 tolerance
+        let (mut exact, mut exact_lse) = (vec![0.0; n * h * d], vec![0.0; n * h]);
+        Cpu.attention_forward(&mut exact, &mut exact_lse, &mut scratch, &qkv, &b.packed(), shape).unwrap();
+        close(&format!("mma attention D={d} out vs f32"), &got, &exact, 3e-2);
 
         let dout = rand(&mut rng, n * h * d);
         let mut want = vec![0.0; n * stride];
@@ -254,5 +258,9 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         let got = down(&g, &dq, n * stride);
         assert!(got.iter().all(|x| x.is_finite()), "D={d}: unwritten or non-finite dqkv");
         close(&format!("mma attention D={d} dqkv"), &got, &want, 2e-2);
+        let mut exact_d = vec![0.0; n * stride];
+        let saved = AttnSaved { qkv: &qkv[..], out: &exact[..], lse: &exact_lse[..] };
+        Cpu.attention_backward(&mut exact_d, &mut scratch, &dout, saved, &b.packed(), shape).unwrap();
+        close(&format!("mma attention D={d} dqkv vs f32"), &got, &exact_d, 4e-2);
     }
 }
