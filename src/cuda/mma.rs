@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn the_tensor_core_forward_equals_the_cpu_attention_of_rounded_inputs() {
         let mut rng = crate::rng::Rng::new(19);
-        for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 64, 64), (2, 2, 128, 128)] {
+        for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 30, 64), (2, 1, 64, 64), (2, 2, 128, 128)] {
             let shape = AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd };
             let lens = [1usize, 150, 64, 70];
             let mut cu = vec![0];
@@ -473,7 +473,7 @@ mod tests {
     fn the_tensor_core_backward_equals_the_cpu_backward_of_rounded_inputs() {
         use crate::attention::AttnSaved;
         let mut rng = crate::rng::Rng::new(29);
-        for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 64, 64), (4, 2, 128, 128)] {
+        for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 30, 64), (2, 1, 64, 64), (4, 2, 128, 128)] {
             let shape = AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd };
             let lens = [1usize, 150, 64, 70];
             let mut cu = vec![0];
