@@ -4,8 +4,17 @@
 //! 0.5B shape's gate/up projection by default: `--batch` × `--seq` rows, 4864 × 896), through the
 //! same `Gpu::gemm` the model uses (bf16: with its two operand roundings).
 
+/// What the ceilings bench takes from `arbor bench gpu`'s flags.
+pub struct CeilingArgs {
+    /// Rows of the product (`--batch` × `--seq`).
+    pub rows: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub seed: u64,
+}
+
 #[cfg(feature = "cuda")]
-pub fn ceilings(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &crate::cli::bench_gpu::GpuArgs) -> anyhow::Result<()> {
+pub fn ceilings(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &CeilingArgs) -> anyhow::Result<()> {
     use crate::cli::bench_common::median;
     use crate::config::Dtype;
     use crate::cuda::Gpu;
@@ -36,7 +45,7 @@ pub fn ceilings(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &crate::cli::bench
     let copy_gbs = 2.0 * (n * 4) as f64 / copy_s / 1e9;
     drop((src, dst));
 
-    let (m, nn, k) = (args.batch * args.seq, 4864, 896);
+    let (m, nn, k) = (args.rows, 4864, 896);
     let (a, b) = (gpu.upload(&rand(m * k))?, gpu.upload(&rand(nn * k))?);
     let mut c = gpu.upload(&vec![0.0; m * nn])?;
     let before = gpu.dtype();

@@ -61,7 +61,7 @@ pub struct GpuArgs {
     #[arg(long)]
     pub sample: bool,
     /// Operand type of the matrix products (`[train] dtype`): f32, tf32 or bf16 (f32 accumulation
-    /// either way). `--kind attention` with bf16: the tensor-core forward (the backward is f32).
+    /// either way). `--kind attention` with bf16: the tensor-core kernels (cuda/attention_mma.cu).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: crate::config::Dtype,
     /// `--kind rl-step`: prompts per step.
@@ -95,7 +95,15 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
         GpuBench::Generate => generate(&gpu, args),
-        GpuBench::Ceilings => crate::cli::bench_ceilings::ceilings(&gpu, args),
+        GpuBench::Ceilings => {
+            let a = crate::cli::bench_ceilings::CeilingArgs {
+                rows: args.batch * args.seq,
+                steps: args.steps,
+                warmup: args.warmup,
+                seed: args.seed,
+            };
+            crate::cli::bench_ceilings::ceilings(&gpu, &a)
+        }
         GpuBench::RlStep => {
             let a = crate::cli::bench_rl_step::RlStepArgs {
                 model_config: args.model_config.clone(),
@@ -305,7 +313,7 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
         "impl": "arbor-cuda",
         "device": gpu.describe(),
         "dtype": match gpu.dtype() {
-            crate::config::Dtype::Bf16 => "bf16 products in the forward (tensor cores), f32 backward",
+            crate::config::Dtype::Bf16 => "bf16 products on the tensor cores (forward and backward)",
             _ => "f32",
         },
         "batch": args.batch, "seq": args.seq, "heads": h, "kv_heads": kv, "head_dim": d,

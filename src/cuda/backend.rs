@@ -2,7 +2,6 @@
 //! SGEMM. Every method follows the CPU function of the same name (tests/cuda/ compares them).
 
 use crate::attention::{AttnSaved, AttnShape};
-use crate::config::Dtype;
 use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::cuda::gemm::GemmKind;
 use crate::error::{Error, Result};
@@ -10,6 +9,7 @@ use crate::parallel::{Comm, TpGroup};
 use crate::tensor::backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
 use crate::tensor::cpu::ops::RopeTable;
 use crate::tensor::shape::GemmShape;
+use crate::tensor::Dtype;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::ops::Range;
 

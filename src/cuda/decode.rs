@@ -8,7 +8,6 @@
 //! the device (cuda/sample.cu). Generation with continuous batching is built on it in
 //! cuda/generate.rs.
 
-use crate::config::Dtype;
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::sample::{sample_rows, SampleBufs};
@@ -16,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::decode_stack::{assign_positions, check_step, decode_stack, DecodeDevice, Norm, Proj};
 use crate::model::Model;
 use crate::rollout::sampler::{Sampled, SamplingParams};
+use crate::tensor::Dtype;
 use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use std::sync::Arc;

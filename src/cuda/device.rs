@@ -4,9 +4,9 @@
 //! event tracking is switched off). Kernels are compiled by NVRTC for the device's own
 //! architecture the first time a module is used and kept for the life of the process.
 
-use crate::config::Dtype;
 use crate::cuda::nvrtc;
 use crate::error::{Error, Result};
+use crate::tensor::Dtype;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{

@@ -1,10 +1,10 @@
 //! cuBLAS products for the row-major matrices of the model: SGEMM, or GemmEx with TF32 or bf16
 //! operands as `[train] dtype` asks (f32 accumulation and result either way).
 
-use crate::config::Dtype;
 use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::error::{Error, Result};
 use crate::tensor::shape::GemmShape;
+use crate::tensor::Dtype;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
 use cudarc::cublas::{Gemm, GemmConfig};

@@ -5,8 +5,10 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod dtype;
 pub mod shape;
 
 pub use backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
 pub use cpu::Cpu;
+pub use dtype::Dtype;
 pub use shape::GemmShape;
