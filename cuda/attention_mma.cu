@@ -85,6 +85,52 @@ __device__ __forceinline__ void c_to_a(unsigned int* a, const float* lo, const f
     a[3] = pack_bf16(hi[2], hi[3]);
 }
 
+// s[nt] = the warp's rows [r0, r0 + 16) of X1 times the transposed rows [8 nt, 8 nt + 8) of Y1,
+// over the DM head dims, for NT tiles; t[nt] the same of X2 and Y2 (the backward's pair S = Q·Kᵀ,
+// dP = dO·Vᵀ, or Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ).
+template <int DM, int NT>
+__device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], const unsigned short* X1,
+                                              const unsigned short* Y1, const unsigned short* X2,
+                                              const unsigned short* Y2, int lds, int r0, int gr, int tg) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = t[nt][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kd = 0; kd < DM / 16; ++kd) {
+        unsigned int a1[4], a2[4];
+        frag_a(a1, X1, lds, r0, kd * 16, gr, tg);
+        frag_a(a2, X2, lds, r0, kd * 16, gr, tg);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            unsigned int b[2];
+            frag_bt(b, Y1, lds, nt * 8, kd * 16, gr, tg);
+            mma_16816(s[nt], a1, b);
+            frag_bt(b, Y2, lds, nt * 8, kd * 16, gr, tg);
+            mma_16816(t[nt], a2, b);
+        }
+    }
+}
+
+// acc[n] += C · Y[:, 8 n .. 8 n + 8), where C (16 x 8 NT) is held as NT C fragments (P, dS or their
+// transposes) and Y is 8 NT rows of bf16 in shared memory.
+template <int NO, int NT>
+__device__ __forceinline__ void accumulate_product(float (*acc)[4], float (*c)[4], const unsigned short* Y, int lds,
+                                                   int gr, int tg) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+        unsigned int a[4];
+        c_to_a(a, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+        for (int n = 0; n < NO; ++n) {
+            unsigned int b[2];
+            frag_b(b, Y, lds, kk * 16, n * 8, gr, tg);
+            mma_16816(acc[n], a, b);
+        }
+    }
+}
+
 // Rows [r0, r0 + rows) of x (row stride `stride`), rounded to bf16 into S ([rows][lds]); rows past
 // `len` and dims past `head_dim` are written as zeros. When head_dim and the stride are multiples
 // of 4 (and so, the buffers coming from the allocator, every row start is 16-byte aligned), four
@@ -214,17 +260,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
         m0 = mn0;
         m1 = mn1;
         // O += P V, 16 keys per step: P's A fragment is two key tiles of S's C fragments
-#pragma unroll
-        for (int kk = 0; kk < AM_BK / 16; ++kk) {
-            unsigned int a[4];
-            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int n = 0; n < NO; ++n) {
-                unsigned int b[2];
-                frag_b(b, Vs, LDS, kk * 16, n * 8, gr, tg);
-                mma_16816(o[n], a, b);
-            }
-        }
+        accumulate_product<NO, NT>(o, s, Vs, LDS, gr, tg);
     }
     l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 1);
     l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 2);
@@ -301,7 +337,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const flo
                                 const float* __restrict__ dout, int dout_stride, const float* __restrict__ lse,
                                 const float* __restrict__ delta, const int* __restrict__ cu_seqlens, int num_heads,
                                 int kv_heads, int head_dim) {
-    constexpr int LDS = DM + 8, NT = AM_BK / 8, KD = DM / 16, NO = DM / 8;
+    constexpr int LDS = DM + 8, NT = AM_BK / 8, NO = DM / 8;
     unsigned short* Qs = (unsigned short*)am_smem;
     unsigned short* Os = Qs + AM_BQ * LDS;
     unsigned short* Ks = Os + AM_BQ * LDS;
@@ -339,23 +375,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const flo
         load_rows_bf16<DM>(Vs, LDS, AM_BK, vb, v_stride, k0, len, head_dim);
         __syncthreads();
         float s[NT][4], dp[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = dp[nt][0] = dp[nt][1] =
-            dp[nt][2] = dp[nt][3] = 0.0f;
-#pragma unroll
-        for (int kd = 0; kd < KD; ++kd) {
-            unsigned int qa[4], oa[4];
-            frag_a(qa, Qs, LDS, wr, kd * 16, gr, tg);
-            frag_a(oa, Os, LDS, wr, kd * 16, gr, tg);
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                unsigned int b[2];
-                frag_bt(b, Ks, LDS, nt * 8, kd * 16, gr, tg);
-                mma_16816(s[nt], qa, b);
-                frag_bt(b, Vs, LDS, nt * 8, kd * 16, gr, tg);
-                mma_16816(dp[nt], oa, b);
-            }
-        }
+        row_products2<DM, NT>(s, dp, Qs, Ks, Os, Vs, LDS, wr, gr, tg);
         // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -368,17 +388,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const flo
             }
         }
         // dQ += dS K
-#pragma unroll
-        for (int kk = 0; kk < AM_BK / 16; ++kk) {
-            unsigned int a[4];
-            c_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int n = 0; n < NO; ++n) {
-                unsigned int b[2];
-                frag_b(b, Ks, LDS, kk * 16, n * 8, gr, tg);
-                mma_16816(acc[n], a, b);
-            }
-        }
+        accumulate_product<NO, NT>(acc, s, Ks, LDS, gr, tg);
     }
     float* db = dq + (long long)start * dq_stride + (long long)h * head_dim;
 #pragma unroll
@@ -403,7 +413,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
                                   const float* __restrict__ v, int v_stride, const float* __restrict__ dout,
                                   int dout_stride, const float* __restrict__ lse, const float* __restrict__ delta,
                                   const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim) {
-    constexpr int LDS = DM + 8, NT = AM_BQ / 8, KD = DM / 16, NO = DM / 8;
+    constexpr int LDS = DM + 8, NT = AM_BQ / 8, NO = DM / 8;
     unsigned short* Ks = (unsigned short*)am_smem;
     unsigned short* Vs = Ks + AM_BK * LDS;
     unsigned short* Qs = Vs + AM_BK * LDS;
@@ -446,23 +456,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
             }
             __syncthreads();
             float st[NT][4], dpt[NT][4];
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = dpt[nt][0] = dpt[nt][1] =
-                dpt[nt][2] = dpt[nt][3] = 0.0f;
-#pragma unroll
-            for (int kd = 0; kd < KD; ++kd) {
-                unsigned int ka[4], va[4];
-                frag_a(ka, Ks, LDS, wr, kd * 16, gr, tg);
-                frag_a(va, Vs, LDS, wr, kd * 16, gr, tg);
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    unsigned int b[2];
-                    frag_bt(b, Qs, LDS, nt * 8, kd * 16, gr, tg);
-                    mma_16816(st[nt], ka, b);
-                    frag_bt(b, Os, LDS, nt * 8, kd * 16, gr, tg);
-                    mma_16816(dpt[nt], va, b);
-                }
-            }
+            row_products2<DM, NT>(st, dpt, Ks, Qs, Vs, Os, LDS, wr, gr, tg);
             // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -477,20 +471,8 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
                 }
             }
             // dV += Pᵀ dO, dK += dSᵀ Q
-#pragma unroll
-            for (int kk = 0; kk < AM_BQ / 16; ++kk) {
-                unsigned int pa[4], sa[4];
-                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    unsigned int b[2];
-                    frag_b(b, Os, LDS, kk * 16, n * 8, gr, tg);
-                    mma_16816(dva[n], pa, b);
-                    frag_b(b, Qs, LDS, kk * 16, n * 8, gr, tg);
-                    mma_16816(dka[n], sa, b);
-                }
-            }
+            accumulate_product<NO, NT>(dva, st, Os, LDS, gr, tg);
+            accumulate_product<NO, NT>(dka, dpt, Qs, LDS, gr, tg);
         }
     }
     float* dkb = dk + (long long)start * dk_stride + (long long)g * head_dim;

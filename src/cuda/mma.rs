@@ -92,6 +92,34 @@ pub fn c_to_a(lo: &[FragC; 32], hi: &[FragC; 32]) -> [FragA; 32] {
     })
 }
 
+/// A warp's C fragments of 8 columns each.
+pub type Tiles = Vec<[FragC; 32]>;
+
+/// attention_mma.cu's `row_products2<DM, 8>`: the warp's rows [r0, r0 + 16) of X1 times the
+/// transposed 64 rows of Y1 over the `dm` head dims (8 tiles of 8), and the same of X2 and Y2.
+pub fn row_products2(dm: usize, (x1, y1): (&[u16], &[u16]), (x2, y2): (&[u16], &[u16]), r0: usize) -> (Tiles, Tiles) {
+    let lds = dm + 8;
+    let (mut s, mut t) = (vec![[[0.0f32; 4]; 32]; 8], vec![[[0.0f32; 4]; 32]; 8]);
+    for kd in 0..dm / 16 {
+        let (a1, a2) = (frag_a(x1, lds, r0, kd * 16), frag_a(x2, lds, r0, kd * 16));
+        for nt in 0..8 {
+            mma_16816(&mut s[nt], &a1, &frag_bt(y1, lds, nt * 8, kd * 16));
+            mma_16816(&mut t[nt], &a2, &frag_bt(y2, lds, nt * 8, kd * 16));
+        }
+    }
+    (s, t)
+}
+
+/// `accumulate_product<NO, NT>`: acc[n] += C · Y[:, 8n .. 8n + 8), C held as C fragments.
+pub fn accumulate_product(acc: &mut [[FragC; 32]], c: &[[FragC; 32]], y: &[u16], lds: usize) {
+    for kk in 0..c.len() / 2 {
+        let a = c_to_a(&c[2 * kk], &c[2 * kk + 1]);
+        for (n, an) in acc.iter_mut().enumerate() {
+            mma_16816(an, &a, &frag_b(y, lds, kk * 16, n * 8));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,25 +233,7 @@ mod tests {
                                 }
                                 (m0[lane], m1[lane]) = (mn0, mn1);
                             }
-                            for kk in 0..BK / 16 {
-                                let a: [FragA; 32] = std::array::from_fn(|l| {
-                                    let (x, y) = (s[2 * kk][l], s[2 * kk + 1][l]);
-                                    [
-                                        pack_bf16(x[0], x[1]),
-                                        pack_bf16(x[2], x[3]),
-                                        pack_bf16(y[0], y[1]),
-                                        pack_bf16(y[2], y[3]),
-                                    ]
-                                });
-                                for (nn, on) in o.iter_mut().enumerate() {
-                                    let b: [FragB; 32] = std::array::from_fn(|lane| {
-                                        let c = (kk * 16 + 2 * (lane % 4)) * lds + lane / 4 + nn * 8;
-                                        let at = |r: usize| vs[c + r * lds] as u32;
-                                        [at(0) | at(1) << 16, at(8) | at(9) << 16]
-                                    });
-                                    mma_16816(on, &a, &b);
-                                }
-                            }
+                            accumulate_product(&mut o, &s, &vs, lds);
                         }
                         quad_reduce(&mut l0, |a, b| a + b);
                         quad_reduce(&mut l1, |a, b| a + b);
@@ -255,6 +265,19 @@ mod tests {
         (out, lse)
     }
 
+    /// Random packed q|k|v rows of sequences of 1, 150, 64 and 70 tokens (one and several tiles,
+    /// a tile exactly), and the batch the CPU attention reads them with.
+    fn packed_case(rng: &mut crate::rng::Rng, nh: usize, kvh: usize, hd: usize) -> (Case, crate::model::Batch) {
+        let (mut cu, mut b) = (vec![0], crate::model::Batch::new());
+        for l in [1usize, 150, 64, 70] {
+            cu.push(cu.last().unwrap() + l);
+            b.push(&vec![0; l], &vec![0; l]).unwrap();
+        }
+        let n = *cu.last().unwrap();
+        let qkv: Vec<f32> = (0..n * (nh + 2 * kvh) * hd).map(|_| rng.normal() as f32).collect();
+        (Case { qkv, cu, shape: AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } }, b)
+    }
+
     /// The emulated tensor-core forward equals the CPU attention of the bf16-rounded q, k, v: the
     /// log-sum-exp within f32 rounding, the output within the bf16 rounding of P (2⁻⁸ relative);
     /// causal masking across several query and key tiles, GQA, head dims 16 (padded), 64 and 128,
@@ -263,23 +286,10 @@ mod tests {
     fn the_tensor_core_forward_equals_the_cpu_attention_of_rounded_inputs() {
         let mut rng = crate::rng::Rng::new(19);
         for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 30, 64), (2, 1, 64, 64), (2, 2, 128, 128)] {
-            let shape = AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd };
-            let lens = [1usize, 150, 64, 70];
-            let mut cu = vec![0];
-            for l in lens {
-                cu.push(cu.last().unwrap() + l);
-            }
-            let n = *cu.last().unwrap();
-            let stride = (nh + 2 * kvh) * hd;
-            let qkv: Vec<f32> = (0..n * stride).map(|_| rng.normal() as f32).collect();
-            let case = Case { qkv, cu: cu.clone(), shape };
+            let (case, b) = packed_case(&mut rng, nh, kvh, hd);
+            let (shape, n) = (case.shape, b.len());
             let (out, lse) = emulate(&case, dm);
-
             let rounded: Vec<f32> = case.qkv.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
-            let mut b = crate::model::Batch::new();
-            for l in lens {
-                b.push(&vec![0; l], &vec![0; l]).unwrap();
-            }
             let (mut want, mut want_lse) = (vec![0.0; n * nh * hd], vec![0.0; n * nh]);
             let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
             Cpu.attention_forward(&mut want, &mut want_lse, &mut scratch, &rounded, &b.packed(), shape).unwrap();
@@ -321,7 +331,7 @@ mod tests {
         let AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } = case.shape;
         let stride = (nh + 2 * kvh) * hd;
         let n = *case.cu.last().unwrap();
-        let (lds, nt_n, kd_n, no_n) = (dm + 8, 8, dm / 16, dm / 8);
+        let (lds, nt_n, no_n) = (dm + 8, 8, dm / 8);
         let scale = 1.0 / (hd as f32).sqrt();
         let (log2e, sl2) = (std::f32::consts::LOG2_E, std::f32::consts::LOG2_E / (hd as f32).sqrt());
         let mut delta = vec![0.0f32; n * nh];
@@ -351,14 +361,7 @@ mod tests {
                             load_rows(&mut tiles[2], dm, &case.qkv, stride, (nh + g) * hd, k0, sl, hd);
                             load_rows(&mut tiles[3], dm, &case.qkv, stride, (nh + kvh + g) * hd, k0, sl, hd);
                             let (qs, os, ks, vs) = (&tiles[0], &tiles[1], &tiles[2], &tiles[3]);
-                            let (mut s, mut dp) = (vec![[[0.0f32; 4]; 32]; nt_n], vec![[[0.0f32; 4]; 32]; nt_n]);
-                            for kd in 0..kd_n {
-                                let (qa, oa) = (frag_a(qs, lds, wr, kd * 16), frag_a(os, lds, wr, kd * 16));
-                                for nt in 0..nt_n {
-                                    mma_16816(&mut s[nt], &qa, &frag_bt(ks, lds, nt * 8, kd * 16));
-                                    mma_16816(&mut dp[nt], &oa, &frag_bt(vs, lds, nt * 8, kd * 16));
-                                }
-                            }
+                            let (mut s, dp) = row_products2(dm, (qs, ks), (os, vs), wr);
                             for nt in 0..nt_n {
                                 for lane in 0..32 {
                                     for e in 0..4 {
@@ -374,12 +377,7 @@ mod tests {
                                     }
                                 }
                             }
-                            for kk in 0..4 {
-                                let a = c_to_a(&s[2 * kk], &s[2 * kk + 1]);
-                                for (nn, an) in acc.iter_mut().enumerate() {
-                                    mma_16816(an, &a, &frag_b(ks, lds, kk * 16, nn * 8));
-                                }
-                            }
+                            accumulate_product(&mut acc, &s, ks, lds);
                         }
                         for lane in 0..32 {
                             for e in 0..4 {
@@ -412,14 +410,7 @@ mod tests {
                             let (ks, vs, qs, os) = (&tiles[0], &tiles[1], &tiles[2], &tiles[3]);
                             for warp in 0..4 {
                                 let wr = warp * 16;
-                                let (mut st, mut dpt) = (vec![[[0.0f32; 4]; 32]; nt_n], vec![[[0.0f32; 4]; 32]; nt_n]);
-                                for kd in 0..kd_n {
-                                    let (ka, va) = (frag_a(ks, lds, wr, kd * 16), frag_a(vs, lds, wr, kd * 16));
-                                    for nt in 0..nt_n {
-                                        mma_16816(&mut st[nt], &ka, &frag_bt(qs, lds, nt * 8, kd * 16));
-                                        mma_16816(&mut dpt[nt], &va, &frag_bt(os, lds, nt * 8, kd * 16));
-                                    }
-                                }
+                                let (mut st, mut dpt) = row_products2(dm, (ks, qs), (vs, os), wr);
                                 for nt in 0..nt_n {
                                     for lane in 0..32 {
                                         for e in 0..4 {
@@ -435,14 +426,8 @@ mod tests {
                                         }
                                     }
                                 }
-                                for kk in 0..4 {
-                                    let (pa, sa) =
-                                        (c_to_a(&st[2 * kk], &st[2 * kk + 1]), c_to_a(&dpt[2 * kk], &dpt[2 * kk + 1]));
-                                    for nn in 0..no_n {
-                                        mma_16816(&mut dva[warp][nn], &pa, &frag_b(os, lds, kk * 16, nn * 8));
-                                        mma_16816(&mut dka[warp][nn], &sa, &frag_b(qs, lds, kk * 16, nn * 8));
-                                    }
-                                }
+                                accumulate_product(&mut dva[warp], &st, os, lds);
+                                accumulate_product(&mut dka[warp], &dpt, qs, lds);
                             }
                         }
                     }
@@ -474,29 +459,17 @@ mod tests {
         use crate::attention::AttnSaved;
         let mut rng = crate::rng::Rng::new(29);
         for (nh, kvh, hd, dm) in [(4, 2, 16, 64), (2, 1, 30, 64), (2, 1, 64, 64), (4, 2, 128, 128)] {
-            let shape = AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd };
-            let lens = [1usize, 150, 64, 70];
-            let mut cu = vec![0];
-            for l in lens {
-                cu.push(cu.last().unwrap() + l);
-            }
-            let n = *cu.last().unwrap();
-            let stride = (nh + 2 * kvh) * hd;
-            let qkv: Vec<f32> = (0..n * stride).map(|_| rng.normal() as f32).collect();
+            let (case, b) = packed_case(&mut rng, nh, kvh, hd);
+            let (shape, n, stride) = (case.shape, b.len(), (nh + 2 * kvh) * hd);
             let dout: Vec<f32> = (0..n * nh * hd).map(|_| rng.normal() as f32).collect();
             let round = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect::<Vec<f32>>();
-            let (rq, rdo) = (round(&qkv), round(&dout));
-            let mut b = crate::model::Batch::new();
-            for l in lens {
-                b.push(&vec![0; l], &vec![0; l]).unwrap();
-            }
+            let (rq, rdo) = (round(&case.qkv), round(&dout));
             let (mut out, mut lse) = (vec![0.0; n * nh * hd], vec![0.0; n * nh]);
             let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
             Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &rq, &b.packed(), shape).unwrap();
             let mut want = vec![0.0; n * stride];
             let saved = AttnSaved { qkv: &rq[..], out: &out[..], lse: &lse[..] };
             Cpu.attention_backward(&mut want, &mut scratch, &rdo, saved, &b.packed(), shape).unwrap();
-            let case = Case { qkv, cu, shape };
             let got = emulate_bwd(&case, dm, &out, &lse, &dout);
             assert!(got.iter().all(|x| x.is_finite()), "head dim {hd}: an element of dqkv was not written");
             let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));

@@ -3,7 +3,7 @@
 //! and 50 bf16 supervised steps against f32; bf16 decode logits against the f32 decode.
 
 use super::common::{max_abs_diff, small_addition, tiny_config};
-use super::{batch, close, down, gpu, rand};
+use super::{batch, close, down, gpu, gpu_attention, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
 use arbor::cuda::{Gpu, GpuDecoder, GpuModel};
@@ -214,24 +214,13 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         let (mut out, mut lse) = (vec![0.0; n * h * d], vec![0.0; n * h]);
         let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
         Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &round_bf16(&qkv), &b.packed(), shape).unwrap();
-        let dev = g.batch(b.packed()).unwrap();
-        let qg = g.upload(&qkv).unwrap();
-        // poisoned outputs: every element must be written
-        let (mut og, mut lg) =
-            (g.upload(&vec![f32::NAN; n * h * d]).unwrap(), g.upload(&vec![f32::NAN; n * h]).unwrap());
-        let sl = g.attn_scratch_len(shape, n);
-        let mut sg = g.upload(&vec![0.0; sl.max(1)]).unwrap();
-        g.attention_forward(
-            Gpu::m(&mut og, 0..n * h * d),
-            Gpu::m(&mut lg, 0..n * h),
-            Gpu::m(&mut sg, 0..sl),
-            Gpu::r(&qg, 0..n * stride),
-            &dev,
-            shape,
-        )
-        .unwrap();
-        let (got, got_lse) = (down(&g, &og, n * h * d), down(&g, &lg, n * h));
-        assert!(got.iter().chain(&got_lse).all(|x| x.is_finite()), "D={d}: unwritten or non-finite output");
+        let dout = rand(&mut rng, n * h * d);
+        // every output starts as NaN: each element must be written
+        let (got, got_lse, got_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
+        assert!(
+            got.iter().chain(&got_lse).chain(&got_d).all(|x| x.is_finite()),
+            "D={d}: unwritten or non-finite output"
+        );
         close(&format!("mma attention D={d} lse"), &got_lse, &lse, 1e-4);
         close(&format!("mma attention D={d} out"), &got, &out, 1e-2);
         // and against the f32 reference on the unrounded inputs, within bf16 tolerance
@@ -239,29 +228,14 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         Cpu.attention_forward(&mut exact, &mut exact_lse, &mut scratch, &qkv, &b.packed(), shape).unwrap();
         close(&format!("mma attention D={d} out vs f32"), &got, &exact, 3e-2);
 
-        let dout = rand(&mut rng, n * h * d);
         let mut want = vec![0.0; n * stride];
         let rq = round_bf16(&qkv);
         let saved = AttnSaved { qkv: &rq[..], out: &out[..], lse: &lse[..] };
         Cpu.attention_backward(&mut want, &mut scratch, &round_bf16(&dout), saved, &b.packed(), shape).unwrap();
-        // the backward reads the forward's own output and lse, as training does
-        let dg = g.upload(&dout).unwrap();
-        let mut dq = g.upload(&vec![f32::NAN; n * stride]).unwrap();
-        g.attention_backward(
-            Gpu::m(&mut dq, 0..n * stride),
-            Gpu::m(&mut sg, 0..sl),
-            Gpu::r(&dg, 0..n * h * d),
-            AttnSaved { qkv: Gpu::r(&qg, 0..n * stride), out: Gpu::r(&og, 0..n * h * d), lse: Gpu::r(&lg, 0..n * h) },
-            &dev,
-            shape,
-        )
-        .unwrap();
-        let got = down(&g, &dq, n * stride);
-        assert!(got.iter().all(|x| x.is_finite()), "D={d}: unwritten or non-finite dqkv");
-        close(&format!("mma attention D={d} dqkv"), &got, &want, 2e-2);
+        close(&format!("mma attention D={d} dqkv"), &got_d, &want, 2e-2);
         let mut exact_d = vec![0.0; n * stride];
         let saved = AttnSaved { qkv: &qkv[..], out: &exact[..], lse: &exact_lse[..] };
         Cpu.attention_backward(&mut exact_d, &mut scratch, &dout, saved, &b.packed(), shape).unwrap();
-        close(&format!("mma attention D={d} dqkv vs f32"), &got, &exact_d, 4e-2);
+        close(&format!("mma attention D={d} dqkv vs f32"), &got_d, &exact_d, 4e-2);
     }
 }
