@@ -32,12 +32,17 @@
 //   Launch: grid = (num_heads, B), block = 128 (MUST be 128: 4 warps; warp w takes positions
 //   j = w, w + 4, ...), no dynamic shared memory (static: 4 * 258 floats).
 
+// kv_cache_store_f32_bf16 / decode_attn_f32_bf16: the same with f32 rows (qkv, q, out) and a bf16
+//   cache (k_cache, v_cache: unsigned short): keys and values are rounded to bf16 (nearest even) as
+//   they are stored, and widened exactly as they are read (the cache of `[train] dtype = "bf16"`:
+//   half the memory and half the decode attention's traffic).
+
 #define DEC_WARPS 4
 #define DEC_MAX_D 256
 #define DEC_PER_LANE (DEC_MAX_D / 32)
 
-template <typename T>
-__device__ void kv_cache_store(T* __restrict__ k_cache, T* __restrict__ v_cache, const T* __restrict__ qkv,
+template <typename TC, typename T>
+__device__ void kv_cache_store(TC* __restrict__ k_cache, TC* __restrict__ v_cache, const T* __restrict__ qkv,
                                int qkv_stride, int k_col, int v_col, const int* __restrict__ slots,
                                const unsigned int* __restrict__ positions, int b, int kv_heads, int head_dim,
                                int max_len) {
@@ -50,15 +55,15 @@ __device__ void kv_cache_store(T* __restrict__ k_cache, T* __restrict__ v_cache,
     for (int c = threadIdx.x; c < w; c += blockDim.x) {
         const int g = c / head_dim, d = c - g * head_dim;
         const long long dst = ((s * kv_heads + g) * max_len + p) * head_dim + d;
-        k_cache[dst] = row[k_col + c];
-        v_cache[dst] = row[v_col + c];
+        store_f(k_cache + dst, load_f(row + k_col + c));
+        store_f(v_cache + dst, load_f(row + v_col + c));
     }
 }
 
 extern "C" __global__ void kv_cache_store_f32(float* k_cache, float* v_cache, const float* qkv, int qkv_stride,
                                               int k_col, int v_col, const int* slots, const unsigned int* positions,
                                               int b, int kv_heads, int head_dim, int max_len) {
-    kv_cache_store<float>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b, kv_heads,
+    kv_cache_store<float, float>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b, kv_heads,
                           head_dim, max_len);
 }
 
@@ -66,13 +71,13 @@ extern "C" __global__ void kv_cache_store_bf16(unsigned short* k_cache, unsigned
                                                const unsigned short* qkv, int qkv_stride, int k_col, int v_col,
                                                const int* slots, const unsigned int* positions, int b,
                                                int kv_heads, int head_dim, int max_len) {
-    kv_cache_store<unsigned short>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b,
+    kv_cache_store<unsigned short, unsigned short>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b,
                                    kv_heads, head_dim, max_len);
 }
 
-template <typename T>
+template <typename T, typename TC>
 __device__ void decode_attn(T* __restrict__ out, int out_stride, const T* __restrict__ q, int q_stride,
-                            const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                            const TC* __restrict__ k_cache, const TC* __restrict__ v_cache,
                             const int* __restrict__ slots, const int* __restrict__ lens, int num_heads,
                             int kv_heads, int head_dim, int max_len) {
     __shared__ float s_acc[DEC_WARPS][DEC_MAX_D];
@@ -85,8 +90,8 @@ __device__ void decode_attn(T* __restrict__ out, int out_stride, const T* __rest
     const float scale = 1.0f / sqrtf((float)head_dim);
     const T* qh = q + (long long)i * q_stride + (long long)h * head_dim;
     const long long base = ((long long)slots[i] * kv_heads + g) * max_len * head_dim;
-    const T* kb = k_cache + base;
-    const T* vb = v_cache + base;
+    const TC* kb = k_cache + base;
+    const TC* vb = v_cache + base;
 
     float qr[DEC_PER_LANE], acc[DEC_PER_LANE];
 #pragma unroll
@@ -97,7 +102,7 @@ __device__ void decode_attn(T* __restrict__ out, int out_stride, const T* __rest
     }
     float m = neg_inf_f(), l = 0.0f;
     for (int j = warp; j < len; j += DEC_WARPS) {
-        const T* kr = kb + (long long)j * head_dim;
+        const TC* kr = kb + (long long)j * head_dim;
         float part = 0.0f;
 #pragma unroll
         for (int e = 0; e < DEC_PER_LANE; ++e) {
@@ -109,7 +114,7 @@ __device__ void decode_attn(T* __restrict__ out, int out_stride, const T* __rest
         const float corr = expf(m - mn);  // 0 on the first key (m = -inf)
         const float p = expf(sc - mn);
         l = l * corr + p;
-        const T* vr = vb + (long long)j * head_dim;
+        const TC* vr = vb + (long long)j * head_dim;
 #pragma unroll
         for (int e = 0; e < DEC_PER_LANE; ++e) {
             const int d = lane + 32 * e;
@@ -150,7 +155,7 @@ extern "C" __global__ void decode_attn_f32(float* out, int out_stride, const flo
                                            const float* k_cache, const float* v_cache, const int* slots,
                                            const int* lens, int num_heads, int kv_heads, int head_dim,
                                            int max_len) {
-    decode_attn<float>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads, kv_heads,
+    decode_attn<float, float>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads, kv_heads,
                        head_dim, max_len);
 }
 
@@ -158,6 +163,22 @@ extern "C" __global__ void decode_attn_bf16(unsigned short* out, int out_stride,
                                             int q_stride, const unsigned short* k_cache,
                                             const unsigned short* v_cache, const int* slots, const int* lens,
                                             int num_heads, int kv_heads, int head_dim, int max_len) {
-    decode_attn<unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
+    decode_attn<unsigned short, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
                                 kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void kv_cache_store_f32_bf16(unsigned short* k_cache, unsigned short* v_cache, const float* qkv,
+                                                   int qkv_stride, int k_col, int v_col, const int* slots,
+                                                   const unsigned int* positions, int b, int kv_heads, int head_dim,
+                                                   int max_len) {
+    kv_cache_store<unsigned short, float>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b,
+                                          kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void decode_attn_f32_bf16(float* out, int out_stride, const float* q, int q_stride,
+                                                const unsigned short* k_cache, const unsigned short* v_cache,
+                                                const int* slots, const int* lens, int num_heads, int kv_heads,
+                                                int head_dim, int max_len) {
+    decode_attn<float, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
+                                       kv_heads, head_dim, max_len);
 }

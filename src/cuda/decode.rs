@@ -24,8 +24,12 @@ use std::sync::Arc;
 pub struct GpuKvCache {
     pub slots: usize,
     pub max_len: usize,
-    k: Vec<CudaSlice<f32>>,
-    v: Vec<CudaSlice<f32>>,
+    /// Whether keys and values are held in bf16 (made on a device whose products are "bf16": half
+    /// the memory and half the decode attention's traffic), else f32.
+    bf16: bool,
+    /// Each layer's keys and values as 16-bit words (two per element when f32).
+    k: Vec<CudaSlice<u16>>,
+    v: Vec<CudaSlice<u16>>,
     /// Tokens held per slot.
     pub len: Vec<usize>,
 }
@@ -85,16 +89,17 @@ struct StepBufs {
 }
 
 impl GpuKvCache {
-    /// An empty cache for `model`.
+    /// An empty cache for `model`, in bf16 when the device's products are "bf16".
     pub fn new(gpu: &Gpu, model: &Model, slots: usize, max_len: usize) -> Result<Self> {
-        let per = slots * model.cfg.num_kv_heads * max_len * model.cfg.head_dim;
-        let alloc = || gpu.stream.alloc_zeros::<f32>(per.max(1)).map_err(drv("KV cache alloc"));
+        let bf16 = gpu.dtype() == Dtype::Bf16;
+        let per = slots * model.cfg.num_kv_heads * max_len * model.cfg.head_dim * if bf16 { 1 } else { 2 };
+        let alloc = || gpu.stream.alloc_zeros::<u16>(per.max(2)).map_err(drv("KV cache alloc"));
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for _ in 0..model.cfg.num_layers {
             k.push(alloc()?);
             v.push(alloc()?);
         }
-        Ok(GpuKvCache { slots, max_len, k, v, len: vec![0; slots] })
+        Ok(GpuKvCache { slots, max_len, bf16, k, v, len: vec![0; slots] })
     }
 }
 
@@ -379,7 +384,9 @@ impl DecodeDevice for GpuStep<'_> {
             Arg::I(d as i32),
             Arg::I(ml),
         ];
-        g.launch("decode_attention", "kv_cache_store_f32", (rows as u32, 1, 1), (128, 1, 1), 0, &args)?;
+        let cache_type = if cache.bf16 { "_bf16" } else { "" };
+        let store = format!("kv_cache_store_f32{cache_type}");
+        g.launch("decode_attention", &store, (rows as u32, 1, 1), (128, 1, 1), 0, &args)?;
         let args = [
             Arg::P(g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd))),
             Arg::I(hd as i32),
@@ -394,7 +401,8 @@ impl DecodeDevice for GpuStep<'_> {
             Arg::I(d as i32),
             Arg::I(ml),
         ];
-        g.launch("decode_attention", "decode_attn_f32", (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+        let attend = format!("decode_attn_f32{cache_type}");
+        g.launch("decode_attention", &attend, (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
     }
 
     fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {
