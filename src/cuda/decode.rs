@@ -10,6 +10,7 @@
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
+use crate::cuda::image::Bf16Image;
 use crate::cuda::sample::{sample_rows, SampleBufs};
 use crate::error::{Error, Result};
 use crate::model::decode_stack::{assign_positions, check_step, decode_stack, DecodeDevice, Norm, Proj};
@@ -17,7 +18,7 @@ use crate::model::Model;
 use crate::rollout::sampler::{Sampled, SamplingParams};
 use crate::tensor::Dtype;
 use crate::tensor::{Backend, GemmShape};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
@@ -38,9 +39,9 @@ pub struct GpuKvCache {
 pub struct GpuDecoder {
     gpu: Arc<Gpu>,
     params: CudaSlice<f32>,
-    /// The weights rounded to bf16 when the device's products are "bf16" (rounded once per
-    /// weight version, so a token step reads 2 bytes per weight instead of rounding 4).
-    params16: Option<CudaSlice<u16>>,
+    /// The weights rounded to bf16 when the device's products are "bf16" (once per weight version,
+    /// so a token step reads 2 bytes per weight instead of rounding 4; `cuda::image`).
+    image: Option<Bf16Image>,
     rope: GpuRope,
     bufs: StepBufs,
     sampling: SampleBufs,
@@ -112,7 +113,7 @@ impl GpuDecoder {
         let mut dec = GpuDecoder {
             gpu: gpu.clone(),
             params: gpu.upload(&model.params.data)?,
-            params16: None,
+            image: None,
             rope: gpu.rope(&model.rope)?,
             bufs,
             sampling: SampleBufs::new(gpu, 1)?,
@@ -120,27 +121,8 @@ impl GpuDecoder {
             next: Vec::new(),
             rows: None,
         };
-        dec.round_weights()?;
+        dec.image = Bf16Image::of(gpu, &dec.params)?;
         Ok(dec)
-    }
-
-    /// Refresh the bf16 image of the weights (made or dropped as the device's dtype says).
-    fn round_weights(&mut self) -> Result<()> {
-        if self.gpu.dtype() != Dtype::Bf16 {
-            self.params16 = None;
-            return Ok(());
-        }
-        let n = self.params.len();
-        if self.params16.as_ref().is_none_or(|p| p.len() != n) {
-            self.params16 = Some(self.gpu.stream.alloc_zeros(n).map_err(drv("alloc"))?);
-        }
-        let st = &self.gpu.stream;
-        let x = self.params.device_ptr(st).0;
-        let out = match self.params16.as_mut() {
-            Some(p) => p.device_ptr_mut(st).0,
-            None => return Err(Error::device("decoder weights", "bf16 image missing")),
-        };
-        self.gpu.round_bf16(out, x, n)
     }
 
     /// Append `tokens[i]` to cache slot `slots[i]` (a slot's rows take its next positions in
@@ -227,7 +209,6 @@ impl GpuDecoder {
         let mut step = GpuStep {
             g,
             p: &self.params,
-            p16: self.params16.as_ref().map(|p| p.device_ptr(st).0),
             rope: &self.rope,
             bufs: bf,
             cache: &*cache,
@@ -252,7 +233,10 @@ impl GpuDecoder {
             ));
         }
         self.gpu.stream.memcpy_dtod(params, &mut self.params).map_err(drv("copy"))?;
-        self.round_weights()
+        match &mut self.image {
+            Some(image) => image.refresh(&self.params),
+            None => Ok(()),
+        }
     }
 
     /// The device this decoder runs on.
@@ -277,8 +261,6 @@ pub struct StepInput<'a> {
 struct GpuStep<'a> {
     g: &'a Gpu,
     p: &'a CudaSlice<f32>,
-    /// Device address of the weights' bf16 image, when the products are "bf16".
-    p16: Option<u64>,
     rope: &'a GpuRope,
     bufs: &'a mut StepBufs,
     cache: &'a GpuKvCache,
@@ -339,11 +321,8 @@ impl DecodeDevice for GpuStep<'_> {
             Proj::Down(_) => (&mut b.x, &b.act),
             Proj::Head => (&mut b.logits, &b.ln),
         };
-        let (dst, src, shape) = (Gpu::m(out, 0..rows * n), Gpu::r(inp, 0..rows * k), GemmShape::new(rows, n, k));
-        match self.p16 {
-            Some(w16) => g.gemm_nt_bf16_weight(dst, src, w16 + 2 * at as u64, shape, acc)?,
-            None => g.matmul_nt(dst, src, Gpu::r(p, at..at + n * k), shape, acc)?,
-        }
+        let w = Gpu::r(p, at..at + n * k);
+        g.matmul_nt(Gpu::m(out, 0..rows * n), Gpu::r(inp, 0..rows * k), w, GemmShape::new(rows, n, k), acc)?;
         let bias = match proj {
             Proj::Qkv(l) => lay.layers[l].qkv_b,
             _ => None,

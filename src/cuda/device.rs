@@ -47,6 +47,24 @@ pub struct Gpu {
     dtype: AtomicU8,
     /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
+    /// The registered bf16 images of weight buffers (`cuda::image`).
+    images: Mutex<Vec<ImageEntry>>,
+}
+
+/// Where the images of a device are: (f32 buffer address, its length in elements, image address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageEntry {
+    pub base: u64,
+    pub len: usize,
+    pub image: u64,
+}
+
+/// The image address of the `len` f32 elements at `ptr` when they lie inside one entry's buffer.
+pub fn lookup(entries: &[ImageEntry], ptr: u64, len: usize) -> Option<u64> {
+    entries
+        .iter()
+        .find(|e| ptr >= e.base && ptr + 4 * len as u64 <= e.base + 4 * e.len as u64)
+        .map(|e| e.image + (ptr - e.base) / 2)
 }
 
 pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -114,6 +132,7 @@ impl Gpu {
             scratch: Mutex::new(None),
             dtype: AtomicU8::new(Dtype::F32 as u8),
             bf16_scratch: Mutex::new(None),
+            images: Mutex::new(Vec::new()),
         })
     }
 
@@ -144,6 +163,26 @@ impl Gpu {
             x if x == Dtype::Bf16 as u8 => Dtype::Bf16,
             _ => Dtype::F32,
         }
+    }
+
+    /// Make products whose second operand lies in `entry`'s buffer read its image.
+    pub(crate) fn register_image(&self, entry: ImageEntry) -> Result<()> {
+        let mut v = self.images.lock().map_err(|_| Error::device("CUDA weight images", "poisoned"))?;
+        v.retain(|e| e.base != entry.base);
+        v.push(entry);
+        Ok(())
+    }
+
+    /// Forget the image of the buffer at `base` (never fails: a poisoned lock holds nothing usable).
+    pub(crate) fn unregister_image(&self, base: u64) {
+        if let Ok(mut v) = self.images.lock() {
+            v.retain(|e| e.base != base);
+        }
+    }
+
+    /// The bf16 image of the `len` f32 elements at `ptr`, if a registered buffer holds them.
+    pub(crate) fn image_of(&self, ptr: u64, len: usize) -> Option<u64> {
+        self.images.lock().ok().and_then(|v| lookup(&v, ptr, len))
     }
 
     /// Streaming multiprocessors.

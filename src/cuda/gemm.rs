@@ -82,31 +82,14 @@ impl Gpu {
             }
             Dtype::Bf16 => {
                 let (cp, ap, bp) = (self.pm(&mut c), self.pr(&a), self.pr(&b));
-                self.gemm_rounded(cp, ap, Operand::F32(bp), kind, shape, acc)
+                // a weight with a registered image is not rounded again (cuda::image)
+                let b = match self.image_of(bp, n * k) {
+                    Some(image) => Operand::Bf16(image),
+                    None => Operand::F32(bp),
+                };
+                self.gemm_rounded(cp, ap, b, kind, shape, acc)
             }
         }
-    }
-
-    /// C (+)= A·Bᵀ ([`GemmKind::Nt`]) with f32 A and C, and B already rounded to bf16: `b16` is
-    /// the device address of its n·k bf16 elements (a decoder's weight image, rounded once per
-    /// weight version). A is rounded now; f32 accumulation.
-    pub fn gemm_nt_bf16_weight(
-        &self,
-        mut c: CudaViewMut<'_, f32>,
-        a: CudaView<'_, f32>,
-        b16: u64,
-        shape: GemmShape,
-        acc: bool,
-    ) -> Result<()> {
-        let GemmShape { m, n, k } = shape;
-        if m == 0 || n == 0 || k == 0 || a.len() < m * k || c.len() < m * n || b16 == 0 {
-            return Err(Error::shape(
-                format!("bf16-weight GEMM {m}x{n}x{k}"),
-                "empty shape or operand views too short",
-            ));
-        }
-        let (cp, ap) = (self.pm(&mut c), self.pr(&a));
-        self.gemm_rounded(cp, ap, Operand::Bf16(b16), GemmKind::Nt, shape, acc)
     }
 
     /// A "bf16" product: A (f32 at `a`, m·k elements) is rounded into the scratch, B too unless it

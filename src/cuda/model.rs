@@ -3,6 +3,7 @@
 
 use crate::cuda::backend::GpuRope;
 use crate::cuda::device::{drv, Arg, Gpu};
+use crate::cuda::image::Bf16Image;
 use crate::error::{Error, Result};
 use crate::model::head::HeadGrad;
 use crate::model::transformer::On;
@@ -21,6 +22,9 @@ pub struct GpuModel {
     v: CudaSlice<f32>,
     rope: GpuRope,
     pub(crate) ws: Workspace<Gpu>,
+    /// The weights rounded to bf16 when the device's products are "bf16" (`cuda::image`; AdamW
+    /// writes it with the weights).
+    image: Option<Bf16Image>,
 }
 
 impl GpuModel {
@@ -28,8 +32,10 @@ impl GpuModel {
     pub fn new(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
         let n = model.params.data.len();
         let zeros = |len| gpu.stream.alloc_zeros::<f32>(len).map_err(drv("alloc"));
+        let params = gpu.upload(&model.params.data)?;
         Ok(GpuModel {
-            params: gpu.upload(&model.params.data)?,
+            image: Bf16Image::of(&gpu, &params)?,
+            params,
             grads: zeros(n)?,
             m: zeros(n)?,
             v: zeros(n)?,
@@ -43,8 +49,10 @@ impl GpuModel {
     /// or moment buffers; [`GpuModel::backward`] and [`GpuModel::adamw_step`] refuse it.
     pub fn frozen(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
         let one = || gpu.stream.alloc_zeros::<f32>(1).map_err(drv("alloc"));
+        let params = gpu.upload(&model.params.data)?;
         Ok(GpuModel {
-            params: gpu.upload(&model.params.data)?,
+            image: Bf16Image::of(&gpu, &params)?,
+            params,
             grads: one()?,
             m: one()?,
             v: one()?,
@@ -144,7 +152,11 @@ impl GpuModel {
                 format!("{} weights for a model of {}", params.len(), self.params.len()),
             ));
         }
-        self.gpu.stream.memcpy_htod(params, &mut self.params).map_err(drv("upload"))
+        self.gpu.stream.memcpy_htod(params, &mut self.params).map_err(drv("upload"))?;
+        match &mut self.image {
+            Some(image) => image.refresh(&self.params),
+            None => Ok(()),
+        }
     }
 
     /// The weights' device buffer (e.g. for a decoder to copy after an optimizer step).
@@ -249,6 +261,8 @@ impl GpuModel {
         let (p, g, m, v) =
             (self.params.device_ptr(s).0, self.grads.device_ptr(s).0, self.m.device_ptr(s).0, self.v.device_ptr(s).0);
         let blocks = (16 * self.gpu.sms()).max(1);
+        // the weights' bf16 image is written in the same pass (NULL: none)
+        let image = self.image.as_ref().map_or(0, |i| i.ptr());
         for (range, decays) in opt.segments() {
             let off = (range.start * 4) as u64;
             let wd = if *decays { c.weight_decay } else { 0.0 };
@@ -257,7 +271,7 @@ impl GpuModel {
                 Arg::P(g + off),
                 Arg::P(m + off),
                 Arg::P(v + off),
-                Arg::P(0),
+                Arg::P(if image == 0 { 0 } else { image + (range.start * 2) as u64 }),
                 Arg::L(range.len() as i64),
                 Arg::F(lr),
                 Arg::F(c.beta1),

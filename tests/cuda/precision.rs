@@ -6,6 +6,7 @@ use super::common::{max_abs_diff, small_addition, tiny_config};
 use super::{batch, close, down, gpu, gpu_attention, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
+use arbor::cuda::image::Bf16Image;
 use arbor::cuda::{Gpu, GpuDecoder, GpuModel};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
@@ -60,7 +61,7 @@ fn gpu_product(g: &Gpu, kind: GemmKind, c0: &[f32], a: &[f32], b: &[f32], shape:
 /// Each dtype's products on the three row-major layouts: f32 equals the CPU's exact product; bf16
 /// equals the CPU's product of the bf16-rounded operands (and visibly differs from the exact one:
 /// the rounding happened); tf32 lies between (within TF32's 2⁻¹¹ relative rounding of the exact
-/// product, not exact). A decoder's pre-rounded bf16 weight gives the bf16 product.
+/// product, not exact). A weight with a registered bf16 image (cuda::image) gives the same product.
 #[test]
 fn products_take_their_operands_as_the_dtype_says() {
     let Some(g) = gpu() else { return };
@@ -93,17 +94,49 @@ fn products_take_their_operands_as_the_dtype_says() {
             }
         }
     }
-    // a weight already rounded to bf16 (the decoder's image), A rounded by the product
+    // a weight with a registered bf16 image (cuda::image): the product reads the image and equals
+    // the product that rounds the weight itself; after the weight changes and the image is
+    // refreshed, the new weight's product
     g.set_dtype(Dtype::Bf16);
-    let (a, w, c0) = (rand(&mut rng, m * k), rand(&mut rng, n * k), rand(&mut rng, m * n));
-    let want = gpu_product(&g, GemmKind::Nt, &c0, &a, &w, shape, true);
-    let bits: Vec<u16> = w.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
-    let w16 = g.stream().clone_htod(&bits).unwrap();
-    let (ag, mut cg) = (g.upload(&a).unwrap(), g.upload(&c0).unwrap());
-    use cudarc::driver::DevicePtr;
-    let wp = w16.device_ptr(g.stream()).0;
-    g.gemm_nt_bf16_weight(Gpu::m(&mut cg, 0..m * n), Gpu::r(&ag, 0..m * k), wp, shape, true).unwrap();
-    close("Nt with a bf16 weight image", &down(&g, &cg, m * n), &want, 1e-6);
+    let (a, c0) = (rand(&mut rng, m * k), rand(&mut rng, m * n));
+    let mut wg = g.upload(&rand(&mut rng, n * k)).unwrap();
+    for round in 0..2 {
+        let w = down(&g, &wg, n * k);
+        let want = gpu_product(&g, GemmKind::Nt, &c0, &a, &w, shape, true);
+        let image = Bf16Image::of(&g, &wg).unwrap().expect("an image on a bf16 device");
+        let (ag, mut cg) = (g.upload(&a).unwrap(), g.upload(&c0).unwrap());
+        g.matmul_nt(Gpu::m(&mut cg, 0..m * n), Gpu::r(&ag, 0..m * k), Gpu::r(&wg, 0..n * k), shape, true).unwrap();
+        close(&format!("Nt through a weight image, round {round}"), &down(&g, &cg, m * n), &want, 1e-6);
+        drop(image);
+        g.stream().memcpy_htod(&rand(&mut rng, n * k), &mut wg).unwrap();
+    }
+    g.set_dtype(Dtype::F32);
+    assert!(Bf16Image::of(&g, &wg).unwrap().is_none(), "f32 products keep no image");
+}
+
+/// A bf16 model's weight image follows its weights: after a device AdamW step (which writes the
+/// image in the same pass), its forward equals that of a model freshly made from the updated
+/// weights (whose image is rounded from them), within summation noise.
+#[test]
+fn the_weight_image_follows_the_optimizer_step() {
+    let Some(g) = gpu() else { return };
+    g.set_dtype(Dtype::Bf16);
+    let mut cfg = tiny_config(Arch::Qwen2, false);
+    (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim) = (32, 64, 8);
+    let mut model = Model::new(cfg.clone(), init_params(&cfg, 4, 0.5)).unwrap();
+    let mut rng = Rng::new(2);
+    let b = batch(&mut rng, &[12, 9], cfg.vocab_size as u32);
+    let dlogp = vec![-1.0 / b.len() as f32; b.len()];
+    let mut gm = GpuModel::new(g.clone(), &model).unwrap();
+    gm.forward(&model, &b).unwrap();
+    gm.backward(&model, &b, &dlogp, None).unwrap();
+    let mut opt =
+        arbor::train::adamw::AdamW::for_layout(arbor::train::adamw::AdamWConfig::default(), &model.params.layout);
+    gm.adamw_step(&mut opt, 1e-2, 1.0).unwrap();
+    let (after, _) = gm.forward(&model, &b).unwrap();
+    model.params.data = gm.params().unwrap();
+    let (fresh, _) = GpuModel::new(g.clone(), &model).unwrap().forward(&model, &b).unwrap();
+    close("forward after AdamW vs a fresh model", &after, &fresh, 1e-6);
 }
 
 /// One bf16 forward + backward of a small model against f32 on the same GPU: the loss within 1 %,
