@@ -37,11 +37,12 @@ pub struct GpuKvCache {
 
 /// A model's weights on the device plus step buffers, for generation.
 pub struct GpuDecoder {
+    /// The weights rounded to bf16 when the device's products are "bf16" (once per weight version,
+    /// so a token step reads 2 bytes per weight instead of rounding 4; `cuda::image`). The first
+    /// field: dropped (so unregistered) before the weights.
+    image: Option<Bf16Image>,
     gpu: Arc<Gpu>,
     params: CudaSlice<f32>,
-    /// The weights rounded to bf16 when the device's products are "bf16" (once per weight version,
-    /// so a token step reads 2 bytes per weight instead of rounding 4; `cuda::image`).
-    image: Option<Bf16Image>,
     rope: GpuRope,
     bufs: StepBufs,
     sampling: SampleBufs,

@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 /// Weights, gradients and optimizer state of one model on one device.
 pub struct GpuModel {
+    /// The weights rounded to bf16 when the device's products are "bf16" (`cuda::image`; AdamW
+    /// writes it with the weights). The first field: dropped (so unregistered) before the weights.
+    image: Option<Bf16Image>,
     gpu: Arc<Gpu>,
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
@@ -22,9 +25,6 @@ pub struct GpuModel {
     v: CudaSlice<f32>,
     rope: GpuRope,
     pub(crate) ws: Workspace<Gpu>,
-    /// The weights rounded to bf16 when the device's products are "bf16" (`cuda::image`; AdamW
-    /// writes it with the weights).
-    image: Option<Bf16Image>,
 }
 
 impl GpuModel {
