@@ -121,6 +121,11 @@ done
 echo "== greedy generation with bf16 products, the 0.5B shape, batch 256, 16 + 256 tokens"
 "$arbor" bench gpu --kind generate --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch 256 --new-tokens 256 \
     --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16.json"
+echo "== decode steps replayed as CUDA graphs (opt-in), bf16, batch 16 / 256"
+for b in 16 256; do
+    "$arbor" bench gpu --kind generate --sample --graphs --dtype bf16 --model-config configs/models/qwen2-0.5b-shape \
+        --batch "$b" --warmup 1 --steps 2 --new-tokens 64 | tee "$out/generate_sampled_0.5b_b${b}_bf16_graphs.json"
+done
 echo "== the same with bf16 products (decoder weights rounded once per version), batch 16 / 256"
 for b in 16 256; do
     "$arbor" bench gpu --kind generate --sample --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch "$b" \

@@ -44,7 +44,8 @@ def main():
         for key, fmt in (("tokens_per_s", "{:,.0f} tok/s"), ("gen_tokens_per_s", "gen {:,.0f} tok/s"),
                          ("step_ms", "{:.1f} ms"), ("step_s", "step {:.2f} s"), ("fwd_bwd_ms", "fwd+bwd {:.3f} ms"),
                          ("forward_ms", "fwd {:.1f}"), ("backward_ms", "bwd {:.1f}"), ("optimizer_ms", "opt {:.1f} ms"),
-                         ("tflops", "{:.1f} TFLOP/s"), ("mfu", "MFU {:.1%}"), ("copy_gb_per_s", "copy {:,.0f} GB/s")):
+                         ("tflops", "{:.1f} TFLOP/s"), ("mfu", "MFU {:.1%}"), ("copy_gb_per_s", "copy {:,.0f} GB/s"),
+                         ("graphs", "{} graphs")):
             if isinstance(j.get(key), (int, float)):
                 fig.append(fmt.format(j[key]))
         if isinstance(j.get("gemm_tflops"), dict):

@@ -64,6 +64,10 @@ pub struct GpuArgs {
     /// either way). `--kind attention` with bf16: the tensor-core kernels (cuda/attention_mma.cu).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: crate::config::Dtype,
+    /// `--kind generate`: replay decode steps as CUDA graphs (`cuda::graphs`; also
+    /// `ARBOR_CUDA_GRAPHS=1`, which reaches the rl-step's decoder too).
+    #[arg(long)]
+    pub graphs: bool,
     /// `--kind rl-step`: prompts per step.
     #[arg(long, default_value_t = 64)]
     pub prompts: usize,
@@ -147,6 +151,9 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         .map(|(i, prompt)| Request { prompt_id: i as u64, sample_index: 0, prompt })
         .collect();
     let mut dec = GpuDecoder::new(gpu, &model)?;
+    if args.graphs {
+        dec.set_graphs(true);
+    }
     let mut times = Vec::new();
     let mut produced = 0;
     for i in 0..args.warmup + args.steps.min(5) {
@@ -176,6 +183,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
         "decoding": if args.sample { "sampled, T = 1" } else { "greedy" },
+        "graphs": dec.graphs_held(),
         "batch": args.batch,
         "prompt_len": args.prompt_len,
         "new_tokens": new_tokens,

@@ -10,6 +10,7 @@
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
+use crate::cuda::graphs::{self, Action, StepGraphs};
 use crate::cuda::image::Bf16Image;
 use crate::cuda::sample::{sample_rows, SampleBufs};
 use crate::error::{Error, Result};
@@ -18,7 +19,7 @@ use crate::model::Model;
 use crate::rollout::sampler::{Sampled, SamplingParams};
 use crate::tensor::Dtype;
 use crate::tensor::{Backend, GemmShape};
-use cudarc::driver::{CudaSlice, DevicePtr};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use std::sync::Arc;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
@@ -51,6 +52,8 @@ pub struct GpuDecoder {
     next: Vec<usize>,
     /// The step's rows on the device (tokens, positions, slots, attended lengths), reused.
     rows: Option<RowsDev>,
+    /// Decode steps captured as CUDA graphs (opt-in; `cuda::graphs`).
+    graphs: StepGraphs<CudaGraph>,
 }
 
 /// A decode step's per-row inputs in device memory, with room for `cap` rows (grown by
@@ -121,6 +124,7 @@ impl GpuDecoder {
             positions: Vec::new(),
             next: Vec::new(),
             rows: None,
+            graphs: StepGraphs::new(graphs::requested()),
         };
         dec.image = Bf16Image::of(gpu, &dec.params)?;
         Ok(dec)
@@ -207,6 +211,13 @@ impl GpuDecoder {
         ] {
             g.grow(buf, len)?;
         }
+        // every row picks a token (the steady state): a step a graph may replay
+        let uniform = n == b && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
+        let fingerprint = match self.graphs.enabled() && uniform {
+            true => step_fingerprint(g, &self.params, self.image.as_ref(), bf, &rows, cache),
+            false => Vec::new(),
+        };
+        let action = self.graphs.plan(b, uniform, &fingerprint);
         let mut step = GpuStep {
             g,
             p: &self.params,
@@ -217,11 +228,39 @@ impl GpuDecoder {
             slots: &rows.slots,
             lens: &rows.lens,
         };
-        let done = decode_stack(model, &mut step, tokens, logit_rows);
+        let done = match action {
+            Action::Eager => decode_stack(model, &mut step, tokens, logit_rows),
+            Action::Replay => match self.graphs.get(b) {
+                Some(graph) => graph.launch().map_err(drv("graph launch")),
+                None => decode_stack(model, &mut step, tokens, logit_rows),
+            },
+            Action::Capture => match capture(st, || decode_stack(model, &mut step, tokens, logit_rows)) {
+                Ok(graph) => {
+                    let launched = graph.launch().map_err(drv("graph launch"));
+                    self.graphs.insert(b, graph);
+                    launched
+                }
+                // the driver or a library refused the capture: run this and every later step eagerly
+                Err(_) => {
+                    self.graphs.give_up();
+                    decode_stack(model, &mut step, tokens, logit_rows)
+                }
+            },
+        };
         self.rows = Some(rows);
         done?;
         cache.len.copy_from_slice(&self.next);
         Ok(())
+    }
+
+    /// Replay decode steps as CUDA graphs (see `cuda::graphs`), or stop (dropping every graph).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs.set_enabled(on);
+    }
+
+    /// How many decode-step graphs are held (0 with graphs off, or after a refused capture).
+    pub fn graphs_held(&self) -> usize {
+        self.graphs.len()
     }
 
     /// Replace the weights with `params`, a device buffer of the same model (e.g. a `GpuModel`'s
@@ -244,6 +283,44 @@ impl GpuDecoder {
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
+}
+
+/// Every device address and shape a captured decode step bakes in: the weights and their image,
+/// the step buffers, the row inputs, each layer's cache, the device's scratch buffers.
+fn step_fingerprint(
+    g: &Gpu,
+    params: &CudaSlice<f32>,
+    image: Option<&Bf16Image>,
+    b: &StepBufs,
+    rows: &RowsDev,
+    cache: &GpuKvCache,
+) -> Vec<u64> {
+    let st = &g.stream;
+    let mut f = vec![params.device_ptr(st).0, image.map_or(0, |i| i.ptr())];
+    for buf in [&b.x, &b.ln, &b.rstd, &b.qkv, &b.att, &b.gate_up, &b.act, &b.logits] {
+        f.push(buf.device_ptr(st).0);
+    }
+    f.extend([
+        rows.batch.tokens.device_ptr(st).0,
+        rows.batch.positions.device_ptr(st).0,
+        rows.slots.device_ptr(st).0,
+        rows.lens.device_ptr(st).0,
+    ]);
+    f.extend(cache.k.iter().chain(&cache.v).map(|c| c.device_ptr(st).0));
+    f.extend([cache.max_len as u64, cache.bf16 as u64]);
+    f.extend(g.scratch_addresses());
+    f
+}
+
+/// Capture what `run` launches on `st` as a graph (nothing runs during a capture). Any failure
+/// ends the capture, so the stream is usable again.
+fn capture(st: &Arc<CudaStream>, run: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(drv("begin capture"))?;
+    let ran = run();
+    let graph = st.end_capture(CUgraphInstantiate_flags(0)).map_err(drv("end capture"));
+    ran?;
+    graph?.ok_or_else(|| Error::device("CUDA graph", "the capture recorded nothing"))
 }
 
 /// The rows of one sampled decode step: row r appends `tokens[r]` to slot `slots[r]`; the next

@@ -288,6 +288,14 @@ impl Gpu {
         Ok(ptr)
     }
 
+    /// The addresses of the reused scratch buffers (0 where none is allocated yet): a captured
+    /// decode step bakes them in (`cuda::graphs`).
+    pub(crate) fn scratch_addresses(&self) -> [u64; 2] {
+        let f = self.scratch.lock().ok().and_then(|s| s.as_ref().map(|b| b.device_ptr(&self.stream).0));
+        let h = self.bf16_scratch.lock().ok().and_then(|s| s.as_ref().map(|b| b.device_ptr(&self.stream).0));
+        [f.unwrap_or(0), h.unwrap_or(0)]
+    }
+
     /// Device address of a view (for kernel arguments).
     pub(crate) fn pr(&self, v: &CudaView<'_, f32>) -> u64 {
         v.device_ptr(&self.stream).0

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod device;
 pub mod gemm;
 pub mod generate;
+pub mod graphs;
 pub mod image;
 pub mod mma;
 pub mod model;

@@ -1,0 +1,137 @@
+//! Decode steps replayed as CUDA graphs (opt-in: `ARBOR_CUDA_GRAPHS=1` or
+//! [`crate::cuda::GpuDecoder::set_graphs`]). A decode step is a few hundred small launches whose
+//! cost, at small batches, is mostly the launching; a graph replays them in one launch. A graph
+//! bakes in every device address and shape it was captured with, so one is kept per row count
+//! (steps whose every row picks a token: the steady state of continuous batching; steps with
+//! prompt chunks run eagerly), and all are dropped when any address they use changes (a buffer
+//! grew, a new KV cache, a reallocated scratch). A row count is captured on its second use: the
+//! first runs eagerly and grows every buffer and loads every kernel, since a capture may neither
+//! allocate nor load modules. Replays launch exactly the captured kernels with the same arguments,
+//! so results are bit-identical to eager steps.
+
+use std::collections::{HashMap, HashSet};
+
+/// What to do with a step of a given row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Launch the kernels directly (graphs off, a step with prompt rows, or a first use).
+    Eager,
+    /// Capture the step into a graph, then launch the graph.
+    Capture,
+    /// Launch the graph captured for this row count.
+    Replay,
+}
+
+/// The graphs of one decoder, generic over the graph type (host tests use a stand-in).
+pub struct StepGraphs<G> {
+    enabled: bool,
+    /// The device addresses and shapes the graphs were captured with.
+    fingerprint: Vec<u64>,
+    graphs: HashMap<usize, G>,
+    /// Row counts that ran eagerly once under the current fingerprint.
+    warm: HashSet<usize>,
+}
+
+impl<G> StepGraphs<G> {
+    pub fn new(enabled: bool) -> Self {
+        StepGraphs { enabled, fingerprint: Vec::new(), graphs: HashMap::new(), warm: HashSet::new() }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Turn graphs on or off (off drops every graph).
+    pub fn set_enabled(&mut self, on: bool) {
+        self.enabled = on;
+        if !on {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.graphs.clear();
+        self.warm.clear();
+    }
+
+    /// The action for a step of `rows` rows that all pick a token (`uniform`, else it runs
+    /// eagerly) with the addresses and shapes `fingerprint`: graphs captured under another
+    /// fingerprint are dropped first.
+    pub fn plan(&mut self, rows: usize, uniform: bool, fingerprint: &[u64]) -> Action {
+        if !self.enabled || !uniform {
+            return Action::Eager;
+        }
+        if self.fingerprint != fingerprint {
+            self.clear();
+            self.fingerprint = fingerprint.to_vec();
+        }
+        if self.graphs.contains_key(&rows) {
+            Action::Replay
+        } else if self.warm.insert(rows) {
+            Action::Eager
+        } else {
+            Action::Capture
+        }
+    }
+
+    /// How many row counts have a graph.
+    pub fn len(&self) -> usize {
+        self.graphs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graphs.is_empty()
+    }
+
+    /// The graph for `rows` (after [`Action::Replay`]).
+    pub fn get(&self, rows: usize) -> Option<&G> {
+        self.graphs.get(&rows)
+    }
+
+    /// Keep the graph captured for `rows`.
+    pub fn insert(&mut self, rows: usize, graph: G) {
+        self.graphs.insert(rows, graph);
+    }
+
+    /// A capture failed (the driver or a library refused to be captured): graphs stay off for this
+    /// decoder, which runs eagerly from now on.
+    pub fn give_up(&mut self) {
+        self.set_enabled(false);
+    }
+}
+
+/// Whether `ARBOR_CUDA_GRAPHS=1` asks for decode graphs.
+pub fn requested() -> bool {
+    std::env::var("ARBOR_CUDA_GRAPHS").is_ok_and(|v| v == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Off or with prompt rows: always eager. On: a row count runs eagerly first, is captured
+    /// second, replayed after; a new fingerprint drops every graph and starts over; giving up
+    /// turns graphs off for good.
+    #[test]
+    fn a_row_count_is_captured_on_its_second_use_and_dropped_when_addresses_change() {
+        let mut off = StepGraphs::<u32>::new(false);
+        assert_eq!(off.plan(4, true, &[1]), Action::Eager);
+        assert_eq!(off.plan(4, true, &[1]), Action::Eager);
+
+        let mut g = StepGraphs::<u32>::new(true);
+        assert_eq!(g.plan(4, false, &[1]), Action::Eager, "prompt rows run eagerly");
+        assert_eq!(g.plan(4, true, &[1]), Action::Eager, "first use warms");
+        assert_eq!(g.plan(4, true, &[1]), Action::Capture);
+        g.insert(4, 40);
+        assert_eq!(g.plan(4, true, &[1]), Action::Replay);
+        assert_eq!(g.get(4), Some(&40));
+        assert_eq!(g.plan(3, true, &[1]), Action::Eager, "another row count warms on its own");
+        assert_eq!(g.plan(4, true, &[1]), Action::Replay);
+        assert_eq!(g.plan(4, true, &[2]), Action::Eager, "new addresses: graphs dropped, warm again");
+        assert_eq!(g.get(4), None);
+        assert_eq!(g.plan(4, true, &[2]), Action::Capture);
+        g.give_up();
+        assert!(!g.enabled());
+        assert_eq!(g.plan(4, true, &[2]), Action::Eager);
+    }
+}
