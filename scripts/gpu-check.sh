@@ -146,6 +146,9 @@ if [ "${GPU_CHECK_PEERS:-1}" = "1" ] && python3 -c "import torch, transformers; 
                 --batch "$b" --new-tokens 64 --reps 2 | tee "$out/peer_generate_sampled_0.5b_b${b}_$dt.json" || true
         done
     done
+    # the peer of the bf16 greedy figure (issue: arbor >= 10x transformers bf16 at batch 256)
+    python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 --greedy --model-config configs/models/qwen2-0.5b-shape \
+        --batch 256 --new-tokens 256 --reps 1 | tee "$out/peer_generate_greedy_0.5b_b256_bf16.json" || true
     python3 - "$out" <<'PY' | tee "$out/ratios.txt"
 import json, os, sys
 d = sys.argv[1]
@@ -159,6 +162,8 @@ def ratio(what, ours, peer):
               f"({p.get('dtype')}), arbor = {a['tokens_per_s'] / p['tokens_per_s']:.2f}x ({p.get('device')})")
 for ours in ("tf32", "bf16"):
     ratio(f"train step 0.5B 4x1024, arbor {ours} products vs torch bf16", f"train_step_{ours}.json", "peer_train_step_bf16.json")
+ratio("greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16 vs transformers bf16",
+      "generate_greedy_0.5b_b256_bf16.json", "peer_generate_greedy_0.5b_b256_bf16.json")
 for b in (16, 256):
     ratio(f"sampled generation 0.5B batch {b}, arbor bf16 products vs transformers bf16",
           f"generate_sampled_0.5b_b{b}_bf16.json", f"peer_generate_sampled_0.5b_b{b}_bf16.json")
