@@ -1,5 +1,5 @@
-//! cuBLAS products for the row-major matrices of the model: SGEMM, or GemmEx with TF32 or bf16
-//! operands as `[train] dtype` asks (f32 accumulation and result either way).
+//! cuBLAS products for the row-major matrices of the model: one cublasGemmEx call each, with f32,
+//! TF32 or bf16 operands as `[train] dtype` asks (f32 accumulation and result either way).
 
 use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::error::{Error, Result};
@@ -7,7 +7,6 @@ use crate::tensor::shape::GemmShape;
 use crate::tensor::Dtype;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
-use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 
 /// A row-major product as one column-major cuBLAS call: C[m, n] (+)= op(A)·op(B) is computed
@@ -48,8 +47,8 @@ pub fn gemm_plan(kind: GemmKind, m: usize, n: usize, k: usize) -> GemmPlan {
 
 impl Gpu {
     /// C (+)= op(A)·op(B) with f32 operands and result, f32 accumulation; shapes and row-major
-    /// layouts as [`GemmKind`]. The operands enter the product as the device's [`Gpu::dtype`]
-    /// says: exactly (SGEMM), rounded to TF32 inside cuBLAS, or rounded to bf16 by
+    /// layouts as [`GemmKind`]; one cublasGemmEx call. The operands enter the product as the
+    /// device's [`Gpu::dtype`] says: exactly (f32 compute), rounded to TF32 inside cuBLAS, or rounded to bf16 by
     /// `f32_to_bf16_n` into a reused scratch before a bf16 tensor-core GEMM.
     pub(crate) fn gemm(
         &self,
@@ -73,15 +72,13 @@ impl Gpu {
         if a.len() < m * k || b.len() < n * k || c.len() < m * n {
             return Err(Error::shape(format!("GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
         }
+        let (cp, ap, bp) = (self.pm(&mut c), self.pr(&a), self.pr(&b));
+        let f32_ops = |compute| ExOperands { c: cp, c_type: R_32F, a: ap, b: bp, ab_type: R_32F, compute };
         match self.dtype() {
-            Dtype::F32 => self.sgemm(c, a, b, kind, shape, acc),
-            Dtype::Tf32 => {
-                let (cp, ap, bp) = (self.pm(&mut c), self.pr(&a), self.pr(&b));
-                let ops = ExOperands { c: cp, c_type: R_32F, a: ap, b: bp, ab_type: R_32F, compute: TF32 };
-                self.gemm_ex(ops, kind, shape, acc)
-            }
+            // f32 operands with f32 compute: SGEMM's arithmetic (the default math mode allows no TF32)
+            Dtype::F32 => self.gemm_ex(f32_ops(F32), kind, shape, acc),
+            Dtype::Tf32 => self.gemm_ex(f32_ops(TF32), kind, shape, acc),
             Dtype::Bf16 => {
-                let (cp, ap, bp) = (self.pm(&mut c), self.pr(&a), self.pr(&b));
                 // a weight with a registered image is not rounded again (cuda::image)
                 let b = match self.image_of(bp, n * k) {
                     Some(image) => Operand::Bf16(image),
@@ -122,36 +119,6 @@ impl Gpu {
         let blocks = n.div_ceil(256).min(self.sms() as usize * 16).max(1) as u32;
         let args = [Arg::P(out), Arg::P(x), Arg::L(n as i64)];
         self.launch("elementwise", "f32_to_bf16_n", (blocks, 1, 1), (256, 1, 1), 0, &args)
-    }
-
-    /// The exact f32 product (cuBLAS SGEMM; views checked by [`Gpu::gemm`]).
-    fn sgemm(
-        &self,
-        mut c: CudaViewMut<'_, f32>,
-        a: CudaView<'_, f32>,
-        b: CudaView<'_, f32>,
-        kind: GemmKind,
-        shape: GemmShape,
-        acc: bool,
-    ) -> Result<()> {
-        let GemmShape { m, n, k } = shape;
-        let p = gemm_plan(kind, m, n, k);
-        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let cfg = GemmConfig {
-            transa: op(p.trans_first),
-            transb: op(p.trans_second),
-            m: int(n, "gemm n")?,
-            n: int(m, "gemm m")?,
-            k: int(k, "gemm k")?,
-            alpha: 1.0f32,
-            lda: int(p.ld_first, "gemm ld")?,
-            ldb: int(p.ld_second, "gemm ld")?,
-            beta: if acc { 1.0 } else { 0.0 },
-            ldc: int(n, "gemm ldc")?,
-        };
-        // SAFETY: the views hold at least m·k, n·k and m·n elements (checked by the caller),
-        // matching the leading dimensions of the plan.
-        unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| Error::device("cuBLAS SGEMM", format!("{e:?}")))
     }
 
     /// One cublasGemmEx call for the row-major product of `kind` (see [`GemmPlan`]): the caller
