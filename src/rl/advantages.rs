@@ -5,8 +5,16 @@
 //!   sqrt(Σ(R_j − mean_g)²/(G − 1)) — torch's default `std`, which verl and ROLL use.
 //! - Dr.GRPO: A_i = R_i − mean_g (no std division).
 //! - RLOO: A_i = R_i − (1/(G−1))·Σ_{j≠i} R_j = G/(G−1)·(R_i − mean_g).
+//! - W-REINFORCE (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in LLM
+//!   Reasoning"): no baseline; a rewarded response (R > 0) gets A = λ·R with λ = 0.1
+//!   ([`W_REINFORCE_POSITIVE_WEIGHT`]), any other A = R − 1 (−1 for a wrong answer, less for a
+//!   malformed one). Mostly negative reinforcement: wrong responses lose probability, which flows
+//!   to the model's other candidates, so the policy keeps exploring; and a group whose responses are
+//!   all wrong, which a baseline silences, still teaches. No group lacks signal (`zero_std` is false
+//!   everywhere), so the zero-std filter keeps every group.
 //!
-//! A group of one response has no baseline: its advantage is 0 (and it counts as zero-std).
+//! A group of one response has no baseline: its advantage is 0 (and it counts as zero-std), except
+//! under W-REINFORCE, which needs none.
 //! Computation is in f64; results are stored as f32.
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +23,9 @@ use crate::{Error, Result};
 
 /// GRPO's ε in (R − mean)/(std + ε).
 pub const GRPO_STD_EPS: f64 = 1e-6;
+
+/// W-REINFORCE's λ: the weight of positive reinforcement relative to negative (the paper's value).
+pub const W_REINFORCE_POSITIVE_WEIGHT: f64 = 0.1;
 
 /// Which group baseline/normalisation to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -27,6 +38,8 @@ pub enum AdvantageKind {
     DrGrpo,
     /// A = R − mean of the group's other rewards.
     Rloo,
+    /// No baseline: A = λ·R for R > 0, else R − 1 (λ = 0.1).
+    WReinforce,
 }
 
 /// Per-sequence advantages plus, per group, whether its rewards have zero spread.
@@ -88,6 +101,16 @@ pub fn group_advantages(kind: AdvantageKind, rewards: &[f32], group_starts: &[us
             format!("must rise from 0 to the reward count {}, got {group_starts:?}", rewards.len()),
         ));
     }
+    if kind == AdvantageKind::WReinforce {
+        let advantages = rewards
+            .iter()
+            .map(|&r| {
+                let r = f64::from(r);
+                (if r > 0.0 { W_REINFORCE_POSITIVE_WEIGHT * r } else { r - 1.0 }) as f32
+            })
+            .collect();
+        return Ok(GroupAdvantages { advantages, zero_std: vec![false; group_starts.len() - 1] });
+    }
     let zero_std = zero_std_groups(rewards, group_starts);
     let mut advantages = vec![0.0f32; rewards.len()];
     for (g, w) in group_starts.windows(2).enumerate() {
@@ -104,6 +127,7 @@ pub fn group_advantages(kind: AdvantageKind, rewards: &[f32], group_starts: &[us
                 AdvantageKind::Grpo => centred / (std + GRPO_STD_EPS),
                 AdvantageKind::DrGrpo => centred,
                 AdvantageKind::Rloo => centred * n as f64 / (n as f64 - 1.0),
+                AdvantageKind::WReinforce => unreachable!("handled above: no group baseline"),
             } as f32;
         }
     }
@@ -157,6 +181,20 @@ mod tests {
         for (a, w) in rloo.advantages.iter().zip(want) {
             assert!(close(*a, w), "{a} vs {w}");
         }
+    }
+
+    #[test]
+    fn w_reinforce_weighs_positives_by_a_tenth_and_keeps_every_group() {
+        // Groups: all correct, mixed, all wrong (with a malformed response at −0.5), a single response.
+        let r = [1.0, 1.0, /* */ 1.0, 0.0, /* */ 0.0, -0.5, /* */ 0.0];
+        let gs = [0, 2, 4, 6, 7];
+        let adv = group_advantages(AdvantageKind::WReinforce, &r, &gs).unwrap();
+        assert_eq!(adv.advantages, vec![0.1, 0.1, 0.1, -1.0, -1.0, -1.5, -1.0]);
+        assert_eq!(adv.zero_std, vec![false; 4], "no group lacks signal without a baseline");
+        assert_eq!(adv.zero_std_fraction(), 0.0);
+        assert!(group_advantages(AdvantageKind::WReinforce, &[1.0, 2.0], &[0, 1]).is_err());
+        let kind: AdvantageKind = serde_json::from_str("\"w-reinforce\"").unwrap();
+        assert_eq!(kind, AdvantageKind::WReinforce);
     }
 
     #[test]
