@@ -1,0 +1,142 @@
+//! Checkpoint manifests and the files they vouch for.
+
+use super::safetensors_files::{odd_json, tiny_params};
+use super::*;
+
+/// Save `params` as the checkpoint of step `step` under `run` (fresh AdamW moments, seed 7).
+pub(crate) fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u64) -> arbor::Result<PathBuf> {
+    let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
+    let state = TrainerState { step, seed: 7, adam_t: step, rl_eval_before: None, sampling: None };
+    let files = CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()) };
+    save_checkpoint(run, cfg, params, &opt, &state, &files)
+}
+
+/// A checkpoint written by arbor; returns (run dir guard, checkpoint dir).
+fn saved_checkpoint() -> (tempfile::TempDir, PathBuf) {
+    let run = tempfile::tempdir().expect("tempdir");
+    let (cfg, params) = tiny_params();
+    let dir = save_tiny(run.path(), &cfg, &params, 3).expect("save checkpoint");
+    (run, dir)
+}
+
+/// `load_checkpoint` must not panic; its errors name a path inside the checkpoint (or the one a
+/// manifest entry points at).
+fn check_checkpoint(dir: &Path, manifest_names: &[String]) -> Result<(), TestCaseError> {
+    if let Err(e) = load_checkpoint(dir) {
+        let msg = e.to_string();
+        let names_it = msg.contains(&dir.display().to_string())
+            || manifest_names.iter().any(|n| Path::new(n).is_absolute() && msg.contains(n.as_str()));
+        prop_assert!(names_it, "the error names no file of the checkpoint: {msg}");
+    }
+    Ok(())
+}
+
+/// The file names a manifest text lists (when it still parses).
+fn listed(manifest: &str) -> Vec<String> {
+    serde_json::from_str::<Value>(manifest)
+        .ok()
+        .and_then(|v| v.get("files").and_then(Value::as_object).map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default()
+}
+
+/// Rewrite `name` in the checkpoint and its manifest entry, so the file's own parser sees it.
+fn replace_vouched(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).expect("write");
+    let path = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("json");
+    m["files"][name] = json!({"bytes": bytes.len(), "fnv1a64": format!("{:016x}", fnv1a64(bytes))});
+    std::fs::write(&path, m.to_string()).expect("write manifest");
+}
+
+#[test]
+fn bad_manifests_and_vouched_files_name_file_and_problem() {
+    let (_run, dir) = saved_checkpoint();
+    load_checkpoint(&dir).expect("the saved checkpoint loads");
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    let err = |text: &str| {
+        std::fs::write(dir.join("manifest.json"), text).expect("write");
+        load_checkpoint(&dir).expect_err("must fail").to_string()
+    };
+    let msg = err(&manifest[..manifest.len() / 2]);
+    assert!(msg.contains("manifest.json") && msg.contains("not valid JSON"), "{msg}");
+    let msg = err("{\"files\": []}");
+    assert!(msg.contains("manifest.json") && msg.contains("files"), "{msg}");
+    let msg = err(&manifest.replacen("\"fnv1a64\": \"", "\"fnv1a64\": \"0", 1));
+    assert!(msg.contains("checksum") && msg.contains("corrupt"), "{msg}");
+    std::fs::write(dir.join("manifest.json"), &manifest).expect("restore");
+    replace_vouched(&dir, "trainer_state.json", b"{\"step\": 3, \"seed\": -7, \"adam_t\": 3}");
+    let msg = load_checkpoint(&dir).expect_err("negative seed").to_string();
+    assert!(msg.contains("trainer_state.json"), "{msg}");
+}
+
+/// Structured edits of a saved manifest: entries removed, renamed (to paths inside and outside
+/// the checkpoint) or given odd sizes and checksums, `files` of the wrong type.
+#[test]
+fn manifest_sweep_never_panics() {
+    let (_run, dir) = saved_checkpoint();
+    let path = dir.join("manifest.json");
+    let good: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let names: Vec<String> = good["files"].as_object().expect("files").keys().cloned().collect();
+    let mut variants: Vec<Value> = Vec::new();
+    for name in &names {
+        let mut v = good.clone();
+        v["files"].as_object_mut().expect("files").remove(name);
+        variants.push(v);
+        for new_name in
+            ["", ".", "..", "../manifest.json", "missing.bin", "model.safetensors/", "/nonexistent-arbor-file"]
+        {
+            let mut v = good.clone();
+            let files = v["files"].as_object_mut().expect("files");
+            let entry = files.remove(name).expect("entry");
+            files.insert(new_name.to_string(), entry);
+            variants.push(v);
+        }
+        for field in ["fnv1a64", "bytes"] {
+            for odd in odd_json() {
+                let mut v = good.clone();
+                v["files"][name.as_str()][field] = odd;
+                variants.push(v);
+            }
+        }
+        let mut v = good.clone();
+        v["files"][name.as_str()] = json!("not an object");
+        variants.push(v);
+    }
+    for odd in odd_json() {
+        variants.push(json!({ "files": odd }));
+    }
+    for v in &variants {
+        std::fs::write(&path, v.to_string()).expect("write");
+        let listed = v["files"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        if let Err(e) = check_checkpoint(&dir, &listed) {
+            panic!("{v}: {e}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES / 2))]
+
+    #[test]
+    fn checkpoint_load_never_panics_on_mutated_manifests(edits in edits(3)) {
+        let (_run, dir) = saved_checkpoint();
+        let path = dir.join("manifest.json");
+        let text = mutate_text(&std::fs::read_to_string(&path).expect("manifest"), &edits);
+        std::fs::write(&path, &text).expect("write");
+        check_checkpoint(&dir, &listed(&text))?;
+    }
+
+    #[test]
+    fn checkpoint_load_never_panics_on_mutated_vouched_files(pick in 0usize..3, edits in edits(3)) {
+        let (_run, dir) = saved_checkpoint();
+        let name = ["trainer_state.json", "optimizer.safetensors", "config.json"][pick];
+        let good = std::fs::read(dir.join(name)).expect("read");
+        let bytes = if name.ends_with(".json") {
+            mutate_text(&String::from_utf8_lossy(&good), &edits).into_bytes()
+        } else {
+            mutate_bytes(&good, &edits)
+        };
+        replace_vouched(&dir, name, &bytes);
+        check_checkpoint(&dir, &[])?;
+    }
+}
