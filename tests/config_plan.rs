@@ -63,7 +63,7 @@ fn expected_plan(file: &str) -> &'static str {
         // configs/eff20: the default job with one key changed (docs/efficacy.md §3c-3d)
         "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "f-prompts64.toml"
         | "g-entropy0.01.toml" | "h-temp1.2.toml" | "j-wd0.toml" | "k-rloo.toml" | "l-entropy0.05.toml"
-        | "m-entropy0.1.toml" | "n-kl0.02.toml" | "o-wreinforce.toml" | "p-drgrpo.toml" => GROUPS,
+        | "m-entropy0.1.toml" | "n-kl0.02.toml" | "o-wreinforce.toml" => GROUPS,
         "i-attnrl.toml" => "sampler = trees, advantage = tree, shaping = none, schedule = sync",
         "env-guess.toml" => "sampler = env, advantage = group, shaping = none, schedule = sync",
         other => panic!("configs/{other}: add its expected plan to tests/config_plan.rs"),
