@@ -279,14 +279,18 @@ mod avx2 {
                 _mm_prefetch::<_MM_HINT_T0>(t.next.add(p * NR) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(t.next.add(p * NR + 16) as *const i8);
             }
-            let mut bv = [_mm256_setzero_ps(); V];
-            for (j, v) in bv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(b.add(p * NR + 8 * j));
+            // The H broadcasts first, then one panel vector at a time: 3·4 accumulators, 3
+            // broadcasts and 1 panel vector are the 16 ymm registers. (Loading all four panel
+            // vectors first needs 17, and the compiler spilled two accumulators to the stack,
+            // which put a store-to-load round trip into their FMA chains.)
+            let mut x = [_mm256_setzero_ps(); H];
+            for (r, xr) in x.iter_mut().enumerate() {
+                *xr = _mm256_broadcast_ss(&*a.add(r * t.lda + p));
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*a.add(r * t.lda + p));
-                for (v, &bj) in row.iter_mut().zip(&bv) {
-                    *v = _mm256_fmadd_ps(x, bj, *v);
+            for j in 0..V {
+                let bj = _mm256_loadu_ps(b.add(p * NR + 8 * j));
+                for (row, &xr) in acc.iter_mut().zip(&x) {
+                    row[j] = _mm256_fmadd_ps(xr, bj, row[j]);
                 }
             }
         }
