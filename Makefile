@@ -1,5 +1,5 @@
 # arbor — the two commands of the README, plus benchmarks.
-#   make run    set up, build, run the default job (Countdown GRPO from the shipped warm start, CPU, 7–11 min on 2 cores)
+#   make run    set up, build, run the default job (Countdown GRPO from the shipped warm start, CPU, 7–8 min on 2 cores)
 #   make test   set up, build, pass every test
 CARGO ?= cargo
 THREADS ?= 2
