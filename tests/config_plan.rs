@@ -60,7 +60,7 @@ fn expected_plan(file: &str) -> &'static str {
         "addition-grpo.toml" | "countdown-grpo.toml" | "countdown-gpu.toml" | "default.toml" | "longtail.toml" => {
             GROUPS
         }
-        // configs/eff20: the default job with one key changed (docs/efficacy.md §3c-3d)
+        // configs/eff20: the default job as of docs/efficacy.md §3c (from step 2400) with one key changed
         "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "f-prompts64.toml"
         | "g-entropy0.01.toml" | "h-temp1.2.toml" | "j-wd0.toml" | "k-rloo.toml" | "l-entropy0.05.toml"
         | "m-entropy0.1.toml" | "n-kl0.02.toml" | "o-wreinforce.toml" => GROUPS,
