@@ -173,7 +173,8 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     const int seq = blockIdx.z, h = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;
-    const int q0 = blockIdx.x * AM_BQ;
+    // the longest query blocks (the causal mask's last) start first, so they do not make the tail
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * AM_BQ;
     if (q0 >= len) return;
     const int g = h / (num_heads / kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
@@ -324,12 +325,21 @@ extern "C" __global__ void __launch_bounds__(128)
 //   (float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
 //    const float* k, int k_stride, const float* v, int v_stride, const float* dout,
 //    int dout_stride, const float* lse, const float* delta, const int* cu_seqlens, int num_heads,
-//    int kv_heads, int head_dim)
-//   Block = 64 keys of one kv head of one sequence (16 per warp); loops over the group's query
+//    int kv_heads, int head_dim, int heads_per_block)
+//   Block = 64 keys of one sequence (16 per warp) against `heads_per_block` consecutive query heads
+//   of one kv group, the block's y index times heads_per_block being the first; loops over those
 //   heads and over query blocks of 64 from the diagonal to the end: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ,
-//   Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q.
-//   Launch: grid = (ceil(max_seq_len / 64), kv_heads, n_seq), block = 128,
-//   dynamic shared memory = 4 * 64 * (DM + 8) * 2 + 2 * 64 * 4 bytes (DM 64: 37376, 128: 70144).
+//   Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q. The block writes its sums at column
+//   y * head_dim of dk and dv:
+//   - heads_per_block = num_heads / kv_heads (the whole group): y is the kv head and dk, dv are
+//     the gradients themselves; grid = (ceil(max_seq_len / 64), kv_heads, n_seq).
+//   - heads_per_block = 1: y is the query head and dk, dv are per-head partials ([N, num_heads,
+//     head_dim] each, row stride num_heads * head_dim), which attn_bwd_group_sum_f32 then sums over
+//     each group in head order; grid = (ceil(max_seq_len / 64), num_heads, n_seq). A group's
+//     query blocks then run on num_heads / kv_heads blocks in parallel instead of one after
+//     another in one block (7 for Qwen2-0.5B), still with no atomics.
+//   Launch: block = 128, dynamic shared memory = 4 * 64 * (DM + 8) * 2 + 2 * 64 * 4 bytes
+//   (DM 64: 37376, 128: 70144).
 
 template <int DM>
 __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const float* __restrict__ q, int q_stride,
@@ -346,7 +356,8 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const flo
     const int seq = blockIdx.z, h = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;
-    const int q0 = blockIdx.x * AM_BQ;
+    // the longest query blocks (the causal mask's last) start first, so they do not make the tail
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * AM_BQ;
     if (q0 >= len) return;
     const int g = h / (num_heads / kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
@@ -412,7 +423,8 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
                                   const float* __restrict__ q, int q_stride, const float* __restrict__ k, int k_stride,
                                   const float* __restrict__ v, int v_stride, const float* __restrict__ dout,
                                   int dout_stride, const float* __restrict__ lse, const float* __restrict__ delta,
-                                  const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+                                  const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim,
+                                  int heads_per_block) {
     constexpr int LDS = DM + 8, NT = AM_BQ / 8, NO = DM / 8;
     unsigned short* Ks = (unsigned short*)am_smem;
     unsigned short* Vs = Ks + AM_BK * LDS;
@@ -421,12 +433,12 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
     float* Ls = (float*)(Os + AM_BQ * LDS);  // the query block's lse (base 2) and delta
     float* Ds = Ls + AM_BQ;
 
-    const int seq = blockIdx.z, g = blockIdx.y;
+    const int seq = blockIdx.z, y = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;
     const int k0 = blockIdx.x * AM_BK;
     if (k0 >= len) return;
-    const int group = num_heads / kv_heads;
+    const int h_first = y * heads_per_block, g = h_first / (num_heads / kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
     const float scale = 1.0f / sqrtf((float)head_dim), log2e = 1.4426950408889634f, sl2 = scale * log2e;
 
@@ -440,8 +452,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
 #pragma unroll
     for (int n = 0; n < NO; ++n) dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = dva[n][0] = dva[n][1] = dva[n][2] =
         dva[n][3] = 0.0f;
-    for (int hh = 0; hh < group; ++hh) {
-        const int h = g * group + hh;
+    for (int h = h_first; h < h_first + heads_per_block; ++h) {
         const float* qb = q + (long long)start * q_stride + (long long)h * head_dim;
         const float* ob = dout + (long long)start * dout_stride + (long long)h * head_dim;
         for (int q0 = k0; q0 < len; q0 += AM_BQ) {
@@ -475,8 +486,8 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
             accumulate_product<NO, NT>(dka, dpt, Qs, LDS, gr, tg);
         }
     }
-    float* dkb = dk + (long long)start * dk_stride + (long long)g * head_dim;
-    float* dvb = dv + (long long)start * dv_stride + (long long)g * head_dim;
+    float* dkb = dk + (long long)start * dk_stride + (long long)y * head_dim;
+    float* dvb = dv + (long long)start * dv_stride + (long long)y * head_dim;
 #pragma unroll
     for (int n = 0; n < NO; ++n) {
         const int d = n * 8 + 2 * tg;
@@ -510,9 +521,9 @@ extern "C" __global__ void __launch_bounds__(128)
     attn_bwd_dkdv_mma_64(float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
                           const float* k, int k_stride, const float* v, int v_stride, const float* dout,
                           int dout_stride, const float* lse, const float* delta, const int* cu_seqlens,
-                          int num_heads, int kv_heads, int head_dim) {
+                          int num_heads, int kv_heads, int head_dim, int heads_per_block) {
     attn_bwd_dkdv_mma<64>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout, dout_stride,
-                           lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                           lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -527,7 +538,35 @@ extern "C" __global__ void __launch_bounds__(128)
     attn_bwd_dkdv_mma_128(float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
                           const float* k, int k_stride, const float* v, int v_stride, const float* dout,
                           int dout_stride, const float* lse, const float* delta, const int* cu_seqlens,
-                          int num_heads, int kv_heads, int head_dim) {
+                          int num_heads, int kv_heads, int head_dim, int heads_per_block) {
     attn_bwd_dkdv_mma<128>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout, dout_stride,
-                           lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                           lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
+}
+
+// dk[t, g, :] = sum over hh = 0 .. group - 1 of pk[t, g * group + hh, :] in that order (and dv of
+// pv): the per-query-head partials of attn_bwd_dkdv_mma_DM with heads_per_block = 1 summed into
+// each kv head's gradient; pk and pv are [n, num_heads, head_dim], dk and dv rows of stride
+// dk_stride / dv_stride. Any grid of 1-D blocks (grid-stride over n * kv_heads * head_dim).
+extern "C" __global__ void attn_bwd_group_sum_f32(float* __restrict__ dk, int dk_stride, float* __restrict__ dv,
+                                                  int dv_stride, const float* __restrict__ pk,
+                                                  const float* __restrict__ pv, int n, int num_heads, int kv_heads,
+                                                  int head_dim) {
+    const int group = num_heads / kv_heads;
+    const long long total = (long long)n * kv_heads * head_dim;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int d = (int)(i % head_dim);
+        const long long tg = i / head_dim;
+        const int g = (int)(tg % kv_heads);
+        const long long t = tg / kv_heads;
+        const float* a = pk + (t * num_heads + (long long)g * group) * head_dim + d;
+        const float* b = pv + (t * num_heads + (long long)g * group) * head_dim + d;
+        float sk = 0.0f, sv = 0.0f;
+        for (int hh = 0; hh < group; ++hh) {
+            sk += a[(long long)hh * head_dim];
+            sv += b[(long long)hh * head_dim];
+        }
+        dk[t * dk_stride + (long long)g * head_dim + d] = sk;
+        dv[t * dv_stride + (long long)g * head_dim + d] = sv;
+    }
 }

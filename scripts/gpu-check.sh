@@ -84,6 +84,8 @@ shape=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
 "$arbor" bench gpu --kind attention "${shape[@]}" | tee "$out/attention.json"
 "$arbor" bench gpu --kind attention --dtype bf16 "${shape[@]}" | tee "$out/attention_bf16.json"
 "$arbor" bench gpu --kind attention --dtype bf16 --batch 4 --heads 16 --kv-heads 4 --head-dim 128 | tee "$out/attention_bf16_d128.json"
+# the backward's other dK/dV plan (one block loops over a GQA group's heads), for the record
+"$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${shape[@]}" | tee "$out/attention_bf16_grouped.json"
 if python3 -c "import torch" 2>/dev/null; then
     python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype f32 | tee "$out/sdpa.json"
     python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype bf16 | tee "$out/sdpa_bf16.json"
@@ -93,11 +95,12 @@ if python3 -c "import torch" 2>/dev/null; then
 import json, os, sys
 d = sys.argv[1]
 for ours, peer in (("attention.json", "sdpa.json"), ("attention_bf16.json", "sdpa_bf16.json"),
+                   ("attention_bf16_grouped.json", "sdpa_bf16.json"),
                    ("attention_bf16_d128.json", "sdpa_bf16_d128.json")):
     if not (os.path.exists(f"{d}/{ours}") and os.path.exists(f"{d}/{peer}")):
         continue
     a = json.load(open(f"{d}/{ours}")); p = json.load(open(f"{d}/{peer}"))
-    print(f"attention fwd+bwd ({a['dtype']}): arbor {a['fwd_ms']:.2f} + {a['bwd_ms']:.2f} ms, torch SDPA {p.get('dtype')} "
+    print(f"attention fwd+bwd ({a['dtype']}, dK/dV {a.get('dkdv', '-')}, d {a['head_dim']}): arbor {a['fwd_ms']:.2f} + {a['bwd_ms']:.2f} ms, torch SDPA {p.get('dtype')} "
           f"{p['fwd_bwd_ms']:.2f} ms, arbor speed = {p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a['device']})")
 PY
 fi

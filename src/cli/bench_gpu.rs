@@ -68,6 +68,11 @@ pub struct GpuArgs {
     /// `ARBOR_CUDA_GRAPHS=1`, which reaches the rl-step's decoder too).
     #[arg(long)]
     pub graphs: bool,
+    /// `--kind attention` with bf16: how the backward sums dK/dV over a GQA group, `per-head`
+    /// (the default: a group's heads in parallel, then a fixed-order sum) or `grouped` (one block
+    /// loops over the group's heads); `cuda::attention::DkdvPlan`.
+    #[arg(long, default_value = "per-head", value_parser = parse_dkdv)]
+    pub dkdv: DkdvPlanArg,
     /// `--kind rl-step`: prompts per step.
     #[arg(long, default_value_t = 64)]
     pub prompts: usize,
@@ -84,6 +89,21 @@ fn parse_dtype(s: &str) -> Result<crate::config::Dtype, String> {
         .ok_or_else(|| format!("{s:?} is not f32, tf32 or bf16"))
 }
 
+/// `--dkdv`: the attention backward's dK/dV plan (a name here, so builds without `cuda` parse it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DkdvPlanArg {
+    PerHead,
+    Grouped,
+}
+
+fn parse_dkdv(s: &str) -> Result<DkdvPlanArg, String> {
+    match s {
+        "per-head" => Ok(DkdvPlanArg::PerHead),
+        "grouped" => Ok(DkdvPlanArg::Grouped),
+        _ => Err(format!("{s:?} is not per-head or grouped")),
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 pub fn run(_args: &GpuArgs) -> anyhow::Result<()> {
     anyhow::bail!("this arbor was built without the `cuda` feature (cargo build --features cuda)")
@@ -95,6 +115,10 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0 && args.seq > 0 && args.steps > 0, "--batch, --seq and --steps must be positive");
     let gpu = std::sync::Arc::new(Gpu::new(0)?);
     gpu.set_dtype(args.dtype);
+    gpu.set_dkdv_plan(match args.dkdv {
+        DkdvPlanArg::PerHead => crate::cuda::DkdvPlan::PerHead,
+        DkdvPlanArg::Grouped => crate::cuda::DkdvPlan::Grouped,
+    });
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
@@ -324,6 +348,7 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
             crate::config::Dtype::Bf16 => "bf16 products on the tensor cores (forward and backward)",
             _ => "f32",
         },
+        "dkdv": gpu.dkdv_plan().name(),
         "batch": args.batch, "seq": args.seq, "heads": h, "kv_heads": kv, "head_dim": d,
         "fwd_ms": f * 1e3,
         "bwd_ms": b * 1e3,

@@ -9,7 +9,6 @@ use crate::parallel::{Comm, TpGroup};
 use crate::tensor::backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
 use crate::tensor::cpu::ops::RopeTable;
 use crate::tensor::shape::GemmShape;
-use crate::tensor::Dtype;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::ops::Range;
 
@@ -58,16 +57,6 @@ pub fn embedding_csr(tokens: &[u32]) -> Vec<u32> {
     out
 }
 
-/// The head-dim bucket of the attention kernels.
-fn attn_dm(head_dim: usize) -> Result<u32> {
-    match head_dim {
-        1..=32 => Ok(32),
-        33..=64 => Ok(64),
-        65..=128 => Ok(128),
-        _ => Err(Error::Invalid(format!("head_dim {head_dim}: the CUDA attention kernels support 1..=128"))),
-    }
-}
-
 impl Gpu {
     /// The batch of a decode step: `tokens` and `positions` on the device, one row each (the
     /// targets, sequence starts and embedding-backward table a decode step never reads are empty).
@@ -84,7 +73,7 @@ impl Gpu {
         })
     }
 
-    fn ids_ptr<T>(&self, s: &CudaSlice<T>, offset: usize) -> u64 {
+    pub(crate) fn ids_ptr<T>(&self, s: &CudaSlice<T>, offset: usize) -> u64 {
         s.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<T>()) as u64
     }
 }
@@ -159,8 +148,7 @@ impl Backend for Gpu {
         self.stream.memset_zeros(&mut dst).map_err(drv("memset"))
     }
     fn attn_scratch_len(&self, shape: AttnShape, n: usize) -> usize {
-        // delta = rowsum(dO ⊙ O) per (token, head)
-        n * shape.num_heads
+        self.flash_scratch_len(shape, n)
     }
     fn head_chunk_elems(&self) -> usize {
         HEAD_CHUNK_ELEMS
@@ -321,121 +309,25 @@ impl Backend for Gpu {
     }
     fn attention_forward(
         &self,
-        mut out: Self::M<'_>,
-        mut lse: Self::M<'_>,
+        out: Self::M<'_>,
+        lse: Self::M<'_>,
         _scratch: Self::M<'_>,
         qkv: Self::R<'_>,
         batch: &GpuBatch,
         shape: AttnShape,
     ) -> Result<()> {
-        let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
-        let dm = attn_dm(d)?;
-        let stride = int((h + 2 * kv) * d, "qkv stride")?;
-        let q = self.pr(&qkv);
-        let args = [
-            Arg::P(self.pm(&mut out)),
-            Arg::I(int(h * d, "out stride")?),
-            Arg::P(self.pm(&mut lse)),
-            Arg::P(q),
-            Arg::I(stride),
-            Arg::P(q + (h * d * 4) as u64),
-            Arg::I(stride),
-            Arg::P(q + ((h + kv) * d * 4) as u64),
-            Arg::I(stride),
-            Arg::P(self.ids_ptr(&batch.cu_seqlens, 0)),
-            Arg::I(int(h, "heads")?),
-            Arg::I(int(kv, "kv heads")?),
-            Arg::I(int(d, "head dim")?),
-        ];
-        let grid = (batch.max_len.div_ceil(64) as u32, h as u32, batch.n_seq as u32);
-        match self.dtype() {
-            // bf16 products: the tensor-core kernel (attention_mma.cu; head dims up to 32 padded to 64)
-            Dtype::Bf16 => {
-                let dm = dm.max(64);
-                let smem = 3 * 64 * (dm + 8) * 2;
-                self.launch("attention_mma", &format!("attn_fwd_mma_{dm}"), grid, (128, 1, 1), smem, &args)
-            }
-            Dtype::F32 | Dtype::Tf32 => {
-                let smem = 192 * (dm + 1) * 4;
-                self.launch("attention_fwd", &format!("attn_fwd_{dm}_f32"), grid, (256, 1, 1), smem, &args)
-            }
-        }
+        self.flash_forward(out, lse, qkv, batch, shape)
     }
     fn attention_backward(
         &self,
-        mut dqkv: Self::M<'_>,
-        mut scratch: Self::M<'_>,
+        dqkv: Self::M<'_>,
+        scratch: Self::M<'_>,
         dout: Self::R<'_>,
         saved: AttnSaved<Self::R<'_>>,
         batch: &GpuBatch,
         shape: AttnShape,
     ) -> Result<()> {
-        let AttnSaved { qkv, out, lse } = saved;
-        let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
-        let dm = attn_dm(d)?;
-        let n = lse.len() / h.max(1);
-        let stride = int((h + 2 * kv) * d, "qkv stride")?;
-        let hd = int(h * d, "out stride")?;
-        let (hi, kvi, di) = (int(h, "heads")?, int(kv, "kv heads")?, int(d, "head dim")?);
-        let delta = self.pm(&mut scratch);
-        let (o, dout_p, lse_p) = (self.pr(&out), self.pr(&dout), self.pr(&lse));
-        let args = [
-            Arg::P(delta),
-            Arg::P(o),
-            Arg::I(hd),
-            Arg::P(dout_p),
-            Arg::I(hd),
-            Arg::I(int(n, "tokens")?),
-            Arg::I(hi),
-            Arg::I(di),
-        ];
-        self.launch("attention_bwd", "attn_bwd_delta_f32", (n as u32, 1, 1), (128, 1, 1), 0, &args)?;
-        let (q, g) = (self.pr(&qkv), self.pm(&mut dqkv));
-        let (k_off, v_off) = ((h * d * 4) as u64, ((h + kv) * d * 4) as u64);
-        let cu = self.ids_ptr(&batch.cu_seqlens, 0);
-        let tiles = batch.max_len.div_ceil(64) as u32;
-        let tail = [
-            Arg::P(q),
-            Arg::I(stride),
-            Arg::P(q + k_off),
-            Arg::I(stride),
-            Arg::P(q + v_off),
-            Arg::I(stride),
-            Arg::P(dout_p),
-            Arg::I(hd),
-            Arg::P(lse_p),
-            Arg::P(delta),
-            Arg::P(cu),
-            Arg::I(hi),
-            Arg::I(kvi),
-            Arg::I(di),
-        ];
-        // (module, dkdv entry, dq entry, threads, dkdv and dq shared memory)
-        let (module, dkdv, dq, threads, smem_kv, smem_q) = match self.dtype() {
-            // bf16 products: the tensor-core kernels of attention_mma.cu (head dims up to 32 padded to 64)
-            Dtype::Bf16 => {
-                let dm = dm.max(64);
-                let bytes = 4 * 64 * (dm + 8) * 2;
-                (
-                    "attention_mma",
-                    format!("attn_bwd_dkdv_mma_{dm}"),
-                    format!("attn_bwd_dq_mma_{dm}"),
-                    128,
-                    bytes + 512,
-                    bytes,
-                )
-            }
-            Dtype::F32 | Dtype::Tf32 => {
-                let smem = 192 * (dm + 1) * 4;
-                ("attention_bwd", format!("attn_bwd_dkdv_{dm}_f32"), format!("attn_bwd_dq_{dm}_f32"), 256, smem, smem)
-            }
-        };
-        let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
-        args.extend_from_slice(&tail);
-        self.launch(module, &dkdv, (tiles, kv as u32, batch.n_seq as u32), (threads, 1, 1), smem_kv, &args)?;
-        let mut args = vec![Arg::P(g), Arg::I(stride)];
-        args.extend_from_slice(&tail);
-        self.launch(module, &dq, (tiles, h as u32, batch.n_seq as u32), (threads, 1, 1), smem_q, &args)
+        self.flash_backward(dqkv, scratch, dout, saved, batch, shape)
     }
     fn swiglu_forward(&self, mut act: Self::M<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()> {
         let n = act.len() / inter.max(1);
@@ -579,6 +471,7 @@ mod tests {
             ("attention_mma", "attn_fwd_mma_128"),
             ("attention_mma", "attn_bwd_dq_mma_64"),
             ("attention_mma", "attn_bwd_dkdv_mma_128"),
+            ("attention_mma", "attn_bwd_group_sum_f32"),
             ("attention_bwd", "attn_bwd_delta_f32"),
             ("attention_bwd", "attn_bwd_dkdv_64_f32"),
             ("attention_bwd", "attn_bwd_dq_128_f32"),

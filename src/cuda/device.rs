@@ -4,6 +4,7 @@
 //! event tracking is switched off). Kernels are compiled by NVRTC for the device's own
 //! architecture the first time a module is used and kept for the life of the process.
 
+use crate::cuda::attention::DkdvPlan;
 use crate::cuda::nvrtc;
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
@@ -45,6 +46,8 @@ pub struct Gpu {
     scratch: Mutex<Option<CudaSlice<f32>>>,
     /// Operand type of the matrix products (`[train] dtype`, [`Gpu::set_dtype`]).
     dtype: AtomicU8,
+    /// How the tensor-core attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
+    dkdv_plan: AtomicU8,
     /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
     /// The registered bf16 images of weight buffers (`cuda::image`).
@@ -131,6 +134,7 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
             dtype: AtomicU8::new(Dtype::F32 as u8),
+            dkdv_plan: AtomicU8::new(DkdvPlan::PerHead as u8),
             bf16_scratch: Mutex::new(None),
             images: Mutex::new(Vec::new()),
         })
@@ -162,6 +166,20 @@ impl Gpu {
             x if x == Dtype::Tf32 as u8 => Dtype::Tf32,
             x if x == Dtype::Bf16 as u8 => Dtype::Bf16,
             _ => Dtype::F32,
+        }
+    }
+
+    /// How the tensor-core attention backward sums dK/dV over a GQA group from now on (the
+    /// default, [`DkdvPlan::PerHead`], is the faster; `Grouped` is kept for comparison).
+    pub fn set_dkdv_plan(&self, plan: DkdvPlan) {
+        self.dkdv_plan.store(plan as u8, Ordering::Relaxed);
+    }
+
+    /// The attention backward's dK/dV plan.
+    pub fn dkdv_plan(&self) -> DkdvPlan {
+        match self.dkdv_plan.load(Ordering::Relaxed) {
+            x if x == DkdvPlan::Grouped as u8 => DkdvPlan::Grouped,
+            _ => DkdvPlan::PerHead,
         }
     }
 

@@ -124,6 +124,7 @@ pub fn accumulate_product(acc: &mut [[FragC; 32]], c: &[[FragC; 32]], y: &[u16],
 mod tests {
     use super::*;
     use crate::attention::AttnShape;
+    use crate::cuda::attention::DkdvPlan;
     use crate::tensor::{Backend, Cpu};
 
     const BQ: usize = 64;
@@ -325,9 +326,11 @@ mod tests {
         }
     }
 
-    /// attention_mma.cu's `attn_bwd_dq_mma<DM>` and `attn_bwd_dkdv_mma<DM>` statement for
-    /// statement, after the f32 delta kernel: the packed dqkv ([N, (H + 2KV)·D], NaN where unwritten).
-    fn emulate_bwd(case: &Case, dm: usize, out: &[f32], lse: &[f32], dout: &[f32]) -> Vec<f32> {
+    /// attention_mma.cu's `attn_bwd_dq_mma<DM>` and `attn_bwd_dkdv_mma<DM>` (with `plan`'s
+    /// `heads_per_block`, and `attn_bwd_group_sum_f32` after it for the per-head plan) statement
+    /// for statement, after the f32 delta kernel: the packed dqkv ([N, (H + 2KV)·D], NaN where
+    /// unwritten).
+    fn emulate_bwd(case: &Case, dm: usize, plan: DkdvPlan, (out, lse, dout): (&[f32], &[f32], &[f32])) -> Vec<f32> {
         let AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } = case.shape;
         let stride = (nh + 2 * kvh) * hd;
         let n = *case.cu.last().unwrap();
@@ -342,6 +345,9 @@ mod tests {
             }
         }
         let mut dqkv = vec![f32::NAN; n * stride];
+        let group = nh / kvh;
+        let (ys, per) = if plan == DkdvPlan::PerHead { (nh, 1) } else { (kvh, group) };
+        let (mut pk, mut pv) = (vec![f32::NAN; n * ys * hd], vec![f32::NAN; n * ys * hd]);
         let zero = || vec![[[0.0f32; 4]; 32]; no_n];
         let row = |base: usize, lane: usize, e: usize| base + lane / 4 + if e < 2 { 0 } else { 8 };
         for seq in 0..case.cu.len() - 1 {
@@ -392,14 +398,16 @@ mod tests {
                     }
                 }
             }
-            // dK, dV: blocks of 64 keys of one kv head, over the group's heads and query blocks
-            for g in 0..kvh {
+            // dK, dV: blocks of 64 keys against `per` consecutive query heads of one group, the
+            // block's y times `per` the first (per = the group: y is the kv head, the sums are dK
+            // and dV; per = 1: y is the query head, the sums are partials for the group sum below)
+            for y in 0..ys {
+                let (h_first, g) = (y * per, y * per / group);
                 for k0 in (0..len).step_by(64) {
                     load_rows(&mut tiles[0], dm, &case.qkv, stride, (nh + g) * hd, k0, sl, hd);
                     load_rows(&mut tiles[1], dm, &case.qkv, stride, (nh + kvh + g) * hd, k0, sl, hd);
                     let (mut dka, mut dva) = (vec![zero(); 4], vec![zero(); 4]);
-                    for hh in 0..nh / kvh {
-                        let h = g * (nh / kvh) + hh;
+                    for h in h_first..h_first + per {
                         for q0 in (k0..len).step_by(64) {
                             load_rows(&mut tiles[2], dm, &case.qkv, stride, h * hd, q0, sl, hd);
                             load_rows(&mut tiles[3], dm, dout, nh * hd, h * hd, q0, sl, hd);
@@ -437,14 +445,27 @@ mod tests {
                                 let (j, d) = (row(k0 + warp * 16, lane, e), (e & 1) + 2 * (lane % 4));
                                 for nn in 0..no_n {
                                     if j < len && nn * 8 + d < hd {
-                                        let r = (start + j) * stride + nn * 8 + d;
-                                        dqkv[r + (nh + g) * hd] = dka[warp][nn][lane][e] * scale;
-                                        dqkv[r + (nh + kvh + g) * hd] = dva[warp][nn][lane][e];
+                                        let r = ((start + j) * ys + y) * hd + nn * 8 + d;
+                                        pk[r] = dka[warp][nn][lane][e] * scale;
+                                        pv[r] = dva[warp][nn][lane][e];
                                     }
                                 }
                             }
                         }
                     }
+                }
+            }
+        }
+        // attn_bwd_group_sum_f32 (per-head plan): each kv head's sum of its group's partials, in
+        // head order; with the grouped plan the sums are 0 + the block's own
+        let share = ys / kvh;
+        for t in 0..n {
+            for g in 0..kvh {
+                for d in 0..hd {
+                    let sum =
+                        |p: &[f32]| (0..share).fold(0.0f32, |acc, hh| acc + p[(t * ys + g * share + hh) * hd + d]);
+                    dqkv[t * stride + (nh + g) * hd + d] = sum(&pk);
+                    dqkv[t * stride + (nh + kvh + g) * hd + d] = sum(&pv);
                 }
             }
         }
@@ -470,12 +491,24 @@ mod tests {
             let mut want = vec![0.0; n * stride];
             let saved = AttnSaved { qkv: &rq[..], out: &out[..], lse: &lse[..] };
             Cpu.attention_backward(&mut want, &mut scratch, &rdo, saved, &b.packed(), shape).unwrap();
-            let got = emulate_bwd(&case, dm, &out, &lse, &dout);
-            assert!(got.iter().all(|x| x.is_finite()), "head dim {hd}: an element of dqkv was not written");
             let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-            let err = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            println!("head dim {hd}: dqkv max error {err:.3e} (scale {scale:.2})");
-            assert!(err < 2e-2 * scale, "head dim {hd}: dqkv off by {err} (scale {scale})");
+            let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let mut plans = Vec::new();
+            for plan in [DkdvPlan::PerHead, DkdvPlan::Grouped] {
+                let got = emulate_bwd(&case, dm, plan, (&out, &lse, &dout));
+                assert!(
+                    got.iter().all(|x| x.is_finite()),
+                    "head dim {hd} {plan:?}: an element of dqkv was not written"
+                );
+                let err = max_diff(&got, &want);
+                println!("head dim {hd} {plan:?}: dqkv max error {err:.3e} (scale {scale:.2})");
+                assert!(err < 2e-2 * scale, "head dim {hd} {plan:?}: dqkv off by {err} (scale {scale})");
+                plans.push(got);
+            }
+            // the plans differ only in the order of f32 additions over the group's heads
+            let diff = max_diff(&plans[0], &plans[1]);
+            assert!(diff < 1e-5 * scale, "head dim {hd}: the plans differ by {diff}");
+            assert!(diff > 0.0 || nh == kvh, "head dim {hd}: the grouped plan was not exercised");
         }
     }
 }

@@ -5,6 +5,7 @@
 //! The model code is not duplicated: [`Gpu`] implements [`crate::tensor::Backend`] and runs the
 //! same generic forward and backward as the CPU (`Model::forward_on` / `backward_on`).
 
+pub mod attention;
 pub mod backend;
 pub mod decode;
 pub mod device;
@@ -20,6 +21,7 @@ pub mod placement;
 pub mod sample;
 pub mod stats;
 
+pub use attention::DkdvPlan;
 pub use backend::{GpuBatch, GpuRope};
 pub use decode::{GpuDecoder, GpuKvCache};
 pub use device::{unavailable, Arg, Gpu};

@@ -7,7 +7,7 @@ use super::{batch, close, down, gpu, gpu_attention, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
 use arbor::cuda::image::Bf16Image;
-use arbor::cuda::{Gpu, GpuDecoder, GpuModel};
+use arbor::cuda::{DkdvPlan, Gpu, GpuDecoder, GpuModel};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
 use arbor::tensor::{Backend, Cpu, GemmShape};
@@ -249,8 +249,15 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
         Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &round_bf16(&qkv), &b.packed(), shape).unwrap();
         let dout = rand(&mut rng, n * h * d);
+        // the grouped dK/dV plan beside the default per-head one (cuda::attention::DkdvPlan): the
+        // same sums in another order of f32 additions
+        g.set_dkdv_plan(DkdvPlan::Grouped);
+        let (_, _, grouped_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
+        g.set_dkdv_plan(DkdvPlan::PerHead);
         // every output starts as NaN: each element must be written
         let (got, got_lse, got_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
+        assert!(grouped_d.iter().all(|x| x.is_finite()), "D={d}: the grouped plan left dqkv unwritten");
+        close(&format!("mma attention D={d} dqkv, plans"), &grouped_d, &got_d, 1e-4);
         assert!(
             got.iter().chain(&got_lse).chain(&got_d).all(|x| x.is_finite()),
             "D={d}: unwritten or non-finite output"
