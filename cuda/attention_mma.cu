@@ -27,7 +27,8 @@
 //   C/D (16 x 8 f32): c[0], c[1] = (row gr, cols 2tg, 2tg+1); c[2], c[3] = (row gr + 8, same cols).
 // S = Q·Kᵀ takes A from the warp's 16 query rows and B from K's rows (k = head dim, n = key); the
 // C fragments of two neighbouring key tiles of S are, element for element, the A fragment of P for
-// 16 keys, so P never leaves registers; P·V takes B from V (k = key, n = head dim).
+// 16 keys, so P never leaves registers; P·V takes B from V (k = key, n = head dim). Fragments come
+// from shared memory through ldmatrix, four 8 x 8 matrices a load (frag_a, frag_bt2, frag_b2).
 
 #define AM_BQ 64
 #define AM_BK 64
@@ -48,33 +49,50 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Fragments from a row-major bf16 matrix S in shared memory (row stride lds), for lane (gr, tg):
-// the A fragment of its 16 x 16 block at (r0, c0).
-__device__ __forceinline__ void frag_a(unsigned int* a, const unsigned short* S, int lds, int r0, int c0, int gr,
-                                       int tg) {
-    const unsigned short* p0 = S + (r0 + gr) * lds + c0 + 2 * tg;
-    const unsigned short* p1 = p0 + 8 * lds;
-    a[0] = *(const unsigned int*)p0;
-    a[1] = *(const unsigned int*)p1;
-    a[2] = *(const unsigned int*)(p0 + 8);
-    a[3] = *(const unsigned int*)(p1 + 8);
+// Fragments from a row-major bf16 matrix S in shared memory (row stride lds, a multiple of 8
+// elements, so every 8-element row segment is 16-byte aligned), loaded with ldmatrix: four 8 x 8
+// matrices per instruction, lanes 8i .. 8i + 7 giving the row addresses of matrix i (lane l: row
+// l % 8 of matrix l / 8). Without .trans, lane l receives in register i the elements (row l / 4,
+// columns 2 (l % 4), + 1) of matrix i, the lower column in the low half: exactly the mma fragment
+// element (gr, 2 tg); with .trans it receives (rows 2 (l % 4), + 1; column l / 4).
+__device__ __forceinline__ void ldsm_x4(unsigned int* r, const unsigned short* row) {
+    const unsigned int at = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
 }
 
-// The B fragment (k x n = 16 x 8) that is the transpose of S's 8 x 16 block at (n0, c0): column n
-// of B is row n0 + n of S (S·Xᵀ products: K for Q·Kᵀ).
-__device__ __forceinline__ void frag_bt(unsigned int* b, const unsigned short* S, int lds, int n0, int c0, int gr,
-                                        int tg) {
-    const unsigned short* p = S + (n0 + gr) * lds + c0 + 2 * tg;
-    b[0] = *(const unsigned int*)p;
-    b[1] = *(const unsigned int*)(p + 8);
+__device__ __forceinline__ void ldsm_x4_trans(unsigned int* r, const unsigned short* row) {
+    const unsigned int at = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
 }
 
-// The B fragment that is S's 16 x 8 block at (k0, n0) as it stands (P·V products: V).
-__device__ __forceinline__ void frag_b(unsigned int* b, const unsigned short* S, int lds, int k0, int n0, int gr,
-                                       int tg) {
-    const unsigned short* c = S + (k0 + 2 * tg) * lds + n0 + gr;
-    b[0] = (unsigned int)c[0] | ((unsigned int)c[lds] << 16);
-    b[1] = (unsigned int)c[8 * lds] | ((unsigned int)c[9 * lds] << 16);
+// The A fragment of S's 16 x 16 block at (r0, c0): matrices (r0, c0), (r0 + 8, c0), (r0, c0 + 8),
+// (r0 + 8, c0 + 8) are a[0] .. a[3].
+__device__ __forceinline__ void frag_a(unsigned int* a, const unsigned short* S, int lds, int r0, int c0, int lane) {
+    const int i = lane >> 3;
+    ldsm_x4(a, S + (r0 + (lane & 7) + (i & 1) * 8) * lds + c0 + (i >> 1) * 8);
+}
+
+// The B fragments (k x n = 16 x 8) of two key tiles that are the transposes of S's 8 x 16 blocks
+// at (n0, c0) and (n0 + 8, c0): column n of B is row n0 + n of S (S·Xᵀ products: K for Q·Kᵀ).
+// b[0], b[1] belong to tile n0 and b[2], b[3] to tile n0 + 8: matrices (n0, c0), (n0, c0 + 8),
+// (n0 + 8, c0), (n0 + 8, c0 + 8).
+__device__ __forceinline__ void frag_bt2(unsigned int* b, const unsigned short* S, int lds, int n0, int c0,
+                                         int lane) {
+    const int i = lane >> 3;
+    ldsm_x4(b, S + (n0 + (lane & 7) + (i >> 1) * 8) * lds + c0 + (i & 1) * 8);
+}
+
+// The B fragments of S's 16 x 8 blocks at (k0, n0) and (k0, n0 + 8) as they stand (P·V
+// products: V), b[0], b[1] the first: matrices (k0, n0), (k0 + 8, n0), (k0, n0 + 8), (k0 + 8,
+// n0 + 8), transposed as they load.
+__device__ __forceinline__ void frag_b2(unsigned int* b, const unsigned short* S, int lds, int k0, int n0,
+                                        int lane) {
+    const int i = lane >> 3;
+    ldsm_x4_trans(b, S + (k0 + (lane & 7) + (i & 1) * 8) * lds + n0 + (i >> 1) * 8);
 }
 
 // The A fragment of 16 columns held as two C fragments (columns 0..7 in lo, 8..15 in hi).
@@ -91,7 +109,7 @@ __device__ __forceinline__ void c_to_a(unsigned int* a, const float* lo, const f
 template <int DM, int NT>
 __device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], const unsigned short* X1,
                                               const unsigned short* Y1, const unsigned short* X2,
-                                              const unsigned short* Y2, int lds, int r0, int gr, int tg) {
+                                              const unsigned short* Y2, int lds, int r0, int lane) {
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -100,15 +118,17 @@ __device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], cons
 #pragma unroll
     for (int kd = 0; kd < DM / 16; ++kd) {
         unsigned int a1[4], a2[4];
-        frag_a(a1, X1, lds, r0, kd * 16, gr, tg);
-        frag_a(a2, X2, lds, r0, kd * 16, gr, tg);
+        frag_a(a1, X1, lds, r0, kd * 16, lane);
+        frag_a(a2, X2, lds, r0, kd * 16, lane);
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            unsigned int b[2];
-            frag_bt(b, Y1, lds, nt * 8, kd * 16, gr, tg);
+        for (int nt = 0; nt < NT; nt += 2) {
+            unsigned int b[4];
+            frag_bt2(b, Y1, lds, nt * 8, kd * 16, lane);
             mma_16816(s[nt], a1, b);
-            frag_bt(b, Y2, lds, nt * 8, kd * 16, gr, tg);
+            mma_16816(s[nt + 1], a1, b + 2);
+            frag_bt2(b, Y2, lds, nt * 8, kd * 16, lane);
             mma_16816(t[nt], a2, b);
+            mma_16816(t[nt + 1], a2, b + 2);
         }
     }
 }
@@ -117,16 +137,17 @@ __device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], cons
 // transposes) and Y is 8 NT rows of bf16 in shared memory.
 template <int NO, int NT>
 __device__ __forceinline__ void accumulate_product(float (*acc)[4], float (*c)[4], const unsigned short* Y, int lds,
-                                                   int gr, int tg) {
+                                                   int lane) {
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
         unsigned int a[4];
         c_to_a(a, c[2 * kk], c[2 * kk + 1]);
 #pragma unroll
-        for (int n = 0; n < NO; ++n) {
-            unsigned int b[2];
-            frag_b(b, Y, lds, kk * 16, n * 8, gr, tg);
+        for (int n = 0; n < NO; n += 2) {
+            unsigned int b[4];
+            frag_b2(b, Y, lds, kk * 16, n * 8, lane);
             mma_16816(acc[n], a, b);
+            mma_16816(acc[n + 1], a, b + 2);
         }
     }
 }
@@ -190,7 +211,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     const int wr = warp * 16;
     unsigned int qa[KD][4];
 #pragma unroll
-    for (int kd = 0; kd < KD; ++kd) frag_a(qa[kd], Qs, LDS, wr, kd * 16, gr, tg);
+    for (int kd = 0; kd < KD; ++kd) frag_a(qa[kd], Qs, LDS, wr, kd * 16, lane);
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -207,13 +228,15 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
 
         float s[NT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+        for (int nt = 0; nt < NT; nt += 2) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            s[nt + 1][0] = s[nt + 1][1] = s[nt + 1][2] = s[nt + 1][3] = 0.0f;
 #pragma unroll
             for (int kd = 0; kd < KD; ++kd) {
-                unsigned int b[2];
-                frag_bt(b, Ks, LDS, nt * 8, kd * 16, gr, tg);
+                unsigned int b[4];
+                frag_bt2(b, Ks, LDS, nt * 8, kd * 16, lane);
                 mma_16816(s[nt], qa[kd], b);
+                mma_16816(s[nt + 1], qa[kd], b + 2);
             }
         }
         // causal and length mask, scale to base 2, the block's row maxima
@@ -261,7 +284,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
         m0 = mn0;
         m1 = mn1;
         // O += P V, 16 keys per step: P's A fragment is two key tiles of S's C fragments
-        accumulate_product<NO, NT>(o, s, Vs, LDS, gr, tg);
+        accumulate_product<NO, NT>(o, s, Vs, LDS, lane);
     }
     l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 1);
     l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 2);
@@ -386,7 +409,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const flo
         load_rows_bf16<DM>(Vs, LDS, AM_BK, vb, v_stride, k0, len, head_dim);
         __syncthreads();
         float s[NT][4], dp[NT][4];
-        row_products2<DM, NT>(s, dp, Qs, Ks, Os, Vs, LDS, wr, gr, tg);
+        row_products2<DM, NT>(s, dp, Qs, Ks, Os, Vs, LDS, wr, lane);
         // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -399,7 +422,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const flo
             }
         }
         // dQ += dS K
-        accumulate_product<NO, NT>(acc, s, Ks, LDS, gr, tg);
+        accumulate_product<NO, NT>(acc, s, Ks, LDS, lane);
     }
     float* db = dq + (long long)start * dq_stride + (long long)h * head_dim;
 #pragma unroll
@@ -467,7 +490,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
             }
             __syncthreads();
             float st[NT][4], dpt[NT][4];
-            row_products2<DM, NT>(st, dpt, Ks, Qs, Vs, Os, LDS, wr, gr, tg);
+            row_products2<DM, NT>(st, dpt, Ks, Qs, Vs, Os, LDS, wr, lane);
             // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -482,8 +505,8 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
                 }
             }
             // dV += Pᵀ dO, dK += dSᵀ Q
-            accumulate_product<NO, NT>(dva, st, Os, LDS, gr, tg);
-            accumulate_product<NO, NT>(dka, dpt, Qs, LDS, gr, tg);
+            accumulate_product<NO, NT>(dva, st, Os, LDS, lane);
+            accumulate_product<NO, NT>(dka, dpt, Qs, LDS, lane);
         }
     }
     float* dkb = dk + (long long)start * dk_stride + (long long)y * head_dim;

@@ -57,8 +57,48 @@ fn word(s: &[u16], at: usize) -> u32 {
     s[at] as u32 | (s[at + 1] as u32) << 16
 }
 
-/// attention_mma.cu's `frag_a` for every lane: the A fragment of the 16 × 16 block at (r0, c0) of
-/// the row-major bf16 matrix `s` (row stride `lds`).
+/// `ldmatrix.sync.aligned.m8n8.x4.shared.b16` (with `.trans` when `trans`) for a warp: lane l
+/// gives `row(l)`, the index in `s` of row l % 8 of matrix l / 8 (8 consecutive elements); matrix
+/// i lands in register i of every lane. Lane l receives the elements (row l / 4, columns
+/// 2 (l % 4), + 1), the lower column in the low half; with `.trans`, (rows 2 (l % 4), + 1; column
+/// l / 4).
+pub fn ldmatrix_x4(s: &[u16], row: impl Fn(usize) -> usize, trans: bool) -> [FragA; 32] {
+    let m: Vec<[[u16; 8]; 8]> =
+        (0..4).map(|i| std::array::from_fn(|r| std::array::from_fn(|c| s[row(8 * i + r) + c]))).collect();
+    std::array::from_fn(|lane| {
+        let (g, t) = (lane / 4, 2 * (lane % 4));
+        std::array::from_fn(|i| {
+            let (a, b) = if trans { (m[i][t][g], m[i][t + 1][g]) } else { (m[i][g][t], m[i][g][t + 1]) };
+            a as u32 | (b as u32) << 16
+        })
+    })
+}
+
+/// attention_mma.cu's `frag_a` (ldmatrix.x4: matrices (r0, c0), (r0 + 8, c0), (r0, c0 + 8),
+/// (r0 + 8, c0 + 8)) for every lane: the A fragment of the 16 × 16 block at (r0, c0).
+pub fn ldsm_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
+    ldmatrix_x4(s, |l| (r0 + l % 8 + (l / 8 & 1) * 8) * lds + c0 + (l / 16) * 8, false)
+}
+
+/// `frag_bt2` (ldmatrix.x4): the B fragments of key tiles n0 and n0 + 8, transposes of the 8 × 16
+/// blocks of `s` at (n0, c0) and (n0 + 8, c0).
+pub fn ldsm_bt2(s: &[u16], lds: usize, n0: usize, c0: usize) -> [[FragB; 32]; 2] {
+    split_pair(ldmatrix_x4(s, |l| (n0 + l % 8 + (l / 16) * 8) * lds + c0 + (l / 8 & 1) * 8, false))
+}
+
+/// `frag_b2` (ldmatrix.x4.trans): the B fragments of the 16 × 8 blocks of `s` at (k0, n0) and
+/// (k0, n0 + 8).
+pub fn ldsm_b2(s: &[u16], lds: usize, k0: usize, n0: usize) -> [[FragB; 32]; 2] {
+    split_pair(ldmatrix_x4(s, |l| (k0 + l % 8 + (l / 8 & 1) * 8) * lds + n0 + (l / 16) * 8, true))
+}
+
+/// Registers 0, 1 and 2, 3 of an ldmatrix.x4 as two B fragments.
+fn split_pair(r: [FragA; 32]) -> [[FragB; 32]; 2] {
+    [std::array::from_fn(|l| [r[l][0], r[l][1]]), std::array::from_fn(|l| [r[l][2], r[l][3]])]
+}
+
+/// The A fragment of the 16 × 16 block at (r0, c0) of the row-major bf16 matrix `s` (row stride
+/// `lds`), element by element from the PTX fragment layout: what [`ldsm_a`] must load.
 pub fn frag_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
     std::array::from_fn(|lane| {
         let p0 = (r0 + lane / 4) * lds + c0 + 2 * (lane % 4);
@@ -67,7 +107,7 @@ pub fn frag_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
     })
 }
 
-/// `frag_bt`: the B fragment that is the transpose of the 8 × 16 block of `s` at (n0, c0).
+/// The B fragment that is the transpose of the 8 × 16 block of `s` at (n0, c0), element by element.
 pub fn frag_bt(s: &[u16], lds: usize, n0: usize, c0: usize) -> [FragB; 32] {
     std::array::from_fn(|lane| {
         let p = (n0 + lane / 4) * lds + c0 + 2 * (lane % 4);
@@ -75,7 +115,7 @@ pub fn frag_bt(s: &[u16], lds: usize, n0: usize, c0: usize) -> [FragB; 32] {
     })
 }
 
-/// `frag_b`: the B fragment that is the 16 × 8 block of `s` at (k0, n0).
+/// The B fragment that is the 16 × 8 block of `s` at (k0, n0), element by element.
 pub fn frag_b(s: &[u16], lds: usize, k0: usize, n0: usize) -> [FragB; 32] {
     std::array::from_fn(|lane| {
         let c = (k0 + 2 * (lane % 4)) * lds + n0 + lane / 4;
@@ -101,10 +141,14 @@ pub fn row_products2(dm: usize, (x1, y1): (&[u16], &[u16]), (x2, y2): (&[u16], &
     let lds = dm + 8;
     let (mut s, mut t) = (vec![[[0.0f32; 4]; 32]; 8], vec![[[0.0f32; 4]; 32]; 8]);
     for kd in 0..dm / 16 {
-        let (a1, a2) = (frag_a(x1, lds, r0, kd * 16), frag_a(x2, lds, r0, kd * 16));
-        for nt in 0..8 {
-            mma_16816(&mut s[nt], &a1, &frag_bt(y1, lds, nt * 8, kd * 16));
-            mma_16816(&mut t[nt], &a2, &frag_bt(y2, lds, nt * 8, kd * 16));
+        let (a1, a2) = (ldsm_a(x1, lds, r0, kd * 16), ldsm_a(x2, lds, r0, kd * 16));
+        for nt in (0..8).step_by(2) {
+            let [b0, b1] = ldsm_bt2(y1, lds, nt * 8, kd * 16);
+            mma_16816(&mut s[nt], &a1, &b0);
+            mma_16816(&mut s[nt + 1], &a1, &b1);
+            let [b0, b1] = ldsm_bt2(y2, lds, nt * 8, kd * 16);
+            mma_16816(&mut t[nt], &a2, &b0);
+            mma_16816(&mut t[nt + 1], &a2, &b1);
         }
     }
     (s, t)
@@ -114,8 +158,10 @@ pub fn row_products2(dm: usize, (x1, y1): (&[u16], &[u16]), (x2, y2): (&[u16], &
 pub fn accumulate_product(acc: &mut [[FragC; 32]], c: &[[FragC; 32]], y: &[u16], lds: usize) {
     for kk in 0..c.len() / 2 {
         let a = c_to_a(&c[2 * kk], &c[2 * kk + 1]);
-        for (n, an) in acc.iter_mut().enumerate() {
-            mma_16816(an, &a, &frag_b(y, lds, kk * 16, n * 8));
+        for (n, pair) in acc.chunks_exact_mut(2).enumerate() {
+            let [b0, b1] = ldsm_b2(y, lds, kk * 16, n * 16);
+            mma_16816(&mut pair[0], &a, &b0);
+            mma_16816(&mut pair[1], &a, &b1);
         }
     }
 }
@@ -151,6 +197,32 @@ mod tests {
         }
     }
 
+    /// The ldmatrix loads of the kernels (`frag_a`, `frag_bt2`, `frag_b2`) hand every lane the
+    /// registers the PTX fragment layout assigns it, element for element, for random shared-memory
+    /// tiles of both row strides, at every block position the kernels use.
+    #[test]
+    fn ldmatrix_loads_equal_the_element_wise_fragments() {
+        let mut rng = crate::rng::Rng::new(31);
+        for dm in [64, 128] {
+            let lds = dm + 8;
+            let tile: Vec<u16> = (0..64 * lds).map(|_| rng.next_u64() as u16).collect();
+            for r0 in (0..64).step_by(16) {
+                for c0 in (0..dm).step_by(16) {
+                    assert_eq!(ldsm_a(&tile, lds, r0, c0), frag_a(&tile, lds, r0, c0), "A at ({r0}, {c0})");
+                    let [b0, b1] = ldsm_bt2(&tile, lds, r0, c0);
+                    assert_eq!(b0, frag_bt(&tile, lds, r0, c0), "Bᵀ at ({r0}, {c0})");
+                    assert_eq!(b1, frag_bt(&tile, lds, r0 + 8, c0), "Bᵀ at ({}, {c0})", r0 + 8);
+                    let [b0, b1] = ldsm_b2(&tile, lds, r0, c0);
+                    assert_eq!(b0, frag_b(&tile, lds, r0, c0), "B at ({r0}, {c0})");
+                    assert_eq!(b1, frag_b(&tile, lds, r0, c0 + 8), "B at ({r0}, {})", c0 + 8);
+                }
+            }
+        }
+        // the loads differ from one another: a transposed load is not a plain one
+        let tile: Vec<u16> = (0..64 * 72).map(|i| i as u16).collect();
+        assert_ne!(ldmatrix_x4(&tile, |l| l * 72, false), ldmatrix_x4(&tile, |l| l * 72, true));
+    }
+
     /// attention_mma.cu's `attn_fwd_mma<DM>`, statement for statement: one block per (query tile
     /// of 64, head, sequence), four warps of 16 rows, lanes as arrays. Returns (out, lse).
     fn emulate(case: &Case, dm: usize) -> (Vec<f32>, Vec<f32>) {
@@ -177,7 +249,7 @@ mod tests {
                     load(&mut qs, h * hd, q0, start, len);
                     for warp in 0..4 {
                         let wr = warp * 16;
-                        let qa: Vec<[FragA; 32]> = (0..kd_n).map(|kd| frag_a(&qs, lds, wr, kd * 16)).collect();
+                        let qa: Vec<[FragA; 32]> = (0..kd_n).map(|kd| ldsm_a(&qs, lds, wr, kd * 16)).collect();
                         let mut o = vec![[[0.0f32; 4]; 32]; no_n];
                         let (mut m0, mut m1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
                         let (mut l0, mut l1) = ([0.0f32; 32], [0.0f32; 32]);
@@ -187,9 +259,11 @@ mod tests {
                             load(&mut ks, (nh + g) * hd, k0, start, len);
                             load(&mut vs, (nh + kvh + g) * hd, k0, start, len);
                             let mut s = vec![[[0.0f32; 4]; 32]; nt_n];
-                            for (nt, st) in s.iter_mut().enumerate() {
+                            for (pair, st) in s.chunks_exact_mut(2).enumerate() {
                                 for (kd, qf) in qa.iter().enumerate() {
-                                    mma_16816(st, qf, &frag_bt(&ks, lds, nt * 8, kd * 16));
+                                    let [b0, b1] = ldsm_bt2(&ks, lds, pair * 16, kd * 16);
+                                    mma_16816(&mut st[0], qf, &b0);
+                                    mma_16816(&mut st[1], qf, &b1);
                                 }
                             }
                             let (mut mx0, mut mx1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
