@@ -77,19 +77,19 @@ pub fn ldmatrix_x4(s: &[u16], row: impl Fn(usize) -> usize, trans: bool) -> [Fra
 /// attention_mma.cu's `frag_a` (ldmatrix.x4: matrices (r0, c0), (r0 + 8, c0), (r0, c0 + 8),
 /// (r0 + 8, c0 + 8)) for every lane: the A fragment of the 16 × 16 block at (r0, c0).
 pub fn ldsm_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
-    ldmatrix_x4(s, |l| (r0 + l % 8 + (l / 8 & 1) * 8) * lds + c0 + (l / 16) * 8, false)
+    ldmatrix_x4(s, |l| (r0 + l % 8 + ((l / 8) & 1) * 8) * lds + c0 + (l / 16) * 8, false)
 }
 
 /// `frag_bt2` (ldmatrix.x4): the B fragments of key tiles n0 and n0 + 8, transposes of the 8 × 16
 /// blocks of `s` at (n0, c0) and (n0 + 8, c0).
 pub fn ldsm_bt2(s: &[u16], lds: usize, n0: usize, c0: usize) -> [[FragB; 32]; 2] {
-    split_pair(ldmatrix_x4(s, |l| (n0 + l % 8 + (l / 16) * 8) * lds + c0 + (l / 8 & 1) * 8, false))
+    split_pair(ldmatrix_x4(s, |l| (n0 + l % 8 + (l / 16) * 8) * lds + c0 + ((l / 8) & 1) * 8, false))
 }
 
 /// `frag_b2` (ldmatrix.x4.trans): the B fragments of the 16 × 8 blocks of `s` at (k0, n0) and
 /// (k0, n0 + 8).
 pub fn ldsm_b2(s: &[u16], lds: usize, k0: usize, n0: usize) -> [[FragB; 32]; 2] {
-    split_pair(ldmatrix_x4(s, |l| (k0 + l % 8 + (l / 8 & 1) * 8) * lds + n0 + (l / 16) * 8, true))
+    split_pair(ldmatrix_x4(s, |l| (k0 + l % 8 + ((l / 8) & 1) * 8) * lds + n0 + (l / 16) * 8, true))
 }
 
 /// Registers 0, 1 and 2, 3 of an ldmatrix.x4 as two B fragments.
