@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Compile every cuda/*.cu kernel source with NVRTC (ctypes only, no pip packages).
 
-For each file the text of cuda/common.cuh is textually prepended (exactly as the
-Rust loader does; .cu files must not #include it), then the result is compiled
+For each file the text of cuda/common.cuh is textually prepended, then the header
+its first line names (`// prelude: mma.cuh`), exactly as the Rust loader does (.cu
+files must not #include them); then the result is compiled
 for compute_80 and compute_90 with `--std=c++17`. The check fails (exit 1) on:
   * a compile error,
   * a non-empty compile log (warnings count as failures),
@@ -131,7 +132,13 @@ def main(argv):
         entries = ENTRY_RE.findall(code)
         # The #line directive only makes diagnostics point into the .cu file; the Rust loader
         # prepends common.cuh the same way (with or without it, the code is identical).
-        src = common + "\n#line 1 \"%s\"\n" % os.path.basename(fpath) + body
+        first = body.split("\n", 1)[0].strip()
+        prelude = ""
+        if first.startswith("// prelude:"):
+            hname = first[len("// prelude:"):].strip()
+            with open(os.path.join(CUDA_DIR, hname)) as f:
+                prelude = "#line 1 \"%s\"\n" % hname + f.read() + "\n"
+        src = common + "\n" + prelude + "#line 1 \"%s\"\n" % os.path.basename(fpath) + body
         for arch in ARCHS:
             ok, log, ptx = compile_src(lib, src, os.path.basename(fpath), arch)
             if not ok:

@@ -42,80 +42,141 @@ pub(crate) fn attn_dm(head_dim: usize) -> Result<u32> {
     }
 }
 
-/// Where the backward's scratch holds what: delta ([N, H]) first; with per-head partials, dK's
-/// and dV's ([N, H, D] each) after it, from a 64-element boundary.
+/// Where the attention's scratch (f32 units) holds what: delta ([N, H]) first; with bf16 products
+/// the packed bf16 q|k|v and dO (`attn_pack_bf16`: [N, H + 2KV, DM] and [N, H, DM]); with the
+/// per-head plan the dK and dV partials ([N, H, D] each). Every part after delta starts on a
+/// 64-float (256-byte) boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScratchLayout {
     pub delta: usize,
+    /// Offsets of the packed q|k|v and dO, with bf16 products.
+    pub packed: Option<(usize, usize)>,
     /// Offsets of the dK and dV partials, when the plan writes them.
     pub partials: Option<(usize, usize)>,
     pub len: usize,
 }
 
-/// The scratch layout of a backward over `n` tokens: `partials` when the per-head plan runs
-/// (tensor-core kernels, more than one query head per kv head).
-pub fn scratch_layout(shape: AttnShape, n: usize, partials: bool) -> ScratchLayout {
-    let delta = n * shape.num_heads;
-    if !partials {
-        return ScratchLayout { delta: 0, partials: None, len: delta };
-    }
-    let part = n * shape.num_heads * shape.head_dim;
-    let pk = delta.next_multiple_of(64);
-    ScratchLayout { delta: 0, partials: Some((pk, pk + part)), len: pk + 2 * part }
+/// The scratch layout of an attention over `n` tokens: `packed_dm` is the kernels' DM with bf16
+/// products (None for f32 and tf32), `partials` whether the per-head plan runs.
+pub fn scratch_layout(shape: AttnShape, n: usize, packed_dm: Option<usize>, partials: bool) -> ScratchLayout {
+    let AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d } = shape;
+    let mut len = n * h;
+    let mut part = |floats: usize| {
+        let at = len.next_multiple_of(64);
+        len = at + floats;
+        at
+    };
+    // two bf16 to a float
+    let packed = packed_dm.map(|dm| (part((n * (h + 2 * kv) * dm).div_ceil(2)), part((n * h * dm).div_ceil(2))));
+    let partials = partials.then(|| (part(n * h * d), part(n * h * d)));
+    ScratchLayout { delta: 0, packed, partials, len }
 }
 
 impl Gpu {
-    /// Whether the backward of `shape` writes per-head dK/dV partials (see [`DkdvPlan`]).
-    fn per_head_partials(&self, shape: AttnShape) -> bool {
-        self.dtype() == Dtype::Bf16 && self.dkdv_plan() == DkdvPlan::PerHead && shape.num_heads > shape.num_kv_heads
+    /// The scratch layout of this device's attention over `n` tokens (its dtype and plan).
+    fn flash_layout(&self, shape: AttnShape, n: usize) -> Result<ScratchLayout> {
+        let bf16 = self.dtype() == Dtype::Bf16;
+        let packed_dm = if bf16 { Some(attn_dm(shape.head_dim)?.max(64) as usize) } else { None };
+        let partials = bf16 && self.dkdv_plan() == DkdvPlan::PerHead && shape.num_heads > shape.num_kv_heads;
+        Ok(scratch_layout(shape, n, packed_dm, partials))
     }
 
-    /// Scratch floats the backward of `n` tokens needs (`Backend::attn_scratch_len`).
+    /// Scratch floats the attention of `n` tokens needs (`Backend::attn_scratch_len`; a head dim
+    /// the kernels refuse needs none: its launch names it).
     pub(crate) fn flash_scratch_len(&self, shape: AttnShape, n: usize) -> usize {
-        scratch_layout(shape, n, self.per_head_partials(shape)).len
+        self.flash_layout(shape, n).map_or(n * shape.num_heads, |l| l.len)
     }
 
-    /// Causal GQA attention forward over the packed q|k|v rows (`Backend::attention_forward`).
+    /// The address of the scratch, checked against the layout's length.
+    fn scratch_base(&self, scratch: &mut CudaViewMut<'_, f32>, layout: &ScratchLayout, n: usize) -> Result<u64> {
+        if scratch.len() < layout.len {
+            let why = format!("{} floats, the attention of {n} tokens needs {}", scratch.len(), layout.len);
+            return Err(Error::shape("attention scratch", why));
+        }
+        Ok(self.pm(scratch))
+    }
+
+    /// `attn_pack_bf16`: `heads` rows of `head_dim` f32 per token at `x` (row stride `x_stride`
+    /// floats) into [n, heads, dm] bf16 at `out`, zero padded past head_dim.
+    fn pack_bf16(
+        &self,
+        (out, x): (u64, u64),
+        x_stride: usize,
+        n: usize,
+        (heads, d, dm): (usize, usize, usize),
+    ) -> Result<()> {
+        let blocks = (n * heads * dm / 8).div_ceil(256).clamp(1, self.sms() as usize * 16) as u32;
+        let args = [
+            Arg::P(out),
+            Arg::P(x),
+            Arg::I(int(x_stride, "pack stride")?),
+            Arg::I(int(n, "tokens")?),
+            Arg::I(int(heads, "heads")?),
+            Arg::I(int(d, "head dim")?),
+            Arg::I(int(dm, "padded head dim")?),
+        ];
+        self.launch("attention_mma", "attn_pack_bf16", (blocks, 1, 1), (256, 1, 1), 0, &args)
+    }
+
+    /// Causal GQA attention forward over the packed q|k|v rows (`Backend::attention_forward`);
+    /// `scratch` holds [`Gpu::flash_scratch_len`] floats.
     pub(crate) fn flash_forward(
         &self,
         mut out: CudaViewMut<'_, f32>,
         mut lse: CudaViewMut<'_, f32>,
+        mut scratch: CudaViewMut<'_, f32>,
         qkv: CudaView<'_, f32>,
         batch: &GpuBatch,
         shape: AttnShape,
     ) -> Result<()> {
         let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
         let dm = attn_dm(d)?;
-        let stride = int((h + 2 * kv) * d, "qkv stride")?;
-        let q = self.pr(&qkv);
-        let args = [
-            Arg::P(self.pm(&mut out)),
-            Arg::I(int(h * d, "out stride")?),
-            Arg::P(self.pm(&mut lse)),
-            Arg::P(q),
-            Arg::I(stride),
-            Arg::P(q + (h * d * 4) as u64),
-            Arg::I(stride),
-            Arg::P(q + ((h + kv) * d * 4) as u64),
-            Arg::I(stride),
-            Arg::P(self.ids_ptr(&batch.cu_seqlens, 0)),
-            Arg::I(int(h, "heads")?),
-            Arg::I(int(kv, "kv heads")?),
-            Arg::I(int(d, "head dim")?),
-        ];
+        let n = lse.len() / h.max(1);
         let grid = (batch.max_len.div_ceil(64) as u32, h as u32, batch.n_seq as u32);
-        match self.dtype() {
-            // bf16 products: the tensor-core kernel (attention_mma.cu; head dims up to 32 padded to 64)
-            Dtype::Bf16 => {
-                let dm = dm.max(64);
-                let smem = 3 * 64 * (dm + 8) * 2;
-                self.launch("attention_mma", &format!("attn_fwd_mma_{dm}"), grid, (128, 1, 1), smem, &args)
-            }
-            Dtype::F32 | Dtype::Tf32 => {
-                let smem = 192 * (dm + 1) * 4;
-                self.launch("attention_fwd", &format!("attn_fwd_{dm}_f32"), grid, (256, 1, 1), smem, &args)
-            }
+        let q = self.pr(&qkv);
+        let (out_p, lse_p, cu) = (self.pm(&mut out), self.pm(&mut lse), self.ids_ptr(&batch.cu_seqlens, 0));
+        let (out_stride, hi, kvi, di) =
+            (int(h * d, "out stride")?, int(h, "heads")?, int(kv, "kv heads")?, int(d, "head dim")?);
+        if self.dtype() != Dtype::Bf16 {
+            let stride = int((h + 2 * kv) * d, "qkv stride")?;
+            let args = [
+                Arg::P(out_p),
+                Arg::I(out_stride),
+                Arg::P(lse_p),
+                Arg::P(q),
+                Arg::I(stride),
+                Arg::P(q + (h * d * 4) as u64),
+                Arg::I(stride),
+                Arg::P(q + ((h + kv) * d * 4) as u64),
+                Arg::I(stride),
+                Arg::P(cu),
+                Arg::I(hi),
+                Arg::I(kvi),
+                Arg::I(di),
+            ];
+            let smem = 192 * (dm + 1) * 4;
+            return self.launch("attention_fwd", &format!("attn_fwd_{dm}_f32"), grid, (256, 1, 1), smem, &args);
         }
+        // bf16 products: q|k|v packed once, then the tensor-core kernel (attention_mma.cu; head
+        // dims up to 32 padded to 64)
+        let dm = dm.max(64);
+        let layout = self.flash_layout(shape, n)?;
+        let base = self.scratch_base(&mut scratch, &layout, n)?;
+        let (qkv16, _) = layout.packed.ok_or_else(|| Error::device("attention", "no packed bf16 scratch"))?;
+        let qkv16 = base + 4 * qkv16 as u64;
+        self.pack_bf16((qkv16, q), (h + 2 * kv) * d, n, (h + 2 * kv, d, dm as usize))?;
+        let args = [
+            Arg::P(out_p),
+            Arg::I(out_stride),
+            Arg::P(lse_p),
+            Arg::P(qkv16),
+            Arg::P(cu),
+            Arg::I(hi),
+            Arg::I(kvi),
+            Arg::I(di),
+        ];
+        let smem = 5 * 64 * (dm + 8) * 2;
+        self.launch("attention_mma", &format!("attn_fwd_mma_{dm}"), grid, (128, 1, 1), smem, &args)
     }
 
     /// dqkv (overwritten) of the forward above (`Backend::attention_backward`); `scratch` holds
@@ -133,16 +194,12 @@ impl Gpu {
         let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
         let dm = attn_dm(d)?;
         let n = lse.len() / h.max(1);
-        let layout = scratch_layout(shape, n, self.per_head_partials(shape));
-        if scratch.len() < layout.len {
-            let why = format!("{} floats, the backward of {n} tokens needs {}", scratch.len(), layout.len);
-            return Err(Error::shape("attention scratch", why));
-        }
+        let layout = self.flash_layout(shape, n)?;
+        let base = self.scratch_base(&mut scratch, &layout, n)?;
+        let at = |offset: usize| base + 4 * offset as u64;
         let stride = int((h + 2 * kv) * d, "qkv stride")?;
         let hd = int(h * d, "out stride")?;
         let (hi, kvi, di) = (int(h, "heads")?, int(kv, "kv heads")?, int(d, "head dim")?);
-        let base = self.pm(&mut scratch);
-        let at = |offset: usize| base + 4 * offset as u64;
         let delta = at(layout.delta);
         let (o, dout_p, lse_p) = (self.pr(&out), self.pr(&dout), self.pr(&lse));
         let args = [
@@ -161,15 +218,43 @@ impl Gpu {
         let cu = self.ids_ptr(&batch.cu_seqlens, 0);
         let tiles = batch.max_len.div_ceil(64) as u32;
         let n_seq = batch.n_seq as u32;
+        let Some((qkv16, do16)) = layout.packed else {
+            // f32 / tf32: attention_bwd.cu's kernels on the f32 rows
+            let tail = [
+                Arg::P(q),
+                Arg::I(stride),
+                Arg::P(q + k_off),
+                Arg::I(stride),
+                Arg::P(q + v_off),
+                Arg::I(stride),
+                Arg::P(dout_p),
+                Arg::I(hd),
+                Arg::P(lse_p),
+                Arg::P(delta),
+                Arg::P(cu),
+                Arg::I(hi),
+                Arg::I(kvi),
+                Arg::I(di),
+            ];
+            let smem = 192 * (dm + 1) * 4;
+            let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
+            args.extend_from_slice(&tail);
+            let dkdv = format!("attn_bwd_dkdv_{dm}_f32");
+            self.launch("attention_bwd", &dkdv, (tiles, kv as u32, n_seq), (256, 1, 1), smem, &args)?;
+            let mut args = vec![Arg::P(g), Arg::I(stride)];
+            args.extend_from_slice(&tail);
+            let dq = format!("attn_bwd_dq_{dm}_f32");
+            return self.launch("attention_bwd", &dq, (tiles, h as u32, n_seq), (256, 1, 1), smem, &args);
+        };
+        // bf16 products: q|k|v and dO packed once, then the tensor-core kernels of
+        // attention_mma_bwd.cu (head dims up to 32 padded to 64)
+        let dm = dm.max(64);
+        let (qkv16, do16) = (at(qkv16), at(do16));
+        self.pack_bf16((qkv16, q), (h + 2 * kv) * d, n, (h + 2 * kv, d, dm as usize))?;
+        self.pack_bf16((do16, dout_p), h * d, n, (h, d, dm as usize))?;
         let tail = [
-            Arg::P(q),
-            Arg::I(stride),
-            Arg::P(q + k_off),
-            Arg::I(stride),
-            Arg::P(q + v_off),
-            Arg::I(stride),
-            Arg::P(dout_p),
-            Arg::I(hd),
+            Arg::P(qkv16),
+            Arg::P(do16),
             Arg::P(lse_p),
             Arg::P(delta),
             Arg::P(cu),
@@ -177,23 +262,9 @@ impl Gpu {
             Arg::I(kvi),
             Arg::I(di),
         ];
-        let dq_launch = |module: &'static str, entry: String, threads: u32, smem: u32| {
-            let mut args = vec![Arg::P(g), Arg::I(stride)];
-            args.extend_from_slice(&tail);
-            self.launch(module, &entry, (tiles, h as u32, n_seq), (threads, 1, 1), smem, &args)
-        };
-        if self.dtype() != Dtype::Bf16 {
-            let smem = 192 * (dm + 1) * 4;
-            let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
-            args.extend_from_slice(&tail);
-            let dkdv = format!("attn_bwd_dkdv_{dm}_f32");
-            self.launch("attention_bwd", &dkdv, (tiles, kv as u32, n_seq), (256, 1, 1), smem, &args)?;
-            return dq_launch("attention_bwd", format!("attn_bwd_dq_{dm}_f32"), 256, smem);
-        }
-        // bf16 products: the tensor-core kernels of attention_mma.cu (head dims up to 32 padded to 64)
-        let dm = dm.max(64);
-        let bytes = 4 * 64 * (dm + 8) * 2;
+        let tiles_bytes = 6 * 64 * (dm + 8) * 2;
         let dkdv = format!("attn_bwd_dkdv_mma_{dm}");
+        let dkdv_smem = tiles_bytes + 4 * 64 * 4;
         match layout.partials {
             // per-head partials ([N, H, D], row stride H·D), then their sums over each group
             Some((pk, pv)) => {
@@ -201,7 +272,7 @@ impl Gpu {
                 let mut args = vec![Arg::P(pk), Arg::I(hd), Arg::P(pv), Arg::I(hd)];
                 args.extend_from_slice(&tail);
                 args.push(Arg::I(1));
-                self.launch("attention_mma", &dkdv, (tiles, h as u32, n_seq), (128, 1, 1), bytes + 512, &args)?;
+                self.launch("attention_mma_bwd", &dkdv, (tiles, h as u32, n_seq), (128, 1, 1), dkdv_smem, &args)?;
                 let args = [
                     Arg::P(g + k_off),
                     Arg::I(stride),
@@ -215,16 +286,25 @@ impl Gpu {
                     Arg::I(di),
                 ];
                 let blocks = (n * kv * d).div_ceil(256).clamp(1, self.sms() as usize * 16) as u32;
-                self.launch("attention_mma", "attn_bwd_group_sum_f32", (blocks, 1, 1), (256, 1, 1), 0, &args)?;
+                self.launch("attention_mma_bwd", "attn_bwd_group_sum_f32", (blocks, 1, 1), (256, 1, 1), 0, &args)?;
             }
             None => {
                 let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
                 args.extend_from_slice(&tail);
                 args.push(Arg::I(int(h / kv.max(1), "group")?));
-                self.launch("attention_mma", &dkdv, (tiles, kv as u32, n_seq), (128, 1, 1), bytes + 512, &args)?;
+                self.launch("attention_mma_bwd", &dkdv, (tiles, kv as u32, n_seq), (128, 1, 1), dkdv_smem, &args)?;
             }
         }
-        dq_launch("attention_mma", format!("attn_bwd_dq_mma_{dm}"), 128, bytes)
+        let mut args = vec![Arg::P(g), Arg::I(stride)];
+        args.extend_from_slice(&tail);
+        self.launch(
+            "attention_mma_bwd",
+            &format!("attn_bwd_dq_mma_{dm}"),
+            (tiles, h as u32, n_seq),
+            (128, 1, 1),
+            tiles_bytes,
+            &args,
+        )
     }
 }
 
@@ -232,18 +312,28 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// The partials start on a 64-float boundary after delta, do not overlap, and fit the length;
-    /// without partials the scratch is delta alone.
+    /// Every part starts on a 64-float boundary after delta, none overlaps the next, the packed
+    /// copies hold two bf16 a float, and the length covers the last part; f32 needs delta alone.
     #[test]
-    fn the_scratch_layout_keeps_delta_and_the_partials_apart() {
-        for (h, kv, d, n) in [(14, 2, 64, 4096), (4, 2, 16, 3), (2, 1, 128, 1)] {
+    fn the_scratch_layout_keeps_its_parts_apart() {
+        for (h, kv, d, n) in [(14, 2, 64, 4096), (4, 2, 16, 3), (2, 1, 128, 1), (2, 1, 30, 5)] {
             let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
-            assert_eq!(scratch_layout(shape, n, false), ScratchLayout { delta: 0, partials: None, len: n * h });
-            let l = scratch_layout(shape, n, true);
+            let f32_only = ScratchLayout { delta: 0, packed: None, partials: None, len: n * h };
+            assert_eq!(scratch_layout(shape, n, None, false), f32_only);
+            let dm = attn_dm(d).unwrap().max(64) as usize;
+            let l = scratch_layout(shape, n, Some(dm), true);
+            let (qkv, dout) = l.packed.unwrap();
             let (pk, pv) = l.partials.unwrap();
-            assert!(pk >= n * h && pk % 64 == 0, "{h} {kv} {d} {n}: dK partials at {pk}");
-            assert_eq!(pv - pk, n * h * d);
+            assert!(qkv >= n * h, "{h} {kv} {d} {n}: packed q|k|v overlaps delta");
+            assert!(dout >= qkv + (n * (h + 2 * kv) * dm).div_ceil(2), "packed dO overlaps q|k|v");
+            assert!(pk >= dout + (n * h * dm).div_ceil(2), "dK partials overlap dO");
+            assert!(pv >= pk + n * h * d, "dV partials overlap dK's");
             assert_eq!(l.len - pv, n * h * d);
+            for at in [qkv, dout, pk, pv] {
+                assert_eq!(at % 64, 0, "{at} is not on a 256-byte boundary");
+            }
+            let no_partials = scratch_layout(shape, n, Some(dm), false);
+            assert_eq!((no_partials.packed, no_partials.partials), (l.packed, None));
         }
     }
 }

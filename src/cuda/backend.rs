@@ -311,12 +311,12 @@ impl Backend for Gpu {
         &self,
         out: Self::M<'_>,
         lse: Self::M<'_>,
-        _scratch: Self::M<'_>,
+        scratch: Self::M<'_>,
         qkv: Self::R<'_>,
         batch: &GpuBatch,
         shape: AttnShape,
     ) -> Result<()> {
-        self.flash_forward(out, lse, qkv, batch, shape)
+        self.flash_forward(out, lse, scratch, qkv, batch, shape)
     }
     fn attention_backward(
         &self,
@@ -469,9 +469,12 @@ mod tests {
             ("decode_attention", "decode_attn_f32_bf16"),
             ("attention_mma", "attn_fwd_mma_64"),
             ("attention_mma", "attn_fwd_mma_128"),
-            ("attention_mma", "attn_bwd_dq_mma_64"),
-            ("attention_mma", "attn_bwd_dkdv_mma_128"),
-            ("attention_mma", "attn_bwd_group_sum_f32"),
+            ("attention_mma", "attn_pack_bf16"),
+            ("attention_mma_bwd", "attn_bwd_dq_mma_64"),
+            ("attention_mma_bwd", "attn_bwd_dq_mma_128"),
+            ("attention_mma_bwd", "attn_bwd_dkdv_mma_64"),
+            ("attention_mma_bwd", "attn_bwd_dkdv_mma_128"),
+            ("attention_mma_bwd", "attn_bwd_group_sum_f32"),
             ("attention_bwd", "attn_bwd_delta_f32"),
             ("attention_bwd", "attn_bwd_dkdv_64_f32"),
             ("attention_bwd", "attn_bwd_dq_128_f32"),

@@ -97,6 +97,32 @@ fn split_pair(r: [FragA; 32]) -> [[FragB; 32]; 2] {
     [std::array::from_fn(|l| [r[l][0], r[l][1]]), std::array::from_fn(|l| [r[l][2], r[l][3]])]
 }
 
+/// attention_mma.cu's `attn_pack_bf16` on the host: `heads` rows of `hd` f32 per token (row stride
+/// `x_stride`) as [n, heads, dm] bf16 bits, rounded to nearest even, zero past `hd`.
+pub fn pack_bf16_heads(x: &[f32], x_stride: usize, n: usize, (heads, hd, dm): (usize, usize, usize)) -> Vec<u16> {
+    let mut out = vec![0u16; n * heads * dm];
+    for (row, o) in out.chunks_exact_mut(dm).enumerate() {
+        let (t, hh) = (row / heads, row % heads);
+        for (d, od) in o.iter_mut().take(hd).enumerate() {
+            *od = half::bf16::from_f32(x[t * x_stride + hh * hd + d]).to_bits();
+        }
+    }
+    out
+}
+
+/// mma.cuh's `copy_rows<DM>`: rows [r0, r0 + 64) of the packed matrix `x` from element `base`
+/// (row stride `stride`) into the tile `s` (row stride dm + 8); rows at or past `len` zero.
+pub fn copy_rows(s: &mut [u16], dm: usize, x: &[u16], (base, stride): (usize, usize), r0: usize, len: usize) {
+    for r in 0..64 {
+        let row = &mut s[r * (dm + 8)..r * (dm + 8) + dm];
+        if r0 + r < len {
+            row.copy_from_slice(&x[base + (r0 + r) * stride..][..dm]);
+        } else {
+            row.fill(0);
+        }
+    }
+}
+
 /// The A fragment of the 16 × 16 block at (r0, c0) of the row-major bf16 matrix `s` (row stride
 /// `lds`), element by element from the PTX fragment layout: what [`ldsm_a`] must load.
 pub fn frag_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
@@ -183,10 +209,6 @@ mod tests {
         shape: AttnShape,
     }
 
-    fn bf16_bits(x: f32) -> u16 {
-        half::bf16::from_f32(x).to_bits()
-    }
-
     /// Butterfly over the 4 lanes of a row group (`__shfl_xor_sync` with 1, then 2).
     fn quad_reduce(x: &mut [f32; 32], f: impl Fn(f32, f32) -> f32) {
         for mask in [1, 2] {
@@ -232,13 +254,11 @@ mod tests {
         let (lds, nt_n, kd_n, no_n) = (dm + 8, BK / 8, dm / 16, dm / 8);
         let (mut out, mut lse) = (vec![f32::NAN; n * nh * hd], vec![f32::NAN; n * nh]);
         let sl2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
-        let load = |s: &mut Vec<u16>, off: usize, r0: usize, start: usize, len: usize| {
-            for r in 0..64 {
-                for d in 0..dm {
-                    let x = if r0 + r < len && d < hd { case.qkv[(start + r0 + r) * stride + off + d] } else { 0.0 };
-                    s[r * lds + d] = bf16_bits(x);
-                }
-            }
+        // attn_pack_bf16 of q|k|v, then copy_rows of head `head`'s rows from it
+        let heads = nh + 2 * kvh;
+        let packed = pack_bf16_heads(&case.qkv, stride, n, (heads, hd, dm));
+        let load = |s: &mut Vec<u16>, head: usize, r0: usize, start: usize, len: usize| {
+            copy_rows(s, dm, &packed, (start * heads * dm + head * dm, heads * dm), r0, len);
         };
         for seq in 0..case.cu.len() - 1 {
             let (start, len) = (case.cu[seq], case.cu[seq + 1] - case.cu[seq]);
@@ -246,7 +266,7 @@ mod tests {
                 let g = h / (nh / kvh);
                 for q0 in (0..len).step_by(BQ) {
                     let (mut qs, mut ks, mut vs) = (vec![0u16; BQ * lds], vec![0u16; BK * lds], vec![0u16; BK * lds]);
-                    load(&mut qs, h * hd, q0, start, len);
+                    load(&mut qs, h, q0, start, len);
                     for warp in 0..4 {
                         let wr = warp * 16;
                         let qa: Vec<[FragA; 32]> = (0..kd_n).map(|kd| ldsm_a(&qs, lds, wr, kd * 16)).collect();
@@ -256,8 +276,8 @@ mod tests {
                         let row = |lane: usize, e: usize| q0 + wr + lane / 4 + if e < 2 { 0 } else { 8 };
                         let kend = (q0 + BQ).min(len);
                         for k0 in (0..kend).step_by(BK) {
-                            load(&mut ks, (nh + g) * hd, k0, start, len);
-                            load(&mut vs, (nh + kvh + g) * hd, k0, start, len);
+                            load(&mut ks, nh + g, k0, start, len);
+                            load(&mut vs, nh + kvh + g, k0, start, len);
                             let mut s = vec![[[0.0f32; 4]; 32]; nt_n];
                             for (pair, st) in s.chunks_exact_mut(2).enumerate() {
                                 for (kd, qf) in qa.iter().enumerate() {
@@ -378,26 +398,17 @@ mod tests {
         }
     }
 
-    /// `load_rows_bf16<DM>`: rows [r0, r0 + 64) of the sequence at `start` (row stride `stride`,
-    /// column offset `off`), rounded to bf16, zero past `len` and past `hd`.
-    #[allow(clippy::too_many_arguments)]
+    /// `copy_rows<DM>` of head `head`'s rows [r0, r0 + 64) of the sequence at `start` from a
+    /// packed matrix of `heads` heads.
     fn load_rows(
         s: &mut [u16],
         dm: usize,
-        src: &[f32],
-        stride: usize,
-        off: usize,
+        (x, heads): (&[u16], usize),
+        head: usize,
         r0: usize,
         (start, len): (usize, usize),
-        hd: usize,
     ) {
-        let lds = dm + 8;
-        for r in 0..64 {
-            for d in 0..dm {
-                let x = if r0 + r < len && d < hd { src[(start + r0 + r) * stride + off + d] } else { 0.0 };
-                s[r * lds + d] = bf16_bits(x);
-            }
-        }
+        copy_rows(s, dm, x, (start * heads * dm + head * dm, heads * dm), r0, len);
     }
 
     /// attention_mma.cu's `attn_bwd_dq_mma<DM>` and `attn_bwd_dkdv_mma<DM>` (with `plan`'s
@@ -418,6 +429,10 @@ mod tests {
                 delta[t * nh + h] = (0..hd).map(|d| dout[r + d] * out[r + d]).sum();
             }
         }
+        // attn_pack_bf16 of q|k|v and of dO
+        let qkv16 = pack_bf16_heads(&case.qkv, stride, n, (nh + 2 * kvh, hd, dm));
+        let do16 = pack_bf16_heads(dout, nh * hd, n, (nh, hd, dm));
+        let (pq, po) = ((&qkv16[..], nh + 2 * kvh), (&do16[..], nh));
         let mut dqkv = vec![f32::NAN; n * stride];
         let group = nh / kvh;
         let (ys, per) = if plan == DkdvPlan::PerHead { (nh, 1) } else { (kvh, group) };
@@ -432,14 +447,14 @@ mod tests {
             for h in 0..nh {
                 let g = h / (nh / kvh);
                 for q0 in (0..len).step_by(64) {
-                    load_rows(&mut tiles[0], dm, &case.qkv, stride, h * hd, q0, sl, hd);
-                    load_rows(&mut tiles[1], dm, dout, nh * hd, h * hd, q0, sl, hd);
+                    load_rows(&mut tiles[0], dm, pq, h, q0, sl);
+                    load_rows(&mut tiles[1], dm, po, h, q0, sl);
                     for warp in 0..4 {
                         let wr = warp * 16;
                         let mut acc = zero();
                         for k0 in (0..(q0 + 64).min(len)).step_by(64) {
-                            load_rows(&mut tiles[2], dm, &case.qkv, stride, (nh + g) * hd, k0, sl, hd);
-                            load_rows(&mut tiles[3], dm, &case.qkv, stride, (nh + kvh + g) * hd, k0, sl, hd);
+                            load_rows(&mut tiles[2], dm, pq, nh + g, k0, sl);
+                            load_rows(&mut tiles[3], dm, pq, nh + kvh + g, k0, sl);
                             let (qs, os, ks, vs) = (&tiles[0], &tiles[1], &tiles[2], &tiles[3]);
                             let (mut s, dp) = row_products2(dm, (qs, ks), (os, vs), wr);
                             for nt in 0..nt_n {
@@ -478,13 +493,13 @@ mod tests {
             for y in 0..ys {
                 let (h_first, g) = (y * per, y * per / group);
                 for k0 in (0..len).step_by(64) {
-                    load_rows(&mut tiles[0], dm, &case.qkv, stride, (nh + g) * hd, k0, sl, hd);
-                    load_rows(&mut tiles[1], dm, &case.qkv, stride, (nh + kvh + g) * hd, k0, sl, hd);
+                    load_rows(&mut tiles[0], dm, pq, nh + g, k0, sl);
+                    load_rows(&mut tiles[1], dm, pq, nh + kvh + g, k0, sl);
                     let (mut dka, mut dva) = (vec![zero(); 4], vec![zero(); 4]);
                     for h in h_first..h_first + per {
                         for q0 in (k0..len).step_by(64) {
-                            load_rows(&mut tiles[2], dm, &case.qkv, stride, h * hd, q0, sl, hd);
-                            load_rows(&mut tiles[3], dm, dout, nh * hd, h * hd, q0, sl, hd);
+                            load_rows(&mut tiles[2], dm, pq, h, q0, sl);
+                            load_rows(&mut tiles[3], dm, po, h, q0, sl);
                             let at = |c: usize| (start + q0 + c) * nh + h;
                             let ls: Vec<f32> =
                                 (0..64).map(|c| if q0 + c < len { lse[at(c)] * log2e } else { 0.0 }).collect();

@@ -1,7 +1,8 @@
 //! Kernel sources and their run-time compilation by NVRTC.
 //!
-//! Every `cuda/*.cu` file is embedded in the binary; `common.cuh` is prepended to each (kernel
-//! files never `#include` it, so NVRTC needs no include path and no CUDA headers). A compile that
+//! Every `cuda/*.cu` file is embedded in the binary; `common.cuh` is prepended to each, and after it
+//! the header a file names on its first line (`// prelude: mma.cuh`, one of [`HEADERS`]); kernel
+//! files never `#include`, so NVRTC needs no include path and no CUDA headers. A compile that
 //! prints any warning is an error, exactly as in `scripts/nvrtc_check.py`.
 
 use crate::error::{Error, Result};
@@ -10,12 +11,16 @@ use std::ffi::CString;
 /// cuda/common.cuh.
 pub const COMMON: &str = include_str!("../../cuda/common.cuh");
 
+/// The headers a kernel file may name as its prelude (after common.cuh).
+pub const HEADERS: &[(&str, &str)] = &[("mma.cuh", include_str!("../../cuda/mma.cuh"))];
+
 /// (module name, source) of every kernel file.
 pub const SOURCES: &[(&str, &str)] = &[
     ("adamw", include_str!("../../cuda/adamw.cu")),
     ("attention_bwd", include_str!("../../cuda/attention_bwd.cu")),
     ("attention_fwd", include_str!("../../cuda/attention_fwd.cu")),
     ("attention_mma", include_str!("../../cuda/attention_mma.cu")),
+    ("attention_mma_bwd", include_str!("../../cuda/attention_mma_bwd.cu")),
     ("attn_stats", include_str!("../../cuda/attn_stats.cu")),
     ("decode_attention", include_str!("../../cuda/decode_attention.cu")),
     ("elementwise", include_str!("../../cuda/elementwise.cu")),
@@ -28,13 +33,27 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("swiglu", include_str!("../../cuda/swiglu.cu")),
 ];
 
-/// The source of module `name` (common.cuh prepended).
+/// The source of module `name`: common.cuh, the prelude header its first line names, then the file.
 pub fn source(name: &str) -> Result<String> {
     let (_, body) = SOURCES
         .iter()
         .find(|(n, _)| *n == name)
         .ok_or_else(|| Error::device("NVRTC", format!("no CUDA kernel module named {name:?}")))?;
-    Ok(format!("{COMMON}\n#line 1 \"{name}.cu\"\n{body}"))
+    let prelude = match prelude_of(body) {
+        Some(h) => {
+            let (_, text) = HEADERS.iter().find(|(n, _)| *n == h).ok_or_else(|| {
+                Error::device("NVRTC", format!("cuda/{name}.cu names the prelude {h:?}, which is not in cuda/"))
+            })?;
+            format!("#line 1 \"{h}\"\n{text}\n")
+        }
+        None => String::new(),
+    };
+    Ok(format!("{COMMON}\n{prelude}#line 1 \"{name}.cu\"\n{body}"))
+}
+
+/// The header a kernel file's first line names (`// prelude: NAME`), if any.
+pub fn prelude_of(body: &str) -> Option<&str> {
+    body.lines().next()?.trim().strip_prefix("// prelude:").map(str::trim)
 }
 
 /// The `extern "C" __global__` entry names a source declares.
@@ -159,4 +178,29 @@ pub fn compile_clean(name: &str, arch: &str) -> Result<Compiled> {
         }
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prelude a kernel file names is one of the embedded headers and lands in its source after
+    /// common.cuh and before the file; the tensor-core attention files name mma.cuh, the others none.
+    #[test]
+    fn named_preludes_are_embedded_and_prepended() {
+        for (name, body) in SOURCES {
+            let src = source(name).unwrap();
+            let file_at = src.find(&format!("#line 1 \"{name}.cu\"")).unwrap();
+            match prelude_of(body) {
+                Some(h) => {
+                    let (_, text) = HEADERS.iter().find(|(n, _)| *n == h).expect("an embedded header");
+                    let at = src.find(text).expect("the header's text in the source");
+                    assert!(COMMON.len() <= at && at < file_at, "{name}: {h} is not between common.cuh and the file");
+                }
+                None => assert!(!name.starts_with("attention_mma"), "{name} names no prelude"),
+            }
+        }
+        assert_eq!(prelude_of("// prelude: mma.cuh\nint x;"), Some("mma.cuh"));
+        assert_eq!(prelude_of("// a comment\n// prelude: mma.cuh"), None);
+    }
 }

@@ -1,0 +1,294 @@
+// prelude: mma.cuh
+// Backward of attention_mma.cu's forward on the tensor cores (bf16 products, f32 accumulation),
+// deterministic (no atomics). The f32 reference is attention_bwd.cu (CPU: src/attention/cpu.rs
+// attention_backward).
+//
+// ABI. Run attention_bwd.cu's attn_bwd_delta_f32 first (delta[t * num_heads + h] = dO_t . O_t),
+// and attention_mma.cu's attn_pack_bf16 for qkv16 (q|k|v, dm = DM) and do16 (dO, heads =
+// num_heads, dm = DM). lse and delta are the forward's and delta's [N, num_heads] f32; dq, dk, dv
+// are f32, OVERWRITTEN, each with its own row stride. Entries DM = 64 and 128 (head dims up to DM).
+//
+// attn_bwd_dq_mma_{64,128}
+//   (float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
+//    const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
+//    int head_dim)
+//   Block = 64 query rows of one head of one sequence (16 per warp), the longest blocks first;
+//   loops over key blocks of 64 up to the diagonal (copied one block ahead into two stages):
+//   S = Q·Kᵀ and dP = dO·Vᵀ on the tensor cores, P = exp(scale S - lse), dS = P (dP - delta) in
+//   registers, dQ += dS·K (dS's C fragments are its A fragments).
+//   Launch: grid = (ceil(max_seq_len / 64), num_heads, n_seq), block = 128, dynamic shared memory
+//   = 6 * 64 * (DM + 8) * 2 bytes (Q, dO, two stages of K and of V; DM 64: 55296, 128: 104448).
+//
+// attn_bwd_dkdv_mma_{64,128}
+//   (float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
+//    const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
+//    int num_heads, int kv_heads, int head_dim, int heads_per_block)
+//   Block = 64 keys of one sequence (16 per warp) against `heads_per_block` consecutive query heads
+//   of one kv group, the block's y index times heads_per_block being the first; loops over those
+//   heads and over query blocks of 64 from the diagonal to the end (copied one block ahead into
+//   two stages): Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ, Pᵀ and dSᵀ in registers, dV += Pᵀ·dO and dK += dSᵀ·Q.
+//   The block writes its sums at column y * head_dim of dk and dv:
+//   - heads_per_block = num_heads / kv_heads (the whole group): y is the kv head and dk, dv are
+//     the gradients themselves; grid = (ceil(max_seq_len / 64), kv_heads, n_seq).
+//   - heads_per_block = 1: y is the query head and dk, dv are per-head partials ([N, num_heads,
+//     head_dim] each, row stride num_heads * head_dim), which attn_bwd_group_sum_f32 then sums over
+//     each group in head order; grid = (ceil(max_seq_len / 64), num_heads, n_seq). A group's
+//     query blocks then run on num_heads / kv_heads blocks in parallel instead of one after
+//     another in one block (7 for Qwen2-0.5B), still with no atomics.
+//   Launch: block = 128, dynamic shared memory = 6 * 64 * (DM + 8) * 2 + 4 * 64 * 4 bytes (K, V,
+//   two stages of Q, dO, lse and delta; DM 64: 56320, 128: 105472).
+//
+// attn_bwd_group_sum_f32
+//   (float* dk, int dk_stride, float* dv, int dv_stride, const float* pk, const float* pv, int n,
+//    int num_heads, int kv_heads, int head_dim)
+//   dk[t, g, :] = sum over hh = 0 .. group - 1 of pk[t, g * group + hh, :] in that order (and dv
+//   of pv): the partials of heads_per_block = 1 summed into each kv head's gradient. Any grid of
+//   1-D blocks (grid-stride over n * kv_heads * head_dim).
+
+template <int DM>
+__device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const unsigned short* __restrict__ qkv16,
+                                const unsigned short* __restrict__ do16, const float* __restrict__ lse,
+                                const float* __restrict__ delta, const int* __restrict__ cu_seqlens, int num_heads,
+                                int kv_heads, int head_dim) {
+    constexpr int LDS = DM + 8, NT = AM_BK / 8, NO = DM / 8, TILE = AM_TILE(DM);
+    unsigned short* Qs = (unsigned short*)am_smem;
+    unsigned short* Os = Qs + TILE;
+    unsigned short* Ks = Os + TILE;      // two stages
+    unsigned short* Vs = Ks + 2 * TILE;  // two stages
+
+    const int seq = blockIdx.z, h = blockIdx.y;
+    const int start = cu_seqlens[seq];
+    const int len = cu_seqlens[seq + 1] - start;
+    // the longest query blocks (the causal mask's last) start first, so they do not make the tail
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * AM_BQ;
+    if (q0 >= len) return;
+    const int g = h / (num_heads / kv_heads);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
+    const float scale = 1.0f / sqrtf((float)head_dim), log2e = 1.4426950408889634f, sl2 = scale * log2e;
+
+    const long long ps = (long long)(num_heads + 2 * kv_heads) * DM, pd = (long long)num_heads * DM;
+    const unsigned short* kb = qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM;
+    const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
+    copy_rows<DM>(Qs, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
+    copy_rows<DM>(Os, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
+    copy_rows<DM>(Ks, kb, ps, 0, len);
+    copy_rows<DM>(Vs, vb, ps, 0, len);
+    cp_commit();
+    const int wr = warp * 16;
+    const int i0 = q0 + wr + gr, i1 = i0 + 8;
+    const float L0 = i0 < len ? lse[(long long)(start + i0) * num_heads + h] * log2e : 0.0f;
+    const float L1 = i1 < len ? lse[(long long)(start + i1) * num_heads + h] * log2e : 0.0f;
+    const float D0 = i0 < len ? delta[(long long)(start + i0) * num_heads + h] : 0.0f;
+    const float D1 = i1 < len ? delta[(long long)(start + i1) * num_heads + h] : 0.0f;
+    cp_wait_all();
+    __syncthreads();
+
+    float acc[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    const int kend = min(q0 + AM_BQ, len);
+    for (int k0 = 0, stage = 0; k0 < kend; k0 += AM_BK, stage ^= 1) {
+        // the other stage was consumed by the last block (barrier at the loop's end): fill it
+        if (k0 + AM_BK < kend) {
+            copy_rows<DM>(Ks + (stage ^ 1) * TILE, kb, ps, k0 + AM_BK, len);
+            copy_rows<DM>(Vs + (stage ^ 1) * TILE, vb, ps, k0 + AM_BK, len);
+            cp_commit();
+        }
+        const unsigned short* Kc = Ks + stage * TILE;
+        const unsigned short* Vc = Vs + stage * TILE;
+        float s[NT][4], dp[NT][4];
+        row_products2<DM, NT>(s, dp, Qs, Kc, Os, Vc, LDS, wr, lane);
+        // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int j = k0 + nt * 8 + 2 * tg + (e & 1);
+                const int i = e < 2 ? i0 : i1;
+                const float p = (j <= i && i < len) ? exp2f(s[nt][e] * sl2 - (e < 2 ? L0 : L1)) : 0.0f;
+                s[nt][e] = p * (dp[nt][e] - (e < 2 ? D0 : D1));
+            }
+        }
+        // dQ += dS K
+        accumulate_product<NO, NT>(acc, s, Kc, LDS, lane);
+        cp_wait_all();
+        __syncthreads();  // the next stage has landed; this one is consumed
+    }
+    float* db = dq + (long long)start * dq_stride + (long long)h * head_dim;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        const int d = n * 8 + 2 * tg;
+        if (i0 < len) {
+            float* r = db + (long long)i0 * dq_stride;
+            if (d < head_dim) r[d] = acc[n][0] * scale;
+            if (d + 1 < head_dim) r[d + 1] = acc[n][1] * scale;
+        }
+        if (i1 < len) {
+            float* r = db + (long long)i1 * dq_stride;
+            if (d < head_dim) r[d] = acc[n][2] * scale;
+            if (d + 1 < head_dim) r[d + 1] = acc[n][3] * scale;
+        }
+    }
+}
+
+template <int DM>
+__device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* __restrict__ dv, int dv_stride,
+                                  const unsigned short* __restrict__ qkv16, const unsigned short* __restrict__ do16,
+                                  const float* __restrict__ lse, const float* __restrict__ delta,
+                                  const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim,
+                                  int heads_per_block) {
+    constexpr int LDS = DM + 8, NT = AM_BQ / 8, NO = DM / 8, TILE = AM_TILE(DM);
+    unsigned short* Ks = (unsigned short*)am_smem;
+    unsigned short* Vs = Ks + TILE;
+    unsigned short* Qs = Vs + TILE;      // two stages
+    unsigned short* Os = Qs + 2 * TILE;  // two stages
+    float* Ls = (float*)(Os + 2 * TILE);  // two stages of the query block's lse (base 2)
+    float* Ds = Ls + 2 * AM_BQ;           // and of its delta
+
+    const int seq = blockIdx.z, y = blockIdx.y;
+    const int start = cu_seqlens[seq];
+    const int len = cu_seqlens[seq + 1] - start;
+    const int k0 = blockIdx.x * AM_BK;
+    if (k0 >= len) return;
+    const int h_first = y * heads_per_block, g = h_first / (num_heads / kv_heads);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tg = lane & 3;
+    const float scale = 1.0f / sqrtf((float)head_dim), log2e = 1.4426950408889634f, sl2 = scale * log2e;
+    const long long ps = (long long)(num_heads + 2 * kv_heads) * DM, pd = (long long)num_heads * DM;
+
+    // query blocks k0, k0 + 64, ... (nq of them) of heads h_first, h_first + 1, ...: iteration it
+    // takes head h_first + it / nq, block k0 + (it % nq) * 64
+    const int nq = (len - k0 + AM_BQ - 1) / AM_BQ, iters = heads_per_block * nq;
+    // Issue the copies of iteration `it` into stage `st` (Q and dO rows; lse and delta stored
+    // directly, visible after the next barrier).
+    auto fetch = [&](int it, int st) {
+        const int h = h_first + it / nq, q0 = k0 + (it % nq) * AM_BQ;
+        copy_rows<DM>(Qs + st * TILE, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
+        copy_rows<DM>(Os + st * TILE, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
+        if (threadIdx.x < AM_BQ) {
+            const int i = q0 + threadIdx.x;
+            const long long at = (long long)(start + i) * num_heads + h;
+            Ls[st * AM_BQ + threadIdx.x] = i < len ? lse[at] * log2e : 0.0f;
+            Ds[st * AM_BQ + threadIdx.x] = i < len ? delta[at] : 0.0f;
+        }
+    };
+    copy_rows<DM>(Ks, qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM, ps, k0, len);
+    copy_rows<DM>(Vs, qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM, ps, k0, len);
+    fetch(0, 0);
+    cp_commit();
+    cp_wait_all();
+    __syncthreads();
+
+    const int wr = warp * 16;
+    const int j0 = k0 + wr + gr, j1 = j0 + 8;  // this lane's key rows
+    float dka[NO][4], dva[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = dva[n][0] = dva[n][1] = dva[n][2] =
+        dva[n][3] = 0.0f;
+    for (int it = 0, stage = 0; it < iters; ++it, stage ^= 1) {
+        // the other stage was consumed by the last iteration (barrier at the loop's end): fill it
+        if (it + 1 < iters) {
+            fetch(it + 1, stage ^ 1);
+            cp_commit();
+        }
+        const int q0 = k0 + (it % nq) * AM_BQ;
+        const unsigned short* Qc = Qs + stage * TILE;
+        const unsigned short* Oc = Os + stage * TILE;
+        const float* Lc = Ls + stage * AM_BQ;
+        const float* Dc = Ds + stage * AM_BQ;
+        float st[NT][4], dpt[NT][4];
+        row_products2<DM, NT>(st, dpt, Ks, Qc, Vs, Oc, LDS, wr, lane);
+        // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = nt * 8 + 2 * tg + (e & 1);
+                const int i = q0 + c;
+                const int j = e < 2 ? j0 : j1;
+                const float p = (j <= i && i < len) ? exp2f(st[nt][e] * sl2 - Lc[c]) : 0.0f;
+                st[nt][e] = p;
+                dpt[nt][e] = p * (dpt[nt][e] - Dc[c]);
+            }
+        }
+        // dV += Pᵀ dO, dK += dSᵀ Q
+        accumulate_product<NO, NT>(dva, st, Oc, LDS, lane);
+        accumulate_product<NO, NT>(dka, dpt, Qc, LDS, lane);
+        cp_wait_all();
+        __syncthreads();  // the next stage has landed; this one is consumed
+    }
+    float* dkb = dk + (long long)start * dk_stride + (long long)y * head_dim;
+    float* dvb = dv + (long long)start * dv_stride + (long long)y * head_dim;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        const int d = n * 8 + 2 * tg;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int j = half ? j1 : j0;
+            if (j >= len) continue;
+            float* rk = dkb + (long long)j * dk_stride;
+            float* rv = dvb + (long long)j * dv_stride;
+            if (d < head_dim) {
+                rk[d] = dka[n][2 * half] * scale;
+                rv[d] = dva[n][2 * half];
+            }
+            if (d + 1 < head_dim) {
+                rk[d + 1] = dka[n][2 * half + 1] * scale;
+                rv[d + 1] = dva[n][2 * half + 1];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dq_mma_64(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
+                       const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
+                       int head_dim) {
+    attn_bwd_dq_mma<64>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dq_mma_128(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
+                        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
+                        int head_dim) {
+    attn_bwd_dq_mma<128>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dkdv_mma_64(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
+                         const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
+                         int num_heads, int kv_heads, int head_dim, int heads_per_block) {
+    attn_bwd_dkdv_mma<64>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
+                          head_dim, heads_per_block);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dkdv_mma_128(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
+                          const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
+                          int num_heads, int kv_heads, int head_dim, int heads_per_block) {
+    attn_bwd_dkdv_mma<128>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
+                           head_dim, heads_per_block);
+}
+
+extern "C" __global__ void attn_bwd_group_sum_f32(float* __restrict__ dk, int dk_stride, float* __restrict__ dv,
+                                                  int dv_stride, const float* __restrict__ pk,
+                                                  const float* __restrict__ pv, int n, int num_heads, int kv_heads,
+                                                  int head_dim) {
+    const int group = num_heads / kv_heads;
+    const long long total = (long long)n * kv_heads * head_dim;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int d = (int)(i % head_dim);
+        const long long tg = i / head_dim;
+        const int g = (int)(tg % kv_heads);
+        const long long t = tg / kv_heads;
+        const float* a = pk + (t * num_heads + (long long)g * group) * head_dim + d;
+        const float* b = pv + (t * num_heads + (long long)g * group) * head_dim + d;
+        float sk = 0.0f, sv = 0.0f;
+        for (int hh = 0; hh < group; ++hh) {
+            sk += a[(long long)hh * head_dim];
+            sv += b[(long long)hh * head_dim];
+        }
+        dk[t * dk_stride + (long long)g * head_dim + d] = sk;
+        dv[t * dv_stride + (long long)g * head_dim + d] = sv;
+    }
+}

@@ -1,0 +1,174 @@
+// Tensor-core building blocks of the bf16 attention kernels (attention_mma.cu, forward;
+// attention_mma_bwd.cu, backward), prepended to those files after common.cuh by the loader (their
+// first line names it): warp-level mma.sync m16n8k16 with bf16 operands and f32 accumulators
+// (sm_80 and later), fragment loads through ldmatrix, and 16-byte cp.async copies of the packed
+// bf16 rows that attn_pack_bf16 writes. src/cuda/mma.rs emulates every function here on the host.
+//
+// Packed rows: attn_pack_bf16 stores q|k|v (and dO) as [N, heads, DM] bf16, each head's row zero
+// padded from head_dim to DM, so every row segment of 8 elements is 16 bytes, 16-byte aligned, and
+// a tile row is DM / 8 cp.async copies with no conversion; q, k, v and dO are rounded (round to
+// nearest even) once there, exactly as the kernels used to round them as they entered shared memory.
+//
+// Shared-memory tiles are 64 rows of DM bf16 with a row stride of DM + 8 (16 bytes of padding, so
+// the 8 rows an ldmatrix phase reads fall in distinct banks).
+
+// Fragments (PTX ISA, mma.m16n8k16 with .bf16): lane = 4 * gr + tg (gr = lane >> 2, tg = lane & 3).
+//   A (16 x 16, row major), four 32-bit registers of two bf16 each (the lower column in the low half):
+//     a[0] = (row gr,     cols 2tg, 2tg+1)   a[1] = (row gr + 8, cols 2tg, 2tg+1)
+//     a[2] = (row gr,     cols 2tg+8, +9)    a[3] = (row gr + 8, cols 2tg+8, +9)
+//   B (16 x 8, k x n): b[0] = (k 2tg, 2tg+1; n gr)   b[1] = (k 2tg+8, 2tg+9; n gr)
+//   C/D (16 x 8 f32): c[0], c[1] = (row gr, cols 2tg, 2tg+1); c[2], c[3] = (row gr + 8, same cols).
+// S = Q·Kᵀ takes A from the warp's 16 query rows and B from K's rows (k = head dim, n = key); the
+// C fragments of two neighbouring key tiles of S are, element for element, the A fragment of P for
+// 16 keys, so P never leaves registers; P·V takes B from V (k = key, n = head dim). Fragments come
+// from shared memory through ldmatrix, four 8 x 8 matrices a load (frag_a, frag_bt2, frag_b2).
+
+#define AM_BQ 64
+#define AM_BK 64
+// rows x (DM + 8) bf16: one shared-memory tile
+#define AM_TILE(DM) (64 * ((DM) + 8))
+
+extern __shared__ __align__(16) unsigned char am_smem[];
+
+// Two floats as one register of two bf16, `lo` in the low half.
+__device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
+    return (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
+}
+
+// d (16 x 8 f32) += a (16 x 16 bf16) * b (16 x 8 bf16), one warp.
+__device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const unsigned int* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Fragments from a row-major bf16 matrix S in shared memory (row stride lds, a multiple of 8
+// elements, so every 8-element row segment is 16-byte aligned), loaded with ldmatrix: four 8 x 8
+// matrices per instruction, lanes 8i .. 8i + 7 giving the row addresses of matrix i (lane l: row
+// l % 8 of matrix l / 8). Without .trans, lane l receives in register i the elements (row l / 4,
+// columns 2 (l % 4), + 1) of matrix i, the lower column in the low half: exactly the mma fragment
+// element (gr, 2 tg); with .trans it receives (rows 2 (l % 4), + 1; column l / 4).
+__device__ __forceinline__ void ldsm_x4(unsigned int* r, const unsigned short* row) {
+    const unsigned int at = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(unsigned int* r, const unsigned short* row) {
+    const unsigned int at = (unsigned int)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
+}
+
+// The A fragment of S's 16 x 16 block at (r0, c0): matrices (r0, c0), (r0 + 8, c0), (r0, c0 + 8),
+// (r0 + 8, c0 + 8) are a[0] .. a[3].
+__device__ __forceinline__ void frag_a(unsigned int* a, const unsigned short* S, int lds, int r0, int c0, int lane) {
+    const int i = lane >> 3;
+    ldsm_x4(a, S + (r0 + (lane & 7) + (i & 1) * 8) * lds + c0 + (i >> 1) * 8);
+}
+
+// The B fragments (k x n = 16 x 8) of two key tiles that are the transposes of S's 8 x 16 blocks
+// at (n0, c0) and (n0 + 8, c0): column n of B is row n0 + n of S (S·Xᵀ products: K for Q·Kᵀ).
+// b[0], b[1] belong to tile n0 and b[2], b[3] to tile n0 + 8: matrices (n0, c0), (n0, c0 + 8),
+// (n0 + 8, c0), (n0 + 8, c0 + 8).
+__device__ __forceinline__ void frag_bt2(unsigned int* b, const unsigned short* S, int lds, int n0, int c0,
+                                         int lane) {
+    const int i = lane >> 3;
+    ldsm_x4(b, S + (n0 + (lane & 7) + (i >> 1) * 8) * lds + c0 + (i & 1) * 8);
+}
+
+// The B fragments of S's 16 x 8 blocks at (k0, n0) and (k0, n0 + 8) as they stand (P·V
+// products: V), b[0], b[1] the first: matrices (k0, n0), (k0 + 8, n0), (k0, n0 + 8), (k0 + 8,
+// n0 + 8), transposed as they load.
+__device__ __forceinline__ void frag_b2(unsigned int* b, const unsigned short* S, int lds, int k0, int n0,
+                                        int lane) {
+    const int i = lane >> 3;
+    ldsm_x4_trans(b, S + (k0 + (lane & 7) + (i & 1) * 8) * lds + n0 + (i >> 1) * 8);
+}
+
+// The A fragment of 16 columns held as two C fragments (columns 0..7 in lo, 8..15 in hi).
+__device__ __forceinline__ void c_to_a(unsigned int* a, const float* lo, const float* hi) {
+    a[0] = pack_bf16(lo[0], lo[1]);
+    a[1] = pack_bf16(lo[2], lo[3]);
+    a[2] = pack_bf16(hi[0], hi[1]);
+    a[3] = pack_bf16(hi[2], hi[3]);
+}
+
+// s[nt] = the warp's rows [r0, r0 + 16) of X1 times the transposed rows [8 nt, 8 nt + 8) of Y1,
+// over the DM head dims, for NT tiles; t[nt] the same of X2 and Y2 (the backward's pair S = Q·Kᵀ,
+// dP = dO·Vᵀ, or Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ).
+template <int DM, int NT>
+__device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], const unsigned short* X1,
+                                              const unsigned short* Y1, const unsigned short* X2,
+                                              const unsigned short* Y2, int lds, int r0, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = t[nt][e] = 0.0f;
+    }
+#pragma unroll
+    for (int kd = 0; kd < DM / 16; ++kd) {
+        unsigned int a1[4], a2[4];
+        frag_a(a1, X1, lds, r0, kd * 16, lane);
+        frag_a(a2, X2, lds, r0, kd * 16, lane);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 2) {
+            unsigned int b[4];
+            frag_bt2(b, Y1, lds, nt * 8, kd * 16, lane);
+            mma_16816(s[nt], a1, b);
+            mma_16816(s[nt + 1], a1, b + 2);
+            frag_bt2(b, Y2, lds, nt * 8, kd * 16, lane);
+            mma_16816(t[nt], a2, b);
+            mma_16816(t[nt + 1], a2, b + 2);
+        }
+    }
+}
+
+// acc[n] += C · Y[:, 8 n .. 8 n + 8), where C (16 x 8 NT) is held as NT C fragments (P, dS or their
+// transposes) and Y is 8 NT rows of bf16 in shared memory.
+template <int NO, int NT>
+__device__ __forceinline__ void accumulate_product(float (*acc)[4], float (*c)[4], const unsigned short* Y, int lds,
+                                                   int lane) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+        unsigned int a[4];
+        c_to_a(a, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+        for (int n = 0; n < NO; n += 2) {
+            unsigned int b[4];
+            frag_b2(b, Y, lds, kk * 16, n * 8, lane);
+            mma_16816(acc[n], a, b);
+            mma_16816(acc[n + 1], a, b + 2);
+        }
+    }
+}
+
+// 16-byte asynchronous copy global -> shared (cp.async.cg, L2 only); `bytes` < 16 zero-fills
+// the rest (0: no read, 16 zeros).
+__device__ __forceinline__ void cp_async16(unsigned short* dst, const unsigned short* src, int bytes) {
+    const unsigned int at = (unsigned int)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(at), "l"(src), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Wait until this thread's copies are done (a barrier then makes every thread's visible).
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Issue the copies of rows [r0, r0 + 64) of a packed bf16 matrix (row stride `stride` elements,
+// rows DM wide, x 16-byte aligned) into the tile S (row stride DM + 8); rows at or past `len` are
+// zero-filled. The whole block takes part; commit, wait and barrier are the caller's.
+template <int DM>
+__device__ __forceinline__ void copy_rows(unsigned short* S, const unsigned short* __restrict__ x, long long stride,
+                                          int r0, int len) {
+    constexpr int LDS = DM + 8, C = DM / 8;
+    for (int idx = threadIdx.x; idx < 64 * C; idx += blockDim.x) {
+        const int r = idx / C, c = (idx - (idx / C) * C) * 8;
+        const bool in = r0 + r < len;
+        cp_async16(S + r * LDS + c, in ? x + (long long)(r0 + r) * stride + c : x, in ? 16 : 0);
+    }
+}
