@@ -1,6 +1,7 @@
 // Backward of the causal GQA flash attention of attention_fwd.cu (CPU: src/attention/cpu.rs
 // attention_backward). Deterministic: no atomics; dK/dV of a kv head are summed over the query
-// heads of its group inside one block, dQ is computed by a separate kernel.
+// heads of its group inside one block, or per query head and then by attn_bwd_group_sum_f32 in
+// head order; dQ is computed by a separate kernel.
 //
 // Math (per sequence and query head h, kv head g = h / (H / KV), scale = 1 / sqrt(head_dim)):
 //   P = exp(scale * Q K^T - lse) (causal: P[t, j] = 0 for j > t), Di = sum_d dO[t,d] * O[t,d],
@@ -26,12 +27,27 @@
 // 2. attn_bwd_dkdv_{32,64,128}_{f32,bf16}
 //    (float* dk, int dk_stride, float* dv, int dv_stride, const T* q, int q_stride, const T* k,
 //     int k_stride, const T* v, int v_stride, const float* dout, int dout_stride, const float* lse,
-//     const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim)
-//    Block = 64 keys of one kv head of one sequence; loops over the group's query heads and over
-//    query tiles of 32 rows from the key tile's diagonal to the sequence end.
-//    Launch: grid = (ceil(max_seq_len / 64), kv_heads, n_seq), block = 256 (MUST be 256),
-//    dynamic shared memory = 192 * (DM + 1) * 4 bytes (DM 32: 25344, 64: 49920, 128: 99072;
-//    raise the attribute above 48 KiB).
+//     const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim,
+//     int heads_per_block)
+//    Block = 64 keys of one sequence against `heads_per_block` consecutive query heads of one kv
+//    group (the first is the block's y index times heads_per_block); loops over those heads and
+//    over query tiles of 32 rows from the key tile's diagonal to the sequence end, and writes its
+//    sums at column y * head_dim of dk and dv:
+//    - heads_per_block = num_heads / kv_heads: y is the kv head, dk and dv the gradients;
+//      grid = (ceil(max_seq_len / 64), kv_heads, n_seq).
+//    - heads_per_block = 1: y is the query head, dk and dv per-head partials ([N, num_heads,
+//      head_dim], row stride num_heads * head_dim) for attn_bwd_group_sum_f32; grid =
+//      (ceil(max_seq_len / 64), num_heads, n_seq): a group's heads run in parallel.
+//    Launch: block = 256 (MUST be 256), dynamic shared memory = 192 * (DM + 1) * 4 bytes (DM 32:
+//    25344, 64: 49920, 128: 99072; raise the attribute above 48 KiB).
+//
+// 2b. attn_bwd_group_sum_f32
+//    (float* dk, int dk_stride, float* dv, int dv_stride, const float* pk, const float* pv, int n,
+//     int num_heads, int kv_heads, int head_dim)
+//    dk[t, g, :] = sum over hh = 0 .. group - 1 of pk[t, g * group + hh, :] in that order (and dv
+//    of pv): the partials of heads_per_block = 1 (this file's kernel or attention_mma_bwd.cu's)
+//    summed into each kv head's gradient. Any grid of 1-D blocks (grid-stride over
+//    n * kv_heads * head_dim).
 //
 // 3. attn_bwd_dq_{32,64,128}_{f32,bf16}
 //    (float* dq, int dq_stride, const T* q, int q_stride, const T* k, int k_stride, const T* v,
@@ -84,7 +100,8 @@ __device__ void attn_bwd_dkdv(float* __restrict__ dk, int dk_stride, float* __re
                               const T* __restrict__ q, int q_stride, const T* __restrict__ k, int k_stride,
                               const T* __restrict__ v, int v_stride, const float* __restrict__ dout,
                               int dout_stride, const float* __restrict__ lse, const float* __restrict__ delta,
-                              const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+                              const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim,
+                              int heads_per_block) {
     extern __shared__ float smem[];
     constexpr int LD = DM + 1;
     constexpr int NE = DM / 4;
@@ -95,12 +112,12 @@ __device__ void attn_bwd_dkdv(float* __restrict__ dk, int dk_stride, float* __re
     float* Ds = Qs + AB_SMALL * LD;   // [32][LD]  dO rows
     __shared__ float s_lse[AB_SMALL], s_delta[AB_SMALL];
 
-    const int seq = blockIdx.z, g = blockIdx.y;
+    const int seq = blockIdx.z, y = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;
     const int k0 = blockIdx.x * AB_BIG;
     if (k0 >= len) return;
-    const int group = num_heads / kv_heads;
+    const int h_first = y * heads_per_block, g = h_first / (num_heads / kv_heads);
     const int tid = threadIdx.x, lane = tid & 31;
     const int kr = tid >> 2, c = tid & 3;
     const int kj = k0 + kr;  // key position of this thread's row
@@ -117,7 +134,7 @@ __device__ void attn_bwd_dkdv(float* __restrict__ dk, int dk_stride, float* __re
         adk[e] = 0.0f;
         adv[e] = 0.0f;
     }
-    for (int h = g * group; h < (g + 1) * group; ++h) {
+    for (int h = h_first; h < h_first + heads_per_block; ++h) {
         const T* qb = q + (long long)start * q_stride + (long long)h * head_dim;
         const float* db = dout + (long long)start * dout_stride + (long long)h * head_dim;
         for (int i0 = k0; i0 < len; i0 += AB_SMALL) {
@@ -185,8 +202,8 @@ __device__ void attn_bwd_dkdv(float* __restrict__ dk, int dk_stride, float* __re
         Vs[kr * LD + c + 4 * e] = adv[e];
     }
     __syncthreads();
-    float* dkb = dk + (long long)start * dk_stride + (long long)g * head_dim;
-    float* dvb = dv + (long long)start * dv_stride + (long long)g * head_dim;
+    float* dkb = dk + (long long)start * dk_stride + (long long)y * head_dim;
+    float* dvb = dv + (long long)start * dv_stride + (long long)y * head_dim;
     for (int idx = tid; idx < AB_BIG * DM; idx += blockDim.x) {
         const int rr = idx / DM, d = idx - (idx / DM) * DM;
         if (k0 + rr < len && d < head_dim) {
@@ -294,49 +311,55 @@ __device__ void attn_bwd_dq(float* __restrict__ dq, int dq_stride, const T* __re
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dkdv_32_f32(float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
         const float* k, int k_stride, const float* v, int v_stride, const float* dout, int dout_stride,
-        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim,
+        int heads_per_block) {
     attn_bwd_dkdv<float, 32>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout,
-                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dkdv_64_f32(float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
         const float* k, int k_stride, const float* v, int v_stride, const float* dout, int dout_stride,
-        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim,
+        int heads_per_block) {
     attn_bwd_dkdv<float, 64>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout,
-                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dkdv_128_f32(float* dk, int dk_stride, float* dv, int dv_stride, const float* q, int q_stride,
         const float* k, int k_stride, const float* v, int v_stride, const float* dout, int dout_stride,
-        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim,
+        int heads_per_block) {
     attn_bwd_dkdv<float, 128>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout,
-                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dkdv_32_bf16(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* q, int q_stride,
         const unsigned short* k, int k_stride, const unsigned short* v, int v_stride, const float* dout, int dout_stride,
-        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim,
+        int heads_per_block) {
     attn_bwd_dkdv<unsigned short, 32>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout,
-                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dkdv_64_bf16(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* q, int q_stride,
         const unsigned short* k, int k_stride, const unsigned short* v, int v_stride, const float* dout, int dout_stride,
-        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim,
+        int heads_per_block) {
     attn_bwd_dkdv<unsigned short, 64>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout,
-                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     attn_bwd_dkdv_128_bf16(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* q, int q_stride,
         const unsigned short* k, int k_stride, const unsigned short* v, int v_stride, const float* dout, int dout_stride,
-        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
+        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim,
+        int heads_per_block) {
     attn_bwd_dkdv<unsigned short, 128>(dk, dk_stride, dv, dv_stride, q, q_stride, k, k_stride, v, v_stride, dout,
-                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+                              dout_stride, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -385,4 +408,28 @@ extern "C" __global__ void __launch_bounds__(256)
         const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
     attn_bwd_dq<unsigned short, 128>(dq, dq_stride, q, q_stride, k, k_stride, v, v_stride, dout, dout_stride, lse,
                             delta, cu_seqlens, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void attn_bwd_group_sum_f32(float* __restrict__ dk, int dk_stride, float* __restrict__ dv,
+                                                  int dv_stride, const float* __restrict__ pk,
+                                                  const float* __restrict__ pv, int n, int num_heads, int kv_heads,
+                                                  int head_dim) {
+    const int group = num_heads / kv_heads;
+    const long long total = (long long)n * kv_heads * head_dim;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int d = (int)(i % head_dim);
+        const long long tg = i / head_dim;
+        const int g = (int)(tg % kv_heads);
+        const long long t = tg / kv_heads;
+        const float* a = pk + (t * num_heads + (long long)g * group) * head_dim + d;
+        const float* b = pv + (t * num_heads + (long long)g * group) * head_dim + d;
+        float sk = 0.0f, sv = 0.0f;
+        for (int hh = 0; hh < group; ++hh) {
+            sk += a[(long long)hh * head_dim];
+            sv += b[(long long)hh * head_dim];
+        }
+        dk[t * dk_stride + (long long)g * head_dim + d] = sk;
+        dv[t * dv_stride + (long long)g * head_dim + d] = sv;
+    }
 }

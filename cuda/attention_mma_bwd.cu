@@ -31,19 +31,13 @@
 //   - heads_per_block = num_heads / kv_heads (the whole group): y is the kv head and dk, dv are
 //     the gradients themselves; grid = (ceil(max_seq_len / 64), kv_heads, n_seq).
 //   - heads_per_block = 1: y is the query head and dk, dv are per-head partials ([N, num_heads,
-//     head_dim] each, row stride num_heads * head_dim), which attn_bwd_group_sum_f32 then sums over
-//     each group in head order; grid = (ceil(max_seq_len / 64), num_heads, n_seq). A group's
-//     query blocks then run on num_heads / kv_heads blocks in parallel instead of one after
-//     another in one block (7 for Qwen2-0.5B), still with no atomics.
+//     head_dim] each, row stride num_heads * head_dim), which attention_bwd.cu's
+//     attn_bwd_group_sum_f32 then sums over each group in head order; grid = (ceil(max_seq_len
+//     / 64), num_heads, n_seq). A group's query blocks then run on num_heads / kv_heads blocks in
+//     parallel instead of one after another in one block (7 for Qwen2-0.5B), with no atomics.
 //   Launch: block = 128, dynamic shared memory = 6 * 64 * (DM + 8) * 2 + 4 * 64 * 4 bytes (K, V,
 //   two stages of Q, dO, lse and delta; DM 64: 56320, 128: 105472).
-//
-// attn_bwd_group_sum_f32
-//   (float* dk, int dk_stride, float* dv, int dv_stride, const float* pk, const float* pv, int n,
-//    int num_heads, int kv_heads, int head_dim)
-//   dk[t, g, :] = sum over hh = 0 .. group - 1 of pk[t, g * group + hh, :] in that order (and dv
-//   of pv): the partials of heads_per_block = 1 summed into each kv head's gradient. Any grid of
-//   1-D blocks (grid-stride over n * kv_heads * head_dim).
+
 
 template <int DM>
 __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const unsigned short* __restrict__ qkv16,
@@ -267,28 +261,4 @@ extern "C" __global__ void __launch_bounds__(128)
                           int num_heads, int kv_heads, int head_dim, int heads_per_block) {
     attn_bwd_dkdv_mma<128>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
                            head_dim, heads_per_block);
-}
-
-extern "C" __global__ void attn_bwd_group_sum_f32(float* __restrict__ dk, int dk_stride, float* __restrict__ dv,
-                                                  int dv_stride, const float* __restrict__ pk,
-                                                  const float* __restrict__ pv, int n, int num_heads, int kv_heads,
-                                                  int head_dim) {
-    const int group = num_heads / kv_heads;
-    const long long total = (long long)n * kv_heads * head_dim;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const int d = (int)(i % head_dim);
-        const long long tg = i / head_dim;
-        const int g = (int)(tg % kv_heads);
-        const long long t = tg / kv_heads;
-        const float* a = pk + (t * num_heads + (long long)g * group) * head_dim + d;
-        const float* b = pv + (t * num_heads + (long long)g * group) * head_dim + d;
-        float sk = 0.0f, sv = 0.0f;
-        for (int hh = 0; hh < group; ++hh) {
-            sk += a[(long long)hh * head_dim];
-            sv += b[(long long)hh * head_dim];
-        }
-        dk[t * dk_stride + (long long)g * head_dim + d] = sk;
-        dv[t * dv_stride + (long long)g * head_dim + d] = sv;
-    }
 }

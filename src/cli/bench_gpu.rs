@@ -70,7 +70,7 @@ pub struct GpuArgs {
     pub graphs: bool,
     /// `--kind attention` with bf16: how the backward sums dK/dV over a GQA group, `per-head`
     /// (the default: a group's heads in parallel, then a fixed-order sum) or `grouped` (one block
-    /// loops over the group's heads); `cuda::attention::DkdvPlan`.
+    /// loops over the group's heads); `cuda::DkdvPlan`.
     #[arg(long, default_value = "per-head", value_parser = parse_dkdv)]
     pub dkdv: DkdvPlanArg,
     /// `--kind rl-step`: prompts per step.

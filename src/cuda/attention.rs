@@ -5,32 +5,10 @@
 
 use crate::attention::{AttnSaved, AttnShape};
 use crate::cuda::backend::GpuBatch;
-use crate::cuda::device::{int, Arg, Gpu};
+use crate::cuda::device::{int, Arg, DkdvPlan, Gpu};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::driver::{CudaView, CudaViewMut};
-
-/// How the tensor-core backward sums dK and dV over the query heads that share a kv head. Both
-/// are deterministic (no atomics); they differ in the order of f32 additions only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DkdvPlan {
-    /// One block per (key block, query head) writes that head's dK and dV into scratch, and
-    /// `attn_bwd_group_sum_f32` sums each group in head order: a group's heads run in parallel
-    /// (the default). Scratch: 2 · N · H · D floats more.
-    PerHead,
-    /// One block per (key block, kv head) loops over the group's heads, one after another: no
-    /// extra scratch, a group's-size longer critical path.
-    Grouped,
-}
-
-impl DkdvPlan {
-    pub fn name(self) -> &'static str {
-        match self {
-            DkdvPlan::PerHead => "per-head",
-            DkdvPlan::Grouped => "grouped",
-        }
-    }
-}
 
 /// The head-dim bucket of the attention kernels.
 pub(crate) fn attn_dm(head_dim: usize) -> Result<u32> {
@@ -77,7 +55,7 @@ impl Gpu {
     fn flash_layout(&self, shape: AttnShape, n: usize) -> Result<ScratchLayout> {
         let bf16 = self.dtype() == Dtype::Bf16;
         let packed_dm = if bf16 { Some(attn_dm(shape.head_dim)?.max(64) as usize) } else { None };
-        let partials = bf16 && self.dkdv_plan() == DkdvPlan::PerHead && shape.num_heads > shape.num_kv_heads;
+        let partials = self.dkdv_plan() == DkdvPlan::PerHead && shape.num_heads > shape.num_kv_heads;
         Ok(scratch_layout(shape, n, packed_dm, partials))
     }
 
@@ -218,61 +196,63 @@ impl Gpu {
         let cu = self.ids_ptr(&batch.cu_seqlens, 0);
         let tiles = batch.max_len.div_ceil(64) as u32;
         let n_seq = batch.n_seq as u32;
-        let Some((qkv16, do16)) = layout.packed else {
+        // (module, dkdv entry, dq entry, threads, dkdv and dq shared memory, the kernels' inputs)
+        let (module, dkdv, dq, threads, smem_kv, smem_q, tail) = match layout.packed {
             // f32 / tf32: attention_bwd.cu's kernels on the f32 rows
-            let tail = [
-                Arg::P(q),
-                Arg::I(stride),
-                Arg::P(q + k_off),
-                Arg::I(stride),
-                Arg::P(q + v_off),
-                Arg::I(stride),
-                Arg::P(dout_p),
-                Arg::I(hd),
-                Arg::P(lse_p),
-                Arg::P(delta),
-                Arg::P(cu),
-                Arg::I(hi),
-                Arg::I(kvi),
-                Arg::I(di),
-            ];
-            let smem = 192 * (dm + 1) * 4;
-            let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
-            args.extend_from_slice(&tail);
-            let dkdv = format!("attn_bwd_dkdv_{dm}_f32");
-            self.launch("attention_bwd", &dkdv, (tiles, kv as u32, n_seq), (256, 1, 1), smem, &args)?;
-            let mut args = vec![Arg::P(g), Arg::I(stride)];
-            args.extend_from_slice(&tail);
-            let dq = format!("attn_bwd_dq_{dm}_f32");
-            return self.launch("attention_bwd", &dq, (tiles, h as u32, n_seq), (256, 1, 1), smem, &args);
+            None => {
+                let smem = 192 * (dm + 1) * 4;
+                let tail = vec![
+                    Arg::P(q),
+                    Arg::I(stride),
+                    Arg::P(q + k_off),
+                    Arg::I(stride),
+                    Arg::P(q + v_off),
+                    Arg::I(stride),
+                    Arg::P(dout_p),
+                    Arg::I(hd),
+                    Arg::P(lse_p),
+                    Arg::P(delta),
+                    Arg::P(cu),
+                    Arg::I(hi),
+                    Arg::I(kvi),
+                    Arg::I(di),
+                ];
+                let (dkdv, dq) = (format!("attn_bwd_dkdv_{dm}_f32"), format!("attn_bwd_dq_{dm}_f32"));
+                ("attention_bwd", dkdv, dq, 256, smem, smem, tail)
+            }
+            // bf16 products: q|k|v and dO packed once, then the tensor-core kernels of
+            // attention_mma_bwd.cu (head dims up to 32 padded to 64)
+            Some((qkv16, do16)) => {
+                let dm = dm.max(64);
+                let (qkv16, do16) = (at(qkv16), at(do16));
+                self.pack_bf16((qkv16, q), (h + 2 * kv) * d, n, (h + 2 * kv, d, dm as usize))?;
+                self.pack_bf16((do16, dout_p), h * d, n, (h, d, dm as usize))?;
+                let tail = vec![
+                    Arg::P(qkv16),
+                    Arg::P(do16),
+                    Arg::P(lse_p),
+                    Arg::P(delta),
+                    Arg::P(cu),
+                    Arg::I(hi),
+                    Arg::I(kvi),
+                    Arg::I(di),
+                ];
+                let tiles_bytes = 6 * 64 * (dm + 8) * 2;
+                let (dkdv, dq) = (format!("attn_bwd_dkdv_mma_{dm}"), format!("attn_bwd_dq_mma_{dm}"));
+                ("attention_mma_bwd", dkdv, dq, 128, tiles_bytes + 4 * 64 * 4, tiles_bytes, tail)
+            }
         };
-        // bf16 products: q|k|v and dO packed once, then the tensor-core kernels of
-        // attention_mma_bwd.cu (head dims up to 32 padded to 64)
-        let dm = dm.max(64);
-        let (qkv16, do16) = (at(qkv16), at(do16));
-        self.pack_bf16((qkv16, q), (h + 2 * kv) * d, n, (h + 2 * kv, d, dm as usize))?;
-        self.pack_bf16((do16, dout_p), h * d, n, (h, d, dm as usize))?;
-        let tail = [
-            Arg::P(qkv16),
-            Arg::P(do16),
-            Arg::P(lse_p),
-            Arg::P(delta),
-            Arg::P(cu),
-            Arg::I(hi),
-            Arg::I(kvi),
-            Arg::I(di),
-        ];
-        let tiles_bytes = 6 * 64 * (dm + 8) * 2;
-        let dkdv = format!("attn_bwd_dkdv_mma_{dm}");
-        let dkdv_smem = tiles_bytes + 4 * 64 * 4;
+        let dkdv_launch = |(dk, dv, row): (u64, u64, i32), ys: usize, heads_per_block: usize| {
+            let mut args = vec![Arg::P(dk), Arg::I(row), Arg::P(dv), Arg::I(row)];
+            args.extend_from_slice(&tail);
+            args.push(Arg::I(int(heads_per_block, "heads per block")?));
+            self.launch(module, &dkdv, (tiles, ys as u32, n_seq), (threads, 1, 1), smem_kv, &args)
+        };
         match layout.partials {
             // per-head partials ([N, H, D], row stride H·D), then their sums over each group
             Some((pk, pv)) => {
                 let (pk, pv) = (at(pk), at(pv));
-                let mut args = vec![Arg::P(pk), Arg::I(hd), Arg::P(pv), Arg::I(hd)];
-                args.extend_from_slice(&tail);
-                args.push(Arg::I(1));
-                self.launch("attention_mma_bwd", &dkdv, (tiles, h as u32, n_seq), (128, 1, 1), dkdv_smem, &args)?;
+                dkdv_launch((pk, pv, hd), h, 1)?;
                 let args = [
                     Arg::P(g + k_off),
                     Arg::I(stride),
@@ -286,25 +266,14 @@ impl Gpu {
                     Arg::I(di),
                 ];
                 let blocks = (n * kv * d).div_ceil(256).clamp(1, self.sms() as usize * 16) as u32;
-                self.launch("attention_mma_bwd", "attn_bwd_group_sum_f32", (blocks, 1, 1), (256, 1, 1), 0, &args)?;
+                self.launch("attention_bwd", "attn_bwd_group_sum_f32", (blocks, 1, 1), (256, 1, 1), 0, &args)?;
             }
-            None => {
-                let mut args = vec![Arg::P(g + k_off), Arg::I(stride), Arg::P(g + v_off), Arg::I(stride)];
-                args.extend_from_slice(&tail);
-                args.push(Arg::I(int(h / kv.max(1), "group")?));
-                self.launch("attention_mma_bwd", &dkdv, (tiles, kv as u32, n_seq), (128, 1, 1), dkdv_smem, &args)?;
-            }
+            // one block per kv head loops over its group
+            None => dkdv_launch((g + k_off, g + v_off, stride), kv, h / kv.max(1))?,
         }
         let mut args = vec![Arg::P(g), Arg::I(stride)];
         args.extend_from_slice(&tail);
-        self.launch(
-            "attention_mma_bwd",
-            &format!("attn_bwd_dq_mma_{dm}"),
-            (tiles, h as u32, n_seq),
-            (128, 1, 1),
-            tiles_bytes,
-            &args,
-        )
+        self.launch(module, &dq, (tiles, h as u32, n_seq), (threads, 1, 1), smem_q, &args)
     }
 }
 

@@ -474,7 +474,7 @@ mod tests {
             ("attention_mma_bwd", "attn_bwd_dq_mma_128"),
             ("attention_mma_bwd", "attn_bwd_dkdv_mma_64"),
             ("attention_mma_bwd", "attn_bwd_dkdv_mma_128"),
-            ("attention_mma_bwd", "attn_bwd_group_sum_f32"),
+            ("attention_bwd", "attn_bwd_group_sum_f32"),
             ("attention_bwd", "attn_bwd_delta_f32"),
             ("attention_bwd", "attn_bwd_dkdv_64_f32"),
             ("attention_bwd", "attn_bwd_dq_128_f32"),

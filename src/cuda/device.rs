@@ -4,7 +4,6 @@
 //! event tracking is switched off). Kernels are compiled by NVRTC for the device's own
 //! architecture the first time a module is used and kept for the life of the process.
 
-use crate::cuda::attention::DkdvPlan;
 use crate::cuda::nvrtc;
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
@@ -30,6 +29,29 @@ pub enum Arg {
     L(i64),
 }
 
+/// How the attention backward (f32 and tensor-core kernels alike) sums dK and dV over the query
+/// heads that share a kv head. Both are deterministic (no atomics); they differ in the order of f32
+/// additions only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DkdvPlan {
+    /// One block per (key block, query head) writes that head's dK and dV into scratch, and
+    /// `attn_bwd_group_sum_f32` sums each group in head order: a group's heads run in parallel
+    /// (the default). Scratch: 2 · N · H · D floats more.
+    PerHead,
+    /// One block per (key block, kv head) loops over the group's heads, one after another: no
+    /// extra scratch, a group's-size longer critical path.
+    Grouped,
+}
+
+impl DkdvPlan {
+    pub fn name(self) -> &'static str {
+        match self {
+            DkdvPlan::PerHead => "per-head",
+            DkdvPlan::Grouped => "grouped",
+        }
+    }
+}
+
 /// A CUDA device ready to run arbor's kernels.
 pub struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
@@ -46,7 +68,7 @@ pub struct Gpu {
     scratch: Mutex<Option<CudaSlice<f32>>>,
     /// Operand type of the matrix products (`[train] dtype`, [`Gpu::set_dtype`]).
     dtype: AtomicU8,
-    /// How the tensor-core attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
+    /// How the attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
     dkdv_plan: AtomicU8,
     /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
@@ -169,7 +191,7 @@ impl Gpu {
         }
     }
 
-    /// How the tensor-core attention backward sums dK/dV over a GQA group from now on (the
+    /// How the attention backward sums dK/dV over a GQA group from now on (the
     /// default, [`DkdvPlan::PerHead`], is the faster; `Grouped` is kept for comparison).
     pub fn set_dkdv_plan(&self, plan: DkdvPlan) {
         self.dkdv_plan.store(plan as u8, Ordering::Relaxed);

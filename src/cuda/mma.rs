@@ -196,7 +196,7 @@ pub fn accumulate_product(acc: &mut [[FragC; 32]], c: &[[FragC; 32]], y: &[u16],
 mod tests {
     use super::*;
     use crate::attention::AttnShape;
-    use crate::cuda::attention::DkdvPlan;
+    use crate::cuda::DkdvPlan;
     use crate::tensor::{Backend, Cpu};
 
     const BQ: usize = 64;

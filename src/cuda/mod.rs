@@ -21,8 +21,7 @@ pub mod placement;
 pub mod sample;
 pub mod stats;
 
-pub use attention::DkdvPlan;
 pub use backend::{GpuBatch, GpuRope};
 pub use decode::{GpuDecoder, GpuKvCache};
-pub use device::{unavailable, Arg, Gpu};
+pub use device::{unavailable, Arg, DkdvPlan, Gpu};
 pub use model::GpuModel;

@@ -15,7 +15,7 @@ mod precision;
 mod rl;
 
 use arbor::attention::{AttnSaved, AttnShape};
-use arbor::cuda::{nvrtc, Gpu, GpuModel};
+use arbor::cuda::{nvrtc, DkdvPlan, Gpu, GpuModel};
 use arbor::model::{init::init_params, Arch, Batch, Model};
 use arbor::rng::Rng;
 use arbor::tensor::cpu::ops::RopeTable;
@@ -353,6 +353,11 @@ fn flash_attention_forward_and_backward_match_the_cpu() {
         let saved = AttnSaved { qkv: &qkv[..], out: &out[..], lse: &lse[..] };
         Cpu.attention_backward(&mut dqkv, &mut scratch, &dout, saved, &b.packed(), shape).unwrap();
         close(&format!("attention bwd D={d} dqkv"), &dqg, &dqkv, 1e-3);
+        // the grouped dK/dV plan (one block loops over a GQA group) beside the default per-head one
+        g.set_dkdv_plan(DkdvPlan::Grouped);
+        let (_, _, grouped) = gpu_attention(&g, &b, &qkv, &dout, shape);
+        g.set_dkdv_plan(DkdvPlan::PerHead);
+        close(&format!("attention bwd D={d} dqkv, grouped plan"), &grouped, &dqkv, 1e-3);
     }
 }
 

@@ -249,7 +249,7 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
         Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &round_bf16(&qkv), &b.packed(), shape).unwrap();
         let dout = rand(&mut rng, n * h * d);
-        // the grouped dK/dV plan beside the default per-head one (cuda::attention::DkdvPlan): the
+        // the grouped dK/dV plan beside the default per-head one (cuda::DkdvPlan): the
         // same sums in another order of f32 additions
         g.set_dkdv_plan(DkdvPlan::Grouped);
         let (_, _, grouped_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
