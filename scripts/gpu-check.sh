@@ -85,6 +85,7 @@ shape=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
 "$arbor" bench gpu --kind attention --dtype bf16 "${shape[@]}" | tee "$out/attention_bf16.json"
 "$arbor" bench gpu --kind attention --dtype bf16 --batch 4 --heads 16 --kv-heads 4 --head-dim 128 | tee "$out/attention_bf16_d128.json"
 # the backward's other dK/dV plan (one block loops over a GQA group's heads), for the record
+"$arbor" bench gpu --kind attention --dkdv grouped "${shape[@]}" | tee "$out/attention_grouped.json"
 "$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${shape[@]}" | tee "$out/attention_bf16_grouped.json"
 if python3 -c "import torch" 2>/dev/null; then
     python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype f32 | tee "$out/sdpa.json"
@@ -94,7 +95,8 @@ if python3 -c "import torch" 2>/dev/null; then
     python3 - "$out" <<'PY'
 import json, os, sys
 d = sys.argv[1]
-for ours, peer in (("attention.json", "sdpa.json"), ("attention_bf16.json", "sdpa_bf16.json"),
+for ours, peer in (("attention.json", "sdpa.json"), ("attention_grouped.json", "sdpa.json"),
+                   ("attention_bf16.json", "sdpa_bf16.json"),
                    ("attention_bf16_grouped.json", "sdpa_bf16.json"),
                    ("attention_bf16_d128.json", "sdpa_bf16_d128.json")):
     if not (os.path.exists(f"{d}/{ours}") and os.path.exists(f"{d}/{peer}")):

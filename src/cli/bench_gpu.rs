@@ -68,7 +68,7 @@ pub struct GpuArgs {
     /// `ARBOR_CUDA_GRAPHS=1`, which reaches the rl-step's decoder too).
     #[arg(long)]
     pub graphs: bool,
-    /// `--kind attention` with bf16: how the backward sums dK/dV over a GQA group, `per-head`
+    /// `--kind attention`: how the backward sums dK/dV over a GQA group, `per-head`
     /// (the default: a group's heads in parallel, then a fixed-order sum) or `grouped` (one block
     /// loops over the group's heads); `cuda::DkdvPlan`.
     #[arg(long, default_value = "per-head", value_parser = parse_dkdv)]
