@@ -178,6 +178,17 @@ impl Backend for Gpu {
     fn matmul_tn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
         self.gemm(c, a, b, GemmKind::Tn, shape, acc)
     }
+    fn linear_backward(
+        &self,
+        dx: (Self::M<'_>, bool),
+        dw: Self::M<'_>,
+        dy: Self::R<'_>,
+        w: Self::R<'_>,
+        x: Self::R<'_>,
+        mnk: (usize, usize, usize),
+    ) -> Result<()> {
+        self.linear_backward_gemms(dx, dw, dy, w, x, mnk)
+    }
 
     fn embedding_forward(&self, mut out: Self::M<'_>, table: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
         let n = out.len() / c.max(1);

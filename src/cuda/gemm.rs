@@ -79,39 +79,85 @@ impl Gpu {
             Dtype::F32 => self.gemm_ex(f32_ops(F32), kind, shape, acc),
             Dtype::Tf32 => self.gemm_ex(f32_ops(TF32), kind, shape, acc),
             Dtype::Bf16 => {
-                // a weight with a registered image is not rounded again (cuda::image)
-                let b = match self.image_of(bp, n * k) {
-                    Some(image) => Operand::Bf16(image),
-                    None => Operand::F32(bp),
-                };
-                self.gemm_rounded(cp, ap, b, kind, shape, acc)
+                let product = Product { c: cp, b: self.weight_operand(bp, n * k), kind, shape, acc };
+                self.gemm_rounded(ap, m * k, &[product])
             }
         }
     }
 
-    /// A "bf16" product: A (f32 at `a`, m·k elements) is rounded into the scratch, B too unless it
-    /// is already bf16; then one bf16 tensor-core GEMM into the f32 C at `c`.
-    fn gemm_rounded(&self, c: u64, a: u64, b: Operand, kind: GemmKind, shape: GemmShape, acc: bool) -> Result<()> {
-        let GemmShape { m, n, k } = shape;
+    /// `Backend::linear_backward` on the device: dx (+)= dy·w, then dw += dyᵀ·x. With bf16
+    /// products dy is rounded once for both (it is the A operand of each), where two
+    /// [`Gpu::gemm`] calls would round it twice.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear_backward_gemms(
+        &self,
+        (mut dx, acc_dx): (CudaViewMut<'_, f32>, bool),
+        mut dw: CudaViewMut<'_, f32>,
+        dy: CudaView<'_, f32>,
+        w: CudaView<'_, f32>,
+        x: CudaView<'_, f32>,
+        (m, n, k): (usize, usize, usize),
+    ) -> Result<()> {
+        let (dx_shape, dw_shape) = (GemmShape::new(m, k, n), GemmShape::new(n, k, m));
+        if self.dtype() != Dtype::Bf16 || m == 0 || n == 0 || k == 0 {
+            self.gemm(dx, dy.slice(0..dy.len()), w, GemmKind::Nn, dx_shape, acc_dx)?;
+            return self.gemm(dw, dy, x, GemmKind::Tn, dw_shape, true);
+        }
+        if dy.len() < m * n || w.len() < n * k || x.len() < m * k || dx.len() < m * k || dw.len() < n * k {
+            return Err(Error::shape(format!("linear backward {m}x{n}x{k}"), "operand views too short"));
+        }
+        let (wp, xp) = (self.pr(&w), self.pr(&x));
+        let products = [
+            Product {
+                c: self.pm(&mut dx),
+                b: self.weight_operand(wp, n * k),
+                kind: GemmKind::Nn,
+                shape: dx_shape,
+                acc: acc_dx,
+            },
+            Product { c: self.pm(&mut dw), b: Operand::F32(xp), kind: GemmKind::Tn, shape: dw_shape, acc: true },
+        ];
+        self.gemm_rounded(self.pr(&dy), m * n, &products)
+    }
+
+    /// The second operand of a bf16 product whose f32 data is at `bp` (`len` elements): a weight
+    /// with a registered image is not rounded again (cuda::image).
+    fn weight_operand(&self, bp: u64, len: usize) -> Operand {
+        match self.image_of(bp, len) {
+            Some(image) => Operand::Bf16(image),
+            None => Operand::F32(bp),
+        }
+    }
+
+    /// "bf16" products sharing their first operand: A (f32 at `a`, `a_len` = m·k elements of
+    /// every product) is rounded into the scratch once, each product's B too unless it is already
+    /// bf16 (into the same second slot: the stream runs a product before the next rounding); then
+    /// one bf16 tensor-core GEMM each into its f32 C.
+    fn gemm_rounded(&self, a: u64, a_len: usize, products: &[Product]) -> Result<()> {
         let mut guard = self.bf16_scratch.lock().map_err(|_| Error::device("CUDA scratch", "poisoned"))?;
-        let b_at = (m * k).next_multiple_of(BF16_ALIGN);
-        let need = b_at + if matches!(b, Operand::F32(_)) { n * k } else { 0 };
+        let b_at = a_len.next_multiple_of(BF16_ALIGN);
+        let b_len = |p: &Product| if matches!(p.b, Operand::F32(_)) { p.shape.n * p.shape.k } else { 0 };
+        let need = b_at + products.iter().map(b_len).max().unwrap_or(0);
         if guard.as_ref().is_none_or(|s| s.len() < need) {
             *guard = Some(self.stream.alloc_zeros(need).map_err(drv("alloc"))?);
         }
         let scratch = guard.as_mut().ok_or_else(|| Error::device("CUDA scratch", "missing"))?;
         let base = scratch.device_ptr_mut(&self.stream).0;
-        self.round_bf16(base, a, m * k)?;
-        let b16 = match b {
-            Operand::F32(bp) => {
-                let at = base + 2 * b_at as u64;
-                self.round_bf16(at, bp, n * k)?;
-                at
-            }
-            Operand::Bf16(bp) => bp,
-        };
-        let ops = ExOperands { c, c_type: R_32F, a: base, b: b16, ab_type: R_16BF, compute: F32 };
-        self.gemm_ex(ops, kind, shape, acc)
+        self.round_bf16(base, a, a_len)?;
+        for p in products {
+            debug_assert_eq!(p.shape.m * p.shape.k, a_len, "products sharing A share its size");
+            let b16 = match p.b {
+                Operand::F32(bp) => {
+                    let at = base + 2 * b_at as u64;
+                    self.round_bf16(at, bp, p.shape.n * p.shape.k)?;
+                    at
+                }
+                Operand::Bf16(bp) => bp,
+            };
+            let ops = ExOperands { c: p.c, c_type: R_32F, a: base, b: b16, ab_type: R_16BF, compute: F32 };
+            self.gemm_ex(ops, p.kind, p.shape, p.acc)?;
+        }
+        Ok(())
     }
 
     /// `out[i] = bf16(x[i])` (round to nearest even) for `n` elements at device addresses.
@@ -163,6 +209,16 @@ impl Gpu {
 enum Operand {
     F32(u64),
     Bf16(u64),
+}
+
+/// One product of [`Gpu::gemm_rounded`]: C at `c` (+)= op(A)·op(B) of `kind` and `shape`.
+#[derive(Debug, Clone, Copy)]
+struct Product {
+    c: u64,
+    b: Operand,
+    kind: GemmKind,
+    shape: GemmShape,
+    acc: bool,
 }
 
 /// The device pointers and types of one cublasGemmEx call.

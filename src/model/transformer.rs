@@ -382,14 +382,8 @@ impl Model {
             // MLP: resid_out = resid_mid + act · Wdownᵀ
             let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
             let wd = o.down_w..o.down_w + c * inter;
-            be.matmul_nn(
-                B::m(&mut ws.dact, ni.clone()),
-                dr(),
-                B::r(p, wd.clone()),
-                GemmShape::new(n, inter, c),
-                false,
-            )?;
-            be.matmul_tn(g!(wd), dr(), B::r(&a.act, ni.clone()), GemmShape::new(c, inter, n), true)?;
+            let dact = (B::m(&mut ws.dact, ni.clone()), false);
+            be.linear_backward(dact, g!(wd.clone()), dr(), B::r(p, wd), B::r(&a.act, ni.clone()), (n, c, inter))?;
             be.swiglu_backward(
                 B::m(&mut ws.dgate_up, n2i.clone()),
                 B::r(&ws.dact, ni),
@@ -398,15 +392,9 @@ impl Model {
             )?;
             let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;
             let dgu = || B::r(&ws.dgate_up, 0..n * 2 * inter);
-            be.matmul_nn(
-                B::m(&mut ws.dln, nc.clone()),
-                dgu(),
-                B::r(p, wgu.clone()),
-                GemmShape::new(n, c, 2 * inter),
-                false,
-            )?;
+            let dln = (B::m(&mut ws.dln, nc.clone()), false);
+            be.linear_backward(dln, g!(wgu.clone()), dgu(), B::r(p, wgu), B::r(&a.ln2, nc.clone()), (n, 2 * inter, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
-            be.matmul_tn(g!(wgu), dgu(), B::r(&a.ln2, nc.clone()), GemmShape::new(2 * inter, c, n), true)?;
             let gr = o.ln2..o.ln2 + c;
             be.rmsnorm_backward(
                 B::m(&mut ws.dresid, nc.clone()),
@@ -419,8 +407,8 @@ impl Model {
             // Attention: resid_mid = resid_in + att · Woᵀ
             let dr = || B::r(&ws.dresid, 0..n * c);
             let wo = o.o_w..o.o_w + c * hd;
-            be.matmul_nn(B::m(&mut ws.datt, 0..n * hd), dr(), B::r(p, wo.clone()), GemmShape::new(n, hd, c), false)?;
-            be.matmul_tn(g!(wo), dr(), B::r(&a.att, 0..n * hd), GemmShape::new(c, hd, n), true)?;
+            let datt = (B::m(&mut ws.datt, 0..n * hd), false);
+            be.linear_backward(datt, g!(wo.clone()), dr(), B::r(p, wo), B::r(&a.att, 0..n * hd), (n, c, hd))?;
             be.attention_backward(
                 B::m(&mut ws.dqkv, 0..n * qkv_w),
                 B::m(&mut ws.attn_scratch, 0..be.attn_scratch_len(shape, n)),
@@ -440,9 +428,9 @@ impl Model {
             }
             let wq = o.qkv_w..o.qkv_w + qkv_w * c;
             let dq = || B::r(&ws.dqkv, 0..n * qkv_w);
-            be.matmul_nn(B::m(&mut ws.dln, nc.clone()), dq(), B::r(p, wq.clone()), GemmShape::new(n, c, qkv_w), false)?;
+            let dln = (B::m(&mut ws.dln, nc.clone()), false);
+            be.linear_backward(dln, g!(wq.clone()), dq(), B::r(p, wq), B::r(&a.ln1, nc.clone()), (n, qkv_w, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
-            be.matmul_tn(g!(wq), dq(), B::r(&a.ln1, nc.clone()), GemmShape::new(qkv_w, c, n), true)?;
             let gr = o.ln1..o.ln1 + c;
             be.rmsnorm_backward(
                 B::m(&mut ws.dresid, nc.clone()),
