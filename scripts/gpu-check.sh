@@ -126,6 +126,8 @@ done
 echo "== greedy generation with bf16 products, the 0.5B shape, batch 256, 16 + 256 tokens"
 "$arbor" bench gpu --kind generate --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch 256 --new-tokens 256 \
     --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16.json"
+"$arbor" bench gpu --kind generate --graphs --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch 256 \
+    --new-tokens 256 --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16_graphs.json"
 echo "== decode steps replayed as CUDA graphs (opt-in), bf16, batch 16 / 256"
 for b in 16 256; do
     "$arbor" bench gpu --kind generate --sample --graphs --dtype bf16 --model-config configs/models/qwen2-0.5b-shape \
@@ -169,6 +171,8 @@ for ours in ("tf32", "bf16"):
     ratio(f"train step 0.5B 4x1024, arbor {ours} products vs torch bf16", f"train_step_{ours}.json", "peer_train_step_bf16.json")
 ratio("greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16 vs transformers bf16",
       "generate_greedy_0.5b_b256_bf16.json", "peer_generate_greedy_0.5b_b256_bf16.json")
+ratio("greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16 + CUDA graphs vs transformers bf16",
+      "generate_greedy_0.5b_b256_bf16_graphs.json", "peer_generate_greedy_0.5b_b256_bf16.json")
 for b in (16, 256):
     ratio(f"sampled generation 0.5B batch {b}, arbor bf16 products vs transformers bf16",
           f"generate_sampled_0.5b_b{b}_bf16.json", f"peer_generate_sampled_0.5b_b{b}_bf16.json")
