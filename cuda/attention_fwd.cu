@@ -47,7 +47,8 @@ __device__ void attn_fwd(T* __restrict__ out, int out_stride, float* __restrict_
     const int seq = blockIdx.z, h = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;
-    const int q0 = blockIdx.x * AF_BQ;
+    // the longest query blocks (the causal mask's last) start first, so they do not make the tail
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * AF_BQ;
     if (q0 >= len) return;
     const int g = h / (num_heads / kv_heads);
     const int tid = threadIdx.x, lane = tid & 31;
