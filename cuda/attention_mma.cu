@@ -180,20 +180,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     if (tg == 0 && i0 < len) lse[(long long)(start + i0) * num_heads + h] = (m0 + log2f(l0)) * ln2;
     if (tg == 0 && i1 < len) lse[(long long)(start + i1) * num_heads + h] = (m1 + log2f(l1)) * ln2;
     float* ob = out + (long long)start * out_stride + (long long)h * head_dim;
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-        const int d = n * 8 + 2 * tg;
-        if (i0 < len) {
-            float* r = ob + (long long)i0 * out_stride;
-            if (d < head_dim) r[d] = o[n][0] * inv0;
-            if (d + 1 < head_dim) r[d + 1] = o[n][1] * inv0;
-        }
-        if (i1 < len) {
-            float* r = ob + (long long)i1 * out_stride;
-            if (d < head_dim) r[d] = o[n][2] * inv1;
-            if (d + 1 < head_dim) r[d + 1] = o[n][3] * inv1;
-        }
-    }
+    store_rows<NO>(ob, out_stride, o, inv0, inv1, i0, i1, len, head_dim, tg);
 }
 
 extern "C" __global__ void __launch_bounds__(128)

@@ -109,20 +109,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
         __syncthreads();  // the next stage has landed; this one is consumed
     }
     float* db = dq + (long long)start * dq_stride + (long long)h * head_dim;
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-        const int d = n * 8 + 2 * tg;
-        if (i0 < len) {
-            float* r = db + (long long)i0 * dq_stride;
-            if (d < head_dim) r[d] = acc[n][0] * scale;
-            if (d + 1 < head_dim) r[d + 1] = acc[n][1] * scale;
-        }
-        if (i1 < len) {
-            float* r = db + (long long)i1 * dq_stride;
-            if (d < head_dim) r[d] = acc[n][2] * scale;
-            if (d + 1 < head_dim) r[d + 1] = acc[n][3] * scale;
-        }
-    }
+    store_rows<NO>(db, dq_stride, acc, scale, scale, i0, i1, len, head_dim, tg);
 }
 
 template <int DM>
@@ -210,27 +197,10 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
         cp_wait_all();
         __syncthreads();  // the next stage has landed; this one is consumed
     }
-    float* dkb = dk + (long long)start * dk_stride + (long long)y * head_dim;
-    float* dvb = dv + (long long)start * dv_stride + (long long)y * head_dim;
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-        const int d = n * 8 + 2 * tg;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int j = half ? j1 : j0;
-            if (j >= len) continue;
-            float* rk = dkb + (long long)j * dk_stride;
-            float* rv = dvb + (long long)j * dv_stride;
-            if (d < head_dim) {
-                rk[d] = dka[n][2 * half] * scale;
-                rv[d] = dva[n][2 * half];
-            }
-            if (d + 1 < head_dim) {
-                rk[d + 1] = dka[n][2 * half + 1] * scale;
-                rv[d + 1] = dva[n][2 * half + 1];
-            }
-        }
-    }
+    store_rows<NO>(dk + (long long)start * dk_stride + (long long)y * head_dim, dk_stride, dka, scale, scale, j0, j1, len,
+                   head_dim, tg);
+    store_rows<NO>(dv + (long long)start * dv_stride + (long long)y * head_dim, dv_stride, dva, 1.0f, 1.0f, j0, j1, len,
+                   head_dim, tg);
 }
 
 extern "C" __global__ void __launch_bounds__(128)

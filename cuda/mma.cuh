@@ -147,6 +147,26 @@ __device__ __forceinline__ void accumulate_product(float (*acc)[4], float (*c)[4
     }
 }
 
+// The lane's two rows i0 and i1 of a warp's NO C fragments (16 rows x 8 NO columns), times s0 and s1,
+// into the f32 rows of `base` (row stride `stride`): columns below head_dim, rows below len.
+template <int NO>
+__device__ __forceinline__ void store_rows(float* base, int stride, const float (*acc)[4], float s0, float s1, int i0,
+                                           int i1, int len, int head_dim, int tg) {
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        const int d = n * 8 + 2 * tg;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int i = half ? i1 : i0;
+            if (i >= len) continue;
+            const float sc = half ? s1 : s0;
+            float* r = base + (long long)i * stride;
+            if (d < head_dim) r[d] = acc[n][2 * half] * sc;
+            if (d + 1 < head_dim) r[d + 1] = acc[n][2 * half + 1] * sc;
+        }
+    }
+}
+
 // 16-byte asynchronous copy global -> shared (cp.async.cg, L2 only); `bytes` < 16 zero-fills
 // the rest (0: no read, 16 zeros).
 __device__ __forceinline__ void cp_async16(unsigned short* dst, const unsigned short* src, int bytes) {
