@@ -61,6 +61,8 @@ pub struct Gpu {
     name: String,
     ordinal: usize,
     sms: u32,
+    /// Dynamic shared memory a block may be given (after raising the function's attribute).
+    max_smem: u32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     /// Reused f32 scratch of the column-sum passes (grown on demand, never shrunk), so a training
@@ -144,6 +146,9 @@ impl Gpu {
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("SM count"))?;
+        let max_smem = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(drv("shared memory per block"))?;
         Ok(Gpu {
             ctx,
             stream,
@@ -152,6 +157,7 @@ impl Gpu {
             name,
             ordinal,
             sms: sms.max(1) as u32,
+            max_smem: max_smem.max(0) as u32,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
@@ -257,6 +263,19 @@ impl Gpu {
                     return Ok(f.clone());
                 }
             }
+        }
+        if smem > self.max_smem.max(DEFAULT_SMEM) {
+            let hint = if module.starts_with("attention_mma") {
+                " (the tensor-core attention of `[train] dtype = \"bf16\"` at head dims above 64 needs an \
+                 A100/H100-class GPU; \"tf32\" or \"f32\" run here)"
+            } else {
+                ""
+            };
+            let why = format!(
+                "needs {smem} bytes of shared memory per block; {} gives at most {}{hint}",
+                self.name, self.max_smem
+            );
+            return Err(Error::device(format!("CUDA kernel {module}/{entry}"), why));
         }
         let f = self.module(module)?.load_function(entry).map_err(drv("kernel lookup"))?;
         if smem > DEFAULT_SMEM {
