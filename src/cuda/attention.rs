@@ -281,6 +281,51 @@ impl Gpu {
 mod tests {
     use super::*;
 
+    /// attention_bwd.cu's `attn_bwd_group_sum_f32`, statement for statement over its grid-stride
+    /// index: every dK and dV element of the packed dqkv is written once, with its group's
+    /// partials summed in head order (bit for bit), and nothing else in the row is touched.
+    #[test]
+    fn the_group_sum_kernel_sums_each_group_in_head_order() {
+        let mut rng = crate::rng::Rng::new(41);
+        for (n, h, kv, d) in [(3, 14, 2, 64), (5, 4, 2, 16), (2, 8, 8, 30), (4, 6, 1, 128)] {
+            let group = h / kv;
+            let stride = (h + 2 * kv) * d;
+            let (pk, pv): (Vec<f32>, Vec<f32>) =
+                (0..n * h * d).map(|_| (rng.normal() as f32, rng.normal() as f32)).unzip();
+            let mut dqkv = vec![f32::NAN; n * stride];
+            let mut writes = vec![0u32; n * stride];
+            let (k_off, v_off) = (h * d, (h + kv) * d);
+            for i in 0..n * kv * d {
+                let dd = i % d;
+                let tg = i / d;
+                let (g, t) = (tg % kv, tg / kv);
+                let at = (t * h + g * group) * d + dd;
+                let (mut sk, mut sv) = (0.0f32, 0.0f32);
+                for hh in 0..group {
+                    sk += pk[at + hh * d];
+                    sv += pv[at + hh * d];
+                }
+                for (off, sum) in [(k_off, sk), (v_off, sv)] {
+                    dqkv[t * stride + off + g * d + dd] = sum;
+                    writes[t * stride + off + g * d + dd] += 1;
+                }
+            }
+            for t in 0..n {
+                for g in 0..kv {
+                    for dd in 0..d {
+                        let want =
+                            |p: &[f32]| (0..group).fold(0.0f32, |a, hh| a + p[(t * h + g * group + hh) * d + dd]);
+                        let (k, v) = (t * stride + k_off + g * d + dd, t * stride + v_off + g * d + dd);
+                        assert_eq!(dqkv[k].to_bits(), want(&pk).to_bits(), "dK t {t} g {g} d {dd}");
+                        assert_eq!(dqkv[v].to_bits(), want(&pv).to_bits(), "dV t {t} g {g} d {dd}");
+                        assert_eq!((writes[k], writes[v]), (1, 1));
+                    }
+                }
+                assert!(writes[t * stride..t * stride + k_off].iter().all(|&w| w == 0), "dQ columns touched");
+            }
+        }
+    }
+
     /// Every part starts on a 64-float boundary after delta, none overlaps the next, the packed
     /// copies hold two bf16 a float, and the length covers the last part; f32 needs delta alone.
     #[test]

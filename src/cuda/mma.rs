@@ -219,6 +219,66 @@ mod tests {
         }
     }
 
+    /// attention_mma.cu's `attn_pack_bf16`, statement for statement over its grid-stride index
+    /// (groups of 8 outputs): it writes every output exactly once, and what it writes is
+    /// [`pack_bf16_heads`] (head dims 16, 30, 64, 100 in DM 64 and 128, q|k|v and dO layouts).
+    #[test]
+    fn the_pack_kernel_writes_every_padded_row_once() {
+        let mut rng = crate::rng::Rng::new(37);
+        for (n, heads, hd, dm) in [(5, 8, 16, 64), (3, 4, 30, 64), (4, 18, 64, 64), (2, 6, 100, 128)] {
+            let x_stride = heads * hd + 3 * (hd % 2); // a wider row stride than the heads need
+            let x: Vec<f32> = (0..n * x_stride).map(|_| rng.normal() as f32).collect();
+            let mut out = vec![0u16; n * heads * dm];
+            let mut writes = vec![0u32; n * heads * dm];
+            let per_row = dm / 8;
+            for i in 0..n * heads * per_row {
+                let row = i / per_row;
+                let d0 = (i - row * per_row) * 8;
+                let (t, hh) = (row / heads, row % heads);
+                let src = t * x_stride + hh * hd;
+                for e in 0..4 {
+                    let d = d0 + 2 * e;
+                    let lo = if d < hd { x[src + d] } else { 0.0 };
+                    let hi = if d + 1 < hd { x[src + d + 1] } else { 0.0 };
+                    let w = pack_bf16(lo, hi);
+                    for (k, half) in [(0, w as u16), (1, (w >> 16) as u16)] {
+                        out[row * dm + d + k] = half;
+                        writes[row * dm + d + k] += 1;
+                    }
+                }
+            }
+            assert!(
+                writes.iter().all(|&w| w == 1),
+                "{n} {heads} {hd} {dm}: an output written {:?} times",
+                writes.iter().max()
+            );
+            assert_eq!(out, pack_bf16_heads(&x, x_stride, n, (heads, hd, dm)), "{n} {heads} {hd} {dm}");
+        }
+    }
+
+    /// mma.cuh's `copy_rows<DM>` index: 128 threads striding over 64 rows of DM / 8 copies each
+    /// cover every 16-byte segment of the tile's DM columns exactly once, never the padding.
+    #[test]
+    fn the_tile_copies_cover_each_row_segment_once() {
+        for dm in [64, 128] {
+            let (lds, c) = (dm + 8, dm / 8);
+            let mut hits = vec![0u32; 64 * lds];
+            for thread in 0..128 {
+                for idx in (thread..64 * c).step_by(128) {
+                    let (r, col) = (idx / c, (idx - (idx / c) * c) * 8);
+                    assert_eq!((r * lds + col) % 8, 0, "a copy is not 16-byte aligned");
+                    for e in 0..8 {
+                        hits[r * lds + col + e] += 1;
+                    }
+                }
+            }
+            for r in 0..64 {
+                assert!(hits[r * lds..r * lds + dm].iter().all(|&h| h == 1), "DM {dm} row {r}");
+                assert!(hits[r * lds + dm..(r + 1) * lds].iter().all(|&h| h == 0), "DM {dm} row {r}: padding");
+            }
+        }
+    }
+
     /// The ldmatrix loads of the kernels (`frag_a`, `frag_bt2`, `frag_b2`) hand every lane the
     /// registers the PTX fragment layout assigns it, element for element, for random shared-memory
     /// tiles of both row strides, at every block position the kernels use.
