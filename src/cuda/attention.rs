@@ -1,7 +1,7 @@
 //! The flash attention of the CUDA backend, host side: which kernels run for the device's dtype
 //! (cuda/attention_fwd.cu and attention_bwd.cu with f32 and tf32 products, the tensor-core kernels
-//! of attention_mma.cu with bf16), their launch shapes and scratch, and how the tensor-core
-//! backward sums dK and dV over the query heads of a GQA group ([`DkdvPlan`]).
+//! of attention_mma.cu and attention_mma_bwd.cu with bf16), their launch shapes and scratch, and
+//! how the backward sums dK and dV over the query heads of a GQA group ([`DkdvPlan`]).
 
 use crate::attention::{AttnSaved, AttnShape};
 use crate::cuda::backend::GpuBatch;
@@ -20,13 +20,12 @@ pub(crate) fn attn_dm(head_dim: usize) -> Result<u32> {
     }
 }
 
-/// Where the attention's scratch (f32 units) holds what: delta ([N, H]) first; with bf16 products
+/// Where the attention's scratch (f32 units) holds what after delta ([N, H], at 0): with bf16 products
 /// the packed bf16 q|k|v and dO (`attn_pack_bf16`: [N, H + 2KV, DM] and [N, H, DM]); with the
 /// per-head plan the dK and dV partials ([N, H, D] each). Every part after delta starts on a
 /// 64-float (256-byte) boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScratchLayout {
-    pub delta: usize,
     /// Offsets of the packed q|k|v and dO, with bf16 products.
     pub packed: Option<(usize, usize)>,
     /// Offsets of the dK and dV partials, when the plan writes them.
@@ -47,7 +46,7 @@ pub fn scratch_layout(shape: AttnShape, n: usize, packed_dm: Option<usize>, part
     // two bf16 to a float
     let packed = packed_dm.map(|dm| (part((n * (h + 2 * kv) * dm).div_ceil(2)), part((n * h * dm).div_ceil(2))));
     let partials = partials.then(|| (part(n * h * d), part(n * h * d)));
-    ScratchLayout { delta: 0, packed, partials, len }
+    ScratchLayout { packed, partials, len }
 }
 
 impl Gpu {
@@ -178,7 +177,7 @@ impl Gpu {
         let stride = int((h + 2 * kv) * d, "qkv stride")?;
         let hd = int(h * d, "out stride")?;
         let (hi, kvi, di) = (int(h, "heads")?, int(kv, "kv heads")?, int(d, "head dim")?);
-        let delta = at(layout.delta);
+        let delta = base; // delta is the scratch's first part
         let (o, dout_p, lse_p) = (self.pr(&out), self.pr(&dout), self.pr(&lse));
         let args = [
             Arg::P(delta),
@@ -332,7 +331,7 @@ mod tests {
     fn the_scratch_layout_keeps_its_parts_apart() {
         for (h, kv, d, n) in [(14, 2, 64, 4096), (4, 2, 16, 3), (2, 1, 128, 1), (2, 1, 30, 5)] {
             let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
-            let f32_only = ScratchLayout { delta: 0, packed: None, partials: None, len: n * h };
+            let f32_only = ScratchLayout { packed: None, partials: None, len: n * h };
             assert_eq!(scratch_layout(shape, n, None, false), f32_only);
             let dm = attn_dm(d).unwrap().max(64) as usize;
             let l = scratch_layout(shape, n, Some(dm), true);

@@ -88,7 +88,6 @@ impl Gpu {
     /// `Backend::linear_backward` on the device: dx (+)= dy·w, then dw += dyᵀ·x. With bf16
     /// products dy is rounded once for both (it is the A operand of each), where two
     /// [`Gpu::gemm`] calls would round it twice.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_backward_gemms(
         &self,
         (mut dx, acc_dx): (CudaViewMut<'_, f32>, bool),

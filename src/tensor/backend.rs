@@ -124,7 +124,6 @@ pub trait Backend {
     /// The two products of a linear layer's backward (y[m, n] = x[m, k] · w[n, k]ᵀ), in this order:
     /// dx[m, k] (+)= dy[m, n] · w[n, k] (`acc_dx`), then dw[n, k] += dy[m, n]ᵀ · x[m, k]. One call,
     /// so that a backend whose products take rounded operands rounds dy once for both.
-    #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
         (dx, acc_dx): (Self::M<'_>, bool),
