@@ -32,6 +32,9 @@
 //   Launch: grid = (num_heads, B), block = 128 (MUST be 128: 4 warps; warp w takes positions
 //   j = w, w + 4, ...), no dynamic shared memory (static: 4 * 258 floats).
 
+// decode_attn_gqa_{64,128}_f32 / _f32_bf16 (below): decode_attn_f32 / _f32_bf16 with one block per
+//   kv head and row for the whole GQA group (each cached key and value read once per group).
+//
 // kv_cache_store_f32_bf16 / decode_attn_f32_bf16: the same with f32 rows (qkv, q, out) and a bf16
 //   cache (k_cache, v_cache: unsigned short): keys and values are rounded to bf16 (nearest even) as
 //   they are stored, and widened exactly as they are read (the cache of `[train] dtype = "bf16"`:
@@ -181,4 +184,165 @@ extern "C" __global__ void decode_attn_f32_bf16(float* out, int out_stride, cons
                                                 int head_dim, int max_len) {
     decode_attn<float, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
                                        kv_heads, head_dim, max_len);
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode_attn_gqa_{64,128}_f32 / decode_attn_gqa_{64,128}_f32_bf16
+//   The arguments, layouts and results of decode_attn_f32 (f32 q and out rows; the cache f32, or
+//   bf16 for _f32_bf16), for group = num_heads / kv_heads <= DEC_GQA_G (8) and head_dim <= DM (64
+//   or 128), with one block per (kv head g, row i) for the group's query heads g * group ..
+//   g * group + group - 1 together, so each key and value of the slot is read once per group
+//   instead of once per query head:
+//   - the block's 4 warps take chunks of 32 positions in turn (warp w: positions 32 w .., then
+//     32 (w + 4) ..);
+//   - scores: lane l scores position j0 + l against every head of the group (its key row read
+//     once; the group's queries, scaled by 1 / sqrt(D), from shared memory);
+//   - the chunk's softmax statistics per head by warp reductions (running max m, sum l);
+//   - values: lanes over dims (d = lane, lane + 32, ..), the chunk's positions in order, each
+//     position's weight per head broadcast from its lane by a shuffle;
+//   - the warps' (m, l, acc) merged as in decode_attn.
+//   Launch: grid = (kv_heads, B), block = 128 (MUST be 128), no dynamic shared memory (static:
+//   DEC_GQA_G * DM * (1 + 4) + 2 * 4 * DEC_GQA_G floats: DM 64 10.5 KB, 128 20.7 KB).
+
+#define DEC_GQA_G 8
+
+template <typename TC, int DM>
+__device__ void decode_attn_gqa(float* __restrict__ out, int out_stride, const float* __restrict__ q, int q_stride,
+                                const TC* __restrict__ k_cache, const TC* __restrict__ v_cache,
+                                const int* __restrict__ slots, const int* __restrict__ lens, int num_heads,
+                                int kv_heads, int head_dim, int max_len) {
+    constexpr int G = DEC_GQA_G, DL = DM / 32;
+    __shared__ float s_q[G][DM];
+    __shared__ float s_acc[DEC_WARPS][G][DM];
+    __shared__ float s_m[DEC_WARPS][G], s_l[DEC_WARPS][G];
+    const int g = blockIdx.x, i = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = num_heads / kv_heads;
+    const int len = lens[i];
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    const float* qg = q + (long long)i * q_stride + (long long)g * group * head_dim;
+    for (int idx = threadIdx.x; idx < G * DM; idx += blockDim.x) {
+        const int hh = idx / DM, d = idx - (idx / DM) * DM;
+        s_q[hh][d] = (hh < group && d < head_dim) ? qg[hh * head_dim + d] * scale : 0.0f;
+    }
+    __syncthreads();
+    const long long base = ((long long)slots[i] * kv_heads + g) * max_len * head_dim;
+    const TC* kb = k_cache + base;
+    const TC* vb = v_cache + base;
+
+    float m[G], l[G], acc[G][DL];
+#pragma unroll
+    for (int hh = 0; hh < G; ++hh) {
+        m[hh] = neg_inf_f();
+        l[hh] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DL; ++e) acc[hh][e] = 0.0f;
+    }
+    for (int j0 = warp * 32; j0 < len; j0 += DEC_WARPS * 32) {
+        const int j = j0 + lane;
+        const bool valid = j < len;
+        // this lane's position scored against every head of the group
+        float s[G];
+#pragma unroll
+        for (int hh = 0; hh < G; ++hh) s[hh] = 0.0f;
+        if (valid) {
+            const TC* kr = kb + (long long)j * head_dim;
+            for (int d = 0; d < head_dim; ++d) {
+                const float kd = load_f(kr + d);
+#pragma unroll
+                for (int hh = 0; hh < G; ++hh)
+                    if (hh < group) s[hh] += s_q[hh][d] * kd;
+            }
+        }
+        // the chunk's weights p = exp(s - m) per head, rescaling what came before (lane 0's
+        // position is valid, so every chunk maximum is finite)
+        float p[G];
+#pragma unroll
+        for (int hh = 0; hh < G; ++hh) {
+            p[hh] = 0.0f;
+            if (hh >= group) continue;  // the same for every lane
+            const float sc = valid ? s[hh] : neg_inf_f();
+            const float mn = fmaxf(m[hh], warp_max(sc));
+            const float corr = expf(m[hh] - mn);  // 0 on the first chunk (m = -inf)
+            p[hh] = valid ? expf(sc - mn) : 0.0f;
+            l[hh] = l[hh] * corr + warp_sum(p[hh]);
+#pragma unroll
+            for (int e = 0; e < DL; ++e) acc[hh][e] *= corr;
+            m[hh] = mn;
+        }
+        // values: lanes over dims, the chunk's positions in order
+        const int nk = min(32, len - j0);
+        for (int jj = 0; jj < nk; ++jj) {
+            const TC* vr = vb + (long long)(j0 + jj) * head_dim;
+            float v[DL];
+#pragma unroll
+            for (int e = 0; e < DL; ++e) {
+                const int d = lane + 32 * e;
+                v[e] = d < head_dim ? load_f(vr + d) : 0.0f;
+            }
+#pragma unroll
+            for (int hh = 0; hh < G; ++hh) {
+                if (hh >= group) continue;
+                const float w = __shfl_sync(ARBOR_FULL_MASK, p[hh], jj);
+#pragma unroll
+                for (int e = 0; e < DL; ++e) acc[hh][e] += w * v[e];
+            }
+        }
+    }
+#pragma unroll
+    for (int hh = 0; hh < G; ++hh) {
+        if (lane == 0) {
+            s_m[warp][hh] = m[hh];
+            s_l[warp][hh] = l[hh];
+        }
+#pragma unroll
+        for (int e = 0; e < DL; ++e) s_acc[warp][hh][lane + 32 * e] = acc[hh][e];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < group * head_dim; idx += blockDim.x) {
+        const int hh = idx / head_dim, d = idx - (idx / head_dim) * head_dim;
+        float mt = neg_inf_f();
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) mt = fmaxf(mt, s_m[w][hh]);
+        float lt = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) {
+            const float f = s_m[w][hh] == neg_inf_f() ? 0.0f : expf(s_m[w][hh] - mt);
+            lt += s_l[w][hh] * f;
+            o += s_acc[w][hh][d] * f;
+        }
+        out[(long long)i * out_stride + (long long)(g * group + hh) * head_dim + d] = lt > 0.0f ? o / lt : 0.0f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_64_f32(float* out, int out_stride, const float* q, int q_stride, const float* k_cache,
+                           const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads,
+                           int head_dim, int max_len) {
+    decode_attn_gqa<float, 64>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads, kv_heads,
+                               head_dim, max_len);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_128_f32(float* out, int out_stride, const float* q, int q_stride, const float* k_cache,
+                            const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads,
+                            int head_dim, int max_len) {
+    decode_attn_gqa<float, 128>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads, kv_heads,
+                                head_dim, max_len);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_64_f32_bf16(float* out, int out_stride, const float* q, int q_stride,
+                                const unsigned short* k_cache, const unsigned short* v_cache, const int* slots,
+                                const int* lens, int num_heads, int kv_heads, int head_dim, int max_len) {
+    decode_attn_gqa<unsigned short, 64>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
+                                        kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_128_f32_bf16(float* out, int out_stride, const float* q, int q_stride,
+                                 const unsigned short* k_cache, const unsigned short* v_cache, const int* slots,
+                                 const int* lens, int num_heads, int kv_heads, int head_dim, int max_len) {
+    decode_attn_gqa<unsigned short, 128>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
+                                         kv_heads, head_dim, max_len);
 }

@@ -128,6 +128,9 @@ echo "== greedy generation with bf16 products, the 0.5B shape, batch 256, 16 + 2
     --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16.json"
 "$arbor" bench gpu --kind generate --graphs --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch 256 \
     --new-tokens 256 --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16_graphs.json"
+# the decode attention's other kernel (one block per query head, each reading the group's cache)
+"$arbor" bench gpu --kind generate --decode-attn per-head --dtype bf16 --model-config configs/models/qwen2-0.5b-shape \
+    --batch 256 --new-tokens 256 --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16_per_head_attn.json"
 echo "== decode steps replayed as CUDA graphs (opt-in), bf16, batch 16 / 256"
 for b in 16 256; do
     "$arbor" bench gpu --kind generate --sample --graphs --dtype bf16 --model-config configs/models/qwen2-0.5b-shape \

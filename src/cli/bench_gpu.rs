@@ -73,6 +73,11 @@ pub struct GpuArgs {
     /// loops over the group's heads); `cuda::DkdvPlan`.
     #[arg(long, default_value = "per-head", value_parser = parse_dkdv)]
     pub dkdv: DkdvPlanArg,
+    /// `--kind generate` / `rl-step`: the decode attention kernel, `per-group` (the default: one
+    /// block per GQA group, each cached key and value read once per group) or `per-head`;
+    /// `cuda::DecodeAttn`.
+    #[arg(long, default_value = "per-group", value_parser = parse_decode_attn)]
+    pub decode_attn: DecodeAttnArg,
     /// `--kind rl-step`: prompts per step.
     #[arg(long, default_value_t = 64)]
     pub prompts: usize,
@@ -104,6 +109,21 @@ fn parse_dkdv(s: &str) -> Result<DkdvPlanArg, String> {
     }
 }
 
+/// `--decode-attn`: the decode attention kernel (a name here, so builds without `cuda` parse it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeAttnArg {
+    PerGroup,
+    PerHead,
+}
+
+fn parse_decode_attn(s: &str) -> Result<DecodeAttnArg, String> {
+    match s {
+        "per-group" => Ok(DecodeAttnArg::PerGroup),
+        "per-head" => Ok(DecodeAttnArg::PerHead),
+        _ => Err(format!("{s:?} is not per-group or per-head")),
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 pub fn run(_args: &GpuArgs) -> anyhow::Result<()> {
     anyhow::bail!("this arbor was built without the `cuda` feature (cargo build --features cuda)")
@@ -118,6 +138,10 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
     gpu.set_dkdv_plan(match args.dkdv {
         DkdvPlanArg::PerHead => crate::cuda::DkdvPlan::PerHead,
         DkdvPlanArg::Grouped => crate::cuda::DkdvPlan::Grouped,
+    });
+    gpu.set_decode_attn(match args.decode_attn {
+        DecodeAttnArg::PerGroup => crate::cuda::DecodeAttn::PerGroup,
+        DecodeAttnArg::PerHead => crate::cuda::DecodeAttn::PerHead,
     });
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
@@ -207,6 +231,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
         "decoding": if args.sample { "sampled, T = 1" } else { "greedy" },
+        "decode_attn": gpu.decode_attn().name(),
         "graphs": dec.graphs_held(),
         "batch": args.batch,
         "prompt_len": args.prompt_len,

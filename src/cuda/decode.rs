@@ -9,6 +9,7 @@
 //! cuda/generate.rs.
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
+use crate::cuda::decode_attn::decode_attn_entry;
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::graphs::{self, Action, StepGraphs};
 use crate::cuda::image::Bf16Image;
@@ -458,8 +459,17 @@ impl DecodeDevice for GpuStep<'_> {
             Arg::I(d as i32),
             Arg::I(ml),
         ];
-        let attend = format!("decode_attn_f32{cache_type}");
-        g.launch("decode_attention", &attend, (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+        match decode_attn_entry(g.decode_attn(), h / kv.max(1), d) {
+            // one block per (kv head, row) for the whole group
+            Some(dm) => {
+                let attend = format!("decode_attn_gqa_{dm}_f32{cache_type}");
+                g.launch("decode_attention", &attend, (kv as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+            }
+            None => {
+                let attend = format!("decode_attn_f32{cache_type}");
+                g.launch("decode_attention", &attend, (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+            }
+        }
     }
 
     fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {

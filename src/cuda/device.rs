@@ -52,6 +52,27 @@ impl DkdvPlan {
     }
 }
 
+/// Which kernel attends a decode step's queries to the KV cache (decode_attention.cu). Both compute
+/// the same softmax in f32; they differ in the order of f32 additions only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeAttn {
+    /// One block per (row, kv head) for the whole GQA group (`decode_attn_gqa_*`): each cached key
+    /// and value is read once per group (the default; groups up to 8, head dims up to 128, else
+    /// `PerHead`).
+    PerGroup,
+    /// One block per (row, query head) (`decode_attn_*`): the group's heads each read the cache.
+    PerHead,
+}
+
+impl DecodeAttn {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeAttn::PerGroup => "per-group",
+            DecodeAttn::PerHead => "per-head",
+        }
+    }
+}
+
 /// A CUDA device ready to run arbor's kernels.
 pub struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
@@ -72,6 +93,8 @@ pub struct Gpu {
     dtype: AtomicU8,
     /// How the attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
     dkdv_plan: AtomicU8,
+    /// The decode attention kernel ([`DecodeAttn`]).
+    decode_attn: AtomicU8,
     /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
     /// The registered bf16 images of weight buffers (`cuda::image`).
@@ -163,6 +186,7 @@ impl Gpu {
             scratch: Mutex::new(None),
             dtype: AtomicU8::new(Dtype::F32 as u8),
             dkdv_plan: AtomicU8::new(DkdvPlan::PerHead as u8),
+            decode_attn: AtomicU8::new(DecodeAttn::PerGroup as u8),
             bf16_scratch: Mutex::new(None),
             images: Mutex::new(Vec::new()),
         })
@@ -208,6 +232,20 @@ impl Gpu {
         match self.dkdv_plan.load(Ordering::Relaxed) {
             x if x == DkdvPlan::Grouped as u8 => DkdvPlan::Grouped,
             _ => DkdvPlan::PerHead,
+        }
+    }
+
+    /// The decode attention kernel from now on (the default, [`DecodeAttn::PerGroup`], reads the
+    /// cache once per GQA group; `PerHead` is kept for comparison and as the fallback).
+    pub fn set_decode_attn(&self, kernel: DecodeAttn) {
+        self.decode_attn.store(kernel as u8, Ordering::Relaxed);
+    }
+
+    /// The decode attention kernel.
+    pub fn decode_attn(&self) -> DecodeAttn {
+        match self.decode_attn.load(Ordering::Relaxed) {
+            x if x == DecodeAttn::PerHead as u8 => DecodeAttn::PerHead,
+            _ => DecodeAttn::PerGroup,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod backend;
 pub mod decode;
+pub mod decode_attn;
 pub mod device;
 pub mod gemm;
 pub mod generate;
@@ -23,5 +24,5 @@ pub mod stats;
 
 pub use backend::{GpuBatch, GpuRope};
 pub use decode::{GpuDecoder, GpuKvCache};
-pub use device::{unavailable, Arg, DkdvPlan, Gpu};
+pub use device::{unavailable, Arg, DecodeAttn, DkdvPlan, Gpu};
 pub use model::GpuModel;

@@ -6,7 +6,7 @@
 use super::{common::tiny_config, gpu, request_groups};
 use arbor::cuda::generate::{batch_loop, LoopStep};
 use arbor::cuda::sample::{emulate_row, emulate_truncated_row, truncates};
-use arbor::cuda::{Gpu, GpuDecoder};
+use arbor::cuda::{DecodeAttn, Gpu, GpuDecoder};
 use arbor::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
@@ -97,21 +97,30 @@ fn the_gpu_generation_loop_on_the_cpu_decode_step_equals_the_engine() {
 }
 
 /// Generation on the GPU (continuous batching, tokens drawn on the device) equals the CPU engine:
-/// greedy exactly, sampled at T = 1 but for at most one completion (a logit within rounding of a
+/// greedy exactly (with either decode attention kernel), sampled at T = 1 but for at most one completion (a logit within rounding of a
 /// sampling boundary may flip a token, and every later one with it).
 #[test]
 fn generation_on_the_gpu_equals_the_cpu_engine() {
     let Some(g) = gpu() else { return };
-    for temperature in [0.0f32, 1.0] {
+    // both decode attention kernels (one block per GQA group, the default; one per query head)
+    for (kernel, temperature) in
+        [(DecodeAttn::PerGroup, 0.0f32), (DecodeAttn::PerGroup, 1.0), (DecodeAttn::PerHead, 0.0)]
+    {
+        g.set_decode_attn(kernel);
         let (model, requests, cfg) = case(temperature);
         let cpu = generate(&model, &requests, &cfg).unwrap();
         let mut dec = GpuDecoder::new(&g, &model).unwrap();
         let out = dec.generate(&model, &requests, &cfg).unwrap();
+        g.set_decode_attn(DecodeAttn::PerGroup);
         let mut differ = 0;
         for (c, o) in cpu.iter().zip(&out) {
             println!(
-                "T {temperature} prompt {} sample {}: cpu {:?} gpu {:?}",
-                c.prompt_id, c.sample_index, c.tokens, o.tokens
+                "{} T {temperature} prompt {} sample {}: cpu {:?} gpu {:?}",
+                kernel.name(),
+                c.prompt_id,
+                c.sample_index,
+                c.tokens,
+                o.tokens
             );
             if o.tokens != c.tokens {
                 differ += 1;

@@ -1,0 +1,188 @@
+//! Which kernel of cuda/decode_attention.cu attends a decode step's queries to the KV cache
+//! ([`decode_attn_entry`]), and, in the tests, the per-group kernel (`decode_attn_gqa_*`) on the
+//! host, lane by lane, against a direct softmax attention.
+
+use crate::cuda::device::DecodeAttn;
+
+/// The head-dim bucket (64 or 128) of the per-group decode attention for a GQA group of `group`
+/// query heads of `head_dim` dims, or None where the per-head kernel runs (asked for, or a group
+/// over 8 heads, or head dims over 128).
+pub fn decode_attn_entry(kernel: DecodeAttn, group: usize, head_dim: usize) -> Option<usize> {
+    match (kernel, group, head_dim) {
+        (DecodeAttn::PerGroup, 1..=8, 1..=64) => Some(64),
+        (DecodeAttn::PerGroup, 1..=8, 65..=128) => Some(128),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WARPS: usize = 4;
+
+    /// One row's cached keys and values of one kv head ([len][d] each) and its group's queries
+    /// ([group][d]).
+    struct Case {
+        q: Vec<Vec<f32>>,
+        k: Vec<Vec<f32>>,
+        v: Vec<Vec<f32>>,
+    }
+
+    fn warp_max(x: &[f32; 32]) -> f32 {
+        x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+
+    fn warp_sum(x: &[f32; 32]) -> f32 {
+        // the butterfly's order: lanes combined pairwise at distances 16, 8, 4, 2, 1
+        let mut v = *x;
+        for o in [16, 8, 4, 2, 1] {
+            let w = v;
+            for (lane, x) in v.iter_mut().enumerate() {
+                *x = w[lane] + w[lane ^ o];
+            }
+        }
+        v[0]
+    }
+
+    /// `decode_attn_gqa<TC, DM>` for one block (kv head, row), statement for statement: four warps
+    /// taking chunks of 32 positions in turn, lanes as arrays; returns out[group][d]. (Its loops
+    /// index as the kernel's do.)
+    #[allow(clippy::needless_range_loop)]
+    fn emulate(c: &Case, dm: usize) -> Vec<Vec<f32>> {
+        let (group, d, len) = (c.q.len(), c.q[0].len(), c.k.len());
+        let (g_max, dl) = (8, dm / 32);
+        let scale = 1.0 / (d as f32).sqrt();
+        let s_q: Vec<Vec<f32>> = (0..g_max)
+            .map(|hh| (0..dm).map(|dd| if hh < group && dd < d { c.q[hh][dd] * scale } else { 0.0 }).collect())
+            .collect();
+        let mut s_m = vec![vec![f32::NEG_INFINITY; g_max]; WARPS];
+        let mut s_l = vec![vec![0.0f32; g_max]; WARPS];
+        let mut s_acc = vec![vec![vec![0.0f32; dm]; g_max]; WARPS];
+        for warp in 0..WARPS {
+            let mut m = vec![[f32::NEG_INFINITY; 32]; g_max];
+            let mut l = vec![[0.0f32; 32]; g_max];
+            let mut acc = vec![vec![[0.0f32; 32]; dl]; g_max];
+            let mut j0 = warp * 32;
+            while j0 < len {
+                let valid = |lane: usize| j0 + lane < len;
+                let mut s = vec![[0.0f32; 32]; g_max];
+                for lane in (0..32).filter(|&l| valid(l)) {
+                    for dd in 0..d {
+                        let kd = c.k[j0 + lane][dd];
+                        for hh in 0..group {
+                            s[hh][lane] += s_q[hh][dd] * kd;
+                        }
+                    }
+                }
+                let mut p = vec![[0.0f32; 32]; g_max];
+                for hh in 0..group {
+                    let sc: [f32; 32] =
+                        std::array::from_fn(|lane| if valid(lane) { s[hh][lane] } else { f32::NEG_INFINITY });
+                    let cmax = warp_max(&sc);
+                    let mut pl = [0.0f32; 32];
+                    for lane in 0..32 {
+                        let mn = m[hh][lane].max(cmax);
+                        pl[lane] = if valid(lane) { (sc[lane] - mn).exp() } else { 0.0 };
+                    }
+                    let total = warp_sum(&pl);
+                    for lane in 0..32 {
+                        let mn = m[hh][lane].max(cmax);
+                        let corr = (m[hh][lane] - mn).exp();
+                        l[hh][lane] = l[hh][lane] * corr + total;
+                        for a in acc[hh].iter_mut() {
+                            a[lane] *= corr;
+                        }
+                        m[hh][lane] = mn;
+                    }
+                    p[hh] = pl;
+                }
+                for jj in 0..32.min(len - j0) {
+                    for lane in 0..32 {
+                        for e in 0..dl {
+                            let dd = lane + 32 * e;
+                            let v = if dd < d { c.v[j0 + jj][dd] } else { 0.0 };
+                            for hh in 0..group {
+                                acc[hh][e][lane] += p[hh][jj] * v;
+                            }
+                        }
+                    }
+                }
+                j0 += WARPS * 32;
+            }
+            for hh in 0..g_max {
+                s_m[warp][hh] = m[hh][0];
+                s_l[warp][hh] = l[hh][0];
+                for e in 0..dl {
+                    for lane in 0..32 {
+                        s_acc[warp][hh][lane + 32 * e] = acc[hh][e][lane];
+                    }
+                }
+            }
+        }
+        (0..group)
+            .map(|hh| {
+                (0..d)
+                    .map(|dd| {
+                        let mt = (0..WARPS).fold(f32::NEG_INFINITY, |a, w| a.max(s_m[w][hh]));
+                        let (mut lt, mut o) = (0.0f32, 0.0f32);
+                        for w in 0..WARPS {
+                            let f = if s_m[w][hh] == f32::NEG_INFINITY { 0.0 } else { (s_m[w][hh] - mt).exp() };
+                            lt += s_l[w][hh] * f;
+                            o += s_acc[w][hh][dd] * f;
+                        }
+                        if lt > 0.0 {
+                            o / lt
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// softmax(q·k / sqrt(d)) v in f64, one head.
+    fn reference(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>]) -> Vec<f64> {
+        let scale = 1.0 / (q.len() as f64).sqrt();
+        let s: Vec<f64> =
+            k.iter().map(|kr| q.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale).collect();
+        let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+        let total: f64 = w.iter().sum();
+        (0..q.len()).map(|dd| w.iter().zip(v).map(|(p, vr)| p * vr[dd] as f64).sum::<f64>() / total).collect()
+    }
+
+    /// The per-group kernel's algorithm equals a direct softmax attention for every head of the
+    /// group: lengths 1 (one warp, one valid lane), 31, 32, 33 and 200 (every warp, several chunks
+    /// each, a partial last chunk), groups 1, 2, 7 and 8, head dims 16, 30, 64 and 128.
+    #[test]
+    fn the_per_group_decode_attention_equals_softmax_attention() {
+        let mut rng = crate::rng::Rng::new(43);
+        for (group, d, dm) in [(7, 64, 64), (1, 16, 64), (2, 30, 64), (8, 128, 128), (4, 100, 128)] {
+            for len in [1, 31, 32, 33, 200] {
+                let mut rows = |n: usize| -> Vec<Vec<f32>> {
+                    (0..n).map(|_| (0..d).map(|_| 2.0 * rng.normal() as f32).collect()).collect()
+                };
+                let c = Case { q: rows(group), k: rows(len), v: rows(len) };
+                let got = emulate(&c, dm);
+                for (hh, row) in got.iter().enumerate() {
+                    let want = reference(&c.q[hh], &c.k, &c.v);
+                    let err = row.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                    assert!(err < 1e-5, "group {group} d {d} len {len} head {hh}: off by {err:e}");
+                }
+            }
+        }
+    }
+
+    /// Groups up to 8 and head dims up to 128 take the per-group kernel unless the per-head one is
+    /// asked for; the rest fall back to the per-head kernel.
+    #[test]
+    fn the_per_group_kernel_runs_where_it_fits() {
+        assert_eq!(decode_attn_entry(DecodeAttn::PerGroup, 7, 64), Some(64));
+        assert_eq!(decode_attn_entry(DecodeAttn::PerGroup, 1, 100), Some(128));
+        assert_eq!(decode_attn_entry(DecodeAttn::PerGroup, 9, 64), None);
+        assert_eq!(decode_attn_entry(DecodeAttn::PerGroup, 4, 256), None);
+        assert_eq!(decode_attn_entry(DecodeAttn::PerHead, 7, 64), None);
+    }
+}
