@@ -33,11 +33,14 @@ pub struct GpuRope {
     pub sin: CudaSlice<f32>,
 }
 
-/// Logit elements per LM-head chunk on the device (4 GiB of f32): a micro-batch of up to 7,067
-/// tokens at Qwen2's 151,936-token vocabulary (4 × 1024 in the 0.5B benchmark) keeps its logits
-/// from the forward for the backward, which then skips the recompute product (2·rows·V·C FLOPs,
-/// a tenth of the 0.5B step's); larger micro-batches recompute chunk by chunk.
-const HEAD_CHUNK_ELEMS: usize = 1 << 30;
+/// Logit elements per LM-head chunk on the device: a sixteenth of its memory, at most 4 GiB of
+/// f32 (an 80 GB GPU: a micro-batch of up to 7,067 tokens at Qwen2's 151,936-token vocabulary,
+/// 4 × 1024 in the 0.5B benchmark, keeps its logits from the forward for the backward, which then
+/// skips the recompute product: 2·rows·V·C FLOPs, a tenth of the 0.5B step's); larger
+/// micro-batches recompute chunk by chunk.
+fn head_chunk_elems(total_mem: usize) -> usize {
+    (total_mem / 16 / 4).clamp(1 << 24, 1 << 30)
+}
 
 /// The layout the embedding backward kernel reads (cuda/embedding.cu): `[ids | starts | rows]`,
 /// the u distinct token ids ascending, u + 1 offsets, and the row indices grouped by id,
@@ -154,7 +157,7 @@ impl Backend for Gpu {
         self.flash_scratch_len(shape, n)
     }
     fn head_chunk_elems(&self) -> usize {
-        HEAD_CHUNK_ELEMS
+        head_chunk_elems(self.total_mem())
     }
     fn synchronize(&self) -> Result<()> {
         self.sync()
@@ -423,7 +426,7 @@ impl Backend for Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::embedding_csr;
+    use super::{embedding_csr, head_chunk_elems};
 
     /// The embedding backward kernel's contract, emulated on the host over the CSR the backend
     /// uploads: one block per distinct id, each element summed serially in row order — bit for
@@ -458,6 +461,17 @@ mod tests {
                 assert!(u < n, "repeated ids are grouped");
             }
         }
+    }
+
+    /// The LM-head chunk is a sixteenth of the device's memory in f32, between 64 MiB and 4 GiB:
+    /// 80 GB keeps the 0.5B benchmark's 4 × 1024 rows at Qwen2's vocabulary, 24 GB does not.
+    #[test]
+    fn the_head_chunk_follows_the_device_memory() {
+        let rows = |mem: usize| head_chunk_elems(mem) / 151_936;
+        assert_eq!(head_chunk_elems(80 << 30), 1 << 30);
+        assert!(rows(80 << 30) >= 4096 && rows(24 << 30) < 4096, "{} {}", rows(80 << 30), rows(24 << 30));
+        assert_eq!(head_chunk_elems(24 << 30), (24 << 30) / 64);
+        assert_eq!(head_chunk_elems(1 << 30), 1 << 24);
     }
 
     /// Every kernel file declares the entries the backend launches.

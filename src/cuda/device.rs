@@ -84,6 +84,8 @@ pub struct Gpu {
     sms: u32,
     /// Dynamic shared memory a block may be given (after raising the function's attribute).
     max_smem: u32,
+    /// Bytes of device memory.
+    total_mem: usize,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     /// Reused f32 scratch of the column-sum passes (grown on demand, never shrunk), so a training
@@ -169,6 +171,7 @@ impl Gpu {
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(drv("SM count"))?;
+        let total_mem = ctx.total_mem().map_err(drv("device memory"))?;
         let max_smem = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(drv("shared memory per block"))?;
@@ -181,6 +184,7 @@ impl Gpu {
             ordinal,
             sms: sms.max(1) as u32,
             max_smem: max_smem.max(0) as u32,
+            total_mem,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
@@ -270,6 +274,11 @@ impl Gpu {
     }
 
     /// Streaming multiprocessors.
+    /// Bytes of device memory.
+    pub fn total_mem(&self) -> usize {
+        self.total_mem
+    }
+
     pub fn sms(&self) -> u32 {
         self.sms
     }
