@@ -152,7 +152,10 @@ impl<B: Backend> Workspace<B> {
     /// Grow the buffers to hold `n` tokens (no-op when they already do).
     pub fn ensure_on(&mut self, be: &B, cfg: &ModelConfig, n: usize) -> Result<()> {
         if n <= self.cap && self.layers.len() == cfg.num_layers {
-            return Ok(());
+            // the attention's scratch also depends on the backend's settings (a GPU's dtype and
+            // kernel plans), which may have changed since the buffers were sized
+            let shape = AttnShape { num_heads: cfg.num_heads, num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+            return be.grow(&mut self.attn_scratch, be.attn_scratch_len(shape, self.cap));
         }
         let n = n.max(self.cap);
         let (c, i, h) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads);

@@ -114,6 +114,30 @@ fn products_take_their_operands_as_the_dtype_says() {
     assert!(Bf16Image::of(&g, &wg).unwrap().is_none(), "f32 products keep no image");
 }
 
+/// The attention's scratch follows the device's settings: a model whose buffers were sized under
+/// f32 products runs a bf16 forward and backward after the dtype changes (the tensor-core
+/// attention needs a larger scratch than the f32 one), with the log-probs of a model made under
+/// bf16.
+#[test]
+fn a_workspace_sized_under_f32_runs_a_bf16_step() {
+    let Some(g) = gpu() else { return };
+    let mut cfg = tiny_config(Arch::Qwen2, false);
+    (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) = (64, 128, 4, 2, 16);
+    cfg.vocab_size = 50;
+    let model = Model::new(cfg.clone(), init_params(&cfg, 3, 0.5)).unwrap();
+    let b = batch(&mut Rng::new(10), &[24, 17, 30], cfg.vocab_size as u32);
+    let dlogp = vec![-1.0 / b.len() as f32; b.len()];
+    g.set_dtype(Dtype::F32);
+    let mut gm = GpuModel::new(g.clone(), &model).unwrap();
+    gm.forward(&model, &b).unwrap();
+    g.set_dtype(Dtype::Bf16);
+    let (got, _) = gm.forward(&model, &b).unwrap();
+    gm.backward(&model, &b, &dlogp, None).unwrap();
+    let (want, _) = GpuModel::new(g.clone(), &model).unwrap().forward(&model, &b).unwrap();
+    close("bf16 log-probs after the dtype changed", &got, &want, 1e-6);
+    g.set_dtype(Dtype::F32);
+}
+
 /// A linear layer's backward in one call (`linear_backward`: dx += dy·w, dw += dyᵀ·x, dy rounded
 /// once for both products with bf16) equals the two products made one by one, bit for bit, for
 /// every dtype; with bf16, the CPU's products of the rounded operands within f32 summation noise,
