@@ -186,7 +186,7 @@ impl Backend for Gpu {
     }
     fn linear_backward(
         &self,
-        dx: (Self::M<'_>, bool),
+        dx: Self::M<'_>,
         dw: Self::M<'_>,
         dy: Self::R<'_>,
         w: Self::R<'_>,

@@ -85,12 +85,12 @@ impl Gpu {
         }
     }
 
-    /// `Backend::linear_backward` on the device: dx (+)= dy·w, then dw += dyᵀ·x. With bf16
+    /// `Backend::linear_backward` on the device: dx = dy·w, then dw += dyᵀ·x. With bf16
     /// products dy is rounded once for both (it is the A operand of each), where two
     /// [`Gpu::gemm`] calls would round it twice.
     pub(crate) fn linear_backward_gemms(
         &self,
-        (mut dx, acc_dx): (CudaViewMut<'_, f32>, bool),
+        mut dx: CudaViewMut<'_, f32>,
         mut dw: CudaViewMut<'_, f32>,
         dy: CudaView<'_, f32>,
         w: CudaView<'_, f32>,
@@ -99,7 +99,7 @@ impl Gpu {
     ) -> Result<()> {
         let (dx_shape, dw_shape) = (GemmShape::new(m, k, n), GemmShape::new(n, k, m));
         if self.dtype() != Dtype::Bf16 || m == 0 || n == 0 || k == 0 {
-            self.gemm(dx, dy.slice(0..dy.len()), w, GemmKind::Nn, dx_shape, acc_dx)?;
+            self.gemm(dx, dy.slice(0..dy.len()), w, GemmKind::Nn, dx_shape, false)?;
             return self.gemm(dw, dy, x, GemmKind::Tn, dw_shape, true);
         }
         if dy.len() < m * n || w.len() < n * k || x.len() < m * k || dx.len() < m * k || dw.len() < n * k {
@@ -112,7 +112,7 @@ impl Gpu {
                 b: self.weight_operand(wp, n * k),
                 kind: GemmKind::Nn,
                 shape: dx_shape,
-                acc: acc_dx,
+                acc: false,
             },
             Product { c: self.pm(&mut dw), b: Operand::F32(xp), kind: GemmKind::Tn, shape: dw_shape, acc: true },
         ];

@@ -65,7 +65,7 @@ pub fn head_backward<B: Backend>(
         let ent_chunk = ent.as_ref().map(|(e, hh)| (B::sub_r(e, r0..r1), B::r(hh, r0..r1)));
         let chunk = LogprobGrad { lse: B::r(lse, r0..r1), g: B::sub_r(&g, r0..r1), ent: ent_chunk };
         be.logprob_backward(B::m(logits, 0..m * v), v, batch, r0..r1, chunk)?;
-        let dh_rows = (B::m(dh, r0 * c..r1 * c), false);
+        let dh_rows = B::m(dh, r0 * c..r1 * c);
         be.linear_backward(dh_rows, B::sub_m(&mut dw, 0..v * c), B::r(logits, 0..m * v), wv(), hc(), (m, v, c))?;
     }
     ws.logits_cached = None;

@@ -382,7 +382,7 @@ impl Model {
             // MLP: resid_out = resid_mid + act · Wdownᵀ
             let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
             let wd = o.down_w..o.down_w + c * inter;
-            let dact = (B::m(&mut ws.dact, ni.clone()), false);
+            let dact = B::m(&mut ws.dact, ni.clone());
             be.linear_backward(dact, g!(wd.clone()), dr(), B::r(p, wd), B::r(&a.act, ni.clone()), (n, c, inter))?;
             be.swiglu_backward(
                 B::m(&mut ws.dgate_up, n2i.clone()),
@@ -392,7 +392,7 @@ impl Model {
             )?;
             let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;
             let dgu = || B::r(&ws.dgate_up, 0..n * 2 * inter);
-            let dln = (B::m(&mut ws.dln, nc.clone()), false);
+            let dln = B::m(&mut ws.dln, nc.clone());
             be.linear_backward(dln, g!(wgu.clone()), dgu(), B::r(p, wgu), B::r(&a.ln2, nc.clone()), (n, 2 * inter, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             let gr = o.ln2..o.ln2 + c;
@@ -407,7 +407,7 @@ impl Model {
             // Attention: resid_mid = resid_in + att · Woᵀ
             let dr = || B::r(&ws.dresid, 0..n * c);
             let wo = o.o_w..o.o_w + c * hd;
-            let datt = (B::m(&mut ws.datt, 0..n * hd), false);
+            let datt = B::m(&mut ws.datt, 0..n * hd);
             be.linear_backward(datt, g!(wo.clone()), dr(), B::r(p, wo), B::r(&a.att, 0..n * hd), (n, c, hd))?;
             be.attention_backward(
                 B::m(&mut ws.dqkv, 0..n * qkv_w),
@@ -428,7 +428,7 @@ impl Model {
             }
             let wq = o.qkv_w..o.qkv_w + qkv_w * c;
             let dq = || B::r(&ws.dqkv, 0..n * qkv_w);
-            let dln = (B::m(&mut ws.dln, nc.clone()), false);
+            let dln = B::m(&mut ws.dln, nc.clone());
             be.linear_backward(dln, g!(wq.clone()), dq(), B::r(p, wq), B::r(&a.ln1, nc.clone()), (n, qkv_w, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             let gr = o.ln1..o.ln1 + c;

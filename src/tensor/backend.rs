@@ -122,18 +122,18 @@ pub trait Backend {
     /// c[m, n] (+)= a[k, m]ᵀ · b[k, n].
     fn matmul_tn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
     /// The two products of a linear layer's backward (y[m, n] = x[m, k] · w[n, k]ᵀ), in this order:
-    /// dx[m, k] (+)= dy[m, n] · w[n, k] (`acc_dx`), then dw[n, k] += dy[m, n]ᵀ · x[m, k]. One call,
+    /// dx[m, k] = dy[m, n] · w[n, k] (overwritten), then dw[n, k] += dy[m, n]ᵀ · x[m, k]. One call,
     /// so that a backend whose products take rounded operands rounds dy once for both.
     fn linear_backward(
         &self,
-        (dx, acc_dx): (Self::M<'_>, bool),
+        dx: Self::M<'_>,
         dw: Self::M<'_>,
         dy: Self::R<'_>,
         w: Self::R<'_>,
         x: Self::R<'_>,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        self.matmul_nn(dx, Self::sub_r(&dy, 0..m * n), w, GemmShape::new(m, k, n), acc_dx)?;
+        self.matmul_nn(dx, Self::sub_r(&dy, 0..m * n), w, GemmShape::new(m, k, n), false)?;
         self.matmul_tn(dw, dy, x, GemmShape::new(n, k, m), true)
     }
 
