@@ -80,9 +80,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     const unsigned short* kb = qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM;
     const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
     copy_rows<DM>(Qs, qb, ps, q0, len);
-    copy_rows<DM>(Ks, kb, ps, 0, len);
-    copy_rows<DM>(Vs, vb, ps, 0, len);
-    cp_commit();
+    fetch_kv<DM>(Ks, Vs, kb, vb, ps, 0, len);
     cp_wait_all();
     __syncthreads();
 
@@ -102,9 +100,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     for (int k0 = 0, stage = 0; k0 < kend; k0 += AM_BK, stage ^= 1) {
         // the other stage was consumed by the last block (barrier at the loop's end): fill it
         if (k0 + AM_BK < kend) {
-            copy_rows<DM>(Ks + (stage ^ 1) * TILE, kb, ps, k0 + AM_BK, len);
-            copy_rows<DM>(Vs + (stage ^ 1) * TILE, vb, ps, k0 + AM_BK, len);
-            cp_commit();
+            fetch_kv<DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
         const unsigned short* Kc = Ks + stage * TILE;
         const unsigned short* Vc = Vs + stage * TILE;

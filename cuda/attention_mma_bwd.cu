@@ -65,9 +65,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
     const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
     copy_rows<DM>(Qs, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
     copy_rows<DM>(Os, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
-    copy_rows<DM>(Ks, kb, ps, 0, len);
-    copy_rows<DM>(Vs, vb, ps, 0, len);
-    cp_commit();
+    fetch_kv<DM>(Ks, Vs, kb, vb, ps, 0, len);
     const int wr = warp * 16;
     const int i0 = q0 + wr + gr, i1 = i0 + 8;
     const float L0 = i0 < len ? lse[(long long)(start + i0) * num_heads + h] * log2e : 0.0f;
@@ -84,9 +82,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
     for (int k0 = 0, stage = 0; k0 < kend; k0 += AM_BK, stage ^= 1) {
         // the other stage was consumed by the last block (barrier at the loop's end): fill it
         if (k0 + AM_BK < kend) {
-            copy_rows<DM>(Ks + (stage ^ 1) * TILE, kb, ps, k0 + AM_BK, len);
-            copy_rows<DM>(Vs + (stage ^ 1) * TILE, vb, ps, k0 + AM_BK, len);
-            cp_commit();
+            fetch_kv<DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
         const unsigned short* Kc = Ks + stage * TILE;
         const unsigned short* Vc = Vs + stage * TILE;
@@ -197,10 +193,10 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
         cp_wait_all();
         __syncthreads();  // the next stage has landed; this one is consumed
     }
-    store_rows<NO>(dk + (long long)start * dk_stride + (long long)y * head_dim, dk_stride, dka, scale, scale, j0, j1, len,
-                   head_dim, tg);
-    store_rows<NO>(dv + (long long)start * dv_stride + (long long)y * head_dim, dv_stride, dva, 1.0f, 1.0f, j0, j1, len,
-                   head_dim, tg);
+    float* dkb = dk + (long long)start * dk_stride + (long long)y * head_dim;
+    float* dvb = dv + (long long)start * dv_stride + (long long)y * head_dim;
+    store_rows<NO>(dkb, dk_stride, dka, scale, scale, j0, j1, len, head_dim, tg);
+    store_rows<NO>(dvb, dv_stride, dva, 1.0f, 1.0f, j0, j1, len, head_dim, tg);
 }
 
 extern "C" __global__ void __launch_bounds__(128)

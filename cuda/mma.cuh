@@ -192,3 +192,13 @@ __device__ __forceinline__ void copy_rows(unsigned short* S, const unsigned shor
         cp_async16(S + r * LDS + c, in ? x + (long long)(r0 + r) * stride + c : x, in ? 16 : 0);
     }
 }
+
+// Issue the copies of key/value block [k0, k0 + 64) (packed rows at kb and vb, row stride `stride`)
+// into the tiles K and V, and commit them (with any copy issued before) as one group.
+template <int DM>
+__device__ __forceinline__ void fetch_kv(unsigned short* K, unsigned short* V, const unsigned short* kb,
+                                         const unsigned short* vb, long long stride, int k0, int len) {
+    copy_rows<DM>(K, kb, stride, k0, len);
+    copy_rows<DM>(V, vb, stride, k0, len);
+    cp_commit();
+}
