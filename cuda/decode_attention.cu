@@ -9,14 +9,9 @@
 //
 // ABI (T = float for _f32, unsigned short (bf16) for _bf16):
 //
-// kv_cache_store_f32 / kv_cache_store_bf16
-//   (T* k_cache, T* v_cache, const T* qkv, int qkv_stride, int k_col, int v_col,
-//    const int* slots, const unsigned int* positions, int b, int kv_heads, int head_dim, int max_len)
-//   Copies, for each row i < b, the key and value of row i of the packed q|k|v buffer
-//   (qkv: [b, qkv_stride]; key at columns [k_col, k_col + KV*D), value at [v_col, v_col + KV*D);
-//   for the standard layout k_col = H*D, v_col = (H+KV)*D) into slot slots[i] at position
-//   positions[i] (must be < max_len). Run it after RoPE and before decode_attn.
-//   Launch: grid = (b), block = 128, no dynamic shared memory.
+// decode_qkv_store_f32 / decode_qkv_store_f32_bf16 (at the end of the file) add the q|k|v bias,
+//   rotate q and k, and store the keys and values of a step's rows in the cache: run it before
+//   decode_attn.
 //
 // decode_attn_f32 / decode_attn_bf16
 //   (T* out, int out_stride, const T* q, int q_stride, const T* k_cache, const T* v_cache,
@@ -35,51 +30,17 @@
 // decode_attn_gqa_{64,128}_f32 / _f32_bf16 (below): decode_attn_f32 / _f32_bf16 with one block per
 //   kv head and row for the whole GQA group (each cached key and value read once per group).
 //
-// kv_cache_store_f32_bf16 / decode_attn_f32_bf16: the same with f32 rows (qkv, q, out) and a bf16
-//   cache (k_cache, v_cache: unsigned short): keys and values are rounded to bf16 (nearest even) as
-//   they are stored, and widened exactly as they are read (the cache of `[train] dtype = "bf16"`:
-//   half the memory and half the decode attention's traffic).
+// decode_attn_f32_bf16: the same with f32 rows (q, out) and a bf16 cache (k_cache, v_cache:
+//   unsigned short), whose keys and values decode_qkv_store_f32_bf16 rounded to bf16 (nearest even)
+//   and which are widened exactly as they are read (the cache of `[train] dtype = "bf16"`: half
+//   the memory and half the decode attention's traffic).
 
 #define DEC_WARPS 4
 #define DEC_MAX_D 256
 #define DEC_PER_LANE (DEC_MAX_D / 32)
 
-template <typename TC, typename T>
-__device__ void kv_cache_store(TC* __restrict__ k_cache, TC* __restrict__ v_cache, const T* __restrict__ qkv,
-                               int qkv_stride, int k_col, int v_col, const int* __restrict__ slots,
-                               const unsigned int* __restrict__ positions, int b, int kv_heads, int head_dim,
-                               int max_len) {
-    const int i = blockIdx.x;
-    if (i >= b) return;
-    const long long s = slots[i];
-    const long long p = positions[i];
-    const T* row = qkv + (long long)i * qkv_stride;
-    const int w = kv_heads * head_dim;
-    for (int c = threadIdx.x; c < w; c += blockDim.x) {
-        const int g = c / head_dim, d = c - g * head_dim;
-        const long long dst = ((s * kv_heads + g) * max_len + p) * head_dim + d;
-        store_f(k_cache + dst, load_f(row + k_col + c));
-        store_f(v_cache + dst, load_f(row + v_col + c));
-    }
-}
-
-extern "C" __global__ void kv_cache_store_f32(float* k_cache, float* v_cache, const float* qkv, int qkv_stride,
-                                              int k_col, int v_col, const int* slots, const unsigned int* positions,
-                                              int b, int kv_heads, int head_dim, int max_len) {
-    kv_cache_store<float, float>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b, kv_heads,
-                          head_dim, max_len);
-}
-
-extern "C" __global__ void kv_cache_store_bf16(unsigned short* k_cache, unsigned short* v_cache,
-                                               const unsigned short* qkv, int qkv_stride, int k_col, int v_col,
-                                               const int* slots, const unsigned int* positions, int b,
-                                               int kv_heads, int head_dim, int max_len) {
-    kv_cache_store<unsigned short, unsigned short>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b,
-                                   kv_heads, head_dim, max_len);
-}
-
-template <typename T, typename TC>
-__device__ void decode_attn(T* __restrict__ out, int out_stride, const T* __restrict__ q, int q_stride,
+template <typename T, typename TC, typename TO = T>
+__device__ void decode_attn(TO* __restrict__ out, int out_stride, const T* __restrict__ q, int q_stride,
                             const TC* __restrict__ k_cache, const TC* __restrict__ v_cache,
                             const int* __restrict__ slots, const int* __restrict__ lens, int num_heads,
                             int kv_heads, int head_dim, int max_len) {
@@ -145,7 +106,7 @@ __device__ void decode_attn(T* __restrict__ out, int out_stride, const T* __rest
         lt += s_l[w] * f[w];
     }
     const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
-    T* oh = out + (long long)i * out_stride + (long long)h * head_dim;
+    TO* oh = out + (long long)i * out_stride + (long long)h * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.0f;
 #pragma unroll
@@ -168,14 +129,6 @@ extern "C" __global__ void decode_attn_bf16(unsigned short* out, int out_stride,
                                             int num_heads, int kv_heads, int head_dim, int max_len) {
     decode_attn<unsigned short, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
                                 kv_heads, head_dim, max_len);
-}
-
-extern "C" __global__ void kv_cache_store_f32_bf16(unsigned short* k_cache, unsigned short* v_cache, const float* qkv,
-                                                   int qkv_stride, int k_col, int v_col, const int* slots,
-                                                   const unsigned int* positions, int b, int kv_heads, int head_dim,
-                                                   int max_len) {
-    kv_cache_store<unsigned short, float>(k_cache, v_cache, qkv, qkv_stride, k_col, v_col, slots, positions, b,
-                                          kv_heads, head_dim, max_len);
 }
 
 extern "C" __global__ void decode_attn_f32_bf16(float* out, int out_stride, const float* q, int q_stride,
@@ -206,8 +159,8 @@ extern "C" __global__ void decode_attn_f32_bf16(float* out, int out_stride, cons
 
 #define DEC_GQA_G 8
 
-template <typename TC, int DM>
-__device__ void decode_attn_gqa(float* __restrict__ out, int out_stride, const float* __restrict__ q, int q_stride,
+template <typename TC, int DM, typename TO = float>
+__device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const float* __restrict__ q, int q_stride,
                                 const TC* __restrict__ k_cache, const TC* __restrict__ v_cache,
                                 const int* __restrict__ slots, const int* __restrict__ lens, int num_heads,
                                 int kv_heads, int head_dim, int max_len) {
@@ -311,7 +264,7 @@ __device__ void decode_attn_gqa(float* __restrict__ out, int out_stride, const f
             lt += s_l[w][hh] * f;
             o += s_acc[w][hh][d] * f;
         }
-        out[(long long)i * out_stride + (long long)(g * group + hh) * head_dim + d] = lt > 0.0f ? o / lt : 0.0f;
+        store_f(out + (long long)i * out_stride + (long long)(g * group + hh) * head_dim + d, lt > 0.0f ? o / lt : 0.0f);
     }
 }
 
@@ -345,4 +298,144 @@ extern "C" __global__ void __launch_bounds__(128)
                                  const int* lens, int num_heads, int kv_heads, int head_dim, int max_len) {
     decode_attn_gqa<unsigned short, 128>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
                                          kv_heads, head_dim, max_len);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entries with a bf16 output (`_o16`): the kernels above with `out` as unsigned short (bf16, each
+// element rounded to nearest even as it is written) and every other argument unchanged, so a
+// decode step whose products take bf16 operands gets the attention's output in the form the
+// output projection reads, without a rounding pass:
+//   decode_attn_f32_o16, decode_attn_f32_bf16_o16 (f32 / bf16 cache; grid (num_heads, B));
+//   decode_attn_gqa_{64,128}_f32_o16, decode_attn_gqa_{64,128}_f32_bf16_o16 (grid (kv_heads, B)).
+
+extern "C" __global__ void decode_attn_f32_o16(unsigned short* out, int out_stride, const float* q, int q_stride,
+                                               const float* k_cache, const float* v_cache, const int* slots,
+                                               const int* lens, int num_heads, int kv_heads, int head_dim,
+                                               int max_len) {
+    decode_attn<float, float, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
+                                              num_heads, kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void decode_attn_f32_bf16_o16(unsigned short* out, int out_stride, const float* q,
+                                                    int q_stride, const unsigned short* k_cache,
+                                                    const unsigned short* v_cache, const int* slots,
+                                                    const int* lens, int num_heads, int kv_heads, int head_dim,
+                                                    int max_len) {
+    decode_attn<float, unsigned short, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
+                                                       num_heads, kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_64_f32_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const float* k_cache,
+        const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
+        int max_len) {
+    decode_attn_gqa<float, 64, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
+        num_heads, kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_128_f32_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const float* k_cache,
+        const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
+        int max_len) {
+    decode_attn_gqa<float, 128, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
+        num_heads, kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_64_f32_bf16_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const unsigned short* k_cache,
+        const unsigned short* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
+        int max_len) {
+    decode_attn_gqa<unsigned short, 64, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
+        num_heads, kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    decode_attn_gqa_128_f32_bf16_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const unsigned short* k_cache,
+        const unsigned short* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
+        int max_len) {
+    decode_attn_gqa<unsigned short, 128, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
+        num_heads, kv_heads, head_dim, max_len);
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode_qkv_store_f32 / decode_qkv_store_f32_bf16 (f32 / bf16 cache TC)
+//   (float* qkv, int qkv_stride, const float* bias, TC* k_cache, TC* v_cache, const int* slots,
+//    const unsigned int* positions, const float* cos_table, const float* sin_table, int b,
+//    int num_heads, int kv_heads, int head_dim, int max_len)
+//   The decode step's q|k|v epilogue in one pass, for each row i < b of qkv ([b, qkv_stride] f32:
+//   H query heads, then KV key heads, then KV value heads, D each):
+//   - adds `bias` ([(H + 2KV) * D] f32; none when null) to every element (add_bias_f32's sum);
+//   - rotates the query and key heads by positions[i] (rope_f32's rotate-half with the same
+//     tables: cos_table, sin_table [max_pos, D / 2]; D even);
+//   - writes the rotated queries back into qkv (decode_attn reads them there), and stores the
+//     rotated keys and the values in slot slots[i] at position positions[i] (< max_len) of the
+//     cache (kv_cache_store's layout; rounded to bf16 for a bf16 cache). The keys and values in
+//     qkv itself are left as they were.
+//   So it replaces add_bias_f32, rope_f32 and kv_cache_store_f32[_bf16] (three launches) with one.
+//   Work items of a row: (H + KV) * D / 2 rotation pairs, then KV * D values, strided over the block.
+//   Launch: grid = (b), block = 128 (any multiple of 32), no dynamic shared memory.
+
+template <typename TC>
+__device__ void decode_qkv_store(float* __restrict__ qkv, int qkv_stride, const float* __restrict__ bias,
+                                 TC* __restrict__ k_cache, TC* __restrict__ v_cache, const int* __restrict__ slots,
+                                 const unsigned int* __restrict__ positions, const float* __restrict__ cos_table,
+                                 const float* __restrict__ sin_table, int b, int num_heads, int kv_heads,
+                                 int head_dim, int max_len) {
+    const int i = blockIdx.x;
+    if (i >= b) return;
+    const int half = head_dim / 2;
+    const long long p = positions[i];
+    const long long s = slots[i];
+    const float* cs = cos_table + p * half;
+    const float* sn = sin_table + p * half;
+    float* row = qkv + (long long)i * qkv_stride;
+    const int pairs = (num_heads + kv_heads) * half;
+    const int v_col = (num_heads + kv_heads) * head_dim;
+    const int items = pairs + kv_heads * head_dim;
+    for (int idx = threadIdx.x; idx < items; idx += blockDim.x) {
+        if (idx < pairs) {
+            const int h = idx / half;
+            const int j = idx - h * half;
+            const int lo = h * head_dim + j, hi = lo + half;
+            float a = row[lo], bb = row[hi];
+            if (bias != nullptr) {
+                a += bias[lo];
+                bb += bias[hi];
+            }
+            const float c = cs[j], sv = sn[j];
+            const float ra = a * c - bb * sv;
+            const float rb = bb * c + a * sv;
+            if (h < num_heads) {
+                row[lo] = ra;
+                row[hi] = rb;
+            } else {
+                const long long dst = ((s * kv_heads + (h - num_heads)) * max_len + p) * head_dim + j;
+                store_f(k_cache + dst, ra);
+                store_f(k_cache + dst + half, rb);
+            }
+        } else {
+            const int c = idx - pairs;
+            const int g = c / head_dim, d = c - g * head_dim;
+            float v = row[v_col + c];
+            if (bias != nullptr) v += bias[v_col + c];
+            store_f(v_cache + ((s * kv_heads + g) * max_len + p) * head_dim + d, v);
+        }
+    }
+}
+
+extern "C" __global__ void decode_qkv_store_f32(float* qkv, int qkv_stride, const float* bias, float* k_cache,
+                                                float* v_cache, const int* slots, const unsigned int* positions,
+                                                const float* cos_table, const float* sin_table, int b,
+                                                int num_heads, int kv_heads, int head_dim, int max_len) {
+    decode_qkv_store<float>(qkv, qkv_stride, bias, k_cache, v_cache, slots, positions, cos_table, sin_table, b,
+                            num_heads, kv_heads, head_dim, max_len);
+}
+
+extern "C" __global__ void decode_qkv_store_f32_bf16(float* qkv, int qkv_stride, const float* bias,
+                                                     unsigned short* k_cache, unsigned short* v_cache,
+                                                     const int* slots, const unsigned int* positions,
+                                                     const float* cos_table, const float* sin_table, int b,
+                                                     int num_heads, int kv_heads, int head_dim, int max_len) {
+    decode_qkv_store<unsigned short>(qkv, qkv_stride, bias, k_cache, v_cache, slots, positions, cos_table,
+                                     sin_table, b, num_heads, kv_heads, head_dim, max_len);
 }

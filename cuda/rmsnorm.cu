@@ -9,6 +9,8 @@
 //   rstd[i] = 1 / sqrt(mean_j(x[i,j]^2) + eps)   (eps inside the square root, like the CPU)
 //   y[i,j]  = x[i,j] * rstd[i] * w[j]
 //   Launch: grid = (n), block = 256 (multiple of 32, <= 1024), no dynamic shared memory.
+// rmsnorm_fwd_f32_o16: rmsnorm_fwd_f32 with y in bf16 (unsigned short, rounded to nearest even as
+//   it is written: the rows a bf16 product reads, without a rounding pass).
 //
 // rmsnorm_bwd_f32 / rmsnorm_bwd_bf16            (input gradient, ADDED into dx like the CPU)
 //   (float* dx, const float* dy, const T* x, const T* w, const float* rstd, int n, int c)
@@ -31,8 +33,8 @@
 //   Launch: grid = (ceil(c / 256)), block = 256.
 //   (Also usable for any column sum, e.g. a bias gradient from per-chunk partials.)
 
-template <typename T>
-__device__ void rmsnorm_fwd(T* __restrict__ y, float* __restrict__ rstd, const T* __restrict__ x,
+template <typename T, typename TY = T>
+__device__ void rmsnorm_fwd(TY* __restrict__ y, float* __restrict__ rstd, const T* __restrict__ x,
                             const T* __restrict__ w, int n, int c, float eps) {
     __shared__ float scratch[32];
     const int row = blockIdx.x;
@@ -59,6 +61,11 @@ extern "C" __global__ void rmsnorm_fwd_f32(float* y, float* rstd, const float* x
 extern "C" __global__ void rmsnorm_fwd_bf16(unsigned short* y, float* rstd, const unsigned short* x,
                                             const unsigned short* w, int n, int c, float eps) {
     rmsnorm_fwd<unsigned short>(y, rstd, x, w, n, c, eps);
+}
+
+extern "C" __global__ void rmsnorm_fwd_f32_o16(unsigned short* y, float* rstd, const float* x, const float* w, int n,
+                                               int c, float eps) {
+    rmsnorm_fwd<float, unsigned short>(y, rstd, x, w, n, c, eps);
 }
 
 template <typename T>

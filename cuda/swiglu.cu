@@ -8,6 +8,8 @@
 //   act[i,j] = g * sigmoid(g) * u,  g = gate_up[i, j], u = gate_up[i, I + j],
 //   sigmoid(g) = 1 / (1 + exp(-g)).
 //   Launch: grid = (ceil(inter / 256), n), block = 256, no dynamic shared memory.
+// swiglu_fwd_f32_o16: swiglu_fwd_f32 with act in bf16 (unsigned short, rounded to nearest even as
+//   it is written: the rows the down projection's bf16 product reads).
 //
 // swiglu_bwd_f32 / swiglu_bwd_bf16
 //   (float* dgate_up, const float* dact, const T* gate_up, int n, int inter)
@@ -17,8 +19,8 @@
 
 __device__ __forceinline__ float sigmoid_f(float g) { return 1.0f / (1.0f + expf(-g)); }
 
-template <typename T>
-__device__ void swiglu_fwd(T* __restrict__ act, const T* __restrict__ gate_up, int n, int inter) {
+template <typename T, typename TA = T>
+__device__ void swiglu_fwd(TA* __restrict__ act, const T* __restrict__ gate_up, int n, int inter) {
     const int row = blockIdx.y;
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= n || j >= inter) return;
@@ -33,6 +35,10 @@ extern "C" __global__ void swiglu_fwd_f32(float* act, const float* gate_up, int 
 
 extern "C" __global__ void swiglu_fwd_bf16(unsigned short* act, const unsigned short* gate_up, int n, int inter) {
     swiglu_fwd<unsigned short>(act, gate_up, n, inter);
+}
+
+extern "C" __global__ void swiglu_fwd_f32_o16(unsigned short* act, const float* gate_up, int n, int inter) {
+    swiglu_fwd<float, unsigned short>(act, gate_up, n, inter);
 }
 
 template <typename T>

@@ -11,6 +11,7 @@
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::decode_attn::decode_attn_entry;
 use crate::cuda::device::{drv, Arg, Gpu};
+use crate::cuda::gemm::GemmKind;
 use crate::cuda::graphs::{self, Action, StepGraphs};
 use crate::cuda::image::Bf16Image;
 use crate::cuda::sample::{sample_rows, SampleBufs};
@@ -20,7 +21,7 @@ use crate::model::Model;
 use crate::rollout::sampler::{Sampled, SamplingParams};
 use crate::tensor::Dtype;
 use crate::tensor::{Backend, GemmShape};
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
 /// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
@@ -83,6 +84,9 @@ impl RowsDev {
 
 /// The decode step's device buffers, grown on demand: the residual stream, normed rows, RMSNorm
 /// scratch, q|k|v, attention output, gate|up, SwiGLU output, and the logits of the picked rows.
+/// With bf16 products the normed rows, attention output and SwiGLU output, the first operands of
+/// the products, are written in bf16 by the kernels that make them (`ln16`, `att16`, `act16`;
+/// `ln` then only serves [`DecodeDevice::gather`] as scratch, `att` and `act` stay unused).
 struct StepBufs {
     x: CudaSlice<f32>,
     ln: CudaSlice<f32>,
@@ -92,6 +96,17 @@ struct StepBufs {
     gate_up: CudaSlice<f32>,
     act: CudaSlice<f32>,
     logits: CudaSlice<f32>,
+    ln16: CudaSlice<u16>,
+    att16: CudaSlice<u16>,
+    act16: CudaSlice<u16>,
+}
+
+/// `buf` with room for at least `n` elements (reallocated, contents lost, when it has less).
+fn grow16(g: &Gpu, buf: &mut CudaSlice<u16>, n: usize) -> Result<()> {
+    if buf.len() < n {
+        *buf = g.stream.alloc_zeros(n).map_err(drv("alloc"))?;
+    }
+    Ok(())
 }
 
 impl GpuKvCache {
@@ -113,8 +128,20 @@ impl GpuDecoder {
     /// Upload `model`'s weights.
     pub fn new(gpu: &Arc<Gpu>, model: &Model) -> Result<Self> {
         let e = || gpu.empty();
-        let bufs =
-            StepBufs { x: e()?, ln: e()?, rstd: e()?, qkv: e()?, att: e()?, gate_up: e()?, act: e()?, logits: e()? };
+        let e16 = || gpu.stream.alloc_zeros::<u16>(1).map_err(drv("alloc"));
+        let bufs = StepBufs {
+            x: e()?,
+            ln: e()?,
+            rstd: e()?,
+            qkv: e()?,
+            att: e()?,
+            gate_up: e()?,
+            act: e()?,
+            logits: e()?,
+            ln16: e16()?,
+            att16: e16()?,
+            act16: e16()?,
+        };
         let mut dec = GpuDecoder {
             gpu: gpu.clone(),
             params: gpu.upload(&model.params.data)?,
@@ -212,10 +239,17 @@ impl GpuDecoder {
         ] {
             g.grow(buf, len)?;
         }
+        // bf16 products: their first operands are written in bf16 (`_o16` kernels)
+        let ops16 = g.dtype() == Dtype::Bf16;
+        if ops16 {
+            grow16(g, &mut bf.ln16, b * c)?;
+            grow16(g, &mut bf.att16, b * cfg.attn_dim())?;
+            grow16(g, &mut bf.act16, b * inter)?;
+        }
         // every row picks a token (the steady state): a step a graph may replay
         let uniform = n == b && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
         let fingerprint = match self.graphs.enabled() && uniform {
-            true => step_fingerprint(g, &self.params, self.image.as_ref(), bf, &rows, cache),
+            true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache, ops16),
             false => Vec::new(),
         };
         let action = self.graphs.plan(b, uniform, &fingerprint);
@@ -228,6 +262,7 @@ impl GpuDecoder {
             dev: &rows.batch,
             slots: &rows.slots,
             lens: &rows.lens,
+            ops16,
         };
         let done = match action {
             Action::Eager => decode_stack(model, &mut step, tokens, logit_rows),
@@ -286,19 +321,23 @@ impl GpuDecoder {
     }
 }
 
-/// Every device address and shape a captured decode step bakes in: the weights and their image,
-/// the step buffers, the row inputs, each layer's cache, the device's scratch buffers.
+/// Every device address, shape and kernel choice a captured decode step bakes in: the weights
+/// and their image, the step buffers, the row inputs, each layer's cache, the device's scratch
+/// buffers, whether the products' first operands are bf16.
 fn step_fingerprint(
     g: &Gpu,
-    params: &CudaSlice<f32>,
-    image: Option<&Bf16Image>,
+    (params, image): (&CudaSlice<f32>, Option<&Bf16Image>),
     b: &StepBufs,
     rows: &RowsDev,
     cache: &GpuKvCache,
+    ops16: bool,
 ) -> Vec<u64> {
     let st = &g.stream;
-    let mut f = vec![params.device_ptr(st).0, image.map_or(0, |i| i.ptr())];
+    let mut f = vec![params.device_ptr(st).0, image.map_or(0, |i| i.ptr()), ops16 as u64];
     for buf in [&b.x, &b.ln, &b.rstd, &b.qkv, &b.att, &b.gate_up, &b.act, &b.logits] {
+        f.push(buf.device_ptr(st).0);
+    }
+    for buf in [&b.ln16, &b.att16, &b.act16] {
         f.push(buf.device_ptr(st).0);
     }
     f.extend([
@@ -348,6 +387,8 @@ struct GpuStep<'a> {
     /// Each row's slot and attended length (position + 1).
     slots: &'a CudaSlice<i32>,
     lens: &'a CudaSlice<i32>,
+    /// Whether the products take bf16 first operands (written by the `_o16` kernels).
+    ops16: bool,
 }
 
 impl DecodeDevice for GpuStep<'_> {
@@ -367,14 +408,22 @@ impl DecodeDevice for GpuStep<'_> {
         if rows == 0 {
             return Ok(());
         }
-        let b = &mut *self.bufs;
-        self.g.rmsnorm_forward(
-            Gpu::m(&mut b.ln, 0..rows * c),
-            Gpu::m(&mut b.rstd, 0..rows),
-            Gpu::r(&b.x, 0..rows * c),
-            Gpu::r(self.p, at..at + c),
-            model.cfg.rms_norm_eps as f32,
-        )
+        let (g, b) = (self.g, &mut *self.bufs);
+        let eps = model.cfg.rms_norm_eps as f32;
+        let (x, w) = (Gpu::r(&b.x, 0..rows * c), Gpu::r(self.p, at..at + c));
+        if !self.ops16 {
+            return g.rmsnorm_forward(Gpu::m(&mut b.ln, 0..rows * c), Gpu::m(&mut b.rstd, 0..rows), x, w, eps);
+        }
+        let args = [
+            Arg::P(b.ln16.device_ptr_mut(&g.stream).0),
+            Arg::P(g.pm(&mut Gpu::m(&mut b.rstd, 0..rows))),
+            Arg::P(g.pr(&x)),
+            Arg::P(g.pr(&w)),
+            Arg::I(rows as i32),
+            Arg::I(c as i32),
+            Arg::F(eps),
+        ];
+        g.launch("rmsnorm", "rmsnorm_fwd_f32_o16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)
     }
 
     fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()> {
@@ -393,60 +442,75 @@ impl DecodeDevice for GpuStep<'_> {
             Proj::Down(l) => (c, inter, lay.layers[l].down_w, true),
             Proj::Head => (v, c, lay.lm_head, false),
         };
-        let (out, inp) = match proj {
-            Proj::Qkv(_) => (&mut b.qkv, &b.ln),
-            Proj::Out(_) => (&mut b.x, &b.att),
-            Proj::GateUp(_) => (&mut b.gate_up, &b.ln),
-            Proj::Down(_) => (&mut b.x, &b.act),
-            Proj::Head => (&mut b.logits, &b.ln),
+        let out = match proj {
+            Proj::Qkv(_) => &mut b.qkv,
+            Proj::Out(_) | Proj::Down(_) => &mut b.x,
+            Proj::GateUp(_) => &mut b.gate_up,
+            Proj::Head => &mut b.logits,
         };
-        let w = Gpu::r(p, at..at + n * k);
-        g.matmul_nt(Gpu::m(out, 0..rows * n), Gpu::r(inp, 0..rows * k), w, GemmShape::new(rows, n, k), acc)?;
-        let bias = match proj {
-            Proj::Qkv(l) => lay.layers[l].qkv_b,
-            _ => None,
-        };
-        match bias {
-            Some(at) => g.add_bias(Gpu::m(&mut b.qkv, 0..rows * qkv_w), Gpu::r(p, at..at + qkv_w)),
-            None => Ok(()),
+        let (w, shape) = (Gpu::r(p, at..at + n * k), GemmShape::new(rows, n, k));
+        let out = Gpu::m(out, 0..rows * n);
+        if self.ops16 {
+            let inp = match proj {
+                Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln16,
+                Proj::Out(_) => &b.att16,
+                Proj::Down(_) => &b.act16,
+            };
+            return g.gemm_a16(out, &inp.slice(0..rows * k), w, GemmKind::Nt, shape, acc);
         }
-    }
-
-    fn rope(&mut self, model: &Model, rows: usize) -> Result<()> {
-        let cfg = &model.cfg;
-        let qkv_w = cfg.qkv_dim();
-        let qkv = Gpu::m(&mut self.bufs.qkv, 0..rows * qkv_w);
-        self.g.rope_apply(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, self.dev, self.rope, false)
+        let inp = match proj {
+            Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln,
+            Proj::Out(_) => &b.att,
+            Proj::Down(_) => &b.act,
+        };
+        g.matmul_nt(out, Gpu::r(inp, 0..rows * k), w, shape, acc)
     }
 
     fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {
         let cfg = &model.cfg;
         let (h, kv, d, qkv_w, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_dim(), cfg.attn_dim());
         let (g, cache, b) = (self.g, self.cache, &mut *self.bufs);
+        if self.rope.half * 2 != d {
+            return Err(Error::shape(
+                "decode step",
+                format!("RoPE tables of {} dims for heads of {d}", 2 * self.rope.half),
+            ));
+        }
         let s = &g.stream;
         let (kp, vp) = (cache.k[layer].device_ptr(s).0, cache.v[layer].device_ptr(s).0);
         let (slot_p, lens_p) = (self.slots.device_ptr(s).0, self.lens.device_ptr(s).0);
-        let qp = g.pr(&Gpu::r(&b.qkv, 0..rows * qkv_w));
+        let qp = g.pm(&mut Gpu::m(&mut b.qkv, 0..rows * qkv_w));
+        let bias = match model.params.layout.layers[layer].qkv_b {
+            Some(at) => g.pr(&Gpu::r(self.p, at..at + qkv_w)),
+            None => 0,
+        };
         let (qs, ml) = (qkv_w as i32, cache.max_len as i32);
+        // bias, RoPE and the cache store in one pass (cuda/decode_attention.cu)
         let args = [
-            Arg::P(kp),
-            Arg::P(vp),
             Arg::P(qp),
             Arg::I(qs),
-            Arg::I(hd as i32),
-            Arg::I(((h + kv) * d) as i32),
+            Arg::P(bias),
+            Arg::P(kp),
+            Arg::P(vp),
             Arg::P(slot_p),
             Arg::P(self.dev.positions.device_ptr(s).0),
+            Arg::P(self.rope.cos.device_ptr(s).0),
+            Arg::P(self.rope.sin.device_ptr(s).0),
             Arg::I(rows as i32),
+            Arg::I(h as i32),
             Arg::I(kv as i32),
             Arg::I(d as i32),
             Arg::I(ml),
         ];
         let cache_type = if cache.bf16 { "_bf16" } else { "" };
-        let store = format!("kv_cache_store_f32{cache_type}");
+        let store = format!("decode_qkv_store_f32{cache_type}");
         g.launch("decode_attention", &store, (rows as u32, 1, 1), (128, 1, 1), 0, &args)?;
+        let (att, out_type) = match self.ops16 {
+            true => (b.att16.device_ptr_mut(s).0, "_o16"),
+            false => (g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd)), ""),
+        };
         let args = [
-            Arg::P(g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd))),
+            Arg::P(att),
             Arg::I(hd as i32),
             Arg::P(qp),
             Arg::I(qs),
@@ -462,11 +526,11 @@ impl DecodeDevice for GpuStep<'_> {
         match decode_attn_entry(g.decode_attn(), h / kv.max(1), d) {
             // one block per (kv head, row) for the whole group
             Some(dm) => {
-                let attend = format!("decode_attn_gqa_{dm}_f32{cache_type}");
+                let attend = format!("decode_attn_gqa_{dm}_f32{cache_type}{out_type}");
                 g.launch("decode_attention", &attend, (kv as u32, rows as u32, 1), (128, 1, 1), 0, &args)
             }
             None => {
-                let attend = format!("decode_attn_f32{cache_type}");
+                let attend = format!("decode_attn_f32{cache_type}{out_type}");
                 g.launch("decode_attention", &attend, (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
             }
         }
@@ -474,8 +538,18 @@ impl DecodeDevice for GpuStep<'_> {
 
     fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {
         let inter = model.cfg.intermediate_size;
-        let b = &mut *self.bufs;
-        self.g.swiglu_forward(Gpu::m(&mut b.act, 0..rows * inter), Gpu::r(&b.gate_up, 0..rows * 2 * inter), inter)
+        let (g, b) = (self.g, &mut *self.bufs);
+        let gate_up = Gpu::r(&b.gate_up, 0..rows * 2 * inter);
+        if !self.ops16 {
+            return g.swiglu_forward(Gpu::m(&mut b.act, 0..rows * inter), gate_up, inter);
+        }
+        let args = [
+            Arg::P(b.act16.device_ptr_mut(&g.stream).0),
+            Arg::P(g.pr(&gate_up)),
+            Arg::I(rows as i32),
+            Arg::I(inter as i32),
+        ];
+        g.launch("swiglu", "swiglu_fwd_f32_o16", (inter.div_ceil(256) as u32, rows as u32, 1), (256, 1, 1), 0, &args)
     }
 
     fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Which kernel of cuda/decode_attention.cu attends a decode step's queries to the KV cache
 //! ([`decode_attn_entry`]), and, in the tests, the per-group kernel (`decode_attn_gqa_*`) on the
-//! host, lane by lane, against a direct softmax attention.
+//! host, lane by lane, against a direct softmax attention, and the q|k|v epilogue
+//! (`decode_qkv_store_*`) statement by statement against the CPU's bias, RoPE and cache store.
 
 use crate::cuda::device::DecodeAttn;
 
@@ -184,5 +185,148 @@ mod tests {
         assert_eq!(decode_attn_entry(DecodeAttn::PerGroup, 9, 64), None);
         assert_eq!(decode_attn_entry(DecodeAttn::PerGroup, 4, 256), None);
         assert_eq!(decode_attn_entry(DecodeAttn::PerHead, 7, 64), None);
+    }
+
+    /// `decode_qkv_store<TC>` on the host, statement for statement: one block per row, its work
+    /// items (rotation pairs of the q and k heads, then the values) strided over 128 threads.
+    /// `bf16` rounds what is stored in the cache as `store_f` does. Returns how many times each
+    /// cache element was written.
+    #[allow(clippy::too_many_arguments)]
+    fn emulate_qkv_store(
+        qkv: &mut [f32],
+        bias: Option<&[f32]>,
+        (k_cache, v_cache): (&mut [f32], &mut [f32]),
+        slots: &[usize],
+        positions: &[u32],
+        rope: &crate::tensor::cpu::ops::RopeTable,
+        (h, kv, d, max_len): (usize, usize, usize, usize),
+        bf16: bool,
+    ) -> Vec<u32> {
+        let store = |x: f32| if bf16 { half::bf16::from_f32(x).to_f32() } else { x };
+        let mut writes = vec![0u32; 2 * k_cache.len()];
+        let qkv_stride = (h + 2 * kv) * d;
+        let half = d / 2;
+        for (i, &slot) in slots.iter().enumerate() {
+            let (p, s) = (positions[i] as usize, slot);
+            let (cs, sn) = (&rope.cos[p * half..], &rope.sin[p * half..]);
+            let row = &mut qkv[i * qkv_stride..(i + 1) * qkv_stride];
+            let pairs = (h + kv) * half;
+            let v_col = (h + kv) * d;
+            let items = pairs + kv * d;
+            for thread in 0..128 {
+                for idx in (thread..items).step_by(128) {
+                    if idx < pairs {
+                        let hh = idx / half;
+                        let j = idx - hh * half;
+                        let (lo, hi) = (hh * d + j, hh * d + j + half);
+                        let (mut a, mut bb) = (row[lo], row[hi]);
+                        if let Some(bias) = bias {
+                            a += bias[lo];
+                            bb += bias[hi];
+                        }
+                        let (c, sv) = (cs[j], sn[j]);
+                        let (ra, rb) = (a * c - bb * sv, bb * c + a * sv);
+                        if hh < h {
+                            row[lo] = ra;
+                            row[hi] = rb;
+                        } else {
+                            let dst = ((s * kv + (hh - h)) * max_len + p) * d + j;
+                            k_cache[dst] = store(ra);
+                            k_cache[dst + half] = store(rb);
+                            writes[dst] += 1;
+                            writes[dst + half] += 1;
+                        }
+                    } else {
+                        let c = idx - pairs;
+                        let (g, dd) = (c / d, c % d);
+                        let mut v = row[v_col + c];
+                        if let Some(bias) = bias {
+                            v += bias[v_col + c];
+                        }
+                        let dst = ((s * kv + g) * max_len + p) * d + dd;
+                        v_cache[dst] = store(v);
+                        writes[k_cache.len() + dst] += 1;
+                    }
+                }
+            }
+        }
+        writes
+    }
+
+    /// The fused epilogue equals the three passes it replaces (add_bias_f32, rope_f32,
+    /// kv_cache_store), as the CPU makes them: the rotated queries bit for bit in qkv, the rotated
+    /// keys and the values in their slot and position (bf16-rounded for a bf16 cache), each
+    /// written once, nothing else in the cache touched, the keys and values in qkv left as they
+    /// were; with and without a bias, over several GQA shapes (a work-item count over and under the
+    /// block's 128 threads) and a step that prefills one slot beside decoding others.
+    #[test]
+    fn the_qkv_epilogue_equals_bias_rope_and_the_cache_store() {
+        use crate::tensor::cpu::ops::{self, RopeTable};
+        let mut rng = crate::rng::Rng::new(17);
+        for (h, kv, d) in [(2usize, 1usize, 8usize), (14, 2, 64), (4, 4, 16), (8, 2, 128)] {
+            for (with_bias, bf16) in [(false, false), (true, false), (true, true)] {
+                let (slots_n, max_len) = (3, 12);
+                let rope = RopeTable::new(d, 10_000.0, max_len);
+                let qkv_w = (h + 2 * kv) * d;
+                // slot 1 prefills 3 positions, slots 0 and 2 decode one each
+                let (slots, positions) = (vec![1usize, 1, 1, 0, 2], vec![0u32, 1, 2, 7, 11]);
+                let mut rand = |n: usize| (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect::<Vec<f32>>();
+                let qkv0 = rand(slots.len() * qkv_w);
+                let bias = with_bias.then(|| rand(qkv_w));
+                let cache_len = slots_n * kv * max_len * d;
+                let sentinel = 1234.5f32;
+                // the three passes, on the CPU
+                let mut want = qkv0.clone();
+                if let Some(bias) = &bias {
+                    for row in want.chunks_mut(qkv_w) {
+                        row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+                    }
+                }
+                ops::rope_rows(&mut want, qkv_w, h + kv, &positions, &rope, false);
+                let (mut want_k, mut want_v) = (vec![sentinel; cache_len], vec![sentinel; cache_len]);
+                let round = |x: f32| if bf16 { half::bf16::from_f32(x).to_f32() } else { x };
+                for (i, row) in want.chunks(qkv_w).enumerate() {
+                    for c in 0..kv * d {
+                        let dst = ((slots[i] * kv + c / d) * max_len + positions[i] as usize) * d + c % d;
+                        want_k[dst] = round(row[h * d + c]);
+                        want_v[dst] = round(row[(h + kv) * d + c]);
+                    }
+                }
+                let mut got = qkv0.clone();
+                let (mut k, mut v) = (vec![sentinel; cache_len], vec![sentinel; cache_len]);
+                let shape = (h, kv, d, max_len);
+                let writes = emulate_qkv_store(
+                    &mut got,
+                    bias.as_deref(),
+                    (&mut k, &mut v),
+                    &slots,
+                    &positions,
+                    &rope,
+                    shape,
+                    bf16,
+                );
+                let what = format!("H {h} KV {kv} D {d} bias {with_bias} bf16 {bf16}");
+                for (i, (g_row, (w_row, q0_row))) in
+                    got.chunks(qkv_w).zip(want.chunks(qkv_w).zip(qkv0.chunks(qkv_w))).enumerate()
+                {
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&g_row[..h * d]), bits(&w_row[..h * d]), "{what}: row {i}'s queries");
+                    assert_eq!(bits(&g_row[h * d..]), bits(&q0_row[h * d..]), "{what}: row {i}'s k|v in qkv changed");
+                }
+                assert_eq!(
+                    k.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want_k.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{what}: keys"
+                );
+                assert_eq!(
+                    v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    want_v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{what}: values"
+                );
+                let stored = slots.len() * kv * d;
+                assert_eq!(writes.iter().filter(|&&w| w == 1).count(), 2 * stored, "{what}: elements written once");
+                assert!(writes.iter().all(|&w| w <= 1), "{what}: an element written twice");
+            }
+        }
     }
 }

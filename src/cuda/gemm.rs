@@ -80,7 +80,7 @@ impl Gpu {
             Dtype::Tf32 => self.gemm_ex(f32_ops(TF32), kind, shape, acc),
             Dtype::Bf16 => {
                 let product = Product { c: cp, b: self.weight_operand(bp, n * k), kind, shape, acc };
-                self.gemm_rounded(ap, m * k, &[product])
+                self.gemm_rounded(Operand::F32(ap), m * k, &[product])
             }
         }
     }
@@ -116,7 +116,32 @@ impl Gpu {
             },
             Product { c: self.pm(&mut dw), b: Operand::F32(xp), kind: GemmKind::Tn, shape: dw_shape, acc: true },
         ];
-        self.gemm_rounded(self.pr(&dy), m * n, &products)
+        self.gemm_rounded(Operand::F32(self.pr(&dy)), m * n, &products)
+    }
+
+    /// A "bf16" product whose first operand was written in bf16 by the kernel that made it (the
+    /// decode step's normed rows, attention output and SwiGLU output: `_o16` kernels): C (+)=
+    /// op(A)·op(B) with A taken as is and B rounded, or read from its weight image (cuda::image);
+    /// f32 accumulation and C, whatever the device's dtype.
+    pub(crate) fn gemm_a16(
+        &self,
+        mut c: CudaViewMut<'_, f32>,
+        a: &CudaView<'_, u16>,
+        b: CudaView<'_, f32>,
+        kind: GemmKind,
+        shape: GemmShape,
+        acc: bool,
+    ) -> Result<()> {
+        let GemmShape { m, n, k } = shape;
+        if m == 0 || n == 0 || k == 0 {
+            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "empty shapes are not supported"));
+        }
+        if a.len() < m * k || b.len() < n * k || c.len() < m * n {
+            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
+        }
+        let bp = self.pr(&b);
+        let product = Product { c: self.pm(&mut c), b: self.weight_operand(bp, n * k), kind, shape, acc };
+        self.gemm_rounded(Operand::Bf16(a.device_ptr(&self.stream).0), m * k, &[product])
     }
 
     /// The second operand of a bf16 product whose f32 data is at `bp` (`len` elements): a weight
@@ -128,21 +153,28 @@ impl Gpu {
         }
     }
 
-    /// "bf16" products sharing their first operand: A (f32 at `a`, `a_len` = m·k elements of
-    /// every product) is rounded into the scratch once, each product's B too unless it is already
-    /// bf16 (into the same second slot: the stream runs a product before the next rounding); then
-    /// one bf16 tensor-core GEMM each into its f32 C.
-    fn gemm_rounded(&self, a: u64, a_len: usize, products: &[Product]) -> Result<()> {
+    /// "bf16" products sharing their first operand: A (`a_len` = m·k elements of every product)
+    /// is rounded into the scratch once unless it is already bf16, each product's B too (into the
+    /// same second slot: the stream runs a product before the next rounding); then one bf16
+    /// tensor-core GEMM each into its f32 C.
+    fn gemm_rounded(&self, a: Operand, a_len: usize, products: &[Product]) -> Result<()> {
         let mut guard = self.bf16_scratch.lock().map_err(|_| Error::device("CUDA scratch", "poisoned"))?;
-        let b_at = a_len.next_multiple_of(BF16_ALIGN);
+        // the rounded A, then the rounded B (from 0 when A is already bf16)
+        let b_at = if matches!(a, Operand::F32(_)) { a_len.next_multiple_of(BF16_ALIGN) } else { 0 };
         let b_len = |p: &Product| if matches!(p.b, Operand::F32(_)) { p.shape.n * p.shape.k } else { 0 };
-        let need = b_at + products.iter().map(b_len).max().unwrap_or(0);
+        let need = (b_at + products.iter().map(b_len).max().unwrap_or(0)).max(1);
         if guard.as_ref().is_none_or(|s| s.len() < need) {
             *guard = Some(self.stream.alloc_zeros(need).map_err(drv("alloc"))?);
         }
         let scratch = guard.as_mut().ok_or_else(|| Error::device("CUDA scratch", "missing"))?;
         let base = scratch.device_ptr_mut(&self.stream).0;
-        self.round_bf16(base, a, a_len)?;
+        let a16 = match a {
+            Operand::F32(ap) => {
+                self.round_bf16(base, ap, a_len)?;
+                base
+            }
+            Operand::Bf16(ap) => ap,
+        };
         for p in products {
             debug_assert_eq!(p.shape.m * p.shape.k, a_len, "products sharing A share its size");
             let b16 = match p.b {
@@ -153,7 +185,7 @@ impl Gpu {
                 }
                 Operand::Bf16(bp) => bp,
             };
-            let ops = ExOperands { c: p.c, c_type: R_32F, a: base, b: b16, ab_type: R_16BF, compute: F32 };
+            let ops = ExOperands { c: p.c, c_type: R_32F, a: a16, b: b16, ab_type: R_16BF, compute: F32 };
             self.gemm_ex(ops, p.kind, p.shape, p.acc)?;
         }
         Ok(())
@@ -203,7 +235,7 @@ impl Gpu {
     }
 }
 
-/// The second operand of a "bf16" product: f32 to round, or already bf16.
+/// An operand of a "bf16" product: f32 to round, or already bf16.
 #[derive(Debug, Clone, Copy)]
 enum Operand {
     F32(u64),

@@ -306,14 +306,7 @@ impl DecodeDevice for CpuStep<'_> {
         let b = &mut *self.buf;
         match proj {
             Proj::Qkv(l) => {
-                let qkv = &mut b.qkv[..rows * qkv_w];
-                matmul_packed(qkv, &b.ln[..rows * c], rows, &self.w.layers[l].qkv, false);
-                if let Some(bias) = model.params.layout.layers[l].qkv_b {
-                    let bias = &model.params.data[bias..bias + qkv_w];
-                    for row in qkv.chunks_mut(qkv_w) {
-                        row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
-                    }
-                }
+                matmul_packed(&mut b.qkv[..rows * qkv_w], &b.ln[..rows * c], rows, &self.w.layers[l].qkv, false);
                 Ok(())
             }
             // row-parallel o_proj and down_proj under tensor parallelism: one rank keeps the
@@ -347,25 +340,18 @@ impl DecodeDevice for CpuStep<'_> {
         }
     }
 
-    fn rope(&mut self, model: &Model, rows: usize) -> Result<()> {
-        let cfg = &model.cfg;
-        let qkv_w = cfg.qkv_dim();
-        let b = &mut *self.buf;
-        ops::rope_rows(
-            &mut b.qkv[..rows * qkv_w],
-            qkv_w,
-            cfg.num_heads + cfg.num_kv_heads,
-            &b.positions,
-            &model.rope,
-            false,
-        );
-        Ok(())
-    }
-
     fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {
         let cfg = &model.cfg;
         let (qkv_w, hd, d) = (cfg.qkv_dim(), cfg.attn_dim(), cfg.head_dim);
         let (cache, b) = (&mut *self.cache, &mut *self.buf);
+        let qkv = &mut b.qkv[..rows * qkv_w];
+        if let Some(bias) = model.params.layout.layers[layer].qkv_b {
+            let bias = &model.params.data[bias..bias + qkv_w];
+            for row in qkv.chunks_mut(qkv_w) {
+                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            }
+        }
+        ops::rope_rows(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, &b.positions, &model.rope, false);
         let (kvd, t_cap, max_len) = (cache.kv_dim, cache.t_cap, cache.max_len);
         let qkv = &b.qkv[..rows * qkv_w];
         for (i, row) in qkv.chunks(qkv_w).enumerate() {

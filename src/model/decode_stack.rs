@@ -21,7 +21,8 @@ pub enum Norm {
 }
 
 /// A projection of the stack and what it computes (rows-major, W row-major [out, in]):
-/// - `Qkv(l)`: qkv = ln · W_qkvᵀ (+ the q|k|v bias where the model has one);
+/// - `Qkv(l)`: qkv = ln · W_qkvᵀ (the q|k|v bias, where the model has one, is added by
+///   [`DecodeDevice::attend`], which may fuse it with RoPE and the cache store);
 /// - `Out(l)`: x += att · W_oᵀ (the residual add; row-parallel under tensor parallelism);
 /// - `GateUp(l)`: gate_up = ln · W_guᵀ;
 /// - `Down(l)`: x += act · W_downᵀ (the residual add; row-parallel under tensor parallelism);
@@ -45,11 +46,11 @@ pub trait DecodeDevice {
     fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()>;
     /// The projection `proj` (see [`Proj`]).
     fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()>;
-    /// Rotate the q and k heads of qkv by each row's position.
-    fn rope(&mut self, model: &Model, rows: usize) -> Result<()>;
-    /// Store layer `layer`'s k and v of every row in its slot at its position, then att[r] =
-    /// attention of row r's query heads over its slot's positions 0..=position (every row's k/v
-    /// of this step is stored first, so a prompt's rows attend causally among themselves).
+    /// Add layer `layer`'s q|k|v bias (where the model has one) to qkv, rotate its q and k heads
+    /// by each row's position, store the k and v of every row in its slot at its position, then
+    /// att[r] = attention of row r's query heads over its slot's positions 0..=position (every
+    /// row's k/v of this step is stored first, so a prompt's rows attend causally among
+    /// themselves).
     fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()>;
     /// act = silu(gate) · up.
     fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()>;
@@ -65,7 +66,6 @@ pub fn decode_stack<D: DecodeDevice>(model: &Model, dev: &mut D, tokens: &[u32],
     for l in 0..model.cfg.num_layers {
         dev.rmsnorm(model, Norm::Attn(l), b)?;
         dev.project(model, Proj::Qkv(l), b)?;
-        dev.rope(model, b)?;
         dev.attend(model, l, b)?;
         dev.project(model, Proj::Out(l), b)?;
         dev.rmsnorm(model, Norm::Mlp(l), b)?;
