@@ -24,7 +24,8 @@ use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
-/// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device.
+/// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device,
+/// plus a spare slot (index `slots`) that the padding rows of a captured step decode into.
 pub struct GpuKvCache {
     pub slots: usize,
     pub max_len: usize,
@@ -56,6 +57,9 @@ pub struct GpuDecoder {
     rows: Option<RowsDev>,
     /// Decode steps captured as CUDA graphs (opt-in; `cuda::graphs`).
     graphs: StepGraphs<CudaGraph>,
+    /// Whether steps whose every row picks a token are padded to their bucket (`graphs::bucket`):
+    /// with graphs on, unless set otherwise.
+    pad: bool,
 }
 
 /// A decode step's per-row inputs in device memory, with room for `cap` rows (grown by
@@ -113,7 +117,7 @@ impl GpuKvCache {
     /// An empty cache for `model`, in bf16 when the device's products are "bf16".
     pub fn new(gpu: &Gpu, model: &Model, slots: usize, max_len: usize) -> Result<Self> {
         let bf16 = gpu.dtype() == Dtype::Bf16;
-        let per = slots * model.cfg.num_kv_heads * max_len * model.cfg.head_dim * if bf16 { 1 } else { 2 };
+        let per = (slots + 1) * model.cfg.num_kv_heads * max_len * model.cfg.head_dim * if bf16 { 1 } else { 2 };
         let alloc = || gpu.stream.alloc_zeros::<u16>(per.max(2)).map_err(drv("KV cache alloc"));
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for _ in 0..model.cfg.num_layers {
@@ -153,6 +157,7 @@ impl GpuDecoder {
             next: Vec::new(),
             rows: None,
             graphs: StepGraphs::new(graphs::requested()),
+            pad: graphs::requested(),
         };
         dec.image = Bf16Image::of(gpu, &dec.params)?;
         Ok(dec)
@@ -215,15 +220,27 @@ impl GpuDecoder {
         }
         let max_pos = cache.max_len.min(cfg.max_position_embeddings);
         assign_positions(slots, &cache.len, max_pos, &mut self.positions, &mut self.next)?;
+        // every row picks a token (the steady state): a step a graph may replay, padded up to its
+        // bucket with rows decoding token 0 into the spare slot (positions 0, 1, ..: never read)
+        let uniform = logit_rows.len() == b && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
+        let padded = if self.pad && uniform { graphs::bucket(b) } else { b };
+        let (tokens_p, slot_ids, lens) = pad_rows(tokens, slots, &mut self.positions, (padded, cache.slots, max_pos));
         let g = &*self.gpu;
-        let mut rows = RowsDev::with_room(g, self.rows.take(), b)?;
-        let slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
-        let lens: Vec<i32> = self.positions.iter().map(|&p| p as i32 + 1).collect();
+        let mut rows = RowsDev::with_room(g, self.rows.take(), padded)?;
         let st = &g.stream;
-        st.memcpy_htod(tokens, &mut rows.batch.tokens.slice_mut(0..b)).map_err(drv("upload"))?;
+        let b = padded;
+        st.memcpy_htod(&tokens_p[..], &mut rows.batch.tokens.slice_mut(0..b)).map_err(drv("upload"))?;
         st.memcpy_htod(&self.positions[..], &mut rows.batch.positions.slice_mut(0..b)).map_err(drv("upload"))?;
         st.memcpy_htod(&slot_ids[..], &mut rows.slots.slice_mut(0..b)).map_err(drv("upload"))?;
         st.memcpy_htod(&lens[..], &mut rows.lens.slice_mut(0..b)).map_err(drv("upload"))?;
+        let all_rows: Vec<usize>;
+        let logit_rows = match padded > logit_rows.len() {
+            true => {
+                all_rows = (0..padded).collect();
+                &all_rows[..]
+            }
+            false => logit_rows,
+        };
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let n = logit_rows.len();
         let bf = &mut self.bufs;
@@ -246,8 +263,6 @@ impl GpuDecoder {
             grow16(g, &mut bf.att16, b * cfg.attn_dim())?;
             grow16(g, &mut bf.act16, b * inter)?;
         }
-        // every row picks a token (the steady state): a step a graph may replay
-        let uniform = n == b && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
         let fingerprint = match self.graphs.enabled() && uniform {
             true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache, ops16),
             false => Vec::new(),
@@ -265,12 +280,12 @@ impl GpuDecoder {
             ops16,
         };
         let done = match action {
-            Action::Eager => decode_stack(model, &mut step, tokens, logit_rows),
+            Action::Eager => decode_stack(model, &mut step, &tokens_p, logit_rows),
             Action::Replay => match self.graphs.get(b) {
                 Some(graph) => graph.launch().map_err(drv("graph launch")),
-                None => decode_stack(model, &mut step, tokens, logit_rows),
+                None => decode_stack(model, &mut step, &tokens_p, logit_rows),
             },
-            Action::Capture => match capture(st, || decode_stack(model, &mut step, tokens, logit_rows)) {
+            Action::Capture => match capture(st, || decode_stack(model, &mut step, &tokens_p, logit_rows)) {
                 Ok(graph) => {
                     let launched = graph.launch().map_err(drv("graph launch"));
                     self.graphs.insert(b, graph);
@@ -279,7 +294,7 @@ impl GpuDecoder {
                 // the driver or a library refused the capture: run this and every later step eagerly
                 Err(_) => {
                     self.graphs.give_up();
-                    decode_stack(model, &mut step, tokens, logit_rows)
+                    decode_stack(model, &mut step, &tokens_p, logit_rows)
                 }
             },
         };
@@ -289,9 +304,18 @@ impl GpuDecoder {
         Ok(())
     }
 
-    /// Replay decode steps as CUDA graphs (see `cuda::graphs`), or stop (dropping every graph).
+    /// Replay decode steps as CUDA graphs (see `cuda::graphs`), padding their rows to buckets, or
+    /// stop (dropping every graph, no padding).
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs.set_enabled(on);
+        self.pad = on;
+    }
+
+    /// Pad the rows of steps whose every row picks a token up to their bucket (`cuda::graphs::
+    /// bucket`), or not, whether or not graphs are on: eager steps with the shapes that graphs
+    /// replay (the tests compare the two).
+    pub fn set_padding(&mut self, on: bool) {
+        self.pad = on;
     }
 
     /// How many decode-step graphs are held (0 with graphs off, or after a refused capture).
@@ -319,6 +343,27 @@ impl GpuDecoder {
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
+}
+
+/// A step's rows padded to `padded` rows: tokens, slot ids, positions (in place) and attended
+/// lengths; row j of the padding decodes token 0 into slot `spare` at position j (modulo
+/// `max_pos`), so padding rows never touch a real slot, and each writes its own cache position
+/// wherever the spare slot has room for them.
+fn pad_rows(
+    tokens: &[u32],
+    slots: &[usize],
+    positions: &mut Vec<u32>,
+    (padded, spare, max_pos): (usize, usize, usize),
+) -> (Vec<u32>, Vec<i32>, Vec<i32>) {
+    let mut tokens_p = tokens.to_vec();
+    let mut slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
+    for j in 0..padded.saturating_sub(tokens.len()) {
+        tokens_p.push(0);
+        slot_ids.push(spare as i32);
+        positions.push((j % max_pos) as u32);
+    }
+    let lens = positions.iter().map(|&p| p as i32 + 1).collect();
+    (tokens_p, slot_ids, lens)
 }
 
 /// Every device address, shape and kernel choice a captured decode step bakes in: the weights
@@ -564,5 +609,26 @@ impl DecodeDevice for GpuStep<'_> {
         }
         let n = logit_rows.len() * c;
         self.g.copy(Gpu::m(&mut b.x, 0..n), Gpu::r(&b.ln, 0..n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Padding rows follow the real ones untouched, decode token 0 into the spare slot at distinct
+    /// positions 0, 1, .. (wrapping only past the slot's room), and attend to their own position.
+    #[test]
+    fn padding_rows_decode_into_the_spare_slot() {
+        let mut positions = vec![5, 0, 9];
+        let (tokens, slot_ids, lens) = pad_rows(&[7, 8, 9], &[2, 0, 1], &mut positions, (8, 3, 4));
+        assert_eq!(tokens, [7, 8, 9, 0, 0, 0, 0, 0]);
+        assert_eq!(slot_ids, [2, 0, 1, 3, 3, 3, 3, 3]);
+        assert_eq!(positions, [5, 0, 9, 0, 1, 2, 3, 0]);
+        assert_eq!(lens, [6, 1, 10, 1, 2, 3, 4, 1]);
+        let mut positions = vec![1, 2];
+        let unpadded = pad_rows(&[4, 4], &[0, 0], &mut positions, (2, 1, 16));
+        assert_eq!(unpadded, (vec![4, 4], vec![0, 0], vec![2, 3]));
+        assert_eq!(positions, [1, 2]);
     }
 }

@@ -4,7 +4,10 @@
 //! bakes in every device address and shape it was captured with, so one is kept per row count
 //! (steps whose every row picks a token: the steady state of continuous batching; steps with
 //! prompt chunks run eagerly), and all are dropped when any address they use changes (a buffer
-//! grew, a new KV cache, a reallocated scratch). A row count is captured on its second use: the
+//! grew, a new KV cache, a reallocated scratch). With graphs on, such a step's rows are padded
+//! up to a bucket ([`bucket`]: 1, 2, 4, then multiples of 8 and 16) with rows that decode into
+//! a spare cache slot and are never read, so that the shrinking row counts of a batch whose
+//! sequences finish one by one replay a few graphs instead of capturing one per count. A row count is captured on its second use: the
 //! first runs eagerly and grows every buffer and loads every kernel, since a capture may neither
 //! allocate nor load modules. Replays launch exactly the captured kernels with the same arguments,
 //! so results are bit-identical to eager steps.
@@ -100,6 +103,23 @@ impl<G> StepGraphs<G> {
     }
 }
 
+/// The most rows a padded, captured step has; larger steps run eagerly at their own row count
+/// (their launches are a small part of their time).
+pub const MAX_BUCKET: usize = 512;
+
+/// The row count a step of `rows` decoding rows is padded to: `rows` itself up to 2, then the
+/// next of 4, multiples of 8 up to 64 and multiples of 16 up to [`MAX_BUCKET`] (at most 3 + 8 +
+/// 28 graphs; a step padded by fewer than 8 rows up to 64, fewer than 16 above); `rows` above that.
+pub fn bucket(rows: usize) -> usize {
+    match rows {
+        0..=2 => rows,
+        3..=4 => 4,
+        5..=64 => rows.next_multiple_of(8),
+        65..=MAX_BUCKET => rows.next_multiple_of(16),
+        _ => rows,
+    }
+}
+
 /// Whether `ARBOR_CUDA_GRAPHS=1` asks for decode graphs.
 pub fn requested() -> bool {
     std::env::var("ARBOR_CUDA_GRAPHS").is_ok_and(|v| v == "1")
@@ -133,5 +153,21 @@ mod tests {
         g.give_up();
         assert!(!g.enabled());
         assert_eq!(g.plan(4, true, &[2]), Action::Eager);
+    }
+
+    /// Buckets hold their rows, pad by fewer than 8 rows up to 64 and fewer than 16 (under a
+    /// quarter) above, are few, and leave steps over the largest bucket alone.
+    #[test]
+    fn buckets_are_few_and_pad_little() {
+        let mut seen = HashSet::new();
+        for rows in 1..=MAX_BUCKET {
+            let b = bucket(rows);
+            assert!(b >= rows && b - rows < 16, "{rows} rows padded to {b}");
+            assert!(if rows <= 64 { b - rows < 8 } else { (b - rows) * 4 < rows }, "{rows} rows padded to {b}");
+            assert_eq!(bucket(b), b, "a bucket is its own bucket");
+            seen.insert(b);
+        }
+        assert_eq!(seen.len(), 3 + 8 + 28);
+        assert_eq!((bucket(3), bucket(9), bucket(65), bucket(MAX_BUCKET + 1)), (4, 16, 80, MAX_BUCKET + 1));
     }
 }

@@ -220,8 +220,11 @@ fn device_sampling_matches_the_cpu_sampler() {
 
 /// Decode steps replayed as CUDA graphs (`cuda::graphs`) give the eager steps' completions bit for
 /// bit, greedy and sampled, with f32 and bf16 products: continuous batching over 3 slots for 8
-/// requests runs steps of 3, 2 and 1 rows, each captured on its second use and replayed after;
-/// a second generation (a new KV cache: new addresses) captures again.
+/// requests runs steps of 3, 2 and 1 rows (3 padded to its bucket, 4, with a row decoding into the
+/// spare slot), each captured on its second use and replayed after; a second generation (a new KV
+/// cache: new addresses) captures again. The eager steps are padded as the captured ones are, and
+/// the padding changes no completion: the same tokens as unpadded steps (sampled: but for at most
+/// one), log-probs within 1e-5.
 #[test]
 fn decode_graphs_replay_the_eager_steps_bit_for_bit() {
     use arbor::config::Dtype;
@@ -231,7 +234,23 @@ fn decode_graphs_replay_the_eager_steps_bit_for_bit() {
         g.set_dtype(dtype);
         for temperature in [0.0f32, 1.0] {
             let (model, requests, cfg) = case(temperature);
-            let eager = GpuDecoder::new(&g, &model).unwrap().generate(&model, &requests, &cfg).unwrap();
+            let unpadded = GpuDecoder::new(&g, &model).unwrap().generate(&model, &requests, &cfg).unwrap();
+            let mut eager = GpuDecoder::new(&g, &model).unwrap();
+            eager.set_padding(true);
+            let eager = eager.generate(&model, &requests, &cfg).unwrap();
+            // (sampled: a logit within rounding of a sampling boundary may flip one completion)
+            let mut differ = 0;
+            for (u, e) in unpadded.iter().zip(&eager) {
+                if u.tokens != e.tokens {
+                    differ += 1;
+                    continue;
+                }
+                for (a, b) in u.logprobs.iter().zip(&e.logprobs) {
+                    assert!((a - b).abs() < 1e-5, "{dtype:?} T {temperature}: log-prob {a} unpadded, {b} padded");
+                }
+            }
+            let allowed = if temperature > 0.0 { 1 } else { 0 };
+            assert!(differ <= allowed, "{dtype:?} T {temperature}: padding changed {differ} completions");
             let mut dec = GpuDecoder::new(&g, &model).unwrap();
             dec.set_graphs(true);
             for round in 0..2 {
@@ -243,4 +262,5 @@ fn decode_graphs_replay_the_eager_steps_bit_for_bit() {
             }
         }
     }
+    g.set_dtype(Dtype::F32);
 }
