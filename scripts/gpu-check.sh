@@ -146,6 +146,9 @@ echo "== one GRPO step on the device (sampled generation, recompute, backward, A
     --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b.json"
 "$arbor" bench gpu --kind rl-step --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
     --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16.json"
+# the same with decode graphs (rows padded to buckets as sequences finish: cuda::graphs)
+ARBOR_CUDA_GRAPHS=1 "$arbor" bench gpu --kind rl-step --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --prompts 16 \
+    --samples 8 --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16_graphs.json"
 if [ "${GPU_CHECK_PEERS:-1}" = "1" ] && python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
     echo "== PyTorch / transformers peers on the same GPU and shapes (f32 and bf16)"
     for dt in f32 bf16; do
