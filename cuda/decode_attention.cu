@@ -149,7 +149,8 @@ extern "C" __global__ void decode_attn_f32_bf16(float* out, int out_stride, cons
 //   - the block's 4 warps take chunks of 32 positions in turn (warp w: positions 32 w .., then
 //     32 (w + 4) ..);
 //   - scores: lane l scores position j0 + l against every head of the group (its key row read
-//     once; the group's queries, scaled by 1 / sqrt(D), from shared memory);
+//     once, in 16-byte loads where D is a multiple of 16 bytes' elements; the group's queries,
+//     scaled by 1 / sqrt(D), from shared memory; the dims summed in order either way);
 //   - the chunk's softmax statistics per head by warp reductions (running max m, sum l);
 //   - values: lanes over dims (d = lane, lane + 32, ..), the chunk's positions in order, each
 //     position's weight per head broadcast from its lane by a shuffle;
@@ -158,6 +159,24 @@ extern "C" __global__ void decode_attn_f32_bf16(float* out, int out_stride, cons
 //   DEC_GQA_G * DM * (1 + 4) + 2 * 4 * DEC_GQA_G floats: DM 64 10.5 KB, 128 20.7 KB).
 
 #define DEC_GQA_G 8
+
+// 16 bytes at p (16-byte aligned) widened to f32: 4 floats, or 8 bf16 values.
+__device__ __forceinline__ void load16(const float* p, float* out) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x;
+    out[1] = v.y;
+    out[2] = v.z;
+    out[3] = v.w;
+}
+__device__ __forceinline__ void load16(const unsigned short* p, float* out) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const unsigned int w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        out[2 * e] = bf16_to_f32((unsigned short)(w[e] & 0xffffu));
+        out[2 * e + 1] = bf16_to_f32((unsigned short)(w[e] >> 16));
+    }
+}
 
 template <typename TC, int DM, typename TO = float>
 __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const float* __restrict__ q, int q_stride,
@@ -200,11 +219,26 @@ __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const floa
         for (int hh = 0; hh < G; ++hh) s[hh] = 0.0f;
         if (valid) {
             const TC* kr = kb + (long long)j * head_dim;
-            for (int d = 0; d < head_dim; ++d) {
-                const float kd = load_f(kr + d);
+            constexpr int VEC = 16 / sizeof(TC);
+            if (head_dim % VEC == 0) {
+                // 16-byte loads of the key row (aligned: every row starts on a multiple of VEC
+                // elements), the dims summed in the same order as below
+                for (int d0 = 0; d0 < head_dim; d0 += VEC) {
+                    float kd[VEC];
+                    load16(kr + d0, kd);
 #pragma unroll
-                for (int hh = 0; hh < G; ++hh)
-                    if (hh < group) s[hh] += s_q[hh][d] * kd;
+                    for (int e = 0; e < VEC; ++e)
+#pragma unroll
+                        for (int hh = 0; hh < G; ++hh)
+                            if (hh < group) s[hh] += s_q[hh][d0 + e] * kd[e];
+                }
+            } else {
+                for (int d = 0; d < head_dim; ++d) {
+                    const float kd = load_f(kr + d);
+#pragma unroll
+                    for (int hh = 0; hh < G; ++hh)
+                        if (hh < group) s[hh] += s_q[hh][d] * kd;
+                }
             }
         }
         // the chunk's weights p = exp(s - m) per head, rescaling what came before (lane 0's

@@ -8,6 +8,7 @@ for compute_80 and compute_90 with `--std=c++17`. The check fails (exit 1) on:
   * a compile error,
   * a non-empty compile log (warnings count as failures),
   * an `extern "C" __global__ void NAME(` in the source with no `.entry NAME` in the PTX,
+  * an entry whose PTX uses local memory (a per-thread array not kept in registers),
   * any #include directive in a .cu file or in common.cuh.
 
 The library is taken from $NVRTC_LIB, else searched under .venv-nvrtc, else the
@@ -147,6 +148,11 @@ def main(argv):
                 continue
             if log:
                 print("FAIL %s %s: non-empty log (warnings)\n%s" % (rel, arch, log))
+                failed = True
+                continue
+            depot = [b.split("(")[0].strip() for b in re.split(r"\.entry\s+", ptx)[1:] if "__local_depot" in b]
+            if depot:
+                print("FAIL %s %s: local memory in %s" % (rel, arch, ", ".join(depot)))
                 failed = True
                 continue
             ptx_entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
