@@ -5,12 +5,20 @@
 #   bash scripts/gpu-check.sh gpu-bin      # uses prebuilt binaries (a GPU machine without cargo/registry):
 #                                          # make them on a build machine with `bash scripts/gpu-check.sh --build gpu-bin`
 #
-# Prints each kernel's largest error against the CPU backend (tests/cuda/), then the benchmarks:
-# (GPU_CHECK_PEERS=0 skips the PyTorch peers, GPU_CHECK_COUNTDOWN=0 the Countdown job,
-# GPU_CHECK_FULL=1 runs that job whole instead of its short version)
-# attention fwd+bwd vs PyTorch SDPA on the same shape (ratio), a train step of a ~0.5B
-# Qwen2-shaped model (tokens/s, MFU), and writes them to $OUT (default gpu-check-out/) for
-# docs/benchmarks.md. Needs libcuda, libnvrtc, libcublas on the loader path (PyTorch's wheels
+# Prints each kernel's largest error against the CPU backend (tests/cuda/), then the benchmarks,
+# each beside its PyTorch peer on the same GPU and shape, and writes them to $OUT (default
+# gpu-check-out/) for docs/benchmarks.md. Parts, in this order:
+#   tests     the GPU tests (GPU vs CPU)
+#   headline  the figures the open issues ask for, with their peers: bf16 attention (head dims 64
+#             and 128) vs SDPA, the bf16 train step vs torch, bf16 greedy and sampled generation
+#             vs transformers, the bf16 rl-step
+#   countdown configs/countdown-gpu.toml, short (GPU_CHECK_FULL=1: whole, ~10 min)
+#   variants  f32 and tf32, the other kernel plans (grouped dK/dV, per-head decode attention),
+#             decode graphs elsewhere, f32 generation and their peers
+# GPU_CHECK_PARTS=tests,headline (comma-separated) runs only those parts; GPU_CHECK_BUDGET_S=N
+# starts no benchmark after N seconds (a device session of a few minutes brings back the most
+# important figures first); GPU_CHECK_PEERS=0 skips the PyTorch peers, GPU_CHECK_COUNTDOWN=0 the
+# Countdown job. Needs libcuda, libnvrtc, libcublas on the loader path (PyTorch's wheels
 # carry the last two: this script adds their directories) and, for the peer, python3 with torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,126 +78,79 @@ fi
 # everything it can); the exit status says at the end whether anything failed
 set +e
 tests_rc=0
-echo "== kernel and train-step tests (GPU vs CPU; a missing device or NVRTC fails them)"
-ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 2>&1 | tee "$out/tests.txt" || tests_rc=1
-if grep -q "skipped: no CUDA device" "$out/tests.txt"; then
-    echo "gpu-check: the tests found no CUDA device" >&2
-    exit 1
-fi
-
-echo "== the device's ceilings: copy bandwidth, product rate of each dtype at a 0.5B training shape"
-"$arbor" bench gpu --kind ceilings --batch 4 --seq 1024 | tee "$out/ceilings.json"
-echo "== attention fwd+bwd vs PyTorch SDPA"
-shape=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
-"$arbor" bench gpu --kind attention "${shape[@]}" | tee "$out/attention.json"
-"$arbor" bench gpu --kind attention --dtype bf16 "${shape[@]}" | tee "$out/attention_bf16.json"
-"$arbor" bench gpu --kind attention --dtype bf16 --batch 4 --heads 16 --kv-heads 4 --head-dim 128 | tee "$out/attention_bf16_d128.json"
-# the backward's other dK/dV plan (one block loops over a GQA group's heads), for the record
-"$arbor" bench gpu --kind attention --dkdv grouped "${shape[@]}" | tee "$out/attention_grouped.json"
-"$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${shape[@]}" | tee "$out/attention_bf16_grouped.json"
-if python3 -c "import torch" 2>/dev/null; then
-    python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype f32 | tee "$out/sdpa.json"
-    python3 scripts/peer/sdpa_bench.py "${shape[@]}" --dtype bf16 | tee "$out/sdpa_bf16.json"
-    python3 scripts/peer/sdpa_bench.py --batch 4 --seq 1024 --heads 16 --kv-heads 4 --head-dim 128 --dtype bf16 \
-        | tee "$out/sdpa_bf16_d128.json"
-    python3 - "$out" <<'PY'
-import json, os, sys
-d = sys.argv[1]
-for ours, peer in (("attention.json", "sdpa.json"), ("attention_grouped.json", "sdpa.json"),
-                   ("attention_bf16.json", "sdpa_bf16.json"),
-                   ("attention_bf16_grouped.json", "sdpa_bf16.json"),
-                   ("attention_bf16_d128.json", "sdpa_bf16_d128.json")):
-    if not (os.path.exists(f"{d}/{ours}") and os.path.exists(f"{d}/{peer}")):
-        continue
-    a = json.load(open(f"{d}/{ours}")); p = json.load(open(f"{d}/{peer}"))
-    print(f"attention fwd+bwd ({a['dtype']}, dK/dV {a.get('dkdv', '-')}, d {a['head_dim']}): arbor {a['fwd_ms']:.2f} + {a['bwd_ms']:.2f} ms, torch SDPA {p.get('dtype')} "
-          f"{p['fwd_bwd_ms']:.2f} ms, arbor speed = {p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a['device']})")
-PY
-fi
-
-echo "== train step, Qwen2-0.5B shape (random weights): f32, then tf32 and bf16 products ([train] dtype)"
-"$arbor" bench gpu --kind train-step --model-config configs/models/qwen2-0.5b-shape --batch 4 --seq 1024 \
-    | tee "$out/train_step.json"
-for dt in tf32 bf16; do
-    "$arbor" bench gpu --kind train-step --dtype "$dt" --model-config configs/models/qwen2-0.5b-shape --batch 4 --seq 1024 \
-        | tee "$out/train_step_$dt.json"
-done
-echo "== greedy generation (device KV cache), bench-tiny and the 0.5B shape"
-"$arbor" bench gpu --kind generate --model-config configs/models/bench-tiny --batch 64 | tee "$out/generate_tiny.json"
-"$arbor" bench gpu --kind generate --model-config configs/models/qwen2-0.5b-shape --batch 64 --new-tokens 256 \
-    | tee "$out/generate_0.5b.json"
-echo "== sampled generation (tokens drawn on the device), the 0.5B shape, batch 16 / 64 / 256"
-for b in 16 64 256; do
-    "$arbor" bench gpu --kind generate --sample --model-config configs/models/qwen2-0.5b-shape --batch "$b" --warmup 1 --steps 2 \
-        --new-tokens 64 | tee "$out/generate_sampled_0.5b_b$b.json"
-done
-echo "== greedy generation with bf16 products, the 0.5B shape, batch 256, 16 + 256 tokens"
-"$arbor" bench gpu --kind generate --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch 256 --new-tokens 256 \
-    --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16.json"
-"$arbor" bench gpu --kind generate --graphs --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch 256 \
-    --new-tokens 256 --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16_graphs.json"
-# the decode attention's other kernel (one block per query head, each reading the group's cache)
-"$arbor" bench gpu --kind generate --decode-attn per-head --dtype bf16 --model-config configs/models/qwen2-0.5b-shape \
-    --batch 256 --new-tokens 256 --warmup 1 --steps 2 | tee "$out/generate_greedy_0.5b_b256_bf16_per_head_attn.json"
-echo "== decode steps replayed as CUDA graphs (opt-in), bf16, batch 16 / 256"
-for b in 16 256; do
-    "$arbor" bench gpu --kind generate --sample --graphs --dtype bf16 --model-config configs/models/qwen2-0.5b-shape \
-        --batch "$b" --warmup 1 --steps 2 --new-tokens 64 | tee "$out/generate_sampled_0.5b_b${b}_bf16_graphs.json"
-done
-echo "== the same with bf16 products (decoder weights rounded once per version), batch 16 / 256"
-for b in 16 256; do
-    "$arbor" bench gpu --kind generate --sample --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --batch "$b" \
-        --warmup 1 --steps 2 --new-tokens 64 | tee "$out/generate_sampled_0.5b_b${b}_bf16.json"
-done
-echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), the 0.5B shape"
-"$arbor" bench gpu --kind rl-step --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
-    --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b.json"
-"$arbor" bench gpu --kind rl-step --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --prompts 16 --samples 8 \
-    --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16.json"
-# the same with decode graphs (rows padded to buckets as sequences finish: cuda::graphs)
-ARBOR_CUDA_GRAPHS=1 "$arbor" bench gpu --kind rl-step --dtype bf16 --model-config configs/models/qwen2-0.5b-shape --prompts 16 \
-    --samples 8 --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16_graphs.json"
+t_start=$SECONDS
+budget="${GPU_CHECK_BUDGET_S:-0}"
+parts=",${GPU_CHECK_PARTS:-tests,headline,countdown,variants},"
+[ "${GPU_CHECK_COUNTDOWN:-1}" = "1" ] || parts="${parts//,countdown,/,}"
+: > "$out/skipped.txt"
+# part NAME: whether part NAME is selected
+part() { case "$parts" in *",$1,"*) return 0 ;; *) echo "== part $1: not selected" | tee -a "$out/skipped.txt"; return 1 ;; esac; }
+# in_budget WHAT: whether the time budget (if any) leaves room to start WHAT
+in_budget() {
+    if [ "$budget" != 0 ] && [ $((SECONDS - t_start)) -ge "$budget" ]; then
+        echo "skipped (time budget of $budget s spent): $1" | tee -a "$out/skipped.txt"
+        return 1
+    fi
+}
+# run NAME CMD...: CMD's output (a JSON line) to $out/NAME.json, within the budget
+run() {
+    local name="$1"; shift
+    in_budget "$name" || return 0
+    "$@" | tee "$out/$name.json"
+}
+peers=0
 if [ "${GPU_CHECK_PEERS:-1}" = "1" ] && python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
-    echo "== PyTorch / transformers peers on the same GPU and shapes (f32 and bf16)"
-    for dt in f32 bf16; do
-        python3 scripts/peer/torch_train_step.py --device cuda --dtype "$dt" --model-config configs/models/qwen2-0.5b-shape \
-            --batch 4 --seq 1024 --steps 5 --warmup 2 | tee "$out/peer_train_step_$dt.json" || true
-        for b in 16 64 256; do
-            python3 scripts/peer/hf_generate.py --device cuda --dtype "$dt" --model-config configs/models/qwen2-0.5b-shape \
-                --batch "$b" --new-tokens 64 --reps 2 | tee "$out/peer_generate_sampled_0.5b_b${b}_$dt.json" || true
-        done
-    done
-    # the peer of the bf16 greedy figure (issue: arbor >= 10x transformers bf16 at batch 256)
-    python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 --greedy --model-config configs/models/qwen2-0.5b-shape \
-        --batch 256 --new-tokens 256 --reps 1 | tee "$out/peer_generate_greedy_0.5b_b256_bf16.json" || true
-    python3 - "$out" <<'PY' | tee "$out/ratios.txt"
-import json, os, sys
-d = sys.argv[1]
-def load(name):
-    p = os.path.join(d, name)
-    return json.load(open(p)) if os.path.exists(p) else None
-def ratio(what, ours, peer):
-    a, p = load(ours), load(peer)
-    if a and p and a.get("tokens_per_s") and p.get("tokens_per_s"):
-        print(f"{what}: arbor {a['tokens_per_s']:,.0f} tok/s, peer {p['tokens_per_s']:,.0f} tok/s "
-              f"({p.get('dtype')}), arbor = {a['tokens_per_s'] / p['tokens_per_s']:.2f}x ({p.get('device')})")
-for ours in ("tf32", "bf16"):
-    ratio(f"train step 0.5B 4x1024, arbor {ours} products vs torch bf16", f"train_step_{ours}.json", "peer_train_step_bf16.json")
-ratio("greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16 vs transformers bf16",
-      "generate_greedy_0.5b_b256_bf16.json", "peer_generate_greedy_0.5b_b256_bf16.json")
-ratio("greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16 + CUDA graphs vs transformers bf16",
-      "generate_greedy_0.5b_b256_bf16_graphs.json", "peer_generate_greedy_0.5b_b256_bf16.json")
-for b in (16, 256):
-    ratio(f"sampled generation 0.5B batch {b}, arbor bf16 products vs transformers bf16",
-          f"generate_sampled_0.5b_b{b}_bf16.json", f"peer_generate_sampled_0.5b_b{b}_bf16.json")
-for dt in ("f32", "bf16"):
-    ratio(f"train step 0.5B 4x1024 vs torch {dt}", "train_step.json", f"peer_train_step_{dt}.json")
-    for b in (16, 64, 256):
-        ratio(f"sampled generation 0.5B batch {b} vs transformers {dt}", f"generate_sampled_0.5b_b{b}.json",
-              f"peer_generate_sampled_0.5b_b{b}_{dt}.json")
-PY
+    peers=1
 fi
-if [ "${GPU_CHECK_COUNTDOWN:-1}" = "1" ]; then
+# peer NAME CMD...: a PyTorch peer, when torch and transformers are there
+peer() { [ "$peers" = 1 ] && run "$@"; }
+q05=(--model-config configs/models/qwen2-0.5b-shape)
+att64=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
+att128=(--batch 4 --seq 1024 --heads 16 --kv-heads 4 --head-dim 128)
+
+if part tests; then
+    echo "== kernel and train-step tests (GPU vs CPU; a missing device or NVRTC fails them)"
+    ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 2>&1 | tee "$out/tests.txt" || tests_rc=1
+    if grep -q "skipped: no CUDA device" "$out/tests.txt"; then
+        echo "gpu-check: the tests found no CUDA device" >&2
+        exit 1
+    fi
+fi
+
+if part headline; then
+    echo "== the device's ceilings: copy bandwidth, product rate of each dtype at a 0.5B training shape"
+    run ceilings "$arbor" bench gpu --kind ceilings --batch 4 --seq 1024
+    echo "== bf16 attention fwd+bwd vs PyTorch SDPA bf16, head dims 64 and 128"
+    run attention_bf16 "$arbor" bench gpu --kind attention --dtype bf16 "${att64[@]}"
+    peer sdpa_bf16 python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype bf16
+    run attention_bf16_d128 "$arbor" bench gpu --kind attention --dtype bf16 "${att128[@]}"
+    peer sdpa_bf16_d128 python3 scripts/peer/sdpa_bench.py "${att128[@]}" --dtype bf16
+    echo "== bf16 train step, Qwen2-0.5B shape (random weights), 4 x 1024 tokens, vs torch bf16"
+    run train_step_bf16 "$arbor" bench gpu --kind train-step --dtype bf16 "${q05[@]}" --batch 4 --seq 1024
+    peer peer_train_step_bf16 python3 scripts/peer/torch_train_step.py --device cuda --dtype bf16 "${q05[@]}" \
+        --batch 4 --seq 1024 --steps 5 --warmup 2
+    echo "== bf16 greedy generation, 0.5B shape, batch 256, 16 + 256 tokens (eager, CUDA graphs) vs transformers bf16"
+    run generate_greedy_0.5b_b256_bf16 "$arbor" bench gpu --kind generate --dtype bf16 "${q05[@]}" --batch 256 \
+        --new-tokens 256 --warmup 1 --steps 2
+    run generate_greedy_0.5b_b256_bf16_graphs "$arbor" bench gpu --kind generate --graphs --dtype bf16 "${q05[@]}" \
+        --batch 256 --new-tokens 256 --warmup 1 --steps 2
+    peer peer_generate_greedy_0.5b_b256_bf16 python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 --greedy \
+        "${q05[@]}" --batch 256 --new-tokens 256 --reps 1
+    echo "== bf16 sampled generation (tokens drawn on the device), 0.5B shape, batch 16 / 256, eager and graphs"
+    for b in 16 256; do
+        run "generate_sampled_0.5b_b${b}_bf16" "$arbor" bench gpu --kind generate --sample --dtype bf16 "${q05[@]}" \
+            --batch "$b" --warmup 1 --steps 2 --new-tokens 64
+        run "generate_sampled_0.5b_b${b}_bf16_graphs" "$arbor" bench gpu --kind generate --sample --graphs --dtype bf16 \
+            "${q05[@]}" --batch "$b" --warmup 1 --steps 2 --new-tokens 64
+        peer "peer_generate_sampled_0.5b_b${b}_bf16" python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 \
+            "${q05[@]}" --batch "$b" --new-tokens 64 --reps 2
+    done
+    echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), bf16, the 0.5B shape"
+    run rl_step_0.5b_bf16 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" --prompts 16 --samples 8 \
+        --new-tokens 64 --steps 2 --warmup 1
+fi
+
+if part countdown && in_budget countdown; then
     echo "== Countdown SFT then GRPO on the GPU (configs/countdown-gpu.toml; GPU_CHECK_FULL=1: the whole job, ~10 min)"
     cfg=configs/countdown-gpu.toml
     if [ "${GPU_CHECK_FULL:-0}" != "1" ]; then
@@ -207,7 +168,82 @@ if [ "${GPU_CHECK_COUNTDOWN:-1}" = "1" ]; then
     cp "$out"/runs/*/metrics.jsonl "$out/countdown_gpu_metrics.jsonl" 2>/dev/null || true
     rm -rf "$out/runs"
 fi
-echo "gpu-check: results in $out/"
+
+if part variants; then
+    echo "== attention: f32, and the backward's other dK/dV plan (one block loops over a GQA group's heads)"
+    run attention "$arbor" bench gpu --kind attention "${att64[@]}"
+    peer sdpa python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype f32
+    run attention_grouped "$arbor" bench gpu --kind attention --dkdv grouped "${att64[@]}"
+    run attention_bf16_grouped "$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${att64[@]}"
+    echo "== train step with f32 and tf32 products, vs torch f32"
+    run train_step "$arbor" bench gpu --kind train-step "${q05[@]}" --batch 4 --seq 1024
+    run train_step_tf32 "$arbor" bench gpu --kind train-step --dtype tf32 "${q05[@]}" --batch 4 --seq 1024
+    peer peer_train_step_f32 python3 scripts/peer/torch_train_step.py --device cuda --dtype f32 "${q05[@]}" \
+        --batch 4 --seq 1024 --steps 5 --warmup 2
+    echo "== generation with f32 products: bench-tiny, the 0.5B shape greedy and sampled (batch 16 / 64 / 256)"
+    run generate_tiny "$arbor" bench gpu --kind generate --model-config configs/models/bench-tiny --batch 64
+    run generate_0.5b "$arbor" bench gpu --kind generate "${q05[@]}" --batch 64 --new-tokens 256
+    for b in 16 64 256; do
+        run "generate_sampled_0.5b_b$b" "$arbor" bench gpu --kind generate --sample "${q05[@]}" --batch "$b" --warmup 1 \
+            --steps 2 --new-tokens 64
+        peer "peer_generate_sampled_0.5b_b${b}_f32" python3 scripts/peer/hf_generate.py --device cuda --dtype f32 \
+            "${q05[@]}" --batch "$b" --new-tokens 64 --reps 2
+    done
+    peer peer_generate_sampled_0.5b_b64_bf16 python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 "${q05[@]}" \
+        --batch 64 --new-tokens 64 --reps 2
+    echo "== the decode attention's other kernel (one block per query head, each reading the group's cache), bf16"
+    run generate_greedy_0.5b_b256_bf16_per_head_attn "$arbor" bench gpu --kind generate --decode-attn per-head \
+        --dtype bf16 "${q05[@]}" --batch 256 --new-tokens 256 --warmup 1 --steps 2
+    echo "== the GRPO step with f32 products, and bf16 with decode graphs (rows padded to buckets as sequences finish)"
+    run rl_step_0.5b "$arbor" bench gpu --kind rl-step "${q05[@]}" --prompts 16 --samples 8 --new-tokens 64 --steps 2 \
+        --warmup 1
+    in_budget rl_step_0.5b_bf16_graphs && ARBOR_CUDA_GRAPHS=1 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" \
+        --prompts 16 --samples 8 --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16_graphs.json"
+fi
+
+# every ratio whose two figures exist
+python3 - "$out" <<'PY' | tee "$out/ratios.txt"
+import json, os, sys
+d = sys.argv[1]
+def load(name):
+    p = os.path.join(d, name)
+    try:
+        return json.loads(open(p).read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+for ours, peer in (("attention_bf16.json", "sdpa_bf16.json"), ("attention_bf16_d128.json", "sdpa_bf16_d128.json"),
+                   ("attention_bf16_grouped.json", "sdpa_bf16.json"), ("attention.json", "sdpa.json"),
+                   ("attention_grouped.json", "sdpa.json")):
+    a, p = load(ours), load(peer)
+    if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
+        print(f"attention fwd+bwd ({a['dtype']}, dK/dV {a.get('dkdv', '-')}, d {a['head_dim']}): arbor {a['fwd_ms']:.2f} + "
+              f"{a['bwd_ms']:.2f} ms, torch SDPA {p.get('dtype')} {p['fwd_bwd_ms']:.2f} ms, arbor speed = "
+              f"{p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a['device']})")
+def ratio(what, ours, peer):
+    a, p = load(ours), load(peer)
+    if a and p and a.get("tokens_per_s") and p.get("tokens_per_s"):
+        print(f"{what}: arbor {a['tokens_per_s']:,.0f} tok/s, peer {p['tokens_per_s']:,.0f} tok/s "
+              f"({p.get('dtype')}), arbor = {a['tokens_per_s'] / p['tokens_per_s']:.2f}x ({p.get('device')})")
+for ours in ("bf16", "tf32"):
+    ratio(f"train step 0.5B 4x1024, arbor {ours} products vs torch bf16", f"train_step_{ours}.json", "peer_train_step_bf16.json")
+for g in ("", "_graphs"):
+    ratio(f"greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16{' + CUDA graphs' if g else ''} vs transformers bf16",
+          f"generate_greedy_0.5b_b256_bf16{g}.json", "peer_generate_greedy_0.5b_b256_bf16.json")
+for b in (16, 256):
+    for g in ("", "_graphs"):
+        ratio(f"sampled generation 0.5B batch {b}, arbor bf16{' + CUDA graphs' if g else ''} vs transformers bf16",
+              f"generate_sampled_0.5b_b{b}_bf16{g}.json", f"peer_generate_sampled_0.5b_b{b}_bf16.json")
+ratio("train step 0.5B 4x1024, f32 vs torch f32", "train_step.json", "peer_train_step_f32.json")
+for b in (16, 64, 256):
+    ratio(f"sampled generation 0.5B batch {b}, f32 vs transformers f32", f"generate_sampled_0.5b_b{b}.json",
+          f"peer_generate_sampled_0.5b_b{b}_f32.json")
+# issue 16: tokens/s must grow with the batch (batch 256 >= 4x batch 16)
+for suffix in ("_bf16", "_bf16_graphs", ""):
+    lo, hi = load(f"generate_sampled_0.5b_b16{suffix}.json"), load(f"generate_sampled_0.5b_b256{suffix}.json")
+    if lo and hi and lo.get("tokens_per_s") and hi.get("tokens_per_s"):
+        print(f"sampled generation{suffix or ' f32'}: batch 256 = {hi['tokens_per_s'] / lo['tokens_per_s']:.2f}x batch 16")
+PY
+echo "gpu-check: results in $out/ ($((SECONDS - t_start)) s)"
 python3 scripts/gpu_summary.py "$out" | tee "$out/summary.txt" || true
 if [ "$tests_rc" != 0 ]; then
     echo "gpu-check: some GPU tests FAILED (see $out/tests.txt)" >&2

@@ -58,6 +58,10 @@ def main():
     if os.path.exists(ratios):
         lines.append("ratios:")
         lines.extend("  " + r for r in open(ratios).read().strip().splitlines())
+    sk = os.path.join(d, "skipped.txt")
+    if os.path.exists(sk) and open(sk).read().strip():
+        lines.append("not run:")
+        lines.extend("  " + l for l in open(sk).read().strip().splitlines())
     cd = os.path.join(d, "countdown_gpu.txt")
     if os.path.exists(cd):
         keep = [l for l in open(cd).read().splitlines() if re.search(r"held-out|solve rate|wall time|error", l)]
