@@ -90,7 +90,7 @@ impl RowsDev {
 /// scratch, q|k|v, attention output, gate|up, SwiGLU output, and the logits of the picked rows.
 /// With bf16 products the normed rows, attention output and SwiGLU output, the first operands of
 /// the products, are written in bf16 by the kernels that make them (`ln16`, `att16`, `act16`;
-/// `ln` then only serves [`DecodeDevice::gather`] as scratch, `att` and `act` stay unused).
+/// `ln` then only serves [`DecodeDevice::gather`] as scratch, `att` and `act` are not grown).
 struct StepBufs {
     x: CudaSlice<f32>,
     ln: CudaSlice<f32>,
@@ -249,9 +249,7 @@ impl GpuDecoder {
             (&mut bf.ln, b * c),
             (&mut bf.rstd, b),
             (&mut bf.qkv, b * cfg.qkv_dim()),
-            (&mut bf.att, b * cfg.attn_dim()),
             (&mut bf.gate_up, b * 2 * inter),
-            (&mut bf.act, b * inter),
             (&mut bf.logits, n.max(1) * v),
         ] {
             g.grow(buf, len)?;
@@ -262,6 +260,9 @@ impl GpuDecoder {
             grow16(g, &mut bf.ln16, b * c)?;
             grow16(g, &mut bf.att16, b * cfg.attn_dim())?;
             grow16(g, &mut bf.act16, b * inter)?;
+        } else {
+            g.grow(&mut bf.att, b * cfg.attn_dim())?;
+            g.grow(&mut bf.act, b * inter)?;
         }
         let fingerprint = match self.graphs.enabled() && uniform {
             true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache, ops16),
