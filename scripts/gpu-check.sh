@@ -245,6 +245,8 @@ for suffix in ("_bf16", "_bf16_graphs", ""):
 PY
 echo "gpu-check: results in $out/ ($((SECONDS - t_start)) s)"
 python3 scripts/gpu_summary.py "$out" | tee "$out/summary.txt" || true
+# the row of docs/benchmarks.md's results table
+python3 scripts/gpu_summary.py --markdown "$out" | tee "$out/benchmarks_row.md" || true
 if [ "$tests_rc" != 0 ]; then
     echo "gpu-check: some GPU tests FAILED (see $out/tests.txt)" >&2
     exit 1

@@ -2,7 +2,8 @@
 """The short table gpu-check.sh prints last: test results, every benchmark's headline figure and
 the ratios against the PyTorch peers, read from the files the run wrote to its output folder.
 
-Usage: python3 scripts/gpu_summary.py OUT_DIR
+Usage: python3 scripts/gpu_summary.py OUT_DIR             # the summary
+       python3 scripts/gpu_summary.py --markdown OUT_DIR  # the row of docs/benchmarks.md's results table
 """
 import json
 import os
@@ -70,5 +71,44 @@ def main():
     print("\n".join(lines))
 
 
+def markdown(d):
+    """docs/benchmarks.md's results row: device | generation 0.5B batch 16 / 64 / 256 (sampled; f32,
+    bf16) | train step f32 / tf32 / bf16 tok/s (MFU) | attention fwd+bwd bf16 vs SDPA bf16 | rl-step
+    generate / recompute / train s | countdown-gpu before -> after, wall time. A missing figure is "-"."""
+    def tok(name):
+        j = load(d, name)
+        return f"{j['tokens_per_s']:,.0f}" if j and isinstance(j.get("tokens_per_s"), (int, float)) else "-"
+    dev = open(os.path.join(d, "device.txt")).read().strip() if os.path.exists(os.path.join(d, "device.txt")) else "-"
+    gen = "; ".join(" / ".join(tok(f"generate_sampled_0.5b_b{b}{sfx}.json") for b in (16, 64, 256)) + f" ({dt})"
+                    for sfx, dt in (("", "f32"), ("_bf16", "bf16"), ("_bf16_graphs", "bf16 + graphs")))
+    steps = []
+    for name in ("train_step.json", "train_step_tf32.json", "train_step_bf16.json"):
+        j = load(d, name)
+        steps.append(f"{j['tokens_per_s']:,.0f} ({j['mfu']:.0%})" if j and "mfu" in j else "-")
+    att = []
+    for ours, peer, what in (("attention_bf16.json", "sdpa_bf16.json", "d 64"),
+                             ("attention_bf16_d128.json", "sdpa_bf16_d128.json", "d 128")):
+        a, p = load(d, ours), load(d, peer)
+        if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
+            att.append(f"{what}: {a['fwd_bwd_ms']:.2f} vs {p['fwd_bwd_ms']:.2f} ms ({p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x)")
+    rl = []
+    for name, what in (("rl_step_0.5b.json", "f32"), ("rl_step_0.5b_bf16.json", "bf16")):
+        j = load(d, name)
+        if j and all(k in j for k in ("generate_s", "recompute_s", "train_s")):
+            rl.append(f"{what}: {j['generate_s']:.2f} / {j['recompute_s']:.2f} / {j['train_s']:.2f}")
+    cd = "-"
+    p = os.path.join(d, "countdown_gpu.txt")
+    if os.path.exists(p):
+        text = open(p).read()
+        rate = re.findall(r"held-out solve rate[^\n]*", text)
+        wall = re.findall(r"wall time: (\d+) s", text)
+        cd = (rate[-1] if rate else "no solve rate printed") + (f", {wall[-1]} s" if wall else "")
+    cells = [dev, gen, " / ".join(steps), "; ".join(att) or "-", "; ".join(rl) or "-", cd]
+    print("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        markdown(sys.argv[2])
+    else:
+        main()
