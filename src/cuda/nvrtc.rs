@@ -112,7 +112,8 @@ pub struct Compiled {
 
 /// The PTX of module `name` for `arch`, compiled once per process (every device context of the
 /// process, e.g. one engine per training phase, loads the same text; NVRTC takes about a second
-/// per file, loading the PTX far less).
+/// per file, loading the PTX far less), and kept on disk across processes ([`disk_cache_dir`]:
+/// a run of benchmarks, each its own process, compiles each file once).
 pub fn ptx_cached(name: &str, arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
@@ -124,10 +125,61 @@ pub fn ptx_cached(name: &str, arch: &str) -> Result<std::sync::Arc<Vec<u8>>> {
         return Ok(p.clone());
     }
     // compiled outside the lock (another thread may compile the same module: both results agree)
-    let ptx = Arc::new(compile(name, arch)?.ptx);
+    let ptx = Arc::new(ptx_on_disk(disk_cache_dir().as_deref(), name, arch)?);
     cache.lock().map_err(|_| Error::device("NVRTC cache", "poisoned"))?.insert(key, ptx.clone());
     Ok(ptx)
 }
+
+/// Where compiled PTX is kept across processes: `$ARBOR_PTX_CACHE` (empty or "off": nowhere),
+/// else `$XDG_CACHE_HOME/arbor/ptx`, else `$HOME/.cache/arbor/ptx`.
+pub fn disk_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    match std::env::var("ARBOR_PTX_CACHE") {
+        Ok(v) if v.is_empty() || v == "off" => None,
+        Ok(v) => Some(PathBuf::from(v)),
+        Err(_) => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("arbor").join("ptx")),
+    }
+}
+
+/// The file in `dir` that holds module `name`'s PTX for `arch`: named by the module, the
+/// architecture and a hash of everything the PTX depends on (the full source with its
+/// preludes, the architecture, the options and NVRTC's version), so an edited kernel or another
+/// NVRTC never reads an old file.
+pub fn cache_file(dir: &std::path::Path, name: &str, arch: &str) -> Result<std::path::PathBuf> {
+    let (major, minor) = version()?;
+    let material = format!("{}\0{arch}\0{}\0nvrtc {major}.{minor}", source(name)?, OPTIONS.join(" "));
+    // FNV-1a, 64 bits
+    let hash = material.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    Ok(dir.join(format!("{name}-{arch}-{hash:016x}.ptx")))
+}
+
+/// Module `name`'s PTX for `arch`: read from its file in `dir` when one is there and holds PTX,
+/// else compiled and written there (through a temporary file and a rename, so a reader never sees
+/// half a file). A cache that cannot be read or written is passed over: the module compiles.
+pub fn ptx_on_disk(dir: Option<&std::path::Path>, name: &str, arch: &str) -> Result<Vec<u8>> {
+    let Some(dir) = dir else { return Ok(compile(name, arch)?.ptx) };
+    let file = cache_file(dir, name, arch)?;
+    if let Ok(ptx) = std::fs::read(&file) {
+        if ptx.windows(7).any(|w| w == b".entry ") {
+            return Ok(ptx);
+        }
+    }
+    let ptx = compile(name, arch)?.ptx;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, &ptx))
+        .and_then(|_| std::fs::rename(&tmp, &file));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(ptx)
+}
+
+/// NVRTC's options besides the architecture.
+const OPTIONS: [&str; 2] = ["--std=c++17", "-default-device"];
 
 /// Compile module `name` for virtual architecture `arch` (e.g. "compute_90"). Errors carry the
 /// compiler log; a log with warnings is returned in `Compiled::log` (the caller decides).
@@ -141,7 +193,8 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
         CString::new(format!("{name}.cu")).map_err(|_| Error::device("NVRTC", format!("bad module name {name:?}")))?;
     let prog = result::create_program(&src, Some(&cname))
         .map_err(|e| Error::device(format!("nvrtcCreateProgram({name})"), format!("{e:?}")))?;
-    let opts = [format!("--gpu-architecture={arch}"), "--std=c++17".into(), "-default-device".into()];
+    let mut opts = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(OPTIONS.iter().map(|o| o.to_string()));
     // SAFETY: `prog` is a live program (created above, destroyed only at the end).
     let outcome = unsafe { result::compile_program(prog, &opts) };
     // SAFETY: `prog` is still live; the log is copied into an owned buffer before it is destroyed.
@@ -209,5 +262,42 @@ mod tests {
         }
         assert_eq!(prelude_of("// prelude: mma.cuh\nint x;"), Some("mma.cuh"));
         assert_eq!(prelude_of("// a comment\n// prelude: mma.cuh"), None);
+    }
+
+    /// The disk cache: a first use compiles and writes the module's file; a second reads it back
+    /// (a marked copy comes back as it is); a file without PTX in it is compiled again and
+    /// replaced; architectures and modules have files of their own; no temporary file is left;
+    /// a directory that cannot be made still gives the compiled PTX.
+    #[test]
+    fn compiled_ptx_is_kept_on_disk_and_read_back() {
+        if !available() {
+            println!("skipped: libnvrtc not found on the loader path");
+            return;
+        }
+        use std::fs;
+        let dir = std::env::temp_dir().join(format!("arbor-ptx-cache-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (name, arch) = ("rope", "compute_80");
+        let fresh = compile(name, arch).unwrap().ptx;
+        assert_eq!(ptx_on_disk(Some(&dir), name, arch).unwrap(), fresh);
+        let file = cache_file(&dir, name, arch).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), fresh, "the compiled PTX is written");
+        let mut marked = fresh.clone();
+        marked.extend_from_slice(b"\n// read from the disk cache\n");
+        fs::write(&file, &marked).unwrap();
+        assert_eq!(ptx_on_disk(Some(&dir), name, arch).unwrap(), marked, "the second use reads the file");
+        fs::write(&file, b"half a fi").unwrap();
+        assert_eq!(ptx_on_disk(Some(&dir), name, arch).unwrap(), fresh);
+        assert_eq!(fs::read(&file).unwrap(), fresh, "a file without PTX is replaced");
+        assert_ne!(cache_file(&dir, name, "compute_90").unwrap(), file);
+        assert_ne!(cache_file(&dir, "swiglu", arch).unwrap(), file);
+        let names: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| n.ends_with(".ptx")), "left behind: {names:?}");
+        let blocked = dir.join("not-a-directory");
+        fs::write(&blocked, b"x").unwrap();
+        assert_eq!(ptx_on_disk(Some(&blocked), name, arch).unwrap(), fresh);
+        assert_eq!(ptx_on_disk(None, name, arch).unwrap(), fresh);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
