@@ -155,7 +155,14 @@ extern "C" __global__ void decode_attn_f32_bf16(float* out, int out_stride, cons
 //   - values: lanes over dims (d = lane, lane + 32, ..), the chunk's positions in order, each
 //     position's weight per head broadcast from its lane by a shuffle;
 //   - the warps' (m, l, acc) merged as in decode_attn.
-//   Launch: grid = (kv_heads, B), block = 128 (MUST be 128), no dynamic shared memory (static:
+//   Two more arguments, (int split_len, float* partial), split a row's positions over gridDim.z
+//   blocks (flash-decoding: few rows at long contexts would otherwise occupy a few SMs): block z
+//   attends positions [z * split_len, min(len, (z + 1) * split_len)) (none past the row's length:
+//   m = -inf, l = 0). With gridDim.z = 1 (split_len >= len) it writes `out` as above and `partial`
+//   is not read (may be null); with gridDim.z = S > 1 it writes its unnormalised (acc [8][DM],
+//   m [8], l [8]) to partial[((i * KV + g) * S + z) * (8 * DM + 16)] and decode_attn_merge_*
+//   writes `out`.
+//   Launch: grid = (kv_heads, B, S), block = 128 (MUST be 128), no dynamic shared memory (static:
 //   DEC_GQA_G * DM * (1 + 4) + 2 * 4 * DEC_GQA_G floats: DM 64 10.5 KB, 128 20.7 KB).
 
 #define DEC_GQA_G 8
@@ -182,7 +189,8 @@ template <typename TC, int DM, typename TO = float>
 __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const float* __restrict__ q, int q_stride,
                                 const TC* __restrict__ k_cache, const TC* __restrict__ v_cache,
                                 const int* __restrict__ slots, const int* __restrict__ lens, int num_heads,
-                                int kv_heads, int head_dim, int max_len) {
+                                int kv_heads, int head_dim, int max_len, int split_len,
+                                float* __restrict__ partial) {
     constexpr int G = DEC_GQA_G, DL = DM / 32;
     __shared__ float s_q[G][DM];
     __shared__ float s_acc[DEC_WARPS][G][DM];
@@ -191,6 +199,9 @@ __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const floa
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = num_heads / kv_heads;
     const int len = lens[i];
+    // this block's positions: split blockIdx.z of the row's
+    const int begin = blockIdx.z * split_len;
+    const int end = min(len, begin + split_len);
     const float scale = 1.0f / sqrtf((float)head_dim);
     const float* qg = q + (long long)i * q_stride + (long long)g * group * head_dim;
     for (int idx = threadIdx.x; idx < G * DM; idx += blockDim.x) {
@@ -210,9 +221,9 @@ __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const floa
 #pragma unroll
         for (int e = 0; e < DL; ++e) acc[hh][e] = 0.0f;
     }
-    for (int j0 = warp * 32; j0 < len; j0 += DEC_WARPS * 32) {
+    for (int j0 = begin + warp * 32; j0 < end; j0 += DEC_WARPS * 32) {
         const int j = j0 + lane;
-        const bool valid = j < len;
+        const bool valid = j < end;
         // this lane's position scored against every head of the group
         float s[G];
 #pragma unroll
@@ -258,7 +269,7 @@ __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const floa
             m[hh] = mn;
         }
         // values: lanes over dims, the chunk's positions in order
-        const int nk = min(32, len - j0);
+        const int nk = min(32, end - j0);
         for (int jj = 0; jj < nk; ++jj) {
             const TC* vr = vb + (long long)(j0 + jj) * head_dim;
             float v[DL];
@@ -286,6 +297,8 @@ __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const floa
         for (int e = 0; e < DL; ++e) s_acc[warp][hh][lane + 32 * e] = acc[hh][e];
     }
     __syncthreads();
+    // with several splits: this split's unnormalised (acc, m, l) per head, merged by decode_attn_merge
+    float* part = partial + (((long long)i * kv_heads + g) * gridDim.z + blockIdx.z) * (G * DM + 2 * G);
     for (int idx = threadIdx.x; idx < group * head_dim; idx += blockDim.x) {
         const int hh = idx / head_dim, d = idx - (idx / head_dim) * head_dim;
         float mt = neg_inf_f();
@@ -298,40 +311,102 @@ __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const floa
             lt += s_l[w][hh] * f;
             o += s_acc[w][hh][d] * f;
         }
+        if (gridDim.z == 1) {
+            store_f(out + (long long)i * out_stride + (long long)(g * group + hh) * head_dim + d,
+                    lt > 0.0f ? o / lt : 0.0f);
+        } else {
+            part[hh * DM + d] = o;
+            if (d == 0) {
+                part[G * DM + hh] = mt;
+                part[G * DM + G + hh] = lt;
+            }
+        }
+    }
+}
+
+// decode_attn_merge_{64,128}_f32 / _o16
+//   (TO* out, int out_stride, const float* partial, int num_heads, int kv_heads, int head_dim)
+//   The splits of a decode_attn_gqa launch with gridDim.z = S > 1, merged: for row i, kv head g
+//   and each head hh of its group and dim d, over the splits z = 0 .. S-1 in order (the per-split
+//   (acc, m, l) at partial[((i * KV + g) * S + z) * (8 * DM + 16)]: acc [8][DM], m [8], l [8]):
+//     mt = max_z m_z;  f_z = m_z == -inf ? 0 : exp(m_z - mt);  out = sum_z f_z acc_z / sum_z f_z l_z
+//   (0 where no position was attended), as the warps of one block are merged. S = gridDim.z of
+//   the attention launch, passed as `splits`.
+//   Launch: grid = (kv_heads, B), block = 128, no dynamic shared memory.
+
+template <int DM, typename TO>
+__device__ void decode_attn_merge(TO* __restrict__ out, int out_stride, const float* __restrict__ partial,
+                                  int splits, int num_heads, int kv_heads, int head_dim) {
+    constexpr int G = DEC_GQA_G;
+    const int g = blockIdx.x, i = blockIdx.y;
+    const int group = num_heads / kv_heads;
+    const float* base = partial + ((long long)i * kv_heads + g) * splits * (G * DM + 2 * G);
+    for (int idx = threadIdx.x; idx < group * head_dim; idx += blockDim.x) {
+        const int hh = idx / head_dim, d = idx - (idx / head_dim) * head_dim;
+        float mt = neg_inf_f();
+        for (int z = 0; z < splits; ++z) mt = fmaxf(mt, base[z * (G * DM + 2 * G) + G * DM + hh]);
+        float lt = 0.0f, o = 0.0f;
+        for (int z = 0; z < splits; ++z) {
+            const float* part = base + z * (G * DM + 2 * G);
+            const float m = part[G * DM + hh];
+            const float f = m == neg_inf_f() ? 0.0f : expf(m - mt);
+            lt += part[G * DM + G + hh] * f;
+            o += part[hh * DM + d] * f;
+        }
         store_f(out + (long long)i * out_stride + (long long)(g * group + hh) * head_dim + d, lt > 0.0f ? o / lt : 0.0f);
     }
+}
+
+extern "C" __global__ void decode_attn_merge_64_f32(float* out, int out_stride, const float* partial, int splits,
+                                                    int num_heads, int kv_heads, int head_dim) {
+    decode_attn_merge<64, float>(out, out_stride, partial, splits, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void decode_attn_merge_128_f32(float* out, int out_stride, const float* partial, int splits,
+                                                     int num_heads, int kv_heads, int head_dim) {
+    decode_attn_merge<128, float>(out, out_stride, partial, splits, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void decode_attn_merge_64_o16(unsigned short* out, int out_stride, const float* partial,
+                                                    int splits, int num_heads, int kv_heads, int head_dim) {
+    decode_attn_merge<64, unsigned short>(out, out_stride, partial, splits, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void decode_attn_merge_128_o16(unsigned short* out, int out_stride, const float* partial,
+                                                     int splits, int num_heads, int kv_heads, int head_dim) {
+    decode_attn_merge<128, unsigned short>(out, out_stride, partial, splits, num_heads, kv_heads, head_dim);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_64_f32(float* out, int out_stride, const float* q, int q_stride, const float* k_cache,
                            const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads,
-                           int head_dim, int max_len) {
+                           int head_dim, int max_len, int split_len, float* partial) {
     decode_attn_gqa<float, 64>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads, kv_heads,
-                               head_dim, max_len);
+                               head_dim, max_len, split_len, partial);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_128_f32(float* out, int out_stride, const float* q, int q_stride, const float* k_cache,
                             const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads,
-                            int head_dim, int max_len) {
+                            int head_dim, int max_len, int split_len, float* partial) {
     decode_attn_gqa<float, 128>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads, kv_heads,
-                                head_dim, max_len);
+                                head_dim, max_len, split_len, partial);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_64_f32_bf16(float* out, int out_stride, const float* q, int q_stride,
                                 const unsigned short* k_cache, const unsigned short* v_cache, const int* slots,
-                                const int* lens, int num_heads, int kv_heads, int head_dim, int max_len) {
+                                const int* lens, int num_heads, int kv_heads, int head_dim, int max_len, int split_len, float* partial) {
     decode_attn_gqa<unsigned short, 64>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
-                                        kv_heads, head_dim, max_len);
+                                        kv_heads, head_dim, max_len, split_len, partial);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_128_f32_bf16(float* out, int out_stride, const float* q, int q_stride,
                                  const unsigned short* k_cache, const unsigned short* v_cache, const int* slots,
-                                 const int* lens, int num_heads, int kv_heads, int head_dim, int max_len) {
+                                 const int* lens, int num_heads, int kv_heads, int head_dim, int max_len, int split_len, float* partial) {
     decode_attn_gqa<unsigned short, 128>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens, num_heads,
-                                         kv_heads, head_dim, max_len);
+                                         kv_heads, head_dim, max_len, split_len, partial);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -362,33 +437,33 @@ extern "C" __global__ void decode_attn_f32_bf16_o16(unsigned short* out, int out
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_64_f32_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const float* k_cache,
         const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
-        int max_len) {
+        int max_len, int split_len, float* partial) {
     decode_attn_gqa<float, 64, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
-        num_heads, kv_heads, head_dim, max_len);
+        num_heads, kv_heads, head_dim, max_len, split_len, partial);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_128_f32_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const float* k_cache,
         const float* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
-        int max_len) {
+        int max_len, int split_len, float* partial) {
     decode_attn_gqa<float, 128, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
-        num_heads, kv_heads, head_dim, max_len);
+        num_heads, kv_heads, head_dim, max_len, split_len, partial);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_64_f32_bf16_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const unsigned short* k_cache,
         const unsigned short* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
-        int max_len) {
+        int max_len, int split_len, float* partial) {
     decode_attn_gqa<unsigned short, 64, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
-        num_heads, kv_heads, head_dim, max_len);
+        num_heads, kv_heads, head_dim, max_len, split_len, partial);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     decode_attn_gqa_128_f32_bf16_o16(unsigned short* out, int out_stride, const float* q, int q_stride, const unsigned short* k_cache,
         const unsigned short* v_cache, const int* slots, const int* lens, int num_heads, int kv_heads, int head_dim,
-        int max_len) {
+        int max_len, int split_len, float* partial) {
     decode_attn_gqa<unsigned short, 128, unsigned short>(out, out_stride, q, q_stride, k_cache, v_cache, slots, lens,
-        num_heads, kv_heads, head_dim, max_len);
+        num_heads, kv_heads, head_dim, max_len, split_len, partial);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -194,6 +194,12 @@ if part variants; then
     echo "== the decode attention's other kernel (one block per query head, each reading the group's cache), bf16"
     run generate_greedy_0.5b_b256_bf16_per_head_attn "$arbor" bench gpu --kind generate --decode-attn per-head \
         --dtype bf16 "${q05[@]}" --batch 256 --new-tokens 256 --warmup 1 --steps 2
+    echo "== long contexts: bf16 sampled generation, batch 16, 16 + 2048 tokens, each row's positions split over"
+    echo "   blocks to fill the GPU (the default) and not split (one split longer than the context)"
+    for split in 0 1000000; do
+        run "generate_sampled_0.5b_b16_2k_bf16_split$split" "$arbor" bench gpu --kind generate --sample --dtype bf16 \
+            "${q05[@]}" --batch 16 --warmup 1 --steps 1 --new-tokens 2048 --decode-split "$split"
+    done
     echo "== the GRPO step with f32 products, and bf16 with decode graphs (rows padded to buckets as sequences finish)"
     run rl_step_0.5b "$arbor" bench gpu --kind rl-step "${q05[@]}" --prompts 16 --samples 8 --new-tokens 64 --steps 2 \
         --warmup 1
@@ -237,6 +243,10 @@ ratio("train step 0.5B 4x1024, f32 vs torch f32", "train_step.json", "peer_train
 for b in (16, 64, 256):
     ratio(f"sampled generation 0.5B batch {b}, f32 vs transformers f32", f"generate_sampled_0.5b_b{b}.json",
           f"peer_generate_sampled_0.5b_b{b}_f32.json")
+a, b = load("generate_sampled_0.5b_b16_2k_bf16_split0.json"), load("generate_sampled_0.5b_b16_2k_bf16_split1000000.json")
+if a and b and a.get("tokens_per_s") and b.get("tokens_per_s"):
+    print(f"sampled generation bf16, batch 16, 16 + 2048 tokens: rows split over blocks {a['tokens_per_s']:,.0f} tok/s, "
+          f"unsplit {b['tokens_per_s']:,.0f} tok/s, split = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x unsplit")
 # issue 16: tokens/s must grow with the batch (batch 256 >= 4x batch 16)
 for suffix in ("_bf16", "_bf16_graphs", ""):
     lo, hi = load(f"generate_sampled_0.5b_b16{suffix}.json"), load(f"generate_sampled_0.5b_b256{suffix}.json")

@@ -78,6 +78,10 @@ pub struct GpuArgs {
     /// `cuda::DecodeAttn`.
     #[arg(long, default_value = "per-group", value_parser = parse_decode_attn)]
     pub decode_attn: DecodeAttnArg,
+    /// `--kind generate` / `rl-step`: positions per split of each row in the per-group decode
+    /// attention (0, the default: as many splits as fill the GPU; a length over the context: one).
+    #[arg(long, default_value_t = 0)]
+    pub decode_split: usize,
     /// `--kind rl-step`: prompts per step.
     #[arg(long, default_value_t = 64)]
     pub prompts: usize,
@@ -143,6 +147,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         DecodeAttnArg::PerGroup => crate::cuda::DecodeAttn::PerGroup,
         DecodeAttnArg::PerHead => crate::cuda::DecodeAttn::PerHead,
     });
+    gpu.set_decode_split(args.decode_split);
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
@@ -232,6 +237,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         "dtype": gpu.dtype().name(),
         "decoding": if args.sample { "sampled, T = 1" } else { "greedy" },
         "decode_attn": gpu.decode_attn().name(),
+        "decode_split": gpu.decode_split(),
         "graphs": dec.graphs_held(),
         "batch": args.batch,
         "prompt_len": args.prompt_len,

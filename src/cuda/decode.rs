@@ -9,7 +9,7 @@
 //! cuda/generate.rs.
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
-use crate::cuda::decode_attn::decode_attn_entry;
+use crate::cuda::decode_attn::{decode_attn_entry, decode_splits, partial_len};
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::gemm::GemmKind;
 use crate::cuda::graphs::{self, Action, StepGraphs};
@@ -103,6 +103,8 @@ struct StepBufs {
     ln16: CudaSlice<u16>,
     att16: CudaSlice<u16>,
     act16: CudaSlice<u16>,
+    /// The decode attention's per-split partial results (rows split over blocks).
+    partial: CudaSlice<f32>,
 }
 
 /// `buf` with room for at least `n` elements (reallocated, contents lost, when it has less).
@@ -145,6 +147,7 @@ impl GpuDecoder {
             ln16: e16()?,
             att16: e16()?,
             act16: e16()?,
+            partial: e()?,
         };
         let mut dec = GpuDecoder {
             gpu: gpu.clone(),
@@ -264,8 +267,20 @@ impl GpuDecoder {
             g.grow(&mut bf.att, b * cfg.attn_dim())?;
             g.grow(&mut bf.act, b * inter)?;
         }
+        // the per-group decode attention's splits of each row's positions
+        let kv = cfg.num_kv_heads;
+        let split = match decode_attn_entry(g.decode_attn(), cfg.num_heads / kv.max(1), cfg.head_dim) {
+            Some(dm) => {
+                let (splits, len) = decode_splits(b, kv, cache.max_len, g.sms() as usize, g.decode_split());
+                if splits > 1 {
+                    g.grow(&mut bf.partial, partial_len(b, kv, splits, dm))?;
+                }
+                (splits, len)
+            }
+            None => (1, cache.max_len),
+        };
         let fingerprint = match self.graphs.enabled() && uniform {
-            true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache, ops16),
+            true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache, (ops16, split)),
             false => Vec::new(),
         };
         let action = self.graphs.plan(b, uniform, &fingerprint);
@@ -279,6 +294,7 @@ impl GpuDecoder {
             slots: &rows.slots,
             lens: &rows.lens,
             ops16,
+            split,
         };
         let done = match action {
             Action::Eager => decode_stack(model, &mut step, &tokens_p, logit_rows),
@@ -369,18 +385,19 @@ fn pad_rows(
 
 /// Every device address, shape and kernel choice a captured decode step bakes in: the weights
 /// and their image, the step buffers, the row inputs, each layer's cache, the device's scratch
-/// buffers, whether the products' first operands are bf16.
+/// buffers, whether the products' first operands are bf16, the decode attention's splits.
 fn step_fingerprint(
     g: &Gpu,
     (params, image): (&CudaSlice<f32>, Option<&Bf16Image>),
     b: &StepBufs,
     rows: &RowsDev,
     cache: &GpuKvCache,
-    ops16: bool,
+    (ops16, split): (bool, (usize, usize)),
 ) -> Vec<u64> {
     let st = &g.stream;
-    let mut f = vec![params.device_ptr(st).0, image.map_or(0, |i| i.ptr()), ops16 as u64];
-    for buf in [&b.x, &b.ln, &b.rstd, &b.qkv, &b.att, &b.gate_up, &b.act, &b.logits] {
+    let mut f =
+        vec![params.device_ptr(st).0, image.map_or(0, |i| i.ptr()), ops16 as u64, split.0 as u64, split.1 as u64];
+    for buf in [&b.x, &b.ln, &b.rstd, &b.qkv, &b.att, &b.gate_up, &b.act, &b.logits, &b.partial] {
         f.push(buf.device_ptr(st).0);
     }
     for buf in [&b.ln16, &b.att16, &b.act16] {
@@ -435,6 +452,8 @@ struct GpuStep<'a> {
     lens: &'a CudaSlice<i32>,
     /// Whether the products take bf16 first operands (written by the `_o16` kernels).
     ops16: bool,
+    /// The per-group decode attention's (splits, positions per split) of each row.
+    split: (usize, usize),
 }
 
 impl DecodeDevice for GpuStep<'_> {
@@ -555,7 +574,7 @@ impl DecodeDevice for GpuStep<'_> {
             true => (b.att16.device_ptr_mut(s).0, "_o16"),
             false => (g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd)), ""),
         };
-        let args = [
+        let mut args = vec![
             Arg::P(att),
             Arg::I(hd as i32),
             Arg::P(qp),
@@ -570,10 +589,30 @@ impl DecodeDevice for GpuStep<'_> {
             Arg::I(ml),
         ];
         match decode_attn_entry(g.decode_attn(), h / kv.max(1), d) {
-            // one block per (kv head, row) for the whole group
+            // one block per (kv head, row) for the whole group, each row's positions in `splits`
+            // blocks, merged after
             Some(dm) => {
+                let (splits, split_len) = self.split;
+                // (grown for `splits` by the step; not read with one split)
+                let partial = b.partial.device_ptr_mut(s).0;
+                args.extend([Arg::I(split_len as i32), Arg::P(partial)]);
                 let attend = format!("decode_attn_gqa_{dm}_f32{cache_type}{out_type}");
-                g.launch("decode_attention", &attend, (kv as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+                let grid = (kv as u32, rows as u32, splits as u32);
+                g.launch("decode_attention", &attend, grid, (128, 1, 1), 0, &args)?;
+                if splits == 1 {
+                    return Ok(());
+                }
+                let args = [
+                    Arg::P(att),
+                    Arg::I(hd as i32),
+                    Arg::P(partial),
+                    Arg::I(splits as i32),
+                    Arg::I(h as i32),
+                    Arg::I(kv as i32),
+                    Arg::I(d as i32),
+                ];
+                let merge = format!("decode_attn_merge_{dm}_{}", if self.ops16 { "o16" } else { "f32" });
+                g.launch("decode_attention", &merge, (kv as u32, rows as u32, 1), (128, 1, 1), 0, &args)
             }
             None => {
                 let attend = format!("decode_attn_f32{cache_type}{out_type}");

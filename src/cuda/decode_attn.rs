@@ -16,6 +16,37 @@ pub fn decode_attn_entry(kernel: DecodeAttn, group: usize, head_dim: usize) -> O
     }
 }
 
+/// The fewest positions the per-group kernel gives a split of a row.
+pub const MIN_SPLIT: usize = 128;
+/// The most splits of a row.
+pub const MAX_SPLITS: usize = 16;
+
+/// How the per-group kernel splits each row's positions (flash-decoding): (splits, positions per
+/// split) for a step of `rows` rows over `kv` kv heads with a cache of `max_len` positions on a
+/// GPU of `sms` multiprocessors. Enough splits that the blocks fill the GPU twice over, each of at
+/// least [`MIN_SPLIT`] positions (a multiple of 32), at most [`MAX_SPLITS`]; `forced` > 0 sets the
+/// positions per split instead. A function of the step's shape only (not of its rows' lengths),
+/// so a captured decode step stays right for every later step of its shape.
+pub fn decode_splits(rows: usize, kv: usize, max_len: usize, sms: usize, forced: usize) -> (usize, usize) {
+    let max_len = max_len.max(1);
+    let split_len = match forced {
+        0 => {
+            let want = (2 * sms).div_ceil((rows * kv).max(1));
+            let splits = want.min(max_len.div_ceil(MIN_SPLIT)).clamp(1, MAX_SPLITS);
+            max_len.div_ceil(splits).next_multiple_of(32)
+        }
+        f => f,
+    };
+    (max_len.div_ceil(split_len), split_len)
+}
+
+/// Floats of the per-group kernel's partial results for a step of `rows` rows over `kv` kv heads
+/// in `splits` splits at head-dim bucket `dm` (acc [8][dm], m [8], l [8] per row, kv head and
+/// split; cuda/decode_attention.cu).
+pub fn partial_len(rows: usize, kv: usize, splits: usize, dm: usize) -> usize {
+    rows * kv * splits * (8 * dm + 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,12 +77,46 @@ mod tests {
         v[0]
     }
 
-    /// `decode_attn_gqa<TC, DM>` for one block (kv head, row), statement for statement: four warps
-    /// taking chunks of 32 positions in turn, lanes as arrays; returns out[group][d]. (Its loops
-    /// index as the kernel's do.)
-    #[allow(clippy::needless_range_loop)]
+    /// `decode_attn_gqa<TC, DM>` for one block (kv head, row) with one split, statement for
+    /// statement; returns out[group][d].
     fn emulate(c: &Case, dm: usize) -> Vec<Vec<f32>> {
-        let (group, d, len) = (c.q.len(), c.q[0].len(), c.k.len());
+        let part = emulate_split(c, dm, 0, c.k.len());
+        part.iter().map(|(o, _, l)| o.iter().map(|x| if *l > 0.0 { x / l } else { 0.0 }).collect()).collect()
+    }
+
+    /// `decode_attn_merge<DM>` for one (row, kv head): the splits' (acc, m, l) in order.
+    fn emulate_merge(splits: &[Vec<(Vec<f32>, f32, f32)>]) -> Vec<Vec<f32>> {
+        let group = splits[0].len();
+        (0..group)
+            .map(|hh| {
+                let mt = splits.iter().fold(f32::NEG_INFINITY, |a, z| a.max(z[hh].1));
+                (0..splits[0][hh].0.len())
+                    .map(|dd| {
+                        let (mut lt, mut o) = (0.0f32, 0.0f32);
+                        for z in splits {
+                            let f = if z[hh].1 == f32::NEG_INFINITY { 0.0 } else { (z[hh].1 - mt).exp() };
+                            lt += z[hh].2 * f;
+                            o += z[hh].0[dd] * f;
+                        }
+                        if lt > 0.0 {
+                            o / lt
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The block of split [begin, min(len, end)) of `decode_attn_gqa<TC, DM>` for one (kv head,
+    /// row), statement for statement: four warps taking chunks of 32 positions in turn, lanes as
+    /// arrays; returns each head's unnormalised (acc [d], m, l), what the kernel writes to
+    /// `partial` (its loops index as the kernel's do).
+    #[allow(clippy::needless_range_loop)]
+    fn emulate_split(c: &Case, dm: usize, begin: usize, end: usize) -> Vec<(Vec<f32>, f32, f32)> {
+        let (group, d) = (c.q.len(), c.q[0].len());
+        let end = end.min(c.k.len());
         let (g_max, dl) = (8, dm / 32);
         let scale = 1.0 / (d as f32).sqrt();
         let s_q: Vec<Vec<f32>> = (0..g_max)
@@ -64,9 +129,9 @@ mod tests {
             let mut m = vec![[f32::NEG_INFINITY; 32]; g_max];
             let mut l = vec![[0.0f32; 32]; g_max];
             let mut acc = vec![vec![[0.0f32; 32]; dl]; g_max];
-            let mut j0 = warp * 32;
-            while j0 < len {
-                let valid = |lane: usize| j0 + lane < len;
+            let mut j0 = begin + warp * 32;
+            while j0 < end {
+                let valid = |lane: usize| j0 + lane < end;
                 let mut s = vec![[0.0f32; 32]; g_max];
                 for lane in (0..32).filter(|&l| valid(l)) {
                     for dd in 0..d {
@@ -98,7 +163,7 @@ mod tests {
                     }
                     p[hh] = pl;
                 }
-                for jj in 0..32.min(len - j0) {
+                for jj in 0..32.min(end - j0) {
                     for lane in 0..32 {
                         for e in 0..dl {
                             let dd = lane + 32 * e;
@@ -123,22 +188,16 @@ mod tests {
         }
         (0..group)
             .map(|hh| {
-                (0..d)
-                    .map(|dd| {
-                        let mt = (0..WARPS).fold(f32::NEG_INFINITY, |a, w| a.max(s_m[w][hh]));
-                        let (mut lt, mut o) = (0.0f32, 0.0f32);
-                        for w in 0..WARPS {
-                            let f = if s_m[w][hh] == f32::NEG_INFINITY { 0.0 } else { (s_m[w][hh] - mt).exp() };
-                            lt += s_l[w][hh] * f;
-                            o += s_acc[w][hh][dd] * f;
-                        }
-                        if lt > 0.0 {
-                            o / lt
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect()
+                let mt = (0..WARPS).fold(f32::NEG_INFINITY, |a, w| a.max(s_m[w][hh]));
+                let (mut acc, mut lt) = (vec![0.0f32; d], 0.0f32);
+                for w in 0..WARPS {
+                    let f = if s_m[w][hh] == f32::NEG_INFINITY { 0.0 } else { (s_m[w][hh] - mt).exp() };
+                    lt += s_l[w][hh] * f;
+                    for (dd, o) in acc.iter_mut().enumerate() {
+                        *o += s_acc[w][hh][dd] * f;
+                    }
+                }
+                (acc, mt, lt)
             })
             .collect()
     }
@@ -173,6 +232,71 @@ mod tests {
                     assert!(err < 1e-5, "group {group} d {d} len {len} head {hh}: off by {err:e}");
                 }
             }
+        }
+    }
+
+    /// A row's positions split over blocks (flash-decoding) and merged give the direct softmax
+    /// attention too: splits of 32, 40 and 128 positions over a cache of 256, so rows of length
+    /// 1, 33 and 200 leave trailing splits empty (m = -inf, l = 0, weight 0 in the merge); and
+    /// dropping the merge's rescale of a split fails it.
+    #[test]
+    fn split_positions_merge_to_softmax_attention() {
+        let mut rng = crate::rng::Rng::new(44);
+        let max_len = 256;
+        for (group, d, dm) in [(7, 64, 64), (2, 30, 64), (8, 128, 128)] {
+            for len in [1, 33, 200] {
+                let mut rows = |n: usize| -> Vec<Vec<f32>> {
+                    (0..n).map(|_| (0..d).map(|_| 2.0 * rng.normal() as f32).collect()).collect()
+                };
+                let c = Case { q: rows(group), k: rows(len), v: rows(len) };
+                for split_len in [32, 40, 128] {
+                    let (splits, at) = decode_splits(1, 1, max_len, 132, split_len);
+                    assert_eq!(at, split_len);
+                    let parts: Vec<_> =
+                        (0..splits).map(|z| emulate_split(&c, dm, z * split_len, (z + 1) * split_len)).collect();
+                    let got = emulate_merge(&parts);
+                    for (hh, row) in got.iter().enumerate() {
+                        let want = reference(&c.q[hh], &c.k, &c.v);
+                        let err = row.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                        assert!(
+                            err < 1e-5,
+                            "group {group} d {d} len {len} split {split_len} head {hh}: off by {err:e}"
+                        );
+                    }
+                    if len > split_len {
+                        // a merge that adds the splits without rescaling them to the common maximum
+                        let flat: Vec<Vec<f32>> = (0..group)
+                            .map(|hh| {
+                                let lt: f32 = parts.iter().map(|z| z[hh].2).sum();
+                                (0..d).map(|dd| parts.iter().map(|z| z[hh].0[dd]).sum::<f32>() / lt).collect()
+                            })
+                            .collect();
+                        let want = reference(&c.q[0], &c.k, &c.v);
+                        let err = flat[0].iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+                        assert!(err > 1e-3, "an unrescaled merge went unnoticed (len {len}, split {split_len})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Splits fill the GPU twice over where rows are few, never go under 128 positions or over 16
+    /// splits, leave large batches unsplit, cover the cache, and follow a forced length.
+    #[test]
+    fn rows_split_where_few_blocks_would_leave_the_gpu_idle() {
+        // 256 rows × 2 kv heads = 512 blocks ≥ 2 × 132: one split
+        assert_eq!(decode_splits(256, 2, 272, 132, 0), (1, 288));
+        // 16 rows × 2 = 32 blocks: 9 wanted, 3 fit 272 positions at ≥ 128 (rounded up to 32s)
+        assert_eq!(decode_splits(16, 2, 272, 132, 0), (3, 96));
+        // one row at 8192 positions: capped at 16 splits of 512
+        assert_eq!(decode_splits(1, 2, 8192, 132, 0), (16, 512));
+        assert_eq!(decode_splits(4, 2, 100, 132, 0), (1, 128));
+        assert_eq!(decode_splits(4, 2, 100, 132, 32), (4, 32));
+        for (rows, kv, max_len) in [(1, 1, 1), (3, 2, 4096), (64, 4, 2048), (7, 1, 333)] {
+            let (splits, len) = decode_splits(rows, kv, max_len, 132, 0);
+            assert!((1..=MAX_SPLITS).contains(&splits) && len % 32 == 0, "{rows} {kv} {max_len}");
+            assert!(splits * len >= max_len && (splits - 1) * len < max_len, "{rows} {kv} {max_len}: {splits} × {len}");
+            assert!(splits == 1 || len >= MIN_SPLIT);
         }
     }
 

@@ -14,7 +14,7 @@ use cudarc::driver::{
     DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shared memory a block may use without raising the function's attribute.
@@ -97,6 +97,9 @@ pub struct Gpu {
     dkdv_plan: AtomicU8,
     /// The decode attention kernel ([`DecodeAttn`]).
     decode_attn: AtomicU8,
+    /// Positions per split of the per-group decode attention (0: chosen per step shape,
+    /// `cuda::decode_attn::decode_splits`).
+    decode_split: AtomicUsize,
     /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
     /// The registered bf16 images of weight buffers (`cuda::image`).
@@ -191,6 +194,7 @@ impl Gpu {
             dtype: AtomicU8::new(Dtype::F32 as u8),
             dkdv_plan: AtomicU8::new(DkdvPlan::PerHead as u8),
             decode_attn: AtomicU8::new(DecodeAttn::PerGroup as u8),
+            decode_split: AtomicUsize::new(0),
             bf16_scratch: Mutex::new(None),
             images: Mutex::new(Vec::new()),
         })
@@ -251,6 +255,18 @@ impl Gpu {
             x if x == DecodeAttn::PerHead as u8 => DecodeAttn::PerHead,
             _ => DecodeAttn::PerGroup,
         }
+    }
+
+    /// Split every row's positions into splits of `len` positions in the per-group decode
+    /// attention (0, the default: as many as fill the GPU, `cuda::decode_attn::decode_splits`);
+    /// a fixed length lets a test run the split path on short sequences.
+    pub fn set_decode_split(&self, len: usize) {
+        self.decode_split.store(len, Ordering::Relaxed);
+    }
+
+    /// The forced positions per split of the decode attention (0: chosen per step).
+    pub fn decode_split(&self) -> usize {
+        self.decode_split.load(Ordering::Relaxed)
     }
 
     /// Make products whose second operand lies in `entry`'s buffer read its image.

@@ -97,25 +97,31 @@ fn the_gpu_generation_loop_on_the_cpu_decode_step_equals_the_engine() {
 }
 
 /// Generation on the GPU (continuous batching, tokens drawn on the device) equals the CPU engine:
-/// greedy exactly (with either decode attention kernel), sampled at T = 1 but for at most one completion (a logit within rounding of a
+/// greedy exactly (with either decode attention kernel, and with rows split over blocks), sampled at T = 1 but for at most one completion (a logit within rounding of a
 /// sampling boundary may flip a token, and every later one with it).
 #[test]
 fn generation_on_the_gpu_equals_the_cpu_engine() {
     let Some(g) = gpu() else { return };
-    // both decode attention kernels (one block per GQA group, the default; one per query head)
-    for (kernel, temperature) in
-        [(DecodeAttn::PerGroup, 0.0f32), (DecodeAttn::PerGroup, 1.0), (DecodeAttn::PerHead, 0.0)]
-    {
+    // both decode attention kernels (one block per GQA group, the default; one per query head),
+    // and the per-group one with every row's positions split in blocks of 8 (merged after)
+    for (kernel, temperature, split) in [
+        (DecodeAttn::PerGroup, 0.0f32, 0),
+        (DecodeAttn::PerGroup, 1.0, 0),
+        (DecodeAttn::PerHead, 0.0, 0),
+        (DecodeAttn::PerGroup, 0.0, 8),
+    ] {
         g.set_decode_attn(kernel);
+        g.set_decode_split(split);
         let (model, requests, cfg) = case(temperature);
         let cpu = generate(&model, &requests, &cfg).unwrap();
         let mut dec = GpuDecoder::new(&g, &model).unwrap();
         let out = dec.generate(&model, &requests, &cfg).unwrap();
         g.set_decode_attn(DecodeAttn::PerGroup);
+        g.set_decode_split(0);
         let mut differ = 0;
         for (c, o) in cpu.iter().zip(&out) {
             println!(
-                "{} T {temperature} prompt {} sample {}: cpu {:?} gpu {:?}",
+                "{} (split {split}) T {temperature} prompt {} sample {}: cpu {:?} gpu {:?}",
                 kernel.name(),
                 c.prompt_id,
                 c.sample_index,
