@@ -1,43 +1,28 @@
-//! Generation on the GPU: a KV cache in device memory ([slots, KV, max_len, D] per layer, the
-//! layout of cuda/decode_attention.cu) and a decode step that runs B new rows through the model
-//! against it: the layer stack of `model::decode_stack` (the CPU decode's too) over the GPU's
-//! operations ([`GpuStep`]: the same backend operations as training, RMSNorm, GEMMs, RoPE,
-//! SwiGLU, LM head, plus the two cache kernels). A slot's rows take consecutive positions, so one
-//! step prefills whole prompts for some slots while decoding one token for others; only the rows
-//! whose next token is wanted go through the LM head. `step_sampled` then draws those tokens on
-//! the device (cuda/sample.cu). Generation with continuous batching is built on it in
-//! cuda/generate.rs.
+//! Generation on the GPU: [`GpuDecoder`] holds a model's weights (and their bf16 image) on the
+//! device and runs decode steps of B new rows against a [`GpuKvCache`]: the layer stack of
+//! `model::decode_stack` (the CPU decode's too) over the GPU's operations (`cuda::decode_step`).
+//! A slot's rows take consecutive positions, so one step prefills whole prompts for some slots
+//! while decoding one token for others; only the rows whose next token is wanted go through the
+//! LM head. `step_sampled` then draws those tokens on the device (cuda/sample.cu). Steps may be
+//! padded to a bucket of rows and replayed as CUDA graphs (`cuda::graphs`). Generation with
+//! continuous batching is built on it in cuda/generate.rs.
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::decode_attn::{decode_attn_entry, decode_splits, partial_len};
-use crate::cuda::device::{drv, Arg, Gpu};
-use crate::cuda::gemm::GemmKind;
+use crate::cuda::decode_step::{grow16, GpuStep, StepBufs};
+use crate::cuda::device::{drv, Gpu};
 use crate::cuda::graphs::{self, Action, StepGraphs};
 use crate::cuda::image::Bf16Image;
+use crate::cuda::kv_cache::GpuKvCache;
 use crate::cuda::sample::{sample_rows, SampleBufs};
 use crate::error::{Error, Result};
-use crate::model::decode_stack::{assign_positions, check_step, decode_stack, DecodeDevice, Norm, Proj};
+use crate::model::decode_stack::{assign_positions, check_step, decode_stack};
 use crate::model::Model;
 use crate::rollout::sampler::{Sampled, SamplingParams};
+use crate::tensor::Backend;
 use crate::tensor::Dtype;
-use crate::tensor::{Backend, GemmShape};
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use std::sync::Arc;
-
-/// Keys and values of every layer for `slots` sequences of up to `max_len` tokens, on the device,
-/// plus a spare slot (index `slots`) that the padding rows of a captured step decode into.
-pub struct GpuKvCache {
-    pub slots: usize,
-    pub max_len: usize,
-    /// Whether keys and values are held in bf16 (made on a device whose products are "bf16": half
-    /// the memory and half the decode attention's traffic), else f32.
-    bf16: bool,
-    /// Each layer's keys and values as 16-bit words (two per element when f32).
-    k: Vec<CudaSlice<u16>>,
-    v: Vec<CudaSlice<u16>>,
-    /// Tokens held per slot.
-    pub len: Vec<usize>,
-}
 
 /// A model's weights on the device plus step buffers, for generation.
 pub struct GpuDecoder {
@@ -83,50 +68,6 @@ impl RowsDev {
                 Ok(RowsDev { cap, batch: g.rows_batch(&zeros_u, &zeros_u)?, slots: alloc_i()?, lens: alloc_i()? })
             }
         }
-    }
-}
-
-/// The decode step's device buffers, grown on demand: the residual stream, normed rows, RMSNorm
-/// scratch, q|k|v, attention output, gate|up, SwiGLU output, and the logits of the picked rows.
-/// With bf16 products the normed rows, attention output and SwiGLU output, the first operands of
-/// the products, are written in bf16 by the kernels that make them (`ln16`, `att16`, `act16`;
-/// `ln` then only serves [`DecodeDevice::gather`] as scratch, `att` and `act` are not grown).
-struct StepBufs {
-    x: CudaSlice<f32>,
-    ln: CudaSlice<f32>,
-    rstd: CudaSlice<f32>,
-    qkv: CudaSlice<f32>,
-    att: CudaSlice<f32>,
-    gate_up: CudaSlice<f32>,
-    act: CudaSlice<f32>,
-    logits: CudaSlice<f32>,
-    ln16: CudaSlice<u16>,
-    att16: CudaSlice<u16>,
-    act16: CudaSlice<u16>,
-    /// The decode attention's per-split partial results (rows split over blocks).
-    partial: CudaSlice<f32>,
-}
-
-/// `buf` with room for at least `n` elements (reallocated, contents lost, when it has less).
-fn grow16(g: &Gpu, buf: &mut CudaSlice<u16>, n: usize) -> Result<()> {
-    if buf.len() < n {
-        *buf = g.stream.alloc_zeros(n).map_err(drv("alloc"))?;
-    }
-    Ok(())
-}
-
-impl GpuKvCache {
-    /// An empty cache for `model`, in bf16 when the device's products are "bf16".
-    pub fn new(gpu: &Gpu, model: &Model, slots: usize, max_len: usize) -> Result<Self> {
-        let bf16 = gpu.dtype() == Dtype::Bf16;
-        let per = (slots + 1) * model.cfg.num_kv_heads * max_len * model.cfg.head_dim * if bf16 { 1 } else { 2 };
-        let alloc = || gpu.stream.alloc_zeros::<u16>(per.max(2)).map_err(drv("KV cache alloc"));
-        let (mut k, mut v) = (Vec::new(), Vec::new());
-        for _ in 0..model.cfg.num_layers {
-            k.push(alloc()?);
-            v.push(alloc()?);
-        }
-        Ok(GpuKvCache { slots, max_len, bf16, k, v, len: vec![0; slots] })
     }
 }
 
@@ -435,221 +376,6 @@ pub struct StepInput<'a> {
     pub slots: &'a [usize],
     pub logit_rows: &'a [usize],
     pub uniforms: &'a [f64],
-}
-
-/// The GPU's half of a decode step ([`DecodeDevice`]): the backend's operations on the decoder's
-/// buffers, weights read in place, and the cache kernels of cuda/decode_attention.cu.
-struct GpuStep<'a> {
-    g: &'a Gpu,
-    p: &'a CudaSlice<f32>,
-    rope: &'a GpuRope,
-    bufs: &'a mut StepBufs,
-    cache: &'a GpuKvCache,
-    /// The step's tokens and positions on the device.
-    dev: &'a GpuBatch,
-    /// Each row's slot and attended length (position + 1).
-    slots: &'a CudaSlice<i32>,
-    lens: &'a CudaSlice<i32>,
-    /// Whether the products take bf16 first operands (written by the `_o16` kernels).
-    ops16: bool,
-    /// The per-group decode attention's (splits, positions per split) of each row.
-    split: (usize, usize),
-}
-
-impl DecodeDevice for GpuStep<'_> {
-    fn embed(&mut self, model: &Model, tokens: &[u32]) -> Result<()> {
-        let (c, v, at) = (model.cfg.hidden_size, model.cfg.vocab_size, model.params.layout.embed);
-        let x = Gpu::m(&mut self.bufs.x, 0..tokens.len() * c);
-        self.g.embedding_forward(x, Gpu::r(self.p, at..at + v * c), self.dev, c)
-    }
-
-    fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()> {
-        let (c, lay) = (model.cfg.hidden_size, &model.params.layout);
-        let at = match norm {
-            Norm::Attn(l) => lay.layers[l].ln1,
-            Norm::Mlp(l) => lay.layers[l].ln2,
-            Norm::Final => lay.final_norm,
-        };
-        if rows == 0 {
-            return Ok(());
-        }
-        let (g, b) = (self.g, &mut *self.bufs);
-        let eps = model.cfg.rms_norm_eps as f32;
-        let (x, w) = (Gpu::r(&b.x, 0..rows * c), Gpu::r(self.p, at..at + c));
-        if !self.ops16 {
-            return g.rmsnorm_forward(Gpu::m(&mut b.ln, 0..rows * c), Gpu::m(&mut b.rstd, 0..rows), x, w, eps);
-        }
-        let args = [
-            Arg::P(b.ln16.device_ptr_mut(&g.stream).0),
-            Arg::P(g.pm(&mut Gpu::m(&mut b.rstd, 0..rows))),
-            Arg::P(g.pr(&x)),
-            Arg::P(g.pr(&w)),
-            Arg::I(rows as i32),
-            Arg::I(c as i32),
-            Arg::F(eps),
-        ];
-        g.launch("rmsnorm", "rmsnorm_fwd_f32_o16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)
-    }
-
-    fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()> {
-        let cfg = &model.cfg;
-        let (c, inter, v, qkv_w, hd) =
-            (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.qkv_dim(), cfg.attn_dim());
-        let (g, p, b, lay) = (self.g, self.p, &mut *self.bufs, &model.params.layout);
-        if rows == 0 {
-            return Ok(());
-        }
-        // out (+)= in · Wᵀ: (output width, input width, weight offset, accumulate)
-        let (n, k, at, acc) = match proj {
-            Proj::Qkv(l) => (qkv_w, c, lay.layers[l].qkv_w, false),
-            Proj::Out(l) => (c, hd, lay.layers[l].o_w, true),
-            Proj::GateUp(l) => (2 * inter, c, lay.layers[l].gate_up_w, false),
-            Proj::Down(l) => (c, inter, lay.layers[l].down_w, true),
-            Proj::Head => (v, c, lay.lm_head, false),
-        };
-        let out = match proj {
-            Proj::Qkv(_) => &mut b.qkv,
-            Proj::Out(_) | Proj::Down(_) => &mut b.x,
-            Proj::GateUp(_) => &mut b.gate_up,
-            Proj::Head => &mut b.logits,
-        };
-        let (w, shape) = (Gpu::r(p, at..at + n * k), GemmShape::new(rows, n, k));
-        let out = Gpu::m(out, 0..rows * n);
-        if self.ops16 {
-            let inp = match proj {
-                Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln16,
-                Proj::Out(_) => &b.att16,
-                Proj::Down(_) => &b.act16,
-            };
-            return g.gemm_a16(out, &inp.slice(0..rows * k), w, GemmKind::Nt, shape, acc);
-        }
-        let inp = match proj {
-            Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln,
-            Proj::Out(_) => &b.att,
-            Proj::Down(_) => &b.act,
-        };
-        g.matmul_nt(out, Gpu::r(inp, 0..rows * k), w, shape, acc)
-    }
-
-    fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {
-        let cfg = &model.cfg;
-        let (h, kv, d, qkv_w, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_dim(), cfg.attn_dim());
-        let (g, cache, b) = (self.g, self.cache, &mut *self.bufs);
-        if self.rope.half * 2 != d {
-            return Err(Error::shape(
-                "decode step",
-                format!("RoPE tables of {} dims for heads of {d}", 2 * self.rope.half),
-            ));
-        }
-        let s = &g.stream;
-        let (kp, vp) = (cache.k[layer].device_ptr(s).0, cache.v[layer].device_ptr(s).0);
-        let (slot_p, lens_p) = (self.slots.device_ptr(s).0, self.lens.device_ptr(s).0);
-        let qp = g.pm(&mut Gpu::m(&mut b.qkv, 0..rows * qkv_w));
-        let bias = match model.params.layout.layers[layer].qkv_b {
-            Some(at) => g.pr(&Gpu::r(self.p, at..at + qkv_w)),
-            None => 0,
-        };
-        let (qs, ml) = (qkv_w as i32, cache.max_len as i32);
-        // bias, RoPE and the cache store in one pass (cuda/decode_attention.cu)
-        let args = [
-            Arg::P(qp),
-            Arg::I(qs),
-            Arg::P(bias),
-            Arg::P(kp),
-            Arg::P(vp),
-            Arg::P(slot_p),
-            Arg::P(self.dev.positions.device_ptr(s).0),
-            Arg::P(self.rope.cos.device_ptr(s).0),
-            Arg::P(self.rope.sin.device_ptr(s).0),
-            Arg::I(rows as i32),
-            Arg::I(h as i32),
-            Arg::I(kv as i32),
-            Arg::I(d as i32),
-            Arg::I(ml),
-        ];
-        let cache_type = if cache.bf16 { "_bf16" } else { "" };
-        let store = format!("decode_qkv_store_f32{cache_type}");
-        g.launch("decode_attention", &store, (rows as u32, 1, 1), (128, 1, 1), 0, &args)?;
-        let (att, out_type) = match self.ops16 {
-            true => (b.att16.device_ptr_mut(s).0, "_o16"),
-            false => (g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd)), ""),
-        };
-        let mut args = vec![
-            Arg::P(att),
-            Arg::I(hd as i32),
-            Arg::P(qp),
-            Arg::I(qs),
-            Arg::P(kp),
-            Arg::P(vp),
-            Arg::P(slot_p),
-            Arg::P(lens_p),
-            Arg::I(h as i32),
-            Arg::I(kv as i32),
-            Arg::I(d as i32),
-            Arg::I(ml),
-        ];
-        match decode_attn_entry(g.decode_attn(), h / kv.max(1), d) {
-            // one block per (kv head, row) for the whole group, each row's positions in `splits`
-            // blocks, merged after
-            Some(dm) => {
-                let (splits, split_len) = self.split;
-                // (grown for `splits` by the step; not read with one split)
-                let partial = b.partial.device_ptr_mut(s).0;
-                args.extend([Arg::I(split_len as i32), Arg::P(partial)]);
-                let attend = format!("decode_attn_gqa_{dm}_f32{cache_type}{out_type}");
-                let grid = (kv as u32, rows as u32, splits as u32);
-                g.launch("decode_attention", &attend, grid, (128, 1, 1), 0, &args)?;
-                if splits == 1 {
-                    return Ok(());
-                }
-                let args = [
-                    Arg::P(att),
-                    Arg::I(hd as i32),
-                    Arg::P(partial),
-                    Arg::I(splits as i32),
-                    Arg::I(h as i32),
-                    Arg::I(kv as i32),
-                    Arg::I(d as i32),
-                ];
-                let merge = format!("decode_attn_merge_{dm}_{}", if self.ops16 { "o16" } else { "f32" });
-                g.launch("decode_attention", &merge, (kv as u32, rows as u32, 1), (128, 1, 1), 0, &args)
-            }
-            None => {
-                let attend = format!("decode_attn_f32{cache_type}{out_type}");
-                g.launch("decode_attention", &attend, (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
-            }
-        }
-    }
-
-    fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {
-        let inter = model.cfg.intermediate_size;
-        let (g, b) = (self.g, &mut *self.bufs);
-        let gate_up = Gpu::r(&b.gate_up, 0..rows * 2 * inter);
-        if !self.ops16 {
-            return g.swiglu_forward(Gpu::m(&mut b.act, 0..rows * inter), gate_up, inter);
-        }
-        let args = [
-            Arg::P(b.act16.device_ptr_mut(&g.stream).0),
-            Arg::P(g.pr(&gate_up)),
-            Arg::I(rows as i32),
-            Arg::I(inter as i32),
-        ];
-        g.launch("swiglu", "swiglu_fwd_f32_o16", (inter.div_ceil(256) as u32, rows as u32, 1), (256, 1, 1), 0, &args)
-    }
-
-    fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {
-        if logit_rows.iter().enumerate().all(|(i, &r)| i == r) {
-            return Ok(());
-        }
-        // through the normed-rows buffer (free until the final norm writes it)
-        let c = model.cfg.hidden_size;
-        let b = &mut *self.bufs;
-        for (dst, &src) in logit_rows.iter().enumerate() {
-            self.g.copy(Gpu::m(&mut b.ln, dst * c..(dst + 1) * c), Gpu::r(&b.x, src * c..(src + 1) * c))?;
-        }
-        let n = logit_rows.len() * c;
-        self.g.copy(Gpu::m(&mut b.x, 0..n), Gpu::r(&b.ln, 0..n))
-    }
 }
 
 #[cfg(test)]

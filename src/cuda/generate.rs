@@ -9,7 +9,8 @@
 //! kernel, which tests/cuda/ holds against the CPU engine. A newly admitted request's prompt goes
 //! in as one chunk of rows (up to [`MAX_ROWS`] rows a step), next to one row per decoding request.
 
-use crate::cuda::decode::{GpuDecoder, GpuKvCache, StepInput};
+use crate::cuda::decode::{GpuDecoder, StepInput};
+use crate::cuda::kv_cache::GpuKvCache;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::rollout::engine::{context_len, Active, StepRows};

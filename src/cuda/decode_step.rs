@@ -1,0 +1,260 @@
+//! The GPU's operations of a decode step ([`GpuStep`], `model::decode_stack`'s [`DecodeDevice`]):
+//! the backend's RMSNorm, embedding and SwiGLU, the products through cuBLAS with the weights read
+//! in place (with bf16 products, first operands written in bf16 by the kernels that make them),
+//! the fused q|k|v epilogue and the decode attention of cuda/decode_attention.cu.
+
+use crate::cuda::backend::{GpuBatch, GpuRope};
+use crate::cuda::decode_attn::decode_attn_entry;
+use crate::cuda::device::drv;
+use crate::cuda::device::{Arg, Gpu};
+use crate::cuda::gemm::GemmKind;
+use crate::cuda::kv_cache::GpuKvCache;
+use crate::error::{Error, Result};
+use crate::model::decode_stack::{DecodeDevice, Norm, Proj};
+use crate::model::Model;
+use crate::tensor::{Backend, GemmShape};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+/// The decode step's device buffers, grown on demand: the residual stream, normed rows, RMSNorm
+/// scratch, q|k|v, attention output, gate|up, SwiGLU output, and the logits of the picked rows.
+/// With bf16 products the normed rows, attention output and SwiGLU output, the first operands of
+/// the products, are written in bf16 by the kernels that make them (`ln16`, `att16`, `act16`;
+/// `ln` then only serves [`DecodeDevice::gather`] as scratch, `att` and `act` are not grown).
+pub(super) struct StepBufs {
+    pub(super) x: CudaSlice<f32>,
+    pub(super) ln: CudaSlice<f32>,
+    pub(super) rstd: CudaSlice<f32>,
+    pub(super) qkv: CudaSlice<f32>,
+    pub(super) att: CudaSlice<f32>,
+    pub(super) gate_up: CudaSlice<f32>,
+    pub(super) act: CudaSlice<f32>,
+    pub(super) logits: CudaSlice<f32>,
+    pub(super) ln16: CudaSlice<u16>,
+    pub(super) att16: CudaSlice<u16>,
+    pub(super) act16: CudaSlice<u16>,
+    /// The decode attention's per-split partial results (rows split over blocks).
+    pub(super) partial: CudaSlice<f32>,
+}
+
+/// `buf` with room for at least `n` elements (reallocated, contents lost, when it has less).
+pub(super) fn grow16(g: &Gpu, buf: &mut CudaSlice<u16>, n: usize) -> Result<()> {
+    if buf.len() < n {
+        *buf = g.stream.alloc_zeros(n).map_err(drv("alloc"))?;
+    }
+    Ok(())
+}
+
+/// The GPU's half of a decode step ([`DecodeDevice`]): the backend's operations on the decoder's
+/// buffers, weights read in place, and the cache kernels of cuda/decode_attention.cu.
+pub(super) struct GpuStep<'a> {
+    pub(super) g: &'a Gpu,
+    pub(super) p: &'a CudaSlice<f32>,
+    pub(super) rope: &'a GpuRope,
+    pub(super) bufs: &'a mut StepBufs,
+    pub(super) cache: &'a GpuKvCache,
+    /// The step's tokens and positions on the device.
+    pub(super) dev: &'a GpuBatch,
+    /// Each row's slot and attended length (position + 1).
+    pub(super) slots: &'a CudaSlice<i32>,
+    pub(super) lens: &'a CudaSlice<i32>,
+    /// Whether the products take bf16 first operands (written by the `_o16` kernels).
+    pub(super) ops16: bool,
+    /// The per-group decode attention's (splits, positions per split) of each row.
+    pub(super) split: (usize, usize),
+}
+
+impl DecodeDevice for GpuStep<'_> {
+    fn embed(&mut self, model: &Model, tokens: &[u32]) -> Result<()> {
+        let (c, v, at) = (model.cfg.hidden_size, model.cfg.vocab_size, model.params.layout.embed);
+        let x = Gpu::m(&mut self.bufs.x, 0..tokens.len() * c);
+        self.g.embedding_forward(x, Gpu::r(self.p, at..at + v * c), self.dev, c)
+    }
+
+    fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()> {
+        let (c, lay) = (model.cfg.hidden_size, &model.params.layout);
+        let at = match norm {
+            Norm::Attn(l) => lay.layers[l].ln1,
+            Norm::Mlp(l) => lay.layers[l].ln2,
+            Norm::Final => lay.final_norm,
+        };
+        if rows == 0 {
+            return Ok(());
+        }
+        let (g, b) = (self.g, &mut *self.bufs);
+        let eps = model.cfg.rms_norm_eps as f32;
+        let (x, w) = (Gpu::r(&b.x, 0..rows * c), Gpu::r(self.p, at..at + c));
+        if !self.ops16 {
+            return g.rmsnorm_forward(Gpu::m(&mut b.ln, 0..rows * c), Gpu::m(&mut b.rstd, 0..rows), x, w, eps);
+        }
+        let args = [
+            Arg::P(b.ln16.device_ptr_mut(&g.stream).0),
+            Arg::P(g.pm(&mut Gpu::m(&mut b.rstd, 0..rows))),
+            Arg::P(g.pr(&x)),
+            Arg::P(g.pr(&w)),
+            Arg::I(rows as i32),
+            Arg::I(c as i32),
+            Arg::F(eps),
+        ];
+        g.launch("rmsnorm", "rmsnorm_fwd_f32_o16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)
+    }
+
+    fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let (c, inter, v, qkv_w, hd) =
+            (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.qkv_dim(), cfg.attn_dim());
+        let (g, p, b, lay) = (self.g, self.p, &mut *self.bufs, &model.params.layout);
+        if rows == 0 {
+            return Ok(());
+        }
+        // out (+)= in · Wᵀ: (output width, input width, weight offset, accumulate)
+        let (n, k, at, acc) = match proj {
+            Proj::Qkv(l) => (qkv_w, c, lay.layers[l].qkv_w, false),
+            Proj::Out(l) => (c, hd, lay.layers[l].o_w, true),
+            Proj::GateUp(l) => (2 * inter, c, lay.layers[l].gate_up_w, false),
+            Proj::Down(l) => (c, inter, lay.layers[l].down_w, true),
+            Proj::Head => (v, c, lay.lm_head, false),
+        };
+        let out = match proj {
+            Proj::Qkv(_) => &mut b.qkv,
+            Proj::Out(_) | Proj::Down(_) => &mut b.x,
+            Proj::GateUp(_) => &mut b.gate_up,
+            Proj::Head => &mut b.logits,
+        };
+        let (w, shape) = (Gpu::r(p, at..at + n * k), GemmShape::new(rows, n, k));
+        let out = Gpu::m(out, 0..rows * n);
+        if self.ops16 {
+            let inp = match proj {
+                Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln16,
+                Proj::Out(_) => &b.att16,
+                Proj::Down(_) => &b.act16,
+            };
+            return g.gemm_a16(out, &inp.slice(0..rows * k), w, GemmKind::Nt, shape, acc);
+        }
+        let inp = match proj {
+            Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln,
+            Proj::Out(_) => &b.att,
+            Proj::Down(_) => &b.act,
+        };
+        g.matmul_nt(out, Gpu::r(inp, 0..rows * k), w, shape, acc)
+    }
+
+    fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {
+        let cfg = &model.cfg;
+        let (h, kv, d, qkv_w, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_dim(), cfg.attn_dim());
+        let (g, cache, b) = (self.g, self.cache, &mut *self.bufs);
+        if self.rope.half * 2 != d {
+            return Err(Error::shape(
+                "decode step",
+                format!("RoPE tables of {} dims for heads of {d}", 2 * self.rope.half),
+            ));
+        }
+        let s = &g.stream;
+        let (kp, vp) = (cache.k[layer].device_ptr(s).0, cache.v[layer].device_ptr(s).0);
+        let (slot_p, lens_p) = (self.slots.device_ptr(s).0, self.lens.device_ptr(s).0);
+        let qp = g.pm(&mut Gpu::m(&mut b.qkv, 0..rows * qkv_w));
+        let bias = match model.params.layout.layers[layer].qkv_b {
+            Some(at) => g.pr(&Gpu::r(self.p, at..at + qkv_w)),
+            None => 0,
+        };
+        let (qs, ml) = (qkv_w as i32, cache.max_len as i32);
+        // bias, RoPE and the cache store in one pass (cuda/decode_attention.cu)
+        let args = [
+            Arg::P(qp),
+            Arg::I(qs),
+            Arg::P(bias),
+            Arg::P(kp),
+            Arg::P(vp),
+            Arg::P(slot_p),
+            Arg::P(self.dev.positions.device_ptr(s).0),
+            Arg::P(self.rope.cos.device_ptr(s).0),
+            Arg::P(self.rope.sin.device_ptr(s).0),
+            Arg::I(rows as i32),
+            Arg::I(h as i32),
+            Arg::I(kv as i32),
+            Arg::I(d as i32),
+            Arg::I(ml),
+        ];
+        let cache_type = if cache.bf16 { "_bf16" } else { "" };
+        let store = format!("decode_qkv_store_f32{cache_type}");
+        g.launch("decode_attention", &store, (rows as u32, 1, 1), (128, 1, 1), 0, &args)?;
+        let (att, out_type) = match self.ops16 {
+            true => (b.att16.device_ptr_mut(s).0, "_o16"),
+            false => (g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd)), ""),
+        };
+        let mut args = vec![
+            Arg::P(att),
+            Arg::I(hd as i32),
+            Arg::P(qp),
+            Arg::I(qs),
+            Arg::P(kp),
+            Arg::P(vp),
+            Arg::P(slot_p),
+            Arg::P(lens_p),
+            Arg::I(h as i32),
+            Arg::I(kv as i32),
+            Arg::I(d as i32),
+            Arg::I(ml),
+        ];
+        match decode_attn_entry(g.decode_attn(), h / kv.max(1), d) {
+            // one block per (kv head, row) for the whole group, each row's positions in `splits`
+            // blocks, merged after
+            Some(dm) => {
+                let (splits, split_len) = self.split;
+                // (grown for `splits` by the step; not read with one split)
+                let partial = b.partial.device_ptr_mut(s).0;
+                args.extend([Arg::I(split_len as i32), Arg::P(partial)]);
+                let attend = format!("decode_attn_gqa_{dm}_f32{cache_type}{out_type}");
+                let grid = (kv as u32, rows as u32, splits as u32);
+                g.launch("decode_attention", &attend, grid, (128, 1, 1), 0, &args)?;
+                if splits == 1 {
+                    return Ok(());
+                }
+                let args = [
+                    Arg::P(att),
+                    Arg::I(hd as i32),
+                    Arg::P(partial),
+                    Arg::I(splits as i32),
+                    Arg::I(h as i32),
+                    Arg::I(kv as i32),
+                    Arg::I(d as i32),
+                ];
+                let merge = format!("decode_attn_merge_{dm}_{}", if self.ops16 { "o16" } else { "f32" });
+                g.launch("decode_attention", &merge, (kv as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+            }
+            None => {
+                let attend = format!("decode_attn_f32{cache_type}{out_type}");
+                g.launch("decode_attention", &attend, (h as u32, rows as u32, 1), (128, 1, 1), 0, &args)
+            }
+        }
+    }
+
+    fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {
+        let inter = model.cfg.intermediate_size;
+        let (g, b) = (self.g, &mut *self.bufs);
+        let gate_up = Gpu::r(&b.gate_up, 0..rows * 2 * inter);
+        if !self.ops16 {
+            return g.swiglu_forward(Gpu::m(&mut b.act, 0..rows * inter), gate_up, inter);
+        }
+        let args = [
+            Arg::P(b.act16.device_ptr_mut(&g.stream).0),
+            Arg::P(g.pr(&gate_up)),
+            Arg::I(rows as i32),
+            Arg::I(inter as i32),
+        ];
+        g.launch("swiglu", "swiglu_fwd_f32_o16", (inter.div_ceil(256) as u32, rows as u32, 1), (256, 1, 1), 0, &args)
+    }
+
+    fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {
+        if logit_rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        // through the normed-rows buffer (free until the final norm writes it)
+        let c = model.cfg.hidden_size;
+        let b = &mut *self.bufs;
+        for (dst, &src) in logit_rows.iter().enumerate() {
+            self.g.copy(Gpu::m(&mut b.ln, dst * c..(dst + 1) * c), Gpu::r(&b.x, src * c..(src + 1) * c))?;
+        }
+        let n = logit_rows.len() * c;
+        self.g.copy(Gpu::m(&mut b.x, 0..n), Gpu::r(&b.ln, 0..n))
+    }
+}
