@@ -118,18 +118,34 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
                 mma_16816(s[nt + 1], qa[kd], b + 2);
             }
         }
-        // causal and length mask, scale to base 2, the block's row maxima
+        // causal and length mask, scale to base 2, the block's row maxima; a key block wholly
+        // before the query block and the sequence's end needs no mask (the same values, fewer
+        // instructions: all but the diagonal blocks of a long sequence)
+        const bool inside = k0 + AM_BK - 1 <= q0 && k0 + AM_BK <= len;
         float mx0 = neg_inf_f(), mx1 = neg_inf_f();
+        if (inside) {
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+            for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int j = k0 + nt * 8 + 2 * tg + (e & 1);
-                const int i = e < 2 ? i0 : i1;
-                const float x = (j <= i && j < len) ? s[nt][e] * sl2 : neg_inf_f();
-                s[nt][e] = x;
-                if (e < 2) mx0 = fmaxf(mx0, x);
-                else mx1 = fmaxf(mx1, x);
+                for (int e = 0; e < 4; ++e) {
+                    const float x = s[nt][e] * sl2;
+                    s[nt][e] = x;
+                    if (e < 2) mx0 = fmaxf(mx0, x);
+                    else mx1 = fmaxf(mx1, x);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int j = k0 + nt * 8 + 2 * tg + (e & 1);
+                    const int i = e < 2 ? i0 : i1;
+                    const float x = (j <= i && j < len) ? s[nt][e] * sl2 : neg_inf_f();
+                    s[nt][e] = x;
+                    if (e < 2) mx0 = fmaxf(mx0, x);
+                    else mx1 = fmaxf(mx1, x);
+                }
             }
         }
         mx0 = fmaxf(mx0, __shfl_xor_sync(ARBOR_FULL_MASK, mx0, 1));
@@ -154,7 +170,8 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float mn = e < 2 ? mn0 : mn1;
-                const float p = s[nt][e] == neg_inf_f() ? 0.0f : exp2f(s[nt][e] - mn);
+                // (inside the mask every score and maximum is finite)
+                const float p = !inside && s[nt][e] == neg_inf_f() ? 0.0f : exp2f(s[nt][e] - mn);
                 s[nt][e] = p;
                 if (e < 2) l0 += p;
                 else l1 += p;

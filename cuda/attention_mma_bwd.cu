@@ -88,14 +88,17 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
         const unsigned short* Vc = Vs + stage * TILE;
         float s[NT][4], dp[NT][4];
         row_products2<DM, NT>(s, dp, Qs, Kc, Os, Vc, LDS, wr, lane);
-        // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked)
+        // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked; a key
+        // block wholly before the query block, whose rows are all in the sequence, needs no mask)
+        const bool inside = k0 + AM_BK - 1 <= q0 && q0 + AM_BQ <= len;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int j = k0 + nt * 8 + 2 * tg + (e & 1);
                 const int i = e < 2 ? i0 : i1;
-                const float p = (j <= i && i < len) ? exp2f(s[nt][e] * sl2 - (e < 2 ? L0 : L1)) : 0.0f;
+                const float p =
+                    (inside || (j <= i && i < len)) ? exp2f(s[nt][e] * sl2 - (e < 2 ? L0 : L1)) : 0.0f;
                 s[nt][e] = p * (dp[nt][e] - (e < 2 ? D0 : D1));
             }
         }
@@ -174,7 +177,9 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
         const float* Dc = Ds + stage * AM_BQ;
         float st[NT][4], dpt[NT][4];
         row_products2<DM, NT>(st, dpt, Ks, Qc, Vs, Oc, LDS, wr, lane);
-        // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries
+        // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries (no mask where the key
+        // block lies wholly before the query block and the query block inside the sequence)
+        const bool inside = k0 + AM_BK - 1 <= q0 && q0 + AM_BQ <= len;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -182,7 +187,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
                 const int c = nt * 8 + 2 * tg + (e & 1);
                 const int i = q0 + c;
                 const int j = e < 2 ? j0 : j1;
-                const float p = (j <= i && i < len) ? exp2f(st[nt][e] * sl2 - Lc[c]) : 0.0f;
+                const float p = (inside || (j <= i && i < len)) ? exp2f(st[nt][e] * sl2 - Lc[c]) : 0.0f;
                 st[nt][e] = p;
                 dpt[nt][e] = p * (dpt[nt][e] - Dc[c]);
             }

@@ -347,12 +347,19 @@ mod tests {
                                 }
                             }
                             let (mut mx0, mut mx1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
+                            // the kernel's unmasked blocks (wholly before the query block)
+                            let inside = k0 + BK - 1 <= q0 && k0 + BK <= len;
                             for (nt, st) in s.iter_mut().enumerate() {
                                 for (lane, sl) in st.iter_mut().enumerate() {
                                     for (e, se) in sl.iter_mut().enumerate() {
                                         let j = k0 + nt * 8 + 2 * (lane % 4) + (e & 1);
                                         let i = row(lane, e);
-                                        let x = if j <= i && j < len { *se * sl2 } else { f32::NEG_INFINITY };
+                                        assert!(
+                                            !inside || (j <= i && j < len),
+                                            "an unmasked block holds a masked score"
+                                        );
+                                        let x =
+                                            if inside || (j <= i && j < len) { *se * sl2 } else { f32::NEG_INFINITY };
                                         *se = x;
                                         let mx = if e < 2 { &mut mx0[lane] } else { &mut mx1[lane] };
                                         *mx = mx.max(x);
@@ -377,7 +384,7 @@ mod tests {
                                     for (e, se) in st[lane].iter_mut().enumerate() {
                                         let mn = if e < 2 { mn0 } else { mn1 };
                                         let x = *se;
-                                        let p = if x == f32::NEG_INFINITY { 0.0 } else { (x - mn).exp2() };
+                                        let p = if !inside && x == f32::NEG_INFINITY { 0.0 } else { (x - mn).exp2() };
                                         *se = p;
                                         if e < 2 {
                                             l0[lane] += p
@@ -517,6 +524,7 @@ mod tests {
                             load_rows(&mut tiles[3], dm, pq, nh + kvh + g, k0, sl);
                             let (qs, os, ks, vs) = (&tiles[0], &tiles[1], &tiles[2], &tiles[3]);
                             let (mut s, dp) = row_products2(dm, (qs, ks), (os, vs), wr);
+                            let inside = k0 + 63 <= q0 && q0 + 64 <= len;
                             for nt in 0..nt_n {
                                 for lane in 0..32 {
                                     for e in 0..4 {
@@ -527,7 +535,15 @@ mod tests {
                                         } else {
                                             (0.0, 0.0)
                                         };
-                                        let p = if j <= i && i < len { (s[nt][lane][e] * sl2 - l).exp2() } else { 0.0 };
+                                        assert!(
+                                            !inside || (j <= i && i < len),
+                                            "an unmasked dQ block holds a masked score"
+                                        );
+                                        let p = if inside || (j <= i && i < len) {
+                                            (s[nt][lane][e] * sl2 - l).exp2()
+                                        } else {
+                                            0.0
+                                        };
                                         s[nt][lane][e] = p * (dp[nt][lane][e] - dl);
                                     }
                                 }
@@ -568,12 +584,17 @@ mod tests {
                             for warp in 0..4 {
                                 let wr = warp * 16;
                                 let (mut st, mut dpt) = row_products2(dm, (ks, qs), (vs, os), wr);
+                                let inside = k0 + 63 <= q0 && q0 + 64 <= len;
                                 for nt in 0..nt_n {
                                     for lane in 0..32 {
                                         for e in 0..4 {
                                             let c = nt * 8 + 2 * (lane % 4) + (e & 1);
                                             let (i, j) = (q0 + c, row(k0 + wr, lane, e));
-                                            let p = if j <= i && i < len {
+                                            assert!(
+                                                !inside || (j <= i && i < len),
+                                                "an unmasked dK/dV block holds a masked score"
+                                            );
+                                            let p = if inside || (j <= i && i < len) {
                                                 (st[nt][lane][e] * sl2 - ls[c]).exp2()
                                             } else {
                                                 0.0
