@@ -73,11 +73,17 @@ impl DecodeAttn {
     }
 }
 
+/// Bytes of the workspace cuBLAS is given (NVIDIA's advice for Hopper, more than Ampere needs).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
 /// A CUDA device ready to run arbor's kernels.
 pub struct Gpu {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) blas: CudaBlas,
+    /// cuBLAS's workspace, owned here (dropped after the handle), so that cuBLAS allocates
+    /// nothing of its own, inside a captured decode step or out ([`BLAS_WORKSPACE`] bytes).
+    _blas_workspace: CudaSlice<u8>,
     arch: String,
     name: String,
     ordinal: usize,
@@ -169,6 +175,16 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv("stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::device("cuBLAS", format!("{e:?}")))?;
+        let blas_workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE).map_err(drv("cuBLAS workspace"))?;
+        // SAFETY: the handle is live and bound to `stream` (set once, by CudaBlas::new: a later
+        // cublasSetStream would reset the workspace); the buffer holds BLAS_WORKSPACE bytes,
+        // 256-byte aligned, and is kept in the Gpu, which drops it after the handle.
+        unsafe {
+            let ptr = blas_workspace.device_ptr(&stream).0 as *mut std::ffi::c_void;
+            cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr, BLAS_WORKSPACE)
+        }
+        .result()
+        .map_err(|e| Error::device("cuBLAS workspace", format!("{e:?}")))?;
         let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
         let name = ctx.name().map_err(drv("device name"))?;
         let sms = ctx
@@ -182,6 +198,7 @@ impl Gpu {
             ctx,
             stream,
             blas,
+            _blas_workspace: blas_workspace,
             arch: format!("compute_{major}{minor}"),
             name,
             ordinal,
