@@ -104,6 +104,15 @@ if [ "${GPU_CHECK_PEERS:-1}" = "1" ] && python3 -c "import torch, transformers; 
 fi
 # peer NAME CMD...: a PyTorch peer, when torch and transformers are there
 peer() { [ "$peers" = 1 ] && run "$@"; }
+# done_part NAME: the part's wall time to timings.txt, and a summary so far (a run stopped by a
+# time limit still leaves one)
+t_part=$SECONDS
+done_part() {
+    echo "$1: $((SECONDS - t_part)) s" >> "$out/timings.txt"
+    t_part=$SECONDS
+    python3 scripts/gpu_summary.py "$out" > "$out/summary.txt" 2>/dev/null || true
+}
+: > "$out/timings.txt"
 q05=(--model-config configs/models/qwen2-0.5b-shape)
 att64=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
 att128=(--batch 4 --seq 1024 --heads 16 --kv-heads 4 --head-dim 128)
@@ -116,6 +125,7 @@ if part tests; then
         exit 1
     fi
 fi
+done_part tests
 
 if part headline; then
     echo "== the device's ceilings: copy bandwidth, product rate of each dtype at a 0.5B training shape"
@@ -149,6 +159,7 @@ if part headline; then
     run rl_step_0.5b_bf16 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" --prompts 16 --samples 8 \
         --new-tokens 64 --steps 2 --warmup 1
 fi
+done_part headline
 
 if part countdown && in_budget countdown; then
     echo "== Countdown SFT then GRPO on the GPU (configs/countdown-gpu.toml; GPU_CHECK_FULL=1: the whole job, ~10 min)"
@@ -168,6 +179,7 @@ if part countdown && in_budget countdown; then
     cp "$out"/runs/*/metrics.jsonl "$out/countdown_gpu_metrics.jsonl" 2>/dev/null || true
     rm -rf "$out/runs"
 fi
+done_part countdown
 
 if part variants; then
     echo "== attention: f32, and the backward's other dK/dV plan (one block loops over a GQA group's heads)"
@@ -206,6 +218,7 @@ if part variants; then
     in_budget rl_step_0.5b_bf16_graphs && ARBOR_CUDA_GRAPHS=1 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" \
         --prompts 16 --samples 8 --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16_graphs.json"
 fi
+done_part variants
 
 # every ratio whose two figures exist
 python3 - "$out" <<'PY' | tee "$out/ratios.txt"

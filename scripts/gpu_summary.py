@@ -59,6 +59,9 @@ def main():
     if os.path.exists(ratios):
         lines.append("ratios:")
         lines.extend("  " + r for r in open(ratios).read().strip().splitlines())
+    tm = os.path.join(d, "timings.txt")
+    if os.path.exists(tm) and open(tm).read().strip():
+        lines.append("wall time per part: " + ", ".join(open(tm).read().strip().splitlines()))
     sk = os.path.join(d, "skipped.txt")
     if os.path.exists(sk) and open(sk).read().strip():
         lines.append("not run:")
