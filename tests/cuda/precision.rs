@@ -268,7 +268,8 @@ fn bf16_supervised_training_tracks_the_f32_loss_curve() {
 
 /// The decoder with bf16 products (weights rounded once into an image, keys and values cached in
 /// bf16) against the f32 decoder: the logits of a prefill and three decode steps within 2 % of
-/// their scale, not bit-identical.
+/// their scale, not bit-identical; also with each row's positions split over blocks (the split
+/// attention merged into bf16 rows).
 #[test]
 fn bf16_decode_logits_track_the_f32_decode() {
     let Some(g) = gpu() else { return };
@@ -279,8 +280,10 @@ fn bf16_decode_logits_track_the_f32_decode() {
     let model = Model::new(cfg.clone(), init_params(&cfg, 5, 1.0)).unwrap();
     let prompt: Vec<u32> = vec![3, 14, 15, 9, 2, 6];
     let mut logits = Vec::new();
-    for dtype in [Dtype::F32, Dtype::Bf16] {
+    // f32, bf16, and bf16 with each row's positions split in blocks of 4 (merged into bf16 rows)
+    for (dtype, split) in [(Dtype::F32, 0), (Dtype::Bf16, 0), (Dtype::Bf16, 4)] {
         g.set_dtype(dtype);
+        g.set_decode_split(split);
         let mut dec = GpuDecoder::new(&g, &model).unwrap();
         let mut cache = arbor::cuda::GpuKvCache::new(&g, &model, 1, 32).unwrap();
         let mut all = dec.step(&model, &prompt, &vec![0; prompt.len()], &mut cache).unwrap();
@@ -289,7 +292,10 @@ fn bf16_decode_logits_track_the_f32_decode() {
         }
         logits.push(all);
     }
+    g.set_decode_split(0);
+    g.set_dtype(Dtype::F32);
     close("bf16 decode logits vs f32", &logits[1], &logits[0], 2e-2);
+    close("bf16 decode logits with split rows vs f32", &logits[2], &logits[0], 2e-2);
     assert!(max_abs_diff(&logits[1], &logits[0]) > 0.0, "bf16 decode equals f32 bit for bit: no bf16 products");
 }
 
