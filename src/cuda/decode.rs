@@ -35,9 +35,8 @@ pub struct GpuDecoder {
     rope: GpuRope,
     bufs: StepBufs,
     sampling: SampleBufs,
-    /// Each row's position and each slot's length after the step (host scratch).
-    positions: Vec<u32>,
-    next: Vec<usize>,
+    /// The step's rows on the host (reused: no allocation per token step).
+    host: HostRows,
     /// The step's rows on the device (tokens, positions, slots, attended lengths), reused.
     rows: Option<RowsDev>,
     /// Decode steps captured as CUDA graphs (opt-in; `cuda::graphs`).
@@ -97,8 +96,7 @@ impl GpuDecoder {
             rope: gpu.rope(&model.rope)?,
             bufs,
             sampling: SampleBufs::new(gpu, 1)?,
-            positions: Vec::new(),
-            next: Vec::new(),
+            host: HostRows::default(),
             rows: None,
             graphs: StepGraphs::new(graphs::requested()),
             pad: graphs::requested(),
@@ -163,28 +161,23 @@ impl GpuDecoder {
             return Err(Error::Invalid("GPU decoding under tensor parallelism is not supported yet".into()));
         }
         let max_pos = cache.max_len.min(cfg.max_position_embeddings);
-        assign_positions(slots, &cache.len, max_pos, &mut self.positions, &mut self.next)?;
+        let h = &mut self.host;
+        assign_positions(slots, &cache.len, max_pos, &mut h.positions, &mut h.next)?;
         // every row picks a token (the steady state): a step a graph may replay, padded up to its
         // bucket with rows decoding token 0 into the spare slot (positions 0, 1, ..: never read)
         let uniform = logit_rows.len() == b && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
         let padded = if self.pad && uniform { graphs::bucket(b) } else { b };
-        let (tokens_p, slot_ids, lens) = pad_rows(tokens, slots, &mut self.positions, (padded, cache.slots, max_pos));
+        h.pad(tokens, slots, (padded, cache.slots, max_pos));
         let g = &*self.gpu;
         let mut rows = RowsDev::with_room(g, self.rows.take(), padded)?;
         let st = &g.stream;
         let b = padded;
-        st.memcpy_htod(&tokens_p[..], &mut rows.batch.tokens.slice_mut(0..b)).map_err(drv("upload"))?;
-        st.memcpy_htod(&self.positions[..], &mut rows.batch.positions.slice_mut(0..b)).map_err(drv("upload"))?;
-        st.memcpy_htod(&slot_ids[..], &mut rows.slots.slice_mut(0..b)).map_err(drv("upload"))?;
-        st.memcpy_htod(&lens[..], &mut rows.lens.slice_mut(0..b)).map_err(drv("upload"))?;
-        let all_rows: Vec<usize>;
-        let logit_rows = match padded > logit_rows.len() {
-            true => {
-                all_rows = (0..padded).collect();
-                &all_rows[..]
-            }
-            false => logit_rows,
-        };
+        st.memcpy_htod(&h.tokens[..], &mut rows.batch.tokens.slice_mut(0..b)).map_err(drv("upload"))?;
+        st.memcpy_htod(&h.positions[..], &mut rows.batch.positions.slice_mut(0..b)).map_err(drv("upload"))?;
+        st.memcpy_htod(&h.slots[..], &mut rows.slots.slice_mut(0..b)).map_err(drv("upload"))?;
+        st.memcpy_htod(&h.lens[..], &mut rows.lens.slice_mut(0..b)).map_err(drv("upload"))?;
+        let (tokens_p, logit_rows) =
+            (&h.tokens[..], if padded > logit_rows.len() { &h.all[..padded] } else { logit_rows });
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let n = logit_rows.len();
         let bf = &mut self.bufs;
@@ -238,12 +231,12 @@ impl GpuDecoder {
             split,
         };
         let done = match action {
-            Action::Eager => decode_stack(model, &mut step, &tokens_p, logit_rows),
+            Action::Eager => decode_stack(model, &mut step, tokens_p, logit_rows),
             Action::Replay => match self.graphs.get(b) {
                 Some(graph) => graph.launch().map_err(drv("graph launch")),
-                None => decode_stack(model, &mut step, &tokens_p, logit_rows),
+                None => decode_stack(model, &mut step, tokens_p, logit_rows),
             },
-            Action::Capture => match capture(st, || decode_stack(model, &mut step, &tokens_p, logit_rows)) {
+            Action::Capture => match capture(st, || decode_stack(model, &mut step, tokens_p, logit_rows)) {
                 Ok(graph) => {
                     let launched = graph.launch().map_err(drv("graph launch"));
                     self.graphs.insert(b, graph);
@@ -252,13 +245,13 @@ impl GpuDecoder {
                 // the driver or a library refused the capture: run this and every later step eagerly
                 Err(_) => {
                     self.graphs.give_up();
-                    decode_stack(model, &mut step, &tokens_p, logit_rows)
+                    decode_stack(model, &mut step, tokens_p, logit_rows)
                 }
             },
         };
         self.rows = Some(rows);
         done?;
-        cache.len.copy_from_slice(&self.next);
+        cache.len.copy_from_slice(&self.host.next);
         Ok(())
     }
 
@@ -303,25 +296,40 @@ impl GpuDecoder {
     }
 }
 
-/// A step's rows padded to `padded` rows: tokens, slot ids, positions (in place) and attended
-/// lengths; row j of the padding decodes token 0 into slot `spare` at position j (modulo
-/// `max_pos`), so padding rows never touch a real slot, and each writes its own cache position
-/// wherever the spare slot has room for them.
-fn pad_rows(
-    tokens: &[u32],
-    slots: &[usize],
-    positions: &mut Vec<u32>,
-    (padded, spare, max_pos): (usize, usize, usize),
-) -> (Vec<u32>, Vec<i32>, Vec<i32>) {
-    let mut tokens_p = tokens.to_vec();
-    let mut slot_ids: Vec<i32> = slots.iter().map(|&s| s as i32).collect();
-    for j in 0..padded.saturating_sub(tokens.len()) {
-        tokens_p.push(0);
-        slot_ids.push(spare as i32);
-        positions.push((j % max_pos) as u32);
+/// A decode step's rows on the host, reused from step to step: each row's position and each
+/// slot's length after the step (`assign_positions`), then the rows padded to the step's row
+/// count ([`HostRows::pad`]) as they are uploaded.
+#[derive(Debug, Default)]
+struct HostRows {
+    positions: Vec<u32>,
+    next: Vec<usize>,
+    tokens: Vec<u32>,
+    slots: Vec<i32>,
+    lens: Vec<i32>,
+    /// 0, 1, 2, ..: the logit rows of a padded step.
+    all: Vec<usize>,
+}
+
+impl HostRows {
+    /// The rows `tokens` in `slots` (their positions already assigned) padded to `padded` rows:
+    /// row j of the padding decodes token 0 into slot `spare` at position j (modulo `max_pos`), so
+    /// padding rows never touch a real slot, and each writes its own cache position wherever the
+    /// spare slot has room for them; then every row's attended length.
+    fn pad(&mut self, tokens: &[u32], slots: &[usize], (padded, spare, max_pos): (usize, usize, usize)) {
+        self.tokens.clear();
+        self.tokens.extend_from_slice(tokens);
+        self.slots.clear();
+        self.slots.extend(slots.iter().map(|&s| s as i32));
+        for j in 0..padded.saturating_sub(tokens.len()) {
+            self.tokens.push(0);
+            self.slots.push(spare as i32);
+            self.positions.push((j % max_pos) as u32);
+        }
+        self.lens.clear();
+        self.lens.extend(self.positions.iter().map(|&p| p as i32 + 1));
+        let have = self.all.len();
+        self.all.extend(have..padded.max(have));
     }
-    let lens = positions.iter().map(|&p| p as i32 + 1).collect();
-    (tokens_p, slot_ids, lens)
 }
 
 /// Every device address, shape and kernel choice a captured decode step bakes in: the weights
@@ -383,18 +391,20 @@ mod tests {
     use super::*;
 
     /// Padding rows follow the real ones untouched, decode token 0 into the spare slot at distinct
-    /// positions 0, 1, .. (wrapping only past the slot's room), and attend to their own position.
+    /// positions 0, 1, .. (wrapping only past the slot's room), and attend to their own position;
+    /// a later, unpadded step reuses the buffers with nothing left over.
     #[test]
     fn padding_rows_decode_into_the_spare_slot() {
-        let mut positions = vec![5, 0, 9];
-        let (tokens, slot_ids, lens) = pad_rows(&[7, 8, 9], &[2, 0, 1], &mut positions, (8, 3, 4));
-        assert_eq!(tokens, [7, 8, 9, 0, 0, 0, 0, 0]);
-        assert_eq!(slot_ids, [2, 0, 1, 3, 3, 3, 3, 3]);
-        assert_eq!(positions, [5, 0, 9, 0, 1, 2, 3, 0]);
-        assert_eq!(lens, [6, 1, 10, 1, 2, 3, 4, 1]);
-        let mut positions = vec![1, 2];
-        let unpadded = pad_rows(&[4, 4], &[0, 0], &mut positions, (2, 1, 16));
-        assert_eq!(unpadded, (vec![4, 4], vec![0, 0], vec![2, 3]));
-        assert_eq!(positions, [1, 2]);
+        let mut h = HostRows { positions: vec![5, 0, 9], ..HostRows::default() };
+        h.pad(&[7, 8, 9], &[2, 0, 1], (8, 3, 4));
+        assert_eq!(h.tokens, [7, 8, 9, 0, 0, 0, 0, 0]);
+        assert_eq!(h.slots, [2, 0, 1, 3, 3, 3, 3, 3]);
+        assert_eq!(h.positions, [5, 0, 9, 0, 1, 2, 3, 0]);
+        assert_eq!(h.lens, [6, 1, 10, 1, 2, 3, 4, 1]);
+        assert_eq!(h.all[..8], [0, 1, 2, 3, 4, 5, 6, 7]);
+        h.positions = vec![1, 2];
+        h.pad(&[4, 4], &[0, 0], (2, 1, 16));
+        assert_eq!((&h.tokens[..], &h.slots[..], &h.lens[..]), (&[4u32, 4][..], &[0, 0][..], &[2, 3][..]));
+        assert_eq!(h.positions, [1, 2]);
     }
 }
