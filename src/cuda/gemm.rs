@@ -132,13 +132,8 @@ impl Gpu {
         shape: GemmShape,
         acc: bool,
     ) -> Result<()> {
+        bf16_operands_fit(kind, shape, (a.len(), b.len(), c.len()))?;
         let GemmShape { m, n, k } = shape;
-        if m == 0 || n == 0 || k == 0 {
-            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "empty shapes are not supported"));
-        }
-        if a.len() < m * k || b.len() < n * k || c.len() < m * n {
-            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
-        }
         let bp = self.pr(&b);
         let product = Product { c: self.pm(&mut c), b: self.weight_operand(bp, n * k), kind, shape, acc };
         self.gemm_rounded(Operand::Bf16(a.device_ptr(&self.stream).0), m * k, &[product])
@@ -235,6 +230,20 @@ impl Gpu {
     }
 }
 
+/// The checks of a product on bf16 operands: no empty dimension, and operands of m·k, n·k and m·n
+/// elements at least (`lens`: A, B, C).
+fn bf16_operands_fit(kind: GemmKind, shape: GemmShape, (a, b, c): (usize, usize, usize)) -> Result<()> {
+    let GemmShape { m, n, k } = shape;
+    let what = || format!("bf16 GEMM {kind:?} {m}x{n}x{k}");
+    if m == 0 || n == 0 || k == 0 {
+        return Err(Error::shape(what(), "empty shapes are not supported"));
+    }
+    if a < m * k || b < n * k || c < m * n {
+        return Err(Error::shape(what(), "operand views too short"));
+    }
+    Ok(())
+}
+
 /// An operand of a "bf16" product: f32 to round, or already bf16.
 #[derive(Debug, Clone, Copy)]
 enum Operand {
@@ -300,14 +309,8 @@ impl Gpu {
         shape: GemmShape,
         acc: bool,
     ) -> Result<()> {
-        let GemmShape { m, n, k } = shape;
         let GemmOut { ptr: c, ty: out, len: c_len } = out;
-        if m == 0 || n == 0 || k == 0 {
-            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "empty shapes are not supported"));
-        }
-        if a.len() < m * k || b.len() < n * k || c_len < m * n || c == 0 {
-            return Err(Error::shape(format!("bf16 GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
-        }
+        bf16_operands_fit(kind, shape, (a.len(), b.len(), if c == 0 { 0 } else { c_len }))?;
         let c_type = match out {
             OutType::F32 => R_32F,
             OutType::Bf16 => R_16BF,
