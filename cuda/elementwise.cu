@@ -4,7 +4,8 @@
 // add_bias_f32
 //   (float* out, const float* bias, int n, int c)
 //   out: [N, C] f32, bias: [C] f32.  out[i, j] += bias[j].
-//   Launch: grid = (ceil(c / 256), n), block = 256, no dynamic shared memory.
+//   Launch: grid = (n, ceil(c / 256)), block = 256, no dynamic shared memory (rows on x: y would
+//   stop at 65,535 tokens).
 //
 // col_partial_f32
 //   (float* partial, const float* x, int n, int c, int rows_per_chunk)
@@ -14,8 +15,8 @@
 //   Launch: grid = (ceil(c / 256), P), block = 256, no dynamic shared memory.
 
 extern "C" __global__ void add_bias_f32(float* __restrict__ out, const float* __restrict__ bias, int n, int c) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    const int i = blockIdx.y;
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    const int i = blockIdx.x;
     if (j >= c || i >= n) return;
     out[(long long)i * c + j] += bias[j];
 }

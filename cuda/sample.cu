@@ -220,7 +220,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
         const unsigned long long d = hi - lo;
         const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
         count_mass(mid);
-        const bool ok = s_count >= keep_k || s_mass >= mass_target;
+        const bool ok = s_count >= 1 && (s_count >= keep_k || s_mass >= mass_target);  // one token at least
         __syncthreads();  // every thread has read s_count / s_mass before the next pass writes them
         if (ok) lo = mid; else hi = mid - 1;
     }
@@ -232,7 +232,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
         const unsigned long long d = hi - lo;
         const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
         count_mass(mid);
-        const bool ok = s_mass >= target;
+        const bool ok = s_count >= 1 && s_mass >= target;  // u = 0: the most likely kept token
         __syncthreads();
         if (ok) lo = mid; else hi = mid - 1;
     }

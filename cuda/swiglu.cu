@@ -7,7 +7,8 @@
 //   gate_up: [N, 2I] T; act: [N, I] T.
 //   act[i,j] = g * sigmoid(g) * u,  g = gate_up[i, j], u = gate_up[i, I + j],
 //   sigmoid(g) = 1 / (1 + exp(-g)).
-//   Launch: grid = (ceil(inter / 256), n), block = 256, no dynamic shared memory.
+//   Launch: grid = (n, ceil(inter / 256)), block = 256, no dynamic shared memory (rows on x, whose
+//   limit is 2^31 - 1: y would stop at 65,535 tokens).
 // swiglu_fwd_f32_o16: swiglu_fwd_f32 with act in bf16 (unsigned short, rounded to nearest even as
 //   it is written: the rows the down projection's bf16 product reads).
 //
@@ -15,14 +16,15 @@
 //   (float* dgate_up, const float* dact, const T* gate_up, int n, int inter)
 //   dgate_up: [N, 2I] f32 (OVERWRITTEN, like the CPU); dact: [N, I] f32; gate_up: [N, 2I] T.
 //   s = sigmoid(g);  d gate = dact * u * s * (1 + g * (1 - s));  d up = dact * g * s.
-//   Launch: grid = (ceil(inter / 256), n), block = 256, no dynamic shared memory.
+//   Launch: grid = (n, ceil(inter / 256)), block = 256, no dynamic shared memory (rows on x, whose
+//   limit is 2^31 - 1: y would stop at 65,535 tokens).
 
 __device__ __forceinline__ float sigmoid_f(float g) { return 1.0f / (1.0f + expf(-g)); }
 
 template <typename T, typename TA = T>
 __device__ void swiglu_fwd(TA* __restrict__ act, const T* __restrict__ gate_up, int n, int inter) {
-    const int row = blockIdx.y;
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int row = blockIdx.x;
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
     if (row >= n || j >= inter) return;
     const T* gr = gate_up + (long long)row * 2 * inter;
     const float g = load_f(gr + j), u = load_f(gr + inter + j);
@@ -44,8 +46,8 @@ extern "C" __global__ void swiglu_fwd_f32_o16(unsigned short* act, const float* 
 template <typename T>
 __device__ void swiglu_bwd(float* __restrict__ dgate_up, const float* __restrict__ dact,
                            const T* __restrict__ gate_up, int n, int inter) {
-    const int row = blockIdx.y;
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int row = blockIdx.x;
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
     if (row >= n || j >= inter) return;
     const long long o2 = (long long)row * 2 * inter;
     const float g = load_f(gate_up + o2 + j), u = load_f(gate_up + o2 + inter + j);

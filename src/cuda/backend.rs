@@ -2,6 +2,7 @@
 //! SGEMM. Every method follows the CPU function of the same name (tests/cuda/ compares them).
 
 use crate::attention::{AttnSaved, AttnShape};
+use crate::cuda::act::{ActView, ActViewMut, GpuAct};
 use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::cuda::gemm::GemmKind;
 use crate::error::{Error, Result};
@@ -9,6 +10,7 @@ use crate::parallel::{Comm, TpGroup};
 use crate::tensor::backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
 use crate::tensor::cpu::ops::RopeTable;
 use crate::tensor::shape::GemmShape;
+use crate::tensor::Dtype;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::ops::Range;
 
@@ -88,6 +90,9 @@ impl Backend for Gpu {
     type Buf = CudaSlice<f32>;
     type R<'a> = CudaView<'a, f32>;
     type M<'a> = CudaViewMut<'a, f32>;
+    type Act = GpuAct;
+    type ActR<'a> = ActView<'a>;
+    type ActM<'a> = ActViewMut<'a>;
     type Batch<'a> = GpuBatch;
     type Rope = GpuRope;
 
@@ -128,6 +133,27 @@ impl Backend for Gpu {
     }
     fn sub_m<'a, 'b: 'a>(x: &'a mut CudaViewMut<'b, f32>, r: Range<usize>) -> CudaViewMut<'a, f32> {
         x.slice_mut(r)
+    }
+    fn act_empty(&self) -> Result<GpuAct> {
+        Ok(GpuAct::F32(self.empty()?))
+    }
+    fn act_grow(&self, buf: &mut GpuAct, n: usize) -> Result<()> {
+        self.act_fit(buf, n, self.dtype() == Dtype::Bf16)
+    }
+    fn act_bytes(buf: &GpuAct) -> usize {
+        buf.bytes()
+    }
+    fn act_download(&self, buf: &GpuAct, out: &mut [f32]) -> Result<()> {
+        self.act_to_host(buf, out)
+    }
+    fn act_r(buf: &GpuAct, r: Range<usize>) -> ActView<'_> {
+        buf.view(r)
+    }
+    fn act_m(buf: &mut GpuAct, r: Range<usize>) -> ActViewMut<'_> {
+        buf.view_mut(r)
+    }
+    fn act_sub_r<'a>(x: &Self::ActR<'a>, r: Range<usize>) -> Self::ActR<'a> {
+        x.slice(r)
     }
     fn batch(&self, batch: PackedBatch<'_>) -> Result<GpuBatch> {
         let up = |x: &[u32]| self.htod(x);
@@ -193,6 +219,23 @@ impl Backend for Gpu {
         x: Self::R<'_>,
         mnk: (usize, usize, usize),
     ) -> Result<()> {
+        self.linear_backward_gemms(dx, dw, dy, w, ActView::F32(x), mnk)
+    }
+    fn matmul_nt_act(&self, c: Self::M<'_>, a: ActView<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
+        match a {
+            ActView::F32(a) => self.gemm(c, a, b, GemmKind::Nt, shape, acc),
+            ActView::Bf16(a) => self.gemm_a16(c, &a, b, GemmKind::Nt, shape, acc),
+        }
+    }
+    fn linear_backward_act(
+        &self,
+        dx: Self::M<'_>,
+        dw: Self::M<'_>,
+        dy: Self::R<'_>,
+        w: Self::R<'_>,
+        x: ActView<'_>,
+        mnk: (usize, usize, usize),
+    ) -> Result<()> {
         self.linear_backward_gemms(dx, dw, dy, w, x, mnk)
     }
 
@@ -225,15 +268,19 @@ impl Backend for Gpu {
     }
     fn rmsnorm_forward(
         &self,
-        mut y: Self::M<'_>,
+        mut y: ActViewMut<'_>,
         mut rstd: Self::M<'_>,
         x: Self::R<'_>,
         w: Self::R<'_>,
         eps: f32,
     ) -> Result<()> {
         let (n, c) = (rstd.len(), w.len());
+        if y.len() < n * c || x.len() < n * c {
+            return Err(Error::shape("RMSNorm", format!("{n} rows of {c} from views of {} and {}", x.len(), y.len())));
+        }
+        let entry = format!("rmsnorm_fwd_f32{}", y.out_suffix());
         let args = [
-            Arg::P(self.pm(&mut y)),
+            Arg::P(y.ptr(self)),
             Arg::P(self.pm(&mut rstd)),
             Arg::P(self.pr(&x)),
             Arg::P(self.pr(&w)),
@@ -241,7 +288,7 @@ impl Backend for Gpu {
             Arg::I(int(c, "cols")?),
             Arg::F(eps),
         ];
-        self.launch("rmsnorm", "rmsnorm_fwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)
+        self.launch("rmsnorm", &entry, (n as u32, 1, 1), (256, 1, 1), 0, &args)
     }
     fn rmsnorm_backward(
         &self,
@@ -286,7 +333,7 @@ impl Backend for Gpu {
         let n = out.len() / c.max(1);
         let args =
             [Arg::P(self.pm(&mut out)), Arg::P(self.pr(&bias)), Arg::I(int(n, "rows")?), Arg::I(int(c, "cols")?)];
-        self.launch("elementwise", "add_bias_f32", (c.div_ceil(256) as u32, n as u32, 1), (256, 1, 1), 0, &args)
+        self.launch("elementwise", "add_bias_f32", (n as u32, c.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
     }
     fn bias_backward(&self, mut dbias: Self::M<'_>, dout: Self::R<'_>) -> Result<()> {
         let c = dbias.len();
@@ -346,15 +393,15 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.flash_backward(dqkv, scratch, dout, saved, batch, shape)
     }
-    fn swiglu_forward(&self, mut act: Self::M<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()> {
+    fn swiglu_forward(&self, mut act: ActViewMut<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()> {
         let n = act.len() / inter.max(1);
-        let args = [
-            Arg::P(self.pm(&mut act)),
-            Arg::P(self.pr(&gate_up)),
-            Arg::I(int(n, "rows")?),
-            Arg::I(int(inter, "inter")?),
-        ];
-        self.launch("swiglu", "swiglu_fwd_f32", (inter.div_ceil(256) as u32, n as u32, 1), (256, 1, 1), 0, &args)
+        if gate_up.len() < 2 * n * inter {
+            return Err(Error::shape("SwiGLU", format!("{n} rows of {inter} from {} gate|up values", gate_up.len())));
+        }
+        let entry = format!("swiglu_fwd_f32{}", act.out_suffix());
+        let args =
+            [Arg::P(act.ptr(self)), Arg::P(self.pr(&gate_up)), Arg::I(int(n, "rows")?), Arg::I(int(inter, "inter")?)];
+        self.launch("swiglu", &entry, (n as u32, inter.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
     }
     fn swiglu_backward(
         &self,
@@ -371,7 +418,7 @@ impl Backend for Gpu {
             Arg::I(int(n, "rows")?),
             Arg::I(int(inter, "inter")?),
         ];
-        self.launch("swiglu", "swiglu_bwd_f32", (inter.div_ceil(256) as u32, n as u32, 1), (256, 1, 1), 0, &args)
+        self.launch("swiglu", "swiglu_bwd_f32", (n as u32, inter.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
     }
     fn logprob_forward(
         &self,

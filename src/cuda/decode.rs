@@ -9,7 +9,7 @@
 
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::decode_attn::{decode_attn_entry, decode_splits, partial_len};
-use crate::cuda::decode_step::{grow16, GpuStep, StepBufs};
+use crate::cuda::decode_step::{GpuStep, StepBufs};
 use crate::cuda::device::{drv, Gpu};
 use crate::cuda::graphs::{self, Action, StepGraphs};
 use crate::cuda::image::Bf16Image;
@@ -74,19 +74,17 @@ impl GpuDecoder {
     /// Upload `model`'s weights.
     pub fn new(gpu: &Arc<Gpu>, model: &Model) -> Result<Self> {
         let e = || gpu.empty();
-        let e16 = || gpu.stream.alloc_zeros::<u16>(1).map_err(drv("alloc"));
+        let a = || gpu.act_empty();
         let bufs = StepBufs {
             x: e()?,
-            ln: e()?,
+            ln: a()?,
             rstd: e()?,
             qkv: e()?,
-            att: e()?,
+            att: a()?,
             gate_up: e()?,
-            act: e()?,
+            act: a()?,
             logits: e()?,
-            ln16: e16()?,
-            att16: e16()?,
-            act16: e16()?,
+            gather: e()?,
             partial: e()?,
         };
         let mut dec = GpuDecoder {
@@ -183,7 +181,7 @@ impl GpuDecoder {
         let bf = &mut self.bufs;
         for (buf, len) in [
             (&mut bf.x, b * c),
-            (&mut bf.ln, b * c),
+            (&mut bf.gather, b * c),
             (&mut bf.rstd, b),
             (&mut bf.qkv, b * cfg.qkv_dim()),
             (&mut bf.gate_up, b * 2 * inter),
@@ -193,14 +191,9 @@ impl GpuDecoder {
         }
         // bf16 products: their first operands are written in bf16 (`_o16` kernels)
         let ops16 = g.dtype() == Dtype::Bf16;
-        if ops16 {
-            grow16(g, &mut bf.ln16, b * c)?;
-            grow16(g, &mut bf.att16, b * cfg.attn_dim())?;
-            grow16(g, &mut bf.act16, b * inter)?;
-        } else {
-            g.grow(&mut bf.att, b * cfg.attn_dim())?;
-            g.grow(&mut bf.act, b * inter)?;
-        }
+        g.act_fit(&mut bf.ln, b * c, ops16)?;
+        g.act_fit(&mut bf.att, b * cfg.attn_dim(), ops16)?;
+        g.act_fit(&mut bf.act, b * inter, ops16)?;
         // the per-group decode attention's splits of each row's positions
         let kv = cfg.num_kv_heads;
         let split = match decode_attn_entry(g.decode_attn(), cfg.num_heads / kv.max(1), cfg.head_dim) {
@@ -214,7 +207,7 @@ impl GpuDecoder {
             None => (1, cache.max_len),
         };
         let fingerprint = match self.graphs.enabled() && uniform {
-            true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache, (ops16, split)),
+            true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache),
             false => Vec::new(),
         };
         let action = self.graphs.plan(b, uniform, &fingerprint);
@@ -227,7 +220,6 @@ impl GpuDecoder {
             dev: &rows.batch,
             slots: &rows.slots,
             lens: &rows.lens,
-            ops16,
             split,
         };
         let done = match action {
@@ -332,25 +324,31 @@ impl HostRows {
     }
 }
 
-/// Every device address, shape and kernel choice a captured decode step bakes in: the weights
-/// and their image, the step buffers, the row inputs, each layer's cache, the device's scratch
-/// buffers, whether the products' first operands are bf16, the decode attention's splits.
+/// Every device address and setting a captured decode step bakes in, besides its row count: the
+/// weights and their image, the products' dtype, the decode attention's kernel and forced split
+/// length (with the cache length, the device and the row count they fix each row's splits), the
+/// step buffers, the row inputs, each layer's cache, the device's scratch buffers. Graphs are kept
+/// per row count under one fingerprint, so nothing that depends on the row count may enter it.
 fn step_fingerprint(
     g: &Gpu,
     (params, image): (&CudaSlice<f32>, Option<&Bf16Image>),
     b: &StepBufs,
     rows: &RowsDev,
     cache: &GpuKvCache,
-    (ops16, split): (bool, (usize, usize)),
 ) -> Vec<u64> {
     let st = &g.stream;
-    let mut f =
-        vec![params.device_ptr(st).0, image.map_or(0, |i| i.ptr()), ops16 as u64, split.0 as u64, split.1 as u64];
-    for buf in [&b.x, &b.ln, &b.rstd, &b.qkv, &b.att, &b.gate_up, &b.act, &b.logits, &b.partial] {
+    let mut f = vec![
+        params.device_ptr(st).0,
+        image.map_or(0, |i| i.ptr()),
+        g.dtype() as u64,
+        g.decode_attn() as u64,
+        g.decode_split() as u64,
+    ];
+    for buf in [&b.x, &b.rstd, &b.qkv, &b.gate_up, &b.logits, &b.gather, &b.partial] {
         f.push(buf.device_ptr(st).0);
     }
-    for buf in [&b.ln16, &b.att16, &b.act16] {
-        f.push(buf.device_ptr(st).0);
+    for buf in [&b.ln, &b.att, &b.act] {
+        f.push(buf.ptr(g));
     }
     f.extend([
         rows.batch.tokens.device_ptr(st).0,

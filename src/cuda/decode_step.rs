@@ -3,11 +3,10 @@
 //! in place (with bf16 products, first operands written in bf16 by the kernels that make them),
 //! the fused q|k|v epilogue and the decode attention of cuda/decode_attention.cu.
 
+use crate::cuda::act::GpuAct;
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::decode_attn::decode_attn_entry;
-use crate::cuda::device::drv;
 use crate::cuda::device::{Arg, Gpu};
-use crate::cuda::gemm::GemmKind;
 use crate::cuda::kv_cache::GpuKvCache;
 use crate::error::{Error, Result};
 use crate::model::decode_stack::{DecodeDevice, Norm, Proj};
@@ -15,33 +14,26 @@ use crate::model::Model;
 use crate::tensor::{Backend, GemmShape};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
+/// The largest head dim of the decode attention kernels (`DEC_MAX_D` of cuda/decode_attention.cu).
+const DEC_MAX_D: usize = 256;
+
 /// The decode step's device buffers, grown on demand: the residual stream, normed rows, RMSNorm
-/// scratch, q|k|v, attention output, gate|up, SwiGLU output, and the logits of the picked rows.
-/// With bf16 products the normed rows, attention output and SwiGLU output, the first operands of
-/// the products, are written in bf16 by the kernels that make them (`ln16`, `att16`, `act16`;
-/// `ln` then only serves [`DecodeDevice::gather`] as scratch, `att` and `act` are not grown).
+/// scratch, q|k|v, attention output, gate|up, SwiGLU output, the logits of the picked rows, and
+/// the rows [`DecodeDevice::gather`] moves. The normed rows, attention output and SwiGLU output,
+/// the first operands of the products, are activations (cuda::act): with bf16 products the
+/// kernels that make them write them in bf16.
 pub(super) struct StepBufs {
     pub(super) x: CudaSlice<f32>,
-    pub(super) ln: CudaSlice<f32>,
+    pub(super) ln: GpuAct,
     pub(super) rstd: CudaSlice<f32>,
     pub(super) qkv: CudaSlice<f32>,
-    pub(super) att: CudaSlice<f32>,
+    pub(super) att: GpuAct,
     pub(super) gate_up: CudaSlice<f32>,
-    pub(super) act: CudaSlice<f32>,
+    pub(super) act: GpuAct,
     pub(super) logits: CudaSlice<f32>,
-    pub(super) ln16: CudaSlice<u16>,
-    pub(super) att16: CudaSlice<u16>,
-    pub(super) act16: CudaSlice<u16>,
+    pub(super) gather: CudaSlice<f32>,
     /// The decode attention's per-split partial results (rows split over blocks).
     pub(super) partial: CudaSlice<f32>,
-}
-
-/// `buf` with room for at least `n` elements (reallocated, contents lost, when it has less).
-pub(super) fn grow16(g: &Gpu, buf: &mut CudaSlice<u16>, n: usize) -> Result<()> {
-    if buf.len() < n {
-        *buf = g.stream.alloc_zeros(n).map_err(drv("alloc"))?;
-    }
-    Ok(())
 }
 
 /// The GPU's half of a decode step ([`DecodeDevice`]): the backend's operations on the decoder's
@@ -57,8 +49,6 @@ pub(super) struct GpuStep<'a> {
     /// Each row's slot and attended length (position + 1).
     pub(super) slots: &'a CudaSlice<i32>,
     pub(super) lens: &'a CudaSlice<i32>,
-    /// Whether the products take bf16 first operands (written by the `_o16` kernels).
-    pub(super) ops16: bool,
     /// The per-group decode attention's (splits, positions per split) of each row.
     pub(super) split: (usize, usize),
 }
@@ -83,19 +73,7 @@ impl DecodeDevice for GpuStep<'_> {
         let (g, b) = (self.g, &mut *self.bufs);
         let eps = model.cfg.rms_norm_eps as f32;
         let (x, w) = (Gpu::r(&b.x, 0..rows * c), Gpu::r(self.p, at..at + c));
-        if !self.ops16 {
-            return g.rmsnorm_forward(Gpu::m(&mut b.ln, 0..rows * c), Gpu::m(&mut b.rstd, 0..rows), x, w, eps);
-        }
-        let args = [
-            Arg::P(b.ln16.device_ptr_mut(&g.stream).0),
-            Arg::P(g.pm(&mut Gpu::m(&mut b.rstd, 0..rows))),
-            Arg::P(g.pr(&x)),
-            Arg::P(g.pr(&w)),
-            Arg::I(rows as i32),
-            Arg::I(c as i32),
-            Arg::F(eps),
-        ];
-        g.launch("rmsnorm", "rmsnorm_fwd_f32_o16", (rows as u32, 1, 1), (256, 1, 1), 0, &args)
+        g.rmsnorm_forward(b.ln.view_mut(0..rows * c), Gpu::m(&mut b.rstd, 0..rows), x, w, eps)
     }
 
     fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()> {
@@ -121,27 +99,22 @@ impl DecodeDevice for GpuStep<'_> {
             Proj::Head => &mut b.logits,
         };
         let (w, shape) = (Gpu::r(p, at..at + n * k), GemmShape::new(rows, n, k));
-        let out = Gpu::m(out, 0..rows * n);
-        if self.ops16 {
-            let inp = match proj {
-                Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln16,
-                Proj::Out(_) => &b.att16,
-                Proj::Down(_) => &b.act16,
-            };
-            return g.gemm_a16(out, &inp.slice(0..rows * k), w, GemmKind::Nt, shape, acc);
-        }
         let inp = match proj {
             Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln,
             Proj::Out(_) => &b.att,
             Proj::Down(_) => &b.act,
         };
-        g.matmul_nt(out, Gpu::r(inp, 0..rows * k), w, shape, acc)
+        g.matmul_nt_act(Gpu::m(out, 0..rows * n), inp.view(0..rows * k), w, shape, acc)
     }
 
     fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {
         let cfg = &model.cfg;
         let (h, kv, d, qkv_w, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.qkv_dim(), cfg.attn_dim());
         let (g, cache, b) = (self.g, self.cache, &mut *self.bufs);
+        if d > DEC_MAX_D {
+            let why = format!("head_dim {d}: the decode attention kernels take at most {DEC_MAX_D}");
+            return Err(Error::shape("decode step", why));
+        }
         if self.rope.half * 2 != d {
             return Err(Error::shape(
                 "decode step",
@@ -177,10 +150,9 @@ impl DecodeDevice for GpuStep<'_> {
         let cache_type = if cache.bf16 { "_bf16" } else { "" };
         let store = format!("decode_qkv_store_f32{cache_type}");
         g.launch("decode_attention", &store, (rows as u32, 1, 1), (128, 1, 1), 0, &args)?;
-        let (att, out_type) = match self.ops16 {
-            true => (b.att16.device_ptr_mut(s).0, "_o16"),
-            false => (g.pm(&mut Gpu::m(&mut b.att, 0..rows * hd)), ""),
-        };
+        let mut att_rows = b.att.view_mut(0..rows * hd);
+        let (att, out_type) = (att_rows.ptr(g), att_rows.out_suffix());
+        let merge_type = if b.att.is_bf16() { "o16" } else { "f32" };
         let mut args = vec![
             Arg::P(att),
             Arg::I(hd as i32),
@@ -218,7 +190,7 @@ impl DecodeDevice for GpuStep<'_> {
                     Arg::I(kv as i32),
                     Arg::I(d as i32),
                 ];
-                let merge = format!("decode_attn_merge_{dm}_{}", if self.ops16 { "o16" } else { "f32" });
+                let merge = format!("decode_attn_merge_{dm}_{merge_type}");
                 g.launch("decode_attention", &merge, (kv as u32, rows as u32, 1), (128, 1, 1), 0, &args)
             }
             None => {
@@ -232,29 +204,19 @@ impl DecodeDevice for GpuStep<'_> {
         let inter = model.cfg.intermediate_size;
         let (g, b) = (self.g, &mut *self.bufs);
         let gate_up = Gpu::r(&b.gate_up, 0..rows * 2 * inter);
-        if !self.ops16 {
-            return g.swiglu_forward(Gpu::m(&mut b.act, 0..rows * inter), gate_up, inter);
-        }
-        let args = [
-            Arg::P(b.act16.device_ptr_mut(&g.stream).0),
-            Arg::P(g.pr(&gate_up)),
-            Arg::I(rows as i32),
-            Arg::I(inter as i32),
-        ];
-        g.launch("swiglu", "swiglu_fwd_f32_o16", (inter.div_ceil(256) as u32, rows as u32, 1), (256, 1, 1), 0, &args)
+        g.swiglu_forward(b.act.view_mut(0..rows * inter), gate_up, inter)
     }
 
     fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {
         if logit_rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        // through the normed-rows buffer (free until the final norm writes it)
         let c = model.cfg.hidden_size;
         let b = &mut *self.bufs;
         for (dst, &src) in logit_rows.iter().enumerate() {
-            self.g.copy(Gpu::m(&mut b.ln, dst * c..(dst + 1) * c), Gpu::r(&b.x, src * c..(src + 1) * c))?;
+            self.g.copy(Gpu::m(&mut b.gather, dst * c..(dst + 1) * c), Gpu::r(&b.x, src * c..(src + 1) * c))?;
         }
         let n = logit_rows.len() * c;
-        self.g.copy(Gpu::m(&mut b.x, 0..n), Gpu::r(&b.ln, 0..n))
+        self.g.copy(Gpu::m(&mut b.x, 0..n), Gpu::r(&b.gather, 0..n))
     }
 }

@@ -1,6 +1,7 @@
 //! cuBLAS products for the row-major matrices of the model: one cublasGemmEx call each, with f32,
 //! TF32 or bf16 operands as `[train] dtype` asks (f32 accumulation and result either way).
 
+use crate::cuda::act::ActView;
 use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::error::{Error, Result};
 use crate::tensor::shape::GemmShape;
@@ -87,25 +88,37 @@ impl Gpu {
 
     /// `Backend::linear_backward` on the device: dx = dy·w, then dw += dyᵀ·x. With bf16
     /// products dy is rounded once for both (it is the A operand of each), where two
-    /// [`Gpu::gemm`] calls would round it twice.
+    /// [`Gpu::gemm`] calls would round it twice; an x already in bf16 (an activation written so,
+    /// cuda::act) is read as it is, and makes both products bf16 ones whatever the dtype.
     pub(crate) fn linear_backward_gemms(
         &self,
         mut dx: CudaViewMut<'_, f32>,
         mut dw: CudaViewMut<'_, f32>,
         dy: CudaView<'_, f32>,
         w: CudaView<'_, f32>,
-        x: CudaView<'_, f32>,
+        x: ActView<'_>,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
         let (dx_shape, dw_shape) = (GemmShape::new(m, k, n), GemmShape::new(n, k, m));
-        if self.dtype() != Dtype::Bf16 || m == 0 || n == 0 || k == 0 {
-            self.gemm(dx, dy.slice(0..dy.len()), w, GemmKind::Nn, dx_shape, false)?;
-            return self.gemm(dw, dy, x, GemmKind::Tn, dw_shape, true);
+        if m == 0 || k == 0 {
+            return Ok(());
+        }
+        if n == 0 {
+            // dx = dy·w over an empty inner dimension; dw has no element
+            return self.stream.memset_zeros(&mut dx).map_err(drv("memset"));
         }
         if dy.len() < m * n || w.len() < n * k || x.len() < m * k || dx.len() < m * k || dw.len() < n * k {
             return Err(Error::shape(format!("linear backward {m}x{n}x{k}"), "operand views too short"));
         }
-        let (wp, xp) = (self.pr(&w), self.pr(&x));
+        let x = match x {
+            ActView::F32(x) if self.dtype() != Dtype::Bf16 => {
+                self.gemm(dx, dy.slice(0..dy.len()), w, GemmKind::Nn, dx_shape, false)?;
+                return self.gemm(dw, dy, x, GemmKind::Tn, dw_shape, true);
+            }
+            ActView::F32(x) => Operand::F32(self.pr(&x)),
+            ActView::Bf16(x) => Operand::Bf16(x.device_ptr(&self.stream).0),
+        };
+        let wp = self.pr(&w);
         let products = [
             Product {
                 c: self.pm(&mut dx),
@@ -114,7 +127,7 @@ impl Gpu {
                 shape: dx_shape,
                 acc: false,
             },
-            Product { c: self.pm(&mut dw), b: Operand::F32(xp), kind: GemmKind::Tn, shape: dw_shape, acc: true },
+            Product { c: self.pm(&mut dw), b: x, kind: GemmKind::Tn, shape: dw_shape, acc: true },
         ];
         self.gemm_rounded(Operand::F32(self.pr(&dy)), m * n, &products)
     }

@@ -5,6 +5,7 @@
 //! The model code is not duplicated: [`Gpu`] implements [`crate::tensor::Backend`] and runs the
 //! same generic forward and backward as the CPU (`Model::forward_on` / `backward_on`).
 
+pub mod act;
 pub mod attention;
 pub mod backend;
 pub mod decode;

@@ -109,7 +109,7 @@ impl GpuModel {
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         model.forward_trunk_on(&on, batch, &dev, &mut self.ws)?;
         let mut lnf = vec![0.0; batch.len() * model.cfg.hidden_size];
-        self.gpu.download(&self.ws.lnf, &mut lnf)?;
+        self.gpu.act_download(&self.ws.lnf, &mut lnf)?;
         Ok(lnf)
     }
 

@@ -155,9 +155,11 @@ pub fn emulate_truncated_row(z: &[f32], u: f64, params: &SamplingParams) -> Samp
     };
     let keep_k = if params.top_k > 0 { params.top_k.min(v) as u64 } else { v as u64 };
     let target_p = if params.top_p < 1.0 { params.top_p as f64 } else { f64::INFINITY };
-    let t_keep = bisect(0, &|c, a| c >= keep_k || a >= target_p);
+    // (every kept set holds one token at least: top_p <= 0 keeps the most likely token, and u = 0
+    // picks it, as on the CPU)
+    let t_keep = bisect(0, &|c, a| c >= 1 && (c >= keep_k || a >= target_p));
     let target = u * count_mass(t_keep).1;
-    let pick = 0xffff_ffff - (bisect(t_keep, &|_, a| a >= target) & 0xffff_ffff) as u32;
+    let pick = 0xffff_ffff - (bisect(t_keep, &|c, a| c >= 1 && a >= target) & 0xffff_ffff) as u32;
     let log_s = total.ln();
     Sampled {
         token: pick,
@@ -316,6 +318,17 @@ mod tests {
         let p2 = SamplingParams { top_k: 2, ..p };
         for u in [0.1, 0.49, 0.51, 0.9] {
             assert_eq!(emulate_truncated_row(&z, u, &p2).token, sample_with_uniform(&z, &p2, u, &mut scratch).token);
+        }
+        // the edges: top-p 0 keeps the most likely token, and a uniform of exactly 0 picks the
+        // most likely kept token (a kept set is never empty), as on the CPU
+        let z = [0.5f32, -1.0, 3.0, 2.5, 0.0];
+        for (top_p, top_k, u) in [(0.0f32, 0usize, 0.7f64), (-1.0, 3, 0.2), (0.9, 0, 0.0), (1.0, 2, 0.0)] {
+            let p = SamplingParams { temperature: 1.0, top_p, top_k, max_new_tokens: 1 };
+            let want = sample_with_uniform(&z, &p, u, &mut scratch);
+            assert_eq!(want.token, 2, "CPU, top-p {top_p} top-k {top_k} u {u}");
+            let got = emulate_truncated_row(&z, u, &p);
+            assert_eq!(got.token, 2, "kernel, top-p {top_p} top-k {top_k} u {u}");
+            assert!((got.logprob - want.logprob).abs() <= 1e-5, "top-p {top_p} top-k {top_k} u {u}");
         }
     }
 

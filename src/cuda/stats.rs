@@ -18,7 +18,8 @@ use crate::cuda::{Gpu, GpuModel};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 use crate::tensor::Backend;
-use cudarc::driver::{CudaSlice, DevicePtr};
+use crate::tensor::Dtype;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 /// Per sequence: y_k per step and the (layer, head) attaining it (empty without step bounds).
 pub type FciResult = Vec<(Vec<f32>, Vec<Option<HeadId>>)>;
@@ -68,12 +69,23 @@ pub fn attention_stats(
     let plane = h_n * n;
     let planes = || s.alloc_zeros::<f32>((q_tiles * plane).max(1)).map_err(drv("alloc"));
     let (mut fci_planes, mut fai_planes) = (planes()?, planes()?);
+    // With bf16 products the forward's tensor-core attention read q and k rounded to bf16, and
+    // its lse is that of the rounded scores: the probabilities are recomputed from the same
+    // rounded rows (attn_stats_*_bf16), or their rows would not sum to one.
+    let rounded = gpu.dtype() == Dtype::Bf16;
+    let mut qk16 = s.alloc_zeros::<u16>(if rounded { n * qkv_w } else { 0 }.max(1)).map_err(drv("alloc"))?;
+    let (elem, kind) = if rounded { (2, "bf16") } else { (4, "f32") };
     // per rhythm layer: dist, waad (rows) and fai (columns), [H, N] each, on the host
     let mut rhythm_rows: Vec<[Vec<f32>; 3]> = Vec::new();
     for role in &roles {
         let (layer, do_fci, do_rhythm) = (role.layer, role.fci, role.rhythm.is_some());
         let a = &gm.ws.layers[layer];
-        let q = gpu.pr(&Gpu::r(&a.qkv, 0..n * qkv_w));
+        let mut q = gpu.pr(&Gpu::r(&a.qkv, 0..n * qkv_w));
+        if rounded {
+            let q16 = qk16.device_ptr_mut(s).0;
+            gpu.round_bf16(q16, q, n * qkv_w)?;
+            q = q16;
+        }
         let lse = gpu.pr(&Gpu::r(&a.lse, 0..n * h_n));
         if do_fci {
             s.memset_zeros(&mut fci_planes).map_err(drv("memset"))?;
@@ -85,7 +97,7 @@ pub fn attention_stats(
         let args = [
             Arg::P(q),
             Arg::I(stride),
-            Arg::P(q + (h_n * d * 4) as u64),
+            Arg::P(q + (h_n * d * elem) as u64),
             Arg::I(stride),
             Arg::P(lse),
             Arg::P(dev.cu_seqlens.device_ptr(s).0),
@@ -108,7 +120,8 @@ pub fn attention_stats(
             Arg::P(on(do_rhythm, ptr_f(&waad_row))),
         ];
         let grid = (max_len.div_ceil(64) as u32, h_n as u32, n_seq as u32);
-        gpu.launch("attn_stats", &format!("attn_stats_{dm}_f32"), grid, (256, 1, 1), 128 * (dm + 1) * 4, &args)?;
+        let entry = format!("attn_stats_{dm}_{kind}");
+        gpu.launch("attn_stats", &entry, grid, (256, 1, 1), 128 * (dm + 1) * 4, &args)?;
         for (on, col, planes) in [(do_fci, &fci_col, &fci_planes), (do_rhythm, &fai_col, &fai_planes)] {
             if on && plane > 0 {
                 let args =

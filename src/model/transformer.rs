@@ -232,16 +232,16 @@ impl Model {
             let a = &mut head[l];
             let x = B::r(&a.resid_in, nc.clone());
             be.rmsnorm_forward(
-                B::m(&mut a.ln1, nc.clone()),
+                B::act_m(&mut a.ln1, nc.clone()),
                 B::m(&mut a.rstd1, 0..n),
                 x,
                 B::r(p, o.ln1..o.ln1 + c),
                 eps,
             )?;
             let wqkv = B::r(p, o.qkv_w..o.qkv_w + qkv_w * c);
-            be.matmul_nt(
+            be.matmul_nt_act(
                 B::m(&mut a.qkv, 0..n * qkv_w),
-                B::r(&a.ln1, nc.clone()),
+                B::act_r(&a.ln1, nc.clone()),
                 wqkv,
                 GemmShape::new(n, qkv_w, c),
                 false,
@@ -276,21 +276,21 @@ impl Model {
             self.tp_reduce_on(be, B::m(&mut a.resid_mid, nc.clone()))?;
             let w2 = B::r(p, o.ln2..o.ln2 + c);
             be.rmsnorm_forward(
-                B::m(&mut a.ln2, nc.clone()),
+                B::act_m(&mut a.ln2, nc.clone()),
                 B::m(&mut a.rstd2, 0..n),
                 B::r(&a.resid_mid, nc.clone()),
                 w2,
                 eps,
             )?;
             let wgu = B::r(p, o.gate_up_w..o.gate_up_w + 2 * inter * c);
-            be.matmul_nt(
+            be.matmul_nt_act(
                 B::m(&mut a.gate_up, 0..n * 2 * inter),
-                B::r(&a.ln2, nc.clone()),
+                B::act_r(&a.ln2, nc.clone()),
                 wgu,
                 GemmShape::new(n, 2 * inter, c),
                 false,
             )?;
-            be.swiglu_forward(B::m(&mut a.act, 0..n * inter), B::r(&a.gate_up, 0..n * 2 * inter), inter)?;
+            be.swiglu_forward(B::act_m(&mut a.act, 0..n * inter), B::r(&a.gate_up, 0..n * 2 * inter), inter)?;
             // next residual = resid_mid + act · Wdownᵀ
             let out = match tail.first_mut() {
                 Some(next) => &mut next.resid_in,
@@ -302,11 +302,18 @@ impl Model {
                 be.zero(B::m(out, nc.clone()))?;
             }
             let wd = B::r(p, o.down_w..o.down_w + c * inter);
-            be.matmul_nt(B::m(out, nc.clone()), B::r(&a.act, 0..n * inter), wd, GemmShape::new(n, c, inter), true)?;
+            let act = B::act_r(&a.act, 0..n * inter);
+            be.matmul_nt_act(B::m(out, nc.clone()), act, wd, GemmShape::new(n, c, inter), true)?;
             self.tp_reduce_on(be, B::m(out, nc.clone()))?;
         }
         let fw = B::r(p, lay.final_norm..lay.final_norm + c);
-        be.rmsnorm_forward(B::m(&mut ws.lnf, nc.clone()), B::m(&mut ws.rstdf, 0..n), B::r(&ws.resid_out, nc), fw, eps)?;
+        be.rmsnorm_forward(
+            B::act_m(&mut ws.lnf, nc.clone()),
+            B::m(&mut ws.rstdf, 0..n),
+            B::r(&ws.resid_out, nc),
+            fw,
+            eps,
+        )?;
         Ok(())
     }
 
@@ -383,7 +390,8 @@ impl Model {
             let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
             let wd = o.down_w..o.down_w + c * inter;
             let dact = B::m(&mut ws.dact, ni.clone());
-            be.linear_backward(dact, g!(wd.clone()), dr(), B::r(p, wd), B::r(&a.act, ni.clone()), (n, c, inter))?;
+            let act = B::act_r(&a.act, ni.clone());
+            be.linear_backward_act(dact, g!(wd.clone()), dr(), B::r(p, wd), act, (n, c, inter))?;
             be.swiglu_backward(
                 B::m(&mut ws.dgate_up, n2i.clone()),
                 B::r(&ws.dact, ni),
@@ -393,7 +401,8 @@ impl Model {
             let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;
             let dgu = || B::r(&ws.dgate_up, 0..n * 2 * inter);
             let dln = B::m(&mut ws.dln, nc.clone());
-            be.linear_backward(dln, g!(wgu.clone()), dgu(), B::r(p, wgu), B::r(&a.ln2, nc.clone()), (n, 2 * inter, c))?;
+            let ln2 = B::act_r(&a.ln2, nc.clone());
+            be.linear_backward_act(dln, g!(wgu.clone()), dgu(), B::r(p, wgu), ln2, (n, 2 * inter, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             let gr = o.ln2..o.ln2 + c;
             be.rmsnorm_backward(
@@ -429,7 +438,8 @@ impl Model {
             let wq = o.qkv_w..o.qkv_w + qkv_w * c;
             let dq = || B::r(&ws.dqkv, 0..n * qkv_w);
             let dln = B::m(&mut ws.dln, nc.clone());
-            be.linear_backward(dln, g!(wq.clone()), dq(), B::r(p, wq), B::r(&a.ln1, nc.clone()), (n, qkv_w, c))?;
+            let ln1 = B::act_r(&a.ln1, nc.clone());
+            be.linear_backward_act(dln, g!(wq.clone()), dq(), B::r(p, wq), ln1, (n, qkv_w, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             let gr = o.ln1..o.ln1 + c;
             be.rmsnorm_backward(

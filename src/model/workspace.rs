@@ -6,12 +6,14 @@ use crate::error::Result;
 use crate::model::config::ModelConfig;
 use crate::tensor::{Backend, Cpu};
 
-/// Saved activations of one decoder layer (N = tokens), in backend `B`'s memory.
+/// Saved activations of one decoder layer (N = tokens), in backend `B`'s memory. The normed rows
+/// and the SwiGLU output, which only products read, are in activation storage ([`Backend::Act`]:
+/// bf16 on a GPU with bf16 products).
 pub struct LayerActs<B: Backend = Cpu> {
     /// [N, C] residual stream entering the layer.
     pub resid_in: B::Buf,
     /// [N, C] input RMSNorm output; [N] its 1/rms.
-    pub ln1: B::Buf,
+    pub ln1: B::Act,
     pub rstd1: B::Buf,
     /// [N, (H+2KV)·D] q|k|v after bias and RoPE.
     pub qkv: B::Buf,
@@ -21,11 +23,11 @@ pub struct LayerActs<B: Backend = Cpu> {
     /// [N, C] residual after the attention block.
     pub resid_mid: B::Buf,
     /// [N, C] post-attention RMSNorm output; [N] its 1/rms.
-    pub ln2: B::Buf,
+    pub ln2: B::Act,
     pub rstd2: B::Buf,
     /// [N, 2I] gate|up projections; [N, I] silu(gate)·up.
     pub gate_up: B::Buf,
-    pub act: B::Buf,
+    pub act: B::Act,
 }
 
 /// All buffers a forward + backward pass needs, in backend `B`'s memory.
@@ -34,7 +36,7 @@ pub struct Workspace<B: Backend = Cpu> {
     pub layers: Vec<LayerActs<B>>,
     /// [N, C] residual after the last layer; [N, C] final norm output; [N] its 1/rms.
     pub resid_out: B::Buf,
-    pub lnf: B::Buf,
+    pub lnf: B::Act,
     pub rstdf: B::Buf,
     /// [N] log p(target) per token, filled by the forward.
     pub logprobs: B::Buf,
@@ -62,32 +64,23 @@ impl<B: Backend> LayerActs<B> {
     fn new(be: &B) -> Result<Self> {
         Ok(LayerActs {
             resid_in: be.empty()?,
-            ln1: be.empty()?,
+            ln1: be.act_empty()?,
             rstd1: be.empty()?,
             qkv: be.empty()?,
             att: be.empty()?,
             lse: be.empty()?,
             resid_mid: be.empty()?,
-            ln2: be.empty()?,
+            ln2: be.act_empty()?,
             rstd2: be.empty()?,
             gate_up: be.empty()?,
-            act: be.empty()?,
+            act: be.act_empty()?,
         })
     }
-    fn bufs(&self) -> [&B::Buf; 11] {
-        [
-            &self.resid_in,
-            &self.ln1,
-            &self.rstd1,
-            &self.qkv,
-            &self.att,
-            &self.lse,
-            &self.resid_mid,
-            &self.ln2,
-            &self.rstd2,
-            &self.gate_up,
-            &self.act,
-        ]
+    fn bytes(&self) -> usize {
+        let bufs =
+            [&self.resid_in, &self.rstd1, &self.qkv, &self.att, &self.lse, &self.resid_mid, &self.rstd2, &self.gate_up];
+        let acts = [&self.ln1, &self.ln2, &self.act];
+        4 * bufs.iter().map(|b| B::len(b)).sum::<usize>() + acts.iter().map(|a| B::act_bytes(a)).sum::<usize>()
     }
 }
 
@@ -126,7 +119,7 @@ impl<B: Backend> Workspace<B> {
             cap: 0,
             layers: Vec::new(),
             resid_out: be.empty()?,
-            lnf: be.empty()?,
+            lnf: be.act_empty()?,
             rstdf: be.empty()?,
             logprobs: be.empty()?,
             entropy: be.empty()?,
@@ -152,8 +145,10 @@ impl<B: Backend> Workspace<B> {
     /// Grow the buffers to hold `n` tokens (no-op when they already do).
     pub fn ensure_on(&mut self, be: &B, cfg: &ModelConfig, n: usize) -> Result<()> {
         if n <= self.cap && self.layers.len() == cfg.num_layers {
-            // the attention's scratch also depends on the backend's settings (a GPU's dtype and
-            // kernel plans), which may have changed since the buffers were sized
+            // the attention's scratch and the activations' storage also depend on the backend's
+            // settings (a GPU's dtype and kernel plans), which may have changed since the buffers
+            // were sized
+            self.grow_acts(be, cfg, self.cap)?;
             let shape = AttnShape { num_heads: cfg.num_heads, num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
             return be.grow(&mut self.attn_scratch, be.attn_scratch_len(shape, self.cap));
         }
@@ -167,23 +162,19 @@ impl<B: Backend> Workspace<B> {
         for l in &mut self.layers {
             for (v, len) in [
                 (&mut l.resid_in, n * c),
-                (&mut l.ln1, n * c),
                 (&mut l.rstd1, n),
                 (&mut l.qkv, n * qkv),
                 (&mut l.att, n * hd),
                 (&mut l.lse, n * h),
                 (&mut l.resid_mid, n * c),
-                (&mut l.ln2, n * c),
                 (&mut l.rstd2, n),
                 (&mut l.gate_up, n * 2 * i),
-                (&mut l.act, n * i),
             ] {
                 be.grow(v, len)?;
             }
         }
         for (v, len) in [
             (&mut self.resid_out, n * c),
-            (&mut self.lnf, n * c),
             (&mut self.rstdf, n),
             (&mut self.logprobs, n),
             (&mut self.entropy, n),
@@ -201,8 +192,21 @@ impl<B: Backend> Workspace<B> {
         be.grow(&mut self.logits, self.head_rows * cfg.vocab_size)?;
         let shape = AttnShape { num_heads: h, num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
         be.grow(&mut self.attn_scratch, be.attn_scratch_len(shape, n))?;
+        self.grow_acts(be, cfg, n)?;
         self.cap = n;
         Ok(())
+    }
+
+    /// The activation buffers (normed rows, SwiGLU outputs) for `n` tokens, in the storage the
+    /// backend's products take now.
+    fn grow_acts(&mut self, be: &B, cfg: &ModelConfig, n: usize) -> Result<()> {
+        let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
+        for l in &mut self.layers {
+            be.act_grow(&mut l.ln1, n * c)?;
+            be.act_grow(&mut l.ln2, n * c)?;
+            be.act_grow(&mut l.act, n * i)?;
+        }
+        be.act_grow(&mut self.lnf, n * c)
     }
 
     /// Bound the LM head's chunk to `rows` rows (less memory for huge vocabularies; the backward
@@ -214,10 +218,9 @@ impl<B: Backend> Workspace<B> {
 
     /// Bytes held by all buffers.
     pub fn bytes(&self) -> usize {
-        let per_layer: usize = self.layers.iter().map(|l| l.bufs().iter().map(|v| B::len(v)).sum::<usize>()).sum();
+        let per_layer: usize = self.layers.iter().map(LayerActs::bytes).sum();
         let rest: usize = [
             &self.resid_out,
-            &self.lnf,
             &self.rstdf,
             &self.logprobs,
             &self.entropy,
@@ -234,6 +237,6 @@ impl<B: Backend> Workspace<B> {
         .iter()
         .map(|v| B::len(v))
         .sum();
-        4 * (per_layer + rest)
+        per_layer + 4 * rest + B::act_bytes(&self.lnf)
     }
 }

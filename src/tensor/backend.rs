@@ -3,7 +3,8 @@
 //! The decoder's forward and backward (`crate::model::transformer`) are written once, generic over
 //! [`Backend`]; [`Cpu`](crate::tensor::cpu::Cpu) runs them on host slices (the specification) and
 //! the CUDA backend (`crate::cuda::Gpu`, feature `cuda`) on device buffers with arbor's own kernels
-//! and cuBLAS. A backend supplies f32 storage, views of ranges of it, a packed batch in its own
+//! and cuBLAS. A backend supplies f32 storage, views of ranges of it, activation storage for what
+//! only products read (f32, or bf16 where the products take bf16), a packed batch in its own
 //! memory, and one method per operation. Shapes follow the CPU functions each method names:
 //! N tokens (packed), C hidden, V vocab; every row-major buffer is contiguous.
 
@@ -70,6 +71,18 @@ pub trait Backend {
     type M<'a>
     where
         Self: 'a;
+    /// Storage of activations that only matrix products read (normed rows, the SwiGLU output):
+    /// values in the type the backend's products take (f32 on the CPU; on a GPU with bf16
+    /// products, bf16, written so by the kernel that makes them and never rounded again).
+    type Act;
+    /// A read-only view of a range of values of a [`Backend::Act`].
+    type ActR<'a>
+    where
+        Self: 'a;
+    /// A writable view of a range of values of a [`Backend::Act`].
+    type ActM<'a>
+    where
+        Self: 'a;
     /// A packed batch (tokens, targets, positions, sequence starts) in this backend's memory.
     type Batch<'a>;
     /// The RoPE cos/sin tables in this backend's memory.
@@ -97,6 +110,21 @@ pub trait Backend {
     fn sub_r<'a>(x: &Self::R<'a>, r: Range<usize>) -> Self::R<'a>;
     /// Writable sub-view `x[r]` of a writable view.
     fn sub_m<'a, 'b: 'a>(x: &'a mut Self::M<'b>, r: Range<usize>) -> Self::M<'a>;
+    /// An empty activation buffer.
+    fn act_empty(&self) -> Result<Self::Act>;
+    /// Grow `buf` to at least `n` values of the type the products take now (reallocated, contents
+    /// lost, when it holds fewer or another type).
+    fn act_grow(&self, buf: &mut Self::Act, n: usize) -> Result<()>;
+    /// Bytes held by `buf`.
+    fn act_bytes(buf: &Self::Act) -> usize;
+    /// Copy `buf[..out.len()]` to the host as f32.
+    fn act_download(&self, buf: &Self::Act, out: &mut [f32]) -> Result<()>;
+    /// View of `buf[r]` (a range of values).
+    fn act_r<'a>(buf: &'a Self::Act, r: Range<usize>) -> Self::ActR<'a>;
+    /// Writable view of `buf[r]`.
+    fn act_m<'a>(buf: &'a mut Self::Act, r: Range<usize>) -> Self::ActM<'a>;
+    /// Sub-view `x[r]` of a view.
+    fn act_sub_r<'a>(x: &Self::ActR<'a>, r: Range<usize>) -> Self::ActR<'a>;
     /// A batch in this backend's memory (validated by the caller).
     fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<Self::Batch<'a>>;
     /// The RoPE tables in this backend's memory.
@@ -117,6 +145,15 @@ pub trait Backend {
     // ------------------------------------------------------------------ GEMM (row-major)
     /// c[m, n] (+)= a[m, k] · b[n, k]ᵀ.
     fn matmul_nt(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
+    /// [`Backend::matmul_nt`] with its first operand an activation (see [`Backend::Act`]).
+    fn matmul_nt_act(
+        &self,
+        c: Self::M<'_>,
+        a: Self::ActR<'_>,
+        b: Self::R<'_>,
+        shape: GemmShape,
+        acc: bool,
+    ) -> Result<()>;
     /// c[m, n] (+)= a[m, k] · b[k, n].
     fn matmul_nn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
     /// c[m, n] (+)= a[k, m]ᵀ · b[k, n].
@@ -136,6 +173,17 @@ pub trait Backend {
         self.matmul_nn(dx, Self::sub_r(&dy, 0..m * n), w, GemmShape::new(m, k, n), false)?;
         self.matmul_tn(dw, dy, x, GemmShape::new(n, k, m), true)
     }
+    /// [`Backend::linear_backward`] of a layer whose input x is an activation (see
+    /// [`Backend::Act`]).
+    fn linear_backward_act(
+        &self,
+        dx: Self::M<'_>,
+        dw: Self::M<'_>,
+        dy: Self::R<'_>,
+        w: Self::R<'_>,
+        x: Self::ActR<'_>,
+        dims: (usize, usize, usize),
+    ) -> Result<()>;
 
     // ------------------------------------------------------------------ layers
     /// out[i, :] = table[tokens[i], :].
@@ -148,10 +196,11 @@ pub trait Backend {
         batch: &Self::Batch<'_>,
         c: usize,
     ) -> Result<()>;
-    /// y = x · rstd · w row by row; rstd[i] = 1/sqrt(mean(x_i²) + eps).
+    /// y = x · rstd · w row by row; rstd[i] = 1/sqrt(mean(x_i²) + eps) (y, which only products
+    /// read, in activation storage).
     fn rmsnorm_forward(
         &self,
-        y: Self::M<'_>,
+        y: Self::ActM<'_>,
         rstd: Self::M<'_>,
         x: Self::R<'_>,
         w: Self::R<'_>,
@@ -202,8 +251,8 @@ pub trait Backend {
         batch: &Self::Batch<'_>,
         shape: AttnShape,
     ) -> Result<()>;
-    /// act = silu(gate) · up from gate_up rows [gate | up].
-    fn swiglu_forward(&self, act: Self::M<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()>;
+    /// act = silu(gate) · up from gate_up rows [gate | up] (act in activation storage).
+    fn swiglu_forward(&self, act: Self::ActM<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()>;
     /// dgate_up (overwritten) of the forward above.
     fn swiglu_backward(
         &self,

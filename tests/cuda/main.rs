@@ -19,7 +19,7 @@ use arbor::cuda::{nvrtc, DkdvPlan, Gpu, GpuModel};
 use arbor::model::{init::init_params, Arch, Batch, Model};
 use arbor::rng::Rng;
 use arbor::tensor::cpu::ops::RopeTable;
-use arbor::tensor::{Backend, Cpu, GemmShape, LogitStats, LogprobGrad};
+use arbor::tensor::{Backend, Cpu, Dtype, GemmShape, LogitStats, LogprobGrad};
 use arbor::train::adamw::{AdamW, AdamWConfig};
 use common::{max_abs_diff, tiny_config};
 
@@ -121,6 +121,31 @@ fn down(g: &Gpu, b: &<Gpu as Backend>::Buf, n: usize) -> Vec<f32> {
     out
 }
 
+fn act_down(g: &Gpu, b: &<Gpu as Backend>::Act, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n];
+    g.act_download(b, &mut out).unwrap();
+    out
+}
+
+/// `got` (bf16 values written by an `_o16` kernel) is `want` (the f32 CPU result) rounded to
+/// bf16: each value equals the rounding of `want` or, where the device's f32 value lay on the
+/// other side of a rounding boundary, a neighbouring bf16 value (one unit in the last place).
+fn within_bf16_rounding(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let (mut exact, mut worst) = (0usize, 0u32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (gb, wb) = (half::bf16::from_f32(g), half::bf16::from_f32(w));
+        assert_eq!(gb.to_f32(), g, "{what}[{i}] = {g} is not a bf16 value");
+        let ulps = (gb.to_bits() as i32 - wb.to_bits() as i32).unsigned_abs();
+        assert!(g.signum() == w.signum() || w.abs() < 1e-30, "{what}[{i}]: {g} against {w}");
+        worst = worst.max(ulps);
+        exact += (ulps == 0) as usize;
+    }
+    println!("{what:<28} {exact}/{} equal to the rounded CPU value, worst {worst} ulp", got.len());
+    assert!(worst <= 1, "{what}: a value {worst} bf16 ulps from the rounded CPU value");
+    assert!(exact * 100 >= got.len() * 99, "{what}: only {exact} of {} values equal the rounded CPU value", got.len());
+}
+
 /// Compare and print; `tol` is relative to max(1, max |want|).
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
@@ -154,10 +179,28 @@ fn elementwise_kernels_match_the_cpu() {
     // RMSNorm forward and backward (dx and dw are added into)
     let (mut y, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
     Cpu.rmsnorm_forward(&mut y, &mut rstd, &x, &w, 1e-6).unwrap();
-    let (mut yg, mut rg) = (g.upload(&vec![0.0; n * c]).unwrap(), g.upload(&vec![0.0; n]).unwrap());
-    g.rmsnorm_forward(Gpu::m(&mut yg, 0..n * c), Gpu::m(&mut rg, 0..n), Gpu::r(&xg, 0..n * c), Gpu::r(&wg, 0..c), 1e-6)
+    // the normed rows are an activation: f32, and bf16 under bf16 products (written rounded)
+    let mut rg = g.upload(&vec![0.0; n]).unwrap();
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        g.set_dtype(dtype);
+        let mut ya = g.act_empty().unwrap();
+        g.act_grow(&mut ya, n * c).unwrap();
+        g.rmsnorm_forward(
+            Gpu::act_m(&mut ya, 0..n * c),
+            Gpu::m(&mut rg, 0..n),
+            Gpu::r(&xg, 0..n * c),
+            Gpu::r(&wg, 0..c),
+            1e-6,
+        )
         .unwrap();
-    close("rmsnorm fwd", &down(&g, &yg, n * c), &y, 1e-5);
+        let got = act_down(&g, &ya, n * c);
+        match dtype {
+            Dtype::Bf16 => within_bf16_rounding("rmsnorm fwd bf16", &got, &y),
+            _ => close("rmsnorm fwd", &got, &y, 1e-5),
+        }
+    }
+    g.set_dtype(Dtype::F32);
+    close("rmsnorm rstd", &down(&g, &rg, n), &rstd, 1e-5);
     let (dx0, dw0) = (rand(&mut rng, n * c), rand(&mut rng, c));
     let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
     Cpu.rmsnorm_backward(&mut dx, &mut dw, &dy, &x, &w, &rstd).unwrap();
@@ -177,6 +220,7 @@ fn elementwise_kernels_match_the_cpu() {
     // bias add and bias gradient
     let mut yb = y.clone();
     Cpu.add_bias(&mut yb, &w).unwrap();
+    let mut yg = g.upload(&y).unwrap();
     g.add_bias(Gpu::m(&mut yg, 0..n * c), Gpu::r(&wg, 0..c)).unwrap();
     close("add_bias", &down(&g, &yg, n * c), &yb, 1e-6);
     let mut db = dw0.clone();
@@ -191,9 +235,18 @@ fn elementwise_kernels_match_the_cpu() {
     let (gug, dactg) = (g.upload(&gu).unwrap(), g.upload(&dact).unwrap());
     let mut act = vec![0.0; n * inter];
     Cpu.swiglu_forward(&mut act, &gu, inter).unwrap();
-    let mut actg = g.upload(&vec![0.0; n * inter]).unwrap();
-    g.swiglu_forward(Gpu::m(&mut actg, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter), inter).unwrap();
-    close("swiglu fwd", &down(&g, &actg, n * inter), &act, 1e-5);
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        g.set_dtype(dtype);
+        let mut acta = g.act_empty().unwrap();
+        g.act_grow(&mut acta, n * inter).unwrap();
+        g.swiglu_forward(Gpu::act_m(&mut acta, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter), inter).unwrap();
+        let got = act_down(&g, &acta, n * inter);
+        match dtype {
+            Dtype::Bf16 => within_bf16_rounding("swiglu fwd bf16", &got, &act),
+            _ => close("swiglu fwd", &got, &act, 1e-5),
+        }
+    }
+    g.set_dtype(Dtype::F32);
     let mut dgu = vec![0.0; n * 2 * inter];
     Cpu.swiglu_backward(&mut dgu, &dact, &gu, inter).unwrap();
     let mut dgug = g.upload(&vec![0.0; n * 2 * inter]).unwrap();

@@ -22,6 +22,9 @@ impl Backend for Cpu {
     type Buf = Vec<f32>;
     type R<'a> = &'a [f32];
     type M<'a> = &'a mut [f32];
+    type Act = Vec<f32>;
+    type ActR<'a> = &'a [f32];
+    type ActM<'a> = &'a mut [f32];
     type Batch<'a> = PackedBatch<'a>;
     type Rope = RopeTable;
 
@@ -59,6 +62,27 @@ impl Backend for Cpu {
     fn sub_m<'a, 'b: 'a>(x: &'a mut &'b mut [f32], r: Range<usize>) -> &'a mut [f32] {
         &mut x[r]
     }
+    fn act_empty(&self) -> Result<Vec<f32>> {
+        Ok(Vec::new())
+    }
+    fn act_grow(&self, buf: &mut Vec<f32>, n: usize) -> Result<()> {
+        self.grow(buf, n)
+    }
+    fn act_bytes(buf: &Vec<f32>) -> usize {
+        4 * buf.len()
+    }
+    fn act_download(&self, buf: &Vec<f32>, out: &mut [f32]) -> Result<()> {
+        self.download(buf, out)
+    }
+    fn act_r(buf: &Vec<f32>, r: Range<usize>) -> &[f32] {
+        &buf[r]
+    }
+    fn act_m(buf: &mut Vec<f32>, r: Range<usize>) -> &mut [f32] {
+        &mut buf[r]
+    }
+    fn act_sub_r<'a>(x: &Self::ActR<'a>, r: Range<usize>) -> Self::ActR<'a> {
+        &x[r]
+    }
     fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<PackedBatch<'a>> {
         Ok(batch)
     }
@@ -89,6 +113,20 @@ impl Backend for Cpu {
     fn matmul_nt(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
         matmul_nt(c, a, b, shape.m, shape.n, shape.k, acc);
         Ok(())
+    }
+    fn matmul_nt_act(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
+        self.matmul_nt(c, a, b, shape, acc)
+    }
+    fn linear_backward_act(
+        &self,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        dy: &[f32],
+        w: &[f32],
+        x: &[f32],
+        dims: (usize, usize, usize),
+    ) -> Result<()> {
+        self.linear_backward(dx, dw, dy, w, x, dims)
     }
     fn matmul_nn(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
         matmul_nn(c, a, b, shape.m, shape.n, shape.k, acc);
