@@ -325,7 +325,7 @@ __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const floa
 }
 
 // decode_attn_merge_{64,128}_f32 / _o16
-//   (TO* out, int out_stride, const float* partial, int num_heads, int kv_heads, int head_dim)
+//   (TO* out, int out_stride, const float* partial, int splits, int num_heads, int kv_heads, int head_dim)
 //   The splits of a decode_attn_gqa launch with gridDim.z = S > 1, merged: for row i, kv head g
 //   and each head hh of its group and dim d, over the splits z = 0 .. S-1 in order (the per-split
 //   (acc, m, l) at partial[((i * KV + g) * S + z) * (8 * DM + 16)]: acc [8][DM], m [8], l [8]):

@@ -70,7 +70,12 @@ impl Gpu {
             let why = format!("{} floats, the attention of {n} tokens needs {}", scratch.len(), layout.len);
             return Err(Error::shape("attention scratch", why));
         }
-        Ok(self.pm(scratch))
+        // the packed bf16 rows are stored and copied (cp.async) 16 bytes at a time
+        let base = self.pm(scratch);
+        if base % 16 != 0 {
+            return Err(Error::shape("attention scratch", format!("address {base:#x} is not 16-byte aligned")));
+        }
+        Ok(base)
     }
 
     /// `attn_pack_bf16`: `heads` rows of `head_dim` f32 per token at `x` (row stride `x_stride`
