@@ -72,7 +72,7 @@ impl Gpu {
         }
         // the packed bf16 rows are stored and copied (cp.async) 16 bytes at a time
         let base = self.pm(scratch);
-        if base % 16 != 0 {
+        if !base.is_multiple_of(16) {
             return Err(Error::shape("attention scratch", format!("address {base:#x} is not 16-byte aligned")));
         }
         Ok(base)
