@@ -16,9 +16,12 @@
 #   variants  f32 and tf32, the other kernel plans (grouped dK/dV, per-head decode attention),
 #             decode graphs elsewhere, f32 generation and their peers
 # GPU_CHECK_PARTS=tests,headline (comma-separated) runs only those parts; GPU_CHECK_BUDGET_S=N
-# starts no benchmark after N seconds (a device session of a few minutes brings back the most
-# important figures first); GPU_CHECK_PEERS=0 skips the PyTorch peers, GPU_CHECK_COUNTDOWN=0 the
-# Countdown job. Needs libcuda, libnvrtc, libcublas on the loader path (PyTorch's wheels
+# starts no command after N seconds, nor one that needs more time than is left (a device session
+# of a few minutes brings back the most important figures first), and stops any command still
+# running GPU_CHECK_GRACE_S (default 60) seconds after that: with a hard limit of L seconds on the
+# whole run, pass N <= L - GRACE - 30. After every part the summary, the ratios and the markdown
+# row so far are written, so a run cut short still leaves them. GPU_CHECK_PEERS=0 skips the
+# PyTorch peers, GPU_CHECK_COUNTDOWN=0 the Countdown job. Each command's stderr goes to NAME.err. Needs libcuda, libnvrtc, libcublas on the loader path (PyTorch's wheels
 # carry the last two: this script adds their directories) and, for the peer, python3 with torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,14 +31,27 @@ mkdir -p "$out"
 if [ "${1:-}" = "--build" ]; then
     dest="${2:-gpu-bin}"
     mkdir -p "$dest"
+    # a target folder of its own: the default build's binaries are left as they are
+    export CARGO_TARGET_DIR="${GPU_BUILD_TARGET:-target/gpu-bin}"
     cargo build --release --no-default-features --features cuda
-    cargo test --release --no-default-features --features cuda --test cuda --no-run 2>&1 | tee /tmp/gpu-build.log
-    cp target/release/arbor "$dest/arbor"
-    test_bin="$(grep -o 'target/release/deps/cuda-[0-9a-f]*' /tmp/gpu-build.log | tail -1)"
+    cp "$CARGO_TARGET_DIR/release/arbor" "$dest/arbor"
+    # the test binary's path, from cargo's own report of what it built
+    test_bin="$(cargo test --release --no-default-features --features cuda --test cuda --no-run \
+        --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+exe = [m.get("executable") for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact"
+       and m.get("target", {}).get("name") == "cuda" and m.get("executable")]
+print(exe[-1] if exe else "")')"
+    if [ -z "$test_bin" ]; then
+        echo "gpu-check --build: cargo reported no test binary for tests/cuda (run the cargo test command above to see why)" >&2
+        exit 1
+    fi
     cp "$test_bin" "$dest/cuda-tests"
     # without debug info both fit the device tool's 64 MiB carry limit
     strip "$dest/arbor" "$dest/cuda-tests" 2>/dev/null || true
-    echo "gpu-check: binaries in $dest/ (arbor, cuda-tests): $(du -sh "$dest" | cut -f1)"
+    git rev-parse HEAD > "$dest/COMMIT" 2>/dev/null || true
+    if ! git diff --quiet HEAD 2>/dev/null; then echo "(uncommitted changes)" >> "$dest/COMMIT"; fi
+    echo "gpu-check: binaries in $dest/ (arbor, cuda-tests) of $(head -1 "$dest/COMMIT"): $(du -sh "$dest" | cut -f1)"
     exit 0
 fi
 
@@ -56,18 +72,23 @@ fi
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     if [ -d "$d" ]; then export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"; fi
 done
-# NCCL ships libnccl.so.2 only; cudarc looks for libnccl.so
+# NCCL ships libnccl.so.2 only; cudarc looks for libnccl.so (the link lives outside $OUT)
 ncclso="$(ls ${pylibs//:/\/libnccl.so.2 }/libnccl.so.2 2>/dev/null | head -1 || true)"
 if [ -n "$ncclso" ]; then
-    mkdir -p "$out/lib" && ln -sf "$ncclso" "$out/lib/libnccl.so"
-    export LD_LIBRARY_PATH="$PWD/$out/lib:$LD_LIBRARY_PATH"
+    libdir="${TMPDIR:-/tmp}/gpu-check-lib"
+    mkdir -p "$libdir" && ln -sf "$ncclso" "$libdir/libnccl.so"
+    export LD_LIBRARY_PATH="$libdir:$LD_LIBRARY_PATH"
 fi
+# compiled kernels shared by every arbor process of the run, wherever $HOME is
+export ARBOR_PTX_CACHE="${ARBOR_PTX_CACHE:-${TMPDIR:-/tmp}/arbor-ptx}"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt" || true
 
 if [ -n "${1:-}" ]; then
     arbor="$1/arbor"
     tests="$1/cuda-tests"
+    chmod +x "$arbor" "$tests" 2>/dev/null || true
+    cp "$1/COMMIT" "$out/commit.txt" 2>/dev/null || true
 else
     cargo build --release --no-default-features --features cuda
     arbor=target/release/arbor
@@ -80,37 +101,60 @@ set +e
 tests_rc=0
 t_start=$SECONDS
 budget="${GPU_CHECK_BUDGET_S:-0}"
+grace="${GPU_CHECK_GRACE_S:-60}"
 parts=",${GPU_CHECK_PARTS:-tests,headline,countdown,variants},"
 [ "${GPU_CHECK_COUNTDOWN:-1}" = "1" ] || parts="${parts//,countdown,/,}"
 : > "$out/skipped.txt"
 # part NAME: whether part NAME is selected
 part() { case "$parts" in *",$1,"*) return 0 ;; *) echo "== part $1: not selected" | tee -a "$out/skipped.txt"; return 1 ;; esac; }
-# in_budget WHAT: whether the time budget (if any) leaves room to start WHAT
+# in_budget WHAT [NEED_S]: whether the time budget (if any) leaves NEED_S seconds (default 20)
+# to start WHAT
 in_budget() {
-    if [ "$budget" != 0 ] && [ $((SECONDS - t_start)) -ge "$budget" ]; then
-        echo "skipped (time budget of $budget s spent): $1" | tee -a "$out/skipped.txt"
+    local need="${2:-20}"
+    if [ "$budget" != 0 ] && [ $((SECONDS - t_start + need)) -gt "$budget" ]; then
+        echo "skipped (time budget of $budget s: $((SECONDS - t_start)) s spent, $1 needs about $need s): $1" \
+            | tee -a "$out/skipped.txt"
         return 1
     fi
 }
-# run NAME CMD...: CMD's output (a JSON line) to $out/NAME.json, within the budget
-run() {
-    local name="$1"; shift
-    in_budget "$name" || return 0
-    "$@" | tee "$out/$name.json"
+# bounded CMD...: CMD, stopped GPU_CHECK_GRACE_S seconds after the budget ends (none without one)
+bounded() {
+    if [ "$budget" = 0 ]; then "$@"; return; fi
+    local left=$((t_start + budget + grace - SECONDS))
+    [ "$left" -gt 5 ] || left=5
+    timeout -k 10 "$left" "$@"
 }
-peers=0
-if [ "${GPU_CHECK_PEERS:-1}" = "1" ] && python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
-    peers=1
+# run NAME [--need S] CMD...: CMD's output (a JSON line) to $out/NAME.json, its stderr to
+# $out/NAME.err (and the terminal), within the budget
+run() {
+    local name="$1" need=20; shift
+    if [ "${1:-}" = "--need" ]; then need="$2"; shift 2; fi
+    in_budget "$name" "$need" || return 0
+    bounded "$@" 2> >(tee "$out/$name.err" >&2) | tee "$out/$name.json"
+}
+# the PyTorch peers: SDPA needs torch on the GPU, the model peers transformers too; why they are
+# off goes to skipped.txt
+torch_ok=0 hf_ok=0
+if [ "${GPU_CHECK_PEERS:-1}" != "1" ]; then
+    echo "peers off: GPU_CHECK_PEERS=${GPU_CHECK_PEERS}" >> "$out/skipped.txt"
+elif python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'" 2>"$out/peers.txt"; then
+    torch_ok=1
+    if python3 -c "import transformers" 2>>"$out/peers.txt"; then hf_ok=1; fi
 fi
-# peer NAME CMD...: a PyTorch peer, when torch and transformers are there
-peer() { [ "$peers" = 1 ] && run "$@"; }
+[ "$torch_ok" = 1 ] || echo "torch peers off: $(tail -1 "$out/peers.txt" 2>/dev/null)" >> "$out/skipped.txt"
+[ "$torch_ok" = 0 ] || [ "$hf_ok" = 1 ] || echo "transformers peers off: $(tail -1 "$out/peers.txt")" >> "$out/skipped.txt"
+# sdpa_peer NAME CMD... / peer NAME CMD...: a torch-only peer / a transformers peer
+sdpa_peer() { [ "$torch_ok" = 1 ] && run "$@"; }
+peer() { [ "$hf_ok" = 1 ] && run "$@"; }
 # done_part NAME: the part's wall time to timings.txt, and a summary so far (a run stopped by a
 # time limit still leaves one)
 t_part=$SECONDS
 done_part() {
     echo "$1: $((SECONDS - t_part)) s" >> "$out/timings.txt"
     t_part=$SECONDS
-    python3 scripts/gpu_summary.py "$out" > "$out/summary.txt" 2>/dev/null || true
+    python3 scripts/gpu_summary.py --ratios "$out" > "$out/ratios.txt" 2>>"$out/summary.err" || true
+    python3 scripts/gpu_summary.py "$out" > "$out/summary.txt" 2>>"$out/summary.err" || true
+    python3 scripts/gpu_summary.py --markdown "$out" > "$out/benchmarks_row.md" 2>>"$out/summary.err" || true
 }
 : > "$out/timings.txt"
 q05=(--model-config configs/models/qwen2-0.5b-shape)
@@ -119,9 +163,12 @@ att128=(--batch 4 --seq 1024 --heads 16 --kv-heads 4 --head-dim 128)
 
 if part tests; then
     echo "== kernel and train-step tests (GPU vs CPU; a missing device or NVRTC fails them)"
-    ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 2>&1 | tee "$out/tests.txt" || tests_rc=1
+    bounded env ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 2>&1 | tee "$out/tests.txt"
+    tests_rc=${PIPESTATUS[0]}
+    echo "$tests_rc" > "$out/tests_rc.txt"
     if grep -q "skipped: no CUDA device" "$out/tests.txt"; then
         echo "gpu-check: the tests found no CUDA device" >&2
+        done_part tests
         exit 1
     fi
 fi
@@ -132,19 +179,19 @@ if part headline; then
     run ceilings "$arbor" bench gpu --kind ceilings --batch 4 --seq 1024
     echo "== bf16 attention fwd+bwd vs PyTorch SDPA bf16, head dims 64 and 128"
     run attention_bf16 "$arbor" bench gpu --kind attention --dtype bf16 "${att64[@]}"
-    peer sdpa_bf16 python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype bf16
+    sdpa_peer sdpa_bf16 python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype bf16
     run attention_bf16_d128 "$arbor" bench gpu --kind attention --dtype bf16 "${att128[@]}"
-    peer sdpa_bf16_d128 python3 scripts/peer/sdpa_bench.py "${att128[@]}" --dtype bf16
+    sdpa_peer sdpa_bf16_d128 python3 scripts/peer/sdpa_bench.py "${att128[@]}" --dtype bf16
     echo "== bf16 train step, Qwen2-0.5B shape (random weights), 4 x 1024 tokens, vs torch bf16"
     run train_step_bf16 "$arbor" bench gpu --kind train-step --dtype bf16 "${q05[@]}" --batch 4 --seq 1024
-    peer peer_train_step_bf16 python3 scripts/peer/torch_train_step.py --device cuda --dtype bf16 "${q05[@]}" \
+    peer peer_train_step_bf16 python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype bf16 "${q05[@]}" \
         --batch 4 --seq 1024 --steps 5 --warmup 2
     echo "== bf16 greedy generation, 0.5B shape, batch 256, 16 + 256 tokens (eager, CUDA graphs) vs transformers bf16"
     run generate_greedy_0.5b_b256_bf16 "$arbor" bench gpu --kind generate --dtype bf16 "${q05[@]}" --batch 256 \
         --new-tokens 256 --warmup 1 --steps 2
     run generate_greedy_0.5b_b256_bf16_graphs "$arbor" bench gpu --kind generate --graphs --dtype bf16 "${q05[@]}" \
         --batch 256 --new-tokens 256 --warmup 1 --steps 2
-    peer peer_generate_greedy_0.5b_b256_bf16 python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 --greedy \
+    peer peer_generate_greedy_0.5b_b256_bf16 python3 scripts/peer/hf_generate.py --threads 16 --device cuda --dtype bf16 --greedy \
         "${q05[@]}" --batch 256 --new-tokens 256 --reps 1
     echo "== bf16 sampled generation (tokens drawn on the device), 0.5B shape, batch 16 / 256, eager and graphs"
     for b in 16 256; do
@@ -152,7 +199,7 @@ if part headline; then
             --batch "$b" --warmup 1 --steps 2 --new-tokens 64
         run "generate_sampled_0.5b_b${b}_bf16_graphs" "$arbor" bench gpu --kind generate --sample --graphs --dtype bf16 \
             "${q05[@]}" --batch "$b" --warmup 1 --steps 2 --new-tokens 64
-        peer "peer_generate_sampled_0.5b_b${b}_bf16" python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 \
+        peer "peer_generate_sampled_0.5b_b${b}_bf16" python3 scripts/peer/hf_generate.py --threads 16 --device cuda --dtype bf16 \
             "${q05[@]}" --batch "$b" --new-tokens 64 --reps 2
     done
     echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), bf16, the 0.5B shape"
@@ -161,7 +208,7 @@ if part headline; then
 fi
 done_part headline
 
-if part countdown && in_budget countdown; then
+if part countdown && in_budget countdown 200; then
     echo "== Countdown SFT then GRPO on the GPU (configs/countdown-gpu.toml; GPU_CHECK_FULL=1: the whole job, ~10 min)"
     cfg=configs/countdown-gpu.toml
     if [ "${GPU_CHECK_FULL:-0}" != "1" ]; then
@@ -172,25 +219,28 @@ if part countdown && in_budget countdown; then
         cfg="$out/countdown-gpu-short.toml"
     fi
     t0=$SECONDS
-    "$arbor" train --config "$cfg" --out-dir "$out/runs" > "$out/countdown_gpu.txt" 2>&1 || echo "gpu-check: the Countdown job failed" >&2
+    # the checkpoints (hundreds of MB) stay out of $OUT: only the metrics come back
+    runs="${TMPDIR:-/tmp}/gpu-check-runs"
+    rm -rf "$runs"
+    bounded "$arbor" train --config "$cfg" --out-dir "$runs" > "$out/countdown_gpu.txt" 2>&1 \
+        || echo "gpu-check: the Countdown job failed or was stopped (exit $?)" | tee -a "$out/countdown_gpu.txt" >&2
     echo "wall time: $((SECONDS - t0)) s" | tee -a "$out/countdown_gpu.txt"
     grep -E "held-out|eval|error|wall time" "$out/countdown_gpu.txt" || true
-    # keep the metrics, drop the checkpoints (hundreds of MB)
-    cp "$out"/runs/*/metrics.jsonl "$out/countdown_gpu_metrics.jsonl" 2>/dev/null || true
-    rm -rf "$out/runs"
+    cp "$runs"/*/metrics.jsonl "$out/countdown_gpu_metrics.jsonl" 2>/dev/null || true
+    rm -rf "$runs"
 fi
 done_part countdown
 
 if part variants; then
     echo "== attention: f32, and the backward's other dK/dV plan (one block loops over a GQA group's heads)"
     run attention "$arbor" bench gpu --kind attention "${att64[@]}"
-    peer sdpa python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype f32
+    sdpa_peer sdpa python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype f32
     run attention_grouped "$arbor" bench gpu --kind attention --dkdv grouped "${att64[@]}"
     run attention_bf16_grouped "$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${att64[@]}"
     echo "== train step with f32 and tf32 products, vs torch f32"
     run train_step "$arbor" bench gpu --kind train-step "${q05[@]}" --batch 4 --seq 1024
     run train_step_tf32 "$arbor" bench gpu --kind train-step --dtype tf32 "${q05[@]}" --batch 4 --seq 1024
-    peer peer_train_step_f32 python3 scripts/peer/torch_train_step.py --device cuda --dtype f32 "${q05[@]}" \
+    peer peer_train_step_f32 python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype f32 "${q05[@]}" \
         --batch 4 --seq 1024 --steps 5 --warmup 2
     echo "== generation with f32 products: bench-tiny, the 0.5B shape greedy and sampled (batch 16 / 64 / 256)"
     run generate_tiny "$arbor" bench gpu --kind generate --model-config configs/models/bench-tiny --batch 64
@@ -198,10 +248,15 @@ if part variants; then
     for b in 16 64 256; do
         run "generate_sampled_0.5b_b$b" "$arbor" bench gpu --kind generate --sample "${q05[@]}" --batch "$b" --warmup 1 \
             --steps 2 --new-tokens 64
-        peer "peer_generate_sampled_0.5b_b${b}_f32" python3 scripts/peer/hf_generate.py --device cuda --dtype f32 \
+        peer "peer_generate_sampled_0.5b_b${b}_f32" python3 scripts/peer/hf_generate.py --threads 16 --device cuda --dtype f32 \
             "${q05[@]}" --batch "$b" --new-tokens 64 --reps 2
     done
-    peer peer_generate_sampled_0.5b_b64_bf16 python3 scripts/peer/hf_generate.py --device cuda --dtype bf16 "${q05[@]}" \
+    echo "== bf16 sampled generation at batch 64 (eager and graphs) vs transformers bf16"
+    run generate_sampled_0.5b_b64_bf16 "$arbor" bench gpu --kind generate --sample --dtype bf16 "${q05[@]}" \
+        --batch 64 --warmup 1 --steps 2 --new-tokens 64
+    run generate_sampled_0.5b_b64_bf16_graphs "$arbor" bench gpu --kind generate --sample --graphs --dtype bf16 \
+        "${q05[@]}" --batch 64 --warmup 1 --steps 2 --new-tokens 64
+    peer peer_generate_sampled_0.5b_b64_bf16 python3 scripts/peer/hf_generate.py --threads 16 --device cuda --dtype bf16 "${q05[@]}" \
         --batch 64 --new-tokens 64 --reps 2
     echo "== the decode attention's other kernel (one block per query head, each reading the group's cache), bf16"
     run generate_greedy_0.5b_b256_bf16_per_head_attn "$arbor" bench gpu --kind generate --decode-attn per-head \
@@ -215,61 +270,15 @@ if part variants; then
     echo "== the GRPO step with f32 products, and bf16 with decode graphs (rows padded to buckets as sequences finish)"
     run rl_step_0.5b "$arbor" bench gpu --kind rl-step "${q05[@]}" --prompts 16 --samples 8 --new-tokens 64 --steps 2 \
         --warmup 1
-    in_budget rl_step_0.5b_bf16_graphs && ARBOR_CUDA_GRAPHS=1 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" \
-        --prompts 16 --samples 8 --new-tokens 64 --steps 2 --warmup 1 | tee "$out/rl_step_0.5b_bf16_graphs.json"
+    run rl_step_0.5b_bf16_graphs env ARBOR_CUDA_GRAPHS=1 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" \
+        --prompts 16 --samples 8 --new-tokens 64 --steps 2 --warmup 1
 fi
 done_part variants
 
-# every ratio whose two figures exist
-python3 - "$out" <<'PY' | tee "$out/ratios.txt"
-import json, os, sys
-d = sys.argv[1]
-def load(name):
-    p = os.path.join(d, name)
-    try:
-        return json.loads(open(p).read().strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
-for ours, peer in (("attention_bf16.json", "sdpa_bf16.json"), ("attention_bf16_d128.json", "sdpa_bf16_d128.json"),
-                   ("attention_bf16_grouped.json", "sdpa_bf16.json"), ("attention.json", "sdpa.json"),
-                   ("attention_grouped.json", "sdpa.json")):
-    a, p = load(ours), load(peer)
-    if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
-        print(f"attention fwd+bwd ({a['dtype']}, dK/dV {a.get('dkdv', '-')}, d {a['head_dim']}): arbor {a['fwd_ms']:.2f} + "
-              f"{a['bwd_ms']:.2f} ms, torch SDPA {p.get('dtype')} {p['fwd_bwd_ms']:.2f} ms, arbor speed = "
-              f"{p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a['device']})")
-def ratio(what, ours, peer):
-    a, p = load(ours), load(peer)
-    if a and p and a.get("tokens_per_s") and p.get("tokens_per_s"):
-        print(f"{what}: arbor {a['tokens_per_s']:,.0f} tok/s, peer {p['tokens_per_s']:,.0f} tok/s "
-              f"({p.get('dtype')}), arbor = {a['tokens_per_s'] / p['tokens_per_s']:.2f}x ({p.get('device')})")
-for ours in ("bf16", "tf32"):
-    ratio(f"train step 0.5B 4x1024, arbor {ours} products vs torch bf16", f"train_step_{ours}.json", "peer_train_step_bf16.json")
-for g in ("", "_graphs"):
-    ratio(f"greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16{' + CUDA graphs' if g else ''} vs transformers bf16",
-          f"generate_greedy_0.5b_b256_bf16{g}.json", "peer_generate_greedy_0.5b_b256_bf16.json")
-for b in (16, 256):
-    for g in ("", "_graphs"):
-        ratio(f"sampled generation 0.5B batch {b}, arbor bf16{' + CUDA graphs' if g else ''} vs transformers bf16",
-              f"generate_sampled_0.5b_b{b}_bf16{g}.json", f"peer_generate_sampled_0.5b_b{b}_bf16.json")
-ratio("train step 0.5B 4x1024, f32 vs torch f32", "train_step.json", "peer_train_step_f32.json")
-for b in (16, 64, 256):
-    ratio(f"sampled generation 0.5B batch {b}, f32 vs transformers f32", f"generate_sampled_0.5b_b{b}.json",
-          f"peer_generate_sampled_0.5b_b{b}_f32.json")
-a, b = load("generate_sampled_0.5b_b16_2k_bf16_split0.json"), load("generate_sampled_0.5b_b16_2k_bf16_split1000000.json")
-if a and b and a.get("tokens_per_s") and b.get("tokens_per_s"):
-    print(f"sampled generation bf16, batch 16, 16 + 2048 tokens: rows split over blocks {a['tokens_per_s']:,.0f} tok/s, "
-          f"unsplit {b['tokens_per_s']:,.0f} tok/s, split = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x unsplit")
-# issue 16: tokens/s must grow with the batch (batch 256 >= 4x batch 16)
-for suffix in ("_bf16", "_bf16_graphs", ""):
-    lo, hi = load(f"generate_sampled_0.5b_b16{suffix}.json"), load(f"generate_sampled_0.5b_b256{suffix}.json")
-    if lo and hi and lo.get("tokens_per_s") and hi.get("tokens_per_s"):
-        print(f"sampled generation{suffix or ' f32'}: batch 256 = {hi['tokens_per_s'] / lo['tokens_per_s']:.2f}x batch 16")
-PY
 echo "gpu-check: results in $out/ ($((SECONDS - t_start)) s)"
-python3 scripts/gpu_summary.py "$out" | tee "$out/summary.txt" || true
-# the row of docs/benchmarks.md's results table
-python3 scripts/gpu_summary.py --markdown "$out" | tee "$out/benchmarks_row.md" || true
+# (summary.txt, ratios.txt and benchmarks_row.md, the row of docs/benchmarks.md's results
+# table, were written by the last done_part)
+cat "$out/summary.txt" "$out/benchmarks_row.md" 2>/dev/null || true
 if [ "$tests_rc" != 0 ]; then
     echo "gpu-check: some GPU tests FAILED (see $out/tests.txt)" >&2
     exit 1

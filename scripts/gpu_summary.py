@@ -3,6 +3,7 @@
 the ratios against the PyTorch peers, read from the files the run wrote to its output folder.
 
 Usage: python3 scripts/gpu_summary.py OUT_DIR             # the summary
+       python3 scripts/gpu_summary.py --ratios OUT_DIR    # every ratio whose two figures exist
        python3 scripts/gpu_summary.py --markdown OUT_DIR  # the row of docs/benchmarks.md's results table
 """
 import json
@@ -12,12 +13,32 @@ import sys
 
 
 def load(d, name):
+    """The last line of OUT_DIR/name as a JSON object, or None."""
     p = os.path.join(d, name)
     try:
         with open(p) as f:
-            return json.loads(f.read().strip().splitlines()[-1])
+            j = json.loads(f.read().strip().splitlines()[-1])
     except (OSError, ValueError, IndexError):
         return None
+    return j if isinstance(j, dict) else None
+
+
+def test_line(text, rc):
+    """The tests' line: passed and failed counts summed over the binaries' result lines, the names
+    of the failed tests (from the `failures:` lists: under --nocapture a test's FAILED does not
+    follow its name), and a warning when no result line was printed (a crash, or a cut-off run)."""
+    results = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", text)
+    passed = sum(int(p) for _, p, _ in results)
+    nfail = sum(int(f) for _, _, f in results)
+    failed = []
+    for block in re.findall(r"^failures:\n((?:    \S+\n)+)", text, re.M):
+        failed.extend(name.strip() for name in block.splitlines())
+    line = f"tests: {passed} passed, {nfail} failed" + (f" ({', '.join(dict.fromkeys(failed))})" if failed else "")
+    if not results:
+        line = "tests: NO RESULT LINE (the test binary crashed or was cut off; see tests.txt)"
+    if rc not in (None, "0"):
+        line += f"; exit status {rc}"
+    return line
 
 
 def main():
@@ -28,18 +49,18 @@ def main():
         lines.append("device: " + open(dev).read().strip())
     tests = os.path.join(d, "tests.txt")
     if os.path.exists(tests):
-        text = open(tests).read()
-        results = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", text)
-        failed = re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)
-        passed = sum(int(p) for _, p, _ in results)
-        nfail = sum(int(f) for _, _, f in results)
-        lines.append(f"tests: {passed} passed, {nfail} failed" + (f" ({', '.join(failed)})" if failed else ""))
+        rc_file = os.path.join(d, "tests_rc.txt")
+        rc = open(rc_file).read().strip() if os.path.exists(rc_file) else None
+        lines.append(test_line(open(tests, errors="replace").read(), rc))
     rows = []
     for name in sorted(os.listdir(d)):
         if not name.endswith(".json"):
             continue
         j = load(d, name)
         if not j:
+            err = os.path.join(d, name[:-5] + ".err")
+            last = open(err, errors="replace").read().strip().splitlines()[-1:] if os.path.exists(err) else []
+            rows.append(f"  {name[:-5]:<44} NO RESULT" + (f": {last[0][:160]}" if last else ""))
             continue
         fig = []
         for key, fmt in (("tokens_per_s", "{:,.0f} tok/s"), ("gen_tokens_per_s", "gen {:,.0f} tok/s"),
@@ -51,14 +72,14 @@ def main():
                 fig.append(fmt.format(j[key]))
         if isinstance(j.get("gemm_tflops"), dict):
             fig.append("GEMM " + ", ".join(f"{k} {v:.0f}" for k, v in j["gemm_tflops"].items()) + " TFLOP/s")
-        rows.append(f"  {name[:-5]:<44} {j.get('impl', '?'):<14} {str(j.get('dtype', '')):<10.10} {', '.join(fig)}")
+        rows.append(f"  {name[:-5]:<44} {j.get('impl', '?'):<14} {str(j.get('dtype', '')).split(' ')[0]:<6} {', '.join(fig)}")
     if rows:
         lines.append("benchmarks (file, impl, dtype, figures):")
         lines.extend(rows)
-    ratios = os.path.join(d, "ratios.txt")
-    if os.path.exists(ratios):
+    found = ratios(d)
+    if found:
         lines.append("ratios:")
-        lines.extend("  " + r for r in open(ratios).read().strip().splitlines())
+        lines.extend("  " + r for r in found)
     tm = os.path.join(d, "timings.txt")
     if os.path.exists(tm) and open(tm).read().strip():
         lines.append("wall time per part: " + ", ".join(open(tm).read().strip().splitlines()))
@@ -72,6 +93,53 @@ def main():
         lines.append("countdown-gpu:")
         lines.extend("  " + l for l in keep[-6:])
     print("\n".join(lines))
+
+
+def ratios(d):
+    """Every ratio of an arbor figure to its peer measured in the same run, whose two figures exist."""
+    out = []
+    for ours, peer in (("attention_bf16.json", "sdpa_bf16.json"), ("attention_bf16_d128.json", "sdpa_bf16_d128.json"),
+                       ("attention_bf16_grouped.json", "sdpa_bf16.json"), ("attention.json", "sdpa.json"),
+                       ("attention_grouped.json", "sdpa.json")):
+        a, p = load(d, ours), load(d, peer)
+        if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
+            out.append(f"attention fwd+bwd ({a.get('dtype')}, dK/dV {a.get('dkdv', '-')}, d {a.get('head_dim')}): arbor "
+                       f"{a['fwd_ms']:.3f} + {a['bwd_ms']:.3f} ms, torch SDPA {p.get('dtype')} {p['fwd_bwd_ms']:.3f} ms, "
+                       f"arbor speed = {p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a.get('device')})")
+
+    def ratio(what, ours, peer):
+        a, p = load(d, ours), load(d, peer)
+        if a and p and a.get("tokens_per_s") and p.get("tokens_per_s"):
+            out.append(f"{what}: arbor {a['tokens_per_s']:,.0f} tok/s, peer {p['tokens_per_s']:,.0f} tok/s "
+                       f"({p.get('dtype')}), arbor = {a['tokens_per_s'] / p['tokens_per_s']:.2f}x ({p.get('device')})")
+
+    ratio("train step 0.5B 4x1024, arbor bf16 products vs torch bf16 autocast", "train_step_bf16.json",
+          "peer_train_step_bf16.json")
+    for g in ("", "_graphs"):
+        ratio(f"greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16{' + CUDA graphs' if g else ''} vs "
+              "transformers bf16", f"generate_greedy_0.5b_b256_bf16{g}.json", "peer_generate_greedy_0.5b_b256_bf16.json")
+    for b in (16, 64, 256):
+        for g in ("", "_graphs"):
+            ratio(f"sampled generation 0.5B batch {b}, arbor bf16{' + CUDA graphs' if g else ''} vs transformers bf16",
+                  f"generate_sampled_0.5b_b{b}_bf16{g}.json", f"peer_generate_sampled_0.5b_b{b}_bf16.json")
+    ratio("train step 0.5B 4x1024, f32 vs torch f32", "train_step.json", "peer_train_step_f32.json")
+    for b in (16, 64, 256):
+        ratio(f"sampled generation 0.5B batch {b}, f32 vs transformers f32", f"generate_sampled_0.5b_b{b}.json",
+              f"peer_generate_sampled_0.5b_b{b}_f32.json")
+    a = load(d, "generate_sampled_0.5b_b16_2k_bf16_split0.json")
+    b = load(d, "generate_sampled_0.5b_b16_2k_bf16_split1000000.json")
+    if a and b and a.get("tokens_per_s") and b.get("tokens_per_s"):
+        out.append(f"sampled generation bf16, batch 16, 16 + 2048 tokens: rows split over blocks "
+                   f"{a['tokens_per_s']:,.0f} tok/s, unsplit {b['tokens_per_s']:,.0f} tok/s, split = "
+                   f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x unsplit")
+    # issue 16: tokens/s must grow with the batch (batch 256 >= 4x batch 16)
+    for suffix in ("_bf16", "_bf16_graphs", ""):
+        lo = load(d, f"generate_sampled_0.5b_b16{suffix}.json")
+        hi = load(d, f"generate_sampled_0.5b_b256{suffix}.json")
+        if lo and hi and lo.get("tokens_per_s") and hi.get("tokens_per_s"):
+            out.append(f"sampled generation{suffix.replace('_', ' ') or ' f32'}: batch 256 = "
+                       f"{hi['tokens_per_s'] / lo['tokens_per_s']:.2f}x batch 16")
+    return out
 
 
 def markdown(d):
@@ -113,5 +181,7 @@ def markdown(d):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--markdown":
         markdown(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--ratios":
+        print("\n".join(ratios(sys.argv[2])))
     else:
         main()
