@@ -210,7 +210,8 @@ impl GpuDecoder {
             true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache),
             false => Vec::new(),
         };
-        let action = self.graphs.plan(b, uniform, &fingerprint);
+        // a step above the largest bucket runs eagerly at its own row count
+        let action = self.graphs.plan(b, uniform && b <= graphs::MAX_BUCKET, &fingerprint);
         let mut step = GpuStep {
             g,
             p: &self.params,
@@ -235,8 +236,10 @@ impl GpuDecoder {
                     launched
                 }
                 // the driver or a library refused the capture: run this and every later step eagerly
+                // (padding, which only serves the graphs, stops too)
                 Err(_) => {
                     self.graphs.give_up();
+                    self.pad = false;
                     decode_stack(model, &mut step, tokens_p, logit_rows)
                 }
             },

@@ -1,8 +1,11 @@
 //! Generation on the GPU with continuous batching, the CPU engine's contract (`rollout::generate`):
 //! up to `max_batch` requests decode together, a finished one frees its KV-cache slot and the next
 //! request starts in it at the next step; every request draws from its own stream
-//! `Rng::derive(seed, [step, prompt_id, sample_index])`, one uniform per sampled token, so the
-//! completions do not depend on the batch size and equal the CPU engine's wherever the logits agree.
+//! `Rng::derive(seed, [step, prompt_id, sample_index])`, one uniform per sampled token, so a
+//! completion depends on its own uniforms and logits only, and equals the CPU engine's wherever the
+//! logits agree. The logits themselves may differ in the last bits with the step's row count (the
+//! decode attention's splits, cuBLAS's kernel choice, padding rows), so on the GPU, unlike the CPU,
+//! a token within rounding of a sampling boundary may change with the batch size.
 //!
 //! [`batch_loop`] is that loop over any decode step that also picks the tokens: the GPU decoder
 //! (tokens drawn on the device), or on the host the CPU decode step with the emulated sampling

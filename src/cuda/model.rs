@@ -255,8 +255,7 @@ impl GpuModel {
         let scale = if max_norm > 0.0 { clip_coefficient(norm, max_norm) } else { 1.0 };
         opt.t += 1;
         let c = opt.cfg;
-        let bc1 = (1.0 - (c.beta1 as f64).powi(opt.t as i32)) as f32;
-        let bc2 = (1.0 - (c.beta2 as f64).powi(opt.t as i32)) as f32;
+        let (step_size, inv_sqrt_bc2) = AdamW::step_factors(c, opt.t, lr);
         let s = &self.gpu.stream;
         let (p, g, m, v) =
             (self.params.device_ptr(s).0, self.grads.device_ptr(s).0, self.m.device_ptr(s).0, self.v.device_ptr(s).0);
@@ -265,7 +264,6 @@ impl GpuModel {
         let image = self.image.as_ref().map_or(0, |i| i.ptr());
         for (range, decays) in opt.segments() {
             let off = (range.start * 4) as u64;
-            let wd = if *decays { c.weight_decay } else { 0.0 };
             let args = [
                 Arg::P(p + off),
                 Arg::P(g + off),
@@ -273,13 +271,12 @@ impl GpuModel {
                 Arg::P(v + off),
                 Arg::P(if image == 0 { 0 } else { image + (range.start * 2) as u64 }),
                 Arg::L(range.len() as i64),
-                Arg::F(lr),
                 Arg::F(c.beta1),
                 Arg::F(c.beta2),
                 Arg::F(c.eps),
-                Arg::F(wd),
-                Arg::F(bc1),
-                Arg::F(bc2),
+                Arg::F(AdamW::decay_factor(c, lr, *decays)),
+                Arg::F(step_size),
+                Arg::F(inv_sqrt_bc2),
                 Arg::F(scale),
             ];
             let grid = (range.len().div_ceil(256) as u32).clamp(1, blocks);

@@ -63,6 +63,24 @@ impl AdamW {
         self.step_scaled(params, grads, lr, 1.0);
     }
 
+    /// The update's per-step factors after step `t` (counted from 1) at learning rate `lr`:
+    /// (lr / (1 − β1ᵗ), 1 / √(1 − β2ᵗ)), the bias corrections in f64 and each factor rounded to
+    /// f32 once. Every device computes them here, so that its update is this one's arithmetic.
+    pub fn step_factors(cfg: AdamWConfig, t: u64, lr: f32) -> (f32, f32) {
+        let bc1 = 1.0 - (cfg.beta1 as f64).powi(t as i32);
+        let bc2 = 1.0 - (cfg.beta2 as f64).powi(t as i32);
+        ((lr as f64 / bc1) as f32, (1.0 / bc2.sqrt()) as f32)
+    }
+
+    /// The weight factor 1 − lr·λ of a segment that decays (1 for one that does not), in f32.
+    pub fn decay_factor(cfg: AdamWConfig, lr: f32, decays: bool) -> f32 {
+        if decays {
+            1.0 - lr * cfg.weight_decay
+        } else {
+            1.0
+        }
+    }
+
     /// `step` with the gradient multiplied by `grad_scale` on the fly (fuses gradient clipping:
     /// pass `clip_coefficient(norm, max_norm)` instead of rescaling the buffer first).
     pub fn step_scaled(&mut self, params: &mut [f32], grads: &[f32], lr: f32, grad_scale: f32) {
@@ -70,19 +88,10 @@ impl AdamW {
         assert_eq!(grads.len(), self.m.len(), "AdamW: gradient count differs from parameters");
         self.t += 1;
         let c = self.cfg;
-        let bc1 = 1.0 - (c.beta1 as f64).powi(self.t as i32);
-        let bc2 = 1.0 - (c.beta2 as f64).powi(self.t as i32);
-        let hp = StepConsts {
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            step_size: (lr as f64 / bc1) as f32,
-            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
-            grad_scale,
-            decay: 1.0,
-        };
+        let (step_size, inv_sqrt_bc2) = Self::step_factors(c, self.t, lr);
+        let hp = StepConsts { beta1: c.beta1, beta2: c.beta2, eps: c.eps, step_size, inv_sqrt_bc2, grad_scale, decay: 1.0 };
         for (range, decays) in &self.segments {
-            let hp = StepConsts { decay: if *decays { 1.0 - lr * c.weight_decay } else { 1.0 }, ..hp };
+            let hp = StepConsts { decay: Self::decay_factor(c, lr, *decays), ..hp };
             let r = range.clone();
             params[r.clone()]
                 .par_chunks_mut(CHUNK)

@@ -448,6 +448,21 @@ fn a_full_train_step_on_the_gpu_matches_the_cpu() {
         println!("{arch:?} grad norm cpu {norm:.6} gpu {gnorm:.6}");
         assert!((norm - gnorm).abs() <= 1e-4 * norm.max(1.0));
         close(&format!("{arch:?} params after AdamW"), &gm.params().unwrap(), &p, 1e-5);
+
+        // a second step, unclipped, from the device's own state: the device update is the CPU's
+        // arithmetic bit for bit (no fused multiply-add; the CPU's step factors)
+        let (grads_dev, mut p2) = (gm.grads().unwrap(), gm.params().unwrap());
+        let (m, v) = gm.moments().unwrap();
+        let mut cpu2 = gpu_opt.clone();
+        (cpu2.m, cpu2.v) = (m, v);
+        cpu2.step(&mut p2, &grads_dev, 1e-2);
+        gm.adamw_step(&mut gpu_opt, 1e-2, 0.0).unwrap();
+        let (m_dev, v_dev) = gm.moments().unwrap();
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(gpu_opt.t, cpu2.t);
+        assert!(bits(&gm.params().unwrap()) == bits(&p2), "{arch:?}: AdamW weights differ from the CPU's in bits");
+        assert!(bits(&m_dev) == bits(&cpu2.m), "{arch:?}: AdamW first moments differ from the CPU's in bits");
+        assert!(bits(&v_dev) == bits(&cpu2.v), "{arch:?}: AdamW second moments differ from the CPU's in bits");
     }
 }
 
