@@ -203,6 +203,8 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         .enumerate()
         .map(|(i, prompt)| Request { prompt_id: i as u64, sample_index: 0, prompt })
         .collect();
+    // the weights on the device, forward only, read in place by the decoder
+    let weights = crate::cuda::GpuModel::frozen(gpu.clone(), &model)?;
     let mut dec = GpuDecoder::new(gpu, &model)?;
     if args.graphs {
         dec.set_graphs(true);
@@ -224,7 +226,8 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
             max_batch: requests.len(),
             workload: None,
         };
-        let lens: Vec<usize> = dec.generate(&model, &requests, &gen_cfg)?.iter().map(|c| c.tokens.len()).collect();
+        let lens: Vec<usize> =
+            dec.generate(&model, weights.weights(), &requests, &gen_cfg)?.iter().map(|c| c.tokens.len()).collect();
         if i >= args.warmup {
             times.push(t.elapsed().as_secs_f64());
             produced = lens.iter().sum::<usize>();

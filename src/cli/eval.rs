@@ -64,7 +64,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let model = crate::train::pretrain::build_model(&cfg, &tok).with_context(|| {
         format!("loading {}", cfg.model.hf_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default())
     })?;
-    let mut engine = crate::train::engine::Engine::new(cfg.train.compute(), &model, &Local)?;
+    let mut engine = crate::train::engine::Engine::inference(cfg.train.compute(), &model)?;
     let rate = evaluate(&mut engine, &model, &cfg, task.as_ref(), &rl, args.step, &Local)?;
     if args.json {
         println!(

@@ -114,7 +114,7 @@ pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Res
     let mut model = crate::train::pretrain::build_model(cfg, &tok)?;
     model.params.data.copy_from_slice(&report.final_params);
     // the RL arm's last eval used the stream of step rl.steps
-    let mut engine = crate::train::engine::Engine::new(cfg.train.compute(), &model, &Local)?;
+    let mut engine = crate::train::engine::Engine::inference(cfg.train.compute(), &model)?;
     let rate = evaluate(&mut engine, &model, cfg, task.as_ref(), rl, rl.steps, &Local)?;
     Ok((steps, rate))
 }

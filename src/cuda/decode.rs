@@ -1,5 +1,6 @@
-//! Generation on the GPU: [`GpuDecoder`] holds a model's weights (and their bf16 image) on the
-//! device and runs decode steps of B new rows against a [`GpuKvCache`]: the layer stack of
+//! Generation on the GPU: [`GpuDecoder`] runs decode steps of B new rows from a model's weights on
+//! the device (a [`DeviceWeights`], read in place: a trained [`crate::cuda::GpuModel`]'s, or a
+//! frozen one's for generation alone) against a [`GpuKvCache`]: the layer stack of
 //! `model::decode_stack` (the CPU decode's too) over the GPU's operations (`cuda::decode_step`).
 //! A slot's rows take consecutive positions, so one step prefills whole prompts for some slots
 //! while decoding one token for others; only the rows whose next token is wanted go through the
@@ -14,6 +15,7 @@ use crate::cuda::device::{drv, Gpu};
 use crate::cuda::graphs::{self, Action, StepGraphs};
 use crate::cuda::image::Bf16Image;
 use crate::cuda::kv_cache::GpuKvCache;
+use crate::cuda::model::DeviceWeights;
 use crate::cuda::sample::{sample_rows, SampleBufs};
 use crate::error::{Error, Result};
 use crate::model::decode_stack::{assign_positions, check_step, decode_stack};
@@ -24,14 +26,10 @@ use crate::tensor::Dtype;
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
 use std::sync::Arc;
 
-/// A model's weights on the device plus step buffers, for generation.
+/// The step buffers, row inputs and graphs of generation on one device (the weights are passed to
+/// each step).
 pub struct GpuDecoder {
-    /// The weights rounded to bf16 when the device's products are "bf16" (once per weight version,
-    /// so a token step reads 2 bytes per weight instead of rounding 4; `cuda::image`). The first
-    /// field: dropped (so unregistered) before the weights.
-    image: Option<Bf16Image>,
     gpu: Arc<Gpu>,
-    params: CudaSlice<f32>,
     rope: GpuRope,
     bufs: StepBufs,
     sampling: SampleBufs,
@@ -71,7 +69,7 @@ impl RowsDev {
 }
 
 impl GpuDecoder {
-    /// Upload `model`'s weights.
+    /// A decoder for `model`'s shape (its RoPE tables on the device; buffers grow with the steps).
     pub fn new(gpu: &Arc<Gpu>, model: &Model) -> Result<Self> {
         let e = || gpu.empty();
         let a = || gpu.act_empty();
@@ -87,10 +85,8 @@ impl GpuDecoder {
             gather: e()?,
             partial: e()?,
         };
-        let mut dec = GpuDecoder {
+        Ok(GpuDecoder {
             gpu: gpu.clone(),
-            params: gpu.upload(&model.params.data)?,
-            image: None,
             rope: gpu.rope(&model.rope)?,
             bufs,
             sampling: SampleBufs::new(gpu, 1)?,
@@ -98,16 +94,22 @@ impl GpuDecoder {
             rows: None,
             graphs: StepGraphs::new(graphs::requested()),
             pad: graphs::requested(),
-        };
-        dec.image = Bf16Image::of(gpu, &dec.params)?;
-        Ok(dec)
+        })
     }
 
     /// Append `tokens[i]` to cache slot `slots[i]` (a slot's rows take its next positions in
-    /// order) and return the next-token logits of every row ([B, V], on the host).
-    pub fn step(&mut self, model: &Model, tokens: &[u32], slots: &[usize], cache: &mut GpuKvCache) -> Result<Vec<f32>> {
+    /// order) and return the next-token logits of every row ([B, V], on the host), decoding from
+    /// `w`.
+    pub fn step(
+        &mut self,
+        model: &Model,
+        w: DeviceWeights<'_>,
+        tokens: &[u32],
+        slots: &[usize],
+        cache: &mut GpuKvCache,
+    ) -> Result<Vec<f32>> {
         let rows: Vec<usize> = (0..tokens.len()).collect();
-        self.forward(model, tokens, slots, &rows, cache)?;
+        self.forward(model, w, tokens, slots, &rows, cache)?;
         let mut out = vec![0.0; tokens.len() * model.cfg.vocab_size];
         self.gpu.download(&self.bufs.logits, &mut out)?;
         Ok(out)
@@ -120,6 +122,7 @@ impl GpuDecoder {
     pub fn step_sampled(
         &mut self,
         model: &Model,
+        w: DeviceWeights<'_>,
         rows: StepInput<'_>,
         cache: &mut GpuKvCache,
         params: &SamplingParams,
@@ -131,7 +134,7 @@ impl GpuDecoder {
                 format!("{} uniforms for {} logit rows", uniforms.len(), logit_rows.len()),
             ));
         }
-        self.forward(model, tokens, slots, logit_rows, cache)?;
+        self.forward(model, w, tokens, slots, logit_rows, cache)?;
         if logit_rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -144,6 +147,7 @@ impl GpuDecoder {
     fn forward(
         &mut self,
         model: &Model,
+        w: DeviceWeights<'_>,
         tokens: &[u32],
         slots: &[usize],
         logit_rows: &[usize],
@@ -151,6 +155,10 @@ impl GpuDecoder {
     ) -> Result<()> {
         let cfg = &model.cfg;
         check_step(model, tokens, slots, logit_rows)?;
+        if w.params.len() != model.params.data.len() {
+            let why = format!("{} weights on the device for a model of {}", w.params.len(), model.params.data.len());
+            return Err(Error::shape("decode step", why));
+        }
         let b = tokens.len();
         if b == 0 {
             return Err(Error::shape("decode step", "no rows"));
@@ -207,14 +215,14 @@ impl GpuDecoder {
             None => (1, cache.max_len),
         };
         let fingerprint = match self.graphs.enabled() && uniform {
-            true => step_fingerprint(g, (&self.params, self.image.as_ref()), bf, &rows, cache),
+            true => step_fingerprint(g, (w.params, w.image), bf, &rows, cache),
             false => Vec::new(),
         };
         // a step above the largest bucket runs eagerly at its own row count
         let action = self.graphs.plan(b, uniform && b <= graphs::MAX_BUCKET, &fingerprint);
         let mut step = GpuStep {
             g,
-            p: &self.params,
+            p: w.params,
             rope: &self.rope,
             bufs: bf,
             cache: &*cache,
@@ -267,22 +275,6 @@ impl GpuDecoder {
     /// How many decode-step graphs are held (0 with graphs off, or after a refused capture).
     pub fn graphs_held(&self) -> usize {
         self.graphs.len()
-    }
-
-    /// Replace the weights with `params`, a device buffer of the same model (e.g. a `GpuModel`'s
-    /// after its optimizer step): a device-to-device copy, ordered on the one stream.
-    pub fn load_params(&mut self, params: &CudaSlice<f32>) -> Result<()> {
-        if params.len() != self.params.len() {
-            return Err(Error::shape(
-                "decoder weights",
-                format!("{} for a model of {}", params.len(), self.params.len()),
-            ));
-        }
-        self.gpu.stream.memcpy_dtod(params, &mut self.params).map_err(drv("copy"))?;
-        match &mut self.image {
-            Some(image) => image.refresh(&self.params),
-            None => Ok(()),
-        }
     }
 
     /// The device this decoder runs on.

@@ -14,6 +14,7 @@
 
 use crate::cuda::decode::{GpuDecoder, StepInput};
 use crate::cuda::kv_cache::GpuKvCache;
+use crate::cuda::model::DeviceWeights;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::rollout::engine::{context_len, Active, StepRows};
@@ -104,7 +105,13 @@ pub fn batch_loop(
 impl GpuDecoder {
     /// `rollout::generate` on the GPU: continuous batching over `cfg.max_batch` device KV-cache
     /// slots, tokens drawn on the device (temperature, top-k, top-p, or greedy at 0).
-    pub fn generate(&mut self, model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
+    pub fn generate(
+        &mut self,
+        model: &Model,
+        w: DeviceWeights<'_>,
+        requests: &[Request],
+        cfg: &GenerateConfig,
+    ) -> Result<Vec<Completion>> {
         let s = &cfg.sampling;
         let max_len = context_len(model, requests, cfg)?;
         if requests.is_empty() {
@@ -116,7 +123,7 @@ impl GpuDecoder {
             for &slot in step.starts {
                 cache.len[slot] = 0;
             }
-            self.step_sampled(model, step.input, &mut cache, s)
+            self.step_sampled(model, w, step.input, &mut cache, s)
         })
     }
 }

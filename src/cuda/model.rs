@@ -27,6 +27,15 @@ pub struct GpuModel {
     pub(crate) ws: Workspace<Gpu>,
 }
 
+/// A model's weights on the device and, with bf16 products, their bf16 image (`cuda::image`): what
+/// [`crate::cuda::GpuDecoder`] decodes from, borrowed from the [`GpuModel`] that trains them (one
+/// copy of the weights on the device, current after every optimizer step).
+#[derive(Clone, Copy)]
+pub struct DeviceWeights<'a> {
+    pub params: &'a CudaSlice<f32>,
+    pub image: Option<&'a Bf16Image>,
+}
+
 impl GpuModel {
     /// Upload `model`'s weights (gradients and moments start at zero).
     pub fn new(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
@@ -162,6 +171,11 @@ impl GpuModel {
     /// The weights' device buffer (e.g. for a decoder to copy after an optimizer step).
     pub fn params_device(&self) -> &CudaSlice<f32> {
         &self.params
+    }
+
+    /// The weights and their bf16 image as a decoder reads them, in place.
+    pub fn weights(&self) -> DeviceWeights<'_> {
+        DeviceWeights { params: &self.params, image: self.image.as_ref() }
     }
 
     /// The device this model lives on.

@@ -89,7 +89,8 @@ impl AdamW {
         self.t += 1;
         let c = self.cfg;
         let (step_size, inv_sqrt_bc2) = Self::step_factors(c, self.t, lr);
-        let hp = StepConsts { beta1: c.beta1, beta2: c.beta2, eps: c.eps, step_size, inv_sqrt_bc2, grad_scale, decay: 1.0 };
+        let hp =
+            StepConsts { beta1: c.beta1, beta2: c.beta2, eps: c.eps, step_size, inv_sqrt_bc2, grad_scale, decay: 1.0 };
         for (range, decays) in &self.segments {
             let hp = StepConsts { decay: Self::decay_factor(c, lr, *decays), ..hp };
             let r = range.clone();

@@ -8,8 +8,10 @@
 //! - **cuda**: weights, gradients and AdamW moments live on the rank's GPU (`cuda::placement`:
 //!   the node-local rank modulo the visible devices; [`crate::cuda::GpuModel`]);
 //!   gradients are summed over the data-parallel group on the devices (NCCL), clipping and AdamW
-//!   run there, and generation decodes from a device copy of the weights
-//!   ([`crate::cuda::decode::GpuDecoder`], tokens drawn on the device). The host model's weights
+//!   run there, and generation decodes from the same device weights, read in place
+//!   ([`crate::cuda::decode::GpuDecoder`], tokens drawn on the device). Engines that only run
+//!   forward passes and generation ([`Engine::inference`]: evaluation, rollout ranks) hold no
+//!   gradients or moments. The host model's weights
 //!   and the host AdamW moments are refreshed only by [`Engine::sync_host`] (checkpoints, the end
 //!   of a phase); the host sees token ids, log-probs, rewards and metrics.
 
@@ -54,6 +56,18 @@ impl Engine {
                 let _ = (model, dp);
                 Err(unusable("this binary was built without the `cuda` feature"))
             }
+        }
+    }
+
+    /// An engine for `compute` that runs forward passes and generation only (evaluation, rollout
+    /// ranks): [`Engine::new`] without the gradient and moment buffers a GPU would hold for
+    /// training (12 bytes per parameter) and without a data-parallel group.
+    pub fn inference(compute: impl Into<Compute>, model: &Model) -> Result<Engine> {
+        let Compute { device, dtype } = compute.into();
+        match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda => Ok(Engine::Cuda(Box::new(cuda::CudaEngine::inference(model, dtype)?))),
+            _ => Engine::new(Compute { device, dtype }, model, &crate::parallel::Local),
         }
     }
 
@@ -337,27 +351,41 @@ mod cuda {
     use crate::train::AdamW;
     use std::sync::Arc;
 
-    /// The policy on the rank's GPU: the training copy, the NCCL group of data parallelism, and the
-    /// decoder (created on first generation) with whether its weights are behind the training copy.
+    /// The policy on the rank's GPU: its weights (with gradients and moments when it trains), the
+    /// NCCL group of data parallelism, and the decoder (created on first generation), which reads
+    /// the weights in place.
     pub struct CudaEngine {
         pub(super) model: GpuModel,
         nccl: Option<Nccl>,
         decoder: Option<GpuDecoder>,
-        decoder_stale: bool,
         /// The device weights (resp. moments) changed since the host's were refreshed.
         host_stale: bool,
         moments_stale: bool,
     }
 
     impl CudaEngine {
-        pub fn new(model: &Model, dp: &dyn Comm, dtype: crate::config::Dtype) -> Result<Self> {
+        /// This process's GPU (`cuda::placement`) with products of `dtype`.
+        fn open(dtype: crate::config::Dtype) -> Result<Arc<Gpu>> {
             // (the driver is only called once it is known to load)
             super::probe(crate::config::Device::Cuda)?;
             let count = cudarc::driver::CudaContext::device_count().map_err(|e| unusable(format!("{e:?}")))?;
             let ordinal = crate::cuda::placement::this_process(count.max(0) as usize)?;
             let gpu = Gpu::new(ordinal).map_err(unusable)?;
             gpu.set_dtype(dtype);
-            Self::on(Arc::new(gpu), model, dp)
+            Ok(Arc::new(gpu))
+        }
+
+        pub fn new(model: &Model, dp: &dyn Comm, dtype: crate::config::Dtype) -> Result<Self> {
+            Self::on(Self::open(dtype)?, model, dp)
+        }
+
+        /// Forward passes and generation only (no gradient or moment buffers).
+        pub fn inference(model: &Model, dtype: crate::config::Dtype) -> Result<Self> {
+            Ok(Self::holding(GpuModel::frozen(Self::open(dtype)?, model)?, None))
+        }
+
+        fn holding(model: GpuModel, nccl: Option<Nccl>) -> Self {
+            CudaEngine { model, nccl, decoder: None, host_stale: false, moments_stale: false }
         }
 
         pub fn on(gpu: Arc<Gpu>, model: &Model, dp: &dyn Comm) -> Result<Self> {
@@ -368,20 +396,11 @@ mod cuda {
                 true => Some(Nccl::new(&gpu, dp.split(0, dp.rank())?)?),
                 false => None,
             };
-            let model = GpuModel::new(gpu, model)?;
-            Ok(CudaEngine { model, nccl, decoder: None, decoder_stale: true, host_stale: false, moments_stale: false })
+            Ok(Self::holding(GpuModel::new(gpu, model)?, nccl))
         }
 
         pub fn frozen(&self, model: &Model) -> Result<Self> {
-            let model = GpuModel::frozen(self.model.gpu_arc().clone(), model)?;
-            Ok(CudaEngine {
-                model,
-                nccl: None,
-                decoder: None,
-                decoder_stale: true,
-                host_stale: false,
-                moments_stale: false,
-            })
+            Ok(Self::holding(GpuModel::frozen(self.model.gpu_arc().clone(), model)?, None))
         }
 
         pub fn describe(&self) -> String {
@@ -412,7 +431,6 @@ mod cuda {
         pub fn step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<f32> {
             let norm = self.model.adamw_step(opt, lr, max_norm)?;
             if norm.is_finite() {
-                self.decoder_stale = true;
                 self.host_stale = true;
                 self.moments_stale = true;
             }
@@ -429,11 +447,8 @@ mod cuda {
                 Some(d) => d,
                 slot => slot.insert(GpuDecoder::new(self.model.gpu_arc(), model)?),
             };
-            if self.decoder_stale {
-                dec.load_params(self.model.params_device())?;
-                self.decoder_stale = false;
-            }
-            dec.generate(model, requests, cfg)
+            // the decoder reads the trained weights in place
+            dec.generate(model, self.model.weights(), requests, cfg)
         }
 
         pub fn sync_host(&mut self, model: &mut Model, opt: &mut AdamW) -> Result<()> {
@@ -456,7 +471,6 @@ mod cuda {
 
         pub fn load_weights(&mut self, model: &Model) -> Result<()> {
             self.model.set_params(&model.params.data)?;
-            self.decoder_stale = true;
             self.host_stale = false;
             Ok(())
         }
@@ -464,7 +478,6 @@ mod cuda {
         pub fn load(&mut self, model: &Model, opt: &AdamW) -> Result<()> {
             self.model.set_params(&model.params.data)?;
             self.model.set_moments(&opt.m, &opt.v)?;
-            self.decoder_stale = true;
             self.host_stale = false;
             self.moments_stale = false;
             Ok(())

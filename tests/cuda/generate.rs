@@ -114,8 +114,9 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
         g.set_decode_split(split);
         let (model, requests, cfg) = case(temperature);
         let cpu = generate(&model, &requests, &cfg).unwrap();
+        let w = arbor::cuda::GpuModel::frozen(g.clone(), &model).unwrap();
         let mut dec = GpuDecoder::new(&g, &model).unwrap();
-        let out = dec.generate(&model, &requests, &cfg).unwrap();
+        let out = dec.generate(&model, w.weights(), &requests, &cfg).unwrap();
         g.set_decode_attn(DecodeAttn::PerGroup);
         g.set_decode_split(0);
         let mut differ = 0;
@@ -144,7 +145,8 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
     let (model, requests, mut cfg) = case(1.0);
     (cfg.sampling.top_p, cfg.sampling.top_k) = (0.9, 6);
     let cpu = generate(&model, &requests, &cfg).unwrap();
-    let out = GpuDecoder::new(&g, &model).unwrap().generate(&model, &requests, &cfg).unwrap();
+    let w = arbor::cuda::GpuModel::frozen(g.clone(), &model).unwrap();
+    let out = GpuDecoder::new(&g, &model).unwrap().generate(&model, w.weights(), &requests, &cfg).unwrap();
     let differ = cpu.iter().zip(&out).filter(|(c, o)| c.tokens != o.tokens).count();
     assert!(differ <= 1, "top-k/top-p: {differ} of {} completions differ from the CPU engine", cpu.len());
 }
@@ -240,10 +242,12 @@ fn decode_graphs_replay_the_eager_steps_bit_for_bit() {
         g.set_dtype(dtype);
         for temperature in [0.0f32, 1.0] {
             let (model, requests, cfg) = case(temperature);
-            let unpadded = GpuDecoder::new(&g, &model).unwrap().generate(&model, &requests, &cfg).unwrap();
+            // (the weights and, with bf16 products, their image, made after the dtype is set)
+            let w = arbor::cuda::GpuModel::frozen(g.clone(), &model).unwrap();
+            let unpadded = GpuDecoder::new(&g, &model).unwrap().generate(&model, w.weights(), &requests, &cfg).unwrap();
             let mut eager = GpuDecoder::new(&g, &model).unwrap();
             eager.set_padding(true);
-            let eager = eager.generate(&model, &requests, &cfg).unwrap();
+            let eager = eager.generate(&model, w.weights(), &requests, &cfg).unwrap();
             // (sampled: a logit within rounding of a sampling boundary may flip one completion)
             let mut differ = 0;
             for (u, e) in unpadded.iter().zip(&eager) {
@@ -260,7 +264,7 @@ fn decode_graphs_replay_the_eager_steps_bit_for_bit() {
             let mut dec = GpuDecoder::new(&g, &model).unwrap();
             dec.set_graphs(true);
             for round in 0..2 {
-                let replayed = dec.generate(&model, &requests, &cfg).unwrap();
+                let replayed = dec.generate(&model, w.weights(), &requests, &cfg).unwrap();
                 assert!(dec.graphs_held() > 0, "{dtype:?} T {temperature}: no decode step was captured");
                 for (e, r) in eager.iter().zip(&replayed) {
                     assert_eq!(bits(e), bits(r), "{dtype:?} T {temperature} round {round}: prompt {}", e.prompt_id);

@@ -284,11 +284,12 @@ fn bf16_decode_logits_track_the_f32_decode() {
     for (dtype, split) in [(Dtype::F32, 0), (Dtype::Bf16, 0), (Dtype::Bf16, 4)] {
         g.set_dtype(dtype);
         g.set_decode_split(split);
+        let w = arbor::cuda::GpuModel::frozen(g.clone(), &model).unwrap();
         let mut dec = GpuDecoder::new(&g, &model).unwrap();
         let mut cache = arbor::cuda::GpuKvCache::new(&g, &model, 1, 32).unwrap();
-        let mut all = dec.step(&model, &prompt, &vec![0; prompt.len()], &mut cache).unwrap();
+        let mut all = dec.step(&model, w.weights(), &prompt, &vec![0; prompt.len()], &mut cache).unwrap();
         for t in [7u32, 1, 33] {
-            all.extend(dec.step(&model, &[t], &[0], &mut cache).unwrap());
+            all.extend(dec.step(&model, w.weights(), &[t], &[0], &mut cache).unwrap());
         }
         logits.push(all);
     }

@@ -226,7 +226,7 @@ fn rollout_loop(
             let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));
             let (mut version, mut sum) = (done, weights_message(model, done).1);
             // this rank's own engine (its GPU with "cuda"), given each published version
-            let mut engine = crate::train::engine::Engine::new(ph.cfg.train.compute(), model, &crate::parallel::Local)?;
+            let mut engine = crate::train::engine::Engine::inference(ph.cfg.train.compute(), model)?;
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
                 let need = batch_version(b, lag, done);
