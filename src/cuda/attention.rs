@@ -49,6 +49,15 @@ pub fn scratch_layout(shape: AttnShape, n: usize, packed_dm: Option<usize>, part
     ScratchLayout { packed, partials, len }
 }
 
+/// The attention kernels put a batch's sequences on grid z, whose limit is 65,535.
+fn grid_fits(batch: &GpuBatch) -> Result<()> {
+    if batch.n_seq > 65_535 {
+        let why = format!("{} sequences in one micro-batch; the CUDA attention takes at most 65,535", batch.n_seq);
+        return Err(Error::shape("attention", why));
+    }
+    Ok(())
+}
+
 impl Gpu {
     /// The scratch layout of this device's attention over `n` tokens (its dtype and plan).
     fn flash_layout(&self, shape: AttnShape, n: usize) -> Result<ScratchLayout> {
@@ -113,6 +122,7 @@ impl Gpu {
     ) -> Result<()> {
         let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
         let dm = attn_dm(d)?;
+        grid_fits(batch)?;
         let n = lse.len() / h.max(1);
         let grid = (batch.max_len.div_ceil(64) as u32, h as u32, batch.n_seq as u32);
         let q = self.pr(&qkv);
@@ -175,6 +185,7 @@ impl Gpu {
         let AttnSaved { qkv, out, lse } = saved;
         let (h, kv, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
         let dm = attn_dm(d)?;
+        grid_fits(batch)?;
         let n = lse.len() / h.max(1);
         let layout = self.flash_layout(shape, n)?;
         let base = self.scratch_base(&mut scratch, &layout, n)?;

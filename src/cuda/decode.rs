@@ -163,6 +163,10 @@ impl GpuDecoder {
         if b == 0 {
             return Err(Error::shape("decode step", "no rows"));
         }
+        // the decode kernels put rows on grid y, whose limit is 65,535
+        if b > 65_535 {
+            return Err(Error::shape("decode step", format!("{b} rows; at most 65,535 (lower max_batch)")));
+        }
         if model.tp.is_some() {
             return Err(Error::Invalid("GPU decoding under tensor parallelism is not supported yet".into()));
         }

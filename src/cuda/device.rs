@@ -219,6 +219,12 @@ impl Gpu {
 
     /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)", with ", bf16 products" (or tf32) when the
     /// products do not take exact f32 operands.
+    /// The device's UUID (one per physical GPU, whatever the process's visible-device numbering).
+    pub fn uuid(&self) -> Result<[u8; 16]> {
+        let u = self.ctx.uuid().map_err(drv("device UUID"))?;
+        Ok(u.bytes.map(|b| b as u8))
+    }
+
     pub fn describe(&self) -> String {
         let products = match self.dtype() {
             Dtype::F32 => String::new(),

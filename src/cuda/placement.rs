@@ -38,6 +38,22 @@ pub fn device_ordinal(get: impl Fn(&str) -> Option<String>, count: usize) -> Res
     Ok(0)
 }
 
+/// The first two ranks of a data-parallel group that run on the same device, from every rank's
+/// device id (its UUID) in rank order: NCCL refuses a group with a device twice, with an error that
+/// does not say why, so the engine names the ranks and the cure first.
+pub fn shared_device(ids: &[Vec<u8>]) -> Option<(usize, usize)> {
+    (0..ids.len()).find_map(|j| (0..j).find(|&i| ids[i] == ids[j]).map(|i| (i, j)))
+}
+
+/// The error for ranks `a` and `b` sharing one GPU under data parallelism.
+pub fn shared_device_error(a: usize, b: usize) -> Error {
+    Error::Invalid(format!(
+        "data-parallel ranks {a} and {b} run on the same GPU, which NCCL refuses: start one rank per GPU \
+         (e.g. srun --gpus-per-task=1, or as many ranks per node as it has GPUs), or name each rank's \
+         device with {DEVICE_VAR}"
+    ))
+}
+
 /// [`device_ordinal`] from this process's environment and the driver's device count.
 pub fn this_process(count: usize) -> Result<usize> {
     device_ordinal(|k| std::env::var(k).ok(), count)
@@ -49,6 +65,17 @@ mod tests {
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn ranks_sharing_a_device_are_named() {
+        let id = |b: u8| vec![b; 16];
+        assert_eq!(shared_device(&[id(1), id(2), id(3)]), None);
+        assert_eq!(shared_device(&[id(1), id(2), id(1), id(2)]), Some((0, 2)));
+        assert_eq!(shared_device(&[id(4), id(5), id(5)]), Some((1, 2)));
+        assert_eq!(shared_device(&[]), None);
+        let msg = shared_device_error(1, 2).to_string();
+        assert!(msg.contains("ranks 1 and 2") && msg.contains(DEVICE_VAR), "{msg}");
     }
 
     #[test]

@@ -15,13 +15,13 @@ use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 /// Threads per row (the kernel's `SAMPLE_BLOCK`): row chunks are `ceil(V / BLOCK)` long.
 pub const BLOCK: usize = 256;
 
-/// The sampler's device buffers (uniforms in, ids / log-probs / entropies out), allocated once
-/// and grown on demand, so a decode step allocates nothing on the device.
+/// The sampler's device buffers (uniforms in; ids, log-probs and entropies out, side by side in one
+/// buffer of 32-bit words, [ids | log-prob bits | entropy bits] for `cap` rows, read back in one
+/// copy), allocated once and grown on demand, so a decode step allocates nothing on the device.
 pub struct SampleBufs {
+    cap: usize,
     uniforms: CudaSlice<f64>,
-    tokens: CudaSlice<u32>,
-    logp: CudaSlice<f32>,
-    entropy: CudaSlice<f32>,
+    out: CudaSlice<u32>,
 }
 
 impl SampleBufs {
@@ -30,15 +30,14 @@ impl SampleBufs {
         let s = gpu.stream();
         let n = rows.max(1);
         Ok(SampleBufs {
+            cap: n,
             uniforms: s.alloc_zeros(n).map_err(drv("alloc"))?,
-            tokens: s.alloc_zeros(n).map_err(drv("alloc"))?,
-            logp: s.alloc_zeros(n).map_err(drv("alloc"))?,
-            entropy: s.alloc_zeros(n).map_err(drv("alloc"))?,
+            out: s.alloc_zeros(3 * n).map_err(drv("alloc"))?,
         })
     }
 
     fn reserve(&mut self, gpu: &Gpu, rows: usize) -> Result<()> {
-        if self.tokens.len() < rows {
+        if self.cap < rows {
             *self = SampleBufs::new(gpu, rows)?;
         }
         Ok(())
@@ -70,13 +69,15 @@ pub fn sample_rows(
     bufs.reserve(gpu, n)?;
     let s = gpu.stream();
     s.memcpy_htod(uniforms, &mut bufs.uniforms.slice_mut(0..n)).map_err(drv("upload"))?;
+    // ids at 0, log-probs at cap, entropies at 2 cap (words)
+    let (out, cap) = (bufs.out.device_ptr_mut(s).0, bufs.cap as u64);
     let args = [
         Arg::P(gpu.pr(logits)),
         Arg::P(bufs.uniforms.device_ptr(s).0),
         Arg::F(temperature),
-        Arg::P(bufs.tokens.device_ptr_mut(s).0),
-        Arg::P(bufs.logp.device_ptr_mut(s).0),
-        Arg::P(bufs.entropy.device_ptr_mut(s).0),
+        Arg::P(out),
+        Arg::P(out + 4 * cap),
+        Arg::P(out + 8 * cap),
         Arg::I(n as i32),
         Arg::I(v as i32),
     ];
@@ -87,12 +88,17 @@ pub fn sample_rows(
     } else {
         gpu.launch("sample", "sample_rows_f32", (n as u32, 1, 1), (BLOCK as u32, 1, 1), 0, &args)?;
     }
-    let (mut t, mut lp, mut h) = (vec![0u32; n], vec![0f32; n], vec![0f32; n]);
-    s.memcpy_dtoh(&bufs.tokens.slice(0..n), &mut t[..]).map_err(drv("download"))?;
-    s.memcpy_dtoh(&bufs.logp.slice(0..n), &mut lp[..]).map_err(drv("download"))?;
-    s.memcpy_dtoh(&bufs.entropy.slice(0..n), &mut h[..]).map_err(drv("download"))?;
+    // one copy back: the three row ranges [0, n), [cap, cap + n), [2 cap, 2 cap + n) in one span
+    let cap = bufs.cap;
+    let mut words = vec![0u32; 2 * cap + n];
+    s.memcpy_dtoh(&bufs.out.slice(0..2 * cap + n), &mut words[..]).map_err(drv("download"))?;
     gpu.sync()?;
-    Ok((0..n).map(|i| Sampled { token: t[i], logprob: lp[i], entropy: h[i] }).collect())
+    let row = |i: usize| Sampled {
+        token: words[i],
+        logprob: f32::from_bits(words[cap + i]),
+        entropy: f32::from_bits(words[2 * cap + i]),
+    };
+    Ok((0..n).map(row).collect())
 }
 
 /// Whether `params` sample from a truncated distribution (top-k or top-p at a positive

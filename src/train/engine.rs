@@ -393,7 +393,13 @@ mod cuda {
                 return Err(Error::Invalid("[train] device = \"cuda\" runs with tp = 1".into()));
             }
             let nccl = match dp.size() > 1 {
-                true => Some(Nccl::new(&gpu, dp.split(0, dp.rank())?)?),
+                true => {
+                    let ids = dp.all_gather_bytes(&gpu.uuid()?)?;
+                    if let Some((a, b)) = crate::cuda::placement::shared_device(&ids) {
+                        return Err(crate::cuda::placement::shared_device_error(a, b));
+                    }
+                    Some(Nccl::new(&gpu, dp.split(0, dp.rank())?)?)
+                }
                 false => None,
             };
             Ok(Self::holding(GpuModel::new(gpu, model)?, nccl))
