@@ -1,7 +1,7 @@
 //! A model resident on a GPU: weights, gradients, AdamW moments and the activation workspace in
 //! device memory; the forward and backward are the generic ones of `crate::model::transformer`.
 
-use crate::cuda::backend::GpuRope;
+use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::image::Bf16Image;
 use crate::error::{Error, Result};
@@ -25,6 +25,11 @@ pub struct GpuModel {
     v: CudaSlice<f32>,
     rope: GpuRope,
     pub(crate) ws: Workspace<Gpu>,
+    /// The last batch uploaded (host copy, device copy): a backward on the batch its forward just
+    /// uploaded reuses it (no second upload, no second embedding-gradient table).
+    batch: Option<(Batch, GpuBatch)>,
+    /// ∂L/∂logp and ∂L/∂H of a backward's tokens on the device, [2, N] (grown, reused).
+    head_grad: CudaSlice<f32>,
 }
 
 /// A model's weights on the device and, with bf16 products, their bf16 image (`cuda::image`): what
@@ -50,6 +55,8 @@ impl GpuModel {
             v: zeros(n)?,
             rope: gpu.rope(&model.rope)?,
             ws: Workspace::empty(&*gpu)?,
+            batch: None,
+            head_grad: zeros(1)?,
             gpu,
         })
     }
@@ -67,8 +74,26 @@ impl GpuModel {
             v: one()?,
             rope: gpu.rope(&model.rope)?,
             ws: Workspace::empty(&*gpu)?,
+            batch: None,
+            head_grad: one()?,
             gpu,
         })
+    }
+
+    /// `batch` on the device: the one kept from the last call when it is the same batch, else a
+    /// fresh upload (kept by [`GpuModel::keep_batch`] after use).
+    fn device_batch(&mut self, batch: &Batch) -> Result<GpuBatch> {
+        match self.batch.take() {
+            Some((host, dev)) if host == *batch => Ok(dev),
+            _ => self.gpu.batch(batch.packed()),
+        }
+    }
+
+    fn keep_batch(&mut self, batch: &Batch, dev: GpuBatch) {
+        match &mut self.batch {
+            Some((host, _)) if host == batch => {}
+            _ => self.batch = Some((batch.clone(), dev)),
+        }
     }
 
     /// A frozen model has no gradient buffer.
@@ -82,9 +107,11 @@ impl GpuModel {
     /// Forward on `batch`: returns (log p of each target, entropy of each row).
     pub fn forward(&mut self, model: &Model, batch: &Batch) -> Result<(Vec<f32>, Vec<f32>)> {
         model.check_batch(batch)?;
-        let dev = self.gpu.batch(batch.packed())?;
+        let dev = self.device_batch(batch)?;
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
-        model.forward_on(&on, batch, &dev, &mut self.ws)?;
+        let done = model.forward_on(&on, batch, &dev, &mut self.ws);
+        self.keep_batch(batch, dev);
+        done?;
         let n = batch.len();
         let (mut logp, mut ent) = (vec![0.0; n], vec![0.0; n]);
         self.gpu.download(&self.ws.logprobs, &mut logp)?;
@@ -100,23 +127,32 @@ impl GpuModel {
         if dlogp.len() != n || dent.is_some_and(|d| d.len() != n) {
             return Err(Error::shape("dlogp/dent", format!("do not have one entry per token ({n})")));
         }
-        let dev = self.gpu.batch(batch.packed())?;
-        let g = self.gpu.upload(dlogp)?;
-        let e = dent.map(|d| self.gpu.upload(d)).transpose()?;
+        let dev = self.device_batch(batch)?;
+        self.gpu.grow(&mut self.head_grad, 2 * n)?;
+        let s = &self.gpu.stream;
+        s.memcpy_htod(dlogp, &mut self.head_grad.slice_mut(0..n)).map_err(drv("upload"))?;
+        if let Some(d) = dent {
+            s.memcpy_htod(d, &mut self.head_grad.slice_mut(n..2 * n)).map_err(drv("upload"))?;
+        }
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
-        let ev = e.as_ref().map(|e| Gpu::r(e, 0..n));
-        model.backward_on(&on, batch, &dev, HeadGrad { dlogp: Gpu::r(&g, 0..n), dent: ev }, &mut self.ws, grads)?;
-        self.gpu.sync()
+        let grad =
+            HeadGrad { dlogp: Gpu::r(&self.head_grad, 0..n), dent: dent.map(|_| Gpu::r(&self.head_grad, n..2 * n)) };
+        let done = model.backward_on(&on, batch, &dev, grad, &mut self.ws, grads);
+        self.keep_batch(batch, dev);
+        // (queued: the next host read of the device synchronises, and reports a failure)
+        done
     }
 
     /// Forward of the trunk only (embeddings, layers, final norm; a value model's): returns the
     /// normed last hidden states lnf [N, C] on the host.
     pub fn forward_trunk(&mut self, model: &Model, batch: &Batch) -> Result<Vec<f32>> {
         model.check_batch(batch)?;
-        let dev = self.gpu.batch(batch.packed())?;
+        let dev = self.device_batch(batch)?;
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
-        model.forward_trunk_on(&on, batch, &dev, &mut self.ws)?;
+        let done = model.forward_trunk_on(&on, batch, &dev, &mut self.ws);
+        self.keep_batch(batch, dev);
+        done?;
         let mut lnf = vec![0.0; batch.len() * model.cfg.hidden_size];
         self.gpu.act_download(&self.ws.lnf, &mut lnf)?;
         Ok(lnf)
@@ -130,13 +166,14 @@ impl GpuModel {
         if dlnf.len() != nc {
             return Err(Error::shape("dlnf", format!("{} values for {nc} (tokens × hidden)", dlnf.len())));
         }
-        let dev = self.gpu.batch(batch.packed())?;
+        let dev = self.device_batch(batch)?;
         let mut dst = self.ws.dln.slice_mut(0..nc);
         self.gpu.stream.memcpy_htod(dlnf, &mut dst).map_err(drv("upload"))?;
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
-        model.backward_trunk_on(&on, batch, &dev, &mut self.ws, grads)?;
-        self.gpu.sync()
+        let done = model.backward_trunk_on(&on, batch, &dev, &mut self.ws, grads);
+        self.keep_batch(batch, dev);
+        done
     }
 
     /// The gradients, on the host.
@@ -216,8 +253,8 @@ impl GpuModel {
 
     /// Sum the gradients over a NCCL group, on the devices.
     pub fn all_reduce_grads(&mut self, nccl: &crate::cuda::nccl::Nccl) -> Result<()> {
-        nccl.all_reduce_device(&mut self.grads)?;
-        self.gpu.sync()
+        // (on the one stream: what reads the sums next is ordered after it)
+        nccl.all_reduce_device(&mut self.grads)
     }
 
     /// Zero the gradients.
@@ -276,7 +313,7 @@ impl GpuModel {
         let blocks = (16 * self.gpu.sms()).max(1);
         // the weights' bf16 image is written in the same pass (NULL: none)
         let image = self.image.as_ref().map_or(0, |i| i.ptr());
-        for (range, decays) in opt.segments() {
+        for (range, decays) in decay_runs(opt.segments()) {
             let off = (range.start * 4) as u64;
             let args = [
                 Arg::P(p + off),
@@ -288,7 +325,7 @@ impl GpuModel {
                 Arg::F(c.beta1),
                 Arg::F(c.beta2),
                 Arg::F(c.eps),
-                Arg::F(AdamW::decay_factor(c, lr, *decays)),
+                Arg::F(AdamW::decay_factor(c, lr, decays)),
                 Arg::F(step_size),
                 Arg::F(inv_sqrt_bc2),
                 Arg::F(scale),
@@ -296,7 +333,32 @@ impl GpuModel {
             let grid = (range.len().div_ceil(256) as u32).clamp(1, blocks);
             self.gpu.launch("adamw", "adamw_f32", (grid, 1, 1), (256, 1, 1), 0, &args)?;
         }
-        self.gpu.sync()?;
+        // (queued: the next host read of the device synchronises, and reports a failure)
         Ok(norm)
+    }
+}
+
+/// AdamW's (range, decays) segments with neighbours of equal decay flags merged: one launch per
+/// run (a layer's matrices and its norms and biases alternate, so a few per layer, where there was
+/// one per tensor).
+fn decay_runs(segments: &[(std::ops::Range<usize>, bool)]) -> Vec<(std::ops::Range<usize>, bool)> {
+    let mut runs: Vec<(std::ops::Range<usize>, bool)> = Vec::new();
+    for (r, d) in segments {
+        match runs.last_mut() {
+            Some((last, ld)) if *ld == *d && last.end == r.start => last.end = r.end,
+            _ => runs.push((r.clone(), *d)),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn equal_decay_neighbours_merge_into_one_launch() {
+        let segs = vec![(0..4, true), (4..6, true), (6..7, false), (7..9, false), (9..12, true), (14..15, true)];
+        let runs = super::decay_runs(&segs);
+        assert_eq!(runs, vec![(0..6, true), (6..9, false), (9..12, true), (14..15, true)]);
+        assert!(super::decay_runs(&[]).is_empty());
     }
 }

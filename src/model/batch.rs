@@ -8,7 +8,7 @@ use crate::tensor::backend::PackedBatch;
 /// Sequence s occupies tokens `seq_starts[s]..seq_starts[s+1]`; positions restart at 0 in each.
 /// `targets[i]` is the token whose log-probability is read at position i (next token for
 /// language modelling, the sampled token for RL); its value is irrelevant where the loss weight is 0.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     pub tokens: Vec<u32>,
     pub targets: Vec<u32>,
