@@ -18,6 +18,8 @@
 //   s = sigmoid(g);  d gate = dact * u * s * (1 + g * (1 - s));  d up = dact * g * s.
 //   Launch: grid = (n, ceil(inter / 256)), block = 256, no dynamic shared memory (rows on x, whose
 //   limit is 2^31 - 1: y would stop at 65,535 tokens).
+// swiglu_bwd_f32_o16: swiglu_bwd_f32 with dgate_up in bf16 (rounded to nearest even as it is
+//   written: the dy of the gate|up projection's backward products, which read it as it is).
 
 __device__ __forceinline__ float sigmoid_f(float g) { return 1.0f / (1.0f + expf(-g)); }
 
@@ -43,8 +45,8 @@ extern "C" __global__ void swiglu_fwd_f32_o16(unsigned short* act, const float* 
     swiglu_fwd<float, unsigned short>(act, gate_up, n, inter);
 }
 
-template <typename T>
-__device__ void swiglu_bwd(float* __restrict__ dgate_up, const float* __restrict__ dact,
+template <typename T, typename TD = float>
+__device__ void swiglu_bwd(TD* __restrict__ dgate_up, const float* __restrict__ dact,
                            const T* __restrict__ gate_up, int n, int inter) {
     const int row = blockIdx.x;
     const int j = blockIdx.y * blockDim.x + threadIdx.x;
@@ -53,13 +55,18 @@ __device__ void swiglu_bwd(float* __restrict__ dgate_up, const float* __restrict
     const float g = load_f(gate_up + o2 + j), u = load_f(gate_up + o2 + inter + j);
     const float a = dact[(long long)row * inter + j];
     const float s = sigmoid_f(g);
-    dgate_up[o2 + j] = a * u * s * (1.0f + g * (1.0f - s));
-    dgate_up[o2 + inter + j] = a * g * s;
+    store_f(dgate_up + o2 + j, a * u * s * (1.0f + g * (1.0f - s)));
+    store_f(dgate_up + o2 + inter + j, a * g * s);
 }
 
 extern "C" __global__ void swiglu_bwd_f32(float* dgate_up, const float* dact, const float* gate_up, int n,
                                           int inter) {
     swiglu_bwd<float>(dgate_up, dact, gate_up, n, inter);
+}
+
+extern "C" __global__ void swiglu_bwd_f32_o16(unsigned short* dgate_up, const float* dact, const float* gate_up,
+                                              int n, int inter) {
+    swiglu_bwd<float, unsigned short>(dgate_up, dact, gate_up, n, inter);
 }
 
 extern "C" __global__ void swiglu_bwd_bf16(float* dgate_up, const float* dact, const unsigned short* gate_up,

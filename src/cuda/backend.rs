@@ -155,6 +155,9 @@ impl Backend for Gpu {
     fn act_sub_r<'a>(x: &Self::ActR<'a>, r: Range<usize>) -> Self::ActR<'a> {
         x.slice(r)
     }
+    fn as_act<'a>(x: Self::R<'a>) -> Self::ActR<'a> {
+        ActView::F32(x)
+    }
     fn batch(&self, batch: PackedBatch<'_>) -> Result<GpuBatch> {
         let up = |x: &[u32]| self.htod(x);
         let starts = batch.seq_starts.iter().map(|&s| int(s, "token index")).collect::<Result<Vec<i32>>>()?;
@@ -219,7 +222,7 @@ impl Backend for Gpu {
         x: Self::R<'_>,
         mnk: (usize, usize, usize),
     ) -> Result<()> {
-        self.linear_backward_gemms(dx, dw, dy, w, ActView::F32(x), mnk)
+        self.linear_backward_gemms(dx, dw, ActView::F32(dy), w, ActView::F32(x), mnk)
     }
     fn matmul_nt_act(&self, c: Self::M<'_>, a: ActView<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
         match a {
@@ -231,7 +234,7 @@ impl Backend for Gpu {
         &self,
         dx: Self::M<'_>,
         dw: Self::M<'_>,
-        dy: Self::R<'_>,
+        dy: ActView<'_>,
         w: Self::R<'_>,
         x: ActView<'_>,
         mnk: (usize, usize, usize),
@@ -405,20 +408,24 @@ impl Backend for Gpu {
     }
     fn swiglu_backward(
         &self,
-        mut dgate_up: Self::M<'_>,
+        mut dgate_up: ActViewMut<'_>,
         dact: Self::R<'_>,
         gate_up: Self::R<'_>,
         inter: usize,
     ) -> Result<()> {
         let n = dact.len() / inter.max(1);
+        if dgate_up.len() < 2 * n * inter || gate_up.len() < 2 * n * inter {
+            return Err(Error::shape("SwiGLU backward", format!("{n} rows of {inter}: gate|up views too short")));
+        }
+        let entry = format!("swiglu_bwd_f32{}", dgate_up.out_suffix());
         let args = [
-            Arg::P(self.pm(&mut dgate_up)),
+            Arg::P(dgate_up.ptr(self)),
             Arg::P(self.pr(&dact)),
             Arg::P(self.pr(&gate_up)),
             Arg::I(int(n, "rows")?),
             Arg::I(int(inter, "inter")?),
         ];
-        self.launch("swiglu", "swiglu_bwd_f32", (n as u32, inter.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
+        self.launch("swiglu", &entry, (n as u32, inter.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
     }
     fn logprob_forward(
         &self,
@@ -540,6 +547,7 @@ mod tests {
             ("attention_fwd", "attn_fwd_128_f32"),
             ("rmsnorm", "rmsnorm_fwd_f32_o16"),
             ("swiglu", "swiglu_fwd_f32_o16"),
+            ("swiglu", "swiglu_bwd_f32_o16"),
             ("decode_attention", "decode_qkv_store_f32"),
             ("decode_attention", "decode_qkv_store_f32_bf16"),
             ("decode_attention", "decode_attn_f32_o16"),

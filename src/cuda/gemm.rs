@@ -88,13 +88,13 @@ impl Gpu {
 
     /// `Backend::linear_backward` on the device: dx = dy·w, then dw += dyᵀ·x. With bf16
     /// products dy is rounded once for both (it is the A operand of each), where two
-    /// [`Gpu::gemm`] calls would round it twice; an x already in bf16 (an activation written so,
-    /// cuda::act) is read as it is, and makes both products bf16 ones whatever the dtype.
+    /// [`Gpu::gemm`] calls would round it twice; a dy or x already in bf16 (an activation written
+    /// so, cuda::act) is read as it is, and makes both products bf16 ones whatever the dtype.
     pub(crate) fn linear_backward_gemms(
         &self,
         mut dx: CudaViewMut<'_, f32>,
         mut dw: CudaViewMut<'_, f32>,
-        dy: CudaView<'_, f32>,
+        dy: ActView<'_>,
         w: CudaView<'_, f32>,
         x: ActView<'_>,
         (m, n, k): (usize, usize, usize),
@@ -110,13 +110,12 @@ impl Gpu {
         if dy.len() < m * n || w.len() < n * k || x.len() < m * k || dx.len() < m * k || dw.len() < n * k {
             return Err(Error::shape(format!("linear backward {m}x{n}x{k}"), "operand views too short"));
         }
-        let x = match x {
-            ActView::F32(x) if self.dtype() != Dtype::Bf16 => {
+        let (dy, x) = match (dy, x) {
+            (ActView::F32(dy), ActView::F32(x)) if self.dtype() != Dtype::Bf16 => {
                 self.gemm(dx, dy.slice(0..dy.len()), w, GemmKind::Nn, dx_shape, false)?;
                 return self.gemm(dw, dy, x, GemmKind::Tn, dw_shape, true);
             }
-            ActView::F32(x) => Operand::F32(self.pr(&x)),
-            ActView::Bf16(x) => Operand::Bf16(x.device_ptr(&self.stream).0),
+            (dy, x) => (self.act_operand(&dy), self.act_operand(&x)),
         };
         let wp = self.pr(&w);
         let products = [
@@ -129,7 +128,15 @@ impl Gpu {
             },
             Product { c: self.pm(&mut dw), b: x, kind: GemmKind::Tn, shape: dw_shape, acc: true },
         ];
-        self.gemm_rounded(Operand::F32(self.pr(&dy)), m * n, &products)
+        self.gemm_rounded(dy, m * n, &products)
+    }
+
+    /// An activation as a bf16 product's operand: rounded as the product reads it when f32.
+    fn act_operand(&self, a: &ActView<'_>) -> Operand {
+        match a {
+            ActView::F32(v) => Operand::F32(self.pr(v)),
+            ActView::Bf16(v) => Operand::Bf16(v.device_ptr(&self.stream).0),
+        }
     }
 
     /// A "bf16" product whose first operand was written in bf16 by the kernel that made it (the

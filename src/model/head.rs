@@ -67,7 +67,7 @@ pub fn head_backward<B: Backend>(
         be.logprob_backward(B::m(logits, 0..m * v), v, batch, r0..r1, chunk)?;
         let dh_rows = B::m(dh, r0 * c..r1 * c);
         let dw_all = B::sub_m(&mut dw, 0..v * c);
-        be.linear_backward_act(dh_rows, dw_all, B::r(logits, 0..m * v), wv(), hc(), (m, v, c))?;
+        be.linear_backward_act(dh_rows, dw_all, B::as_act(B::r(logits, 0..m * v)), wv(), hc(), (m, v, c))?;
     }
     ws.logits_cached = None;
     Ok(())

@@ -391,15 +391,15 @@ impl Model {
             let wd = o.down_w..o.down_w + c * inter;
             let dact = B::m(&mut ws.dact, ni.clone());
             let act = B::act_r(&a.act, ni.clone());
-            be.linear_backward_act(dact, g!(wd.clone()), dr(), B::r(p, wd), act, (n, c, inter))?;
+            be.linear_backward_act(dact, g!(wd.clone()), B::as_act(dr()), B::r(p, wd), act, (n, c, inter))?;
             be.swiglu_backward(
-                B::m(&mut ws.dgate_up, n2i.clone()),
+                B::act_m(&mut ws.dgate_up, n2i.clone()),
                 B::r(&ws.dact, ni),
                 B::r(&a.gate_up, n2i.clone()),
                 inter,
             )?;
             let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;
-            let dgu = || B::r(&ws.dgate_up, 0..n * 2 * inter);
+            let dgu = || B::act_r(&ws.dgate_up, 0..n * 2 * inter);
             let dln = B::m(&mut ws.dln, nc.clone());
             let ln2 = B::act_r(&a.ln2, nc.clone());
             be.linear_backward_act(dln, g!(wgu.clone()), dgu(), B::r(p, wgu), ln2, (n, 2 * inter, c))?;
@@ -417,7 +417,8 @@ impl Model {
             let dr = || B::r(&ws.dresid, 0..n * c);
             let wo = o.o_w..o.o_w + c * hd;
             let datt = B::m(&mut ws.datt, 0..n * hd);
-            be.linear_backward(datt, g!(wo.clone()), dr(), B::r(p, wo), B::r(&a.att, 0..n * hd), (n, c, hd))?;
+            let att = B::as_act(B::r(&a.att, 0..n * hd));
+            be.linear_backward_act(datt, g!(wo.clone()), B::as_act(dr()), B::r(p, wo), att, (n, c, hd))?;
             be.attention_backward(
                 B::m(&mut ws.dqkv, 0..n * qkv_w),
                 B::m(&mut ws.attn_scratch, 0..be.attn_scratch_len(shape, n)),
@@ -439,7 +440,7 @@ impl Model {
             let dq = || B::r(&ws.dqkv, 0..n * qkv_w);
             let dln = B::m(&mut ws.dln, nc.clone());
             let ln1 = B::act_r(&a.ln1, nc.clone());
-            be.linear_backward_act(dln, g!(wq.clone()), dq(), B::r(p, wq), ln1, (n, qkv_w, c))?;
+            be.linear_backward_act(dln, g!(wq.clone()), B::as_act(dq()), B::r(p, wq), ln1, (n, qkv_w, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             let gr = o.ln1..o.ln1 + c;
             be.rmsnorm_backward(

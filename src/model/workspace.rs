@@ -54,7 +54,7 @@ pub struct Workspace<B: Backend = Cpu> {
     pub dln: B::Buf,
     pub dqkv: B::Buf,
     pub datt: B::Buf,
-    pub dgate_up: B::Buf,
+    pub dgate_up: B::Act,
     pub dact: B::Buf,
     /// Attention scratch, O(N · BLOCK_ROWS).
     pub attn_scratch: B::Buf,
@@ -131,7 +131,7 @@ impl<B: Backend> Workspace<B> {
             dln: be.empty()?,
             dqkv: be.empty()?,
             datt: be.empty()?,
-            dgate_up: be.empty()?,
+            dgate_up: be.act_empty()?,
             dact: be.empty()?,
             attn_scratch: be.empty()?,
         })
@@ -183,7 +183,6 @@ impl<B: Backend> Workspace<B> {
             (&mut self.dln, n * c),
             (&mut self.dqkv, n * qkv),
             (&mut self.datt, n * hd),
-            (&mut self.dgate_up, n * 2 * i),
             (&mut self.dact, n * i),
         ] {
             be.grow(v, len)?;
@@ -206,7 +205,8 @@ impl<B: Backend> Workspace<B> {
             be.act_grow(&mut l.ln2, n * c)?;
             be.act_grow(&mut l.act, n * i)?;
         }
-        be.act_grow(&mut self.lnf, n * c)
+        be.act_grow(&mut self.lnf, n * c)?;
+        be.act_grow(&mut self.dgate_up, n * 2 * i)
     }
 
     /// Bound the LM head's chunk to `rows` rows (less memory for huge vocabularies; the backward
@@ -230,13 +230,12 @@ impl<B: Backend> Workspace<B> {
             &self.dln,
             &self.dqkv,
             &self.datt,
-            &self.dgate_up,
             &self.dact,
             &self.attn_scratch,
         ]
         .iter()
         .map(|v| B::len(v))
         .sum();
-        per_layer + 4 * rest + B::act_bytes(&self.lnf)
+        per_layer + 4 * rest + B::act_bytes(&self.lnf) + B::act_bytes(&self.dgate_up)
     }
 }

@@ -125,6 +125,8 @@ pub trait Backend {
     fn act_m<'a>(buf: &'a mut Self::Act, r: Range<usize>) -> Self::ActM<'a>;
     /// Sub-view `x[r]` of a view.
     fn act_sub_r<'a>(x: &Self::ActR<'a>, r: Range<usize>) -> Self::ActR<'a>;
+    /// An f32 view read where an activation is (an activation view of f32 storage).
+    fn as_act<'a>(x: Self::R<'a>) -> Self::ActR<'a>;
     /// A batch in this backend's memory (validated by the caller).
     fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<Self::Batch<'a>>;
     /// The RoPE tables in this backend's memory.
@@ -173,13 +175,13 @@ pub trait Backend {
         self.matmul_nn(dx, Self::sub_r(&dy, 0..m * n), w, GemmShape::new(m, k, n), false)?;
         self.matmul_tn(dw, dy, x, GemmShape::new(n, k, m), true)
     }
-    /// [`Backend::linear_backward`] of a layer whose input x is an activation (see
-    /// [`Backend::Act`]).
+    /// [`Backend::linear_backward`] with dy and x activation views (see [`Backend::Act`]; an f32
+    /// view through [`Backend::as_act`]).
     fn linear_backward_act(
         &self,
         dx: Self::M<'_>,
         dw: Self::M<'_>,
-        dy: Self::R<'_>,
+        dy: Self::ActR<'_>,
         w: Self::R<'_>,
         x: Self::ActR<'_>,
         dims: (usize, usize, usize),
@@ -253,10 +255,11 @@ pub trait Backend {
     ) -> Result<()>;
     /// act = silu(gate) · up from gate_up rows [gate | up] (act in activation storage).
     fn swiglu_forward(&self, act: Self::ActM<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()>;
-    /// dgate_up (overwritten) of the forward above.
+    /// dgate_up (overwritten; read only by the gate|up projection's backward products, so an
+    /// activation) of the forward above.
     fn swiglu_backward(
         &self,
-        dgate_up: Self::M<'_>,
+        dgate_up: Self::ActM<'_>,
         dact: Self::R<'_>,
         gate_up: Self::R<'_>,
         inter: usize,

@@ -83,6 +83,9 @@ impl Backend for Cpu {
     fn act_sub_r<'a>(x: &Self::ActR<'a>, r: Range<usize>) -> Self::ActR<'a> {
         &x[r]
     }
+    fn as_act<'a>(x: Self::R<'a>) -> Self::ActR<'a> {
+        x
+    }
     fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<PackedBatch<'a>> {
         Ok(batch)
     }
