@@ -233,6 +233,22 @@ fn rows() -> Vec<(Row, String)> {
             format!("{cuda}\n{RL}\n[async]\nrollout_ranks = 1\nmode = \"continuous\"\n"),
         ),
         (
+            row("cuda_head_dim", "model.num_heads", "2: hidden_size 512 / 2 heads = head_dim 256"),
+            cuda.replace("hidden_size = 128", "hidden_size = 512").replace("num_heads = 4", "num_heads = 2"),
+        ),
+        (
+            row("cuda_critic_head_dim", "critic.num_heads", "1: hidden_size 256 / 1 heads = head_dim 256"),
+            format!("{cuda}\n{RL}\n[critic]\nhidden_size = 256\nnum_heads = 1\nnum_kv_heads = 1\n"),
+        ),
+        (
+            row("cuda_max_batch", "rl.max_batch", "70000: train.device = \"cuda\" decodes at most 65,535"),
+            format!("{cuda}\n[rl]\nsteps = 1\nmax_batch = 70000\n"),
+        ),
+        (
+            row("cuda_workload_step", "workload.decode_step_ms", "an emulated decode step time applies to the CPU"),
+            format!("{cuda}\n{RL}\n[workload]\nlengths = {{ kind = \"constant\", value = 8 }}\ndecode_step_ms = 5.0\n"),
+        ),
+        (
             row(
                 "attention_pass_tp_one",
                 "parallel.tp",

@@ -29,6 +29,10 @@ pub const RULES: &[Rule] = &[
     Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
     Rule { name: "cuda_env_sync", key: "env.mode", check: cuda_env_sync },
     Rule { name: "cuda_async_batch", key: "async.mode", check: cuda_async_batch },
+    Rule { name: "cuda_head_dim", key: "model.num_heads", check: cuda_head_dim },
+    Rule { name: "cuda_critic_head_dim", key: "critic.num_heads", check: cuda_critic_head_dim },
+    Rule { name: "cuda_max_batch", key: "rl.max_batch", check: cuda_max_batch },
+    Rule { name: "cuda_workload_step", key: "workload.decode_step_ms", check: cuda_workload_step },
     Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
     Rule { name: "critic_needs_rl", key: "critic", check: critic_needs_rl },
     Rule { name: "critic_not_trees", key: "critic", check: critic_not_trees },
@@ -106,6 +110,51 @@ fn cuda_async_batch(cfg: &RunConfig) -> Option<String> {
     let streams = cfg.async_rl.as_ref().is_some_and(|a| a.streams());
     when(cfg.train.device == Device::Cuda && streams, || {
         "continuous rollout and replication keep the CPU decoder across weight versions: with train.device = \"cuda\" use mode = \"batch\" without replicate".into()
+    })
+}
+
+/// The largest head dim of the CUDA attention kernels (`attn_dm` in src/cuda/attention.rs).
+const CUDA_MAX_HEAD_DIM: usize = 128;
+
+/// The message for a head dim the CUDA attention kernels do not take, from `hidden / heads`.
+fn cuda_head_dim_msg(cfg: &RunConfig, hidden: Option<usize>, heads: Option<usize>) -> Option<String> {
+    let (hidden, heads) = (hidden?, heads?.max(1));
+    let d = hidden / heads;
+    when(cfg.train.device == Device::Cuda && d > CUDA_MAX_HEAD_DIM, || {
+        format!(
+            "{heads}: hidden_size {hidden} / {heads} heads = head_dim {d}, and the CUDA attention kernels take at most \
+             {CUDA_MAX_HEAD_DIM} with train.device = \"cuda\": use more heads"
+        )
+    })
+}
+
+/// A fresh policy's head dim (a model loaded from `model.hf_dir` is checked when the GPU loads it).
+fn cuda_head_dim(cfg: &RunConfig) -> Option<String> {
+    cuda_head_dim_msg(cfg, cfg.model.hidden_size, cfg.model.num_heads)
+}
+
+/// A value model's head dim (its width and heads default to the policy's).
+fn cuda_critic_head_dim(cfg: &RunConfig) -> Option<String> {
+    let c = cfg.critic.as_ref()?;
+    if c.hidden_size.is_none() && c.num_heads.is_none() {
+        return None;
+    }
+    cuda_head_dim_msg(cfg, c.hidden_size.or(cfg.model.hidden_size), c.num_heads.or(cfg.model.num_heads))
+}
+
+/// The GPU's decode kernels put a step's rows on grid y, whose limit is 65,535.
+fn cuda_max_batch(cfg: &RunConfig) -> Option<String> {
+    let b = cfg.rl.as_ref()?.max_batch;
+    when(cfg.train.device == Device::Cuda && b > 65_535, || {
+        format!("{b}: train.device = \"cuda\" decodes at most 65,535 sequences together")
+    })
+}
+
+/// The emulated decode step time shapes the CPU engine's generation; the GPU's has no such floor.
+fn cuda_workload_step(cfg: &RunConfig) -> Option<String> {
+    let ms = cfg.workload.as_ref()?.decode_step_ms;
+    when(cfg.train.device == Device::Cuda && ms > 0.0, || {
+        format!("{ms}: an emulated decode step time applies to the CPU engine; use 0 with train.device = \"cuda\"")
     })
 }
 

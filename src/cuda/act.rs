@@ -157,6 +157,15 @@ impl Gpu {
         Ok(())
     }
 
+    /// An activation buffer holding `data`, rounded to bf16 (to nearest even) when `bf16` holds.
+    pub fn act_upload(&self, data: &[f32], bf16: bool) -> Result<GpuAct> {
+        if !bf16 {
+            return Ok(GpuAct::F32(self.htod(data)?));
+        }
+        let bits: Vec<u16> = data.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+        Ok(GpuAct::Bf16(self.htod(&bits)?))
+    }
+
     /// `buf[..out.len()]` on the host as f32 (bf16 values widened exactly).
     pub(crate) fn act_to_host(&self, buf: &GpuAct, out: &mut [f32]) -> Result<()> {
         if out.len() > buf.len() {

@@ -158,6 +158,9 @@ impl Backend for Gpu {
     fn as_act<'a>(x: Self::R<'a>) -> Self::ActR<'a> {
         ActView::F32(x)
     }
+    fn as_act_m<'a>(x: Self::M<'a>) -> Self::ActM<'a> {
+        ActViewMut::F32(x)
+    }
     fn batch(&self, batch: PackedBatch<'_>) -> Result<GpuBatch> {
         let up = |x: &[u32]| self.htod(x);
         let starts = batch.seq_starts.iter().map(|&s| int(s, "token index")).collect::<Result<Vec<i32>>>()?;
@@ -213,24 +216,13 @@ impl Backend for Gpu {
     fn matmul_tn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
         self.gemm(c, a, b, GemmKind::Tn, shape, acc)
     }
-    fn linear_backward(
-        &self,
-        dx: Self::M<'_>,
-        dw: Self::M<'_>,
-        dy: Self::R<'_>,
-        w: Self::R<'_>,
-        x: Self::R<'_>,
-        mnk: (usize, usize, usize),
-    ) -> Result<()> {
-        self.linear_backward_gemms(dx, dw, ActView::F32(dy), w, ActView::F32(x), mnk)
-    }
     fn matmul_nt_act(&self, c: Self::M<'_>, a: ActView<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {
         match a {
             ActView::F32(a) => self.gemm(c, a, b, GemmKind::Nt, shape, acc),
             ActView::Bf16(a) => self.gemm_a16(c, &a, b, GemmKind::Nt, shape, acc),
         }
     }
-    fn linear_backward_act(
+    fn linear_backward(
         &self,
         dx: Self::M<'_>,
         dw: Self::M<'_>,
@@ -584,6 +576,12 @@ mod tests {
             ("grad_norm", "sumsq_partial_f32"),
             ("grad_norm", "sumsq_final_f64"),
             ("adamw", "adamw_f32"),
+            ("attn_stats", "attn_stats_32_f32"),
+            ("attn_stats", "attn_stats_64_f32"),
+            ("attn_stats", "attn_stats_128_f32"),
+            ("attn_stats", "attn_stats_32_bf16"),
+            ("attn_stats", "attn_stats_64_bf16"),
+            ("attn_stats", "attn_stats_128_bf16"),
             ("attn_stats", "attn_stats_col_sum"),
             ("attn_stats", "attn_stats_fci_reduce"),
         ];

@@ -152,8 +152,15 @@ impl Gpu {
         shape: GemmShape,
         acc: bool,
     ) -> Result<()> {
-        bf16_operands_fit(kind, shape, (a.len(), b.len(), c.len()))?;
         let GemmShape { m, n, k } = shape;
+        // empty products as [`Gpu::gemm`] takes them
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            return if acc { Ok(()) } else { self.stream.memset_zeros(&mut c).map_err(drv("memset")) };
+        }
+        bf16_operands_fit(kind, shape, (a.len(), b.len(), c.len()))?;
         let bp = self.pr(&b);
         let product = Product { c: self.pm(&mut c), b: self.weight_operand(bp, n * k), kind, shape, acc };
         self.gemm_rounded(Operand::Bf16(a.device_ptr(&self.stream).0), m * k, &[product])

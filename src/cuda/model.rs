@@ -1,6 +1,7 @@
 //! A model resident on a GPU: weights, gradients, AdamW moments and the activation workspace in
 //! device memory; the forward and backward are the generic ones of `crate::model::transformer`.
 
+use crate::cuda::attention::attn_dm;
 use crate::cuda::backend::{GpuBatch, GpuRope};
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::image::Bf16Image;
@@ -44,6 +45,8 @@ pub struct DeviceWeights<'a> {
 impl GpuModel {
     /// Upload `model`'s weights (gradients and moments start at zero).
     pub fn new(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
+        // (a head dim the attention kernels refuse, before anything is allocated)
+        attn_dm(model.cfg.head_dim)?;
         let n = model.params.data.len();
         let zeros = |len| gpu.stream.alloc_zeros::<f32>(len).map_err(drv("alloc"));
         let params = gpu.upload(&model.params.data)?;
@@ -64,6 +67,7 @@ impl GpuModel {
     /// Upload `model`'s weights for forward passes only (a frozen reference policy): no gradient
     /// or moment buffers; [`GpuModel::backward`] and [`GpuModel::adamw_step`] refuse it.
     pub fn frozen(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
+        attn_dm(model.cfg.head_dim)?;
         let one = || gpu.stream.alloc_zeros::<f32>(1).map_err(drv("alloc"));
         let params = gpu.upload(&model.params.data)?;
         Ok(GpuModel {
@@ -154,7 +158,7 @@ impl GpuModel {
         self.keep_batch(batch, dev);
         done?;
         let mut lnf = vec![0.0; batch.len() * model.cfg.hidden_size];
-        self.gpu.act_download(&self.ws.lnf, &mut lnf)?;
+        self.gpu.download(&self.ws.lnf, &mut lnf)?;
         Ok(lnf)
     }
 

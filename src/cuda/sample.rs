@@ -16,8 +16,9 @@ use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 pub const BLOCK: usize = 256;
 
 /// The sampler's device buffers (uniforms in; ids, log-probs and entropies out, side by side in one
-/// buffer of 32-bit words, [ids | log-prob bits | entropy bits] for `cap` rows, read back in one
-/// copy), allocated once and grown on demand, so a decode step allocates nothing on the device.
+/// buffer of 32-bit words, [ids | log-prob bits | entropy bits] for a step's n rows, read back in
+/// one copy), allocated once for `cap` rows and grown on demand, so a decode step allocates nothing
+/// on the device.
 pub struct SampleBufs {
     cap: usize,
     uniforms: CudaSlice<f64>,
@@ -69,8 +70,8 @@ pub fn sample_rows(
     bufs.reserve(gpu, n)?;
     let s = gpu.stream();
     s.memcpy_htod(uniforms, &mut bufs.uniforms.slice_mut(0..n)).map_err(drv("upload"))?;
-    // ids at 0, log-probs at cap, entropies at 2 cap (words)
-    let (out, cap) = (bufs.out.device_ptr_mut(s).0, bufs.cap as u64);
+    // ids at 0, log-probs at n, entropies at 2n (words)
+    let (out, cap) = (bufs.out.device_ptr_mut(s).0, n as u64);
     let args = [
         Arg::P(gpu.pr(logits)),
         Arg::P(bufs.uniforms.device_ptr(s).0),
@@ -88,15 +89,14 @@ pub fn sample_rows(
     } else {
         gpu.launch("sample", "sample_rows_f32", (n as u32, 1, 1), (BLOCK as u32, 1, 1), 0, &args)?;
     }
-    // one copy back: the three row ranges [0, n), [cap, cap + n), [2 cap, 2 cap + n) in one span
-    let cap = bufs.cap;
-    let mut words = vec![0u32; 2 * cap + n];
-    s.memcpy_dtoh(&bufs.out.slice(0..2 * cap + n), &mut words[..]).map_err(drv("download"))?;
+    // one copy back: [ids | log-prob bits | entropy bits] of the n rows
+    let mut words = vec![0u32; 3 * n];
+    s.memcpy_dtoh(&bufs.out.slice(0..3 * n), &mut words[..]).map_err(drv("download"))?;
     gpu.sync()?;
     let row = |i: usize| Sampled {
         token: words[i],
-        logprob: f32::from_bits(words[cap + i]),
-        entropy: f32::from_bits(words[2 * cap + i]),
+        logprob: f32::from_bits(words[n + i]),
+        entropy: f32::from_bits(words[2 * n + i]),
     };
     Ok((0..n).map(row).collect())
 }

@@ -29,7 +29,7 @@ pub fn head_forward<B: Backend>(
         let r1 = (r0 + rows).min(n);
         let wv = B::sub_r(&w, 0..v * c);
         let shape = GemmShape::new(r1 - r0, v, c);
-        be.matmul_nt_act(B::m(logits, 0..(r1 - r0) * v), B::act_r(h, r0 * c..r1 * c), wv, shape, false)?;
+        be.matmul_nt_act(B::m(logits, 0..(r1 - r0) * v), B::as_act(B::r(h, r0 * c..r1 * c)), wv, shape, false)?;
         let stats = LogitStats { lse: B::m(lse, r0..r1), logp: B::m(logp, r0..r1), entropy: B::m(entropy, r0..r1) };
         be.logprob_forward(B::r(logits, 0..(r1 - r0) * v), v, batch, r0..r1, stats)?;
     }
@@ -57,7 +57,7 @@ pub fn head_backward<B: Backend>(
     for r0 in (0..n).step_by(rows) {
         let r1 = (r0 + rows).min(n);
         let m = r1 - r0;
-        let hc = || B::act_r(h, r0 * c..r1 * c);
+        let hc = || B::as_act(B::r(h, r0 * c..r1 * c));
         let wv = || B::sub_r(&w, 0..v * c);
         if !(cached && m == n) {
             be.matmul_nt_act(B::m(logits, 0..m * v), hc(), wv(), GemmShape::new(m, v, c), false)?;
@@ -67,7 +67,7 @@ pub fn head_backward<B: Backend>(
         be.logprob_backward(B::m(logits, 0..m * v), v, batch, r0..r1, chunk)?;
         let dh_rows = B::m(dh, r0 * c..r1 * c);
         let dw_all = B::sub_m(&mut dw, 0..v * c);
-        be.linear_backward_act(dh_rows, dw_all, B::as_act(B::r(logits, 0..m * v)), wv(), hc(), (m, v, c))?;
+        be.linear_backward(dh_rows, dw_all, B::as_act(B::r(logits, 0..m * v)), wv(), hc(), (m, v, c))?;
     }
     ws.logits_cached = None;
     Ok(())

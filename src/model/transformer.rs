@@ -308,7 +308,8 @@ impl Model {
         }
         let fw = B::r(p, lay.final_norm..lay.final_norm + c);
         be.rmsnorm_forward(
-            B::act_m(&mut ws.lnf, nc.clone()),
+            // (in f32: a value model's head reads it on the host; the LM head's product rounds it)
+            B::as_act_m(B::m(&mut ws.lnf, nc.clone())),
             B::m(&mut ws.rstdf, 0..n),
             B::r(&ws.resid_out, nc),
             fw,
@@ -391,7 +392,7 @@ impl Model {
             let wd = o.down_w..o.down_w + c * inter;
             let dact = B::m(&mut ws.dact, ni.clone());
             let act = B::act_r(&a.act, ni.clone());
-            be.linear_backward_act(dact, g!(wd.clone()), B::as_act(dr()), B::r(p, wd), act, (n, c, inter))?;
+            be.linear_backward(dact, g!(wd.clone()), B::as_act(dr()), B::r(p, wd), act, (n, c, inter))?;
             be.swiglu_backward(
                 B::act_m(&mut ws.dgate_up, n2i.clone()),
                 B::r(&ws.dact, ni),
@@ -402,7 +403,7 @@ impl Model {
             let dgu = || B::act_r(&ws.dgate_up, 0..n * 2 * inter);
             let dln = B::m(&mut ws.dln, nc.clone());
             let ln2 = B::act_r(&a.ln2, nc.clone());
-            be.linear_backward_act(dln, g!(wgu.clone()), dgu(), B::r(p, wgu), ln2, (n, 2 * inter, c))?;
+            be.linear_backward(dln, g!(wgu.clone()), dgu(), B::r(p, wgu), ln2, (n, 2 * inter, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             let gr = o.ln2..o.ln2 + c;
             be.rmsnorm_backward(
@@ -418,7 +419,7 @@ impl Model {
             let wo = o.o_w..o.o_w + c * hd;
             let datt = B::m(&mut ws.datt, 0..n * hd);
             let att = B::as_act(B::r(&a.att, 0..n * hd));
-            be.linear_backward_act(datt, g!(wo.clone()), B::as_act(dr()), B::r(p, wo), att, (n, c, hd))?;
+            be.linear_backward(datt, g!(wo.clone()), B::as_act(dr()), B::r(p, wo), att, (n, c, hd))?;
             be.attention_backward(
                 B::m(&mut ws.dqkv, 0..n * qkv_w),
                 B::m(&mut ws.attn_scratch, 0..be.attn_scratch_len(shape, n)),
@@ -440,7 +441,7 @@ impl Model {
             let dq = || B::r(&ws.dqkv, 0..n * qkv_w);
             let dln = B::m(&mut ws.dln, nc.clone());
             let ln1 = B::act_r(&a.ln1, nc.clone());
-            be.linear_backward_act(dln, g!(wq.clone()), B::as_act(dq()), B::r(p, wq), ln1, (n, qkv_w, c))?;
+            be.linear_backward(dln, g!(wq.clone()), B::as_act(dq()), B::r(p, wq), ln1, (n, qkv_w, c))?;
             self.tp_reduce_on(be, B::m(&mut ws.dln, nc.clone()))?;
             let gr = o.ln1..o.ln1 + c;
             be.rmsnorm_backward(

@@ -36,7 +36,7 @@ pub struct Workspace<B: Backend = Cpu> {
     pub layers: Vec<LayerActs<B>>,
     /// [N, C] residual after the last layer; [N, C] final norm output; [N] its 1/rms.
     pub resid_out: B::Buf,
-    pub lnf: B::Act,
+    pub lnf: B::Buf,
     pub rstdf: B::Buf,
     /// [N] log p(target) per token, filled by the forward.
     pub logprobs: B::Buf,
@@ -119,7 +119,7 @@ impl<B: Backend> Workspace<B> {
             cap: 0,
             layers: Vec::new(),
             resid_out: be.empty()?,
-            lnf: be.act_empty()?,
+            lnf: be.empty()?,
             rstdf: be.empty()?,
             logprobs: be.empty()?,
             entropy: be.empty()?,
@@ -175,6 +175,7 @@ impl<B: Backend> Workspace<B> {
         }
         for (v, len) in [
             (&mut self.resid_out, n * c),
+            (&mut self.lnf, n * c),
             (&mut self.rstdf, n),
             (&mut self.logprobs, n),
             (&mut self.entropy, n),
@@ -205,7 +206,6 @@ impl<B: Backend> Workspace<B> {
             be.act_grow(&mut l.ln2, n * c)?;
             be.act_grow(&mut l.act, n * i)?;
         }
-        be.act_grow(&mut self.lnf, n * c)?;
         be.act_grow(&mut self.dgate_up, n * 2 * i)
     }
 
@@ -221,6 +221,7 @@ impl<B: Backend> Workspace<B> {
         let per_layer: usize = self.layers.iter().map(LayerActs::bytes).sum();
         let rest: usize = [
             &self.resid_out,
+            &self.lnf,
             &self.rstdf,
             &self.logprobs,
             &self.entropy,
@@ -236,6 +237,6 @@ impl<B: Backend> Workspace<B> {
         .iter()
         .map(|v| B::len(v))
         .sum();
-        per_layer + 4 * rest + B::act_bytes(&self.lnf) + B::act_bytes(&self.dgate_up)
+        per_layer + 4 * rest + B::act_bytes(&self.dgate_up)
     }
 }

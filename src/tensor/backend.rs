@@ -127,6 +127,9 @@ pub trait Backend {
     fn act_sub_r<'a>(x: &Self::ActR<'a>, r: Range<usize>) -> Self::ActR<'a>;
     /// An f32 view read where an activation is (an activation view of f32 storage).
     fn as_act<'a>(x: Self::R<'a>) -> Self::ActR<'a>;
+    /// An f32 view written where an activation is (kept in f32: e.g. the final norm's output,
+    /// which a value head reads on the host).
+    fn as_act_m<'a>(x: Self::M<'a>) -> Self::ActM<'a>;
     /// A batch in this backend's memory (validated by the caller).
     fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<Self::Batch<'a>>;
     /// The RoPE tables in this backend's memory.
@@ -162,22 +165,9 @@ pub trait Backend {
     fn matmul_tn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
     /// The two products of a linear layer's backward (y[m, n] = x[m, k] · w[n, k]ᵀ), in this order:
     /// dx[m, k] = dy[m, n] · w[n, k] (overwritten), then dw[n, k] += dy[m, n]ᵀ · x[m, k]. One call,
-    /// so that a backend whose products take rounded operands rounds dy once for both.
+    /// so that a backend whose products take rounded operands rounds dy once for both. dy and x are
+    /// activation views (see [`Backend::Act`]; an f32 view through [`Backend::as_act`]).
     fn linear_backward(
-        &self,
-        dx: Self::M<'_>,
-        dw: Self::M<'_>,
-        dy: Self::R<'_>,
-        w: Self::R<'_>,
-        x: Self::R<'_>,
-        (m, n, k): (usize, usize, usize),
-    ) -> Result<()> {
-        self.matmul_nn(dx, Self::sub_r(&dy, 0..m * n), w, GemmShape::new(m, k, n), false)?;
-        self.matmul_tn(dw, dy, x, GemmShape::new(n, k, m), true)
-    }
-    /// [`Backend::linear_backward`] with dy and x activation views (see [`Backend::Act`]; an f32
-    /// view through [`Backend::as_act`]).
-    fn linear_backward_act(
         &self,
         dx: Self::M<'_>,
         dw: Self::M<'_>,

@@ -381,6 +381,9 @@ mod cuda {
 
         /// Forward passes and generation only (no gradient or moment buffers).
         pub fn inference(model: &Model, dtype: crate::config::Dtype) -> Result<Self> {
+            if model.tp.is_some() {
+                return Err(Error::Invalid("[train] device = \"cuda\" runs with tp = 1".into()));
+            }
             Ok(Self::holding(GpuModel::frozen(Self::open(dtype)?, model)?, None))
         }
 

@@ -146,6 +146,16 @@ fn within_bf16_rounding(what: &str, got: &[f32], want: &[f32]) {
     assert!(exact * 100 >= got.len() * 99, "{what}: only {exact} of {} values equal the rounded CPU value", got.len());
 }
 
+/// `got` (an `_o16` kernel's bf16 output) is, bit for bit, the f32 kernel's output `f32_out`
+/// rounded to nearest even: the bits a separate rounding pass would give.
+fn rounds_the_f32_kernel(what: &str, got: &[f32], f32_out: &[f32]) {
+    assert_eq!(got.len(), f32_out.len(), "{what}: lengths");
+    for (i, (&g, &f)) in got.iter().zip(f32_out).enumerate() {
+        let want = half::bf16::from_f32(f).to_f32();
+        assert_eq!(g.to_bits(), want.to_bits(), "{what}[{i}]: {g} is not the f32 kernel's {f} rounded");
+    }
+}
+
 /// Compare and print; `tol` is relative to max(1, max |want|).
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
@@ -181,6 +191,7 @@ fn elementwise_kernels_match_the_cpu() {
     Cpu.rmsnorm_forward(&mut y, &mut rstd, &x, &w, 1e-6).unwrap();
     // the normed rows are an activation: f32, and bf16 under bf16 products (written rounded)
     let mut rg = g.upload(&vec![0.0; n]).unwrap();
+    let mut f32_out = Vec::new();
     for dtype in [Dtype::F32, Dtype::Bf16] {
         g.set_dtype(dtype);
         let mut ya = g.act_empty().unwrap();
@@ -195,8 +206,14 @@ fn elementwise_kernels_match_the_cpu() {
         .unwrap();
         let got = act_down(&g, &ya, n * c);
         match dtype {
-            Dtype::Bf16 => within_bf16_rounding("rmsnorm fwd bf16", &got, &y),
-            _ => close("rmsnorm fwd", &got, &y, 1e-5),
+            Dtype::Bf16 => {
+                within_bf16_rounding("rmsnorm fwd bf16", &got, &y);
+                rounds_the_f32_kernel("rmsnorm fwd bf16", &got, &f32_out);
+            }
+            _ => {
+                close("rmsnorm fwd", &got, &y, 1e-5);
+                f32_out = got;
+            }
         }
     }
     g.set_dtype(Dtype::F32);
@@ -242,8 +259,14 @@ fn elementwise_kernels_match_the_cpu() {
         g.swiglu_forward(Gpu::act_m(&mut acta, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter), inter).unwrap();
         let got = act_down(&g, &acta, n * inter);
         match dtype {
-            Dtype::Bf16 => within_bf16_rounding("swiglu fwd bf16", &got, &act),
-            _ => close("swiglu fwd", &got, &act, 1e-5),
+            Dtype::Bf16 => {
+                within_bf16_rounding("swiglu fwd bf16", &got, &act);
+                rounds_the_f32_kernel("swiglu fwd bf16", &got, &f32_out);
+            }
+            _ => {
+                close("swiglu fwd", &got, &act, 1e-5);
+                f32_out = got;
+            }
         }
     }
     // the gate|up gradient, which only the projection's backward products read, is an activation
@@ -262,8 +285,14 @@ fn elementwise_kernels_match_the_cpu() {
         .unwrap();
         let got = act_down(&g, &dgua, n * 2 * inter);
         match dtype {
-            Dtype::Bf16 => within_bf16_rounding("swiglu bwd bf16", &got, &dgu),
-            _ => close("swiglu bwd", &got, &dgu, 1e-5),
+            Dtype::Bf16 => {
+                within_bf16_rounding("swiglu bwd bf16", &got, &dgu);
+                rounds_the_f32_kernel("swiglu bwd bf16", &got, &f32_out);
+            }
+            _ => {
+                close("swiglu bwd", &got, &dgu, 1e-5);
+                f32_out = got;
+            }
         }
     }
     g.set_dtype(Dtype::F32);

@@ -157,7 +157,7 @@ fn a_linear_backward_equals_its_two_products() {
         let (mut dxg, mut dwg) = (g.upload(&dx0).unwrap(), g.upload(&dw0).unwrap());
         let dxm = Gpu::m(&mut dxg, 0..m * k);
         let (dyr, wr, xr) = (Gpu::r(&dyg, 0..m * n), Gpu::r(&wg, 0..n * k), Gpu::r(&xg, 0..m * k));
-        g.linear_backward(dxm, Gpu::m(&mut dwg, 0..n * k), dyr, wr, xr, (m, n, k)).unwrap();
+        g.linear_backward(dxm, Gpu::m(&mut dwg, 0..n * k), Gpu::as_act(dyr), wr, Gpu::as_act(xr), (m, n, k)).unwrap();
         let (got_dx, got_dw) = (down(&g, &dxg, m * k), down(&g, &dwg, n * k));
         let (mut dx2, mut dw2) = (g.upload(&dx0).unwrap(), g.upload(&dw0).unwrap());
         let (dyr, wr) = (Gpu::r(&dyg, 0..m * n), Gpu::r(&wg, 0..n * k));
@@ -168,6 +168,22 @@ fn a_linear_backward_equals_its_two_products() {
         assert_eq!(bits(&got_dx), bits(&down(&g, &dx2, m * k)), "{what}: dx differs from the product alone");
         assert_eq!(bits(&got_dw), bits(&down(&g, &dw2, n * k)), "{what}: dw differs from the product alone");
         if dtype == Dtype::Bf16 {
+            // dy and x already in bf16 (activations written so) are read as they are: the bits of
+            // rounding them inside the call
+            let (dy16, x16) = (g.act_upload(&dy, true).unwrap(), g.act_upload(&x, true).unwrap());
+            let (mut dx3, mut dw3) = (g.upload(&dx0).unwrap(), g.upload(&dw0).unwrap());
+            let (dyr, xr) = (Gpu::act_r(&dy16, 0..m * n), Gpu::act_r(&x16, 0..m * k));
+            let wr = Gpu::r(&wg, 0..n * k);
+            g.linear_backward(Gpu::m(&mut dx3, 0..m * k), Gpu::m(&mut dw3, 0..n * k), dyr, wr, xr, (m, n, k)).unwrap();
+            assert_eq!(bits(&got_dx), bits(&down(&g, &dx3, m * k)), "bf16 dy: dx differs from rounding f32 dy");
+            assert_eq!(bits(&got_dw), bits(&down(&g, &dw3, n * k)), "bf16 dy, x: dw differs from rounding them");
+            // and a forward product of a bf16 activation, the bits of rounding it inside the call
+            let (mut c1, mut c2) = (g.upload(&vec![0.0; m * n]).unwrap(), g.upload(&vec![0.0; m * n]).unwrap());
+            let xw = (Gpu::r(&xg, 0..m * k), Gpu::r(&wg, 0..n * k));
+            g.matmul_nt(Gpu::m(&mut c1, 0..m * n), xw.0, xw.1, GemmShape::new(m, n, k), false).unwrap();
+            let (x16r, wr) = (Gpu::act_r(&x16, 0..m * k), Gpu::r(&wg, 0..n * k));
+            g.matmul_nt_act(Gpu::m(&mut c2, 0..m * n), x16r, wr, GemmShape::new(m, n, k), false).unwrap();
+            assert_eq!(bits(&down(&g, &c1, m * n)), bits(&down(&g, &c2, m * n)), "bf16 activation product");
             let (rdy, rw, rx) = (round_bf16(&dy), round_bf16(&w), round_bf16(&x));
             let (mut want_dx, mut want_dw) = (dx0.clone(), dw0.clone());
             Cpu.linear_backward(&mut want_dx[..], &mut want_dw[..], &rdy[..], &rw[..], &rx[..], (m, n, k)).unwrap();

@@ -86,6 +86,9 @@ impl Backend for Cpu {
     fn as_act<'a>(x: Self::R<'a>) -> Self::ActR<'a> {
         x
     }
+    fn as_act_m<'a>(x: Self::M<'a>) -> Self::ActM<'a> {
+        x
+    }
     fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<PackedBatch<'a>> {
         Ok(batch)
     }
@@ -120,16 +123,17 @@ impl Backend for Cpu {
     fn matmul_nt_act(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
         self.matmul_nt(c, a, b, shape, acc)
     }
-    fn linear_backward_act(
+    fn linear_backward(
         &self,
         dx: &mut [f32],
         dw: &mut [f32],
         dy: &[f32],
         w: &[f32],
         x: &[f32],
-        dims: (usize, usize, usize),
+        (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        self.linear_backward(dx, dw, dy, w, x, dims)
+        self.matmul_nn(dx, &dy[..m * n], w, GemmShape::new(m, k, n), false)?;
+        self.matmul_tn(dw, dy, x, GemmShape::new(n, k, m), true)
     }
     fn matmul_nn(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
         matmul_nn(c, a, b, shape.m, shape.n, shape.k, acc);
