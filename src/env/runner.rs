@@ -106,7 +106,9 @@ struct Board {
     surplus: usize,
 }
 
-type Ask = (Request, mpsc::Sender<Result<Completion>>);
+/// A trajectory's turn: its group, the request, and where the completion goes (`None`: the group
+/// was closed when the sync barrier formed the batch, so the turn is not played).
+type Ask = (usize, Request, mpsc::Sender<Result<Option<Completion>>>);
 
 /// What serves the model's turns: `generate` on the CPU, or an engine's (`train::engine`).
 pub type Generator<'g> = dyn FnMut(&[Request], &GenerateConfig) -> Result<Vec<Completion>> + 'g;
@@ -142,7 +144,7 @@ pub fn rollout(
                 let (ask, board, abort, live) = (ask.clone(), &board, &abort, &live);
                 handles.push(scope.spawn(move || -> Result<()> {
                     let mut retries = 0;
-                    let res = play_one(p, game, s, &abort[gi], &ask, &mut retries);
+                    let res = play_one(p, (gi, game), s, &abort[gi], &ask, &mut retries);
                     // settle before leaving the live count, so the server's barrier sees it
                     let settled = res.map(|o| settle(board, abort, gi, o, retries));
                     live.fetch_sub(1, Ordering::SeqCst);
@@ -151,7 +153,7 @@ pub fn rollout(
             }
         }
         drop(ask);
-        serve(p, gen, &asks, &live, &mut out)?;
+        serve(p, gen, (&asks, &abort), &live, &mut out)?;
         Ok(handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("env: a trajectory thread panicked".into()))))
@@ -233,11 +235,15 @@ fn settle(board: &Mutex<Board>, abort: &[AtomicBool], g: usize, outcome: Outcome
     }
 }
 
-/// Serve generation requests until every trajectory thread is gone.
+/// Serve generation requests until every trajectory thread is gone. At a sync barrier every
+/// trajectory that finished or failed in the round before has settled (a thread settles before
+/// it leaves the live count), so the groups closed by then are final: their requests are answered
+/// "closed" instead of generated, and the batch is a function of the seed, whatever the threads'
+/// timing (which matters on a GPU, whose generation of a batch depends on its makeup).
 fn serve(
     p: &Play,
     gen: &mut Generator<'_>,
-    asks: &mpsc::Receiver<Ask>,
+    (asks, abort): (&mpsc::Receiver<Ask>, &[AtomicBool]),
     live: &AtomicUsize,
     out: &mut EnvRollout,
 ) -> Result<()> {
@@ -264,21 +270,32 @@ fn serve(
             continue;
         }
         let mut batch = std::mem::take(&mut pending);
+        if p.mode == EnvMode::Sync {
+            let (closed, open): (Vec<Ask>, Vec<Ask>) =
+                batch.into_iter().partition(|(g, _, _)| abort[*g].load(Ordering::SeqCst));
+            for (_, _, reply) in closed {
+                let _ = reply.send(Ok(None));
+            }
+            batch = open;
+            if batch.is_empty() {
+                continue;
+            }
+        }
         // in request order, not arrival order: a batch's generation is then a function of its
         // requests (the CPU's is anyway; a GPU's GEMMs need not be batch-invariant)
-        batch.sort_by_key(|(r, _)| (r.prompt_id, r.sample_index, r.prompt.len()));
-        let requests: Vec<Request> = batch.iter().map(|(r, _)| r.clone()).collect();
+        batch.sort_by_key(|(_, r, _)| (r.prompt_id, r.sample_index, r.prompt.len()));
+        let requests: Vec<Request> = batch.iter().map(|(_, r, _)| r.clone()).collect();
         out.generate_calls += 1;
         out.requests += requests.len();
         match gen(&requests, &p.gen) {
             Ok(done) => {
-                for ((_, reply), c) in batch.into_iter().zip(done) {
-                    let _ = reply.send(Ok(c));
+                for ((_, _, reply), c) in batch.into_iter().zip(done) {
+                    let _ = reply.send(Ok(Some(c)));
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
-                for (_, reply) in batch {
+                for (_, _, reply) in batch {
                     let _ = reply.send(Err(Error::Invalid(format!("env: generation failed: {msg}"))));
                 }
                 return Err(e);
@@ -310,7 +327,7 @@ fn with_retries<E: Env, T>(
 /// One trajectory: reset, then turns until done, out of turns, out of context or aborted.
 fn play_one(
     p: &Play,
-    game: u64,
+    (g, game): (usize, u64),
     sample: u32,
     abort: &AtomicBool,
     ask: &mpsc::Sender<Ask>,
@@ -339,8 +356,11 @@ fn play_one(
         let (reply, answer) = mpsc::channel();
         let prompt = history.clone();
         let req = Request { prompt_id: game, sample_index: sample * 256 + turn, prompt: prompt.clone() };
-        ask.send((req, reply)).map_err(|_| Error::Invalid("env: the model server stopped".into()))?;
-        let completion = answer.recv().map_err(|_| Error::Invalid("env: the model server stopped".into()))??;
+        ask.send((g, req, reply)).map_err(|_| Error::Invalid("env: the model server stopped".into()))?;
+        let answered = answer.recv().map_err(|_| Error::Invalid("env: the model server stopped".into()))??;
+        let Some(completion) = answered else {
+            return Ok(Outcome::Aborted);
+        };
         let text: Vec<u32> = completion.tokens.iter().copied().filter(|&t| t != EOS_ID).collect();
         let action = p.tok.decode(&text);
         if abort.load(Ordering::SeqCst) {
