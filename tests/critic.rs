@@ -69,6 +69,53 @@ fn a_critic_fits_its_returns() {
     assert!(last < 0.05 * first, "the value loss fell from {first} to {last}");
 }
 
+/// `rl.micro_batch` bounds a critic's forwards: values in chunks of samples equal the values of
+/// one forward, and an update accumulated over chunks reports the same loss and ends with the same
+/// weights, to f32 rounding (the products' blocking follows the rows).
+#[test]
+fn a_critic_in_micro_batches_matches_one_forward() {
+    let cfg = config(Path::new("/tmp"), 1, 1);
+    let small = RunConfig::parse(arbor::config::ADDITION_CONFIG, Path::new("a.toml")).unwrap();
+    let mc = small.fresh_model(32, 2, Path::new("m")).unwrap();
+    let policy = Model::new(mc.clone(), init_params(&mc, 1, 0.02)).unwrap();
+    let cc = CriticConfig { count: 1, lr: 3e-3, ..cfg.critic.clone().unwrap() };
+    let samples: Vec<Sample> = (0..5u32)
+        .map(|i| Sample {
+            prompt: vec![1, 5 + i, 6],
+            response: (0..2 + i).map(|t| 7 + (t * 3 + i) % 20).collect(),
+            behav_logp: vec![0.0; 2 + i as usize],
+            advantages: vec![0.0; 2 + i as usize],
+            reward: 1.0,
+        })
+        .collect();
+    let refs: Vec<&Sample> = samples.iter().collect();
+    let tokens: usize = samples.iter().map(|s| s.response.len()).sum();
+    let returns: Vec<f32> = (0..tokens).map(|t| (t % 7) as f32 / 7.0).collect();
+    let run = |micro: usize| {
+        let mut critic = Critic::new(&cc, &policy, 0, 7, 0.02).unwrap().with_micro_batch(micro);
+        let old = critic.values(&refs).unwrap();
+        let targets = ValueTargets { returns: &returns, old: &old, tokens_total: tokens as f64 };
+        let loss = critic.train(&refs, targets, 0.5, 3e-3, &Local, 1 << 20).unwrap();
+        (old, loss, critic.model.params.data.clone(), critic.head.clone())
+    };
+    let whole = run(0);
+    assert_eq!(whole.0.len(), tokens);
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    for micro in [1, 2, 4] {
+        let (values, loss, params, head) = run(micro);
+        assert_eq!(values.len(), tokens);
+        let worst = close(&values, &whole.0);
+        assert!(worst <= 1e-6, "micro-batch {micro}: values differ from one forward's by {worst}");
+        assert!(
+            (loss - whole.1).abs() <= 1e-9 * whole.1.abs().max(1.0),
+            "micro-batch {micro}: loss {loss} vs {}",
+            whole.1
+        );
+        let worst = close(&head, &whole.3).max(close(&params, &whole.2));
+        assert!(worst <= 1e-6, "micro-batch {micro}: weights differ from one forward's update by {worst}");
+    }
+}
+
 #[test]
 fn critic_resume_restores_weights_and_optimizer_state_exactly() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -30,6 +30,9 @@ pub struct Critic {
     pub engine: Engine,
     ws: Workspace,
     batch: Batch,
+    /// Samples per forward (`rl.micro_batch`; 0: all at once): bounds the workspace, which on a
+    /// GPU is device memory held for the run.
+    micro: usize,
 }
 
 /// What a critic's update regresses toward.
@@ -92,7 +95,7 @@ impl Critic {
         let head_opt = AdamW::with_segments(adam, mc.hidden_size + 1, vec![(0..mc.hidden_size + 1, false)]);
         let ws = Workspace::new(&mc, 0);
         let head = vec![0.0; mc.hidden_size + 1];
-        Ok(Critic { model, head, opt, head_opt, engine: Engine::cpu(), ws, batch: Batch::new() })
+        Ok(Critic { model, head, opt, head_opt, engine: Engine::cpu(), ws, batch: Batch::new(), micro: 0 })
     }
 
     /// Move the trunk to the device of `policy` (the policy's engine), over the data-parallel
@@ -108,16 +111,31 @@ impl Critic {
         self.engine.sync_host(&mut self.model, &mut self.opt)
     }
 
+    /// Run forwards (and the update's backwards) on at most `micro` samples at a time (0: all).
+    pub fn with_micro_batch(mut self, micro: usize) -> Self {
+        self.micro = micro;
+        self
+    }
+
+    /// The chunks of `samples` one forward takes.
+    fn chunks<'s>(&self, samples: &'s [&'s Sample]) -> std::slice::Chunks<'s, &'s Sample> {
+        samples.chunks(if self.micro == 0 { samples.len().max(1) } else { self.micro })
+    }
+
     /// V(s_t) of every response token of `samples`, concatenated in order.
     pub fn values(&mut self, samples: &[&Sample]) -> Result<Vec<f32>> {
-        let pos = pack(samples, &mut self.batch)?;
-        if self.batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.engine.forward_trunk(&self.model, &self.batch, &mut self.ws)?;
         let c = self.model.cfg.hidden_size;
-        let (w, b) = (&self.head[..c], self.head[c]);
-        Ok(pos.iter().map(|&i| dot(&self.ws.lnf[i * c..(i + 1) * c], w) + b).collect())
+        let mut out = Vec::new();
+        for chunk in self.chunks(samples) {
+            let pos = pack(chunk, &mut self.batch)?;
+            if self.batch.is_empty() {
+                continue;
+            }
+            self.engine.forward_trunk(&self.model, &self.batch, &mut self.ws)?;
+            let (w, b) = (&self.head[..c], self.head[c]);
+            out.extend(pos.iter().map(|&i| dot(&self.ws.lnf[i * c..(i + 1) * c], w) + b));
+        }
+        Ok(out)
     }
 
     /// One update on `samples` toward `t.returns` (per response token, concatenated); `t.old`
@@ -137,13 +155,16 @@ impl Critic {
         self.engine.zero_grads(&self.model)?;
         let mut head_grads = vec![0.0f32; c + 1];
         let mut loss = 0.0f64;
-        if !samples.is_empty() {
-            let pos = pack(samples, &mut self.batch)?;
+        // the token-mean's terms, chunk by chunk in token order (j counts the tokens so far)
+        let mut j0 = 0;
+        for chunk in self.chunks(samples) {
+            let pos = pack(chunk, &mut self.batch)?;
             self.engine.forward_trunk(&self.model, &self.batch, &mut self.ws)?;
             let n = self.batch.len();
             self.ws.dln[..n * c].fill(0.0);
             let scale = 1.0 / tokens_total.max(1.0);
-            for (j, &i) in pos.iter().enumerate() {
+            for (jj, &i) in pos.iter().enumerate() {
+                let j = j0 + jj;
                 let h = &self.ws.lnf[i * c..(i + 1) * c];
                 let v = dot(h, &self.head[..c]) + self.head[c];
                 let (r, o) = (returns[j] as f64, old[j] as f64);
@@ -167,6 +188,7 @@ impl Critic {
                 }
                 head_grads[c] += dv;
             }
+            j0 += pos.len();
             self.engine.accumulate_trunk(&self.model, &self.batch, &mut self.ws)?;
         }
         self.engine.reduce_grads(dp, bucket_bytes)?;

@@ -24,8 +24,13 @@ impl Critics {
     /// Each critic's trunk computes on the device of the policy's `engine`, over the
     /// data-parallel group `dp`.
     pub fn new(cc: &CriticConfig, model: &Model, cfg: &RunConfig, engine: &Engine, dp: &dyn Comm) -> Result<Self> {
+        // forwards of at most rl.micro_batch samples, as the policy's update
+        let micro = cfg.rl.as_ref().map_or(0, |rl| rl.micro_batch);
         let models = (0..cc.count)
-            .map(|m| Critic::new(cc, model, m, cfg.run.seed, cfg.model.init_std)?.on_device_of(engine, dp))
+            .map(|m| {
+                let c = Critic::new(cc, model, m, cfg.run.seed, cfg.model.init_std)?.with_micro_batch(micro);
+                c.on_device_of(engine, dp)
+            })
             .collect::<Result<_>>()?;
         Ok(Critics { cfg: cc.clone(), models })
     }
