@@ -249,6 +249,29 @@ impl Engine {
         }
     }
 
+    /// [`Engine::attention_stats`] of sequences `seqs` (tokens, steps), in forwards of at most
+    /// `micro` sequences (`rl.micro_batch`; 0: all at once). The statistics are per sequence, so
+    /// the chunks change nothing but the size the workspace (device memory on a GPU) grows to.
+    pub fn attention_stats_chunked(
+        &mut self,
+        model: &Model,
+        ws: &mut Workspace,
+        seqs: &[(Vec<u32>, SeqSteps)],
+        cfg: &StatsConfig,
+        micro: usize,
+    ) -> Result<Vec<SeqStats>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(if micro == 0 { seqs.len().max(1) } else { micro }) {
+            let mut batch = Batch::new();
+            for (tokens, _) in chunk {
+                batch.push_lm(tokens, 0)?;
+            }
+            let steps: Vec<SeqSteps> = chunk.iter().map(|(_, s)| s.clone()).collect();
+            out.extend(self.attention_stats(model, &batch, ws, &steps, cfg)?);
+        }
+        Ok(out)
+    }
+
     /// `rollout::generate` with the engine's current weights (`model` gives the shapes and, on the
     /// CPU, the weights).
     pub fn generate(&mut self, model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {

@@ -181,7 +181,8 @@ impl<'a> RlTrainer<'a> {
             notes.critic = Some(critics.advantages(rollouts)?);
         }
         if let Some(Shaping { rc, ws }) = self.shaping.as_mut() {
-            notes.rhythm_amplified_frac = Some(rhythm::shape_rollouts(&mut self.engine, model, ws, rc, rollouts)?);
+            let shaping = (&*rc, self.ctx.rl.micro_batch);
+            notes.rhythm_amplified_frac = Some(rhythm::shape_rollouts(&mut self.engine, model, ws, shaping, rollouts)?);
         }
         Ok(notes)
     }

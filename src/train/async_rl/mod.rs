@@ -243,7 +243,7 @@ fn rollout_loop(
                 let mut rollouts = sampler.sample(&ctx, &mut engine, model, b)?;
                 if let Some((rc, ws)) = shaping.as_mut() {
                     rollouts.notes.rhythm_amplified_frac =
-                        Some(shape_rollouts(&mut engine, model, ws, rc, &mut rollouts)?);
+                        Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro_batch), &mut rollouts)?);
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 let msg = encode_batch(version, sum, secs, &rollouts)?;

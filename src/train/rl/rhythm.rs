@@ -6,31 +6,32 @@ use super::{Rollouts, Sample};
 use crate::attention::stats::{default_rhythm_layers, SeqSteps, StatsConfig};
 use crate::attnrl::{batch_thresholds, rhythm_marks, shape_advantages, RhythmConfig};
 use crate::error::Result;
-use crate::model::{Batch, Model, Workspace};
+use crate::model::{Model, Workspace};
 use crate::train::engine::Engine;
 
 /// WAAD and FAI of every response token of one sample.
 pub type TokenRhythm = (Vec<f32>, Vec<f32>);
 
 /// Shape the advantages of `train` in place; returns the fraction of tokens amplified (γ > 1)
-/// and each sample's WAAD and FAI.
+/// and each sample's WAAD and FAI. The statistics pass runs on at most `micro` samples at a time
+/// (`rl.micro_batch`; 0: all).
 pub fn shape(
     engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
-    rc: &RhythmConfig,
+    (rc, micro): (&RhythmConfig, usize),
     train: &mut [Sample],
 ) -> Result<(f64, Vec<TokenRhythm>)> {
     if train.is_empty() {
         return Ok((0.0, Vec::new()));
     }
-    let mut batch = Batch::new();
-    let mut steps = Vec::with_capacity(train.len());
-    for s in train.iter() {
-        let seq: Vec<u32> = s.prompt.iter().chain(&s.response).copied().collect();
-        batch.push_lm(&seq, 0)?;
-        steps.push(SeqSteps { bounds: Vec::new(), response_start: s.prompt.len(), end_of_thinking: None });
-    }
+    let seqs: Vec<(Vec<u32>, SeqSteps)> = train
+        .iter()
+        .map(|s| {
+            let seq: Vec<u32> = s.prompt.iter().chain(&s.response).copied().collect();
+            (seq, SeqSteps { bounds: Vec::new(), response_start: s.prompt.len(), end_of_thinking: None })
+        })
+        .collect();
     let cfg = StatsConfig {
         fci: false,
         rhythm: true,
@@ -42,7 +43,7 @@ pub fn shape(
         global_frac: rc.global_head_frac,
         ..StatsConfig::default()
     };
-    let stats = engine.attention_stats(model, &batch, ws, &steps, &cfg)?;
+    let stats = engine.attention_stats_chunked(model, ws, &seqs, &cfg, micro)?;
     let waads: Vec<&[f32]> = stats.iter().map(|s| s.waad.as_slice()).collect();
     let th = batch_thresholds(&waads, rc)?;
     let (mut amplified, mut total) = (0usize, 0usize);
@@ -62,7 +63,7 @@ pub fn shape_rollouts(
     engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
-    rc: &RhythmConfig,
+    rc: (&RhythmConfig, usize),
     rollouts: &mut Rollouts,
 ) -> Result<f64> {
     let (shaped, marks) = shape(engine, model, ws, rc, &mut rollouts.batch.samples)?;

@@ -19,7 +19,7 @@ use crate::attnrl::{
     Continuation, DynamicBatch, ResponseTree, Source, SplitPoint,
 };
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model, Workspace};
+use crate::model::{Model, Workspace};
 use crate::rollout::{Completion, Finish};
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::SamplingState;
@@ -81,30 +81,29 @@ pub fn token_steps(bounds: &[usize], n: usize) -> Vec<u32> {
     out
 }
 
-/// FCI per step (full-sequence steps, 0 = prompt) of each (prompt, response) under `model`.
+/// FCI per step (full-sequence steps, 0 = prompt) of each (prompt, response) under `model`, in
+/// forwards of at most `micro` sequences (0: all).
 pub fn step_fci(
     engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
     seqs: &[(&[u32], &[u32], Vec<usize>)],
-    delta: usize,
+    (delta, micro): (usize, usize),
 ) -> Result<Vec<SeqStats>> {
-    if seqs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut batch = Batch::new();
-    let mut steps = Vec::with_capacity(seqs.len());
-    for (prompt, response, bounds) in seqs {
-        let seq: Vec<u32> = prompt.iter().chain(response.iter()).copied().collect();
-        batch.push_lm(&seq, 0)?;
-        steps.push(SeqSteps {
-            bounds: sequence_step_bounds(prompt.len(), bounds),
-            response_start: prompt.len(),
-            end_of_thinking: None,
-        });
-    }
+    let seqs: Vec<(Vec<u32>, SeqSteps)> = seqs
+        .iter()
+        .map(|(prompt, response, bounds)| {
+            let seq: Vec<u32> = prompt.iter().chain(response.iter()).copied().collect();
+            let steps = SeqSteps {
+                bounds: sequence_step_bounds(prompt.len(), bounds),
+                response_start: prompt.len(),
+                end_of_thinking: None,
+            };
+            (seq, steps)
+        })
+        .collect();
     let cfg = StatsConfig { fci: true, delta, rhythm: false, ..StatsConfig::default() };
-    engine.attention_stats(model, &batch, ws, &steps, &cfg)
+    engine.attention_stats_chunked(model, ws, &seqs, &cfg, micro)
 }
 
 /// One initial response and, after branching, its continuations.
@@ -296,7 +295,7 @@ impl TreeSampler {
                 .filter(|r| !r.completion.tokens.is_empty())
                 .map(|r| (prompts[r.prompt_idx].as_slice(), r.completion.tokens.as_slice(), r.bounds.clone()))
                 .collect();
-            let stats = step_fci(engine, model, ws, &seqs, ac.fci_step_gap)?;
+            let stats = step_fci(engine, model, ws, &seqs, (ac.fci_step_gap, rl.micro_batch))?;
             let mut it = stats.into_iter();
             for r in initial.iter_mut().filter(|r| !r.completion.tokens.is_empty()) {
                 // response steps only: drop pseudo-step 0 (the prompt)
