@@ -194,3 +194,41 @@ fn the_env_section_is_validated_with_its_key() {
     let e = RunConfig::parse(&text("").replace("\"guess\"", "\"chess\""), Path::new("e.toml")).unwrap_err();
     assert!(e.to_string().contains("chess"), "{e}");
 }
+
+/// A generation that fails mid-rollout is the rollout's error, in both modes: every trajectory is
+/// stopped and every turn still asked for is answered, so no thread is left waiting (the runner
+/// once hung there in env-level async mode).
+#[test]
+fn a_failed_generation_ends_the_rollout_with_its_error() {
+    let m = model();
+    let ec = env("");
+    let tok = CharTokenizer::default();
+    for mode in [EnvMode::Async, EnvMode::Sync] {
+        let p = Play {
+            model: &m,
+            tok: &tok,
+            env: &ec,
+            gen: GenerateConfig {
+                sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 4 },
+                stop_tokens: vec![EOS_ID],
+                seed: 11,
+                step: 1,
+                max_batch: 16,
+                workload: None,
+            },
+            seed: 11,
+            latent: true,
+            mode,
+        };
+        let mut calls = 0;
+        let mut flaky = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| {
+            calls += 1;
+            if calls == 2 {
+                return Err(arbor::Error::Invalid("the model server fell over".into()));
+            }
+            arbor::rollout::generate(&m, reqs, gen)
+        };
+        let err = rollout(&p, &mut flaky, &[1, 2, 3], 3, 4, 0).expect_err("a failed generation is an error");
+        assert!(err.to_string().contains("fell over"), "{mode:?}: {err}");
+    }
+}

@@ -198,7 +198,9 @@ fn settle(board: &Mutex<Board>, abort: &[AtomicBool], g: usize, outcome: Outcome
         match outcome {
             Outcome::Aborted => return,
             Outcome::Failed => {
-                if group.closed {
+                // (once a group is closed or aborted, whether a late failure lands first is a
+                // matter of timing: it counts for nothing)
+                if group.closed || abort[g].load(Ordering::SeqCst) {
                     return;
                 }
                 group.failed += 1;
@@ -294,9 +296,18 @@ fn serve(
                 }
             }
             Err(e) => {
+                // stop every trajectory, and answer every turn still asked for with the error until
+                // the last thread has left (a thread left waiting would hang the scope that joins it)
                 let msg = e.to_string();
+                let failed = || Err(Error::Invalid(format!("env: generation failed: {msg}")));
+                for a in abort {
+                    a.store(true, Ordering::SeqCst);
+                }
                 for (_, _, reply) in batch {
-                    let _ = reply.send(Err(Error::Invalid(format!("env: generation failed: {msg}"))));
+                    let _ = reply.send(failed());
+                }
+                while let Ok((_, _, reply)) = asks.recv() {
+                    let _ = reply.send(failed());
                 }
                 return Err(e);
             }

@@ -151,6 +151,11 @@ impl Critic {
         bucket_bytes: usize,
     ) -> Result<f64> {
         let ValueTargets { returns, old, tokens_total } = t;
+        let tokens: usize = samples.iter().map(|s| s.response.len()).sum();
+        if returns.len() != tokens || old.len() != tokens {
+            let why = format!("{} returns and {} old values for {tokens} response tokens", returns.len(), old.len());
+            return Err(Error::shape("critic update", why));
+        }
         let c = self.model.cfg.hidden_size;
         self.engine.zero_grads(&self.model)?;
         let mut head_grads = vec![0.0f32; c + 1];

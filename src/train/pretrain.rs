@@ -173,6 +173,14 @@ pub fn run_phase(
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };
+    if start >= t.steps {
+        // nothing to run (an RL-only job, or a resume past this phase): no engine, so no weights,
+        // gradients, moments or NCCL group on a GPU for nothing
+        if start > 0 {
+            say(log, format!("resumed from step {start}"));
+        }
+        return Ok(());
+    }
     let mut ws = Workspace::new(&model.cfg, 0);
     let mut engine = Engine::new(t.compute(), model, dp)?;
     engine.load(model, opt)?;

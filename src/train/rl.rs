@@ -167,8 +167,12 @@ impl<'a> RlTrainer<'a> {
         let mut updated: Updated = self.update(model, opt, step, &rollouts.batch)?;
         updated.t_train = t1.elapsed().as_secs_f64();
         if let Some(src) = source {
-            // the rollout ranks get the new weights from the host
-            self.engine.sync_weights(model)?;
+            // the rollout ranks get the new weights from the host, published by the first
+            // trainer rank alone (the others' host weights are brought up to date before any
+            // checkpoint, by sync_host)
+            if self.ctx.dp.rank() == 0 {
+                self.engine.sync_weights(model)?;
+            }
             src.published(model, step)?;
         }
         self.report(model, step, rollouts, notes, updated, sampling)
