@@ -211,8 +211,8 @@ fn warm_job(out: &std::path::Path, extra: &str) -> RunConfig {
 
 /// `[critic]` (PPO with GAE on two mini-critics, their trunks on the GPU), `[attnrl]` trees (FCI
 /// branching, one-step off-policy) and `[rhythm]` shaping with `device = "cuda"` (the attention-
-/// statistics pass on the GPU, in a fixed order): 2 RL steps + resume + 2 equal 4 straight steps
-/// bit for bit (weights, critics and metrics).
+/// statistics pass on the GPU, in a fixed order), each pass in micro-batches of 2 sequences: 2 RL
+/// steps + resume + 2 equal 4 straight steps bit for bit (weights, critics and metrics).
 #[test]
 fn critics_trees_and_rhythm_on_the_gpu_resume_bit_identically() {
     if gpu().is_none() {
@@ -222,11 +222,17 @@ fn critics_trees_and_rhythm_on_the_gpu_resume_bit_identically() {
     let trees = "\n[attnrl]\nstep_separators = [\"\\n\"]\nfci_step_gap = 1\nmin_branch_distance = 2\n";
     let rhythm = "\n[rhythm]\nscheme = \"coupled\"\nlayers = 2\nfai_min_offset = 2\nfai_max_offset = 16\n";
     for extra in [critics, trees, rhythm] {
+        // micro-batches of 2 sequences: the critics' and the statistics passes' forwards in chunks
+        let job_cfg = |out: &std::path::Path| {
+            let mut c = warm_job(out, extra);
+            c.rl.as_mut().expect("an [rl] phase").micro_batch = 2;
+            c
+        };
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let straight = job::run(&warm_job(a.path(), extra), None, &mut Vec::new()).unwrap();
-        job::run(&warm_job(b.path(), extra), None, &mut Vec::new()).unwrap();
+        let straight = job::run(&job_cfg(a.path()), None, &mut Vec::new()).unwrap();
+        job::run(&job_cfg(b.path()), None, &mut Vec::new()).unwrap();
         let ck = b.path().join("default/checkpoints/step-2");
-        let resumed = job::run(&warm_job(b.path(), extra), Some(&ck), &mut Vec::new()).unwrap();
+        let resumed = job::run(&job_cfg(b.path()), Some(&ck), &mut Vec::new()).unwrap();
         let what = extra.lines().nth(1).unwrap_or_default();
         assert_eq!(straight.final_params, resumed.final_params, "{what}: GPU weights differ after a resume");
         let (ma, mb) =
