@@ -93,6 +93,11 @@ impl GpuModel {
         }
     }
 
+    /// `batch` on the device, when it is the one the last forward or backward uploaded.
+    pub(crate) fn uploaded(&self, batch: &Batch) -> Option<&GpuBatch> {
+        self.batch.as_ref().filter(|(host, _)| host == batch).map(|(_, dev)| dev)
+    }
+
     fn keep_batch(&mut self, batch: &Batch, dev: GpuBatch) {
         match &mut self.batch {
             Some((host, _)) if host == batch => {}

@@ -52,7 +52,15 @@ pub fn attention_stats(
     let hn = (h_n * n).max(1);
     let zeros = || s.alloc_zeros::<f32>(hn).map_err(drv("alloc"));
     let (fci_col, fai_col, dist_row, waad_row) = (zeros()?, zeros()?, zeros()?, zeros()?);
-    let dev = gpu.batch(batch.packed())?;
+    // the batch the forward just uploaded
+    let fresh;
+    let dev = match gm.uploaded(batch) {
+        Some(dev) => dev,
+        None => {
+            fresh = gpu.batch(batch.packed())?;
+            &fresh
+        }
+    };
     let ptr_i = |x: &CudaSlice<i32>| x.device_ptr(s).0;
     let ptr_f = |x: &CudaSlice<f32>| x.device_ptr(s).0;
     let dm = match d {
