@@ -143,10 +143,18 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
 //   of the CPU's sorted order holding k tokens or mass top_p. The token is the largest key t >= t_keep
 //   with M(t) >= u * M(t_keep): the first token of the sorted order where the kept mass reaches
 //   u * (kept mass), as the CPU's walk. Both are found by bisection over the 64-bit keys (64 passes
-//   over the row each); C and M of a pass are summed per thread over its chunk in order and over the
-//   threads in order (no atomics, so a fixed function of the row). The CPU accumulates in f32 in
+//   each). A pass reads the row until the keys >= the bisection's lower bound number at most
+//   TRUNC_CAP (2048: a peaked distribution's kept set is a few tokens, after a dozen passes); they
+//   are then copied, in index order, to shared memory, and every later pass reads them there
+//   (a pass over the row is V expf and divides). C and M of a pass are summed per thread over its
+//   chunk of ceil(count / 256) candidates in order and over the threads in order (no atomics, so a
+//   fixed function of the row). The CPU accumulates in f32 in
 //   sorted order, so a token whose cumulative mass is within rounding of a boundary may differ.
-//   Launch: grid = (n), block = 256 (MUST be 256), no dynamic shared memory.
+//   Launch: grid = (n), block = 256 (MUST be 256), no dynamic shared memory (static: 29 KB).
+
+// The most candidates the truncated kernel keeps in shared memory once the bisection has narrowed
+// to them (keys u64 + probabilities f32: 24 KB).
+#define TRUNC_CAP 2048
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
     sample_truncated_f32(const float* __restrict__ logits, const double* __restrict__ uniforms, float temperature,
@@ -156,7 +164,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
     __shared__ double part[SAMPLE_BLOCK], part_sz[SAMPLE_BLOCK];
     __shared__ unsigned int pcount[SAMPLE_BLOCK];
     __shared__ double s_total, s_total_sz, s_mass;
-    __shared__ unsigned int s_count;
+    __shared__ unsigned int s_count, s_nc;
+    __shared__ unsigned long long ck[TRUNC_CAP];
+    __shared__ float cp[TRUNC_CAP];
     const int row = blockIdx.x;
     if (row >= n) return;
     const float* z = logits + (long long)row * v;
@@ -183,18 +193,34 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
     }
     __syncthreads();
     const double total = s_total;
+    auto prob = [&](int j) { return (float)((double)expf((z[j] - m) / t) / total); };
+    auto key_of = [&](float p, int j) {
+        return ((unsigned long long)__float_as_uint(p) << 32) | (unsigned long long)(0xffffffffu - (unsigned int)j);
+    };
 
+    // The candidates a pass reads: the whole row, or (`compact`) the s_nc keys >= some bound kept
+    // in index order in ck / cp. Either way thread i reads its chunk of ceil(count / 256) in order.
+    bool compact = false;
     // C(t) and M(t) into s_count / s_mass (every thread calls it; it ends synchronised)
     auto count_mass = [&](unsigned long long key_t) {
         unsigned int cnt = 0;
         double mass = 0.0;
-        for (int j = lo_j; j < hi_j; ++j) {
-            const float p = (float)((double)expf((z[j] - m) / t) / total);
-            const unsigned long long key =
-                ((unsigned long long)__float_as_uint(p) << 32) | (unsigned long long)(0xffffffffu - (unsigned int)j);
-            if (key >= key_t) {
-                ++cnt;
-                mass += (double)p;
+        if (compact) {
+            const int nc = (int)s_nc, c2 = (nc + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK;
+            const int a = min(nc, (int)threadIdx.x * c2), b = min(nc, a + c2);
+            for (int q = a; q < b; ++q) {
+                if (ck[q] >= key_t) {
+                    ++cnt;
+                    mass += (double)cp[q];
+                }
+            }
+        } else {
+            for (int j = lo_j; j < hi_j; ++j) {
+                const float p = prob(j);
+                if (key_of(p, j) >= key_t) {
+                    ++cnt;
+                    mass += (double)p;
+                }
             }
         }
         pcount[threadIdx.x] = cnt;
@@ -212,29 +238,77 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
         }
         __syncthreads();
     };
+    // keep the (at most TRUNC_CAP) keys >= bound, in index order (block-uniform call; the
+    // candidates of thread i follow those of threads before it: a scan of the per-thread counts)
+    auto compact_to = [&](unsigned long long bound) {
+        unsigned int cnt = 0;
+        for (int j = lo_j; j < hi_j; ++j) cnt += key_of(prob(j), j) >= bound;
+        pcount[threadIdx.x] = cnt;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned int run = 0;
+            for (int k = 0; k < SAMPLE_BLOCK; ++k) {
+                const unsigned int c = pcount[k];
+                pcount[k] = run;
+                run += c;
+            }
+            s_nc = run;
+        }
+        __syncthreads();
+        unsigned int at = pcount[threadIdx.x];
+        for (int j = lo_j; j < hi_j; ++j) {
+            const float p = prob(j);
+            const unsigned long long key = key_of(p, j);
+            if (key >= bound) {
+                ck[at] = key;
+                cp[at] = p;
+                ++at;
+            }
+        }
+        __syncthreads();
+        compact = true;
+    };
 
     const unsigned int keep_k = top_k > 0 ? min((unsigned int)top_k, (unsigned int)v) : (unsigned int)v;
     const double mass_target = top_p < 1.0f ? (double)top_p : 1.0 / 0.0;
     unsigned long long lo = 0ull, hi = ~0ull;
+    // C(lo): every key is >= 0; the passes move to shared memory once C(lo) fits there
+    unsigned int c_lo = (unsigned int)v;
+    if (c_lo <= TRUNC_CAP) compact_to(lo);
     while (lo < hi) {
         const unsigned long long d = hi - lo;
         const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
         count_mass(mid);
-        const bool ok = s_count >= 1 && (s_count >= keep_k || s_mass >= mass_target);  // one token at least
+        const unsigned int cnt = s_count;
+        const bool ok = cnt >= 1 && (cnt >= keep_k || s_mass >= mass_target);  // one token at least
         __syncthreads();  // every thread has read s_count / s_mass before the next pass writes them
-        if (ok) lo = mid; else hi = mid - 1;
+        if (ok) {
+            lo = mid;
+            c_lo = cnt;
+            if (!compact && c_lo <= TRUNC_CAP) compact_to(lo);
+        } else {
+            hi = mid - 1;
+        }
     }
     count_mass(lo);
     const double target = uniforms[row] * s_mass;
+    c_lo = s_count;
     __syncthreads();
+    if (!compact && c_lo <= TRUNC_CAP) compact_to(lo);
     hi = ~0ull;
     while (lo < hi) {
         const unsigned long long d = hi - lo;
         const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
         count_mass(mid);
-        const bool ok = s_count >= 1 && s_mass >= target;  // u = 0: the most likely kept token
+        const unsigned int cnt = s_count;
+        const bool ok = cnt >= 1 && s_mass >= target;  // u = 0: the most likely kept token
         __syncthreads();
-        if (ok) lo = mid; else hi = mid - 1;
+        if (ok) {
+            lo = mid;
+            if (!compact && cnt <= TRUNC_CAP) compact_to(lo);
+        } else {
+            hi = mid - 1;
+        }
     }
     if (threadIdx.x != 0) return;
     const int pick = (int)(0xffffffffu - (unsigned int)(lo & 0xffffffffull));

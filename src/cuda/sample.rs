@@ -15,6 +15,9 @@ use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 /// Threads per row (the kernel's `SAMPLE_BLOCK`): row chunks are `ceil(V / BLOCK)` long.
 pub const BLOCK: usize = 256;
 
+/// The most candidates the truncated kernel keeps in shared memory (its `TRUNC_CAP`).
+pub const TRUNC_CAP: usize = 2048;
+
 /// The sampler's device buffers (uniforms in; ids, log-probs and entropies out, side by side in one
 /// buffer of 32-bit words, [ids | log-prob bits | entropy bits] for a step's n rows, read back in
 /// one copy), allocated once for `cap` rows and grown on demand, so a decode step allocates nothing
@@ -130,29 +133,44 @@ pub fn emulate_truncated_row(z: &[f32], u: f64, params: &SamplingParams) -> Samp
     }
     let p = |j: usize| (((z[j] - m) / t).exp() as f64 / total) as f32;
     let key = |j: usize| ((p(j).to_bits() as u64) << 32) | (0xffff_ffff - j as u32) as u64;
-    // C(t) and M(t): per chunk in order, then the chunks in order
-    let count_mass = |at: u64| {
+    // the candidates a pass reads, in index order: the whole row, then (once the keys >= the
+    // bisection's lower bound number at most TRUNC_CAP) those keys only, as the kernel's shared
+    // memory holds them
+    let mut cands: Vec<(u64, f32)> = (0..v).map(|j| (key(j), p(j))).collect();
+    let mut compact = false;
+    // C(t) and M(t): per thread's chunk of ceil(count / BLOCK) candidates in order, then the
+    // threads in order
+    let count_mass = |cands: &[(u64, f32)], at: u64| {
+        let per = cands.len().div_ceil(BLOCK);
         let (mut count, mut mass) = (0u64, 0.0f64);
         for c in 0..BLOCK {
+            let r = (c * per).min(cands.len())..((c + 1) * per).min(cands.len());
             let (mut n, mut a) = (0u64, 0.0f64);
-            for j in range(c).filter(|&j| key(j) >= at) {
+            for &(_, pk) in cands[r].iter().filter(|(k, _)| *k >= at) {
                 n += 1;
-                a += p(j) as f64;
+                a += pk as f64;
             }
             count += n;
             mass += a;
         }
         (count, mass)
     };
-    // the largest t >= lo where `ok(C(t), M(t))` holds (it holds at lo)
-    let bisect = |mut lo: u64, ok: &dyn Fn(u64, f64) -> bool| {
+    let keep = |cands: &mut Vec<(u64, f32)>, compact: &mut bool, bound: u64| {
+        cands.retain(|(k, _)| *k >= bound);
+        *compact = true;
+    };
+    // the largest t >= lo where `ok(C(t), M(t))` holds (it holds at lo), compacting as the kernel
+    let bisect = |cands: &mut Vec<(u64, f32)>, compact: &mut bool, mut lo: u64, ok: &dyn Fn(u64, f64) -> bool| {
         let mut hi = u64::MAX;
         while lo < hi {
             let d = hi - lo;
             let mid = lo + (d >> 1) + (d & 1);
-            let (c, a) = count_mass(mid);
+            let (c, a) = count_mass(cands, mid);
             if ok(c, a) {
                 lo = mid;
+                if !*compact && c <= TRUNC_CAP as u64 {
+                    keep(cands, compact, lo);
+                }
             } else {
                 hi = mid - 1;
             }
@@ -161,11 +179,19 @@ pub fn emulate_truncated_row(z: &[f32], u: f64, params: &SamplingParams) -> Samp
     };
     let keep_k = if params.top_k > 0 { params.top_k.min(v) as u64 } else { v as u64 };
     let target_p = if params.top_p < 1.0 { params.top_p as f64 } else { f64::INFINITY };
+    if v <= TRUNC_CAP {
+        keep(&mut cands, &mut compact, 0);
+    }
     // (every kept set holds one token at least: top_p <= 0 keeps the most likely token, and u = 0
     // picks it, as on the CPU)
-    let t_keep = bisect(0, &|c, a| c >= 1 && (c >= keep_k || a >= target_p));
-    let target = u * count_mass(t_keep).1;
-    let pick = 0xffff_ffff - (bisect(t_keep, &|c, a| c >= 1 && a >= target) & 0xffff_ffff) as u32;
+    let t_keep = bisect(&mut cands, &mut compact, 0, &|c, a| c >= 1 && (c >= keep_k || a >= target_p));
+    let (c_keep, m_keep) = count_mass(&cands, t_keep);
+    let target = u * m_keep;
+    if !compact && c_keep <= TRUNC_CAP as u64 {
+        keep(&mut cands, &mut compact, t_keep);
+    }
+    let pick =
+        0xffff_ffff - (bisect(&mut cands, &mut compact, t_keep, &|c, a| c >= 1 && a >= target) & 0xffff_ffff) as u32;
     let log_s = total.ln();
     Sampled {
         token: pick,
