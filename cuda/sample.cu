@@ -150,7 +150,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
 //   chunk of ceil(count / 256) candidates in order and over the threads in order (no atomics, so a
 //   fixed function of the row). The CPU accumulates in f32 in
 //   sorted order, so a token whose cumulative mass is within rounding of a boundary may differ.
-//   Launch: grid = (n), block = 256 (MUST be 256), no dynamic shared memory (static: 29 KB).
+//   Launch: grid = (n), block = 256 (MUST be 256), no dynamic shared memory (static: 32 KB).
 
 // The most candidates the truncated kernel keeps in shared memory once the bisection has narrowed
 // to them (keys u64 + probabilities f32: 24 KB).
@@ -165,6 +165,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
     __shared__ unsigned int pcount[SAMPLE_BLOCK];
     __shared__ double s_total, s_total_sz, s_mass;
     __shared__ unsigned int s_count, s_nc;
+    __shared__ unsigned long long pmin[SAMPLE_BLOCK], s_min;
     __shared__ unsigned long long ck[TRUNC_CAP];
     __shared__ float cp[TRUNC_CAP];
     const int row = blockIdx.x;
@@ -269,12 +270,40 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
         compact = true;
     };
 
+    // the smallest candidate key >= bound, into s_min (block-uniform call; it ends synchronised):
+    // a bisection's bound moved up to the key it stands for. The keys between two neighbours
+    // select the same tokens, but the passes before and after the copy to shared memory sum their
+    // mass in different groupings, which may differ in the last bit, and then the bisection can stop
+    // between two keys.
+    auto snap = [&](unsigned long long bound) {
+        unsigned long long best = ~0ull;
+        if (compact) {
+            const int nc = (int)s_nc, c2 = (nc + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK;
+            const int a = min(nc, (int)threadIdx.x * c2), b = min(nc, a + c2);
+            for (int q = a; q < b; ++q) {
+                if (ck[q] >= bound && ck[q] < best) best = ck[q];
+            }
+        } else {
+            for (int j = lo_j; j < hi_j; ++j) {
+                const unsigned long long k = key_of(prob(j), j);
+                if (k >= bound && k < best) best = k;
+            }
+        }
+        pmin[threadIdx.x] = best;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned long long b = ~0ull;
+            for (int k = 0; k < SAMPLE_BLOCK; ++k) b = pmin[k] < b ? pmin[k] : b;
+            s_min = b;
+        }
+        __syncthreads();
+    };
+
     const unsigned int keep_k = top_k > 0 ? min((unsigned int)top_k, (unsigned int)v) : (unsigned int)v;
     const double mass_target = top_p < 1.0f ? (double)top_p : 1.0 / 0.0;
     unsigned long long lo = 0ull, hi = ~0ull;
     // C(lo): every key is >= 0; the passes move to shared memory once C(lo) fits there
-    unsigned int c_lo = (unsigned int)v;
-    if (c_lo <= TRUNC_CAP) compact_to(lo);
+    if ((unsigned int)v <= TRUNC_CAP) compact_to(lo);
     while (lo < hi) {
         const unsigned long long d = hi - lo;
         const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
@@ -284,17 +313,17 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
         __syncthreads();  // every thread has read s_count / s_mass before the next pass writes them
         if (ok) {
             lo = mid;
-            c_lo = cnt;
-            if (!compact && c_lo <= TRUNC_CAP) compact_to(lo);
+            if (!compact && cnt <= TRUNC_CAP) compact_to(lo);
         } else {
             hi = mid - 1;
         }
     }
+    snap(lo);
+    lo = s_min;
+    __syncthreads();
     count_mass(lo);
     const double target = uniforms[row] * s_mass;
-    c_lo = s_count;
     __syncthreads();
-    if (!compact && c_lo <= TRUNC_CAP) compact_to(lo);
     hi = ~0ull;
     while (lo < hi) {
         const unsigned long long d = hi - lo;
@@ -310,6 +339,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
             hi = mid - 1;
         }
     }
+    snap(lo);
+    lo = s_min;
     if (threadIdx.x != 0) return;
     const int pick = (int)(0xffffffffu - (unsigned int)(lo & 0xffffffffull));
     const double log_s = log(total);

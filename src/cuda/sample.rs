@@ -184,14 +184,16 @@ pub fn emulate_truncated_row(z: &[f32], u: f64, params: &SamplingParams) -> Samp
     }
     // (every kept set holds one token at least: top_p <= 0 keeps the most likely token, and u = 0
     // picks it, as on the CPU)
+    // a bound moved up to the smallest candidate key >= it, the key it stands for (the passes before
+    // and after the copy sum the mass in different groupings, which may differ in the last bit; a
+    // bisection may then stop between two keys)
+    let snap = |cands: &[(u64, f32)], bound: u64| cands.iter().map(|c| c.0).filter(|&k| k >= bound).min();
     let t_keep = bisect(&mut cands, &mut compact, 0, &|c, a| c >= 1 && (c >= keep_k || a >= target_p));
-    let (c_keep, m_keep) = count_mass(&cands, t_keep);
-    let target = u * m_keep;
-    if !compact && c_keep <= TRUNC_CAP as u64 {
-        keep(&mut cands, &mut compact, t_keep);
-    }
-    let pick =
-        0xffff_ffff - (bisect(&mut cands, &mut compact, t_keep, &|c, a| c >= 1 && a >= target) & 0xffff_ffff) as u32;
+    let t_keep = snap(&cands, t_keep).unwrap_or(u64::MAX);
+    let target = u * count_mass(&cands, t_keep).1;
+    let t_pick = bisect(&mut cands, &mut compact, t_keep, &|c, a| c >= 1 && a >= target);
+    let t_pick = snap(&cands, t_pick).unwrap_or(u64::MAX);
+    let pick = 0xffff_ffff - (t_pick & 0xffff_ffff) as u32;
     let log_s = total.ln();
     Sampled {
         token: pick,
