@@ -301,46 +301,41 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
 
     const unsigned int keep_k = top_k > 0 ? min((unsigned int)top_k, (unsigned int)v) : (unsigned int)v;
     const double mass_target = top_p < 1.0f ? (double)top_p : 1.0 / 0.0;
-    unsigned long long lo = 0ull, hi = ~0ull;
-    // C(lo): every key is >= 0; the passes move to shared memory once C(lo) fits there
-    if ((unsigned int)v <= TRUNC_CAP) compact_to(lo);
-    while (lo < hi) {
-        const unsigned long long d = hi - lo;
-        const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
-        count_mass(mid);
-        const unsigned int cnt = s_count;
-        const bool ok = cnt >= 1 && (cnt >= keep_k || s_mass >= mass_target);  // one token at least
-        __syncthreads();  // every thread has read s_count / s_mass before the next pass writes them
-        if (ok) {
-            lo = mid;
-            if (!compact && cnt <= TRUNC_CAP) compact_to(lo);
-        } else {
-            hi = mid - 1;
+    // the largest t >= lo with C(t) >= 1 and the test holding (it holds at lo), moved up to the
+    // key it stands for; the candidates move to shared memory once C(lo) fits there. The test:
+    // the kept set's (C(t) >= k or M(t) >= top_p), or the draw's (M(t) >= target).
+    double target = 0.0;
+    auto bisect = [&](unsigned long long lo, bool draw) {
+        unsigned long long hi = ~0ull;
+        while (lo < hi) {
+            const unsigned long long d = hi - lo;
+            const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
+            count_mass(mid);
+            const unsigned int cnt = s_count;
+            const double mass = s_mass;
+            const bool test = draw ? mass >= target : (cnt >= keep_k || mass >= mass_target);
+            const bool yes = cnt >= 1 && test;  // one token at least
+            __syncthreads();  // every thread has read s_count / s_mass before the next pass writes them
+            if (yes) {
+                lo = mid;
+                if (!compact && cnt <= TRUNC_CAP) compact_to(lo);
+            } else {
+                hi = mid - 1;
+            }
         }
-    }
-    snap(lo);
-    lo = s_min;
-    __syncthreads();
-    count_mass(lo);
-    const double target = uniforms[row] * s_mass;
-    __syncthreads();
-    hi = ~0ull;
-    while (lo < hi) {
-        const unsigned long long d = hi - lo;
-        const unsigned long long mid = lo + (d >> 1) + (d & 1ull);
-        count_mass(mid);
-        const unsigned int cnt = s_count;
-        const bool ok = cnt >= 1 && s_mass >= target;  // u = 0: the most likely kept token
+        snap(lo);
+        lo = s_min;
         __syncthreads();
-        if (ok) {
-            lo = mid;
-            if (!compact && cnt <= TRUNC_CAP) compact_to(lo);
-        } else {
-            hi = mid - 1;
-        }
-    }
-    snap(lo);
-    lo = s_min;
+        return lo;
+    };
+    // (C(0) = V: every key is >= 0)
+    if ((unsigned int)v <= TRUNC_CAP) compact_to(0ull);
+    const unsigned long long t_keep = bisect(0ull, false);
+    count_mass(t_keep);
+    target = uniforms[row] * s_mass;
+    __syncthreads();
+    // (u = 0: the most likely kept token)
+    const unsigned long long lo = bisect(t_keep, true);
     if (threadIdx.x != 0) return;
     const int pick = (int)(0xffffffffu - (unsigned int)(lo & 0xffffffffull));
     const double log_s = log(total);

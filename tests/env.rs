@@ -26,11 +26,11 @@ fn env(extra: &str) -> EnvConfig {
     toml::from_str(&text).unwrap()
 }
 
-fn play(m: &Model, ec: &EnvConfig, mode: EnvMode, games: &[u64], keep: usize, n: u32, extra: u32) -> EnvRollout {
-    let tok = CharTokenizer::default();
-    let p = Play {
+/// The games' settings: seed 11, 4 new tokens a turn, latencies and failures on.
+fn settings<'a>(m: &'a Model, tok: &'a CharTokenizer, ec: &'a EnvConfig, mode: EnvMode) -> Play<'a> {
+    Play {
         model: m,
-        tok: &tok,
+        tok,
         env: ec,
         gen: GenerateConfig {
             sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 4 },
@@ -43,7 +43,12 @@ fn play(m: &Model, ec: &EnvConfig, mode: EnvMode, games: &[u64], keep: usize, n:
         seed: 11,
         latent: true,
         mode,
-    };
+    }
+}
+
+fn play(m: &Model, ec: &EnvConfig, mode: EnvMode, games: &[u64], keep: usize, n: u32, extra: u32) -> EnvRollout {
+    let tok = CharTokenizer::default();
+    let p = settings(m, &tok, ec, mode);
     let mut cpu = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| arbor::rollout::generate(m, reqs, gen);
     rollout(&p, &mut cpu, games, keep, n, extra).unwrap()
 }
@@ -204,22 +209,7 @@ fn a_failed_generation_ends_the_rollout_with_its_error() {
     let ec = env("");
     let tok = CharTokenizer::default();
     for mode in [EnvMode::Async, EnvMode::Sync] {
-        let p = Play {
-            model: &m,
-            tok: &tok,
-            env: &ec,
-            gen: GenerateConfig {
-                sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 4 },
-                stop_tokens: vec![EOS_ID],
-                seed: 11,
-                step: 1,
-                max_batch: 16,
-                workload: None,
-            },
-            seed: 11,
-            latent: true,
-            mode,
-        };
+        let p = settings(&m, &tok, &ec, mode);
         let mut calls = 0;
         let mut flaky = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| {
             calls += 1;

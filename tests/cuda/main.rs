@@ -146,6 +146,28 @@ fn within_bf16_rounding(what: &str, got: &[f32], want: &[f32]) {
     assert!(exact * 100 >= got.len() * 99, "{what}: only {exact} of {} values equal the rounded CPU value", got.len());
 }
 
+/// A kernel writing an activation (`run` fills the buffer it is given), under f32 and then bf16
+/// products: the f32 output within 1e-5 of the CPU's `want`; the bf16 output (the `_o16` entry)
+/// the f32 kernel's output rounded, bit for bit, and within rounding of the CPU's.
+fn act_kernel_matches(g: &Gpu, what: &str, want: &[f32], mut run: impl FnMut(&mut <Gpu as Backend>::Act)) {
+    let mut f32_out = Vec::new();
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        g.set_dtype(dtype);
+        let mut out = g.act_empty().unwrap();
+        g.act_grow(&mut out, want.len()).unwrap();
+        run(&mut out);
+        let got = act_down(g, &out, want.len());
+        if dtype == Dtype::Bf16 {
+            within_bf16_rounding(&format!("{what} bf16"), &got, want);
+            rounds_the_f32_kernel(&format!("{what} bf16"), &got, &f32_out);
+        } else {
+            close(what, &got, want, 1e-5);
+            f32_out = got;
+        }
+    }
+    g.set_dtype(Dtype::F32);
+}
+
 /// `got` (an `_o16` kernel's bf16 output) is, bit for bit, the f32 kernel's output `f32_out`
 /// rounded to nearest even: the bits a separate rounding pass would give.
 fn rounds_the_f32_kernel(what: &str, got: &[f32], f32_out: &[f32]) {
@@ -191,32 +213,10 @@ fn elementwise_kernels_match_the_cpu() {
     Cpu.rmsnorm_forward(&mut y, &mut rstd, &x, &w, 1e-6).unwrap();
     // the normed rows are an activation: f32, and bf16 under bf16 products (written rounded)
     let mut rg = g.upload(&vec![0.0; n]).unwrap();
-    let mut f32_out = Vec::new();
-    for dtype in [Dtype::F32, Dtype::Bf16] {
-        g.set_dtype(dtype);
-        let mut ya = g.act_empty().unwrap();
-        g.act_grow(&mut ya, n * c).unwrap();
-        g.rmsnorm_forward(
-            Gpu::act_m(&mut ya, 0..n * c),
-            Gpu::m(&mut rg, 0..n),
-            Gpu::r(&xg, 0..n * c),
-            Gpu::r(&wg, 0..c),
-            1e-6,
-        )
-        .unwrap();
-        let got = act_down(&g, &ya, n * c);
-        match dtype {
-            Dtype::Bf16 => {
-                within_bf16_rounding("rmsnorm fwd bf16", &got, &y);
-                rounds_the_f32_kernel("rmsnorm fwd bf16", &got, &f32_out);
-            }
-            _ => {
-                close("rmsnorm fwd", &got, &y, 1e-5);
-                f32_out = got;
-            }
-        }
-    }
-    g.set_dtype(Dtype::F32);
+    act_kernel_matches(&g, "rmsnorm fwd", &y, |ya| {
+        let (xr, wr) = (Gpu::r(&xg, 0..n * c), Gpu::r(&wg, 0..c));
+        g.rmsnorm_forward(Gpu::act_m(ya, 0..n * c), Gpu::m(&mut rg, 0..n), xr, wr, 1e-6).unwrap()
+    });
     close("rmsnorm rstd", &down(&g, &rg, n), &rstd, 1e-5);
     let (dx0, dw0) = (rand(&mut rng, n * c), rand(&mut rng, c));
     let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
@@ -252,50 +252,16 @@ fn elementwise_kernels_match_the_cpu() {
     let (gug, dactg) = (g.upload(&gu).unwrap(), g.upload(&dact).unwrap());
     let mut act = vec![0.0; n * inter];
     Cpu.swiglu_forward(&mut act, &gu, inter).unwrap();
-    for dtype in [Dtype::F32, Dtype::Bf16] {
-        g.set_dtype(dtype);
-        let mut acta = g.act_empty().unwrap();
-        g.act_grow(&mut acta, n * inter).unwrap();
-        g.swiglu_forward(Gpu::act_m(&mut acta, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter), inter).unwrap();
-        let got = act_down(&g, &acta, n * inter);
-        match dtype {
-            Dtype::Bf16 => {
-                within_bf16_rounding("swiglu fwd bf16", &got, &act);
-                rounds_the_f32_kernel("swiglu fwd bf16", &got, &f32_out);
-            }
-            _ => {
-                close("swiglu fwd", &got, &act, 1e-5);
-                f32_out = got;
-            }
-        }
-    }
+    act_kernel_matches(&g, "swiglu fwd", &act, |acta| {
+        g.swiglu_forward(Gpu::act_m(acta, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter), inter).unwrap()
+    });
     // the gate|up gradient, which only the projection's backward products read, is an activation
     let mut dgu = vec![0.0; n * 2 * inter];
     Cpu.swiglu_backward(&mut dgu, &dact, &gu, inter).unwrap();
-    for dtype in [Dtype::F32, Dtype::Bf16] {
-        g.set_dtype(dtype);
-        let mut dgua = g.act_empty().unwrap();
-        g.act_grow(&mut dgua, n * 2 * inter).unwrap();
-        g.swiglu_backward(
-            Gpu::act_m(&mut dgua, 0..n * 2 * inter),
-            Gpu::r(&dactg, 0..n * inter),
-            Gpu::r(&gug, 0..n * 2 * inter),
-            inter,
-        )
-        .unwrap();
-        let got = act_down(&g, &dgua, n * 2 * inter);
-        match dtype {
-            Dtype::Bf16 => {
-                within_bf16_rounding("swiglu bwd bf16", &got, &dgu);
-                rounds_the_f32_kernel("swiglu bwd bf16", &got, &f32_out);
-            }
-            _ => {
-                close("swiglu bwd", &got, &dgu, 1e-5);
-                f32_out = got;
-            }
-        }
-    }
-    g.set_dtype(Dtype::F32);
+    act_kernel_matches(&g, "swiglu bwd", &dgu, |dgua| {
+        let (dr, gr) = (Gpu::r(&dactg, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter));
+        g.swiglu_backward(Gpu::act_m(dgua, 0..n * 2 * inter), dr, gr, inter).unwrap()
+    });
 }
 
 #[test]
