@@ -60,16 +60,10 @@ impl Gpu {
         shape: GemmShape,
         acc: bool,
     ) -> Result<()> {
+        if self.empty_product(&mut c, shape, acc)? {
+            return Ok(());
+        }
         let GemmShape { m, n, k } = shape;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        if k == 0 {
-            if !acc {
-                self.stream.memset_zeros(&mut c).map_err(drv("memset"))?;
-            }
-            return Ok(());
-        }
         if a.len() < m * k || b.len() < n * k || c.len() < m * n {
             return Err(Error::shape(format!("GEMM {kind:?} {m}x{n}x{k}"), "operand views too short"));
         }
@@ -152,18 +146,27 @@ impl Gpu {
         shape: GemmShape,
         acc: bool,
     ) -> Result<()> {
-        let GemmShape { m, n, k } = shape;
-        // empty products as [`Gpu::gemm`] takes them
-        if m == 0 || n == 0 {
+        if self.empty_product(&mut c, shape, acc)? {
             return Ok(());
         }
-        if k == 0 {
-            return if acc { Ok(()) } else { self.stream.memset_zeros(&mut c).map_err(drv("memset")) };
-        }
+        let GemmShape { m, n, k } = shape;
         bf16_operands_fit(kind, shape, (a.len(), b.len(), c.len()))?;
         let bp = self.pr(&b);
         let product = Product { c: self.pm(&mut c), b: self.weight_operand(bp, n * k), kind, shape, acc };
         self.gemm_rounded(Operand::Bf16(a.device_ptr(&self.stream).0), m * k, &[product])
+    }
+
+    /// Whether the product has an empty dimension, after doing what it asks: nothing (m or n is 0),
+    /// or C zeroed when k is 0 and the product does not accumulate.
+    fn empty_product(&self, c: &mut CudaViewMut<'_, f32>, shape: GemmShape, acc: bool) -> Result<bool> {
+        let GemmShape { m, n, k } = shape;
+        if m == 0 || n == 0 {
+            return Ok(true);
+        }
+        if k == 0 && !acc {
+            self.stream.memset_zeros(c).map_err(drv("memset"))?;
+        }
+        Ok(k == 0)
     }
 
     /// The second operand of a bf16 product whose f32 data is at `bp` (`len` elements): a weight
