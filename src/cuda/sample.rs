@@ -20,10 +20,9 @@ pub const TRUNC_CAP: usize = 2048;
 
 /// The sampler's device buffers (uniforms in; ids, log-probs and entropies out, side by side in one
 /// buffer of 32-bit words, [ids | log-prob bits | entropy bits] for a step's n rows, read back in
-/// one copy), allocated once for `cap` rows and grown on demand, so a decode step allocates nothing
-/// on the device.
+/// one copy), with room for as many rows as `uniforms` holds, grown on demand: a decode step
+/// allocates nothing on the device.
 pub struct SampleBufs {
-    cap: usize,
     uniforms: CudaSlice<f64>,
     out: CudaSlice<u32>,
 }
@@ -34,14 +33,13 @@ impl SampleBufs {
         let s = gpu.stream();
         let n = rows.max(1);
         Ok(SampleBufs {
-            cap: n,
             uniforms: s.alloc_zeros(n).map_err(drv("alloc"))?,
             out: s.alloc_zeros(3 * n).map_err(drv("alloc"))?,
         })
     }
 
     fn reserve(&mut self, gpu: &Gpu, rows: usize) -> Result<()> {
-        if self.cap < rows {
+        if self.uniforms.len() < rows {
             *self = SampleBufs::new(gpu, rows)?;
         }
         Ok(())
@@ -74,14 +72,14 @@ pub fn sample_rows(
     let s = gpu.stream();
     s.memcpy_htod(uniforms, &mut bufs.uniforms.slice_mut(0..n)).map_err(drv("upload"))?;
     // ids at 0, log-probs at n, entropies at 2n (words)
-    let (out, cap) = (bufs.out.device_ptr_mut(s).0, n as u64);
+    let (out, n64) = (bufs.out.device_ptr_mut(s).0, n as u64);
     let args = [
         Arg::P(gpu.pr(logits)),
         Arg::P(bufs.uniforms.device_ptr(s).0),
         Arg::F(temperature),
         Arg::P(out),
-        Arg::P(out + 4 * cap),
-        Arg::P(out + 8 * cap),
+        Arg::P(out + 4 * n64),
+        Arg::P(out + 8 * n64),
         Arg::I(n as i32),
         Arg::I(v as i32),
     ];
