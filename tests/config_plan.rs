@@ -229,10 +229,6 @@ fn rows() -> Vec<(Row, String)> {
             format!("{cuda}\n{RL}\n[env]\nkind = \"guess\"\n"),
         ),
         (
-            row("cuda_async_batch", "async.mode", "continuous rollout and replication keep the CPU decoder"),
-            format!("{cuda}\n{RL}\n[async]\nrollout_ranks = 1\nmode = \"continuous\"\n"),
-        ),
-        (
             row("cuda_head_dim", "model.num_heads", "2: hidden_size 512 / 2 heads = head_dim 256"),
             cuda.replace("hidden_size = 128", "hidden_size = 512").replace("num_heads = 4", "num_heads = 2"),
         ),
@@ -352,6 +348,20 @@ fn a_config_that_keeps_every_rule_breaks_none() {
         let cfg: RunConfig = toml::from_str(text).unwrap();
         for rule in RULES {
             assert_eq!(rule.check(&cfg), None, "{}", rule.name);
+        }
+    }
+}
+
+/// Every `[async]` mode runs on the GPU (the streaming modes decode on the rollout rank's engine):
+/// no rule refuses continuous rollout or replication with `device = "cuda"`.
+#[test]
+fn streaming_async_modes_are_not_refused_on_the_gpu() {
+    let cuda = ADDITION_CONFIG.replace("[train]\n", "[train]\ndevice = \"cuda\"\n");
+    for mode in ["mode = \"continuous\"", "replicate = true", "mode = \"continuous\"\nreplicate = true"] {
+        let text = format!("{cuda}\n{RL}\n[async]\nrollout_ranks = 2\n{mode}\n");
+        let cfg: RunConfig = toml::from_str(&text).unwrap();
+        for rule in RULES {
+            assert_eq!(rule.check(&cfg), None, "{mode}: {}", rule.name);
         }
     }
 }

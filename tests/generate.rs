@@ -172,3 +172,41 @@ fn bad_requests_are_errors() {
     assert!(generate(&m, &requests(), &config(1.0, 0)).is_err());
     assert_eq!(generate(&m, &[], &config(1.0, 4)).unwrap(), vec![]);
 }
+
+/// A continuous-batching loop kept across weight versions (`train::decoding::EngineSlots`, an
+/// `[async]` rollout rank's streaming loop): weights installed between two decode steps are used
+/// from the next one on. Requests that finished before the install equal `generate` with the old
+/// weights, requests admitted after it equal `generate` with the new ones, and those in flight
+/// across it equal neither (their cache and stream carry over).
+#[test]
+fn a_loop_across_weight_versions_decodes_with_each_installed_version() {
+    let mut m = model();
+    let a = model();
+    let b = Model::new(m.cfg.clone(), arbor::model::init::init_params(&m.cfg, 9, 0.05)).unwrap();
+    let requests = requests();
+    let cfg = config(1.0, 3);
+    let (with_a, with_b) = (generate(&a, &requests, &cfg).unwrap(), generate(&b, &requests, &cfg).unwrap());
+    let install_at = 18;
+    let got = common::slots_with_install(
+        arbor::train::engine::Engine::cpu(),
+        &mut m,
+        &b.params.data,
+        &requests,
+        &cfg,
+        (3, 40, install_at),
+    );
+    let (mut before, mut after, mut across) = (0, 0, 0);
+    for (i, c) in got.completions.iter().enumerate() {
+        if got.finished[i] < install_at {
+            assert_eq!(c, &with_a[i], "request {i} finished under the first weights");
+            before += 1;
+        } else if got.admitted[i] >= install_at {
+            assert_eq!(c, &with_b[i], "request {i} started under the installed weights");
+            after += 1;
+        } else {
+            assert!(c != &with_a[i] && c != &with_b[i], "request {i} decoded under both versions");
+            across += 1;
+        }
+    }
+    assert!(before > 0 && after > 0 && across > 0, "{before} before, {after} after, {across} across the install");
+}

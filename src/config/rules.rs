@@ -28,7 +28,6 @@ pub const RULES: &[Rule] = &[
     Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
     Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
     Rule { name: "cuda_env_sync", key: "env.mode", check: cuda_env_sync },
-    Rule { name: "cuda_async_batch", key: "async.mode", check: cuda_async_batch },
     Rule { name: "cuda_head_dim", key: "model.num_heads", check: cuda_head_dim },
     Rule { name: "cuda_critic_head_dim", key: "critic.num_heads", check: cuda_critic_head_dim },
     Rule { name: "cuda_max_batch", key: "rl.max_batch", check: cuda_max_batch },
@@ -101,15 +100,6 @@ fn cuda_env_sync(cfg: &RunConfig) -> Option<String> {
     let async_env = cfg.env.as_ref().is_some_and(|e| e.mode == crate::env::EnvMode::Async);
     when(cfg.train.device == Device::Cuda && async_env, || {
         "\"async\" batches the model's turns as they arrive, and on the GPU a batch's generation depends on its makeup: use mode = \"sync\" with train.device = \"cuda\"".into()
-    })
-}
-
-/// The streaming rollout loop (continuous mode, replication) keeps the CPU decoder's slots across
-/// weight versions; on the GPU, rollout ranks generate whole batches.
-fn cuda_async_batch(cfg: &RunConfig) -> Option<String> {
-    let streams = cfg.async_rl.as_ref().is_some_and(|a| a.streams());
-    when(cfg.train.device == Device::Cuda && streams, || {
-        "continuous rollout and replication keep the CPU decoder across weight versions: with train.device = \"cuda\" use mode = \"batch\" without replicate".into()
     })
 }
 

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::model::decode_stack::{assign_positions, check_step, decode_stack};
 use crate::model::Model;
 use crate::rollout::sampler::{Sampled, SamplingParams};
+use crate::rollout::slots::StepInput;
 use crate::tensor::Backend;
 use crate::tensor::Dtype;
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream, DevicePtr};
@@ -370,17 +371,6 @@ fn capture(st: &Arc<CudaStream>, run: impl FnOnce() -> Result<()>) -> Result<Cud
     let graph = st.end_capture(CUgraphInstantiate_flags(0)).map_err(drv("end capture"));
     ran?;
     graph?.ok_or_else(|| Error::device("CUDA graph", "the capture recorded nothing"))
-}
-
-/// The rows of one sampled decode step: row r appends `tokens[r]` to slot `slots[r]`; the next
-/// token is drawn for rows `logit_rows` (strictly increasing), with `uniforms` (one per logit row;
-/// 0 at temperature 0).
-#[derive(Debug, Clone, Copy)]
-pub struct StepInput<'a> {
-    pub tokens: &'a [u32],
-    pub slots: &'a [usize],
-    pub logit_rows: &'a [usize],
-    pub uniforms: &'a [f64],
 }
 
 #[cfg(test)]

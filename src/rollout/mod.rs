@@ -3,8 +3,10 @@
 
 pub mod engine;
 pub mod sampler;
+pub mod slots;
 pub mod workload;
 
-pub use engine::{generate, Completion, Finish, GenerateConfig, Request, Slots};
+pub use engine::{generate, Completion, Finish, GenerateConfig, Request};
 pub use sampler::{sample, SamplingParams};
+pub use slots::{LoopStep, Slots, StepInput};
 pub use workload::WorkloadConfig;

@@ -365,12 +365,14 @@ pub fn unusable(why: impl std::fmt::Display) -> Error {
 mod cuda {
     use super::unusable;
     use crate::cuda::decode::GpuDecoder;
+    use crate::cuda::kv_cache::GpuKvCache;
     use crate::cuda::nccl::Nccl;
     use crate::cuda::{Gpu, GpuModel};
     use crate::error::{Error, Result};
     use crate::model::{Batch, Model, Workspace};
     use crate::parallel::Comm;
-    use crate::rollout::{Completion, GenerateConfig, Request};
+    use crate::rollout::sampler::Sampled;
+    use crate::rollout::{Completion, GenerateConfig, LoopStep, Request, SamplingParams};
     use crate::train::AdamW;
     use std::sync::Arc;
 
@@ -384,6 +386,14 @@ mod cuda {
         /// The device weights (resp. moments) changed since the host's were refreshed.
         host_stale: bool,
         moments_stale: bool,
+    }
+
+    /// The engine's decoder, made on first use.
+    fn decoder<'a>(slot: &'a mut Option<GpuDecoder>, on: &GpuModel, model: &Model) -> Result<&'a mut GpuDecoder> {
+        match slot {
+            Some(d) => Ok(d),
+            none => Ok(none.insert(GpuDecoder::new(on.gpu_arc(), model)?)),
+        }
     }
 
     impl CudaEngine {
@@ -475,12 +485,30 @@ mod cuda {
             requests: &[Request],
             cfg: &GenerateConfig,
         ) -> Result<Vec<Completion>> {
-            let dec = match &mut self.decoder {
-                Some(d) => d,
-                slot => slot.insert(GpuDecoder::new(self.model.gpu_arc(), model)?),
-            };
             // the decoder reads the trained weights in place
-            dec.generate(model, self.model.weights(), requests, cfg)
+            decoder(&mut self.decoder, &self.model, model)?.generate(model, self.model.weights(), requests, cfg)
+        }
+
+        /// A KV cache of `slots` slots of `max_len` positions on the engine's GPU.
+        pub fn kv_cache(&self, model: &Model, slots: usize, max_len: usize) -> Result<GpuKvCache> {
+            GpuKvCache::new(self.model.gpu(), model, slots, max_len)
+        }
+
+        /// One step of a continuous-batching loop (`rollout::Slots`) on the engine's weights.
+        pub fn loop_step(
+            &mut self,
+            model: &Model,
+            step: LoopStep<'_>,
+            cache: &mut GpuKvCache,
+            sampling: &SamplingParams,
+        ) -> Result<Vec<Sampled>> {
+            decoder(&mut self.decoder, &self.model, model)?.loop_step(
+                model,
+                self.model.weights(),
+                step,
+                cache,
+                sampling,
+            )
         }
 
         pub fn sync_host(&mut self, model: &mut Model, opt: &mut AdamW) -> Result<()> {

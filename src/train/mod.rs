@@ -4,6 +4,7 @@ pub mod adamw;
 pub mod async_rl;
 pub mod checkpoint;
 pub mod critic;
+pub mod decoding;
 pub mod dump;
 pub mod engine;
 pub mod guard;

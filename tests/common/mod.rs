@@ -131,3 +131,50 @@ pub fn small_default() -> String {
         .replace("eval_every = 500", "eval_every = 2")
         .replace("keep_checkpoints = 2", "keep_checkpoints = 10")
 }
+
+/// What [`slots_with_install`] returns: each request's completion, and the decode steps before
+/// which it was admitted and after which it finished.
+pub struct Streamed {
+    pub completions: Vec<arbor::rollout::Completion>,
+    pub admitted: Vec<usize>,
+    pub finished: Vec<usize>,
+}
+
+/// Continuous batching on `engine`'s device (`train::decoding::EngineSlots`, `slots` slots of
+/// `max_len` positions): `requests` admitted in order as slots free, each keyed by its index; before
+/// decode step `install_at` the weights become `params_b` (sequences in flight keep their cache and
+/// go on under them). One body for every backend.
+pub fn slots_with_install(
+    engine: arbor::train::engine::Engine,
+    model: &mut arbor::model::Model,
+    params_b: &[f32],
+    requests: &[arbor::rollout::Request],
+    cfg: &arbor::rollout::GenerateConfig,
+    (slots, max_len, install_at): (usize, usize, usize),
+) -> Streamed {
+    let mut es = arbor::train::decoding::EngineSlots::new(engine, model, slots, max_len).unwrap();
+    let n = requests.len();
+    let mut out = Streamed { completions: vec![], admitted: vec![0; n], finished: vec![0; n] };
+    let mut done: Vec<Option<arbor::rollout::Completion>> = vec![None; n];
+    let (mut next, mut step) = (0, 0);
+    loop {
+        if step == install_at {
+            model.params.data = params_b.to_vec();
+            es.install(model).unwrap();
+        }
+        while es.slots.has_free() && next < n {
+            assert!(es.slots.admit(next, &requests[next], cfg.step, cfg).is_none());
+            out.admitted[next] = step;
+            next += 1;
+        }
+        if es.slots.busy() == 0 {
+            break;
+        }
+        for (i, c) in es.step(model, cfg).unwrap() {
+            (done[i], out.finished[i]) = (Some(c), step);
+        }
+        step += 1;
+    }
+    out.completions = done.into_iter().map(|c| c.expect("every request completes")).collect();
+    out
+}

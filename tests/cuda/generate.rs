@@ -1,16 +1,16 @@
 //! Generation on the GPU against the CPU engine: continuous batching through one loop
-//! (`cuda::generate::batch_loop`), and token sampling on the device (cuda/sample.cu) against the
+//! (`rollout::slots`), and token sampling on the device (cuda/sample.cu) against the
 //! CPU sampler. The loop and the kernel's arithmetic are also checked on the host, over the CPU's
 //! decode step (those tests run everywhere).
 
 use super::{common::tiny_config, gpu, request_groups};
-use arbor::cuda::generate::{batch_loop, LoopStep};
 use arbor::cuda::sample::{emulate_row, emulate_truncated_row, truncates};
 use arbor::cuda::{DecodeAttn, Gpu, GpuDecoder};
 use arbor::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
-use arbor::rollout::{generate, Completion, GenerateConfig, Request, SamplingParams};
+use arbor::rollout::slots::run_requests;
+use arbor::rollout::{generate, Completion, GenerateConfig, LoopStep, Request, SamplingParams};
 use arbor::tensor::Backend;
 
 /// A tiny model, 4 prompts × 2 samples, and the generation settings at `temperature`: 20 new
@@ -43,7 +43,7 @@ fn host_loop(model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Vec<C
     let mut buf = DecodeBuffers::new(model, slots);
     let t = cfg.sampling.temperature;
     let w = DecodeWeights::new(model);
-    batch_loop(requests, cfg, slots, 40, |step: LoopStep<'_>| {
+    run_requests(requests, cfg, (slots, 40, 256), |step: LoopStep<'_>| {
         for &slot in step.starts {
             cache.len[slot] = 0;
         }
@@ -149,6 +149,41 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
     let out = GpuDecoder::new(&g, &model).unwrap().generate(&model, w.weights(), &requests, &cfg).unwrap();
     let differ = cpu.iter().zip(&out).filter(|(c, o)| c.tokens != o.tokens).count();
     assert!(differ <= 1, "top-k/top-p: {differ} of {} completions differ from the CPU engine", cpu.len());
+}
+
+/// An `[async]` rollout rank's streaming loop on the GPU (`train::decoding::EngineSlots` on a
+/// CUDA engine: device KV cache, weights installed between two decode steps, tokens drawn on the
+/// device) equals the same loop on the CPU engine: greedy exactly, sampled at T = 1 but for at
+/// most one completion.
+#[test]
+fn a_streaming_loop_across_weight_versions_on_the_gpu_equals_the_cpu() {
+    use arbor::train::engine::Engine;
+    let Some(g) = gpu() else { return };
+    for temperature in [0.0f32, 1.0] {
+        let (model, requests, cfg) = case(temperature);
+        let b = init_params(&model.cfg, 12, 1.0);
+        let run = |engine: &dyn Fn(&Model) -> Engine| {
+            let mut m = model.clone();
+            super::common::slots_with_install(engine(&m), &mut m, &b.data, &requests, &cfg, (3, 40, 9))
+        };
+        let cpu = run(&|_| Engine::cpu());
+        let gpu = run(&|m| Engine::cuda(g.clone(), m).unwrap());
+        let across = (0..requests.len()).filter(|&i| cpu.admitted[i] < 9 && cpu.finished[i] >= 9).count();
+        assert!(across > 0, "some request should be in flight across the install");
+        let mut differ = 0;
+        for (i, (c, o)) in cpu.completions.iter().zip(&gpu.completions).enumerate() {
+            println!("T {temperature} request {i}: cpu {:?} gpu {:?}", c.tokens, o.tokens);
+            if c.tokens != o.tokens {
+                differ += 1;
+                continue;
+            }
+            for k in 0..c.tokens.len() {
+                assert!((o.logprobs[k] - c.logprobs[k]).abs() < 1e-4, "request {i} token {k} log-prob");
+            }
+        }
+        let allowed = if temperature > 0.0 { 1 } else { 0 };
+        assert!(differ <= allowed, "T {temperature}: {differ} of {} completions differ", requests.len());
+    }
 }
 
 /// Sampling on the device: the same tokens as the CPU sampler from the same uniforms (a logit

@@ -1,6 +1,7 @@
 //! A rollout rank's streaming loop (`[async] mode = "continuous"` or `replicate = true`).
 //!
-//! One continuous-batching loop ([`Slots`]) runs for the whole phase. Its queue is this rank's
+//! One continuous-batching loop ([`EngineSlots`], on the rank's engine: its GPU with
+//! `[train] device = "cuda"`) runs for the whole phase. Its queue is this rank's
 //! share of every batch, in order (batch, prompt, sample). A free slot takes the next request
 //! as soon as the request's batch b may start under the policy version v in force:
 //! - **continuous**: b − v ≤ ⌈α⌉, and new weights are installed at the first decode step after
@@ -19,13 +20,14 @@
 use super::messages::load_weights;
 use super::pieces::{batch_version, share, Install, Piece, PieceSample};
 use crate::error::{Error, Result};
-use crate::model::decode::DecodeWeights;
 use crate::model::Model;
 use crate::parallel::fault::maybe_inject_at;
-use crate::rollout::{Completion, Request, Slots};
+use crate::rollout::{Completion, Request};
 use crate::tasks::{Problem, SPLIT_TRAIN};
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::fnv1a64;
+use crate::train::decoding::EngineSlots;
+use crate::train::engine::Engine;
 use crate::train::rl::rollouts::{problem, reward};
 use crate::train::rl::{rollout_config, Phase};
 use std::collections::hash_map::Entry;
@@ -83,7 +85,6 @@ struct Open {
 struct Policy {
     version: u64,
     sum: u64,
-    weights: DecodeWeights,
     /// Installs not yet reported to the leader.
     unreported: Vec<Install>,
     /// The trainer sent its stop message.
@@ -115,9 +116,9 @@ impl Policy {
     }
 
     /// Install a weights message before decode step `step` (recorded for the leader).
-    fn install(&mut self, model: &mut Model, msg: &[u8], step: u64) -> Result<()> {
+    fn install(&mut self, model: &mut Model, slots: &mut EngineSlots, msg: &[u8], step: u64) -> Result<()> {
         (self.version, self.sum) = load_weights(model, msg)?;
-        self.weights = DecodeWeights::new(model);
+        slots.install(model)?;
         self.unreported.push(Install { version: self.version, sum: self.sum, decode_step: step });
         Ok(())
     }
@@ -125,7 +126,7 @@ impl Policy {
     /// Wait for version `want` (skipping older ones) and install it before decode step `step`.
     fn install_exact(
         &mut self,
-        model: &mut Model,
+        (model, slots): (&mut Model, &mut EngineSlots),
         inbox: &Receiver<Result<Vec<u8>>>,
         want: u64,
         sum: Option<u64>,
@@ -138,7 +139,7 @@ impl Policy {
                 return Err(Error::Invalid(format!("async: waiting for policy version {want}, received {v}")));
             }
             if v == want {
-                self.install(model, &msg, step)?;
+                self.install(model, slots, &msg, step)?;
             }
         }
         if let Some(s) = sum.filter(|&s| s != self.sum) {
@@ -165,12 +166,18 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
         return Ok(());
     }
     let gen = rollout_config(ph.cfg, rl, 0, rl.max_new_tokens);
-    let mut slots = Slots::new(model, rl.max_batch.max(1), model.cfg.max_position_embeddings);
-    let capacity = slots.capacity() as f64;
-    let sum = fnv1a64(bytemuck::cast_slice(&model.params.data));
-    let mut policy =
-        Policy { version: s.first, sum, weights: DecodeWeights::new(model), unreported: Vec::new(), stopped: false };
     let here = Here { ph, tok: CharTokenizer::default(), samples: samples.clone(), clock: Instant::now() };
+    // a slot holds the longest prompt of the rank's share and its response
+    let mut longest = 0;
+    for id in (s.first..rl.steps).flat_map(|b| prompts.clone().map(move |p_i| b * p as u64 + p_i as u64)) {
+        longest = longest.max(problem(ph.task, &here.tok, SPLIT_TRAIN, id)?.0.len());
+    }
+    let max_len = (longest + rl.max_new_tokens).min(model.cfg.max_position_embeddings);
+    let engine = Engine::inference(ph.cfg.train.compute(), model)?;
+    let mut slots = EngineSlots::new(engine, model, rl.max_batch.max(1), max_len)?;
+    let capacity = slots.slots.capacity() as f64;
+    let sum = fnv1a64(bytemuck::cast_slice(&model.params.data));
+    let mut policy = Policy { version: s.first, sum, unreported: Vec::new(), stopped: false };
     let (mut busy_s, mut total_s) = (0.0f64, 0.0f64);
     let mut open: HashMap<(u64, usize), Open> = HashMap::new();
     let (mut b, mut k) = (s.first, 0usize);
@@ -186,19 +193,19 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
                     newest = Some(msg);
                 }
                 if let Some(msg) = newest {
-                    policy.install(model, &msg, step)?;
+                    policy.install(model, &mut slots, &msg, step)?;
                 }
             }
             Installs::Replay(due) => {
                 while let Some(x) = due.front().copied().filter(|x| x.decode_step == step) {
-                    policy.install_exact(model, s.inbox, x.version, Some(x.sum), step)?;
+                    policy.install_exact((model, &mut slots), s.inbox, x.version, Some(x.sum), step)?;
                     due.pop_front();
                 }
             }
             Installs::Locked => {}
         }
         // admission: the next requests of the queue whose batch may start under this version
-        while slots.has_free() && b < rl.steps {
+        while slots.slots.has_free() && b < rl.steps {
             let may = match s.installs {
                 Installs::Locked => policy.version == batch_version(b, s.lag, s.first),
                 _ => b.saturating_sub(policy.version) <= s.lag,
@@ -229,7 +236,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             g.start[j - samples.start] = policy.version;
             let req = Request { prompt_id: id, sample_index: j as u32, prompt: g.prompt.clone() };
             let at = key(b, p_i, j);
-            let done = slots.admit(at, &req, b + 1, &gen);
+            let done = slots.slots.admit(at, &req, b + 1, &gen);
             k += 1;
             if k == per_batch {
                 (b, k) = (b + 1, 0);
@@ -239,7 +246,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
                 send(piece, &mut policy, (busy_s, total_s), s.outbox)?;
             }
         }
-        if slots.busy() == 0 {
+        if slots.slots.busy() == 0 {
             if b >= rl.steps {
                 return Ok(());
             }
@@ -248,11 +255,11 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             match &mut s.installs {
                 Installs::Live => {
                     let msg = policy.next(s.inbox, true)?.ok_or_else(stopped)?;
-                    policy.install(model, &msg, step)?;
+                    policy.install(model, &mut slots, &msg, step)?;
                 }
                 Installs::Locked => {
                     let want = batch_version(b, s.lag, s.first);
-                    policy.install_exact(model, s.inbox, want, None, step)?;
+                    policy.install_exact((model, &mut slots), s.inbox, want, None, step)?;
                 }
                 Installs::Replay(due) => {
                     return Err(Error::Invalid(format!(
@@ -266,8 +273,8 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             continue;
         }
         let t = Instant::now();
-        let running = slots.busy() as f64;
-        let done = slots.step(model, &policy.weights, &gen)?;
+        let running = slots.slots.busy() as f64;
+        let done = slots.step(model, &gen)?;
         let dt = t.elapsed().as_secs_f64();
         (busy_s, total_s) = (busy_s + running * dt, total_s + capacity * dt);
         step += 1;
