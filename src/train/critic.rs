@@ -98,10 +98,10 @@ impl Critic {
         Ok(Critic { model, head, opt, head_opt, engine: Engine::cpu(), ws, batch: Batch::new(), micro: 0 })
     }
 
-    /// Move the trunk to the device of `policy` (the policy's engine), over the data-parallel
-    /// group `dp` (every rank calls this together).
-    pub fn on_device_of(mut self, policy: &Engine, dp: &dyn Comm) -> Result<Self> {
-        self.engine = policy.sibling(&self.model, dp)?;
+    /// Move the trunk to the device of `policy` (the policy's engine); its gradients are summed
+    /// over the policy's data-parallel group.
+    pub fn on_device_of(mut self, policy: &Engine) -> Result<Self> {
+        self.engine = policy.sibling(&self.model)?;
         self.engine.load(&self.model, &self.opt)?;
         Ok(self)
     }

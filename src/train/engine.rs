@@ -77,16 +77,17 @@ impl Engine {
         Ok(Engine::Cuda(Box::new(cuda::CudaEngine::on(gpu, model, &crate::parallel::Local)?)))
     }
 
-    /// An engine for another trainable `model` on the same device (a value model), over the
-    /// data-parallel group `dp` (every rank calls this together).
-    pub fn sibling(&self, model: &Model, dp: &dyn Comm) -> Result<Engine> {
+    /// An engine for another trainable `model` on the same device (a value model) whose
+    /// gradients are summed over the same data-parallel group: on GPUs it shares this engine's
+    /// NCCL communicator (one per group, however many models train).
+    pub fn sibling(&self, model: &Model) -> Result<Engine> {
         match self {
             Engine::Cpu { .. } => {
-                let _ = (model, dp);
+                let _ = model;
                 Ok(Engine::cpu())
             }
             #[cfg(feature = "cuda")]
-            Engine::Cuda(e) => Ok(Engine::Cuda(Box::new(cuda::CudaEngine::on(e.model.gpu_arc().clone(), model, dp)?))),
+            Engine::Cuda(e) => Ok(Engine::Cuda(Box::new(e.sibling(model)?))),
         }
     }
 
@@ -374,6 +375,7 @@ mod cuda {
     use crate::rollout::sampler::Sampled;
     use crate::rollout::{Completion, GenerateConfig, LoopStep, Request, SamplingParams};
     use crate::train::AdamW;
+    use std::rc::Rc;
     use std::sync::Arc;
 
     /// The policy on the rank's GPU: its weights (with gradients and moments when it trains), the
@@ -381,7 +383,8 @@ mod cuda {
     /// the weights in place.
     pub struct CudaEngine {
         pub(super) model: GpuModel,
-        nccl: Option<Nccl>,
+        /// The data-parallel group's communicator, shared with sibling engines.
+        nccl: Option<Rc<Nccl>>,
         decoder: Option<GpuDecoder>,
         /// The device weights (resp. moments) changed since the host's were refreshed.
         host_stale: bool,
@@ -420,7 +423,7 @@ mod cuda {
             Ok(Self::holding(GpuModel::frozen(Self::open(dtype)?, model)?, None))
         }
 
-        fn holding(model: GpuModel, nccl: Option<Nccl>) -> Self {
+        fn holding(model: GpuModel, nccl: Option<Rc<Nccl>>) -> Self {
             CudaEngine { model, nccl, decoder: None, host_stale: false, moments_stale: false }
         }
 
@@ -434,11 +437,16 @@ mod cuda {
                     if let Some((a, b)) = crate::cuda::placement::shared_device(&ids) {
                         return Err(crate::cuda::placement::shared_device_error(a, b));
                     }
-                    Some(Nccl::new(&gpu, dp.split(0, dp.rank())?)?)
+                    Some(Rc::new(Nccl::new(&gpu, dp.split(0, dp.rank())?)?))
                 }
                 false => None,
             };
             Ok(Self::holding(GpuModel::new(gpu, model)?, nccl))
+        }
+
+        /// Another trainable model on this GPU, in this engine's data-parallel group.
+        pub fn sibling(&self, model: &Model) -> Result<Self> {
+            Ok(Self::holding(GpuModel::new(self.model.gpu_arc().clone(), model)?, self.nccl.clone()))
         }
 
         pub fn frozen(&self, model: &Model) -> Result<Self> {

@@ -130,7 +130,7 @@ impl<'a> RlTrainer<'a> {
     ) -> Result<Self> {
         let sampler = Sampler::new(plan, model);
         let critics = match &plan.advantage {
-            AdvantageSource::Gae(cc) => Some(Critics::new(cc, model, ctx.cfg, &engine, ctx.dp)?),
+            AdvantageSource::Gae(cc) => Some(Critics::new(cc, model, ctx.cfg, &engine)?),
             AdvantageSource::Group(_) | AdvantageSource::Tree => None,
         };
         let shaping = plan.shaping.as_ref().map(|rc| Shaping { rc: rc.clone(), ws: Workspace::new(&model.cfg, 0) });

@@ -259,7 +259,7 @@ fn a_critic_on_the_gpu_matches_the_cpu() {
     };
     let returns = [0.2f32, 0.4, 0.6, 1.0, 0.5];
     let run = |engine: &Engine| -> (Vec<f32>, Vec<f64>, Vec<f32>) {
-        let mut critic = Critic::new(&cc, &policy, 0, 7, 0.02).unwrap().on_device_of(engine, &Local).unwrap();
+        let mut critic = Critic::new(&cc, &policy, 0, 7, 0.02).unwrap().on_device_of(engine).unwrap();
         let mut losses = Vec::new();
         for _ in 0..3 {
             let old = critic.values(&[&s]).unwrap();

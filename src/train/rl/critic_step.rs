@@ -21,15 +21,15 @@ pub struct Critics {
 
 impl Critics {
     /// `[critic]`'s value models for `model`.
-    /// Each critic's trunk computes on the device of the policy's `engine`, over the
-    /// data-parallel group `dp`.
-    pub fn new(cc: &CriticConfig, model: &Model, cfg: &RunConfig, engine: &Engine, dp: &dyn Comm) -> Result<Self> {
+    /// Each critic's trunk computes on the device of the policy's `engine`, in its data-parallel
+    /// group.
+    pub fn new(cc: &CriticConfig, model: &Model, cfg: &RunConfig, engine: &Engine) -> Result<Self> {
         // forwards of at most rl.micro_batch samples, as the policy's update
         let micro = cfg.rl.as_ref().map_or(0, |rl| rl.micro_batch);
         let models = (0..cc.count)
             .map(|m| {
                 let c = Critic::new(cc, model, m, cfg.run.seed, cfg.model.init_std)?.with_micro_batch(micro);
-                c.on_device_of(engine, dp)
+                c.on_device_of(engine)
             })
             .collect::<Result<_>>()?;
         Ok(Critics { cfg: cc.clone(), models })
