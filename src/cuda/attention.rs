@@ -20,6 +20,14 @@ pub(crate) fn attn_dm(head_dim: usize) -> Result<u32> {
     }
 }
 
+/// Shared memory (bytes) of the tensor-core kernels at padded head dim `dm` (64 or 128): the
+/// forward (five 64-row bf16 tiles, rows padded by 8 against bank conflicts), the dK/dV kernel (six,
+/// and 64 × 4 floats) and the dQ kernel (six).
+pub(crate) fn mma_smem(dm: usize) -> [u32; 3] {
+    let tile = 64 * (dm as u32 + 8) * 2;
+    [5 * tile, 6 * tile + 4 * 64 * 4, 6 * tile]
+}
+
 /// Where the attention's scratch (f32 units) holds what after delta ([N, H], at 0): with bf16 products
 /// the packed bf16 q|k|v and dO (`attn_pack_bf16`: [N, H + 2KV, DM] and [N, H, DM]); with the
 /// per-head plan the dK and dV partials ([N, H, D] each). Every part after delta starts on a
@@ -59,10 +67,19 @@ fn grid_fits(batch: &GpuBatch) -> Result<()> {
 }
 
 impl Gpu {
+    /// Whether the attention of head dim `head_dim` runs on the tensor cores: with bf16 products,
+    /// where the device gives the kernels their shared memory (at head dim 128 the dK/dV kernel
+    /// needs 103 KiB: an A100/H100-class GPU, not the 99 KiB of an RTX 4090 or L40S). Elsewhere the
+    /// f32 kernels run it, on the f32 q|k|v: exact products, slower.
+    pub fn attn_on_tensor_cores(&self, head_dim: usize) -> bool {
+        let fits = |dm: u32| mma_smem(dm.max(64) as usize).iter().all(|&b| b <= self.smem_limit());
+        self.dtype() == Dtype::Bf16 && attn_dm(head_dim).is_ok_and(fits)
+    }
+
     /// The scratch layout of this device's attention over `n` tokens (its dtype and plan).
     fn flash_layout(&self, shape: AttnShape, n: usize) -> Result<ScratchLayout> {
-        let bf16 = self.dtype() == Dtype::Bf16;
-        let packed_dm = if bf16 { Some(attn_dm(shape.head_dim)?.max(64) as usize) } else { None };
+        let dm = attn_dm(shape.head_dim)?;
+        let packed_dm = self.attn_on_tensor_cores(shape.head_dim).then_some(dm.max(64) as usize);
         let partials = self.dkdv_plan() == DkdvPlan::PerHead && shape.num_heads > shape.num_kv_heads;
         Ok(scratch_layout(shape, n, packed_dm, partials))
     }
@@ -129,7 +146,7 @@ impl Gpu {
         let (out_p, lse_p, cu) = (self.pm(&mut out), self.pm(&mut lse), self.ids_ptr(&batch.cu_seqlens, 0));
         let (out_stride, hi, kvi, di) =
             (int(h * d, "out stride")?, int(h, "heads")?, int(kv, "kv heads")?, int(d, "head dim")?);
-        if self.dtype() != Dtype::Bf16 {
+        if !self.attn_on_tensor_cores(d) {
             let stride = int((h + 2 * kv) * d, "qkv stride")?;
             let args = [
                 Arg::P(out_p),
@@ -167,7 +184,7 @@ impl Gpu {
             Arg::I(kvi),
             Arg::I(di),
         ];
-        let smem = 5 * 64 * (dm + 8) * 2;
+        let smem = mma_smem(dm as usize)[0];
         self.launch("attention_mma", &format!("attn_fwd_mma_{dm}"), grid, (128, 1, 1), smem, &args)
     }
 
@@ -252,9 +269,9 @@ impl Gpu {
                     Arg::I(kvi),
                     Arg::I(di),
                 ];
-                let tiles_bytes = 6 * 64 * (dm + 8) * 2;
+                let [_, smem_kv, smem_q] = mma_smem(dm as usize);
                 let (dkdv, dq) = (format!("attn_bwd_dkdv_mma_{dm}"), format!("attn_bwd_dq_mma_{dm}"));
-                ("attention_mma_bwd", dkdv, dq, 128, tiles_bytes + 4 * 64 * 4, tiles_bytes, tail)
+                ("attention_mma_bwd", dkdv, dq, 128, smem_kv, smem_q, tail)
             }
         };
         let dkdv_launch = |(dk, dv, row): (u64, u64, i32), ys: usize, heads_per_block: usize| {
@@ -295,6 +312,18 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tensor-core tiles fit every sm_80+ GPU's 99 KiB per block at head dim 64; at 128 the
+    /// forward still does, the backward needs an A100/H100 (164 / 227 KiB), so smaller GPUs run
+    /// the f32 kernels there (`Gpu::attn_on_tensor_cores`).
+    #[test]
+    fn the_tensor_core_tiles_fit_where_the_docs_say() {
+        let small = 99 * 1024;
+        assert!(mma_smem(64).iter().all(|&b| b <= small), "{:?}", mma_smem(64));
+        let [fwd, dkdv, dq] = mma_smem(128);
+        assert!(fwd <= small && dkdv > small && dq > small, "{:?}", mma_smem(128));
+        assert!(dkdv.max(dq) <= 164 * 1024, "an A100 gives 164 KiB");
+    }
 
     /// attention_bwd.cu's `attn_bwd_group_sum_f32`, statement for statement over its grid-stride
     /// index: every dK and dV element of the packed dqkv is written once, with its group's

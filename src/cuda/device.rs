@@ -14,7 +14,7 @@ use cudarc::driver::{
     DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shared memory a block may use without raising the function's attribute.
@@ -88,8 +88,9 @@ pub struct Gpu {
     name: String,
     ordinal: usize,
     sms: u32,
-    /// Dynamic shared memory a block may be given (after raising the function's attribute).
-    max_smem: u32,
+    /// Dynamic shared memory a block may be given (after raising the function's attribute;
+    /// lowered by [`Gpu::cap_smem`]).
+    max_smem: AtomicU32,
     /// Bytes of device memory.
     total_mem: usize,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -203,7 +204,7 @@ impl Gpu {
             name,
             ordinal,
             sms: sms.max(1) as u32,
-            max_smem: max_smem.max(0) as u32,
+            max_smem: AtomicU32::new(max_smem.max(0) as u32),
             total_mem,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -217,14 +218,14 @@ impl Gpu {
         })
     }
 
-    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)", with ", bf16 products" (or tf32) when the
-    /// products do not take exact f32 operands.
     /// The device's UUID (one per physical GPU, whatever the process's visible-device numbering).
     pub fn uuid(&self) -> Result<[u8; 16]> {
         let u = self.ctx.uuid().map_err(drv("device UUID"))?;
         Ok(u.bytes.map(|b| b as u8))
     }
 
+    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)", with ", bf16 products" (or tf32) when the
+    /// products do not take exact f32 operands.
     pub fn describe(&self) -> String {
         let products = match self.dtype() {
             Dtype::F32 => String::new(),
@@ -236,6 +237,18 @@ impl Gpu {
     /// The stream every operation of this device runs on (for callers managing their own buffers).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Dynamic shared memory a kernel's block may be given on this device (bytes).
+    pub fn smem_limit(&self) -> u32 {
+        self.max_smem.load(Ordering::Relaxed).max(DEFAULT_SMEM)
+    }
+
+    /// Give kernels at most `bytes` of dynamic shared memory per block from now on, as a
+    /// smaller GPU would (an RTX 4090 or L40S gives 99 KiB): what runs where a kernel's tiles do
+    /// not fit can then be tested on a large GPU.
+    pub fn cap_smem(&self, bytes: u32) {
+        self.max_smem.fetch_min(bytes, Ordering::Relaxed);
     }
 
     /// The operand type of every matrix product from now on (training, decoding, statistics).
@@ -350,16 +363,11 @@ impl Gpu {
                 }
             }
         }
-        if smem > self.max_smem.max(DEFAULT_SMEM) {
-            let hint = if module.starts_with("attention_mma") {
-                " (the tensor-core attention of `[train] dtype = \"bf16\"` at head dims above 64 needs an \
-                 A100/H100-class GPU; \"tf32\" or \"f32\" run here)"
-            } else {
-                ""
-            };
+        if smem > self.smem_limit() {
             let why = format!(
-                "needs {smem} bytes of shared memory per block; {} gives at most {}{hint}",
-                self.name, self.max_smem
+                "needs {smem} bytes of shared memory per block; {} gives at most {}",
+                self.name,
+                self.smem_limit()
             );
             return Err(Error::device(format!("CUDA kernel {module}/{entry}"), why));
         }

@@ -18,7 +18,6 @@ use crate::cuda::{Gpu, GpuModel};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 use crate::tensor::Backend;
-use crate::tensor::Dtype;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 /// Per sequence: y_k per step and the (layer, head) attaining it (empty without step bounds).
@@ -77,10 +76,10 @@ pub fn attention_stats(
     let plane = h_n * n;
     let planes = || s.alloc_zeros::<f32>((q_tiles * plane).max(1)).map_err(drv("alloc"));
     let (mut fci_planes, mut fai_planes) = (planes()?, planes()?);
-    // With bf16 products the forward's tensor-core attention read q and k rounded to bf16, and
+    // Where the forward's attention ran on the tensor cores it read q and k rounded to bf16, and
     // its lse is that of the rounded scores: the probabilities are recomputed from the same
     // rounded rows (attn_stats_*_bf16), or their rows would not sum to one.
-    let rounded = gpu.dtype() == Dtype::Bf16;
+    let rounded = gpu.attn_on_tensor_cores(mc.head_dim);
     let mut qk16 = s.alloc_zeros::<u16>(if rounded { n * qkv_w } else { 0 }.max(1)).map_err(drv("alloc"))?;
     let (elem, kind) = if rounded { (2, "bf16") } else { (4, "f32") };
     // per rhythm layer: dist, waad (rows) and fai (columns), [H, N] each, on the host

@@ -369,3 +369,34 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         close(&format!("mma attention D={d} dqkv vs f32"), &got_d, &exact_d, 4e-2);
     }
 }
+
+/// Where the tensor-core kernels' tiles do not fit the device's shared memory (head dim 128 on a
+/// GPU of 99 KiB per block, emulated with `Gpu::cap_smem`), a bf16 device runs the attention on
+/// the f32 kernels: the CPU attention of the unrounded q|k|v within f32 rounding, forward and
+/// backward; at head dim 64 the tensor cores still run it.
+#[test]
+fn a_gpu_too_small_for_the_tensor_core_tiles_runs_the_f32_attention() {
+    use arbor::attention::{AttnSaved, AttnShape};
+    let Some(g) = gpu() else { return };
+    g.set_dtype(Dtype::Bf16);
+    assert!(g.attn_on_tensor_cores(128), "{}: the tiles of head dim 128 should fit", g.describe());
+    g.cap_smem(99 * 1024);
+    assert!(g.attn_on_tensor_cores(64) && !g.attn_on_tensor_cores(128));
+    let mut rng = Rng::new(31);
+    let shape = AttnShape { num_heads: 2, num_kv_heads: 1, head_dim: 128 };
+    let b = batch(&mut rng, &[70, 3, 64], 10);
+    let (n, stride) = (b.len(), 4 * 128);
+    let qkv = rand(&mut rng, n * stride);
+    let dout = rand(&mut rng, n * 2 * 128);
+    let (got, got_lse, got_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
+    let (mut out, mut lse) = (vec![0.0; n * 2 * 128], vec![0.0; n * 2]);
+    let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
+    Cpu.attention_forward(&mut out, &mut lse, &mut scratch, &qkv, &b.packed(), shape).unwrap();
+    let mut want = vec![0.0; n * stride];
+    let saved = AttnSaved { qkv: &qkv[..], out: &out[..], lse: &lse[..] };
+    Cpu.attention_backward(&mut want, &mut scratch, &dout, saved, &b.packed(), shape).unwrap();
+    // (the f32 kernels' tolerances; bf16 products would be off by about 1e-2)
+    close("capped attention lse", &got_lse, &lse, 1e-4);
+    close("capped attention out", &got, &out, 1e-4);
+    close("capped attention dqkv", &got_d, &want, 1e-3);
+}
