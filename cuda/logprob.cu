@@ -26,6 +26,9 @@
 //   (d logp / dz = onehot - p;  dH / dz_j = -p_j (log p_j + H)). Rows with g == 0 and e == 0 are
 //   written as exact zeros (like the CPU).
 //   Launch: grid = (n), block = 512, no dynamic shared memory.
+// logprob_bwd_f32_o16: logprob_bwd_f32 with dlogits in bf16 (unsigned short, rounded to nearest
+//   even as it is written: the operand of the LM head's bf16 backward products, without a
+//   rounding pass); dlogits must NOT alias logits (another buffer: half the bytes).
 
 // Merge (m2, s2, z2) into (m, s, z): s, z are sums of e^(x - m) and e^(x - m) * x.
 __device__ __forceinline__ void lse3_merge(float& m, float& s, float& z, float m2, float s2, float z2) {
@@ -103,8 +106,8 @@ extern "C" __global__ void logprob_fwd_bf16(const unsigned short* logits, const 
     logprob_fwd<unsigned short>(logits, targets, lse, logp, entropy, n, v);
 }
 
-template <typename T>
-__device__ void logprob_bwd(T* dlogits, const T* logits, const unsigned int* __restrict__ targets,
+template <typename T, typename TO = T>
+__device__ void logprob_bwd(TO* dlogits, const T* logits, const unsigned int* __restrict__ targets,
                             const float* __restrict__ lse, const float* __restrict__ dlogp,
                             const float* __restrict__ dentropy, const float* __restrict__ entropy, int n,
                             int v) {
@@ -138,4 +141,11 @@ extern "C" __global__ void logprob_bwd_bf16(unsigned short* dlogits, const unsig
                                             const unsigned int* targets, const float* lse, const float* dlogp,
                                             const float* dentropy, const float* entropy, int n, int v) {
     logprob_bwd<unsigned short>(dlogits, logits, targets, lse, dlogp, dentropy, entropy, n, v);
+}
+
+extern "C" __global__ void logprob_bwd_f32_o16(unsigned short* __restrict__ dlogits,
+                                               const float* __restrict__ logits, const unsigned int* targets,
+                                               const float* lse, const float* dlogp, const float* dentropy,
+                                               const float* entropy, int n, int v) {
+    logprob_bwd<float, unsigned short>(dlogits, logits, targets, lse, dlogp, dentropy, entropy, n, v);
 }

@@ -137,6 +137,9 @@ impl Backend for Gpu {
     fn act_empty(&self) -> Result<GpuAct> {
         Ok(GpuAct::F32(self.empty()?))
     }
+    fn acts_are_f32(&self) -> bool {
+        self.dtype() != Dtype::Bf16
+    }
     fn act_grow(&self, buf: &mut GpuAct, n: usize) -> Result<()> {
         self.act_fit(buf, n, self.dtype() == Dtype::Bf16)
     }
@@ -443,6 +446,7 @@ impl Backend for Gpu {
     fn logprob_backward(
         &self,
         mut z: Self::M<'_>,
+        dz: Option<ActViewMut<'_>>,
         v: usize,
         batch: &GpuBatch,
         rows: Range<usize>,
@@ -451,12 +455,24 @@ impl Backend for Gpu {
         let LogprobGrad { lse, g, ent } = grad;
         let n = rows.len();
         let zp = self.pm(&mut z);
+        // in place, or into the activation buffer (bf16 as it is written with bf16 products)
+        let (out, entry) = match dz {
+            None => (zp, "logprob_bwd_f32"),
+            Some(mut dz) => {
+                if dz.len() < z.len() {
+                    let why = format!("{} gradients for {} logits", dz.len(), z.len());
+                    return Err(Error::shape("logprob backward", why));
+                }
+                let entry = if dz.out_suffix().is_empty() { "logprob_bwd_f32" } else { "logprob_bwd_f32_o16" };
+                (dz.ptr(self), entry)
+            }
+        };
         let (de, h) = match &ent {
             Some((de, h)) => (self.pr(de), self.pr(h)),
             None => (0, 0),
         };
         let args = [
-            Arg::P(zp),
+            Arg::P(out),
             Arg::P(zp),
             Arg::P(self.ids_ptr(&batch.targets, rows.start)),
             Arg::P(self.pr(&lse)),
@@ -466,7 +482,7 @@ impl Backend for Gpu {
             Arg::I(int(n, "rows")?),
             Arg::I(int(v, "vocab")?),
         ];
-        self.launch("logprob", "logprob_bwd_f32", (n as u32, 1, 1), (512, 1, 1), 0, &args)
+        self.launch("logprob", entry, (n as u32, 1, 1), (512, 1, 1), 0, &args)
     }
 }
 

@@ -51,7 +51,13 @@ pub fn head_backward<B: Backend>(
 ) -> Result<()> {
     let cached = ws.logits_cached == Some(n);
     let rows = ws.head_rows.max(1);
-    let Workspace { logits, dln: dh, lnf: h, head_lse: lse, entropy, .. } = &mut *ws;
+    // where activations are f32 the gradient overwrites the logits; else the kernel writes it in
+    // activation storage (bf16: the products' operand, no rounding pass)
+    let separate = !be.acts_are_f32();
+    if separate {
+        be.act_grow(&mut ws.dlogits, rows.min(n) * v)?;
+    }
+    let Workspace { logits, dlogits, dln: dh, lnf: h, head_lse: lse, entropy, .. } = &mut *ws;
     let HeadGrad { dlogp: g, dent } = grad;
     let ent = dent.map(|d| (d, &*entropy));
     for r0 in (0..n).step_by(rows) {
@@ -64,10 +70,12 @@ pub fn head_backward<B: Backend>(
         }
         let ent_chunk = ent.as_ref().map(|(e, hh)| (B::sub_r(e, r0..r1), B::r(hh, r0..r1)));
         let chunk = LogprobGrad { lse: B::r(lse, r0..r1), g: B::sub_r(&g, r0..r1), ent: ent_chunk };
-        be.logprob_backward(B::m(logits, 0..m * v), v, batch, r0..r1, chunk)?;
+        let dz = separate.then(|| B::act_m(dlogits, 0..m * v));
+        be.logprob_backward(B::m(logits, 0..m * v), dz, v, batch, r0..r1, chunk)?;
+        let dy = if separate { B::act_r(dlogits, 0..m * v) } else { B::as_act(B::r(logits, 0..m * v)) };
         let dh_rows = B::m(dh, r0 * c..r1 * c);
         let dw_all = B::sub_m(&mut dw, 0..v * c);
-        be.linear_backward(dh_rows, dw_all, B::as_act(B::r(logits, 0..m * v)), wv(), hc(), (m, v, c))?;
+        be.linear_backward(dh_rows, dw_all, dy, wv(), hc(), (m, v, c))?;
     }
     ws.logits_cached = None;
     Ok(())

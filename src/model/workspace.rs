@@ -49,6 +49,9 @@ pub struct Workspace<B: Backend = Cpu> {
     pub head_rows: usize,
     /// Rows of logits left in `logits` by the last forward (Some(N) when one chunk held them all).
     pub logits_cached: Option<usize>,
+    /// [head_rows, V] the gradient of a chunk of logits where activations are not f32 (made
+    /// there by the backward, in the type its products take; else it overwrites `logits`).
+    pub dlogits: B::Act,
     /// Backward scratch: [N, C] ×2, [N, (H+2KV)·D], [N, H·D], [N, 2I], [N, I].
     pub dresid: B::Buf,
     pub dln: B::Buf,
@@ -127,6 +130,7 @@ impl<B: Backend> Workspace<B> {
             logits: be.empty()?,
             head_rows: 0,
             logits_cached: None,
+            dlogits: be.act_empty()?,
             dresid: be.empty()?,
             dln: be.empty()?,
             dqkv: be.empty()?,
@@ -237,6 +241,6 @@ impl<B: Backend> Workspace<B> {
         .iter()
         .map(|v| B::len(v))
         .sum();
-        per_layer + 4 * rest + B::act_bytes(&self.dgate_up)
+        per_layer + 4 * rest + B::act_bytes(&self.dgate_up) + B::act_bytes(&self.dlogits)
     }
 }

@@ -112,6 +112,9 @@ pub trait Backend {
     fn sub_m<'a, 'b: 'a>(x: &'a mut Self::M<'b>, r: Range<usize>) -> Self::M<'a>;
     /// An empty activation buffer.
     fn act_empty(&self) -> Result<Self::Act>;
+    /// Whether activations are stored in f32 now (then an f32 buffer is also an activation, and
+    /// a gradient the products read may be made in place).
+    fn acts_are_f32(&self) -> bool;
     /// Grow `buf` to at least `n` values of the type the products take now (reallocated, contents
     /// lost, when it holds fewer or another type).
     fn act_grow(&self, buf: &mut Self::Act, n: usize) -> Result<()>;
@@ -264,10 +267,13 @@ pub trait Backend {
         rows: Range<usize>,
         out: LogitStats<Self::M<'_>>,
     ) -> Result<()>;
-    /// z ← ∂L/∂z in place, for `grad.g` = ∂L/∂logp and `grad.ent` = (∂L/∂H, H).
+    /// ∂L/∂z for `grad.g` = ∂L/∂logp and `grad.ent` = (∂L/∂H, H): into `dz` (activation
+    /// storage, the operand of the head's backward products; `z` is left as it is), or over `z`
+    /// in place when `dz` is `None`.
     fn logprob_backward(
         &self,
         z: Self::M<'_>,
+        dz: Option<Self::ActM<'_>>,
         v: usize,
         batch: &Self::Batch<'_>,
         rows: Range<usize>,

@@ -352,14 +352,21 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
     let (gr, de) = (rand(&mut rng, r), rand(&mut rng, r));
     let mut dz = z.clone();
     let grad = LogprobGrad { lse: &lse[..], g: &gr[..], ent: Some((&de[..], &en[..])) };
-    Cpu.logprob_backward(&mut dz, vv, &b.packed(), rows.clone(), grad).unwrap();
+    Cpu.logprob_backward(&mut dz, None, vv, &b.packed(), rows.clone(), grad).unwrap();
     let (ggr, gde, glse, gen) =
         (g.upload(&gr).unwrap(), g.upload(&de).unwrap(), g.upload(&lse).unwrap(), g.upload(&en).unwrap());
     let mut dzg = g.upload(&z).unwrap();
-    let ent = Some((Gpu::r(&gde, 0..r), Gpu::r(&gen, 0..r)));
-    let grad = LogprobGrad { lse: Gpu::r(&glse, 0..r), g: Gpu::r(&ggr, 0..r), ent };
-    g.logprob_backward(Gpu::m(&mut dzg, 0..r * vv), vv, &dev, rows, grad).unwrap();
+    let ent = || Some((Gpu::r(&gde, 0..r), Gpu::r(&gen, 0..r)));
+    let grad = || LogprobGrad { lse: Gpu::r(&glse, 0..r), g: Gpu::r(&ggr, 0..r), ent: ent() };
+    g.logprob_backward(Gpu::m(&mut dzg, 0..r * vv), None, vv, &dev, rows.clone(), grad()).unwrap();
     close("logprob bwd", &down(&g, &dzg, r * vv), &dz, 1e-5);
+    // into an activation buffer, the logits left as they are (bf16: logprob_bwd_f32_o16)
+    let mut zg = g.upload(&z).unwrap();
+    act_kernel_matches(&g, "logprob bwd into an activation", &dz, |out| {
+        let dz = Some(Gpu::act_m(out, 0..r * vv));
+        g.logprob_backward(Gpu::m(&mut zg, 0..r * vv), dz, vv, &dev, rows.clone(), grad()).unwrap();
+    });
+    assert_eq!(down(&g, &zg, r * vv), z, "the logits stay as they were");
 }
 
 /// The GPU attention (kernels of the device's dtype) of the packed q|k|v rows `qkv` over `b`: the

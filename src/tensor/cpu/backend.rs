@@ -1,7 +1,7 @@
 //! The CPU as a [`Backend`]: host vectors, and the functions of this module tree.
 
 use crate::attention::{attention_backward, attention_forward, AttnSaved, AttnShape};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::parallel::{Comm, TpGroup};
 use crate::tensor::backend::{Backend, LogitStats, LogprobGrad, PackedBatch};
 use crate::tensor::cpu::logits::{logits_backward_inplace, logits_stats};
@@ -64,6 +64,9 @@ impl Backend for Cpu {
     }
     fn act_empty(&self) -> Result<Vec<f32>> {
         Ok(Vec::new())
+    }
+    fn acts_are_f32(&self) -> bool {
+        true
     }
     fn act_grow(&self, buf: &mut Vec<f32>, n: usize) -> Result<()> {
         self.grow(buf, n)
@@ -234,12 +237,26 @@ impl Backend for Cpu {
     fn logprob_backward(
         &self,
         z: &mut [f32],
+        dz: Option<&mut [f32]>,
         v: usize,
         batch: &PackedBatch<'_>,
         rows: Range<usize>,
         grad: LogprobGrad<&[f32], &[f32]>,
     ) -> Result<()> {
-        logits_backward_inplace(z, v, &batch.targets[rows], grad.lse, grad.g, grad.ent);
+        let out = match dz {
+            Some(dz) => {
+                if dz.len() < z.len() {
+                    return Err(Error::shape(
+                        "logprob backward",
+                        format!("{} gradients for {} logits", dz.len(), z.len()),
+                    ));
+                }
+                dz[..z.len()].copy_from_slice(z);
+                &mut dz[..z.len()]
+            }
+            None => z,
+        };
+        logits_backward_inplace(out, v, &batch.targets[rows], grad.lse, grad.g, grad.ent);
         Ok(())
     }
 }
