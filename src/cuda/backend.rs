@@ -81,6 +81,26 @@ impl Gpu {
         })
     }
 
+    /// out[i] = table[ids[i]] for the `out.len() / c` token ids at device address `ids` (rows of
+    /// `c`).
+    pub(crate) fn embed_ids(
+        &self,
+        mut out: CudaViewMut<'_, f32>,
+        table: CudaView<'_, f32>,
+        ids: u64,
+        c: usize,
+    ) -> Result<()> {
+        let n = out.len() / c.max(1);
+        let args = [
+            Arg::P(self.pm(&mut out)),
+            Arg::P(self.pr(&table)),
+            Arg::P(ids),
+            Arg::I(int(n, "tokens")?),
+            Arg::I(int(c, "hidden")?),
+        ];
+        self.launch("embedding", "embedding_fwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)
+    }
+
     pub(crate) fn ids_ptr<T>(&self, s: &CudaSlice<T>, offset: usize) -> u64 {
         s.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<T>()) as u64
     }
@@ -237,16 +257,8 @@ impl Backend for Gpu {
         self.linear_backward_gemms(dx, dw, dy, w, x, mnk)
     }
 
-    fn embedding_forward(&self, mut out: Self::M<'_>, table: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
-        let n = out.len() / c.max(1);
-        let args = [
-            Arg::P(self.pm(&mut out)),
-            Arg::P(self.pr(&table)),
-            Arg::P(self.ids_ptr(&batch.tokens, 0)),
-            Arg::I(int(n, "tokens")?),
-            Arg::I(int(c, "hidden")?),
-        ];
-        self.launch("embedding", "embedding_fwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)
+    fn embedding_forward(&self, out: Self::M<'_>, table: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
+        self.embed_ids(out, table, self.ids_ptr(&batch.tokens, 0), c)
     }
     fn embedding_backward(&self, mut dtable: Self::M<'_>, dout: Self::R<'_>, batch: &GpuBatch, c: usize) -> Result<()> {
         let n = dout.len() / c.max(1);

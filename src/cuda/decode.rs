@@ -8,15 +8,15 @@
 //! padded to a bucket of rows and replayed as CUDA graphs (`cuda::graphs`). Generation with
 //! continuous batching is built on it in cuda/generate.rs.
 
-use crate::cuda::backend::{GpuBatch, GpuRope};
+use crate::cuda::backend::GpuRope;
 use crate::cuda::decode_attn::{decode_attn_entry, decode_splits, partial_len};
-use crate::cuda::decode_step::{GpuStep, StepBufs};
+use crate::cuda::decode_step::{GpuStep, RowPtrs, StepBufs};
 use crate::cuda::device::{drv, Gpu};
 use crate::cuda::graphs::{self, Action, StepGraphs};
 use crate::cuda::image::Bf16Image;
 use crate::cuda::kv_cache::GpuKvCache;
 use crate::cuda::model::DeviceWeights;
-use crate::cuda::sample::{sample_rows, SampleBufs};
+use crate::cuda::sample::{check_uniforms, sample_rows_at, SampleBufs};
 use crate::error::{Error, Result};
 use crate::model::decode_stack::{assign_positions, check_step, decode_stack};
 use crate::model::Model;
@@ -45,14 +45,28 @@ pub struct GpuDecoder {
     pad: bool,
 }
 
-/// A decode step's per-row inputs in device memory, with room for `cap` rows (grown by
-/// reallocation, written in place every step: no allocation per token).
+/// A decode step's per-row inputs in device memory: one buffer of 32-bit words with room for
+/// `cap` rows, [`RowPart`] k at words k·cap.. (fixed offsets, so the addresses a captured step bakes
+/// in hold for every row count), filled from the host's [`HostRows::words`] in one copy a step;
+/// grown by reallocation (no allocation per token).
 struct RowsDev {
     cap: usize,
-    batch: GpuBatch,
-    slots: CudaSlice<i32>,
-    lens: CudaSlice<i32>,
+    words: CudaSlice<u32>,
 }
+
+/// The parts of [`RowsDev`], in order: tokens, positions, slots, attended lengths (position + 1),
+/// then the logit rows' uniforms (f64, two words each: two parts).
+#[derive(Debug, Clone, Copy)]
+enum RowPart {
+    Tokens = 0,
+    Positions = 1,
+    Slots = 2,
+    Lens = 3,
+    Uniforms = 4,
+}
+
+/// Words per row of [`RowsDev`].
+const ROW_WORDS: usize = 6;
 
 impl RowsDev {
     /// Buffers for at least `rows` rows, reusing `old` when it has room.
@@ -61,10 +75,23 @@ impl RowsDev {
             Some(r) if r.cap >= rows => Ok(r),
             _ => {
                 let cap = rows.next_power_of_two().max(64);
-                let alloc_i = || g.stream.alloc_zeros::<i32>(cap).map_err(drv("alloc"));
-                let zeros_u = vec![0u32; cap];
-                Ok(RowsDev { cap, batch: g.rows_batch(&zeros_u, &zeros_u)?, slots: alloc_i()?, lens: alloc_i()? })
+                Ok(RowsDev { cap, words: g.stream.alloc_zeros::<u32>(ROW_WORDS * cap).map_err(drv("alloc"))? })
             }
+        }
+    }
+
+    /// The device address of `part`.
+    fn at(&self, g: &Gpu, part: RowPart) -> u64 {
+        g.ids_ptr(&self.words, part as usize * self.cap)
+    }
+
+    /// The addresses the step's kernels read.
+    fn ptrs(&self, g: &Gpu) -> RowPtrs {
+        RowPtrs {
+            tokens: self.at(g, RowPart::Tokens),
+            positions: self.at(g, RowPart::Positions),
+            slots: self.at(g, RowPart::Slots),
+            lens: self.at(g, RowPart::Lens),
         }
     }
 }
@@ -110,7 +137,7 @@ impl GpuDecoder {
         cache: &mut GpuKvCache,
     ) -> Result<Vec<f32>> {
         let rows: Vec<usize> = (0..tokens.len()).collect();
-        self.forward(model, w, tokens, slots, &rows, cache)?;
+        self.forward(model, w, StepInput { tokens, slots, logit_rows: &rows, uniforms: &[] }, cache)?;
         let mut out = vec![0.0; tokens.len() * model.cfg.vocab_size];
         self.gpu.download(&self.bufs.logits, &mut out)?;
         Ok(out)
@@ -128,32 +155,30 @@ impl GpuDecoder {
         cache: &mut GpuKvCache,
         params: &SamplingParams,
     ) -> Result<Vec<Sampled>> {
-        let StepInput { tokens, slots, logit_rows, uniforms } = rows;
-        if uniforms.len() != logit_rows.len() {
-            return Err(Error::shape(
-                "decode step",
-                format!("{} uniforms for {} logit rows", uniforms.len(), logit_rows.len()),
-            ));
+        let (n, uniforms) = (rows.logit_rows.len(), rows.uniforms);
+        if uniforms.len() != n {
+            return Err(Error::shape("decode step", format!("{} uniforms for {n} logit rows", uniforms.len())));
         }
-        self.forward(model, w, tokens, slots, logit_rows, cache)?;
-        if logit_rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let v = model.cfg.vocab_size;
-        let logits = Gpu::r(&self.bufs.logits, 0..logit_rows.len() * v);
-        sample_rows(&self.gpu, &logits, v, uniforms, params, &mut self.sampling)
+        check_uniforms(uniforms, params)?;
+        self.forward(model, w, rows, cache)?;
+        let (v, at) = match &self.rows {
+            Some(dev) => (model.cfg.vocab_size, dev.at(&self.gpu, RowPart::Uniforms)),
+            None => return Err(Error::device("decode step", "no row buffers after a step")),
+        };
+        let logits = Gpu::r(&self.bufs.logits, 0..n * v);
+        sample_rows_at(&self.gpu, &logits, v, (at, n), params, &mut self.sampling)
     }
 
-    /// The decode step's forward: the next-token logits of `logit_rows` stay in `bufs.logits`.
+    /// The decode step's forward: the next-token logits of `logit_rows` stay in `bufs.logits`; the
+    /// uniforms (one per logit row, or none) go up with the rows, for the sampler.
     fn forward(
         &mut self,
         model: &Model,
         w: DeviceWeights<'_>,
-        tokens: &[u32],
-        slots: &[usize],
-        logit_rows: &[usize],
+        input: StepInput<'_>,
         cache: &mut GpuKvCache,
     ) -> Result<()> {
+        let StepInput { tokens, slots, logit_rows, uniforms } = input;
         let cfg = &model.cfg;
         check_step(model, tokens, slots, logit_rows)?;
         if w.params.len() != model.params.data.len() {
@@ -183,10 +208,9 @@ impl GpuDecoder {
         let mut rows = RowsDev::with_room(g, self.rows.take(), padded)?;
         let st = &g.stream;
         let b = padded;
-        st.memcpy_htod(&h.tokens[..], &mut rows.batch.tokens.slice_mut(0..b)).map_err(drv("upload"))?;
-        st.memcpy_htod(&h.positions[..], &mut rows.batch.positions.slice_mut(0..b)).map_err(drv("upload"))?;
-        st.memcpy_htod(&h.slots[..], &mut rows.slots.slice_mut(0..b)).map_err(drv("upload"))?;
-        st.memcpy_htod(&h.lens[..], &mut rows.lens.slice_mut(0..b)).map_err(drv("upload"))?;
+        // every row input in one copy
+        let words = h.words(rows.cap, uniforms);
+        st.memcpy_htod(words, &mut rows.words.slice_mut(0..words.len())).map_err(drv("upload"))?;
         let (tokens_p, logit_rows) =
             (&h.tokens[..], if padded > logit_rows.len() { &h.all[..padded] } else { logit_rows });
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
@@ -225,17 +249,8 @@ impl GpuDecoder {
         };
         // a step above the largest bucket runs eagerly at its own row count
         let action = self.graphs.plan(b, uniform && b <= graphs::MAX_BUCKET, &fingerprint);
-        let mut step = GpuStep {
-            g,
-            p: w.params,
-            rope: &self.rope,
-            bufs: bf,
-            cache: &*cache,
-            dev: &rows.batch,
-            slots: &rows.slots,
-            lens: &rows.lens,
-            split,
-        };
+        let mut step =
+            GpuStep { g, p: w.params, rope: &self.rope, bufs: bf, cache: &*cache, rows: rows.ptrs(g), split };
         let done = match action {
             Action::Eager => decode_stack(model, &mut step, tokens_p, logit_rows),
             Action::Replay => match self.graphs.get(b) {
@@ -300,6 +315,8 @@ struct HostRows {
     lens: Vec<i32>,
     /// 0, 1, 2, ..: the logit rows of a padded step.
     all: Vec<usize>,
+    /// The rows as [`RowsDev`] holds them.
+    packed: Vec<u32>,
 }
 
 impl HostRows {
@@ -321,6 +338,27 @@ impl HostRows {
         self.lens.extend(self.positions.iter().map(|&p| p as i32 + 1));
         let have = self.all.len();
         self.all.extend(have..padded.max(have));
+    }
+
+    /// The padded rows and `uniforms` laid out as a [`RowsDev`] of `cap` rows holds them, up to
+    /// the last uniform (or the last length, without uniforms).
+    fn words(&mut self, cap: usize, uniforms: &[f64]) -> &[u32] {
+        let b = self.tokens.len();
+        let end = if uniforms.is_empty() { 3 * cap + b } else { 4 * cap + 2 * uniforms.len() };
+        self.packed.clear();
+        self.packed.resize(end, 0);
+        let w = &mut self.packed;
+        w[..b].copy_from_slice(&self.tokens);
+        w[cap..cap + b].copy_from_slice(&self.positions);
+        for (k, (&s, &l)) in self.slots.iter().zip(&self.lens).enumerate() {
+            (w[2 * cap + k], w[3 * cap + k]) = (s as u32, l as u32);
+        }
+        for (k, u) in uniforms.iter().enumerate() {
+            let bits = u.to_bits();
+            // little-endian: the low word first, as the device reads an f64
+            (w[4 * cap + 2 * k], w[4 * cap + 2 * k + 1]) = (bits as u32, (bits >> 32) as u32);
+        }
+        &self.packed
     }
 }
 
@@ -350,12 +388,7 @@ fn step_fingerprint(
     for buf in [&b.ln, &b.att, &b.act] {
         f.push(buf.ptr(g));
     }
-    f.extend([
-        rows.batch.tokens.device_ptr(st).0,
-        rows.batch.positions.device_ptr(st).0,
-        rows.slots.device_ptr(st).0,
-        rows.lens.device_ptr(st).0,
-    ]);
+    f.extend([rows.words.device_ptr(st).0, rows.cap as u64]);
     f.extend(cache.k.iter().chain(&cache.v).map(|c| c.device_ptr(st).0));
     f.extend([cache.max_len as u64, cache.bf16 as u64]);
     f.extend(g.scratch_addresses());
@@ -393,5 +426,30 @@ mod tests {
         h.pad(&[4, 4], &[0, 0], (2, 1, 16));
         assert_eq!((&h.tokens[..], &h.slots[..], &h.lens[..]), (&[4u32, 4][..], &[0, 0][..], &[2, 3][..]));
         assert_eq!(h.positions, [1, 2]);
+    }
+
+    /// One upload holds every row input at its part's fixed offset (a multiple of the capacity),
+    /// the slots and lengths as their i32 bits, each uniform as its f64's two words, low first;
+    /// without uniforms the copy ends after the lengths.
+    #[test]
+    fn the_row_inputs_go_up_in_one_buffer_at_fixed_offsets() {
+        let mut h = HostRows { positions: vec![5, 0], ..HostRows::default() };
+        h.pad(&[7, 8], &[2, 0], (3, 3, 4));
+        let cap = 64;
+        let u = [0.25f64, 0.7];
+        let w = h.words(cap, &u).to_vec();
+        assert_eq!(w.len(), 4 * cap + 4);
+        let part = |p: RowPart, n: usize| w[p as usize * cap..p as usize * cap + n].to_vec();
+        assert_eq!(part(RowPart::Tokens, 3), [7, 8, 0]);
+        assert_eq!(part(RowPart::Positions, 3), [5, 0, 0]);
+        assert_eq!(part(RowPart::Slots, 3), [2, 0, 3]);
+        assert_eq!(part(RowPart::Lens, 3), [6, 1, 1]);
+        let uw = part(RowPart::Uniforms, 4);
+        for (k, &want) in u.iter().enumerate() {
+            let bytes: Vec<u8> = uw[2 * k..2 * k + 2].iter().flat_map(|x| x.to_le_bytes()).collect();
+            assert_eq!(f64::from_le_bytes(bytes.try_into().unwrap()), want);
+        }
+        assert!(ROW_WORDS * cap >= w.len());
+        assert_eq!(h.words(cap, &[]).len(), 3 * cap + 3);
     }
 }

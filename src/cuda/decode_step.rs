@@ -4,7 +4,7 @@
 //! the fused q|k|v epilogue and the decode attention of cuda/decode_attention.cu.
 
 use crate::cuda::act::GpuAct;
-use crate::cuda::backend::{GpuBatch, GpuRope};
+use crate::cuda::backend::GpuRope;
 use crate::cuda::decode_attn::decode_attn_entry;
 use crate::cuda::device::{Arg, Gpu};
 use crate::cuda::kv_cache::GpuKvCache;
@@ -36,6 +36,16 @@ pub(super) struct StepBufs {
     pub(super) partial: CudaSlice<f32>,
 }
 
+/// Where a decode step's per-row inputs are on the device (`u32` tokens and positions, `i32`
+/// slots and attended lengths).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RowPtrs {
+    pub(super) tokens: u64,
+    pub(super) positions: u64,
+    pub(super) slots: u64,
+    pub(super) lens: u64,
+}
+
 /// The GPU's half of a decode step ([`DecodeDevice`]): the backend's operations on the decoder's
 /// buffers, weights read in place, and the cache kernels of cuda/decode_attention.cu.
 pub(super) struct GpuStep<'a> {
@@ -44,11 +54,8 @@ pub(super) struct GpuStep<'a> {
     pub(super) rope: &'a GpuRope,
     pub(super) bufs: &'a mut StepBufs,
     pub(super) cache: &'a GpuKvCache,
-    /// The step's tokens and positions on the device.
-    pub(super) dev: &'a GpuBatch,
-    /// Each row's slot and attended length (position + 1).
-    pub(super) slots: &'a CudaSlice<i32>,
-    pub(super) lens: &'a CudaSlice<i32>,
+    /// The device addresses of the step's tokens, positions, slots and attended lengths.
+    pub(super) rows: RowPtrs,
     /// The per-group decode attention's (splits, positions per split) of each row.
     pub(super) split: (usize, usize),
 }
@@ -57,7 +64,7 @@ impl DecodeDevice for GpuStep<'_> {
     fn embed(&mut self, model: &Model, tokens: &[u32]) -> Result<()> {
         let (c, v, at) = (model.cfg.hidden_size, model.cfg.vocab_size, model.params.layout.embed);
         let x = Gpu::m(&mut self.bufs.x, 0..tokens.len() * c);
-        self.g.embedding_forward(x, Gpu::r(self.p, at..at + v * c), self.dev, c)
+        self.g.embed_ids(x, Gpu::r(self.p, at..at + v * c), self.rows.tokens, c)
     }
 
     fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()> {
@@ -123,7 +130,7 @@ impl DecodeDevice for GpuStep<'_> {
         }
         let s = &g.stream;
         let (kp, vp) = (cache.k[layer].device_ptr(s).0, cache.v[layer].device_ptr(s).0);
-        let (slot_p, lens_p) = (self.slots.device_ptr(s).0, self.lens.device_ptr(s).0);
+        let (slot_p, lens_p) = (self.rows.slots, self.rows.lens);
         let qp = g.pm(&mut Gpu::m(&mut b.qkv, 0..rows * qkv_w));
         let bias = match model.params.layout.layers[layer].qkv_b {
             Some(at) => g.pr(&Gpu::r(self.p, at..at + qkv_w)),
@@ -138,7 +145,7 @@ impl DecodeDevice for GpuStep<'_> {
             Arg::P(kp),
             Arg::P(vp),
             Arg::P(slot_p),
-            Arg::P(self.dev.positions.device_ptr(s).0),
+            Arg::P(self.rows.positions),
             Arg::P(self.rope.cos.device_ptr(s).0),
             Arg::P(self.rope.sin.device_ptr(s).0),
             Arg::I(rows as i32),

@@ -57,26 +57,52 @@ pub fn sample_rows(
     params: &SamplingParams,
     bufs: &mut SampleBufs,
 ) -> Result<Vec<Sampled>> {
-    let temperature = params.temperature;
     let n = uniforms.len();
     if v == 0 || logits.len() < n * v {
         return Err(Error::shape("sample rows", format!("{n} rows of {v} logits from a buffer of {}", logits.len())));
     }
+    check_uniforms(uniforms, params)?;
     if n == 0 {
         return Ok(Vec::new());
-    }
-    if !temperature.is_finite() || uniforms.iter().any(|u| !(0.0..1.0).contains(u)) {
-        return Err(Error::Invalid(format!("sample rows: temperature {temperature} or a uniform outside [0, 1)")));
     }
     bufs.reserve(gpu, n)?;
     let s = gpu.stream();
     s.memcpy_htod(uniforms, &mut bufs.uniforms.slice_mut(0..n)).map_err(drv("upload"))?;
+    let at = bufs.uniforms.device_ptr(s).0;
+    sample_rows_at(gpu, logits, v, (at, n), params, bufs)
+}
+
+/// A sampling step's settings and draws: a finite temperature, every uniform in [0, 1).
+pub(crate) fn check_uniforms(uniforms: &[f64], params: &SamplingParams) -> Result<()> {
+    let temperature = params.temperature;
+    if !temperature.is_finite() || uniforms.iter().any(|u| !(0.0..1.0).contains(u)) {
+        return Err(Error::Invalid(format!("sample rows: temperature {temperature} or a uniform outside [0, 1)")));
+    }
+    Ok(())
+}
+
+/// [`sample_rows`] with the `n` uniforms already on the device at `uniforms` (checked by
+/// [`check_uniforms`]) for the first `n` rows of `logits`: the decoder uploads them with the
+/// step's rows, in one copy.
+pub(crate) fn sample_rows_at(
+    gpu: &Gpu,
+    logits: &CudaView<'_, f32>,
+    v: usize,
+    (uniforms, n): (u64, usize),
+    params: &SamplingParams,
+    bufs: &mut SampleBufs,
+) -> Result<Vec<Sampled>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    bufs.reserve(gpu, n)?;
+    let s = gpu.stream();
     // ids at 0, log-probs at n, entropies at 2n (words)
     let (out, n64) = (bufs.out.device_ptr_mut(s).0, n as u64);
     let args = [
         Arg::P(gpu.pr(logits)),
-        Arg::P(bufs.uniforms.device_ptr(s).0),
-        Arg::F(temperature),
+        Arg::P(uniforms),
+        Arg::F(params.temperature),
         Arg::P(out),
         Arg::P(out + 4 * n64),
         Arg::P(out + 8 * n64),
