@@ -241,10 +241,6 @@ fn rows() -> Vec<(Row, String)> {
             format!("{cuda}\n[rl]\nsteps = 1\nmax_batch = 70000\n"),
         ),
         (
-            row("cuda_workload_step", "workload.decode_step_ms", "an emulated decode step time applies to the CPU"),
-            format!("{cuda}\n{RL}\n[workload]\nlengths = {{ kind = \"constant\", value = 8 }}\ndecode_step_ms = 5.0\n"),
-        ),
-        (
             row(
                 "attention_pass_tp_one",
                 "parallel.tp",
@@ -360,6 +356,8 @@ fn streaming_async_modes_are_not_refused_on_the_gpu() {
     for mode in ["mode = \"continuous\"", "replicate = true", "mode = \"continuous\"\nreplicate = true"] {
         let text = format!("{cuda}\n{RL}\n[async]\nrollout_ranks = 2\n{mode}\n");
         let cfg: RunConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.train.device, arbor::config::Device::Cuda);
+        assert!(cfg.async_rl.as_ref().is_some_and(|a| a.streams()), "{mode}");
         for rule in RULES {
             assert_eq!(rule.check(&cfg), None, "{mode}: {}", rule.name);
         }

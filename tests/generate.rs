@@ -177,7 +177,8 @@ fn bad_requests_are_errors() {
 /// `[async]` rollout rank's streaming loop): weights installed between two decode steps are used
 /// from the next one on. Requests that finished before the install equal `generate` with the old
 /// weights, requests admitted after it equal `generate` with the new ones, and those in flight
-/// across it equal neither (their cache and stream carry over).
+/// across it follow the old weights' completion up to the install (one token a step, from the
+/// step that fed their prompt) and then leave it (their cache and stream carry over).
 #[test]
 fn a_loop_across_weight_versions_decodes_with_each_installed_version() {
     let mut m = model();
@@ -205,6 +206,11 @@ fn a_loop_across_weight_versions_decodes_with_each_installed_version() {
             after += 1;
         } else {
             assert!(c != &with_a[i] && c != &with_b[i], "request {i} decoded under both versions");
+            // the prompt goes in at the admission step (prompts are shorter than a step's rows)
+            let k = install_at - got.admitted[i];
+            assert_eq!(c.tokens[..k], with_a[i].tokens[..k], "request {i}: tokens before the install");
+            assert_eq!(c.logprobs[..k], with_a[i].logprobs[..k], "request {i}: log-probs before the install");
+            assert_ne!(c.logprobs[k], with_a[i].logprobs[k], "request {i}: the token after the install");
             across += 1;
         }
     }

@@ -378,8 +378,9 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
     let line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
-        "dtype": match gpu.dtype() {
-            crate::config::Dtype::Bf16 => "bf16 products on the tensor cores (forward and backward)",
+        "dtype": match (gpu.dtype(), gpu.attn_on_tensor_cores(d)) {
+            (crate::config::Dtype::Bf16, true) => "bf16 products on the tensor cores (forward and backward)",
+            (crate::config::Dtype::Bf16, false) => "f32 (the tensor-core tiles do not fit this GPU at this head dim)",
             _ => "f32",
         },
         "dkdv": gpu.dkdv_plan().name(),

@@ -31,7 +31,6 @@ pub const RULES: &[Rule] = &[
     Rule { name: "cuda_head_dim", key: "model.num_heads", check: cuda_head_dim },
     Rule { name: "cuda_critic_head_dim", key: "critic.num_heads", check: cuda_critic_head_dim },
     Rule { name: "cuda_max_batch", key: "rl.max_batch", check: cuda_max_batch },
-    Rule { name: "cuda_workload_step", key: "workload.decode_step_ms", check: cuda_workload_step },
     Rule { name: "attention_pass_tp_one", key: "parallel.tp", check: attention_pass_tp_one },
     Rule { name: "critic_needs_rl", key: "critic", check: critic_needs_rl },
     Rule { name: "critic_not_trees", key: "critic", check: critic_not_trees },
@@ -137,14 +136,6 @@ fn cuda_max_batch(cfg: &RunConfig) -> Option<String> {
     let b = cfg.rl.as_ref()?.max_batch;
     when(cfg.train.device == Device::Cuda && b > 65_535, || {
         format!("{b}: train.device = \"cuda\" decodes at most 65,535 sequences together")
-    })
-}
-
-/// The emulated decode step time shapes the CPU engine's generation; the GPU's has no such floor.
-fn cuda_workload_step(cfg: &RunConfig) -> Option<String> {
-    let ms = cfg.workload.as_ref()?.decode_step_ms;
-    when(cfg.train.device == Device::Cuda && ms > 0.0, || {
-        format!("{ms}: an emulated decode step time applies to the CPU engine; use 0 with train.device = \"cuda\"")
     })
 }
 

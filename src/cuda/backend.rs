@@ -66,21 +66,6 @@ pub fn embedding_csr(tokens: &[u32]) -> Vec<u32> {
 }
 
 impl Gpu {
-    /// The batch of a decode step: `tokens` and `positions` on the device, one row each (the
-    /// targets, sequence starts and embedding-backward table a decode step never reads are empty).
-    pub fn rows_batch(&self, tokens: &[u32], positions: &[u32]) -> Result<GpuBatch> {
-        Ok(GpuBatch {
-            tokens: self.htod(tokens)?,
-            targets: self.htod::<u32>(&[])?,
-            positions: self.htod(positions)?,
-            cu_seqlens: self.htod::<i32>(&[])?,
-            emb_csr: self.htod::<u32>(&[])?,
-            emb_ids: 0,
-            n_seq: 0,
-            max_len: 1,
-        })
-    }
-
     /// out[i] = table[ids[i]] for the `out.len() / c` token ids at device address `ids` (rows of
     /// `c`).
     pub(crate) fn embed_ids(

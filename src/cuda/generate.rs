@@ -17,7 +17,7 @@ use crate::model::Model;
 use crate::rollout::engine::context_len;
 use crate::rollout::sampler::Sampled;
 use crate::rollout::slots::{run_requests, LoopStep};
-use crate::rollout::{Completion, GenerateConfig, Request, SamplingParams};
+use crate::rollout::{Completion, GenerateConfig, Request};
 
 /// Rows one step may hold (prompt chunks wait for the next step beyond it).
 pub const MAX_ROWS: usize = 8192;
@@ -38,9 +38,7 @@ impl GpuDecoder {
         }
         let slots = cfg.max_batch.min(requests.len());
         let mut cache = GpuKvCache::new(self.gpu(), model, slots, max_len)?;
-        run_requests(requests, cfg, (slots, max_len, MAX_ROWS), |step| {
-            self.loop_step(model, w, step, &mut cache, &cfg.sampling)
-        })
+        run_requests(requests, cfg, (slots, max_len, MAX_ROWS), |step| self.loop_step(model, w, step, &mut cache))
     }
 
     /// One step of the continuous-batching loop (`rollout::Slots`) with the tokens drawn on the
@@ -51,11 +49,10 @@ impl GpuDecoder {
         w: DeviceWeights<'_>,
         step: LoopStep<'_>,
         cache: &mut GpuKvCache,
-        sampling: &SamplingParams,
     ) -> Result<Vec<Sampled>> {
         for &slot in step.starts {
             cache.len[slot] = 0;
         }
-        self.step_sampled(model, w, step.input, cache, sampling)
+        self.step_sampled(model, w, step.input, cache, step.sampling)
     }
 }

@@ -58,9 +58,6 @@ pub fn sample_rows(
     bufs: &mut SampleBufs,
 ) -> Result<Vec<Sampled>> {
     let n = uniforms.len();
-    if v == 0 || logits.len() < n * v {
-        return Err(Error::shape("sample rows", format!("{n} rows of {v} logits from a buffer of {}", logits.len())));
-    }
     check_uniforms(uniforms, params)?;
     if n == 0 {
         return Ok(Vec::new());
@@ -94,6 +91,9 @@ pub(crate) fn sample_rows_at(
 ) -> Result<Vec<Sampled>> {
     if n == 0 {
         return Ok(Vec::new());
+    }
+    if v == 0 || logits.len() < n * v {
+        return Err(Error::shape("sample rows", format!("{n} rows of {v} logits from a buffer of {}", logits.len())));
     }
     bufs.reserve(gpu, n)?;
     let s = gpu.stream();

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::decode::{DecodeBuffers, DecodeWeights, KvCache};
 use crate::model::Model;
 use crate::rng::Rng;
-use crate::rollout::engine::{Completion, GenerateConfig, Request};
+use crate::rollout::request::{Completion, GenerateConfig, Request};
 use crate::rollout::sampler::{sample_with_uniform, Sampled, SamplingParams};
 
 /// A request in a KV-cache slot.
@@ -55,16 +55,18 @@ pub struct StepInput<'a> {
     pub uniforms: &'a [f64],
 }
 
-/// One step of the loop: `input`'s rows, and the slots that begin a new sequence at this step
-/// (their cache length must be reset to 0 before it).
+/// One step of the loop: `input`'s rows, the slots that begin a new sequence at this step (their
+/// cache length must be reset to 0 before it), and how to pick each logit row's token (the
+/// settings the uniforms were drawn for).
 #[derive(Debug, Clone, Copy)]
 pub struct LoopStep<'a> {
     pub input: StepInput<'a>,
     pub starts: &'a [usize],
+    pub sampling: &'a SamplingParams,
 }
 
 /// The rows of one step: a row per decoding sequence and the next chunk of each admitted prompt,
-/// in slot order, within a budget of rows.
+/// in the order of the loop's sequences, within a budget of rows.
 #[derive(Debug, Default)]
 struct StepRows {
     tokens: Vec<u32>,
@@ -79,8 +81,8 @@ struct StepRows {
 }
 
 impl StepRows {
-    /// Plan the step of `active` with at most `max_rows` rows of prompt chunks beside the decoding
-    /// rows (advances each sequence's `fed`), and draw each picking row's uniform.
+    /// Plan the step of `active`: every decoding row, then prompt chunks up to `max_rows` rows in
+    /// all (advances each sequence's `fed`), and draw each picking row's uniform.
     fn plan(&mut self, active: &mut [Active], max_rows: usize, temperature: f32) {
         self.tokens.clear();
         self.slots.clear();
@@ -116,14 +118,14 @@ impl StepRows {
         }
     }
 
-    fn step(&self) -> LoopStep<'_> {
+    fn step<'a>(&'a self, sampling: &'a SamplingParams) -> LoopStep<'a> {
         let input = StepInput {
             tokens: &self.tokens,
             slots: &self.slots,
             logit_rows: &self.logit_rows,
             uniforms: &self.uniforms,
         };
-        LoopStep { input, starts: &self.starts }
+        LoopStep { input, starts: &self.starts, sampling }
     }
 }
 
@@ -140,8 +142,8 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// `capacity` slots of `max_len` positions; a step holds at most `max_rows` rows of prompt
-    /// chunks beside the decoding rows (a longer prompt goes in over several steps).
+    /// `capacity` slots of `max_len` positions; a step holds every decoding row and prompt chunks up
+    /// to `max_rows` rows in all (a longer prompt goes in over several steps).
     pub fn new(capacity: usize, max_len: usize, max_rows: usize) -> Self {
         Slots {
             free: (0..capacity).rev().collect(),
@@ -196,7 +198,7 @@ impl Slots {
         }
         self.rows.plan(&mut self.active, self.max_rows, cfg.sampling.temperature);
         let t_step = std::time::Instant::now();
-        let picked = run(self.rows.step())?;
+        let picked = run(self.rows.step(&cfg.sampling))?;
         if picked.len() != self.rows.picking.len() {
             let why = format!("{} picks for {} logit rows", picked.len(), self.rows.picking.len());
             return Err(Error::shape("decode step", why));
@@ -285,14 +287,8 @@ impl HostStep {
         }
     }
 
-    /// Run `step` with `weights` and draw each logit row's token with `sampling`.
-    pub fn run(
-        &mut self,
-        model: &Model,
-        weights: &DecodeWeights,
-        step: LoopStep<'_>,
-        sampling: &SamplingParams,
-    ) -> Result<Vec<Sampled>> {
+    /// Run `step` with `weights` and draw each logit row's token.
+    pub fn run(&mut self, model: &Model, weights: &DecodeWeights, step: LoopStep<'_>) -> Result<Vec<Sampled>> {
         for &slot in step.starts {
             self.cache.len[slot] = 0;
         }
@@ -300,6 +296,6 @@ impl HostStep {
         model.forward_cached(weights, tokens, slots, logit_rows, &mut self.cache, &mut self.buf)?;
         let v = model.cfg.vocab_size;
         let logits = self.buf.logits.chunks_exact(v);
-        Ok(logits.zip(uniforms).map(|(z, &u)| sample_with_uniform(z, sampling, u, &mut self.scratch)).collect())
+        Ok(logits.zip(uniforms).map(|(z, &u)| sample_with_uniform(z, step.sampling, u, &mut self.scratch)).collect())
     }
 }

@@ -7,13 +7,13 @@ use crate::error::Result;
 use crate::model::decode::DecodeWeights;
 use crate::model::Model;
 use crate::rollout::slots::HostStep;
-use crate::rollout::{Completion, GenerateConfig, Slots};
+use crate::rollout::{Completion, GenerateConfig, Request, Slots};
 use crate::train::engine::Engine;
 
 /// [`Slots`] whose steps run on an [`Engine`]'s device with its current weights.
 pub struct EngineSlots {
     /// The host side of the loop: admission, rows, finish rules.
-    pub slots: Slots,
+    slots: Slots,
     engine: Engine,
     dev: DevStep,
 }
@@ -54,16 +54,35 @@ impl EngineSlots {
         Ok(())
     }
 
+    /// Whether a slot is free ([`Slots::has_free`]).
+    pub fn has_free(&self) -> bool {
+        self.slots.has_free()
+    }
+
+    /// Sequences in the slots.
+    pub fn busy(&self) -> usize {
+        self.slots.busy()
+    }
+
+    /// Cache slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    /// Put request `r` into a free slot ([`Slots::admit`]).
+    pub fn admit(&mut self, key: usize, r: &Request, stream_step: u64, cfg: &GenerateConfig) -> Option<Completion> {
+        self.slots.admit(key, r, stream_step, cfg)
+    }
+
     /// One step of every sequence in the slots ([`Slots::step`]); the finished ones with their keys.
     pub fn step(&mut self, model: &Model, cfg: &GenerateConfig) -> Result<Vec<(usize, Completion)>> {
-        let sampling = &cfg.sampling;
         match (&mut self.dev, &mut self.engine) {
             (DevStep::Cpu(cpu), _) => {
                 let (host, weights) = &mut **cpu;
-                self.slots.step(cfg, |s| host.run(model, weights, s, sampling))
+                self.slots.step(cfg, |s| host.run(model, weights, s))
             }
             #[cfg(feature = "cuda")]
-            (DevStep::Cuda(cache), Engine::Cuda(e)) => self.slots.step(cfg, |s| e.loop_step(model, s, cache, sampling)),
+            (DevStep::Cuda(cache), Engine::Cuda(e)) => self.slots.step(cfg, |s| e.loop_step(model, s, cache)),
             #[cfg(feature = "cuda")]
             (DevStep::Cuda(_), Engine::Cpu { .. }) => unreachable!("a device KV cache is made for a device engine"),
         }

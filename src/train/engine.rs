@@ -373,7 +373,7 @@ mod cuda {
     use crate::model::{Batch, Model, Workspace};
     use crate::parallel::Comm;
     use crate::rollout::sampler::Sampled;
-    use crate::rollout::{Completion, GenerateConfig, LoopStep, Request, SamplingParams};
+    use crate::rollout::{Completion, GenerateConfig, LoopStep, Request};
     use crate::train::AdamW;
     use std::rc::Rc;
     use std::sync::Arc;
@@ -503,20 +503,8 @@ mod cuda {
         }
 
         /// One step of a continuous-batching loop (`rollout::Slots`) on the engine's weights.
-        pub fn loop_step(
-            &mut self,
-            model: &Model,
-            step: LoopStep<'_>,
-            cache: &mut GpuKvCache,
-            sampling: &SamplingParams,
-        ) -> Result<Vec<Sampled>> {
-            decoder(&mut self.decoder, &self.model, model)?.loop_step(
-                model,
-                self.model.weights(),
-                step,
-                cache,
-                sampling,
-            )
+        pub fn loop_step(&mut self, model: &Model, step: LoopStep<'_>, cache: &mut GpuKvCache) -> Result<Vec<Sampled>> {
+            decoder(&mut self.decoder, &self.model, model)?.loop_step(model, self.model.weights(), step, cache)
         }
 
         pub fn sync_host(&mut self, model: &mut Model, opt: &mut AdamW) -> Result<()> {

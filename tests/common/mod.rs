@@ -162,12 +162,12 @@ pub fn slots_with_install(
             model.params.data = params_b.to_vec();
             es.install(model).unwrap();
         }
-        while es.slots.has_free() && next < n {
-            assert!(es.slots.admit(next, &requests[next], cfg.step, cfg).is_none());
+        while es.has_free() && next < n {
+            assert!(es.admit(next, &requests[next], cfg.step, cfg).is_none());
             out.admitted[next] = step;
             next += 1;
         }
-        if es.slots.busy() == 0 {
+        if es.busy() == 0 {
             break;
         }
         for (i, c) in es.step(model, cfg).unwrap() {

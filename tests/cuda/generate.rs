@@ -152,37 +152,34 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
 }
 
 /// An `[async]` rollout rank's streaming loop on the GPU (`train::decoding::EngineSlots` on a
-/// CUDA engine: device KV cache, weights installed between two decode steps, tokens drawn on the
-/// device) equals the same loop on the CPU engine: greedy exactly, sampled at T = 1 but for at
-/// most one completion.
+/// forward-only CUDA engine, as a rollout rank makes it: device KV cache, weights installed
+/// between two decode steps, tokens drawn on the device) equals the same loop on the CPU engine,
+/// greedy: the same tokens, log-probs within 1e-4. (Sampled, one flipped token would move every
+/// later admission against the install, so greedy is the comparison that says something.)
 #[test]
 fn a_streaming_loop_across_weight_versions_on_the_gpu_equals_the_cpu() {
+    use arbor::config::{Compute, Device, Dtype};
     use arbor::train::engine::Engine;
-    let Some(g) = gpu() else { return };
-    for temperature in [0.0f32, 1.0] {
-        let (model, requests, cfg) = case(temperature);
-        let b = init_params(&model.cfg, 12, 1.0);
-        let run = |engine: &dyn Fn(&Model) -> Engine| {
-            let mut m = model.clone();
-            super::common::slots_with_install(engine(&m), &mut m, &b.data, &requests, &cfg, (3, 40, 9))
-        };
-        let cpu = run(&|_| Engine::cpu());
-        let gpu = run(&|m| Engine::cuda(g.clone(), m).unwrap());
-        let across = (0..requests.len()).filter(|&i| cpu.admitted[i] < 9 && cpu.finished[i] >= 9).count();
-        assert!(across > 0, "some request should be in flight across the install");
-        let mut differ = 0;
-        for (i, (c, o)) in cpu.completions.iter().zip(&gpu.completions).enumerate() {
-            println!("T {temperature} request {i}: cpu {:?} gpu {:?}", c.tokens, o.tokens);
-            if c.tokens != o.tokens {
-                differ += 1;
-                continue;
-            }
-            for k in 0..c.tokens.len() {
-                assert!((o.logprobs[k] - c.logprobs[k]).abs() < 1e-4, "request {i} token {k} log-prob");
-            }
+    if gpu().is_none() {
+        return;
+    }
+    let (model, requests, cfg) = case(0.0);
+    let b = init_params(&model.cfg, 12, 1.0);
+    let run = |engine: &dyn Fn(&Model) -> Engine| {
+        let mut m = model.clone();
+        super::common::slots_with_install(engine(&m), &mut m, &b.data, &requests, &cfg, (3, 40, 9))
+    };
+    let cpu = run(&|_| Engine::cpu());
+    let on_gpu = |m: &Model| Engine::inference(Compute { device: Device::Cuda, dtype: Dtype::F32 }, m).unwrap();
+    let gpu = run(&on_gpu);
+    let across = (0..requests.len()).filter(|&i| cpu.admitted[i] < 9 && cpu.finished[i] >= 9).count();
+    assert!(across > 0, "some request should be in flight across the install");
+    for (i, (c, o)) in cpu.completions.iter().zip(&gpu.completions).enumerate() {
+        println!("request {i}: cpu {:?} gpu {:?}", c.tokens, o.tokens);
+        assert_eq!(c.tokens, o.tokens, "request {i}");
+        for k in 0..c.tokens.len() {
+            assert!((o.logprobs[k] - c.logprobs[k]).abs() < 1e-4, "request {i} token {k} log-prob");
         }
-        let allowed = if temperature > 0.0 { 1 } else { 0 };
-        assert!(differ <= allowed, "T {temperature}: {differ} of {} completions differ", requests.len());
     }
 }
 

@@ -329,6 +329,11 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
     let mut rng = Rng::new(23);
     // head dim 30: rows loaded element by element (the others four at a time)
     for (h, kv, d) in [(4, 2, 16), (2, 1, 30), (8, 2, 64), (2, 1, 128)] {
+        if !g.attn_on_tensor_cores(d) {
+            // head dim 128 on a 99 KiB GPU: the f32 kernels run it (the test below)
+            println!("D={d}: the tensor-core tiles do not fit {}", g.describe());
+            continue;
+        }
         let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
         let b = batch(&mut rng, &[1, 70, 130, 3, 64], 10);
         let n = b.len();
@@ -379,7 +384,7 @@ fn a_gpu_too_small_for_the_tensor_core_tiles_runs_the_f32_attention() {
     use arbor::attention::{AttnSaved, AttnShape};
     let Some(g) = gpu() else { return };
     g.set_dtype(Dtype::Bf16);
-    assert!(g.attn_on_tensor_cores(128), "{}: the tiles of head dim 128 should fit", g.describe());
+    // (a 99 KiB GPU already is one: capping changes nothing there)
     g.cap_smem(99 * 1024);
     assert!(g.attn_on_tensor_cores(64) && !g.attn_on_tensor_cores(128));
     let mut rng = Rng::new(31);

@@ -167,15 +167,23 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
     }
     let gen = rollout_config(ph.cfg, rl, 0, rl.max_new_tokens);
     let here = Here { ph, tok: CharTokenizer::default(), samples: samples.clone(), clock: Instant::now() };
-    // a slot holds the longest prompt of the rank's share and its response
-    let mut longest = 0;
+    // the rank's share of every batch's problems, made once: a slot holds the longest prompt and
+    // its response
+    let mut ahead = HashMap::new();
     for id in (s.first..rl.steps).flat_map(|b| prompts.clone().map(move |p_i| b * p as u64 + p_i as u64)) {
-        longest = longest.max(problem(ph.task, &here.tok, SPLIT_TRAIN, id)?.0.len());
+        ahead.insert(id, problem(ph.task, &here.tok, SPLIT_TRAIN, id)?);
     }
-    let max_len = (longest + rl.max_new_tokens).min(model.cfg.max_position_embeddings);
+    let longest = ahead.values().map(|(prompt, _)| prompt.len()).max().unwrap_or(0);
+    let max_pos = model.cfg.max_position_embeddings;
+    if longest >= max_pos {
+        return Err(Error::Invalid(format!(
+            "async: a prompt of {longest} tokens leaves no room for a response under max_position_embeddings = {max_pos}"
+        )));
+    }
+    let max_len = (longest + rl.max_new_tokens).min(max_pos);
     let engine = Engine::inference(ph.cfg.train.compute(), model)?;
     let mut slots = EngineSlots::new(engine, model, rl.max_batch.max(1), max_len)?;
-    let capacity = slots.slots.capacity() as f64;
+    let capacity = slots.capacity() as f64;
     let sum = fnv1a64(bytemuck::cast_slice(&model.params.data));
     let mut policy = Policy { version: s.first, sum, unreported: Vec::new(), stopped: false };
     let (mut busy_s, mut total_s) = (0.0f64, 0.0f64);
@@ -205,7 +213,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             Installs::Locked => {}
         }
         // admission: the next requests of the queue whose batch may start under this version
-        while slots.slots.has_free() && b < rl.steps {
+        while slots.has_free() && b < rl.steps {
             let may = match s.installs {
                 Installs::Locked => policy.version == batch_version(b, s.lag, s.first),
                 _ => b.saturating_sub(policy.version) <= s.lag,
@@ -221,7 +229,10 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             let g = match open.entry((b, p_i)) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
-                    let (prompt, problem) = problem(ph.task, &here.tok, SPLIT_TRAIN, id)?;
+                    let (prompt, problem) = match ahead.remove(&id) {
+                        Some(made) => made,
+                        None => problem(ph.task, &here.tok, SPLIT_TRAIN, id)?,
+                    };
                     e.insert(Open {
                         problem,
                         prompt,
@@ -236,7 +247,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             g.start[j - samples.start] = policy.version;
             let req = Request { prompt_id: id, sample_index: j as u32, prompt: g.prompt.clone() };
             let at = key(b, p_i, j);
-            let done = slots.slots.admit(at, &req, b + 1, &gen);
+            let done = slots.admit(at, &req, b + 1, &gen);
             k += 1;
             if k == per_batch {
                 (b, k) = (b + 1, 0);
@@ -246,7 +257,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
                 send(piece, &mut policy, (busy_s, total_s), s.outbox)?;
             }
         }
-        if slots.slots.busy() == 0 {
+        if slots.busy() == 0 {
             if b >= rl.steps {
                 return Ok(());
             }
@@ -273,7 +284,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             continue;
         }
         let t = Instant::now();
-        let running = slots.slots.busy() as f64;
+        let running = slots.busy() as f64;
         let done = slots.step(model, &gen)?;
         let dt = t.elapsed().as_secs_f64();
         (busy_s, total_s) = (busy_s + running * dt, total_s + capacity * dt);
