@@ -150,9 +150,11 @@ impl Gpu {
             return Ok(());
         }
         let n = n.max(1); // the stream-ordered allocator is never asked for zero bytes
+                          // the old buffer is freed first: its memory may serve the larger one
+        *buf = GpuAct::F32(self.alloc(1, "activations")?);
         *buf = match bf16 {
-            true => GpuAct::Bf16(self.stream.alloc_zeros(n).map_err(drv("alloc"))?),
-            false => GpuAct::F32(self.stream.alloc_zeros(n).map_err(drv("alloc"))?),
+            true => GpuAct::Bf16(self.alloc(n, "activations")?),
+            false => GpuAct::F32(self.alloc(n, "activations")?),
         };
         Ok(())
     }

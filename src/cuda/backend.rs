@@ -106,14 +106,16 @@ impl Backend for Gpu {
     }
     fn empty(&self) -> Result<CudaSlice<f32>> {
         // one element: the stream-ordered allocator is never asked for zero bytes
-        self.stream.alloc_zeros(1).map_err(drv("alloc"))
+        self.alloc(1, "a buffer")
     }
     fn len(buf: &CudaSlice<f32>) -> usize {
         buf.len()
     }
     fn grow(&self, buf: &mut CudaSlice<f32>, n: usize) -> Result<()> {
         if buf.len() < n {
-            *buf = self.stream.alloc_zeros(n).map_err(drv("alloc"))?;
+            // the old buffer is freed first: its memory may serve the larger one
+            *buf = self.alloc(1, "a workspace buffer")?;
+            *buf = self.alloc(n, "a workspace buffer")?;
         }
         Ok(())
     }

@@ -75,7 +75,7 @@ impl RowsDev {
             Some(r) if r.cap >= rows => Ok(r),
             _ => {
                 let cap = rows.next_power_of_two().max(64);
-                Ok(RowsDev { cap, words: g.stream.alloc_zeros::<u32>(ROW_WORDS * cap).map_err(drv("alloc"))? })
+                Ok(RowsDev { cap, words: g.alloc(ROW_WORDS * cap, "the decode step's rows")? })
             }
         }
     }

@@ -133,6 +133,20 @@ pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error +
     move |e| Error::device(format!("CUDA {what}"), format!("{e:?}"))
 }
 
+/// What an allocation the device could not make says: what it was for and its size, the memory
+/// the device has (`free`, `total` bytes), and the settings that need less.
+pub(crate) fn out_of_memory(what: &str, bytes: usize, (free, total): (usize, usize), name: &str) -> String {
+    let mib = |b: usize| (b as f64 / (1u64 << 20) as f64).ceil() as u64;
+    format!(
+        "{name} is out of memory: {what} needs {} MiB more, and {} of its {} MiB are free. Lower [rl] micro_batch \
+         (the activations of a forward and backward) or max_batch (the KV cache of generation), use [train] \
+         dtype = \"bf16\" (bf16 activations and KV cache), or train a smaller model",
+        mib(bytes),
+        mib(free),
+        mib(total)
+    )
+}
+
 /// `x` as a kernel/cuBLAS `int`, or an error naming the quantity.
 pub(crate) fn int(x: usize, what: &str) -> Result<i32> {
     i32::try_from(x).map_err(|_| Error::Invalid(format!("{what} = {x} exceeds the CUDA kernels' int range")))
@@ -424,9 +438,27 @@ impl Gpu {
     /// allocator is never asked for zero bytes).
     pub(crate) fn htod<T: DeviceRepr + ValidAsZeroBits>(&self, data: &[T]) -> Result<CudaSlice<T>> {
         if data.is_empty() {
-            return self.stream.alloc_zeros(1).map_err(drv("alloc"));
+            return self.alloc(1, "an upload");
         }
-        self.stream.clone_htod(data).map_err(drv("upload"))
+        let bytes = std::mem::size_of_val(data);
+        self.stream.clone_htod(data).map_err(|e| self.alloc_failed(e, "an upload", bytes))
+    }
+
+    /// `n` zeroed values on the device (at least one: the stream-ordered allocator is never asked
+    /// for zero bytes) for `what`. Out of memory is an error naming `what`, its size, the memory the
+    /// device has and the settings that need less.
+    pub(crate) fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
+        let n = n.max(1);
+        self.stream.alloc_zeros(n).map_err(|e| self.alloc_failed(e, what, n * std::mem::size_of::<T>()))
+    }
+
+    /// The error of an allocation of `bytes` for `what` that failed with `e`.
+    pub(crate) fn alloc_failed(&self, e: cudarc::driver::DriverError, what: &str, bytes: usize) -> Error {
+        if e.0 != cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return Error::device(format!("CUDA allocation ({what})"), format!("{e:?}"));
+        }
+        let info = self.ctx.mem_get_info().unwrap_or((0, self.total_mem));
+        Error::device("CUDA memory", out_of_memory(what, bytes, info, &self.name))
     }
 
     /// Device address of a scratch buffer of at least `len` f32 (contents undefined), valid until
@@ -434,7 +466,8 @@ impl Gpu {
     pub(crate) fn scratch(&self, len: usize) -> Result<u64> {
         let mut s = self.scratch.lock().map_err(|_| Error::device("CUDA scratch", "poisoned"))?;
         if s.as_ref().is_none_or(|b| b.len() < len) {
-            *s = Some(self.stream.alloc_zeros(len.max(1)).map_err(drv("alloc"))?);
+            *s = None; // freed first: its memory may serve the larger one
+            *s = Some(self.alloc(len, "a column-sum scratch")?);
         }
         let buf = s.as_ref().ok_or_else(|| Error::device("CUDA scratch", "missing"))?;
         let ptr = buf.device_ptr(&self.stream).0;
@@ -457,5 +490,28 @@ impl Gpu {
     /// Device address of a writable view.
     pub(crate) fn pm(&self, v: &mut CudaViewMut<'_, f32>) -> u64 {
         v.device_ptr_mut(&self.stream).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::out_of_memory;
+
+    /// An allocation the GPU could not make names what it was for, its size and what the device
+    /// has, in MiB rounded up, and the settings that need less memory.
+    #[test]
+    fn out_of_memory_says_what_how_much_and_what_to_lower() {
+        let gib = 1usize << 30;
+        let msg = out_of_memory("the KV cache (lower max_batch)", 3 * gib + 1, (gib / 2, 80 * gib), "NVIDIA H100");
+        for part in [
+            "NVIDIA H100 is out of memory",
+            "the KV cache (lower max_batch) needs 3073 MiB more",
+            "512 of its 81920 MiB are free",
+            "micro_batch",
+            "max_batch",
+            "dtype = \"bf16\"",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
+        }
     }
 }

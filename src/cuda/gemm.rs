@@ -189,7 +189,8 @@ impl Gpu {
         let b_len = |p: &Product| if matches!(p.b, Operand::F32(_)) { p.shape.n * p.shape.k } else { 0 };
         let need = (b_at + products.iter().map(b_len).max().unwrap_or(0)).max(1);
         if guard.as_ref().is_none_or(|s| s.len() < need) {
-            *guard = Some(self.stream.alloc_zeros(need).map_err(drv("alloc"))?);
+            *guard = None; // freed first: its memory may serve the larger one
+            *guard = Some(self.alloc(need, "the bf16 operands of a product")?);
         }
         let scratch = guard.as_mut().ok_or_else(|| Error::device("CUDA scratch", "missing"))?;
         let base = scratch.device_ptr_mut(&self.stream).0;

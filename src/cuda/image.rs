@@ -4,7 +4,7 @@
 //! pass), and registers it with its device: a "bf16" product whose second operand lies inside a
 //! registered buffer reads the image (`Gpu::gemm`). Dropping the image unregisters it.
 
-use crate::cuda::device::{drv, Gpu, ImageEntry};
+use crate::cuda::device::{Gpu, ImageEntry};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
@@ -27,7 +27,7 @@ impl Bf16Image {
             return Ok(None);
         }
         let (len, base) = (params.len(), params.device_ptr(&gpu.stream).0);
-        let bits = gpu.stream.alloc_zeros::<u16>(len.max(1)).map_err(drv("alloc"))?;
+        let bits = gpu.alloc::<u16>(len, "the bf16 image of the weights")?;
         let mut image = Bf16Image { gpu: gpu.clone(), base, len, bits };
         image.refresh(params)?;
         gpu.register_image(ImageEntry { base, len, image: image.ptr() })?;

@@ -2,7 +2,7 @@
 //! in device memory ([slots + 1, KV, max_len, D] per layer, the layout of
 //! cuda/decode_attention.cu; the extra slot takes the padding rows of a captured step).
 
-use crate::cuda::device::{drv, Gpu};
+use crate::cuda::device::Gpu;
 use crate::error::Result;
 use crate::model::Model;
 use crate::tensor::Dtype;
@@ -28,7 +28,7 @@ impl GpuKvCache {
     pub fn new(gpu: &Gpu, model: &Model, slots: usize, max_len: usize) -> Result<Self> {
         let bf16 = gpu.dtype() == Dtype::Bf16;
         let per = (slots + 1) * model.cfg.num_kv_heads * max_len * model.cfg.head_dim * if bf16 { 1 } else { 2 };
-        let alloc = || gpu.stream.alloc_zeros::<u16>(per.max(2)).map_err(drv("KV cache alloc"));
+        let alloc = || gpu.alloc::<u16>(per.max(2), "the KV cache (lower max_batch)");
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for _ in 0..model.cfg.num_layers {
             k.push(alloc()?);

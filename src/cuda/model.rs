@@ -48,7 +48,7 @@ impl GpuModel {
         // (a head dim the attention kernels refuse, before anything is allocated)
         attn_dm(model.cfg.head_dim)?;
         let n = model.params.data.len();
-        let zeros = |len| gpu.stream.alloc_zeros::<f32>(len).map_err(drv("alloc"));
+        let zeros = |len| gpu.alloc::<f32>(len, "the gradients and AdamW moments");
         let params = gpu.upload(&model.params.data)?;
         Ok(GpuModel {
             image: Bf16Image::of(&gpu, &params)?,
@@ -68,7 +68,7 @@ impl GpuModel {
     /// or moment buffers; [`GpuModel::backward`] and [`GpuModel::adamw_step`] refuse it.
     pub fn frozen(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
         attn_dm(model.cfg.head_dim)?;
-        let one = || gpu.stream.alloc_zeros::<f32>(1).map_err(drv("alloc"));
+        let one = || gpu.alloc::<f32>(1, "a buffer");
         let params = gpu.upload(&model.params.data)?;
         Ok(GpuModel {
             image: Bf16Image::of(&gpu, &params)?,
@@ -275,8 +275,8 @@ impl GpuModel {
     pub fn grad_norm(&self) -> Result<f32> {
         let n = self.grads.len();
         let p = n.div_ceil(256).clamp(1, 1024);
-        let partials = self.gpu.stream.alloc_zeros::<f64>(p).map_err(drv("alloc"))?;
-        let norm = self.gpu.stream.alloc_zeros::<f32>(1).map_err(drv("alloc"))?;
+        let partials = self.gpu.alloc::<f64>(p, "the gradient norm's partial sums")?;
+        let norm = self.gpu.alloc::<f32>(1, "the gradient norm")?;
         let pp = partials.device_ptr(&self.gpu.stream).0;
         let gp = self.grads.device_ptr(&self.gpu.stream).0;
         self.gpu.launch(

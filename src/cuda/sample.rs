@@ -30,11 +30,10 @@ pub struct SampleBufs {
 impl SampleBufs {
     /// Buffers for up to `rows` rows (more are grown into when asked for).
     pub fn new(gpu: &Gpu, rows: usize) -> Result<Self> {
-        let s = gpu.stream();
         let n = rows.max(1);
         Ok(SampleBufs {
-            uniforms: s.alloc_zeros(n).map_err(drv("alloc"))?,
-            out: s.alloc_zeros(3 * n).map_err(drv("alloc"))?,
+            uniforms: gpu.alloc(n, "the sampler's buffers")?,
+            out: gpu.alloc(3 * n, "the sampler's buffers")?,
         })
     }
 

@@ -47,9 +47,9 @@ pub fn attention_stats(
         (up_i(&t.seq_info)?, up_i(&t.tok_step)?, up_i(&t.bounds)?, up_i(&t.bounds_off)?);
     let step_inv_d = gpu.upload(&t.step_inv)?;
     let total = t.bounds.len().max(1);
-    let best = s.alloc_zeros::<u64>(total).map_err(drv("alloc"))?;
+    let best = gpu.alloc::<u64>(total, "the attention statistics")?;
     let hn = (h_n * n).max(1);
-    let zeros = || s.alloc_zeros::<f32>(hn).map_err(drv("alloc"));
+    let zeros = || gpu.alloc::<f32>(hn, "the attention statistics");
     let (fci_col, fai_col, dist_row, waad_row) = (zeros()?, zeros()?, zeros()?, zeros()?);
     // the batch the forward just uploaded
     let fresh;
@@ -74,13 +74,13 @@ pub fn attention_stats(
     // pass 1's column planes, one per query tile, summed in order by attn_stats_col_sum
     let q_tiles = max_len.div_ceil(64).max(1);
     let plane = h_n * n;
-    let planes = || s.alloc_zeros::<f32>((q_tiles * plane).max(1)).map_err(drv("alloc"));
+    let planes = || gpu.alloc::<f32>(q_tiles * plane, "the attention statistics (lower [rl] micro_batch)");
     let (mut fci_planes, mut fai_planes) = (planes()?, planes()?);
     // Where the forward's attention ran on the tensor cores it read q and k rounded to bf16, and
     // its lse is that of the rounded scores: the probabilities are recomputed from the same
     // rounded rows (attn_stats_*_bf16), or their rows would not sum to one.
     let rounded = gpu.attn_on_tensor_cores(mc.head_dim);
-    let mut qk16 = s.alloc_zeros::<u16>(if rounded { n * qkv_w } else { 0 }.max(1)).map_err(drv("alloc"))?;
+    let mut qk16 = gpu.alloc::<u16>(if rounded { n * qkv_w } else { 0 }, "the attention statistics")?;
     let (elem, kind) = if rounded { (2, "bf16") } else { (4, "f32") };
     // per rhythm layer: dist, waad (rows) and fai (columns), [H, N] each, on the host
     let mut rhythm_rows: Vec<[Vec<f32>; 3]> = Vec::new();
