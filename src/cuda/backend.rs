@@ -86,6 +86,16 @@ impl Gpu {
         self.launch("embedding", "embedding_fwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)
     }
 
+    /// Copy `buf[r]` to `out` (its length `r.len()`) and wait for it.
+    pub(crate) fn download_range(&self, buf: &CudaSlice<f32>, r: Range<usize>, out: &mut [f32]) -> Result<()> {
+        if out.len() != r.len() || r.end > buf.len() {
+            let why = format!("{:?} of a buffer of {} into {} values", r, buf.len(), out.len());
+            return Err(Error::shape("download", why));
+        }
+        self.stream.memcpy_dtoh(&buf.slice(r), out).map_err(drv("download"))?;
+        self.sync()
+    }
+
     pub(crate) fn ids_ptr<T>(&self, s: &CudaSlice<T>, offset: usize) -> u64 {
         s.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<T>()) as u64
     }

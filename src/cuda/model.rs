@@ -31,6 +31,9 @@ pub struct GpuModel {
     batch: Option<(Batch, GpuBatch)>,
     /// ∂L/∂logp and ∂L/∂H of a backward's tokens on the device, [2, N] (grown, reused).
     head_grad: CudaSlice<f32>,
+    /// A value model's head: its weights, then per row the values or their gradients, then the
+    /// weights' gradient (grown, reused).
+    value_head: CudaSlice<f32>,
 }
 
 /// A model's weights on the device and, with bf16 products, their bf16 image (`cuda::image`): what
@@ -60,6 +63,7 @@ impl GpuModel {
             ws: Workspace::empty(&*gpu)?,
             batch: None,
             head_grad: zeros(1)?,
+            value_head: zeros(1)?,
             gpu,
         })
     }
@@ -80,6 +84,7 @@ impl GpuModel {
             ws: Workspace::empty(&*gpu)?,
             batch: None,
             head_grad: one()?,
+            value_head: one()?,
             gpu,
         })
     }
@@ -153,36 +158,70 @@ impl GpuModel {
         done
     }
 
-    /// Forward of the trunk only (embeddings, layers, final norm; a value model's): returns the
-    /// normed last hidden states lnf [N, C] on the host.
-    pub fn forward_trunk(&mut self, model: &Model, batch: &Batch) -> Result<Vec<f32>> {
+    /// Forward of the trunk only (embeddings, layers, final norm: a value model's), then its value
+    /// head without the bias: lnf · w of every row, [N] on the host (cuda/value_head.cu). The
+    /// hidden states stay on the device for [`GpuModel::backward_trunk_head`].
+    pub fn trunk_values(&mut self, model: &Model, batch: &Batch, w: &[f32]) -> Result<Vec<f32>> {
         model.check_batch(batch)?;
+        let (n, c) = (batch.len(), model.cfg.hidden_size);
+        if w.len() != c {
+            return Err(Error::shape("value head", format!("{} weights for a hidden size of {c}", w.len())));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let dev = self.device_batch(batch)?;
         let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
         let done = model.forward_trunk_on(&on, batch, &dev, &mut self.ws);
         self.keep_batch(batch, dev);
         done?;
-        let mut lnf = vec![0.0; batch.len() * model.cfg.hidden_size];
-        self.gpu.download(&self.ws.lnf, &mut lnf)?;
-        Ok(lnf)
+        // [w | v] in the head's buffer
+        let g = &*self.gpu;
+        g.grow(&mut self.value_head, c + n)?;
+        g.stream.memcpy_htod(w, &mut self.value_head.slice_mut(0..c)).map_err(drv("upload"))?;
+        let (wp, vp) = (g.pr(&Gpu::r(&self.value_head, 0..c)), g.pr(&Gpu::r(&self.value_head, c..c + n)));
+        let args =
+            [Arg::P(vp), Arg::P(g.pr(&Gpu::r(&self.ws.lnf, 0..n * c))), Arg::P(wp), Arg::I(n as i32), Arg::I(c as i32)];
+        g.launch("value_head", "value_head_fwd_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        let mut v = vec![0.0; n];
+        g.download_range(&self.value_head, c..c + n, &mut v)?;
+        Ok(v)
     }
 
-    /// Backward of the trunk after [`GpuModel::forward_trunk`] on the same batch, from
-    /// `dlnf` = ∂L/∂lnf [N, C]: gradients ADDED to the device gradient buffer.
-    pub fn backward_trunk(&mut self, model: &Model, batch: &Batch, dlnf: &[f32]) -> Result<()> {
+    /// Backward of the value head and the trunk after [`GpuModel::trunk_values`] on the same
+    /// batch, from `dv` = ∂L/∂V of every row (0 where no loss): ∂L/∂lnf = dv ⊗ w on the device,
+    /// the trunk's gradients ADDED to the device gradient buffer; returns ∂L/∂w [C] (on the host,
+    /// as the head's C + 1 numbers are).
+    pub fn backward_trunk_head(&mut self, model: &Model, batch: &Batch, w: &[f32], dv: &[f32]) -> Result<Vec<f32>> {
         self.check_trainable()?;
-        let nc = batch.len() * model.cfg.hidden_size;
-        if dlnf.len() != nc {
-            return Err(Error::shape("dlnf", format!("{} values for {nc} (tokens × hidden)", dlnf.len())));
+        let (n, c) = (batch.len(), model.cfg.hidden_size);
+        if w.len() != c || dv.len() != n {
+            let why = format!("{} weights and {} gradients for {n} rows of {c}", w.len(), dv.len());
+            return Err(Error::shape("value head backward", why));
         }
         let dev = self.device_batch(batch)?;
-        let mut dst = self.ws.dln.slice_mut(0..nc);
-        self.gpu.stream.memcpy_htod(dlnf, &mut dst).map_err(drv("upload"))?;
-        let on = On { be: &*self.gpu, params: &self.params, rope: &self.rope };
+        // [w | dv | dw] in the head's buffer
+        let g = &*self.gpu;
+        g.grow(&mut self.value_head, 2 * c + n)?;
+        g.stream.memcpy_htod(w, &mut self.value_head.slice_mut(0..c)).map_err(drv("upload"))?;
+        g.stream.memcpy_htod(dv, &mut self.value_head.slice_mut(c..c + n)).map_err(drv("upload"))?;
+        let (wp, dvp) = (g.pr(&Gpu::r(&self.value_head, 0..c)), g.pr(&Gpu::r(&self.value_head, c..c + n)));
+        let dwp = g.pr(&Gpu::r(&self.value_head, c + n..2 * c + n));
+        let lnf = g.pr(&Gpu::r(&self.ws.lnf, 0..n * c));
+        let dlnf = g.pm(&mut Gpu::m(&mut self.ws.dln, 0..n * c));
+        let (ni, ci) = (n as i32, c as i32);
+        let args = [Arg::P(dlnf), Arg::P(dvp), Arg::P(wp), Arg::I(ni), Arg::I(ci)];
+        g.launch("value_head", "value_head_dx_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        let args = [Arg::P(dwp), Arg::P(lnf), Arg::P(dvp), Arg::I(ni), Arg::I(ci)];
+        g.launch("value_head", "value_head_dw_f32", (c.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        let mut dw = vec![0.0; c];
+        g.download_range(&self.value_head, c + n..2 * c + n, &mut dw)?;
+        let on = On { be: g, params: &self.params, rope: &self.rope };
         let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
         let done = model.backward_trunk_on(&on, batch, &dev, &mut self.ws, grads);
         self.keep_batch(batch, dev);
-        done
+        done?;
+        Ok(dw)
     }
 
     /// The gradients, on the host.

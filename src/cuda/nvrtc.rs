@@ -31,6 +31,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rope", include_str!("../../cuda/rope.cu")),
     ("sample", include_str!("../../cuda/sample.cu")),
     ("swiglu", include_str!("../../cuda/swiglu.cu")),
+    ("value_head", include_str!("../../cuda/value_head.cu")),
 ];
 
 /// The source of module `name`: common.cuh, the prelude header its first line names, then the file.

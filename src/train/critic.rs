@@ -20,7 +20,8 @@ pub use crate::config::CriticConfig;
 
 /// One value model with its optimizer state. The trunk computes on its [`Engine`] (the run's
 /// device: on "cuda" its weights, gradients and moments live on the GPU, and `model`/`opt` are
-/// refreshed by [`Critic::sync_host`]); the value head (C + 1 numbers) stays on the host.
+/// refreshed by [`Critic::sync_host`]); the value head (C + 1 numbers) and its optimizer stay on
+/// the host, and its products run on the engine's device (only values and their gradients cross).
 pub struct Critic {
     pub model: Model,
     /// Value head: w [C] then the bias.
@@ -124,16 +125,14 @@ impl Critic {
 
     /// V(s_t) of every response token of `samples`, concatenated in order.
     pub fn values(&mut self, samples: &[&Sample]) -> Result<Vec<f32>> {
-        let c = self.model.cfg.hidden_size;
         let mut out = Vec::new();
         for chunk in self.chunks(samples) {
             let pos = pack(chunk, &mut self.batch)?;
             if self.batch.is_empty() {
                 continue;
             }
-            self.engine.forward_trunk(&self.model, &self.batch, &mut self.ws)?;
-            let (w, b) = (&self.head[..c], self.head[c]);
-            out.extend(pos.iter().map(|&i| dot(&self.ws.lnf[i * c..(i + 1) * c], w) + b));
+            let v = self.engine.trunk_values(&self.model, &self.batch, &mut self.ws, &self.head)?;
+            out.extend(pos.iter().map(|&i| v[i]));
         }
         Ok(out)
     }
@@ -164,14 +163,12 @@ impl Critic {
         let mut j0 = 0;
         for chunk in self.chunks(samples) {
             let pos = pack(chunk, &mut self.batch)?;
-            self.engine.forward_trunk(&self.model, &self.batch, &mut self.ws)?;
-            let n = self.batch.len();
-            self.ws.dln[..n * c].fill(0.0);
+            let values = self.engine.trunk_values(&self.model, &self.batch, &mut self.ws, &self.head)?;
             let scale = 1.0 / tokens_total.max(1.0);
+            let mut dvs = Vec::with_capacity(pos.len());
             for (jj, &i) in pos.iter().enumerate() {
                 let j = j0 + jj;
-                let h = &self.ws.lnf[i * c..(i + 1) * c];
-                let v = dot(h, &self.head[..c]) + self.head[c];
+                let v = values[i];
                 let (r, o) = (returns[j] as f64, old[j] as f64);
                 let plain = 0.5 * (v as f64 - r).powi(2);
                 let mut dv = (v as f64 - r) * scale;
@@ -186,15 +183,18 @@ impl Critic {
                     }
                 }
                 loss += l * scale;
-                let dv = dv as f32;
-                for k in 0..c {
-                    head_grads[k] += dv * h[k];
-                    self.ws.dln[i * c + k] = dv * self.head[k];
-                }
-                head_grads[c] += dv;
+                dvs.push(dv as f32);
             }
             j0 += pos.len();
-            self.engine.accumulate_trunk(&self.model, &self.batch, &mut self.ws)?;
+            let dv = (&pos[..], &dvs[..]);
+            self.engine.accumulate_trunk_head(
+                &self.model,
+                &self.batch,
+                &mut self.ws,
+                &self.head,
+                dv,
+                &mut head_grads,
+            )?;
         }
         self.engine.reduce_grads(dp, bucket_bytes)?;
         dp.all_reduce_sum_f32(&mut head_grads)?;
@@ -268,8 +268,4 @@ impl Critic {
         (self.opt.t, self.head_opt.t) = (t[0] as u64, t[1] as u64);
         self.engine.load(&self.model, &self.opt)
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

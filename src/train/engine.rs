@@ -127,38 +127,84 @@ impl Engine {
         }
     }
 
-    /// Forward of the trunk only (a value model's): `ws.lnf[..N·C]` holds the normed last hidden
-    /// states afterwards.
-    pub fn forward_trunk(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+    /// A value model's forward: the trunk, then the head V = lnf · w + b (`head` = [w | b]) of
+    /// every row of `batch`, [N]. On the GPU only the N values cross to the host.
+    pub fn trunk_values(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace, head: &[f32]) -> Result<Vec<f32>> {
+        let c = model.cfg.hidden_size;
+        if head.len() != c + 1 {
+            return Err(Error::shape(
+                "value head",
+                format!("{} numbers for a hidden size of {c} (+ bias)", head.len()),
+            ));
+        }
+        let (w, b) = (&head[..c], head[c]);
         match self {
-            Engine::Cpu { .. } => model.forward_trunk(batch, ws),
+            Engine::Cpu { .. } => {
+                model.forward_trunk(batch, ws)?;
+                Ok(ws.lnf[..batch.len() * c].chunks_exact(c).map(|h| dot(h, w) + b).collect())
+            }
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => {
-                // only the host buffers the caller reads (the activations stay on the device)
-                let lnf = e.model.forward_trunk(model, batch)?;
-                grow(&mut ws.lnf, lnf.len());
-                grow(&mut ws.dln, lnf.len());
-                ws.lnf[..lnf.len()].copy_from_slice(&lnf);
-                Ok(())
+                let _ = ws;
+                let mut v = e.model.trunk_values(model, batch, w)?;
+                v.iter_mut().for_each(|x| *x += b);
+                Ok(v)
             }
         }
     }
 
-    /// Backward of the trunk after [`Engine::forward_trunk`] on the same batch, from ∂L/∂lnf in
-    /// `ws.dln[..N·C]`: gradients ADDED to the engine's.
-    pub fn accumulate_trunk(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
+    /// A value model's backward after [`Engine::trunk_values`] on the same batch, from
+    /// dv[j] = ∂L/∂V at row `rows[j]` (in that order): the trunk's gradients ADDED to the engine's
+    /// and the head's ADDED to `head_grads` ([∂w | ∂b]). On the GPU only dv and the head's C + 1
+    /// gradients cross.
+    pub fn accumulate_trunk_head(
+        &mut self,
+        model: &Model,
+        batch: &Batch,
+        ws: &mut Workspace,
+        head: &[f32],
+        (rows, dv): (&[usize], &[f32]),
+        head_grads: &mut [f32],
+    ) -> Result<()> {
+        let (n, c) = (batch.len(), model.cfg.hidden_size);
+        if head.len() != c + 1 || head_grads.len() != c + 1 || rows.len() != dv.len() || rows.iter().any(|&i| i >= n) {
+            return Err(Error::shape(
+                "value head backward",
+                format!("{} rows of {n}, head of {}", rows.len(), head.len()),
+            ));
+        }
         match self {
             Engine::Cpu { grads } => {
                 if grads.len() != model.params.data.len() {
                     return Err(Error::Invalid("engine: accumulate before zero_grads".into()));
                 }
+                ws.dln[..n * c].fill(0.0);
+                for (&i, &d) in rows.iter().zip(dv) {
+                    let h = &ws.lnf[i * c..(i + 1) * c];
+                    for k in 0..c {
+                        head_grads[k] += d * h[k];
+                        ws.dln[i * c + k] = d * head[k];
+                    }
+                    head_grads[c] += d;
+                }
                 model.backward_trunk(batch, ws, grads)
             }
             #[cfg(feature = "cuda")]
-            Engine::Cuda(e) => match batch.is_empty() {
-                true => Ok(()),
-                false => e.model.backward_trunk(model, batch, &ws.dln[..batch.len() * model.cfg.hidden_size]),
-            },
+            Engine::Cuda(e) => {
+                if n == 0 {
+                    return Ok(());
+                }
+                let mut dense = vec![0.0f32; n];
+                for (&i, &d) in rows.iter().zip(dv) {
+                    dense[i] = d;
+                }
+                let dw = e.model.backward_trunk_head(model, batch, &head[..c], &dense)?;
+                for (g, d) in head_grads.iter_mut().zip(&dw) {
+                    *g += d;
+                }
+                head_grads[c] += dv.iter().sum::<f32>();
+                Ok(())
+            }
         }
     }
 
@@ -332,6 +378,11 @@ impl Engine {
             Engine::Cuda(e) => e.load(model, opt),
         }
     }
+}
+
+/// A value head's product on the host: the plain sum in row order.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Whether `device` can be used at all (cheap: no context is made): the error [`Engine::new`] would
