@@ -4,7 +4,7 @@
 //! how the backward sums dK and dV over the query heads of a GQA group ([`DkdvPlan`]).
 
 use crate::attention::{AttnSaved, AttnShape};
-use crate::cuda::backend::GpuBatch;
+use crate::cuda::batch::GpuBatch;
 use crate::cuda::device::{int, Arg, DkdvPlan, Gpu};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;

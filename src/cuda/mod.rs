@@ -8,6 +8,7 @@
 pub mod act;
 pub mod attention;
 pub mod backend;
+pub mod batch;
 pub mod decode;
 pub mod decode_attn;
 mod decode_step;
@@ -25,7 +26,8 @@ pub mod placement;
 pub mod sample;
 pub mod stats;
 
-pub use backend::{GpuBatch, GpuRope};
+pub use backend::GpuRope;
+pub use batch::GpuBatch;
 pub use decode::GpuDecoder;
 pub use device::{unavailable, Arg, DecodeAttn, DkdvPlan, Gpu};
 pub use kv_cache::GpuKvCache;

@@ -2,7 +2,8 @@
 //! device memory; the forward and backward are the generic ones of `crate::model::transformer`.
 
 use crate::cuda::attention::attn_dm;
-use crate::cuda::backend::{GpuBatch, GpuRope};
+use crate::cuda::backend::GpuRope;
+use crate::cuda::batch::GpuBatch;
 use crate::cuda::device::{drv, Arg, Gpu};
 use crate::cuda::image::Bf16Image;
 use crate::error::{Error, Result};
