@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Are two runs of arbor the same? Compares two run directories (runs/<name>/):
 
-- metrics.jsonl line by line, every key except the timing ones (time_*, *_per_s, step_s), exactly;
+- metrics.jsonl line by line, every key except the timing ones (time_*, *_per_s, step_s) and the GPU memory in use (device_mem_mib), exactly;
 - model.safetensors and optimizer.safetensors of every checkpoint kept in the first run, by sha256.
 
 Usage: scripts/compare_runs.py RUN_A RUN_B   (exit status 1 when anything differs)
@@ -16,7 +16,8 @@ import sys
 
 
 def timing(key):
-    return key.startswith("time_") or key.endswith("_per_s") or key == "step_s"
+    # wall-clock fields, and the GPU memory in use (the machine's state, not the run's)
+    return key.startswith("time_") or key.endswith("_per_s") or key == "step_s" or key == "device_mem_mib"
 
 
 def lines(run):

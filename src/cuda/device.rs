@@ -253,6 +253,12 @@ impl Gpu {
         &self.stream
     }
 
+    /// Bytes of the device's memory in use (total − free, as the driver reports it: every
+    /// process's), or `None` when the driver cannot say.
+    pub fn mem_used(&self) -> Option<usize> {
+        self.ctx.mem_get_info().ok().map(|(free, total)| total.saturating_sub(free))
+    }
+
     /// Dynamic shared memory a kernel's block may be given on this device (bytes).
     pub fn smem_limit(&self) -> u32 {
         self.max_smem.load(Ordering::Relaxed).max(DEFAULT_SMEM)

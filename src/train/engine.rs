@@ -112,6 +112,17 @@ impl Engine {
         }
     }
 
+    /// MiB of the engine's GPU in use now (every process's, as the driver counts it; the
+    /// stream-ordered allocator keeps what this one freed); `None` on the CPU or when the driver
+    /// cannot say.
+    pub fn device_mem_mib(&self) -> Option<f64> {
+        match self {
+            Engine::Cpu { .. } => None,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.model.gpu().mem_used().map(|b| b as f64 / (1u64 << 20) as f64),
+        }
+    }
+
     /// Whether the weights live off the host.
     pub fn on_device(&self) -> bool {
         !matches!(self, Engine::Cpu { .. })

@@ -31,6 +31,9 @@ pub struct SftStepReport {
     pub tokens: usize,
     pub step_s: f64,
     pub skipped_updates: usize,
+    /// MiB of the rank's GPU in use after the step (`train.device = "cuda"`; absent on the CPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_mem_mib: Option<f64>,
 }
 
 /// A held-out evaluation of the supervised phase.

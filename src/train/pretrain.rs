@@ -255,6 +255,7 @@ pub fn run_phase(
             tokens: n,
             step_s: secs,
             skipped_updates: skipped,
+            device_mem_mib: engine.device_mem_mib(),
         };
         write_line(metrics, &metrics_path, &line)?;
         guard.record("sft", step + 1, skipped, loss, norm as f64)?;

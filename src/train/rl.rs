@@ -326,6 +326,7 @@ impl<'a> RlTrainer<'a> {
             time_train_s: t_train,
             step_s: secs,
             train_state_mib: self.state_bytes(model) as f64 / (1u64 << 20) as f64,
+            device_mem_mib: self.engine.device_mem_mib(),
             sampler: SamplerNotes {
                 rhythm_amplified_frac: notes.rhythm_amplified_frac.or(sampler_notes.rhythm_amplified_frac),
                 ..sampler_notes

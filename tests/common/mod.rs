@@ -59,17 +59,18 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     max_abs_diff(a, b) / scale
 }
 
-/// A run's metrics.jsonl lines without the wall-clock fields (`time_*`, `*_per_s`, `step_s`), so two
-/// runs of the same seed compare equal.
+/// A run's metrics.jsonl lines without the wall-clock fields (`time_*`, `*_per_s`, `step_s`) and
+/// the device's memory in use (`device_mem_mib`: the machine's state, not the run's), so two runs
+/// of the same seed compare equal.
 pub fn metrics_without_clock(run_dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut()
-                .unwrap()
-                .retain(|k, _| !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s"));
+            v.as_object_mut().unwrap().retain(|k, _| {
+                !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s" || k == "device_mem_mib")
+            });
             v
         })
         .collect()

@@ -165,6 +165,14 @@ fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
     assert_eq!(straight.final_params, resumed.final_params, "GPU weights differ after an RL resume");
     let (ma, mb) = (metrics_without_clock(&a.path().join("addition-sft")), metrics_without_clock(&run_b));
     assert_eq!(ma, mb, "GPU metrics differ after an RL resume");
+    // every step line says how much of the GPU is in use (left out of the comparison above)
+    let text = std::fs::read_to_string(run_b.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps = steps.iter().filter(|v| v.get("loss").is_some());
+    assert!(steps.clone().count() >= 4, "{text}");
+    for v in steps {
+        assert!(v["device_mem_mib"].as_f64().is_some_and(|m| m > 0.0), "no device memory figure in {v}");
+    }
     let (before, after) = straight.rl.unwrap();
     println!("GPU RL job: solve rate {:.3} → {:.3} (sampled)", before.sampled, after.sampled);
     // and the CPU engine runs the same job to the same supervised weights within f32 noise

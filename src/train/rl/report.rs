@@ -38,6 +38,9 @@ pub struct RlStepReport {
     pub time_train_s: f64,
     pub step_s: f64,
     pub train_state_mib: f64,
+    /// MiB of the rank's GPU in use after the step (`train.device = "cuda"`; absent on the CPU).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device_mem_mib: Option<f64>,
     #[serde(flatten)]
     pub sampler: SamplerNotes,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
