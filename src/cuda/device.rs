@@ -137,12 +137,16 @@ pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error +
 /// the device has (`free`, `total` bytes), and the settings that need less.
 pub(crate) fn out_of_memory(what: &str, bytes: usize, (free, total): (usize, usize), name: &str) -> String {
     let mib = |b: usize| (b as f64 / (1u64 << 20) as f64).ceil() as u64;
+    let free = match free {
+        0 => "an unknown amount".to_string(),
+        f => format!("{} MiB", mib(f)),
+    };
     format!(
-        "{name} is out of memory: {what} needs {} MiB more, and {} of its {} MiB are free. Lower [rl] micro_batch \
-         (the activations of a forward and backward) or max_batch (the KV cache of generation), use [train] \
-         dtype = \"bf16\" (bf16 activations and KV cache), or train a smaller model",
+        "{name} is out of memory: {what} asks for {} MiB, and {free} of its {} MiB are free. Lower [rl] \
+         micro_batch or [train] batch_size (the activations of a forward and backward), [rl] max_batch (the KV \
+         cache of generation), use [train] dtype = \"bf16\" (bf16 activations and KV cache), or train a \
+         smaller model",
         mib(bytes),
-        mib(free),
         mib(total)
     )
 }
@@ -511,9 +515,10 @@ mod tests {
         let msg = out_of_memory("the KV cache (lower max_batch)", 3 * gib + 1, (gib / 2, 80 * gib), "NVIDIA H100");
         for part in [
             "NVIDIA H100 is out of memory",
-            "the KV cache (lower max_batch) needs 3073 MiB more",
-            "512 of its 81920 MiB are free",
+            "the KV cache (lower max_batch) asks for 3073 MiB",
+            "512 MiB of its 81920 MiB are free",
             "micro_batch",
+            "batch_size",
             "max_batch",
             "dtype = \"bf16\"",
         ] {

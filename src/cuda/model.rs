@@ -200,6 +200,12 @@ impl GpuModel {
             let why = format!("{} weights and {} gradients for {n} rows of {c}", w.len(), dv.len());
             return Err(Error::shape("value head backward", why));
         }
+        if n == 0 {
+            return Ok(vec![0.0; c]);
+        }
+        if self.ws.capacity() < n {
+            return Err(Error::Invalid("value head backward: no forward of this batch (trunk_values first)".into()));
+        }
         let dev = self.device_batch(batch)?;
         // [w | dv | dw] in the head's buffer
         let g = &*self.gpu;

@@ -152,11 +152,17 @@ impl<B: Backend> Workspace<B> {
             // the attention's scratch and the activations' storage also depend on the backend's
             // settings (a GPU's dtype and kernel plans), which may have changed since the buffers
             // were sized
-            self.grow_acts(be, cfg, self.cap)?;
+            // (a failed growth, which may leave a buffer smaller than before, sizes everything
+            // again at the next call: `cap` is 0 until the buffers hold it)
+            let cap = std::mem::take(&mut self.cap);
+            self.grow_acts(be, cfg, cap)?;
             let shape = AttnShape { num_heads: cfg.num_heads, num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
-            return be.grow(&mut self.attn_scratch, be.attn_scratch_len(shape, self.cap));
+            be.grow(&mut self.attn_scratch, be.attn_scratch_len(shape, cap))?;
+            self.cap = cap;
+            return Ok(());
         }
         let n = n.max(self.cap);
+        self.cap = 0;
         let (c, i, h) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads);
         let (qkv, hd) = (cfg.qkv_dim(), cfg.attn_dim());
         while self.layers.len() < cfg.num_layers {

@@ -213,7 +213,9 @@ impl Engine {
                 for (g, d) in head_grads.iter_mut().zip(&dw) {
                     *g += d;
                 }
-                head_grads[c] += dv.iter().sum::<f32>();
+                for &d in dv {
+                    head_grads[c] += d;
+                }
                 Ok(())
             }
         }
