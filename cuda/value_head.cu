@@ -14,9 +14,14 @@
 //   dlnf[i, k] = dv[i] * w[k]
 //   Launch: grid = (n), block = 256, no dynamic shared memory.
 //
-// value_head_dw_f32 (float* dw, const float* lnf, const float* dv, int n, int c)
-//   dw: [C] (overwritten).  dw[k] = sum_i dv[i] * lnf[i, k], summed serially over i in order by
-//   the thread of column k (deterministic, no atomics).
+// value_head_dw_part_f32 (float* part, const float* lnf, const float* dv, int n, int c, int rows)
+//   part: [P, C] (overwritten), P = ceil(n / rows) row chunks.
+//   part[p, k] = sum over i in chunk p (rows p*rows .. min(n, (p+1)*rows), in order) of dv[i] * lnf[i, k]
+//   Launch: grid = (ceil(c / 256), P), block = 256, no dynamic shared memory.
+//
+// value_head_dw_sum_f32 (float* dw, const float* part, int p, int c)
+//   dw: [C] (overwritten).  dw[k] = sum_q part[q, k], q = 0 .. p-1 in order: with the chunks, a
+//   fixed order of additions (deterministic, no atomics), and every SM busy.
 //   Launch: grid = (ceil(c / 256)), block = 256, no dynamic shared memory.
 
 extern "C" __global__ void value_head_fwd_f32(float* __restrict__ v, const float* __restrict__ lnf,
@@ -40,11 +45,22 @@ extern "C" __global__ void value_head_dx_f32(float* __restrict__ dlnf, const flo
     for (int k = threadIdx.x; k < c; k += blockDim.x) out[k] = d * w[k];
 }
 
-extern "C" __global__ void value_head_dw_f32(float* __restrict__ dw, const float* __restrict__ lnf,
-                                             const float* __restrict__ dv, int n, int c) {
+extern "C" __global__ void value_head_dw_part_f32(float* __restrict__ part, const float* __restrict__ lnf,
+                                                  const float* __restrict__ dv, int n, int c, int rows) {
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= c) return;
+    const int p = blockIdx.y;
+    const int end = min(n, (p + 1) * rows);
+    float s = 0.0f;
+    for (int i = p * rows; i < end; i++) s += dv[i] * lnf[(long long)i * c + k];
+    part[(long long)p * c + k] = s;
+}
+
+extern "C" __global__ void value_head_dw_sum_f32(float* __restrict__ dw, const float* __restrict__ part, int p,
+                                                 int c) {
     const int k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= c) return;
     float s = 0.0f;
-    for (int i = 0; i < n; i++) s += dv[i] * lnf[(long long)i * c + k];
+    for (int q = 0; q < p; q++) s += part[(long long)q * c + k];
     dw[k] = s;
 }

@@ -46,6 +46,15 @@ pub struct DeviceWeights<'a> {
     pub image: Option<&'a Bf16Image>,
 }
 
+/// The row chunks of the value head's weight gradient (`value_head_dw_part_f32`): (rows per chunk,
+/// chunks), about four blocks per multiprocessor over the columns' blocks, at least 64 rows a
+/// chunk, at most 65,535 chunks (grid y).
+fn dw_chunks(n: usize, c: usize, sms: usize) -> (usize, usize) {
+    let want = (4 * sms.max(1)).div_ceil(c.div_ceil(256).max(1)).max(1);
+    let rows = n.div_ceil(want).max(64).max(n.div_ceil(65_535));
+    (rows, n.div_ceil(rows).max(1))
+}
+
 impl GpuModel {
     /// Upload `model`'s weights (gradients and moments start at zero).
     pub fn new(gpu: Arc<Gpu>, model: &Model) -> Result<Self> {
@@ -207,9 +216,10 @@ impl GpuModel {
             return Err(Error::Invalid("value head backward: no forward of this batch (trunk_values first)".into()));
         }
         let dev = self.device_batch(batch)?;
-        // [w | dv | dw] in the head's buffer
+        // [w | dv | dw | the partial sums of dw over row chunks] in the head's buffer
         let g = &*self.gpu;
-        g.grow(&mut self.value_head, 2 * c + n)?;
+        let (rows, parts) = dw_chunks(n, c, g.sms() as usize);
+        g.grow(&mut self.value_head, 2 * c + n + parts * c)?;
         g.stream.memcpy_htod(w, &mut self.value_head.slice_mut(0..c)).map_err(drv("upload"))?;
         g.stream.memcpy_htod(dv, &mut self.value_head.slice_mut(c..c + n)).map_err(drv("upload"))?;
         let (wp, dvp) = (g.pr(&Gpu::r(&self.value_head, 0..c)), g.pr(&Gpu::r(&self.value_head, c..c + n)));
@@ -219,8 +229,12 @@ impl GpuModel {
         let (ni, ci) = (n as i32, c as i32);
         let args = [Arg::P(dlnf), Arg::P(dvp), Arg::P(wp), Arg::I(ni), Arg::I(ci)];
         g.launch("value_head", "value_head_dx_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)?;
-        let args = [Arg::P(dwp), Arg::P(lnf), Arg::P(dvp), Arg::I(ni), Arg::I(ci)];
-        g.launch("value_head", "value_head_dw_f32", (c.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        let part = g.pr(&Gpu::r(&self.value_head, 2 * c + n..2 * c + n + parts * c));
+        let cols = c.div_ceil(256) as u32;
+        let args = [Arg::P(part), Arg::P(lnf), Arg::P(dvp), Arg::I(ni), Arg::I(ci), Arg::I(rows as i32)];
+        g.launch("value_head", "value_head_dw_part_f32", (cols, parts as u32, 1), (256, 1, 1), 0, &args)?;
+        let args = [Arg::P(dwp), Arg::P(part), Arg::I(parts as i32), Arg::I(ci)];
+        g.launch("value_head", "value_head_dw_sum_f32", (cols, 1, 1), (256, 1, 1), 0, &args)?;
         let mut dw = vec![0.0; c];
         g.download_range(&self.value_head, c + n..2 * c + n, &mut dw)?;
         let on = On { be: g, params: &self.params, rope: &self.rope };
@@ -409,6 +423,19 @@ fn decay_runs(segments: &[(std::ops::Range<usize>, bool)]) -> Vec<(std::ops::Ran
 
 #[cfg(test)]
 mod tests {
+    /// The value head's row chunks cover every row once, in order: the last chunk holds the end,
+    /// no chunk is empty, and grid y's limit holds.
+    #[test]
+    fn the_value_head_chunks_cover_every_row_once() {
+        for (n, c, sms) in
+            [(0, 896, 132), (1, 64, 132), (63, 896, 132), (5000, 896, 132), (150_000, 896, 132), (10_000_000, 1, 1)]
+        {
+            let (rows, parts) = super::dw_chunks(n, c, sms);
+            assert!(rows >= 64 && (1..=65_535).contains(&parts), "{n} {c}: {rows} × {parts}");
+            assert!(parts * rows >= n && (n == 0 || (parts - 1) * rows < n), "{n} {c}: {rows} × {parts}");
+        }
+    }
+
     #[test]
     fn equal_decay_neighbours_merge_into_one_launch() {
         let segs = vec![(0..4, true), (4..6, true), (6..7, false), (7..9, false), (9..12, true), (14..15, true)];
