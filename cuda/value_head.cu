@@ -49,10 +49,10 @@ extern "C" __global__ void value_head_dw_part_f32(float* __restrict__ part, cons
                                                   const float* __restrict__ dv, int n, int c, int rows) {
     const int k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= c) return;
-    const int p = blockIdx.y;
-    const int end = min(n, (p + 1) * rows);
+    const long long p = blockIdx.y;
+    const long long end = min((long long)n, (p + 1) * rows);
     float s = 0.0f;
-    for (int i = p * rows; i < end; i++) s += dv[i] * lnf[(long long)i * c + k];
+    for (long long i = p * rows; i < end; i++) s += dv[i] * lnf[i * c + k];
     part[(long long)p * c + k] = s;
 }
 

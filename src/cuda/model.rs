@@ -4,7 +4,7 @@
 use crate::cuda::attention::attn_dm;
 use crate::cuda::backend::GpuRope;
 use crate::cuda::batch::GpuBatch;
-use crate::cuda::device::{drv, Arg, Gpu};
+use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::cuda::image::Bf16Image;
 use crate::error::{Error, Result};
 use crate::model::head::HeadGrad;
@@ -48,7 +48,8 @@ pub struct DeviceWeights<'a> {
 
 /// The row chunks of the value head's weight gradient (`value_head_dw_part_f32`): (rows per chunk,
 /// chunks), about four blocks per multiprocessor over the columns' blocks, at least 64 rows a
-/// chunk, at most 65,535 chunks (grid y).
+/// chunk, at most 65,535 chunks (grid y). The chunks depend on the multiprocessor count, so the
+/// gradient's last bits do too: a run repeats itself on the same GPU model.
 fn dw_chunks(n: usize, c: usize, sms: usize) -> (usize, usize) {
     let want = (4 * sms.max(1)).div_ceil(c.div_ceil(256).max(1)).max(1);
     let rows = n.div_ceil(want).max(64).max(n.div_ceil(65_535));
@@ -226,22 +227,23 @@ impl GpuModel {
         let dwp = g.pr(&Gpu::r(&self.value_head, c + n..2 * c + n));
         let lnf = g.pr(&Gpu::r(&self.ws.lnf, 0..n * c));
         let dlnf = g.pm(&mut Gpu::m(&mut self.ws.dln, 0..n * c));
-        let (ni, ci) = (n as i32, c as i32);
+        let (ni, ci, ri, pi) = (int(n, "rows")?, int(c, "hidden size")?, int(rows, "rows")?, int(parts, "chunks")?);
         let args = [Arg::P(dlnf), Arg::P(dvp), Arg::P(wp), Arg::I(ni), Arg::I(ci)];
         g.launch("value_head", "value_head_dx_f32", (n as u32, 1, 1), (256, 1, 1), 0, &args)?;
         let part = g.pr(&Gpu::r(&self.value_head, 2 * c + n..2 * c + n + parts * c));
         let cols = c.div_ceil(256) as u32;
-        let args = [Arg::P(part), Arg::P(lnf), Arg::P(dvp), Arg::I(ni), Arg::I(ci), Arg::I(rows as i32)];
+        let args = [Arg::P(part), Arg::P(lnf), Arg::P(dvp), Arg::I(ni), Arg::I(ci), Arg::I(ri)];
         g.launch("value_head", "value_head_dw_part_f32", (cols, parts as u32, 1), (256, 1, 1), 0, &args)?;
-        let args = [Arg::P(dwp), Arg::P(part), Arg::I(parts as i32), Arg::I(ci)];
+        let args = [Arg::P(dwp), Arg::P(part), Arg::I(pi), Arg::I(ci)];
         g.launch("value_head", "value_head_dw_sum_f32", (cols, 1, 1), (256, 1, 1), 0, &args)?;
-        let mut dw = vec![0.0; c];
-        g.download_range(&self.value_head, c + n..2 * c + n, &mut dw)?;
+        // the trunk's backward is queued before the head's gradient is read back (one wait)
         let on = On { be: g, params: &self.params, rope: &self.rope };
         let grads = Gpu::m(&mut self.grads, 0..model.params.data.len());
         let done = model.backward_trunk_on(&on, batch, &dev, &mut self.ws, grads);
         self.keep_batch(batch, dev);
         done?;
+        let mut dw = vec![0.0; c];
+        self.gpu.download_range(&self.value_head, c + n..2 * c + n, &mut dw)?;
         Ok(dw)
     }
 

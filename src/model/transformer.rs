@@ -308,7 +308,8 @@ impl Model {
         }
         let fw = B::r(p, lay.final_norm..lay.final_norm + c);
         be.rmsnorm_forward(
-            // (in f32: a value model's head reads it on the host; the LM head's product rounds it)
+            // (in f32: a value model's head reads it so (cuda/value_head.cu); the LM head's product
+            // rounds it)
             B::as_act_m(B::m(&mut ws.lnf, nc.clone())),
             B::m(&mut ws.rstdf, 0..n),
             B::r(&ws.resid_out, nc),

@@ -131,7 +131,7 @@ pub trait Backend {
     /// An f32 view read where an activation is (an activation view of f32 storage).
     fn as_act<'a>(x: Self::R<'a>) -> Self::ActR<'a>;
     /// An f32 view written where an activation is (kept in f32: e.g. the final norm's output,
-    /// which a value head reads on the host).
+    /// which a value head reads in f32).
     fn as_act_m<'a>(x: Self::M<'a>) -> Self::ActM<'a>;
     /// A batch in this backend's memory (validated by the caller).
     fn batch<'a>(&self, batch: PackedBatch<'a>) -> Result<Self::Batch<'a>>;
