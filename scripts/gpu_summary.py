@@ -166,7 +166,8 @@ def markdown(d):
     for name, what in (("rl_step_0.5b.json", "f32"), ("rl_step_0.5b_bf16.json", "bf16")):
         j = load(d, name)
         if j and all(k in j for k in ("generate_s", "recompute_s", "train_s")):
-            rl.append(f"{what}: {j['generate_s']:.2f} / {j['recompute_s']:.2f} / {j['train_s']:.2f}")
+            mem = f" ({j['device_mem_mib'] / 1024:.1f} GiB)" if j.get("device_mem_mib") else ""
+            rl.append(f"{what}: {j['generate_s']:.2f} / {j['recompute_s']:.2f} / {j['train_s']:.2f}{mem}")
     cd = "-"
     p = os.path.join(d, "countdown_gpu.txt")
     if os.path.exists(p):

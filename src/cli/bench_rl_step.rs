@@ -157,6 +157,8 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         "step_s": step_s,
         "gen_tokens_per_s": gen_tokens as f64 / generate_s,
         "train_tokens_per_s": train_tokens as f64 / train_s,
+        // the GPU's memory in use after the steps (the allocator keeps what it freed: about the peak)
+        "device_mem_mib": engine.device_mem_mib(),
     });
     println!("{line}");
     Ok(())
