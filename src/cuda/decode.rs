@@ -50,7 +50,6 @@ pub struct GpuDecoder {
 /// in hold for every row count), filled from the host's [`HostRows::words`] in one copy a step;
 /// grown by reallocation (no allocation per token).
 struct RowsDev {
-    cap: usize,
     words: CudaSlice<u32>,
 }
 
@@ -72,17 +71,22 @@ impl RowsDev {
     /// Buffers for at least `rows` rows, reusing `old` when it has room.
     fn with_room(g: &Gpu, old: Option<RowsDev>, rows: usize) -> Result<RowsDev> {
         match old {
-            Some(r) if r.cap >= rows => Ok(r),
+            Some(r) if r.cap() >= rows => Ok(r),
             _ => {
                 let cap = rows.next_power_of_two().max(64);
-                Ok(RowsDev { cap, words: g.alloc(ROW_WORDS * cap, "the decode step's rows")? })
+                Ok(RowsDev { words: g.alloc(ROW_WORDS * cap, "the decode step's rows")? })
             }
         }
     }
 
+    /// Rows the buffer has room for.
+    fn cap(&self) -> usize {
+        self.words.len() / ROW_WORDS
+    }
+
     /// The device address of `part`.
     fn at(&self, g: &Gpu, part: RowPart) -> u64 {
-        g.ids_ptr(&self.words, part as usize * self.cap)
+        g.ids_ptr(&self.words, part as usize * self.cap())
     }
 
     /// The addresses the step's kernels read.
@@ -209,7 +213,7 @@ impl GpuDecoder {
         let st = &g.stream;
         let b = padded;
         // every row input in one copy
-        let words = h.words(rows.cap, uniforms);
+        let words = h.words(rows.cap(), uniforms);
         st.memcpy_htod(words, &mut rows.words.slice_mut(0..words.len())).map_err(drv("upload"))?;
         let (tokens_p, logit_rows) =
             (&h.tokens[..], if padded > logit_rows.len() { &h.all[..padded] } else { logit_rows });
@@ -388,7 +392,7 @@ fn step_fingerprint(
     for buf in [&b.ln, &b.att, &b.act] {
         f.push(buf.ptr(g));
     }
-    f.extend([rows.words.device_ptr(st).0, rows.cap as u64]);
+    f.extend([rows.words.device_ptr(st).0, rows.cap() as u64]);
     f.extend(cache.k.iter().chain(&cache.v).map(|c| c.device_ptr(st).0));
     f.extend([cache.max_len as u64, cache.bf16 as u64]);
     f.extend(g.scratch_addresses());
