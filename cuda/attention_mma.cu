@@ -26,8 +26,8 @@
 //   blocks first; key blocks of 64 up to the diagonal, copied (cp.async) one block ahead into the
 //   other of two shared-memory stages.
 //   Launch: grid = (ceil(max_seq_len / 64), num_heads, n_seq), block = 128 (MUST be 128: four
-//   warps of 16 query rows each), dynamic shared memory = 5 * 64 * (DM + 8) * 2 bytes (Q, two
-//   stages of K and of V): DM = 64: 46080 B, DM = 128: 87040 B (the host raises the limit above
+//   warps of 16 query rows each), dynamic shared memory = 5 * 64 * DM * 2 bytes (Q, two
+//   stages of K and of V): DM = 64: 40960 B, DM = 128: 81920 B (the host raises the limit above
 //   48 KiB).
 
 extern "C" __global__ void attn_pack_bf16(unsigned short* __restrict__ out, const float* __restrict__ x, int x_stride,
@@ -55,7 +55,6 @@ template <int DM>
 __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __restrict__ lse,
                              const unsigned short* __restrict__ qkv16, const int* __restrict__ cu_seqlens,
                              int num_heads, int kv_heads, int head_dim) {
-    constexpr int LDS = DM + 8;     // row stride in bf16 (16 bytes of padding against bank conflicts)
     constexpr int NT = AM_BK / 8;   // key tiles of 8 in a key block
     constexpr int KD = DM / 16;     // 16-wide steps over the head dims
     constexpr int NO = DM / 8;      // output tiles of 8 dims
@@ -88,7 +87,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     const int wr = warp * 16;
     unsigned int qa[KD][4];
 #pragma unroll
-    for (int kd = 0; kd < KD; ++kd) frag_a(qa[kd], Qs, LDS, wr, kd * 16, lane);
+    for (int kd = 0; kd < KD; ++kd) frag_a<DM>(qa[kd], Qs, wr, kd * 16, lane);
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -113,7 +112,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
 #pragma unroll
             for (int kd = 0; kd < KD; ++kd) {
                 unsigned int b[4];
-                frag_bt2(b, Kc, LDS, nt * 8, kd * 16, lane);
+                frag_bt2<DM>(b, Kc, nt * 8, kd * 16, lane);
                 mma_16816(s[nt], qa[kd], b);
                 mma_16816(s[nt + 1], qa[kd], b + 2);
             }
@@ -180,7 +179,7 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
         m0 = mn0;
         m1 = mn1;
         // O += P V, 16 keys per step: P's A fragment is two key tiles of S's C fragments
-        accumulate_product<NO, NT>(o, s, Vc, LDS, lane);
+        accumulate_product<NO, NT>(o, s, Vc, lane);
         cp_wait_all();
         __syncthreads();  // the next stage has landed; this one is consumed
     }

@@ -17,7 +17,7 @@
 //   S = Q·Kᵀ and dP = dO·Vᵀ on the tensor cores, P = exp(scale S - lse), dS = P (dP - delta) in
 //   registers, dQ += dS·K (dS's C fragments are its A fragments).
 //   Launch: grid = (ceil(max_seq_len / 64), num_heads, n_seq), block = 128, dynamic shared memory
-//   = 6 * 64 * (DM + 8) * 2 bytes (Q, dO, two stages of K and of V; DM 64: 55296, 128: 104448).
+//   = 6 * 64 * DM * 2 bytes (Q, dO, two stages of K and of V; DM 64: 49152, 128: 98304).
 //
 // attn_bwd_dkdv_mma_{64,128}
 //   (float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
@@ -35,8 +35,9 @@
 //     attn_bwd_group_sum_f32 then sums over each group in head order; grid = (ceil(max_seq_len
 //     / 64), num_heads, n_seq). A group's query blocks then run on num_heads / kv_heads blocks in
 //     parallel instead of one after another in one block (7 for Qwen2-0.5B), with no atomics.
-//   Launch: block = 128, dynamic shared memory = 6 * 64 * (DM + 8) * 2 + 4 * 64 * 4 bytes (K, V,
-//   two stages of Q, dO, lse and delta; DM 64: 56320, 128: 105472).
+//   Launch: block = 128, dynamic shared memory = 6 * 64 * DM * 2 + 4 * 64 * 4 bytes (K, V,
+//   two stages of Q, dO, lse and delta; DM 64: 50176, 128: 99328: within the 99 KiB of sm_86 /
+//   sm_89).
 
 
 template <int DM>
@@ -44,7 +45,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
                                 const unsigned short* __restrict__ do16, const float* __restrict__ lse,
                                 const float* __restrict__ delta, const int* __restrict__ cu_seqlens, int num_heads,
                                 int kv_heads, int head_dim) {
-    constexpr int LDS = DM + 8, NT = AM_BK / 8, NO = DM / 8, TILE = AM_TILE(DM);
+    constexpr int NT = AM_BK / 8, NO = DM / 8, TILE = AM_TILE(DM);
     unsigned short* Qs = (unsigned short*)am_smem;
     unsigned short* Os = Qs + TILE;
     unsigned short* Ks = Os + TILE;      // two stages
@@ -87,7 +88,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
         const unsigned short* Kc = Ks + stage * TILE;
         const unsigned short* Vc = Vs + stage * TILE;
         float s[NT][4], dp[NT][4];
-        row_products2<DM, NT>(s, dp, Qs, Kc, Os, Vc, LDS, wr, lane);
+        row_products2<DM, NT>(s, dp, Qs, Kc, Os, Vc, wr, lane);
         // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked; a key
         // block wholly before the query block, whose rows are all in the sequence, needs no mask)
         const bool inside = k0 + AM_BK - 1 <= q0 && q0 + AM_BQ <= len;
@@ -103,7 +104,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
             }
         }
         // dQ += dS K
-        accumulate_product<NO, NT>(acc, s, Kc, LDS, lane);
+        accumulate_product<NO, NT>(acc, s, Kc, lane);
         cp_wait_all();
         __syncthreads();  // the next stage has landed; this one is consumed
     }
@@ -117,7 +118,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
                                   const float* __restrict__ lse, const float* __restrict__ delta,
                                   const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim,
                                   int heads_per_block) {
-    constexpr int LDS = DM + 8, NT = AM_BQ / 8, NO = DM / 8, TILE = AM_TILE(DM);
+    constexpr int NT = AM_BQ / 8, NO = DM / 8, TILE = AM_TILE(DM);
     unsigned short* Ks = (unsigned short*)am_smem;
     unsigned short* Vs = Ks + TILE;
     unsigned short* Qs = Vs + TILE;      // two stages
@@ -176,7 +177,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
         const float* Lc = Ls + stage * AM_BQ;
         const float* Dc = Ds + stage * AM_BQ;
         float st[NT][4], dpt[NT][4];
-        row_products2<DM, NT>(st, dpt, Ks, Qc, Vs, Oc, LDS, wr, lane);
+        row_products2<DM, NT>(st, dpt, Ks, Qc, Vs, Oc, wr, lane);
         // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries (no mask where the key
         // block lies wholly before the query block and the query block inside the sequence)
         const bool inside = k0 + AM_BK - 1 <= q0 && q0 + AM_BQ <= len;
@@ -193,8 +194,8 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
             }
         }
         // dV += Pᵀ dO, dK += dSᵀ Q
-        accumulate_product<NO, NT>(dva, st, Oc, LDS, lane);
-        accumulate_product<NO, NT>(dka, dpt, Qc, LDS, lane);
+        accumulate_product<NO, NT>(dva, st, Oc, lane);
+        accumulate_product<NO, NT>(dka, dpt, Qc, lane);
         cp_wait_all();
         __syncthreads();  // the next stage has landed; this one is consumed
     }

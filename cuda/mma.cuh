@@ -9,8 +9,12 @@
 // a tile row is DM / 8 cp.async copies with no conversion; q, k, v and dO are rounded (round to
 // nearest even) once there, exactly as the kernels used to round them as they entered shared memory.
 //
-// Shared-memory tiles are 64 rows of DM bf16 with a row stride of DM + 8 (16 bytes of padding, so
-// the 8 rows an ldmatrix phase reads fall in distinct banks).
+// Shared-memory tiles are 64 rows of DM bf16 (DM 64 or 128), unpadded, each row's 16-byte segments
+// permuted (tile_at): segment c of row r is stored at segment c ^ (r & 7) of the row. An ldmatrix
+// phase reads one segment from each of 8 consecutive rows (row index a multiple of 8 for the first),
+// and a row is 128 or 256 bytes, so the 8 segments land at 8 distinct 16-byte positions modulo 128
+// bytes: 8 distinct groups of 4 banks, no conflict, as a 16-byte padding per row would give, in
+// 1/9 less memory (the head-dim-128 backward then fits the 99 KiB of an sm_86 / sm_89 GPU).
 
 // Fragments (PTX ISA, mma.m16n8k16 with .bf16): lane = 4 * gr + tg (gr = lane >> 2, tg = lane & 3).
 //   A (16 x 16, row major), four 32-bit registers of two bf16 each (the lower column in the low half):
@@ -25,14 +29,21 @@
 
 #define AM_BQ 64
 #define AM_BK 64
-// rows x (DM + 8) bf16: one shared-memory tile
-#define AM_TILE(DM) (64 * ((DM) + 8))
+// 64 rows x DM bf16: one shared-memory tile
+#define AM_TILE(DM) (64 * (DM))
 
 extern __shared__ __align__(16) unsigned char am_smem[];
 
 // Two floats as one register of two bf16, `lo` in the low half.
 __device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
     return (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
+}
+
+// The index in a tile of row r's 8 elements from column c (a multiple of 8): segment c / 8 of the
+// row, moved to segment (c / 8) ^ (r & 7) (see the header). src/cuda/mma.rs: tile_at.
+template <int DM>
+__device__ __forceinline__ int tile_at(int r, int c) {
+    return r * DM + ((((c >> 3) ^ r) & 7) | ((c >> 3) & ~7)) * 8;
 }
 
 // d (16 x 8 f32) += a (16 x 16 bf16) * b (16 x 8 bf16), one warp.
@@ -44,12 +55,12 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Fragments from a row-major bf16 matrix S in shared memory (row stride lds, a multiple of 8
-// elements, so every 8-element row segment is 16-byte aligned), loaded with ldmatrix: four 8 x 8
-// matrices per instruction, lanes 8i .. 8i + 7 giving the row addresses of matrix i (lane l: row
-// l % 8 of matrix l / 8). Without .trans, lane l receives in register i the elements (row l / 4,
-// columns 2 (l % 4), + 1) of matrix i, the lower column in the low half: exactly the mma fragment
-// element (gr, 2 tg); with .trans it receives (rows 2 (l % 4), + 1; column l / 4).
+// Fragments from a bf16 tile S in shared memory (64 x DM, stored as tile_at says, so every 8-element
+// row segment is 16 bytes, 16-byte aligned), loaded with ldmatrix: four 8 x 8 matrices per
+// instruction, lanes 8i .. 8i + 7 giving the addresses of the rows of matrix i (lane l: row l % 8 of
+// matrix l / 8). Without .trans, lane l receives in register i the elements (row l / 4, columns
+// 2 (l % 4), + 1) of matrix i, the lower column in the low half: exactly the mma fragment element
+// (gr, 2 tg); with .trans it receives (rows 2 (l % 4), + 1; column l / 4).
 __device__ __forceinline__ void ldsm_x4(unsigned int* r, const unsigned short* row) {
     const unsigned int at = (unsigned int)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -66,28 +77,29 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned int* r, const unsigned sh
 
 // The A fragment of S's 16 x 16 block at (r0, c0): matrices (r0, c0), (r0 + 8, c0), (r0, c0 + 8),
 // (r0 + 8, c0 + 8) are a[0] .. a[3].
-__device__ __forceinline__ void frag_a(unsigned int* a, const unsigned short* S, int lds, int r0, int c0, int lane) {
+template <int DM>
+__device__ __forceinline__ void frag_a(unsigned int* a, const unsigned short* S, int r0, int c0, int lane) {
     const int i = lane >> 3;
-    ldsm_x4(a, S + (r0 + (lane & 7) + (i & 1) * 8) * lds + c0 + (i >> 1) * 8);
+    ldsm_x4(a, S + tile_at<DM>(r0 + (lane & 7) + (i & 1) * 8, c0 + (i >> 1) * 8));
 }
 
 // The B fragments (k x n = 16 x 8) of two key tiles that are the transposes of S's 8 x 16 blocks
 // at (n0, c0) and (n0 + 8, c0): column n of B is row n0 + n of S (S·Xᵀ products: K for Q·Kᵀ).
 // b[0], b[1] belong to tile n0 and b[2], b[3] to tile n0 + 8: matrices (n0, c0), (n0, c0 + 8),
 // (n0 + 8, c0), (n0 + 8, c0 + 8).
-__device__ __forceinline__ void frag_bt2(unsigned int* b, const unsigned short* S, int lds, int n0, int c0,
-                                         int lane) {
+template <int DM>
+__device__ __forceinline__ void frag_bt2(unsigned int* b, const unsigned short* S, int n0, int c0, int lane) {
     const int i = lane >> 3;
-    ldsm_x4(b, S + (n0 + (lane & 7) + (i >> 1) * 8) * lds + c0 + (i & 1) * 8);
+    ldsm_x4(b, S + tile_at<DM>(n0 + (lane & 7) + (i >> 1) * 8, c0 + (i & 1) * 8));
 }
 
 // The B fragments of S's 16 x 8 blocks at (k0, n0) and (k0, n0 + 8) as they stand (P·V
 // products: V), b[0], b[1] the first: matrices (k0, n0), (k0 + 8, n0), (k0, n0 + 8), (k0 + 8,
 // n0 + 8), transposed as they load.
-__device__ __forceinline__ void frag_b2(unsigned int* b, const unsigned short* S, int lds, int k0, int n0,
-                                        int lane) {
+template <int DM>
+__device__ __forceinline__ void frag_b2(unsigned int* b, const unsigned short* S, int k0, int n0, int lane) {
     const int i = lane >> 3;
-    ldsm_x4_trans(b, S + (k0 + (lane & 7) + (i & 1) * 8) * lds + n0 + (i >> 1) * 8);
+    ldsm_x4_trans(b, S + tile_at<DM>(k0 + (lane & 7) + (i & 1) * 8, n0 + (i >> 1) * 8));
 }
 
 // The A fragment of 16 columns held as two C fragments (columns 0..7 in lo, 8..15 in hi).
@@ -104,7 +116,7 @@ __device__ __forceinline__ void c_to_a(unsigned int* a, const float* lo, const f
 template <int DM, int NT>
 __device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], const unsigned short* X1,
                                               const unsigned short* Y1, const unsigned short* X2,
-                                              const unsigned short* Y2, int lds, int r0, int lane) {
+                                              const unsigned short* Y2, int r0, int lane) {
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -113,15 +125,15 @@ __device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], cons
 #pragma unroll
     for (int kd = 0; kd < DM / 16; ++kd) {
         unsigned int a1[4], a2[4];
-        frag_a(a1, X1, lds, r0, kd * 16, lane);
-        frag_a(a2, X2, lds, r0, kd * 16, lane);
+        frag_a<DM>(a1, X1, r0, kd * 16, lane);
+        frag_a<DM>(a2, X2, r0, kd * 16, lane);
 #pragma unroll
         for (int nt = 0; nt < NT; nt += 2) {
             unsigned int b[4];
-            frag_bt2(b, Y1, lds, nt * 8, kd * 16, lane);
+            frag_bt2<DM>(b, Y1, nt * 8, kd * 16, lane);
             mma_16816(s[nt], a1, b);
             mma_16816(s[nt + 1], a1, b + 2);
-            frag_bt2(b, Y2, lds, nt * 8, kd * 16, lane);
+            frag_bt2<DM>(b, Y2, nt * 8, kd * 16, lane);
             mma_16816(t[nt], a2, b);
             mma_16816(t[nt + 1], a2, b + 2);
         }
@@ -129,10 +141,9 @@ __device__ __forceinline__ void row_products2(float (*s)[4], float (*t)[4], cons
 }
 
 // acc[n] += C · Y[:, 8 n .. 8 n + 8), where C (16 x 8 NT) is held as NT C fragments (P, dS or their
-// transposes) and Y is 8 NT rows of bf16 in shared memory.
+// transposes) and Y is a tile of 8 NT rows of 8 NO bf16 in shared memory.
 template <int NO, int NT>
-__device__ __forceinline__ void accumulate_product(float (*acc)[4], float (*c)[4], const unsigned short* Y, int lds,
-                                                   int lane) {
+__device__ __forceinline__ void accumulate_product(float (*acc)[4], float (*c)[4], const unsigned short* Y, int lane) {
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
         unsigned int a[4];
@@ -140,7 +151,7 @@ __device__ __forceinline__ void accumulate_product(float (*acc)[4], float (*c)[4
 #pragma unroll
         for (int n = 0; n < NO; n += 2) {
             unsigned int b[4];
-            frag_b2(b, Y, lds, kk * 16, n * 8, lane);
+            frag_b2<NO * 8>(b, Y, kk * 16, n * 8, lane);
             mma_16816(acc[n], a, b);
             mma_16816(acc[n + 1], a, b + 2);
         }
@@ -180,16 +191,16 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Issue the copies of rows [r0, r0 + 64) of a packed bf16 matrix (row stride `stride` elements,
-// rows DM wide, x 16-byte aligned) into the tile S (row stride DM + 8); rows at or past `len` are
+// rows DM wide, x 16-byte aligned) into the tile S (as tile_at says); rows at or past `len` are
 // zero-filled. The whole block takes part; commit, wait and barrier are the caller's.
 template <int DM>
 __device__ __forceinline__ void copy_rows(unsigned short* S, const unsigned short* __restrict__ x, long long stride,
                                           int r0, int len) {
-    constexpr int LDS = DM + 8, C = DM / 8;
+    constexpr int C = DM / 8;
     for (int idx = threadIdx.x; idx < 64 * C; idx += blockDim.x) {
         const int r = idx / C, c = (idx - (idx / C) * C) * 8;
         const bool in = r0 + r < len;
-        cp_async16(S + r * LDS + c, in ? x + (long long)(r0 + r) * stride + c : x, in ? 16 : 0);
+        cp_async16(S + tile_at<DM>(r, c), in ? x + (long long)(r0 + r) * stride + c : x, in ? 16 : 0);
     }
 }
 

@@ -74,22 +74,49 @@ pub fn ldmatrix_x4(s: &[u16], row: impl Fn(usize) -> usize, trans: bool) -> [Fra
     })
 }
 
-/// attention_mma.cu's `frag_a` (ldmatrix.x4: matrices (r0, c0), (r0 + 8, c0), (r0, c0 + 8),
-/// (r0 + 8, c0 + 8)) for every lane: the A fragment of the 16 × 16 block at (r0, c0).
-pub fn ldsm_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
-    ldmatrix_x4(s, |l| (r0 + l % 8 + ((l / 8) & 1) * 8) * lds + c0 + (l / 16) * 8, false)
+/// mma.cuh's `tile_at<DM>`: the index in a 64 × `dm` shared-memory tile of row `r`'s 8 elements
+/// from column `c` (a multiple of 8). The tiles are unpadded; segment c / 8 of row r is stored at
+/// segment (c / 8) ^ (r mod 8) of its group of 8, so the 8 consecutive rows an ldmatrix phase
+/// reads fall in distinct banks.
+pub fn tile_at(dm: usize, r: usize, c: usize) -> usize {
+    let seg = c / 8;
+    r * dm + ((seg & !7) | ((seg ^ r) & 7)) * 8
 }
 
-/// `frag_bt2` (ldmatrix.x4): the B fragments of key tiles n0 and n0 + 8, transposes of the 8 × 16
-/// blocks of `s` at (n0, c0) and (n0 + 8, c0).
-pub fn ldsm_bt2(s: &[u16], lds: usize, n0: usize, c0: usize) -> [[FragB; 32]; 2] {
-    split_pair(ldmatrix_x4(s, |l| (n0 + l % 8 + (l / 16) * 8) * lds + c0 + ((l / 8) & 1) * 8, false))
+/// The tile index lane `l` gives `frag_a`'s ldmatrix.x4 (matrices (r0, c0), (r0 + 8, c0),
+/// (r0, c0 + 8), (r0 + 8, c0 + 8)).
+pub fn a_addr(dm: usize, r0: usize, c0: usize, l: usize) -> usize {
+    tile_at(dm, r0 + l % 8 + ((l / 8) & 1) * 8, c0 + (l / 16) * 8)
 }
 
-/// `frag_b2` (ldmatrix.x4.trans): the B fragments of the 16 × 8 blocks of `s` at (k0, n0) and
-/// (k0, n0 + 8).
-pub fn ldsm_b2(s: &[u16], lds: usize, k0: usize, n0: usize) -> [[FragB; 32]; 2] {
-    split_pair(ldmatrix_x4(s, |l| (k0 + l % 8 + ((l / 8) & 1) * 8) * lds + n0 + (l / 16) * 8, true))
+/// The tile index lane `l` gives `frag_bt2`'s ldmatrix.x4 (matrices (n0, c0), (n0, c0 + 8),
+/// (n0 + 8, c0), (n0 + 8, c0 + 8)).
+pub fn bt2_addr(dm: usize, n0: usize, c0: usize, l: usize) -> usize {
+    tile_at(dm, n0 + l % 8 + (l / 16) * 8, c0 + ((l / 8) & 1) * 8)
+}
+
+/// The tile index lane `l` gives `frag_b2`'s ldmatrix.x4.trans (matrices (k0, n0), (k0 + 8, n0),
+/// (k0, n0 + 8), (k0 + 8, n0 + 8)).
+pub fn b2_addr(dm: usize, k0: usize, n0: usize, l: usize) -> usize {
+    tile_at(dm, k0 + l % 8 + ((l / 8) & 1) * 8, n0 + (l / 16) * 8)
+}
+
+/// attention_mma.cu's `frag_a` for every lane: the A fragment of the 16 × 16 block at (r0, c0) of
+/// the tile `s` (64 × `dm`, stored as [`tile_at`] says).
+pub fn ldsm_a(s: &[u16], dm: usize, r0: usize, c0: usize) -> [FragA; 32] {
+    ldmatrix_x4(s, |l| a_addr(dm, r0, c0, l), false)
+}
+
+/// `frag_bt2`: the B fragments of key tiles n0 and n0 + 8, transposes of the 8 × 16 blocks of
+/// the tile `s` at (n0, c0) and (n0 + 8, c0).
+pub fn ldsm_bt2(s: &[u16], dm: usize, n0: usize, c0: usize) -> [[FragB; 32]; 2] {
+    split_pair(ldmatrix_x4(s, |l| bt2_addr(dm, n0, c0, l), false))
+}
+
+/// `frag_b2` (ldmatrix.x4.trans): the B fragments of the 16 × 8 blocks of the tile `s` at
+/// (k0, n0) and (k0, n0 + 8).
+pub fn ldsm_b2(s: &[u16], dm: usize, k0: usize, n0: usize) -> [[FragB; 32]; 2] {
+    split_pair(ldmatrix_x4(s, |l| b2_addr(dm, k0, n0, l), true))
 }
 
 /// Registers 0, 1 and 2, 3 of an ldmatrix.x4 as two B fragments.
@@ -111,20 +138,24 @@ pub fn pack_bf16_heads(x: &[f32], x_stride: usize, n: usize, (heads, hd, dm): (u
 }
 
 /// mma.cuh's `copy_rows<DM>`: rows [r0, r0 + 64) of the packed matrix `x` from element `base`
-/// (row stride `stride`) into the tile `s` (row stride dm + 8); rows at or past `len` zero.
+/// (row stride `stride`) into the tile `s` (64 × dm, as [`tile_at`] says); rows at or past `len`
+/// zero.
 pub fn copy_rows(s: &mut [u16], dm: usize, x: &[u16], (base, stride): (usize, usize), r0: usize, len: usize) {
     for r in 0..64 {
-        let row = &mut s[r * (dm + 8)..r * (dm + 8) + dm];
-        if r0 + r < len {
-            row.copy_from_slice(&x[base + (r0 + r) * stride..][..dm]);
-        } else {
-            row.fill(0);
+        for c in (0..dm).step_by(8) {
+            let seg = &mut s[tile_at(dm, r, c)..][..8];
+            if r0 + r < len {
+                seg.copy_from_slice(&x[base + (r0 + r) * stride + c..][..8]);
+            } else {
+                seg.fill(0);
+            }
         }
     }
 }
 
 /// The A fragment of the 16 × 16 block at (r0, c0) of the row-major bf16 matrix `s` (row stride
-/// `lds`), element by element from the PTX fragment layout: what [`ldsm_a`] must load.
+/// `lds`, unpermuted), element by element from the PTX fragment layout: what [`ldsm_a`] must load
+/// from the tile that holds this matrix.
 pub fn frag_a(s: &[u16], lds: usize, r0: usize, c0: usize) -> [FragA; 32] {
     std::array::from_fn(|lane| {
         let p0 = (r0 + lane / 4) * lds + c0 + 2 * (lane % 4);
@@ -164,15 +195,14 @@ pub type Tiles = Vec<[FragC; 32]>;
 /// attention_mma.cu's `row_products2<DM, 8>`: the warp's rows [r0, r0 + 16) of X1 times the
 /// transposed 64 rows of Y1 over the `dm` head dims (8 tiles of 8), and the same of X2 and Y2.
 pub fn row_products2(dm: usize, (x1, y1): (&[u16], &[u16]), (x2, y2): (&[u16], &[u16]), r0: usize) -> (Tiles, Tiles) {
-    let lds = dm + 8;
     let (mut s, mut t) = (vec![[[0.0f32; 4]; 32]; 8], vec![[[0.0f32; 4]; 32]; 8]);
     for kd in 0..dm / 16 {
-        let (a1, a2) = (ldsm_a(x1, lds, r0, kd * 16), ldsm_a(x2, lds, r0, kd * 16));
+        let (a1, a2) = (ldsm_a(x1, dm, r0, kd * 16), ldsm_a(x2, dm, r0, kd * 16));
         for nt in (0..8).step_by(2) {
-            let [b0, b1] = ldsm_bt2(y1, lds, nt * 8, kd * 16);
+            let [b0, b1] = ldsm_bt2(y1, dm, nt * 8, kd * 16);
             mma_16816(&mut s[nt], &a1, &b0);
             mma_16816(&mut s[nt + 1], &a1, &b1);
-            let [b0, b1] = ldsm_bt2(y2, lds, nt * 8, kd * 16);
+            let [b0, b1] = ldsm_bt2(y2, dm, nt * 8, kd * 16);
             mma_16816(&mut t[nt], &a2, &b0);
             mma_16816(&mut t[nt + 1], &a2, &b1);
         }
@@ -180,12 +210,13 @@ pub fn row_products2(dm: usize, (x1, y1): (&[u16], &[u16]), (x2, y2): (&[u16], &
     (s, t)
 }
 
-/// `accumulate_product<NO, NT>`: acc[n] += C · Y[:, 8n .. 8n + 8), C held as C fragments.
-pub fn accumulate_product(acc: &mut [[FragC; 32]], c: &[[FragC; 32]], y: &[u16], lds: usize) {
+/// `accumulate_product<NO, NT>`: acc[n] += C · Y[:, 8n .. 8n + 8), C held as C fragments, Y a tile
+/// of `dm` = 8 NO columns.
+pub fn accumulate_product(acc: &mut [[FragC; 32]], c: &[[FragC; 32]], y: &[u16], dm: usize) {
     for kk in 0..c.len() / 2 {
         let a = c_to_a(&c[2 * kk], &c[2 * kk + 1]);
         for (n, pair) in acc.chunks_exact_mut(2).enumerate() {
-            let [b0, b1] = ldsm_b2(y, lds, kk * 16, n * 16);
+            let [b0, b1] = ldsm_b2(y, dm, kk * 16, n * 16);
             mma_16816(&mut pair[0], &a, &b0);
             mma_16816(&mut pair[1], &a, &b1);
         }

@@ -330,7 +330,7 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
     // head dim 30: rows loaded element by element (the others four at a time)
     for (h, kv, d) in [(4, 2, 16), (2, 1, 30), (8, 2, 64), (2, 1, 128)] {
         if !g.attn_on_tensor_cores(d) {
-            // head dim 128 on a 99 KiB GPU: the f32 kernels run it (the test below)
+            // a GPU with less shared memory than the tiles need: the f32 kernels run it (the test below)
             println!("D={d}: the tensor-core tiles do not fit {}", g.describe());
             continue;
         }
@@ -375,17 +375,19 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
     }
 }
 
-/// Where the tensor-core kernels' tiles do not fit the device's shared memory (head dim 128 on a
-/// GPU of 99 KiB per block, emulated with `Gpu::cap_smem`), a bf16 device runs the attention on
-/// the f32 kernels: the CPU attention of the unrounded q|k|v within f32 rounding, forward and
-/// backward; at head dim 64 the tensor cores still run it.
+/// The tensor-core tiles fit a GPU of 99 KiB per block (sm_86, sm_89) at head dims 64 and 128.
+/// Where they do not fit the device's shared memory (head dim 128 with 64 KiB, emulated with
+/// `Gpu::cap_smem`), a bf16 device runs the attention on the f32 kernels: the CPU attention of
+/// the unrounded q|k|v within f32 rounding, forward and backward; at head dim 64 the tensor cores
+/// still run it.
 #[test]
 fn a_gpu_too_small_for_the_tensor_core_tiles_runs_the_f32_attention() {
     use arbor::attention::{AttnSaved, AttnShape};
     let Some(g) = gpu() else { return };
     g.set_dtype(Dtype::Bf16);
-    // (a 99 KiB GPU already is one: capping changes nothing there)
     g.cap_smem(99 * 1024);
+    assert!(g.attn_on_tensor_cores(64) && g.attn_on_tensor_cores(128));
+    g.cap_smem(64 * 1024);
     assert!(g.attn_on_tensor_cores(64) && !g.attn_on_tensor_cores(128));
     let mut rng = Rng::new(31);
     let shape = AttnShape { num_heads: 2, num_kv_heads: 1, head_dim: 128 };

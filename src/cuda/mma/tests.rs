@@ -65,46 +65,48 @@ fn the_pack_kernel_writes_every_padded_row_once() {
 }
 
 /// mma.cuh's `copy_rows<DM>` index: 128 threads striding over 64 rows of DM / 8 copies each
-/// cover every 16-byte segment of the tile's DM columns exactly once, never the padding.
+/// cover every 16-byte segment of the (unpadded) tile exactly once, each copy 16-byte aligned.
 #[test]
 fn the_tile_copies_cover_each_row_segment_once() {
     for dm in [64, 128] {
-        let (lds, c) = (dm + 8, dm / 8);
-        let mut hits = vec![0u32; 64 * lds];
+        let c = dm / 8;
+        let mut hits = vec![0u32; 64 * dm];
         for thread in 0..128 {
             for idx in (thread..64 * c).step_by(128) {
                 let (r, col) = (idx / c, (idx - (idx / c) * c) * 8);
-                assert_eq!((r * lds + col) % 8, 0, "a copy is not 16-byte aligned");
+                let at = tile_at(dm, r, col);
+                assert_eq!(at % 8, 0, "a copy is not 16-byte aligned");
+                assert!(at / dm == r, "DM {dm}: row {r}'s segment {col} left its row");
                 for e in 0..8 {
-                    hits[r * lds + col + e] += 1;
+                    hits[at + e] += 1;
                 }
             }
         }
-        for r in 0..64 {
-            assert!(hits[r * lds..r * lds + dm].iter().all(|&h| h == 1), "DM {dm} row {r}");
-            assert!(hits[r * lds + dm..(r + 1) * lds].iter().all(|&h| h == 0), "DM {dm} row {r}: padding");
-        }
+        assert!(hits.iter().all(|&h| h == 1), "DM {dm}: a tile element copied {:?} times", hits.iter().max());
     }
 }
 
-/// The ldmatrix loads of the kernels (`frag_a`, `frag_bt2`, `frag_b2`) hand every lane the
-/// registers the PTX fragment layout assigns it, element for element, for random shared-memory
-/// tiles of both row strides, at every block position the kernels use.
+/// The ldmatrix loads of the kernels (`frag_a`, `frag_bt2`, `frag_b2`) from a tile that
+/// `copy_rows` filled hand every lane the registers the PTX fragment layout assigns it from the
+/// unpermuted matrix, element for element, for random matrices of both widths, at every block
+/// position the kernels use.
 #[test]
 fn ldmatrix_loads_equal_the_element_wise_fragments() {
     let mut rng = crate::rng::Rng::new(31);
     for dm in [64, 128] {
-        let lds = dm + 8;
-        let tile: Vec<u16> = (0..64 * lds).map(|_| rng.next_u64() as u16).collect();
+        let m: Vec<u16> = (0..64 * dm).map(|_| rng.next_u64() as u16).collect();
+        let mut tile = vec![0u16; 64 * dm];
+        copy_rows(&mut tile, dm, &m, (0, dm), 0, 64);
+        assert_ne!(tile, m, "DM {dm}: the tile is not permuted");
         for r0 in (0..64).step_by(16) {
             for c0 in (0..dm).step_by(16) {
-                assert_eq!(ldsm_a(&tile, lds, r0, c0), frag_a(&tile, lds, r0, c0), "A at ({r0}, {c0})");
-                let [b0, b1] = ldsm_bt2(&tile, lds, r0, c0);
-                assert_eq!(b0, frag_bt(&tile, lds, r0, c0), "Bᵀ at ({r0}, {c0})");
-                assert_eq!(b1, frag_bt(&tile, lds, r0 + 8, c0), "Bᵀ at ({}, {c0})", r0 + 8);
-                let [b0, b1] = ldsm_b2(&tile, lds, r0, c0);
-                assert_eq!(b0, frag_b(&tile, lds, r0, c0), "B at ({r0}, {c0})");
-                assert_eq!(b1, frag_b(&tile, lds, r0, c0 + 8), "B at ({r0}, {})", c0 + 8);
+                assert_eq!(ldsm_a(&tile, dm, r0, c0), frag_a(&m, dm, r0, c0), "A at ({r0}, {c0})");
+                let [b0, b1] = ldsm_bt2(&tile, dm, r0, c0);
+                assert_eq!(b0, frag_bt(&m, dm, r0, c0), "Bᵀ at ({r0}, {c0})");
+                assert_eq!(b1, frag_bt(&m, dm, r0 + 8, c0), "Bᵀ at ({}, {c0})", r0 + 8);
+                let [b0, b1] = ldsm_b2(&tile, dm, r0, c0);
+                assert_eq!(b0, frag_b(&m, dm, r0, c0), "B at ({r0}, {c0})");
+                assert_eq!(b1, frag_b(&m, dm, r0, c0 + 8), "B at ({r0}, {})", c0 + 8);
             }
         }
     }
@@ -113,13 +115,51 @@ fn ldmatrix_loads_equal_the_element_wise_fragments() {
     assert_ne!(ldmatrix_x4(&tile, |l| l * 72, false), ldmatrix_x4(&tile, |l| l * 72, true));
 }
 
+/// Every ldmatrix phase of the kernels (8 lanes giving 8 row addresses of 16 bytes) reads 8
+/// distinct 16-byte bank groups of shared memory (32 banks of 4 bytes): no bank conflict, at
+/// every block position of both tile widths; the copies' phases (8 consecutive threads) write 8
+/// distinct groups too. Unpermuted rows of 128 or 256 bytes would put all 8 in one group.
+#[test]
+fn the_tile_permutation_leaves_no_bank_conflict() {
+    let group = |at: usize| (at * 2 % 128) / 16;
+    let distinct = |ats: &[usize]| {
+        let mut g: Vec<usize> = ats.iter().map(|&a| group(a)).collect();
+        g.sort_unstable();
+        g.dedup();
+        g.len() == ats.len()
+    };
+    for dm in [64, 128] {
+        for r0 in (0..64).step_by(16) {
+            for c0 in (0..dm).step_by(16) {
+                for (name, addr) in [
+                    ("frag_a", a_addr as fn(usize, usize, usize, usize) -> usize),
+                    ("frag_bt2", bt2_addr),
+                    ("frag_b2", b2_addr),
+                ] {
+                    for phase in 0..4 {
+                        let ats: Vec<usize> = (8 * phase..8 * phase + 8).map(|l| addr(dm, r0, c0, l)).collect();
+                        assert!(distinct(&ats), "DM {dm} {name} at ({r0}, {c0}) phase {phase}: {ats:?}");
+                    }
+                }
+                let plain: Vec<usize> = (0..8).map(|l| (r0 + l) * dm + c0).collect();
+                assert!(!distinct(&plain), "DM {dm}: the unpermuted rows should conflict");
+            }
+        }
+        let c = dm / 8;
+        for first in (0..64 * c).step_by(8) {
+            let ats: Vec<usize> = (first..first + 8).map(|idx| tile_at(dm, idx / c, idx % c * 8)).collect();
+            assert!(distinct(&ats), "DM {dm}: copies {first}.. write one bank group twice");
+        }
+    }
+}
+
 /// attention_mma.cu's `attn_fwd_mma<DM>`, statement for statement: one block per (query tile
 /// of 64, head, sequence), four warps of 16 rows, lanes as arrays. Returns (out, lse).
 fn emulate(case: &Case, dm: usize) -> (Vec<f32>, Vec<f32>) {
     let AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } = case.shape;
     let stride = (nh + 2 * kvh) * hd;
     let n = *case.cu.last().unwrap();
-    let (lds, nt_n, kd_n, no_n) = (dm + 8, BK / 8, dm / 16, dm / 8);
+    let (nt_n, kd_n, no_n) = (BK / 8, dm / 16, dm / 8);
     let (mut out, mut lse) = (vec![f32::NAN; n * nh * hd], vec![f32::NAN; n * nh]);
     let sl2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
     // attn_pack_bf16 of q|k|v, then copy_rows of head `head`'s rows from it
@@ -133,11 +173,11 @@ fn emulate(case: &Case, dm: usize) -> (Vec<f32>, Vec<f32>) {
         for h in 0..nh {
             let g = h / (nh / kvh);
             for q0 in (0..len).step_by(BQ) {
-                let (mut qs, mut ks, mut vs) = (vec![0u16; BQ * lds], vec![0u16; BK * lds], vec![0u16; BK * lds]);
+                let (mut qs, mut ks, mut vs) = (vec![0u16; BQ * dm], vec![0u16; BK * dm], vec![0u16; BK * dm]);
                 load(&mut qs, h, q0, start, len);
                 for warp in 0..4 {
                     let wr = warp * 16;
-                    let qa: Vec<[FragA; 32]> = (0..kd_n).map(|kd| ldsm_a(&qs, lds, wr, kd * 16)).collect();
+                    let qa: Vec<[FragA; 32]> = (0..kd_n).map(|kd| ldsm_a(&qs, dm, wr, kd * 16)).collect();
                     let mut o = vec![[[0.0f32; 4]; 32]; no_n];
                     let (mut m0, mut m1) = ([f32::NEG_INFINITY; 32], [f32::NEG_INFINITY; 32]);
                     let (mut l0, mut l1) = ([0.0f32; 32], [0.0f32; 32]);
@@ -149,7 +189,7 @@ fn emulate(case: &Case, dm: usize) -> (Vec<f32>, Vec<f32>) {
                         let mut s = vec![[[0.0f32; 4]; 32]; nt_n];
                         for (pair, st) in s.chunks_exact_mut(2).enumerate() {
                             for (kd, qf) in qa.iter().enumerate() {
-                                let [b0, b1] = ldsm_bt2(&ks, lds, pair * 16, kd * 16);
+                                let [b0, b1] = ldsm_bt2(&ks, dm, pair * 16, kd * 16);
                                 mma_16816(&mut st[0], qf, &b0);
                                 mma_16816(&mut st[1], qf, &b1);
                             }
@@ -199,7 +239,7 @@ fn emulate(case: &Case, dm: usize) -> (Vec<f32>, Vec<f32>) {
                             }
                             (m0[lane], m1[lane]) = (mn0, mn1);
                         }
-                        accumulate_product(&mut o, &s, &vs, lds);
+                        accumulate_product(&mut o, &s, &vs, dm);
                     }
                     quad_reduce(&mut l0, |a, b| a + b);
                     quad_reduce(&mut l1, |a, b| a + b);
@@ -290,7 +330,7 @@ fn emulate_bwd(case: &Case, dm: usize, plan: DkdvPlan, (out, lse, dout): (&[f32]
     let AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } = case.shape;
     let stride = (nh + 2 * kvh) * hd;
     let n = *case.cu.last().unwrap();
-    let (lds, nt_n, no_n) = (dm + 8, 8, dm / 8);
+    let (nt_n, no_n) = (8, dm / 8);
     let scale = 1.0 / (hd as f32).sqrt();
     let (log2e, sl2) = (std::f32::consts::LOG2_E, std::f32::consts::LOG2_E / (hd as f32).sqrt());
     let mut delta = vec![0.0f32; n * nh];
@@ -313,7 +353,7 @@ fn emulate_bwd(case: &Case, dm: usize, plan: DkdvPlan, (out, lse, dout): (&[f32]
     for seq in 0..case.cu.len() - 1 {
         let sl = (case.cu[seq], case.cu[seq + 1] - case.cu[seq]);
         let (start, len) = sl;
-        let mut tiles = vec![vec![0u16; 64 * lds]; 4];
+        let mut tiles = vec![vec![0u16; 64 * dm]; 4];
         // dQ: blocks of 64 query rows of one head
         for h in 0..nh {
             let g = h / (nh / kvh);
@@ -352,7 +392,7 @@ fn emulate_bwd(case: &Case, dm: usize, plan: DkdvPlan, (out, lse, dout): (&[f32]
                                 }
                             }
                         }
-                        accumulate_product(&mut acc, &s, ks, lds);
+                        accumulate_product(&mut acc, &s, ks, dm);
                     }
                     for lane in 0..32 {
                         for e in 0..4 {
@@ -408,8 +448,8 @@ fn emulate_bwd(case: &Case, dm: usize, plan: DkdvPlan, (out, lse, dout): (&[f32]
                                     }
                                 }
                             }
-                            accumulate_product(&mut dva[warp], &st, os, lds);
-                            accumulate_product(&mut dka[warp], &dpt, qs, lds);
+                            accumulate_product(&mut dva[warp], &st, os, dm);
+                            accumulate_product(&mut dka[warp], &dpt, qs, dm);
                         }
                     }
                 }
