@@ -14,7 +14,13 @@ for compute_80 and compute_90 with `--std=c++17`. The check fails (exit 1) on:
 The library is taken from $NVRTC_LIB, else searched under .venv-nvrtc, else the
 system loader path (libnvrtc.so.12 / libnvrtc.so).
 
-Usage: python3 scripts/nvrtc_check.py [cuda/file.cu ...]
+With --resources, each file is instead compiled to machine code for sm_80, sm_89 and sm_90
+(ptxas run by NVRTC, `--ptxas-options=-v`) and each entry's registers per thread and spilled
+bytes are printed: the static resources a kernel change costs, known without a GPU (a kernel
+of 128 threads that uses more than 128 registers runs fewer blocks per multiprocessor; a spill
+goes to local memory). It reports; it does not fail on a spill.
+
+Usage: python3 scripts/nvrtc_check.py [--resources] [cuda/file.cu ...]
 """
 import ctypes
 import glob
@@ -69,13 +75,13 @@ def load_nvrtc():
     return lib, path
 
 
-def compile_src(lib, src, name, arch):
-    """Returns (ok, log, ptx)."""
+def compile_src(lib, src, name, arch, extra=()):
+    """Returns (ok, log, ptx) (ptx empty for an sm_ target, which makes machine code)."""
     prog = ctypes.c_void_p()
     rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), 0, None, None)
     if rc != 0:
         return False, "nvrtcCreateProgram: %s" % lib.nvrtcGetErrorString(rc).decode(), ""
-    opts = ["--gpu-architecture=" + arch] + OPTIONS
+    opts = ["--gpu-architecture=" + arch] + OPTIONS + list(extra)
     arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
     n = ctypes.c_size_t()
@@ -84,7 +90,7 @@ def compile_src(lib, src, name, arch):
     lib.nvrtcGetProgramLog(prog, buf)
     log = buf.value.decode(errors="replace").strip()
     ptx = ""
-    if rc == 0:
+    if rc == 0 and arch.startswith("compute_"):
         lib.nvrtcGetPTXSize(prog, ctypes.byref(n))
         pbuf = ctypes.create_string_buffer(n.value)
         lib.nvrtcGetPTX(prog, pbuf)
@@ -105,7 +111,36 @@ def strip_comments(s):
     return re.sub(r"//[^\n]*", "", s)
 
 
+RES_ENTRY_RE = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
+RES_SPILL_RE = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+RES_REGS_RE = re.compile(r"Used (\d+) registers")
+
+
+def resources(lib, src, name):
+    """(entry, arch, registers, spill stores, spill loads) of every entry, per sm_ target."""
+    rows = []
+    for arch in ["sm_80", "sm_89", "sm_90"]:
+        ok, log, _ = compile_src(lib, src, name, arch, ["--ptxas-options=-v"])
+        if not ok:
+            raise RuntimeError("%s %s: compile error\n%s" % (name, arch, log))
+        entry = None
+        for line in log.splitlines():
+            m = RES_ENTRY_RE.search(line)
+            if m:
+                entry = [m.group(1), m.group(2), 0, 0, 0]
+                rows.append(entry)
+            elif entry is not None and RES_SPILL_RE.search(line):
+                m = RES_SPILL_RE.search(line)
+                entry[3], entry[4] = int(m.group(1)), int(m.group(2))
+            elif entry is not None and RES_REGS_RE.search(line):
+                entry[2] = int(RES_REGS_RE.search(line).group(1))
+    return rows
+
+
 def main(argv):
+    args = argv[1:]
+    want_resources = "--resources" in args
+    args = [a for a in args if a != "--resources"]
     lib, path = load_nvrtc()
     major, minor = ctypes.c_int(), ctypes.c_int()
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
@@ -117,7 +152,7 @@ def main(argv):
     if INCLUDE_RE.search(strip_comments(common)):
         print("FAIL cuda/common.cuh: contains #include")
         failed = True
-    files = argv[1:] or sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
+    files = args or sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
     if not files:
         print("FAIL: no cuda/*.cu files")
         return 1
@@ -140,6 +175,17 @@ def main(argv):
             with open(os.path.join(CUDA_DIR, hname)) as f:
                 prelude = "#line 1 \"%s\"\n" % hname + f.read() + "\n"
         src = common + "\n" + prelude + "#line 1 \"%s\"\n" % os.path.basename(fpath) + body
+        if want_resources:
+            try:
+                rows = resources(lib, src, os.path.basename(fpath))
+            except RuntimeError as e:
+                print("FAIL %s" % e)
+                failed = True
+                continue
+            for entry, arch, regs, st, ld in sorted(rows):
+                spill = " spills %d B stored, %d B loaded" % (st, ld) if st or ld else ""
+                print("%-30s %-6s %3d registers%s" % (entry, arch, regs, spill))
+            continue
         for arch in ARCHS:
             ok, log, ptx = compile_src(lib, src, os.path.basename(fpath), arch)
             if not ok:

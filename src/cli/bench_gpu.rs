@@ -276,8 +276,9 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
     let dlogp = vec![-1.0 / n as f32; n];
     let mut gm = GpuModel::new(gpu.clone(), &model)?;
     let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
-    // each phase ends on the host (forward returns log-probs, AdamW the norm; the backward is
-    // synchronised), so the phase times add up to the step
+    // each phase ends on the host (forward returns log-probs; the backward and AdamW, which
+    // reads back only the norm and queues its update, are synchronised), so the phase times add
+    // up to the step
     let (mut times, mut phases) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
     for i in 0..args.warmup + args.steps {
         let t = Instant::now();
@@ -288,6 +289,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         gpu.sync()?;
         let t2 = Instant::now();
         gm.adamw_step(&mut opt, 1e-5, 1.0)?;
+        gpu.sync()?;
         if i >= args.warmup {
             let end = Instant::now();
             times.push((end - t).as_secs_f64());

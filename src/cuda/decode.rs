@@ -54,7 +54,8 @@ struct RowsDev {
 }
 
 /// The parts of [`RowsDev`], in order: tokens, positions, slots, attended lengths (position + 1),
-/// then the logit rows' uniforms (f64, two words each: two parts).
+/// the logit rows' uniforms (f64, two words each: two parts), then the logit rows themselves (read
+/// by the gather of a step with prompt rows).
 #[derive(Debug, Clone, Copy)]
 enum RowPart {
     Tokens = 0,
@@ -62,10 +63,11 @@ enum RowPart {
     Slots = 2,
     Lens = 3,
     Uniforms = 4,
+    LogitRows = 6,
 }
 
 /// Words per row of [`RowsDev`].
-const ROW_WORDS: usize = 6;
+const ROW_WORDS: usize = 7;
 
 impl RowsDev {
     /// Buffers for at least `rows` rows, reusing `old` when it has room.
@@ -96,6 +98,7 @@ impl RowsDev {
             positions: self.at(g, RowPart::Positions),
             slots: self.at(g, RowPart::Slots),
             lens: self.at(g, RowPart::Lens),
+            logit_rows: self.at(g, RowPart::LogitRows),
         }
     }
 }
@@ -203,20 +206,16 @@ impl GpuDecoder {
         let max_pos = cache.max_len.min(cfg.max_position_embeddings);
         let h = &mut self.host;
         assign_positions(slots, &cache.len, max_pos, &mut h.positions, &mut h.next)?;
-        // every row picks a token (the steady state): a step a graph may replay, padded up to its
-        // bucket with rows decoding token 0 into the spare slot (positions 0, 1, ..: never read)
-        let uniform = logit_rows.len() == b && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
-        let padded = if self.pad && uniform { graphs::bucket(b) } else { b };
+        let (padded, all_rows) = step_rows(self.pad, b, logit_rows);
         h.pad(tokens, slots, (padded, cache.slots, max_pos));
         let g = &*self.gpu;
         let mut rows = RowsDev::with_room(g, self.rows.take(), padded)?;
         let st = &g.stream;
         let b = padded;
         // every row input in one copy
-        let words = h.words(rows.cap(), uniforms);
+        let words = h.words(rows.cap(), uniforms, (!all_rows).then_some(logit_rows));
         st.memcpy_htod(words, &mut rows.words.slice_mut(0..words.len())).map_err(drv("upload"))?;
-        let (tokens_p, logit_rows) =
-            (&h.tokens[..], if padded > logit_rows.len() { &h.all[..padded] } else { logit_rows });
+        let (tokens_p, logit_rows) = (&h.tokens[..], if all_rows { &h.all[..padded] } else { logit_rows });
         let (c, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let n = logit_rows.len();
         let bf = &mut self.bufs;
@@ -247,12 +246,12 @@ impl GpuDecoder {
             }
             None => (1, cache.max_len),
         };
-        let fingerprint = match self.graphs.enabled() && uniform {
+        let fingerprint = match self.graphs.enabled() && all_rows {
             true => step_fingerprint(g, (w.params, w.image), bf, &rows, cache),
             false => Vec::new(),
         };
         // a step above the largest bucket runs eagerly at its own row count
-        let action = self.graphs.plan(b, uniform && b <= graphs::MAX_BUCKET, &fingerprint);
+        let action = self.graphs.plan(b, all_rows && b <= graphs::MAX_BUCKET, &fingerprint);
         let mut step =
             GpuStep { g, p: w.params, rope: &self.rope, bufs: bf, cache: &*cache, rows: rows.ptrs(g), split };
         let done = match action {
@@ -307,6 +306,17 @@ impl GpuDecoder {
     }
 }
 
+/// The rows a step of `b` rows decodes, and whether its logit rows are all of them. A step where
+/// every row picks a token (`logit_rows` = 0, 1, .., b - 1: the steady state) is one a graph may
+/// replay: with `pad` it is padded up to its bucket with rows decoding token 0 into the spare slot
+/// (positions 0, 1, ..: never read), whose logits are computed too (and never read). Any other
+/// step (one with prompt rows) decodes its `b` rows and computes the logits of `logit_rows` only.
+fn step_rows(pad: bool, b: usize, logit_rows: &[usize]) -> (usize, bool) {
+    let uniform = logit_rows.len() == b && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
+    let padded = if pad && uniform { graphs::bucket(b) } else { b };
+    (padded, uniform)
+}
+
 /// A decode step's rows on the host, reused from step to step: each row's position and each
 /// slot's length after the step (`assign_positions`), then the rows padded to the step's row
 /// count ([`HostRows::pad`]) as they are uploaded.
@@ -344,11 +354,15 @@ impl HostRows {
         self.all.extend(have..padded.max(have));
     }
 
-    /// The padded rows and `uniforms` laid out as a [`RowsDev`] of `cap` rows holds them, up to
-    /// the last uniform (or the last length, without uniforms).
-    fn words(&mut self, cap: usize, uniforms: &[f64]) -> &[u32] {
+    /// The padded rows, `uniforms` and the `gather`ed logit rows (a step with prompt rows) laid
+    /// out as a [`RowsDev`] of `cap` rows holds them, up to the last part given.
+    fn words(&mut self, cap: usize, uniforms: &[f64], gather: Option<&[usize]>) -> &[u32] {
         let b = self.tokens.len();
-        let end = if uniforms.is_empty() { 3 * cap + b } else { 4 * cap + 2 * uniforms.len() };
+        let end = match gather {
+            Some(rows) => RowPart::LogitRows as usize * cap + rows.len(),
+            None if uniforms.is_empty() => 3 * cap + b,
+            None => 4 * cap + 2 * uniforms.len(),
+        };
         self.packed.clear();
         self.packed.resize(end, 0);
         let w = &mut self.packed;
@@ -361,6 +375,9 @@ impl HostRows {
             let bits = u.to_bits();
             // little-endian: the low word first, as the device reads an f64
             (w[4 * cap + 2 * k], w[4 * cap + 2 * k + 1]) = (bits as u32, (bits >> 32) as u32);
+        }
+        for (k, &r) in gather.unwrap_or_default().iter().enumerate() {
+            w[RowPart::LogitRows as usize * cap + k] = r as u32;
         }
         &self.packed
     }
@@ -432,6 +449,21 @@ mod tests {
         assert_eq!(h.positions, [1, 2]);
     }
 
+    /// Only a step whose every row picks a token is padded and computes the logits of all its
+    /// rows; a step with prompt rows keeps its own logit rows, padded or not (the mixed step of a
+    /// continuous batch: 11 rows, three of them last prompt tokens).
+    #[test]
+    fn only_a_step_where_every_row_picks_a_token_is_padded() {
+        for pad in [false, true] {
+            assert_eq!(step_rows(pad, 11, &[2, 9, 10]), (11, false), "pad {pad}");
+            assert_eq!(step_rows(pad, 3, &[0, 1]), (3, false), "pad {pad}");
+            assert_eq!(step_rows(pad, 3, &[0, 2]), (3, false), "pad {pad}");
+        }
+        assert_eq!(step_rows(true, 5, &[0, 1, 2, 3, 4]), (8, true));
+        assert_eq!(step_rows(false, 5, &[0, 1, 2, 3, 4]), (5, true));
+        assert_eq!(step_rows(true, 64, &(0..64).collect::<Vec<_>>()), (64, true));
+    }
+
     /// One upload holds every row input at its part's fixed offset (a multiple of the capacity),
     /// the slots and lengths as their i32 bits, each uniform as its f64's two words, low first;
     /// without uniforms the copy ends after the lengths.
@@ -441,7 +473,7 @@ mod tests {
         h.pad(&[7, 8], &[2, 0], (3, 3, 4));
         let cap = 64;
         let u = [0.25f64, 0.7];
-        let w = h.words(cap, &u).to_vec();
+        let w = h.words(cap, &u, None).to_vec();
         assert_eq!(w.len(), 4 * cap + 4);
         let part = |p: RowPart, n: usize| w[p as usize * cap..p as usize * cap + n].to_vec();
         assert_eq!(part(RowPart::Tokens, 3), [7, 8, 0]);
@@ -454,6 +486,13 @@ mod tests {
             assert_eq!(f64::from_le_bytes(bytes.try_into().unwrap()), want);
         }
         assert!(ROW_WORDS * cap >= w.len());
-        assert_eq!(h.words(cap, &[]).len(), 3 * cap + 3);
+        assert_eq!(h.words(cap, &[], None).len(), 3 * cap + 3);
+        // a step with prompt rows: its logit rows after the uniforms, for the gather
+        let w = h.words(cap, &u[..1], Some(&[2])).to_vec();
+        assert_eq!(w.len(), 6 * cap + 1);
+        assert_eq!(w[..3], [7, 8, 0]);
+        assert_eq!((w[4 * cap], w[4 * cap + 1]), (0.25f64.to_bits() as u32, (0.25f64.to_bits() >> 32) as u32));
+        assert_eq!(w[RowPart::LogitRows as usize * cap], 2);
+        assert!(ROW_WORDS * cap >= w.len());
     }
 }

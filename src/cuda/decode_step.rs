@@ -44,6 +44,8 @@ pub(super) struct RowPtrs {
     pub(super) positions: u64,
     pub(super) slots: u64,
     pub(super) lens: u64,
+    /// The logit rows of a step with prompt rows (u32; what [`DecodeDevice::gather`] moves).
+    pub(super) logit_rows: u64,
 }
 
 /// The GPU's half of a decode step ([`DecodeDevice`]): the backend's operations on the decoder's
@@ -218,12 +220,12 @@ impl DecodeDevice for GpuStep<'_> {
         if logit_rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        let c = model.cfg.hidden_size;
+        // one row gather (the embedding kernel, x as its table) from the rows uploaded with the
+        // step, then one copy back
+        let (c, n) = (model.cfg.hidden_size, logit_rows.len() * model.cfg.hidden_size);
         let b = &mut *self.bufs;
-        for (dst, &src) in logit_rows.iter().enumerate() {
-            self.g.copy(Gpu::m(&mut b.gather, dst * c..(dst + 1) * c), Gpu::r(&b.x, src * c..(src + 1) * c))?;
-        }
-        let n = logit_rows.len() * c;
+        let rows = logit_rows.last().map_or(0, |&r| r + 1);
+        self.g.embed_ids(Gpu::m(&mut b.gather, 0..n), Gpu::r(&b.x, 0..rows * c), self.rows.logit_rows, c)?;
         self.g.copy(Gpu::m(&mut b.x, 0..n), Gpu::r(&b.gather, 0..n))
     }
 }

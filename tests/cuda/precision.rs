@@ -376,10 +376,10 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
 }
 
 /// The tensor-core tiles fit a GPU of 99 KiB per block (sm_86, sm_89) at head dims 64 and 128.
-/// Where they do not fit the device's shared memory (head dim 128 with 64 KiB, emulated with
-/// `Gpu::cap_smem`), a bf16 device runs the attention on the f32 kernels: the CPU attention of
-/// the unrounded q|k|v within f32 rounding, forward and backward; at head dim 64 the tensor cores
-/// still run it.
+/// Where they do not fit the device's shared memory (emulated with `Gpu::cap_smem`: 99,200 bytes,
+/// below the head-dim-128 dK/dV tiles' 99,328 and above the f32 kernels' 99,072), a bf16 device
+/// runs the attention on the f32 kernels: the CPU attention of the unrounded q|k|v within f32
+/// rounding, forward and backward; at head dim 64 the tensor cores still run it.
 #[test]
 fn a_gpu_too_small_for_the_tensor_core_tiles_runs_the_f32_attention() {
     use arbor::attention::{AttnSaved, AttnShape};
@@ -387,7 +387,7 @@ fn a_gpu_too_small_for_the_tensor_core_tiles_runs_the_f32_attention() {
     g.set_dtype(Dtype::Bf16);
     g.cap_smem(99 * 1024);
     assert!(g.attn_on_tensor_cores(64) && g.attn_on_tensor_cores(128));
-    g.cap_smem(64 * 1024);
+    g.cap_smem(99_200);
     assert!(g.attn_on_tensor_cores(64) && !g.attn_on_tensor_cores(128));
     let mut rng = Rng::new(31);
     let shape = AttnShape { num_heads: 2, num_kv_heads: 1, head_dim: 128 };
