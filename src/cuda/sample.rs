@@ -23,25 +23,34 @@ pub const TRUNC_CAP: usize = 2048;
 /// one copy), with room for as many rows as `uniforms` holds, grown on demand: a decode step
 /// allocates nothing on the device.
 pub struct SampleBufs {
-    uniforms: CudaSlice<f64>,
+    /// The uniforms [`sample_rows`] uploads (none until it runs: the decoder uploads its uniforms
+    /// with the step's rows).
+    uniforms: Option<CudaSlice<f64>>,
     out: CudaSlice<u32>,
 }
 
 impl SampleBufs {
-    /// Buffers for up to `rows` rows (more are grown into when asked for).
+    /// Buffers for the results of up to `rows` rows (more are grown into when asked for).
     pub fn new(gpu: &Gpu, rows: usize) -> Result<Self> {
-        let n = rows.max(1);
-        Ok(SampleBufs {
-            uniforms: gpu.alloc(n, "the sampler's buffers")?,
-            out: gpu.alloc(3 * n, "the sampler's buffers")?,
-        })
+        Ok(SampleBufs { uniforms: None, out: gpu.alloc(3 * rows.max(1), "the sampler's results")? })
     }
 
+    /// Room for the results of `rows` rows.
     fn reserve(&mut self, gpu: &Gpu, rows: usize) -> Result<()> {
-        if self.uniforms.len() < rows {
-            *self = SampleBufs::new(gpu, rows)?;
+        if self.out.len() < 3 * rows {
+            self.out = gpu.alloc(3 * rows, "the sampler's results")?;
         }
         Ok(())
+    }
+
+    /// A buffer of room for `rows` uniforms.
+    fn uniforms(&mut self, gpu: &Gpu, rows: usize) -> Result<&mut CudaSlice<f64>> {
+        let have = self.uniforms.as_ref().map_or(0, |u| u.len());
+        if have < rows {
+            self.uniforms = None;
+            self.uniforms = Some(gpu.alloc(rows, "the sampler's uniforms")?);
+        }
+        Ok(self.uniforms.as_mut().expect("allocated above"))
     }
 }
 
@@ -61,10 +70,10 @@ pub fn sample_rows(
     if n == 0 {
         return Ok(Vec::new());
     }
-    bufs.reserve(gpu, n)?;
     let s = gpu.stream();
-    s.memcpy_htod(uniforms, &mut bufs.uniforms.slice_mut(0..n)).map_err(drv("upload"))?;
-    let at = bufs.uniforms.device_ptr(s).0;
+    let dev = bufs.uniforms(gpu, n)?;
+    s.memcpy_htod(uniforms, &mut dev.slice_mut(0..n)).map_err(drv("upload"))?;
+    let at = dev.device_ptr(s).0;
     sample_rows_at(gpu, logits, v, (at, n), params, bufs)
 }
 

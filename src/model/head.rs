@@ -56,6 +56,9 @@ pub fn head_backward<B: Backend>(
     let separate = !be.acts_are_f32();
     if separate {
         be.act_grow(&mut ws.dlogits, rows.min(n) * v)?;
+    } else if B::act_bytes(&ws.dlogits) > 0 {
+        // (a device switched back to f32 products: the bf16 gradient's memory goes)
+        ws.dlogits = be.act_empty()?;
     }
     let Workspace { logits, dlogits, dln: dh, lnf: h, head_lse: lse, entropy, .. } = &mut *ws;
     let HeadGrad { dlogp: g, dent } = grad;
