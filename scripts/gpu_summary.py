@@ -46,7 +46,10 @@ def main():
     lines = ["== gpu-check summary"]
     dev = os.path.join(d, "device.txt")
     if os.path.exists(dev):
-        lines.append("device: " + open(dev).read().strip())
+        lines.append("device: " + (open(dev).read().strip() or "-"))
+    commit = os.path.join(d, "commit.txt")
+    if os.path.exists(commit):
+        lines.append("arbor commit: " + (open(commit).read().strip() or "-"))
     tests = os.path.join(d, "tests.txt")
     if os.path.exists(tests):
         rc_file = os.path.join(d, "tests_rc.txt")
@@ -149,7 +152,8 @@ def markdown(d):
     def tok(name):
         j = load(d, name)
         return f"{j['tokens_per_s']:,.0f}" if j and isinstance(j.get("tokens_per_s"), (int, float)) else "-"
-    dev = open(os.path.join(d, "device.txt")).read().strip() if os.path.exists(os.path.join(d, "device.txt")) else "-"
+    dev = open(os.path.join(d, "device.txt")).read().strip() if os.path.exists(os.path.join(d, "device.txt")) else ""
+    dev = dev or "-"
     gen = "; ".join(" / ".join(tok(f"generate_sampled_0.5b_b{b}{sfx}.json") for b in (16, 64, 256)) + f" ({dt})"
                     for sfx, dt in (("", "f32"), ("_bf16", "bf16"), ("_bf16_graphs", "bf16 + graphs")))
     steps = []
