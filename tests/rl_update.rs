@@ -184,3 +184,23 @@ fn mismatched_sample_lengths_are_an_error_not_a_panic() {
     .to_string();
     assert!(err.contains("advantages"), "{err}");
 }
+
+/// A value model's backward takes each row at most once (a repeated row would count twice in the
+/// head's gradient and once in the trunk's): an error naming it, while distinct rows run.
+#[test]
+fn the_value_head_backward_refuses_a_repeated_row() {
+    let m = model();
+    let mut b = Batch::new();
+    b.push_lm(&[1, 2, 3, 4, 5], 0).unwrap();
+    let mut ws = Workspace::new(&m.cfg, 0);
+    let mut e = Engine::cpu();
+    e.zero_grads(&m).unwrap();
+    let c = m.cfg.hidden_size;
+    let head = vec![0.1f32; c + 1];
+    let mut head_grads = vec![0.0f32; c + 1];
+    e.trunk_values(&m, &b, &mut ws, &head).unwrap();
+    let err = e.accumulate_trunk_head(&m, &b, &mut ws, &head, (&[1, 3, 1], &[0.5, 0.5, 0.5]), &mut head_grads);
+    assert!(err.unwrap_err().to_string().contains("each at most once"));
+    e.accumulate_trunk_head(&m, &b, &mut ws, &head, (&[1, 3], &[0.5, 0.5]), &mut head_grads).unwrap();
+    assert_eq!(head_grads[c], 1.0, "the bias gradient sums the rows' dv");
+}

@@ -370,6 +370,10 @@ impl GpuModel {
     /// unchanged), as on the CPU.
     pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<f32> {
         self.check_trainable()?;
+        if opt.m.len() != self.params.len() || opt.segments().iter().any(|(r, _)| r.end > self.params.len()) {
+            let why = format!("an optimizer of {} values for {} weights", opt.m.len(), self.params.len());
+            return Err(Error::shape("AdamW on the GPU", why));
+        }
         let norm = self.grad_norm()?;
         if !norm.is_finite() {
             return Ok(norm);

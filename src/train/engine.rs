@@ -165,7 +165,7 @@ impl Engine {
     }
 
     /// A value model's backward after [`Engine::trunk_values`] on the same batch, from
-    /// dv[j] = ∂L/∂V at row `rows[j]` (in that order): the trunk's gradients ADDED to the engine's
+    /// dv[j] = ∂L/∂V at row `rows[j]` (in that order; each row at most once): the trunk's gradients ADDED to the engine's
     /// and the head's ADDED to `head_grads` ([∂w | ∂b]). On the GPU only dv and the head's C + 1
     /// gradients cross.
     pub fn accumulate_trunk_head(
@@ -178,10 +178,12 @@ impl Engine {
         head_grads: &mut [f32],
     ) -> Result<()> {
         let (n, c) = (batch.len(), model.cfg.hidden_size);
-        if head.len() != c + 1 || head_grads.len() != c + 1 || rows.len() != dv.len() || rows.iter().any(|&i| i >= n) {
+        let mut seen = vec![false; n];
+        let distinct = rows.iter().all(|&i| i < n && !std::mem::replace(&mut seen[i], true));
+        if head.len() != c + 1 || head_grads.len() != c + 1 || rows.len() != dv.len() || !distinct {
             return Err(Error::shape(
                 "value head backward",
-                format!("{} rows of {n}, head of {}", rows.len(), head.len()),
+                format!("{} rows of {n} (each at most once), head of {}", rows.len(), head.len()),
             ));
         }
         match self {

@@ -129,20 +129,24 @@ fn act_down(g: &Gpu, b: &<Gpu as Backend>::Act, n: usize) -> Vec<f32> {
 
 /// `got` (bf16 values written by an `_o16` kernel) is `want` (the f32 CPU result) rounded to
 /// bf16: each value equals the rounding of `want` or, where the device's f32 value lay on the
-/// other side of a rounding boundary, a neighbouring bf16 value (one unit in the last place).
+/// other side of a rounding boundary, a neighbouring bf16 value (one unit in the last place); a
+/// value near 0 from a cancelling sum (f32 kernels agree with the CPU within 1e-5 of the scale,
+/// not within a bf16 unit of a tiny value) may be further off by at most that.
 fn within_bf16_rounding(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
     let (mut exact, mut worst) = (0usize, 0u32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let (gb, wb) = (half::bf16::from_f32(g), half::bf16::from_f32(w));
         assert_eq!(gb.to_f32(), g, "{what}[{i}] = {g} is not a bf16 value");
         let ulps = (gb.to_bits() as i32 - wb.to_bits() as i32).unsigned_abs();
-        assert!(g.signum() == w.signum() || w.abs() < 1e-30, "{what}[{i}]: {g} against {w}");
+        let cancelled = (g - w).abs() <= 1e-5 * scale;
+        assert!(g.signum() == w.signum() || w.abs() < 1e-30 || cancelled, "{what}[{i}]: {g} against {w}");
+        assert!(ulps <= 1 || cancelled, "{what}[{i}]: {g} is {ulps} bf16 ulps from the rounded CPU value {w}");
         worst = worst.max(ulps);
         exact += (ulps == 0) as usize;
     }
     println!("{what:<28} {exact}/{} equal to the rounded CPU value, worst {worst} ulp", got.len());
-    assert!(worst <= 1, "{what}: a value {worst} bf16 ulps from the rounded CPU value");
     assert!(exact * 100 >= got.len() * 99, "{what}: only {exact} of {} values equal the rounded CPU value", got.len());
 }
 
@@ -450,7 +454,8 @@ fn a_full_train_step_on_the_gpu_matches_the_cpu() {
         close(&format!("{arch:?} backward grads"), &gm.grads().unwrap(), &grads, 1e-4);
 
         // one AdamW step with clipping, from identical state
-        let ocfg = AdamWConfig::default();
+        // (eps 1e-6: a gradient element within f32 noise of 0 steps by lr·|g|/eps, not by ±lr)
+        let ocfg = AdamWConfig { eps: 1e-6, ..AdamWConfig::default() };
         let mut cpu_opt = AdamW::for_layout(ocfg, &model.params.layout);
         let mut gpu_opt = AdamW::for_layout(ocfg, &model.params.layout);
         let mut p = model.params.data.clone();

@@ -229,7 +229,9 @@ fn a_bf16_train_step_tracks_the_f32_step() {
     let mut cfg = tiny_config(Arch::Qwen2, false);
     (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) = (64, 128, 4, 2, 16);
     cfg.vocab_size = 50;
-    let model = Model::new(cfg.clone(), init_params(&cfg, 3, 0.5)).unwrap();
+    // (weights of std 0.1: at 0.5 the attention scores' spread, ~16, makes the softmax nearly a
+    // hard max, where bf16's rounding of near-tied scores moves the q/k gradients by several %)
+    let model = Model::new(cfg.clone(), init_params(&cfg, 3, 0.1)).unwrap();
     let mut rng = Rng::new(9);
     let b = batch(&mut rng, &[24, 17, 30], cfg.vocab_size as u32);
     let n = b.len();
@@ -293,7 +295,9 @@ fn bf16_decode_logits_track_the_f32_decode() {
     (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim) = (64, 96, 16);
     cfg.vocab_size = 40;
     cfg.max_position_embeddings = 64;
-    let model = Model::new(cfg.clone(), init_params(&cfg, 5, 1.0)).unwrap();
+    // (weights of std 0.1: at 1.0 the scores' spread, ~64, makes each softmax a hard max whose
+    // near ties bf16 can flip, an error of the model's conditioning, not of the kernels)
+    let model = Model::new(cfg.clone(), init_params(&cfg, 5, 0.1)).unwrap();
     let prompt: Vec<u32> = vec![3, 14, 15, 9, 2, 6];
     let mut logits = Vec::new();
     // f32, bf16, and bf16 with each row's positions split in blocks of 4 (merged into bf16 rows)

@@ -79,7 +79,11 @@ fn grpo_on(engine: &mut Engine, base: &Model, feed: Option<&[Completion]>) -> Tr
     let samples = grpo_samples(&requests, feed.unwrap_or(&completions));
     assert!(samples.iter().any(|s| s.advantages[0] != 0.0), "no sample has an advantage: the test tests nothing");
     let mut model = base.clone();
-    let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
+    // (eps 1e-6: with 1e-8 a gradient element within the f32 noise of 0, of opposite signs on the
+    // two devices, would move by ±lr at the first step and fail the weights' 1e-5; at 1e-6 such
+    // an element moves by lr·|g|/1e-6, far below it, while every other one steps as usual)
+    let ocfg = AdamWConfig { eps: 1e-6, ..AdamWConfig::default() };
+    let mut opt = AdamW::for_layout(ocfg, &model.params.layout);
     engine.load(&model, &opt).unwrap();
     let mut buf = UpdateBuffers::new(&model);
     let loss = LossConfig {
