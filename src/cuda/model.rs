@@ -35,6 +35,13 @@ pub struct GpuModel {
     /// A value model's head: its weights, then per row the values or their gradients, then the
     /// weights' gradient (grown, reused).
     value_head: CudaSlice<f32>,
+    /// The gradient norm's partial sums and its result (allocated once: the norm runs every step).
+    norm: (CudaSlice<f64>, CudaSlice<f32>),
+}
+
+/// Blocks of the gradient norm's first pass over `n` values (its partial sums).
+fn norm_parts(n: usize) -> usize {
+    n.div_ceil(256).clamp(1, 1024)
 }
 
 /// A model's weights on the device and, with bf16 products, their bf16 image (`cuda::image`): what
@@ -75,6 +82,7 @@ impl GpuModel {
             batch: None,
             head_grad: zeros(1)?,
             value_head: zeros(1)?,
+            norm: (gpu.alloc(norm_parts(n), "the gradient norm")?, gpu.alloc(1, "the gradient norm")?),
             gpu,
         })
     }
@@ -96,6 +104,7 @@ impl GpuModel {
             batch: None,
             head_grad: one()?,
             value_head: one()?,
+            norm: (gpu.alloc(1, "the gradient norm")?, one()?),
             gpu,
         })
     }
@@ -336,9 +345,11 @@ impl GpuModel {
     /// Global L2 norm of the gradients (deterministic two-pass f64 sum).
     pub fn grad_norm(&self) -> Result<f32> {
         let n = self.grads.len();
-        let p = n.div_ceil(256).clamp(1, 1024);
-        let partials = self.gpu.alloc::<f64>(p, "the gradient norm's partial sums")?;
-        let norm = self.gpu.alloc::<f32>(1, "the gradient norm")?;
+        let p = norm_parts(n);
+        let (partials, norm) = &self.norm;
+        if partials.len() < p {
+            return Err(Error::shape("gradient norm", format!("{} partial sums for {p} blocks", partials.len())));
+        }
         let pp = partials.device_ptr(&self.gpu.stream).0;
         let gp = self.grads.device_ptr(&self.gpu.stream).0;
         self.gpu.launch(
@@ -359,7 +370,7 @@ impl GpuModel {
             &[Arg::P(pp), Arg::I(p as i32), Arg::P(np), Arg::P(0)],
         )?;
         let mut out = [0.0f32];
-        self.gpu.stream.memcpy_dtoh(&norm, &mut out[..]).map_err(drv("download"))?;
+        self.gpu.stream.memcpy_dtoh(norm, &mut out[..]).map_err(drv("download"))?;
         self.gpu.sync()?;
         Ok(out[0])
     }
