@@ -35,6 +35,9 @@ enum Command {
     Experiment(arbor::cli::experiment::ExperimentCommand),
     /// PNG plots of a run's metrics.jsonl (reward, solve rate, length, loss, RL statistics).
     Plot(plot::PlotArgs),
+    /// Run an SPMD job of N ranks on this machine without MPI: `arbor launch --nproc 2 -- train
+    /// --config job.toml` (collectives over TCP through the launcher).
+    Launch(arbor::cli::launch::LaunchArgs),
     /// Self-checking SPMD programs (`mpirun -np 2 arbor selftest tp`).
     #[command(subcommand)]
     Selftest(arbor::cli::selftest::SelftestCommand),
@@ -106,5 +109,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             arbor::cli::selftest::tp(&a)
         }
         Command::Sim(cmd) => arbor_sim::cli::run(cmd),
+        Command::Launch(args) => arbor::cli::launch::run(&args),
     }
 }

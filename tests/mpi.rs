@@ -23,6 +23,19 @@ fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("mpirun must be installed (scripts/setup.sh installs openmpi-bin)")
 }
 
+/// How a test starts a multi-rank job: `mpirun` or `arbor launch`.
+type Launcher = fn(usize, &[&str], &[(&str, &str)]) -> Output;
+
+/// `arbor launch --nproc np -- args` (no MPI: collectives over TCP through the launcher).
+fn launch(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_arbor"));
+    c.args(["launch", "--nproc", &np.to_string(), "--"]).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
 fn single(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_arbor")).args(args).output().unwrap()
 }
@@ -474,6 +487,10 @@ fn a_tensor_parallel_run_resumes_exactly_from_its_gathered_checkpoint() {
 }
 
 fn fault_run(kind: &str, expect: &[&str]) {
+    fault_run_with(mpirun, kind, expect)
+}
+
+fn fault_run_with(launcher: Launcher, kind: &str, expect: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let text_cfg = sft_config().replace("steps = 3", "steps = 50")
         + "\n[parallel]\ncollective_timeout_s = 3\nstep_timeout_s = 20\n";
@@ -482,7 +499,7 @@ fn fault_run(kind: &str, expect: &[&str]) {
     let t0 = Instant::now();
     let spec = format!("{kind}:1:4");
     let o =
-        mpirun(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out], &[("ARBOR_INJECT_FAULT", &spec)]);
+        launcher(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out], &[("ARBOR_INJECT_FAULT", &spec)]);
     let took = t0.elapsed();
     let all = text(&o);
     assert!(!o.status.success(), "{kind}: the job must fail:\n{all}");
@@ -545,4 +562,35 @@ fn a_dying_rank_takes_the_job_down() {
     // mpirun reports the first rank that died, with its exit status or signal
     fault_run("exit", &["exited with non-zero status", "Exit code:    9"]);
     fault_run("crash", &["rank 1", "signal 6"]);
+}
+
+/// `arbor launch` (no MPI: collectives and messages over TCP through the launcher) runs what
+/// mpirun runs: two-rank data parallelism and an `[async]` job (weights and batches sent on their
+/// own threads) give mpirun's weights and metrics bit for bit (two ranks sum the same in either
+/// order); a rank that fails, hangs or dies takes the job down naming itself, no rank left behind.
+#[test]
+fn arbor_launch_runs_what_mpirun_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let sft = write_config(dir.path(), &sft_config());
+    let p = dir.path().join("async.toml");
+    std::fs::write(&p, format!("{}\n[async]\nrollout_ranks = 1\nalpha = 1\n", grpo_config())).unwrap();
+    let asy = p.to_str().unwrap().to_string();
+    let cases = [(&sft, "addition-sft", "dp 2 × tp 1"), (&asy, "default", "1 rollout rank(s)")];
+    for (cfg, run_name, what) in cases {
+        let mut runs = Vec::new();
+        for (name, launcher) in [("mpirun", mpirun as Launcher), ("launch", launch)] {
+            let at = format!("{name}-{run_name}");
+            let o = launcher(2, &["--threads", "1", "train", "--config", cfg, "--out-dir", &out(&at)], &[]);
+            assert!(o.status.success(), "{what} under {name}: {}", text(&o));
+            assert!(text(&o).contains(what), "{name} runs {what}: {}", text(&o));
+            runs.push(dir.path().join(&at).join(run_name));
+        }
+        let what = format!("{what}: arbor launch vs mpirun");
+        compare_runs_within(&runs[0], &runs[1], "checkpoints/step-3", &what, 0.0, 1e-9);
+    }
+    fault_run_with(launch, "error", &["rank 1", "injected fault at step 4", "the job was stopped"]);
+    fault_run_with(launch, "hang", &["rank 0", "did not finish in time", "rank 1 had not entered it"]);
+    fault_run_with(launch, "exit", &["rank 1 exited with exit status: 9"]);
+    fault_run_with(launch, "crash", &["rank 1 exited with signal: 6"]);
 }

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod eval;
 pub mod experiment;
 pub mod inspect;
+pub mod launch;
 pub mod plot;
 pub mod seeds;
 pub mod selftest;

@@ -117,9 +117,9 @@ pub fn tp(args: &TpArgs) -> anyhow::Result<()> {
         None => RunConfig::parse(ADDITION_CONFIG, Path::new("configs/addition-sft.toml"))?,
     };
     cfg.parallel.tp = args.tp;
-    let Some((_universe, grid)) = crate::cli::train::spmd_grid(&cfg)? else {
+    let Some((_spmd, grid)) = crate::cli::train::spmd_grid(&cfg)? else {
         anyhow::bail!(
-            "arbor selftest tp runs under an MPI launcher: mpirun -np {} arbor selftest tp --tp {}",
+            "arbor selftest tp runs under a launcher: mpirun -np {} arbor selftest tp --tp {} (or arbor launch --nproc ..)",
             args.tp,
             args.tp
         );

@@ -61,49 +61,81 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     Ok(cfg)
 }
 
-/// Under an MPI launcher (mpirun, mpiexec, srun), initialise MPI and build the dp × tp grid with
-/// a watchdog; otherwise `None` (a single process, no MPI).
-#[cfg(feature = "mpi")]
-pub(crate) fn spmd_grid(
-    cfg: &RunConfig,
-) -> anyhow::Result<Option<(mpi::environment::Universe, crate::parallel::Grid)>> {
-    use crate::parallel::mpi_comm::{launched_by_mpi, MpiComm};
-    use crate::parallel::watchdog::Watchdog;
-    if !launched_by_mpi() {
-        return Ok(None);
-    }
-    let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Multiple)
-        .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
-    let world = universe.world();
-    let rank = mpi::traits::Communicator::rank(&world) as usize;
+/// What keeps a run's communicators usable while it runs: MPI's universe when an MPI launcher
+/// started the run (MPI is finalised when it is dropped).
+pub(crate) struct Spmd {
+    #[cfg(feature = "mpi")]
+    _universe: Option<mpi::environment::Universe>,
+}
+
+/// The collective timeout of `cfg` (0: none).
+fn collective_timeout(cfg: &RunConfig) -> std::time::Duration {
     let secs = cfg.parallel.collective_timeout_s;
-    let timeout = std::time::Duration::from_secs_f64(if secs > 0.0 { secs } else { 1e9 });
-    // MPI_Abort on the world from the watchdog thread (MPI_THREAD_MULTIPLE was requested)
-    let watchdog = Watchdog::start(
-        rank,
-        timeout,
-        Box::new(|_msg| {
-            // SAFETY: MPI is initialised for the whole run (the universe outlives the watchdog's use)
-            // and MPI_Abort may be called from any thread under MPI_THREAD_MULTIPLE.
-            unsafe {
-                mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 3);
-            }
-            std::process::exit(3);
-        }),
-    );
-    let comm = MpiComm::new(world, Some(watchdog.clone()));
-    let mut grid = crate::parallel::Grid::new(Box::new(comm), cfg.parallel.tp)?;
+    std::time::Duration::from_secs_f64(if secs > 0.0 { secs } else { 1e9 })
+}
+
+/// The dp × tp grid of an SPMD run with its watchdog: under `arbor launch` (TCP to the
+/// launcher's hub) or an MPI launcher (mpirun, mpiexec, srun; feature `mpi`); otherwise `None`
+/// (a single process).
+pub(crate) fn spmd_grid(cfg: &RunConfig) -> anyhow::Result<Option<(Spmd, crate::parallel::Grid)>> {
+    use crate::parallel::watchdog::Watchdog;
+    if crate::parallel::tcp_comm::launched_by_hub() {
+        let rank: usize = std::env::var(crate::parallel::tcp_comm::RANK_VAR).ok().and_then(|r| r.parse().ok()).unwrap_or(0);
+        // a rank past its collective timeout exits; `arbor launch` then stops the others
+        let watchdog = Watchdog::start(rank, collective_timeout(cfg), Box::new(|_msg| std::process::exit(3)));
+        let comm = crate::parallel::tcp_comm::TcpComm::from_env(Some(watchdog.clone()))?;
+        return Ok(Some((Spmd::none(), grid_of(Box::new(comm), cfg, watchdog)?)));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        use crate::parallel::mpi_comm::{launched_by_mpi, MpiComm};
+        if launched_by_mpi() {
+            let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+                .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
+            let world = universe.world();
+            let rank = mpi::traits::Communicator::rank(&world) as usize;
+            // MPI_Abort on the world from the watchdog thread (MPI_THREAD_MULTIPLE was requested)
+            let watchdog = Watchdog::start(
+                rank,
+                collective_timeout(cfg),
+                Box::new(|_msg| {
+                    // SAFETY: MPI is initialised for the whole run (the universe outlives the
+                    // watchdog's use) and MPI_Abort may be called from any thread under
+                    // MPI_THREAD_MULTIPLE.
+                    unsafe {
+                        mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 3);
+                    }
+                    std::process::exit(3);
+                }),
+            );
+            let comm = MpiComm::new(world, Some(watchdog.clone()));
+            return Ok(Some((Spmd { _universe: Some(universe) }, grid_of(Box::new(comm), cfg, watchdog)?)));
+        }
+    }
+    Ok(None)
+}
+
+impl Spmd {
+    fn none() -> Spmd {
+        Spmd {
+            #[cfg(feature = "mpi")]
+            _universe: None,
+        }
+    }
+}
+
+/// The grid over `world` with `watchdog`, announced by the root.
+fn grid_of(
+    world: Box<dyn crate::parallel::Comm>,
+    cfg: &RunConfig,
+    watchdog: crate::parallel::watchdog::Watchdog,
+) -> anyhow::Result<crate::parallel::Grid> {
+    let mut grid = crate::parallel::Grid::new(world, cfg.parallel.tp)?;
     grid.watchdog = Some(watchdog);
     if grid.is_root() {
         println!("arbor: SPMD {}", grid.describe());
     }
-    Ok(Some((universe, grid)))
-}
-
-/// Without the `mpi` feature every run is a single process.
-#[cfg(not(feature = "mpi"))]
-pub(crate) fn spmd_grid(_cfg: &RunConfig) -> anyhow::Result<Option<((), crate::parallel::Grid)>> {
-    Ok(None)
+    Ok(grid)
 }
 
 /// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
@@ -123,7 +155,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
     };
     let report = match spmd_grid(cfg)? {
         None => crate::train::job::run(cfg, dir.as_deref(), &mut std::io::stdout())?,
-        Some((_universe, grid)) => {
+        Some((_spmd, grid)) => {
             let root = grid.is_root();
             let mut out: Box<dyn std::io::Write> =
                 if root { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };

@@ -1,0 +1,214 @@
+//! The hub of `arbor launch`: the ranks of a job started without MPI connect to it over TCP, and
+//! it carries out their collectives and routes their messages ([`super::tcp_comm::TcpComm`] is
+//! the ranks' side). One router thread holds every communicator's members and each member's
+//! pending collectives; a collective completes when every member has called it, in call order,
+//! so a fast rank may run ahead by several. Sums and maxima are taken in rank order, so results
+//! are deterministic. A rank's abort, or a collective the members disagree on, ends the job.
+
+use super::wire::{self, Frame};
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::BufReader;
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+
+/// A communicator: its members' world ranks (its rank order) and each member's collectives not
+/// yet completed.
+struct Group {
+    members: Vec<usize>,
+    pending: Vec<VecDeque<Frame>>,
+}
+
+impl Group {
+    fn new(members: Vec<usize>) -> Group {
+        let pending = members.iter().map(|_| VecDeque::new()).collect();
+        Group { members, pending }
+    }
+}
+
+/// What ended a job's hub.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HubEnd {
+    /// Every rank disconnected.
+    Done,
+    /// A rank aborted (or the ranks called mismatched collectives): why.
+    Aborted(String),
+}
+
+/// Serve the `size` ranks that connect to `listener` until every one has disconnected or one
+/// aborts. Errors are the hub's own (a rank that never says hello, a socket that fails).
+pub fn serve(listener: TcpListener, size: usize) -> Result<HubEnd> {
+    let io = |what: &str, e: std::io::Error| Error::Invalid(format!("arbor launch hub: {what}: {e}"));
+    let mut writers: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
+    let (tx, rx) = mpsc::channel::<(usize, Option<Frame>)>();
+    for _ in 0..size {
+        let (stream, _) = listener.accept().map_err(|e| io("accept", e))?;
+        stream.set_nodelay(true).map_err(|e| io("socket", e))?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| io("socket", e))?);
+        let hello = Frame::read_from(&mut reader).map_err(|e| io("hello", e))?;
+        let rank = hello.a as usize;
+        if hello.kind != wire::HELLO || hello.b as usize != size || rank >= size || writers[rank].is_some() {
+            let why = format!("a rank said hello as {} of {} (the job has {size})", hello.a, hello.b);
+            return Err(Error::Invalid(format!("arbor launch hub: {why}")));
+        }
+        writers[rank] = Some(stream);
+        let tx = tx.clone();
+        std::thread::spawn(move || loop {
+            match Frame::read_from(&mut reader) {
+                Ok(f) => {
+                    if tx.send((rank, Some(f))).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = tx.send((rank, None));
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let writers: Vec<TcpStream> = writers.into_iter().map(|w| w.expect("every rank said hello")).collect();
+    let mut router = Router { groups: HashMap::from([(0, Group::new((0..size).collect()))]), next_id: 1, writers };
+    let mut connected = size;
+    while connected > 0 {
+        let Ok((rank, frame)) = rx.recv() else { break };
+        let Some(frame) = frame else {
+            connected -= 1;
+            continue;
+        };
+        if let Err(why) = router.handle(rank, frame) {
+            // (each connection has a second handle in its reader thread: shut the sockets, so
+            // every rank still waiting sees the end)
+            for w in &router.writers {
+                let _ = w.shutdown(std::net::Shutdown::Both);
+            }
+            return Ok(HubEnd::Aborted(why));
+        }
+    }
+    Ok(HubEnd::Done)
+}
+
+struct Router {
+    groups: HashMap<u64, Group>,
+    next_id: u64,
+    writers: Vec<TcpStream>,
+}
+
+impl Router {
+    /// Handle world rank `rank`'s frame; `Err` ends the job with the reason.
+    fn handle(&mut self, rank: usize, f: Frame) -> std::result::Result<(), String> {
+        match f.kind {
+            wire::ABORT => Err(String::from_utf8_lossy(&f.payload).into_owned()),
+            wire::SEND => {
+                let g = self.groups.get(&f.comm).ok_or_else(|| format!("rank {rank}: send on unknown communicator"))?;
+                let src = g.members.iter().position(|&m| m == rank).ok_or("a send from outside its communicator")?;
+                let dest = *g.members.get(f.a as usize).ok_or_else(|| format!("rank {rank}: send to rank {}", f.a))?;
+                self.write(dest, &Frame::new(wire::DELIVER, f.comm, (src as u64, 0), f.payload))
+            }
+            wire::COLLECTIVE => {
+                let id = f.comm;
+                let g = self.groups.get_mut(&id).ok_or_else(|| format!("rank {rank}: collective on unknown communicator"))?;
+                let me = g.members.iter().position(|&m| m == rank).ok_or("a collective from outside its communicator")?;
+                g.pending[me].push_back(f);
+                while let Some((members, calls)) = self.ready(id) {
+                    let replies = self.complete(id, &members, calls)?;
+                    for (&m, reply) in members.iter().zip(replies) {
+                        self.write(m, &reply)?;
+                    }
+                }
+                Ok(())
+            }
+            k => Err(format!("rank {rank}: unknown frame kind {k}")),
+        }
+    }
+
+    /// The members and the oldest call of each, when every member of communicator `id` has one.
+    fn ready(&mut self, id: u64) -> Option<(Vec<usize>, Vec<Frame>)> {
+        let g = self.groups.get_mut(&id)?;
+        if g.pending.iter().any(|q| q.is_empty()) {
+            return None;
+        }
+        let calls = g.pending.iter_mut().map(|q| q.pop_front().expect("non-empty")).collect();
+        Some((g.members.clone(), calls))
+    }
+
+    fn write(&mut self, rank: usize, f: &Frame) -> std::result::Result<(), String> {
+        f.write_to(&mut self.writers[rank]).map_err(|e| format!("the hub lost rank {rank}: {e}"))
+    }
+
+    /// The replies (in member order) to one collective every member of communicator `id` called.
+    fn complete(&mut self, id: u64, members: &[usize], calls: Vec<Frame>) -> std::result::Result<Vec<Frame>, String> {
+        let op = calls[0].a;
+        if let Some((i, c)) = calls.iter().enumerate().find(|(_, c)| c.a != op || (op != wire::OP_SPLIT && c.b != calls[0].b)) {
+            return Err(format!(
+                "ranks {} and {} of communicator {id} called different collectives ({} / {} and {} / {})",
+                members[0], members[i], op, calls[0].b, c.a, c.b
+            ));
+        }
+        let same = |payload: Vec<u8>| calls.iter().map(|_| Frame::new(wire::REPLY, id, (0, 0), payload.clone())).collect();
+        let lens_agree = || calls.iter().all(|c| c.payload.len() == calls[0].payload.len());
+        match op {
+            wire::OP_SUM_F32 | wire::OP_SUM_F64 | wire::OP_MAX_F64 => {
+                let w = if op == wire::OP_SUM_F32 { 4 } else { 8 };
+                if !lens_agree() || calls[0].payload.len() % w != 0 {
+                    return Err(format!("communicator {id}: reductions of different lengths"));
+                }
+                let mut acc = calls[0].payload.clone();
+                for c in &calls[1..] {
+                    for (a, b) in acc.chunks_exact_mut(w).zip(c.payload.chunks_exact(w)) {
+                        match op {
+                            wire::OP_SUM_F32 => {
+                                let s = f32::from_le_bytes(a[..].try_into().expect("4")) + f32::from_le_bytes(b.try_into().expect("4"));
+                                a.copy_from_slice(&s.to_le_bytes());
+                            }
+                            _ => {
+                                let (x, y) = (f64::from_le_bytes(a[..].try_into().expect("8")), f64::from_le_bytes(b.try_into().expect("8")));
+                                let r = if op == wire::OP_SUM_F64 { x + y } else { x.max(y) };
+                                a.copy_from_slice(&r.to_le_bytes());
+                            }
+                        }
+                    }
+                }
+                Ok(same(acc))
+            }
+            wire::OP_BROADCAST => {
+                let root = calls[0].b as usize;
+                let data = calls.get(root).ok_or_else(|| format!("communicator {id}: broadcast from rank {root}"))?;
+                Ok(same(data.payload.clone()))
+            }
+            wire::OP_ALL_GATHER => {
+                let mut all = Vec::new();
+                for c in &calls {
+                    all.extend_from_slice(&(c.payload.len() as u64).to_le_bytes());
+                    all.extend_from_slice(&c.payload);
+                }
+                Ok(same(all))
+            }
+            wire::OP_BARRIER => Ok(same(Vec::new())),
+            wire::OP_SPLIT => {
+                // color → (key, place in this communicator, world rank), new communicators in
+                // color order, members by key then place
+                let mut colors: BTreeMap<u64, Vec<(u64, usize, usize)>> = BTreeMap::new();
+                for (i, c) in calls.iter().enumerate() {
+                    let key = wire::bytes_to_u64s(&c.payload).first().copied().unwrap_or(0);
+                    colors.entry(c.b).or_default().push((key, i, members[i]));
+                }
+                let mut replies: Vec<Option<Frame>> = calls.iter().map(|_| None).collect();
+                for (_, mut list) in colors {
+                    list.sort_unstable();
+                    let new_id = self.next_id;
+                    self.next_id += 1;
+                    let world: Vec<usize> = list.iter().map(|&(_, _, w)| w).collect();
+                    let payload = wire::u64s_to_bytes(&world.iter().map(|&w| w as u64).collect::<Vec<_>>());
+                    for (place, &(_, i, _)) in list.iter().enumerate() {
+                        replies[i] = Some(Frame::new(wire::REPLY, id, (new_id, place as u64), payload.clone()));
+                    }
+                    self.groups.insert(new_id, Group::new(world));
+                }
+                Ok(replies.into_iter().map(|r| r.expect("every member has a color")).collect())
+            }
+            _ => Err(format!("communicator {id}: unknown collective {op}")),
+        }
+    }
+}

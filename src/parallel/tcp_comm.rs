@@ -1,0 +1,377 @@
+//! [`Comm`] over TCP to the hub of `arbor launch` ([`super::hub`]): multi-process jobs on one
+//! machine without MPI (a node with no MPI installed, or the GPU check machine). Every
+//! communicator of a process shares one connection; a reader thread sorts what arrives into
+//! per-communicator replies and per-sender messages, so collectives and point-to-point messages
+//! on different communicators may run on different threads, as with MPI_THREAD_MULTIPLE.
+//! Collectives are armed on the [`Watchdog`] as MPI's are.
+
+use super::comm::Comm;
+use super::watchdog::Watchdog;
+use super::wire::{self, Frame};
+use crate::error::{Error, Result};
+use std::collections::{HashMap, VecDeque};
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// The environment `arbor launch` gives each rank: the hub's address, the rank, the world size.
+pub const HUB_VAR: &str = "ARBOR_HUB";
+pub const RANK_VAR: &str = "ARBOR_HUB_RANK";
+pub const SIZE_VAR: &str = "ARBOR_HUB_SIZE";
+
+/// Whether this process was started by `arbor launch`.
+pub fn launched_by_hub() -> bool {
+    std::env::var_os(HUB_VAR).is_some()
+}
+
+/// What the reader thread has received and not yet handed out.
+#[derive(Default)]
+struct Inbox {
+    replies: HashMap<u64, VecDeque<Frame>>,
+    messages: HashMap<(u64, u64), VecDeque<Vec<u8>>>,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
+}
+
+/// A process's connection to the hub, shared by its communicators.
+struct Link {
+    writer: Mutex<TcpStream>,
+    inbox: Mutex<Inbox>,
+    arrived: Condvar,
+    addr: String,
+    world_rank: usize,
+}
+
+impl Link {
+    fn send(&self, f: &Frame) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        f.write_to(&mut *w).map_err(|e| self.lost(&e.to_string()))
+    }
+
+    fn lost(&self, why: &str) -> Error {
+        Error::collective(self.world_rank, "arbor launch hub", format!("the connection to {} failed: {why}", self.addr))
+    }
+
+    /// Wait until `take` finds what it is looking for in the inbox.
+    fn wait<T>(&self, mut take: impl FnMut(&mut Inbox) -> Option<T>) -> Result<T> {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(x) = take(&mut inbox) {
+                return Ok(x);
+            }
+            if let Some(why) = &inbox.closed {
+                return Err(self.lost(why));
+            }
+            inbox = self.arrived.wait(inbox).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The communicators' hold on a [`Link`]: when the last communicator of a process goes, the
+/// connection is shut (the reader thread's own reference would keep it open), so the hub sees
+/// the rank leave.
+struct Hold(Arc<Link>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let w = self.0.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = w.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl std::ops::Deref for Hold {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        &self.0
+    }
+}
+
+/// A communicator of a job started by `arbor launch` (the world or a split of it).
+pub struct TcpComm {
+    link: Arc<Hold>,
+    id: u64,
+    rank: usize,
+    /// World ranks of the members, in this communicator's rank order.
+    members: Vec<usize>,
+    watchdog: Option<Watchdog>,
+}
+
+impl TcpComm {
+    /// The world communicator of a rank `arbor launch` started (from its environment).
+    pub fn from_env(watchdog: Option<Watchdog>) -> Result<TcpComm> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| Error::Invalid(format!("arbor launch: {name} is not set ({HUB_VAR} is)")))
+        };
+        let addr = var(HUB_VAR)?;
+        let num = |name: &str| -> Result<usize> {
+            let v = var(name)?;
+            v.parse().map_err(|_| Error::Invalid(format!("arbor launch: {name} = {v:?} is not a count")))
+        };
+        let (rank, size) = (num(RANK_VAR)?, num(SIZE_VAR)?);
+        if rank >= size {
+            return Err(Error::Invalid(format!("arbor launch: rank {rank} of {size}")));
+        }
+        TcpComm::connect(&addr, rank, size, watchdog)
+    }
+
+    /// Connect to the hub at `addr` as world rank `rank` of `size`.
+    pub fn connect(addr: &str, rank: usize, size: usize, watchdog: Option<Watchdog>) -> Result<TcpComm> {
+        let fail = |e: std::io::Error| Error::collective(rank, "arbor launch hub", format!("connecting to {addr}: {e}"));
+        let stream = TcpStream::connect(addr).map_err(fail)?;
+        stream.set_nodelay(true).map_err(fail)?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(fail)?);
+        let link = Arc::new(Link {
+            writer: Mutex::new(stream),
+            inbox: Mutex::new(Inbox::default()),
+            arrived: Condvar::new(),
+            addr: addr.to_string(),
+            world_rank: rank,
+        });
+        link.send(&Frame::new(wire::HELLO, 0, (rank as u64, size as u64), Vec::new()))?;
+        let reading = link.clone();
+        std::thread::Builder::new()
+            .name("arbor-hub-reader".into())
+            .spawn(move || loop {
+                let got = Frame::read_from(&mut reader);
+                let mut inbox = reading.inbox.lock().unwrap_or_else(|p| p.into_inner());
+                match got {
+                    Ok(f) if f.kind == wire::REPLY => inbox.replies.entry(f.comm).or_default().push_back(f),
+                    Ok(f) if f.kind == wire::DELIVER => {
+                        inbox.messages.entry((f.comm, f.a)).or_default().push_back(f.payload)
+                    }
+                    Ok(f) => inbox.closed = Some(format!("an unexpected frame of kind {}", f.kind)),
+                    Err(e) => inbox.closed = Some(e.to_string()),
+                }
+                let stop = inbox.closed.is_some();
+                drop(inbox);
+                reading.arrived.notify_all();
+                if stop {
+                    break;
+                }
+            })
+            .map_err(fail)?;
+        Ok(TcpComm { link: Arc::new(Hold(link)), id: 0, rank, members: (0..size).collect(), watchdog })
+    }
+
+    /// One collective: this rank's part out, the hub's reply back (watched as MPI's are).
+    fn collective(&self, what: &str, (op, arg): (u64, u64), payload: Vec<u8>) -> Result<Frame> {
+        let others: Vec<usize> = self.members.iter().copied().filter(|&m| m != self.link.world_rank).collect();
+        let _g = self.watchdog.as_ref().map(|w| w.watch_collective_among(what, &others));
+        self.link.send(&Frame::new(wire::COLLECTIVE, self.id, (op, arg), payload))?;
+        let id = self.id;
+        self.link.wait(|inbox| inbox.replies.get_mut(&id).and_then(|q| q.pop_front()))
+    }
+
+    fn reduce<const W: usize>(&self, what: &str, op: u64, bytes: Vec<u8>, n: usize) -> Result<Vec<u8>> {
+        let reply = self.collective(what, (op, 0), bytes)?;
+        if reply.payload.len() != n * W {
+            let why = format!("{} bytes back for {n} values", reply.payload.len());
+            return Err(Error::collective(self.rank, what, why));
+        }
+        Ok(reply.payload)
+    }
+}
+
+impl Comm for TcpComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.members.len()
+    }
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+        let bytes = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let out = self.reduce::<4>("all_reduce_sum_f32", wire::OP_SUM_F32, bytes, buf.len())?;
+        for (x, b) in buf.iter_mut().zip(out.chunks_exact(4)) {
+            *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let bytes = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let out = self.reduce::<8>("all_reduce_sum_f64", wire::OP_SUM_F64, bytes, buf.len())?;
+        for (x, b) in buf.iter_mut().zip(out.chunks_exact(8)) {
+            *x = f64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        Ok(())
+    }
+    fn all_reduce_max_f64(&self, buf: &mut [f64]) -> Result<()> {
+        let bytes = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let out = self.reduce::<8>("all_reduce_max_f64", wire::OP_MAX_F64, bytes, buf.len())?;
+        for (x, b) in buf.iter_mut().zip(out.chunks_exact(8)) {
+            *x = f64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        Ok(())
+    }
+    fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) -> Result<()> {
+        if root >= self.size() {
+            let msg = format!("root {root} out of range for {} ranks", self.size());
+            return Err(Error::collective(self.rank, "broadcast", msg));
+        }
+        let mine = if self.rank == root { buf.clone() } else { Vec::new() };
+        *buf = self.collective("broadcast", (wire::OP_BROADCAST, root as u64), mine)?.payload;
+        Ok(())
+    }
+    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let all = self.collective("all_gather", (wire::OP_ALL_GATHER, 0), mine.to_vec())?.payload;
+        let mut out = Vec::with_capacity(self.size());
+        let mut at = 0;
+        while at + 8 <= all.len() {
+            let len = u64::from_le_bytes(all[at..at + 8].try_into().expect("8 bytes")) as usize;
+            let part = all.get(at + 8..at + 8 + len).ok_or_else(|| {
+                Error::collective(self.rank, "all_gather", format!("a reply of {} bytes cut short", all.len()))
+            })?;
+            out.push(part.to_vec());
+            at += 8 + len;
+        }
+        if out.len() != self.size() {
+            return Err(Error::collective(self.rank, "all_gather", format!("{} parts for {} ranks", out.len(), self.size())));
+        }
+        Ok(out)
+    }
+    fn barrier(&self) -> Result<()> {
+        self.collective("barrier", (wire::OP_BARRIER, 0), Vec::new()).map(|_| ())
+    }
+    fn split(&self, color: usize, key: usize) -> Result<Box<dyn Comm>> {
+        let reply = self.collective("split", (wire::OP_SPLIT, color as u64), wire::u64s_to_bytes(&[key as u64]))?;
+        let members: Vec<usize> = wire::bytes_to_u64s(&reply.payload).into_iter().map(|w| w as usize).collect();
+        let rank = reply.b as usize;
+        if members.get(rank) != Some(&self.link.world_rank) {
+            return Err(Error::collective(self.rank, "split", format!("placed at {rank} of {members:?}")));
+        }
+        Ok(Box::new(TcpComm { link: self.link.clone(), id: reply.a, rank, members, watchdog: self.watchdog.clone() }))
+    }
+    fn abort(&self, msg: &str) -> ! {
+        eprintln!("arbor: aborting: {msg}");
+        // the hub ends the job: `arbor launch` stops every other rank
+        let _ = self.link.send(&Frame::new(wire::ABORT, self.id, (0, 0), msg.as_bytes().to_vec()));
+        std::process::exit(1)
+    }
+    fn send_bytes(&self, dest: usize, bytes: &[u8]) -> Result<()> {
+        if dest >= self.size() {
+            return Err(Error::collective(self.rank, format!("send to rank {dest}"), "out of range"));
+        }
+        self.link.send(&Frame::new(wire::SEND, self.id, (dest as u64, 0), bytes.to_vec()))
+    }
+    fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
+        if src >= self.size() {
+            return Err(Error::collective(self.rank, format!("receive from rank {src}"), "out of range"));
+        }
+        let key = (self.id, src as u64);
+        self.link.wait(|inbox| inbox.messages.get_mut(&key).and_then(|q| q.pop_front()))
+    }
+    fn describe(&self) -> String {
+        format!("arbor launch ({} processes, hub at {})", self.members.len(), self.link.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::hub::{serve, HubEnd};
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Run `body` on `n` ranks (threads) against one hub; the hub's end and each rank's result.
+    fn job<T: Send + 'static>(n: usize, body: impl Fn(TcpComm) -> T + Send + Sync + 'static) -> (HubEnd, Vec<T>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hub = std::thread::spawn(move || serve(listener, n).unwrap());
+        let body = Arc::new(body);
+        let ranks: Vec<_> = (0..n)
+            .map(|r| {
+                let (addr, body) = (addr.clone(), body.clone());
+                std::thread::spawn(move || body(TcpComm::connect(&addr, r, n, None).unwrap()))
+            })
+            .collect();
+        let out = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+        (hub.join().unwrap(), out)
+    }
+
+    /// Every collective of three ranks: sums in rank order (bit for bit the sequential sum),
+    /// maxima, broadcast, all-gather, barrier; splits into sub-communicators ordered by key whose
+    /// collectives stay among their members; point-to-point messages in send order, also while
+    /// another thread of the same rank runs a collective on another communicator.
+    #[test]
+    fn three_ranks_run_every_collective_and_message() {
+        let (end, out) = job(3, |c| {
+            let r = c.rank();
+            let mut v = [0.1f32 * (r + 1) as f32, 1e8, -(r as f32)];
+            c.all_reduce_sum_f32(&mut v).unwrap();
+            let mut m = [r as f64, -(r as f64)];
+            c.all_reduce_max_f64(&mut m).unwrap();
+            let mut s = [0.5 * r as f64];
+            c.all_reduce_sum_f64(&mut s).unwrap();
+            let mut b = if r == 2 { b"root".to_vec() } else { Vec::new() };
+            c.broadcast_bytes(2, &mut b).unwrap();
+            let all = c.all_gather_bytes(&vec![r as u8; r]).unwrap();
+            c.barrier().unwrap();
+            // ranks 0 and 2 (color 0) ordered by key: 2 first; rank 1 alone
+            let sub = c.split(usize::from(r == 1), 10 - r).unwrap();
+            let mut x = [r as f32];
+            sub.all_reduce_sum_f32(&mut x).unwrap();
+            // messages on a second communicator while a thread waits in a barrier on a third
+            let p2p = c.split(0, r).unwrap();
+            let side = c.split(0, r).unwrap();
+            let got = std::thread::scope(|s| {
+                let t = s.spawn(move || side.barrier());
+                let got = if r == 0 {
+                    (0..2).map(|_| p2p.recv_bytes(1).unwrap()).collect()
+                } else {
+                    if r == 1 {
+                        p2p.send_bytes(0, b"first").unwrap();
+                        p2p.send_bytes(0, b"second").unwrap();
+                    }
+                    Vec::new()
+                };
+                t.join().unwrap().unwrap();
+                got
+            });
+            (v, m, s, b, all, (sub.rank(), sub.size(), x[0]), got)
+        });
+        assert_eq!(end, HubEnd::Done);
+        let want_sum = [(0.1f32 + 0.2) + 0.3 * 1.0f32, 3e8, -3.0];
+        for (r, (v, m, s, b, all, sub, got)) in out.into_iter().enumerate() {
+            assert_eq!(v[0].to_bits(), ((0.1f32 * 1.0 + 0.1 * 2.0) + 0.1 * 3.0).to_bits(), "rank order");
+            assert_eq!(v[1..], want_sum[1..]);
+            assert_eq!(m, [2.0, 0.0]);
+            assert_eq!(s, [1.5]);
+            assert_eq!(b, b"root");
+            assert_eq!(all, vec![vec![], vec![1u8], vec![2u8, 2]]);
+            let want_sub = match r {
+                0 => (1, 2, 2.0),
+                1 => (0, 1, 1.0),
+                _ => (0, 2, 2.0),
+            };
+            assert_eq!(sub, want_sub, "rank {r}");
+            if r == 0 {
+                assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+            }
+        }
+    }
+
+    /// A rank's abort ends the hub with its reason; mismatched collectives end it naming both.
+    #[test]
+    fn an_abort_or_a_mismatch_ends_the_job() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hub = std::thread::spawn(move || serve(listener, 2).unwrap());
+        let a = TcpComm::connect(&addr, 0, 2, None).unwrap();
+        let b = TcpComm::connect(&addr, 1, 2, None).unwrap();
+        a.link.send(&Frame::new(wire::COLLECTIVE, 0, (wire::OP_BARRIER, 0), Vec::new())).unwrap();
+        b.link.send(&Frame::new(wire::COLLECTIVE, 0, (wire::OP_SUM_F32, 0), Vec::new())).unwrap();
+        match hub.join().unwrap() {
+            HubEnd::Aborted(why) => assert!(why.contains("different collectives"), "{why}"),
+            e => panic!("{e:?}"),
+        }
+        // the connection is gone: a collective fails instead of waiting forever
+        assert!(a.barrier().is_err());
+        let (end, _) = job(2, |c| {
+            if c.rank() == 1 {
+                c.link.send(&Frame::new(wire::ABORT, 0, (0, 0), b"rank 1: out of disk".to_vec())).unwrap();
+            } else {
+                let _ = c.barrier();
+            }
+        });
+        assert_eq!(end, HubEnd::Aborted("rank 1: out of disk".into()));
+    }
+}
