@@ -107,7 +107,7 @@ tests_rc=0
 t_start=$SECONDS
 budget="${GPU_CHECK_BUDGET_S:-0}"
 grace="${GPU_CHECK_GRACE_S:-60}"
-parts=",${GPU_CHECK_PARTS:-tests,headline,countdown,variants},"
+parts=",${GPU_CHECK_PARTS:-tests,headline,countdown,async,variants},"
 [ "${GPU_CHECK_COUNTDOWN:-1}" = "1" ] || parts="${parts//,countdown,/,}"
 : > "$out/skipped.txt"
 # part NAME: whether part NAME is selected
@@ -240,6 +240,24 @@ if part countdown && in_budget countdown 200; then
     rm -rf "$runs"
 fi
 done_part countdown
+
+if part async && in_budget async 45; then
+    echo "== an [async] GRPO job on the GPU: 1 trainer + 1 rollout rank (each its own process on the one GPU),"
+    echo "   started by arbor launch (the ranks talk over TCP through the launcher: no MPI here)"
+    cfg="$out/async-gpu.toml"
+    sed -e 's/^steps = 1500/steps = 4/' -e 's/^prompts_per_step = 32/prompts_per_step = 8/' \
+        -e 's/^eval_problems = 500/eval_problems = 64/' -e 's/^eval_every = 500/eval_every = 4/' \
+        -e 's/^log_every = 25/log_every = 1/' -e 's/^name = "default"/name = "async-gpu"/' \
+        -e 's/^\[train\]$/[train]\ndevice = "cuda"/' configs/default.toml > "$cfg"
+    printf '\n[async]\nrollout_ranks = 1\nalpha = 1\n' >> "$cfg"
+    runs="${TMPDIR:-/tmp}/gpu-check-async"
+    rm -rf "$runs"
+    bounded "$arbor" launch --nproc 2 -- --threads 4 train --config "$cfg" --out-dir "$runs" > "$out/async_gpu.txt" 2>&1
+    echo "exit status: $?" | tee -a "$out/async_gpu.txt"
+    cp "$runs"/*/metrics.jsonl "$out/async_gpu_metrics.jsonl" 2>/dev/null || true
+    rm -rf "$runs"
+fi
+done_part async
 
 if part variants; then
     echo "== attention: f32, and the backward's other dK/dV plan (one block loops over a GQA group's heads)"

@@ -95,6 +95,12 @@ def main():
         keep = [l for l in open(cd).read().splitlines() if re.search(r"held-out|solve rate|wall time|error", l)]
         lines.append("countdown-gpu:")
         lines.extend("  " + l for l in keep[-6:])
+    aj = os.path.join(d, "async_gpu.txt")
+    if os.path.exists(aj):
+        keep = [l for l in open(aj, errors="replace").read().splitlines()
+                if re.search(r"rollout rank|solve rate|exit status|error|aborting|stopped", l)]
+        lines.append("async job on the GPU (arbor launch, 1 trainer + 1 rollout rank):")
+        lines.extend("  " + l[:200] for l in keep[-6:])
     print("\n".join(lines))
 
 

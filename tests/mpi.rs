@@ -498,8 +498,11 @@ fn fault_run_with(launcher: Launcher, kind: &str, expect: &[&str]) {
     let out = dir.path().join("out").to_str().unwrap().to_string();
     let t0 = Instant::now();
     let spec = format!("{kind}:1:4");
-    let o =
-        launcher(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out], &[("ARBOR_INJECT_FAULT", &spec)]);
+    let o = launcher(
+        2,
+        &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out],
+        &[("ARBOR_INJECT_FAULT", &spec)],
+    );
     let took = t0.elapsed();
     let all = text(&o);
     assert!(!o.status.success(), "{kind}: the job must fail:\n{all}");

@@ -80,7 +80,8 @@ fn collective_timeout(cfg: &RunConfig) -> std::time::Duration {
 pub(crate) fn spmd_grid(cfg: &RunConfig) -> anyhow::Result<Option<(Spmd, crate::parallel::Grid)>> {
     use crate::parallel::watchdog::Watchdog;
     if crate::parallel::tcp_comm::launched_by_hub() {
-        let rank: usize = std::env::var(crate::parallel::tcp_comm::RANK_VAR).ok().and_then(|r| r.parse().ok()).unwrap_or(0);
+        let rank: usize =
+            std::env::var(crate::parallel::tcp_comm::RANK_VAR).ok().and_then(|r| r.parse().ok()).unwrap_or(0);
         // a rank past its collective timeout exits; `arbor launch` then stops the others
         let watchdog = Watchdog::start(rank, collective_timeout(cfg), Box::new(|_msg| std::process::exit(3)));
         let comm = crate::parallel::tcp_comm::TcpComm::from_env(Some(watchdog.clone()))?;

@@ -108,8 +108,12 @@ impl Router {
             }
             wire::COLLECTIVE => {
                 let id = f.comm;
-                let g = self.groups.get_mut(&id).ok_or_else(|| format!("rank {rank}: collective on unknown communicator"))?;
-                let me = g.members.iter().position(|&m| m == rank).ok_or("a collective from outside its communicator")?;
+                let g = self
+                    .groups
+                    .get_mut(&id)
+                    .ok_or_else(|| format!("rank {rank}: collective on unknown communicator"))?;
+                let me =
+                    g.members.iter().position(|&m| m == rank).ok_or("a collective from outside its communicator")?;
                 g.pending[me].push_back(f);
                 while let Some((members, calls)) = self.ready(id) {
                     let replies = self.complete(id, &members, calls)?;
@@ -140,18 +144,21 @@ impl Router {
     /// The replies (in member order) to one collective every member of communicator `id` called.
     fn complete(&mut self, id: u64, members: &[usize], calls: Vec<Frame>) -> std::result::Result<Vec<Frame>, String> {
         let op = calls[0].a;
-        if let Some((i, c)) = calls.iter().enumerate().find(|(_, c)| c.a != op || (op != wire::OP_SPLIT && c.b != calls[0].b)) {
+        if let Some((i, c)) =
+            calls.iter().enumerate().find(|(_, c)| c.a != op || (op != wire::OP_SPLIT && c.b != calls[0].b))
+        {
             return Err(format!(
                 "ranks {} and {} of communicator {id} called different collectives ({} / {} and {} / {})",
                 members[0], members[i], op, calls[0].b, c.a, c.b
             ));
         }
-        let same = |payload: Vec<u8>| calls.iter().map(|_| Frame::new(wire::REPLY, id, (0, 0), payload.clone())).collect();
+        let same =
+            |payload: Vec<u8>| calls.iter().map(|_| Frame::new(wire::REPLY, id, (0, 0), payload.clone())).collect();
         let lens_agree = || calls.iter().all(|c| c.payload.len() == calls[0].payload.len());
         match op {
             wire::OP_SUM_F32 | wire::OP_SUM_F64 | wire::OP_MAX_F64 => {
                 let w = if op == wire::OP_SUM_F32 { 4 } else { 8 };
-                if !lens_agree() || calls[0].payload.len() % w != 0 {
+                if !lens_agree() || !calls[0].payload.len().is_multiple_of(w) {
                     return Err(format!("communicator {id}: reductions of different lengths"));
                 }
                 let mut acc = calls[0].payload.clone();
@@ -159,11 +166,15 @@ impl Router {
                     for (a, b) in acc.chunks_exact_mut(w).zip(c.payload.chunks_exact(w)) {
                         match op {
                             wire::OP_SUM_F32 => {
-                                let s = f32::from_le_bytes(a[..].try_into().expect("4")) + f32::from_le_bytes(b.try_into().expect("4"));
+                                let s = f32::from_le_bytes(a[..].try_into().expect("4"))
+                                    + f32::from_le_bytes(b.try_into().expect("4"));
                                 a.copy_from_slice(&s.to_le_bytes());
                             }
                             _ => {
-                                let (x, y) = (f64::from_le_bytes(a[..].try_into().expect("8")), f64::from_le_bytes(b.try_into().expect("8")));
+                                let (x, y) = (
+                                    f64::from_le_bytes(a[..].try_into().expect("8")),
+                                    f64::from_le_bytes(b.try_into().expect("8")),
+                                );
                                 let r = if op == wire::OP_SUM_F64 { x + y } else { x.max(y) };
                                 a.copy_from_slice(&r.to_le_bytes());
                             }

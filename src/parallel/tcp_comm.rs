@@ -116,7 +116,8 @@ impl TcpComm {
 
     /// Connect to the hub at `addr` as world rank `rank` of `size`.
     pub fn connect(addr: &str, rank: usize, size: usize, watchdog: Option<Watchdog>) -> Result<TcpComm> {
-        let fail = |e: std::io::Error| Error::collective(rank, "arbor launch hub", format!("connecting to {addr}: {e}"));
+        let fail =
+            |e: std::io::Error| Error::collective(rank, "arbor launch hub", format!("connecting to {addr}: {e}"));
         let stream = TcpStream::connect(addr).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(fail)?);
@@ -225,7 +226,11 @@ impl Comm for TcpComm {
             at += 8 + len;
         }
         if out.len() != self.size() {
-            return Err(Error::collective(self.rank, "all_gather", format!("{} parts for {} ranks", out.len(), self.size())));
+            return Err(Error::collective(
+                self.rank,
+                "all_gather",
+                format!("{} parts for {} ranks", out.len(), self.size()),
+            ));
         }
         Ok(out)
     }
