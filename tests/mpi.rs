@@ -597,3 +597,35 @@ fn arbor_launch_runs_what_mpirun_runs() {
     fault_run_with(launch, "exit", &["rank 1 exited with exit status: 9"]);
     fault_run_with(launch, "crash", &["rank 1 exited with signal: 6"]);
 }
+
+/// SIGUSR1 (Slurm's preemption signal) sent to `arbor launch` reaches every rank: the job stops
+/// at a step end with a checkpoint and the launcher exits 75 (requeue), before the last step.
+#[test]
+fn arbor_launch_passes_a_preemption_signal_to_its_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &sft_config().replace("steps = 3", "steps = 100000"));
+    let out = dir.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", &cfg, "--out-dir"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait for a few steps' metrics, then signal the launcher only
+    let metrics_file = out.join("addition-sft/metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics_file).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the job made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child's pid, not yet waited for
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(75), "the launcher exits with the ranks' preemption status: {all}");
+    let cks: Vec<_> = std::fs::read_dir(out.join("addition-sft/checkpoints")).unwrap().collect();
+    assert!(!cks.is_empty(), "a checkpoint was written: {all}");
+    let steps = std::fs::read_to_string(&metrics_file).unwrap().lines().count();
+    assert!(steps < 100000, "stopped early");
+}
