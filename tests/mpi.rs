@@ -605,7 +605,7 @@ fn arbor_launch_passes_a_preemption_signal_to_its_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &sft_config().replace("steps = 3", "steps = 100000"));
     let out = dir.path().join("out");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+    let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", &cfg, "--out-dir"])
         .arg(&out)
         .stdout(std::process::Stdio::piped())
