@@ -50,6 +50,16 @@ def main():
     if os.path.isfile(cfg_path):
         cfg_path = os.path.dirname(os.path.abspath(cfg_path))
     cfg = AutoConfig.from_pretrained(cfg_path)
+    if args.device != "cpu" and args.dtype == "f32":
+        # Without a mask transformers hands grouped kv heads to SDPA (enable_gqa), which in f32
+        # only its unfused kernel takes: repeat the kv heads instead (as scripts/peer/sdpa_bench.py
+        # does), so a fused f32 kernel runs and the peer is not slowed by the grouping.
+        try:
+            import transformers.integrations.sdpa_attention as hf_sdpa
+
+            hf_sdpa.use_gqa_in_sdpa = lambda *a, **k: False
+        except (ImportError, AttributeError) as e:
+            print(f"torch_train_step: kv heads left grouped ({e})", file=sys.stderr)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
     dev = torch.device(args.device)
     model.to(dev, torch.float32).train()
