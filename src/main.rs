@@ -109,6 +109,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             arbor::cli::selftest::tp(&a)
         }
         Command::Sim(cmd) => arbor_sim::cli::run(cmd),
-        Command::Launch(args) => arbor::cli::launch::run(&args),
+        Command::Launch(mut args) => {
+            // `arbor --threads N launch ...`: each rank runs with N threads
+            if let Some(n) = cli.threads {
+                args.args.splice(0..0, ["--threads".to_string(), n.to_string()]);
+            }
+            arbor::cli::launch::run(&args)
+        }
     }
 }
