@@ -47,9 +47,12 @@ pub fn serve(listener: TcpListener, size: usize) -> Result<HubEnd> {
         let mut reader = BufReader::new(stream.try_clone().map_err(|e| io("socket", e))?);
         let hello = Frame::read_from(&mut reader).map_err(|e| io("hello", e))?;
         let rank = hello.a as usize;
-        if hello.kind != wire::HELLO || hello.b as usize != size || rank >= size || writers[rank].is_some() {
-            let why = format!("a rank said hello as {} of {} (the job has {size})", hello.a, hello.b);
+        if hello.kind != wire::HELLO || hello.b as usize != size || rank >= size {
+            let why = format!("a connection said hello as rank {} of {} (the job has {size})", hello.a, hello.b);
             return Err(Error::Invalid(format!("arbor launch hub: {why}")));
+        }
+        if writers[rank].is_some() {
+            return Err(Error::Invalid(format!("arbor launch hub: rank {rank} said hello twice")));
         }
         writers[rank] = Some(stream);
         let tx = tx.clone();
@@ -89,6 +92,26 @@ pub fn serve(listener: TcpListener, size: usize) -> Result<HubEnd> {
     Ok(HubEnd::Done)
 }
 
+/// The replies to a collective: one payload for every member, or one frame each (a split).
+enum Replies {
+    Same(Vec<u8>),
+    Each(Vec<Frame>),
+}
+
+/// A collective's name for messages.
+fn op_name(op: u64, arg: u64) -> String {
+    match op {
+        wire::OP_SUM_F32 => "all_reduce_sum_f32".into(),
+        wire::OP_SUM_F64 => "all_reduce_sum_f64".into(),
+        wire::OP_MAX_F64 => "all_reduce_max_f64".into(),
+        wire::OP_BROADCAST => format!("broadcast from rank {arg}"),
+        wire::OP_ALL_GATHER => "all_gather".into(),
+        wire::OP_BARRIER => "barrier".into(),
+        wire::OP_SPLIT => "split".into(),
+        _ => format!("collective {op}"),
+    }
+}
+
 struct Router {
     groups: HashMap<u64, Group>,
     next_id: u64,
@@ -104,7 +127,7 @@ impl Router {
                 let g = self.groups.get(&f.comm).ok_or_else(|| format!("rank {rank}: send on unknown communicator"))?;
                 let src = g.members.iter().position(|&m| m == rank).ok_or("a send from outside its communicator")?;
                 let dest = *g.members.get(f.a as usize).ok_or_else(|| format!("rank {rank}: send to rank {}", f.a))?;
-                self.write(dest, &Frame::new(wire::DELIVER, f.comm, (src as u64, 0), f.payload))
+                self.write(dest, wire::DELIVER, f.comm, (src as u64, 0), &f.payload)
             }
             wire::COLLECTIVE => {
                 let id = f.comm;
@@ -116,9 +139,17 @@ impl Router {
                     g.members.iter().position(|&m| m == rank).ok_or("a collective from outside its communicator")?;
                 g.pending[me].push_back(f);
                 while let Some((members, calls)) = self.ready(id) {
-                    let replies = self.complete(id, &members, calls)?;
-                    for (&m, reply) in members.iter().zip(replies) {
-                        self.write(m, &reply)?;
+                    match self.complete(id, &members, calls)? {
+                        Replies::Same(payload) => {
+                            for &m in &members {
+                                self.write(m, wire::REPLY, id, (0, 0), &payload)?;
+                            }
+                        }
+                        Replies::Each(replies) => {
+                            for (&m, r) in members.iter().zip(replies) {
+                                self.write(m, wire::REPLY, id, (r.a, r.b), &r.payload)?;
+                            }
+                        }
                     }
                 }
                 Ok(())
@@ -137,23 +168,33 @@ impl Router {
         Some((g.members.clone(), calls))
     }
 
-    fn write(&mut self, rank: usize, f: &Frame) -> std::result::Result<(), String> {
-        f.write_to(&mut self.writers[rank]).map_err(|e| format!("the hub lost rank {rank}: {e}"))
+    fn write(
+        &mut self,
+        rank: usize,
+        kind: u8,
+        comm: u64,
+        ab: (u64, u64),
+        payload: &[u8],
+    ) -> std::result::Result<(), String> {
+        wire::write_frame(&mut self.writers[rank], kind, comm, ab, payload)
+            .map_err(|e| format!("the launcher lost rank {rank} (it exited or its connection failed: {e})"))
     }
 
-    /// The replies (in member order) to one collective every member of communicator `id` called.
-    fn complete(&mut self, id: u64, members: &[usize], calls: Vec<Frame>) -> std::result::Result<Vec<Frame>, String> {
+    /// The replies to one collective every member of communicator `id` called.
+    fn complete(&mut self, id: u64, members: &[usize], calls: Vec<Frame>) -> std::result::Result<Replies, String> {
         let op = calls[0].a;
         if let Some((i, c)) =
             calls.iter().enumerate().find(|(_, c)| c.a != op || (op != wire::OP_SPLIT && c.b != calls[0].b))
         {
             return Err(format!(
-                "ranks {} and {} of communicator {id} called different collectives ({} / {} and {} / {})",
-                members[0], members[i], op, calls[0].b, c.a, c.b
+                "world ranks {} and {} called different collectives together: {} and {}",
+                members[0],
+                members[i],
+                op_name(op, calls[0].b),
+                op_name(c.a, c.b)
             ));
         }
-        let same =
-            |payload: Vec<u8>| calls.iter().map(|_| Frame::new(wire::REPLY, id, (0, 0), payload.clone())).collect();
+        let same = Replies::Same;
         let lens_agree = || calls.iter().all(|c| c.payload.len() == calls[0].payload.len());
         match op {
             wire::OP_SUM_F32 | wire::OP_SUM_F64 | wire::OP_MAX_F64 => {
@@ -217,7 +258,7 @@ impl Router {
                     }
                     self.groups.insert(new_id, Group::new(world));
                 }
-                Ok(replies.into_iter().map(|r| r.expect("every member has a color")).collect())
+                Ok(Replies::Each(replies.into_iter().map(|r| r.expect("every member has a color")).collect()))
             }
             _ => Err(format!("communicator {id}: unknown collective {op}")),
         }

@@ -43,13 +43,14 @@ struct Link {
 }
 
 impl Link {
-    fn send(&self, f: &Frame) -> Result<()> {
+    fn send(&self, kind: u8, comm: u64, ab: (u64, u64), payload: &[u8]) -> Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_to(&mut *w).map_err(|e| self.lost(&e.to_string()))
+        wire::write_frame(&mut *w, kind, comm, ab, payload).map_err(|e| self.lost(&e.to_string()))
     }
 
     fn lost(&self, why: &str) -> Error {
-        Error::collective(self.world_rank, "arbor launch hub", format!("the connection to {} failed: {why}", self.addr))
+        let why = format!("the launcher ended the job (another rank failed, or the launcher was stopped): {why}");
+        Error::collective(self.world_rank, format!("arbor launch hub at {}", self.addr), why)
     }
 
     /// Wait until `take` finds what it is looking for in the inbox.
@@ -128,7 +129,7 @@ impl TcpComm {
             addr: addr.to_string(),
             world_rank: rank,
         });
-        link.send(&Frame::new(wire::HELLO, 0, (rank as u64, size as u64), Vec::new()))?;
+        link.send(wire::HELLO, 0, (rank as u64, size as u64), &[])?;
         let reading = link.clone();
         std::thread::Builder::new()
             .name("arbor-hub-reader".into())
@@ -158,7 +159,7 @@ impl TcpComm {
     fn collective(&self, what: &str, (op, arg): (u64, u64), payload: Vec<u8>) -> Result<Frame> {
         let others: Vec<usize> = self.members.iter().copied().filter(|&m| m != self.link.world_rank).collect();
         let _g = self.watchdog.as_ref().map(|w| w.watch_collective_among(what, &others));
-        self.link.send(&Frame::new(wire::COLLECTIVE, self.id, (op, arg), payload))?;
+        self.link.send(wire::COLLECTIVE, self.id, (op, arg), &payload)?;
         let id = self.id;
         self.link.wait(|inbox| inbox.replies.get_mut(&id).and_then(|q| q.pop_front()))
     }
@@ -217,13 +218,12 @@ impl Comm for TcpComm {
         let all = self.collective("all_gather", (wire::OP_ALL_GATHER, 0), mine.to_vec())?.payload;
         let mut out = Vec::with_capacity(self.size());
         let mut at = 0;
+        let cut = || Error::collective(self.rank, "all_gather", format!("a reply of {} bytes cut short", all.len()));
         while at + 8 <= all.len() {
             let len = u64::from_le_bytes(all[at..at + 8].try_into().expect("8 bytes")) as usize;
-            let part = all.get(at + 8..at + 8 + len).ok_or_else(|| {
-                Error::collective(self.rank, "all_gather", format!("a reply of {} bytes cut short", all.len()))
-            })?;
-            out.push(part.to_vec());
-            at += 8 + len;
+            let end = (at + 8).checked_add(len).ok_or_else(cut)?;
+            out.push(all.get(at + 8..end).ok_or_else(cut)?.to_vec());
+            at = end;
         }
         if out.len() != self.size() {
             return Err(Error::collective(
@@ -249,14 +249,14 @@ impl Comm for TcpComm {
     fn abort(&self, msg: &str) -> ! {
         eprintln!("arbor: aborting: {msg}");
         // the hub ends the job: `arbor launch` stops every other rank
-        let _ = self.link.send(&Frame::new(wire::ABORT, self.id, (0, 0), msg.as_bytes().to_vec()));
+        let _ = self.link.send(wire::ABORT, self.id, (0, 0), msg.as_bytes());
         std::process::exit(1)
     }
     fn send_bytes(&self, dest: usize, bytes: &[u8]) -> Result<()> {
         if dest >= self.size() {
             return Err(Error::collective(self.rank, format!("send to rank {dest}"), "out of range"));
         }
-        self.link.send(&Frame::new(wire::SEND, self.id, (dest as u64, 0), bytes.to_vec()))
+        self.link.send(wire::SEND, self.id, (dest as u64, 0), bytes)
     }
     fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
         if src >= self.size() {
@@ -362,8 +362,8 @@ mod tests {
         let hub = std::thread::spawn(move || serve(listener, 2).unwrap());
         let a = TcpComm::connect(&addr, 0, 2, None).unwrap();
         let b = TcpComm::connect(&addr, 1, 2, None).unwrap();
-        a.link.send(&Frame::new(wire::COLLECTIVE, 0, (wire::OP_BARRIER, 0), Vec::new())).unwrap();
-        b.link.send(&Frame::new(wire::COLLECTIVE, 0, (wire::OP_SUM_F32, 0), Vec::new())).unwrap();
+        a.link.send(wire::COLLECTIVE, 0, (wire::OP_BARRIER, 0), &[]).unwrap();
+        b.link.send(wire::COLLECTIVE, 0, (wire::OP_SUM_F32, 0), &[]).unwrap();
         match hub.join().unwrap() {
             HubEnd::Aborted(why) => assert!(why.contains("different collectives"), "{why}"),
             e => panic!("{e:?}"),
@@ -372,7 +372,7 @@ mod tests {
         assert!(a.barrier().is_err());
         let (end, _) = job(2, |c| {
             if c.rank() == 1 {
-                c.link.send(&Frame::new(wire::ABORT, 0, (0, 0), b"rank 1: out of disk".to_vec())).unwrap();
+                c.link.send(wire::ABORT, 0, (0, 0), b"rank 1: out of disk").unwrap();
             } else {
                 let _ = c.barrier();
             }

@@ -28,8 +28,9 @@ pub const OP_BARRIER: u64 = 6;
 /// Split by color `b`, ordered by the key in the payload (u64), then by rank.
 pub const OP_SPLIT: u64 = 7;
 
-/// The largest payload a frame may carry (a corrupt length fails instead of allocating it).
-const MAX_PAYLOAD: u64 = 1 << 40;
+/// The largest payload a frame may carry (a corrupt length fails instead of allocating it): 64 GiB,
+/// a 16B-parameter model's f32 weights.
+const MAX_PAYLOAD: u64 = 1 << 36;
 
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,16 +47,9 @@ impl Frame {
         Frame { kind, comm, a, b, payload }
     }
 
-    /// Write the frame (header and payload in one buffer: one write for small frames).
+    /// Write the frame.
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(33 + self.payload.len());
-        buf.push(self.kind);
-        for x in [self.comm, self.a, self.b, self.payload.len() as u64] {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        buf.extend_from_slice(&self.payload);
-        w.write_all(&buf)?;
-        w.flush()
+        write_frame(w, self.kind, self.comm, (self.a, self.b), &self.payload)
     }
 
     /// Read one frame.
@@ -67,10 +61,24 @@ impl Frame {
         if len > MAX_PAYLOAD {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
         }
-        let mut payload = vec![0u8; len as usize];
+        let mut payload = Vec::new();
+        payload.try_reserve_exact(len as usize).map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
+        payload.resize(len as usize, 0);
         r.read_exact(&mut payload)?;
         Ok(Frame { kind: head[0], comm: word(0), a: word(1), b: word(2), payload })
     }
+}
+
+/// Write one frame from its parts (the payload is not copied: header, then payload).
+pub fn write_frame(w: &mut impl Write, kind: u8, comm: u64, (a, b): (u64, u64), payload: &[u8]) -> io::Result<()> {
+    let mut head = [0u8; 33];
+    head[0] = kind;
+    for (i, x) in [comm, a, b, payload.len() as u64].into_iter().enumerate() {
+        head[1 + 8 * i..9 + 8 * i].copy_from_slice(&x.to_le_bytes());
+    }
+    w.write_all(&head)?;
+    w.write_all(payload)?;
+    w.flush()
 }
 
 /// u64s as little-endian bytes.

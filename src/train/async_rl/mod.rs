@@ -70,7 +70,7 @@ pub fn run_phase(
     let (size, rank, r) = (world.size(), world.rank(), ac.rollout_ranks);
     if r >= size {
         return Err(Error::Invalid(format!(
-            "async.rollout_ranks = {r} leaves no training rank in a world of {size} (launch with mpirun -np {} or more)",
+            "async.rollout_ranks = {r} leaves no training rank in a world of {size} (start {} or more ranks: mpirun -np, srun, arbor launch --nproc)",
             r + 1
         )));
     }
