@@ -215,6 +215,14 @@ if part headline; then
     echo "== one GRPO step on the device (sampled generation, recompute, backward, AdamW), bf16, the 0.5B shape"
     run rl_step_0.5b_bf16 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" --prompts 16 --samples 8 \
         --new-tokens 64 --steps 2 --warmup 1
+    echo "== where the time goes: a bf16 train step, sampled generation at batch 256 and the rl-step, each"
+    echo "   kernel and product timed by CUDA events in one extra step (--profile; the summary lists the largest)"
+    run train_step_bf16_profile "$arbor" bench gpu --kind train-step --dtype bf16 "${q05[@]}" --batch 4 --seq 1024 \
+        --steps 1 --warmup 1 --profile
+    run generate_sampled_0.5b_b256_bf16_profile "$arbor" bench gpu --kind generate --sample --dtype bf16 "${q05[@]}" \
+        --batch 256 --warmup 1 --steps 1 --new-tokens 64 --profile
+    run rl_step_0.5b_bf16_profile "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" --prompts 16 --samples 8 \
+        --new-tokens 64 --steps 1 --warmup 1 --profile
 fi
 done_part headline
 

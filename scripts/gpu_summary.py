@@ -95,6 +95,16 @@ def main():
         keep = [l for l in open(cd).read().splitlines() if re.search(r"held-out|solve rate|wall time|error", l)]
         lines.append("countdown-gpu:")
         lines.extend("  " + l for l in keep[-6:])
+    for name in sorted(os.listdir(d)):
+        j = load(d, name) if name.endswith(".json") else None
+        prof = j.get("profile") if isinstance(j, dict) else None
+        if not isinstance(prof, dict) or not prof.get("top"):
+            continue
+        span, busy = prof.get("span_ms") or 0.0, prof.get("busy_ms") or 0.0
+        share = f" ({busy / span:.0%} of the span: the rest is the GPU waiting for work)" if span else ""
+        lines.append(f"profile of {name[:-5]}: one step spans {span:.1f} ms, kernels and products {busy:.1f} ms{share}")
+        for r in prof["top"][:10]:
+            lines.append(f"  {r['ms']:9.2f} ms  {r['calls']:6d} x  {r['name']}")
     aj = os.path.join(d, "async_gpu.txt")
     if os.path.exists(aj):
         keep = [l for l in open(aj, errors="replace").read().splitlines()

@@ -88,6 +88,33 @@ pub struct GpuArgs {
     /// `--kind rl-step`: completions per prompt (the GRPO group).
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
+    /// `--kind train-step` / `generate` / `rl-step`: after the timed steps, one more with every
+    /// kernel and product timed by CUDA events (`cuda::profile`); the JSON's `profile` holds the
+    /// largest GPU times by operation, their sum (`busy_ms`) and the step's span (`span_ms`).
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// Whether step `i` of a bench loop is the profiled one (`profile` on; the step after the
+/// warm-up and timed ones, `at`); profiling starts with it.
+#[cfg(feature = "cuda")]
+pub(crate) fn profiled_step(gpu: &crate::cuda::Gpu, profile: bool, i: usize, at: usize) -> bool {
+    let p = profile && i == at;
+    if p {
+        gpu.set_profiling(true);
+    }
+    p
+}
+
+/// With `profile` on, the profiled step's operations into `line["profile"]` (the 15 largest).
+#[cfg(feature = "cuda")]
+pub(crate) fn add_profile(gpu: &crate::cuda::Gpu, profile: bool, line: &mut serde_json::Value) -> anyhow::Result<()> {
+    if profile {
+        let report = gpu.profile_report()?;
+        gpu.set_profiling(false);
+        line["profile"] = report.to_json(15);
+    }
+    Ok(())
 }
 
 fn parse_dtype(s: &str) -> Result<crate::config::Dtype, String> {
@@ -172,6 +199,7 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
                 steps: args.steps,
                 warmup: args.warmup,
                 seed: args.seed,
+                profile: args.profile,
             };
             crate::cli::bench_rl_step::rl_step(&gpu, &a)
         }
@@ -211,7 +239,9 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
     }
     let mut times = Vec::new();
     let mut produced = 0;
-    for i in 0..args.warmup + args.steps.min(5) {
+    let timed = args.steps.min(5);
+    for i in 0..args.warmup + timed + usize::from(args.profile) {
+        let profiling = profiled_step(gpu, args.profile, i, args.warmup + timed);
         let t = Instant::now();
         let gen_cfg = GenerateConfig {
             sampling: SamplingParams {
@@ -228,13 +258,13 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         };
         let lens: Vec<usize> =
             dec.generate(&model, weights.weights(), &requests, &gen_cfg)?.iter().map(|c| c.tokens.len()).collect();
-        if i >= args.warmup {
+        if i >= args.warmup && !profiling {
             times.push(t.elapsed().as_secs_f64());
             produced = lens.iter().sum::<usize>();
         }
     }
     let s = median(times);
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
@@ -249,6 +279,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         "seconds": s,
         "tokens_per_s": produced as f64 / s,
     });
+    add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");
     Ok(())
 }
@@ -280,7 +311,8 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
     // reads back only the norm and queues its update, are synchronised), so the phase times add
     // up to the step
     let (mut times, mut phases) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
-    for i in 0..args.warmup + args.steps {
+    for i in 0..args.warmup + args.steps + usize::from(args.profile) {
+        let profiling = profiled_step(gpu, args.profile, i, args.warmup + args.steps);
         let t = Instant::now();
         gm.zero_grads()?;
         gm.forward(&model, &batch)?;
@@ -290,7 +322,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         let t2 = Instant::now();
         gm.adamw_step(&mut opt, 1e-5, 1.0)?;
         gpu.sync()?;
-        if i >= args.warmup {
+        if i >= args.warmup && !profiling {
             let end = Instant::now();
             times.push((end - t).as_secs_f64());
             for (p, d) in phases.iter_mut().zip([t1 - t, t2 - t1, end - t2]) {
@@ -301,7 +333,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
     let step_s = median(times);
     let [fwd_s, bwd_s, opt_s] = phases.map(median);
     let flops = train_step_flops(&cfg, args.batch, args.seq);
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "impl": "arbor-cuda",
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
@@ -316,6 +348,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         "tflops": flops / step_s / 1e12,
         "mfu": flops / step_s / 1e12 / args.peak_tflops,
     });
+    add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");
     Ok(())
 }

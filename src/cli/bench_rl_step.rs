@@ -36,6 +36,8 @@ pub struct RlStepArgs {
     pub steps: usize,
     pub warmup: usize,
     pub seed: u64,
+    /// One more step with its operations timed (`arbor bench gpu --profile`).
+    pub profile: bool,
 }
 
 /// GRPO advantages of each completion, groups of `n` consecutive completions.
@@ -81,7 +83,8 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
     let (mut ws, mut batch) = (Workspace::default(), Batch::new());
     let mut phases: [Vec<f64>; 3] = Default::default();
     let (mut gen_tokens, mut train_tokens, mut reward_mean, mut last_loss) = (0usize, 0usize, 0.0f32, 0.0f64);
-    for i in 0..args.warmup + args.steps {
+    for i in 0..args.warmup + args.steps + usize::from(args.profile) {
+        let profiling = crate::cli::bench_gpu::profiled_step(gpu, args.profile, i, args.warmup + args.steps);
         let gen_cfg = GenerateConfig {
             sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: args.new_tokens },
             stop_tokens: Vec::new(),
@@ -124,7 +127,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         let report = policy_update(&mut engine, &mut model, &mut opt, UpdateBatch::of(&samples), &settings, &mut buf)?;
         gpu.sync()?;
         let t3 = Instant::now();
-        if i >= args.warmup {
+        if i >= args.warmup && !profiling {
             phases[0].push((t1 - t0).as_secs_f64());
             phases[1].push((t2 - t1).as_secs_f64());
             phases[2].push((t3 - t2).as_secs_f64());
@@ -136,7 +139,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
     }
     let [generate_s, recompute_s, train_s] = phases.map(median);
     let step_s = generate_s + recompute_s + train_s;
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "impl": "arbor-cuda",
         "kind": "rl-step",
         "device": gpu.describe(),
@@ -160,6 +163,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         // the GPU's memory in use after the steps (the allocator keeps what it freed: about the peak)
         "device_mem_mib": engine.device_mem_mib(),
     });
+    crate::cli::bench_gpu::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");
     Ok(())
 }

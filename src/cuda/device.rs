@@ -111,6 +111,8 @@ pub struct Gpu {
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
     /// The registered bf16 images of weight buffers (`cuda::image`).
     images: Mutex<Vec<ImageEntry>>,
+    /// Operation timing while on (`cuda::profile`).
+    pub(crate) profile: Mutex<Option<super::profile::Profile>>,
 }
 
 /// Where the images of a device are: (f32 buffer address, its length in elements, image address).
@@ -233,6 +235,7 @@ impl Gpu {
             decode_split: AtomicUsize::new(0),
             bf16_scratch: Mutex::new(None),
             images: Mutex::new(Vec::new()),
+            profile: Mutex::new(None),
         })
     }
 
@@ -437,11 +440,17 @@ impl Gpu {
             };
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem };
-        // SAFETY: every launch site passes the arguments its kernel's ABI comment lists, with
-        // pointers into live buffers of this context large enough for the shapes it passes.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| Error::device(format!("CUDA launch {module}/{entry}"), format!("{e:?}")))?;
-        Ok(())
+        self.profiled(
+            || entry.to_string(),
+            || {
+                // SAFETY: every launch site passes the arguments its kernel's ABI comment lists,
+                // with pointers into live buffers of this context large enough for the shapes it
+                // passes.
+                unsafe { b.launch(cfg) }
+                    .map(|_| ())
+                    .map_err(|e| Error::device(format!("CUDA launch {module}/{entry}"), format!("{e:?}")))
+            },
+        )
     }
 
     /// A device copy of `data` (one zero element when `data` is empty: the driver's stream-ordered

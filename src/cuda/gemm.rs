@@ -227,6 +227,15 @@ impl Gpu {
     /// One cublasGemmEx call for the row-major product of `kind` (see [`GemmPlan`]): the caller
     /// guarantees m·k, n·k and m·n elements of the operands' types behind the pointers.
     fn gemm_ex(&self, ops: ExOperands, kind: GemmKind, shape: GemmShape, acc: bool) -> Result<()> {
+        // (profiled by operand type, kind and the n x k it multiplies by: the projection)
+        let name = || {
+            let t = if ops.ab_type == R_16BF { "bf16" } else if ops.compute == TF32 { "tf32" } else { "f32" };
+            format!("gemm {t} {kind:?} n={} k={}", shape.n, shape.k)
+        };
+        self.profiled(name, || self.gemm_ex_now(ops, kind, shape, acc))
+    }
+
+    fn gemm_ex_now(&self, ops: ExOperands, kind: GemmKind, shape: GemmShape, acc: bool) -> Result<()> {
         let GemmShape { m, n, k } = shape;
         let p = gemm_plan(kind, m, n, k);
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
@@ -293,6 +302,7 @@ struct Product {
 }
 
 /// The device pointers and types of one cublasGemmEx call.
+#[derive(Clone, Copy)]
 struct ExOperands {
     c: u64,
     c_type: cudaDataType_t,

@@ -23,6 +23,7 @@ pub mod model;
 pub mod nccl;
 pub mod nvrtc;
 pub mod placement;
+pub mod profile;
 pub mod sample;
 pub mod stats;
 
