@@ -229,7 +229,13 @@ impl Gpu {
     fn gemm_ex(&self, ops: ExOperands, kind: GemmKind, shape: GemmShape, acc: bool) -> Result<()> {
         // (profiled by operand type, kind and the n x k it multiplies by: the projection)
         let name = || {
-            let t = if ops.ab_type == R_16BF { "bf16" } else if ops.compute == TF32 { "tf32" } else { "f32" };
+            let t = if ops.ab_type == R_16BF {
+                "bf16"
+            } else if ops.compute == TF32 {
+                "tf32"
+            } else {
+                "f32"
+            };
             format!("gemm {t} {kind:?} n={} k={}", shape.n, shape.k)
         };
         self.profiled(name, || self.gemm_ex_now(ops, kind, shape, acc))

@@ -640,3 +640,47 @@ fn bf16_gemms_with_f32_accumulation_match_the_cpu() {
         }
     }
 }
+
+/// `--profile`'s timing (`cuda::profile`): while on, each product and kernel is timed under its
+/// name (three products of one shape: three calls of one row), the sum of their GPU times is
+/// within the span, and a report starts a fresh record; off, nothing is timed.
+#[test]
+fn profiling_times_each_product_and_kernel_by_name() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(8);
+    let (m, n, k) = (256, 192, 128);
+    let (a, b) = (g.upload(&rand(&mut rng, m * k)).unwrap(), g.upload(&rand(&mut rng, n * k)).unwrap());
+    let mut c = g.upload(&vec![0.0; m * n]).unwrap();
+    let product = |c: &mut _| {
+        g.matmul_nt(Gpu::m(c, 0..m * n), Gpu::r(&a, 0..m * k), Gpu::r(&b, 0..n * k), GemmShape::new(m, n, k), false)
+            .unwrap()
+    };
+    product(&mut c);
+    g.set_profiling(true);
+    for _ in 0..3 {
+        product(&mut c);
+    }
+    let (w, mut rstd) = (g.upload(&vec![1.0; n]).unwrap(), g.upload(&vec![0.0; m]).unwrap());
+    let mut y = g.act_empty().unwrap();
+    g.act_grow(&mut y, m * n).unwrap();
+    g.rmsnorm_forward(
+        Gpu::act_m(&mut y, 0..m * n),
+        Gpu::m(&mut rstd, 0..m),
+        Gpu::r(&c, 0..m * n),
+        Gpu::r(&w, 0..n),
+        1e-6,
+    )
+    .unwrap();
+    let report = g.profile_report().unwrap();
+    println!("{report:?}");
+    let row = |name: &str| report.rows.iter().find(|r| r.name.contains(name)).cloned();
+    let gemm = row(&format!("n={n} k={k}")).expect("the products are timed");
+    assert_eq!(gemm.calls, 3);
+    assert!(gemm.ms > 0.0);
+    assert!(row("rmsnorm").is_some_and(|r| r.calls == 1), "{report:?}");
+    assert!(report.busy_ms <= report.span_ms * 1.01 + 1e-3, "{report:?}");
+    assert!(g.profile_report().unwrap().rows.is_empty(), "a report starts a fresh record");
+    g.set_profiling(false);
+    product(&mut c);
+    assert!(g.profile_report().unwrap().rows.is_empty(), "nothing is timed while off");
+}
