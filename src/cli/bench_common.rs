@@ -40,3 +40,25 @@ pub fn train_step_flops(cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
     6.0 * matmul_params as f64 * tokens
         + 6.0 * (cfg.num_layers * batch * seq * seq * cfg.num_heads * cfg.head_dim) as f64
 }
+
+/// Whether step `i` of a bench loop is the profiled one (`profile` on; the step after the
+/// warm-up and timed ones, `at`); profiling starts with it.
+#[cfg(feature = "cuda")]
+pub(crate) fn profiled_step(gpu: &crate::cuda::Gpu, profile: bool, i: usize, at: usize) -> bool {
+    let p = profile && i == at;
+    if p {
+        gpu.set_profiling(true);
+    }
+    p
+}
+
+/// With `profile` on, the profiled step's operations into `line["profile"]` (the 15 largest).
+#[cfg(feature = "cuda")]
+pub(crate) fn add_profile(gpu: &crate::cuda::Gpu, profile: bool, line: &mut serde_json::Value) -> anyhow::Result<()> {
+    if profile {
+        let report = gpu.profile_report()?;
+        gpu.set_profiling(false);
+        line["profile"] = report.to_json(15);
+    }
+    Ok(())
+}

@@ -95,28 +95,6 @@ pub struct GpuArgs {
     pub profile: bool,
 }
 
-/// Whether step `i` of a bench loop is the profiled one (`profile` on; the step after the
-/// warm-up and timed ones, `at`); profiling starts with it.
-#[cfg(feature = "cuda")]
-pub(crate) fn profiled_step(gpu: &crate::cuda::Gpu, profile: bool, i: usize, at: usize) -> bool {
-    let p = profile && i == at;
-    if p {
-        gpu.set_profiling(true);
-    }
-    p
-}
-
-/// With `profile` on, the profiled step's operations into `line["profile"]` (the 15 largest).
-#[cfg(feature = "cuda")]
-pub(crate) fn add_profile(gpu: &crate::cuda::Gpu, profile: bool, line: &mut serde_json::Value) -> anyhow::Result<()> {
-    if profile {
-        let report = gpu.profile_report()?;
-        gpu.set_profiling(false);
-        line["profile"] = report.to_json(15);
-    }
-    Ok(())
-}
-
 fn parse_dtype(s: &str) -> Result<crate::config::Dtype, String> {
     use crate::config::Dtype;
     [Dtype::F32, Dtype::Tf32, Dtype::Bf16]
@@ -241,7 +219,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
     let mut produced = 0;
     let timed = args.steps.min(5);
     for i in 0..args.warmup + timed + usize::from(args.profile) {
-        let profiling = profiled_step(gpu, args.profile, i, args.warmup + timed);
+        let profiling = crate::cli::bench_common::profiled_step(gpu, args.profile, i, args.warmup + timed);
         let t = Instant::now();
         let gen_cfg = GenerateConfig {
             sampling: SamplingParams {
@@ -279,7 +257,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         "seconds": s,
         "tokens_per_s": produced as f64 / s,
     });
-    add_profile(gpu, args.profile, &mut line)?;
+    crate::cli::bench_common::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");
     Ok(())
 }
@@ -312,7 +290,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
     // up to the step
     let (mut times, mut phases) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
     for i in 0..args.warmup + args.steps + usize::from(args.profile) {
-        let profiling = profiled_step(gpu, args.profile, i, args.warmup + args.steps);
+        let profiling = crate::cli::bench_common::profiled_step(gpu, args.profile, i, args.warmup + args.steps);
         let t = Instant::now();
         gm.zero_grads()?;
         gm.forward(&model, &batch)?;
@@ -348,7 +326,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         "tflops": flops / step_s / 1e12,
         "mfu": flops / step_s / 1e12 / args.peak_tflops,
     });
-    add_profile(gpu, args.profile, &mut line)?;
+    crate::cli::bench_common::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");
     Ok(())
 }

@@ -84,7 +84,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
     let mut phases: [Vec<f64>; 3] = Default::default();
     let (mut gen_tokens, mut train_tokens, mut reward_mean, mut last_loss) = (0usize, 0usize, 0.0f32, 0.0f64);
     for i in 0..args.warmup + args.steps + usize::from(args.profile) {
-        let profiling = crate::cli::bench_gpu::profiled_step(gpu, args.profile, i, args.warmup + args.steps);
+        let profiling = crate::cli::bench_common::profiled_step(gpu, args.profile, i, args.warmup + args.steps);
         let gen_cfg = GenerateConfig {
             sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: args.new_tokens },
             stop_tokens: Vec::new(),
@@ -163,7 +163,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         // the GPU's memory in use after the steps (the allocator keeps what it freed: about the peak)
         "device_mem_mib": engine.device_mem_mib(),
     });
-    crate::cli::bench_gpu::add_profile(gpu, args.profile, &mut line)?;
+    crate::cli::bench_common::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");
     Ok(())
 }
