@@ -72,15 +72,19 @@ pub fn serve(listener: TcpListener, size: usize) -> Result<HubEnd> {
     }
     drop(tx);
     let writers: Vec<TcpStream> = writers.into_iter().map(|w| w.expect("every rank said hello")).collect();
-    let mut router = Router { groups: HashMap::from([(0, Group::new((0..size).collect()))]), next_id: 1, writers };
+    let groups = HashMap::from([(0, Group::new((0..size).collect()))]);
+    let mut router = Router { groups, next_id: 1, writers, left: vec![false; size] };
     let mut connected = size;
     while connected > 0 {
         let Ok((rank, frame)) = rx.recv() else { break };
-        let Some(frame) = frame else {
-            connected -= 1;
-            continue;
+        let handled = match frame {
+            Some(frame) => router.handle(rank, frame),
+            None => {
+                connected -= 1;
+                router.leave(rank)
+            }
         };
-        if let Err(why) = router.handle(rank, frame) {
+        if let Err(why) = handled {
             // (each connection has a second handle in its reader thread: shut the sockets, so
             // every rank still waiting sees the end)
             for w in &router.writers {
@@ -116,6 +120,8 @@ struct Router {
     groups: HashMap<u64, Group>,
     next_id: u64,
     writers: Vec<TcpStream>,
+    /// The ranks whose connection has ended.
+    left: Vec<bool>,
 }
 
 impl Router {
@@ -137,7 +143,13 @@ impl Router {
                     .ok_or_else(|| format!("rank {rank}: collective on unknown communicator"))?;
                 let me =
                     g.members.iter().position(|&m| m == rank).ok_or("a collective from outside its communicator")?;
+                let what = op_name(f.a, f.b);
                 g.pending[me].push_back(f);
+                // a member that exited without joining this call never will
+                if let Some((&gone, _)) = g.members.iter().zip(&g.pending).find(|(&m, q)| self.left[m] && q.is_empty())
+                {
+                    return Err(format!("rank {rank} called {what} with rank {gone}, which has exited"));
+                }
                 while let Some((members, calls)) = self.ready(id) {
                     match self.complete(id, &members, calls)? {
                         Replies::Same(payload) => {
@@ -156,6 +168,29 @@ impl Router {
             }
             k => Err(format!("rank {rank}: unknown frame kind {k}")),
         }
+    }
+
+    /// World rank `rank`'s connection ended: an error if a collective with it can no longer
+    /// complete (another member already waits in one), which would otherwise hang the job.
+    fn leave(&mut self, rank: usize) -> std::result::Result<(), String> {
+        self.left[rank] = true;
+        self.stranded(rank)
+    }
+
+    /// An error naming a member of a communicator with departed rank `rank` that waits in a
+    /// collective there which `rank` did not join.
+    fn stranded(&self, rank: usize) -> std::result::Result<(), String> {
+        for g in self.groups.values().filter(|g| g.members.contains(&rank)) {
+            let at = g.members.iter().position(|&m| m == rank).expect("a member");
+            if !g.pending[at].is_empty() {
+                continue;
+            }
+            if let Some((m, f)) = g.members.iter().zip(&g.pending).find_map(|(&m, q)| q.front().map(|f| (m, f))) {
+                let what = op_name(f.a, f.b);
+                return Err(format!("rank {rank} exited while rank {m} waited for it in {what}"));
+            }
+        }
+        Ok(())
     }
 
     /// The members and the oldest call of each, when every member of communicator `id` has one.

@@ -379,4 +379,34 @@ mod tests {
         });
         assert_eq!(end, HubEnd::Aborted("rank 1: out of disk".into()));
     }
+
+    /// A rank that exits while another waits for it in a collective, or before another calls
+    /// one with it, ends the job naming both (instead of a hang); the waiting rank's call fails.
+    #[test]
+    fn a_rank_that_exits_without_its_collective_ends_the_job() {
+        for waits_first in [true, false] {
+            let (end, out) = job(2, move |c| {
+                if c.rank() == 1 {
+                    if !waits_first {
+                        return true;
+                    }
+                    // rank 0 is in the barrier before rank 1 leaves
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    return true;
+                }
+                if !waits_first {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                c.barrier().is_err()
+            });
+            // (which of the two messages depends on which event the hub sees first)
+            let HubEnd::Aborted(why) = end else { panic!("the job must end: {end:?}") };
+            let messages = [
+                "rank 1 exited while rank 0 waited for it in barrier",
+                "rank 0 called barrier with rank 1, which has exited",
+            ];
+            assert!(messages.contains(&why.as_str()), "{why}");
+            assert!(out[0], "rank 0's barrier fails");
+        }
+    }
 }
