@@ -162,8 +162,29 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
 
 /// Reap the ranks that exited: a failure stops the job with the rank's status (128 + the signal
 /// for a rank a signal killed); a preemption's status (75) starts the others' grace period.
+/// Ranks that fail together (one's failure makes the launcher end the others' collectives) are
+/// reported together, after a moment for the rest to exit, the job's status being the first that
+/// is not 1 (the status of a rank that lost its job).
 fn check_children(children: &mut [Child], done: &mut [bool], preempted: &mut Option<std::time::Instant>) {
+    let mut failed = reap(children, done, preempted);
+    if failed.is_empty() {
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    failed.extend(reap(children, done, preempted));
+    let why: Vec<String> = failed.iter().map(|(rank, status, _)| format!("rank {rank} exited with {status}")).collect();
+    let code = failed.iter().map(|f| f.2).find(|&c| c != 1).unwrap_or(1);
+    stop(children, &why.join("; "), code)
+}
+
+/// The ranks that exited since the last call and failed: (rank, status, exit code).
+fn reap(
+    children: &mut [Child],
+    done: &mut [bool],
+    preempted: &mut Option<std::time::Instant>,
+) -> Vec<(usize, std::process::ExitStatus, i32)> {
     use std::os::unix::process::ExitStatusExt;
+    let mut failed = Vec::new();
     for rank in 0..children.len() {
         if done[rank] {
             continue;
@@ -179,12 +200,10 @@ fn check_children(children: &mut [Child], done: &mut [bool], preempted: &mut Opt
             Some(EXIT_PREEMPTED) => {
                 preempted.get_or_insert_with(std::time::Instant::now);
             }
-            code => {
-                let code = code.or(status.signal().map(|s| 128 + s)).unwrap_or(1);
-                stop(children, &format!("rank {rank} exited with {status}"), code)
-            }
+            code => failed.push((rank, status, code.or(status.signal().map(|s| 128 + s)).unwrap_or(1))),
         }
     }
+    failed
 }
 
 /// Stop every rank still running, say why, and exit with `code`.
