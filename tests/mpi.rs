@@ -598,6 +598,25 @@ fn arbor_launch_runs_what_mpirun_runs() {
     fault_run_with(launch, "crash", &["rank 1 exited with signal: 6"]);
 }
 
+/// `arbor launch --nproc 2` of a `train` of `cfg` into `out`, returned once its run `name` has
+/// written three metrics lines (with the metrics file).
+fn launch_running(cfg: &str, out: &Path, name: &str) -> (std::process::Child, PathBuf) {
+    let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", cfg, "--out-dir"])
+        .arg(out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics_file = out.join(name).join("metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics_file).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the job made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, metrics_file)
+}
+
 /// SIGUSR1 (Slurm's preemption signal) sent to `arbor launch` reaches every rank: the job stops
 /// at a step end with a checkpoint and the launcher exits 75 (requeue), before the last step.
 #[test]
@@ -605,20 +624,8 @@ fn arbor_launch_passes_a_preemption_signal_to_its_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &sft_config().replace("steps = 3", "steps = 100000"));
     let out = dir.path().join("out");
-    let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", &cfg, "--out-dir"])
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // wait for a few steps' metrics, then signal the launcher only
-    let metrics_file = out.join("addition-sft/metrics.jsonl");
-    let t0 = Instant::now();
-    while std::fs::read_to_string(&metrics_file).map_or(0, |t| t.lines().count()) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the job made no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // a few steps' metrics, then signal the launcher only
+    let (child, metrics_file) = launch_running(&cfg, &out, "addition-sft");
     // SAFETY: kill(2) on our own child's pid, not yet waited for
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) }, 0);
     let o = child.wait_with_output().unwrap();
@@ -638,19 +645,7 @@ fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
     let long = grpo_config().replace("steps = 3", "steps = 100000");
     let cfg = write_config(dir.path(), &format!("{long}\n[async]\nrollout_ranks = 1\nalpha = 1\n"));
     let out = dir.path().join("out");
-    let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", &cfg, "--out-dir"])
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let metrics_file = out.join("default/metrics.jsonl");
-    let t0 = Instant::now();
-    while std::fs::read_to_string(&metrics_file).map_or(0, |t| t.lines().count()) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the job made no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (child, _) = launch_running(&cfg, &out, "default");
     for _ in 0..2 {
         // SAFETY: kill(2) on our own child's pid, not yet waited for
         assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);

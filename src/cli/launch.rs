@@ -34,16 +34,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// Catch SIGTERM and SIGUSR1, to pass them on to the ranks instead of dying before them.
 fn catch_stop_signals() -> anyhow::Result<()> {
     for sig in [libc::SIGTERM, libc::SIGUSR1] {
-        // SAFETY: a zeroed sigaction with a plain handler, an empty mask and SA_RESTART; the
-        // handler only touches atomics.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        anyhow::ensure!(rc == 0, "cannot catch signal {sig}: {}", std::io::Error::last_os_error());
+        crate::train::preempt::catch_signal(sig, on_signal)?;
     }
     Ok(())
 }

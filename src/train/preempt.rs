@@ -25,21 +25,26 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 /// grace period ends the process regardless.)
 pub fn install_handlers() -> Result<()> {
     for sig in [libc::SIGUSR1, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction with a plain handler, an empty mask and SA_RESTART (interrupted
-        // system calls resume); the handler only stores to an atomic.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(Error::Invalid(format!(
-                "cannot install the handler of signal {sig}: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
+        catch_signal(sig, on_signal)?;
+    }
+    Ok(())
+}
+
+/// Call `handler` on signal `sig` from now on, interrupted system calls resuming (SA_RESTART).
+/// `handler` must be async-signal-safe (atomic operations only).
+pub fn catch_signal(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> Result<()> {
+    // SAFETY: a zeroed sigaction with a plain handler, an empty mask and SA_RESTART; the caller's
+    // handler is async-signal-safe.
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        let why = std::io::Error::last_os_error();
+        return Err(Error::Invalid(format!("cannot install the handler of signal {sig}: {why}")));
     }
     Ok(())
 }
