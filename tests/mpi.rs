@@ -658,3 +658,23 @@ fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
     let ps = Command::new("pgrep").args(["-f", &format!("--out-dir {}", out.display())]).output().unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "ranks still running");
 }
+
+/// `arbor bench allreduce` measures both transports: one JSON line from rank 0 naming its
+/// transport, 2 ranks, the buckets of the buffer and positive bandwidths.
+#[test]
+fn bench_allreduce_runs_under_mpirun_and_arbor_launch() {
+    let args = ["--threads", "1", "bench", "allreduce", "--mb", "1", "--bucket-mb", "0.25", "--reps", "2"];
+    for (transport, launcher) in [("mpi", mpirun as Launcher), ("arbor launch", launch)] {
+        let o = launcher(2, &args, &[]);
+        assert!(o.status.success(), "{transport}: {}", text(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+        assert_eq!(lines.len(), 1, "{transport}: one line from rank 0: {stdout}");
+        let j: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(
+            (j["transport"].as_str(), j["ranks"].as_u64(), j["buckets"].as_u64()),
+            (Some(transport), Some(2), Some(4))
+        );
+        assert!(j["bucketed_gb_per_s"].as_f64().unwrap() > 0.0 && j["raw_gb_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
