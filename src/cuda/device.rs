@@ -111,8 +111,10 @@ pub struct Gpu {
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
     /// The registered bf16 images of weight buffers (`cuda::image`).
     images: Mutex<Vec<ImageEntry>>,
-    /// Operation timing while on (`cuda::profile`).
+    /// Operation timing while on (`cuda::profile`), and whether it is on (read before the lock,
+    /// so an unprofiled launch takes no lock).
     pub(crate) profile: Mutex<Option<super::profile::Profile>>,
+    profiling: std::sync::atomic::AtomicBool,
 }
 
 /// Where the images of a device are: (f32 buffer address, its length in elements, image address).
@@ -236,6 +238,7 @@ impl Gpu {
             bf16_scratch: Mutex::new(None),
             images: Mutex::new(Vec::new()),
             profile: Mutex::new(None),
+            profiling: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -517,11 +520,15 @@ impl Gpu {
     /// Start (dropping any earlier record) or stop timing operations.
     pub fn set_profiling(&self, on: bool) {
         *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = on.then(super::profile::Profile::default);
+        self.profiling.store(on, Ordering::Relaxed);
     }
 
     /// Run `op` (one launch or product on the stream), timed under `name()` while profiling is on
     /// and the stream is not being captured.
     pub(crate) fn profiled(&self, name: impl FnOnce() -> String, op: impl FnOnce() -> Result<()>) -> Result<()> {
+        if !self.profiling.load(Ordering::Relaxed) {
+            return op();
+        }
         let mut guard = self.profile.lock().unwrap_or_else(|p| p.into_inner());
         let Some(profile) = guard.as_mut() else {
             drop(guard);

@@ -92,8 +92,9 @@ pub struct TcpComm {
     link: Arc<Hold>,
     id: u64,
     rank: usize,
-    /// World ranks of the members, in this communicator's rank order.
-    members: Vec<usize>,
+    size: usize,
+    /// World ranks of the other members, for the watchdog's message.
+    others: Vec<usize>,
     watchdog: Option<Watchdog>,
 }
 
@@ -152,13 +153,13 @@ impl TcpComm {
                 }
             })
             .map_err(fail)?;
-        Ok(TcpComm { link: Arc::new(Hold(link)), id: 0, rank, members: (0..size).collect(), watchdog })
+        let others = (0..size).filter(|&r| r != rank).collect();
+        Ok(TcpComm { link: Arc::new(Hold(link)), id: 0, rank, size, others, watchdog })
     }
 
     /// One collective: this rank's part out, the hub's reply back (watched as MPI's are).
     fn collective(&self, what: &str, (op, arg): (u64, u64), payload: Vec<u8>) -> Result<Frame> {
-        let others: Vec<usize> = self.members.iter().copied().filter(|&m| m != self.link.world_rank).collect();
-        let _g = self.watchdog.as_ref().map(|w| w.watch_collective_among(what, &others));
+        let _g = self.watchdog.as_ref().map(|w| w.watch_collective_among(what, &self.others));
         self.link.send(wire::COLLECTIVE, self.id, (op, arg), &payload)?;
         let id = self.id;
         self.link.wait(|inbox| inbox.replies.get_mut(&id).and_then(|q| q.pop_front()))
@@ -179,7 +180,7 @@ impl Comm for TcpComm {
         self.rank
     }
     fn size(&self) -> usize {
-        self.members.len()
+        self.size
     }
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
         let bytes = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -244,7 +245,16 @@ impl Comm for TcpComm {
         if members.get(rank) != Some(&self.link.world_rank) {
             return Err(Error::collective(self.rank, "split", format!("placed at {rank} of {members:?}")));
         }
-        Ok(Box::new(TcpComm { link: self.link.clone(), id: reply.a, rank, members, watchdog: self.watchdog.clone() }))
+        let (size, me) = (members.len(), self.link.world_rank);
+        let others = members.into_iter().filter(|&m| m != me).collect();
+        Ok(Box::new(TcpComm {
+            link: self.link.clone(),
+            id: reply.a,
+            rank,
+            size,
+            others,
+            watchdog: self.watchdog.clone(),
+        }))
     }
     fn abort(&self, msg: &str) -> ! {
         eprintln!("arbor: aborting: {msg}");
@@ -266,7 +276,7 @@ impl Comm for TcpComm {
         self.link.wait(|inbox| inbox.messages.get_mut(&key).and_then(|q| q.pop_front()))
     }
     fn describe(&self) -> String {
-        format!("arbor launch ({} processes, hub at {})", self.members.len(), self.link.addr)
+        format!("arbor launch ({} processes, hub at {})", self.size, self.link.addr)
     }
 }
 
