@@ -48,11 +48,15 @@ __device__ __forceinline__ int tile_at(int r, int c) {
 
 // d (16 x 8 f32) += a (16 x 16 bf16) * b (16 x 8 bf16), one warp.
 __device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const unsigned int* b) {
+#ifdef ARBOR_SIMT
+    simt::mma_16816(d, a, b);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // Fragments from a bf16 tile S in shared memory (64 x DM, stored as tile_at says, so every 8-element
@@ -62,17 +66,25 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const
 // 2 (l % 4), + 1) of matrix i, the lower column in the low half: exactly the mma fragment element
 // (gr, 2 tg); with .trans it receives (rows 2 (l % 4), + 1; column l / 4).
 __device__ __forceinline__ void ldsm_x4(unsigned int* r, const unsigned short* row) {
+#ifdef ARBOR_SIMT
+    simt::ldmatrix_x4(r, row, false);
+#else
     const unsigned int at = (unsigned int)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(at));
+#endif
 }
 
 __device__ __forceinline__ void ldsm_x4_trans(unsigned int* r, const unsigned short* row) {
+#ifdef ARBOR_SIMT
+    simt::ldmatrix_x4(r, row, true);
+#else
     const unsigned int at = (unsigned int)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(at));
+#endif
 }
 
 // The A fragment of S's 16 x 16 block at (r0, c0): matrices (r0, c0), (r0 + 8, c0), (r0, c0 + 8),
@@ -181,14 +193,26 @@ __device__ __forceinline__ void store_rows(float* base, int stride, const float 
 // 16-byte asynchronous copy global -> shared (cp.async.cg, L2 only); `bytes` < 16 zero-fills
 // the rest (0: no read, 16 zeros).
 __device__ __forceinline__ void cp_async16(unsigned short* dst, const unsigned short* src, int bytes) {
+#ifdef ARBOR_SIMT
+    simt::cp_async16(dst, src, bytes);
+#else
     const unsigned int at = (unsigned int)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(at), "l"(src), "r"(bytes) : "memory");
+#endif
 }
 
+#ifdef ARBOR_SIMT
+__device__ __forceinline__ void cp_commit() {}
+#else
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+#endif
 
 // Wait until this thread's copies are done (a barrier then makes every thread's visible).
+#ifdef ARBOR_SIMT
+__device__ __forceinline__ void cp_wait_all() { simt::cp_wait_all(); }
+#else
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#endif
 
 // Issue the copies of rows [r0, r0 + 64) of a packed bf16 matrix (row stride `stride` elements,
 // rows DM wide, x 16-byte aligned) into the tile S (as tile_at says); rows at or past `len` are

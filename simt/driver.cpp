@@ -1,0 +1,691 @@
+// arbor SIMT host emulator: the CUDA driver API and cublasGemmEx, as far as arbor (through cudarc)
+// uses them, over host memory. Built as one library that answers to both libcuda.so and
+// libcublas.so (scripts/simt_build.py), so that tests/cuda runs every GPU test body on a machine
+// without a GPU: kernels are the real cuda/*.cu sources compiled for the host (runtime.cpp).
+//
+// What it checks that a GPU would only show as a crash or garbage:
+//   * allocations end at a guard page (a read or write past the end faults, and the fault names
+//     the kernel and block); fresh allocations and shared memory are filled with NaN bytes;
+//   * copies, fills and cuBLAS operands must lie inside one allocation;
+//   * a launch needs its dynamic shared memory allowed (the function attribute, the device limit);
+//   * barriers and warp collectives every thread of which cannot arrive fail the launch.
+// Streams run in issue order, at once (a valid schedule of any correct program); a stream being
+// captured records its operations into the graph, which replays them in order.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "runtime.h"
+
+#define API extern "C" __attribute__((visibility("default")))
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+
+enum : int {
+    OK = 0,
+    E_INVALID_VALUE = 1,
+    E_OUT_OF_MEMORY = 2,
+    E_NO_DEVICE = 100,
+    E_INVALID_IMAGE = 200,
+    E_INVALID_HANDLE = 400,
+    E_NOT_FOUND = 500,
+    E_ILLEGAL_ADDRESS = 700,
+    E_LAUNCH_FAILED = 719,
+    E_NOT_SUPPORTED = 801,
+};
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// The device: an sm_90-like GPU unless ARBOR_SIMT_CC / ARBOR_SIMT_SMEM_OPTIN say otherwise.
+// ---------------------------------------------------------------------------------------------
+
+int env_int(const char* k, int dflt) {
+    const char* v = getenv(k);
+    return v && *v ? atoi(v) : dflt;
+}
+
+int cc() { return env_int("ARBOR_SIMT_CC", 90); }
+int smem_optin() { return env_int("ARBOR_SIMT_SMEM_OPTIN", 227 * 1024); }
+constexpr size_t TOTAL_MEM = 80ull << 30;
+
+void report(const std::string& what) { fprintf(stderr, "simt: %s\n", what.c_str()); }
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------------
+
+struct Alloc {
+    void* map;
+    size_t map_len;
+    size_t size;
+};
+
+std::mutex mem_lock;
+std::map<uintptr_t, Alloc> allocs;  // by start address
+size_t allocated = 0;
+
+constexpr size_t PAGE = 4096;
+
+void* device_alloc(size_t bytes) {
+    const size_t body = (bytes + 255) & ~size_t(255);
+    const size_t span = (body + PAGE - 1) & ~(PAGE - 1);
+    void* m = mmap(nullptr, span + PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    char* guard = static_cast<char*>(m) + span;
+    mprotect(guard, PAGE, PROT_NONE);
+    char* p = guard - body;
+    memset(p, 0xff, body);  // a GPU's fresh memory is garbage: NaN here
+    std::lock_guard<std::mutex> g(mem_lock);
+    allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{m, span + PAGE, bytes};
+    allocated += bytes;
+    return p;
+}
+
+bool device_free(uintptr_t p) {
+    std::lock_guard<std::mutex> g(mem_lock);
+    auto it = allocs.find(p);
+    if (it == allocs.end()) return false;
+    munmap(it->second.map, it->second.map_len);
+    allocated -= it->second.size;
+    allocs.erase(it);
+    return true;
+}
+
+// Whether [p, p + n) lies inside one allocation.
+bool inside(uintptr_t p, size_t n) {
+    std::lock_guard<std::mutex> g(mem_lock);
+    auto it = allocs.upper_bound(p);
+    if (it == allocs.begin()) return false;
+    --it;
+    return p >= it->first && p + n <= it->first + it->second.size;
+}
+
+std::string range_error(const char* what, uintptr_t p, size_t n) {
+    char m[200];
+    snprintf(m, sizeof m, "%s of %zu bytes at 0x%llx is not inside one device allocation", what, n,
+             (unsigned long long)p);
+    return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams, events, graphs
+// ---------------------------------------------------------------------------------------------
+
+using Op = std::function<std::string()>;
+
+struct Graph {
+    std::vector<Op> ops;
+};
+
+struct Stream {
+    Graph* capture = nullptr;
+};
+
+struct Event {
+    std::chrono::steady_clock::time_point at{};
+    bool recorded = false;
+};
+
+Stream default_stream;
+std::mutex stream_lock;
+
+Stream* stream_of(void* s) {
+    uintptr_t v = reinterpret_cast<uintptr_t>(s);
+    return v <= 2 ? &default_stream : static_cast<Stream*>(s);  // 0, CU_STREAM_LEGACY, PER_THREAD
+}
+
+CUresult run_op(const Op& op) {
+    std::string e = op();
+    if (e.empty()) return OK;
+    report(e);
+    return e.rfind("not inside", 0) == 0 ? E_ILLEGAL_ADDRESS : E_LAUNCH_FAILED;
+}
+
+CUresult enqueue(void* s, Op op) {
+    Stream* st = stream_of(s);
+    {
+        std::lock_guard<std::mutex> g(stream_lock);
+        if (st->capture) {
+            st->capture->ops.push_back(std::move(op));
+            return OK;
+        }
+    }
+    return run_op(op);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modules and functions
+// ---------------------------------------------------------------------------------------------
+
+struct Function {
+    const simt::Entry* entry;
+    int max_dynamic_smem = 48 * 1024;
+};
+
+struct Module {
+    std::map<std::string, Function*> functions;
+};
+
+int g_context_token;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Initialisation, devices, contexts
+// ---------------------------------------------------------------------------------------------
+
+API CUresult cuInit(unsigned int) { return OK; }
+API CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return OK;
+}
+API CUresult cuDeviceGetCount(int* n) {
+    *n = env_int("ARBOR_SIMT_DEVICES", 1);
+    return OK;
+}
+API CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    if (ordinal < 0 || ordinal >= env_int("ARBOR_SIMT_DEVICES", 1)) return 101;  // CUDA_ERROR_INVALID_DEVICE
+    *d = ordinal;
+    return OK;
+}
+API CUresult cuDeviceGetName(char* name, int len, CUdevice) {
+    snprintf(name, (size_t)len, "arbor SIMT host emulator (sm_%d)", cc());
+    return OK;
+}
+API CUresult cuDeviceGetUuid(unsigned char* uuid, CUdevice d) {
+    memset(uuid, 0, 16);
+    uuid[0] = (unsigned char)d;
+    return OK;
+}
+API CUresult cuDeviceGetUuid_v2(unsigned char* uuid, CUdevice d) { return cuDeviceGetUuid(uuid, d); }
+API CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
+    *bytes = TOTAL_MEM;
+    return OK;
+}
+API CUresult cuDeviceGetAttribute(int* v, int attrib, CUdevice) {
+    switch (attrib) {
+        case 1: *v = 1024; break;                     // max threads per block
+        case 2: *v = 1024; break;                     // max block dim x
+        case 3: *v = 1024; break;                     // y
+        case 4: *v = 64; break;                       // z
+        case 5: *v = 2147483647; break;               // max grid x
+        case 6: case 7: *v = 65535; break;            // y, z
+        case 8: *v = 48 * 1024; break;                // shared memory per block
+        case 10: *v = 32; break;                      // warp size
+        case 13: *v = 1980000; break;                 // clock kHz
+        case 16: *v = 132; break;                     // multiprocessors
+        case 36: *v = 2619000; break;                 // memory clock kHz
+        case 37: *v = 5120; break;                    // bus width
+        case 38: *v = 50 * 1024 * 1024; break;        // L2
+        case 75: *v = cc() / 10; break;               // compute capability
+        case 76: *v = cc() % 10; break;
+        case 81: *v = smem_optin() + 1024; break;     // shared memory per multiprocessor
+        case 97: *v = smem_optin(); break;            // opt-in shared memory per block
+        case 115: *v = 1; break;                      // memory pools
+        default: *v = 0; break;
+    }
+    return OK;
+}
+API CUresult cuDevicePrimaryCtxRetain(void** ctx, CUdevice) {
+    *ctx = &g_context_token;
+    return OK;
+}
+API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return OK; }
+API CUresult cuDevicePrimaryCtxReset_v2(CUdevice) { return OK; }
+static thread_local void* t_ctx = nullptr;
+API CUresult cuCtxSetCurrent(void* ctx) {
+    t_ctx = ctx;
+    return OK;
+}
+API CUresult cuCtxGetCurrent(void** ctx) {
+    *ctx = t_ctx;
+    return OK;
+}
+API CUresult cuCtxPushCurrent_v2(void* ctx) { return cuCtxSetCurrent(ctx); }
+API CUresult cuCtxPopCurrent_v2(void** ctx) {
+    if (ctx) *ctx = t_ctx;
+    return OK;
+}
+API CUresult cuCtxGetDevice(CUdevice* d) {
+    *d = 0;
+    return OK;
+}
+API CUresult cuCtxSynchronize() { return OK; }
+API CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
+    if (least) *least = 0;
+    if (greatest) *greatest = 0;
+    return OK;
+}
+API CUresult cuCtxSetLimit(int, size_t) { return OK; }
+API CUresult cuCtxGetLimit(size_t* v, int) {
+    *v = 0;
+    return OK;
+}
+API CUresult cuCtxSetFlags(unsigned int) { return OK; }
+
+static const char* error_name(CUresult r) {
+    switch (r) {
+        case OK: return "CUDA_SUCCESS";
+        case E_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE";
+        case E_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY";
+        case E_NO_DEVICE: return "CUDA_ERROR_NO_DEVICE";
+        case E_INVALID_IMAGE: return "CUDA_ERROR_INVALID_IMAGE";
+        case E_INVALID_HANDLE: return "CUDA_ERROR_INVALID_HANDLE";
+        case E_NOT_FOUND: return "CUDA_ERROR_NOT_FOUND";
+        case E_ILLEGAL_ADDRESS: return "CUDA_ERROR_ILLEGAL_ADDRESS";
+        case E_LAUNCH_FAILED: return "CUDA_ERROR_LAUNCH_FAILED";
+        case E_NOT_SUPPORTED: return "CUDA_ERROR_NOT_SUPPORTED";
+        default: return "CUDA_ERROR_UNKNOWN";
+    }
+}
+API CUresult cuGetErrorName(CUresult r, const char** s) {
+    *s = error_name(r);
+    return OK;
+}
+API CUresult cuGetErrorString(CUresult r, const char** s) {
+    *s = error_name(r);
+    return OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------------
+
+API CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
+    if (bytes == 0) return E_INVALID_VALUE;
+    if (allocated + bytes > TOTAL_MEM) return E_OUT_OF_MEMORY;
+    void* m = device_alloc(bytes);
+    if (!m) return E_OUT_OF_MEMORY;
+    *p = reinterpret_cast<CUdeviceptr>(m);
+    return OK;
+}
+API CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
+API CUresult cuMemFree_v2(CUdeviceptr p) {
+    if (p == 0) return OK;
+    if (!device_free((uintptr_t)p)) {
+        report(range_error("a free (not an allocation's start)", (uintptr_t)p, 0));
+        return E_INVALID_VALUE;
+    }
+    return OK;
+}
+API CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
+    {
+        std::lock_guard<std::mutex> g(stream_lock);
+        if (stream_of(s)->capture) return OK;  // a graph's free node: the memory stays (a small leak)
+    }
+    return cuMemFree_v2(p);
+}
+API CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    std::lock_guard<std::mutex> g(mem_lock);
+    *free_bytes = TOTAL_MEM - allocated;
+    *total = TOTAL_MEM;
+    return OK;
+}
+API CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
+    *p = aligned_alloc(256, (bytes + 255) & ~size_t(255));
+    return *p ? OK : E_OUT_OF_MEMORY;
+}
+API CUresult cuMemFreeHost(void* p) {
+    free(p);
+    return OK;
+}
+API CUresult cuMemHostRegister_v2(void*, size_t, unsigned int) { return OK; }
+API CUresult cuMemHostUnregister(void*) { return OK; }
+
+static CUresult copy(void* dst, const void* src, size_t n, bool dst_dev, bool src_dev, void* s) {
+    return enqueue(s, [=]() -> std::string {
+        if (dst_dev && !inside((uintptr_t)dst, n)) return range_error("a copy's destination", (uintptr_t)dst, n);
+        if (src_dev && !inside((uintptr_t)src, n)) return range_error("a copy's source", (uintptr_t)src, n);
+        memmove(dst, src, n);
+        return "";
+    });
+}
+API CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
+    return copy((void*)d, h, n, true, false, nullptr);
+}
+API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) {
+    return copy((void*)d, h, n, true, false, s);
+}
+API CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
+    return copy(h, (const void*)d, n, false, true, nullptr);
+}
+API CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
+    return copy(h, (const void*)d, n, false, true, s);
+}
+API CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr src, size_t n) {
+    return copy((void*)d, (const void*)src, n, true, true, nullptr);
+}
+API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void* s) {
+    return copy((void*)d, (const void*)src, n, true, true, s);
+}
+API CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void* s) {
+    return enqueue(s, [=]() -> std::string {
+        if (!inside((uintptr_t)d, n)) return range_error("a fill", (uintptr_t)d, n);
+        memset((void*)d, v, n);
+        return "";
+    });
+}
+API CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { return cuMemsetD8Async(d, v, n, nullptr); }
+API CUresult cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, void* s) {
+    return enqueue(s, [=]() -> std::string {
+        if (!inside((uintptr_t)d, n * 4)) return range_error("a fill", (uintptr_t)d, n * 4);
+        unsigned int* p = (unsigned int*)d;
+        for (size_t i = 0; i < n; ++i) p[i] = v;
+        return "";
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams and events
+// ---------------------------------------------------------------------------------------------
+
+API CUresult cuStreamCreate(void** s, unsigned int) {
+    *s = new Stream();
+    return OK;
+}
+API CUresult cuStreamCreateWithPriority(void** s, unsigned int f, int) { return cuStreamCreate(s, f); }
+API CUresult cuStreamDestroy_v2(void* s) {
+    if (reinterpret_cast<uintptr_t>(s) > 2) delete static_cast<Stream*>(s);
+    return OK;
+}
+API CUresult cuStreamSynchronize(void*) { return OK; }
+API CUresult cuStreamQuery(void*) { return OK; }
+API CUresult cuStreamWaitEvent(void*, void*, unsigned int) { return OK; }
+API CUresult cuStreamBeginCapture_v2(void* s, int) {
+    std::lock_guard<std::mutex> g(stream_lock);
+    Stream* st = stream_of(s);
+    if (st->capture) return E_INVALID_VALUE;
+    st->capture = new Graph();
+    return OK;
+}
+API CUresult cuStreamEndCapture(void* s, void** graph) {
+    std::lock_guard<std::mutex> g(stream_lock);
+    Stream* st = stream_of(s);
+    if (!st->capture) return E_INVALID_VALUE;
+    *graph = st->capture;
+    st->capture = nullptr;
+    return OK;
+}
+API CUresult cuStreamIsCapturing(void* s, int* status) {
+    std::lock_guard<std::mutex> g(stream_lock);
+    *status = stream_of(s)->capture ? 1 : 0;
+    return OK;
+}
+API CUresult cuLaunchHostFunc(void* s, void (*fn)(void*), void* user) {
+    return enqueue(s, [=]() -> std::string {
+        fn(user);
+        return "";
+    });
+}
+
+API CUresult cuEventCreate(void** e, unsigned int) {
+    *e = new Event();
+    return OK;
+}
+API CUresult cuEventDestroy_v2(void* e) {
+    delete static_cast<Event*>(e);
+    return OK;
+}
+API CUresult cuEventRecord(void* e, void* s) {
+    Event* ev = static_cast<Event*>(e);
+    return enqueue(s, [ev]() -> std::string {
+        ev->at = std::chrono::steady_clock::now();
+        ev->recorded = true;
+        return "";
+    });
+}
+API CUresult cuEventRecordWithFlags(void* e, void* s, unsigned int) { return cuEventRecord(e, s); }
+API CUresult cuEventSynchronize(void*) { return OK; }
+API CUresult cuEventQuery(void*) { return OK; }
+API CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
+    Event* s = static_cast<Event*>(a);
+    Event* e = static_cast<Event*>(b);
+    if (!s->recorded || !e->recorded) return E_INVALID_HANDLE;
+    *ms = std::chrono::duration<float, std::milli>(e->at - s->at).count();
+    return OK;
+}
+API CUresult cuEventElapsedTime_v2(float* ms, void* a, void* b) { return cuEventElapsedTime(ms, a, b); }
+
+// ---------------------------------------------------------------------------------------------
+// Graphs
+// ---------------------------------------------------------------------------------------------
+
+API CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) {
+    *exec = new Graph(*static_cast<Graph*>(graph));
+    return OK;
+}
+API CUresult cuGraphLaunch(void* exec, void* s) {
+    Graph* g = static_cast<Graph*>(exec);
+    for (const Op& op : g->ops) {
+        CUresult r = enqueue(s, op);
+        if (r != OK) return r;
+    }
+    return OK;
+}
+API CUresult cuGraphUpload(void*, void*) { return OK; }
+API CUresult cuGraphDestroy(void* g) {
+    delete static_cast<Graph*>(g);
+    return OK;
+}
+API CUresult cuGraphExecDestroy(void* g) {
+    delete static_cast<Graph*>(g);
+    return OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modules, functions, launches
+// ---------------------------------------------------------------------------------------------
+
+API CUresult cuModuleLoadData(void** module, const void* image) {
+    const std::string ptx(static_cast<const char*>(image));
+    Module* m = new Module();
+    size_t at = 0;
+    while ((at = ptx.find(".entry ", at)) != std::string::npos) {
+        at += 7;
+        size_t end = at;
+        while (end < ptx.size() && (isalnum((unsigned char)ptx[end]) || ptx[end] == '_')) ++end;
+        const std::string name = ptx.substr(at, end - at);
+        const simt::Entry* e = simt::find_entry(name);
+        if (!e) {
+            report("the PTX declares kernel " + name +
+                   ", which the emulator was not built with (rebuild it: python3 scripts/simt_build.py)");
+            delete m;
+            return E_INVALID_IMAGE;
+        }
+        m->functions[name] = new Function{e};
+    }
+    *module = m;
+    return OK;
+}
+API CUresult cuModuleUnload(void* m) {
+    Module* mod = static_cast<Module*>(m);
+    for (auto& [_, f] : mod->functions) delete f;
+    delete mod;
+    return OK;
+}
+API CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
+    Module* mod = static_cast<Module*>(m);
+    auto it = mod->functions.find(name);
+    if (it == mod->functions.end()) return E_NOT_FOUND;
+    *f = it->second;
+    return OK;
+}
+API CUresult cuFuncSetAttribute(void* f, int attrib, int v) {
+    if (attrib == 8) {  // max dynamic shared memory
+        if (v < 0 || v > smem_optin()) return E_INVALID_VALUE;
+        static_cast<Function*>(f)->max_dynamic_smem = v;
+    }
+    return OK;
+}
+API CUresult cuFuncGetAttribute(int* v, int attrib, void* f) {
+    switch (attrib) {
+        case 0: *v = 1024; break;  // max threads per block
+        case 8: *v = static_cast<Function*>(f)->max_dynamic_smem; break;
+        default: *v = 0; break;
+    }
+    return OK;
+}
+API CUresult cuFuncSetCacheConfig(void*, int) { return OK; }
+
+API CUresult cuLaunchKernel(void* fp, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                            unsigned int by, unsigned int bz, unsigned int smem, void* s, void** params,
+                            void** extra) {
+    Function* f = static_cast<Function*>(fp);
+    const simt::Entry* e = f->entry;
+    if (extra) {
+        report("cuLaunchKernel with `extra` arguments is not emulated");
+        return E_NOT_SUPPORTED;
+    }
+    if ((int)smem > f->max_dynamic_smem) {
+        report("kernel " + e->name + " launched with " + std::to_string(smem) +
+               " bytes of dynamic shared memory, above its attribute's " + std::to_string(f->max_dynamic_smem));
+        return E_INVALID_VALUE;
+    }
+    if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 || bx * by * bz > 1024 || bz > 64) {
+        report("kernel " + e->name + " launched with an invalid grid or block shape");
+        return E_INVALID_VALUE;
+    }
+    // the arguments are copied now, as the driver does (a captured launch replays these values)
+    auto args = std::make_shared<std::vector<std::vector<unsigned char>>>();
+    for (size_t i = 0; i < e->sizes.size(); ++i) {
+        const unsigned char* p = static_cast<const unsigned char*>(params[i]);
+        args->emplace_back(p, p + e->sizes[i]);
+    }
+    const simt::Dim3 grid{gx, gy, gz}, block{bx, by, bz};
+    return enqueue(s, [=]() -> std::string {
+        std::vector<void*> ptrs;
+        for (auto& a : *args) ptrs.push_back(a.data());
+        return simt::run(*e, grid, block, smem, ptrs.data());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// cuBLAS: cublasGemmEx with f32 accumulation
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+struct Blas {
+    void* stream = nullptr;
+};
+
+float bf16_in(unsigned short h) { return __uint_as_float((unsigned int)h << 16); }
+unsigned short bf16_out(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+float tf32(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7f800000u) == 0x7f800000u) return f;
+    u += 0x1000u;
+    return __uint_as_float(u & ~0x1fffu);
+}
+enum : int { R_32F = 0, R_16BF = 14 };
+enum : int { B_OK = 0, B_INVALID_VALUE = 7, B_EXECUTION_FAILED = 13, B_NOT_SUPPORTED = 15 };
+}  // namespace
+
+API int cublasCreate_v2(void** h) {
+    *h = new Blas();
+    return B_OK;
+}
+API int cublasDestroy_v2(void* h) {
+    delete static_cast<Blas*>(h);
+    return B_OK;
+}
+API int cublasSetStream_v2(void* h, void* s) {
+    static_cast<Blas*>(h)->stream = s;
+    return B_OK;
+}
+API int cublasGetStream_v2(void* h, void** s) {
+    *s = static_cast<Blas*>(h)->stream;
+    return B_OK;
+}
+API int cublasSetWorkspace_v2(void*, void*, size_t) { return B_OK; }
+API int cublasSetMathMode(void*, int) { return B_OK; }
+API int cublasGetMathMode(void*, int* m) {
+    *m = 0;
+    return B_OK;
+}
+API int cublasSetPointerMode_v2(void*, int mode) { return mode == 0 ? B_OK : B_NOT_SUPPORTED; }
+API int cublasGetPointerMode_v2(void*, int* mode) {
+    *mode = 0;
+    return B_OK;
+}
+
+// C (m x n, column major, ldc) = alpha op(A) op(B) + beta C, op(A) m x k, op(B) k x n.
+API int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const void* alpha, const void* A,
+                     int atype, int lda, const void* B, int btype, int ldb, const void* beta, void* C, int ctype,
+                     int ldc, int compute, int /*algo*/) {
+    const bool ta = transa != 0, tb = transb != 0;
+    if (m < 0 || n < 0 || k < 0) return B_INVALID_VALUE;
+    if (lda < (ta ? std::max(1, k) : std::max(1, m)) || ldb < (tb ? std::max(1, n) : std::max(1, k)) ||
+        ldc < std::max(1, m))
+        return B_INVALID_VALUE;
+    const bool f32 = atype == R_32F && btype == R_32F && ctype == R_32F;
+    const bool bf = atype == R_16BF && btype == R_16BF && (ctype == R_16BF || ctype == R_32F);
+    const bool tf = compute == 77;
+    if (!(compute == 68 || tf) || !(f32 || bf) || (tf && !f32)) return B_NOT_SUPPORTED;
+    const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+    Blas* bl = static_cast<Blas*>(h);
+    const int r = enqueue(bl->stream, [=]() -> std::string {
+        if (m == 0 || n == 0) return "";
+        const size_t ea = atype == R_32F ? 4 : 2, ec = ctype == R_32F ? 4 : 2;
+        const size_t a_cols = ta ? m : k, a_rows = ta ? k : m, b_cols = tb ? k : n, b_rows = tb ? n : k;
+        if (k > 0 && !inside((uintptr_t)A, ((a_cols - 1) * lda + a_rows) * ea))
+            return range_error("cublasGemmEx's A", (uintptr_t)A, ((a_cols - 1) * lda + a_rows) * ea);
+        if (k > 0 && !inside((uintptr_t)B, ((b_cols - 1) * ldb + b_rows) * ea))
+            return range_error("cublasGemmEx's B", (uintptr_t)B, ((b_cols - 1) * ldb + b_rows) * ea);
+        if (!inside((uintptr_t)C, ((size_t)(n - 1) * ldc + m) * ec))
+            return range_error("cublasGemmEx's C", (uintptr_t)C, ((size_t)(n - 1) * ldc + m) * ec);
+        auto load = [&](const void* base, size_t idx) {
+            float v = atype == R_32F ? static_cast<const float*>(base)[idx]
+                                     : bf16_in(static_cast<const unsigned short*>(base)[idx]);
+            return tf ? tf32(v) : v;
+        };
+        std::vector<float> a((size_t)m * k), b((size_t)n * k);  // op(A) by rows, op(B) by columns
+        for (int i = 0; i < m; ++i)
+            for (int l = 0; l < k; ++l)
+                a[(size_t)i * k + l] = load(A, ta ? (size_t)i * lda + l : (size_t)l * lda + i);
+        for (int j = 0; j < n; ++j)
+            for (int l = 0; l < k; ++l)
+                b[(size_t)j * k + l] = load(B, tb ? (size_t)l * ldb + j : (size_t)j * ldb + l);
+        for (int j = 0; j < n; ++j)
+            for (int i = 0; i < m; ++i) {
+                const float* ar = &a[(size_t)i * k];
+                const float* bc = &b[(size_t)j * k];
+                // eight running sums (the vector unit's width), then their sum
+                float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                int l = 0;
+                for (; l + 8 <= k; l += 8)
+                    for (int u = 0; u < 8; ++u) part[u] += ar[l + u] * bc[l + u];
+                float acc = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+                for (; l < k; ++l) acc += ar[l] * bc[l];
+                const size_t at = (size_t)j * ldc + i;
+                if (ctype == R_32F) {
+                    float* c = static_cast<float*>(C);
+                    c[at] = al * acc + (be == 0.0f ? 0.0f : be * c[at]);
+                } else {
+                    unsigned short* c = static_cast<unsigned short*>(C);
+                    c[at] = bf16_out(al * acc + (be == 0.0f ? 0.0f : be * bf16_in(c[at])));
+                }
+            }
+        return "";
+    });
+    return r == OK ? B_OK : B_EXECUTION_FAILED;
+}

@@ -1,0 +1,587 @@
+// arbor SIMT host emulator: blocks, fibers, barriers and warp collectives.
+//
+// A block's threads are fibers on the calling host thread, run one at a time in a fixed order
+// (a launch is a deterministic function of its inputs). A fiber runs until it reaches
+// __syncthreads or a warp collective, where it waits until every thread the hardware would wait
+// for has arrived; the last one to arrive completes the operation (for a collective, computes
+// every lane's result from every lane's input) and wakes the others. When no fiber can run and
+// some have not finished, the block could never finish on a GPU either: the launch fails with a
+// description of where each thread waits.
+#include "runtime.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <mutex>
+
+// plain globals: launches run one at a time (the lock in `run`)
+simt::Ctx* simt_current = nullptr;
+
+namespace simt {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Fibers: a stack each and a switch that saves the callee-saved registers.
+// ---------------------------------------------------------------------------------------------
+
+constexpr size_t STACK_BYTES = 256 * 1024;
+constexpr size_t PAGE = 4096;
+
+extern "C" void simt_switch(void** save_sp, void* to_sp);
+
+#if defined(__x86_64__)
+asm(R"(
+.text
+.globl simt_switch
+.hidden simt_switch
+.type simt_switch,@function
+simt_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size simt_switch,.-simt_switch
+)");
+#elif defined(__aarch64__)
+asm(R"(
+.text
+.globl simt_switch
+.hidden simt_switch
+.type simt_switch,%function
+simt_switch:
+    sub sp, sp, #176
+    stp x19, x20, [sp, #0]
+    stp x21, x22, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    stp x27, x28, [sp, #64]
+    stp x29, x30, [sp, #80]
+    stp d8, d9, [sp, #96]
+    stp d10, d11, [sp, #112]
+    stp d12, d13, [sp, #128]
+    stp d14, d15, [sp, #144]
+    mov x9, sp
+    str x9, [x0]
+    mov sp, x1
+    ldp x19, x20, [sp, #0]
+    ldp x21, x22, [sp, #16]
+    ldp x23, x24, [sp, #32]
+    ldp x25, x26, [sp, #48]
+    ldp x27, x28, [sp, #64]
+    ldp x29, x30, [sp, #80]
+    ldp d8, d9, [sp, #96]
+    ldp d10, d11, [sp, #112]
+    ldp d12, d13, [sp, #128]
+    ldp d14, d15, [sp, #144]
+    add sp, sp, #176
+    ret
+.size simt_switch,.-simt_switch
+)");
+#else
+#error "the SIMT emulator's fiber switch is written for x86-64 and aarch64"
+#endif
+
+struct Copy {
+    void* dst;
+    const void* src;
+    int bytes;
+};
+
+enum class State { Ready, Waiting, Done };
+
+struct Thread {
+    Ctx ctx;
+    void* sp = nullptr;
+    char* stack = nullptr;  // lowest usable byte (a guard page lies below)
+    State state = State::Ready;
+    int index = 0;  // linear index in the block
+    const char* waits_at = "";
+    int waits_line = 0;
+    std::vector<Copy> pending;  // cp.async copies not yet waited for
+};
+
+constexpr int SLOT = 64;
+
+struct Warp {
+    int live = 0;     // lanes not finished
+    int arrived = 0;  // lanes in the current collective
+    const char* what = nullptr;
+    int line = 0;
+    unsigned char in[32][SLOT];
+    unsigned char out[32][SLOT];
+    std::vector<Thread*> waiting;
+};
+
+using Combine = void (*)(Warp& w);
+
+struct Block {
+    const Entry* entry = nullptr;
+    void** params = nullptr;
+    std::vector<Thread> threads;
+    std::vector<Warp> warps;
+    std::deque<Thread*> ready;
+    int live = 0;
+    int arrived = 0;  // threads at __syncthreads
+    int barrier_line = 0;
+    std::vector<Thread*> at_barrier;
+    void* sched_sp = nullptr;
+    Thread* cur = nullptr;
+    std::string error;
+    std::vector<unsigned char> smem;
+};
+
+Block* g_block = nullptr;
+
+std::vector<char*>& stack_pool() {
+    static std::vector<char*> pool;
+    return pool;
+}
+
+char* take_stack(size_t i) {
+    auto& pool = stack_pool();
+    while (pool.size() <= i) {
+        void* m = mmap(nullptr, STACK_BYTES + PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            perror("simt: fiber stack");
+            abort();
+        }
+        mprotect(m, PAGE, PROT_NONE);  // overflow faults instead of corrupting the next stack
+        pool.push_back(static_cast<char*>(m) + PAGE);
+    }
+    return pool[i];
+}
+
+void to_scheduler(Thread* t) { simt_switch(&t->sp, g_block->sched_sp); }
+
+// Leave a waiting thread for the next ready one directly (half the switches of a trip through the
+// scheduler), or for the scheduler when none is ready.
+void to_next(Thread* t) {
+    Block& b = *g_block;
+    if (b.ready.empty() || !b.error.empty()) {
+        to_scheduler(t);
+        return;
+    }
+    Thread* n = b.ready.front();
+    b.ready.pop_front();
+    b.cur = n;
+    simt_current = &n->ctx;
+    simt_switch(&t->sp, n->sp);
+}
+
+void fail(const std::string& why) {
+    Block& b = *g_block;
+    if (b.error.empty()) b.error = why;
+    Thread* t = b.cur;
+    t->state = State::Waiting;
+    t->waits_at = "a failed check";
+    to_scheduler(t);  // never resumed: the launch is abandoned
+    abort();
+}
+
+void wait_here(const char* what, int line) {
+    Thread* t = g_block->cur;
+    t->state = State::Waiting;
+    t->waits_at = what;
+    t->waits_line = line;
+    to_next(t);
+}
+
+void wake(Thread* t) {
+    t->state = State::Ready;
+    g_block->ready.push_back(t);
+}
+
+void flush_copies(Thread* t) {
+    for (const Copy& c : t->pending) {
+        unsigned char tmp[16] = {0};
+        if (c.bytes > 0) memcpy(tmp, c.src, (size_t)c.bytes);
+        memcpy(c.dst, tmp, 16);
+    }
+    t->pending.clear();
+}
+
+void release_barrier(Block& b) {
+    b.arrived = 0;
+    for (Thread* w : b.at_barrier) wake(w);
+    b.at_barrier.clear();
+}
+
+void thread_exit() {
+    Block& b = *g_block;
+    Thread* t = b.cur;
+    flush_copies(t);
+    t->state = State::Done;
+    b.live -= 1;
+    Warp& w = b.warps[t->index / 32];
+    w.live -= 1;
+    if (w.arrived > 0) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "thread %d returned while lanes of its warp wait in %s (line %d)", t->index,
+                 w.what, w.line);
+        b.error = msg;
+    }
+    // threads that have exited count as arrived at a barrier, as on the hardware
+    if (b.arrived > 0 && b.arrived == b.live) release_barrier(b);
+    to_scheduler(t);
+    abort();  // a finished fiber is never resumed
+}
+
+void fiber_main() {
+    Block& b = *g_block;
+    Thread* t = b.cur;
+    b.entry->invoke(b.entry->fn, b.params);
+    (void)t;
+    thread_exit();
+}
+
+void prepare(Thread& t, char* stack) {
+    t.stack = stack;
+    uintptr_t top = reinterpret_cast<uintptr_t>(stack + STACK_BYTES) & ~uintptr_t(15);
+#if defined(__x86_64__)
+    // popped by simt_switch: r15 r14 r13 r12 rbx rbp, then `ret` into fiber_main with the stack as
+    // after a call (rsp = 8 mod 16)
+    void** sp = reinterpret_cast<void**>(top - 64);
+    for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+    sp[6] = reinterpret_cast<void*>(&fiber_main);
+    sp[7] = nullptr;
+    t.sp = sp;
+#else
+    // restored by simt_switch: x19..x28, x29 (frame), x30 (link: where `ret` goes), d8..d15
+    void** sp = reinterpret_cast<void**>(top - 176);
+    for (int i = 0; i < 22; ++i) sp[i] = nullptr;
+    sp[11] = reinterpret_cast<void*>(&fiber_main);
+    t.sp = sp;
+#endif
+}
+
+std::string describe_stuck(const Block& b) {
+    std::map<std::string, std::vector<int>> where;
+    for (const Thread& t : b.threads) {
+        if (t.state == State::Done) continue;
+        char key[160];
+        snprintf(key, sizeof key, "%s (line %d)", t.waits_at, t.waits_line);
+        where[key].push_back(t.index);
+    }
+    std::string s = "the block can never finish (a GPU would hang):";
+    for (auto& [k, v] : where) {
+        char part[200];
+        snprintf(part, sizeof part, " %zu threads (first %d) wait at %s;", v.size(), v.front(), k.c_str());
+        s += part;
+    }
+    int done = 0;
+    for (const Thread& t : b.threads) done += t.state == State::Done;
+    s += " " + std::to_string(done) + " have returned";
+    return s;
+}
+
+// One warp collective: deposit this lane's input, and when the whole warp is in, compute every
+// lane's output. Returns this lane's output slot.
+const unsigned char* collective(const char* what, int line, const void* in, size_t n, Combine combine) {
+    Block& b = *g_block;
+    Thread* t = b.cur;
+    const int lane = t->index & 31;
+    Warp& w = b.warps[t->index / 32];
+    if (w.live != 32) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s (line %d) with %d of 32 lanes alive (thread %d): undefined on a GPU", what,
+                 line, w.live, t->index);
+        fail(msg);
+    }
+    if (w.arrived == 0) {
+        w.what = what;
+        w.line = line;
+    } else if ((w.what != what && strcmp(w.what, what) != 0) || w.line != line) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "lanes of warp %d meet at different collectives: %s (line %d) and %s (line %d)",
+                 t->index / 32, w.what, w.line, what, line);
+        fail(msg);
+    }
+    memcpy(w.in[lane], in, n);
+    w.arrived += 1;
+    if (w.arrived == 32) {
+        combine(w);
+        w.arrived = 0;
+        for (Thread* o : w.waiting) wake(o);
+        w.waiting.clear();
+    } else {
+        w.waiting.push_back(t);
+        wait_here(what, line);
+    }
+    return w.out[lane];
+}
+
+std::mutex& registry_lock() {
+    static std::mutex m;
+    return m;
+}
+
+std::map<std::string, Entry>& registry() {
+    static std::map<std::string, Entry> r;
+    return r;
+}
+
+inline float lo_bf16(unsigned int r) { return __uint_as_float(r << 16); }
+inline float hi_bf16(unsigned int r) { return __uint_as_float(r & 0xffff0000u); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// What the kernels call
+// ---------------------------------------------------------------------------------------------
+
+void syncthreads(int line) {
+    Block& b = *g_block;
+    Thread* t = b.cur;
+    if (b.arrived == 0) {
+        b.barrier_line = line;
+    } else if (b.barrier_line != line) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "thread %d is at __syncthreads on line %d while others wait on line %d", t->index,
+                 line, b.barrier_line);
+        fail(msg);
+    }
+    b.arrived += 1;
+    if (b.arrived == b.live) {
+        release_barrier(b);
+        return;
+    }
+    b.at_barrier.push_back(t);
+    wait_here("__syncthreads", line);
+}
+
+unsigned char* dynamic_smem() { return g_block->smem.data(); }
+
+void cp_async16(void* dst, const void* src, int bytes) {
+    if (bytes < 0 || bytes > 16) fail("cp.async with a source size outside 0..16");
+    if ((reinterpret_cast<uintptr_t>(dst) & 15) != 0 || (bytes > 0 && (reinterpret_cast<uintptr_t>(src) & 15) != 0))
+        fail("cp.async of 16 bytes at an address that is not 16-byte aligned");
+    g_block->cur->pending.push_back(Copy{dst, src, bytes});
+}
+
+void cp_wait_all() { flush_copies(g_block->cur); }
+
+unsigned long long shfl(const char* what, unsigned int mask, unsigned long long v, int arg, bool xor_lanes) {
+    if (mask != 0xffffffffu) fail("a shuffle with a partial lane mask (the emulator runs full warps only)");
+    struct In {
+        unsigned long long v;
+        int arg;
+        int xor_lanes;
+    } in{v, arg, xor_lanes};
+    const unsigned char* out = collective(what, 0, &in, sizeof in, [](Warp& w) {
+        for (int l = 0; l < 32; ++l) {
+            In me;
+            memcpy(&me, w.in[l], sizeof me);
+            const int src = me.xor_lanes ? (l ^ me.arg) & 31 : me.arg & 31;
+            In from;
+            memcpy(&from, w.in[src], sizeof from);
+            memcpy(w.out[l], &from.v, 8);
+        }
+    });
+    unsigned long long r;
+    memcpy(&r, out, 8);
+    return r;
+}
+
+void ldmatrix_x4(unsigned int* r, const unsigned short* row, bool trans) {
+    if ((reinterpret_cast<uintptr_t>(row) & 15) != 0) fail("ldmatrix row address not 16-byte aligned");
+    struct In {
+        const unsigned short* row;
+        int trans;
+    } in{row, trans};
+    const unsigned char* out = collective(trans ? "ldmatrix.trans" : "ldmatrix", 0, &in, sizeof in, [](Warp& w) {
+        const unsigned short* rows[32];
+        int trans = 0;
+        for (int l = 0; l < 32; ++l) {
+            In me;
+            memcpy(&me, w.in[l], sizeof me);
+            rows[l] = me.row;
+            trans = me.trans;
+        }
+        for (int l = 0; l < 32; ++l) {
+            unsigned int regs[4];
+            for (int i = 0; i < 4; ++i) {
+                unsigned short lo, hi;
+                if (!trans) {
+                    const unsigned short* src = rows[8 * i + l / 4];
+                    lo = src[2 * (l % 4)];
+                    hi = src[2 * (l % 4) + 1];
+                } else {
+                    lo = rows[8 * i + 2 * (l % 4)][l / 4];
+                    hi = rows[8 * i + 2 * (l % 4) + 1][l / 4];
+                }
+                regs[i] = (unsigned int)lo | ((unsigned int)hi << 16);
+            }
+            memcpy(w.out[l], regs, sizeof regs);
+        }
+    });
+    memcpy(r, out, 16);
+}
+
+void mma_16816(float* d, const unsigned int* a, const unsigned int* b) {
+    struct In {
+        unsigned int a[4];
+        unsigned int b[2];
+        float c[4];
+    } in;
+    memcpy(in.a, a, sizeof in.a);
+    memcpy(in.b, b, sizeof in.b);
+    memcpy(in.c, d, sizeof in.c);
+    const unsigned char* out = collective("mma.sync.m16n8k16", 0, &in, sizeof in, [](Warp& w) {
+        In all[32];
+        for (int l = 0; l < 32; ++l) memcpy(&all[l], w.in[l], sizeof(In));
+        // A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half k % 2
+        auto A = [&](int row, int k) {
+            const unsigned int r = all[4 * (row % 8) + (k % 8) / 2].a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+            return (k & 1) ? hi_bf16(r) : lo_bf16(r);
+        };
+        // B[k][n]: lane 4 n + (k % 8) / 2, register (k >= 8), half k % 2
+        auto B = [&](int k, int n) {
+            const unsigned int r = all[4 * n + (k % 8) / 2].b[k >= 8 ? 1 : 0];
+            return (k & 1) ? hi_bf16(r) : lo_bf16(r);
+        };
+        for (int l = 0; l < 32; ++l) {
+            const int gr = l >> 2, tg = l & 3;
+            float dl[4];
+            for (int e = 0; e < 4; ++e) {
+                const int row = gr + (e >= 2 ? 8 : 0), col = 2 * tg + (e & 1);
+                float acc = all[l].c[e];
+                for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+                dl[e] = acc;
+            }
+            memcpy(w.out[l], dl, sizeof dl);
+        }
+    });
+    memcpy(d, out, 16);
+}
+
+void register_entry(const char* name, void* fn, Invoke invoke, const unsigned char* sizes, int n) {
+    std::lock_guard<std::mutex> g(registry_lock());
+    registry()[name] = Entry{name, fn, invoke, std::vector<unsigned char>(sizes, sizes + n)};
+}
+
+const Entry* find_entry(const std::string& name) {
+    std::lock_guard<std::mutex> g(registry_lock());
+    auto it = registry().find(name);
+    return it == registry().end() ? nullptr : &it->second;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launches
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+// the kernel running now, for the fault handler
+const char* volatile g_running = nullptr;
+Dim3 g_running_block;
+
+void on_fault(int sig) {
+    char msg[300];
+    const char* k = g_running;
+    int n = snprintf(msg, sizeof msg, "\nsimt: %s in kernel %s, block (%u, %u, %u)\n",
+                     sig == SIGSEGV ? "segmentation fault (an out-of-bounds access?)" : "fatal signal",
+                     k ? k : "(none)", g_running_block.x, g_running_block.y, g_running_block.z);
+    if (n > 0) {
+        ssize_t ignored = write(2, msg, (size_t)n);
+        (void)ignored;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void install_fault_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        static char alt[64 * 1024];
+        stack_t ss{};
+        ss.ss_sp = alt;
+        ss.ss_size = sizeof alt;
+        sigaltstack(&ss, nullptr);
+        struct sigaction sa {};
+        sa.sa_handler = on_fault;
+        sa.sa_flags = SA_ONSTACK;
+        sigaction(SIGSEGV, &sa, nullptr);
+        sigaction(SIGBUS, &sa, nullptr);
+    });
+}
+}  // namespace
+
+std::string run(const Entry& e, Dim3 grid, Dim3 block_dim, unsigned int smem_bytes, void** params) {
+    static std::mutex one_launch_at_a_time;  // stacks and `static` shared memory are process-wide
+    std::lock_guard<std::mutex> g(one_launch_at_a_time);
+    install_fault_handler();
+    const int n = (int)(block_dim.x * block_dim.y * block_dim.z);
+    if (n <= 0 || n > 1024) return "a block of " + std::to_string(n) + " threads (the limit is 1024)";
+    if (n % 32 != 0) return "a block of " + std::to_string(n) + " threads: the emulator runs full warps only";
+    Block b;
+    b.entry = &e;
+    b.params = params;
+    b.threads.resize((size_t)n);
+    b.warps.resize((size_t)(n / 32));
+    for (int i = 0; i < n; ++i) take_stack((size_t)i);
+    g_block = &b;
+    g_running = e.name.c_str();
+    for (unsigned int bz = 0; bz < grid.z; ++bz)
+        for (unsigned int by = 0; by < grid.y; ++by)
+            for (unsigned int bx = 0; bx < grid.x; ++bx) {
+                g_running_block = Dim3{bx, by, bz};
+                // shared memory starts as garbage on a GPU: NaN here, so a read before a write shows
+                b.smem.assign(smem_bytes + 16, 0xff);
+                b.ready.clear();
+                b.live = n;
+                b.arrived = 0;
+                b.at_barrier.clear();
+                for (auto& w : b.warps) {
+                    w.live = 32;
+                    w.arrived = 0;
+                    w.waiting.clear();
+                }
+                for (int i = 0; i < n; ++i) {
+                    Thread& t = b.threads[(size_t)i];
+                    t = Thread{};
+                    t.index = i;
+                    const unsigned int x = (unsigned int)i % block_dim.x;
+                    const unsigned int y = ((unsigned int)i / block_dim.x) % block_dim.y;
+                    const unsigned int z = (unsigned int)i / (block_dim.x * block_dim.y);
+                    t.ctx = Ctx{Dim3{x, y, z}, Dim3{bx, by, bz}, block_dim, grid};
+                    prepare(t, stack_pool()[(size_t)i]);
+                    b.ready.push_back(&t);
+                }
+                while (!b.ready.empty() && b.error.empty()) {
+                    Thread* t = b.ready.front();
+                    b.ready.pop_front();
+                    b.cur = t;
+                    simt_current = &t->ctx;
+                    simt_switch(&b.sched_sp, t->sp);
+                }
+                simt_current = nullptr;
+                if (b.error.empty() && b.live > 0) b.error = describe_stuck(b);
+                if (!b.error.empty()) {
+                    char where[120];
+                    snprintf(where, sizeof where, "kernel %s, block (%u, %u, %u): ", e.name.c_str(), bx, by, bz);
+                    g_block = nullptr;
+                    g_running = nullptr;
+                    return where + b.error;
+                }
+            }
+    g_block = nullptr;
+    g_running = nullptr;
+    return "";
+}
+
+}  // namespace simt
