@@ -28,6 +28,7 @@ apt_install() {
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # MPI (feature `mpi`, on by default): Open MPI headers + launcher, libclang for the bindings

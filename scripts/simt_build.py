@@ -48,7 +48,10 @@ DYN = re.compile(r'^([ \t]*)extern __shared__\s+(?:__align__\(\d+\)\s+)?([A-Za-z
 
 
 def host_source(name):
-    src = module_source(name)
+    return host_text(module_source(name), name)
+
+
+def host_text(src, name):
 
     def dyn(m):
         indent, ty, var = m.groups()
@@ -59,7 +62,7 @@ def host_source(name):
     src = DYN.sub(dyn, src)
     entries = ENTRY.findall(src)
     if not entries:
-        sys.exit("simt_build: cuda/%s.cu declares no extern \"C\" __global__ entry" % name)
+        sys.exit("simt_build: %s.cu declares no extern \"C\" __global__ entry" % name)
     reg = "\n".join('static simt::Registrar simt_entry_%s("%s", &%s);' % (e, e, e) for e in entries)
     return src + "\n\n// registered with the emulator\n" + reg + "\n", entries
 
@@ -90,7 +93,8 @@ def main():
         units.append(path)
     common = [os.path.join(SIMT, f) for f in ("simt.h", "runtime.h")]
     sources = units + [os.path.join(SIMT, "runtime.cpp"), os.path.join(SIMT, "driver.cpp")]
-    stamp_material = "\0".join([CXX] + FLAGS + [read(p) for p in sources + common])
+    selftest = [os.path.join(SIMT, f) for f in ("selftest.cu", "selftest.cpp")]
+    stamp_material = "\0".join([CXX] + FLAGS + [read(p) for p in sources + common + selftest])
     stamp = hashlib.sha256(stamp_material.encode()).hexdigest()
     lib = os.path.join(out, "libarbor_simt.so")
     stamp_file = os.path.join(out, "stamp")
@@ -102,6 +106,8 @@ def main():
     def compile_one(src):
         obj = os.path.join(gen, os.path.basename(src)[:-4] + ".o")
         extra = ["-include", os.path.join(SIMT, "simt.h")] if src.startswith(gen) else []
+        if src.endswith("selftest.cpp"):
+            extra = []
         run([CXX] + flags + extra + ["-c", src, "-o", obj])
         return obj
 
@@ -112,6 +118,14 @@ def main():
     script = os.path.join(gen, "exports.map")
     with open(script, "w") as f:
         f.write("{ global: cu*; cublas*; local: *; };\n")
+    # the emulator's own test (simt/selftest.cpp) over its own kernels (simt/selftest.cu)
+    st_text, _ = host_text(read(os.path.join(SIMT, "selftest.cu")), "selftest")
+    st_src = os.path.join(gen, "selftest_kernels.cpp")
+    with open(st_src, "w") as f:
+        f.write('#line 1 "selftest.cu"\n' + st_text)
+    st_objs = [compile_one(st_src), compile_one(os.path.join(SIMT, "selftest.cpp"))]
+    run([CXX, "-o", os.path.join(out, "simt_selftest")] + st_objs + objs[len(units):] +
+        ["-static-libstdc++", "-static-libgcc", "-lpthread"])
     run([CXX, "-shared", "-o", lib] + objs +
         ["-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,--version-script=" + script, "-lpthread"])
     # not libcuda.so.1: NVRTC opens that name for the real driver's private tables

@@ -15,6 +15,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
+#include <chrono>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -252,7 +254,10 @@ void fiber_main() {
 
 void prepare(Thread& t, char* stack) {
     t.stack = stack;
-    uintptr_t top = reinterpret_cast<uintptr_t>(stack + STACK_BYTES) & ~uintptr_t(15);
+    // stack tops staggered by thread: otherwise every fiber's top frame maps to the same cache set
+    // (the stacks are page aligned), and a switch misses the cache
+    const size_t color = (size_t)(t.index % 64) * 64 + (size_t)((t.index / 64) % 16) * 4096;
+    uintptr_t top = reinterpret_cast<uintptr_t>(stack + STACK_BYTES - color) & ~uintptr_t(15);
 #if defined(__x86_64__)
     // popped by simt_switch: r15 r14 r13 r12 rbx rbp, then `ret` into fiber_main with the stack as
     // after a call (rsp = 8 mod 16)
@@ -521,9 +526,48 @@ void install_fault_handler() {
 }
 }  // namespace
 
+namespace {
+// ARBOR_SIMT_PROFILE=1: each kernel's launches and host seconds, printed at exit (largest first)
+struct KernelTime {
+    long launches = 0;
+    double seconds = 0;
+};
+std::map<std::string, KernelTime>* g_profile = nullptr;
+
+void print_profile() {
+    std::vector<std::pair<double, std::string>> rows;
+    double total = 0;
+    for (auto& [name, t] : *g_profile) {
+        rows.push_back({t.seconds, name});
+        total += t.seconds;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    fprintf(stderr, "simt profile: %.2f s in kernels\n", total);
+    for (auto& [sec, name] : rows)
+        fprintf(stderr, "  %8.3f s %8ld launches  %s\n", sec, (*g_profile)[name].launches, name.c_str());
+}
+
+struct Timer {
+    const Entry& e;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    ~Timer() {
+        if (!g_profile) {
+            const char* v = getenv("ARBOR_SIMT_PROFILE");
+            if (!v || strcmp(v, "1") != 0) return;
+            g_profile = new std::map<std::string, KernelTime>();
+            atexit(print_profile);
+        }
+        KernelTime& k = (*g_profile)[e.name];
+        k.launches += 1;
+        k.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+};
+}  // namespace
+
 std::string run(const Entry& e, Dim3 grid, Dim3 block_dim, unsigned int smem_bytes, void** params) {
     static std::mutex one_launch_at_a_time;  // stacks and `static` shared memory are process-wide
     std::lock_guard<std::mutex> g(one_launch_at_a_time);
+    Timer timer{e};
     install_fault_handler();
     const int n = (int)(block_dim.x * block_dim.y * block_dim.z);
     if (n <= 0 || n > 1024) return "a block of " + std::to_string(n) + " threads (the limit is 1024)";

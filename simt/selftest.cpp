@@ -1,0 +1,193 @@
+// The SIMT emulator's self-test: its warp-level matrix instructions against a direct product,
+// its barriers and shuffles on a block sum, and each misuse it must report (divergent barriers,
+// a hang, lanes missing from a shuffle, an out-of-bounds write, too much shared memory), graph
+// capture and replay, and the NaN fill of fresh memory. Prints cargo's summary line, so that
+// scripts/test.sh counts it with the other tests.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "runtime.h"
+
+extern "C" {
+int cuMemAlloc_v2(unsigned long long*, size_t);
+int cuMemFree_v2(unsigned long long);
+int cuMemcpyHtoD_v2(unsigned long long, const void*, size_t);
+int cuMemcpyDtoH_v2(void*, unsigned long long, size_t);
+int cuModuleLoadData(void**, const void*);
+int cuModuleGetFunction(void**, void*, const char*);
+int cuFuncSetAttribute(void*, int, int);
+int cuLaunchKernel(void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void*, void**, void**);
+int cuStreamCreate(void**, unsigned);
+int cuStreamBeginCapture_v2(void*, int);
+int cuStreamEndCapture(void*, void**);
+int cuGraphInstantiateWithFlags(void**, void*, unsigned long long);
+int cuGraphLaunch(void*, void*);
+}
+
+static int passed = 0, failed = 0;
+
+static void check(bool ok, const char* what) {
+    printf("selftest %s ... %s\n", what, ok ? "ok" : "FAILED");
+    (ok ? passed : failed) += 1;
+}
+
+static unsigned long long dev(size_t bytes) {
+    unsigned long long p = 0;
+    cuMemAlloc_v2(&p, bytes);
+    return p;
+}
+
+static void* fn(const char* name) {
+    static void* module = nullptr;
+    if (!module) {
+        const char* ptx =
+            ".entry st_mma(\n.entry st_block_sum(\n.entry st_divergent_barrier(\n.entry st_hang(\n"
+            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n";
+        if (cuModuleLoadData(&module, ptx) != 0) return nullptr;
+    }
+    void* f = nullptr;
+    cuModuleGetFunction(&f, module, name);
+    return f;
+}
+
+static unsigned short bf16(float f) {
+    unsigned int u;
+    memcpy(&u, &f, 4);
+    return (unsigned short)(u >> 16);  // the inputs below are exact in bf16
+}
+
+static int launch(const char* name, unsigned grid, unsigned block, unsigned smem, std::vector<void*> args,
+                  void* stream = nullptr) {
+    return cuLaunchKernel(fn(name), grid, 1, 1, block, 1, 1, smem, stream, args.data(), nullptr);
+}
+
+int main() {
+    // ldmatrix + mma.sync against the direct product (small integers: exact in bf16 and f32)
+    {
+        std::vector<float> A(256), B(128);
+        for (int i = 0; i < 256; ++i) A[i] = (float)((i * 7) % 11 - 5);
+        for (int i = 0; i < 128; ++i) B[i] = (float)((i * 5) % 9 - 4);  // B[k * 8 + n]
+        std::vector<unsigned short> a(256), bt(128), b(128);
+        for (int i = 0; i < 256; ++i) a[i] = bf16(A[i]);
+        for (int k = 0; k < 16; ++k)
+            for (int n = 0; n < 8; ++n) bt[n * 16 + k] = bf16(B[k * 8 + n]), b[k * 8 + n] = bf16(B[k * 8 + n]);
+        unsigned long long da = dev(512), dbt = dev(256), db = dev(256), d1 = dev(512), d2 = dev(512);
+        cuMemcpyHtoD_v2(da, a.data(), 512);
+        cuMemcpyHtoD_v2(dbt, bt.data(), 256);
+        cuMemcpyHtoD_v2(db, b.data(), 256);
+        int r = launch("st_mma", 1, 32, 1024, {&d1, &d2, &da, &dbt, &db});
+        std::vector<float> o1(128), o2(128);
+        cuMemcpyDtoH_v2(o1.data(), d1, 512);
+        cuMemcpyDtoH_v2(o2.data(), d2, 512);
+        bool same = r == 0;
+        for (int m = 0; m < 16; ++m)
+            for (int n = 0; n < 8; ++n) {
+                float want = 0;
+                for (int k = 0; k < 16; ++k) want += A[m * 16 + k] * B[k * 8 + n];
+                same = same && o1[m * 8 + n] == want && o2[m * 8 + n] == want;
+            }
+        check(same, "ldmatrix (plain and .trans) and mma.sync m16n8k16 give the direct product");
+    }
+    // shuffles and a barrier: a block sum per block
+    {
+        std::vector<float> x(4 * 256);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (float)(i % 13);
+        unsigned long long dx = dev(x.size() * 4), dout = dev(16);
+        cuMemcpyHtoD_v2(dx, x.data(), x.size() * 4);
+        int r = launch("st_block_sum", 4, 256, 0, {&dout, &dx});
+        float out[4];
+        cuMemcpyDtoH_v2(out, dout, 16);
+        bool ok = r == 0;
+        for (int b = 0; b < 4; ++b) {
+            float want = 0;
+            for (int i = 0; i < 256; ++i) want += x[b * 256 + i];
+            ok = ok && out[b] == want;
+        }
+        check(ok, "warp shuffles and __syncthreads give each block's sum");
+    }
+    unsigned long long scratch = dev(4096);
+    check(launch("st_divergent_barrier", 1, 64, 0, {&scratch}) != 0, "barriers on two source lines fail the launch");
+    check(launch("st_hang", 1, 64, 0, {&scratch}) != 0, "a block that can never finish fails the launch (no hang)");
+    check(launch("st_exited_lanes", 1, 32, 0, {&scratch}) != 0, "a shuffle with lanes that returned fails the launch");
+    {
+        void* f = fn("st_cp_async");
+        bool refused = launch("st_cp_async", 1, 32, 60 * 1024, {&scratch, &scratch}) != 0;
+        bool raised = cuFuncSetAttribute(f, 8, 60 * 1024) == 0;
+        bool runs = launch("st_cp_async", 1, 32, 60 * 1024, {&scratch, &scratch}) == 0;
+        bool too_much = cuFuncSetAttribute(f, 8, 300 * 1024) != 0;
+        check(refused && raised && runs && too_much,
+              "dynamic shared memory over 48 KiB needs the attribute, and the device's limit holds");
+    }
+    {
+        std::vector<unsigned short> src(32 * 8);
+        for (size_t i = 0; i < src.size(); ++i) src[i] = (unsigned short)(i + 100);
+        unsigned long long dsrc = dev(src.size() * 2), dout = dev(64 * 4);
+        cuMemcpyHtoD_v2(dsrc, src.data(), src.size() * 2);
+        int r = launch("st_cp_async", 1, 32, 512, {&dout, &dsrc});
+        float out[64];
+        cuMemcpyDtoH_v2(out, dout, sizeof out);
+        bool ok = r == 0;
+        for (int t = 0; t < 32; ++t) ok = ok && out[2 * t] == 7.0f && out[2 * t + 1] == (float)(t * 8 + 100);
+        check(ok, "cp.async lands at the wait, not at the issue");
+    }
+    {
+        unsigned long long p = dev(64);
+        float got[16];
+        cuMemcpyDtoH_v2(got, p, sizeof got);
+        bool nan = true;
+        for (float g : got) nan = nan && std::isnan(g);
+        check(nan, "fresh device memory reads as NaN");
+    }
+    {
+        unsigned long long x = dev(256 * 4), y = dev(256 * 4);
+        std::vector<float> zero(256, 0.0f), out(256);
+        cuMemcpyHtoD_v2(x, zero.data(), 1024);
+        void* s = nullptr;
+        cuStreamCreate(&s, 0);
+        int n = 256;
+        cuStreamBeginCapture_v2(s, 0);
+        launch("st_add_one", 2, 128, 0, {&y, &x, &n}, s);
+        launch("st_add_one", 2, 128, 0, {&x, &y, &n}, s);
+        void* graph = nullptr;
+        void* exec = nullptr;
+        cuStreamEndCapture(s, &graph);
+        cuMemcpyDtoH_v2(out.data(), x, 1024);
+        const bool captured_not_run = out[0] == 0.0f;
+        cuGraphInstantiateWithFlags(&exec, graph, 0);
+        cuGraphLaunch(exec, s);
+        cuGraphLaunch(exec, s);
+        cuMemcpyDtoH_v2(out.data(), x, 1024);
+        check(captured_not_run && out[0] == 4.0f && out[255] == 4.0f,
+              "a captured stream records its launches, and the graph replays them");
+    }
+    {
+        // a write past the end of an allocation faults in a child process, naming the kernel
+        int pipefd[2];
+        if (pipe(pipefd) != 0) return 2;
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(pipefd[1], 2);
+            unsigned long long small = dev(1000 * 4), big = dev(8192 * 4);
+            int n = 8192;
+            launch("st_add_one", 64, 128, 0, {&small, &big, &n});
+            _exit(0);
+        }
+        close(pipefd[1]);
+        char buf[4096] = {0};
+        ssize_t got = 0, r;
+        while ((r = read(pipefd[0], buf + got, sizeof buf - 1 - (size_t)got)) > 0) got += r;
+        int status = 0;
+        waitpid(pid, &status, 0);
+        check(WIFSIGNALED(status) && strstr(buf, "st_add_one") != nullptr,
+              "a write past an allocation's end faults, naming the kernel");
+    }
+    printf("\ntest result: %s. %d passed; %d failed\n", failed ? "FAILED" : "ok", passed, failed);
+    return failed ? 1 : 0;
+}
