@@ -580,49 +580,57 @@ std::string run(const Entry& e, Dim3 grid, Dim3 block_dim, unsigned int smem_byt
     for (int i = 0; i < n; ++i) take_stack((size_t)i);
     g_block = &b;
     g_running = e.name.c_str();
-    for (unsigned int bz = 0; bz < grid.z; ++bz)
-        for (unsigned int by = 0; by < grid.y; ++by)
-            for (unsigned int bx = 0; bx < grid.x; ++bx) {
-                g_running_block = Dim3{bx, by, bz};
-                // shared memory starts as garbage on a GPU: NaN here, so a read before a write shows
-                b.smem.assign(smem_bytes + 16, 0xff);
-                b.ready.clear();
-                b.live = n;
-                b.arrived = 0;
-                b.at_barrier.clear();
-                for (auto& w : b.warps) {
-                    w.live = 32;
-                    w.arrived = 0;
-                    w.waiting.clear();
-                }
-                for (int i = 0; i < n; ++i) {
-                    Thread& t = b.threads[(size_t)i];
-                    t = Thread{};
-                    t.index = i;
-                    const unsigned int x = (unsigned int)i % block_dim.x;
-                    const unsigned int y = ((unsigned int)i / block_dim.x) % block_dim.y;
-                    const unsigned int z = (unsigned int)i / (block_dim.x * block_dim.y);
-                    t.ctx = Ctx{Dim3{x, y, z}, Dim3{bx, by, bz}, block_dim, grid};
-                    prepare(t, stack_pool()[(size_t)i]);
-                    b.ready.push_back(&t);
-                }
-                while (!b.ready.empty() && b.error.empty()) {
-                    Thread* t = b.ready.front();
-                    b.ready.pop_front();
-                    b.cur = t;
-                    simt_current = &t->ctx;
-                    simt_switch(&b.sched_sp, t->sp);
-                }
-                simt_current = nullptr;
-                if (b.error.empty() && b.live > 0) b.error = describe_stuck(b);
-                if (!b.error.empty()) {
-                    char where[120];
-                    snprintf(where, sizeof where, "kernel %s, block (%u, %u, %u): ", e.name.c_str(), bx, by, bz);
-                    g_block = nullptr;
-                    g_running = nullptr;
-                    return where + b.error;
-                }
-            }
+    // ARBOR_SIMT_ORDER=reverse: blocks, and the threads of a block, start last to first. A kernel
+    // whose result depends on the order (a race between blocks, or between threads that do not
+    // meet at a barrier) then gives another answer than in the default order.
+    const char* order = getenv("ARBOR_SIMT_ORDER");
+    const bool reverse = order && strcmp(order, "reverse") == 0;
+    const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
+    for (unsigned long long q = 0; q < blocks; ++q) {
+        const unsigned long long lin = reverse ? blocks - 1 - q : q;
+        const unsigned int bx = (unsigned int)(lin % grid.x), by = (unsigned int)((lin / grid.x) % grid.y),
+                           bz = (unsigned int)(lin / ((unsigned long long)grid.x * grid.y));
+        g_running_block = Dim3{bx, by, bz};
+        // shared memory starts as garbage on a GPU: NaN here, so a read before a write shows
+        b.smem.assign(smem_bytes + 16, 0xff);
+        b.ready.clear();
+        b.live = n;
+        b.arrived = 0;
+        b.at_barrier.clear();
+        for (auto& w : b.warps) {
+            w.live = 32;
+            w.arrived = 0;
+            w.waiting.clear();
+        }
+        for (int i = 0; i < n; ++i) {
+            Thread& t = b.threads[(size_t)i];
+            t = Thread{};
+            t.index = i;
+            const unsigned int x = (unsigned int)i % block_dim.x;
+            const unsigned int y = ((unsigned int)i / block_dim.x) % block_dim.y;
+            const unsigned int z = (unsigned int)i / (block_dim.x * block_dim.y);
+            t.ctx = Ctx{Dim3{x, y, z}, Dim3{bx, by, bz}, block_dim, grid};
+            prepare(t, stack_pool()[(size_t)i]);
+            if (reverse) b.ready.push_front(&t);
+            else b.ready.push_back(&t);
+        }
+        while (!b.ready.empty() && b.error.empty()) {
+            Thread* t = b.ready.front();
+            b.ready.pop_front();
+            b.cur = t;
+            simt_current = &t->ctx;
+            simt_switch(&b.sched_sp, t->sp);
+        }
+        simt_current = nullptr;
+        if (b.error.empty() && b.live > 0) b.error = describe_stuck(b);
+        if (!b.error.empty()) {
+            char where[120];
+            snprintf(where, sizeof where, "kernel %s, block (%u, %u, %u): ", e.name.c_str(), bx, by, bz);
+            g_block = nullptr;
+            g_running = nullptr;
+            return where + b.error;
+        }
+    }
     g_block = nullptr;
     g_running = nullptr;
     return "";

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -49,7 +50,7 @@ static void* fn(const char* name) {
     if (!module) {
         const char* ptx =
             ".entry st_mma(\n.entry st_block_sum(\n.entry st_divergent_barrier(\n.entry st_hang(\n"
-            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n";
+            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n";
         if (cuModuleLoadData(&module, ptx) != 0) return nullptr;
     }
     void* f = nullptr;
@@ -166,6 +167,18 @@ int main() {
         cuMemcpyDtoH_v2(out.data(), x, 1024);
         check(captured_not_run && out[0] == 4.0f && out[255] == 4.0f,
               "a captured stream records its launches, and the graph replays them");
+    }
+    {
+        unsigned long long out = dev(8);
+        float fwd[2], rev[2];
+        launch("st_last_writer", 2, 64, 0, {&out});
+        cuMemcpyDtoH_v2(fwd, out, 8);
+        setenv("ARBOR_SIMT_ORDER", "reverse", 1);
+        launch("st_last_writer", 2, 64, 0, {&out});
+        cuMemcpyDtoH_v2(rev, out, 8);
+        unsetenv("ARBOR_SIMT_ORDER");
+        check(fwd[0] == 63.0f && fwd[1] == 63.0f && rev[0] == 0.0f && rev[1] == 0.0f,
+              "ARBOR_SIMT_ORDER=reverse runs the threads in the other order (a race shows as another result)");
     }
     {
         // a write past the end of an allocation faults in a child process, naming the kernel

@@ -92,3 +92,12 @@ extern "C" __global__ void st_cp_async(float* out, const unsigned short* src) {
     simt::cp_wait_all();
     out[threadIdx.x * 2 + 1] = (float)st_smem[threadIdx.x * 8];
 }
+
+// Every thread writes one shared word with no barrier between the writes (a race), then thread 0
+// reports the survivor after a barrier: the last thread to run, which ARBOR_SIMT_ORDER chooses.
+extern "C" __global__ void st_last_writer(float* out) {
+    __shared__ int who;
+    who = (int)threadIdx.x;
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = (float)who;
+}
