@@ -79,6 +79,12 @@ fn compile_errors_and_warnings_are_reported_with_the_file_name() {
     assert!(err.to_string().contains("no_such_module"), "{err}");
 }
 
+/// Whether the tests run on the SIMT host emulator (`ARBOR_SIMT=1`, set by scripts/test.sh with
+/// the emulator on the loader path): the few long jobs then run fewer rollouts.
+fn emulated() -> bool {
+    std::env::var("ARBOR_SIMT").is_ok_and(|v| v == "1")
+}
+
 /// Whether the run demands a GPU (`ARBOR_REQUIRE_GPU=1`, set by scripts/gpu-check.sh): then a
 /// missing device or NVRTC fails the tests instead of skipping them.
 fn gpu_required() -> bool {

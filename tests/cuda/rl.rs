@@ -4,7 +4,7 @@
 //! `device = "cuda"` and its resume. Without a GPU the engine's refusal is checked instead.
 
 use super::common::{metrics_without_clock, small_addition, small_default, tiny_config};
-use super::{close, gpu, gpu_required, request_groups};
+use super::{close, emulated, gpu, gpu_required, request_groups};
 use arbor::config::{Device, RunConfig};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::parallel::Local;
@@ -215,7 +215,15 @@ fn a_bf16_rl_job_resumes_bit_identically() {
 
 /// `extra` sections.
 fn warm_job(out: &std::path::Path, extra: &str) -> RunConfig {
-    let text = small_default().replace("[train]\n", "[train]\ndevice = \"cuda\"\n") + extra;
+    let mut text = small_default().replace("[train]\n", "[train]\ndevice = \"cuda\"\n") + extra;
+    if emulated() {
+        // on the SIMT emulator (docs/cuda.md), about 10^4 times slower than a GPU: fewer rollouts
+        // and evaluation problems, the same code paths
+        text = text
+            .replace("prompts_per_step = 4", "prompts_per_step = 2")
+            .replace("samples_per_prompt = 8", "samples_per_prompt = 4")
+            .replace("eval_problems = 20", "eval_problems = 4");
+    }
     let mut c = RunConfig::parse(&text, std::path::Path::new("warm_gpu.toml")).unwrap();
     c.run.out_dir = out.to_path_buf();
     c
