@@ -18,7 +18,7 @@ cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 if python3 scripts/simt_build.py target/simt 2>&1 | tee -a "$log"; then
     target/simt/simt_selftest 2>/dev/null | tee -a "$log" || status=1  # (its stderr: the misuses it provokes)
     LD_LIBRARY_PATH="$PWD/target/simt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ARBOR_REQUIRE_GPU=1 ARBOR_SIMT=1 \
-        cargo test --release --test cuda --no-fail-fast 2>&1 | tee -a "$log" || status=$?
+        cargo test --release --test cuda --no-fail-fast -- --skip every_kernel_compiles 2>&1 | tee -a "$log" || status=$?
 else
     status=1
 fi
