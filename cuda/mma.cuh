@@ -202,7 +202,7 @@ __device__ __forceinline__ void cp_async16(unsigned short* dst, const unsigned s
 }
 
 #ifdef ARBOR_SIMT
-__device__ __forceinline__ void cp_commit() {}
+__device__ __forceinline__ void cp_commit() { simt::cp_commit(); }
 #else
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 #endif

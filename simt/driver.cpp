@@ -153,7 +153,7 @@ CUresult run_op(const Op& op) {
     std::string e = op();
     if (e.empty()) return OK;
     report(e);
-    return e.rfind("not inside", 0) == 0 ? E_ILLEGAL_ADDRESS : E_LAUNCH_FAILED;
+    return e.find("is not inside one device allocation") != std::string::npos ? E_ILLEGAL_ADDRESS : E_LAUNCH_FAILED;
 }
 
 CUresult enqueue(void* s, Op op) {

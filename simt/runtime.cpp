@@ -115,7 +115,8 @@ struct Thread {
     int index = 0;  // linear index in the block
     const char* waits_at = "";
     int waits_line = 0;
-    std::vector<Copy> pending;  // cp.async copies not yet waited for
+    std::vector<Copy> pending;  // cp.async copies not yet landed, in issue order
+    size_t committed = 0;       // how many of them belong to committed groups
 };
 
 constexpr int SLOT = 64;
@@ -149,6 +150,11 @@ struct Block {
 };
 
 Block* g_block = nullptr;
+
+// Every kernel's static __shared__ variables (simt.h puts them in this section; the linker names
+// its bounds). Weak: a build whose kernels have none still links.
+extern "C" __attribute__((weak, visibility("hidden"))) unsigned char __start_simt_shared[];
+extern "C" __attribute__((weak, visibility("hidden"))) unsigned char __stop_simt_shared[];
 
 std::vector<char*>& stack_pool() {
     static std::vector<char*> pool;
@@ -209,13 +215,22 @@ void wake(Thread* t) {
     g_block->ready.push_back(t);
 }
 
-void flush_copies(Thread* t) {
-    for (const Copy& c : t->pending) {
+// Land the first `n` pending copies of a thread.
+void land_copies(Thread* t, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+        const Copy& c = t->pending[i];
         unsigned char tmp[16] = {0};
         if (c.bytes > 0) memcpy(tmp, c.src, (size_t)c.bytes);
         memcpy(c.dst, tmp, 16);
     }
-    t->pending.clear();
+    t->pending.erase(t->pending.begin(), t->pending.begin() + (long)n);
+    t->committed -= n;
+}
+
+// A finished thread's copies all land (the hardware completes them whether waited for or not).
+void flush_copies(Thread* t) {
+    t->committed = t->pending.size();
+    land_copies(t, t->pending.size());
 }
 
 void release_barrier(Block& b) {
@@ -379,7 +394,17 @@ void cp_async16(void* dst, const void* src, int bytes) {
     g_block->cur->pending.push_back(Copy{dst, src, bytes});
 }
 
-void cp_wait_all() { flush_copies(g_block->cur); }
+void cp_commit() {
+    Thread* t = g_block->cur;
+    t->committed = t->pending.size();
+}
+
+// cp.async.wait_group 0: every committed group lands; copies issued since the last commit belong
+// to no group and are not waited for (PTX ISA), so a kernel that forgets the commit reads stale data.
+void cp_wait_all() {
+    Thread* t = g_block->cur;
+    land_copies(t, t->committed);
+}
 
 unsigned long long shfl(const char* what, unsigned int mask, unsigned long long v, int arg, bool xor_lanes) {
     if (mask != 0xffffffffu) fail("a shuffle with a partial lane mask (the emulator runs full warps only)");
@@ -591,8 +616,11 @@ std::string run(const Entry& e, Dim3 grid, Dim3 block_dim, unsigned int smem_byt
         const unsigned int bx = (unsigned int)(lin % grid.x), by = (unsigned int)((lin / grid.x) % grid.y),
                            bz = (unsigned int)(lin / ((unsigned long long)grid.x * grid.y));
         g_running_block = Dim3{bx, by, bz};
-        // shared memory starts as garbage on a GPU: NaN here, so a read before a write shows
+        // shared memory starts as garbage on a GPU: NaN here, static and dynamic, so a read
+        // before a write (or of what the previous block left) shows
         b.smem.assign(smem_bytes + 16, 0xff);
+        if (+__start_simt_shared && +__stop_simt_shared > +__start_simt_shared)
+            memset(__start_simt_shared, 0xff, (size_t)(__stop_simt_shared - __start_simt_shared));
         b.ready.clear();
         b.live = n;
         b.arrived = 0;

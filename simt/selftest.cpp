@@ -50,7 +50,7 @@ static void* fn(const char* name) {
     if (!module) {
         const char* ptx =
             ".entry st_mma(\n.entry st_block_sum(\n.entry st_divergent_barrier(\n.entry st_hang(\n"
-            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n";
+            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n.entry st_static_smem(\n";
         if (cuModuleLoadData(&module, ptx) != 0) return nullptr;
     }
     void* f = nullptr;
@@ -129,14 +129,15 @@ int main() {
     {
         std::vector<unsigned short> src(32 * 8);
         for (size_t i = 0; i < src.size(); ++i) src[i] = (unsigned short)(i + 100);
-        unsigned long long dsrc = dev(src.size() * 2), dout = dev(64 * 4);
+        unsigned long long dsrc = dev(src.size() * 2), dout = dev(96 * 4);
         cuMemcpyHtoD_v2(dsrc, src.data(), src.size() * 2);
         int r = launch("st_cp_async", 1, 32, 512, {&dout, &dsrc});
-        float out[64];
+        float out[96];
         cuMemcpyDtoH_v2(out, dout, sizeof out);
         bool ok = r == 0;
-        for (int t = 0; t < 32; ++t) ok = ok && out[2 * t] == 7.0f && out[2 * t + 1] == (float)(t * 8 + 100);
-        check(ok, "cp.async lands at the wait, not at the issue");
+        for (int t = 0; t < 32; ++t)
+            ok = ok && out[3 * t] == 7.0f && out[3 * t + 1] == 7.0f && out[3 * t + 2] == (float)(t * 8 + 100);
+        check(ok, "cp.async lands at the wait for its committed group (not at the issue, not uncommitted)");
     }
     {
         unsigned long long p = dev(64);
@@ -145,6 +146,11 @@ int main() {
         bool nan = true;
         for (float g : got) nan = nan && std::isnan(g);
         check(nan, "fresh device memory reads as NaN");
+        unsigned long long o = dev(8);
+        float s2[2];
+        launch("st_static_smem", 2, 32, 0, {&o});
+        cuMemcpyDtoH_v2(s2, o, 8);
+        check(std::isnan(s2[0]) && std::isnan(s2[1]), "static shared memory reads as NaN in every block");
     }
     {
         unsigned long long x = dev(256 * 4), y = dev(256 * 4);

@@ -83,14 +83,18 @@ extern "C" __global__ void st_add_one(float* out, const float* x, int n) {
     if (i < n) out[i] = x[i] + 1.0f;
 }
 
-// cp.async lands at the wait, not at the issue: a read before the wait sees the old value.
+// cp.async lands at the wait for its committed group, not at the issue nor at a wait before the
+// commit: reads before see the old value.
 extern "C" __global__ void st_cp_async(float* out, const unsigned short* src) {
     extern __shared__ __align__(16) unsigned short st_smem[];
     st_smem[threadIdx.x * 8] = 7;
     simt::cp_async16(st_smem + threadIdx.x * 8, src + threadIdx.x * 8, 16);
-    out[threadIdx.x * 2] = (float)st_smem[threadIdx.x * 8];
+    simt::cp_wait_all();  // not committed: not waited for
+    out[threadIdx.x * 3] = (float)st_smem[threadIdx.x * 8];
+    simt::cp_commit();
+    out[threadIdx.x * 3 + 1] = (float)st_smem[threadIdx.x * 8];
     simt::cp_wait_all();
-    out[threadIdx.x * 2 + 1] = (float)st_smem[threadIdx.x * 8];
+    out[threadIdx.x * 3 + 2] = (float)st_smem[threadIdx.x * 8];
 }
 
 // Every thread writes one shared word with no barrier between the writes (a race), then thread 0
@@ -100,4 +104,14 @@ extern "C" __global__ void st_last_writer(float* out) {
     who = (int)threadIdx.x;
     __syncthreads();
     if (threadIdx.x == 0) out[blockIdx.x] = (float)who;
+}
+
+// Reads a static shared word before any thread writes it: garbage on a GPU, NaN bytes here, in
+// every block (not the zero of a C++ static, nor what the previous block left).
+extern "C" __global__ void st_static_smem(float* out) {
+    __shared__ float s;
+    if (threadIdx.x == 0) {
+        out[blockIdx.x] = s;
+        s = 42.0f;
+    }
 }

@@ -19,7 +19,9 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static
+// static shared memory: one copy per process (launches run one at a time), in a section of its
+// own so that the runtime can fill it with NaN bytes before each block
+#define __shared__ static __attribute__((section("simt_shared")))
 
 namespace simt {
 
@@ -36,6 +38,7 @@ struct Ctx {
 void syncthreads(int line);
 unsigned char* dynamic_smem();
 void cp_async16(void* dst, const void* src, int bytes);
+void cp_commit();
 void cp_wait_all();
 void mma_16816(float* d, const unsigned int* a, const unsigned int* b);
 void ldmatrix_x4(unsigned int* r, const unsigned short* row, bool trans);
