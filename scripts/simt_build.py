@@ -67,6 +67,22 @@ def host_text(src, name):
     return src + "\n\n// registered with the emulator\n" + reg + "\n", entries
 
 
+def contraction_flags():
+    """Multiply-adds fused as NVRTC fuses them by default (--fmad=true), where the host has FMA: a
+    kernel whose result must not depend on fusing (the `__f*_rn` intrinsics) is then tested as a GPU
+    runs it. Without FMA on the host, products and sums stay separate."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_fma = any(line.startswith("flags") and " fma " in line + " " for line in f)
+    except OSError:
+        has_fma = False
+    if os.uname().machine == "x86_64" and has_fma:
+        return ["-mfma", "-ffp-contract=fast"]
+    if os.uname().machine == "aarch64":
+        return ["-ffp-contract=fast"]
+    return []
+
+
 def run(cmd):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -94,7 +110,7 @@ def main():
     common = [os.path.join(SIMT, f) for f in ("simt.h", "runtime.h")]
     sources = units + [os.path.join(SIMT, "runtime.cpp"), os.path.join(SIMT, "driver.cpp")]
     selftest = [os.path.join(SIMT, f) for f in ("selftest.cu", "selftest.cpp")]
-    stamp_material = "\0".join([CXX] + FLAGS + [read(p) for p in sources + common + selftest])
+    stamp_material = "\0".join([CXX] + FLAGS + contraction_flags() + [read(p) for p in sources + common + selftest])
     stamp = hashlib.sha256(stamp_material.encode()).hexdigest()
     lib = os.path.join(out, "libarbor_simt.so")
     stamp_file = os.path.join(out, "stamp")
@@ -105,7 +121,7 @@ def main():
 
     def compile_one(src):
         obj = os.path.join(gen, os.path.basename(src)[:-4] + ".o")
-        extra = ["-include", os.path.join(SIMT, "simt.h")] if src.startswith(gen) else []
+        extra = ["-include", os.path.join(SIMT, "simt.h")] + contraction_flags() if src.startswith(gen) else []
         if src.endswith("selftest.cpp"):
             extra = []
         run([CXX] + flags + extra + ["-c", src, "-o", obj])

@@ -50,7 +50,7 @@ static void* fn(const char* name) {
     if (!module) {
         const char* ptx =
             ".entry st_mma(\n.entry st_block_sum(\n.entry st_divergent_barrier(\n.entry st_hang(\n"
-            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n.entry st_static_smem(\n";
+            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n.entry st_static_smem(\n.entry st_rounding(\n";
         if (cuModuleLoadData(&module, ptx) != 0) return nullptr;
     }
     void* f = nullptr;
@@ -112,6 +112,15 @@ int main() {
             ok = ok && out[b] == want;
         }
         check(ok, "warp shuffles and __syncthreads give each block's sum");
+    }
+    {
+        // (1 + 2^-12)^2 - (1 + 2^-11): 0 when the product is rounded first, 2^-24 when fused
+        unsigned long long o = dev(8);
+        float a = 1.0f + 1.0f / 4096, c = -(1.0f + 1.0f / 2048), got[2];
+        launch("st_rounding", 1, 32, 0, {&o, &a, &a, &c, &a});
+        cuMemcpyDtoH_v2(got, o, 8);
+        printf("  (a * b + c in a kernel: %g, i.e. %s)\n", got[1], got[1] != 0.0f ? "fused" : "not fused");
+        check(got[0] == 0.0f, "__fmul_rn and __fadd_rn round each operation (never fused)");
     }
     unsigned long long scratch = dev(4096);
     check(launch("st_divergent_barrier", 1, 64, 0, {&scratch}) != 0, "barriers on two source lines fail the launch");

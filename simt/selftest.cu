@@ -115,3 +115,12 @@ extern "C" __global__ void st_static_smem(float* out) {
         s = 42.0f;
     }
 }
+
+// out[0] = a * b + c rounded twice (the _rn intrinsics), out[1] as the compiler likes (fused where
+// the host has FMA, as NVRTC fuses by default).
+extern "C" __global__ void st_rounding(float* out, float a, float b, float c, float d) {
+    if (threadIdx.x == 0) {
+        out[0] = __fadd_rn(__fmul_rn(a, b), c);
+        out[1] = a * d + c;  // d = b: another product, so that the compiler cannot share the first
+    }
+}

@@ -126,10 +126,34 @@ static inline float __int_as_float(int i) { return simt_from_bits<float>((unsign
 static inline int __float_as_int(float f) { return (int)(unsigned int)simt_to_bits(f); }
 static inline unsigned int __float_as_uint(float f) { return (unsigned int)simt_to_bits(f); }
 static inline float __uint_as_float(unsigned int u) { return simt_from_bits<float>(u); }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fdiv_rn(float a, float b) { return a / b; }
+// The _rn intrinsics round each operation on its own: never fused into a multiply-add, even when
+// the kernels are compiled with contraction on (as NVRTC compiles them). The empty asm makes the
+// result a value the compiler cannot see through.
+#if defined(__x86_64__)
+#define SIMT_ROUNDED(r) asm("" : "+x"(r))
+#else
+#define SIMT_ROUNDED(r) asm("" : "+w"(r))
+#endif
+static inline float __fmul_rn(float a, float b) {
+    float r = a * b;
+    SIMT_ROUNDED(r);
+    return r;
+}
+static inline float __fadd_rn(float a, float b) {
+    float r = a + b;
+    SIMT_ROUNDED(r);
+    return r;
+}
+static inline float __fsub_rn(float a, float b) {
+    float r = a - b;
+    SIMT_ROUNDED(r);
+    return r;
+}
+static inline float __fdiv_rn(float a, float b) {
+    float r = a / b;
+    SIMT_ROUNDED(r);
+    return r;
+}
 
 // The threads of a block run one at a time and switch only at barriers and collectives, so a
 // read-modify-write is atomic as written.
