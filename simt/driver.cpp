@@ -143,6 +143,16 @@ struct Event {
 
 Stream default_stream;
 std::mutex stream_lock;
+int g_capturing = 0;  // streams being captured (under stream_lock)
+
+// A call that a capture in the default (global) mode forbids while any stream is captured: the
+// real driver fails it with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture.
+CUresult refused_while_capturing(const char* call) {
+    std::lock_guard<std::mutex> g(stream_lock);
+    if (g_capturing == 0) return OK;
+    report(std::string(call) + " while a stream is being captured (not allowed: the capture fails)");
+    return 900;  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+}
 
 Stream* stream_of(void* s) {
     uintptr_t v = reinterpret_cast<uintptr_t>(s);
@@ -265,7 +275,7 @@ API CUresult cuCtxGetDevice(CUdevice* d) {
     *d = 0;
     return OK;
 }
-API CUresult cuCtxSynchronize() { return OK; }
+API CUresult cuCtxSynchronize() { return refused_while_capturing("cuCtxSynchronize"); }
 API CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
     if (least) *least = 0;
     if (greatest) *greatest = 0;
@@ -306,7 +316,12 @@ API CUresult cuGetErrorString(CUresult r, const char** s) {
 // Memory
 // ---------------------------------------------------------------------------------------------
 
+static CUresult alloc_now(CUdeviceptr* p, size_t bytes);
 API CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
+    if (CUresult r = refused_while_capturing("cuMemAlloc")) return r;
+    return alloc_now(p, bytes);
+}
+static CUresult alloc_now(CUdeviceptr* p, size_t bytes) {
     if (bytes == 0) return E_INVALID_VALUE;
     if (allocated + bytes > TOTAL_MEM) return E_OUT_OF_MEMORY;
     void* m = device_alloc(bytes);
@@ -314,7 +329,7 @@ API CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     *p = reinterpret_cast<CUdeviceptr>(m);
     return OK;
 }
-API CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
+API CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) { return alloc_now(p, bytes); }
 API CUresult cuMemFree_v2(CUdeviceptr p) {
     if (p == 0) return OK;
     if (!device_free((uintptr_t)p)) {
@@ -356,18 +371,21 @@ static CUresult copy(void* dst, const void* src, size_t n, bool dst_dev, bool sr
     });
 }
 API CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
+    if (CUresult r = refused_while_capturing("cuMemcpyHtoD")) return r;
     return copy((void*)d, h, n, true, false, nullptr);
 }
 API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) {
     return copy((void*)d, h, n, true, false, s);
 }
 API CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
+    if (CUresult r = refused_while_capturing("cuMemcpyDtoH")) return r;
     return copy(h, (const void*)d, n, false, true, nullptr);
 }
 API CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
     return copy(h, (const void*)d, n, false, true, s);
 }
 API CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr src, size_t n) {
+    if (CUresult r = refused_while_capturing("cuMemcpyDtoD")) return r;
     return copy((void*)d, (const void*)src, n, true, true, nullptr);
 }
 API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void* s) {
@@ -403,7 +421,7 @@ API CUresult cuStreamDestroy_v2(void* s) {
     if (reinterpret_cast<uintptr_t>(s) > 2) delete static_cast<Stream*>(s);
     return OK;
 }
-API CUresult cuStreamSynchronize(void*) { return OK; }
+API CUresult cuStreamSynchronize(void*) { return refused_while_capturing("cuStreamSynchronize"); }
 API CUresult cuStreamQuery(void*) { return OK; }
 API CUresult cuStreamWaitEvent(void*, void*, unsigned int) { return OK; }
 API CUresult cuStreamBeginCapture_v2(void* s, int) {
@@ -411,6 +429,7 @@ API CUresult cuStreamBeginCapture_v2(void* s, int) {
     Stream* st = stream_of(s);
     if (st->capture) return E_INVALID_VALUE;
     st->capture = new Graph();
+    g_capturing += 1;
     return OK;
 }
 API CUresult cuStreamEndCapture(void* s, void** graph) {
@@ -419,6 +438,7 @@ API CUresult cuStreamEndCapture(void* s, void** graph) {
     if (!st->capture) return E_INVALID_VALUE;
     *graph = st->capture;
     st->capture = nullptr;
+    g_capturing -= 1;
     return OK;
 }
 API CUresult cuStreamIsCapturing(void* s, int* status) {
@@ -450,7 +470,7 @@ API CUresult cuEventRecord(void* e, void* s) {
     });
 }
 API CUresult cuEventRecordWithFlags(void* e, void* s, unsigned int) { return cuEventRecord(e, s); }
-API CUresult cuEventSynchronize(void*) { return OK; }
+API CUresult cuEventSynchronize(void*) { return refused_while_capturing("cuEventSynchronize"); }
 API CUresult cuEventQuery(void*) { return OK; }
 API CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
     Event* s = static_cast<Event*>(a);

@@ -26,6 +26,7 @@ int cuModuleGetFunction(void**, void*, const char*);
 int cuFuncSetAttribute(void*, int, int);
 int cuLaunchKernel(void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void*, void**, void**);
 int cuStreamCreate(void**, unsigned);
+int cuStreamSynchronize(void*);
 int cuStreamBeginCapture_v2(void*, int);
 int cuStreamEndCapture(void*, void**);
 int cuGraphInstantiateWithFlags(void**, void*, unsigned long long);
@@ -173,15 +174,17 @@ int main() {
         launch("st_add_one", 2, 128, 0, {&x, &y, &n}, s);
         void* graph = nullptr;
         void* exec = nullptr;
+        const bool sync_refused = cuStreamSynchronize(s) != 0;
         cuStreamEndCapture(s, &graph);
+        const bool sync_after = cuStreamSynchronize(s) == 0;
         cuMemcpyDtoH_v2(out.data(), x, 1024);
         const bool captured_not_run = out[0] == 0.0f;
         cuGraphInstantiateWithFlags(&exec, graph, 0);
         cuGraphLaunch(exec, s);
         cuGraphLaunch(exec, s);
         cuMemcpyDtoH_v2(out.data(), x, 1024);
-        check(captured_not_run && out[0] == 4.0f && out[255] == 4.0f,
-              "a captured stream records its launches, and the graph replays them");
+        check(captured_not_run && out[0] == 4.0f && out[255] == 4.0f && sync_refused && sync_after,
+              "a captured stream records its launches (a synchronize inside fails), the graph replays them");
     }
     {
         unsigned long long out = dev(8);
