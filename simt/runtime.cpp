@@ -233,8 +233,29 @@ void flush_copies(Thread* t) {
     land_copies(t, t->pending.size());
 }
 
+// ARBOR_SIMT_ORDER=shuffle: a random order (seeded: ARBOR_SIMT_SEED, default 1) wherever the
+// emulator chooses one: blocks, the threads of a block at the start and after every barrier and
+// collective. Each launch draws from the seed and its launch number, so a run repeats.
+struct Shuffle {
+    bool on = false;
+    unsigned long long state = 0;
+    unsigned long long next() {  // splitmix64
+        unsigned long long z = (state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    template <class T>
+    void apply(std::vector<T>& v) {
+        if (!on) return;
+        for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[next() % i]);
+    }
+};
+Shuffle g_shuffle;
+
 void release_barrier(Block& b) {
     b.arrived = 0;
+    g_shuffle.apply(b.at_barrier);
     for (Thread* w : b.at_barrier) wake(w);
     b.at_barrier.clear();
 }
@@ -337,6 +358,7 @@ const unsigned char* collective(const char* what, int line, const void* in, size
     if (w.arrived == 32) {
         combine(w);
         w.arrived = 0;
+        g_shuffle.apply(w.waiting);
         for (Thread* o : w.waiting) wake(o);
         w.waiting.clear();
     } else {
@@ -605,14 +627,29 @@ std::string run(const Entry& e, Dim3 grid, Dim3 block_dim, unsigned int smem_byt
     for (int i = 0; i < n; ++i) take_stack((size_t)i);
     g_block = &b;
     g_running = e.name.c_str();
-    // ARBOR_SIMT_ORDER=reverse: blocks, and the threads of a block, start last to first. A kernel
-    // whose result depends on the order (a race between blocks, or between threads that do not
-    // meet at a barrier) then gives another answer than in the default order.
+    // ARBOR_SIMT_ORDER=reverse: blocks, and the threads of a block, start last to first; =shuffle:
+    // random orders (above). A kernel whose result depends on the order (a race between blocks,
+    // or between threads that do not meet at a barrier) then gives another answer than in the
+    // default order.
     const char* order = getenv("ARBOR_SIMT_ORDER");
     const bool reverse = order && strcmp(order, "reverse") == 0;
+    static unsigned long long launches = 0;
+    launches += 1;
+    g_shuffle.on = order && strcmp(order, "shuffle") == 0;
+    if (g_shuffle.on) {
+        const char* seed = getenv("ARBOR_SIMT_SEED");
+        g_shuffle.state = (seed ? strtoull(seed, nullptr, 10) : 1) * 0x100000001b3ull + launches;
+    }
     const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
+    std::vector<unsigned long long> block_order;
+    if (g_shuffle.on) {
+        block_order.resize(blocks);
+        for (unsigned long long q = 0; q < blocks; ++q) block_order[q] = q;
+        g_shuffle.apply(block_order);
+    }
+    std::vector<Thread*> start(n);
     for (unsigned long long q = 0; q < blocks; ++q) {
-        const unsigned long long lin = reverse ? blocks - 1 - q : q;
+        const unsigned long long lin = g_shuffle.on ? block_order[q] : reverse ? blocks - 1 - q : q;
         const unsigned int bx = (unsigned int)(lin % grid.x), by = (unsigned int)((lin / grid.x) % grid.y),
                            bz = (unsigned int)(lin / ((unsigned long long)grid.x * grid.y));
         g_running_block = Dim3{bx, by, bz};
@@ -639,9 +676,10 @@ std::string run(const Entry& e, Dim3 grid, Dim3 block_dim, unsigned int smem_byt
             const unsigned int z = (unsigned int)i / (block_dim.x * block_dim.y);
             t.ctx = Ctx{Dim3{x, y, z}, Dim3{bx, by, bz}, block_dim, grid};
             prepare(t, stack_pool()[(size_t)i]);
-            if (reverse) b.ready.push_front(&t);
-            else b.ready.push_back(&t);
+            start[(size_t)(reverse ? n - 1 - i : i)] = &t;
         }
+        g_shuffle.apply(start);
+        for (Thread* t : start) b.ready.push_back(t);
         while (!b.ready.empty() && b.error.empty()) {
             Thread* t = b.ready.front();
             b.ready.pop_front();

@@ -194,9 +194,23 @@ int main() {
         setenv("ARBOR_SIMT_ORDER", "reverse", 1);
         launch("st_last_writer", 2, 64, 0, {&out});
         cuMemcpyDtoH_v2(rev, out, 8);
+        setenv("ARBOR_SIMT_ORDER", "shuffle", 1);
+        std::vector<float> seen;
+        for (int seed = 1; seed <= 4; ++seed) {
+            setenv("ARBOR_SIMT_SEED", std::to_string(seed).c_str(), 1);
+            float got[2];
+            launch("st_last_writer", 2, 64, 0, {&out});
+            cuMemcpyDtoH_v2(got, out, 8);
+            seen.push_back(got[0]);
+            seen.push_back(got[1]);
+        }
         unsetenv("ARBOR_SIMT_ORDER");
+        unsetenv("ARBOR_SIMT_SEED");
+        bool varied = false;
+        for (float v : seen) varied = varied || (v != seen[0]);
         check(fwd[0] == 63.0f && fwd[1] == 63.0f && rev[0] == 0.0f && rev[1] == 0.0f,
               "ARBOR_SIMT_ORDER=reverse runs the threads in the other order (a race shows as another result)");
+        check(varied, "ARBOR_SIMT_ORDER=shuffle runs them in seeded random orders");
     }
     {
         // a write past the end of an allocation faults in a child process, naming the kernel
