@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Build the SIMT host emulator: the real cuda/*.cu kernels compiled for the host, with a fake CUDA
-driver and cublasGemmEx around them (simt/), as one library answering to libcuda.so and libcublas.so.
+driver, cublasGemmEx and NCCL (between processes, through shared memory) around them (simt/), as one
+library answering to libcuda.so, libcublas.so and libnccl.so.
 
     python3 scripts/simt_build.py [OUTDIR]        (default: target/simt)
 
@@ -133,7 +134,7 @@ def main():
     # and only the driver and cuBLAS entry points exported
     script = os.path.join(gen, "exports.map")
     with open(script, "w") as f:
-        f.write("{ global: cu*; cublas*; local: *; };\n")
+        f.write("{ global: cu*; cublas*; nccl*; local: *; };\n")
     # the emulator's own test (simt/selftest.cpp) over its own kernels (simt/selftest.cu)
     st_text, _ = host_text(read(os.path.join(SIMT, "selftest.cu")), "selftest")
     st_src = os.path.join(gen, "selftest_kernels.cpp")
@@ -145,7 +146,7 @@ def main():
     run([CXX, "-shared", "-o", lib] + objs +
         ["-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,--version-script=" + script, "-lpthread"])
     # not libcuda.so.1: NVRTC opens that name for the real driver's private tables
-    for alias in ("libcuda.so", "libcublas.so"):
+    for alias in ("libcuda.so", "libcublas.so", "libnccl.so"):
         link = os.path.join(out, alias)
         if os.path.lexists(link):
             os.remove(link)
