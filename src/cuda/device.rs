@@ -174,6 +174,14 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// How many CUDA devices the driver reports (0 without a driver or device).
+pub fn device_count() -> usize {
+    if unavailable().is_some() {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
 impl Gpu {
     /// Open device `ordinal`: a clear error (never a crash) when there is no driver, no device,
     /// no NVRTC or no cuBLAS.

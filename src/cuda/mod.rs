@@ -30,6 +30,6 @@ pub mod stats;
 pub use backend::GpuRope;
 pub use batch::GpuBatch;
 pub use decode::GpuDecoder;
-pub use device::{unavailable, Arg, DecodeAttn, DkdvPlan, Gpu};
+pub use device::{device_count, unavailable, Arg, DecodeAttn, DkdvPlan, Gpu};
 pub use kv_cache::GpuKvCache;
 pub use model::GpuModel;

@@ -215,6 +215,13 @@ fn a_bf16_rl_job_resumes_bit_identically() {
 
 /// `extra` sections.
 fn warm_job(out: &std::path::Path, extra: &str) -> RunConfig {
+    let mut c = RunConfig::parse(&warm_text(extra), std::path::Path::new("warm_gpu.toml")).unwrap();
+    c.run.out_dir = out.to_path_buf();
+    c
+}
+
+/// The TOML of [`warm_job`].
+fn warm_text(extra: &str) -> String {
     let mut text = small_default().replace("[train]\n", "[train]\ndevice = \"cuda\"\n") + extra;
     if emulated() {
         // on the SIMT emulator (docs/cuda.md), about 10^4 times slower than a GPU: fewer rollouts
@@ -224,9 +231,58 @@ fn warm_job(out: &std::path::Path, extra: &str) -> RunConfig {
             .replace("samples_per_prompt = 8", "samples_per_prompt = 4")
             .replace("eval_problems = 20", "eval_problems = 4");
     }
-    let mut c = RunConfig::parse(&text, std::path::Path::new("warm_gpu.toml")).unwrap();
-    c.run.out_dir = out.to_path_buf();
-    c
+    text
+}
+
+/// Data parallelism on GPUs: the RL job with dp = 2 (`arbor launch --nproc 2`, a GPU a rank, the
+/// gradients all-reduced on the devices by NCCL) ends with the weights of the same job in one
+/// process (1e-5 after 2 updates; the global batch is the same) and its losses (1e-6 relative).
+/// Needs two devices: the SIMT emulator gives two (scripts/test.sh: `ARBOR_SIMT_DEVICES=2`, NCCL
+/// through shared memory); with one it says it skipped.
+#[test]
+fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
+    if gpu().is_none() {
+        return;
+    }
+    if arbor::cuda::device_count() < 2 {
+        assert!(!emulated(), "the emulated run of the tests has two devices (ARBOR_SIMT_DEVICES=2)");
+        println!("skipped: one CUDA device (dp = 2 needs two)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dp.toml");
+    let text = warm_text("").replace("steps = 4", "steps = 2").replace("eval_every = 2", "eval_every = 100");
+    std::fs::write(&cfg, text).unwrap();
+    let run = |launch: bool, out: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"));
+        if launch {
+            c.args(["launch", "--nproc", "2", "--"]);
+        }
+        let out_dir = dir.path().join(out);
+        let o =
+            c.args(["--threads", "1", "train", "--config"]).arg(&cfg).arg("--out-dir").arg(&out_dir).output().unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{out}: {all}");
+        // the two ranks' gradients meet on the devices
+        assert_eq!(launch, all.contains("world 2 = dp 2") && all.contains("NCCL"), "{out}: {all}");
+        out_dir.join("default")
+    };
+    let (one, two) = (run(false, "dp1"), run(true, "dp2"));
+    let ck = "checkpoints/step-2";
+    let (_, p1) = arbor::io::load_hf_dir(&one.join(ck)).unwrap();
+    let (_, p2) = arbor::io::load_hf_dir(&two.join(ck)).unwrap();
+    assert_eq!(p1.data.len(), p2.data.len());
+    let diff = p1.data.iter().zip(&p2.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    println!("dp 2 vs dp 1 on the GPU: max |weight difference| = {diff:.3e}");
+    assert!(diff <= 1e-5, "dp = 2 weights differ from dp = 1 by {diff}");
+    let losses = |d: &std::path::Path| -> Vec<f64> {
+        metrics_without_clock(d).iter().filter_map(|m| m.get("loss").and_then(|l| l.as_f64())).collect()
+    };
+    let (l1, l2) = (losses(&one), losses(&two));
+    assert!(!l1.is_empty() && l1.len() == l2.len(), "{l1:?} vs {l2:?}");
+    for (a, b) in l1.iter().zip(&l2) {
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-3), "losses {l1:?} vs {l2:?}");
+    }
 }
 
 /// `[critic]` (PPO with GAE on two mini-critics, their trunks on the GPU), `[attnrl]` trees (FCI
