@@ -142,9 +142,9 @@ def main():
         f.write('#line 1 "selftest.cu"\n' + st_text)
     st_objs = [compile_one(st_src), compile_one(os.path.join(SIMT, "selftest.cpp"))]
     run([CXX, "-o", os.path.join(out, "simt_selftest")] + st_objs + objs[len(units):] +
-        ["-static-libstdc++", "-static-libgcc", "-lpthread"])
+        ["-static-libstdc++", "-static-libgcc", "-lpthread", "-lrt"])
     run([CXX, "-shared", "-o", lib] + objs +
-        ["-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,--version-script=" + script, "-lpthread"])
+        ["-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,--version-script=" + script, "-lpthread", "-lrt"])
     # not libcuda.so.1: NVRTC opens that name for the real driver's private tables
     for alias in ("libcuda.so", "libcublas.so", "libnccl.so"):
         link = os.path.join(out, alias)
