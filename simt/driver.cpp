@@ -184,8 +184,39 @@ CUresult enqueue(void* s, Op op) {
 
 struct Function {
     const simt::Entry* entry;
-    int max_dynamic_smem = 48 * 1024;
+    int static_smem = 0;           // the entry's `.shared` declarations in the PTX, in bytes
+    int max_threads = 1024;        // its `.maxntid` (__launch_bounds__), or the device's 1024
+    int max_dynamic_smem = 48 * 1024;  // the attribute: by default 48 KiB less the static bytes
 };
+
+// From the PTX text of one entry (from its `.entry` to the next): the static shared bytes it
+// declares and its `.maxntid` product.
+void read_entry_limits(const std::string& body, Function& f) {
+    size_t at = 0;
+    while ((at = body.find(".shared", at)) != std::string::npos) {
+        const size_t line_start = body.rfind('\n', at) + 1;
+        const size_t line_end = body.find('\n', at);
+        const std::string line = body.substr(line_start, line_end - line_start);
+        at += 7;
+        // a declaration: ".shared .align A .b8 NAME[SIZE];" (not ".extern", not an instruction)
+        const size_t first = line.find_first_not_of(" \t");
+        if (first == std::string::npos || line.compare(first, 7, ".shared") != 0) continue;
+        const size_t open = line.find('['), close = line.find(']');
+        if (open == std::string::npos || close == std::string::npos || close <= open + 1) continue;
+        const int elems = atoi(line.c_str() + open + 1);
+        int width = 1;
+        if (line.find(".b16") != std::string::npos) width = 2;
+        if (line.find(".b32") != std::string::npos || line.find(".f32") != std::string::npos) width = 4;
+        if (line.find(".b64") != std::string::npos || line.find(".f64") != std::string::npos) width = 8;
+        f.static_smem += elems * width;
+    }
+    const size_t m = body.find(".maxntid");
+    if (m != std::string::npos) {
+        int x = 1, y = 1, z = 1;
+        if (sscanf(body.c_str() + m, ".maxntid %d, %d, %d", &x, &y, &z) >= 1) f.max_threads = x * y * z;
+    }
+    f.max_dynamic_smem = std::max(0, 48 * 1024 - f.static_smem);
+}
 
 struct Module {
     std::map<std::string, Function*> functions;
@@ -527,7 +558,10 @@ API CUresult cuModuleLoadData(void** module, const void* image) {
             delete m;
             return E_INVALID_IMAGE;
         }
-        m->functions[name] = new Function{e};
+        Function* f = new Function{e};
+        const size_t next = ptx.find(".entry ", at);
+        read_entry_limits(ptx.substr(at, next == std::string::npos ? std::string::npos : next - at), *f);
+        m->functions[name] = f;
     }
     *module = m;
     return OK;
@@ -546,15 +580,21 @@ API CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
     return OK;
 }
 API CUresult cuFuncSetAttribute(void* f, int attrib, int v) {
-    if (attrib == 8) {  // max dynamic shared memory
-        if (v < 0 || v > smem_optin()) return E_INVALID_VALUE;
-        static_cast<Function*>(f)->max_dynamic_smem = v;
+    if (attrib == 8) {  // max dynamic shared memory: with the static bytes, within the device's
+        Function* fn = static_cast<Function*>(f);
+        if (v < 0 || fn->static_smem + v > smem_optin()) {
+            report("kernel " + fn->entry->name + ": " + std::to_string(v) + " bytes of dynamic shared memory with " +
+                   std::to_string(fn->static_smem) + " static exceed the device's " + std::to_string(smem_optin()));
+            return E_INVALID_VALUE;
+        }
+        fn->max_dynamic_smem = v;
     }
     return OK;
 }
 API CUresult cuFuncGetAttribute(int* v, int attrib, void* f) {
     switch (attrib) {
-        case 0: *v = 1024; break;  // max threads per block
+        case 0: *v = static_cast<Function*>(f)->max_threads; break;
+        case 1: *v = static_cast<Function*>(f)->static_smem; break;
         case 8: *v = static_cast<Function*>(f)->max_dynamic_smem; break;
         default: *v = 0; break;
     }
@@ -578,6 +618,11 @@ API CUresult cuLaunchKernel(void* fp, unsigned int gx, unsigned int gy, unsigned
     }
     if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 || bx * by * bz > 1024 || bz > 64) {
         report("kernel " + e->name + " launched with an invalid grid or block shape");
+        return E_INVALID_VALUE;
+    }
+    if ((int)(bx * by * bz) > f->max_threads) {
+        report("kernel " + e->name + " launched with " + std::to_string(bx * by * bz) +
+               " threads a block, above its __launch_bounds__ " + std::to_string(f->max_threads));
         return E_INVALID_VALUE;
     }
     // the arguments are copied now, as the driver does (a captured launch replays these values)

@@ -137,6 +137,24 @@ int main() {
               "dynamic shared memory over 48 KiB needs the attribute, and the device's limit holds");
     }
     {
+        // a module's PTX gives each entry its __launch_bounds__ and static shared bytes
+        void* mod = nullptr;
+        void* f = nullptr;
+        const char* ptx = ".visible .entry st_add_one(\n.param .u64 a\n)\n.maxntid 64, 1, 1\n{\n"
+                          "\t.shared .align 4 .b8 big[40000];\n\tst.shared.f32 [big], 1.0;\n}\n";
+        cuModuleLoadData(&mod, ptx);
+        cuModuleGetFunction(&f, mod, "st_add_one");
+        unsigned long long x = dev(1024 * 4);
+        int n = 0;
+        std::vector<void*> args = {&x, &x, &n};
+        const bool bounds = cuLaunchKernel(f, 1, 1, 1, 128, 1, 1, 0, nullptr, args.data(), nullptr) != 0 &&
+                            cuLaunchKernel(f, 1, 1, 1, 64, 1, 1, 0, nullptr, args.data(), nullptr) == 0;
+        const bool default_dyn = cuLaunchKernel(f, 1, 1, 1, 64, 1, 1, 10000, nullptr, args.data(), nullptr) != 0;
+        const bool over = cuFuncSetAttribute(f, 8, 227 * 1024 - 30000) != 0;
+        check(bounds && default_dyn && over,
+              "__launch_bounds__ and static shared memory from the PTX limit launches and attributes");
+    }
+    {
         std::vector<unsigned short> src(32 * 8);
         for (size_t i = 0; i < src.size(); ++i) src[i] = (unsigned short)(i + 100);
         unsigned long long dsrc = dev(src.size() * 2), dout = dev(96 * 4);
