@@ -108,7 +108,7 @@ def main():
             with open(path, "w") as f:
                 f.write(text)
         units.append(path)
-    common = [os.path.join(SIMT, f) for f in ("simt.h", "runtime.h")]
+    common = [os.path.join(SIMT, f) for f in ("simt.h", "runtime.h")] + [os.path.join(CUDA, "common.cuh")]
     sources = units + [os.path.join(SIMT, "runtime.cpp"), os.path.join(SIMT, "driver.cpp")]
     selftest = [os.path.join(SIMT, f) for f in ("selftest.cu", "selftest.cpp")]
     stamp_material = "\0".join([CXX] + FLAGS + contraction_flags() + [read(p) for p in sources + common + selftest])

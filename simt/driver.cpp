@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "runtime.h"
+// the kernels' own bf16 conversions (round to nearest even, NaN kept): cuBLAS's bf16 output rounds so
+#include "../cuda/common.cuh"
 
 #define API extern "C" __attribute__((visibility("default")))
 
@@ -648,13 +650,6 @@ struct Blas {
     void* stream = nullptr;
 };
 
-float bf16_in(unsigned short h) { return __uint_as_float((unsigned int)h << 16); }
-unsigned short bf16_out(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
 float tf32(float f) {
     unsigned int u = __float_as_uint(f);
     if ((u & 0x7f800000u) == 0x7f800000u) return f;
@@ -720,7 +715,7 @@ API int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const
             return range_error("cublasGemmEx's C", (uintptr_t)C, ((size_t)(n - 1) * ldc + m) * ec);
         auto load = [&](const void* base, size_t idx) {
             float v = atype == R_32F ? static_cast<const float*>(base)[idx]
-                                     : bf16_in(static_cast<const unsigned short*>(base)[idx]);
+                                     : bf16_to_f32(static_cast<const unsigned short*>(base)[idx]);
             return tf ? tf32(v) : v;
         };
         std::vector<float> a((size_t)m * k), b((size_t)n * k);  // op(A) by rows, op(B) by columns
@@ -747,7 +742,7 @@ API int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const
                     c[at] = al * acc + (be == 0.0f ? 0.0f : be * c[at]);
                 } else {
                     unsigned short* c = static_cast<unsigned short*>(C);
-                    c[at] = bf16_out(al * acc + (be == 0.0f ? 0.0f : be * bf16_in(c[at])));
+                    c[at] = f32_to_bf16(al * acc + (be == 0.0f ? 0.0f : be * bf16_to_f32(c[at])));
                 }
             }
         return "";

@@ -8,6 +8,8 @@
 // some have not finished, the block could never finish on a GPU either: the launch fails with a
 // description of where each thread waits.
 #include "runtime.h"
+// bf16_to_f32, the kernels' own widening
+#include "../cuda/common.cuh"
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -378,8 +380,6 @@ std::map<std::string, Entry>& registry() {
     return r;
 }
 
-inline float lo_bf16(unsigned int r) { return __uint_as_float(r << 16); }
-inline float hi_bf16(unsigned int r) { return __uint_as_float(r & 0xffff0000u); }
 
 }  // namespace
 
@@ -500,12 +500,12 @@ void mma_16816(float* d, const unsigned int* a, const unsigned int* b) {
         // A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half k % 2
         auto A = [&](int row, int k) {
             const unsigned int r = all[4 * (row % 8) + (k % 8) / 2].a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
-            return (k & 1) ? hi_bf16(r) : lo_bf16(r);
+            return bf16_to_f32((unsigned short)((k & 1) ? r >> 16 : r));
         };
         // B[k][n]: lane 4 n + (k % 8) / 2, register (k >= 8), half k % 2
         auto B = [&](int k, int n) {
             const unsigned int r = all[4 * n + (k % 8) / 2].b[k >= 8 ? 1 : 0];
-            return (k & 1) ? hi_bf16(r) : lo_bf16(r);
+            return bf16_to_f32((unsigned short)((k & 1) ? r >> 16 : r));
         };
         for (int l = 0; l < 32; ++l) {
             const int gr = l >> 2, tg = l & 3;
@@ -598,9 +598,12 @@ struct Timer {
     const Entry& e;
     std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
     ~Timer() {
-        if (!g_profile) {
+        static const bool wanted = [] {
             const char* v = getenv("ARBOR_SIMT_PROFILE");
-            if (!v || strcmp(v, "1") != 0) return;
+            return v && strcmp(v, "1") == 0;
+        }();
+        if (!wanted) return;
+        if (!g_profile) {
             g_profile = new std::map<std::string, KernelTime>();
             atexit(print_profile);
         }
