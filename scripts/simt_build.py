@@ -134,7 +134,7 @@ def main():
     # and only the driver and cuBLAS entry points exported
     script = os.path.join(gen, "exports.map")
     with open(script, "w") as f:
-        f.write("{ global: cu*; cublas*; nccl*; local: *; };\n")
+        f.write("{ global: cu*; cublas*; nccl*; arbor_simt_*; local: *; };\n")
     # the emulator's own test (simt/selftest.cpp) over its own kernels (simt/selftest.cu)
     st_text, _ = host_text(read(os.path.join(SIMT, "selftest.cu")), "selftest")
     st_src = os.path.join(gen, "selftest_kernels.cpp")

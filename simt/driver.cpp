@@ -67,6 +67,25 @@ constexpr size_t TOTAL_MEM = 80ull << 30;
 
 void report(const std::string& what) { fprintf(stderr, "simt: %s\n", what.c_str()); }
 
+// What the calling thread made the device do (`arbor_simt_counters`, for tests of what crosses
+// between host and device). An operation runs on the thread that issues it (or launches the
+// graph that holds it), so a test thread's counts are its own while other tests run beside it.
+enum Count : int {
+    C_LAUNCHES,      // kernels run (a graph's count too)
+    C_GEMMS,         // cublasGemmEx calls run
+    C_HTOD,          // host-to-device copies, and their bytes
+    C_HTOD_BYTES,
+    C_DTOH,          // device-to-host copies, and their bytes
+    C_DTOH_BYTES,
+    C_DTOD,          // device-to-device copies, and their bytes
+    C_DTOD_BYTES,
+    C_SYNCS,         // the host waiting for the device: stream, context and event synchronisation
+    C_GRAPH_LAUNCHES,
+    C_FILLS,         // memset calls run
+    C_N
+};
+thread_local unsigned long long counts[C_N];
+
 // ---------------------------------------------------------------------------------------------
 // Memory
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +175,13 @@ CUresult refused_while_capturing(const char* call) {
     return 900;  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
 }
 
+// The host waits for the device (the work is done already: streams run at once).
+CUresult synchronize(const char* call) {
+    if (CUresult r = refused_while_capturing(call)) return r;
+    counts[C_SYNCS] += 1;
+    return OK;
+}
+
 Stream* stream_of(void* s) {
     uintptr_t v = reinterpret_cast<uintptr_t>(s);
     return v <= 2 ? &default_stream : static_cast<Stream*>(s);  // 0, CU_STREAM_LEGACY, PER_THREAD
@@ -227,6 +253,16 @@ struct Module {
 int g_context_token;
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The calling thread's counts (see `Count`): the first min(n, its size) into `out`; returns the
+// number of counts there are. Not a CUDA call: tests find it with dlsym.
+// ---------------------------------------------------------------------------------------------
+
+API int arbor_simt_counters(unsigned long long* out, int n) {
+    for (int i = 0; i < n && i < C_N; ++i) out[i] = counts[i];
+    return C_N;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Initialisation, devices, contexts
@@ -308,7 +344,7 @@ API CUresult cuCtxGetDevice(CUdevice* d) {
     *d = 0;
     return OK;
 }
-API CUresult cuCtxSynchronize() { return refused_while_capturing("cuCtxSynchronize"); }
+API CUresult cuCtxSynchronize() { return synchronize("cuCtxSynchronize"); }
 API CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
     if (least) *least = 0;
     if (greatest) *greatest = 0;
@@ -399,6 +435,9 @@ static CUresult copy(void* dst, const void* src, size_t n, bool dst_dev, bool sr
     return enqueue(s, [=]() -> std::string {
         if (dst_dev && !inside((uintptr_t)dst, n)) return range_error("a copy's destination", (uintptr_t)dst, n);
         if (src_dev && !inside((uintptr_t)src, n)) return range_error("a copy's source", (uintptr_t)src, n);
+        const int kind = dst_dev ? (src_dev ? C_DTOD : C_HTOD) : C_DTOH;
+        counts[kind] += 1;
+        counts[kind + 1] += n;
         memmove(dst, src, n);
         return "";
     });
@@ -427,6 +466,7 @@ API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, void
 API CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void* s) {
     return enqueue(s, [=]() -> std::string {
         if (!inside((uintptr_t)d, n)) return range_error("a fill", (uintptr_t)d, n);
+        counts[C_FILLS] += 1;
         memset((void*)d, v, n);
         return "";
     });
@@ -435,6 +475,7 @@ API CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { return cu
 API CUresult cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, void* s) {
     return enqueue(s, [=]() -> std::string {
         if (!inside((uintptr_t)d, n * 4)) return range_error("a fill", (uintptr_t)d, n * 4);
+        counts[C_FILLS] += 1;
         unsigned int* p = (unsigned int*)d;
         for (size_t i = 0; i < n; ++i) p[i] = v;
         return "";
@@ -454,7 +495,7 @@ API CUresult cuStreamDestroy_v2(void* s) {
     if (reinterpret_cast<uintptr_t>(s) > 2) delete static_cast<Stream*>(s);
     return OK;
 }
-API CUresult cuStreamSynchronize(void*) { return refused_while_capturing("cuStreamSynchronize"); }
+API CUresult cuStreamSynchronize(void*) { return synchronize("cuStreamSynchronize"); }
 API CUresult cuStreamQuery(void*) { return OK; }
 API CUresult cuStreamWaitEvent(void*, void*, unsigned int) { return OK; }
 API CUresult cuStreamBeginCapture_v2(void* s, int) {
@@ -503,7 +544,7 @@ API CUresult cuEventRecord(void* e, void* s) {
     });
 }
 API CUresult cuEventRecordWithFlags(void* e, void* s, unsigned int) { return cuEventRecord(e, s); }
-API CUresult cuEventSynchronize(void*) { return refused_while_capturing("cuEventSynchronize"); }
+API CUresult cuEventSynchronize(void*) { return synchronize("cuEventSynchronize"); }
 API CUresult cuEventQuery(void*) { return OK; }
 API CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
     Event* s = static_cast<Event*>(a);
@@ -524,6 +565,7 @@ API CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long
 }
 API CUresult cuGraphLaunch(void* exec, void* s) {
     Graph* g = static_cast<Graph*>(exec);
+    counts[C_GRAPH_LAUNCHES] += 1;
     for (const Op& op : g->ops) {
         CUresult r = enqueue(s, op);
         if (r != OK) return r;
@@ -637,6 +679,7 @@ API CUresult cuLaunchKernel(void* fp, unsigned int gx, unsigned int gy, unsigned
     return enqueue(s, [=]() -> std::string {
         std::vector<void*> ptrs;
         for (auto& a : *args) ptrs.push_back(a.data());
+        counts[C_LAUNCHES] += 1;
         return simt::run(*e, grid, block, smem, ptrs.data());
     });
 }
@@ -704,6 +747,7 @@ API int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     Blas* bl = static_cast<Blas*>(h);
     const int r = enqueue(bl->stream, [=]() -> std::string {
+        counts[C_GEMMS] += 1;
         if (m == 0 || n == 0) return "";
         const size_t ea = atype == R_32F ? 4 : 2, ec = ctype == R_32F ? 4 : 2;
         const size_t a_cols = ta ? m : k, a_rows = ta ? k : m, b_cols = tb ? k : n, b_rows = tb ? n : k;

@@ -1,7 +1,7 @@
 // The SIMT emulator's self-test: its warp-level matrix instructions against a direct product,
 // its barriers and shuffles on a block sum, and each misuse it must report (divergent barriers,
 // a hang, lanes missing from a shuffle, an out-of-bounds write, too much shared memory), graph
-// capture and replay, and the NaN fill of fresh memory. Prints cargo's summary line, so that
+// capture and replay, the counts of what ran, and the NaN fill of fresh memory. Prints cargo's summary line, so that
 // scripts/test.sh counts it with the other tests.
 #include <signal.h>
 #include <sys/wait.h>
@@ -31,6 +31,7 @@ int cuStreamBeginCapture_v2(void*, int);
 int cuStreamEndCapture(void*, void**);
 int cuGraphInstantiateWithFlags(void**, void*, unsigned long long);
 int cuGraphLaunch(void*, void*);
+int arbor_simt_counters(unsigned long long*, int);
 }
 
 static int passed = 0, failed = 0;
@@ -183,6 +184,8 @@ int main() {
     {
         unsigned long long x = dev(256 * 4), y = dev(256 * 4);
         std::vector<float> zero(256, 0.0f), out(256);
+        unsigned long long c0[11], c1[11];
+        const bool eleven = arbor_simt_counters(c0, 11) == 11;
         cuMemcpyHtoD_v2(x, zero.data(), 1024);
         void* s = nullptr;
         cuStreamCreate(&s, 0);
@@ -203,6 +206,14 @@ int main() {
         cuMemcpyDtoH_v2(out.data(), x, 1024);
         check(captured_not_run && out[0] == 4.0f && out[255] == 4.0f && sync_refused && sync_after,
               "a captured stream records its launches (a synchronize inside fails), the graph replays them");
+        arbor_simt_counters(c1, 11);
+        unsigned long long d[11];
+        for (int i = 0; i < 11; ++i) d[i] = c1[i] - c0[i];
+        // kernels run (captured ones run at the replays), copies up and down with their bytes, host
+        // waits (not the refused one), graph launches
+        check(eleven && d[0] == 4 && d[1] == 0 && d[2] == 1 && d[3] == 1024 && d[4] == 2 && d[5] == 2048 && d[6] == 0 &&
+                  d[8] == 1 && d[9] == 2 && d[10] == 0,
+              "the counts of kernels, copies, host waits and graph launches are what ran");
     }
     {
         unsigned long long out = dev(8);

@@ -13,6 +13,7 @@ mod common;
 mod generate;
 mod precision;
 mod rl;
+mod traffic;
 
 use arbor::attention::{AttnSaved, AttnShape};
 use arbor::cuda::{nvrtc, DkdvPlan, Gpu, GpuModel};
