@@ -598,6 +598,85 @@ fn arbor_launch_runs_what_mpirun_runs() {
     fault_run_with(launch, "crash", &["rank 1 exited with signal: 6"]);
 }
 
+/// One machine's `arbor launch` of a two-machine job (one rank each) meeting at `master`, training
+/// `cfg` into `out`, with `flags` and `env` added.
+fn node_launch(master: &str, flags: &[&str], env: &[(&str, &str)], cfg: &str, out: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nproc", "1", "--nnodes", "2", "--master", master])
+        .args(flags)
+        .args(["--", "--threads", "1", "train", "--config", cfg, "--out-dir", out])
+        .env_remove("SLURM_NODEID")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `arbor launch` across machines (here two launchers on this one, meeting at `--master`): the
+/// job of `arbor launch --nproc 2` bit for bit, though node 1 starts first (its rank waits for
+/// the hub) and takes its index from $SLURM_NODEID. A machine whose shape disagrees (--nproc 2
+/// where node 0 says 1) ends the job naming the mismatch, and a machine that never comes ends it
+/// after `--join-timeout-s`, naming the missing rank.
+#[test]
+fn arbor_launch_spans_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let sft = write_config(dir.path(), &sft_config());
+    let o = launch(2, &["--threads", "1", "train", "--config", &sft, "--out-dir", &out("one")], &[]);
+    assert!(o.status.success(), "one machine: {}", text(&o));
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let master = format!("127.0.0.1:{}", free_port());
+    let second = node_launch(&master, &[], &[("SLURM_NODEID", "1")], &sft, &out("two"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = node_launch(&master, &["--node-rank", "0"], &[], &sft, &out("two"));
+    let (o0, o1) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(o0.status.success() && o1.status.success(), "node 0: {}\nnode 1: {}", text(&o0), text(&o1));
+    assert!(text(&o0).contains("dp 2 × tp 1"), "{}", text(&o0));
+    let runs = [dir.path().join("one/addition-sft"), dir.path().join("two/addition-sft")];
+    compare_runs_within(&runs[0], &runs[1], "checkpoints/step-3", "two machines vs one", 0.0, 1e-9);
+
+    // node 1 says it runs 2 ranks where node 0 says 1: a job of 4 ranks against one of 2
+    let master = format!("127.0.0.1:{}", free_port());
+    let bad = ["--nproc", "2", "--node-rank", "1", "--join-timeout-s", "5"];
+    let first = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "5"], &[], &sft, &out("bad"));
+    let second = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nnodes", "2", "--master", &master])
+        .args(bad)
+        .args(["--", "--threads", "1", "train", "--config", &sft, "--out-dir", &out("bad")])
+        .output()
+        .unwrap();
+    let o0 = first.wait_with_output().unwrap();
+    assert!(!o0.status.success() && !second.status.success(), "a mismatched shape must fail both machines");
+    assert!(text(&o0).contains("(the job has 2)") && text(&o0).contains("of 4"), "node 0: {}", text(&o0));
+    let named = |r: usize| text(&second).contains(&format!("rank {r} exited"));
+    assert!((named(2) || named(3)) && !named(0), "node 1 names its ranks by world rank: {}", text(&second));
+
+    // node 1 never comes
+    let master = format!("127.0.0.1:{}", free_port());
+    let t0 = Instant::now();
+    let alone = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "2"], &[], &sft, &out("alone"));
+    let o = alone.wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("rank(s) 1 of 2 did not connect to the hub within 2 s"), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(60), "the join timeout ends the job");
+    // flags that cannot make a job are refused before anything starts
+    for (flags, says) in [
+        (&["--nnodes", "2"][..], "needs --master"),
+        (&["--nnodes", "2", "--node-rank", "2", "--master", "h:1"], "--node-rank 2"),
+        (&["--nnodes", "2", "--node-rank", "1", "--master", "h"], "HOST:PORT"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["launch", "--nproc", "1"])
+            .args(flags)
+            .args(["--", "train", "--config", &sft])
+            .env_remove("SLURM_NODEID")
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && text(&o).contains(says), "{flags:?}: {}", text(&o));
+    }
+}
+
 /// `arbor launch --nproc 2` of a `train` of `cfg` into `out`, returned once its run `name` has
 /// written three metrics lines (with the metrics file).
 fn launch_running(cfg: &str, out: &Path, name: &str) -> (std::process::Child, PathBuf) {

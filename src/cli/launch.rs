@@ -1,16 +1,20 @@
 //! `arbor launch --nproc N -- ARGS`: run `arbor ARGS` as an N-rank SPMD job on this machine
-//! without MPI. The launcher serves the ranks' collectives and messages over TCP on the loopback
-//! interface (`parallel::hub`; the ranks' side is `parallel::tcp_comm`), gives each rank
-//! `LOCAL_RANK` (so with `device = "cuda"` rank i takes GPU i modulo the visible ones), and ends
-//! the job as soon as one rank fails: the others are stopped and the launcher exits with the
-//! failed rank's status. SIGTERM and SIGUSR1 sent to the launcher (Slurm's preemption and time
+//! without MPI, or with `--nnodes M --master HOST:PORT` as one machine's N ranks of an M·N-rank job
+//! (one launcher a machine, e.g. started by `srun --ntasks-per-node=1`; the node index from
+//! `--node-rank` or $SLURM_NODEID). Node 0's launcher serves the ranks' collectives and messages
+//! over TCP (`parallel::hub`; the ranks' side is `parallel::tcp_comm`): on the loopback interface
+//! with one machine, on `--master`'s port with several. It gives each rank its world rank and
+//! `LOCAL_RANK`, its index on its machine (so with `device = "cuda"` local rank i takes GPU i
+//! modulo the visible ones), and ends the job as soon as one rank fails: the others are stopped
+//! and the launcher exits with the failed rank's status (a failure on another machine reaches
+//! node 0's hub as a lost connection or an abort, and the other machines' ranks as the hub's end). SIGTERM and SIGUSR1 sent to the launcher (Slurm's preemption and time
 //! limit) are passed on to every rank, which checkpoints and stops as `arbor train` does
 //! (`train::preempt`); the launcher then exits with the ranks' status (75: requeue). A second
 //! SIGTERM ends the ranks at once (an `[async]` run does not stop at a step end), and a rank dies
 //! with its launcher.
 
 use crate::parallel::hub::{serve, HubEnd};
-use crate::parallel::tcp_comm::{HUB_VAR, RANK_VAR, SIZE_VAR};
+use crate::parallel::tcp_comm::{HUB_VAR, JOIN_VAR, RANK_VAR, SIZE_VAR};
 use crate::train::preempt::EXIT_PREEMPTED;
 use std::net::TcpListener;
 use std::process::{Child, Command};
@@ -55,18 +59,83 @@ fn raise_file_limit() {
 /// checkpoint is written by then; they are past the last barrier).
 const PREEMPT_GRACE: Duration = Duration::from_secs(60);
 
-/// The largest job `arbor launch` starts (one machine).
+/// The most ranks `arbor launch` starts on one machine, and in a job.
 const MAX_NPROC: usize = 1024;
+const MAX_WORLD: usize = 16384;
 
 #[derive(Debug, clap::Args)]
 pub struct LaunchArgs {
-    /// Ranks to start, all on this machine.
+    /// Ranks to start on this machine.
     #[arg(long)]
     pub nproc: usize,
+    /// Machines in the job: one `arbor launch` runs on each, with the same --nproc, --nnodes and
+    /// --master (under Slurm: `srun --ntasks-per-node=1 arbor launch ...`).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This machine's index in 0..nnodes; its ranks are node_rank·nproc + 0..nproc. Default:
+    /// $SLURM_NODEID, else 0 (with one machine).
+    #[arg(long)]
+    pub node_rank: Option<usize>,
+    /// HOST:PORT of the job's hub, which node 0's launcher serves on PORT (every interface) and
+    /// every rank connects to; required with --nnodes > 1. Default: a free port on the loopback
+    /// interface (one machine).
+    #[arg(long)]
+    pub master: Option<String>,
+    /// How long the hub waits for every rank to connect, and a rank for the hub, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub join_timeout_s: u64,
     /// What each rank runs: arbor's own arguments, e.g. `--threads 2 train --config job.toml`
     /// (after `--`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub args: Vec<String>,
+}
+
+/// Where this launcher stands in the job: its node, the world's size, the hub's address for its
+/// ranks, and (node 0 only) the hub's listening socket.
+struct Placement {
+    node: usize,
+    world: usize,
+    hub_addr: String,
+    listener: Option<TcpListener>,
+}
+
+/// The job's shape from the flags (and $SLURM_NODEID), checked, with node 0's hub socket bound.
+fn placement(a: &LaunchArgs) -> anyhow::Result<Placement> {
+    let (n, nodes) = (a.nproc, a.nnodes);
+    anyhow::ensure!((1..=MAX_NPROC).contains(&n), "--nproc {n}: between 1 and {MAX_NPROC}");
+    anyhow::ensure!(nodes >= 1, "--nnodes {nodes}: at least 1");
+    anyhow::ensure!(n * nodes <= MAX_WORLD, "--nproc {n} × --nnodes {nodes}: at most {MAX_WORLD} ranks in all");
+    anyhow::ensure!(a.join_timeout_s >= 1, "--join-timeout-s {}: at least 1", a.join_timeout_s);
+    let node = match (a.node_rank, std::env::var("SLURM_NODEID")) {
+        (Some(k), _) => k,
+        (None, Ok(v)) if nodes > 1 => {
+            v.trim().parse().map_err(|_| anyhow::anyhow!("SLURM_NODEID = {v:?} is not a node index"))?
+        }
+        _ => 0,
+    };
+    anyhow::ensure!(node < nodes, "--node-rank {node}: --nnodes is {nodes}, so it must be below {nodes}");
+    let world = n * nodes;
+    let Some(master) = &a.master else {
+        anyhow::ensure!(
+            nodes == 1,
+            "--nnodes {nodes} needs --master HOST:PORT (node 0's address, reachable from every node)"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let hub_addr = listener.local_addr()?.to_string();
+        return Ok(Placement { node, world, hub_addr, listener: Some(listener) });
+    };
+    let port = master
+        .rsplit_once(':')
+        .and_then(|(host, p)| (!host.is_empty()).then_some(p))
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|&p| p != 0)
+        .ok_or_else(|| anyhow::anyhow!("--master {master:?}: expected HOST:PORT with a port in 1..65535"))?;
+    if node != 0 {
+        return Ok(Placement { node, world, hub_addr: master.clone(), listener: None });
+    }
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .map_err(|e| anyhow::anyhow!("--master {master}: cannot listen on port {port}: {e}"))?;
+    Ok(Placement { node, world, hub_addr: format!("127.0.0.1:{port}"), listener: Some(listener) })
 }
 
 /// Run the job; returns only when every rank finished cleanly (a failure exits the process with
@@ -74,24 +143,29 @@ pub struct LaunchArgs {
 pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let n = a.nproc;
-    anyhow::ensure!((1..=MAX_NPROC).contains(&n), "--nproc {n}: between 1 and {MAX_NPROC}");
+    let Placement { node, world, hub_addr: addr, listener } = placement(a)?;
     catch_stop_signals()?;
     raise_file_limit();
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?.to_string();
-    let (to_main, hub_end) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = to_main.send(serve(listener, n));
+    let join = Duration::from_secs(a.join_timeout_s);
+    // node 0 serves the hub; the others' launchers only watch their ranks
+    let hub_end = listener.map(|listener| {
+        let (to_main, hub_end) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = to_main.send(serve(listener, world, join));
+        });
+        hub_end
     });
     let exe = std::env::current_exe()?;
     let mut children: Vec<Child> = Vec::with_capacity(n);
-    for rank in 0..n {
+    for local in 0..n {
+        let rank = node * n + local;
         let mut c = Command::new(&exe);
         c.args(&a.args)
             .env(HUB_VAR, &addr)
             .env(RANK_VAR, rank.to_string())
-            .env(SIZE_VAR, n.to_string())
-            .env("LOCAL_RANK", rank.to_string());
+            .env(SIZE_VAR, world.to_string())
+            .env(JOIN_VAR, a.join_timeout_s.to_string())
+            .env("LOCAL_RANK", local.to_string());
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent: a rank dies
         // with the launcher instead of running on without its hub
         unsafe {
@@ -107,7 +181,7 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
     }
     let mut done = vec![false; n];
     let mut preempted: Option<std::time::Instant> = None;
-    let mut hub_running = true;
+    let mut hub_running = hub_end.is_some();
     loop {
         let sig = CAUGHT.swap(0, Ordering::SeqCst);
         if TERMS.load(Ordering::SeqCst) >= 2 {
@@ -124,11 +198,15 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
             }
         }
         // the ranks' own statuses first: they say more than the hub's view of a lost rank
-        check_children(&mut children, &mut done, &mut preempted);
-        match if hub_running { hub_end.try_recv() } else { Err(mpsc::TryRecvError::Empty) } {
+        check_children(&mut children, node * n, &mut done, &mut preempted);
+        let hub_news = match (&hub_end, hub_running) {
+            (Some(h), true) => h.try_recv(),
+            _ => Err(mpsc::TryRecvError::Empty),
+        };
+        match hub_news {
             Ok(Ok(HubEnd::Aborted(why))) => {
                 std::thread::sleep(Duration::from_millis(200));
-                check_children(&mut children, &mut done, &mut preempted);
+                check_children(&mut children, node * n, &mut done, &mut preempted);
                 stop(&mut children, &why, 1)
             }
             Ok(Err(e)) => stop(&mut children, &e.to_string(), 1),
@@ -156,21 +234,23 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
 /// Ranks that fail together (one's failure makes the launcher end the others' collectives) are
 /// reported together, after a moment for the rest to exit, the job's status being the first that
 /// is not 1 (the status of a rank that lost its job).
-fn check_children(children: &mut [Child], done: &mut [bool], preempted: &mut Option<std::time::Instant>) {
-    let mut failed = reap(children, done, preempted);
+fn check_children(children: &mut [Child], first: usize, done: &mut [bool], preempted: &mut Option<std::time::Instant>) {
+    let mut failed = reap(children, first, done, preempted);
     if failed.is_empty() {
         return;
     }
     std::thread::sleep(Duration::from_millis(200));
-    failed.extend(reap(children, done, preempted));
+    failed.extend(reap(children, first, done, preempted));
     let why: Vec<String> = failed.iter().map(|(rank, status, _)| format!("rank {rank} exited with {status}")).collect();
     let code = failed.iter().map(|f| f.2).find(|&c| c != 1).unwrap_or(1);
     stop(children, &why.join("; "), code)
 }
 
-/// The ranks that exited since the last call and failed: (rank, status, exit code).
+/// The ranks that exited since the last call and failed: (world rank, status, exit code), the
+/// children being ranks `first`...
 fn reap(
     children: &mut [Child],
+    first: usize,
     done: &mut [bool],
     preempted: &mut Option<std::time::Instant>,
 ) -> Vec<(usize, std::process::ExitStatus, i32)> {
@@ -183,7 +263,7 @@ fn reap(
         let status = match children[rank].try_wait() {
             Ok(Some(status)) => status,
             Ok(None) => continue,
-            Err(e) => stop(children, &format!("cannot watch rank {rank}: {e}"), 1),
+            Err(e) => stop(children, &format!("cannot watch rank {}: {e}", first + rank), 1),
         };
         done[rank] = true;
         match status.code() {
@@ -191,7 +271,7 @@ fn reap(
             Some(EXIT_PREEMPTED) => {
                 preempted.get_or_insert_with(std::time::Instant::now);
             }
-            code => failed.push((rank, status, code.or(status.signal().map(|s| 128 + s)).unwrap_or(1))),
+            code => failed.push((first + rank, status, code.or(status.signal().map(|s| 128 + s)).unwrap_or(1))),
         }
     }
     failed

@@ -11,6 +11,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a new connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A communicator: its members' world ranks (its rank order) and each member's collectives not
 /// yet completed.
@@ -36,16 +40,47 @@ pub enum HubEnd {
 }
 
 /// Serve the `size` ranks that connect to `listener` until every one has disconnected or one
-/// aborts. Errors are the hub's own (a rank that never says hello, a socket that fails).
-pub fn serve(listener: TcpListener, size: usize) -> Result<HubEnd> {
+/// aborts; ranks that have not all connected within `join` end the job (naming the missing ones).
+/// Errors are the hub's own (a rank that says hello wrongly or twice, a socket that fails).
+pub fn serve(listener: TcpListener, size: usize, join: Duration) -> Result<HubEnd> {
     let io = |what: &str, e: std::io::Error| Error::Invalid(format!("arbor launch hub: {what}: {e}"));
     let mut writers: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
     let (tx, rx) = mpsc::channel::<(usize, Option<Frame>)>();
-    for _ in 0..size {
-        let (stream, _) = listener.accept().map_err(|e| io("accept", e))?;
+    let deadline = Instant::now() + join;
+    listener.set_nonblocking(true).map_err(|e| io("listen", e))?;
+    let mut joined = 0;
+    while joined < size {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    let missing: Vec<String> =
+                        (0..size).filter(|&r| writers[r].is_none()).map(|r| r.to_string()).collect();
+                    let why = format!(
+                        "rank(s) {} of {size} did not connect to the hub within {} s",
+                        missing.join(", "),
+                        join.as_secs()
+                    );
+                    return Ok(HubEnd::Aborted(why));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(io("accept", e)),
+        };
+        stream.set_nonblocking(false).map_err(|e| io("socket", e))?;
         stream.set_nodelay(true).map_err(|e| io("socket", e))?;
+        // a connection that says nothing (not a rank) may not hold the job
+        stream.set_read_timeout(Some(HELLO_TIMEOUT)).map_err(|e| io("socket", e))?;
         let mut reader = BufReader::new(stream.try_clone().map_err(|e| io("socket", e))?);
-        let hello = Frame::read_from(&mut reader).map_err(|e| io("hello", e))?;
+        let hello = match Frame::read_from(&mut reader) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("arbor launch hub: a connection that did not say hello was dropped ({e})");
+                continue;
+            }
+        };
+        stream.set_read_timeout(None).map_err(|e| io("socket", e))?;
         let rank = hello.a as usize;
         if hello.kind != wire::HELLO || hello.b as usize != size || rank >= size {
             let why = format!("a connection said hello as rank {} of {} (the job has {size})", hello.a, hello.b);
@@ -55,6 +90,7 @@ pub fn serve(listener: TcpListener, size: usize) -> Result<HubEnd> {
             return Err(Error::Invalid(format!("arbor launch hub: rank {rank} said hello twice")));
         }
         writers[rank] = Some(stream);
+        joined += 1;
         let tx = tx.clone();
         std::thread::spawn(move || loop {
             match Frame::read_from(&mut reader) {

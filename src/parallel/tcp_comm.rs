@@ -19,6 +19,33 @@ pub const HUB_VAR: &str = "ARBOR_HUB";
 pub const RANK_VAR: &str = "ARBOR_HUB_RANK";
 pub const SIZE_VAR: &str = "ARBOR_HUB_SIZE";
 
+/// How long a rank keeps trying to reach the hub, in seconds (set by `arbor launch` from its
+/// `--join-timeout-s`: a rank of another machine may start before the hub listens).
+pub const JOIN_VAR: &str = "ARBOR_HUB_JOIN_S";
+
+/// The hub's join timeout: `JOIN_VAR`, or 10 minutes.
+fn join_timeout() -> std::time::Duration {
+    let s = std::env::var(JOIN_VAR).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(600);
+    std::time::Duration::from_secs(s)
+}
+
+/// A connection to `addr`, tried again (every 0.1 s, then up to every 2 s) until it succeeds or
+/// `within` has passed: then the last error.
+fn connect_within(addr: &str, within: std::time::Duration) -> std::io::Result<TcpStream> {
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(e) if std::time::Instant::now() + pause >= deadline => return Err(e),
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Whether this process was started by `arbor launch`.
 pub fn launched_by_hub() -> bool {
     std::env::var_os(HUB_VAR).is_some()
@@ -120,7 +147,7 @@ impl TcpComm {
     pub fn connect(addr: &str, rank: usize, size: usize, watchdog: Option<Watchdog>) -> Result<TcpComm> {
         let fail =
             |e: std::io::Error| Error::collective(rank, "arbor launch hub", format!("connecting to {addr}: {e}"));
-        let stream = TcpStream::connect(addr).map_err(fail)?;
+        let stream = connect_within(addr, join_timeout()).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(fail)?);
         let link = Arc::new(Link {
@@ -290,7 +317,7 @@ mod tests {
     fn job<T: Send + 'static>(n: usize, body: impl Fn(TcpComm) -> T + Send + Sync + 'static) -> (HubEnd, Vec<T>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let hub = std::thread::spawn(move || serve(listener, n).unwrap());
+        let hub = std::thread::spawn(move || serve(listener, n, std::time::Duration::from_secs(60)).unwrap());
         let body = Arc::new(body);
         let ranks: Vec<_> = (0..n)
             .map(|r| {
@@ -369,7 +396,7 @@ mod tests {
     fn an_abort_or_a_mismatch_ends_the_job() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let hub = std::thread::spawn(move || serve(listener, 2).unwrap());
+        let hub = std::thread::spawn(move || serve(listener, 2, std::time::Duration::from_secs(60)).unwrap());
         let a = TcpComm::connect(&addr, 0, 2, None).unwrap();
         let b = TcpComm::connect(&addr, 1, 2, None).unwrap();
         a.link.send(wire::COLLECTIVE, 0, (wire::OP_BARRIER, 0), &[]).unwrap();
