@@ -217,10 +217,6 @@ fn rows() -> Vec<(Row, String)> {
             with(&["[rl]\nsteps = 1\nsamples_per_prompt = 1\n"]),
         ),
         (
-            row("cuda_tp_one", "parallel.tp", "2: train.device = \"cuda\" runs with tp = 1"),
-            format!("{cuda}\n{RL}\n[parallel]\ntp = 2\n"),
-        ),
-        (
             row(
                 "cuda_env_sync",
                 "env.mode",

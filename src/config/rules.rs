@@ -26,7 +26,6 @@ impl Rule {
 pub const RULES: &[Rule] = &[
     Rule { name: "steps_or_rl", key: "train.steps", check: steps_or_rl },
     Rule { name: "group_of_two", key: "rl.samples_per_prompt", check: group_of_two },
-    Rule { name: "cuda_tp_one", key: "parallel.tp", check: cuda_tp_one },
     Rule { name: "cuda_env_sync", key: "env.mode", check: cuda_env_sync },
     Rule { name: "cuda_head_dim", key: "model.num_heads", check: cuda_head_dim },
     Rule { name: "cuda_critic_head_dim", key: "critic.num_heads", check: cuda_critic_head_dim },
@@ -81,14 +80,6 @@ fn group_of_two(cfg: &RunConfig) -> Option<String> {
              (or add a [critic] for per-sample values)",
             rl.samples_per_prompt, rl.advantage
         )
-    })
-}
-
-/// The CUDA engine holds whole models (data parallelism over GPUs, no tensor parallelism).
-fn cuda_tp_one(cfg: &RunConfig) -> Option<String> {
-    let tp = cfg.parallel.tp;
-    when(cfg.train.device == Device::Cuda && tp > 1, || {
-        format!("{tp}: train.device = \"cuda\" runs with tp = 1 (data parallelism over GPUs); tensor parallelism runs on the CPU")
     })
 }
 

@@ -136,13 +136,16 @@ impl Backend for Gpu {
         if group.size() == 1 {
             return Ok(());
         }
-        // Through the host over the group's communicator (NCCL: crate::cuda::nccl for DP buffers).
-        let mut host = vec![0.0f32; x.len()];
-        self.stream.memcpy_dtoh(&x, &mut host[..]).map_err(drv("download"))?;
-        self.sync()?;
-        group.all_reduce_sum_f32(&mut host)?;
-        self.stream.memcpy_htod(&host[..], &mut x).map_err(drv("upload"))?;
-        self.sync()
+        // on the device through NCCL, queued on the stream like a kernel; the communicator is
+        // made at the group's first all-reduce (a collective: every rank of the group is here)
+        let mut nccl = self.tp_nccl.lock().map_err(|_| Error::device("tensor-parallel NCCL", "poisoned"))?;
+        if nccl.as_ref().is_none_or(|c| c.size() != group.size()) {
+            *nccl = Some(crate::cuda::nccl::Nccl::new(self, group.split(0, group.rank())?)?);
+        }
+        match nccl.as_ref() {
+            Some(c) => c.all_reduce_device(&mut x),
+            None => Err(Error::device("tensor-parallel NCCL", "no communicator")),
+        }
     }
 
     fn matmul_nt(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {

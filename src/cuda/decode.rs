@@ -200,9 +200,6 @@ impl GpuDecoder {
         if b > 65_535 {
             return Err(Error::shape("decode step", format!("{b} rows; at most 65,535 (lower max_batch)")));
         }
-        if model.tp.is_some() {
-            return Err(Error::Invalid("GPU decoding under tensor parallelism is not supported yet".into()));
-        }
         let max_pos = cache.max_len.min(cfg.max_position_embeddings);
         let h = &mut self.host;
         assign_positions(slots, &cache.len, max_pos, &mut h.positions, &mut h.next)?;
@@ -246,12 +243,14 @@ impl GpuDecoder {
             }
             None => (1, cache.max_len),
         };
-        let fingerprint = match self.graphs.enabled() && all_rows {
+        // (a tensor-parallel step all-reduces through NCCL between its kernels: run eagerly)
+        let graphs = self.graphs.enabled() && all_rows && model.tp.is_none();
+        let fingerprint = match graphs {
             true => step_fingerprint(g, (w.params, w.image), bf, &rows, cache),
             false => Vec::new(),
         };
         // a step above the largest bucket runs eagerly at its own row count
-        let action = self.graphs.plan(b, all_rows && b <= graphs::MAX_BUCKET, &fingerprint);
+        let action = self.graphs.plan(b, graphs && b <= graphs::MAX_BUCKET, &fingerprint);
         let mut step =
             GpuStep { g, p: w.params, rope: &self.rope, bufs: bf, cache: &*cache, rows: rows.ptrs(g), split };
         let done = match action {

@@ -113,7 +113,17 @@ impl DecodeDevice for GpuStep<'_> {
             Proj::Out(_) => &b.att,
             Proj::Down(_) => &b.act,
         };
-        g.matmul_nt_act(Gpu::m(out, 0..rows * n), inp.view(0..rows * k), w, shape, acc)
+        // row-parallel o_proj and down_proj under tensor parallelism: one rank keeps the residual,
+        // every rank adds its partial product, the all-reduce sums them (as the CPU's decode)
+        let tp = model.tp.as_ref().filter(|_| acc);
+        if tp.is_some() && !model.adds_residual() {
+            g.zero(Gpu::m(out, 0..rows * n))?;
+        }
+        g.matmul_nt_act(Gpu::m(out, 0..rows * n), inp.view(0..rows * k), w, shape, acc)?;
+        match tp {
+            Some(t) => g.all_reduce_tp(Gpu::m(out, 0..rows * n), &t.group),
+            None => Ok(()),
+        }
     }
 
     fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()> {

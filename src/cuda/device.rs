@@ -115,6 +115,9 @@ pub struct Gpu {
     /// so an unprofiled launch takes no lock).
     pub(crate) profile: Mutex<Option<super::profile::Profile>>,
     profiling: std::sync::atomic::AtomicBool,
+    /// The NCCL communicator of this process's tensor-parallel group on this device, made at the
+    /// group's first all-reduce (`Backend::all_reduce_tp`; every rank of the group makes it there).
+    pub(crate) tp_nccl: Mutex<Option<super::nccl::Nccl>>,
 }
 
 /// Where the images of a device are: (f32 buffer address, its length in elements, image address).
@@ -247,6 +250,7 @@ impl Gpu {
             images: Mutex::new(Vec::new()),
             profile: Mutex::new(None),
             profiling: std::sync::atomic::AtomicBool::new(false),
+            tp_nccl: Mutex::new(None),
         })
     }
 

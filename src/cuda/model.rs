@@ -37,6 +37,62 @@ pub struct GpuModel {
     value_head: CudaSlice<f32>,
     /// The gradient norm's partial sums and its result (allocated once: the norm runs every step).
     norm: (CudaSlice<f64>, CudaSlice<f32>),
+    /// Under tensor parallelism, what the gradient norm needs beyond `norm`.
+    tp_norm: Option<TpNorm>,
+}
+
+/// The runs of one kind of tensor: each run's elements and its first slot in the partial sums,
+/// and the kind's number of slots.
+type NormRuns = (Vec<(std::ops::Range<usize>, usize)>, usize);
+
+/// The gradient norm of a tensor-parallel shard, as the full model would see it: the sums of
+/// squares of the sharded tensors added over the group, the replicated ones counted once (the
+/// CPU's `TensorParallel::sum_squares`). Each run of neighbouring tensors of one kind gets its
+/// slice of the partial sums; one final pass per kind sums its slices in order.
+struct TpNorm {
+    group: crate::parallel::TpGroup,
+    /// Per kind: sharded, then replicated.
+    runs: [NormRuns; 2],
+    partials: CudaSlice<f64>,
+    /// The two kinds' sums of squares.
+    sums: CudaSlice<f64>,
+}
+
+impl TpNorm {
+    fn of(gpu: &Gpu, model: &Model) -> Result<Option<TpNorm>> {
+        let Some(tp) = &model.tp else { return Ok(None) };
+        let mut runs: [NormRuns; 2] = Default::default();
+        let mut last: Option<(usize, std::ops::Range<usize>)> = None;
+        let close = |k: usize, r: std::ops::Range<usize>, runs: &mut [NormRuns; 2]| {
+            let slots = runs[k].1;
+            runs[k].1 += norm_parts(r.len());
+            runs[k].0.push((r, slots));
+        };
+        for spec in &model.params.layout.specs {
+            let k = match crate::model::shard::split_of(&spec.name) {
+                crate::model::shard::Split::Replicated => 1,
+                _ => 0,
+            };
+            last = match last {
+                Some((lk, r)) if lk == k && r.end == spec.range().start => Some((k, r.start..spec.range().end)),
+                Some((lk, r)) => {
+                    close(lk, r, &mut runs);
+                    Some((k, spec.range()))
+                }
+                None => Some((k, spec.range())),
+            };
+        }
+        if let Some((k, r)) = last {
+            close(k, r, &mut runs);
+        }
+        let slots = (runs[0].1 + runs[1].1).max(1);
+        Ok(Some(TpNorm {
+            group: tp.group.clone(),
+            runs,
+            partials: gpu.alloc(slots, "the gradient norm")?,
+            sums: gpu.alloc(2, "the gradient norm")?,
+        }))
+    }
 }
 
 /// Blocks of the gradient norm's first pass over `n` values (its partial sums).
@@ -83,6 +139,7 @@ impl GpuModel {
             head_grad: zeros(1)?,
             value_head: zeros(1)?,
             norm: (gpu.alloc(norm_parts(n), "the gradient norm")?, gpu.alloc(1, "the gradient norm")?),
+            tp_norm: TpNorm::of(&gpu, model)?,
             gpu,
         })
     }
@@ -105,6 +162,7 @@ impl GpuModel {
             head_grad: one()?,
             value_head: one()?,
             norm: (gpu.alloc(1, "the gradient norm")?, one()?),
+            tp_norm: None,
             gpu,
         })
     }
@@ -344,6 +402,9 @@ impl GpuModel {
 
     /// Global L2 norm of the gradients (deterministic two-pass f64 sum).
     pub fn grad_norm(&self) -> Result<f32> {
+        if let Some(t) = &self.tp_norm {
+            return self.tp_grad_norm(t);
+        }
         let n = self.grads.len();
         let p = norm_parts(n);
         let (partials, norm) = &self.norm;
@@ -373,6 +434,36 @@ impl GpuModel {
         self.gpu.stream.memcpy_dtoh(norm, &mut out[..]).map_err(drv("download"))?;
         self.gpu.sync()?;
         Ok(out[0])
+    }
+
+    /// [`GpuModel::grad_norm`] of a tensor-parallel shard ([`TpNorm`]): two f64 sums come to the
+    /// host, the sharded one is summed over the group there.
+    fn tp_grad_norm(&self, t: &TpNorm) -> Result<f32> {
+        let s = &self.gpu.stream;
+        let (gp, pp, sp) = (self.grads.device_ptr(s).0, t.partials.device_ptr(s).0, t.sums.device_ptr(s).0);
+        for (k, (runs, slots)) in t.runs.iter().enumerate() {
+            let first = runs.first().map_or(0, |r| r.1);
+            for (r, at) in runs {
+                let args = [Arg::P(gp + (r.start * 4) as u64), Arg::L(r.len() as i64), Arg::P(pp + (at * 8) as u64)];
+                self.gpu.launch(
+                    "grad_norm",
+                    "sumsq_partial_f32",
+                    (norm_parts(r.len()) as u32, 1, 1),
+                    (256, 1, 1),
+                    0,
+                    &args,
+                )?;
+            }
+            // the kind's slots follow each other from its first run's
+            let args = [Arg::P(pp + (first * 8) as u64), Arg::I(*slots as i32), Arg::P(0), Arg::P(sp + (k * 8) as u64)];
+            self.gpu.launch("grad_norm", "sumsq_final_f64", (1, 1, 1), (1024, 1, 1), 0, &args)?;
+        }
+        let mut sums = [0.0f64; 2];
+        s.memcpy_dtoh(&t.sums, &mut sums[..]).map_err(drv("download"))?;
+        self.gpu.sync()?;
+        let mut sharded = [sums[0]];
+        crate::parallel::Comm::all_reduce_sum_f64(&t.group, &mut sharded)?;
+        Ok((sharded[0] + sums[1]).sqrt() as f32)
     }
 
     /// One AdamW step with the hyper-parameters, step count and decay segments of `opt` (its host

@@ -5,7 +5,7 @@
 use crate::cuda::device::{drv, Gpu};
 use crate::error::{Error, Result};
 use crate::parallel::Comm;
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaStream, DevicePtrMut};
 use cudarc::nccl::{Id, ReduceOp};
 use std::sync::Arc;
 
@@ -56,8 +56,8 @@ impl Nccl {
         Ok(Nccl { comm, stream, boot })
     }
 
-    /// Sum a device buffer over the group, in place.
-    pub fn all_reduce_device(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
+    /// Sum a device buffer (or a view of one) over the group, in place, on the stream.
+    pub fn all_reduce_device<B: DevicePtrMut<f32>>(&self, buf: &mut B) -> Result<()> {
         self.comm.all_reduce_in_place(buf, &ReduceOp::Sum).map_err(nccl_err("all-reduce"))?;
         Ok(())
     }

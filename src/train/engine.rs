@@ -494,8 +494,13 @@ mod cuda {
         }
 
         pub fn on(gpu: Arc<Gpu>, model: &Model, dp: &dyn Comm) -> Result<Self> {
-            if model.tp.is_some() {
-                return Err(Error::Invalid("[train] device = \"cuda\" runs with tp = 1".into()));
+            // the ranks of a tensor-parallel group each need a GPU of their own (NCCL refuses two
+            // ranks of one communicator on one device)
+            if let Some(tp) = model.tp.as_ref().filter(|t| t.group.size() > 1) {
+                let ids = tp.group.all_gather_bytes(&gpu.uuid()?)?;
+                if let Some((a, b)) = crate::cuda::placement::shared_device(&ids) {
+                    return Err(crate::cuda::placement::shared_device_error(a, b));
+                }
             }
             let nccl = match dp.size() > 1 {
                 true => {

@@ -234,55 +234,79 @@ fn warm_text(extra: &str) -> String {
     text
 }
 
-/// Data parallelism on GPUs: the RL job with dp = 2 (`arbor launch --nproc 2`, a GPU a rank, the
-/// gradients all-reduced on the devices by NCCL) ends with the weights of the same job in one
-/// process (1e-5 after 2 updates; the global batch is the same) and its losses (1e-6 relative).
-/// Needs two devices: the SIMT emulator gives two (scripts/test.sh: `ARBOR_SIMT_DEVICES=2`, NCCL
-/// through shared memory); with one it says it skipped.
-#[test]
-fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
+/// The RL job with `extra` under `arbor launch --nproc 2` (a GPU a rank, their collectives on the
+/// devices through NCCL) against the same job in one process: the log says all of `says`, and the
+/// weights after 2 updates agree within `tol`, every loss and gradient norm within `loss_tol`
+/// (relative). Needs two
+/// devices: the SIMT emulator gives two (scripts/test.sh: `ARBOR_SIMT_DEVICES=2`, NCCL through
+/// shared memory); with one it says it skipped.
+fn two_gpus_equal_one(extra: &str, says: &[&str], tol: f32, loss_tol: f64) {
+    let grid = says[0];
     if gpu().is_none() {
         return;
     }
     if arbor::cuda::device_count() < 2 {
         assert!(!emulated(), "the emulated run of the tests has two devices (ARBOR_SIMT_DEVICES=2)");
-        println!("skipped: one CUDA device (dp = 2 needs two)");
+        println!("skipped: one CUDA device ({grid} needs two)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("dp.toml");
     let text = warm_text("").replace("steps = 4", "steps = 2").replace("eval_every = 2", "eval_every = 100");
-    std::fs::write(&cfg, text).unwrap();
+    let (one_cfg, two_cfg) = (dir.path().join("one.toml"), dir.path().join("two.toml"));
+    std::fs::write(&one_cfg, &text).unwrap();
+    std::fs::write(&two_cfg, text + extra).unwrap();
     let run = |launch: bool, out: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"));
         if launch {
             c.args(["launch", "--nproc", "2", "--"]);
         }
         let out_dir = dir.path().join(out);
+        let cfg = if launch { &two_cfg } else { &one_cfg };
         let o =
-            c.args(["--threads", "1", "train", "--config"]).arg(&cfg).arg("--out-dir").arg(&out_dir).output().unwrap();
+            c.args(["--threads", "1", "train", "--config"]).arg(cfg).arg("--out-dir").arg(&out_dir).output().unwrap();
         let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         assert!(o.status.success(), "{out}: {all}");
-        // the two ranks' gradients meet on the devices
-        assert_eq!(launch, all.contains("world 2 = dp 2") && all.contains("NCCL"), "{out}: {all}");
+        assert_eq!(launch, says.iter().all(|s| all.contains(s)), "{out}: {all}");
         out_dir.join("default")
     };
-    let (one, two) = (run(false, "dp1"), run(true, "dp2"));
+    let (one, two) = (run(false, "one"), run(true, "two"));
     let ck = "checkpoints/step-2";
-    let (_, p1) = arbor::io::load_hf_dir(&one.join(ck)).unwrap();
-    let (_, p2) = arbor::io::load_hf_dir(&two.join(ck)).unwrap();
+    let (c1, p1) = arbor::io::load_hf_dir(&one.join(ck)).unwrap();
+    let (c2, p2) = arbor::io::load_hf_dir(&two.join(ck)).unwrap();
+    assert_eq!(c1, c2, "the checkpoints hold the same (whole) model");
     assert_eq!(p1.data.len(), p2.data.len());
     let diff = p1.data.iter().zip(&p2.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    println!("dp 2 vs dp 1 on the GPU: max |weight difference| = {diff:.3e}");
-    assert!(diff <= 1e-5, "dp = 2 weights differ from dp = 1 by {diff}");
-    let losses = |d: &std::path::Path| -> Vec<f64> {
-        metrics_without_clock(d).iter().filter_map(|m| m.get("loss").and_then(|l| l.as_f64())).collect()
-    };
-    let (l1, l2) = (losses(&one), losses(&two));
-    assert!(!l1.is_empty() && l1.len() == l2.len(), "{l1:?} vs {l2:?}");
-    for (a, b) in l1.iter().zip(&l2) {
-        assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-3), "losses {l1:?} vs {l2:?}");
+    println!("{grid} vs one GPU: max |weight difference| = {diff:.3e}");
+    assert!(diff <= tol, "{grid}: weights differ from one GPU's by {diff}");
+    // the losses, and the gradient norms (of the whole model: under tp both shards' parts)
+    for key in ["loss", "grad_norm"] {
+        let values = |d: &std::path::Path| -> Vec<f64> {
+            metrics_without_clock(d).iter().filter_map(|m| m.get(key).and_then(|l| l.as_f64())).collect()
+        };
+        let (l1, l2) = (values(&one), values(&two));
+        assert!(!l1.is_empty() && l1.len() == l2.len(), "{key}: {l1:?} vs {l2:?}");
+        for (a, b) in l1.iter().zip(&l2) {
+            assert!((a - b).abs() <= loss_tol * a.abs().max(1e-3), "{grid}: {key} {l1:?} vs {l2:?}");
+        }
     }
+}
+
+/// Data parallelism on GPUs: the RL job with dp = 2, the gradients all-reduced on the devices by
+/// NCCL, ends with the one-process job's weights (1e-5 after 2 updates: the global batch is the
+/// same) and losses (1e-6 relative).
+#[test]
+fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
+    two_gpus_equal_one("", &["dp 2 × tp 1", "NCCL"], 1e-5, 1e-6);
+}
+
+/// Tensor parallelism on GPUs: the RL job with tp = 2 (each GPU holds half of every layer's
+/// heads and MLP channels; the row-parallel outputs of the forward, the backward and every decode
+/// step are summed on the devices by NCCL, the gradient norm over both shards) ends with the
+/// one-process job's weights within 1e-4 and losses within 5e-5, the bounds of the CPU's tp = 2
+/// test (tests/mpi.rs: the partial sums change the summation order).
+#[test]
+fn tensor_parallel_rl_on_two_gpus_equals_one_gpu() {
+    two_gpus_equal_one("\n[parallel]\ntp = 2\n", &["dp 1 × tp 2"], 1e-4, 5e-5);
 }
 
 /// `[critic]` (PPO with GAE on two mini-critics, their trunks on the GPU), `[attnrl]` trees (FCI
