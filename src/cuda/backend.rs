@@ -31,6 +31,31 @@ fn head_chunk_elems(total_mem: usize) -> usize {
     (total_mem / 16 / 4).clamp(1 << 24, 1 << 30)
 }
 
+impl Gpu {
+    /// Run `f` on the NCCL communicator of tensor-parallel group `group` on this device, made at
+    /// the group's first use (a collective: every rank of the group reaches this point together,
+    /// as they reach every row-parallel sum).
+    fn with_tp_nccl<T>(&self, group: &TpGroup, f: impl FnOnce(&crate::cuda::nccl::Nccl) -> Result<T>) -> Result<T> {
+        let mut held = self.tp_nccl.lock().map_err(|_| Error::device("tensor-parallel NCCL", "poisoned"))?;
+        if held.as_ref().is_none_or(|(id, _)| *id != group.id()) {
+            let comm = crate::cuda::nccl::Nccl::new(&self.stream, group.split(0, group.rank())?)?;
+            *held = Some((group.id(), comm));
+        }
+        match held.as_ref() {
+            Some((_, c)) => f(c),
+            None => Err(Error::device("tensor-parallel NCCL", "no communicator")),
+        }
+    }
+
+    /// Give every rank of tensor-parallel group `group` rank `root`'s values of `x`, on the device.
+    pub(crate) fn broadcast_tp(&self, mut x: CudaViewMut<'_, f32>, group: &TpGroup, root: usize) -> Result<()> {
+        if group.size() == 1 {
+            return Ok(());
+        }
+        self.with_tp_nccl(group, |c| c.broadcast_device(&mut x, root))
+    }
+}
+
 impl Backend for Gpu {
     type Buf = CudaSlice<f32>;
     type R<'a> = CudaView<'a, f32>;
@@ -136,16 +161,8 @@ impl Backend for Gpu {
         if group.size() == 1 {
             return Ok(());
         }
-        // on the device through NCCL, queued on the stream like a kernel; the communicator is
-        // made at the group's first all-reduce (a collective: every rank of the group is here)
-        let mut nccl = self.tp_nccl.lock().map_err(|_| Error::device("tensor-parallel NCCL", "poisoned"))?;
-        if nccl.as_ref().is_none_or(|c| c.size() != group.size()) {
-            *nccl = Some(crate::cuda::nccl::Nccl::new(self, group.split(0, group.rank())?)?);
-        }
-        match nccl.as_ref() {
-            Some(c) => c.all_reduce_device(&mut x),
-            None => Err(Error::device("tensor-parallel NCCL", "no communicator")),
-        }
+        // on the device through NCCL, queued on the stream like a kernel
+        self.with_tp_nccl(group, |c| c.all_reduce_device(&mut x))
     }
 
     fn matmul_nt(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()> {

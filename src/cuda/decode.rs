@@ -203,7 +203,8 @@ impl GpuDecoder {
         let max_pos = cache.max_len.min(cfg.max_position_embeddings);
         let h = &mut self.host;
         assign_positions(slots, &cache.len, max_pos, &mut h.positions, &mut h.next)?;
-        let (padded, all_rows) = step_rows(self.pad, b, logit_rows);
+        // (padding only serves the graphs, which a tensor-parallel step does not use)
+        let (padded, all_rows) = step_rows(self.pad && model.tp.is_none(), b, logit_rows);
         h.pad(tokens, slots, (padded, cache.slots, max_pos));
         let g = &*self.gpu;
         let mut rows = RowsDev::with_room(g, self.rows.take(), padded)?;

@@ -115,9 +115,10 @@ pub struct Gpu {
     /// so an unprofiled launch takes no lock).
     pub(crate) profile: Mutex<Option<super::profile::Profile>>,
     profiling: std::sync::atomic::AtomicBool,
-    /// The NCCL communicator of this process's tensor-parallel group on this device, made at the
-    /// group's first all-reduce (`Backend::all_reduce_tp`; every rank of the group makes it there).
-    pub(crate) tp_nccl: Mutex<Option<super::nccl::Nccl>>,
+    /// The NCCL communicator of this process's tensor-parallel group on this device (with the
+    /// group's `TpGroup::id`), made at the group's first sum or broadcast on the device
+    /// (`Backend::all_reduce_tp`; every rank of the group makes it there).
+    pub(crate) tp_nccl: Mutex<Option<(usize, super::nccl::Nccl)>>,
 }
 
 /// Where the images of a device are: (f32 buffer address, its length in elements, image address).
@@ -136,9 +137,7 @@ pub fn lookup(entries: &[ImageEntry], ptr: u64, len: usize) -> Option<u64> {
         .map(|e| e.image + (ptr - e.base) / 2)
 }
 
-pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::device(format!("CUDA {what}"), format!("{e:?}"))
-}
+pub(crate) use super::driver_error::drv;
 
 /// What an allocation the device could not make says: what it was for and its size, the memory
 /// the device has (`free`, `total` bytes), and the settings that need less.

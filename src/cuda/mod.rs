@@ -13,6 +13,7 @@ pub mod decode;
 pub mod decode_attn;
 mod decode_step;
 pub mod device;
+mod driver_error;
 pub mod gemm;
 pub mod generate;
 pub mod graphs;

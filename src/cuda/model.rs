@@ -51,7 +51,7 @@ type NormRuns = (Vec<(std::ops::Range<usize>, usize)>, usize);
 /// slice of the partial sums; one final pass per kind sums its slices in order.
 struct TpNorm {
     group: crate::parallel::TpGroup,
-    /// Per kind: sharded, then replicated.
+    /// Per kind: sharded, then replicated (its slots after the sharded kind's).
     runs: [NormRuns; 2],
     partials: CudaSlice<f64>,
     /// The two kinds' sums of squares.
@@ -392,7 +392,23 @@ impl GpuModel {
     /// Sum the gradients over a NCCL group, on the devices.
     pub fn all_reduce_grads(&mut self, nccl: &crate::cuda::nccl::Nccl) -> Result<()> {
         // (on the one stream: what reads the sums next is ordered after it)
-        nccl.all_reduce_device(&mut self.grads)
+        nccl.all_reduce_device(&mut self.grads)?;
+        // Under tensor parallelism each shard's gradients were summed by its own data-parallel
+        // group, and two groups on other GPUs may sum in other orders (NCCL picks its algorithm
+        // per topology): the replicated tensors (embeddings, norms, LM head) would drift apart
+        // between the shards, and with them the tokens each shard samples. They take tensor-
+        // parallel rank 0's sums.
+        if let Some(t) = &self.tp_norm {
+            for (r, _) in &t.runs[1].0 {
+                self.gpu.broadcast_tp(self.grads.slice_mut(r.clone()), &t.group, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of the model's tensor-parallel group (1 without one).
+    pub fn tp_size(&self) -> usize {
+        self.tp_norm.as_ref().map_or(1, |t| crate::parallel::Comm::size(&t.group))
     }
 
     /// Zero the gradients.
@@ -437,13 +453,15 @@ impl GpuModel {
     }
 
     /// [`GpuModel::grad_norm`] of a tensor-parallel shard ([`TpNorm`]): two f64 sums come to the
-    /// host, the sharded one is summed over the group there.
+    /// host and are summed over the group there.
     fn tp_grad_norm(&self, t: &TpNorm) -> Result<f32> {
         let s = &self.gpu.stream;
         let (gp, pp, sp) = (self.grads.device_ptr(s).0, t.partials.device_ptr(s).0, t.sums.device_ptr(s).0);
         for (k, (runs, slots)) in t.runs.iter().enumerate() {
-            let first = runs.first().map_or(0, |r| r.1);
+            // the replicated kind's slots follow the sharded kind's
+            let first = if k == 0 { 0 } else { t.runs[0].1 };
             for (r, at) in runs {
+                let at = first + at;
                 let args = [Arg::P(gp + (r.start * 4) as u64), Arg::L(r.len() as i64), Arg::P(pp + (at * 8) as u64)];
                 self.gpu.launch(
                     "grad_norm",
@@ -454,16 +472,18 @@ impl GpuModel {
                     &args,
                 )?;
             }
-            // the kind's slots follow each other from its first run's
             let args = [Arg::P(pp + (first * 8) as u64), Arg::I(*slots as i32), Arg::P(0), Arg::P(sp + (k * 8) as u64)];
             self.gpu.launch("grad_norm", "sumsq_final_f64", (1, 1, 1), (1024, 1, 1), 0, &args)?;
         }
         let mut sums = [0.0f64; 2];
         s.memcpy_dtoh(&t.sums, &mut sums[..]).map_err(drv("download"))?;
         self.gpu.sync()?;
-        let mut sharded = [sums[0]];
-        crate::parallel::Comm::all_reduce_sum_f64(&t.group, &mut sharded)?;
-        Ok((sharded[0] + sums[1]).sqrt() as f32)
+        // one sum over the group (in rank order: the same bits on every rank, so every shard
+        // clips alike), the replicated tensors counted on rank 0 only
+        use crate::parallel::Comm;
+        let mut total = [sums[0] + if t.group.rank() == 0 { sums[1] } else { 0.0 }];
+        t.group.all_reduce_sum_f64(&mut total)?;
+        Ok(total[0].sqrt() as f32)
     }
 
     /// One AdamW step with the hyper-parameters, step count and decay segments of `opt` (its host

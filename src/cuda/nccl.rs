@@ -2,7 +2,7 @@
 //! barriers, splits, abort) on the bootstrap communicator (MPI under mpirun), which also carries
 //! the NCCL unique id from rank 0 to the others.
 
-use crate::cuda::device::{drv, Gpu};
+use crate::cuda::driver_error::drv;
 use crate::error::{Error, Result};
 use crate::parallel::Comm;
 use cudarc::driver::{CudaStream, DevicePtrMut};
@@ -27,7 +27,7 @@ fn nccl_err(what: &str) -> impl Fn(cudarc::nccl::result::NcclError) -> Error + '
 impl Nccl {
     /// Create the communicator: rank 0 makes the unique id, `boot` broadcasts it, every rank
     /// joins with its GPU. Fails with a clear error where NCCL (libnccl.so) is missing.
-    pub fn new(gpu: &Gpu, boot: Box<dyn Comm>) -> Result<Nccl> {
+    pub fn new(stream: &Arc<CudaStream>, boot: Box<dyn Comm>) -> Result<Nccl> {
         // SAFETY: only looks the library up on the loader path (dlopen); nothing in it is called.
         if !unsafe { cudarc::nccl::sys::is_culib_present() } {
             return Err(Error::device(
@@ -50,7 +50,7 @@ impl Nccl {
         for (r, b) in raw.iter_mut().zip(&bytes) {
             *r = *b as std::ffi::c_char;
         }
-        let stream = gpu.stream.clone();
+        let stream = stream.clone();
         let comm = cudarc::nccl::Comm::from_rank(stream.clone(), boot.rank(), boot.size(), Id::uninit(raw))
             .map_err(nccl_err("init"))?;
         Ok(Nccl { comm, stream, boot })
@@ -59,6 +59,13 @@ impl Nccl {
     /// Sum a device buffer (or a view of one) over the group, in place, on the stream.
     pub fn all_reduce_device<B: DevicePtrMut<f32>>(&self, buf: &mut B) -> Result<()> {
         self.comm.all_reduce_in_place(buf, &ReduceOp::Sum).map_err(nccl_err("all-reduce"))?;
+        Ok(())
+    }
+
+    /// Give every rank rank `root`'s values of a device buffer (or a view of one), in place, on
+    /// the stream.
+    pub fn broadcast_device<B: DevicePtrMut<f32>>(&self, buf: &mut B, root: usize) -> Result<()> {
+        self.comm.broadcast_in_place(buf, root as i32).map_err(nccl_err("broadcast"))?;
         Ok(())
     }
 

@@ -45,10 +45,11 @@ pub fn shared_device(ids: &[Vec<u8>]) -> Option<(usize, usize)> {
     (0..ids.len()).find_map(|j| (0..j).find(|&i| ids[i] == ids[j]).map(|i| (i, j)))
 }
 
-/// The error for ranks `a` and `b` sharing one GPU under data parallelism.
-pub fn shared_device_error(a: usize, b: usize) -> Error {
+/// The error for ranks `a` and `b` of a `group` ("data-parallel", "tensor-parallel") sharing one
+/// GPU.
+pub fn shared_device_error(group: &str, a: usize, b: usize) -> Error {
     Error::Invalid(format!(
-        "data-parallel ranks {a} and {b} run on the same GPU, which NCCL refuses: start one rank per GPU \
+        "{group} ranks {a} and {b} (their ranks in the group) run on the same GPU, which NCCL refuses: start one rank per GPU \
          (e.g. srun --gpus-per-task=1, or as many ranks per node as it has GPUs), or name each rank's \
          device with {DEVICE_VAR}"
     ))
@@ -74,8 +75,8 @@ mod tests {
         assert_eq!(shared_device(&[id(1), id(2), id(1), id(2)]), Some((0, 2)));
         assert_eq!(shared_device(&[id(4), id(5), id(5)]), Some((1, 2)));
         assert_eq!(shared_device(&[]), None);
-        let msg = shared_device_error(1, 2).to_string();
-        assert!(msg.contains("ranks 1 and 2") && msg.contains(DEVICE_VAR), "{msg}");
+        let msg = shared_device_error("tensor-parallel", 1, 2).to_string();
+        assert!(msg.contains("tensor-parallel ranks 1 and 2") && msg.contains(DEVICE_VAR), "{msg}");
     }
 
     #[test]

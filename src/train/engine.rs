@@ -499,16 +499,16 @@ mod cuda {
             if let Some(tp) = model.tp.as_ref().filter(|t| t.group.size() > 1) {
                 let ids = tp.group.all_gather_bytes(&gpu.uuid()?)?;
                 if let Some((a, b)) = crate::cuda::placement::shared_device(&ids) {
-                    return Err(crate::cuda::placement::shared_device_error(a, b));
+                    return Err(crate::cuda::placement::shared_device_error("tensor-parallel", a, b));
                 }
             }
             let nccl = match dp.size() > 1 {
                 true => {
                     let ids = dp.all_gather_bytes(&gpu.uuid()?)?;
                     if let Some((a, b)) = crate::cuda::placement::shared_device(&ids) {
-                        return Err(crate::cuda::placement::shared_device_error(a, b));
+                        return Err(crate::cuda::placement::shared_device_error("data-parallel", a, b));
                     }
-                    Some(Rc::new(Nccl::new(&gpu, dp.split(0, dp.rank())?)?))
+                    Some(Rc::new(Nccl::new(&gpu.stream, dp.split(0, dp.rank())?)?))
                 }
                 false => None,
             };
@@ -525,10 +525,14 @@ mod cuda {
         }
 
         pub fn describe(&self) -> String {
-            match &self.nccl {
-                Some(n) => format!("{} ({})", self.model.gpu().describe(), n.describe()),
-                None => self.model.gpu().describe(),
+            let mut d = self.model.gpu().describe();
+            if let Some(n) = &self.nccl {
+                d += &format!(" ({})", n.describe());
             }
+            if self.model.tp_size() > 1 {
+                d += &format!(", tensor-parallel sums through NCCL over {} GPUs", self.model.tp_size());
+            }
+            d
         }
 
         pub fn forward(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {

@@ -234,20 +234,19 @@ fn warm_text(extra: &str) -> String {
     text
 }
 
-/// The RL job with `extra` under `arbor launch --nproc 2` (a GPU a rank, their collectives on the
+/// The RL job with `extra` under `arbor launch --nproc N` (a GPU a rank, their collectives on the
 /// devices through NCCL) against the same job in one process: the log says all of `says`, and the
 /// weights after 2 updates agree within `tol`, every loss and gradient norm within `loss_tol`
-/// (relative). Needs two
-/// devices: the SIMT emulator gives two (scripts/test.sh: `ARBOR_SIMT_DEVICES=2`, NCCL through
-/// shared memory); with one it says it skipped.
-fn two_gpus_equal_one(extra: &str, says: &[&str], tol: f32, loss_tol: f64) {
+/// (relative). Needs N devices: the SIMT emulator gives four (scripts/test.sh:
+/// `ARBOR_SIMT_DEVICES=4`, NCCL through shared memory); with fewer it says it skipped.
+fn gpus_equal_one(n: usize, extra: &str, says: &[&str], tol: f32, loss_tol: f64) {
     let grid = says[0];
     if gpu().is_none() {
         return;
     }
-    if arbor::cuda::device_count() < 2 {
-        assert!(!emulated(), "the emulated run of the tests has two devices (ARBOR_SIMT_DEVICES=2)");
-        println!("skipped: one CUDA device ({grid} needs two)");
+    if arbor::cuda::device_count() < n {
+        assert!(!emulated(), "the emulated run of the tests has four devices (ARBOR_SIMT_DEVICES=4)");
+        println!("skipped: {} CUDA device(s) ({grid} needs {n})", arbor::cuda::device_count());
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -258,7 +257,7 @@ fn two_gpus_equal_one(extra: &str, says: &[&str], tol: f32, loss_tol: f64) {
     let run = |launch: bool, out: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"));
         if launch {
-            c.args(["launch", "--nproc", "2", "--"]);
+            c.args(["launch", "--nproc", &n.to_string(), "--"]);
         }
         let out_dir = dir.path().join(out);
         let cfg = if launch { &two_cfg } else { &one_cfg };
@@ -296,7 +295,7 @@ fn two_gpus_equal_one(extra: &str, says: &[&str], tol: f32, loss_tol: f64) {
 /// same) and losses (1e-6 relative).
 #[test]
 fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
-    two_gpus_equal_one("", &["dp 2 × tp 1", "NCCL"], 1e-5, 1e-6);
+    gpus_equal_one(2, "", &["dp 2 × tp 1", "NCCL"], 1e-5, 1e-6);
 }
 
 /// Tensor parallelism on GPUs: the RL job with tp = 2 (each GPU holds half of every layer's
@@ -306,7 +305,15 @@ fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
 /// test (tests/mpi.rs: the partial sums change the summation order).
 #[test]
 fn tensor_parallel_rl_on_two_gpus_equals_one_gpu() {
-    two_gpus_equal_one("\n[parallel]\ntp = 2\n", &["dp 1 × tp 2"], 1e-4, 5e-5);
+    gpus_equal_one(2, "\n[parallel]\ntp = 2\n", &["dp 1 × tp 2", "tensor-parallel sums through NCCL"], 1e-4, 5e-5);
+}
+
+/// Both on four GPUs: dp = 2 replicas of tp = 2 shards (the gradients of each shard summed over
+/// its replicas by one NCCL group, the row-parallel sums of each replica by another, on the same
+/// devices), again within the tp = 2 test's bounds of the one-GPU job.
+#[test]
+fn dp_and_tp_rl_on_four_gpus_equals_one_gpu() {
+    gpus_equal_one(4, "\n[parallel]\ntp = 2\n", &["dp 2 × tp 2", "tensor-parallel sums through NCCL"], 1e-4, 5e-5);
 }
 
 /// `[critic]` (PPO with GAE on two mini-critics, their trunks on the GPU), `[attnrl]` trees (FCI
