@@ -625,7 +625,17 @@ fn arbor_launch_spans_machines() {
     let sft = write_config(dir.path(), &sft_config());
     let o = launch(2, &["--threads", "1", "train", "--config", &sft, "--out-dir", &out("one")], &[]);
     assert!(o.status.success(), "one machine: {}", text(&o));
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // (a port below the ephemeral range: no other test's listener or outgoing connection takes it
+    // between this check and the hub's bind, and a rank retrying a connection to it cannot
+    // connect to itself)
+    let next = std::sync::atomic::AtomicUsize::new(std::process::id() as usize);
+    let free_port = || loop {
+        let k = next.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
+        let p = 20_000 + (k % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    };
     let master = format!("127.0.0.1:{}", free_port());
     let second = node_launch(&master, &[], &[("SLURM_NODEID", "1")], &sft, &out("two"));
     std::thread::sleep(Duration::from_millis(1500));
@@ -638,8 +648,8 @@ fn arbor_launch_spans_machines() {
 
     // node 1 says it runs 2 ranks where node 0 says 1: a job of 4 ranks against one of 2
     let master = format!("127.0.0.1:{}", free_port());
-    let bad = ["--nproc", "2", "--node-rank", "1", "--join-timeout-s", "5"];
-    let first = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "5"], &[], &sft, &out("bad"));
+    let bad = ["--nproc", "2", "--node-rank", "1", "--join-timeout-s", "30"];
+    let first = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "30"], &[], &sft, &out("bad"));
     let second = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["launch", "--nnodes", "2", "--master", &master])
         .args(bad)
@@ -662,7 +672,8 @@ fn arbor_launch_spans_machines() {
     assert!(t0.elapsed() < Duration::from_secs(60), "the join timeout ends the job");
     // flags that cannot make a job are refused before anything starts
     for (flags, says) in [
-        (&["--nnodes", "2"][..], "needs --master"),
+        (&["--nnodes", "2", "--master", "h:1"][..], "--node-rank"),
+        (&["--nnodes", "2", "--node-rank", "0"], "needs --master"),
         (&["--nnodes", "2", "--node-rank", "2", "--master", "h:1"], "--node-rank 2"),
         (&["--nnodes", "2", "--node-rank", "1", "--master", "h"], "HOST:PORT"),
     ] {

@@ -76,8 +76,8 @@ pub struct LaunchArgs {
     /// $SLURM_NODEID, else 0 (with one machine).
     #[arg(long)]
     pub node_rank: Option<usize>,
-    /// HOST:PORT of the job's hub, which node 0's launcher serves on PORT (every interface) and
-    /// every rank connects to; required with --nnodes > 1. Default: a free port on the loopback
+    /// HOST:PORT (or [IPv6]:PORT) of the job's hub, which node 0's launcher serves on PORT (every
+    /// interface) and every rank connects to; required with --nnodes > 1. Default: a free port on the loopback
     /// interface (one machine).
     #[arg(long)]
     pub master: Option<String>,
@@ -104,14 +104,20 @@ fn placement(a: &LaunchArgs) -> anyhow::Result<Placement> {
     let (n, nodes) = (a.nproc, a.nnodes);
     anyhow::ensure!((1..=MAX_NPROC).contains(&n), "--nproc {n}: between 1 and {MAX_NPROC}");
     anyhow::ensure!(nodes >= 1, "--nnodes {nodes}: at least 1");
-    anyhow::ensure!(n * nodes <= MAX_WORLD, "--nproc {n} × --nnodes {nodes}: at most {MAX_WORLD} ranks in all");
-    anyhow::ensure!(a.join_timeout_s >= 1, "--join-timeout-s {}: at least 1", a.join_timeout_s);
+    anyhow::ensure!(
+        n.checked_mul(nodes).is_some_and(|w| w <= MAX_WORLD),
+        "--nproc {n} × --nnodes {nodes}: at most {MAX_WORLD} ranks in all"
+    );
+    anyhow::ensure!(
+        (1..=86_400).contains(&a.join_timeout_s),
+        "--join-timeout-s {}: between 1 and 86400",
+        a.join_timeout_s
+    );
     let node = match (a.node_rank, std::env::var("SLURM_NODEID")) {
         (Some(k), _) => k,
-        (None, Ok(v)) if nodes > 1 => {
-            v.trim().parse().map_err(|_| anyhow::anyhow!("SLURM_NODEID = {v:?} is not a node index"))?
-        }
-        _ => 0,
+        (None, _) if nodes == 1 => 0,
+        (None, Ok(v)) => v.trim().parse().map_err(|_| anyhow::anyhow!("SLURM_NODEID = {v:?} is not a node index"))?,
+        (None, Err(_)) => anyhow::bail!("--nnodes {nodes}: say which machine this is with --node-rank (or run under srun, which sets $SLURM_NODEID)"),
     };
     anyhow::ensure!(node < nodes, "--node-rank {node}: --nnodes is {nodes}, so it must be below {nodes}");
     let world = n * nodes;
@@ -133,9 +139,14 @@ fn placement(a: &LaunchArgs) -> anyhow::Result<Placement> {
     if node != 0 {
         return Ok(Placement { node, world, hub_addr: master.clone(), listener: None });
     }
-    let listener = TcpListener::bind(("0.0.0.0", port))
+    // every interface of the master address's family ([v6]:port: IPv6)
+    let (any, local) = match master.starts_with('[') {
+        true => ("::", format!("[::1]:{port}")),
+        false => ("0.0.0.0", format!("127.0.0.1:{port}")),
+    };
+    let listener = TcpListener::bind((any, port))
         .map_err(|e| anyhow::anyhow!("--master {master}: cannot listen on port {port}: {e}"))?;
-    Ok(Placement { node, world, hub_addr: format!("127.0.0.1:{port}"), listener: Some(listener) })
+    Ok(Placement { node, world, hub_addr: local, listener: Some(listener) })
 }
 
 /// Run the job; returns only when every rank finished cleanly (a failure exits the process with
@@ -166,6 +177,11 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
             .env(SIZE_VAR, world.to_string())
             .env(JOIN_VAR, a.join_timeout_s.to_string())
             .env("LOCAL_RANK", local.to_string());
+        // the launcher's own place under srun or mpirun (e.g. SLURM_LOCALID = 0 with one launcher a
+        // machine) is not its ranks': they take their GPU from LOCAL_RANK (`cuda::placement`)
+        for var in ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"] {
+            c.env_remove(var);
+        }
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent: a rank dies
         // with the launcher instead of running on without its hub
         unsafe {
@@ -182,6 +198,7 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
     let mut done = vec![false; n];
     let mut preempted: Option<std::time::Instant> = None;
     let mut hub_running = hub_end.is_some();
+    let mut remote_wait: Option<std::time::Instant> = None;
     loop {
         let sig = CAUGHT.swap(0, Ordering::SeqCst);
         if TERMS.load(Ordering::SeqCst) >= 2 {
@@ -198,7 +215,7 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
             }
         }
         // the ranks' own statuses first: they say more than the hub's view of a lost rank
-        check_children(&mut children, node * n, &mut done, &mut preempted);
+        check_children(&mut children, node * n, &mut done, &mut preempted, hub_end.as_ref().filter(|_| hub_running));
         let hub_news = match (&hub_end, hub_running) {
             (Some(h), true) => h.try_recv(),
             _ => Err(mpsc::TryRecvError::Empty),
@@ -206,7 +223,13 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
         match hub_news {
             Ok(Ok(HubEnd::Aborted(why))) => {
                 std::thread::sleep(Duration::from_millis(200));
-                check_children(&mut children, node * n, &mut done, &mut preempted);
+                check_children(
+                    &mut children,
+                    node * n,
+                    &mut done,
+                    &mut preempted,
+                    hub_end.as_ref().filter(|_| hub_running),
+                );
                 stop(&mut children, &why, 1)
             }
             Ok(Err(e)) => stop(&mut children, &e.to_string(), 1),
@@ -215,7 +238,19 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
             Ok(Ok(HubEnd::Done)) => hub_running = false,
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        if done.iter().all(|&d| d) {
+        // node 0's ranks are done, but its hub may still serve other machines' ranks: wait for
+        // them to leave it (bounded by the join timeout)
+        let remote = hub_running && world > n;
+        if remote && done.iter().all(|&d| d) {
+            let since = *remote_wait.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > join {
+                eprintln!(
+                    "arbor launch: other machines' ranks still connected {} s after this machine's ended",
+                    join.as_secs()
+                );
+                std::process::exit(1);
+            }
+        } else if done.iter().all(|&d| d) {
             if preempted.is_some() {
                 eprintln!("arbor launch: the ranks stopped for a preemption after a checkpoint");
                 std::process::exit(EXIT_PREEMPTED);
@@ -234,14 +269,25 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
 /// Ranks that fail together (one's failure makes the launcher end the others' collectives) are
 /// reported together, after a moment for the rest to exit, the job's status being the first that
 /// is not 1 (the status of a rank that lost its job).
-fn check_children(children: &mut [Child], first: usize, done: &mut [bool], preempted: &mut Option<std::time::Instant>) {
+fn check_children(
+    children: &mut [Child],
+    first: usize,
+    done: &mut [bool],
+    preempted: &mut Option<std::time::Instant>,
+    hub: Option<&mpsc::Receiver<crate::error::Result<HubEnd>>>,
+) {
     let mut failed = reap(children, first, done, preempted);
     if failed.is_empty() {
         return;
     }
     std::thread::sleep(Duration::from_millis(200));
     failed.extend(reap(children, first, done, preempted));
-    let why: Vec<String> = failed.iter().map(|(rank, status, _)| format!("rank {rank} exited with {status}")).collect();
+    let mut why: Vec<String> =
+        failed.iter().map(|(rank, status, _)| format!("rank {rank} exited with {status}")).collect();
+    // the hub's reason first where it ended the job (a rank that never connected, a rank's abort)
+    if let Some(Ok(HubEnd::Aborted(reason))) = hub.and_then(|h| h.try_recv().ok()) {
+        why.insert(0, reason);
+    }
     let code = failed.iter().map(|f| f.2).find(|&c| c != 1).unwrap_or(1);
     stop(children, &why.join("; "), code)
 }

@@ -49,11 +49,29 @@ pub fn serve(listener: TcpListener, size: usize, join: Duration) -> Result<HubEn
     let deadline = Instant::now() + join;
     listener.set_nonblocking(true).map_err(|e| io("listen", e))?;
     let mut joined = 0;
+    // what the ranks that joined sent before the others came (their first collectives, or an abort)
+    let mut early: Vec<(usize, Option<Frame>)> = Vec::new();
     while joined < size {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // a rank that aborts (or dies) while others have not joined ends the job at once
+                while let Ok((rank, frame)) = rx.try_recv() {
+                    match &frame {
+                        Some(f) if f.kind == wire::ABORT => {
+                            shut(writers.iter().flatten());
+                            return Ok(HubEnd::Aborted(String::from_utf8_lossy(&f.payload).into_owned()));
+                        }
+                        None => {
+                            shut(writers.iter().flatten());
+                            let why = format!("rank {rank} left before every rank of the job had connected");
+                            return Ok(HubEnd::Aborted(why));
+                        }
+                        Some(_) => early.push((rank, frame)),
+                    }
+                }
                 if Instant::now() >= deadline {
+                    shut(writers.iter().flatten());
                     let missing: Vec<String> =
                         (0..size).filter(|&r| writers[r].is_none()).map(|r| r.to_string()).collect();
                     let why = format!(
@@ -71,7 +89,8 @@ pub fn serve(listener: TcpListener, size: usize, join: Duration) -> Result<HubEn
         stream.set_nonblocking(false).map_err(|e| io("socket", e))?;
         stream.set_nodelay(true).map_err(|e| io("socket", e))?;
         // a connection that says nothing (not a rank) may not hold the job
-        stream.set_read_timeout(Some(HELLO_TIMEOUT)).map_err(|e| io("socket", e))?;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        stream.set_read_timeout(Some(HELLO_TIMEOUT.min(left))).map_err(|e| io("socket", e))?;
         let mut reader = BufReader::new(stream.try_clone().map_err(|e| io("socket", e))?);
         let hello = match Frame::read_from(&mut reader) {
             Ok(f) => f,
@@ -107,12 +126,24 @@ pub fn serve(listener: TcpListener, size: usize, join: Duration) -> Result<HubEn
         });
     }
     drop(tx);
+    drop(listener);
     let writers: Vec<TcpStream> = writers.into_iter().map(|w| w.expect("every rank said hello")).collect();
+    for (rank, mut w) in writers.iter().enumerate() {
+        if let Err(e) = wire::write_frame(&mut w, wire::WELCOME, 0, (0, 0), &[]) {
+            shut(&writers);
+            return Ok(HubEnd::Aborted(format!("rank {rank} left before every rank of the job had connected ({e})")));
+        }
+    }
     let groups = HashMap::from([(0, Group::new((0..size).collect()))]);
     let mut router = Router { groups, next_id: 1, writers, left: vec![false; size] };
     let mut connected = size;
+    let mut early = early.into_iter();
     while connected > 0 {
-        let Ok((rank, frame)) = rx.recv() else { break };
+        let next = match early.next() {
+            Some(x) => Ok(x),
+            None => rx.recv(),
+        };
+        let Ok((rank, frame)) = next else { break };
         let handled = match frame {
             Some(frame) => router.handle(rank, frame),
             None => {
@@ -121,15 +152,19 @@ pub fn serve(listener: TcpListener, size: usize, join: Duration) -> Result<HubEn
             }
         };
         if let Err(why) = handled {
-            // (each connection has a second handle in its reader thread: shut the sockets, so
-            // every rank still waiting sees the end)
-            for w in &router.writers {
-                let _ = w.shutdown(std::net::Shutdown::Both);
-            }
+            shut(&router.writers);
             return Ok(HubEnd::Aborted(why));
         }
     }
     Ok(HubEnd::Done)
+}
+
+/// Shut the connections of the ranks that joined (each has a second handle in its reader thread:
+/// shutting the socket lets every rank still waiting see the end).
+fn shut<'a>(writers: impl IntoIterator<Item = &'a TcpStream>) {
+    for w in writers {
+        let _ = w.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// The replies to a collective: one payload for every member, or one frame each (a split).

@@ -23,10 +23,10 @@ pub const SIZE_VAR: &str = "ARBOR_HUB_SIZE";
 /// `--join-timeout-s`: a rank of another machine may start before the hub listens).
 pub const JOIN_VAR: &str = "ARBOR_HUB_JOIN_S";
 
-/// The hub's join timeout: `JOIN_VAR`, or 10 minutes.
+/// The hub's join timeout: `JOIN_VAR`, or 10 minutes (at most a day).
 fn join_timeout() -> std::time::Duration {
     let s = std::env::var(JOIN_VAR).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(600);
-    std::time::Duration::from_secs(s)
+    std::time::Duration::from_secs(s.min(86_400))
 }
 
 /// A connection to `addr`, tried again (every 0.1 s, then up to every 2 s) until it succeeds or
@@ -58,6 +58,8 @@ struct Inbox {
     messages: HashMap<(u64, u64), VecDeque<Vec<u8>>>,
     /// Why the connection ended, once it has.
     closed: Option<String>,
+    /// Whether the hub said every rank has connected ([`wire::WELCOME`]).
+    welcomed: bool,
 }
 
 /// A process's connection to the hub, shared by its communicators.
@@ -169,6 +171,7 @@ impl TcpComm {
                     Ok(f) if f.kind == wire::DELIVER => {
                         inbox.messages.entry((f.comm, f.a)).or_default().push_back(f.payload)
                     }
+                    Ok(f) if f.kind == wire::WELCOME => inbox.welcomed = true,
                     Ok(f) => inbox.closed = Some(format!("an unexpected frame of kind {}", f.kind)),
                     Err(e) => inbox.closed = Some(e.to_string()),
                 }
@@ -180,6 +183,24 @@ impl TcpComm {
                 }
             })
             .map_err(fail)?;
+        // the job starts when every rank has connected (machines may start minutes apart: the
+        // join timeout bounds the wait, the collective watchdog only what comes after)
+        // (later than the hub's own deadline, so that where the hub gives up it says why)
+        let deadline = std::time::Instant::now() + join_timeout() + std::time::Duration::from_secs(10);
+        let mut inbox = link.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        while !inbox.welcomed {
+            if let Some(why) = &inbox.closed {
+                return Err(link.lost(why));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                let why =
+                    format!("not every rank of the job connected to the hub within {} s", join_timeout().as_secs());
+                return Err(Error::collective(rank, format!("arbor launch hub at {addr}"), why));
+            }
+            inbox = link.arrived.wait_timeout(inbox, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(inbox);
         let others = (0..size).filter(|&r| r != rank).collect();
         Ok(TcpComm { link: Arc::new(Hold(link)), id: 0, rank, size, others, watchdog })
     }
@@ -397,8 +418,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let hub = std::thread::spawn(move || serve(listener, 2, std::time::Duration::from_secs(60)).unwrap());
-        let a = TcpComm::connect(&addr, 0, 2, None).unwrap();
+        // (a connection returns once every rank has connected: the two join from two threads)
+        let at = addr.clone();
+        let a = std::thread::spawn(move || TcpComm::connect(&at, 0, 2, None).unwrap());
         let b = TcpComm::connect(&addr, 1, 2, None).unwrap();
+        let a = a.join().unwrap();
         a.link.send(wire::COLLECTIVE, 0, (wire::OP_BARRIER, 0), &[]).unwrap();
         b.link.send(wire::COLLECTIVE, 0, (wire::OP_SUM_F32, 0), &[]).unwrap();
         match hub.join().unwrap() {
@@ -415,6 +439,31 @@ mod tests {
             }
         });
         assert_eq!(end, HubEnd::Aborted("rank 1: out of disk".into()));
+    }
+
+    /// A rank that aborts while others have not yet connected ends the job at once with its
+    /// reason (not at the join timeout, as "did not connect"); ranks that never come end it at the
+    /// join timeout, naming them.
+    #[test]
+    fn an_abort_before_every_rank_joined_ends_the_job_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let t0 = std::time::Instant::now();
+        let hub = std::thread::spawn(move || serve(listener, 3, std::time::Duration::from_secs(60)).unwrap());
+        let mut s = TcpStream::connect(&addr).unwrap();
+        wire::write_frame(&mut s, wire::HELLO, 0, (1, 3), &[]).unwrap();
+        wire::write_frame(&mut s, wire::ABORT, 0, (0, 0), b"rank 1: bad config").unwrap();
+        assert_eq!(hub.join().unwrap(), HubEnd::Aborted("rank 1: bad config".into()));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "{:?}", t0.elapsed());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hub = std::thread::spawn(move || serve(listener, 3, std::time::Duration::from_secs(1)).unwrap());
+        let mut s = TcpStream::connect(&addr).unwrap();
+        wire::write_frame(&mut s, wire::HELLO, 0, (1, 3), &[]).unwrap();
+        match hub.join().unwrap() {
+            HubEnd::Aborted(why) => assert!(why.contains("rank(s) 0, 2 of 3 did not connect"), "{why}"),
+            e => panic!("{e:?}"),
+        }
     }
 
     /// A rank that exits while another waits for it in a collective, or before another calls

@@ -17,6 +17,10 @@ pub const ABORT: u8 = 4;
 pub const REPLY: u8 = 10;
 /// Hub → rank: a message from rank `a` of `comm`.
 pub const DELIVER: u8 = 11;
+/// Hub → rank: every rank of the job has connected (a rank waits for it before its first
+/// collective, so a machine that starts late is waited for by the hub's join timeout, not by the
+/// collective watchdog).
+pub const WELCOME: u8 = 12;
 
 pub const OP_SUM_F32: u64 = 1;
 pub const OP_SUM_F64: u64 = 2;

@@ -257,7 +257,9 @@ fn gpus_equal_one(n: usize, extra: &str, says: &[&str], tol: f32, loss_tol: f64)
     let run = |launch: bool, out: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"));
         if launch {
-            c.args(["launch", "--nproc", &n.to_string(), "--"]);
+            // (as srun sets it for one launcher a machine: the ranks take their GPUs from
+            // LOCAL_RANK, not from the launcher's own place)
+            c.args(["launch", "--nproc", &n.to_string(), "--"]).env("SLURM_LOCALID", "0");
         }
         let out_dir = dir.path().join(out);
         let cfg = if launch { &two_cfg } else { &one_cfg };
