@@ -153,8 +153,12 @@ struct Graph {
     std::vector<Op> ops;
 };
 
+// cuStreamBeginCapture's modes: global (0), thread-local (1), relaxed (2).
+constexpr int CAPTURE_THREAD_LOCAL = 1;
+
 struct Stream {
     Graph* capture = nullptr;
+    int capture_mode = 0;  // of the capture in progress (a thread-local one ends on its thread)
 };
 
 struct Event {
@@ -164,13 +168,22 @@ struct Event {
 
 Stream default_stream;
 std::mutex stream_lock;
-int g_capturing = 0;  // streams being captured (under stream_lock)
+int g_capturing = 0;               // streams captured in the global mode (under stream_lock)
+thread_local int t_capturing = 0;  // streams this thread captures in the thread-local mode
 
-// A call that a capture in the default (global) mode forbids while any stream is captured: the
-// real driver fails it with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture.
+// The count of captures in `mode` that refuse calls on this thread (a relaxed capture refuses none).
+int& capturing(int mode) {
+    static thread_local int relaxed = 0;
+    return mode == CAPTURE_THREAD_LOCAL ? t_capturing : mode == 0 ? g_capturing : relaxed;
+}
+
+// A call that a capture forbids: the real driver fails it with
+// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture. A capture in the global mode
+// forbids it on every thread; in the thread-local mode (arbor's decode graphs) only on the thread
+// that captures (other threads, e.g. other tests, go on).
 CUresult refused_while_capturing(const char* call) {
     std::lock_guard<std::mutex> g(stream_lock);
-    if (g_capturing == 0) return OK;
+    if (g_capturing == 0 && t_capturing == 0) return OK;
     report(std::string(call) + " while a stream is being captured (not allowed: the capture fails)");
     return 900;  // CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
 }
@@ -498,12 +511,13 @@ API CUresult cuStreamDestroy_v2(void* s) {
 API CUresult cuStreamSynchronize(void*) { return synchronize("cuStreamSynchronize"); }
 API CUresult cuStreamQuery(void*) { return OK; }
 API CUresult cuStreamWaitEvent(void*, void*, unsigned int) { return OK; }
-API CUresult cuStreamBeginCapture_v2(void* s, int) {
+API CUresult cuStreamBeginCapture_v2(void* s, int mode) {
     std::lock_guard<std::mutex> g(stream_lock);
     Stream* st = stream_of(s);
     if (st->capture) return E_INVALID_VALUE;
     st->capture = new Graph();
-    g_capturing += 1;
+    st->capture_mode = mode;
+    capturing(mode) += 1;
     return OK;
 }
 API CUresult cuStreamEndCapture(void* s, void** graph) {
@@ -512,7 +526,7 @@ API CUresult cuStreamEndCapture(void* s, void** graph) {
     if (!st->capture) return E_INVALID_VALUE;
     *graph = st->capture;
     st->capture = nullptr;
-    g_capturing -= 1;
+    capturing(st->capture_mode) -= 1;
     return OK;
 }
 API CUresult cuStreamIsCapturing(void* s, int* status) {
@@ -821,6 +835,28 @@ struct NcclComm {
     unsigned long long phase = 0;
     std::atomic<unsigned long long>* arrived() { return reinterpret_cast<std::atomic<unsigned long long>*>(base); }
     unsigned char* slot(int r) { return reinterpret_cast<unsigned char*>(base + NCCL_HEADER + (size_t)r * NCCL_SLOT); }
+    // What each rank calls, written before a call's first barrier and compared after it: ranks
+    // that disagree (a rank-divergent program) fail the call, where a real NCCL would hang or
+    // return garbage. Room for 126 ranks after the barrier's counter.
+    unsigned long long* call(int r) { return reinterpret_cast<unsigned long long*>(base + 64 + (size_t)r * 32); }
+    bool checks() const { return 64 + (size_t)nranks * 32 <= NCCL_HEADER; }
+    void declare(unsigned long long kind, unsigned long long count, unsigned long long dtype, unsigned long long arg) {
+        if (!checks()) return;
+        unsigned long long* c = call(rank);
+        c[0] = kind, c[1] = count, c[2] = dtype, c[3] = arg;
+    }
+    // after the barrier: empty, or which ranks disagree
+    std::string disagreement(const char* what) {
+        if (!checks()) return "";
+        for (int r = 1; r < nranks; ++r)
+            if (memcmp(call(0), call(r), 32) != 0) {
+                char m[256];
+                snprintf(m, sizeof m, "%s: ranks 0 and %d disagree (count %llu vs %llu, type %llu vs %llu, op/root %llu vs %llu)",
+                         what, r, call(0)[1], call(r)[1], call(0)[2], call(r)[2], call(0)[3], call(r)[3]);
+                return m;
+            }
+        return "";
+    }
     // every rank's arrival at this rank's next barrier
     bool barrier() {
         phase += 1;
@@ -928,7 +964,12 @@ API int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int
         for (size_t first = 0; first < count; first += per) {
             const size_t n = std::min(per, count - first);
             memcpy(c->slot(c->rank), static_cast<const unsigned char*>(send) + first * es, n * es);
+            if (first == 0) c->declare(1, count, dtype, op);
             if (!c->barrier()) return "an NCCL all-reduce: a peer did not arrive";
+            if (first == 0) {
+                const std::string e = c->disagreement("an NCCL all-reduce");
+                if (!e.empty()) return e;
+            }
             unsigned char* out = static_cast<unsigned char*>(recv) + first * es;
             // every rank reads the slots from element 0 of this round
             switch (dtype) {
@@ -957,7 +998,12 @@ API int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int
         for (size_t first = 0; first < count; first += per) {
             const size_t n = std::min(per, count - first);
             if (c->rank == root) memcpy(c->slot(root), static_cast<const unsigned char*>(send) + first * es, n * es);
+            if (first == 0) c->declare(2, count, dtype, root);
             if (!c->barrier()) return "an NCCL broadcast: a peer did not arrive";
+            if (first == 0) {
+                const std::string e = c->disagreement("an NCCL broadcast");
+                if (!e.empty()) return e;
+            }
             memcpy(static_cast<unsigned char*>(recv) + first * es, c->slot(root), n * es);
             if (!c->barrier()) return "an NCCL broadcast: a peer did not arrive";
         }

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime.h"
@@ -214,6 +215,20 @@ int main() {
         check(eleven && d[0] == 4 && d[1] == 0 && d[2] == 1 && d[3] == 1024 && d[4] == 2 && d[5] == 2048 && d[6] == 0 &&
                   d[8] == 1 && d[9] == 2 && d[10] == 0,
               "the counts of kernels, copies, host waits and graph launches are what ran");
+    }
+    {
+        // arbor captures its decode steps in the thread-local mode: other threads go on
+        void* s = nullptr;
+        cuStreamCreate(&s, 0);
+        cuStreamBeginCapture_v2(s, 1);
+        const bool here = cuStreamSynchronize(s) != 0;
+        bool other = false;
+        std::thread t([&] { other = cuStreamSynchronize(nullptr) == 0; });
+        t.join();
+        void* graph = nullptr;
+        cuStreamEndCapture(s, &graph);
+        check(here && other && cuStreamSynchronize(s) == 0,
+              "a thread-local capture refuses a synchronize on its own thread only");
     }
     {
         unsigned long long out = dev(8);
