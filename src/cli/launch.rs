@@ -285,8 +285,10 @@ fn check_children(
     let mut why: Vec<String> =
         failed.iter().map(|(rank, status, _)| format!("rank {rank} exited with {status}")).collect();
     // the hub's reason first where it ended the job (a rank that never connected, a rank's abort)
-    if let Some(Ok(HubEnd::Aborted(reason))) = hub.and_then(|h| h.try_recv().ok()) {
-        why.insert(0, reason);
+    match hub.and_then(|h| h.try_recv().ok()) {
+        Some(Ok(HubEnd::Aborted(reason))) => why.insert(0, reason),
+        Some(Err(e)) => why.insert(0, e.to_string()),
+        _ => {}
     }
     let code = failed.iter().map(|f| f.2).find(|&c| c != 1).unwrap_or(1);
     stop(children, &why.join("; "), code)

@@ -103,9 +103,11 @@ pub fn serve(listener: TcpListener, size: usize, join: Duration) -> Result<HubEn
         let rank = hello.a as usize;
         if hello.kind != wire::HELLO || hello.b as usize != size || rank >= size {
             let why = format!("a connection said hello as rank {} of {} (the job has {size})", hello.a, hello.b);
+            shut(writers.iter().flatten());
             return Err(Error::Invalid(format!("arbor launch hub: {why}")));
         }
         if writers[rank].is_some() {
+            shut(writers.iter().flatten());
             return Err(Error::Invalid(format!("arbor launch hub: rank {rank} said hello twice")));
         }
         writers[rank] = Some(stream);
