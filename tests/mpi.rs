@@ -4,9 +4,9 @@
 #![cfg(feature = "mpi")]
 
 mod common;
-use arbor::config::{RunConfig, ADDITION_CONFIG, DEFAULT_CONFIG};
 use arbor::io::load_hf_dir;
 use common::metrics_without_clock as metrics;
+use common::spmd::{compare_runs_within, grpo_config, launch, sft_config, single, text, write_config};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -26,103 +26,8 @@ fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
 /// How a test starts a multi-rank job: `mpirun` or `arbor launch`.
 type Launcher = fn(usize, &[&str], &[(&str, &str)]) -> Output;
 
-/// `arbor launch --nproc np -- args` (no MPI: collectives over TCP through the launcher).
-fn launch(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_arbor"));
-    c.args(["launch", "--nproc", &np.to_string(), "--"]).args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn single(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arbor")).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn close(a: &serde_json::Value, b: &serde_json::Value, tol: f64) -> bool {
-    match (a, b) {
-        (serde_json::Value::Number(x), serde_json::Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs()))
-        }
-        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w, tol)))
-        }
-        _ => a == b,
-    }
-}
-
 fn compare_runs(a: &Path, b: &Path, ck: &str, what: &str) {
     compare_runs_within(a, b, ck, what, 1e-6, 1e-5);
-}
-
-/// `tol`: largest weight difference; `metric_tol`: relative tolerance of every metric.
-fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32, metric_tol: f64) {
-    let (ca, pa) = load_hf_dir(&a.join(ck)).unwrap();
-    let (cb, pb) = load_hf_dir(&b.join(ck)).unwrap();
-    assert_eq!(ca, cb, "{what}: the saved model configurations differ");
-    let d = pa.data.iter().zip(&pb.data).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    eprintln!("{what}: weights max |Δ| = {d:e}");
-    assert!(d <= tol, "{what}: weights differ by {d:e}");
-    let strip = |mut m: Vec<serde_json::Value>| {
-        // `tokens` and `train_state_mib` are the rank's own (share, shard); async adds its staleness bookkeeping
-        m.iter_mut().for_each(|v| {
-            for k in [
-                "tokens",
-                "staleness_max",
-                "staleness_mean",
-                "staleness_hist",
-                "trainer_idle_frac",
-                "rollout_slot_util",
-                "reward_queue_s",
-                "mixed_version_frac",
-                "train_state_mib",
-                // the critics' batch diagnostics are rank 0's local batch (like the AsyPPO masks)
-                "critic_sigma_mean",
-                "critic_sigma_p20",
-                "critic_sigma_p80",
-                "critic_value_mean",
-                "critic_explained_variance",
-                "adv_masked_frac",
-                "entropy_excluded_frac",
-                // rollout-vs-trainer log-prob differences are rounding noise (~1e-6..1e-5) whose
-                // value depends on how the batch is packed per rank; the weights above and the
-                // losses are the real check
-                "logprob_mismatch_abs_max",
-                "logprob_mismatch_abs_mean",
-            ] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-        });
-        m
-    };
-    let (ma, mb) = (strip(metrics(a)), strip(metrics(b)));
-    assert_eq!(ma.len(), mb.len(), "{what}: metrics line counts differ");
-    for (x, y) in ma.iter().zip(&mb) {
-        assert!(close(x, y, metric_tol), "{what}: metrics differ:\n{x}\n{y}");
-    }
-}
-
-fn write_config(dir: &Path, text: &str) -> String {
-    let p = dir.join("run.toml");
-    std::fs::write(&p, text).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
-fn sft_config() -> String {
-    ADDITION_CONFIG
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("intermediate_size = 384", "intermediate_size = 64")
-        .replace("num_layers = 4", "num_layers = 2")
-        .replace("steps = 400", "steps = 3")
-        .replace("batch_size = 64", "batch_size = 10")
-        .replace("eval_problems = 256", "eval_problems = 9")
-        .replace("eval_every = 100", "eval_every = 1")
 }
 
 /// Train `cfg` (a written config of the default job's run name) in one process into `dir/one` and
@@ -152,24 +57,6 @@ fn data_parallel_2_and_4_ranks_match_one_process_after_3_supervised_steps() {
         let run = |n: &str| dir.path().join(n).join("addition-sft");
         compare_runs(&run("one"), &run(&name), "checkpoints/step-3", &format!("dp={np} vs dp=1"));
     }
-}
-
-/// The default GRPO job, shortened to 3 RL steps on 5 prompts, with two updates per step and a KL term.
-fn grpo_config() -> String {
-    let base = RunConfig::default_job();
-    assert!(base.rl.is_some(), "the embedded default has an RL phase");
-    DEFAULT_CONFIG
-        .replace(
-            "hf_dir = \"configs/warmstart/countdown-sft\"",
-            &format!("hf_dir = \"{}/configs/warmstart/countdown-sft\"", env!("CARGO_MANIFEST_DIR")),
-        )
-        .replace("steps = 1500", "steps = 3")
-        .replace("prompts_per_step = 32", "prompts_per_step = 5")
-        .replace("eval_problems = 500", "eval_problems = 11")
-        .replace("eval_every = 500", "eval_every = 2\nmini_batches = 2\nmicro_batch = 3")
-        .replace("kl_coef = 0.0", "kl_coef = 0.01")
-        // the TP comparison's weight bound below is one AdamW update at this lr
-        .replace("lr = 2e-4\n", "lr = 1e-4\n")
 }
 
 /// Train [`grpo_config`] in one process into `dir/sync`; returns the `--out-dir` of a run name and
@@ -596,157 +483,6 @@ fn arbor_launch_runs_what_mpirun_runs() {
     fault_run_with(launch, "hang", &["rank 0", "did not finish in time", "rank 1 had not entered it"]);
     fault_run_with(launch, "exit", &["rank 1 exited with exit status: 9"]);
     fault_run_with(launch, "crash", &["rank 1 exited with signal: 6"]);
-}
-
-/// One machine's `arbor launch` of a two-machine job (one rank each) meeting at `master`, training
-/// `cfg` into `out`, with `flags` and `env` added.
-fn node_launch(master: &str, flags: &[&str], env: &[(&str, &str)], cfg: &str, out: &str) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args(["launch", "--nproc", "1", "--nnodes", "2", "--master", master])
-        .args(flags)
-        .args(["--", "--threads", "1", "train", "--config", cfg, "--out-dir", out])
-        .env_remove("SLURM_NODEID")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// `arbor launch` across machines (here two launchers on this one, meeting at `--master`): the
-/// job of `arbor launch --nproc 2` bit for bit, though node 1 starts first (its rank waits for
-/// the hub) and takes its index from $SLURM_NODEID. A machine whose shape disagrees (--nproc 2
-/// where node 0 says 1) ends the job naming the mismatch, and a machine that never comes ends it
-/// after `--join-timeout-s`, naming the missing rank.
-#[test]
-fn arbor_launch_spans_machines() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let sft = write_config(dir.path(), &sft_config());
-    let o = launch(2, &["--threads", "1", "train", "--config", &sft, "--out-dir", &out("one")], &[]);
-    assert!(o.status.success(), "one machine: {}", text(&o));
-    // (a port below the ephemeral range: no other test's listener or outgoing connection takes it
-    // between this check and the hub's bind, and a rank retrying a connection to it cannot
-    // connect to itself)
-    let next = std::sync::atomic::AtomicUsize::new(std::process::id() as usize);
-    let free_port = || loop {
-        let k = next.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
-        let p = 20_000 + (k % 10_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
-    let master = format!("127.0.0.1:{}", free_port());
-    let second = node_launch(&master, &[], &[("SLURM_NODEID", "1")], &sft, &out("two"));
-    std::thread::sleep(Duration::from_millis(1500));
-    let first = node_launch(&master, &["--node-rank", "0"], &[], &sft, &out("two"));
-    let (o0, o1) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
-    assert!(o0.status.success() && o1.status.success(), "node 0: {}\nnode 1: {}", text(&o0), text(&o1));
-    assert!(text(&o0).contains("dp 2 × tp 1"), "{}", text(&o0));
-    let runs = [dir.path().join("one/addition-sft"), dir.path().join("two/addition-sft")];
-    compare_runs_within(&runs[0], &runs[1], "checkpoints/step-3", "two machines vs one", 0.0, 1e-9);
-
-    // node 1 says it runs 2 ranks where node 0 says 1: a job of 4 ranks against one of 2
-    let master = format!("127.0.0.1:{}", free_port());
-    let bad = ["--nproc", "2", "--node-rank", "1", "--join-timeout-s", "30"];
-    let first = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "30"], &[], &sft, &out("bad"));
-    let second = Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args(["launch", "--nnodes", "2", "--master", &master])
-        .args(bad)
-        .args(["--", "--threads", "1", "train", "--config", &sft, "--out-dir", &out("bad")])
-        .output()
-        .unwrap();
-    let o0 = first.wait_with_output().unwrap();
-    assert!(!o0.status.success() && !second.status.success(), "a mismatched shape must fail both machines");
-    assert!(text(&o0).contains("(the job has 2)") && text(&o0).contains("of 4"), "node 0: {}", text(&o0));
-    let named = |r: usize| text(&second).contains(&format!("rank {r} exited"));
-    assert!((named(2) || named(3)) && !named(0), "node 1 names its ranks by world rank: {}", text(&second));
-
-    // node 1 never comes
-    let master = format!("127.0.0.1:{}", free_port());
-    let t0 = Instant::now();
-    let alone = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "2"], &[], &sft, &out("alone"));
-    let o = alone.wait_with_output().unwrap();
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("rank(s) 1 of 2 did not connect to the hub within 2 s"), "{}", text(&o));
-    assert!(t0.elapsed() < Duration::from_secs(60), "the join timeout ends the job");
-    // flags that cannot make a job are refused before anything starts
-    for (flags, says) in [
-        (&["--nnodes", "2", "--master", "h:1"][..], "--node-rank"),
-        (&["--nnodes", "2", "--node-rank", "0"], "needs --master"),
-        (&["--nnodes", "2", "--node-rank", "2", "--master", "h:1"], "--node-rank 2"),
-        (&["--nnodes", "2", "--node-rank", "1", "--master", "h"], "HOST:PORT"),
-    ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
-            .args(["launch", "--nproc", "1"])
-            .args(flags)
-            .args(["--", "train", "--config", &sft])
-            .env_remove("SLURM_NODEID")
-            .output()
-            .unwrap();
-        assert!(!o.status.success() && text(&o).contains(says), "{flags:?}: {}", text(&o));
-    }
-}
-
-/// `arbor launch --nproc 2` of a `train` of `cfg` into `out`, returned once its run `name` has
-/// written three metrics lines (with the metrics file).
-fn launch_running(cfg: &str, out: &Path, name: &str) -> (std::process::Child, PathBuf) {
-    let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", cfg, "--out-dir"])
-        .arg(out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let metrics_file = out.join(name).join("metrics.jsonl");
-    let t0 = Instant::now();
-    while std::fs::read_to_string(&metrics_file).map_or(0, |t| t.lines().count()) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the job made no progress");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, metrics_file)
-}
-
-/// SIGUSR1 (Slurm's preemption signal) sent to `arbor launch` reaches every rank: the job stops
-/// at a step end with a checkpoint and the launcher exits 75 (requeue), before the last step.
-#[test]
-fn arbor_launch_passes_a_preemption_signal_to_its_ranks() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &sft_config().replace("steps = 3", "steps = 100000"));
-    let out = dir.path().join("out");
-    // a few steps' metrics, then signal the launcher only
-    let (child, metrics_file) = launch_running(&cfg, &out, "addition-sft");
-    // SAFETY: kill(2) on our own child's pid, not yet waited for
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) }, 0);
-    let o = child.wait_with_output().unwrap();
-    let all = text(&o);
-    assert_eq!(o.status.code(), Some(75), "the launcher exits with the ranks' preemption status: {all}");
-    let cks: Vec<_> = std::fs::read_dir(out.join("addition-sft/checkpoints")).unwrap().collect();
-    assert!(!cks.is_empty(), "a checkpoint was written: {all}");
-    let steps = std::fs::read_to_string(&metrics_file).unwrap().lines().count();
-    assert!(steps < 100000, "stopped early");
-}
-
-/// An `[async]` run does not stop at a step end on SIGTERM; a second SIGTERM to `arbor launch`
-/// ends its ranks at once (exit 128 + 15), none left running.
-#[test]
-fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
-    let dir = tempfile::tempdir().unwrap();
-    let long = grpo_config().replace("steps = 3", "steps = 100000");
-    let cfg = write_config(dir.path(), &format!("{long}\n[async]\nrollout_ranks = 1\nalpha = 1\n"));
-    let out = dir.path().join("out");
-    let (child, _) = launch_running(&cfg, &out, "default");
-    for _ in 0..2 {
-        // SAFETY: kill(2) on our own child's pid, not yet waited for
-        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let t1 = Instant::now();
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o));
-    assert!(t1.elapsed() < Duration::from_secs(20), "took {:?}", t1.elapsed());
-    let ps = Command::new("pgrep").args(["-f", &format!("--out-dir {}", out.display())]).output().unwrap();
-    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "ranks still running");
 }
 
 /// `arbor bench allreduce` measures both transports: one JSON line from rank 0 naming its

@@ -1,6 +1,8 @@
 //! Helpers shared by integration tests: reading golden fixtures and comparing tensors.
 #![allow(dead_code)]
 
+pub mod spmd;
+
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,160 @@
+//! `arbor launch` on its own (no MPI): a job across machines (two launchers on this one), and the
+//! signals a launcher passes on to its ranks. (tests/mpi.rs compares it with mpirun.)
+
+mod common;
+use common::spmd::compare_runs_within;
+use common::spmd::{grpo_config, launch, sft_config, text, write_config};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One machine's `arbor launch` of a two-machine job (one rank each) meeting at `master`, training
+/// `cfg` into `out`, with `flags` and `env` added.
+fn node_launch(master: &str, flags: &[&str], env: &[(&str, &str)], cfg: &str, out: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nproc", "1", "--nnodes", "2", "--master", master])
+        .args(flags)
+        .args(["--", "--threads", "1", "train", "--config", cfg, "--out-dir", out])
+        .env_remove("SLURM_NODEID")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `arbor launch` across machines (here two launchers on this one, meeting at `--master`): the
+/// job of `arbor launch --nproc 2` bit for bit, though node 1 starts first (its rank waits for
+/// the hub) and takes its index from $SLURM_NODEID. A machine whose shape disagrees (--nproc 2
+/// where node 0 says 1) ends the job naming the mismatch, and a machine that never comes ends it
+/// after `--join-timeout-s`, naming the missing rank.
+#[test]
+fn arbor_launch_spans_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let sft = write_config(dir.path(), &sft_config());
+    let o = launch(2, &["--threads", "1", "train", "--config", &sft, "--out-dir", &out("one")], &[]);
+    assert!(o.status.success(), "one machine: {}", text(&o));
+    // (a port below the ephemeral range: no other test's listener or outgoing connection takes it
+    // between this check and the hub's bind, and a rank retrying a connection to it cannot
+    // connect to itself)
+    let next = std::sync::atomic::AtomicUsize::new(std::process::id() as usize);
+    let free_port = || loop {
+        let k = next.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
+        let p = 20_000 + (k % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    };
+    let master = format!("127.0.0.1:{}", free_port());
+    let second = node_launch(&master, &[], &[("SLURM_NODEID", "1")], &sft, &out("two"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = node_launch(&master, &["--node-rank", "0"], &[], &sft, &out("two"));
+    let (o0, o1) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(o0.status.success() && o1.status.success(), "node 0: {}\nnode 1: {}", text(&o0), text(&o1));
+    assert!(text(&o0).contains("dp 2 × tp 1"), "{}", text(&o0));
+    let runs = [dir.path().join("one/addition-sft"), dir.path().join("two/addition-sft")];
+    compare_runs_within(&runs[0], &runs[1], "checkpoints/step-3", "two machines vs one", 0.0, 1e-9);
+
+    // node 1 says it runs 2 ranks where node 0 says 1: a job of 4 ranks against one of 2
+    let master = format!("127.0.0.1:{}", free_port());
+    let bad = ["--nproc", "2", "--node-rank", "1", "--join-timeout-s", "30"];
+    let first = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "30"], &[], &sft, &out("bad"));
+    let second = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nnodes", "2", "--master", &master])
+        .args(bad)
+        .args(["--", "--threads", "1", "train", "--config", &sft, "--out-dir", &out("bad")])
+        .output()
+        .unwrap();
+    let o0 = first.wait_with_output().unwrap();
+    assert!(!o0.status.success() && !second.status.success(), "a mismatched shape must fail both machines");
+    assert!(text(&o0).contains("(the job has 2)") && text(&o0).contains("of 4"), "node 0: {}", text(&o0));
+    let named = |r: usize| text(&second).contains(&format!("rank {r} exited"));
+    assert!((named(2) || named(3)) && !named(0), "node 1 names its ranks by world rank: {}", text(&second));
+
+    // node 1 never comes
+    let master = format!("127.0.0.1:{}", free_port());
+    let t0 = Instant::now();
+    let alone = node_launch(&master, &["--node-rank", "0", "--join-timeout-s", "2"], &[], &sft, &out("alone"));
+    let o = alone.wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("rank(s) 1 of 2 did not connect to the hub within 2 s"), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(60), "the join timeout ends the job");
+    // flags that cannot make a job are refused before anything starts
+    for (flags, says) in [
+        (&["--nnodes", "2", "--master", "h:1"][..], "--node-rank"),
+        (&["--nnodes", "2", "--node-rank", "0"], "needs --master"),
+        (&["--nnodes", "2", "--node-rank", "2", "--master", "h:1"], "--node-rank 2"),
+        (&["--nnodes", "2", "--node-rank", "1", "--master", "h"], "HOST:PORT"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["launch", "--nproc", "1"])
+            .args(flags)
+            .args(["--", "train", "--config", &sft])
+            .env_remove("SLURM_NODEID")
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && text(&o).contains(says), "{flags:?}: {}", text(&o));
+    }
+}
+
+/// `arbor launch --nproc 2` of a `train` of `cfg` into `out`, returned once its run `name` has
+/// written three metrics lines (with the metrics file).
+fn launch_running(cfg: &str, out: &Path, name: &str) -> (std::process::Child, PathBuf) {
+    let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", cfg, "--out-dir"])
+        .arg(out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics_file = out.join(name).join("metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics_file).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the job made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, metrics_file)
+}
+
+/// SIGUSR1 (Slurm's preemption signal) sent to `arbor launch` reaches every rank: the job stops
+/// at a step end with a checkpoint and the launcher exits 75 (requeue), before the last step.
+#[test]
+fn arbor_launch_passes_a_preemption_signal_to_its_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &sft_config().replace("steps = 3", "steps = 100000"));
+    let out = dir.path().join("out");
+    // a few steps' metrics, then signal the launcher only
+    let (child, metrics_file) = launch_running(&cfg, &out, "addition-sft");
+    // SAFETY: kill(2) on our own child's pid, not yet waited for
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGUSR1) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(75), "the launcher exits with the ranks' preemption status: {all}");
+    let cks: Vec<_> = std::fs::read_dir(out.join("addition-sft/checkpoints")).unwrap().collect();
+    assert!(!cks.is_empty(), "a checkpoint was written: {all}");
+    let steps = std::fs::read_to_string(&metrics_file).unwrap().lines().count();
+    assert!(steps < 100000, "stopped early");
+}
+
+/// An `[async]` run does not stop at a step end on SIGTERM; a second SIGTERM to `arbor launch`
+/// ends its ranks at once (exit 128 + 15), none left running.
+#[test]
+fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = grpo_config().replace("steps = 3", "steps = 100000");
+    let cfg = write_config(dir.path(), &format!("{long}\n[async]\nrollout_ranks = 1\nalpha = 1\n"));
+    let out = dir.path().join("out");
+    let (child, _) = launch_running(&cfg, &out, "default");
+    for _ in 0..2 {
+        // SAFETY: kill(2) on our own child's pid, not yet waited for
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let t1 = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o));
+    assert!(t1.elapsed() < Duration::from_secs(20), "took {:?}", t1.elapsed());
+    let ps = Command::new("pgrep").args(["-f", &format!("--out-dir {}", out.display())]).output().unwrap();
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "ranks still running");
+}
