@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// The environment `arbor launch` gives each rank: the hub's address, the rank, the world size.
 pub const HUB_VAR: &str = "ARBOR_HUB";
@@ -30,12 +31,22 @@ fn join_timeout() -> std::time::Duration {
 }
 
 /// A connection to `addr`, tried again (every 0.1 s, then up to every 2 s) until it succeeds or
-/// `within` has passed: then the last error.
-fn connect_within(addr: &str, within: std::time::Duration) -> std::io::Result<TcpStream> {
-    let deadline = std::time::Instant::now() + within;
+/// `within` has passed: then the last error. A host name that does not resolve is tried for
+/// `resolve_within` at most (a mistyped `--master` fails then, not at the join timeout).
+fn connect_within(addr: &str, within: Duration, resolve_within: Duration) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let start = std::time::Instant::now();
+    let deadline = start + within;
     let mut pause = std::time::Duration::from_millis(100);
     loop {
-        match TcpStream::connect(addr) {
+        let tried = match addr.to_socket_addrs() {
+            Ok(resolved) => TcpStream::connect(&resolved.collect::<Vec<_>>()[..]),
+            Err(e) if start.elapsed() >= resolve_within => {
+                return Err(std::io::Error::new(e.kind(), format!("{addr} does not resolve: {e}")))
+            }
+            Err(e) => Err(e),
+        };
+        match tried {
             Ok(s) => return Ok(s),
             Err(e) if std::time::Instant::now() + pause >= deadline => return Err(e),
             Err(_) => {
@@ -149,7 +160,7 @@ impl TcpComm {
     pub fn connect(addr: &str, rank: usize, size: usize, watchdog: Option<Watchdog>) -> Result<TcpComm> {
         let fail =
             |e: std::io::Error| Error::collective(rank, "arbor launch hub", format!("connecting to {addr}: {e}"));
-        let stream = connect_within(addr, join_timeout()).map_err(fail)?;
+        let stream = connect_within(addr, join_timeout(), Duration::from_secs(30)).map_err(fail)?;
         stream.set_nodelay(true).map_err(fail)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(fail)?);
         let link = Arc::new(Link {
@@ -464,6 +475,20 @@ mod tests {
             HubEnd::Aborted(why) => assert!(why.contains("rank(s) 0, 2 of 3 did not connect"), "{why}"),
             e => panic!("{e:?}"),
         }
+    }
+
+    /// A hub address whose host does not resolve fails once the resolution bound has passed (a
+    /// rank's is 30 s), not at the join timeout, saying so; one that resolves is connected to.
+    #[test]
+    fn a_master_that_does_not_resolve_fails_early() {
+        let t0 = std::time::Instant::now();
+        let (join, resolve) = (Duration::from_secs(600), Duration::from_secs(1));
+        let e = connect_within("no-such-host.invalid:29500", join, resolve).unwrap_err();
+        assert!(e.to_string().contains("does not resolve"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(connect_within(&format!("localhost:{port}"), Duration::from_secs(5), resolve).is_ok());
     }
 
     /// A rank that exits while another waits for it in a collective, or before another calls
