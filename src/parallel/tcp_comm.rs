@@ -25,9 +25,9 @@ pub const SIZE_VAR: &str = "ARBOR_HUB_SIZE";
 pub const JOIN_VAR: &str = "ARBOR_HUB_JOIN_S";
 
 /// The hub's join timeout: `JOIN_VAR`, or 10 minutes (at most a day).
-fn join_timeout() -> std::time::Duration {
+fn join_timeout() -> Duration {
     let s = std::env::var(JOIN_VAR).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(600);
-    std::time::Duration::from_secs(s.min(86_400))
+    Duration::from_secs(s.min(86_400))
 }
 
 /// A connection to `addr`, tried again (every 0.1 s, then up to every 2 s) until it succeeds or
@@ -37,7 +37,7 @@ fn connect_within(addr: &str, within: Duration, resolve_within: Duration) -> std
     use std::net::ToSocketAddrs;
     let start = std::time::Instant::now();
     let deadline = start + within;
-    let mut pause = std::time::Duration::from_millis(100);
+    let mut pause = Duration::from_millis(100);
     loop {
         let tried = match addr.to_socket_addrs() {
             Ok(resolved) => TcpStream::connect(&resolved.collect::<Vec<_>>()[..]),
@@ -51,7 +51,7 @@ fn connect_within(addr: &str, within: Duration, resolve_within: Duration) -> std
             Err(e) if std::time::Instant::now() + pause >= deadline => return Err(e),
             Err(_) => {
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
         }
     }
@@ -197,7 +197,7 @@ impl TcpComm {
         // the job starts when every rank has connected (machines may start minutes apart: the
         // join timeout bounds the wait, the collective watchdog only what comes after)
         // (later than the hub's own deadline, so that where the hub gives up it says why)
-        let deadline = std::time::Instant::now() + join_timeout() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + join_timeout() + Duration::from_secs(10);
         let mut inbox = link.inbox.lock().unwrap_or_else(|p| p.into_inner());
         while !inbox.welcomed {
             if let Some(why) = &inbox.closed {
@@ -349,7 +349,7 @@ mod tests {
     fn job<T: Send + 'static>(n: usize, body: impl Fn(TcpComm) -> T + Send + Sync + 'static) -> (HubEnd, Vec<T>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let hub = std::thread::spawn(move || serve(listener, n, std::time::Duration::from_secs(60)).unwrap());
+        let hub = std::thread::spawn(move || serve(listener, n, Duration::from_secs(60)).unwrap());
         let body = Arc::new(body);
         let ranks: Vec<_> = (0..n)
             .map(|r| {
@@ -428,7 +428,7 @@ mod tests {
     fn an_abort_or_a_mismatch_ends_the_job() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let hub = std::thread::spawn(move || serve(listener, 2, std::time::Duration::from_secs(60)).unwrap());
+        let hub = std::thread::spawn(move || serve(listener, 2, Duration::from_secs(60)).unwrap());
         // (a connection returns once every rank has connected: the two join from two threads)
         let at = addr.clone();
         let a = std::thread::spawn(move || TcpComm::connect(&at, 0, 2, None).unwrap());
@@ -460,15 +460,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let t0 = std::time::Instant::now();
-        let hub = std::thread::spawn(move || serve(listener, 3, std::time::Duration::from_secs(60)).unwrap());
+        let hub = std::thread::spawn(move || serve(listener, 3, Duration::from_secs(60)).unwrap());
         let mut s = TcpStream::connect(&addr).unwrap();
         wire::write_frame(&mut s, wire::HELLO, 0, (1, 3), &[]).unwrap();
         wire::write_frame(&mut s, wire::ABORT, 0, (0, 0), b"rank 1: bad config").unwrap();
         assert_eq!(hub.join().unwrap(), HubEnd::Aborted("rank 1: bad config".into()));
-        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "{:?}", t0.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let hub = std::thread::spawn(move || serve(listener, 3, std::time::Duration::from_secs(1)).unwrap());
+        let hub = std::thread::spawn(move || serve(listener, 3, Duration::from_secs(1)).unwrap());
         let mut s = TcpStream::connect(&addr).unwrap();
         wire::write_frame(&mut s, wire::HELLO, 0, (1, 3), &[]).unwrap();
         match hub.join().unwrap() {
@@ -502,11 +502,11 @@ mod tests {
                         return true;
                     }
                     // rank 0 is in the barrier before rank 1 leaves
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(100));
                     return true;
                 }
                 if !waits_first {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(100));
                 }
                 c.barrier().is_err()
             });
