@@ -457,6 +457,19 @@ mod cuda {
         moments_stale: bool,
     }
 
+    /// Every rank of `group` (a `kind` group: NCCL will join them) on a GPU of its own: NCCL
+    /// refuses a communicator with a device twice, with an error that does not say why.
+    fn own_gpus(gpu: &Gpu, group: &dyn Comm, kind: &str) -> Result<()> {
+        if group.size() < 2 {
+            return Ok(());
+        }
+        let ids = group.all_gather_bytes(&gpu.uuid()?)?;
+        match crate::cuda::placement::shared_device(&ids) {
+            Some((a, b)) => Err(crate::cuda::placement::shared_device_error(kind, a, b)),
+            None => Ok(()),
+        }
+    }
+
     /// The engine's decoder, made on first use.
     fn decoder<'a>(slot: &'a mut Option<GpuDecoder>, on: &GpuModel, model: &Model) -> Result<&'a mut GpuDecoder> {
         match slot {
@@ -494,20 +507,12 @@ mod cuda {
         }
 
         pub fn on(gpu: Arc<Gpu>, model: &Model, dp: &dyn Comm) -> Result<Self> {
-            // the ranks of a tensor-parallel group each need a GPU of their own (NCCL refuses two
-            // ranks of one communicator on one device)
-            if let Some(tp) = model.tp.as_ref().filter(|t| t.group.size() > 1) {
-                let ids = tp.group.all_gather_bytes(&gpu.uuid()?)?;
-                if let Some((a, b)) = crate::cuda::placement::shared_device(&ids) {
-                    return Err(crate::cuda::placement::shared_device_error("tensor-parallel", a, b));
-                }
+            if let Some(tp) = &model.tp {
+                own_gpus(&gpu, &tp.group, "tensor-parallel")?;
             }
             let nccl = match dp.size() > 1 {
                 true => {
-                    let ids = dp.all_gather_bytes(&gpu.uuid()?)?;
-                    if let Some((a, b)) = crate::cuda::placement::shared_device(&ids) {
-                        return Err(crate::cuda::placement::shared_device_error("data-parallel", a, b));
-                    }
+                    own_gpus(&gpu, dp, "data-parallel")?;
                     Some(Rc::new(Nccl::new(&gpu.stream, dp.split(0, dp.rank())?)?))
                 }
                 false => None,
