@@ -20,8 +20,10 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 
 // plain globals: launches run one at a time (the lock in `run`)
 simt::Ctx* simt_current = nullptr;
@@ -119,6 +121,8 @@ struct Thread {
     int waits_line = 0;
     std::vector<Copy> pending;  // cp.async copies not yet landed, in issue order
     size_t committed = 0;       // how many of them belong to committed groups
+    bool wg_fenced = false;     // wgmma.fence since the start or the last wgmma.wait_group
+    std::vector<size_t> unfenced;  // dynamic shared-memory rows its cp.async wrote, no proxy fence since
 };
 
 constexpr int SLOT = 64;
@@ -135,11 +139,43 @@ struct Warp {
 
 using Combine = void (*)(Warp& w);
 
+// One thread's operands of a warpgroup instruction (wgmma.mma_async, commit_group, wait_group).
+struct WgIn {
+    float* d = nullptr;
+    unsigned int a[4] = {0, 0, 0, 0};
+    unsigned long long da = 0, db = 0;
+    int n = 0, a_regs = 0, scale_d = 0, tnsp_a = 0, tnsp_b = 0, pending = 0;
+};
+
+// A wgmma.mma_async issued and not landed: every thread's operands, and its commit group (-1:
+// not committed yet).
+struct WgOp {
+    WgIn in[128];
+    int group = -1;
+};
+
+// Four consecutive warps (the first one's index a multiple of 4): what wgmma runs on.
+struct WarpGroup {
+    int arrived = 0;
+    const char* what = nullptr;
+    WgIn in[128];
+    std::vector<Thread*> waiting;
+    std::vector<WgOp> ops;  // issued, not landed, in issue order
+    int groups = 0;         // groups committed so far
+    // the true values of accumulators with products in flight (the registers read as NaN until
+    // the wait that lands them, so a read before it shows)
+    std::map<float*, std::vector<float>> shadow;
+};
+
 struct Block {
     const Entry* entry = nullptr;
     void** params = nullptr;
     std::vector<Thread> threads;
     std::vector<Warp> warps;
+    std::vector<WarpGroup> wgroups;
+    // dynamic shared-memory rows (16-byte offsets) written by cp.async and not yet fenced for the
+    // async proxy (fence.proxy.async), with the thread that wrote each
+    std::unordered_map<size_t, int> unfenced;
     std::deque<Thread*> ready;
     int live = 0;
     int arrived = 0;  // threads at __syncthreads
@@ -217,13 +253,21 @@ void wake(Thread* t) {
     g_block->ready.push_back(t);
 }
 
-// Land the first `n` pending copies of a thread.
+// Land the first `n` pending copies of a thread. Copies into dynamic shared memory are generic-proxy
+// writes that wgmma (the async proxy) may read only after the writer's fence.proxy.async.
 void land_copies(Thread* t, size_t n) {
+    Block& b = *g_block;
     for (size_t i = 0; i < n; ++i) {
         const Copy& c = t->pending[i];
         unsigned char tmp[16] = {0};
         if (c.bytes > 0) memcpy(tmp, c.src, (size_t)c.bytes);
         memcpy(c.dst, tmp, 16);
+        const unsigned char* d = static_cast<const unsigned char*>(c.dst);
+        if (d >= b.smem.data() && d < b.smem.data() + b.smem.size()) {
+            const size_t off = (size_t)(d - b.smem.data());
+            b.unfenced[off] = t->index;
+            t->unfenced.push_back(off);
+        }
     }
     t->pending.erase(t->pending.begin(), t->pending.begin() + (long)n);
     t->committed -= n;
@@ -275,6 +319,15 @@ void thread_exit() {
         snprintf(msg, sizeof msg, "thread %d returned while lanes of its warp wait in %s (line %d)", t->index,
                  w.what, w.line);
         b.error = msg;
+    }
+    if ((size_t)t->index / 128 < b.wgroups.size()) {
+        WarpGroup& g = b.wgroups[(size_t)t->index / 128];
+        if (g.arrived > 0 || !g.ops.empty()) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "thread %d returned while its warpgroup %s", t->index,
+                     g.arrived > 0 ? "waits in a wgmma instruction" : "has wgmma products in flight (no wait_group)");
+            b.error = msg;
+        }
     }
     // threads that have exited count as arrived at a barrier, as on the hardware
     if (b.arrived > 0 && b.arrived == b.live) release_barrier(b);
@@ -522,6 +575,281 @@ void mma_16816(float* d, const unsigned int* a, const unsigned int* b) {
     memcpy(d, out, 16);
 }
 
+// ---------------------------------------------------------------------------------------------
+// wgmma (sm_90a): warpgroup-wide asynchronous products, bf16 operands, f32 accumulators
+// ---------------------------------------------------------------------------------------------
+//
+// PTX ISA semantics, as far as arbor uses them: wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16
+// issued by the 128 threads of a warpgroup together; A (64 x 16) from a shared-memory descriptor or
+// from registers, B (N x 16, n x k) from a descriptor; D += A B (or D = A B with scale-d 0). The
+// results land at the wgmma.wait_group that retires the op's commit group: until then the
+// accumulators read as NaN here (a GPU gives garbage), and the shared memory is read when the
+// op lands (a GPU reads it at some time in between: overwriting an operand before the wait is a
+// race). Every thread must have run wgmma.fence since its last wait (or the start) before an
+// issue, and cp.async writes into an operand must be fenced for the async proxy
+// (fence.proxy.async) by the thread that made them.
+//
+// Descriptors: bits 0-13 the start address >> 4, 16-29 the leading-dimension byte offset >> 4
+// (LBO: between core matrices adjacent in K), 32-45 the stride byte offset >> 4 (SBO: adjacent in M
+// or N), 49-51 the base offset, 62-63 the swizzle mode. A core matrix is 8 rows of 16 bytes,
+// contiguous. Only the unswizzled layout (mode 0, base offset 0) is emulated: element (mn, k) of a
+// K-major operand at start + (mn % 8) 16 + (k % 8) 2 + (mn / 8) SBO + (k / 8) LBO; of an MN-major
+// one (transposed: tnsp 1) at start + (k % 8) 16 + (mn % 8) 2 + (mn / 8) SBO + (k / 8) LBO.
+//
+// Fragments, per warp w of the warpgroup (lane = 4 gr + tg): the accumulator's d[4 j + e] is row
+// 16 w + gr + 8 (e >= 2), column 8 j + 2 tg + (e & 1); A from registers as mma.m16n8k16's A for
+// rows 16 w .. 16 w + 15.
+
+namespace {
+
+struct Desc {
+    size_t start, lbo, sbo;
+};
+
+Desc decode_desc(unsigned long long v, const char* which) {
+    const unsigned swizzle = (unsigned)(v >> 62), base = (unsigned)((v >> 49) & 7);
+    if (swizzle != 0 || base != 0) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "wgmma descriptor of %s with swizzle mode %u, base offset %u: the emulator has the unswizzled "
+                 "layout only",
+                 which, swizzle, base);
+        fail(msg);
+    }
+    return Desc{(size_t)(v & 0x3FFF) << 4, (size_t)((v >> 16) & 0x3FFF) << 4, (size_t)((v >> 32) & 0x3FFF) << 4};
+}
+
+// The byte offset of element (mn, k) of an operand.
+size_t desc_at(const Desc& d, int mn, int k, int tnsp) {
+    const size_t in_core = tnsp ? (size_t)(k % 8) * 16 + (size_t)(mn % 8) * 2 : (size_t)(mn % 8) * 16 + (size_t)(k % 8) * 2;
+    return d.start + in_core + (size_t)(mn / 8) * d.sbo + (size_t)(k / 8) * d.lbo;
+}
+
+// Every 16-byte row an operand of `mn` rows (M or N) by 16 (K) reads: inside dynamic shared memory,
+// and not written by an unfenced cp.async.
+void check_operand(const Desc& d, int mn, int tnsp, const char* which) {
+    Block& b = *g_block;
+    for (int i = 0; i < mn; ++i) {
+        for (int k = 0; k < 16; ++k) {
+            // one address per 16-byte row: (mn % 8 == 0 for MN-major rows, k % 8 == 0 for K-major)
+            if (tnsp ? (i % 8) != 0 : (k % 8) != 0) continue;
+            const size_t at = desc_at(d, i, k, tnsp);
+            char msg[300];
+            if (at + 16 > b.smem.size() - 16) {
+                snprintf(msg, sizeof msg, "wgmma reads %s at shared offset %zu, past the %zu bytes of dynamic shared memory",
+                         which, at, b.smem.size() - 16);
+                fail(msg);
+            }
+            auto it = b.unfenced.find(at);
+            if (it != b.unfenced.end()) {
+                snprintf(msg, sizeof msg,
+                         "wgmma reads %s at shared offset %zu, which thread %d wrote with cp.async and has not "
+                         "fenced for the async proxy (fence.proxy.async.shared::cta)",
+                         which, at, it->second);
+                fail(msg);
+            }
+        }
+    }
+}
+
+float smem_bf16(size_t at) {
+    unsigned short h;
+    memcpy(&h, g_block->smem.data() + at, 2);
+    return bf16_to_f32(h);
+}
+
+// Whether an op after `from` in the warpgroup's queue accumulates into thread t's d.
+bool later_uses(const WarpGroup& g, size_t from, int t) {
+    for (size_t i = from + 1; i < g.ops.size(); ++i)
+        if (g.ops[i].in[t].d == g.ops[from].in[t].d) return true;
+    return false;
+}
+
+// Land op `i` of the queue: compute every thread's accumulators from the shared memory as it is now.
+void land_op(WarpGroup& g, size_t i) {
+    const WgOp& op = g.ops[i];
+    const WgIn& f = op.in[0];
+    const Desc da = f.a_regs ? Desc{0, 0, 0} : decode_desc(f.da, "A"), db = decode_desc(f.db, "B");
+    auto A = [&](int row, int k) {
+        if (!f.a_regs) return smem_bf16(desc_at(da, row, k, f.tnsp_a));
+        const int w = row / 16, r = row % 16;
+        const unsigned int reg = op.in[w * 32 + 4 * (r % 8) + (k % 8) / 2].a[(r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+        return bf16_to_f32((unsigned short)((k & 1) ? reg >> 16 : reg));
+    };
+    // A and B widened once: 64 x 16 and N x 16
+    float a[64][16];
+    std::vector<float> bm((size_t)f.n * 16);
+    for (int r = 0; r < 64; ++r)
+        for (int k = 0; k < 16; ++k) a[r][k] = A(r, k);
+    for (int c = 0; c < f.n; ++c)
+        for (int k = 0; k < 16; ++k) bm[(size_t)c * 16 + k] = smem_bf16(desc_at(db, c, k, f.tnsp_b));
+    for (int t = 0; t < 128; ++t) {
+        const WgIn& in = op.in[t];
+        std::vector<float>& v = g.shadow[in.d];
+        const int w = t / 32, gr = (t % 32) / 4, tg = t % 4;
+        for (int j = 0; j < f.n / 8; ++j) {
+            for (int e = 0; e < 4; ++e) {
+                const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tg + (e & 1);
+                float acc = f.scale_d ? v[(size_t)(4 * j + e)] : 0.0f;
+                for (int k = 0; k < 16; ++k) acc += a[row][k] * bm[(size_t)col * 16 + k];
+                v[(size_t)(4 * j + e)] = acc;
+            }
+        }
+        if (!later_uses(g, i, t)) {
+            memcpy(in.d, v.data(), v.size() * sizeof(float));
+            g.shadow.erase(in.d);
+        }
+    }
+}
+
+// One warpgroup instruction: deposit this thread's operands; the last of the 128 to arrive runs
+// `complete`.
+void wg_collective(const char* what, const WgIn& in, void (*complete)(WarpGroup&, int)) {
+    Block& b = *g_block;
+    Thread* t = b.cur;
+    const size_t gi = (size_t)t->index / 128;
+    char msg[300];
+    if (gi >= b.wgroups.size()) {
+        snprintf(msg, sizeof msg, "%s by thread %d, whose warpgroup is incomplete (the block has %zu threads)", what,
+                 t->index, b.threads.size());
+        fail(msg);
+    }
+    for (size_t w = 4 * gi; w < 4 * gi + 4; ++w) {
+        if (b.warps[w].live != 32) {
+            snprintf(msg, sizeof msg, "%s (thread %d) with lanes of warp %zu returned: undefined on a GPU", what,
+                     t->index, w);
+            fail(msg);
+        }
+    }
+    WarpGroup& g = b.wgroups[gi];
+    if (g.arrived == 0) {
+        g.what = what;
+    } else if (strcmp(g.what, what) != 0) {
+        snprintf(msg, sizeof msg, "threads of warpgroup %zu meet at different instructions: %s and %s", gi, g.what, what);
+        fail(msg);
+    }
+    g.in[t->index % 128] = in;
+    g.arrived += 1;
+    if (g.arrived == 128) {
+        complete(g, (int)gi);
+        g.arrived = 0;
+        g_shuffle.apply(g.waiting);
+        for (Thread* o : g.waiting) wake(o);
+        g.waiting.clear();
+    } else {
+        g.waiting.push_back(t);
+        wait_here(what, 0);
+    }
+}
+
+}  // namespace
+
+unsigned int smem_addr(const void* p) {
+    Block& b = *g_block;
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    if (c < b.smem.data() || c > b.smem.data() + b.smem.size())
+        fail("a shared-memory address of a pointer outside dynamic shared memory (the emulator's wgmma reads "
+             "dynamic shared memory only)");
+    return (unsigned int)(c - b.smem.data());
+}
+
+void wgmma_fence() { g_block->cur->wg_fenced = true; }
+
+void fence_proxy_async() {
+    Block& b = *g_block;
+    Thread* t = b.cur;
+    for (size_t off : t->unfenced) {
+        auto it = b.unfenced.find(off);
+        if (it != b.unfenced.end() && it->second == t->index) b.unfenced.erase(it);
+    }
+    t->unfenced.clear();
+}
+
+void wgmma_bf16(float* d, int n, unsigned long long desc_a, const unsigned int* a_regs, unsigned long long desc_b,
+                int scale_d, int tnsp_a, int tnsp_b) {
+    WgIn in;
+    in.d = d;
+    if (a_regs) memcpy(in.a, a_regs, sizeof in.a);
+    in.da = desc_a;
+    in.db = desc_b;
+    in.n = n;
+    in.a_regs = a_regs != nullptr;
+    in.scale_d = scale_d != 0;
+    in.tnsp_a = tnsp_a;
+    in.tnsp_b = tnsp_b;
+    wg_collective("wgmma.mma_async", in, [](WarpGroup& g, int gi) {
+        Block& b = *g_block;
+        const WgIn& f = g.in[0];
+        char msg[300];
+        if (f.n < 8 || f.n > 256 || f.n % 8 != 0) {
+            snprintf(msg, sizeof msg, "wgmma m64n%dk16: N must be a multiple of 8 in 8..256", f.n);
+            fail(msg);
+        }
+        for (int t = 0; t < 128; ++t) {
+            const WgIn& x = g.in[t];
+            if (x.n != f.n || x.da != f.da || x.db != f.db || x.a_regs != f.a_regs || x.scale_d != f.scale_d ||
+                x.tnsp_a != f.tnsp_a || x.tnsp_b != f.tnsp_b) {
+                snprintf(msg, sizeof msg,
+                         "threads 0 and %d of warpgroup %d give wgmma different operands (N %d / %d, descriptors "
+                         "%#llx %#llx / %#llx %#llx)",
+                         t, gi, f.n, x.n, f.da, f.db, x.da, x.db);
+                fail(msg);
+            }
+            if (!b.threads[(size_t)(gi * 128 + t)].wg_fenced) {
+                snprintf(msg, sizeof msg,
+                         "wgmma.mma_async by thread %d with no wgmma.fence since its start or its last wait_group",
+                         gi * 128 + t);
+                fail(msg);
+            }
+        }
+        if (!f.a_regs) check_operand(decode_desc(f.da, "A"), 64, f.tnsp_a, "A");
+        check_operand(decode_desc(f.db, "B"), f.n, f.tnsp_b, "B");
+        for (int t = 0; t < 128; ++t) {
+            float* p = g.in[t].d;
+            auto it = g.shadow.find(p);
+            if (it == g.shadow.end()) {
+                g.shadow[p] = std::vector<float>(p, p + f.n / 2);
+                const float nan = std::numeric_limits<float>::quiet_NaN();
+                for (int i = 0; i < f.n / 2; ++i) p[i] = nan;
+            } else if (it->second.size() != (size_t)f.n / 2) {
+                fail("two wgmma in flight accumulate into the same registers with different N");
+            }
+        }
+        WgOp op;
+        memcpy(op.in, g.in, sizeof op.in);
+        g.ops.push_back(op);
+    });
+}
+
+void wgmma_commit() {
+    wg_collective("wgmma.commit_group", WgIn{}, [](WarpGroup& g, int) {
+        bool any = false;
+        for (WgOp& op : g.ops)
+            if (op.group < 0) op.group = g.groups, any = true;
+        if (any) g.groups += 1;
+    });
+}
+
+void wgmma_wait(int pending) {
+    WgIn in;
+    in.pending = pending;
+    wg_collective("wgmma.wait_group", in, [](WarpGroup& g, int gi) {
+        const int keep = g.in[0].pending;
+        for (int t = 0; t < 128; ++t) {
+            if (g.in[t].pending != keep) fail("threads of a warpgroup wait for different numbers of wgmma groups");
+        }
+        // retire every committed group but the newest `keep`
+        size_t landed = 0;
+        while (landed < g.ops.size() && g.ops[landed].group >= 0 && g.ops[landed].group < g.groups - keep) {
+            land_op(g, landed);
+            landed += 1;
+        }
+        g.ops.erase(g.ops.begin(), g.ops.begin() + (long)landed);
+        Block& b = *g_block;
+        for (int t = 0; t < 128; ++t) b.threads[(size_t)(gi * 128 + t)].wg_fenced = false;
+    });
+}
+
 void register_entry(const char* name, void* fn, Invoke invoke, const unsigned char* sizes, int n) {
     std::lock_guard<std::mutex> g(registry_lock());
     registry()[name] = Entry{name, fn, invoke, std::vector<unsigned char>(sizes, sizes + n)};
@@ -670,6 +998,9 @@ std::string run(const Entry& e, Dim3 grid, Dim3 block_dim, unsigned int smem_byt
             w.arrived = 0;
             w.waiting.clear();
         }
+        b.wgroups.clear();
+        b.wgroups.resize((size_t)(n / 128));
+        b.unfenced.clear();
         for (int i = 0; i < n; ++i) {
             Thread& t = b.threads[(size_t)i];
             t = Thread{};

@@ -53,7 +53,8 @@ static void* fn(const char* name) {
     if (!module) {
         const char* ptx =
             ".entry st_mma(\n.entry st_block_sum(\n.entry st_divergent_barrier(\n.entry st_hang(\n"
-            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n.entry st_static_smem(\n.entry st_rounding(\n";
+            ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n.entry st_static_smem(\n.entry st_rounding(\n"
+            ".entry st_wgmma(\n";
         if (cuModuleLoadData(&module, ptx) != 0) return nullptr;
     }
     void* f = nullptr;
@@ -124,6 +125,43 @@ int main() {
         cuMemcpyDtoH_v2(got, o, 8);
         printf("  (a * b + c in a kernel: %g, i.e. %s)\n", got[1], got[1] != 0.0f ? "fused" : "not fused");
         check(got[0] == 0.0f, "__fmul_rn and __fadd_rn round each operation (never fused)");
+    }
+    {
+        // wgmma: two products into one accumulator in one commit group (shared A and B, register A and
+        // transposed B) against the direct product (small integers: exact); the accumulators read
+        // as NaN between the issue and the wait; each missing fence or wait fails the launch
+        std::vector<float> a(1024), b(1024), a2(1024), b2(1024);
+        std::vector<unsigned short> ha(1024), hb(1024), ha2(1024), hb2(1024);
+        for (int i = 0; i < 1024; ++i) {
+            a[i] = (float)((i * 7) % 11 - 5), b[i] = (float)((i * 5) % 9 - 4);
+            a2[i] = (float)((i * 3) % 7 - 3), b2[i] = (float)((i * 11) % 5 - 2);
+            ha[i] = bf16(a[i]), hb[i] = bf16(b[i]), ha2[i] = bf16(a2[i]), hb2[i] = bf16(b2[i]);
+        }
+        unsigned long long da = dev(2048), db = dev(2048), da2 = dev(2048), db2 = dev(2048), o = dev(4096 * 4),
+                           early = dev(128 * 4);
+        cuMemcpyHtoD_v2(da, ha.data(), 2048);
+        cuMemcpyHtoD_v2(db, hb.data(), 2048);
+        cuMemcpyHtoD_v2(da2, ha2.data(), 2048);
+        cuMemcpyHtoD_v2(db2, hb2.data(), 2048);
+        auto run = [&](int mode) { return launch("st_wgmma", 1, 128, 6144, {&o, &early, &da, &db, &da2, &db2, &mode}); };
+        const bool ran = run(0) == 0;
+        std::vector<float> got(4096), nan(128);
+        cuMemcpyDtoH_v2(got.data(), o, 4096 * 4);
+        cuMemcpyDtoH_v2(nan.data(), early, 128 * 4);
+        bool same = ran;
+        for (int r = 0; r < 64; ++r) {
+            for (int c = 0; c < 64; ++c) {
+                float want = 0.0f;
+                for (int k = 0; k < 16; ++k) want += a[r * 16 + k] * b[c * 16 + k] + a2[r * 16 + k] * b2[k * 64 + c];
+                same = same && got[r * 64 + c] == want;
+            }
+        }
+        bool all_nan = true;
+        for (float x : nan) all_nan = all_nan && x == 1.0f;
+        check(same && all_nan,
+              "wgmma m64n64k16 (shared and register A, K- and MN-major B) gives the direct product at the wait");
+        check(run(1) != 0 && run(2) != 0 && run(3) != 0,
+              "wgmma without the proxy fence after cp.async, without wgmma.fence, or without a wait fails the launch");
     }
     unsigned long long scratch = dev(4096);
     check(launch("st_divergent_barrier", 1, 64, 0, {&scratch}) != 0, "barriers on two source lines fail the launch");

@@ -124,3 +124,59 @@ extern "C" __global__ void st_rounding(float* out, float a, float b, float c, fl
         out[1] = a * d + c;  // d = b: another product, so that the compiler cannot share the first
     }
 }
+
+// wgmma (sm_90a) on one warpgroup, 64 x 64 accumulators: d = A Bᵀ with A (64 x 16, m x k) and B (64
+// x 16, n x k) from shared memory, both K-major, B copied in with cp.async; then, in the same
+// commit group, d += A2 B2 with A2 from registers and B2 (16 x 64, k x n) MN-major (transposed).
+// The unswizzled core-matrix layouts: a K-major 64 x 16 operand's (r, k) at ((r / 8) 2 + k / 8) 64
+// + (r % 8) 8 + k % 8 elements (LBO 128 bytes, SBO 256); the MN-major one's (k, n) at ((k / 8) 8 +
+// n / 8) 64 + (k % 8) 8 + n % 8 (LBO 1024, SBO 128). out = d (64 x 64, row major); early[t] = 1
+// where thread t read its first accumulator as NaN between the issue and the wait. mode 1 leaves
+// out the proxy fence after the copies, 2 the wgmma.fence, 3 the wait.
+extern "C" __global__ void st_wgmma(float* out, float* early, const unsigned short* a, const unsigned short* b,
+                                    const unsigned short* a2, const unsigned short* b2, int mode) {
+    extern __shared__ __align__(16) unsigned short st_smem[];
+    unsigned short* As = st_smem;
+    unsigned short* Bs = st_smem + 1024;
+    unsigned short* B2s = st_smem + 2048;
+    const int t = threadIdx.x;
+    for (int i = t; i < 1024; i += 128) {
+        const int r = i / 16, k = i % 16;
+        As[((r / 8) * 2 + k / 8) * 64 + (r % 8) * 8 + k % 8] = a[i];
+        const int kk = i / 64, n = i % 64;
+        B2s[((kk / 8) * 8 + n / 8) * 64 + (kk % 8) * 8 + n % 8] = b2[i];
+    }
+    {
+        const int n = t / 2, c = t % 2;  // B's row n, elements 8c .. 8c + 7
+        simt::cp_async16(Bs + ((n / 8) * 2 + c) * 64 + (n % 8) * 8, b + n * 16 + 8 * c, 16);
+        simt::cp_commit();
+        simt::cp_wait_all();
+    }
+    if (mode != 1) simt::fence_proxy_async();
+    __syncthreads();
+    const int w = t / 32, gr = (t % 32) / 4, tg = t % 4;
+    unsigned int ar[4];
+    for (int q = 0; q < 4; ++q) {
+        const int row = 16 * w + gr + ((q & 1) ? 8 : 0), col = 2 * tg + ((q & 2) ? 8 : 0);
+        ar[q] = (unsigned int)a2[row * 16 + col] | ((unsigned int)a2[row * 16 + col + 1] << 16);
+    }
+    auto desc = [](const void* p, unsigned lbo, unsigned sbo) {
+        return (unsigned long long)((simt::smem_addr(p) & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+               ((unsigned long long)(sbo >> 4) << 32);
+    };
+    float d[32];
+    for (int i = 0; i < 32; ++i) d[i] = 5.0f;  // scale-d 0: ignored
+    if (mode != 2) simt::wgmma_fence();
+    simt::wgmma_bf16(d, 64, desc(As, 128, 256), nullptr, desc(Bs, 128, 256), 0, 0, 0);
+    simt::wgmma_bf16(d, 64, 0, ar, desc(B2s, 1024, 128), 1, 0, 1);
+    early[t] = d[0] != d[0] ? 1.0f : 0.0f;
+    simt::wgmma_commit();
+    if (mode == 3) return;
+    simt::wgmma_wait(0);
+    for (int j = 0; j < 8; ++j) {
+        for (int e = 0; e < 4; ++e) {
+            const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tg + (e & 1);
+            out[row * 64 + col] = d[4 * j + e];
+        }
+    }
+}
