@@ -117,82 +117,16 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
                 mma_16816(s[nt + 1], qa[kd], b + 2);
             }
         }
-        // causal and length mask, scale to base 2, the block's row maxima; a key block wholly
-        // before the query block and the sequence's end needs no mask (the same values, fewer
-        // instructions: all but the diagonal blocks of a long sequence)
+        // a key block wholly before the query block and the sequence's end needs no mask
         const bool inside = k0 + AM_BK - 1 <= q0 && k0 + AM_BK <= len;
-        float mx0 = neg_inf_f(), mx1 = neg_inf_f();
-        if (inside) {
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float x = s[nt][e] * sl2;
-                    s[nt][e] = x;
-                    if (e < 2) mx0 = fmaxf(mx0, x);
-                    else mx1 = fmaxf(mx1, x);
-                }
-            }
-        } else {
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int j = k0 + nt * 8 + 2 * tg + (e & 1);
-                    const int i = e < 2 ? i0 : i1;
-                    const float x = (j <= i && j < len) ? s[nt][e] * sl2 : neg_inf_f();
-                    s[nt][e] = x;
-                    if (e < 2) mx0 = fmaxf(mx0, x);
-                    else mx1 = fmaxf(mx1, x);
-                }
-            }
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(ARBOR_FULL_MASK, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(ARBOR_FULL_MASK, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(ARBOR_FULL_MASK, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(ARBOR_FULL_MASK, mx1, 2));
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        // a row with no key yet keeps max -inf: nothing to rescale
-        const float c0 = mn0 == neg_inf_f() ? 1.0f : exp2f(m0 - mn0);
-        const float c1 = mn1 == neg_inf_f() ? 1.0f : exp2f(m1 - mn1);
-        l0 *= c0;
-        l1 *= c1;
-#pragma unroll
-        for (int n = 0; n < NO; ++n) {
-            o[n][0] *= c0;
-            o[n][1] *= c0;
-            o[n][2] *= c1;
-            o[n][3] *= c1;
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float mn = e < 2 ? mn0 : mn1;
-                // (inside the mask every score and maximum is finite)
-                const float p = !inside && s[nt][e] == neg_inf_f() ? 0.0f : exp2f(s[nt][e] - mn);
-                s[nt][e] = p;
-                if (e < 2) l0 += p;
-                else l1 += p;
-            }
-        }
-        m0 = mn0;
-        m1 = mn1;
+        softmax_block<NT, NO>(s, o, m0, m1, l0, l1, inside, k0, i0, i1, len, tg, sl2);
         // O += P V, 16 keys per step: P's A fragment is two key tiles of S's C fragments
         accumulate_product<NO, NT>(o, s, Vc, lane);
         cp_wait_all();
         __syncthreads();  // the next stage has landed; this one is consumed
     }
-    l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 1);
-    l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 2);
-    l1 += __shfl_xor_sync(ARBOR_FULL_MASK, l1, 1);
-    l1 += __shfl_xor_sync(ARBOR_FULL_MASK, l1, 2);
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    const float ln2 = 0.6931471805599453f;
-    if (tg == 0 && i0 < len) lse[(long long)(start + i0) * num_heads + h] = (m0 + log2f(l0)) * ln2;
-    if (tg == 0 && i1 < len) lse[(long long)(start + i1) * num_heads + h] = (m1 + log2f(l1)) * ln2;
     float* ob = out + (long long)start * out_stride + (long long)h * head_dim;
-    store_rows<NO>(ob, out_stride, o, inv0, inv1, i0, i1, len, head_dim, tg);
+    finish_rows<NO>(lse, ob, out_stride, o, m0, m1, l0, l1, start, num_heads, h, i0, i1, len, head_dim, tg);
 }
 
 extern "C" __global__ void __launch_bounds__(128)

@@ -190,6 +190,94 @@ __device__ __forceinline__ void store_rows(float* base, int stride, const float 
     }
 }
 
+// One key block of the forward's online softmax (FlashAttention-2) for a warp's 16 query rows, of
+// which this lane holds rows i0 (gr) and i1 (gr + 8), over NT key tiles of 8 from key k0: the
+// causal and length mask unless the block is `inside` (wholly before the query block and the
+// sequence's end: the same values, fewer instructions), the scale to base 2 (sl2 = scale · log2 e),
+// the rows' new maxima (the four lanes of a row combine theirs), the accumulators o (NO tiles) and
+// the lane's partial row sums l rescaled, and s turned into the unnormalised probabilities. Shared
+// by attention_mma.cu and attention_wgmma.cu, whose fragments lay rows and columns out alike.
+template <int NT, int NO>
+__device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], float& m0, float& m1, float& l0,
+                                              float& l1, bool inside, int k0, int i0, int i1, int len, int tg,
+                                              float sl2) {
+    float mx0 = neg_inf_f(), mx1 = neg_inf_f();
+    if (inside) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float x = s[nt][e] * sl2;
+                s[nt][e] = x;
+                if (e < 2) mx0 = fmaxf(mx0, x);
+                else mx1 = fmaxf(mx1, x);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int j = k0 + nt * 8 + 2 * tg + (e & 1);
+                const int i = e < 2 ? i0 : i1;
+                const float x = (j <= i && j < len) ? s[nt][e] * sl2 : neg_inf_f();
+                s[nt][e] = x;
+                if (e < 2) mx0 = fmaxf(mx0, x);
+                else mx1 = fmaxf(mx1, x);
+            }
+        }
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(ARBOR_FULL_MASK, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(ARBOR_FULL_MASK, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(ARBOR_FULL_MASK, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(ARBOR_FULL_MASK, mx1, 2));
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    // a row with no key yet keeps max -inf: nothing to rescale
+    const float c0 = mn0 == neg_inf_f() ? 1.0f : exp2f(m0 - mn0);
+    const float c1 = mn1 == neg_inf_f() ? 1.0f : exp2f(m1 - mn1);
+    l0 *= c0;
+    l1 *= c1;
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        o[n][0] *= c0;
+        o[n][1] *= c0;
+        o[n][2] *= c1;
+        o[n][3] *= c1;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float mn = e < 2 ? mn0 : mn1;
+            // (inside the mask every score and maximum is finite)
+            const float p = !inside && s[nt][e] == neg_inf_f() ? 0.0f : exp2f(s[nt][e] - mn);
+            s[nt][e] = p;
+            if (e < 2) l0 += p;
+            else l1 += p;
+        }
+    }
+    m0 = mn0;
+    m1 = mn1;
+}
+
+// The forward's end for the lane's rows i0 and i1: the row sums over the row's four lanes, the
+// log-sum-exp (natural log) at lse[(start + i) * num_heads + h], and the output rows, normalised,
+// at ob (row stride out_stride), columns below head_dim, rows below len.
+template <int NO>
+__device__ __forceinline__ void finish_rows(float* lse, float* ob, int out_stride, const float (*o)[4], float m0,
+                                            float m1, float l0, float l1, int start, int num_heads, int h, int i0,
+                                            int i1, int len, int head_dim, int tg) {
+    l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 1);
+    l0 += __shfl_xor_sync(ARBOR_FULL_MASK, l0, 2);
+    l1 += __shfl_xor_sync(ARBOR_FULL_MASK, l1, 1);
+    l1 += __shfl_xor_sync(ARBOR_FULL_MASK, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const float ln2 = 0.6931471805599453f;
+    if (tg == 0 && i0 < len) lse[(long long)(start + i0) * num_heads + h] = (m0 + log2f(l0)) * ln2;
+    if (tg == 0 && i1 < len) lse[(long long)(start + i1) * num_heads + h] = (m1 + log2f(l1)) * ln2;
+    store_rows<NO>(ob, out_stride, o, inv0, inv1, i0, i1, len, head_dim, tg);
+}
+
 // 16-byte asynchronous copy global -> shared (cp.async.cg, L2 only); `bytes` < 16 zero-fills
 // the rest (0: no read, 16 zeros).
 __device__ __forceinline__ void cp_async16(unsigned short* dst, const unsigned short* src, int bytes) {

@@ -30,7 +30,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_DIR = os.path.join(ROOT, "cuda")
-ARCHS = ["compute_80", "compute_90"]
+ARCHS = ["compute_80", "compute_90", "compute_90a"]
 OPTIONS = ["--std=c++17"]
 
 
@@ -119,7 +119,7 @@ RES_REGS_RE = re.compile(r"Used (\d+) registers")
 def resources(lib, src, name):
     """(entry, arch, registers, spill stores, spill loads) of every entry, per sm_ target."""
     rows = []
-    for arch in ["sm_80", "sm_89", "sm_90"]:
+    for arch in ["sm_80", "sm_89", "sm_90", "sm_90a"]:
         ok, log, _ = compile_src(lib, src, name, arch, ["--ptxas-options=-v"])
         if not ok:
             raise RuntimeError("%s %s: compile error\n%s" % (name, arch, log))

@@ -5,7 +5,8 @@
 
 use crate::attention::{AttnSaved, AttnShape};
 use crate::cuda::batch::GpuBatch;
-use crate::cuda::device::{int, Arg, DkdvPlan, Gpu};
+use crate::cuda::device::{int, Arg, Gpu};
+use crate::cuda::plans::{AttnFwd, DkdvPlan};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -74,6 +75,28 @@ impl Gpu {
     pub fn attn_on_tensor_cores(&self, head_dim: usize) -> bool {
         let fits = |dm: u32| mma_smem(dm.max(64) as usize).iter().all(|&b| b <= self.smem_limit());
         self.dtype() == Dtype::Bf16 && attn_dm(head_dim).is_ok_and(fits)
+    }
+
+    /// Run the bf16 attention forward with `kernel` from now on. [`AttnFwd::Wgmma`] needs a Hopper
+    /// GPU ([`Gpu::has_wgmma`]); elsewhere it is refused, saying so.
+    pub fn set_attn_fwd(&self, kernel: AttnFwd) -> Result<()> {
+        if kernel == AttnFwd::Wgmma && !self.has_wgmma() {
+            let why = format!(
+                "the wgmma forward needs a Hopper GPU (compute capability 9.0); {} is not one",
+                self.describe()
+            );
+            return Err(Error::device("attention", why));
+        }
+        self.attn_fwd.store(kernel as u8, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The bf16 attention forward's kernel.
+    pub fn attn_fwd(&self) -> AttnFwd {
+        match self.attn_fwd.load(std::sync::atomic::Ordering::Relaxed) {
+            x if x == AttnFwd::Wgmma as u8 => AttnFwd::Wgmma,
+            _ => AttnFwd::Mma,
+        }
     }
 
     /// The scratch layout of this device's attention over `n` tokens (its dtype and plan).
@@ -184,8 +207,13 @@ impl Gpu {
             Arg::I(kvi),
             Arg::I(di),
         ];
+        // (the wgmma kernel takes the mma kernel's arguments, launch shape and shared memory)
         let smem = mma_smem(dm as usize)[0];
-        self.launch("attention_mma", &format!("attn_fwd_mma_{dm}"), grid, (128, 1, 1), smem, &args)
+        let (module, kernel) = match self.attn_fwd() {
+            AttnFwd::Mma => ("attention_mma", "mma"),
+            AttnFwd::Wgmma => ("attention_wgmma", "wgmma"),
+        };
+        self.launch(module, &format!("attn_fwd_{kernel}_{dm}"), grid, (128, 1, 1), smem, &args)
     }
 
     /// dqkv (overwritten) of the forward above (`Backend::attention_backward`); `scratch` holds

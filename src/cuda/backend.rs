@@ -488,6 +488,8 @@ mod tests {
             ("decode_attention", "decode_attn_gqa_128_f32_bf16"),
             ("attention_mma", "attn_fwd_mma_64"),
             ("attention_mma", "attn_fwd_mma_128"),
+            ("attention_wgmma", "attn_fwd_wgmma_64"),
+            ("attention_wgmma", "attn_fwd_wgmma_128"),
             ("attention_mma", "attn_pack_bf16"),
             ("attention_mma_bwd", "attn_bwd_dq_mma_64"),
             ("attention_mma_bwd", "attn_bwd_dq_mma_128"),

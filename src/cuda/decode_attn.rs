@@ -3,7 +3,7 @@
 //! host, lane by lane, against a direct softmax attention, and the q|k|v epilogue
 //! (`decode_qkv_store_*`) statement by statement against the CPU's bias, RoPE and cache store.
 
-use crate::cuda::device::DecodeAttn;
+use crate::cuda::plans::DecodeAttn;
 
 /// The head-dim bucket (64 or 128) of the per-group decode attention for a GQA group of `group`
 /// query heads of `head_dim` dims, or None where the per-head kernel runs (asked for, or a group

@@ -5,6 +5,7 @@
 //! architecture the first time a module is used and kept for the life of the process.
 
 use crate::cuda::nvrtc;
+use crate::cuda::plans::{AttnFwd, DecodeAttn, DkdvPlan};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::cublas::CudaBlas;
@@ -29,48 +30,12 @@ pub enum Arg {
     L(i64),
 }
 
-/// How the attention backward (f32 and tensor-core kernels alike) sums dK and dV over the query
-/// heads that share a kv head. Both are deterministic (no atomics); they differ in the order of f32
-/// additions only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DkdvPlan {
-    /// One block per (key block, query head) writes that head's dK and dV into scratch, and
-    /// `attn_bwd_group_sum_f32` sums each group in head order: a group's heads run in parallel
-    /// (the default). Scratch: 2 · N · H · D floats more.
-    PerHead,
-    /// One block per (key block, kv head) loops over the group's heads, one after another: no
-    /// extra scratch, a group's-size longer critical path.
-    Grouped,
-}
-
-impl DkdvPlan {
-    pub fn name(self) -> &'static str {
-        match self {
-            DkdvPlan::PerHead => "per-head",
-            DkdvPlan::Grouped => "grouped",
-        }
-    }
-}
-
-/// Which kernel attends a decode step's queries to the KV cache (decode_attention.cu). Both compute
-/// the same softmax in f32; they differ in the order of f32 additions only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeAttn {
-    /// One block per (row, kv head) for the whole GQA group (`decode_attn_gqa_*`): each cached key
-    /// and value is read once per group (the default; groups up to 8, head dims up to 128, else
-    /// `PerHead`).
-    PerGroup,
-    /// One block per (row, query head) (`decode_attn_*`): the group's heads each read the cache.
-    PerHead,
-}
-
-impl DecodeAttn {
-    pub fn name(self) -> &'static str {
-        match self {
-            DecodeAttn::PerGroup => "per-group",
-            DecodeAttn::PerHead => "per-head",
-        }
-    }
+/// The virtual architecture kernels are compiled for on a device of compute capability
+/// major.minor: its own, and on Hopper (9.0) the arch-specific compute_90a, whose PTX may use
+/// wgmma (cuda/attention_wgmma.cu) and loads on sm_90 devices only.
+pub(crate) fn arch_of(major: i32, minor: i32) -> String {
+    let suffix = if (major, minor) == (9, 0) { "a" } else { "" };
+    format!("compute_{major}{minor}{suffix}")
 }
 
 /// Bytes of the workspace cuBLAS is given (NVIDIA's advice for Hopper, more than Ampere needs).
@@ -102,6 +67,8 @@ pub struct Gpu {
     dtype: AtomicU8,
     /// How the attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
     dkdv_plan: AtomicU8,
+    /// The bf16 attention forward's kernel ([`AttnFwd`]; `cuda::attention`).
+    pub(crate) attn_fwd: AtomicU8,
     /// The decode attention kernel ([`DecodeAttn`]).
     decode_attn: AtomicU8,
     /// Positions per split of the per-group decode attention (0: chosen per step shape,
@@ -232,7 +199,7 @@ impl Gpu {
             stream,
             blas,
             _blas_workspace: blas_workspace,
-            arch: format!("compute_{major}{minor}"),
+            arch: arch_of(major, minor),
             name,
             ordinal,
             sms: sms.max(1) as u32,
@@ -243,6 +210,7 @@ impl Gpu {
             scratch: Mutex::new(None),
             dtype: AtomicU8::new(Dtype::F32 as u8),
             dkdv_plan: AtomicU8::new(DkdvPlan::PerHead as u8),
+            attn_fwd: AtomicU8::new(AttnFwd::Mma as u8),
             decode_attn: AtomicU8::new(DecodeAttn::PerGroup as u8),
             decode_split: AtomicUsize::new(0),
             bf16_scratch: Mutex::new(None),
@@ -259,7 +227,13 @@ impl Gpu {
         Ok(u.bytes.map(|b| b as u8))
     }
 
-    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)", with ", bf16 products" (or tf32) when the
+    /// Whether the device runs Hopper's warpgroup products (`wgmma`: compute capability 9.0, kernels
+    /// compiled for compute_90a).
+    pub fn has_wgmma(&self) -> bool {
+        self.arch == "compute_90a"
+    }
+
+    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90a)", with ", bf16 products" (or tf32) when the
     /// products do not take exact f32 operands.
     pub fn describe(&self) -> String {
         let products = match self.dtype() {
@@ -584,7 +558,17 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::out_of_memory;
+    use super::{arch_of, out_of_memory};
+
+    /// Kernels compile for the device's own architecture; on Hopper (9.0) for compute_90a, where
+    /// wgmma is allowed; Blackwell (10.0) has no wgmma and keeps its plain architecture.
+    #[test]
+    fn kernels_compile_for_the_device_architecture() {
+        assert_eq!(arch_of(8, 0), "compute_80");
+        assert_eq!(arch_of(8, 9), "compute_89");
+        assert_eq!(arch_of(9, 0), "compute_90a");
+        assert_eq!(arch_of(10, 0), "compute_100");
+    }
 
     /// An allocation the GPU could not make names what it was for, its size and what the device
     /// has, in MiB rounded up, and the settings that need less memory.

@@ -1,8 +1,9 @@
 //! CUDA backend tests (feature `cuda`).
 //!
 //! * The NVRTC compile check runs wherever libnvrtc loads (CI installs it with pip): every kernel
-//!   file compiles for compute_80 and compute_90 with no error and no warning, and every declared
-//!   entry is in the PTX. Without libnvrtc it prints why it skipped.
+//!   file compiles for compute_80, compute_90 and compute_90a with no error and no warning, and
+//!   every declared entry is in the PTX; wgmma is in the compute_90a PTX only. Without libnvrtc it
+//!   prints why it skipped.
 //! * The GPU tests compare every kernel, a full forward + backward and an AdamW step against the
 //!   CPU backend on random inputs, printing the largest error of each; on a machine without a CUDA
 //!   device they print "skipped: no CUDA device". `scripts/gpu-check.sh` runs them on a GPU.
@@ -37,16 +38,22 @@ fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
     let (major, minor) = nvrtc::version().expect("NVRTC version");
     let mut compiled = 0;
     for (name, _) in nvrtc::SOURCES {
-        for arch in ["compute_80", "compute_90"] {
+        for arch in ["compute_80", "compute_90", "compute_90a"] {
             match nvrtc::compile_clean(name, arch) {
-                Ok(c) => assert!(!c.ptx.is_empty()),
+                Ok(c) => {
+                    // Hopper's warpgroup products where the architecture allows them (the
+                    // entries trap elsewhere), and nowhere else
+                    let wgmma = String::from_utf8_lossy(&c.ptx).matches("wgmma.mma_async").count();
+                    let want = name == &"attention_wgmma" && arch == "compute_90a";
+                    assert_eq!(wgmma > 0, want, "{name} for {arch}: {wgmma} wgmma instructions");
+                }
                 Err(e) => panic!("{e}"),
             }
             compiled += 1;
         }
     }
     println!("NVRTC {major}.{minor}: {compiled} compiles clean");
-    assert_eq!(compiled, 2 * nvrtc::SOURCES.len());
+    assert_eq!(compiled, 3 * nvrtc::SOURCES.len());
 }
 
 /// A module is compiled once per process: every device context (one engine per phase) loads the

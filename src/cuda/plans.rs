@@ -1,0 +1,68 @@
+//! The kernel plans a device chooses between: each names kernels that compute the same result
+//! (the same sums, or the same sums in another order), kept side by side so that a GPU session
+//! can check and time the alternatives in one run (`bench gpu` flags, `scripts/gpu-check.sh`).
+
+/// How the attention backward (f32 and tensor-core kernels alike) sums dK and dV over the query
+/// heads that share a kv head. Both are deterministic (no atomics); they differ in the order of f32
+/// additions only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DkdvPlan {
+    /// One block per (key block, query head) writes that head's dK and dV into scratch, and
+    /// `attn_bwd_group_sum_f32` sums each group in head order: a group's heads run in parallel
+    /// (the default). Scratch: 2 · N · H · D floats more.
+    PerHead,
+    /// One block per (key block, kv head) loops over the group's heads, one after another: no
+    /// extra scratch, a group's-size longer critical path.
+    Grouped,
+}
+
+impl DkdvPlan {
+    pub fn name(self) -> &'static str {
+        match self {
+            DkdvPlan::PerHead => "per-head",
+            DkdvPlan::Grouped => "grouped",
+        }
+    }
+}
+
+/// Which kernel attends a decode step's queries to the KV cache (decode_attention.cu). Both compute
+/// the same softmax in f32; they differ in the order of f32 additions only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeAttn {
+    /// One block per (row, kv head) for the whole GQA group (`decode_attn_gqa_*`): each cached key
+    /// and value is read once per group (the default; groups up to 8, head dims up to 128, else
+    /// `PerHead`).
+    PerGroup,
+    /// One block per (row, query head) (`decode_attn_*`): the group's heads each read the cache.
+    PerHead,
+}
+
+impl DecodeAttn {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeAttn::PerGroup => "per-group",
+            DecodeAttn::PerHead => "per-head",
+        }
+    }
+}
+
+/// Which kernel runs the causal attention forward with bf16 products. Both compute the same
+/// FlashAttention-2 softmax in f32 over bf16 products; they differ in the tensor-core instructions
+/// and so in the order of the f32 additions inside each product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnFwd {
+    /// Each warp's `mma.sync` products (cuda/attention_mma.cu; sm_80 and later): the default.
+    Mma,
+    /// The block's warpgroup `wgmma` products (cuda/attention_wgmma.cu; sm_90a, Hopper only):
+    /// opt-in until a GPU run has checked and timed it.
+    Wgmma,
+}
+
+impl AttnFwd {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnFwd::Mma => "mma",
+            AttnFwd::Wgmma => "wgmma",
+        }
+    }
+}
