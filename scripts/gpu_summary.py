@@ -118,11 +118,14 @@ def ratios(d):
     """Every ratio of an arbor figure to its peer measured in the same run, whose two figures exist."""
     out = []
     for ours, peer in (("attention_bf16.json", "sdpa_bf16.json"), ("attention_bf16_d128.json", "sdpa_bf16_d128.json"),
+                       ("attention_bf16_wgmma.json", "sdpa_bf16.json"),
+                       ("attention_bf16_d128_wgmma.json", "sdpa_bf16_d128.json"),
                        ("attention_bf16_grouped.json", "sdpa_bf16.json"), ("attention.json", "sdpa.json"),
                        ("attention_grouped.json", "sdpa.json")):
         a, p = load(d, ours), load(d, peer)
         if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
-            out.append(f"attention fwd+bwd ({a.get('dtype')}, dK/dV {a.get('dkdv', '-')}, d {a.get('head_dim')}): arbor "
+            out.append(f"attention fwd+bwd ({a.get('dtype')}, forward {a.get('attn_fwd', 'mma')}, dK/dV "
+                       f"{a.get('dkdv', '-')}, d {a.get('head_dim')}): arbor "
                        f"{a['fwd_ms']:.3f} + {a['bwd_ms']:.3f} ms, torch SDPA {p.get('dtype')} {p['fwd_bwd_ms']:.3f} ms, "
                        f"arbor speed = {p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a.get('device')})")
 
@@ -134,6 +137,8 @@ def ratios(d):
 
     ratio("train step 0.5B 4x1024, arbor bf16 products vs torch bf16 autocast", "train_step_bf16.json",
           "peer_train_step_bf16.json")
+    ratio("train step 0.5B 4x1024, arbor bf16 products with the wgmma attention forward vs torch bf16 autocast",
+          "train_step_bf16_wgmma.json", "peer_train_step_bf16.json")
     for g in ("", "_graphs"):
         ratio(f"greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16{' + CUDA graphs' if g else ''} vs "
               "transformers bf16", f"generate_greedy_0.5b_b256_bf16{g}.json", "peer_generate_greedy_0.5b_b256_bf16.json")
