@@ -1,8 +1,10 @@
 // prelude: mma.cuh
-// Causal GQA attention forward on the tensor cores: bf16 products (mma.sync m16n8k16, sm_80 and
-// later), f32 accumulation, online softmax in f32. The attention of `[train] dtype = "bf16"`; the
-// f32 reference is attention_fwd.cu (CPU: src/attention/cpu.rs attention_forward). The building
-// blocks (fragments, ldmatrix, cp.async) are in mma.cuh; the backward is attention_mma_bwd.cu.
+// Causal GQA attention forward on the tensor cores: bf16 products, f32 accumulation, online softmax
+// in f32. The attention of `[train] dtype = "bf16"`; the f32 reference is attention_fwd.cu (CPU:
+// src/attention/cpu.rs attention_forward). Written once over mma.cuh's product policies: MmaOps
+// (each warp's mma.sync m16n8k16, sm_80 and later: the default) and WgmmaOps (the block's
+// warpgroup wgmma, Hopper's sm_90a: opt-in, `Gpu::set_attn_mma`); the backward is
+// attention_mma_bwd.cu.
 //
 // ABI.
 // attn_pack_bf16
@@ -13,7 +15,8 @@
 //   query heads first, then the kv heads' keys, then their values) and dO (heads = num_heads).
 //   Any grid of 1-D blocks (grid-stride over the n * heads * dm / 8 groups of 8 outputs).
 //
-// attn_fwd_mma_64 / attn_fwd_mma_128 (DM = the largest head_dim; any 1 <= head_dim <= DM works)
+// attn_fwd_mma_64 / attn_fwd_mma_128, attn_fwd_wgmma_64 / attn_fwd_wgmma_128 (DM = the largest
+//   head_dim; any 1 <= head_dim <= DM works; the wgmma entries trap unless compiled for sm_90a)
 //   (float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
 //    int num_heads, int kv_heads, int head_dim)
 //   qkv16: q|k|v packed with dm = DM; out, lse, cu_seqlens and the results as attention_fwd.cu's
@@ -26,7 +29,7 @@
 //   blocks first; key blocks of 64 up to the diagonal, copied (cp.async) one block ahead into the
 //   other of two shared-memory stages.
 //   Launch: grid = (ceil(max_seq_len / 64), num_heads, n_seq), block = 128 (MUST be 128: four
-//   warps of 16 query rows each), dynamic shared memory = 5 * 64 * DM * 2 bytes (Q, two
+//   warps of 16 query rows each, one warpgroup for wgmma), dynamic shared memory = 5 * 64 * DM * 2 bytes (Q, two
 //   stages of K and of V): DM = 64: 40960 B, DM = 128: 81920 B (the host raises the limit above
 //   48 KiB).
 
@@ -51,12 +54,11 @@ extern "C" __global__ void attn_pack_bf16(unsigned short* __restrict__ out, cons
     }
 }
 
-template <int DM>
-__device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __restrict__ lse,
+template <class Ops, int DM>
+__device__ void attn_fwd_tc(float* __restrict__ out, int out_stride, float* __restrict__ lse,
                              const unsigned short* __restrict__ qkv16, const int* __restrict__ cu_seqlens,
                              int num_heads, int kv_heads, int head_dim) {
     constexpr int NT = AM_BK / 8;   // key tiles of 8 in a key block
-    constexpr int KD = DM / 16;     // 16-wide steps over the head dims
     constexpr int NO = DM / 8;      // output tiles of 8 dims
     constexpr int TILE = AM_TILE(DM);
     // Q, then two stages of K and of V: the next key block's copies run during this one's products
@@ -78,16 +80,16 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     const unsigned short* qb = qkv16 + (long long)start * ps + (long long)h * DM;
     const unsigned short* kb = qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM;
     const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
-    copy_rows<DM>(Qs, qb, ps, q0, len);
-    fetch_kv<DM>(Ks, Vs, kb, vb, ps, 0, len);
+    Ops::template load<DM>(Qs, qb, ps, q0, len);
+    fetch_kv<Ops, DM>(Ks, Vs, kb, vb, ps, 0, len);
     cp_wait_all();
+    Ops::landed();
     __syncthreads();
 
-    // The warp's Q rows as A fragments, one per 16 head dims.
+    // (with mma.sync: the warp's Q rows as A fragments, one per 16 head dims)
     const int wr = warp * 16;
-    unsigned int qa[KD][4];
-#pragma unroll
-    for (int kd = 0; kd < KD; ++kd) frag_a<DM>(qa[kd], Qs, wr, kd * 16, lane);
+    typename Ops::template QFrags<DM> qf;
+    qf.load(Qs, wr, lane);
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -99,44 +101,49 @@ __device__ void attn_fwd_mma(float* __restrict__ out, int out_stride, float* __r
     for (int k0 = 0, stage = 0; k0 < kend; k0 += AM_BK, stage ^= 1) {
         // the other stage was consumed by the last block (barrier at the loop's end): fill it
         if (k0 + AM_BK < kend) {
-            fetch_kv<DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
+            fetch_kv<Ops, DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
         const unsigned short* Kc = Ks + stage * TILE;
         const unsigned short* Vc = Vs + stage * TILE;
 
         float s[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; nt += 2) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            s[nt + 1][0] = s[nt + 1][1] = s[nt + 1][2] = s[nt + 1][3] = 0.0f;
-#pragma unroll
-            for (int kd = 0; kd < KD; ++kd) {
-                unsigned int b[4];
-                frag_bt2<DM>(b, Kc, nt * 8, kd * 16, lane);
-                mma_16816(s[nt], qa[kd], b);
-                mma_16816(s[nt + 1], qa[kd], b + 2);
-            }
-        }
+        Ops::template scores<DM, NT>(s, qf, Qs, Kc, lane);
         // a key block wholly before the query block and the sequence's end needs no mask
         const bool inside = k0 + AM_BK - 1 <= q0 && k0 + AM_BK <= len;
         softmax_block<NT, NO>(s, o, m0, m1, l0, l1, inside, k0, i0, i1, len, tg, sl2);
         // O += P V, 16 keys per step: P's A fragment is two key tiles of S's C fragments
-        accumulate_product<NO, NT>(o, s, Vc, lane);
+        Ops::template accumulate<NO, NT>(o, s, Vc, lane);
         cp_wait_all();
+        Ops::landed();
         __syncthreads();  // the next stage has landed; this one is consumed
     }
     float* ob = out + (long long)start * out_stride + (long long)h * head_dim;
     finish_rows<NO>(lse, ob, out_stride, o, m0, m1, l0, l1, start, num_heads, h, i0, i1, len, head_dim, tg);
 }
 
+// The entries: the two product policies (mma.cuh) at the two head-dim buckets; the wgmma ones
+// trap where the architecture has no wgmma (AM_wgmma: the host never launches them there).
+
 extern "C" __global__ void __launch_bounds__(128)
     attn_fwd_mma_64(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
                     int num_heads, int kv_heads, int head_dim) {
-    attn_fwd_mma<64>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim);
+    attn_fwd_tc<MmaOps, 64>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     attn_fwd_mma_128(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
-                    int num_heads, int kv_heads, int head_dim) {
-    attn_fwd_mma<128>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim);
+                     int num_heads, int kv_heads, int head_dim) {
+    attn_fwd_tc<MmaOps, 128>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_fwd_wgmma_64(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
+                      int num_heads, int kv_heads, int head_dim) {
+    AM_wgmma((attn_fwd_tc<WgmmaOps, 64>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim)));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_fwd_wgmma_128(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
+                       int num_heads, int kv_heads, int head_dim) {
+    AM_wgmma((attn_fwd_tc<WgmmaOps, 128>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim)));
 }

@@ -8,7 +8,10 @@
 // num_heads, dm = DM). lse and delta are the forward's and delta's [N, num_heads] f32; dq, dk, dv
 // are f32, OVERWRITTEN, each with its own row stride. Entries DM = 64 and 128 (head dims up to DM).
 //
-// attn_bwd_dq_mma_{64,128}
+// Written once over mma.cuh's product policies: the _mma_ entries on each warp's mma.sync (sm_80
+// and later), the _wgmma_ ones on the block's warpgroup wgmma (sm_90a; they trap elsewhere).
+//
+// attn_bwd_dq_mma_{64,128}, attn_bwd_dq_wgmma_{64,128}
 //   (float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
 //    const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
 //    int head_dim)
@@ -19,7 +22,7 @@
 //   Launch: grid = (ceil(max_seq_len / 64), num_heads, n_seq), block = 128, dynamic shared memory
 //   = 6 * 64 * DM * 2 bytes (Q, dO, two stages of K and of V; DM 64: 49152, 128: 98304).
 //
-// attn_bwd_dkdv_mma_{64,128}
+// attn_bwd_dkdv_mma_{64,128}, attn_bwd_dkdv_wgmma_{64,128}
 //   (float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
 //    const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
 //    int num_heads, int kv_heads, int head_dim, int heads_per_block)
@@ -40,8 +43,8 @@
 //   sm_89).
 
 
-template <int DM>
-__device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const unsigned short* __restrict__ qkv16,
+template <class Ops, int DM>
+__device__ void attn_bwd_dq_tc(float* __restrict__ dq, int dq_stride, const unsigned short* __restrict__ qkv16,
                                 const unsigned short* __restrict__ do16, const float* __restrict__ lse,
                                 const float* __restrict__ delta, const int* __restrict__ cu_seqlens, int num_heads,
                                 int kv_heads, int head_dim) {
@@ -64,9 +67,9 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
     const long long ps = (long long)(num_heads + 2 * kv_heads) * DM, pd = (long long)num_heads * DM;
     const unsigned short* kb = qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM;
     const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
-    copy_rows<DM>(Qs, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
-    copy_rows<DM>(Os, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
-    fetch_kv<DM>(Ks, Vs, kb, vb, ps, 0, len);
+    Ops::template load<DM>(Qs, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
+    Ops::template load<DM>(Os, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
+    fetch_kv<Ops, DM>(Ks, Vs, kb, vb, ps, 0, len);
     const int wr = warp * 16;
     const int i0 = q0 + wr + gr, i1 = i0 + 8;
     const float L0 = i0 < len ? lse[(long long)(start + i0) * num_heads + h] * log2e : 0.0f;
@@ -74,6 +77,7 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
     const float D0 = i0 < len ? delta[(long long)(start + i0) * num_heads + h] : 0.0f;
     const float D1 = i1 < len ? delta[(long long)(start + i1) * num_heads + h] : 0.0f;
     cp_wait_all();
+    Ops::landed();
     __syncthreads();
 
     float acc[NO][4];
@@ -83,12 +87,12 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
     for (int k0 = 0, stage = 0; k0 < kend; k0 += AM_BK, stage ^= 1) {
         // the other stage was consumed by the last block (barrier at the loop's end): fill it
         if (k0 + AM_BK < kend) {
-            fetch_kv<DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
+            fetch_kv<Ops, DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
         const unsigned short* Kc = Ks + stage * TILE;
         const unsigned short* Vc = Vs + stage * TILE;
         float s[NT][4], dp[NT][4];
-        row_products2<DM, NT>(s, dp, Qs, Kc, Os, Vc, wr, lane);
+        Ops::template products2<DM, NT>(s, dp, Qs, Kc, Os, Vc, wr, lane);
         // dS = P (dP - delta), with P recomputed from the forward's lse (0 where masked; a key
         // block wholly before the query block, whose rows are all in the sequence, needs no mask)
         const bool inside = k0 + AM_BK - 1 <= q0 && q0 + AM_BQ <= len;
@@ -104,16 +108,17 @@ __device__ void attn_bwd_dq_mma(float* __restrict__ dq, int dq_stride, const uns
             }
         }
         // dQ += dS K
-        accumulate_product<NO, NT>(acc, s, Kc, lane);
+        Ops::template accumulate<NO, NT>(acc, s, Kc, lane);
         cp_wait_all();
+        Ops::landed();
         __syncthreads();  // the next stage has landed; this one is consumed
     }
     float* db = dq + (long long)start * dq_stride + (long long)h * head_dim;
     store_rows<NO>(db, dq_stride, acc, scale, scale, i0, i1, len, head_dim, tg);
 }
 
-template <int DM>
-__device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* __restrict__ dv, int dv_stride,
+template <class Ops, int DM>
+__device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* __restrict__ dv, int dv_stride,
                                   const unsigned short* __restrict__ qkv16, const unsigned short* __restrict__ do16,
                                   const float* __restrict__ lse, const float* __restrict__ delta,
                                   const int* __restrict__ cu_seqlens, int num_heads, int kv_heads, int head_dim,
@@ -143,8 +148,8 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
     // directly, visible after the next barrier).
     auto fetch = [&](int it, int st) {
         const int h = h_first + it / nq, q0 = k0 + (it % nq) * AM_BQ;
-        copy_rows<DM>(Qs + st * TILE, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
-        copy_rows<DM>(Os + st * TILE, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
+        Ops::template load<DM>(Qs + st * TILE, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
+        Ops::template load<DM>(Os + st * TILE, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
         if (threadIdx.x < AM_BQ) {
             const int i = q0 + threadIdx.x;
             const long long at = (long long)(start + i) * num_heads + h;
@@ -152,11 +157,13 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
             Ds[st * AM_BQ + threadIdx.x] = i < len ? delta[at] : 0.0f;
         }
     };
-    copy_rows<DM>(Ks, qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM, ps, k0, len);
-    copy_rows<DM>(Vs, qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM, ps, k0, len);
+    Ops::template load<DM>(Ks, qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM, ps, k0, len);
+    Ops::template load<DM>(Vs, qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM, ps, k0,
+                           len);
     fetch(0, 0);
     cp_commit();
     cp_wait_all();
+    Ops::landed();
     __syncthreads();
 
     const int wr = warp * 16;
@@ -177,7 +184,7 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
         const float* Lc = Ls + stage * AM_BQ;
         const float* Dc = Ds + stage * AM_BQ;
         float st[NT][4], dpt[NT][4];
-        row_products2<DM, NT>(st, dpt, Ks, Qc, Vs, Oc, wr, lane);
+        Ops::template products2<DM, NT>(st, dpt, Ks, Qc, Vs, Oc, wr, lane);
         // Pᵀ and dSᵀ = Pᵀ (dPᵀ - delta): rows are keys, columns queries (no mask where the key
         // block lies wholly before the query block and the query block inside the sequence)
         const bool inside = k0 + AM_BK - 1 <= q0 && q0 + AM_BQ <= len;
@@ -194,9 +201,10 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
             }
         }
         // dV += Pᵀ dO, dK += dSᵀ Q
-        accumulate_product<NO, NT>(dva, st, Oc, lane);
-        accumulate_product<NO, NT>(dka, dpt, Qc, lane);
+        Ops::template accumulate<NO, NT>(dva, st, Oc, lane);
+        Ops::template accumulate<NO, NT>(dka, dpt, Qc, lane);
         cp_wait_all();
+        Ops::landed();
         __syncthreads();  // the next stage has landed; this one is consumed
     }
     float* dkb = dk + (long long)start * dk_stride + (long long)y * head_dim;
@@ -205,32 +213,69 @@ __device__ void attn_bwd_dkdv_mma(float* __restrict__ dk, int dk_stride, float* 
     store_rows<NO>(dvb, dv_stride, dva, 1.0f, 1.0f, j0, j1, len, head_dim, tg);
 }
 
+// The entries: the two product policies (mma.cuh) at the two head-dim buckets; the wgmma ones
+// trap where the architecture has no wgmma (AM_wgmma: the host never launches them there).
+
 extern "C" __global__ void __launch_bounds__(128)
     attn_bwd_dq_mma_64(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
                        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
                        int head_dim) {
-    attn_bwd_dq_mma<64>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
-}
-
-extern "C" __global__ void __launch_bounds__(128)
-    attn_bwd_dq_mma_128(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
-                        const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
-                        int head_dim) {
-    attn_bwd_dq_mma<128>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads, head_dim);
+    AM_mma((attn_bwd_dq_tc<MmaOps, 64>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
+                                        head_dim)));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     attn_bwd_dkdv_mma_64(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
                          const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
                          int num_heads, int kv_heads, int head_dim, int heads_per_block) {
-    attn_bwd_dkdv_mma<64>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
-                          head_dim, heads_per_block);
+    AM_mma((attn_bwd_dkdv_tc<MmaOps, 64>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens,
+                                          num_heads, kv_heads, head_dim, heads_per_block)));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dq_mma_128(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
+                       const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
+                       int head_dim) {
+    AM_mma((attn_bwd_dq_tc<MmaOps, 128>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
+                                        head_dim)));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     attn_bwd_dkdv_mma_128(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
-                          const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
-                          int num_heads, int kv_heads, int head_dim, int heads_per_block) {
-    attn_bwd_dkdv_mma<128>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
-                           head_dim, heads_per_block);
+                         const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
+                         int num_heads, int kv_heads, int head_dim, int heads_per_block) {
+    AM_mma((attn_bwd_dkdv_tc<MmaOps, 128>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens,
+                                          num_heads, kv_heads, head_dim, heads_per_block)));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dq_wgmma_64(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
+                       const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
+                       int head_dim) {
+    AM_wgmma((attn_bwd_dq_tc<WgmmaOps, 64>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
+                                        head_dim)));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dkdv_wgmma_64(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
+                         const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
+                         int num_heads, int kv_heads, int head_dim, int heads_per_block) {
+    AM_wgmma((attn_bwd_dkdv_tc<WgmmaOps, 64>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens,
+                                          num_heads, kv_heads, head_dim, heads_per_block)));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dq_wgmma_128(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
+                       const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
+                       int head_dim) {
+    AM_wgmma((attn_bwd_dq_tc<WgmmaOps, 128>(dq, dq_stride, qkv16, do16, lse, delta, cu_seqlens, num_heads, kv_heads,
+                                        head_dim)));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_bwd_dkdv_wgmma_128(float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
+                         const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
+                         int num_heads, int kv_heads, int head_dim, int heads_per_block) {
+    AM_wgmma((attn_bwd_dkdv_tc<WgmmaOps, 128>(dk, dk_stride, dv, dv_stride, qkv16, do16, lse, delta, cu_seqlens,
+                                          num_heads, kv_heads, head_dim, heads_per_block)));
 }

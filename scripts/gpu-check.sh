@@ -10,11 +10,11 @@
 # gpu-check-out/) for docs/benchmarks.md. Parts, in this order:
 #   tests     the GPU tests (GPU vs CPU)
 #   headline  the figures the open issues ask for, with their peers: bf16 attention (head dims 64
-#             and 128, the forward with mma.sync and with Hopper's wgmma) vs SDPA, the bf16 train
+#             and 128, on mma.sync and on Hopper's wgmma) vs SDPA, the bf16 train
 #             step vs torch, bf16 greedy and sampled generation vs transformers, the bf16 rl-step
 #   countdown configs/countdown-gpu.toml, short (GPU_CHECK_FULL=1: whole, ~10 min)
 #   variants  f32 and tf32, the other kernel plans (grouped dK/dV, the bf16 train step with the
-#             wgmma attention forward, per-head decode attention),
+#             wgmma attention, per-head decode attention),
 #             decode graphs elsewhere, f32 generation and their peers
 # GPU_CHECK_PARTS=tests,headline (comma-separated) runs only those parts; GPU_CHECK_BUDGET_S=N
 # starts no command after N seconds, nor one that needs more time than is left (a device session
@@ -192,9 +192,9 @@ if part headline; then
     sdpa_peer sdpa_bf16 python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype bf16
     run attention_bf16_d128 "$arbor" bench gpu --kind attention --dtype bf16 "${att128[@]}"
     sdpa_peer sdpa_bf16_d128 python3 scripts/peer/sdpa_bench.py "${att128[@]}" --dtype bf16
-    echo "== the same with the forward on Hopper's warpgroup products (wgmma, opt-in: cuda/attention_wgmma.cu)"
-    run attention_bf16_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-fwd wgmma "${att64[@]}"
-    run attention_bf16_d128_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-fwd wgmma "${att128[@]}"
+    echo "== the same on Hopper's warpgroup products (wgmma, opt-in: cuda/mma.cuh WgmmaOps)"
+    run attention_bf16_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att64[@]}"
+    run attention_bf16_d128_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att128[@]}"
     echo "== bf16 train step, Qwen2-0.5B shape (random weights), 4 x 1024 tokens, vs torch bf16"
     run train_step_bf16 "$arbor" bench gpu --kind train-step --dtype bf16 "${q05[@]}" --batch 4 --seq 1024
     peer peer_train_step_bf16 python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype bf16 "${q05[@]}" \
@@ -277,8 +277,8 @@ if part variants; then
     sdpa_peer sdpa python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype f32
     run attention_grouped "$arbor" bench gpu --kind attention --dkdv grouped "${att64[@]}"
     run attention_bf16_grouped "$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${att64[@]}"
-    echo "== bf16 train step with the wgmma attention forward (Hopper only)"
-    run train_step_bf16_wgmma "$arbor" bench gpu --kind train-step --dtype bf16 --attn-fwd wgmma "${q05[@]}" --batch 4 --seq 1024
+    echo "== bf16 train step with the wgmma attention (Hopper only)"
+    run train_step_bf16_wgmma "$arbor" bench gpu --kind train-step --dtype bf16 --attn-mma wgmma "${q05[@]}" --batch 4 --seq 1024
     echo "== train step with f32 and tf32 products, vs torch f32"
     run train_step "$arbor" bench gpu --kind train-step "${q05[@]}" --batch 4 --seq 1024
     run train_step_tf32 "$arbor" bench gpu --kind train-step --dtype tf32 "${q05[@]}" --batch 4 --seq 1024

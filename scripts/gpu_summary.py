@@ -124,7 +124,7 @@ def ratios(d):
                        ("attention_grouped.json", "sdpa.json")):
         a, p = load(d, ours), load(d, peer)
         if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
-            out.append(f"attention fwd+bwd ({a.get('dtype')}, forward {a.get('attn_fwd', 'mma')}, dK/dV "
+            out.append(f"attention fwd+bwd ({a.get('dtype')}, {a.get('attn_mma', 'mma')}, dK/dV "
                        f"{a.get('dkdv', '-')}, d {a.get('head_dim')}): arbor "
                        f"{a['fwd_ms']:.3f} + {a['bwd_ms']:.3f} ms, torch SDPA {p.get('dtype')} {p['fwd_bwd_ms']:.3f} ms, "
                        f"arbor speed = {p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a.get('device')})")
@@ -137,7 +137,7 @@ def ratios(d):
 
     ratio("train step 0.5B 4x1024, arbor bf16 products vs torch bf16 autocast", "train_step_bf16.json",
           "peer_train_step_bf16.json")
-    ratio("train step 0.5B 4x1024, arbor bf16 products with the wgmma attention forward vs torch bf16 autocast",
+    ratio("train step 0.5B 4x1024, arbor bf16 products with the wgmma attention vs torch bf16 autocast",
           "train_step_bf16_wgmma.json", "peer_train_step_bf16.json")
     for g in ("", "_graphs"):
         ratio(f"greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16{' + CUDA graphs' if g else ''} vs "

@@ -75,9 +75,9 @@ pub struct GpuArgs {
     pub dkdv: DkdvPlanArg,
     /// `--kind attention` / `train-step` / `rl-step` with bf16: the attention forward's kernel,
     /// `mma` (the default: each warp's mma.sync, sm_80 and later) or `wgmma` (the warpgroup's
-    /// wgmma, Hopper only: cuda/attention_wgmma.cu); `cuda::AttnFwd`.
-    #[arg(long, default_value = "mma", value_parser = parse_attn_fwd)]
-    pub attn_fwd: AttnFwdArg,
+    /// wgmma, Hopper only: cuda/attention_wgmma.cu); `cuda::AttnMma`.
+    #[arg(long, default_value = "mma", value_parser = parse_attn_mma)]
+    pub attn_mma: AttnMmaArg,
     /// `--kind generate` / `rl-step`: the decode attention kernel, `per-group` (the default: one
     /// block per GQA group, each cached key and value read once per group) or `per-head`;
     /// `cuda::DecodeAttn`.
@@ -123,17 +123,17 @@ fn parse_dkdv(s: &str) -> Result<DkdvPlanArg, String> {
     }
 }
 
-/// `--attn-fwd`: the bf16 attention forward's kernel (a name here, so builds without `cuda` parse it).
+/// `--attn-mma`: the bf16 attention forward's kernel (a name here, so builds without `cuda` parse it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttnFwdArg {
+pub enum AttnMmaArg {
     Mma,
     Wgmma,
 }
 
-fn parse_attn_fwd(s: &str) -> Result<AttnFwdArg, String> {
+fn parse_attn_mma(s: &str) -> Result<AttnMmaArg, String> {
     match s {
-        "mma" => Ok(AttnFwdArg::Mma),
-        "wgmma" => Ok(AttnFwdArg::Wgmma),
+        "mma" => Ok(AttnMmaArg::Mma),
+        "wgmma" => Ok(AttnMmaArg::Wgmma),
         _ => Err(format!("{s:?} is not mma or wgmma")),
     }
 }
@@ -173,9 +173,9 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         DecodeAttnArg::PerHead => crate::cuda::DecodeAttn::PerHead,
     });
     gpu.set_decode_split(args.decode_split);
-    gpu.set_attn_fwd(match args.attn_fwd {
-        AttnFwdArg::Mma => crate::cuda::AttnFwd::Mma,
-        AttnFwdArg::Wgmma => crate::cuda::AttnFwd::Wgmma,
+    gpu.set_attn_mma(match args.attn_mma {
+        AttnMmaArg::Mma => crate::cuda::AttnMma::Mma,
+        AttnMmaArg::Wgmma => crate::cuda::AttnMma::Wgmma,
     })?;
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
@@ -339,7 +339,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         "impl": "arbor-cuda",
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
-        "attn_fwd": gpu.attn_fwd().name(),
+        "attn_mma": gpu.attn_mma().name(),
         "params": cfg.num_params(),
         "batch": args.batch,
         "seq": args.seq,
@@ -422,7 +422,7 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
             _ => "f32",
         },
         "dkdv": gpu.dkdv_plan().name(),
-        "attn_fwd": gpu.attn_fwd().name(),
+        "attn_mma": gpu.attn_mma().name(),
         "batch": args.batch, "seq": args.seq, "heads": h, "kv_heads": kv, "head_dim": d,
         "fwd_ms": f * 1e3,
         "bwd_ms": b * 1e3,

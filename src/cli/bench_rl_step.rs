@@ -144,7 +144,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         "kind": "rl-step",
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
-        "attn_fwd": gpu.attn_fwd().name(),
+        "attn_mma": gpu.attn_mma().name(),
         "params": cfg.num_params(),
         "prompts": args.prompts,
         "samples": args.samples,

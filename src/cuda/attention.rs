@@ -6,7 +6,7 @@
 use crate::attention::{AttnSaved, AttnShape};
 use crate::cuda::batch::GpuBatch;
 use crate::cuda::device::{int, Arg, Gpu};
-use crate::cuda::plans::{AttnFwd, DkdvPlan};
+use crate::cuda::plans::{AttnMma, DkdvPlan};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -77,25 +77,25 @@ impl Gpu {
         self.dtype() == Dtype::Bf16 && attn_dm(head_dim).is_ok_and(fits)
     }
 
-    /// Run the bf16 attention forward with `kernel` from now on. [`AttnFwd::Wgmma`] needs a Hopper
-    /// GPU ([`Gpu::has_wgmma`]); elsewhere it is refused, saying so.
-    pub fn set_attn_fwd(&self, kernel: AttnFwd) -> Result<()> {
-        if kernel == AttnFwd::Wgmma && !self.has_wgmma() {
+    /// Run the bf16 attention (forward and backward) on `kind`'s tensor-core products from now on.
+    /// [`AttnMma::Wgmma`] needs a Hopper GPU ([`Gpu::has_wgmma`]); elsewhere it is refused, saying so.
+    pub fn set_attn_mma(&self, kind: AttnMma) -> Result<()> {
+        if kind == AttnMma::Wgmma && !self.has_wgmma() {
             let why = format!(
-                "the wgmma forward needs a Hopper GPU (compute capability 9.0); {} is not one",
+                "the wgmma attention needs a Hopper GPU (compute capability 9.0); {} is not one",
                 self.describe()
             );
             return Err(Error::device("attention", why));
         }
-        self.attn_fwd.store(kernel as u8, std::sync::atomic::Ordering::Relaxed);
+        self.attn_mma.store(kind as u8, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    /// The bf16 attention forward's kernel.
-    pub fn attn_fwd(&self) -> AttnFwd {
-        match self.attn_fwd.load(std::sync::atomic::Ordering::Relaxed) {
-            x if x == AttnFwd::Wgmma as u8 => AttnFwd::Wgmma,
-            _ => AttnFwd::Mma,
+    /// The bf16 attention's tensor-core products.
+    pub fn attn_mma(&self) -> AttnMma {
+        match self.attn_mma.load(std::sync::atomic::Ordering::Relaxed) {
+            x if x == AttnMma::Wgmma as u8 => AttnMma::Wgmma,
+            _ => AttnMma::Mma,
         }
     }
 
@@ -207,13 +207,10 @@ impl Gpu {
             Arg::I(kvi),
             Arg::I(di),
         ];
-        // (the wgmma kernel takes the mma kernel's arguments, launch shape and shared memory)
+        // (either product policy: the same arguments, launch shape and shared memory)
         let smem = mma_smem(dm as usize)[0];
-        let (module, kernel) = match self.attn_fwd() {
-            AttnFwd::Mma => ("attention_mma", "mma"),
-            AttnFwd::Wgmma => ("attention_wgmma", "wgmma"),
-        };
-        self.launch(module, &format!("attn_fwd_{kernel}_{dm}"), grid, (128, 1, 1), smem, &args)
+        let kind = self.attn_mma().name();
+        self.launch("attention_mma", &format!("attn_fwd_{kind}_{dm}"), grid, (128, 1, 1), smem, &args)
     }
 
     /// dqkv (overwritten) of the forward above (`Backend::attention_backward`); `scratch` holds
@@ -298,7 +295,8 @@ impl Gpu {
                     Arg::I(di),
                 ];
                 let [_, smem_kv, smem_q] = mma_smem(dm as usize);
-                let (dkdv, dq) = (format!("attn_bwd_dkdv_mma_{dm}"), format!("attn_bwd_dq_mma_{dm}"));
+                let kind = self.attn_mma().name();
+                let (dkdv, dq) = (format!("attn_bwd_dkdv_{kind}_{dm}"), format!("attn_bwd_dq_{kind}_{dm}"));
                 ("attention_mma_bwd", dkdv, dq, 128, smem_kv, smem_q, tail)
             }
         };

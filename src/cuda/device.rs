@@ -5,7 +5,7 @@
 //! architecture the first time a module is used and kept for the life of the process.
 
 use crate::cuda::nvrtc;
-use crate::cuda::plans::{AttnFwd, DecodeAttn, DkdvPlan};
+use crate::cuda::plans::{AttnMma, DecodeAttn, DkdvPlan};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::cublas::CudaBlas;
@@ -32,7 +32,7 @@ pub enum Arg {
 
 /// The virtual architecture kernels are compiled for on a device of compute capability
 /// major.minor: its own, and on Hopper (9.0) the arch-specific compute_90a, whose PTX may use
-/// wgmma (cuda/attention_wgmma.cu) and loads on sm_90 devices only.
+/// wgmma (cuda/mma.cuh `WgmmaOps`) and loads on sm_90 devices only.
 pub(crate) fn arch_of(major: i32, minor: i32) -> String {
     let suffix = if (major, minor) == (9, 0) { "a" } else { "" };
     format!("compute_{major}{minor}{suffix}")
@@ -67,8 +67,8 @@ pub struct Gpu {
     dtype: AtomicU8,
     /// How the attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
     dkdv_plan: AtomicU8,
-    /// The bf16 attention forward's kernel ([`AttnFwd`]; `cuda::attention`).
-    pub(crate) attn_fwd: AtomicU8,
+    /// The bf16 attention's tensor-core products ([`AttnMma`]; `cuda::attention`).
+    pub(crate) attn_mma: AtomicU8,
     /// The decode attention kernel ([`DecodeAttn`]).
     decode_attn: AtomicU8,
     /// Positions per split of the per-group decode attention (0: chosen per step shape,
@@ -210,7 +210,7 @@ impl Gpu {
             scratch: Mutex::new(None),
             dtype: AtomicU8::new(Dtype::F32 as u8),
             dkdv_plan: AtomicU8::new(DkdvPlan::PerHead as u8),
-            attn_fwd: AtomicU8::new(AttnFwd::Mma as u8),
+            attn_mma: AtomicU8::new(AttnMma::Mma as u8),
             decode_attn: AtomicU8::new(DecodeAttn::PerGroup as u8),
             decode_split: AtomicUsize::new(0),
             bf16_scratch: Mutex::new(None),

@@ -21,7 +21,6 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attention_fwd", include_str!("../../cuda/attention_fwd.cu")),
     ("attention_mma", include_str!("../../cuda/attention_mma.cu")),
     ("attention_mma_bwd", include_str!("../../cuda/attention_mma_bwd.cu")),
-    ("attention_wgmma", include_str!("../../cuda/attention_wgmma.cu")),
     ("attn_stats", include_str!("../../cuda/attn_stats.cu")),
     ("decode_attention", include_str!("../../cuda/decode_attention.cu")),
     ("elementwise", include_str!("../../cuda/elementwise.cu")),

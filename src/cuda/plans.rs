@@ -46,23 +46,24 @@ impl DecodeAttn {
     }
 }
 
-/// Which kernel runs the causal attention forward with bf16 products. Both compute the same
-/// FlashAttention-2 softmax in f32 over bf16 products; they differ in the tensor-core instructions
-/// and so in the order of the f32 additions inside each product.
+/// Which tensor-core products the bf16 attention runs on, forward and backward
+/// (cuda/attention_mma.cu, attention_mma_bwd.cu: one source over mma.cuh's two product policies).
+/// Both compute the same FlashAttention-2 sums in f32 over bf16 products; they differ in the
+/// order of the f32 additions inside each product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttnFwd {
-    /// Each warp's `mma.sync` products (cuda/attention_mma.cu; sm_80 and later): the default.
+pub enum AttnMma {
+    /// Each warp's `mma.sync` (`MmaOps`; sm_80 and later): the default.
     Mma,
-    /// The block's warpgroup `wgmma` products (cuda/attention_wgmma.cu; sm_90a, Hopper only):
-    /// opt-in until a GPU run has checked and timed it.
+    /// The block's warpgroup `wgmma` (`WgmmaOps`; sm_90a, Hopper only): opt-in until a GPU run
+    /// has checked and timed it.
     Wgmma,
 }
 
-impl AttnFwd {
+impl AttnMma {
     pub fn name(self) -> &'static str {
         match self {
-            AttnFwd::Mma => "mma",
-            AttnFwd::Wgmma => "wgmma",
+            AttnMma::Mma => "mma",
+            AttnMma::Wgmma => "wgmma",
         }
     }
 }

@@ -7,7 +7,7 @@ use super::{batch, close, down, gpu, gpu_attention, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
 use arbor::cuda::image::Bf16Image;
-use arbor::cuda::{AttnFwd, DkdvPlan, Gpu, GpuDecoder, GpuModel};
+use arbor::cuda::{AttnMma, DkdvPlan, Gpu, GpuDecoder, GpuModel};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
 use arbor::tensor::{Backend, Cpu, GemmShape};
@@ -325,8 +325,8 @@ fn bf16_decode_logits_track_the_f32_decode() {
 /// within the bf16 rounding of the probabilities), the backward the CPU backward of the rounded
 /// q, k, v and dO within 2 % of its scale, over packed sequences that span several tiles, GQA,
 /// head dims 16 and 30 (padded to 64), 64 and 128; every output element written. On Hopper the
-/// wgmma forward (attention_wgmma.cu) is held to the same, and to the mma forward within f32
-/// rounding; elsewhere asking for it is refused.
+/// same kernels on the warpgroup products (wgmma) are held to the same, and to the mma.sync ones
+/// within f32 rounding; elsewhere asking for them is refused.
 #[test]
 fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
     use arbor::attention::{AttnSaved, AttnShape};
@@ -368,27 +368,36 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         let (mut exact, mut exact_lse) = (vec![0.0; n * h * d], vec![0.0; n * h]);
         Cpu.attention_forward(&mut exact, &mut exact_lse, &mut scratch, &qkv, &b.packed(), shape).unwrap();
         close(&format!("mma attention D={d} out vs f32"), &got, &exact, 3e-2);
-        if g.has_wgmma() {
-            g.set_attn_fwd(AttnFwd::Wgmma).unwrap();
-            let (wg, wg_lse, wg_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
-            g.set_attn_fwd(AttnFwd::Mma).unwrap();
-            assert!(wg.iter().chain(&wg_lse).all(|x| x.is_finite()), "D={d}: wgmma left outputs unwritten");
-            close(&format!("wgmma attention D={d} lse"), &wg_lse, &lse, 1e-4);
-            close(&format!("wgmma attention D={d} out"), &wg, &out, 1e-2);
-            close(&format!("wgmma attention D={d} lse vs mma"), &wg_lse, &got_lse, 1e-5);
-            close(&format!("wgmma attention D={d} out vs mma"), &wg, &got, 5e-3);
-            close(&format!("wgmma attention D={d} dqkv vs mma"), &wg_d, &got_d, 5e-3);
-            let same = wg == got && wg_lse == got_lse;
-            println!("D={d}: wgmma forward {} the mma forward", if same { "equals" } else { "differs from" });
-        } else {
-            assert!(g.set_attn_fwd(AttnFwd::Wgmma).is_err(), "wgmma accepted on {}", g.describe());
-        }
 
         let mut want = vec![0.0; n * stride];
         let rq = round_bf16(&qkv);
         let saved = AttnSaved { qkv: &rq[..], out: &out[..], lse: &lse[..] };
         Cpu.attention_backward(&mut want, &mut scratch, &round_bf16(&dout), saved, &b.packed(), shape).unwrap();
         close(&format!("mma attention D={d} dqkv"), &got_d, &want, 2e-2);
+        if g.has_wgmma() {
+            // Hopper: the same on the warpgroup products, both dK/dV plans
+            g.set_attn_mma(AttnMma::Wgmma).unwrap();
+            let (wg, wg_lse, wg_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
+            g.set_dkdv_plan(DkdvPlan::Grouped);
+            let (_, _, wg_grouped_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
+            g.set_dkdv_plan(DkdvPlan::PerHead);
+            g.set_attn_mma(AttnMma::Mma).unwrap();
+            assert!(
+                wg.iter().chain(&wg_lse).chain(&wg_d).chain(&wg_grouped_d).all(|x| x.is_finite()),
+                "D={d}: the wgmma kernels left outputs unwritten"
+            );
+            close(&format!("wgmma attention D={d} lse"), &wg_lse, &lse, 1e-4);
+            close(&format!("wgmma attention D={d} out"), &wg, &out, 1e-2);
+            close(&format!("wgmma attention D={d} dqkv"), &wg_d, &want, 2e-2);
+            close(&format!("wgmma attention D={d} dqkv, plans"), &wg_grouped_d, &wg_d, 1e-4);
+            close(&format!("wgmma attention D={d} lse vs mma"), &wg_lse, &got_lse, 1e-5);
+            close(&format!("wgmma attention D={d} out vs mma"), &wg, &got, 5e-3);
+            close(&format!("wgmma attention D={d} dqkv vs mma"), &wg_d, &got_d, 5e-3);
+            let same = wg == got && wg_lse == got_lse && wg_d == got_d;
+            println!("D={d}: the wgmma attention {} the mma attention", if same { "equals" } else { "differs from" });
+        } else {
+            assert!(g.set_attn_mma(AttnMma::Wgmma).is_err(), "wgmma accepted on {}", g.describe());
+        }
         let mut exact_d = vec![0.0; n * stride];
         let saved = AttnSaved { qkv: &qkv[..], out: &exact[..], lse: &exact_lse[..] };
         Cpu.attention_backward(&mut exact_d, &mut scratch, &dout, saved, &b.packed(), shape).unwrap();
