@@ -173,8 +173,17 @@ if part tests; then
     # leaves time for the figures; what was cut short shows as failed in tests.txt
     tests_cap=()
     if [ "$budget" != 0 ]; then tests_cap=(timeout -k 10 "${GPU_CHECK_TESTS_S:-200}"); fi
-    bounded ${tests_cap[@]+"${tests_cap[@]}"} env ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 2>&1 | tee "$out/tests.txt"
+    bounded ${tests_cap[@]+"${tests_cap[@]}"} env ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 --skip wgmma:: 2>&1 |
+        tee "$out/tests.txt"
     tests_rc=${PIPESTATUS[0]}
+    # the wgmma attention in a process of its own: a kernel the GPU rejects leaves the CUDA context
+    # unusable, and would fail every test after it
+    wg_cap=()
+    if [ "$budget" != 0 ]; then wg_cap=(timeout -k 10 60); fi
+    bounded ${wg_cap[@]+"${wg_cap[@]}"} env ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 wgmma:: 2>&1 |
+        tee -a "$out/tests.txt"
+    wg_rc=${PIPESTATUS[0]}
+    [ "$tests_rc" != 0 ] || tests_rc=$wg_rc
     echo "$tests_rc" > "$out/tests_rc.txt"
     if grep -q "skipped: no CUDA device" "$out/tests.txt"; then
         echo "gpu-check: the tests found no CUDA device" >&2

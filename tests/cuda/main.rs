@@ -16,6 +16,7 @@ mod generate;
 mod precision;
 mod rl;
 mod traffic;
+mod wgmma;
 
 use arbor::attention::{AttnSaved, AttnShape};
 use arbor::cuda::{nvrtc, DkdvPlan, Gpu, GpuModel};

@@ -7,7 +7,7 @@ use super::{batch, close, down, gpu, gpu_attention, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
 use arbor::cuda::image::Bf16Image;
-use arbor::cuda::{AttnMma, DkdvPlan, Gpu, GpuDecoder, GpuModel};
+use arbor::cuda::{DkdvPlan, Gpu, GpuDecoder, GpuModel};
 use arbor::model::{init::init_params, Arch, Model};
 use arbor::rng::Rng;
 use arbor::tensor::{Backend, Cpu, GemmShape};
@@ -31,7 +31,7 @@ fn the_cpu_engine_refuses_rounded_products() {
     assert!(matches!(Engine::new(Device::Cpu, &model, &arbor::parallel::Local), Ok(Engine::Cpu { .. })));
 }
 
-fn round_bf16(x: &[f32]) -> Vec<f32> {
+pub(super) fn round_bf16(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
 }
 
@@ -324,9 +324,8 @@ fn bf16_decode_logits_track_the_f32_decode() {
 /// the CPU attention of the bf16-rounded q, k, v (the log-sum-exp within f32 rounding, the output
 /// within the bf16 rounding of the probabilities), the backward the CPU backward of the rounded
 /// q, k, v and dO within 2 % of its scale, over packed sequences that span several tiles, GQA,
-/// head dims 16 and 30 (padded to 64), 64 and 128; every output element written. On Hopper the
-/// same kernels on the warpgroup products (wgmma) are held to the same, and to the mma.sync ones
-/// within f32 rounding; elsewhere asking for them is refused.
+/// head dims 16 and 30 (padded to 64), 64 and 128; every output element written (the same kernels
+/// on Hopper's wgmma: tests/cuda/wgmma.rs).
 #[test]
 fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
     use arbor::attention::{AttnSaved, AttnShape};
@@ -374,30 +373,6 @@ fn the_tensor_core_attention_matches_the_cpu_on_rounded_inputs() {
         let saved = AttnSaved { qkv: &rq[..], out: &out[..], lse: &lse[..] };
         Cpu.attention_backward(&mut want, &mut scratch, &round_bf16(&dout), saved, &b.packed(), shape).unwrap();
         close(&format!("mma attention D={d} dqkv"), &got_d, &want, 2e-2);
-        if g.has_wgmma() {
-            // Hopper: the same on the warpgroup products, both dK/dV plans
-            g.set_attn_mma(AttnMma::Wgmma).unwrap();
-            let (wg, wg_lse, wg_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
-            g.set_dkdv_plan(DkdvPlan::Grouped);
-            let (_, _, wg_grouped_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
-            g.set_dkdv_plan(DkdvPlan::PerHead);
-            g.set_attn_mma(AttnMma::Mma).unwrap();
-            assert!(
-                wg.iter().chain(&wg_lse).chain(&wg_d).chain(&wg_grouped_d).all(|x| x.is_finite()),
-                "D={d}: the wgmma kernels left outputs unwritten"
-            );
-            close(&format!("wgmma attention D={d} lse"), &wg_lse, &lse, 1e-4);
-            close(&format!("wgmma attention D={d} out"), &wg, &out, 1e-2);
-            close(&format!("wgmma attention D={d} dqkv"), &wg_d, &want, 2e-2);
-            close(&format!("wgmma attention D={d} dqkv, plans"), &wg_grouped_d, &wg_d, 1e-4);
-            close(&format!("wgmma attention D={d} lse vs mma"), &wg_lse, &got_lse, 1e-5);
-            close(&format!("wgmma attention D={d} out vs mma"), &wg, &got, 5e-3);
-            close(&format!("wgmma attention D={d} dqkv vs mma"), &wg_d, &got_d, 5e-3);
-            let same = wg == got && wg_lse == got_lse && wg_d == got_d;
-            println!("D={d}: the wgmma attention {} the mma attention", if same { "equals" } else { "differs from" });
-        } else {
-            assert!(g.set_attn_mma(AttnMma::Wgmma).is_err(), "wgmma accepted on {}", g.describe());
-        }
         let mut exact_d = vec![0.0; n * stride];
         let saved = AttnSaved { qkv: &qkv[..], out: &exact[..], lse: &exact_lse[..] };
         Cpu.attention_backward(&mut exact_d, &mut scratch, &dout, saved, &b.packed(), shape).unwrap();
