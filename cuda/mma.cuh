@@ -198,7 +198,7 @@ __device__ __forceinline__ void store_rows(float* base, int stride, const float 
 // sequence's end: the same values, fewer instructions), the scale to base 2 (sl2 = scale · log2 e),
 // the rows' new maxima (the four lanes of a row combine theirs), the accumulators o (NO tiles) and
 // the lane's partial row sums l rescaled, and s turned into the unnormalised probabilities. Shared
-// by attention_mma.cu and attention_wgmma.cu, whose fragments lay rows and columns out alike.
+// by both product policies (MmaOps, WgmmaOps), whose accumulators lay rows and columns out alike.
 template <int NT, int NO>
 __device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], float& m0, float& m1, float& l0,
                                               float& l1, bool inside, int k0, int i0, int i1, int len, int tg,
@@ -402,6 +402,8 @@ __device__ __forceinline__ void wg_wait0() { simt::wgmma_wait(0); }
 __device__ __forceinline__ void proxy_fence() { simt::fence_proxy_async(); }
 template <int N>
 __device__ __forceinline__ void wg_hold(float*) {}
+template <int N>
+__device__ __forceinline__ void wg_hold_u32(unsigned int*) {}
 #else
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -413,6 +415,13 @@ template <int N>
 __device__ __forceinline__ void wg_hold(float* d) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// The same for N registers of a register operand (A): written before the wgmma.fence, kept until
+// the wait.
+template <int N>
+__device__ __forceinline__ void wg_hold_u32(unsigned int* a) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 #endif
 
@@ -428,7 +437,8 @@ __device__ __forceinline__ void wgmma_n64_ss(float* d, unsigned long long da, un
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "r"(scale_d));
+        : "l"(da), "l"(db), "r"(scale_d)
+        : "memory");
 #endif
 }
 
@@ -444,7 +454,8 @@ __device__ __forceinline__ void wgmma_n64_rs_t(float* d, const unsigned int* a, 
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
           "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d)
+        : "memory");
 #endif
 }
 
@@ -463,7 +474,8 @@ __device__ __forceinline__ void wgmma_n128_rs_t(float* d, const unsigned int* a,
           "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d)
+        : "memory");
 #endif
 }
 #endif  // ARBOR_WGMMA
@@ -588,6 +600,7 @@ struct WgmmaOps {
         unsigned int a[NT / 2][4];
 #pragma unroll
         for (int kk = 0; kk < NT / 2; ++kk) c_to_a(a[kk], c[2 * kk], c[2 * kk + 1]);
+        wg_hold_u32<NT * 2>(&a[0][0]);
         wg_hold<NO * 4>(&acc[0][0]);
         wg_fence();
 #pragma unroll
@@ -599,6 +612,7 @@ struct WgmmaOps {
         wg_commit();
         wg_wait0();
         wg_hold<NO * 4>(&acc[0][0]);
+        wg_hold_u32<NT * 2>(&a[0][0]);
     }
 };
 #endif

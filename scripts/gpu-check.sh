@@ -84,6 +84,11 @@ fi
 export ARBOR_PTX_CACHE="${ARBOR_PTX_CACHE:-${TMPDIR:-/tmp}/arbor-ptx}"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt" || true
+# Hopper (compute capability 9.0) runs the wgmma attention; elsewhere its runs are skipped
+hopper=0
+if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')" = "9.0" ]; then
+    hopper=1
+fi
 
 if [ -n "${1:-}" ]; then
     arbor="$1/arbor"
@@ -149,6 +154,10 @@ elif python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no 
 fi
 [ "$torch_ok" = 1 ] || echo "torch peers off: $(tail -1 "$out/peers.txt" 2>/dev/null)" >> "$out/skipped.txt"
 [ "$torch_ok" = 0 ] || [ "$hf_ok" = 1 ] || echo "transformers peers off: $(tail -1 "$out/peers.txt")" >> "$out/skipped.txt"
+# wgmma_run NAME CMD...: a run of the wgmma attention, on Hopper only
+wgmma_run() {
+    if [ "$hopper" = 1 ]; then run "$@"; else echo "$1: not a Hopper GPU (no wgmma)" >> "$out/skipped.txt"; fi
+}
 # sdpa_peer NAME CMD... / peer NAME CMD...: a torch-only peer / a transformers peer
 sdpa_peer() { [ "$torch_ok" = 1 ] && run "$@"; }
 peer() { [ "$hf_ok" = 1 ] && run "$@"; }
@@ -202,8 +211,8 @@ if part headline; then
     run attention_bf16_d128 "$arbor" bench gpu --kind attention --dtype bf16 "${att128[@]}"
     sdpa_peer sdpa_bf16_d128 python3 scripts/peer/sdpa_bench.py "${att128[@]}" --dtype bf16
     echo "== the same on Hopper's warpgroup products (wgmma, opt-in: cuda/mma.cuh WgmmaOps)"
-    run attention_bf16_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att64[@]}"
-    run attention_bf16_d128_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att128[@]}"
+    wgmma_run attention_bf16_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att64[@]}"
+    wgmma_run attention_bf16_d128_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att128[@]}"
     echo "== bf16 train step, Qwen2-0.5B shape (random weights), 4 x 1024 tokens, vs torch bf16"
     run train_step_bf16 "$arbor" bench gpu --kind train-step --dtype bf16 "${q05[@]}" --batch 4 --seq 1024
     peer peer_train_step_bf16 python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype bf16 "${q05[@]}" \
@@ -287,7 +296,7 @@ if part variants; then
     run attention_grouped "$arbor" bench gpu --kind attention --dkdv grouped "${att64[@]}"
     run attention_bf16_grouped "$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${att64[@]}"
     echo "== bf16 train step with the wgmma attention (Hopper only)"
-    run train_step_bf16_wgmma "$arbor" bench gpu --kind train-step --dtype bf16 --attn-mma wgmma "${q05[@]}" --batch 4 --seq 1024
+    wgmma_run train_step_bf16_wgmma "$arbor" bench gpu --kind train-step --dtype bf16 --attn-mma wgmma "${q05[@]}" --batch 4 --seq 1024
     echo "== train step with f32 and tf32 products, vs torch f32"
     run train_step "$arbor" bench gpu --kind train-step "${q05[@]}" --batch 4 --seq 1024
     run train_step_tf32 "$arbor" bench gpu --kind train-step --dtype tf32 "${q05[@]}" --batch 4 --seq 1024

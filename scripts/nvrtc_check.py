@@ -125,6 +125,8 @@ def resources(lib, src, name):
             raise RuntimeError("%s %s: compile error\n%s" % (name, arch, log))
         entry = None
         for line in log.splitlines():
+            if re.search(r"warning|Performance Loss|serializ", line):
+                raise RuntimeError("%s %s: ptxas says: %s" % (name, arch, line.strip()))
             m = RES_ENTRY_RE.search(line)
             if m:
                 entry = [m.group(1), m.group(2), 0, 0, 0]

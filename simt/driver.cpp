@@ -65,7 +65,14 @@ int cc() { return env_int("ARBOR_SIMT_CC", 90); }
 int smem_optin() { return env_int("ARBOR_SIMT_SMEM_OPTIN", 227 * 1024); }
 constexpr size_t TOTAL_MEM = 80ull << 30;
 
-void report(const std::string& what) { fprintf(stderr, "simt: %s\n", what.c_str()); }
+// The calling thread's last report (`arbor_simt_last_report`: the self-test checks that a misuse
+// fails for the reason it provokes).
+thread_local std::string last_report;
+
+void report(const std::string& what) {
+    fprintf(stderr, "simt: %s\n", what.c_str());
+    last_report = what;
+}
 
 // What the calling thread made the device do (`arbor_simt_counters`, for tests of what crosses
 // between host and device). An operation runs on the thread that issues it (or launches the
@@ -228,6 +235,10 @@ struct Function {
     int static_smem = 0;           // the entry's `.shared` declarations in the PTX, in bytes
     int max_threads = 1024;        // its `.maxntid` (__launch_bounds__), or the device's 1024
     int max_dynamic_smem = 48 * 1024;  // the attribute: by default 48 KiB less the static bytes
+    // A `_wgmma_` entry of PTX for another target than sm_90a: on a GPU its body is a trap
+    // (cuda/mma.cuh AM_wgmma), which this emulator, running the host build of every kernel, would
+    // otherwise not show: its launch fails.
+    bool traps = false;
 };
 
 // From the PTX text of one entry (from its `.entry` to the next): the static shared bytes it
@@ -271,6 +282,8 @@ int g_context_token;
 // The calling thread's counts (see `Count`): the first min(n, its size) into `out`; returns the
 // number of counts there are. Not a CUDA call: tests find it with dlsym.
 // ---------------------------------------------------------------------------------------------
+
+API const char* arbor_simt_last_report() { return last_report.c_str(); }
 
 API int arbor_simt_counters(unsigned long long* out, int n) {
     for (int i = 0; i < n && i < C_N; ++i) out[i] = counts[i];
@@ -602,6 +615,7 @@ API CUresult cuGraphExecDestroy(void* g) {
 
 API CUresult cuModuleLoadData(void** module, const void* image) {
     const std::string ptx(static_cast<const char*>(image));
+    const bool sm90a = ptx.find(".target sm_90a") != std::string::npos;
     Module* m = new Module();
     size_t at = 0;
     while ((at = ptx.find(".entry ", at)) != std::string::npos) {
@@ -617,6 +631,7 @@ API CUresult cuModuleLoadData(void** module, const void* image) {
             return E_INVALID_IMAGE;
         }
         Function* f = new Function{e};
+        f->traps = !sm90a && name.find("_wgmma_") != std::string::npos;
         const size_t next = ptx.find(".entry ", at);
         read_entry_limits(ptx.substr(at, next == std::string::npos ? std::string::npos : next - at), *f);
         m->functions[name] = f;
@@ -668,6 +683,11 @@ API CUresult cuLaunchKernel(void* fp, unsigned int gx, unsigned int gy, unsigned
     if (extra) {
         report("cuLaunchKernel with `extra` arguments is not emulated");
         return E_NOT_SUPPORTED;
+    }
+    if (f->traps) {
+        report("kernel " + e->name + " comes from PTX for another target than sm_90a: on a GPU its wgmma body is a "
+               "trap (load it from the module's Hopper variant)");
+        return E_LAUNCH_FAILED;
     }
     if ((int)smem > f->max_dynamic_smem) {
         report("kernel " + e->name + " launched with " + std::to_string(smem) +

@@ -152,6 +152,8 @@ struct WgIn {
 struct WgOp {
     WgIn in[128];
     int group = -1;
+    std::vector<size_t> rows;          // the 16-byte shared-memory rows its operands read
+    std::vector<unsigned char> bytes;  // what they held at the issue
 };
 
 // Four consecutive warps (the first one's index a multiple of 4): what wgmma runs on.
@@ -265,8 +267,11 @@ void land_copies(Thread* t, size_t n) {
         const unsigned char* d = static_cast<const unsigned char*>(c.dst);
         if (d >= b.smem.data() && d < b.smem.data() + b.smem.size()) {
             const size_t off = (size_t)(d - b.smem.data());
-            b.unfenced[off] = t->index;
-            t->unfenced.push_back(off);
+            auto it = b.unfenced.find(off);
+            if (it == b.unfenced.end() || it->second != t->index) {
+                b.unfenced[off] = t->index;
+                t->unfenced.push_back(off);
+            }
         }
     }
     t->pending.erase(t->pending.begin(), t->pending.begin() + (long)n);
@@ -583,11 +588,13 @@ void mma_16816(float* d, const unsigned int* a, const unsigned int* b) {
 // issued by the 128 threads of a warpgroup together; A (64 x 16) from a shared-memory descriptor or
 // from registers, B (N x 16, n x k) from a descriptor; D += A B (or D = A B with scale-d 0). The
 // results land at the wgmma.wait_group that retires the op's commit group: until then the
-// accumulators read as NaN here (a GPU gives garbage), and the shared memory is read when the
-// op lands (a GPU reads it at some time in between: overwriting an operand before the wait is a
-// race). Every thread must have run wgmma.fence since its last wait (or the start) before an
-// issue, and cp.async writes into an operand must be fenced for the async proxy
-// (fence.proxy.async) by the thread that made them.
+// accumulators read as NaN here (a GPU gives garbage). A GPU reads the shared operands at some
+// time in between, so an operand that changes between the issue and the wait (a race) fails the
+// launch. Every thread must have run wgmma.fence since its last wait (or the start) before an
+// issue (a stricter rule than the ISA's, which asks for it after the registers were written),
+// and an operand written by cp.async must have landed and been fenced for the async proxy
+// (fence.proxy.async) by the thread that wrote it. Plain stores into an operand are not
+// tracked: their missing proxy fence does not show here.
 //
 // Descriptors: bits 0-13 the start address >> 4, 16-29 the leading-dimension byte offset >> 4
 // (LBO: between core matrices adjacent in K), 32-45 the stride byte offset >> 4 (SBO: adjacent in M
@@ -625,27 +632,48 @@ size_t desc_at(const Desc& d, int mn, int k, int tnsp) {
     return d.start + in_core + (size_t)(mn / 8) * d.sbo + (size_t)(k / 8) * d.lbo;
 }
 
-// Every 16-byte row an operand of `mn` rows (M or N) by 16 (K) reads: inside dynamic shared memory,
-// and not written by an unfenced cp.async.
-void check_operand(const Desc& d, int mn, int tnsp, const char* which) {
-    Block& b = *g_block;
+// Every 16-byte row an operand of `mn` rows (M or N) by 16 (K) reads.
+void operand_rows(const Desc& d, int mn, int tnsp, std::vector<size_t>& rows) {
     for (int i = 0; i < mn; ++i) {
         for (int k = 0; k < 16; ++k) {
             // one address per 16-byte row: (mn % 8 == 0 for MN-major rows, k % 8 == 0 for K-major)
             if (tnsp ? (i % 8) != 0 : (k % 8) != 0) continue;
-            const size_t at = desc_at(d, i, k, tnsp);
-            char msg[300];
-            if (at + 16 > b.smem.size() - 16) {
-                snprintf(msg, sizeof msg, "wgmma reads %s at shared offset %zu, past the %zu bytes of dynamic shared memory",
-                         which, at, b.smem.size() - 16);
-                fail(msg);
-            }
-            auto it = b.unfenced.find(at);
-            if (it != b.unfenced.end()) {
+            rows.push_back(desc_at(d, i, k, tnsp));
+        }
+    }
+}
+
+// The rows an op reads at its issue: inside dynamic shared memory, and written neither by a
+// cp.async copy still in flight nor by one whose thread has not fenced it for the async proxy.
+void check_rows(const std::vector<size_t>& rows) {
+    Block& b = *g_block;
+    char msg[300];
+    for (size_t at : rows) {
+        if (at + 16 > b.smem.size() - 16) {
+            snprintf(msg, sizeof msg, "wgmma reads shared offset %zu, past the %zu bytes of dynamic shared memory", at,
+                     b.smem.size() - 16);
+            fail(msg);
+        }
+        auto it = b.unfenced.find(at);
+        if (it != b.unfenced.end()) {
+            snprintf(msg, sizeof msg,
+                     "wgmma reads shared offset %zu, which thread %d wrote with cp.async and has not fenced for the "
+                     "async proxy (fence.proxy.async.shared::cta)",
+                     at, it->second);
+            fail(msg);
+        }
+    }
+    std::unordered_map<size_t, int> read;
+    for (size_t at : rows) read[at] = 1;
+    for (const Thread& t : b.threads) {
+        for (const Copy& c : t.pending) {
+            const unsigned char* d = static_cast<const unsigned char*>(c.dst);
+            if (d < b.smem.data() || d >= b.smem.data() + b.smem.size()) continue;
+            if (read.count((size_t)(d - b.smem.data()))) {
                 snprintf(msg, sizeof msg,
-                         "wgmma reads %s at shared offset %zu, which thread %d wrote with cp.async and has not "
-                         "fenced for the async proxy (fence.proxy.async.shared::cta)",
-                         which, at, it->second);
+                         "wgmma reads shared offset %zu, where a cp.async copy of thread %d has not landed (no "
+                         "wait before the barrier)",
+                         (size_t)(d - b.smem.data()), t.index);
                 fail(msg);
             }
         }
@@ -668,6 +696,16 @@ bool later_uses(const WarpGroup& g, size_t from, int t) {
 // Land op `i` of the queue: compute every thread's accumulators from the shared memory as it is now.
 void land_op(WarpGroup& g, size_t i) {
     const WgOp& op = g.ops[i];
+    for (size_t r = 0; r < op.rows.size(); ++r) {
+        if (memcmp(g_block->smem.data() + op.rows[r], op.bytes.data() + 16 * r, 16) != 0) {
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "shared offset %zu, an operand of a wgmma in flight, changed between its issue and the "
+                     "wait_group that retires it (a race on a GPU)",
+                     op.rows[r]);
+            fail(msg);
+        }
+    }
     const WgIn& f = op.in[0];
     const Desc da = f.a_regs ? Desc{0, 0, 0} : decode_desc(f.da, "A"), db = decode_desc(f.db, "B");
     auto A = [&](int row, int k) {
@@ -802,10 +840,18 @@ void wgmma_bf16(float* d, int n, unsigned long long desc_a, const unsigned int* 
                 fail(msg);
             }
         }
-        if (!f.a_regs) check_operand(decode_desc(f.da, "A"), 64, f.tnsp_a, "A");
-        check_operand(decode_desc(f.db, "B"), f.n, f.tnsp_b, "B");
+        WgOp op;
+        if (!f.a_regs) operand_rows(decode_desc(f.da, "A"), 64, f.tnsp_a, op.rows);
+        operand_rows(decode_desc(f.db, "B"), f.n, f.tnsp_b, op.rows);
+        check_rows(op.rows);
+        op.bytes.resize(16 * op.rows.size());
+        for (size_t r = 0; r < op.rows.size(); ++r) memcpy(op.bytes.data() + 16 * r, b.smem.data() + op.rows[r], 16);
         for (int t = 0; t < 128; ++t) {
             float* p = g.in[t].d;
+            for (auto& [q, v] : g.shadow) {
+                if (q != p && q < p + f.n / 2 && p < q + v.size())
+                    fail("wgmma accumulators in flight overlap another product's in flight, not at the same start");
+            }
             auto it = g.shadow.find(p);
             if (it == g.shadow.end()) {
                 g.shadow[p] = std::vector<float>(p, p + f.n / 2);
@@ -815,18 +861,17 @@ void wgmma_bf16(float* d, int n, unsigned long long desc_a, const unsigned int* 
                 fail("two wgmma in flight accumulate into the same registers with different N");
             }
         }
-        WgOp op;
         memcpy(op.in, g.in, sizeof op.in);
-        g.ops.push_back(op);
+        g.ops.push_back(std::move(op));
     });
 }
 
 void wgmma_commit() {
+    // (a commit with no new product makes an empty group, as on the GPU)
     wg_collective("wgmma.commit_group", WgIn{}, [](WarpGroup& g, int) {
-        bool any = false;
         for (WgOp& op : g.ops)
-            if (op.group < 0) op.group = g.groups, any = true;
-        if (any) g.groups += 1;
+            if (op.group < 0) op.group = g.groups;
+        g.groups += 1;
     });
 }
 

@@ -33,6 +33,7 @@ int cuStreamEndCapture(void*, void**);
 int cuGraphInstantiateWithFlags(void**, void*, unsigned long long);
 int cuGraphLaunch(void*, void*);
 int arbor_simt_counters(unsigned long long*, int);
+const char* arbor_simt_last_report();
 }
 
 static int passed = 0, failed = 0;
@@ -160,8 +161,14 @@ int main() {
         for (float x : nan) all_nan = all_nan && x == 1.0f;
         check(same && all_nan,
               "wgmma m64n64k16 (shared and register A, K- and MN-major B) gives the direct product at the wait");
-        check(run(1) != 0 && run(2) != 0 && run(3) != 0,
-              "wgmma without the proxy fence after cp.async, without wgmma.fence, or without a wait fails the launch");
+        // each misuse fails the launch for its own reason
+        auto refused = [&](int mode, const char* says) {
+            return run(mode) != 0 && strstr(arbor_simt_last_report(), says) != nullptr;
+        };
+        check(refused(1, "fence.proxy.async") && refused(2, "no wgmma.fence") && refused(3, "in flight") &&
+                  refused(4, "changed between its issue") && refused(5, "has not landed"),
+              "wgmma without the proxy fence, the copies' wait, wgmma.fence or its wait, or with an operand "
+              "overwritten in flight, fails the launch naming why");
     }
     unsigned long long scratch = dev(4096);
     check(launch("st_divergent_barrier", 1, 64, 0, {&scratch}) != 0, "barriers on two source lines fail the launch");

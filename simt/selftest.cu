@@ -132,7 +132,8 @@ extern "C" __global__ void st_rounding(float* out, float a, float b, float c, fl
 // + (r % 8) 8 + k % 8 elements (LBO 128 bytes, SBO 256); the MN-major one's (k, n) at ((k / 8) 8 +
 // n / 8) 64 + (k % 8) 8 + n % 8 (LBO 1024, SBO 128). out = d (64 x 64, row major); early[t] = 1
 // where thread t read its first accumulator as NaN between the issue and the wait. mode 1 leaves
-// out the proxy fence after the copies, 2 the wgmma.fence, 3 the wait.
+// out the proxy fence after the copies, 2 the wgmma.fence, 3 the wait, 5 the copies' wait; mode 4
+// overwrites an operand between the issue and the wait.
 extern "C" __global__ void st_wgmma(float* out, float* early, const unsigned short* a, const unsigned short* b,
                                     const unsigned short* a2, const unsigned short* b2, int mode) {
     extern __shared__ __align__(16) unsigned short st_smem[];
@@ -150,7 +151,7 @@ extern "C" __global__ void st_wgmma(float* out, float* early, const unsigned sho
         const int n = t / 2, c = t % 2;  // B's row n, elements 8c .. 8c + 7
         simt::cp_async16(Bs + ((n / 8) * 2 + c) * 64 + (n % 8) * 8, b + n * 16 + 8 * c, 16);
         simt::cp_commit();
-        simt::cp_wait_all();
+        if (mode != 5) simt::cp_wait_all();
     }
     if (mode != 1) simt::fence_proxy_async();
     __syncthreads();
@@ -170,6 +171,7 @@ extern "C" __global__ void st_wgmma(float* out, float* early, const unsigned sho
     simt::wgmma_bf16(d, 64, desc(As, 128, 256), nullptr, desc(Bs, 128, 256), 0, 0, 0);
     simt::wgmma_bf16(d, 64, 0, ar, desc(B2s, 1024, 128), 1, 0, 1);
     early[t] = d[0] != d[0] ? 1.0f : 0.0f;
+    if (mode == 4 && t == 0) Bs[0] ^= 1;
     simt::wgmma_commit();
     if (mode == 3) return;
     simt::wgmma_wait(0);

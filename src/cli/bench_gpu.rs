@@ -73,9 +73,10 @@ pub struct GpuArgs {
     /// loops over the group's heads); `cuda::DkdvPlan`.
     #[arg(long, default_value = "per-head", value_parser = parse_dkdv)]
     pub dkdv: DkdvPlanArg,
-    /// `--kind attention` / `train-step` / `rl-step` with bf16: the attention forward's kernel,
-    /// `mma` (the default: each warp's mma.sync, sm_80 and later) or `wgmma` (the warpgroup's
-    /// wgmma, Hopper only: cuda/attention_wgmma.cu); `cuda::AttnMma`.
+    /// `--kind attention` / `train-step` / `rl-step` with bf16: the tensor-core products of the
+    /// attention, forward and backward, `mma` (the default: each warp's mma.sync, sm_80 and later)
+    /// or `wgmma` (the block's warpgroup wgmma, Hopper only: cuda/mma.cuh `WgmmaOps`);
+    /// `cuda::AttnMma`.
     #[arg(long, default_value = "mma", value_parser = parse_attn_mma)]
     pub attn_mma: AttnMmaArg,
     /// `--kind generate` / `rl-step`: the decode attention kernel, `per-group` (the default: one
@@ -123,7 +124,8 @@ fn parse_dkdv(s: &str) -> Result<DkdvPlanArg, String> {
     }
 }
 
-/// `--attn-mma`: the bf16 attention forward's kernel (a name here, so builds without `cuda` parse it).
+/// `--attn-mma`: the bf16 attention's tensor-core products (a name here, so builds without `cuda`
+/// parse it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnMmaArg {
     Mma,
@@ -173,10 +175,11 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         DecodeAttnArg::PerHead => crate::cuda::DecodeAttn::PerHead,
     });
     gpu.set_decode_split(args.decode_split);
-    gpu.set_attn_mma(match args.attn_mma {
-        AttnMmaArg::Mma => crate::cuda::AttnMma::Mma,
-        AttnMmaArg::Wgmma => crate::cuda::AttnMma::Wgmma,
-    })?;
+    if args.attn_mma == AttnMmaArg::Wgmma {
+        // (f32 and tf32 run the attention on the f32 kernels: no tensor-core products to choose)
+        anyhow::ensure!(args.dtype == crate::config::Dtype::Bf16, "--attn-mma wgmma needs --dtype bf16");
+        gpu.set_attn_mma(crate::cuda::AttnMma::Wgmma)?;
+    }
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),

@@ -99,6 +99,17 @@ impl Gpu {
         }
     }
 
+    /// The module of the tensor-core attention's kernels: `plain`, or with wgmma products its Hopper
+    /// variant `hopper` (`device::HOPPER_VARIANT`: compiled for compute_90a, where the wgmma
+    /// entries hold their kernels).
+    fn attn_module(&self, plain: &'static str, hopper: &'static str) -> &'static str {
+        debug_assert_eq!(hopper.strip_suffix(crate::cuda::device::HOPPER_VARIANT), Some(plain));
+        match self.attn_mma() {
+            AttnMma::Mma => plain,
+            AttnMma::Wgmma => hopper,
+        }
+    }
+
     /// The scratch layout of this device's attention over `n` tokens (its dtype and plan).
     fn flash_layout(&self, shape: AttnShape, n: usize) -> Result<ScratchLayout> {
         let dm = attn_dm(shape.head_dim)?;
@@ -210,7 +221,8 @@ impl Gpu {
         // (either product policy: the same arguments, launch shape and shared memory)
         let smem = mma_smem(dm as usize)[0];
         let kind = self.attn_mma().name();
-        self.launch("attention_mma", &format!("attn_fwd_{kind}_{dm}"), grid, (128, 1, 1), smem, &args)
+        let module = self.attn_module("attention_mma", "attention_mma@90a");
+        self.launch(module, &format!("attn_fwd_{kind}_{dm}"), grid, (128, 1, 1), smem, &args)
     }
 
     /// dqkv (overwritten) of the forward above (`Backend::attention_backward`); `scratch` holds
@@ -297,7 +309,8 @@ impl Gpu {
                 let [_, smem_kv, smem_q] = mma_smem(dm as usize);
                 let kind = self.attn_mma().name();
                 let (dkdv, dq) = (format!("attn_bwd_dkdv_{kind}_{dm}"), format!("attn_bwd_dq_{kind}_{dm}"));
-                ("attention_mma_bwd", dkdv, dq, 128, smem_kv, smem_q, tail)
+                let module = self.attn_module("attention_mma_bwd", "attention_mma_bwd@90a");
+                (module, dkdv, dq, 128, smem_kv, smem_q, tail)
             }
         };
         let dkdv_launch = |(dk, dv, row): (u64, u64, i32), ys: usize, heads_per_block: usize| {

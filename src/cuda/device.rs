@@ -30,12 +30,18 @@ pub enum Arg {
     L(i64),
 }
 
-/// The virtual architecture kernels are compiled for on a device of compute capability
-/// major.minor: its own, and on Hopper (9.0) the arch-specific compute_90a, whose PTX may use
-/// wgmma (cuda/mma.cuh `WgmmaOps`) and loads on sm_90 devices only.
-pub(crate) fn arch_of(major: i32, minor: i32) -> String {
-    let suffix = if (major, minor) == (9, 0) { "a" } else { "" };
-    format!("compute_{major}{minor}{suffix}")
+/// The suffix of a module name that asks for its Hopper variant: the same source compiled for
+/// the arch-specific compute_90a, where the wgmma entries hold their kernels (elsewhere they
+/// trap). Only the opt-in wgmma launches load it, so a driver that rejected it would fail those
+/// alone, never the default kernels of the plain module.
+pub(crate) const HOPPER_VARIANT: &str = "@90a";
+
+/// The source and the virtual architecture of module `name` on a device of architecture `arch`.
+pub(crate) fn module_target<'a>(name: &'a str, arch: &'a str) -> (&'a str, &'a str) {
+    match name.strip_suffix(HOPPER_VARIANT) {
+        Some(source) => (source, "compute_90a"),
+        None => (name, arch),
+    }
 }
 
 /// Bytes of the workspace cuBLAS is given (NVIDIA's advice for Hopper, more than Ampere needs).
@@ -199,7 +205,7 @@ impl Gpu {
             stream,
             blas,
             _blas_workspace: blas_workspace,
-            arch: arch_of(major, minor),
+            arch: format!("compute_{major}{minor}"),
             name,
             ordinal,
             sms: sms.max(1) as u32,
@@ -227,13 +233,13 @@ impl Gpu {
         Ok(u.bytes.map(|b| b as u8))
     }
 
-    /// Whether the device runs Hopper's warpgroup products (`wgmma`: compute capability 9.0, kernels
-    /// compiled for compute_90a).
+    /// Whether the device runs Hopper's warpgroup products (`wgmma`: compute capability 9.0, the
+    /// kernels in modules' [`HOPPER_VARIANT`]s).
     pub fn has_wgmma(&self) -> bool {
-        self.arch == "compute_90a"
+        self.arch == "compute_90"
     }
 
-    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90a)", with ", bf16 products" (or tf32) when the
+    /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)", with ", bf16 products" (or tf32) when the
     /// products do not take exact f32 operands.
     pub fn describe(&self) -> String {
         let products = match self.dtype() {
@@ -360,7 +366,8 @@ impl Gpu {
         if let Some(m) = mods.get(name) {
             return Ok(m.clone());
         }
-        let c = nvrtc::ptx_cached(name, &self.arch)?;
+        let (source, arch) = module_target(name, &self.arch);
+        let c = nvrtc::ptx_cached(source, arch)?;
         let ptx = cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&c).into_owned());
         let m = self.ctx.load_module(ptx).map_err(drv("module load"))?;
         mods.insert(name, m.clone());
@@ -558,16 +565,16 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::{arch_of, out_of_memory};
+    use super::{module_target, out_of_memory};
 
-    /// Kernels compile for the device's own architecture; on Hopper (9.0) for compute_90a, where
-    /// wgmma is allowed; Blackwell (10.0) has no wgmma and keeps its plain architecture.
+    /// A module compiles for the device's own architecture; its Hopper variant, the same source,
+    /// for compute_90a.
     #[test]
-    fn kernels_compile_for_the_device_architecture() {
-        assert_eq!(arch_of(8, 0), "compute_80");
-        assert_eq!(arch_of(8, 9), "compute_89");
-        assert_eq!(arch_of(9, 0), "compute_90a");
-        assert_eq!(arch_of(10, 0), "compute_100");
+    fn a_module_compiles_for_the_device_architecture_and_its_hopper_variant_for_compute_90a() {
+        assert_eq!(module_target("attention_mma", "compute_80"), ("attention_mma", "compute_80"));
+        assert_eq!(module_target("attention_mma", "compute_90"), ("attention_mma", "compute_90"));
+        assert_eq!(module_target("attention_mma@90a", "compute_90"), ("attention_mma", "compute_90a"));
+        assert_eq!(module_target("attention_mma_bwd@90a", "compute_90"), ("attention_mma_bwd", "compute_90a"));
     }
 
     /// An allocation the GPU could not make names what it was for, its size and what the device

@@ -182,9 +182,22 @@ pub fn ptx_on_disk(dir: Option<&std::path::Path>, name: &str, arch: &str) -> Res
 /// NVRTC's options besides the architecture.
 const OPTIONS: [&str; 2] = ["--std=c++17", "-default-device"];
 
+/// The assembler's report on module `name` compiled to machine code for the real architecture `sm`
+/// (e.g. "sm_90a"): NVRTC runs ptxas with its resource report on (`-v`). What a PTX compile
+/// cannot show is in it: ptxas's warnings, wgmma products it had to serialise, spills.
+pub fn ptxas_log(name: &str, sm: &str) -> Result<String> {
+    Ok(run(name, sm, &["--ptxas-options=-v"], false)?.log)
+}
+
 /// Compile module `name` for virtual architecture `arch` (e.g. "compute_90"). Errors carry the
 /// compiler log; a log with warnings is returned in `Compiled::log` (the caller decides).
 pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
+    run(name, arch, &[], true)
+}
+
+/// One NVRTC compile of module `name` for `arch` with `extra` options: the log, and the PTX when
+/// `want_ptx` (a real architecture's compile makes machine code instead).
+fn run(name: &str, arch: &str, extra: &[&str], want_ptx: bool) -> Result<Compiled> {
     if !available() {
         return Err(no_nvrtc());
     }
@@ -195,7 +208,7 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
     let prog = result::create_program(&src, Some(&cname))
         .map_err(|e| Error::device(format!("nvrtcCreateProgram({name})"), format!("{e:?}")))?;
     let mut opts = vec![format!("--gpu-architecture={arch}")];
-    opts.extend(OPTIONS.iter().map(|o| o.to_string()));
+    opts.extend(OPTIONS.iter().chain(extra).map(|o| o.to_string()));
     // SAFETY: `prog` is a live program (created above, destroyed only at the end).
     let outcome = unsafe { result::compile_program(prog, &opts) };
     // SAFETY: `prog` is still live; the log is copied into an owned buffer before it is destroyed.
@@ -206,6 +219,7 @@ pub fn compile(name: &str, arch: &str) -> Result<Compiled> {
         })
         .unwrap_or_default();
     let ptx = match outcome {
+        Ok(()) if !want_ptx => Ok(Vec::new()),
         // SAFETY: `prog` is live and compiled; the PTX is copied into an owned buffer.
         Ok(()) => unsafe { result::get_ptx(prog) }
             .map(|raw| raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect::<Vec<u8>>())

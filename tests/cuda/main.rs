@@ -58,6 +58,35 @@ fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
     assert_eq!(compiled, 3 * nvrtc::SOURCES.len());
 }
 
+/// ptxas (run by NVRTC) assembles the tensor-core attention for Hopper (sm_90a) with no warning,
+/// no wgmma it had to serialise and no spill: what the PTX compile check above cannot see. The
+/// register counts of its entries are printed.
+#[test]
+fn the_hopper_attention_assembles_without_warnings_serialisation_or_spills() {
+    if !nvrtc::available() {
+        assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but libnvrtc is not on the loader path");
+        println!("skipped: libnvrtc not found on the loader path");
+        return;
+    }
+    for name in ["attention_mma", "attention_mma_bwd"] {
+        let log = nvrtc::ptxas_log(name, "sm_90a").unwrap();
+        let mut entries = 0;
+        for line in log.lines() {
+            let bad = ["warning", "Performance Loss", "serializ"].iter().any(|w| line.contains(w));
+            assert!(!bad, "{name} for sm_90a: {line}");
+            if let Some(at) = line.find(" bytes spill stores") {
+                let stores: u32 = line[..at].rsplit(' ').next().and_then(|x| x.parse().ok()).unwrap();
+                assert_eq!(stores, 0, "{name} for sm_90a spills: {line}");
+            }
+            if line.contains("Compiling entry function") || line.contains("Used ") {
+                println!("{}", line.trim_start_matches("ptxas info    : "));
+                entries += line.contains("Compiling entry function") as usize;
+            }
+        }
+        assert_eq!(entries, nvrtc::entries(&nvrtc::source(name).unwrap()).len(), "{name}: every entry assembled");
+    }
+}
+
 /// A module is compiled once per process: every device context (one engine per phase) loads the
 /// same cached PTX, equal to a fresh compile.
 #[test]

@@ -27,6 +27,8 @@ fn the_wgmma_attention_matches_the_cpu_and_the_mma_attention() {
     g.set_dtype(Dtype::Bf16);
     let mut rng = Rng::new(29);
     for (h, kv, d) in [(4, 2, 16), (2, 1, 30), (8, 2, 64), (2, 1, 128)] {
+        // (every Hopper GPU gives the tiles their shared memory: otherwise the f32 kernels would run)
+        assert!(g.attn_on_tensor_cores(d), "D={d}: the tensor-core tiles do not fit {}", g.describe());
         let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
         let b = batch(&mut rng, &[1, 70, 130, 3, 64], 10);
         let n = b.len();

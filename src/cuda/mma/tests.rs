@@ -153,7 +153,7 @@ fn the_tile_permutation_leaves_no_bank_conflict() {
     }
 }
 
-/// attention_mma.cu's `attn_fwd_mma<DM>`, statement for statement: one block per (query tile
+/// attention_mma.cu's `attn_fwd_tc<MmaOps, DM>`, statement for statement: one block per (query tile
 /// of 64, head, sequence), four warps of 16 rows, lanes as arrays. Returns (out, lse).
 fn emulate(case: &Case, dm: usize) -> (Vec<f32>, Vec<f32>) {
     let AttnShape { num_heads: nh, num_kv_heads: kvh, head_dim: hd } = case.shape;
@@ -322,7 +322,7 @@ fn load_rows(
     copy_rows(s, dm, x, (start * heads * dm + head * dm, heads * dm), r0, len);
 }
 
-/// attention_mma.cu's `attn_bwd_dq_mma<DM>` and `attn_bwd_dkdv_mma<DM>` (with `plan`'s
+/// attention_mma_bwd.cu's `attn_bwd_dq_tc<MmaOps, DM>` and `attn_bwd_dkdv_tc<MmaOps, DM>` (with `plan`'s
 /// `heads_per_block`, and `attn_bwd_group_sum_f32` after it for the per-head plan) statement
 /// for statement, after the f32 delta kernel: the packed dqkv ([N, (H + 2KV)·D], NaN where
 /// unwritten).
