@@ -75,8 +75,8 @@ pub struct GpuArgs {
     pub dkdv: DkdvPlanArg,
     /// `--kind attention` / `train-step` / `rl-step` with bf16: the tensor-core products of the
     /// attention, forward and backward, `mma` (the default: each warp's mma.sync, sm_80 and later)
-    /// or `wgmma` (the block's warpgroup wgmma, Hopper only: cuda/mma.cuh `WgmmaOps`);
-    /// `cuda::AttnMma`.
+    /// or `wgmma` (the block's warpgroup wgmma, Hopper only: cuda/mma.cuh `WgmmaOps`; also
+    /// `ARBOR_ATTN_MMA=wgmma`, which reaches any job); `cuda::AttnMma`.
     #[arg(long, default_value = "mma", value_parser = parse_attn_mma)]
     pub attn_mma: AttnMmaArg,
     /// `--kind generate` / `rl-step`: the decode attention kernel, `per-group` (the default: one

@@ -44,6 +44,17 @@ pub(crate) fn module_target<'a>(name: &'a str, arch: &'a str) -> (&'a str, &'a s
     }
 }
 
+/// The attention's tensor-core products `ARBOR_ATTN_MMA` asks for (`mma` or `wgmma`; unset or
+/// empty: none), or an error naming the variable.
+pub(crate) fn attn_mma_from_env(value: Option<&str>) -> Result<Option<AttnMma>> {
+    match value {
+        None | Some("") => Ok(None),
+        Some("mma") => Ok(Some(AttnMma::Mma)),
+        Some("wgmma") => Ok(Some(AttnMma::Wgmma)),
+        Some(v) => Err(Error::Invalid(format!("ARBOR_ATTN_MMA={v:?}: expected \"mma\" or \"wgmma\""))),
+    }
+}
+
 /// Bytes of the workspace cuBLAS is given (NVIDIA's advice for Hopper, more than Ampere needs).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
@@ -224,6 +235,14 @@ impl Gpu {
             profile: Mutex::new(None),
             profiling: std::sync::atomic::AtomicBool::new(false),
             tp_nccl: Mutex::new(None),
+        })
+        .and_then(|g| {
+            // ARBOR_ATTN_MMA=wgmma: the bf16 attention on Hopper's warpgroup products from the
+            // start, for any job (opt-in; refused on other GPUs)
+            if let Some(kind) = attn_mma_from_env(std::env::var("ARBOR_ATTN_MMA").ok().as_deref())? {
+                g.set_attn_mma(kind)?;
+            }
+            Ok(g)
         })
     }
 
@@ -565,7 +584,20 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::{module_target, out_of_memory};
+    use super::{attn_mma_from_env, module_target, out_of_memory};
+    use crate::cuda::plans::AttnMma;
+
+    /// `ARBOR_ATTN_MMA` names the attention's products, or nothing; another value is refused,
+    /// naming the variable.
+    #[test]
+    fn arbor_attn_mma_names_the_attention_products() {
+        assert_eq!(attn_mma_from_env(None).unwrap(), None);
+        assert_eq!(attn_mma_from_env(Some("")).unwrap(), None);
+        assert_eq!(attn_mma_from_env(Some("mma")).unwrap(), Some(AttnMma::Mma));
+        assert_eq!(attn_mma_from_env(Some("wgmma")).unwrap(), Some(AttnMma::Wgmma));
+        let e = attn_mma_from_env(Some("wgmmma")).unwrap_err().to_string();
+        assert!(e.contains("ARBOR_ATTN_MMA") && e.contains("wgmmma"), "{e}");
+    }
 
     /// A module compiles for the device's own architecture; its Hopper variant, the same source,
     /// for compute_90a.
