@@ -20,6 +20,8 @@
 //   limit is 2^31 - 1: y would stop at 65,535 tokens).
 // swiglu_bwd_f32_o16: swiglu_bwd_f32 with dgate_up in bf16 (rounded to nearest even as it is
 //   written: the dy of the gate|up projection's backward products, which read it as it is).
+// swiglu_bwd_bf16_o16: swiglu_bwd_bf16 with dgate_up in bf16 (the training step with bf16
+//   products: the gate|up projection writes gate_up in bf16, swiglu_fwd_bf16 reads it).
 
 __device__ __forceinline__ float sigmoid_f(float g) { return 1.0f / (1.0f + expf(-g)); }
 
@@ -72,4 +74,9 @@ extern "C" __global__ void swiglu_bwd_f32_o16(unsigned short* dgate_up, const fl
 extern "C" __global__ void swiglu_bwd_bf16(float* dgate_up, const float* dact, const unsigned short* gate_up,
                                            int n, int inter) {
     swiglu_bwd<unsigned short>(dgate_up, dact, gate_up, n, inter);
+}
+
+extern "C" __global__ void swiglu_bwd_bf16_o16(unsigned short* dgate_up, const float* dact,
+                                               const unsigned short* gate_up, int n, int inter) {
+    swiglu_bwd<unsigned short, unsigned short>(dgate_up, dact, gate_up, n, inter);
 }

@@ -180,6 +180,9 @@ impl Backend for Gpu {
             ActView::Bf16(a) => self.gemm_a16(c, &a, b, GemmKind::Nt, shape, acc),
         }
     }
+    fn matmul_nt_to_act(&self, c: ActViewMut<'_>, a: ActView<'_>, b: Self::R<'_>, shape: GemmShape) -> Result<()> {
+        self.gemm_to_act(c, a, b, GemmKind::Nt, shape)
+    }
     fn linear_backward(
         &self,
         dx: Self::M<'_>,
@@ -338,32 +341,38 @@ impl Backend for Gpu {
     ) -> Result<()> {
         self.flash_backward(dqkv, scratch, dout, saved, batch, shape)
     }
-    fn swiglu_forward(&self, mut act: ActViewMut<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()> {
+    fn swiglu_forward(&self, mut act: ActViewMut<'_>, gate_up: ActView<'_>, inter: usize) -> Result<()> {
         let n = act.len() / inter.max(1);
         if gate_up.len() < 2 * n * inter {
             return Err(Error::shape("SwiGLU", format!("{n} rows of {inter} from {} gate|up values", gate_up.len())));
         }
-        let entry = format!("swiglu_fwd_f32{}", act.out_suffix());
+        // (gate|up in bf16 comes with bf16 products, whose activations are all bf16)
+        let entry = match (&gate_up, act.out_suffix()) {
+            (ActView::F32(_), out) => format!("swiglu_fwd_f32{out}"),
+            (ActView::Bf16(_), "_o16") => "swiglu_fwd_bf16".to_string(),
+            (ActView::Bf16(_), _) => return Err(Error::shape("SwiGLU", "bf16 gate|up into an f32 activation")),
+        };
         let args =
-            [Arg::P(act.ptr(self)), Arg::P(self.pr(&gate_up)), Arg::I(int(n, "rows")?), Arg::I(int(inter, "inter")?)];
+            [Arg::P(act.ptr(self)), Arg::P(gate_up.ptr(self)), Arg::I(int(n, "rows")?), Arg::I(int(inter, "inter")?)];
         self.launch("swiglu", &entry, (n as u32, inter.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
     }
     fn swiglu_backward(
         &self,
         mut dgate_up: ActViewMut<'_>,
         dact: Self::R<'_>,
-        gate_up: Self::R<'_>,
+        gate_up: ActView<'_>,
         inter: usize,
     ) -> Result<()> {
         let n = dact.len() / inter.max(1);
         if dgate_up.len() < 2 * n * inter || gate_up.len() < 2 * n * inter {
             return Err(Error::shape("SwiGLU backward", format!("{n} rows of {inter}: gate|up views too short")));
         }
-        let entry = format!("swiglu_bwd_f32{}", dgate_up.out_suffix());
+        let input = if matches!(gate_up, ActView::Bf16(_)) { "bf16" } else { "f32" };
+        let entry = format!("swiglu_bwd_{input}{}", dgate_up.out_suffix());
         let args = [
             Arg::P(dgate_up.ptr(self)),
             Arg::P(self.pr(&dact)),
-            Arg::P(self.pr(&gate_up)),
+            Arg::P(gate_up.ptr(self)),
             Arg::I(int(n, "rows")?),
             Arg::I(int(inter, "inter")?),
         ];
@@ -468,6 +477,9 @@ mod tests {
             ("rmsnorm", "rmsnorm_fwd_f32_o16"),
             ("swiglu", "swiglu_fwd_f32_o16"),
             ("swiglu", "swiglu_bwd_f32_o16"),
+            ("swiglu", "swiglu_fwd_bf16"),
+            ("swiglu", "swiglu_bwd_bf16"),
+            ("swiglu", "swiglu_bwd_bf16_o16"),
             ("decode_attention", "decode_qkv_store_f32"),
             ("decode_attention", "decode_qkv_store_f32_bf16"),
             ("decode_attention", "decode_attn_f32_o16"),

@@ -3,7 +3,7 @@
 //! in place (with bf16 products, first operands written in bf16 by the kernels that make them),
 //! the fused q|k|v epilogue and the decode attention of cuda/decode_attention.cu.
 
-use crate::cuda::act::GpuAct;
+use crate::cuda::act::{ActView, GpuAct};
 use crate::cuda::backend::GpuRope;
 use crate::cuda::decode_attn::decode_attn_entry;
 use crate::cuda::device::{Arg, Gpu};
@@ -223,7 +223,7 @@ impl DecodeDevice for GpuStep<'_> {
         let inter = model.cfg.intermediate_size;
         let (g, b) = (self.g, &mut *self.bufs);
         let gate_up = Gpu::r(&b.gate_up, 0..rows * 2 * inter);
-        g.swiglu_forward(b.act.view_mut(0..rows * inter), gate_up, inter)
+        g.swiglu_forward(b.act.view_mut(0..rows * inter), ActView::F32(gate_up), inter)
     }
 
     fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {

@@ -1,7 +1,7 @@
 //! cuBLAS products for the row-major matrices of the model: one cublasGemmEx call each, with f32,
 //! TF32 or bf16 operands as `[train] dtype` asks (f32 accumulation and result either way).
 
-use crate::cuda::act::ActView;
+use crate::cuda::act::{ActView, ActViewMut};
 use crate::cuda::device::{drv, int, Arg, Gpu};
 use crate::error::{Error, Result};
 use crate::tensor::shape::GemmShape;
@@ -74,7 +74,7 @@ impl Gpu {
             Dtype::F32 => self.gemm_ex(f32_ops(F32), kind, shape, acc),
             Dtype::Tf32 => self.gemm_ex(f32_ops(TF32), kind, shape, acc),
             Dtype::Bf16 => {
-                let product = Product { c: cp, b: self.weight_operand(bp, n * k), kind, shape, acc };
+                let product = Product { c: cp, c_type: R_32F, b: self.weight_operand(bp, n * k), kind, shape, acc };
                 self.gemm_rounded(Operand::F32(ap), m * k, &[product])
             }
         }
@@ -115,12 +115,13 @@ impl Gpu {
         let products = [
             Product {
                 c: self.pm(&mut dx),
+                c_type: R_32F,
                 b: self.weight_operand(wp, n * k),
                 kind: GemmKind::Nn,
                 shape: dx_shape,
                 acc: false,
             },
-            Product { c: self.pm(&mut dw), b: x, kind: GemmKind::Tn, shape: dw_shape, acc: true },
+            Product { c: self.pm(&mut dw), c_type: R_32F, b: x, kind: GemmKind::Tn, shape: dw_shape, acc: true },
         ];
         self.gemm_rounded(dy, m * n, &products)
     }
@@ -152,8 +153,41 @@ impl Gpu {
         let GemmShape { m, n, k } = shape;
         bf16_operands_fit(kind, shape, (a.len(), b.len(), c.len()))?;
         let bp = self.pr(&b);
-        let product = Product { c: self.pm(&mut c), b: self.weight_operand(bp, n * k), kind, shape, acc };
+        let product =
+            Product { c: self.pm(&mut c), c_type: R_32F, b: self.weight_operand(bp, n * k), kind, shape, acc };
         self.gemm_rounded(Operand::Bf16(a.device_ptr(&self.stream).0), m * k, &[product])
+    }
+
+    /// C = op(A)·op(B) into an activation (`Backend::matmul_nt_to_act`): an f32 C as
+    /// [`Gpu::gemm`] or [`Gpu::gemm_a16`]; a bf16 C (with bf16 products) from a bf16 tensor-core
+    /// GEMM whose f32 accumulators cuBLAS rounds to bf16 as it writes them.
+    pub(crate) fn gemm_to_act(
+        &self,
+        c: ActViewMut<'_>,
+        a: ActView<'_>,
+        b: CudaView<'_, f32>,
+        kind: GemmKind,
+        shape: GemmShape,
+    ) -> Result<()> {
+        let mut c = match c {
+            ActViewMut::F32(c) => {
+                return match a {
+                    ActView::F32(a) => self.gemm(c, a, b, kind, shape, false),
+                    ActView::Bf16(a) => self.gemm_a16(c, &a, b, kind, shape, false),
+                }
+            }
+            ActViewMut::Bf16(c) => c,
+        };
+        let GemmShape { m, n, k } = shape;
+        bf16_operands_fit(kind, shape, (a.len(), b.len(), c.len()))?;
+        let a = match a {
+            ActView::F32(a) => Operand::F32(self.pr(&a)),
+            ActView::Bf16(a) => Operand::Bf16(a.device_ptr(&self.stream).0),
+        };
+        let cp = c.device_ptr_mut(&self.stream).0;
+        let b = self.weight_operand(self.pr(&b), n * k);
+        let product = Product { c: cp, c_type: R_16BF, b, kind, shape, acc: false };
+        self.gemm_rounded(a, m * k, &[product])
     }
 
     /// Whether the product has an empty dimension, after doing what it asks: nothing (m or n is 0),
@@ -211,7 +245,7 @@ impl Gpu {
                 }
                 Operand::Bf16(bp) => bp,
             };
-            let ops = ExOperands { c: p.c, c_type: R_32F, a: a16, b: b16, ab_type: R_16BF, compute: F32 };
+            let ops = ExOperands { c: p.c, c_type: p.c_type, a: a16, b: b16, ab_type: R_16BF, compute: F32 };
             self.gemm_ex(ops, p.kind, p.shape, p.acc)?;
         }
         Ok(())
@@ -297,10 +331,12 @@ enum Operand {
     Bf16(u64),
 }
 
-/// One product of [`Gpu::gemm_rounded`]: C at `c` (+)= op(A)·op(B) of `kind` and `shape`.
+/// One product of [`Gpu::gemm_rounded`]: C at `c` (of type `c_type`) (+)= op(A)·op(B) of `kind`
+/// and `shape`.
 #[derive(Debug, Clone, Copy)]
 struct Product {
     c: u64,
+    c_type: cudaDataType_t,
     b: Operand,
     kind: GemmKind,
     shape: GemmShape,

@@ -283,14 +283,13 @@ impl Model {
                 eps,
             )?;
             let wgu = B::r(p, o.gate_up_w..o.gate_up_w + 2 * inter * c);
-            be.matmul_nt_act(
-                B::m(&mut a.gate_up, 0..n * 2 * inter),
+            be.matmul_nt_to_act(
+                B::act_m(&mut a.gate_up, 0..n * 2 * inter),
                 B::act_r(&a.ln2, nc.clone()),
                 wgu,
                 GemmShape::new(n, 2 * inter, c),
-                false,
             )?;
-            be.swiglu_forward(B::act_m(&mut a.act, 0..n * inter), B::r(&a.gate_up, 0..n * 2 * inter), inter)?;
+            be.swiglu_forward(B::act_m(&mut a.act, 0..n * inter), B::act_r(&a.gate_up, 0..n * 2 * inter), inter)?;
             // next residual = resid_mid + act · Wdownᵀ
             let out = match tail.first_mut() {
                 Some(next) => &mut next.resid_in,
@@ -397,7 +396,7 @@ impl Model {
             be.swiglu_backward(
                 B::act_m(&mut ws.dgate_up, n2i.clone()),
                 B::r(&ws.dact, ni),
-                B::r(&a.gate_up, n2i.clone()),
+                B::act_r(&a.gate_up, n2i.clone()),
                 inter,
             )?;
             let wgu = o.gate_up_w..o.gate_up_w + 2 * inter * c;

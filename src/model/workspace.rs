@@ -25,8 +25,9 @@ pub struct LayerActs<B: Backend = Cpu> {
     /// [N, C] post-attention RMSNorm output; [N] its 1/rms.
     pub ln2: B::Act,
     pub rstd2: B::Buf,
-    /// [N, 2I] gate|up projections; [N, I] silu(gate)·up.
-    pub gate_up: B::Buf,
+    /// [N, 2I] gate|up projections; [N, I] silu(gate)·up (both read by elementwise kernels and
+    /// products only: activations).
+    pub gate_up: B::Act,
     pub act: B::Act,
 }
 
@@ -75,14 +76,13 @@ impl<B: Backend> LayerActs<B> {
             resid_mid: be.empty()?,
             ln2: be.act_empty()?,
             rstd2: be.empty()?,
-            gate_up: be.empty()?,
+            gate_up: be.act_empty()?,
             act: be.act_empty()?,
         })
     }
     fn bytes(&self) -> usize {
-        let bufs =
-            [&self.resid_in, &self.rstd1, &self.qkv, &self.att, &self.lse, &self.resid_mid, &self.rstd2, &self.gate_up];
-        let acts = [&self.ln1, &self.ln2, &self.act];
+        let bufs = [&self.resid_in, &self.rstd1, &self.qkv, &self.att, &self.lse, &self.resid_mid, &self.rstd2];
+        let acts = [&self.ln1, &self.ln2, &self.gate_up, &self.act];
         4 * bufs.iter().map(|b| B::len(b)).sum::<usize>() + acts.iter().map(|a| B::act_bytes(a)).sum::<usize>()
     }
 }
@@ -178,7 +178,6 @@ impl<B: Backend> Workspace<B> {
                 (&mut l.lse, n * h),
                 (&mut l.resid_mid, n * c),
                 (&mut l.rstd2, n),
-                (&mut l.gate_up, n * 2 * i),
             ] {
                 be.grow(v, len)?;
             }
@@ -207,13 +206,14 @@ impl<B: Backend> Workspace<B> {
         Ok(())
     }
 
-    /// The activation buffers (normed rows, SwiGLU outputs) for `n` tokens, in the storage the
+    /// The activation buffers (normed rows, gate|up and SwiGLU outputs) for `n` tokens, in the storage the
     /// backend's products take now.
     fn grow_acts(&mut self, be: &B, cfg: &ModelConfig, n: usize) -> Result<()> {
         let (c, i) = (cfg.hidden_size, cfg.intermediate_size);
         for l in &mut self.layers {
             be.act_grow(&mut l.ln1, n * c)?;
             be.act_grow(&mut l.ln2, n * c)?;
+            be.act_grow(&mut l.gate_up, n * 2 * i)?;
             be.act_grow(&mut l.act, n * i)?;
         }
         be.act_grow(&mut self.dgate_up, n * 2 * i)

@@ -162,6 +162,10 @@ pub trait Backend {
         shape: GemmShape,
         acc: bool,
     ) -> Result<()>;
+    /// c[m, n] = a[m, k] · b[n, k]ᵀ into activation storage (a product whose result only
+    /// elementwise kernels read: the gate|up projection; with bf16 products it is written in bf16,
+    /// rounded from the f32 accumulators).
+    fn matmul_nt_to_act(&self, c: Self::ActM<'_>, a: Self::ActR<'_>, b: Self::R<'_>, shape: GemmShape) -> Result<()>;
     /// c[m, n] (+)= a[m, k] · b[k, n].
     fn matmul_nn(&self, c: Self::M<'_>, a: Self::R<'_>, b: Self::R<'_>, shape: GemmShape, acc: bool) -> Result<()>;
     /// c[m, n] (+)= a[k, m]ᵀ · b[k, n].
@@ -246,15 +250,15 @@ pub trait Backend {
         batch: &Self::Batch<'_>,
         shape: AttnShape,
     ) -> Result<()>;
-    /// act = silu(gate) · up from gate_up rows [gate | up] (act in activation storage).
-    fn swiglu_forward(&self, act: Self::ActM<'_>, gate_up: Self::R<'_>, inter: usize) -> Result<()>;
+    /// act = silu(gate) · up from gate_up rows [gate | up] (both in activation storage).
+    fn swiglu_forward(&self, act: Self::ActM<'_>, gate_up: Self::ActR<'_>, inter: usize) -> Result<()>;
     /// dgate_up (overwritten; read only by the gate|up projection's backward products, so an
     /// activation) of the forward above.
     fn swiglu_backward(
         &self,
         dgate_up: Self::ActM<'_>,
         dact: Self::R<'_>,
-        gate_up: Self::R<'_>,
+        gate_up: Self::ActR<'_>,
         inter: usize,
     ) -> Result<()>;
     /// Per row of logits z ([rows, V], rows = `rows.len()` of the batch's targets): log-sum-exp,

@@ -302,15 +302,32 @@ fn elementwise_kernels_match_the_cpu() {
     let mut act = vec![0.0; n * inter];
     Cpu.swiglu_forward(&mut act, &gu, inter).unwrap();
     act_kernel_matches(&g, "swiglu fwd", &act, |acta| {
-        g.swiglu_forward(Gpu::act_m(acta, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter), inter).unwrap()
+        g.swiglu_forward(Gpu::act_m(acta, 0..n * inter), Gpu::as_act(Gpu::r(&gug, 0..n * 2 * inter)), inter).unwrap()
     });
     // the gate|up gradient, which only the projection's backward products read, is an activation
     let mut dgu = vec![0.0; n * 2 * inter];
     Cpu.swiglu_backward(&mut dgu, &dact, &gu, inter).unwrap();
     act_kernel_matches(&g, "swiglu bwd", &dgu, |dgua| {
-        let (dr, gr) = (Gpu::r(&dactg, 0..n * inter), Gpu::r(&gug, 0..n * 2 * inter));
+        let (dr, gr) = (Gpu::r(&dactg, 0..n * inter), Gpu::as_act(Gpu::r(&gug, 0..n * 2 * inter)));
         g.swiglu_backward(Gpu::act_m(dgua, 0..n * 2 * inter), dr, gr, inter).unwrap()
     });
+    // with bf16 products gate|up is itself bf16 (the projection writes it so): the kernels that
+    // read it so give the CPU's results on the rounded gate|up, rounded
+    g.set_dtype(Dtype::Bf16);
+    let gu16 = precision::round_bf16(&gu);
+    let gua = g.act_upload(&gu, true).unwrap();
+    let (mut act16, mut dgu16) = (vec![0.0; n * inter], vec![0.0; n * 2 * inter]);
+    Cpu.swiglu_forward(&mut act16, &gu16, inter).unwrap();
+    Cpu.swiglu_backward(&mut dgu16, &dact, &gu16, inter).unwrap();
+    let (mut out, mut dout) = (g.act_empty().unwrap(), g.act_empty().unwrap());
+    g.act_grow(&mut out, n * inter).unwrap();
+    g.act_grow(&mut dout, n * 2 * inter).unwrap();
+    g.swiglu_forward(Gpu::act_m(&mut out, 0..n * inter), Gpu::act_r(&gua, 0..n * 2 * inter), inter).unwrap();
+    let (dr, gr) = (Gpu::r(&dactg, 0..n * inter), Gpu::act_r(&gua, 0..n * 2 * inter));
+    g.swiglu_backward(Gpu::act_m(&mut dout, 0..n * 2 * inter), dr, gr, inter).unwrap();
+    within_bf16_rounding("swiglu fwd, bf16 gate|up", &act_down(&g, &out, n * inter), &act16);
+    within_bf16_rounding("swiglu bwd, bf16 gate|up", &act_down(&g, &dout, n * 2 * inter), &dgu16);
+    g.set_dtype(Dtype::F32);
 }
 
 #[test]
@@ -684,6 +701,30 @@ fn bf16_gemms_with_f32_accumulation_match_the_cpu() {
             }
         }
     }
+    // a product into an activation (`matmul_nt_to_act`, the gate|up projection): with bf16
+    // products a bf16 result, the CPU product of the rounded operands rounded; else f32, exact
+    let (x, w) = (rand(&mut rng, m * k), rand(&mut rng, n * k));
+    let mut want = vec![0.0; m * n];
+    Cpu.matmul_nt(&mut want, &precision::round_bf16(&x), &precision::round_bf16(&w), GemmShape::new(m, n, k), false)
+        .unwrap();
+    let wg = g.upload(&w).unwrap();
+    for (dtype, x_bf16) in [(Dtype::Bf16, false), (Dtype::Bf16, true), (Dtype::F32, false)] {
+        g.set_dtype(dtype);
+        let xa = g.act_upload(&x, x_bf16).unwrap();
+        let mut c = g.act_empty().unwrap();
+        g.act_grow(&mut c, m * n).unwrap();
+        let (xr, wr) = (Gpu::act_r(&xa, 0..m * k), Gpu::r(&wg, 0..n * k));
+        g.matmul_nt_to_act(Gpu::act_m(&mut c, 0..m * n), xr, wr, GemmShape::new(m, n, k)).unwrap();
+        let got = act_down(&g, &c, m * n);
+        if dtype == Dtype::Bf16 {
+            within_bf16_rounding(&format!("product to a bf16 activation (x bf16: {x_bf16})"), &got, &want);
+        } else {
+            let mut exact = vec![0.0; m * n];
+            Cpu.matmul_nt(&mut exact, &x, &w, GemmShape::new(m, n, k), false).unwrap();
+            close("product to an f32 activation", &got, &exact, 1e-5);
+        }
+    }
+    g.set_dtype(Dtype::F32);
 }
 
 /// `--profile`'s timing (`cuda::profile`): while on, each product and kernel is timed under its

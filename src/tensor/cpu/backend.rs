@@ -126,6 +126,9 @@ impl Backend for Cpu {
     fn matmul_nt_act(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape, acc: bool) -> Result<()> {
         self.matmul_nt(c, a, b, shape, acc)
     }
+    fn matmul_nt_to_act(&self, c: &mut [f32], a: &[f32], b: &[f32], shape: GemmShape) -> Result<()> {
+        self.matmul_nt(c, a, b, shape, false)
+    }
     fn linear_backward(
         &self,
         dx: &mut [f32],
