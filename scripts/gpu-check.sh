@@ -26,6 +26,8 @@
 # carry the last two: this script adds their directories) and, for the peer, python3 with torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the runs choose the attention's products by their flags (a wgmma baseline would compare with itself)
+unset ARBOR_ATTN_MMA
 out="${OUT:-gpu-check-out}"
 mkdir -p "$out"
 
@@ -86,7 +88,8 @@ export ARBOR_PTX_CACHE="${ARBOR_PTX_CACHE:-${TMPDIR:-/tmp}/arbor-ptx}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt" || true
 # Hopper (compute capability 9.0) runs the wgmma attention; elsewhere its runs are skipped
 hopper=0
-if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ')" = "9.0" ]; then
+if [ "$(nvidia-smi -i "${ARBOR_CUDA_DEVICE:-0}" --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 |
+    tr -d ' ')" = "9.0" ]; then
     hopper=1
 fi
 

@@ -235,7 +235,7 @@ struct Function {
     int static_smem = 0;           // the entry's `.shared` declarations in the PTX, in bytes
     int max_threads = 1024;        // its `.maxntid` (__launch_bounds__), or the device's 1024
     int max_dynamic_smem = 48 * 1024;  // the attribute: by default 48 KiB less the static bytes
-    // A `_wgmma_` entry of PTX for another target than sm_90a: on a GPU its body is a trap
+    // A wgmma entry (its name says so) of PTX for another target than sm_90a: on a GPU its body is a trap
     // (cuda/mma.cuh AM_wgmma), which this emulator, running the host build of every kernel, would
     // otherwise not show: its launch fails.
     bool traps = false;
@@ -631,7 +631,7 @@ API CUresult cuModuleLoadData(void** module, const void* image) {
             return E_INVALID_IMAGE;
         }
         Function* f = new Function{e};
-        f->traps = !sm90a && name.find("_wgmma_") != std::string::npos;
+        f->traps = !sm90a && name.find("wgmma") != std::string::npos;
         const size_t next = ptx.find(".entry ", at);
         read_entry_limits(ptx.substr(at, next == std::string::npos ? std::string::npos : next - at), *f);
         m->functions[name] = f;

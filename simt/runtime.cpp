@@ -696,6 +696,19 @@ bool later_uses(const WarpGroup& g, size_t from, int t) {
 // Land op `i` of the queue: compute every thread's accumulators from the shared memory as it is now.
 void land_op(WarpGroup& g, size_t i) {
     const WgOp& op = g.ops[i];
+    check_rows(op.rows);  // (a copy issued after the product into its operand: a race)
+    for (int t = 0; t < 128; ++t) {
+        const float* d = op.in[t].d;
+        for (int e = 0; e < op.in[0].n / 2; ++e) {
+            if (d[e] == d[e]) {
+                char msg[200];
+                snprintf(msg, sizeof msg,
+                         "thread %d wrote accumulator %d of a wgmma in flight (between the issue and the wait)",
+                         (int)(&g - g_block->wgroups.data()) * 128 + t, e);
+                fail(msg);
+            }
+        }
+    }
     for (size_t r = 0; r < op.rows.size(); ++r) {
         if (memcmp(g_block->smem.data() + op.rows[r], op.bytes.data() + 16 * r, 16) != 0) {
             char msg[200];

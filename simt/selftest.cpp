@@ -53,7 +53,7 @@ static void* fn(const char* name) {
     static void* module = nullptr;
     if (!module) {
         const char* ptx =
-            ".entry st_mma(\n.entry st_block_sum(\n.entry st_divergent_barrier(\n.entry st_hang(\n"
+            ".target sm_90a\n.entry st_mma(\n.entry st_block_sum(\n.entry st_divergent_barrier(\n.entry st_hang(\n"
             ".entry st_exited_lanes(\n.entry st_add_one(\n.entry st_cp_async(\n.entry st_last_writer(\n.entry st_static_smem(\n.entry st_rounding(\n"
             ".entry st_wgmma(\n";
         if (cuModuleLoadData(&module, ptx) != 0) return nullptr;
@@ -165,10 +165,24 @@ int main() {
         auto refused = [&](int mode, const char* says) {
             return run(mode) != 0 && strstr(arbor_simt_last_report(), says) != nullptr;
         };
-        check(refused(1, "fence.proxy.async") && refused(2, "no wgmma.fence") && refused(3, "in flight") &&
-                  refused(4, "changed between its issue") && refused(5, "has not landed"),
-              "wgmma without the proxy fence, the copies' wait, wgmma.fence or its wait, or with an operand "
-              "overwritten in flight, fails the launch naming why");
+        check(refused(1, "fence.proxy.async") && refused(2, "no wgmma.fence") && refused(3, "no wait_group") &&
+                  refused(4, "changed between its issue") && refused(5, "has not landed") &&
+                  refused(6, "wrote accumulator") && refused(8, "overlap"),
+              "wgmma without the proxy fence, the copies' wait, wgmma.fence or its wait, with an operand or an "
+              "accumulator written in flight, or into overlapping accumulators, fails the launch naming why");
+        std::vector<float> again(4096);
+        const bool ran7 = run(7) == 0;
+        cuMemcpyDtoH_v2(again.data(), o, 4096 * 4);
+        check(ran7 && again == got, "an empty wgmma commit group counts: wait_group 1 retires the group before it");
+        // a wgmma kernel from PTX for plain sm_90 is a trap on a GPU: its launch fails
+        void *plain = nullptr, *f = nullptr;
+        const bool loaded = cuModuleLoadData(&plain, ".target sm_90\n.entry st_wgmma(\n") == 0 &&
+                            cuModuleGetFunction(&f, plain, "st_wgmma") == 0;
+        int mode = 0;
+        std::vector<void*> args{&o, &early, &da, &db, &da2, &db2, &mode};
+        const bool trapped = loaded && cuLaunchKernel(f, 1, 1, 1, 128, 1, 1, 6144, nullptr, args.data(), nullptr) != 0 &&
+                             strstr(arbor_simt_last_report(), "another target than sm_90a") != nullptr;
+        check(trapped, "a wgmma kernel from PTX for another target than sm_90a fails its launch (a trap on a GPU)");
     }
     unsigned long long scratch = dev(4096);
     check(launch("st_divergent_barrier", 1, 64, 0, {&scratch}) != 0, "barriers on two source lines fail the launch");

@@ -133,7 +133,9 @@ extern "C" __global__ void st_rounding(float* out, float a, float b, float c, fl
 // n / 8) 64 + (k % 8) 8 + n % 8 (LBO 1024, SBO 128). out = d (64 x 64, row major); early[t] = 1
 // where thread t read its first accumulator as NaN between the issue and the wait. mode 1 leaves
 // out the proxy fence after the copies, 2 the wgmma.fence, 3 the wait, 5 the copies' wait; mode 4
-// overwrites an operand between the issue and the wait.
+// overwrites an operand between the issue and the wait, 6 an accumulator, and 8 issues a second
+// product into accumulators that partly overlap the first's; mode 7 commits an empty group after
+// the products' and waits with one group pending (an empty group counts: the products land).
 extern "C" __global__ void st_wgmma(float* out, float* early, const unsigned short* a, const unsigned short* b,
                                     const unsigned short* a2, const unsigned short* b2, int mode) {
     extern __shared__ __align__(16) unsigned short st_smem[];
@@ -165,16 +167,19 @@ extern "C" __global__ void st_wgmma(float* out, float* early, const unsigned sho
         return (unsigned long long)((simt::smem_addr(p) & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
                ((unsigned long long)(sbo >> 4) << 32);
     };
-    float d[32];
-    for (int i = 0; i < 32; ++i) d[i] = 5.0f;  // scale-d 0: ignored
+    float d[40];  // (32 accumulators; mode 8 issues into d + 8)
+    for (int i = 0; i < 40; ++i) d[i] = 5.0f;  // scale-d 0: ignored
     if (mode != 2) simt::wgmma_fence();
     simt::wgmma_bf16(d, 64, desc(As, 128, 256), nullptr, desc(Bs, 128, 256), 0, 0, 0);
     simt::wgmma_bf16(d, 64, 0, ar, desc(B2s, 1024, 128), 1, 0, 1);
     early[t] = d[0] != d[0] ? 1.0f : 0.0f;
     if (mode == 4 && t == 0) Bs[0] ^= 1;
+    if (mode == 6 && t == 5) d[3] = 1.0f;
+    if (mode == 8) simt::wgmma_bf16(d + 8, 64, desc(As, 128, 256), nullptr, desc(Bs, 128, 256), 0, 0, 0);
     simt::wgmma_commit();
     if (mode == 3) return;
-    simt::wgmma_wait(0);
+    if (mode == 7) simt::wgmma_commit();
+    simt::wgmma_wait(mode == 7 ? 1 : 0);
     for (int j = 0; j < 8; ++j) {
         for (int e = 0; e < 4; ++e) {
             const int row = 16 * w + gr + (e >= 2 ? 8 : 0), col = 8 * j + 2 * tg + (e & 1);

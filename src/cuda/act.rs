@@ -1,7 +1,8 @@
 //! Activation storage on the device ([`Backend::Act`](crate::tensor::Backend::Act)): the rows that
-//! only products read (normed rows, SwiGLU output, decode attention output), in f32, or with bf16
-//! products in bf16, rounded to nearest even by the kernel that writes them (the `_o16` entries)
-//! and read as they are by the product of the forward and by the weight gradient of the backward.
+//! only products read (normed rows, SwiGLU output, decode attention output) or only SwiGLU reads
+//! (the gate|up projection), in f32, or with bf16 products in bf16, rounded to nearest even by the
+//! kernel or product that writes them (the `_o16` entries, `Gpu::gemm_to_act`) and read as they
+//! are by the product of the forward and by the weight gradient of the backward.
 //! The values are the bits a rounding pass over the f32 rows would give; the passes and half of
 //! the bytes are saved.
 

@@ -500,12 +500,12 @@ mod tests {
             ("decode_attention", "decode_attn_gqa_128_f32_bf16"),
             ("attention_mma", "attn_fwd_mma_64"),
             ("attention_mma", "attn_fwd_mma_128"),
-            ("attention_mma", "attn_fwd_wgmma_64"),
-            ("attention_mma", "attn_fwd_wgmma_128"),
-            ("attention_mma_bwd", "attn_bwd_dq_wgmma_64"),
-            ("attention_mma_bwd", "attn_bwd_dq_wgmma_128"),
-            ("attention_mma_bwd", "attn_bwd_dkdv_wgmma_64"),
-            ("attention_mma_bwd", "attn_bwd_dkdv_wgmma_128"),
+            ("attention_mma@90a", "attn_fwd_wgmma_64"),
+            ("attention_mma@90a", "attn_fwd_wgmma_128"),
+            ("attention_mma_bwd@90a", "attn_bwd_dq_wgmma_64"),
+            ("attention_mma_bwd@90a", "attn_bwd_dq_wgmma_128"),
+            ("attention_mma_bwd@90a", "attn_bwd_dkdv_wgmma_64"),
+            ("attention_mma_bwd@90a", "attn_bwd_dkdv_wgmma_128"),
             ("attention_mma", "attn_pack_bf16"),
             ("attention_mma_bwd", "attn_bwd_dq_mma_64"),
             ("attention_mma_bwd", "attn_bwd_dq_mma_128"),
@@ -537,7 +537,9 @@ mod tests {
             ("attn_stats", "attn_stats_fci_reduce"),
         ];
         for (module, entry) in launched {
-            let src = crate::cuda::nvrtc::source(module).unwrap();
+            // (a module's Hopper variant is its source compiled for compute_90a)
+            let (source, _) = crate::cuda::device::module_target(module, "compute_90");
+            let src = crate::cuda::nvrtc::source(source).unwrap();
             let entries = crate::cuda::nvrtc::entries(&src);
             assert!(entries.iter().any(|e| e == entry), "{module}.cu has no entry {entry} (has {entries:?})");
         }

@@ -114,7 +114,7 @@ impl GpuDecoder {
             rstd: e()?,
             qkv: e()?,
             att: a()?,
-            gate_up: e()?,
+            gate_up: a()?,
             act: a()?,
             logits: e()?,
             gather: e()?,
@@ -222,7 +222,6 @@ impl GpuDecoder {
             (&mut bf.gather, b * c),
             (&mut bf.rstd, b),
             (&mut bf.qkv, b * cfg.qkv_dim()),
-            (&mut bf.gate_up, b * 2 * inter),
             (&mut bf.logits, n.max(1) * v),
         ] {
             g.grow(buf, len)?;
@@ -231,6 +230,7 @@ impl GpuDecoder {
         let ops16 = g.dtype() == Dtype::Bf16;
         g.act_fit(&mut bf.ln, b * c, ops16)?;
         g.act_fit(&mut bf.att, b * cfg.attn_dim(), ops16)?;
+        g.act_fit(&mut bf.gate_up, b * 2 * inter, ops16)?;
         g.act_fit(&mut bf.act, b * inter, ops16)?;
         // the per-group decode attention's splits of each row's positions
         let kv = cfg.num_kv_heads;
@@ -403,10 +403,10 @@ fn step_fingerprint(
         g.decode_attn() as u64,
         g.decode_split() as u64,
     ];
-    for buf in [&b.x, &b.rstd, &b.qkv, &b.gate_up, &b.logits, &b.gather, &b.partial] {
+    for buf in [&b.x, &b.rstd, &b.qkv, &b.logits, &b.gather, &b.partial] {
         f.push(buf.device_ptr(st).0);
     }
-    for buf in [&b.ln, &b.att, &b.act] {
+    for buf in [&b.ln, &b.att, &b.gate_up, &b.act] {
         f.push(buf.ptr(g));
     }
     f.extend([rows.words.device_ptr(st).0, rows.cap() as u64]);

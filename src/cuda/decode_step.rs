@@ -3,7 +3,7 @@
 //! in place (with bf16 products, first operands written in bf16 by the kernels that make them),
 //! the fused q|k|v epilogue and the decode attention of cuda/decode_attention.cu.
 
-use crate::cuda::act::{ActView, GpuAct};
+use crate::cuda::act::GpuAct;
 use crate::cuda::backend::GpuRope;
 use crate::cuda::decode_attn::decode_attn_entry;
 use crate::cuda::device::{Arg, Gpu};
@@ -20,15 +20,16 @@ const DEC_MAX_D: usize = 256;
 /// The decode step's device buffers, grown on demand: the residual stream, normed rows, RMSNorm
 /// scratch, q|k|v, attention output, gate|up, SwiGLU output, the logits of the picked rows, and
 /// the rows [`DecodeDevice::gather`] moves. The normed rows, attention output and SwiGLU output,
-/// the first operands of the products, are activations (cuda::act): with bf16 products the
-/// kernels that make them write them in bf16.
+/// the first operands of the products, and gate|up, which only SwiGLU reads, are activations
+/// (cuda::act): with bf16 products the kernels and the gate|up product write them in bf16, as
+/// the training forward does.
 pub(super) struct StepBufs {
     pub(super) x: CudaSlice<f32>,
     pub(super) ln: GpuAct,
     pub(super) rstd: CudaSlice<f32>,
     pub(super) qkv: CudaSlice<f32>,
     pub(super) att: GpuAct,
-    pub(super) gate_up: CudaSlice<f32>,
+    pub(super) gate_up: GpuAct,
     pub(super) act: GpuAct,
     pub(super) logits: CudaSlice<f32>,
     pub(super) gather: CudaSlice<f32>,
@@ -101,13 +102,16 @@ impl DecodeDevice for GpuStep<'_> {
             Proj::Down(l) => (c, inter, lay.layers[l].down_w, true),
             Proj::Head => (v, c, lay.lm_head, false),
         };
+        let (w, shape) = (Gpu::r(p, at..at + n * k), GemmShape::new(rows, n, k));
         let out = match proj {
             Proj::Qkv(_) => &mut b.qkv,
             Proj::Out(_) | Proj::Down(_) => &mut b.x,
-            Proj::GateUp(_) => &mut b.gate_up,
+            // (only SwiGLU reads it: an activation, as in the training forward)
+            Proj::GateUp(_) => {
+                return g.matmul_nt_to_act(b.gate_up.view_mut(0..rows * n), b.ln.view(0..rows * k), w, shape)
+            }
             Proj::Head => &mut b.logits,
         };
-        let (w, shape) = (Gpu::r(p, at..at + n * k), GemmShape::new(rows, n, k));
         let inp = match proj {
             Proj::Qkv(_) | Proj::GateUp(_) | Proj::Head => &b.ln,
             Proj::Out(_) => &b.att,
@@ -222,8 +226,7 @@ impl DecodeDevice for GpuStep<'_> {
     fn swiglu(&mut self, model: &Model, rows: usize) -> Result<()> {
         let inter = model.cfg.intermediate_size;
         let (g, b) = (self.g, &mut *self.bufs);
-        let gate_up = Gpu::r(&b.gate_up, 0..rows * 2 * inter);
-        g.swiglu_forward(b.act.view_mut(0..rows * inter), ActView::F32(gate_up), inter)
+        g.swiglu_forward(b.act.view_mut(0..rows * inter), b.gate_up.view(0..rows * 2 * inter), inter)
     }
 
     fn gather(&mut self, model: &Model, logit_rows: &[usize]) -> Result<()> {

@@ -240,7 +240,7 @@ impl Gpu {
             // ARBOR_ATTN_MMA=wgmma: the bf16 attention on Hopper's warpgroup products from the
             // start, for any job (opt-in; refused on other GPUs)
             if let Some(kind) = attn_mma_from_env(std::env::var("ARBOR_ATTN_MMA").ok().as_deref())? {
-                g.set_attn_mma(kind)?;
+                g.set_attn_mma(kind).map_err(|e| Error::Invalid(format!("ARBOR_ATTN_MMA={}: {e}", kind.name())))?;
             }
             Ok(g)
         })
@@ -261,10 +261,13 @@ impl Gpu {
     /// "cuda:0 (NVIDIA H100 80GB HBM3, compute_90)", with ", bf16 products" (or tf32) when the
     /// products do not take exact f32 operands.
     pub fn describe(&self) -> String {
-        let products = match self.dtype() {
+        let mut products = match self.dtype() {
             Dtype::F32 => String::new(),
             d => format!(", {} products", d.name()),
         };
+        if self.attn_mma() == AttnMma::Wgmma {
+            products += ", wgmma attention";
+        }
         format!("cuda:{} ({}, {}{products})", self.ordinal, self.name, self.arch)
     }
 

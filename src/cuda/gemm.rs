@@ -179,6 +179,12 @@ impl Gpu {
             ActViewMut::Bf16(c) => c,
         };
         let GemmShape { m, n, k } = shape;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            return self.stream.memset_zeros(&mut c).map_err(drv("memset"));
+        }
         bf16_operands_fit(kind, shape, (a.len(), b.len(), c.len()))?;
         let a = match a {
             ActView::F32(a) => Operand::F32(self.pr(&a)),

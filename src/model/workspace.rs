@@ -6,9 +6,9 @@ use crate::error::Result;
 use crate::model::config::ModelConfig;
 use crate::tensor::{Backend, Cpu};
 
-/// Saved activations of one decoder layer (N = tokens), in backend `B`'s memory. The normed rows
-/// and the SwiGLU output, which only products read, are in activation storage ([`Backend::Act`]:
-/// bf16 on a GPU with bf16 products).
+/// Saved activations of one decoder layer (N = tokens), in backend `B`'s memory. The normed rows,
+/// the gate|up projection and the SwiGLU output, which only products and SwiGLU read, are in
+/// activation storage ([`Backend::Act`]: bf16 on a GPU with bf16 products).
 pub struct LayerActs<B: Backend = Cpu> {
     /// [N, C] residual stream entering the layer.
     pub resid_in: B::Buf,

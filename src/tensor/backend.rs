@@ -71,9 +71,10 @@ pub trait Backend {
     type M<'a>
     where
         Self: 'a;
-    /// Storage of activations that only matrix products read (normed rows, the SwiGLU output):
-    /// values in the type the backend's products take (f32 on the CPU; on a GPU with bf16
-    /// products, bf16, written so by the kernel that makes them and never rounded again).
+    /// Storage of activations that only matrix products and elementwise kernels read (normed
+    /// rows, the gate|up projection, the SwiGLU output): values in the type the backend's
+    /// products take (f32 on the CPU; on a GPU with bf16 products, bf16, written so by the
+    /// kernel or product that makes them and never rounded again).
     type Act;
     /// A read-only view of a range of values of a [`Backend::Act`].
     type ActR<'a>
