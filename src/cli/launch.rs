@@ -215,7 +215,8 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
             }
         }
         // the ranks' own statuses first: they say more than the hub's view of a lost rank
-        check_children(&mut children, node * n, &mut done, &mut preempted, hub_end.as_ref().filter(|_| hub_running));
+        let hub = hub_end.as_ref().filter(|_| hub_running).map(HubReason::Ask);
+        check_children(&mut children, node * n, &mut done, &mut preempted, hub);
         let hub_news = match (&hub_end, hub_running) {
             (Some(h), true) => h.try_recv(),
             _ => Err(mpsc::TryRecvError::Empty),
@@ -223,13 +224,8 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
         match hub_news {
             Ok(Ok(HubEnd::Aborted(why))) => {
                 std::thread::sleep(Duration::from_millis(200));
-                check_children(
-                    &mut children,
-                    node * n,
-                    &mut done,
-                    &mut preempted,
-                    hub_end.as_ref().filter(|_| hub_running),
-                );
+                // (the ranks that failed with it are reported after the hub's reason, already taken)
+                check_children(&mut children, node * n, &mut done, &mut preempted, Some(HubReason::Known(&why)));
                 stop(&mut children, &why, 1)
             }
             Ok(Err(e)) => stop(&mut children, &e.to_string(), 1),
@@ -264,6 +260,14 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Where the hub's reason for ending a job comes from, when a rank's failure is reported.
+enum HubReason<'a> {
+    /// The hub's channel: its reason if it has ended the job.
+    Ask(&'a mpsc::Receiver<crate::error::Result<HubEnd>>),
+    /// A reason the launcher already took from the channel.
+    Known(&'a str),
+}
+
 /// Reap the ranks that exited: a failure stops the job with the rank's status (128 + the signal
 /// for a rank a signal killed); a preemption's status (75) starts the others' grace period.
 /// Ranks that fail together (one's failure makes the launcher end the others' collectives) are
@@ -274,7 +278,7 @@ fn check_children(
     first: usize,
     done: &mut [bool],
     preempted: &mut Option<std::time::Instant>,
-    hub: Option<&mpsc::Receiver<crate::error::Result<HubEnd>>>,
+    hub: Option<HubReason<'_>>,
 ) {
     let mut failed = reap(children, first, done, preempted);
     if failed.is_empty() {
@@ -285,10 +289,14 @@ fn check_children(
     let mut why: Vec<String> =
         failed.iter().map(|(rank, status, _)| format!("rank {rank} exited with {status}")).collect();
     // the hub's reason first where it ended the job (a rank that never connected, a rank's abort)
-    match hub.and_then(|h| h.try_recv().ok()) {
-        Some(Ok(HubEnd::Aborted(reason))) => why.insert(0, reason),
-        Some(Err(e)) => why.insert(0, e.to_string()),
-        _ => {}
+    match hub {
+        Some(HubReason::Known(reason)) => why.insert(0, reason.to_string()),
+        Some(HubReason::Ask(h)) => match h.try_recv() {
+            Ok(Ok(HubEnd::Aborted(reason))) => why.insert(0, reason),
+            Ok(Err(e)) => why.insert(0, e.to_string()),
+            _ => {}
+        },
+        None => {}
     }
     let code = failed.iter().map(|f| f.2).find(|&c| c != 1).unwrap_or(1);
     stop(children, &why.join("; "), code)
