@@ -498,8 +498,7 @@ __device__ __forceinline__ void wgmma_n128_rs_t(float* d, const unsigned int* a,
 struct MmaOps {
     // rows [r0, r0 + 64) into a tile (see copy_rows)
     template <int DM>
-    static AM_FN void load(unsigned short* S, const unsigned short* x, long long stride, int r0,
-                                                int len) {
+    static AM_FN void load(unsigned short* S, const unsigned short* x, long long stride, int r0, int len) {
         copy_rows<DM>(S, x, stride, r0, len);
     }
     // after this thread's copies landed, before the barrier that shares them
@@ -515,8 +514,8 @@ struct MmaOps {
     };
     // s = the warp's rows of Q times Kᵀ (NT key tiles of 8)
     template <int DM, int NT>
-    static AM_FN void scores(float (*s)[4], const QFrags<DM>& q, const unsigned short*,
-                                                  const unsigned short* K, int lane) {
+    static AM_FN void scores(float (*s)[4], const QFrags<DM>& q, const unsigned short*, const unsigned short* K,
+                             int lane) {
 #pragma unroll
         for (int nt = 0; nt < NT; nt += 2) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
@@ -532,15 +531,13 @@ struct MmaOps {
     }
     // s = X1 Y1ᵀ and t = X2 Y2ᵀ for the warp's rows (row_products2)
     template <int DM, int NT>
-    static AM_FN void products2(float (*s)[4], float (*t)[4], const unsigned short* X1,
-                                                     const unsigned short* Y1, const unsigned short* X2,
-                                                     const unsigned short* Y2, int r0, int lane) {
+    static AM_FN void products2(float (*s)[4], float (*t)[4], const unsigned short* X1, const unsigned short* Y1,
+                                const unsigned short* X2, const unsigned short* Y2, int r0, int lane) {
         row_products2<DM, NT>(s, t, X1, Y1, X2, Y2, r0, lane);
     }
     // acc += C Y (accumulate_product)
     template <int NO, int NT>
-    static AM_FN void accumulate(float (*acc)[4], float (*c)[4], const unsigned short* Y,
-                                                      int lane) {
+    static AM_FN void accumulate(float (*acc)[4], float (*c)[4], const unsigned short* Y, int lane) {
         accumulate_product<NO, NT>(acc, c, Y, lane);
     }
 };
@@ -550,8 +547,7 @@ struct MmaOps {
 // NT (the product's columns over 8) must be 8 and NO 8 or 16: m64n64k16 and m64n128k16.
 struct WgmmaOps {
     template <int DM>
-    static AM_FN void load(unsigned short* S, const unsigned short* x, long long stride, int r0,
-                                                int len) {
+    static AM_FN void load(unsigned short* S, const unsigned short* x, long long stride, int r0, int len) {
         copy_rows_cm<DM>(S, x, stride, r0, len);
     }
     static AM_FN void landed() { proxy_fence(); }
@@ -568,8 +564,8 @@ struct WgmmaOps {
         }
     }
     template <int DM, int NT>
-    static AM_FN void scores(float (*s)[4], const QFrags<DM>&, const unsigned short* Qs,
-                                                  const unsigned short* K, int) {
+    static AM_FN void scores(float (*s)[4], const QFrags<DM>&, const unsigned short* Qs, const unsigned short* K,
+                             int) {
         static_assert(NT == 8, "wgmma scores are m64n64");
         wg_hold<NT * 4>(&s[0][0]);
         wg_fence();
@@ -579,9 +575,8 @@ struct WgmmaOps {
         wg_hold<NT * 4>(&s[0][0]);
     }
     template <int DM, int NT>
-    static AM_FN void products2(float (*s)[4], float (*t)[4], const unsigned short* X1,
-                                                     const unsigned short* Y1, const unsigned short* X2,
-                                                     const unsigned short* Y2, int, int) {
+    static AM_FN void products2(float (*s)[4], float (*t)[4], const unsigned short* X1, const unsigned short* Y1,
+                                const unsigned short* X2, const unsigned short* Y2, int, int) {
         static_assert(NT == 8, "wgmma row products are m64n64");
         wg_hold<NT * 4>(&s[0][0]);
         wg_hold<NT * 4>(&t[0][0]);
