@@ -304,11 +304,16 @@ struct Shuffle {
 };
 Shuffle g_shuffle;
 
+// Wake the threads that waited for a collective to complete (in a drawn order under shuffle).
+void wake_all(std::vector<Thread*>& waiting) {
+    g_shuffle.apply(waiting);
+    for (Thread* o : waiting) wake(o);
+    waiting.clear();
+}
+
 void release_barrier(Block& b) {
     b.arrived = 0;
-    g_shuffle.apply(b.at_barrier);
-    for (Thread* w : b.at_barrier) wake(w);
-    b.at_barrier.clear();
+    wake_all(b.at_barrier);
 }
 
 void thread_exit() {
@@ -418,9 +423,7 @@ const unsigned char* collective(const char* what, int line, const void* in, size
     if (w.arrived == 32) {
         combine(w);
         w.arrived = 0;
-        g_shuffle.apply(w.waiting);
-        for (Thread* o : w.waiting) wake(o);
-        w.waiting.clear();
+        wake_all(w.waiting);
     } else {
         w.waiting.push_back(t);
         wait_here(what, line);
@@ -784,9 +787,7 @@ void wg_collective(const char* what, const WgIn& in, void (*complete)(WarpGroup&
     if (g.arrived == 128) {
         complete(g, (int)gi);
         g.arrived = 0;
-        g_shuffle.apply(g.waiting);
-        for (Thread* o : g.waiting) wake(o);
-        g.waiting.clear();
+        wake_all(g.waiting);
     } else {
         g.waiting.push_back(t);
         wait_here(what, 0);
