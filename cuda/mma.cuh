@@ -17,6 +17,10 @@
 // and a row is 128 or 256 bytes, so the 8 segments land at 8 distinct 16-byte positions modulo 128
 // bytes: 8 distinct groups of 4 banks, no conflict, as a 16-byte padding per row would give, in
 // 1/9 less memory (the head-dim-128 backward then fits the 99 KiB of an sm_86 / sm_89 GPU).
+// A block of G warpgroups keeps the rows it owns in G tiles one after another: one region of 64 G
+// rows, row r at the index tile_at (or cm_at, below) gives for r, since both place row r + 64 one
+// tile after row r. Warp w's rows are 16 w .. 16 w + 15 of the region, of its warpgroup's tile
+// w / 4.
 
 // Fragments (PTX ISA, mma.m16n8k16 with .bf16): lane = 4 * gr + tg (gr = lane >> 2, tg = lane & 3).
 //   A (16 x 16, row major), four 32-bit registers of two bf16 each (the lower column in the low half):
@@ -481,9 +485,9 @@ __device__ __forceinline__ void wgmma_n128_rs_t(float* d, const unsigned int* a,
 #endif  // ARBOR_WGMMA
 
 // ---------------------------------------------------------------------------------------------
-// The kernels' products as two interchangeable policies over the same blocks of 128 threads and
-// 64 rows (warp w: rows 16 w .. 16 w + 15), with the same accumulator layout, so the attention
-// kernels are written once over them (template parameter Ops).
+// The kernels' products as two interchangeable policies over the same blocks of 128 G threads and
+// 64 G rows (warp w: rows 16 w .. 16 w + 15, of warpgroup w / 4), with the same accumulator
+// layout, so the attention kernels are written once over them (template parameter Ops).
 // ---------------------------------------------------------------------------------------------
 
 // Member functions of the policies (simt.h's __device__ is `static`, which a member function may
@@ -514,8 +518,7 @@ struct MmaOps {
     };
     // s = the warp's rows of Q times Kᵀ (NT key tiles of 8)
     template <int DM, int NT>
-    static AM_FN void scores(float (*s)[4], const QFrags<DM>& q, const unsigned short*, const unsigned short* K,
-                             int lane) {
+    static AM_FN void scores(float (*s)[4], const QFrags<DM>& q, const unsigned short* K, int lane) {
 #pragma unroll
         for (int nt = 0; nt < NT; nt += 2) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
@@ -529,7 +532,7 @@ struct MmaOps {
             }
         }
     }
-    // s = X1 Y1ᵀ and t = X2 Y2ᵀ for the warp's rows (row_products2)
+    // s = X1 Y1ᵀ and t = X2 Y2ᵀ for the warp's rows r0 .. r0 + 15 of X1 and X2 (row_products2)
     template <int DM, int NT>
     static AM_FN void products2(float (*s)[4], float (*t)[4], const unsigned short* X1, const unsigned short* Y1,
                                 const unsigned short* X2, const unsigned short* Y2, int r0, int lane) {
@@ -551,9 +554,11 @@ struct WgmmaOps {
         copy_rows_cm<DM>(S, x, stride, r0, len);
     }
     static AM_FN void landed() { proxy_fence(); }
+    // (the warpgroup's 64-row tile of a region of Q tiles, rows r0 of the warp)
     template <int DM>
     struct QFrags {
-        AM_FN void load(const unsigned short*, int, int) {}
+        const unsigned short* q;
+        AM_FN void load(const unsigned short* Qs, int r0, int) { q = Qs + (r0 >> 6) * AM_TILE(DM); }
     };
     // one batch of KD products d (+)= X Yᵀ, head dims 16 at a time
     template <int DM>
@@ -564,25 +569,26 @@ struct WgmmaOps {
         }
     }
     template <int DM, int NT>
-    static AM_FN void scores(float (*s)[4], const QFrags<DM>&, const unsigned short* Qs, const unsigned short* K,
-                             int) {
+    static AM_FN void scores(float (*s)[4], const QFrags<DM>& q, const unsigned short* K, int) {
         static_assert(NT == 8, "wgmma scores are m64n64");
         wg_hold<NT * 4>(&s[0][0]);
         wg_fence();
-        xyt<DM>(&s[0][0], Qs, K);
+        xyt<DM>(&s[0][0], q.q, K);
         wg_commit();
         wg_wait0();
         wg_hold<NT * 4>(&s[0][0]);
     }
+    // (the warpgroup's 64-row tiles of X1 and X2: rows r0 of the warp)
     template <int DM, int NT>
     static AM_FN void products2(float (*s)[4], float (*t)[4], const unsigned short* X1, const unsigned short* Y1,
-                                const unsigned short* X2, const unsigned short* Y2, int, int) {
+                                const unsigned short* X2, const unsigned short* Y2, int r0, int) {
         static_assert(NT == 8, "wgmma row products are m64n64");
+        const int at = (r0 >> 6) * AM_TILE(DM);
         wg_hold<NT * 4>(&s[0][0]);
         wg_hold<NT * 4>(&t[0][0]);
         wg_fence();
-        xyt<DM>(&s[0][0], X1, Y1);
-        xyt<DM>(&t[0][0], X2, Y2);
+        xyt<DM>(&s[0][0], X1 + at, Y1);
+        xyt<DM>(&t[0][0], X2 + at, Y2);
         wg_commit();
         wg_wait0();
         wg_hold<NT * 4>(&s[0][0]);

@@ -213,9 +213,14 @@ if part headline; then
     sdpa_peer sdpa_bf16 python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype bf16
     run attention_bf16_d128 "$arbor" bench gpu --kind attention --dtype bf16 "${att128[@]}"
     sdpa_peer sdpa_bf16_d128 python3 scripts/peer/sdpa_bench.py "${att128[@]}" --dtype bf16
+    echo "== the same with blocks of 64 rows (one warpgroup; the default 128 has two sharing each streamed tile)"
+    run attention_bf16_r64 "$arbor" bench gpu --kind attention --dtype bf16 --attn-rows 64 "${att64[@]}"
+    run attention_bf16_d128_r64 "$arbor" bench gpu --kind attention --dtype bf16 --attn-rows 64 "${att128[@]}"
     echo "== the same on Hopper's warpgroup products (wgmma, opt-in: cuda/mma.cuh WgmmaOps)"
     wgmma_run attention_bf16_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att64[@]}"
     wgmma_run attention_bf16_d128_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att128[@]}"
+    wgmma_run attention_bf16_wgmma_r64 "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma --attn-rows 64 \
+        "${att64[@]}"
     echo "== bf16 train step, Qwen2-0.5B shape (random weights), 4 x 1024 tokens, vs torch bf16"
     run train_step_bf16 "$arbor" bench gpu --kind train-step --dtype bf16 "${q05[@]}" --batch 4 --seq 1024
     peer peer_train_step_bf16 python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype bf16 "${q05[@]}" \

@@ -118,14 +118,17 @@ def ratios(d):
     """Every ratio of an arbor figure to its peer measured in the same run, whose two figures exist."""
     out = []
     for ours, peer in (("attention_bf16.json", "sdpa_bf16.json"), ("attention_bf16_d128.json", "sdpa_bf16_d128.json"),
+                       ("attention_bf16_r64.json", "sdpa_bf16.json"),
+                       ("attention_bf16_d128_r64.json", "sdpa_bf16_d128.json"),
                        ("attention_bf16_wgmma.json", "sdpa_bf16.json"),
                        ("attention_bf16_d128_wgmma.json", "sdpa_bf16_d128.json"),
+                       ("attention_bf16_wgmma_r64.json", "sdpa_bf16.json"),
                        ("attention_bf16_grouped.json", "sdpa_bf16.json"), ("attention.json", "sdpa.json"),
                        ("attention_grouped.json", "sdpa.json")):
         a, p = load(d, ours), load(d, peer)
         if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
-            out.append(f"attention fwd+bwd ({a.get('dtype')}, {a.get('attn_mma', 'mma')}, dK/dV "
-                       f"{a.get('dkdv', '-')}, d {a.get('head_dim')}): arbor "
+            out.append(f"attention fwd+bwd ({a.get('dtype')}, {a.get('attn_mma', 'mma')}, "
+                       f"{a.get('attn_rows', '64')}-row blocks, dK/dV {a.get('dkdv', '-')}, d {a.get('head_dim')}): arbor "
                        f"{a['fwd_ms']:.3f} + {a['bwd_ms']:.3f} ms, torch SDPA {p.get('dtype')} {p['fwd_bwd_ms']:.3f} ms, "
                        f"arbor speed = {p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x SDPA ({a.get('device')})")
 

@@ -79,6 +79,11 @@ pub struct GpuArgs {
     /// `ARBOR_ATTN_MMA=wgmma`, which reaches any job); `cuda::AttnMma`.
     #[arg(long, default_value = "mma", value_parser = parse_attn_mma)]
     pub attn_mma: AttnMmaArg,
+    /// `--kind attention` / `train-step` / `rl-step` with bf16: query rows (forward, dQ) or keys
+    /// (dK/dV) per block of the tensor-core attention, 128 (the default: two warpgroups share
+    /// each streamed tile) or 64 (one); the same bits either way; `cuda::AttnRows`.
+    #[arg(long, default_value = "128", value_parser = parse_attn_rows)]
+    pub attn_rows: AttnRowsArg,
     /// `--kind generate` / `rl-step`: the decode attention kernel, `per-group` (the default: one
     /// block per GQA group, each cached key and value read once per group) or `per-head`;
     /// `cuda::DecodeAttn`.
@@ -140,6 +145,22 @@ fn parse_attn_mma(s: &str) -> Result<AttnMmaArg, String> {
     }
 }
 
+/// `--attn-rows`: rows per block of the bf16 attention (a name here, so builds without `cuda`
+/// parse it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnRowsArg {
+    R64,
+    R128,
+}
+
+fn parse_attn_rows(s: &str) -> Result<AttnRowsArg, String> {
+    match s {
+        "64" => Ok(AttnRowsArg::R64),
+        "128" => Ok(AttnRowsArg::R128),
+        _ => Err(format!("{s:?} is not 64 or 128")),
+    }
+}
+
 /// `--decode-attn`: the decode attention kernel (a name here, so builds without `cuda` parse it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeAttnArg {
@@ -180,6 +201,10 @@ pub fn run(args: &GpuArgs) -> anyhow::Result<()> {
         anyhow::ensure!(args.dtype == crate::config::Dtype::Bf16, "--attn-mma wgmma needs --dtype bf16");
         gpu.set_attn_mma(crate::cuda::AttnMma::Wgmma)?;
     }
+    gpu.set_attn_rows(match args.attn_rows {
+        AttnRowsArg::R64 => crate::cuda::AttnRows::R64,
+        AttnRowsArg::R128 => crate::cuda::AttnRows::R128,
+    });
     match args.kind {
         GpuBench::TrainStep => train_step(&gpu, args),
         GpuBench::Attention => attention(&gpu, args),
@@ -343,6 +368,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
         "attn_mma": gpu.attn_mma().name(),
+        "attn_rows": gpu.attn_rows().name(),
         "params": cfg.num_params(),
         "batch": args.batch,
         "seq": args.seq,
@@ -426,6 +452,8 @@ fn attention(gpu: &crate::cuda::Gpu, args: &GpuArgs) -> anyhow::Result<()> {
         },
         "dkdv": gpu.dkdv_plan().name(),
         "attn_mma": gpu.attn_mma().name(),
+        "attn_rows": gpu.attn_rows().name(),
+        "attn_kernels": gpu.attn_kernels(d),
         "batch": args.batch, "seq": args.seq, "heads": h, "kv_heads": kv, "head_dim": d,
         "fwd_ms": f * 1e3,
         "bwd_ms": b * 1e3,

@@ -145,6 +145,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         "device": gpu.describe(),
         "dtype": gpu.dtype().name(),
         "attn_mma": gpu.attn_mma().name(),
+        "attn_rows": gpu.attn_rows().name(),
         "params": cfg.num_params(),
         "prompts": args.prompts,
         "samples": args.samples,

@@ -6,7 +6,7 @@
 use crate::attention::{AttnSaved, AttnShape};
 use crate::cuda::batch::GpuBatch;
 use crate::cuda::device::{int, Arg, Gpu};
-use crate::cuda::plans::{AttnMma, DkdvPlan};
+use crate::cuda::plans::{AttnMma, AttnRows, DkdvPlan};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::driver::{CudaView, CudaViewMut};
@@ -21,12 +21,33 @@ pub(crate) fn attn_dm(head_dim: usize) -> Result<u32> {
     }
 }
 
-/// Shared memory (bytes) of the tensor-core kernels at padded head dim `dm` (64 or 128): the
-/// forward (five 64-row bf16 tiles, unpadded: mma.cuh permutes each row's segments against bank
-/// conflicts), the dK/dV kernel (six, and 64 × 4 floats) and the dQ kernel (six).
-pub(crate) fn mma_smem(dm: usize) -> [u32; 3] {
+/// Shared memory (bytes) of the tensor-core kernels at padded head dim `dm` (64 or 128) with `g`
+/// warpgroups a block ([`AttnRows::warpgroups`]): the forward (g + 4 64-row bf16 tiles, unpadded:
+/// mma.cuh permutes each row's segments against bank conflicts), the dK/dV kernel (2 g + 4, and
+/// 64 × 4 floats) and the dQ kernel (2 g + 4, and 64 g × 2 floats).
+pub(crate) fn mma_smem(dm: usize, g: u32) -> [u32; 3] {
     let tile = 64 * dm as u32 * 2;
-    [5 * tile, 6 * tile + 4 * 64 * 4, 6 * tile]
+    [(g + 4) * tile, (2 * g + 4) * tile + 4 * 64 * 4, (2 * g + 4) * tile + 2 * 64 * g * 4]
+}
+
+/// The launch of one tensor-core attention kernel: its entry, `g` warpgroups a block, each
+/// owning 64 rows, and its shared memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MmaLaunch {
+    entry: String,
+    g: u32,
+    smem: u32,
+}
+
+impl MmaLaunch {
+    /// Blocks along grid x for sequences up to `max_len` tokens.
+    fn tiles(&self, max_len: usize) -> u32 {
+        max_len.div_ceil(64 * self.g as usize) as u32
+    }
+
+    fn threads(&self) -> u32 {
+        128 * self.g
+    }
 }
 
 /// Where the attention's scratch (f32 units) holds what after delta ([N, H], at 0): with bf16 products
@@ -73,7 +94,7 @@ impl Gpu {
     /// needs 97 KiB, within the 99 KiB of an RTX 4090 or L40S). Elsewhere the f32 kernels run it,
     /// on the f32 q|k|v: exact products, slower.
     pub fn attn_on_tensor_cores(&self, head_dim: usize) -> bool {
-        let fits = |dm: u32| mma_smem(dm.max(64) as usize).iter().all(|&b| b <= self.smem_limit());
+        let fits = |dm: u32| mma_smem(dm.max(64) as usize, 1).iter().all(|&b| b <= self.smem_limit());
         self.dtype() == Dtype::Bf16 && attn_dm(head_dim).is_ok_and(fits)
     }
 
@@ -97,6 +118,41 @@ impl Gpu {
             x if x == AttnMma::Wgmma as u8 => AttnMma::Wgmma,
             _ => AttnMma::Mma,
         }
+    }
+
+    /// Run the bf16 attention with blocks of `rows` rows from now on (the same bits either way).
+    pub fn set_attn_rows(&self, rows: AttnRows) {
+        self.attn_rows.store(rows as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Rows per block of the bf16 attention.
+    pub fn attn_rows(&self) -> AttnRows {
+        match self.attn_rows.load(std::sync::atomic::Ordering::Relaxed) {
+            x if x == AttnRows::R64 as u8 => AttnRows::R64,
+            _ => AttnRows::R128,
+        }
+    }
+
+    /// The launches of the tensor-core kernels at padded head dim `dm`, forward, dK/dV and dQ, on
+    /// [`Gpu::attn_mma`]'s products: each with the warpgroups [`Gpu::attn_rows`] asks for where
+    /// its tiles fit the device's shared memory, else one (entry suffix `_x2`: two).
+    fn mma_launches(&self, dm: usize) -> [MmaLaunch; 3] {
+        let kind = self.attn_mma().name();
+        let names =
+            [format!("attn_fwd_{kind}_{dm}"), format!("attn_bwd_dkdv_{kind}_{dm}"), format!("attn_bwd_dq_{kind}_{dm}")];
+        let wanted = self.attn_rows().warpgroups();
+        let (want, one) = (mma_smem(dm, wanted), mma_smem(dm, 1));
+        std::array::from_fn(|i| match want[i] <= self.smem_limit() {
+            true if wanted > 1 => MmaLaunch { entry: format!("{}_x{wanted}", names[i]), g: wanted, smem: want[i] },
+            _ => MmaLaunch { entry: names[i].clone(), g: 1, smem: one[i] },
+        })
+    }
+
+    /// The entries of the tensor-core attention at head dim `head_dim` as the device would launch
+    /// them now (forward, dK/dV, dQ), or None where the f32 kernels run it.
+    pub fn attn_kernels(&self, head_dim: usize) -> Option<[String; 3]> {
+        let dm = attn_dm(head_dim).ok()?.max(64) as usize;
+        self.attn_on_tensor_cores(head_dim).then(|| self.mma_launches(dm).map(|l| l.entry))
     }
 
     /// The module of the tensor-core attention's kernels: `plain`, or with wgmma products its Hopper
@@ -175,7 +231,6 @@ impl Gpu {
         let dm = attn_dm(d)?;
         grid_fits(batch)?;
         let n = lse.len() / h.max(1);
-        let grid = (batch.max_len.div_ceil(64) as u32, h as u32, batch.n_seq as u32);
         let q = self.pr(&qkv);
         let (out_p, lse_p, cu) = (self.pm(&mut out), self.pm(&mut lse), self.ids_ptr(&batch.cu_seqlens, 0));
         let (out_stride, hi, kvi, di) =
@@ -198,6 +253,7 @@ impl Gpu {
                 Arg::I(di),
             ];
             let smem = 192 * (dm + 1) * 4;
+            let grid = (batch.max_len.div_ceil(64) as u32, h as u32, batch.n_seq as u32);
             return self.launch("attention_fwd", &format!("attn_fwd_{dm}_f32"), grid, (256, 1, 1), smem, &args);
         }
         // bf16 products: q|k|v packed once, then the tensor-core kernel (attention_mma.cu; head
@@ -219,10 +275,10 @@ impl Gpu {
             Arg::I(di),
         ];
         // (either product policy: the same arguments, launch shape and shared memory)
-        let smem = mma_smem(dm as usize)[0];
-        let kind = self.attn_mma().name();
+        let [fwd, _, _] = &self.mma_launches(dm as usize);
+        let grid = (fwd.tiles(batch.max_len), h as u32, batch.n_seq as u32);
         let module = self.attn_module("attention_mma", "attention_mma@90a");
-        self.launch(module, &format!("attn_fwd_{kind}_{dm}"), grid, (128, 1, 1), smem, &args)
+        self.launch(module, &fwd.entry, grid, (fwd.threads(), 1, 1), fwd.smem, &args)
     }
 
     /// dqkv (overwritten) of the forward above (`Backend::attention_backward`); `scratch` holds
@@ -263,10 +319,10 @@ impl Gpu {
         let (q, g) = (self.pr(&qkv), self.pm(&mut dqkv));
         let (k_off, v_off) = ((h * d * 4) as u64, ((h + kv) * d * 4) as u64);
         let cu = self.ids_ptr(&batch.cu_seqlens, 0);
-        let tiles = batch.max_len.div_ceil(64) as u32;
         let n_seq = batch.n_seq as u32;
-        // (module, dkdv entry, dq entry, threads, dkdv and dq shared memory, the kernels' inputs)
-        let (module, dkdv, dq, threads, smem_kv, smem_q, tail) = match layout.packed {
+        // (module, dkdv entry, dq entry, their launches: blocks along x, threads, shared memory;
+        // the kernels' inputs)
+        let (module, dkdv, dq, kv_launch, q_launch, tail) = match layout.packed {
             // f32 / tf32: attention_bwd.cu's kernels on the f32 rows
             None => {
                 let smem = 192 * (dm + 1) * 4;
@@ -287,7 +343,8 @@ impl Gpu {
                     Arg::I(di),
                 ];
                 let (dkdv, dq) = (format!("attn_bwd_dkdv_{dm}_f32"), format!("attn_bwd_dq_{dm}_f32"));
-                ("attention_bwd", dkdv, dq, 256, smem, smem, tail)
+                let launch = (batch.max_len.div_ceil(64) as u32, 256, smem);
+                ("attention_bwd", dkdv, dq, launch, launch, tail)
             }
             // bf16 products: q|k|v and dO packed once, then the tensor-core kernels of
             // attention_mma_bwd.cu (head dims up to 32 padded to 64)
@@ -306,18 +363,19 @@ impl Gpu {
                     Arg::I(kvi),
                     Arg::I(di),
                 ];
-                let [_, smem_kv, smem_q] = mma_smem(dm as usize);
-                let kind = self.attn_mma().name();
-                let (dkdv, dq) = (format!("attn_bwd_dkdv_{kind}_{dm}"), format!("attn_bwd_dq_{kind}_{dm}"));
+                let [_, kv_l, q_l] = self.mma_launches(dm as usize);
                 let module = self.attn_module("attention_mma_bwd", "attention_mma_bwd@90a");
-                (module, dkdv, dq, 128, smem_kv, smem_q, tail)
+                let launch = |l: &MmaLaunch| (l.tiles(batch.max_len), l.threads(), l.smem);
+                let (kv_launch, q_launch) = (launch(&kv_l), launch(&q_l));
+                (module, kv_l.entry, q_l.entry, kv_launch, q_launch, tail)
             }
         };
         let dkdv_launch = |(dk, dv, row): (u64, u64, i32), ys: usize, heads_per_block: usize| {
             let mut args = vec![Arg::P(dk), Arg::I(row), Arg::P(dv), Arg::I(row)];
             args.extend_from_slice(&tail);
             args.push(Arg::I(int(heads_per_block, "heads per block")?));
-            self.launch(module, &dkdv, (tiles, ys as u32, n_seq), (threads, 1, 1), smem_kv, &args)
+            let (tiles, threads, smem) = kv_launch;
+            self.launch(module, &dkdv, (tiles, ys as u32, n_seq), (threads, 1, 1), smem, &args)
         };
         match layout.partials {
             // per-head partials ([N, H, D], row stride H·D), then their sums over each group
@@ -344,7 +402,8 @@ impl Gpu {
         }
         let mut args = vec![Arg::P(g), Arg::I(stride)];
         args.extend_from_slice(&tail);
-        self.launch(module, &dq, (tiles, h as u32, n_seq), (threads, 1, 1), smem_q, &args)
+        let (tiles, threads, smem) = q_launch;
+        self.launch(module, &dq, (tiles, h as u32, n_seq), (threads, 1, 1), smem, &args)
     }
 }
 
@@ -352,15 +411,21 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// The tensor-core tiles fit the 99 KiB per block of every sm_80+ GPU (an RTX 3090 / 4090,
-    /// A6000, L40S: sm_86, sm_89) at head dims 64 and 128, forward and backward, with 2 KiB to
-    /// spare at 128; a GPU with less runs the f32 kernels there (`Gpu::attn_on_tensor_cores`).
+    /// The tensor-core tiles of one warpgroup a block fit the 99 KiB per block of every sm_80+ GPU
+    /// (an RTX 3090 / 4090, A6000, L40S: sm_86, sm_89) at head dims 64 and 128, forward and
+    /// backward, with 2 KiB to spare at 128; a GPU with less runs the f32 kernels there
+    /// (`Gpu::attn_on_tensor_cores`). Two warpgroups fit there at head dim 64 and in the forward
+    /// at 128; the backward's at 128 need an A100's or H100's (163 / 227 KiB).
     #[test]
     fn the_tensor_core_tiles_fit_where_the_docs_say() {
         let small = 99 * 1024;
-        assert_eq!(mma_smem(64), [40960, 50176, 49152]);
-        assert_eq!(mma_smem(128), [81920, 99328, 98304]);
-        assert!(mma_smem(128).iter().all(|&b| b <= small), "{:?}", mma_smem(128));
+        assert_eq!(mma_smem(64, 1), [40960, 50176, 49664]);
+        assert_eq!(mma_smem(128, 1), [81920, 99328, 98816]);
+        assert!(mma_smem(128, 1).iter().all(|&b| b <= small), "{:?}", mma_smem(128, 1));
+        assert_eq!(mma_smem(64, 2), [49152, 66560, 66560]);
+        assert_eq!(mma_smem(128, 2), [98304, 132096, 132096]);
+        assert!(mma_smem(64, 2).iter().all(|&b| b <= small) && mma_smem(128, 2)[0] <= small);
+        assert!(mma_smem(128, 2)[1..].iter().all(|&b| b > small && b <= 163 * 1024));
     }
 
     /// attention_bwd.cu's `attn_bwd_group_sum_f32`, statement for statement over its grid-stride

@@ -5,7 +5,7 @@
 //! architecture the first time a module is used and kept for the life of the process.
 
 use crate::cuda::nvrtc;
-use crate::cuda::plans::{AttnMma, DecodeAttn, DkdvPlan};
+use crate::cuda::plans::{AttnMma, AttnRows, DecodeAttn, DkdvPlan};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::cublas::CudaBlas;
@@ -86,6 +86,8 @@ pub struct Gpu {
     dkdv_plan: AtomicU8,
     /// The bf16 attention's tensor-core products ([`AttnMma`]; `cuda::attention`).
     pub(crate) attn_mma: AtomicU8,
+    /// Rows per block of the bf16 attention ([`AttnRows`]; `cuda::attention`).
+    pub(crate) attn_rows: AtomicU8,
     /// The decode attention kernel ([`DecodeAttn`]).
     decode_attn: AtomicU8,
     /// Positions per split of the per-group decode attention (0: chosen per step shape,
@@ -228,6 +230,7 @@ impl Gpu {
             dtype: AtomicU8::new(Dtype::F32 as u8),
             dkdv_plan: AtomicU8::new(DkdvPlan::PerHead as u8),
             attn_mma: AtomicU8::new(AttnMma::Mma as u8),
+            attn_rows: AtomicU8::new(AttnRows::R128 as u8),
             decode_attn: AtomicU8::new(DecodeAttn::PerGroup as u8),
             decode_split: AtomicUsize::new(0),
             bf16_scratch: Mutex::new(None),

@@ -35,4 +35,4 @@ pub use decode::GpuDecoder;
 pub use device::{device_count, unavailable, Arg, Gpu};
 pub use kv_cache::GpuKvCache;
 pub use model::GpuModel;
-pub use plans::{AttnMma, DecodeAttn, DkdvPlan};
+pub use plans::{AttnMma, AttnRows, DecodeAttn, DkdvPlan};

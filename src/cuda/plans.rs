@@ -67,3 +67,33 @@ impl AttnMma {
         }
     }
 }
+
+/// How many query rows (forward, dQ) or keys (dK/dV) a block of the bf16 attention owns: 64 (one
+/// warpgroup of four warps) or 128 (two warpgroups, sharing each streamed tile of keys or
+/// queries, so half the tile copies per product). Each warpgroup takes the tiles up to its own
+/// rows' diagonal, so both give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnRows {
+    /// One warpgroup per block: more, smaller blocks.
+    R64,
+    /// Two warpgroups per block (the default, FlashAttention-2's 128-row blocks); a kernel whose
+    /// tiles would not fit the device's shared memory runs with 64 rows.
+    R128,
+}
+
+impl AttnRows {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnRows::R64 => "64",
+            AttnRows::R128 => "128",
+        }
+    }
+
+    /// Warpgroups (64-row tiles) per block.
+    pub fn warpgroups(self) -> u32 {
+        match self {
+            AttnRows::R64 => 1,
+            AttnRows::R128 => 2,
+        }
+    }
+}

@@ -7,8 +7,8 @@ use super::{batch, close, down, gpu, gpu_attention, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
 use arbor::cuda::image::Bf16Image;
-use arbor::cuda::{DkdvPlan, Gpu, GpuDecoder, GpuModel};
-use arbor::model::{init::init_params, Arch, Model};
+use arbor::cuda::{AttnRows, DkdvPlan, Gpu, GpuDecoder, GpuModel};
+use arbor::model::{init::init_params, Arch, Batch, Model};
 use arbor::rng::Rng;
 use arbor::tensor::{Backend, Cpu, GemmShape};
 use arbor::train::job;
@@ -411,4 +411,58 @@ fn a_gpu_too_small_for_the_tensor_core_tiles_runs_the_f32_attention() {
     close("capped attention lse", &got_lse, &lse, 1e-4);
     close("capped attention out", &got, &out, 1e-4);
     close("capped attention dqkv", &got_d, &want, 1e-3);
+}
+
+/// The bf16 attention's blocks of 128 rows (two warpgroups sharing each streamed tile of keys or
+/// queries: `AttnRows::R128`, the default) give the bits of blocks of 64 (`R64`), forward and
+/// backward with both dK/dV plans, over sequences that end in a block's first or second
+/// warpgroup or fill one warpgroup exactly; each setting launches the kernels it names. Where the
+/// backward's 128-row tiles do not fit (99 KiB a block, as on an RTX 4090, at head dim 128) its
+/// kernels run with 64 rows and the forward still with 128: the same bits again.
+#[test]
+fn the_attention_rows_per_block_do_not_change_the_bits() {
+    use arbor::attention::AttnShape;
+    let Some(g) = gpu() else { return };
+    g.set_dtype(Dtype::Bf16);
+    let mut rng = Rng::new(37);
+    type Outputs = (Vec<f32>, Vec<f32>, Vec<f32>);
+    fn run(g: &Gpu, rows: AttnRows, plan: DkdvPlan, b: &Batch, qkv: &[f32], dout: &[f32], shape: AttnShape) -> Outputs {
+        g.set_attn_rows(rows);
+        g.set_dkdv_plan(plan);
+        let got = gpu_attention(g, b, qkv, dout, shape);
+        g.set_dkdv_plan(DkdvPlan::PerHead);
+        g.set_attn_rows(AttnRows::R128);
+        got
+    }
+    for (h, kv, d) in [(4, 2, 16), (6, 2, 64), (2, 1, 128)] {
+        let shape = AttnShape { num_heads: h, num_kv_heads: kv, head_dim: d };
+        let b = batch(&mut rng, &[1, 70, 130, 64, 200], 10);
+        let n = b.len();
+        let qkv = rand(&mut rng, n * (h + 2 * kv) * d);
+        let dout = rand(&mut rng, n * h * d);
+        g.set_attn_rows(AttnRows::R64);
+        let k64 = g.attn_kernels(d).expect("the tensor cores run the bf16 attention");
+        g.set_attn_rows(AttnRows::R128);
+        let k128 = g.attn_kernels(d).unwrap();
+        assert!(k64.iter().all(|k| !k.ends_with("_x2")) && k128.iter().all(|k| k.ends_with("_x2")), "{k64:?} {k128:?}");
+        for plan in [DkdvPlan::PerHead, DkdvPlan::Grouped] {
+            let one = run(&g, AttnRows::R64, plan, &b, &qkv, &dout, shape);
+            let two = run(&g, AttnRows::R128, plan, &b, &qkv, &dout, shape);
+            assert!(one.0.iter().chain(&one.1).chain(&one.2).all(|x| x.is_finite()), "D={d}: unwritten outputs");
+            assert!(one == two, "D={d} {}: 128-row blocks differ from 64-row blocks", plan.name());
+        }
+    }
+    // a GPU of 99 KiB a block: the backward's two-warpgroup tiles do not fit at head dim 128
+    let small = gpu().unwrap();
+    small.set_dtype(Dtype::Bf16);
+    small.cap_smem(99 * 1024);
+    let k = small.attn_kernels(128).unwrap();
+    assert_eq!(k, ["attn_fwd_mma_128_x2", "attn_bwd_dkdv_mma_128", "attn_bwd_dq_mma_128"]);
+    let shape = AttnShape { num_heads: 2, num_kv_heads: 1, head_dim: 128 };
+    let b = batch(&mut rng, &[70, 130, 3], 10);
+    let n = b.len();
+    let (qkv, dout) = (rand(&mut rng, n * 4 * 128), rand(&mut rng, n * 2 * 128));
+    let capped = run(&small, AttnRows::R128, DkdvPlan::PerHead, &b, &qkv, &dout, shape);
+    assert!(capped == run(&g, AttnRows::R64, DkdvPlan::PerHead, &b, &qkv, &dout, shape));
+    g.set_dtype(Dtype::F32);
 }

@@ -7,14 +7,15 @@ use super::precision::round_bf16;
 use super::{batch, close, gpu, gpu_attention, rand};
 use arbor::attention::{AttnSaved, AttnShape};
 use arbor::config::Dtype;
-use arbor::cuda::{AttnMma, DkdvPlan};
+use arbor::cuda::{AttnMma, AttnRows, DkdvPlan};
 use arbor::rng::Rng;
 use arbor::tensor::{Backend, Cpu};
 
 /// On a Hopper GPU (and the emulator) the wgmma attention equals the CPU attention of the rounded
 /// inputs within the mma.sync kernels' tolerances (forward, and backward with both dK/dV plans),
 /// and the mma.sync kernels within f32 rounding, over packed sequences spanning several tiles,
-/// GQA, head dims 16 and 30 (padded to 64), 64 and 128; every output written. Elsewhere asking
+/// GQA, head dims 16 and 30 (padded to 64), 64 and 128; every output written; blocks of 64 rows
+/// give the bits of the default 128. Elsewhere asking
 /// for it is refused.
 #[test]
 fn the_wgmma_attention_matches_the_cpu_and_the_mma_attention() {
@@ -49,7 +50,15 @@ fn the_wgmma_attention_matches_the_cpu_and_the_mma_attention() {
         g.set_dkdv_plan(DkdvPlan::Grouped);
         let (_, _, wg_grouped_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
         g.set_dkdv_plan(DkdvPlan::PerHead);
+        // blocks of one warpgroup (the default has two, sharing each streamed tile): the same bits
+        g.set_attn_rows(AttnRows::R64);
+        let (wg64, wg64_lse, wg64_d) = gpu_attention(&g, &b, &qkv, &dout, shape);
+        g.set_attn_rows(AttnRows::R128);
         g.set_attn_mma(AttnMma::Mma).unwrap();
+        assert!(
+            wg64 == wg && wg64_lse == wg_lse && wg64_d == wg_d,
+            "D={d}: 64-row wgmma blocks differ from 128-row ones"
+        );
         assert!(
             wg.iter().chain(&wg_lse).chain(&wg_d).chain(&wg_grouped_d).all(|x| x.is_finite()),
             "D={d}: the wgmma kernels left outputs unwritten"
