@@ -15,8 +15,9 @@
 //   query heads first, then the kv heads' keys, then their values) and dO (heads = num_heads).
 //   Any grid of 1-D blocks (grid-stride over the n * heads * dm / 8 groups of 8 outputs).
 //
-// attn_fwd_mma_64 / attn_fwd_mma_128, attn_fwd_wgmma_64 / attn_fwd_wgmma_128 (DM = the largest
-//   head_dim; any 1 <= head_dim <= DM works; the wgmma entries trap unless compiled for sm_90a)
+// attn_fwd_mma_{64,128}[_x2], attn_fwd_wgmma_{64,128}[_x2] (DM = the largest head_dim; any
+//   1 <= head_dim <= DM works; _x2: G = 2 warpgroups a block, else 1; the wgmma entries trap
+//   unless compiled for sm_90a)
 //   (float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
 //    int num_heads, int kv_heads, int head_dim)
 //   qkv16: q|k|v packed with dm = DM; out, lse, cu_seqlens and the results as attention_fwd.cu's
@@ -109,8 +110,9 @@ __device__ void attn_fwd_tc(float* __restrict__ out, int out_stride, float* __re
             fetch_kv<Ops, DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
         // a warpgroup attends the key blocks up to its own diagonal, as a block of its 64 rows
-        // alone would (the same sums: the bits do not depend on G)
-        if (G == 1 || k0 < qw + AM_BQ) {
+        // alone would (the same sums: the bits do not depend on G), and none if its rows all lie
+        // past the sequence's end
+        if (G == 1 || (k0 < qw + AM_BQ && qw < len)) {
             const unsigned short* Kc = Ks + stage * TILE;
             const unsigned short* Vc = Vs + stage * TILE;
             float s[NT][4];

@@ -11,7 +11,7 @@
 // Written once over mma.cuh's product policies: the _mma_ entries on each warp's mma.sync (sm_80
 // and later), the _wgmma_ ones on the block's warpgroup wgmma (sm_90a; they trap elsewhere).
 //
-// attn_bwd_dq_mma_{64,128}, attn_bwd_dq_wgmma_{64,128}
+// attn_bwd_dq_mma_{64,128}[_x2], attn_bwd_dq_wgmma_{64,128}[_x2] (_x2: G = 2, else 1)
 //   (float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
 //    const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads,
 //    int head_dim)
@@ -26,7 +26,7 @@
 //   and of V, the rows' lse and delta; G = 1: DM 64: 49664, 128: 98816; G = 2: 66560 and
 //   132096).
 //
-// attn_bwd_dkdv_mma_{64,128}, attn_bwd_dkdv_wgmma_{64,128}
+// attn_bwd_dkdv_mma_{64,128}[_x2], attn_bwd_dkdv_wgmma_{64,128}[_x2] (_x2: G = 2, else 1)
 //   (float* dk, int dk_stride, float* dv, int dv_stride, const unsigned short* qkv16,
 //    const unsigned short* do16, const float* lse, const float* delta, const int* cu_seqlens,
 //    int num_heads, int kv_heads, int head_dim, int heads_per_block)
@@ -105,8 +105,9 @@ __device__ void attn_bwd_dq_tc(float* __restrict__ dq, int dq_stride, const unsi
         if (k0 + AM_BK < kend) {
             fetch_kv<Ops, DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
-        // a warpgroup takes the key blocks up to its own rows' diagonal (the bits do not depend on G)
-        if (G == 1 || k0 < qw + AM_BQ) {
+        // a warpgroup takes the key blocks up to its own rows' diagonal (the bits do not depend on
+        // G), and none if its rows all lie past the sequence's end
+        if (G == 1 || (k0 < qw + AM_BQ && qw < len)) {
             const unsigned short* Kc = Ks + stage * TILE;
             const unsigned short* Vc = Vs + stage * TILE;
             float s[NT][4], dp[NT][4];

@@ -203,6 +203,9 @@ __device__ __forceinline__ void store_rows(float* base, int stride, const float 
 // the rows' new maxima (the four lanes of a row combine theirs), the accumulators o (NO tiles) and
 // the lane's partial row sums l rescaled, and s turned into the unnormalised probabilities. Shared
 // by both product policies (MmaOps, WgmmaOps), whose accumulators lay rows and columns out alike.
+// The scaled score is rounded on its own (__fmul_rn: no multiply-add contracted with the
+// subtraction of the maximum), so both paths give a score the same bits: a block of two
+// warpgroups may take the masked path where one of one would not (attention_mma.cu).
 template <int NT, int NO>
 __device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], float& m0, float& m1, float& l0,
                                               float& l1, bool inside, int k0, int i0, int i1, int len, int tg,
@@ -213,7 +216,7 @@ __device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], floa
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float x = s[nt][e] * sl2;
+                const float x = __fmul_rn(s[nt][e], sl2);
                 s[nt][e] = x;
                 if (e < 2) mx0 = fmaxf(mx0, x);
                 else mx1 = fmaxf(mx1, x);
@@ -226,7 +229,7 @@ __device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], floa
             for (int e = 0; e < 4; ++e) {
                 const int j = k0 + nt * 8 + 2 * tg + (e & 1);
                 const int i = e < 2 ? i0 : i1;
-                const float x = (j <= i && j < len) ? s[nt][e] * sl2 : neg_inf_f();
+                const float x = (j <= i && j < len) ? __fmul_rn(s[nt][e], sl2) : neg_inf_f();
                 s[nt][e] = x;
                 if (e < 2) mx0 = fmaxf(mx0, x);
                 else mx1 = fmaxf(mx1, x);
