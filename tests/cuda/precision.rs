@@ -2,8 +2,9 @@
 //! and result), checked against the CPU's product of the same rounded operands; a bf16 train step
 //! and 50 bf16 supervised steps against f32; bf16 decode logits against the f32 decode.
 
+use super::attention::gpu_attention;
 use super::common::{max_abs_diff, small_addition, tiny_config};
-use super::{batch, close, down, gpu, gpu_attention, rand};
+use super::{batch, close, down, gpu, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
 use arbor::cuda::image::Bf16Image;

@@ -3,8 +3,9 @@
 //! scripts/gpu-check.sh, in a process of its own: a wgmma kernel a GPU rejects leaves the CUDA
 //! context unusable, and must not take the other tests down with it.
 
+use super::attention::gpu_attention;
 use super::precision::round_bf16;
-use super::{batch, close, gpu, gpu_attention, rand};
+use super::{batch, close, gpu, rand};
 use arbor::attention::{AttnSaved, AttnShape};
 use arbor::config::Dtype;
 use arbor::cuda::{AttnMma, AttnRows, DkdvPlan};
