@@ -83,16 +83,16 @@ pub struct Gpu {
     /// Operand type of the matrix products (`[train] dtype`, [`Gpu::set_dtype`]).
     dtype: AtomicU8,
     /// How the attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
-    dkdv_plan: AtomicU8,
+    pub(crate) dkdv_plan: AtomicU8,
     /// The bf16 attention's tensor-core products ([`AttnMma`]; `cuda::attention`).
     pub(crate) attn_mma: AtomicU8,
     /// Rows per block of the bf16 attention ([`AttnRows`]; `cuda::attention`).
     pub(crate) attn_rows: AtomicU8,
     /// The decode attention kernel ([`DecodeAttn`]).
-    decode_attn: AtomicU8,
+    pub(crate) decode_attn: AtomicU8,
     /// Positions per split of the per-group decode attention (0: chosen per step shape,
     /// `cuda::decode_attn::decode_splits`).
-    decode_split: AtomicUsize,
+    pub(crate) decode_split: AtomicUsize,
     /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
     /// The registered bf16 images of weight buffers (`cuda::image`).
@@ -100,7 +100,7 @@ pub struct Gpu {
     /// Operation timing while on (`cuda::profile`), and whether it is on (read before the lock,
     /// so an unprofiled launch takes no lock).
     pub(crate) profile: Mutex<Option<super::profile::Profile>>,
-    profiling: std::sync::atomic::AtomicBool,
+    pub(crate) profiling: std::sync::atomic::AtomicBool,
     /// The NCCL communicator of this process's tensor-parallel group on this device (with the
     /// group's `TpGroup::id`), made at the group's first sum or broadcast on the device
     /// (`Backend::all_reduce_tp`; every rank of the group makes it there).
@@ -311,46 +311,6 @@ impl Gpu {
         }
     }
 
-    /// How the attention backward sums dK/dV over a GQA group from now on (the
-    /// default, [`DkdvPlan::PerHead`], is the faster; `Grouped` is kept for comparison).
-    pub fn set_dkdv_plan(&self, plan: DkdvPlan) {
-        self.dkdv_plan.store(plan as u8, Ordering::Relaxed);
-    }
-
-    /// The attention backward's dK/dV plan.
-    pub fn dkdv_plan(&self) -> DkdvPlan {
-        match self.dkdv_plan.load(Ordering::Relaxed) {
-            x if x == DkdvPlan::Grouped as u8 => DkdvPlan::Grouped,
-            _ => DkdvPlan::PerHead,
-        }
-    }
-
-    /// The decode attention kernel from now on (the default, [`DecodeAttn::PerGroup`], reads the
-    /// cache once per GQA group; `PerHead` is kept for comparison and as the fallback).
-    pub fn set_decode_attn(&self, kernel: DecodeAttn) {
-        self.decode_attn.store(kernel as u8, Ordering::Relaxed);
-    }
-
-    /// The decode attention kernel.
-    pub fn decode_attn(&self) -> DecodeAttn {
-        match self.decode_attn.load(Ordering::Relaxed) {
-            x if x == DecodeAttn::PerHead as u8 => DecodeAttn::PerHead,
-            _ => DecodeAttn::PerGroup,
-        }
-    }
-
-    /// Split every row's positions into splits of `len` positions in the per-group decode
-    /// attention (0, the default: as many as fill the GPU, `cuda::decode_attn::decode_splits`);
-    /// a fixed length lets a test run the split path on short sequences.
-    pub fn set_decode_split(&self, len: usize) {
-        self.decode_split.store(len, Ordering::Relaxed);
-    }
-
-    /// The forced positions per split of the decode attention (0: chosen per step).
-    pub fn decode_split(&self) -> usize {
-        self.decode_split.load(Ordering::Relaxed)
-    }
-
     /// Make products whose second operand lies in `entry`'s buffer read its image.
     pub(crate) fn register_image(&self, entry: ImageEntry) -> Result<()> {
         let mut v = self.images.lock().map_err(|_| Error::device("CUDA weight images", "poisoned"))?;
@@ -529,62 +489,6 @@ impl Gpu {
     /// Device address of a writable view.
     pub(crate) fn pm(&self, v: &mut CudaViewMut<'_, f32>) -> u64 {
         v.device_ptr_mut(&self.stream).0
-    }
-}
-
-/// Operation timing (`cuda::profile`).
-impl Gpu {
-    /// Start (dropping any earlier record) or stop timing operations.
-    pub fn set_profiling(&self, on: bool) {
-        *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = on.then(super::profile::Profile::default);
-        self.profiling.store(on, Ordering::Relaxed);
-    }
-
-    /// Run `op` (one launch or product on the stream), timed under `name()` while profiling is on
-    /// and the stream is not being captured.
-    pub(crate) fn profiled(&self, name: impl FnOnce() -> String, op: impl FnOnce() -> Result<()>) -> Result<()> {
-        if !self.profiling.load(Ordering::Relaxed) {
-            return op();
-        }
-        let mut guard = self.profile.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(profile) = guard.as_mut() else {
-            drop(guard);
-            return op();
-        };
-        let capturing = self.stream.capture_status().map_err(drv("capture status"))?;
-        if capturing != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
-            drop(guard);
-            return op();
-        }
-        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self.stream.record_event(timed).map_err(drv("profile event"))?;
-        op()?;
-        let end = self.stream.record_event(timed).map_err(drv("profile event"))?;
-        profile.ops.push((name(), start, end));
-        Ok(())
-    }
-
-    /// The operations timed since profiling started (waiting for them), then a fresh record.
-    pub fn profile_report(&self) -> Result<super::profile::ProfileReport> {
-        let ops = {
-            let mut guard = self.profile.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_mut() {
-                Some(p) => std::mem::take(&mut p.ops),
-                None => Vec::new(),
-            }
-        };
-        self.sync()?;
-        let mut timed = Vec::with_capacity(ops.len());
-        for (name, start, end) in &ops {
-            timed.push((name.clone(), start.elapsed_ms(end).map_err(drv("profile elapsed"))? as f64));
-        }
-        let span_ms = match (ops.first(), ops.last()) {
-            (Some(first), Some(last)) => first.1.elapsed_ms(&last.2).map_err(drv("profile elapsed"))? as f64,
-            _ => 0.0,
-        };
-        let rows = super::profile::summarize(timed);
-        let busy_ms = rows.iter().map(|r| r.ms).sum();
-        Ok(super::profile::ProfileReport { rows, busy_ms, span_ms })
     }
 }
 

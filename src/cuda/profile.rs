@@ -7,7 +7,10 @@
 //! Timing changes what it times a little (two event records per operation), so benchmarks report
 //! their figures from unprofiled steps and the profile from extra ones.
 
+use crate::cuda::device::{drv, Gpu};
+use crate::error::Result;
 use cudarc::driver::CudaEvent;
+use std::sync::atomic::Ordering;
 
 /// The events of the operations timed since profiling started (`Gpu::profiled` records them,
 /// `Gpu::profile_report` reads them back).
@@ -57,6 +60,62 @@ pub fn summarize(ops: impl IntoIterator<Item = (String, f64)>) -> Vec<ProfileRow
     let mut rows: Vec<ProfileRow> = by.into_iter().map(|(name, (calls, ms))| ProfileRow { name, calls, ms }).collect();
     rows.sort_by(|a, b| b.ms.total_cmp(&a.ms).then_with(|| a.name.cmp(&b.name)));
     rows
+}
+
+/// Operation timing (`cuda::profile`).
+impl Gpu {
+    /// Start (dropping any earlier record) or stop timing operations.
+    pub fn set_profiling(&self, on: bool) {
+        *self.profile.lock().unwrap_or_else(|p| p.into_inner()) = on.then(Profile::default);
+        self.profiling.store(on, Ordering::Relaxed);
+    }
+
+    /// Run `op` (one launch or product on the stream), timed under `name()` while profiling is on
+    /// and the stream is not being captured.
+    pub(crate) fn profiled(&self, name: impl FnOnce() -> String, op: impl FnOnce() -> Result<()>) -> Result<()> {
+        if !self.profiling.load(Ordering::Relaxed) {
+            return op();
+        }
+        let mut guard = self.profile.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(profile) = guard.as_mut() else {
+            drop(guard);
+            return op();
+        };
+        let capturing = self.stream.capture_status().map_err(drv("capture status"))?;
+        if capturing != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            drop(guard);
+            return op();
+        }
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(timed).map_err(drv("profile event"))?;
+        op()?;
+        let end = self.stream.record_event(timed).map_err(drv("profile event"))?;
+        profile.ops.push((name(), start, end));
+        Ok(())
+    }
+
+    /// The operations timed since profiling started (waiting for them), then a fresh record.
+    pub fn profile_report(&self) -> Result<ProfileReport> {
+        let ops = {
+            let mut guard = self.profile.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.as_mut() {
+                Some(p) => std::mem::take(&mut p.ops),
+                None => Vec::new(),
+            }
+        };
+        self.sync()?;
+        let mut timed = Vec::with_capacity(ops.len());
+        for (name, start, end) in &ops {
+            timed.push((name.clone(), start.elapsed_ms(end).map_err(drv("profile elapsed"))? as f64));
+        }
+        let span_ms = match (ops.first(), ops.last()) {
+            (Some(first), Some(last)) => first.1.elapsed_ms(&last.2).map_err(drv("profile elapsed"))? as f64,
+            _ => 0.0,
+        };
+        let rows = summarize(timed);
+        let busy_ms = rows.iter().map(|r| r.ms).sum();
+        Ok(ProfileReport { rows, busy_ms, span_ms })
+    }
 }
 
 #[cfg(test)]
