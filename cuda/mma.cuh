@@ -3,7 +3,7 @@
 // first line names it): warp-level mma.sync m16n8k16 with bf16 operands and f32 accumulators
 // (sm_80 and later), fragment loads through ldmatrix, and 16-byte cp.async copies of the packed
 // bf16 rows that attn_pack_bf16 writes (src/cuda/mma.rs emulates these on the host); Hopper's
-// warpgroup wgmma (sm_90a; emulated by simt/runtime.cpp); and the two product policies the
+// warpgroup wgmma (sm_90a; emulated by simt/wgmma.cpp); and the two product policies the
 // kernels are written over (MmaOps, WgmmaOps, at the end).
 //
 // Packed rows: attn_pack_bf16 stores q|k|v (and dO) as [N, heads, DM] bf16, each head's row zero
@@ -356,7 +356,7 @@ __device__ __forceinline__ void fetch_kv(unsigned short* K, unsigned short* V, c
 // Ordering: each thread fences its landed cp.async copies for the async proxy (fence.proxy.async,
 // WgmmaOps::landed) before the barrier after which wgmma reads them; wgmma.fence precedes each
 // batch of products (the accumulators were touched since); every batch is waited for before its
-// results are read. The emulator (simt/runtime.cpp) checks each of these.
+// results are read. The emulator (simt/wgmma.cpp) checks each of these.
 
 // Row r's segment c (8 elements from column 8 c) in a core-matrix tile of 64 x DM.
 template <int DM>

@@ -108,8 +108,14 @@ def main():
             with open(path, "w") as f:
                 f.write(text)
         units.append(path)
-    common = [os.path.join(SIMT, f) for f in ("simt.h", "runtime.h")] + [os.path.join(CUDA, "common.cuh")]
-    sources = units + [os.path.join(SIMT, "runtime.cpp"), os.path.join(SIMT, "driver.cpp")]
+    common = [os.path.join(SIMT, f) for f in ("simt.h", "runtime.h", "internal.h", "driver.h")] + \
+        [os.path.join(CUDA, "common.cuh")]
+    sources = units + [os.path.join(SIMT, f) for f in ("runtime.cpp", "warp.cpp", "wgmma.cpp", "driver.cpp",
+                                                      "module.cpp", "blas.cpp", "nccl.cpp")]
+    for src in sources[len(units):]:
+        if os.path.basename(src)[:-4] in names:
+            sys.exit("simt_build: cuda/%s.cu and simt/%s would share an object file" %
+                     (os.path.basename(src)[:-4], os.path.basename(src)))
     selftest = [os.path.join(SIMT, f) for f in ("selftest.cu", "selftest.cpp")]
     stamp_material = "\0".join([CXX] + FLAGS + contraction_flags() + [read(p) for p in sources + common + selftest])
     stamp = hashlib.sha256(stamp_material.encode()).hexdigest()

@@ -1,7 +1,8 @@
-// arbor SIMT host emulator: the CUDA driver API and cublasGemmEx, as far as arbor (through cudarc)
-// uses them, over host memory. Built as one library that answers to both libcuda.so and
-// libcublas.so (scripts/simt_build.py), so that tests/cuda runs every GPU test body on a machine
-// without a GPU: kernels are the real cuda/*.cu sources compiled for the host (runtime.cpp).
+// arbor SIMT host emulator: the CUDA driver API, cublasGemmEx and NCCL, as far as arbor (through
+// cudarc) uses them, over host memory. Built as one library that answers to libcuda.so,
+// libcublas.so and libnccl.so (scripts/simt_build.py), so that tests/cuda runs every GPU test body
+// on a machine without a GPU: kernels are the real cuda/*.cu sources compiled for the host
+// (runtime.cpp).
 //
 // What it checks that a GPU would only show as a crash or garbage:
 //   * allocations end at a guard page (a read or write past the end faults, and the fault names
@@ -11,44 +12,22 @@
 //   * barriers and warp collectives every thread of which cannot arrive fail the launch.
 // Streams run in issue order, at once (a valid schedule of any correct program); a stream being
 // captured records its operations into the graph, which replays them in order.
+//
+// This file holds devices, contexts, memory, streams, events and graphs; module.cpp modules and
+// launches, blas.cpp cuBLAS, nccl.cpp NCCL; driver.h what they share.
 #include <sys/mman.h>
-#include <unistd.h>
 
-#include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
-#include <memory>
 #include <map>
 #include <mutex>
-#include <set>
 #include <string>
 #include <vector>
 
-#include "runtime.h"
-// the kernels' own bf16 conversions (round to nearest even, NaN kept): cuBLAS's bf16 output rounds so
-#include "../cuda/common.cuh"
+#include "driver.h"
 
-#define API extern "C" __attribute__((visibility("default")))
-
-typedef int CUresult;
-typedef int CUdevice;
-typedef unsigned long long CUdeviceptr;
-
-enum : int {
-    OK = 0,
-    E_INVALID_VALUE = 1,
-    E_OUT_OF_MEMORY = 2,
-    E_NO_DEVICE = 100,
-    E_INVALID_IMAGE = 200,
-    E_INVALID_HANDLE = 400,
-    E_NOT_FOUND = 500,
-    E_ILLEGAL_ADDRESS = 700,
-    E_LAUNCH_FAILED = 719,
-    E_NOT_SUPPORTED = 801,
-};
+using namespace simt::driver;
 
 namespace {
 
@@ -62,36 +41,28 @@ int env_int(const char* k, int dflt) {
 }
 
 int cc() { return env_int("ARBOR_SIMT_CC", 90); }
-int smem_optin() { return env_int("ARBOR_SIMT_SMEM_OPTIN", 227 * 1024); }
 constexpr size_t TOTAL_MEM = 80ull << 30;
 
 // The calling thread's last report (`arbor_simt_last_report`: the self-test checks that a misuse
 // fails for the reason it provokes).
 thread_local std::string last_report;
 
+}  // namespace
+
+namespace simt::driver {
+
+int smem_optin() { return env_int("ARBOR_SIMT_SMEM_OPTIN", 227 * 1024); }
+
 void report(const std::string& what) {
     fprintf(stderr, "simt: %s\n", what.c_str());
     last_report = what;
 }
 
-// What the calling thread made the device do (`arbor_simt_counters`, for tests of what crosses
-// between host and device). An operation runs on the thread that issues it (or launches the
-// graph that holds it), so a test thread's counts are its own while other tests run beside it.
-enum Count : int {
-    C_LAUNCHES,      // kernels run (a graph's count too)
-    C_GEMMS,         // cublasGemmEx calls run
-    C_HTOD,          // host-to-device copies, and their bytes
-    C_HTOD_BYTES,
-    C_DTOH,          // device-to-host copies, and their bytes
-    C_DTOH_BYTES,
-    C_DTOD,          // device-to-device copies, and their bytes
-    C_DTOD_BYTES,
-    C_SYNCS,         // the host waiting for the device: stream, context and event synchronisation
-    C_GRAPH_LAUNCHES,
-    C_FILLS,         // memset calls run
-    C_N
-};
 thread_local unsigned long long counts[C_N];
+
+}  // namespace simt::driver
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Memory
@@ -134,6 +105,10 @@ bool device_free(uintptr_t p) {
     return true;
 }
 
+}  // namespace
+
+namespace simt::driver {
+
 // Whether [p, p + n) lies inside one allocation.
 bool inside(uintptr_t p, size_t n) {
     std::lock_guard<std::mutex> g(mem_lock);
@@ -150,11 +125,13 @@ std::string range_error(const char* what, uintptr_t p, size_t n) {
     return m;
 }
 
+}  // namespace simt::driver
+
+namespace {
+
 // ---------------------------------------------------------------------------------------------
 // Streams, events, graphs
 // ---------------------------------------------------------------------------------------------
-
-using Op = std::function<std::string()>;
 
 struct Graph {
     std::vector<Op> ops;
@@ -214,6 +191,10 @@ CUresult run_op(const Op& op) {
     return e.find("is not inside one device allocation") != std::string::npos ? E_ILLEGAL_ADDRESS : E_LAUNCH_FAILED;
 }
 
+}  // namespace
+
+namespace simt::driver {
+
 CUresult enqueue(void* s, Op op) {
     Stream* st = stream_of(s);
     {
@@ -226,53 +207,9 @@ CUresult enqueue(void* s, Op op) {
     return run_op(op);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Modules and functions
-// ---------------------------------------------------------------------------------------------
+}  // namespace simt::driver
 
-struct Function {
-    const simt::Entry* entry;
-    int static_smem = 0;           // the entry's `.shared` declarations in the PTX, in bytes
-    int max_threads = 1024;        // its `.maxntid` (__launch_bounds__), or the device's 1024
-    int max_dynamic_smem = 48 * 1024;  // the attribute: by default 48 KiB less the static bytes
-    // A wgmma entry (its name says so) of PTX for another target than sm_90a: on a GPU its body is a trap
-    // (cuda/mma.cuh AM_wgmma), which this emulator, running the host build of every kernel, would
-    // otherwise not show: its launch fails.
-    bool traps = false;
-};
-
-// From the PTX text of one entry (from its `.entry` to the next): the static shared bytes it
-// declares and its `.maxntid` product.
-void read_entry_limits(const std::string& body, Function& f) {
-    size_t at = 0;
-    while ((at = body.find(".shared", at)) != std::string::npos) {
-        const size_t line_start = body.rfind('\n', at) + 1;
-        const size_t line_end = body.find('\n', at);
-        const std::string line = body.substr(line_start, line_end - line_start);
-        at += 7;
-        // a declaration: ".shared .align A .b8 NAME[SIZE];" (not ".extern", not an instruction)
-        const size_t first = line.find_first_not_of(" \t");
-        if (first == std::string::npos || line.compare(first, 7, ".shared") != 0) continue;
-        const size_t open = line.find('['), close = line.find(']');
-        if (open == std::string::npos || close == std::string::npos || close <= open + 1) continue;
-        const int elems = atoi(line.c_str() + open + 1);
-        int width = 1;
-        if (line.find(".b16") != std::string::npos) width = 2;
-        if (line.find(".b32") != std::string::npos || line.find(".f32") != std::string::npos) width = 4;
-        if (line.find(".b64") != std::string::npos || line.find(".f64") != std::string::npos) width = 8;
-        f.static_smem += elems * width;
-    }
-    const size_t m = body.find(".maxntid");
-    if (m != std::string::npos) {
-        int x = 1, y = 1, z = 1;
-        if (sscanf(body.c_str() + m, ".maxntid %d, %d, %d", &x, &y, &z) >= 1) f.max_threads = x * y * z;
-    }
-    f.max_dynamic_smem = std::max(0, 48 * 1024 - f.static_smem);
-}
-
-struct Module {
-    std::map<std::string, Function*> functions;
-};
+namespace {
 
 int g_context_token;
 
@@ -607,427 +544,4 @@ API CUresult cuGraphDestroy(void* g) {
 API CUresult cuGraphExecDestroy(void* g) {
     delete static_cast<Graph*>(g);
     return OK;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Modules, functions, launches
-// ---------------------------------------------------------------------------------------------
-
-API CUresult cuModuleLoadData(void** module, const void* image) {
-    const std::string ptx(static_cast<const char*>(image));
-    const bool sm90a = ptx.find(".target sm_90a") != std::string::npos;
-    Module* m = new Module();
-    size_t at = 0;
-    while ((at = ptx.find(".entry ", at)) != std::string::npos) {
-        at += 7;
-        size_t end = at;
-        while (end < ptx.size() && (isalnum((unsigned char)ptx[end]) || ptx[end] == '_')) ++end;
-        const std::string name = ptx.substr(at, end - at);
-        const simt::Entry* e = simt::find_entry(name);
-        if (!e) {
-            report("the PTX declares kernel " + name +
-                   ", which the emulator was not built with (rebuild it: python3 scripts/simt_build.py)");
-            delete m;
-            return E_INVALID_IMAGE;
-        }
-        Function* f = new Function{e};
-        f->traps = !sm90a && name.find("wgmma") != std::string::npos;
-        const size_t next = ptx.find(".entry ", at);
-        read_entry_limits(ptx.substr(at, next == std::string::npos ? std::string::npos : next - at), *f);
-        m->functions[name] = f;
-    }
-    *module = m;
-    return OK;
-}
-API CUresult cuModuleUnload(void* m) {
-    Module* mod = static_cast<Module*>(m);
-    for (auto& [_, f] : mod->functions) delete f;
-    delete mod;
-    return OK;
-}
-API CUresult cuModuleGetFunction(void** f, void* m, const char* name) {
-    Module* mod = static_cast<Module*>(m);
-    auto it = mod->functions.find(name);
-    if (it == mod->functions.end()) return E_NOT_FOUND;
-    *f = it->second;
-    return OK;
-}
-API CUresult cuFuncSetAttribute(void* f, int attrib, int v) {
-    if (attrib == 8) {  // max dynamic shared memory: with the static bytes, within the device's
-        Function* fn = static_cast<Function*>(f);
-        if (v < 0 || fn->static_smem + v > smem_optin()) {
-            report("kernel " + fn->entry->name + ": " + std::to_string(v) + " bytes of dynamic shared memory with " +
-                   std::to_string(fn->static_smem) + " static exceed the device's " + std::to_string(smem_optin()));
-            return E_INVALID_VALUE;
-        }
-        fn->max_dynamic_smem = v;
-    }
-    return OK;
-}
-API CUresult cuFuncGetAttribute(int* v, int attrib, void* f) {
-    switch (attrib) {
-        case 0: *v = static_cast<Function*>(f)->max_threads; break;
-        case 1: *v = static_cast<Function*>(f)->static_smem; break;
-        case 8: *v = static_cast<Function*>(f)->max_dynamic_smem; break;
-        default: *v = 0; break;
-    }
-    return OK;
-}
-API CUresult cuFuncSetCacheConfig(void*, int) { return OK; }
-
-API CUresult cuLaunchKernel(void* fp, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                            unsigned int by, unsigned int bz, unsigned int smem, void* s, void** params,
-                            void** extra) {
-    Function* f = static_cast<Function*>(fp);
-    const simt::Entry* e = f->entry;
-    if (extra) {
-        report("cuLaunchKernel with `extra` arguments is not emulated");
-        return E_NOT_SUPPORTED;
-    }
-    if (f->traps) {
-        report("kernel " + e->name + " comes from PTX for another target than sm_90a: on a GPU its wgmma body is a "
-               "trap (load it from the module's Hopper variant)");
-        return E_LAUNCH_FAILED;
-    }
-    if ((int)smem > f->max_dynamic_smem) {
-        report("kernel " + e->name + " launched with " + std::to_string(smem) +
-               " bytes of dynamic shared memory, above its attribute's " + std::to_string(f->max_dynamic_smem));
-        return E_INVALID_VALUE;
-    }
-    if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 || bx * by * bz > 1024 || bz > 64) {
-        report("kernel " + e->name + " launched with an invalid grid or block shape");
-        return E_INVALID_VALUE;
-    }
-    if ((int)(bx * by * bz) > f->max_threads) {
-        report("kernel " + e->name + " launched with " + std::to_string(bx * by * bz) +
-               " threads a block, above its __launch_bounds__ " + std::to_string(f->max_threads));
-        return E_INVALID_VALUE;
-    }
-    // the arguments are copied now, as the driver does (a captured launch replays these values)
-    auto args = std::make_shared<std::vector<std::vector<unsigned char>>>();
-    for (size_t i = 0; i < e->sizes.size(); ++i) {
-        const unsigned char* p = static_cast<const unsigned char*>(params[i]);
-        args->emplace_back(p, p + e->sizes[i]);
-    }
-    const simt::Dim3 grid{gx, gy, gz}, block{bx, by, bz};
-    return enqueue(s, [=]() -> std::string {
-        std::vector<void*> ptrs;
-        for (auto& a : *args) ptrs.push_back(a.data());
-        counts[C_LAUNCHES] += 1;
-        return simt::run(*e, grid, block, smem, ptrs.data());
-    });
-}
-
-// ---------------------------------------------------------------------------------------------
-// cuBLAS: cublasGemmEx with f32 accumulation
-// ---------------------------------------------------------------------------------------------
-
-namespace {
-struct Blas {
-    void* stream = nullptr;
-};
-
-float tf32(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7f800000u) == 0x7f800000u) return f;
-    u += 0x1000u;
-    return __uint_as_float(u & ~0x1fffu);
-}
-enum : int { R_32F = 0, R_16BF = 14 };
-enum : int { B_OK = 0, B_INVALID_VALUE = 7, B_EXECUTION_FAILED = 13, B_NOT_SUPPORTED = 15 };
-}  // namespace
-
-API int cublasCreate_v2(void** h) {
-    *h = new Blas();
-    return B_OK;
-}
-API int cublasDestroy_v2(void* h) {
-    delete static_cast<Blas*>(h);
-    return B_OK;
-}
-API int cublasSetStream_v2(void* h, void* s) {
-    static_cast<Blas*>(h)->stream = s;
-    return B_OK;
-}
-API int cublasGetStream_v2(void* h, void** s) {
-    *s = static_cast<Blas*>(h)->stream;
-    return B_OK;
-}
-API int cublasSetWorkspace_v2(void*, void*, size_t) { return B_OK; }
-API int cublasSetMathMode(void*, int) { return B_OK; }
-API int cublasGetMathMode(void*, int* m) {
-    *m = 0;
-    return B_OK;
-}
-API int cublasSetPointerMode_v2(void*, int mode) { return mode == 0 ? B_OK : B_NOT_SUPPORTED; }
-API int cublasGetPointerMode_v2(void*, int* mode) {
-    *mode = 0;
-    return B_OK;
-}
-
-// C (m x n, column major, ldc) = alpha op(A) op(B) + beta C, op(A) m x k, op(B) k x n.
-API int cublasGemmEx(void* h, int transa, int transb, int m, int n, int k, const void* alpha, const void* A,
-                     int atype, int lda, const void* B, int btype, int ldb, const void* beta, void* C, int ctype,
-                     int ldc, int compute, int /*algo*/) {
-    const bool ta = transa != 0, tb = transb != 0;
-    if (m < 0 || n < 0 || k < 0) return B_INVALID_VALUE;
-    if (lda < (ta ? std::max(1, k) : std::max(1, m)) || ldb < (tb ? std::max(1, n) : std::max(1, k)) ||
-        ldc < std::max(1, m))
-        return B_INVALID_VALUE;
-    const bool f32 = atype == R_32F && btype == R_32F && ctype == R_32F;
-    const bool bf = atype == R_16BF && btype == R_16BF && (ctype == R_16BF || ctype == R_32F);
-    const bool tf = compute == 77;
-    if (!(compute == 68 || tf) || !(f32 || bf) || (tf && !f32)) return B_NOT_SUPPORTED;
-    const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-    Blas* bl = static_cast<Blas*>(h);
-    const int r = enqueue(bl->stream, [=]() -> std::string {
-        counts[C_GEMMS] += 1;
-        if (m == 0 || n == 0) return "";
-        const size_t ea = atype == R_32F ? 4 : 2, ec = ctype == R_32F ? 4 : 2;
-        const size_t a_cols = ta ? m : k, a_rows = ta ? k : m, b_cols = tb ? k : n, b_rows = tb ? n : k;
-        if (k > 0 && !inside((uintptr_t)A, ((a_cols - 1) * lda + a_rows) * ea))
-            return range_error("cublasGemmEx's A", (uintptr_t)A, ((a_cols - 1) * lda + a_rows) * ea);
-        if (k > 0 && !inside((uintptr_t)B, ((b_cols - 1) * ldb + b_rows) * ea))
-            return range_error("cublasGemmEx's B", (uintptr_t)B, ((b_cols - 1) * ldb + b_rows) * ea);
-        if (!inside((uintptr_t)C, ((size_t)(n - 1) * ldc + m) * ec))
-            return range_error("cublasGemmEx's C", (uintptr_t)C, ((size_t)(n - 1) * ldc + m) * ec);
-        auto load = [&](const void* base, size_t idx) {
-            float v = atype == R_32F ? static_cast<const float*>(base)[idx]
-                                     : bf16_to_f32(static_cast<const unsigned short*>(base)[idx]);
-            return tf ? tf32(v) : v;
-        };
-        std::vector<float> a((size_t)m * k), b((size_t)n * k);  // op(A) by rows, op(B) by columns
-        for (int i = 0; i < m; ++i)
-            for (int l = 0; l < k; ++l)
-                a[(size_t)i * k + l] = load(A, ta ? (size_t)i * lda + l : (size_t)l * lda + i);
-        for (int j = 0; j < n; ++j)
-            for (int l = 0; l < k; ++l)
-                b[(size_t)j * k + l] = load(B, tb ? (size_t)l * ldb + j : (size_t)j * ldb + l);
-        for (int j = 0; j < n; ++j)
-            for (int i = 0; i < m; ++i) {
-                const float* ar = &a[(size_t)i * k];
-                const float* bc = &b[(size_t)j * k];
-                // eight running sums (the vector unit's width), then their sum
-                float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                int l = 0;
-                for (; l + 8 <= k; l += 8)
-                    for (int u = 0; u < 8; ++u) part[u] += ar[l + u] * bc[l + u];
-                float acc = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-                for (; l < k; ++l) acc += ar[l] * bc[l];
-                const size_t at = (size_t)j * ldc + i;
-                if (ctype == R_32F) {
-                    float* c = static_cast<float*>(C);
-                    c[at] = al * acc + (be == 0.0f ? 0.0f : be * c[at]);
-                } else {
-                    unsigned short* c = static_cast<unsigned short*>(C);
-                    c[at] = f32_to_bf16(al * acc + (be == 0.0f ? 0.0f : be * bf16_to_f32(c[at])));
-                }
-            }
-        return "";
-    });
-    return r == OK ? B_OK : B_EXECUTION_FAILED;
-}
-
-// ---------------------------------------------------------------------------------------------
-// NCCL: the communicator calls arbor makes (unique id, init, all-reduce, broadcast), between the
-// processes of one machine through a shared-memory segment named by the unique id. Sums run in
-// rank order, so every rank gets the same bits. A peer that does not arrive within ten minutes
-// fails the call (ncclSystemError) instead of a hang.
-// ---------------------------------------------------------------------------------------------
-
-#include <fcntl.h>
-#include <sched.h>
-
-#include <atomic>
-
-namespace {
-struct NcclId {
-    char internal[128];
-};
-
-constexpr size_t NCCL_HEADER = 4096;
-constexpr size_t NCCL_SLOT = 64ull << 20;  // each rank's staging bytes per round
-
-struct NcclComm {
-    int rank = 0, nranks = 1;
-    char* base = nullptr;
-    size_t len = 0;
-    unsigned long long phase = 0;
-    std::atomic<unsigned long long>* arrived() { return reinterpret_cast<std::atomic<unsigned long long>*>(base); }
-    unsigned char* slot(int r) { return reinterpret_cast<unsigned char*>(base + NCCL_HEADER + (size_t)r * NCCL_SLOT); }
-    // What each rank calls, written before a call's first barrier and compared after it: ranks
-    // that disagree (a rank-divergent program) fail the call, where a real NCCL would hang or
-    // return garbage. Room for 126 ranks after the barrier's counter.
-    unsigned long long* call(int r) { return reinterpret_cast<unsigned long long*>(base + 64 + (size_t)r * 32); }
-    bool checks() const { return 64 + (size_t)nranks * 32 <= NCCL_HEADER; }
-    void declare(unsigned long long kind, unsigned long long count, unsigned long long dtype, unsigned long long arg) {
-        if (!checks()) return;
-        unsigned long long* c = call(rank);
-        c[0] = kind, c[1] = count, c[2] = dtype, c[3] = arg;
-    }
-    // after the barrier: empty, or which ranks disagree
-    std::string disagreement(const char* what) {
-        if (!checks()) return "";
-        for (int r = 1; r < nranks; ++r)
-            if (memcmp(call(0), call(r), 32) != 0) {
-                char m[256];
-                snprintf(m, sizeof m, "%s: ranks 0 and %d disagree (count %llu vs %llu, type %llu vs %llu, op/root %llu vs %llu)",
-                         what, r, call(0)[1], call(r)[1], call(0)[2], call(r)[2], call(0)[3], call(r)[3]);
-                return m;
-            }
-        return "";
-    }
-    // every rank's arrival at this rank's next barrier
-    bool barrier() {
-        phase += 1;
-        arrived()->fetch_add(1);
-        const auto t0 = std::chrono::steady_clock::now();
-        while (arrived()->load() < phase * (unsigned long long)nranks) {
-            sched_yield();
-            if (std::chrono::steady_clock::now() - t0 > std::chrono::minutes(10)) return false;
-        }
-        return true;
-    }
-};
-
-enum : int { N_OK = 0, N_SYSTEM = 2, N_INVALID = 4 };
-
-size_t nccl_size(int dtype) {
-    switch (dtype) {
-        case 0: case 1: return 1;                  // int8, uint8
-        case 2: case 3: case 7: return 4;          // int32, uint32, float32
-        case 4: case 5: case 8: return 8;          // int64, uint64, float64
-        case 6: case 9: return 2;                  // float16, bfloat16
-        default: return 0;
-    }
-}
-
-template <class T>
-void reduce_into(T* out, NcclComm& c, size_t first, size_t n, int op) {
-    for (size_t i = 0; i < n; ++i) {
-        T acc = reinterpret_cast<const T*>(c.slot(0))[first + i];
-        for (int r = 1; r < c.nranks; ++r) {
-            const T x = reinterpret_cast<const T*>(c.slot(r))[first + i];
-            acc = op == 0 ? acc + x : op == 1 ? acc * x : op == 2 ? (x > acc ? x : acc) : (x < acc ? x : acc);
-        }
-        out[i] = op == 4 ? acc / (T)c.nranks : acc;
-    }
-}
-}  // namespace
-
-API int ncclGetVersion(int* v) {
-    *v = 22000;
-    return N_OK;
-}
-API const char* ncclGetErrorString(int r) { return r == N_OK ? "no error" : "arbor SIMT NCCL error"; }
-API const char* ncclGetLastError(void*) { return ""; }
-API int ncclGetUniqueId(NcclId* id) {
-    memset(id, 0, sizeof *id);
-    static std::atomic<unsigned> counter{0};
-    const unsigned long long t = (unsigned long long)std::chrono::steady_clock::now().time_since_epoch().count();
-    snprintf(id->internal, sizeof id->internal, "/arbor-simt-nccl-%d-%u-%llx", (int)getpid(), counter++, t);
-    return N_OK;
-}
-API int ncclCommInitRank(void** comm, int nranks, NcclId id, int rank) {
-    if (nranks < 1 || rank < 0 || rank >= nranks || strncmp(id.internal, "/arbor-simt-nccl-", 17) != 0)
-        return N_INVALID;
-    const int fd = shm_open(id.internal, O_CREAT | O_RDWR, 0600);
-    if (fd < 0) return N_SYSTEM;
-    auto* c = new NcclComm();
-    c->rank = rank;
-    c->nranks = nranks;
-    c->len = NCCL_HEADER + (size_t)nranks * NCCL_SLOT;
-    if (ftruncate(fd, (off_t)c->len) != 0) {
-        close(fd);
-        delete c;
-        return N_SYSTEM;
-    }
-    void* m = mmap(nullptr, c->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) {
-        delete c;
-        return N_SYSTEM;
-    }
-    c->base = static_cast<char*>(m);
-    if (!c->barrier()) return N_SYSTEM;
-    if (rank == 0) shm_unlink(id.internal);  // every rank has it mapped: the name can go
-    *comm = c;
-    return N_OK;
-}
-API int ncclCommDestroy(void* comm) {
-    NcclComm* c = static_cast<NcclComm*>(comm);
-    munmap(c->base, c->len);
-    delete c;
-    return N_OK;
-}
-API int ncclCommAbort(void* comm) { return ncclCommDestroy(comm); }
-API int ncclCommFinalize(void*) { return N_OK; }
-API int ncclCommCount(void* comm, int* n) {
-    *n = static_cast<NcclComm*>(comm)->nranks;
-    return N_OK;
-}
-API int ncclCommUserRank(void* comm, int* r) {
-    *r = static_cast<NcclComm*>(comm)->rank;
-    return N_OK;
-}
-API int ncclGroupStart() { return N_OK; }
-API int ncclGroupEnd() { return N_OK; }
-
-API int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int op, void* comm, void* stream) {
-    NcclComm* c = static_cast<NcclComm*>(comm);
-    const size_t es = nccl_size(dtype);
-    if (es == 0 || dtype == 6 || dtype == 9 || op < 0 || op > 4) return N_INVALID;
-    const int r = enqueue(stream, [=]() -> std::string {
-        if (!inside((uintptr_t)send, count * es) || !inside((uintptr_t)recv, count * es))
-            return range_error("an NCCL all-reduce buffer", (uintptr_t)send, count * es);
-        const size_t per = NCCL_SLOT / es;
-        for (size_t first = 0; first < count; first += per) {
-            const size_t n = std::min(per, count - first);
-            memcpy(c->slot(c->rank), static_cast<const unsigned char*>(send) + first * es, n * es);
-            if (first == 0) c->declare(1, count, dtype, op);
-            if (!c->barrier()) return "an NCCL all-reduce: a peer did not arrive";
-            if (first == 0) {
-                const std::string e = c->disagreement("an NCCL all-reduce");
-                if (!e.empty()) return e;
-            }
-            unsigned char* out = static_cast<unsigned char*>(recv) + first * es;
-            // every rank reads the slots from element 0 of this round
-            switch (dtype) {
-                case 7: reduce_into(reinterpret_cast<float*>(out), *c, 0, n, op); break;
-                case 8: reduce_into(reinterpret_cast<double*>(out), *c, 0, n, op); break;
-                case 2: reduce_into(reinterpret_cast<int*>(out), *c, 0, n, op); break;
-                case 3: reduce_into(reinterpret_cast<unsigned*>(out), *c, 0, n, op); break;
-                case 4: reduce_into(reinterpret_cast<long long*>(out), *c, 0, n, op); break;
-                case 5: reduce_into(reinterpret_cast<unsigned long long*>(out), *c, 0, n, op); break;
-                case 0: reduce_into(reinterpret_cast<signed char*>(out), *c, 0, n, op); break;
-                case 1: reduce_into(reinterpret_cast<unsigned char*>(out), *c, 0, n, op); break;
-            }
-            if (!c->barrier()) return "an NCCL all-reduce: a peer did not arrive";
-        }
-        return "";
-    });
-    return r == OK ? N_OK : N_SYSTEM;
-}
-
-API int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int root, void* comm, void* stream) {
-    NcclComm* c = static_cast<NcclComm*>(comm);
-    const size_t es = nccl_size(dtype);
-    if (es == 0 || root < 0 || root >= c->nranks) return N_INVALID;
-    const int r = enqueue(stream, [=]() -> std::string {
-        const size_t per = NCCL_SLOT / es;
-        for (size_t first = 0; first < count; first += per) {
-            const size_t n = std::min(per, count - first);
-            if (c->rank == root) memcpy(c->slot(root), static_cast<const unsigned char*>(send) + first * es, n * es);
-            if (first == 0) c->declare(2, count, dtype, root);
-            if (!c->barrier()) return "an NCCL broadcast: a peer did not arrive";
-            if (first == 0) {
-                const std::string e = c->disagreement("an NCCL broadcast");
-                if (!e.empty()) return e;
-            }
-            memcpy(static_cast<unsigned char*>(recv) + first * es, c->slot(root), n * es);
-            if (!c->barrier()) return "an NCCL broadcast: a peer did not arrive";
-        }
-        return "";
-    });
-    return r == OK ? N_OK : N_SYSTEM;
 }

@@ -1,4 +1,4 @@
-// arbor SIMT host emulator: the launch interface the fake driver (driver.cpp) calls.
+// arbor SIMT host emulator: the launch interface the fake driver's launches (module.cpp) call.
 #pragma once
 #include <string>
 #include <vector>

@@ -1,9 +1,10 @@
 // arbor SIMT host emulator: the shim every kernel module is compiled with when it runs on the host
 // (scripts/simt_build.py force-includes it and defines ARBOR_SIMT). It maps CUDA's keywords and
-// built-ins onto the emulator in runtime.cpp, which runs each block's threads as cooperative fibers
-// on one host thread: __syncthreads and the warp collectives (shuffles, ldmatrix, mma.sync) block
-// a fiber until every thread they wait for has arrived, exactly as the hardware requires; a barrier
-// that can never complete is reported, not hung on.
+// built-ins onto the emulator in runtime.cpp (warp collectives in warp.cpp, wgmma in wgmma.cpp),
+// which runs each block's threads as cooperative fibers on one host thread: __syncthreads and the
+// warp collectives (shuffles, ldmatrix, mma.sync) block a fiber until every thread they wait for
+// has arrived, exactly as the hardware requires; a barrier that can never complete is reported,
+// not hung on.
 #pragma once
 #include <math.h>
 #include <stddef.h>

@@ -23,7 +23,7 @@ use arbor::train::adamw::{AdamW, AdamWConfig};
 use arbor::train::engine::Engine;
 use arbor::train::rl::{policy_update, Sample, UpdateBatch, UpdateBuffers, UpdatePlan, UpdateSettings};
 
-/// The emulator's counts for the calling thread, in simt/driver.cpp's order.
+/// The emulator's counts for the calling thread, in the order of simt/driver.h's `Count`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Counts {
     launches: u64,
