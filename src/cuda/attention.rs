@@ -120,6 +120,20 @@ impl Gpu {
         }
     }
 
+    /// How the attention backward sums dK/dV over a GQA group from now on (the
+    /// default, [`DkdvPlan::PerHead`], is the faster; `Grouped` is kept for comparison).
+    pub fn set_dkdv_plan(&self, plan: DkdvPlan) {
+        self.dkdv_plan.store(plan as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The attention backward's dK/dV plan.
+    pub fn dkdv_plan(&self) -> DkdvPlan {
+        match self.dkdv_plan.load(std::sync::atomic::Ordering::Relaxed) {
+            x if x == DkdvPlan::Grouped as u8 => DkdvPlan::Grouped,
+            _ => DkdvPlan::PerHead,
+        }
+    }
+
     /// Run the bf16 attention with blocks of `rows` rows from now on (the same bits either way).
     pub fn set_attn_rows(&self, rows: AttnRows) {
         self.attn_rows.store(rows as u8, std::sync::atomic::Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //! host, lane by lane, against a direct softmax attention, and the q|k|v epilogue
 //! (`decode_qkv_store_*`) statement by statement against the CPU's bias, RoPE and cache store.
 
+use crate::cuda::device::Gpu;
 use crate::cuda::plans::DecodeAttn;
 
 /// The head-dim bucket (64 or 128) of the per-group decode attention for a GQA group of `group`
@@ -45,6 +46,35 @@ pub fn decode_splits(rows: usize, kv: usize, max_len: usize, sms: usize, forced:
 /// split; cuda/decode_attention.cu).
 pub fn partial_len(rows: usize, kv: usize, splits: usize, dm: usize) -> usize {
     rows * kv * splits * (8 * dm + 16)
+}
+
+/// The device's decode attention kernel and split.
+impl Gpu {
+    /// The decode attention kernel from now on (the default, [`DecodeAttn::PerGroup`], reads the
+    /// cache once per GQA group; `PerHead` is kept for comparison and as the fallback).
+    pub fn set_decode_attn(&self, kernel: DecodeAttn) {
+        self.decode_attn.store(kernel as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The decode attention kernel.
+    pub fn decode_attn(&self) -> DecodeAttn {
+        match self.decode_attn.load(std::sync::atomic::Ordering::Relaxed) {
+            x if x == DecodeAttn::PerHead as u8 => DecodeAttn::PerHead,
+            _ => DecodeAttn::PerGroup,
+        }
+    }
+
+    /// Split every row's positions into splits of `len` positions in the per-group decode
+    /// attention (0, the default: as many as fill the GPU, `cuda::decode_attn::decode_splits`);
+    /// a fixed length lets a test run the split path on short sequences.
+    pub fn set_decode_split(&self, len: usize) {
+        self.decode_split.store(len, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The forced positions per split of the decode attention (0: chosen per step).
+    pub fn decode_split(&self) -> usize {
+        self.decode_split.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

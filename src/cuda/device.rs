@@ -99,7 +99,7 @@ pub struct Gpu {
     images: Mutex<Vec<ImageEntry>>,
     /// Operation timing while on (`cuda::profile`), and whether it is on (read before the lock,
     /// so an unprofiled launch takes no lock).
-    pub(crate) profile: Mutex<Option<super::profile::Profile>>,
+    pub(crate) profile: Mutex<Option<Profile>>,
     pub(crate) profiling: std::sync::atomic::AtomicBool,
     /// The NCCL communicator of this process's tensor-parallel group on this device (with the
     /// group's `TpGroup::id`), made at the group's first sum or broadcast on the device
@@ -490,6 +490,13 @@ impl Gpu {
     pub(crate) fn pm(&self, v: &mut CudaViewMut<'_, f32>) -> u64 {
         v.device_ptr_mut(&self.stream).0
     }
+}
+
+/// The events of the operations timed since profiling started (`Gpu::profiled` records them,
+/// `Gpu::profile_report` reads them back).
+#[derive(Default)]
+pub struct Profile {
+    pub(crate) ops: Vec<(String, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
 }
 
 #[cfg(test)]

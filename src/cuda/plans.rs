@@ -1,10 +1,8 @@
 //! The kernel plans a device chooses between: each names kernels that compute the same result
 //! (the same sums, or the same sums in another order), kept side by side so that a GPU session
-//! can check and time the alternatives in one run (`bench gpu` flags, `scripts/gpu-check.sh`),
-//! and the device's choice of each.
-
-use crate::cuda::device::Gpu;
-use std::sync::atomic::Ordering;
+//! can check and time the alternatives in one run (`bench gpu` flags, `scripts/gpu-check.sh`).
+//! A device's choice of each is set where its kernels launch (`cuda::attention`,
+//! `cuda::decode_attn`).
 
 /// How the attention backward (f32 and tensor-core kernels alike) sums dK and dV over the query
 /// heads that share a kv head. Both are deterministic (no atomics); they differ in the order of f32
@@ -99,48 +97,5 @@ impl AttnRows {
             AttnRows::R64 => 1,
             AttnRows::R128 => 2,
         }
-    }
-}
-
-/// The plans a device runs (the bf16 attention's: `cuda::attention`).
-impl Gpu {
-    /// How the attention backward sums dK/dV over a GQA group from now on (the
-    /// default, [`DkdvPlan::PerHead`], is the faster; `Grouped` is kept for comparison).
-    pub fn set_dkdv_plan(&self, plan: DkdvPlan) {
-        self.dkdv_plan.store(plan as u8, Ordering::Relaxed);
-    }
-
-    /// The attention backward's dK/dV plan.
-    pub fn dkdv_plan(&self) -> DkdvPlan {
-        match self.dkdv_plan.load(Ordering::Relaxed) {
-            x if x == DkdvPlan::Grouped as u8 => DkdvPlan::Grouped,
-            _ => DkdvPlan::PerHead,
-        }
-    }
-
-    /// The decode attention kernel from now on (the default, [`DecodeAttn::PerGroup`], reads the
-    /// cache once per GQA group; `PerHead` is kept for comparison and as the fallback).
-    pub fn set_decode_attn(&self, kernel: DecodeAttn) {
-        self.decode_attn.store(kernel as u8, Ordering::Relaxed);
-    }
-
-    /// The decode attention kernel.
-    pub fn decode_attn(&self) -> DecodeAttn {
-        match self.decode_attn.load(Ordering::Relaxed) {
-            x if x == DecodeAttn::PerHead as u8 => DecodeAttn::PerHead,
-            _ => DecodeAttn::PerGroup,
-        }
-    }
-
-    /// Split every row's positions into splits of `len` positions in the per-group decode
-    /// attention (0, the default: as many as fill the GPU, `cuda::decode_attn::decode_splits`);
-    /// a fixed length lets a test run the split path on short sequences.
-    pub fn set_decode_split(&self, len: usize) {
-        self.decode_split.store(len, Ordering::Relaxed);
-    }
-
-    /// The forced positions per split of the decode attention (0: chosen per step).
-    pub fn decode_split(&self) -> usize {
-        self.decode_split.load(Ordering::Relaxed)
     }
 }

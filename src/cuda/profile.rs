@@ -7,17 +7,9 @@
 //! Timing changes what it times a little (two event records per operation), so benchmarks report
 //! their figures from unprofiled steps and the profile from extra ones.
 
-use crate::cuda::device::{drv, Gpu};
+use crate::cuda::device::{drv, Gpu, Profile};
 use crate::error::Result;
-use cudarc::driver::CudaEvent;
 use std::sync::atomic::Ordering;
-
-/// The events of the operations timed since profiling started (`Gpu::profiled` records them,
-/// `Gpu::profile_report` reads them back).
-#[derive(Default)]
-pub struct Profile {
-    pub(crate) ops: Vec<(String, CudaEvent, CudaEvent)>,
-}
 
 /// One operation's total: its name, how many times it ran and its GPU time.
 #[derive(Debug, Clone, PartialEq)]
