@@ -42,7 +42,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
 pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Write) -> Result<TrainReport> {
     let root = grid.is_root();
     // a run asking for a GPU where none is usable stops before it writes anything
-    crate::train::engine::probe(cfg.train.device)?;
+    crate::train::probe::probe(cfg.train.device)?;
     let tok = CharTokenizer::default();
     let task = cfg.task()?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);

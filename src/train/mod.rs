@@ -12,6 +12,7 @@ pub mod job;
 pub mod metrics;
 pub mod preempt;
 pub mod pretrain;
+pub mod probe;
 pub mod progress;
 pub mod rl;
 pub mod run_record;
