@@ -7,7 +7,7 @@
 //! ("\n" + "\n") does not count: the test is per token, as in the reference code.
 //!
 //! Bounds are offsets: `bounds[k]..bounds[k+1]` is step k. Response bounds start at 0 and end at the response
-//! length T (an empty response has bounds [0] and no steps). [`sequence_step_bounds`] prepends the prompt as
+//! length T (an empty response has bounds `[0]` and no steps). [`sequence_step_bounds`] prepends the prompt as
 //! pseudo-step 0 for the statistics pass over the full sequence.
 
 /// Response-relative step bounds [0, e_1, …, T] of a response of `n_tokens` tokens, where `token_text(t)` is the
@@ -57,7 +57,7 @@ pub fn sequence_step_bounds(prompt_len: usize, response_bounds: &[usize]) -> Vec
     out
 }
 
-/// Number of steps described by `bounds` (one fewer than the offsets; 0 for [0] or []).
+/// Number of steps described by `bounds` (one fewer than the offsets; 0 for `[0]` or []).
 pub fn step_count(bounds: &[usize]) -> usize {
     bounds.len().saturating_sub(1)
 }

@@ -126,7 +126,7 @@ pub struct TreeAdvantages {
     pub root_value: f64,
     /// Response segments S_0..S_K in order (one segment [0, T) for an unbranched response).
     pub segments: Vec<NodeStat>,
-    /// continuations[i][c]: the c-th continuation from split i (its range is [0, len) of its own tokens).
+    /// `continuations[i][c]`: the c-th continuation from split i (its range is [0, len) of its own tokens).
     pub continuations: Vec<Vec<NodeStat>>,
 }
 

@@ -76,7 +76,7 @@ pub struct LaunchArgs {
     /// $SLURM_NODEID, else 0 (with one machine).
     #[arg(long)]
     pub node_rank: Option<usize>,
-    /// HOST:PORT (or [IPv6]:PORT) of the job's hub, which node 0's launcher serves on PORT (every
+    /// HOST:PORT (or `[IPv6]`:PORT) of the job's hub, which node 0's launcher serves on PORT (every
     /// interface) and every rank connects to; required with --nnodes > 1. Default: a free port on the loopback
     /// interface (one machine).
     #[arg(long)]

@@ -32,9 +32,9 @@ pub struct RlPlan {
 pub enum Sampler {
     /// n samples per prompt (GRPO family).
     Groups,
-    /// AttnRL trees ([attnrl]), on-policy.
+    /// AttnRL trees (`[attnrl]`), on-policy.
     Trees(AttnRlConfig),
-    /// AttnRL trees sampled one step ahead ([attnrl] off_policy = true).
+    /// AttnRL trees sampled one step ahead (`[attnrl]` off_policy = true).
     OffPolicyTrees(AttnRlConfig),
     /// Multi-turn environments ([env]), env-level async inside the trainer.
     Env(EnvConfig),
@@ -45,7 +45,7 @@ pub enum Sampler {
 pub enum AdvantageSource {
     /// Group-normalised rewards (`[rl] advantage`), with zero-std filtering per `[rl] filter_zero_std`.
     Group(crate::rl::AdvantageKind),
-    /// GAE on value models ([critic]; count >= 2 = AsyPPO mini-critics).
+    /// GAE on value models (`[critic]`; count >= 2 = AsyPPO mini-critics).
     Gae(CriticConfig),
     /// Tree node values (AttnRL).
     Tree,
@@ -56,13 +56,13 @@ pub enum AdvantageSource {
 pub enum Schedule {
     /// Generate then train, in the trainer's ranks.
     Sync,
-    /// [async]: rollout ranks + staleness bound.
+    /// `[async]`: rollout ranks + staleness bound.
     Async(AsyncConfig),
 }
 
 impl RunConfig {
     /// The plan of this config. Every config `parse` accepts has one; the precedence below
-    /// ([attnrl] over [env] and [critic]) only matters for combinations that `config::rules`
+    /// (`[attnrl]` over [env] and `[critic]`) only matters for combinations that `config::rules`
     /// refuses.
     pub fn plan(&self) -> RunPlan {
         RunPlan { supervised_steps: self.train.steps, rl: self.rl.as_ref().map(|rl| self.rl_plan(rl)) }

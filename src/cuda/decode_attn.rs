@@ -42,7 +42,7 @@ pub fn decode_splits(rows: usize, kv: usize, max_len: usize, sms: usize, forced:
 }
 
 /// Floats of the per-group kernel's partial results for a step of `rows` rows over `kv` kv heads
-/// in `splits` splits at head-dim bucket `dm` (acc [8][dm], m [8], l [8] per row, kv head and
+/// in `splits` splits at head-dim bucket `dm` (acc `[8][dm]`, m `[8]`, l `[8]` per row, kv head and
 /// split; cuda/decode_attention.cu).
 pub fn partial_len(rows: usize, kv: usize, splits: usize, dm: usize) -> usize {
     rows * kv * splits * (8 * dm + 16)

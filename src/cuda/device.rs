@@ -256,7 +256,7 @@ impl Gpu {
     }
 
     /// Whether the device runs Hopper's warpgroup products (`wgmma`: compute capability 9.0, the
-    /// kernels in modules' [`HOPPER_VARIANT`]s).
+    /// kernels in modules' `HOPPER_VARIANT`s).
     pub fn has_wgmma(&self) -> bool {
         self.arch == "compute_90"
     }

@@ -210,7 +210,7 @@ pub fn row_products2(dm: usize, (x1, y1): (&[u16], &[u16]), (x2, y2): (&[u16], &
     (s, t)
 }
 
-/// `accumulate_product<NO, NT>`: acc[n] += C · Y[:, 8n .. 8n + 8), C held as C fragments, Y a tile
+/// `accumulate_product<NO, NT>`: `acc[n]` += C · Y[:, 8n .. 8n + 8), C held as C fragments, Y a tile
 /// of `dm` = 8 NO columns.
 pub fn accumulate_product(acc: &mut [[FragC; 32]], c: &[[FragC; 32]], y: &[u16], dm: usize) {
     for kk in 0..c.len() / 2 {

@@ -237,7 +237,7 @@ impl GpuModel {
     }
 
     /// Forward of the trunk only (embeddings, layers, final norm: a value model's), then its value
-    /// head without the bias: lnf · w of every row, [N] on the host (cuda/value_head.cu). The
+    /// head without the bias: lnf · w of every row, `[N]` on the host (cuda/value_head.cu). The
     /// hidden states stay on the device for [`GpuModel::backward_trunk_head`].
     pub fn trunk_values(&mut self, model: &Model, batch: &Batch, w: &[f32]) -> Result<Vec<f32>> {
         model.check_batch(batch)?;
@@ -268,7 +268,7 @@ impl GpuModel {
 
     /// Backward of the value head and the trunk after [`GpuModel::trunk_values`] on the same
     /// batch, from `dv` = ∂L/∂V of every row (0 where no loss): ∂L/∂lnf = dv ⊗ w on the device,
-    /// the trunk's gradients ADDED to the device gradient buffer; returns ∂L/∂w [C] (on the host,
+    /// the trunk's gradients ADDED to the device gradient buffer; returns ∂L/∂w `[C]` (on the host,
     /// as the head's C + 1 numbers are).
     pub fn backward_trunk_head(&mut self, model: &Model, batch: &Batch, w: &[f32], dv: &[f32]) -> Result<Vec<f32>> {
         self.check_trainable()?;

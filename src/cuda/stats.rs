@@ -226,7 +226,7 @@ fn rhythm_of(
 pub struct FciTables {
     /// [n_seq, 4] (r, kmax or −1, fci_key_lo, fci_row_lo).
     pub seq_info: Vec<i32>,
-    /// [N] local step of each token (−1 without FCI) and 1/|its step| (0 without).
+    /// `[N]` local step of each token (−1 without FCI) and 1/|its step| (0 without).
     pub tok_step: Vec<i32>,
     pub step_inv: Vec<f32>,
     /// Concatenated step bounds and their offsets ([n_seq + 1]).

@@ -71,7 +71,7 @@ fn d_eval_games() -> usize {
 
 impl EnvConfig {
     /// Check the section's own values: (key, message) on error. What it needs from other
-    /// sections (an [rl] phase, group sampling, tp = 1) is checked in `config::rules`.
+    /// sections (an `[rl]` phase, group sampling, tp = 1) is checked in `config::rules`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((format!("env.{k}"), m));
         if self.kind != "guess" {

@@ -3,7 +3,7 @@
 //!
 //! The decode path is the training forward specialised to a few new rows per sequence: the layer
 //! stack of `model::decode_stack` (shared with the GPU decoder) over the CPU's operations
-//! ([`CpuStep`]: packed weights and their row-wise GEMM, row-wise RMSNorm, RoPE and SwiGLU,
+//! (`CpuStep`: packed weights and their row-wise GEMM, row-wise RMSNorm, RoPE and SwiGLU,
 //! attention against the blocked cache). `tests/decode.rs` checks it against the full forward
 //! position by position.
 
@@ -157,7 +157,7 @@ impl DecodeBuffers {
 
 impl Model {
     /// Run a prompt through the model into cache `slot` and return its last position's logits in
-    /// `logits` ([V]). `ws` is a training workspace (reused; sized on demand).
+    /// `logits` (`[V]`). `ws` is a training workspace (reused; sized on demand).
     pub fn prefill(
         &self,
         prompt: &[u32],

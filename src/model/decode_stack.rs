@@ -40,7 +40,7 @@ pub enum Proj {
 /// the first `rows` rows; the step's positions and slots were set up by the device before
 /// [`decode_stack`] runs.
 pub trait DecodeDevice {
-    /// x[r] = embedding of `tokens[r]`.
+    /// `x[r]` = embedding of `tokens[r]`.
     fn embed(&mut self, model: &Model, tokens: &[u32]) -> Result<()>;
     /// ln = RMSNorm(x) with the weight of `norm`.
     fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()>;
@@ -48,7 +48,7 @@ pub trait DecodeDevice {
     fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()>;
     /// Add layer `layer`'s q|k|v bias (where the model has one) to qkv, rotate its q and k heads
     /// by each row's position, store the k and v of every row in its slot at its position, then
-    /// att[r] = attention of row r's query heads over its slot's positions 0..=position (every
+    /// `att[r]` = attention of row r's query heads over its slot's positions 0..=position (every
     /// row's k/v of this step is stored first, so a prompt's rows attend causally among
     /// themselves).
     fn attend(&mut self, model: &Model, layer: usize, rows: usize) -> Result<()>;

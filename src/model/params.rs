@@ -33,7 +33,7 @@ impl ParamSpec {
 /// Offsets of one decoder layer's tensors in the flat buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerOffsets {
-    /// [C] input RMSNorm weight.
+    /// `[C]` input RMSNorm weight.
     pub ln1: usize,
     /// [(H+2KV)·D, C] fused q|k|v weight (q_proj, k_proj, v_proj back to back).
     pub qkv_w: usize,
@@ -41,7 +41,7 @@ pub struct LayerOffsets {
     pub qkv_b: Option<usize>,
     /// [C, H·D] output projection.
     pub o_w: usize,
-    /// [C] post-attention RMSNorm weight.
+    /// `[C]` post-attention RMSNorm weight.
     pub ln2: usize,
     /// [2I, C] fused gate|up weight.
     pub gate_up_w: usize,
@@ -56,7 +56,7 @@ pub struct ParamLayout {
     /// [V, C] token embedding.
     pub embed: usize,
     pub layers: Vec<LayerOffsets>,
-    /// [C] final RMSNorm weight.
+    /// `[C]` final RMSNorm weight.
     pub final_norm: usize,
     /// [V, C] LM head; equals `embed` when embeddings are tied.
     pub lm_head: usize,

@@ -12,7 +12,7 @@ use crate::tensor::{Backend, Cpu};
 pub struct LayerActs<B: Backend = Cpu> {
     /// [N, C] residual stream entering the layer.
     pub resid_in: B::Buf,
-    /// [N, C] input RMSNorm output; [N] its 1/rms.
+    /// [N, C] input RMSNorm output; `[N]` its 1/rms.
     pub ln1: B::Act,
     pub rstd1: B::Buf,
     /// [N, (H+2KV)·D] q|k|v after bias and RoPE.
@@ -22,7 +22,7 @@ pub struct LayerActs<B: Backend = Cpu> {
     pub lse: B::Buf,
     /// [N, C] residual after the attention block.
     pub resid_mid: B::Buf,
-    /// [N, C] post-attention RMSNorm output; [N] its 1/rms.
+    /// [N, C] post-attention RMSNorm output; `[N]` its 1/rms.
     pub ln2: B::Act,
     pub rstd2: B::Buf,
     /// [N, 2I] gate|up projections; [N, I] silu(gate)·up (both read by elementwise kernels and
@@ -35,15 +35,15 @@ pub struct LayerActs<B: Backend = Cpu> {
 pub struct Workspace<B: Backend = Cpu> {
     cap: usize,
     pub layers: Vec<LayerActs<B>>,
-    /// [N, C] residual after the last layer; [N, C] final norm output; [N] its 1/rms.
+    /// [N, C] residual after the last layer; [N, C] final norm output; `[N]` its 1/rms.
     pub resid_out: B::Buf,
     pub lnf: B::Buf,
     pub rstdf: B::Buf,
-    /// [N] log p(target) per token, filled by the forward.
+    /// `[N]` log p(target) per token, filled by the forward.
     pub logprobs: B::Buf,
-    /// [N] entropy of the full next-token distribution per token, filled by the forward.
+    /// `[N]` entropy of the full next-token distribution per token, filled by the forward.
     pub entropy: B::Buf,
-    /// [N] log-sum-exp of the logits (kept for the backward).
+    /// `[N]` log-sum-exp of the logits (kept for the backward).
     pub head_lse: B::Buf,
     /// [head_rows, V] one chunk of logits (the head runs in row chunks to bound memory).
     pub logits: B::Buf,

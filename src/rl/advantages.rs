@@ -47,7 +47,7 @@ pub enum AdvantageKind {
 pub struct GroupAdvantages {
     /// A_s per response, in input order.
     pub advantages: Vec<f32>,
-    /// zero_std[g]: every reward of group g is equal (std_g = 0), so its advantages are all 0 and it carries no
+    /// `zero_std[g]`: every reward of group g is equal (std_g = 0), so its advantages are all 0 and it carries no
     /// learning signal; the optional zero-std filter drops these groups.
     pub zero_std: Vec<bool>,
 }

@@ -3,10 +3,10 @@
 //! responses over M critics, the aggregate value V̄ and the critics' spread σ, and the
 //! uncertainty masks over a batch's tokens.
 
-/// GAE of one response of T tokens with values `v` [T] (V(s_t), the value before token t) and
+/// GAE of one response of T tokens with values `v` `[T]` (V(s_t), the value before token t) and
 /// a single reward `reward` after the last token (V after the last token is 0):
 /// δ_t = r_t + γ·V_{t+1} − V_t, A_t = Σ_l (γλ)^l δ_{t+l}; returns R_t = A_t + V_t are the critic's
-/// targets. Writes `adv` and `ret` (each [T]).
+/// targets. Writes `adv` and `ret` (each `[T]`).
 pub fn gae(v: &[f32], reward: f32, gamma: f32, lambda: f32, adv: &mut [f32], ret: &mut [f32]) {
     let t_len = v.len();
     let mut next_adv = 0.0f64;

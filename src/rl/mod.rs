@@ -3,7 +3,7 @@
 //! aggregation modes. Pure functions over packed per-token slices; the training loop calls them.
 //!
 //! Gradient accumulation: compute [`Denominators`] once for the full batch (combined over data-parallel ranks)
-//! and pass them to [`policy_loss`] for every micro-batch; the per-token gradients are then identical to the
+//! and pass them to [`policy_loss()`] for every micro-batch; the per-token gradients are then identical to the
 //! full-batch ones and the micro-batch losses sum to the full-batch loss.
 
 pub mod advantages;

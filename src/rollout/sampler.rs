@@ -68,7 +68,7 @@ simd_kernel! {
     }
 }
 
-/// Sample from logits z ([V]). `scratch` is reused between calls (no allocation once grown).
+/// Sample from logits z (`[V]`). `scratch` is reused between calls (no allocation once grown).
 /// Draws one uniform from `rng` when the temperature is positive, none when greedy.
 pub fn sample(z: &[f32], params: &SamplingParams, rng: &mut Rng, scratch: &mut Vec<(f32, u32)>) -> Sampled {
     let u = if params.temperature > 0.0 { rng.uniform() } else { 0.0 };

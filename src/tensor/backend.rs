@@ -19,11 +19,11 @@ use std::ops::Range;
 /// tokens in all, as host slices (the model's `Batch` lends its vectors through `Batch::packed`).
 #[derive(Debug, Clone, Copy)]
 pub struct PackedBatch<'a> {
-    /// [N] input tokens.
+    /// `[N]` input tokens.
     pub tokens: &'a [u32],
-    /// [N] the token whose log-probability is read at each position.
+    /// `[N]` the token whose log-probability is read at each position.
     pub targets: &'a [u32],
-    /// [N] positions, restarting at 0 in each sequence.
+    /// `[N]` positions, restarting at 0 in each sequence.
     pub positions: &'a [u32],
     /// [S + 1] sequence s occupies tokens `seq_starts[s]..seq_starts[s + 1]`.
     pub seq_starts: &'a [usize],
@@ -186,9 +186,9 @@ pub trait Backend {
     ) -> Result<()>;
 
     // ------------------------------------------------------------------ layers
-    /// out[i, :] = table[tokens[i], :].
+    /// `out[i, :] = table[tokens[i], :]`.
     fn embedding_forward(&self, out: Self::M<'_>, table: Self::R<'_>, batch: &Self::Batch<'_>, c: usize) -> Result<()>;
-    /// dtable[tokens[i], :] += dout[i, :].
+    /// `dtable[tokens[i], :] += dout[i, :]`.
     fn embedding_backward(
         &self,
         dtable: Self::M<'_>,
@@ -196,7 +196,7 @@ pub trait Backend {
         batch: &Self::Batch<'_>,
         c: usize,
     ) -> Result<()>;
-    /// y = x · rstd · w row by row; rstd[i] = 1/sqrt(mean(x_i²) + eps) (y, which only products
+    /// y = x · rstd · w row by row; `rstd[i]` = 1/sqrt(mean(x_i²) + eps) (y, which only products
     /// read, in activation storage).
     fn rmsnorm_forward(
         &self,

@@ -24,7 +24,7 @@ pub use crate::config::CriticConfig;
 /// the host, and its products run on the engine's device (only values and their gradients cross).
 pub struct Critic {
     pub model: Model,
-    /// Value head: w [C] then the bias.
+    /// Value head: w `[C]` then the bias.
     pub head: Vec<f32>,
     pub opt: AdamW,
     pub head_opt: AdamW,

@@ -141,7 +141,7 @@ impl Engine {
     }
 
     /// A value model's forward: the trunk, then the head V = lnf · w + b (`head` = [w | b]) of
-    /// every row of `batch`, [N]. On the GPU only the N values cross to the host.
+    /// every row of `batch`, `[N]`. On the GPU only the N values cross to the host.
     pub fn trunk_values(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace, head: &[f32]) -> Result<Vec<f32>> {
         let c = model.cfg.hidden_size;
         if head.len() != c + 1 {
@@ -167,7 +167,7 @@ impl Engine {
     }
 
     /// A value model's backward after [`Engine::trunk_values`] on the same batch, from
-    /// dv[j] = ∂L/∂V at row `rows[j]` (in that order; each row at most once): the trunk's gradients ADDED to the engine's
+    /// `dv[j]` = ∂L/∂V at row `rows[j]` (in that order; each row at most once): the trunk's gradients ADDED to the engine's
     /// and the head's ADDED to `head_grads` ([∂w | ∂b]). On the GPU only dv and the head's C + 1
     /// gradients cross.
     pub fn accumulate_trunk_head(

@@ -6,7 +6,7 @@
 //!
 //! Conventions (one sequence of n tokens: prompt 0..r, response r..n, T = n − r; indices are
 //! token positions inside the sequence; a head is (layer, query head), keys shared by its GQA group):
-//! - Steps: step k = bounds[k]..bounds[k+1], step 0 = the prompt (bounds[1] = r).
+//! - Steps: step k = `bounds[k]..bounds[k+1]`, step 0 = the prompt (`bounds[1]` = r).
 //!   a_{j,k} = Σ_{t∈S_j} Σ_{s∈S_k} P_{t,s} / (|S_j|·|S_k|);  y_k^{l,h} = Σ_{j ≥ k+Δ} a_{j,k};
 //!   y_k = max over the FCI layers and all their heads; y_0 = y_1 = 0, and y_k = 0 for
 //!   k > end_of_thinking. (Only y^{l,h} is accumulated, row by row: O(S) per head instead of
@@ -75,8 +75,8 @@ impl Default for StatsConfig {
 /// Step structure of one sequence of the batch.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SeqSteps {
-    /// Step k = bounds[k]..bounds[k+1] (token indices within the sequence, strictly increasing,
-    /// bounds[0] = 0, last = sequence length, bounds[1] = response_start). Empty: no FCI for it.
+    /// Step k = `bounds[k]..bounds[k+1]` (token indices within the sequence, strictly increasing,
+    /// `bounds[0]` = 0, last = sequence length, `bounds[1]` = response_start). Empty: no FCI for it.
     pub bounds: Vec<usize>,
     /// First response token r.
     pub response_start: usize,
@@ -102,17 +102,17 @@ pub struct HeadGroups {
 /// Statistics of one sequence.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SeqStats {
-    /// [S] y_k per step (empty when FCI is off or the sequence gave no bounds).
+    /// `[S]` y_k per step (empty when FCI is off or the sequence gave no bounds).
     pub fci: Vec<f32>,
-    /// [S] the head attaining y_k (None where y_k is zeroed or every head gives 0).
+    /// `[S]` the head attaining y_k (None where y_k is zeroed or every head gives 0).
     pub fci_argmax: Vec<Option<HeadId>>,
     /// [rhythm layers × H] mean look-back d^{l,h}, in the order of the rhythm layer list.
     pub lookback: Vec<f32>,
     /// Heads chosen from `lookback`.
     pub heads: HeadGroups,
-    /// [T] WAAD per response token.
+    /// `[T]` WAAD per response token.
     pub waad: Vec<f32>,
-    /// [T] FAI per response token.
+    /// `[T]` FAI per response token.
     pub fai: Vec<f32>,
     /// [rhythm layers × H, T] per-head WAAD and FAI (only with `keep_head_partials`).
     pub head_waad: Vec<f32>,

@@ -6,7 +6,7 @@ use crate::tensor::cpu::simd::{self, simd_kernel};
 use rayon::prelude::*;
 
 /// Per-row statistics of a logits chunk z: [rows, V]. Writes lse = log Σ exp z,
-/// logp = z[target] − lse and entropy = lse − Σ softmax(z)·z.
+/// logp = `z[target]` − lse and entropy = lse − Σ softmax(z)·z.
 pub fn logits_stats(z: &[f32], v: usize, targets: &[u32], lse: &mut [f32], logp: &mut [f32], entropy: &mut [f32]) {
     z.par_chunks(v).zip(targets).zip(lse).zip(logp).zip(entropy).for_each(|((((row, &t), l), lp), ent)| {
         let (m, sum, sz) = row_moments(row);

@@ -114,17 +114,17 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate:
     }
 }
 
-/// C[m,n] (+)= A[m,k] · B[n,k]ᵀ — a linear layer's forward, Y = X Wᵀ with W in [out, in] layout.
+/// `C[m,n]` (+)= `A[m,k]` · `B[n,k]`ᵀ — a linear layer's forward, Y = X Wᵀ with W in [out, in] layout.
 pub fn matmul_nt(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
     gemm(MatMut::rows(c, m, n, n), MatRef::rows(a, m, k, k), MatRef::rows(b, n, k, k).t(), 1.0, accumulate, true);
 }
 
-/// C[m,n] (+)= A[m,k] · B[k,n] — a linear layer's input gradient, dX = dY W.
+/// `C[m,n]` (+)= `A[m,k]` · `B[k,n]` — a linear layer's input gradient, dX = dY W.
 pub fn matmul_nn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
     gemm(MatMut::rows(c, m, n, n), MatRef::rows(a, m, k, k), MatRef::rows(b, k, n, n), 1.0, accumulate, true);
 }
 
-/// C[m,n] (+)= A[k,m]ᵀ · B[k,n] — a linear layer's weight gradient, dW = dYᵀ X.
+/// `C[m,n]` (+)= `A[k,m]`ᵀ · `B[k,n]` — a linear layer's weight gradient, dW = dYᵀ X.
 pub fn matmul_tn(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, accumulate: bool) {
     if m > n {
         // Wide outputs run 5–10 % faster as Cᵀ = Bᵀ A written through a column-major view

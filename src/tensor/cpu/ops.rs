@@ -11,7 +11,7 @@ fn rows_per_task(cols: usize) -> usize {
     (16384 / cols.max(1)).max(1)
 }
 
-/// out[i, :] = table[ids[i], :]. table: [V, C], out: [N, C].
+/// `out[i, :] = table[ids[i], :]`. table: [V, C], out: [N, C].
 pub fn embedding_forward(out: &mut [f32], table: &[f32], ids: &[u32], c: usize) {
     out.par_chunks_mut(c * rows_per_task(c)).enumerate().for_each(|(blk, chunk)| {
         let first = blk * rows_per_task(c);
@@ -22,7 +22,7 @@ pub fn embedding_forward(out: &mut [f32], table: &[f32], ids: &[u32], c: usize) 
     });
 }
 
-/// dtable[ids[i], :] += dout[i, :] (serial: rows may repeat a token id).
+/// `dtable[ids[i], :] += dout[i, :]` (serial: rows may repeat a token id).
 pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usize) {
     for (row, &id) in dout.chunks(c).zip(ids) {
         let id = id as usize;
@@ -30,7 +30,7 @@ pub fn embedding_backward(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usiz
     }
 }
 
-/// y = x / rms(x) · w per row; rstd[i] = 1 / sqrt(mean(x[i]²) + eps). x, y: [N, C]; w: [C].
+/// y = x / rms(x) · w per row; `rstd[i] = 1 / sqrt(mean(x[i]²) + eps)`. x, y: [N, C]; w: `[C]`.
 pub fn rmsnorm_forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
     let rpt = rows_per_task(c);
@@ -86,7 +86,7 @@ pub fn rmsnorm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w
     });
 }
 
-/// out[i, :] += bias. out: [N, W]; bias: [W].
+/// out[i, :] += bias. out: [N, W]; bias: `[W]`.
 pub fn add_bias(out: &mut [f32], bias: &[f32]) {
     let w = bias.len();
     out.par_chunks_mut(w * rows_per_task(w)).for_each(|chunk| {
@@ -96,7 +96,7 @@ pub fn add_bias(out: &mut [f32], bias: &[f32]) {
     });
 }
 
-/// dbias += Σ_rows dout. dout: [N, W]; dbias: [W].
+/// dbias += Σ_rows dout. dout: [N, W]; dbias: `[W]`.
 pub fn bias_backward(dbias: &mut [f32], dout: &[f32]) {
     let w = dbias.len();
     const COLS: usize = 64;

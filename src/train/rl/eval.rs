@@ -80,7 +80,7 @@ pub fn evaluate(
     Ok(SolveRate { greedy: sums[0] / sums[1].max(1.0), sampled: sums[2] / sums[3].max(1.0) })
 }
 
-/// Game ids of the evaluation split start here (training games: see [`games_of`]).
+/// Game ids of the evaluation split start here (training games: see [`games_of`](super::env_step::games_of)).
 pub const EVAL_GAMES: u64 = 1 << 48;
 
 /// Win rate on `[env]`'s `eval_games` held-out games (no latency, no failures) at `temperature` with
