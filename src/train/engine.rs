@@ -6,10 +6,10 @@
 //!   over the data-parallel group in buckets, then clipped AdamW on the host (the bits of the
 //!   specification).
 //! - **cuda**: weights, gradients and AdamW moments live on the rank's GPU (`cuda::placement`:
-//!   the node-local rank modulo the visible devices; [`crate::cuda::GpuModel`]);
+//!   the node-local rank modulo the visible devices; `cuda::GpuModel`);
 //!   gradients are summed over the data-parallel group on the devices (NCCL), clipping and AdamW
 //!   run there, and generation decodes from the same device weights, read in place
-//!   ([`crate::cuda::decode::GpuDecoder`], tokens drawn on the device). Engines that only run
+//!   (`cuda::decode::GpuDecoder`, tokens drawn on the device). Engines that only run
 //!   forward passes and generation ([`Engine::inference`]: evaluation, rollout ranks) hold no
 //!   gradients or moments. The host model's weights
 //!   and the host AdamW moments are refreshed only by [`Engine::sync_host`] (checkpoints, the end
