@@ -71,23 +71,23 @@ pub struct GpuArgs {
     /// `--kind attention`: how the backward sums dK/dV over a GQA group, `per-head`
     /// (the default: a group's heads in parallel, then a fixed-order sum) or `grouped` (one block
     /// loops over the group's heads); `cuda::DkdvPlan`.
-    #[arg(long, default_value = "per-head", value_parser = parse_dkdv)]
+    #[arg(long, default_value = "per-head", value_enum)]
     pub dkdv: DkdvPlanArg,
     /// `--kind attention` / `train-step` / `rl-step` with bf16: the tensor-core products of the
     /// attention, forward and backward, `mma` (the default: each warp's mma.sync, sm_80 and later)
     /// or `wgmma` (the block's warpgroup wgmma, Hopper only: cuda/mma.cuh `WgmmaOps`; also
     /// `ARBOR_ATTN_MMA=wgmma`, which reaches any job); `cuda::AttnMma`.
-    #[arg(long, default_value = "mma", value_parser = parse_attn_mma)]
+    #[arg(long, default_value = "mma", value_enum)]
     pub attn_mma: AttnMmaArg,
     /// `--kind attention` / `train-step` / `rl-step` with bf16: query rows (forward, dQ) or keys
     /// (dK/dV) per block of the tensor-core attention, 128 (the default: two warpgroups share
     /// each streamed tile) or 64 (one); the same bits either way; `cuda::AttnRows`.
-    #[arg(long, default_value = "128", value_parser = parse_attn_rows)]
+    #[arg(long, default_value = "128", value_enum)]
     pub attn_rows: AttnRowsArg,
     /// `--kind generate` / `rl-step`: the decode attention kernel, `per-group` (the default: one
     /// block per GQA group, each cached key and value read once per group) or `per-head`;
     /// `cuda::DecodeAttn`.
-    #[arg(long, default_value = "per-group", value_parser = parse_decode_attn)]
+    #[arg(long, default_value = "per-group", value_enum)]
     pub decode_attn: DecodeAttnArg,
     /// `--kind generate` / `rl-step`: positions per split of each row in the per-group decode
     /// attention (0, the default: as many splits as fill the GPU; a length over the context: one).
@@ -114,66 +114,36 @@ fn parse_dtype(s: &str) -> Result<crate::config::Dtype, String> {
         .ok_or_else(|| format!("{s:?} is not f32, tf32 or bf16"))
 }
 
-/// `--dkdv`: the attention backward's dK/dV plan (a name here, so builds without `cuda` parse it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--dkdv`: the attention backward's dK/dV plan (a name here, so builds without `cuda` parse it; clap names the variants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DkdvPlanArg {
     PerHead,
     Grouped,
 }
 
-fn parse_dkdv(s: &str) -> Result<DkdvPlanArg, String> {
-    match s {
-        "per-head" => Ok(DkdvPlanArg::PerHead),
-        "grouped" => Ok(DkdvPlanArg::Grouped),
-        _ => Err(format!("{s:?} is not per-head or grouped")),
-    }
-}
-
 /// `--attn-mma`: the bf16 attention's tensor-core products (a name here, so builds without `cuda`
-/// parse it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// parse it; clap names the variants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AttnMmaArg {
     Mma,
     Wgmma,
 }
 
-fn parse_attn_mma(s: &str) -> Result<AttnMmaArg, String> {
-    match s {
-        "mma" => Ok(AttnMmaArg::Mma),
-        "wgmma" => Ok(AttnMmaArg::Wgmma),
-        _ => Err(format!("{s:?} is not mma or wgmma")),
-    }
-}
-
 /// `--attn-rows`: rows per block of the bf16 attention (a name here, so builds without `cuda`
-/// parse it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// parse it; clap names the variants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AttnRowsArg {
+    #[value(name = "64")]
     R64,
+    #[value(name = "128")]
     R128,
 }
 
-fn parse_attn_rows(s: &str) -> Result<AttnRowsArg, String> {
-    match s {
-        "64" => Ok(AttnRowsArg::R64),
-        "128" => Ok(AttnRowsArg::R128),
-        _ => Err(format!("{s:?} is not 64 or 128")),
-    }
-}
-
-/// `--decode-attn`: the decode attention kernel (a name here, so builds without `cuda` parse it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `--decode-attn`: the decode attention kernel (a name here, so builds without `cuda` parse it; clap names the variants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DecodeAttnArg {
     PerGroup,
     PerHead,
-}
-
-fn parse_decode_attn(s: &str) -> Result<DecodeAttnArg, String> {
-    match s {
-        "per-group" => Ok(DecodeAttnArg::PerGroup),
-        "per-head" => Ok(DecodeAttnArg::PerHead),
-        _ => Err(format!("{s:?} is not per-group or per-head")),
-    }
 }
 
 #[cfg(not(feature = "cuda"))]

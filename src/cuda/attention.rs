@@ -108,43 +108,34 @@ impl Gpu {
             );
             return Err(Error::device("attention", why));
         }
-        self.attn_mma.store(kind as u8, std::sync::atomic::Ordering::Relaxed);
+        self.attn_mma.set(kind);
         Ok(())
     }
 
     /// The bf16 attention's tensor-core products.
     pub fn attn_mma(&self) -> AttnMma {
-        match self.attn_mma.load(std::sync::atomic::Ordering::Relaxed) {
-            x if x == AttnMma::Wgmma as u8 => AttnMma::Wgmma,
-            _ => AttnMma::Mma,
-        }
+        self.attn_mma.get()
     }
 
     /// How the attention backward sums dK/dV over a GQA group from now on (the
     /// default, [`DkdvPlan::PerHead`], is the faster; `Grouped` is kept for comparison).
     pub fn set_dkdv_plan(&self, plan: DkdvPlan) {
-        self.dkdv_plan.store(plan as u8, std::sync::atomic::Ordering::Relaxed);
+        self.dkdv_plan.set(plan);
     }
 
     /// The attention backward's dK/dV plan.
     pub fn dkdv_plan(&self) -> DkdvPlan {
-        match self.dkdv_plan.load(std::sync::atomic::Ordering::Relaxed) {
-            x if x == DkdvPlan::Grouped as u8 => DkdvPlan::Grouped,
-            _ => DkdvPlan::PerHead,
-        }
+        self.dkdv_plan.get()
     }
 
     /// Run the bf16 attention with blocks of `rows` rows from now on (the same bits either way).
     pub fn set_attn_rows(&self, rows: AttnRows) {
-        self.attn_rows.store(rows as u8, std::sync::atomic::Ordering::Relaxed);
+        self.attn_rows.set(rows);
     }
 
     /// Rows per block of the bf16 attention.
     pub fn attn_rows(&self) -> AttnRows {
-        match self.attn_rows.load(std::sync::atomic::Ordering::Relaxed) {
-            x if x == AttnRows::R64 as u8 => AttnRows::R64,
-            _ => AttnRows::R128,
-        }
+        self.attn_rows.get()
     }
 
     /// The launches of the tensor-core kernels at padded head dim `dm`, forward, dK/dV and dQ, on

@@ -53,15 +53,12 @@ impl Gpu {
     /// The decode attention kernel from now on (the default, [`DecodeAttn::PerGroup`], reads the
     /// cache once per GQA group; `PerHead` is kept for comparison and as the fallback).
     pub fn set_decode_attn(&self, kernel: DecodeAttn) {
-        self.decode_attn.store(kernel as u8, std::sync::atomic::Ordering::Relaxed);
+        self.decode_attn.set(kernel);
     }
 
     /// The decode attention kernel.
     pub fn decode_attn(&self) -> DecodeAttn {
-        match self.decode_attn.load(std::sync::atomic::Ordering::Relaxed) {
-            x if x == DecodeAttn::PerHead as u8 => DecodeAttn::PerHead,
-            _ => DecodeAttn::PerGroup,
-        }
+        self.decode_attn.get()
     }
 
     /// Split every row's positions into splits of `len` positions in the per-group decode

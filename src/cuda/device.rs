@@ -5,7 +5,7 @@
 //! architecture the first time a module is used and kept for the life of the process.
 
 use crate::cuda::nvrtc;
-use crate::cuda::plans::{AttnMma, AttnRows, DecodeAttn, DkdvPlan};
+use crate::cuda::plans::{AttnMma, AttnRows, Choice, DecodeAttn, DkdvPlan};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::cublas::CudaBlas;
@@ -83,13 +83,13 @@ pub struct Gpu {
     /// Operand type of the matrix products (`[train] dtype`, [`Gpu::set_dtype`]).
     dtype: AtomicU8,
     /// How the attention backward sums dK/dV over a GQA group ([`DkdvPlan`]).
-    pub(crate) dkdv_plan: AtomicU8,
+    pub(crate) dkdv_plan: Choice<DkdvPlan>,
     /// The bf16 attention's tensor-core products ([`AttnMma`]; `cuda::attention`).
-    pub(crate) attn_mma: AtomicU8,
+    pub(crate) attn_mma: Choice<AttnMma>,
     /// Rows per block of the bf16 attention ([`AttnRows`]; `cuda::attention`).
-    pub(crate) attn_rows: AtomicU8,
+    pub(crate) attn_rows: Choice<AttnRows>,
     /// The decode attention kernel ([`DecodeAttn`]).
-    pub(crate) decode_attn: AtomicU8,
+    pub(crate) decode_attn: Choice<DecodeAttn>,
     /// Positions per split of the per-group decode attention (0: chosen per step shape,
     /// `cuda::decode_attn::decode_splits`).
     pub(crate) decode_split: AtomicUsize,
@@ -228,10 +228,10 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
             dtype: AtomicU8::new(Dtype::F32 as u8),
-            dkdv_plan: AtomicU8::new(DkdvPlan::PerHead as u8),
-            attn_mma: AtomicU8::new(AttnMma::Mma as u8),
-            attn_rows: AtomicU8::new(AttnRows::R128 as u8),
-            decode_attn: AtomicU8::new(DecodeAttn::PerGroup as u8),
+            dkdv_plan: Choice::new(DkdvPlan::PerHead),
+            attn_mma: Choice::new(AttnMma::Mma),
+            attn_rows: Choice::new(AttnRows::R128),
+            decode_attn: Choice::new(DecodeAttn::PerGroup),
             decode_split: AtomicUsize::new(0),
             bf16_scratch: Mutex::new(None),
             images: Mutex::new(Vec::new()),

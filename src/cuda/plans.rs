@@ -4,6 +4,36 @@
 //! A device's choice of each is set where its kernels launch (`cuda::attention`,
 //! `cuda::decode_attn`).
 
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// A kind of plan a device chooses between at run time.
+pub trait PlanKind: Copy + Eq + 'static {
+    /// Every variant.
+    const ALL: &'static [Self];
+}
+
+/// A device's current choice of a plan, changed through a shared reference (the device is shared
+/// between engines and threads; a choice is read at each launch).
+pub struct Choice<T: PlanKind>(AtomicU8, PhantomData<T>);
+
+impl<T: PlanKind> Choice<T> {
+    pub fn new(plan: T) -> Choice<T> {
+        let c = Choice(AtomicU8::new(0), PhantomData);
+        c.set(plan);
+        c
+    }
+
+    pub fn get(&self) -> T {
+        T::ALL[self.0.load(Ordering::Relaxed) as usize]
+    }
+
+    pub fn set(&self, plan: T) {
+        let at = T::ALL.iter().position(|&p| p == plan).expect("PlanKind::ALL lists every variant");
+        self.0.store(at as u8, Ordering::Relaxed);
+    }
+}
+
 /// How the attention backward (f32 and tensor-core kernels alike) sums dK and dV over the query
 /// heads that share a kv head. Both are deterministic (no atomics); they differ in the order of f32
 /// additions only.
@@ -16,6 +46,10 @@ pub enum DkdvPlan {
     /// One block per (key block, kv head) loops over the group's heads, one after another: no
     /// extra scratch, a group's-size longer critical path.
     Grouped,
+}
+
+impl PlanKind for DkdvPlan {
+    const ALL: &'static [Self] = &[DkdvPlan::PerHead, DkdvPlan::Grouped];
 }
 
 impl DkdvPlan {
@@ -37,6 +71,10 @@ pub enum DecodeAttn {
     PerGroup,
     /// One block per (row, query head) (`decode_attn_*`): the group's heads each read the cache.
     PerHead,
+}
+
+impl PlanKind for DecodeAttn {
+    const ALL: &'static [Self] = &[DecodeAttn::PerGroup, DecodeAttn::PerHead];
 }
 
 impl DecodeAttn {
@@ -61,6 +99,10 @@ pub enum AttnMma {
     Wgmma,
 }
 
+impl PlanKind for AttnMma {
+    const ALL: &'static [Self] = &[AttnMma::Mma, AttnMma::Wgmma];
+}
+
 impl AttnMma {
     pub fn name(self) -> &'static str {
         match self {
@@ -83,6 +125,10 @@ pub enum AttnRows {
     R128,
 }
 
+impl PlanKind for AttnRows {
+    const ALL: &'static [Self] = &[AttnRows::R64, AttnRows::R128];
+}
+
 impl AttnRows {
     pub fn name(self) -> &'static str {
         match self {
@@ -97,5 +143,30 @@ impl AttnRows {
             AttnRows::R64 => 1,
             AttnRows::R128 => 2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set to each plan of its kind in turn, a choice reads that plan back; no plan is listed twice.
+    fn reads_back<T: PlanKind + std::fmt::Debug>(default: T) {
+        let c = Choice::new(default);
+        assert_eq!(c.get(), default);
+        for (i, &p) in T::ALL.iter().enumerate().rev() {
+            c.set(p);
+            assert_eq!(c.get(), p);
+            assert!(!T::ALL[..i].contains(&p), "{p:?} listed twice");
+        }
+    }
+
+    #[test]
+    fn a_choice_reads_back_every_plan_it_is_set_to() {
+        reads_back(DkdvPlan::PerHead);
+        reads_back(DecodeAttn::PerGroup);
+        reads_back(AttnMma::Mma);
+        reads_back(AttnRows::R128);
+        assert_eq!(AttnRows::ALL.len(), 2);
     }
 }
