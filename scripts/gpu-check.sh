@@ -303,6 +303,8 @@ if part variants; then
     sdpa_peer sdpa python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype f32
     run attention_grouped "$arbor" bench gpu --kind attention --dkdv grouped "${att64[@]}"
     run attention_bf16_grouped "$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${att64[@]}"
+    echo "== bf16 train step with the attention in blocks of 64 rows (one warpgroup; the default has two)"
+    run train_step_bf16_r64 "$arbor" bench gpu --kind train-step --dtype bf16 --attn-rows 64 "${q05[@]}" --batch 4 --seq 1024
     echo "== bf16 train step with the wgmma attention (Hopper only)"
     wgmma_run train_step_bf16_wgmma "$arbor" bench gpu --kind train-step --dtype bf16 --attn-mma wgmma "${q05[@]}" --batch 4 --seq 1024
     echo "== train step with f32 and tf32 products, vs torch f32"

@@ -142,6 +142,8 @@ def ratios(d):
           "peer_train_step_bf16.json")
     ratio("train step 0.5B 4x1024, arbor bf16 products with the wgmma attention vs torch bf16 autocast",
           "train_step_bf16_wgmma.json", "peer_train_step_bf16.json")
+    ratio("train step 0.5B 4x1024, arbor bf16 products with 64-row attention blocks vs torch bf16 autocast",
+          "train_step_bf16_r64.json", "peer_train_step_bf16.json")
     for g in ("", "_graphs"):
         ratio(f"greedy generation 0.5B batch 256 (16 + 256 tokens), arbor bf16{' + CUDA graphs' if g else ''} vs "
               "transformers bf16", f"generate_greedy_0.5b_b256_bf16{g}.json", "peer_generate_greedy_0.5b_b256_bf16.json")
