@@ -1,4 +1,4 @@
-// prelude: mma.cuh
+// prelude: mma.cuh wgmma.cuh
 // Causal GQA attention forward on the tensor cores: bf16 products, f32 accumulation, online softmax
 // in f32. The attention of `[train] dtype = "bf16"`; the f32 reference is attention_fwd.cu (CPU:
 // src/attention/cpu.rs attention_forward). Written once over mma.cuh's product policies: MmaOps
@@ -133,7 +133,7 @@ __device__ void attn_fwd_tc(float* __restrict__ out, int out_stride, float* __re
     finish_rows<NO>(lse, ob, out_stride, o, m0, m1, l0, l1, start, num_heads, h, i0, i1, len, head_dim, tg);
 }
 
-// The entries: the two product policies (mma.cuh) at the two head-dim buckets, with one
+// The entries: the two product policies (mma.cuh, wgmma.cuh) at the two head-dim buckets, with one
 // warpgroup a block or two (_x2); the wgmma ones trap where the architecture has no wgmma
 // (AM_wgmma: the host never launches them there).
 

@@ -1,4 +1,4 @@
-// prelude: mma.cuh
+// prelude: mma.cuh wgmma.cuh
 // Backward of attention_mma.cu's forward on the tensor cores (bf16 products, f32 accumulation),
 // deterministic (no atomics). The f32 reference is attention_bwd.cu (CPU: src/attention/cpu.rs
 // attention_backward).
@@ -8,7 +8,7 @@
 // num_heads, dm = DM). lse and delta are the forward's and delta's [N, num_heads] f32; dq, dk, dv
 // are f32, OVERWRITTEN, each with its own row stride. Entries DM = 64 and 128 (head dims up to DM).
 //
-// Written once over mma.cuh's product policies: the _mma_ entries on each warp's mma.sync (sm_80
+// Written once over the product policies of mma.cuh and wgmma.cuh: the _mma_ entries on each warp's mma.sync (sm_80
 // and later), the _wgmma_ ones on the block's warpgroup wgmma (sm_90a; they trap elsewhere).
 //
 // attn_bwd_dq_mma_{64,128}[_x2], attn_bwd_dq_wgmma_{64,128}[_x2] (_x2: G = 2, else 1)
@@ -246,7 +246,7 @@ __device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* _
     store_rows<NO>(dvb, dv_stride, dva, 1.0f, 1.0f, j0, j1, len, head_dim, tg);
 }
 
-// The entries: the two product policies (mma.cuh) at the two head-dim buckets, with one
+// The entries: the two product policies (mma.cuh, wgmma.cuh) at the two head-dim buckets, with one
 // warpgroup a block or two (_x2); the wgmma ones trap where the architecture has no wgmma
 // (AM_wgmma: the host never launches them there).
 

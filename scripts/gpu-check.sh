@@ -216,7 +216,7 @@ if part headline; then
     echo "== the same with blocks of 64 rows (one warpgroup; the default 128 has two sharing each streamed tile)"
     run attention_bf16_r64 "$arbor" bench gpu --kind attention --dtype bf16 --attn-rows 64 "${att64[@]}"
     run attention_bf16_d128_r64 "$arbor" bench gpu --kind attention --dtype bf16 --attn-rows 64 "${att128[@]}"
-    echo "== the same on Hopper's warpgroup products (wgmma, opt-in: cuda/mma.cuh WgmmaOps)"
+    echo "== the same on Hopper's warpgroup products (wgmma, opt-in: cuda/wgmma.cuh WgmmaOps)"
     wgmma_run attention_bf16_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att64[@]}"
     wgmma_run attention_bf16_d128_wgmma "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma "${att128[@]}"
     wgmma_run attention_bf16_wgmma_r64 "$arbor" bench gpu --kind attention --dtype bf16 --attn-mma wgmma --attn-rows 64 \

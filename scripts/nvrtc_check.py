@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Compile every cuda/*.cu kernel source with NVRTC (ctypes only, no pip packages).
 
-For each file the text of cuda/common.cuh is textually prepended, then the header
-its first line names (`// prelude: mma.cuh`), exactly as the Rust loader does (.cu
+For each file the text of cuda/common.cuh is textually prepended, then the headers
+its first line names (`// prelude: mma.cuh wgmma.cuh`, in order), exactly as the Rust loader does (.cu
 files must not #include them); then the result is compiled
 for compute_80 and compute_90 with `--std=c++17`. The check fails (exit 1) on:
   * a compile error,
@@ -173,9 +173,9 @@ def main(argv):
         first = body.split("\n", 1)[0].strip()
         prelude = ""
         if first.startswith("// prelude:"):
-            hname = first[len("// prelude:"):].strip()
-            with open(os.path.join(CUDA_DIR, hname)) as f:
-                prelude = "#line 1 \"%s\"\n" % hname + f.read() + "\n"
+            for hname in first[len("// prelude:"):].split():
+                with open(os.path.join(CUDA_DIR, hname)) as f:
+                    prelude += "#line 1 \"%s\"\n" % hname + f.read() + "\n"
         src = common + "\n" + prelude + "#line 1 \"%s\"\n" % os.path.basename(fpath) + body
         if want_resources:
             try:

@@ -33,13 +33,13 @@ def read(p):
 
 
 def module_source(name):
-    """common.cuh, the named prelude, the file: as src/cuda/nvrtc.rs `source` composes it."""
+    """common.cuh, the named preludes in order, the file: as src/cuda/nvrtc.rs `source` composes it."""
     body = read(os.path.join(CUDA, name + ".cu"))
     first = body.split("\n", 1)[0].strip()
     prelude = ""
     if first.startswith("// prelude:"):
-        h = first[len("// prelude:"):].strip()
-        prelude = '#line 1 "%s"\n%s\n' % (h, read(os.path.join(CUDA, h)))
+        for h in first[len("// prelude:"):].split():
+            prelude += '#line 1 "%s"\n%s\n' % (h, read(os.path.join(CUDA, h)))
     return '%s\n%s#line 1 "%s.cu"\n%s' % (read(os.path.join(CUDA, "common.cuh")), prelude, name, body)
 
 

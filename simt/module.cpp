@@ -27,7 +27,7 @@ struct Function {
     int max_threads = 1024;        // its `.maxntid` (__launch_bounds__), or the device's 1024
     int max_dynamic_smem = 48 * 1024;  // the attribute: by default 48 KiB less the static bytes
     // A wgmma entry (its name says so) of PTX for another target than sm_90a: on a GPU its body is a trap
-    // (cuda/mma.cuh AM_wgmma), which this emulator, running the host build of every kernel, would
+    // (cuda/wgmma.cuh AM_wgmma), which this emulator, running the host build of every kernel, would
     // otherwise not show: its launch fails.
     bool traps = false;
 };

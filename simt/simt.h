@@ -44,7 +44,7 @@ void cp_wait_all();
 void mma_16816(float* d, const unsigned int* a, const unsigned int* b);
 void ldmatrix_x4(unsigned int* r, const unsigned short* row, bool trans);
 unsigned long long shfl(const char* what, unsigned int mask, unsigned long long v, int arg, bool xor_lanes);
-// wgmma (sm_90a; cuda/mma.cuh WgmmaOps): a warpgroup's asynchronous product and its fences.
+// wgmma (sm_90a; cuda/wgmma.cuh WgmmaOps): a warpgroup's asynchronous product and its fences.
 // smem_addr is a dynamic shared-memory pointer's address in the shared window (for descriptors);
 // wgmma_bf16 is one wgmma.mma_async m64nNk16 with f32 accumulators d (N / 2 per thread), A from
 // registers (a_regs, four per thread) or from shared memory (desc_a, a_regs null), B from desc_b.

@@ -75,7 +75,7 @@ pub struct GpuArgs {
     pub dkdv: DkdvPlanArg,
     /// `--kind attention` / `train-step` / `rl-step` with bf16: the tensor-core products of the
     /// attention, forward and backward, `mma` (the default: each warp's mma.sync, sm_80 and later)
-    /// or `wgmma` (the block's warpgroup wgmma, Hopper only: cuda/mma.cuh `WgmmaOps`; also
+    /// or `wgmma` (the block's warpgroup wgmma, Hopper only: cuda/wgmma.cuh `WgmmaOps`; also
     /// `ARBOR_ATTN_MMA=wgmma`, which reaches any job); `cuda::AttnMma`.
     #[arg(long, default_value = "mma", value_enum)]
     pub attn_mma: AttnMmaArg,

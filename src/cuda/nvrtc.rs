@@ -1,7 +1,8 @@
 //! Kernel sources and their run-time compilation by NVRTC.
 //!
 //! Every `cuda/*.cu` file is embedded in the binary; `common.cuh` is prepended to each, and after it
-//! the header a file names on its first line (`// prelude: mma.cuh`, one of [`HEADERS`]); kernel
+//! the headers a file names on its first line (`// prelude: mma.cuh wgmma.cuh`, each one of
+//! [`HEADERS`], in that order); kernel
 //! files never `#include`, so NVRTC needs no include path and no CUDA headers. A compile that
 //! prints any warning is an error, exactly as in `scripts/nvrtc_check.py`.
 
@@ -12,7 +13,8 @@ use std::ffi::CString;
 pub const COMMON: &str = include_str!("../../cuda/common.cuh");
 
 /// The headers a kernel file may name as its prelude (after common.cuh).
-pub const HEADERS: &[(&str, &str)] = &[("mma.cuh", include_str!("../../cuda/mma.cuh"))];
+pub const HEADERS: &[(&str, &str)] =
+    &[("mma.cuh", include_str!("../../cuda/mma.cuh")), ("wgmma.cuh", include_str!("../../cuda/wgmma.cuh"))];
 
 /// (module name, source) of every kernel file.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -34,27 +36,27 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("value_head", include_str!("../../cuda/value_head.cu")),
 ];
 
-/// The source of module `name`: common.cuh, the prelude header its first line names, then the file.
+/// The source of module `name`: common.cuh, the prelude headers its first line names, then the file.
 pub fn source(name: &str) -> Result<String> {
     let (_, body) = SOURCES
         .iter()
         .find(|(n, _)| *n == name)
         .ok_or_else(|| Error::device("NVRTC", format!("no CUDA kernel module named {name:?}")))?;
-    let prelude = match prelude_of(body) {
-        Some(h) => {
-            let (_, text) = HEADERS.iter().find(|(n, _)| *n == h).ok_or_else(|| {
-                Error::device("NVRTC", format!("cuda/{name}.cu names the prelude {h:?}, which is not in cuda/"))
-            })?;
-            format!("#line 1 \"{h}\"\n{text}\n")
-        }
-        None => String::new(),
-    };
+    let mut prelude = String::new();
+    for h in prelude_of(body) {
+        let (_, text) = HEADERS.iter().find(|(n, _)| *n == h).ok_or_else(|| {
+            Error::device("NVRTC", format!("cuda/{name}.cu names the prelude {h:?}, which is not in cuda/"))
+        })?;
+        prelude.push_str(&format!("#line 1 \"{h}\"\n{text}\n"));
+    }
     Ok(format!("{COMMON}\n{prelude}#line 1 \"{name}.cu\"\n{body}"))
 }
 
-/// The header a kernel file's first line names (`// prelude: NAME`), if any.
-pub fn prelude_of(body: &str) -> Option<&str> {
-    body.lines().next()?.trim().strip_prefix("// prelude:").map(str::trim)
+/// The headers a kernel file's first line names (`// prelude: NAME NAME ...`), in order; none
+/// without that line.
+pub fn prelude_of(body: &str) -> Vec<&str> {
+    let first = body.lines().next().unwrap_or("").trim();
+    first.strip_prefix("// prelude:").map_or_else(Vec::new, |names| names.split_whitespace().collect())
 }
 
 /// The `extern "C" __global__` entry names a source declares.
@@ -259,24 +261,27 @@ pub fn compile_clean(name: &str, arch: &str) -> Result<Compiled> {
 mod tests {
     use super::*;
 
-    /// A prelude a kernel file names is one of the embedded headers and lands in its source after
-    /// common.cuh and before the file; the tensor-core attention files name mma.cuh, the others none.
+    /// The preludes a kernel file names are embedded headers and land in its source after
+    /// common.cuh and before the file, in the order named; the tensor-core attention files name
+    /// mma.cuh then wgmma.cuh, the others none.
     #[test]
     fn named_preludes_are_embedded_and_prepended() {
         for (name, body) in SOURCES {
             let src = source(name).unwrap();
             let file_at = src.find(&format!("#line 1 \"{name}.cu\"")).unwrap();
-            match prelude_of(body) {
-                Some(h) => {
-                    let (_, text) = HEADERS.iter().find(|(n, _)| *n == h).expect("an embedded header");
-                    let at = src.find(text).expect("the header's text in the source");
-                    assert!(COMMON.len() <= at && at < file_at, "{name}: {h} is not between common.cuh and the file");
-                }
-                None => assert!(!name.starts_with("attention_mma"), "{name} names no prelude"),
+            let mut after = COMMON.len();
+            for h in prelude_of(body) {
+                let (_, text) = HEADERS.iter().find(|(n, _)| *n == h).expect("an embedded header");
+                let at = src.find(text).expect("the header's text in the source");
+                assert!(after <= at && at < file_at, "{name}: {h} is not after the headers before it, before the file");
+                after = at + text.len();
             }
+            let want: &[&str] = if name.starts_with("attention_mma") { &["mma.cuh", "wgmma.cuh"] } else { &[] };
+            assert_eq!(prelude_of(body), want, "{name}");
         }
-        assert_eq!(prelude_of("// prelude: mma.cuh\nint x;"), Some("mma.cuh"));
-        assert_eq!(prelude_of("// a comment\n// prelude: mma.cuh"), None);
+        assert_eq!(prelude_of("// prelude: mma.cuh\nint x;"), ["mma.cuh"]);
+        assert_eq!(prelude_of("// prelude:  mma.cuh   wgmma.cuh \nint x;"), ["mma.cuh", "wgmma.cuh"]);
+        assert!(prelude_of("// a comment\n// prelude: mma.cuh").is_empty());
     }
 
     /// The disk cache: a first use compiles and writes the module's file; a second reads it back

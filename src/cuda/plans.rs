@@ -87,7 +87,7 @@ impl DecodeAttn {
 }
 
 /// Which tensor-core products the bf16 attention runs on, forward and backward
-/// (cuda/attention_mma.cu, attention_mma_bwd.cu: one source over mma.cuh's two product policies).
+/// (cuda/attention_mma.cu, attention_mma_bwd.cu: one source over the two product policies of mma.cuh and wgmma.cuh).
 /// Both compute the same FlashAttention-2 sums in f32 over bf16 products; they differ in the
 /// order of the f32 additions inside each product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The bf16 attention on Hopper's warpgroup products (`AttnMma::Wgmma`: cuda/mma.cuh `WgmmaOps`,
+//! The bf16 attention on Hopper's warpgroup products (`AttnMma::Wgmma`: cuda/wgmma.cuh `WgmmaOps`,
 //! the same forward and backward kernels as on mma.sync). A module of its own, run last and, by
 //! scripts/gpu-check.sh, in a process of its own: a wgmma kernel a GPU rejects leaves the CUDA
 //! context unusable, and must not take the other tests down with it.
