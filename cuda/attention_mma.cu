@@ -35,6 +35,8 @@
 //   warpgroup per 64 query rows, as wgmma needs), dynamic shared memory = (G + 4) * 64 * DM * 2
 //   bytes (G tiles of Q, two stages of K and of V): G = 1: DM = 64: 40960 B, DM = 128: 81920 B;
 //   G = 2: 49152 B and 98304 B (the host raises the limit above 48 KiB).
+//   At DM = 64 the entries are held to 128 registers (__launch_bounds__ with 512 threads a
+//   multiprocessor: two blocks of G = 2 or four of G = 1), which they fit without a spill.
 
 extern "C" __global__ void attn_pack_bf16(unsigned short* __restrict__ out, const float* __restrict__ x, int x_stride,
                                           int n, int heads, int head_dim, int dm) {
@@ -137,13 +139,13 @@ __device__ void attn_fwd_tc(float* __restrict__ out, int out_stride, float* __re
 // warpgroup a block or two (_x2); the wgmma ones trap where the architecture has no wgmma
 // (AM_wgmma: the host never launches them there).
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 4)
     attn_fwd_mma_64(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
                     int num_heads, int kv_heads, int head_dim) {
     attn_fwd_tc<MmaOps, 64, 1>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim);
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 2)
     attn_fwd_mma_64_x2(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
                        int num_heads, int kv_heads, int head_dim) {
     attn_fwd_tc<MmaOps, 64, 2>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim);
@@ -161,13 +163,13 @@ extern "C" __global__ void __launch_bounds__(256)
     attn_fwd_tc<MmaOps, 128, 2>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 4)
     attn_fwd_wgmma_64(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
                       int num_heads, int kv_heads, int head_dim) {
     AM_wgmma((attn_fwd_tc<WgmmaOps, 64, 1>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim)));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 2)
     attn_fwd_wgmma_64_x2(float* out, int out_stride, float* lse, const unsigned short* qkv16, const int* cu_seqlens,
                          int num_heads, int kv_heads, int head_dim) {
     AM_wgmma((attn_fwd_tc<WgmmaOps, 64, 2>(out, out_stride, lse, qkv16, cu_seqlens, num_heads, kv_heads, head_dim)));

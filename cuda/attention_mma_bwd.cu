@@ -124,7 +124,8 @@ __device__ void attn_bwd_dq_tc(float* __restrict__ dq, int dq_stride, const unsi
                     const int j = k0 + nt * 8 + 2 * tg + (e & 1);
                     const int i = e < 2 ? i0 : i1;
                     const int r = wr + gr + (e < 2 ? 0 : 8);
-                    const float p = (inside || (j <= i && i < len)) ? exp2f(s[nt][e] * sl2 - Ls[r]) : 0.0f;
+                    const bool kept = inside || (j <= i && i < len);
+                    const float p = kept ? exp2_ftz(__fmaf_rn(s[nt][e], sl2, -Ls[r])) : 0.0f;
                     s[nt][e] = p * (dp[nt][e] - Ds[r]);
                 }
             }
@@ -227,7 +228,8 @@ __device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* _
                     const int c = nt * 8 + 2 * tg + (e & 1);
                     const int i = q0 + c;
                     const int j = e < 2 ? j0 : j1;
-                    const float p = (inside || (j <= i && i < len)) ? exp2f(st[nt][e] * sl2 - Lc[c]) : 0.0f;
+                    const bool kept = inside || (j <= i && i < len);
+                    const float p = kept ? exp2_ftz(__fmaf_rn(st[nt][e], sl2, -Lc[c])) : 0.0f;
                     st[nt][e] = p;
                     dpt[nt][e] = p * (dpt[nt][e] - Dc[c]);
                 }
@@ -249,8 +251,10 @@ __device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* _
 // The entries: the two product policies (mma.cuh, wgmma.cuh) at the two head-dim buckets, with one
 // warpgroup a block or two (_x2); the wgmma ones trap where the architecture has no wgmma
 // (AM_wgmma: the host never launches them there).
+// The dQ entries at DM = 64 are held to 128 registers (512 threads a multiprocessor: two blocks
+// of G = 2 or four of G = 1), which they fit without a spill.
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 4)
     attn_bwd_dq_mma_64(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
         const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
     AM_mma((attn_bwd_dq_tc<MmaOps, 64, 1>(dq, dq_stride, qkv16, do16,
@@ -265,7 +269,7 @@ extern "C" __global__ void __launch_bounds__(128)
         lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block)));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 2)
     attn_bwd_dq_mma_64_x2(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
         const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
     AM_mma((attn_bwd_dq_tc<MmaOps, 64, 2>(dq, dq_stride, qkv16, do16,
@@ -310,7 +314,7 @@ extern "C" __global__ void __launch_bounds__(256)
         lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block)));
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 4)
     attn_bwd_dq_wgmma_64(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
         const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
     AM_wgmma((attn_bwd_dq_tc<WgmmaOps, 64, 1>(dq, dq_stride, qkv16, do16,
@@ -325,7 +329,7 @@ extern "C" __global__ void __launch_bounds__(128)
         lse, delta, cu_seqlens, num_heads, kv_heads, head_dim, heads_per_block)));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(256, 2)
     attn_bwd_dq_wgmma_64_x2(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
         const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
     AM_wgmma((attn_bwd_dq_tc<WgmmaOps, 64, 2>(dq, dq_stride, qkv16, do16,

@@ -196,54 +196,61 @@ __device__ __forceinline__ void store_rows(float* base, int stride, const float 
     }
 }
 
+// 2^x on the special-function unit with a subnormal result flushed to zero (ex2.approx.ftz: one
+// MUFU.EX2; exp2f adds a range test and two multiplies per call to keep subnormal results, which a
+// probability beside its row's largest, 1, never needs). 2^-inf = 0.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#ifdef ARBOR_SIMT
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y;
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 // One key block of the forward's online softmax (FlashAttention-2) for a warp's 16 query rows, of
 // which this lane holds rows i0 (gr) and i1 (gr + 8), over NT key tiles of 8 from key k0: the
 // causal and length mask unless the block is `inside` (wholly before the query block and the
-// sequence's end: the same values, fewer instructions), the scale to base 2 (sl2 = scale · log2 e),
-// the rows' new maxima (the four lanes of a row combine theirs), the accumulators o (NO tiles) and
-// the lane's partial row sums l rescaled, and s turned into the unnormalised probabilities. Shared
-// by both product policies (MmaOps, WgmmaOps), whose accumulators lay rows and columns out alike.
-// The scaled score is rounded on its own (__fmul_rn: no multiply-add contracted with the
-// subtraction of the maximum), so both paths give a score the same bits: a block of two
-// warpgroups may take the masked path where one of one would not (attention_mma.cu).
-template <int NT, int NO>
-__device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], float& m0, float& m1, float& l0,
-                                              float& l1, bool inside, int k0, int i0, int i1, int len, int tg,
-                                              float sl2) {
-    float mx0 = neg_inf_f(), mx1 = neg_inf_f();
-    if (inside) {
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float x = __fmul_rn(s[nt][e], sl2);
-                s[nt][e] = x;
-                if (e < 2) mx0 = fmaxf(mx0, x);
-                else mx1 = fmaxf(mx1, x);
-            }
-        }
-    } else {
+// sequence's end: the same values, fewer instructions), the rows' new maxima (the four lanes of a
+// row combine theirs) in base-2 units (sl2 = scale · log2 e), the accumulators o (NO tiles) and
+// the lane's partial row sums l rescaled, and s turned into the unnormalised probabilities
+// 2^(sl2 s - max). Shared by both product policies (MmaOps, WgmmaOps), whose accumulators lay rows
+// and columns out alike. The maxima are taken over the raw scores and scaled once (rounding is
+// monotonic, so this is the largest rounded scaled score), and each exponent is one explicit
+// multiply-add: both paths give a score the same bits, as a block of two warpgroups may take the
+// masked path where one of one would not (attention_mma.cu).
+template <int NT, int NO, bool MASK>
+__device__ __forceinline__ void softmax_block_(float (*s)[4], float (*o)[4], float& m0, float& m1, float& l0,
+                                               float& l1, int k0, int i0, int i1, int len, int tg, float sl2) {
+    if (MASK) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int j = k0 + nt * 8 + 2 * tg + (e & 1);
                 const int i = e < 2 ? i0 : i1;
-                const float x = (j <= i && j < len) ? __fmul_rn(s[nt][e], sl2) : neg_inf_f();
-                s[nt][e] = x;
-                if (e < 2) mx0 = fmaxf(mx0, x);
-                else mx1 = fmaxf(mx1, x);
+                if (!(j <= i && j < len)) s[nt][e] = neg_inf_f();
             }
         }
+    }
+    float mx0 = neg_inf_f(), mx1 = neg_inf_f();
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
     }
     mx0 = fmaxf(mx0, __shfl_xor_sync(ARBOR_FULL_MASK, mx0, 1));
     mx0 = fmaxf(mx0, __shfl_xor_sync(ARBOR_FULL_MASK, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(ARBOR_FULL_MASK, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(ARBOR_FULL_MASK, mx1, 2));
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    // a row with no key yet keeps max -inf: nothing to rescale
-    const float c0 = mn0 == neg_inf_f() ? 1.0f : exp2f(m0 - mn0);
-    const float c1 = mn1 == neg_inf_f() ? 1.0f : exp2f(m1 - mn1);
+    const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+    // a row with no key yet keeps max -inf: nothing to rescale, and its scores (all -inf) give 0
+    // against a maximum of 0
+    const float c0 = mn0 == neg_inf_f() ? 1.0f : exp2_ftz(m0 - mn0);
+    const float c1 = mn1 == neg_inf_f() ? 1.0f : exp2_ftz(m1 - mn1);
+    const float b0 = mn0 == neg_inf_f() ? 0.0f : -mn0, b1 = mn1 == neg_inf_f() ? 0.0f : -mn1;
     l0 *= c0;
     l1 *= c1;
 #pragma unroll
@@ -257,9 +264,7 @@ __device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], floa
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const float mn = e < 2 ? mn0 : mn1;
-            // (inside the mask every score and maximum is finite)
-            const float p = !inside && s[nt][e] == neg_inf_f() ? 0.0f : exp2f(s[nt][e] - mn);
+            const float p = exp2_ftz(__fmaf_rn(s[nt][e], sl2, e < 2 ? b0 : b1));
             s[nt][e] = p;
             if (e < 2) l0 += p;
             else l1 += p;
@@ -267,6 +272,14 @@ __device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], floa
     }
     m0 = mn0;
     m1 = mn1;
+}
+// (each path compiled on its own: one merged path takes more registers)
+template <int NT, int NO>
+__device__ __forceinline__ void softmax_block(float (*s)[4], float (*o)[4], float& m0, float& m1, float& l0,
+                                              float& l1, bool inside, int k0, int i0, int i1, int len, int tg,
+                                              float sl2) {
+    if (inside) softmax_block_<NT, NO, false>(s, o, m0, m1, l0, l1, k0, i0, i1, len, tg, sl2);
+    else softmax_block_<NT, NO, true>(s, o, m0, m1, l0, l1, k0, i0, i1, len, tg, sl2);
 }
 
 // The forward's end for the lane's rows i0 and i1: the row sums over the row's four lanes, the

@@ -116,6 +116,19 @@ RES_SPILL_RE = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 RES_REGS_RE = re.compile(r"Used (\d+) registers")
 
 
+def module_source(common, fpath, body):
+    """The text NVRTC compiles for kernel file `fpath` (its text `body`): common.cuh, then the
+    headers its first line names (`// prelude: a.cuh b.cuh`), then the file, as the Rust loader
+    builds it. The #line directives only make diagnostics point into each file."""
+    first = body.split("\n", 1)[0].strip()
+    prelude = ""
+    if first.startswith("// prelude:"):
+        for hname in first[len("// prelude:"):].split():
+            with open(os.path.join(CUDA_DIR, hname)) as f:
+                prelude += "#line 1 \"%s\"\n" % hname + f.read() + "\n"
+    return common + "\n" + prelude + "#line 1 \"%s\"\n" % os.path.basename(fpath) + body
+
+
 def resources(lib, src, name):
     """(entry, arch, registers, spill stores, spill loads) of every entry, per sm_ target."""
     rows = []
@@ -168,15 +181,7 @@ def main(argv):
             failed = True
             continue
         entries = ENTRY_RE.findall(code)
-        # The #line directive only makes diagnostics point into the .cu file; the Rust loader
-        # prepends common.cuh the same way (with or without it, the code is identical).
-        first = body.split("\n", 1)[0].strip()
-        prelude = ""
-        if first.startswith("// prelude:"):
-            for hname in first[len("// prelude:"):].split():
-                with open(os.path.join(CUDA_DIR, hname)) as f:
-                    prelude += "#line 1 \"%s\"\n" % hname + f.read() + "\n"
-        src = common + "\n" + prelude + "#line 1 \"%s\"\n" % os.path.basename(fpath) + body
+        src = module_source(common, fpath, body)
         if want_resources:
             try:
                 rows = resources(lib, src, os.path.basename(fpath))

@@ -161,6 +161,8 @@ static inline float __fsub_rn(float a, float b) {
     SIMT_ROUNDED(r);
     return r;
 }
+// a fused multiply-add: one rounding
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 static inline float __fdiv_rn(float a, float b) {
     float r = a / b;
     SIMT_ROUNDED(r);

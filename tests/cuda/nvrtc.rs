@@ -1,7 +1,7 @@
 //! The NVRTC checks, run wherever libnvrtc loads (CI installs it with pip), with or without a
 //! GPU: every kernel file compiles for compute_80, compute_90 and compute_90a with no error and
 //! no warning, every declared entry is in the PTX, and wgmma is in the tensor-core attention's
-//! compute_90a PTX only; ptxas assembles the Hopper attention without warnings, serialisation or
+//! compute_90a PTX only, whose exponentials flush subnormal results; ptxas assembles the Hopper attention without warnings, serialisation or
 //! spills; a module compiles once per process; errors name the file.
 
 use super::gpu_required;
@@ -35,6 +35,14 @@ fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
                     let wgmma = String::from_utf8_lossy(&c.ptx).matches("wgmma.mma_async").count();
                     let want = name.starts_with("attention_mma") && arch == "compute_90a";
                     assert_eq!(wgmma > 0, want, "{name} for {arch}: {wgmma} wgmma instructions");
+                    // the bf16 attention's probabilities take one special-function instruction
+                    // each (mma.cuh exp2_ftz), not exp2f's three more that keep subnormal results
+                    if name.starts_with("attention_mma") {
+                        let ptx = String::from_utf8_lossy(&c.ptx);
+                        let (ftz, kept) =
+                            (ptx.matches("ex2.approx.ftz.f32").count(), ptx.matches("ex2.approx.f32").count());
+                        assert!(ftz > 0 && kept == 0, "{name} for {arch}: {ftz} ex2.approx.ftz, {kept} ex2.approx");
+                    }
                 }
                 Err(e) => panic!("{e}"),
             }
