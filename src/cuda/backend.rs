@@ -354,7 +354,7 @@ impl Backend for Gpu {
         };
         let args =
             [Arg::P(act.ptr(self)), Arg::P(gate_up.ptr(self)), Arg::I(int(n, "rows")?), Arg::I(int(inter, "inter")?)];
-        self.launch("swiglu", &entry, (n as u32, inter.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
+        self.launch("swiglu", &entry, swiglu_grid(n, inter)?, (256, 1, 1), 0, &args)
     }
     fn swiglu_backward(
         &self,
@@ -376,7 +376,7 @@ impl Backend for Gpu {
             Arg::I(int(n, "rows")?),
             Arg::I(int(inter, "inter")?),
         ];
-        self.launch("swiglu", &entry, (n as u32, inter.div_ceil(256) as u32, 1), (256, 1, 1), 0, &args)
+        self.launch("swiglu", &entry, swiglu_grid(n, inter)?, (256, 1, 1), 0, &args)
     }
     fn logprob_forward(
         &self,
@@ -440,6 +440,12 @@ impl Backend for Gpu {
         ];
         self.launch("logprob", entry, (n as u32, 1, 1), (512, 1, 1), 0, &args)
     }
+}
+
+/// The SwiGLU kernels' grid (cuda/swiglu.cu): a thread per 8 consecutive columns of a row.
+fn swiglu_grid(n: usize, inter: usize) -> Result<(u32, u32, u32)> {
+    let blocks = (n * inter.div_ceil(8)).div_ceil(256);
+    Ok((int(blocks, "SwiGLU blocks")? as u32, 1, 1))
 }
 
 #[cfg(test)]

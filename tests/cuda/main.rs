@@ -204,38 +204,58 @@ fn elementwise_kernels_match_the_cpu() {
     g.bias_backward(Gpu::m(&mut dbg, 0..c), Gpu::r(&dyg, 0..n * c)).unwrap();
     close("bias_backward", &down(&g, &dbg, c), &db, 1e-5);
 
-    // SwiGLU
-    let gu = rand(&mut rng, n * 2 * inter);
-    let dact = rand(&mut rng, n * inter);
-    let (gug, dactg) = (g.upload(&gu).unwrap(), g.upload(&dact).unwrap());
+    // SwiGLU: 16-byte accesses (inter % 8 == 0, aligned views), one value at a time (inter 37,
+    // or views that start one value in), and a row's short last group of 8 (37)
+    for (inter, at) in [(inter, 0), (37, 0), (inter, 1)] {
+        swiglu_matches_the_cpu(&g, &mut rng, n, inter, at);
+    }
+    g.set_dtype(Dtype::F32);
+}
+
+/// The SwiGLU kernels against the CPU on views of `n` rows that start `at` values into their
+/// buffers (f32, then with bf16 gate|up as bf16 products write it).
+fn swiglu_matches_the_cpu(g: &Gpu, rng: &mut Rng, n: usize, inter: usize, at: usize) {
+    let gu = rand(rng, n * 2 * inter);
+    let dact = rand(rng, n * inter);
+    let pad = |x: &[f32]| [vec![0.5; at], x.to_vec()].concat();
+    let (gug, dactg) = (g.upload(&pad(&gu)).unwrap(), g.upload(&pad(&dact)).unwrap());
+    let (gur, dr) = (at..at + n * 2 * inter, at..at + n * inter);
     let mut act = vec![0.0; n * inter];
     Cpu.swiglu_forward(&mut act, &gu, inter).unwrap();
-    act_kernel_matches(&g, "swiglu fwd", &act, |acta| {
-        g.swiglu_forward(Gpu::act_m(acta, 0..n * inter), Gpu::as_act(Gpu::r(&gug, 0..n * 2 * inter)), inter).unwrap()
+    act_kernel_matches(g, &format!("swiglu fwd, inter {inter}, at {at}"), &act, |acta| {
+        g.swiglu_forward(Gpu::act_m(acta, 0..n * inter), Gpu::as_act(Gpu::r(&gug, gur.clone())), inter).unwrap()
     });
     // the gate|up gradient, which only the projection's backward products read, is an activation
     let mut dgu = vec![0.0; n * 2 * inter];
     Cpu.swiglu_backward(&mut dgu, &dact, &gu, inter).unwrap();
-    act_kernel_matches(&g, "swiglu bwd", &dgu, |dgua| {
-        let (dr, gr) = (Gpu::r(&dactg, 0..n * inter), Gpu::as_act(Gpu::r(&gug, 0..n * 2 * inter)));
-        g.swiglu_backward(Gpu::act_m(dgua, 0..n * 2 * inter), dr, gr, inter).unwrap()
+    act_kernel_matches(g, &format!("swiglu bwd, inter {inter}, at {at}"), &dgu, |dgua| {
+        let (d, gr) = (Gpu::r(&dactg, dr.clone()), Gpu::as_act(Gpu::r(&gug, gur.clone())));
+        g.swiglu_backward(Gpu::act_m(dgua, 0..n * 2 * inter), d, gr, inter).unwrap()
     });
     // with bf16 products gate|up is itself bf16 (the projection writes it so): the kernels that
     // read it so give the CPU's results on the rounded gate|up, rounded
     g.set_dtype(Dtype::Bf16);
     let gu16 = precision::round_bf16(&gu);
-    let gua = g.act_upload(&gu, true).unwrap();
+    let gua = g.act_upload(&pad(&gu), true).unwrap();
     let (mut act16, mut dgu16) = (vec![0.0; n * inter], vec![0.0; n * 2 * inter]);
     Cpu.swiglu_forward(&mut act16, &gu16, inter).unwrap();
     Cpu.swiglu_backward(&mut dgu16, &dact, &gu16, inter).unwrap();
     let (mut out, mut dout) = (g.act_empty().unwrap(), g.act_empty().unwrap());
     g.act_grow(&mut out, n * inter).unwrap();
     g.act_grow(&mut dout, n * 2 * inter).unwrap();
-    g.swiglu_forward(Gpu::act_m(&mut out, 0..n * inter), Gpu::act_r(&gua, 0..n * 2 * inter), inter).unwrap();
-    let (dr, gr) = (Gpu::r(&dactg, 0..n * inter), Gpu::act_r(&gua, 0..n * 2 * inter));
-    g.swiglu_backward(Gpu::act_m(&mut dout, 0..n * 2 * inter), dr, gr, inter).unwrap();
-    within_bf16_rounding("swiglu fwd, bf16 gate|up", &act_down(&g, &out, n * inter), &act16);
-    within_bf16_rounding("swiglu bwd, bf16 gate|up", &act_down(&g, &dout, n * 2 * inter), &dgu16);
+    g.swiglu_forward(Gpu::act_m(&mut out, 0..n * inter), Gpu::act_r(&gua, gur.clone()), inter).unwrap();
+    let (d, gr) = (Gpu::r(&dactg, dr.clone()), Gpu::act_r(&gua, gur.clone()));
+    g.swiglu_backward(Gpu::act_m(&mut dout, 0..n * 2 * inter), d, gr, inter).unwrap();
+    within_bf16_rounding(
+        &format!("swiglu fwd, bf16 gate|up, inter {inter}, at {at}"),
+        &act_down(g, &out, n * inter),
+        &act16,
+    );
+    within_bf16_rounding(
+        &format!("swiglu bwd, bf16 gate|up, inter {inter}, at {at}"),
+        &act_down(g, &dout, n * 2 * inter),
+        &dgu16,
+    );
     g.set_dtype(Dtype::F32);
 }
 
