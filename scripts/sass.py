@@ -9,9 +9,12 @@ the opcodes that decide a kernel's speed: tensor-core products (HMMA, HGMMA), sp
 barriers, branches and local memory (LDL/STL: a spill). Static counts: an instruction inside a
 loop counts once. Compare two versions of a kernel with it before a GPU times them (docs/cuda.md).
 
-Usage: python3 scripts/sass.py [--arch sm_90a] [--all] [--dump FILE] cuda/FILE.cu [ENTRY-SUBSTRING]
+Usage: python3 scripts/sass.py [--arch sm_90a] [--all] [--loops] [--dump FILE] cuda/FILE.cu [ENTRY-SUBSTRING]
   --arch   the real architecture (default sm_90a; sm_80, sm_89, sm_90 ...)
   --all    every opcode of each entry, most frequent first
+  --loops  also each loop of each entry (a branch back to an earlier address): its address range,
+           instruction count and opcode counts, nested loops indented. A loop's count holds every
+           path through its body (both sides of a branch inside it).
   --dump   write the whole disassembly to FILE
 
 nvdisasm is taken from $NVDISASM, else PATH, else .venv-nvrtc (install it there with
@@ -32,8 +35,6 @@ import nvrtc_check  # noqa: E402
 
 KEY_OPS = ["HMMA", "HGMMA", "MUFU", "FFMA", "FMUL", "FADD", "FMNMX", "FSETP", "FSEL", "F2FP", "LDSM", "LDS",
            "LDGSTS", "SHFL", "BAR", "BRA", "LDL", "STL"]
-# an instruction line: /*addr*/, an optional predicate (@P0, @!UP1, @PT), the opcode
-INSN_RE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
 
 def find_nvdisasm():
@@ -75,19 +76,54 @@ def cubin(lib, src, name, arch):
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
+# an instruction: its address, its predicate (@P0, @!UP1; "@!PT": never runs, the assembler's
+# padding, not counted) and opcode; a label line; a branch's target label
+ADDR_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+LABEL_RE = re.compile(r"^(\.L_\w+):", re.M)
+TARGET_RE = re.compile(r"BRA\s+`\((\.L_\w+)\)")
+
+
 def entries(sass):
-    """(entry name, Counter of opcodes) for each function of an nvdisasm listing."""
+    """(entry name, Counter of opcodes, loops) for each function of an nvdisasm listing; a loop is
+    (first address, last address, Counter of its opcodes)."""
     out = []
     for block in re.split(r"\n\s*\.text\.", sass)[1:]:
         name = block.split(":", 1)[0].strip()
-        ops = collections.Counter(m.group(1) for m in INSN_RE.finditer(block))
-        out.append((name, ops))
+        insns, labels, pending = [], {}, []
+        for line in block.split("\n"):
+            lab = LABEL_RE.match(line.strip())
+            if lab:
+                pending.append(lab.group(1))
+                continue
+            m = ADDR_RE.search(line)
+            if not m:
+                continue
+            addr = int(m.group(1), 16)
+            for lab in pending:
+                labels[lab] = addr
+            pending = []
+            if (m.group(2) or "").strip() == "@!PT":
+                continue
+            t = TARGET_RE.search(line)
+            insns.append((addr, m.group(3), t.group(1) if t else None))
+        ops = collections.Counter(op for _, op, _ in insns)
+        loops = []
+        for addr, op, target in insns:
+            if op == "BRA" and target in labels and labels[target] <= addr:
+                lo = labels[target]
+                body = collections.Counter(o for a, o, _ in insns if lo <= a <= addr)
+                loops.append((lo, addr, body))
+        out.append((name, ops, sorted(loops, key=lambda x: (x[0], -x[1]))))
     return out
+
+
+def op_counts(ops):
+    return " ".join("%s=%d" % (k, ops[k]) for k in KEY_OPS if ops[k])
 
 
 def main(argv):
     args = argv[1:]
-    arch, dump, show_all = "sm_90a", None, False
+    arch, dump, show_all, show_loops = "sm_90a", None, False, False
     rest = []
     i = 0
     while i < len(args):
@@ -97,6 +133,8 @@ def main(argv):
             dump, i = args[i + 1], i + 2
         elif args[i] == "--all":
             show_all, i = True, i + 1
+        elif args[i] == "--loops":
+            show_loops, i = True, i + 1
         else:
             rest.append(args[i])
             i += 1
@@ -131,7 +169,7 @@ def main(argv):
         with open(dump, "w") as f:
             f.write(run.stdout)
     print("%s for %s (static counts: an instruction in a loop counts once)" % (os.path.relpath(fpath), arch))
-    for name, ops in sorted(entries(run.stdout)):
+    for name, ops, loops in sorted(entries(run.stdout)):
         if want not in name:
             continue
         total = sum(ops.values())
@@ -139,7 +177,11 @@ def main(argv):
             print("%s: %d instructions" % (name, total))
             print("  " + " ".join("%s=%d" % kv for kv in ops.most_common()))
         else:
-            print("%-28s %5d  %s" % (name, total, " ".join("%s=%d" % (k, ops[k]) for k in KEY_OPS if ops[k])))
+            print("%-28s %5d  %s" % (name, total, op_counts(ops)))
+        if show_loops:
+            for lo, hi, body in loops:
+                depth = sum(1 for l2, h2, _ in loops if l2 <= lo and hi <= h2) - 1
+                print("  %sloop %04x-%04x %5d  %s" % ("  " * depth, lo, hi, sum(body.values()), op_counts(body)))
     return 0
 
 
