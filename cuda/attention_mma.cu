@@ -89,8 +89,8 @@ __device__ void attn_fwd_tc(float* __restrict__ out, int out_stride, float* __re
     const unsigned short* qb = qkv16 + (long long)start * ps + (long long)h * DM;
     const unsigned short* kb = qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM;
     const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
-    for (int t = 0; t < G; ++t) Ops::template load<DM>(Qs + t * TILE, qb, ps, q0 + t * AM_BQ, len);
-    fetch_kv<Ops, DM>(Ks, Vs, kb, vb, ps, 0, len);
+    for (int t = 0; t < G; ++t) Ops::template load<DM, 128 * G>(Qs + t * TILE, qb, ps, q0 + t * AM_BQ, len);
+    fetch_kv<Ops, DM, 128 * G>(Ks, Vs, kb, vb, ps, 0, len);
     cp_wait_all();
     Ops::landed();
     __syncthreads();
@@ -109,7 +109,7 @@ __device__ void attn_fwd_tc(float* __restrict__ out, int out_stride, float* __re
     for (int k0 = 0, stage = 0; k0 < kend; k0 += AM_BK, stage ^= 1) {
         // the other stage was consumed by the last block (barrier at the loop's end): fill it
         if (k0 + AM_BK < kend) {
-            fetch_kv<Ops, DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
+            fetch_kv<Ops, DM, 128 * G>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
         // a warpgroup attends the key blocks up to its own diagonal, as a block of its 64 rows
         // alone would (the same sums: the bits do not depend on G), and none if its rows all lie

@@ -81,10 +81,10 @@ __device__ void attn_bwd_dq_tc(float* __restrict__ dq, int dq_stride, const unsi
     const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
     for (int t = 0; t < G; ++t) {
         const int r0 = q0 + t * AM_BQ;
-        Ops::template load<DM>(Qs + t * TILE, qkv16 + (long long)start * ps + (long long)h * DM, ps, r0, len);
-        Ops::template load<DM>(Os + t * TILE, do16 + (long long)start * pd + (long long)h * DM, pd, r0, len);
+        Ops::template load<DM, 128 * G>(Qs + t * TILE, qkv16 + (long long)start * ps + (long long)h * DM, ps, r0, len);
+        Ops::template load<DM, 128 * G>(Os + t * TILE, do16 + (long long)start * pd + (long long)h * DM, pd, r0, len);
     }
-    fetch_kv<Ops, DM>(Ks, Vs, kb, vb, ps, 0, len);
+    fetch_kv<Ops, DM, 128 * G>(Ks, Vs, kb, vb, ps, 0, len);
     const int i0 = q0 + wr + gr, i1 = i0 + 8;
     // (in shared memory, read where used: four registers fewer through the loop)
     if (threadIdx.x < AM_BQ * G) {
@@ -103,7 +103,7 @@ __device__ void attn_bwd_dq_tc(float* __restrict__ dq, int dq_stride, const unsi
     for (int k0 = 0, stage = 0; k0 < kend; k0 += AM_BK, stage ^= 1) {
         // the other stage was consumed by the last block (barrier at the loop's end): fill it
         if (k0 + AM_BK < kend) {
-            fetch_kv<Ops, DM>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
+            fetch_kv<Ops, DM, 128 * G>(Ks + (stage ^ 1) * TILE, Vs + (stage ^ 1) * TILE, kb, vb, ps, k0 + AM_BK, len);
         }
         // a warpgroup takes the key blocks up to its own rows' diagonal (the bits do not depend on
         // G), and none if its rows all lie past the sequence's end
@@ -174,8 +174,8 @@ __device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* _
     // directly, visible after the next barrier).
     auto fetch = [&](int it, int st) {
         const int h = h_first + it / nq, q0 = k0 + (it % nq) * AM_BQ;
-        Ops::template load<DM>(Qs + st * TILE, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
-        Ops::template load<DM>(Os + st * TILE, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
+        Ops::template load<DM, 128 * G>(Qs + st * TILE, qkv16 + (long long)start * ps + (long long)h * DM, ps, q0, len);
+        Ops::template load<DM, 128 * G>(Os + st * TILE, do16 + (long long)start * pd + (long long)h * DM, pd, q0, len);
         if (threadIdx.x < AM_BQ) {
             const int i = q0 + threadIdx.x;
             const long long at = (long long)(start + i) * num_heads + h;
@@ -187,8 +187,8 @@ __device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* _
         const int r0 = k0 + t * AM_BK;
         const unsigned short* kb = qkv16 + (long long)start * ps + (long long)(num_heads + g) * DM;
         const unsigned short* vb = qkv16 + (long long)start * ps + (long long)(num_heads + kv_heads + g) * DM;
-        Ops::template load<DM>(Ks + t * TILE, kb, ps, r0, len);
-        Ops::template load<DM>(Vs + t * TILE, vb, ps, r0, len);
+        Ops::template load<DM, 128 * G>(Ks + t * TILE, kb, ps, r0, len);
+        Ops::template load<DM, 128 * G>(Vs + t * TILE, vb, ps, r0, len);
     }
     fetch(0, 0);
     cp_commit();

@@ -326,26 +326,35 @@ __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_grou
 
 // Issue the copies of rows [r0, r0 + 64) of a packed bf16 matrix (row stride `stride` elements,
 // rows DM wide, x 16-byte aligned) into the tile S (as tile_at says); rows at or past `len` are
-// zero-filled. The whole block takes part; commit, wait and barrier are the caller's.
-template <int DM>
+// zero-filled. The whole block of NT threads takes part, thread t the 16-byte segment t % (DM / 8)
+// of rows t / (DM / 8) + i NT / (DM / 8): a column and a swizzle fixed per thread, so a copy is an
+// address step and a bound test (the block's size as a constant: no division or loop test at run
+// time). Commit, wait and barrier are the caller's.
+template <int DM, int NT>
 __device__ __forceinline__ void copy_rows(unsigned short* S, const unsigned short* __restrict__ x, long long stride,
                                           int r0, int len) {
-    constexpr int C = DM / 8;
-    for (int idx = threadIdx.x; idx < 64 * C; idx += blockDim.x) {
-        const int r = idx / C, c = (idx - (idx / C) * C) * 8;
-        const bool in = r0 + r < len;
-        cp_async16(S + tile_at<DM>(r, c), in ? x + (long long)(r0 + r) * stride + c : x, in ? 16 : 0);
+    constexpr int C = DM / 8, RS = NT / C;  // RS rows per pass of the block
+    static_assert(NT % C == 0 && RS % 8 == 0 && 64 % RS == 0, "a pass covers whole swizzle groups of rows");
+    const int t = (int)threadIdx.x, c = (t % C) * 8, r = r0 + t / C;
+    // (rows RS apart share a swizzle: RS is a multiple of 8)
+    unsigned short* dst = S + tile_at<DM>(t / C, c);
+    const unsigned short* src = x + (long long)r * stride + c;
+    const long long step = (long long)RS * stride;
+#pragma unroll
+    for (int i = 0; i < 64 / RS; ++i, src += step) {
+        const bool in = r + i * RS < len;
+        cp_async16(dst + i * RS * DM, in ? src : x, in ? 16 : 0);
     }
 }
 
 // Issue the copies of key/value block [k0, k0 + 64) (packed rows at kb and vb, row stride `stride`)
 // into the tiles K and V as Ops lays tiles out, and commit them (with any copy issued before) as
 // one group.
-template <class Ops, int DM>
+template <class Ops, int DM, int NT>
 __device__ __forceinline__ void fetch_kv(unsigned short* K, unsigned short* V, const unsigned short* kb,
                                          const unsigned short* vb, long long stride, int k0, int len) {
-    Ops::template load<DM>(K, kb, stride, k0, len);
-    Ops::template load<DM>(V, vb, stride, k0, len);
+    Ops::template load<DM, NT>(K, kb, stride, k0, len);
+    Ops::template load<DM, NT>(V, vb, stride, k0, len);
     cp_commit();
 }
 
@@ -367,10 +376,10 @@ __device__ __forceinline__ void fetch_kv(unsigned short* K, unsigned short* V, c
 
 // Each warp's mma.sync (sm_80 and later): tiles laid out by tile_at, fragments through ldmatrix.
 struct MmaOps {
-    // rows [r0, r0 + 64) into a tile (see copy_rows)
-    template <int DM>
+    // rows [r0, r0 + 64) into a tile by a block of NT threads (see copy_rows)
+    template <int DM, int NT>
     static AM_FN void load(unsigned short* S, const unsigned short* x, long long stride, int r0, int len) {
-        copy_rows<DM>(S, x, stride, r0, len);
+        copy_rows<DM, NT>(S, x, stride, r0, len);
     }
     // after this thread's copies landed, before the barrier that shares them
     static AM_FN void landed() {}

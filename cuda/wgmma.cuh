@@ -33,15 +33,22 @@ __device__ __forceinline__ int cm_at(int r, int c) {
 
 // Issue the copies of rows [r0, r0 + 64) of a packed bf16 matrix (row stride `stride` elements)
 // into a tile laid out by cm_at; rows at or past `len` are zero-filled. Eight consecutive threads
-// take the eight rows of one core matrix: 128 contiguous bytes of shared memory.
-template <int DM>
+// take the eight rows of one core matrix: 128 contiguous bytes of shared memory. Thread t of the
+// block's NT keeps segment (t / 8) % (DM / 8) and steps NT / (DM / 8) rows a copy (as copy_rows).
+template <int DM, int NT>
 __device__ __forceinline__ void copy_rows_cm(unsigned short* S, const unsigned short* __restrict__ x, long long stride,
                                              int r0, int len) {
-    constexpr int C = DM / 8;
-    for (int idx = threadIdx.x; idx < 64 * C; idx += blockDim.x) {
-        const int r = (idx & 7) | ((idx / (8 * C)) << 3), c = (idx >> 3) % C;
-        const bool in = r0 + r < len;
-        cp_async16(S + cm_at<DM>(r, c), in ? x + (long long)(r0 + r) * stride + c * 8 : x, in ? 16 : 0);
+    constexpr int C = DM / 8, RS = NT / C;
+    static_assert(NT % (8 * C) == 0 && 64 % RS == 0, "a pass covers whole core matrices");
+    const int t = (int)threadIdx.x, c = (t >> 3) % C, rt = (t & 7) | ((t / (8 * C)) << 3), r = r0 + rt;
+    // (RS rows further is RS / 8 core-matrix rows further)
+    unsigned short* dst = S + cm_at<DM>(rt, c);
+    const unsigned short* src = x + (long long)r * stride + c * 8;
+    const long long step = (long long)RS * stride;
+#pragma unroll
+    for (int i = 0; i < 64 / RS; ++i, src += step) {
+        const bool in = r + i * RS < len;
+        cp_async16(dst + i * RS * DM, in ? src : x, in ? 16 : 0);
     }
 }
 
@@ -158,9 +165,9 @@ __device__ __forceinline__ void wgmma_n128_rs_t(float* d, const unsigned int* a,
 // The warpgroup's wgmma (sm_90a): tiles laid out by cm_at, operands read through descriptors.
 // NT (the product's columns over 8) must be 8 and NO 8 or 16: m64n64k16 and m64n128k16.
 struct WgmmaOps {
-    template <int DM>
+    template <int DM, int NT>
     static AM_FN void load(unsigned short* S, const unsigned short* x, long long stride, int r0, int len) {
-        copy_rows_cm<DM>(S, x, stride, r0, len);
+        copy_rows_cm<DM, NT>(S, x, stride, r0, len);
     }
     static AM_FN void landed() { proxy_fence(); }
     // (the warpgroup's 64-row tile of a region of Q tiles, rows r0 of the warp)
