@@ -251,10 +251,10 @@ __device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* _
 // The entries: the two product policies (mma.cuh, wgmma.cuh) at the two head-dim buckets, with one
 // warpgroup a block or two (_x2); the wgmma ones trap where the architecture has no wgmma
 // (AM_wgmma: the host never launches them there).
-// The dQ entries at DM = 64 are held to 128 registers (512 threads a multiprocessor: two blocks
-// of G = 2 or four of G = 1), which they fit without a spill.
+// The dQ entries at DM = 64 are held to the registers of two blocks of G = 2 a multiprocessor
+// (128) or three of G = 1 (168; at 128 the mma.sync one spills), which they fit without a spill.
 
-extern "C" __global__ void __launch_bounds__(128, 4)
+extern "C" __global__ void __launch_bounds__(128, 3)
     attn_bwd_dq_mma_64(float* dq, int dq_stride, const unsigned short* qkv16, const unsigned short* do16,
         const float* lse, const float* delta, const int* cu_seqlens, int num_heads, int kv_heads, int head_dim) {
     AM_mma((attn_bwd_dq_tc<MmaOps, 64, 1>(dq, dq_stride, qkv16, do16,

@@ -45,6 +45,19 @@ __device__ __forceinline__ unsigned int pack_bf16(float lo, float hi) {
     return (unsigned int)f32_to_bf16(lo) | ((unsigned int)f32_to_bf16(hi) << 16);
 }
 
+// pack_bf16 by the hardware (cvt.rn.bf16x2.f32, sm_80 and later: one F2FP instruction where
+// pack_bf16 takes about ten integer ones): the same bits for every value but NaN, which becomes
+// the canonical 0x7fff. For the products' operands computed in the kernels (P, dS).
+__device__ __forceinline__ unsigned int pack_bf16_rn(float lo, float hi) {
+#ifdef ARBOR_SIMT
+    return pack_bf16(lo, hi);
+#else
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
 // The index in a tile of row r's 8 elements from column c (a multiple of 8): segment c / 8 of the
 // row, moved to segment (c / 8) ^ (r & 7) (see the header). src/cuda/mma.rs: tile_at.
 template <int DM>
@@ -122,10 +135,10 @@ __device__ __forceinline__ void frag_b2(unsigned int* b, const unsigned short* S
 
 // The A fragment of 16 columns held as two C fragments (columns 0..7 in lo, 8..15 in hi).
 __device__ __forceinline__ void c_to_a(unsigned int* a, const float* lo, const float* hi) {
-    a[0] = pack_bf16(lo[0], lo[1]);
-    a[1] = pack_bf16(lo[2], lo[3]);
-    a[2] = pack_bf16(hi[0], hi[1]);
-    a[3] = pack_bf16(hi[2], hi[3]);
+    a[0] = pack_bf16_rn(lo[0], lo[1]);
+    a[1] = pack_bf16_rn(lo[2], lo[3]);
+    a[2] = pack_bf16_rn(hi[0], hi[1]);
+    a[3] = pack_bf16_rn(hi[2], hi[3]);
 }
 
 // s[nt] = the warp's rows [r0, r0 + 16) of X1 times the transposed rows [8 nt, 8 nt + 8) of Y1,

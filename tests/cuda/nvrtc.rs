@@ -36,12 +36,15 @@ fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
                     let want = name.starts_with("attention_mma") && arch == "compute_90a";
                     assert_eq!(wgmma > 0, want, "{name} for {arch}: {wgmma} wgmma instructions");
                     // the bf16 attention's probabilities take one special-function instruction
-                    // each (mma.cuh exp2_ftz), not exp2f's three more that keep subnormal results
+                    // each (mma.cuh exp2_ftz), not exp2f's three more that keep subnormal results,
+                    // and P and dS become product operands two values an instruction
+                    // (pack_bf16_rn), not ten integer instructions a value
                     if name.starts_with("attention_mma") {
                         let ptx = String::from_utf8_lossy(&c.ptx);
                         let (ftz, kept) =
                             (ptx.matches("ex2.approx.ftz.f32").count(), ptx.matches("ex2.approx.f32").count());
                         assert!(ftz > 0 && kept == 0, "{name} for {arch}: {ftz} ex2.approx.ftz, {kept} ex2.approx");
+                        assert!(ptx.contains("cvt.rn.bf16x2.f32"), "{name} for {arch}: no cvt.rn.bf16x2.f32");
                     }
                 }
                 Err(e) => panic!("{e}"),
