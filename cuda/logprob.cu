@@ -12,7 +12,8 @@
 //   logp[i]    = z[i, targets[i]] - lse[i]
 //   entropy[i] = lse[i] - sum_j softmax(z)[i,j] * z[i,j]
 //   One pass over the row with a per-thread online (max, sum e^(z-max), sum e^(z-max)*z) triple,
-//   merged across the block.
+//   merged across the block; a thread takes 8 consecutive logits at a time (16-byte loads) where
+//   the row starts 16-byte aligned, and the rest one at a time.
 //   Launch: grid = (n), block = 512 (multiple of 32, <= 1024), no dynamic shared memory.
 //
 // logprob_bwd_f32 / logprob_bwd_bf16
@@ -40,6 +41,42 @@ __device__ __forceinline__ void lse3_merge(float& m, float& s, float& z, float m
     m = mn;
 }
 
+// Add logit x to the triple (m, s, z): s, z are sums of e^(x - m) and e^(x - m) * x.
+__device__ __forceinline__ void lse3_add1(float& m, float& s, float& z, float x) {
+    if (x > m) {
+        const float a = expf(m - x);  // m = -inf gives 0
+        s = s * a + 1.0f;
+        z = z * a + x;
+        m = x;
+    } else if (x != neg_inf_f()) {  // a -inf logit adds nothing (and must not make NaN)
+        const float e = expf(x - m);
+        s += e;
+        z += e * x;
+    }
+}
+
+// Add eight logits: the maximum moves once, then each adds e^(x - m) and e^(x - m) * x, in order.
+// A -inf logit adds nothing: it enters the products as -FLT_MAX, whose e^(x - m) is 0.
+__device__ __forceinline__ void lse3_add8(float& m, float& s, float& z, const float* x) {
+    float mx = x[0];
+#pragma unroll
+    for (int k = 1; k < 8; ++k) mx = fmaxf(mx, x[k]);
+    if (mx > m) {
+        const float a = expf(m - mx);  // m = -inf gives 0
+        s *= a;
+        z *= a;
+        m = mx;
+    }
+    if (m == neg_inf_f()) return;  // every logit so far is -inf
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const float xk = fmaxf(x[k], -3.402823466e38f);
+        const float e = expf(xk - m);
+        s += e;
+        z += e * xk;
+    }
+}
+
 template <typename T>
 __device__ void logprob_fwd(const T* __restrict__ logits, const unsigned int* __restrict__ targets,
                             float* __restrict__ lse, float* __restrict__ logp, float* __restrict__ entropy,
@@ -49,19 +86,18 @@ __device__ void logprob_fwd(const T* __restrict__ logits, const unsigned int* __
     if (row >= n) return;
     const T* z = logits + (long long)row * v;
     float m = neg_inf_f(), s = 0.0f, zz = 0.0f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        const float x = load_f(z + j);
-        if (x > m) {
-            const float a = expf(m - x);  // m = -inf gives 0
-            s = s * a + 1.0f;
-            zz = zz * a + x;
-            m = x;
-        } else if (x != neg_inf_f()) {  // a -inf logit adds nothing (and must not make NaN)
-            const float e = expf(x - m);
-            s += e;
-            zz += e * x;
+    // groups of 8 with 16-byte loads where the row starts 16-byte aligned, the rest one at a time
+    int j0 = 0;
+    if (aligned16(z)) {
+        const int groups = v / 8;
+        for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+            float x[8];
+            load8_f(z + 8 * g, x);
+            lse3_add8(m, s, zz, x);
         }
+        j0 = groups * 8;
     }
+    for (int j = j0 + threadIdx.x; j < v; j += blockDim.x) lse3_add1(m, s, zz, load_f(z + j));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(ARBOR_FULL_MASK, m, o);
@@ -106,6 +142,14 @@ extern "C" __global__ void logprob_fwd_bf16(const unsigned short* logits, const 
     logprob_fwd<unsigned short>(logits, targets, lse, logp, entropy, n, v);
 }
 
+// d logits of one logit x (lse l, dL/dlogp g, dL/dH e, entropy h; `target`: the row's target)
+__device__ __forceinline__ float logprob_grad(float x, float l, float g, float e, float h, bool target) {
+    const float lp = x - l;
+    float d = -expf(lp) * (g + e * (lp + h));
+    if (target) d += g;
+    return d;
+}
+
 template <typename T, typename TO = T>
 __device__ void logprob_bwd(TO* dlogits, const T* logits, const unsigned int* __restrict__ targets,
                             const float* __restrict__ lse, const float* __restrict__ dlogp,
@@ -118,16 +162,26 @@ __device__ void logprob_bwd(TO* dlogits, const T* logits, const unsigned int* __
     const float e = dentropy ? dentropy[row] : 0.0f;
     const float h = (dentropy && entropy) ? entropy[row] : 0.0f;
     const int t = (int)targets[row];
+    // groups of 8 with 16-byte accesses where both rows start 16-byte aligned, the rest one at a
+    // time (the same values)
+    const bool vec = aligned16(dlogits + off) && aligned16(logits + off);
+    const int j0 = vec ? v / 8 * 8 : 0;
     if (g == 0.0f && e == 0.0f) {
-        for (int j = threadIdx.x; j < v; j += blockDim.x) store_f(dlogits + off + j, 0.0f);
+        const float zero[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k = threadIdx.x; k < j0 / 8; k += blockDim.x) store8_f(dlogits + off + 8 * k, zero);
+        for (int j = j0 + threadIdx.x; j < v; j += blockDim.x) store_f(dlogits + off + j, 0.0f);
         return;
     }
     const float l = lse[row];
-    for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        const float lp = load_f(logits + off + j) - l;
-        float d = -expf(lp) * (g + e * (lp + h));
-        if (j == t) d += g;
-        store_f(dlogits + off + j, d);
+    for (int k = threadIdx.x; k < j0 / 8; k += blockDim.x) {
+        float x[8];
+        load8_f(logits + off + 8 * k, x);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] = logprob_grad(x[i], l, g, e, h, 8 * k + i == t);
+        store8_f(dlogits + off + 8 * k, x);
+    }
+    for (int j = j0 + threadIdx.x; j < v; j += blockDim.x) {
+        store_f(dlogits + off + j, logprob_grad(load_f(logits + off + j), l, g, e, h, j == t));
     }
 }
 

@@ -2,6 +2,8 @@
 //! materialises every head's full causal softmax map in f64 from the workspace's q|k rows and
 //! applies the definitions of `arbor::attention::stats` literally.
 
+mod common;
+
 use arbor::attention::stats::{
     attention_stats, combine_rhythm, default_rhythm_layers, fai_rows, select_heads, HeadGroups, HeadId, SeqStats,
     SeqSteps, StatsConfig,
@@ -456,10 +458,7 @@ fn chunked_passes_give_each_sequence_its_statistics() {
     let seqs: Vec<(Vec<u32>, SeqSteps)> = (0..SEQS.len())
         .map(|s| (f.batch.tokens[f.batch.seq_starts[s]..f.batch.seq_starts[s + 1]].to_vec(), f.steps[s].clone()))
         .collect();
-    let diff = |a: &[f32], b: &[f32]| {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
-    };
+    let diff = common::max_abs_diff;
     for micro in [0, 1, 2, 3] {
         let (mut engine, mut ws) = (Engine::cpu(), Workspace::default());
         let got = engine.attention_stats_chunked(&f.model, &mut ws, &seqs, &cfg, micro).unwrap();

@@ -100,7 +100,7 @@ fn a_critic_in_micro_batches_matches_one_forward() {
     };
     let whole = run(0);
     assert_eq!(whole.0.len(), tokens);
-    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let close = common::max_abs_diff;
     for micro in [1, 2, 4] {
         let (values, loss, params, head) = run(micro);
         assert_eq!(values.len(), tokens);

@@ -61,7 +61,7 @@ fn adam(m: &Model) -> AdamW {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    common::max_abs_diff(a, b)
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -114,7 +114,7 @@ fn micro_batches_accumulate_to_the_one_pass_gradient() {
                 // a micro-batch's forward packs fewer rows, so GEMM sums differ in the last bits only
                 let d = max_diff(&acc.old_logp, &one.old_logp);
                 assert!(d < 1e-5, "{kind:?}/{agg:?}: π_old differs by {d:e}");
-                let dp = p.iter().zip(&p1).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let dp = max_diff(&p, &p1);
                 assert!(dp < 1e-5, "{kind:?}/{agg:?} micro {micro}: updated weights differ by {dp:e}");
             }
         }
@@ -153,7 +153,7 @@ fn mini_batches_and_epochs_update_against_a_fixed_old_policy() {
     assert!(r.stats.approx_kl_sum > 0.0, "later updates must see a moved policy");
     // accumulation inside each mini-batch does not change the multi-update trajectory
     let (r2, p2, _) = run(plan(3, 2, 1));
-    let dp = p.iter().zip(&p2).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let dp = max_diff(&p, &p2);
     assert!(dp < 1e-4, "micro-batching changed the weights after 6 updates by {dp:e}");
     assert_eq!(r2.losses.len(), 6);
     // one update per step: π_old = π_θ, every ratio is 1 and nothing is clipped

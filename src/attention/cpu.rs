@@ -387,7 +387,14 @@ mod tests {
         let mut dqkv = vec![f32::NAN; n * sh.qkv_stride()];
         attention_backward(&mut dqkv, &mut scratch, &dout, AttnSaved { qkv: &qkv, out: &out, lse: &lse }, &starts, sh);
         let (want_out, want_d) = naive(&qkv, &dout, &starts, sh);
-        let err = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
+        // (a NaN difference counts as infinite: f64::max alone would drop it)
+        let err = |a: &[f32], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (*x as f64 - y).abs())
+                .map(|d| if d.is_nan() { f64::INFINITY } else { d })
+                .fold(0.0, f64::max)
+        };
         let (eo, ed) = (err(&out, &want_out), err(&dqkv, &want_d));
         assert!(eo < 1e-5, "forward max error {eo}");
         assert!(ed < 1e-4, "backward max error {ed}");

@@ -52,7 +52,22 @@ impl Reference {
 /// max |a − b|.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    // equal values (infinities of one sign, NaN against NaN) differ by 0; a NaN against a number,
+    // or infinities against anything else, by +inf, which no tolerance admits (f32::max alone
+    // would drop a NaN difference)
+    let diff = |x: f32, y: f32| {
+        if x == y || (x.is_nan() && y.is_nan()) {
+            0.0
+        } else {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                d
+            }
+        }
+    };
+    a.iter().zip(b).map(|(&x, &y)| diff(x, y)).fold(0.0, f32::max)
 }
 
 /// max |a − b| / max |b| (relative error at the scale of the tensor).

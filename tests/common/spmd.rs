@@ -46,7 +46,7 @@ pub fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32, m
     let (ca, pa) = load_hf_dir(&a.join(ck)).unwrap();
     let (cb, pb) = load_hf_dir(&b.join(ck)).unwrap();
     assert_eq!(ca, cb, "{what}: the saved model configurations differ");
-    let d = pa.data.iter().zip(&pb.data).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let d = super::max_abs_diff(&pa.data, &pb.data);
     eprintln!("{what}: weights max |Δ| = {d:e}");
     assert!(d <= tol, "{what}: weights differ by {d:e}");
     let strip = |mut m: Vec<serde_json::Value>| {

@@ -18,7 +18,9 @@ pub fn logits_stats(z: &[f32], v: usize, targets: &[u32], lse: &mut [f32], logp:
 }
 
 simd_kernel! {
-    /// (max z, Σ e^(z−max), Σ e^(z−max)·z) of one row, with 8 independent lanes.
+    /// (max z, Σ e^(z−max), Σ e^(z−max)·z) of one row, with 8 independent lanes. A −∞ logit
+    /// adds nothing to the second sum (e^(z−max)·z would be 0·(−∞) = NaN), as on the GPU
+    /// (cuda/logprob.cu).
     fn row_moments(row: &[f32]) -> (f32, f32, f32) {
         let m = simd::max(row);
         let (mut s, mut sz) = ([0.0f32; 8], [0.0f32; 8]);
@@ -27,14 +29,14 @@ simd_kernel! {
             for j in 0..8 {
                 let e = simd::exp(c[j] - m);
                 s[j] += e;
-                sz[j] += e * c[j];
+                sz[j] += if c[j] == f32::NEG_INFINITY { 0.0 } else { e * c[j] };
             }
         }
         let (mut ts, mut tsz) = (0.0f32, 0.0f32);
         for &x in &row[split..] {
             let e = simd::exp(x - m);
             ts += e;
-            tsz += e * x;
+            tsz += if x == f32::NEG_INFINITY { 0.0 } else { e * x };
         }
         (m, s.iter().sum::<f32>() + ts, sz.iter().sum::<f32>() + tsz)
     }
