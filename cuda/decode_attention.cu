@@ -175,15 +175,7 @@ __device__ __forceinline__ void load16(const float* p, float* out) {
     out[2] = v.z;
     out[3] = v.w;
 }
-__device__ __forceinline__ void load16(const unsigned short* p, float* out) {
-    const uint4 v = *reinterpret_cast<const uint4*>(p);
-    const unsigned int w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        out[2 * e] = bf16_to_f32((unsigned short)(w[e] & 0xffffu));
-        out[2 * e + 1] = bf16_to_f32((unsigned short)(w[e] >> 16));
-    }
-}
+__device__ __forceinline__ void load16(const unsigned short* p, float* out) { load8_f(p, out); }
 
 template <typename TC, int DM, typename TO = float>
 __device__ void decode_attn_gqa(TO* __restrict__ out, int out_stride, const float* __restrict__ q, int q_stride,

@@ -7,6 +7,21 @@ use crate::attention::AttnShape;
 use crate::cuda::DkdvPlan;
 use crate::tensor::{Backend, Cpu};
 
+/// max |a − b|, a NaN difference counted as infinite (f32::max alone would drop it).
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0f32, f32::max)
+}
+
 const BQ: usize = 64;
 const BK: usize = 64;
 
@@ -300,20 +315,7 @@ fn the_tensor_core_forward_equals_the_cpu_attention_of_rounded_inputs() {
         let mut scratch = vec![0.0; Cpu.attn_scratch_len(shape, n)];
         Cpu.attention_forward(&mut want, &mut want_lse, &mut scratch, &rounded, &b.packed(), shape).unwrap();
         assert!(out.iter().chain(&lse).all(|x| x.is_finite()), "head dim {hd}: an element was not written");
-        // (a NaN difference counts as infinite: f32::max alone would drop it)
-        let err = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| {
-                    let d = (x - y).abs();
-                    if d.is_nan() {
-                        f32::INFINITY
-                    } else {
-                        d
-                    }
-                })
-                .fold(0.0f32, f32::max)
-        };
+        let err = max_abs_diff;
         let (e_out, e_lse) = (err(&out, &want), err(&lse, &want_lse));
         assert!(e_lse < 1e-4, "head dim {hd}: lse off by {e_lse}");
         assert!(e_out < 1e-2, "head dim {hd}: output off by {e_out}");
@@ -518,20 +520,7 @@ fn the_tensor_core_backward_equals_the_cpu_backward_of_rounded_inputs() {
         let saved = AttnSaved { qkv: &rq[..], out: &out[..], lse: &lse[..] };
         Cpu.attention_backward(&mut want, &mut scratch, &rdo, saved, &b.packed(), shape).unwrap();
         let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-        // (a NaN difference counts as infinite: f32::max alone would drop it)
-        let max_diff = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| {
-                    let d = (x - y).abs();
-                    if d.is_nan() {
-                        f32::INFINITY
-                    } else {
-                        d
-                    }
-                })
-                .fold(0.0f32, f32::max)
-        };
+        let max_diff = max_abs_diff;
         let mut plans = Vec::new();
         for plan in [DkdvPlan::PerHead, DkdvPlan::Grouped] {
             let got = emulate_bwd(&case, dm, plan, (&out, &lse, &dout));
