@@ -56,7 +56,8 @@ __device__ __forceinline__ void lse3_add1(float& m, float& s, float& z, float x)
 }
 
 // Add eight logits: the maximum moves once, then each adds e^(x - m) and e^(x - m) * x, in order.
-// A -inf logit adds nothing: it enters the products as -FLT_MAX, whose e^(x - m) is 0.
+// A -inf logit adds nothing (selected out: e^(x - m) * x would be 0 * -inf); a NaN logit makes
+// both sums NaN, as in lse3_add1.
 __device__ __forceinline__ void lse3_add8(float& m, float& s, float& z, const float* x) {
     float mx = x[0];
 #pragma unroll
@@ -67,13 +68,12 @@ __device__ __forceinline__ void lse3_add8(float& m, float& s, float& z, const fl
         z *= a;
         m = mx;
     }
-    if (m == neg_inf_f()) return;  // every logit so far is -inf
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-        const float xk = fmaxf(x[k], -3.402823466e38f);
-        const float e = expf(xk - m);
+        const bool none = x[k] == neg_inf_f();
+        const float e = none ? 0.0f : expf(x[k] - m);
         s += e;
-        z += e * xk;
+        z += none ? 0.0f : e * x[k];
     }
 }
 

@@ -328,14 +328,18 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
     let z = rand(&mut rng, r * vv);
     // the forward with -inf logits (they add nothing): a whole group of 8 and one among finite
     // logits in a row read 8 at a time (row 0: 16-byte aligned), one in a row read one at a time
-    // (row 1, 200 bytes in), none at a target
+    // (row 1, 200 bytes in), none at a target; and a NaN logit in a row read 8 at a time (row 2,
+    // 400 bytes in) and in one read one at a time (row 3), each beside a -inf: NaN statistics,
+    // as on the CPU
     let mut zf = z.clone();
     let targets = &b.packed().targets[rows.clone()];
-    for j in (0..8).chain([9, vv + 3]) {
+    for j in (0..8).chain([9, vv + 3, 2 * vv + 10, 2 * vv + 11, 3 * vv + 5, 3 * vv + 6]) {
         if targets[j / vv] as usize != j % vv {
             zf[j] = f32::NEG_INFINITY;
         }
     }
+    zf[2 * vv + 10] = f32::NAN;
+    zf[3 * vv + 5] = f32::NAN;
     let zg = g.upload(&zf).unwrap();
     let (mut lse, mut lp, mut en) = (vec![0.0; r], vec![0.0; r], vec![0.0; r]);
     let stats = LogitStats { lse: &mut lse[..], logp: &mut lp[..], entropy: &mut en[..] };
@@ -351,6 +355,7 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
         LogitStats { lse: Gpu::m(&mut l3[0], 0..r), logp: Gpu::m(&mut p3[0], 0..r), entropy: Gpu::m(&mut e3[0], 0..r) },
     )
     .unwrap();
+    assert!(lse[2].is_nan() && lse[3].is_nan() && lse[4].is_finite(), "the CPU's lse: {:?}", &lse[..5]);
     close("logprob lse", &down(&g, &bufs[0], r), &lse, 1e-5);
     close("logprob logp", &down(&g, &bufs[1], r), &lp, 1e-5);
     close("logprob entropy", &down(&g, &bufs[2], r), &en, 1e-5);
