@@ -79,25 +79,46 @@ fn the_pack_kernel_writes_every_padded_row_once() {
     }
 }
 
-/// mma.cuh's `copy_rows<DM>` index: 128 threads striding over 64 rows of DM / 8 copies each
-/// cover every 16-byte segment of the (unpadded) tile exactly once, each copy 16-byte aligned.
+/// The tile copies' index (mma.cuh `copy_rows<DM, NT>`, wgmma.cuh `copy_rows_cm<DM, NT>`): for
+/// both head-dim buckets and blocks of one or two warpgroups, thread t keeps one column and steps
+/// RS = NT / (DM / 8) rows, each step RS · DM elements on in the tile (the kernels' `dst + i * RS *
+/// DM`, which must be where the layout puts that row); together the threads cover every 16-byte
+/// segment of the tile exactly once, each copy 16-byte aligned and inside its row.
 #[test]
 fn the_tile_copies_cover_each_row_segment_once() {
+    // wgmma.cuh's core-matrix layout: row r's segment c at ((r / 8) (DM / 8) + c) 64 + (r % 8) 8
+    let cm_at = |dm: usize, r: usize, c: usize| ((r >> 3) * (dm / 8) + c) * 64 + (r & 7) * 8;
     for dm in [64, 128] {
         let c = dm / 8;
-        let mut hits = vec![0u32; 64 * dm];
-        for thread in 0..128 {
-            for idx in (thread..64 * c).step_by(128) {
-                let (r, col) = (idx / c, (idx - (idx / c) * c) * 8);
-                let at = tile_at(dm, r, col);
-                assert_eq!(at % 8, 0, "a copy is not 16-byte aligned");
-                assert!(at / dm == r, "DM {dm}: row {r}'s segment {col} left its row");
-                for e in 0..8 {
-                    hits[at + e] += 1;
+        for nt in [128, 256] {
+            let rs = nt / c;
+            let (mut hits, mut hits_cm) = (vec![0u32; 64 * dm], vec![0u32; 64 * dm]);
+            for t in 0..nt {
+                // copy_rows: column t % C of rows t / C + i RS
+                let (col, rt) = ((t % c) * 8, t / c);
+                // copy_rows_cm: segment (t / 8) % C of rows (t % 8) | (t / 8C) 8, + i RS
+                let (seg, rt_cm) = ((t >> 3) % c, (t & 7) | ((t / (8 * c)) << 3));
+                for i in 0..64 / rs {
+                    let (r, at) = (rt + i * rs, tile_at(dm, rt, col) + i * rs * dm);
+                    assert_eq!(at, tile_at(dm, r, col), "DM {dm}, {nt} threads: row {r}'s step left the layout");
+                    assert_eq!(at % 8, 0, "a copy is not 16-byte aligned");
+                    assert!(at / dm == r, "DM {dm}: row {r}'s segment {col} left its row");
+                    let (r_cm, at_cm) = (rt_cm + i * rs, cm_at(dm, rt_cm, seg) + i * rs * dm);
+                    assert_eq!(at_cm, cm_at(dm, r_cm, seg), "DM {dm}, {nt} threads: core-matrix row {r_cm}");
+                    for e in 0..8 {
+                        hits[at + e] += 1;
+                        hits_cm[at_cm + e] += 1;
+                    }
                 }
             }
+            for (name, h) in [("copy_rows", &hits), ("copy_rows_cm", &hits_cm)] {
+                assert!(
+                    h.iter().all(|&x| x == 1),
+                    "{name} DM {dm}, {nt} threads: an element copied {:?} times",
+                    h.iter().max()
+                );
+            }
         }
-        assert!(hits.iter().all(|&h| h == 1), "DM {dm}: a tile element copied {:?} times", hits.iter().max());
     }
 }
 
