@@ -137,9 +137,9 @@ pub fn pack_bf16_heads(x: &[f32], x_stride: usize, n: usize, (heads, hd, dm): (u
     out
 }
 
-/// mma.cuh's `copy_rows<DM, NT>` (what it copies; its thread mapping: tests.rs): rows [r0, r0 + 64) of the packed matrix `x` from element `base`
-/// (row stride `stride`) into the tile `s` (64 × dm, as [`tile_at`] says); rows at or past `len`
-/// zero.
+/// What mma.cuh's `copy_rows<DM, NT>` copies (its thread mapping is checked in tests.rs): rows
+/// [r0, r0 + 64) of the packed matrix `x` from element `base` (row stride `stride`) into the tile
+/// `s` (64 × dm, as [`tile_at`] says); rows at or past `len` zero.
 pub fn copy_rows(s: &mut [u16], dm: usize, x: &[u16], (base, stride): (usize, usize), r0: usize, len: usize) {
     for r in 0..64 {
         for c in (0..dm).step_by(8) {
