@@ -72,6 +72,8 @@ __device__ void attn_fwd_tc(float* __restrict__ out, int out_stride, float* __re
     unsigned short* Ks = Qs + G * TILE;
     unsigned short* Vs = Ks + 2 * TILE;
 
+    // the tile copies assume the block's 128 G threads (copy_rows<DM, 128 G>)
+    if (blockDim.x != 128 * G) __trap();
     const int seq = blockIdx.z, h = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;

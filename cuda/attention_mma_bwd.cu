@@ -63,6 +63,8 @@ __device__ void attn_bwd_dq_tc(float* __restrict__ dq, int dq_stride, const unsi
     float* Ls = (float*)(Vs + 2 * TILE);            // the rows' lse (base 2), 64 G
     float* Ds = Ls + AM_BQ * G;                     // and their delta
 
+    // the tile copies assume the block's 128 G threads (copy_rows<DM, 128 G>)
+    if (blockDim.x != 128 * G) __trap();
     const int seq = blockIdx.z, h = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;
@@ -154,6 +156,8 @@ __device__ void attn_bwd_dkdv_tc(float* __restrict__ dk, int dk_stride, float* _
     float* Ls = (float*)(Os + 2 * TILE);  // two stages of the query block's lse (base 2)
     float* Ds = Ls + 2 * AM_BQ;           // and of its delta
 
+    // the tile copies assume the block's 128 G threads (copy_rows<DM, 128 G>)
+    if (blockDim.x != 128 * G) __trap();
     const int seq = blockIdx.z, y = blockIdx.y;
     const int start = cu_seqlens[seq];
     const int len = cu_seqlens[seq + 1] - start;

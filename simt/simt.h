@@ -44,6 +44,8 @@ void cp_wait_all();
 void mma_16816(float* d, const unsigned int* a, const unsigned int* b);
 void ldmatrix_x4(unsigned int* r, const unsigned short* row, bool trans);
 unsigned long long shfl(const char* what, unsigned int mask, unsigned long long v, int arg, bool xor_lanes);
+// __trap(): the launch fails, naming the kernel's own stop
+void trap();
 // wgmma (sm_90a; cuda/wgmma.cuh WgmmaOps): a warpgroup's asynchronous product and its fences.
 // smem_addr is a dynamic shared-memory pointer's address in the shared window (for descriptors);
 // wgmma_bf16 is one wgmma.mma_async m64nNk16 with f32 accumulators d (N / 2 per thread), A from
@@ -134,6 +136,7 @@ static inline T __shfl_sync(unsigned int mask, T v, int src_lane, int width = 32
     return simt_from_bits<T>(simt::shfl("__shfl_sync", mask, simt_to_bits(v), src_lane, false));
 }
 
+static inline void __trap() { simt::trap(); }
 static inline float __int_as_float(int i) { return simt_from_bits<float>((unsigned int)i); }
 static inline int __float_as_int(float f) { return (int)(unsigned int)simt_to_bits(f); }
 static inline unsigned int __float_as_uint(float f) { return (unsigned int)simt_to_bits(f); }
