@@ -36,9 +36,23 @@ fn three_plus_three_steps_equal_six() {
     let straight = job::run(&config(a.path(), 6, 10), None, &mut Vec::new()).unwrap();
     job::run(&config(b.path(), 6, 10), None, &mut Vec::new()).unwrap();
     // resume the second run from its step-3 checkpoint: steps 4..6 are redone
-    let ck = b.path().join("addition-sft/checkpoints/step-3");
-    let resumed = job::run(&config(b.path(), 6, 10), Some(&ck), &mut Vec::new()).unwrap();
+    let run_b = b.path().join("addition-sft");
+    let ck = run_b.join("checkpoints/step-3");
+    // a line torn by a crash, not even UTF-8: dropped, and every other line kept
+    let mut torn = std::fs::read(run_b.join("metrics.jsonl")).unwrap();
+    torn.extend_from_slice(b"{\"step\": 7, \"x\": \xff\n{\"st");
+    std::fs::write(run_b.join("metrics.jsonl"), torn).unwrap();
+    let mut log = Vec::new();
+    let resumed = job::run(&config(b.path(), 6, 10), Some(&ck), &mut log).unwrap();
     assert_eq!(resumed.losses.len(), 3, "only steps 4..6 run after the resume");
+    // the rolled-back line's checkpoints are kept, out of pruning's and --resume latest's sight
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.contains("3 later checkpoint(s)"), "{log}");
+    let aside = run_b.join("checkpoints/superseded-after-step-3");
+    assert_eq!(list_checkpoints(&run_b).unwrap().iter().map(|c| c.0).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    for s in 4..=6 {
+        assert!(aside.join(format!("step-{s}/manifest.json")).is_file(), "step-{s} not set aside");
+    }
     assert_eq!(straight.final_params, resumed.final_params, "weights differ after resume");
     assert_eq!(
         metrics(&a.path().join("addition-sft")),
@@ -114,4 +128,23 @@ fn sigkill_then_resume_latest_matches_an_uninterrupted_run() {
     let (_, pb) = load_hf_dir(&out_b.join(&final_ck)).unwrap();
     assert_eq!(pa.data, pb.data, "killed at step {killed_at} and resumed: weights differ");
     assert_eq!(metrics(&out_a.join("addition-sft")), metrics(&out_b.join("addition-sft")));
+}
+
+#[test]
+fn a_fresh_run_in_a_used_directory_moves_the_earlier_run_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let earlier = job::run(&config(dir.path(), 4, 2), None, &mut Vec::new()).unwrap();
+    let mut log = Vec::new();
+    job::run(&config(dir.path(), 1, 2), None, &mut log).unwrap();
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.contains("held an earlier run"), "{log}");
+    let (run, moved) = (dir.path().join("addition-sft"), dir.path().join("addition-sft.1"));
+    let steps = |d: &Path| list_checkpoints(d).unwrap().iter().map(|c| c.0).collect::<Vec<_>>();
+    // the new run's checkpoints are its own (the earlier run's step-4 would have pruned them)
+    assert_eq!(steps(&run), vec![1]);
+    assert_eq!(steps(&moved), vec![3, 4]);
+    let (_, params) = load_hf_dir(&moved.join("checkpoints/step-4")).unwrap();
+    assert_eq!(params.data, earlier.final_params, "the earlier run's last checkpoint is intact");
+    let lines = |d: &Path| metrics(d).iter().filter(|l| l.get("loss").is_some()).count();
+    assert_eq!((lines(&run), lines(&moved)), (1, 4), "each run keeps its own metrics");
 }

@@ -70,6 +70,15 @@ fn three_plus_three_rl_steps_equal_six() {
         assert_eq!(bits(&da.logp), bits(&db.logp), "recomputed log-probs differ after a resume");
         assert_eq!(bits(&da.advantages), bits(&db.advantages));
     }
+    // into a fresh directory: the KL reference and the record come from the checkpoint's run
+    let c = tempfile::tempdir().unwrap();
+    let ck = a.path().join(format!("addition-sft/checkpoints/step-{}", SFT_STEPS + 3));
+    let mut log = Vec::new();
+    let moved = job::run(&config(c.path(), 6), Some(&ck), &mut log).unwrap();
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.contains("copied its config.toml, metrics.jsonl, reference/"), "{log}");
+    assert_eq!(straight.final_params, moved.final_params, "weights differ after an RL resume into another directory");
+    assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&c.path().join("addition-sft")));
     // at the boundary (last supervised step): the RL phase starts fresh, with a fresh optimizer
     let ck = run_b.join(format!("checkpoints/step-{SFT_STEPS}"));
     let resumed = job::run(&config(b.path(), 6), Some(&ck), &mut Vec::new()).unwrap();

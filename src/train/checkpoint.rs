@@ -117,7 +117,7 @@ pub fn save_checkpoint(
         io(&final_dir, std::fs::remove_dir_all(&final_dir))?;
     }
     io(&final_dir, std::fs::rename(&tmp, &final_dir))?;
-    prune(&root, keep_last.max(1))?;
+    prune(&root, keep_last.max(1), &final_dir)?;
     Ok(final_dir)
 }
 
@@ -204,11 +204,15 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-fn prune(root: &Path, keep_last: usize) -> Result<()> {
+/// Remove all but the `keep_last` latest checkpoints, never `written` (the one just written:
+/// later ones can only be left from another run, which run_dir.rs moves aside at the start).
+fn prune(root: &Path, keep_last: usize, written: &Path) -> Result<()> {
     let run_dir = root.parent().unwrap_or(root);
     let all = list_checkpoints(run_dir)?;
     for (_, dir) in all.iter().take(all.len().saturating_sub(keep_last)) {
-        io(dir, std::fs::remove_dir_all(dir))?;
+        if dir != written {
+            io(dir, std::fs::remove_dir_all(dir))?;
+        }
     }
     Ok(())
 }

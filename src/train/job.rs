@@ -46,10 +46,6 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let tok = CharTokenizer::default();
     let task = cfg.task()?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
-    if root {
-        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
-        crate::train::checkpoint::remove_stale_temporaries(&out_dir)?;
-    }
 
     let model = build_model(cfg, &tok)?;
     // under tensor parallelism every rank built the full model; it keeps its shard
@@ -88,6 +84,13 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         sampling = ck.state.sampling;
         rl_before = ck.state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
     }
+    // nothing an earlier run wrote is overwritten or pruned (run_dir.rs), and a resume from another
+    // run's checkpoint brings that run's record: before anything is written
+    let mut dir_notes = Vec::new();
+    if root {
+        dir_notes = crate::train::run_dir::prepare(&out_dir, resume.map(|d| (d, start)))?;
+        crate::train::checkpoint::remove_stale_temporaries(&out_dir)?;
+    }
     // the run directory's record of its config: written fresh, or compared on a resume
     let mut config_event = None;
     if root {
@@ -106,6 +109,9 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };
+    for note in dir_notes {
+        say(log, note);
+    }
     if let Some(event) = &config_event {
         write_line(&mut metrics, &metrics_path, event)?;
         say(
@@ -169,7 +175,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             offset: t.steps,
             tokenizer: &tokenizer,
         };
-        let begin = crate::train::rl::PhaseStart { done, before: rl_before, sampling };
+        let begin =
+            crate::train::rl::PhaseStart { done, before: rl_before, sampling, from: resume.map(Path::to_path_buf) };
         let rates = match &plan.schedule {
             Schedule::Sync => {
                 crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?
@@ -197,22 +204,17 @@ fn open_metrics(path: &Path, start: u64, sft_steps: u64) -> Result<SpaceCheckedF
 
 fn open_metrics_file(path: &Path, start: u64, sft_steps: u64) -> Result<std::fs::File> {
     if start > 0 {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let kept: String = text
-            .lines()
-            .filter(|l| {
-                let v = serde_json::from_str::<serde_json::Value>(l).ok();
-                let field = |k: &str| v.as_ref().and_then(|v| v[k].as_u64());
-                match (field("step"), field("rl_step")) {
-                    (Some(s), _) => s <= start,
-                    (None, Some(r)) => start > sft_steps && sft_steps + r <= start,
-                    _ => false,
-                }
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
+        // (an unreadable file is an error: its lines are not rewritten from a partial read)
+        let kept = crate::train::run_dir::kept_json_lines(path, |v| {
+            let field = |k: &str| v[k].as_u64();
+            match (field("step"), field("rl_step")) {
+                (Some(s), _) => s <= start,
+                (None, Some(r)) => start > sft_steps && sft_steps + r <= start,
+                _ => false,
+            }
+        })?;
         // all at once: a failed rewrite (a full disk) keeps the old file
-        crate::io::atomic::write_atomic(path, kept.as_bytes())?;
+        crate::io::atomic::write_atomic(path, &kept)?;
         return std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e));
     }
     std::fs::File::create(path).map_err(|e| Error::io(path, e))

@@ -15,6 +15,7 @@ pub mod pretrain;
 pub mod probe;
 pub mod progress;
 pub mod rl;
+pub mod run_dir;
 pub mod run_record;
 pub mod schedule;
 

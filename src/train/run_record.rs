@@ -106,7 +106,12 @@ pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Resul
         changes.iter().map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now}))).collect();
     let event = ConfigChangeLine { step, event: "config_change", changes: entries };
     let history = run_dir.join("config-history.jsonl");
-    let mut text = std::fs::read_to_string(&history).unwrap_or_default();
+    let mut text = match std::fs::read_to_string(&history) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // (rewritten below: never from a failed read)
+        Err(e) => return Err(Error::io(&history, e)),
+    };
     text.push_str(&format!("{}\n", serde_json::json!({"from_step": step + 1, "previous": kept.file_name().map(|n| n.to_string_lossy().into_owned()), "changes": event.changes})));
     crate::io::atomic::write_atomic(&history, text.as_bytes())?;
     crate::io::atomic::write_atomic(&path, now.as_bytes())?;

@@ -18,6 +18,7 @@ use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::{save_model_checkpoint, CheckpointFiles, TrainerState};
 use crate::train::engine::Engine;
 use crate::train::progress::Progress;
+use crate::train::run_dir::{run_of_checkpoint, REFERENCE_DIR};
 use crate::train::AdamW;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,15 +40,16 @@ pub struct Phase<'a> {
 }
 
 /// Where a (possibly resumed) phase starts: RL steps already done and, when > 0, the eval before the first.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PhaseStart {
     pub done: u64,
     pub before: Option<SolveRate>,
     /// Adaptive-sampling state of an `[attnrl]` phase.
     pub sampling: Option<crate::train::checkpoint::SamplingState>,
+    /// The checkpoint a resumed phase (`done` > 0) continues from: its critics and pending tree
+    /// batch are read there, and its KL reference in that checkpoint's run directory.
+    pub from: Option<PathBuf>,
 }
-
-const REFERENCE_DIR: &str = "reference";
 
 /// Where the phase writes its metrics lines (for error messages).
 fn metrics_path(ph: &Phase) -> PathBuf {
@@ -99,7 +101,14 @@ fn reference_policy(model: &Model, ph: &Phase, start: &PhaseStart, grid: &Grid) 
     if ph.loss.kl_coef <= 0.0 {
         return Ok(None);
     }
-    let ref_dir = ph.run_dir.join(REFERENCE_DIR);
+    // (on a resume, the reference of the run that wrote the checkpoint: run_dir.rs copies it here
+    // too, on the writing rank, for later resumes of this run)
+    let ref_dir = start
+        .from
+        .as_deref()
+        .and_then(run_of_checkpoint)
+        .unwrap_or_else(|| ph.run_dir.to_path_buf())
+        .join(REFERENCE_DIR);
     if start.done == 0 {
         let full = model.gather(&model.params.data)?;
         if grid.is_root() {
@@ -107,14 +116,17 @@ fn reference_policy(model: &Model, ph: &Phase, start: &PhaseStart, grid: &Grid) 
         }
         Ok(Some(model.clone()))
     } else {
+        if !ref_dir.is_dir() {
+            return Err(Error::Invalid(format!(
+                "resuming the RL phase with loss.kl_coef = {}: its KL reference {} is missing (saved in the run \
+                 directory at the phase's start; resume from a checkpoint inside its run, <run>/checkpoints/step-N)",
+                ph.loss.kl_coef,
+                ref_dir.display()
+            )));
+        }
         let (mc, params) = load_hf_dir(&ref_dir)?;
         Ok(Some(Model::new(mc, params)?.shard(grid.tp.clone())?))
     }
-}
-
-/// The directory of the checkpoint at global step `step`.
-fn checkpoint_dir(ph: &Phase, step: u64) -> PathBuf {
-    ph.run_dir.join("checkpoints").join(format!("step-{step}"))
 }
 
 /// Restore the critics and the tree sampler's state of a resumed phase.
@@ -122,9 +134,10 @@ fn restore(trainer: &mut RlTrainer, ph: &Phase, start: &PhaseStart, rank: usize)
     if start.done == 0 {
         return Ok(());
     }
-    let dir = checkpoint_dir(ph, ph.offset + start.done);
+    let dir =
+        start.from.as_deref().ok_or_else(|| Error::Invalid("a resumed RL phase without its checkpoint".into()))?;
     if let Some(c) = trainer.critics.as_mut() {
-        c.load(&dir)?;
+        c.load(dir)?;
     }
     if let (Some(t), Some(s)) = (trainer.sampler.tree_state_mut(), start.sampling) {
         *t = TreeState::restore(&s, ph.rl.prompts_per_step);

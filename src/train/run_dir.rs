@@ -1,0 +1,245 @@
+//! The run directory's lifecycle at a job's start (`<out_dir>/<name>/`): nothing a run wrote is
+//! ever overwritten or pruned by a later one.
+//!
+//! - A fresh run in a directory that holds an earlier run's record (`config.toml`,
+//!   `metrics.jsonl` or `checkpoints/`) moves that directory aside to `<name>.1` (the first free
+//!   number) and starts in an empty one: the earlier run's checkpoints are not pruned as if they
+//!   were this run's, and `--resume auto` never continues the wrong run.
+//! - A resume from an earlier checkpoint of the same directory (a rollback: later checkpoints
+//!   exist) moves the later ones into `checkpoints/superseded-after-step-K/`, where neither
+//!   pruning nor `--resume auto|latest` sees them.
+//! - A resume from another run's checkpoint (`<src>/checkpoints/step-K`) into this directory
+//!   first copies the source run's record: `config.toml` (so the resume compares against the
+//!   config that made the checkpoint), `config-history.jsonl`, `metrics.jsonl` (trimmed to steps
+//!   ≤ K when it is opened) and the RL phase's KL reference (`reference/`). The rest of a resumed
+//!   RL phase's state (critics, the pending tree batch) is read from the checkpoint itself.
+//!
+//! Only the writing rank (the world's rank 0) calls [`prepare`].
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The files of a run's record that a resume into another directory carries over.
+const RECORD_FILES: [&str; 3] = ["config.toml", "config-history.jsonl", "metrics.jsonl"];
+/// The RL phase's frozen KL reference, saved in the run directory at the phase's start.
+pub const REFERENCE_DIR: &str = "reference";
+
+fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
+    r.map_err(|e| Error::io(path, e))
+}
+
+/// The run directory a checkpoint was written in: `<run>/checkpoints/step-N` gives `<run>`; a
+/// checkpoint copied anywhere else has none.
+pub fn run_of_checkpoint(ck: &Path) -> Option<PathBuf> {
+    let parent = ck.parent()?;
+    (parent.file_name()? == "checkpoints").then(|| parent.parent().map(Path::to_path_buf)).flatten()
+}
+
+/// Whether `dir` holds the record of a run.
+fn holds_a_run(dir: &Path) -> bool {
+    ["config.toml", "metrics.jsonl", "checkpoints"].iter().any(|f| dir.join(f).exists())
+}
+
+/// Whether two paths name the same existing directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `path` with `.{i}` appended to its last component, for the first `i` ≥ 1 where nothing exists.
+fn first_free(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    (1u64..)
+        .map(|i| path.with_file_name(format!("{name}.{i}")))
+        .find(|p| !p.exists())
+        .expect("an unbounded range has a free name")
+}
+
+/// Copy a directory tree (files and folders).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    io(to, std::fs::create_dir_all(to))?;
+    for entry in io(from, std::fs::read_dir(from))? {
+        let entry = io(from, entry)?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if io(&src, entry.file_type())?.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            io(&src, std::fs::copy(&src, &dst))?;
+        }
+    }
+    Ok(())
+}
+
+/// Get `run_dir` ready for a run that starts fresh (`resume` = None) or resumes from checkpoint
+/// `resume` = (its directory, its step); returns what was moved or copied, one line each, for the
+/// log. Call before anything is written into `run_dir`.
+pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let source = resume.and_then(|(ck, _)| run_of_checkpoint(ck));
+    let rollback = source.as_deref().is_some_and(|s| same_dir(s, run_dir));
+    if !rollback && holds_a_run(run_dir) {
+        let aside = first_free(run_dir);
+        io(run_dir, std::fs::rename(run_dir, &aside))?;
+        notes.push(format!("{} held an earlier run: moved to {}", run_dir.display(), aside.display()));
+    }
+    io(run_dir, std::fs::create_dir_all(run_dir))?;
+    let Some((_, step)) = resume else { return Ok(notes) };
+    if rollback {
+        let later: Vec<PathBuf> = crate::train::checkpoint::list_checkpoints(run_dir)?
+            .into_iter()
+            .filter(|(s, _)| *s > step)
+            .map(|(_, d)| d)
+            .collect();
+        if !later.is_empty() {
+            let aside = run_dir.join("checkpoints").join(format!("superseded-after-step-{step}"));
+            let aside = if aside.exists() { first_free(&aside) } else { aside };
+            io(&aside, std::fs::create_dir_all(&aside))?;
+            for dir in &later {
+                let name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                io(dir, std::fs::rename(dir, aside.join(name)))?;
+            }
+            notes.push(format!(
+                "resumed from step {step} with {} later checkpoint(s) in the run: moved to {}",
+                later.len(),
+                aside.display()
+            ));
+        }
+    } else if let Some(src) = &source {
+        let mut copied = Vec::new();
+        for f in RECORD_FILES {
+            if src.join(f).is_file() {
+                io(&src.join(f), std::fs::copy(src.join(f), run_dir.join(f)))?;
+                copied.push(f.to_string());
+            }
+        }
+        if src.join(REFERENCE_DIR).is_dir() {
+            copy_tree(&src.join(REFERENCE_DIR), &run_dir.join(REFERENCE_DIR))?;
+            copied.push(format!("{REFERENCE_DIR}/"));
+        }
+        if !copied.is_empty() {
+            notes.push(format!("resumed from {}'s step {step}: copied its {}", src.display(), copied.join(", ")));
+        }
+    }
+    Ok(notes)
+}
+
+/// Read a file of JSON lines, keeping the lines `keep` accepts as they are (bytes included) and
+/// dropping any line that is not JSON (a line torn by a crash); a missing file has no lines. An
+/// unreadable file is an error naming it, so that nothing is rewritten from a partial read.
+pub fn kept_json_lines(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) -> Result<Vec<u8>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    for line in bytes.split(|b| *b == b'\n') {
+        if serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| keep(&v)) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    fn checkpoint(run: &Path, step: u64) {
+        // list_checkpoints counts a step-N folder with a manifest
+        touch(&run.join(format!("checkpoints/step-{step}/manifest.json")));
+    }
+
+    fn steps(run: &Path) -> Vec<u64> {
+        crate::train::checkpoint::list_checkpoints(run).unwrap().iter().map(|c| c.0).collect()
+    }
+
+    #[test]
+    fn a_fresh_run_moves_an_earlier_one_aside() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("r");
+        // nothing there, or an empty folder: nothing to move
+        assert!(prepare(&run, None).unwrap().is_empty());
+        assert!(prepare(&run, None).unwrap().is_empty());
+        checkpoint(&run, 400);
+        touch(&run.join("metrics.jsonl"));
+        let notes = prepare(&run, None).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("r.1"), "{notes:?}");
+        assert_eq!(steps(&t.path().join("r.1")), vec![400]);
+        assert!(t.path().join("r.1/metrics.jsonl").is_file());
+        assert!(run.is_dir() && steps(&run).is_empty());
+        // a second earlier run goes to the next free name
+        touch(&run.join("config.toml"));
+        prepare(&run, None).unwrap();
+        assert!(t.path().join("r.2/config.toml").is_file());
+        assert!(!run.join("config.toml").exists());
+    }
+
+    #[test]
+    fn a_rollback_sets_the_later_checkpoints_aside() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path().join("r");
+        for s in [80, 90, 100] {
+            checkpoint(&run, s);
+        }
+        touch(&run.join("config.toml"));
+        let ck = run.join("checkpoints/step-90");
+        let notes = prepare(&run, Some((&ck, 90))).unwrap();
+        assert_eq!(steps(&run), vec![80, 90], "{notes:?}");
+        assert!(run.join("checkpoints/superseded-after-step-90/step-100/manifest.json").is_file());
+        assert!(run.join("config.toml").is_file(), "a rollback keeps the run's record in place");
+        // again to the same step: a second folder
+        checkpoint(&run, 95);
+        prepare(&run, Some((&ck, 90))).unwrap();
+        assert!(run.join("checkpoints/superseded-after-step-90.1/step-95/manifest.json").is_file());
+        // the latest checkpoint: nothing later, nothing moved
+        assert!(prepare(&run, Some((&ck, 90))).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_resume_from_another_run_copies_its_record() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("a"), t.path().join("b"));
+        checkpoint(&src, 3);
+        for f in ["config.toml", "metrics.jsonl", "reference/model.safetensors"] {
+            touch(&src.join(f));
+        }
+        // b holds a run of its own: moved aside first
+        checkpoint(&dst, 7);
+        let notes = prepare(&dst, Some((&src.join("checkpoints/step-3"), 3))).unwrap();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!(steps(&t.path().join("b.1")), vec![7]);
+        for f in ["config.toml", "metrics.jsonl", "reference/model.safetensors"] {
+            assert!(dst.join(f).is_file(), "{f} not copied: {notes:?}");
+        }
+        assert!(steps(&dst).is_empty(), "checkpoints are not copied");
+        assert_eq!(steps(&src), vec![3], "the source is left as it was");
+        // a checkpoint outside any run's checkpoints/ folder: nothing to copy
+        let loose = t.path().join("loose/step-3");
+        touch(&loose.join("manifest.json"));
+        assert_eq!(run_of_checkpoint(&loose), None);
+        assert_eq!(run_of_checkpoint(&src.join("checkpoints/step-3")), Some(src.clone()));
+    }
+
+    #[test]
+    fn kept_lines_drop_torn_lines_and_refuse_unreadable_files() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.jsonl");
+        assert!(kept_json_lines(&p, |_| true).unwrap().is_empty(), "a missing file has no lines");
+        std::fs::write(&p, b"{\"step\":1,\"p\":\"\xc3\xa9\"}\n{\"step\":2}\n{\"step\":3,\"x\":\xff\n{\"ste").unwrap();
+        let kept = kept_json_lines(&p, |v| v["step"].as_u64().is_some_and(|s| s <= 2)).unwrap();
+        assert_eq!(kept, b"{\"step\":1,\"p\":\"\xc3\xa9\"}\n{\"step\":2}\n".to_vec());
+        // a directory where the file should be: an error naming it, not an empty history
+        let err = kept_json_lines(t.path(), |_| true).unwrap_err().to_string();
+        assert!(err.contains(&t.path().display().to_string()), "{err}");
+    }
+}
