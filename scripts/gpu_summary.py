@@ -73,6 +73,8 @@ def main():
                          ("graphs", "{} graphs")):
             if isinstance(j.get(key), (int, float)):
                 fig.append(fmt.format(j[key]))
+        if isinstance(j.get("graphs_refused"), str):
+            fig.append(f"graphs refused: {j['graphs_refused'][:120]}")
         if isinstance(j.get("gemm_tflops"), dict):
             fig.append("GEMM " + ", ".join(f"{k} {v:.0f}" for k, v in j["gemm_tflops"].items()) + " TFLOP/s")
         rows.append(f"  {name[:-5]:<44} {j.get('impl', '?'):<14} {str(j.get('dtype', '')).split(' ')[0]:<6} {', '.join(fig)}")

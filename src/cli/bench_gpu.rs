@@ -272,6 +272,7 @@ fn generate(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow::R
         "decode_attn": gpu.decode_attn().name(),
         "decode_split": gpu.decode_split(),
         "graphs": dec.graphs_held(),
+        "graphs_refused": dec.graphs_refused(),
         "batch": args.batch,
         "prompt_len": args.prompt_len,
         "new_tokens": new_tokens,

@@ -88,14 +88,22 @@ fn grid_fits(batch: &GpuBatch) -> Result<()> {
     Ok(())
 }
 
+/// Whether the attention of head dim `head_dim` runs on the tensor cores on a device of compute
+/// capability `cc` (86 for 8.6) giving a block `smem` bytes of shared memory, with `dtype`
+/// products: bf16 products, an sm_80 or later device (`cp.async`, `ldmatrix` and bf16 `mma.sync`),
+/// and the kernels' tiles within the limit.
+pub fn tensor_core_attention(dtype: Dtype, cc: u32, smem: u32, head_dim: usize) -> bool {
+    let fits = |dm: u32| mma_smem(dm.max(64) as usize, 1).iter().all(|&b| b <= smem);
+    dtype == Dtype::Bf16 && cc >= 80 && attn_dm(head_dim).is_ok_and(fits)
+}
+
 impl Gpu {
     /// Whether the attention of head dim `head_dim` runs on the tensor cores: with bf16 products,
     /// where the device gives the kernels their shared memory (at head dim 128 the dK/dV kernel
     /// needs 97 KiB, within the 99 KiB of an RTX 4090 or L40S). Elsewhere the f32 kernels run it,
     /// on the f32 q|k|v: exact products, slower.
     pub fn attn_on_tensor_cores(&self, head_dim: usize) -> bool {
-        let fits = |dm: u32| mma_smem(dm.max(64) as usize, 1).iter().all(|&b| b <= self.smem_limit());
-        self.dtype() == Dtype::Bf16 && attn_dm(head_dim).is_ok_and(fits)
+        tensor_core_attention(self.dtype(), self.compute_capability(), self.smem_limit(), head_dim)
     }
 
     /// Run the bf16 attention (forward and backward) on `kind`'s tensor-core products from now on.
@@ -421,6 +429,22 @@ mod tests {
     /// backward, with 2 KiB to spare at 128; a GPU with less runs the f32 kernels there
     /// (`Gpu::attn_on_tensor_cores`). Two warpgroups fit there at head dim 64 and in the forward
     /// at 128; the backward's at 128 need an A100's or H100's (163 / 227 KiB).
+    /// bf16 products on an sm_80 or later device whose blocks get the tiles' shared memory; f32
+    /// kernels elsewhere (a Turing or Volta GPU has no `cp.async` nor bf16 `mma.sync`).
+    #[test]
+    fn the_tensor_cores_attend_where_the_device_has_them() {
+        let (b, f) = (Dtype::Bf16, Dtype::F32);
+        assert!(tensor_core_attention(b, 80, 163 << 10, 128));
+        assert!(tensor_core_attention(b, 90, 227 << 10, 64));
+        assert!(tensor_core_attention(b, 86, 99 << 10, 128));
+        assert!(!tensor_core_attention(f, 90, 227 << 10, 64), "f32 products: the f32 kernels");
+        assert!(!tensor_core_attention(Dtype::Tf32, 90, 227 << 10, 64));
+        assert!(!tensor_core_attention(b, 75, 64 << 10, 64), "sm_75: no cp.async");
+        assert!(!tensor_core_attention(b, 70, 96 << 10, 64), "sm_70: no bf16 mma.sync");
+        assert!(!tensor_core_attention(b, 80, 48 << 10, 128), "tiles over the limit");
+        assert!(!tensor_core_attention(b, 90, 227 << 10, 256), "head dims over 128");
+    }
+
     #[test]
     fn the_tensor_core_tiles_fit_where_the_docs_say() {
         let small = 99 * 1024;

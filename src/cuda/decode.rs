@@ -260,20 +260,24 @@ impl GpuDecoder {
                 Some(graph) => graph.launch().map_err(drv("graph launch")),
                 None => decode_stack(model, &mut step, tokens_p, logit_rows),
             },
-            Action::Capture => match capture(st, || decode_stack(model, &mut step, tokens_p, logit_rows)) {
-                Ok(graph) => {
-                    let launched = graph.launch().map_err(drv("graph launch"));
-                    self.graphs.insert(b, graph);
-                    launched
+            Action::Capture => {
+                // a graph that launches is kept; where the driver or a library refused the capture,
+                // or its graph failed to launch, this and every later step run eagerly (padding,
+                // which only serves the graphs, stops too), and the reason is kept (graphs_refused)
+                let captured = capture(st, || decode_stack(model, &mut step, tokens_p, logit_rows))
+                    .and_then(|graph| graph.launch().map_err(drv("graph launch")).map(|()| graph));
+                match captured {
+                    Ok(graph) => {
+                        self.graphs.insert(b, graph);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.graphs.give_up(e.to_string());
+                        self.pad = false;
+                        decode_stack(model, &mut step, tokens_p, logit_rows)
+                    }
                 }
-                // the driver or a library refused the capture: run this and every later step eagerly
-                // (padding, which only serves the graphs, stops too)
-                Err(_) => {
-                    self.graphs.give_up();
-                    self.pad = false;
-                    decode_stack(model, &mut step, tokens_p, logit_rows)
-                }
-            },
+            }
         };
         self.rows = Some(rows);
         done?;
@@ -298,6 +302,12 @@ impl GpuDecoder {
     /// How many decode-step graphs are held (0 with graphs off, or after a refused capture).
     pub fn graphs_held(&self) -> usize {
         self.graphs.len()
+    }
+
+    /// Why decode graphs were turned off for this decoder (a refused capture or a failed launch of
+    /// its graph), if they were.
+    pub fn graphs_refused(&self) -> Option<&str> {
+        self.graphs.refused()
     }
 
     /// The device this decoder runs on.

@@ -33,7 +33,8 @@ pub fn decode_splits(rows: usize, kv: usize, max_len: usize, sms: usize, forced:
     let split_len = match forced {
         0 => {
             let want = (2 * sms).div_ceil((rows * kv).max(1));
-            let splits = want.min(max_len.div_ceil(MIN_SPLIT)).clamp(1, MAX_SPLITS);
+            // (rounded down: no split shorter than MIN_SPLIT)
+            let splits = want.min(max_len / MIN_SPLIT).clamp(1, MAX_SPLITS);
             max_len.div_ceil(splits).next_multiple_of(32)
         }
         f => f,
@@ -319,13 +320,16 @@ mod tests {
     fn rows_split_where_few_blocks_would_leave_the_gpu_idle() {
         // 256 rows × 2 kv heads = 512 blocks ≥ 2 × 132: one split
         assert_eq!(decode_splits(256, 2, 272, 132, 0), (1, 288));
-        // 16 rows × 2 = 32 blocks: 9 wanted, 3 fit 272 positions at ≥ 128 (rounded up to 32s)
-        assert_eq!(decode_splits(16, 2, 272, 132, 0), (3, 96));
+        // 16 rows × 2 = 32 blocks: 9 wanted, 2 fit 272 positions at ≥ 128 (136, rounded up to 32s)
+        assert_eq!(decode_splits(16, 2, 272, 132, 0), (2, 160));
+        // just past one split's worth: no split shorter than 128
+        assert_eq!(decode_splits(1, 2, 130, 132, 0), (1, 160));
+        assert_eq!(decode_splits(1, 2, 257, 132, 0), (2, 160));
         // one row at 8192 positions: capped at 16 splits of 512
         assert_eq!(decode_splits(1, 2, 8192, 132, 0), (16, 512));
         assert_eq!(decode_splits(4, 2, 100, 132, 0), (1, 128));
         assert_eq!(decode_splits(4, 2, 100, 132, 32), (4, 32));
-        for (rows, kv, max_len) in [(1, 1, 1), (3, 2, 4096), (64, 4, 2048), (7, 1, 333)] {
+        for (rows, kv, max_len) in [(1, 1, 1), (3, 2, 4096), (64, 4, 2048), (7, 1, 333), (1, 2, 129), (2, 1, 383)] {
             let (splits, len) = decode_splits(rows, kv, max_len, 132, 0);
             assert!((1..=MAX_SPLITS).contains(&splits) && len % 32 == 0, "{rows} {kv} {max_len}");
             assert!(splits * len >= max_len && (splits - 1) * len < max_len, "{rows} {kv} {max_len}: {splits} × {len}");

@@ -255,6 +255,11 @@ impl Gpu {
         Ok(u.bytes.map(|b| b as u8))
     }
 
+    /// The device's compute capability as one number: 90 for 9.0, 86 for 8.6, 100 for 10.0.
+    pub fn compute_capability(&self) -> u32 {
+        self.arch.trim_start_matches("compute_").parse().unwrap_or(0)
+    }
+
     /// Whether the device runs Hopper's warpgroup products (`wgmma`: compute capability 9.0, the
     /// kernels in modules' `HOPPER_VARIANT`s).
     pub fn has_wgmma(&self) -> bool {

@@ -4,9 +4,11 @@
 //! draws from its own stream `Rng::derive(seed, [step, prompt_id, sample_index])`, one uniform per
 //! sampled token, so a completion depends on its own uniforms and logits only, and equals the CPU
 //! engine's wherever the logits agree. The logits themselves may differ in the last bits with the
-//! step's row count (the decode attention's splits, cuBLAS's kernel choice, padding rows), so on
-//! the GPU, unlike the CPU, a token within rounding of a sampling boundary may change with the
-//! batch size. A newly admitted request's prompt goes in as one chunk of rows (up to
+//! step's row count (the decode attention's splits, cuBLAS's kernel choice, padding rows) and,
+//! from 256 positions on, with the KV cache's length (the call's longest prompt plus its
+//! `max_new_tokens`, from which the decode attention's splits are cut), so on the GPU, unlike the
+//! CPU, a token within rounding of a sampling boundary may change with the batch size or the
+//! other requests of the call (deterministically: the same requests give the same tokens). A newly admitted request's prompt goes in as one chunk of rows (up to
 //! [`MAX_ROWS`] rows a step), next to one row per decoding request.
 
 use crate::cuda::decode::GpuDecoder;

@@ -33,11 +33,13 @@ pub struct StepGraphs<G> {
     graphs: HashMap<usize, G>,
     /// Row counts that ran eagerly once under the current fingerprint.
     warm: HashSet<usize>,
+    /// Why graphs were given up, if they were.
+    refused: Option<String>,
 }
 
 impl<G> StepGraphs<G> {
     pub fn new(enabled: bool) -> Self {
-        StepGraphs { enabled, fingerprint: Vec::new(), graphs: HashMap::new(), warm: HashSet::new() }
+        StepGraphs { enabled, fingerprint: Vec::new(), graphs: HashMap::new(), warm: HashSet::new(), refused: None }
     }
 
     pub fn enabled(&self) -> bool {
@@ -96,10 +98,17 @@ impl<G> StepGraphs<G> {
         self.graphs.insert(rows, graph);
     }
 
-    /// A capture failed (the driver or a library refused to be captured): graphs stay off for this
-    /// decoder, which runs eagerly from now on.
-    pub fn give_up(&mut self) {
+    /// A capture failed (the driver or a library refused to be captured), or its graph failed to
+    /// launch: graphs stay off for this decoder, which runs eagerly from now on; `why` is kept
+    /// ([`StepGraphs::refused`]).
+    pub fn give_up(&mut self, why: String) {
         self.set_enabled(false);
+        self.refused = Some(why);
+    }
+
+    /// Why graphs were given up (None while they were not).
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
     }
 }
 
@@ -150,8 +159,10 @@ mod tests {
         assert_eq!(g.plan(4, true, &[2]), Action::Eager, "new addresses: graphs dropped, warm again");
         assert_eq!(g.get(4), None);
         assert_eq!(g.plan(4, true, &[2]), Action::Capture);
-        g.give_up();
+        assert_eq!(g.refused(), None);
+        g.give_up("refused".into());
         assert!(!g.enabled());
+        assert_eq!(g.refused(), Some("refused"), "the reason is kept");
         assert_eq!(g.plan(4, true, &[2]), Action::Eager);
     }
 

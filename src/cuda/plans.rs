@@ -62,7 +62,10 @@ impl DkdvPlan {
 }
 
 /// Which kernel attends a decode step's queries to the KV cache (decode_attention.cu). Both compute
-/// the same softmax in f32; they differ in the order of f32 additions only.
+/// the same softmax in f32, with rounding of their own: the per-group kernel scales q by 1/√D
+/// before the products where the per-head one scales each product, the online softmax rescales
+/// per 32 positions or per position, and the additions run in other orders (their GPU test allows
+/// for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeAttn {
     /// One block per (row, kv head) for the whole GQA group (`decode_attn_gqa_*`): each cached key

@@ -79,9 +79,13 @@ pub fn sample_rows(
 
 /// A sampling step's settings and draws: a finite temperature, every uniform in [0, 1).
 pub(crate) fn check_uniforms(uniforms: &[f64], params: &SamplingParams) -> Result<()> {
-    let temperature = params.temperature;
+    let (temperature, top_p) = (params.temperature, params.top_p);
     if !temperature.is_finite() || uniforms.iter().any(|u| !(0.0..1.0).contains(u)) {
         return Err(Error::Invalid(format!("sample rows: temperature {temperature} or a uniform outside [0, 1)")));
+    }
+    // (a NaN top_p would take the kernel's plain walk and the CPU's sorted one: other tokens)
+    if top_p.is_nan() {
+        return Err(Error::Invalid("sample rows: top_p is NaN".into()));
     }
     Ok(())
 }
@@ -316,6 +320,17 @@ mod tests {
 
     fn params(temperature: f32) -> SamplingParams {
         SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: 1 }
+    }
+
+    /// Settings the kernel and the CPU would read differently are refused before a launch.
+    #[test]
+    fn settings_outside_the_samplers_domain_are_refused() {
+        assert!(check_uniforms(&[0.5], &params(1.0)).is_ok());
+        assert!(check_uniforms(&[0.5], &params(f32::NAN)).is_err());
+        assert!(check_uniforms(&[1.0], &params(1.0)).is_err());
+        let nan_p = SamplingParams { top_p: f32::NAN, ..params(1.0) };
+        let err = check_uniforms(&[0.5], &nan_p).unwrap_err().to_string();
+        assert!(err.contains("top_p"), "{err}");
     }
 
     /// The kernel's order of summation and walk picks the CPU sampler's token from the same
