@@ -167,4 +167,12 @@ fn the_critic_section_is_validated() {
     assert!(bad("warmup_steps = 1", "warmup_steps = 1\ngae_lambda = 1.5").contains("critic.gae_lambda"));
     let e = bad("warmup_steps = 1", "warmup_steps = 1\nmask_low_frac = 0.7\nentropy_exclude_high_frac = 0.5");
     assert!(e.contains("critic.mask_low_frac"), "{e}");
+    // dimensions that make no model stop the job before its supervised phase, writing nothing
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2, 2);
+    cfg.train.steps = 1_000_000;
+    cfg.critic.as_mut().unwrap().num_kv_heads = Some(3);
+    let e = arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("[critic]"), "{e}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
 }

@@ -158,3 +158,42 @@ fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
     let ps = Command::new("pgrep").args(["-f", &format!("--out-dir {}", out.display())]).output().unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "ranks still running");
 }
+
+/// The end of an `[async]` job: the rollout rank waits at the job's last barrier while the trainer
+/// runs its final evaluation (longer here than the collective timeout) and is not taken for
+/// stalled; and `--resume auto` on the finished run (a requeue after its last checkpoint) tells the
+/// rollout rank at once that no step is left, instead of leaving it waiting for a publication.
+#[test]
+fn an_async_job_ends_cleanly_and_its_finished_run_resumes_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // (the final evaluation of 1,500 problems takes seconds; a rollout rank left waiting for a
+    // publication would be stopped by the step timeout, 20 s, instead of hanging the test)
+    let short = grpo_config().replace("steps = 3", "steps = 2").replace("eval_problems = 11", "eval_problems = 1500");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "{short}\n[async]\nrollout_ranks = 1\nalpha = 1\n\n[parallel]\ncollective_timeout_s = 1\nstep_timeout_s = 20\n"
+        ),
+    );
+    let out = dir.path().join("out");
+    let args = ["--threads", "1", "train", "--config", &cfg, "--out-dir", out.to_str().unwrap()];
+    let t0 = Instant::now();
+    let o = launch(2, &args, &[]);
+    let first = t0.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    let rates = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("rl: held-out solve rate"))
+            .map(str::to_string)
+    };
+    let ran = rates(&o).unwrap_or_else(|| panic!("{}", text(&o)));
+    let mut resumed = args.to_vec();
+    resumed.extend(["--resume", "auto"]);
+    let t1 = Instant::now();
+    let o = launch(2, &resumed, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(t1.elapsed() < first + Duration::from_secs(30), "the resume took {:?}", t1.elapsed());
+    // the finished run's figures, not its starting point's as after
+    assert_eq!(rates(&o), Some(ran));
+}

@@ -160,7 +160,16 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
             let root = grid.is_root();
             let mut out: Box<dyn std::io::Write> =
                 if root { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
-            match crate::train::job::run_on(cfg, dir.as_deref(), &grid, &mut out) {
+            // the job's last barrier: under [async] the rollout ranks reach it while the trainer
+            // still evaluates and writes its last checkpoint, so it waits as long as a step may
+            // (parallel.step_timeout_s; 0: no limit) where that is longer than a collective
+            let last_wait = match cfg.parallel.step_timeout_s {
+                s if s > 0.0 => std::time::Duration::from_secs_f64(s),
+                _ => std::time::Duration::MAX,
+            };
+            let run = crate::train::job::run_on(cfg, dir.as_deref(), &grid, &mut out);
+            let _longer = grid.watchdog.as_ref().map(|w| w.lengthen_collectives(last_wait));
+            match run {
                 Ok(r) => {
                     grid.world.barrier()?;
                     if let Some(w) = &grid.watchdog {

@@ -225,6 +225,23 @@ mod tests {
             Ok(c) => assert!(cfg!(feature = "cuda") && c.parallel.tp == 2),
             Err(e) => assert!(!cfg!(feature = "cuda") && e.to_string().contains("train.device"), "{e}"),
         }
+        // a fresh model's dimensions, named by their dotted keys when the file is read
+        for (from, to, key) in [
+            ("num_kv_heads = 2", "num_kv_heads = 3", "model.num_kv_heads"),
+            ("hidden_size = 128", "hidden_size = 0", "model.hidden_size"),
+            ("hidden_size = 128", "hidden_size = 100", "model.num_heads"),
+        ] {
+            assert!(ADDITION_CONFIG.contains(from), "{from}");
+            let e = RunConfig::parse(&ADDITION_CONFIG.replace(from, to), Path::new("m.toml")).unwrap_err().to_string();
+            assert!(e.contains("m.toml") && e.contains(key), "{to}: {e}");
+        }
+        // run directories stay inside out_dir
+        for name in [".", ".."] {
+            let bad = ADDITION_CONFIG.replace("name = \"addition-sft\"", &format!("name = {name:?}"));
+            assert!(bad.contains(&format!("name = {name:?}")));
+            let e = RunConfig::parse(&bad, Path::new("n.toml")).unwrap_err().to_string();
+            assert!(e.contains("n.toml") && e.contains("run.name"), "{name}: {e}");
+        }
         let bad = ADDITION_CONFIG.to_string() + "\n[parallel]\ntp = 0\n";
         let e = RunConfig::parse(&bad, Path::new("p.toml")).unwrap_err().to_string();
         assert!(e.contains("p.toml") && e.contains("parallel.tp"), "{e}");

@@ -35,8 +35,12 @@ fn default_out_dir() -> PathBuf {
 impl RunSection {
     /// Check the section's own values.
     pub fn validate(&self) -> Result<(), Violation> {
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            return bad("run.name", format!("{:?} must be a non-empty name without slashes", self.name));
+        // (a run directory of its own inside out_dir: "." and ".." would name out_dir or its parent)
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name == "." || self.name == ".." {
+            return bad(
+                "run.name",
+                format!("{:?} must be a non-empty name without slashes, other than . and ..", self.name),
+            );
         }
         Ok(())
     }
@@ -103,8 +107,36 @@ impl ModelSection {
                 "without hf_dir, hidden_size, intermediate_size, num_layers, num_heads and num_kv_heads are required"
                     .into(),
             ),
-            _ => Ok(()),
+            None => self.check_dims(),
+            Some(_) => Ok(()),
         }
+    }
+
+    /// The dimensions of a fresh model make a decoder: every one positive, heads splitting the
+    /// width into even head dims (RoPE turns pairs), kv heads dividing the heads (GQA groups).
+    fn check_dims(&self) -> Result<(), Violation> {
+        let named = [
+            ("model.hidden_size", self.hidden_size),
+            ("model.intermediate_size", self.intermediate_size),
+            ("model.num_layers", self.num_layers),
+            ("model.num_heads", self.num_heads),
+            ("model.num_kv_heads", self.num_kv_heads),
+            ("model.max_position_embeddings", Some(self.max_position_embeddings)),
+        ];
+        if let Some((key, _)) = named.iter().find(|(_, v)| *v == Some(0)) {
+            return bad(key, "0: must be at least 1".into());
+        }
+        let (c, h, kv) = (self.hidden_size.unwrap_or(1), self.num_heads.unwrap_or(1), self.num_kv_heads.unwrap_or(1));
+        if c % h != 0 || (c / h) % 2 != 0 {
+            return bad(
+                "model.num_heads",
+                format!("{h}: hidden_size {c} must split into num_heads heads of an even dimension (RoPE turns pairs)"),
+            );
+        }
+        if h % kv != 0 {
+            return bad("model.num_kv_heads", format!("{kv} must divide num_heads = {h} (GQA groups)"));
+        }
+        Ok(())
     }
 }
 

@@ -26,6 +26,8 @@ struct Slot {
 struct Inner {
     rank: usize,
     collective_timeout: Duration,
+    /// A longer timeout for the collectives armed while a [`Longer`] guard lives.
+    longer: Mutex<Option<Duration>>,
     step: Mutex<Option<Slot>>,
     collective: Mutex<Option<Slot>>,
     /// Collectives armed so far.
@@ -86,12 +88,26 @@ impl Drop for Armed {
     }
 }
 
+/// Restores the configured collective timeout when dropped ([`Watchdog::lengthen_collectives`]).
+pub struct Longer {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Longer {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.inner.longer.lock() {
+            *l = None;
+        }
+    }
+}
+
 impl Watchdog {
     /// Start the thread. `abort(msg)` must not return (MPI_Abort / exit).
     pub fn start(rank: usize, collective_timeout: Duration, abort: AbortFn) -> Self {
         let inner = Arc::new(Inner {
             rank,
             collective_timeout,
+            longer: Mutex::new(None),
             step: Mutex::new(None),
             collective: Mutex::new(None),
             collectives: AtomicU64::new(0),
@@ -147,11 +163,25 @@ impl Watchdog {
         self.arm_collective(what, Some(others.to_vec()))
     }
 
+    /// Until the returned guard drops, collectives get `timeout` where it is longer than the
+    /// configured collective timeout: for a collective that some ranks reach long before the
+    /// others by design (the rollout ranks of an `[async]` run wait at the job's final barrier
+    /// while the trainer evaluates and writes its last checkpoint).
+    pub fn lengthen_collectives(&self, timeout: Duration) -> Longer {
+        if let Ok(mut l) = self.inner.longer.lock() {
+            *l = Some(timeout);
+        }
+        Longer { inner: self.inner.clone() }
+    }
+
     fn arm_collective(&self, what: &str, others: Option<Vec<usize>>) -> Armed {
         let seq = self.inner.collectives.fetch_add(1, Ordering::Relaxed) + 1;
+        let longer = self.inner.longer.lock().ok().and_then(|l| *l).unwrap_or_default();
+        let timeout = self.inner.collective_timeout.max(longer);
         if let Ok(mut s) = self.inner.collective.lock() {
             let now = Instant::now();
-            let deadline = now + self.inner.collective_timeout;
+            // (a timeout too long to add is as good as none: a century)
+            let deadline = now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
             *s = Some(Slot { armed: now, deadline, what: what.to_string(), seq, others });
         }
         Armed { inner: self.inner.clone(), collective: true }
@@ -236,6 +266,31 @@ mod tests {
         assert!(!m.contains("entered"), "{m}");
         let m = timeout_message(2, "step", &slot(None), now, None);
         assert!(m.starts_with("rank 2: watchdog: step `all_gather` did not finish in time"), "{m}");
+    }
+
+    /// While a lengthening guard lives, a collective waits past the configured timeout; after it
+    /// drops, the configured timeout holds again; an unbounded length does not overflow.
+    #[test]
+    fn a_lengthened_collective_waits_longer_until_the_guard_drops() {
+        let (wd, hits) = recording(1);
+        {
+            let _long = wd.lengthen_collectives(Duration::from_secs(60));
+            let _g = wd.watch_collective("barrier");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        assert!(hits.lock().unwrap().is_empty(), "a lengthened collective fired");
+        {
+            let _long = wd.lengthen_collectives(Duration::MAX);
+            let _g = wd.watch_collective("barrier");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(hits.lock().unwrap().is_empty(), "an unbounded collective fired");
+        {
+            let _g = wd.watch_collective("barrier");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        assert!(!hits.lock().unwrap().is_empty(), "the configured timeout no longer holds");
+        wd.stop();
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
 
     let model = build_model(cfg, &tok)?;
+    // a [critic]'s dimensions are checked against the policy's now, not after the supervised phase
+    if let Some(critic) = &cfg.critic {
+        critic.model_config(model.full_config())?;
+    }
     // under tensor parallelism every rank built the full model; it keeps its shard
     let mut model = model.shard(grid.tp.clone())?;
     let t = &cfg.train;

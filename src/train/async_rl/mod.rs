@@ -112,6 +112,13 @@ pub fn run_phase(
     if ac.streams() && train_grid.is_root() {
         source.stream = Some(stream_leader(model, ph, ac, &source.rollout, start.done)?);
     }
+    // no step left (a resume of a finished run, or rl.steps = 0): no version is ever published,
+    // whose last publication tells the rollout ranks to stop, so they are told now
+    if start.done >= ph.rl.steps && train_grid.is_root() {
+        for &r in &source.rollout {
+            source.weights.send_bytes(r, &[])?;
+        }
+    }
     if train_grid.is_root() {
         let _ = writeln!(
             log,

@@ -270,6 +270,11 @@ pub(crate) fn run_phase_with(
         }
     }
     progress.finish();
+    if start.done >= rl.steps && rl.steps > 0 {
+        // a resume of a finished phase (a requeue after its last checkpoint): its final evaluation
+        // once more, the same numbers (a function of the weights and the seed), not the one before
+        last = evaluate(&mut trainer.engine, model, cfg, ph.task, rl, rl.steps, dp)?;
+    }
     trainer.sync_host(model, opt)?;
     Ok((before, last))
 }
