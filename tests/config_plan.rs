@@ -359,3 +359,19 @@ fn streaming_async_modes_are_not_refused_on_the_gpu() {
         }
     }
 }
+
+/// Dr.GRPO's T_max is the generation budget unless the config names one; other aggregations
+/// have none.
+#[test]
+fn the_sum_norm_aggregation_divides_by_the_generation_budget() {
+    let base = arbor::config::DEFAULT_CONFIG;
+    assert!(base.contains("agg = \"token-mean\"\n"));
+    let with = |loss: &str| {
+        let text = base.replace("agg = \"token-mean\"\n", &format!("{loss}\n"));
+        RunConfig::parse(&text, Path::new("t.toml")).unwrap().plan().rl.unwrap()
+    };
+    let rl = with("agg = \"seq-mean-token-sum-norm\"");
+    assert_eq!(rl.loss.t_max, Some(rl.section.max_new_tokens));
+    assert_eq!(with("agg = \"seq-mean-token-sum-norm\"\nt_max = 77").loss.t_max, Some(77));
+    assert_eq!(with("agg = \"token-mean\"").loss.t_max, None);
+}

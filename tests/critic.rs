@@ -123,14 +123,15 @@ fn critic_resume_restores_weights_and_optimizer_state_exactly() {
     job::run(&config(b.path(), 4, 2), None, &mut Vec::new()).unwrap();
     let run_a = a.path().join("default");
     let run_b = b.path().join("default");
-    // the AsyPPO metrics are there: exactly k = 20 % of tokens masked, h = 20 % excluded
+    // the AsyPPO metrics are there: at most k = 20 % of tokens masked, h = 20 % excluded; at the
+    // first step the fresh critics (value heads at 0) agree on every token, and a tie masks none
     let lines = metrics(&run_a);
     let rl: Vec<_> = lines.iter().filter(|m| m.get("critic_0_value_loss").is_some()).collect();
     assert_eq!(rl.len(), 4);
-    for m in &rl {
+    for (i, m) in rl.iter().enumerate() {
         for k in ["adv_masked_frac", "entropy_excluded_frac"] {
             let f = m[k].as_f64().unwrap();
-            assert!(f > 0.15 && f <= 0.2, "{k} = {f}");
+            assert!(if i == 0 { f == 0.0 } else { f > 0.15 && f <= 0.2 }, "step {}: {k} = {f}", i + 1);
         }
     }
     // both critics learned something (some answers are right, so returns are not all zero)

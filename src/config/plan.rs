@@ -86,7 +86,15 @@ impl RunConfig {
         };
         RlPlan {
             section: rl.clone(),
-            loss: self.loss.clone().unwrap_or_default(),
+            loss: {
+                let mut loss = self.loss.clone().unwrap_or_default();
+                // Dr.GRPO's T_max is a constant, the generation budget (the batch's longest response
+                // would change the loss's scale from one mini-batch to the next)
+                if loss.agg == crate::rl::Aggregation::SeqMeanTokenSumNorm && loss.t_max.is_none() {
+                    loss.t_max = Some(rl.max_new_tokens);
+                }
+                loss
+            },
             sampler,
             advantage,
             shaping: self.rhythm.clone(),

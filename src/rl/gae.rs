@@ -46,17 +46,28 @@ pub fn aggregate(values: &[f32], how: Aggregate) -> (f32, f32) {
     (agg, var.sqrt() as f32)
 }
 
-/// The tokens with the lowest `low_frac` and the highest `high_frac` of `sigma` (by σ, ties broken
-/// by token index): exactly ⌊frac·N⌋ tokens each. Returns (advantage masked, entropy excluded).
+/// The tokens with the lowest `low_frac` and the highest `high_frac` of `sigma`: at most ⌊frac·N⌋
+/// tokens each, and tokens of equal σ alike. Where equal values straddle the boundary, none of
+/// them is taken (a percentile does not split a tie, and a position in the batch says nothing of
+/// the critics): fresh critics that all output 0 agree everywhere, and mask nothing rather than
+/// the batch's first prompts. Returns (advantage masked, entropy excluded).
 pub fn uncertainty_masks(sigma: &[f32], low_frac: f64, high_frac: f64) -> (Vec<bool>, Vec<bool>) {
     let n = sigma.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| sigma[a].total_cmp(&sigma[b]).then(a.cmp(&b)));
+    let mut sorted = sigma.to_vec();
+    sorted.sort_by(f32::total_cmp);
     let (k_low, k_high) =
         (((low_frac * n as f64).floor() as usize).min(n), ((high_frac * n as f64).floor() as usize).min(n));
-    let (mut low, mut high) = (vec![false; n], vec![false; n]);
-    order[..k_low].iter().for_each(|&i| low[i] = true);
-    order[n - k_high..].iter().for_each(|&i| high[i] = true);
+    // below the first value left out of the lowest k_low; above the last left out of the highest
+    let low = match k_low {
+        0 => vec![false; n],
+        k if k == n => vec![true; n],
+        k => sigma.iter().map(|s| s.total_cmp(&sorted[k]).is_lt()).collect(),
+    };
+    let high = match k_high {
+        0 => vec![false; n],
+        k if k == n => vec![true; n],
+        k => sigma.iter().map(|s| s.total_cmp(&sorted[n - 1 - k]).is_gt()).collect(),
+    };
     (low, high)
 }
 
@@ -136,15 +147,24 @@ mod tests {
     }
 
     #[test]
-    fn masks_take_exact_fractions_and_break_ties_by_index() {
+    fn masks_take_at_most_their_fractions_and_treat_ties_alike() {
         let sigma = [0.3f32, 0.1, 0.1, 0.9, 0.5, 0.1, 0.7, 0.2, 0.9, 0.4];
         let (low, high) = uncertainty_masks(&sigma, 0.2, 0.2);
-        assert_eq!(low.iter().filter(|&&x| x).count(), 2);
-        assert_eq!(high.iter().filter(|&&x| x).count(), 2);
-        // three tokens tie at 0.1: the two lowest indices are masked
-        assert_eq!(low, [false, true, true, false, false, false, false, false, false, false]);
+        // three tokens tie at 0.1 across the boundary of the lowest two: none is masked
+        assert!(!low.contains(&true));
         // two tie at 0.9 and are the top two
+        assert_eq!(high.iter().filter(|&&x| x).count(), 2);
         assert!(high[3] && high[8]);
+        // the lowest 30 %: the three at 0.1; 40 %: and 0.2
+        let (low, _) = uncertainty_masks(&sigma, 0.35, 0.0);
+        assert_eq!(low, [false, true, true, false, false, true, false, false, false, false]);
+        let (low, _) = uncertainty_masks(&sigma, 0.4, 0.0);
+        assert_eq!(low, [false, true, true, false, false, true, false, true, false, false]);
+        // fresh critics (σ = 0 everywhere): nothing masked, nothing excluded; all of them: all
+        let (low, high) = uncertainty_masks(&[0.0; 10], 0.2, 0.2);
+        assert!(!low.contains(&true) && !high.contains(&true));
+        let (low, high) = uncertainty_masks(&[0.0; 10], 1.0, 1.0);
+        assert!(!low.contains(&false) && !high.contains(&false));
         let (low, high) = uncertainty_masks(&sigma, 0.0, 0.35);
         assert!(!low.contains(&true));
         assert_eq!(high.iter().filter(|&&x| x).count(), 3);

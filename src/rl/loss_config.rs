@@ -34,7 +34,8 @@ pub enum Aggregation {
     SeqMeanTokenMean,
     /// (1/N_seq)·Σ_s Σ_{t∈s} x_t.
     SeqMeanTokenSum,
-    /// Dr.GRPO: (1/N_seq)·Σ_s Σ_{t∈s} x_t / T_max (T_max = `t_max` key, else the batch's longest response).
+    /// Dr.GRPO: (1/N_seq)·Σ_s Σ_{t∈s} x_t / T_max (T_max = `t_max` key; a run's plan sets it to
+    /// `rl.max_new_tokens` where the config does not; without either, the batch's longest response).
     ///
     /// verl/ROLL's `seq-mean-token-sum-norm` omit the 1/N_seq (Σ_s Σ_t x_t / T_max); that is this mode times
     /// N_seq, a constant learning-rate scale when the batch size is fixed. We follow the name and Dr.GRPO's code.
