@@ -213,6 +213,34 @@ fn response_logp(
     Ok((resp_pos, starts))
 }
 
+/// The log-probs of every sample's response tokens under `model` as it stands (teacher forced, at
+/// temperature 1: the update's own forward), `micro` samples a forward (0: all), one vector per
+/// sample. The off-policy tree pipeline takes π_old of a batch so, under the weights that generated
+/// it (ALGORITHMS.md §4), rather than the sampler's log-probs (tempered, and decoded).
+pub(crate) fn teacher_logprobs(
+    engine: &mut Engine,
+    model: &Model,
+    samples: &[Sample],
+    micro: usize,
+    ws: &mut Workspace,
+) -> Result<Vec<Vec<f32>>> {
+    let (mut batch, mut logp) = (Batch::new(), Vec::new());
+    let mut out = Vec::with_capacity(samples.len());
+    for r in micro_ranges(0..samples.len(), micro) {
+        let part = &samples[r];
+        response_logp(engine, model, part, ws, &mut batch, &mut logp, None)?;
+        // (one log-prob per response token, the samples' in order)
+        let mut at = 0;
+        for s in part {
+            let n = s.response.len();
+            out.push(logp.get(at..at + n).map(<[f32]>::to_vec).unwrap_or_default());
+            at += n;
+        }
+        debug_assert_eq!(at, logp.len());
+    }
+    Ok(out)
+}
+
 /// This rank's place in a data-parallel update: its samples are the global samples
 /// `offset..offset + local` of `total`, and `comm` joins the data-parallel ranks.
 pub struct DpShard<'c> {
