@@ -14,6 +14,21 @@ fn a_bad_comparison_method_is_named() {
     std::fs::write(&p, text).unwrap();
     let e = format!("{:#}", arbor::cli::experiment::plan(&p).unwrap_err());
     assert!(e.contains("c.toml") && e.contains("magic"), "{e}");
+    // the methods' configs pass a run config's checks; the file's numbers are finite
+    let asyppo =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/compare-asyppo.toml"))
+            .unwrap()
+            .replace("configs/default.toml", base.to_str().unwrap());
+    for (from, to, says) in [
+        ("count = 2", "count = 0", "critic.count"),
+        ("lr = 5e-4", "lr = nan", "critic.lr"),
+        ("eval_problems = 300", "eval_problems = 0", "rl.eval_problems"),
+    ] {
+        assert!(asyppo.contains(from), "{from}");
+        std::fs::write(&p, asyppo.replace(from, to)).unwrap();
+        let e = format!("{:#}", arbor::cli::experiment::plan(&p).unwrap_err());
+        assert!(e.contains("c.toml") && e.contains(says), "{to}: {e}");
+    }
 }
 
 #[test]

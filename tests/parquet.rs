@@ -288,3 +288,25 @@ fn random_byte_mutations_never_panic_the_reader() {
         "{failed} mutants refused ({in_pages} in column chunks), {read} read: the mutations should reach all three"
     );
 }
+
+/// Shard names without zero padding are complete and read in their numbers' order; a shard count
+/// no directory could hold is refused by name, before anything its size is made.
+#[test]
+fn shards_are_ordered_by_number_and_absurd_counts_refused() {
+    use arbor::tasks::parquet::dataset_files;
+    let dir = tempfile::tempdir().unwrap();
+    for k in 0..12 {
+        std::fs::write(dir.path().join(format!("train-{k}-of-12.parquet")), b"").unwrap();
+    }
+    let order: Vec<String> = dataset_files(dir.path())
+        .unwrap()
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let want: Vec<String> = (0..12).map(|k| format!("train-{k}-of-12.parquet")).collect();
+    assert_eq!(order, want);
+    let odd = tempfile::tempdir().unwrap();
+    std::fs::write(odd.path().join("train-00000-of-99999999999.parquet"), b"").unwrap();
+    let e = dataset_files(odd.path()).unwrap_err().to_string();
+    assert!(e.contains("99999999999") && e.contains("incomplete"), "{e}");
+}

@@ -102,7 +102,10 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     };
     let opts = SaveOptions {
         dtype: args.dtype,
-        max_shard_bytes: args.max_shard_size_mb.map(|mb| mb * 1024 * 1024),
+        max_shard_bytes: args
+            .max_shard_size_mb
+            .map(|mb| mb.checked_mul(1024 * 1024).context(format!("--max-shard-size-mb {mb}: too large")))
+            .transpose()?,
         base_config: Some(base_config),
     };
     let summary = save_hf_dir(to, &loaded.config, &loaded.params, &opts)?;

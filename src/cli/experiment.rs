@@ -220,6 +220,12 @@ pub fn plan(path: &Path) -> anyhow::Result<Vec<RunConfig>> {
 
 fn load(args: &CompareArgs) -> anyhow::Result<(CompareFile, RunConfig, Vec<RunConfig>)> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("{}", args.config.display()))?;
+    // every number finite, as in a run config
+    let tree: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", args.config.display(), e.to_string().trim()))?;
+    if let Some((key, v)) = crate::config::first_non_finite(&tree, "") {
+        anyhow::bail!("{}: {key}: {v} is not a finite number", args.config.display());
+    }
     let mut file: CompareFile =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", args.config.display(), e.to_string().trim()))?;
     if let Some(d) = &args.out_dir {
@@ -238,7 +244,13 @@ fn load(args: &CompareArgs) -> anyhow::Result<(CompareFile, RunConfig, Vec<RunCo
         .compare
         .methods
         .iter()
-        .map(|m| method_config(&base, &file, m, &out))
+        .map(|m| {
+            // a method's config is built in code from the base and this file: it passes the checks
+            // of a run config file (each section's values, the rules across sections) before any runs
+            let cfg = method_config(&base, &file, m, &out)?;
+            cfg.validate().map_err(|(key, msg)| anyhow::anyhow!("method {m}: {key}: {msg}"))?;
+            Ok(cfg)
+        })
         .collect::<anyhow::Result<_>>()
         .with_context(|| format!("{}", args.config.display()))?;
     Ok((file, base, cfgs))
@@ -279,7 +291,7 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
         base.run.seed,
         table(&rows, file.compare.rl_steps)
     );
-    std::fs::write(out.join("compare.md"), &md).with_context(|| format!("{}", out.join("compare.md").display()))?;
+    crate::io::atomic::write_atomic(&out.join("compare.md"), md.as_bytes())?;
     let mut by_step = LinePlot::new("Held-out solve rate (sampled)", "RL step", "solve rate");
     let mut by_time = LinePlot::new("Held-out solve rate (sampled)", "wall time of the RL steps (s)", "solve rate");
     let mut eff = LinePlot::new("Effective-sample ratio", "RL step", "fraction with non-zero advantage");

@@ -182,7 +182,7 @@ fn key_at(text: &str, at: usize) -> String {
 
 /// The dotted path and value of the first non-finite float in a TOML tree (arrays index as `key[i]`).
 /// A distribution's `max = inf` (no cap, its default) is the one infinity allowed.
-fn first_non_finite(table: &toml::Table, prefix: &str) -> Option<(String, f64)> {
+pub fn first_non_finite(table: &toml::Table, prefix: &str) -> Option<(String, f64)> {
     fn walk(v: &toml::Value, path: String) -> Option<(String, f64)> {
         match v {
             toml::Value::Float(f) if *f == f64::INFINITY && path.ends_with(".max") => None,
@@ -234,6 +234,16 @@ mod tests {
             assert!(ADDITION_CONFIG.contains(from), "{from}");
             let e = RunConfig::parse(&ADDITION_CONFIG.replace(from, to), Path::new("m.toml")).unwrap_err().to_string();
             assert!(e.contains("m.toml") && e.contains(key), "{to}: {e}");
+        }
+        // a 0 that would be read as 1, and a step no memory holds, are refused by key
+        for (from, to, key) in [
+            ("eval_samples = 4", "eval_samples = 0", "rl.eval_samples"),
+            ("keep_checkpoints = 2", "keep_checkpoints = 0", "train.keep_checkpoints"),
+            ("prompts_per_step = 32", "prompts_per_step = 1000000000000", "rl.prompts_per_step"),
+        ] {
+            assert!(DEFAULT_CONFIG.contains(from), "{from}");
+            let e = RunConfig::parse(&DEFAULT_CONFIG.replace(from, to), Path::new("z.toml")).unwrap_err().to_string();
+            assert!(e.contains("z.toml") && e.contains(key), "{to}: {e}");
         }
         // run directories stay inside out_dir
         for name in [".", ".."] {

@@ -101,6 +101,9 @@ fn d_rl_log() -> u64 {
     5
 }
 
+/// The most sequences an RL step samples (prompts × samples).
+const MAX_STEP_SEQUENCES: u128 = 1 << 24;
+
 impl RlSection {
     /// The policy's learning-rate schedule over the RL steps.
     pub fn lr_schedule(&self) -> LrSchedule {
@@ -125,10 +128,23 @@ impl RlSection {
             ("rl.epochs", self.epochs),
             ("rl.mini_batches", self.mini_batches),
             ("rl.eval_problems", self.eval_problems),
+            ("rl.eval_samples", self.eval_samples as usize),
+            ("rl.log_every", self.log_every as usize),
         ] {
             if v == 0 {
                 return bad(key, "0 must be at least 1".into());
             }
+        }
+        // a step's sequences are held in memory together
+        let per_step = (self.prompts_per_step as u128) * (self.samples_per_prompt as u128);
+        if per_step > MAX_STEP_SEQUENCES {
+            return bad(
+                "rl.prompts_per_step",
+                format!(
+                    "{} prompts × {} samples = {per_step} sequences a step: at most 2^24",
+                    self.prompts_per_step, self.samples_per_prompt
+                ),
+            );
         }
         for (key, v, ok, want) in [
             ("rl.lr", self.lr, self.lr > 0.0, "> 0"),

@@ -269,6 +269,16 @@ impl TrainSection {
                 "0 must be at least 1 (every evaluation scores held-out problems)".into(),
             );
         }
+        // (0 would not mean "never": the last step always logs and checkpoints)
+        for (key, v) in [
+            ("train.log_every", self.log_every),
+            ("train.checkpoint_every", self.checkpoint_every),
+            ("train.keep_checkpoints", self.keep_checkpoints as u64),
+        ] {
+            if v == 0 {
+                return bad(key, "0 must be at least 1".into());
+            }
+        }
         for (key, v, ok, want) in [
             ("train.lr", self.lr, self.lr > 0.0, "> 0"),
             ("train.min_lr", self.min_lr, self.min_lr >= 0.0 && self.min_lr <= self.lr, "in [0, lr]"),

@@ -225,6 +225,12 @@ impl ModelConfig {
         if opt_bool("mlp_bias", false)? {
             return Err(err("mlp_bias", "MLP biases are not supported"));
         }
+        // the MLP is SwiGLU: SiLU gates (Qwen2's and Llama's "silu"; "swish" is the same function)
+        match obj.get("hidden_act") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(a)) if a == "silu" || a == "swish" => {}
+            Some(x) => return Err(err("hidden_act", &format!("{x}: only \"silu\" (SwiGLU) is supported"))),
+        }
         let hidden_size = req_usize("hidden_size")?;
         let num_heads = req_usize("num_attention_heads")?;
         let num_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
@@ -236,10 +242,19 @@ impl ModelConfig {
         let token_id = |key: &str| -> Result<Option<u32>> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::Array(a)) => Ok(a.first().and_then(Value::as_u64).map(|n| n as u32)),
-                Some(x) => {
-                    x.as_u64().map(|n| Some(n as u32)).ok_or_else(|| err(key, &format!("expected a token id, got {x}")))
-                }
+                // (a list of ids: the first; every one a token id)
+                Some(Value::Array(a)) if a.is_empty() => Ok(None),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect::<Option<Vec<u32>>>()
+                    .map(|ids| ids.first().copied())
+                    .ok_or_else(|| err(key, &format!("expected token ids, got {}", Value::Array(a.clone())))),
+                Some(x) => x
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(Some)
+                    .ok_or_else(|| err(key, &format!("expected a token id, got {x}"))),
             }
         };
         let cfg = ModelConfig {
@@ -326,6 +341,26 @@ mod tests {
             .unwrap();
             assert_eq!(cfg.param_count_u128(), cfg.num_params() as u128, "{arch}, tied {tied}");
         }
+    }
+
+    /// An activation other than SiLU, and token ids outside u32, are refused by key, not read as
+    /// something else.
+    #[test]
+    fn what_the_model_cannot_compute_is_refused_by_key() {
+        for act in ["silu", "swish"] {
+            assert!(llama(|m| drop(m.insert("hidden_act".into(), json!(act)))).is_ok(), "{act}");
+        }
+        for (key, value) in [
+            ("hidden_act", json!("gelu")),
+            ("eos_token_id", json!(4_294_967_298u64)),
+            ("eos_token_id", json!([2, "x"])),
+            ("bos_token_id", json!(-1)),
+        ] {
+            let e = llama(|m| drop(m.insert(key.into(), value.clone()))).unwrap_err().to_string();
+            assert!(e.contains("c.json") && e.contains(key), "{key} = {value}: {e}");
+        }
+        let cfg = llama(|m| drop(m.insert("eos_token_id".into(), json!([7, 9])))).unwrap();
+        assert_eq!(cfg.eos_token_id, Some(7));
     }
 
     #[test]

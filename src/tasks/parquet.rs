@@ -93,6 +93,12 @@ pub fn dataset_files(path: &Path) -> Result<Vec<PathBuf>> {
         return Err(bad(path, 0, "the directory has no *.parquet files"));
     }
     check_shards(path, &files)?;
+    // shards in their numbers' order (`train-2-of-12` before `train-10-of-12`; zero-padded names
+    // sort so already)
+    let number = |f: &PathBuf| f.file_name().and_then(|n| shard_name(&n.to_string_lossy()).map(|s| s.1));
+    if files.iter().all(|f| number(f).is_some()) {
+        files.sort_by_key(number);
+    }
     Ok(files)
 }
 
@@ -129,9 +135,13 @@ fn check_shards(dir: &Path, files: &[PathBuf]) -> Result<()> {
         ));
     }
     let n = shards[0].2;
-    let want: Vec<u64> = (0..n).collect();
-    let have: Vec<u64> = shards.iter().map(|s| s.1).collect();
-    if shards.iter().any(|s| s.2 != n) || have != want {
+    // (by number, not by name: `train-2-of-12` comes before `train-10-of-12`; the count of files
+    // is compared before anything the size of n is made)
+    let mut have: Vec<u64> = shards.iter().map(|s| s.1).collect();
+    have.sort_unstable();
+    let complete =
+        u64::try_from(have.len()).is_ok_and(|k| k == n) && have.iter().enumerate().all(|(i, &x)| x == i as u64);
+    if shards.iter().any(|s| s.2 != n) || !complete {
         return Err(bad(
             dir,
             0,
