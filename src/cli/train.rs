@@ -91,20 +91,24 @@ pub(crate) fn spmd_grid(cfg: &RunConfig) -> anyhow::Result<Option<(Spmd, crate::
     {
         use crate::parallel::mpi_comm::{launched_by_mpi, MpiComm};
         if launched_by_mpi() {
-            let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+            let (universe, level) = mpi::initialize_with_threading(mpi::Threading::Multiple)
                 .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
+            let multiple = mpi_threads_suffice(level == mpi::Threading::Multiple, cfg.async_rl.is_some())?;
             let world = universe.world();
             let rank = mpi::traits::Communicator::rank(&world) as usize;
-            // MPI_Abort on the world from the watchdog thread (MPI_THREAD_MULTIPLE was requested)
+            // MPI_Abort on the world from the watchdog thread where MPI_THREAD_MULTIPLE was granted;
+            // elsewhere the rank exits and mpirun ends the others
             let watchdog = Watchdog::start(
                 rank,
                 collective_timeout(cfg),
-                Box::new(|_msg| {
-                    // SAFETY: MPI is initialised for the whole run (the universe outlives the
-                    // watchdog's use) and MPI_Abort may be called from any thread under
-                    // MPI_THREAD_MULTIPLE.
-                    unsafe {
-                        mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 3);
+                Box::new(move |_msg| {
+                    if multiple {
+                        // SAFETY: MPI is initialised for the whole run (the universe outlives the
+                        // watchdog's use) and MPI_Abort may be called from any thread under
+                        // MPI_THREAD_MULTIPLE, which was granted.
+                        unsafe {
+                            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 3);
+                        }
                     }
                     std::process::exit(3);
                 }),
@@ -114,6 +118,19 @@ pub(crate) fn spmd_grid(cfg: &RunConfig) -> anyhow::Result<Option<(Spmd, crate::
         }
     }
     Ok(None)
+}
+
+/// Whether MPI may be called from any thread (`multiple`: MPI_THREAD_MULTIPLE was granted); an
+/// `[async]` run, whose rollout ranks send and receive from several threads, needs it and is
+/// refused without it (an MPI built without thread support would hang or crash it).
+#[cfg(any(test, feature = "mpi"))]
+fn mpi_threads_suffice(multiple: bool, is_async: bool) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        multiple || !is_async,
+        "MPI granted less than MPI_THREAD_MULTIPLE, which [async] needs (its rollout ranks use MPI from \
+         several threads): use an MPI built with thread support, or start the job with `arbor launch`"
+    );
+    Ok(multiple)
 }
 
 impl Spmd {
@@ -213,4 +230,20 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
     }
     println!("done: output in {}", report.out_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `[async]` run needs MPI_THREAD_MULTIPLE; a synchronous one runs with any level, its
+    /// watchdog aborting through MPI only where the level allows it.
+    #[test]
+    fn async_runs_need_mpi_thread_multiple() {
+        assert!(mpi_threads_suffice(true, true).unwrap());
+        assert!(mpi_threads_suffice(true, false).unwrap());
+        assert!(!mpi_threads_suffice(false, false).unwrap());
+        let e = mpi_threads_suffice(false, true).unwrap_err().to_string();
+        assert!(e.contains("MPI_THREAD_MULTIPLE") && e.contains("[async]"), "{e}");
+    }
 }

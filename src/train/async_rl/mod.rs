@@ -258,9 +258,14 @@ fn rollout_loop(
             }
             Ok(())
         };
-        // a failing rollout rank takes the job down (its threads would otherwise wait forever)
+        // a failing rollout rank takes the job down (its threads would otherwise wait forever);
+        // where the sender thread stopped first (a send failed), its error is the cause
         if let Err(e) = generate_all() {
-            role.abort(&format!("rank {world_rank} (rollout): {e}"));
+            let cause = match sender.is_finished().then(|| sender.join()) {
+                Some(Ok(Err(sent))) => format!("sending a batch to the trainer: {sent}"),
+                _ => e.to_string(),
+            };
+            role.abort(&format!("rank {world_rank} (rollout): {cause}"));
         }
         drop(to_sender);
         sender.join().map_err(|_| Error::Invalid("async: the batch sender panicked".into()))??;
