@@ -404,6 +404,18 @@ fn convert_copies_model_and_tokenizer_and_keeps_extra_config_keys() {
     let loaded = load_hf_dir_with_report(&dst).expect("load bf16");
     assert_eq!(loaded.dtypes.keys().collect::<Vec<_>>(), ["BF16"]);
     assert_eq!(snapshot(&src), before, "convert modified its source");
+    // forced over a model with a tokenizer, from a source without one: the old tokenizer goes
+    let bare = root.path().join("bare");
+    save_hf_dir(&bare, &cfg, &params, &SaveOptions::default()).expect("save bare");
+    let mut args = convert_args(&bare, Some(&dst));
+    args.force = true;
+    convert::run(&args).expect("forced convert of a bare model");
+    assert!(Tokenizer::from_dir(&dst).expect("reads").is_none(), "another model's tokenizer stayed");
+    // a shard size no byte count holds is refused, not wrapped
+    let mut args = convert_args(&src, Some(&root.path().join("huge")));
+    args.max_shard_size_mb = Some(u64::MAX / 1024);
+    let msg = format!("{:#}", convert::run(&args).expect_err("overflow"));
+    assert!(msg.contains("--max-shard-size-mb"), "{msg}");
 }
 
 #[test]

@@ -109,16 +109,23 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         base_config: Some(base_config),
     };
     let summary = save_hf_dir(to, &loaded.config, &loaded.params, &opts)?;
-    let mut copied = 0;
+    let (mut copied, mut removed) = (0, 0);
     for name in SIDE_FILES {
-        let src = from.join(name);
+        let (src, dst) = (from.join(name), to.join(name));
         if src.is_file() {
             let mut staged = crate::io::atomic::StagedFiles::new(to)?;
             let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
             staged.write(name, &bytes)?;
             staged.commit()?;
             copied += 1;
+        } else if dst.is_file() {
+            // (--force into another model's directory: its tokenizer does not go with these weights)
+            std::fs::remove_file(&dst).with_context(|| format!("removing {}", dst.display()))?;
+            removed += 1;
         }
+    }
+    if removed > 0 {
+        println!("removed {removed} side file(s) of the model that was in {} (the source has none)", to.display());
     }
     println!(
         "converted {} -> {}: {:?}, {n_params} params, {} -> {}, {} shard(s), {} tensor bytes ({} written), \
