@@ -245,6 +245,12 @@ mod tests {
             let e = RunConfig::parse(&DEFAULT_CONFIG.replace(from, to), Path::new("z.toml")).unwrap_err().to_string();
             assert!(e.contains("z.toml") && e.contains(key), "{to}: {e}");
         }
+        // a task generator's key where the kind does not read it
+        for (extra, key) in [("numbers = 5", "data.numbers"), ("heldout_fraction = 0.3", "data.heldout_fraction")] {
+            let bad = ADDITION_CONFIG.replace("max_digits = 2", &format!("max_digits = 2\n{extra}"));
+            let e = RunConfig::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
+            assert!(e.contains("k.toml") && e.contains(key) && e.contains("does not read it"), "{extra}: {e}");
+        }
         // run directories stay inside out_dir
         for name in [".", ".."] {
             let bad = ADDITION_CONFIG.replace("name = \"addition-sft\"", &format!("name = {name:?}"));

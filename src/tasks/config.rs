@@ -186,6 +186,31 @@ impl TaskConfig {
                 _ => {}
             }
         }
+        // a generator's key set for a kind that does not read it would be silently ignored
+        use TaskKind::{Addition, Arithmetic, Countdown, Jsonl, Parquet};
+        let d = TaskConfig::new(self.kind);
+        for (key, set, kinds) in [
+            ("numbers", self.numbers != d.numbers, &[Countdown][..]),
+            ("max_number", self.max_number != d.max_number, &[Countdown]),
+            ("max_target", self.max_target != d.max_target, &[Countdown]),
+            ("exactly_once", self.exactly_once != d.exactly_once, &[Countdown]),
+            ("ops", self.ops != d.ops, &[Arithmetic]),
+            ("min_digits", self.min_digits != d.min_digits, &[Arithmetic]),
+            ("max_digits", self.max_digits != d.max_digits, &[Arithmetic, Addition]),
+            ("heldout_fraction", self.heldout_fraction != d.heldout_fraction, &[Countdown, Arithmetic, Jsonl, Parquet]),
+        ] {
+            if set && !kinds.contains(&self.kind) {
+                let names: Vec<String> = kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect();
+                return Err((
+                    key,
+                    format!(
+                        "kind = {:?} does not read it (only {})",
+                        format!("{:?}", self.kind).to_lowercase(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
         match self.kind {
             TaskKind::Countdown => self.countdown().validate(),
             TaskKind::Arithmetic => self.arithmetic().validate(),
