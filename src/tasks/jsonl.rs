@@ -49,7 +49,13 @@ pub fn parse_records(text: &str, file: &Path) -> Result<Vec<Record>> {
 
 /// Read the records of the JSONL file `path` (an empty file gives an empty list).
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // the line of the first byte that is not UTF-8
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        bad(path, line, "not UTF-8 text")
+    })?;
     parse_records(&text, path)
 }
 
@@ -87,6 +93,17 @@ mod tests {
         assert_eq!((r[0].answer.as_str(), r[1].line, r[1].extra["level"].as_u64()), ("2", 2, Some(3)));
         let err = parse_records("{}", f).unwrap_err().to_string();
         assert!(err.starts_with("data.jsonl:1:"), "{err}");
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(&p, b"{\"prompt\": \"1+1=\", \"answer\": 2}\n{\"prompt\": \"\xff\", \"answer\": 1}\n").unwrap();
+        match read_records(&p) {
+            Err(Error::Dataset { line, msg, .. }) => assert_eq!((line, msg.contains("UTF-8")), (2, true), "{msg}"),
+            other => panic!("expected a dataset error, got {other:?}"),
+        }
     }
 
     #[test]
