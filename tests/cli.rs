@@ -71,6 +71,11 @@ fn bench_with_a_broken_model_config_is_an_error() {
     let (code, err) = arbor(&["bench", "train-step", "--model-config", dir.path().to_str().unwrap(), "--steps", "1"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("config.json") && err.contains("num_attention_heads") && err.contains("missing"), "{err}");
+    // a temperature that is not a number is refused, not run greedy
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/models/bench-tiny");
+    let (code, err) = arbor(&["bench", "generate", "--model-config", tiny, "--temperature", "nan"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--temperature"), "{err}");
 }
 
 #[test]

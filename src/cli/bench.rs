@@ -82,6 +82,11 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         args.batch > 0 && args.prompt_len > 0 && args.new_tokens > 0,
         "--batch, --prompt-len and --new-tokens must be positive"
     );
+    anyhow::ensure!(
+        args.temperature.is_finite() && args.temperature >= 0.0,
+        "--temperature {}: must be a finite number ≥ 0 (0 = greedy)",
+        args.temperature
+    );
     let v = model.cfg.vocab_size as u64;
     let mut rng = Rng::new(args.seed);
     let requests: Vec<Request> = (0..args.batch as u64)
