@@ -158,7 +158,11 @@ fn stream_leader<'g>(
             .truncate(first == 0)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Some(Box::new(std::io::BufWriter::new(file)))
+        let mut out: Box<dyn Write> = Box::new(std::io::BufWriter::new(file));
+        if first > 0 {
+            schedule::mark_resume(out.as_mut(), first)?;
+        }
+        Some(out)
     } else {
         None
     };

@@ -23,11 +23,36 @@ struct Line {
     decode_step: u64,
 }
 
+/// The line a resumed run writes before its installs: its rollout loops started over after RL step
+/// `resumed_after`, so the schedule no longer describes one loop from the start.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resumed {
+    resumed_after: u64,
+}
+
+/// Mark the schedule of a run resumed after RL step `step`.
+pub fn mark_resume(out: &mut dyn Write, step: u64) -> Result<()> {
+    let text = serde_json::to_string(&Resumed { resumed_after: step }).map_err(|e| Error::Invalid(e.to_string()))?;
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Invalid(format!("writing the rollout schedule: {e}")))
+}
+
 /// World rank `rank`'s installs from a schedule file, in order.
 pub fn read(path: &Path, rank: usize) -> Result<VecDeque<Install>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = VecDeque::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if let Ok(r) = serde_json::from_str::<Resumed>(line) {
+            return Err(Error::Invalid(format!(
+                "{}: line {}: the run was resumed after RL step {}, where its rollout loops started over: \
+                 only a run that never stopped can be replayed from its schedule",
+                path.display(),
+                i + 1,
+                r.resumed_after
+            )));
+        }
         let l: Line = serde_json::from_str(line)
             .map_err(|e| Error::Invalid(format!("{}: line {}: not a schedule line: {e}", path.display(), i + 1)))?;
         if l.rank != rank {
@@ -84,5 +109,14 @@ mod tests {
         let e = read(&path, 2).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("must go forward"), "{e}");
         assert!(read(&dir.path().join("none.jsonl"), 0).unwrap_err().to_string().contains("none.jsonl"));
+        // a resumed run's schedule (its loops started over: decode steps from 0 again) is refused
+        // naming the resume, not as installs that go backwards
+        let mut resumed = Vec::new();
+        append(&mut resumed, &[(2, x(1, 0)), (2, x(2, 9))]).unwrap();
+        mark_resume(&mut resumed, 4).unwrap();
+        append(&mut resumed, &[(2, x(5, 0))]).unwrap();
+        std::fs::write(&path, &resumed).unwrap();
+        let e = read(&path, 2).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("resumed after RL step 4"), "{e}");
     }
 }
