@@ -197,3 +197,37 @@ fn an_async_job_ends_cleanly_and_its_finished_run_resumes_to_the_end() {
     // the finished run's figures, not its starting point's as after
     assert_eq!(rates(&o), Some(ran));
 }
+
+/// A rank that crashes on another machine (no abort sent: its launcher only sees it die) fails
+/// the ranks waiting for its messages at once, naming it, instead of at their step timeout: here
+/// the rollout rank of an `[async]` job across two machines, which the trainer waits for.
+#[test]
+fn a_crashed_rank_on_another_machine_fails_its_peers_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = grpo_config().replace("steps = 3", "steps = 20");
+    let cfg = write_config(
+        dir.path(),
+        &format!("{long}\n[async]\nrollout_ranks = 1\nalpha = 1\n\n[parallel]\nstep_timeout_s = 120\n"),
+    );
+    let out = dir.path().join("out");
+    // (below the ephemeral range, as in arbor_launch_spans_machines, on another stride)
+    let port = (0..10_000u32)
+        .map(|i| 20_000 + ((std::process::id() + 6_007 * (i + 1)) % 10_000) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port");
+    let master = format!("127.0.0.1:{port}");
+    let crash = [("ARBOR_INJECT_FAULT", "crash:1:1"), ("SLURM_NODEID", "1")];
+    let t0 = Instant::now();
+    let second = node_launch(&master, &[], &crash, &cfg, out.to_str().unwrap());
+    let first = node_launch(
+        &master,
+        &["--node-rank", "0"],
+        &[("ARBOR_INJECT_FAULT", "crash:1:1")],
+        &cfg,
+        out.to_str().unwrap(),
+    );
+    let (o0, o1) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(!o0.status.success() && !o1.status.success(), "node 0: {}\nnode 1: {}", text(&o0), text(&o1));
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}: {}", t0.elapsed(), text(&o0));
+    assert!(text(&o0).contains("world rank 1 exited"), "node 0: {}", text(&o0));
+}

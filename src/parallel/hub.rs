@@ -247,7 +247,15 @@ impl Router {
     /// complete (another member already waits in one), which would otherwise hang the job.
     fn leave(&mut self, rank: usize) -> std::result::Result<(), String> {
         self.left[rank] = true;
-        self.stranded(rank)
+        self.stranded(rank)?;
+        // a rank waiting for a message from it learns that none will come (a machine's crashed
+        // rank sends no abort; its point-to-point peers would otherwise wait for their step timeout)
+        for (r, w) in self.writers.iter_mut().enumerate() {
+            if r != rank && !self.left[r] {
+                let _ = wire::write_frame(w, wire::LEFT, 0, (rank as u64, 0), &[]);
+            }
+        }
+        Ok(())
     }
 
     /// An error naming a member of a communicator with departed rank `rank` that waits in a

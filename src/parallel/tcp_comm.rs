@@ -71,6 +71,8 @@ struct Inbox {
     closed: Option<String>,
     /// Whether the hub said every rank has connected ([`wire::WELCOME`]).
     welcomed: bool,
+    /// World ranks the hub said have exited ([`wire::LEFT`]).
+    left: std::collections::HashSet<usize>,
 }
 
 /// A process's connection to the hub, shared by its communicators.
@@ -183,6 +185,9 @@ impl TcpComm {
                         inbox.messages.entry((f.comm, f.a)).or_default().push_back(f.payload)
                     }
                     Ok(f) if f.kind == wire::WELCOME => inbox.welcomed = true,
+                    Ok(f) if f.kind == wire::LEFT => {
+                        inbox.left.insert(f.a as usize);
+                    }
                     Ok(f) => inbox.closed = Some(format!("an unexpected frame of kind {}", f.kind)),
                     Err(e) => inbox.closed = Some(e.to_string()),
                 }
@@ -332,7 +337,21 @@ impl Comm for TcpComm {
             return Err(Error::collective(self.rank, format!("receive from rank {src}"), "out of range"));
         }
         let key = (self.id, src as u64);
-        self.link.wait(|inbox| inbox.messages.get_mut(&key).and_then(|q| q.pop_front()))
+        // (the sender's world rank: the other members in order, this rank left out)
+        let world = if src < self.rank { self.others.get(src) } else { self.others.get(src.wrapping_sub(1)) };
+        let world = world.copied();
+        self.link.wait(|inbox| match inbox.messages.get_mut(&key).and_then(|q| q.pop_front()) {
+            Some(m) => Some(Ok(m)),
+            None if world.is_some_and(|w| inbox.left.contains(&w)) => Some(Err(Error::collective(
+                self.rank,
+                format!("receive from rank {src}"),
+                format!(
+                    "world rank {} exited before sending it (crashed, killed, or its machine stopped)",
+                    world.unwrap_or(src)
+                ),
+            ))),
+            None => None,
+        })?
     }
     fn describe(&self) -> String {
         format!("arbor launch ({} processes, hub at {})", self.size, self.link.addr)

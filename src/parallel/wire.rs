@@ -21,6 +21,9 @@ pub const DELIVER: u8 = 11;
 /// collective, so a machine that starts late is waited for by the hub's join timeout, not by the
 /// collective watchdog).
 pub const WELCOME: u8 = 12;
+/// Hub → rank: world rank `a` has exited (its connection ended): a message it had not sent will
+/// not come. Sent after every message the departed rank sent, so those are received first.
+pub const LEFT: u8 = 13;
 
 pub const OP_SUM_F32: u64 = 1;
 pub const OP_SUM_F64: u64 = 2;
