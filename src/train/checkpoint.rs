@@ -61,7 +61,8 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
-fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
+/// `r` with an error naming `path`.
+pub(crate) fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
     r.map_err(|e| Error::io(path, e))
 }
 

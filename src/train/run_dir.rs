@@ -17,6 +17,7 @@
 //! Only the writing rank (the world's rank 0) calls [`prepare`].
 
 use crate::error::{Error, Result};
+use crate::train::checkpoint::io;
 use std::path::{Path, PathBuf};
 
 /// The files of a run's record that a resume into another directory carries over.
@@ -24,8 +25,14 @@ const RECORD_FILES: [&str; 3] = ["config.toml", "config-history.jsonl", "metrics
 /// The RL phase's frozen KL reference, saved in the run directory at the phase's start.
 pub const REFERENCE_DIR: &str = "reference";
 
-fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
-    r.map_err(|e| Error::io(path, e))
+/// What `read` gives for `path`, or None where the file does not exist; any other failure is an
+/// error naming it (a record is never rewritten from a failed read).
+pub fn read_if_present<T>(path: &Path, read: impl FnOnce(&Path) -> std::io::Result<T>) -> Result<Option<T>> {
+    match read(path) {
+        Ok(x) => Ok(Some(x)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 /// The run directory a checkpoint was written in: `<run>/checkpoints/step-N` gives `<run>`; a
@@ -129,11 +136,7 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>) -> Result<Vec<Strin
 /// dropping any line that is not JSON (a line torn by a crash); a missing file has no lines. An
 /// unreadable file is an error naming it, so that nothing is rewritten from a partial read.
 pub fn kept_json_lines(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) -> Result<Vec<u8>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(path, e)),
-    };
+    let bytes = read_if_present(path, |p| std::fs::read(p))?.unwrap_or_default();
     let mut out = Vec::with_capacity(bytes.len());
     for line in bytes.split(|b| *b == b'\n') {
         if serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| keep(&v)) {

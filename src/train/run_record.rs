@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::train::metrics::ConfigChangeLine;
+use crate::train::run_dir::read_if_present;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -74,12 +75,8 @@ fn show(v: &Option<String>) -> &str {
 /// metrics.jsonl event line of an allowed change. Writes `config.toml` (the config now in force).
 pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Result<Option<ConfigChangeLine>> {
     let path = run_dir.join("config.toml");
-    let recorded = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        // a checkpoint resumed into a fresh directory: nothing recorded to compare with
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
+    // (none: a checkpoint resumed into a fresh directory, nothing recorded to compare with)
+    let recorded = read_if_present(&path, |p| std::fs::read_to_string(p))?.unwrap_or_default();
     let changes = if recorded.is_empty() { Vec::new() } else { diff(&recorded, now, &path)? };
     if changes.is_empty() {
         crate::io::atomic::write_atomic(&path, now.as_bytes())?;
@@ -106,12 +103,7 @@ pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Resul
         changes.iter().map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now}))).collect();
     let event = ConfigChangeLine { step, event: "config_change", changes: entries };
     let history = run_dir.join("config-history.jsonl");
-    let mut text = match std::fs::read_to_string(&history) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        // (rewritten below: never from a failed read)
-        Err(e) => return Err(Error::io(&history, e)),
-    };
+    let mut text = read_if_present(&history, |p| std::fs::read_to_string(p))?.unwrap_or_default();
     text.push_str(&format!("{}\n", serde_json::json!({"from_step": step + 1, "previous": kept.file_name().map(|n| n.to_string_lossy().into_owned()), "changes": event.changes})));
     crate::io::atomic::write_atomic(&history, text.as_bytes())?;
     crate::io::atomic::write_atomic(&path, now.as_bytes())?;
