@@ -337,9 +337,12 @@ impl Comm for TcpComm {
             return Err(Error::collective(self.rank, format!("receive from rank {src}"), "out of range"));
         }
         let key = (self.id, src as u64);
-        // (the sender's world rank: the other members in order, this rank left out)
-        let world = if src < self.rank { self.others.get(src) } else { self.others.get(src.wrapping_sub(1)) };
-        let world = world.copied();
+        // (the sender's world rank: the other members in order, this rank left out; none for itself)
+        let world = match src.cmp(&self.rank) {
+            std::cmp::Ordering::Less => self.others.get(src).copied(),
+            std::cmp::Ordering::Greater => self.others.get(src - 1).copied(),
+            std::cmp::Ordering::Equal => None,
+        };
         self.link.wait(|inbox| match inbox.messages.get_mut(&key).and_then(|q| q.pop_front()) {
             Some(m) => Some(Ok(m)),
             None if world.is_some_and(|w| inbox.left.contains(&w)) => Some(Err(Error::collective(
