@@ -121,6 +121,33 @@ fn the_one_step_off_policy_pipeline_trains_on_stale_prefixes_and_resumes_exactly
     assert_eq!(m, metrics(&b.path().join("default")), "off-policy resume changed the metrics");
 }
 
+/// Every continuation in the dump is rewarded as the whole response it completes (its parent's
+/// tokens before the branch point, then its own); returns how many continuations there were and
+/// how many of them the continuation's own text alone would have graded otherwise.
+#[cfg(feature = "hdf5")]
+fn continuation_rewards_grade_whole_responses(dump: &Path, cfg: &RunConfig) -> (usize, usize) {
+    use arbor::tokenizer::{CharTokenizer, EOS_ID};
+    let task = cfg.task().unwrap();
+    let tok = CharTokenizer::default();
+    let t = arbor::io::trajectories::read_trajectories(dump).unwrap();
+    let records: Vec<_> = (0..t.len()).map(|i| t.record(i).unwrap()).collect();
+    let text = |ids: &[u32]| tok.decode(&ids.iter().copied().filter(|&x| x != EOS_ID).collect::<Vec<u32>>());
+    let (mut continuations, mut differ) = (0, 0);
+    for r in records.iter().filter(|r| r.branch_parent >= 0) {
+        let parent = records
+            .iter()
+            .find(|p| p.step == r.step && p.prompt_id == r.prompt_id && i64::from(p.sample_index) == r.branch_parent)
+            .expect("a continuation's parent is in the dump");
+        let problem = task.problem(arbor::tasks::SPLIT_TRAIN, r.prompt_id);
+        let mut whole = parent.response[..r.branch_token as usize].to_vec();
+        whole.extend_from_slice(r.response);
+        assert_eq!(r.reward, task.reward(&problem, &text(&whole)), "step {} prompt {}", r.step, r.prompt_id);
+        continuations += 1;
+        differ += usize::from(task.reward(&problem, &text(r.response)) != r.reward);
+    }
+    (continuations, differ)
+}
+
 #[test]
 fn entropy_branching_and_rhythm_schemes_run() {
     for extra in [
@@ -128,7 +155,15 @@ fn entropy_branching_and_rhythm_schemes_run() {
         "\n[rhythm]\nscheme = \"coupled\"\nlayers = 2\nfai_min_offset = 2\nfai_max_offset = 16\n".to_string(),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let r = job::run(&config(dir.path(), &extra), None, &mut Vec::new()).unwrap();
+        let cfg = config(dir.path(), &extra);
+        let r = job::run(&cfg, None, &mut Vec::new()).unwrap();
+        #[cfg(feature = "hdf5")]
+        if extra.contains("entropy") {
+            // branched inside lines: a continuation's own text is rarely a whole answer
+            let dump = dir.path().join("default/trajectories.h5");
+            let (continuations, differ) = continuation_rewards_grade_whole_responses(&dump, &cfg);
+            assert!(continuations > 0 && differ > 0, "{continuations} continuations, {differ} graded apart");
+        }
         let (before, after) = r.rl.unwrap();
         assert!((0.0..=1.0).contains(&before.sampled) && (0.0..=1.0).contains(&after.sampled));
         let m = metrics(&dir.path().join("default"));

@@ -195,6 +195,13 @@ pub fn problem(task: &dyn Task, tok: &CharTokenizer, split: u64, index: u64) -> 
 
 /// The task's reward of completion `c` of problem `p` (EOS dropped, decoded).
 pub fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion) -> f32 {
-    let text: Vec<u32> = c.tokens.iter().copied().filter(|&t| t != EOS_ID).collect();
+    response_reward(task, tok, p, &[&c.tokens])
+}
+
+/// The task's reward of the response made of `parts` in order (EOS dropped, decoded as one text):
+/// a tree's continuation is graded as the whole response it completes, the original response's
+/// tokens before the split point followed by its own.
+pub fn response_reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, parts: &[&[u32]]) -> f32 {
+    let text: Vec<u32> = parts.iter().flat_map(|t| t.iter()).copied().filter(|&t| t != EOS_ID).collect();
     task.reward(p, &tok.decode(&text))
 }

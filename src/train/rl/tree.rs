@@ -10,7 +10,7 @@
 //! `max_new_tokens`): sampling is causal, so the cut equals stopping at the budget.
 
 use super::rollouts::RolloutCtx;
-use super::rollouts::{problem, reward};
+use super::rollouts::{problem, response_reward, reward};
 use super::{AttnTrace, Sample, StepSample};
 use crate::attention::stats::{SeqStats, SeqSteps, StatsConfig};
 use crate::attnrl::{
@@ -434,10 +434,15 @@ fn grow_trees(
             c.finish = Finish::Length;
         }
     }
+    // a continuation completes its original response: the task grades the prefix and the
+    // continuation together (ALGORITHMS.md §2: a leaf's reward is its whole response's)
     let cont_rewards: Vec<f32> = cont_requests
         .iter()
         .zip(&conts)
-        .map(|((k, _, _), c)| reward(task, &tok, &problems[initial[*k].prompt_idx], c))
+        .map(|((k, si, _), c)| {
+            let prefix = &initial[*k].completion.tokens[..splits[*k][*si]];
+            response_reward(task, &tok, &problems[initial[*k].prompt_idx], &[prefix, &c.tokens])
+        })
         .collect();
     // 5. trees, advantages, leaf sequences; zero-advantage filter per question
     let mut per_resp: Vec<Vec<Vec<usize>>> = splits.iter().map(|s| vec![Vec::new(); s.len()]).collect();
