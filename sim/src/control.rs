@@ -277,7 +277,7 @@ impl<'a> Sim<'a> {
                 }
             }
             self.m.reward_phase_s += lat;
-            self.q.push(self.now + ns_from_s(lat), Event::RewardPhaseDone { step });
+            self.q.push(self.now.saturating_add(ns_from_s(lat)), Event::RewardPhaseDone { step });
         } else if self.streaming() {
             self.stream_train_sync();
         } else {
@@ -359,7 +359,7 @@ impl<'a> Sim<'a> {
         }
         self.m.trained_tokens += tokens;
         self.trainer_busy = true;
-        let t = self.now + ns_from_s(self.cost.train_part_s(tokens, sq_tokens, last));
+        let t = self.now.saturating_add(ns_from_s(self.cost.train_part_s(tokens, sq_tokens, last)));
         self.m.train_intervals.push((self.now, t));
         self.q.push(t, Event::TrainDone { step });
     }
@@ -398,7 +398,7 @@ impl<'a> Sim<'a> {
                 self.mark_dirty_pub(w as u32);
             }
         }
-        self.q.push(self.now + ns_from_s(sync_s), Event::SyncDone { version: step + 1 });
+        self.q.push(self.now.saturating_add(ns_from_s(sync_s)), Event::SyncDone { version: step + 1 });
         if self.pol.mode != Mode::Sync {
             self.try_train();
         }
@@ -429,7 +429,10 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Async: launch prompts while within the budget P·(version + 1) + ⌈α·P⌉ and the queues are short.
+    /// Async: launch prompts while the groups consumed plus those live (launched, not yet trained or
+    /// aborted) stay within the budget P·(version + 1) + ⌈α·P⌉, the queues are short, and the samples in
+    /// flight (generating, queued, in an environment phase or a reward) fit the workers' slots plus
+    /// the queue allowance.
     pub fn maybe_launch(&mut self) {
         let p = self.sc.workload.prompts_per_step as u64;
         let ahead = if self.alpha_steps == u32::MAX {
@@ -455,11 +458,28 @@ impl<'a> Sim<'a> {
         }
         let n = (self.sc.workload.responses_per_prompt + self.pol.group_size_redundancy) as u64;
         let queue_cap = self.workers.len() as u64 + n;
+        // Samples in an environment phase or a reward are not in the queues, so the queue cap alone
+        // would let launching run away while they wait (at α = ∞, without bound). Without such phases
+        // generating + queued < slots + queue_cap already holds whenever queued < queue_cap does.
+        let slots = self.workers.len() as u64 * u64::from(self.sc.inference.max_concurrency);
+        let mut generating = if self.pending_latency > 0 { self.generating() } else { 0 };
         let mut guard = 0;
-        while self.consumed_groups + self.live_count < allowed && self.queued < queue_cap && guard < 1 << 20 {
+        while self.consumed_groups + self.live_count < allowed
+            && self.queued < queue_cap
+            && (self.pending_latency == 0 || generating + self.queued + self.pending_latency < slots + queue_cap)
+            && guard < 1 << 20
+        {
             self.launch_group();
+            if self.pending_latency > 0 {
+                generating = self.generating();
+            }
             guard += 1;
         }
+    }
+
+    /// Sequences decoding on the inference workers.
+    fn generating(&self) -> u64 {
+        self.workers.iter().map(|w| u64::from(w.active)).sum()
     }
 
     /// Async: train step `trained` once P fresh-enough groups are complete; abort stale ones.

@@ -38,6 +38,29 @@ pub struct CostModel {
     pub kv_capacity: u64,
 }
 
+/// GPUs that generate and GPUs that train, `(inference, training)`, for `placement` with
+/// `train_fraction` of the GPUs training when disaggregated (rounded, then whole nodes when the job
+/// spans two or more). A disaggregated split of `hardware.gpus` GPUs gives the trainer at least one
+/// GPU; the scenario check refuses one where fewer than `inference.tp` GPUs are left to generate.
+pub fn split_gpus(sc: &Scenario, placement: Placement, train_fraction: f64) -> (u32, u32) {
+    let h = &sc.hardware;
+    let tp = sc.inference.tp;
+    match placement {
+        Placement::Colocated => (h.gpus, h.gpus),
+        Placement::Disaggregated => {
+            let mut train =
+                ((h.gpus as f64 * train_fraction).round() as u32).clamp(1, h.gpus.saturating_sub(tp).max(1));
+            if let Some(per) = h.gpus_per_node.filter(|&p| p > 0 && h.gpus >= 2 * p) {
+                // Whole nodes for the trainer (at least one node, at least one node left to generate).
+                let nodes = h.gpus / per;
+                let k = ((train as f64 / per as f64).round() as u32).clamp(1, nodes - 1);
+                train = k * per;
+            }
+            (h.gpus.saturating_sub(train), train)
+        }
+    }
+}
+
 impl CostModel {
     /// Derive the constants for `placement` with `train_fraction` of GPUs training when disaggregated.
     pub fn new(sc: &Scenario, pol: &Policy, train_fraction: f64) -> CostModel {
@@ -46,20 +69,8 @@ impl CostModel {
         let inf = &sc.inference;
         let n_params = sc.model.params_b * 1e9;
         let tp = inf.tp;
-        let (infer_gpus, train_gpus) = match placement {
-            Placement::Colocated => (h.gpus, h.gpus),
-            Placement::Disaggregated => {
-                let mut train =
-                    ((h.gpus as f64 * train_fraction).round() as u32).clamp(1, h.gpus.saturating_sub(tp).max(1));
-                if let Some(per) = h.gpus_per_node.filter(|&p| p > 0 && h.gpus >= 2 * p) {
-                    // Whole nodes for the trainer (at least one node, at least one node left to generate).
-                    let nodes = h.gpus / per;
-                    let k = ((train as f64 / per as f64).round() as u32).clamp(1, nodes - 1);
-                    train = k * per;
-                }
-                (h.gpus - train.min(h.gpus - 1), train)
-            }
-        };
+        let (infer_gpus, train_gpus) = split_gpus(sc, placement, train_fraction);
+        // The scenario check refuses a split that leaves fewer than `tp` GPUs to generate.
         let workers = (infer_gpus / tp).max(1);
         let flops = h.peak_tflops * 1e12;
         let decode = DecodeModel::new(sc);

@@ -136,6 +136,9 @@ pub struct Sim<'a> {
     pub long_pool: VecDeque<(u64, u32)>,
     /// Long rounds: the step being launched draws its prompts from `long_pool`.
     pub launch_long: bool,
+    /// Environment and reward events (`EnvDone`, `RewardDone`) queued and not yet popped: samples in
+    /// an environment phase or a reward computation, which async launching counts as in flight.
+    pub pending_latency: u64,
     pub m: Metrics,
 }
 
@@ -191,6 +194,7 @@ impl<'a> Sim<'a> {
             step_complete: 0,
             long_pool: VecDeque::new(),
             launch_long: false,
+            pending_latency: 0,
             m: Metrics::default(),
         }
     }
@@ -254,11 +258,13 @@ impl<'a> Sim<'a> {
         match ev {
             Event::WorkerNext { worker, .. } => self.worker_next(worker),
             Event::EnvDone { sample, tag } => {
+                self.pending_latency -= 1;
                 if self.samples[sample as usize].tag == tag {
                     self.env_done(sample);
                 }
             }
             Event::RewardDone { sample, tag } => {
+                self.pending_latency -= 1;
                 if self.samples[sample as usize].tag == tag {
                     self.sample_done(sample);
                 }

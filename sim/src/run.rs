@@ -1,5 +1,6 @@
 //! Running a scenario: every policy, optional split search, the combined trace hash.
 
+use crate::cost::split_gpus;
 use crate::engine::Sim;
 use crate::event::TraceHash;
 use crate::metrics::{Metrics, PolicyResult};
@@ -36,11 +37,14 @@ pub fn run_policy(
         sim.m.ledger = Some(Vec::new());
         sim.m.engine_log = Some(Vec::new());
     }
-    let tf = (pol.placement == Placement::Disaggregated).then_some(train_fraction);
+    // The split actually simulated (rounded to GPUs and whole nodes), not the fraction asked for.
+    let (_, train_gpus) = split_gpus(sc, pol.placement, train_fraction);
+    let tf = (pol.placement == Placement::Disaggregated).then(|| train_gpus as f64 / sc.hardware.gpus as f64);
     sim.run(tf)
 }
 
-/// Run one policy, searching the split when asked (best samples/s wins; ties keep the first).
+/// Run one policy, searching the split when asked (best samples/s wins; ties keep the first). A
+/// candidate that rounds to a split already tried (whole nodes) is not run again.
 pub fn run_policy_best(sc: &Scenario, pol: &Policy, seed: u64) -> Result<PolicyResult> {
     let base = pol.train_fraction.unwrap_or(sc.training.train_fraction);
     if !(pol.split_search && pol.placement == Placement::Disaggregated) {
@@ -48,7 +52,13 @@ pub fn run_policy_best(sc: &Scenario, pol: &Policy, seed: u64) -> Result<PolicyR
     }
     let mut best: Option<PolicyResult> = None;
     let mut events = 0;
+    let mut tried = Vec::new();
     for f in SPLIT_CANDIDATES {
+        let split = split_gpus(sc, pol.placement, f);
+        if tried.contains(&split) {
+            continue;
+        }
+        tried.push(split);
         let (r, _) = run_policy(sc, pol, f, seed, false)?;
         events += r.events;
         if best.as_ref().is_none_or(|b| r.samples_per_s > b.samples_per_s) {

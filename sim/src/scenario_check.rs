@@ -1,46 +1,138 @@
 //! Range checks of a parsed scenario: every key's range, with errors that name the dotted key and
 //! the value; and the non-finite walk over the raw document that runs before it.
 
+use crate::cost::split_gpus;
 use crate::dist::show;
-use crate::scenario::{Dispatch, Metric, Mode, Placement, Scenario};
-use anyhow::{bail, Result};
+use crate::run::SPLIT_CANDIDATES;
+use crate::scenario::{Case, Dispatch, Metric, Mode, Placement, Scenario};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
+
+fn pos(key: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{key} = {}: must be a finite number > 0", show(v));
+    }
+    Ok(())
+}
+
+fn nonneg(key: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("{key} = {}: must be a finite number >= 0", show(v));
+    }
+    Ok(())
+}
+
+fn frac(key: &str, v: f64) -> Result<()> {
+    if !(v > 0.0 && v <= 1.0) {
+        bail!("{key} = {}: must be in (0, 1]", show(v));
+    }
+    Ok(())
+}
+
+fn open_frac(key: &str, v: f64) -> Result<()> {
+    if !(v > 0.0 && v < 1.0) {
+        bail!("{key} = {}: must be in (0, 1)", show(v));
+    }
+    Ok(())
+}
+
+fn prob(key: &str, v: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&v) {
+        bail!("{key} = {}: must be in [0, 1)", show(v));
+    }
+    Ok(())
+}
+
+/// How a mode is spelled in a scenario file.
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Sync => "sync",
+        Mode::Async => "async",
+        Mode::OneStepOffPolicy => "one_step_off_policy",
+    }
+}
 
 impl Scenario {
     /// Range checks of every key; errors name the key (dotted path) and the value. Non-finite
-    /// values are refused here too (not only by the document walk in [`Scenario::parse`]).
+    /// values are refused here too (not only by the document walk in [`Scenario::parse`]). Loads the
+    /// CSV data of empirical distributions (relative to `base`), and checks every `[[case]]` with its
+    /// overrides applied ([`Scenario::with_case`]).
     pub(crate) fn check(&mut self, base: &Path) -> Result<()> {
+        let w = &mut self.workload;
+        w.response_tokens.prepare("workload.response_tokens", base)?;
+        for (key, d) in [
+            ("workload.turns", &mut w.turns),
+            ("workload.env_step_s", &mut w.env_step_s),
+            ("workload.env_reset_s", &mut w.env_reset_s),
+            ("workload.reward_s", &mut w.reward_s),
+        ] {
+            if let Some(d) = d {
+                d.prepare(key, base)?;
+            }
+        }
+        self.check_global()?;
+        for k in 0..self.policies.len() {
+            self.check_policy(k)?;
+        }
+        self.check_refs()?;
+        for c in &self.cases {
+            self.with_case(c)?;
+        }
+        Ok(())
+    }
+
+    /// The checks of a scenario derived from a checked one (a case's overrides, a sweep point): every
+    /// key outside the policies, and the policies `policies` (indices); distributions are not
+    /// re-loaded and `[[case]]`/`[calibration]` references are not re-checked.
+    pub(crate) fn check_derived(&self, policies: &[usize]) -> Result<()> {
+        self.check_global()?;
+        for &k in policies {
+            self.check_policy(k)?;
+        }
+        Ok(())
+    }
+
+    /// Copy of the scenario with case `c`'s overrides (`gpus`, `prompts_per_step`,
+    /// `responses_per_prompt`) applied, checked as the file would be; errors name the case's key.
+    pub fn with_case(&self, c: &Case) -> Result<Scenario> {
+        let k = self.cases.iter().position(|x| x.name == c.name).unwrap_or(0);
+        let key = format!("case[{k}]");
+        let mut s = self.clone();
+        let mut set = Vec::new();
+        if let Some(g) = c.gpus {
+            if g == 0 || g > 1_000_000 {
+                bail!("{key}.gpus = {g} ({}): must be in 1..=1000000", c.name);
+            }
+            s.hardware.gpus = g;
+            set.push(format!("{key}.gpus = {g}"));
+        }
+        if let Some(p) = c.prompts_per_step {
+            if p == 0 {
+                bail!("{key}.prompts_per_step = 0 ({}): must be >= 1", c.name);
+            }
+            s.workload.prompts_per_step = p;
+            set.push(format!("{key}.prompts_per_step = {p}"));
+        }
+        if let Some(n) = c.responses_per_prompt {
+            if n == 0 || n > 4096 {
+                bail!("{key}.responses_per_prompt = {n} ({}): must be in 1..=4096", c.name);
+            }
+            s.workload.responses_per_prompt = n;
+            set.push(format!("{key}.responses_per_prompt = {n}"));
+        }
+        if set.is_empty() {
+            return Ok(s);
+        }
+        let used: Vec<usize> = (0..s.policies.len())
+            .filter(|&j| s.policies[j].name == c.policy || c.baseline.as_ref() == Some(&s.policies[j].name))
+            .collect();
+        s.check_derived(&used).with_context(|| format!("{key} ({}) with {}", c.name, set.join(", ")))?;
+        Ok(s)
+    }
+
+    /// Every key outside `[[policy]]`, `[calibration]` and `[[case]]` (distributions: after loading).
+    fn check_global(&self) -> Result<()> {
         let h = &self.hardware;
-        let pos = |key: &str, v: f64| -> Result<()> {
-            if !(v.is_finite() && v > 0.0) {
-                bail!("{key} = {}: must be a finite number > 0", show(v));
-            }
-            Ok(())
-        };
-        let nonneg = |key: &str, v: f64| -> Result<()> {
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("{key} = {}: must be a finite number >= 0", show(v));
-            }
-            Ok(())
-        };
-        let frac = |key: &str, v: f64| -> Result<()> {
-            if !(v > 0.0 && v <= 1.0) {
-                bail!("{key} = {}: must be in (0, 1]", show(v));
-            }
-            Ok(())
-        };
-        let open_frac = |key: &str, v: f64| -> Result<()> {
-            if !(v > 0.0 && v < 1.0) {
-                bail!("{key} = {}: must be in (0, 1)", show(v));
-            }
-            Ok(())
-        };
-        let prob = |key: &str, v: f64| -> Result<()> {
-            if !(0.0..1.0).contains(&v) {
-                bail!("{key} = {}: must be in [0, 1)", show(v));
-            }
-            Ok(())
-        };
         if self.steps == 0 || self.steps > 1_000_000 {
             bail!("steps = {}: must be in 1..=1000000", self.steps);
         }
@@ -138,12 +230,19 @@ impl Scenario {
                 bail!("{key} = {v}: must be in 1..=65536");
             }
         }
-        if let (Some(tp), Some(pp)) = (t.tp, t.pp) {
-            if tp as u64 * pp as u64 > h.gpus as u64 {
-                bail!("training.tp x training.pp = {tp} x {pp}: more than hardware.gpus ({})", h.gpus);
+        if t.tp.is_some() || t.pp.is_some() {
+            // An explicit degree, with the other one derived when absent.
+            let l = crate::train_parallel::TrainParallel::of(self);
+            if l.tp as u64 * l.pp as u64 > h.gpus as u64 {
+                let derived = match (t.tp, t.pp) {
+                    (Some(_), None) => " (pp derived)",
+                    (None, Some(_)) => " (tp derived)",
+                    _ => "",
+                };
+                bail!("training.tp x training.pp = {} x {}{derived}: more than hardware.gpus ({})", l.tp, l.pp, h.gpus);
             }
         }
-        let w = &mut self.workload;
+        let w = &self.workload;
         if w.prompts_per_step == 0 {
             bail!("workload.prompts_per_step = 0: must be >= 1");
         }
@@ -152,17 +251,6 @@ impl Scenario {
         }
         if w.max_response_tokens == 0 {
             bail!("workload.max_response_tokens = 0: must be >= 1");
-        }
-        w.response_tokens.prepare("workload.response_tokens", base)?;
-        for (key, d) in [
-            ("workload.turns", &mut w.turns),
-            ("workload.env_step_s", &mut w.env_step_s),
-            ("workload.env_reset_s", &mut w.env_reset_s),
-            ("workload.reward_s", &mut w.reward_s),
-        ] {
-            if let Some(d) = d {
-                d.prepare(key, base)?;
-            }
         }
         if !(w.prompt_difficulty_sigma >= 0.0 && w.prompt_difficulty_sigma < 5.0) {
             bail!("workload.prompt_difficulty_sigma = {}: must be in [0, 5)", show(w.prompt_difficulty_sigma));
@@ -181,96 +269,199 @@ impl Scenario {
         if self.policies.is_empty() {
             bail!("at least one [[policy]] is required");
         }
-        for (k, p) in self.policies.iter().enumerate() {
-            let key = format!("policy[{k}]");
-            let name = &p.name;
-            if self.policies[..k].iter().any(|q| q.name == p.name) {
-                bail!("{key}.name = {name:?}: duplicate policy name");
-            }
-            if p.mode != Mode::Sync && p.placement == Placement::Colocated {
-                bail!("{key} ({name:?}): mode = {:?} needs placement = \"disaggregated\"", p.mode);
-            }
-            // `inf` is documented: unbounded staleness.
-            if p.alpha.is_nan() || p.alpha < 0.0 {
-                bail!("{key}.alpha = {} (policy {name:?}): must be >= 0 (inf allowed)", show(p.alpha));
-            }
-            if !(p.tail_eta >= 1.0 && p.tail_eta <= 16.0) {
-                bail!("{key}.tail_eta = {} (policy {name:?}): must be in [1, 16]", show(p.tail_eta));
-            }
-            if let Some(f) = p.train_fraction {
-                open_frac(&format!("{key}.train_fraction"), f)?;
-            }
-            if p.group_size_redundancy > 4096 {
-                bail!("{key}.group_size_redundancy = {}: must be <= 4096", p.group_size_redundancy);
-            }
-            if p.train_mini_batches == 0 || p.train_mini_batches > 4096 {
-                bail!("{key}.train_mini_batches = {} (policy {name:?}): must be in 1..=4096", p.train_mini_batches);
-            }
-            if p.train_mini_batches > 1 {
-                if p.placement == Placement::Colocated {
-                    bail!(
-                        "{key}.train_mini_batches = {} (policy {name:?}): streaming training needs placement = \"disaggregated\" \
-                         (colocated GPUs cannot generate and train at once)",
-                        p.train_mini_batches
-                    );
-                }
-                if p.mode == Mode::Sync && p.dispatch == Dispatch::Static {
-                    bail!(
-                        "{key}.train_mini_batches = {} (policy {name:?}): streaming in mode = \"sync\" needs dispatch = \"queue\" \
-                         (static dispatch rewards the batch after its barrier)",
-                        p.train_mini_batches
-                    );
-                }
-                if p.partial_rollout {
-                    bail!(
-                        "{key}.train_mini_batches = {} (policy {name:?}): not with partial_rollout",
-                        p.train_mini_batches
-                    );
-                }
-            }
-            if p.fixed_batches
-                && (p.mode != Mode::Async
-                    || p.batch_rollout
-                    || p.partial_rollout
-                    || p.tail_eta > 1.0
-                    || p.redundant_groups > 0
-                    || p.group_size_redundancy > 0
-                    || p.train_mini_batches > 1
-                    || !p.alpha.is_finite())
-            {
+        if self.limits.events_max == 0 {
+            bail!("limits.events_max = 0: must be >= 1");
+        }
+        pos("limits.sim_time_s_max", self.limits.sim_time_s_max)?;
+        Ok(())
+    }
+
+    /// `[[policy]]` number `k`.
+    fn check_policy(&self, k: usize) -> Result<()> {
+        let p = &self.policies[k];
+        let key = format!("policy[{k}]");
+        let name = &p.name;
+        if self.policies[..k].iter().any(|q| q.name == p.name) {
+            bail!("{key}.name = {name:?}: duplicate policy name");
+        }
+        if p.mode != Mode::Sync && p.placement == Placement::Colocated {
+            bail!("{key} ({name:?}): mode = {:?} needs placement = \"disaggregated\"", p.mode);
+        }
+        // `inf` is documented: unbounded staleness.
+        if p.alpha.is_nan() || p.alpha < 0.0 {
+            bail!("{key}.alpha = {} (policy {name:?}): must be >= 0 (inf allowed)", show(p.alpha));
+        }
+        if !(p.tail_eta >= 1.0 && p.tail_eta <= 16.0) {
+            bail!("{key}.tail_eta = {} (policy {name:?}): must be in [1, 16]", show(p.tail_eta));
+        }
+        if let Some(f) = p.train_fraction {
+            open_frac(&format!("{key}.train_fraction"), f)?;
+        }
+        if p.group_size_redundancy > 4096 {
+            bail!("{key}.group_size_redundancy = {}: must be <= 4096", p.group_size_redundancy);
+        }
+        if p.train_mini_batches == 0 || p.train_mini_batches > 4096 {
+            bail!("{key}.train_mini_batches = {} (policy {name:?}): must be in 1..=4096", p.train_mini_batches);
+        }
+        if p.train_mini_batches > 1 {
+            if p.placement == Placement::Colocated {
                 bail!(
-                    "{key}.fixed_batches = true (policy {name:?}): needs mode = \"async\" with a finite alpha, group-by-group \
-                     refill (no batch_rollout), and no partial_rollout, tail_eta > 1, redundancy or streaming training"
+                    "{key}.train_mini_batches = {} (policy {name:?}): streaming training needs placement = \"disaggregated\" \
+                     (colocated GPUs cannot generate and train at once)",
+                    p.train_mini_batches
                 );
             }
-            if p.long_rounds && !(p.mode == Mode::Sync && p.tail_eta > 1.0 && !p.partial_rollout) {
+            if p.mode == Mode::Sync && p.dispatch == Dispatch::Static {
                 bail!(
-                    "{key}.long_rounds = true (policy {name:?}): needs mode = \"sync\", tail_eta > 1 (is {}) and no partial_rollout",
-                    show(p.tail_eta)
+                    "{key}.train_mini_batches = {} (policy {name:?}): streaming in mode = \"sync\" needs dispatch = \"queue\" \
+                     (static dispatch rewards the batch after its barrier)",
+                    p.train_mini_batches
                 );
             }
-            if let Some(ph) = &p.phases {
-                for (j, x) in ph.iter().enumerate() {
-                    if ph[..j].contains(x) {
-                        bail!("{key}.phases[{j}] = {x:?} (policy {name:?}): listed twice");
-                    }
-                }
-            }
-            if let (Some(g), true) = (self.inference.max_groups_per_engine, self.workload.turns.is_some()) {
-                if p.mode == Mode::Sync && !p.env_async && !p.prompt_replication {
-                    // A group waiting for an engine slot would hold the turn barrier while the group
-                    // holding the slot waits at that barrier.
-                    bail!(
-                        "inference.max_groups_per_engine = {g} with {key} ({name:?}): a lockstep multi-turn policy \
-                         (mode = \"sync\", env_async = false, workload.turns set) cannot wait for engine slots; \
-                         set env_async = true or prompt_replication = true"
-                    );
-                }
-            }
-            if p.redundant_groups > 1_000_000 {
-                bail!("{key}.redundant_groups = {}: must be <= 1000000", p.redundant_groups);
+            if p.partial_rollout {
+                bail!(
+                    "{key}.train_mini_batches = {} (policy {name:?}): not with partial_rollout",
+                    p.train_mini_batches
+                );
             }
         }
+        if p.fixed_batches
+            && (p.mode != Mode::Async
+                || p.batch_rollout
+                || p.partial_rollout
+                || p.tail_eta > 1.0
+                || p.redundant_groups > 0
+                || p.group_size_redundancy > 0
+                || p.train_mini_batches > 1
+                || !p.alpha.is_finite())
+        {
+            bail!(
+                "{key}.fixed_batches = true (policy {name:?}): needs mode = \"async\" with a finite alpha, group-by-group \
+                 refill (no batch_rollout), and no partial_rollout, tail_eta > 1, redundancy or streaming training"
+            );
+        }
+        if p.long_rounds && !(p.mode == Mode::Sync && p.tail_eta > 1.0 && !p.partial_rollout) {
+            bail!(
+                "{key}.long_rounds = true (policy {name:?}): needs mode = \"sync\", tail_eta > 1 (is {}) and no partial_rollout",
+                show(p.tail_eta)
+            );
+        }
+        if let Some(ph) = &p.phases {
+            for (j, x) in ph.iter().enumerate() {
+                if ph[..j].contains(x) {
+                    bail!("{key}.phases[{j}] = {x:?} (policy {name:?}): listed twice");
+                }
+            }
+        }
+        if let (Some(g), true) = (self.inference.max_groups_per_engine, self.workload.turns.is_some()) {
+            if p.mode == Mode::Sync && !p.env_async && !p.prompt_replication {
+                // A group waiting for an engine slot would hold the turn barrier while the group
+                // holding the slot waits at that barrier.
+                bail!(
+                    "inference.max_groups_per_engine = {g} with {key} ({name:?}): a lockstep multi-turn policy \
+                     (mode = \"sync\", env_async = false, workload.turns set) cannot wait for engine slots; \
+                     set env_async = true or prompt_replication = true"
+                );
+            }
+        }
+        if p.redundant_groups > 1_000_000 {
+            bail!("{key}.redundant_groups = {}: must be <= 1000000", p.redundant_groups);
+        }
+        self.check_dead_keys(k)?;
+        self.check_split(k)?;
+        Ok(())
+    }
+
+    /// Keys policy `k`'s mode or placement never reads are refused, not silently ignored.
+    fn check_dead_keys(&self, k: usize) -> Result<()> {
+        let p = &self.policies[k];
+        let (key, name, mode) = (format!("policy[{k}]"), &p.name, mode_name(p.mode));
+        let mut dead: Vec<(&str, String, &str)> = Vec::new();
+        let sync_only = "tail batching, redundant groups and partial rollout act at a synchronous step's batch cutoff";
+        let async_only = "it acts on the async rollout side";
+        if p.mode != Mode::Sync {
+            if p.tail_eta != 1.0 {
+                dead.push(("tail_eta", show(p.tail_eta), sync_only));
+            }
+            if p.redundant_groups > 0 {
+                dead.push(("redundant_groups", p.redundant_groups.to_string(), sync_only));
+            }
+            if p.partial_rollout {
+                dead.push(("partial_rollout", "true".into(), sync_only));
+            }
+        } else {
+            if p.interruptible {
+                dead.push(("interruptible", "true".into(), async_only));
+            }
+            if p.batch_rollout {
+                dead.push(("batch_rollout", "true".into(), async_only));
+            }
+        }
+        if p.mode != Mode::Async && p.alpha != 0.0 {
+            let why = if p.mode == Mode::Sync { "nothing is stale" } else { "its bound is always 1 version" };
+            dead.push(("alpha", show(p.alpha), why));
+        }
+        if let Some((k2, v, why)) = dead.first() {
+            bail!(
+                "{key}.{k2} = {v} (policy {name:?}): has no effect in mode = \"{mode}\" ({why}); remove it{}",
+                if p.mode == Mode::Async { "" } else { " or set mode = \"async\"" }
+            );
+        }
+        if p.placement == Placement::Colocated {
+            if p.split_search {
+                bail!("{key}.split_search = true (policy {name:?}): has no effect with placement = \"colocated\" (no split to search)");
+            }
+            if let Some(f) = p.train_fraction {
+                bail!(
+                    "{key}.train_fraction = {} (policy {name:?}): has no effect with placement = \"colocated\" (every GPU trains)",
+                    show(f)
+                );
+            }
+        } else if let (true, Some(f)) = (p.split_search, p.train_fraction) {
+            bail!("{key}.train_fraction = {} (policy {name:?}): has no effect with split_search = true", show(f));
+        }
+        Ok(())
+    }
+
+    /// A disaggregated policy's split must leave at least one inference worker (`inference.tp` GPUs).
+    fn check_split(&self, k: usize) -> Result<()> {
+        let p = &self.policies[k];
+        if p.placement != Placement::Disaggregated {
+            return Ok(());
+        }
+        let (key, name) = (format!("policy[{k}]"), &p.name);
+        let fractions: Vec<(f64, String)> = if p.split_search {
+            SPLIT_CANDIDATES.iter().map(|&f| (f, format!("{key}.split_search tries train fraction {f}"))).collect()
+        } else {
+            match p.train_fraction {
+                Some(f) => vec![(f, format!("{key}.train_fraction = {}", show(f)))],
+                None => {
+                    let f = self.training.train_fraction;
+                    vec![(f, format!("training.train_fraction = {}", show(f)))]
+                }
+            }
+        };
+        let (gpus, tp) = (self.hardware.gpus, self.inference.tp);
+        for (f, what) in fractions {
+            let (infer, train) = split_gpus(self, p.placement, f);
+            if infer < tp {
+                let nodes = match self.hardware.gpus_per_node {
+                    Some(per) if gpus >= 2 * per => format!(", whole nodes of hardware.gpus_per_node = {per}"),
+                    _ => String::new(),
+                };
+                bail!(
+                    "{key} ({name:?}): placement = \"disaggregated\" splits hardware.gpus = {gpus} into {train} training \
+                     and {infer} generating GPU(s) ({what}{nodes}), fewer than one inference worker of inference.tp = {tp}; \
+                     needs hardware.gpus >= {}",
+                    train + tp
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `[calibration]` and `[[case]]`: the policies they name, and their numbers.
+    fn check_refs(&self) -> Result<()> {
         if let Some(c) = &self.calibration {
             if !self.policies.iter().any(|p| p.name == c.policy) {
                 bail!("calibration.policy = {:?}: no such policy", c.policy);
@@ -288,10 +479,6 @@ impl Scenario {
             }
             pos(&format!("case[{k}].published"), c.published)?;
         }
-        if self.limits.events_max == 0 {
-            bail!("limits.events_max = 0: must be >= 1");
-        }
-        pos("limits.sim_time_s_max", self.limits.sim_time_s_max)?;
         Ok(())
     }
 }

@@ -194,14 +194,64 @@ impl SweepSpec {
                 bail!("--alpha {a}: values must be >= 0 (inf allowed)");
             }
         }
-        Ok(SweepSpec {
+        let spec = SweepSpec {
             scenario,
             scenario_file: scenario_file.into(),
             policy,
             gpus: gpus.to_vec(),
             alphas: alphas.to_vec(),
             seed,
-        })
+        };
+        // Every point is checked as a scenario file would be (one copy, changed in place). The checks
+        // see alpha only as 0, finite or inf, so one alpha of each kind stands for the others.
+        let k = spec.policy_index()?;
+        let mut kinds = Vec::new();
+        let mut reps = Vec::new();
+        for &a in alphas {
+            let kind = (a > 0.0, a.is_finite());
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+                reps.push(a);
+            }
+        }
+        let mut s = spec.scenario.clone();
+        for &g in gpus {
+            for &a in &reps {
+                spec.set_point(&mut s, k, g, a);
+                s.check_derived(&[k]).with_context(|| spec.point_label(g, a))?;
+            }
+        }
+        Ok(spec)
+    }
+
+    fn policy_index(&self) -> Result<usize> {
+        self.scenario
+            .policies
+            .iter()
+            .position(|p| p.name == self.policy)
+            .with_context(|| format!("no policy {:?}", self.policy))
+    }
+
+    /// Turn `s` (a copy of the scenario) into point `(g, a)`: `hardware.gpus = g`, and policy `k` as
+    /// given at alpha = 0, async on a disaggregated split with `alpha = a` otherwise.
+    fn set_point(&self, s: &mut Scenario, k: usize, g: u32, a: f64) {
+        s.hardware.gpus = g;
+        let mut p = self.scenario.policies[k].clone();
+        if a > 0.0 {
+            p.mode = Mode::Async;
+            p.placement = Placement::Disaggregated;
+            p.alpha = a;
+        }
+        s.policies[k] = p;
+    }
+
+    fn point_label(&self, g: u32, a: f64) -> String {
+        let how = if a > 0.0 {
+            format!("policy {:?} run async, disaggregated, alpha = {a}", self.policy)
+        } else {
+            format!("policy {:?} as configured", self.policy)
+        };
+        format!("--gpus {g} --alpha {a} ({how})")
     }
 
     /// Number of points.
@@ -236,16 +286,11 @@ impl SweepSpec {
     pub fn run_point(&self, index: usize) -> Result<SweepPoint> {
         anyhow::ensure!(index < self.len(), "point {index}: the sweep has {} points", self.len());
         let (g, a) = (self.gpus[index / self.alphas.len()], self.alphas[index % self.alphas.len()]);
-        let base = self.scenario.policy(&self.policy).with_context(|| format!("no policy {:?}", self.policy))?;
+        let k = self.policy_index()?;
         let mut s = self.scenario.clone();
-        s.hardware.gpus = g;
-        let mut p = base.clone();
-        if a > 0.0 {
-            p.mode = Mode::Async;
-            p.placement = Placement::Disaggregated;
-            p.alpha = a;
-        }
-        let r = run_policy_best(&s, &p, self.seed)
+        self.set_point(&mut s, k, g, a);
+        s.check_derived(&[k]).with_context(|| self.point_label(g, a))?;
+        let r = run_policy_best(&s, &s.policies[k], self.seed)
             .with_context(|| format!("sweep point {index} (gpus={g}, alpha={a}, seed {})", self.seed))?;
         Ok(SweepPoint {
             gpus: g,

@@ -107,7 +107,8 @@ impl<'a> Sim<'a> {
             self.env_done(s);
         } else {
             let tag = x.tag;
-            self.q.push(self.now + ns_from_s(lat), Event::EnvDone { sample: s, tag });
+            self.pending_latency += 1;
+            self.q.push(self.now.saturating_add(ns_from_s(lat)), Event::EnvDone { sample: s, tag });
         }
     }
 
@@ -203,7 +204,8 @@ impl<'a> Sim<'a> {
         } else {
             x.phase = Phase::Reward;
             let tag = x.tag;
-            self.q.push(self.now + ns_from_s(lat), Event::RewardDone { sample: s, tag });
+            self.pending_latency += 1;
+            self.q.push(self.now.saturating_add(ns_from_s(lat)), Event::RewardDone { sample: s, tag });
         }
     }
 

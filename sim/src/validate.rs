@@ -221,7 +221,8 @@ pub fn fit_case(sc: &Scenario, case: &str, knob: Knob, range: Option<(f64, f64)>
 
 /// The prediction of one case (`cache` shares runs between cases of one scenario).
 fn predict(sc: &Scenario, c: &Case, seed: u64, cache: &mut HashMap<CacheKey, f64>) -> Result<f64> {
-    let scc = with_overrides(sc, c);
+    // The case's overrides, checked as the file would be (a Scenario built in code skipped parse).
+    let scc = sc.with_case(c)?;
     let mut measure = |name: &str, metric: Metric| -> Result<f64> {
         let key = (c.gpus, c.prompts_per_step, c.responses_per_prompt, format!("{name}/{metric:?}"));
         if let Some(&v) = cache.get(&key) {
@@ -317,20 +318,6 @@ pub fn calibrate(sc: &mut Scenario, seed: u64) -> Result<Option<CalibrationResul
         baseline_step_s: t,
         target_step_s: cal.step_s,
     }))
-}
-
-fn with_overrides(sc: &Scenario, c: &Case) -> Scenario {
-    let mut s = sc.clone();
-    if let Some(g) = c.gpus {
-        s.hardware.gpus = g;
-    }
-    if let Some(p) = c.prompts_per_step {
-        s.workload.prompts_per_step = p;
-    }
-    if let Some(n) = c.responses_per_prompt {
-        s.workload.responses_per_prompt = n;
-    }
-    s
 }
 
 /// Run every case of one scenario.

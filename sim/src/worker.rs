@@ -96,7 +96,7 @@ impl Worker {
         self.heap.push(Reverse((self.anchor_step + gen.max(1), sample, tag)));
         self.active += 1;
         self.kv_tokens += ctx;
-        self.anchor_ns += ns_from_s(stall_s);
+        self.anchor_ns = self.anchor_ns.saturating_add(ns_from_s(stall_s));
         self.epoch = self.epoch.wrapping_add(1);
     }
 
@@ -104,7 +104,7 @@ impl Worker {
     pub fn stall(&mut self, now: TimeNs, stall_s: f64, cost: &CostModel) {
         self.advance(now, cost);
         self.sched_ok = false;
-        self.anchor_ns = self.anchor_ns.max(now) + ns_from_s(stall_s);
+        self.anchor_ns = self.anchor_ns.max(now).saturating_add(ns_from_s(stall_s));
         self.epoch = self.epoch.wrapping_add(1);
     }
 
@@ -174,7 +174,7 @@ impl Worker {
             m = m.min(fit);
         }
         let finish = self.anchor_step + m;
-        let t = self.anchor_ns + ns_from_s(cost.steps_time_s(m, self.active as u64, self.kv_tokens));
+        let t = self.anchor_ns.saturating_add(ns_from_s(cost.steps_time_s(m, self.active as u64, self.kv_tokens)));
         (self.sched_step, self.sched_ns, self.sched_ok) = (finish.max(self.anchor_step), t, true);
         Some(t)
     }

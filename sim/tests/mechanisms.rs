@@ -334,26 +334,6 @@ fn fitted_constant_rule_refuses_a_case_fitted_on_itself() {
     check_fit_rule(&predicts_baseline, "other", &fit_on_baseline).expect("another scenario's baseline");
 }
 
-/// The shipped validation scenarios obey the rule, and each fitted constant is fitted once per
-/// profile: every case uses a given key with one value.
-#[test]
-fn shipped_validation_uses_each_fitted_constant_once() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    let mut values: HashMap<String, f64> = HashMap::new();
-    for f in arbor_sim::validate::validation_files(&dir).unwrap() {
-        let sc = Scenario::load(&f).unwrap();
-        assert!(sc.calibration.is_none(), "{}: fit constants in the profile, not per scenario", f.display());
-        for fit in arbor_sim::validate::fits_of(&sc, None) {
-            for c in &sc.cases {
-                check_fit_rule(c, &sc.name, &fit).unwrap();
-            }
-            let v = *values.entry(fit.key.clone()).or_insert(fit.value);
-            assert_eq!(v, fit.value, "{} fitted twice", fit.key);
-        }
-    }
-    assert!(values.len() >= 2, "{values:?}");
-}
-
 /// `arbor sim fit` (validate::fit_case) recovers a training MFU from the step time it produced.
 #[test]
 fn fit_case_recovers_the_constant_behind_a_published_value() {
