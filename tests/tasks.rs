@@ -123,19 +123,54 @@ fn held_out_multisets_never_appear_in_training() {
     }
     let share = held as f64 / all as f64;
     assert!((0.07..0.13).contains(&share), "held-out share {share}");
-    // Through the trait, for every generated kind: splits differ and solutions earn 1.
-    for kind in [TaskKind::Countdown, TaskKind::Arithmetic, TaskKind::Addition] {
-        let task = build(&TaskConfig::new(kind), 11).unwrap();
-        let train: HashSet<String> = (0..2000).map(|i| task.problem(SPLIT_TRAIN, i).prompt).collect();
+    // Through the trait, for every generated kind: splits differ (nor does a held-out sum or
+    // product appear in training with its operands swapped) and solutions earn 1.
+    let swapped = |prompt: &str| {
+        let body = prompt.strip_suffix('=')?;
+        let at = body.find(['+', '*'])?;
+        Some(format!("{}{}{}=", &body[at + 1..], &body[at..at + 1], &body[..at]))
+    };
+    for (kind, digits) in
+        [(TaskKind::Countdown, 3), (TaskKind::Arithmetic, 1), (TaskKind::Arithmetic, 3), (TaskKind::Addition, 1)]
+    {
+        let mut cfg = TaskConfig::new(kind);
+        cfg.max_digits = digits;
+        let task = build(&cfg, 11).unwrap();
+        let train: HashSet<String> = (0..5000).map(|i| task.problem(SPLIT_TRAIN, i).prompt).collect();
         for i in 0..200 {
             let p = task.problem(SPLIT_EVAL, i);
-            if kind != TaskKind::Addition {
-                assert!(!train.contains(&p.prompt), "{kind:?}: held-out prompt {} seen in training", p.prompt);
+            assert!(!train.contains(&p.prompt), "{kind:?}: held-out prompt {} seen in training", p.prompt);
+            if let Some(q) = swapped(&p.prompt) {
+                assert!(!train.contains(&q), "{kind:?}: held-out {} seen in training as {q}", p.prompt);
             }
             assert_eq!(p, task.problem(SPLIT_EVAL, i));
             assert_eq!(task.reward(&p, &task.solution(&p).unwrap()), 1.0, "{kind:?} {p:?}");
         }
     }
+}
+
+#[test]
+fn a_held_out_fraction_that_empties_a_split_is_refused() {
+    for (kind, ops, digits, fraction) in [
+        (TaskKind::Arithmetic, "-", 1, 0.01),
+        (TaskKind::Arithmetic, "*", 1, 0.01),
+        (TaskKind::Arithmetic, "+", 1, 0.98),
+        (TaskKind::Addition, "", 1, 0.98),
+        (TaskKind::Addition, "", 1, 0.05),
+    ] {
+        let mut cfg = TaskConfig::new(kind);
+        if kind == TaskKind::Arithmetic {
+            cfg.ops = ops.into();
+        }
+        cfg.max_digits = digits;
+        cfg.heldout_fraction = fraction;
+        let e = build(&cfg, 1).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("heldout_fraction") && e.contains("distinct problems"), "{kind:?} {ops} {fraction}: {e:?}");
+    }
+    // the default fraction leaves both splits problems at one digit too
+    let mut cfg = TaskConfig::new(TaskKind::Addition);
+    cfg.max_digits = 1;
+    assert!(build(&cfg, 1).is_ok());
 }
 
 fn write_jsonl(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
@@ -195,6 +230,50 @@ fn jsonl_loads_grades_and_reports_malformed_lines() {
 }
 
 #[test]
+fn dataset_references_must_state_an_exact_answer_and_held_out_prompts_stay_out_of_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows =
+        |last: &str| format!("{{\"prompt\": \"a\", \"answer\": 1}}\n{{\"prompt\": \"b\", \"answer\": 2}}\n{last}\n");
+    for (name, last, why) in [
+        ("empty.jsonl", "{\"prompt\": \"c\", \"answer\": \" \"}", "`answer` is empty"),
+        ("hashes.jsonl", "{\"prompt\": \"c\", \"answer\": \"so it is\\n#### \"}", "states no final answer"),
+        ("huge.jsonl", "{\"prompt\": \"c\", \"answer\": 18446744073709551617}", "write it as a string"),
+    ] {
+        let f = write_jsonl(&dir, name, &rows(last));
+        let e = JsonlTask::load(&f).unwrap_err().to_string();
+        assert!(e.contains(&format!("{name}:3:")) && e.contains(why), "{e}");
+    }
+    // a big integer written as a string keeps its digits
+    let f = write_jsonl(&dir, "big.jsonl", &rows("{\"prompt\": \"c\", \"answer\": \"18446744073709551617\"}"));
+    let cfg: TaskConfig = toml::from_str(&format!(
+        "kind = \"jsonl\"\npath = {:?}\neval_path = {:?}",
+        f.display().to_string(),
+        f.display().to_string()
+    ))
+    .unwrap();
+    // (every prompt of the training file is held out: nothing is left to train on)
+    let e = build(&cfg, 0).err().unwrap().to_string();
+    assert!(e.contains("every prompt is also in the held-out file"), "{e}");
+    let eval = write_jsonl(&dir, "eval.jsonl", "{\"prompt\": \" c\", \"answer\": \"18446744073709551617\"}\n");
+    let cfg: TaskConfig = toml::from_str(&format!(
+        "kind = \"jsonl\"\npath = {:?}\neval_path = {:?}",
+        f.display().to_string(),
+        eval.display().to_string()
+    ))
+    .unwrap();
+    let task = build(&cfg, 0).unwrap();
+    assert_eq!((task.len(SPLIT_TRAIN), task.len(SPLIT_EVAL)), (Some(2), Some(1)), "the held-out prompt left training");
+    let p = task.problem(SPLIT_EVAL, 0);
+    assert!(task.grade(&p, "\\boxed{18446744073709551617}").correct);
+    assert!(!task.grade(&p, "\\boxed{18446744073709551616}").correct);
+    // nothing is held out by hash beside a held-out file
+    let mut cfg = cfg;
+    cfg.heldout_fraction = 0.2;
+    let e = build(&cfg, 0).err().unwrap().to_string();
+    assert!(e.contains("heldout_fraction") && e.contains("eval_path"), "{e}");
+}
+
+#[test]
 fn answer_checker_equivalences() {
     let same = [
         ("0.5", "1/2"),
@@ -205,14 +284,43 @@ fn answer_checker_equivalences() {
         ("\\boxed{-\\frac{6}{4}}", "-1.5"),
         ("Total: 12,345 apples", "12345"),
         ("$\\boxed{7}$", "7"),
+        // a worked solution as the reference (GSM8K): its final answer after `####`
+        ("\\boxed{72}", "She sold 48/2 = 24 clips in May.\n#### 72"),
+        ("so 1,234", "#### 1,234"),
+        ("\\boxed{5}", "The sum is \\boxed{5}."),
+        // a leading-dot decimal and scientific notation
+        ("so x = .5", "0.5"),
+        ("x = -.25", "-1/4"),
+        ("= 2.5e3", "2500"),
+        ("\\boxed{1E-2}", "0.01"),
+        ("x = -\\frac{1}{2}", "-1/2"),
+        ("\\boxed{1,234.5}", "1234.5"),
     ];
     for (response, reference) in same {
         assert!(check_answer(response, reference).correct, "{response:?} should match {reference:?}");
     }
-    for (response, reference) in [("0.5", "1/3"), ("\\boxed{2} 1/2", "1/2"), ("12", "-12"), ("", "0")] {
+    for (response, reference) in [
+        ("0.5", "1/3"),
+        ("\\boxed{2} 1/2", "1/2"),
+        ("12", "-12"),
+        ("", "0"),
+        // an empty reference matches nothing, not an empty answer
+        ("\\boxed{}", ""),
+        ("$", ""),
+        ("\\boxed{}", "#### "),
+        // a list is not a number with thousands groups, nor is a group of 4 digits
+        ("\\boxed{1, 234}", "1234"),
+        ("\\boxed{12,3456}", "123456"),
+        ("3,14159", "314159"),
+        // `5-\frac12` is a difference, not -1/2
+        ("x = 5-\\frac{1}{2}", "-1/2"),
+        // an exponent belongs to its number
+        ("= 2.5e3", "3"),
+    ] {
         assert!(!check_answer(response, reference).correct, "{response:?} must not match {reference:?}");
     }
     assert_eq!(parse_answer("\\tfrac{10}{4}"), Rational::new(5, 2));
+    assert!(check_answer("so x = .5", "0.5").found, "a leading-dot decimal is an answer");
 }
 
 /// A random arithmetic expression tree over small literals.

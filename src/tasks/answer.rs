@@ -2,9 +2,11 @@
 //!
 //! The candidate answer is the content of the last `\boxed{...}` in the response if there is one,
 //! else the last number in the text. Numbers are compared exactly as rationals: integers (`-12`,
-//! `1,000`), decimals (`0.5`), fractions (`1/2`) and LaTeX fractions (`\frac{1}{2}`, `\dfrac`,
-//! `\tfrac`), so `0.5`, `1/2` and `\boxed{\frac{1}{2}}` are the same answer. Answers that are not
-//! numbers are compared as text after removing spaces, `$` and case.
+//! `1,000`), decimals (`0.5`, `.5`), scientific notation (`2.5e3`), fractions (`1/2`) and LaTeX
+//! fractions (`\frac{1}{2}`, `\dfrac`, `\tfrac`), so `0.5`, `1/2` and `\boxed{\frac{1}{2}}` are the
+//! same answer. Answers that are not numbers are compared as text after removing spaces, `$` and
+//! case. A reference written as a worked solution (GSM8K's `... #### 72`) is compared by its final
+//! answer (after the last `####`, else its last `\boxed{}`); an empty reference matches nothing.
 
 use crate::tasks::rational::Rational;
 
@@ -32,7 +34,11 @@ fn last_frac(text: &str) -> Option<(usize, usize)> {
     let at = text.rfind("frac{")?;
     let start =
         text[..at].strip_suffix("\\d").or(text[..at].strip_suffix("\\t")).or(text[..at].strip_suffix('\\'))?.len();
-    let start = if text[..start].ends_with('-') { start - 1 } else { start };
+    // a `-` is a sign only where it does not follow a letter, digit or `)` (as in last_number)
+    let start = match text[..start].strip_suffix('-') {
+        Some(before) if !before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == ')') => start - 1,
+        _ => start,
+    };
     let mut end = at + "frac".len();
     for _ in 0..2 {
         let inner = brace_group(&text[end..])?;
@@ -56,8 +62,8 @@ fn brace_group(text: &str) -> Option<usize> {
     None
 }
 
-/// The last number in `text`: `[-]digits[,ddd]*[.digits][/digits]`; a `-` is a sign only when it
-/// does not follow a letter, digit or `)` (so `5-3` ends in `3`).
+/// The last number in `text`: `[-]digits[,ddd]*[.digits][e[+-]digits][/digits]` or `[-].digits`; a
+/// `-` is a sign only when it does not follow a letter, digit or `)` (so `5-3` ends in `3`).
 pub fn last_number(text: &str) -> Option<&str> {
     last_number_span(text).map(|(s, e)| &text[s..e])
 }
@@ -74,19 +80,37 @@ fn last_number_span(text: &str) -> Option<(usize, usize)> {
     let mut found = None;
     let mut i = 0;
     while i < b.len() {
-        if !b[i].is_ascii_digit() || (i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.')) {
+        // a number starts at a digit that continues no number, or at a `.` before a digit that
+        // follows no digit (`.5`)
+        let leading_dot = b[i] == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit);
+        let starts = (b[i].is_ascii_digit() || leading_dot)
+            && (i == 0 || !(b[i - 1].is_ascii_digit() || (b[i - 1] == b'.' && !leading_dot)));
+        if !starts {
             i += 1;
             continue;
         }
         let sign = i > 0 && b[i - 1] == b'-' && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b')'));
         let start = if sign { i - 1 } else { i };
-        let mut end = digits_from(i);
-        // Thousands groups: `,ddd` not followed by another digit.
-        while end < b.len() && b[end] == b',' && digits_from(end + 1) == end + 4 {
-            end += 4;
+        let mut end = if leading_dot { digits_from(i + 1) } else { digits_from(i) };
+        if !leading_dot {
+            // Thousands groups: `,ddd` not followed by another digit.
+            while end < b.len() && b[end] == b',' && digits_from(end + 1) == end + 4 {
+                end += 4;
+            }
+            // A decimal part.
+            if end + 1 < b.len() && b[end] == b'.' && b[end + 1].is_ascii_digit() {
+                end = digits_from(end + 1);
+            }
         }
-        // A decimal part or a denominator.
-        if end + 1 < b.len() && (b[end] == b'.' || b[end] == b'/') && b[end + 1].is_ascii_digit() {
+        // An exponent (`2.5e3`, `1E-4`): part of the number, not a number of its own.
+        if end < b.len() && (b[end] == b'e' || b[end] == b'E') {
+            let at = end + 1 + usize::from(matches!(b.get(end + 1), Some(b'+' | b'-')));
+            if b.get(at).is_some_and(u8::is_ascii_digit) {
+                end = digits_from(at);
+            }
+        }
+        // A denominator.
+        if end + 1 < b.len() && b[end] == b'/' && b[end + 1].is_ascii_digit() {
             end = digits_from(end + 1);
         }
         found = Some((start, end));
@@ -112,8 +136,13 @@ fn normalize(text: &str) -> String {
 }
 
 /// Parse an answer as an exact number: a plain number (see [`Rational::parse_number`], with
-/// thousands commas allowed) or `[-]\frac{p}{q}` with plain numbers p, q.
+/// thousands commas allowed: groups of exactly three digits, no space after a comma, so `1, 234` is
+/// a list, not 1234), a number in scientific notation (`2.5e3`) or `[-]\frac{p}{q}` with plain
+/// numbers p, q.
 pub fn parse_answer(text: &str) -> Option<Rational> {
+    if text.contains(", ") || text.contains(",\t") || text.contains(",\n") {
+        return None;
+    }
     let t = normalize(text);
     let (neg, body) = match t.strip_prefix('-') {
         Some(rest) if rest.starts_with("\\frac") => (true, rest),
@@ -125,9 +154,46 @@ pub fn parse_answer(text: &str) -> Option<Rational> {
         let v = parse_answer(p)?.apply('/', parse_answer(q)?)?;
         return if neg { Rational::from_int(0).apply('-', v) } else { Some(v) };
     }
-    let grouped = body.contains(',')
-        && body.split(',').skip(1).all(|g| g.as_bytes().get(..3).is_some_and(|d| d.iter().all(u8::is_ascii_digit)));
+    if let Some(v) = parse_scientific(body) {
+        return Some(v);
+    }
+    let three_digits = |g: &str| g.len() == 3 && g.bytes().all(|c| c.is_ascii_digit());
+    let grouped = body.contains(',') && {
+        let mut groups = body.split(',');
+        let first = groups.next().unwrap_or("");
+        let lead = first.trim_start_matches(['-', '+']);
+        // the first group: 1 to 3 digits; the others: exactly 3, the last with an optional
+        // decimal part
+        (1..=3).contains(&lead.len())
+            && lead.bytes().all(|c| c.is_ascii_digit())
+            && groups.all(|g| three_digits(g.split_once('.').map_or(g, |(int, _)| int)))
+    };
+    if body.contains(',') && !grouped {
+        return None;
+    }
     Rational::parse_number(&if grouped { body.replace(',', "") } else { body.to_string() })
+}
+
+/// `mantissa e exponent` (`2.5e3`, `1E-4`) exactly, for exponents up to 30 in size.
+fn parse_scientific(body: &str) -> Option<Rational> {
+    let (mantissa, exp) = body.split_once(['e', 'E'])?;
+    let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) || mantissa.contains('/') {
+        return None;
+    }
+    let e: i32 = exp.parse().ok().filter(|e: &i32| e.abs() <= 30)?;
+    let m = Rational::parse_number(mantissa)?;
+    let scale = Rational::new(10i128.pow(e.unsigned_abs()), 1)?;
+    m.apply(if e < 0 { '/' } else { '*' }, scale)
+}
+
+/// The final answer a reference states: the text after its last `####` (GSM8K's worked
+/// solutions), else its last `\boxed{}` content, else the whole reference.
+pub fn reference_answer(reference: &str) -> &str {
+    if let Some((_, tail)) = reference.rsplit_once("####") {
+        return tail.trim();
+    }
+    last_boxed(reference).unwrap_or(reference)
 }
 
 /// The candidate final answer of a response: the last `\boxed{}` content, else the last number
@@ -154,9 +220,11 @@ pub struct AnswerMatch {
     pub correct: bool,
 }
 
-/// Compare `response` with `reference`: numerically when the reference parses as a number, else
-/// as normalized text (the last `\boxed{}` content, else the last non-empty line).
+/// Compare `response` with `reference` (its final answer: [`reference_answer`]): numerically when
+/// the reference parses as a number, else as normalized text (the last `\boxed{}` content, else
+/// the last non-empty line). An empty reference, or an empty candidate, is never correct.
 pub fn check_answer(response: &str, reference: &str) -> AnswerMatch {
+    let reference = reference_answer(reference);
     if let Some(expected) = parse_answer(reference) {
         let candidate = extract_answer(response);
         let correct = candidate.and_then(parse_answer).is_some_and(|v| v == expected);
@@ -164,7 +232,11 @@ pub fn check_answer(response: &str, reference: &str) -> AnswerMatch {
     }
     let candidate = last_boxed(response).or_else(|| response.lines().rev().find(|l| !l.trim().is_empty()));
     let norm = |s: &str| normalize(s).to_lowercase();
-    AnswerMatch { found: candidate.is_some(), correct: candidate.is_some_and(|c| norm(c) == norm(reference)) }
+    let expected = norm(reference);
+    AnswerMatch {
+        found: candidate.is_some(),
+        correct: !expected.is_empty() && candidate.is_some_and(|c| norm(c) == expected),
+    }
 }
 
 #[cfg(test)]

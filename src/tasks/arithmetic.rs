@@ -11,6 +11,58 @@
 use crate::rng::{mix64, Rng};
 use crate::tasks::{Problem, Reward, Task, SPLIT_EVAL};
 
+/// Whether the problem `a op b` belongs to the held-out split: a fixed hash (independent of the
+/// seed) of the problem with the operands of `+` and `*` in order, so `3+8` and `8+3` (the same
+/// fact) fall in the same split.
+fn heldout(a: u64, op: char, b: u64, fraction: f64) -> bool {
+    let (a, b) = if matches!(op, '+' | '*') { (a.min(b), a.max(b)) } else { (a, b) };
+    let h = mix64(mix64(mix64(0xA217 ^ a) ^ op as u64) ^ b);
+    (h % 10_000) as f64 / 10_000.0 < fraction
+}
+
+/// For operand ranges small enough to list (at most 2^22 pairs an operation), the number of
+/// problems `(a, op, b)` with `a`, `b` in `lo..hi` (`-`: `a ≥ b`) of each split: (training,
+/// held-out). `None`: too many to list (then both splits hold many, for a fraction in
+/// 0.01..=0.99).
+fn split_sizes(ops: &[char], lo: u64, hi: u64, fraction: f64) -> Option<(u64, u64)> {
+    let n = hi - lo;
+    if n.checked_mul(n)? > 1 << 22 {
+        return None;
+    }
+    let (mut train, mut eval) = (0, 0);
+    for &op in ops {
+        for a in lo..hi {
+            let first_b = if matches!(op, '+' | '*') { a } else { lo };
+            for b in first_b..hi {
+                if op == '-' && a < b {
+                    continue;
+                }
+                if heldout(a, op, b, fraction) {
+                    eval += 1;
+                } else {
+                    train += 1;
+                }
+            }
+        }
+    }
+    Some((train, eval))
+}
+
+/// The error of a held-out fraction that leaves a split without problems, if it does.
+fn check_split_sizes(ops: &[char], lo: u64, hi: u64, fraction: f64) -> Result<(), (&'static str, String)> {
+    match split_sizes(ops, lo, hi, fraction) {
+        Some((train, eval)) if train == 0 || eval == 0 => Err((
+            "heldout_fraction",
+            format!(
+                "{fraction} of the {} distinct problems leaves {train} for training and {eval} held out; \
+                 choose another fraction or more digits",
+                train + eval
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// One problem: the prompt `a+b=` and the answer `c`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addition {
@@ -21,16 +73,35 @@ pub struct Addition {
 }
 
 impl Addition {
-    /// The problem for (seed, split, index): operands with 1..=max_digits digits.
-    pub fn sample(seed: u64, split: u64, index: u64, max_digits: u32) -> Self {
+    /// The problem for (seed, split, index): operands with 1..=max_digits digits; the held-out
+    /// split ([`SPLIT_EVAL`]) holds the sums whose operand pair hashes into `heldout_fraction`
+    /// (either order), the other splits the rest. Panics only for settings that fail
+    /// [`Addition::validate`].
+    pub fn sample(seed: u64, split: u64, index: u64, max_digits: u32, heldout_fraction: f64) -> Self {
         let mut rng = Rng::derive(seed, &[0xADD, split, index]);
         let operand = |rng: &mut Rng| {
             let digits = 1 + rng.below(max_digits as u64) as u32;
             rng.below(10u64.pow(digits))
         };
-        let a = operand(&mut rng);
-        let b = operand(&mut rng);
-        Addition { a, b }
+        for _ in 0..MAX_DRAWS {
+            let a = operand(&mut rng);
+            let b = operand(&mut rng);
+            if heldout(a, '+', b, heldout_fraction) == (split == SPLIT_EVAL) {
+                return Addition { a, b };
+            }
+        }
+        panic!("Addition::sample: no problem in {MAX_DRAWS} draws; max_digits {max_digits} fails validate()")
+    }
+
+    /// Check the settings of the `addition` task; on error returns the offending key and why.
+    pub fn validate(max_digits: u32, heldout_fraction: f64) -> Result<(), (&'static str, String)> {
+        if !(1..=18).contains(&max_digits) {
+            return Err(("max_digits", format!("{max_digits} is not in 1..=18")));
+        }
+        if !(0.01..=0.99).contains(&heldout_fraction) {
+            return Err(("heldout_fraction", format!("{heldout_fraction} is not in 0.01..=0.99")));
+        }
+        check_split_sizes(&['+'], 0, 10u64.pow(max_digits.min(4)), heldout_fraction)
     }
 
     /// The prompt text, e.g. `17+5=`.
@@ -120,7 +191,9 @@ impl ArithmeticConfig {
         if !(0.01..=0.99).contains(&self.heldout_fraction) {
             return Err(("heldout_fraction", format!("{} is not in 0.01..=0.99", self.heldout_fraction)));
         }
-        Ok(())
+        let ops: Vec<char> = self.ops.chars().collect();
+        let lo = if self.min_digits == 1 { 0 } else { 10u64.pow(self.min_digits - 1) };
+        check_split_sizes(&ops, lo, 10u64.pow(self.max_digits), self.heldout_fraction)
     }
 }
 
@@ -146,10 +219,9 @@ fn digits(mut x: u64) -> Vec<u64> {
     d
 }
 
-/// Whether a problem belongs to the held-out split (a fixed hash, independent of the seed).
+/// Whether a problem belongs to the held-out split (see [`heldout`]).
 fn column_heldout(c: &Column, fraction: f64) -> bool {
-    let h = mix64(mix64(mix64(0xA217 ^ c.a) ^ c.op.symbol() as u64) ^ c.b);
-    (h % 10_000) as f64 / 10_000.0 < fraction
+    heldout(c.a, c.op.symbol(), c.b, fraction)
 }
 
 /// Bound on generator draws per problem.
@@ -279,6 +351,8 @@ pub struct AdditionTask {
     pub seed: u64,
     /// Operands have 1..=max_digits digits.
     pub max_digits: u32,
+    /// Share of the operand pairs held out for evaluation (see [`Addition::sample`]).
+    pub heldout_fraction: f64,
 }
 
 impl AdditionTask {
@@ -293,7 +367,7 @@ impl Task for AdditionTask {
         "addition"
     }
     fn problem(&self, split: u64, index: u64) -> Problem {
-        let p = Addition::sample(self.seed, split, index, self.max_digits);
+        let p = Addition::sample(self.seed, split, index, self.max_digits, self.heldout_fraction);
         let answer = p.answer().trim_end().to_string();
         Problem { id: index, prompt: p.prompt(), solution: Some(answer.clone()), answer }
     }
@@ -311,9 +385,9 @@ mod tests {
 
     #[test]
     fn problems_are_seeded_and_checkable() {
-        let p = Addition::sample(1, 0, 7, 3);
-        assert_eq!(p, Addition::sample(1, 0, 7, 3));
-        assert_ne!(p, Addition::sample(1, 1, 7, 3));
+        let p = Addition::sample(1, 0, 7, 3, 0.1);
+        assert_eq!(p, Addition::sample(1, 0, 7, 3, 0.1));
+        assert_ne!(p, Addition::sample(1, 1, 7, 3, 0.1));
         assert!(p.a < 1000 && p.b < 1000);
         assert_eq!(p.reward(&format!("{}\nextra", p.a + p.b)), 1.0);
         assert_eq!(p.reward(&format!("{}", p.a + p.b + 1)), 0.0);

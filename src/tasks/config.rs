@@ -6,7 +6,7 @@
 //! max_number = 20        # countdown: pool numbers in 1..=max_number
 //! max_target = 100       # countdown: targets in 1..=max_target (≥ numbers·max_number)
 //! exactly_once = true    # countdown: every number used exactly once (false: at most once)
-//! heldout_fraction = 0.1 # countdown, arithmetic, jsonl, parquet: share of problems held out for eval
+//! heldout_fraction = 0.1 # countdown, arithmetic, addition, jsonl, parquet: share held out for eval
 //! format_penalty = 0.0   # reward of a malformed response is -format_penalty
 //! ```
 //! `arithmetic` takes `ops` (e.g. `"+-*"`), `min_digits`, `max_digits`; `addition` takes
@@ -177,6 +177,12 @@ impl TaskConfig {
                 return Err((key, "only kind = \"jsonl\" or \"parquet\" reads files".into()));
             }
         }
+        if self.eval_path.is_some() && self.heldout_fraction != d_heldout() {
+            return Err((
+                "heldout_fraction",
+                "the held-out records come from `eval_path`: nothing is held out by hash".into(),
+            ));
+        }
         for (key, column) in [("prompt_column", &self.prompt_column), ("answer_column", &self.answer_column)] {
             match column {
                 Some(_) if self.kind != TaskKind::Parquet => {
@@ -197,7 +203,11 @@ impl TaskConfig {
             ("ops", self.ops != d.ops, &[Arithmetic]),
             ("min_digits", self.min_digits != d.min_digits, &[Arithmetic]),
             ("max_digits", self.max_digits != d.max_digits, &[Arithmetic, Addition]),
-            ("heldout_fraction", self.heldout_fraction != d.heldout_fraction, &[Countdown, Arithmetic, Jsonl, Parquet]),
+            (
+                "heldout_fraction",
+                self.heldout_fraction != d.heldout_fraction,
+                &[Countdown, Arithmetic, Addition, Jsonl, Parquet],
+            ),
         ] {
             if set && !kinds.contains(&self.kind) {
                 let names: Vec<String> = kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect();
@@ -214,10 +224,7 @@ impl TaskConfig {
         match self.kind {
             TaskKind::Countdown => self.countdown().validate(),
             TaskKind::Arithmetic => self.arithmetic().validate(),
-            TaskKind::Addition if !(1..=18).contains(&self.max_digits) => {
-                Err(("max_digits", format!("{} is not in 1..=18", self.max_digits)))
-            }
-            TaskKind::Addition => Ok(()),
+            TaskKind::Addition => crate::tasks::arithmetic::Addition::validate(self.max_digits, self.heldout_fraction),
             TaskKind::Jsonl if self.path.is_none() => Err(("path", "kind = \"jsonl\" needs a dataset file".into())),
             TaskKind::Parquet if self.path.is_none() => {
                 Err(("path", "kind = \"parquet\" needs a .parquet file or a directory of them".into()))
@@ -235,7 +242,9 @@ pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
     let task: Box<dyn Task> = match cfg.kind {
         TaskKind::Countdown => Box::new(CountdownTask { seed, cfg: cfg.countdown() }),
         TaskKind::Arithmetic => Box::new(ArithmeticTask { seed, cfg: cfg.arithmetic() }),
-        TaskKind::Addition => Box::new(AdditionTask { seed, max_digits: cfg.max_digits }),
+        TaskKind::Addition => {
+            Box::new(AdditionTask { seed, max_digits: cfg.max_digits, heldout_fraction: cfg.heldout_fraction })
+        }
         TaskKind::Jsonl | TaskKind::Parquet => {
             let path = cfg.path.as_deref().unwrap_or_else(|| unreachable!("validated: datasets have a path"));
             let (eval, fraction) = (cfg.eval_path.as_deref(), cfg.heldout_fraction);

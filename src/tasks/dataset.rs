@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::rng::mix64;
-use crate::tasks::answer::check_answer;
+use crate::tasks::answer::{check_answer, reference_answer};
 use crate::tasks::{Problem, Reward, Task, SPLIT_EVAL};
 use crate::tokenizer::{CharTokenizer, DEFAULT_ALPHABET};
 
@@ -78,11 +78,35 @@ impl DatasetTask {
             if records.is_empty() {
                 return Err(bad(p, 0, "no records"));
             }
+            // an empty reference would match an empty final answer (`\boxed{}`): free reward
+            if let Some(r) = records.iter().find(|r| reference_answer(&r.answer).trim().is_empty()) {
+                let what =
+                    if r.answer.trim().is_empty() { "`answer` is empty" } else { "`answer` states no final answer" };
+                return Err(bad(p, r.line, format!("{what} ({:?})", r.answer)));
+            }
             Ok(records)
         };
         let records = read_some(path)?;
         let (train, eval) = match eval_path {
-            Some(e) => (records, read_some(e)?),
+            Some(e) => {
+                let eval = read_some(e)?;
+                // a prompt of the held-out file is held out: its training copies go
+                let held: std::collections::HashSet<&str> = eval.iter().map(|r| r.prompt.trim()).collect();
+                let total = records.len();
+                let train: Vec<Record> = records.into_iter().filter(|r| !held.contains(r.prompt.trim())).collect();
+                if train.is_empty() {
+                    return Err(bad(path, 0, format!("every prompt is also in the held-out file {}", e.display())));
+                }
+                if train.len() < total {
+                    eprintln!(
+                        "data: {} of {total} training records of {} have a prompt of the held-out file {}: not trained on",
+                        total - train.len(),
+                        path.display(),
+                        e.display()
+                    );
+                }
+                (train, eval)
+            }
             None => {
                 let (eval, train): (Vec<Record>, Vec<Record>) =
                     records.into_iter().partition(|r| prompt_heldout(&r.prompt, eval_fraction));

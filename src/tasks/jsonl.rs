@@ -33,6 +33,17 @@ pub fn parse_records(text: &str, file: &Path) -> Result<Vec<Record>> {
         };
         let answer = match obj.remove("answer") {
             Some(serde_json::Value::String(s)) => s,
+            // an integer beyond 64 bits (or a float of 2^53 or more) reaches us as an f64 that
+            // has lost its digits: the reference must be exact
+            Some(serde_json::Value::Number(n))
+                if n.as_f64().is_some_and(|x| n.is_f64() && x.abs() >= 9.007_199_254_740_992e15) =>
+            {
+                return Err(bad(
+                    file,
+                    line,
+                    format!("`answer` {n} is too large for a JSON number to hold exactly; write it as a string"),
+                ));
+            }
             Some(serde_json::Value::Number(n)) => n.to_string(),
             Some(_) => return Err(bad(file, line, "`answer` must be a string or a number")),
             None => return Err(bad(file, line, "missing `answer`")),

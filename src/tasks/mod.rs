@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn tasks_reward_their_own_solutions() {
         let tasks: Vec<Box<dyn Task>> = vec![
-            Box::new(AdditionTask { seed: 3, max_digits: 3 }),
+            Box::new(AdditionTask { seed: 3, max_digits: 3, heldout_fraction: 0.1 }),
             Box::new(CountdownTask { seed: 3, cfg: countdown::CountdownConfig::default() }),
             Box::new(arithmetic::ArithmeticTask { seed: 3, cfg: arithmetic::ArithmeticConfig::default() }),
         ];
@@ -140,7 +140,10 @@ mod tests {
 
     #[test]
     fn format_penalty_applies_only_to_malformed_responses() {
-        let t = FormatPenalty { task: Box::new(AdditionTask { seed: 1, max_digits: 2 }), penalty: 0.5 };
+        let t = FormatPenalty {
+            task: Box::new(AdditionTask { seed: 1, max_digits: 2, heldout_fraction: 0.1 }),
+            penalty: 0.5,
+        };
         let p = t.problem(SPLIT_TRAIN, 0);
         assert_eq!(t.reward(&p, &p.answer), 1.0);
         assert_eq!(t.reward(&p, "1000"), 0.0, "well formed but wrong");
