@@ -174,20 +174,57 @@ def ratios(d):
 
 
 def markdown(d):
-    """docs/benchmarks.md's results row: device | generation 0.5B batch 16 / 64 / 256 (sampled; f32,
-    bf16) | train step f32 / tf32 / bf16 tok/s (MFU) | attention fwd+bwd bf16 vs SDPA bf16 | rl-step
-    generate / recompute / train s | countdown-gpu before -> after, wall time. A missing figure is "-"."""
+    """docs/benchmarks.md's results row: device and commit | greedy generation 0.5B batch 256
+    (f32, bf16, bf16 + graphs; bf16 over transformers bf16) | sampled generation batch 16 / 64 /
+    256 (f32; bf16; bf16 + graphs; batch 256 over batch 16) | train step f32 / tf32 / bf16 tok/s
+    (MFU; bf16 over torch bf16) | attention fwd+bwd bf16 vs SDPA bf16 | rl-step generate /
+    recompute / train s with its shape | countdown-gpu before -> after, wall time. A missing
+    figure is "-"."""
+    def num(j, key):
+        return j.get(key) if j and isinstance(j.get(key), (int, float)) and j.get(key) else None
+
     def tok(name):
-        j = load(d, name)
-        return f"{j['tokens_per_s']:,.0f}" if j and isinstance(j.get("tokens_per_s"), (int, float)) else "-"
-    dev = open(os.path.join(d, "device.txt")).read().strip() if os.path.exists(os.path.join(d, "device.txt")) else ""
-    dev = dev or "-"
+        v = num(load(d, name), "tokens_per_s")
+        return f"{v:,.0f}" if v else "-"
+
+    def over(ours, peer, what):
+        a, p = num(load(d, ours), "tokens_per_s"), num(load(d, peer), "tokens_per_s")
+        return f"{a / p:.2f}x {what}" if a and p else None
+
+    def text(name):
+        p = os.path.join(d, name)
+        return open(p).read().strip() if os.path.exists(p) else ""
+
+    dev = text("device.txt") or "-"
+    commit = text("commit.txt").split("\n")[0][:12]
+    if commit:
+        dev += f" (arbor {commit})"
+    greedy = " / ".join(tok(f"generate_greedy_0.5b_b256{sfx}.json") for sfx in ("", "_bf16", "_bf16_graphs"))
+    greedy += " (f32 / bf16 / bf16 + graphs)"
+    r = [x for x in (over("generate_greedy_0.5b_b256_bf16.json", "peer_generate_greedy_0.5b_b256_bf16.json",
+                          "transformers bf16"),
+                     over("generate_greedy_0.5b_b256_bf16_graphs.json", "peer_generate_greedy_0.5b_b256_bf16.json",
+                          "with graphs")) if x]
+    if r:
+        greedy += "; " + ", ".join(r)
     gen = "; ".join(" / ".join(tok(f"generate_sampled_0.5b_b{b}{sfx}.json") for b in (16, 64, 256)) + f" ({dt})"
                     for sfx, dt in (("", "f32"), ("_bf16", "bf16"), ("_bf16_graphs", "bf16 + graphs")))
+    growth = []
+    for sfx, dt in (("", "f32"), ("_bf16", "bf16"), ("_bf16_graphs", "bf16 + graphs")):
+        lo = num(load(d, f"generate_sampled_0.5b_b16{sfx}.json"), "tokens_per_s")
+        hi = num(load(d, f"generate_sampled_0.5b_b256{sfx}.json"), "tokens_per_s")
+        if lo and hi:
+            growth.append(f"{dt} {hi / lo:.1f}x")
+    if growth:
+        gen += "; batch 256 over 16: " + ", ".join(growth)
     steps = []
     for name in ("train_step.json", "train_step_tf32.json", "train_step_bf16.json"):
         j = load(d, name)
-        steps.append(f"{j['tokens_per_s']:,.0f} ({j['mfu']:.0%})" if j and "mfu" in j else "-")
+        steps.append(f"{j['tokens_per_s']:,.0f} ({j['mfu']:.0%})" if j and "mfu" in j and "tokens_per_s" in j else "-")
+    step = " / ".join(steps)
+    vs = over("train_step_bf16.json", "peer_train_step_bf16.json", "torch bf16")
+    if vs:
+        step += f"; bf16 {vs}"
     att = []
     for ours, peer, what in (("attention_bf16.json", "sdpa_bf16.json", "d 64"),
                              ("attention_bf16_d128.json", "sdpa_bf16_d128.json", "d 128")):
@@ -195,19 +232,28 @@ def markdown(d):
         if a and p and a.get("fwd_bwd_ms") and p.get("fwd_bwd_ms"):
             att.append(f"{what}: {a['fwd_bwd_ms']:.2f} vs {p['fwd_bwd_ms']:.2f} ms ({p['fwd_bwd_ms'] / a['fwd_bwd_ms']:.2f}x)")
     rl = []
-    for name, what in (("rl_step_0.5b.json", "f32"), ("rl_step_0.5b_bf16.json", "bf16")):
+    for name, what in (("rl_step_0.5b.json", "f32"), ("rl_step_0.5b_bf16.json", "bf16"),
+                       ("rl_step_0.5b_bf16_64x8x256.json", "bf16")):
         j = load(d, name)
         if j and all(k in j for k in ("generate_s", "recompute_s", "train_s")):
-            mem = f" ({j['device_mem_mib'] / 1024:.1f} GiB)" if j.get("device_mem_mib") else ""
-            rl.append(f"{what}: {j['generate_s']:.2f} / {j['recompute_s']:.2f} / {j['train_s']:.2f}{mem}")
+            mem = f", {j['device_mem_mib'] / 1024:.1f} GiB" if j.get("device_mem_mib") else ""
+            shape = f"{j.get('prompts', '?')} x {j.get('samples', '?')} x {j.get('new_tokens', '?')}"
+            rl.append(f"{what} {shape}: {j['generate_s']:.2f} / {j['recompute_s']:.2f} / {j['train_s']:.2f} s{mem}")
     cd = "-"
     p = os.path.join(d, "countdown_gpu.txt")
     if os.path.exists(p):
-        text = open(p).read()
-        rate = re.findall(r"held-out solve rate[^\n]*", text)
-        wall = re.findall(r"wall time: (\d+) s", text)
-        cd = (rate[-1] if rate else "no solve rate printed") + (f", {wall[-1]} s" if wall else "")
-    cells = [dev, gen, " / ".join(steps), "; ".join(att) or "-", "; ".join(rl) or "-", cd]
+        body = open(p).read()
+        rate = re.findall(r"held-out solve rate[^\n]*", body)
+        wall = re.findall(r"wall time: (\d+) s", body)
+        short = " (short job)" if "countdown-gpu-short" in body else ""
+        if not rate:
+            # a job stopped before its end: its evaluations so far (before RL, the last step's)
+            evals = re.findall(r"rl eval (before|step \d+): solve rate greedy ([\d.]+)%, sampled ([\d.]+)%", body)
+            if evals:
+                rate = [" -> ".join(f"{w}: sampled {s_}%, greedy {g}%" for w, g, s_ in (evals[0], evals[-1])[:len(evals)])
+                        + " (stopped before the end)"]
+        cd = (rate[-1] if rate else "no solve rate printed") + short + (f", {wall[-1]} s" if wall else "")
+    cells = [dev, greedy, gen, step, "; ".join(att) or "-", "; ".join(rl) or "-", cd]
     print("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
 
 
