@@ -324,6 +324,16 @@ fn custom_layers_windows_and_end_of_thinking_match_the_naive_reference() {
 }
 
 #[test]
+fn a_step_gap_of_zero_without_rhythm_stays_causal() {
+    // Δ = 0: a row's own step is one of its key steps; its later keys must not count (the rhythm
+    // rows of the test above read keys up to the row anyway, so FCI-only layers are the case)
+    let f = fixture(5, &SEQS, 6);
+    let cfg = StatsConfig { fci_layers: vec![3, 0], delta: 0, rhythm: false, ..StatsConfig::default() };
+    let got = check_against_naive(&f, &cfg, &[3, 0], &[]);
+    assert!(got[0].fci.iter().any(|&y| y > 0.0));
+}
+
+#[test]
 fn fci_only_and_rhythm_only_runs_give_the_same_numbers() {
     let f = fixture(2, &SEQS, 7);
     let both = StatsConfig { delta: 1, ..StatsConfig::default() };

@@ -61,6 +61,22 @@ fn doomed(ec: &EnvConfig, game: u64, sample: u32, calls: u32) -> bool {
 }
 
 #[test]
+fn a_turn_that_exactly_fills_the_context_is_played() {
+    // BOS and the first observation, then a reply of max_new_tokens: 256 positions, the model's all
+    let (m, tok, ec) = (model(), CharTokenizer::default(), env("failure_rate = 0.0\n"));
+    let first = 1 + "Guess my number from 1 to 8.\n".len();
+    let mut p = settings(&m, &tok, &ec, EnvMode::Sync);
+    p.gen.sampling.max_new_tokens = m.cfg.max_position_embeddings - first;
+    let mut cpu = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| arbor::rollout::generate(&m, reqs, gen);
+    let r = rollout(&p, &mut cpu, &[1, 2], 2, 2, 0).unwrap();
+    assert_eq!(r.groups.len(), 2);
+    for t in r.groups.iter().flatten() {
+        assert!(!t.turns.is_empty(), "game {} sample {}: the first turn fits the context", t.game, t.sample);
+        assert_eq!(t.turns[0].prompt.len(), first);
+    }
+}
+
+#[test]
 fn sync_and_env_async_play_the_same_games() {
     let m = model();
     let ec = env("failure_rate = 0.2\nmax_retries = 1");

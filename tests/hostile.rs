@@ -104,8 +104,6 @@ const ZERO_OK: &[&str] = &[
     "env.failure_rate",                 // no failures
     "async.alpha",                      // synchronous
     "rhythm.alpha",                     // a dominated anchor keeps all its amplification
-    "rhythm.local_head_frac",           // no local heads: WAAD from none
-    "rhythm.global_head_frac",          // no global heads
     "rhythm.preplan_frac",              // no pre-plan tokens
     "rhythm.anchor_frac",               // no anchors
     "workload.lengths.min",             // a distribution's floor

@@ -189,6 +189,16 @@ fn rhythm_shaping_on_a_rollout_rank_equals_the_synchronous_trainer() {
 }
 
 #[test]
+fn rhythm_shaping_under_data_parallelism_matches_one_process() {
+    // τ left to the batch is the median over the whole step's batch, not over one rank's share
+    let dir = tempfile::tempdir().unwrap();
+    let text_cfg =
+        grpo_config() + "\n[rhythm]\nscheme = \"coupled\"\nlayers = 2\nfai_min_offset = 2\nfai_max_offset = 16\n";
+    let (one, two) = one_and_two(dir.path(), &write_config(dir.path(), &text_cfg));
+    compare_runs(&one, &two, "checkpoints/step-3", "[rhythm] dp=2 vs dp=1");
+}
+
+#[test]
 fn attnrl_tree_sampling_under_data_parallelism_matches_one_process() {
     // ATB with the all-correct FCI filter and the dynamic batch: questions split over the ranks,
     // the adaptive state kept identical on every rank

@@ -253,16 +253,17 @@ impl Default for RhythmConfig {
 }
 
 impl RhythmConfig {
-    /// Check ranges: fractions in [0, 1], head fractions summing to ≤ 1, layers, W ≥ 1, offsets ordered,
-    /// γ_amp ≥ 1, α ∈ [0, 1], 1 ≤ k ≤ 3, τ's finite.
+    /// Check ranges: head fractions in (0, 1] (each selects at least one head) summing to ≤ 1,
+    /// other fractions in [0, 1], layers, W ≥ 1, offsets ordered, γ_amp ≥ 1, α ∈ [0, 1], 1 ≤ k ≤ 3,
+    /// τ's finite.
     pub fn validate(&self) -> Result<(), AttnRlConfigError> {
-        for (key, v) in [
-            ("local_head_frac", self.local_head_frac),
-            ("global_head_frac", self.global_head_frac),
-            ("preplan_frac", self.preplan_frac),
-            ("anchor_frac", self.anchor_frac),
-            ("alpha", self.alpha),
-        ] {
+        for (key, v) in [("local_head_frac", self.local_head_frac), ("global_head_frac", self.global_head_frac)] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return bad(key, format!("{v} must be in (0, 1]: the heads of that kind are at least one"));
+            }
+        }
+        for (key, v) in [("preplan_frac", self.preplan_frac), ("anchor_frac", self.anchor_frac), ("alpha", self.alpha)]
+        {
             if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
                 return bad(key, format!("{v} must be in [0, 1]"));
             }

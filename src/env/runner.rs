@@ -44,6 +44,15 @@ pub struct Trajectory {
     pub reward: f32,
 }
 
+/// Takes one off a live count when dropped.
+struct LeaveOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The outcome of one batch of environments.
 #[derive(Debug, Clone, Default)]
 pub struct EnvRollout {
@@ -139,25 +148,48 @@ pub fn rollout(
     let mut out = EnvRollout::default();
     let results = std::thread::scope(|scope| -> Result<Vec<Result<()>>> {
         let mut handles = Vec::new();
-        for (gi, &game) in games.iter().enumerate() {
+        let mut refused = None;
+        'spawn: for (gi, &game) in games.iter().enumerate() {
             for s in 0..n + extra {
                 let (ask, board, abort, live) = (ask.clone(), &board, &abort, &live);
-                handles.push(scope.spawn(move || -> Result<()> {
+                let spawned = std::thread::Builder::new().spawn_scoped(scope, move || -> Result<()> {
+                    // leaves the live count however the thread ends (a panic too), after settling,
+                    // so the server's barrier sees the settled trajectory
+                    let _leave = LeaveOnDrop(live);
                     let mut retries = 0;
                     let res = play_one(p, (gi, game), s, &abort[gi], &ask, &mut retries);
-                    // settle before leaving the live count, so the server's barrier sees it
-                    let settled = res.map(|o| settle(board, abort, gi, o, retries));
-                    live.fetch_sub(1, Ordering::SeqCst);
-                    settled
-                }));
+                    res.map(|o| settle(board, abort, gi, o, retries))
+                });
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        refused = Some(e);
+                        break 'spawn;
+                    }
+                }
             }
         }
+        if refused.is_some() {
+            // the trajectories started end at their next turn; the others never count
+            abort.iter().for_each(|a| a.store(true, Ordering::SeqCst));
+            live.fetch_sub(games.len() * per_group - handles.len(), Ordering::SeqCst);
+        }
         drop(ask);
-        serve(p, gen, (&asks, &abort), &live, &mut out)?;
-        Ok(handles
+        let served = serve(p, gen, (&asks, &abort), &live, &mut out);
+        let joined: Vec<Result<()>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("env: a trajectory thread panicked".into()))))
-            .collect())
+            .collect();
+        if let Some(e) = refused {
+            return Err(Error::Invalid(format!(
+                "env: could not start trajectory thread {} of {} ({e}); each trajectory of a step's games \
+                 (games x (samples + extra_samples)) runs on a thread of its own",
+                joined.len() + 1,
+                games.len() * per_group
+            )));
+        }
+        served?;
+        Ok(joined)
     })?;
     for r in results {
         r?;
@@ -360,7 +392,7 @@ fn play_one(
         if abort.load(Ordering::SeqCst) {
             return Ok(Outcome::Aborted);
         }
-        if history.len() + p.gen.sampling.max_new_tokens >= max_pos {
+        if history.len() + p.gen.sampling.max_new_tokens > max_pos {
             // out of context: the episode ends unrewarded
             return Ok(Outcome::Finished(Trajectory { game, sample, turns, reward: 0.0 }));
         }

@@ -1,8 +1,14 @@
 //! Token sampling: temperature, top-k, top-p (nucleus), greedy at temperature 0.
 //!
 //! The recorded behaviour log-probability and entropy are those of the temperature-scaled full
-//! distribution softmax(z / T) (T = 1 when greedy), before top-k/top-p truncation: the quantity
-//! the policy-gradient ratio compares against the trainer's recomputed log-probs.
+//! distribution softmax(z / T) (T = 1 when greedy), before top-k/top-p truncation: the
+//! distribution μ the token was drawn from (up to the truncation), which the decoupled PPO weight
+//! π_prox/μ compares against the trainer's temperature-1 log-probs (so at T ≠ 1 the weight also
+//! corrects for the temperature).
+//!
+//! With both top-k and top-p, top-p's mass is the full distribution's, summed over the top-k
+//! tokens in order (not renormalised over them first, as some libraries do): a top-k set whose
+//! mass is below `top_p` is kept whole. The device sampler (cuda/sample.cu) does the same.
 
 use crate::rng::Rng;
 use crate::tensor::cpu::simd::{self, simd_kernel};

@@ -186,7 +186,9 @@ impl<'a> RlTrainer<'a> {
         }
         if let Some(Shaping { rc, ws }) = self.shaping.as_mut() {
             let shaping = (&*rc, self.ctx.rl.micro_batch);
-            notes.rhythm_amplified_frac = Some(rhythm::shape_rollouts(&mut self.engine, model, ws, shaping, rollouts)?);
+            let dp = Some(self.ctx.dp);
+            notes.rhythm_amplified_frac =
+                Some(rhythm::shape_rollouts(&mut self.engine, model, ws, shaping, rollouts, dp)?);
         }
         Ok(notes)
     }

@@ -145,6 +145,8 @@ fn config_defaults_keys_and_validation() {
     assert_eq!(bad(|c| c.alpha = -0.1), "alpha");
     assert_eq!(bad(|c| c.gamma_amp = 0.5), "gamma_amp");
     assert_eq!(bad(|c| c.global_head_frac = 0.8), "global_head_frac");
+    assert_eq!(bad(|c| c.local_head_frac = 0.0), "local_head_frac", "a head fraction of 0 selects no head");
+    assert_eq!(bad(|c| c.global_head_frac = 0.0), "global_head_frac");
     assert_eq!(bad(|c| c.fai_max_offset = 5), "fai_max_offset");
     assert_eq!(bad(|c| c.tau_delta = Some(f64::INFINITY)), "tau_delta");
     // Round trip through TOML.

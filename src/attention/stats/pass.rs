@@ -106,7 +106,8 @@ impl RowCtx<'_> {
             RowCols { lo: 0, hi: t + 1, kcap, inv_j }
         } else if kcap >= 2 {
             let b = self.seq.bounds;
-            RowCols { lo: b[2], hi: b[kcap + 1], kcap, inv_j }
+            // causal: with Δ = 0 the row's own step is a key step, and its later keys are not seen
+            RowCols { lo: b[2], hi: b[kcap + 1].min(t + 1), kcap, inv_j }
         } else {
             RowCols { lo: 0, hi: 0, kcap: 0, inv_j }
         }

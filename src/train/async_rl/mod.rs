@@ -254,7 +254,8 @@ fn rollout_loop(
                 let mut rollouts = sampler.sample(&ctx, &mut engine, model, b)?;
                 if let Some((rc, ws)) = shaping.as_mut() {
                     rollouts.notes.rhythm_amplified_frac =
-                        Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro_batch), &mut rollouts)?);
+                        // (a rollout rank's batch is a whole step's: its own medians are the batch's)
+                        Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro_batch), &mut rollouts, None)?);
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 let msg = encode_batch(version, sum, secs, &rollouts)?;

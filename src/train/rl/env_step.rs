@@ -18,11 +18,34 @@ pub const GAME_BITS: u32 = 24;
 /// The games this rank plays at `step`: its share of the needed groups, then its share of the
 /// redundant ones, and how many of them it must keep.
 pub fn games_of(ec: &EnvConfig, groups: usize, step: u64, dp: &dyn Comm) -> (Vec<u64>, usize) {
-    let mine = partition(groups, dp.size(), dp.rank());
-    let extra = partition(ec.extra_groups, dp.size(), dp.rank());
+    games_of_rank(ec.extra_groups, groups, step, dp.rank(), dp.size())
+}
+
+/// [`games_of`] for rank `rank` of `size`: the redundant groups go to the ranks that have groups
+/// to keep (a rank with none would play its spares only to discard them).
+pub fn games_of_rank(extra_groups: usize, groups: usize, step: u64, rank: usize, size: usize) -> (Vec<u64>, usize) {
+    let mine = partition(groups, size, rank);
+    let keeping = groups.min(size).max(1);
+    let extra = if rank < keeping { partition(extra_groups, keeping, rank) } else { 0..0 };
     let mut games: Vec<u64> = mine.clone().map(|i| (step << GAME_BITS) | i as u64).collect();
     games.extend(extra.map(|i| (step << GAME_BITS) | (groups + i) as u64));
     (games, mine.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redundant_groups_go_to_the_ranks_that_keep_groups() {
+        // one group over two ranks: rank 0 keeps it and plays both spares; rank 1 plays nothing
+        assert_eq!(games_of_rank(2, 1, 0, 0, 2), (vec![0, 1, 2], 1));
+        assert_eq!(games_of_rank(2, 1, 0, 1, 2), (vec![], 0));
+        // enough groups for every rank: the spares are shared as before
+        let all: Vec<u64> = (0..3).flat_map(|r| games_of_rank(2, 6, 1, r, 3).0).collect();
+        let step = 1u64 << GAME_BITS;
+        assert_eq!(all, vec![step, step | 1, step | 6, step | 2, step | 3, step | 7, step | 4, step | 5]);
+    }
 }
 
 /// Stages 1–3 with `[env]`: this rank's games played to the end, one training sample per policy
