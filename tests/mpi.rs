@@ -182,6 +182,13 @@ fn rhythm_shaping_on_a_rollout_rank_equals_the_synchronous_trainer() {
     let o = mpirun(2, &["--threads", "1", "train", "--config", p.to_str().unwrap(), "--out-dir", &out("a0")], &[]);
     assert!(o.status.success(), "{}", text(&o));
     compare_runs(&run("sync"), &run("a0"), "checkpoints/step-3", "[rhythm] on a rollout rank vs synchronous");
+    // two rollout ranks shape their shares of each batch with the whole batch's medians
+    let p2 = dir.path().join("async2.toml");
+    std::fs::write(&p2, std::fs::read_to_string(&p).unwrap().replace("rollout_ranks = 1", "rollout_ranks = 2"))
+        .unwrap();
+    let o = mpirun(3, &["--threads", "1", "train", "--config", p2.to_str().unwrap(), "--out-dir", &out("a2")], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    compare_runs(&run("sync"), &run("a2"), "checkpoints/step-3", "[rhythm] on two rollout ranks vs synchronous");
     let amplified: Vec<f64> =
         metrics(&run("a0")).iter().filter_map(|m| m.get("rhythm_amplified_frac")?.as_f64()).collect();
     assert_eq!(amplified.len(), 3, "one shaping figure per step");

@@ -254,8 +254,9 @@ fn rollout_loop(
                 let mut rollouts = sampler.sample(&ctx, &mut engine, model, b)?;
                 if let Some((rc, ws)) = shaping.as_mut() {
                     rollouts.notes.rhythm_amplified_frac =
-                        // (a rollout rank's batch is a whole step's: its own medians are the batch's)
-                        Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro_batch), &mut rollouts, None)?);
+                        // (every rollout rank shapes its share of batch b here: the medians and
+                        // the amplified fraction are the whole batch's, over the rollout ranks)
+                        Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro_batch), &mut rollouts, Some(ctx.dp))?);
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 let msg = encode_batch(version, sum, secs, &rollouts)?;
