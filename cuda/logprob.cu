@@ -1,5 +1,5 @@
 // Fused log-softmax statistics of the LM head and their backward
-// (CPU: src/model/head.rs logits_stats / logits_backward_inplace).
+// (CPU: src/tensor/cpu/logits.rs logits_stats / logits_backward_inplace).
 //
 // ABI (N rows of V logits; T = float (_f32) or unsigned short bf16 (_bf16) for the logits; every
 // statistic and every per-row input is f32):
@@ -10,10 +10,13 @@
 //   logits: [N, V] T; targets: [N] (< V); lse, logp, entropy: [N] f32.
 //   lse[i]     = log sum_j exp(z[i,j])
 //   logp[i]    = z[i, targets[i]] - lse[i]
-//   entropy[i] = lse[i] - sum_j softmax(z)[i,j] * z[i,j]
-//   One pass over the row with a per-thread online (max, sum e^(z-max), sum e^(z-max)*z) triple,
-//   merged across the block; a thread takes 8 consecutive logits at a time (16-byte loads) where
-//   the row starts 16-byte aligned, and the rest one at a time.
+//   entropy[i] = lse[i] - sum_j softmax(z)[i,j] * z[i,j], computed with m = max_j z[i,j] as
+//                log s - c / s, s = sum_j e^(z-m), c = sum_j e^(z-m) * (z-m) (two non-negative
+//                terms, the same for z + const; not lse - sum e^(z-m) * z / s, which cancels two
+//                terms of the size of m)
+//   One pass over the row with a per-thread online (max, sum e^(z-max), sum e^(z-max)*(z-max))
+//   triple, merged across the block; a thread takes 8 consecutive logits at a time (16-byte
+//   loads) where the row starts 16-byte aligned, and the rest one at a time.
 //   Launch: grid = (n), block = 512 (multiple of 32, <= 1024), no dynamic shared memory.
 //
 // logprob_bwd_f32 / logprob_bwd_bf16
@@ -31,41 +34,48 @@
 //   even as it is written: the operand of the LM head's bf16 backward products, without a
 //   rounding pass); dlogits must NOT alias logits (another buffer: half the bytes).
 
-// Merge (m2, s2, z2) into (m, s, z): s, z are sums of e^(x - m) and e^(x - m) * x.
+// (s, z) of a triple (m, s, z) moved to the larger maximum mn: z = sum e^(x - m) * (x - m)
+// becomes a * (z + (m - mn) * s) with a = e^(m - mn). An empty triple (m = -inf: s = z = 0)
+// stays 0 (its (m - mn) * s would be -inf * 0 = NaN).
+__device__ __forceinline__ float lse3_moved_z(float m, float s, float z, float mn, float a) {
+    return m == neg_inf_f() ? 0.0f : a * (z + (m - mn) * s);
+}
+
+// Merge (m2, s2, z2) into (m, s, z): s, z are sums of e^(x - m) and e^(x - m) * (x - m).
 __device__ __forceinline__ void lse3_merge(float& m, float& s, float& z, float m2, float s2, float z2) {
     const float mn = fmaxf(m, m2);
     if (mn == neg_inf_f()) return;
     const float a = expf(m - mn), b = expf(m2 - mn);
+    z = lse3_moved_z(m, s, z, mn, a) + lse3_moved_z(m2, s2, z2, mn, b);
     s = s * a + s2 * b;
-    z = z * a + z2 * b;
     m = mn;
 }
 
-// Add logit x to the triple (m, s, z): s, z are sums of e^(x - m) and e^(x - m) * x.
+// Add logit x to the triple (m, s, z): s, z are sums of e^(x - m) and e^(x - m) * (x - m).
 __device__ __forceinline__ void lse3_add1(float& m, float& s, float& z, float x) {
     if (x > m) {
         const float a = expf(m - x);  // m = -inf gives 0
+        z = lse3_moved_z(m, s, z, x, a);  // (x itself adds e^0 * 0)
         s = s * a + 1.0f;
-        z = z * a + x;
         m = x;
     } else if (x != neg_inf_f()) {  // a -inf logit adds nothing (and must not make NaN)
         const float e = expf(x - m);
         s += e;
-        z += e * x;
+        z += e * (x - m);
     }
 }
 
-// Add eight logits: the maximum moves once, then each adds e^(x - m) and e^(x - m) * x, in order.
-// A -inf logit adds nothing (selected out: e^(x - m) * x would be 0 * -inf); a NaN logit makes
-// both sums NaN, as in lse3_add1.
+// Add eight logits: the maximum moves once, then each adds e^(x - m) and e^(x - m) * (x - m), in
+// order. A -inf logit adds nothing (selected out: e^(x - m) * (x - m) would be 0 * -inf); a NaN
+// logit makes both sums NaN, as in lse3_add1.
 __device__ __forceinline__ void lse3_add8(float& m, float& s, float& z, const float* x) {
     float mx = x[0];
 #pragma unroll
     for (int k = 1; k < 8; ++k) mx = fmaxf(mx, x[k]);
     if (mx > m) {
         const float a = expf(m - mx);  // m = -inf gives 0
+        z = lse3_moved_z(m, s, z, mx, a);
         s *= a;
-        z *= a;
         m = mx;
     }
 #pragma unroll
@@ -73,7 +83,7 @@ __device__ __forceinline__ void lse3_add8(float& m, float& s, float& z, const fl
         const bool none = x[k] == neg_inf_f();
         const float e = none ? 0.0f : expf(x[k] - m);
         s += e;
-        z += none ? 0.0f : e * x[k];
+        z += none ? 0.0f : e * (x[k] - m);
     }
 }
 
@@ -124,10 +134,11 @@ __device__ void logprob_fwd(const T* __restrict__ logits, const unsigned int* __
             lse3_merge(m, s, zz, m2, s2, z2);
         }
         if (lane == 0) {
-            const float l = m + logf(s);
+            const float ls = logf(s);
+            const float l = m + ls;
             lse[row] = l;
             logp[row] = load_f(z + targets[row]) - l;
-            entropy[row] = l - zz / s;
+            entropy[row] = ls - zz / s;
         }
     }
 }

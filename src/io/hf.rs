@@ -39,7 +39,8 @@ pub struct LoadedCheckpoint {
     pub config: ModelConfig,
     /// The weights, converted to f32.
     pub params: Params,
-    /// Tensors present in the files but not part of the layout (ignored), e.g. `rotary_emb.inv_freq`.
+    /// Tensors present in the files but not part of the layout (ignored), e.g. `rotary_emb.inv_freq`
+    /// (see [`may_be_ignored`]; any other tensor of a decoder layer is refused).
     pub ignored: Vec<String>,
     /// The safetensors files read, in order.
     pub files: Vec<PathBuf>,
@@ -120,6 +121,11 @@ pub fn load_hf_dir_with_report(dir: &Path) -> Result<LoadedCheckpoint> {
         names.sort_unstable();
         for name in names {
             let Some(spec) = params.layout.get(name).cloned() else {
+                if !may_be_ignored(name) {
+                    let msg = "a weight of a decoder layer that arbor's model for this config.json does not have \
+                               (e.g. an o_proj or MLP bias): loading without it would compute other logits";
+                    return Err(checkpoint_err(file, name, msg));
+                }
                 ignored.push(name.to_string());
                 continue;
             };
@@ -141,6 +147,19 @@ pub fn load_hf_dir_with_report(dir: &Path) -> Result<LoadedCheckpoint> {
         return Err(checkpoint_err(&file, &spec.name, &msg));
     }
     Ok(LoadedCheckpoint { config, params, ignored, files, dtypes })
+}
+
+/// Whether a stored tensor that is not in arbor's layout may be left out: one outside the decoder
+/// layers (a tied checkpoint's `lm_head.weight`, ...), or a RoPE table older checkpoints store per
+/// layer (`model.layers.N.self_attn.rotary_emb.inv_freq`, `cos_cached`, `sin_cached`: arbor computes
+/// its own). Any other tensor of a layer is a weight the model would be computed without.
+pub fn may_be_ignored(name: &str) -> bool {
+    let Some(in_layer) = name.strip_prefix("model.layers.") else {
+        return true;
+    };
+    ["inv_freq", "cos_cached", "sin_cached"]
+        .iter()
+        .any(|buffer| in_layer.strip_suffix(buffer).is_some_and(|rest| rest.ends_with(".rotary_emb.")))
 }
 
 /// The error for a safetensors file the `safetensors` crate refused with `msg`: what arbor's own
@@ -345,6 +364,62 @@ mod tests {
         let names: Vec<Vec<&str>> = plan.iter().map(|s| s.iter().map(|p| p.name.as_str()).collect()).collect();
         assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
         assert_eq!(plan_shards(&specs, StoreDtype::F32, None).len(), 1);
+    }
+
+    /// Write a tiny Llama (config.json + model.safetensors of zeros) with `extra` tensors added.
+    fn llama_dir_with(dir: &Path, extra: &[(&str, usize)]) {
+        let cfg = ModelConfig::from_hf_json(
+            &json!({"model_type": "llama", "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2,
+                    "num_attention_heads": 2, "vocab_size": 10, "max_position_embeddings": 16,
+                    "tie_word_embeddings": true}),
+            Path::new("test.json"),
+        )
+        .unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), cfg.to_hf_json().to_string()).unwrap();
+        let params = Params::zeros(&cfg);
+        let zeros = vec![0.0f32; 64];
+        let shapes: Vec<Vec<usize>> = extra.iter().map(|&(_, n)| vec![n]).collect();
+        let mut tensors: Vec<(&str, OutTensor)> = params
+            .layout
+            .specs
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    OutTensor { values: &params.data[s.range()], shape: &s.shape, dtype: StoreDtype::F32 },
+                )
+            })
+            .collect();
+        for (&(name, n), shape) in extra.iter().zip(&shapes) {
+            tensors.push((name, OutTensor { values: &zeros[..n], shape, dtype: StoreDtype::F32 }));
+        }
+        safetensors::serialize_to_file(tensors, None, &dir.join(SINGLE_FILE)).unwrap();
+    }
+
+    /// A per-layer tensor arbor's layout has no place for (here a Llama `attention_bias = true`
+    /// checkpoint's o_proj bias) is refused by file and tensor, not dropped; the RoPE tables old
+    /// checkpoints store per layer, and a tied checkpoint's lm_head, are still ignored.
+    #[test]
+    fn a_layer_weight_outside_the_layout_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let rope = [
+            ("lm_head.weight", 8),
+            ("model.layers.0.self_attn.rotary_emb.inv_freq", 2),
+            ("model.layers.1.self_attn.rotary_emb.cos_cached", 4),
+            ("model.layers.1.self_attn.rotary_emb.sin_cached", 4),
+        ];
+        llama_dir_with(dir.path(), &rope);
+        let loaded = load_hf_dir_with_report(dir.path()).unwrap();
+        assert_eq!(loaded.ignored, rope.map(|(n, _)| n));
+        for name in
+            ["model.layers.0.self_attn.o_proj.bias", "model.layers.1.mlp.down_proj.bias", "model.layers.0.rotary_emb"]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            llama_dir_with(dir.path(), &[(name, 8), ("model.layers.0.self_attn.rotary_emb.inv_freq", 2)]);
+            let e = load_hf_dir(dir.path()).unwrap_err().to_string();
+            let file = dir.path().join(SINGLE_FILE).display().to_string();
+            assert!(e.contains(&format!("`{name}`")) && e.contains(&file), "{name}: {e}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ const MAX_LAYERS: usize = 1 << 16;
 pub enum Arch {
     /// `Qwen2ForCausalLM`: q/k/v projections carry biases.
     Qwen2,
-    /// `LlamaForCausalLM`: no biases (unless `attention_bias = true`).
+    /// `LlamaForCausalLM`: no biases (`attention_bias = true`, which adds o_proj's too, is refused).
     Llama,
 }
 
@@ -36,7 +36,7 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// q/k/v projections have biases (Qwen2: always; LLaMA: `attention_bias`).
+    /// q/k/v projections have biases (Qwen2: always; LLaMA: never, see [`Arch::Llama`]).
     pub qkv_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
@@ -75,6 +75,10 @@ impl ModelConfig {
                 "num_key_value_heads",
                 format!("{} does not divide num_attention_heads = {}", self.num_kv_heads, self.num_heads),
             );
+        }
+        if self.arch == Arch::Llama && self.qkv_bias {
+            // (written back as `attention_bias = true`, which gives o_proj a bias arbor lacks)
+            return bad("attention_bias", "llama with q/k/v biases is not supported (HF adds an o_proj bias)".into());
         }
         if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim", format!("{} must be even for RoPE", self.head_dim));
@@ -201,12 +205,50 @@ impl ModelConfig {
             ));
         };
         // RoPE: transformers < 5 writes `rope_theta` (+ optional `rope_scaling`); transformers 5
-        // writes `rope_parameters: {rope_theta, rope_type}`. Accept both; only default RoPE.
+        // writes `rope_parameters: {rope_theta, rope_type}`. Accept both; only default RoPE over
+        // the whole head.
         for key in ["rope_scaling", "rope_parameters"] {
             if let Some(Value::Object(rs)) = obj.get(key) {
-                let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("default");
+                let kind = match rs.get("rope_type").or_else(|| rs.get("type")) {
+                    Some(Value::String(kind)) => kind.as_str(),
+                    Some(x) => return Err(err(key, &format!("rope_type {x}: expected a name such as \"default\""))),
+                    // no type: an object of only rope_theta (and a full partial_rotary_factor,
+                    // checked below) is default RoPE; any other key (`factor`, ...) asks for a
+                    // scaling it does not name (transformers 4 fails on it)
+                    None => match rs.keys().find(|k| *k != "rope_theta" && *k != "partial_rotary_factor") {
+                        Some(other) => {
+                            return Err(err(
+                                key,
+                                &format!("has {other:?} but no rope_type (or type): which RoPE scaling is meant?"),
+                            ))
+                        }
+                        None => "default",
+                    },
+                };
                 if kind != "default" {
                     return Err(err(key, &format!("rope_type {kind:?} is not supported (only default RoPE)")));
+                }
+            }
+        }
+        // HF rotates only the first head_dim·partial_rotary_factor dimensions of each head; arbor
+        // rotates all of them
+        let nested = |section: &str| obj.get(section).and_then(|r| r.get("partial_rotary_factor"));
+        let partial = [
+            ("partial_rotary_factor", obj.get("partial_rotary_factor")),
+            ("rope_parameters.partial_rotary_factor", nested("rope_parameters")),
+            ("rope_scaling.partial_rotary_factor", nested("rope_scaling")),
+        ];
+        for (key, value) in partial {
+            match value {
+                None | Some(Value::Null) => {}
+                Some(x) if x.as_f64() == Some(1.0) => {}
+                Some(x) => {
+                    return Err(err(
+                        key,
+                        &format!(
+                            "{x}: partial RoPE is not supported (arbor rotates every dimension of a head; only 1.0)"
+                        ),
+                    ))
                 }
             }
         }
@@ -224,6 +266,13 @@ impl ModelConfig {
         }
         if opt_bool("mlp_bias", false)? {
             return Err(err("mlp_bias", "MLP biases are not supported"));
+        }
+        // LlamaAttention's `attention_bias` gives q/k/v *and* o_proj biases; arbor has no o_proj bias
+        if arch == Arch::Llama && opt_bool("attention_bias", false)? {
+            return Err(err(
+                "attention_bias",
+                "true is not supported for llama: it also gives o_proj a bias, which arbor's layout does not have",
+            ));
         }
         // the MLP is SwiGLU: SiLU gates (Qwen2's and Llama's "silu"; "swish" is the same function)
         match obj.get("hidden_act") {
@@ -270,10 +319,7 @@ impl ModelConfig {
             vocab_size: req_usize("vocab_size")?,
             max_position_embeddings: req_usize("max_position_embeddings")?,
             tie_word_embeddings: opt_bool("tie_word_embeddings", false)?,
-            qkv_bias: match arch {
-                Arch::Qwen2 => true,
-                Arch::Llama => opt_bool("attention_bias", false)?,
-            },
+            qkv_bias: arch == Arch::Qwen2,
             bos_token_id: token_id("bos_token_id")?,
             eos_token_id: token_id("eos_token_id")?,
         };
@@ -343,24 +389,70 @@ mod tests {
         }
     }
 
-    /// An activation other than SiLU, and token ids outside u32, are refused by key, not read as
-    /// something else.
+    /// An activation other than SiLU, token ids outside u32, Llama's attention biases (which
+    /// include an o_proj bias), partial RoPE and a RoPE scaling object that names no type are
+    /// refused by key, not read as something else.
     #[test]
     fn what_the_model_cannot_compute_is_refused_by_key() {
-        for act in ["silu", "swish"] {
-            assert!(llama(|m| drop(m.insert("hidden_act".into(), json!(act)))).is_ok(), "{act}");
-        }
         for (key, value) in [
-            ("hidden_act", json!("gelu")),
-            ("eos_token_id", json!(4_294_967_298u64)),
-            ("eos_token_id", json!([2, "x"])),
-            ("bos_token_id", json!(-1)),
+            ("hidden_act", json!("silu")),
+            ("hidden_act", json!("swish")),
+            ("attention_bias", json!(false)),
+            ("partial_rotary_factor", json!(1.0)),
+            ("partial_rotary_factor", json!(1)),
+            ("rope_scaling", json!(null)),
+            ("rope_scaling", json!({})),
+            ("rope_parameters", json!({"rope_theta": 1e4})),
+            ("rope_parameters", json!({"rope_theta": 1e4, "rope_type": "default", "partial_rotary_factor": 1.0})),
+            ("rope_scaling", json!({"type": "default"})),
+        ] {
+            assert!(llama(|m| drop(m.insert(key.into(), value.clone()))).is_ok(), "{key} = {value}");
+        }
+        for (key, value, named) in [
+            ("hidden_act", json!("gelu"), "hidden_act"),
+            ("eos_token_id", json!(4_294_967_298u64), "eos_token_id"),
+            ("eos_token_id", json!([2, "x"]), "eos_token_id"),
+            ("bos_token_id", json!(-1), "bos_token_id"),
+            ("attention_bias", json!(true), "attention_bias"),
+            ("partial_rotary_factor", json!(0.5), "partial_rotary_factor"),
+            ("partial_rotary_factor", json!("half"), "partial_rotary_factor"),
+            (
+                "rope_parameters",
+                json!({"rope_theta": 1e4, "rope_type": "default", "partial_rotary_factor": 0.25}),
+                "rope_parameters.partial_rotary_factor",
+            ),
+            ("rope_scaling", json!({"factor": 8.0}), "rope_scaling"),
+            ("rope_parameters", json!({"rope_theta": 1e4, "factor": 2.0}), "rope_parameters"),
+            ("rope_scaling", json!({"type": "linear", "factor": 2.0}), "rope_scaling"),
+            ("rope_scaling", json!({"rope_type": 3}), "rope_scaling"),
         ] {
             let e = llama(|m| drop(m.insert(key.into(), value.clone()))).unwrap_err().to_string();
-            assert!(e.contains("c.json") && e.contains(key), "{key} = {value}: {e}");
+            assert!(e.contains("c.json") && e.contains(&format!("`{named}`")), "{key} = {value}: {e}");
         }
+        // what a Llama with q/k/v biases would write back (`attention_bias = true`) is refused too
+        let mut cfg = llama(|_| ()).unwrap();
+        cfg.qkv_bias = true;
+        let e = cfg.validate(Path::new("c.json")).unwrap_err().to_string();
+        assert!(e.contains("`attention_bias`") && e.contains("o_proj"), "{e}");
         let cfg = llama(|m| drop(m.insert("eos_token_id".into(), json!([7, 9])))).unwrap();
         assert_eq!(cfg.eos_token_id, Some(7));
+    }
+
+    /// Every config.json shipped with arbor (models, warm starts, test fixtures) is still read.
+    #[test]
+    fn the_shipped_configs_are_accepted() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut read = 0;
+        for dir in ["configs/models", "configs/warmstart", "tests/fixtures"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let file = entry.unwrap().path().join("config.json");
+                if file.is_file() {
+                    ModelConfig::from_hf_file(&file).unwrap_or_else(|e| panic!("{e}"));
+                    read += 1;
+                }
+            }
+        }
+        assert!(read >= 5, "{read} shipped configs found");
     }
 
     #[test]
