@@ -1,16 +1,22 @@
 # arbor — the two commands of the README, plus benchmarks.
-#   make run    set up, build, run the default job (Countdown GRPO from the shipped warm start, CPU, 7–8 min on 2 cores)
+#   make run    set up, build, run the default job (Countdown GRPO from the shipped warm start, CPU: the job
+#               7–8 min on 2 cores, after a first build of ~7 min)
 #   make test   set up, build, pass every test
 CARGO ?= cargo
 THREADS ?= 2
 TORCH_VENV ?= .venv-torch
 
-.PHONY: run test setup build lint bench bench-peer bench-generate-peer bench-sim-peer fixtures
+.PHONY: run test setup setup-run build lint bench bench-peer bench-generate-peer bench-sim-peer fixtures
 
+# everything the tests need (h5py, NVRTC for the emulator too)
 setup:
 	@bash scripts/setup.sh
 
-build: setup
+# what building and running needs
+setup-run:
+	@bash scripts/setup.sh --run
+
+build: setup-run
 	$(CARGO) build --release
 
 run: build

@@ -11,11 +11,19 @@ nvrtc_lib="$(ls -d "$PWD"/.venv-nvrtc/lib/python3*/site-packages/nvidia/cuda_nvr
 if [ -n "$nvrtc_lib" ]; then
     export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+t0=$SECONDS
 cargo test --release --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+phases="workspace $((SECONDS - t0)) s"
 # The GPU test bodies once more, on the SIMT host emulator (simt/, docs/cuda.md): the real kernels
 # of cuda/ compiled for the CPU behind a fake driver, so that a machine without a GPU runs them too.
 # ARBOR_REQUIRE_GPU=1: a test that finds no device fails instead of skipping.
-if python3 scripts/simt_build.py target/simt 2>&1 | tee -a "$log"; then
+t0=$SECONDS
+if [ -z "$nvrtc_lib" ] && ! ldconfig -p 2>/dev/null | grep -q libnvrtc; then
+    # the kernels are compiled by NVRTC on the emulator too: without it every GPU test body fails
+    echo "test.sh: FAILED: no NVRTC library (scripts/setup.sh installs it into .venv-nvrtc from PyPI:" \
+        "pip install nvidia-cuda-nvrtc-cu12); the GPU test bodies on the emulator cannot run" | tee -a "$log" >&2
+    status=1
+elif python3 scripts/simt_build.py target/simt 2>&1 | tee -a "$log"; then
     target/simt/simt_selftest 2>/dev/null | tee -a "$log" || status=1  # (its stderr: the misuses it provokes)
     on_simt=(env LD_LIBRARY_PATH="$PWD/target/simt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ARBOR_REQUIRE_GPU=1 ARBOR_SIMT=1)
     "${on_simt[@]}" ARBOR_SIMT_DEVICES=4 cargo test --release --test cuda --no-fail-fast -- --skip every_kernel_compiles 2>&1 | tee -a "$log" || status=$?
@@ -30,6 +38,9 @@ if python3 scripts/simt_build.py target/simt 2>&1 | tee -a "$log"; then
 else
     status=1
 fi
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+phases="$phases, emulator $((SECONDS - t0)) s"
+echo "test.sh: wall time: $phases"
+# (a binary that did not build, or crashed, prints no result line: the exit status says so)
+awk -v status="$status" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed%s\n", p, f, (status != 0 ? " (FAILED: exit status " status ")" : "") }' "$log"
 exit "$status"
