@@ -32,22 +32,6 @@ pub fn games_of_rank(extra_groups: usize, groups: usize, step: u64, rank: usize,
     (games, mine.len())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redundant_groups_go_to_the_ranks_that_keep_groups() {
-        // one group over two ranks: rank 0 keeps it and plays both spares; rank 1 plays nothing
-        assert_eq!(games_of_rank(2, 1, 0, 0, 2), (vec![0, 1, 2], 1));
-        assert_eq!(games_of_rank(2, 1, 0, 1, 2), (vec![], 0));
-        // enough groups for every rank: the spares are shared as before
-        let all: Vec<u64> = (0..3).flat_map(|r| games_of_rank(2, 6, 1, r, 3).0).collect();
-        let step = 1u64 << GAME_BITS;
-        assert_eq!(all, vec![step, step | 1, step | 6, step | 2, step | 3, step | 7, step | 4, step | 5]);
-    }
-}
-
 /// Stages 1–3 with `[env]`: this rank's games played to the end, one training sample per policy
 /// turn with its trajectory's group advantage.
 pub fn sample_env(ctx: &RolloutCtx, ec: &EnvConfig, engine: &mut Engine, model: &Model, step: u64) -> Result<Rollouts> {
@@ -96,4 +80,20 @@ pub fn sample_env(ctx: &RolloutCtx, ec: &EnvConfig, engine: &mut Engine, model: 
         time_env_rollout_s: r.wall_s,
     });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redundant_groups_go_to_the_ranks_that_keep_groups() {
+        // one group over two ranks: rank 0 keeps it and plays both spares; rank 1 plays nothing
+        assert_eq!(games_of_rank(2, 1, 0, 0, 2), (vec![0, 1, 2], 1));
+        assert_eq!(games_of_rank(2, 1, 0, 1, 2), (vec![], 0));
+        // enough groups for every rank: the spares are shared as before
+        let all: Vec<u64> = (0..3).flat_map(|r| games_of_rank(2, 6, 1, r, 3).0).collect();
+        let step = 1u64 << GAME_BITS;
+        assert_eq!(all, vec![step, step | 1, step | 6, step | 2, step | 3, step | 7, step | 4, step | 5]);
+    }
 }
