@@ -318,7 +318,7 @@ fn truncated_or_corrupt_safetensors_is_an_error_not_a_panic() {
             stats_max_numel: 1 << 16,
             sample: None,
             model: None,
-            fci_step_gap: 4,
+            fci_step_gap: None,
         });
         assert!(inspected.is_err(), "inspect accepted a file cut at {cut}");
     }
@@ -442,7 +442,7 @@ fn inspect_reports_models_and_rejects_hdf5() {
         stats_max_numel: 1 << 16,
         sample: None,
         model: None,
-        fci_step_gap: 4,
+        fci_step_gap: None,
     };
     inspect::run(&args(dir.path())).expect("inspect dir");
     inspect::run(&args(&dir.path().join("config.json"))).expect("inspect config");
@@ -502,7 +502,7 @@ fn absurd_header_values_are_errors_not_panics() {
                 stats_max_numel: 1 << 16,
                 sample: None,
                 model: None,
-                fci_step_gap: 4,
+                fci_step_gap: None,
             });
             assert!(inspected.is_err(), "{header}: inspect {} passed", path.display());
         }
@@ -534,7 +534,7 @@ fn inspect_fails_on_weights_that_train_refuses() {
             stats_max_numel: 1 << 16,
             sample: None,
             model: None,
-            fci_step_gap: 4,
+            fci_step_gap: None,
         };
         let msg = inspect::run(&args).expect_err("inspect must fail").to_string();
         assert!(msg.contains("problem(s)") && msg.contains("arbor train"), "{want}: {msg}");

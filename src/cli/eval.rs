@@ -1,11 +1,13 @@
 //! `arbor eval`: the held-out solve rate of a model directory, measured exactly as the RL phase
 //! measures it (same problems, same sampling streams), so that a model trained elsewhere (a peer
-//! script, another run) is compared with arbor's own evaluations on equal terms.
+//! script, another run) is compared with arbor's own evaluations on equal terms. With an `[env]`
+//! table the evaluation plays the environment's `eval_games` held-out games instead of task problems,
+//! and reports how many games it played.
 
-use crate::config::RunConfig;
+use crate::config::{RlSection, RunConfig};
 use crate::parallel::Local;
 use crate::tokenizer::char::CharTokenizer;
-use crate::train::rl::evaluate;
+use crate::train::rl::{evaluate, SolveRate};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -27,7 +29,8 @@ pub struct EvalArgs {
     /// (0 = the eval before RL).
     #[arg(long, default_value_t = 0)]
     pub step: u64,
-    /// Override `rl.eval_problems`.
+    /// Override `rl.eval_problems`. Refused when the config has an `[env]` table: its evaluation
+    /// plays `env.eval_games` held-out games (set that key to change their number).
     #[arg(long)]
     pub problems: Option<usize>,
     /// Override `rl.eval_samples`.
@@ -47,17 +50,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.model {
         cfg.model.hf_dir = Some(dir.clone());
     }
-    let Some(mut rl) = cfg.rl.clone() else {
-        anyhow::bail!("{}: `arbor eval` needs an [rl] section (its eval_* keys)", config_name(&args.config));
-    };
-    if let Some(n) = args.problems {
-        anyhow::ensure!(n > 0, "--problems must be positive");
-        rl.eval_problems = n;
-    }
-    if let Some(k) = args.samples {
-        anyhow::ensure!(k > 0, "--samples must be positive");
-        rl.eval_samples = k;
-    }
+    let (rl, scope) = settings(args, &cfg)?;
     anyhow::ensure!(cfg.model.hf_dir.is_some(), "no model to evaluate: pass --model DIR or set model.hf_dir");
     let tok = CharTokenizer::default();
     let task = cfg.task()?;
@@ -66,29 +59,111 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     })?;
     let mut engine = crate::train::engine::Engine::inference(cfg.train.compute(), &model)?;
     let rate = evaluate(&mut engine, &model, &cfg, task.as_ref(), &rl, args.step, &Local)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "eval_solve_rate": rate.sampled,
-                "eval_solve_rate_greedy": rate.greedy,
-                "eval_problems": rl.eval_problems,
-                "eval_samples": rl.eval_samples,
-                "step": args.step,
-            })
-        );
+    println!("{}", report(&rate, &rl, scope, args.step, args.json));
+    Ok(())
+}
+
+/// What the evaluation plays: `rl.eval_problems` problems of the task, or under `[env]` the
+/// environment's `eval_games` held-out games.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Problems(usize),
+    Games(usize),
+}
+
+/// The config's `[rl]` settings with the overrides of `args` applied, and what the evaluation plays.
+fn settings(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<(RlSection, Scope)> {
+    let Some(mut rl) = cfg.rl.clone() else {
+        anyhow::bail!("{}: `arbor eval` needs an [rl] section (its eval_* keys)", config_name(&args.config));
+    };
+    if let Some(n) = args.problems {
+        anyhow::ensure!(n > 0, "--problems must be positive");
+        if let Some(env) = &cfg.env {
+            anyhow::bail!(
+                "{}: --problems does not apply to an [env] config, whose evaluation plays env.eval_games = {} \
+                 held-out games; set env.eval_games to change their number",
+                config_name(&args.config),
+                env.eval_games
+            );
+        }
+        rl.eval_problems = n;
+    }
+    if let Some(k) = args.samples {
+        anyhow::ensure!(k > 0, "--samples must be positive");
+        rl.eval_samples = k;
+    }
+    let scope = match &cfg.env {
+        Some(env) => Scope::Games(env.eval_games),
+        None => Scope::Problems(rl.eval_problems),
+    };
+    Ok((rl, scope))
+}
+
+/// The printed result: a sentence, or one JSON object (`eval_problems` or, under `[env]`, `eval_games`).
+fn report(rate: &SolveRate, rl: &RlSection, scope: Scope, step: u64, json: bool) -> String {
+    let (key, count, what, unit) = match scope {
+        Scope::Problems(n) => ("eval_problems", n, "solve rate", "problem"),
+        Scope::Games(n) => ("eval_games", n, "win rate", "game"),
+    };
+    if json {
+        let mut v = serde_json::json!({
+            "eval_solve_rate": rate.sampled,
+            "eval_solve_rate_greedy": rate.greedy,
+            "eval_samples": rl.eval_samples,
+            "step": step,
+        });
+        v[key] = count.into();
+        v.to_string()
     } else {
-        println!(
-            "held-out solve rate on {} problems: greedy {:.1}%, sampled (T = 1, {} per problem) {:.1}%",
-            rl.eval_problems,
+        format!(
+            "held-out {what} on {count} {unit}s: greedy {:.1}%, sampled (T = 1, {} per {unit}) {:.1}%",
             100.0 * rate.greedy,
             rl.eval_samples,
             100.0 * rate.sampled
-        );
+        )
     }
-    Ok(())
 }
 
 fn config_name(path: &Option<PathBuf>) -> String {
     path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(problems: Option<usize>) -> EvalArgs {
+        EvalArgs { config: None, model: None, seed: None, step: 0, problems, samples: None, json: true }
+    }
+
+    fn with_env(games: usize) -> RunConfig {
+        let mut cfg = RunConfig::load_or_default(None).unwrap();
+        let text = format!("kind = \"guess\"\neval_games = {games}\n");
+        cfg.env = Some(toml::from_str(&text).unwrap());
+        cfg
+    }
+
+    #[test]
+    fn an_env_evaluation_reports_its_games_and_refuses_problems() {
+        let rate = SolveRate { greedy: 0.5, sampled: 0.25 };
+        let cfg = with_env(12);
+        let (rl, scope) = settings(&args(None), &cfg).unwrap();
+        assert_eq!(scope, Scope::Games(12));
+        let v: serde_json::Value = serde_json::from_str(&report(&rate, &rl, scope, 3, true)).unwrap();
+        assert_eq!((v["eval_games"].as_u64(), v.get("eval_problems")), (Some(12), None));
+        assert!(report(&rate, &rl, scope, 3, false).starts_with("held-out win rate on 12 games: greedy 50.0%"));
+        let e = settings(&args(Some(5)), &cfg).unwrap_err().to_string();
+        assert!(e.contains("--problems does not apply to an [env] config") && e.contains("eval_games = 12"), "{e}");
+    }
+
+    #[test]
+    fn a_task_evaluation_reports_its_problems() {
+        let rate = SolveRate { greedy: 0.5, sampled: 0.25 };
+        let cfg = RunConfig::load_or_default(None).unwrap();
+        let (rl, scope) = settings(&args(Some(7)), &cfg).unwrap();
+        assert_eq!((scope, rl.eval_problems), (Scope::Problems(7), 7));
+        let v: serde_json::Value = serde_json::from_str(&report(&rate, &rl, scope, 3, true)).unwrap();
+        assert_eq!((v["eval_problems"].as_u64(), v.get("eval_games")), (Some(7), None));
+        assert!(report(&rate, &rl, scope, 3, false).starts_with("held-out solve rate on 7 problems"));
+    }
 }

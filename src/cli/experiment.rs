@@ -1,8 +1,10 @@
 //! `arbor experiment compare`: the comparison a paper would show. From one base run config (the
 //! same warm start, seed and budget), run GRPO, TreeRL (entropy branching), AttnRL (ATB + adaptive
 //! sampling) and the three attention-rhythm schemes one after the other, then write `compare.md`
-//! and PNGs: held-out solve rate vs RL steps and vs wall time, effective-sample ratio,
-//! all-correct / all-wrong prompt ratios and valid tokens per step.
+//! (a table per method: held-out solve rate before and after, effective-sample ratio, all-correct /
+//! all-wrong prompt ratios, valid tokens, trained sequences and seconds per step, training-state
+//! size) and three PNGs: held-out solve rate vs RL steps (`solve_rate_vs_step.png`) and vs wall time
+//! (`solve_rate_vs_time.png`), and the effective-sample ratio per step (`effective_ratio.png`).
 
 use crate::attnrl::{AttnRlConfig, BranchBy, RhythmConfig, RhythmScheme};
 use crate::config::RunConfig;
@@ -151,12 +153,11 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn summarise(method: &str, metrics: &Path) -> anyhow::Result<Summary> {
-    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
+    let bytes = std::fs::read(metrics).with_context(|| format!("{}", metrics.display()))?;
     let mut s = Summary { method: method.to_string(), ..Summary::default() };
     let mut clock = 0.0;
-    for (i, line) in text.lines().enumerate() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: invalid JSON", metrics.display(), i + 1))?;
+    // an unfinished last line (a killed run) is left out with a warning; a bad line before it is an error
+    for (_, v) in crate::train::metrics::parse_lines(&metrics.display().to_string(), &bytes)? {
         let Some(step) = v.get("rl_step").and_then(|x| x.as_f64()) else { continue };
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
         if let Some(rate) = f("eval_solve_rate") {
@@ -309,4 +310,22 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
     println!("\n{md}");
     println!("wrote {}", out.join("compare.md").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_leaves_out_an_unfinished_last_line_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let good = "{\"rl_step\":0,\"eval_solve_rate\":0.25}\n{\"rl_step\":1,\"step_s\":2.0}\n";
+        std::fs::write(&path, format!("{good}{{\"rl_step\":2,\"st")).unwrap();
+        let s = summarise("grpo", &path).unwrap();
+        assert_eq!((s.evals.len(), s.step_s.as_slice()), (1, [2.0].as_slice()));
+        std::fs::write(&path, format!("{{\"rl_step\":2,\"st\n{good}")).unwrap();
+        let e = format!("{:#}", summarise("grpo", &path).unwrap_err());
+        assert!(e.contains("metrics.jsonl:1: invalid JSON"), "{e}");
+    }
 }

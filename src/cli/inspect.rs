@@ -30,9 +30,10 @@ pub struct InspectArgs {
     /// Model that scores FCI for `--sample` (default: the newest checkpoint next to the dump).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Δ of the FCI sum for `--sample`, in steps.
-    #[arg(long, default_value_t = 4)]
-    pub fci_step_gap: usize,
+    /// Δ of the FCI sum for `--sample`, in steps (default: the dump config's `[attnrl]
+    /// fci_step_gap`, else 4).
+    #[arg(long)]
+    pub fci_step_gap: Option<usize>,
 }
 
 /// Run `arbor inspect`.
@@ -41,7 +42,8 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.ends_with(".h5") || name.ends_with(".hdf5") {
         if let Some(k) = args.sample {
-            return crate::cli::compass::print_sample(path, k, args.model.as_deref(), args.fci_step_gap);
+            let out = &mut std::io::stdout().lock();
+            return crate::cli::compass::print_sample(path, k, args.model.as_deref(), args.fci_step_gap, out);
         }
         let summary = read_summary(path)?;
         print_trajectory_summary(&summary);

@@ -8,7 +8,12 @@
 //! - `solve_rate.png`: RL train solve rate (and moving average), held-out sampled and greedy solve rates;
 //! - `length.png`: RL response length, mean and max;
 //! - `loss.png`: supervised loss with held-out answer NLL, and RL loss, one panel per phase;
-//! - `rl_stats.png`: RL entropy, approximate KL, clip fraction and gradient norm.
+//! - `rl_stats.png`: RL entropy, approximate KL between the updated policy and the trainer's π_old
+//!   (not the rollout policy: π_old is the trainer's recompute before the step's updates, or the
+//!   off-policy pipeline's fixed π_old, so the KL is 0 for a single update from a recompute), clip
+//!   fraction and gradient norm;
+//! - `async.png` (`[async]` runs): staleness mean and max, trainer idle and rollout-slot busy
+//!   fractions with the fraction of samples spanning a weight update, and the reward queue latency.
 
 use anyhow::{bail, Context};
 use arbor_sim::plot::{Figure, LinePlot, Series};
@@ -77,22 +82,15 @@ fn points(rows: &[Row], key: &str) -> Vec<(f64, f64)> {
     p
 }
 
-/// Parse `metrics.jsonl` text; `name` is the file name used in errors (`name:line: ...`).
+/// Parse `metrics.jsonl` text; `name` is the file name used in errors (`name:line: ...`). An
+/// unfinished last line (a run writing it now, or killed while writing it) is left out with a warning
+/// ([`parse_lines`](crate::train::metrics::parse_lines)).
 pub fn parse_metrics(name: &str, bytes: &[u8]) -> anyhow::Result<Metrics> {
     let mut m = Metrics::default();
-    let mut lines = 0usize;
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let at = i + 1;
-        let text = std::str::from_utf8(raw).map_err(|e| anyhow::anyhow!("{name}:{at}: not UTF-8 text: {e}"))?;
-        let text = text.trim();
-        if text.is_empty() {
-            continue;
-        }
-        lines += 1;
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{name}:{at}: invalid JSON: {e}"))?;
+    let lines = crate::train::metrics::parse_lines(name, bytes)?;
+    for (at, value) in &lines {
         let Some(obj) = value.as_object() else {
-            bail!("{name}:{at}: expected a JSON object, found {}", kind(&value));
+            bail!("{name}:{at}: expected a JSON object, found {}", kind(value));
         };
         let (step_key, keys, dest): (&str, &[&'static str], &mut Vec<Row>) = if obj.contains_key("event") {
             continue; // an event (a config change on resume), not a step's metrics
@@ -124,7 +122,7 @@ pub fn parse_metrics(name: &str, bytes: &[u8]) -> anyhow::Result<Metrics> {
         }
         dest.push(Row { step, values });
     }
-    if lines == 0 {
+    if lines.is_empty() {
         bail!("{name}: empty, no metrics to plot");
     }
     Ok(m)
@@ -242,7 +240,10 @@ pub fn figures(m: &Metrics) -> Vec<(&'static str, Figure)> {
 
     let stats: Vec<LinePlot> = [
         ("Entropy", "entropy (nats per token)", "entropy"),
-        ("Approximate KL, updated vs rollout policy", "approx. KL", "approx_kl"),
+        // `approx_kl` compares the policy being updated with the trainer's own π_old (its recompute
+        // before the step's first update, or the pipeline's fixed π_old): not with the rollout policy,
+        // and 0 when a step makes a single update from a recomputed π_old
+        ("Approximate KL to the trainer's pi_old", "approx. KL(pi_old || pi)", "approx_kl"),
         ("Clipped fraction", "fraction of tokens clipped", "clip_frac"),
         ("Gradient norm", "norm before clipping", "grad_norm"),
     ]
@@ -333,6 +334,15 @@ mod tests {
         let e = parse_metrics("m.jsonl", b"[1,2]\n").unwrap_err();
         assert_eq!(e.to_string(), "m.jsonl:1: expected a JSON object, found an array");
         assert!(parse_metrics("m.jsonl", b"\n \n").unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn a_line_being_written_is_left_out() {
+        let text = b"{\"rl_step\":1,\"reward_mean\":0.5}\n{\"rl_step\":2,\"reward_mean\":0.25}\n{\"rl_step\":3,\"rew";
+        let m = parse_metrics("m.jsonl", text).unwrap();
+        assert_eq!(m.rl.iter().map(|r| r.step).collect::<Vec<_>>(), [1.0, 2.0]);
+        let e = parse_metrics("m.jsonl", b"{\"rl_step\":1,\"rew\n{\"rl_step\":2}\n").unwrap_err();
+        assert!(e.to_string().starts_with("m.jsonl:1: invalid JSON"), "{e}");
     }
 
     #[test]

@@ -44,7 +44,10 @@ pub fn ensure_space(dir: &Path, need: u64, what: &str) -> Result<()> {
 }
 
 /// An append-only file whose every write first checks [`ensure_space`] (metrics.jsonl): on a full
-/// disk the write is refused before any byte of it lands.
+/// disk the write is refused before any byte of it lands. It is not buffered and each `write` is
+/// checked on its own, so a record that must land whole is handed over in one `write_all` of the
+/// complete record (as [`write_line`](crate::train::metrics::write_line) does with a metrics line),
+/// never piece by piece through a formatter.
 pub struct SpaceCheckedFile {
     file: std::fs::File,
     path: std::path::PathBuf,

@@ -1,6 +1,7 @@
 //! The RL phase's trajectory dump, `runs/<name>/trajectories.h5` (format: docs/trajectories.md):
 //! one append per step, flushed, so a killed run leaves a readable file; a resumed run drops the
-//! rows written after its checkpoint. Without the `hdf5` feature, or with
+//! rows written after its checkpoint and replaces the file's `config` attribute with the config it
+//! resumed with (which `--allow-config-change` may have changed). Without the `hdf5` feature, or with
 //! `[rl] dump_trajectories = false`, nothing is written.
 
 use crate::config::RunConfig;
@@ -19,7 +20,8 @@ pub struct Dump {
 
 impl Dump {
     /// Create the dump of `cfg`'s RL phase in `run_dir` for a fresh phase (`done == 0`) or reopen
-    /// it for one resumed after `done` steps.
+    /// it for one resumed after `done` steps; either way the file's `config` attribute is `cfg` as
+    /// TOML.
     #[cfg(feature = "hdf5")]
     pub fn open(run_dir: &Path, cfg: &RunConfig, done: u64) -> Result<Self> {
         use crate::io::trajectories::TrajectoryWriter;
@@ -27,9 +29,12 @@ impl Dump {
             return Ok(Dump { writer: None });
         }
         let path = run_dir.join(DUMP_FILE);
-        let config = toml::to_string(cfg).unwrap_or_default();
+        let config = toml::to_string(cfg)
+            .map_err(|e| crate::error::Error::Invalid(format!("{}: the run config as TOML: {e}", path.display())))?;
         let writer = if done > 0 && path.is_file() {
-            TrajectoryWriter::resume(&path, done + 1)?
+            let mut w = TrajectoryWriter::resume(&path, done + 1)?;
+            w.set_attribute("config", &config)?;
+            w
         } else {
             TrajectoryWriter::create(&path, &config)?
         };

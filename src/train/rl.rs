@@ -300,7 +300,7 @@ impl<'a> RlTrainer<'a> {
             policy_version: sampling.policy_version,
             reward_mean,
             reward_std,
-            solve_rate: reward_mean,
+            solve_rate: solve_rate(&rewards),
             response_len_mean: gen_tokens as f64 / n_samples,
             response_len_max: lens.iter().max().copied().unwrap_or(0),
             response_clip_ratio: clipped,
@@ -357,5 +357,24 @@ impl<'a> RlTrainer<'a> {
         let policy = 4 * model.params.data.len();
         let reference = self.reference.as_ref().map_or(0, |r| r.params.data.len());
         4 * (policy + reference) + self.critics.as_ref().map_or(0, Critics::state_bytes)
+    }
+}
+
+/// Fraction of `rewards` above 0: the samples that solved their problem. A malformed answer's
+/// −`format_penalty` counts as unsolved, as in the held-out evaluation; 0 for no samples.
+fn solve_rate(rewards: &[f64]) -> f64 {
+    if rewards.is_empty() {
+        return 0.0;
+    }
+    rewards.iter().filter(|&&r| r > 0.0).count() as f64 / rewards.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_solve_rate_counts_positive_rewards_only() {
+        assert_eq!(super::solve_rate(&[1.0, -1.0, 0.0, -1.0]), 0.25);
+        assert_eq!(super::solve_rate(&[1.0, 1.0, -0.0, 0.0]), 0.5);
+        assert_eq!(super::solve_rate(&[]), 0.0);
     }
 }

@@ -115,7 +115,7 @@ fn config_json_sweep_never_panics() {
                 stats_max_numel: 0,
                 sample: None,
                 model: None,
-                fci_step_gap: 4,
+                fci_step_gap: None,
             });
         }
     }

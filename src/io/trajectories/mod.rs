@@ -41,7 +41,7 @@ pub const FLAT_DATASETS: [&str; 9] =
 /// One sample of a training step, as handed to [`TrajectoryWriter::append`].
 #[derive(Debug, Clone, Copy)]
 pub struct TrajectoryRecord<'a> {
-    /// Optimizer step whose batch this sample belongs to.
+    /// RL step (1-based, within the RL phase) whose batch this sample belongs to.
     pub step: u64,
     /// Version of the policy that generated the sample.
     pub policy_version: u64,
