@@ -240,7 +240,7 @@ mod tests {
             assert!(e.contains("m.toml") && e.contains(key), "{to}: {e}");
         }
         // a task generator's key where the kind does not read it
-        for (extra, key) in [("numbers = 5", "data.numbers"), ("heldout_fraction = 0.3", "data.heldout_fraction")] {
+        for (extra, key) in [("numbers = 5", "data.numbers"), ("ops = \"+\"", "data.ops")] {
             let bad = ADDITION_CONFIG.replace("max_digits = 2", &format!("max_digits = 2\n{extra}"));
             let e = RunConfig::parse(&bad, Path::new("k.toml")).unwrap_err().to_string();
             assert!(e.contains("k.toml") && e.contains(key) && e.contains("does not read it"), "{extra}: {e}");
