@@ -162,6 +162,25 @@ fn continuous_rollout_and_replication_keep_the_bound_and_reproduce() {
     );
     train("c1replay", slow, &["--replay", schedule.to_str().unwrap()]);
     compare_runs_within(&run("c1"), &run("c1replay"), "checkpoints/step-3", "continuous α = 1 replayed", 0.0, 1e-9);
+    // the dump keeps each sample's own start version: per step, its staleness histogram is the
+    // metrics' (these short runs start each batch under one version; the per-sample version
+    // crossing the wire is tested in src/train/rl/wire.rs)
+    #[cfg(feature = "hdf5")]
+    {
+        for (name, lag) in [("c0", 0), ("c2", 2), ("c1", 1)] {
+            let t = arbor::io::trajectories::read_trajectories(&run(name).join("trajectories.h5")).unwrap();
+            for m in metrics(&run(name)).into_iter().filter(|m| m.get("staleness_hist").is_some()) {
+                let hist: Vec<u64> =
+                    m["staleness_hist"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+                let step = m["rl_step"].as_u64().unwrap();
+                let mut dumped = vec![0u64; lag + 1];
+                for r in (0..t.len()).map(|i| t.record(i).unwrap()).filter(|r| r.step == step) {
+                    dumped[(step - 1 - r.policy_version) as usize] += 1;
+                }
+                assert_eq!(dumped, hist, "{name}: step {step}'s dumped versions");
+            }
+        }
+    }
 }
 
 /// `[rhythm]` under `[async]` (batch mode): the rollout rank shapes its share with the policy that

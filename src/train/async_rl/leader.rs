@@ -75,8 +75,13 @@ impl StreamLeader<'_> {
             .map(|p| problem(self.task, &tok, SPLIT_TRAIN, step * a.prompts as u64 + p).map(|x| x.0))
             .collect::<Result<Vec<_>>>()?;
         let rewards: Vec<f32> = batch.samples.iter().map(|s| s.reward).collect();
+        let versions: Vec<u64> = batch.samples.iter().map(|s| s.start_version).collect();
         let completions = batch.samples.into_iter().map(|s| s.completion).collect();
         let mut rollouts = group_rollouts(&prompts, completions, &rewards, a.n, self.kind, self.filter_zero_std)?;
+        // (one generated sample per completion, in order) each keeps the version it started under
+        for (g, v) in rollouts.generated.iter_mut().zip(versions) {
+            g.policy_version = Some(v);
+        }
         rollouts.notes.time_reward_s = Some(t.elapsed().as_secs_f64());
         let notes = StreamNotes {
             staleness_hist: hist,

@@ -29,6 +29,9 @@ pub struct StepSample {
     pub finish: Finish,
     /// Attention statistics and tree position of the sample (empty when not computed).
     pub trace: AttnTrace,
+    /// The policy version that started generating it, where the samples of one step started
+    /// under different versions (`[async]` continuous and replicated rollout); `None`: the step's.
+    pub policy_version: Option<u64>,
 }
 
 /// What the attention statistics and tree sampling recorded about a generated sample, for the
@@ -140,6 +143,7 @@ impl Rollouts {
             finish: c.finish,
             data,
             trace: AttnTrace::default(),
+            policy_version: None,
         });
     }
 }

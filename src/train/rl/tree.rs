@@ -558,6 +558,7 @@ fn grow_trees(
             behav_logp: c.logprobs.clone(),
             reward,
         },
+        policy_version: None,
     };
     for r in &initial {
         let mut g = to_sample(prompts[r.prompt_idx].clone(), &r.completion, r.reward);

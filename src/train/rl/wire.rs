@@ -37,13 +37,14 @@ pub fn encode(samples: &[StepSample]) -> Vec<u8> {
         put_f32s(&mut out, &t.fci);
         put_f32s(&mut out, &t.waad);
         put_f32s(&mut out, &t.fai);
+        out.extend_from_slice(&s.policy_version.unwrap_or(u64::MAX).to_le_bytes());
     }
     out
 }
 
 /// Bytes of the smallest encoded sample (every vector empty); bounds the sample count a
 /// message of a given length can announce, so a corrupt count cannot reserve huge memory.
-const MIN_SAMPLE_BYTES: usize = 8 + 4 + 1 + 4 + 5 * 8 + 4 + 4 + 4 * 8;
+const MIN_SAMPLE_BYTES: usize = 8 + 4 + 1 + 4 + 5 * 8 + 4 + 4 + 4 * 8 + 8;
 
 /// Reads a message written by this module. Every error names the message kind, its length,
 /// the sample and field being read and the offset, and nothing panics on any input.
@@ -164,6 +165,7 @@ impl<'a> Reader<'a> {
                 waad: self.f32s("waad")?,
                 fai: self.f32s("fai")?,
             };
+            let version = self.u64("policy_version")?;
             out.push(StepSample {
                 prompt_id,
                 sample_index,
@@ -171,6 +173,7 @@ impl<'a> Reader<'a> {
                 logp,
                 finish,
                 trace,
+                policy_version: (version != u64::MAX).then_some(version),
             });
         }
         self.sample = None;
@@ -313,12 +316,14 @@ mod tests {
                 waad: vec![],
                 fai: vec![1.0, f32::NAN],
             },
+            policy_version: Some(5),
         };
         let empty = StepSample {
             data: Sample { response: vec![], behav_logp: vec![], advantages: vec![], ..s.data.clone() },
             logp: vec![],
             finish: Finish::Stop,
             trace: AttnTrace::default(),
+            policy_version: None,
             ..s.clone()
         };
         let bytes = encode(&[s.clone(), empty.clone()]);
@@ -332,6 +337,7 @@ mod tests {
         assert_eq!(back[0].trace.fci, [0.5, 0.25]);
         assert!(back[0].trace.fai[1].is_nan() && back[1].trace == AttnTrace::default());
         assert_eq!(back[1].data, empty.data);
+        assert_eq!((back[0].policy_version, back[1].policy_version), (Some(5), None));
         assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "truncation is an error");
     }
 
@@ -349,6 +355,7 @@ mod tests {
             logp: vec![-1.0; i as usize % 3],
             finish: if i.is_multiple_of(2) { Finish::Stop } else { Finish::Length },
             trace: AttnTrace::default(),
+            policy_version: None,
         }
     }
 
