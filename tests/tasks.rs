@@ -173,6 +173,12 @@ fn a_held_out_fraction_that_empties_a_split_is_refused() {
     assert!(build(&cfg, 1).is_ok());
 }
 
+/// A jsonl task's config: `path`, its held-out file and `more` keys.
+fn jsonl_config(path: &std::path::Path, eval: &std::path::Path, more: &str) -> TaskConfig {
+    let (path, eval) = (path.display().to_string(), eval.display().to_string());
+    toml::from_str(&format!("kind = \"jsonl\"\npath = {path:?}\neval_path = {eval:?}\n{more}")).unwrap()
+}
+
 fn write_jsonl(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.path().join(name);
     std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
@@ -215,12 +221,7 @@ fn jsonl_loads_grades_and_reports_malformed_lines() {
 
     // Separate eval file through the config hook, with a format penalty.
     let eval = write_jsonl(&dir, "eval.jsonl", "{\"prompt\": \"2+2=\", \"answer\": 4, \"solution\": \"4\"}\n");
-    let cfg: TaskConfig = toml::from_str(&format!(
-        "kind = \"jsonl\"\npath = {:?}\neval_path = {:?}\nformat_penalty = 0.1",
-        good.display().to_string(),
-        eval.display().to_string()
-    ))
-    .unwrap();
+    let cfg = jsonl_config(&good, &eval, "format_penalty = 0.1");
     let task = build(&cfg, 0).unwrap();
     assert_eq!((task.len(SPLIT_TRAIN), task.len(SPLIT_EVAL)), (Some(60), Some(1)));
     let p = task.problem(SPLIT_EVAL, 5);
@@ -245,22 +246,12 @@ fn dataset_references_must_state_an_exact_answer_and_held_out_prompts_stay_out_o
     }
     // a big integer written as a string keeps its digits
     let f = write_jsonl(&dir, "big.jsonl", &rows("{\"prompt\": \"c\", \"answer\": \"18446744073709551617\"}"));
-    let cfg: TaskConfig = toml::from_str(&format!(
-        "kind = \"jsonl\"\npath = {:?}\neval_path = {:?}",
-        f.display().to_string(),
-        f.display().to_string()
-    ))
-    .unwrap();
+    let cfg = jsonl_config(&f, &f, "");
     // (every prompt of the training file is held out: nothing is left to train on)
     let e = build(&cfg, 0).err().unwrap().to_string();
     assert!(e.contains("every prompt is also in the held-out file"), "{e}");
     let eval = write_jsonl(&dir, "eval.jsonl", "{\"prompt\": \" c\", \"answer\": \"18446744073709551617\"}\n");
-    let cfg: TaskConfig = toml::from_str(&format!(
-        "kind = \"jsonl\"\npath = {:?}\neval_path = {:?}",
-        f.display().to_string(),
-        eval.display().to_string()
-    ))
-    .unwrap();
+    let cfg = jsonl_config(&f, &eval, "");
     let task = build(&cfg, 0).unwrap();
     assert_eq!((task.len(SPLIT_TRAIN), task.len(SPLIT_EVAL)), (Some(2), Some(1)), "the held-out prompt left training");
     let p = task.problem(SPLIT_EVAL, 0);
