@@ -19,7 +19,7 @@ fn step_sample(i: u32) -> StepSample {
         logp: vec![-0.5; n],
         finish: if i.is_multiple_of(2) { Finish::Stop } else { Finish::Length },
         trace: AttnTrace { branch: (i % 2 == 1).then_some((0, 1)), fci: vec![0.1; n], ..AttnTrace::default() },
-        policy_version: (i % 2 == 0).then_some(u64::from(i) + 3),
+        policy_version: i.is_multiple_of(2).then_some(u64::from(i) + 3),
     }
 }
 
