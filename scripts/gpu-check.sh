@@ -162,7 +162,12 @@ run() {
     in_budget "$name" "$need" || return 0
     bounded ${cap[@]+"${cap[@]}"} "$@" 2> >(tee "$out/$name.err" >&2) | tee "$out/$name.json"
     local rc=${PIPESTATUS[0]}
-    [ "$rc" != 124 ] || echo "stopped after its cap of ${cap[3]:-?} s: $name" | tee -a "$out/skipped.txt" >&2
+    # 124: a time limit ended it (137: killed after the limit's grace); the cap, or the budget's end
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        local why="the budget's end"
+        [ ${#cap[@]} = 0 ] || why="its cap of ${cap[3]} s or the budget's end"
+        echo "stopped by $why (exit $rc): $name" | tee -a "$out/skipped.txt" >&2
+    fi
 }
 # the PyTorch peers: SDPA needs torch on the GPU, the model peers transformers too; why they are
 # off goes to skipped.txt

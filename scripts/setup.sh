@@ -62,8 +62,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # MPI (feature `mpi`, on by default): Open MPI headers + launcher, libclang for the bindings
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
 # (an MPI of a module system brings its mpicc; Debian's headers live under the architecture's lib dir)
-command -v mpicc >/dev/null 2>&1 || ls /usr/lib/*/openmpi/include/mpi.h /usr/include/mpi.h >/dev/null 2>&1 ||
-    need_apt+=(libopenmpi-dev)
+command -v mpicc >/dev/null 2>&1 || compgen -G '/usr/lib/*/openmpi/include/mpi.h' >/dev/null ||
+    [ -e /usr/include/mpi.h ] || need_apt+=(libopenmpi-dev)
 # (libclang-cpp.so alone, which other packages bring, is not what bindgen loads; LIBCLANG_PATH names another)
 [ -n "${LIBCLANG_PATH:-}" ] || ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 ||
     need_apt+=(libclang-dev)

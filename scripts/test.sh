@@ -18,7 +18,17 @@ phases="workspace $((SECONDS - t0)) s"
 # of cuda/ compiled for the CPU behind a fake driver, so that a machine without a GPU runs them too.
 # ARBOR_REQUIRE_GPU=1: a test that finds no device fails instead of skipping.
 t0=$SECONDS
-if [ -z "$nvrtc_lib" ] && ! ldconfig -p 2>/dev/null | grep -q libnvrtc; then
+# (NVRTC is loaded from the loader's path: setup's venv, LD_LIBRARY_PATH (a `module load cuda`), or
+# the system's cache)
+have_nvrtc() {
+    [ -n "$nvrtc_lib" ] && return 0
+    local d
+    for d in ${LD_LIBRARY_PATH//:/ }; do
+        compgen -G "$d/libnvrtc.so*" >/dev/null && return 0
+    done
+    { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null || true; } | grep -c libnvrtc >/dev/null
+}
+if ! have_nvrtc; then
     # the kernels are compiled by NVRTC on the emulator too: without it every GPU test body fails
     echo "test.sh: FAILED: no NVRTC library (scripts/setup.sh installs it into .venv-nvrtc from PyPI:" \
         "pip install nvidia-cuda-nvrtc-cu12); the GPU test bodies on the emulator cannot run" | tee -a "$log" >&2

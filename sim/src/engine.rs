@@ -257,16 +257,22 @@ impl<'a> Sim<'a> {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::WorkerNext { worker, .. } => self.worker_next(worker),
+            // (a stale event, of a sample aborted or paused since, only frees its latency slot,
+            // which launching may have been waiting for)
             Event::EnvDone { sample, tag } => {
                 self.pending_latency -= 1;
                 if self.samples[sample as usize].tag == tag {
                     self.env_done(sample);
+                } else {
+                    self.after_capacity_freed();
                 }
             }
             Event::RewardDone { sample, tag } => {
                 self.pending_latency -= 1;
                 if self.samples[sample as usize].tag == tag {
                     self.sample_done(sample);
+                } else {
+                    self.after_capacity_freed();
                 }
             }
             Event::RewardPhaseDone { step } => self.reward_phase_done(step),

@@ -241,6 +241,10 @@ impl SweepSpec {
             p.mode = Mode::Async;
             p.placement = Placement::Disaggregated;
             p.alpha = a;
+            // the synchronous policy's own cutoff mechanisms have no meaning in async mode
+            p.tail_eta = 1.0;
+            p.redundant_groups = 0;
+            p.partial_rollout = false;
         }
         s.policies[k] = p;
     }

@@ -12,6 +12,7 @@
 mod attention;
 #[path = "../common/mod.rs"]
 mod common;
+mod entropy;
 mod generate;
 mod nvrtc;
 mod precision;

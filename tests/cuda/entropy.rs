@@ -1,23 +1,11 @@
-//! The LM head's entropy on the GPU (cuda/logprob.cu, feature `cuda`): shift-invariant, not
-//! negative for a near-deterministic row, and the CPU's within 1e-5, for rows read 8 logits at a
-//! time (16-byte aligned) and one at a time. On a machine without a CUDA device (and without the
-//! SIMT emulator on the loader path) it prints why it skips; `ARBOR_REQUIRE_GPU=1` makes that a
-//! failure.
-#![cfg(feature = "cuda")]
+//! The LM head's entropy on the GPU (cuda/logprob.cu): shift-invariant, not negative for a
+//! near-deterministic row, and the CPU's within 1e-5, for rows read 8 logits at a time (16-byte
+//! aligned) and one at a time.
 
+use super::gpu;
 use arbor::cuda::Gpu;
 use arbor::model::Batch;
 use arbor::tensor::{Backend, Cpu, LogitStats};
-
-fn gpu() -> Option<Gpu> {
-    if let Some(why) = arbor::cuda::unavailable() {
-        let required = std::env::var("ARBOR_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        assert!(!required, "ARBOR_REQUIRE_GPU=1 but no CUDA device is usable: {why}");
-        println!("skipped: no CUDA device ({why})");
-        return None;
-    }
-    Some(Gpu::new(0).expect("a CUDA device is present but unusable"))
-}
 
 /// (lse, entropy) of each row of `z` ([rows, v]) on the CPU and on the GPU.
 fn entropies(g: &Gpu, z: &[f32], v: usize) -> (Vec<f32>, Vec<f32>) {
