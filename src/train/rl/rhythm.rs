@@ -37,10 +37,10 @@ fn gather_rows(dp: &dyn Comm, rows: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
 }
 
 /// Shape the advantages of `train` in place; returns the fraction of tokens amplified (γ > 1)
-/// over the whole batch (every rank's share, with `dp`) and each sample's WAAD and FAI. The statistics pass runs on at most `micro` samples at a time
-/// (`rl.micro_batch`; 0: all). The thresholds τ left to the batch are the medians over the step's
-/// whole batch: with `dp`, every data-parallel rank's share (each rank calls this, with or without
-/// samples), so the shaping does not depend on the world size.
+/// over the whole batch and each sample's WAAD and FAI. The statistics pass runs on at most
+/// `micro` samples at a time (`rl.micro_batch`; 0: all). The thresholds τ left to the batch are
+/// the medians over the step's whole batch: with `dp`, every data-parallel rank's share (each rank
+/// calls this, with or without samples), so the shaping does not depend on the world size.
 pub fn shape(
     engine: &mut Engine,
     model: &Model,
