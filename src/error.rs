@@ -3,50 +3,73 @@
 use std::path::PathBuf;
 
 /// Errors returned by the arbor library (the CLI wraps them in `anyhow`).
-#[derive(Debug, thiserror::Error)]
+///
+/// Each message is whole in its `Display`: an [`Error::Io`] shows the OS's message after the path
+/// and reports no `source()`, so a printer that walks the chain (`anyhow`'s `{:#}`, the CLI's
+/// `error: …`) shows that message once.
+#[derive(Debug)]
 pub enum Error {
     /// A configuration file (HF `config.json`, run TOML) has a missing, malformed or invalid key.
-    #[error("{file}: key `{key}`: {msg}")]
     Config { file: PathBuf, key: String, msg: String },
     /// A checkpoint tensor is missing, has the wrong shape or an unsupported dtype.
-    #[error("{file}: tensor `{tensor}`: {msg}")]
     Checkpoint { file: PathBuf, tensor: String, msg: String },
-    /// An I/O error on a named path.
-    #[error("{path}: {source}")]
+    /// An I/O error on a named path (`source`: the OS error, shown in the message; not a
+    /// [`std::error::Error::source`], which would show it twice).
     Io { path: PathBuf, source: std::io::Error },
     /// A dataset file has a malformed record (`line` is 1-based; 0 = the file as a whole).
-    #[error("{file}:{line}: {msg}")]
     Dataset { file: PathBuf, line: usize, msg: String },
     /// Not enough free space for a write; checked before writing, so nothing on disk was touched.
-    #[error(
-        "{path}: disk full: writing {what} needs about {need_mb:.2} MB free (with a {reserve_mb:.2} MB reserve), {free_mb:.2} MB are free; nothing already written was damaged: free some space and resume with `arbor train --resume latest`"
-    )]
     DiskFull { path: PathBuf, what: String, need_mb: f64, reserve_mb: f64, free_mb: f64 },
     /// The run stopped at a signal (SIGUSR1, SIGTERM) after checkpointing global step `step`; not a
     /// failure: `arbor train --resume auto` continues from there.
-    #[error("preempted: stopped by a signal after step {step}, checkpoint written; resume with `arbor train --resume auto` (or `latest`)")]
     Preempted { step: u64 },
     /// A file read from outside is not in the format it should be (a safetensors header, an HDF5
     /// trajectory dump, a `tokenizer.json`), for problems no single tensor, key or line owns.
-    #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
     /// Tensors, buffers or index lists whose sizes or boundaries do not fit together: `what` names
     /// the operation or the buffers, `msg` what was expected and what was found.
-    #[error("{what}: {msg}")]
     Shape { what: String, msg: String },
     /// A collective or a rank-to-rank message failed, or a peer sent bytes that do not parse. `rank`
     /// is the rank at fault: the peer whose message was malformed, else the rank that saw the failure.
-    #[error("rank {rank}: {op}: {msg}")]
     Collective { rank: usize, op: String, msg: String },
     /// The accelerator stack failed or is missing: a CUDA driver, NVRTC, cuBLAS or NCCL call, or the
     /// backend's own state. `api` names the library and the call ("CUDA launch m/k", "cuBLAS SGEMM").
-    #[error("{api}: {msg}")]
     Device { api: String, msg: String },
     /// A value outside what the operation supports (batch too large, token id out of range, ...),
     /// when no file, key, tensor, rank or device is involved.
-    #[error("{0}")]
     Invalid(String),
 }
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config { file, key, msg } => write!(f, "{}: key `{key}`: {msg}", file.display()),
+            Error::Checkpoint { file, tensor, msg } => write!(f, "{}: tensor `{tensor}`: {msg}", file.display()),
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Dataset { file, line, msg } => write!(f, "{}:{line}: {msg}", file.display()),
+            Error::DiskFull { path, what, need_mb, reserve_mb, free_mb } => write!(
+                f,
+                "{}: disk full: writing {what} needs about {need_mb:.2} MB free (with a {reserve_mb:.2} MB reserve), \
+                 {free_mb:.2} MB are free; nothing already written was damaged: free some space and resume with \
+                 `arbor train --resume latest`",
+                path.display()
+            ),
+            Error::Preempted { step } => write!(
+                f,
+                "preempted: stopped by a signal after step {step}, checkpoint written; resume with `arbor train \
+                 --resume auto` (or `latest`)"
+            ),
+            Error::Format { path, msg } => write!(f, "{}: {msg}", path.display()),
+            Error::Shape { what, msg } => write!(f, "{what}: {msg}"),
+            Error::Collective { rank, op, msg } => write!(f, "rank {rank}: {op}: {msg}"),
+            Error::Device { api, msg } => write!(f, "{api}: {msg}"),
+            Error::Invalid(msg) => f.write_str(msg),
+        }
+    }
+}
+
+/// No variant reports a `source()`: every message already holds what caused it.
+impl std::error::Error for Error {}
 
 /// Result alias used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -77,6 +77,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sft(args) => {
             let mut cfg = train::resolve(&args)?;
+            // without its [rl] phase a run of no supervised steps would train nothing and write no
+            // checkpoint
+            if cfg.train.steps == 0 {
+                let file =
+                    args.config.as_ref().map_or("<embedded configs/default.toml>".into(), |p| p.display().to_string());
+                anyhow::bail!(
+                    "{file}: key `train.steps`: 0: `arbor sft` runs only the supervised phase (the [rl] phase is \
+                     skipped), so it needs supervised steps: set train.steps or pass --steps N"
+                );
+            }
             cfg.rl = None;
             arbor::train::preempt::install_handlers()?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;

@@ -119,6 +119,21 @@ fn the_one_step_off_policy_pipeline_trains_on_stale_prefixes_and_resumes_exactly
     let resumed = job::run(&config(b.path(), &off), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(straight.final_params, resumed.final_params, "off-policy resume changed the weights");
     assert_eq!(m, metrics(&b.path().join("default")), "off-policy resume changed the metrics");
+    // a checkpoint of two data-parallel ranks (two pending batches) resumed by one rank would lose
+    // the other rank's half of the next batch: refused, naming dp, before the run is touched
+    let e = tempfile::tempdir().unwrap();
+    let two = e.path().join("default/checkpoints/step-2");
+    std::fs::create_dir_all(&two).unwrap();
+    for f in std::fs::read_dir(&ck).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, two.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(two.join("pending-rank0.json"), two.join("pending-rank1.json")).unwrap();
+    let listing = |d: &Path| std::fs::read_dir(d).unwrap().count();
+    let files = listing(&e.path().join("default"));
+    let err = job::run(&config(e.path(), &off), Some(&two), &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("pending batch of 2 data-parallel rank(s)") && err.contains("dp = 1"), "{err}");
+    assert_eq!(listing(&e.path().join("default")), files, "a refused resume wrote into the run");
 }
 
 /// Every continuation in the dump is rewarded as the whole response it completes (its parent's

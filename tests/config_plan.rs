@@ -301,6 +301,10 @@ fn rows() -> Vec<(Row, String)> {
             row("attnrl_needs_rl", "attnrl", "[attnrl] and [rhythm] shape the RL phase: add an [rl] table"),
             with(&["[attnrl]\n"]),
         ),
+        (
+            row("hf_dir_init_std", "model.init_std", "0.5: a model loaded from hf_dir keeps its weights"),
+            arbor::config::DEFAULT_CONFIG.replace("[model]\n", "[model]\ninit_std = 0.5\n"),
+        ),
     ]
 }
 

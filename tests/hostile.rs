@@ -213,10 +213,21 @@ fn a_diverging_run_skips_non_finite_updates_then_stops_without_writing_nan_weigh
         .replace("min_lr = 3e-4", "min_lr = 0")
         .replace("warmup_steps = 20", "warmup_steps = 0")
         + "keep_checkpoints = 20\nmax_nonfinite_steps = 2\n";
+    let text = text + "checkpoint_every = 1\n";
     let mut cfg = parse(&text).unwrap();
     cfg.run.out_dir = dir.path().to_path_buf();
     let err = job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("max_nonfinite_steps = 2") && err.contains("3rd step in a row"), "{err}");
+    // a resume from the checkpoint inside the streak (a requeue) continues its count: it stops
+    // at the same step, with the same message, instead of granting the streak a fresh budget
+    {
+        let run = dir.path().join("addition-sft");
+        let (_, last) = arbor::train::checkpoint::list_checkpoints(&run).unwrap().pop().unwrap();
+        let state = arbor::train::checkpoint::load_checkpoint(&last).unwrap().state;
+        assert_eq!(state.nonfinite_in_a_row, 2, "the checkpoint before the stop was written after two bad steps");
+        let again = job::run(&cfg, Some(&last), &mut Vec::new()).unwrap_err().to_string();
+        assert_eq!(again, err, "a resumed diverging run stopped elsewhere");
+    }
     let run = dir.path().join("addition-sft");
     let lines = common::metrics_without_clock(&run);
     let skipped: Vec<u64> = lines.iter().filter_map(|l| l["skipped_updates"].as_u64()).collect();
@@ -247,17 +258,29 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
     std::fs::write(stale.join("model.safetensors"), vec![0u8; 4096]).unwrap();
     let recorded = std::fs::read_to_string(run.join("config.toml")).unwrap();
 
+    let metrics_before = std::fs::read(run.join("metrics.jsonl")).unwrap();
     let mut changed = cfg.clone();
     changed.rl.as_mut().unwrap().lr = 2e-3;
     let err = job::run(&changed, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("rl.lr") && err.contains("--allow-config-change") && err.contains("0.001"), "{err}");
+    // a refused resume leaves the run as it was: its config, its later checkpoint, its metrics
     assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), recorded, "config.toml was rewritten");
-    assert!(!stale.exists(), "the stale temporary checkpoint folder is still there");
+    assert!(run.join("checkpoints/step-4").is_dir(), "a refused resume moved the later checkpoint aside");
+    assert_eq!(
+        std::fs::read(run.join("metrics.jsonl")).unwrap(),
+        metrics_before,
+        "a refused resume trimmed the metrics"
+    );
 
     // the same config (another thread count and directory are not changes) resumes
     let mut same = cfg.clone();
     same.run.threads = 1;
     job::run(&same, Some(&ck), &mut Vec::new()).unwrap();
+    assert!(!stale.exists(), "the stale temporary checkpoint folder is still there");
+    // the rollback kept the metrics as they were beside the superseded step-4
+    let aside = run.join("checkpoints/superseded-after-step-3");
+    assert!(aside.join("step-4").is_dir());
+    assert_eq!(std::fs::read(aside.join("metrics.jsonl")).unwrap(), metrics_before);
 
     changed.allow_config_change = true;
     job::run(&changed, Some(&ck), &mut Vec::new()).unwrap();
@@ -275,6 +298,17 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
     let event: serde_json::Value = serde_json::from_str(event).unwrap();
     assert_eq!(event["step"], 3);
     assert!(event["changes"]["rl.lr"].is_object(), "{event}");
+
+    // a second allowed change at the same step keeps both earlier configs
+    changed.rl.as_mut().unwrap().lr = 3e-3;
+    job::run(&changed, Some(&ck), &mut Vec::new()).unwrap();
+    let lr_of = |f: &str| -> f32 {
+        let c: RunConfig = toml::from_str(&std::fs::read_to_string(run.join(f)).unwrap()).unwrap();
+        c.rl.unwrap().lr
+    };
+    assert_eq!((lr_of("config.until-step-3.toml"), lr_of("config.until-step-3.1.toml")), (1e-3, 2e-3));
+    let history = std::fs::read_to_string(run.join("config-history.jsonl")).unwrap();
+    assert!(history.lines().nth(1).is_some_and(|l| l.contains("config.until-step-3.1.toml")), "{history}");
 }
 
 // ---- the disk-full sequence ----

@@ -76,7 +76,7 @@ fn three_plus_three_rl_steps_equal_six() {
     let mut log = Vec::new();
     let moved = job::run(&config(c.path(), 6), Some(&ck), &mut log).unwrap();
     let log = String::from_utf8(log).unwrap();
-    assert!(log.contains("copied its config.toml, metrics.jsonl, reference/"), "{log}");
+    assert!(log.contains("copied its config.toml, metrics.jsonl") && log.contains("reference/"), "{log}");
     assert_eq!(straight.final_params, moved.final_params, "weights differ after an RL resume into another directory");
     assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&c.path().join("addition-sft")));
     // at the boundary (last supervised step): the RL phase starts fresh, with a fresh optimizer
@@ -135,4 +135,53 @@ fn sigkill_in_the_rl_phase_then_resume_latest_matches_an_uninterrupted_run() {
     let (_, pb) = load_hf_dir(&out_b.join(&final_ck)).unwrap();
     assert_eq!(pa.data, pb.data, "killed at step {killed_at} and resumed: weights differ");
     assert_eq!(metrics(&out_a.join("addition-sft")), metrics(&out_b.join("addition-sft")));
+}
+
+#[test]
+fn a_fork_off_another_runs_sft_checkpoint_keeps_its_own_kl_reference() {
+    // the source: supervised steps only (no RL phase, so no KL reference of its own)
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut sft_only = config(src.path(), 1);
+    sft_only.rl = None;
+    job::run(&sft_only, None, &mut Vec::new()).unwrap();
+    let src_run = src.path().join("addition-sft");
+    assert!(!src_run.join("reference").exists());
+    let ck = src_run.join(format!("checkpoints/step-{SFT_STEPS}"));
+    // a straight run of the same config, for the bits
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = job::run(&config(straight_dir.path(), 4), None, &mut Vec::new()).unwrap();
+    // the fork: RL from the source's last supervised step, into its own directory; the source run
+    // gains nothing and its record stays as it was
+    let src_files = |d: &Path| {
+        let mut v: Vec<String> = walk(d);
+        v.sort();
+        v
+    };
+    let before = src_files(&src_run);
+    let mut allowed = config(dst.path(), 4);
+    allowed.allow_config_change = true; // the source had no [rl]
+    job::run(&allowed, Some(&ck), &mut Vec::new()).unwrap();
+    assert_eq!(src_files(&src_run), before, "the fork wrote into the run it started from");
+    let dst_run = dst.path().join("addition-sft");
+    assert!(dst_run.join("reference/model.safetensors").is_file(), "the fork saved no KL reference of its own");
+    // a later resume of the fork from its own RL checkpoint finds that reference and matches the
+    // straight run bit for bit
+    let mid = dst_run.join(format!("checkpoints/step-{}", SFT_STEPS + 2));
+    let resumed = job::run(&allowed, Some(&mid), &mut Vec::new()).unwrap();
+    assert_eq!(straight.final_params, resumed.final_params, "the fork's resume differs from the straight run");
+}
+
+/// Every file under `d` with its size and contents' checksum.
+fn walk(d: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            out.push(format!("{} {}", p.display(), arbor::train::checkpoint::fnv1a64(&bytes)));
+        }
+    }
+    out
 }

@@ -132,7 +132,8 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// GFLOP/s of an n×n×n f32 product (best of `reps`: the peak the machine gives right now).
+/// GFLOP/s of an n×n×n f32 product (best of `reps`: the peak the machine gives right now); `n`
+/// must pass [`check_gemm_size`].
 pub fn gemm_gflops(n: usize, reps: usize) -> f64 {
     let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.01).collect();
     let b = a.clone();
@@ -145,7 +146,7 @@ pub fn gemm_gflops(n: usize, reps: usize) -> f64 {
             t.elapsed().as_secs_f64()
         })
         .collect();
-    2.0 * (n * n * n) as f64 / times.iter().copied().fold(f64::INFINITY, f64::min) / 1e9
+    2.0 * (n as f64).powi(3) / times.iter().copied().fold(f64::INFINITY, f64::min) / 1e9
 }
 
 /// Run `arbor bench train-step` and print one JSON line.
@@ -207,10 +208,46 @@ pub fn train_step(args: &TrainStepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--n` of `arbor bench gemm`: positive, its three n×n f32 matrices countable without overflow
+/// and, where the machine's memory is known (`available` bytes), held in it.
+pub fn check_gemm_size(n: usize, available: Option<u64>) -> anyhow::Result<()> {
+    anyhow::ensure!(n > 0, "--n must be positive");
+    let bytes = n.checked_mul(n).and_then(|nn| nn.checked_mul(3 * std::mem::size_of::<f32>()));
+    let Some(bytes) = bytes.filter(|&b| b <= isize::MAX as usize) else {
+        anyhow::bail!("--n {n}: three {n}×{n} f32 matrices are more bytes than this machine can address");
+    };
+    if let Some(mem) = available.filter(|&m| bytes as u128 > u128::from(m)) {
+        anyhow::bail!(
+            "--n {n}: three {n}×{n} f32 matrices need {bytes} bytes, more than this machine's memory, {mem} bytes \
+             (MemTotal in /proc/meminfo)"
+        );
+    }
+    Ok(())
+}
+
 /// Run `arbor bench gemm`.
 pub fn gemm(n: usize, reps: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(n > 0, "--n must be positive");
+    check_gemm_size(n, crate::model::config::host_memory_bytes())?;
     let line = serde_json::json!({"impl": "gemm-crate", "n": n, "threads": rayon::current_num_threads(), "gflops": gemm_gflops(n, reps)});
     println!("{line}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--n` whose matrices overflow a count or exceed the machine is refused by the flag.
+    #[test]
+    fn gemm_sizes_are_checked_before_anything_is_allocated() {
+        let e = |n: usize, mem: Option<u64>| check_gemm_size(n, mem).unwrap_err().to_string();
+        assert!(e(0, None).contains("--n"));
+        for n in [1 << 32, usize::MAX, 1 << 31] {
+            assert!(e(n, None).contains(&format!("--n {n}")), "{n}");
+        }
+        // 3 × 100000² × 4 bytes = 120 GB
+        let msg = e(100_000, Some(24 << 30));
+        assert!(msg.contains("--n 100000") && msg.contains("120000000000 bytes"), "{msg}");
+        assert!(check_gemm_size(100_000, None).is_ok() && check_gemm_size(1024, Some(24 << 30)).is_ok());
+    }
 }

@@ -54,6 +54,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.model.hf_dir.is_some(), "no model to evaluate: pass --model DIR or set model.hf_dir");
     let tok = CharTokenizer::default();
     let task = cfg.task()?;
+    // a finite held-out split scores each of its problems once (rl::eval::eval_problem_count)
+    let scope = match scope {
+        Scope::Problems(n) => Scope::Problems(crate::train::rl::eval::eval_problem_count(task.as_ref(), n)),
+        games => games,
+    };
     let model = crate::train::pretrain::build_model(&cfg, &tok).with_context(|| {
         format!("loading {}", cfg.model.hf_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default())
     })?;

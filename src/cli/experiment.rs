@@ -213,6 +213,11 @@ fn table(rows: &[Summary], steps: u64) -> String {
     md
 }
 
+/// What `compare` writes beside the method's run directories: compare.md first, then the figures
+/// it shows.
+const SUMMARY_FILES: [&str; 4] =
+    ["compare.md", "solve_rate_vs_step.png", "solve_rate_vs_time.png", "effective_ratio.png"];
+
 /// Parse and validate a comparison file and build every method's run config (nothing runs).
 pub fn plan(path: &Path) -> anyhow::Result<Vec<RunConfig>> {
     let args = CompareArgs { config: path.to_path_buf(), out_dir: None, steps: None, control: false };
@@ -238,6 +243,15 @@ fn load(args: &CompareArgs) -> anyhow::Result<(CompareFile, RunConfig, Vec<RunCo
     file.attnrl.validate().map_err(|e| anyhow::anyhow!("{}: attnrl.{e}", args.config.display()))?;
     file.rhythm.validate().map_err(|e| anyhow::anyhow!("{}: rhythm.{e}", args.config.display()))?;
     anyhow::ensure!(!file.compare.methods.is_empty(), "{}: compare.methods is empty", args.config.display());
+    // each method runs in <out_dir>/<method>: a second run of one would move the first aside
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &file.compare.methods {
+        anyhow::ensure!(
+            seen.insert(m.as_str()),
+            "{}: compare.methods: method {m:?} is given twice",
+            args.config.display()
+        );
+    }
     let base = RunConfig::load(&file.compare.base)?;
     let out = file.compare.out_dir.clone();
     // check every method before running any
@@ -266,6 +280,10 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
     let (file, base, cfgs) = load(args)?;
     let out = file.compare.out_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    // an earlier comparison's summary is kept, as its runs are (moved aside to <method>.N)
+    if let Some(note) = super::seeds::move_summary_aside(&out, &SUMMARY_FILES)? {
+        println!("{note}");
+    }
     let mut rows = Vec::new();
     for (m, cfg) in file.compare.methods.iter().zip(&cfgs) {
         println!("== {m}");

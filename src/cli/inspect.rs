@@ -38,6 +38,10 @@ pub struct InspectArgs {
 
 /// Run `arbor inspect`.
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
+    // (Δ = 0 would sum no later step's attention: the run config refuses attnrl.fci_step_gap = 0 too)
+    if args.fci_step_gap == Some(0) {
+        bail!("--fci-step-gap 0: must be at least 1 (Δ of the FCI sum, in steps, as [attnrl] fci_step_gap)");
+    }
     let path = &args.path;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.ends_with(".h5") || name.ends_with(".hdf5") {

@@ -42,6 +42,50 @@ struct SeedResult {
     control: Option<(u64, SolveRate)>,
 }
 
+/// `name` with `.{i}` before its extension (`compare.md` → `compare.1.md`).
+fn numbered(name: &str, i: u64) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{i}.{ext}"),
+        _ => format!("{name}.{i}"),
+    }
+}
+
+/// Keep an earlier experiment's summary in `dir`: `files` (the summary first, then the figures it
+/// links) that exist are moved aside together to `<stem>.N.<ext>` for the first N ≥ 1 free for all
+/// of them, and the moved summary's links to the figures follow them. As a fresh run moves an
+/// earlier run's directory aside (`train::run_dir`), nothing an earlier experiment wrote is
+/// overwritten. Returns a line for the log when something was moved.
+pub(crate) fn move_summary_aside(dir: &Path, files: &[&str]) -> anyhow::Result<Option<String>> {
+    let present: Vec<&str> = files.iter().copied().filter(|f| dir.join(f).exists()).collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let free = |i: u64| files.iter().all(|f| !dir.join(numbered(f, i)).exists());
+    let i = (1u64..).find(|&i| free(i)).expect("an unbounded range has a free number");
+    let summary = files[0];
+    for f in &present {
+        let (from, to) = (dir.join(f), dir.join(numbered(f, i)));
+        std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+    }
+    if present.contains(&summary) && files.len() > 1 {
+        let path = dir.join(numbered(summary, i));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let relinked = files[1..]
+                .iter()
+                .fold(text.clone(), |t, f| t.replace(&format!("]({f})"), &format!("]({})", numbered(f, i))));
+            if relinked != text {
+                crate::io::atomic::write_atomic(&path, relinked.as_bytes())?;
+            }
+        }
+    }
+    Ok(Some(format!(
+        "{} held an earlier experiment's {}: moved to {}",
+        dir.display(),
+        present.join(", "),
+        present.iter().map(|f| numbered(f, i)).collect::<Vec<_>>().join(", ")
+    )))
+}
+
 /// Mean and sample standard deviation (0 for fewer than two values).
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -199,6 +243,10 @@ pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
         anyhow::ensure!(seen.insert(*s), "--seeds: seed {s} is given twice");
     }
     std::fs::create_dir_all(&args.out_dir).with_context(|| format!("{}", args.out_dir.display()))?;
+    // an earlier experiment's table is kept, as its runs are (moved aside to seed<S>.N)
+    if let Some(note) = move_summary_aside(&args.out_dir, &["seeds.md"])? {
+        println!("{note}");
+    }
     let mut rows = Vec::new();
     for &seed in &args.seeds {
         let mut cfg = base.clone();

@@ -22,7 +22,7 @@ pub use schedule::{LrSchedule, ScheduleKind};
 pub use sections::{Compute, Device, Dtype, ModelSection, ParallelSection, RunSection, TrainSection, Violation};
 
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, ModelConfig};
+use crate::model::config::ModelConfig;
 
 use std::path::Path;
 
@@ -36,9 +36,10 @@ impl RunConfig {
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
         // 1. TOML syntax, then every number of every section finite (a NaN or ±inf never reaches a
         //    typed field, whatever section it is in)
+        //    (a value TOML cannot hold, such as an integer beyond i64, is named by its key too)
         let tree: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
             file: file.into(),
-            key: e.span().map(|s| format!("line {}", line_of(text, s.start))).unwrap_or_default(),
+            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
             msg: e.message().to_string(),
         })?;
         if let Some((key, v)) = first_non_finite(&tree, "") {
@@ -107,6 +108,7 @@ impl RunConfig {
         }
         if let Some(loss) = &self.loss {
             loss.validate().map_err(|e| (format!("loss.{}", e.key), e.msg))?;
+            loss_keys_in_effect(loss)?;
         }
         rules::check_all(self)
     }
@@ -119,26 +121,8 @@ impl RunConfig {
     /// The model configuration for a fresh model with a `vocab_size` tokenizer.
     pub fn fresh_model(&self, vocab_size: usize, eos: u32, file: &Path) -> Result<ModelConfig> {
         let m = &self.model;
-        let hidden = m.hidden_size.unwrap_or(0);
-        let heads = m.num_heads.unwrap_or(1).max(1);
-        let arch = if m.arch == "llama" { Arch::Llama } else { Arch::Qwen2 };
-        let cfg = ModelConfig {
-            arch,
-            hidden_size: hidden,
-            intermediate_size: m.intermediate_size.unwrap_or(0),
-            num_layers: m.num_layers.unwrap_or(0),
-            num_heads: heads,
-            num_kv_heads: m.num_kv_heads.unwrap_or(0),
-            head_dim: hidden / heads,
-            rms_norm_eps: 1e-6,
-            rope_theta: m.rope_theta,
-            vocab_size,
-            max_position_embeddings: m.max_position_embeddings,
-            tie_word_embeddings: m.tie_word_embeddings,
-            qkv_bias: arch == Arch::Qwen2,
-            bos_token_id: None,
-            eos_token_id: Some(eos),
-        };
+        let (hidden, heads) = (m.hidden_size.unwrap_or(0), m.num_heads.unwrap_or(1).max(1));
+        let cfg = ModelConfig { eos_token_id: Some(eos), ..m.fresh_config(vocab_size) };
         if !hidden.is_multiple_of(heads) {
             return Err(Error::Config {
                 file: file.into(),
@@ -147,8 +131,59 @@ impl RunConfig {
             });
         }
         cfg.validate(file)?;
+        if let Some(msg) = crate::model::config::host_memory_bytes().and_then(|m| cfg.memory_shortfall(m)) {
+            return Err(Error::Config { file: file.into(), key: "model".into(), msg });
+        }
         Ok(cfg)
     }
+}
+
+/// Every `[loss]` key set to anything but its default is read by the loss `kind` and `agg`
+/// chosen (tis and topr clip nothing; cispo has no dual clip; only decoupled_ppo caps its weight;
+/// `t_max` is the T_max of seq-mean-token-sum-norm alone). Keys without a default (`eps_low`,
+/// `eps_high`, `t_max`) count as set when the file gives them.
+fn loss_keys_in_effect(loss: &crate::rl::LossConfig) -> std::result::Result<(), Violation> {
+    use crate::rl::{Aggregation, LossKind};
+    let d = crate::rl::LossConfig::default();
+    let kind = loss.kind;
+    let reads_eps = matches!(kind, LossKind::Ppo | LossKind::Cispo | LossKind::DecoupledPpo);
+    let reads_dual = matches!(kind, LossKind::Ppo | LossKind::DecoupledPpo);
+    let reads_cap = kind == LossKind::DecoupledPpo;
+    let kind_name = match kind {
+        LossKind::Ppo => "ppo",
+        LossKind::Tis => "tis",
+        LossKind::Topr => "topr",
+        LossKind::Cispo => "cispo",
+        LossKind::DecoupledPpo => "decoupled_ppo",
+    };
+    let by_kind = [
+        ("eps_low", loss.eps_low.map(|v| v.to_string()), reads_eps),
+        ("eps_high", loss.eps_high.map(|v| v.to_string()), reads_eps),
+        ("dual_clip", (loss.dual_clip != d.dual_clip).then(|| loss.dual_clip.to_string()), reads_dual),
+        ("decoupled_cap", (loss.decoupled_cap != d.decoupled_cap).then(|| loss.decoupled_cap.to_string()), reads_cap),
+    ];
+    if let Some((key, Some(v), _)) = by_kind.into_iter().find(|(_, set, read)| set.is_some() && !read) {
+        return Err((
+            format!("loss.{key}"),
+            format!("{v}: kind = \"{kind_name}\" does not read {key}, so it would have no effect; drop it"),
+        ));
+    }
+    if let (Some(t), false) = (loss.t_max, loss.agg == Aggregation::SeqMeanTokenSumNorm) {
+        return Err((
+            "loss.t_max".into(),
+            format!(
+                "{t}: only agg = \"seq-mean-token-sum-norm\" divides by t_max, so it would have no effect with \
+                 agg = \"{}\"; drop it",
+                match loss.agg {
+                    Aggregation::TokenMean => "token-mean",
+                    Aggregation::SeqMeanTokenMean => "seq-mean-token-mean",
+                    Aggregation::SeqMeanTokenSum => "seq-mean-token-sum",
+                    Aggregation::SeqMeanTokenSumNorm => "seq-mean-token-sum-norm",
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// 1-based line of byte offset `at`.

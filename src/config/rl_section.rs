@@ -103,6 +103,9 @@ fn d_rl_log() -> u64 {
 
 /// The most sequences an RL step samples (prompts × samples).
 const MAX_STEP_SEQUENCES: u128 = 1 << 24;
+/// The most sequences decoded together (`max_batch`) on any device: the GPU's decode kernels put
+/// a step's rows on grid y (limit 65,535), and the CPU and the streaming rollout keep the same bound.
+pub const MAX_BATCH: usize = 65_535;
 
 impl RlSection {
     /// The policy's learning-rate schedule over the RL steps.
@@ -120,6 +123,12 @@ impl RlSection {
     /// `[critic]` and `[attnrl]`: a rule).
     pub fn validate(&self) -> Result<(), Violation> {
         let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.steps == 0 {
+            return bad(
+                "rl.steps",
+                "0: an [rl] phase needs at least 1 step (drop the [rl] table for a supervised-only run)".into(),
+            );
+        }
         for (key, v) in [
             ("rl.prompts_per_step", self.prompts_per_step),
             ("rl.samples_per_prompt", self.samples_per_prompt as usize),
@@ -134,6 +143,16 @@ impl RlSection {
             if v == 0 {
                 return bad(key, "0 must be at least 1".into());
             }
+        }
+        if self.max_batch > MAX_BATCH {
+            return bad(
+                "rl.max_batch",
+                format!(
+                    "{}: train.device = \"cuda\" decodes at most 65,535 sequences together, and every device is \
+                     held to that bound",
+                    self.max_batch
+                ),
+            );
         }
         // a step's sequences are held in memory together
         let per_step = (self.prompts_per_step as u128) * (self.samples_per_prompt as u128);
@@ -159,6 +178,15 @@ impl RlSection {
             if !(m.is_finite() && m >= 0.0 && m <= self.lr) {
                 return bad("rl.min_lr", format!("{m} must be in [0, rl.lr = {}]", self.lr));
             }
+        }
+        if let (Some(m), ScheduleKind::Constant) = (self.min_lr, self.schedule) {
+            return bad(
+                "rl.min_lr",
+                format!(
+                    "{m}: schedule = \"constant\" stays at rl.lr, so min_lr would have no effect; drop it or set \
+                     schedule = \"linear\" or \"cosine\""
+                ),
+            );
         }
         if self.warmup_steps > self.steps {
             return bad("rl.warmup_steps", format!("{} exceeds rl.steps = {}", self.warmup_steps, self.steps));

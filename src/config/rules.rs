@@ -45,6 +45,7 @@ pub const RULES: &[Rule] = &[
     Rule { name: "async_groups_only", key: "async.rollout_ranks", check: async_groups_only },
     Rule { name: "async_tp_one", key: "async.rollout_ranks", check: async_tp_one },
     Rule { name: "attnrl_needs_rl", key: "attnrl", check: attnrl_needs_rl },
+    Rule { name: "hf_dir_init_std", key: "model.init_std", check: hf_dir_init_std },
 ];
 
 /// The first rule `cfg` breaks: (key, message).
@@ -230,5 +231,19 @@ fn async_tp_one(cfg: &RunConfig) -> Option<String> {
 fn attnrl_needs_rl(cfg: &RunConfig) -> Option<String> {
     when(attention_pass(cfg) && cfg.rl.is_none(), || {
         "[attnrl] and [rhythm] shape the RL phase: add an [rl] table".into()
+    })
+}
+
+/// `init_std` draws a fresh model's weights; a model loaded from `hf_dir` brings its own, so the key
+/// is read only by a `[critic]`'s value models (drawn fresh beside the loaded policy).
+fn hf_dir_init_std(cfg: &RunConfig) -> Option<String> {
+    let m = &cfg.model;
+    let default = super::ModelSection::DEFAULT_INIT_STD;
+    when(m.hf_dir.is_some() && m.init_std != default && cfg.critic.is_none(), || {
+        format!(
+            "{}: a model loaded from hf_dir keeps its weights and only a [critic]'s fresh value models read init_std, \
+             so it would have no effect; drop it",
+            m.init_std
+        )
     })
 }

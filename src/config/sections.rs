@@ -74,6 +74,9 @@ pub struct ModelSection {
 fn default_arch() -> String {
     "qwen2".into()
 }
+/// Most positions of a fresh model's RoPE table (`[model] max_position_embeddings`): 2^20, far
+/// beyond any sequence arbor trains or samples.
+pub const MAX_POSITIONS: usize = 1 << 20;
 fn default_max_pos() -> usize {
     256
 }
@@ -81,10 +84,13 @@ fn default_theta() -> f64 {
     10000.0
 }
 fn default_init_std() -> f64 {
-    0.02
+    ModelSection::DEFAULT_INIT_STD
 }
 
 impl ModelSection {
+    /// `init_std` where the file gives none.
+    pub const DEFAULT_INIT_STD: f64 = 0.02;
+
     /// Check the section's own values: positive numbers, a known arch, and either `hf_dir` or
     /// all five dimensions.
     pub fn validate(&self) -> Result<(), Violation> {
@@ -97,18 +103,49 @@ impl ModelSection {
         if self.arch != "qwen2" && self.arch != "llama" {
             return bad("model.arch", format!("{:?} is not \"qwen2\" or \"llama\"", self.arch));
         }
+        if self.max_position_embeddings > MAX_POSITIONS {
+            return bad(
+                "model.max_position_embeddings",
+                format!("{} is more than arbor supports (2^20 = {MAX_POSITIONS})", self.max_position_embeddings),
+            );
+        }
         let dims = [self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads];
         match &self.hf_dir {
             Some(_) if dims.iter().any(Option::is_some) => {
                 bad("model.hf_dir", "give either hf_dir or the model dimensions, not both".into())
             }
+            Some(_) => self.check_hf_dir_keys(),
             None if dims.iter().any(Option::is_none) => bad(
                 "model",
                 "without hf_dir, hidden_size, intermediate_size, num_layers, num_heads and num_kv_heads are required"
                     .into(),
             ),
             None => self.check_dims(),
-            Some(_) => Ok(()),
+        }
+    }
+
+    /// With `hf_dir`, the model's shape comes from its `config.json`: a shape key set to anything
+    /// but its default would be silently ignored (`init_std` is a rule: a `[critic]` reads it).
+    fn check_hf_dir_keys(&self) -> Result<(), Violation> {
+        let ignored = [
+            ("model.arch", self.arch != default_arch(), format!("{:?}", self.arch)),
+            (
+                "model.max_position_embeddings",
+                self.max_position_embeddings != default_max_pos(),
+                self.max_position_embeddings.to_string(),
+            ),
+            ("model.rope_theta", self.rope_theta != default_theta(), self.rope_theta.to_string()),
+            ("model.tie_word_embeddings", self.tie_word_embeddings, self.tie_word_embeddings.to_string()),
+        ];
+        match ignored.into_iter().find(|(_, set, _)| *set) {
+            Some((key, _, v)) => bad(
+                key,
+                format!(
+                    "{v}: a model loaded from hf_dir takes its shape from the directory's config.json, so this key \
+                     would have no effect; drop it (or drop hf_dir to build a fresh model)"
+                ),
+            ),
+            None => Ok(()),
         }
     }
 
@@ -136,7 +173,45 @@ impl ModelSection {
         if h % kv != 0 {
             return bad("model.num_kv_heads", format!("{kv} must divide num_heads = {h} (GQA groups)"));
         }
-        Ok(())
+        self.check_host_memory(crate::model::config::host_memory_bytes())
+    }
+
+    /// The shape of the fresh model these keys build for a `vocab_size` tokenizer, unchecked
+    /// (a missing dimension reads 0; [`crate::config::RunConfig::fresh_model`] checks it).
+    pub fn fresh_config(&self, vocab_size: usize) -> crate::model::ModelConfig {
+        use crate::model::Arch;
+        let hidden = self.hidden_size.unwrap_or(0);
+        let heads = self.num_heads.unwrap_or(1).max(1);
+        let arch = if self.arch == "llama" { Arch::Llama } else { Arch::Qwen2 };
+        crate::model::ModelConfig {
+            arch,
+            hidden_size: hidden,
+            intermediate_size: self.intermediate_size.unwrap_or(0),
+            num_layers: self.num_layers.unwrap_or(0),
+            num_heads: heads,
+            num_kv_heads: self.num_kv_heads.unwrap_or(0),
+            head_dim: hidden / heads,
+            rms_norm_eps: 1e-6,
+            rope_theta: self.rope_theta,
+            vocab_size,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            qkv_bias: arch == Arch::Qwen2,
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
+    /// A fresh model's training state fits in the machine's memory (`available` bytes; None: not
+    /// known, no check): see [`crate::model::ModelConfig::training_bytes`]. The vocabulary is the
+    /// character tokenizer's, as the run builds it.
+    fn check_host_memory(&self, available: Option<u64>) -> Result<(), Violation> {
+        let Some(available) = available else { return Ok(()) };
+        let vocab = crate::tokenizer::char::CharTokenizer::default().vocab_size();
+        match self.fresh_config(vocab).memory_shortfall(available) {
+            Some(msg) => bad("model", msg),
+            None => Ok(()),
+        }
     }
 }
 
@@ -292,6 +367,16 @@ impl TrainSection {
                 return bad(key, format!("{v} must be {want}"));
             }
         }
+        if self.schedule == ScheduleKind::Constant && self.min_lr != 0.0 {
+            return bad(
+                "train.min_lr",
+                format!(
+                    "{}: schedule = \"constant\" stays at train.lr, so min_lr would have no effect; drop it or set \
+                     schedule = \"linear\" or \"cosine\"",
+                    self.min_lr
+                ),
+            );
+        }
         if self.device == Device::Cuda && !cfg!(feature = "cuda") {
             return bad("train.device", "\"cuda\": this arbor was built without the `cuda` feature".into());
         }
@@ -326,6 +411,10 @@ impl Default for ParallelSection {
     }
 }
 
+/// Longest `[parallel]` timeout, in seconds (1e9 s, about 31 years: what "never" is inside arbor).
+/// The timeouts become `Duration`s and deadlines (`now + timeout`), which overflow far above it.
+pub const MAX_TIMEOUT_S: f64 = 1e9;
+
 impl ParallelSection {
     /// Bucket size in bytes (at least one f32).
     pub fn bucket_bytes(&self) -> usize {
@@ -344,6 +433,14 @@ impl ParallelSection {
         ] {
             if !(v.is_finite() && v >= 0.0) || (key == "parallel.bucket_mb" && v == 0.0) {
                 return bad(key, format!("{v} must be a finite positive number"));
+            }
+        }
+        for (key, v) in [
+            ("parallel.collective_timeout_s", self.collective_timeout_s),
+            ("parallel.step_timeout_s", self.step_timeout_s),
+        ] {
+            if v > MAX_TIMEOUT_S {
+                return bad(key, format!("{v:e} s is more than the longest timeout, 1e9 s (use 0 for no timeout)"));
             }
         }
         Ok(())

@@ -164,6 +164,15 @@ impl DatasetTask {
         Err(bad(file, line, msg))
     }
 
+    /// The file of `split`'s records: `eval_path` for the held-out split when there is one, else
+    /// `path` (for a Parquet shard directory, the directory: a record's `line` is its row in its shard).
+    pub fn file(&self, split: u64) -> &Path {
+        match &self.eval_path {
+            Some(e) if split == SPLIT_EVAL => e,
+            _ => &self.path,
+        }
+    }
+
     fn records(&self, split: u64) -> &[Record] {
         if split == SPLIT_EVAL {
             &self.eval
@@ -185,6 +194,11 @@ impl Task for DatasetTask {
     }
     fn len(&self, split: u64) -> Option<u64> {
         Some(self.records(split).len() as u64)
+    }
+    fn record(&self, split: u64, index: u64) -> Option<(&Path, &Record)> {
+        let records = self.records(split);
+        let r = records.get((index % records.len().max(1) as u64) as usize)?;
+        Some((self.file(split), r))
     }
     fn grade(&self, problem: &Problem, response: &str) -> Reward {
         let m = check_answer(response, &problem.answer);

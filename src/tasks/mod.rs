@@ -5,13 +5,15 @@
 //! response cannot be read at all). Tasks: [`countdown`] (the default RL task), multi-digit
 //! [`arithmetic`] with column traces, datasets read from [`jsonl`] or [`parquet`] files (one
 //! [`dataset::DatasetTask`], checked by [`answer`]), and the small `a+b=` [`AdditionTask`].
-//! [`config::TaskConfig`] and [`config::build`] make one from TOML.
+//! [`config::TaskConfig`] and [`config::build`] make one from TOML; [`fit::check_fits`] checks,
+//! before a run starts, that its problems fit the model's context.
 
 pub mod answer;
 pub mod arithmetic;
 pub mod config;
 pub mod countdown;
 pub mod dataset;
+pub mod fit;
 pub mod jsonl;
 pub mod parquet;
 pub mod rational;
@@ -19,6 +21,7 @@ pub mod rational;
 pub use arithmetic::AdditionTask;
 pub use config::{build, TaskConfig, TaskKind};
 pub use countdown::CountdownTask;
+pub use fit::{check_fits, ContextCheck};
 
 /// Data splits: training problems and held-out problems never overlap.
 pub const SPLIT_TRAIN: u64 = 0;
@@ -86,6 +89,11 @@ pub trait Task: Send + Sync {
     fn solution(&self, problem: &Problem) -> Option<String> {
         problem.solution.clone()
     }
+    /// The dataset record that `problem(split, index)` is made of, borrowed, with the file it was
+    /// read from (the record knows its line); `None` for a generated problem.
+    fn record(&self, _split: u64, _index: u64) -> Option<(&std::path::Path, &dataset::Record)> {
+        None
+    }
 }
 
 /// Wraps a task so that malformed responses score `-penalty` instead of 0.
@@ -112,6 +120,9 @@ impl Task for FormatPenalty {
     }
     fn solution(&self, problem: &Problem) -> Option<String> {
         self.task.solution(problem)
+    }
+    fn record(&self, split: u64, index: u64) -> Option<(&std::path::Path, &dataset::Record)> {
+        self.task.record(split, index)
     }
 }
 

@@ -36,6 +36,14 @@ pub struct TrainerState {
     /// State of adaptive sampling (next problem, dynamic batch size, FCI filter) inside an AttnRL phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingState>,
+    /// Consecutive steps up to this one whose update was skipped as non-finite (train/guard.rs):
+    /// a resume continues the count, so a requeued diverging run stops where the straight one would.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nonfinite_in_a_row: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Adaptive-sampling state that a resumed AttnRL phase needs (ALGORITHMS.md §3).
@@ -328,4 +336,39 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
         msg: e.to_string(),
     })?;
     Ok(LoadedState { config, params, exp_avg, exp_avg_sq, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trainer_states_floats_read_back_bit_for_bit() {
+        // solve rates k/300, k/1200 and a running mean: JSON text that a parser which divides by a
+        // power of ten after rounding would read one unit in the last place off
+        let mut values: Vec<f64> = (0..=300).map(|k| k as f64 / 300.0).collect();
+        values.extend((0..=1200).map(|k| k as f64 / 1200.0));
+        values.push(0.385_714_285_714_285_73);
+        for pair in values.chunks(2) {
+            let (a, b) = (pair[0], *pair.last().unwrap());
+            let state = TrainerState {
+                step: 3,
+                seed: 1,
+                adam_t: 3,
+                rl_eval_before: Some([a, b]),
+                sampling: Some(SamplingState { next_problem: 1, prompts: 2, fci_mean: b, fci_count: 4 }),
+                nonfinite_in_a_row: 0,
+            };
+            let text = serde_json::to_string(&state).unwrap();
+            let back: TrainerState = serde_json::from_str(&text).unwrap();
+            let bits = |s: &TrainerState| {
+                let [x, y] = s.rl_eval_before.unwrap();
+                [x.to_bits(), y.to_bits(), s.sampling.unwrap().fci_mean.to_bits()]
+            };
+            assert_eq!(bits(&back), bits(&state), "{text}");
+        }
+        // a checkpoint of before the count existed reads as no bad steps in a row
+        let old: TrainerState = serde_json::from_str(r#"{"step":2,"seed":1,"adam_t":2}"#).unwrap();
+        assert_eq!(old.nonfinite_in_a_row, 0);
+    }
 }

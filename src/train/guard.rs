@@ -19,6 +19,16 @@ impl NonFiniteGuard {
         NonFiniteGuard { limit, in_a_row: 0 }
     }
 
+    /// A guard resumed from a checkpoint written after `in_a_row` bad steps in a row.
+    pub fn resumed(limit: u64, in_a_row: u64) -> Self {
+        NonFiniteGuard { limit, in_a_row }
+    }
+
+    /// Bad steps in a row so far (what a checkpoint records).
+    pub fn in_a_row(&self) -> u64 {
+        self.in_a_row
+    }
+
     /// Whether a step with this loss and pre-clip gradient norm had its update skipped.
     pub fn is_bad(loss: f64, grad_norm: f64) -> bool {
         !(loss.is_finite() && grad_norm.is_finite())

@@ -57,12 +57,16 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let t = &cfg.train;
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
-    let mut start = 0u64;
+    let (mut start, mut nonfinite_in_a_row) = (0u64, 0u64);
     let (mut rl_before, mut sampling) = (None, None);
     if let Some(dir) = resume {
         let ck = load_checkpoint(dir)?;
         if &ck.config != model.full_config() {
-            return Err(Error::Invalid(format!("{}: the checkpoint's model differs from the config's", dir.display())));
+            return Err(Error::Invalid(format!(
+                "{}: the checkpoint's model differs from the config's ({})",
+                dir.display(),
+                model_differences(&ck.config, model.full_config())
+            )));
         }
         if ck.state.seed != cfg.run.seed {
             return Err(Error::Invalid(format!(
@@ -86,8 +90,45 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         (opt.m, opt.v, opt.t) = (m, v, ck.state.adam_t);
         start = ck.state.step;
         sampling = ck.state.sampling;
+        nonfinite_in_a_row = ck.state.nonfinite_in_a_row;
         rl_before = ck.state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
+        if let Some(plan) = &cfg.plan().rl {
+            let done = start.saturating_sub(t.steps);
+            crate::train::rl::check_resume(plan, &plan.loss, dir, done, grid.dp.size())?;
+        }
     }
+    // every dataset record fits the model's context (and has the solution supervised steps need),
+    // checked on every rank before anything is written: a bad record is named by file and line
+    let context_key = match &cfg.model.hf_dir {
+        Some(dir) => format!("max_position_embeddings of {}", dir.join("config.json").display()),
+        None => "model.max_position_embeddings".to_string(),
+    };
+    crate::tasks::check_fits(
+        task.as_ref(),
+        &crate::tasks::ContextCheck {
+            max_position_embeddings: model.full_config().max_position_embeddings,
+            context_key: &context_key,
+            // a resume past the supervised phase runs no supervised step
+            supervised_steps: if start < t.steps { t.steps } else { 0 },
+            // an [env] supplies the RL prompts itself
+            rl_max_new_tokens: cfg.rl.as_ref().filter(|_| cfg.env.is_none()).map(|r| r.max_new_tokens),
+        },
+    )?;
+    // a resume's config is compared with the record of the run that wrote the checkpoint before the
+    // run directory is touched: a refused resume leaves the run as it was
+    let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+    let config_check = match resume {
+        Some(dir) if root => {
+            let recorded = crate::train::run_dir::run_of_checkpoint(dir).map(|r| r.join("config.toml"));
+            Some(crate::train::run_record::check_resume_config(
+                recorded.as_deref(),
+                &resolved,
+                start,
+                cfg.allow_config_change,
+            )?)
+        }
+        _ => None,
+    };
     // nothing an earlier run wrote is overwritten or pruned (run_dir.rs), and a resume from another
     // run's checkpoint brings that run's record: before anything is written
     let mut dir_notes = Vec::new();
@@ -95,14 +136,12 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         dir_notes = crate::train::run_dir::prepare(&out_dir, resume.map(|d| (d, start)))?;
         crate::train::checkpoint::remove_stale_temporaries(&out_dir)?;
     }
-    // the run directory's record of its config: written fresh, or compared on a resume
+    // the run directory's record of its config: written fresh, or the checked resume recorded
     let mut config_event = None;
     if root {
-        let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
-        match resume {
-            Some(_) => {
-                config_event =
-                    crate::train::run_record::resume_config(&out_dir, &resolved, start, cfg.allow_config_change)?;
+        match config_check {
+            Some(checked) => {
+                config_event = crate::train::run_record::record_resume_config(&out_dir, checked, &resolved, start)?;
             }
             None => crate::io::atomic::write_atomic(&out_dir.join("config.toml"), resolved.as_bytes())?,
         }
@@ -152,7 +191,16 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         ),
     );
     let tokenizer = Tokenizer::Char(tok.clone());
-    let sft = SftPhase { cfg, task: task.as_ref(), grid, run_dir: &out_dir, tokenizer: &tokenizer };
+    // the checkpoint's count of non-finite steps belongs to the phase it was written in
+    let sft_in_a_row = if start < t.steps { nonfinite_in_a_row } else { 0 };
+    let sft = SftPhase {
+        cfg,
+        task: task.as_ref(),
+        grid,
+        run_dir: &out_dir,
+        tokenizer: &tokenizer,
+        nonfinite_in_a_row: sft_in_a_row,
+    };
     let mut sft_report = SftReport::default();
     crate::train::pretrain::run_phase(&sft, &mut model, &mut opt, start, &mut metrics, log, &mut sft_report)?;
     let mut report = TrainReport {
@@ -179,8 +227,13 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             offset: t.steps,
             tokenizer: &tokenizer,
         };
-        let begin =
-            crate::train::rl::PhaseStart { done, before: rl_before, sampling, from: resume.map(Path::to_path_buf) };
+        let begin = crate::train::rl::PhaseStart {
+            done,
+            before: rl_before,
+            sampling,
+            from: resume.map(Path::to_path_buf),
+            nonfinite_in_a_row: if done > 0 { nonfinite_in_a_row } else { 0 },
+        };
         let rates = match &plan.schedule {
             Schedule::Sync => {
                 crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?
@@ -193,7 +246,9 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         final_step = t.steps + rl.steps;
     }
     let ckpt = out_dir.join("checkpoints").join(format!("step-{final_step}"));
-    say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));
+    if root && ckpt.is_dir() {
+        say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));
+    }
     report.final_params = model.gather(&model.params.data)?.data;
     Ok(report)
 }
@@ -222,4 +277,50 @@ fn open_metrics_file(path: &Path, start: u64, sft_steps: u64) -> Result<std::fs:
         return std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e));
     }
     std::fs::File::create(path).map_err(|e| Error::io(path, e))
+}
+
+/// The fields in which two model configs differ, `name: a → b` each (from their Debug forms).
+fn model_differences(a: &crate::model::ModelConfig, b: &crate::model::ModelConfig) -> String {
+    let (fa, fb) = (debug_fields(&format!("{a:?}")), debug_fields(&format!("{b:?}")));
+    let diffs: Vec<String> = fa
+        .iter()
+        .zip(&fb)
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| {
+            let name = x.split(':').next().unwrap_or(x).trim();
+            let value = |f: &str| f.split_once(':').map_or(f.trim(), |(_, v)| v.trim()).to_string();
+            format!("{name}: checkpoint {}, config {}", value(x), value(y))
+        })
+        .collect();
+    if diffs.is_empty() {
+        "see config.json".into()
+    } else {
+        diffs.join("; ")
+    }
+}
+
+/// The top-level `name: value` fields of a struct's Debug text (`Name { a: 1, b: X { .. } }`).
+fn debug_fields(text: &str) -> Vec<String> {
+    let inner = match (text.find('{'), text.rfind('}')) {
+        (Some(i), Some(j)) if i < j => &text[i + 1..j],
+        _ => return vec![text.to_string()],
+    };
+    let (mut out, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
+    for ch in inner.chars() {
+        match ch {
+            '{' | '(' | '[' => depth += 1,
+            '}' | ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
 }

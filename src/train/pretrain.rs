@@ -79,7 +79,7 @@ pub fn evaluate(
     dp: &dyn Comm,
 ) -> Result<Eval> {
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
-    let n_problems = cfg.train.eval_problems.max(1);
+    let n_problems = crate::train::rl::eval::eval_problem_count(task, cfg.train.eval_problems.max(1));
     let mine = partition(n_problems, dp.size(), dp.rank());
     // [Σ −log p, answer tokens, exact sequences, sequences]
     let mut sums = [0.0f64; 4];
@@ -145,6 +145,8 @@ pub struct SftPhase<'a> {
     pub run_dir: &'a Path,
     /// Tokenizer saved with every checkpoint.
     pub tokenizer: &'a Tokenizer,
+    /// Consecutive non-finite steps before the phase's (resumed) start, from the checkpoint.
+    pub nonfinite_in_a_row: u64,
 }
 
 /// Run (or continue from global step `start`) the supervised phase: `train.steps` steps with
@@ -202,7 +204,7 @@ pub fn run_phase(
     }
     let (mut tokens_total, mut train_secs) = (0usize, 0.0f64);
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
-    let mut guard = NonFiniteGuard::new(t.max_nonfinite_steps);
+    let mut guard = NonFiniteGuard::resumed(t.max_nonfinite_steps, ph.nonfinite_in_a_row);
     for step in start..t.steps {
         let _armed = grid
             .watchdog
@@ -297,6 +299,7 @@ pub fn run_phase(
                 adam_t: opt.t,
                 rl_eval_before: None,
                 sampling: None,
+                nonfinite_in_a_row: guard.in_a_row(),
             };
             engine.sync_host(model, opt)?;
             let none = |_: &Path| Ok::<(), Error>(());

@@ -28,7 +28,7 @@ pub mod update;
 pub mod wire;
 
 pub use eval::{evaluate, SolveRate};
-pub use phase::{run_phase, Phase, PhaseStart};
+pub use phase::{check_resume, run_phase, Phase, PhaseStart};
 pub(crate) use phase::{run_phase_with, PhaseIo, SampleSource};
 pub use report::{AsyncNotes, CriticNotes, RlEvalLine, RlStepReport, SamplerNotes, StreamNotes};
 pub use rollouts::{rollout_config, AttnTrace, GroupCounts, RolloutCtx, Rollouts, StepSample, TrainingBatch};

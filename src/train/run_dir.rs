@@ -7,12 +7,17 @@
 //!   were this run's, and `--resume auto` never continues the wrong run.
 //! - A resume from an earlier checkpoint of the same directory (a rollback: later checkpoints
 //!   exist) moves the later ones into `checkpoints/superseded-after-step-K/`, where neither
-//!   pruning nor `--resume auto|latest` sees them.
+//!   pruning nor `--resume auto|latest` sees them, with a copy of `metrics.jsonl` and
+//!   `trajectories.h5` as they were (the resumed run drops their steps after K). A superseded
+//!   checkpoint still belongs to its run: resuming from it is a rollback of the run.
 //! - A resume from another run's checkpoint (`<src>/checkpoints/step-K`) into this directory
-//!   first copies the source run's record: `config.toml` (so the resume compares against the
-//!   config that made the checkpoint), `config-history.jsonl`, `metrics.jsonl` (trimmed to steps
-//!   ≤ K when it is opened) and the RL phase's KL reference (`reference/`). The rest of a resumed
-//!   RL phase's state (critics, the pending tree batch) is read from the checkpoint itself.
+//!   first copies the source run's record: `config.toml`, `config-history.jsonl`,
+//!   `metrics.jsonl` and `trajectories.h5` (trimmed to steps ≤ K when they are opened) and the RL
+//!   phase's KL reference (`reference/`). The rest of a resumed RL phase's state (critics, the
+//!   pending tree batch) is read from the checkpoint itself.
+//!
+//! A resume's checks (its config against the source run's, the RL phase's KL reference and pending
+//! batches: job.rs) run before [`prepare`], so a refused resume leaves every directory as it was.
 //!
 //! Only the writing rank (the world's rank 0) calls [`prepare`].
 
@@ -21,7 +26,10 @@ use crate::train::checkpoint::io;
 use std::path::{Path, PathBuf};
 
 /// The files of a run's record that a resume into another directory carries over.
-const RECORD_FILES: [&str; 3] = ["config.toml", "config-history.jsonl", "metrics.jsonl"];
+const RECORD_FILES: [&str; 4] = ["config.toml", "config-history.jsonl", "metrics.jsonl", "trajectories.h5"];
+/// The files whose steps after a rollback's step are dropped when the resumed run opens them; a
+/// copy of each, as it was, goes beside the superseded checkpoints.
+const TRIMMED_FILES: [&str; 2] = ["metrics.jsonl", "trajectories.h5"];
 /// The RL phase's frozen KL reference, saved in the run directory at the phase's start.
 pub const REFERENCE_DIR: &str = "reference";
 
@@ -38,7 +46,11 @@ pub fn read_if_present<T>(path: &Path, read: impl FnOnce(&Path) -> std::io::Resu
 /// The run directory a checkpoint was written in: `<run>/checkpoints/step-N` gives `<run>`; a
 /// checkpoint copied anywhere else has none.
 pub fn run_of_checkpoint(ck: &Path) -> Option<PathBuf> {
-    let parent = ck.parent()?;
+    let mut parent = ck.parent()?;
+    // a superseded checkpoint (`<run>/checkpoints/superseded-after-step-K/step-N`) is still the run's
+    if parent.file_name()?.to_string_lossy().starts_with("superseded-after-step-") {
+        parent = parent.parent()?;
+    }
     (parent.file_name()? == "checkpoints").then(|| parent.parent().map(Path::to_path_buf)).flatten()
 }
 
@@ -103,12 +115,18 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>) -> Result<Vec<Strin
             let aside = run_dir.join("checkpoints").join(format!("superseded-after-step-{step}"));
             let aside = if aside.exists() { first_free(&aside) } else { aside };
             io(&aside, std::fs::create_dir_all(&aside))?;
+            for f in TRIMMED_FILES {
+                if run_dir.join(f).is_file() {
+                    io(&run_dir.join(f), std::fs::copy(run_dir.join(f), aside.join(f)))?;
+                }
+            }
             for dir in &later {
                 let name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
                 io(dir, std::fs::rename(dir, aside.join(name)))?;
             }
             notes.push(format!(
-                "resumed from step {step} with {} later checkpoint(s) in the run: moved to {}",
+                "resumed from step {step} with {} later checkpoint(s) in the run: moved to {} (with a copy of the \
+                 metrics and the dump as they were)",
                 later.len(),
                 aside.display()
             ));
@@ -195,10 +213,14 @@ mod tests {
             checkpoint(&run, s);
         }
         touch(&run.join("config.toml"));
+        std::fs::write(run.join("metrics.jsonl"), b"{\"step\":100}\n").unwrap();
         let ck = run.join("checkpoints/step-90");
         let notes = prepare(&run, Some((&ck, 90))).unwrap();
         assert_eq!(steps(&run), vec![80, 90], "{notes:?}");
         assert!(run.join("checkpoints/superseded-after-step-90/step-100/manifest.json").is_file());
+        // the metrics as they were (the resumed run drops step 100's line) go beside them
+        let kept = std::fs::read(run.join("checkpoints/superseded-after-step-90/metrics.jsonl")).unwrap();
+        assert_eq!(kept, b"{\"step\":100}\n");
         assert!(run.join("config.toml").is_file(), "a rollback keeps the run's record in place");
         // again to the same step: a second folder
         checkpoint(&run, 95);
@@ -213,7 +235,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (src, dst) = (t.path().join("a"), t.path().join("b"));
         checkpoint(&src, 3);
-        for f in ["config.toml", "metrics.jsonl", "reference/model.safetensors"] {
+        for f in ["config.toml", "metrics.jsonl", "trajectories.h5", "reference/model.safetensors"] {
             touch(&src.join(f));
         }
         // b holds a run of its own: moved aside first
@@ -221,7 +243,7 @@ mod tests {
         let notes = prepare(&dst, Some((&src.join("checkpoints/step-3"), 3))).unwrap();
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert_eq!(steps(&t.path().join("b.1")), vec![7]);
-        for f in ["config.toml", "metrics.jsonl", "reference/model.safetensors"] {
+        for f in ["config.toml", "metrics.jsonl", "trajectories.h5", "reference/model.safetensors"] {
             assert!(dst.join(f).is_file(), "{f} not copied: {notes:?}");
         }
         assert!(steps(&dst).is_empty(), "checkpoints are not copied");
@@ -231,6 +253,15 @@ mod tests {
         touch(&loose.join("manifest.json"));
         assert_eq!(run_of_checkpoint(&loose), None);
         assert_eq!(run_of_checkpoint(&src.join("checkpoints/step-3")), Some(src.clone()));
+        // a superseded checkpoint is still its run's: resuming from it is a rollback of the run, not
+        // a fresh run that moves the whole directory aside
+        let superseded = src.join("checkpoints/superseded-after-step-1/step-3");
+        assert_eq!(run_of_checkpoint(&superseded), Some(src.clone()));
+        touch(&superseded.join("manifest.json"));
+        let notes = prepare(&src, Some((&superseded, 3))).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(steps(&src), vec![3], "the run stayed in place");
+        assert!(src.join("config.toml").is_file());
     }
 
     #[test]

@@ -11,8 +11,9 @@ use crate::train::run_dir::read_if_present;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Settings that may differ on a resume without being a change of the run.
-const NOT_A_CHANGE: [&str; 2] = ["run.out_dir", "run.threads"];
+/// Settings that may differ on a resume without being a change of the run (where it lives and how
+/// many threads compute it: docs/config.md's resume into another `run.name` or `--out-dir`).
+const NOT_A_CHANGE: [&str; 3] = ["run.name", "run.out_dir", "run.threads"];
 
 /// One changed setting: dotted key, value recorded by the run, value given now (`None` = absent).
 #[derive(Debug, Clone, PartialEq)]
@@ -70,34 +71,67 @@ fn show(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("(absent)")
 }
 
-/// Compare the resolved config `now` of a run resumed after global step `step` with the run's
-/// `config.toml`; refuse a change unless `allow`, else record it (see the module doc). Returns the
-/// metrics.jsonl event line of an allowed change. Writes `config.toml` (the config now in force).
-pub fn resume_config(run_dir: &Path, now: &str, step: u64, allow: bool) -> Result<Option<ConfigChangeLine>> {
-    let path = run_dir.join("config.toml");
-    // (none: a checkpoint resumed into a fresh directory, nothing recorded to compare with)
-    let recorded = read_if_present(&path, |p| std::fs::read_to_string(p))?.unwrap_or_default();
-    let changes = if recorded.is_empty() { Vec::new() } else { diff(&recorded, now, &path)? };
-    if changes.is_empty() {
-        crate::io::atomic::write_atomic(&path, now.as_bytes())?;
-        return Ok(None);
-    }
-    let listed: Vec<String> =
-        changes.iter().map(|c| format!("{}: {} → {}", c.key, show(&c.was), show(&c.now))).collect();
-    if !allow {
+/// What a resume changes, checked before the run directory is touched: the resolved config `now`
+/// of a run resumed after global step `step`, compared with `recorded` (the `config.toml` of the
+/// run that wrote the checkpoint; None where there is no such run: nothing to compare). A change is
+/// refused unless `allow`; nothing is written either way.
+pub fn check_resume_config(recorded: Option<&Path>, now: &str, step: u64, allow: bool) -> Result<ConfigResume> {
+    let Some(path) = recorded else { return Ok(ConfigResume { recorded: String::new(), changes: Vec::new() }) };
+    // (none there: a run killed before it wrote its config, nothing recorded to compare with)
+    let recorded = read_if_present(path, |p| std::fs::read_to_string(p))?.unwrap_or_default();
+    let changes = if recorded.is_empty() { Vec::new() } else { diff(&recorded, now, path)? };
+    if !changes.is_empty() && !allow {
         return Err(Error::Config {
-            file: path,
+            file: path.to_path_buf(),
             key: changes[0].key.clone(),
             msg: format!(
                 "the resume changes {} setting(s) the run's steps 1..{step} used ({}); resume with the recorded \
                  config, or pass --allow-config-change to continue with the new one (the change is then recorded \
                  in config-history.jsonl and metrics.jsonl)",
                 changes.len(),
-                listed.join("; ")
+                listed(&changes)
             ),
         });
     }
-    let kept = run_dir.join(format!("config.until-step-{step}.toml"));
+    Ok(ConfigResume { recorded, changes })
+}
+
+/// A resume's config, checked ([`check_resume_config`]) and not yet recorded.
+#[derive(Debug, Clone)]
+pub struct ConfigResume {
+    recorded: String,
+    changes: Vec<Change>,
+}
+
+fn listed(changes: &[Change]) -> String {
+    let l: Vec<String> = changes.iter().map(|c| format!("{}: {} → {}", c.key, show(&c.was), show(&c.now))).collect();
+    l.join("; ")
+}
+
+/// Record a checked resume in `run_dir` (after the run directory is prepared): `config.toml`
+/// becomes `now`; an allowed change keeps the previous config as `config.until-step-N.toml` (a
+/// second change at the same step gets the first free `.K` suffix: no earlier record is
+/// overwritten) and adds a `config-history.jsonl` line. Returns the metrics.jsonl event line of an
+/// allowed change.
+pub fn record_resume_config(
+    run_dir: &Path,
+    checked: ConfigResume,
+    now: &str,
+    step: u64,
+) -> Result<Option<ConfigChangeLine>> {
+    let path = run_dir.join("config.toml");
+    let ConfigResume { recorded, changes } = checked;
+    if changes.is_empty() {
+        crate::io::atomic::write_atomic(&path, now.as_bytes())?;
+        return Ok(None);
+    }
+    let mut kept = run_dir.join(format!("config.until-step-{step}.toml"));
+    if kept.exists() {
+        kept = (1u64..)
+            .map(|i| run_dir.join(format!("config.until-step-{step}.{i}.toml")))
+            .find(|p| !p.exists())
+            .expect("an unbounded range has a free name");
+    }
     crate::io::atomic::write_atomic(&kept, recorded.as_bytes())?;
     let entries: serde_json::Map<String, serde_json::Value> =
         changes.iter().map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now}))).collect();

@@ -32,6 +32,13 @@ pub fn eval_config(cfg: &RunConfig, rl: &RlSection, temperature: f32, step: u64)
     }
 }
 
+/// How many held-out problems an evaluation asking for `requested` scores: a finite task's held-out
+/// split wraps around (`problem(i) = problem(i % len)`), so at most its `len` distinct problems,
+/// each counted once.
+pub fn eval_problem_count(task: &dyn Task, requested: usize) -> usize {
+    task.len(SPLIT_EVAL).map_or(requested, |n| requested.min(usize::try_from(n).unwrap_or(usize::MAX)))
+}
+
 /// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1; the
 /// problems are partitioned over the data-parallel ranks `dp` and the counts all-reduced.
 /// Generation runs on `engine` (the policy's weights there).
@@ -51,7 +58,7 @@ pub fn evaluate(
         let sampled = env_win_rate(engine, model, cfg, rl, (1.0, rl.eval_samples), step, dp)?;
         return Ok(SolveRate { greedy, sampled });
     }
-    let mine = partition(rl.eval_problems, dp.size(), dp.rank());
+    let mine = partition(eval_problem_count(task, rl.eval_problems), dp.size(), dp.rank());
     let mut problems = Vec::new();
     let mut requests = Vec::new();
     for i in mine.clone() {
@@ -108,4 +115,27 @@ pub fn env_win_rate(
     let mut sums = [won, (games.len() * samples as usize) as f64];
     dp.all_reduce_sum_f64(&mut sums)?;
     Ok(sums[0] / sums[1].max(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finite_held_out_split_is_scored_once_per_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (train, eval) = (dir.path().join("train.jsonl"), dir.path().join("eval.jsonl"));
+        std::fs::write(&train, "{\"prompt\": \"5+5=\", \"answer\": \"10\"}\n").unwrap();
+        let rows: String = (0..3).map(|i| format!("{{\"prompt\": \"{i}+1=\", \"answer\": \"{}\"}}\n", i + 1)).collect();
+        std::fs::write(&eval, rows).unwrap();
+        let data = format!("task = \"jsonl\"\npath = {:?}\neval_path = {:?}\n", train, eval);
+        let text = crate::config::ADDITION_CONFIG.replace("task = \"addition\"\nmax_digits = 2\n", &data);
+        let cfg = RunConfig::parse(&text, std::path::Path::new("eval.toml")).unwrap();
+        let task = cfg.task().unwrap();
+        assert_eq!(eval_problem_count(task.as_ref(), 200), 3);
+        assert_eq!(eval_problem_count(task.as_ref(), 2), 2);
+        // a generator has no end: as many as asked
+        let addition = RunConfig::parse(crate::config::ADDITION_CONFIG, std::path::Path::new("a.toml")).unwrap();
+        assert_eq!(eval_problem_count(addition.task().unwrap().as_ref(), 500), 500);
+    }
 }

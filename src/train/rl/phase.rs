@@ -49,6 +49,44 @@ pub struct PhaseStart {
     /// The checkpoint a resumed phase (`done` > 0) continues from: its critics and pending tree
     /// batch are read there, and its KL reference in that checkpoint's run directory.
     pub from: Option<PathBuf>,
+    /// Consecutive steps before `done` whose update was skipped as non-finite (the guard's count,
+    /// carried by the checkpoint so that a requeue does not reset it).
+    pub nonfinite_in_a_row: u64,
+}
+
+/// What a resume inside the RL phase (`done` > 0 steps of it, from checkpoint `ck`) needs besides
+/// the weights, checked before the run directory is touched (a refused resume leaves the run as it
+/// was): the KL reference in the checkpoint's run, and one pending tree batch per data-parallel rank
+/// (`dp`) of an off-policy AttnRL phase.
+pub fn check_resume(plan: &RlPlan, loss: &LossConfig, ck: &Path, done: u64, dp: usize) -> Result<()> {
+    if done == 0 {
+        return Ok(());
+    }
+    if loss.kl_coef > 0.0 {
+        let dir = run_of_checkpoint(ck).map(|r| r.join(REFERENCE_DIR));
+        if !dir.as_deref().is_some_and(Path::is_dir) {
+            return Err(Error::Invalid(format!(
+                "resuming the RL phase with loss.kl_coef = {}: its KL reference {} is missing (saved in the run \
+                 directory at the phase's start; resume from a checkpoint inside its run, <run>/checkpoints/step-N)",
+                loss.kl_coef,
+                dir.unwrap_or_else(|| ck.join("..").join("..").join(REFERENCE_DIR)).display()
+            )));
+        }
+    }
+    if matches!(plan.sampler, SamplerPlan::OffPolicyTrees(_)) {
+        let mut ranks = 0;
+        while ck.join(format!("pending-rank{ranks}.json")).is_file() {
+            ranks += 1;
+        }
+        if ranks != dp {
+            return Err(Error::Invalid(format!(
+                "{}: the off-policy AttnRL checkpoint holds the pending batch of {ranks} data-parallel rank(s) \
+                 (pending-rank*.json); resume it with the same data parallelism (dp = {ranks}), not dp = {dp}",
+                ck.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where the phase writes its metrics lines (for error messages).
@@ -101,21 +139,24 @@ fn reference_policy(model: &Model, ph: &Phase, start: &PhaseStart, grid: &Grid) 
     if ph.loss.kl_coef <= 0.0 {
         return Ok(None);
     }
-    // (on a resume, the reference of the run that wrote the checkpoint: run_dir.rs copies it here
-    // too, on the writing rank, for later resumes of this run)
-    let ref_dir = start
-        .from
-        .as_deref()
-        .and_then(run_of_checkpoint)
-        .unwrap_or_else(|| ph.run_dir.to_path_buf())
-        .join(REFERENCE_DIR);
     if start.done == 0 {
+        // a phase that starts here saves its reference in this run's directory, never in the run
+        // of the checkpoint it started from (a fork off another run's SFT checkpoint leaves that
+        // run's record as it was)
         let full = model.gather(&model.params.data)?;
         if grid.is_root() {
-            save_hf_dir(&ref_dir, model.full_config(), &full, &SaveOptions::default())?;
+            save_hf_dir(&ph.run_dir.join(REFERENCE_DIR), model.full_config(), &full, &SaveOptions::default())?;
         }
         Ok(Some(model.clone()))
     } else {
+        // a resume inside the phase: the reference of the run that wrote the checkpoint (run_dir.rs
+        // copies it here too, on the writing rank, for later resumes of this run)
+        let ref_dir = start
+            .from
+            .as_deref()
+            .and_then(run_of_checkpoint)
+            .unwrap_or_else(|| ph.run_dir.to_path_buf())
+            .join(REFERENCE_DIR);
         if !ref_dir.is_dir() {
             return Err(Error::Invalid(format!(
                 "resuming the RL phase with loss.kl_coef = {}: its KL reference {} is missing (saved in the run \
@@ -198,7 +239,8 @@ pub(crate) fn run_phase_with(
     restore(&mut trainer, ph, &start, dp.rank())?;
     let mut last = before;
     let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
-    let mut guard = crate::train::guard::NonFiniteGuard::new(cfg.train.max_nonfinite_steps);
+    let mut guard =
+        crate::train::guard::NonFiniteGuard::resumed(cfg.train.max_nonfinite_steps, start.nonfinite_in_a_row);
     for step in start.done..rl.steps {
         let _armed = grid
             .watchdog
@@ -261,7 +303,7 @@ pub(crate) fn run_phase_with(
         if final_step || preempted || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
             io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
             trainer.sync_host(model, opt)?;
-            checkpoint(model, opt, ph, &trainer, grid, step, before)?;
+            checkpoint(model, opt, ph, &trainer, grid, (step, guard.in_a_row()), before)?;
         }
         if preempted {
             progress.finish();
@@ -279,7 +321,7 @@ pub(crate) fn run_phase_with(
     Ok((before, last))
 }
 
-/// Checkpoint after RL step `step`: the model, the optimizer, the trainer state, the critics and
+/// Checkpoint after RL step `step` (with the non-finite guard's count then): the model, the optimizer, the trainer state, the critics and
 /// the off-policy pipeline's pending batch (one file per data-parallel rank, gathered to root).
 fn checkpoint(
     model: &Model,
@@ -287,7 +329,7 @@ fn checkpoint(
     ph: &Phase,
     trainer: &RlTrainer,
     grid: &Grid,
-    step: u64,
+    (step, nonfinite_in_a_row): (u64, u64),
     before: SolveRate,
 ) -> Result<()> {
     let cfg = ph.cfg;
@@ -298,6 +340,7 @@ fn checkpoint(
         adam_t: opt.t,
         rl_eval_before: Some([before.sampled, before.greedy]),
         sampling: tree.map(|t| t.save()),
+        nonfinite_in_a_row,
     };
     let json = match tree.and_then(|t| t.pending.as_ref()) {
         Some(p) => serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("pending batch: {e}")))?,
