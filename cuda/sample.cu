@@ -20,12 +20,33 @@
 //                  otherwise the inverse CDF in vocabulary order: u = uniforms[i] * S, then
 //                  u -= w_j for j = 0, 1, ... and the first j where u <= 0 (V - 1 if none).
 //   Thread c of the block owns the contiguous chunk [c*C, min(V, (c+1)*C)), C = ceil(V / 256): it
-//   reduces its chunk in order (f64 sums, first maximum); thread 0 then adds the 256 chunk sums in
+//   reduces its chunk in order (f64 sums, first maximum), reading it from a shared-memory tile that
+//   the block fills 32 elements of every chunk at a time with coalesced loads (static shared
+//   memory: 256 x 33 floats besides the chunk results); thread 0 then adds the 256 chunk sums in
 //   chunk order and walks them, and the chunk holding u element by element. The result is a
 //   fixed function of the row (no atomics), and the same for every N and every row position.
 //   Launch: grid = (n), block = 256 (MUST be 256), no dynamic shared memory.
 
 #define SAMPLE_BLOCK 256
+// Elements of each thread's chunk staged in shared memory per round (a warp loads one chunk's
+// round: 32 consecutive elements, coalesced), and the padded row of the tile (no bank conflicts
+// when thread c reads its own row).
+#define SAMPLE_TILE 32
+#define SAMPLE_TILE_ROW (SAMPLE_TILE + 1)
+
+// Round `r` of every thread's chunk into `tile`: thread c's elements [lo_c + r*TILE, ...) (lo_c =
+// c * chunk, clipped to its chunk and the row) at tile[c * TILE_ROW + k]; what lies outside is
+// never read. The block's 256 * TILE loads go warp by warp over one chunk's TILE consecutive
+// elements, so each warp instruction touches one or two cache lines instead of 32.
+template <typename T>
+__device__ __forceinline__ void stage_round(const T* __restrict__ z, int v, int chunk, int r, float* tile) {
+    for (int i = threadIdx.x; i < SAMPLE_BLOCK * SAMPLE_TILE; i += SAMPLE_BLOCK) {
+        const int c = i / SAMPLE_TILE, k = i % SAMPLE_TILE;
+        const int off = r * SAMPLE_TILE + k;
+        const long long g = (long long)c * chunk + off;
+        if (off < chunk && g < v) tile[c * SAMPLE_TILE_ROW + k] = load_f(z + g);
+    }
+}
 
 // The sums of w_j = expf((z_j - m) / t) and w_j * (z_j - m) / t over z[lo, hi), in order (f64).
 template <typename T>
@@ -48,28 +69,50 @@ __device__ void sample_rows(const T* __restrict__ logits, const double* __restri
     __shared__ double csum[SAMPLE_BLOCK], csz[SAMPLE_BLOCK];
     __shared__ float cmax[SAMPLE_BLOCK];
     __shared__ int carg[SAMPLE_BLOCK];
+    __shared__ float tile[SAMPLE_BLOCK * SAMPLE_TILE_ROW];
     const int row = blockIdx.x;
     if (row >= n) return;
     const T* z = logits + (long long)row * v;
     const float t = temperature > 0.0f ? temperature : 1.0f;
     const int chunk = (v + SAMPLE_BLOCK - 1) / SAMPLE_BLOCK;
     const int lo = min(v, (int)threadIdx.x * chunk), hi = min(v, lo + chunk);
+    // each thread still reduces its own chunk in order, a round of TILE elements at a time from
+    // the shared tile (the same arithmetic as reading them from global memory one by one)
+    const int rounds = (chunk + SAMPLE_TILE - 1) / SAMPLE_TILE;
+    const float* mine = tile + threadIdx.x * SAMPLE_TILE_ROW;
 
     // chunk maximum and its first position
     float mx = neg_inf_f();
     int arg = -1;
-    for (int j = lo; j < hi; ++j) {
-        const float x = load_f(z + j);
-        if (arg < 0 || x > mx) {
-            mx = x;
-            arg = j;
+    for (int r = 0; r < rounds; ++r) {
+        stage_round(z, v, chunk, r, tile);
+        __syncthreads();
+        const int a = lo + r * SAMPLE_TILE, b = min(hi, a + SAMPLE_TILE);
+        for (int j = a; j < b; ++j) {
+            const float x = mine[j - a];
+            if (arg < 0 || x > mx) {
+                mx = x;
+                arg = j;
+            }
         }
+        __syncthreads();
     }
     const float m = block_max(mx, red);
 
-    // chunk sums of w and w * s, in order
-    double s, sz;
-    chunk_sums(z, lo, hi, m, t, s, sz);
+    // chunk sums of w and w * s, in order (chunk_sums' arithmetic)
+    double s = 0.0, sz = 0.0;
+    for (int r = 0; r < rounds; ++r) {
+        stage_round(z, v, chunk, r, tile);
+        __syncthreads();
+        const int a = lo + r * SAMPLE_TILE, b = min(hi, a + SAMPLE_TILE);
+        for (int j = a; j < b; ++j) {
+            const float sj = (mine[j - a] - m) / t;
+            const float w = expf(sj);
+            s += (double)w;
+            sz += (double)w * (double)sj;
+        }
+        __syncthreads();
+    }
     csum[threadIdx.x] = s;
     csz[threadIdx.x] = sz;
     cmax[threadIdx.x] = mx;

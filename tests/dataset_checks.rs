@@ -96,7 +96,7 @@ fn parquet_rows_have_no_solution_for_supervised_steps() {
     let cfg = TaskConfig { path: Some(hf.clone()), ..TaskConfig::new(TaskKind::Parquet) };
     let task = build(&cfg, 1).unwrap();
     let (file, line, msg) = dataset_error(check_fits(task.as_ref(), &ctx(512, 3, None)).unwrap_err());
-    let first = task.record(arbor::tasks::SPLIT_TRAIN, 0).map(|(f, r)| (f.to_path_buf(), r.line));
+    let first = task.record(arbor::tasks::SPLIT_TRAIN, 0).map(|r| (r.file.to_path_buf(), r.line));
     assert_eq!(Some((file, line)), first, "the first training row");
     assert_eq!(first.map(|f| f.0), Some(hf.clone()));
     assert!(msg.contains("no \"solution\"") && msg.contains("more record(s)"), "{msg}");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::rng::mix64;
 use crate::tasks::answer::{check_answer, reference_answer};
-use crate::tasks::{Problem, Reward, Task, SPLIT_EVAL};
+use crate::tasks::{Problem, Reward, SourceRecord, Task, SPLIT_EVAL};
 use crate::tokenizer::{CharTokenizer, DEFAULT_ALPHABET};
 
 /// One dataset record.
@@ -195,10 +195,10 @@ impl Task for DatasetTask {
     fn len(&self, split: u64) -> Option<u64> {
         Some(self.records(split).len() as u64)
     }
-    fn record(&self, split: u64, index: u64) -> Option<(&Path, &Record)> {
+    fn record(&self, split: u64, index: u64) -> Option<SourceRecord<'_>> {
         let records = self.records(split);
         let r = records.get((index % records.len().max(1) as u64) as usize)?;
-        Some((self.file(split), r))
+        Some(SourceRecord { file: self.file(split), line: r.line, prompt: &r.prompt, solution: r.solution.as_deref() })
     }
     fn grade(&self, problem: &Problem, response: &str) -> Reward {
         let m = check_answer(response, &problem.answer);

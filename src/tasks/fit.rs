@@ -145,9 +145,7 @@ pub fn check_fits(task: &dyn Task, ctx: &ContextCheck) -> Result<()> {
     for split in [SPLIT_TRAIN, SPLIT_EVAL] {
         for index in 0..task.len(split).unwrap_or(GENERATOR_SAMPLE) {
             let found = match task.record(split, index) {
-                Some((file, r)) => {
-                    misfit(&r.prompt, r.solution.as_deref(), ctx).map(|m| (Place::Record(file, r.line), m))
-                }
+                Some(r) => misfit(r.prompt, r.solution, ctx).map(|m| (Place::Record(r.file, r.line), m)),
                 None => {
                     let p = task.problem(split, index);
                     misfit(&p.prompt, p.solution.as_deref(), ctx).map(|m| (Place::Problem(split, index), m))
@@ -293,8 +291,8 @@ mod tests {
         let wrapped = FormatPenalty { task: Box::new(t), penalty: 0.5 };
         let e = check_fits(&wrapped, &ctx(64, 3, None)).unwrap_err();
         assert!(matches!(&e, Error::Dataset { line: 1, .. }), "{e:?}");
-        let (file, r) = wrapped.record(SPLIT_EVAL, 3).unwrap();
-        assert_eq!((file, r.prompt.as_str(), r.line), (Path::new("eval.jsonl"), "1", 1), "records wrap around");
+        let r = wrapped.record(SPLIT_EVAL, 3).unwrap();
+        assert_eq!((r.file, r.prompt, r.line), (Path::new("eval.jsonl"), "1", 1), "records wrap around");
     }
 
     #[test]

@@ -89,11 +89,21 @@ pub trait Task: Send + Sync {
     fn solution(&self, problem: &Problem) -> Option<String> {
         problem.solution.clone()
     }
-    /// The dataset record that `problem(split, index)` is made of, borrowed, with the file it was
-    /// read from (the record knows its line); `None` for a generated problem.
-    fn record(&self, _split: u64, _index: u64) -> Option<(&std::path::Path, &dataset::Record)> {
+    /// The dataset record that `problem(split, index)` is made of, borrowed, with the file and
+    /// line it was read from; `None` for a generated problem.
+    fn record(&self, _split: u64, _index: u64) -> Option<SourceRecord<'_>> {
         None
     }
+}
+
+/// A dataset record as [`Task::record`] lends it: where it was read and the text a run trains on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceRecord<'a> {
+    pub file: &'a std::path::Path,
+    /// 1-based line (or row) in `file`.
+    pub line: usize,
+    pub prompt: &'a str,
+    pub solution: Option<&'a str>,
 }
 
 /// Wraps a task so that malformed responses score `-penalty` instead of 0.
@@ -121,7 +131,7 @@ impl Task for FormatPenalty {
     fn solution(&self, problem: &Problem) -> Option<String> {
         self.task.solution(problem)
     }
-    fn record(&self, split: u64, index: u64) -> Option<(&std::path::Path, &dataset::Record)> {
+    fn record(&self, split: u64, index: u64) -> Option<SourceRecord<'_>> {
         self.task.record(split, index)
     }
 }

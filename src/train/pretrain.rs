@@ -102,6 +102,32 @@ pub fn evaluate(
     Ok(Eval { answer_nll: sums[0] / sums[1].max(1.0), answer_exact: sums[2] / sums[3].max(1.0) })
 }
 
+/// A model directory's `tokenizer.json`, where it has one, must be arbor's character tokenizer:
+/// training and evaluation encode with it, so a model of another vocabulary would read every id as
+/// another character. (A directory without one, such as a peer's checkpoint of an arbor model, is
+/// taken as it is.)
+pub fn check_char_tokenizer(dir: &Path, tok: &CharTokenizer) -> Result<()> {
+    let path = dir.join(crate::tokenizer::TOKENIZER_FILE);
+    let Some(bytes) = crate::train::run_dir::read_if_present(&path, |p| std::fs::read(p))? else { return Ok(()) };
+    let theirs: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Format { path: path.clone(), msg: format!("not a tokenizer.json: {e}") })?;
+    let ours = tok.to_tokenizer_json();
+    if theirs["model"]["vocab"] != ours["model"]["vocab"] {
+        return Err(Error::Format {
+            path,
+            msg: format!(
+                "not arbor's character tokenizer (a {} model with {} vocabulary entries; arbor's has {}): arbor \
+                 trains and evaluates with its character tokenizer, which would read this model's ids as other \
+                 characters",
+                theirs["model"]["type"].as_str().unwrap_or("?"),
+                theirs["model"]["vocab"].as_object().map_or(0, |v| v.len()),
+                tok.vocab_size()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The run's full (unsharded) model: loaded from `model.hf_dir`, or freshly initialised from
 /// the config's dimensions and `run.seed`.
 pub fn build_model(cfg: &RunConfig, tok: &CharTokenizer) -> Result<Model> {
@@ -109,6 +135,7 @@ pub fn build_model(cfg: &RunConfig, tok: &CharTokenizer) -> Result<Model> {
     Ok(match &cfg.model.hf_dir {
         Some(dir) => {
             let (mc, params) = load_hf_dir(dir)?;
+            check_char_tokenizer(dir, tok)?;
             if mc.vocab_size < tok.vocab_size() {
                 return Err(Error::Config {
                     file: dir.join("config.json"),
