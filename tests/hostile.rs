@@ -309,6 +309,20 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
     assert_eq!((lr_of("config.until-step-3.toml"), lr_of("config.until-step-3.1.toml")), (1e-3, 2e-3));
     let history = std::fs::read_to_string(run.join("config-history.jsonl")).unwrap();
     assert!(history.lines().nth(1).is_some_and(|l| l.contains("config.until-step-3.1.toml")), "{history}");
+
+    // a rollback to before the changes is compared with the config of its own steps (lr 1e-3, kept in
+    // the checkpoint), not with the run's newest: the original config resumes without a flag, and
+    // the newest one is a change
+    let early = run.join("checkpoints/step-2");
+    assert!(early.join("run_config.toml").is_file());
+    let mut newest = cfg.clone();
+    newest.rl.as_mut().unwrap().lr = 3e-3;
+    let err = job::run(&newest, Some(&early), &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("rl.lr") && err.contains("0.001 → 0.003"), "{err}");
+    job::run(&cfg, Some(&early), &mut Vec::new()).unwrap();
+    assert_eq!(lr_of("config.toml"), 1e-3);
+    // and the newest config it replaced is kept too
+    assert_eq!(lr_of("config.until-step-2.toml"), 3e-3);
 }
 
 // ---- the disk-full sequence ----

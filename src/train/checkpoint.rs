@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const MANIFEST_FILE: &str = "manifest.json";
+/// The resolved run config the checkpoint's steps were trained with (what a resume from it, a
+/// rollback included, is compared with: train/run_record.rs).
+pub const RUN_CONFIG_FILE: &str = "run_config.toml";
 
 /// Everything besides weights and moments that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +90,8 @@ pub struct CheckpointFiles<'a> {
     pub keep_last: usize,
     /// Writes further files into the checkpoint's folder before it is renamed into place.
     pub extra: ExtraFiles<'a>,
+    /// The resolved run config (TOML), saved as [`RUN_CONFIG_FILE`] when given.
+    pub run_config: Option<&'a str>,
 }
 
 /// Write `checkpoints/step-<state.step>/` under `run_dir` (with the `extra` files) and keep only the
@@ -99,7 +104,7 @@ pub fn save_checkpoint(
     state: &TrainerState,
     files: &CheckpointFiles,
 ) -> Result<PathBuf> {
-    let CheckpointFiles { tokenizer, keep_last, extra } = *files;
+    let CheckpointFiles { tokenizer, keep_last, extra, run_config } = *files;
     let root = run_dir.join("checkpoints");
     io(&root, std::fs::create_dir_all(&root))?;
     let final_dir = root.join(format!("step-{}", state.step));
@@ -119,7 +124,7 @@ pub fn save_checkpoint(
     let need = 12 * params.data.len() as u64;
     crate::io::space::ensure_space(&root, need, &format!("checkpoint step-{}", state.step))?;
     // a failed write (a full disk after all) leaves no temporary folder behind
-    write_checkpoint_files(&tmp, cfg, params, tokenizer, opt, state, extra).inspect_err(|_| {
+    write_checkpoint_files(&tmp, cfg, params, (tokenizer, run_config), opt, state, extra).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&tmp);
     })?;
     if final_dir.exists() {
@@ -154,7 +159,7 @@ fn write_checkpoint_files(
     tmp: &Path,
     cfg: &ModelConfig,
     params: &Params,
-    tokenizer: Option<&Tokenizer>,
+    (tokenizer, run_config): (Option<&Tokenizer>, Option<&str>),
     opt: &AdamW,
     state: &TrainerState,
     extra: ExtraFiles,
@@ -163,6 +168,9 @@ fn write_checkpoint_files(
     extra(tmp)?;
     if let Some(t) = tokenizer {
         t.save_to_dir(tmp)?;
+    }
+    if let Some(text) = run_config {
+        io(tmp, std::fs::write(tmp.join(RUN_CONFIG_FILE), text))?;
     }
     let n = opt.m.len();
     let shape = vec![n];

@@ -119,7 +119,13 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
     let config_check = match resume {
         Some(dir) if root => {
-            let recorded = crate::train::run_dir::run_of_checkpoint(dir).map(|r| r.join("config.toml"));
+            // the config the checkpoint's own steps ran with (a rollback past a config change is
+            // compared with the config of its time); a checkpoint of before it was saved there: its run's
+            let own = dir.join(crate::train::checkpoint::RUN_CONFIG_FILE);
+            let recorded = match own.is_file() {
+                true => Some(own),
+                false => crate::train::run_dir::run_of_checkpoint(dir).map(|r| r.join("config.toml")),
+            };
             Some(crate::train::run_record::check_resume_config(
                 recorded.as_deref(),
                 &resolved,

@@ -330,7 +330,14 @@ pub fn run_phase(
             };
             engine.sync_host(model, opt)?;
             let none = |_: &Path| Ok::<(), Error>(());
-            let files = CheckpointFiles { tokenizer: Some(tokenizer), keep_last: t.keep_checkpoints, extra: &none };
+            let run_config =
+                toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+            let files = CheckpointFiles {
+                tokenizer: Some(tokenizer),
+                keep_last: t.keep_checkpoints,
+                extra: &none,
+                run_config: Some(&run_config),
+            };
             save_model_checkpoint(out_dir, model, opt, &state, &files, root)?;
         }
         if preempted {

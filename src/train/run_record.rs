@@ -72,9 +72,10 @@ fn show(v: &Option<String>) -> &str {
 }
 
 /// What a resume changes, checked before the run directory is touched: the resolved config `now`
-/// of a run resumed after global step `step`, compared with `recorded` (the `config.toml` of the
-/// run that wrote the checkpoint; None where there is no such run: nothing to compare). A change is
-/// refused unless `allow`; nothing is written either way.
+/// of a run resumed after global step `step`, compared with `recorded` (the config the
+/// checkpoint's steps ran with: its `run_config.toml`, else the `config.toml` of the run that
+/// wrote it; None where there is neither: nothing to compare). A change is refused unless `allow`;
+/// nothing is written either way.
 pub fn check_resume_config(recorded: Option<&Path>, now: &str, step: u64, allow: bool) -> Result<ConfigResume> {
     let Some(path) = recorded else { return Ok(ConfigResume { recorded: String::new(), changes: Vec::new() }) };
     // (none there: a run killed before it wrote its config, nothing recorded to compare with)
@@ -109,10 +110,10 @@ fn listed(changes: &[Change]) -> String {
 }
 
 /// Record a checked resume in `run_dir` (after the run directory is prepared): `config.toml`
-/// becomes `now`; an allowed change keeps the previous config as `config.until-step-N.toml` (a
-/// second change at the same step gets the first free `.K` suffix: no earlier record is
-/// overwritten) and adds a `config-history.jsonl` line. Returns the metrics.jsonl event line of an
-/// allowed change.
+/// becomes `now`, and the file it replaces, where that differs in a setting, is kept as
+/// `config.until-step-N.toml` (the first free `.K` suffix after that: no earlier record is
+/// overwritten); an allowed change also adds a `config-history.jsonl` line. Returns the
+/// metrics.jsonl event line of an allowed change.
 pub fn record_resume_config(
     run_dir: &Path,
     checked: ConfigResume,
@@ -121,10 +122,18 @@ pub fn record_resume_config(
 ) -> Result<Option<ConfigChangeLine>> {
     let path = run_dir.join("config.toml");
     let ConfigResume { recorded, changes } = checked;
-    if changes.is_empty() {
-        crate::io::atomic::write_atomic(&path, now.as_bytes())?;
-        return Ok(None);
-    }
+    // the file this resume replaces, when it differs in a setting (a rollback past a change back to
+    // the config of the checkpoint's time replaces the newer one): kept, like a changed config
+    let current = read_if_present(&path, |p| std::fs::read_to_string(p))?;
+    let differs = |c: &str| diff(c, now, &path).map(|d| !d.is_empty());
+    let kept_text = match current {
+        Some(c) if differs(&c)? => c,
+        _ if !changes.is_empty() => recorded,
+        _ => {
+            crate::io::atomic::write_atomic(&path, now.as_bytes())?;
+            return Ok(None);
+        }
+    };
     let mut kept = run_dir.join(format!("config.until-step-{step}.toml"));
     if kept.exists() {
         kept = (1u64..)
@@ -132,7 +141,11 @@ pub fn record_resume_config(
             .find(|p| !p.exists())
             .expect("an unbounded range has a free name");
     }
-    crate::io::atomic::write_atomic(&kept, recorded.as_bytes())?;
+    crate::io::atomic::write_atomic(&kept, kept_text.as_bytes())?;
+    if changes.is_empty() {
+        crate::io::atomic::write_atomic(&path, now.as_bytes())?;
+        return Ok(None);
+    }
     let entries: serde_json::Map<String, serde_json::Value> =
         changes.iter().map(|c| (c.key.clone(), serde_json::json!({"was": c.was, "now": c.now}))).collect();
     let event = ConfigChangeLine { step, event: "config_change", changes: entries };

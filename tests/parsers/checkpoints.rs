@@ -8,7 +8,7 @@ pub(crate) fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u6
     let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
     let state =
         TrainerState { step, seed: 7, adam_t: step, rl_eval_before: None, sampling: None, nonfinite_in_a_row: 0 };
-    let files = CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()) };
+    let files = CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()), run_config: None };
     save_checkpoint(run, cfg, params, &opt, &state, &files)
 }
 

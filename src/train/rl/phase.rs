@@ -360,7 +360,13 @@ fn checkpoint(
         }
         Ok(())
     };
-    let files = CheckpointFiles { tokenizer: Some(ph.tokenizer), keep_last: cfg.train.keep_checkpoints, extra: &extra };
+    let run_config = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+    let files = CheckpointFiles {
+        tokenizer: Some(ph.tokenizer),
+        keep_last: cfg.train.keep_checkpoints,
+        extra: &extra,
+        run_config: Some(&run_config),
+    };
     save_model_checkpoint(ph.run_dir, model, opt, &state, &files, grid.is_root())?;
     Ok(())
 }
