@@ -35,16 +35,17 @@
 #define SAMPLE_TILE_ROW (SAMPLE_TILE + 1)
 
 // Round `r` of every thread's chunk into `tile`: thread c's elements [lo_c + r*TILE, ...) (lo_c =
-// c * chunk, clipped to its chunk and the row) at tile[c * TILE_ROW + k]; what lies outside is
-// never read. The block's 256 * TILE loads go warp by warp over one chunk's TILE consecutive
-// elements, so each warp instruction touches one or two cache lines instead of 32.
+// c * chunk; the round's width is min(TILE, chunk - r*TILE), clipped to the row) at
+// tile[c * TILE_ROW + k]; what lies outside is never read. Consecutive threads load consecutive
+// elements of one chunk's round (and of the next chunk's, where a round covers a whole short
+// chunk), so each warp instruction touches one or two cache lines instead of 32.
 template <typename T>
 __device__ __forceinline__ void stage_round(const T* __restrict__ z, int v, int chunk, int r, float* tile) {
-    for (int i = threadIdx.x; i < SAMPLE_BLOCK * SAMPLE_TILE; i += SAMPLE_BLOCK) {
-        const int c = i / SAMPLE_TILE, k = i % SAMPLE_TILE;
-        const int off = r * SAMPLE_TILE + k;
-        const long long g = (long long)c * chunk + off;
-        if (off < chunk && g < v) tile[c * SAMPLE_TILE_ROW + k] = load_f(z + g);
+    const int width = min(SAMPLE_TILE, chunk - r * SAMPLE_TILE);
+    for (int i = threadIdx.x; i < SAMPLE_BLOCK * width; i += SAMPLE_BLOCK) {
+        const int c = i / width, k = i - c * width;
+        const long long g = (long long)c * chunk + r * SAMPLE_TILE + k;
+        if (g < v) tile[c * SAMPLE_TILE_ROW + k] = load_f(z + g);
     }
 }
 

@@ -281,6 +281,11 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
     let aside = run.join("checkpoints/superseded-after-step-3");
     assert!(aside.join("step-4").is_dir());
     assert_eq!(std::fs::read(aside.join("metrics.jsonl")).unwrap(), metrics_before);
+    // the superseded branch cannot be resumed on top of the run's record, which is the other one's
+    let metrics_now = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let err = job::run(&same, Some(&aside.join("step-4")), &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("superseded checkpoint"), "{err}");
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics_now, "a refused resume touched the run");
 
     changed.allow_config_change = true;
     job::run(&changed, Some(&ck), &mut Vec::new()).unwrap();

@@ -101,8 +101,8 @@ fn describe(m: Misfit, ctx: &ContextCheck) -> String {
     match m {
         Misfit::NoSolution => format!(
             "no \"solution\": train.steps = {} needs a \"solution\" in every record, held-out records included \
-             (the supervised phase trains and evaluates on <bos> prompt solution <eos>); add one, or set \
-             train.steps = 0 to train by RL alone",
+             (the supervised phase trains and evaluates on <bos> prompt solution <eos>); add one (a JSONL \
+             record's `solution` field; parquet rows have none), or set train.steps = 0 to train by RL alone",
             ctx.supervised_steps
         ),
         Misfit::Sequence { prompt, solution } => format!(

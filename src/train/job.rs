@@ -60,6 +60,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let (mut start, mut nonfinite_in_a_row) = (0u64, 0u64);
     let (mut rl_before, mut sampling) = (None, None);
     if let Some(dir) = resume {
+        crate::train::run_dir::check_resume_target(&out_dir, dir)?;
         let ck = load_checkpoint(dir)?;
         if &ck.config != model.full_config() {
             return Err(Error::Invalid(format!(
@@ -139,7 +140,9 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     // run's checkpoint brings that run's record: before anything is written
     let mut dir_notes = Vec::new();
     if root {
-        dir_notes = crate::train::run_dir::prepare(&out_dir, resume.map(|d| (d, start)))?;
+        // a resume inside the RL phase reopens the dump (trimmed to its step): it travels with it
+        let dump = cfg!(feature = "hdf5") && start > t.steps && cfg.rl.as_ref().is_some_and(|r| r.dump_trajectories);
+        dir_notes = crate::train::run_dir::prepare(&out_dir, resume.map(|d| (d, start)), dump)?;
         crate::train::checkpoint::remove_stale_temporaries(&out_dir)?;
     }
     // the run directory's record of its config: written fresh, or the checked resume recorded

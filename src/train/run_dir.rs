@@ -9,11 +9,11 @@
 //!   exist) moves the later ones into `checkpoints/superseded-after-step-K/`, where neither
 //!   pruning nor `--resume auto|latest` sees them, with a copy of `metrics.jsonl` and
 //!   `trajectories.h5` as they were (the resumed run drops their steps after K). A superseded
-//!   checkpoint still belongs to its run: resuming from it is a rollback of the run.
+//!   checkpoint is refused as a resume into its own run ([`check_resume_target`]).
 //! - A resume from another run's checkpoint (`<src>/checkpoints/step-K`) into this directory
 //!   first copies the source run's record: `config.toml`, `config-history.jsonl`,
-//!   `metrics.jsonl` and `trajectories.h5` (trimmed to steps ≤ K when they are opened) and the RL
-//!   phase's KL reference (`reference/`). The rest of a resumed RL phase's state (critics, the
+//!   `metrics.jsonl` (and `trajectories.h5` when the resumed RL phase reopens it), trimmed to
+//!   steps ≤ K when they are opened, and the RL phase's KL reference (`reference/`). The rest of a resumed RL phase's state (critics, the
 //!   pending tree batch) is read from the checkpoint itself.
 //!
 //! A resume's checks (its config against the source run's, the RL phase's KL reference and pending
@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 use crate::train::checkpoint::io;
 use std::path::{Path, PathBuf};
 
-/// The files of a run's record that a resume into another directory carries over.
-const RECORD_FILES: [&str; 4] = ["config.toml", "config-history.jsonl", "metrics.jsonl", "trajectories.h5"];
+/// The files of a run's record that a resume into another directory carries over (and the dump,
+/// `trajectories.h5`, when the resumed RL phase reopens it: [`prepare`]'s `dump`).
+const RECORD_FILES: [&str; 3] = ["config.toml", "config-history.jsonl", "metrics.jsonl"];
+const DUMP_FILE: &str = "trajectories.h5";
 /// The files whose steps after a rollback's step are dropped when the resumed run opens them; a
 /// copy of each, as it was, goes beside the superseded checkpoints.
 const TRIMMED_FILES: [&str; 2] = ["metrics.jsonl", "trajectories.h5"];
@@ -46,12 +48,40 @@ pub fn read_if_present<T>(path: &Path, read: impl FnOnce(&Path) -> std::io::Resu
 /// The run directory a checkpoint was written in: `<run>/checkpoints/step-N` gives `<run>`; a
 /// checkpoint copied anywhere else has none.
 pub fn run_of_checkpoint(ck: &Path) -> Option<PathBuf> {
-    let mut parent = ck.parent()?;
-    // a superseded checkpoint (`<run>/checkpoints/superseded-after-step-K/step-N`) is still the run's
-    if parent.file_name()?.to_string_lossy().starts_with("superseded-after-step-") {
-        parent = parent.parent()?;
-    }
+    let parent = ck.parent()?;
     (parent.file_name()? == "checkpoints").then(|| parent.parent().map(Path::to_path_buf)).flatten()
+}
+
+/// A superseded checkpoint (`<run>/checkpoints/superseded-after-step-K/step-N`) belongs to a branch
+/// the run left: resuming it into its own run directory would continue that branch on top of the
+/// other one's record (its checkpoints up to N, metrics, dump, KL reference). Refused, with what to
+/// do instead; checked before anything is touched.
+pub fn check_resume_target(run_dir: &Path, ck: &Path) -> Result<()> {
+    let Some(folder) = ck.parent() else { return Ok(()) };
+    let superseded = folder.file_name().is_some_and(|n| n.to_string_lossy().starts_with("superseded-after-step-"));
+    let run = folder.parent().filter(|c| c.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
+    if superseded && run.is_some_and(|r| same_dir(r, run_dir)) {
+        return Err(Error::Invalid(format!(
+            "{}: a superseded checkpoint (a branch this run left when it was rolled back) cannot be resumed \
+             into its own run, {}: the run's record now belongs to the other branch; resume it into another \
+             directory (another run.name or --out-dir), which starts a run of its own from it",
+            ck.display(),
+            run_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Copy `from` to `to` after checking the room for it (a record can be large: the dump); a copy
+/// that fails half-way is removed.
+fn copy_checked(from: &Path, to: &Path) -> Result<()> {
+    let len = io(from, std::fs::metadata(from))?.len();
+    let dir = to.parent().unwrap_or(Path::new("."));
+    crate::io::space::ensure_space(dir, len, &format!("a copy of {}", from.display()))?;
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| {
+        let _ = std::fs::remove_file(to);
+        Error::io(to, e)
+    })
 }
 
 /// Whether `dir` holds the record of a run.
@@ -93,8 +123,10 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 /// Get `run_dir` ready for a run that starts fresh (`resume` = None) or resumes from checkpoint
 /// `resume` = (its directory, its step); returns what was moved or copied, one line each, for the
-/// log. Call before anything is written into `run_dir`.
-pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>) -> Result<Vec<String>> {
+/// log. `dump`: the resumed RL phase reopens its trajectory dump (a resume inside the phase with
+/// `dump_trajectories`), so a resume from another run copies that run's dump too (the phase trims
+/// it to the checkpoint's step). Call before anything is written into `run_dir`.
+pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let source = resume.and_then(|(ck, _)| run_of_checkpoint(ck));
     let rollback = source.as_deref().is_some_and(|s| same_dir(s, run_dir));
@@ -117,7 +149,7 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>) -> Result<Vec<Strin
             io(&aside, std::fs::create_dir_all(&aside))?;
             for f in TRIMMED_FILES {
                 if run_dir.join(f).is_file() {
-                    io(&run_dir.join(f), std::fs::copy(run_dir.join(f), aside.join(f)))?;
+                    copy_checked(&run_dir.join(f), &aside.join(f))?;
                 }
             }
             for dir in &later {
@@ -133,9 +165,9 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>) -> Result<Vec<Strin
         }
     } else if let Some(src) = &source {
         let mut copied = Vec::new();
-        for f in RECORD_FILES {
+        for f in RECORD_FILES.into_iter().chain(dump.then_some(DUMP_FILE)) {
             if src.join(f).is_file() {
-                io(&src.join(f), std::fs::copy(src.join(f), run_dir.join(f)))?;
+                copy_checked(&src.join(f), &run_dir.join(f))?;
                 copied.push(f.to_string());
             }
         }
@@ -188,11 +220,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let run = t.path().join("r");
         // nothing there, or an empty folder: nothing to move
-        assert!(prepare(&run, None).unwrap().is_empty());
-        assert!(prepare(&run, None).unwrap().is_empty());
+        assert!(prepare(&run, None, false).unwrap().is_empty());
+        assert!(prepare(&run, None, false).unwrap().is_empty());
         checkpoint(&run, 400);
         touch(&run.join("metrics.jsonl"));
-        let notes = prepare(&run, None).unwrap();
+        let notes = prepare(&run, None, false).unwrap();
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("r.1"), "{notes:?}");
         assert_eq!(steps(&t.path().join("r.1")), vec![400]);
@@ -200,7 +232,7 @@ mod tests {
         assert!(run.is_dir() && steps(&run).is_empty());
         // a second earlier run goes to the next free name
         touch(&run.join("config.toml"));
-        prepare(&run, None).unwrap();
+        prepare(&run, None, false).unwrap();
         assert!(t.path().join("r.2/config.toml").is_file());
         assert!(!run.join("config.toml").exists());
     }
@@ -215,7 +247,7 @@ mod tests {
         touch(&run.join("config.toml"));
         std::fs::write(run.join("metrics.jsonl"), b"{\"step\":100}\n").unwrap();
         let ck = run.join("checkpoints/step-90");
-        let notes = prepare(&run, Some((&ck, 90))).unwrap();
+        let notes = prepare(&run, Some((&ck, 90)), false).unwrap();
         assert_eq!(steps(&run), vec![80, 90], "{notes:?}");
         assert!(run.join("checkpoints/superseded-after-step-90/step-100/manifest.json").is_file());
         // the metrics as they were (the resumed run drops step 100's line) go beside them
@@ -224,10 +256,10 @@ mod tests {
         assert!(run.join("config.toml").is_file(), "a rollback keeps the run's record in place");
         // again to the same step: a second folder
         checkpoint(&run, 95);
-        prepare(&run, Some((&ck, 90))).unwrap();
+        prepare(&run, Some((&ck, 90)), false).unwrap();
         assert!(run.join("checkpoints/superseded-after-step-90.1/step-95/manifest.json").is_file());
         // the latest checkpoint: nothing later, nothing moved
-        assert!(prepare(&run, Some((&ck, 90))).unwrap().is_empty());
+        assert!(prepare(&run, Some((&ck, 90)), false).unwrap().is_empty());
     }
 
     #[test]
@@ -240,7 +272,7 @@ mod tests {
         }
         // b holds a run of its own: moved aside first
         checkpoint(&dst, 7);
-        let notes = prepare(&dst, Some((&src.join("checkpoints/step-3"), 3))).unwrap();
+        let notes = prepare(&dst, Some((&src.join("checkpoints/step-3"), 3)), true).unwrap();
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert_eq!(steps(&t.path().join("b.1")), vec![7]);
         for f in ["config.toml", "metrics.jsonl", "trajectories.h5", "reference/model.safetensors"] {
@@ -253,15 +285,19 @@ mod tests {
         touch(&loose.join("manifest.json"));
         assert_eq!(run_of_checkpoint(&loose), None);
         assert_eq!(run_of_checkpoint(&src.join("checkpoints/step-3")), Some(src.clone()));
-        // a superseded checkpoint is still its run's: resuming from it is a rollback of the run, not
-        // a fresh run that moves the whole directory aside
+        // a superseded checkpoint is no checkpoint of a run (its branch was left): it cannot be
+        // resumed into its own run, only into another directory, which copies no record
         let superseded = src.join("checkpoints/superseded-after-step-1/step-3");
-        assert_eq!(run_of_checkpoint(&superseded), Some(src.clone()));
-        touch(&superseded.join("manifest.json"));
-        let notes = prepare(&src, Some((&superseded, 3))).unwrap();
-        assert!(notes.is_empty(), "{notes:?}");
-        assert_eq!(steps(&src), vec![3], "the run stayed in place");
-        assert!(src.join("config.toml").is_file());
+        assert_eq!(run_of_checkpoint(&superseded), None);
+        let e = check_resume_target(&src, &superseded).unwrap_err().to_string();
+        assert!(e.contains("superseded checkpoint") && e.contains("another directory"), "{e}");
+        check_resume_target(&t.path().join("elsewhere"), &superseded).unwrap();
+        check_resume_target(&src, &src.join("checkpoints/step-3")).unwrap();
+        // without the dump flag (a fork that starts its RL phase fresh, or keeps no dump) the dump
+        // stays behind
+        let other = t.path().join("c");
+        prepare(&other, Some((&src.join("checkpoints/step-3"), 3)), false).unwrap();
+        assert!(other.join("metrics.jsonl").is_file() && !other.join("trajectories.h5").exists());
     }
 
     #[test]

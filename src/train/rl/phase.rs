@@ -63,13 +63,18 @@ pub fn check_resume(plan: &RlPlan, loss: &LossConfig, ck: &Path, done: u64, dp: 
         return Ok(());
     }
     if loss.kl_coef > 0.0 {
-        let dir = run_of_checkpoint(ck).map(|r| r.join(REFERENCE_DIR));
-        if !dir.as_deref().is_some_and(Path::is_dir) {
+        let missing = match run_of_checkpoint(ck).map(|r| r.join(REFERENCE_DIR)) {
+            Some(dir) if dir.is_dir() => None,
+            Some(dir) => Some(format!("its KL reference {} is missing", dir.display())),
+            None => {
+                Some(format!("{} is not in a run's checkpoints/ folder, where its KL reference is found", ck.display()))
+            }
+        };
+        if let Some(why) = missing {
             return Err(Error::Invalid(format!(
-                "resuming the RL phase with loss.kl_coef = {}: its KL reference {} is missing (saved in the run \
-                 directory at the phase's start; resume from a checkpoint inside its run, <run>/checkpoints/step-N)",
-                loss.kl_coef,
-                dir.unwrap_or_else(|| ck.join("..").join("..").join(REFERENCE_DIR)).display()
+                "resuming the RL phase with loss.kl_coef = {}: {why} (the reference is saved in the run directory \
+                 at the phase's start; resume from a checkpoint inside its run, <run>/checkpoints/step-N)",
+                loss.kl_coef
             )));
         }
     }
