@@ -1,7 +1,8 @@
 //! Command-line input that used to panic, exit 0 without doing what it said, print an error twice
 //! or overwrite an earlier experiment's results: each is refused naming the flag or key, or kept.
 
-use arbor::config::ADDITION_CONFIG;
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -20,13 +21,7 @@ fn fails(args: &[&str], dir: &Path) -> String {
 
 /// A job of seconds: the addition model shrunk, 2 supervised steps, 1 RL step.
 fn tiny_job() -> String {
-    ADDITION_CONFIG
-        .replace("hidden_size = 128", "hidden_size = 32")
-        .replace("intermediate_size = 384", "intermediate_size = 64")
-        .replace("num_layers = 4", "num_layers = 2")
-        .replace("steps = 400", "steps = 2")
-        .replace("batch_size = 64", "batch_size = 8")
-        .replace("eval_problems = 256", "eval_problems = 8")
+    common::small_addition(2)
         + "\n[rl]\nsteps = 1\nprompts_per_step = 2\nsamples_per_prompt = 2\nmax_new_tokens = 5\n"
         + "eval_problems = 4\neval_samples = 1\ndump_trajectories = false\n"
 }
