@@ -95,6 +95,11 @@ fn a_checkpoint_past_the_run_is_refused() {
     short.rl.as_mut().unwrap().steps = 1;
     let err = job::run(&short, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("past the run") && err.contains("step-4"), "{err}");
+    // a checkpoint of another model shape names the settings that differ
+    let mut wider = config(dir.path(), 2);
+    wider.model.intermediate_size = Some(96);
+    let err = job::run(&wider, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("intermediate_size: checkpoint 64, config 96"), "{err}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ use crate::config::RunConfig;
 use crate::parallel::Local;
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::rl::{evaluate, SolveRate};
+use crate::train::run_dir::numbered;
 use anyhow::Context;
 use clap::Args;
 use std::fmt::Write as _;
@@ -40,14 +41,6 @@ struct SeedResult {
     rl_secs: f64,
     /// The control's supervised steps and its held-out solve rate.
     control: Option<(u64, SolveRate)>,
-}
-
-/// `name` with `.{i}` before its extension (`compare.md` → `compare.1.md`).
-fn numbered(name: &str, i: u64) -> String {
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{i}.{ext}"),
-        _ => format!("{name}.{i}"),
-    }
 }
 
 /// Keep an earlier experiment's summary in `dir`: `files` (the summary first, then the figures it

@@ -288,48 +288,20 @@ fn open_metrics_file(path: &Path, start: u64, sft_steps: u64) -> Result<std::fs:
     std::fs::File::create(path).map_err(|e| Error::io(path, e))
 }
 
-/// The fields in which two model configs differ, `name: a → b` each (from their Debug forms).
+/// The `config.json` keys in which two model configs differ, `key: checkpoint a, config b` each.
 fn model_differences(a: &crate::model::ModelConfig, b: &crate::model::ModelConfig) -> String {
-    let (fa, fb) = (debug_fields(&format!("{a:?}")), debug_fields(&format!("{b:?}")));
-    let diffs: Vec<String> = fa
-        .iter()
-        .zip(&fb)
-        .filter(|(x, y)| x != y)
-        .map(|(x, y)| {
-            let name = x.split(':').next().unwrap_or(x).trim();
-            let value = |f: &str| f.split_once(':').map_or(f.trim(), |(_, v)| v.trim()).to_string();
-            format!("{name}: checkpoint {}, config {}", value(x), value(y))
-        })
+    let (ja, jb) = (a.to_hf_json(), b.to_hf_json());
+    let none = serde_json::Map::new();
+    let (ma, mb) = (ja.as_object().unwrap_or(&none), jb.as_object().unwrap_or(&none));
+    let keys: std::collections::BTreeSet<&String> = ma.keys().chain(mb.keys()).collect();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| ma.get(*k) != mb.get(*k))
+        .map(|k| format!("{k}: checkpoint {}, config {}", show(ma.get(k)), show(mb.get(k))))
         .collect();
-    if diffs.is_empty() {
-        "see config.json".into()
-    } else {
-        diffs.join("; ")
+    match diffs.is_empty() {
+        true => "their config.json forms agree; compare the checkpoint's config.json with the config".into(),
+        false => diffs.join("; "),
     }
-}
-
-/// The top-level `name: value` fields of a struct's Debug text (`Name { a: 1, b: X { .. } }`).
-fn debug_fields(text: &str) -> Vec<String> {
-    let inner = match (text.find('{'), text.rfind('}')) {
-        (Some(i), Some(j)) if i < j => &text[i + 1..j],
-        _ => return vec![text.to_string()],
-    };
-    let (mut out, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
-    for ch in inner.chars() {
-        match ch {
-            '{' | '(' | '[' => depth += 1,
-            '}' | ')' | ']' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(cur.trim().to_string());
-                cur.clear();
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(ch);
-    }
-    if !cur.trim().is_empty() {
-        out.push(cur.trim().to_string());
-    }
-    out
 }

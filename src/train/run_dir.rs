@@ -97,6 +97,27 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// `name` with `.{i}` before its extension (`seeds.md` → `seeds.1.md`; no extension: appended).
+pub fn numbered(name: &str, i: u64) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.{i}.{ext}"),
+        _ => format!("{name}.{i}"),
+    }
+}
+
+/// `path` if nothing is there, else the first [`numbered`] name beside it that is free: a record
+/// file written where an earlier one of the same name exists keeps both.
+pub fn free_file(path: &Path) -> PathBuf {
+    if !path.exists() {
+        return path.to_path_buf();
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    (1u64..)
+        .map(|i| path.with_file_name(numbered(&name, i)))
+        .find(|p| !p.exists())
+        .expect("an unbounded range has a free name")
+}
+
 /// `path` with `.{i}` appended to its last component, for the first `i` ≥ 1 where nothing exists.
 fn first_free(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -134,13 +134,7 @@ pub fn record_resume_config(
             return Ok(None);
         }
     };
-    let mut kept = run_dir.join(format!("config.until-step-{step}.toml"));
-    if kept.exists() {
-        kept = (1u64..)
-            .map(|i| run_dir.join(format!("config.until-step-{step}.{i}.toml")))
-            .find(|p| !p.exists())
-            .expect("an unbounded range has a free name");
-    }
+    let kept = crate::train::run_dir::free_file(&run_dir.join(format!("config.until-step-{step}.toml")));
     crate::io::atomic::write_atomic(&kept, kept_text.as_bytes())?;
     if changes.is_empty() {
         crate::io::atomic::write_atomic(&path, now.as_bytes())?;
