@@ -15,7 +15,8 @@
 #             with f32 products; then decode graphs, the profiles, 64-row blocks and wgmma
 #   countdown configs/countdown-gpu.toml, short (GPU_CHECK_FULL=1: whole, ~10 min), unless it ran
 #             beside the tests
-#   variants  f32 and tf32, the other kernel plans (grouped dK/dV, the bf16 train step with 64-row
+#   variants  the memory pool released at every sync (the driver's default) against kept, f32 and
+#             tf32, the other kernel plans (grouped dK/dV, the bf16 train step with 64-row
 #             blocks and with the wgmma attention, per-head decode attention), batch 64 and long
 #             contexts, f32 peers, the rl-step in f32, with graphs and at issue 16's 64 x 8 x 256
 #   async     an [async] GRPO job, 1 trainer + 1 rollout rank, started by arbor launch
@@ -362,6 +363,12 @@ done_part countdown
 
 
 if part variants; then
+    echo "== what the memory pool's keeping buys (src/cuda/pool.rs): the bf16 train step and sampled generation at"
+    echo "   batch 16 with freed memory handed back to the device at every host wait (the driver's default)"
+    run train_step_bf16_pool_release env ARBOR_CUDA_POOL=release "$arbor" bench gpu --kind train-step --dtype bf16 \
+        "${q05[@]}" --batch 4 --seq 1024
+    run generate_sampled_0.5b_b16_bf16_pool_release env ARBOR_CUDA_POOL=release "$arbor" bench gpu --kind generate \
+        --sample --dtype bf16 "${q05[@]}" --batch 16 --warmup 1 --steps 2 --new-tokens 64
     echo "== attention: f32, and the backward's other dK/dV plan (one block loops over a GQA group's heads)"
     run attention "$arbor" bench gpu --kind attention "${att64[@]}"
     sdpa_peer sdpa python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype f32

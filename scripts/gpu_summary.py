@@ -163,6 +163,12 @@ def ratios(d):
         out.append(f"sampled generation bf16, batch 16, 16 + 2048 tokens: rows split over blocks "
                    f"{a['tokens_per_s']:,.0f} tok/s, unsplit {b['tokens_per_s']:,.0f} tok/s, split = "
                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x unsplit")
+    for kept, what in (("train_step_bf16", "bf16 train step 0.5B 4x1024"),
+                       ("generate_sampled_0.5b_b16_bf16", "bf16 sampled generation 0.5B batch 16")):
+        a, b = load(d, f"{kept}.json"), load(d, f"{kept}_pool_release.json")
+        if a and b and a.get("tokens_per_s") and b.get("tokens_per_s"):
+            out.append(f"{what}: memory pool kept {a['tokens_per_s']:,.0f} tok/s, released at every sync "
+                       f"{b['tokens_per_s']:,.0f} tok/s, kept = {a['tokens_per_s'] / b['tokens_per_s']:.2f}x released")
     # issue 16: tokens/s must grow with the batch (batch 256 >= 4x batch 16)
     for suffix in ("_bf16", "_bf16_graphs", ""):
         lo = load(d, f"generate_sampled_0.5b_b16{suffix}.json")

@@ -17,6 +17,8 @@
 // launches, blas.cpp cuBLAS, nccl.cpp NCCL; driver.h what they share.
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -72,11 +74,35 @@ struct Alloc {
     void* map;
     size_t map_len;
     size_t size;
+    bool pooled;  // from cuMemAllocAsync: its free goes back to the pool
 };
 
 std::mutex mem_lock;
 std::map<uintptr_t, Alloc> allocs;  // by start address
 size_t allocated = 0;
+
+// The stream-ordered pool (cuMemAllocAsync / cuMemFreeAsync), modelled by its byte counts: a
+// freed buffer's bytes stay in the pool, unused; an allocation no larger than the unused bytes
+// takes from them, a larger one takes new memory from the device (counted: C_POOL_GROWS); at every
+// host synchronisation the unused bytes above the release threshold (the driver's default: 0) go
+// back to the device. The memory itself is mapped and unmapped per buffer as for cuMemAlloc, so
+// that a use after free still faults. Each host thread has its own counts (tests run side by side
+// in one process, as with `counts`); the threshold is the one pool's, shared.
+std::atomic<unsigned long long> pool_threshold{0};
+size_t pool_unused_total = 0;  // every thread's unused bytes (under mem_lock): device memory taken
+thread_local size_t pool_unused = 0;
+thread_local size_t pool_used = 0;
+thread_local size_t pool_used_high = 0;
+thread_local size_t pool_reserved_high = 0;
+
+// Hand the calling thread's unused pool bytes above `keep` back to the device.
+void pool_trim(size_t keep) {
+    std::lock_guard<std::mutex> g(mem_lock);
+    if (pool_unused > keep) {
+        pool_unused_total -= pool_unused - keep;
+        pool_unused = keep;
+    }
+}
 
 constexpr size_t PAGE = 4096;
 
@@ -90,17 +116,24 @@ void* device_alloc(size_t bytes) {
     char* p = guard - body;
     memset(p, 0xff, body);  // a GPU's fresh memory is garbage: NaN here
     std::lock_guard<std::mutex> g(mem_lock);
-    allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{m, span + PAGE, bytes};
+    allocs[reinterpret_cast<uintptr_t>(p)] = Alloc{m, span + PAGE, bytes, false};
     allocated += bytes;
     return p;
 }
 
+// Free the allocation starting at `p`: false when none does. A pooled buffer's bytes stay in the
+// calling thread's pool, unused.
 bool device_free(uintptr_t p) {
     std::lock_guard<std::mutex> g(mem_lock);
     auto it = allocs.find(p);
     if (it == allocs.end()) return false;
     munmap(it->second.map, it->second.map_len);
     allocated -= it->second.size;
+    if (it->second.pooled) {
+        pool_used -= std::min(pool_used, it->second.size);
+        pool_unused += it->second.size;
+        pool_unused_total += it->second.size;
+    }
     allocs.erase(it);
     return true;
 }
@@ -176,6 +209,8 @@ CUresult refused_while_capturing(const char* call) {
 CUresult synchronize(const char* call) {
     if (CUresult r = refused_while_capturing(call)) return r;
     counts[C_SYNCS] += 1;
+    const unsigned long long keep = pool_threshold.load();
+    pool_trim(keep > SIZE_MAX ? SIZE_MAX : (size_t)keep);
     return OK;
 }
 
@@ -355,13 +390,39 @@ API CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
 }
 static CUresult alloc_now(CUdeviceptr* p, size_t bytes) {
     if (bytes == 0) return E_INVALID_VALUE;
-    if (allocated + bytes > TOTAL_MEM) return E_OUT_OF_MEMORY;
+    if (allocated + pool_unused_total + bytes > TOTAL_MEM) return E_OUT_OF_MEMORY;
     void* m = device_alloc(bytes);
     if (!m) return E_OUT_OF_MEMORY;
     *p = reinterpret_cast<CUdeviceptr>(m);
     return OK;
 }
-API CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) { return alloc_now(p, bytes); }
+API CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) {
+    if (bytes == 0) return E_INVALID_VALUE;
+    size_t grow = 0;
+    {
+        std::lock_guard<std::mutex> g(mem_lock);
+        if (pool_unused >= bytes) {
+            pool_unused -= bytes;
+            pool_unused_total -= bytes;
+        } else {
+            if (allocated + pool_unused_total + bytes > TOTAL_MEM) return E_OUT_OF_MEMORY;
+            grow = bytes;
+        }
+    }
+    void* m = device_alloc(bytes);
+    if (!m) return E_OUT_OF_MEMORY;
+    std::lock_guard<std::mutex> g(mem_lock);
+    allocs[reinterpret_cast<uintptr_t>(m)].pooled = true;
+    pool_used += bytes;
+    pool_used_high = std::max(pool_used_high, pool_used);
+    pool_reserved_high = std::max(pool_reserved_high, pool_used + pool_unused);
+    if (grow) {
+        counts[C_POOL_GROWS] += 1;
+        counts[C_POOL_GROW_BYTES] += grow;
+    }
+    *p = reinterpret_cast<CUdeviceptr>(m);
+    return OK;
+}
 API CUresult cuMemFree_v2(CUdeviceptr p) {
     if (p == 0) return OK;
     if (!device_free((uintptr_t)p)) {
@@ -379,8 +440,46 @@ API CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
 }
 API CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(mem_lock);
-    *free_bytes = TOTAL_MEM - allocated;
+    *free_bytes = TOTAL_MEM - allocated - pool_unused_total;
     *total = TOTAL_MEM;
+    return OK;
+}
+// The device's one pool (its handle: any non-null token).
+int g_pool_token;
+API CUresult cuDeviceGetMemPool(void** pool, CUdevice) {
+    *pool = &g_pool_token;
+    return OK;
+}
+API CUresult cuDeviceGetDefaultMemPool(void** pool, CUdevice d) { return cuDeviceGetMemPool(pool, d); }
+// CUmemPool_attribute: release threshold (4), reserved now / high (5, 6), used now / high (7, 8);
+// the counts are the calling thread's. The two high marks are reset by setting them to 0.
+API CUresult cuMemPoolSetAttribute(void* pool, int attr, void* value) {
+    if (pool != &g_pool_token || !value) return E_INVALID_VALUE;
+    const unsigned long long v = *static_cast<unsigned long long*>(value);
+    std::lock_guard<std::mutex> g(mem_lock);
+    switch (attr) {
+        case 4: pool_threshold = v; return OK;
+        case 6: if (v) return E_INVALID_VALUE; pool_reserved_high = pool_used + pool_unused; return OK;
+        case 8: if (v) return E_INVALID_VALUE; pool_used_high = pool_used; return OK;
+        default: return E_INVALID_VALUE;
+    }
+}
+API CUresult cuMemPoolGetAttribute(void* pool, int attr, void* value) {
+    if (pool != &g_pool_token || !value) return E_INVALID_VALUE;
+    unsigned long long& v = *static_cast<unsigned long long*>(value);
+    std::lock_guard<std::mutex> g(mem_lock);
+    switch (attr) {
+        case 4: v = pool_threshold; return OK;
+        case 5: v = pool_used + pool_unused; return OK;
+        case 6: v = pool_reserved_high; return OK;
+        case 7: v = pool_used; return OK;
+        case 8: v = pool_used_high; return OK;
+        default: return E_INVALID_VALUE;
+    }
+}
+API CUresult cuMemPoolTrimTo(void* pool, size_t keep) {
+    if (pool != &g_pool_token) return E_INVALID_VALUE;
+    pool_trim(keep);
     return OK;
 }
 API CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {

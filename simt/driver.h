@@ -53,6 +53,8 @@ enum Count : int {
     C_SYNCS,         // the host waiting for the device: stream, context and event synchronisation
     C_GRAPH_LAUNCHES,
     C_FILLS,         // memset calls run
+    C_POOL_GROWS,    // stream-ordered allocations the pool's unused memory could not serve, and
+    C_POOL_GROW_BYTES,  // their bytes (taken from the device: what a real driver maps anew)
     C_N
 };
 extern thread_local unsigned long long counts[C_N];

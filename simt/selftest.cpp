@@ -20,6 +20,12 @@
 extern "C" {
 int cuMemAlloc_v2(unsigned long long*, size_t);
 int cuMemFree_v2(unsigned long long);
+int cuMemAllocAsync(unsigned long long*, size_t, void*);
+int cuMemFreeAsync(unsigned long long, void*);
+int cuDeviceGetMemPool(void**, int);
+int cuMemPoolSetAttribute(void*, int, void*);
+int cuMemPoolGetAttribute(void*, int, void*);
+int cuMemPoolTrimTo(void*, size_t);
 int cuMemcpyHtoD_v2(unsigned long long, const void*, size_t);
 int cuMemcpyDtoH_v2(void*, unsigned long long, size_t);
 int cuModuleLoadData(void**, const void*);
@@ -244,8 +250,8 @@ int main() {
     {
         unsigned long long x = dev(256 * 4), y = dev(256 * 4);
         std::vector<float> zero(256, 0.0f), out(256);
-        unsigned long long c0[11], c1[11];
-        const bool eleven = arbor_simt_counters(c0, 11) == 11;
+        unsigned long long c0[13], c1[13];
+        const bool thirteen = arbor_simt_counters(c0, 13) == 13;
         cuMemcpyHtoD_v2(x, zero.data(), 1024);
         void* s = nullptr;
         cuStreamCreate(&s, 0);
@@ -266,14 +272,49 @@ int main() {
         cuMemcpyDtoH_v2(out.data(), x, 1024);
         check(captured_not_run && out[0] == 4.0f && out[255] == 4.0f && sync_refused && sync_after,
               "a captured stream records its launches (a synchronize inside fails), the graph replays them");
-        arbor_simt_counters(c1, 11);
-        unsigned long long d[11];
-        for (int i = 0; i < 11; ++i) d[i] = c1[i] - c0[i];
+        arbor_simt_counters(c1, 13);
+        unsigned long long d[13];
+        for (int i = 0; i < 13; ++i) d[i] = c1[i] - c0[i];
         // kernels run (captured ones run at the replays), copies up and down with their bytes, host
         // waits (not the refused one), graph launches
-        check(eleven && d[0] == 4 && d[1] == 0 && d[2] == 1 && d[3] == 1024 && d[4] == 2 && d[5] == 2048 && d[6] == 0 &&
+        check(thirteen && d[0] == 4 && d[1] == 0 && d[2] == 1 && d[3] == 1024 && d[4] == 2 && d[5] == 2048 && d[6] == 0 &&
                   d[8] == 1 && d[9] == 2 && d[10] == 0,
               "the counts of kernels, copies, host waits and graph launches are what ran");
+    }
+    {
+        // the stream-ordered pool: what a synchronisation hands back follows the release threshold
+        void* pool = nullptr;
+        cuDeviceGetMemPool(&pool, 0);
+        unsigned long long c0[13], c1[13], c2[13], c3[13];
+        auto cycle = [&](unsigned long long* before, unsigned long long* after) {
+            unsigned long long a = 0, b = 0;
+            arbor_simt_counters(before, 13);
+            cuMemAllocAsync(&a, 1 << 20, nullptr);
+            cuMemAllocAsync(&b, 1 << 16, nullptr);
+            cuMemFreeAsync(a, nullptr);
+            cuMemFreeAsync(b, nullptr);
+            cuStreamSynchronize(nullptr);
+            arbor_simt_counters(after, 13);
+        };
+        unsigned long long keep = ~0ull, zero = 0, got = 1, high = 0;
+        cuMemPoolSetAttribute(pool, 4, &zero);
+        cycle(c0, c1);  // grows: nothing is kept
+        const bool released = c1[11] - c0[11] == 2 && c1[12] - c0[12] == (1 << 20) + (1 << 16);
+        cycle(c0, c1);  // grows again: the synchronisation gave everything back
+        const bool again = c1[11] - c0[11] == 2;
+        cuMemPoolSetAttribute(pool, 4, &keep);
+        cycle(c0, c1);  // grows once more: the memory was given back before the threshold changed
+        cuMemPoolSetAttribute(pool, 8, &zero);
+        cycle(c2, c3);  // reuses what the last cycle kept
+        cuMemPoolGetAttribute(pool, 8, &high);
+        const bool kept = c3[11] - c2[11] == 0 && high == (1 << 20) + (1 << 16);
+        cuMemPoolTrimTo(pool, 0);
+        cycle(c2, c3);  // grows: the trim gave everything back
+        cuMemPoolGetAttribute(pool, 4, &got);
+        check(released && again && c1[11] - c0[11] == 2 && kept && c3[11] - c2[11] == 2 && got == keep,
+              "the memory pool keeps freed memory up to its release threshold at a synchronisation");
+        cuMemPoolSetAttribute(pool, 4, &zero);
+        cuMemPoolTrimTo(pool, 0);
     }
     {
         // arbor captures its decode steps in the thread-local mode: other threads go on

@@ -456,12 +456,14 @@ fn combine_rhythm_averages_the_chosen_heads() {
     assert!(combine_rhythm(&waad, &fai[..5], 2, &groups).is_err());
 }
 
-/// `Engine::attention_stats_chunked` (at most `rl.micro_batch` sequences per forward) gives each
+/// `Engine::attention_stats_chunked` (at most `rl.micro_batch` sequences and
+/// `rl.micro_batch_tokens` positions per forward) gives each
 /// sequence the statistics of one pass over the whole batch: they are per sequence, and only the
 /// products' blocking changes with the chunk (f32 rounding).
 #[test]
 fn chunked_passes_give_each_sequence_its_statistics() {
     use arbor::train::engine::Engine;
+    use arbor::train::micro_batch::MicroBatch;
     let f = fixture(3, &SEQS, 7);
     let cfg = StatsConfig { delta: 1, ..StatsConfig::default() };
     let whole = attention_stats(&f.model, &f.batch, &f.ws, &f.steps, &cfg).unwrap();
@@ -469,18 +471,24 @@ fn chunked_passes_give_each_sequence_its_statistics() {
         .map(|s| (f.batch.tokens[f.batch.seq_starts[s]..f.batch.seq_starts[s + 1]].to_vec(), f.steps[s].clone()))
         .collect();
     let diff = common::max_abs_diff;
-    for micro in [0, 1, 2, 3] {
+    // (sequences of 150, 37, 1, 91 and 130 positions: a budget of 200 packs 150 + 37 + 1, then
+    // 91 and 130 apart)
+    let by_tokens = MicroBatch { samples: 0, tokens: 200 };
+    for micro in [0.into(), 1.into(), 2.into(), 3.into(), by_tokens] {
         let (mut engine, mut ws) = (Engine::cpu(), Workspace::default());
         let got = engine.attention_stats_chunked(&f.model, &mut ws, &seqs, &cfg, micro).unwrap();
-        assert_eq!(got.len(), SEQS.len(), "micro-batch {micro}");
+        assert_eq!(got.len(), SEQS.len(), "micro-batch {micro:?}");
         for (s, (g, w)) in got.iter().zip(&whole).enumerate() {
             let worst = diff(&g.fci, &w.fci).max(diff(&g.lookback, &w.lookback));
             let worst = worst.max(diff(&g.waad, &w.waad)).max(diff(&g.fai, &w.fai));
-            assert!(worst <= 1e-5, "micro-batch {micro}, sequence {s}: statistics differ by {worst}");
+            assert!(worst <= 1e-5, "micro-batch {micro:?}, sequence {s}: statistics differ by {worst}");
         }
         // the workspace holds the largest chunk's tokens, not the batch's
-        let per = if micro == 0 { SEQS.len() } else { micro };
-        let largest = SEQS.chunks(per).map(|c| c.iter().map(|x| x.0).sum::<usize>()).max().unwrap();
-        assert_eq!(ws.capacity(), largest, "micro-batch {micro}: workspace of {} tokens", ws.capacity());
+        let chunks = micro.ranges(0..SEQS.len(), |i| SEQS[i].0);
+        let largest = chunks.iter().map(|r| SEQS[r.clone()].iter().map(|x| x.0).sum::<usize>()).max().unwrap();
+        assert_eq!(ws.capacity(), largest, "micro-batch {micro:?}: workspace of {} tokens", ws.capacity());
+        if micro == by_tokens {
+            assert_eq!(largest, 188, "the budget packs the short sequences together");
+        }
     }
 }

@@ -9,6 +9,7 @@ use arbor::model::Model;
 use arbor::parallel::Local;
 use arbor::train::critic::{Critic, CriticConfig, ValueTargets};
 use arbor::train::job;
+use arbor::train::micro_batch::MicroBatch;
 use arbor::train::rl::Sample;
 use common::metrics_without_clock as metrics;
 use std::path::Path;
@@ -69,7 +70,8 @@ fn a_critic_fits_its_returns() {
     assert!(last < 0.05 * first, "the value loss fell from {first} to {last}");
 }
 
-/// `rl.micro_batch` bounds a critic's forwards: values in chunks of samples equal the values of
+/// `rl.micro_batch` (and `rl.micro_batch_tokens`) bound a critic's forwards: values in chunks of
+/// samples equal the values of
 /// one forward, and an update accumulated over chunks reports the same loss and ends with the same
 /// weights, to f32 rounding (the products' blocking follows the rows).
 #[test]
@@ -91,28 +93,29 @@ fn a_critic_in_micro_batches_matches_one_forward() {
     let refs: Vec<&Sample> = samples.iter().collect();
     let tokens: usize = samples.iter().map(|s| s.response.len()).sum();
     let returns: Vec<f32> = (0..tokens).map(|t| (t % 7) as f32 / 7.0).collect();
-    let run = |micro: usize| {
+    let run = |micro: MicroBatch| {
         let mut critic = Critic::new(&cc, &policy, 0, 7, 0.02).unwrap().with_micro_batch(micro);
         let old = critic.values(&refs).unwrap();
         let targets = ValueTargets { returns: &returns, old: &old, tokens_total: tokens as f64 };
         let loss = critic.train(&refs, targets, 0.5, 3e-3, &Local, 1 << 20).unwrap();
         (old, loss, critic.model.params.data.clone(), critic.head.clone())
     };
-    let whole = run(0);
+    let whole = run(MicroBatch::default());
     assert_eq!(whole.0.len(), tokens);
     let close = common::max_abs_diff;
-    for micro in [1, 2, 4] {
+    // (samples of 5 to 9 positions: a budget of 12 takes two of the short ones, then one at a time)
+    for micro in [1.into(), 2.into(), 4.into(), MicroBatch { samples: 0, tokens: 12 }] {
         let (values, loss, params, head) = run(micro);
         assert_eq!(values.len(), tokens);
         let worst = close(&values, &whole.0);
-        assert!(worst <= 1e-6, "micro-batch {micro}: values differ from one forward's by {worst}");
+        assert!(worst <= 1e-6, "micro-batch {micro:?}: values differ from one forward's by {worst}");
         assert!(
             (loss - whole.1).abs() <= 1e-9 * whole.1.abs().max(1.0),
-            "micro-batch {micro}: loss {loss} vs {}",
+            "micro-batch {micro:?}: loss {loss} vs {}",
             whole.1
         );
         let worst = close(&head, &whole.3).max(close(&params, &whole.2));
-        assert!(worst <= 1e-6, "micro-batch {micro}: weights differ from one forward's update by {worst}");
+        assert!(worst <= 1e-6, "micro-batch {micro:?}: weights differ from one forward's update by {worst}");
     }
 }
 

@@ -76,8 +76,15 @@ fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
     }
     // the optional groups are absent when their feature did not run
     let plain = keys(&RlStepReport::default());
-    for k in ["time_reward_s", "branch_points", "env_turns", "rhythm_amplified_frac", "staleness_max", "device_mem_mib"]
-    {
+    for k in [
+        "time_reward_s",
+        "branch_points",
+        "env_turns",
+        "rhythm_amplified_frac",
+        "staleness_max",
+        "device_mem_mib",
+        "device_peak_mib",
+    ] {
         assert!(!plain.contains(k), "{k} written without its feature");
     }
 }

@@ -1,5 +1,5 @@
-//! Gradient accumulation in the RL update is exact: splitting a mini-batch into micro-batches
-//! (each normalised by the whole mini-batch's denominators) gives the same gradient, loss and
+//! Gradient accumulation in the RL update is exact: splitting a mini-batch into micro-batches, by
+//! count or by positions (each normalised by the whole mini-batch's denominators), gives the same gradient, loss and
 //! update as one pass, for every aggregation mode and loss kind; mini-batches and epochs run the
 //! promised number of updates against a π_old fixed before the first one.
 
@@ -9,6 +9,7 @@ use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
 use arbor::rl::{Aggregation, LossConfig, LossKind};
 use arbor::rng::Rng;
 use arbor::train::engine::Engine;
+use arbor::train::micro_batch::MicroBatch;
 use arbor::train::rl::{policy_update, Sample, UpdateBatch, UpdateBuffers, UpdatePlan, UpdateSettings};
 use arbor::train::{AdamW, AdamWConfig};
 
@@ -84,7 +85,7 @@ fn micro_batches_accumulate_to_the_one_pass_gradient() {
     for kind in kinds {
         for agg in aggs {
             let cfg = LossConfig { kind, agg, kl_coef: 0.05, entropy_coef: 0.02, ..LossConfig::default() };
-            let run = |micro: usize| {
+            let run = |micro: MicroBatch| {
                 let mut m = base.clone();
                 let mut opt = adam(&m);
                 let mut buf = UpdateBuffers::new(&m);
@@ -101,21 +102,23 @@ fn micro_batches_accumulate_to_the_one_pass_gradient() {
                 .unwrap();
                 (r, engine.host_grads().unwrap().to_vec(), m.params.data)
             };
-            let (one, g1, p1) = run(0);
+            let (one, g1, p1) = run(MicroBatch::default());
             assert!(g1.iter().any(|&g| g != 0.0), "{kind:?}/{agg:?}: zero gradient tests nothing");
-            for micro in [1, 2, 3] {
+            // the samples hold 8, 3, 4, 11, 5, 7, 6 positions: a budget of 8 runs the 11 alone
+            let by_tokens = |samples, tokens| MicroBatch { samples, tokens };
+            for micro in [1.into(), 2.into(), 3.into(), by_tokens(0, 8), by_tokens(0, 12), by_tokens(2, 12)] {
                 let (acc, g, p) = run(micro);
                 let e = rel_err(&g, &g1);
-                assert!(e < 2e-6, "{kind:?}/{agg:?} micro {micro}: gradient rel err {e:e}");
+                assert!(e < 2e-6, "{kind:?}/{agg:?} micro {micro:?}: gradient rel err {e:e}");
                 let dl = (acc.losses[0] - one.losses[0]).abs();
-                assert!(dl < 1e-6 * one.losses[0].abs().max(1.0), "{kind:?}/{agg:?} micro {micro}: loss {dl:e}");
+                assert!(dl < 1e-6 * one.losses[0].abs().max(1.0), "{kind:?}/{agg:?} micro {micro:?}: loss {dl:e}");
                 assert_eq!(acc.stats.n_tokens, one.stats.n_tokens);
-                assert_eq!(acc.stats.n_clipped, one.stats.n_clipped, "{kind:?}/{agg:?} micro {micro}");
+                assert_eq!(acc.stats.n_clipped, one.stats.n_clipped, "{kind:?}/{agg:?} micro {micro:?}");
                 // a micro-batch's forward packs fewer rows, so GEMM sums differ in the last bits only
                 let d = max_diff(&acc.old_logp, &one.old_logp);
                 assert!(d < 1e-5, "{kind:?}/{agg:?}: π_old differs by {d:e}");
                 let dp = max_diff(&p, &p1);
-                assert!(dp < 1e-5, "{kind:?}/{agg:?} micro {micro}: updated weights differ by {dp:e}");
+                assert!(dp < 1e-5, "{kind:?}/{agg:?} micro {micro:?}: updated weights differ by {dp:e}");
             }
         }
     }
@@ -142,7 +145,7 @@ fn mini_batches_and_epochs_update_against_a_fixed_old_policy() {
         (r, m.params.data, opt.t)
     };
     let plan = |mini_batches, epochs, micro_batch| UpdatePlan { epochs, mini_batches, micro_batch, grad_clip: 1.0 };
-    let (r, p, t) = run(plan(3, 2, 0));
+    let (r, p, t) = run(plan(3, 2, MicroBatch::default()));
     assert_eq!(r.losses.len(), 6, "3 mini-batches × 2 epochs = 6 updates");
     assert_eq!(t, 6);
     // π_old is the policy before the first update, for every sample
@@ -152,12 +155,14 @@ fn mini_batches_and_epochs_update_against_a_fixed_old_policy() {
     // the policy moved away from π_old during the step, so later updates see ratios ≠ 1
     assert!(r.stats.approx_kl_sum > 0.0, "later updates must see a moved policy");
     // accumulation inside each mini-batch does not change the multi-update trajectory
-    let (r2, p2, _) = run(plan(3, 2, 1));
-    let dp = max_diff(&p, &p2);
-    assert!(dp < 1e-4, "micro-batching changed the weights after 6 updates by {dp:e}");
-    assert_eq!(r2.losses.len(), 6);
+    for micro in [1.into(), MicroBatch { samples: 0, tokens: 9 }] {
+        let (r2, p2, _) = run(plan(3, 2, micro));
+        let dp = max_diff(&p, &p2);
+        assert!(dp < 1e-4, "micro-batching {micro:?} changed the weights after 6 updates by {dp:e}");
+        assert_eq!(r2.losses.len(), 6);
+    }
     // one update per step: π_old = π_θ, every ratio is 1 and nothing is clipped
-    let (r1, _, t1) = run(plan(1, 1, 0));
+    let (r1, _, t1) = run(plan(1, 1, MicroBatch::default()));
     assert_eq!((r1.losses.len(), t1), (1, 1));
     assert_eq!(r1.stats.n_clipped, 0);
     assert!(r1.stats.approx_kl_sum.abs() < 1e-9);

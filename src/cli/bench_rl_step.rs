@@ -78,7 +78,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
     let mut buf = UpdateBuffers::new(&model);
     let micro = args.batch.max(1);
     let loss = LossConfig { agg: crate::rl::Aggregation::TokenMean, kl_coef: 0.0, ..LossConfig::default() };
-    let plan = UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: micro, grad_clip: 1.0 };
+    let plan = UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: micro.into(), grad_clip: 1.0 };
     let settings = UpdateSettings { loss: &loss, plan, lr: 1e-6, reference: None };
     let (mut ws, mut batch) = (Workspace::default(), Batch::new());
     let mut phases: [Vec<f64>; 3] = Default::default();
@@ -162,8 +162,11 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         "step_s": step_s,
         "gen_tokens_per_s": gen_tokens as f64 / generate_s,
         "train_tokens_per_s": train_tokens as f64 / train_s,
-        // the GPU's memory in use after the steps (the allocator keeps what it freed: about the peak)
+        // the GPU's memory in use after the steps (every process's, with what the pool keeps)
         "device_mem_mib": engine.device_mem_mib(),
+        // this process's buffers at their peak over the run (the memory pool's high-water mark)
+        "device_peak_mib": engine.take_device_peak_mib(),
+        "pool": gpu.pool_policy().map(|(p, _)| p.name()),
     });
     crate::cli::bench_common::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");

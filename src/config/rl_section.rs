@@ -59,6 +59,10 @@ pub struct RlSection {
     /// Samples per forward/backward, gradients accumulated exactly; 0 = a whole mini-batch at once.
     #[serde(default)]
     pub micro_batch: usize,
+    /// Positions (prompt + response tokens) per forward/backward, beside `micro_batch`; 0 = no
+    /// bound. A longer sequence runs alone.
+    #[serde(default)]
+    pub micro_batch_tokens: usize,
     /// Write `trajectories.h5` (needs the `hdf5` feature; ignored without it).
     #[serde(default = "d_true")]
     pub dump_trajectories: bool,
@@ -108,6 +112,11 @@ const MAX_STEP_SEQUENCES: u128 = 1 << 24;
 pub const MAX_BATCH: usize = 65_535;
 
 impl RlSection {
+    /// How the passes over a step's sequences are cut into forwards.
+    pub fn micro(&self) -> crate::train::micro_batch::MicroBatch {
+        crate::train::micro_batch::MicroBatch { samples: self.micro_batch, tokens: self.micro_batch_tokens }
+    }
+
     /// The policy's learning-rate schedule over the RL steps.
     pub fn lr_schedule(&self) -> LrSchedule {
         LrSchedule {

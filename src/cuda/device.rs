@@ -6,6 +6,7 @@
 
 use crate::cuda::nvrtc;
 use crate::cuda::plans::{AttnMma, AttnRows, Choice, DecodeAttn, DkdvPlan};
+use crate::cuda::pool::{self, Pool, PoolPolicy};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::cublas::CudaBlas;
@@ -75,6 +76,9 @@ pub struct Gpu {
     max_smem: AtomicU32,
     /// Bytes of device memory.
     total_mem: usize,
+    /// The stream-ordered pool every buffer comes from, and what it keeps (`cuda::pool`); `None`
+    /// where the driver has no such pool (buffers then come from `cuMemAlloc`).
+    pool: Option<(Pool, PoolPolicy)>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     /// Reused f32 scratch of the column-sum passes (grown on demand, never shrunk), so a training
@@ -188,7 +192,16 @@ impl Gpu {
         if ordinal >= count.max(0) as usize {
             return Err(Error::device("CUDA backend", format!("device {ordinal} requested, {count} present")));
         }
+        let policy = pool::policy_from_env(std::env::var("ARBOR_CUDA_POOL").ok().as_deref())?;
         let ctx = CudaContext::new(ordinal).map_err(drv("context"))?;
+        let pool = match ctx.has_async_alloc() {
+            true => {
+                let p = Pool::of_device(ctx.cu_device())?;
+                p.apply(policy)?;
+                Some((p, policy))
+            }
+            false => None,
+        };
         // One stream orders everything; per-buffer events would only cost time.
         // SAFETY: called before any buffer or stream of this context exists.
         unsafe { ctx.disable_event_tracking() };
@@ -224,6 +237,7 @@ impl Gpu {
             sms: sms.max(1) as u32,
             max_smem: AtomicU32::new(max_smem.max(0) as u32),
             total_mem,
+            pool,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(None),
@@ -275,6 +289,9 @@ impl Gpu {
         };
         if self.attn_mma() == AttnMma::Wgmma {
             products += ", wgmma attention";
+        }
+        if let Some((_, PoolPolicy::Release)) = &self.pool {
+            products += ", memory released at every sync";
         }
         format!("cuda:{} ({}, {}{products})", self.ordinal, self.name, self.arch)
     }
@@ -445,7 +462,8 @@ impl Gpu {
             return self.alloc(1, "an upload");
         }
         let bytes = std::mem::size_of_val(data);
-        self.stream.clone_htod(data).map_err(|e| self.alloc_failed(e, "an upload", bytes))
+        pool::retry_after_trim(|| self.stream.clone_htod(data), || self.trim_pool())
+            .map_err(|e| self.alloc_failed(e, "an upload", bytes))
     }
 
     /// `n` zeroed values on the device (at least one: the stream-ordered allocator is never asked
@@ -453,7 +471,39 @@ impl Gpu {
     /// device has and the settings that need less.
     pub(crate) fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
         let n = n.max(1);
-        self.stream.alloc_zeros(n).map_err(|e| self.alloc_failed(e, what, n * std::mem::size_of::<T>()))
+        pool::retry_after_trim(|| self.stream.alloc_zeros(n), || self.trim_pool())
+            .map_err(|e| self.alloc_failed(e, what, n * std::mem::size_of::<T>()))
+    }
+
+    /// Wait for the stream (frees queued on it happen), then hand the memory the pool keeps
+    /// unused back to the device: what an allocation short of memory does before its last try.
+    fn trim_pool(&self) -> Result<()> {
+        if let Some((p, _)) = &self.pool {
+            self.sync()?;
+            p.trim()?;
+        }
+        Ok(())
+    }
+
+    /// What the memory pool keeps of freed buffers, and its release threshold as the driver
+    /// reports it (bytes); `None` without a stream-ordered pool.
+    pub fn pool_policy(&self) -> Option<(PoolPolicy, Result<u64>)> {
+        self.pool.as_ref().map(|(p, policy)| (*policy, p.threshold()))
+    }
+
+    /// Bytes of this process's buffers at their peak since the last call (the pool's high-water
+    /// mark of memory in use), starting a new peak; `None` without a stream-ordered pool or when
+    /// the driver cannot say.
+    pub fn take_peak_bytes(&self) -> Option<u64> {
+        let (p, _) = self.pool.as_ref()?;
+        let peak = p.peak_used().ok()?;
+        p.reset_peak().ok()?;
+        Some(peak)
+    }
+
+    /// Bytes the pool holds from the device now (buffers in use and memory kept unused).
+    pub fn pool_reserved_bytes(&self) -> Option<u64> {
+        self.pool.as_ref().and_then(|(p, _)| p.reserved().ok())
     }
 
     /// The error of an allocation of `bytes` for `what` that failed with `e`.

@@ -12,6 +12,7 @@ use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::Comm;
 use crate::train::engine::Engine;
+use crate::train::micro_batch::MicroBatch;
 use crate::train::rl::Sample;
 use crate::train::{grad_norm, AdamW, AdamWConfig};
 use std::path::Path;
@@ -31,9 +32,9 @@ pub struct Critic {
     pub engine: Engine,
     ws: Workspace,
     batch: Batch,
-    /// Samples per forward (`rl.micro_batch`; 0: all at once): bounds the workspace, which on a
-    /// GPU is device memory held for the run.
-    micro: usize,
+    /// Samples and positions per forward (`rl.micro_batch`, `rl.micro_batch_tokens`): bounds the
+    /// workspace, which on a GPU is device memory held for the run.
+    micro: MicroBatch,
 }
 
 /// What a critic's update regresses toward.
@@ -96,7 +97,16 @@ impl Critic {
         let head_opt = AdamW::with_segments(adam, mc.hidden_size + 1, vec![(0..mc.hidden_size + 1, false)]);
         let ws = Workspace::new(&mc, 0);
         let head = vec![0.0; mc.hidden_size + 1];
-        Ok(Critic { model, head, opt, head_opt, engine: Engine::cpu(), ws, batch: Batch::new(), micro: 0 })
+        Ok(Critic {
+            model,
+            head,
+            opt,
+            head_opt,
+            engine: Engine::cpu(),
+            ws,
+            batch: Batch::new(),
+            micro: MicroBatch::default(),
+        })
     }
 
     /// Move the trunk to the device of `policy` (the policy's engine); its gradients are summed
@@ -112,15 +122,15 @@ impl Critic {
         self.engine.sync_host(&mut self.model, &mut self.opt)
     }
 
-    /// Run forwards (and the update's backwards) on at most `micro` samples at a time (0: all).
-    pub fn with_micro_batch(mut self, micro: usize) -> Self {
+    /// Run forwards (and the update's backwards) on at most `micro` at a time.
+    pub fn with_micro_batch(mut self, micro: MicroBatch) -> Self {
         self.micro = micro;
         self
     }
 
     /// The chunks of `samples` one forward takes.
-    fn chunks<'s>(&self, samples: &'s [&'s Sample]) -> std::slice::Chunks<'s, &'s Sample> {
-        samples.chunks(if self.micro == 0 { samples.len().max(1) } else { self.micro })
+    fn chunks<'s>(&self, samples: &'s [&'s Sample]) -> impl Iterator<Item = &'s [&'s Sample]> {
+        self.micro.chunks(samples, |s| s.prompt.len() + s.response.len())
     }
 
     /// V(s_t) of every response token of `samples`, concatenated in order.

@@ -114,14 +114,25 @@ impl Engine {
         }
     }
 
-    /// MiB of the engine's GPU in use now (every process's, as the driver counts it; the
-    /// stream-ordered allocator keeps what this one freed); `None` on the CPU or when the driver
-    /// cannot say.
+    /// MiB of the engine's GPU in use now (every process's, as the driver counts it, with the
+    /// memory this process's pool keeps unused; `cuda::pool`); `None` on the CPU or when the
+    /// driver cannot say.
     pub fn device_mem_mib(&self) -> Option<f64> {
         match self {
             Engine::Cpu { .. } => None,
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => e.model.gpu().mem_used().map(|b| b as f64 / (1u64 << 20) as f64),
+        }
+    }
+
+    /// MiB of this process's GPU buffers at their peak since the last call (the memory pool's
+    /// high-water mark; `cuda::pool`), starting a new peak; `None` on the CPU or when the driver
+    /// cannot say.
+    pub fn take_device_peak_mib(&self) -> Option<f64> {
+        match self {
+            Engine::Cpu { .. } => None,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.model.gpu().take_peak_bytes().map(|b| b as f64 / (1u64 << 20) as f64),
         }
     }
 
@@ -314,7 +325,7 @@ impl Engine {
     }
 
     /// [`Engine::attention_stats`] of sequences `seqs` (tokens, steps), in forwards of at most
-    /// `micro` sequences (`rl.micro_batch`; 0: all at once). The statistics are per sequence, so
+    /// `micro` (`rl.micro_batch`, `rl.micro_batch_tokens`). The statistics are per sequence, so
     /// the chunks change nothing but the size the workspace (device memory on a GPU) grows to.
     pub fn attention_stats_chunked(
         &mut self,
@@ -322,10 +333,10 @@ impl Engine {
         ws: &mut Workspace,
         seqs: &[(Vec<u32>, SeqSteps)],
         cfg: &StatsConfig,
-        micro: usize,
+        micro: crate::train::micro_batch::MicroBatch,
     ) -> Result<Vec<SeqStats>> {
         let mut out = Vec::with_capacity(seqs.len());
-        for chunk in seqs.chunks(if micro == 0 { seqs.len().max(1) } else { micro }) {
+        for chunk in micro.chunks(seqs, |(tokens, _)| tokens.len()) {
             let mut batch = Batch::new();
             for (tokens, _) in chunk {
                 batch.push_lm(tokens, 0)?;

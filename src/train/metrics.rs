@@ -34,6 +34,10 @@ pub struct SftStepReport {
     /// MiB of the rank's GPU in use after the step (`train.device = "cuda"`; absent on the CPU).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_mem_mib: Option<f64>,
+    /// MiB of this process's GPU buffers at their peak during the step (the memory pool's
+    /// high-water mark: activations, KV cache, weights and moments; absent on the CPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_peak_mib: Option<f64>,
 }
 
 /// A held-out evaluation of the supervised phase.

@@ -285,6 +285,7 @@ pub fn run_phase(
             step_s: secs,
             skipped_updates: skipped,
             device_mem_mib: engine.device_mem_mib(),
+            device_peak_mib: engine.take_device_peak_mib(),
         };
         write_line(metrics, &metrics_path, &line)?;
         guard.record("sft", step + 1, skipped, loss, norm as f64)?;

@@ -185,7 +185,7 @@ impl<'a> RlTrainer<'a> {
             notes.critic = Some(critics.advantages(rollouts)?);
         }
         if let Some(Shaping { rc, ws }) = self.shaping.as_mut() {
-            let shaping = (&*rc, self.ctx.rl.micro_batch);
+            let shaping = (&*rc, self.ctx.rl.micro());
             let dp = Some(self.ctx.dp);
             notes.rhythm_amplified_frac =
                 Some(rhythm::shape_rollouts(&mut self.engine, model, ws, shaping, rollouts, dp)?);
@@ -224,7 +224,7 @@ impl<'a> RlTrainer<'a> {
             let plan = UpdatePlan {
                 epochs: rl.epochs,
                 mini_batches: rl.mini_batches,
-                micro_batch: rl.micro_batch,
+                micro_batch: rl.micro(),
                 grad_clip: rl.grad_clip,
             };
             let settings = UpdateSettings { loss: self.loss, plan, lr, reference: self.reference.as_ref() };
@@ -329,6 +329,7 @@ impl<'a> RlTrainer<'a> {
             step_s: secs,
             train_state_mib: self.state_bytes(model) as f64 / (1u64 << 20) as f64,
             device_mem_mib: self.engine.device_mem_mib(),
+            device_peak_mib: self.engine.take_device_peak_mib(),
             sampler: SamplerNotes {
                 rhythm_amplified_frac: notes.rhythm_amplified_frac.or(sampler_notes.rhythm_amplified_frac),
                 ..sampler_notes

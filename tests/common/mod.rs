@@ -77,8 +77,9 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// A run's metrics.jsonl lines without the wall-clock fields (`time_*`, `*_per_s`, `step_s`) and
-/// the device's memory in use (`device_mem_mib`: the machine's state, not the run's), so two runs
-/// of the same seed compare equal.
+/// the device's memory (`device_mem_mib`, the machine's state, and `device_peak_mib`, whose first
+/// step after a start counts the loading: not the run's), so two runs of the same seed compare
+/// equal.
 pub fn metrics_without_clock(run_dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
@@ -86,7 +87,7 @@ pub fn metrics_without_clock(run_dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             v.as_object_mut().unwrap().retain(|k, _| {
-                !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s" || k == "device_mem_mib")
+                !(k.starts_with("time_") || k.ends_with("_per_s") || k == "step_s" || k.starts_with("device_"))
             });
             v
         })

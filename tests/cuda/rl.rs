@@ -93,7 +93,7 @@ fn grpo_on(engine: &mut Engine, base: &Model, feed: Option<&[Completion]>) -> Tr
         entropy_coef: 0.01,
         ..LossConfig::default()
     };
-    let plan = UpdatePlan { epochs: 1, mini_batches: 2, micro_batch: 3, grad_clip: 1.0 };
+    let plan = UpdatePlan { epochs: 1, mini_batches: 2, micro_batch: 3.into(), grad_clip: 1.0 };
     let settings = UpdateSettings { loss: &loss, plan, lr: 1e-3, reference: Some(base) };
     let mut losses = Vec::new();
     for _ in 0..3 {
@@ -176,6 +176,7 @@ fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
     assert!(steps.clone().count() >= 4, "{text}");
     for v in steps {
         assert!(v["device_mem_mib"].as_f64().is_some_and(|m| m > 0.0), "no device memory figure in {v}");
+        assert!(v["device_peak_mib"].as_f64().is_some_and(|m| m > 0.0), "no peak memory figure in {v}");
     }
     let (before, after) = straight.rl.unwrap();
     println!("GPU RL job: solve rate {:.3} → {:.3} (sampled)", before.sampled, after.sampled);
@@ -372,7 +373,7 @@ fn a_critic_on_the_gpu_matches_the_cpu() {
     let refs: Vec<&Sample> = samples.iter().collect();
     let returns: Vec<f32> = (0..120).map(|i| ((i * 7) % 11) as f32 / 10.0 - 0.3).collect();
     let run = |engine: &Engine, micro: usize| -> (Vec<f32>, Vec<f64>, Vec<f32>, Vec<f32>) {
-        let critic = Critic::new(&cc, &policy, 0, 7, 0.02).unwrap().with_micro_batch(micro);
+        let critic = Critic::new(&cc, &policy, 0, 7, 0.02).unwrap().with_micro_batch(micro.into());
         let mut critic = critic.on_device_of(engine).unwrap();
         let mut losses = Vec::new();
         for _ in 0..3 {

@@ -37,6 +37,8 @@ struct Counts {
     syncs: u64,
     graph_launches: u64,
     fills: u64,
+    pool_grows: u64,
+    pool_grow_bytes: u64,
 }
 
 impl std::ops::Sub for Counts {
@@ -54,6 +56,8 @@ impl std::ops::Sub for Counts {
             syncs: self.syncs - o.syncs,
             graph_launches: self.graph_launches - o.graph_launches,
             fills: self.fills - o.fills,
+            pool_grows: self.pool_grows - o.pool_grows,
+            pool_grow_bytes: self.pool_grow_bytes - o.pool_grow_bytes,
         }
     }
 }
@@ -73,9 +77,9 @@ fn counts() -> Option<Counts> {
             None
         } else {
             let f: CountersFn = std::mem::transmute(sym);
-            let mut v = [0u64; 11];
+            let mut v = [0u64; 13];
             let n = f(v.as_mut_ptr(), v.len() as i32);
-            assert_eq!(n, 11, "simt/driver.cpp counts {n} things; this test reads 11");
+            assert_eq!(n, 13, "simt/driver.cpp counts {n} things; this test reads 13");
             Some(v)
         }
     };
@@ -96,6 +100,8 @@ fn counts() -> Option<Counts> {
         syncs: v[8],
         graph_launches: v[9],
         fills: v[10],
+        pool_grows: v[11],
+        pool_grow_bytes: v[12],
     })
 }
 
@@ -210,24 +216,35 @@ fn samples(requests: &[arbor::rollout::Request], done: &[arbor::rollout::Complet
 /// way (tokens, per-token log-probs and gradients of the log-probs, losses: no weights, gradients
 /// or moments). `sync_host`, the checkpoint's path, then brings weights and moments down, and
 /// the count sees them.
-#[test]
-fn an_rl_step_on_the_device_moves_no_weights_between_host_and_device() {
-    let Some(_g) = gpu() else { return };
-    let base = model(128, 2, 9);
-    let mut engine = Engine::new(Device::Cuda, &base, &Local).unwrap();
-    if counts().is_none() {
-        return;
+/// A GRPO run on the device engine: rollout of 4 prompts × 4 samples of 10 tokens (no stop
+/// token: every step has the same shapes), the π_old and reference recompute, 2 updates of 2
+/// mini-batches with clipping and AdamW.
+struct Grpo {
+    base: Model,
+    model: Model,
+    opt: AdamW,
+    engine: Engine,
+    buf: UpdateBuffers,
+    requests: Vec<arbor::rollout::Request>,
+}
+
+impl Grpo {
+    fn new() -> Grpo {
+        let base = model(128, 2, 9);
+        let engine = Engine::new(Device::Cuda, &base, &Local).unwrap();
+        let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![4, 5, 6, 7], vec![8], vec![9, 10]];
+        let model = base.clone();
+        let opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
+        let buf = UpdateBuffers::new(&model);
+        let mut run = Grpo { base, model, opt, engine, buf, requests: request_groups(&prompts, 4) };
+        run.engine.load(&run.model, &run.opt).unwrap();
+        run
     }
-    let weight_bytes = 4 * base.params.data.len() as u64;
-    let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![4, 5, 6, 7], vec![8], vec![9, 10]];
-    let requests = request_groups(&prompts, 4);
-    let mut model = base.clone();
-    let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
-    engine.load(&model, &opt).unwrap();
-    let mut buf = UpdateBuffers::new(&model);
-    let loss = LossConfig { kind: LossKind::Ppo, kl_coef: 0.05, entropy_coef: 0.01, ..LossConfig::default() };
-    let plan = UpdatePlan { epochs: 2, mini_batches: 2, micro_batch: 4, grad_clip: 1.0 };
-    let mut step = |engine: &mut Engine, model: &mut Model, opt: &mut AdamW, k: u64| {
+
+    /// Step `k`; returns the sampled tokens.
+    fn step(&mut self, k: u64) -> usize {
+        let loss = LossConfig { kind: LossKind::Ppo, kl_coef: 0.05, entropy_coef: 0.01, ..LossConfig::default() };
+        let plan = UpdatePlan { epochs: 2, mini_batches: 2, micro_batch: 4.into(), grad_clip: 1.0 };
         let gen = GenerateConfig {
             sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 10 },
             stop_tokens: vec![],
@@ -236,24 +253,67 @@ fn an_rl_step_on_the_device_moves_no_weights_between_host_and_device() {
             max_batch: 16,
             workload: None,
         };
-        let done = engine.generate(model, &requests, &gen).unwrap();
-        let s = samples(&requests, &done);
-        let settings = UpdateSettings { loss: &loss, plan, lr: 1e-3, reference: Some(&base) };
-        let r = policy_update(engine, model, opt, UpdateBatch::of(&s), &settings, &mut buf).unwrap();
-        assert_eq!(r.skipped_updates, 0);
+        let done = self.engine.generate(&self.model, &self.requests, &gen).unwrap();
+        let s = samples(&self.requests, &done);
+        let settings = UpdateSettings { loss: &loss, plan, lr: 1e-3, reference: Some(&self.base) };
+        let batch = UpdateBatch::of(&s);
+        let r = policy_update(&mut self.engine, &mut self.model, &mut self.opt, batch, &settings, &mut self.buf);
+        assert_eq!(r.unwrap().skipped_updates, 0);
         s.iter().map(|x| x.response.len()).sum::<usize>()
-    };
-    step(&mut engine, &mut model, &mut opt, 0);
+    }
+}
+
+/// One GRPO step ([`Grpo`]) after a first one (which uploads the frozen reference) moves less
+/// than an eighth of the weights' bytes each way (tokens, per-token log-probs and gradients of
+/// the log-probs, losses: no weights, gradients or moments). `sync_host`, the checkpoint's path,
+/// then brings weights and moments down, and the count sees them.
+#[test]
+fn an_rl_step_on_the_device_moves_no_weights_between_host_and_device() {
+    let Some(_g) = gpu() else { return };
+    let mut run = Grpo::new();
+    if counts().is_none() {
+        return;
+    }
+    let weight_bytes = 4 * run.base.params.data.len() as u64;
+    run.step(0);
     let before = counts().unwrap();
-    let tokens = step(&mut engine, &mut model, &mut opt, 1);
+    let tokens = run.step(1);
     let d = counts().unwrap() - before;
     println!("one GRPO step, {tokens} sampled tokens, weights of {weight_bytes} bytes: {d:?}");
     assert!(d.launches > 100 && d.gemms > 20, "the step ran on the device: {d:?}");
     assert!(d.htod_bytes < weight_bytes / 8, "{} bytes up in one step: weights cross", d.htod_bytes);
     assert!(d.dtoh_bytes < weight_bytes / 8, "{} bytes down in one step: weights cross", d.dtoh_bytes);
     let before = counts().unwrap();
-    engine.sync_host(&mut model, &mut opt).unwrap();
+    run.engine.sync_host(&mut run.model, &mut run.opt).unwrap();
     let d = counts().unwrap() - before;
     println!("sync_host: {d:?}");
     assert!(d.dtoh_bytes >= 2 * weight_bytes, "weights and first moments come down for a checkpoint: {d:?}");
+}
+
+/// The memory pool keeps what a step frees (`cuda::pool`): a GRPO step ([`Grpo`]) after the
+/// first two takes no new memory from the device, though every host wait of it (each decode
+/// step's, each loss read's) is where the driver's default would hand the freed memory back, to
+/// be mapped again by the next allocation. The pool's peak covers the step.
+#[test]
+fn a_steady_rl_step_takes_no_new_memory_from_the_device() {
+    let Some(g) = gpu() else { return };
+    let (policy, threshold) = g.pool_policy().expect("a stream-ordered memory pool");
+    assert_eq!((policy, threshold.unwrap()), (arbor::cuda::PoolPolicy::Keep, u64::MAX));
+    let mut run = Grpo::new();
+    if counts().is_none() {
+        return;
+    }
+    let first = counts().unwrap();
+    run.step(0);
+    run.step(1);
+    let before = counts().unwrap();
+    let warm = before - first;
+    run.engine.take_device_peak_mib();
+    run.step(2);
+    let d = counts().unwrap() - before;
+    let peak = run.engine.take_device_peak_mib().unwrap() * (1u64 << 20) as f64;
+    println!("two first GRPO steps: {warm:?}\nthe third: {d:?}, peak {peak} bytes in use");
+    assert!(warm.pool_grows > 0 && d.syncs > 10, "the first steps took memory; the third waited often");
+    assert_eq!((d.pool_grows, d.pool_grow_bytes), (0, 0), "a steady step reuses the memory the pool kept");
+    assert!(peak >= (4 * run.base.params.data.len()) as f64, "the peak holds the weights at least: {peak}");
 }

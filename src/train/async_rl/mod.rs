@@ -256,7 +256,7 @@ fn rollout_loop(
                     rollouts.notes.rhythm_amplified_frac =
                         // (every rollout rank shapes its share of batch b here: the medians and
                         // the amplified fraction are the whole batch's, over the rollout ranks)
-                        Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro_batch), &mut rollouts, Some(ctx.dp))?);
+                        Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro()), &mut rollouts, Some(ctx.dp))?);
                 }
                 let secs = t0.elapsed().as_secs_f64();
                 let msg = encode_batch(version, sum, secs, &rollouts)?;

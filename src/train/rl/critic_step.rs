@@ -11,6 +11,7 @@ use crate::parallel::Comm;
 use crate::rl::gae::{aggregate, critic_of, explained_variance, gae, quantile, uncertainty_masks};
 use crate::train::critic::{Critic, CriticConfig, ValueTargets};
 use crate::train::engine::Engine;
+use crate::train::micro_batch::MicroBatch;
 use std::path::Path;
 
 /// The value models of a `[critic]` phase.
@@ -25,7 +26,7 @@ impl Critics {
     /// group.
     pub fn new(cc: &CriticConfig, model: &Model, cfg: &RunConfig, engine: &Engine) -> Result<Self> {
         // forwards of at most rl.micro_batch samples, as the policy's update
-        let micro = cfg.rl.as_ref().map_or(0, |rl| rl.micro_batch);
+        let micro = cfg.rl.as_ref().map_or(MicroBatch::default(), |rl| rl.micro());
         let models = (0..cc.count)
             .map(|m| {
                 let c = Critic::new(cc, model, m, cfg.run.seed, cfg.model.init_std)?.with_micro_batch(micro);

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{Model, Workspace};
 use crate::parallel::Comm;
 use crate::train::engine::Engine;
+use crate::train::micro_batch::MicroBatch;
 
 /// WAAD and FAI of every response token of one sample.
 pub type TokenRhythm = (Vec<f32>, Vec<f32>);
@@ -38,14 +39,14 @@ fn gather_rows(dp: &dyn Comm, rows: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
 
 /// Shape the advantages of `train` in place; returns the fraction of tokens amplified (γ > 1)
 /// over the whole batch and each sample's WAAD and FAI. The statistics pass runs on at most
-/// `micro` samples at a time (`rl.micro_batch`; 0: all). The thresholds τ left to the batch are
+/// `micro` at a time (`rl.micro_batch`, `rl.micro_batch_tokens`). The thresholds τ left to the batch are
 /// the medians over the step's whole batch: with `dp`, every data-parallel rank's share (each rank
 /// calls this, with or without samples), so the shaping does not depend on the world size.
 pub fn shape(
     engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
-    (rc, micro): (&RhythmConfig, usize),
+    (rc, micro): (&RhythmConfig, MicroBatch),
     train: &mut [Sample],
     dp: Option<&dyn Comm>,
 ) -> Result<(f64, Vec<TokenRhythm>)> {
@@ -105,7 +106,7 @@ pub fn shape_rollouts(
     engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
-    rc: (&RhythmConfig, usize),
+    rc: (&RhythmConfig, MicroBatch),
     rollouts: &mut Rollouts,
     dp: Option<&dyn Comm>,
 ) -> Result<f64> {

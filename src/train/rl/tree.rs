@@ -24,6 +24,7 @@ use crate::rollout::{Completion, Finish};
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::SamplingState;
 use crate::train::engine::Engine;
+use crate::train::micro_batch::MicroBatch;
 use serde::{Deserialize, Serialize};
 
 /// Adaptive-sampling state carried across steps (checkpointed as [`SamplingState`]).
@@ -82,13 +83,13 @@ pub fn token_steps(bounds: &[usize], n: usize) -> Vec<u32> {
 }
 
 /// FCI per step (full-sequence steps, 0 = prompt) of each (prompt, response) under `model`, in
-/// forwards of at most `micro` sequences (0: all).
+/// forwards of at most `micro`.
 pub fn step_fci(
     engine: &mut Engine,
     model: &Model,
     ws: &mut Workspace,
     seqs: &[(&[u32], &[u32], Vec<usize>)],
-    (delta, micro): (usize, usize),
+    (delta, micro): (usize, MicroBatch),
 ) -> Result<Vec<SeqStats>> {
     let seqs: Vec<(Vec<u32>, SeqSteps)> = seqs
         .iter()
@@ -308,7 +309,7 @@ impl TreeSampler {
                     }
                 })
                 .collect();
-            let old = super::update::teacher_logprobs(engine, model, &samples, rl.micro_batch, ws)?;
+            let old = super::update::teacher_logprobs(engine, model, &samples, rl.micro(), ws)?;
             for (r, lp) in initial.iter_mut().zip(old) {
                 r.old_logp = lp;
             }
@@ -320,7 +321,7 @@ impl TreeSampler {
                 .filter(|r| !r.completion.tokens.is_empty())
                 .map(|r| (prompts[r.prompt_idx].as_slice(), r.completion.tokens.as_slice(), r.bounds.clone()))
                 .collect();
-            let stats = step_fci(engine, model, ws, &seqs, (ac.fci_step_gap, rl.micro_batch))?;
+            let stats = step_fci(engine, model, ws, &seqs, (ac.fci_step_gap, rl.micro()))?;
             let mut it = stats.into_iter();
             for r in initial.iter_mut().filter(|r| !r.completion.tokens.is_empty()) {
                 // response steps only: drop pseudo-step 0 (the prompt)

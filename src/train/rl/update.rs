@@ -1,6 +1,6 @@
 //! The policy update of one RL step: `epochs` passes over the step's samples, each split into
 //! `mini_batches` optimizer updates, each accumulated over micro-batches of at most `micro_batch`
-//! samples.
+//! samples and `micro_batch_tokens` positions ([`MicroBatch`]).
 //!
 //! Accumulation is exact: every micro-batch's loss uses the [`Denominators`] of its whole
 //! mini-batch, so each token's weight does not depend on the split and the summed micro-batch
@@ -14,6 +14,7 @@ use crate::model::{Batch, Model, Workspace};
 use crate::parallel::{Comm, Local, DEFAULT_BUCKET_BYTES};
 use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, TokenBatch};
 use crate::train::engine::Engine;
+use crate::train::micro_batch::MicroBatch;
 use crate::train::AdamW;
 
 /// One sampled response, ready for training.
@@ -38,8 +39,8 @@ pub struct UpdatePlan {
     pub epochs: usize,
     /// Optimizer updates per pass; the samples are cut into this many contiguous mini-batches (≥ 1).
     pub mini_batches: usize,
-    /// Samples per forward/backward (gradient accumulation); 0 = the whole mini-batch at once.
-    pub micro_batch: usize,
+    /// Samples and positions per forward/backward (gradient accumulation); 0 = no bound.
+    pub micro_batch: MicroBatch,
     /// Global-norm clip (0 = off).
     pub grad_clip: f32,
 }
@@ -47,7 +48,7 @@ pub struct UpdatePlan {
 impl UpdatePlan {
     /// One update per step, no accumulation.
     pub fn single(grad_clip: f32) -> Self {
-        UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: 0, grad_clip }
+        UpdatePlan { epochs: 1, mini_batches: 1, micro_batch: MicroBatch::default(), grad_clip }
     }
 
     fn updates(&self) -> usize {
@@ -172,10 +173,9 @@ fn chunks(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Micro-batch ranges of a mini-batch `range` (micro = 0: one micro-batch).
-fn micro_ranges(range: std::ops::Range<usize>, micro: usize) -> Vec<std::ops::Range<usize>> {
-    let step = if micro == 0 { range.len().max(1) } else { micro };
-    (range.start..range.end).step_by(step).map(|a| a..(a + step).min(range.end)).collect()
+/// Micro-batch ranges of `samples[range]`, each sample of its prompt's and response's positions.
+fn micro_ranges(samples: &[Sample], range: std::ops::Range<usize>, micro: MicroBatch) -> Vec<std::ops::Range<usize>> {
+    micro.ranges(range, |i| samples[i].prompt.len() + samples[i].response.len())
 }
 
 /// Sum of response lengths of samples before index i (token offsets into the flat per-token arrays).
@@ -214,19 +214,19 @@ fn response_logp(
 }
 
 /// The log-probs of every sample's response tokens under `model` as it stands (teacher forced, at
-/// temperature 1: the update's own forward), `micro` samples a forward (0: all), one vector per
+/// temperature 1: the update's own forward), in forwards of at most `micro`, one vector per
 /// sample. The off-policy tree pipeline takes π_old of a batch so, under the weights that generated
 /// it (ALGORITHMS.md §4), rather than the sampler's log-probs (tempered, and decoded).
 pub(crate) fn teacher_logprobs(
     engine: &mut Engine,
     model: &Model,
     samples: &[Sample],
-    micro: usize,
+    micro: MicroBatch,
     ws: &mut Workspace,
 ) -> Result<Vec<Vec<f32>>> {
     let (mut batch, mut logp) = (Batch::new(), Vec::new());
     let mut out = Vec::with_capacity(samples.len());
-    for r in micro_ranges(0..samples.len(), micro) {
+    for r in micro_ranges(samples, 0..samples.len(), micro) {
         let part = &samples[r];
         response_logp(engine, model, part, ws, &mut batch, &mut logp, None)?;
         // (one log-prob per response token, the samples' in order)
@@ -316,7 +316,7 @@ pub fn policy_update_dp(
         buf.ref_engine = Some(engine.frozen(rf)?);
     }
     if precompute_old || reference.is_some() {
-        for r in micro_ranges(0..samples.len(), micro) {
+        for r in micro_ranges(samples, 0..samples.len(), micro) {
             if precompute_old {
                 response_logp(engine, model, &samples[r.clone()], &mut buf.ws, &mut buf.batch, &mut tmp, None)?;
                 report.old_logp.extend_from_slice(&tmp);
@@ -345,7 +345,7 @@ pub fn policy_update_dp(
             let denom = Denominators { tokens: sums[0], seqs: sums[1], t_max: tmax[0] };
             engine.zero_grads(model)?;
             let mut loss = 0.0f64;
-            for r in micro_ranges(mini.clone(), micro) {
+            for r in micro_ranges(samples, mini.clone(), micro) {
                 let part = &samples[r.clone()];
                 let (resp_pos, starts) =
                     response_logp(engine, model, part, &mut buf.ws, &mut buf.batch, &mut logp, Some(&mut ent))?;
@@ -466,7 +466,6 @@ mod tests {
         assert_eq!(chunks(10, 3), vec![0..4, 4..7, 7..10]);
         assert_eq!(chunks(2, 5), vec![0..1, 1..2]);
         assert_eq!(chunks(0, 2), Vec::<std::ops::Range<usize>>::new());
-        assert_eq!(micro_ranges(3..10, 3), vec![3..6, 6..9, 9..10]);
-        assert_eq!(micro_ranges(3..10, 0), vec![3..10]);
+        // (the micro-batches: train::micro_batch's tests)
     }
 }
