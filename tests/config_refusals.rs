@@ -2,6 +2,7 @@
 //! ignored: each is refused when the file is read, with the file, the dotted key and the value.
 
 use arbor::config::{RunConfig, ADDITION_CONFIG, DEFAULT_CONFIG};
+use arbor::model::host_memory::HostMemory;
 use std::path::Path;
 
 /// The error of a refused config text, with the file and `key` named (`key` as in `key \`…\``).
@@ -144,15 +145,18 @@ fn models_larger_than_arbor_or_the_machine_are_refused_by_key() {
     let mc = cfg.model.fresh_config(vocab());
     let need = mc.training_bytes();
     assert!(need > 1_900_000_000_000 && need < 2_000_000_000_000, "{need}");
-    let e = mc.memory_shortfall(24 << 30).expect("1.9 TB do not fit in 24 GiB");
+    let gib24 = HostMemory::mem_total(24 << 30);
+    let e = mc.memory_shortfall(&gib24).expect("1.9 TB do not fit in 24 GiB");
     for part in ["hidden_size 32768", "intermediate_size 131072", "num_layers 8", "num_heads 256", &need.to_string()] {
         assert!(e.contains(part), "{part}: {e}");
     }
-    assert_eq!(mc.memory_shortfall(u64::MAX), None);
-    match arbor::model::config::host_memory_bytes() {
-        Some(mem) if u128::from(mem) < need => {
+    assert!(e.contains("MemTotal in /proc/meminfo"), "the message says where the figure comes from: {e}");
+    assert_eq!(mc.memory_shortfall(&HostMemory::mem_total(u64::MAX)), None);
+    match arbor::model::host_memory::host_memory() {
+        Some(mem) if u128::from(mem.bytes) < need => {
             let e = refused(&huge, "`model`");
-            assert!(e.contains(&need.to_string()) && e.contains(&mem.to_string()) && e.contains("MemTotal"), "{e}");
+            let named = e.contains(&mem.bytes.to_string()) && e.contains(&mem.source);
+            assert!(e.contains(&need.to_string()) && named, "{e}");
         }
         other => println!("machine memory {other:?}: the parse-time check is not exercised here"),
     }
@@ -160,10 +164,10 @@ fn models_larger_than_arbor_or_the_machine_are_refused_by_key() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for dir in ["configs/models/qwen2-0.5b-shape", "configs/models/bench-tiny", "configs/warmstart/countdown-sft"] {
         let mc = arbor::model::ModelConfig::from_hf_file(&root.join(dir).join("config.json")).unwrap();
-        assert_eq!(mc.memory_shortfall(24 << 30), None, "{dir}: {} bytes", mc.training_bytes());
+        assert_eq!(mc.memory_shortfall(&gib24), None, "{dir}: {} bytes", mc.training_bytes());
     }
     let addition: RunConfig = toml::from_str(ADDITION_CONFIG).unwrap();
-    assert_eq!(addition.model.fresh_config(vocab()).memory_shortfall(24 << 30), None);
+    assert_eq!(addition.model.fresh_config(vocab()).memory_shortfall(&gib24), None);
 }
 
 /// TOML's own errors (an integer beyond i64) named `line 27` instead of the key.
@@ -179,4 +183,60 @@ fn an_out_of_range_integer_is_named_by_its_key() {
     }
     let e = refused(&with_rl("max_new_tokens = 99999999999999999999"), "rl.max_new_tokens");
     assert!(e.contains("too large"), "{e}");
+}
+
+/// An `hf_dir` model whose training needs more than the memory this process may use (16 bytes a
+/// parameter) is refused, naming its config.json and the figures, before its weights are read or
+/// the run directory is made. Before, it was read into memory and the allocation aborted the job.
+#[test]
+fn an_hf_dir_model_larger_than_the_memory_is_refused_before_it_is_read() {
+    let Some(mem) = arbor::model::host_memory::host_memory() else {
+        println!("skipped: this machine's memory cannot be read");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("big");
+    std::fs::create_dir(&hf).unwrap();
+    // layers of 4096 wide (about 2.7e8 parameters each), enough to need more than `mem`
+    let mut mc = arbor::model::ModelConfig {
+        hidden_size: 4096,
+        intermediate_size: 16384,
+        num_layers: 1,
+        num_heads: 32,
+        num_kv_heads: 8,
+        head_dim: 128,
+        vocab_size: vocab(),
+        max_position_embeddings: 256,
+        ..common_shape()
+    };
+    let per_layer = {
+        let two = arbor::model::ModelConfig { num_layers: 2, ..mc.clone() };
+        two.num_params() - mc.num_params()
+    };
+    mc.num_layers = (mem.bytes / 16 / per_layer as u64) as usize + 2;
+    let need = mc.training_bytes();
+    assert!(need > u128::from(mem.bytes));
+    std::fs::write(hf.join("config.json"), serde_json::to_string_pretty(&mc.to_hf_json()).unwrap()).unwrap();
+    // weights files as large as bf16 weights would be (sparse: nothing is written)
+    let weights = std::fs::File::create(hf.join("model.safetensors")).unwrap();
+    weights.set_len(2 * mc.num_params() as u64).unwrap();
+    let text = ADDITION_CONFIG
+        .replace("hidden_size = 128\n", "")
+        .replace("intermediate_size = 384\n", "")
+        .replace("num_layers = 4\n", "")
+        .replace("num_heads = 4\n", "")
+        .replace("num_kv_heads = 2\n", "")
+        .replace("max_position_embeddings = 64\n", "")
+        .replace("[model]\n", &format!("[model]\nhf_dir = {:?}\n", hf.display().to_string()));
+    let mut cfg = RunConfig::parse(&text, Path::new("hf.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    cfg.run.out_dir = dir.path().join("runs");
+    let e = arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("model.hf_dir"), "{e}");
+    assert!(e.contains(&need.to_string()) && e.contains(&mem.bytes.to_string()) && e.contains(&mem.source), "{e}");
+    assert!(!cfg.run.out_dir.exists(), "nothing is written for a refused model");
+}
+
+/// A fresh Qwen2 shape to build others from.
+fn common_shape() -> arbor::model::ModelConfig {
+    RunConfig::parse(ADDITION_CONFIG, Path::new("a.toml")).unwrap().fresh_model(vocab(), 1, Path::new("m")).unwrap()
 }

@@ -1,6 +1,7 @@
 //! `arbor bench`: throughput of the numerical core, printed as one JSON line.
 
 use crate::cli::bench_common::{load_model, median, train_step_flops};
+use crate::model::host_memory::HostMemory;
 use crate::model::{Batch, Workspace};
 use crate::rng::Rng;
 use crate::tensor::cpu::matmul::GEMM_PARALLEL_NANOS;
@@ -210,16 +211,18 @@ pub fn train_step(args: &TrainStepArgs) -> anyhow::Result<()> {
 
 /// `--n` of `arbor bench gemm`: positive, its three n×n f32 matrices countable without overflow
 /// and, where the machine's memory is known (`available` bytes), held in it.
-pub fn check_gemm_size(n: usize, available: Option<u64>) -> anyhow::Result<()> {
+pub fn check_gemm_size(n: usize, available: Option<HostMemory>) -> anyhow::Result<()> {
     anyhow::ensure!(n > 0, "--n must be positive");
     let bytes = n.checked_mul(n).and_then(|nn| nn.checked_mul(3 * std::mem::size_of::<f32>()));
     let Some(bytes) = bytes.filter(|&b| b <= isize::MAX as usize) else {
         anyhow::bail!("--n {n}: three {n}×{n} f32 matrices are more bytes than this machine can address");
     };
-    if let Some(mem) = available.filter(|&m| bytes as u128 > u128::from(m)) {
+    if let Some(mem) = available.filter(|m| bytes as u128 > u128::from(m.bytes)) {
         anyhow::bail!(
-            "--n {n}: three {n}×{n} f32 matrices need {bytes} bytes, more than this machine's memory, {mem} bytes \
-             (MemTotal in /proc/meminfo)"
+            "--n {n}: three {n}×{n} f32 matrices need {bytes} bytes, more than the memory this process may use, {} \
+             bytes ({})",
+            mem.bytes,
+            mem.source
         );
     }
     Ok(())
@@ -227,7 +230,7 @@ pub fn check_gemm_size(n: usize, available: Option<u64>) -> anyhow::Result<()> {
 
 /// Run `arbor bench gemm`.
 pub fn gemm(n: usize, reps: usize) -> anyhow::Result<()> {
-    check_gemm_size(n, crate::model::config::host_memory_bytes())?;
+    check_gemm_size(n, crate::model::host_memory::host_memory())?;
     let line = serde_json::json!({"impl": "gemm-crate", "n": n, "threads": rayon::current_num_threads(), "gflops": gemm_gflops(n, reps)});
     println!("{line}");
     Ok(())
@@ -240,14 +243,16 @@ mod tests {
     /// `--n` whose matrices overflow a count or exceed the machine is refused by the flag.
     #[test]
     fn gemm_sizes_are_checked_before_anything_is_allocated() {
-        let e = |n: usize, mem: Option<u64>| check_gemm_size(n, mem).unwrap_err().to_string();
+        let e =
+            |n: usize, mem: Option<u64>| check_gemm_size(n, mem.map(HostMemory::mem_total)).unwrap_err().to_string();
         assert!(e(0, None).contains("--n"));
         for n in [1 << 32, usize::MAX, 1 << 31] {
             assert!(e(n, None).contains(&format!("--n {n}")), "{n}");
         }
         // 3 × 100000² × 4 bytes = 120 GB
         let msg = e(100_000, Some(24 << 30));
-        assert!(msg.contains("--n 100000") && msg.contains("120000000000 bytes"), "{msg}");
-        assert!(check_gemm_size(100_000, None).is_ok() && check_gemm_size(1024, Some(24 << 30)).is_ok());
+        assert!(msg.contains("--n 100000") && msg.contains("120000000000 bytes") && msg.contains("MemTotal"), "{msg}");
+        let small = Some(HostMemory::mem_total(24 << 30));
+        assert!(check_gemm_size(100_000, None).is_ok() && check_gemm_size(1024, small).is_ok());
     }
 }

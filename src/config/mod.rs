@@ -131,7 +131,7 @@ impl RunConfig {
             });
         }
         cfg.validate(file)?;
-        if let Some(msg) = crate::model::config::host_memory_bytes().and_then(|m| cfg.memory_shortfall(m)) {
+        if let Some(msg) = crate::model::host_memory::host_memory().and_then(|m| cfg.memory_shortfall(&m)) {
             return Err(Error::Config { file: file.into(), key: "model".into(), msg });
         }
         Ok(cfg)

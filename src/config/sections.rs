@@ -173,7 +173,7 @@ impl ModelSection {
         if h % kv != 0 {
             return bad("model.num_kv_heads", format!("{kv} must divide num_heads = {h} (GQA groups)"));
         }
-        self.check_host_memory(crate::model::config::host_memory_bytes())
+        self.check_host_memory(crate::model::host_memory::host_memory())
     }
 
     /// The shape of the fresh model these keys build for a `vocab_size` tokenizer, unchecked
@@ -205,10 +205,10 @@ impl ModelSection {
     /// A fresh model's training state fits in the machine's memory (`available` bytes; None: not
     /// known, no check): see [`crate::model::ModelConfig::training_bytes`]. The vocabulary is the
     /// character tokenizer's, as the run builds it.
-    fn check_host_memory(&self, available: Option<u64>) -> Result<(), Violation> {
+    fn check_host_memory(&self, available: Option<crate::model::host_memory::HostMemory>) -> Result<(), Violation> {
         let Some(available) = available else { return Ok(()) };
         let vocab = crate::tokenizer::char::CharTokenizer::default().vocab_size();
-        match self.fresh_config(vocab).memory_shortfall(available) {
+        match self.fresh_config(vocab).memory_shortfall(&available) {
             Some(msg) => bad("model", msg),
             None => Ok(()),
         }

@@ -10,20 +10,6 @@ const MAX_ELEMENTS: u128 = 1 << 40;
 /// Most decoder layers a config may have (the layout lists every layer's tensors).
 const MAX_LAYERS: usize = 1 << 16;
 
-/// The machine's memory in bytes (`MemTotal` of /proc/meminfo), or `None` where it cannot be
-/// read (another OS, a sandbox): callers then skip their memory checks.
-pub fn host_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_mem_total(&text)
-}
-
-/// `MemTotal` of a /proc/meminfo text, in bytes (the file gives kB).
-fn parse_mem_total(text: &str) -> Option<u64> {
-    let line = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
-    let kb: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    kb.checked_mul(1024)
-}
-
 /// Which HF architecture family a model belongs to (decides names in `config.json` and q/k/v biases).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -145,16 +131,17 @@ impl ModelConfig {
         self.param_count_u128().saturating_mul(16).saturating_add(rope)
     }
 
-    /// What is wrong when training this model needs more than `available` bytes of memory (the
+    /// What is wrong when training this model needs more than the `available` memory (the
     /// dimensions by their `[model]` keys, the parameters and the bytes); `None` when it fits.
-    pub fn memory_shortfall(&self, available: u64) -> Option<String> {
+    pub fn memory_shortfall(&self, available: &super::host_memory::HostMemory) -> Option<String> {
         let need = self.training_bytes();
-        (need > u128::from(available)).then(|| {
+        let super::host_memory::HostMemory { bytes: available, source } = available;
+        (need > u128::from(*available)).then(|| {
             format!(
                 "hidden_size {}, intermediate_size {}, num_layers {}, num_heads {} (head_dim {}), \
                  max_position_embeddings {} and the vocabulary of {} make {} parameters: training them needs at least \
                  {need} bytes (16 per parameter for the weights, gradients and two AdamW moments, plus the RoPE \
-                 table), more than this machine's memory, {available} bytes (MemTotal in /proc/meminfo)",
+                 table), more than the memory this process may use, {available} bytes ({source})",
                 self.hidden_size,
                 self.intermediate_size,
                 self.num_layers,
@@ -497,17 +484,6 @@ mod tests {
             }
         }
         assert!(read >= 5, "{read} shipped configs found");
-    }
-
-    #[test]
-    fn mem_total_is_read_in_bytes() {
-        let text = "MemTotal:       24683784 kB\nMemFree:        23000000 kB\n";
-        assert_eq!(parse_mem_total(text), Some(24683784 * 1024));
-        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
-        assert_eq!(parse_mem_total("MemTotal: lots\n"), None);
-        if cfg!(target_os = "linux") {
-            assert!(host_memory_bytes().is_some_and(|m| m > 1 << 20));
-        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod decode;
 mod decode_attend;
 pub mod decode_stack;
 pub mod head;
+pub mod host_memory;
 pub mod init;
 pub mod params;
 pub mod shard;
