@@ -231,7 +231,10 @@ start_countdown() {
     [ "$budget" != 0 ] || left=100000
     [ "$left" -gt 5 ] || left=5
     echo "config: $cfg" > "$out/countdown_gpu.txt"
-    timeout -k 20 "$left" "$arbor" train --config "$cfg" --out-dir "$cd_runs" >> "$out/countdown_gpu.txt" 2>&1 &
+    # it may share the GPU with the tests: its freed memory goes back to the device at each host
+    # wait (the driver's default) rather than staying in its pool, out of the tests' reach
+    ARBOR_CUDA_POOL=release timeout -k 20 "$left" "$arbor" train --config "$cfg" --out-dir "$cd_runs" \
+        >> "$out/countdown_gpu.txt" 2>&1 &
     cd_pid=$!
 }
 finish_countdown() {

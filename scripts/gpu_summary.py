@@ -163,6 +163,12 @@ def ratios(d):
         out.append(f"sampled generation bf16, batch 16, 16 + 2048 tokens: rows split over blocks "
                    f"{a['tokens_per_s']:,.0f} tok/s, unsplit {b['tokens_per_s']:,.0f} tok/s, split = "
                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x unsplit")
+    for ours, peer in (("train_step_bf16.json", "peer_train_step_bf16.json"), ("train_step.json", "peer_train_step_f32.json")):
+        a, p = load(d, ours), load(d, peer)
+        if a and p and a.get("device_peak_mib") and p.get("device_peak_mib"):
+            out.append(f"train step 0.5B 4x1024 peak device memory ({a.get('dtype')}): arbor {a['device_peak_mib']:,.0f} MiB, "
+                       f"torch {p['device_peak_mib']:,.0f} MiB ({p.get('dtype')}), arbor = "
+                       f"{a['device_peak_mib'] / p['device_peak_mib']:.2f}x torch")
     for kept, what in (("train_step_bf16", "bf16 train step 0.5B 4x1024"),
                        ("generate_sampled_0.5b_b16_bf16", "bf16 sampled generation 0.5B batch 16")):
         a, b = load(d, f"{kept}.json"), load(d, f"{kept}_pool_release.json")

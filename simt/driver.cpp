@@ -81,11 +81,12 @@ std::mutex mem_lock;
 std::map<uintptr_t, Alloc> allocs;  // by start address
 size_t allocated = 0;
 
-// The stream-ordered pool (cuMemAllocAsync / cuMemFreeAsync), modelled by its byte counts: a
-// freed buffer's bytes stay in the pool, unused; an allocation no larger than the unused bytes
-// takes from them, a larger one takes new memory from the device (counted: C_POOL_GROWS); at every
-// host synchronisation the unused bytes above the release threshold (the driver's default: 0) go
-// back to the device. The memory itself is mapped and unmapped per buffer as for cuMemAlloc, so
+// The stream-ordered pool (cuMemAllocAsync / cuMemFreeAsync), modelled by its byte counts, without
+// fragmentation: a freed buffer's bytes stay in the pool, unused; an allocation no larger than the
+// unused bytes takes from them, a larger one takes new memory from the device (counted:
+// C_POOL_GROWS); at every host synchronisation unused bytes go back to the device until the pool
+// holds (in use and unused) no more than the release threshold (the driver's default: 0), as
+// cuMemPoolTrimTo does to its argument. The memory itself is mapped and unmapped per buffer as for cuMemAlloc, so
 // that a use after free still faults. Each host thread has its own counts (tests run side by side
 // in one process, as with `counts`); the threshold is the one pool's, shared.
 std::atomic<unsigned long long> pool_threshold{0};
@@ -95,12 +96,14 @@ thread_local size_t pool_used = 0;
 thread_local size_t pool_used_high = 0;
 thread_local size_t pool_reserved_high = 0;
 
-// Hand the calling thread's unused pool bytes above `keep` back to the device.
+// Hand unused bytes of the calling thread's pool back to the device until it holds no more than
+// `keep` (in use and unused; memory in use stays).
 void pool_trim(size_t keep) {
     std::lock_guard<std::mutex> g(mem_lock);
-    if (pool_unused > keep) {
-        pool_unused_total -= pool_unused - keep;
-        pool_unused = keep;
+    const size_t unused_kept = keep > pool_used ? keep - pool_used : 0;
+    if (pool_unused > unused_kept) {
+        pool_unused_total -= pool_unused - unused_kept;
+        pool_unused = unused_kept;
     }
 }
 
@@ -130,6 +133,7 @@ bool device_free(uintptr_t p) {
     munmap(it->second.map, it->second.map_len);
     allocated -= it->second.size;
     if (it->second.pooled) {
+        // (a buffer another thread allocated leaves its bytes in this thread's pool)
         pool_used -= std::min(pool_used, it->second.size);
         pool_unused += it->second.size;
         pool_unused_total += it->second.size;

@@ -462,8 +462,8 @@ fn combine_rhythm_averages_the_chosen_heads() {
 /// products' blocking changes with the chunk (f32 rounding).
 #[test]
 fn chunked_passes_give_each_sequence_its_statistics() {
+    use arbor::model::micro_batch::MicroBatch;
     use arbor::train::engine::Engine;
-    use arbor::train::micro_batch::MicroBatch;
     let f = fixture(3, &SEQS, 7);
     let cfg = StatsConfig { delta: 1, ..StatsConfig::default() };
     let whole = attention_stats(&f.model, &f.batch, &f.ws, &f.steps, &cfg).unwrap();

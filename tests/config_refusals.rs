@@ -231,7 +231,7 @@ fn an_hf_dir_model_larger_than_the_memory_is_refused_before_it_is_read() {
     let mut cfg = RunConfig::parse(&text, Path::new("hf.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
     cfg.run.out_dir = dir.path().join("runs");
     let e = arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
-    assert!(e.contains("config.json") && e.contains("model.hf_dir"), "{e}");
+    assert!(e.contains("config.json") && e.contains("model.hf_dir") && e.contains("num_hidden_layers"), "{e}");
     assert!(e.contains(&need.to_string()) && e.contains(&mem.bytes.to_string()) && e.contains(&mem.source), "{e}");
     assert!(!cfg.run.out_dir.exists(), "nothing is written for a refused model");
 }

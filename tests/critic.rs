@@ -5,11 +5,11 @@
 mod common;
 use arbor::config::{RunConfig, DEFAULT_CONFIG};
 use arbor::model::init::init_params;
+use arbor::model::micro_batch::MicroBatch;
 use arbor::model::Model;
 use arbor::parallel::Local;
 use arbor::train::critic::{Critic, CriticConfig, ValueTargets};
 use arbor::train::job;
-use arbor::train::micro_batch::MicroBatch;
 use arbor::train::rl::Sample;
 use common::metrics_without_clock as metrics;
 use std::path::Path;

@@ -50,6 +50,7 @@ fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
     let critic = CriticNotes { value_losses: vec![0.5, 0.25], ..CriticNotes::default() };
     let rl = RlStepReport {
         device_mem_mib: Some(100.0),
+        device_peak_mib: Some(90.0),
         sampler,
         critic: Some(critic),
         asynchronous: Some(AsyncNotes { stream: Some(StreamNotes::default()), ..AsyncNotes::default() }),
@@ -57,7 +58,14 @@ fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
     };
     let change = ConfigChangeLine { step: 3, event: "config_change", changes: serde_json::Map::new() };
     let written: BTreeMap<&str, BTreeSet<String>> = [
-        ("SftStepReport", keys(&SftStepReport { device_mem_mib: Some(100.0), ..SftStepReport::default() })),
+        (
+            "SftStepReport",
+            keys(&SftStepReport {
+                device_mem_mib: Some(100.0),
+                device_peak_mib: Some(90.0),
+                ..SftStepReport::default()
+            }),
+        ),
         ("SftEvalLine", keys(&SftEvalLine { step: 0, eval_answer_nll: 1.0, eval_answer_exact: 0.0 })),
         ("RlStepReport", keys(&rl)),
         ("RlEvalLine", keys(&RlEvalLine { rl_step: 0, eval_solve_rate: 0.5, eval_solve_rate_greedy: 0.5 })),

@@ -5,11 +5,11 @@
 
 mod common;
 use arbor::model::init::init_params;
+use arbor::model::micro_batch::MicroBatch;
 use arbor::model::{Arch, Batch, Model, ModelConfig, Workspace};
 use arbor::rl::{Aggregation, LossConfig, LossKind};
 use arbor::rng::Rng;
 use arbor::train::engine::Engine;
-use arbor::train::micro_batch::MicroBatch;
 use arbor::train::rl::{policy_update, Sample, UpdateBatch, UpdateBuffers, UpdatePlan, UpdateSettings};
 use arbor::train::{AdamW, AdamWConfig};
 

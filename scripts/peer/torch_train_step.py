@@ -137,6 +137,9 @@ def main():
         "flops_per_step": flops,
         "final_loss": round(loss, 5),
     }
+    if dev.type == "cuda":
+        # the caching allocator's peak of live tensors over the run (arbor's device_peak_mib)
+        res["device_peak_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
     sys.stdout.write(json.dumps(res) + "\n")
     sys.stdout.flush()
 

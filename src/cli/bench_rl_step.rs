@@ -166,7 +166,7 @@ pub fn rl_step(gpu: &Arc<Gpu>, args: &RlStepArgs) -> anyhow::Result<()> {
         "device_mem_mib": engine.device_mem_mib(),
         // this process's buffers at their peak over the run (the memory pool's high-water mark)
         "device_peak_mib": engine.take_device_peak_mib(),
-        "pool": gpu.pool_policy().map(|(p, _)| p.name()),
+        "pool": gpu.pool_policy().map(|p| p.name()),
     });
     crate::cli::bench_common::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");

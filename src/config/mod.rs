@@ -297,7 +297,7 @@ mod tests {
         assert!(e.contains("rl.mini_batches"), "{e}");
         let ok = ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 1\nmicro_batch = 3\nmicro_batch_tokens = 64\n";
         let rl = RunConfig::parse(&ok, Path::new("m.toml")).unwrap().rl.unwrap();
-        assert_eq!(rl.micro(), crate::train::micro_batch::MicroBatch { samples: 3, tokens: 64 });
+        assert_eq!(rl.micro(), crate::model::micro_batch::MicroBatch { samples: 3, tokens: 64 });
     }
 
     #[test]

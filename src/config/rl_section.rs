@@ -113,8 +113,8 @@ pub const MAX_BATCH: usize = 65_535;
 
 impl RlSection {
     /// How the passes over a step's sequences are cut into forwards.
-    pub fn micro(&self) -> crate::train::micro_batch::MicroBatch {
-        crate::train::micro_batch::MicroBatch { samples: self.micro_batch, tokens: self.micro_batch_tokens }
+    pub fn micro(&self) -> crate::model::micro_batch::MicroBatch {
+        crate::model::micro_batch::MicroBatch { samples: self.micro_batch, tokens: self.micro_batch_tokens }
     }
 
     /// The policy's learning-rate schedule over the RL steps.

@@ -76,9 +76,9 @@ pub struct Gpu {
     max_smem: AtomicU32,
     /// Bytes of device memory.
     total_mem: usize,
-    /// The stream-ordered pool every buffer comes from, and what it keeps (`cuda::pool`); `None`
-    /// where the driver has no such pool (buffers then come from `cuMemAlloc`).
-    pool: Option<(Pool, PoolPolicy)>,
+    /// The stream-ordered pool every buffer comes from (`cuda::pool`); `None` where the driver
+    /// has no such pool (buffers then come from `cuMemAlloc`).
+    pool: Option<Pool>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, (CudaFunction, u32)>>,
     /// Reused f32 scratch of the column-sum passes (grown on demand, never shrunk), so a training
@@ -139,7 +139,7 @@ pub(crate) fn out_of_memory(what: &str, bytes: usize, (free, total): (usize, usi
     };
     format!(
         "{name} is out of memory: {what} asks for {} MiB, and {free} of its {} MiB are free. Lower [rl] \
-         micro_batch or [train] batch_size (the activations of a forward and backward), [rl] max_batch (the KV \
+         micro_batch or micro_batch_tokens or [train] batch_size (the activations of a forward and backward), [rl] max_batch (the KV \
          cache of generation), use [train] dtype = \"bf16\" (bf16 activations and KV cache), or train a \
          smaller model",
         mib(bytes),
@@ -198,7 +198,7 @@ impl Gpu {
             true => {
                 let p = Pool::of_device(ctx.cu_device())?;
                 p.apply(policy)?;
-                Some((p, policy))
+                Some(p)
             }
             false => None,
         };
@@ -290,7 +290,7 @@ impl Gpu {
         if self.attn_mma() == AttnMma::Wgmma {
             products += ", wgmma attention";
         }
-        if let Some((_, PoolPolicy::Release)) = &self.pool {
+        if self.pool_policy() == Some(PoolPolicy::Release) {
             products += ", memory released at every sync";
         }
         format!("cuda:{} ({}, {}{products})", self.ordinal, self.name, self.arch)
@@ -478,32 +478,40 @@ impl Gpu {
     /// Wait for the stream (frees queued on it happen), then hand the memory the pool keeps
     /// unused back to the device: what an allocation short of memory does before its last try.
     fn trim_pool(&self) -> Result<()> {
-        if let Some((p, _)) = &self.pool {
+        if let Some(p) = &self.pool {
             self.sync()?;
             p.trim()?;
         }
         Ok(())
     }
 
-    /// What the memory pool keeps of freed buffers, and its release threshold as the driver
-    /// reports it (bytes); `None` without a stream-ordered pool.
-    pub fn pool_policy(&self) -> Option<(PoolPolicy, Result<u64>)> {
-        self.pool.as_ref().map(|(p, policy)| (*policy, p.threshold()))
+    /// What the memory pool keeps of freed buffers, as the driver reports its release threshold
+    /// (every byte: keep; none: release); `None` without a stream-ordered pool, when the driver
+    /// cannot say, or for another threshold (set by someone else).
+    pub fn pool_policy(&self) -> Option<PoolPolicy> {
+        match self.pool.as_ref()?.threshold().ok()? {
+            u64::MAX => Some(PoolPolicy::Keep),
+            0 => Some(PoolPolicy::Release),
+            _ => None,
+        }
+    }
+
+    /// Make the memory pool follow `policy` from now on (for the device, so every `Gpu` of it).
+    pub fn set_pool_policy(&self, policy: PoolPolicy) -> Result<()> {
+        match &self.pool {
+            Some(p) => p.apply(policy),
+            None => Err(Error::device("CUDA memory pool", "this driver has no stream-ordered pool")),
+        }
     }
 
     /// Bytes of this process's buffers at their peak since the last call (the pool's high-water
     /// mark of memory in use), starting a new peak; `None` without a stream-ordered pool or when
     /// the driver cannot say.
     pub fn take_peak_bytes(&self) -> Option<u64> {
-        let (p, _) = self.pool.as_ref()?;
+        let p = self.pool.as_ref()?;
         let peak = p.peak_used().ok()?;
         p.reset_peak().ok()?;
         Some(peak)
-    }
-
-    /// Bytes the pool holds from the device now (buffers in use and memory kept unused).
-    pub fn pool_reserved_bytes(&self) -> Option<u64> {
-        self.pool.as_ref().and_then(|(p, _)| p.reserved().ok())
     }
 
     /// The error of an allocation of `bytes` for `what` that failed with `e`.

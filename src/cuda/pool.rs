@@ -113,11 +113,6 @@ impl Pool {
     pub(crate) fn reset_peak(&self) -> Result<()> {
         self.set(Attr::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)
     }
-
-    /// Bytes the pool holds from the device now: buffers in use and memory kept unused.
-    pub(crate) fn reserved(&self) -> Result<u64> {
-        self.get(Attr::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
-    }
 }
 
 /// Run `alloc`; when it fails for want of memory, run `trim` (wait for the stream, then hand the

@@ -74,7 +74,8 @@ pub fn attention_stats(
     // pass 1's column planes, one per query tile, summed in order by attn_stats_col_sum
     let q_tiles = max_len.div_ceil(64).max(1);
     let plane = h_n * n;
-    let planes = || gpu.alloc::<f32>(q_tiles * plane, "the attention statistics (lower [rl] micro_batch)");
+    let planes =
+        || gpu.alloc::<f32>(q_tiles * plane, "the attention statistics (lower [rl] micro_batch or micro_batch_tokens)");
     let (mut fci_planes, mut fai_planes) = (planes()?, planes()?);
     // Where the forward's attention ran on the tensor cores it read q and k rounded to bf16, and
     // its lse is that of the rounded scores: the probabilities are recomputed from the same

@@ -154,6 +154,25 @@ impl ModelConfig {
         })
     }
 
+    /// [`ModelConfig::memory_shortfall`] worded for a model read from an HF `config.json` (its
+    /// keys, not `[model]`'s).
+    pub fn hf_memory_shortfall(&self, available: &super::host_memory::HostMemory) -> Option<String> {
+        let need = self.training_bytes();
+        let super::host_memory::HostMemory { bytes: available, source } = available;
+        (need > u128::from(*available)).then(|| {
+            format!(
+                "hidden_size {}, intermediate_size {}, num_hidden_layers {} and vocab_size {} make {} parameters: \
+                 training them needs at least {need} bytes (16 per parameter for the weights, gradients and two AdamW \
+                 moments, plus the RoPE table), more than the memory this process may use, {available} bytes ({source})",
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_layers,
+                self.vocab_size,
+                self.param_count_u128()
+            )
+        })
+    }
+
     /// The parameter count of [`crate::model::ParamLayout::new`], computed without overflow
     /// (saturating at `u128::MAX`) so absurd dimensions can be refused before the layout is built.
     fn param_count_u128(&self) -> u128 {

@@ -69,7 +69,11 @@ pub(crate) fn cgroup_limit(self_cgroup: &str, read: &dyn Fn(&Path) -> Option<Str
         } else {
             continue;
         };
-        let mut dir = Some(Path::new(path));
+        // under a cgroup namespace a path outside it reads "/../..": its own cgroup is then the
+        // mount's root, the only one to read
+        let own = Path::new(path);
+        let inside = !own.components().any(|c| c == std::path::Component::ParentDir);
+        let mut dir = Some(if inside { own } else { Path::new("/") });
         while let Some(d) = dir {
             let at = Path::new(root).join(d.strip_prefix("/").unwrap_or(d)).join(file);
             let limit = read(&at).and_then(|t| t.trim().parse::<u64>().ok()).filter(|&b| b < NO_LIMIT);
@@ -139,6 +143,9 @@ mod tests {
             fs(&[("/sys/fs/cgroup/memory/memory.limit_in_bytes", unlimited), ("/sys/fs/cgroup/memory.max", "max")]);
         assert_eq!(cgroup_limit(own, &read), None);
         assert_eq!(cgroup_limit("garbage\n", &fs(&[])), None);
+        // a cgroup namespace showing a path outside it: the mount's root only, never above it
+        let read = fs(&[("/sys/fs/cgroup/memory.max", "2147483648"), ("/sys/fs/memory.max", "1")]);
+        assert_eq!(cgroup_limit("0::/../..\n", &read).unwrap().0, 2 << 30);
         // a limit above the machine's memory changes nothing
         let total = HostMemory::mem_total(24 << 30);
         assert_eq!(lesser(Some(total.clone()), Some((64 << 30, "/m".into()))), Some(total.clone()));

@@ -8,6 +8,7 @@ pub mod decode_stack;
 pub mod head;
 pub mod host_memory;
 pub mod init;
+pub mod micro_batch;
 pub mod params;
 pub mod shard;
 pub mod transformer;

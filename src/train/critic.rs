@@ -9,10 +9,10 @@
 
 use crate::error::{Error, Result};
 use crate::model::init::init_params;
+use crate::model::micro_batch::MicroBatch;
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::Comm;
 use crate::train::engine::Engine;
-use crate::train::micro_batch::MicroBatch;
 use crate::train::rl::Sample;
 use crate::train::{grad_norm, AdamW, AdamWConfig};
 use std::path::Path;

@@ -333,7 +333,7 @@ impl Engine {
         ws: &mut Workspace,
         seqs: &[(Vec<u32>, SeqSteps)],
         cfg: &StatsConfig,
-        micro: crate::train::micro_batch::MicroBatch,
+        micro: crate::model::micro_batch::MicroBatch,
     ) -> Result<Vec<SeqStats>> {
         let mut out = Vec::with_capacity(seqs.len());
         for chunk in micro.chunks(seqs, |(tokens, _)| tokens.len()) {

@@ -47,6 +47,15 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let task = cfg.task()?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
 
+    // training an hf_dir model needs 16 bytes a parameter: refused before its weights are read
+    // (a fresh model's shape is checked when the config is read)
+    if let Some(dir) = &cfg.model.hf_dir {
+        let file = dir.join("config.json");
+        let mc = crate::model::ModelConfig::from_hf_file(&file)?;
+        if let Some(msg) = crate::model::host_memory::host_memory().and_then(|m| mc.hf_memory_shortfall(&m)) {
+            return Err(Error::Config { file, key: "model.hf_dir".into(), msg });
+        }
+    }
     let model = build_model(cfg, &tok)?;
     // a [critic]'s dimensions are checked against the policy's now, not after the supervised phase
     if let Some(critic) = &cfg.critic {

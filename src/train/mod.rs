@@ -10,7 +10,6 @@ pub mod engine;
 pub mod guard;
 pub mod job;
 pub mod metrics;
-pub mod micro_batch;
 pub mod preempt;
 pub mod pretrain;
 pub mod probe;

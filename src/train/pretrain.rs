@@ -134,12 +134,6 @@ pub fn build_model(cfg: &RunConfig, tok: &CharTokenizer) -> Result<Model> {
     let model_cfg_file = Path::new("[model]");
     Ok(match &cfg.model.hf_dir {
         Some(dir) => {
-            // training needs 16 bytes a parameter: refused before the weights are read
-            let file = dir.join("config.json");
-            let mc = crate::model::ModelConfig::from_hf_file(&file)?;
-            if let Some(msg) = crate::model::host_memory::host_memory().and_then(|m| mc.memory_shortfall(&m)) {
-                return Err(Error::Config { file, key: "model.hf_dir".into(), msg });
-            }
             let (mc, params) = load_hf_dir(dir)?;
             check_char_tokenizer(dir, tok)?;
             if mc.vocab_size < tok.vocab_size() {

@@ -6,12 +6,12 @@ use super::report::CriticNotes;
 use super::rollouts::{CriticTargets, Rollouts, TrainingBatch};
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use crate::model::micro_batch::MicroBatch;
 use crate::model::Model;
 use crate::parallel::Comm;
 use crate::rl::gae::{aggregate, critic_of, explained_variance, gae, quantile, uncertainty_masks};
 use crate::train::critic::{Critic, CriticConfig, ValueTargets};
 use crate::train::engine::Engine;
-use crate::train::micro_batch::MicroBatch;
 use std::path::Path;
 
 /// The value models of a `[critic]` phase.

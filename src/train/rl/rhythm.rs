@@ -6,10 +6,10 @@ use super::{Rollouts, Sample};
 use crate::attention::stats::{default_rhythm_layers, SeqSteps, StatsConfig};
 use crate::attnrl::{batch_thresholds, rhythm_marks, shape_advantages, RhythmConfig};
 use crate::error::{Error, Result};
+use crate::model::micro_batch::MicroBatch;
 use crate::model::{Model, Workspace};
 use crate::parallel::Comm;
 use crate::train::engine::Engine;
-use crate::train::micro_batch::MicroBatch;
 
 /// WAAD and FAI of every response token of one sample.
 pub type TokenRhythm = (Vec<f32>, Vec<f32>);

@@ -19,12 +19,12 @@ use crate::attnrl::{
     Continuation, DynamicBatch, ResponseTree, Source, SplitPoint,
 };
 use crate::error::{Error, Result};
+use crate::model::micro_batch::MicroBatch;
 use crate::model::{Model, Workspace};
 use crate::rollout::{Completion, Finish};
 use crate::tokenizer::char::CharTokenizer;
 use crate::train::checkpoint::SamplingState;
 use crate::train::engine::Engine;
-use crate::train::micro_batch::MicroBatch;
 use serde::{Deserialize, Serialize};
 
 /// Adaptive-sampling state carried across steps (checkpointed as [`SamplingState`]).

@@ -10,11 +10,11 @@
 //! the samples records it first.
 
 use crate::error::{Error, Result};
+use crate::model::micro_batch::MicroBatch;
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::{Comm, Local, DEFAULT_BUCKET_BYTES};
 use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, TokenBatch};
 use crate::train::engine::Engine;
-use crate::train::micro_batch::MicroBatch;
 use crate::train::AdamW;
 
 /// One sampled response, ready for training.
