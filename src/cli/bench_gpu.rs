@@ -350,6 +350,9 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         "tokens_per_s": n as f64 / step_s,
         "tflops": flops / step_s / 1e12,
         "mfu": flops / step_s / 1e12 / args.peak_tflops,
+        // this process's buffers at their peak over the run (the memory pool's high-water mark;
+        // the peer reports torch.cuda.max_memory_allocated)
+        "device_peak_mib": gpu.take_peak_bytes().map(|b| b as f64 / (1u64 << 20) as f64),
     });
     crate::cli::bench_common::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");
