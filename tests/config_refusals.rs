@@ -97,6 +97,18 @@ fn loss_keys_the_kind_does_not_read_are_refused() {
     }
     refused(&loss("t_max = 64"), "loss.t_max");
     accepted(&loss("agg = \"seq-mean-token-sum-norm\"\nt_max = 64"));
+    // the ratio's π_old: decoupled_ppo reads both log-probs; μ is the tempered distribution at T ≠ 1
+    let e = refused(&loss("kind = \"decoupled_ppo\"\nold_logprobs = \"behaviour\""), "loss.old_logprobs");
+    assert!(e.contains("no effect"), "{e}");
+    for kind in ["ppo", "tis", "topr", "cispo"] {
+        let ok = accepted(&loss(&format!("kind = \"{kind}\"\nold_logprobs = \"behaviour\"")));
+        assert_eq!(ok.loss.unwrap().old_logprobs, arbor::rl::OldLogprobs::Behaviour);
+    }
+    let tempered =
+        format!("{ADDITION_CONFIG}\n[rl]\nsteps = 10\ntemperature = 0.7\n\n[loss]\nold_logprobs = \"behaviour\"\n");
+    let e = refused(&tempered, "loss.old_logprobs");
+    assert!(e.contains("0.7") && e.contains("temperature"), "{e}");
+    accepted(&tempered.replace("old_logprobs = \"behaviour\"", "old_logprobs = \"recompute\""));
 }
 
 /// `min_lr` is where linear/cosine decay ends; a constant schedule never reads it.

@@ -209,3 +209,40 @@ fn the_value_head_backward_refuses_a_repeated_row() {
     e.accumulate_trunk_head(&m, &b, &mut ws, &head, (&[1, 3], &[0.5, 0.5]), &mut head_grads).unwrap();
     assert_eq!(head_grads[c], 1.0, "the bias gradient sums the rows' dv");
 }
+
+/// `[loss] old_logprobs = "behaviour"`: the ratio's π_old is the sampler's μ, so with one update a
+/// step r = π_θ/μ carries the samples' staleness (and the rollout mismatch), which tis, topr and
+/// cispo correct; with the default recompute r ≡ 1 there. Each token's r is checked through the
+/// loss statistics against a direct computation.
+#[test]
+fn the_behaviour_log_probs_can_be_the_ratios_base() {
+    use arbor::rl::OldLogprobs;
+    let base = model();
+    let data = samples(&base);
+    let run = |kind, old_logprobs| {
+        let cfg = LossConfig { kind, agg: Aggregation::TokenMean, kl_coef: 0.0, old_logprobs, ..LossConfig::default() };
+        let mut m = base.clone();
+        let mut opt = adam(&m);
+        let mut buf = UpdateBuffers::new(&m);
+        let plan = UpdatePlan::single(0.0);
+        let settings = UpdateSettings { loss: &cfg, plan, lr: 1e-2, reference: None };
+        policy_update(&mut Engine::cpu(), &mut m, &mut opt, UpdateBatch::of(&data), &settings, &mut buf).unwrap()
+    };
+    // r = exp(logπ_θ − logμ) per token, at the weights the update starts from
+    let ratios: Vec<f64> = data
+        .iter()
+        .flat_map(|s| logp(&base, s).into_iter().zip(s.behav_logp.clone()).map(|(l, b)| ((l - b) as f64).exp()))
+        .collect();
+    let n = ratios.len() as f64;
+    for kind in [LossKind::Tis, LossKind::Topr, LossKind::Cispo, LossKind::Ppo] {
+        let same = run(kind, OldLogprobs::Recompute).stats;
+        assert_eq!(same.ratio_sum, same.n_tokens as f64, "{kind:?}: recomputed π_old gives r = 1");
+        let behaviour = run(kind, OldLogprobs::Behaviour).stats;
+        let want: f64 = ratios.iter().sum();
+        assert!((behaviour.ratio_sum - want).abs() < 1e-4 * n, "{kind:?}: Σr {} vs {want}", behaviour.ratio_sum);
+        assert!(behaviour.n_clipped > 0, "{kind:?}: ratios away from 1 get clipped");
+    }
+    // tis clips r at 1: exactly the tokens the sampler found less likely than the policy does
+    let tis = run(LossKind::Tis, OldLogprobs::Behaviour).stats;
+    assert_eq!(tis.n_clipped, ratios.iter().filter(|&&r| r > 1.0).count() as u64);
+}

@@ -162,6 +162,14 @@ fn loss_keys_in_effect(loss: &crate::rl::LossConfig) -> std::result::Result<(), 
         ("dual_clip", (loss.dual_clip != d.dual_clip).then(|| loss.dual_clip.to_string()), reads_dual),
         ("decoupled_cap", (loss.decoupled_cap != d.decoupled_cap).then(|| loss.decoupled_cap.to_string()), reads_cap),
     ];
+    if loss.old_logprobs != d.old_logprobs && kind == LossKind::DecoupledPpo {
+        return Err((
+            "loss.old_logprobs".into(),
+            "\"behaviour\": decoupled_ppo reads both log-probs already (r = π_θ/π_prox, w = π_prox/μ), so it would \
+             have no effect; drop it"
+                .into(),
+        ));
+    }
     if let Some((key, Some(v), _)) = by_kind.into_iter().find(|(_, set, read)| set.is_some() && !read) {
         return Err((
             format!("loss.{key}"),

@@ -46,6 +46,7 @@ pub const RULES: &[Rule] = &[
     Rule { name: "async_tp_one", key: "async.rollout_ranks", check: async_tp_one },
     Rule { name: "attnrl_needs_rl", key: "attnrl", check: attnrl_needs_rl },
     Rule { name: "hf_dir_init_std", key: "model.init_std", check: hf_dir_init_std },
+    Rule { name: "behaviour_ratio_t1", key: "loss.old_logprobs", check: behaviour_ratio_t1 },
 ];
 
 /// The first rule `cfg` breaks: (key, message).
@@ -185,6 +186,19 @@ fn env_groups_only(cfg: &RunConfig) -> Option<String> {
     let other = attention_pass(cfg) || cfg.critic.is_some() || cfg.workload.is_some();
     when(cfg.env.is_some() && other, || {
         "[env] runs group sampling; drop [attnrl], [rhythm], [critic] and [workload]".into()
+    })
+}
+
+/// `[loss] old_logprobs = "behaviour"` takes the sampler's log-probs as π_old: those of the
+/// temperature-scaled distribution, which at T ≠ 1 is not the policy the ratio compares with.
+fn behaviour_ratio_t1(cfg: &RunConfig) -> Option<String> {
+    let (loss, rl) = (cfg.loss.as_ref()?, cfg.rl.as_ref()?);
+    when(loss.old_logprobs == crate::rl::OldLogprobs::Behaviour && rl.temperature != 1.0, || {
+        format!(
+            "\"behaviour\": the sampler's log-probs are those of the distribution at rl.temperature = {}, not of \
+             the policy π_θ is compared with; sample at temperature 1 or keep \"recompute\"",
+            rl.temperature
+        )
     })
 }
 

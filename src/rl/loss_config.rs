@@ -23,6 +23,20 @@ pub enum LossKind {
     DecoupledPpo,
 }
 
+/// What π_old is in the ratio r = π_θ/π_old of ppo, tis, topr and cispo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OldLogprobs {
+    /// Recomputed under the weights at the start of the step's updates (verl's and OpenRLHF's
+    /// default): with one update a step r ≡ 1, whatever policy sampled the tokens.
+    #[default]
+    Recompute,
+    /// The behaviour log-probs μ recorded when the tokens were sampled (ROLL's default, without
+    /// old-log-prob recompute): r then carries the samples' staleness under `[async]` and the
+    /// rollout-vs-training mismatch, which tis, topr and cispo exist to correct.
+    Behaviour,
+}
+
 /// How per-token terms x_t are reduced to a scalar (all denominators are full-batch, all-ranks quantities).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -81,6 +95,9 @@ pub struct LossConfig {
     pub kl_clamp: f32,
     /// β_ent: entropy bonus, subtracted: −β_ent·agg(H). Default 0.
     pub entropy_coef: f32,
+    /// π_old of the ratio: "recompute" (default) or "behaviour" (the sampler's log-probs μ; not
+    /// read by decoupled_ppo, which takes both).
+    pub old_logprobs: OldLogprobs,
 }
 
 impl Default for LossConfig {
@@ -96,6 +113,7 @@ impl Default for LossConfig {
             kl_coef: 0.001,
             kl_clamp: 10.0,
             entropy_coef: 0.0,
+            old_logprobs: OldLogprobs::Recompute,
         }
     }
 }

@@ -12,5 +12,5 @@ pub mod loss_config;
 pub mod policy_loss;
 
 pub use advantages::{broadcast_to_tokens, group_advantages, AdvantageKind, GroupAdvantages};
-pub use loss_config::{Aggregation, Denominators, LossConfig, LossConfigError, LossKind};
+pub use loss_config::{Aggregation, Denominators, LossConfig, LossConfigError, LossKind, OldLogprobs};
 pub use policy_loss::{k3_kl, policy_loss, policy_term, LossOutput, LossStats, PolicyTerm, TokenBatch};

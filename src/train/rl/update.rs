@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::micro_batch::MicroBatch;
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::{Comm, Local, DEFAULT_BUCKET_BYTES};
-use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, TokenBatch};
+use crate::rl::{policy_loss, Denominators, LossConfig, LossStats, OldLogprobs, TokenBatch};
 use crate::train::engine::Engine;
 use crate::train::AdamW;
 
@@ -331,6 +331,9 @@ pub fn policy_update_dp(
     let (mut behav, mut adv, mut rewards) = (Vec::new(), Vec::new(), Vec::new());
     let (mut d_resp, mut e_resp, mut dlogp, mut dent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let with_ent = loss_cfg.entropy_coef != 0.0;
+    // decoupled_ppo reads μ beside π_prox itself
+    let behaviour_ratio =
+        loss_cfg.old_logprobs == OldLogprobs::Behaviour && loss_cfg.kind != crate::rl::LossKind::DecoupledPpo;
     for _epoch in 0..plan.epochs.max(1) {
         for mini in &minis {
             let mut starts = Vec::with_capacity(mini.len() + 1);
@@ -353,17 +356,6 @@ pub fn policy_update_dp(
                     continue;
                 }
                 let toks = offsets[r.start]..offsets[r.end];
-                let old: &[f32] = if precompute_old { &report.old_logp[toks.clone()] } else { &logp };
-                let merged: Vec<f32>;
-                let old = if fixed_old_logp.is_empty() {
-                    old
-                } else {
-                    let fixed = fixed_old_logp.get(toks.clone()).ok_or_else(|| {
-                        Error::shape("rl update", "the fixed π_old does not cover every response token")
-                    })?;
-                    merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
-                    &merged
-                };
                 behav.clear();
                 adv.clear();
                 rewards.clear();
@@ -372,6 +364,20 @@ pub fn policy_update_dp(
                     adv.extend_from_slice(&s.advantages);
                     rewards.push(s.reward);
                 }
+                let old: &[f32] = if precompute_old { &report.old_logp[toks.clone()] } else { &logp };
+                let merged: Vec<f32>;
+                let old = if behaviour_ratio {
+                    // π_old is the sampler's μ: the ratio carries staleness and rollout mismatch
+                    &behav
+                } else if fixed_old_logp.is_empty() {
+                    old
+                } else {
+                    let fixed = fixed_old_logp.get(toks.clone()).ok_or_else(|| {
+                        Error::shape("rl update", "the fixed π_old does not cover every response token")
+                    })?;
+                    merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
+                    &merged
+                };
                 let tb = TokenBatch {
                     seq_starts: &starts,
                     logp: &logp,
