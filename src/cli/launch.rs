@@ -27,6 +27,10 @@ use std::time::Duration;
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
 static TERMS: AtomicI32 = AtomicI32::new(0);
 
+/// A SIGTERM that ends the ranks at once comes at least this long after the first was passed on
+/// (an earlier one repeats the first: srun and slurmstepd each send one).
+const SECOND_TERM_AFTER: Duration = Duration::from_secs(5);
+
 extern "C" fn on_signal(sig: libc::c_int) {
     // async-signal-safe: atomic operations only
     if sig == libc::SIGTERM {
@@ -197,14 +201,25 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
     }
     let mut done = vec![false; n];
     let mut preempted: Option<std::time::Instant> = None;
+    // when the first SIGTERM was passed on: one that follows within SECOND_TERM_AFTER is the same
+    // request again (under srun both slurmstepd and srun send it), not an order to kill
+    let mut first_term: Option<std::time::Instant> = None;
     let mut hub_running = hub_end.is_some();
     let mut remote_wait: Option<std::time::Instant> = None;
     loop {
         let sig = CAUGHT.swap(0, Ordering::SeqCst);
         if TERMS.load(Ordering::SeqCst) >= 2 {
-            // a second SIGTERM: the ranks did not stop in time (an [async] run does not stop
-            // at a step end), end them now
-            stop(&mut children, "a second SIGTERM", 128 + libc::SIGTERM);
+            match first_term {
+                // a second SIGTERM: the ranks did not stop in time (an [async] run does not stop
+                // at a step end), end them now
+                Some(t) if t.elapsed() >= SECOND_TERM_AFTER => {
+                    stop(&mut children, "a second SIGTERM", 128 + libc::SIGTERM)
+                }
+                _ => TERMS.store(1, Ordering::SeqCst),
+            }
+        }
+        if sig == libc::SIGTERM && first_term.is_none() {
+            first_term = Some(std::time::Instant::now());
         }
         if sig != 0 {
             for (child, _) in children.iter().zip(&done).filter(|(_, &d)| !d) {
