@@ -16,6 +16,17 @@ use std::time::Duration;
 const PATIENT_FIRST: Duration = Duration::from_micros(20);
 const PATIENT_MAX: Duration = Duration::from_millis(1);
 
+/// The largest point-to-point message arbor hands MPI, in bytes (`ARBOR_MPI_MAX_MESSAGE`, default
+/// 1 GiB): MPI counts are 32-bit, so a larger payload (an `[async]` weight publication of a model
+/// above ~500M f32 parameters) goes as its length, then pieces of at most this size.
+fn max_message() -> usize {
+    const DEFAULT: usize = 1 << 30;
+    std::env::var("ARBOR_MPI_MAX_MESSAGE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(DEFAULT, |n| n.clamp(1, DEFAULT))
+}
+
 /// An MPI communicator (the world or a split of it).
 pub struct MpiComm {
     comm: SimpleCommunicator,
@@ -40,6 +51,41 @@ pub fn launched_by_mpi() -> bool {
 }
 
 impl MpiComm {
+    /// One message of at most [`max_message`] bytes to `dest`. A large message waits for its
+    /// receiver (rendezvous): wait politely, as [`MpiComm::recv_piece`] does.
+    fn send_piece(&self, dest: usize, bytes: &[u8]) -> Result<()> {
+        count(self.rank(), bytes.len(), "send")?;
+        let to = self.comm.process_at_rank(dest as i32);
+        mpi::request::scope(|scope| {
+            let mut req = to.immediate_send(scope, bytes);
+            let mut pause = PATIENT_FIRST;
+            loop {
+                match req.test() {
+                    Ok(_) => break,
+                    Err(r) => req = r,
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(PATIENT_MAX);
+            }
+        });
+        Ok(())
+    }
+
+    /// The next message from `src`. Point-to-point messages are the async control plane
+    /// (weights, batches, pieces): rare and large. Waiting for one sleeps between probes (backing
+    /// off from 20 µs to 1 ms) instead of spinning in MPI's progress loop, so an idle rank leaves
+    /// its core to the ranks that compute (on an oversubscribed node a spinning receiver slows the
+    /// trainer it waits for).
+    fn recv_piece(&self, src: usize) -> Vec<u8> {
+        let from = self.comm.process_at_rank(src as i32);
+        let mut pause = PATIENT_FIRST;
+        while from.immediate_probe().is_none() {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(PATIENT_MAX);
+        }
+        from.receive_vec::<u8>().0
+    }
+
     /// Wrap `comm`; collectives are watched by `watchdog` when given.
     pub fn new(comm: SimpleCommunicator, watchdog: Option<Watchdog>) -> Self {
         // local group arithmetic (no communication): members of this communicator as world ranks
@@ -142,21 +188,11 @@ impl Comm for MpiComm {
             let msg = format!("rank {dest} out of range for {} ranks", self.size());
             return Err(Error::collective(self.rank(), "send", msg));
         }
-        count(self.rank(), bytes.len(), "send")?;
-        // as in `recv_bytes`: a large message waits for its receiver (rendezvous); wait politely
-        let to = self.comm.process_at_rank(dest as i32);
-        mpi::request::scope(|scope| {
-            let mut req = to.immediate_send(scope, bytes);
-            let mut pause = PATIENT_FIRST;
-            loop {
-                match req.test() {
-                    Ok(_) => break,
-                    Err(r) => req = r,
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(PATIENT_MAX);
-            }
-        });
+        // the length first, then the pieces (MPI keeps the order of one sender's messages)
+        self.send_piece(dest, &(bytes.len() as u64).to_le_bytes())?;
+        for piece in bytes.chunks(max_message()) {
+            self.send_piece(dest, piece)?;
+        }
         Ok(())
     }
     fn recv_bytes(&self, src: usize) -> Result<Vec<u8>> {
@@ -164,18 +200,22 @@ impl Comm for MpiComm {
             let msg = format!("rank {src} out of range for {} ranks", self.size());
             return Err(Error::collective(self.rank(), "recv", msg));
         }
-        // Point-to-point messages are the async control plane (weights, batches, pieces): rare and
-        // large. Waiting for one sleeps between probes (backing off from 20 µs to 1 ms) instead of
-        // spinning in MPI's progress loop, so an idle rank leaves its core to the ranks that compute
-        // (on an oversubscribed node a spinning receiver slows the trainer it waits for).
-        let from = self.comm.process_at_rank(src as i32);
-        let mut pause = PATIENT_FIRST;
-        while from.immediate_probe().is_none() {
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(PATIENT_MAX);
+        let me = self.rank();
+        let bad = |msg: String| Error::collective(me, "recv", format!("from rank {src}: {msg}"));
+        let head = self.recv_piece(src);
+        let len = <[u8; 8]>::try_from(head.as_slice())
+            .map_err(|_| bad(format!("a {}-byte length (8 expected): ranks disagree on the protocol", head.len())))?;
+        let total = usize::try_from(u64::from_le_bytes(len)).map_err(|_| bad("a length beyond memory".into()))?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(total).map_err(|e| bad(format!("{total} bytes do not fit in memory: {e}")))?;
+        while out.len() < total {
+            let piece = self.recv_piece(src);
+            if piece.is_empty() || out.len() + piece.len() > total {
+                return Err(bad(format!("a piece of {} bytes after {} of {total}", piece.len(), out.len())));
+            }
+            out.extend_from_slice(&piece);
         }
-        let (msg, _status) = from.receive_vec::<u8>();
-        Ok(msg)
+        Ok(out)
     }
     fn abort(&self, msg: &str) -> ! {
         eprintln!("arbor rank {}: aborting the job: {msg}", self.rank());
