@@ -246,3 +246,38 @@ fn the_behaviour_log_probs_can_be_the_ratios_base() {
     let tis = run(LossKind::Tis, OldLogprobs::Behaviour).stats;
     assert_eq!(tis.n_clipped, ratios.iter().filter(|&&r| r > 1.0).count() as u64);
 }
+
+/// The off-policy AttnRL pipeline fixes the generating policy's log-probs for tokens sampled a
+/// step earlier. ppo takes them as π_old (its clip absorbs the staleness, ALGORITHMS.md §4);
+/// decoupled_ppo keeps the policy before the update as π_prox (r = 1 at the first update) and
+/// takes them as μ: w = min(π_prox/μ, cap). NaN entries fall back to each loss's own choice.
+#[test]
+fn fixed_old_log_probs_are_ppos_old_and_decoupled_ppos_behaviour() {
+    let base = model();
+    let data = samples(&base);
+    let now: Vec<f32> = data.iter().flat_map(|s| logp(&base, s)).collect();
+    // the generating policy a step earlier: 0.3 nats less likely on every other token
+    let fixed: Vec<f32> = now.iter().enumerate().map(|(i, &l)| if i % 2 == 0 { l - 0.3 } else { f32::NAN }).collect();
+    let run = |kind| {
+        let cfg = LossConfig { kind, agg: Aggregation::TokenMean, kl_coef: 0.0, ..LossConfig::default() };
+        let mut m = base.clone();
+        let mut opt = adam(&m);
+        let mut buf = UpdateBuffers::new(&m);
+        let settings = UpdateSettings { loss: &cfg, plan: UpdatePlan::single(0.0), lr: 1e-2, reference: None };
+        let batch = UpdateBatch { samples: &data, fixed_old_logp: &fixed, entropy_keep: &[] };
+        policy_update(&mut Engine::cpu(), &mut m, &mut opt, batch, &settings, &mut buf).unwrap().stats
+    };
+    let n = now.len() as f64;
+    let (even, odd) = ((now.len() as f64 / 2.0).ceil(), (now.len() as f64 / 2.0).floor());
+    let ppo = run(LossKind::Ppo);
+    let want = even * 0.3f64.exp() + odd;
+    assert!((ppo.ratio_sum - want).abs() < 1e-3 * n, "ppo: Σr {} vs {want}", ppo.ratio_sum);
+    let dec = run(LossKind::DecoupledPpo);
+    assert_eq!(dec.ratio_sum, n, "decoupled_ppo: r = π_θ/π_prox = 1 at the first update");
+    // w = min(π_prox/μ, 1.2): e^0.3 capped at 1.2 on the fixed tokens, the sampler's μ elsewhere
+    let behav: Vec<f32> = data.iter().flat_map(|s| s.behav_logp.clone()).collect();
+    let want: f64 =
+        (0..now.len()).map(|i| if i % 2 == 0 { 1.2 } else { (((now[i] - behav[i]) as f64).exp()).min(1.2) }).sum();
+    assert!((dec.weight_sum - want).abs() < 1e-3 * n, "decoupled_ppo: Σw {} vs {want}", dec.weight_sum);
+    assert!(dec.n_capped as f64 >= even, "every fixed token's weight hits the cap");
+}

@@ -87,7 +87,8 @@ pub struct UpdateBatch<'a> {
     pub samples: &'a [Sample],
     /// π_old per response token (concatenated in sample order), NaN where the policy before the
     /// update is π_old; empty = all of them (the usual case). The off-policy AttnRL pipeline keeps
-    /// the generating policy's log-probs for tokens sampled one step earlier.
+    /// the generating policy's log-probs for tokens sampled one step earlier. decoupled_ppo takes
+    /// them as its μ instead, keeping the policy before the update as π_prox.
     pub fixed_old_logp: &'a [f32],
     /// Per response token, a factor on the entropy bonus's gradient (AsyPPO excludes the tokens
     /// its critics disagree most on); empty = all 1.
@@ -332,8 +333,8 @@ pub fn policy_update_dp(
     let (mut d_resp, mut e_resp, mut dlogp, mut dent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let with_ent = loss_cfg.entropy_coef != 0.0;
     // decoupled_ppo reads μ beside π_prox itself
-    let behaviour_ratio =
-        loss_cfg.old_logprobs == OldLogprobs::Behaviour && loss_cfg.kind != crate::rl::LossKind::DecoupledPpo;
+    let decoupled = loss_cfg.kind == crate::rl::LossKind::DecoupledPpo;
+    let behaviour_ratio = loss_cfg.old_logprobs == OldLogprobs::Behaviour && !decoupled;
     for _epoch in 0..plan.epochs.max(1) {
         for mini in &minis {
             let mut starts = Vec::with_capacity(mini.len() + 1);
@@ -365,18 +366,31 @@ pub fn policy_update_dp(
                     rewards.push(s.reward);
                 }
                 let old: &[f32] = if precompute_old { &report.old_logp[toks.clone()] } else { &logp };
-                let merged: Vec<f32>;
-                let old = if behaviour_ratio {
-                    // π_old is the sampler's μ: the ratio carries staleness and rollout mismatch
-                    &behav
-                } else if fixed_old_logp.is_empty() {
-                    old
-                } else {
-                    let fixed = fixed_old_logp.get(toks.clone()).ok_or_else(|| {
+                let fixed = match fixed_old_logp.is_empty() {
+                    true => None,
+                    false => Some(fixed_old_logp.get(toks.clone()).ok_or_else(|| {
                         Error::shape("rl update", "the fixed π_old does not cover every response token")
-                    })?;
-                    merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
-                    &merged
+                    })?),
+                };
+                if let (Some(fixed), true) = (fixed, decoupled) {
+                    for (b, &f) in behav.iter_mut().zip(fixed) {
+                        if !f.is_nan() {
+                            *b = f;
+                        }
+                    }
+                }
+                let merged: Vec<f32>;
+                let old = match fixed {
+                    // π_old is the sampler's μ: the ratio carries staleness and rollout mismatch
+                    _ if behaviour_ratio => &behav,
+                    None => old,
+                    // decoupled_ppo keeps the proximal policy as π_old: the generating policy's
+                    // log-probs are its μ (below)
+                    Some(_) if decoupled => old,
+                    Some(fixed) => {
+                        merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
+                        &merged
+                    }
                 };
                 let tb = TokenBatch {
                     seq_starts: &starts,
