@@ -131,3 +131,17 @@ fn a_second_experiment_into_the_same_folder_keeps_the_earlier_summary() {
     ok(&compare);
     assert!(d.join("c/compare.2.md").is_file() && d.join("c/compare.1.md").is_file());
 }
+
+/// `--replay` with `--resume` was taken, then failed later with a weights-checksum mismatch: a
+/// recorded schedule starts at the run's first step.
+#[test]
+fn a_replay_is_not_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("job.toml");
+    std::fs::write(&cfg, tiny_job() + "\n[async]\nrollout_ranks = 1\nmode = \"continuous\"\n").unwrap();
+    let schedule = dir.path().join("rollout-schedule.jsonl");
+    std::fs::write(&schedule, "").unwrap();
+    let args = ["train", "--config", cfg.to_str().unwrap(), "--replay", schedule.to_str().unwrap()];
+    let err = fails(&[&args[..], &["--resume", "latest"]].concat(), dir.path());
+    assert!(err.contains("--replay") && err.contains("--resume"), "{err}");
+}

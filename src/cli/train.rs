@@ -48,6 +48,12 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     }
     cfg.allow_config_change = args.allow_config_change;
     if let Some(path) = &args.replay {
+        // a recorded schedule starts at the run's first step: a resume would start mid-way
+        anyhow::ensure!(
+            args.resume.is_none(),
+            "--replay {} with --resume: a replay reproduces a run from its first step; drop --resume",
+            path.display()
+        );
         let ac = cfg.async_rl.as_mut().filter(|a| a.mode == crate::config::RolloutMode::Continuous);
         let ac = ac.ok_or_else(|| {
             anyhow::anyhow!(
