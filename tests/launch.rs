@@ -242,3 +242,32 @@ fn a_crashed_rank_on_another_machine_fails_its_peers_waiting_for_it() {
     assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}: {}", t0.elapsed(), text(&o0));
     assert!(text(&o0).contains("world rank 1 exited"), "node 0: {}", text(&o0));
 }
+
+/// A machine whose launcher dies takes the job's hub with it: the ranks on the other machines,
+/// even one stuck in a computation that never waits on the hub (here a hang injected in rank 1's
+/// step, which would otherwise run to its step timeout, 120 s), end themselves within seconds,
+/// and so does their launcher.
+#[test]
+fn ranks_on_other_machines_end_when_the_hub_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = sft_config().replace("steps = 3", "steps = 100000");
+    let cfg = write_config(dir.path(), &format!("{long}\n[parallel]\nstep_timeout_s = 120\n"));
+    let out = dir.path().join("out");
+    let port = (0..10_000u32)
+        .map(|i| 20_000 + ((std::process::id() + 7_919 * (i + 1)) % 10_000) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port");
+    let master = format!("127.0.0.1:{port}");
+    let hang = [("ARBOR_INJECT_FAULT", "hang:1:2"), ("SLURM_NODEID", "1")];
+    let second = node_launch(&master, &[], &hang, &cfg, out.to_str().unwrap());
+    let mut first = node_launch(&master, &["--node-rank", "0"], &[], &cfg, out.to_str().unwrap());
+    // rank 1 hangs in step 2; rank 0 waits for it in the step's all-reduce
+    std::thread::sleep(Duration::from_secs(8));
+    first.kill().unwrap();
+    let _ = first.wait();
+    let t0 = Instant::now();
+    let o = second.wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(40), "took {:?}: {}", t0.elapsed(), text(&o));
+    assert!(text(&o).contains("lost the launcher's hub"), "{}", text(&o));
+}

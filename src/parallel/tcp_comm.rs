@@ -57,6 +57,31 @@ fn connect_within(addr: &str, within: Duration, resolve_within: Duration) -> std
     }
 }
 
+/// How long a rank that lost the launcher's hub may take to stop on its own (its error says more
+/// than this one) before it is ended.
+const LOST_HUB_GRACE: Duration = Duration::from_secs(10);
+
+/// End this process [`LOST_HUB_GRACE`] after its connection to the hub ended unexpectedly,
+/// unless it closes the connection itself meanwhile. `_exit`: the exit-time teardown could wait
+/// behind a GPU collective that never completes.
+fn end_after_lost_hub(link: &Arc<Link>, why: &str) {
+    let deadline = std::time::Instant::now() + LOST_HUB_GRACE;
+    while std::time::Instant::now() < deadline {
+        if link.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "arbor rank {}: lost the launcher's hub at {} ({why}) {} s ago; ending this rank",
+        link.world_rank,
+        link.addr,
+        LOST_HUB_GRACE.as_secs()
+    );
+    // SAFETY: _exit ends the process at once; nothing of this process is used after it
+    unsafe { libc::_exit(1) }
+}
+
 /// Whether this process was started by `arbor launch`.
 pub fn launched_by_hub() -> bool {
     std::env::var_os(HUB_VAR).is_some()
@@ -77,6 +102,9 @@ struct Inbox {
 
 /// A process's connection to the hub, shared by its communicators.
 struct Link {
+    /// Set when this process closes its connection: an end of the connection after it is
+    /// expected, not a lost hub.
+    leaving: std::sync::atomic::AtomicBool,
     writer: Mutex<TcpStream>,
     inbox: Mutex<Inbox>,
     arrived: Condvar,
@@ -117,6 +145,7 @@ struct Hold(Arc<Link>);
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        self.0.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
         let w = self.0.writer.lock().unwrap_or_else(|p| p.into_inner());
         let _ = w.shutdown(std::net::Shutdown::Both);
     }
@@ -166,6 +195,7 @@ impl TcpComm {
         stream.set_nodelay(true).map_err(fail)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(fail)?);
         let link = Arc::new(Link {
+            leaving: std::sync::atomic::AtomicBool::new(false),
             writer: Mutex::new(stream),
             inbox: Mutex::new(Inbox::default()),
             arrived: Condvar::new(),
@@ -191,10 +221,18 @@ impl TcpComm {
                     Ok(f) => inbox.closed = Some(format!("an unexpected frame of kind {}", f.kind)),
                     Err(e) => inbox.closed = Some(e.to_string()),
                 }
-                let stop = inbox.closed.is_some();
+                let stop = inbox.closed.clone();
+                // (before the job started, connecting fails with the reason: nothing to end)
+                let started = inbox.welcomed;
                 drop(inbox);
                 reading.arrived.notify_all();
-                if stop {
+                if let Some(why) = stop {
+                    // the hub is gone (its launcher died or ended the job) while this rank runs:
+                    // a rank waiting on the hub sees it at once, but one inside a GPU collective
+                    // or a long computation would run on until its step timeout
+                    if started && !reading.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+                        end_after_lost_hub(&reading, &why);
+                    }
                     break;
                 }
             })
