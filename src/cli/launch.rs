@@ -186,10 +186,10 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
         for var in ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"] {
             c.env_remove(var);
         }
+        let launcher = std::process::id() as libc::pid_t;
         // SAFETY: prctl, getppid and _exit are async-signal-safe and touch no memory of the
         // parent: a rank dies with the launcher instead of running on without its hub (and one
         // whose launcher died before prctl took effect ends at once)
-        let launcher = std::process::id() as libc::pid_t;
         unsafe {
             c.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
