@@ -305,6 +305,10 @@ fn rows() -> Vec<(Row, String)> {
             row("hf_dir_init_std", "model.init_std", "0.5: a model loaded from hf_dir keeps its weights"),
             arbor::config::DEFAULT_CONFIG.replace("[model]\n", "[model]\ninit_std = 0.5\n"),
         ),
+        (
+            row("behaviour_ratio_t1", "loss.old_logprobs", "\"behaviour\": the sampler's log-probs are those"),
+            with(&["[rl]\nsteps = 2\ntemperature = 0.8\n", "[loss]\nold_logprobs = \"behaviour\"\n"]),
+        ),
     ]
 }
 
