@@ -87,9 +87,10 @@ size_t allocated = 0;
 // C_POOL_GROWS); at every host synchronisation unused bytes go back to the device until the pool
 // holds (in use and unused) no more than the release threshold (the driver's default: 0), as
 // cuMemPoolTrimTo does to its argument. The memory itself is mapped and unmapped per buffer as for cuMemAlloc, so
-// that a use after free still faults. Each host thread has its own counts (tests run side by side
-// in one process, as with `counts`); the threshold is the one pool's, shared.
-std::atomic<unsigned long long> pool_threshold{0};
+// that a use after free still faults. Each host thread has its own counts and its own threshold
+// (tests run side by side in one process, each opening its device, as with `counts`: a test that
+// changes the threshold does not change its neighbours').
+thread_local unsigned long long pool_threshold = 0;
 size_t pool_unused_total = 0;  // every thread's unused bytes (under mem_lock): device memory taken
 thread_local size_t pool_unused = 0;
 thread_local size_t pool_used = 0;
@@ -213,7 +214,7 @@ CUresult refused_while_capturing(const char* call) {
 CUresult synchronize(const char* call) {
     if (CUresult r = refused_while_capturing(call)) return r;
     counts[C_SYNCS] += 1;
-    const unsigned long long keep = pool_threshold.load();
+    const unsigned long long keep = pool_threshold;
     pool_trim(keep > SIZE_MAX ? SIZE_MAX : (size_t)keep);
     return OK;
 }

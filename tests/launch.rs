@@ -23,6 +23,15 @@ fn node_launch(master: &str, flags: &[&str], env: &[(&str, &str)], cfg: &str, ou
         .unwrap()
 }
 
+/// A free loopback address for a hub, below the ephemeral range, each test on its own `stride`.
+fn free_master(stride: u32) -> String {
+    let port = (0..10_000u32)
+        .map(|i| 20_000 + ((std::process::id() + stride * (i + 1)) % 10_000) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port");
+    format!("127.0.0.1:{port}")
+}
+
 /// `arbor launch` across machines (here two launchers on this one, meeting at `--master`): the
 /// job of `arbor launch --nproc 2` bit for bit, though node 1 starts first (its rank waits for
 /// the hub) and takes its index from $SLURM_NODEID. A machine whose shape disagrees (--nproc 2
@@ -222,11 +231,7 @@ fn a_crashed_rank_on_another_machine_fails_its_peers_waiting_for_it() {
     );
     let out = dir.path().join("out");
     // (below the ephemeral range, as in arbor_launch_spans_machines, on another stride)
-    let port = (0..10_000u32)
-        .map(|i| 20_000 + ((std::process::id() + 6_007 * (i + 1)) % 10_000) as u16)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port");
-    let master = format!("127.0.0.1:{port}");
+    let master = free_master(6_007);
     let crash = [("ARBOR_INJECT_FAULT", "crash:1:1"), ("SLURM_NODEID", "1")];
     let t0 = Instant::now();
     let second = node_launch(&master, &[], &crash, &cfg, out.to_str().unwrap());
@@ -253,11 +258,7 @@ fn ranks_on_other_machines_end_when_the_hub_is_lost() {
     let long = sft_config().replace("steps = 3", "steps = 100000");
     let cfg = write_config(dir.path(), &format!("{long}\n[parallel]\nstep_timeout_s = 120\n"));
     let out = dir.path().join("out");
-    let port = (0..10_000u32)
-        .map(|i| 20_000 + ((std::process::id() + 7_919 * (i + 1)) % 10_000) as u16)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port");
-    let master = format!("127.0.0.1:{port}");
+    let master = free_master(7_919);
     let hang = [("ARBOR_INJECT_FAULT", "hang:1:2"), ("SLURM_NODEID", "1")];
     let second = node_launch(&master, &[], &hang, &cfg, out.to_str().unwrap());
     let mut first = node_launch(&master, &["--node-rank", "0"], &[], &cfg, out.to_str().unwrap());
