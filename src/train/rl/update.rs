@@ -385,7 +385,7 @@ pub fn policy_update_dp(
                     _ if behaviour_ratio => &behav,
                     None => old,
                     // decoupled_ppo keeps the proximal policy as π_old: the generating policy's
-                    // log-probs are its μ (below)
+                    // log-probs became its μ (above)
                     Some(_) if decoupled => old,
                     Some(fixed) => {
                         merged = old.iter().zip(fixed).map(|(&o, &f)| if f.is_nan() { o } else { f }).collect();
