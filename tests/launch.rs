@@ -248,6 +248,28 @@ fn a_crashed_rank_on_another_machine_fails_its_peers_waiting_for_it() {
     assert!(text(&o0).contains("world rank 1 exited"), "node 0: {}", text(&o0));
 }
 
+/// A rank that dies on another machine ends the job at once though no rank waits for it at the
+/// hub: its connection ends without the goodbye of an orderly exit. Here node 0's rank is stuck
+/// in a computation of its own (a hang injected in its step, as a GPU collective would hold it),
+/// which without the goodbye rule ran on to its step timeout (120 s).
+#[test]
+fn a_rank_that_dies_ends_peers_that_do_not_wait_on_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = sft_config().replace("steps = 3", "steps = 100000");
+    let cfg = write_config(dir.path(), &format!("{long}\n[parallel]\nstep_timeout_s = 120\n"));
+    let out = dir.path().join("out");
+    let master = free_master(4_001);
+    let crash = [("ARBOR_INJECT_FAULT", "crash:1:2"), ("SLURM_NODEID", "1")];
+    let t0 = Instant::now();
+    let second = node_launch(&master, &[], &crash, &cfg, out.to_str().unwrap());
+    let first =
+        node_launch(&master, &["--node-rank", "0"], &[("ARBOR_INJECT_FAULT", "hang:0:2")], &cfg, out.to_str().unwrap());
+    let (o0, o1) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(!o0.status.success() && !o1.status.success(), "node 0: {}\nnode 1: {}", text(&o0), text(&o1));
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}: {}", t0.elapsed(), text(&o0));
+    assert!(text(&o0).contains("world rank 1 exited without saying goodbye"), "node 0: {}", text(&o0));
+}
+
 /// A machine whose launcher dies takes the job's hub with it: the ranks on the other machines,
 /// even one stuck in a computation that never waits on the hub (here a hang injected in rank 1's
 /// step, which would otherwise run to its step timeout, 120 s), end themselves within seconds,

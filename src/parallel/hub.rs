@@ -137,7 +137,7 @@ pub fn serve(listener: TcpListener, size: usize, join: Duration) -> Result<HubEn
         }
     }
     let groups = HashMap::from([(0, Group::new((0..size).collect()))]);
-    let mut router = Router { groups, next_id: 1, writers, left: vec![false; size] };
+    let mut router = Router { groups, next_id: 1, writers, left: vec![false; size], goodbye: vec![false; size] };
     let mut connected = size;
     let mut early = early.into_iter();
     while connected > 0 {
@@ -195,6 +195,8 @@ struct Router {
     writers: Vec<TcpStream>,
     /// The ranks whose connection has ended.
     left: Vec<bool>,
+    /// The ranks that said they leave on purpose ([`wire::GOODBYE`]).
+    goodbye: Vec<bool>,
 }
 
 impl Router {
@@ -202,6 +204,10 @@ impl Router {
     fn handle(&mut self, rank: usize, f: Frame) -> std::result::Result<(), String> {
         match f.kind {
             wire::ABORT => Err(String::from_utf8_lossy(&f.payload).into_owned()),
+            wire::GOODBYE => {
+                self.goodbye[rank] = true;
+                Ok(())
+            }
             wire::SEND => {
                 let g = self.groups.get(&f.comm).ok_or_else(|| format!("rank {rank}: send on unknown communicator"))?;
                 let src = g.members.iter().position(|&m| m == rank).ok_or("a send from outside its communicator")?;
@@ -243,10 +249,18 @@ impl Router {
         }
     }
 
-    /// World rank `rank`'s connection ended: an error if a collective with it can no longer
-    /// complete (another member already waits in one), which would otherwise hang the job.
+    /// World rank `rank`'s connection ended: an error if it did not say goodbye (its process
+    /// died: the others may wait for it where the hub cannot see, in NCCL or a computation of
+    /// their own, until their step timeout), or if a collective with it can no longer complete
+    /// (another member already waits in one), which would otherwise hang the job.
     fn leave(&mut self, rank: usize) -> std::result::Result<(), String> {
         self.left[rank] = true;
+        if !self.goodbye[rank] {
+            return Err(format!(
+                "world rank {rank} exited without saying goodbye to the hub (it crashed or was killed, or \
+                 its machine or connection failed)"
+            ));
+        }
         self.stranded(rank)?;
         // a rank waiting for a message from it learns that none will come (a machine's crashed
         // rank sends no abort; its point-to-point peers would otherwise wait for their step timeout)

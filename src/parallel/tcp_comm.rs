@@ -146,7 +146,11 @@ struct Hold(Arc<Link>);
 impl Drop for Hold {
     fn drop(&mut self) {
         self.0.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
-        let w = self.0.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.0.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // a panic's unwinding is no orderly end: without the goodbye the hub ends the job
+        if !std::thread::panicking() {
+            let _ = wire::write_frame(&mut *w, wire::GOODBYE, 0, (0, 0), &[]);
+        }
         let _ = w.shutdown(std::net::Shutdown::Both);
     }
 }
@@ -549,6 +553,63 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert!(connect_within(&format!("localhost:{port}"), Duration::from_secs(5), resolve).is_ok());
+    }
+
+    /// A rank whose connection ends without its goodbye (its process died) ends the job at once,
+    /// though no rank waits for it at the hub (they may wait in NCCL); one that drops its
+    /// communicators says goodbye, unless a panic unwinds them.
+    #[test]
+    fn a_rank_that_ends_without_a_goodbye_ends_the_job() {
+        // (rank 0 is a bare connection: a communicator that loses its hub ends the process)
+        let hello = |addr: &str, rank: u64| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            wire::write_frame(&mut s, wire::HELLO, 0, (rank, 2), &[]).unwrap();
+            s
+        };
+        for how in ["killed", "panicked", "goodbye"] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let hub = std::thread::spawn(move || serve(listener, 2, Duration::from_secs(60)).unwrap());
+            let mut zero = hello(&addr, 0);
+            let at = addr.clone();
+            let one = std::thread::spawn(move || match how {
+                "killed" => {
+                    let s = hello(&at, 1);
+                    let welcome = Frame::read_from(&mut BufReader::new(s.try_clone().unwrap())).unwrap();
+                    assert_eq!(welcome.kind, wire::WELCOME);
+                }
+                "panicked" => {
+                    let c = TcpComm::connect(&at, 1, 2, None).unwrap();
+                    let _ = c.rank();
+                    panic!("rank 1 fails");
+                }
+                _ => drop(TcpComm::connect(&at, 1, 2, None).unwrap()),
+            });
+            let _ = one.join();
+            if how == "goodbye" {
+                // the hub hears rank 1 leave (a LEFT frame after the welcome) and goes on serving
+                let mut r = BufReader::new(zero.try_clone().unwrap());
+                assert_eq!(Frame::read_from(&mut r).unwrap().kind, wire::WELCOME);
+                assert_eq!(Frame::read_from(&mut r).unwrap().kind, wire::LEFT);
+                wire::write_frame(&mut zero, wire::GOODBYE, 0, (0, 0), &[]).unwrap();
+                zero.shutdown(std::net::Shutdown::Both).unwrap();
+                assert_eq!(hub.join().unwrap(), HubEnd::Done);
+                continue;
+            }
+            // (rank 0 stays connected: a hub that does not end the job waits for it; it leaves
+            // after 20 s so that the hub's verdict shows)
+            let t0 = std::time::Instant::now();
+            while !hub.is_finished() && t0.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            zero.shutdown(std::net::Shutdown::Both).unwrap();
+            match hub.join().unwrap() {
+                HubEnd::Aborted(why) => {
+                    assert!(why.contains("world rank 1 exited without saying goodbye"), "{how}: {why}")
+                }
+                e => panic!("{how}: {e:?}"),
+            }
+        }
     }
 
     /// A rank that exits while another waits for it in a collective, or before another calls

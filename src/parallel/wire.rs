@@ -12,6 +12,10 @@ pub const COLLECTIVE: u8 = 2;
 pub const SEND: u8 = 3;
 /// Rank → hub: abort the job; the payload says why.
 pub const ABORT: u8 = 4;
+/// Rank → hub: this rank is leaving on purpose (its communicators were dropped, not unwound by
+/// a panic): the end of its connection that follows is not a crash. A connection that ends
+/// without it ends the job at once, even for ranks that wait outside the hub (in NCCL).
+pub const GOODBYE: u8 = 5;
 /// Hub → rank: the result of the rank's oldest pending collective on `comm` (a split: the new
 /// communicator `a`, the rank's place `b` in it, the members' world ranks as the payload).
 pub const REPLY: u8 = 10;
