@@ -248,6 +248,19 @@ fn a_crashed_rank_on_another_machine_fails_its_peers_waiting_for_it() {
     assert!(text(&o0).contains("world rank 1 exited"), "node 0: {}", text(&o0));
 }
 
+/// Node 0's launcher that finds `--master`'s port taken (another job's hub on a shared machine)
+/// fails at once, naming the port and how to give each job its own.
+#[test]
+fn a_master_port_in_use_is_refused_naming_it() {
+    let master = free_master(3_001);
+    let _held = std::net::TcpListener::bind(&master).unwrap();
+    let o = node_launch(&master, &["--node-rank", "0"], &[], "unused.toml", "unused").wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    let port = master.rsplit_once(':').unwrap().1;
+    assert!(text(&o).contains(&format!("cannot listen on port {port}")), "{}", text(&o));
+    assert!(text(&o).contains("SLURM_JOB_ID"), "{}", text(&o));
+}
+
 /// A rank that dies on another machine ends the job at once though no rank waits for it at the
 /// hub: its connection ends without the goodbye of an orderly exit. Here node 0's rank is stuck
 /// in a computation of its own (a hang injected in its step, as a GPU collective would hold it),

@@ -149,7 +149,16 @@ fn placement(a: &LaunchArgs) -> anyhow::Result<Placement> {
         false => ("0.0.0.0", format!("127.0.0.1:{port}")),
     };
     let listener = TcpListener::bind((any, port))
-        .map_err(|e| anyhow::anyhow!("--master {master}: cannot listen on port {port}: {e}"))?;
+        .map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " (another job on this machine may hold it: give each job its own port, e.g. \
+                 $((20000 + SLURM_JOB_ID % 10000)) under Slurm)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("--master {master}: cannot listen on port {port}: {e}{hint}")
+    })?;
     Ok(Placement { node, world, hub_addr: local, listener: Some(listener) })
 }
 
