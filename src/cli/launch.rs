@@ -148,8 +148,7 @@ fn placement(a: &LaunchArgs) -> anyhow::Result<Placement> {
         true => ("::", format!("[::1]:{port}")),
         false => ("0.0.0.0", format!("127.0.0.1:{port}")),
     };
-    let listener = TcpListener::bind((any, port))
-        .map_err(|e| {
+    let listener = TcpListener::bind((any, port)).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => {
                 " (another job on this machine may hold it: give each job its own port, e.g. \

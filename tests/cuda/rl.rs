@@ -149,7 +149,8 @@ fn rl_job(out: &std::path::Path, device: &str, rl_steps: u64) -> RunConfig {
 #[test]
 fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let straight = job::run(&rl_job(a.path(), "cuda", 4), None, &mut Vec::new());
+    let mut log = Vec::new();
+    let straight = job::run(&rl_job(a.path(), "cuda", 4), None, &mut log);
     if arbor::cuda::unavailable().is_some() {
         assert!(!gpu_required(), "ARBOR_REQUIRE_GPU=1 but no CUDA device is usable");
         let Err(err) = straight else { panic!("device = \"cuda\" without a GPU must fail") };
@@ -159,12 +160,12 @@ fn an_rl_job_on_the_gpu_runs_and_resumes_bit_identically() {
         return;
     }
     let straight = straight.unwrap();
-    let mut log = Vec::new();
-    job::run(&rl_job(b.path(), "cuda", 4), None, &mut log).unwrap();
     let log = String::from_utf8(log).unwrap();
     assert!(log.contains("rl: generation and training on cuda"), "{log}");
+    // (resumed into another directory, which takes the record of the steps before from the
+    // checkpoint's run: the straight run's, so its steps are not run twice)
     let run_b = b.path().join("addition-sft");
-    let ck = run_b.join("checkpoints/step-4"); // 2 SFT + 2 RL steps
+    let ck = a.path().join("addition-sft/checkpoints/step-4"); // 2 SFT + 2 RL steps
     let resumed = job::run(&rl_job(b.path(), "cuda", 4), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(straight.final_params, resumed.final_params, "GPU weights differ after an RL resume");
     let (ma, mb) = (metrics_without_clock(&a.path().join("addition-sft")), metrics_without_clock(&run_b));
@@ -206,9 +207,10 @@ fn a_bf16_rl_job_resumes_bit_identically() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let straight = job::run(&job_at(a.path()), None, &mut Vec::new()).unwrap();
     assert!(straight.losses.iter().all(|l| l.is_finite()), "{:?}", straight.losses);
-    job::run(&job_at(b.path()), None, &mut Vec::new()).unwrap();
+    // (resumed from the straight run's checkpoint into another directory, as above)
     let run_b = b.path().join("addition-sft");
-    let resumed = job::run(&job_at(b.path()), Some(&run_b.join("checkpoints/step-4")), &mut Vec::new()).unwrap();
+    let ck = a.path().join("addition-sft/checkpoints/step-4");
+    let resumed = job::run(&job_at(b.path()), Some(&ck), &mut Vec::new()).unwrap();
     assert_eq!(straight.final_params, resumed.final_params, "bf16 GPU weights differ after an RL resume");
     let (ma, mb) = (metrics_without_clock(&a.path().join("addition-sft")), metrics_without_clock(&run_b));
     assert_eq!(ma, mb, "bf16 GPU metrics differ after an RL resume");
@@ -321,8 +323,8 @@ fn dp_and_tp_rl_on_four_gpus_equals_one_gpu() {
 
 /// `[critic]` (PPO with GAE on two mini-critics, their trunks on the GPU), `[attnrl]` trees (FCI
 /// branching, one-step off-policy) and `[rhythm]` shaping with `device = "cuda"` (the attention-
-/// statistics pass on the GPU, in a fixed order), each pass in micro-batches of 2 sequences: 2 RL
-/// steps + resume + 2 equal 4 straight steps bit for bit (weights, critics and metrics).
+/// statistics pass on the GPU, in a fixed order), each pass in micro-batches of 2 sequences: a
+/// resume after 2 RL steps + 2 equals 4 straight steps bit for bit (weights, critics and metrics).
 #[test]
 fn critics_trees_and_rhythm_on_the_gpu_resume_bit_identically() {
     if gpu().is_none() {
@@ -340,8 +342,8 @@ fn critics_trees_and_rhythm_on_the_gpu_resume_bit_identically() {
         };
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let straight = job::run(&job_cfg(a.path()), None, &mut Vec::new()).unwrap();
-        job::run(&job_cfg(b.path()), None, &mut Vec::new()).unwrap();
-        let ck = b.path().join("default/checkpoints/step-2");
+        // (resumed from the straight run's checkpoint into another directory, as above)
+        let ck = a.path().join("default/checkpoints/step-2");
         let resumed = job::run(&job_cfg(b.path()), Some(&ck), &mut Vec::new()).unwrap();
         let what = extra.lines().nth(1).unwrap_or_default();
         assert_eq!(straight.final_params, resumed.final_params, "{what}: GPU weights differ after a resume");

@@ -190,11 +190,16 @@ fn restore(trainer: &mut RlTrainer, ph: &Phase, start: &PhaseStart, rank: usize)
         if matches!(ph.plan.sampler, SamplerPlan::OffPolicyTrees(_)) {
             let path = dir.join(format!("pending-rank{rank}.json"));
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            t.pending = Some(serde_json::from_slice(&bytes).map_err(|e| Error::Config {
-                file: path.clone(),
-                key: "<json>".into(),
-                msg: format!("not a pending AttnRL batch: {e}"),
-            })?);
+            // empty: the phase's last step, which draws no next batch (a run extended past it
+            // starts the pipeline afresh, as its first step does)
+            t.pending = match bytes.is_empty() {
+                true => None,
+                false => Some(serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+                    file: path.clone(),
+                    key: "<json>".into(),
+                    msg: format!("not a pending AttnRL batch: {e}"),
+                })?),
+            };
         }
     }
     Ok(())

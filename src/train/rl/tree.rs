@@ -198,8 +198,14 @@ impl TreeSampler {
                 self.score_initial(ctx, engine, model, step, batch, completions)?
             }
         };
-        let (next, next_requests) = next_batch(ctx, &self.ac, &mut self.state)?;
         let mut reqs: Vec<crate::rollout::Request> = pending.cont_requests.iter().map(|(_, _, r)| r.clone()).collect();
+        // the phase's last step has no next batch to train: its continuations alone (drawn as in
+        // the shared call: each token's draw depends on its coordinates, not on the batch)
+        if step + 1 >= ctx.rl.steps {
+            let out = ctx.generate(engine, model, &reqs, step + 1, max_new)?;
+            return grow_trees(ctx, &self.ac, &mut self.state, pending, out, true);
+        }
+        let (next, next_requests) = next_batch(ctx, &self.ac, &mut self.state)?;
         let n_cont = reqs.len();
         reqs.extend(next_requests);
         let mut out = ctx.generate(engine, model, &reqs, step + 1, max_new)?;
