@@ -213,7 +213,7 @@ fn the_value_head_backward_refuses_a_repeated_row() {
 /// `[loss] old_logprobs = "behaviour"`: the ratio's π_old is the sampler's μ, so with one update a
 /// step r = π_θ/μ carries the samples' staleness (and the rollout mismatch), which tis, topr and
 /// cispo correct; with the default recompute r ≡ 1 there. Each token's r is checked through the
-/// loss statistics against a direct computation.
+/// loss statistics against a direct computation, and the mismatch statistics equal the recompute's.
 #[test]
 fn the_behaviour_log_probs_can_be_the_ratios_base() {
     use arbor::rl::OldLogprobs;
@@ -241,6 +241,11 @@ fn the_behaviour_log_probs_can_be_the_ratios_base() {
         let want: f64 = ratios.iter().sum();
         assert!((behaviour.ratio_sum - want).abs() < 1e-4 * n, "{kind:?}: Σr {} vs {want}", behaviour.ratio_sum);
         assert!(behaviour.n_clipped > 0, "{kind:?}: ratios away from 1 get clipped");
+        // the rollout-vs-trainer mismatch still reads |log π_θ − log μ| (not |μ − μ| = 0), as
+        // with the recompute
+        assert!(behaviour.mismatch_abs_sum > 0.0, "{kind:?}: no mismatch reported");
+        assert!((behaviour.mismatch_abs_sum - same.mismatch_abs_sum).abs() < 1e-6 * n, "{kind:?}: Σ|Δ|");
+        assert_eq!(behaviour.mismatch_abs_max, same.mismatch_abs_max, "{kind:?}: max|Δ|");
     }
     // tis clips r at 1: exactly the tokens the sampler found less likely than the policy does
     let tis = run(LossKind::Tis, OldLogprobs::Behaviour).stats;

@@ -316,6 +316,15 @@ impl LossOutput {
     }
 }
 
+/// Σ|a − b| and max|a − b| over paired log-probs (in f64), as the loss statistics' mismatch
+/// terms count them.
+pub fn abs_diff_stats(a: &[f32], b: &[f32]) -> (f64, f64) {
+    a.iter().zip(b).fold((0.0, 0.0), |(sum, max), (&x, &y)| {
+        let d = (f64::from(x) - f64::from(y)).abs();
+        (sum + d, f64::max(max, d))
+    })
+}
+
 /// The policy loss of a (micro-)batch, writing `dlogp[t]` = ∂L/∂logπ_θ(o_t) = a_t·(∂(w·ℓ_t)/∂logπ + β_kl·∂KL_t/∂logπ)
 /// and `dent[t]` = ∂L/∂H_t = −β_ent·a_t, where a_t is the aggregation weight ([`Denominators::token_weight`]).
 ///

@@ -365,7 +365,10 @@ pub fn policy_update_dp(
                     adv.extend_from_slice(&s.advantages);
                     rewards.push(s.reward);
                 }
+                // the trainer's log-probs before the update (a recompute, or this forward while
+                // the one update has not been made)
                 let old: &[f32] = if precompute_old { &report.old_logp[toks.clone()] } else { &logp };
+                let trainer_logp = old;
                 let fixed = match fixed_old_logp.is_empty() {
                     true => None,
                     false => Some(fixed_old_logp.get(toks.clone()).ok_or_else(|| {
@@ -406,7 +409,13 @@ pub fn policy_update_dp(
                 d_resp.resize(logp.len(), 0.0);
                 e_resp.clear();
                 e_resp.resize(logp.len(), 0.0);
-                let out = policy_loss(&tb, loss_cfg, Some(&denom), &mut d_resp, &mut e_resp)?;
+                let mut out = policy_loss(&tb, loss_cfg, Some(&denom), &mut d_resp, &mut e_resp)?;
+                if behaviour_ratio {
+                    // π_old is μ itself: the rollout-vs-trainer mismatch is the trainer's own
+                    // log-probs against μ
+                    let (sum, max) = crate::rl::policy_loss::abs_diff_stats(trainer_logp, &behav);
+                    (out.stats.mismatch_abs_sum, out.stats.mismatch_abs_max) = (sum, max);
+                }
                 loss += out.loss;
                 report.stats.merge(&out.stats);
                 if !precompute_old && report.old_logp.len() < offsets[r.end] {
