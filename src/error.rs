@@ -118,10 +118,30 @@ impl Error {
     }
 }
 
+/// `"rank R: {e}"` for a rank's failure that ends a job, labelled once: an error that already
+/// starts with the same label (a collective's own, [`Error::Collective`]) is not labelled twice.
+pub fn on_rank(rank: usize, e: &dyn std::fmt::Display) -> String {
+    let (label, msg) = (format!("rank {rank}: "), e.to_string());
+    match msg.starts_with(&label) {
+        true => msg,
+        false => label + &msg,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::ErrorKind;
+
+    #[test]
+    fn a_rank_label_is_given_once() {
+        let e = Error::collective(3, "all_gather", "a reply cut short");
+        assert_eq!(on_rank(3, &e), "rank 3: all_gather: a reply cut short");
+        // another rank's number (a sub-communicator's, a sender's) stays beside the failing rank's
+        assert_eq!(on_rank(1, &e), "rank 1: rank 3: all_gather: a reply cut short");
+        assert_eq!(on_rank(12, &Error::collective(1, "x", "y")), "rank 12: rank 1: x: y");
+        assert_eq!(on_rank(0, &Error::Invalid("injected".into())), "rank 0: injected");
+    }
 
     #[test]
     fn format_names_the_file() {

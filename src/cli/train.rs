@@ -212,7 +212,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
                     return Err(e.into());
                 }
                 // a failing rank takes the whole job down instead of leaving the others in a collective
-                Err(e) => grid.world.abort(&format!("rank {}: {e}", grid.world.rank())),
+                Err(e) => grid.world.abort(&crate::error::on_rank(grid.world.rank(), &e)),
             }
         }
     };
