@@ -119,18 +119,53 @@ fn last_number_span(text: &str) -> Option<(usize, usize)> {
     found
 }
 
-/// Strip LaTeX and formatting noise: spaces, `$`, `\left`, `\right`, `\,`, `\!`, `{}` around a
-/// plain value, thousands commas between digit groups.
+/// Strip LaTeX and formatting noise: spaces, `$` and `\$`, `\left`, `\right`, `\,`, `\!`, a
+/// percent sign (`18\%` is 18), a trailing unit in `\text{..}` (`18 \text{ dollars}`; a `\text{..}`
+/// elsewhere is unwrapped: `\text{Paris}` is Paris), a leading one-letter variable (`x = 18`),
+/// `{}` around a plain value; `\frac12` is `\frac{1}{2}`.
 fn normalize(text: &str) -> String {
     let mut t = text.to_string();
-    for noise in ["\\left", "\\right", "\\,", "\\!", "\\ ", "$", " ", "\t", "\n"] {
+    for noise in ["\\left", "\\right", "\\,", "\\!", "\\ ", "\\$", "$", "\\%", "%", " ", "\t", "\n"] {
         t = t.replace(noise, "");
     }
     for frac in ["\\dfrac", "\\tfrac"] {
         t = t.replace(frac, "\\frac");
     }
+    t = strip_text_groups(t);
+    // `x=18`: the value of a one-letter variable
+    if let [v, b'=', _, ..] = t.as_bytes() {
+        if v.is_ascii_alphabetic() {
+            t = t[2..].to_string();
+        }
+    }
+    // `\frac12`: one-digit numerator and denominator without braces
+    if let Some(at) = t.find("\\frac") {
+        let d = &t.as_bytes()[at + 5..];
+        if d.len() >= 2 && d[0].is_ascii_digit() && d[1].is_ascii_digit() {
+            let (p, q) = (d[0] as char, d[1] as char);
+            t = format!("{}\\frac{{{p}}}{{{q}}}{}", &t[..at], &t[at + 7..]);
+        }
+    }
     while t.len() >= 2 && t.starts_with('{') && t.ends_with('}') {
         t = t[1..t.len() - 1].to_string();
+    }
+    t
+}
+
+/// `\text{..}` (and `\textbf`, `\mathrm`, `\mbox`) groups of `t` (spaces removed): one that ends
+/// the text after something else is a unit and goes; the others are unwrapped.
+fn strip_text_groups(mut t: String) -> String {
+    const COMMANDS: [&str; 4] = ["\\text{", "\\textbf{", "\\mathrm{", "\\mbox{"];
+    // each round removes a command: at most as many rounds as the text has backslashes
+    while let Some((at, cmd)) = COMMANDS.iter().filter_map(|c| t.rfind(c).map(|i| (i, c.len()))).max() {
+        let open = at + cmd - 1;
+        let Some(len) = brace_group(&t[open..]) else { break };
+        let inner = t[open + 1..open + len - 1].to_string();
+        let unit = open + len == t.len() && at > 0;
+        t = match unit {
+            true => t[..at].to_string(),
+            false => format!("{}{inner}{}", &t[..at], &t[open + len..]),
+        };
     }
     t
 }
@@ -181,7 +216,7 @@ fn parse_scientific(body: &str) -> Option<Rational> {
     if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) || mantissa.contains('/') {
         return None;
     }
-    let e: i32 = exp.parse().ok().filter(|e: &i32| e.abs() <= 30)?;
+    let e: i32 = exp.parse().ok().filter(|e: &i32| e.unsigned_abs() <= 30)?;
     let m = Rational::parse_number(mantissa)?;
     let scale = Rational::new(10i128.pow(e.unsigned_abs()), 1)?;
     m.apply(if e < 0 { '/' } else { '*' }, scale)
@@ -279,5 +314,41 @@ mod tests {
         assert!(check_answer("I pick \\boxed{Paris}", "paris").correct);
         assert!(!check_answer("London", "Paris").correct);
         assert_eq!(parse_answer("\\frac{1}{0}"), None);
+    }
+
+    /// Correct answers in the formats a model trained on LaTeX writes: a dollar or percent sign, a
+    /// unit, a variable, `\frac12`, text in `\text{}`; and an exponent at i32's edge is no number
+    /// (it overflowed in `abs`).
+    #[test]
+    fn common_latex_forms_of_an_answer_are_read() {
+        for (response, reference) in [
+            ("\\boxed{\\$18}", "18"),
+            ("\\boxed{18\\%}", "18"),
+            ("so 18%", "18"),
+            ("\\boxed{18 \\text{ dollars}}", "18"),
+            ("\\boxed{18\\mathrm{cm}}", "18"),
+            ("\\boxed{x = 18}", "18"),
+            ("\\boxed{\\frac12}", "0.5"),
+            ("\\boxed{-\\frac34}", "-0.75"),
+            ("\\boxed{\\text{Paris}}", "Paris"),
+            ("\\boxed{\\textbf{(B)}}", "(B)"),
+            ("#### 1,234", "1234"),
+        ] {
+            assert!(check_answer(response, reference).correct, "{response} vs {reference}");
+        }
+        // the forms do not make a wrong answer right
+        for (response, reference) in [
+            ("\\boxed{\\$19}", "18"),
+            ("\\boxed{x = 17}", "18"),
+            ("\\boxed{\\frac13}", "0.5"),
+            ("\\boxed{\\text{dollars}}", "18"),
+            ("\\boxed{\\text{London}}", "Paris"),
+            ("\\boxed{xy=18}", "18"),
+        ] {
+            assert!(!check_answer(response, reference).correct, "{response} vs {reference}");
+        }
+        assert_eq!(parse_answer("1e-2147483648"), None);
+        assert_eq!(parse_answer("1E-2147483648"), None);
+        assert_eq!(parse_answer("1e-3"), Rational::new(1, 1000));
     }
 }
