@@ -246,16 +246,19 @@ fn attnrl_tree_sampling_under_data_parallelism_matches_one_process() {
 
 #[test]
 fn asyppo_critics_under_data_parallelism_match_one_process() {
-    // two mini-critics: each rank computes values and masks on its local batch (so dp = 2 differs
-    // from dp = 1 only where the σ percentiles of a rank's tokens differ from the whole batch's);
-    // with the masks off, value models, GAE and the critics' all-reduced updates must match exactly
+    // two mini-critics with AsyPPO's masks (default fractions) and whitened advantages: the
+    // percentiles, the whitening and the diagnostics are over the step's whole batch, gathered
+    // from both ranks, so value models, GAE, masks and the critics' all-reduced updates match
+    // one process (the diagnostics too: they are compared with the other metrics)
     let dir = tempfile::tempdir().unwrap();
     let text_cfg = grpo_config()
-        + "\n[critic]\ncount = 2\nhidden_size = 32\nintermediate_size = 64\nnum_layers = 1\nnum_heads = 2\nnum_kv_heads = 1\nlr = 1e-2\nmask_low_frac = 0.0\nentropy_exclude_high_frac = 0.0\n";
+        + "\n[critic]\ncount = 2\nhidden_size = 32\nintermediate_size = 64\nnum_layers = 1\nnum_heads = 2\nnum_kv_heads = 1\nlr = 1e-2\nwhiten = true\n";
     let (one, two) = one_and_two(dir.path(), &write_config(dir.path(), &text_cfg));
     compare_runs(&one, &two, "checkpoints/step-3", "critics dp=2 vs dp=1");
     let m = metrics(&two);
     assert!(m.iter().any(|l| l["critic_1_value_loss"].as_f64().unwrap_or(0.0) > 0.0), "the critics trained");
+    let masked: Vec<f64> = m.iter().filter_map(|l| l.get("adv_masked_frac")?.as_f64()).collect();
+    assert!(masked.iter().any(|&f| f > 0.0), "the masks masked something: {masked:?}");
 }
 
 #[test]

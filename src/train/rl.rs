@@ -182,7 +182,7 @@ impl<'a> RlTrainer<'a> {
     pub fn training_batch(&mut self, model: &Model, rollouts: &mut Rollouts) -> Result<BatchNotes> {
         let mut notes = BatchNotes::default();
         if let Some(critics) = self.critics.as_mut() {
-            notes.critic = Some(critics.advantages(rollouts)?);
+            notes.critic = Some(critics.advantages(rollouts, self.ctx.dp)?);
         }
         if let Some(Shaping { rc, ws }) = self.shaping.as_mut() {
             let shaping = (&*rc, self.ctx.rl.micro());

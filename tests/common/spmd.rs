@@ -62,14 +62,6 @@ pub fn compare_runs_within(a: &Path, b: &Path, ck: &str, what: &str, tol: f32, m
                 "reward_queue_s",
                 "mixed_version_frac",
                 "train_state_mib",
-                // the critics' batch diagnostics are rank 0's local batch (like the AsyPPO masks)
-                "critic_sigma_mean",
-                "critic_sigma_p20",
-                "critic_sigma_p80",
-                "critic_value_mean",
-                "critic_explained_variance",
-                "adv_masked_frac",
-                "entropy_excluded_frac",
                 // rollout-vs-trainer log-prob differences are rounding noise (~1e-6..1e-5) whose
                 // value depends on how the batch is packed per rank; the weights above and the
                 // losses are the real check

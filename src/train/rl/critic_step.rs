@@ -76,8 +76,10 @@ impl Critics {
     }
 
     /// Replace the group advantages of `out`'s training samples by GAE on V̄, apply the masks,
-    /// and keep the targets of the critics' update in the training batch.
-    pub fn advantages(&mut self, out: &mut Rollouts) -> Result<CriticNotes> {
+    /// and keep the targets of the critics' update in the training batch. The batch-level
+    /// statistics (whitening, the AsyPPO percentiles, the diagnostics) are the whole step's:
+    /// every data-parallel rank's tokens gathered in rank order, the order of one process.
+    pub fn advantages(&mut self, out: &mut Rollouts, dp: &dyn Comm) -> Result<CriticNotes> {
         let cc = &self.cfg;
         let samples: Vec<&super::Sample> = out.batch.samples.iter().collect();
         let values: Vec<Vec<f32>> = self.models.iter_mut().map(|c| c.values(&samples)).collect::<Result<_>>()?;
@@ -97,24 +99,29 @@ impl Critics {
             let r = offsets[i]..offsets[i + 1];
             gae(&vbar[r.clone()], s.reward, cc.gae_gamma, cc.gae_lambda, &mut adv[r.clone()], &mut ret[r]);
         }
-        if cc.whiten && n > 1 {
-            let mean = adv.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
-            let std = (adv.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+        // the step's tokens on every rank: advantages, σ, V̄ and returns
+        let all = gather_tokens(dp, [&adv, &sigma, &vbar, &ret])?;
+        let at = all.offset;
+        let total = all.columns[0].len();
+        if cc.whiten && total > 1 {
+            let a = &all.columns[0];
+            let mean = a.iter().map(|&a| a as f64).sum::<f64>() / total as f64;
+            let std = (a.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / total as f64).sqrt();
             adv.iter_mut().for_each(|a| *a = ((*a as f64 - mean) / (std + 1e-8)) as f32);
         }
         let mut keep = vec![1.0f32; n];
         let (mut masked, mut excluded) = (0usize, 0usize);
         if self.models.len() >= 2 {
-            // AsyPPO: percentiles over this rank's batch of response tokens
-            let (low, high) = uncertainty_masks(&sigma, cc.mask_low_frac, cc.entropy_exclude_high_frac);
+            // AsyPPO: percentiles over the step's response tokens, counted over all of them
+            let (low, high) = uncertainty_masks(&all.columns[1], cc.mask_low_frac, cc.entropy_exclude_high_frac);
+            masked = low.iter().filter(|&&m| m).count();
+            excluded = high.iter().filter(|&&m| m).count();
             for t in 0..n {
-                if low[t] {
+                if low[at + t] {
                     adv[t] = 0.0;
-                    masked += 1;
                 }
-                if high[t] {
+                if high[at + t] {
                     keep[t] = 0.0;
-                    excluded += 1;
                 }
             }
         }
@@ -129,15 +136,16 @@ impl Critics {
             out.generated[k].data.advantages.copy_from_slice(&s.advantages);
             owner.push(critic_of(out.generated[k].sample_index, self.models.len()));
         }
-        let frac = |c: usize| if n > 0 { c as f64 / n as f64 } else { 0.0 };
+        let frac = |c: usize| if total > 0 { c as f64 / total as f64 } else { 0.0 };
         let mean =
             |x: &[f32]| if x.is_empty() { 0.0 } else { x.iter().map(|&a| a as f64).sum::<f64>() / x.len() as f64 };
+        let [_, sigma_all, vbar_all, ret_all] = &all.columns;
         let notes = CriticNotes {
-            critic_sigma_mean: mean(&sigma),
-            critic_sigma_p20: quantile(&sigma, 0.2),
-            critic_sigma_p80: quantile(&sigma, 0.8),
-            critic_value_mean: mean(&vbar),
-            critic_explained_variance: explained_variance(&vbar, &ret),
+            critic_sigma_mean: mean(sigma_all),
+            critic_sigma_p20: quantile(sigma_all, 0.2),
+            critic_sigma_p80: quantile(sigma_all, 0.8),
+            critic_value_mean: mean(vbar_all),
+            critic_explained_variance: explained_variance(vbar_all, ret_all),
             adv_masked_frac: frac(masked),
             entropy_excluded_frac: frac(excluded),
             value_losses: Vec::new(),
@@ -178,4 +186,42 @@ impl Critics {
         dp.all_reduce_sum_f64(&mut losses)?;
         Ok(losses)
     }
+}
+
+/// Per-token columns of every data-parallel rank, concatenated in rank order, and where this
+/// rank's tokens start in them.
+struct Gathered<const K: usize> {
+    columns: [Vec<f32>; K],
+    offset: usize,
+}
+
+/// All-gather `K` equally long per-token columns of this rank's share of the step.
+fn gather_tokens<const K: usize>(dp: &dyn Comm, columns: [&[f32]; K]) -> Result<Gathered<K>> {
+    let n = columns[0].len();
+    let mut mine = Vec::with_capacity(4 * K * n);
+    for c in columns {
+        debug_assert_eq!(c.len(), n, "columns of one length");
+        mine.extend(c.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    let parts = dp.all_gather_bytes(&mine)?;
+    let mut out: [Vec<f32>; K] = std::array::from_fn(|_| Vec::new());
+    let mut offset = 0;
+    for (r, b) in parts.iter().enumerate() {
+        if b.len() % (4 * K) != 0 {
+            return Err(Error::collective(
+                r,
+                "critic token all-gather",
+                format!("{} bytes, not {K} f32 columns", b.len()),
+            ));
+        }
+        if r == dp.rank() {
+            offset = out[0].len();
+        }
+        let m = b.len() / (4 * K);
+        for (k, col) in out.iter_mut().enumerate() {
+            let bytes = &b[4 * k * m..4 * (k + 1) * m];
+            col.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        }
+    }
+    Ok(Gathered { columns: out, offset })
 }
