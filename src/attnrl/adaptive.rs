@@ -117,11 +117,11 @@ impl AllCorrectFciFilter {
 }
 
 /// Zero-advantage filter: keep a question unless the rewards of all its training paths (the leaves of its
-/// branched trees) are all 0 or all 1. A question with no training paths is dropped.
+/// branched trees) are equal: all 0 or all 1 with rewards in {0, 1}, also all −p with a format penalty
+/// (every node value then equals the root's, so every advantage is 0). A question with no training
+/// paths is dropped.
 pub fn keep_nonzero_advantage(training_rewards: &[f32]) -> bool {
-    !(training_rewards.is_empty()
-        || training_rewards.iter().all(|&r| r == 0.0)
-        || training_rewards.iter().all(|&r| r == 1.0))
+    training_rewards.first().is_some_and(|&r0| training_rewards.iter().any(|&r| r != r0))
 }
 
 /// Dynamic batch: B_m = ⌈(1−λ)·min(⌊B_{m−1}·B′/B″⌋, max) + λ·B_{m−1}⌉, at least 1; B′ = `target_seqs`, B″ =

@@ -437,7 +437,9 @@ fn zero_advantage_filter() {
     assert!(!keep_nonzero_advantage(&[1.0, 1.0]));
     assert!(!keep_nonzero_advantage(&[]));
     assert!(keep_nonzero_advantage(&[0.0, 1.0, 1.0]));
-    assert!(keep_nonzero_advantage(&[0.5, 0.5]), "only all-0 and all-1 are dropped");
+    // equal rewards other than 0 and 1 (all malformed under a format penalty) train nothing either
+    assert!(!keep_nonzero_advantage(&[-0.5, -0.5, -0.5]), "equal rewards give zero advantages");
+    assert!(keep_nonzero_advantage(&[-0.5, 0.0]));
 }
 
 #[test]
