@@ -489,6 +489,30 @@ fn a_hanging_rank_trips_the_watchdog_of_the_others() {
     );
 }
 
+/// A rank stuck before its first step (here a hang injected in the phase's setup; on a GPU, a
+/// peer that never joins NCCL's initialisation) trips its step watchdog, which names the setup:
+/// the setup is bounded by `step_timeout_s` as a step is, not only by the others' collective
+/// timeout (600 s here, so the test fails without the setup's deadline).
+#[test]
+fn a_rank_stuck_in_its_phase_setup_trips_the_step_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_cfg = sft_config() + "\n[parallel]\ncollective_timeout_s = 600\nstep_timeout_s = 4\n";
+    let cfg = write_config(dir.path(), &text_cfg);
+    let out = dir.path().join("out").to_str().unwrap().to_string();
+    let t0 = Instant::now();
+    let o = mpirun(
+        2,
+        &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out],
+        &[("ARBOR_INJECT_FAULT", "hang:1:0")],
+    );
+    let all = text(&o);
+    assert!(!o.status.success(), "the job must fail:\n{all}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}:\n{all}", t0.elapsed());
+    for e in ["rank 1", "did not finish in time", "sft phase start"] {
+        assert!(all.contains(e), "output lacks {e:?}:\n{all}");
+    }
+}
+
 #[test]
 fn a_dying_rank_takes_the_job_down() {
     // mpirun reports the first rank that died, with its exit status or signal

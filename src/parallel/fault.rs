@@ -1,6 +1,8 @@
 //! Fault injection for the never-hang tests: `ARBOR_INJECT_FAULT=<kind>:<rank>:<step>` makes
 //! world rank `rank` fail (`error`), hang (`hang`), exit (`exit`, status 9) or crash (`crash`, SIGABRT) when it reaches global step
-//! `step`. Unset (the normal case) it does nothing. Documented in README (Slurm/MPI section).
+//! `step`. Step 0 is a phase's setup before its first step (the engine, a GPU run's NCCL
+//! communicator, the first evaluation) when the run starts there. Unset (the normal case) it does
+//! nothing. Documented in README (Slurm/MPI section).
 
 use super::Grid;
 use crate::error::{Error, Result};

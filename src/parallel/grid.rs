@@ -33,6 +33,14 @@ impl Grid {
         Ok(Grid { world, dp, tp: tp_comm, watchdog: None })
     }
 
+    /// Arm the watchdog's step deadline: `what` must finish within `timeout_s` seconds (none
+    /// without a watchdog or with `timeout_s` = 0). One deadline at a time: the guard's drop
+    /// disarms it, so a phase's setup guard is dropped before its first step's is armed.
+    pub fn watch_step(&self, what: &str, timeout_s: f64) -> Option<super::watchdog::Armed> {
+        let w = self.watchdog.as_ref().filter(|_| timeout_s > 0.0)?;
+        Some(w.watch_step(what, std::time::Duration::from_secs_f64(timeout_s)))
+    }
+
     /// A single-process grid.
     pub fn local() -> Self {
         use super::comm::Local;

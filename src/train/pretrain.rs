@@ -210,6 +210,12 @@ pub fn run_phase(
         }
         return Ok(());
     }
+    // the setup (the engine, a GPU run's NCCL communicator, the first evaluation) is bounded as a
+    // step is: a peer that never joins NCCL's initialisation would hold this rank forever
+    let setup = grid.watch_step("sft phase start (engine, NCCL, eval step 0)", cfg.parallel.step_timeout_s);
+    if start == 0 {
+        crate::parallel::fault::maybe_inject(grid, 0)?;
+    }
     let mut ws = Workspace::new(&model.cfg, 0);
     let mut engine = Engine::new(t.compute(), model, dp)?;
     engine.load(model, opt)?;
@@ -229,15 +235,11 @@ pub fn run_phase(
     } else if start > 0 {
         say(log, format!("resumed from step {start}"));
     }
+    drop(setup);
     let (mut tokens_total, mut train_secs) = (0usize, 0.0f64);
-    let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
     let mut guard = NonFiniteGuard::resumed(t.max_nonfinite_steps, ph.nonfinite_in_a_row);
     for step in start..t.steps {
-        let _armed = grid
-            .watchdog
-            .as_ref()
-            .filter(|_| cfg.parallel.step_timeout_s > 0.0)
-            .map(|w| w.watch_step(&format!("step {}", step + 1), step_timeout));
+        let _armed = grid.watch_step(&format!("step {}", step + 1), cfg.parallel.step_timeout_s);
         crate::parallel::fault::maybe_inject(grid, step + 1)?;
         let t0 = Instant::now();
         // 1. data: problems (seed, train split, step·B + i), this rank's share, packed

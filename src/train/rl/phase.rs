@@ -217,6 +217,12 @@ pub(crate) fn run_phase_with(
     let (cfg, rl) = (ph.cfg, ph.rl);
     let (dp, root) = (grid.dp.as_ref(), grid.is_root());
     let progress = Progress::new(rl.steps, "rl");
+    // the setup (the engine, a GPU run's NCCL communicator, the evaluation before RL) is bounded
+    // as a step is (pretrain.rs)
+    let setup = grid.watch_step("rl phase start (engine, NCCL, eval before)", cfg.parallel.step_timeout_s);
+    if ph.offset == 0 && start.done == 0 {
+        crate::parallel::fault::maybe_inject(grid, 0)?;
+    }
     let reference = reference_policy(model, ph, &start, grid)?;
     let mut engine = Engine::new(cfg.train.compute(), model, dp)?;
     engine.load(model, opt)?;
@@ -248,15 +254,11 @@ pub(crate) fn run_phase_with(
     let mut dump = if root { Some(crate::train::dump::Dump::open(ph.run_dir, cfg, start.done)?) } else { None };
     restore(&mut trainer, ph, &start, dp.rank())?;
     let mut last = before;
-    let step_timeout = std::time::Duration::from_secs_f64(cfg.parallel.step_timeout_s);
+    drop(setup);
     let mut guard =
         crate::train::guard::NonFiniteGuard::resumed(cfg.train.max_nonfinite_steps, start.nonfinite_in_a_row);
     for step in start.done..rl.steps {
-        let _armed = grid
-            .watchdog
-            .as_ref()
-            .filter(|_| cfg.parallel.step_timeout_s > 0.0)
-            .map(|w| w.watch_step(&format!("rl step {}", step + 1), step_timeout));
+        let _armed = grid.watch_step(&format!("rl step {}", step + 1), cfg.parallel.step_timeout_s);
         crate::parallel::fault::maybe_inject(grid, ph.offset + step + 1)?;
         let out: StepOutput = match io.source.as_deref_mut() {
             None => trainer.step(model, opt, step)?,
