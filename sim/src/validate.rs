@@ -1,8 +1,10 @@
 //! Validation against published figures: calibrate on the synchronous baseline, then predict.
 //!
 //! For each scenario with `[[case]]` entries: if it has a `[calibration]`, one constant (the knob) is
-//! fitted by bisection so that the synchronous baseline's mean step time equals the published one;
-//! nothing is fitted to any asynchronous result. Then every case is simulated and compared.
+//! fitted by bisection so that the synchronous baseline's mean step time equals the published one
+//! (a scenario's knob is never fitted to an asynchronous result; a hardware profile's fitted
+//! constant may be: `training.mfu` was fitted to a published async/sync speedup, see sim/README.md).
+//! Then every case is simulated and compared.
 //!
 //! Fitted constants: a scenario's `[calibration]` knob and the fitted constants of its hardware
 //! profile ([`crate::hardware`]) that it does not override. The rule: a case may only use constants
