@@ -38,6 +38,21 @@ fn config(out: &Path, rl_steps: u64, critics: usize) -> RunConfig {
     c
 }
 
+/// A critic whose heads do not divide its width is refused naming the key, before the run
+/// directory is made (its head size was silently rounded down: 100 / 6 gave 16).
+#[test]
+fn a_critic_whose_heads_do_not_divide_its_width_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(1, 2)
+        .replace("hidden_size = 32\n", "hidden_size = 100\n")
+        .replace("num_heads = 2\n", "num_heads = 6\n");
+    let mut cfg = RunConfig::parse(&text, Path::new("critic.toml")).unwrap();
+    cfg.run.out_dir = dir.path().to_path_buf();
+    let e = job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("critic.num_heads") && e.contains("do not divide hidden_size 100"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the run directory was made");
+}
+
 #[test]
 fn a_critic_fits_its_returns() {
     let cfg = config(Path::new("/tmp"), 1, 1);

@@ -565,6 +565,13 @@ fn a_model_directory_with_another_tokenizer_is_refused() {
     check_char_tokenizer(&src, &tok).unwrap();
     let dir = tempfile::tempdir().unwrap();
     check_char_tokenizer(dir.path(), &tok).unwrap();
+    // another format's tokenizer without a tokenizer.json (a SentencePiece model, BPE files)
+    for f in ["tokenizer.model", "vocab.json"] {
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join(f), b"x").unwrap();
+        let e = check_char_tokenizer(other.path(), &tok).unwrap_err().to_string();
+        assert!(e.contains(f) && e.contains("another tokenizer"), "{e}");
+    }
     // the same file with two digits' ids swapped reads every 1 as a 2: refused, naming the file
     let text = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -1,6 +1,6 @@
 //! `[critic]`: the schema of PPO with GAE on value models (the models themselves: `train::critic`).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use crate::rl::gae::Aggregate;
 use serde::{Deserialize, Serialize};
@@ -104,7 +104,14 @@ impl CriticConfig {
         c.num_heads = self.num_heads.unwrap_or(c.num_heads);
         c.num_kv_heads = self.num_kv_heads.unwrap_or(c.num_kv_heads);
         if self.hidden_size.is_some() || self.num_heads.is_some() {
-            c.head_dim = c.hidden_size / c.num_heads.max(1);
+            if c.num_heads == 0 || !c.hidden_size.is_multiple_of(c.num_heads) {
+                return Err(Error::Config {
+                    file: "[critic]".into(),
+                    key: "critic.num_heads".into(),
+                    msg: format!("{} heads do not divide hidden_size {}", c.num_heads, c.hidden_size),
+                });
+            }
+            c.head_dim = c.hidden_size / c.num_heads;
         }
         c.validate(Path::new("[critic]"))?;
         Ok(c)

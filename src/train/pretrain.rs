@@ -104,11 +104,23 @@ pub fn evaluate(
 
 /// A model directory's `tokenizer.json`, where it has one, must be arbor's character tokenizer:
 /// training and evaluation encode with it, so a model of another vocabulary would read every id as
-/// another character. (A directory without one, such as a peer's checkpoint of an arbor model, is
-/// taken as it is.)
+/// another character. A directory without one is taken as it is (a peer's checkpoint of an arbor
+/// model), unless it holds another tokenizer format's files (SentencePiece, BPE vocab and merges).
 pub fn check_char_tokenizer(dir: &Path, tok: &CharTokenizer) -> Result<()> {
     let path = dir.join(crate::tokenizer::TOKENIZER_FILE);
-    let Some(bytes) = crate::train::run_dir::read_if_present(&path, |p| std::fs::read(p))? else { return Ok(()) };
+    let Some(bytes) = crate::train::run_dir::read_if_present(&path, |p| std::fs::read(p))? else {
+        const OTHER_FORMATS: [&str; 4] = ["tokenizer.model", "vocab.json", "merges.txt", "spiece.model"];
+        if let Some(f) = OTHER_FORMATS.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
+            return Err(Error::Format {
+                path: f,
+                msg: "the model directory has another tokenizer (and no tokenizer.json of arbor's character \
+                      tokenizer): arbor trains and evaluates with its character tokenizer, which would read \
+                      this model's ids as other characters"
+                    .into(),
+            });
+        }
+        return Ok(());
+    };
     let theirs: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Format { path: path.clone(), msg: format!("not a tokenizer.json: {e}") })?;
     let ours = tok.to_tokenizer_json();
