@@ -65,6 +65,9 @@ fn model_keys_that_hf_dir_overrides_are_refused() {
     // defaults written out (a run's recorded config.toml holds every key) are not a change
     let spelled = "arch = \"qwen2\"\nmax_position_embeddings = 256\nrope_theta = 10000.0\ntie_word_embeddings = false\ninit_std = 0.02";
     accepted(&DEFAULT_CONFIG.replace(hf, &format!("{hf}\n{spelled}")));
+    // an empty hf_dir would load ./config.json from wherever the job started
+    let e = refused(&DEFAULT_CONFIG.replace(hf, "hf_dir = \"\""), "model.hf_dir");
+    assert!(e.contains("empty path"), "{e}");
     // a [critic]'s fresh value models read init_std beside a loaded policy
     let critic = DEFAULT_CONFIG.replace(hf, &format!("{hf}\ninit_std = 0.05")) + "\n[critic]\ncount = 1\n";
     assert_eq!(accepted(&critic).model.init_std, 0.05);

@@ -114,6 +114,7 @@ impl ModelSection {
             Some(_) if dims.iter().any(Option::is_some) => {
                 bad("model.hf_dir", "give either hf_dir or the model dimensions, not both".into())
             }
+            Some(d) if d.as_os_str().is_empty() => bad("model.hf_dir", "an empty path".into()),
             Some(_) => self.check_hf_dir_keys(),
             None if dims.iter().any(Option::is_none) => bad(
                 "model",

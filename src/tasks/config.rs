@@ -172,9 +172,12 @@ impl TaskConfig {
             return Err(("heldout_fraction", format!("{} is not in [0, 1)", self.heldout_fraction)));
         }
         let reads_files = matches!(self.kind, TaskKind::Jsonl | TaskKind::Parquet);
-        for (key, set) in [("path", self.path.is_some()), ("eval_path", self.eval_path.is_some())] {
-            if set && !reads_files {
+        for (key, path) in [("path", &self.path), ("eval_path", &self.eval_path)] {
+            if path.is_some() && !reads_files {
                 return Err((key, "only kind = \"jsonl\" or \"parquet\" reads files".into()));
+            }
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err((key, "an empty path".into()));
             }
         }
         if self.eval_path.is_some() && self.heldout_fraction != d_heldout() {
@@ -287,6 +290,7 @@ mod tests {
         assert!(err("kind = \"jsonl\"\npath = \"/nonexistent/x.jsonl\"").contains("/nonexistent/x.jsonl"));
         assert!(err("kind = \"parquet\"").contains("`path`"));
         assert!(err("kind = \"countdown\"\neval_path = \"e.parquet\"").contains("`eval_path`"));
+        assert!(err("kind = \"jsonl\"\npath = \"\"").contains("empty path"));
         assert!(err("kind = \"jsonl\"\npath = \"x.jsonl\"\nprompt_column = \"q\"").contains("`prompt_column`"));
         assert!(err("kind = \"addition\"\nanswer_column = \"a\"").contains("`answer_column`"));
         assert!(err("kind = \"parquet\"\npath = \"x\"\nanswer_column = \"\"").contains("`answer_column`"));
