@@ -145,13 +145,8 @@ fn every_record_of_a_large_dataset_is_counted() {
         line: i + 1,
         extra: Default::default(),
     };
-    let task = JsonlTask {
-        kind: "jsonl",
-        path: "big.jsonl".into(),
-        train: (0..100_000).map(record).collect(),
-        eval: (100_000..110_000).map(record).collect(),
-        eval_path: None,
-    };
+    let (train, eval) = ((0..100_000).map(record).collect(), (100_000..110_000).map(record).collect());
+    let task = JsonlTask::from_records("jsonl", Path::new("big.jsonl"), train, eval, None);
     check_fits(&task, &ctx(256, 400, Some(64))).unwrap();
     // every record is counted and refused (the first named, the rest counted)
     let e = check_fits(&task, &ctx(64, 400, Some(64))).unwrap_err().to_string();
@@ -180,4 +175,44 @@ fn a_job_on_a_dataset_without_solutions_stops_before_it_writes() {
     let e = arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
     assert!(e.contains("d.jsonl:2:") && e.contains("solution"), "{e}");
     assert!(!cfg.run.out_dir.exists(), "the refused job wrote its run directory");
+}
+
+/// A resume on a dataset whose records changed since the checkpoint (appended, re-exported,
+/// re-sorted) is refused naming data.path before the run directory is touched: problem i would
+/// be another record. The same records resume; `--allow-config-change` goes on with the new ones.
+#[test]
+fn a_resume_on_changed_dataset_records_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    let line = |a: u32, b: u32| {
+        format!("{{\"prompt\": \"{a}+{b}=\", \"answer\": \"{}\", \"solution\": \"{}\"}}\n", a + b, a + b)
+    };
+    let records: String = (1..9).map(|i| line(i, i + 1)).collect();
+    std::fs::write(&data, &records).unwrap();
+    let text = arbor::config::ADDITION_CONFIG
+        .replace(
+            "task = \"addition\"\nmax_digits = 2\n",
+            &format!("task = \"jsonl\"\npath = {data:?}\nheldout_fraction = 0.25\n"),
+        )
+        .replace("steps = 400", "steps = 2")
+        .replace("warmup_steps = 20", "warmup_steps = 0")
+        .replace("batch_size = 64", "batch_size = 4\ncheckpoint_every = 1\nkeep_checkpoints = 5");
+    let mut cfg = RunConfig::parse(&text, Path::new("d.toml")).unwrap();
+    cfg.run.out_dir = dir.path().join("out");
+    arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap();
+    let run = cfg.run.out_dir.join(&cfg.run.name);
+    let ck = run.join("checkpoints/step-1");
+    assert!(ck.is_dir(), "no checkpoint at step 1");
+    let state = std::fs::read_to_string(ck.join("trainer_state.json")).unwrap();
+    assert!(state.contains("data_fingerprint"), "{state}");
+    // the same records resume
+    arbor::train::job::run(&cfg, Some(&ck), &mut Vec::new()).unwrap();
+    // a record appended: refused before anything is written
+    std::fs::write(&data, records.clone() + &line(20, 21)).unwrap();
+    let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let e = arbor::train::job::run(&cfg, Some(&ck), &mut Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("data.path") && e.contains("records differ"), "{e}");
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before, "the refused resume wrote");
+    cfg.allow_config_change = true;
+    arbor::train::job::run(&cfg, Some(&ck), &mut Vec::new()).unwrap();
 }

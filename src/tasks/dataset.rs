@@ -54,6 +54,8 @@ pub struct DatasetTask {
     pub eval: Vec<Record>,
     /// The held-out file, when the held-out records come from one (else they come from `path`).
     pub eval_path: Option<PathBuf>,
+    /// [`Task::fingerprint`], computed on first use.
+    fingerprint: std::sync::OnceLock<u64>,
 }
 
 /// The first field of `r` with a character `tok` cannot encode: (field, character position, character).
@@ -125,7 +127,20 @@ impl DatasetTask {
                 (train, eval)
             }
         };
-        Ok(DatasetTask { kind, path: path.to_path_buf(), train, eval, eval_path: eval_path.map(Path::to_path_buf) })
+        Ok(DatasetTask::from_records(kind, path, train, eval, eval_path))
+    }
+
+    /// A task over records already read: `train` and `eval` from `path` (`eval` from `eval_path`
+    /// when given).
+    pub fn from_records(
+        kind: &'static str,
+        path: &Path,
+        train: Vec<Record>,
+        eval: Vec<Record>,
+        eval_path: Option<&Path>,
+    ) -> Self {
+        let (path, eval_path) = (path.to_path_buf(), eval_path.map(Path::to_path_buf));
+        DatasetTask { kind, path, train, eval, eval_path, fingerprint: Default::default() }
     }
 
     /// Check that every record's `prompt`, `answer` and `solution` is written in `tok`'s alphabet:
@@ -203,5 +218,29 @@ impl Task for DatasetTask {
     fn grade(&self, problem: &Problem, response: &str) -> Reward {
         let m = check_answer(response, &problem.answer);
         Reward::new(m.correct, m.found, 0.0)
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        Some(*self.fingerprint.get_or_init(|| {
+            // every field a problem is made of, each split's records in order, lengths first so
+            // that no two different datasets concatenate to the same bytes
+            let mut h = 0x5d_u64;
+            let mut eat = |bytes: &[u8]| {
+                h = mix64(h ^ bytes.len() as u64);
+                for c in bytes.chunks(8) {
+                    let mut w = [0u8; 8];
+                    w[..c.len()].copy_from_slice(c);
+                    h = mix64(h ^ u64::from_le_bytes(w));
+                }
+            };
+            for split in [&self.train, &self.eval] {
+                eat(&(split.len() as u64).to_le_bytes());
+                for r in split {
+                    eat(r.prompt.as_bytes());
+                    eat(r.answer.as_bytes());
+                    eat(r.solution.as_deref().unwrap_or("\0none").as_bytes());
+                }
+            }
+            h
+        }))
     }
 }

@@ -94,6 +94,13 @@ pub trait Task: Send + Sync {
     fn record(&self, _split: u64, _index: u64) -> Option<SourceRecord<'_>> {
         None
     }
+    /// A hash of the records a dataset task trains and evaluates on (each split's prompts,
+    /// answers and solutions, in order): a resume compares it with the checkpoint's, since
+    /// problem i is record i of whatever the file holds now. `None` for a generator, which its
+    /// config determines.
+    fn fingerprint(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A dataset record as [`Task::record`] lends it: where it was read and the text a run trains on.
@@ -133,6 +140,9 @@ impl Task for FormatPenalty {
     }
     fn record(&self, split: u64, index: u64) -> Option<SourceRecord<'_>> {
         self.task.record(split, index)
+    }
+    fn fingerprint(&self) -> Option<u64> {
+        self.task.fingerprint()
     }
 }
 

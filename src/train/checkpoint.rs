@@ -43,6 +43,14 @@ pub struct TrainerState {
     /// a resume continues the count, so a requeued diverging run stops where the straight one would.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub nonfinite_in_a_row: u64,
+    /// A dataset task's [`crate::tasks::Task::fingerprint`] (hex): a resume on other records is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<String>,
+}
+
+/// The hex form of a task's fingerprint that a checkpoint keeps.
+pub fn data_fingerprint(task: &dyn crate::tasks::Task) -> Option<String> {
+    task.fingerprint().map(|h| format!("{h:016x}"))
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -366,6 +374,7 @@ mod tests {
                 rl_eval_before: Some([a, b]),
                 sampling: Some(SamplingState { next_problem: 1, prompts: 2, fci_mean: b, fci_count: 4 }),
                 nonfinite_in_a_row: 0,
+                data_fingerprint: None,
             };
             let text = serde_json::to_string(&state).unwrap();
             let back: TrainerState = serde_json::from_str(&text).unwrap();

@@ -86,6 +86,24 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
                 cfg.run.seed
             )));
         }
+        // problem i is record i of the dataset as it is now: other records would silently train
+        // and evaluate on other problems than the checkpoint's steps did
+        let now = crate::train::checkpoint::data_fingerprint(task.as_ref());
+        if let (Some(was), Some(now)) = (&ck.state.data_fingerprint, &now) {
+            if was != now && !cfg.allow_config_change {
+                let path = cfg.data.path.clone().unwrap_or_default();
+                return Err(Error::Config {
+                    file: path,
+                    key: "data.path".into(),
+                    msg: format!(
+                        "the dataset's records differ from those checkpoint {} trained on (fingerprint {was}, now \
+                         {now}): problem ids would name other records. Resume with the data it trained on, or \
+                         pass --allow-config-change to go on with these records",
+                        dir.display()
+                    ),
+                });
+            }
+        }
         let total = t.steps + cfg.rl.as_ref().map_or(0, |r| r.steps);
         if ck.state.step > total {
             return Err(Error::Invalid(format!(

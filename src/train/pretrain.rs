@@ -342,6 +342,7 @@ pub fn run_phase(
                 rl_eval_before: None,
                 sampling: None,
                 nonfinite_in_a_row: guard.in_a_row(),
+                data_fingerprint: crate::train::checkpoint::data_fingerprint(task),
             };
             engine.sync_host(model, opt)?;
             let none = |_: &Path| Ok::<(), Error>(());

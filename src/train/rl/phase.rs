@@ -353,6 +353,7 @@ fn checkpoint(
         rl_eval_before: Some([before.sampled, before.greedy]),
         sampling: tree.map(|t| t.save()),
         nonfinite_in_a_row,
+        data_fingerprint: crate::train::checkpoint::data_fingerprint(ph.task),
     };
     let json = match tree.and_then(|t| t.pending.as_ref()) {
         Some(p) => serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("pending batch: {e}")))?,
