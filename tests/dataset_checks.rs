@@ -143,6 +143,7 @@ fn every_record_of_a_large_dataset_is_counted() {
         answer: (2 * i).to_string(),
         solution: Some(format!("{i} + {i} = {}\nThe answer is {}.\n", 2 * i, 2 * i)),
         line: i + 1,
+        shard: None,
         extra: Default::default(),
     };
     let (train, eval) = ((0..100_000).map(record).collect(), (100_000..110_000).map(record).collect());

@@ -51,6 +51,24 @@ fn shard_directory_loads_every_row_in_order_and_trains() {
     let lines: Vec<usize> = rows.iter().map(|r| r.line).collect();
     assert_eq!(lines, (0..3).flat_map(|_| 1..=20).collect::<Vec<_>>(), "Record::line is the row of its file");
     assert!(rows.iter().all(|r| r.solution.is_none() && r.extra.is_empty()));
+    // each row knows its shard, so a bad record is named by the shard's file and row, not by the
+    // directory and a row number three shards share
+    let shards: Vec<(usize, String)> = rows
+        .iter()
+        .map(|r| r.shard.as_ref().map(|(k, f)| (*k, f.file_name().unwrap().to_string_lossy().into_owned())).unwrap())
+        .collect();
+    assert_eq!(shards[0].0, 0);
+    assert_eq!(shards[59].0, 2);
+    assert!(shards[59].1.starts_with("train-00002-of-00003"), "{:?}", shards[59]);
+    let mut bad = rows.clone();
+    bad[45].prompt.push('é');
+    bad[50].answer.push('ü');
+    let task =
+        arbor::tasks::dataset::DatasetTask::from_records("parquet", &fixture("hf"), bad, rows[..5].to_vec(), None);
+    let e = task.check_alphabet(&arbor::tokenizer::CharTokenizer::default()).unwrap_err().to_string();
+    assert!(e.contains("train-00002-of-00003") && e.contains(":6:") && e.contains("1 more record"), "{e}");
+    let r = task.record(SPLIT_TRAIN, 45).unwrap();
+    assert!(r.file.ends_with(&shards[45].1) && r.line == 6, "{} {}", r.file.display(), r.line);
 
     let dir = tempfile::tempdir().unwrap();
     let text = ADDITION_CONFIG

@@ -26,8 +26,18 @@ pub struct Record {
     pub solution: Option<String>,
     /// 1-based position in the source file: the line of a JSONL file, the row of a Parquet file.
     pub line: usize,
+    /// The shard it was read from when the dataset is a directory of Parquet shards: (the shard's
+    /// place in reading order, its file); `line` is then the row in that shard. None for a file.
+    pub shard: Option<(usize, std::sync::Arc<Path>)>,
     /// Other fields of a JSONL object (Parquet reads only its two columns: always empty).
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Record {
+    /// The file the record was read from: its shard, else `path` (the file its split was read from).
+    pub fn source<'a>(&'a self, path: &'a Path) -> &'a Path {
+        self.shard.as_ref().map_or(path, |s| &s.1)
+    }
 }
 
 /// A [`Error::Dataset`] naming `file` and the 1-based line or row (0 = the file as a whole).
@@ -84,7 +94,7 @@ impl DatasetTask {
             if let Some(r) = records.iter().find(|r| reference_answer(&r.answer).trim().is_empty()) {
                 let what =
                     if r.answer.trim().is_empty() { "`answer` is empty" } else { "`answer` states no final answer" };
-                return Err(bad(p, r.line, format!("{what} ({:?})", r.answer)));
+                return Err(bad(r.source(p), r.line, format!("{what} ({:?})", r.answer)));
             }
             Ok(records)
         };
@@ -149,20 +159,22 @@ impl DatasetTask {
     /// first offending record (in file order), the field and the character, and counts the others.
     pub fn check_alphabet(&self, tok: &CharTokenizer) -> Result<()> {
         let eval_file = self.eval_path.as_deref().unwrap_or(&self.path);
-        let mut first: Option<(usize, &Path, usize, &str, usize, char)> = None;
+        // (first in reading order: the file, the shard, the line)
+        let mut first: Option<((usize, usize, usize), &Path, &str, usize, char)> = None;
         let mut count = 0usize;
         let eval_rank = usize::from(self.eval_path.is_some());
         for (rank, file, records) in [(0, self.path.as_path(), &self.train), (eval_rank, eval_file, &self.eval)] {
             for r in records {
                 if let Some((field, pos, c)) = unencodable(r, tok) {
                     count += 1;
-                    if first.is_none_or(|f| (rank, r.line) < (f.0, f.2)) {
-                        first = Some((rank, file, r.line, field, pos, c));
+                    let at = (rank, r.shard.as_ref().map_or(0, |s| s.0), r.line);
+                    if first.as_ref().is_none_or(|f| at < f.0) {
+                        first = Some((at, r.source(file), field, pos, c));
                     }
                 }
             }
         }
-        let Some((_, file, line, field, pos, c)) = first else {
+        let Some(((_, _, line), file, field, pos, c)) = first else {
             return Ok(());
         };
         let alphabet = if tok.alphabet() == DEFAULT_ALPHABET {
@@ -180,7 +192,7 @@ impl DatasetTask {
     }
 
     /// The file of `split`'s records: `eval_path` for the held-out split when there is one, else
-    /// `path` (for a Parquet shard directory, the directory: a record's `line` is its row in its shard).
+    /// `path` (for a Parquet shard directory, the directory: a record names its shard, [`Record::source`]).
     pub fn file(&self, split: u64) -> &Path {
         match &self.eval_path {
             Some(e) if split == SPLIT_EVAL => e,
@@ -213,7 +225,8 @@ impl Task for DatasetTask {
     fn record(&self, split: u64, index: u64) -> Option<SourceRecord<'_>> {
         let records = self.records(split);
         let r = records.get((index % records.len().max(1) as u64) as usize)?;
-        Some(SourceRecord { file: self.file(split), line: r.line, prompt: &r.prompt, solution: r.solution.as_deref() })
+        let file = r.source(self.file(split));
+        Some(SourceRecord { file, line: r.line, prompt: &r.prompt, solution: r.solution.as_deref() })
     }
     fn grade(&self, problem: &Problem, response: &str) -> Reward {
         let m = check_answer(response, &problem.answer);

@@ -53,7 +53,7 @@ pub fn parse_records(text: &str, file: &Path) -> Result<Vec<Record>> {
             None | Some(serde_json::Value::Null) => None,
             Some(_) => return Err(bad(file, line, "`solution` must be a string")),
         };
-        out.push(Record { prompt, answer, solution, line, extra: obj });
+        out.push(Record { prompt, answer, solution, line, shard: None, extra: obj });
     }
     Ok(out)
 }

@@ -68,8 +68,10 @@ impl DatasetTask {
 /// The records of `path` (a file, or a directory's shards in name order), rows in file order.
 pub fn read_records(path: &Path, columns: &Columns) -> Result<Vec<Record>> {
     let mut records = Vec::new();
-    for file in dataset_files(path)? {
-        read_file(&file, columns, &mut records)?;
+    let sharded = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+    for (k, file) in dataset_files(path)?.into_iter().enumerate() {
+        let shard = sharded.then(|| (k, std::sync::Arc::from(file.as_path())));
+        read_file(&file, columns, shard, &mut records)?;
     }
     Ok(records)
 }
@@ -252,7 +254,12 @@ fn find_column<'a>(
 }
 
 /// Read `file`'s rows into `out`, one row group at a time.
-fn read_file(file: &Path, columns: &Columns, out: &mut Vec<Record>) -> Result<()> {
+fn read_file(
+    file: &Path,
+    columns: &Columns,
+    shard: Option<(usize, std::sync::Arc<Path>)>,
+    out: &mut Vec<Record>,
+) -> Result<()> {
     let handle = File::open(file).map_err(|e| Error::io(file, e))?;
     let unreadable = |e: String| bad(file, 0, format!("not a readable Parquet file (truncated or corrupt?): {e}"));
     let reader =
@@ -298,6 +305,7 @@ fn read_file(file: &Path, columns: &Columns, out: &mut Vec<Record>) -> Result<()
             answer,
             solution: None,
             line: first_row + i + 1,
+            shard: shard.clone(),
             extra: serde_json::Map::new(),
         }));
         first_row += rows;
