@@ -255,3 +255,12 @@ fn an_hf_dir_model_larger_than_the_memory_is_refused_before_it_is_read() {
 fn common_shape() -> arbor::model::ModelConfig {
     RunConfig::parse(ADDITION_CONFIG, Path::new("a.toml")).unwrap().fresh_model(vocab(), 1, Path::new("m")).unwrap()
 }
+
+/// An evaluation of more sequences than a step may hold (they are built together) is refused by
+/// key when the file is read, not in an allocation after the supervised phase.
+#[test]
+fn an_evaluation_beyond_the_sequence_bound_is_refused() {
+    let e = refused(&with_rl("eval_problems = 1000000000"), "rl.eval_problems");
+    assert!(e.contains("at most 2^24"), "{e}");
+    accepted(&with_rl("eval_problems = 4000000\neval_samples = 3"));
+}

@@ -174,6 +174,18 @@ impl RlSection {
                 ),
             );
         }
+        // an evaluation's requests are built together too (eval_problems × eval_samples sampled,
+        // eval_problems greedy)
+        let per_eval = (self.eval_problems as u128) * (self.eval_samples as u128 + 1);
+        if per_eval > MAX_STEP_SEQUENCES {
+            return bad(
+                "rl.eval_problems",
+                format!(
+                    "{} problems × ({} samples + 1 greedy) = {per_eval} sequences an evaluation: at most 2^24",
+                    self.eval_problems, self.eval_samples
+                ),
+            );
+        }
         for (key, v, ok, want) in [
             ("rl.lr", self.lr, self.lr > 0.0, "> 0"),
             ("rl.grad_clip", self.grad_clip, self.grad_clip >= 0.0, "≥ 0 (0 disables clipping)"),
