@@ -160,7 +160,8 @@ impl DatasetTask {
     pub fn check_alphabet(&self, tok: &CharTokenizer) -> Result<()> {
         let eval_file = self.eval_path.as_deref().unwrap_or(&self.path);
         // (first in reading order: the file, the shard, the line)
-        let mut first: Option<((usize, usize, usize), &Path, &str, usize, char)> = None;
+        type At = (usize, usize, usize);
+        let mut first: Option<(At, &Path, &str, usize, char)> = None;
         let mut count = 0usize;
         let eval_rank = usize::from(self.eval_path.is_some());
         for (rank, file, records) in [(0, self.path.as_path(), &self.train), (eval_rank, eval_file, &self.eval)] {

@@ -196,13 +196,11 @@ mod tests {
     }
 
     fn task(train: &str, eval: &str) -> JsonlTask {
-        JsonlTask {
-            kind: "jsonl",
-            path: "train.jsonl".into(),
-            train: parse_records(train, Path::new("train.jsonl")).unwrap(),
-            eval: parse_records(eval, Path::new("eval.jsonl")).unwrap(),
-            eval_path: Some("eval.jsonl".into()),
-        }
+        let (train, eval) = (
+            parse_records(train, Path::new("train.jsonl")).unwrap(),
+            parse_records(eval, Path::new("eval.jsonl")).unwrap(),
+        );
+        JsonlTask::from_records("jsonl", Path::new("train.jsonl"), train, eval, Some(Path::new("eval.jsonl")))
     }
 
     #[test]

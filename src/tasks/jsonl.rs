@@ -120,12 +120,12 @@ mod tests {
     #[test]
     fn characters_outside_the_alphabet_name_file_line_field_and_character() {
         use crate::tokenizer::CharTokenizer;
-        let task = |train: &str, eval: &str| JsonlTask {
-            kind: "jsonl",
-            path: "train.jsonl".into(),
-            train: parse_records(train, Path::new("train.jsonl")).unwrap(),
-            eval: parse_records(eval, Path::new("eval.jsonl")).unwrap(),
-            eval_path: Some("eval.jsonl".into()),
+        let task = |train: &str, eval: &str| {
+            let (train, eval) = (
+                parse_records(train, Path::new("train.jsonl")).unwrap(),
+                parse_records(eval, Path::new("eval.jsonl")).unwrap(),
+            );
+            JsonlTask::from_records("jsonl", Path::new("train.jsonl"), train, eval, Some(Path::new("eval.jsonl")))
         };
         let tok = CharTokenizer::default();
         let ok = "{\"prompt\": \"1+1=<eos>\", \"answer\": 2, \"solution\": \"2\"}\n";

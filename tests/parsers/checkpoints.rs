@@ -6,8 +6,15 @@ use super::*;
 /// Save `params` as the checkpoint of step `step` under `run` (fresh AdamW moments, seed 7).
 pub(crate) fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u64) -> arbor::Result<PathBuf> {
     let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
-    let state =
-        TrainerState { step, seed: 7, adam_t: step, rl_eval_before: None, sampling: None, nonfinite_in_a_row: 0 };
+    let state = TrainerState {
+        step,
+        seed: 7,
+        adam_t: step,
+        rl_eval_before: None,
+        sampling: None,
+        nonfinite_in_a_row: 0,
+        data_fingerprint: None,
+    };
     let files = CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()), run_config: None };
     save_checkpoint(run, cfg, params, &opt, &state, &files)
 }

@@ -18,8 +18,7 @@ fn check_jsonl(text: &str) -> Result<(), TestCaseError> {
     match parse_records(text, file) {
         Ok(records) => {
             prop_assert!(records.iter().all(|r| (1..=lines).contains(&r.line)));
-            let task =
-                JsonlTask { kind: "jsonl", path: file.into(), train: records, eval: Vec::new(), eval_path: None };
+            let task = JsonlTask::from_records("jsonl", file, records, Vec::new(), None);
             if let Err(e) = task.check_alphabet(&CharTokenizer::default()) {
                 let msg = e.to_string();
                 prop_assert!(msg.starts_with("fuzzed.jsonl:") && msg.contains("is not in"), "{msg}");
