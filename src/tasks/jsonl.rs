@@ -13,9 +13,11 @@ use crate::tasks::dataset::{bad, DatasetTask};
 /// The JSONL task: the one [`DatasetTask`], loaded with [`DatasetTask::load`] / [`DatasetTask::load_split`].
 pub type JsonlTask = DatasetTask;
 
-/// Parse JSONL text (blank lines are skipped); errors name `file` and the 1-based line.
+/// Parse JSONL text (blank lines are skipped; a leading UTF-8 byte-order mark, as some Windows
+/// tools write, is not part of the first line); errors name `file` and the 1-based line.
 pub fn parse_records(text: &str, file: &Path) -> Result<Vec<Record>> {
     let mut out = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         if raw.trim().is_empty() {
@@ -104,6 +106,9 @@ mod tests {
         assert_eq!((r[0].answer.as_str(), r[1].line, r[1].extra["level"].as_u64()), ("2", 2, Some(3)));
         let err = parse_records("{}", f).unwrap_err().to_string();
         assert!(err.starts_with("data.jsonl:1:"), "{err}");
+        // a byte-order mark before the first record (it failed as "invalid JSON" on line 1)
+        let r = parse_records(&format!("\u{feff}{ok}{ok}"), f).unwrap();
+        assert_eq!((r.len(), r[0].prompt.as_str()), (2, "1+1="));
     }
 
     #[test]
