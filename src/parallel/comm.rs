@@ -113,6 +113,30 @@ pub fn all_reduce_buckets(comm: &dyn Comm, grads: &mut [f32], bucket_bytes: usiz
     Ok(n)
 }
 
+/// Every rank's `values`, concatenated in rank order (the order of one process when each rank
+/// holds a contiguous share), and where this rank's start in them. `what` names the collective in
+/// an error (a rank whose bytes are not whole values).
+pub fn all_gather_in_rank_order<T: bytemuck::Pod>(
+    comm: &dyn Comm,
+    values: &[T],
+    what: &str,
+) -> Result<(Vec<T>, usize)> {
+    let size = std::mem::size_of::<T>();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (r, b) in comm.all_gather_bytes(bytemuck::cast_slice(values))?.iter().enumerate() {
+        if r == comm.rank() {
+            offset = out.len();
+        }
+        if b.len() % size != 0 {
+            return Err(Error::collective(r, what, format!("{} bytes, not whole {size}-byte values", b.len())));
+        }
+        // (copied: the received bytes need not be aligned for T)
+        out.extend(bytemuck::pod_collect_to_vec::<u8, T>(b));
+    }
+    Ok((out, offset))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,28 +140,6 @@ pub struct TreeBatch {
     pub fixed_old_logp: Vec<f32>,
 }
 
-/// Every rank's `values`, concatenated in rank order, and where this rank's start.
-fn gather_in_rank_order(dp: &dyn crate::parallel::Comm, values: &[f64]) -> Result<(Vec<f64>, usize)> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let all = dp.all_gather_bytes(&bytes)?;
-    let mut out = Vec::new();
-    let mut offset = 0;
-    for (r, b) in all.iter().enumerate() {
-        if r == dp.rank() {
-            offset = out.len();
-        }
-        if b.len() % 8 != 0 {
-            return Err(Error::collective(
-                r,
-                "tree sampling all-gather",
-                format!("{} bytes of f64 values, not a multiple of 8", b.len()),
-            ));
-        }
-        out.extend(b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
-    }
-    Ok((out, offset))
-}
-
 /// The `[attnrl]` sampler: its settings, its adaptive state and the statistics pass's scratch.
 pub struct TreeSampler {
     pub ac: AttnRlConfig,
@@ -348,7 +326,8 @@ impl TreeSampler {
                 })
                 .collect::<Result<_>>()?;
             // the running mean sees every rank's all-correct questions in question order, as one rank would
-            let (global, offset) = gather_in_rank_order(dp, &fcis)?;
+            let (global, offset) =
+                crate::parallel::comm::all_gather_in_rank_order(dp, &fcis, "tree sampling all-gather")?;
             let keep = state.filter.update_and_filter(&global)?;
             for (&q, &k) in all_correct.iter().zip(&keep[offset..offset + fcis.len()]) {
                 kept_all_correct[q] = k;
