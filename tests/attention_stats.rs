@@ -28,7 +28,7 @@ fn config(num_layers: usize) -> ModelConfig {
         tie_word_embeddings: false,
         qkv_bias: true,
         bos_token_id: None,
-        eos_token_id: None,
+        eos_token_ids: Vec::new(),
     }
 }
 

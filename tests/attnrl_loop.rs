@@ -158,7 +158,7 @@ fn the_one_step_off_policy_pipeline_trains_on_stale_prefixes_and_resumes_exactly
 #[cfg(feature = "hdf5")]
 fn continuation_rewards_grade_whole_responses(dump: &Path, cfg: &RunConfig) -> (usize, usize) {
     use arbor::tokenizer::{CharTokenizer, EOS_ID};
-    let task = cfg.task().unwrap();
+    let task = cfg.task(&arbor::tokenizer::TextCodec::default()).unwrap();
     let tok = CharTokenizer::default();
     let t = arbor::io::trajectories::read_trajectories(dump).unwrap();
     let records: Vec<_> = (0..t.len()).map(|i| t.record(i).unwrap()).collect();

@@ -55,7 +55,7 @@ fn committed_configs_parse_and_build_their_tasks() {
         }
         if path.extension().is_some_and(|e| e == "toml") {
             let cfg = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-            let task = cfg.task().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let task = cfg.task(&cfg.text_codec().unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let p = task.problem(arbor::tasks::SPLIT_TRAIN, 0);
             assert!(!p.prompt.is_empty() && p.solution.is_some(), "{}: {p:?}", path.display());
             n += 1;

@@ -12,8 +12,16 @@ use std::path::{Path, PathBuf};
 
 const KEY: &str = "model.max_position_embeddings";
 
+static CHAR: std::sync::LazyLock<arbor::tokenizer::TextCodec> = std::sync::LazyLock::new(Default::default);
+
 fn ctx(max: usize, steps: u64, rl: Option<usize>) -> ContextCheck<'static> {
-    ContextCheck { max_position_embeddings: max, context_key: KEY, supervised_steps: steps, rl_max_new_tokens: rl }
+    ContextCheck {
+        codec: &CHAR,
+        max_position_embeddings: max,
+        context_key: KEY,
+        supervised_steps: steps,
+        rl_max_new_tokens: rl,
+    }
 }
 
 /// The task `[data]` builds for the JSONL file `name` holding `text` (the held-out file `eval`, when given).
@@ -26,7 +34,7 @@ fn dataset(dir: &Path, name: &str, text: &str, eval: Option<&str>) -> (PathBuf, 
         p
     });
     let cfg = TaskConfig { path: Some(path.clone()), eval_path, ..TaskConfig::new(TaskKind::Jsonl) };
-    (path, build(&cfg, 1).unwrap())
+    (path, build(&cfg, 1, &arbor::tokenizer::TextCodec::default()).unwrap())
 }
 
 /// The file, line and message of a dataset error.
@@ -94,7 +102,7 @@ fn a_dataset_that_fits_passes() {
 fn parquet_rows_have_no_solution_for_supervised_steps() {
     let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet/hf");
     let cfg = TaskConfig { path: Some(hf.clone()), ..TaskConfig::new(TaskKind::Parquet) };
-    let task = build(&cfg, 1).unwrap();
+    let task = build(&cfg, 1, &arbor::tokenizer::TextCodec::default()).unwrap();
     let (file, line, msg) = dataset_error(check_fits(task.as_ref(), &ctx(512, 3, None)).unwrap_err());
     let first = task.record(arbor::tasks::SPLIT_TRAIN, 0).map(|r| (r.file.to_path_buf(), r.line));
     assert_eq!(Some((file, line)), first, "the first training row");
@@ -115,7 +123,8 @@ fn committed_configs_fit_their_models() {
             continue;
         }
         let cfg = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let task = cfg.task().unwrap();
+        let codec = cfg.text_codec().unwrap();
+        let task = cfg.task(&codec).unwrap();
         let max = match &cfg.model.hf_dir {
             Some(d) => {
                 let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(d).join("config.json"));
@@ -126,6 +135,7 @@ fn committed_configs_fit_their_models() {
         };
         let rl = cfg.rl.as_ref().filter(|_| cfg.env.is_none()).map(|r| r.max_new_tokens);
         let check = ContextCheck {
+            codec: &codec,
             max_position_embeddings: max,
             context_key: KEY,
             supervised_steps: cfg.train.steps,

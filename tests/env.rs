@@ -10,7 +10,8 @@ mod common;
 use arbor::io::load_hf_dir;
 use arbor::model::Model;
 use arbor::rollout::{GenerateConfig, SamplingParams};
-use arbor::tokenizer::char::{CharTokenizer, EOS_ID};
+use arbor::tokenizer::char::EOS_ID;
+use arbor::tokenizer::TextCodec;
 use arbor::train::job;
 use std::path::Path;
 
@@ -27,10 +28,10 @@ fn env(extra: &str) -> EnvConfig {
 }
 
 /// The games' settings: seed 11, 4 new tokens a turn, latencies and failures on.
-fn settings<'a>(m: &'a Model, tok: &'a CharTokenizer, ec: &'a EnvConfig, mode: EnvMode) -> Play<'a> {
+fn settings<'a>(m: &'a Model, codec: &'a TextCodec, ec: &'a EnvConfig, mode: EnvMode) -> Play<'a> {
     Play {
         model: m,
-        tok,
+        codec,
         env: ec,
         gen: GenerateConfig {
             sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 4 },
@@ -47,8 +48,8 @@ fn settings<'a>(m: &'a Model, tok: &'a CharTokenizer, ec: &'a EnvConfig, mode: E
 }
 
 fn play(m: &Model, ec: &EnvConfig, mode: EnvMode, games: &[u64], keep: usize, n: u32, extra: u32) -> EnvRollout {
-    let tok = CharTokenizer::default();
-    let p = settings(m, &tok, ec, mode);
+    let codec = TextCodec::default();
+    let p = settings(m, &codec, ec, mode);
     let mut cpu = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| arbor::rollout::generate(m, reqs, gen);
     rollout(&p, &mut cpu, games, keep, n, extra).unwrap()
 }
@@ -63,9 +64,9 @@ fn doomed(ec: &EnvConfig, game: u64, sample: u32, calls: u32) -> bool {
 #[test]
 fn a_turn_that_exactly_fills_the_context_is_played() {
     // BOS and the first observation, then a reply of max_new_tokens: 256 positions, the model's all
-    let (m, tok, ec) = (model(), CharTokenizer::default(), env("failure_rate = 0.0\n"));
+    let (m, codec, ec) = (model(), TextCodec::default(), env("failure_rate = 0.0\n"));
     let first = 1 + "Guess my number from 1 to 8.\n".len();
-    let mut p = settings(&m, &tok, &ec, EnvMode::Sync);
+    let mut p = settings(&m, &codec, &ec, EnvMode::Sync);
     p.gen.sampling.max_new_tokens = m.cfg.max_position_embeddings - first;
     let mut cpu = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| arbor::rollout::generate(&m, reqs, gen);
     let r = rollout(&p, &mut cpu, &[1, 2], 2, 2, 0).unwrap();
@@ -223,9 +224,9 @@ fn the_env_section_is_validated_with_its_key() {
 fn a_failed_generation_ends_the_rollout_with_its_error() {
     let m = model();
     let ec = env("");
-    let tok = CharTokenizer::default();
+    let codec = TextCodec::default();
     for mode in [EnvMode::Async, EnvMode::Sync] {
-        let p = settings(&m, &tok, &ec, mode);
+        let p = settings(&m, &codec, &ec, mode);
         let mut calls = 0;
         let mut flaky = |reqs: &[arbor::rollout::Request], gen: &GenerateConfig| {
             calls += 1;

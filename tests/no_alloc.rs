@@ -46,7 +46,7 @@ fn train_step_allocates_no_buffers() {
         tie_word_embeddings: false,
         qkv_bias: true,
         bos_token_id: None,
-        eos_token_id: None,
+        eos_token_ids: Vec::new(),
     };
     let mut model = Model::new(cfg.clone(), init_params(&cfg, 1, 0.02)).unwrap();
     let mut batch = Batch::new();

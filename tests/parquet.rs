@@ -144,7 +144,10 @@ fn parquet_and_jsonl_with_the_same_rows_are_the_same_task() {
         toml_path(&jsonl),
         toml_path(&eval_jsonl)
     ));
-    let (pq, js) = (build(&pq_cfg, 3).unwrap(), build(&js_cfg, 3).unwrap());
+    let (pq, js) = (
+        build(&pq_cfg, 3, &arbor::tokenizer::TextCodec::default()).unwrap(),
+        build(&js_cfg, 3, &arbor::tokenizer::TextCodec::default()).unwrap(),
+    );
     assert_eq!((pq.name(), js.name()), ("parquet", "jsonl"));
     // (the held-out file is one of the three training shards: its 20 prompts leave training)
     assert_eq!((pq.len(SPLIT_TRAIN), pq.len(SPLIT_EVAL)), (Some(40), Some(20)));
@@ -229,7 +232,7 @@ fn malformed_files_name_the_file_row_group_column_and_row() {
     // no rows, no files, mixed or incomplete shard sets: errors at build time, before training
     let build_error = |path: &Path| {
         let cfg = task_config(&format!("kind = \"parquet\"\npath = {}", toml_path(path)));
-        build(&cfg, 0).err().map(|e| e.to_string()).unwrap_or_default()
+        build(&cfg, 0, &arbor::tokenizer::TextCodec::default()).err().map(|e| e.to_string()).unwrap_or_default()
     };
     let empty = fixture("empty.parquet");
     assert_eq!(build_error(&empty), format!("{}:0: no records", empty.display()));
@@ -246,13 +249,19 @@ fn malformed_files_name_the_file_row_group_column_and_row() {
     assert!(build_error(dir.path()).contains("several splits (test, train)"));
     std::fs::remove_file(dir.path().join("test-00000-of-00001.parquet")).unwrap();
     let cfg = task_config(&format!("kind = \"parquet\"\npath = {}", toml_path(dir.path())));
-    assert_eq!(build(&cfg, 0).unwrap().len(SPLIT_TRAIN).map(|n| n > 40), Some(true));
+    assert_eq!(
+        build(&cfg, 0, &arbor::tokenizer::TextCodec::default()).unwrap().len(SPLIT_TRAIN).map(|n| n > 40),
+        Some(true)
+    );
     let bad_eval = format!(
         "kind = \"parquet\"\npath = {}\neval_path = {}",
         toml_path(dir.path()),
         toml_path(&fixture("list_answer.parquet"))
     );
-    let msg = build(&task_config(&bad_eval), 0).err().map(|e| e.to_string()).unwrap_or_default();
+    let msg = build(&task_config(&bad_eval), 0, &arbor::tokenizer::TextCodec::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(msg.contains("list_answer.parquet:0:") && msg.contains("is a list"), "{msg}");
 }
 

@@ -89,7 +89,7 @@ fn generator_is_deterministic_and_solver_traces_earn_reward_one() {
         }
     }
     // The default prompt/response pair of ALGORITHMS.md §9 fits a 64-position model.
-    let task = build(&TaskConfig::new(TaskKind::Countdown), 1234).unwrap();
+    let task = build(&TaskConfig::new(TaskKind::Countdown), 1234, &arbor::tokenizer::TextCodec::default()).unwrap();
     let longest = (0..500)
         .map(|i| task.problem(SPLIT_TRAIN, i))
         .map(|p| p.prompt.len() + task.solution(&p).unwrap().len())
@@ -135,7 +135,7 @@ fn held_out_multisets_never_appear_in_training() {
     {
         let mut cfg = TaskConfig::new(kind);
         cfg.max_digits = digits;
-        let task = build(&cfg, 11).unwrap();
+        let task = build(&cfg, 11, &arbor::tokenizer::TextCodec::default()).unwrap();
         let train: HashSet<String> = (0..5000).map(|i| task.problem(SPLIT_TRAIN, i).prompt).collect();
         for i in 0..200 {
             let p = task.problem(SPLIT_EVAL, i);
@@ -164,13 +164,14 @@ fn a_held_out_fraction_that_empties_a_split_is_refused() {
         }
         cfg.max_digits = digits;
         cfg.heldout_fraction = fraction;
-        let e = build(&cfg, 1).err().map(|e| e.to_string()).unwrap_or_default();
+        let e =
+            build(&cfg, 1, &arbor::tokenizer::TextCodec::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("heldout_fraction") && e.contains("distinct problems"), "{kind:?} {ops} {fraction}: {e:?}");
     }
     // the default fraction leaves both splits problems at one digit too
     let mut cfg = TaskConfig::new(TaskKind::Addition);
     cfg.max_digits = 1;
-    assert!(build(&cfg, 1).is_ok());
+    assert!(build(&cfg, 1, &arbor::tokenizer::TextCodec::default()).is_ok());
 }
 
 /// A jsonl task's config: `path`, its held-out file and `more` keys.
@@ -222,7 +223,7 @@ fn jsonl_loads_grades_and_reports_malformed_lines() {
     // Separate eval file through the config hook, with a format penalty.
     let eval = write_jsonl(&dir, "eval.jsonl", "{\"prompt\": \"2+2=\", \"answer\": 4, \"solution\": \"4\"}\n");
     let cfg = jsonl_config(&good, &eval, "format_penalty = 0.1");
-    let task = build(&cfg, 0).unwrap();
+    let task = build(&cfg, 0, &arbor::tokenizer::TextCodec::default()).unwrap();
     assert_eq!((task.len(SPLIT_TRAIN), task.len(SPLIT_EVAL)), (Some(60), Some(1)));
     let p = task.problem(SPLIT_EVAL, 5);
     assert_eq!((p.id, task.solution(&p).as_deref()), (0, Some("4")));
@@ -248,11 +249,11 @@ fn dataset_references_must_state_an_exact_answer_and_held_out_prompts_stay_out_o
     let f = write_jsonl(&dir, "big.jsonl", &rows("{\"prompt\": \"c\", \"answer\": \"18446744073709551617\"}"));
     let cfg = jsonl_config(&f, &f, "");
     // (every prompt of the training file is held out: nothing is left to train on)
-    let e = build(&cfg, 0).err().unwrap().to_string();
+    let e = build(&cfg, 0, &arbor::tokenizer::TextCodec::default()).err().unwrap().to_string();
     assert!(e.contains("every prompt is also in the held-out file"), "{e}");
     let eval = write_jsonl(&dir, "eval.jsonl", "{\"prompt\": \" c\", \"answer\": \"18446744073709551617\"}\n");
     let cfg = jsonl_config(&f, &eval, "");
-    let task = build(&cfg, 0).unwrap();
+    let task = build(&cfg, 0, &arbor::tokenizer::TextCodec::default()).unwrap();
     assert_eq!((task.len(SPLIT_TRAIN), task.len(SPLIT_EVAL)), (Some(2), Some(1)), "the held-out prompt left training");
     let p = task.problem(SPLIT_EVAL, 0);
     assert!(task.grade(&p, "\\boxed{18446744073709551617}").correct);
@@ -260,7 +261,7 @@ fn dataset_references_must_state_an_exact_answer_and_held_out_prompts_stay_out_o
     // nothing is held out by hash beside a held-out file
     let mut cfg = cfg;
     cfg.heldout_fraction = 0.2;
-    let e = build(&cfg, 0).err().unwrap().to_string();
+    let e = build(&cfg, 0, &arbor::tokenizer::TextCodec::default()).err().unwrap().to_string();
     assert!(e.contains("heldout_fraction") && e.contains("eval_path"), "{e}");
 }
 

@@ -6,7 +6,6 @@
 use crate::config::RunConfig;
 use crate::env::runner::Play;
 use crate::env::{rollout, EnvMode};
-use crate::tokenizer::char::CharTokenizer;
 use crate::train::pretrain::build_model;
 use crate::train::rl::env_step::games_of;
 use crate::train::rl::rollout_config;
@@ -34,8 +33,8 @@ pub fn run(args: &EnvArgs) -> anyhow::Result<()> {
         (Some(rl), Some(ec)) => (rl, ec),
         _ => anyhow::bail!("{}: bench env needs [rl] and [env] sections", args.config.display()),
     };
-    let tok = CharTokenizer::default();
-    let model = build_model(&cfg, &tok).context("building the model")?;
+    let codec = cfg.text_codec()?;
+    let model = build_model(&cfg, &codec).context("building the model")?;
     let extra = args.extra_groups.unwrap_or(if ec.extra_groups > 0 {
         ec.extra_groups
     } else {
@@ -53,8 +52,8 @@ pub fn run(args: &EnvArgs) -> anyhow::Result<()> {
         let (mut wall, mut kept, mut failed) = (0.0, 0usize, 0usize);
         for step in 0..args.steps {
             let (games, keep) = games_of(&env, rl.prompts_per_step, step, &crate::parallel::Local);
-            let gen = rollout_config(&cfg, rl, step, rl.max_new_tokens);
-            let play = Play { model: &model, tok: &tok, env: &env, gen, seed: cfg.run.seed, latent: true, mode };
+            let gen = rollout_config(&cfg, rl, &codec, step, rl.max_new_tokens);
+            let play = Play { model: &model, codec: &codec, env: &env, gen, seed: cfg.run.seed, latent: true, mode };
             let mut cpu = |reqs: &[crate::rollout::Request], gen: &crate::rollout::GenerateConfig| {
                 crate::rollout::generate(&model, reqs, gen)
             };

@@ -10,7 +10,7 @@ use crate::attention::stats::{attention_stats, SeqSteps, StatsConfig};
 use crate::attnrl::{response_step_bounds_from_texts, sequence_step_bounds, AttnRlConfig};
 use crate::io::trajectories::read_trajectories;
 use crate::model::{Batch, Model, Workspace};
-use crate::tokenizer::char::CharTokenizer;
+use crate::tokenizer::TextCodec;
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,17 @@ pub fn dump_steps(config: &str) -> anyhow::Result<DumpSteps> {
     Ok(DumpSteps { separators, fci_step_gap })
 }
 
+/// The text codec of the run whose resolved config is `config` (a dump's `config` attribute): its
+/// `model.hf_dir`'s tokenizer and `model.prompt_template`, the character tokenizer for a fresh model.
+pub fn dump_codec(config: &str) -> anyhow::Result<TextCodec> {
+    let table: toml::Table =
+        toml::from_str(config).map_err(|e| anyhow::anyhow!("not TOML: {}", e.to_string().trim()))?;
+    let model = table.get("model").and_then(|m| m.as_table());
+    let text = |k: &str| model.and_then(|m| m.get(k)).and_then(|v| v.as_str());
+    let dir = text("hf_dir").map(std::path::Path::new);
+    Ok(TextCodec::for_model(dir, text("prompt_template"))?)
+}
+
 /// Response step bounds [0, e_1, …, T] from per-token step indices: a step ends where the index
 /// changes (`[0]` for an empty response).
 pub fn bounds_from_step_index(step_index: &[u32]) -> Vec<usize> {
@@ -96,8 +107,11 @@ pub fn print_sample(
         DumpSteps { separators: d.step_separators, fci_step_gap: d.fci_step_gap }
     });
     let delta = delta.unwrap_or(steps.fci_step_gap);
-    let tok = CharTokenizer::default();
-    let texts: Vec<String> = r.response.iter().map(|&id| tok.decode(&[id])).collect();
+    let codec = dump_codec(&t.config).unwrap_or_else(|e| {
+        eprintln!("warning: {}: the run's tokenizer: {e:#}; read with arbor's character tokenizer", path.display());
+        TextCodec::default()
+    });
+    let texts: Vec<String> = r.response.iter().map(|&id| codec.piece(id)).collect();
     // a tree run stored its steps (0 everywhere without tree sampling); a stored single step is also
     // what the run's separators give, so an all-zero index says nothing and the separators decide
     let stored_steps = r.step_index.iter().any(|&j| j != 0);
@@ -116,7 +130,7 @@ pub fn print_sample(
         r.sample_index,
         r.reward
     )?;
-    writeln!(out, "prompt: {:?}", tok.decode(&r.prompt[1.min(r.prompt.len())..]))?;
+    writeln!(out, "prompt: {:?}", codec.tokenizer().decode(r.prompt))?;
     if r.branch_parent >= 0 {
         writeln!(
             out,

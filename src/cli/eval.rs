@@ -6,7 +6,6 @@
 
 use crate::config::{RlSection, RunConfig};
 use crate::parallel::Local;
-use crate::tokenizer::char::CharTokenizer;
 use crate::train::rl::{evaluate, SolveRate};
 use anyhow::Context;
 use clap::Args;
@@ -52,18 +51,18 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let (rl, scope) = settings(args, &cfg)?;
     anyhow::ensure!(cfg.model.hf_dir.is_some(), "no model to evaluate: pass --model DIR or set model.hf_dir");
-    let tok = CharTokenizer::default();
-    let task = cfg.task()?;
+    let codec = cfg.text_codec()?;
+    let task = cfg.task(&codec)?;
     // a finite held-out split scores each of its problems once (rl::eval::eval_problem_count)
     let scope = match scope {
         Scope::Problems(n) => Scope::Problems(crate::train::rl::eval::eval_problem_count(task.as_ref(), n)),
         games => games,
     };
-    let model = crate::train::pretrain::build_model(&cfg, &tok).with_context(|| {
+    let model = crate::train::pretrain::build_model(&cfg, &codec).with_context(|| {
         format!("loading {}", cfg.model.hf_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default())
     })?;
     let mut engine = crate::train::engine::Engine::inference(cfg.train.compute(), &model)?;
-    let rate = evaluate(&mut engine, &model, &cfg, task.as_ref(), &rl, args.step, &Local)?;
+    let rate = evaluate(&mut engine, &model, &cfg, (task.as_ref(), &codec), &rl, args.step, &Local)?;
     println!("{}", report(&rate, &rl, scope, args.step, args.json));
     Ok(())
 }

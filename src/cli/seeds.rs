@@ -5,7 +5,6 @@
 
 use crate::config::RunConfig;
 use crate::parallel::Local;
-use crate::tokenizer::char::CharTokenizer;
 use crate::train::rl::{evaluate, SolveRate};
 use crate::train::run_dir::numbered;
 use anyhow::Context;
@@ -146,13 +145,13 @@ pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Res
     let ctl = control_config(cfg, steps, &format!("sft-control-seed{seed}"), out);
     let report = crate::train::job::run(&ctl, None, &mut std::io::stdout())?;
     let rl = cfg.rl.as_ref().context("the control needs the config's [rl] evaluation settings")?;
-    let tok = CharTokenizer::default();
-    let task = cfg.task()?;
-    let mut model = crate::train::pretrain::build_model(cfg, &tok)?;
+    let codec = cfg.text_codec()?;
+    let task = cfg.task(&codec)?;
+    let mut model = crate::train::pretrain::build_model(cfg, &codec)?;
     model.params.data.copy_from_slice(&report.final_params);
     // the RL arm's last eval used the stream of step rl.steps
     let mut engine = crate::train::engine::Engine::inference(cfg.train.compute(), &model)?;
-    let rate = evaluate(&mut engine, &model, cfg, task.as_ref(), rl, rl.steps, &Local)?;
+    let rate = evaluate(&mut engine, &model, cfg, (task.as_ref(), &codec), rl, rl.steps, &Local)?;
     Ok((steps, rate))
 }
 

@@ -10,7 +10,6 @@ use crate::model::{Batch, Model, Workspace};
 use crate::parallel::Grid;
 use crate::rollout::{generate, GenerateConfig, Request, SamplingParams};
 use crate::tasks::SPLIT_TRAIN;
-use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -64,25 +63,23 @@ fn max_abs(a: &[f32], b: &[f32]) -> f64 {
 
 /// Every difference of this rank (NAMES order) and the number of generated tokens that differ.
 fn check(cfg: &RunConfig, grid: &Grid, sequences: usize) -> crate::error::Result<([f64; 7], usize)> {
-    let tok = CharTokenizer::default();
-    let full = crate::train::pretrain::build_model(cfg, &tok)?;
+    let codec = cfg.text_codec()?;
+    let full = crate::train::pretrain::build_model(cfg, &codec)?;
     let shard = full.clone().shard(grid.tp.clone())?;
-    let task = cfg.task()?;
+    let task = cfg.task(&codec)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
-    crate::train::pretrain::build_batch(&tok, task.as_ref(), SPLIT_TRAIN, 0, sequences, &mut batch, &mut mask)?;
+    crate::train::pretrain::build_batch(&codec, task.as_ref(), SPLIT_TRAIN, 0, sequences, &mut batch, &mut mask)?;
     let (l1, p1, e1, loss1, g1, n1) = pass(&full, &batch)?;
     let (l2, p2, e2, loss2, g2, n2) = pass(&shard, &batch)?;
     let requests: Vec<Request> = (0..sequences as u64)
         .map(|i| {
             let p = task.problem(SPLIT_TRAIN, i);
-            let mut ids = vec![BOS_ID];
-            ids.extend(tok.encode(&p.prompt)?);
-            Ok(Request { prompt_id: i, sample_index: 0, prompt: ids })
+            Ok(Request { prompt_id: i, sample_index: 0, prompt: codec.prompt(&p.prompt)? })
         })
         .collect::<crate::error::Result<_>>()?;
     let gc = GenerateConfig {
         sampling: SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 16 },
-        stop_tokens: vec![EOS_ID],
+        stop_tokens: codec.stop_ids().to_vec(),
         seed: cfg.run.seed,
         step: 1,
         max_batch: 4,

@@ -113,16 +113,24 @@ impl RunConfig {
         rules::check_all(self)
     }
 
-    /// The task of `[data]` (a JSONL dataset is loaded here).
-    pub fn task(&self) -> Result<Box<dyn crate::tasks::Task>> {
-        crate::tasks::build(&self.data, self.run.seed)
+    /// The task of `[data]` (a JSONL dataset is loaded here), its records checked against `codec`
+    /// (the character tokenizer's alphabet).
+    pub fn task(&self, codec: &crate::tokenizer::TextCodec) -> Result<Box<dyn crate::tasks::Task>> {
+        crate::tasks::build(&self.data, self.run.seed, codec)
+    }
+
+    /// How the run encodes and decodes text: the tokenizer of `model.hf_dir` (the built-in
+    /// character tokenizer for a fresh model) with `model.prompt_template`
+    /// ([`crate::tokenizer::TextCodec`]).
+    pub fn text_codec(&self) -> Result<crate::tokenizer::TextCodec> {
+        crate::tokenizer::TextCodec::for_model(self.model.hf_dir.as_deref(), self.model.prompt_template.as_deref())
     }
 
     /// The model configuration for a fresh model with a `vocab_size` tokenizer.
     pub fn fresh_model(&self, vocab_size: usize, eos: u32, file: &Path) -> Result<ModelConfig> {
         let m = &self.model;
         let (hidden, heads) = (m.hidden_size.unwrap_or(0), m.num_heads.unwrap_or(1).max(1));
-        let cfg = ModelConfig { eos_token_id: Some(eos), ..m.fresh_config(vocab_size) };
+        let cfg = ModelConfig { eos_token_ids: vec![eos], ..m.fresh_config(vocab_size) };
         if !hidden.is_multiple_of(heads) {
             return Err(Error::Config {
                 file: file.into(),

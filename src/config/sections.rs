@@ -69,6 +69,10 @@ pub struct ModelSection {
     /// Standard deviation of the random initialisation of matrices.
     #[serde(default = "default_init_std")]
     pub init_std: f64,
+    /// The text a task's prompt is put into, `{prompt}` where it goes (a chat model's format, e.g.
+    /// `"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"`); none: the prompt as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_template: Option<String>,
 }
 
 fn default_arch() -> String {
@@ -108,6 +112,15 @@ impl ModelSection {
                 "model.max_position_embeddings",
                 format!("{} is more than arbor supports (2^20 = {MAX_POSITIONS})", self.max_position_embeddings),
             );
+        }
+        if let Some(t) = &self.prompt_template {
+            let n = t.matches(crate::tokenizer::codec::PROMPT_PLACEHOLDER).count();
+            if n != 1 {
+                return bad(
+                    "model.prompt_template",
+                    format!("{t:?} has {n} `{{prompt}}` placeholders; write it exactly once, where the prompt goes"),
+                );
+            }
         }
         let dims = [self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads];
         match &self.hf_dir {
@@ -199,7 +212,7 @@ impl ModelSection {
             tie_word_embeddings: self.tie_word_embeddings,
             qkv_bias: arch == Arch::Qwen2,
             bos_token_id: None,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
         }
     }
 

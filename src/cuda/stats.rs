@@ -323,7 +323,7 @@ mod tests {
             tie_word_embeddings: false,
             qkv_bias: true,
             bos_token_id: None,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
         };
         let model = Model::new(cfg.clone(), init_params(&cfg, 3, 0.8)).unwrap();
         let mut rng = Rng::new(9);

@@ -23,7 +23,7 @@ use crate::env::{Env, EnvConfig, EnvFailure, EnvMode};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::rollout::{Completion, GenerateConfig, Request};
-use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
+use crate::tokenizer::TextCodec;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,7 +79,8 @@ pub struct EnvRollout {
 /// What to play with.
 pub struct Play<'a> {
     pub model: &'a Model,
-    pub tok: &'a CharTokenizer,
+    /// How prompts, replies and observations become ids and back.
+    pub codec: &'a TextCodec,
     pub env: &'a EnvConfig,
     /// Generation settings (its `step` and `seed` key every request's stream).
     pub gen: GenerateConfig,
@@ -384,8 +385,7 @@ fn play_one(
     let Some(first) = with_retries(&mut env, ec.max_retries, retries, |e| e.reset()) else {
         return Ok(Outcome::Failed);
     };
-    let mut history = vec![BOS_ID];
-    history.extend(p.tok.encode(&first)?);
+    let mut history = p.codec.prompt(&first)?;
     let mut turns = Vec::new();
     let max_pos = p.model.cfg.max_position_embeddings;
     for turn in 0..ec.max_turns {
@@ -404,8 +404,7 @@ fn play_one(
         let Some(completion) = answered else {
             return Ok(Outcome::Aborted);
         };
-        let text: Vec<u32> = completion.tokens.iter().copied().filter(|&t| t != EOS_ID).collect();
-        let action = p.tok.decode(&text);
+        let action = p.codec.response_text(&[&completion.tokens]);
         if abort.load(Ordering::SeqCst) {
             return Ok(Outcome::Aborted);
         }
@@ -418,7 +417,7 @@ fn play_one(
         if t.done {
             return Ok(Outcome::Finished(Trajectory { game, sample, turns, reward: t.reward }));
         }
-        history.extend(p.tok.encode(&t.observation)?);
+        history.extend(p.codec.encode(&t.observation)?);
     }
     Ok(Outcome::Finished(Trajectory { game, sample, turns, reward: 0.0 }))
 }

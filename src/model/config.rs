@@ -39,7 +39,9 @@ pub struct ModelConfig {
     /// q/k/v projections have biases (Qwen2: always; LLaMA: never, see [`Arch::Llama`]).
     pub qkv_bias: bool,
     pub bos_token_id: Option<u32>,
-    pub eos_token_id: Option<u32>,
+    /// `eos_token_id`: one id or several (an instruct model's end of turn and end of text), in
+    /// `config.json`'s order; written back the same way.
+    pub eos_token_ids: Vec<u32>,
 }
 
 impl ModelConfig {
@@ -338,21 +340,19 @@ impl ModelConfig {
             None if num_heads > 0 && hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => return Err(err("head_dim", "missing and hidden_size is not divisible by num_attention_heads")),
         };
-        let token_id = |key: &str| -> Result<Option<u32>> {
+        // a token id, or a list of them (every one a token id)
+        let token_ids = |key: &str| -> Result<Vec<u32>> {
             match obj.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                // (a list of ids: the first; every one a token id)
-                Some(Value::Array(a)) if a.is_empty() => Ok(None),
+                None | Some(Value::Null) => Ok(Vec::new()),
                 Some(Value::Array(a)) => a
                     .iter()
                     .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
                     .collect::<Option<Vec<u32>>>()
-                    .map(|ids| ids.first().copied())
                     .ok_or_else(|| err(key, &format!("expected token ids, got {}", Value::Array(a.clone())))),
                 Some(x) => x
                     .as_u64()
                     .and_then(|n| u32::try_from(n).ok())
-                    .map(Some)
+                    .map(|id| vec![id])
                     .ok_or_else(|| err(key, &format!("expected a token id, got {x}"))),
             }
         };
@@ -370,8 +370,9 @@ impl ModelConfig {
             max_position_embeddings: req_usize("max_position_embeddings")?,
             tie_word_embeddings: opt_bool("tie_word_embeddings", false)?,
             qkv_bias: arch == Arch::Qwen2,
-            bos_token_id: token_id("bos_token_id")?,
-            eos_token_id: token_id("eos_token_id")?,
+            // (a list: its first)
+            bos_token_id: token_ids("bos_token_id")?.first().copied(),
+            eos_token_ids: token_ids("eos_token_id")?,
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -406,8 +407,10 @@ impl ModelConfig {
         if let Some(b) = self.bos_token_id {
             m.insert("bos_token_id".into(), json!(b));
         }
-        if let Some(e) = self.eos_token_id {
-            m.insert("eos_token_id".into(), json!(e));
+        match self.eos_token_ids[..] {
+            [] => {}
+            [e] => drop(m.insert("eos_token_id".into(), json!(e))),
+            ref ids => drop(m.insert("eos_token_id".into(), json!(ids))),
         }
         Value::Object(m)
     }
@@ -485,7 +488,10 @@ mod tests {
         let e = cfg.validate(Path::new("c.json")).unwrap_err().to_string();
         assert!(e.contains("`attention_bias`") && e.contains("o_proj"), "{e}");
         let cfg = llama(|m| drop(m.insert("eos_token_id".into(), json!([7, 9])))).unwrap();
-        assert_eq!(cfg.eos_token_id, Some(7));
+        assert_eq!(cfg.eos_token_ids, [7, 9]);
+        assert_eq!(cfg.to_hf_json()["eos_token_id"], json!([7, 9]), "a list is written back as a list");
+        let cfg = llama(|m| drop(m.insert("eos_token_id".into(), json!(7)))).unwrap();
+        assert_eq!((cfg.eos_token_ids.as_slice(), &cfg.to_hf_json()["eos_token_id"]), (&[7][..], &json!(7)));
     }
 
     /// Every config.json shipped with arbor (models, warm starts, test fixtures) is still read.

@@ -62,7 +62,7 @@ mod tests {
                 tie_word_embeddings: tie,
                 qkv_bias: true,
                 bos_token_id: None,
-                eos_token_id: None,
+                eos_token_ids: Vec::new(),
             };
             let got = init_params(&cfg, 9, 0.02);
             let mut want = Params::zeros(&cfg);

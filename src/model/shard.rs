@@ -178,7 +178,7 @@ mod tests {
             tie_word_embeddings: false,
             qkv_bias: true,
             bos_token_id: None,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::tasks::countdown::{CountdownConfig, CountdownTask};
 use crate::tasks::dataset::DatasetTask;
 use crate::tasks::parquet::Columns;
 use crate::tasks::{AdditionTask, FormatPenalty, Task};
-use crate::tokenizer::CharTokenizer;
+use crate::tokenizer::TextCodec;
 
 /// Which task to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +240,7 @@ impl TaskConfig {
 /// Build the task of `cfg` with problem seed `seed` (validated first; a JSONL or Parquet dataset is
 /// loaded, so its errors come before any training).
 /// Errors: [`Error::Invalid`] naming the key, or the dataset's [`Error::Dataset`] / [`Error::Io`].
-pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
+pub fn build(cfg: &TaskConfig, seed: u64, codec: &TextCodec) -> Result<Box<dyn Task>> {
     cfg.validate().map_err(|(key, msg)| Error::Invalid(format!("task key `{key}`: {msg}")))?;
     let task: Box<dyn Task> = match cfg.kind {
         TaskKind::Countdown => Box::new(CountdownTask { seed, cfg: cfg.countdown() }),
@@ -255,10 +255,11 @@ pub fn build(cfg: &TaskConfig, seed: u64) -> Result<Box<dyn Task>> {
                 TaskKind::Parquet => DatasetTask::load_parquet(path, eval, fraction, &cfg.parquet_columns())?,
                 _ => DatasetTask::load_split(path, eval, fraction)?,
             };
-            // the trainer reads and writes text with the built-in character tokenizer
-            // (train::pretrain and train::rl): refuse a record it cannot encode now, not at the
-            // first evaluation
-            task.check_alphabet(&CharTokenizer::default())?;
+            // a run with the built-in character tokenizer (train::pretrain and train::rl) refuses a
+            // record it cannot encode now, not at the first evaluation
+            if let Some(tok) = codec.as_char() {
+                task.check_alphabet(tok)?;
+            }
             Box::new(task)
         }
     };
@@ -281,7 +282,9 @@ mod tests {
         assert_eq!(parse("task = \"arithmetic\"\nops = \"+\"").unwrap().ops, "+");
         assert!(parse("kind = \"countdown\"\nnumbrs = 3").unwrap_err().contains("numbrs"));
         assert!(parse("kind = \"chess\"").unwrap_err().contains("chess"));
-        let err = |text: &str| build(&parse(text).unwrap(), 1).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = |text: &str| {
+            build(&parse(text).unwrap(), 1, &TextCodec::default()).err().map(|e| e.to_string()).unwrap_or_default()
+        };
         assert!(err("kind = \"countdown\"\nnumbers = 7").contains("`numbers`"));
         assert!(err("kind = \"countdown\"\nformat_penalty = -1.0").contains("`format_penalty`"));
         assert!(err("kind = \"jsonl\"").contains("`path`"));
@@ -304,7 +307,8 @@ mod tests {
         for (kind, name) in
             [(TaskKind::Countdown, "countdown"), (TaskKind::Arithmetic, "arithmetic"), (TaskKind::Addition, "addition")]
         {
-            let t = build(&TaskConfig { format_penalty: 0.25, ..TaskConfig::new(kind) }, 7).unwrap();
+            let t =
+                build(&TaskConfig { format_penalty: 0.25, ..TaskConfig::new(kind) }, 7, &TextCodec::default()).unwrap();
             assert_eq!(t.name(), name);
             let p = t.problem(crate::tasks::SPLIT_TRAIN, 3);
             assert_eq!(t.reward(&p, &t.solution(&p).unwrap()), 1.0);

@@ -3,10 +3,10 @@
 //! line, instead of failing mid-run with an error that names neither:
 //!
 //! - with supervised steps (`train.steps` ≥ 1) every problem needs a reference solution, and its
-//!   sequence `<bos> prompt solution <eos>` (`train::pretrain`) may have at most
+//!   sequence, prompt (as [`TextCodec::prompt`] encodes it: `<bos>` or the HF tokenizer's own
+//!   specials, the run's template) then solution then end of sequence, may have at most
 //!   `max_position_embeddings` tokens;
-//! - with an RL phase, `<bos> prompt` (`train::rl::rollouts::problem`) must leave room for at
-//!   least one generated token. Generation stops at the end of the context, so a prompt that
+//! - with an RL phase, the prompt's ids must leave room for at least one generated token. Generation stops at the end of the context, so a prompt that
 //!   leaves less than `rl.max_new_tokens` is allowed (its responses may be cut short): the
 //!   generators of the committed configs leave the full room, a dataset's longest prompts need not.
 //!
@@ -18,15 +18,16 @@
 //! each split), which catches a context too short for the task's kind and size at the cost of a
 //! few microseconds; a rarer longer problem still fails when it comes.
 //!
-//! Lengths are counted as the trainer's [`crate::tokenizer::CharTokenizer`] encodes (one token per
-//! character, one per literal special token such as `<eos>`); that the characters are in its
-//! alphabet is checked by [`crate::tasks::dataset::DatasetTask::check_alphabet`].
+//! Lengths are counted as the run's [`TextCodec`] encodes: with the character tokenizer one token
+//! per character, one per literal special token such as `<eos>`, counted without encoding (that
+//! the characters are in its alphabet is checked by
+//! [`crate::tasks::dataset::DatasetTask::check_alphabet`]); with an HF tokenizer by encoding.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::tasks::{Task, SPLIT_EVAL, SPLIT_TRAIN};
-use crate::tokenizer::SPECIAL_TOKENS;
+use crate::tokenizer::TextCodec;
 
 /// Problems of each split of a generator (a task without a length) that [`check_fits`] checks.
 pub const GENERATOR_SAMPLE: u64 = 32;
@@ -34,16 +35,18 @@ pub const GENERATOR_SAMPLE: u64 = 32;
 /// What a run builds from a task's problems, for [`check_fits`].
 #[derive(Debug, Clone, Copy)]
 pub struct ContextCheck<'a> {
+    /// How the run encodes prompts and solutions.
+    pub codec: &'a TextCodec,
     /// The model's context: its `max_position_embeddings`.
     pub max_position_embeddings: usize,
     /// Where that value is set, as errors name it: `"model.max_position_embeddings"` for a
     /// fresh model, e.g. `"max_position_embeddings of <hf_dir>/config.json"` for a loaded one.
     pub context_key: &'a str,
     /// `train.steps`, or 0 when no supervised step will run: with at least one, every problem
-    /// needs a reference solution and `<bos> prompt solution <eos>` must fit.
+    /// needs a reference solution and prompt, solution and end of sequence must fit.
     pub supervised_steps: u64,
     /// `rl.max_new_tokens` when an RL phase generates responses to the task's prompts (`None`:
-    /// no RL phase, or its prompts come from an `[env]`): `<bos> prompt` must leave room for one.
+    /// no RL phase, or its prompts come from an `[env]`): the prompt must leave room for one.
     pub rl_max_new_tokens: Option<usize>,
 }
 
@@ -52,47 +55,34 @@ pub struct ContextCheck<'a> {
 enum Misfit {
     /// Supervised steps, and no reference solution.
     NoSolution,
-    /// `<bos> prompt solution <eos>` is longer than the context (token counts of prompt and solution).
+    /// Prompt, solution and end of sequence are longer than the context (token counts of the
+    /// prompt, its `<bos>` or template included, and of the solution).
     Sequence { prompt: usize, solution: usize },
-    /// `<bos> prompt` fills the context (token count of the prompt).
+    /// The prompt fills the context (its token count, `<bos>` or template included).
     Prompt { prompt: usize },
 }
 
-/// The number of tokens [`crate::tokenizer::CharTokenizer::encode`] makes of `text` (for text
-/// in its alphabet): one per character, except that a literal special token (`<pad>`, `<bos>`,
-/// `<eos>`) is one token. Allocates nothing.
-pub fn char_token_count(text: &str) -> usize {
-    // Every special token starts with '<' and has no other '<' (a test checks it), so occurrences
-    // never overlap and the tokenizer's left-to-right scan takes each one whole: it saves
-    // `len - 1` tokens per occurrence. Most texts have no '<' at all.
-    let saved: usize = text
-        .match_indices('<')
-        .filter_map(|(at, _)| SPECIAL_TOKENS.iter().find(|s| text[at..].starts_with(*s)))
-        .map(|s| s.len() - 1)
-        .sum();
-    text.chars().count() - saved
-}
-
 /// Whether a problem with `prompt` and `solution` fits what `ctx` asks.
-fn misfit(prompt: &str, solution: Option<&str>, ctx: &ContextCheck) -> Option<Misfit> {
-    let max = ctx.max_position_embeddings;
-    // a token is at least one byte: most problems fit without counting
+fn misfit(prompt: &str, solution: Option<&str>, ctx: &ContextCheck) -> Result<Option<Misfit>> {
+    let (max, codec) = (ctx.max_position_embeddings, ctx.codec);
+    // where a token is at least one byte, most problems fit without counting
+    let bound = codec.prompt_len_bound(prompt.len());
     if ctx.supervised_steps > 0 {
-        let Some(solution) = solution else { return Some(Misfit::NoSolution) };
-        if prompt.len() + solution.len() + 2 > max {
-            let (p, s) = (char_token_count(prompt), char_token_count(solution));
-            if p + s + 2 > max {
-                return Some(Misfit::Sequence { prompt: p, solution: s });
+        let Some(solution) = solution else { return Ok(Some(Misfit::NoSolution)) };
+        if bound.is_none_or(|b| b + solution.len() + 1 > max) {
+            let (p, s) = (codec.prompt_len(prompt)?, codec.text_len(solution)?);
+            if p + s + 1 > max {
+                return Ok(Some(Misfit::Sequence { prompt: p, solution: s }));
             }
         }
     }
-    if ctx.rl_max_new_tokens.is_some() && prompt.len() + 1 >= max {
-        let p = char_token_count(prompt);
-        if p + 1 >= max {
-            return Some(Misfit::Prompt { prompt: p });
+    if ctx.rl_max_new_tokens.is_some() && bound.is_none_or(|b| b >= max) {
+        let p = codec.prompt_len(prompt)?;
+        if p >= max {
+            return Ok(Some(Misfit::Prompt { prompt: p }));
         }
     }
-    None
+    Ok(None)
 }
 
 /// What the error says of a misfit.
@@ -101,21 +91,21 @@ fn describe(m: Misfit, ctx: &ContextCheck) -> String {
     match m {
         Misfit::NoSolution => format!(
             "no \"solution\": train.steps = {} needs a \"solution\" in every record, held-out records included \
-             (the supervised phase trains and evaluates on <bos> prompt solution <eos>); add one (a JSONL \
+             (the supervised phase trains and evaluates on prompt, solution and end of sequence); add one (a JSONL \
              record's `solution` field; parquet rows have none), or set train.steps = 0 to train by RL alone",
             ctx.supervised_steps
         ),
         Misfit::Sequence { prompt, solution } => format!(
-            "<bos> prompt solution <eos> is {} tokens (prompt {prompt}, solution {solution}), more than {key} = {max} \
-             (train.steps = {} trains on the whole sequence); shorten the record or use a model with a longer context",
-            prompt + solution + 2,
+            "prompt, solution and end of sequence are {} tokens (prompt {prompt} with its <bos> or template, solution \
+             {solution}), more than {key} = {max} (train.steps = {} trains on the whole sequence); shorten the record \
+             or use a model with a longer context",
+            prompt + solution + 1,
             ctx.supervised_steps
         ),
         Misfit::Prompt { prompt } => format!(
-            "<bos> prompt is {} tokens, which leaves no room for a response under {key} = {max} (the RL phase \
-             generates up to rl.max_new_tokens = {} tokens after it); shorten the prompt or use a model with a \
-             longer context",
-            prompt + 1,
+            "the prompt is {prompt} tokens with its <bos> or template, which leaves no room for a response under \
+             {key} = {max} (the RL phase generates up to rl.max_new_tokens = {} tokens after it); shorten the prompt \
+             or use a model with a longer context",
             ctx.rl_max_new_tokens.unwrap_or(0)
         ),
     }
@@ -145,10 +135,12 @@ pub fn check_fits(task: &dyn Task, ctx: &ContextCheck) -> Result<()> {
     for split in [SPLIT_TRAIN, SPLIT_EVAL] {
         for index in 0..task.len(split).unwrap_or(GENERATOR_SAMPLE) {
             let found = match task.record(split, index) {
-                Some(r) => misfit(r.prompt, r.solution, ctx).map(|m| (Place::Record(r.file, r.line), m)),
+                Some(r) => misfit(r.prompt, r.solution, ctx)
+                    .map_err(|e| Error::Dataset { file: r.file.to_path_buf(), line: r.line, msg: e.to_string() })?
+                    .map(|m| (Place::Record(r.file, r.line), m)),
                 None => {
                     let p = task.problem(split, index);
-                    misfit(&p.prompt, p.solution.as_deref(), ctx).map(|m| (Place::Problem(split, index), m))
+                    misfit(&p.prompt, p.solution.as_deref(), ctx)?.map(|m| (Place::Problem(split, index), m))
                 }
             };
             match (found, &first) {
@@ -187,12 +179,19 @@ mod tests {
     use super::*;
     use crate::tasks::jsonl::{parse_records, JsonlTask};
     use crate::tasks::{AdditionTask, FormatPenalty};
-    use crate::tokenizer::CharTokenizer;
+    use crate::tokenizer::{char_token_count, CharTokenizer, SPECIAL_TOKENS};
 
     const KEY: &str = "model.max_position_embeddings";
+    static CHAR: std::sync::LazyLock<TextCodec> = std::sync::LazyLock::new(TextCodec::default);
 
     fn ctx(max: usize, steps: u64, rl: Option<usize>) -> ContextCheck<'static> {
-        ContextCheck { max_position_embeddings: max, context_key: KEY, supervised_steps: steps, rl_max_new_tokens: rl }
+        ContextCheck {
+            codec: &CHAR,
+            max_position_embeddings: max,
+            context_key: KEY,
+            supervised_steps: steps,
+            rl_max_new_tokens: rl,
+        }
     }
 
     fn task(train: &str, eval: &str) -> JsonlTask {
@@ -263,7 +262,9 @@ mod tests {
         check_fits(&t, &ctx(15, 5, None)).unwrap();
         let e = check_fits(&t, &ctx(14, 5, None)).unwrap_err().to_string();
         assert!(
-            e.starts_with("train.jsonl:3: <bos> prompt solution <eos> is 15 tokens (prompt 10, solution 3)")
+            e.starts_with(
+                "train.jsonl:3: prompt, solution and end of sequence are 15 tokens (prompt 11 with its <bos>"
+            ) && e.contains("solution 3)")
                 && e.contains("more than model.max_position_embeddings = 14"),
             "{e}"
         );
@@ -271,7 +272,7 @@ mod tests {
         check_fits(&t, &ctx(12, 0, Some(32))).unwrap();
         let e = check_fits(&t, &ctx(11, 0, Some(32))).unwrap_err().to_string();
         assert!(
-            e.starts_with("train.jsonl:3: <bos> prompt is 11 tokens, which leaves no room for a response")
+            e.starts_with("train.jsonl:3: the prompt is 11 tokens with its <bos> or template, which leaves no room")
                 && e.contains("model.max_position_embeddings = 11")
                 && e.contains("rl.max_new_tokens = 32"),
             "{e}"
@@ -301,7 +302,7 @@ mod tests {
         let e = check_fits(&add, &ctx(6, 1, None)).unwrap_err();
         assert!(matches!(&e, Error::Invalid(_)), "{e:?}");
         let e = e.to_string();
-        assert!(e.starts_with("task `addition`: training problem 0: <bos> prompt solution <eos> is"), "{e}");
+        assert!(e.starts_with("task `addition`: training problem 0: prompt, solution and end of sequence are"), "{e}");
         assert!(e.contains("more of the 64 problems checked"), "{e}");
     }
 }

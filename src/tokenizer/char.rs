@@ -185,3 +185,18 @@ impl CharTokenizer {
         })
     }
 }
+
+/// The number of tokens [`CharTokenizer::encode`] makes of `text` (for text
+/// in its alphabet): one per character, except that a literal special token (`<pad>`, `<bos>`,
+/// `<eos>`) is one token. Allocates nothing.
+pub fn char_token_count(text: &str) -> usize {
+    // Every special token starts with '<' and has no other '<' (a test checks it), so occurrences
+    // never overlap and the tokenizer's left-to-right scan takes each one whole: it saves
+    // `len - 1` tokens per occurrence. Most texts have no '<' at all.
+    let saved: usize = text
+        .match_indices('<')
+        .filter_map(|(at, _)| SPECIAL_TOKENS.iter().find(|s| text[at..].starts_with(*s)))
+        .map(|s| s.len() - 1)
+        .sum();
+    text.chars().count() - saved
+}

@@ -2,8 +2,10 @@
 //! [`CharTokenizer`] for synthetic tasks (which is saved as an equivalent `tokenizer.json`).
 
 pub mod char;
+pub mod codec;
 
-pub use self::char::{CharTokenizer, BOS_ID, DEFAULT_ALPHABET, EOS_ID, PAD_ID, SPECIAL_TOKENS};
+pub use self::char::{char_token_count, CharTokenizer, BOS_ID, DEFAULT_ALPHABET, EOS_ID, PAD_ID, SPECIAL_TOKENS};
+pub use self::codec::TextCodec;
 
 use crate::error::{Error, Result};
 use crate::io::atomic::StagedFiles;

@@ -7,8 +7,6 @@ use crate::config::{RunConfig, Schedule};
 use crate::error::{Error, Result};
 use crate::io::space::SpaceCheckedFile;
 use crate::parallel::Grid;
-use crate::tokenizer::char::CharTokenizer;
-use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::load_checkpoint;
 use crate::train::metrics::write_line;
 use crate::train::pretrain::{build_model, Eval, SftPhase, SftReport};
@@ -43,8 +41,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let root = grid.is_root();
     // a run asking for a GPU where none is usable stops before it writes anything
     crate::train::probe::probe(cfg.train.device)?;
-    let tok = CharTokenizer::default();
-    let task = cfg.task()?;
+    let codec = cfg.text_codec()?;
+    let task = cfg.task(&codec)?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
 
     // training an hf_dir model needs 16 bytes a parameter: refused before its weights are read
@@ -56,7 +54,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             return Err(Error::Config { file, key: "model.hf_dir".into(), msg });
         }
     }
-    let model = build_model(cfg, &tok)?;
+    let model = build_model(cfg, &codec)?;
     // a [critic]'s dimensions are checked against the policy's now, not after the supervised phase
     if let Some(critic) = &cfg.critic {
         critic.model_config(model.full_config())?;
@@ -134,6 +132,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     crate::tasks::check_fits(
         task.as_ref(),
         &crate::tasks::ContextCheck {
+            codec: &codec,
             max_position_embeddings: model.full_config().max_position_embeddings,
             context_key: &context_key,
             // a resume past the supervised phase runs no supervised step
@@ -226,17 +225,10 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             out_dir.display()
         ),
     );
-    let tokenizer = Tokenizer::Char(tok.clone());
     // the checkpoint's count of non-finite steps belongs to the phase it was written in
     let sft_in_a_row = if start < t.steps { nonfinite_in_a_row } else { 0 };
-    let sft = SftPhase {
-        cfg,
-        task: task.as_ref(),
-        grid,
-        run_dir: &out_dir,
-        tokenizer: &tokenizer,
-        nonfinite_in_a_row: sft_in_a_row,
-    };
+    let sft =
+        SftPhase { cfg, task: task.as_ref(), grid, run_dir: &out_dir, codec: &codec, nonfinite_in_a_row: sft_in_a_row };
     let mut sft_report = SftReport::default();
     crate::train::pretrain::run_phase(&sft, &mut model, &mut opt, start, &mut metrics, log, &mut sft_report)?;
     let mut report = TrainReport {
@@ -261,7 +253,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             task: task.as_ref(),
             run_dir: &out_dir,
             offset: t.steps,
-            tokenizer: &tokenizer,
+            codec: &codec,
         };
         let begin = crate::train::rl::PhaseStart {
             done,

@@ -10,8 +10,7 @@ use crate::model::init::init_params;
 use crate::model::{Batch, Model, Workspace};
 use crate::parallel::{partition, Comm, Grid};
 use crate::tasks::{Problem, Task};
-use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID, PAD_ID};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::TextCodec;
 use crate::train::checkpoint::{save_model_checkpoint, CheckpointFiles, TrainerState};
 use crate::train::engine::Engine;
 use crate::train::guard::NonFiniteGuard;
@@ -34,21 +33,16 @@ pub struct Eval {
     pub answer_exact: f64,
 }
 
-/// Encode one problem as `<bos> prompt answer <eos>`; returns tokens and the index of the first
-/// answer token.
-fn encode(tok: &CharTokenizer, p: &Problem) -> Result<(Vec<u32>, usize)> {
-    let mut ids = vec![BOS_ID];
-    ids.extend(tok.encode(&p.prompt)?);
-    let answer_start = ids.len();
+/// Encode one problem as prompt, solution, end of sequence ([`TextCodec::supervised`]); returns
+/// tokens and the index of the first solution token.
+fn encode(codec: &TextCodec, p: &Problem) -> Result<(Vec<u32>, usize)> {
     let solution =
         p.solution.as_deref().ok_or_else(|| Error::Invalid(format!("no reference solution for {:?}", p.prompt)))?;
-    ids.extend(tok.encode(solution)?);
-    ids.push(EOS_ID);
-    Ok((ids, answer_start))
+    codec.supervised(&p.prompt, solution)
 }
 
 pub(crate) fn build_batch(
-    tok: &CharTokenizer,
+    codec: &TextCodec,
     task: &dyn Task,
     split: u64,
     first: u64,
@@ -59,8 +53,8 @@ pub(crate) fn build_batch(
     batch.clear();
     answer_mask.clear();
     for i in 0..count as u64 {
-        let (ids, start) = encode(tok, &task.problem(split, first + i))?;
-        batch.push_lm(&ids, PAD_ID)?;
+        let (ids, start) = encode(codec, &task.problem(split, first + i))?;
+        batch.push_lm(&ids, codec.pad_id())?;
         // position j predicts token j+1: answer targets are positions start-1 .. len-2
         answer_mask.extend((0..ids.len()).map(|j| j + 1 >= start && j + 1 < ids.len()));
     }
@@ -72,7 +66,7 @@ pub(crate) fn build_batch(
 pub fn evaluate(
     engine: &mut Engine,
     model: &Model,
-    tok: &CharTokenizer,
+    codec: &TextCodec,
     task: &dyn Task,
     cfg: &RunConfig,
     ws: &mut Workspace,
@@ -84,7 +78,7 @@ pub fn evaluate(
     // [Σ −log p, answer tokens, exact sequences, sequences]
     let mut sums = [0.0f64; 4];
     if !mine.is_empty() {
-        build_batch(tok, task, SPLIT_EVAL, mine.start as u64, mine.len(), &mut batch, &mut mask)?;
+        build_batch(codec, task, SPLIT_EVAL, mine.start as u64, mine.len(), &mut batch, &mut mask)?;
         engine.forward(model, &batch, ws)?;
         for s in 0..batch.num_seqs() {
             let (a, b) = (batch.seq_starts[s], batch.seq_starts[s + 1]);
@@ -102,63 +96,35 @@ pub fn evaluate(
     Ok(Eval { answer_nll: sums[0] / sums[1].max(1.0), answer_exact: sums[2] / sums[3].max(1.0) })
 }
 
-/// A model directory's `tokenizer.json`, where it has one, must be arbor's character tokenizer:
-/// training and evaluation encode with it, so a model of another vocabulary would read every id as
-/// another character. A directory without one is taken as it is (a peer's checkpoint of an arbor
-/// model), unless it holds another tokenizer format's files (SentencePiece, BPE vocab and merges).
-pub fn check_char_tokenizer(dir: &Path, tok: &CharTokenizer) -> Result<()> {
-    let path = dir.join(crate::tokenizer::TOKENIZER_FILE);
-    let Some(bytes) = crate::train::run_dir::read_if_present(&path, |p| std::fs::read(p))? else {
-        const OTHER_FORMATS: [&str; 4] = ["tokenizer.model", "vocab.json", "merges.txt", "spiece.model"];
-        if let Some(f) = OTHER_FORMATS.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {
-            return Err(Error::Format {
-                path: f,
-                msg: "the model directory has another tokenizer (and no tokenizer.json of arbor's character \
-                      tokenizer): arbor trains and evaluates with its character tokenizer, which would read \
-                      this model's ids as other characters"
-                    .into(),
-            });
-        }
-        return Ok(());
-    };
-    let theirs: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Format { path: path.clone(), msg: format!("not a tokenizer.json: {e}") })?;
-    let ours = tok.to_tokenizer_json();
-    if theirs["model"]["vocab"] != ours["model"]["vocab"] {
-        return Err(Error::Format {
-            path,
-            msg: format!(
-                "not arbor's character tokenizer (a {} model with {} vocabulary entries; arbor's has {}): arbor \
-                 trains and evaluates with its character tokenizer, which would read this model's ids as other \
-                 characters",
-                theirs["model"]["type"].as_str().unwrap_or("?"),
-                theirs["model"]["vocab"].as_object().map_or(0, |v| v.len()),
-                tok.vocab_size()
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// The run's full (unsharded) model: loaded from `model.hf_dir`, or freshly initialised from
 /// the config's dimensions and `run.seed`.
-pub fn build_model(cfg: &RunConfig, tok: &CharTokenizer) -> Result<Model> {
+/// `codec` is the run's ([`RunConfig::text_codec`]): a loaded model's vocabulary must hold its ids.
+pub fn build_model(cfg: &RunConfig, codec: &TextCodec) -> Result<Model> {
     let model_cfg_file = Path::new("[model]");
     Ok(match &cfg.model.hf_dir {
         Some(dir) => {
-            let (mc, params) = load_hf_dir(dir)?;
-            check_char_tokenizer(dir, tok)?;
-            if mc.vocab_size < tok.vocab_size() {
+            let (mut mc, params) = load_hf_dir(dir)?;
+            if codec.as_char().is_none() {
+                // every id that ends a response (generation_config.json's too) goes into the
+                // checkpoints' config.json: a checkpoint evaluates and resumes with the same stops
+                mc.eos_token_ids = codec.stop_ids().to_vec();
+            }
+            if mc.vocab_size < codec.vocab_size() {
+                let which = if codec.as_char().is_some() { "arbor's character tokenizer" } else { "its tokenizer" };
                 return Err(Error::Config {
                     file: dir.join("config.json"),
                     key: "vocab_size".into(),
-                    msg: format!("{} is smaller than the character tokenizer's {}", mc.vocab_size, tok.vocab_size()),
+                    msg: format!(
+                        "{} is smaller than the {} ids of {which}: the model has no row for the others",
+                        mc.vocab_size,
+                        codec.vocab_size()
+                    ),
                 });
             }
             Model::new(mc, params)?
         }
         None => {
-            let mc = cfg.fresh_model(tok.vocab_size(), EOS_ID, model_cfg_file)?;
+            let mc = cfg.fresh_model(codec.vocab_size(), codec.eos_id(), model_cfg_file)?;
             let params = init_params(&mc, cfg.run.seed, cfg.model.init_std);
             Model::new(mc, params)?
         }
@@ -182,8 +148,8 @@ pub struct SftPhase<'a> {
     pub grid: &'a Grid,
     /// The run directory (`<out_dir>/<name>`).
     pub run_dir: &'a Path,
-    /// Tokenizer saved with every checkpoint.
-    pub tokenizer: &'a Tokenizer,
+    /// How the run encodes text; its tokenizer is saved with every checkpoint.
+    pub codec: &'a TextCodec,
     /// Consecutive non-finite steps before the phase's (resumed) start, from the checkpoint.
     pub nonfinite_in_a_row: u64,
 }
@@ -199,9 +165,8 @@ pub fn run_phase(
     log: &mut dyn Write,
     report: &mut SftReport,
 ) -> Result<()> {
-    let (cfg, task, grid, tokenizer) = (ph.cfg, ph.task, ph.grid, ph.tokenizer);
+    let (cfg, task, grid, codec) = (ph.cfg, ph.task, ph.grid, ph.codec);
     let (dp, root, t) = (grid.dp.as_ref(), grid.is_root(), &cfg.train);
-    let tok = CharTokenizer::default();
     let out_dir = ph.run_dir;
     let metrics_path = out_dir.join("metrics.jsonl");
     let schedule = LrSchedule {
@@ -239,7 +204,7 @@ pub fn run_phase(
 
     let progress = Progress::new(t.steps, "sft");
     if start == 0 && t.steps > 0 {
-        let e0 = evaluate(&mut engine, model, &tok, task, cfg, &mut ws, dp)?;
+        let e0 = evaluate(&mut engine, model, codec, task, cfg, &mut ws, dp)?;
         say(log, format!("eval step 0: answer nll {:.4}, answer exact {:.1}%", e0.answer_nll, 100.0 * e0.answer_exact));
         let line = SftEvalLine { step: 0, eval_answer_nll: e0.answer_nll, eval_answer_exact: e0.answer_exact };
         write_line(metrics, &metrics_path, &line)?;
@@ -257,7 +222,7 @@ pub fn run_phase(
         // 1. data: problems (seed, train split, step·B + i), this rank's share, packed
         let mine = partition(t.batch_size, dp.size(), dp.rank());
         let first = step * t.batch_size as u64 + mine.start as u64;
-        build_batch(&tok, task, SPLIT_TRAIN, first, mine.len(), &mut batch, &mut mask)?;
+        build_batch(codec, task, SPLIT_TRAIN, first, mine.len(), &mut batch, &mut mask)?;
         // 2. forward → per-token log-probs; 3. loss = token-mean NLL over every predicted token of
         // the global batch (the last position of a sequence has no target)
         let n = batch.len();
@@ -317,7 +282,7 @@ pub fn run_phase(
         }
         let last = step + 1 == t.steps;
         if last || (t.eval_every > 0 && (step + 1) % t.eval_every == 0) {
-            let e = evaluate(&mut engine, model, &tok, task, cfg, &mut ws, dp)?;
+            let e = evaluate(&mut engine, model, codec, task, cfg, &mut ws, dp)?;
             progress.say(
                 log,
                 &format!(
@@ -349,7 +314,7 @@ pub fn run_phase(
             let run_config =
                 toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
             let files = CheckpointFiles {
-                tokenizer: Some(tokenizer),
+                tokenizer: Some(codec.tokenizer()),
                 keep_last: t.keep_checkpoints,
                 extra: &none,
                 run_config: Some(&run_config),

@@ -46,7 +46,7 @@ use crate::parallel::Comm;
 use crate::rl::LossConfig;
 use crate::rollout::Finish;
 use crate::tasks::Task;
-use crate::tokenizer::char::CharTokenizer;
+use crate::tokenizer::TextCodec;
 use crate::train::engine::Engine;
 use crate::train::AdamW;
 use critic_step::Critics;
@@ -138,9 +138,15 @@ impl<'a> RlTrainer<'a> {
         Ok(RlTrainer { ctx, sampler, shaping, critics, loss, reference, buf, engine })
     }
 
-    /// A context for `cfg`'s RL phase on one process.
-    pub fn context(cfg: &'a RunConfig, rl: &'a RlSection, task: &'a dyn Task, dp: &'a dyn Comm) -> RolloutCtx<'a> {
-        RolloutCtx { cfg, rl, task, tok: CharTokenizer::default(), dp }
+    /// A context for `cfg`'s RL phase with `codec` on data-parallel group `dp`.
+    pub fn context(
+        cfg: &'a RunConfig,
+        rl: &'a RlSection,
+        task: &'a dyn Task,
+        codec: &'a TextCodec,
+        dp: &'a dyn Comm,
+    ) -> RolloutCtx<'a> {
+        RolloutCtx { cfg, rl, task, codec, dp }
     }
 
     /// One RL step (0-based `step`): rollouts → rewards → advantages → training batch → update → report.

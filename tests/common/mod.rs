@@ -111,7 +111,7 @@ pub fn tiny_config(arch: arbor::model::Arch, tied: bool) -> arbor::model::ModelC
         tie_word_embeddings: tied,
         qkv_bias: arch == arbor::model::Arch::Qwen2,
         bos_token_id: None,
-        eos_token_id: None,
+        eos_token_ids: Vec::new(),
     }
 }
 
@@ -196,4 +196,79 @@ pub fn slots_with_install(
     }
     out.completions = done.into_iter().map(|c| c.expect("every request completes")).collect();
     out
+}
+
+/// Ids of the special tokens of [`write_bpe_model`]'s tokenizer.
+pub const BPE_ENDOFTEXT: u32 = 258;
+pub const BPE_IM_START: u32 = 259;
+pub const BPE_IM_END: u32 = 260;
+/// A chat template in that tokenizer's special tokens.
+pub const BPE_TEMPLATE: &str = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
+
+/// The byte ↔ character map of byte-level BPE (GPT-2, Qwen2): printable Latin-1 bytes stand for
+/// themselves, the others for code points from U+0100 on, in byte order.
+pub fn byte_level_chars() -> Vec<char> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut next = 256u32;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap()
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// An HF model directory in the layout of a Hub chat model: a byte-level BPE `tokenizer.json`
+/// (256 byte tokens, the merges `Ġ =` → 256 and `1 0` → 257, then `<|endoftext|>` 258,
+/// `<|im_start|>` 259, `<|im_end|>` 260), a `tokenizer_config.json` naming `<|im_end|>` as its eos
+/// and `<|endoftext|>` as its pad, a `generation_config.json` with both as `eos_token_id`, and a
+/// fresh 2-layer Qwen2 of vocabulary 264 (seed `seed`) whose `config.json` names only 258.
+pub fn write_bpe_model(dir: &Path, seed: u64) {
+    let chars = byte_level_chars();
+    let mut vocab = serde_json::Map::new();
+    for (b, c) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), serde_json::json!(b));
+    }
+    let space = chars[b' ' as usize];
+    vocab.insert(format!("{space}="), serde_json::json!(256));
+    vocab.insert("10".into(), serde_json::json!(257));
+    let added = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                           "normalized": false, "special": true})
+    };
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                                        "use_regex": true});
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(BPE_ENDOFTEXT, "<|endoftext|>"), added(BPE_IM_START, "<|im_start|>"),
+                         added(BPE_IM_END, "<|im_end|>")],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": [format!("{space} ="), "1 0".to_string()]},
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = arbor::model::ModelConfig {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        vocab_size: 264,
+        max_position_embeddings: 128,
+        eos_token_ids: vec![BPE_ENDOFTEXT],
+        ..tiny_config(arbor::model::Arch::Qwen2, false)
+    };
+    let params = arbor::model::init::init_params(&cfg, seed, 0.02);
+    arbor::io::save_hf_dir(dir, &cfg, &params, &arbor::io::SaveOptions::default()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string(&tokenizer).unwrap()).unwrap();
+    let tcfg = serde_json::json!({"tokenizer_class": "Qwen2Tokenizer", "bos_token": null,
+                                  "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"});
+    std::fs::write(dir.join("tokenizer_config.json"), tcfg.to_string()).unwrap();
+    let gen = serde_json::json!({"eos_token_id": [BPE_IM_END, BPE_ENDOFTEXT], "do_sample": true});
+    std::fs::write(dir.join("generation_config.json"), gen.to_string()).unwrap();
 }

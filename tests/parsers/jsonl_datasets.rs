@@ -51,18 +51,26 @@ fn jsonl_records_outside_the_alphabet_fail_when_the_task_is_built() {
         eval_path: eval,
         ..TaskConfig::new(TaskKind::Jsonl)
     };
-    build(&cfg(write_dataset(dir.path(), "good.jsonl", &good), None), 1).expect("an ASCII dataset builds");
+    build(&cfg(write_dataset(dir.path(), "good.jsonl", &good), None), 1, &arbor::tokenizer::TextCodec::default())
+        .expect("an ASCII dataset builds");
     let bad = format!("{good}{{\"prompt\": \"1+1=\", \"answer\": \"2\", \"solution\": \"two → 2\"}}\n");
     let path = write_dataset(dir.path(), "bad.jsonl", &bad);
-    let msg = build(&cfg(path.clone(), None), 1).err().map(|e| e.to_string()).unwrap_or_default();
+    let msg = build(&cfg(path.clone(), None), 1, &arbor::tokenizer::TextCodec::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     let at = format!("{}:41: `solution`: character '→' (U+2192)", path.display());
     assert!(msg.starts_with(&at), "{msg}");
     // the held-out file is checked as well, before any training or evaluation
     let eval = write_dataset(dir.path(), "eval.jsonl", "{\"prompt\": \"3×4=\", \"answer\": 12}\n");
-    let msg = build(&cfg(write_dataset(dir.path(), "train.jsonl", &good), Some(eval.clone())), 1)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let msg = build(
+        &cfg(write_dataset(dir.path(), "train.jsonl", &good), Some(eval.clone())),
+        1,
+        &arbor::tokenizer::TextCodec::default(),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
     assert!(msg.starts_with(&format!("{}:1: `prompt`: character '×'", eval.display())), "{msg}");
 }
 

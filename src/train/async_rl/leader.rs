@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::parallel::Comm;
 use crate::rl::AdvantageKind;
 use crate::tasks::{Task, SPLIT_TRAIN};
-use crate::tokenizer::char::CharTokenizer;
+use crate::tokenizer::TextCodec;
 use crate::train::rl::report::StreamNotes;
 use crate::train::rl::rollouts::problem;
 use crate::train::rl::sampler::group_rollouts;
@@ -21,6 +21,8 @@ use std::time::Instant;
 pub(super) struct StreamLeader<'g> {
     pub assembler: Assembler,
     pub task: &'g dyn Task,
+    /// How prompts are encoded (the groups' prompt ids).
+    pub codec: &'g TextCodec,
     pub kind: AdvantageKind,
     pub filter_zero_std: bool,
     pub lag: u64,
@@ -70,9 +72,8 @@ impl StreamLeader<'_> {
         }
         let count = batch.samples.len().max(1) as f64;
         let a = &self.assembler;
-        let tok = CharTokenizer::default();
         let prompts = (0..a.prompts as u64)
-            .map(|p| problem(self.task, &tok, SPLIT_TRAIN, step * a.prompts as u64 + p).map(|x| x.0))
+            .map(|p| problem(self.task, self.codec, SPLIT_TRAIN, step * a.prompts as u64 + p).map(|x| x.0))
             .collect::<Result<Vec<_>>>()?;
         let rewards: Vec<f32> = batch.samples.iter().map(|s| s.reward).collect();
         let versions: Vec<u64> = batch.samples.iter().map(|s| s.start_version).collect();

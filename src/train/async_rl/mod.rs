@@ -169,6 +169,7 @@ fn stream_leader<'g>(
     Ok(StreamLeader {
         assembler,
         task: ph.task,
+        codec: ph.codec,
         kind: rl.advantage,
         filter_zero_std: rl.filter_zero_std,
         lag: ac.lag(),
@@ -231,7 +232,7 @@ fn rollout_loop(
                 };
                 return stream::stream_batches(model, ph, st);
             }
-            let ctx = RlTrainer::context(ph.cfg, ph.rl, ph.task, role.as_ref());
+            let ctx = RlTrainer::context(ph.cfg, ph.rl, ph.task, ph.codec, role.as_ref());
             let mut sampler = Sampler::new(ph.plan, model);
             // [rhythm]: this rank shapes its share with the policy that generated it
             let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));

@@ -24,7 +24,7 @@ use crate::model::Model;
 use crate::parallel::fault::maybe_inject_at;
 use crate::rollout::{Completion, Request};
 use crate::tasks::{Problem, SPLIT_TRAIN};
-use crate::tokenizer::char::CharTokenizer;
+use crate::tokenizer::TextCodec;
 use crate::train::checkpoint::fnv1a64;
 use crate::train::decoding::EngineSlots;
 use crate::train::engine::Engine;
@@ -65,7 +65,7 @@ pub(super) struct Stream<'a> {
 /// every group and the loop's clock.
 struct Here<'a> {
     ph: &'a Phase<'a>,
-    tok: CharTokenizer,
+    codec: &'a TextCodec,
     samples: std::ops::Range<usize>,
     clock: Instant,
 }
@@ -165,13 +165,13 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
     if per_batch == 0 {
         return Ok(());
     }
-    let gen = rollout_config(ph.cfg, rl, 0, rl.max_new_tokens);
-    let here = Here { ph, tok: CharTokenizer::default(), samples: samples.clone(), clock: Instant::now() };
+    let gen = rollout_config(ph.cfg, rl, ph.codec, 0, rl.max_new_tokens);
+    let here = Here { ph, codec: ph.codec, samples: samples.clone(), clock: Instant::now() };
     // the rank's share of every batch's problems, made once: a slot holds the longest prompt and
     // its response
     let mut ahead = HashMap::new();
     for id in (s.first..rl.steps).flat_map(|b| prompts.clone().map(move |p_i| b * p as u64 + p_i as u64)) {
-        ahead.insert(id, problem(ph.task, &here.tok, SPLIT_TRAIN, id)?);
+        ahead.insert(id, problem(ph.task, here.codec, SPLIT_TRAIN, id)?);
     }
     let longest = ahead.values().map(|(prompt, _)| prompt.len()).max().unwrap_or(0);
     let max_pos = model.cfg.max_position_embeddings;
@@ -231,7 +231,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
                 Entry::Vacant(e) => {
                     let (prompt, problem) = match ahead.remove(&id) {
                         Some(made) => made,
-                        None => problem(ph.task, &here.tok, SPLIT_TRAIN, id)?,
+                        None => problem(ph.task, here.codec, SPLIT_TRAIN, id)?,
                     };
                     e.insert(Open {
                         problem,
@@ -304,10 +304,10 @@ fn finish(
     version: u64,
     here: &Here,
 ) -> Result<Option<Piece>> {
-    let Here { ph, tok, samples, clock } = here;
+    let Here { ph, codec, samples, clock } = here;
     let unknown = || Error::Invalid(format!("async: a sample of an unknown group (batch {b}, prompt {p_i})"));
     let g = open.get_mut(&(b, p_i)).ok_or_else(unknown)?;
-    let r = reward(ph.task, tok, &g.problem, &c);
+    let r = reward(ph.task, codec, &g.problem, &c);
     let at = j - samples.start;
     let sample =
         PieceSample { completion: c, reward: r, start_version: g.start[at], end_version: version, queue_s: 0.0 };

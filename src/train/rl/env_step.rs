@@ -38,8 +38,8 @@ pub fn sample_env(ctx: &RolloutCtx, ec: &EnvConfig, engine: &mut Engine, model: 
     let rl = ctx.rl;
     let n = rl.samples_per_prompt;
     let (games, keep) = games_of(ec, rl.prompts_per_step, step, ctx.dp);
-    let gen = rollout_config(ctx.cfg, rl, step, rl.max_new_tokens);
-    let play = Play { model, tok: &ctx.tok, env: ec, gen, seed: ctx.cfg.run.seed, latent: true, mode: ec.mode };
+    let gen = rollout_config(ctx.cfg, rl, ctx.codec, step, rl.max_new_tokens);
+    let play = Play { model, codec: ctx.codec, env: ec, gen, seed: ctx.cfg.run.seed, latent: true, mode: ec.mode };
     let r = rollout(&play, &mut |reqs, cfg| engine.generate(model, reqs, cfg), &games, keep, n, ec.extra_samples)?;
     let rewards: Vec<f32> = r.groups.iter().flatten().map(|t| t.reward).collect();
     let starts: Vec<usize> = (0..=r.groups.len()).map(|g| g * n as usize).collect();

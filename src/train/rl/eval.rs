@@ -9,7 +9,7 @@ use crate::model::Model;
 use crate::parallel::{partition, Comm};
 use crate::rollout::{GenerateConfig, Request, SamplingParams};
 use crate::tasks::{Task, SPLIT_EVAL};
-use crate::tokenizer::char::{CharTokenizer, EOS_ID};
+use crate::tokenizer::TextCodec;
 use crate::train::engine::Engine;
 
 /// Held-out solve rates (fractions).
@@ -20,11 +20,11 @@ pub struct SolveRate {
 }
 
 /// Generation settings of the held-out evaluation after `step` RL steps (its own random
-/// streams, never a forced workload).
-pub fn eval_config(cfg: &RunConfig, rl: &RlSection, temperature: f32, step: u64) -> GenerateConfig {
+/// streams, never a forced workload), stopping at `codec`'s stop ids.
+pub fn eval_config(cfg: &RunConfig, rl: &RlSection, codec: &TextCodec, temperature: f32, step: u64) -> GenerateConfig {
     GenerateConfig {
         sampling: SamplingParams { temperature, top_p: 1.0, top_k: 0, max_new_tokens: rl.max_new_tokens },
-        stop_tokens: vec![EOS_ID],
+        stop_tokens: codec.stop_ids().to_vec(),
         seed: cfg.run.seed ^ 0xE7A1,
         step,
         max_batch: rl.max_batch,
@@ -41,40 +41,39 @@ pub fn eval_problem_count(task: &dyn Task, requested: usize) -> usize {
 
 /// Solve rate on `n` held-out problems, greedy and with `samples` samples at temperature 1; the
 /// problems are partitioned over the data-parallel ranks `dp` and the counts all-reduced.
-/// Generation runs on `engine` (the policy's weights there).
+/// Generation runs on `engine` (the policy's weights there); `codec` encodes prompts and decodes answers.
 pub fn evaluate(
     engine: &mut Engine,
     model: &Model,
     cfg: &RunConfig,
-    task: &dyn Task,
+    (task, codec): (&dyn Task, &TextCodec),
     rl: &RlSection,
     step: u64,
     dp: &dyn Comm,
 ) -> Result<SolveRate> {
-    let tok = &CharTokenizer::default();
     if cfg.env.is_some() {
         // a multi-turn environment: the rate of held-out games won
-        let greedy = env_win_rate(engine, model, cfg, rl, (0.0, 1), step, dp)?;
-        let sampled = env_win_rate(engine, model, cfg, rl, (1.0, rl.eval_samples), step, dp)?;
+        let greedy = env_win_rate(engine, model, cfg, rl, codec, (0.0, 1), step, dp)?;
+        let sampled = env_win_rate(engine, model, cfg, rl, codec, (1.0, rl.eval_samples), step, dp)?;
         return Ok(SolveRate { greedy, sampled });
     }
     let mine = partition(eval_problem_count(task, rl.eval_problems), dp.size(), dp.rank());
     let mut problems = Vec::new();
     let mut requests = Vec::new();
     for i in mine.clone() {
-        let (ids, p) = problem(task, tok, SPLIT_EVAL, i as u64)?;
+        let (ids, p) = problem(task, codec, SPLIT_EVAL, i as u64)?;
         for s in 0..rl.eval_samples.max(1) {
             requests.push(Request { prompt_id: i as u64, sample_index: s, prompt: ids.clone() });
         }
         problems.push(p);
     }
     let mut solved = |temperature: f32, reqs: &[Request]| -> Result<[f64; 2]> {
-        let out = engine.generate(model, reqs, &eval_config(cfg, rl, temperature, step))?;
+        let out = engine.generate(model, reqs, &eval_config(cfg, rl, codec, temperature, step))?;
         let first = mine.start as u64;
         // a solve counts 1 (a malformed answer's −format_penalty, or its −0.0, is not a solve)
         let solved: f32 = out
             .iter()
-            .map(|c| reward(task, tok, &problems[(c.prompt_id - first) as usize], c))
+            .map(|c| reward(task, codec, &problems[(c.prompt_id - first) as usize], c))
             .map(|r| if r > 0.0 { r } else { 0.0 })
             .sum();
         Ok([solved as f64, out.len() as f64])
@@ -92,23 +91,24 @@ pub const EVAL_GAMES: u64 = 1 << 48;
 
 /// Win rate on `[env]`'s `eval_games` held-out games (no latency, no failures) at `temperature` with
 /// `samples` samples each, the model's turns generated on `engine`; the games are partitioned over `dp` and the counts all-reduced.
+#[allow(clippy::too_many_arguments)]
 pub fn env_win_rate(
     engine: &mut Engine,
     model: &Model,
     cfg: &RunConfig,
     rl: &RlSection,
+    codec: &TextCodec,
     (temperature, samples): (f32, u32),
     step: u64,
     dp: &dyn Comm,
 ) -> Result<f64> {
     let ec = cfg.env.as_ref().ok_or_else(|| Error::Invalid("env evaluation without [env]".into()))?;
-    let tok = CharTokenizer::default();
     let mine = partition(ec.eval_games, dp.size(), dp.rank());
     let games: Vec<u64> = mine.map(|i| EVAL_GAMES + i as u64).collect();
-    let gen = eval_config(cfg, rl, temperature, step);
+    let gen = eval_config(cfg, rl, codec, temperature, step);
     // on a device, a batch's generation depends on its makeup: batch at the turn barrier
     let mode = if engine.on_device() { EnvMode::Sync } else { EnvMode::Async };
-    let play = Play { model, tok: &tok, env: ec, gen, seed: cfg.run.seed, latent: false, mode };
+    let play = Play { model, codec, env: ec, gen, seed: cfg.run.seed, latent: false, mode };
     let samples = samples.max(1);
     let r = rollout(&play, &mut |reqs, gen| engine.generate(model, reqs, gen), &games, games.len(), samples, 0)?;
     let won: f64 = r.groups.iter().flatten().map(|t| f64::from(t.reward)).sum();
@@ -131,11 +131,11 @@ mod tests {
         let data = format!("task = \"jsonl\"\npath = {:?}\neval_path = {:?}\n", train, eval);
         let text = crate::config::ADDITION_CONFIG.replace("task = \"addition\"\nmax_digits = 2\n", &data);
         let cfg = RunConfig::parse(&text, std::path::Path::new("eval.toml")).unwrap();
-        let task = cfg.task().unwrap();
+        let task = cfg.task(&TextCodec::default()).unwrap();
         assert_eq!(eval_problem_count(task.as_ref(), 200), 3);
         assert_eq!(eval_problem_count(task.as_ref(), 2), 2);
         // a generator has no end: as many as asked
         let addition = RunConfig::parse(crate::config::ADDITION_CONFIG, std::path::Path::new("a.toml")).unwrap();
-        assert_eq!(eval_problem_count(addition.task().unwrap().as_ref(), 500), 500);
+        assert_eq!(eval_problem_count(addition.task(&TextCodec::default()).unwrap().as_ref(), 500), 500);
     }
 }

@@ -14,7 +14,7 @@ use crate::model::Model;
 use crate::parallel::Grid;
 use crate::rl::LossConfig;
 use crate::tasks::Task;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::TextCodec;
 use crate::train::checkpoint::{save_model_checkpoint, CheckpointFiles, TrainerState};
 use crate::train::engine::Engine;
 use crate::train::progress::Progress;
@@ -35,8 +35,8 @@ pub struct Phase<'a> {
     pub run_dir: &'a Path,
     /// Global step of the phase's start (the supervised steps before it): RL step k is global step offset + k.
     pub offset: u64,
-    /// Tokenizer saved with every checkpoint.
-    pub tokenizer: &'a Tokenizer,
+    /// How the run encodes text; its tokenizer is saved with every checkpoint.
+    pub codec: &'a TextCodec,
 }
 
 /// Where a (possibly resumed) phase starts: RL steps already done and, when > 0, the eval before the first.
@@ -229,12 +229,12 @@ pub(crate) fn run_phase_with(
     if engine.on_device() {
         progress.say(&mut *io.log, &format!("rl: generation and training on {}", engine.describe()));
     }
-    let ctx = RlTrainer::context(cfg, rl, ph.task, dp);
+    let ctx = RlTrainer::context(cfg, rl, ph.task, ph.codec, dp);
     let mut trainer = RlTrainer::new(ctx, ph.plan, model, reference, engine)?;
     let before = match start.before {
         Some(b) if start.done > 0 => b,
         _ => {
-            let b = evaluate(&mut trainer.engine, model, cfg, ph.task, rl, 0, dp)?;
+            let b = evaluate(&mut trainer.engine, model, cfg, (ph.task, ph.codec), rl, 0, dp)?;
             write_line(ph, io.metrics, &eval_line(0, &b))?;
             b
         }
@@ -296,7 +296,7 @@ pub(crate) fn run_phase_with(
         }
         let final_step = step + 1 == rl.steps;
         if final_step || (rl.eval_every > 0 && (step + 1) % rl.eval_every == 0) {
-            last = evaluate(&mut trainer.engine, model, cfg, ph.task, rl, step + 1, dp)?;
+            last = evaluate(&mut trainer.engine, model, cfg, (ph.task, ph.codec), rl, step + 1, dp)?;
             progress.say(
                 log,
                 &format!(
@@ -327,7 +327,7 @@ pub(crate) fn run_phase_with(
     if start.done >= rl.steps && rl.steps > 0 {
         // a resume of a finished phase (a requeue after its last checkpoint): its final evaluation
         // once more, the same numbers (a function of the weights and the seed), not the one before
-        last = evaluate(&mut trainer.engine, model, cfg, ph.task, rl, rl.steps, dp)?;
+        last = evaluate(&mut trainer.engine, model, cfg, (ph.task, ph.codec), rl, rl.steps, dp)?;
     }
     trainer.sync_host(model, opt)?;
     Ok((before, last))
@@ -375,7 +375,7 @@ fn checkpoint(
     };
     let run_config = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
     let files = CheckpointFiles {
-        tokenizer: Some(ph.tokenizer),
+        tokenizer: Some(ph.codec.tokenizer()),
         keep_last: cfg.train.keep_checkpoints,
         extra: &extra,
         run_config: Some(&run_config),

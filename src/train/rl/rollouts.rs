@@ -13,7 +13,7 @@ use crate::rl::broadcast_to_tokens;
 use crate::rollout::{Completion, Finish, GenerateConfig, Request, SamplingParams};
 use crate::tasks::Problem;
 use crate::tasks::Task;
-use crate::tokenizer::char::{CharTokenizer, BOS_ID, EOS_ID};
+use crate::tokenizer::TextCodec;
 use crate::train::engine::Engine;
 
 /// One generated sample of a step, as dumped to trajectories.h5.
@@ -148,12 +148,12 @@ impl Rollouts {
     }
 }
 
-/// What a sampler reads: the run's settings, the task, the tokenizer and the data-parallel group.
+/// What a sampler reads: the run's settings, the task, the text codec and the data-parallel group.
 pub struct RolloutCtx<'a> {
     pub cfg: &'a RunConfig,
     pub rl: &'a RlSection,
     pub task: &'a dyn Task,
-    pub tok: CharTokenizer,
+    pub codec: &'a TextCodec,
     pub dp: &'a dyn Comm,
 }
 
@@ -167,21 +167,21 @@ impl RolloutCtx<'_> {
         step: u64,
         max_new: usize,
     ) -> Result<Vec<Completion>> {
-        engine.generate(model, requests, &rollout_config(self.cfg, self.rl, step, max_new))
+        engine.generate(model, requests, &rollout_config(self.cfg, self.rl, self.codec, step, max_new))
     }
 
     /// Prompt tokens and problem of training problem `id`.
     pub fn problem(&self, id: u64) -> Result<(Vec<u32>, crate::tasks::Problem)> {
-        problem(self.task, &self.tok, crate::tasks::SPLIT_TRAIN, id)
+        problem(self.task, self.codec, crate::tasks::SPLIT_TRAIN, id)
     }
 }
 
 /// Generation settings of the RL phase at step `step` (0-based; every request's random stream is
-/// keyed by step + 1), with at most `max_new` new tokens.
-pub fn rollout_config(cfg: &RunConfig, rl: &RlSection, step: u64, max_new: usize) -> GenerateConfig {
+/// keyed by step + 1), with at most `max_new` new tokens, stopping at `codec`'s stop ids.
+pub fn rollout_config(cfg: &RunConfig, rl: &RlSection, codec: &TextCodec, step: u64, max_new: usize) -> GenerateConfig {
     GenerateConfig {
         sampling: SamplingParams { temperature: rl.temperature, top_p: 1.0, top_k: 0, max_new_tokens: max_new },
-        stop_tokens: vec![EOS_ID],
+        stop_tokens: codec.stop_ids().to_vec(),
         seed: cfg.run.seed,
         step: step + 1,
         max_batch: rl.max_batch,
@@ -189,23 +189,20 @@ pub fn rollout_config(cfg: &RunConfig, rl: &RlSection, step: u64, max_new: usize
     }
 }
 
-/// One problem's prompt tokens and the problem.
-pub fn problem(task: &dyn Task, tok: &CharTokenizer, split: u64, index: u64) -> Result<(Vec<u32>, Problem)> {
+/// One problem's prompt tokens ([`TextCodec::prompt`]) and the problem.
+pub fn problem(task: &dyn Task, codec: &TextCodec, split: u64, index: u64) -> Result<(Vec<u32>, Problem)> {
     let p = task.problem(split, index);
-    let mut ids = vec![BOS_ID];
-    ids.extend(tok.encode(&p.prompt)?);
-    Ok((ids, p))
+    Ok((codec.prompt(&p.prompt)?, p))
 }
 
-/// The task's reward of completion `c` of problem `p` (EOS dropped, decoded).
-pub fn reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, c: &Completion) -> f32 {
-    response_reward(task, tok, p, &[&c.tokens])
+/// The task's reward of completion `c` of problem `p` (stop ids dropped, decoded).
+pub fn reward(task: &dyn Task, codec: &TextCodec, p: &Problem, c: &Completion) -> f32 {
+    response_reward(task, codec, p, &[&c.tokens])
 }
 
-/// The task's reward of the response made of `parts` in order (EOS dropped, decoded as one text):
-/// a tree's continuation is graded as the whole response it completes, the original response's
-/// tokens before the split point followed by its own.
-pub fn response_reward(task: &dyn Task, tok: &CharTokenizer, p: &Problem, parts: &[&[u32]]) -> f32 {
-    let text: Vec<u32> = parts.iter().flat_map(|t| t.iter()).copied().filter(|&t| t != EOS_ID).collect();
-    task.reward(p, &tok.decode(&text))
+/// The task's reward of the response made of `parts` in order (stop ids dropped, decoded as one
+/// text): a tree's continuation is graded as the whole response it completes, the original
+/// response's tokens before the split point followed by its own.
+pub fn response_reward(task: &dyn Task, codec: &TextCodec, p: &Problem, parts: &[&[u32]]) -> f32 {
+    task.reward(p, &codec.response_text(parts))
 }

@@ -97,7 +97,7 @@ fn sample_groups(
     // 2. rewards
     let t_reward = Instant::now();
     let rewards: Vec<f32> =
-        completions.iter().enumerate().map(|(k, c)| reward(ctx.task, &ctx.tok, &problems[k / n], c)).collect();
+        completions.iter().enumerate().map(|(k, c)| reward(ctx.task, ctx.codec, &problems[k / n], c)).collect();
     // 3. advantages
     let prompts: Vec<Vec<u32>> = requests.into_iter().step_by(n.max(1)).map(|r| r.prompt).collect();
     let mut out = group_rollouts(&prompts, completions, &rewards, n, rl.advantage, filter_zero_std)?;

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::model::micro_batch::MicroBatch;
 use crate::model::{Model, Workspace};
 use crate::rollout::{Completion, Finish};
-use crate::tokenizer::char::CharTokenizer;
+use crate::tokenizer::TextCodec;
 use crate::train::checkpoint::SamplingState;
 use crate::train::engine::Engine;
 use serde::{Deserialize, Serialize};
@@ -68,8 +68,8 @@ impl TreeState {
 }
 
 /// Response-relative step bounds of every response (separators from `[attnrl]`).
-pub fn response_bounds(tok: &CharTokenizer, response: &[u32], separators: &[String]) -> Vec<usize> {
-    let texts: Vec<String> = response.iter().map(|&t| tok.decode(&[t])).collect();
+pub fn response_bounds(codec: &TextCodec, response: &[u32], separators: &[String]) -> Vec<usize> {
+    let texts: Vec<String> = response.iter().map(|&t| codec.piece(t)).collect();
     response_step_bounds_from_texts(&texts, separators)
 }
 
@@ -201,7 +201,7 @@ fn next_batch(
     ac: &AttnRlConfig,
     state: &mut TreeState,
 ) -> Result<(BatchQuestions, Vec<crate::rollout::Request>)> {
-    let (tok, task) = (ctx.tok.clone(), ctx.task);
+    let (tok, task) = (ctx.codec, ctx.task);
     let n = ac.initial_responses.max(1);
     let p_all = state.batch.prompts.max(1);
     // a running problem counter (the dynamic batch changes the count per step); this
@@ -215,7 +215,7 @@ fn next_batch(
     let mut requests = Vec::with_capacity(p * n);
     for i in 0..p as u64 {
         let id = first + i;
-        let (ids, _) = problem(task, &tok, crate::tasks::SPLIT_TRAIN, id)?;
+        let (ids, _) = problem(task, tok, crate::tasks::SPLIT_TRAIN, id)?;
         for s in 0..n as u32 {
             requests.push(crate::rollout::Request { prompt_id: id, sample_index: s, prompt: ids.clone() });
         }
@@ -259,21 +259,21 @@ impl TreeSampler {
     ) -> Result<PendingBatch> {
         let (ac, state, ws) = (&self.ac, &mut self.state, &mut self.ws);
         let rl = ctx.rl;
-        let (tok, task) = (ctx.tok.clone(), ctx.task);
+        let (tok, task) = (ctx.codec, ctx.task);
         let n = ac.initial_responses.max(1);
         let dp = ctx.dp;
         let BatchQuestions { first, prompts } = batch;
         let p = prompts.len();
         let problems: Vec<crate::tasks::Problem> = (0..p as u64)
-            .map(|i| problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
+            .map(|i| problem(task, tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
             .collect::<Result<_>>()?;
         // 2. rewards, steps, FCI
         let mut initial: Vec<Initial> = completions
             .into_iter()
             .enumerate()
             .map(|(k, c)| {
-                let reward = reward(task, &tok, &problems[k / n], &c);
-                let bounds = response_bounds(&tok, &c.tokens, &ac.step_separators);
+                let reward = reward(task, tok, &problems[k / n], &c);
+                let bounds = response_bounds(tok, &c.tokens, &ac.step_separators);
                 Initial { prompt_idx: k / n, completion: c, reward, bounds, fci: Vec::new(), old_logp: Vec::new() }
             })
             .collect();
@@ -401,14 +401,14 @@ fn grow_trees(
     fixed_old: bool,
 ) -> Result<TreeBatch> {
     let rl = ctx.rl;
-    let (tok, task) = (ctx.tok.clone(), ctx.task);
+    let (tok, task) = (ctx.codec, ctx.task);
     let n = ac.initial_responses.max(1);
     let dp = ctx.dp;
     let max_len = rl.max_new_tokens;
     let PendingBatch { first, prompts, initial, splits, cont_requests, n_points, n_filled } = pending;
     let p = prompts.len();
     let problems: Vec<crate::tasks::Problem> = (0..p as u64)
-        .map(|i| problem(task, &tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
+        .map(|i| problem(task, tok, crate::tasks::SPLIT_TRAIN, first + i).map(|x| x.1))
         .collect::<Result<_>>()?;
     // cut each continuation to the budget its prefix left
     for ((k, si, _), c) in cont_requests.iter().zip(conts.iter_mut()) {
@@ -427,7 +427,7 @@ fn grow_trees(
         .zip(&conts)
         .map(|((k, si, _), c)| {
             let prefix = &initial[*k].completion.tokens[..splits[*k][*si]];
-            response_reward(task, &tok, &problems[initial[*k].prompt_idx], &[prefix, &c.tokens])
+            response_reward(task, tok, &problems[initial[*k].prompt_idx], &[prefix, &c.tokens])
         })
         .collect();
     // 5. trees, advantages, leaf sequences; zero-advantage filter per question
@@ -534,7 +534,7 @@ fn grow_trees(
         logp: vec![f32::NAN; c.tokens.len()],
         finish: c.finish,
         trace: AttnTrace {
-            step_index: token_steps(&response_bounds(&tok, &c.tokens, &ac.step_separators), c.tokens.len()),
+            step_index: token_steps(&response_bounds(tok, &c.tokens, &ac.step_separators), c.tokens.len()),
             ..AttnTrace::default()
         },
         data: Sample {
