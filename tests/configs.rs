@@ -63,3 +63,21 @@ fn committed_configs_parse_and_build_their_tasks() {
     }
     assert!(n >= 3, "expected the default, addition-grpo and countdown-grpo configs");
 }
+
+/// The configs for Hub models (`configs/hub/`) name inputs a user downloads first, so their tasks
+/// are not built here; they parse and validate, and their prompt templates are in their model's
+/// chat format.
+#[test]
+fn hub_model_configs_parse_and_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/hub");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg = RunConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let template = cfg.model.prompt_template.as_deref().unwrap_or_else(|| panic!("{}", path.display()));
+        assert!(template.starts_with("<|im_start|>") && template.ends_with("<|im_start|>assistant\n"), "{template:?}");
+        assert!(cfg.model.hf_dir.is_some() && cfg.rl.is_some(), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 1);
+}
