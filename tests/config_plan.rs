@@ -60,6 +60,8 @@ fn expected_plan(file: &str) -> &'static str {
         "addition-grpo.toml" | "countdown-grpo.toml" | "countdown-gpu.toml" | "default.toml" | "longtail.toml" => {
             GROUPS
         }
+        // configs/hub: a Hub model with its own tokenizer
+        "qwen2.5-0.5b-gsm8k.toml" => GROUPS,
         // configs/eff20: the default job as of docs/efficacy.md §3c (from step 2400) with one key changed
         "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "f-prompts64.toml"
         | "g-entropy0.01.toml" | "h-temp1.2.toml" | "j-wd0.toml" | "k-rloo.toml" | "l-entropy0.05.toml"
@@ -284,6 +286,13 @@ fn rows() -> Vec<(Row, String)> {
         (
             row("env_tp_one", "env.kind", "[env] runs with tp = 1 (parallel.tp = 2)"),
             with(&[RL, "[env]\nkind = \"guess\"\n", "[parallel]\ntp = 2\n"]),
+        ),
+        (
+            row("env_no_template", "model.prompt_template", "a template would frame the first turn only"),
+            format!(
+                "{}\n{RL}\n[env]\nkind = \"guess\"\n",
+                sft.replace("[model]\n", "[model]\nprompt_template = \"Q: {prompt}\\nA: \"\n")
+            ),
         ),
         (
             row("async_needs_rl", "async.rollout_ranks", "[async] needs an [rl] phase"),

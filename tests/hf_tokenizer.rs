@@ -81,6 +81,17 @@ fn prompts_responses_and_supervised_sequences_use_the_hf_tokenizer() {
     assert_eq!(codec.response_text(&[&bytes("é")]), "é");
     assert_eq!(codec.piece(257), "10");
     assert_eq!(codec.text_len("10 =").unwrap(), 2);
+    // a file that asks for truncation and padding: a prompt is still encoded whole and unpadded
+    let path = dir.path().join("tokenizer.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["truncation"] =
+        serde_json::json!({"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0});
+    v["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+                                      "pad_id": BPE_ENDOFTEXT, "pad_type_id": 0, "pad_token": "<|endoftext|>"});
+    std::fs::write(&path, v.to_string()).unwrap();
+    let cut = TextCodec::for_model(Some(dir.path()), Some(BPE_TEMPLATE)).unwrap();
+    assert_eq!(cut.prompt("10 =1").unwrap(), want);
+    assert_eq!(cut.encode("café").unwrap(), bytes("café"));
 }
 
 /// The run's config: 2 supervised steps, then 2 GRPO steps, every checkpoint kept.
@@ -235,4 +246,71 @@ fn a_prompt_template_is_checked_by_key() {
     let mut want = vec![arbor::tokenizer::BOS_ID];
     want.extend(char.encode("Q: 1+2=\nA: ").unwrap());
     assert_eq!(codec.prompt("1+2=").unwrap(), want);
+}
+
+/// A Qwen2-style tokenizer adds no `<bos>`: an empty prompt without a template has no id to
+/// generate after, and is refused by file and line before the run starts.
+#[test]
+fn an_empty_prompt_without_a_bos_is_refused_by_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    write_bpe_model(&model, 3);
+    std::fs::create_dir_all(&data).unwrap();
+    let rows = "{\"prompt\": \"1+1=\", \"answer\": \"2\"}\n{\"prompt\": \"\", \"answer\": \"3\"}\n";
+    std::fs::write(data.join("train.jsonl"), rows).unwrap();
+    std::fs::write(data.join("eval.jsonl"), "{\"prompt\": \"2+1=\", \"answer\": \"3\"}\n").unwrap();
+    let text = job(&tmp.path().join("runs"), &model, &data)
+        .replace(&format!("prompt_template = {BPE_TEMPLATE:?}\n"), "")
+        .replace("steps = 2\nbatch_size", "steps = 0\nbatch_size");
+    let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();
+    assert!(cfg.model.prompt_template.is_none() && cfg.train.steps == 0);
+    let e = arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
+    assert!(e.contains("train.jsonl:2") && e.contains("the prompt is empty"), "{e}");
+    // with a template the same record has a prompt
+    let text = job(&tmp.path().join("runs"), &model, &data).replace("steps = 2\nbatch_size", "steps = 0\nbatch_size");
+    let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();
+    let codec = cfg.text_codec().unwrap();
+    let check = arbor::tasks::ContextCheck {
+        codec: &codec,
+        max_position_embeddings: 128,
+        context_key: "k",
+        supervised_steps: 0,
+        rl_max_new_tokens: Some(8),
+    };
+    arbor::tasks::check_fits(cfg.task(&codec).unwrap().as_ref(), &check).unwrap();
+}
+
+/// `arbor eval --model CHECKPOINT` without `--config` scores the checkpoint on its own run's task,
+/// template and tokenizer: on the stream of the run's last evaluation it gives that evaluation.
+#[test]
+fn eval_of_a_checkpoint_uses_the_run_it_came_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
+    write_bpe_model(&model, 4);
+    std::fs::create_dir_all(&data).unwrap();
+    let rows = |range: std::ops::Range<u32>| -> String {
+        range.map(|i| format!("{{\"prompt\": \"{i}+10=\", \"answer\": \"{}\"}}\n", i + 10)).collect()
+    };
+    std::fs::write(data.join("train.jsonl"), rows(0..8)).unwrap();
+    std::fs::write(data.join("eval.jsonl"), rows(20..26)).unwrap();
+    let text = job(&tmp.path().join("runs"), &model, &data)
+        .replace("steps = 2\nbatch_size", "steps = 0\nbatch_size")
+        .replace("eval_samples = 1", "eval_samples = 2");
+    let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();
+    arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap();
+    let run = tmp.path().join("runs/hub");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value =
+        metrics.lines().rfind(|l| l.contains("eval_solve_rate")).map(|l| serde_json::from_str(l).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["--threads", "1", "eval", "--model", run.join("checkpoints/step-2").to_str().unwrap()])
+        .args(["--step", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // the run's evaluation settings (the default job's are 500 problems × 4 samples)
+    assert_eq!((&got["eval_problems"], &got["eval_samples"]), (&serde_json::json!(3), &serde_json::json!(2)));
+    assert_eq!(got["eval_solve_rate"], last["eval_solve_rate"]);
+    assert_eq!(got["eval_solve_rate_greedy"], last["eval_solve_rate_greedy"]);
 }

@@ -63,15 +63,18 @@ pub fn dump_steps(config: &str) -> anyhow::Result<DumpSteps> {
     Ok(DumpSteps { separators, fci_step_gap })
 }
 
-/// The text codec of the run whose resolved config is `config` (a dump's `config` attribute): its
-/// `model.hf_dir`'s tokenizer and `model.prompt_template`, the character tokenizer for a fresh model.
-pub fn dump_codec(config: &str) -> anyhow::Result<TextCodec> {
+/// The text codec of the run that wrote the dump at `dump`, whose resolved config is `config` (the
+/// dump's `config` attribute): the tokenizer of the run's newest checkpoint beside the dump, else of
+/// its `model.hf_dir` (the character tokenizer for a fresh model), with its `model.prompt_template`.
+pub fn dump_codec(dump: &Path, config: &str) -> anyhow::Result<TextCodec> {
     let table: toml::Table =
         toml::from_str(config).map_err(|e| anyhow::anyhow!("not TOML: {}", e.to_string().trim()))?;
     let model = table.get("model").and_then(|m| m.as_table());
     let text = |k: &str| model.and_then(|m| m.get(k)).and_then(|v| v.as_str());
-    let dir = text("hf_dir").map(std::path::Path::new);
-    Ok(TextCodec::for_model(dir, text("prompt_template"))?)
+    let run_dir = dump.parent().unwrap_or(Path::new("."));
+    let checkpoint = crate::train::checkpoint::list_checkpoints(run_dir)?.last().map(|(_, d)| d.clone());
+    let dir = checkpoint.or_else(|| text("hf_dir").map(PathBuf::from));
+    Ok(TextCodec::for_model(dir.as_deref(), text("prompt_template"))?)
 }
 
 /// Response step bounds [0, e_1, …, T] from per-token step indices: a step ends where the index
@@ -107,7 +110,7 @@ pub fn print_sample(
         DumpSteps { separators: d.step_separators, fci_step_gap: d.fci_step_gap }
     });
     let delta = delta.unwrap_or(steps.fci_step_gap);
-    let codec = dump_codec(&t.config).unwrap_or_else(|e| {
+    let codec = dump_codec(path, &t.config).unwrap_or_else(|e| {
         eprintln!("warning: {}: the run's tokenizer: {e:#}; read with arbor's character tokenizer", path.display());
         TextCodec::default()
     });

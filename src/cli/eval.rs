@@ -14,8 +14,9 @@ use std::path::PathBuf;
 /// Arguments of `arbor eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Run configuration naming the task and the `[rl]` evaluation settings; without it, the
-    /// embedded default job.
+    /// Run configuration naming the task, the prompt template and the `[rl]` evaluation settings;
+    /// without it, the config a checkpoint of arbor's was trained with (its `run_config.toml`), else
+    /// the embedded default job.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// HF model directory to evaluate (default: the config's `model.hf_dir`).
@@ -42,14 +43,24 @@ pub struct EvalArgs {
 
 /// Evaluate and print the solve rates.
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    let mut cfg = RunConfig::load_or_default(args.config.as_deref())?;
+    let recorded = args
+        .model
+        .as_ref()
+        .map(|d| d.join(crate::train::checkpoint::RUN_CONFIG_FILE))
+        .filter(|p| args.config.is_none() && p.is_file());
+    let mut cfg = match &recorded {
+        // a checkpoint is scored on its run's task, in its run's prompt format
+        Some(p) => RunConfig::load(p)?,
+        None => RunConfig::load_or_default(args.config.as_deref())?,
+    };
     if let Some(s) = args.seed {
         cfg.run.seed = s;
     }
     if let Some(dir) = &args.model {
         cfg.model.hf_dir = Some(dir.clone());
     }
-    let (rl, scope) = settings(args, &cfg)?;
+    let source = recorded.clone().or_else(|| args.config.clone());
+    let (rl, scope) = settings(args, &cfg, &source)?;
     anyhow::ensure!(cfg.model.hf_dir.is_some(), "no model to evaluate: pass --model DIR or set model.hf_dir");
     let codec = cfg.text_codec()?;
     let task = cfg.task(&codec)?;
@@ -75,10 +86,11 @@ enum Scope {
     Games(usize),
 }
 
-/// The config's `[rl]` settings with the overrides of `args` applied, and what the evaluation plays.
-fn settings(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<(RlSection, Scope)> {
+/// The config's `[rl]` settings with the overrides of `args` applied, and what the evaluation plays
+/// (`source`: the config's file, for errors; none for the default job).
+fn settings(args: &EvalArgs, cfg: &RunConfig, source: &Option<PathBuf>) -> anyhow::Result<(RlSection, Scope)> {
     let Some(mut rl) = cfg.rl.clone() else {
-        anyhow::bail!("{}: `arbor eval` needs an [rl] section (its eval_* keys)", config_name(&args.config));
+        anyhow::bail!("{}: `arbor eval` needs an [rl] section (its eval_* keys)", config_name(source));
     };
     if let Some(n) = args.problems {
         anyhow::ensure!(n > 0, "--problems must be positive");
@@ -86,7 +98,7 @@ fn settings(args: &EvalArgs, cfg: &RunConfig) -> anyhow::Result<(RlSection, Scop
             anyhow::bail!(
                 "{}: --problems does not apply to an [env] config, whose evaluation plays env.eval_games = {} \
                  held-out games; set env.eval_games to change their number",
-                config_name(&args.config),
+                config_name(source),
                 env.eval_games
             );
         }
@@ -151,12 +163,12 @@ mod tests {
     fn an_env_evaluation_reports_its_games_and_refuses_problems() {
         let rate = SolveRate { greedy: 0.5, sampled: 0.25 };
         let cfg = with_env(12);
-        let (rl, scope) = settings(&args(None), &cfg).unwrap();
+        let (rl, scope) = settings(&args(None), &cfg, &None).unwrap();
         assert_eq!(scope, Scope::Games(12));
         let v: serde_json::Value = serde_json::from_str(&report(&rate, &rl, scope, 3, true)).unwrap();
         assert_eq!((v["eval_games"].as_u64(), v.get("eval_problems")), (Some(12), None));
         assert!(report(&rate, &rl, scope, 3, false).starts_with("held-out win rate on 12 games: greedy 50.0%"));
-        let e = settings(&args(Some(5)), &cfg).unwrap_err().to_string();
+        let e = settings(&args(Some(5)), &cfg, &None).unwrap_err().to_string();
         assert!(e.contains("--problems does not apply to an [env] config") && e.contains("eval_games = 12"), "{e}");
     }
 
@@ -164,7 +176,7 @@ mod tests {
     fn a_task_evaluation_reports_its_problems() {
         let rate = SolveRate { greedy: 0.5, sampled: 0.25 };
         let cfg = RunConfig::load_or_default(None).unwrap();
-        let (rl, scope) = settings(&args(Some(7)), &cfg).unwrap();
+        let (rl, scope) = settings(&args(Some(7)), &cfg, &None).unwrap();
         assert_eq!((scope, rl.eval_problems), (Scope::Problems(7), 7));
         let v: serde_json::Value = serde_json::from_str(&report(&rate, &rl, scope, 3, true)).unwrap();
         assert_eq!((v["eval_problems"].as_u64(), v.get("eval_games")), (Some(7), None));

@@ -41,6 +41,7 @@ pub const RULES: &[Rule] = &[
     Rule { name: "env_groups_only", key: "env.kind", check: env_groups_only },
     Rule { name: "env_not_async", key: "async.mode", check: env_not_async },
     Rule { name: "env_tp_one", key: "env.kind", check: env_tp_one },
+    Rule { name: "env_no_template", key: "model.prompt_template", check: env_no_template },
     Rule { name: "async_needs_rl", key: "async.rollout_ranks", check: async_needs_rl },
     Rule { name: "async_groups_only", key: "async.rollout_ranks", check: async_groups_only },
     Rule { name: "async_tp_one", key: "async.rollout_ranks", check: async_tp_one },
@@ -216,6 +217,16 @@ fn env_not_async(cfg: &RunConfig) -> Option<String> {
 fn env_tp_one(cfg: &RunConfig) -> Option<String> {
     let tp = cfg.parallel.tp;
     when(cfg.env.is_some() && tp != 1, || format!("[env] runs with tp = 1 (parallel.tp = {tp})"))
+}
+
+/// An environment's turns are written into the conversation as plain text: a prompt template
+/// would frame its first observation only, and every later turn would be out of the format.
+fn env_no_template(cfg: &RunConfig) -> Option<String> {
+    when(cfg.env.is_some() && cfg.model.prompt_template.is_some(), || {
+        "[env] writes its observations and the model's replies into one plain-text history; a template would frame \
+         the first turn only: drop prompt_template with [env]"
+            .into()
+    })
 }
 
 fn async_needs_rl(cfg: &RunConfig) -> Option<String> {

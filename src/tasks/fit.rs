@@ -58,6 +58,9 @@ enum Misfit {
     /// Prompt, solution and end of sequence are longer than the context (token counts of the
     /// prompt, its `<bos>` or template included, and of the solution).
     Sequence { prompt: usize, solution: usize },
+    /// An RL phase, and the prompt encodes to no id at all (an empty prompt, no template, a
+    /// tokenizer that adds no `<bos>`): there is nothing to generate after.
+    EmptyPrompt,
     /// The prompt fills the context (its token count, `<bos>` or template included).
     Prompt { prompt: usize },
 }
@@ -76,8 +79,12 @@ fn misfit(prompt: &str, solution: Option<&str>, ctx: &ContextCheck) -> Result<Op
             }
         }
     }
+    // (a tokenizer without a cheap bound, an HF one, is counted: its empty prompt has no id)
     if ctx.rl_max_new_tokens.is_some() && bound.is_none_or(|b| b >= max) {
         let p = codec.prompt_len(prompt)?;
+        if p == 0 {
+            return Ok(Some(Misfit::EmptyPrompt));
+        }
         if p >= max {
             return Ok(Some(Misfit::Prompt { prompt: p }));
         }
@@ -102,6 +109,9 @@ fn describe(m: Misfit, ctx: &ContextCheck) -> String {
             prompt + solution + 1,
             ctx.supervised_steps
         ),
+        Misfit::EmptyPrompt => "the prompt is empty and encodes to no token (the model's tokenizer adds no <bos>): \
+             the RL phase has nothing to generate after; give the record a prompt, or set model.prompt_template"
+            .to_string(),
         Misfit::Prompt { prompt } => format!(
             "the prompt is {prompt} tokens with its <bos> or template, which leaves no room for a response under \
              {key} = {max} (the RL phase generates up to rl.max_new_tokens = {} tokens after it); shorten the prompt \

@@ -65,9 +65,9 @@ impl TextCodec {
         if let (Some(t), Some(tok)) = (template, codec.as_char()) {
             if let Some((pos, c)) = tok.first_unknown(t) {
                 return Err(Error::Invalid(format!(
-                    "model.prompt_template: character {c:?} at position {pos} is not in the character tokenizer's \
-                     alphabet (the model has no tokenizer.json of its own, so arbor's character tokenizer encodes \
-                     the prompts)"
+                    "model.prompt_template: character {c:?} at position {pos} is not in the alphabet of arbor's \
+                     character tokenizer, which encodes this run's prompts (the model is arbor's own, not one with \
+                     a tokenizer.json of another kind)"
                 )));
             }
         }
@@ -76,6 +76,11 @@ impl TextCodec {
     }
 
     fn from_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            // (a misspelt hf_dir would otherwise read as a directory without a tokenizer)
+            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory");
+            return Err(Error::io(dir, e));
+        }
         let path = dir.join(TOKENIZER_FILE);
         if !path.is_file() {
             if let Some(f) = OTHER_FORMATS.iter().map(|f| dir.join(f)).find(|p| p.is_file()) {

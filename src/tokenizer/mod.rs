@@ -27,6 +27,8 @@ pub struct HfTokenizer {
     pub inner: tokenizers::Tokenizer,
     /// `tokenizer_config.json` next to the file, kept to be written back verbatim.
     pub config: Option<Value>,
+    /// `special_tokens_map.json` next to the file, kept to be written back verbatim.
+    pub special_map: Option<Value>,
     bos: Option<u32>,
     eos: Option<u32>,
     pad: Option<u32>,
@@ -70,11 +72,17 @@ fn special_text(cfgs: &[&Value], key: &str) -> Option<String> {
 
 impl Tokenizer {
     /// Load an HF `tokenizer.json`; special tokens come from `tokenizer_config.json` or
-    /// `special_tokens_map.json` in the same directory when present.
+    /// `special_tokens_map.json` in the same directory when present. The file's own truncation and
+    /// padding are switched off: a prompt or a solution is encoded whole (the run's context checks
+    /// decide what fits), never cut or padded to a length the file names.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_str(&text)
+        let mut inner = tokenizers::Tokenizer::from_str(&text)
             .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::format(path, format!("switching off its truncation: {e}")))?
+            .with_padding(None);
         let dir = path.parent().unwrap_or(Path::new("."));
         let config = json_file(&dir.join(TOKENIZER_CONFIG_FILE))?;
         let map = json_file(&dir.join(SPECIAL_TOKENS_MAP_FILE))?;
@@ -88,7 +96,7 @@ impl Tokenizer {
         let bos = id("bos_token", &["<bos>", "<s>", "<|begin_of_text|>"]);
         let eos = id("eos_token", &["<eos>", "</s>", "<|endoftext|>", "<|end_of_text|>"]);
         let pad = id("pad_token", &["<pad>"]);
-        Ok(Tokenizer::Hf(Box::new(HfTokenizer { inner, config, bos, eos, pad })))
+        Ok(Tokenizer::Hf(Box::new(HfTokenizer { inner, config, special_map: map, bos, eos, pad })))
     }
 
     /// Load `tokenizer.json` from a model directory; `Ok(None)` when the directory has none.
@@ -184,6 +192,9 @@ impl Tokenizer {
                 staged.write(SPECIAL_TOKENS_MAP_FILE, json(&t.special_tokens_map_json())?.as_bytes())?;
             }
             Tokenizer::Hf(t) => {
+                if let Some(map) = &t.special_map {
+                    staged.write(SPECIAL_TOKENS_MAP_FILE, json(map)?.as_bytes())?;
+                }
                 if let Some(cfg) = &t.config {
                     staged.write(TOKENIZER_CONFIG_FILE, json(cfg)?.as_bytes())?;
                 } else {

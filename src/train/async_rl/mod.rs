@@ -253,13 +253,14 @@ fn rollout_loop(
                 }
                 let t0 = Instant::now();
                 let mut rollouts = sampler.sample(&ctx, &mut engine, model, b)?;
+                // (stages 1–3, as the synchronous trainer's time_generate_s: not the shaping)
+                let secs = t0.elapsed().as_secs_f64();
                 if let Some((rc, ws)) = shaping.as_mut() {
                     rollouts.notes.rhythm_amplified_frac =
                         // (every rollout rank shapes its share of batch b here: the medians and
                         // the amplified fraction are the whole batch's, over the rollout ranks)
                         Some(shape_rollouts(&mut engine, model, ws, (rc, ph.rl.micro()), &mut rollouts, Some(ctx.dp))?);
                 }
-                let secs = t0.elapsed().as_secs_f64();
                 let msg = encode_batch(version, sum, secs, &rollouts)?;
                 to_sender.send(msg).map_err(|_| Error::Invalid("async: the batch sender stopped".into()))?;
             }

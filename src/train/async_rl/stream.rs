@@ -307,11 +307,13 @@ fn finish(
     let Here { ph, codec, samples, clock } = here;
     let unknown = || Error::Invalid(format!("async: a sample of an unknown group (batch {b}, prompt {p_i})"));
     let g = open.get_mut(&(b, p_i)).ok_or_else(unknown)?;
+    // (a sample's queue time runs from its completion: its reward is part of it)
+    let done = Instant::now();
     let r = reward(ph.task, codec, &g.problem, &c);
     let at = j - samples.start;
     let sample =
         PieceSample { completion: c, reward: r, start_version: g.start[at], end_version: version, queue_s: 0.0 };
-    g.samples[at] = Some((sample, Instant::now()));
+    g.samples[at] = Some((sample, done));
     g.left -= 1;
     g.last_done_s = clock.elapsed().as_secs_f64();
     if g.left > 0 {

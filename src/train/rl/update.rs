@@ -20,7 +20,7 @@ use crate::train::AdamW;
 /// One sampled response, ready for training.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// Prompt tokens (BOS first).
+    /// Prompt tokens (as the run's `TextCodec::prompt` encodes them).
     pub prompt: Vec<u32>,
     /// Response tokens (EOS included when generated).
     pub response: Vec<u32>,
