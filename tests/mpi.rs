@@ -163,8 +163,38 @@ fn continuous_rollout_and_replication_keep_the_bound_and_reproduce() {
         lines.lines().filter(|l| l.contains("\"version\":1")).count() == 2,
         "both ranks install version 1: {lines}"
     );
+    // (and report the weights they start from, which the leader checks like any install)
+    assert_eq!(lines.lines().filter(|l| l.contains("\"version\":0") && l.contains("\"decode_step\":0")).count(), 2);
     train("c1replay", slow, &["--replay", schedule.to_str().unwrap()]);
     compare_runs_within(&run("c1"), &run("c1replay"), "checkpoints/step-3", "continuous α = 1 replayed", 0.0, 1e-9);
+    // a schedule that installs version 1 before batch 0 is done (another run's) is an error at
+    // once, not a rank waiting for a version that waits for it (until step_timeout_s)
+    let other = dir.path().join("other-schedule.jsonl");
+    let moved: String = lines
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if v["version"] == 1 {
+                v["decode_step"] = 0.into();
+            }
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&other, moved).unwrap();
+    let cfg = with("c1other", slow);
+    let dir_other = out("c1other");
+    let o = mpirun(
+        3,
+        &["--threads", "1", "train", "--config", &cfg, "--out-dir", &dir_other, "--replay", other.to_str().unwrap()],
+        &[],
+    );
+    assert!(!o.status.success());
+    let said = text(&o);
+    assert!(
+        said.contains("replay: the schedule installs policy version 1 before decode step 0")
+            && said.contains("batch 0"),
+        "{said}"
+    );
     // the dump keeps each sample's own start version: per step, its staleness histogram is the
     // metrics' (these short runs start each batch under one version; the per-sample version
     // crossing the wire is tested in src/train/rl/wire.rs)

@@ -1,5 +1,6 @@
 //! The weight-install schedule of a continuous run (`<run>/rollout-schedule.jsonl`): one line per
-//! install, `{"rank": world rank, "version": v, "sum": weights checksum, "decode_step": d}`,
+//! install, `{"rank": world rank, "version": v, "sum": weights checksum, "decode_step": d}` (each
+//! rank's first line: the weights it starts from, at decode step 0),
 //! written by the training leader as the rollout ranks report their installs. A continuous run is
 //! a pure function of the seed and this schedule: `arbor train --replay FILE` installs each version
 //! at the recorded decode step and so reproduces the run's samples and weights.

@@ -185,7 +185,10 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
     let mut slots = EngineSlots::new(engine, model, rl.max_batch.max(1), max_len)?;
     let capacity = slots.capacity() as f64;
     let sum = fnv1a64(bytemuck::cast_slice(&model.params.data));
-    let mut policy = Policy { version: s.first, sum, unreported: Vec::new(), stopped: false };
+    // the weights this rank starts from are reported as an install before decode step 0: the leader
+    // checks them against the version the trainer published first, as every later install
+    let start = Install { version: s.first, sum, decode_step: 0 };
+    let mut policy = Policy { version: s.first, sum, unreported: vec![start], stopped: false };
     let (mut busy_s, mut total_s) = (0.0f64, 0.0f64);
     let mut open: HashMap<(u64, usize), Open> = HashMap::new();
     let (mut b, mut k) = (s.first, 0usize);
@@ -206,6 +209,18 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
             }
             Installs::Replay(due) => {
                 while let Some(x) = due.front().copied().filter(|x| x.decode_step == step) {
+                    // the trainer makes version v from batch v − 1, this rank's share included: a
+                    // share not yet generated here would wait for a version that waits for it
+                    let unfinished = open.keys().map(|&(g, _)| g).chain((b < rl.steps).then_some(b)).min();
+                    if let Some(g) = unfinished.filter(|&g| g < x.version) {
+                        return Err(Error::Invalid(format!(
+                            "replay: the schedule installs policy version {} before decode step {step}, but this \
+                             rollout rank has not finished its share of batch {g}, from which the trainer makes that \
+                             version: the schedule was recorded by a run with other settings (rl.max_batch, [async], \
+                             [workload], the device, the data or the seed); record one with this config",
+                            x.version
+                        )));
+                    }
                     policy.install_exact((model, &mut slots), s.inbox, x.version, Some(x.sum), step)?;
                     due.pop_front();
                 }
