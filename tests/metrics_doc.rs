@@ -49,6 +49,8 @@ fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
     };
     let critic = CriticNotes { value_losses: vec![0.5, 0.25], ..CriticNotes::default() };
     let rl = RlStepReport {
+        dual_clip_frac: Some(0.1),
+        cap_frac: Some(0.05),
         device_mem_mib: Some(100.0),
         device_peak_mib: Some(90.0),
         sampler,
@@ -92,6 +94,8 @@ fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
         "staleness_max",
         "device_mem_mib",
         "device_peak_mib",
+        "dual_clip_frac",
+        "cap_frac",
     ] {
         assert!(!plain.contains(k), "{k} written without its feature");
     }

@@ -57,9 +57,13 @@ fn grpo_loop_runs_logs_and_is_deterministic() {
         "policy_version",
         "time_reward_s",
         "train_tokens_per_s",
+        "dual_clip_frac",
     ] {
         assert!(steps.iter().all(|s| s.get(key).is_some_and(|v| v.is_number())), "metrics lack {key}");
     }
+    // (the ppo loss with its default dual clip: its fraction, no decoupled_ppo cap)
+    assert!(steps.iter().all(|s| (0.0..=1.0).contains(&s["dual_clip_frac"].as_f64().unwrap())));
+    assert!(steps.iter().all(|s| s.get("cap_frac").is_none()));
     // the behaviour log-probs recorded at rollout match the trainer's recomputation
     let mismatch = steps[0]["logprob_mismatch_abs_mean"].as_f64().unwrap();
     assert!(mismatch < 1e-4, "rollout vs train log-prob mismatch {mismatch}");

@@ -120,6 +120,7 @@ fn ppo_branches_token_mean() {
     assert_all_close(&dlogp, &grad, "dlogp");
     assert_eq!(dent, vec![0.0; 7], "entropy_coef 0 ⇒ no entropy gradient");
     assert_eq!((out.stats.n_clipped, out.stats.n_dual_clipped, out.stats.n_tokens), (2, 1, 7));
+    assert_close(out.stats.dual_clip_frac(), 1.0 / 7.0, "dual clip fraction");
     assert_close(out.stats.mean_ratio(), (1.1 + 1.5 + 0.5 + 0.9 + 0.5 + 2.0 + 4.0) / 7.0, "mean ratio");
     let approx_kl: f64 = [1.1f64, 1.5, 0.5, 0.9, 0.5, 2.0, 4.0].iter().map(|r| r - 1.0 - r.ln()).sum::<f64>() / 7.0;
     assert_close(out.stats.approx_kl(), approx_kl, "approx kl");
@@ -237,6 +238,7 @@ fn decoupled_ppo_weights_by_capped_prox_over_behaviour() {
     assert_close(out.loss, loss, "loss");
     assert_all_close(&dlogp, &grad, "dlogp");
     assert_eq!((out.stats.n_capped, out.stats.n_clipped), (1, 1));
+    assert_close(out.stats.cap_frac(), 1.0 / 3.0, "capped fraction");
     assert_close(out.stats.mean_weight(), (1.0 + 1.2 + 0.5) / 3.0, "mean weight");
     assert_close(out.stats.mismatch_abs_max, 2f64.ln(), "max |logπ_old − logμ|");
 

@@ -43,7 +43,7 @@ use crate::config::{AdvantageSource, RlPlan, RlSection, RunConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, Workspace};
 use crate::parallel::Comm;
-use crate::rl::LossConfig;
+use crate::rl::{LossConfig, LossKind};
 use crate::rollout::Finish;
 use crate::tasks::Task;
 use crate::tokenizer::TextCodec;
@@ -312,6 +312,10 @@ impl<'a> RlTrainer<'a> {
             response_clip_ratio: clipped,
             loss: mean(&update.losses),
             clip_frac: st.clip_frac(),
+            dual_clip_frac: (matches!(self.loss.kind, LossKind::Ppo | LossKind::DecoupledPpo)
+                && self.loss.dual_clip_c().is_some())
+            .then(|| st.dual_clip_frac()),
+            cap_frac: (self.loss.kind == LossKind::DecoupledPpo).then(|| st.cap_frac()),
             approx_kl: st.approx_kl(),
             ref_kl: st.ref_kl(),
             entropy: st.entropy(),

@@ -16,6 +16,12 @@ pub struct RlStepReport {
     pub response_clip_ratio: f64,
     pub loss: f64,
     pub clip_frac: f64,
+    /// ppo and decoupled_ppo with `loss.dual_clip`: fraction of response tokens on the dual-clip branch.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dual_clip_frac: Option<f64>,
+    /// decoupled_ppo: fraction of response tokens whose weight π_prox/μ was capped at `loss.decoupled_cap`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cap_frac: Option<f64>,
     pub approx_kl: f64,
     pub ref_kl: f64,
     pub entropy: f64,
