@@ -141,12 +141,20 @@ log_every = 1
     )
 }
 
+/// A Hub-style model (seed `seed`) in `tmp/model` and a JSONL dataset in `tmp/data`
+/// (`train.jsonl`, `eval.jsonl`); returns the two directories.
+fn hub(tmp: &Path, seed: u64, train: &str, eval: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (model, data) = (tmp.join("model"), tmp.join("data"));
+    write_bpe_model(&model, seed);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.jsonl"), train).unwrap();
+    std::fs::write(data.join("eval.jsonl"), eval).unwrap();
+    (model, data)
+}
+
 #[test]
 fn a_hub_style_model_trains_checkpoints_and_resumes_with_its_own_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
-    write_bpe_model(&model, 3);
-    std::fs::create_dir_all(&data).unwrap();
     // prompts outside the character tokenizer's alphabet are fine for a byte-level tokenizer
     let rows = |range: std::ops::Range<u32>| -> String {
         range
@@ -155,8 +163,7 @@ fn a_hub_style_model_trains_checkpoints_and_resumes_with_its_own_tokenizer() {
             })
             .collect()
     };
-    std::fs::write(data.join("train.jsonl"), rows(0..12)).unwrap();
-    std::fs::write(data.join("eval.jsonl"), rows(20..23)).unwrap();
+    let (model, data) = hub(tmp.path(), 3, &rows(0..12), &rows(20..23));
     let text = job(&tmp.path().join("runs"), &model, &data);
     let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();
     let report = arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap();
@@ -204,9 +211,11 @@ fn a_hub_style_model_trains_checkpoints_and_resumes_with_its_own_tokenizer() {
 #[test]
 fn a_model_smaller_than_its_tokenizer_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
-    write_bpe_model(&model, 3);
-    std::fs::create_dir_all(&data).unwrap();
+    let (train, eval) = (
+        "{\"prompt\": \"1+1=\", \"answer\": \"2\", \"solution\": \"2\"}\n",
+        "{\"prompt\": \"2+1=\", \"answer\": \"3\", \"solution\": \"3\"}\n",
+    );
+    let (model, data) = hub(tmp.path(), 3, train, eval);
     // the tokenizer has 261 ids; a model of 200 rows has none for the others
     let cfg = arbor::model::ModelConfig {
         vocab_size: 200,
@@ -215,10 +224,6 @@ fn a_model_smaller_than_its_tokenizer_is_refused() {
     let params = arbor::model::init::init_params(&cfg, 1, 0.02);
     std::fs::remove_file(model.join("model.safetensors")).unwrap();
     arbor::io::save_hf_dir(&model, &cfg, &params, &arbor::io::SaveOptions::default()).unwrap();
-    std::fs::write(data.join("train.jsonl"), "{\"prompt\": \"1+1=\", \"answer\": \"2\", \"solution\": \"2\"}\n")
-        .unwrap();
-    std::fs::write(data.join("eval.jsonl"), "{\"prompt\": \"2+1=\", \"answer\": \"3\", \"solution\": \"3\"}\n")
-        .unwrap();
     let text = job(&tmp.path().join("runs"), &model, &data);
     let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();
     let e = arbor::train::job::run(&cfg, None, &mut Vec::new()).unwrap_err().to_string();
@@ -253,12 +258,8 @@ fn a_prompt_template_is_checked_by_key() {
 #[test]
 fn an_empty_prompt_without_a_bos_is_refused_by_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
-    write_bpe_model(&model, 3);
-    std::fs::create_dir_all(&data).unwrap();
     let rows = "{\"prompt\": \"1+1=\", \"answer\": \"2\"}\n{\"prompt\": \"\", \"answer\": \"3\"}\n";
-    std::fs::write(data.join("train.jsonl"), rows).unwrap();
-    std::fs::write(data.join("eval.jsonl"), "{\"prompt\": \"2+1=\", \"answer\": \"3\"}\n").unwrap();
+    let (model, data) = hub(tmp.path(), 3, rows, "{\"prompt\": \"2+1=\", \"answer\": \"3\"}\n");
     let text = job(&tmp.path().join("runs"), &model, &data)
         .replace(&format!("prompt_template = {BPE_TEMPLATE:?}\n"), "")
         .replace("steps = 2\nbatch_size", "steps = 0\nbatch_size");
@@ -285,14 +286,10 @@ fn an_empty_prompt_without_a_bos_is_refused_by_line() {
 #[test]
 fn eval_of_a_checkpoint_uses_the_run_it_came_from() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = (tmp.path().join("model"), tmp.path().join("data"));
-    write_bpe_model(&model, 4);
-    std::fs::create_dir_all(&data).unwrap();
     let rows = |range: std::ops::Range<u32>| -> String {
         range.map(|i| format!("{{\"prompt\": \"{i}+10=\", \"answer\": \"{}\"}}\n", i + 10)).collect()
     };
-    std::fs::write(data.join("train.jsonl"), rows(0..8)).unwrap();
-    std::fs::write(data.join("eval.jsonl"), rows(20..26)).unwrap();
+    let (model, data) = hub(tmp.path(), 4, &rows(0..8), &rows(20..26));
     let text = job(&tmp.path().join("runs"), &model, &data)
         .replace("steps = 2\nbatch_size", "steps = 0\nbatch_size")
         .replace("eval_samples = 1", "eval_samples = 2");
