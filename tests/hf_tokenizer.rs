@@ -200,6 +200,14 @@ fn a_hub_style_model_trains_checkpoints_and_resumes_with_its_own_tokenizer() {
         }
     }
 
+    // another revision of the tokenizer downloaded into the model directory since (no merges): the
+    // resume reads text with the checkpoint's tokenizer, so it still ends with the same weights
+    let path = model.join("tokenizer.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["model"]["merges"] = serde_json::json!([]);
+    std::fs::write(&path, v.to_string()).unwrap();
+    let newer = TextCodec::for_model(Some(&model), Some(BPE_TEMPLATE)).unwrap();
+    assert_ne!(newer.prompt("café 3+10=").unwrap(), source.prompt("café 3+10=").unwrap());
     // a resume from the first RL step's checkpoint ends with the same weights
     let again = tmp.path().join("again");
     let text = job(&again, &model, &data);

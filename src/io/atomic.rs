@@ -65,6 +65,14 @@ fn place(staged: &[(PathBuf, PathBuf)]) -> Result<()> {
         let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         dst.with_file_name(format!(".{name}.arbor-old-{}", std::process::id()))
     };
+    // one file: a rename over the old one replaces it at once (a kill leaves the old file or the
+    // new one; moving it aside first would leave neither under its name for a moment)
+    if let [(tmp, dst)] = staged {
+        if std::fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Invalid(format!("{}: a directory is where a file goes", dst.display())));
+        }
+        return std::fs::rename(tmp, dst).map_err(|e| Error::io(dst, e));
+    }
     // 1. the files there now, aside (a directory where a file goes is refused before any change)
     let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     let undo_moves = |moved: &[(PathBuf, PathBuf)]| {

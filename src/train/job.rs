@@ -41,7 +41,14 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let root = grid.is_root();
     // a run asking for a GPU where none is usable stops before it writes anything
     crate::train::probe::probe(cfg.train.device)?;
-    let codec = cfg.text_codec()?;
+    // a resume reads text as the checkpoint's run did: with the tokenizer saved in the checkpoint
+    // (a model directory re-downloaded since may hold another revision of it)
+    let codec = match resume {
+        Some(dir) if dir.join(crate::tokenizer::TOKENIZER_FILE).is_file() => {
+            crate::tokenizer::TextCodec::for_model(Some(dir), cfg.model.prompt_template.as_deref())?
+        }
+        _ => cfg.text_codec()?,
+    };
     let task = cfg.task(&codec)?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
 

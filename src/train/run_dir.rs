@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 /// `trajectories.h5`, when the resumed RL phase reopens it: [`prepare`]'s `dump`).
 const RECORD_FILES: [&str; 3] = ["config.toml", "config-history.jsonl", "metrics.jsonl"];
 const DUMP_FILE: &str = "trajectories.h5";
-/// The files whose steps after a rollback's step are dropped when the resumed run opens them; a
-/// copy of each, as it was, goes beside the superseded checkpoints.
-const TRIMMED_FILES: [&str; 2] = ["metrics.jsonl", "trajectories.h5"];
+/// The files whose steps after a rollback's step are dropped (or, the continuous async install
+/// schedule, rewritten) when the resumed run opens them; a copy of each, as it was, goes beside the
+/// superseded checkpoints (the schedule: the superseded branch's `--replay` record).
+const TRIMMED_FILES: [&str; 3] = ["metrics.jsonl", "trajectories.h5", "rollout-schedule.jsonl"];
 /// The RL phase's frozen KL reference, saved in the run directory at the phase's start.
 pub const REFERENCE_DIR: &str = "reference";
 
@@ -267,6 +268,7 @@ mod tests {
         }
         touch(&run.join("config.toml"));
         std::fs::write(run.join("metrics.jsonl"), b"{\"step\":100}\n").unwrap();
+        std::fs::write(run.join("rollout-schedule.jsonl"), b"{\"version\":9}\n").unwrap();
         let ck = run.join("checkpoints/step-90");
         let notes = prepare(&run, Some((&ck, 90)), false).unwrap();
         assert_eq!(steps(&run), vec![80, 90], "{notes:?}");
@@ -274,6 +276,8 @@ mod tests {
         // the metrics as they were (the resumed run drops step 100's line) go beside them
         let kept = std::fs::read(run.join("checkpoints/superseded-after-step-90/metrics.jsonl")).unwrap();
         assert_eq!(kept, b"{\"step\":100}\n");
+        let schedule = std::fs::read(run.join("checkpoints/superseded-after-step-90/rollout-schedule.jsonl")).unwrap();
+        assert_eq!(schedule, b"{\"version\":9}\n", "the superseded branch's install schedule");
         assert!(run.join("config.toml").is_file(), "a rollback keeps the run's record in place");
         // again to the same step: a second folder
         checkpoint(&run, 95);
