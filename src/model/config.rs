@@ -44,6 +44,25 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// The token ids of `key` in an HF JSON object (`config.json`, `generation_config.json`): one id
+/// or a list of them; none when the key is absent or null. `file` is named in errors.
+pub fn token_ids(v: &Value, key: &str, file: &Path) -> Result<Vec<u32>> {
+    let err = |msg: String| Error::Config { file: file.into(), key: key.into(), msg };
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| err(format!("expected token ids, got {}", Value::Array(a.clone())))),
+        Some(x) => x
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(|id| vec![id])
+            .ok_or_else(|| err(format!("expected a token id, got {x}"))),
+    }
+}
+
 impl ModelConfig {
     /// Width of the fused q|k|v projection output: (H + 2·KV)·D.
     pub fn qkv_dim(&self) -> usize {
@@ -340,22 +359,7 @@ impl ModelConfig {
             None if num_heads > 0 && hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => return Err(err("head_dim", "missing and hidden_size is not divisible by num_attention_heads")),
         };
-        // a token id, or a list of them (every one a token id)
-        let token_ids = |key: &str| -> Result<Vec<u32>> {
-            match obj.get(key) {
-                None | Some(Value::Null) => Ok(Vec::new()),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
-                    .collect::<Option<Vec<u32>>>()
-                    .ok_or_else(|| err(key, &format!("expected token ids, got {}", Value::Array(a.clone())))),
-                Some(x) => x
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .map(|id| vec![id])
-                    .ok_or_else(|| err(key, &format!("expected a token id, got {x}"))),
-            }
-        };
+        let token_ids = |key: &str| token_ids(v, key, file);
         let cfg = ModelConfig {
             arch,
             hidden_size,

@@ -236,7 +236,7 @@ impl TextCodec {
 }
 
 /// The `eos_token_id` of a model's `config.json` / `generation_config.json` (a number or a list
-/// of numbers); none when the file or the key is absent or null.
+/// of numbers, [`crate::model::config::token_ids`]); none when the file or the key is absent.
 fn eos_ids(path: &Path) -> Result<Vec<u32>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -245,15 +245,5 @@ fn eos_ids(path: &Path) -> Result<Vec<u32>> {
     };
     let v: Value =
         serde_json::from_str(&text).map_err(|e| Error::Format { path: path.into(), msg: format!("not JSON: {e}") })?;
-    let bad = |what: &Value| Error::Config {
-        file: path.into(),
-        key: "eos_token_id".into(),
-        msg: format!("{what} is not a token id (a number from 0 to 2^32 − 1, or a list of them)"),
-    };
-    let id = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(x));
-    match &v["eos_token_id"] {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(xs) => xs.iter().map(id).collect(),
-        x => Ok(vec![id(x)?]),
-    }
+    crate::model::config::token_ids(&v, "eos_token_id", path)
 }
