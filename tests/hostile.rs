@@ -244,6 +244,39 @@ fn a_diverging_run_skips_non_finite_updates_then_stops_without_writing_nan_weigh
 
 // ---- resume records ----
 
+/// A superseded RL checkpoint (a branch left by a rollback to before the RL phase, whose new branch
+/// saved a KL reference of its own) resumed into another directory continues its own branch: it
+/// finds that branch's config, metrics and reference beside it, and its next step equals the step
+/// the branch took before it was left, bit for bit.
+#[test]
+fn a_superseded_rl_checkpoint_resumes_its_own_branch_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = parse(&tiny_rl(2, 3)).unwrap(); // kl_coef = 0.001 (the default): a reference
+    cfg.run.out_dir = dir.path().join("a");
+    job::run(&cfg, None, &mut Vec::new()).unwrap();
+    let run = dir.path().join("a/addition-sft");
+    // a rollback to supervised step 1 with another learning rate: the new branch's RL phase
+    // starts from other weights and replaces the run's reference
+    let mut changed = cfg.clone();
+    changed.train.lr *= 2.0;
+    changed.allow_config_change = true;
+    let reference = |run: &Path| std::fs::read(run.join("reference/model.safetensors")).unwrap();
+    let left_reference = reference(&run);
+    job::run(&changed, Some(&run.join("checkpoints/step-1")), &mut Vec::new()).unwrap();
+    assert_ne!(reference(&run), left_reference, "the new branch saved a reference of its own");
+    let aside = run.join("checkpoints/superseded-after-step-1");
+    assert_eq!(reference(&aside), left_reference, "the left branch's reference is kept beside it");
+    // its step 4 resumed in another directory: step 5 as the left branch took it
+    let mut elsewhere = cfg.clone();
+    elsewhere.run.out_dir = dir.path().join("b");
+    job::run(&elsewhere, Some(&aside.join("step-4")), &mut Vec::new()).unwrap();
+    let resumed = dir.path().join("b/addition-sft");
+    let weights = |ck: &Path| arbor::train::checkpoint::load_checkpoint(ck).unwrap().params.data;
+    assert_eq!(weights(&resumed.join("checkpoints/step-5")), weights(&aside.join("step-5")));
+    assert_eq!(reference(&resumed), left_reference);
+    assert_eq!(common::metrics_without_clock(&resumed), common::metrics_without_clock(&aside));
+}
+
 #[test]
 fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded() {
     let dir = tempfile::tempdir().unwrap();

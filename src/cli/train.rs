@@ -165,19 +165,26 @@ fn grid_of(
 /// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
 pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
     let run_dir = cfg.run.out_dir.join(&cfg.run.name);
+    let grid = spmd_grid(cfg)?;
+    let root = grid.as_ref().is_none_or(|(_, g)| g.is_root());
     let dir = match resume {
         None => None,
-        Some("auto") => crate::train::checkpoint::list_checkpoints(&run_dir)?.last().map(|(_, d)| d.clone()),
-        Some("latest") => {
-            let all = crate::train::checkpoint::list_checkpoints(&run_dir)?;
-            let (_, dir) = all
-                .last()
-                .ok_or_else(|| anyhow::anyhow!("--resume latest: no checkpoint under {}", run_dir.display()))?;
-            Some(dir.clone())
+        Some(which @ ("auto" | "latest")) => {
+            // the newest checkpoint a crash did not leave incomplete
+            let (dir, skipped) = crate::train::checkpoint::newest_complete(&run_dir)?;
+            if root {
+                for line in &skipped {
+                    eprintln!("arbor: --resume {which}: {line}");
+                }
+            }
+            if dir.is_none() && which == "latest" {
+                anyhow::bail!("--resume latest: no complete checkpoint under {}", run_dir.display());
+            }
+            dir
         }
         Some(path) => Some(std::path::PathBuf::from(path)),
     };
-    let report = match spmd_grid(cfg)? {
+    let report = match grid {
         None => crate::train::job::run(cfg, dir.as_deref(), &mut std::io::stdout())?,
         Some((_spmd, grid)) => {
             let root = grid.is_root();

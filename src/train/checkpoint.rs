@@ -136,15 +136,17 @@ pub fn save_checkpoint(
         let _ = std::fs::remove_dir_all(&tmp);
     })?;
     if final_dir.exists() {
-        io(&final_dir, std::fs::remove_dir_all(&final_dir))?;
+        remove_checkpoint_dir(&final_dir)?;
     }
     io(&final_dir, std::fs::rename(&tmp, &final_dir))?;
+    sync(&root)?;
     prune(&root, keep_last.max(1), &final_dir)?;
     Ok(final_dir)
 }
 
 /// Remove the temporary folders (`checkpoints/.step-N.tmp-PID`) of checkpoints whose writer died
-/// before renaming them into place; returns how many. Called when a run (or a resume) starts.
+/// before renaming them into place, and those of removals a kill interrupted
+/// (`.step-N.tmp-removed`); returns how many. Called when a run (or a resume) starts.
 pub fn remove_stale_temporaries(run_dir: &Path) -> Result<usize> {
     let root = run_dir.join("checkpoints");
     if !root.is_dir() {
@@ -195,18 +197,39 @@ fn write_checkpoint_files(
     safetensors::serialize_to_file(views, None, &opt_path).map_err(|e| Error::format(&opt_path, e.to_string()))?;
     let state_json = serde_json::to_vec_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
     io(tmp, std::fs::write(tmp.join(STATE_FILE), state_json))?;
-    // Manifest of every file: size and checksum.
+    // Manifest of every file: size and checksum; each file on disk first (a checkpoint renamed into
+    // place before its data is flushed could come back from a node's crash with empty files)
     let mut files = BTreeMap::new();
     for entry in io(tmp, std::fs::read_dir(tmp))? {
         let path = io(tmp, entry)?.path();
         let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        sync(&path)?;
         let bytes = io(&path, std::fs::read(&path))?;
         files.insert(name, serde_json::json!({"bytes": bytes.len(), "fnv1a64": format!("{:016x}", fnv1a64(&bytes))}));
     }
     let manifest =
         serde_json::to_vec_pretty(&serde_json::json!({ "files": files })).map_err(|e| Error::Invalid(e.to_string()))?;
     io(tmp, std::fs::write(tmp.join(MANIFEST_FILE), manifest))?;
-    Ok(())
+    sync(&tmp.join(MANIFEST_FILE))?;
+    sync(tmp)
+}
+
+/// Flush a file's or a directory's entries to disk.
+fn sync(path: &Path) -> Result<()> {
+    io(path, std::fs::File::open(path).and_then(|f| f.sync_all()))
+}
+
+/// Remove a checkpoint folder: renamed to a temporary name first ([`remove_stale_temporaries`]
+/// removes it at the next start), so that a kill part-way never leaves a `step-N` folder without
+/// its manifest (which no listing, pruning or resume would see again).
+fn remove_checkpoint_dir(dir: &Path) -> Result<()> {
+    let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let doomed = dir.with_file_name(format!(".{name}.tmp-removed"));
+    if doomed.exists() {
+        io(&doomed, std::fs::remove_dir_all(&doomed))?;
+    }
+    io(dir, std::fs::rename(dir, &doomed))?;
+    io(&doomed, std::fs::remove_dir_all(&doomed))
 }
 
 /// Completed checkpoints under `run_dir/checkpoints`, oldest first, as (step, dir).
@@ -236,7 +259,7 @@ fn prune(root: &Path, keep_last: usize, written: &Path) -> Result<()> {
     let all = list_checkpoints(run_dir)?;
     for (_, dir) in all.iter().take(all.len().saturating_sub(keep_last)) {
         if dir != written {
-            io(dir, std::fs::remove_dir_all(dir))?;
+            remove_checkpoint_dir(dir)?;
         }
     }
     Ok(())
@@ -280,8 +303,25 @@ pub fn save_model_checkpoint(
     save_checkpoint(run_dir, model.full_config(), &params, &full_opt, state, files).map(Some)
 }
 
-/// Verify the manifest of a checkpoint directory, then load it.
-pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
+/// The newest checkpoint under `run_dir/checkpoints` whose files are all there at the sizes its
+/// manifest gives ([`check_complete`]), for `--resume latest|auto`, with one line per newer one
+/// skipped and why (a folder a crash left with truncated files: the run goes on from the one
+/// before, and the rollback sets the broken one aside with the later record).
+pub fn newest_complete(run_dir: &Path) -> Result<(Option<PathBuf>, Vec<String>)> {
+    let mut skipped = Vec::new();
+    for (_, dir) in list_checkpoints(run_dir)?.into_iter().rev() {
+        match check_complete(&dir) {
+            Ok(_) => return Ok((Some(dir), skipped)),
+            Err(e) => skipped.push(format!("{}: skipped, incomplete: {e}", dir.display())),
+        }
+    }
+    Ok((None, skipped))
+}
+
+/// A checkpoint's manifest read and checked: the files every checkpoint has are listed, each name
+/// is a file of the folder, and each file is there at the size the manifest gives (not the
+/// checksums: [`load_checkpoint`] reads the contents). Returns the manifest's `files`.
+pub fn check_complete(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = io(&manifest_path, std::fs::read_to_string(&manifest_path))?;
     let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
@@ -312,6 +352,22 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
                 msg: "not a file name inside the checkpoint folder".into(),
             });
         }
+        let path = dir.join(name);
+        let len = io(&path, std::fs::metadata(&path))?.len();
+        if meta.get("bytes").and_then(|b| b.as_u64()) != Some(len) {
+            return Err(Error::Checkpoint {
+                file: path,
+                tensor: "<file>".into(),
+                msg: format!("{len} bytes where the manifest gives {}: the checkpoint is incomplete", meta["bytes"]),
+            });
+        }
+    }
+    Ok(files.clone())
+}
+
+/// Verify the manifest of a checkpoint directory (sizes and checksums), then load it.
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
+    for (name, meta) in check_complete(dir)? {
         let path = dir.join(name);
         let bytes = io(&path, std::fs::read(&path))?;
         let want = meta.get("fnv1a64").and_then(|v| v.as_str()).unwrap_or("");
@@ -357,6 +413,72 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checkpoints of steps 1..=n of a tiny model in `run`, every one kept.
+    fn saved(run: &Path, n: u64) {
+        let cfg = ModelConfig {
+            arch: crate::model::config::Arch::Qwen2,
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 4,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            vocab_size: 11,
+            max_position_embeddings: 16,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            bos_token_id: None,
+            eos_token_ids: Vec::new(),
+        };
+        let params = crate::model::init::init_params(&cfg, 1, 0.02);
+        let opt = AdamW::for_layout(crate::train::adamw::AdamWConfig::default(), &params.layout);
+        let extra: ExtraFiles = &|_| Ok(());
+        let files = CheckpointFiles { tokenizer: None, keep_last: 10, extra, run_config: None };
+        for step in 1..=n {
+            let state = TrainerState {
+                step,
+                seed: 1,
+                adam_t: step,
+                rl_eval_before: None,
+                sampling: None,
+                nonfinite_in_a_row: 0,
+                data_fingerprint: None,
+            };
+            save_checkpoint(run, &cfg, &params, &opt, &state, &files).unwrap();
+        }
+    }
+
+    /// `--resume latest|auto` skips a newest checkpoint whose files a crash left short or missing,
+    /// naming the file; a checkpoint removed part-way (pruned, or replaced by a save of its step)
+    /// leaves a temporary folder the next start removes, never a `step-N` without its manifest.
+    #[test]
+    fn an_incomplete_newest_checkpoint_is_skipped_and_removals_leave_temporaries() {
+        let t = tempfile::tempdir().unwrap();
+        let run = t.path();
+        saved(run, 3);
+        let newest = |run: &Path| newest_complete(run).unwrap();
+        assert_eq!(newest(run), (Some(run.join("checkpoints/step-3")), vec![]));
+        std::fs::write(run.join("checkpoints/step-3/trainer_state.json"), b"{").unwrap();
+        std::fs::remove_file(run.join("checkpoints/step-2/optimizer.safetensors")).unwrap();
+        let (dir, skipped) = newest(run);
+        assert_eq!(dir, Some(run.join("checkpoints/step-1")));
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].contains("step-3") && skipped[0].contains("trainer_state.json"), "{skipped:?}");
+        assert!(skipped[1].contains("step-2") && skipped[1].contains("optimizer.safetensors"), "{skipped:?}");
+        // the short file fails the load too, by size before any checksum
+        let e = load_checkpoint(&run.join("checkpoints/step-3")).unwrap_err().to_string();
+        assert!(e.contains("trainer_state.json") && e.contains("incomplete"), "{e}");
+        // a removal goes through a temporary name
+        remove_checkpoint_dir(&run.join("checkpoints/step-2")).unwrap();
+        assert!(!run.join("checkpoints/step-2").exists() && !run.join("checkpoints/.step-2.tmp-removed").exists());
+        // (one a kill interrupted: the renamed folder is left, and the next start removes it)
+        std::fs::create_dir_all(run.join("checkpoints/.step-1.tmp-removed")).unwrap();
+        assert_eq!(remove_stale_temporaries(run).unwrap(), 1);
+        assert_eq!(list_checkpoints(run).unwrap().iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 3]);
+    }
 
     #[test]
     fn the_trainer_states_floats_read_back_bit_for_bit() {

@@ -41,6 +41,13 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let root = grid.is_root();
     // a run asking for a GPU where none is usable stops before it writes anything
     crate::train::probe::probe(cfg.train.device)?;
+    // the checkpoint by its absolute path: a relative or symlinked one names the same run as the
+    // run directory does (a rollback, not another run's record to copy over this one)
+    let resume = match resume {
+        Some(dir) => Some(std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?),
+        None => None,
+    };
+    let resume = resume.as_deref();
     // a resume reads text as the checkpoint's run did: with the tokenizer saved in the checkpoint
     // (a model directory re-downloaded since may hold another revision of it)
     let codec = match resume {

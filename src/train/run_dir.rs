@@ -7,9 +7,12 @@
 //!   were this run's, and `--resume auto` never continues the wrong run.
 //! - A resume from an earlier checkpoint of the same directory (a rollback: later checkpoints
 //!   exist) moves the later ones into `checkpoints/superseded-after-step-K/`, where neither
-//!   pruning nor `--resume auto|latest` sees them, with a copy of `metrics.jsonl` and
-//!   `trajectories.h5` as they were (the resumed run drops their steps after K). A superseded
-//!   checkpoint is refused as a resume into its own run ([`check_resume_target`]).
+//!   pruning nor `--resume auto|latest` sees them, with the left branch's record as it was: a copy
+//!   of `config.toml`, `config-history.jsonl`, `metrics.jsonl`, `trajectories.h5` and the async
+//!   install schedule (the resumed run drops their steps after K or rewrites them), and its KL
+//!   reference (`reference/`, hard-linked: a resume before the RL phase writes a new one). A
+//!   superseded checkpoint is refused as a resume into its own run ([`check_resume_target`]);
+//!   resumed into another directory, it brings that record as any other run's checkpoint does.
 //! - A resume from another run's checkpoint (`<src>/checkpoints/step-K`) into this directory
 //!   first copies the source run's record: `config.toml`, `config-history.jsonl`,
 //!   `metrics.jsonl` (and `trajectories.h5` when the resumed RL phase reopens it), trimmed to
@@ -29,10 +32,14 @@ use std::path::{Path, PathBuf};
 /// `trajectories.h5`, when the resumed RL phase reopens it: [`prepare`]'s `dump`).
 const RECORD_FILES: [&str; 3] = ["config.toml", "config-history.jsonl", "metrics.jsonl"];
 const DUMP_FILE: &str = "trajectories.h5";
-/// The files whose steps after a rollback's step are dropped (or, the continuous async install
-/// schedule, rewritten) when the resumed run opens them; a copy of each, as it was, goes beside the
-/// superseded checkpoints (the schedule: the superseded branch's `--replay` record).
-const TRIMMED_FILES: [&str; 3] = ["metrics.jsonl", "trajectories.h5", "rollout-schedule.jsonl"];
+/// The files of a branch's record that a rollback copies, as they were, beside the superseded
+/// checkpoints: the resumed run drops their steps after the rollback's step, rewrites them (the
+/// continuous async install schedule: the superseded branch's `--replay` record) or replaces them
+/// (the config, after an allowed change).
+const SET_ASIDE_FILES: [&str; 5] =
+    ["config.toml", "config-history.jsonl", "metrics.jsonl", "trajectories.h5", "rollout-schedule.jsonl"];
+/// The folder prefix of a rollback's superseded checkpoints (`superseded-after-step-K[.i]`).
+const SUPERSEDED_PREFIX: &str = "superseded-after-step-";
 /// The RL phase's frozen KL reference, saved in the run directory at the phase's start.
 pub const REFERENCE_DIR: &str = "reference";
 
@@ -46,11 +53,22 @@ pub fn read_if_present<T>(path: &Path, read: impl FnOnce(&Path) -> std::io::Resu
     }
 }
 
-/// The run directory a checkpoint was written in: `<run>/checkpoints/step-N` gives `<run>`; a
-/// checkpoint copied anywhere else has none.
+/// The folder holding the record of the run a checkpoint belongs to (its `config.toml`,
+/// `metrics.jsonl`, KL reference, ...): `<run>/checkpoints/step-N` gives `<run>`; a superseded
+/// checkpoint, `<run>/checkpoints/superseded-after-step-K/step-N`, the folder it is in (where the
+/// rollback set its branch's record aside); a checkpoint copied anywhere else has none.
 pub fn run_of_checkpoint(ck: &Path) -> Option<PathBuf> {
     let parent = ck.parent()?;
+    if is_superseded_folder(parent) {
+        return Some(parent.to_path_buf());
+    }
     (parent.file_name()? == "checkpoints").then(|| parent.parent().map(Path::to_path_buf)).flatten()
+}
+
+/// Whether `folder` is a rollback's `<run>/checkpoints/superseded-after-step-K[.i]`.
+fn is_superseded_folder(folder: &Path) -> bool {
+    folder.file_name().is_some_and(|n| n.to_string_lossy().starts_with(SUPERSEDED_PREFIX))
+        && folder.parent().and_then(Path::file_name).is_some_and(|n| n == "checkpoints")
 }
 
 /// A superseded checkpoint (`<run>/checkpoints/superseded-after-step-K/step-N`) belongs to a branch
@@ -58,10 +76,8 @@ pub fn run_of_checkpoint(ck: &Path) -> Option<PathBuf> {
 /// other one's record (its checkpoints up to N, metrics, dump, KL reference). Refused, with what to
 /// do instead; checked before anything is touched.
 pub fn check_resume_target(run_dir: &Path, ck: &Path) -> Result<()> {
-    let Some(folder) = ck.parent() else { return Ok(()) };
-    let superseded = folder.file_name().is_some_and(|n| n.to_string_lossy().starts_with("superseded-after-step-"));
-    let run = folder.parent().filter(|c| c.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
-    if superseded && run.is_some_and(|r| same_dir(r, run_dir)) {
+    let Some(folder) = ck.parent().filter(|f| is_superseded_folder(f)) else { return Ok(()) };
+    if folder.parent().and_then(Path::parent).is_some_and(|r| same_dir(r, run_dir)) {
         return Err(Error::Invalid(format!(
             "{}: a superseded checkpoint (a branch this run left when it was rolled back) cannot be resumed \
              into its own run, {}: the run's record now belongs to the other branch; resume it into another \
@@ -83,6 +99,22 @@ fn copy_checked(from: &Path, to: &Path) -> Result<()> {
         let _ = std::fs::remove_file(to);
         Error::io(to, e)
     })
+}
+
+/// Hard-link a directory tree's files into `to` (a copy where linking fails: another file system).
+/// The linked files are never written in place (a save stages new files and renames them over).
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    io(to, std::fs::create_dir_all(to))?;
+    for entry in io(from, std::fs::read_dir(from))? {
+        let entry = io(from, entry)?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if io(&src, entry.file_type())?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            copy_checked(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `dir` holds the record of a run.
@@ -128,21 +160,6 @@ fn first_free(path: &Path) -> PathBuf {
         .expect("an unbounded range has a free name")
 }
 
-/// Copy a directory tree (files and folders).
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    io(to, std::fs::create_dir_all(to))?;
-    for entry in io(from, std::fs::read_dir(from))? {
-        let entry = io(from, entry)?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if io(&src, entry.file_type())?.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else {
-            io(&src, std::fs::copy(&src, &dst))?;
-        }
-    }
-    Ok(())
-}
-
 /// Get `run_dir` ready for a run that starts fresh (`resume` = None) or resumes from checkpoint
 /// `resume` = (its directory, its step); returns what was moved or copied, one line each, for the
 /// log. `dump`: the resumed RL phase reopens its trajectory dump (a resume inside the phase with
@@ -166,21 +183,24 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Resu
             .map(|(_, d)| d)
             .collect();
         if !later.is_empty() {
-            let aside = run_dir.join("checkpoints").join(format!("superseded-after-step-{step}"));
+            let aside = run_dir.join("checkpoints").join(format!("{SUPERSEDED_PREFIX}{step}"));
             let aside = if aside.exists() { first_free(&aside) } else { aside };
             io(&aside, std::fs::create_dir_all(&aside))?;
-            for f in TRIMMED_FILES {
+            for f in SET_ASIDE_FILES {
                 if run_dir.join(f).is_file() {
                     copy_checked(&run_dir.join(f), &aside.join(f))?;
                 }
+            }
+            if run_dir.join(REFERENCE_DIR).is_dir() {
+                link_tree(&run_dir.join(REFERENCE_DIR), &aside.join(REFERENCE_DIR))?;
             }
             for dir in &later {
                 let name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
                 io(dir, std::fs::rename(dir, aside.join(name)))?;
             }
             notes.push(format!(
-                "resumed from step {step} with {} later checkpoint(s) in the run: moved to {} (with a copy of the \
-                 metrics and the dump as they were)",
+                "resumed from step {step} with {} later checkpoint(s) in the run: moved to {} (with their branch's \
+                 record as it was: config, metrics, dump, KL reference)",
                 later.len(),
                 aside.display()
             ));
@@ -194,7 +214,7 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Resu
             }
         }
         if src.join(REFERENCE_DIR).is_dir() {
-            copy_tree(&src.join(REFERENCE_DIR), &run_dir.join(REFERENCE_DIR))?;
+            link_tree(&src.join(REFERENCE_DIR), &run_dir.join(REFERENCE_DIR))?;
             copied.push(format!("{REFERENCE_DIR}/"));
         }
         if !copied.is_empty() {
@@ -267,6 +287,7 @@ mod tests {
             checkpoint(&run, s);
         }
         touch(&run.join("config.toml"));
+        touch(&run.join("reference/model.safetensors"));
         std::fs::write(run.join("metrics.jsonl"), b"{\"step\":100}\n").unwrap();
         std::fs::write(run.join("rollout-schedule.jsonl"), b"{\"version\":9}\n").unwrap();
         let ck = run.join("checkpoints/step-90");
@@ -279,6 +300,16 @@ mod tests {
         let schedule = std::fs::read(run.join("checkpoints/superseded-after-step-90/rollout-schedule.jsonl")).unwrap();
         assert_eq!(schedule, b"{\"version\":9}\n", "the superseded branch's install schedule");
         assert!(run.join("config.toml").is_file(), "a rollback keeps the run's record in place");
+        // and the left branch's config and KL reference (a resume before the RL phase replaces
+        // the run's) beside its checkpoints: a resume of one of them into another directory
+        // finds its own record there
+        let aside = run.join("checkpoints/superseded-after-step-90");
+        assert!(aside.join("config.toml").is_file() && aside.join("reference/model.safetensors").is_file());
+        assert_eq!(run_of_checkpoint(&aside.join("step-100")), Some(aside.clone()));
+        // a new reference is saved as save_hf_dir does, staged and renamed over: the link keeps the old
+        std::fs::write(run.join("reference/new.tmp"), b"new").unwrap();
+        std::fs::rename(run.join("reference/new.tmp"), run.join("reference/model.safetensors")).unwrap();
+        assert_eq!(std::fs::read(aside.join("reference/model.safetensors")).unwrap(), b"x");
         // again to the same step: a second folder
         checkpoint(&run, 95);
         prepare(&run, Some((&ck, 90)), false).unwrap();
@@ -310,10 +341,11 @@ mod tests {
         touch(&loose.join("manifest.json"));
         assert_eq!(run_of_checkpoint(&loose), None);
         assert_eq!(run_of_checkpoint(&src.join("checkpoints/step-3")), Some(src.clone()));
-        // a superseded checkpoint is no checkpoint of a run (its branch was left): it cannot be
-        // resumed into its own run, only into another directory, which copies no record
+        // a superseded checkpoint's record is its folder's (its branch's, set aside by the
+        // rollback): it cannot be resumed into its own run, only into another directory
         let superseded = src.join("checkpoints/superseded-after-step-1/step-3");
-        assert_eq!(run_of_checkpoint(&superseded), None);
+        assert_eq!(run_of_checkpoint(&superseded), Some(src.join("checkpoints/superseded-after-step-1")));
+        assert_eq!(run_of_checkpoint(&src.join("superseded-after-step-1/step-3")), None, "not in checkpoints/");
         let e = check_resume_target(&src, &superseded).unwrap_err().to_string();
         assert!(e.contains("superseded checkpoint") && e.contains("another directory"), "{e}");
         check_resume_target(&t.path().join("elsewhere"), &superseded).unwrap();
