@@ -26,31 +26,48 @@ fn every_kernel_compiles_cleanly_with_nvrtc_for_sm80_and_sm90() {
     }
     let (major, minor) = nvrtc::version().expect("NVRTC version");
     let mut compiled = 0;
-    for (name, _) in nvrtc::SOURCES {
-        for arch in ["compute_80", "compute_90", "compute_90a"] {
-            match nvrtc::compile_clean(name, arch) {
-                Ok(c) => {
-                    // Hopper's warpgroup products where the architecture allows them (the
-                    // entries trap elsewhere), and nowhere else
-                    let wgmma = String::from_utf8_lossy(&c.ptx).matches("wgmma.mma_async").count();
-                    let want = name.starts_with("attention_mma") && arch == "compute_90a";
-                    assert_eq!(wgmma > 0, want, "{name} for {arch}: {wgmma} wgmma instructions");
-                    // the bf16 attention's probabilities take one special-function instruction
-                    // each (mma.cuh exp2_ftz), not exp2f's three more that keep subnormal results,
-                    // and P and dS become product operands two values an instruction
-                    // (pack_bf16_rn), not ten integer instructions a value
-                    if name.starts_with("attention_mma") {
-                        let ptx = String::from_utf8_lossy(&c.ptx);
-                        let (ftz, kept) =
-                            (ptx.matches("ex2.approx.ftz.f32").count(), ptx.matches("ex2.approx.f32").count());
-                        assert!(ftz > 0 && kept == 0, "{name} for {arch}: {ftz} ex2.approx.ftz, {kept} ex2.approx");
-                        assert!(ptx.contains("cvt.rn.bf16x2.f32"), "{name} for {arch}: no cvt.rn.bf16x2.f32");
+    // (the compiles on every core: NVRTC takes programs on several threads at once)
+    let jobs: Vec<(&str, &str)> = nvrtc::SOURCES
+        .iter()
+        .flat_map(|(name, _)| ["compute_80", "compute_90", "compute_90a"].map(|arch| (*name, arch)))
+        .collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(name, arch)) = jobs.get(i) else { return done };
+                        done.push((i, nvrtc::compile_clean(name, arch)));
                     }
-                }
-                Err(e) => panic!("{e}"),
-            }
-            compiled += 1;
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a compile thread panicked")).collect()
+    });
+    results.sort_by_key(|r| r.0);
+    for (i, result) in results {
+        let (name, arch) = jobs[i];
+        let c = result.unwrap_or_else(|e| panic!("{e}"));
+        // Hopper's warpgroup products where the architecture allows them (the entries trap
+        // elsewhere), and nowhere else
+        let wgmma = String::from_utf8_lossy(&c.ptx).matches("wgmma.mma_async").count();
+        let want = name.starts_with("attention_mma") && arch == "compute_90a";
+        assert_eq!(wgmma > 0, want, "{name} for {arch}: {wgmma} wgmma instructions");
+        // the bf16 attention's probabilities take one special-function instruction each (mma.cuh
+        // exp2_ftz), not exp2f's three more that keep subnormal results, and P and dS become
+        // product operands two values an instruction (pack_bf16_rn), not ten integer instructions
+        // a value
+        if name.starts_with("attention_mma") {
+            let ptx = String::from_utf8_lossy(&c.ptx);
+            let (ftz, kept) = (ptx.matches("ex2.approx.ftz.f32").count(), ptx.matches("ex2.approx.f32").count());
+            assert!(ftz > 0 && kept == 0, "{name} for {arch}: {ftz} ex2.approx.ftz, {kept} ex2.approx");
+            assert!(ptx.contains("cvt.rn.bf16x2.f32"), "{name} for {arch}: no cvt.rn.bf16x2.f32");
         }
+        compiled += 1;
     }
     println!("NVRTC {major}.{minor}: {compiled} compiles clean");
     assert_eq!(compiled, 3 * nvrtc::SOURCES.len());
