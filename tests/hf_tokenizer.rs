@@ -208,7 +208,9 @@ fn a_hub_style_model_trains_checkpoints_and_resumes_with_its_own_tokenizer() {
     std::fs::write(&path, v.to_string()).unwrap();
     let newer = TextCodec::for_model(Some(&model), Some(BPE_TEMPLATE)).unwrap();
     assert_ne!(newer.prompt("café 3+10=").unwrap(), source.prompt("café 3+10=").unwrap());
-    // a resume from the first RL step's checkpoint ends with the same weights
+    // and the model directory's weights are gone (a resume takes the checkpoint's, reading none of
+    // the directory's): a resume from the first RL step's checkpoint ends with the same weights
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
     let again = tmp.path().join("again");
     let text = job(&again, &model, &data);
     let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();

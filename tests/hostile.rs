@@ -345,8 +345,15 @@ fn a_resume_that_changes_a_setting_is_refused_unless_allowed_and_then_recorded()
         c.rl.unwrap().lr
     };
     assert_eq!((lr_of("config.until-step-3.toml"), lr_of("config.until-step-3.1.toml")), (1e-3, 2e-3));
+    // the run's history is its branch's (1e-3 until step 3, then 3e-3); the branch the second resume
+    // left (2e-3 from step 4) keeps its own beside its checkpoints
     let history = std::fs::read_to_string(run.join("config-history.jsonl")).unwrap();
-    assert!(history.lines().nth(1).is_some_and(|l| l.contains("config.until-step-3.1.toml")), "{history}");
+    let lines: Vec<serde_json::Value> = history.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{history}");
+    assert_eq!((&lines[0]["changes"]["rl.lr"]["now"], &lines[0]["from_step"]), (&"0.003".into(), &4.into()));
+    assert_eq!(lines[0]["previous"], "config.until-step-3.1.toml");
+    let left = std::fs::read_to_string(run.join("checkpoints/superseded-after-step-3.2/config-history.jsonl")).unwrap();
+    assert!(left.lines().count() == 1 && left.contains("\"now\":\"0.002\""), "{left}");
 
     // a rollback to before the changes is compared with the config of its own steps (lr 1e-3, kept in
     // the checkpoint), not with the run's newest: the original config resumes without a flag, and

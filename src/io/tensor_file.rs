@@ -194,11 +194,16 @@ pub fn read_tensor_f32(header: &SafetensorsHeader, entry: &TensorEntry) -> Resul
         msg: format!("unknown dtype {}", entry.dtype),
     })?;
     let (begin, end) = entry.data_offsets;
-    let mut bytes = vec![0u8; (end - begin) as usize];
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     f.seek(SeekFrom::Start(header.data_start + begin)).map_err(|e| Error::io(path, e))?;
+    let mut out = vec![0.0f32; entry.numel()];
+    // f32 little-endian, as stored: read into the values' own bytes (no second copy of a large tensor)
+    if dtype == Dtype::F32 && cfg!(target_endian = "little") && end - begin == 4 * out.len() as u64 {
+        f.read_exact(bytemuck::cast_slice_mut(&mut out)).map_err(|e| Error::io(path, e))?;
+        return Ok(out);
+    }
+    let mut bytes = vec![0u8; (end - begin) as usize];
     f.read_exact(&mut bytes).map_err(|e| Error::io(path, e))?;
-    let mut out = vec![0.0; entry.numel()];
     decode_into(dtype, &bytes, &mut out).map_err(|msg| Error::Checkpoint {
         file: path.clone(),
         tensor: entry.name.clone(),

@@ -11,7 +11,7 @@ use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
 use crate::model::{ModelConfig, Params};
 use crate::tokenizer::Tokenizer;
 use crate::train::AdamW;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -381,23 +381,18 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
         }
     }
     let (config, params) = load_hf_dir(dir)?;
+    // the moments read one at a time straight into their buffers (the file is not held whole: a
+    // resume's host holds the weights and the two moments, 12 bytes a parameter, and no more)
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let bytes = io(&opt_path, std::fs::read(&opt_path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&opt_path, e.to_string()))?;
+    let header = crate::io::tensor_file::read_header(&opt_path)?;
     let read = |name: &str| -> Result<Vec<f32>> {
-        let t = st.tensor(name).map_err(|e| Error::Checkpoint {
-            file: opt_path.clone(),
-            tensor: name.into(),
-            msg: e.to_string(),
-        })?;
-        if t.dtype() != Dtype::F32 || t.shape() != [params.data.len()] {
-            return Err(Error::Checkpoint {
-                file: opt_path.clone(),
-                tensor: name.into(),
-                msg: format!("expected F32 [{}], found {:?} {:?}", params.data.len(), t.dtype(), t.shape()),
-            });
+        let bad = |msg: String| Error::Checkpoint { file: opt_path.clone(), tensor: name.into(), msg };
+        let entry = header.tensors.iter().find(|t| t.name == name).ok_or_else(|| bad("missing".into()))?;
+        if entry.dtype != "F32" || entry.shape != [params.data.len()] {
+            let want = params.data.len();
+            return Err(bad(format!("expected F32 [{want}], found {} {:?}", entry.dtype, entry.shape)));
         }
-        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        crate::io::tensor_file::read_tensor_f32(&header, entry)
     };
     let (exp_avg, exp_avg_sq) = (read("exp_avg")?, read("exp_avg_sq")?);
     let state_path = dir.join(STATE_FILE);

@@ -9,7 +9,7 @@ use crate::io::space::SpaceCheckedFile;
 use crate::parallel::Grid;
 use crate::train::checkpoint::load_checkpoint;
 use crate::train::metrics::write_line;
-use crate::train::pretrain::{build_model, Eval, SftPhase, SftReport};
+use crate::train::pretrain::{build_model, model_config, Eval, SftPhase, SftReport};
 use crate::train::{AdamW, AdamWConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,40 +68,50 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             return Err(Error::Config { file, key: "model.hf_dir".into(), msg });
         }
     }
-    let model = build_model(cfg, &codec)?;
+    // a resume's model is the checkpoint's (its weights moved in: the model directory's are not
+    // read, and the host holds one copy of the weights and moments, 12 bytes a parameter)
+    let (model, resumed) = match resume {
+        None => (build_model(cfg, &codec)?, None),
+        Some(dir) => {
+            crate::train::run_dir::check_resume_target(&out_dir, dir)?;
+            let want = model_config(cfg, &codec)?;
+            let ck = load_checkpoint(dir)?;
+            if ck.config != want {
+                return Err(Error::Invalid(format!(
+                    "{}: the checkpoint's model differs from the config's ({})",
+                    dir.display(),
+                    model_differences(&ck.config, &want)
+                )));
+            }
+            let crate::train::checkpoint::LoadedState { config, params, exp_avg, exp_avg_sq, state } = ck;
+            (crate::model::Model::new(config, params)?, Some((dir, state, exp_avg, exp_avg_sq)))
+        }
+    };
     // a [critic]'s dimensions are checked against the policy's now, not after the supervised phase
     if let Some(critic) = &cfg.critic {
         critic.model_config(model.full_config())?;
     }
     // under tensor parallelism every rank built the full model; it keeps its shard
+    let full_layout = model.params.layout.clone();
     let mut model = model.shard(grid.tp.clone())?;
     let t = &cfg.train;
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
     let (mut start, mut nonfinite_in_a_row) = (0u64, 0u64);
     let (mut rl_before, mut sampling) = (None, None);
-    if let Some(dir) = resume {
-        crate::train::run_dir::check_resume_target(&out_dir, dir)?;
-        let ck = load_checkpoint(dir)?;
-        if &ck.config != model.full_config() {
-            return Err(Error::Invalid(format!(
-                "{}: the checkpoint's model differs from the config's ({})",
-                dir.display(),
-                model_differences(&ck.config, model.full_config())
-            )));
-        }
-        if ck.state.seed != cfg.run.seed {
+    if let Some((dir, state, exp_avg, exp_avg_sq)) = resumed {
+        if state.seed != cfg.run.seed {
             return Err(Error::Invalid(format!(
                 "{}: checkpoint seed {} differs from run.seed {}",
                 dir.display(),
-                ck.state.seed,
+                state.seed,
                 cfg.run.seed
             )));
         }
         // problem i is record i of the dataset as it is now: other records would silently train
         // and evaluate on other problems than the checkpoint's steps did
         let now = crate::train::checkpoint::data_fingerprint(task.as_ref());
-        if let (Some(was), Some(now)) = (&ck.state.data_fingerprint, &now) {
+        if let (Some(was), Some(now)) = (&state.data_fingerprint, &now) {
             if was != now && !cfg.allow_config_change {
                 let path = cfg.data.path.clone().unwrap_or_default();
                 return Err(Error::Config {
@@ -117,21 +127,23 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             }
         }
         let total = t.steps + cfg.rl.as_ref().map_or(0, |r| r.steps);
-        if ck.state.step > total {
+        if state.step > total {
             return Err(Error::Invalid(format!(
                 "{}: checkpoint step {} is past the run's {total} steps",
                 dir.display(),
-                ck.state.step
+                state.step
             )));
         }
-        let moments = |data: Vec<f32>| model.scatter(&crate::model::Params { layout: ck.params.layout.clone(), data });
-        let (m, v) = (moments(ck.exp_avg)?, moments(ck.exp_avg_sq)?);
-        model.params.data = model.scatter(&ck.params)?;
-        (opt.m, opt.v, opt.t) = (m, v, ck.state.adam_t);
-        start = ck.state.step;
-        sampling = ck.state.sampling;
-        nonfinite_in_a_row = ck.state.nonfinite_in_a_row;
-        rl_before = ck.state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
+        // (the moments as the weights: the shard's part under tensor parallelism, else moved in)
+        let moments = |data: Vec<f32>| match model.tp {
+            None => Ok(data),
+            Some(_) => model.scatter(&crate::model::Params { layout: full_layout.clone(), data }),
+        };
+        (opt.m, opt.v, opt.t) = (moments(exp_avg)?, moments(exp_avg_sq)?, state.adam_t);
+        start = state.step;
+        sampling = state.sampling;
+        nonfinite_in_a_row = state.nonfinite_in_a_row;
+        rl_before = state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
         if let Some(plan) = &cfg.plan().rl {
             let done = start.saturating_sub(t.steps);
             crate::train::rl::check_resume(plan, &plan.loss, dir, done, grid.dp.size())?;

@@ -100,10 +100,22 @@ pub fn evaluate(
 /// the config's dimensions and `run.seed`.
 /// `codec` is the run's ([`RunConfig::text_codec`]): a loaded model's vocabulary must hold its ids.
 pub fn build_model(cfg: &RunConfig, codec: &TextCodec) -> Result<Model> {
+    let mc = model_config(cfg, codec)?;
+    let params = match &cfg.model.hf_dir {
+        Some(dir) => load_hf_dir(dir)?.1,
+        None => init_params(&mc, cfg.run.seed, cfg.model.init_std),
+    };
+    Model::new(mc, params)
+}
+
+/// The model's configuration as [`build_model`] makes it (the model directory's `config.json`
+/// with the run's stop ids, or the `[model]` section's fresh shape), without reading or drawing
+/// any weight: what a resume compares its checkpoint's configuration with.
+pub fn model_config(cfg: &RunConfig, codec: &TextCodec) -> Result<crate::model::ModelConfig> {
     let model_cfg_file = Path::new("[model]");
     Ok(match &cfg.model.hf_dir {
         Some(dir) => {
-            let (mut mc, params) = load_hf_dir(dir)?;
+            let mut mc = crate::model::ModelConfig::from_hf_file(&dir.join("config.json"))?;
             if codec.as_char().is_none() {
                 // every id that ends a response (generation_config.json's too) goes into the
                 // checkpoints' config.json: a checkpoint evaluates and resumes with the same stops
@@ -121,13 +133,9 @@ pub fn build_model(cfg: &RunConfig, codec: &TextCodec) -> Result<Model> {
                     ),
                 });
             }
-            Model::new(mc, params)?
+            mc
         }
-        None => {
-            let mc = cfg.fresh_model(codec.vocab_size(), codec.eos_id(), model_cfg_file)?;
-            let params = init_params(&mc, cfg.run.seed, cfg.model.init_std);
-            Model::new(mc, params)?
-        }
+        None => cfg.fresh_model(codec.vocab_size(), codec.eos_id(), model_cfg_file)?,
     })
 }
 

@@ -205,6 +205,8 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Resu
                 aside.display()
             ));
         }
+        // (after the left branch's copy above)
+        trim_config_history(run_dir, step)?;
     } else if let Some(src) = &source {
         let mut copied = Vec::new();
         for f in RECORD_FILES.into_iter().chain(dump.then_some(DUMP_FILE)) {
@@ -213,6 +215,7 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Resu
                 copied.push(f.to_string());
             }
         }
+        trim_config_history(run_dir, step)?;
         if src.join(REFERENCE_DIR).is_dir() {
             link_tree(&src.join(REFERENCE_DIR), &run_dir.join(REFERENCE_DIR))?;
             copied.push(format!("{REFERENCE_DIR}/"));
@@ -222,6 +225,18 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Resu
         }
     }
     Ok(notes)
+}
+
+/// Keep the lines of `run_dir`'s `config-history.jsonl` whose change took effect by `step` (its
+/// `from_step` ≤ `step`): the changes of the branch a resume from checkpoint `step` continues (a
+/// rollback's left branch keeps its own history beside its checkpoints).
+fn trim_config_history(run_dir: &Path, step: u64) -> Result<()> {
+    let path = run_dir.join("config-history.jsonl");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let kept = kept_json_lines(&path, |v| v["from_step"].as_u64().is_some_and(|s| s <= step))?;
+    crate::io::atomic::write_atomic(&path, &kept)
 }
 
 /// Read a file of JSON lines, keeping the lines `keep` accepts as they are (bytes included) and
@@ -290,6 +305,8 @@ mod tests {
         touch(&run.join("reference/model.safetensors"));
         std::fs::write(run.join("metrics.jsonl"), b"{\"step\":100}\n").unwrap();
         std::fs::write(run.join("rollout-schedule.jsonl"), b"{\"version\":9}\n").unwrap();
+        let history = b"{\"from_step\":81,\"changes\":{}}\n{\"from_step\":91,\"changes\":{}}\n";
+        std::fs::write(run.join("config-history.jsonl"), history).unwrap();
         let ck = run.join("checkpoints/step-90");
         let notes = prepare(&run, Some((&ck, 90)), false).unwrap();
         assert_eq!(steps(&run), vec![80, 90], "{notes:?}");
@@ -305,6 +322,11 @@ mod tests {
         // finds its own record there
         let aside = run.join("checkpoints/superseded-after-step-90");
         assert!(aside.join("config.toml").is_file() && aside.join("reference/model.safetensors").is_file());
+        // the run's config history keeps the changes its branch made by step 90; the left branch's
+        // copy keeps all of them
+        let kept = std::fs::read(run.join("config-history.jsonl")).unwrap();
+        assert_eq!(kept, b"{\"from_step\":81,\"changes\":{}}\n");
+        assert_eq!(std::fs::read(aside.join("config-history.jsonl")).unwrap(), history);
         assert_eq!(run_of_checkpoint(&aside.join("step-100")), Some(aside.clone()));
         // a new reference is saved as save_hf_dir does, staged and renamed over: the link keeps the old
         std::fs::write(run.join("reference/new.tmp"), b"new").unwrap();
