@@ -25,10 +25,15 @@ const BATCH_HEADER: usize = 24;
 /// Bytes of the share message trailer (generation seconds, version).
 const SHARE_TRAILER: usize = 16;
 
+/// The checksum a weights message carries: fnv1a64 of the model's f32 bytes.
+pub(crate) fn weights_checksum(model: &Model) -> u64 {
+    fnv1a64(bytemuck::cast_slice(&model.params.data))
+}
+
 /// A weights message: [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop.
 pub(crate) fn weights_message(model: &Model, version: u64) -> (Vec<u8>, u64) {
     let bytes: &[u8] = bytemuck::cast_slice(&model.params.data);
-    let sum = fnv1a64(bytes);
+    let sum = weights_checksum(model);
     let mut out = Vec::with_capacity(WEIGHTS_HEADER + bytes.len());
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&sum.to_le_bytes());

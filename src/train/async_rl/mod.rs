@@ -50,7 +50,10 @@ mod pieces;
 mod schedule;
 mod stream;
 use leader::StreamLeader;
-use messages::{decode_batch, decode_share, encode_batch, encode_share, load_weights, weights_message, BatchMessage};
+use messages::{
+    decode_batch, decode_share, encode_batch, encode_share, load_weights, weights_checksum, weights_message,
+    BatchMessage,
+};
 pub use messages::{decode_weights, WeightsMessage};
 pub use pieces::batch_version;
 use pieces::Assembler;
@@ -95,7 +98,7 @@ pub fn run_phase(
     let dp = role.split(0, role.rank())?;
     let shares = role.split(0, role.rank())?;
     let train_grid = Grid { world: role, dp, tp: TpGroup::single(), watchdog: grid.watchdog.clone() };
-    let (_, first_sum) = weights_message(model, start.done);
+    let first_sum = weights_checksum(model);
     let mut source = Received {
         batches,
         weights,
@@ -236,7 +239,7 @@ fn rollout_loop(
             let mut sampler = Sampler::new(ph.plan, model);
             // [rhythm]: this rank shapes its share with the policy that generated it
             let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));
-            let (mut version, mut sum) = (done, weights_message(model, done).1);
+            let (mut version, mut sum) = (done, weights_checksum(model));
             // this rank's own engine (its GPU with "cuda"), given each published version
             let mut engine = crate::train::engine::Engine::inference(ph.cfg.train.compute(), model)?;
             for b in done..ph.rl.steps {

@@ -25,7 +25,6 @@ use crate::parallel::fault::maybe_inject_at;
 use crate::rollout::{Completion, Request};
 use crate::tasks::{Problem, SPLIT_TRAIN};
 use crate::tokenizer::TextCodec;
-use crate::train::checkpoint::fnv1a64;
 use crate::train::decoding::EngineSlots;
 use crate::train::engine::Engine;
 use crate::train::rl::rollouts::{problem, reward};
@@ -184,7 +183,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
     let engine = Engine::inference(ph.cfg.train.compute(), model)?;
     let mut slots = EngineSlots::new(engine, model, rl.max_batch.max(1), max_len)?;
     let capacity = slots.capacity() as f64;
-    let sum = fnv1a64(bytemuck::cast_slice(&model.params.data));
+    let sum = super::messages::weights_checksum(model);
     // the weights this rank starts from are reported as an install before decode step 0: the leader
     // checks them against the version the trainer published first, as every later install
     let start = Install { version: s.first, sum, decode_step: 0 };
