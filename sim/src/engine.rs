@@ -139,6 +139,9 @@ pub struct Sim<'a> {
     /// Environment and reward events (`EnvDone`, `RewardDone`) queued and not yet popped: samples in
     /// an environment phase or a reward computation, which async launching counts as in flight.
     pub pending_latency: u64,
+    /// Sequences decoding on the inference workers (the sum of their `active`, kept as they
+    /// admit and drop sequences: an async launch asks for it at every event).
+    pub generating: u64,
     pub m: Metrics,
 }
 
@@ -195,6 +198,7 @@ impl<'a> Sim<'a> {
             long_pool: VecDeque::new(),
             launch_long: false,
             pending_latency: 0,
+            generating: 0,
             m: Metrics::default(),
         }
     }
@@ -235,6 +239,14 @@ impl<'a> Sim<'a> {
             }
             self.handle(ev);
             self.flush_dirty();
+            // (the running count of decoding sequences, checked against the workers now and then)
+            if (self.events & 0xffff == 0 || self.finished) && !self.generating_is_counted() {
+                bail!(
+                    "policy {:?}: internal error: the count of decoding sequences drifted at event {}",
+                    self.pol.name,
+                    self.events
+                );
+            }
         }
         let info = RunInfo {
             policy: &self.pol.name,
@@ -522,6 +534,7 @@ impl<'a> Sim<'a> {
         x.worker = w;
         x.admit_step = wk.anchor_step;
         wk.admit(s, x.tag, x.ctx, x.gen_left, stall);
+        self.generating += 1;
         if cost.kv_capacity != u64::MAX {
             wk.order.push((s, x.tag));
             if wk.order.len() > 2 * wk.active as usize + 64 {
@@ -550,6 +563,7 @@ impl<'a> Sim<'a> {
         let x = &mut self.samples[s as usize];
         let done = done.min(x.gen_left.saturating_sub(1));
         wk.remove(x.ctx + done);
+        self.generating -= 1;
         x.ctx += done;
         x.resp_tokens += done;
         x.gen_left -= done;
@@ -586,6 +600,7 @@ impl<'a> Sim<'a> {
                 s
             };
             let Some(s) = popped else { break };
+            self.generating -= 1;
             self.log_engine(w, s, 2);
             self.mark_dirty(w);
             self.push_load(w);
