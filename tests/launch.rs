@@ -186,9 +186,9 @@ fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
 #[test]
 fn an_async_job_ends_cleanly_and_its_finished_run_resumes_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    // (the final evaluation of 1,500 problems takes seconds; a rollout rank left waiting for a
+    // (the final evaluation of 900 problems takes seconds; a rollout rank left waiting for a
     // publication would be stopped by the step timeout, 20 s, instead of hanging the test)
-    let short = grpo_config().replace("steps = 3", "steps = 2").replace("eval_problems = 11", "eval_problems = 1500");
+    let short = grpo_config().replace("steps = 3", "steps = 2").replace("eval_problems = 11", "eval_problems = 900");
     let cfg = write_config(
         dir.path(),
         &format!(
