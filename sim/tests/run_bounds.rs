@@ -1,5 +1,6 @@
 //! Runs stay bounded and report what they simulated: async launching at α = ∞ with environment
-//! latency, event times under huge latency draws, and the split a split search reports.
+//! latency, an agentic run at 10,240 GPUs, event times under huge latency draws, and the split a
+//! split search reports.
 
 use arbor_sim::run::{run_policy, run_policy_best};
 use arbor_sim::scenario::{Mode, Placement, Scenario};
@@ -29,6 +30,23 @@ fn unbounded_alpha_with_environment_latency_launches_a_bounded_number_of_groups(
     assert!(launched <= 20 * p, "{launched} groups launched for 2 steps of {p} prompts");
     // The cap does not starve the workers: they stay busy.
     assert!(r.inference_busy_fraction > 0.9, "{}", r.inference_busy_fraction);
+}
+
+/// The agentic scenario at 10,240 GPUs (10,240 workers, 2,048 prompts of 8 a step, α = 1, env-level
+/// async): it finishes its steps and no sample is more than ⌈α⌉ = 1 version stale; inside the run the engine checks its running count of decoding sequences against
+/// the workers' every 65,536 events (sim/README.md: it took 7 s while launching summed them).
+#[test]
+fn an_agentic_async_run_at_ten_thousand_gpus_keeps_its_staleness_bound() {
+    let mut sc = shipped("roll-flash-env-latency.toml");
+    (sc.steps, sc.warmup_steps, sc.hardware.gpus, sc.workload.prompts_per_step) = (3, 0, 10_240, 2_048);
+    let mut pol = sc.policies[1].clone();
+    assert!(pol.env_async, "the shipped scenario's second policy is env-level async");
+    (pol.mode, pol.placement, pol.alpha) = (Mode::Async, Placement::Disaggregated, 1.0);
+    let (r, _) = run_policy(&sc, &pol, sc.training.train_fraction, 1, false).unwrap();
+    assert_eq!((r.steps, r.gpus), (3, 10_240));
+    assert!(r.inference_workers > 7_000, "{} workers", r.inference_workers);
+    assert!(r.staleness_max <= 1, "staleness {} above α = 1", r.staleness_max);
+    assert!(r.events > 1_000_000, "{} events", r.events);
 }
 
 /// A latency draw beyond any clock (Pareto with shape 0.01 and no max) does not wrap time around:
