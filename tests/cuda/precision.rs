@@ -4,7 +4,7 @@
 
 use super::attention::gpu_attention;
 use super::common::{max_abs_diff, small_addition, tiny_config};
-use super::{batch, close, down, gpu, rand};
+use super::{batch, close, down, emulated, gpu, rand};
 use arbor::config::{Dtype, RunConfig};
 use arbor::cuda::gemm::GemmKind;
 use arbor::cuda::image::Bf16Image;
@@ -257,29 +257,32 @@ fn a_bf16_train_step_tracks_the_f32_step() {
 }
 
 /// 50 supervised steps of the addition job with `dtype = "bf16"` (and "tf32") follow the f32 run's
-/// loss curve on the same GPU within 2 % at every step.
+/// loss curve on the same GPU within 2 % at every step (on the SIMT emulator, about 10^4 times
+/// slower than a GPU: the first 20 steps).
 #[test]
 fn bf16_supervised_training_tracks_the_f32_loss_curve() {
     if gpu().is_none() {
         return;
     }
+    let steps = if emulated() { 20 } else { 50 };
     let dir = tempfile::tempdir().unwrap();
     let run = |dtype: &str| {
         let text =
-            small_addition(50).replace("[train]\n", &format!("[train]\ndevice = \"cuda\"\ndtype = \"{dtype}\"\n"));
+            small_addition(steps).replace("[train]\n", &format!("[train]\ndevice = \"cuda\"\ndtype = \"{dtype}\"\n"));
         let mut cfg = RunConfig::parse(&text, std::path::Path::new("t.toml")).unwrap();
         cfg.run.out_dir = dir.path().join(dtype);
         job::run(&cfg, None, &mut Vec::new()).unwrap().losses
     };
     let f32_losses = run("f32");
-    assert_eq!(f32_losses.len(), 50);
-    assert!(f32_losses[49] < f32_losses[0], "the f32 run did not learn: {f32_losses:?}");
+    let last = steps as usize - 1;
+    assert_eq!(f32_losses.len(), steps as usize);
+    assert!(f32_losses[last] < f32_losses[0], "the f32 run did not learn: {f32_losses:?}");
     for dtype in ["bf16", "tf32"] {
         let losses = run(dtype);
         let worst = losses.iter().zip(&f32_losses).map(|(a, b)| (a - b).abs() / b.abs()).fold(0.0f64, f64::max);
         println!(
             "{dtype}: last loss {:.5} (f32 {:.5}), largest relative step difference {worst:.3e}",
-            losses[49], f32_losses[49]
+            losses[last], f32_losses[last]
         );
         assert!(worst <= 0.02, "{dtype} loss curve leaves f32's by {worst}");
     }
