@@ -72,12 +72,33 @@ pub struct SamplingState {
 
 /// 64-bit FNV-1a checksum (detects corruption and truncation; not a cryptographic hash).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_more(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// FNV-1a state `h` after `bytes` more.
+fn fnv1a64_more(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// [`fnv1a64`] of a file and its length, read a piece at a time: a checkpoint's files (the moments
+/// are 8 bytes a parameter) are never held whole beside the weights that training holds.
+fn fnv1a64_file(path: &Path) -> Result<(u64, u64)> {
+    use std::io::Read;
+    let mut f = io(path, std::fs::File::open(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut h, mut len) = (fnv1a64(&[]), 0u64);
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok((h, len)),
+            Ok(n) => (h, len) = (fnv1a64_more(h, &buf[..n]), len + n as u64),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
 }
 
 /// `r` with an error naming `path`.
@@ -204,8 +225,8 @@ fn write_checkpoint_files(
         let path = io(tmp, entry)?.path();
         let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         sync(&path)?;
-        let bytes = io(&path, std::fs::read(&path))?;
-        files.insert(name, serde_json::json!({"bytes": bytes.len(), "fnv1a64": format!("{:016x}", fnv1a64(&bytes))}));
+        let (sum, len) = fnv1a64_file(&path)?;
+        files.insert(name, serde_json::json!({"bytes": len, "fnv1a64": format!("{sum:016x}")}));
     }
     let manifest =
         serde_json::to_vec_pretty(&serde_json::json!({ "files": files })).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -369,9 +390,8 @@ pub fn check_complete(dir: &Path) -> Result<serde_json::Map<String, serde_json::
 pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
     for (name, meta) in check_complete(dir)? {
         let path = dir.join(name);
-        let bytes = io(&path, std::fs::read(&path))?;
         let want = meta.get("fnv1a64").and_then(|v| v.as_str()).unwrap_or("");
-        let got = format!("{:016x}", fnv1a64(&bytes));
+        let got = format!("{:016x}", fnv1a64_file(&path)?.0);
         if got != want {
             return Err(Error::Checkpoint {
                 file: path,
@@ -444,6 +464,20 @@ mod tests {
             };
             save_checkpoint(run, &cfg, &params, &opt, &state, &files).unwrap();
         }
+    }
+
+    /// A file's checksum read a piece at a time is the checksum of its bytes (pieces of 1 MiB: the
+    /// file spans three, the last one short).
+    #[test]
+    fn a_file_checksum_read_in_pieces_equals_the_whole_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..(5usize << 19) + 7).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let path = t.path().join("f");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(fnv1a64_file(&path).unwrap(), (fnv1a64(&bytes), bytes.len() as u64));
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(fnv1a64_file(&path).unwrap(), (fnv1a64(&[]), 0));
+        assert!(fnv1a64_file(&t.path().join("missing")).unwrap_err().to_string().contains("missing"));
     }
 
     /// `--resume latest|auto` skips a newest checkpoint whose files a crash left short or missing,
