@@ -462,22 +462,19 @@ impl<'a> Sim<'a> {
         // would let launching run away while they wait (at α = ∞, without bound). Without such phases
         // generating + queued < slots + queue_cap already holds whenever queued < queue_cap does.
         let slots = self.workers.len() as u64 * u64::from(self.sc.inference.max_concurrency);
-        let mut generating = if self.pending_latency > 0 { self.generating } else { 0 };
         let mut guard = 0;
         while self.consumed_groups + self.live_count < allowed
             && self.queued < queue_cap
-            && (self.pending_latency == 0 || generating + self.queued + self.pending_latency < slots + queue_cap)
+            && (self.pending_latency == 0 || self.generating + self.queued + self.pending_latency < slots + queue_cap)
             && guard < 1 << 20
         {
             self.launch_group();
-            if self.pending_latency > 0 {
-                generating = self.generating;
-            }
             guard += 1;
         }
     }
 
-    /// Whether the running count of decoding sequences equals the workers' (a check for tests).
+    /// Whether the running count of decoding sequences equals the sum over the workers (`run` checks
+    /// it now and then).
     pub fn generating_is_counted(&self) -> bool {
         self.generating == self.workers.iter().map(|w| u64::from(w.active)).sum::<u64>()
     }
