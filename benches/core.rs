@@ -1,5 +1,6 @@
 //! Criterion benches of the numerical core: GEMM (gemm crate vs matrixmultiply, the choice made
-//! in DESIGN), causal attention forward + backward, and one full training step.
+//! in DESIGN), causal attention forward + backward, one full training step, and the checksum of
+//! checkpoints and weights messages.
 //! Run: `cargo bench --bench core` (threads: RAYON_NUM_THREADS, default all cores).
 
 use arbor::attention::{attention_backward, attention_forward, AttnSaved, AttnShape};
@@ -120,5 +121,18 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, decode_gemm, attention, train_step);
+/// The checksum of checkpoint files and async weights messages over 64 MiB (a 16M-parameter
+/// model's f32 weights): checksum64 against the byte-at-a-time FNV-1a it replaced.
+fn checksum(c: &mut Criterion) {
+    use arbor::io::checksum::{checksum64, fnv1a64};
+    let bytes: Vec<u8> = (0..64u64 << 20).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8).collect();
+    let mut g = c.benchmark_group("checksum_64mib");
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.sample_size(10);
+    g.bench_function("checksum64", |bch| bch.iter(|| checksum64(&bytes)));
+    g.bench_function("fnv1a64", |bch| bch.iter(|| fnv1a64(&bytes)));
+    g.finish();
+}
+
+criterion_group!(benches, gemm, decode_gemm, attention, train_step, checksum);
 criterion_main!(benches);

@@ -513,7 +513,7 @@ fn a_manifest_vouching_for_nothing_or_for_files_outside_the_checkpoint_is_refuse
     let e = arbor::train::checkpoint::load_checkpoint(&ck).unwrap_err().to_string();
     assert!(e.contains("manifest.json") && e.contains("files.config.json"), "{e}");
     let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
-    v["files"]["../../config.toml"] = serde_json::json!({"bytes": 1, "fnv1a64": "0"});
+    v["files"]["../../config.toml"] = serde_json::json!({"bytes": 1, "checksum64": "0"});
     std::fs::write(&manifest, v.to_string()).unwrap();
     let e = arbor::train::checkpoint::load_checkpoint(&ck).unwrap_err().to_string();
     assert!(e.contains("../../config.toml") && e.contains("inside the checkpoint"), "{e}");

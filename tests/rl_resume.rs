@@ -185,7 +185,7 @@ fn walk(d: &Path) -> Vec<String> {
             out.extend(walk(&p));
         } else {
             let bytes = std::fs::read(&p).unwrap();
-            out.push(format!("{} {}", p.display(), arbor::train::checkpoint::fnv1a64(&bytes)));
+            out.push(format!("{} {}", p.display(), arbor::io::checksum::checksum64(&bytes)));
         }
     }
     out

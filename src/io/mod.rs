@@ -1,6 +1,7 @@
 //! Files arbor reads and writes: HF checkpoints (config.json + safetensors, sharded or not).
 
 pub mod atomic;
+pub mod checksum;
 pub mod dtype;
 pub mod hf;
 pub mod space;

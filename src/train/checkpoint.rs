@@ -7,6 +7,7 @@
 //! step) is the whole state: resuming from step N reproduces the uninterrupted run bit for bit.
 
 use crate::error::{Error, Result};
+use crate::io::checksum::{fnv1a64, fnv1a64_more, Checksum64};
 use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
 use crate::model::{ModelConfig, Params};
 use crate::tokenizer::Tokenizer;
@@ -70,35 +71,46 @@ pub struct SamplingState {
     pub fci_count: u64,
 }
 
-/// 64-bit FNV-1a checksum (detects corruption and truncation; not a cryptographic hash).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    fnv1a64_more(0xcbf2_9ce4_8422_2325, bytes)
+/// The checksum a manifest entry records, by its key: [`checksum64`] (written since the
+/// 2026-12-07 format) or the FNV-1a of older checkpoints (still verified).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sum {
+    Checksum64,
+    Fnv1a64,
 }
 
-/// FNV-1a state `h` after `bytes` more.
-fn fnv1a64_more(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+impl Sum {
+    /// The manifest entry's key for this checksum.
+    fn key(self) -> &'static str {
+        match self {
+            Sum::Checksum64 => "checksum64",
+            Sum::Fnv1a64 => "fnv1a64",
+        }
     }
-    h
 }
 
-/// [`fnv1a64`] of a file and its length, read a piece at a time: a checkpoint's files (the moments
-/// are 8 bytes a parameter) are never held whole beside the weights that training holds.
-fn fnv1a64_file(path: &Path) -> Result<(u64, u64)> {
+/// A file's checksum of kind `sum` and its length, read a piece at a time: a checkpoint's files
+/// (the moments are 8 bytes a parameter) are never held whole beside the weights training holds.
+fn file_checksum(path: &Path, sum: Sum) -> Result<(u64, u64)> {
     use std::io::Read;
     let mut f = io(path, std::fs::File::open(path))?;
     let mut buf = vec![0u8; 1 << 20];
-    let (mut h, mut len) = (fnv1a64(&[]), 0u64);
+    let (mut c, mut fnv, mut len) = (Checksum64::new(), fnv1a64(&[]), 0u64);
     loop {
         match f.read(&mut buf) {
-            Ok(0) => return Ok((h, len)),
-            Ok(n) => (h, len) = (fnv1a64_more(h, &buf[..n]), len + n as u64),
+            Ok(0) => break,
+            Ok(n) => {
+                match sum {
+                    Sum::Checksum64 => c.update(&buf[..n]),
+                    Sum::Fnv1a64 => fnv = fnv1a64_more(fnv, &buf[..n]),
+                }
+                len += n as u64;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(path, e)),
         }
     }
+    Ok((if sum == Sum::Checksum64 { c.finish() } else { fnv }, len))
 }
 
 /// `r` with an error naming `path`.
@@ -225,8 +237,8 @@ fn write_checkpoint_files(
         let path = io(tmp, entry)?.path();
         let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         sync(&path)?;
-        let (sum, len) = fnv1a64_file(&path)?;
-        files.insert(name, serde_json::json!({"bytes": len, "fnv1a64": format!("{sum:016x}")}));
+        let (sum, len) = file_checksum(&path, Sum::Checksum64)?;
+        files.insert(name, serde_json::json!({"bytes": len, Sum::Checksum64.key(): format!("{sum:016x}")}));
     }
     let manifest =
         serde_json::to_vec_pretty(&serde_json::json!({ "files": files })).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -324,16 +336,21 @@ pub fn save_model_checkpoint(
     save_checkpoint(run_dir, model.full_config(), &params, &full_opt, state, files).map(Some)
 }
 
-/// The newest checkpoint under `run_dir/checkpoints` whose files are all there at the sizes its
-/// manifest gives ([`check_complete`]), for `--resume latest|auto`, with one line per newer one
-/// skipped and why (a folder a crash left with truncated files: the run goes on from the one
-/// before, and the rollback sets the broken one aside with the later record).
+/// The newest checkpoint under `run_dir/checkpoints` that is intact, for `--resume latest|auto`:
+/// every file there at the size its manifest gives ([`check_complete`]) and with its checksum
+/// ([`verify_checksums`]), with one line per newer one skipped and why (a folder a crash left with
+/// truncated files, or one whose bytes were damaged since: the run goes on from the one before,
+/// and the rollback sets the broken one aside with the later record). The one returned is read
+/// twice, here and by the load; the second read usually comes from the page cache.
 pub fn newest_complete(run_dir: &Path) -> Result<(Option<PathBuf>, Vec<String>)> {
     let mut skipped = Vec::new();
     for (_, dir) in list_checkpoints(run_dir)?.into_iter().rev() {
         match check_complete(&dir) {
-            Ok(_) => return Ok((Some(dir), skipped)),
             Err(e) => skipped.push(format!("{}: skipped, incomplete: {e}", dir.display())),
+            Ok(files) => match verify_checksums(&dir, &files) {
+                Err(e) => skipped.push(format!("{}: skipped, corrupt: {e}", dir.display())),
+                Ok(()) => return Ok((Some(dir), skipped)),
+            },
         }
     }
     Ok((None, skipped))
@@ -386,12 +403,21 @@ pub fn check_complete(dir: &Path) -> Result<serde_json::Map<String, serde_json::
     Ok(files.clone())
 }
 
-/// Verify the manifest of a checkpoint directory (sizes and checksums), then load it.
-pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
-    for (name, meta) in check_complete(dir)? {
+/// Each file of a checkpoint's manifest (`files`, from [`check_complete`]) read and checked
+/// against the checksum its entry gives.
+pub fn verify_checksums(dir: &Path, files: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    for (name, meta) in files {
         let path = dir.join(name);
-        let want = meta.get("fnv1a64").and_then(|v| v.as_str()).unwrap_or("");
-        let got = format!("{:016x}", fnv1a64_file(&path)?.0);
+        // the entry's checksum: this format's, or an older checkpoint's FNV-1a
+        let (sum, want) = [Sum::Checksum64, Sum::Fnv1a64]
+            .into_iter()
+            .find_map(|sum| meta.get(sum.key()).and_then(|v| v.as_str()).map(|w| (sum, w)))
+            .ok_or_else(|| Error::Checkpoint {
+                file: path.clone(),
+                tensor: "<file>".into(),
+                msg: format!("the manifest gives no checksum for it (no `{}`)", Sum::Checksum64.key()),
+            })?;
+        let got = format!("{:016x}", file_checksum(&path, sum)?.0);
         if got != want {
             return Err(Error::Checkpoint {
                 file: path,
@@ -400,6 +426,12 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
             });
         }
     }
+    Ok(())
+}
+
+/// Verify the manifest of a checkpoint directory (sizes and checksums), then load it.
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
+    verify_checksums(dir, &check_complete(dir)?)?;
     let (config, params) = load_hf_dir(dir)?;
     // the moments read one at a time straight into their buffers (the file is not held whole: a
     // resume's host holds the weights and the two moments, 12 bytes a parameter, and no more)
@@ -467,21 +499,24 @@ mod tests {
     }
 
     /// A file's checksum read a piece at a time is the checksum of its bytes (pieces of 1 MiB: the
-    /// file spans three, the last one short).
+    /// file spans three, the last one short), of either kind.
     #[test]
     fn a_file_checksum_read_in_pieces_equals_the_whole_ones() {
+        use crate::io::checksum::checksum64;
         let t = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..(5usize << 19) + 7).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let path = t.path().join("f");
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(fnv1a64_file(&path).unwrap(), (fnv1a64(&bytes), bytes.len() as u64));
+        let n = bytes.len() as u64;
+        assert_eq!(file_checksum(&path, Sum::Checksum64).unwrap(), (checksum64(&bytes), n));
+        assert_eq!(file_checksum(&path, Sum::Fnv1a64).unwrap(), (fnv1a64(&bytes), n));
         std::fs::write(&path, b"").unwrap();
-        assert_eq!(fnv1a64_file(&path).unwrap(), (fnv1a64(&[]), 0));
-        assert!(fnv1a64_file(&t.path().join("missing")).unwrap_err().to_string().contains("missing"));
+        assert_eq!(file_checksum(&path, Sum::Checksum64).unwrap(), (checksum64(&[]), 0));
+        assert!(file_checksum(&t.path().join("missing"), Sum::Fnv1a64).unwrap_err().to_string().contains("missing"));
     }
 
     /// `--resume latest|auto` skips a newest checkpoint whose files a crash left short or missing,
-    /// naming the file; a checkpoint removed part-way (pruned, or replaced by a save of its step)
+    /// or whose bytes were damaged, naming the file; a checkpoint removed part-way (pruned, or replaced by a save of its step)
     /// leaves a temporary folder the next start removes, never a `step-N` without its manifest.
     #[test]
     fn an_incomplete_newest_checkpoint_is_skipped_and_removals_leave_temporaries() {
@@ -497,6 +532,14 @@ mod tests {
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped[0].contains("step-3") && skipped[0].contains("trainer_state.json"), "{skipped:?}");
         assert!(skipped[1].contains("step-2") && skipped[1].contains("optimizer.safetensors"), "{skipped:?}");
+        // a damaged byte at the right size: skipped as corrupt, naming the file
+        let w = run.join("checkpoints/step-1/model.safetensors");
+        let mut bytes = std::fs::read(&w).unwrap();
+        bytes[100] ^= 4;
+        std::fs::write(&w, &bytes).unwrap();
+        let (dir, skipped) = newest(run);
+        assert_eq!(dir, None);
+        assert!(skipped[2].contains("step-1: skipped, corrupt") && skipped[2].contains("model.safetensors"), "{skipped:?}");
         // the short file fails the load too, by size before any checksum
         let e = load_checkpoint(&run.join("checkpoints/step-3")).unwrap_err().to_string();
         assert!(e.contains("trainer_state.json") && e.contains("incomplete"), "{e}");

@@ -52,7 +52,7 @@ fn replace_vouched(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).expect("write");
     let path = dir.join("manifest.json");
     let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("json");
-    m["files"][name] = json!({"bytes": bytes.len(), "fnv1a64": format!("{:016x}", fnv1a64(bytes))});
+    m["files"][name] = json!({"bytes": bytes.len(), "checksum64": format!("{:016x}", checksum64(bytes))});
     std::fs::write(&path, m.to_string()).expect("write manifest");
 }
 
@@ -69,12 +69,40 @@ fn bad_manifests_and_vouched_files_name_file_and_problem() {
     assert!(msg.contains("manifest.json") && msg.contains("not valid JSON"), "{msg}");
     let msg = err("{\"files\": []}");
     assert!(msg.contains("manifest.json") && msg.contains("files"), "{msg}");
-    let msg = err(&manifest.replacen("\"fnv1a64\": \"", "\"fnv1a64\": \"0", 1));
+    let msg = err(&manifest.replacen("\"checksum64\": \"", "\"checksum64\": \"0", 1));
     assert!(msg.contains("checksum") && msg.contains("corrupt"), "{msg}");
     std::fs::write(dir.join("manifest.json"), &manifest).expect("restore");
     replace_vouched(&dir, "trainer_state.json", b"{\"step\": 3, \"seed\": -7, \"adam_t\": 3}");
     let msg = load_checkpoint(&dir).expect_err("negative seed").to_string();
     assert!(msg.contains("trainer_state.json"), "{msg}");
+}
+
+/// A checkpoint written before the checksum64 format (manifest entries with `fnv1a64`) still
+/// loads, and its checksums are still checked; an entry with no checksum at all is refused.
+#[test]
+fn an_older_checkpoints_fnv1a64_manifest_is_still_verified() {
+    let (_run, dir) = saved_checkpoint();
+    let path = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("json");
+    for (name, entry) in m["files"].as_object_mut().expect("files") {
+        let bytes = std::fs::read(dir.join(name)).expect("file");
+        *entry = json!({"bytes": bytes.len(), "fnv1a64": format!("{:016x}", fnv1a64(&bytes))});
+    }
+    std::fs::write(&path, m.to_string()).expect("write");
+    let loaded = load_checkpoint(&dir).expect("an fnv1a64 manifest loads");
+    assert_eq!(loaded.state.step, 3);
+    // one byte of the weights changed (same size): the old checksum catches it
+    let weights = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).expect("weights");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, &bytes).expect("write");
+    let msg = load_checkpoint(&dir).expect_err("corrupt").to_string();
+    assert!(msg.contains("model.safetensors") && msg.contains("corrupt"), "{msg}");
+    m["files"]["model.safetensors"].as_object_mut().expect("entry").remove("fnv1a64");
+    std::fs::write(&path, m.to_string()).expect("write");
+    let msg = load_checkpoint(&dir).expect_err("no checksum").to_string();
+    assert!(msg.contains("model.safetensors") && msg.contains("no checksum"), "{msg}");
 }
 
 /// Structured edits of a saved manifest: entries removed, renamed (to paths inside and outside
@@ -99,7 +127,7 @@ fn manifest_sweep_never_panics() {
             files.insert(new_name.to_string(), entry);
             variants.push(v);
         }
-        for field in ["fnv1a64", "bytes"] {
+        for field in ["checksum64", "bytes"] {
             for odd in odd_json() {
                 let mut v = good.clone();
                 v["files"][name.as_str()][field] = odd;

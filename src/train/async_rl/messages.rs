@@ -1,5 +1,5 @@
 //! The messages between training and rollout ranks, all little-endian:
-//! - weights (leader → rollout ranks): [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop;
+//! - weights (leader → rollout ranks): [version u64][checksum64 of the f32 bytes u64][f32 bytes]; empty = stop;
 //! - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_rollouts];
 //! - share (leader → each other training rank): [encode_rollouts][generation seconds f64][version u64];
 //! - piece (rollout rank → leader, streaming modes): see `pieces.rs`.
@@ -8,12 +8,12 @@
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::train::checkpoint::fnv1a64;
+use crate::io::checksum::checksum64;
 use crate::train::rl::wire::{decode_rollouts, encode_rollouts};
 use crate::train::rl::Rollouts;
 
 // Rank-to-rank messages of this module, all little-endian:
-// - weights (leader → rollout ranks): [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop;
+// - weights (leader → rollout ranks): [version u64][checksum64 of the f32 bytes u64][f32 bytes]; empty = stop;
 // - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_rollouts];
 // - share (leader → each other training rank): [encode_rollouts][generation seconds f64][version u64].
 // Decoding never panics: a short or malformed message is an error naming the message and what is wrong.
@@ -25,12 +25,12 @@ const BATCH_HEADER: usize = 24;
 /// Bytes of the share message trailer (generation seconds, version).
 const SHARE_TRAILER: usize = 16;
 
-/// The checksum a weights message carries: fnv1a64 of the model's f32 bytes.
+/// The checksum a weights message carries: checksum64 (crate::io::checksum) of the model's f32 bytes.
 pub(crate) fn weights_checksum(model: &Model) -> u64 {
-    fnv1a64(bytemuck::cast_slice(&model.params.data))
+    checksum64(bytemuck::cast_slice(&model.params.data))
 }
 
-/// A weights message: [version u64][fnv1a64 of the f32 bytes u64][f32 bytes]; empty = stop.
+/// A weights message: [version u64][checksum64 of the f32 bytes u64][f32 bytes]; empty = stop.
 pub(crate) fn weights_message(model: &Model, version: u64) -> (Vec<u8>, u64) {
     let bytes: &[u8] = bytemuck::cast_slice(&model.params.data);
     let sum = weights_checksum(model);
@@ -67,7 +67,7 @@ pub(crate) fn seconds_at(msg: &[u8], at: usize, what: &str) -> Result<f64> {
 pub struct WeightsMessage<'a> {
     /// The policy version.
     pub version: u64,
-    /// fnv1a64 of `data` (verified).
+    /// checksum64 of `data` (verified).
     pub sum: u64,
     /// The parameters' f32 bytes (exactly `4 · n_params`).
     pub data: &'a [u8],
@@ -88,7 +88,7 @@ pub fn decode_weights(msg: &[u8], n_params: usize) -> Result<WeightsMessage<'_>>
             data.len()
         )));
     }
-    let got = fnv1a64(data);
+    let got = checksum64(data);
     if got != sum {
         return Err(Error::Invalid(format!(
             "async: {what} of version {version} arrived corrupted (checksum {got:016x}, sent {sum:016x})"
@@ -164,14 +164,14 @@ mod tests {
 
     fn weights(values: &[f32], version: u64) -> Vec<u8> {
         let bytes: &[u8] = bytemuck::cast_slice(values);
-        [&version.to_le_bytes()[..], &fnv1a64(bytes).to_le_bytes(), bytes].concat()
+        [&version.to_le_bytes()[..], &checksum64(bytes).to_le_bytes(), bytes].concat()
     }
 
     #[test]
     fn short_or_corrupt_weights_are_errors_that_say_why() {
         let good = weights(&[1.0, -2.0, 0.5], 7);
         let w = decode_weights(&good, 3).unwrap();
-        assert_eq!((w.version, w.sum, w.data.len()), (7, fnv1a64(&good[16..]), 12));
+        assert_eq!((w.version, w.sum, w.data.len()), (7, checksum64(&good[16..]), 12));
         let err = |b: &[u8], n: usize| decode_weights(b, n).unwrap_err().to_string();
         // the message that used to panic: 8 ≤ length < 16
         let e = err(&good[..12], 3);
