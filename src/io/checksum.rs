@@ -166,7 +166,7 @@ mod tests {
             "3d7294917efbf00e",
             "ec70140debb448d5",
             "d76eb7b232bfadc5",
-];
+        ];
         assert_eq!(got, want);
     }
 

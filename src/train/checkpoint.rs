@@ -539,7 +539,10 @@ mod tests {
         std::fs::write(&w, &bytes).unwrap();
         let (dir, skipped) = newest(run);
         assert_eq!(dir, None);
-        assert!(skipped[2].contains("step-1: skipped, corrupt") && skipped[2].contains("model.safetensors"), "{skipped:?}");
+        assert!(
+            skipped[2].contains("step-1: skipped, corrupt") && skipped[2].contains("model.safetensors"),
+            "{skipped:?}"
+        );
         // the short file fails the load too, by size before any checksum
         let e = load_checkpoint(&run.join("checkpoints/step-3")).unwrap_err().to_string();
         assert!(e.contains("trainer_state.json") && e.contains("incomplete"), "{e}");

@@ -9,6 +9,7 @@
 
 use arbor::config::{RunConfig, ADDITION_CONFIG, DEFAULT_CONFIG};
 use arbor::error::Error;
+use arbor::io::checksum::{checksum64, fnv1a64};
 use arbor::io::tensor_file::{parse_header, read_header, read_tensor_f32};
 use arbor::io::{load_hf_dir, save_hf_dir, SaveOptions};
 use arbor::model::{ModelConfig, Params};
@@ -17,7 +18,6 @@ use arbor::tasks::jsonl::{parse_records, JsonlTask};
 use arbor::tasks::{build, TaskConfig, TaskKind};
 use arbor::tokenizer::CharTokenizer;
 use arbor::train::async_rl::decode_weights;
-use arbor::io::checksum::{checksum64, fnv1a64};
 use arbor::train::checkpoint::{load_checkpoint, save_checkpoint, CheckpointFiles, TrainerState};
 use arbor::train::rl::wire;
 use arbor::train::rl::{AttnTrace, Sample, StepSample};

@@ -7,8 +7,8 @@
 //! Decoding never panics: a short or malformed message is an error naming the message and what is wrong.
 
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::io::checksum::checksum64;
+use crate::model::Model;
 use crate::train::rl::wire::{decode_rollouts, encode_rollouts};
 use crate::train::rl::Rollouts;
 
