@@ -216,6 +216,17 @@ fn a_hub_style_model_trains_checkpoints_and_resumes_with_its_own_tokenizer() {
     let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();
     let resumed = arbor::train::job::run(&cfg, Some(&run.join("checkpoints/step-3")), &mut Vec::new()).unwrap();
     assert_eq!(resumed.final_params, report.final_params);
+    // the model directory purged altogether (a scratch file system's policy): the checkpoint holds
+    // the model's config, weights and tokenizer, and the resume says what it took them from
+    std::fs::remove_dir_all(&model).unwrap();
+    let third = tmp.path().join("third");
+    let text = job(&third, &model, &data);
+    let cfg = RunConfig::parse(&text, Path::new("hub.toml")).unwrap();
+    let mut log = Vec::new();
+    let resumed = arbor::train::job::run(&cfg, Some(&run.join("checkpoints/step-3")), &mut log).unwrap();
+    assert_eq!(resumed.final_params, report.final_params);
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.contains("has no config.json any more") && log.contains("step-3"), "{log}");
 }
 
 #[test]

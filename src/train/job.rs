@@ -59,10 +59,25 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     let task = cfg.task(&codec)?;
     let out_dir = cfg.run.out_dir.join(&cfg.run.name);
 
+    // a resume whose model directory is gone (a scratch file system purged since the run began)
+    // takes the checkpoint's own config.json, weights and tokenizer: nothing else was read from it
+    let hf_dir_gone = match (&cfg.model.hf_dir, resume) {
+        (Some(hf), Some(ck)) if !hf.join("config.json").is_file() => {
+            if root {
+                let (hf, ck) = (hf.display(), ck.display());
+                let _ = writeln!(log, "arbor: {hf} has no config.json any more: the resume takes the model of {ck}");
+            }
+            true
+        }
+        _ => false,
+    };
     // training an hf_dir model needs 16 bytes a parameter: refused before its weights are read
     // (a fresh model's shape is checked when the config is read)
     if let Some(dir) = &cfg.model.hf_dir {
-        let file = dir.join("config.json");
+        let file = match resume {
+            Some(ck) if hf_dir_gone => ck.join("config.json"),
+            _ => dir.join("config.json"),
+        };
         let mc = crate::model::ModelConfig::from_hf_file(&file)?;
         if let Some(msg) = crate::model::host_memory::host_memory().and_then(|m| mc.hf_memory_shortfall(&m)) {
             return Err(Error::Config { file, key: "model.hf_dir".into(), msg });
@@ -74,9 +89,9 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         None => (build_model(cfg, &codec)?, None),
         Some(dir) => {
             crate::train::run_dir::check_resume_target(&out_dir, dir)?;
-            let want = model_config(cfg, &codec)?;
+            let want = if hf_dir_gone { None } else { Some(model_config(cfg, &codec)?) };
             let ck = load_checkpoint(dir)?;
-            if ck.config != want {
+            if let Some(want) = want.filter(|want| ck.config != *want) {
                 return Err(Error::Invalid(format!(
                     "{}: the checkpoint's model differs from the config's ({})",
                     dir.display(),
