@@ -4,6 +4,7 @@
 //! event tracking is switched off). Kernels are compiled by NVRTC for the device's own
 //! architecture the first time a module is used and kept for the life of the process.
 
+use crate::cuda::image::ImageEntry;
 use crate::cuda::nvrtc;
 use crate::cuda::plans::{AttnMma, AttnRows, Choice, DecodeAttn, DkdvPlan};
 use crate::cuda::pool::{self, Pool, PoolPolicy};
@@ -100,7 +101,7 @@ pub struct Gpu {
     /// Reused bf16 copies of both operands of a "bf16" product (grown on demand).
     pub(crate) bf16_scratch: Mutex<Option<CudaSlice<u16>>>,
     /// The registered bf16 images of weight buffers (`cuda::image`).
-    images: Mutex<Vec<ImageEntry>>,
+    pub(crate) images: Mutex<Vec<ImageEntry>>,
     /// Operation timing while on (`cuda::profile`), and whether it is on (read before the lock,
     /// so an unprofiled launch takes no lock).
     pub(crate) profile: Mutex<Option<Profile>>,
@@ -109,22 +110,6 @@ pub struct Gpu {
     /// group's `TpGroup::id`), made at the group's first sum or broadcast on the device
     /// (`Backend::all_reduce_tp`; every rank of the group makes it there).
     pub(crate) tp_nccl: Mutex<Option<(usize, super::nccl::Nccl)>>,
-}
-
-/// Where the images of a device are: (f32 buffer address, its length in elements, image address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageEntry {
-    pub base: u64,
-    pub len: usize,
-    pub image: u64,
-}
-
-/// The image address of the `len` f32 elements at `ptr` when they lie inside one entry's buffer.
-pub fn lookup(entries: &[ImageEntry], ptr: u64, len: usize) -> Option<u64> {
-    entries
-        .iter()
-        .find(|e| ptr >= e.base && ptr + 4 * len as u64 <= e.base + 4 * e.len as u64)
-        .map(|e| e.image + (ptr - e.base) / 2)
 }
 
 pub(crate) use super::driver_error::drv;
@@ -331,26 +316,6 @@ impl Gpu {
             x if x == Dtype::Bf16 as u8 => Dtype::Bf16,
             _ => Dtype::F32,
         }
-    }
-
-    /// Make products whose second operand lies in `entry`'s buffer read its image.
-    pub(crate) fn register_image(&self, entry: ImageEntry) -> Result<()> {
-        let mut v = self.images.lock().map_err(|_| Error::device("CUDA weight images", "poisoned"))?;
-        v.retain(|e| e.base != entry.base);
-        v.push(entry);
-        Ok(())
-    }
-
-    /// Forget the image of the buffer at `base` (never fails: a poisoned lock holds nothing usable).
-    pub(crate) fn unregister_image(&self, base: u64) {
-        if let Ok(mut v) = self.images.lock() {
-            v.retain(|e| e.base != base);
-        }
-    }
-
-    /// The bf16 image of the `len` f32 elements at `ptr`, if a registered buffer holds them.
-    pub(crate) fn image_of(&self, ptr: u64, len: usize) -> Option<u64> {
-        self.images.lock().ok().and_then(|v| lookup(&v, ptr, len))
     }
 
     /// Streaming multiprocessors.
