@@ -162,21 +162,50 @@ fn grid_of(
     Ok(grid)
 }
 
+/// `choose()` run on the world's root (or here, without a world) and its answer, a path or none or
+/// an error, sent to every rank: all of them go on with the same one.
+fn agreed_on_root(
+    world: Option<&dyn crate::parallel::Comm>,
+    choose: impl FnOnce() -> anyhow::Result<Option<std::path::PathBuf>>,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(world) = world else { return choose() };
+    // the answer as bytes: b'0' none, b'1' + path, b'2' + the error
+    let mut msg = Vec::new();
+    if world.rank() == 0 {
+        msg = match choose() {
+            Ok(None) => vec![b'0'],
+            Ok(Some(dir)) => [&b"1"[..], dir.as_os_str().as_bytes()].concat(),
+            Err(e) => [&b"2"[..], format!("{e:#}").as_bytes()].concat(),
+        };
+    }
+    world.broadcast_bytes(0, &mut msg)?;
+    let rest = msg.get(1..).unwrap_or_default();
+    match msg.first() {
+        Some(b'0') => Ok(None),
+        Some(b'1') => Ok(Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(rest)))),
+        Some(b'2') => Err(anyhow::anyhow!("{}", String::from_utf8_lossy(rest))),
+        _ => Err(anyhow::anyhow!("--resume: the root's choice of checkpoint arrived malformed ({} bytes)", msg.len())),
+    }
+}
+
 /// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
 pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
     let run_dir = cfg.run.out_dir.join(&cfg.run.name);
     let grid = spmd_grid(cfg)?;
-    let root = grid.as_ref().is_none_or(|(_, g)| g.is_root());
     let dir = match resume {
         None => None,
         Some(which @ ("auto" | "latest")) => {
-            // the newest checkpoint a crash did not leave incomplete
-            let (dir, skipped) = crate::train::checkpoint::newest_complete(&run_dir)?;
-            if root {
+            // the newest checkpoint a crash did not leave incomplete or damaged: chosen by the
+            // root alone (it reads the candidate whole to check it) and sent to every rank
+            let world = grid.as_ref().map(|(_, g)| g.world.as_ref());
+            let dir = agreed_on_root(world, || {
+                let (dir, skipped) = crate::train::checkpoint::newest_complete(&run_dir)?;
                 for line in &skipped {
                     eprintln!("arbor: --resume {which}: {line}");
                 }
-            }
+                Ok(dir)
+            })?;
             if dir.is_none() && which == "latest" {
                 anyhow::bail!("--resume latest: no complete checkpoint under {}", run_dir.display());
             }
