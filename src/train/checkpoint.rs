@@ -11,6 +11,7 @@ use crate::io::checksum::{fnv1a64, fnv1a64_more, Checksum64};
 use crate::io::{load_hf_dir, save_hf_dir, SaveOptions};
 use crate::model::{ModelConfig, Params};
 use crate::tokenizer::Tokenizer;
+use crate::train::commit::Committer;
 use crate::train::AdamW;
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
@@ -133,6 +134,9 @@ pub struct CheckpointFiles<'a> {
     pub extra: ExtraFiles<'a>,
     /// The resolved run config (TOML), saved as [`RUN_CONFIG_FILE`] when given.
     pub run_config: Option<&'a str>,
+    /// Where the checkpoint's last stage runs: on the committer's thread while training goes on
+    /// (`Some`), or before `save_checkpoint` returns (`None`).
+    pub commit: Option<&'a Committer>,
 }
 
 /// Write `checkpoints/step-<state.step>/` under `run_dir` (with the `extra` files) and keep only the
@@ -145,7 +149,12 @@ pub fn save_checkpoint(
     state: &TrainerState,
     files: &CheckpointFiles,
 ) -> Result<PathBuf> {
-    let CheckpointFiles { tokenizer, keep_last, extra, run_config } = *files;
+    let CheckpointFiles { tokenizer, keep_last, extra, run_config, commit } = *files;
+    // the previous checkpoint's commit first: its error is this save's, and the prune below sees
+    // the folders as they are
+    if let Some(c) = commit {
+        c.wait()?;
+    }
     let root = run_dir.join("checkpoints");
     io(&root, std::fs::create_dir_all(&root))?;
     let final_dir = root.join(format!("step-{}", state.step));
@@ -168,13 +177,35 @@ pub fn save_checkpoint(
     write_checkpoint_files(&tmp, cfg, params, (tokenizer, run_config), opt, state, extra).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&tmp);
     })?;
-    if final_dir.exists() {
-        remove_checkpoint_dir(&final_dir)?;
+    let keep_last = keep_last.max(1);
+    match commit {
+        Some(c) => {
+            let dir = final_dir.clone();
+            c.start(move || commit_checkpoint(&tmp, &final_dir, keep_last));
+            Ok(dir)
+        }
+        None => commit_checkpoint(&tmp, &final_dir, keep_last),
     }
-    io(&final_dir, std::fs::rename(&tmp, &final_dir))?;
-    sync(&root)?;
-    prune(&root, keep_last.max(1), &final_dir)?;
-    Ok(final_dir)
+}
+
+/// A checkpoint's last stage, once its files are written into `tmp`: each file flushed to disk
+/// and checksummed into the manifest, the folder renamed to `final_dir` (over a checkpoint of the
+/// same step), and the oldest checkpoints beyond `keep_last` removed. A failure removes `tmp`.
+pub(crate) fn commit_checkpoint(tmp: &Path, final_dir: &Path, keep_last: usize) -> Result<PathBuf> {
+    let root = final_dir.parent().unwrap_or(final_dir);
+    let into_place = || -> Result<()> {
+        write_manifest(tmp)?;
+        if final_dir.exists() {
+            remove_checkpoint_dir(final_dir)?;
+        }
+        io(final_dir, std::fs::rename(tmp, final_dir))
+    };
+    into_place().inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(tmp);
+    })?;
+    sync(root)?;
+    prune(root, keep_last, final_dir)?;
+    Ok(final_dir.to_path_buf())
 }
 
 /// Remove the temporary folders (`checkpoints/.step-N.tmp-PID`) of checkpoints whose writer died
@@ -229,7 +260,11 @@ fn write_checkpoint_files(
     let opt_path = tmp.join(OPTIMIZER_FILE);
     safetensors::serialize_to_file(views, None, &opt_path).map_err(|e| Error::format(&opt_path, e.to_string()))?;
     let state_json = serde_json::to_vec_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
-    io(tmp, std::fs::write(tmp.join(STATE_FILE), state_json))?;
+    io(tmp, std::fs::write(tmp.join(STATE_FILE), state_json))
+}
+
+/// The manifest of the files in `tmp`, written last.
+fn write_manifest(tmp: &Path) -> Result<()> {
     // Manifest of every file: size and checksum; each file on disk first (a checkpoint renamed into
     // place before its data is flushed could come back from a node's crash with empty files)
     let mut files = BTreeMap::new();
@@ -458,131 +493,4 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedState> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Checkpoints of steps 1..=n of a tiny model in `run`, every one kept.
-    fn saved(run: &Path, n: u64) {
-        let cfg = ModelConfig {
-            arch: crate::model::config::Arch::Qwen2,
-            hidden_size: 8,
-            intermediate_size: 8,
-            num_layers: 1,
-            num_heads: 2,
-            num_kv_heads: 1,
-            head_dim: 4,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
-            vocab_size: 11,
-            max_position_embeddings: 16,
-            tie_word_embeddings: true,
-            qkv_bias: false,
-            bos_token_id: None,
-            eos_token_ids: Vec::new(),
-        };
-        let params = crate::model::init::init_params(&cfg, 1, 0.02);
-        let opt = AdamW::for_layout(crate::train::adamw::AdamWConfig::default(), &params.layout);
-        let extra: ExtraFiles = &|_| Ok(());
-        let files = CheckpointFiles { tokenizer: None, keep_last: 10, extra, run_config: None };
-        for step in 1..=n {
-            let state = TrainerState {
-                step,
-                seed: 1,
-                adam_t: step,
-                rl_eval_before: None,
-                sampling: None,
-                nonfinite_in_a_row: 0,
-                data_fingerprint: None,
-            };
-            save_checkpoint(run, &cfg, &params, &opt, &state, &files).unwrap();
-        }
-    }
-
-    /// A file's checksum read a piece at a time is the checksum of its bytes (pieces of 1 MiB: the
-    /// file spans three, the last one short), of either kind.
-    #[test]
-    fn a_file_checksum_read_in_pieces_equals_the_whole_ones() {
-        use crate::io::checksum::checksum64;
-        let t = tempfile::tempdir().unwrap();
-        let bytes: Vec<u8> = (0..(5usize << 19) + 7).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let path = t.path().join("f");
-        std::fs::write(&path, &bytes).unwrap();
-        let n = bytes.len() as u64;
-        assert_eq!(file_checksum(&path, Sum::Checksum64).unwrap(), (checksum64(&bytes), n));
-        assert_eq!(file_checksum(&path, Sum::Fnv1a64).unwrap(), (fnv1a64(&bytes), n));
-        std::fs::write(&path, b"").unwrap();
-        assert_eq!(file_checksum(&path, Sum::Checksum64).unwrap(), (checksum64(&[]), 0));
-        assert!(file_checksum(&t.path().join("missing"), Sum::Fnv1a64).unwrap_err().to_string().contains("missing"));
-    }
-
-    /// `--resume latest|auto` skips a newest checkpoint whose files a crash left short or missing,
-    /// or whose bytes were damaged, naming the file; a checkpoint removed part-way (pruned, or replaced by a save of its step)
-    /// leaves a temporary folder the next start removes, never a `step-N` without its manifest.
-    #[test]
-    fn an_incomplete_newest_checkpoint_is_skipped_and_removals_leave_temporaries() {
-        let t = tempfile::tempdir().unwrap();
-        let run = t.path();
-        saved(run, 3);
-        let newest = |run: &Path| newest_complete(run).unwrap();
-        assert_eq!(newest(run), (Some(run.join("checkpoints/step-3")), vec![]));
-        std::fs::write(run.join("checkpoints/step-3/trainer_state.json"), b"{").unwrap();
-        std::fs::remove_file(run.join("checkpoints/step-2/optimizer.safetensors")).unwrap();
-        let (dir, skipped) = newest(run);
-        assert_eq!(dir, Some(run.join("checkpoints/step-1")));
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
-        assert!(skipped[0].contains("step-3") && skipped[0].contains("trainer_state.json"), "{skipped:?}");
-        assert!(skipped[1].contains("step-2") && skipped[1].contains("optimizer.safetensors"), "{skipped:?}");
-        // a damaged byte at the right size: skipped as corrupt, naming the file
-        let w = run.join("checkpoints/step-1/model.safetensors");
-        let mut bytes = std::fs::read(&w).unwrap();
-        bytes[100] ^= 4;
-        std::fs::write(&w, &bytes).unwrap();
-        let (dir, skipped) = newest(run);
-        assert_eq!(dir, None);
-        assert!(
-            skipped[2].contains("step-1: skipped, corrupt") && skipped[2].contains("model.safetensors"),
-            "{skipped:?}"
-        );
-        // the short file fails the load too, by size before any checksum
-        let e = load_checkpoint(&run.join("checkpoints/step-3")).unwrap_err().to_string();
-        assert!(e.contains("trainer_state.json") && e.contains("incomplete"), "{e}");
-        // a removal goes through a temporary name
-        remove_checkpoint_dir(&run.join("checkpoints/step-2")).unwrap();
-        assert!(!run.join("checkpoints/step-2").exists() && !run.join("checkpoints/.step-2.tmp-removed").exists());
-        // (one a kill interrupted: the renamed folder is left, and the next start removes it)
-        std::fs::create_dir_all(run.join("checkpoints/.step-1.tmp-removed")).unwrap();
-        assert_eq!(remove_stale_temporaries(run).unwrap(), 1);
-        assert_eq!(list_checkpoints(run).unwrap().iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 3]);
-    }
-
-    #[test]
-    fn the_trainer_states_floats_read_back_bit_for_bit() {
-        // solve rates k/300, k/1200 and a running mean: JSON text that a parser which divides by a
-        // power of ten after rounding would read one unit in the last place off
-        let mut values: Vec<f64> = (0..=300).map(|k| k as f64 / 300.0).collect();
-        values.extend((0..=1200).map(|k| k as f64 / 1200.0));
-        values.push(0.385_714_285_714_285_73);
-        for pair in values.chunks(2) {
-            let (a, b) = (pair[0], *pair.last().unwrap());
-            let state = TrainerState {
-                step: 3,
-                seed: 1,
-                adam_t: 3,
-                rl_eval_before: Some([a, b]),
-                sampling: Some(SamplingState { next_problem: 1, prompts: 2, fci_mean: b, fci_count: 4 }),
-                nonfinite_in_a_row: 0,
-                data_fingerprint: None,
-            };
-            let text = serde_json::to_string(&state).unwrap();
-            let back: TrainerState = serde_json::from_str(&text).unwrap();
-            let bits = |s: &TrainerState| {
-                let [x, y] = s.rl_eval_before.unwrap();
-                [x.to_bits(), y.to_bits(), s.sampling.unwrap().fci_mean.to_bits()]
-            };
-            assert_eq!(bits(&back), bits(&state), "{text}");
-        }
-        // a checkpoint of before the count existed reads as no bad steps in a row
-        let old: TrainerState = serde_json::from_str(r#"{"step":2,"seed":1,"adam_t":2}"#).unwrap();
-        assert_eq!(old.nonfinite_in_a_row, 0);
-    }
-}
+mod tests;

@@ -268,10 +268,25 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     );
     // the checkpoint's count of non-finite steps belongs to the phase it was written in
     let sft_in_a_row = if start < t.steps { nonfinite_in_a_row } else { 0 };
-    let sft =
-        SftPhase { cfg, task: task.as_ref(), grid, run_dir: &out_dir, codec: &codec, nonfinite_in_a_row: sft_in_a_row };
+    // checkpoints are committed in the background; a preempted run's last one is in place before
+    // the process exits (its failure is then the run's error)
+    let commit = crate::train::commit::Committer::new();
+    let committed = |e: Error| match (commit.wait(), e) {
+        (Err(c), Error::Preempted { .. }) => c,
+        (_, e) => e,
+    };
+    let sft = SftPhase {
+        cfg,
+        task: task.as_ref(),
+        grid,
+        run_dir: &out_dir,
+        codec: &codec,
+        nonfinite_in_a_row: sft_in_a_row,
+        commit: &commit,
+    };
     let mut sft_report = SftReport::default();
-    crate::train::pretrain::run_phase(&sft, &mut model, &mut opt, start, &mut metrics, log, &mut sft_report)?;
+    crate::train::pretrain::run_phase(&sft, &mut model, &mut opt, start, &mut metrics, log, &mut sft_report)
+        .map_err(committed)?;
     let mut report = TrainReport {
         losses: sft_report.losses,
         evals: sft_report.evals,
@@ -295,6 +310,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             run_dir: &out_dir,
             offset: t.steps,
             codec: &codec,
+            commit: &commit,
         };
         let begin = crate::train::rl::PhaseStart {
             done,
@@ -305,15 +321,17 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         };
         let rates = match &plan.schedule {
             Schedule::Sync => {
-                crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?
+                crate::train::rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)
             }
             Schedule::Async(_) => {
-                crate::train::async_rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)?
+                crate::train::async_rl::run_phase(&mut model, &mut rl_opt, &phase, begin, grid, &mut metrics, log)
             }
-        };
+        }
+        .map_err(committed)?;
         report.rl = Some(rates);
         final_step = t.steps + rl.steps;
     }
+    commit.wait()?;
     let ckpt = out_dir.join("checkpoints").join(format!("step-{final_step}"));
     if root && ckpt.is_dir() {
         say(log, format!("saved {} (HF layout: transformers loads it)", ckpt.display()));

@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod async_rl;
 pub mod checkpoint;
+pub mod commit;
 pub mod critic;
 pub mod decoding;
 pub mod dump;

@@ -160,6 +160,8 @@ pub struct SftPhase<'a> {
     pub codec: &'a TextCodec,
     /// Consecutive non-finite steps before the phase's (resumed) start, from the checkpoint.
     pub nonfinite_in_a_row: u64,
+    /// Commits the checkpoints in the background (`train::commit`).
+    pub commit: &'a crate::train::commit::Committer,
 }
 
 /// Run (or continue from global step `start`) the supervised phase: `train.steps` steps with
@@ -326,6 +328,7 @@ pub fn run_phase(
                 keep_last: t.keep_checkpoints,
                 extra: &none,
                 run_config: Some(&run_config),
+                commit: Some(ph.commit),
             };
             save_model_checkpoint(out_dir, model, opt, &state, &files, root)?;
         }

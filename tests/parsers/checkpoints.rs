@@ -15,7 +15,8 @@ pub(crate) fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u6
         nonfinite_in_a_row: 0,
         data_fingerprint: None,
     };
-    let files = CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()), run_config: None };
+    let files =
+        CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()), run_config: None, commit: None };
     save_checkpoint(run, cfg, params, &opt, &state, &files)
 }
 

@@ -37,6 +37,8 @@ pub struct Phase<'a> {
     pub offset: u64,
     /// How the run encodes text; its tokenizer is saved with every checkpoint.
     pub codec: &'a TextCodec,
+    /// Commits the checkpoints in the background (`train::commit`).
+    pub commit: &'a crate::train::commit::Committer,
 }
 
 /// Where a (possibly resumed) phase starts: RL steps already done and, when > 0, the eval before the first.
@@ -379,6 +381,7 @@ fn checkpoint(
         keep_last: cfg.train.keep_checkpoints,
         extra: &extra,
         run_config: Some(&run_config),
+        commit: Some(ph.commit),
     };
     save_model_checkpoint(ph.run_dir, model, opt, &state, &files, grid.is_root())?;
     Ok(())
