@@ -108,7 +108,26 @@ fn inspect_dir(dir: &Path, stats_max: usize) -> anyhow::Result<()> {
         ),
         None => println!("tokenizer: none"),
     }
-    verdict(dir, problems)
+    verdict(dir, problems + check_manifest(dir))
+}
+
+/// An arbor checkpoint's files against its manifest (sizes, then checksums, as a resume checks
+/// them): one line, or one problem; returns the number of problems.
+fn check_manifest(dir: &Path) -> usize {
+    use crate::train::checkpoint::{check_complete, verify_checksums, MANIFEST_FILE};
+    if !dir.join(MANIFEST_FILE).is_file() {
+        return 0;
+    }
+    match check_complete(dir).and_then(|files| verify_checksums(dir, &files).map(|()| files.len())) {
+        Ok(n) => {
+            println!("checkpoint: the {n} files of {MANIFEST_FILE} are there with their sizes and checksums");
+            0
+        }
+        Err(e) => {
+            println!("problem: {e}");
+            1
+        }
+    }
 }
 
 /// Fail when the listing found problems: `arbor train` would refuse these weights.

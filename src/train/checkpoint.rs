@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-const MANIFEST_FILE: &str = "manifest.json";
+pub const MANIFEST_FILE: &str = "manifest.json";
 /// The resolved run config the checkpoint's steps were trained with (what a resume from it, a
 /// rollback included, is compared with: train/run_record.rs).
 pub const RUN_CONFIG_FILE: &str = "run_config.toml";

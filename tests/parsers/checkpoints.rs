@@ -78,6 +78,23 @@ fn bad_manifests_and_vouched_files_name_file_and_problem() {
     assert!(msg.contains("trainer_state.json"), "{msg}");
 }
 
+/// `arbor inspect` of a checkpoint checks its files against the manifest as a resume does: a
+/// damaged byte of the optimizer file, which nothing else it reads would notice, fails it.
+#[test]
+fn inspect_checks_a_checkpoint_against_its_manifest() {
+    use arbor::cli::inspect::{run, InspectArgs};
+    let (_run, dir) = saved_checkpoint();
+    let args = InspectArgs { path: dir.clone(), stats_max_numel: 0, sample: None, model: None, fci_step_gap: None };
+    run(&args).expect("an intact checkpoint passes");
+    let opt = dir.join("optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt).expect("optimizer");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&opt, &bytes).expect("write");
+    let msg = run(&args).expect_err("a damaged checkpoint fails").to_string();
+    assert!(msg.contains("1 problem"), "{msg}");
+}
+
 /// A checkpoint written before the checksum64 format (manifest entries with `fnv1a64`) still
 /// loads, and its checksums are still checked; an entry with no checksum at all is refused.
 #[test]
