@@ -1,7 +1,8 @@
 //! Training checkpoints with exact resume: `checkpoints/step-N/` holds the HF-layout weights
 //! (+ tokenizer), the AdamW moments, the trainer state and a checksum manifest. A checkpoint is
 //! written into a temporary directory and renamed into place, so a crash never leaves a partial
-//! `step-N`; the manifest is verified before anything is loaded.
+//! `step-N` (a run's saves finish that last stage in the background: `train::commit`); the
+//! manifest is verified before anything is loaded.
 //!
 //! All randomness in arbor derives from (seed, step, ...) coordinates, so (weights, moments,
 //! step) is the whole state: resuming from step N reproduces the uninterrupted run bit for bit.
