@@ -56,6 +56,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     if !path.exists() {
         bail!("{}: no such file or directory", path.display());
     }
+    if path.is_dir() && path.join("checkpoints").is_dir() && !path.join(CONFIG_FILE).is_file() {
+        return inspect_run(path);
+    }
     if path.is_dir() {
         return inspect_dir(path, args.stats_max_numel);
     }
@@ -109,6 +112,53 @@ fn inspect_dir(dir: &Path, stats_max: usize) -> anyhow::Result<()> {
         None => println!("tokenizer: none"),
     }
     verdict(dir, problems + check_manifest(dir))
+}
+
+/// A run directory: each checkpoint checked against its manifest (sizes, then checksums), the one
+/// `--resume latest|auto` takes, and the folders of rolled-back branches. Fails when a checkpoint
+/// is incomplete or damaged.
+fn inspect_run(run: &Path) -> anyhow::Result<()> {
+    use crate::train::checkpoint::{check_complete, list_checkpoints, verify_checksums};
+    let all = list_checkpoints(run)?;
+    println!("run {}: {} checkpoint(s)", run.display(), all.len());
+    let status: Vec<Result<usize, String>> = all
+        .iter()
+        .map(|(_, dir)| {
+            check_complete(dir)
+                .and_then(|files| verify_checksums(dir, &files).map(|()| files.len()))
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    let taken = status.iter().rposition(Result::is_ok);
+    for (i, ((step, _), st)) in all.iter().zip(&status).enumerate() {
+        match st {
+            Ok(n) => {
+                let mark = if Some(i) == taken { "  <- --resume latest|auto takes this one" } else { "" };
+                println!("  step-{step}: intact ({n} files){mark}");
+            }
+            Err(e) => println!("problem: step-{step}: {e}"),
+        }
+    }
+    if taken.is_none() {
+        println!("  (no intact checkpoint: --resume auto would start afresh)");
+    }
+    let mut aside: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .with_context(|| format!("reading {}", run.join("checkpoints").display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("superseded-after-step-"))
+        .collect();
+    aside.sort();
+    for name in aside {
+        let folder = run.join("checkpoints").join(&name);
+        let n = std::fs::read_dir(&folder)
+            .with_context(|| format!("reading {}", folder.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("step-") && e.path().is_dir())
+            .count();
+        println!("  {name}/: {n} checkpoint(s) of a rolled-back branch (resumable into another directory)");
+    }
+    verdict(run, status.iter().filter(|s| s.is_err()).count())
 }
 
 /// An arbor checkpoint's files against its manifest (sizes, then checksums, as a resume checks

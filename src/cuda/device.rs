@@ -4,7 +4,6 @@
 //! event tracking is switched off). Kernels are compiled by NVRTC for the device's own
 //! architecture the first time a module is used and kept for the life of the process.
 
-use crate::cuda::image::ImageEntry;
 use crate::cuda::nvrtc;
 use crate::cuda::plans::{AttnMma, AttnRows, Choice, DecodeAttn, DkdvPlan};
 use crate::cuda::pool::{self, Pool, PoolPolicy};
@@ -110,6 +109,22 @@ pub struct Gpu {
     /// group's `TpGroup::id`), made at the group's first sum or broadcast on the device
     /// (`Backend::all_reduce_tp`; every rank of the group makes it there).
     pub(crate) tp_nccl: Mutex<Option<(usize, super::nccl::Nccl)>>,
+}
+
+/// Where the images of a device are: (f32 buffer address, its length in elements, image address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageEntry {
+    pub base: u64,
+    pub len: usize,
+    pub image: u64,
+}
+
+/// The image address of the `len` f32 elements at `ptr` when they lie inside one entry's buffer.
+pub fn lookup(entries: &[ImageEntry], ptr: u64, len: usize) -> Option<u64> {
+    entries
+        .iter()
+        .find(|e| ptr >= e.base && ptr + 4 * len as u64 <= e.base + 4 * e.len as u64)
+        .map(|e| e.image + (ptr - e.base) / 2)
 }
 
 pub(crate) use super::driver_error::drv;

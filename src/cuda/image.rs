@@ -4,7 +4,7 @@
 //! pass), and registers it with its device: a "bf16" product whose second operand lies inside a
 //! registered buffer reads the image (`Gpu::gemm`). Dropping the image unregisters it.
 
-use crate::cuda::device::Gpu;
+use crate::cuda::device::{lookup, Gpu, ImageEntry};
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
@@ -56,22 +56,6 @@ impl Drop for Bf16Image {
     }
 }
 
-/// Where the images of a device are: (f32 buffer address, its length in elements, image address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageEntry {
-    pub base: u64,
-    pub len: usize,
-    pub image: u64,
-}
-
-/// The image address of the `len` f32 elements at `ptr` when they lie inside one entry's buffer.
-pub fn lookup(entries: &[ImageEntry], ptr: u64, len: usize) -> Option<u64> {
-    entries
-        .iter()
-        .find(|e| ptr >= e.base && ptr + 4 * len as u64 <= e.base + 4 * e.len as u64)
-        .map(|e| e.image + (ptr - e.base) / 2)
-}
-
 impl Gpu {
     /// Make products whose second operand lies in `entry`'s buffer read its image.
     pub(crate) fn register_image(&self, entry: ImageEntry) -> Result<()> {
@@ -96,7 +80,7 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
-    use super::{lookup, ImageEntry};
+    use crate::cuda::device::{lookup, ImageEntry};
 
     /// A product's operand maps into an image only when it lies wholly inside the mirrored
     /// buffer, at half the byte offset.

@@ -95,6 +95,43 @@ fn inspect_checks_a_checkpoint_against_its_manifest() {
     assert!(msg.contains("1 problem"), "{msg}");
 }
 
+/// `arbor inspect RUN_DIR` checks every checkpoint of a run and says which one a resume takes:
+/// the newest intact one, past a damaged newer one (which fails the command).
+#[test]
+fn inspect_of_a_run_lists_its_checkpoints_and_the_one_a_resume_takes() {
+    let (run, newest) = saved_checkpoint();
+    let older = run.path().join("checkpoints/step-2");
+    std::fs::create_dir_all(&older).expect("mkdir");
+    for entry in std::fs::read_dir(&newest).expect("read") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), older.join(entry.file_name())).expect("copy");
+    }
+    std::fs::create_dir_all(run.path().join("checkpoints/superseded-after-step-1/step-9")).expect("mkdir");
+    let inspect = || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["inspect", run.path().to_str().expect("utf-8")])
+            .output()
+            .expect("run arbor");
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (ok, out) = inspect();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("2 checkpoint(s)") && out.contains("step-3: intact") && out.contains("step-2: intact"),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.contains("step-3") && l.contains("takes this one")), "{out}");
+    assert!(out.contains("superseded-after-step-1/: 1 checkpoint(s)"), "{out}");
+    let opt = newest.join("optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt).expect("optimizer");
+    bytes[0] ^= 1;
+    std::fs::write(&opt, &bytes).expect("write");
+    let (ok, out) = inspect();
+    assert!(!ok, "a damaged checkpoint passed: {out}");
+    assert!(out.contains("problem: step-3") && out.contains("optimizer.safetensors"), "{out}");
+    assert!(out.lines().any(|l| l.contains("step-2") && l.contains("takes this one")), "{out}");
+}
+
 /// A checkpoint written before the checksum64 format (manifest entries with `fnv1a64`) still
 /// loads, and its checksums are still checked; an entry with no checksum at all is refused.
 #[test]
