@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub enum Error {
     /// A configuration file (HF `config.json`, run TOML) has a missing, malformed or invalid key.
     Config { file: PathBuf, key: String, msg: String },
-    /// A checkpoint tensor is missing, has the wrong shape or an unsupported dtype.
+    /// A checkpoint tensor is missing, has the wrong shape or an unsupported dtype (or, with an
+    /// empty `tensor`, a checkpoint file is short or damaged).
     Checkpoint { file: PathBuf, tensor: String, msg: String },
     /// An I/O error on a named path (`source`: the OS error, shown in the message; not a
     /// [`std::error::Error::source`], which would show it twice).
@@ -44,6 +45,8 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Config { file, key, msg } => write!(f, "{}: key `{key}`: {msg}", file.display()),
+            // (an empty tensor: the whole file)
+            Error::Checkpoint { file, tensor, msg } if tensor.is_empty() => write!(f, "{}: {msg}", file.display()),
             Error::Checkpoint { file, tensor, msg } => write!(f, "{}: tensor `{tensor}`: {msg}", file.display()),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Dataset { file, line, msg } => write!(f, "{}:{line}: {msg}", file.display()),

@@ -158,7 +158,11 @@ fn inspect_run(run: &Path) -> anyhow::Result<()> {
             .count();
         println!("  {name}/: {n} checkpoint(s) of a rolled-back branch (resumable into another directory)");
     }
-    verdict(run, status.iter().filter(|s| s.is_err()).count())
+    let broken = status.iter().filter(|s| s.is_err()).count();
+    if broken > 0 {
+        bail!("{}: {broken} incomplete or damaged checkpoint(s) listed above (a resume skips them)", run.display());
+    }
+    Ok(())
 }
 
 /// An arbor checkpoint's files against its manifest (sizes, then checksums, as a resume checks

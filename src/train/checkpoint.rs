@@ -431,7 +431,7 @@ pub fn check_complete(dir: &Path) -> Result<serde_json::Map<String, serde_json::
         if meta.get("bytes").and_then(|b| b.as_u64()) != Some(len) {
             return Err(Error::Checkpoint {
                 file: path,
-                tensor: "<file>".into(),
+                tensor: String::new(),
                 msg: format!("{len} bytes where the manifest gives {}: the checkpoint is incomplete", meta["bytes"]),
             });
         }
@@ -450,14 +450,14 @@ pub fn verify_checksums(dir: &Path, files: &serde_json::Map<String, serde_json::
             .find_map(|sum| meta.get(sum.key()).and_then(|v| v.as_str()).map(|w| (sum, w)))
             .ok_or_else(|| Error::Checkpoint {
                 file: path.clone(),
-                tensor: "<file>".into(),
+                tensor: String::new(),
                 msg: format!("the manifest gives no checksum for it (no `{}`)", Sum::Checksum64.key()),
             })?;
         let got = format!("{:016x}", file_checksum(&path, sum)?.0);
         if got != want {
             return Err(Error::Checkpoint {
                 file: path,
-                tensor: "<file>".into(),
+                tensor: String::new(),
                 msg: format!("checksum {got} does not match the manifest's {want}: the checkpoint is corrupt"),
             });
         }
