@@ -102,6 +102,25 @@ fn a_checkpoint_past_the_run_is_refused() {
     assert!(err.contains("intermediate_size: checkpoint 64, config 96"), "{err}");
 }
 
+/// The KL reference saved at the RL phase's start is sealed with a manifest: a resume inside the
+/// phase whose reference was damaged since stops, naming the file, instead of training against
+/// other weights.
+#[test]
+fn a_damaged_kl_reference_stops_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    job::run(&config(dir.path(), 2), None, &mut Vec::new()).unwrap();
+    let reference = dir.path().join("addition-sft/reference");
+    assert!(reference.join("manifest.json").is_file(), "the reference is not sealed");
+    let weights = reference.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    let ck = dir.path().join(format!("addition-sft/checkpoints/step-{}", SFT_STEPS + 1));
+    let err = job::run(&config(dir.path(), 2), Some(&ck), &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("reference/model.safetensors") && err.contains("corrupt"), "{err}");
+}
+
 #[test]
 fn sigkill_in_the_rl_phase_then_resume_latest_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();

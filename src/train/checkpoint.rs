@@ -264,23 +264,49 @@ fn write_checkpoint_files(
     io(tmp, std::fs::write(tmp.join(STATE_FILE), state_json))
 }
 
-/// The manifest of the files in `tmp`, written last.
-fn write_manifest(tmp: &Path) -> Result<()> {
-    // Manifest of every file: size and checksum; each file on disk first (a checkpoint renamed into
-    // place before its data is flushed could come back from a node's crash with empty files)
+/// The manifest of the files in `dir`: every file but the manifest itself, by name, with its size
+/// and checksum; each file on disk first (a folder renamed into place before its data is flushed
+/// could come back from a node's crash with empty files).
+fn manifest_of(dir: &Path) -> Result<Vec<u8>> {
     let mut files = BTreeMap::new();
-    for entry in io(tmp, std::fs::read_dir(tmp))? {
-        let path = io(tmp, entry)?.path();
+    for entry in io(dir, std::fs::read_dir(dir))? {
+        let path = io(dir, entry)?.path();
         let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if name == MANIFEST_FILE {
+            continue;
+        }
         sync(&path)?;
         let (sum, len) = file_checksum(&path, Sum::Checksum64)?;
         files.insert(name, serde_json::json!({"bytes": len, Sum::Checksum64.key(): format!("{sum:016x}")}));
     }
-    let manifest =
-        serde_json::to_vec_pretty(&serde_json::json!({ "files": files })).map_err(|e| Error::Invalid(e.to_string()))?;
+    serde_json::to_vec_pretty(&serde_json::json!({ "files": files })).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// The manifest of the files in `tmp`, written last.
+fn write_manifest(tmp: &Path) -> Result<()> {
+    let manifest = manifest_of(tmp)?;
     io(tmp, std::fs::write(tmp.join(MANIFEST_FILE), manifest))?;
     sync(&tmp.join(MANIFEST_FILE))?;
     sync(tmp)
+}
+
+/// Seal a finished folder of files (the RL phase's KL reference) with a manifest of them,
+/// written under a temporary name and renamed (a hard link of the folder's previous manifest, in
+/// a rolled-back branch's record, keeps the old one). [`verify_sealed`] checks it.
+pub fn seal_folder(dir: &Path) -> Result<()> {
+    let manifest = manifest_of(dir)?;
+    crate::io::atomic::write_atomic(&dir.join(MANIFEST_FILE), &manifest)?;
+    sync(dir)
+}
+
+/// Check a folder sealed by [`seal_folder`] against its manifest: sizes, then checksums. A folder
+/// without a manifest (written before folders were sealed, or by a writer that stopped before
+/// sealing it) is taken as it is.
+pub fn verify_sealed(dir: &Path) -> Result<()> {
+    if !dir.join(MANIFEST_FILE).is_file() {
+        return Ok(());
+    }
+    verify_checksums(dir, &read_manifest(dir, &[])?)
 }
 
 /// Flush a file's or a directory's entries to disk.
@@ -396,6 +422,12 @@ pub fn newest_complete(run_dir: &Path) -> Result<(Option<PathBuf>, Vec<String>)>
 /// is a file of the folder, and each file is there at the size the manifest gives (not the
 /// checksums: [`load_checkpoint`] reads the contents). Returns the manifest's `files`.
 pub fn check_complete(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    read_manifest(dir, &["config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE])
+}
+
+/// The manifest of `dir` read and checked: it lists the `required` files, each name is a file of
+/// the folder, and each file is there at the size the manifest gives. Returns its `files`.
+fn read_manifest(dir: &Path, required: &[&str]) -> Result<serde_json::Map<String, serde_json::Value>> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = io(&manifest_path, std::fs::read_to_string(&manifest_path))?;
     let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
@@ -409,7 +441,7 @@ pub fn check_complete(dir: &Path) -> Result<serde_json::Map<String, serde_json::
         msg: "missing".into(),
     })?;
     // the manifest vouches for the files a checkpoint needs, and names nothing outside its folder
-    for required in ["config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE] {
+    for &required in required {
         if !files.contains_key(required) {
             return Err(Error::Config {
                 file: manifest_path.clone(),

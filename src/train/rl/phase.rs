@@ -152,7 +152,15 @@ fn reference_policy(model: &Model, ph: &Phase, start: &PhaseStart, grid: &Grid) 
         // run's record as it was)
         let full = model.gather(&model.params.data)?;
         if grid.is_root() {
-            save_hf_dir(&ph.run_dir.join(REFERENCE_DIR), model.full_config(), &full, &SaveOptions::default())?;
+            // sealed with a manifest that a resume checks (the manifest of a reference this
+            // replaces goes first: a crash before the new one is sealed leaves it unsealed)
+            let dir = ph.run_dir.join(REFERENCE_DIR);
+            let old = dir.join(crate::train::checkpoint::MANIFEST_FILE);
+            if old.is_file() {
+                std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+            }
+            save_hf_dir(&dir, model.full_config(), &full, &SaveOptions::default())?;
+            crate::train::checkpoint::seal_folder(&dir)?;
         }
         Ok(Some(model.clone()))
     } else {
@@ -172,6 +180,7 @@ fn reference_policy(model: &Model, ph: &Phase, start: &PhaseStart, grid: &Grid) 
                 ref_dir.display()
             )));
         }
+        crate::train::checkpoint::verify_sealed(&ref_dir)?;
         let (mc, params) = load_hf_dir(&ref_dir)?;
         Ok(Some(Model::new(mc, params)?.shard(grid.tp.clone())?))
     }
