@@ -28,6 +28,15 @@ fn saved_checkpoint() -> (tempfile::TempDir, PathBuf) {
     (run, dir)
 }
 
+/// Damage the file at `path` in place, its size unchanged: one bit of byte `at` (or of the last
+/// byte, for an `at` past the end) flipped.
+fn flip_a_bit(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).expect("read");
+    let at = at.min(bytes.len() - 1);
+    bytes[at] ^= 1;
+    std::fs::write(path, &bytes).expect("write");
+}
+
 /// `load_checkpoint` must not panic; its errors name a path inside the checkpoint (or the one a
 /// manifest entry points at).
 fn check_checkpoint(dir: &Path, manifest_names: &[String]) -> Result<(), TestCaseError> {
@@ -86,11 +95,7 @@ fn inspect_checks_a_checkpoint_against_its_manifest() {
     let (_run, dir) = saved_checkpoint();
     let args = InspectArgs { path: dir.clone(), stats_max_numel: 0, sample: None, model: None, fci_step_gap: None };
     run(&args).expect("an intact checkpoint passes");
-    let opt = dir.join("optimizer.safetensors");
-    let mut bytes = std::fs::read(&opt).expect("optimizer");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x10;
-    std::fs::write(&opt, &bytes).expect("write");
+    flip_a_bit(&dir.join("optimizer.safetensors"), usize::MAX);
     let msg = run(&args).expect_err("a damaged checkpoint fails").to_string();
     assert!(msg.contains("1 problem"), "{msg}");
 }
@@ -122,10 +127,7 @@ fn inspect_of_a_run_lists_its_checkpoints_and_the_one_a_resume_takes() {
     );
     assert!(out.lines().any(|l| l.contains("step-3") && l.contains("takes this one")), "{out}");
     assert!(out.contains("superseded-after-step-1/: 1 checkpoint(s)"), "{out}");
-    let opt = newest.join("optimizer.safetensors");
-    let mut bytes = std::fs::read(&opt).expect("optimizer");
-    bytes[0] ^= 1;
-    std::fs::write(&opt, &bytes).expect("write");
+    flip_a_bit(&newest.join("optimizer.safetensors"), 0);
     let (ok, out) = inspect();
     assert!(!ok, "a damaged checkpoint passed: {out}");
     assert!(out.contains("problem: step-3") && out.contains("optimizer.safetensors"), "{out}");
@@ -147,11 +149,7 @@ fn an_older_checkpoints_fnv1a64_manifest_is_still_verified() {
     let loaded = load_checkpoint(&dir).expect("an fnv1a64 manifest loads");
     assert_eq!(loaded.state.step, 3);
     // one byte of the weights changed (same size): the old checksum catches it
-    let weights = dir.join("model.safetensors");
-    let mut bytes = std::fs::read(&weights).expect("weights");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(&weights, &bytes).expect("write");
+    flip_a_bit(&dir.join("model.safetensors"), usize::MAX);
     let msg = load_checkpoint(&dir).expect_err("corrupt").to_string();
     assert!(msg.contains("model.safetensors") && msg.contains("corrupt"), "{msg}");
     m["files"]["model.safetensors"].as_object_mut().expect("entry").remove("fnv1a64");
