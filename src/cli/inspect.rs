@@ -118,17 +118,11 @@ fn inspect_dir(dir: &Path, stats_max: usize) -> anyhow::Result<()> {
 /// `--resume latest|auto` takes, and the folders of rolled-back branches. Fails when a checkpoint
 /// is incomplete or damaged.
 fn inspect_run(run: &Path) -> anyhow::Result<()> {
-    use crate::train::checkpoint::{check_complete, list_checkpoints, verify_checksums};
+    use crate::train::checkpoint::{check_intact, list_checkpoints};
     let all = list_checkpoints(run)?;
     println!("run {}: {} checkpoint(s)", run.display(), all.len());
-    let status: Vec<Result<usize, String>> = all
-        .iter()
-        .map(|(_, dir)| {
-            check_complete(dir)
-                .and_then(|files| verify_checksums(dir, &files).map(|()| files.len()))
-                .map_err(|e| e.to_string())
-        })
-        .collect();
+    let status: Vec<Result<usize, String>> =
+        all.iter().map(|(_, dir)| check_intact(dir).map_err(|e| e.to_string())).collect();
     let taken = status.iter().rposition(Result::is_ok);
     for (i, ((step, _), st)) in all.iter().zip(&status).enumerate() {
         match st {
@@ -146,7 +140,7 @@ fn inspect_run(run: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", run.join("checkpoints").display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("superseded-after-step-"))
+        .filter(|n| n.starts_with(crate::train::run_dir::SUPERSEDED_PREFIX))
         .collect();
     aside.sort();
     for name in aside {
@@ -168,11 +162,11 @@ fn inspect_run(run: &Path) -> anyhow::Result<()> {
 /// An arbor checkpoint's files against its manifest (sizes, then checksums, as a resume checks
 /// them): one line, or one problem; returns the number of problems.
 fn check_manifest(dir: &Path) -> usize {
-    use crate::train::checkpoint::{check_complete, verify_checksums, MANIFEST_FILE};
+    use crate::train::checkpoint::{check_intact, MANIFEST_FILE};
     if !dir.join(MANIFEST_FILE).is_file() {
         return 0;
     }
-    match check_complete(dir).and_then(|files| verify_checksums(dir, &files).map(|()| files.len())) {
+    match check_intact(dir) {
         Ok(n) => {
             println!("checkpoint: the {n} files of {MANIFEST_FILE} are there with their sizes and checksums");
             0

@@ -398,6 +398,13 @@ pub fn save_model_checkpoint(
     save_checkpoint(run_dir, model.full_config(), &params, &full_opt, state, files).map(Some)
 }
 
+/// A checkpoint checked whole: sizes ([`check_complete`]), then checksums
+/// ([`verify_checksums`]); the number of files its manifest lists.
+pub fn check_intact(dir: &Path) -> Result<usize> {
+    let files = check_complete(dir)?;
+    verify_checksums(dir, &files).map(|()| files.len())
+}
+
 /// The newest checkpoint under `run_dir/checkpoints` that is intact, for `--resume latest|auto`:
 /// every file there at the size its manifest gives ([`check_complete`]) and with its checksum
 /// ([`verify_checksums`]), with one line per newer one skipped and why (a folder a crash left with

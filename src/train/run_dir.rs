@@ -39,7 +39,7 @@ const DUMP_FILE: &str = "trajectories.h5";
 const SET_ASIDE_FILES: [&str; 5] =
     ["config.toml", "config-history.jsonl", "metrics.jsonl", "trajectories.h5", "rollout-schedule.jsonl"];
 /// The folder prefix of a rollback's superseded checkpoints (`superseded-after-step-K[.i]`).
-const SUPERSEDED_PREFIX: &str = "superseded-after-step-";
+pub const SUPERSEDED_PREFIX: &str = "superseded-after-step-";
 /// The RL phase's frozen KL reference, saved in the run directory at the phase's start.
 pub const REFERENCE_DIR: &str = "reference";
 
