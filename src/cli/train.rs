@@ -200,7 +200,7 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
             // root alone (it reads the candidate whole to check it) and sent to every rank
             let world = grid.as_ref().map(|(_, g)| g.world.as_ref());
             let dir = agreed_on_root(world, || {
-                let (dir, skipped) = crate::train::checkpoint::newest_complete(&run_dir)?;
+                let (dir, skipped) = crate::train::checkpoint::newest_intact(&run_dir)?;
                 for line in &skipped {
                     eprintln!("arbor: --resume {which}: {line}");
                 }

@@ -411,7 +411,7 @@ pub fn check_intact(dir: &Path) -> Result<usize> {
 /// truncated files, or one whose bytes were damaged since: the run goes on from the one before,
 /// and the rollback sets the broken one aside with the later record). The one returned is read
 /// twice, here and by the load; the second read usually comes from the page cache.
-pub fn newest_complete(run_dir: &Path) -> Result<(Option<PathBuf>, Vec<String>)> {
+pub fn newest_intact(run_dir: &Path) -> Result<(Option<PathBuf>, Vec<String>)> {
     let mut skipped = Vec::new();
     for (_, dir) in list_checkpoints(run_dir)?.into_iter().rev() {
         match check_complete(&dir) {

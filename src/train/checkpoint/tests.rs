@@ -112,7 +112,7 @@ fn an_incomplete_newest_checkpoint_is_skipped_and_removals_leave_temporaries() {
     let t = tempfile::tempdir().unwrap();
     let run = t.path();
     saved(run, 3);
-    let newest = |run: &Path| newest_complete(run).unwrap();
+    let newest = |run: &Path| newest_intact(run).unwrap();
     assert_eq!(newest(run), (Some(run.join("checkpoints/step-3")), vec![]));
     std::fs::write(run.join("checkpoints/step-3/trainer_state.json"), b"{").unwrap();
     std::fs::remove_file(run.join("checkpoints/step-2/optimizer.safetensors")).unwrap();
