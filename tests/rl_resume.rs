@@ -39,20 +39,36 @@ fn config(out: &Path, rl_steps: u64) -> RunConfig {
 fn three_plus_three_rl_steps_equal_six() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let straight = job::run(&config(a.path(), 6), None, &mut Vec::new()).unwrap();
-    job::run(&config(b.path(), 6), None, &mut Vec::new()).unwrap();
+    // (the second run mirrors its metrics into TensorBoard events: results are the same)
+    let with_events = |mut c: RunConfig| {
+        c.run.tensorboard = true;
+        c
+    };
+    job::run(&with_events(config(b.path(), 6)), None, &mut Vec::new()).unwrap();
     let run_b = b.path().join("addition-sft");
+    let events_before = events_of(&run_b);
     // inside the RL phase: global step SFT_STEPS + 3
     let ck = run_b.join(format!("checkpoints/step-{}", SFT_STEPS + 3));
     let state = load_checkpoint(&ck).unwrap().state;
     assert!(state.rl_eval_before.is_some(), "an RL checkpoint records the eval before the phase");
     let mut log = Vec::new();
-    let resumed = job::run(&config(b.path(), 6), Some(&ck), &mut log).unwrap();
+    let resumed = job::run(&with_events(config(b.path(), 6)), Some(&ck), &mut log).unwrap();
     let log = String::from_utf8(log).unwrap();
     assert!(log.contains("resumed after step 3"), "{log}");
     assert_eq!(log.matches("rl step").count(), 3, "only RL steps 4..6 run after the resume:\n{log}");
     assert_eq!(straight.final_params, resumed.final_params, "weights differ after an RL resume");
     assert_eq!(straight.rl.unwrap().0, resumed.rl.unwrap().0, "the eval before RL is carried over");
     assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&run_b), "metrics differ after an RL resume");
+    // the event file says what metrics.jsonl says, before and after the rollback; the lines the
+    // resume kept keep their wall times, and the left branch's events went aside with its record
+    let aside = run_b.join(format!("checkpoints/superseded-after-step-{}", SFT_STEPS + 3));
+    assert_eq!(events_of(&aside), events_before);
+    let after = events_of(&run_b);
+    let kept = |events: &[(i64, f64, Vec<(String, f32)>)]| {
+        events.iter().filter(|e| e.0 <= (SFT_STEPS + 3) as i64).cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&after), kept(&events_before), "the kept steps' events (wall times included) changed");
+    assert!(after.len() == events_before.len() && after.last().unwrap().1 > events_before.last().unwrap().1);
     #[cfg(feature = "hdf5")]
     {
         // the dump of the resumed run dropped nothing and duplicated nothing
@@ -196,6 +212,51 @@ fn a_fork_off_another_runs_sft_checkpoint_keeps_its_own_kl_reference() {
 }
 
 /// Every file under `d` with its size and contents' checksum.
+/// The scalar events (step, wall time, values) of the run directory's one TensorBoard event
+/// file, after checking them against its metrics.jsonl: an event per line with a step, at the
+/// global step, each number of the line as `sft/<key>` or `rl/<key>`.
+fn events_of(run: &Path) -> Vec<(i64, f64, Vec<(String, f32)>)> {
+    use arbor::io::tfevents::{read_events, What};
+    let files: Vec<_> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(files.len(), 1, "{run:?}: {files:?}");
+    let events = read_events("events", &std::fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(events[1].what, What::SessionStart);
+    let scalars: Vec<_> = events[2..]
+        .iter()
+        .map(|e| match &e.what {
+            What::Scalars(v) => (e.step, e.wall_time, v.clone()),
+            w => panic!("{w:?}"),
+        })
+        .collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(scalars.len(), lines.len());
+    for ((step, _, values), line) in scalars.iter().zip(&lines) {
+        let (phase, global) = match (line["step"].as_i64(), line["rl_step"].as_i64()) {
+            (Some(s), _) => ("sft", s),
+            (_, r) => ("rl", SFT_STEPS as i64 + r.unwrap()),
+        };
+        assert_eq!(*step, global, "{line}");
+        let expected: Vec<(String, f32)> = line
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| *k != "step" && *k != "rl_step" && v.is_number())
+            .map(|(k, v)| (format!("{phase}/{k}"), v.as_f64().unwrap() as f32))
+            .collect();
+        assert_eq!(values, &expected, "{line}");
+    }
+    assert!(scalars.iter().any(|e| e.2.iter().any(|(t, _)| t == "rl/reward_mean")));
+    scalars
+}
+
 fn walk(d: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(d).unwrap() {

@@ -26,6 +26,9 @@ pub struct RunSection {
     /// Worker threads (0 = all cores).
     #[serde(default)]
     pub threads: usize,
+    /// Mirror metrics.jsonl into a TensorBoard event file in the run directory (train/tensorboard.rs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tensorboard: bool,
 }
 
 fn default_out_dir() -> PathBuf {

@@ -6,6 +6,7 @@ pub mod dtype;
 pub mod hf;
 pub mod space;
 pub mod tensor_file;
+pub mod tfevents;
 pub mod trajectories;
 
 pub use dtype::StoreDtype;

@@ -223,8 +223,16 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         }
     }
     let metrics_path = out_dir.join("metrics.jsonl");
-    let mut metrics: Box<dyn Write> =
-        if root { Box::new(open_metrics(&metrics_path, start, t.steps)?) } else { Box::new(std::io::sink()) };
+    let mut metrics: Box<dyn Write> = match root {
+        false => Box::new(std::io::sink()),
+        true => {
+            let file = open_metrics(&metrics_path, start, t.steps)?;
+            match cfg.run.tensorboard {
+                true => Box::new(crate::train::tensorboard::mirror(file, &out_dir, &metrics_path, t.steps)?),
+                false => Box::new(file),
+            }
+        }
+    };
     let say = |log: &mut dyn Write, s: String| {
         let _ = writeln!(log, "{s}");
     };

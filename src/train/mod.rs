@@ -19,6 +19,7 @@ pub mod rl;
 pub mod run_dir;
 pub mod run_record;
 pub mod schedule;
+pub mod tensorboard;
 
 pub use adamw::{clip_and_step, clip_and_step_model, clip_coefficient, clip_grad_norm, grad_norm, AdamW, AdamWConfig};
 pub use schedule::{LrSchedule, ScheduleKind};

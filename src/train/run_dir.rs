@@ -191,6 +191,9 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Resu
                     copy_checked(&run_dir.join(f), &aside.join(f))?;
                 }
             }
+            for f in crate::train::tensorboard::event_files(run_dir)? {
+                copy_checked(&f, &aside.join(f.file_name().unwrap_or_default()))?;
+            }
             if run_dir.join(REFERENCE_DIR).is_dir() {
                 link_tree(&run_dir.join(REFERENCE_DIR), &aside.join(REFERENCE_DIR))?;
             }
@@ -214,6 +217,12 @@ pub fn prepare(run_dir: &Path, resume: Option<(&Path, u64)>, dump: bool) -> Resu
                 copy_checked(&src.join(f), &run_dir.join(f))?;
                 copied.push(f.to_string());
             }
+        }
+        // (the TensorBoard events: for their wall times, train/tensorboard.rs)
+        for f in crate::train::tensorboard::event_files(src)? {
+            let name = f.file_name().unwrap_or_default().to_os_string();
+            copy_checked(&f, &run_dir.join(&name))?;
+            copied.push(name.to_string_lossy().into_owned());
         }
         trim_config_history(run_dir, step)?;
         if src.join(REFERENCE_DIR).is_dir() {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 /// Settings that may differ on a resume without being a change of the run (where it lives and how
 /// many threads compute it: docs/config.md's resume into another `run.name` or `--out-dir`).
-const NOT_A_CHANGE: [&str; 3] = ["run.name", "run.out_dir", "run.threads"];
+const NOT_A_CHANGE: [&str; 4] = ["run.name", "run.out_dir", "run.threads", "run.tensorboard"];
 
 /// One changed setting: dotted key, value recorded by the run, value given now (`None` = absent).
 #[derive(Debug, Clone, PartialEq)]
