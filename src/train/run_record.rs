@@ -159,7 +159,7 @@ mod tests {
     fn diff_names_changed_added_and_removed_keys_but_not_the_location() {
         let a = "[run]\nname = \"x\"\nout_dir = \"a\"\nthreads = 1\n[rl]\nlr = 1e-4\nsteps = 3\n";
         let b =
-            "[run]\nname = \"x\"\nout_dir = \"b\"\nthreads = 2\n[rl]\nlr = 2e-4\nsteps = 3\n[loss]\nkl_coef = 0.0\n";
+            "[run]\nname = \"x\"\nout_dir = \"b\"\nthreads = 2\ntensorboard = true\n[rl]\nlr = 2e-4\nsteps = 3\n[loss]\nkl_coef = 0.0\n";
         let d = diff(a, b, Path::new("c.toml")).unwrap();
         let keys: Vec<&str> = d.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["loss.kl_coef", "rl.lr"]);
