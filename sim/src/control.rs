@@ -2,7 +2,7 @@
 
 use crate::engine::{GroupState, Phase, Sim};
 use crate::event::{ns_from_s, s_from_ns, Event};
-use crate::scenario::{Dispatch, Mode, Placement};
+use crate::scenario::{Dispatch, Mode};
 use std::collections::VecDeque;
 
 impl<'a> Sim<'a> {
@@ -395,7 +395,7 @@ impl<'a> Sim<'a> {
                     stall += self.workers[w].kv_tokens as f64 * self.cost.prefill_per_token_s;
                 }
                 self.workers[w].stall(self.now, stall, &self.cost);
-                self.mark_dirty_pub(w as u32);
+                self.mark_dirty(w as u32);
             }
         }
         self.q.push(self.now.saturating_add(ns_from_s(sync_s)), Event::SyncDone { version: step + 1 });
@@ -539,11 +539,5 @@ impl<'a> Sim<'a> {
         self.live_groups = keep;
         self.begin_train(step, batch, last);
         self.maybe_launch();
-    }
-
-    /// Mark a worker for event rescheduling (public for control code).
-    pub fn mark_dirty_pub(&mut self, w: u32) {
-        let _ = Placement::Colocated;
-        self.mark_dirty_inner(w);
     }
 }

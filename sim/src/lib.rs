@@ -8,6 +8,7 @@ pub mod cli;
 pub mod control;
 pub mod cost;
 pub mod decode;
+pub mod dispatch;
 pub mod dist;
 pub mod engine;
 pub mod event;
