@@ -64,9 +64,8 @@ fn three_plus_three_rl_steps_equal_six() {
     let aside = run_b.join(format!("checkpoints/superseded-after-step-{}", SFT_STEPS + 3));
     assert_eq!(events_of(&aside), events_before);
     let after = events_of(&run_b);
-    let kept = |events: &[(i64, f64, Vec<(String, f32)>)]| {
-        events.iter().filter(|e| e.0 <= (SFT_STEPS + 3) as i64).cloned().collect::<Vec<_>>()
-    };
+    let kept =
+        |events: &[ScalarEvent]| events.iter().filter(|e| e.0 <= (SFT_STEPS + 3) as i64).cloned().collect::<Vec<_>>();
     assert_eq!(kept(&after), kept(&events_before), "the kept steps' events (wall times included) changed");
     assert!(after.len() == events_before.len() && after.last().unwrap().1 > events_before.last().unwrap().1);
     #[cfg(feature = "hdf5")]
@@ -212,10 +211,13 @@ fn a_fork_off_another_runs_sft_checkpoint_keeps_its_own_kl_reference() {
 }
 
 /// Every file under `d` with its size and contents' checksum.
-/// The scalar events (step, wall time, values) of the run directory's one TensorBoard event
+/// A scalar event's step, wall time and (tag, value)s.
+type ScalarEvent = (i64, f64, Vec<(String, f32)>);
+
+/// The scalar events of the run directory's one TensorBoard event
 /// file, after checking them against its metrics.jsonl: an event per line with a step, at the
 /// global step, each number of the line as `sft/<key>` or `rl/<key>`.
-fn events_of(run: &Path) -> Vec<(i64, f64, Vec<(String, f32)>)> {
+fn events_of(run: &Path) -> Vec<ScalarEvent> {
     use arbor::io::tfevents::{read_events, What};
     let files: Vec<_> = std::fs::read_dir(run)
         .unwrap()
