@@ -5,7 +5,7 @@
 # h5cc / pkg-config) is not installed again; with nothing to install, apt is not needed at all.
 #   bash scripts/setup.sh          everything (make test)
 #   bash scripts/setup.sh --run    what building and running needs (make run): no h5py, no NVRTC
-# - feature `mpi` (default): Open MPI headers + launcher, libclang for the bindings; tests/mpi.rs runs mpirun.
+# - feature `mpi` (default): Open MPI headers + launcher, libclang for the bindings; tests/mpi/ runs mpirun.
 # - feature `hdf5` (default, trajectory dumps): libhdf5-dev + pkg-config; hdf5-tools gives h5dump.
 #   `cargo build --no-default-features` needs none of them.
 # - tests/trajectories_h5.rs reads the dumps back with Python's h5py.

@@ -4,7 +4,7 @@ simulator's prediction for the same setup.
 
 1. Runs configs/longtail.toml (forced lognormal response lengths, an emulated 12 ms decode step)
    under `mpirun -np 4` with 2 rollout ranks and 2 training ranks at alpha = 0 (synchronous: proven
-   equal to the synchronous trainer in tests/mpi.rs), 1 and 2, with batch-locked rollout (the
+   equal to the synchronous trainer in tests/mpi/), 1 and 2, with batch-locked rollout (the
    default) and continuous rollout ([async] mode = "continuous"), and continuous with replication.
 2. Derives a simulator scenario from the alpha = 0 run only: the measured decode-step time, training
    seconds per token and per-step overhead, and the configured length distribution.

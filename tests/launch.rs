@@ -1,5 +1,5 @@
 //! `arbor launch` on its own (no MPI): a job across machines (two launchers on this one), and the
-//! signals a launcher passes on to its ranks. (tests/mpi.rs compares it with mpirun.)
+//! signals a launcher passes on to its ranks. (tests/mpi/ compares it with mpirun.)
 
 mod common;
 use common::spmd::compare_runs_within;

@@ -250,7 +250,7 @@ fn sbatch_scripts_train_under_slurm_and_a_signalled_job_requeues_and_ends_bit_id
     // the preempted, requeued job equals the uninterrupted one bit for bit
     assert!(w_a == w_b, "the preempted job's final weights differ from the uninterrupted job's");
     assert_eq!(metrics(&run(&dir_a)), metrics(&run(&dir_b)), "metrics differ after preemption");
-    // dp 2 = dp 1: reductions in another order agree within rounding, as in tests/mpi.rs, for the
+    // dp 2 = dp 1: reductions in another order agree within rounding, as in tests/mpi/, for the
     // supervised steps and the first RL steps (later, one sampled token flipped by a rounding
     // difference sends the two runs down different trajectories)
     let (lines, reference) = (metrics(&run(&dir_a)), metrics(&out("one").join("slurm")));

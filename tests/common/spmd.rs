@@ -1,4 +1,4 @@
-//! Helpers of the multi-process tests (tests/mpi.rs, tests/launch.rs): starting `arbor` in one
+//! Helpers of the multi-process tests (tests/mpi/, tests/launch.rs): starting `arbor` in one
 //! process or under `arbor launch`, their configurations, and comparing two runs' checkpoints and
 //! metrics.
 

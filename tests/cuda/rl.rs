@@ -307,7 +307,7 @@ fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
 /// heads and MLP channels; the row-parallel outputs of the forward, the backward and every decode
 /// step are summed on the devices by NCCL, the gradient norm over both shards) ends with the
 /// one-process job's weights within 1e-4 and losses within 5e-5, the bounds of the CPU's tp = 2
-/// test (tests/mpi.rs: the partial sums change the summation order).
+/// test (tests/mpi/: the partial sums change the summation order).
 #[test]
 fn tensor_parallel_rl_on_two_gpus_equals_one_gpu() {
     gpus_equal_one(2, "\n[parallel]\ntp = 2\n", &["dp 1 × tp 2", "tensor-parallel sums through NCCL"], 1e-4, 5e-5);

@@ -14,7 +14,7 @@
 //! every batch; a violation is an error). Fixing the version per batch, rather than taking
 //! whichever samples finish first, keeps runs deterministic: the same seed gives the same
 //! weights for any number of rollout or training ranks, and α = 0 is exactly the synchronous
-//! trainer (tests/mpi.rs). Nothing is ever too old to train on, so no prompt is aborted.
+//! trainer (tests/mpi/). Nothing is ever too old to train on, so no prompt is aborted.
 //!
 //! `mode = "continuous"` and `replicate = true` stream instead (`stream.rs`): one
 //! continuous-batching loop per rollout rank across batches, a `Piece` per finished group share,
