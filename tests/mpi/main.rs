@@ -1,6 +1,6 @@
 //! Real multi-process runs under mpirun (Open MPI, oversubscribed on 2 cores): data parallelism
 //! gives the same weights and metrics as one process for the same global batch, and a rank that
-//! fails, hangs or dies takes the whole job down with a message naming it, within the timeout.
+//! fails, hangs or dies takes the whole job down with a message naming it, within the timeout (faults.rs).
 #![cfg(feature = "mpi")]
 
 #[path = "../common/mod.rs"]
