@@ -135,6 +135,10 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
         let got: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
         assert_eq!(got["eval_solve_rate"], last["eval_solve_rate"], "seed {seed}");
         assert_eq!(got["eval_solve_rate_greedy"], last["eval_solve_rate_greedy"], "seed {seed}");
+        assert_eq!(got["eval_pass_at_k"], last["eval_pass_at_k"], "seed {seed}");
+        // pass@k: at least the sampled solve rate (every reward is 0 or 1 here), at most 1
+        let (pass, sampled) = (last["eval_pass_at_k"].as_f64().unwrap(), last["eval_solve_rate"].as_f64().unwrap());
+        assert!((sampled..=1.0).contains(&pass), "seed {seed}: pass@k {pass}, sampled {sampled}");
     }
     let (code, err) = arbor(&["experiment", "seeds", "--config", cfg.to_str().unwrap(), "--seeds", "1,1"]);
     assert_eq!(code, 1, "{err}");

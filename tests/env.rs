@@ -180,6 +180,11 @@ fn an_rl_phase_trains_on_every_turn_of_kept_groups() {
     assert_eq!(ra.final_params, rb.final_params, "no redundancy: a pure function of the seed");
     let (before, after) = ra.rl.unwrap();
     assert!((0.0..=1.0).contains(&before.greedy) && (0.0..=1.0).contains(&after.sampled));
+    // pass@2: games won by either sample (rewards are 0 or 1: at least the mean, at most 1)
+    for r in [before, after] {
+        let p = r.pass.unwrap();
+        assert!(p.k == 2 && (r.sampled..=1.0).contains(&p.rate), "{r:?}");
+    }
     let metrics = std::fs::read_to_string(a.path().join("addition-sft/metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = metrics
         .lines()

@@ -70,7 +70,15 @@ fn every_metrics_key_is_documented_and_every_documented_key_is_written() {
         ),
         ("SftEvalLine", keys(&SftEvalLine { step: 0, eval_answer_nll: 1.0, eval_answer_exact: 0.0 })),
         ("RlStepReport", keys(&rl)),
-        ("RlEvalLine", keys(&RlEvalLine { rl_step: 0, eval_solve_rate: 0.5, eval_solve_rate_greedy: 0.5 })),
+        (
+            "RlEvalLine",
+            keys(&RlEvalLine {
+                rl_step: 0,
+                eval_solve_rate: 0.5,
+                eval_solve_rate_greedy: 0.5,
+                eval_pass_at_k: Some(0.75),
+            }),
+        ),
         ("ConfigChangeLine", keys(&change)),
     ]
     .into_iter()

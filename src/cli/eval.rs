@@ -129,13 +129,17 @@ fn report(rate: &SolveRate, rl: &RlSection, scope: Scope, step: u64, json: bool)
             "step": step,
         });
         v[key] = count.into();
+        if let Some(p) = rate.pass {
+            v["eval_pass_at_k"] = p.rate.into();
+        }
         v.to_string()
     } else {
         format!(
-            "held-out {what} on {count} {unit}s: greedy {:.1}%, sampled (T = 1, {} per {unit}) {:.1}%",
+            "held-out {what} on {count} {unit}s: greedy {:.1}%, sampled (T = 1, {} per {unit}) {:.1}%{}",
             100.0 * rate.greedy,
             rl.eval_samples,
-            100.0 * rate.sampled
+            100.0 * rate.sampled,
+            rate.pass_note()
         )
     }
 }
@@ -147,6 +151,7 @@ fn config_name(path: &Option<PathBuf>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::rl::PassAtK;
 
     fn args(problems: Option<usize>) -> EvalArgs {
         EvalArgs { config: None, model: None, seed: None, step: 0, problems, samples: None, json: true }
@@ -161,25 +166,31 @@ mod tests {
 
     #[test]
     fn an_env_evaluation_reports_its_games_and_refuses_problems() {
-        let rate = SolveRate { greedy: 0.5, sampled: 0.25 };
+        let rate = SolveRate { greedy: 0.5, sampled: 0.25, pass: Some(PassAtK { k: 4, rate: 0.75 }) };
         let cfg = with_env(12);
         let (rl, scope) = settings(&args(None), &cfg, &None).unwrap();
         assert_eq!(scope, Scope::Games(12));
         let v: serde_json::Value = serde_json::from_str(&report(&rate, &rl, scope, 3, true)).unwrap();
         assert_eq!((v["eval_games"].as_u64(), v.get("eval_problems")), (Some(12), None));
-        assert!(report(&rate, &rl, scope, 3, false).starts_with("held-out win rate on 12 games: greedy 50.0%"));
+        assert_eq!(v["eval_pass_at_k"].as_f64(), Some(0.75));
+        let text = report(&rate, &rl, scope, 3, false);
+        assert!(
+            text.starts_with("held-out win rate on 12 games: greedy 50.0%") && text.ends_with(", pass@4 75.0%"),
+            "{text}"
+        );
         let e = settings(&args(Some(5)), &cfg, &None).unwrap_err().to_string();
         assert!(e.contains("--problems does not apply to an [env] config") && e.contains("eval_games = 12"), "{e}");
     }
 
     #[test]
     fn a_task_evaluation_reports_its_problems() {
-        let rate = SolveRate { greedy: 0.5, sampled: 0.25 };
+        let rate = SolveRate { greedy: 0.5, sampled: 0.25, pass: None };
         let cfg = RunConfig::load_or_default(None).unwrap();
         let (rl, scope) = settings(&args(Some(7)), &cfg, &None).unwrap();
         assert_eq!((scope, rl.eval_problems), (Scope::Problems(7), 7));
         let v: serde_json::Value = serde_json::from_str(&report(&rate, &rl, scope, 3, true)).unwrap();
         assert_eq!((v["eval_problems"].as_u64(), v.get("eval_games")), (Some(7), None));
+        assert!(v.get("eval_pass_at_k").is_none());
         assert!(report(&rate, &rl, scope, 3, false).starts_with("held-out solve rate on 7 problems"));
     }
 }

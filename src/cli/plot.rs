@@ -30,7 +30,7 @@ pub const STATS_PANEL: (u32, u32) = (600, 380);
 /// Keys read from supervised lines.
 const SFT_KEYS: [&str; 3] = ["loss", "eval_answer_nll", "eval_answer_exact"];
 /// Keys read from RL lines.
-const RL_KEYS: [&str; 18] = [
+const RL_KEYS: [&str; 19] = [
     "reward_mean",
     "reward_std",
     "solve_rate",
@@ -39,6 +39,7 @@ const RL_KEYS: [&str; 18] = [
     "loss",
     "eval_solve_rate",
     "eval_solve_rate_greedy",
+    "eval_pass_at_k",
     "entropy",
     "approx_kl",
     "clip_frac",
@@ -202,7 +203,8 @@ pub fn figures(m: &Metrics) -> Vec<(&'static str, Figure)> {
         0,
     )
     .series(Series::line_dots("held-out, sampled", rl("eval_solve_rate")).colour(1))
-    .series(Series::line_dots("held-out, greedy", rl("eval_solve_rate_greedy")).colour(2));
+    .series(Series::line_dots("held-out, greedy", rl("eval_solve_rate_greedy")).colour(2))
+    .series(Series::line_dots("held-out, pass@k (k = eval_samples)", rl("eval_pass_at_k")).colour(3));
     if solve.has_data() {
         out.push(("solve_rate.png", Figure::single(solve, SINGLE)));
     }

@@ -276,10 +276,10 @@ mod tests {
     fn table_reports_gains_and_the_control_margin() {
         let r = |seed, b: f64, a: f64, c: f64| SeedResult {
             seed,
-            before: SolveRate { greedy: b, sampled: b },
-            after: SolveRate { greedy: a, sampled: a },
+            before: SolveRate { greedy: b, sampled: b, pass: None },
+            after: SolveRate { greedy: a, sampled: a, pass: None },
             rl_secs: 300.0,
-            control: Some((1000, SolveRate { greedy: c, sampled: c })),
+            control: Some((1000, SolveRate { greedy: c, sampled: c, pass: None })),
         };
         let md = table(&[r(1, 0.2, 0.4, 0.3), r(2, 0.2, 0.3, 0.25)], "x.toml");
         assert!(md.contains("| 1 | 20.0 | 40.0 | +20.0 |"), "{md}");

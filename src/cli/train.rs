@@ -262,12 +262,17 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
     }
     if let Some((before, after)) = report.rl {
         println!(
-            "rl: held-out solve rate (sampled, T = 1) {:.1}% → {:.1}% ({:+.1} points), greedy {:.1}% → {:.1}%",
+            "rl: held-out solve rate (sampled, T = 1) {:.1}% → {:.1}% ({:+.1} points), greedy {:.1}% → {:.1}%{}",
             100.0 * before.sampled,
             100.0 * after.sampled,
             100.0 * (after.sampled - before.sampled),
             100.0 * before.greedy,
-            100.0 * after.greedy
+            100.0 * after.greedy,
+            match (before.pass, after.pass) {
+                (Some(b), Some(a)) if a.k == b.k =>
+                    format!(", pass@{} {:.1}% → {:.1}%", a.k, 100.0 * b.rate, 100.0 * a.rate),
+                _ => String::new(),
+            }
         );
     }
     println!("done: output in {}", report.out_dir.display());

@@ -39,6 +39,9 @@ pub struct TrainerState {
     /// Inside the RL phase: the held-out solve rate (sampled, greedy) measured before its first step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rl_eval_before: Option<[f64; 2]>,
+    /// With it: that evaluation's k and pass@k (absent in checkpoints written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl_eval_before_pass_at_k: Option<(u32, f64)>,
     /// State of adaptive sampling (next problem, dynamic batch size, FCI filter) inside an AttnRL phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingState>,

@@ -158,7 +158,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         start = state.step;
         sampling = state.sampling;
         nonfinite_in_a_row = state.nonfinite_in_a_row;
-        rl_before = state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled });
+        let pass = state.rl_eval_before_pass_at_k.map(|(k, rate)| crate::train::rl::PassAtK { k, rate });
+        rl_before = state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled, pass });
         if let Some(plan) = &cfg.plan().rl {
             let done = start.saturating_sub(t.steps);
             crate::train::rl::check_resume(plan, &plan.loss, dir, done, grid.dp.size())?;

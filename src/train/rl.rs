@@ -27,7 +27,7 @@ pub mod tree;
 pub mod update;
 pub mod wire;
 
-pub use eval::{evaluate, SolveRate};
+pub use eval::{evaluate, PassAtK, SolveRate};
 pub use phase::{check_resume, run_phase, Phase, PhaseStart};
 pub(crate) use phase::{run_phase_with, PhaseIo, SampleSource};
 pub use report::{AsyncNotes, CriticNotes, RlEvalLine, RlStepReport, SamplerNotes, StreamNotes};

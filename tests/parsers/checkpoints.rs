@@ -11,6 +11,7 @@ pub(crate) fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u6
         seed: 7,
         adam_t: step,
         rl_eval_before: None,
+        rl_eval_before_pass_at_k: None,
         sampling: None,
         nonfinite_in_a_row: 0,
         data_fingerprint: None,

@@ -92,7 +92,7 @@ pub fn run_phase(
             (RolloutMode::Continuous, Some(path)) => Some(stream::Installs::Replay(schedule::read(path, rank)?)),
         };
         rollout_loop(model, ph, start.done, RolloutComms { world_rank: rank, role, batches, weights }, installs)?;
-        let none = SolveRate { greedy: 0.0, sampled: 0.0 };
+        let none = SolveRate { greedy: 0.0, sampled: 0.0, pass: None };
         return Ok((none, none));
     }
     let dp = role.split(0, role.rank())?;

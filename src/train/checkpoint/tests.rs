@@ -44,6 +44,7 @@ fn save_steps(
             seed: 1,
             adam_t: step,
             rl_eval_before: None,
+            rl_eval_before_pass_at_k: None,
             sampling: None,
             nonfinite_in_a_row: 0,
             data_fingerprint: None,
@@ -155,6 +156,7 @@ fn the_trainer_states_floats_read_back_bit_for_bit() {
             seed: 1,
             adam_t: 3,
             rl_eval_before: Some([a, b]),
+            rl_eval_before_pass_at_k: Some((4, a)),
             sampling: Some(SamplingState { next_problem: 1, prompts: 2, fci_mean: b, fci_count: 4 }),
             nonfinite_in_a_row: 0,
             data_fingerprint: None,
@@ -163,11 +165,12 @@ fn the_trainer_states_floats_read_back_bit_for_bit() {
         let back: TrainerState = serde_json::from_str(&text).unwrap();
         let bits = |s: &TrainerState| {
             let [x, y] = s.rl_eval_before.unwrap();
-            [x.to_bits(), y.to_bits(), s.sampling.unwrap().fci_mean.to_bits()]
+            let (k, p) = s.rl_eval_before_pass_at_k.unwrap();
+            [x.to_bits(), y.to_bits(), s.sampling.unwrap().fci_mean.to_bits(), u64::from(k), p.to_bits()]
         };
         assert_eq!(bits(&back), bits(&state), "{text}");
     }
     // a checkpoint of before the count existed reads as no bad steps in a row
     let old: TrainerState = serde_json::from_str(r#"{"step":2,"seed":1,"adam_t":2}"#).unwrap();
-    assert_eq!(old.nonfinite_in_a_row, 0);
+    assert_eq!((old.nonfinite_in_a_row, old.rl_eval_before_pass_at_k), (0, None));
 }

@@ -106,7 +106,12 @@ fn write_line(ph: &Phase, metrics: &mut dyn Write, line: &impl serde::Serialize)
 }
 
 fn eval_line(step: u64, r: &SolveRate) -> RlEvalLine {
-    RlEvalLine { rl_step: step, eval_solve_rate: r.sampled, eval_solve_rate_greedy: r.greedy }
+    RlEvalLine {
+        rl_step: step,
+        eval_solve_rate: r.sampled,
+        eval_solve_rate_greedy: r.greedy,
+        eval_pass_at_k: r.pass.map(|p| p.rate),
+    }
 }
 
 /// Where a training rank's step samples come from when they are not generated in-process: the
@@ -254,9 +259,10 @@ pub(crate) fn run_phase_with(
     progress.say(
         log,
         &format!(
-            "rl eval before: solve rate greedy {:.1}%, sampled {:.1}%",
+            "rl eval before: solve rate greedy {:.1}%, sampled {:.1}%{}",
             100.0 * before.greedy,
-            100.0 * before.sampled
+            100.0 * before.sampled,
+            before.pass_note()
         ),
     );
     if start.done > 0 {
@@ -311,10 +317,11 @@ pub(crate) fn run_phase_with(
             progress.say(
                 log,
                 &format!(
-                    "rl eval step {}: solve rate greedy {:.1}%, sampled {:.1}%",
+                    "rl eval step {}: solve rate greedy {:.1}%, sampled {:.1}%{}",
                     step + 1,
                     100.0 * last.greedy,
-                    100.0 * last.sampled
+                    100.0 * last.sampled,
+                    last.pass_note()
                 ),
             );
             write_line(ph, io.metrics, &eval_line(step + 1, &last))?;
@@ -362,6 +369,7 @@ fn checkpoint(
         seed: cfg.run.seed,
         adam_t: opt.t,
         rl_eval_before: Some([before.sampled, before.greedy]),
+        rl_eval_before_pass_at_k: before.pass.map(|p| (p.k, p.rate)),
         sampling: tree.map(|t| t.save()),
         nonfinite_in_a_row,
         data_fingerprint: crate::train::checkpoint::data_fingerprint(ph.task),

@@ -179,4 +179,7 @@ pub struct RlEvalLine {
     pub rl_step: u64,
     pub eval_solve_rate: f64,
     pub eval_solve_rate_greedy: f64,
+    /// pass@k, k = `rl.eval_samples` (under `[env]`: games won by at least one sample).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_pass_at_k: Option<f64>,
 }
