@@ -9,28 +9,31 @@ fn fault_run(kind: &str, expect: &[&str]) {
 }
 
 pub(crate) fn fault_run_with(launcher: Launcher, kind: &str, expect: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
     let text_cfg = sft_config().replace("steps = 3", "steps = 50")
         + "\n[parallel]\ncollective_timeout_s = 3\nstep_timeout_s = 20\n";
-    let cfg = write_config(dir.path(), &text_cfg);
+    failing_job(launcher, &text_cfg, &format!("{kind}:1:4"), expect);
+}
+
+/// Run the config `text_cfg` on 2 ranks started by `launcher`, with the fault `spec`
+/// (`ARBOR_INJECT_FAULT`: kind:rank:step) injected: the job fails within 30 s, its output holds
+/// each of `expect`, and no rank is left running.
+fn failing_job(launcher: Launcher, text_cfg: &str, spec: &str, expect: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), text_cfg);
     let out = dir.path().join("out").to_str().unwrap().to_string();
     let t0 = Instant::now();
-    let spec = format!("{kind}:1:4");
-    let o = launcher(
-        2,
-        &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out],
-        &[("ARBOR_INJECT_FAULT", &spec)],
-    );
+    let o =
+        launcher(2, &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out], &[("ARBOR_INJECT_FAULT", spec)]);
     let took = t0.elapsed();
     let all = text(&o);
-    assert!(!o.status.success(), "{kind}: the job must fail:\n{all}");
-    assert!(took < Duration::from_secs(30), "{kind}: took {took:?}");
+    assert!(!o.status.success(), "{spec}: the job must fail:\n{all}");
+    assert!(took < Duration::from_secs(30), "{spec}: took {took:?}");
     for e in expect {
-        assert!(all.contains(e), "{kind}: output lacks {e:?}:\n{all}");
+        assert!(all.contains(e), "{spec}: output lacks {e:?}:\n{all}");
     }
     // no rank is left behind
     let ps = Command::new("pgrep").args(["-f", &format!("--out-dir {out}")]).output().unwrap();
-    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "{kind}: ranks still running");
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "{spec}: ranks still running");
 }
 
 #[test]
@@ -40,26 +43,11 @@ fn a_failing_or_hanging_rollout_rank_takes_the_async_job_down() {
         ("hang", vec!["rank 0", "rl step 2"], "batch"),
         ("error", vec!["rank 1 (rollout)", "injected fault at step 2"], "continuous"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
         let text_cfg = grpo_config()
             + &format!(
                 "\n[parallel]\nstep_timeout_s = 4\n\n[async]\nrollout_ranks = 1\nalpha = 1\nmode = \"{mode}\"\n"
             );
-        let cfg = write_config(dir.path(), &text_cfg);
-        let out = dir.path().join("out").to_str().unwrap().to_string();
-        let t0 = Instant::now();
-        let spec = format!("{kind}:1:2");
-        let o = mpirun(
-            2,
-            &["--threads", "1", "train", "--config", &cfg, "--out-dir", &out],
-            &[("ARBOR_INJECT_FAULT", &spec)],
-        );
-        let all = text(&o);
-        assert!(!o.status.success(), "{kind}: the job must fail:\n{all}");
-        assert!(t0.elapsed() < Duration::from_secs(30), "{kind}: took {:?}", t0.elapsed());
-        for e in expect {
-            assert!(all.contains(e), "{kind}: output lacks {e:?}:\n{all}");
-        }
+        failing_job(mpirun, &text_cfg, &format!("{kind}:1:2"), &expect);
     }
 }
 
