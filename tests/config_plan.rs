@@ -299,8 +299,12 @@ fn rows() -> Vec<(Row, String)> {
             with(&["[async]\nrollout_ranks = 1\n"]),
         ),
         (
-            row("async_groups_only", "async.rollout_ranks", "[async] runs group sampling (GRPO family); drop [attnrl]"),
-            with(&[RL, "[async]\nrollout_ranks = 1\n", "[attnrl]\n"]),
+            row("async_attention_batch", "async.mode", "[attnrl] and [rhythm] with [async] need mode = \"batch\""),
+            with(&[RL, "[async]\nrollout_ranks = 1\nmode = \"continuous\"\n", "[attnrl]\n"]),
+        ),
+        (
+            row("async_no_off_policy", "attnrl.off_policy", "true: [async]'s rollout ranks already sample ahead"),
+            with(&[RL, "[async]\nrollout_ranks = 1\n", "[attnrl]\noff_policy = true\n"]),
         ),
         (
             row("async_tp_one", "async.rollout_ranks", "[async] trains with tp = 1 (parallel.tp = 2)"),

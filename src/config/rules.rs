@@ -43,7 +43,8 @@ pub const RULES: &[Rule] = &[
     Rule { name: "env_tp_one", key: "env.kind", check: env_tp_one },
     Rule { name: "env_no_template", key: "model.prompt_template", check: env_no_template },
     Rule { name: "async_needs_rl", key: "async.rollout_ranks", check: async_needs_rl },
-    Rule { name: "async_groups_only", key: "async.rollout_ranks", check: async_groups_only },
+    Rule { name: "async_attention_batch", key: "async.mode", check: async_attention_batch },
+    Rule { name: "async_no_off_policy", key: "attnrl.off_policy", check: async_no_off_policy },
     Rule { name: "async_tp_one", key: "async.rollout_ranks", check: async_tp_one },
     Rule { name: "attnrl_needs_rl", key: "attnrl", check: attnrl_needs_rl },
     Rule { name: "hf_dir_init_std", key: "model.init_std", check: hf_dir_init_std },
@@ -233,18 +234,23 @@ fn async_needs_rl(cfg: &RunConfig) -> Option<String> {
     when(cfg.async_rl.is_some() && cfg.rl.is_none(), || "[async] needs an [rl] phase".into())
 }
 
-/// `[attnrl]` trees stay in the synchronous trainer (the tree sampler's adaptive state and its
-/// FCI pass would move to the rollout ranks and their checkpoints); `[rhythm]` runs on the rollout
-/// ranks in batch mode, where each rank shapes its share with the policy that generated it, as a
-/// data-parallel rank does. Streaming modes mix policy versions (continuous) or split groups
-/// over ranks (replication) within a share, so no one policy sees the share to shape it.
-fn async_groups_only(cfg: &RunConfig) -> Option<String> {
+/// `[attnrl]` trees and `[rhythm]` run on the rollout ranks in batch mode, where each rank samples
+/// (trees: with the FCI pass and the adaptive state, the same on every rollout rank) or shapes its
+/// share of a batch with the policy that generated it, as a data-parallel rank does. Streaming
+/// modes mix policy versions (continuous) or split groups over ranks (replication) within a
+/// share, so no one policy sees the share, and a tree batch is not a set of groups.
+fn async_attention_batch(cfg: &RunConfig) -> Option<String> {
     let ac = cfg.async_rl.as_ref()?;
-    if cfg.attnrl.is_some() {
-        return Some("[async] runs group sampling (GRPO family); drop [attnrl]".into());
-    }
-    when(cfg.rhythm.is_some() && ac.streams(), || {
-        "[rhythm] with [async] needs mode = \"batch\" and replicate = false (each rollout rank shapes its share with the policy that generated it)".into()
+    when(attention_pass(cfg) && ac.streams(), || {
+        "[attnrl] and [rhythm] with [async] need mode = \"batch\" and replicate = false (each rollout rank samples or shapes its share of a batch with the policy that generated it)".into()
+    })
+}
+
+/// AttnRL's one-step off-policy pipeline overlaps the next batch's sampling with training inside
+/// one process; under `[async]` the rollout ranks run ahead of the trainer themselves (`alpha`).
+fn async_no_off_policy(cfg: &RunConfig) -> Option<String> {
+    when(cfg.async_rl.is_some() && cfg.attnrl.as_ref().is_some_and(|a| a.off_policy), || {
+        "true: [async]'s rollout ranks already sample ahead of the trainer (async.alpha); drop off_policy".into()
     })
 }
 

@@ -169,6 +169,12 @@ impl<'a> RlTrainer<'a> {
         source: Option<&mut dyn SampleSource>,
     ) -> Result<StepOutput> {
         let t1 = Instant::now();
+        if source.is_some() {
+            // [async] trees: the sampler's state after this batch came with it, for the checkpoint
+            if let (Some(t), Some(s)) = (self.sampler.tree_state_mut(), rollouts.sampling) {
+                *t = tree::TreeState::restore(&s, self.ctx.rl.prompts_per_step);
+            }
+        }
         let notes: BatchNotes = self.training_batch(model, &mut rollouts)?;
         let mut updated: Updated = self.update(model, opt, step, &rollouts.batch)?;
         updated.t_train = t1.elapsed().as_secs_f64();
@@ -253,7 +259,7 @@ impl<'a> RlTrainer<'a> {
         updated: Updated,
         sampling: Sampling,
     ) -> Result<StepOutput> {
-        let Rollouts { mut generated, batch, counts, notes: sampler_notes } = rollouts;
+        let Rollouts { mut generated, batch, counts, notes: sampler_notes, .. } = rollouts;
         let (dp, rl) = (self.ctx.dp, self.ctx.rl);
         let Updated { update, trained_samples, lr, value_losses, t_train } = updated;
         // the trainer's π_old goes into the dump with each generated sample it trained on

@@ -5,7 +5,8 @@
 //! Rollout rank r generates its contiguous share of every step's prompts, exactly as a
 //! data-parallel rank of the synchronous trainer would, and sends the finished groups (tokens,
 //! behaviour log-probs, rewards, advantages) with the policy version and a checksum of the
-//! weights it used. The training leader receives batch s, checks it, hands each training rank
+//! weights it used; with `[attnrl]`, its trees' leaves and the tree sampler's state after the
+//! batch (kept by the trainer's checkpoints, handed back to the rollout ranks by a resume). The training leader receives batch s, checks it, hands each training rank
 //! its share, updates, and sends policy version s + 1 to every rollout rank.
 //!
 //! **Staleness bound.** With lag k = ⌈α⌉, batch b is generated with policy version
@@ -91,7 +92,8 @@ pub fn run_phase(
             (RolloutMode::Continuous, None) => Some(stream::Installs::Live),
             (RolloutMode::Continuous, Some(path)) => Some(stream::Installs::Replay(schedule::read(path, rank)?)),
         };
-        rollout_loop(model, ph, start.done, RolloutComms { world_rank: rank, role, batches, weights }, installs)?;
+        let comms = RolloutComms { world_rank: rank, role, batches, weights };
+        rollout_loop(model, ph, (start.done, start.sampling), comms, installs)?;
         let none = SolveRate { greedy: 0.0, sampled: 0.0, pass: None };
         return Ok((none, none));
     }
@@ -197,7 +199,7 @@ struct RolloutComms {
 fn rollout_loop(
     model: &mut Model,
     ph: &Phase,
-    done: u64,
+    (done, sampling): (u64, Option<crate::train::checkpoint::SamplingState>),
     comms: RolloutComms,
     stream: Option<stream::Installs>,
 ) -> Result<()> {
@@ -237,6 +239,10 @@ fn rollout_loop(
             }
             let ctx = RlTrainer::context(ph.cfg, ph.rl, ph.task, ph.codec, role.as_ref());
             let mut sampler = Sampler::new(ph.plan, model);
+            // [attnrl] resumed: the tree sampler's state the checkpoint kept (sent with its last batch)
+            if let (Some(t), Some(s)) = (sampler.tree_state_mut(), sampling) {
+                *t = crate::train::rl::tree::TreeState::restore(&s, ph.rl.prompts_per_step);
+            }
             // [rhythm]: this rank shapes its share with the policy that generated it
             let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));
             let (mut version, mut sum) = (done, weights_checksum(model));

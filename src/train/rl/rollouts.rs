@@ -119,6 +119,9 @@ pub struct Rollouts {
     pub counts: GroupCounts,
     /// The sampler's own figures for the step report.
     pub notes: SamplerNotes,
+    /// A tree sampler's adaptive state after this step (what a checkpoint of it stores), where a
+    /// trainer that did not sample needs it (`[async]`: sampled on rollout ranks).
+    pub sampling: Option<crate::train::checkpoint::SamplingState>,
 }
 
 impl Rollouts {

@@ -178,5 +178,6 @@ fn sample_trees(
         ..TrainingBatch::default()
     };
     out.generated = tb.generated;
+    out.sampling = Some(sampler.state.save());
     Ok(out)
 }

@@ -190,27 +190,48 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<StepSample>> {
     Ok(out)
 }
 
+/// `generated_index`'s mark of a training sequence that is no generated sample (a tree leaf: a
+/// prefix and a continuation), sent in full after the indices.
+const INLINE: u32 = u32::MAX;
+
 /// Encode a step's rollouts for another rank (disaggregated rollout): the generated samples,
-/// which of them train, the step's counts and the sampler's notes. Only group sampling runs on
-/// rollout ranks, so every training sequence is a generated sample (tree leaves, the fixed π_old,
-/// masks and critic targets never cross ranks).
+/// which of them train (a group sample by its index; a tree leaf in full), the step's counts,
+/// the sampler's notes and a tree sampler's adaptive state. The fixed π_old of AttnRL's
+/// off-policy pipeline, masks and critic targets never cross ranks (config::rules refuses them
+/// with `[async]`); a batch that holds them is an error.
 pub(crate) fn encode_rollouts(s: &Rollouts) -> Result<Vec<u8>> {
+    let b = &s.batch;
+    if !b.fixed_old_logp.is_empty() || !b.entropy_keep.is_empty() || b.critic.is_some() {
+        return Err(Error::Invalid(
+            "a batch with a fixed π_old, entropy masks or critic targets stays on its rank".into(),
+        ));
+    }
     let mut out = encode(&s.generated);
-    let of: Vec<u32> = s
-        .batch
-        .generated_index
-        .iter()
-        .map(|k| k.map(|k| k as u32).ok_or_else(|| Error::Invalid("only group samples cross ranks".into())))
-        .collect::<Result<_>>()?;
+    let of: Vec<u32> = b.generated_index.iter().map(|k| k.map_or(INLINE, |k| k as u32)).collect();
     put_u32s(&mut out, &of);
+    let inline: Vec<&Sample> =
+        b.samples.iter().zip(&b.generated_index).filter(|(_, k)| k.is_none()).map(|(s, _)| s).collect();
+    out.extend_from_slice(&(inline.len() as u64).to_le_bytes());
+    for x in inline {
+        out.extend_from_slice(&x.reward.to_le_bytes());
+        put_u32s(&mut out, &x.prompt);
+        put_u32s(&mut out, &x.response);
+        put_f32s(&mut out, &x.behav_logp);
+        put_f32s(&mut out, &x.advantages);
+    }
     let c = &s.counts;
     let counts = [c.candidates, c.effective, c.all_correct, c.all_wrong, c.prompts, c.zero_std, c.groups];
     counts.iter().for_each(|&c| out.extend_from_slice(&(c as u64).to_le_bytes()));
-    let notes = serde_json::to_vec(&s.notes).map_err(|e| Error::Invalid(e.to_string()))?;
-    out.extend_from_slice(&(notes.len() as u64).to_le_bytes());
-    out.extend_from_slice(&notes);
+    for json in [serde_json::to_vec(&s.notes), serde_json::to_vec(&s.sampling)] {
+        let json = json.map_err(|e| Error::Invalid(e.to_string()))?;
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+    }
     Ok(out)
 }
+
+/// Bytes of the smallest inline training sequence (every vector empty).
+const MIN_INLINE_BYTES: usize = 4 + 4 * 8;
 
 /// Names of the step counts [`encode_rollouts`] writes, in order (for errors).
 const COUNT_NAMES: [&str; 7] = ["candidates", "effective", "all_correct", "all_wrong", "prompts", "zero_std", "groups"];
@@ -220,6 +241,16 @@ pub(crate) fn decode_rollouts(bytes: &[u8]) -> Result<Rollouts> {
     let mut r = Reader::new("rollout batch", bytes);
     let generated = r.samples()?;
     let of = r.u32s("generated_index")?;
+    let n_inline = r.count(MIN_INLINE_BYTES, "inline sequence count")?;
+    let mut inline = Vec::with_capacity(n_inline);
+    for i in 0..n_inline {
+        r.sample = Some(i);
+        let reward = f32::from_bits(r.u32("inline reward")?);
+        let (prompt, response) = (r.u32s("inline prompt")?, r.u32s("inline response")?);
+        let (behav_logp, advantages) = (r.f32s("inline behav_logp")?, r.f32s("inline advantages")?);
+        inline.push(Sample { prompt, response, behav_logp, advantages, reward });
+    }
+    r.sample = None;
     let mut c = [0usize; 7];
     for (x, name) in c.iter_mut().zip(COUNT_NAMES) {
         *x = r.usize(name)?;
@@ -227,24 +258,41 @@ pub(crate) fn decode_rollouts(bytes: &[u8]) -> Result<Rollouts> {
     let n = r.count(1, "notes length")?;
     let json = r.take(n, "notes")?;
     let notes = serde_json::from_slice(json).map_err(|e| r.fail("notes", format!("not the sampler's notes: {e}")))?;
+    let n = r.count(1, "sampling state length")?;
+    let json = r.take(n, "sampling state")?;
+    let sampling = serde_json::from_slice(json)
+        .map_err(|e| r.fail("sampling state", format!("not a tree sampler's state: {e}")))?;
     r.end()?;
+    let marked = of.iter().filter(|&&k| k == INLINE).count();
+    if marked != inline.len() {
+        let msg = format!("{marked} training sequences are marked inline, {} were sent", inline.len());
+        return Err(r.fail("generated_index", msg));
+    }
+    let mut inline = inline.into_iter();
     let mut samples = Vec::with_capacity(of.len());
     for &k in &of {
-        let g = generated.get(k as usize).ok_or_else(|| {
-            r.fail("generated_index", format!("index {k} is out of range for {} generated samples", generated.len()))
-        })?;
-        samples.push(g.data.clone());
+        match k {
+            INLINE => samples.extend(inline.next()),
+            k => {
+                let g = generated.get(k as usize).ok_or_else(|| {
+                    let n = generated.len();
+                    r.fail("generated_index", format!("index {k} is out of range for {n} generated samples"))
+                })?;
+                samples.push(g.data.clone());
+            }
+        }
     }
     let [candidates, effective, all_correct, all_wrong, prompts, zero_std, groups] = c;
     Ok(Rollouts {
         generated,
         batch: TrainingBatch {
             samples,
-            generated_index: of.iter().map(|&k| Some(k as usize)).collect(),
+            generated_index: of.iter().map(|&k| (k != INLINE).then_some(k as usize)).collect(),
             ..TrainingBatch::default()
         },
         counts: GroupCounts { candidates, effective, all_correct, all_wrong, prompts, zero_std, groups },
         notes,
+        sampling,
     })
 }
 
@@ -266,6 +314,8 @@ pub(crate) fn merge_rollouts(parts: Vec<Rollouts>) -> Rollouts {
         c.groups += pc.groups;
         // per-part timings: keep the slowest part's
         out.notes.merge(&p.notes);
+        // (a tree sampler's state is the same on every rank: the first part's)
+        out.sampling = out.sampling.or(p.sampling);
     }
     out
 }
@@ -273,8 +323,24 @@ pub(crate) fn merge_rollouts(parts: Vec<Rollouts>) -> Rollouts {
 /// The share of a whole step's result that data-parallel rank `rank` of `ranks` trains on:
 /// the samples of its contiguous range of prompts (`per_prompt` samples each). The step's
 /// counts stay with rank 0 (the trainer sums them over the ranks). Environment turns (`[env]`:
-/// a group is a variable number of turns) are split turn by turn.
+/// a group is a variable number of turns) are split turn by turn. Trees (`[attnrl]`: a question
+/// grows a varying number of samples) are split by training sequence, a contiguous range each,
+/// with every generated sample on rank 0 (the dump's and the report's).
 pub(crate) fn share_of(all: &Rollouts, per_prompt: usize, ranks: usize, rank: usize) -> Rollouts {
+    let counts = if rank == 0 { all.counts } else { GroupCounts::default() };
+    if all.notes.tree.is_some() {
+        let mine = crate::parallel::partition(all.batch.samples.len(), ranks, rank);
+        let batch = TrainingBatch {
+            samples: all.batch.samples[mine.clone()].to_vec(),
+            generated_index: match rank {
+                0 => all.batch.generated_index[mine].to_vec(),
+                _ => vec![None; mine.len()],
+            },
+            ..TrainingBatch::default()
+        };
+        let generated = if rank == 0 { all.generated.clone() } else { Vec::new() };
+        return Rollouts { generated, batch, counts, notes: all.notes.clone(), sampling: all.sampling };
+    }
     let per_prompt = if all.notes.env.is_some() { 1 } else { per_prompt };
     let prompts = all.generated.len() / per_prompt.max(1);
     let mine = crate::parallel::partition(prompts, ranks, rank);
@@ -286,8 +352,13 @@ pub(crate) fn share_of(all: &Rollouts, per_prompt: usize, ranks: usize, rank: us
             batch.generated_index.push(Some(k - range.start));
         }
     }
-    let counts = if rank == 0 { all.counts } else { GroupCounts::default() };
-    Rollouts { generated: all.generated[range].to_vec(), batch, counts, notes: all.notes.clone() }
+    Rollouts {
+        generated: all.generated[range].to_vec(),
+        batch,
+        counts,
+        notes: all.notes.clone(),
+        sampling: all.sampling,
+    }
 }
 
 #[cfg(test)]
@@ -367,7 +438,59 @@ mod tests {
         let counts = GroupCounts { candidates: 3, prompts: 2, zero_std: 1, groups: 2, ..Default::default() };
         let notes = SamplerNotes { time_reward_s: Some(0.5), ..Default::default() };
         let batch = TrainingBatch { samples, generated_index, ..Default::default() };
-        Rollouts { generated, batch, counts, notes }
+        Rollouts { generated, batch, counts, notes, ..Rollouts::default() }
+    }
+
+    /// A tree-sampling result: two leaves that are no generated sample among the group ones, the
+    /// tree notes and the sampler's state.
+    fn with_leaves(n: u32) -> Rollouts {
+        let mut r = sampled(n);
+        let leaf = |i: u32| Sample {
+            prompt: vec![2, i],
+            response: vec![7; i as usize],
+            behav_logp: vec![-0.25; i as usize],
+            advantages: (0..i).map(|k| k as f32 - 0.5).collect(),
+            reward: 1.0,
+        };
+        r.batch.samples.insert(1, leaf(3));
+        r.batch.generated_index.insert(1, None);
+        r.batch.samples.push(leaf(0));
+        r.batch.generated_index.push(None);
+        r.notes.tree =
+            Some(crate::train::rl::report::TreeNotes { branch_points: 4, branch_points_filled: 1, next_prompts: 6 });
+        r.sampling = Some(crate::train::checkpoint::SamplingState {
+            next_problem: 9,
+            prompts: 6,
+            fci_mean: 0.1 + 0.2,
+            fci_count: 3,
+        });
+        r
+    }
+
+    #[test]
+    fn tree_leaves_and_the_sampler_state_cross_ranks_and_split_by_sequence() {
+        let t = with_leaves(5);
+        let back = decode_rollouts(&encode_rollouts(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.sampling.unwrap().fci_mean.to_bits(), (0.1f64 + 0.2).to_bits());
+        // merged parts keep each part's leaves; two training ranks split the sequences
+        let merged = merge_rollouts(vec![t.clone(), with_leaves(3)]);
+        assert_eq!(merged.batch.samples.len(), t.batch.samples.len() + with_leaves(3).batch.samples.len());
+        assert_eq!(merged.batch.generated_index[4..], [None, Some(5), None, Some(7), None]);
+        let (a, b) = (share_of(&merged, 2, 2, 0), share_of(&merged, 2, 2, 1));
+        let rejoined: Vec<Sample> = a.batch.samples.iter().chain(&b.batch.samples).cloned().collect();
+        assert_eq!(rejoined, merged.batch.samples);
+        assert_eq!((a.generated.len(), b.generated.len()), (merged.generated.len(), 0));
+        assert!(b.batch.generated_index.iter().all(Option::is_none) && a.sampling == merged.sampling);
+        // leaves announced but not sent, and a batch that must stay on its rank
+        let mut bytes = encode_rollouts(&sampled(3)).unwrap();
+        let at = encode(&sampled(3).generated).len() + 8; // the first index, after its count
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = decode_rollouts(&bytes).unwrap_err().to_string();
+        assert!(e.contains("1 training sequences are marked inline, 0 were sent"), "{e}");
+        let mut fixed = with_leaves(2);
+        fixed.batch.fixed_old_logp = vec![0.0; 3];
+        assert!(encode_rollouts(&fixed).unwrap_err().to_string().contains("stays on its rank"));
     }
 
     #[test]
@@ -434,7 +557,7 @@ mod tests {
                 flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
                 cut in any::<prop::sample::Index>(),
             ) {
-                let good = encode_rollouts(&sampled(n)).unwrap();
+                let good = encode_rollouts(&if n % 2 == 0 { sampled(n) } else { with_leaves(n) }).unwrap();
                 let mut bytes = good.clone();
                 for (at, x) in &flips {
                     let i = at.index(bytes.len());
