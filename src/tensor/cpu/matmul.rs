@@ -14,6 +14,31 @@ pub static GEMM_PARALLEL_NANOS: AtomicUsize = AtomicUsize::new(0);
 /// Below this many multiply-adds a product runs on the calling thread (rayon overhead dominates).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
+/// The inner-dimension block of the products the `gemm` crate blocks by its cache model.
+const K_BLOCK: usize = 512;
+
+/// The blocks of the inner dimension `k` in which an `m × n` product is summed, where arbor
+/// blocks it itself; `None` where the crate's own order is already the same on every machine.
+///
+/// The crate sums a product's inner dimension in blocks, one block's products added to C after
+/// the other, so where k is blocked the rounding depends on the block size. For outputs larger
+/// than 64 × 64 in either dimension (and over 256 elements, with more than one row and column)
+/// it takes the size from the L1 data cache's size and ways (at least 512: 512 on a 32 KiB 8-way
+/// L1, 1024 on a 48 KiB 12-way one), so the same product rounded differently on different CPUs.
+/// There arbor cuts k as the crate does with 512 — ⌈k/512⌉ blocks of equal size (the last
+/// shorter) — and hands it each block, which the crate never cuts again (its block is at least
+/// 512): the sums of a 32 KiB 8-way machine (what the crate did on one) on every machine. The
+/// crate's other paths (smaller outputs: blocks of 512, or 1024 for ≤ 256 elements; vectors:
+/// none) depend on nothing but the shape.
+fn k_blocks(m: usize, n: usize, k: usize) -> Option<impl Iterator<Item = std::ops::Range<usize>>> {
+    if k <= K_BLOCK || m < 2 || n < 2 || (m <= 64 && n <= 64) || m * n <= 256 {
+        return None;
+    }
+    let blocks = k.div_ceil(K_BLOCK);
+    let size = k.div_ceil(blocks);
+    Some((0..blocks).map(move |i| i * size..((i + 1) * size).min(k)))
+}
+
 /// A read-only strided matrix view: element (i, j) is at `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
@@ -78,6 +103,16 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, alpha: f32, accumulate:
                     c.data[i * c.rs + j * c.cs] = 0.0;
                 }
             }
+        }
+        return;
+    }
+    if let Some(blocks) = k_blocks(m, n, k) {
+        // one product per block of the inner dimension, each added to the last (module docs)
+        for (i, r) in blocks.enumerate() {
+            let a_r = MatRef { data: &a.data[r.start * a.cs..], cols: r.len(), ..a };
+            let b_r = MatRef { data: &b.data[r.start * b.rs..], rows: r.len(), ..b };
+            let c_r = MatMut { data: &mut *c.data, ..c };
+            gemm(c_r, a_r, b_r, alpha, accumulate || i > 0, parallel);
         }
         return;
     }
@@ -156,6 +191,15 @@ pub unsafe fn gemm_raw(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    if let Some(blocks) = k_blocks(m, n, k) {
+        for (i, r) in blocks.enumerate() {
+            let a_r = (a.0.wrapping_add(r.start * a.2), a.1, a.2);
+            let b_r = (b.0.wrapping_add(r.start * b.1), b.1, b.2);
+            // SAFETY: each block addresses a part of what the whole product addresses
+            unsafe { gemm_raw(GemmShape::new(m, n, r.len()), c, c_rs, a_r, b_r, alpha, accumulate || i > 0) };
+        }
+        return;
+    }
     GEMM_CALLS.fetch_add(1, Ordering::Relaxed);
     gemm::gemm(
         m,
@@ -224,5 +268,52 @@ mod tests {
         // accumulate adds on top
         matmul_nn(&mut c, &a, &b, m, n, k, true);
         assert!(c.iter().zip(&want).all(|(g, w)| (g - 2.0 * w).abs() < 2e-3 * (1.0 + w.abs())));
+    }
+
+    /// C = A·B summed as the products promise on every machine: each element's products of
+    /// each block of the inner dimension chained by fused multiply-adds from zero, the blocks'
+    /// sums added to C in order (`blocks`: the block size, a shorter last block).
+    fn blocked(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), size: usize) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+            for (q, start) in (0..k).step_by(size).enumerate() {
+                let acc = (start..(start + size).min(k)).fold(0.0f32, |acc, p| a[i * k + p].mul_add(b[p * n + j], acc));
+                c[i * n + j] = if q == 0 { acc } else { c[i * n + j] + acc };
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn long_inner_dimensions_are_summed_in_the_same_blocks_on_every_machine() {
+        // (the crate's cache-sized blocks would give a 48 KiB 12-way L1 blocks of 1024: other bits)
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (m, n, k) in [(70usize, 5usize, 1000usize), (65, 80, 1537), (130, 2, 600), (96, 96, 513)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1013) as f32 / 377.0 - 1.3).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 997) as f32 / 411.0 - 1.1).collect();
+            let size = k.div_ceil(k.div_ceil(K_BLOCK));
+            let want = blocked(&a, &b, (m, n, k), size);
+            assert_ne!(bits(&want), bits(&blocked(&a, &b, (m, n, k), 1024)), "{m}×{n}×{k}: the block size shows");
+            let mut c = vec![0.0; m * n];
+            matmul_nn(&mut c, &a, &b, m, n, k, false);
+            assert_eq!(bits(&c), bits(&want), "{m}×{n}×{k}");
+            // a transposed operand and the raw entry point: the same sums
+            let mut t = vec![0.0; m * n];
+            matmul_tn(&mut t, &transpose(&a, m, k), &b, m, n, k, false);
+            assert_eq!(bits(&t), bits(&want), "{m}×{n}×{k}, Aᵀ");
+            let mut r = vec![0.0; m * n];
+            // SAFETY: the views cover exactly the three buffers
+            unsafe {
+                gemm_raw(GemmShape::new(m, n, k), r.as_mut_ptr(), n, (a.as_ptr(), k, 1), (b.as_ptr(), n, 1), 1.0, false)
+            };
+            assert_eq!(bits(&r), bits(&want), "{m}×{n}×{k}, raw");
+        }
+        // outputs of at most 64 × 64: the crate's own fixed blocks of 512, whatever the machine
+        let (m, n, k) = (40, 64, 1100);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 101) as f32 / 50.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 17) % 89) as f32 / 44.0 - 1.0).collect();
+        let mut c = vec![0.0; m * n];
+        matmul_nn(&mut c, &a, &b, m, n, k, false);
+        assert_eq!(bits(&c), bits(&blocked(&a, &b, (m, n, k), 512)));
     }
 }
