@@ -27,7 +27,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const RUN_CONFIG_FILE: &str = "run_config.toml";
 
 /// Everything besides weights and moments that a resumed run needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerState {
     /// Optimizer steps completed.

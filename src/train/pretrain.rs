@@ -314,11 +314,9 @@ pub fn run_phase(
                 step: step + 1,
                 seed: cfg.run.seed,
                 adam_t: opt.t,
-                rl_eval_before: None,
-                rl_eval_before_pass_at_k: None,
-                sampling: None,
                 nonfinite_in_a_row: guard.in_a_row(),
                 data_fingerprint: crate::train::checkpoint::data_fingerprint(task),
+                ..TrainerState::default()
             };
             engine.sync_host(model, opt)?;
             let none = |_: &Path| Ok::<(), Error>(());

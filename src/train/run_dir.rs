@@ -8,15 +8,17 @@
 //! - A resume from an earlier checkpoint of the same directory (a rollback: later checkpoints
 //!   exist) moves the later ones into `checkpoints/superseded-after-step-K/`, where neither
 //!   pruning nor `--resume auto|latest` sees them, with the left branch's record as it was: a copy
-//!   of `config.toml`, `config-history.jsonl`, `metrics.jsonl`, `trajectories.h5` and the async
-//!   install schedule (the resumed run drops their steps after K or rewrites them), and its KL
-//!   reference (`reference/`, hard-linked: a resume before the RL phase writes a new one). A
+//!   of `config.toml`, `config-history.jsonl`, `metrics.jsonl`, `trajectories.h5`, the TensorBoard
+//!   event file and the async install schedule (the resumed run drops their steps after K or
+//!   rewrites them), and its KL reference (`reference/`, hard-linked: a resume before the RL
+//!   phase writes a new one). A
 //!   superseded checkpoint is refused as a resume into its own run ([`check_resume_target`]);
 //!   resumed into another directory, it brings that record as any other run's checkpoint does.
 //! - A resume from another run's checkpoint (`<src>/checkpoints/step-K`) into this directory
 //!   first copies the source run's record: `config.toml`, `config-history.jsonl`,
 //!   `metrics.jsonl` (and `trajectories.h5` when the resumed RL phase reopens it), trimmed to
-//!   steps ≤ K when they are opened, and the RL phase's KL reference (`reference/`). The rest of a resumed RL phase's state (critics, the
+//!   steps ≤ K when they are opened, its TensorBoard event file (for its wall times), and the RL
+//!   phase's KL reference (`reference/`). The rest of a resumed RL phase's state (critics, the
 //!   pending tree batch) is read from the checkpoint itself.
 //!
 //! A resume's checks (its config against the source run's, the RL phase's KL reference and pending

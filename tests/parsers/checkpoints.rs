@@ -6,16 +6,7 @@ use super::*;
 /// Save `params` as the checkpoint of step `step` under `run` (fresh AdamW moments, seed 7).
 pub(crate) fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u64) -> arbor::Result<PathBuf> {
     let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
-    let state = TrainerState {
-        step,
-        seed: 7,
-        adam_t: step,
-        rl_eval_before: None,
-        rl_eval_before_pass_at_k: None,
-        sampling: None,
-        nonfinite_in_a_row: 0,
-        data_fingerprint: None,
-    };
+    let state = TrainerState { step, seed: 7, adam_t: step, ..TrainerState::default() };
     let files =
         CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()), run_config: None, commit: None };
     save_checkpoint(run, cfg, params, &opt, &state, &files)

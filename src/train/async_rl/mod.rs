@@ -6,8 +6,9 @@
 //! data-parallel rank of the synchronous trainer would, and sends the finished groups (tokens,
 //! behaviour log-probs, rewards, advantages) with the policy version and a checksum of the
 //! weights it used; with `[attnrl]`, its trees' leaves and the tree sampler's state after the
-//! batch (kept by the trainer's checkpoints, handed back to the rollout ranks by a resume). The training leader receives batch s, checks it, hands each training rank
-//! its share, updates, and sends policy version s + 1 to every rollout rank.
+//! batch (kept by the trainer's checkpoints, handed back to the rollout ranks by a resume). The
+//! training leader receives batch s, checks it, hands each training rank its share, updates, and
+//! sends policy version s + 1 to every rollout rank.
 //!
 //! **Staleness bound.** With lag k = ⌈α⌉, batch b is generated with policy version
 //! max(first, b − k): rollout runs ahead of training by up to k batches while the trainer

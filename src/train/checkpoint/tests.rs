@@ -39,16 +39,7 @@ fn save_steps(
     let files = CheckpointFiles { tokenizer: None, keep_last, extra, run_config: None, commit };
     let mut dirs = Vec::new();
     for step in steps {
-        let state = TrainerState {
-            step,
-            seed: 1,
-            adam_t: step,
-            rl_eval_before: None,
-            rl_eval_before_pass_at_k: None,
-            sampling: None,
-            nonfinite_in_a_row: 0,
-            data_fingerprint: None,
-        };
+        let state = TrainerState { step, seed: 1, adam_t: step, ..TrainerState::default() };
         dirs.push(save_checkpoint(run, &cfg, &params, &opt, &state, &files)?);
     }
     Ok(dirs)
