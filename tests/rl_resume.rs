@@ -136,6 +136,29 @@ fn a_damaged_kl_reference_stops_a_resume() {
     assert!(err.contains("reference/model.safetensors") && err.contains("corrupt"), "{err}");
 }
 
+/// A dump that a kill left unreadable (here: cut short) does not stop the resume: it is kept under
+/// another name, untouched, and a new dump starts after the checkpoint's step.
+#[cfg(feature = "hdf5")]
+#[test]
+fn an_unreadable_dump_is_set_aside_and_the_resume_goes_on() {
+    use arbor::io::trajectories::read_trajectories;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = job::run(&config(a.path(), 5), None, &mut Vec::new()).unwrap();
+    job::run(&config(b.path(), 5), None, &mut Vec::new()).unwrap();
+    let run_b = b.path().join("addition-sft");
+    let dump = run_b.join("trajectories.h5");
+    let bytes = std::fs::read(&dump).unwrap();
+    std::fs::write(&dump, &bytes[..bytes.len() * 3 / 5]).unwrap();
+    let damaged = std::fs::read(&dump).unwrap();
+    let ck = run_b.join(format!("checkpoints/step-{}", SFT_STEPS + 3));
+    let resumed = job::run(&config(b.path(), 5), Some(&ck), &mut Vec::new()).unwrap();
+    assert_eq!(straight.final_params, resumed.final_params, "weights differ after the resume");
+    let aside = run_b.join("trajectories.unreadable-at-step-3.h5");
+    assert_eq!(std::fs::read(&aside).unwrap(), damaged, "the damaged dump is kept as it was");
+    let steps = read_trajectories(&dump).unwrap().step;
+    assert_eq!(steps, (4..=5u64).flat_map(|s| std::iter::repeat_n(s, 16)).collect::<Vec<_>>());
+}
+
 #[test]
 fn sigkill_in_the_rl_phase_then_resume_latest_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();

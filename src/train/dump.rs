@@ -1,5 +1,7 @@
 //! The RL phase's trajectory dump, `runs/<name>/trajectories.h5` (format: docs/trajectories.md):
-//! one append per step, flushed, so a killed run leaves a readable file; a resumed run drops the
+//! one append per step, flushed, so a killed run usually leaves a readable file (a kill inside an
+//! append can leave one HDF5 cannot read back: a resume then keeps it as
+//! `trajectories.unreadable-at-step-N.h5` and starts a new dump); a resumed run drops the
 //! rows written after its checkpoint and replaces the file's `config` attribute with the config it
 //! resumed with (which `--allow-config-change` may have changed). Without the `hdf5` feature, or with
 //! `[rl] dump_trajectories = false`, nothing is written.
@@ -31,12 +33,31 @@ impl Dump {
         let path = run_dir.join(DUMP_FILE);
         let config = toml::to_string(cfg)
             .map_err(|e| crate::error::Error::Invalid(format!("{}: the run config as TOML: {e}", path.display())))?;
-        let writer = if done > 0 && path.is_file() {
-            let mut w = TrajectoryWriter::resume(&path, done + 1)?;
-            w.set_attribute("config", &config)?;
-            w
-        } else {
-            TrajectoryWriter::create(&path, &config)?
+        let writer = match done > 0 && path.is_file() {
+            true => match TrajectoryWriter::resume(&path, done + 1) {
+                Ok(mut w) => {
+                    w.set_attribute("config", &config)?;
+                    w
+                }
+                // a kill in the middle of a step's append can leave a chunk HDF5 cannot read back:
+                // the damaged file is kept under another name and the dump starts again here, so
+                // the resume goes on and loses nothing written
+                Err(e) => {
+                    let aside = crate::train::run_dir::free_file(
+                        &run_dir.join(format!("trajectories.unreadable-at-step-{done}.h5")),
+                    );
+                    std::fs::rename(&path, &aside).map_err(|r| {
+                        let to = aside.display();
+                        crate::error::Error::Invalid(format!("{e}; setting the damaged dump aside as {to}: {r}"))
+                    })?;
+                    eprintln!(
+                        "warning: {e}; the dump cannot be reopened: kept as {}, a new dump starts after step {done}",
+                        aside.display()
+                    );
+                    TrajectoryWriter::create(&path, &config)?
+                }
+            },
+            false => TrajectoryWriter::create(&path, &config)?,
         };
         Ok(Dump { writer: Some(writer) })
     }
