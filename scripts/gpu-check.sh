@@ -31,7 +31,12 @@
 # timed) and is stopped GPU_CHECK_COUNTDOWN_WAIT_S (default 60) seconds after they end.
 # GPU_CHECK_PACK=1 (a device lease that brings back only a few files): the ~100 files are written
 # to a scratch folder and $OUT receives gpu-check.tgz (all of them) beside summary.txt, ratios.txt,
-# benchmarks_row.md, tests.txt and skipped.txt, refreshed after every part. Needs libcuda,
+# benchmarks_row.md, tests.txt, skipped.txt and failed.txt, refreshed after every part.
+# GPU_CHECK_REHEARSE=1: a rehearsal on the SIMT host emulator (docs/cuda.md; LD_LIBRARY_PATH
+# names target/simt): every command of the run, with a tiny model, shapes and jobs, so that a
+# flag, a path or a summary line that would fail on the GPU fails here first (tests/cuda/
+# rehearsal.rs runs it in make test). Any command that fails is listed in failed.txt and makes the
+# exit status 1. Needs libcuda,
 # libnvrtc, libcublas on the loader path (PyTorch's wheels carry the last two: this script adds
 # their directories) and, for the peer, python3 with torch.
 set -euo pipefail
@@ -100,10 +105,18 @@ fi
 # compiled kernels shared by every arbor process of the run, wherever $HOME is
 export ARBOR_PTX_CACHE="${ARBOR_PTX_CACHE:-${TMPDIR:-/tmp}/arbor-ptx}"
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt" || true
-# Hopper (compute capability 9.0) runs the wgmma attention; elsewhere its runs are skipped
+rehearse="${GPU_CHECK_REHEARSE:-0}"
+if [ "$rehearse" = 1 ]; then
+    echo "arbor SIMT host emulator (rehearsal: tiny shapes, no figure is a GPU's)" | tee "$out/device.txt"
+else
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt" || true
+fi
+# Hopper (compute capability 9.0) runs the wgmma attention; elsewhere its runs are skipped (the
+# emulator is an sm_90 unless ARBOR_SIMT_CC says otherwise)
 hopper=0
-if [ "$(nvidia-smi -i "${ARBOR_CUDA_DEVICE:-0}" --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 |
+if [ "$rehearse" = 1 ]; then
+    [ "${ARBOR_SIMT_CC:-90}" != 90 ] || hopper=1
+elif [ "$(nvidia-smi -i "${ARBOR_CUDA_DEVICE:-0}" --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 |
     tr -d ' ')" = "9.0" ]; then
     hopper=1
 fi
@@ -122,6 +135,7 @@ fi
 # a binary that cannot start (built for another machine, not carried) fails every arbor command:
 # say so once, up front
 : > "$out/skipped.txt"
+: > "$out/failed.txt"
 "$arbor" --version > /dev/null 2> "$out/arbor_start.err" \
     || echo "gpu-check: $arbor does not start: $(head -c 300 "$out/arbor_start.err")" | tee -a "$out/skipped.txt" >&2
 
@@ -153,6 +167,38 @@ bounded() {
     [ "$left" -gt 5 ] || left=5
     timeout -k 10 "$left" "$@"
 }
+# failed NAME RC [FILE]: NAME ended with exit status RC (not a time limit's; its output: FILE,
+# default NAME.err): listed in failed.txt, and the run's exit status will be 1
+failed() { echo "failed (exit $2): $1 (see ${3:-$1.err})" | tee -a "$out/failed.txt" >&2; }
+# shrink CMD...: the command as it runs (the array `cmd`): in a rehearsal, with a tiny model and
+# shapes, one timed step after one warm-up (sizes capped, flags and their combinations kept)
+shrink() {
+    cmd=()
+    local bench=0 steps=0 warmup=0 prev=""
+    while [ $# -gt 0 ]; do
+        local flag="$1"
+        cmd+=("$1")
+        shift
+        [ "$prev $flag" != "bench gpu" ] || bench=1
+        prev="$flag"
+        [ "$rehearse" = 1 ] && [ $# -gt 0 ] || continue
+        case "$flag" in
+        --model-config) cmd+=(configs/models/rehearsal-tiny) ;;
+        --batch | --prompts | --samples) cmd+=($(($1 < 2 ? $1 : 2))) ;;
+        --seq) cmd+=($(($1 < 64 ? $1 : 64))) ;;
+        --new-tokens) cmd+=($(($1 < 6 ? $1 : 6))) ;;
+        --steps | --warmup | --reps) cmd+=(1); [ "$flag" != --steps ] || steps=1; [ "$flag" != --warmup ] || warmup=1 ;;
+        --heads) cmd+=(4) ;;
+        --kv-heads) cmd+=(2) ;;
+        *) continue ;;
+        esac
+        shift
+    done
+    if [ "$rehearse" = 1 ] && [ "$bench" = 1 ]; then
+        [ "$steps" = 1 ] || cmd+=(--steps 1)
+        [ "$warmup" = 1 ] || cmd+=(--warmup 1)
+    fi
+}
 # run NAME [--need S] [--cap S] CMD...: CMD's output (a JSON line) to $out/NAME.json, its stderr
 # to $out/NAME.err (and the terminal), within the budget; --cap stops CMD after S seconds (a slow
 # run must not eat the figures after it)
@@ -161,13 +207,16 @@ run() {
     if [ "${1:-}" = "--need" ]; then need="$2"; shift 2; fi
     if [ "${1:-}" = "--cap" ]; then cap=(timeout -k 5 "$2"); shift 2; fi
     in_budget "$name" "$need" || return 0
-    bounded ${cap[@]+"${cap[@]}"} "$@" 2> >(tee "$out/$name.err" >&2) | tee "$out/$name.json"
+    shrink "$@"
+    bounded ${cap[@]+"${cap[@]}"} "${cmd[@]}" 2> >(tee "$out/$name.err" >&2) | tee "$out/$name.json"
     local rc=${PIPESTATUS[0]}
     # 124: a time limit ended it (137: killed after the limit's grace); the cap, or the budget's end
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
         local why="the budget's end"
         [ ${#cap[@]} = 0 ] || why="its cap of ${cap[3]} s or the budget's end"
         echo "stopped by $why (exit $rc): $name" | tee -a "$out/skipped.txt" >&2
+    elif [ "$rc" != 0 ]; then
+        failed "$name" "$rc"
     fi
 }
 # the PyTorch peers: SDPA needs torch on the GPU, the model peers transformers too; why they are
@@ -200,7 +249,7 @@ done_part() {
     python3 scripts/gpu_summary.py --markdown "$out" > "$out/benchmarks_row.md" 2>>"$out/summary.err" || true
     if [ "$out" != "$dest" ]; then
         tar czf "$dest/gpu-check.tgz.tmp" -C "$out" . && mv "$dest/gpu-check.tgz.tmp" "$dest/gpu-check.tgz"
-        for f in summary.txt ratios.txt benchmarks_row.md tests.txt skipped.txt; do
+        for f in summary.txt ratios.txt benchmarks_row.md tests.txt skipped.txt failed.txt; do
             if [ -f "$out/$f" ]; then cp "$out/$f" "$dest/$f"; fi
         done
     fi
@@ -209,6 +258,19 @@ done_part() {
 q05=(--model-config configs/models/qwen2-0.5b-shape)
 att64=(--batch 8 --seq 1024 --heads 14 --kv-heads 2 --head-dim 64)
 att128=(--batch 4 --seq 1024 --heads 16 --kv-heads 4 --head-dim 128)
+# a rehearsal's jobs (sed expressions on their configs): the same sections and keys, a tiny model
+# (the Countdown job's; the async job's is the CPU default's warm start), a few small steps
+tiny_model=(-e '') tiny_run=(-e '')
+if [ "$rehearse" = 1 ]; then
+    tiny_model=(-e 's/^hidden_size = .*/hidden_size = 64/' -e 's/^intermediate_size = .*/intermediate_size = 128/'
+        -e 's/^num_layers = .*/num_layers = 2/' -e 's/^num_heads = .*/num_heads = 4/'
+        -e 's/^num_kv_heads = .*/num_kv_heads = 2/')
+    tiny_run=(-e 's/^batch_size = .*/batch_size = 8/' -e 's/^eval_problems = .*/eval_problems = 4/'
+        -e 's/^eval_every = .*/eval_every = 2/' -e 's/^prompts_per_step = .*/prompts_per_step = 2/'
+        -e 's/^samples_per_prompt = .*/samples_per_prompt = 2/' -e 's/^max_new_tokens = .*/max_new_tokens = 8/'
+        -e 's/^max_batch = .*/max_batch = 8/' -e 's/^warmup_steps = .*/warmup_steps = 1/'
+        -e 's/^checkpoint_every = .*/checkpoint_every = 2/')
+fi
 
 # the Countdown job (configs/countdown-gpu.toml; GPU_CHECK_FULL=0: a short version of it, same model
 # and settings, fewer steps and evaluation problems), in the background: start_countdown, then
@@ -217,7 +279,11 @@ att128=(--batch 4 --seq 1024 --heads 16 --kv-heads 4 --head-dim 128)
 cd_pid=""
 start_countdown() {
     local cfg=configs/countdown-gpu.toml
-    if [ "${GPU_CHECK_FULL:-0}" != "1" ]; then
+    if [ "$rehearse" = 1 ]; then
+        sed "${tiny_model[@]}" "${tiny_run[@]}" -e 's/^steps = .*/steps = 2/' \
+            -e 's/^name = "countdown-gpu"/name = "countdown-gpu-rehearsal"/' "$cfg" > "$out/countdown-gpu-rehearsal.toml"
+        cfg="$out/countdown-gpu-rehearsal.toml"
+    elif [ "${GPU_CHECK_FULL:-0}" != "1" ]; then
         sed -e 's/^steps = 3000/steps = 600/' -e 's/^steps = 400/steps = 60/' -e 's/^eval_every = 100/eval_every = 30/' \
             -e 's/^eval_problems = 500/eval_problems = 200/' -e 's/^eval_problems = 512/eval_problems = 200/' \
             -e 's/^name = "countdown-gpu"/name = "countdown-gpu-short"/' "$cfg" > "$out/countdown-gpu-short.toml"
@@ -239,12 +305,13 @@ start_countdown() {
 }
 finish_countdown() {
     [ -n "$cd_pid" ] || return 0
-    local deadline=$((SECONDS + $1))
+    local deadline=$((SECONDS + $1)) stopped=0
     while kill -0 "$cd_pid" 2>/dev/null && { [ "$1" = 0 ] || [ "$SECONDS" -lt "$deadline" ]; }; do sleep 1; done
     if kill -0 "$cd_pid" 2>/dev/null; then
         echo "gpu-check: the Countdown job was stopped $1 s after the tests ended (GPU_CHECK_COUNTDOWN_WAIT_S)" \
             | tee -a "$out/countdown_gpu.txt" "$out/skipped.txt" >&2
         kill -TERM "$cd_pid" 2>/dev/null
+        stopped=1
         # (it checkpoints at the end of its step, as on a preemption; a step that does not end
         # within 30 s is killed)
         local until=$((SECONDS + 30))
@@ -254,7 +321,11 @@ finish_countdown() {
     fi
     wait "$cd_pid"
     local rc=$?
-    [ "$rc" = 0 ] || echo "gpu-check: the Countdown job failed or was stopped (exit $rc)" | tee -a "$out/countdown_gpu.txt" >&2
+    if [ "$rc" != 0 ]; then
+        echo "gpu-check: the Countdown job failed or was stopped (exit $rc)" | tee -a "$out/countdown_gpu.txt" >&2
+        # (124, 137: the budget's end)
+        [ "$stopped" = 1 ] || [ "$rc" = 124 ] || [ "$rc" = 137 ] || failed countdown_gpu "$rc" countdown_gpu.txt
+    fi
     echo "wall time: $((SECONDS - cd_t0)) s" | tee -a "$out/countdown_gpu.txt"
     grep -E "held-out|eval|error|wall time" "$out/countdown_gpu.txt" || true
     cp "$cd_runs"/*/metrics.jsonl "$out/countdown_gpu_metrics.jsonl" 2>/dev/null || true
@@ -272,17 +343,22 @@ if part tests; then
     # leaves time for the figures; what was cut short shows as failed in tests.txt
     tests_cap=()
     if [ "$budget" != 0 ]; then tests_cap=(timeout -k 10 "${GPU_CHECK_TESTS_S:-200}"); fi
-    bounded ${tests_cap[@]+"${tests_cap[@]}"} env ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 --skip wgmma:: 2>&1 |
-        tee "$out/tests.txt"
+    # (GPU_CHECK_TESTS_FILTER: only the tests whose names hold it, the wgmma test not apart; the
+    # rehearsal of this script, a test itself, never runs inside it)
+    filter=(${GPU_CHECK_TESTS_FILTER:+"$GPU_CHECK_TESTS_FILTER"})
+    bounded ${tests_cap[@]+"${tests_cap[@]}"} env ARBOR_REQUIRE_GPU=1 $tests ${filter[@]+"${filter[@]}"} --nocapture \
+        --test-threads 1 --skip wgmma:: --skip gpu_check_rehearsal 2>&1 | tee "$out/tests.txt"
     tests_rc=${PIPESTATUS[0]}
     # the wgmma attention in a process of its own: a kernel the GPU rejects leaves the CUDA context
     # unusable, and would fail every test after it
-    wg_cap=()
-    if [ "$budget" != 0 ]; then wg_cap=(timeout -k 10 60); fi
-    bounded ${wg_cap[@]+"${wg_cap[@]}"} env ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 wgmma:: 2>&1 |
-        tee -a "$out/tests.txt"
-    wg_rc=${PIPESTATUS[0]}
-    [ "$tests_rc" != 0 ] || tests_rc=$wg_rc
+    if [ ${#filter[@]} = 0 ]; then
+        wg_cap=()
+        if [ "$budget" != 0 ]; then wg_cap=(timeout -k 10 60); fi
+        bounded ${wg_cap[@]+"${wg_cap[@]}"} env ARBOR_REQUIRE_GPU=1 $tests --nocapture --test-threads 1 wgmma:: 2>&1 |
+            tee -a "$out/tests.txt"
+        wg_rc=${PIPESTATUS[0]}
+        [ "$tests_rc" != 0 ] || tests_rc=$wg_rc
+    fi
     echo "$tests_rc" > "$out/tests_rc.txt"
     finish_countdown "${GPU_CHECK_COUNTDOWN_WAIT_S:-60}"
     if grep -q "skipped: no CUDA device" "$out/tests.txt"; then
@@ -430,12 +506,15 @@ if part async && in_budget async 45; then
     sed -e 's/^steps = 1500/steps = 4/' -e 's/^prompts_per_step = 32/prompts_per_step = 8/' \
         -e 's/^eval_problems = 500/eval_problems = 64/' -e 's/^eval_every = 500/eval_every = 4/' \
         -e 's/^log_every = 25/log_every = 1/' -e 's/^name = "default"/name = "async-gpu"/' \
-        -e 's/^\[train\]$/[train]\ndevice = "cuda"/' configs/default.toml > "$cfg"
+        -e 's/^\[train\]$/[train]\ndevice = "cuda"/' "${tiny_run[@]}" -e "s/^steps = 4\$/steps = $((rehearse ? 2 : 4))/" \
+        configs/default.toml > "$cfg"
     printf '\n[async]\nrollout_ranks = 1\nalpha = 1\n' >> "$cfg"
     runs="${TMPDIR:-/tmp}/gpu-check-async"
     rm -rf "$runs"
     bounded "$arbor" launch --nproc 2 -- --threads 4 train --config "$cfg" --out-dir "$runs" > "$out/async_gpu.txt" 2>&1
-    echo "exit status: $?" | tee -a "$out/async_gpu.txt"
+    rc=$?
+    echo "exit status: $rc" | tee -a "$out/async_gpu.txt"
+    [ "$rc" = 0 ] || [ "$rc" = 124 ] || [ "$rc" = 137 ] || failed async_gpu "$rc" async_gpu.txt
     cp "$runs"/*/metrics.jsonl "$out/async_gpu_metrics.jsonl" 2>/dev/null || true
     rm -rf "$runs"
 fi
@@ -445,7 +524,14 @@ echo "gpu-check: results in $dest/ ($((SECONDS - t_start)) s)"
 # (summary.txt, ratios.txt and benchmarks_row.md, the row of docs/benchmarks.md's results
 # table, were written by the last done_part)
 cat "$out/summary.txt" "$out/benchmarks_row.md" 2>/dev/null || true
+status=0
 if [ "$tests_rc" != 0 ]; then
     echo "gpu-check: some GPU tests FAILED (see $out/tests.txt)" >&2
-    exit 1
+    status=1
 fi
+if [ -s "$out/failed.txt" ]; then
+    echo "gpu-check: $(wc -l < "$out/failed.txt") command(s) FAILED (failed.txt):" >&2
+    cat "$out/failed.txt" >&2
+    status=1
+fi
+exit "$status"

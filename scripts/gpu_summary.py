@@ -88,10 +88,12 @@ def main():
     tm = os.path.join(d, "timings.txt")
     if os.path.exists(tm) and open(tm).read().strip():
         lines.append("wall time per part: " + ", ".join(open(tm).read().strip().splitlines()))
-    sk = os.path.join(d, "skipped.txt")
-    if os.path.exists(sk) and open(sk).read().strip():
-        lines.append("not run:")
-        lines.extend("  " + l for l in open(sk).read().strip().splitlines())
+    for file, title in (("failed.txt", "FAILED (exit status not 0; the command's output in the file named):"),
+                        ("skipped.txt", "not run:")):
+        path = os.path.join(d, file)
+        if os.path.exists(path) and open(path).read().strip():
+            lines.append(title)
+            lines.extend("  " + l for l in open(path).read().strip().splitlines())
     cd = os.path.join(d, "countdown_gpu.txt")
     if os.path.exists(cd):
         keep = [l for l in open(cd).read().splitlines() if re.search(r"held-out|solve rate|wall time|error", l)]

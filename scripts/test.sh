@@ -38,22 +38,23 @@ elif python3 scripts/simt_build.py target/simt 2>&1 | tee -a "$log"; then
     on_simt=(env LD_LIBRARY_PATH="$PWD/target/simt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ARBOR_REQUIRE_GPU=1 ARBOR_SIMT=1)
     cuda_tests=(cargo test --release --test cuda --no-fail-fast --)
     # The emulator runs one launch at a time in a process: two processes (lanes) share the cores,
-    # each writing to its own file, shown when both are done. Lane 1: the RL jobs (tests/cuda/rl.rs);
-    # lane 2: every other body, then the kernel-level bodies once more with blocks and threads in
+    # each writing to its own file, shown when both are done. Lane 1: the RL jobs (tests/cuda/rl.rs)
+    # and the rehearsal of scripts/gpu-check.sh (tests/cuda/rehearsal.rs); lane 2: every other body, then the kernel-level bodies once more with blocks and threads in
     # seeded random orders (at the start and after every barrier): a result that depends on the
     # order (a race: threads that touch the same memory without a barrier between) fails one of the
     # two runs (the long jobs, and the decode graphs' replays of the decode kernels, are left out:
     # they repeat the same kernels).
     lane1="$(mktemp)" lane2="$(mktemp)"
     trap 'rm -f "$log" "$lane1" "$lane2"' EXIT
-    ("${on_simt[@]}" ARBOR_SIMT_DEVICES=4 "${cuda_tests[@]}" rl::) >"$lane1" 2>&1 &
+    ("${on_simt[@]}" ARBOR_SIMT_DEVICES=4 "${cuda_tests[@]}" rl:: gpu_check_rehearsal) >"$lane1" 2>&1 &
     lane1_pid=$!
     (
         s=0
-        "${on_simt[@]}" ARBOR_SIMT_DEVICES=4 "${cuda_tests[@]}" --skip every_kernel_compiles --skip rl:: || s=$?
+        "${on_simt[@]}" ARBOR_SIMT_DEVICES=4 "${cuda_tests[@]}" --skip every_kernel_compiles --skip rl:: \
+            --skip gpu_check_rehearsal || s=$?
         "${on_simt[@]}" ARBOR_SIMT_ORDER=shuffle ARBOR_SIMT_SEED=1 "${cuda_tests[@]}" --skip every_kernel_compiles \
             --skip rl_job --skip env_job --skip critics_trees --skip device_sampling --skip bf16_supervised \
-            --skip gpus_equals_one_gpu --skip decode_graphs || s=$?
+            --skip gpus_equals_one_gpu --skip decode_graphs --skip gpu_check_rehearsal || s=$?
         exit "$s"
     ) >"$lane2" 2>&1 &
     lane2_pid=$!

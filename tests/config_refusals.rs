@@ -177,7 +177,12 @@ fn models_larger_than_arbor_or_the_machine_are_refused_by_key() {
     }
     // every shipped model shape still fits a 24 GiB machine (CI's)
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in ["configs/models/qwen2-0.5b-shape", "configs/models/bench-tiny", "configs/warmstart/countdown-sft"] {
+    for dir in [
+        "configs/models/qwen2-0.5b-shape",
+        "configs/models/bench-tiny",
+        "configs/models/rehearsal-tiny",
+        "configs/warmstart/countdown-sft",
+    ] {
         let mc = arbor::model::ModelConfig::from_hf_file(&root.join(dir).join("config.json")).unwrap();
         assert_eq!(mc.memory_shortfall(&gib24), None, "{dir}: {} bytes", mc.training_bytes());
     }

@@ -17,6 +17,7 @@ mod generate;
 mod kernels;
 mod nvrtc;
 mod precision;
+mod rehearsal;
 mod rl;
 mod traffic;
 mod wgmma;
