@@ -23,25 +23,28 @@ fn gpu_check_rehearsal_runs_every_command_on_the_emulator() {
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_arbor"), bin.join("arbor")).unwrap();
     std::os::unix::fs::symlink(std::env::current_exe().unwrap(), bin.join("cuda-tests")).unwrap();
-    let out = tmp.path().join("out");
+    // as a device session runs it: packed (the files in a scratch folder, $OUT gets the archive and
+    // the summaries), with a time budget (every command under `timeout`)
+    let dest = tmp.path().join("out");
     let scratch = tmp.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
     let run = Command::new("bash")
         .arg(root.join("scripts/gpu-check.sh"))
         .arg(&bin)
         .current_dir(root)
-        .env("OUT", &out)
+        .env("OUT", &dest)
         .env("TMPDIR", &scratch)
         .env("GPU_CHECK_REHEARSE", "1")
         .env("GPU_CHECK_PEERS", "0")
         .env("GPU_CHECK_TESTS_FILTER", "kernels::elementwise")
         .env("ARBOR_REQUIRE_GPU", "1")
+        .env("GPU_CHECK_PACK", "1")
+        .env("GPU_CHECK_BUDGET_S", "3000")
         .env_remove("GPU_CHECK_PARTS")
-        .env_remove("GPU_CHECK_BUDGET_S")
-        .env_remove("GPU_CHECK_PACK")
         .env_remove("GPU_CHECK_FULL")
         .output()
         .unwrap();
+    let out = scratch.join("gpu-check-work");
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
     let tail = |b: &[u8]| {
         let s = String::from_utf8_lossy(b);
@@ -102,4 +105,11 @@ fn gpu_check_rehearsal_runs_every_command_on_the_emulator() {
     assert!(read("ratios.txt").contains("batch 256"), "ratios.txt:\n{}", read("ratios.txt"));
     let row = read("benchmarks_row.md");
     assert!(row.starts_with("| arbor SIMT host emulator"), "benchmarks_row.md: {row}");
+    // what a device session brings back: the archive of every file and the summaries beside it
+    for f in ["summary.txt", "ratios.txt", "benchmarks_row.md", "tests.txt", "skipped.txt", "failed.txt"] {
+        let brought = std::fs::read_to_string(dest.join(f)).unwrap_or_else(|e| panic!("$OUT/{f}: {e}"));
+        assert_eq!(brought, read(f), "$OUT/{f} differs from the run's own");
+    }
+    let tgz = std::fs::metadata(dest.join("gpu-check.tgz")).expect("$OUT/gpu-check.tgz");
+    assert!(tgz.len() > 10_000, "gpu-check.tgz holds {} bytes", tgz.len());
 }
