@@ -10,7 +10,8 @@ With --summary, "values" is left out.
 
 File locking is turned off (HDF5_USE_FILE_LOCKING=FALSE) unless the caller set the variable: HDF5 keeps a lock
 on a file that a running trainer has open for writing, and without this a reader fails with
-"unable to lock file" until the run ends.
+"unable to lock file" until the run ends. A dump that a run is appending to (or that a killed run left) is
+in SWMR mode: HDF5 opens it only with `swmr=True`, which this script passes when the plain open fails.
 """
 import json
 import os
@@ -56,12 +57,20 @@ def dataset_json(ds, with_values):
     return out
 
 
+def open_dump(path):
+    """The file, opened plainly or, when a writer holds it in SWMR mode (or was killed so), as a SWMR reader."""
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        return h5py.File(path, "r", swmr=True)
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     if len(args) != 1:
         sys.exit(__doc__)
     with_values = "--summary" not in sys.argv[1:]
-    with h5py.File(args[0], "r") as f:
+    with open_dump(args[0]) as f:
         result = {
             "attrs": {k: attr_value(v) for k, v in f.attrs.items()},
             "datasets": {k: dataset_json(v, with_values) for k, v in f.items() if isinstance(v, h5py.Dataset)},

@@ -1,7 +1,7 @@
 //! The RL phase's trajectory dump, `runs/<name>/trajectories.h5` (format: docs/trajectories.md):
-//! one append per step, flushed, so a killed run usually leaves a readable file (a kill inside an
-//! append can leave one HDF5 cannot read back: a resume then keeps it as
-//! `trajectories.unreadable-at-step-N.h5` and starts a new dump); a resumed run drops the
+//! one append per step in HDF5's SWMR mode, flushed, so a run killed at any moment leaves a readable
+//! file (a dump that still cannot be reopened, one an older arbor wrote without SWMR mode say, is
+//! kept as `trajectories.unreadable-at-step-N.h5` and a new dump starts); a resumed run drops the
 //! rows written after its checkpoint and replaces the file's `config` attribute with the config it
 //! resumed with (which `--allow-config-change` may have changed). Without the `hdf5` feature, or with
 //! `[rl] dump_trajectories = false`, nothing is written.
@@ -39,9 +39,9 @@ impl Dump {
                     w.set_attribute("config", &config)?;
                     w
                 }
-                // a kill in the middle of a step's append can leave a chunk HDF5 cannot read back:
-                // the damaged file is kept under another name and the dump starts again here, so
-                // the resume goes on and loses nothing written
+                // a file that cannot be reopened (a kill inside an append of a dump an older arbor
+                // wrote without SWMR mode can leave a chunk HDF5 cannot read back) is kept under
+                // another name and the dump starts again here, so the resume goes on
                 Err(e) => {
                     let aside = crate::train::run_dir::free_file(
                         &run_dir.join(format!("trajectories.unreadable-at-step-{done}.h5")),

@@ -199,6 +199,15 @@ fn options() -> hdf5::file::FileBuilder {
     b
 }
 
+/// Options of the writer: [`options`] and the HDF5 1.10 file format (superblock version 3), the first
+/// in which a file can be appended in SWMR mode (single writer, multiple readers), whose ordered
+/// metadata flushes leave a file that a kill at any moment does not make unreadable.
+fn write_options() -> hdf5::file::FileBuilder {
+    let mut b = options();
+    b.with_fapl(|p| p.libver_v110());
+    b
+}
+
 /// An I/O error naming `path` when it cannot be stat'ed (missing, permission denied), before HDF5's
 /// less readable message.
 fn check_exists(path: &Path) -> Result<()> {
@@ -207,11 +216,51 @@ fn check_exists(path: &Path) -> Result<()> {
 
 fn open_read(path: &Path) -> Result<File> {
     check_exists(path)?;
+    // A file a writer has open in SWMR mode (or left so, killed) opens in SWMR read mode only.
     // HDF5 refuses to open a file twice in one process with different locking settings: when something else
     // in this process has it open with the default (locking) settings, open it as that one did.
-    options()
-        .open(path)
-        .or_else(|first| File::open(path).map_err(|_| h5err(path, "cannot open as an HDF5 file", first)))
+    options().open(path).or_else(|first| {
+        options()
+            .open_as(path, hdf5::file::OpenMode::ReadSWMR)
+            .or_else(|_| File::open(path))
+            .map_err(|_| h5err(path, "cannot open as an HDF5 file", first))
+    })
+}
+
+// (HDF5 ≥ 1.10.2; the -sys crate does not bind it)
+extern "C" {
+    /// Sets the file's end of allocation to max(EOA, EOF) + `increment`.
+    fn H5Fincrement_filesize(file_id: hdf5_sys::h5i::hid_t, increment: hdf5_sys::h5::hsize_t) -> hdf5_sys::h5::herr_t;
+}
+
+/// Repair what a writer killed in SWMR mode leaves in the superblock, as `h5clear -s --increment=0`
+/// does: the "open for writing" flags, which keep the file from opening for writing, and an end of
+/// allocation (EOA) older than the data written after it, which a writer would read as "address
+/// overflow" (SWMR readers do not look at it). Opening with the file access property
+/// `clear_status_flags`, raising the EOA to the file's size and closing does it; the data are not touched.
+fn clear_status_flags(path: &Path) -> Result<()> {
+    use hdf5_sys::{h5f, h5p};
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::format(path, "a file name with a NUL byte"))?;
+    // SAFETY: HDF5's C API under the crate's global lock (`sync`), as the crate itself calls it; the
+    // name and the flag outlive the calls, and every identifier opened here is closed here.
+    let closed = hdf5::sync::sync(|| unsafe {
+        let fapl = h5p::H5Pcreate(*hdf5::globals::H5P_FILE_ACCESS);
+        if fapl < 0 {
+            return false;
+        }
+        let mut yes: hdf5_sys::h5::hbool_t = 1;
+        let set = h5p::H5Pset_file_locking(fapl, 0, 1) >= 0
+            && h5p::H5Pset(fapl, c"clear_status_flags".as_ptr(), (&mut yes as *mut hdf5_sys::h5::hbool_t).cast()) >= 0;
+        let file = if set { h5f::H5Fopen(name.as_ptr(), h5f::H5F_ACC_RDWR, fapl) } else { -1 };
+        h5p::H5Pclose(fapl);
+        file >= 0 && (H5Fincrement_filesize(file, 0) >= 0) & (h5f::H5Fclose(file) >= 0)
+    });
+    match closed {
+        true => Ok(()),
+        false => Err(Error::format(path, "cannot clear the flags a killed writer left in the file's superblock")),
+    }
 }
 
 /// Check `format_version` and read the text attributes.

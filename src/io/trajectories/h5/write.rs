@@ -2,8 +2,8 @@
 //! after it), appending one step's samples and setting text attributes.
 
 use super::{
-    check_exists, h5err, options, read_attributes, read_column, truncate, write_at, write_text_attr, Columns,
-    SAMPLE_CHUNK, TOKEN_CHUNK,
+    check_exists, clear_status_flags, h5err, read_attributes, read_column, truncate, write_at, write_options,
+    write_text_attr, Columns, SAMPLE_CHUNK, TOKEN_CHUNK,
 };
 use crate::error::{Error, Result};
 use crate::io::trajectories::{TrajectoryRecord, FORMAT_VERSION};
@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 pub(in crate::io::trajectories) struct Writer {
     path: PathBuf,
-    file: File,
-    cols: Columns,
+    /// The open file and its datasets (`None` only after reopening the file failed, with `failed` set).
+    h5: Option<(File, Columns)>,
+    swmr: Swmr,
     samples: u64,
     prompt_len: u64,
     response_len: u64,
@@ -21,9 +22,21 @@ pub(in crate::io::trajectories) struct Writer {
     failed: Option<String>,
 }
 
+/// Where the writer stands with SWMR mode, in which HDF5 orders its metadata writes so that the file
+/// on disk is readable at every moment: a kill inside an append loses that append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Swmr {
+    /// Not started: attributes may be written (SWMR mode creates none); the next append starts it.
+    Pending,
+    /// Appending in SWMR mode.
+    On,
+    /// A dump an older arbor wrote (HDF5 1.8 file format): appended without SWMR mode.
+    Unsupported,
+}
+
 impl Writer {
     pub(in crate::io::trajectories) fn create(path: &Path, config_toml: &str) -> Result<Self> {
-        let file = options().create(path).map_err(|e| h5err(path, "cannot create HDF5 file", e))?;
+        let file = write_options().create(path).map_err(|e| h5err(path, "cannot create HDF5 file", e))?;
         file.new_attr::<i64>()
             .create("format_version")
             .and_then(|a| a.write_scalar(&FORMAT_VERSION))
@@ -33,8 +46,15 @@ impl Writer {
         let cols = Columns::create(&file, path)?;
         write_at(&cols.prompt_offsets, path, "prompt_offsets", 0, &[0u64])?;
         write_at(&cols.response_offsets, path, "response_offsets", 0, &[0u64])?;
-        let w =
-            Writer { path: path.to_path_buf(), file, cols, samples: 0, prompt_len: 0, response_len: 0, failed: None };
+        let w = Writer {
+            path: path.to_path_buf(),
+            h5: Some((file, cols)),
+            swmr: Swmr::Pending,
+            samples: 0,
+            prompt_len: 0,
+            response_len: 0,
+            failed: None,
+        };
         w.flush()?;
         Ok(w)
     }
@@ -45,7 +65,7 @@ impl Writer {
         let dir = path.parent().unwrap_or(Path::new("."));
         let need = (9 * 4 * TOKEN_CHUNK + 9 * 8 * SAMPLE_CHUNK) as u64;
         crate::io::space::ensure_space(dir, need, "the trajectory dump (truncated to the checkpoint)")?;
-        let file = options().open_rw(path).map_err(|e| h5err(path, "cannot open as an HDF5 file for writing", e))?;
+        let file = open_rw(path)?;
         read_attributes(&file, path)?;
         let cols = Columns::open(&file, path)?;
         let (po, ro) = cols.complete_offsets(path)?;
@@ -56,8 +76,8 @@ impl Writer {
         let kept = keep.iter().filter(|&&k| k).count();
         let mut w = Writer {
             path: path.to_path_buf(),
-            file,
-            cols,
+            h5: Some((file, cols)),
+            swmr: Swmr::Pending,
             samples: kept as u64,
             prompt_len: 0,
             response_len: 0,
@@ -77,7 +97,7 @@ impl Writer {
 
     /// Shrink every dataset to the writer's counts.
     fn truncate_all(&self) -> Result<()> {
-        let (c, p) = (&self.cols, self.path.as_path());
+        let (c, p) = (&self.h5()?.1, self.path.as_path());
         for (ds, name) in [
             (&c.step, "step"),
             (&c.policy_version, "policy_version"),
@@ -110,7 +130,7 @@ impl Writer {
     /// Rewrite the dump keeping only the rows where `keep` is true (steps out of order in the file).
     fn compact(&mut self, keep: &[bool], po: &[u64], ro: &[u64]) -> Result<()> {
         let p = self.path.clone();
-        let c = &self.cols;
+        let c = &self.h5()?.1;
         fn rows<T: Copy>(v: &[T], keep: &[bool]) -> Vec<T> {
             v.iter().zip(keep).filter(|(_, &k)| k).map(|(x, _)| *x).collect()
         }
@@ -231,7 +251,8 @@ impl Writer {
 
         // Flat data first, per-sample columns next, offsets last: a reader counts a sample only once all of
         // these cover it.
-        let (c, p, s) = (&self.cols, self.path.as_path(), self.samples);
+        self.start_swmr();
+        let (c, p, s) = (&self.h5()?.1, self.path.as_path(), self.samples);
         write_at(&c.prompt_tokens, p, "prompt_tokens", self.prompt_len, &prompt_tokens)?;
         write_at(&c.response_tokens, p, "response_tokens", self.response_len, &response_tokens)?;
         write_at(&c.behav_logp, p, "behav_logp", self.response_len, &behav_logp)?;
@@ -258,12 +279,54 @@ impl Writer {
     }
 
     pub(in crate::io::trajectories) fn set_attribute(&mut self, name: &str, value: &str) -> Result<()> {
-        write_text_attr(&self.file, &self.path, name, value)?;
+        if let Some(msg) = &self.failed {
+            let msg = format!("an earlier write failed ({msg}); the dump can no longer be written to");
+            return Err(Error::path(&self.path, std::io::ErrorKind::Other, msg));
+        }
+        if self.swmr == Swmr::On {
+            // SWMR mode creates and removes no attribute: close the file and open it again (the next
+            // append starts SWMR mode anew)
+            self.h5 = None;
+            match open_rw(&self.path).and_then(|file| Ok((Columns::open(&file, &self.path)?, file))) {
+                Ok((cols, file)) => self.h5 = Some((file, cols)),
+                Err(e) => {
+                    self.failed = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+            self.swmr = Swmr::Pending;
+        }
+        write_text_attr(&self.h5()?.0, &self.path, name, value)?;
         self.flush()
     }
 
+    /// Start SWMR mode before the first append, if the file's format allows it.
+    fn start_swmr(&mut self) {
+        if self.swmr != Swmr::Pending {
+            return;
+        }
+        let Some((file, _)) = &self.h5 else { return };
+        self.swmr = match file.start_swmr() {
+            Ok(()) => Swmr::On,
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: appended without SWMR mode ({e}): an older arbor's dump, which a kill inside an \
+                     append can leave unreadable",
+                    self.path.display()
+                );
+                Swmr::Unsupported
+            }
+        };
+    }
+
+    fn h5(&self) -> Result<&(File, Columns)> {
+        self.h5.as_ref().ok_or_else(|| {
+            Error::path(&self.path, std::io::ErrorKind::Other, "closed after an earlier failure to reopen it")
+        })
+    }
+
     fn flush(&self) -> Result<()> {
-        self.file.flush().map_err(|e| h5err(&self.path, "flushing", e))
+        self.h5()?.0.flush().map_err(|e| h5err(&self.path, "flushing", e))
     }
 
     pub(in crate::io::trajectories) fn samples(&self) -> u64 {
@@ -273,4 +336,14 @@ impl Writer {
     pub(in crate::io::trajectories) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Open a dump for writing. A writer killed in SWMR mode leaves the superblock marked as open for
+/// writing, which HDF5 refuses until the mark is cleared (the file is readable all along).
+fn open_rw(path: &Path) -> Result<File> {
+    write_options().open_rw(path).or_else(|first| {
+        clear_status_flags(path)
+            .and_then(|()| write_options().open_rw(path).map_err(|e| h5err(path, "", e)))
+            .map_err(|_| h5err(path, "cannot open as an HDF5 file for writing", first))
+    })
 }

@@ -6,12 +6,15 @@
 use std::process::Command;
 
 #[cfg(feature = "hdf5")]
+mod crash;
+
+#[cfg(feature = "hdf5")]
 mod with_hdf5 {
     use super::*;
     use std::path::Path;
     /// An owned sample, turned into a `TrajectoryRecord` for the writer.
     #[derive(Debug, Clone)]
-    struct Sample {
+    pub(super) struct Sample {
         step: u64,
         policy_version: u64,
         prompt_id: u64,
@@ -32,7 +35,7 @@ mod with_hdf5 {
         [f32::NAN, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1e-45, f32::MAX, f32::MIN_POSITIVE, -1.5e-7];
 
     /// `count` samples of `step`; response lengths are ragged and the second sample's response is empty.
-    fn samples(step: u64, count: usize, salt: u32) -> Vec<Sample> {
+    pub(super) fn samples(step: u64, count: usize, salt: u32) -> Vec<Sample> {
         (0..count)
             .map(|i| {
                 let i32_ = i as u32;
@@ -75,7 +78,7 @@ mod with_hdf5 {
     use arbor::io::trajectories::{read_summary, read_trajectories, TrajectoryRecord, TrajectoryWriter};
     use serde_json::Value;
 
-    const CONFIG: &str = "[run]\nname = \"h5-test\"\nseed = 7\n\n[rl]\ngroup_size = 4 # ünïcode\n";
+    pub(super) const CONFIG: &str = "[run]\nname = \"h5-test\"\nseed = 7\n\n[rl]\ngroup_size = 4 # ünïcode\n";
 
     impl Sample {
         fn record(&self) -> TrajectoryRecord<'_> {
@@ -100,7 +103,7 @@ mod with_hdf5 {
         }
     }
 
-    fn append(w: &mut TrajectoryWriter, s: &[Sample]) {
+    pub(super) fn append(w: &mut TrajectoryWriter, s: &[Sample]) {
         let recs: Vec<TrajectoryRecord> = s.iter().map(Sample::record).collect();
         w.append(&recs).unwrap();
     }
@@ -143,7 +146,7 @@ mod with_hdf5 {
     }
 
     /// Run scripts/read_trajectories.py on `path`; fails with install instructions when h5py is missing.
-    fn h5py_json(path: &Path) -> Value {
+    pub(super) fn h5py_json(path: &Path) -> Value {
         h5py_json_locking(path, "FALSE")
     }
 
@@ -176,7 +179,7 @@ mod with_hdf5 {
     }
 
     /// Check every dataset h5py sees against `s`, and the datasets' storage settings.
-    fn check_h5py_datasets(json: &Value, s: &[Sample]) {
+    pub(super) fn check_h5py_datasets(json: &Value, s: &[Sample]) {
         let ds = json["datasets"].as_object().unwrap();
         let expected = expected_columns(s);
         assert_eq!(ds.len(), expected.len(), "datasets: {:?}", ds.keys().collect::<Vec<_>>());
@@ -199,7 +202,7 @@ mod with_hdf5 {
         }
     }
 
-    fn check_rust_reader(path: &Path, s: &[Sample]) {
+    pub(super) fn check_rust_reader(path: &Path, s: &[Sample]) {
         let t = read_trajectories(path).unwrap();
         assert_eq!(t.len(), s.len());
         for (i, want) in s.iter().enumerate() {
@@ -275,56 +278,6 @@ mod with_hdf5 {
         let all: Vec<Sample> = step0.iter().chain(&step1).cloned().collect();
         check_h5py_datasets(&h5py_json(&path), &all);
         check_rust_reader(&path, &all);
-    }
-
-    /// Set in the child process that `sigkill_leaves_a_readable_file` starts (this test binary, re-run).
-    const CHILD_ENV: &str = "ARBOR_TEST_H5_SIGKILL_CHILD";
-    const CHILD_READY: &str = "arbor-h5-child: appended";
-
-    #[test]
-    fn sigkill_leaves_a_readable_file() {
-        let step0 = samples(0, 6, 4);
-        let step1 = samples(1, 2, 5);
-        if let Some(path) = std::env::var_os(CHILD_ENV) {
-            // Child: write two steps, say so, and wait to be killed (exit after a minute if nobody does).
-            let mut w = TrajectoryWriter::create(Path::new(&path), CONFIG).unwrap();
-            append(&mut w, &step0);
-            append(&mut w, &step1);
-            println!("{CHILD_READY}");
-            std::thread::sleep(std::time::Duration::from_secs(60));
-            std::process::exit(3);
-        }
-        use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("killed.h5");
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["with_hdf5::sigkill_leaves_a_readable_file", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &path)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut seen = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if line.contains(CHILD_READY) {
-                break;
-            }
-            seen.push(line);
-        }
-        child.kill().unwrap(); // SIGKILL: no destructor, no HDF5 close
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "child exited by itself: {status:?}, output {seen:?}");
-        assert!(path.exists(), "child never created the file; output {seen:?}");
-        let all: Vec<Sample> = step0.iter().chain(&step1).cloned().collect();
-        check_h5py_datasets(&h5py_json(&path), &all);
-        check_rust_reader(&path, &all);
-        // A resumed run can carry on from the killed one.
-        let mut w = TrajectoryWriter::resume(&path, 1).unwrap();
-        assert_eq!(w.samples(), 6);
-        append(&mut w, &step1);
-        drop(w);
-        check_h5py_datasets(&h5py_json(&path), &all);
     }
 
     #[test]
