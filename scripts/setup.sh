@@ -8,7 +8,7 @@
 # - feature `mpi` (default): Open MPI headers + launcher, libclang for the bindings; tests/mpi/ runs mpirun.
 # - feature `hdf5` (default, trajectory dumps): libhdf5-dev + pkg-config; hdf5-tools gives h5dump.
 #   `cargo build --no-default-features` needs none of them.
-# - tests/trajectories_h5.rs reads the dumps back with Python's h5py.
+# - tests/trajectories_h5/ reads the dumps back with Python's h5py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for_run=0

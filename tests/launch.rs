@@ -187,12 +187,13 @@ fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
 fn an_async_job_ends_cleanly_and_its_finished_run_resumes_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
     // (the final evaluation of 900 problems takes seconds; a rollout rank left waiting for a
-    // publication would be stopped by the step timeout, 20 s, instead of hanging the test)
+    // publication would be stopped by the step timeout, 60 s, instead of hanging the test; 20 s
+    // once stopped the phase's start, its evaluation of 900 problems, on a loaded machine)
     let short = grpo_config().replace("steps = 3", "steps = 2").replace("eval_problems = 11", "eval_problems = 900");
     let cfg = write_config(
         dir.path(),
         &format!(
-            "{short}\n[async]\nrollout_ranks = 1\nalpha = 1\n\n[parallel]\ncollective_timeout_s = 1\nstep_timeout_s = 20\n"
+            "{short}\n[async]\nrollout_ranks = 1\nalpha = 1\n\n[parallel]\ncollective_timeout_s = 1\nstep_timeout_s = 60\n"
         ),
     );
     let out = dir.path().join("out");
