@@ -108,7 +108,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Convert(args) => convert::run(&args),
-        Command::Inspect(args) => inspect::run(&args),
+        Command::Inspect(args) => {
+            quiet_on_closed_pipe();
+            inspect::run(&args)
+        }
         Command::Plot(args) => plot::run(&args),
         Command::Experiment(cmd) => {
             init_threads(cli.threads.unwrap_or(2))?;
@@ -126,5 +129,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             arbor::cli::launch::run(&args)
         }
+    }
+}
+
+/// For a command that only prints (`arbor inspect … | head`): a reader that closes the pipe ends
+/// the process quietly, as it ends `cat`, instead of Rust's `println!` panicking on the write.
+/// (Not for the commands that talk over sockets or MPI, which handle a closed peer themselves.)
+fn quiet_on_closed_pipe() {
+    // SAFETY: restores the default disposition of SIGPIPE before any thread or handler of ours exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -125,4 +125,17 @@ impl Dump {
     pub fn append(&mut self, _step: u64, _version: u64, _samples: &[StepSample]) -> Result<()> {
         Ok(())
     }
+
+    /// The phase's end: close the dump and compact it (the space its appends in SWMR mode left
+    /// unused). A compaction that fails (a full disk, say) leaves the dump as it was, with a
+    /// warning: the run does not fail for it.
+    pub fn finish(self) {
+        #[cfg(feature = "hdf5")]
+        if let Some(w) = self.writer {
+            let path = w.path().to_path_buf();
+            if let Err(e) = w.finish() {
+                eprintln!("warning: {}: not compacted ({e}); the dump is whole as it is", path.display());
+            }
+        }
+    }
 }

@@ -20,7 +20,7 @@ mod h5;
 mod stub;
 mod summary;
 
-pub use api::{read_summary, read_trajectories, TrajectoryWriter};
+pub use api::{compact, read_summary, read_trajectories, TrajectoryWriter};
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;

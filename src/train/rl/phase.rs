@@ -342,6 +342,9 @@ pub(crate) fn run_phase_with(
         }
     }
     progress.finish();
+    if let Some(d) = dump {
+        d.finish();
+    }
     if start.done >= rl.steps && rl.steps > 0 {
         // a resume of a finished phase (a requeue after its last checkpoint): its final evaluation
         // once more, the same numbers (a function of the weights and the seed), not the one before
