@@ -127,33 +127,15 @@ impl Dump {
     }
 
     /// The phase's end: close the dump and compact it (the space its appends in SWMR mode left
-    /// unused). A compaction that fails (a full disk, say) leaves the dump as it was, with a
-    /// warning: the run does not fail for it; so does one whose samples would take more than a
-    /// quarter of the memory this process may use (it reads them whole).
+    /// unused; `TrajectoryWriter::finish`). A compaction that fails or is skipped (a full disk, a
+    /// dump too large for memory) leaves the dump as it was, with a warning: the run does not fail
+    /// for it.
     pub fn finish(self) {
         #[cfg(feature = "hdf5")]
         if let Some(w) = self.writer {
-            let path = w.path().to_path_buf();
-            drop(w);
-            let fits = crate::io::trajectories::read_summary(&path).map(|s| {
-                // every column in memory: 4 bytes per prompt token, 8 response-aligned arrays of
-                // 4 bytes, 8 per-sample columns and 2 offsets of at most 8 bytes
-                let need = 4 * s.prompt_tokens + 32 * s.response_tokens + 80 * s.samples;
-                let have = crate::model::host_memory::host_memory().map(|m| m.bytes);
-                (need, have.is_none_or(|have| need <= have / 4))
-            });
-            let done = match fits {
-                Ok((_, true)) => crate::io::trajectories::compact(&path).map_err(|e| e.to_string()),
-                Ok((need, false)) => {
-                    Err(format!("its samples take {need} bytes, over a quarter of this process's memory"))
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = done {
-                eprintln!(
-                    "warning: {}: not compacted ({e}); the dump is whole as it is (`h5repack` compacts it)",
-                    path.display()
-                );
+            // (the error names the file)
+            if let Err(e) = w.finish() {
+                eprintln!("warning: the trajectory dump was not compacted: {e}; it is whole as it is (`h5repack` compacts it)");
             }
         }
     }

@@ -58,10 +58,24 @@ impl TrajectoryWriter {
         self.inner.path()
     }
 
-    /// Close the dump and [`compact`] it: the end of a run's appends.
+    /// Close the dump and [`compact`] it: the end of a run's appends. A dump whose samples would
+    /// take over a quarter of the memory this process may use (compaction reads them whole) is
+    /// closed and left as it is, with an error saying so.
     pub fn finish(self) -> Result<()> {
         let path = self.path().to_path_buf();
         drop(self);
+        let s = read_summary(&path)?;
+        // every column in memory: 4 bytes per prompt token, 8 response-aligned arrays of 4 bytes,
+        // 8 per-sample columns and 2 offsets of at most 8 bytes each
+        let need = 4 * s.prompt_tokens + 32 * s.response_tokens + 80 * s.samples;
+        if let Some(mem) = crate::model::host_memory::host_memory().filter(|m| need > m.bytes / 4) {
+            return Err(Error::Invalid(format!(
+                "{}: its samples take {need} bytes, over a quarter of this process's memory ({} bytes, {})",
+                path.display(),
+                mem.bytes,
+                mem.source
+            )));
+        }
         compact(&path)
     }
 }
