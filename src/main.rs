@@ -81,7 +81,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             // checkpoint
             if cfg.train.steps == 0 {
                 let file =
-                    args.config.as_ref().map_or("<embedded configs/default.toml>".into(), |p| p.display().to_string());
+                    args.config.as_ref().map_or(arbor::config::DEFAULT_CONFIG_NAME.into(), |p| p.display().to_string());
                 anyhow::bail!(
                     "{file}: key `train.steps`: 0: `arbor sft` runs only the supervised phase (the [rl] phase is \
                      skipped), so it needs supervised steps: set train.steps or pass --steps N"

@@ -65,6 +65,47 @@ fn bad_config_names_file_and_key() {
 }
 
 #[test]
+fn a_set_key_trains_as_the_edited_file_would_and_a_resume_must_repeat_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    let text = tiny_addition(3, "steps = 1\n").replace("[rl]\nsteps = 1\n", "");
+    std::fs::write(&a, &text).unwrap();
+    let edited = text.replace("lr = 3e-3", "lr = 1e-3").replace("name = \"addition-sft\"", "name = \"x\"");
+    assert_ne!(edited, text);
+    std::fs::write(&b, edited).unwrap();
+    let train = |cfg: &std::path::Path, out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args =
+            vec!["--threads", "1", "train", "--config", cfg.to_str().unwrap(), "--out-dir", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        arbor(&args)
+    };
+    let (code, err) = train(&a, "set", &["--set", "train.lr=1e-3", "--set", "run.name=x"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = train(&b, "edited", &[]);
+    assert_eq!(code, 0, "{err}");
+    let weights =
+        |out: &str| std::fs::read(dir.path().join(out).join("x/checkpoints/step-3/model.safetensors")).unwrap();
+    assert!(weights("set") == weights("edited"), "--set trains as the edited file does");
+    let recorded = std::fs::read_to_string(dir.path().join("set/x/config.toml")).unwrap();
+    assert!(recorded.contains("lr = 0.001"), "{recorded}");
+    // the run recorded the set key: a resume without it changes the run
+    let (code, err) = train(&a, "set", &["--set", "run.name=x", "--resume", "latest"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("train.lr: 0.001 → 0.003") && err.contains("--set flags"), "{err}");
+    let (code, err) = train(&a, "set", &["--set", "run.name=x", "--set", "train.lr=1e-3", "--resume", "latest"]);
+    assert_eq!(code, 0, "{err}");
+    // bad overrides: clap refuses the form, the config check names the override
+    let (code, err) = train(&a, "bad", &["--set", "train.lr"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("expects KEY=VALUE"), "{err}");
+    let (code, err) = train(&a, "bad", &["--set", "train.lr=fast"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--set train.lr=fast: key `train.lr`: invalid type: string \"fast\""), "{err}");
+    assert!(!dir.path().join("bad").exists(), "a refused config writes nothing");
+}
+
+#[test]
 fn bench_with_a_broken_model_config_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "qwen2", "hidden_size": 64}"#).unwrap();
@@ -99,13 +140,14 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
     let cfg = dir.path().join("seeds.toml");
     let text = tiny_addition(
         3,
-        "steps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 6\neval_samples = 2\ndump_trajectories = false\n",
+        "steps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n",
     );
     std::fs::write(&cfg, text).unwrap();
     let out_dir = dir.path().join("seeds");
+    // the held-out count set on the command line: every seed's job and the eval below take it
     let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["--threads", "1", "experiment", "seeds", "--config", cfg.to_str().unwrap(), "--seeds", "5,6"])
-        .args(["--control", "--out-dir", out_dir.to_str().unwrap()])
+        .args(["--set", "rl.eval_problems=6", "--control", "--out-dir", out_dir.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -113,7 +155,7 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| 5 |") || l.starts_with("| 6 |")).collect();
     assert_eq!(rows.len(), 2, "{md}");
     assert!(md.lines().any(|l| l.starts_with("| mean ± sd |")), "{md}");
-    assert!(md.contains("SFT control steps"), "{md}");
+    assert!(md.contains("SFT control steps") && md.contains("seeds.toml --set rl.eval_problems=6"), "{md}");
     for seed in [5, 6] {
         // the control trained the arm's 3 supervised steps and at least one more
         let control = out_dir.join(format!("sft-control-seed{seed}/metrics.jsonl"));
@@ -121,6 +163,8 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
         assert!(steps >= 4, "seed {seed}: the control ran {steps} steps");
         // `arbor eval` of the run's last checkpoint, on the stream of its last eval, gives that eval
         let run = out_dir.join(format!("seed{seed}"));
+        let recorded = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(recorded.contains("eval_problems = 6"), "{recorded}");
         let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         let last: serde_json::Value =
             metrics.lines().rfind(|l| l.contains("eval_solve_rate")).map(|l| serde_json::from_str(l).unwrap()).unwrap();
@@ -128,11 +172,12 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
         assert!(ckpt.join("model.safetensors").is_file(), "no final checkpoint in {}", run.display());
         let ev = Command::new(env!("CARGO_BIN_EXE_arbor"))
             .args(["--threads", "1", "eval", "--config", cfg.to_str().unwrap(), "--seed", &seed.to_string()])
-            .args(["--model", ckpt.to_str().unwrap(), "--step", "2", "--json"])
+            .args(["--model", ckpt.to_str().unwrap(), "--step", "2", "--json", "--set", "rl.eval_problems=6"])
             .output()
             .unwrap();
         assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
         let got: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+        assert_eq!(got["eval_problems"], 6, "{got}");
         assert_eq!(got["eval_solve_rate"], last["eval_solve_rate"], "seed {seed}");
         assert_eq!(got["eval_solve_rate_greedy"], last["eval_solve_rate_greedy"], "seed {seed}");
         assert_eq!(got["eval_pass_at_k"], last["eval_pass_at_k"], "seed {seed}");

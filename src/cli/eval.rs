@@ -4,7 +4,7 @@
 //! table the evaluation plays the environment's `eval_games` held-out games instead of task problems,
 //! and reports how many games it played.
 
-use crate::config::{RlSection, RunConfig};
+use crate::config::{Override, RlSection, RunConfig};
 use crate::parallel::Local;
 use crate::train::rl::{evaluate, SolveRate};
 use anyhow::Context;
@@ -19,6 +19,11 @@ pub struct EvalArgs {
     /// the embedded default job.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Set a config key as the file would (repeatable; the last wins), e.g. `--set
+    /// rl.max_new_tokens=256`; applied to whichever config the evaluation reads (see `arbor
+    /// train --help`).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Override::parse)]
+    pub set: Vec<Override>,
     /// HF model directory to evaluate (default: the config's `model.hf_dir`).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -50,8 +55,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         .filter(|p| args.config.is_none() && p.is_file());
     let mut cfg = match &recorded {
         // a checkpoint is scored on its run's task, in its run's prompt format
-        Some(p) => RunConfig::load(p)?,
-        None => RunConfig::load_or_default(args.config.as_deref())?,
+        Some(p) => RunConfig::load_with(p, &args.set)?,
+        None => RunConfig::load_or_default_with(args.config.as_deref(), &args.set)?,
     };
     if let Some(s) = args.seed {
         cfg.run.seed = s;
@@ -154,7 +159,16 @@ mod tests {
     use crate::train::rl::PassAtK;
 
     fn args(problems: Option<usize>) -> EvalArgs {
-        EvalArgs { config: None, model: None, seed: None, step: 0, problems, samples: None, json: true }
+        EvalArgs {
+            config: None,
+            set: Vec::new(),
+            model: None,
+            seed: None,
+            step: 0,
+            problems,
+            samples: None,
+            json: true,
+        }
     }
 
     fn with_env(games: usize) -> RunConfig {

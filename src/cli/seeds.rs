@@ -18,6 +18,9 @@ pub struct SeedsArgs {
     /// Run configuration with an `[rl]` phase; without it, the embedded default job.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Set a config key of every seed's job as the file would (repeatable; see `arbor train --help`).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = crate::config::Override::parse)]
+    pub set: Vec<crate::config::Override>,
     /// Seeds, comma-separated (each replaces `run.seed`: SFT data order, sampling, the problem
     /// stream and the held-out problems as the task derives them).
     #[arg(long, value_delimiter = ',', required = true)]
@@ -224,8 +227,11 @@ fn table(rows: &[SeedResult], config: &str) -> String {
 
 /// Run `arbor experiment seeds`.
 pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
-    let base = RunConfig::load_or_default(args.config.as_deref())?;
-    let name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into());
+    let base = RunConfig::load_or_default_with(args.config.as_deref(), &args.set)?;
+    let mut name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into());
+    for o in &args.set {
+        name.push_str(&format!(" --set {}", o.raw));
+    }
     anyhow::ensure!(
         base.rl.is_some(),
         "{name}: `experiment seeds` compares before/after an [rl] phase; the config has none"

@@ -1,6 +1,6 @@
 //! `arbor train`: run a training job from a TOML config (or the embedded default).
 
-use crate::config::RunConfig;
+use crate::config::{Override, RunConfig};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -10,6 +10,12 @@ pub struct TrainArgs {
     /// Run configuration (TOML); without it the embedded default job runs (configs/default.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Set a config key as the file would (repeatable; the last wins): `--set rl.lr=1e-6 --set
+    /// loss.kind=cispo`. VALUE is read as a TOML value (a number, `true`, `"123"`, `[1, 2]`,
+    /// `{ lr = 1e-5 }` for a whole table), else taken as a string; checked and recorded in the
+    /// run's config.toml like a key in the file. --steps, --seed and --out-dir apply after it.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Override::parse)]
+    pub set: Vec<Override>,
     /// Override `train.steps`.
     #[arg(long)]
     pub steps: Option<u64>,
@@ -35,7 +41,7 @@ pub struct TrainArgs {
 
 /// Load the config with overrides applied.
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
-    let mut cfg = RunConfig::load_or_default(args.config.as_deref())?;
+    let mut cfg = RunConfig::load_or_default_with(args.config.as_deref(), &args.set)?;
     if let Some(s) = args.steps {
         anyhow::ensure!(s > 0, "--steps must be positive");
         cfg.train.steps = s;

@@ -6,6 +6,7 @@
 
 mod async_section;
 mod critic_section;
+pub mod overrides;
 pub mod plan;
 mod rl_section;
 pub mod rules;
@@ -15,6 +16,7 @@ mod sections;
 
 pub use async_section::{AsyncConfig, RolloutMode};
 pub use critic_section::CriticConfig;
+pub use overrides::Override;
 pub use plan::{AdvantageSource, RlPlan, RunPlan, Sampler, Schedule};
 pub use rl_section::RlSection;
 pub use run_config::RunConfig;
@@ -28,53 +30,89 @@ use std::path::Path;
 
 /// The embedded default job.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
+/// How messages name the embedded default job.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded configs/default.toml>";
 /// configs/addition-sft.toml: a one-minute supervised job, the base of the tests' configs.
 pub const ADDITION_CONFIG: &str = include_str!("../../configs/addition-sft.toml");
 
 impl RunConfig {
     /// Parse TOML text; `file` names the source in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        // 1. TOML syntax, then every number of every section finite (a NaN or ±inf never reaches a
-        //    typed field, whatever section it is in)
+        Self::parse_with(text, file, &[])
+    }
+
+    /// Parse TOML text with `--set` overrides applied to it ([`overrides`]); an error names the
+    /// override that caused it, else `file` and the key.
+    pub fn parse_with(text: &str, file: &Path, sets: &[Override]) -> Result<Self> {
+        // 1. TOML syntax
         //    (a value TOML cannot hold, such as an integer beyond i64, is named by its key too)
-        let tree: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
+        let mut tree: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
             file: file.into(),
             key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
             msg: e.message().to_string(),
         })?;
+        // 2. the overrides; the typed schema then reads the merged tree, written back as text so
+        //    that its errors still point at a key (whose line is the merged text's, so dropped)
+        let original = (!sets.is_empty()).then(|| tree.clone());
+        overrides::apply(&mut tree, sets)?;
+        let merged = match original {
+            Some(_) => {
+                Some(toml::to_string(&tree).map_err(|e| Error::Invalid(format!("{}: --set: {e}", file.display())))?)
+            }
+            None => None,
+        };
+        let named = |key: String, msg: String| match &original {
+            None => Error::Config { file: file.into(), key, msg },
+            Some(o) => {
+                let key = key.split(" (line ").next().unwrap_or_default().to_string();
+                match overrides::source_of(sets, o, &key) {
+                    Some(set) => Error::Config { file: set.source(), key, msg: set.explain(msg) },
+                    None => Error::Config { file: file.into(), key, msg },
+                }
+            }
+        };
+        let text = merged.as_deref().unwrap_or(text);
+        // 3. every number of every section finite (a NaN or ±inf never reaches a typed field,
+        //    whatever section it is in)
         if let Some((key, v)) = first_non_finite(&tree, "") {
-            return Err(Error::Config { file: file.into(), key, msg: format!("{v} is not a finite number") });
+            return Err(named(key, format!("{v} is not a finite number")));
         }
-        // 2. the typed schema; a wrong type or unknown key is named by its dotted path and line
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| Error::Config {
-            file: file.into(),
-            key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
-            msg: e.message().to_string(),
-        })?;
-        // 3. each section's own values, then the rules across sections
-        cfg.validate().map_err(|(key, msg)| Error::Config { file: file.into(), key, msg })?;
+        // 4. the typed schema; a wrong type or unknown key is named by its dotted path and line
+        let cfg: RunConfig = toml::from_str(text)
+            .map_err(|e| named(e.span().map(|s| key_at(text, s.start)).unwrap_or_default(), e.message().to_string()))?;
+        // 5. each section's own values, then the rules across sections
+        cfg.validate().map_err(|(key, msg)| named(key, msg))?;
         Ok(cfg)
     }
 
     /// Read and parse a TOML file.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &[])
+    }
+
+    /// Read and parse a TOML file with `--set` overrides.
+    pub fn load_with(path: &Path, sets: &[Override]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, path)
+        Self::parse_with(&text, path, sets)
     }
 
     /// The config at `path`, or the embedded default job without one (what every subcommand
     /// taking `--config` does).
     pub fn load_or_default(path: Option<&Path>) -> Result<Self> {
+        Self::load_or_default_with(path, &[])
+    }
+
+    /// [`Self::load_or_default`] with `--set` overrides.
+    pub fn load_or_default_with(path: Option<&Path>, sets: &[Override]) -> Result<Self> {
         match path {
-            Some(p) => Self::load(p),
-            None => Ok(Self::default_job()),
+            Some(p) => Self::load_with(p, sets),
+            None => Self::parse_with(DEFAULT_CONFIG, Path::new(DEFAULT_CONFIG_NAME), sets),
         }
     }
 
     /// The embedded default job.
     pub fn default_job() -> Self {
-        Self::parse(DEFAULT_CONFIG, Path::new("<embedded configs/default.toml>"))
-            .expect("embedded default config is valid")
+        Self::parse(DEFAULT_CONFIG, Path::new(DEFAULT_CONFIG_NAME)).expect("embedded default config is valid")
     }
 
     /// Every section's own checks, then the rules that span sections ([`rules::RULES`]): the
@@ -314,6 +352,43 @@ mod tests {
         let ok = ADDITION_CONFIG.to_string() + "\n[rl]\nsteps = 1\nmicro_batch = 3\nmicro_batch_tokens = 64\n";
         let rl = RunConfig::parse(&ok, Path::new("m.toml")).unwrap().rl.unwrap();
         assert_eq!(rl.micro(), crate::model::micro_batch::MicroBatch { samples: 3, tokens: 64 });
+    }
+
+    #[test]
+    fn a_set_key_reads_as_the_same_key_in_the_file_and_its_errors_name_the_override() {
+        let sets: Vec<Override> =
+            ["rl.lr=1e-4", "loss.kind=cispo", "run.name=sweep-3"].iter().map(|s| Override::parse(s).unwrap()).collect();
+        let set = RunConfig::parse_with(DEFAULT_CONFIG, Path::new("d.toml"), &sets).unwrap();
+        let edited = DEFAULT_CONFIG.replace("lr = 2e-4", "lr = 1e-4").replace("kind = \"ppo\"", "kind = \"cispo\"");
+        let edited = edited.replace("name = \"default\"", "name = \"sweep-3\"");
+        assert_ne!(edited, DEFAULT_CONFIG);
+        let edited = RunConfig::parse(&edited, Path::new("d.toml")).unwrap();
+        assert_eq!(toml::to_string(&set).unwrap(), toml::to_string(&edited).unwrap());
+        assert_eq!(set.rl.as_ref().map(|r| r.lr), Some(1e-4));
+        assert_eq!(set.run.name, "sweep-3");
+        let err = |raws: &[&str], text: &str| {
+            let sets: Vec<Override> = raws.iter().map(|s| Override::parse(s).unwrap()).collect();
+            RunConfig::parse_with(text, Path::new("f.toml"), &sets).unwrap_err().to_string()
+        };
+        // a section's own check, the typed schema, the finite check, a rule across sections
+        let e = err(&["rl.steps=3", "rl.lr=-1"], DEFAULT_CONFIG);
+        assert!(e.starts_with("--set rl.lr=-1: key `rl.lr`:"), "{e}");
+        let e = err(&["rl.lr_max=1"], DEFAULT_CONFIG);
+        assert!(e.starts_with("--set rl.lr_max=1: key `rl.lr_max`: unknown field"), "{e}");
+        let e = err(&["train.lr=inf"], DEFAULT_CONFIG);
+        assert!(e.starts_with("--set train.lr=inf: key `train.lr`: inf is not a finite number"), "{e}");
+        let e = err(&["rl.samples_per_prompt=1"], DEFAULT_CONFIG);
+        assert!(e.starts_with("--set rl.samples_per_prompt=1: key `rl.samples_per_prompt`:"), "{e}");
+        let e = err(&["run.name=5"], DEFAULT_CONFIG);
+        assert!(e.contains("expected a string") && e.contains("--set 'run.name=\"5\"'"), "{e}");
+        // what the file got wrong is still the file's (its line is the merged text's, so not given)
+        let e = err(&["rl.lr=1e-4"], &DEFAULT_CONFIG.replace("lr = 2e-3", "lr = 2e-3\nlearning_rate = 1"));
+        assert!(e.starts_with("f.toml: key `train.learning_rate`: unknown field"), "{e}");
+        // the default job by name
+        let e = RunConfig::load_or_default_with(None, &[Override::parse("rl.lr=0").unwrap()]).unwrap_err().to_string();
+        assert!(e.starts_with("--set rl.lr=0: key `rl.lr`"), "{e}");
+        let d = RunConfig::load_or_default_with(None, &[Override::parse("train.steps=7").unwrap()]).unwrap();
+        assert_eq!(d.train.steps, 7);
     }
 
     #[test]

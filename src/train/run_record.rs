@@ -87,7 +87,7 @@ pub fn check_resume_config(recorded: Option<&Path>, now: &str, step: u64, allow:
             key: changes[0].key.clone(),
             msg: format!(
                 "the resume changes {} setting(s) the run's steps 1..{step} used ({}); resume with the recorded \
-                 config, or pass --allow-config-change to continue with the new one (the change is then recorded \
+                 config (the same file and --set flags), or pass --allow-config-change to continue with the new one (the change is then recorded \
                  in config-history.jsonl and metrics.jsonl)",
                 changes.len(),
                 listed(&changes)
