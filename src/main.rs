@@ -71,8 +71,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => {
             let cfg = train::resolve(&args)?;
-            arbor::train::preempt::install_handlers()?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
+            if args.check {
+                return train::check(&cfg, args.resume.as_deref());
+            }
+            arbor::train::preempt::install_handlers()?;
             train::run(&cfg, args.resume.as_deref())
         }
         Command::Sft(args) => {
@@ -88,8 +91,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             cfg.rl = None;
-            arbor::train::preempt::install_handlers()?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
+            if args.check {
+                return train::check(&cfg, args.resume.as_deref());
+            }
+            arbor::train::preempt::install_handlers()?;
             train::run(&cfg, args.resume.as_deref())
         }
         Command::Eval(args) => {

@@ -80,8 +80,29 @@ fn a_set_key_trains_as_the_edited_file_would_and_a_resume_must_repeat_it() {
         args.extend_from_slice(extra);
         arbor(&args)
     };
+    // (exit status, stdout + stderr) of `train --check`
+    let check = |cfg: &std::path::Path, out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["--threads", "1", "train", "--check", "--config", cfg.to_str().unwrap()])
+            .args(["--out-dir", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        )
+    };
+    let (code, out) = check(&a, "set", &["--set", "train.lr=1e-3", "--set", "run.name=x"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 supervised steps × 64 sequences") && out.contains("\nlr = 0.001"), "{out}");
+    assert!(!dir.path().join("set").exists(), "--check writes nothing");
     let (code, err) = train(&a, "set", &["--set", "train.lr=1e-3", "--set", "run.name=x"]);
     assert_eq!(code, 0, "{err}");
+    let (code, out) = check(&a, "set", &["--set", "train.lr=1e-3", "--set", "run.name=x"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("holds an earlier run: the job moves it aside"), "{out}");
     let (code, err) = train(&b, "edited", &[]);
     assert_eq!(code, 0, "{err}");
     let weights =
@@ -93,6 +114,15 @@ fn a_set_key_trains_as_the_edited_file_would_and_a_resume_must_repeat_it() {
     let (code, err) = train(&a, "set", &["--set", "run.name=x", "--resume", "latest"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("train.lr: 0.001 → 0.003") && err.contains("--set flags"), "{err}");
+    // --check reads as the resume would and writes nothing
+    let metrics = std::fs::read(dir.path().join("set/x/metrics.jsonl")).unwrap();
+    let (code, out) = check(&a, "set", &["--set", "run.name=x", "--set", "train.lr=1e-3", "--resume", "latest"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("resumes after step 3 from") && out.ends_with("check: OK (nothing was written)\n"), "{out}");
+    let (code, out) = check(&a, "set", &["--set", "run.name=x", "--resume", "latest"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("train.lr: 0.001 → 0.003"), "{out}");
+    assert!(std::fs::read(dir.path().join("set/x/metrics.jsonl")).unwrap() == metrics);
     let (code, err) = train(&a, "set", &["--set", "run.name=x", "--set", "train.lr=1e-3", "--resume", "latest"]);
     assert_eq!(code, 0, "{err}");
     // bad overrides: clap refuses the form, the config check names the override
@@ -244,4 +274,43 @@ fn the_gpu_job_without_a_gpu_stops_at_once_saying_why() {
     assert!(text.contains("no usable CUDA device") && !text.contains("[rl]"), "{text}");
     assert!(t0.elapsed().as_secs() < 30, "it should stop at once");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written");
+    // checked from a machine without a GPU (a login node), the job is valid, with a note
+    let gpu = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/countdown-gpu.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["train", "--check", "--config", gpu, "--out-dir", out])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains("note: [train] device = \"cuda\": no usable CUDA device") && text.contains("check: OK"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is written");
+}
+
+#[test]
+fn check_refuses_a_dataset_record_the_run_would_refuse_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    let long = "1+".repeat(40) + "1=";
+    std::fs::write(&data, format!("{{\"prompt\": \"1+1=\", \"answer\": 2, \"solution\": \"2\"}}\n{{\"prompt\": \"{long}\", \"answer\": 41, \"solution\": \"41\"}}\n")).unwrap();
+    let cfg = dir.path().join("j.toml");
+    let text = tiny_addition(3, "steps = 1\n").replace("[rl]\nsteps = 1\n", "");
+    let eval = dir.path().join("eval.jsonl");
+    std::fs::write(&eval, "{\"prompt\": \"2+2=\", \"answer\": 4, \"solution\": \"4\"}\n").unwrap();
+    let data_section = format!(
+        "[data]\nkind = \"jsonl\"\npath = {:?}\neval_path = {:?}\n",
+        data.display().to_string(),
+        eval.display().to_string()
+    );
+    let start = text.find("[data]").unwrap();
+    let end = start + text[start..].find("\n[train]").unwrap();
+    std::fs::write(&cfg, format!("{}{}{}", &text[..start], data_section, &text[end..])).unwrap();
+    let out = dir.path().join("runs");
+    let (code, err) =
+        arbor(&["train", "--check", "--config", cfg.to_str().unwrap(), "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{}:2: ", data.display())) && err.contains("max_position_embeddings"), "{err}");
+    assert!(!out.exists(), "nothing is written");
 }

@@ -33,6 +33,11 @@ pub struct TrainArgs {
     /// change is recorded in config-history.jsonl and metrics.jsonl); without it such a resume is refused.
     #[arg(long)]
     pub allow_config_change: bool,
+    /// Check the job without running it: read the config, the model or checkpoint, a resume's config
+    /// record and every dataset record as the run would, print what it would do and the config it
+    /// would record, and write nothing (before a job waits in a queue). A missing GPU is a note.
+    #[arg(long)]
+    pub check: bool,
     /// Replay a continuous `[async]` run's weight-install schedule (its rollout-schedule.jsonl):
     /// the same seed and schedule give the same samples and weights.
     #[arg(long)]
@@ -195,16 +200,18 @@ fn agreed_on_root(
     }
 }
 
-/// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
-pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
+/// The checkpoint `--resume` names (`auto`, `latest` or a directory) for the run of `cfg`: the
+/// newest one a crash did not leave incomplete or damaged, chosen by the root of `world` alone (it
+/// reads the candidate whole to check it) and sent to every rank.
+fn resume_dir(
+    cfg: &RunConfig,
+    resume: Option<&str>,
+    world: Option<&dyn crate::parallel::Comm>,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
     let run_dir = cfg.run.out_dir.join(&cfg.run.name);
-    let grid = spmd_grid(cfg)?;
-    let dir = match resume {
+    Ok(match resume {
         None => None,
         Some(which @ ("auto" | "latest")) => {
-            // the newest checkpoint a crash did not leave incomplete or damaged: chosen by the
-            // root alone (it reads the candidate whole to check it) and sent to every rank
-            let world = grid.as_ref().map(|(_, g)| g.world.as_ref());
             let dir = agreed_on_root(world, || {
                 let (dir, skipped) = crate::train::checkpoint::newest_intact(&run_dir)?;
                 for line in &skipped {
@@ -218,7 +225,20 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
             dir
         }
         Some(path) => Some(std::path::PathBuf::from(path)),
-    };
+    })
+}
+
+/// `arbor train --check`: the job checked in this process, nothing written (`train::job::check`).
+pub fn check(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
+    let dir = resume_dir(cfg, resume, None)?;
+    crate::train::job::check(cfg, dir.as_deref(), &mut std::io::stdout())?;
+    Ok(())
+}
+
+/// Run `arbor train` (the thread pool is set up by the caller from `run.threads`).
+pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
+    let grid = spmd_grid(cfg)?;
+    let dir = resume_dir(cfg, resume, grid.as_ref().map(|(_, g)| g.world.as_ref()))?;
     let report = match grid {
         None => crate::train::job::run(cfg, dir.as_deref(), &mut std::io::stdout())?,
         Some((_spmd, grid)) => {

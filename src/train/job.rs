@@ -33,20 +33,41 @@ pub fn run(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Resul
     run_on(cfg, resume, &Grid::local(), log)
 }
 
-/// [`run`] on one rank of an SPMD job: each step's sequences are partitioned over the
-/// data-parallel ranks (the global batch is the same for any dp), gradients and loss
-/// normalisers are all-reduced, and only the world's rank 0 writes files; the others pass a sink
-/// as `log`.
-pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Write) -> Result<TrainReport> {
+/// What a job has read and checked before it writes anything: the first half of [`run_on`], and
+/// all that [`check`] (`arbor train --check`) runs.
+struct Prepared {
+    /// The checkpoint resumed from, by its absolute path.
+    resume: Option<PathBuf>,
+    codec: crate::tokenizer::TextCodec,
+    task: Box<dyn crate::tasks::Task>,
+    /// The run directory, `<out_dir>/<name>`.
+    out_dir: PathBuf,
+    model: crate::model::Model,
+    adam: AdamWConfig,
+    opt: AdamW,
+    /// Global steps done (the checkpoint's; 0 for a fresh run).
+    start: u64,
+    nonfinite_in_a_row: u64,
+    rl_before: Option<crate::train::rl::SolveRate>,
+    sampling: Option<crate::train::checkpoint::SamplingState>,
+    /// The resolved config, as `config.toml` records it.
+    resolved: String,
+    /// A resume's config compared with the run's record (rank 0 only).
+    config_check: Option<crate::train::run_record::ConfigResume>,
+}
+
+/// Read and check everything a job needs before it writes anything (the model, a resume's
+/// checkpoint and config record, every dataset record against the context): an error here leaves
+/// the file system as it was.
+fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Write) -> Result<Prepared> {
     let root = grid.is_root();
-    // a run asking for a GPU where none is usable stops before it writes anything
-    crate::train::probe::probe(cfg.train.device)?;
     // the checkpoint by its absolute path: a relative or symlinked one names the same run as the
     // run directory does (a rollback, not another run's record to copy over this one)
     let resume = match resume {
         Some(dir) => Some(std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?),
         None => None,
     };
+    let resume_path = resume.clone();
     let resume = resume.as_deref();
     // a resume reads text as the checkpoint's run did: with the tokenizer saved in the checkpoint
     // (a model directory re-downloaded since may hold another revision of it)
@@ -108,7 +129,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     }
     // under tensor parallelism every rank built the full model; it keeps its shard
     let full_layout = model.params.layout.clone();
-    let mut model = model.shard(grid.tp.clone())?;
+    let model = model.shard(grid.tp.clone())?;
     let t = &cfg.train;
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
@@ -204,6 +225,48 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         }
         _ => None,
     };
+    Ok(Prepared {
+        resume: resume_path,
+        codec,
+        task,
+        out_dir,
+        model,
+        adam,
+        opt,
+        start,
+        nonfinite_in_a_row,
+        rl_before,
+        sampling,
+        resolved,
+        config_check,
+    })
+}
+
+/// [`run`] on one rank of an SPMD job: each step's sequences are partitioned over the
+/// data-parallel ranks (the global batch is the same for any dp), gradients and loss
+/// normalisers are all-reduced, and only the world's rank 0 writes files; the others pass a sink
+/// as `log`.
+pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Write) -> Result<TrainReport> {
+    let root = grid.is_root();
+    // a run asking for a GPU where none is usable stops before it writes anything
+    crate::train::probe::probe(cfg.train.device)?;
+    let Prepared {
+        resume,
+        codec,
+        task,
+        out_dir,
+        mut model,
+        adam,
+        mut opt,
+        start,
+        nonfinite_in_a_row,
+        rl_before,
+        sampling,
+        resolved,
+        config_check,
+    } = prepare(cfg, resume, grid, log)?;
+    let resume = resume.as_deref();
+    let t = &cfg.train;
     // nothing an earlier run wrote is overwritten or pruned (run_dir.rs), and a resume from another
     // run's checkpoint brings that run's record: before anything is written
     let mut dir_notes = Vec::new();
@@ -250,31 +313,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             ),
         );
     }
-    say(
-        log,
-        format!(
-            "arbor train: {} params ({} layers, hidden {}), task {}, {} supervised steps × {} sequences{}, {} threads, {} → {}",
-            model.full_config().num_params(),
-            model.cfg.num_layers,
-            model.cfg.hidden_size,
-            task.name(),
-            t.steps,
-            t.batch_size,
-            cfg.rl.as_ref().map_or(String::new(), |r| format!(
-                ", then {} RL steps × {} prompts × {}{}",
-                r.steps,
-                r.prompts_per_step,
-                match &cfg.attnrl {
-                    Some(a) => format!("{} initial responses, trees branched by {:?}", a.initial_responses, a.branch_by),
-                    None => format!("{} samples", r.samples_per_prompt),
-                },
-                cfg.rhythm.as_ref().map_or(String::new(), |h| format!(", rhythm {:?}", h.scheme))
-            )),
-            rayon::current_num_threads(),
-            grid.describe(),
-            out_dir.display()
-        ),
-    );
+    say(log, job_line(cfg, &model, task.as_ref(), grid, &out_dir));
     // the checkpoint's count of non-finite steps belongs to the phase it was written in
     let sft_in_a_row = if start < t.steps { nonfinite_in_a_row } else { 0 };
     // checkpoints are committed in the background; a preempted run's last one is in place before
@@ -347,6 +386,71 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     }
     report.final_params = model.gather(&model.params.data)?.data;
     Ok(report)
+}
+
+/// The line a job starts with: the model, the task, the phases' steps, the threads and grid, the
+/// run directory.
+fn job_line(
+    cfg: &RunConfig,
+    model: &crate::model::Model,
+    task: &dyn crate::tasks::Task,
+    grid: &Grid,
+    out_dir: &Path,
+) -> String {
+    let t = &cfg.train;
+    format!(
+        "arbor train: {} params ({} layers, hidden {}), task {}, {} supervised steps × {} sequences{}, {} threads, {} → {}",
+        model.full_config().num_params(),
+        model.cfg.num_layers,
+        model.cfg.hidden_size,
+        task.name(),
+        t.steps,
+        t.batch_size,
+        cfg.rl.as_ref().map_or(String::new(), |r| format!(
+            ", then {} RL steps × {} prompts × {}{}",
+            r.steps,
+            r.prompts_per_step,
+            match &cfg.attnrl {
+                Some(a) => format!("{} initial responses, trees branched by {:?}", a.initial_responses, a.branch_by),
+                None => format!("{} samples", r.samples_per_prompt),
+            },
+            cfg.rhythm.as_ref().map_or(String::new(), |h| format!(", rhythm {:?}", h.scheme))
+        )),
+        rayon::current_num_threads(),
+        grid.describe(),
+        out_dir.display()
+    )
+}
+
+/// `arbor train --check`: everything a job reads and checks before it writes anything (the config,
+/// the model or checkpoint, a resume's config record, every dataset record against the context and
+/// the memory), and nothing written: what the run would do and the config it would record are
+/// printed. A GPU this machine lacks is a note, not an error (a login node checks a GPU job).
+pub fn check(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Result<()> {
+    let no_gpu = crate::train::probe::probe(cfg.train.device).err();
+    let grid = Grid::local();
+    let p = prepare(cfg, resume, &grid, log)?;
+    let say = |log: &mut dyn Write, s: String| {
+        let _ = writeln!(log, "{s}");
+    };
+    say(log, job_line(cfg, &p.model, p.task.as_ref(), &grid, &p.out_dir));
+    match &p.resume {
+        Some(dir) => say(log, format!("resumes after step {} from {}", p.start, dir.display())),
+        None if crate::train::run_dir::holds_a_run(&p.out_dir) => say(
+            log,
+            format!("{} holds an earlier run: the job moves it aside (nothing is deleted)", p.out_dir.display()),
+        ),
+        None => {}
+    }
+    if let Some(changes) = p.config_check.as_ref().and_then(|c| c.describe()) {
+        say(log, format!("the resume changes the run's config (--allow-config-change): {changes}"));
+    }
+    if let Some(e) = no_gpu {
+        say(log, format!("note: {e} here; the job needs one where it runs"));
+    }
+    say(log, format!("the config the run records (config.toml):\n{}", p.resolved.trim_end()));
+    say(log, "check: OK (nothing was written)".into());
+    Ok(())
 }
 
 /// Open metrics.jsonl: fresh for a new run; for a resume from global step `start`, keep only the

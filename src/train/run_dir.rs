@@ -120,7 +120,7 @@ fn link_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Whether `dir` holds the record of a run.
-fn holds_a_run(dir: &Path) -> bool {
+pub fn holds_a_run(dir: &Path) -> bool {
     ["config.toml", "metrics.jsonl", "checkpoints"].iter().any(|f| dir.join(f).exists())
 }
 

@@ -104,6 +104,13 @@ pub struct ConfigResume {
     changes: Vec<Change>,
 }
 
+impl ConfigResume {
+    /// The settings the resume changes (`key: was → now; …`), if any.
+    pub fn describe(&self) -> Option<String> {
+        (!self.changes.is_empty()).then(|| listed(&self.changes))
+    }
+}
+
 fn listed(changes: &[Change]) -> String {
     let l: Vec<String> = changes.iter().map(|c| format!("{}: {} → {}", c.key, show(&c.was), show(&c.now))).collect();
     l.join("; ")
