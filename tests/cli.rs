@@ -242,6 +242,7 @@ fn experiment_compare_with_control_reports_the_sft_arm() {
     .unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["--threads", "1", "experiment", "compare", "--config", cmp.to_str().unwrap(), "--control"])
+        .args(["--set", "rl.temperature=0.9"])
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -249,6 +250,9 @@ fn experiment_compare_with_control_reports_the_sft_arm() {
     let line = md.lines().find(|l| l.starts_with("SFT-only control:")).unwrap_or_else(|| panic!("{md}"));
     assert!(line.contains("grpo's RL wall time") && line.contains("held-out solve rate sampled"), "{line}");
     assert!(out.join("sft-control-seed1234/metrics.jsonl").is_file(), "the control's run directory");
+    // the base config's --set reached the method's run
+    let recorded = std::fs::read_to_string(out.join("grpo/config.toml")).unwrap();
+    assert!(recorded.contains("temperature = 0.9"), "{recorded}");
 }
 
 /// The GPU job on a machine without a usable CUDA device stops at once, before writing anything,

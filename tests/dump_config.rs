@@ -13,12 +13,12 @@ fn a_resumed_dump_holds_the_config_it_resumed_with() {
     assert!(first.rl.as_ref().is_some_and(|rl| rl.dump_trajectories));
     drop(Dump::open(d.path(), &first, 0).unwrap());
     let path = d.path().join(DUMP_FILE);
-    assert_eq!(read_trajectories(&path).unwrap().config, toml::to_string(&first).unwrap());
+    assert_eq!(read_trajectories(&path).unwrap().config, first.to_toml().unwrap());
     let mut changed = first.clone();
     if let Some(rl) = changed.rl.as_mut() {
         rl.lr *= 2.0;
     }
-    let (was, now) = (toml::to_string(&first).unwrap(), toml::to_string(&changed).unwrap());
+    let (was, now) = (first.to_toml().unwrap(), changed.to_toml().unwrap());
     assert_ne!(was, now);
     drop(Dump::open(d.path(), &changed, 3).unwrap());
     let config = read_trajectories(&path).unwrap().config;

@@ -31,6 +31,10 @@ pub struct CompareArgs {
     /// Comparison config (TOML with a `[compare]` table), e.g. configs/compare-countdown.toml.
     #[arg(long)]
     pub config: PathBuf,
+    /// Set a key of the base run config (`compare.base`) as its file would, for every method
+    /// (repeatable; see `arbor train --help`).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = crate::config::Override::parse)]
+    pub set: Vec<crate::config::Override>,
     /// Override `compare.out_dir`.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -220,7 +224,7 @@ const SUMMARY_FILES: [&str; 4] =
 
 /// Parse and validate a comparison file and build every method's run config (nothing runs).
 pub fn plan(path: &Path) -> anyhow::Result<Vec<RunConfig>> {
-    let args = CompareArgs { config: path.to_path_buf(), out_dir: None, steps: None, control: false };
+    let args = CompareArgs { config: path.to_path_buf(), set: Vec::new(), out_dir: None, steps: None, control: false };
     Ok(load(&args)?.2)
 }
 
@@ -252,7 +256,7 @@ fn load(args: &CompareArgs) -> anyhow::Result<(CompareFile, RunConfig, Vec<RunCo
             args.config.display()
         );
     }
-    let base = RunConfig::load(&file.compare.base)?;
+    let base = RunConfig::load_with(&file.compare.base, &args.set)?;
     let out = file.compare.out_dir.clone();
     // check every method before running any
     let cfgs: Vec<RunConfig> = file

@@ -85,6 +85,18 @@ impl RunConfig {
         Ok(cfg)
     }
 
+    /// The config as a run records it (`config.toml`, a checkpoint's `run_config.toml`, the dump's
+    /// `config` attribute): every key in the schema's order, each f32 setting written as the f32 it
+    /// is (`lr = 0.001`, where plain serialization widens it to 0.0010000000474974513). Parsing
+    /// the text back gives the same config.
+    pub fn to_toml(&self) -> Result<String> {
+        let text = toml::to_string(self).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+        let mut doc: toml_edit::DocumentMut =
+            text.parse().map_err(|e| Error::Invalid(format!("re-reading the serialized config: {e}")))?;
+        shorten_f32_item(doc.as_item_mut());
+        Ok(doc.to_string())
+    }
+
     /// Read and parse a TOML file.
     pub fn load(path: &Path) -> Result<Self> {
         Self::load_with(path, &[])
@@ -240,6 +252,46 @@ fn loss_keys_in_effect(loss: &crate::rl::LossConfig) -> std::result::Result<(), 
     Ok(())
 }
 
+/// Every float of `item` that is an f32 widened to f64 written as that f32's shortest decimal.
+fn shorten_f32_item(item: &mut toml_edit::Item) {
+    match item {
+        toml_edit::Item::Value(v) => shorten_f32_value(v),
+        toml_edit::Item::Table(t) => t.iter_mut().for_each(|(_, i)| shorten_f32_item(i)),
+        toml_edit::Item::ArrayOfTables(a) => {
+            a.iter_mut().for_each(|t| t.iter_mut().for_each(|(_, i)| shorten_f32_item(i)))
+        }
+        toml_edit::Item::None => {}
+    }
+}
+
+fn shorten_f32_value(v: &mut toml_edit::Value) {
+    match v {
+        toml_edit::Value::Float(f) => {
+            if let Some(short) = f32_shortest(*f.value()) {
+                let decor = f.decor().clone();
+                let mut new = toml_edit::Formatted::new(short);
+                *new.decor_mut() = decor;
+                *f = new;
+            }
+        }
+        toml_edit::Value::Array(a) => a.iter_mut().for_each(shorten_f32_value),
+        toml_edit::Value::InlineTable(t) => t.iter_mut().for_each(|(_, v)| shorten_f32_value(v)),
+        _ => {}
+    }
+}
+
+/// `x` as the shortest decimal of the f32 it holds, where `x` is an f32 widened (and that decimal
+/// differs): it reads back as the same f32. (An f64 setting is changed only if it is exactly an f32
+/// written with more digits than that f32 needs, which a typed value is not.)
+fn f32_shortest(x: f64) -> Option<f64> {
+    let single = x as f32;
+    if !x.is_finite() || single as f64 != x {
+        return None;
+    }
+    let short: f64 = single.to_string().parse().ok()?;
+    (short != x && short as f32 == single).then_some(short)
+}
+
 /// 1-based line of byte offset `at`.
 fn line_of(text: &str, at: usize) -> usize {
     text[..at.min(text.len())].matches('\n').count() + 1
@@ -389,6 +441,29 @@ mod tests {
         assert!(e.starts_with("--set rl.lr=0: key `rl.lr`"), "{e}");
         let d = RunConfig::load_or_default_with(None, &[Override::parse("train.steps=7").unwrap()]).unwrap();
         assert_eq!(d.train.steps, 7);
+    }
+
+    #[test]
+    fn the_recorded_config_writes_f32_settings_as_typed_and_reads_back_the_same() {
+        let cfg = RunConfig::default_job();
+        let text = cfg.to_toml().unwrap();
+        let plain = toml::to_string(&cfg).unwrap();
+        assert!(plain.contains("lr = 0.0020000000949949026"), "plain serialization widens f32: {plain}");
+        for line in ["lr = 0.002\n", "lr = 0.0002\n", "beta2 = 0.95\n", "weight_decay = 0.1\n"] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        assert!(!text.contains("00000000"), "{text}");
+        // the schema's order, and the same config read back
+        let pos = |h: &str| text.find(h).unwrap_or_else(|| panic!("{h}: {text}"));
+        assert!(pos("[run]") < pos("[model]") && pos("[model]") < pos("[train]") && pos("[train]") < pos("[rl]"));
+        let back = RunConfig::parse(&text, Path::new("back.toml")).unwrap();
+        assert_eq!(toml::to_string(&back).unwrap(), plain);
+        // an f64 setting keeps its value; only widened f32s are shortened
+        assert_eq!(f32_shortest(0.1), None);
+        assert_eq!(f32_shortest(0.5), None);
+        assert_eq!(f32_shortest(300.0), None);
+        assert_eq!(f32_shortest(0.1f32 as f64), Some(0.1));
+        assert_eq!(f32_shortest(f64::INFINITY), None);
     }
 
     #[test]

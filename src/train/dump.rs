@@ -31,8 +31,7 @@ impl Dump {
             return Ok(Dump { writer: None });
         }
         let path = run_dir.join(DUMP_FILE);
-        let config = toml::to_string(cfg)
-            .map_err(|e| crate::error::Error::Invalid(format!("{}: the run config as TOML: {e}", path.display())))?;
+        let config = cfg.to_toml()?;
         let writer = match done > 0 && path.is_file() {
             true => match TrajectoryWriter::resume(&path, done + 1) {
                 Ok(mut w) => {

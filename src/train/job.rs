@@ -206,7 +206,7 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
     )?;
     // a resume's config is compared with the record of the run that wrote the checkpoint before the
     // run directory is touched: a refused resume leaves the run as it was
-    let resolved = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+    let resolved = cfg.to_toml()?;
     let config_check = match resume {
         Some(dir) if root => {
             // the config the checkpoint's own steps ran with (a rollback past a config change is

@@ -320,8 +320,7 @@ pub fn run_phase(
             };
             engine.sync_host(model, opt)?;
             let none = |_: &Path| Ok::<(), Error>(());
-            let run_config =
-                toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+            let run_config = cfg.to_toml()?;
             let files = CheckpointFiles {
                 tokenizer: Some(codec.tokenizer()),
                 keep_last: t.keep_checkpoints,

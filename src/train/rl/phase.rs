@@ -395,7 +395,7 @@ fn checkpoint(
         }
         Ok(())
     };
-    let run_config = toml::to_string(cfg).map_err(|e| Error::Invalid(format!("serializing the config: {e}")))?;
+    let run_config = cfg.to_toml()?;
     let files = CheckpointFiles {
         tokenizer: Some(ph.codec.tokenizer()),
         keep_last: cfg.train.keep_checkpoints,
