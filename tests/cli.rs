@@ -110,6 +110,11 @@ fn a_set_key_trains_as_the_edited_file_would_and_a_resume_must_repeat_it() {
     assert!(weights("set") == weights("edited"), "--set trains as the edited file does");
     let recorded = std::fs::read_to_string(dir.path().join("set/x/config.toml")).unwrap();
     assert!(recorded.contains("lr = 0.001"), "{recorded}");
+    // the run's progress as `inspect` reads it from config.toml and metrics.jsonl
+    let o = Command::new(env!("CARGO_BIN_EXE_arbor")).arg("inspect").arg(dir.path().join("set/x")).output().unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && shown.contains("progress: done, all 3 steps (supervised step 3 of 3)"), "{shown}");
+    assert!(shown.contains("last supervised step: loss ") && shown.contains("metrics.jsonl last written"), "{shown}");
     // the run recorded the set key: a resume without it changes the run
     let (code, err) = train(&a, "set", &["--set", "run.name=x", "--resume", "latest"]);
     assert_eq!(code, 1, "{err}");

@@ -56,7 +56,8 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     if !path.exists() {
         bail!("{}: no such file or directory", path.display());
     }
-    if path.is_dir() && path.join("checkpoints").is_dir() && !path.join(CONFIG_FILE).is_file() {
+    let run_record = path.join("checkpoints").is_dir() || path.join("metrics.jsonl").is_file();
+    if path.is_dir() && run_record && !path.join(CONFIG_FILE).is_file() {
         return inspect_run(path);
     }
     if path.is_dir() {
@@ -115,8 +116,8 @@ fn inspect_dir(dir: &Path, stats_max: usize) -> anyhow::Result<()> {
 }
 
 /// A run directory: each checkpoint checked against its manifest (sizes, then checksums), the one
-/// `--resume latest|auto` takes, and the folders of rolled-back branches. Fails when a checkpoint
-/// is incomplete or damaged.
+/// `--resume latest|auto` takes, the folders of rolled-back branches, and the run's progress
+/// (`run_progress`). Fails when a checkpoint is incomplete or damaged.
 fn inspect_run(run: &Path) -> anyhow::Result<()> {
     use crate::train::checkpoint::{check_intact, list_checkpoints};
     let all = list_checkpoints(run)?;
@@ -136,8 +137,15 @@ fn inspect_run(run: &Path) -> anyhow::Result<()> {
     if taken.is_none() {
         println!("  (no intact checkpoint: --resume auto would start afresh)");
     }
-    let mut aside: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
-        .with_context(|| format!("reading {}", run.join("checkpoints").display()))?
+    // (a run that has not yet written a checkpoint has no folder of them)
+    let folders = match run.join("checkpoints").is_dir() {
+        true => std::fs::read_dir(run.join("checkpoints"))
+            .with_context(|| format!("reading {}", run.join("checkpoints").display()))?
+            .collect(),
+        false => Vec::new(),
+    };
+    let mut aside: Vec<String> = folders
+        .into_iter()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(crate::train::run_dir::SUPERSEDED_PREFIX))
@@ -151,6 +159,9 @@ fn inspect_run(run: &Path) -> anyhow::Result<()> {
             .filter(|e| e.file_name().to_string_lossy().starts_with("step-") && e.path().is_dir())
             .count();
         println!("  {name}/: {n} checkpoint(s) of a rolled-back branch (resumable into another directory)");
+    }
+    for line in crate::cli::run_progress::describe(run, std::time::SystemTime::now()) {
+        println!("{line}");
     }
     let broken = status.iter().filter(|s| s.is_err()).count();
     if broken > 0 {

@@ -15,6 +15,7 @@ pub mod experiment;
 pub mod inspect;
 pub mod launch;
 pub mod plot;
+pub mod run_progress;
 pub mod seeds;
 pub mod selftest;
 pub mod train;
