@@ -295,3 +295,59 @@ fn walk(d: &Path) -> Vec<String> {
     }
     out
 }
+
+/// The first maximum of the RL evaluations after steps ≥ 1 in a run's metrics.jsonl: (rl_step, value).
+fn first_best(run: &Path) -> (u64, f64) {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let evals: Vec<(u64, f64)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| Some((v["rl_step"].as_u64()?, v.get("eval_solve_rate")?.as_f64()?)))
+        .filter(|(s, _)| *s > 0)
+        .collect();
+    assert!(!evals.is_empty(), "{text}");
+    evals.iter().fold(evals[0], |b, e| if e.1 > b.1 { *e } else { b })
+}
+
+/// `[rl] keep_best`: best.json names the checkpoint of the first best evaluation (as metrics.jsonl
+/// ranks them), which pruning keeps beside the newest and `inspect` marks; a rollback resume to
+/// before that best names the best of the steps it kept, and its checkpoint is there.
+#[test]
+fn keep_best_keeps_the_best_evaluations_checkpoint_through_pruning_and_a_rollback() {
+    let text = common::small_default().replace("steps = 4", "steps = 7").replace("eval_every = 2", "eval_every = 1");
+    let text = text.replace("[loss]", "keep_best = \"eval_solve_rate\"\ndump_trajectories = false\n\n[loss]");
+    let cfg = |out: &Path, keep: usize| {
+        let mut c = RunConfig::parse(&text, Path::new("best.toml")).unwrap();
+        c.run.out_dir = out.to_path_buf();
+        c.train.keep_checkpoints = keep;
+        c
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    job::run(&cfg(a.path(), 1), None, &mut Vec::new()).unwrap();
+    let run_a = a.path().join("default");
+    let (top, value) = first_best(&run_a);
+    let read = |run: &Path| arbor::train::checkpoint::read_best(run).expect("best.json");
+    let best = read(&run_a);
+    assert_eq!((best.step, best.rl_step, best.value, best.metric.as_str()), (top, top, value, "eval_solve_rate"));
+    let steps = |run: &Path| list_checkpoints(run).unwrap().into_iter().map(|c| c.0).collect::<Vec<_>>();
+    let mut want = vec![top, 7];
+    want.dedup();
+    assert_eq!(steps(&run_a), want, "keep_checkpoints = 1, and the best");
+    let o = Command::new(env!("CARGO_BIN_EXE_arbor")).arg("inspect").arg(&run_a).output().unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains(&format!("step-{top}: intact")) && shown.contains("<- best: eval_solve_rate"), "{shown}");
+    // every checkpoint kept, then a rollback to the step before the best, as the phase's end: the
+    // best of the steps it kept is named (not the rolled-back branch's), and its checkpoint is there
+    job::run(&cfg(b.path(), 20), None, &mut Vec::new()).unwrap();
+    let run_b = b.path().join("default");
+    assert_eq!(read(&run_b), best, "pruning changes nothing else");
+    assert!(top >= 2, "the seed's best is at RL step {top}: choose a seed whose best is later");
+    let mut shorter = cfg(b.path(), 20);
+    shorter.rl.as_mut().unwrap().steps = top - 1;
+    shorter.allow_config_change = true;
+    job::run(&shorter, Some(&run_b.join(format!("checkpoints/step-{}", top - 1))), &mut Vec::new()).unwrap();
+    let (kept, value) = first_best(&run_b);
+    let best = read(&run_b);
+    assert_eq!((best.step, best.value), (kept, value), "the rollback's best is among the steps it kept");
+    assert!(kept < top && run_b.join(format!("checkpoints/step-{kept}")).is_dir());
+}

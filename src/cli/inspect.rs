@@ -125,11 +125,18 @@ fn inspect_run(run: &Path) -> anyhow::Result<()> {
     let status: Vec<Result<usize, String>> =
         all.iter().map(|(_, dir)| check_intact(dir).map_err(|e| e.to_string())).collect();
     let taken = status.iter().rposition(Result::is_ok);
+    let best = crate::train::checkpoint::read_best(run);
     for (i, ((step, _), st)) in all.iter().zip(&status).enumerate() {
         match st {
             Ok(n) => {
                 let mark = if Some(i) == taken { "  <- --resume latest|auto takes this one" } else { "" };
-                println!("  step-{step}: intact ({n} files){mark}");
+                let best = match &best {
+                    Some(b) if b.step == *step => {
+                        format!("  <- best: {} {:.4} at RL step {}", b.metric, b.value, b.rl_step)
+                    }
+                    _ => String::new(),
+                };
+                println!("  step-{step}: intact ({n} files){mark}{best}");
             }
             Err(e) => println!("problem: step-{step}: {e}"),
         }

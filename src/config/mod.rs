@@ -18,7 +18,7 @@ pub use async_section::{AsyncConfig, RolloutMode};
 pub use critic_section::CriticConfig;
 pub use overrides::Override;
 pub use plan::{AdvantageSource, RlPlan, RunPlan, Sampler, Schedule};
-pub use rl_section::RlSection;
+pub use rl_section::{BestMetric, RlSection};
 pub use run_config::RunConfig;
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use sections::{Compute, Device, Dtype, ModelSection, ParallelSection, RunSection, TrainSection, Violation};

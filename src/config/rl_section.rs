@@ -66,6 +66,33 @@ pub struct RlSection {
     /// Write `trajectories.h5` (needs the `hdf5` feature; ignored without it).
     #[serde(default = "d_true")]
     pub dump_trajectories: bool,
+    /// Keep the checkpoint of the RL step whose held-out evaluation scored best on this metric,
+    /// whatever `train.keep_checkpoints` prunes (`checkpoints/best.json` names it); none: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_best: Option<BestMetric>,
+}
+
+/// The held-out figure `[rl] keep_best` ranks the RL phase's evaluations by (its metrics.jsonl key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    /// Sampled at temperature 1 (`eval_solve_rate`).
+    EvalSolveRate,
+    /// Greedy (`eval_solve_rate_greedy`).
+    EvalSolveRateGreedy,
+    /// pass@k at k = `eval_samples` (`eval_pass_at_k`).
+    EvalPassAtK,
+}
+
+impl BestMetric {
+    /// The metrics.jsonl key.
+    pub fn key(self) -> &'static str {
+        match self {
+            BestMetric::EvalSolveRate => "eval_solve_rate",
+            BestMetric::EvalSolveRateGreedy => "eval_solve_rate_greedy",
+            BestMetric::EvalPassAtK => "eval_pass_at_k",
+        }
+    }
 }
 
 fn d_one() -> usize {

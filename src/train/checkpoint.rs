@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";
+mod best;
+pub use best::{read_best, write_best, Best, BEST_FILE};
+
 /// The resolved run config the checkpoint's steps were trained with (what a resume from it, a
 /// rollback included, is compared with: train/run_record.rs).
 pub const RUN_CONFIG_FILE: &str = "run_config.toml";
@@ -52,6 +55,9 @@ pub struct TrainerState {
     /// A dataset task's [`crate::tasks::Task::fingerprint`] (hex): a resume on other records is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_fingerprint: Option<String>,
+    /// Under `[rl] keep_best`: the best evaluation of the RL phase up to this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rl_best: Option<Best>,
 }
 
 /// The hex form of a task's fingerprint that a checkpoint keeps.
@@ -141,6 +147,9 @@ pub struct CheckpointFiles<'a> {
     /// Where the checkpoint's last stage runs: on the committer's thread while training goes on
     /// (`Some`), or before `save_checkpoint` returns (`None`).
     pub commit: Option<&'a Committer>,
+    /// This checkpoint is the RL phase's best so far: once it is in place, `checkpoints/best.json`
+    /// names it, and pruning keeps it.
+    pub best: Option<&'a Best>,
 }
 
 /// Write `checkpoints/step-<state.step>/` under `run_dir` (with the `extra` files) and keep only the
@@ -153,7 +162,8 @@ pub fn save_checkpoint(
     state: &TrainerState,
     files: &CheckpointFiles,
 ) -> Result<PathBuf> {
-    let CheckpointFiles { tokenizer, keep_last, extra, run_config, commit } = *files;
+    let CheckpointFiles { tokenizer, keep_last, extra, run_config, commit, best } = *files;
+    let best = best.cloned();
     // the previous checkpoint's commit first: its error is this save's, and the prune below sees
     // the folders as they are
     if let Some(c) = commit {
@@ -185,17 +195,23 @@ pub fn save_checkpoint(
     match commit {
         Some(c) => {
             let dir = final_dir.clone();
-            c.start(move || commit_checkpoint(&tmp, &final_dir, keep_last));
+            c.start(move || commit_checkpoint(&tmp, &final_dir, keep_last, best.as_ref()));
             Ok(dir)
         }
-        None => commit_checkpoint(&tmp, &final_dir, keep_last),
+        None => commit_checkpoint(&tmp, &final_dir, keep_last, best.as_ref()),
     }
 }
 
 /// A checkpoint's last stage, once its files are written into `tmp`: each file flushed to disk
 /// and checksummed into the manifest, the folder renamed to `final_dir` (over a checkpoint of the
-/// same step), and the oldest checkpoints beyond `keep_last` removed. A failure removes `tmp`.
-pub(crate) fn commit_checkpoint(tmp: &Path, final_dir: &Path, keep_last: usize) -> Result<PathBuf> {
+/// same step), `best.json` naming it where it is the best so far (`best`), and the oldest
+/// checkpoints beyond `keep_last` removed, but for the best. A failure removes `tmp`.
+pub(crate) fn commit_checkpoint(
+    tmp: &Path,
+    final_dir: &Path,
+    keep_last: usize,
+    best: Option<&Best>,
+) -> Result<PathBuf> {
     let root = final_dir.parent().unwrap_or(final_dir);
     let into_place = || -> Result<()> {
         write_manifest(tmp)?;
@@ -208,6 +224,9 @@ pub(crate) fn commit_checkpoint(tmp: &Path, final_dir: &Path, keep_last: usize) 
         let _ = std::fs::remove_dir_all(tmp);
     })?;
     sync(root)?;
+    if best.is_some() {
+        write_best(root.parent().unwrap_or(root), best)?;
+    }
     prune(root, keep_last, final_dir)?;
     Ok(final_dir.to_path_buf())
 }
@@ -351,12 +370,14 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Remove all but the `keep_last` latest checkpoints, never `written` (the one just written:
-/// later ones can only be left from another run, which run_dir.rs moves aside at the start).
+/// later ones can only be left from another run, which run_dir.rs moves aside at the start) nor
+/// the one `best.json` names.
 fn prune(root: &Path, keep_last: usize, written: &Path) -> Result<()> {
     let run_dir = root.parent().unwrap_or(root);
     let all = list_checkpoints(run_dir)?;
+    let best = read_best(run_dir).map(|b| root.join(format!("step-{}", b.step)));
     for (_, dir) in all.iter().take(all.len().saturating_sub(keep_last)) {
-        if dir != written {
+        if dir != written && Some(dir) != best.as_ref() {
             remove_checkpoint_dir(dir)?;
         }
     }

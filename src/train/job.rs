@@ -50,6 +50,8 @@ struct Prepared {
     nonfinite_in_a_row: u64,
     rl_before: Option<crate::train::rl::SolveRate>,
     sampling: Option<crate::train::checkpoint::SamplingState>,
+    /// Under `[rl] keep_best`: the checkpoint's best evaluation so far.
+    rl_best: Option<crate::train::checkpoint::Best>,
     /// The resolved config, as `config.toml` records it.
     resolved: String,
     /// A resume's config compared with the run's record (rank 0 only).
@@ -134,7 +136,7 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
     let (mut start, mut nonfinite_in_a_row) = (0u64, 0u64);
-    let (mut rl_before, mut sampling) = (None, None);
+    let (mut rl_before, mut sampling, mut rl_best) = (None, None, None);
     if let Some((dir, state, exp_avg, exp_avg_sq)) = resumed {
         if state.seed != cfg.run.seed {
             return Err(Error::Invalid(format!(
@@ -178,6 +180,7 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
         (opt.m, opt.v, opt.t) = (moments(exp_avg)?, moments(exp_avg_sq)?, state.adam_t);
         start = state.step;
         sampling = state.sampling;
+        rl_best = state.rl_best;
         nonfinite_in_a_row = state.nonfinite_in_a_row;
         let pass = state.rl_eval_before_pass_at_k.map(|(k, rate)| crate::train::rl::PassAtK { k, rate });
         rl_before = state.rl_eval_before.map(|[sampled, greedy]| crate::train::rl::SolveRate { greedy, sampled, pass });
@@ -237,6 +240,7 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
         nonfinite_in_a_row,
         rl_before,
         sampling,
+        rl_best,
         resolved,
         config_check,
     })
@@ -262,6 +266,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         nonfinite_in_a_row,
         rl_before,
         sampling,
+        rl_best,
         resolved,
         config_check,
     } = prepare(cfg, resume, grid, log)?;
@@ -366,6 +371,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
             sampling,
             from: resume.map(Path::to_path_buf),
             nonfinite_in_a_row: if done > 0 { nonfinite_in_a_row } else { 0 },
+            best: if done > 0 { rl_best } else { None },
         };
         let rates = match &plan.schedule {
             Schedule::Sync => {

@@ -327,6 +327,7 @@ pub fn run_phase(
                 extra: &none,
                 run_config: Some(&run_config),
                 commit: Some(ph.commit),
+                best: None,
             };
             save_model_checkpoint(out_dir, model, opt, &state, &files, root)?;
         }

@@ -7,8 +7,14 @@ use super::*;
 pub(crate) fn save_tiny(run: &Path, cfg: &ModelConfig, params: &Params, step: u64) -> arbor::Result<PathBuf> {
     let opt = AdamW::for_layout(AdamWConfig::default(), &params.layout);
     let state = TrainerState { step, seed: 7, adam_t: step, ..TrainerState::default() };
-    let files =
-        CheckpointFiles { tokenizer: None, keep_last: 1, extra: &|_: &Path| Ok(()), run_config: None, commit: None };
+    let files = CheckpointFiles {
+        tokenizer: None,
+        keep_last: 1,
+        extra: &|_: &Path| Ok(()),
+        run_config: None,
+        commit: None,
+        best: None,
+    };
     save_checkpoint(run, cfg, params, &opt, &state, &files)
 }
 

@@ -16,6 +16,17 @@ fn save_steps(
     keep_last: usize,
     commit: Option<&Committer>,
 ) -> Result<Vec<PathBuf>> {
+    save_marked(run, steps, keep_last, commit, &[])
+}
+
+/// [`save_steps`], the saves of the steps in `best` marked as the best so far (value: the step).
+fn save_marked(
+    run: &Path,
+    steps: std::ops::RangeInclusive<u64>,
+    keep_last: usize,
+    commit: Option<&Committer>,
+    best: &[u64],
+) -> Result<Vec<PathBuf>> {
     let cfg = ModelConfig {
         arch: crate::model::config::Arch::Qwen2,
         hidden_size: 8,
@@ -36,13 +47,45 @@ fn save_steps(
     let params = crate::model::init::init_params(&cfg, 1, 0.02);
     let opt = AdamW::for_layout(crate::train::adamw::AdamWConfig::default(), &params.layout);
     let extra: ExtraFiles = &|_| Ok(());
-    let files = CheckpointFiles { tokenizer: None, keep_last, extra, run_config: None, commit };
     let mut dirs = Vec::new();
     for step in steps {
+        let mark = best.contains(&step).then(|| Best {
+            step,
+            rl_step: step,
+            metric: "eval_solve_rate".into(),
+            value: step as f64,
+        });
+        let files =
+            CheckpointFiles { tokenizer: None, keep_last, extra, run_config: None, commit, best: mark.as_ref() };
         let state = TrainerState { step, seed: 1, adam_t: step, ..TrainerState::default() };
         dirs.push(save_checkpoint(run, &cfg, &params, &opt, &state, &files)?);
     }
     Ok(dirs)
+}
+
+/// `[rl] keep_best`: the checkpoint best.json names survives the pruning of older ones until a
+/// better one is marked; the file names only a checkpoint of its run, and goes with `None`.
+#[test]
+fn the_best_checkpoint_outlives_pruning_until_a_better_one() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path();
+    let steps = || list_checkpoints(run).unwrap().into_iter().map(|c| c.0).collect::<Vec<_>>();
+    let commit = Committer::new();
+    save_marked(run, 1..=5, 2, Some(&commit), &[2]).unwrap();
+    commit.wait().unwrap();
+    assert_eq!(steps(), [2, 4, 5]);
+    assert_eq!(read_best(run).map(|b| b.step), Some(2));
+    save_marked(run, 6..=6, 2, None, &[6]).unwrap();
+    assert_eq!((steps(), read_best(run).map(|b| b.step)), (vec![5, 6], Some(6)));
+    save_marked(run, 7..=8, 2, None, &[]).unwrap();
+    assert_eq!(steps(), [6, 7, 8], "the best is kept beside the newest two");
+    let gone = Best { step: 99, rl_step: 99, metric: "eval_solve_rate".into(), value: 1.0 };
+    write_best(run, Some(&gone)).unwrap();
+    assert_eq!(read_best(run), None, "a checkpoint not in the run is not named");
+    write_best(run, Some(&Best { step: 7, ..gone })).unwrap();
+    assert_eq!(read_best(run).map(|b| b.step), Some(7));
+    write_best(run, None).unwrap();
+    assert!(!run.join("checkpoints").join(BEST_FILE).exists());
 }
 
 /// Checkpoints committed in the background: each save waits for the commit before it, a waited
@@ -151,17 +194,26 @@ fn the_trainer_states_floats_read_back_bit_for_bit() {
             sampling: Some(SamplingState { next_problem: 1, prompts: 2, fci_mean: b, fci_count: 4 }),
             nonfinite_in_a_row: 0,
             data_fingerprint: None,
+            rl_best: Some(Best { step: 7, rl_step: 4, metric: "eval_solve_rate".into(), value: a }),
         };
         let text = serde_json::to_string(&state).unwrap();
         let back: TrainerState = serde_json::from_str(&text).unwrap();
         let bits = |s: &TrainerState| {
             let [x, y] = s.rl_eval_before.unwrap();
             let (k, p) = s.rl_eval_before_pass_at_k.unwrap();
-            [x.to_bits(), y.to_bits(), s.sampling.unwrap().fci_mean.to_bits(), u64::from(k), p.to_bits()]
+            let best = s.rl_best.as_ref().unwrap().value;
+            [
+                x.to_bits(),
+                y.to_bits(),
+                s.sampling.unwrap().fci_mean.to_bits(),
+                u64::from(k),
+                p.to_bits(),
+                best.to_bits(),
+            ]
         };
         assert_eq!(bits(&back), bits(&state), "{text}");
     }
     // a checkpoint of before the count existed reads as no bad steps in a row
     let old: TrainerState = serde_json::from_str(r#"{"step":2,"seed":1,"adam_t":2}"#).unwrap();
-    assert_eq!((old.nonfinite_in_a_row, old.rl_eval_before_pass_at_k), (0, None));
+    assert_eq!((old.nonfinite_in_a_row, old.rl_eval_before_pass_at_k, old.rl_best), (0, None, None));
 }

@@ -54,6 +54,8 @@ pub struct PhaseStart {
     /// Consecutive steps before `done` whose update was skipped as non-finite (the guard's count,
     /// carried by the checkpoint so that a requeue does not reset it).
     pub nonfinite_in_a_row: u64,
+    /// Under `[rl] keep_best`: the best evaluation up to `done` (the checkpoint's).
+    pub best: Option<crate::train::checkpoint::Best>,
 }
 
 /// What a resume inside the RL phase (`done` > 0 steps of it, from checkpoint `ck`) needs besides
@@ -274,6 +276,12 @@ pub(crate) fn run_phase_with(
     drop(setup);
     let mut guard =
         crate::train::guard::NonFiniteGuard::resumed(cfg.train.max_nonfinite_steps, start.nonfinite_in_a_row);
+    // the checkpoint's best, where the phase still ranks by the metric it was ranked by; the file
+    // naming it follows (a rollback resumes from before a later best, or into the supervised phase)
+    let mut best = start.best.clone().filter(|b| rl.keep_best.is_some_and(|m| m.key() == b.metric));
+    if root {
+        crate::train::checkpoint::write_best(ph.run_dir, best.as_ref())?;
+    }
     for step in start.done..rl.steps {
         let _armed = grid.watch_step(&format!("rl step {}", step + 1), cfg.parallel.step_timeout_s);
         crate::parallel::fault::maybe_inject(grid, ph.offset + step + 1)?;
@@ -312,6 +320,7 @@ pub(crate) fn run_phase_with(
             );
         }
         let final_step = step + 1 == rl.steps;
+        let mut new_best = false;
         if final_step || (rl.eval_every > 0 && (step + 1) % rl.eval_every == 0) {
             last = evaluate(&mut trainer.engine, model, cfg, (ph.task, ph.codec), rl, step + 1, dp)?;
             progress.say(
@@ -325,15 +334,21 @@ pub(crate) fn run_phase_with(
                 ),
             );
             write_line(ph, io.metrics, &eval_line(step + 1, &last))?;
+            if let Some(b) = better(rl.keep_best, &last, best.as_ref(), (ph.offset, step + 1)) {
+                progress.say(log, &format!("rl: best {} so far ({:.4}): its checkpoint is kept", b.metric, b.value));
+                best = Some(b);
+                new_best = true;
+            }
         }
         // a signal on any rank stops every rank here, checkpointed (not under [async]: its rollout
         // ranks do not take part in the trainer's collectives; a killed async run resumes from its
         // last periodic checkpoint)
         let preempted = io.source.is_none() && crate::train::preempt::agreed(grid.world.as_ref())?;
-        if final_step || preempted || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
+        if final_step || preempted || new_best || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
             io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
             trainer.sync_host(model, opt)?;
-            checkpoint(model, opt, ph, &trainer, grid, (step, guard.in_a_row()), before)?;
+            let best = (best.as_ref(), new_best);
+            checkpoint(model, opt, ph, &trainer, grid, (step, guard.in_a_row()), before, best)?;
         }
         if preempted {
             progress.finish();
@@ -356,6 +371,32 @@ pub(crate) fn run_phase_with(
 
 /// Checkpoint after RL step `step` (with the non-finite guard's count then): the model, the optimizer, the trainer state, the critics and
 /// the off-policy pipeline's pending batch (one file per data-parallel rank, gathered to root).
+/// The evaluation `rate` after RL step `rl_step` (of a phase after `offset` supervised steps) as
+/// the new best of `[rl] keep_best = metric`, where it beats `best` (a tie keeps the earlier).
+fn better(
+    metric: Option<crate::config::BestMetric>,
+    rate: &SolveRate,
+    best: Option<&crate::train::checkpoint::Best>,
+    (offset, rl_step): (u64, u64),
+) -> Option<crate::train::checkpoint::Best> {
+    use crate::config::BestMetric;
+    let metric = metric?;
+    let value = match metric {
+        BestMetric::EvalSolveRate => rate.sampled,
+        BestMetric::EvalSolveRateGreedy => rate.greedy,
+        BestMetric::EvalPassAtK => rate.pass?.rate,
+    };
+    let beats = best.is_none_or(|b| value > b.value);
+    beats.then(|| crate::train::checkpoint::Best {
+        step: offset + rl_step,
+        rl_step,
+        metric: metric.key().into(),
+        value,
+    })
+}
+
+/// `(best, new)`: the phase's best evaluation so far, and whether it is this step's.
+#[allow(clippy::too_many_arguments)]
 fn checkpoint(
     model: &Model,
     opt: &AdamW,
@@ -364,6 +405,7 @@ fn checkpoint(
     grid: &Grid,
     (step, nonfinite_in_a_row): (u64, u64),
     before: SolveRate,
+    (best, new_best): (Option<&crate::train::checkpoint::Best>, bool),
 ) -> Result<()> {
     let cfg = ph.cfg;
     let tree = trainer.sampler.tree_state();
@@ -376,6 +418,7 @@ fn checkpoint(
         sampling: tree.map(|t| t.save()),
         nonfinite_in_a_row,
         data_fingerprint: crate::train::checkpoint::data_fingerprint(ph.task),
+        rl_best: best.cloned(),
     };
     let json = match tree.and_then(|t| t.pending.as_ref()) {
         Some(p) => serde_json::to_vec(p).map_err(|e| Error::Invalid(format!("pending batch: {e}")))?,
@@ -402,6 +445,7 @@ fn checkpoint(
         extra: &extra,
         run_config: Some(&run_config),
         commit: Some(ph.commit),
+        best: best.filter(|_| new_best),
     };
     save_model_checkpoint(ph.run_dir, model, opt, &state, &files, grid.is_root())?;
     Ok(())
