@@ -21,9 +21,10 @@ pub enum Error {
     Dataset { file: PathBuf, line: usize, msg: String },
     /// Not enough free space for a write; checked before writing, so nothing on disk was touched.
     DiskFull { path: PathBuf, what: String, need_mb: f64, reserve_mb: f64, free_mb: f64 },
-    /// The run stopped at a signal (SIGUSR1, SIGTERM) after checkpointing global step `step`; not a
-    /// failure: `arbor train --resume auto` continues from there.
-    Preempted { step: u64 },
+    /// The run stopped at a signal (SIGUSR1, SIGTERM) or at its `--time-limit` (`why` says which)
+    /// after checkpointing global step `step`; not a failure: `arbor train --resume auto` continues
+    /// from there.
+    Preempted { step: u64, why: String },
     /// A file read from outside is not in the format it should be (a safetensors header, an HDF5
     /// trajectory dump, a `tokenizer.json`), for problems no single tensor, key or line owns.
     Format { path: PathBuf, msg: String },
@@ -57,9 +58,9 @@ impl std::fmt::Display for Error {
                  `arbor train --resume latest`",
                 path.display()
             ),
-            Error::Preempted { step } => write!(
+            Error::Preempted { step, why } => write!(
                 f,
-                "preempted: stopped by a signal after step {step}, checkpoint written; resume with `arbor train \
+                "preempted: stopped by {why} after step {step}, checkpoint written; resume with `arbor train \
                  --resume auto` (or `latest`)"
             ),
             Error::Format { path, msg } => write!(f, "{}: {msg}", path.display()),

@@ -140,6 +140,49 @@ fn a_set_key_trains_as_the_edited_file_would_and_a_resume_must_repeat_it() {
     assert!(!dir.path().join("bad").exists(), "a refused config writes nothing");
 }
 
+/// `--time-limit`: at the first step end past it the run checkpoints and exits 75, as at a
+/// preemption signal, naming the limit; `--resume latest` then ends with the straight run's weights.
+/// A limit of 0 stops at the first step end, whatever the machine's speed.
+#[test]
+fn a_time_limit_stops_the_run_checkpointed_and_the_resume_ends_as_the_straight_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(&cfg, tiny_addition(6, "steps = 1\n").replace("[rl]\nsteps = 1\n", "")).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["--threads", "1", "train", "--config", cfg.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = run("limited", &["--time-limit", "0"]);
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains("stopped by its time limit (--time-limit 0) after step 1, checkpoint written"), "{err}");
+    let weights = |out: &str, step: u64| {
+        std::fs::read(dir.path().join(out).join(format!("addition-sft/checkpoints/step-{step}/model.safetensors")))
+    };
+    assert!(weights("limited", 1).is_ok() && weights("limited", 6).is_err());
+    let (code, err) = run("limited", &["--resume", "latest", "--time-limit", "1h"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run("straight", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        weights("limited", 6).unwrap() == weights("straight", 6).unwrap(),
+        "the resumed run ends as the straight one"
+    );
+    // refused: a malformed limit (by clap), an [async] run (it does not stop at a step end)
+    let (code, err) = run("bad", &["--time-limit", "4 hours"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a duration"), "{err}");
+    let (code, err) =
+        run("bad", &["--time-limit", "1h", "--set", "async={ rollout_ranks = 1, alpha = 1 }", "--set", "rl.steps=2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--time-limit 1h: an [async] run does not stop at a step end"), "{err}");
+    assert!(!dir.path().join("bad").exists());
+}
+
 #[test]
 fn bench_with_a_broken_model_config_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

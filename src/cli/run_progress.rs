@@ -4,6 +4,7 @@
 //! (never the weights), so it is cheap to ask on a login node while the run goes on.
 
 use crate::config::RunConfig;
+use crate::train::progress::human_duration;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -44,16 +45,6 @@ fn read_metrics(text: &str) -> Seen {
         }
     }
     seen
-}
-
-/// `d` as `1h 02m`, `3m 20s` or `45s`.
-fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
-        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-    }
 }
 
 /// The median of the last [`SPEED_WINDOW`] of `secs`.
@@ -145,10 +136,12 @@ pub fn describe(run: &Path, now: SystemTime) -> Vec<String> {
     if let Some(med) = recent_median(secs) {
         let eta = match (finished || !total_known, !in_rl && rl_total > 0) {
             (true, _) => String::new(),
-            (false, false) => format!("; {} left for {left} steps", human(Duration::from_secs_f64(med * left as f64))),
+            (false, false) => {
+                format!("; {} left for {left} steps", human_duration(Duration::from_secs_f64(med * left as f64)))
+            }
             (false, true) => format!(
                 "; {} left for the supervised phase's {left} steps, then the RL phase",
-                human(Duration::from_secs_f64(med * left as f64))
+                human_duration(Duration::from_secs_f64(med * left as f64))
             ),
         };
         out.push(format!("speed: {med:.3} s a step (median of the last {}){eta}", secs.len().min(SPEED_WINDOW)));
@@ -159,7 +152,7 @@ pub fn describe(run: &Path, now: SystemTime) -> Vec<String> {
     if let Some(age) =
         std::fs::metadata(&metrics_path).and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok())
     {
-        out.push(format!("metrics.jsonl last written {} ago", human(age)));
+        out.push(format!("metrics.jsonl last written {} ago", human_duration(age)));
     }
     out
 }
@@ -250,10 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_read_as_a_person_would_write_them() {
-        assert_eq!(human(Duration::from_secs(45)), "45s");
-        assert_eq!(human(Duration::from_secs(200)), "3m 20s");
-        assert_eq!(human(Duration::from_secs(3720)), "1h 02m");
+    fn the_median_is_of_the_recent_steps() {
         assert_eq!(recent_median(&[]), None);
         assert_eq!(recent_median(&[5.0, 1.0, 3.0]), Some(3.0));
     }

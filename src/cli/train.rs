@@ -38,10 +38,83 @@ pub struct TrainArgs {
     /// would record, and write nothing (before a job waits in a queue). A missing GPU is a note.
     #[arg(long)]
     pub check: bool,
+    /// Stop before this much wall time has passed, as at a preemption signal: at the first step
+    /// end after it every rank stops, a checkpoint is written, and arbor exits with status 75 (a
+    /// requeue's cue; `--resume auto` continues). `3h55m`, `90m`, `45s`, `5400` (seconds) or Slurm's
+    /// `HH:MM:SS` / `D-HH:MM:SS`; leave a margin for a step and a checkpoint. For schedulers
+    /// without a warning signal; not for `[async]` runs (they do not stop at a step end).
+    #[arg(long, value_name = "DURATION", value_parser = parse_time_limit)]
+    pub time_limit: Option<(std::time::Duration, String)>,
     /// Replay a continuous `[async]` run's weight-install schedule (its rollout-schedule.jsonl):
     /// the same seed and schedule give the same samples and weights.
     #[arg(long)]
     pub replay: Option<PathBuf>,
+}
+
+/// `--time-limit`'s value: the duration and the text as given. Units `d`, `h`, `m`, `s` (integers,
+/// largest first: `1h30m`), a bare number of seconds, or Slurm's `[D-]HH:MM:SS` / `MM:SS`.
+pub fn parse_time_limit(text: &str) -> std::result::Result<(std::time::Duration, String), String> {
+    let bad = || format!("{text:?}: not a duration (e.g. 3h55m, 90m, 45s, 5400, 03:55:00 or 1-00:00:00)");
+    let t = text.trim();
+    let secs: u64 = if let Ok(n) = t.parse::<u64>() {
+        n
+    } else if t.contains(':') {
+        // [D-]HH:MM:SS, HH:MM:SS or MM:SS
+        let (days, clock) = match t.split_once('-') {
+            Some((d, c)) => (d.parse::<u64>().map_err(|_| bad())?, c),
+            None => (0, t),
+        };
+        let parts: Vec<u64> =
+            clock.split(':').map(|p| p.parse::<u64>().map_err(|_| bad())).collect::<Result<_, _>>()?;
+        let (h, m, s) = match parts[..] {
+            [m, s] if days == 0 => (0, m, s),
+            [h, m, s] => (h, m, s),
+            _ => return Err(bad()),
+        };
+        if m >= 60 || s >= 60 {
+            return Err(bad());
+        }
+        ((days * 24 + h) * 60 + m) * 60 + s
+    } else {
+        let (mut total, mut number, mut last_unit) = (0u64, String::new(), u64::MAX);
+        for c in t.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let unit = match c {
+                'd' => 86_400,
+                'h' => 3_600,
+                'm' => 60,
+                's' => 1,
+                _ => return Err(bad()),
+            };
+            // each unit once, largest first, after a number
+            if number.is_empty() || unit >= last_unit {
+                return Err(bad());
+            }
+            let n: u64 = number.parse().map_err(|_| bad())?;
+            total = n.checked_mul(unit).and_then(|x| x.checked_add(total)).ok_or_else(bad)?;
+            (number, last_unit) = (String::new(), unit);
+        }
+        if !number.is_empty() || last_unit == u64::MAX {
+            return Err(bad());
+        }
+        total
+    };
+    Ok((std::time::Duration::from_secs(secs), t.to_string()))
+}
+
+/// Arm `--time-limit` for the run of `cfg` (from now).
+pub fn arm_time_limit(args: &TrainArgs, cfg: &RunConfig) -> anyhow::Result<()> {
+    let Some((limit, shown)) = &args.time_limit else { return Ok(()) };
+    anyhow::ensure!(
+        cfg.async_rl.is_none(),
+        "--time-limit {shown}: an [async] run does not stop at a step end (its rollout ranks take no part in the \
+         trainer's collectives); it resumes from its last periodic checkpoint (train.checkpoint_every)"
+    );
+    crate::train::preempt::stop_after(*limit, shown);
+    Ok(())
 }
 
 /// Load the config with overrides applied.
@@ -308,6 +381,47 @@ pub fn run(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_limits_read_as_schedulers_and_people_write_them() {
+        let secs = |t: &str| parse_time_limit(t).map(|(d, _)| d.as_secs());
+        for (t, s) in [
+            ("5400", 5400),
+            ("0", 0),
+            ("45s", 45),
+            ("90m", 5400),
+            ("3h55m", 14_100),
+            ("1h30m15s", 5415),
+            ("2d", 172_800),
+            ("1d12h", 129_600),
+            ("03:55:00", 14_100),
+            ("55:00", 3300),
+            ("1-00:00:00", 86_400),
+            ("2-12:30:00", 217_800),
+            (" 10m ", 600),
+        ] {
+            assert_eq!(secs(t), Ok(s), "{t}");
+        }
+        for t in [
+            "",
+            "h",
+            "10x",
+            "5m3h",
+            "3h3h",
+            "1.5h",
+            "10m5",
+            "-5",
+            "1:60",
+            "1-55:00",
+            "1:2:3:4",
+            "a:b:c",
+            "99999999999999999999d",
+        ] {
+            let e = secs(t).unwrap_err();
+            assert!(e.contains("not a duration"), "{t}: {e}");
+        }
+        assert_eq!(parse_time_limit("3h55m").unwrap().1, "3h55m");
+    }
 
     /// An `[async]` run needs MPI_THREAD_MULTIPLE; a synchronous one runs with any level, its
     /// watchdog aborting through MPI only where the level allows it.

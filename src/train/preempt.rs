@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const EXIT_PREEMPTED: i32 = 75;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// `--time-limit` as given, and whether it has passed (how messages name the stop).
+static TIME_LIMIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static TIME_UP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_sig: libc::c_int) {
     // async-signal-safe: one atomic store
@@ -57,6 +60,33 @@ pub fn requested() -> bool {
 /// Request a stop as a signal would (tests, and callers that embed the trainer).
 pub fn request() {
     REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Request a stop once `limit` of wall time has passed from now, as a signal would (`arbor train
+/// --time-limit`): the ranks stop together at the first step end after it, checkpointed, and the
+/// process exits with [`EXIT_PREEMPTED`]. `shown` is the limit as the user gave it. A zero limit
+/// requests the stop at once (the first step end).
+pub fn stop_after(limit: std::time::Duration, shown: &str) {
+    let _ = TIME_LIMIT.set(shown.to_string());
+    let up = || {
+        TIME_UP.store(true, Ordering::SeqCst);
+        request();
+    };
+    if limit.is_zero() {
+        return up();
+    }
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        up();
+    });
+}
+
+/// What stopped the run, for messages: its time limit, else a signal (on this rank or another).
+pub fn why() -> String {
+    match TIME_LIMIT.get() {
+        Some(shown) if TIME_UP.load(Ordering::SeqCst) => format!("its time limit (--time-limit {shown})"),
+        _ => "a signal".to_string(),
+    }
 }
 
 /// Whether any rank of `comm` has a stop request (a collective: every rank calls it at the same

@@ -283,10 +283,11 @@ pub fn run_phase(
             progress.say(
                 log,
                 &format!(
-                    "step {:>5}/{}  loss {loss:.4}  grad_norm {norm:.3}  lr {lr:.2e}  {:.0} tokens/s",
+                    "step {:>5}/{}  loss {loss:.4}  grad_norm {norm:.3}  lr {lr:.2e}  {:.0} tokens/s{}",
                     step + 1,
                     t.steps,
-                    tokens_total as f64 / train_secs
+                    tokens_total as f64 / train_secs,
+                    progress.eta_note()
                 ),
             );
         }
@@ -334,7 +335,7 @@ pub fn run_phase(
         if preempted {
             progress.finish();
             say(log, format!("preempted: checkpoint of step {} written", step + 1));
-            return Err(Error::Preempted { step: step + 1 });
+            return Err(Error::Preempted { step: step + 1, why: crate::train::preempt::why() });
         }
     }
     progress.finish();

@@ -306,7 +306,7 @@ pub(crate) fn run_phase_with(
             progress.say(
                 log,
                 &format!(
-                    "rl step {:>4}/{}  reward {:.3}  len {:.1}  kept {}/{}  clip {:.3}  {:.1}s (gen {:.1}s)",
+                    "rl step {:>4}/{}  reward {:.3}  len {:.1}  kept {}/{}  clip {:.3}  {:.1}s (gen {:.1}s){}",
                     step + 1,
                     rl.steps,
                     r.reward_mean,
@@ -316,6 +316,7 @@ pub(crate) fn run_phase_with(
                     r.clip_frac,
                     r.step_s,
                     r.time_generate_s,
+                    progress.eta_note(),
                 ),
             );
         }
@@ -353,7 +354,7 @@ pub(crate) fn run_phase_with(
         if preempted {
             progress.finish();
             progress.say(log, &format!("preempted: checkpoint of RL step {} written", step + 1));
-            return Err(Error::Preempted { step: ph.offset + step + 1 });
+            return Err(Error::Preempted { step: ph.offset + step + 1, why: crate::train::preempt::why() });
         }
     }
     progress.finish();
