@@ -268,6 +268,41 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
     assert!(err.contains("seed 1 is given twice"), "{err}");
 }
 
+/// `experiment sweep`: every point of the grid runs (first axis slowest) with its settings in its
+/// recorded config, and sweep.md has a row per point; a bad value anywhere in the grid is refused
+/// before the first job, naming the point and the key.
+#[test]
+fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sweep.toml");
+    let rl = "steps = 1\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n";
+    std::fs::write(&cfg, tiny_addition(2, rl)).unwrap();
+    let out = dir.path().join("sweep");
+    let sweep = |grid: &[&str]| {
+        let mut args = vec!["--threads", "1", "experiment", "sweep", "--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(&["--out-dir", out.to_str().unwrap(), "--set", "rl.max_new_tokens=4"]);
+        for g in grid {
+            args.extend_from_slice(&["--grid", g]);
+        }
+        arbor(&args)
+    };
+    let (code, err) = sweep(&["rl.lr=1e-3,2e-3", "rl.temperature=0.9,-1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sweep point p1 (rl.lr=1e-3, rl.temperature=-1)") && err.contains("rl.temperature"), "{err}");
+    assert!(!out.exists(), "nothing ran");
+    let (code, err) = sweep(&["rl.lr=1e-3,2e-3", "rl.temperature=0.9,1.0"]);
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    for (i, (lr, t)) in [("0.001", "0.9"), ("0.001", "1.0"), ("0.002", "0.9"), ("0.002", "1.0")].iter().enumerate() {
+        let recorded = std::fs::read_to_string(out.join(format!("p{i}-seed1234/config.toml"))).unwrap();
+        let rl = &recorded[recorded.find("[rl]").unwrap()..];
+        assert!(rl.contains(&format!("\nlr = {lr}\n")) && rl.contains(&format!("temperature = {t}\n")), "p{i}: {rl}");
+        assert!(rl.contains("max_new_tokens = 4\n"), "the --set of every point: {rl}");
+        assert!(md.lines().any(|l| l.starts_with(&format!("| p{i} | `rl.lr="))), "p{i}: {md}");
+    }
+    assert!(md.contains("| p1 | `rl.lr=1e-3, rl.temperature=1.0` | 1234 |"), "{md}");
+}
+
 #[test]
 fn experiment_compare_with_control_reports_the_sft_arm() {
     let dir = tempfile::tempdir().unwrap();

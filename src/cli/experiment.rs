@@ -23,6 +23,9 @@ pub enum ExperimentCommand {
     /// Run one job per seed and report mean ± sd of its before/after figures (seeds.md), with an
     /// optional SFT-only control at equal wall time.
     Seeds(super::seeds::SeedsArgs),
+    /// Run a grid of config settings (`--grid rl.lr=1e-4,2e-4`), one job per point and seed, and
+    /// report each point's before/after held-out solve rates (sweep.md).
+    Sweep(super::sweep::SweepArgs),
 }
 
 /// Arguments of `arbor experiment compare`.
@@ -280,6 +283,7 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
     let args = match cmd {
         ExperimentCommand::Compare(args) => args,
         ExperimentCommand::Seeds(args) => return super::seeds::run(args),
+        ExperimentCommand::Sweep(args) => return super::sweep::run(args),
     };
     let (file, base, cfgs) = load(args)?;
     let out = file.compare.out_dir.clone();

@@ -18,4 +18,5 @@ pub mod plot;
 pub mod run_progress;
 pub mod seeds;
 pub mod selftest;
+pub mod sweep;
 pub mod train;

@@ -1,0 +1,241 @@
+//! `arbor experiment sweep`: a grid of config settings (`--grid rl.lr=1e-4,2e-4 --grid
+//! loss.kind=ppo,cispo`), one job per point and seed, then `sweep.md`: each point's held-out solve
+//! rates before and after its RL phase, mean ± sd over the seeds. Every point's config is read and
+//! checked (as `--set` reads a key) before the first job starts, so a bad value does not stop the
+//! sweep hours in; the table is rewritten after each point, so an interrupted sweep keeps what it
+//! measured.
+
+use crate::config::{Override, RunConfig};
+use crate::train::rl::SolveRate;
+use anyhow::Context;
+use clap::Args;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `arbor experiment sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Run configuration with an `[rl]` phase; without it, the embedded default job.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Set a config key of every point (repeatable; see `arbor train --help`).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Override::parse)]
+    pub set: Vec<Override>,
+    /// One axis of the grid: a config key and its values, comma-separated (commas inside `[...]`,
+    /// `{...}` or quotes belong to the value). Repeatable: every combination runs, the first axis
+    /// varying slowest.
+    #[arg(long = "grid", value_name = "KEY=V1,V2,...", value_parser = parse_axis, required = true)]
+    pub grid: Vec<Axis>,
+    /// Seeds of each point, comma-separated (default: the config's `run.seed`).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Output directory: one run directory per point and seed (`p<i>-seed<S>`) plus sweep.md.
+    #[arg(long, default_value = "runs/sweep")]
+    pub out_dir: PathBuf,
+}
+
+/// One axis of the grid: its settings, one `KEY=VALUE` override per value.
+#[derive(Debug, Clone)]
+pub struct Axis {
+    pub settings: Vec<Override>,
+}
+
+/// `KEY=V1,V2,...` split at the commas outside brackets, braces and quotes.
+pub fn parse_axis(raw: &str) -> std::result::Result<Axis, String> {
+    let (key, values) =
+        raw.split_once('=').ok_or_else(|| "expects KEY=V1,V2,... e.g. --grid rl.lr=1e-4,2e-4".to_string())?;
+    let (mut parts, mut cur, mut depth, mut quote) = (Vec::new(), String::new(), 0i32, None);
+    for c in values.chars() {
+        match (c, quote) {
+            ('"' | '\'', None) => quote = Some(c),
+            (q, Some(open)) if q == open => quote = None,
+            ('[' | '{', None) => depth += 1,
+            (']' | '}', None) => depth -= 1,
+            (',', None) if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    parts.push(cur);
+    let mut settings: Vec<Override> = Vec::new();
+    for v in parts.iter().map(|p| p.trim()) {
+        if v.is_empty() {
+            return Err(format!("{key}: an empty value (two commas, or one at an end)"));
+        }
+        let o = Override::parse(&format!("{key}={v}"))?;
+        if settings.iter().any(|s| s.value == o.value) {
+            return Err(format!("{key}: the value {v} is given twice"));
+        }
+        settings.push(o);
+    }
+    Ok(Axis { settings })
+}
+
+/// Every combination of the axes' settings, the first axis varying slowest.
+fn points(grid: &[Axis]) -> Vec<Vec<Override>> {
+    grid.iter().fold(vec![Vec::new()], |acc, axis| {
+        acc.iter()
+            .flat_map(|p| {
+                axis.settings.iter().map(move |s| {
+                    let mut q = p.clone();
+                    q.push(s.clone());
+                    q
+                })
+            })
+            .collect()
+    })
+}
+
+/// One point's figures over its seeds.
+struct PointResult {
+    settings: String,
+    runs: Vec<(u64, SolveRate, SolveRate)>,
+}
+
+fn cell(v: impl Iterator<Item = f64>, signed: bool) -> String {
+    let v: Vec<f64> = v.collect();
+    let (m, sd) = super::seeds::mean_sd(&v);
+    match (signed, v.len()) {
+        (true, 1) => format!("{:+.1}", 100.0 * m),
+        (false, 1) => format!("{:.1}", 100.0 * m),
+        (true, _) => format!("{:+.1} ± {:.1}", 100.0 * m, 100.0 * sd),
+        (false, _) => format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * sd),
+    }
+}
+
+/// The sweep.md table.
+fn table(rows: &[PointResult], config: &str) -> String {
+    let mut md = format!(
+        "# arbor experiment sweep\n\nConfig: `{config}`. Held-out solve rates (%) before and after the RL phase, sampled at \
+         T = 1 and greedy; mean ± sd over the seeds. Runs: `p<i>-seed<S>/`.\n\n"
+    );
+    md.push_str("| point | settings | seeds | before | after | gain | greedy before | greedy after |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    for (i, r) in rows.iter().enumerate() {
+        let seeds: Vec<String> = r.runs.iter().map(|(s, _, _)| s.to_string()).collect();
+        let _ = writeln!(
+            md,
+            "| p{i} | `{}` | {} | {} | {} | {} | {} | {} |",
+            r.settings,
+            seeds.join(", "),
+            cell(r.runs.iter().map(|(_, b, _)| b.sampled), false),
+            cell(r.runs.iter().map(|(_, _, a)| a.sampled), false),
+            cell(r.runs.iter().map(|(_, b, a)| a.sampled - b.sampled), true),
+            cell(r.runs.iter().map(|(_, b, _)| b.greedy), false),
+            cell(r.runs.iter().map(|(_, _, a)| a.greedy), false),
+        );
+    }
+    md
+}
+
+/// The config of every point, read and checked before anything runs.
+fn point_configs(args: &SweepArgs) -> anyhow::Result<Vec<(String, RunConfig)>> {
+    let mut out = Vec::new();
+    for (i, point) in points(&args.grid).into_iter().enumerate() {
+        let settings = point.iter().map(|o| o.raw.as_str()).collect::<Vec<_>>().join(", ");
+        let sets: Vec<Override> = args.set.iter().chain(&point).cloned().collect();
+        let cfg = RunConfig::load_or_default_with(args.config.as_deref(), &sets)
+            .with_context(|| format!("sweep point p{i} ({settings})"))?;
+        anyhow::ensure!(
+            cfg.rl.is_some(),
+            "sweep point p{i} ({settings}): `experiment sweep` compares before/after an [rl] phase; the config has none"
+        );
+        out.push((settings, cfg));
+    }
+    Ok(out)
+}
+
+/// Run `arbor experiment sweep`.
+pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
+    let configs = point_configs(args)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &args.seeds {
+        anyhow::ensure!(seen.insert(*s), "--seeds: seed {s} is given twice");
+    }
+    let mut name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into());
+    for o in &args.set {
+        name.push_str(&format!(" --set {}", o.raw));
+    }
+    let out: &Path = &args.out_dir;
+    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
+    if let Some(note) = super::seeds::move_summary_aside(out, &["sweep.md"])? {
+        println!("{note}");
+    }
+    let mut rows = Vec::new();
+    for (i, (settings, base)) in configs.into_iter().enumerate() {
+        let seeds = if args.seeds.is_empty() { vec![base.run.seed] } else { args.seeds.clone() };
+        let mut row = PointResult { settings, runs: Vec::new() };
+        for seed in seeds {
+            let mut cfg = base.clone();
+            cfg.run.seed = seed;
+            cfg.run.name = format!("p{i}-seed{seed}");
+            cfg.run.out_dir = out.to_path_buf();
+            println!("== p{i} ({}), seed {seed}", row.settings);
+            let report = crate::train::job::run(&cfg, None, &mut std::io::stdout())?;
+            let (before, after) = report.rl.context("the run reported no RL evaluations")?;
+            row.runs.push((seed, before, after));
+        }
+        rows.push(row);
+        crate::io::atomic::write_atomic(&out.join("sweep.md"), table(&rows, &name).as_bytes())?;
+    }
+    println!("\n{}", table(&rows, &name));
+    println!("wrote {}", out.join("sweep.md").display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(p: &[Override]) -> String {
+        p.iter().map(|o| o.raw.as_str()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn axes_split_at_top_level_commas_and_points_cover_the_grid_in_order() {
+        let a = parse_axis("rl.lr=1e-4, 2e-4").unwrap();
+        let b = parse_axis("loss.kind=ppo,cispo,tis").unwrap();
+        let grid = points(&[a, b]);
+        assert_eq!(grid.len(), 6);
+        assert_eq!(keys(&grid[0]), "rl.lr=1e-4 loss.kind=ppo");
+        assert_eq!(keys(&grid[1]), "rl.lr=1e-4 loss.kind=cispo");
+        assert_eq!(keys(&grid[5]), "rl.lr=2e-4 loss.kind=tis");
+        let c = parse_axis("critic={ lr = 1e-5, count = 2 },{ lr = 2e-5 }").unwrap();
+        assert_eq!(c.settings.len(), 2);
+        assert_eq!(c.settings[0].value.get("count").and_then(|v| v.as_integer()), Some(2));
+        let q = parse_axis("run.name=\"a,b\",c").unwrap();
+        assert_eq!(q.settings[0].value.as_str(), Some("a,b"));
+        for (bad, says) in [
+            ("rl.lr", "expects KEY=V1"),
+            ("rl.lr=1,,2", "empty value"),
+            ("rl.lr=1e-4,1e-4", "given twice"),
+            ("r l=1", "not a key"),
+        ] {
+            let e = parse_axis(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_table_gives_each_points_mean_and_sd_over_its_seeds() {
+        let r = |s: f64, g: f64| SolveRate { greedy: g, sampled: s, pass: None };
+        let rows = [
+            PointResult {
+                settings: "rl.lr=1e-4".into(),
+                runs: vec![(1, r(0.2, 0.3), r(0.4, 0.5)), (2, r(0.2, 0.3), r(0.3, 0.4))],
+            },
+            PointResult { settings: "rl.lr=2e-4".into(), runs: vec![(1, r(0.2, 0.3), r(0.1, 0.3))] },
+        ];
+        let md = table(&rows, "x.toml");
+        assert!(
+            md.contains(
+                "| p0 | `rl.lr=1e-4` | 1, 2 | 20.0 ± 0.0 | 35.0 ± 7.1 | +15.0 ± 7.1 | 30.0 ± 0.0 | 45.0 ± 7.1 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| p1 | `rl.lr=2e-4` | 1 | 20.0 | 10.0 | -10.0 | 30.0 | 30.0 |"), "{md}");
+    }
+}
