@@ -301,6 +301,8 @@ fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
         assert!(md.lines().any(|l| l.starts_with(&format!("| p{i} | `rl.lr="))), "p{i}: {md}");
     }
     assert!(md.contains("| p1 | `rl.lr=1e-3, rl.temperature=1.0` | 1234 |"), "{md}");
+    let png = std::fs::read(out.join("sweep.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "sweep.png is a PNG");
 }
 
 #[test]

@@ -93,6 +93,41 @@ fn points(grid: &[Axis]) -> Vec<Vec<Override>> {
 struct PointResult {
     settings: String,
     runs: Vec<(u64, SolveRate, SolveRate)>,
+    /// Held-out solve rate (sampled) by RL step, the mean over the seeds evaluated at that step.
+    curve: Vec<(f64, f64)>,
+}
+
+/// The files the sweep writes beside its runs: the table first, then the figure it shows.
+const SUMMARY_FILES: [&str; 2] = ["sweep.md", "sweep.png"];
+
+/// The held-out evaluations (rl_step, eval_solve_rate) in a run's metrics.jsonl.
+fn evals(metrics: &Path) -> anyhow::Result<Vec<(u64, f64)>> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v.get("rl_step")?.as_u64()?, v.get("eval_solve_rate")?.as_f64()?)))
+        .collect())
+}
+
+/// The mean over the seeds' evaluations at each RL step.
+fn mean_curve(per_seed: &[Vec<(u64, f64)>]) -> Vec<(f64, f64)> {
+    let mut by_step: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (step, v) in per_seed.iter().flatten() {
+        by_step.entry(*step).or_default().push(*v);
+    }
+    by_step.into_iter().map(|(s, v)| (s as f64, v.iter().sum::<f64>() / v.len() as f64)).collect()
+}
+
+/// sweep.png: each point's held-out solve rate by RL step.
+fn figure(rows: &[PointResult], out: &Path) -> anyhow::Result<()> {
+    use arbor_sim::plot::{Figure, LinePlot, Series};
+    let mut plot = LinePlot::new("Held-out solve rate (sampled, mean over seeds)", "RL step", "solve rate");
+    for (i, r) in rows.iter().enumerate() {
+        plot = plot.series(Series::line_dots(format!("p{i}: {}", r.settings), r.curve.clone()).colour(i));
+    }
+    Figure::single(plot, (900, 500)).save(&out.join(SUMMARY_FILES[1]))?;
+    Ok(())
 }
 
 fn cell(v: impl Iterator<Item = f64>, signed: bool) -> String {
@@ -128,6 +163,7 @@ fn table(rows: &[PointResult], config: &str) -> String {
             cell(r.runs.iter().map(|(_, _, a)| a.greedy), false),
         );
     }
+    md.push_str("\n![held-out solve rate by RL step](sweep.png)\n");
     md
 }
 
@@ -161,13 +197,14 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     }
     let out: &Path = &args.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    if let Some(note) = super::seeds::move_summary_aside(out, &["sweep.md"])? {
+    if let Some(note) = super::seeds::move_summary_aside(out, &SUMMARY_FILES)? {
         println!("{note}");
     }
     let mut rows = Vec::new();
     for (i, (settings, base)) in configs.into_iter().enumerate() {
         let seeds = if args.seeds.is_empty() { vec![base.run.seed] } else { args.seeds.clone() };
-        let mut row = PointResult { settings, runs: Vec::new() };
+        let mut row = PointResult { settings, runs: Vec::new(), curve: Vec::new() };
+        let mut per_seed = Vec::new();
         for seed in seeds {
             let mut cfg = base.clone();
             cfg.run.seed = seed;
@@ -177,9 +214,12 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
             let report = crate::train::job::run(&cfg, None, &mut std::io::stdout())?;
             let (before, after) = report.rl.context("the run reported no RL evaluations")?;
             row.runs.push((seed, before, after));
+            per_seed.push(evals(&out.join(&cfg.run.name).join("metrics.jsonl"))?);
         }
+        row.curve = mean_curve(&per_seed);
         rows.push(row);
-        crate::io::atomic::write_atomic(&out.join("sweep.md"), table(&rows, &name).as_bytes())?;
+        crate::io::atomic::write_atomic(&out.join(SUMMARY_FILES[0]), table(&rows, &name).as_bytes())?;
+        figure(&rows, out)?;
     }
     println!("\n{}", table(&rows, &name));
     println!("wrote {}", out.join("sweep.md").display());
@@ -226,8 +266,9 @@ mod tests {
             PointResult {
                 settings: "rl.lr=1e-4".into(),
                 runs: vec![(1, r(0.2, 0.3), r(0.4, 0.5)), (2, r(0.2, 0.3), r(0.3, 0.4))],
+                curve: vec![],
             },
-            PointResult { settings: "rl.lr=2e-4".into(), runs: vec![(1, r(0.2, 0.3), r(0.1, 0.3))] },
+            PointResult { settings: "rl.lr=2e-4".into(), runs: vec![(1, r(0.2, 0.3), r(0.1, 0.3))], curve: vec![] },
         ];
         let md = table(&rows, "x.toml");
         assert!(
@@ -237,5 +278,9 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| p1 | `rl.lr=2e-4` | 1 | 20.0 | 10.0 | -10.0 | 30.0 | 30.0 |"), "{md}");
+        assert!(md.contains("](sweep.png)"), "{md}");
+        // the curve: the seeds' mean where both evaluated, the one value where one did
+        let curve = mean_curve(&[vec![(0, 0.2), (2, 0.4)], vec![(0, 0.4), (2, 0.2), (3, 0.5)]]);
+        assert_eq!(curve, [(0.0, 0.30000000000000004), (2.0, 0.30000000000000004), (3.0, 0.5)]);
     }
 }
