@@ -278,14 +278,16 @@ fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
     let rl = "steps = 1\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n";
     std::fs::write(&cfg, tiny_addition(2, rl)).unwrap();
     let out = dir.path().join("sweep");
-    let sweep = |grid: &[&str]| {
+    let sweep_in = |out: &std::path::Path, grid: &[&str], extra: &[&str]| {
         let mut args = vec!["--threads", "1", "experiment", "sweep", "--config", cfg.to_str().unwrap()];
         args.extend_from_slice(&["--out-dir", out.to_str().unwrap(), "--set", "rl.max_new_tokens=4"]);
         for g in grid {
             args.extend_from_slice(&["--grid", g]);
         }
+        args.extend_from_slice(extra);
         arbor(&args)
     };
+    let sweep = |grid: &[&str]| sweep_in(&out, grid, &[]);
     let (code, err) = sweep(&["rl.lr=1e-3,2e-3", "rl.temperature=0.9,-1"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("sweep point p1 (rl.lr=1e-3, rl.temperature=-1)") && err.contains("rl.temperature"), "{err}");
@@ -303,6 +305,25 @@ fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
     assert!(md.contains("| p1 | `rl.lr=1e-3, rl.temperature=1.0` | 1234 |"), "{md}");
     let png = std::fs::read(out.join("sweep.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "sweep.png is a PNG");
+    // as a job array: one point per task, then --report: the same table
+    let grid = ["rl.lr=1e-3,2e-3", "rl.temperature=0.9,1.0"];
+    let array = dir.path().join("array");
+    let (code, err) = sweep_in(&array, &grid, &["--point", "4"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--point 4: the grid has 4 points"), "{err}");
+    for p in ["0", "1", "3"] {
+        let (code, err) = sweep_in(&array, &grid, &["--point", p]);
+        assert_eq!(code, 0, "{err}");
+    }
+    assert!(!array.join("sweep.md").exists(), "a point of an array writes no summary");
+    let (code, err) = sweep_in(&array, &grid, &["--report"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sweep point p2") && err.contains("p2-seed1234 holds no finished run"), "{err}");
+    let (code, err) = sweep_in(&array, &grid, &["--point", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = sweep_in(&array, &grid, &["--report"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(array.join("sweep.md")).unwrap(), md, "the array's table is the sequential one");
 }
 
 #[test]

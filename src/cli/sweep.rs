@@ -32,6 +32,14 @@ pub struct SweepArgs {
     /// Output directory: one run directory per point and seed (`p<i>-seed<S>`) plus sweep.md.
     #[arg(long, default_value = "runs/sweep")]
     pub out_dir: PathBuf,
+    /// Run only point I (0-based, in the grid's order) and write no summary: one task of a job
+    /// array (`--point $SLURM_ARRAY_TASK_ID`); `--report` with the same flags writes it after.
+    #[arg(long, value_name = "I", conflicts_with = "report")]
+    pub point: Option<usize>,
+    /// Run nothing: write sweep.md and sweep.png from the points' finished runs (after `--point`
+    /// jobs); a point without its finished runs is an error naming them.
+    #[arg(long)]
+    pub report: bool,
 }
 
 /// One axis of the grid: its settings, one `KEY=VALUE` override per value.
@@ -100,14 +108,48 @@ struct PointResult {
 /// The files the sweep writes beside its runs: the table first, then the figure it shows.
 const SUMMARY_FILES: [&str; 2] = ["sweep.md", "sweep.png"];
 
-/// The held-out evaluations (rl_step, eval_solve_rate) in a run's metrics.jsonl.
-fn evals(metrics: &Path) -> anyhow::Result<Vec<(u64, f64)>> {
+/// The held-out evaluations (rl_step, sampled, greedy) in a run's metrics.jsonl.
+fn evals(metrics: &Path) -> anyhow::Result<Vec<(u64, f64, f64)>> {
     let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v.get("rl_step")?.as_u64()?, v.get("eval_solve_rate")?.as_f64()?)))
+        .filter_map(|v| {
+            let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
+            Some((v.get("rl_step")?.as_u64()?, num("eval_solve_rate")?, num("eval_solve_rate_greedy")?))
+        })
         .collect())
+}
+
+/// Point `i`'s row, read from its finished runs under `out` (one per seed): the evaluation before
+/// its RL phase and after its last step (`rl_steps`).
+fn point_row(out: &Path, i: usize, settings: &str, seeds: &[u64], rl_steps: u64) -> anyhow::Result<PointResult> {
+    let mut row = PointResult { settings: settings.to_string(), runs: Vec::new(), curve: Vec::new() };
+    let mut per_seed = Vec::new();
+    for &seed in seeds {
+        let run = out.join(format!("p{i}-seed{seed}"));
+        let found = evals(&run.join("metrics.jsonl")).unwrap_or_default();
+        let rate = |step: u64| {
+            found.iter().rfind(|e| e.0 == step).map(|e| SolveRate { sampled: e.1, greedy: e.2, pass: None })
+        };
+        let (Some(before), Some(after)) = (rate(0), rate(rl_steps)) else {
+            anyhow::bail!(
+                "sweep point p{i} ({settings}): {} holds no finished run (its evaluations before RL and after RL step \
+                 {rl_steps}): run `--point {i}` first",
+                run.display()
+            );
+        };
+        row.runs.push((seed, before, after));
+        per_seed.push(found.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>());
+    }
+    row.curve = mean_curve(&per_seed);
+    Ok(row)
+}
+
+/// Write sweep.md and sweep.png of `rows` under `out`.
+fn write_summary(rows: &[PointResult], name: &str, out: &Path) -> anyhow::Result<()> {
+    crate::io::atomic::write_atomic(&out.join(SUMMARY_FILES[0]), table(rows, name).as_bytes())?;
+    figure(rows, out)
 }
 
 /// The mean over the seeds' evaluations at each RL step.
@@ -191,38 +233,68 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     for s in &args.seeds {
         anyhow::ensure!(seen.insert(*s), "--seeds: seed {s} is given twice");
     }
+    if let Some(p) = args.point {
+        anyhow::ensure!(
+            p < configs.len(),
+            "--point {p}: the grid has {} points (0..{})",
+            configs.len(),
+            configs.len() - 1
+        );
+    }
     let mut name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the default job".into());
     for o in &args.set {
         name.push_str(&format!(" --set {}", o.raw));
     }
     let out: &Path = &args.out_dir;
+    let seeds_of = |cfg: &RunConfig| if args.seeds.is_empty() { vec![cfg.run.seed] } else { args.seeds.clone() };
+    let rl_steps = |cfg: &RunConfig| cfg.rl.as_ref().map_or(0, |r| r.steps);
+    if args.report {
+        let rows = configs
+            .iter()
+            .enumerate()
+            .map(|(i, (settings, cfg))| point_row(out, i, settings, &seeds_of(cfg), rl_steps(cfg)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(note) = super::seeds::move_summary_aside(out, &SUMMARY_FILES)? {
+            println!("{note}");
+        }
+        write_summary(&rows, &name, out)?;
+        println!("{}", table(&rows, &name));
+        println!("wrote {}", out.join(SUMMARY_FILES[0]).display());
+        return Ok(());
+    }
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    if let Some(note) = super::seeds::move_summary_aside(out, &SUMMARY_FILES)? {
-        println!("{note}");
+    if args.point.is_none() {
+        if let Some(note) = super::seeds::move_summary_aside(out, &SUMMARY_FILES)? {
+            println!("{note}");
+        }
     }
     let mut rows = Vec::new();
-    for (i, (settings, base)) in configs.into_iter().enumerate() {
-        let seeds = if args.seeds.is_empty() { vec![base.run.seed] } else { args.seeds.clone() };
-        let mut row = PointResult { settings, runs: Vec::new(), curve: Vec::new() };
-        let mut per_seed = Vec::new();
-        for seed in seeds {
+    for (i, (settings, base)) in configs.iter().enumerate() {
+        if args.point.is_some_and(|p| p != i) {
+            continue;
+        }
+        for seed in seeds_of(base) {
             let mut cfg = base.clone();
             cfg.run.seed = seed;
             cfg.run.name = format!("p{i}-seed{seed}");
             cfg.run.out_dir = out.to_path_buf();
-            println!("== p{i} ({}), seed {seed}", row.settings);
-            let report = crate::train::job::run(&cfg, None, &mut std::io::stdout())?;
-            let (before, after) = report.rl.context("the run reported no RL evaluations")?;
-            row.runs.push((seed, before, after));
-            per_seed.push(evals(&out.join(&cfg.run.name).join("metrics.jsonl"))?);
+            println!("== p{i} ({settings}), seed {seed}");
+            crate::train::job::run(&cfg, None, &mut std::io::stdout())?;
         }
-        row.curve = mean_curve(&per_seed);
-        rows.push(row);
-        crate::io::atomic::write_atomic(&out.join(SUMMARY_FILES[0]), table(&rows, &name).as_bytes())?;
-        figure(&rows, out)?;
+        // the table so far, so that an interrupted sweep keeps what it measured (not for one
+        // point of an array: the other tasks write beside it)
+        if args.point.is_none() {
+            rows.push(point_row(out, i, settings, &seeds_of(base), rl_steps(base))?);
+            write_summary(&rows, &name, out)?;
+        }
     }
-    println!("\n{}", table(&rows, &name));
-    println!("wrote {}", out.join("sweep.md").display());
+    match args.point {
+        Some(p) => println!("point p{p} done; after every point: the same command with --report instead of --point"),
+        None => {
+            println!("\n{}", table(&rows, &name));
+            println!("wrote {}", out.join(SUMMARY_FILES[0]).display());
+        }
+    }
     Ok(())
 }
 
