@@ -27,10 +27,9 @@ struct Seen {
     changes: usize,
 }
 
-fn read_metrics(text: &str) -> Seen {
+fn read_metrics(lines: Vec<(usize, Value)>) -> Seen {
     let mut seen = Seen::default();
-    // (a line cut short by a kill, or being written now, is skipped)
-    for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+    for (_, v) in lines {
         let num = |k: &str| v.get(k).and_then(Value::as_f64);
         if v.get("event").is_some() {
             seen.changes += 1;
@@ -59,8 +58,12 @@ fn recent_median(secs: &[f64]) -> Option<f64> {
 /// metrics.jsonl), `now` being the time of asking.
 pub fn describe(run: &Path, now: SystemTime) -> Vec<String> {
     let metrics_path = run.join("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&metrics_path) else { return Vec::new() };
-    let seen = read_metrics(&text);
+    let Ok(bytes) = std::fs::read(&metrics_path) else { return Vec::new() };
+    // (a last line cut short by a kill, or being written now, is left out)
+    let seen = match crate::train::metrics::parse_lines(&metrics_path.display().to_string(), &bytes) {
+        Ok(lines) => read_metrics(lines),
+        Err(e) => return vec![format!("progress: unknown ({e})")],
+    };
     let mut out = Vec::new();
     let cfg = RunConfig::load(&run.join("config.toml"));
     let (sft_total, rl_total) = match &cfg {

@@ -108,15 +108,16 @@ struct PointResult {
 /// The files the sweep writes beside its runs: the table first, then the figure it shows.
 const SUMMARY_FILES: [&str; 2] = ["sweep.md", "sweep.png"];
 
-/// The held-out evaluations (rl_step, sampled, greedy) in a run's metrics.jsonl.
+/// The held-out evaluations (rl_step, sampled, greedy) in a run's metrics.jsonl, read as `arbor
+/// plot` reads them.
 fn evals(metrics: &Path) -> anyhow::Result<Vec<(u64, f64, f64)>> {
-    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
-            Some((v.get("rl_step")?.as_u64()?, num("eval_solve_rate")?, num("eval_solve_rate_greedy")?))
+    let bytes = std::fs::read(metrics).with_context(|| format!("{}", metrics.display()))?;
+    let m = super::plot::parse_metrics(&metrics.display().to_string(), &bytes)?;
+    Ok(m.rl
+        .iter()
+        .filter_map(|r| {
+            let v = |k: &str| r.values.get(k).copied();
+            Some((r.step as u64, v("eval_solve_rate")?, v("eval_solve_rate_greedy")?))
         })
         .collect())
 }

@@ -31,7 +31,7 @@ impl Override {
             path.iter().find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         {
             return Err(format!(
-                "{bad:?} is not a key: a key is dotted names of letters, digits, '_' and '-' (e.g. rl.loss.kind)"
+                "{bad:?} is not a key: a key is dotted names of letters, digits, '_' and '-' (e.g. loss.kind)"
             ));
         }
         Ok(Override { raw: raw.to_string(), path, value: value_of(text.trim()) })
