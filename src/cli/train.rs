@@ -74,7 +74,12 @@ pub fn parse_time_limit(text: &str) -> std::result::Result<(std::time::Duration,
         if m >= 60 || s >= 60 {
             return Err(bad());
         }
-        ((days * 24 + h) * 60 + m) * 60 + s
+        // (checked: an hour count near u64's end is refused, not wrapped)
+        days.checked_mul(24)
+            .and_then(|x| x.checked_add(h))
+            .and_then(|x| x.checked_mul(3600))
+            .and_then(|x| x.checked_add(m * 60 + s))
+            .ok_or_else(bad)?
     } else {
         let (mut total, mut number, mut last_unit) = (0u64, String::new(), u64::MAX);
         for c in t.chars() {
@@ -413,6 +418,8 @@ mod tests {
             "-5",
             "1:60",
             "1-55:00",
+            "9999999999999999999:00:00",
+            "999999999999999999-00:00:00",
             "1:2:3:4",
             "a:b:c",
             "99999999999999999999d",
