@@ -76,7 +76,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 return train::check(&cfg, args.resume.as_deref());
             }
             arbor::train::preempt::install_handlers()?;
-            train::arm_time_limit(&args, &cfg)?;
+            train::arm_time_limit(&args);
             train::run(&cfg, args.resume.as_deref())
         }
         Command::Sft(args) => {
@@ -97,7 +97,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 return train::check(&cfg, args.resume.as_deref());
             }
             arbor::train::preempt::install_handlers()?;
-            train::arm_time_limit(&args, &cfg)?;
+            train::arm_time_limit(&args);
             train::run(&cfg, args.resume.as_deref())
         }
         Command::Eval(args) => {

@@ -172,14 +172,10 @@ fn a_time_limit_stops_the_run_checkpointed_and_the_resume_ends_as_the_straight_r
         weights("limited", 6).unwrap() == weights("straight", 6).unwrap(),
         "the resumed run ends as the straight one"
     );
-    // refused: a malformed limit (by clap), an [async] run (it does not stop at a step end)
+    // refused by clap: a malformed limit (`[async]` runs: tests/mpi/)
     let (code, err) = run("bad", &["--time-limit", "4 hours"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("not a duration"), "{err}");
-    let (code, err) =
-        run("bad", &["--time-limit", "1h", "--set", "async={ rollout_ranks = 1, alpha = 1 }", "--set", "rl.steps=2"]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("--time-limit 1h: an [async] run does not stop at a step end"), "{err}");
     assert!(!dir.path().join("bad").exists());
 }
 

@@ -42,7 +42,8 @@ pub struct TrainArgs {
     /// end after it every rank stops, a checkpoint is written, and arbor exits with status 75 (a
     /// requeue's cue; `--resume auto` continues). `3h55m`, `90m`, `45s`, `5400` (seconds) or Slurm's
     /// `HH:MM:SS` / `D-HH:MM:SS`; leave a margin for a step and a checkpoint. For schedulers
-    /// without a warning signal; not for `[async]` runs (they do not stop at a step end).
+    /// without a warning signal. Under `[async]` the training ranks stop and halt the rollout ranks
+    /// (leave a margin for a batch's generation too).
     #[arg(long, value_name = "DURATION", value_parser = parse_time_limit)]
     pub time_limit: Option<(std::time::Duration, String)>,
     /// Replay a continuous `[async]` run's weight-install schedule (its rollout-schedule.jsonl):
@@ -110,16 +111,12 @@ pub fn parse_time_limit(text: &str) -> std::result::Result<(std::time::Duration,
     Ok((std::time::Duration::from_secs(secs), t.to_string()))
 }
 
-/// Arm `--time-limit` for the run of `cfg` (from now).
-pub fn arm_time_limit(args: &TrainArgs, cfg: &RunConfig) -> anyhow::Result<()> {
-    let Some((limit, shown)) = &args.time_limit else { return Ok(()) };
-    anyhow::ensure!(
-        cfg.async_rl.is_none(),
-        "--time-limit {shown}: an [async] run does not stop at a step end (its rollout ranks take no part in the \
-         trainer's collectives); it resumes from its last periodic checkpoint (train.checkpoint_every)"
-    );
-    crate::train::preempt::stop_after(*limit, shown);
-    Ok(())
+/// Arm `--time-limit` (from now). Under `[async]` every rank arms it; the training ranks decide
+/// (they agree at each step end, as at a signal) and the leader halts the rollout ranks.
+pub fn arm_time_limit(args: &TrainArgs) {
+    if let Some((limit, shown)) = &args.time_limit {
+        crate::train::preempt::stop_after(*limit, shown);
+    }
 }
 
 /// Load the config with overrides applied.

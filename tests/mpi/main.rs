@@ -486,6 +486,78 @@ fn a_tensor_parallel_run_resumes_exactly_from_its_gathered_checkpoint() {
     compare_runs_within(&run("full"), &run("part"), "checkpoints/step-3", "tp=2 resumed vs uninterrupted", 0.0, 1e-5);
 }
 
+/// `--time-limit` (the flag a preemption signal sets) under `[async]`: the training ranks stop
+/// together at the first step end past it, the leader checkpoints and halts the rollout ranks (the
+/// batch loop and the streaming loop), every rank exits 75, and `--resume latest` continues: at
+/// α = 0 to the uninterrupted run's weights bit for bit; at α = 1 to what a resume of the
+/// uninterrupted run's checkpoint of the same step gives (a resume starts the staleness afresh).
+#[test]
+fn an_async_run_stops_at_its_time_limit_on_every_rank_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let run = |n: &str| dir.path().join(n).join("default");
+    // (name, launcher, ranks, [async] table)
+    let cases: [(&str, Launcher, usize, &str); 3] = [
+        ("a0", launch, 2, "rollout_ranks = 1\nalpha = 0"),
+        ("a1", mpirun, 2, "rollout_ranks = 1\nalpha = 1"),
+        ("replicated", mpirun, 3, "rollout_ranks = 2\nalpha = 1\nreplicate = true"),
+    ];
+    for (name, launcher, np, table) in cases {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, format!("{}\n[async]\n{table}\n", grpo_config())).unwrap();
+        let cfg = p.to_str().unwrap().to_string();
+        let job = |at: &str, more: &[&str]| {
+            let base = [
+                "--threads",
+                "1",
+                "train",
+                "--config",
+                &cfg,
+                "--set",
+                "train.checkpoint_every=1",
+                "--set",
+                "train.keep_checkpoints=3",
+            ];
+            let o = launcher(np, &[&base[..], &["--out-dir", &out(at)], more].concat(), &[]);
+            (o.status.code(), text(&o))
+        };
+        let (code, all) = job(&format!("{name}-full"), &[]);
+        assert_eq!(code, Some(0), "{name}: {all}");
+        let part = format!("{name}-part");
+        let (code, all) = job(&part, &["--time-limit", "0"]);
+        assert_eq!(code, Some(75), "{name}: exit 75 (requeue): {all}");
+        let said = "stopped by its time limit (--time-limit 0) after step 1, checkpoint written";
+        // every rank says why it stopped (mpirun ends the others once one has exited non-zero:
+        // after the world's barrier, so after the checkpoint, but perhaps before they print)
+        let told = if name == "a0" { np } else { 1 };
+        assert!(all.matches(said).count() >= told, "{name}: {all}");
+        let cks = run(&part).join("checkpoints");
+        assert!(cks.join("step-1").is_dir() && !cks.join("step-2").exists(), "{name}: {all}");
+        let (code, all) = job(&part, &["--resume", "latest"]);
+        assert_eq!(code, Some(0), "{name}: the resume: {all}");
+        let reference = if name == "a0" {
+            format!("{name}-full")
+        } else {
+            // the uninterrupted run, resumed from its own checkpoint of step 1
+            let copy = format!("{name}-copy");
+            assert!(Command::new("cp")
+                .args(["-r", &out(&format!("{name}-full")), &out(&copy)])
+                .status()
+                .unwrap()
+                .success());
+            for s in ["step-2", "step-3"] {
+                std::fs::remove_dir_all(run(&copy).join("checkpoints").join(s)).unwrap();
+            }
+            let ck = run(&copy).join("checkpoints/step-1");
+            let (code, all) = job(&copy, &["--resume", ck.to_str().unwrap()]);
+            assert_eq!(code, Some(0), "{name}: {all}");
+            copy
+        };
+        let what = format!("{name}: stopped at its time limit and resumed vs {reference}");
+        compare_runs_within(&run(&reference), &run(&part), "checkpoints/step-3", &what, 0.0, 1e-9);
+    }
+}
+
 /// `arbor launch` (no MPI: collectives and messages over TCP through the launcher) runs what
 /// mpirun runs: two-rank data parallelism and an `[async]` job (weights and batches sent on their
 /// own threads) give mpirun's weights and metrics bit for bit (two ranks sum the same in either

@@ -1,5 +1,6 @@
 //! The messages between training and rollout ranks, all little-endian:
 //! - weights (leader → rollout ranks): [version u64][checksum64 of the f32 bytes u64][f32 bytes]; empty = stop;
+//!   [u64::MAX][step u64][why, UTF-8] = halt (the trainer stopped early, checkpointed after `step`);
 //! - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_rollouts];
 //! - share (leader → each other training rank): [encode_rollouts][generation seconds f64][version u64];
 //! - piece (rollout rank → leader, streaming modes): see `pieces.rs`.
@@ -14,6 +15,7 @@ use crate::train::rl::Rollouts;
 
 // Rank-to-rank messages of this module, all little-endian:
 // - weights (leader → rollout ranks): [version u64][checksum64 of the f32 bytes u64][f32 bytes]; empty = stop;
+//   [u64::MAX][step u64][why] = halt (a preemption: see `halt_message`);
 // - batch (rollout rank → leader): [version u64][weights checksum u64][generation seconds f64][encode_rollouts];
 // - share (leader → each other training rank): [encode_rollouts][generation seconds f64][version u64].
 // Decoding never panics: a short or malformed message is an error naming the message and what is wrong.
@@ -39,6 +41,25 @@ pub(crate) fn weights_message(model: &Model, version: u64) -> (Vec<u8>, u64) {
     out.extend_from_slice(&sum.to_le_bytes());
     out.extend_from_slice(bytes);
     (out, sum)
+}
+
+/// The version field of a halt message: no policy version is u64::MAX.
+const HALT_MARK: u64 = u64::MAX;
+
+/// The leader's halt message to the rollout ranks: the trainer stopped early (a preemption signal
+/// or `--time-limit`) after checkpointing global step `step`, for the reason `why`. A rollout rank
+/// stops generating, sends what it has queued and then an empty message (its last), and ends with
+/// the trainer's [`Error::Preempted`].
+pub(crate) fn halt_message(step: u64, why: &str) -> Vec<u8> {
+    [&HALT_MARK.to_le_bytes()[..], &step.to_le_bytes(), why.as_bytes()].concat()
+}
+
+/// `Some(Error::Preempted)` where `msg` is a halt message (a weights message starts with its
+/// version, never u64::MAX).
+pub(crate) fn halted(msg: &[u8]) -> Option<Error> {
+    let mark = u64_at(msg, 0, "", "").ok()?;
+    let step = u64_at(msg, 8, "", "").ok()?;
+    (mark == HALT_MARK).then(|| Error::Preempted { step, why: String::from_utf8_lossy(&msg[16..]).into_owned() })
 }
 
 /// The little-endian u64 at byte `at` of `msg`, or an error naming the message and the field.
@@ -165,6 +186,18 @@ mod tests {
     fn weights(values: &[f32], version: u64) -> Vec<u8> {
         let bytes: &[u8] = bytemuck::cast_slice(values);
         [&version.to_le_bytes()[..], &checksum64(bytes).to_le_bytes(), bytes].concat()
+    }
+
+    #[test]
+    fn a_halt_message_carries_the_step_and_the_reason_and_no_weights_message_reads_as_one() {
+        let h = halt_message(12, "a signal");
+        match halted(&h) {
+            Some(Error::Preempted { step, why }) => assert_eq!((step, why.as_str()), (12, "a signal")),
+            other => panic!("{other:?}"),
+        }
+        assert!(halted(&weights(&[1.0, 2.0], 3)).is_none());
+        assert!(halted(&weights(&[], u64::MAX - 1)).is_none());
+        assert!(halted(&[]).is_none() && halted(&h[..12]).is_none());
     }
 
     #[test]

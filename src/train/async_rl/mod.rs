@@ -41,6 +41,7 @@ use crate::train::rl::{
 use crate::train::AdamW;
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -53,8 +54,8 @@ mod schedule;
 mod stream;
 use leader::StreamLeader;
 use messages::{
-    decode_batch, decode_share, encode_batch, encode_share, load_weights, weights_checksum, weights_message,
-    BatchMessage,
+    decode_batch, decode_share, encode_batch, encode_share, halt_message, halted, load_weights, weights_checksum,
+    weights_message, BatchMessage,
 };
 pub use messages::{decode_weights, WeightsMessage};
 pub use pieces::batch_version;
@@ -209,6 +210,8 @@ fn rollout_loop(
     let (lag, replicate) = (ac.lag(), ac.replicate);
     let (to_sender, outbox) = mpsc::channel::<Vec<u8>>();
     let (to_main, inbox) = mpsc::channel::<Result<Vec<u8>>>();
+    // set by the weights thread once the leader's halt is in the inbox: no batch starts after it
+    let halt = AtomicBool::new(false);
     std::thread::scope(|scope| -> Result<()> {
         let sender = scope.spawn(move || -> Result<()> {
             for msg in outbox {
@@ -216,10 +219,13 @@ fn rollout_loop(
             }
             Ok(())
         });
+        let halt = &halt;
         scope.spawn(move || loop {
             let msg = weights.recv_bytes(0);
-            let stop = msg.as_ref().map_or(true, |m| m.is_empty());
+            let halts = msg.as_ref().is_ok_and(|m| halted(m).is_some());
+            let stop = halts || msg.as_ref().map_or(true, |m| m.is_empty());
             if to_main.send(msg).is_err() || stop {
+                halt.store(halts, Ordering::SeqCst);
                 break;
             }
         });
@@ -236,7 +242,7 @@ fn rollout_loop(
                     inbox: &inbox,
                     outbox: &to_sender,
                 };
-                return stream::stream_batches(model, ph, st);
+                return stream::stream_batches(model, ph, st).and_then(|()| trainer_end(&inbox));
             }
             let ctx = RlTrainer::context(ph.cfg, ph.rl, ph.task, ph.codec, role.as_ref());
             let mut sampler = Sampler::new(ph.plan, model);
@@ -251,12 +257,18 @@ fn rollout_loop(
             let mut engine = crate::train::engine::Engine::inference(ph.cfg.train.compute(), model)?;
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
+                if halt.load(Ordering::SeqCst) {
+                    return trainer_end(&inbox);
+                }
                 let need = batch_version(b, lag, done);
                 while version < need {
                     let msg =
                         inbox.recv().map_err(|_| Error::Invalid("async: the weights channel closed".into()))??;
                     if msg.is_empty() {
                         return Err(Error::Invalid("async: the trainer stopped before the last batch".into()));
+                    }
+                    if let Some(stopped) = halted(&msg) {
+                        return Err(stopped);
                     }
                     (version, sum) = load_weights(model, &msg)?;
                     engine.load_weights(model)?;
@@ -274,27 +286,47 @@ fn rollout_loop(
                 let msg = encode_batch(version, sum, secs, &rollouts)?;
                 to_sender.send(msg).map_err(|_| Error::Invalid("async: the batch sender stopped".into()))?;
             }
-            Ok(())
+            // every batch generated: the trainer's last message ends the run, or halts it (a
+            // preemption while the trainer had batches of this rank still to train)
+            trainer_end(&inbox)
         };
-        // a failing rollout rank takes the job down (its threads would otherwise wait forever);
-        // where the sender thread stopped first (a send failed), its error is the cause
-        if let Err(e) = generate_all() {
-            let cause = match sender.is_finished().then(|| sender.join()) {
-                Some(Ok(Err(sent))) => format!("sending a batch to the trainer: {sent}"),
-                _ => e.to_string(),
-            };
-            role.abort(&format!("rank {world_rank} (rollout): {cause}"));
+        let ended = generate_all();
+        match &ended {
+            Ok(()) => {}
+            // the leader takes this rank's queued batches up to an empty message, then stops
+            Err(Error::Preempted { .. }) => {
+                to_sender.send(Vec::new()).map_err(|_| Error::Invalid("async: the batch sender stopped".into()))?;
+            }
+            // a failing rollout rank takes the job down (its threads would otherwise wait
+            // forever); where the sender thread stopped first (a send failed), its error is the cause
+            Err(e) => {
+                let cause = match sender.is_finished().then(|| sender.join()) {
+                    Some(Ok(Err(sent))) => format!("sending a batch to the trainer: {sent}"),
+                    _ => e.to_string(),
+                };
+                role.abort(&format!("rank {world_rank} (rollout): {cause}"));
+            }
         }
         drop(to_sender);
         sender.join().map_err(|_| Error::Invalid("async: the batch sender panicked".into()))??;
-        // drain published versions until the trainer's stop message
-        for msg in inbox {
-            if msg?.is_empty() {
-                break;
-            }
-        }
-        Ok(())
+        ended
     })
+}
+
+/// The trainer's last message, once this rank has nothing left to generate: the end of the run
+/// (`Ok`; also where a streaming loop already read it), or the leader's halt (its
+/// [`Error::Preempted`]); versions before it are not needed any more.
+fn trainer_end(inbox: &mpsc::Receiver<Result<Vec<u8>>>) -> Result<()> {
+    for msg in inbox.iter() {
+        let msg = msg?;
+        if msg.is_empty() {
+            break;
+        }
+        if let Some(stopped) = halted(&msg) {
+            return Err(stopped);
+        }
+    }
+    Ok(())
 }
 
 /// The training ranks' source of samples: batches from the rollout ranks.
@@ -428,6 +460,24 @@ impl SampleSource for Received<'_> {
             for &r in &self.rollout {
                 self.weights.send_bytes(r, &[])?;
             }
+        }
+        Ok(())
+    }
+
+    /// The leader halts every rollout rank (unless the run's end already told them to stop) and
+    /// takes whatever they still send, up to their last (empty) message, so no rank is left
+    /// blocked in a send when the job ends.
+    fn halt(&mut self, step: u64, stop: &Error) -> Result<()> {
+        let Error::Preempted { step: global, why } = stop else { return Ok(()) };
+        if self.train.rank() != 0 || step + 1 >= self.steps {
+            return Ok(());
+        }
+        let msg = halt_message(*global, why);
+        for &r in &self.rollout {
+            self.weights.send_bytes(r, &msg)?;
+        }
+        for &r in &self.rollout {
+            while !self.batches.recv_bytes(r)?.is_empty() {}
         }
         Ok(())
     }

@@ -55,7 +55,8 @@ pub(super) struct Stream<'a> {
     pub lag: u64,
     pub replicate: bool,
     pub installs: Installs,
-    /// Weights from the leader (empty = stop) and pieces to it.
+    /// Weights from the leader (empty = stop; a halt message ends the loop with its error) and
+    /// pieces to it.
     pub inbox: &'a Receiver<Result<Vec<u8>>>,
     pub outbox: &'a Sender<Vec<u8>>,
 }
@@ -110,6 +111,10 @@ impl Policy {
         if msg.is_empty() {
             self.stopped = true;
             return if block { Err(stopped()) } else { Ok(None) };
+        }
+        // a preemption: the sequences in flight are dropped (the resume generates them again)
+        if let Some(halt) = super::messages::halted(&msg) {
+            return Err(halt);
         }
         Ok(Some(msg))
     }

@@ -124,6 +124,11 @@ pub(crate) trait SampleSource {
     fn rollouts(&mut self, model: &Model, step: u64) -> Result<(Rollouts, Sampling)>;
     /// Called after the update of `step`: the model now holds policy version `step + 1`.
     fn published(&mut self, model: &Model, step: u64) -> Result<()>;
+    /// Called when the ranks stop early after `step`, checkpointed (`stop`: the
+    /// [`Error::Preempted`] the phase returns): whatever still makes samples is told to stop.
+    fn halt(&mut self, _step: u64, _stop: &Error) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Run (or continue) the RL phase: eval before, `rl.steps` steps with metrics, dumps, periodic evals and
@@ -341,10 +346,9 @@ pub(crate) fn run_phase_with(
                 new_best = true;
             }
         }
-        // a signal on any rank stops every rank here, checkpointed (not under [async]: its rollout
-        // ranks do not take part in the trainer's collectives; a killed async run resumes from its
-        // last periodic checkpoint)
-        let preempted = io.source.is_none() && crate::train::preempt::agreed(grid.world.as_ref())?;
+        // a signal on any rank stops every rank here, checkpointed (under [async], any training
+        // rank: the leader then halts the rollout ranks)
+        let preempted = crate::train::preempt::agreed(grid.world.as_ref())?;
         if final_step || preempted || new_best || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
             io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
             trainer.sync_host(model, opt)?;
@@ -354,7 +358,11 @@ pub(crate) fn run_phase_with(
         if preempted {
             progress.finish();
             progress.say(log, &format!("preempted: checkpoint of RL step {} written", step + 1));
-            return Err(Error::Preempted { step: ph.offset + step + 1, why: crate::train::preempt::why() });
+            let stop = Error::Preempted { step: ph.offset + step + 1, why: crate::train::preempt::why() };
+            if let Some(src) = io.source.as_deref_mut() {
+                src.halt(step, &stop)?;
+            }
+            return Err(stop);
         }
     }
     progress.finish();
