@@ -488,54 +488,49 @@ fn a_tensor_parallel_run_resumes_exactly_from_its_gathered_checkpoint() {
 
 /// `--time-limit` (the flag a preemption signal sets) under `[async]`: the training ranks stop
 /// together at the first step end past it, the leader checkpoints and halts the rollout ranks (the
-/// batch loop and the streaming loop), every rank exits 75, and `--resume latest` continues: at
-/// α = 0 to the uninterrupted run's weights bit for bit; at α = 1 to what a resume of the
-/// uninterrupted run's checkpoint of the same step gives (a resume starts the staleness afresh).
+/// batch loop and the streaming loop), every rank exits 75, and `--resume latest` continues. In
+/// batch mode the resumed run is the uninterrupted one bit for bit, at α = 2 too, stopped twice (the
+/// checkpoints keep the older policy versions the next batches need, and the phase's first one); the
+/// streaming loop's resume equals a resume of the uninterrupted run's checkpoint of the same step.
 #[test]
 fn an_async_run_stops_at_its_time_limit_on_every_rank_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let run = |n: &str| dir.path().join(n).join("default");
-    // (name, launcher, ranks, [async] table)
-    let cases: [(&str, Launcher, usize, &str); 3] = [
-        ("a0", launch, 2, "rollout_ranks = 1\nalpha = 0"),
-        ("a1", mpirun, 2, "rollout_ranks = 1\nalpha = 1"),
-        ("replicated", mpirun, 3, "rollout_ranks = 2\nalpha = 1\nreplicate = true"),
+    // (name, launcher, ranks, [async] table, stops before the end)
+    let cases: [(&str, Launcher, usize, &str, usize); 3] = [
+        ("a0", launch, 2, "rollout_ranks = 1\nalpha = 0", 1),
+        ("a2", mpirun, 2, "rollout_ranks = 1\nalpha = 2", 2),
+        ("replicated", mpirun, 3, "rollout_ranks = 2\nalpha = 1\nreplicate = true", 1),
     ];
-    for (name, launcher, np, table) in cases {
+    for (name, launcher, np, table, stops) in cases {
         let p = dir.path().join(format!("{name}.toml"));
         std::fs::write(&p, format!("{}\n[async]\n{table}\n", grpo_config())).unwrap();
         let cfg = p.to_str().unwrap().to_string();
         let job = |at: &str, more: &[&str]| {
-            let base = [
-                "--threads",
-                "1",
-                "train",
-                "--config",
-                &cfg,
-                "--set",
-                "train.checkpoint_every=1",
-                "--set",
-                "train.keep_checkpoints=3",
-            ];
-            let o = launcher(np, &[&base[..], &["--out-dir", &out(at)], more].concat(), &[]);
+            let base = ["--threads", "1", "train", "--config", &cfg];
+            let keep = ["--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=3"];
+            let o = launcher(np, &[&base[..], &keep, &["--out-dir", &out(at)], more].concat(), &[]);
             (o.status.code(), text(&o))
         };
         let (code, all) = job(&format!("{name}-full"), &[]);
         assert_eq!(code, Some(0), "{name}: {all}");
         let part = format!("{name}-part");
-        let (code, all) = job(&part, &["--time-limit", "0"]);
-        assert_eq!(code, Some(75), "{name}: exit 75 (requeue): {all}");
-        let said = "stopped by its time limit (--time-limit 0) after step 1, checkpoint written";
-        // every rank says why it stopped (mpirun ends the others once one has exited non-zero:
-        // after the world's barrier, so after the checkpoint, but perhaps before they print)
-        let told = if name == "a0" { np } else { 1 };
-        assert!(all.matches(said).count() >= told, "{name}: {all}");
-        let cks = run(&part).join("checkpoints");
-        assert!(cks.join("step-1").is_dir() && !cks.join("step-2").exists(), "{name}: {all}");
+        for stop in 1..=stops {
+            let resume: &[&str] = if stop == 1 { &[] } else { &["--resume", "latest"] };
+            let (code, all) = job(&part, &[resume, &["--time-limit", "0"]].concat());
+            assert_eq!(code, Some(75), "{name}: exit 75 (requeue): {all}");
+            let said = format!("stopped by its time limit (--time-limit 0) after step {stop}, checkpoint written");
+            // every rank says why it stopped (mpirun ends the others once one has exited non-zero:
+            // after the world's barrier, so after the checkpoint, but perhaps before they print)
+            let told = if name == "a0" { np } else { 1 };
+            assert!(all.matches(&said).count() >= told, "{name}: {all}");
+            let ck = run(&part).join(format!("checkpoints/step-{stop}"));
+            assert!(ck.is_dir() && !ck.with_file_name(format!("step-{}", stop + 1)).exists(), "{name}: {all}");
+        }
         let (code, all) = job(&part, &["--resume", "latest"]);
         assert_eq!(code, Some(0), "{name}: the resume: {all}");
-        let reference = if name == "a0" {
+        let reference = if name != "replicated" {
             format!("{name}-full")
         } else {
             // the uninterrupted run, resumed from its own checkpoint of step 1

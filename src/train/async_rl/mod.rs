@@ -16,7 +16,9 @@
 //! every batch; a violation is an error). Fixing the version per batch, rather than taking
 //! whichever samples finish first, keeps runs deterministic: the same seed gives the same
 //! weights for any number of rollout or training ranks, and α = 0 is exactly the synchronous
-//! trainer (tests/mpi/). Nothing is ever too old to train on, so no prompt is aborted.
+//! trainer (tests/mpi/). Nothing is ever too old to train on, so no prompt is aborted. Each
+//! checkpoint keeps the older versions the batches after it need (`history.rs`), so a stopped and
+//! resumed run ends as the uninterrupted one; a preemption halts the rollout ranks (`halt`).
 //!
 //! `mode = "continuous"` and `replicate = true` stream instead (`stream.rs`): one
 //! continuous-batching loop per rollout rank across batches, a `Piece` per finished group share,
@@ -47,6 +49,7 @@ use std::time::Instant;
 
 pub use crate::config::{AsyncConfig, RolloutMode};
 
+mod history;
 mod leader;
 mod messages;
 mod pieces;
@@ -87,6 +90,13 @@ pub fn run_phase(
     let batches = world.split(0, rank)?;
     let weights = world.split(0, rank)?;
     let lag = ac.lag();
+    // a batch-mode resume at α ≥ 1: the older versions its first batches need, and the phase's
+    // first version (history.rs); without them batch versions count from the resumed step
+    let resumed = match (&start.from, start.done > 0 && !ac.streams()) {
+        (Some(ck), true) => history::read(ck, start.done, lag, model.params.data.len())?,
+        _ => None,
+    };
+    let first = resumed.as_ref().map_or(start.done, |h| h.first);
     if is_rollout {
         let installs = match (ac.mode, &ac.replay) {
             _ if !ac.streams() => None,
@@ -95,14 +105,30 @@ pub fn run_phase(
             (RolloutMode::Continuous, Some(path)) => Some(stream::Installs::Replay(schedule::read(path, rank)?)),
         };
         let comms = RolloutComms { world_rank: rank, role, batches, weights };
-        rollout_loop(model, ph, (start.done, start.sampling), comms, installs)?;
+        let older = resumed.map(|h| h.msgs).unwrap_or_default();
+        rollout_loop(model, ph, (start.done, first, start.sampling), (comms, older), installs)?;
         let none = SolveRate { greedy: 0.0, sampled: 0.0, pass: None };
         return Ok((none, none));
     }
     let dp = role.split(0, role.rank())?;
     let shares = role.split(0, role.rank())?;
     let train_grid = Grid { world: role, dp, tp: TpGroup::single(), watchdog: grid.watchdog.clone() };
-    let first_sum = weights_checksum(model);
+    let (first_msg, first_sum) = weights_message(model, start.done);
+    // the leader keeps what later checkpoints need (batch mode; a resume's older versions first)
+    let mut history = (!ac.streams() && train_grid.is_root()).then(|| history::History::new(first, lag));
+    let mut published = Vec::new();
+    if let Some(r) = resumed {
+        for (v, msg) in r.msgs {
+            published.push((v, messages::u64_at(&msg, 8, "weights message", "checksum")?));
+            if let Some(h) = history.as_mut() {
+                h.push(v, msg);
+            }
+        }
+    }
+    published.push((start.done, first_sum));
+    if let Some(h) = history.as_mut() {
+        h.push(start.done, first_msg);
+    }
     let mut source = Received {
         batches,
         weights,
@@ -110,8 +136,9 @@ pub fn run_phase(
         train: train_grid.world.as_ref(),
         shares,
         lag,
-        first: start.done,
-        published: vec![(start.done, first_sum)],
+        first,
+        published,
+        history,
         per_prompt: ph.rl.samples_per_prompt as usize,
         steps: ph.rl.steps,
         stream: None,
@@ -201,8 +228,8 @@ struct RolloutComms {
 fn rollout_loop(
     model: &mut Model,
     ph: &Phase,
-    (done, sampling): (u64, Option<crate::train::checkpoint::SamplingState>),
-    comms: RolloutComms,
+    (done, first, sampling): (u64, u64, Option<crate::train::checkpoint::SamplingState>),
+    (comms, mut older): (RolloutComms, std::collections::BTreeMap<u64, Vec<u8>>),
     stream: Option<stream::Installs>,
 ) -> Result<()> {
     let RolloutComms { world_rank, role, batches, weights } = comms;
@@ -253,6 +280,10 @@ fn rollout_loop(
             // [rhythm]: this rank shapes its share with the policy that generated it
             let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));
             let (mut version, mut sum) = (done, weights_checksum(model));
+            if !older.is_empty() {
+                // a resume's first batches go back to older versions, then on to this one
+                older.insert(done, weights_message(model, done).0);
+            }
             // this rank's own engine (its GPU with "cuda"), given each published version
             let mut engine = crate::train::engine::Engine::inference(ph.cfg.train.compute(), model)?;
             for b in done..ph.rl.steps {
@@ -260,7 +291,12 @@ fn rollout_loop(
                 if halt.load(Ordering::SeqCst) {
                     return trainer_end(&inbox);
                 }
-                let need = batch_version(b, lag, done);
+                let need = batch_version(b, lag, first);
+                if let Some(msg) = older.remove(&need).filter(|_| version != need) {
+                    (version, sum) = load_weights(model, &msg)?;
+                    engine.load_weights(model)?;
+                }
+                older.retain(|v, _| *v > need);
                 while version < need {
                     let msg =
                         inbox.recv().map_err(|_| Error::Invalid("async: the weights channel closed".into()))??;
@@ -347,6 +383,8 @@ struct Received<'g> {
     steps: u64,
     /// The leader's assembly of streamed pieces (streaming modes, leader only).
     stream: Option<StreamLeader<'g>>,
+    /// The published versions a checkpoint may need (batch mode, leader only).
+    history: Option<history::History>,
 }
 
 impl Received<'_> {
@@ -456,12 +494,23 @@ impl SampleSource for Received<'_> {
             for &r in &self.rollout {
                 self.weights.send_bytes(r, &msg)?;
             }
+            if let Some(h) = self.history.as_mut() {
+                h.push(version, msg);
+            }
         } else {
             for &r in &self.rollout {
                 self.weights.send_bytes(r, &[])?;
             }
         }
         Ok(())
+    }
+
+    /// The older versions the batches after this checkpoint need (history.rs).
+    fn save(&self, dir: &std::path::Path, done: u64) -> Result<()> {
+        match &self.history {
+            Some(h) if done < self.steps => h.save(dir, done),
+            _ => Ok(()),
+        }
     }
 
     /// The leader halts every rollout rank (unless the run's end already told them to stop) and

@@ -129,6 +129,10 @@ pub(crate) trait SampleSource {
     fn halt(&mut self, _step: u64, _stop: &Error) -> Result<()> {
         Ok(())
     }
+    /// Files of its own in the checkpoint of `done` steps (in folder `dir`, before it is committed).
+    fn save(&self, _dir: &Path, _done: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Run (or continue) the RL phase: eval before, `rl.steps` steps with metrics, dumps, periodic evals and
@@ -353,7 +357,8 @@ pub(crate) fn run_phase_with(
             io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
             trainer.sync_host(model, opt)?;
             let best = (best.as_ref(), new_best);
-            checkpoint(model, opt, ph, &trainer, grid, (step, guard.in_a_row()), before, best)?;
+            let source = io.source.as_deref();
+            checkpoint(model, opt, ph, (&trainer, source), grid, (step, guard.in_a_row()), before, best)?;
         }
         if preempted {
             progress.finish();
@@ -410,7 +415,7 @@ fn checkpoint(
     model: &Model,
     opt: &AdamW,
     ph: &Phase,
-    trainer: &RlTrainer,
+    (trainer, source): (&RlTrainer, Option<&dyn SampleSource>),
     grid: &Grid,
     (step, nonfinite_in_a_row): (u64, u64),
     before: SolveRate,
@@ -444,6 +449,9 @@ fn checkpoint(
         for (r, bytes) in all.iter().enumerate() {
             let path = dir.join(format!("pending-rank{r}.json"));
             std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        }
+        if let Some(s) = source {
+            s.save(dir, step + 1)?;
         }
         Ok(())
     };
