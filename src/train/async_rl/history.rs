@@ -6,9 +6,9 @@
 //! copies of the f32 weights in its host memory) and writes the older ones, with the phase's first
 //! version, into each checkpoint (`async-history.bin`); a resume
 //! reads them on every rank, so the rollout ranks generate those batches with exactly the weights
-//! the uninterrupted run used, and the run continues bit for bit. A checkpoint without the file (the
-//! streaming modes, or one written before it existed) resumes as before: the first ⌈α⌉ batches after
-//! it use the resumed weights.
+//! the uninterrupted run used, and the run continues bit for bit (batch mode, replicated or not). A
+//! checkpoint without the file (continuous mode, or one written before it existed) resumes as before:
+//! the first ⌈α⌉ batches after it use the resumed weights.
 //!
 //! File: [magic "ARBASH01"][first version u64][count u64] then per version [length u64][weights
 //! message] (`messages.rs`: version, checksum, f32 bytes), oldest first; all little-endian.

@@ -92,7 +92,8 @@ pub fn run_phase(
     let lag = ac.lag();
     // a batch-mode resume at α ≥ 1: the older versions its first batches need, and the phase's
     // first version (history.rs); without them batch versions count from the resumed step
-    let resumed = match (&start.from, start.done > 0 && !ac.streams()) {
+    let batch_mode = ac.mode == RolloutMode::Batch;
+    let resumed = match (&start.from, start.done > 0 && batch_mode) {
         (Some(ck), true) => history::read(ck, start.done, lag, model.params.data.len())?,
         _ => None,
     };
@@ -115,7 +116,7 @@ pub fn run_phase(
     let train_grid = Grid { world: role, dp, tp: TpGroup::single(), watchdog: grid.watchdog.clone() };
     let (first_msg, first_sum) = weights_message(model, start.done);
     // the leader keeps what later checkpoints need (batch mode; a resume's older versions first)
-    let mut history = (!ac.streams() && train_grid.is_root()).then(|| history::History::new(first, lag));
+    let mut history = (batch_mode && train_grid.is_root()).then(|| history::History::new(first, lag));
     let mut published = Vec::new();
     if let Some(r) = resumed {
         for (v, msg) in r.msgs {
@@ -144,7 +145,7 @@ pub fn run_phase(
         stream: None,
     };
     if ac.streams() && train_grid.is_root() {
-        source.stream = Some(stream_leader(model, ph, ac, &source.rollout, start.done)?);
+        source.stream = Some(stream_leader(model, ph, ac, &source.rollout, (start.done, first))?);
     }
     // no step left (a resume of a finished run, or rl.steps = 0): no version is ever published,
     // whose last publication tells the rollout ranks to stop, so they are told now
@@ -177,24 +178,24 @@ fn stream_leader<'g>(
     ph: &Phase<'g>,
     ac: &AsyncConfig,
     rollout: &[usize],
-    first: u64,
+    (done, first): (u64, u64),
 ) -> Result<StreamLeader<'g>> {
     let rl = ph.rl;
     let n = rl.samples_per_prompt as usize;
     let assembler =
-        Assembler::new(rollout.to_vec(), rl.prompts_per_step, n, ac.replicate, model.cfg.vocab_size, first..rl.steps);
+        Assembler::new(rollout.to_vec(), rl.prompts_per_step, n, ac.replicate, model.cfg.vocab_size, done..rl.steps);
     let schedule: Option<Box<dyn Write>> = if ac.mode == RolloutMode::Continuous && ac.replay.is_none() {
         let path = ph.run_dir.join(schedule::FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
-            .append(first > 0)
+            .append(done > 0)
             .write(true)
-            .truncate(first == 0)
+            .truncate(done == 0)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         let mut out: Box<dyn Write> = Box::new(std::io::BufWriter::new(file));
-        if first > 0 {
-            schedule::mark_resume(out.as_mut(), first)?;
+        if done > 0 {
+            schedule::mark_resume(out.as_mut(), done)?;
         }
         Some(out)
     } else {
@@ -263,6 +264,8 @@ fn rollout_loop(
                     index: role.rank(),
                     ranks: role.size(),
                     first: done,
+                    base: first,
+                    older: std::mem::take(&mut older),
                     lag,
                     replicate,
                     installs,

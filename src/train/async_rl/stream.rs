@@ -30,7 +30,7 @@ use crate::train::engine::Engine;
 use crate::train::rl::rollouts::{problem, reward};
 use crate::train::rl::{rollout_config, Phase};
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
@@ -53,6 +53,10 @@ pub(super) struct Stream<'a> {
     /// The phase's first batch (its starting policy version) and ⌈α⌉.
     pub first: u64,
     pub lag: u64,
+    /// Batch versions count from `base` (locked installs): `first`, or before it where a resume
+    /// brought the older versions its first batches need (`older`, history.rs).
+    pub base: u64,
+    pub older: BTreeMap<u64, Vec<u8>>,
     pub replicate: bool,
     pub installs: Installs,
     /// Weights from the leader (empty = stop; a halt message ends the loop with its error) and
@@ -136,6 +140,12 @@ impl Policy {
         sum: Option<u64>,
         step: u64,
     ) -> Result<()> {
+        if want < self.version {
+            return Err(Error::Invalid(format!(
+                "async: policy version {want} is needed, older than the installed {}, and no checkpoint history brought it",
+                self.version
+            )));
+        }
         while self.version < want {
             let msg = self.next(inbox, true)?.ok_or_else(stopped)?;
             let v = super::messages::u64_at(&msg, 0, "weights message", "version")?;
@@ -193,6 +203,10 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
     // checks them against the version the trainer published first, as every later install
     let start = Install { version: s.first, sum, decode_step: 0 };
     let mut policy = Policy { version: s.first, sum, unreported: vec![start], stopped: false };
+    if !s.older.is_empty() {
+        // a resume's first batches go back to older versions, then on to this one
+        s.older.insert(s.first, super::messages::weights_message(model, s.first).0);
+    }
     let (mut busy_s, mut total_s) = (0.0f64, 0.0f64);
     let mut open: HashMap<(u64, usize), Open> = HashMap::new();
     let (mut b, mut k) = (s.first, 0usize);
@@ -234,7 +248,7 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
         // admission: the next requests of the queue whose batch may start under this version
         while slots.has_free() && b < rl.steps {
             let may = match s.installs {
-                Installs::Locked => policy.version == batch_version(b, s.lag, s.first),
+                Installs::Locked => policy.version == batch_version(b, s.lag, s.base),
                 _ => b.saturating_sub(policy.version) <= s.lag,
             };
             if !may {
@@ -288,8 +302,12 @@ pub(super) fn stream_batches(model: &mut Model, ph: &Phase, mut s: Stream<'_>) -
                     policy.install(model, &mut slots, &msg, step)?;
                 }
                 Installs::Locked => {
-                    let want = batch_version(b, s.lag, s.first);
-                    policy.install_exact((model, &mut slots), s.inbox, want, None, step)?;
+                    let want = batch_version(b, s.lag, s.base);
+                    match s.older.remove(&want) {
+                        Some(msg) if want != policy.version => policy.install(model, &mut slots, &msg, step)?,
+                        _ => policy.install_exact((model, &mut slots), s.inbox, want, None, step)?,
+                    }
+                    s.older.retain(|v, _| *v > want);
                 }
                 Installs::Replay(due) => {
                     return Err(Error::Invalid(format!(
