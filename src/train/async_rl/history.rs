@@ -22,7 +22,8 @@ use std::path::Path;
 pub(super) const FILE: &str = "async-history.bin";
 const MAGIC: &[u8; 8] = b"ARBASH01";
 
-/// The leader's published weights messages that a checkpoint may need: versions ≥ newest − lag.
+/// The leader's published weights messages that a checkpoint may need: versions ≥ newest − lag
+/// (kept at lag > 0 only: at α = 0 every batch after a checkpoint uses its version or a later one).
 pub(super) struct History {
     /// The phase's first version (batch versions are counted from it).
     pub first: u64,
@@ -47,9 +48,6 @@ impl History {
     /// Write the versions the batches after a checkpoint of step `done` are generated with and the
     /// checkpoint does not hold: max(first, done − lag) .. done − 1.
     pub fn save(&self, dir: &Path, done: u64) -> Result<()> {
-        if self.lag == 0 {
-            return Ok(()); // α = 0: every batch after it uses a version ≥ the checkpoint's
-        }
         let wanted = done.saturating_sub(self.lag).max(self.first)..done;
         let keep: Vec<&(u64, Vec<u8>)> = self.msgs.iter().filter(|(v, _)| wanted.contains(v)).collect();
         if keep.len() as u64 != wanted.end - wanted.start {

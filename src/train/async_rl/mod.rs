@@ -114,9 +114,9 @@ pub fn run_phase(
     let dp = role.split(0, role.rank())?;
     let shares = role.split(0, role.rank())?;
     let train_grid = Grid { world: role, dp, tp: TpGroup::single(), watchdog: grid.watchdog.clone() };
-    let (first_msg, first_sum) = weights_message(model, start.done);
-    // the leader keeps what later checkpoints need (batch mode; a resume's older versions first)
-    let mut history = (batch_mode && train_grid.is_root()).then(|| history::History::new(first, lag));
+    let first_sum = weights_checksum(model);
+    // the leader keeps what later checkpoints need (batch mode at α > 0; a resume's older versions first)
+    let mut history = (batch_mode && lag > 0 && train_grid.is_root()).then(|| history::History::new(first, lag));
     let mut published = Vec::new();
     if let Some(r) = resumed {
         for (v, msg) in r.msgs {
@@ -128,7 +128,7 @@ pub fn run_phase(
     }
     published.push((start.done, first_sum));
     if let Some(h) = history.as_mut() {
-        h.push(start.done, first_msg);
+        h.push(start.done, weights_message(model, start.done).0);
     }
     let mut source = Received {
         batches,
