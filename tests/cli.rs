@@ -266,7 +266,8 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
 
 /// `experiment sweep`: every point of the grid runs (first axis slowest) with its settings in its
 /// recorded config, and sweep.md has a row per point; a bad value anywhere in the grid is refused
-/// before the first job, naming the point and the key.
+/// before the first job, naming the point and the key; a job array's points and report, and a
+/// sweep stopped and continued with `--resume`, give the same table.
 #[test]
 fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -274,14 +275,22 @@ fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
     let rl = "steps = 1\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n";
     std::fs::write(&cfg, tiny_addition(2, rl)).unwrap();
     let out = dir.path().join("sweep");
-    let sweep_in = |out: &std::path::Path, grid: &[&str], extra: &[&str]| {
+    let sweep_args = |out: &std::path::Path, grid: &[&str], extra: &[&str]| {
         let mut args = vec!["--threads", "1", "experiment", "sweep", "--config", cfg.to_str().unwrap()];
         args.extend_from_slice(&["--out-dir", out.to_str().unwrap(), "--set", "rl.max_new_tokens=4"]);
         for g in grid {
             args.extend_from_slice(&["--grid", g]);
         }
         args.extend_from_slice(extra);
-        arbor(&args)
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let sweep_in = |out: &std::path::Path, grid: &[&str], extra: &[&str]| {
+        arbor(&sweep_args(out, grid, extra).iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // (exit status, stdout)
+    let arbor_stdout = |args: &[String]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor")).args(args).output().expect("run arbor");
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
     };
     let sweep = |grid: &[&str]| sweep_in(&out, grid, &[]);
     let (code, err) = sweep(&["rl.lr=1e-3,2e-3", "rl.temperature=0.9,-1"]);
@@ -320,6 +329,23 @@ fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
     let (code, err) = sweep_in(&array, &grid, &["--report"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_to_string(array.join("sweep.md")).unwrap(), md, "the array's table is the sequential one");
+    // stopped by its time limit twice (as a preempted, requeued job), continued with --resume: the
+    // same table; a finished sweep resumed runs nothing
+    let requeued = dir.path().join("requeued");
+    for (flags, stop) in [(&["--time-limit", "0"][..], 1), (&["--resume", "--time-limit", "0"], 2)] {
+        let (code, err) = sweep_in(&requeued, &grid, flags);
+        assert_eq!(code, 75, "{err}");
+        assert!(err.contains(&format!("stopped by its time limit (--time-limit 0) after step {stop}")), "{err}");
+    }
+    let (code, out) = arbor_stdout(&sweep_args(&requeued, &grid, &["--resume"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("== p0 (rl.lr=1e-3, rl.temperature=0.9), seed 1234: resumed from"), "{out}");
+    assert_eq!(std::fs::read_to_string(requeued.join("sweep.md")).unwrap(), md, "the requeued sweep's table");
+    assert!(!requeued.join("p0-seed1234.1").exists(), "the resumed run was not moved aside");
+    let (code, out) = arbor_stdout(&sweep_args(&requeued, &grid, &["--resume"]));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("), kept").count(), 4, "{out}");
+    assert_eq!(std::fs::read_to_string(requeued.join("sweep.md")).unwrap(), md);
 }
 
 #[test]

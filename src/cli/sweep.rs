@@ -40,6 +40,17 @@ pub struct SweepArgs {
     /// jobs); a point without its finished runs is an error naming them.
     #[arg(long)]
     pub report: bool,
+    /// Continue an interrupted sweep in place (a requeued job-array task): a finished run is kept,
+    /// a run with a checkpoint continues from its newest intact one (as `arbor train --resume
+    /// auto`), the others start. Without it an earlier run of the same name is moved aside.
+    #[arg(long, conflicts_with = "report")]
+    pub resume: bool,
+    /// Stop the sweep before this much wall time has passed, as at a preemption signal (SIGUSR1,
+    /// SIGTERM, which it also catches): the run in progress checkpoints at its next step end and
+    /// arbor exits with status 75; the same command with `--resume` continues (see `arbor train
+    /// --help`).
+    #[arg(long, value_name = "DURATION", value_parser = super::train::parse_time_limit, conflicts_with = "report")]
+    pub time_limit: Option<(std::time::Duration, String)>,
 }
 
 /// One axis of the grid: its settings, one `KEY=VALUE` override per value.
@@ -227,6 +238,13 @@ fn point_configs(args: &SweepArgs) -> anyhow::Result<Vec<(String, RunConfig)>> {
     Ok(out)
 }
 
+/// Whether checkpoint `ck` (`checkpoints/step-N`) ends the run of `cfg`: N is its last step.
+fn finished(ck: &Path, cfg: &RunConfig) -> bool {
+    let total = cfg.train.steps + cfg.rl.as_ref().map_or(0, |r| r.steps);
+    let step = ck.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")?.parse::<u64>().ok());
+    step.is_some_and(|s| s >= total)
+}
+
 /// Run `arbor experiment sweep`.
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let configs = point_configs(args)?;
@@ -264,6 +282,10 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
+    crate::train::preempt::install_handlers()?;
+    if let Some((limit, shown)) = &args.time_limit {
+        crate::train::preempt::stop_after(*limit, shown);
+    }
     if args.point.is_none() {
         if let Some(note) = super::seeds::move_summary_aside(out, &SUMMARY_FILES)? {
             println!("{note}");
@@ -279,8 +301,16 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
             cfg.run.seed = seed;
             cfg.run.name = format!("p{i}-seed{seed}");
             cfg.run.out_dir = out.to_path_buf();
-            println!("== p{i} ({settings}), seed {seed}");
-            crate::train::job::run(&cfg, None, &mut std::io::stdout())?;
+            let from = if args.resume { super::train::resume_dir(&cfg, Some("auto"), None)? } else { None };
+            match from.as_deref().map(|ck| (ck, finished(ck, &cfg))) {
+                Some((ck, true)) => {
+                    println!("== p{i} ({settings}), seed {seed}: finished ({}), kept", ck.display());
+                    continue;
+                }
+                Some((ck, false)) => println!("== p{i} ({settings}), seed {seed}: resumed from {}", ck.display()),
+                None => println!("== p{i} ({settings}), seed {seed}"),
+            }
+            crate::train::job::run(&cfg, from.as_deref(), &mut std::io::stdout())?;
         }
         // the table so far, so that an interrupted sweep keeps what it measured (not for one
         // point of an array: the other tasks write beside it)

@@ -278,7 +278,7 @@ fn agreed_on_root(
 /// The checkpoint `--resume` names (`auto`, `latest` or a directory) for the run of `cfg`: the
 /// newest one a crash did not leave incomplete or damaged, chosen by the root of `world` alone (it
 /// reads the candidate whole to check it) and sent to every rank.
-fn resume_dir(
+pub(crate) fn resume_dir(
     cfg: &RunConfig,
     resume: Option<&str>,
     world: Option<&dyn crate::parallel::Comm>,
