@@ -272,4 +272,69 @@ fn sbatch_scripts_train_under_slurm_and_a_signalled_job_requeues_and_ends_bit_id
         lines.iter().filter(|l| l.get("rl_step").is_some() && l.get("reward_mean").is_some()).count() as u64,
         RL_STEPS
     );
+    training_sweep_array(&cluster, dir.path(), cfg_s);
+}
+
+/// `slurm/train-sweep.sbatch`: a 2-point training sweep as a job array; task 1 is signalled in its
+/// RL phase, checkpoints, requeues itself and resumes, and the report of the array's runs is the
+/// table of the same sweep run in one process.
+fn training_sweep_array(cluster: &Cluster, dir: &Path, cfg: &str) {
+    let flags = |out: &Path| {
+        let out = out.to_str().unwrap().to_string();
+        // (400 RL steps: the signal reaches task 1 well before its end)
+        let args =
+            ["--config", cfg, "--set", "rl.steps=400", "--grid", "rl.lr=1e-3,2e-3", "--seeds", "7", "--out-dir", &out];
+        args.map(String::from).to_vec()
+    };
+    let (array_dir, local_dir) = (dir.join("train-sweep"), dir.join("train-sweep-local"));
+    let log = dir.join("train-sweep-1.log");
+    let output = format!("--output={}/train-sweep-%a.log", dir.display());
+    let mut args: Vec<String> =
+        ["--parsable", "--array=0-1", "--ntasks=1", "--cpus-per-task=1", &output, "--chdir", REPO]
+            .map(String::from)
+            .to_vec();
+    args.push("slurm/train-sweep.sbatch".into());
+    args.extend(flags(&array_dir));
+    let job = cluster.run("sbatch", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let task = format!("{job}_1");
+    let metrics = array_dir.join("p1-seed7/metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics).unwrap_or_default().lines().filter(|l| l.contains("\"rl_step\"")).count()
+        < 6
+    {
+        assert!(t0.elapsed() < Duration::from_secs(120), "task {task} did not reach RL step 5:\n{}", read(&log));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.run("scancel", &["--signal=USR1", &task]);
+    let t0 = Instant::now();
+    while !(cluster.field(&task, "Restarts") != "0" && cluster.field(&task, "JobState") == "PENDING") {
+        assert!(t0.elapsed() < Duration::from_secs(120), "task {task} did not requeue:\n{}", read(&log));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // (as for the training job above: lift the requeue's hold two seconds after it)
+    std::thread::sleep(Duration::from_millis(2500));
+    cluster.run("scontrol", &["update", &format!("JobId={task}"), "StartTime=now"]);
+    // the same sweep in one process meanwhile
+    let arbor = |extra: &[String]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["--threads", "1", "experiment", "sweep"])
+            .args(extra)
+            .output();
+        let o = o.unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    arbor(&flags(&local_dir));
+    cluster.wait(&format!("{job}_0"), &dir.join("train-sweep-0.log"), Duration::from_secs(150));
+    cluster.wait(&task, &log, Duration::from_secs(150));
+    let text = read(&log);
+    assert!(text.contains("preempted after a checkpoint; requeueing task") && text.contains("restart 1"), "{text}");
+    assert!(text.contains("seed 7: resumed from"), "the requeued task did not resume:\n{text}");
+    let other = read(&dir.join("train-sweep-0.log"));
+    assert!(other.contains("restart 0") && !other.contains("restart 1"), "task 0 was not requeued with it:\n{other}");
+    arbor(&[flags(&array_dir), vec!["--report".into()]].concat());
+    assert_eq!(read(&array_dir.join("sweep.md")), read(&local_dir.join("sweep.md")), "the array's table");
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
