@@ -157,15 +157,30 @@ fn arbor_launch_passes_a_preemption_signal_to_its_ranks() {
     }
 }
 
-/// An `[async]` run does not stop at a step end on SIGTERM; a second SIGTERM to `arbor launch`, 5 s
-/// or more after the first, ends its ranks at once (exit 128 + 15), none left running.
+/// A second SIGTERM to `arbor launch`, 5 s or more after the first, ends its ranks at once (exit
+/// 128 + 15), none left running, when the first could not stop them at a step end in time: here
+/// every RL step outlasts the pause (its ~24 decode steps each last 500 ms, `[workload]`).
 #[test]
-fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
+fn a_second_sigterm_ends_a_job_whose_step_outlasts_it_under_arbor_launch() {
     let dir = tempfile::tempdir().unwrap();
-    let long = grpo_config().replace("steps = 3", "steps = 100000");
-    let cfg = write_config(dir.path(), &format!("{long}\n[async]\nrollout_ranks = 1\nalpha = 1\n"));
+    let slow = grpo_config().replace("steps = 3", "steps = 100000")
+        + "\n[workload]\nlengths = { kind = \"lognormal\", median = 24, sigma = 0.01, max = 30 }\ndecode_step_ms = 500\n";
+    let cfg = write_config(dir.path(), &slow);
     let out = dir.path().join("out");
-    let (child, _) = launch_running(&cfg, &out, "default");
+    let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config", &cfg, "--out-dir"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the evaluation before RL is written as the first step (over 12 s) begins
+    let metrics_file = out.join("default/metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics_file).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the job made no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for pause in [5500, 300] {
         // SAFETY: kill(2) on our own child's pid, not yet waited for
         assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
@@ -175,6 +190,8 @@ fn a_second_sigterm_ends_an_async_job_under_arbor_launch() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(128 + 15), "{}", text(&o));
     assert!(t1.elapsed() < Duration::from_secs(20), "took {:?}", t1.elapsed());
+    let lines = std::fs::read_to_string(&metrics_file).unwrap().lines().count();
+    assert_eq!(lines, 1, "no step ended before the second SIGTERM");
     let ps = Command::new("pgrep").args(["-f", &format!("--out-dir {}", out.display())]).output().unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "ranks still running");
 }

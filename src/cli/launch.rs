@@ -10,7 +10,7 @@
 //! node 0's hub as a lost connection or an abort, and the other machines' ranks as the hub's end). SIGTERM and SIGUSR1 sent to the launcher (Slurm's preemption and time
 //! limit) are passed on to every rank, which checkpoints and stops as `arbor train` does
 //! (`train::preempt`); the launcher then exits with the ranks' status (75: requeue). A second
-//! SIGTERM ends the ranks at once (an `[async]` run does not stop at a step end), and a rank dies
+//! SIGTERM ends the ranks at once (a step too long to end in time), and a rank dies
 //! with its launcher.
 
 use crate::parallel::hub::{serve, HubEnd};
@@ -223,8 +223,8 @@ pub fn run(a: &LaunchArgs) -> anyhow::Result<()> {
         let sig = CAUGHT.swap(0, Ordering::SeqCst);
         if TERMS.load(Ordering::SeqCst) >= 2 {
             match first_term {
-                // a second SIGTERM: the ranks did not stop in time (an [async] run does not stop
-                // at a step end), end them now
+                // a second SIGTERM: the ranks did not stop in time (a step longer than the
+                // pause), end them now
                 Some(t) if t.elapsed() >= SECOND_TERM_AFTER => {
                     stop(&mut children, "a second SIGTERM", 128 + libc::SIGTERM)
                 }

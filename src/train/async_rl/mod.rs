@@ -291,7 +291,13 @@ fn rollout_loop(
             let mut engine = crate::train::engine::Engine::inference(ph.cfg.train.compute(), model)?;
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
-                if halt.load(Ordering::SeqCst) {
+                // the rollout ranks stop at the same batch: a sampler with collectives among
+                // them ([attnrl] counts, [rhythm] medians) would leave one waiting for another
+                let mut stop = [f64::from(u8::from(halt.load(Ordering::SeqCst)))];
+                if role.size() > 1 {
+                    role.all_reduce_max_f64(&mut stop)?;
+                }
+                if stop[0] > 0.0 {
                     return trainer_end(&inbox);
                 }
                 let need = batch_version(b, lag, first);
