@@ -58,12 +58,20 @@ fn main() {
     if let Err(e) = dispatch(cli) {
         // a preempted run checkpointed and stopped on purpose: its own status, for requeue logic
         if let Some(p @ arbor::error::Error::Preempted { .. }) = e.downcast_ref::<arbor::error::Error>() {
-            eprintln!("arbor: {p}");
+            say_last(&format!("arbor: {p}\n"));
             std::process::exit(arbor::train::preempt::EXIT_PREEMPTED);
         }
-        eprintln!("error: {e:#}");
+        say_last(&format!("error: {e:#}\n"));
         std::process::exit(1);
     }
+}
+
+/// A process's last message, in one write: the ranks of a job share stderr, and a message
+/// written in pieces would interleave with the other ranks' (a pipe keeps writes of up to 4 KiB
+/// whole).
+fn say_last(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
