@@ -282,6 +282,7 @@ fn rollout_loop(
             }
             // [rhythm]: this rank shapes its share with the policy that generated it
             let mut shaping = ph.plan.shaping.as_ref().map(|rc| (rc, Workspace::new(&model.cfg, 0)));
+            let collective = shaping.is_some() || !matches!(ph.plan.sampler, crate::config::Sampler::Groups);
             let (mut version, mut sum) = (done, weights_checksum(model));
             if !older.is_empty() {
                 // a resume's first batches go back to older versions, then on to this one
@@ -291,10 +292,11 @@ fn rollout_loop(
             let mut engine = crate::train::engine::Engine::inference(ph.cfg.train.compute(), model)?;
             for b in done..ph.rl.steps {
                 crate::parallel::fault::maybe_inject_at(world_rank, ph.offset + b + 1)?;
-                // the rollout ranks stop at the same batch: a sampler with collectives among
-                // them ([attnrl] counts, [rhythm] medians) would leave one waiting for another
+                // where the sampler has collectives among the rollout ranks ([attnrl] and [env]
+                // counts, [rhythm] medians) they stop at the same batch, or one would wait for
+                // another; plain groups stop at each rank's own next batch (no coupling)
                 let mut stop = [f64::from(u8::from(halt.load(Ordering::SeqCst)))];
-                if role.size() > 1 {
+                if collective && role.size() > 1 {
                     role.all_reduce_max_f64(&mut stop)?;
                 }
                 if stop[0] > 0.0 {
