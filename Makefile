@@ -1,6 +1,6 @@
 # arbor — the two commands of the README, plus benchmarks.
 #   make run    set up, build, run the default job (Countdown GRPO from the shipped warm start, CPU: the job
-#               7–8 min on 2 cores, after a first build of ~7 min)
+#               5–20 min on 2 cores by machine, after a first build of ~5–7 min)
 #   make test   set up, build, pass every test
 CARGO ?= cargo
 THREADS ?= 2

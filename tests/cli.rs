@@ -172,6 +172,29 @@ fn a_time_limit_stops_the_run_checkpointed_and_the_resume_ends_as_the_straight_r
         weights("limited", 6).unwrap() == weights("straight", 6).unwrap(),
         "the resumed run ends as the straight one"
     );
+    // a limit that passes at the job's last step stops nothing: the run ends finished (exit 0, not
+    // requeued), its final checkpoint written
+    let (code, err) = run("last", &["--steps", "1", "--time-limit", "0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("preempted") && weights("last", 1).is_ok(), "{err}");
+    // and with an RL phase: the supervised phase's last step stops (RL follows), the RL phase's does not
+    let rl_cfg = dir.path().join("rl.toml");
+    let rl = "steps = 1\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\n";
+    std::fs::write(&rl_cfg, tiny_addition(1, rl)).unwrap();
+    let rl_run = |extra: &[&str]| {
+        let out = dir.path().join("rl");
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["--threads", "1", "train", "--config", rl_cfg.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = rl_run(&["--time-limit", "0"]);
+    assert_eq!(code, Some(75), "{err}");
+    let (code, err) = rl_run(&["--resume", "latest", "--time-limit", "0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("preempted"), "{err}");
     // refused by clap: a malformed limit (`[async]` runs: tests/mpi/)
     let (code, err) = run("bad", &["--time-limit", "4 hours"]);
     assert_eq!(code, Some(2), "{err}");
@@ -262,6 +285,90 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
     let (code, err) = arbor(&["experiment", "seeds", "--config", cfg.to_str().unwrap(), "--seeds", "1,1"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("seed 1 is given twice"), "{err}");
+}
+
+/// `experiment seeds --control` stopped at every step end (`--time-limit 0`, as a job preempted
+/// again and again) and continued with `--resume` until it ends: the RL arm's figures are the
+/// uninterrupted run's; the calibration and the control continue in place (nothing moved aside)
+/// and the control trains the steps it planned; resumed once more, nothing runs and the table is
+/// the same.
+#[test]
+fn experiment_seeds_resumes_every_run_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("seeds.toml");
+    let rl = "steps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n";
+    std::fs::write(&cfg, tiny_addition(2, rl)).unwrap();
+    let seeds = |out: &std::path::Path, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["--threads", "1", "experiment", "seeds", "--config", cfg.to_str().unwrap(), "--seeds", "7"])
+            .args(["--control", "--out-dir", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .expect("run arbor");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+    };
+    // the seed's row up to its RL columns' gains (the wall time and the control's follow)
+    let rl_cells = |md: &str| -> String {
+        let row = md.lines().find(|l| l.starts_with("| 7 |")).unwrap_or_else(|| panic!("no row of seed 7: {md}"));
+        row.split('|').take(8).collect::<Vec<_>>().join("|")
+    };
+    let straight = dir.path().join("straight");
+    let (code, _, err) = seeds(&straight, &[]);
+    assert_eq!(code, 0, "{err}");
+    let straight_md = std::fs::read_to_string(straight.join("seeds.md")).unwrap();
+    let out = dir.path().join("requeued");
+    let (code, _, err) = seeds(&out, &["--time-limit", "0"]);
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("stopped by its time limit (--time-limit 0) after step 1"), "{err}");
+    // `arbor inspect` of the experiment's directory: a line per run
+    let inspect = |dir: &std::path::Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_arbor")).args(["inspect", dir.to_str().unwrap()]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = inspect(&out);
+    assert!(text.contains("  seed7: supervised step 1 of 2, then 2 RL steps; global step 1 of 4 (25 %)"), "{text}");
+    assert!(text.contains("0 of 1 done"), "{text}");
+    let (mut stops, mut log) = (1, String::new());
+    loop {
+        let (code, out, err) = seeds(&out, &["--resume", "--time-limit", "0"]);
+        log.push_str(&out);
+        match code {
+            75 => stops += 1,
+            0 => break,
+            _ => panic!("exit status {code}: {err}"),
+        }
+        assert!(stops < 400, "the experiment does not end");
+    }
+    // at every step end but a run's last: the seed's 4 steps, the calibration's 10 and the
+    // control's 3 at least
+    assert!(stops >= 3 + 9 + 2, "{stops} stops");
+    assert!(log.contains("== seed 7: SFT control,") && log.contains(": resumed from"), "{log}");
+    let md = std::fs::read_to_string(out.join("seeds.md")).unwrap();
+    assert_eq!(rl_cells(&md), rl_cells(&straight_md), "the resumed RL arm's figures\n{md}\n{straight_md}");
+    for run in ["seed7", "sft-calibrate-seed7", "sft-control-seed7"] {
+        assert!(out.join(run).is_dir() && !out.join(format!("{run}.1")).exists(), "{run} continued in place");
+    }
+    // the control trained the steps its row gives, to its last checkpoint
+    let row = md.lines().find(|l| l.starts_with("| 7 |")).unwrap();
+    let steps: u64 = row.split('|').nth(9).unwrap().trim().parse().unwrap_or_else(|_| panic!("{row}"));
+    let control = out.join("sft-control-seed7");
+    let losses = std::fs::read_to_string(control.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"loss\""))
+        .count();
+    assert_eq!(losses as u64, steps, "{row}");
+    assert!(control.join(format!("checkpoints/step-{steps}/model.safetensors")).is_file(), "{row}");
+    // finished: resumed again, every run is kept and the table is rewritten the same
+    let (code, log, err) = seeds(&out, &["--resume"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(log.matches("), kept").count(), 3, "{log}");
+    assert_eq!(std::fs::read_to_string(out.join("seeds.md")).unwrap(), md);
+    assert!(!out.join("seeds.1.md").exists(), "a resumed experiment rewrites its own table");
+    let text = inspect(&out);
+    assert!(text.contains(": 3 run(s), summary seeds.md") && text.contains("3 of 3 done"), "{text}");
 }
 
 /// `experiment sweep`: every point of the grid runs (first axis slowest) with its settings in its
@@ -381,6 +488,18 @@ fn experiment_compare_with_control_reports_the_sft_arm() {
     // the base config's --set reached the method's run
     let recorded = std::fs::read_to_string(out.join("grpo/config.toml")).unwrap();
     assert!(recorded.contains("temperature = 0.9"), "{recorded}");
+    // resumed when finished: every run (the method, the calibration, the control) is kept, the
+    // summary rewritten the same from their records
+    let again = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["--threads", "1", "experiment", "compare", "--config", cmp.to_str().unwrap(), "--control"])
+        .args(["--set", "rl.temperature=0.9", "--resume"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let log = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(log.matches("), kept").count(), 3, "{log}");
+    assert_eq!(std::fs::read_to_string(out.join("compare.md")).unwrap(), md);
+    assert!(!out.join("compare.1.md").exists() && !out.join("grpo.1").exists(), "nothing moved aside");
 }
 
 /// The GPU job on a machine without a usable CUDA device stops at once, before writing anything,

@@ -48,6 +48,9 @@ pub struct CompareArgs {
     /// method's RL wall time, scored by the same held-out evaluation (a line under the table).
     #[arg(long)]
     pub control: bool,
+    /// `--resume` (a finished method's run is kept, a checkpointed one continues) and `--time-limit`.
+    #[command(flatten)]
+    pub stop: super::experiment_runs::Resumable,
 }
 
 /// The comparison file.
@@ -227,7 +230,14 @@ const SUMMARY_FILES: [&str; 4] =
 
 /// Parse and validate a comparison file and build every method's run config (nothing runs).
 pub fn plan(path: &Path) -> anyhow::Result<Vec<RunConfig>> {
-    let args = CompareArgs { config: path.to_path_buf(), set: Vec::new(), out_dir: None, steps: None, control: false };
+    let args = CompareArgs {
+        config: path.to_path_buf(),
+        set: Vec::new(),
+        out_dir: None,
+        steps: None,
+        control: false,
+        stop: Default::default(),
+    };
     Ok(load(&args)?.2)
 }
 
@@ -288,21 +298,19 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
     let (file, base, cfgs) = load(args)?;
     let out = file.compare.out_dir.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    args.stop.arm()?;
     // an earlier comparison's summary is kept, as its runs are (moved aside to <method>.N)
-    if let Some(note) = super::seeds::move_summary_aside(&out, &SUMMARY_FILES)? {
-        println!("{note}");
-    }
+    args.stop.keep_earlier_summary(&out, &SUMMARY_FILES)?;
     let mut rows = Vec::new();
     for (m, cfg) in file.compare.methods.iter().zip(&cfgs) {
-        println!("== {m}");
-        crate::train::job::run(cfg, None, &mut std::io::stdout())?;
+        args.stop.run(cfg, m, &mut std::io::stdout())?;
         rows.push(summarise(m, &out.join(m).join("metrics.jsonl"))?);
     }
     let mut control = String::new();
     if args.control {
         let (first, cfg) = (&file.compare.methods[0], &cfgs[0]);
         let secs = super::seeds::rl_seconds(&out.join(first).join("metrics.jsonl"))?;
-        let (steps, rate) = super::seeds::run_control(cfg, secs, &out)?;
+        let super::seeds::Control { steps, rate, .. } = super::seeds::run_control(cfg, secs, &out, &args.stop)?;
         let before = rows[0].evals.first().map_or(f64::NAN, |e| e.2);
         control = format!(
             "\nSFT-only control: {steps} supervised steps from the same start in {first}'s RL wall time ({secs:.0} s): held-out solve rate sampled {:.1} % ({:+.1} points), greedy {:.1} %.\n",

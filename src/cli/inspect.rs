@@ -19,7 +19,8 @@ const STEPS_LISTED: usize = 10;
 /// Arguments of `arbor inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A model directory, config.json, *.safetensors, model.safetensors.index.json or trajectory dump (*.h5).
+    /// A model directory, a run directory (runs/NAME), a directory of runs (an `arbor experiment`'s
+    /// out dir, or runs/), config.json, *.safetensors, model.safetensors.index.json or trajectory dump (*.h5).
     pub path: PathBuf,
     /// Print min/max/mean for tensors with at most this many elements (0: never).
     #[arg(long, default_value_t = STATS_MAX_NUMEL)]
@@ -56,9 +57,16 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     if !path.exists() {
         bail!("{}: no such file or directory", path.display());
     }
-    let run_record = path.join("checkpoints").is_dir() || path.join("metrics.jsonl").is_file();
-    if path.is_dir() && run_record && !path.join(CONFIG_FILE).is_file() {
+    if path.is_dir() && crate::cli::run_progress::is_run_dir(path) {
         return inspect_run(path);
+    }
+    let model_files = [CONFIG_FILE, SINGLE_FILE, INDEX_FILE].iter().any(|f| path.join(f).is_file());
+    if path.is_dir() && !model_files {
+        // a directory of runs: an experiment's (compare, seeds, sweep) or `runs/` itself
+        if let Some(lines) = crate::cli::run_progress::describe_runs(path, std::time::SystemTime::now()) {
+            println!("{}", lines.join("\n"));
+            return Ok(());
+        }
     }
     if path.is_dir() {
         return inspect_dir(path, args.stats_max_numel);

@@ -12,6 +12,7 @@ pub mod compass;
 pub mod convert;
 pub mod eval;
 pub mod experiment;
+pub mod experiment_runs;
 pub mod inspect;
 pub mod launch;
 pub mod plot;

@@ -160,6 +160,58 @@ pub fn describe(run: &Path, now: SystemTime) -> Vec<String> {
     out
 }
 
+/// Whether `dir` is a run's directory (it has metrics or checkpoints; a model directory has a
+/// config.json instead).
+pub fn is_run_dir(dir: &Path) -> bool {
+    let record = dir.join("metrics.jsonl").is_file() || dir.join("checkpoints").is_dir();
+    record && !dir.join(crate::io::hf::CONFIG_FILE).is_file()
+}
+
+/// The summaries `arbor experiment` writes beside its runs.
+const SUMMARIES: [&str; 3] = ["compare.md", "seeds.md", "sweep.md"];
+
+/// The lines `arbor inspect` prints about a directory of runs (an `arbor experiment` directory, or
+/// `runs/`): a line per run in name order (its progress, its held-out solve rates, when it last
+/// wrote while unfinished), and how many are done. `None` when `dir` holds no run directory.
+pub fn describe_runs(dir: &Path, now: SystemTime) -> Option<Vec<String>> {
+    let mut runs: Vec<std::path::PathBuf> =
+        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_run_dir(p)).collect();
+    if runs.is_empty() {
+        return None;
+    }
+    runs.sort();
+    let summaries: Vec<&str> = SUMMARIES.into_iter().filter(|f| dir.join(f).is_file()).collect();
+    let mut out = vec![format!(
+        "{}: {} run(s){}",
+        dir.display(),
+        runs.len(),
+        if summaries.is_empty() { String::new() } else { format!(", summary {}", summaries.join(", ")) }
+    )];
+    let mut done = 0;
+    for run in &runs {
+        let lines = describe(run, now);
+        let pick = |prefix: &str| lines.iter().find_map(|l| l.strip_prefix(prefix));
+        let progress = pick("progress: ").unwrap_or("no step written yet");
+        let finished = progress.starts_with("done");
+        done += finished as usize;
+        let name = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut line = format!("  {name}: {progress}");
+        if let Some(h) = pick("held-out solve rate (sampled): ") {
+            line.push_str(&format!("; held-out (sampled) {h}"));
+        }
+        if let Some(age) = pick("metrics.jsonl last written ").filter(|_| !finished) {
+            line.push_str(&format!("; last written {age}"));
+        }
+        out.push(line);
+    }
+    out.push(format!(
+        "{done} of {} done (a run's checkpoints and details: arbor inspect {}/NAME)",
+        runs.len(),
+        dir.display()
+    ));
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +295,40 @@ mod tests {
         let d = run_dir(&config(0, 6), &first);
         let text = describe(d.path(), SystemTime::now()).join("\n");
         assert!(text.contains("held-out solve rate (sampled): 25.0% at RL step 0; greedy 50.0%\n"), "{text}");
+    }
+
+    #[test]
+    fn a_directory_of_runs_gets_a_line_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let rl = |r: u64| format!("{{\"rl_step\":{r},\"reward_mean\":0.5,\"step_s\":1.0}}\n");
+        let eval =
+            |r: u64, s: f64| format!("{{\"eval_solve_rate\":{s},\"eval_solve_rate_greedy\":0.5,\"rl_step\":{r}}}\n");
+        let write = |name: &str, metrics: &str| {
+            let run = dir.path().join(name);
+            std::fs::create_dir_all(&run).unwrap();
+            std::fs::write(run.join("config.toml"), config(0, 2)).unwrap();
+            std::fs::write(run.join("metrics.jsonl"), metrics).unwrap();
+        };
+        write("seed2", &[eval(0, 0.25), rl(1)].concat());
+        write("seed1", &[eval(0, 0.25), rl(1), rl(2), eval(2, 0.75)].concat());
+        // a started run with a checkpoint folder and no metrics yet; a model directory; a file
+        std::fs::create_dir_all(dir.path().join("seed3/checkpoints")).unwrap();
+        std::fs::create_dir_all(dir.path().join("model")).unwrap();
+        std::fs::write(dir.path().join("model/config.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("model/metrics.jsonl"), "").unwrap();
+        std::fs::write(dir.path().join("seeds.md"), "# table\n").unwrap();
+        let lines = describe_runs(dir.path(), SystemTime::now()).expect("runs");
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(lines[0].ends_with(": 3 run(s), summary seeds.md"), "{lines:#?}");
+        assert_eq!(
+            lines[1],
+            "  seed1: done, all 2 steps (RL step 2 of 2); held-out (sampled) 25.0% at RL step 0 → 75.0% at RL step 2; greedy 50.0% → 50.0%"
+        );
+        assert!(lines[2].starts_with("  seed2: RL step 1 of 2; global step 1 of 2 (50 %); held-out (sampled) 25.0% at RL step 0; greedy 50.0%; last written "), "{lines:#?}");
+        assert_eq!(lines[3], "  seed3: no step written yet");
+        assert!(lines[4].starts_with("1 of 3 done"), "{lines:#?}");
+        assert!(describe_runs(&dir.path().join("seed1"), SystemTime::now()).is_none(), "a run holds no runs");
+        assert!(describe_runs(&dir.path().join("absent"), SystemTime::now()).is_none());
     }
 
     #[test]

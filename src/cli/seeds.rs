@@ -3,10 +3,10 @@
 //! training continued from the same start for the RL phase's wall time, scored by the same
 //! held-out evaluation (same problems, same sampling stream) as the RL arm's last eval.
 
+use super::experiment_runs::{before_after, finished, Resumable};
 use crate::config::RunConfig;
 use crate::parallel::Local;
 use crate::train::rl::{evaluate, SolveRate};
-use crate::train::run_dir::numbered;
 use anyhow::Context;
 use clap::Args;
 use std::fmt::Write as _;
@@ -31,6 +31,18 @@ pub struct SeedsArgs {
     /// Also run, per seed, supervised training from the same start for the RL phase's wall time.
     #[arg(long)]
     pub control: bool,
+    /// `--resume` (a finished run is kept, a checkpointed one continues) and `--time-limit`.
+    #[command(flatten)]
+    pub stop: Resumable,
+}
+
+/// An SFT-only control's run: its steps, their wall time (seconds, evaluations excluded: what it
+/// was meant to match with the RL phase's) and its held-out solve rate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Control {
+    pub steps: u64,
+    pub secs: f64,
+    pub rate: SolveRate,
 }
 
 /// One seed's figures.
@@ -42,43 +54,7 @@ struct SeedResult {
     /// Wall time of the RL steps (evaluations excluded), seconds.
     rl_secs: f64,
     /// The control's supervised steps and its held-out solve rate.
-    control: Option<(u64, SolveRate)>,
-}
-
-/// Keep an earlier experiment's summary in `dir`: `files` (the summary first, then the figures it
-/// links) that exist are moved aside together to `<stem>.N.<ext>` for the first N ≥ 1 free for all
-/// of them, and the moved summary's links to the figures follow them. As a fresh run moves an
-/// earlier run's directory aside (`train::run_dir`), nothing an earlier experiment wrote is
-/// overwritten. Returns a line for the log when something was moved.
-pub(crate) fn move_summary_aside(dir: &Path, files: &[&str]) -> anyhow::Result<Option<String>> {
-    let present: Vec<&str> = files.iter().copied().filter(|f| dir.join(f).exists()).collect();
-    if present.is_empty() {
-        return Ok(None);
-    }
-    let free = |i: u64| files.iter().all(|f| !dir.join(numbered(f, i)).exists());
-    let i = (1u64..).find(|&i| free(i)).expect("an unbounded range has a free number");
-    let summary = files[0];
-    for f in &present {
-        let (from, to) = (dir.join(f), dir.join(numbered(f, i)));
-        std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
-    }
-    if present.contains(&summary) && files.len() > 1 {
-        let path = dir.join(numbered(summary, i));
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let relinked = files[1..]
-                .iter()
-                .fold(text.clone(), |t, f| t.replace(&format!("]({f})"), &format!("]({})", numbered(f, i))));
-            if relinked != text {
-                crate::io::atomic::write_atomic(&path, relinked.as_bytes())?;
-            }
-        }
-    }
-    Ok(Some(format!(
-        "{} held an earlier experiment's {}: moved to {}",
-        dir.display(),
-        present.join(", "),
-        present.iter().map(|f| numbered(f, i)).collect::<Vec<_>>().join(", ")
-    )))
+    control: Option<Control>,
 }
 
 /// Mean and sample standard deviation (0 for fewer than two values).
@@ -104,6 +80,18 @@ pub(crate) fn rl_seconds(metrics: &Path) -> anyhow::Result<f64> {
         }
     }
     Ok(secs)
+}
+
+/// Sum of `step_s` of the supervised steps after step `after` in a run's metrics.jsonl.
+fn sft_seconds_after(metrics: &Path, after: u64) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some() && v.get("rl_step").is_none())
+        .filter(|v| v.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s > after))
+        .filter_map(|v| v.get("step_s").and_then(|s| s.as_f64()))
+        .sum())
 }
 
 /// Mean seconds per supervised step in a run's metrics.jsonl (the first step, which warms up, excluded).
@@ -135,27 +123,38 @@ fn control_config(cfg: &RunConfig, steps: u64, name: &str, out: &Path) -> RunCon
     c
 }
 
-/// Run the control of one seed: calibrate the supervised step time, then train for `secs`.
-pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path) -> anyhow::Result<(u64, SolveRate)> {
+/// Run the control of one seed: calibrate the supervised step time, then train for `secs` and
+/// score the control's last checkpoint. Under `--resume` (`stop`) a finished calibration or control
+/// is kept and an interrupted one continues: the control's length is a function of the RL arm's
+/// metrics and the calibration's, both finished, so a resumed control is the planned one.
+pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path, stop: &Resumable) -> anyhow::Result<Control> {
     let seed = cfg.run.seed;
     let calib = control_config(cfg, 10, &format!("sft-calibrate-seed{seed}"), out);
-    crate::train::job::run(&calib, None, &mut std::io::sink())?;
+    stop.run(&calib, &format!("seed {seed}: SFT step time, 10 steps"), &mut std::io::sink())?;
     let step_s = sft_step_seconds(&out.join(&calib.run.name).join("metrics.jsonl"))?;
     // the RL arm's own supervised steps (if any), then as many more as fit in its RL wall time
     let extra = ((secs / step_s.max(1e-6)).round() as u64).max(1);
     let steps = cfg.train.steps + extra;
-    println!("== seed {seed}: SFT control, {steps} steps ({extra} × {step_s:.3} s ≈ the RL phase's {secs:.0} s)");
     let ctl = control_config(cfg, steps, &format!("sft-control-seed{seed}"), out);
-    let report = crate::train::job::run(&ctl, None, &mut std::io::stdout())?;
+    let label =
+        format!("seed {seed}: SFT control, {steps} steps ({extra} × {step_s:.3} s ≈ the RL phase's {secs:.0} s)");
+    stop.run(&ctl, &label, &mut std::io::stdout())?;
+    // scored from its last checkpoint (the one the run just wrote, or an earlier invocation's)
+    let ck =
+        super::train::resume_dir(&ctl, Some("latest"), None)?.filter(|ck| finished(ck, &ctl)).with_context(|| {
+            format!("{}: the control has no checkpoint of its last step {steps}", out.join(&ctl.run.name).display())
+        })?;
     let rl = cfg.rl.as_ref().context("the control needs the config's [rl] evaluation settings")?;
     let codec = cfg.text_codec()?;
     let task = cfg.task(&codec)?;
-    let mut model = crate::train::pretrain::build_model(cfg, &codec)?;
-    model.params.data.copy_from_slice(&report.final_params);
+    let mut scored = cfg.clone();
+    scored.model.hf_dir = Some(ck);
+    let model = crate::train::pretrain::build_model(&scored, &codec)?;
     // the RL arm's last eval used the stream of step rl.steps
     let mut engine = crate::train::engine::Engine::inference(cfg.train.compute(), &model)?;
     let rate = evaluate(&mut engine, &model, cfg, (task.as_ref(), &codec), rl, rl.steps, &Local)?;
-    Ok((steps, rate))
+    let secs = sft_seconds_after(&out.join(&ctl.run.name).join("metrics.jsonl"), cfg.train.steps)?;
+    Ok(Control { steps, secs, rate })
 }
 
 fn pct(x: f64) -> String {
@@ -173,10 +172,12 @@ fn table(rows: &[SeedResult], config: &str) -> String {
     let control = rows.iter().all(|r| r.control.is_some());
     md.push_str("| seed | sampled before | sampled after | gain | greedy before | greedy after | gain | RL wall (s) |");
     if control {
-        md.push_str(" SFT control steps | control sampled | gain | control greedy | gain | RL − control (sampled) |");
+        md.push_str(
+            " SFT control steps | control wall (s) | control sampled | gain | control greedy | gain | RL − control (sampled) |",
+        );
     }
     md.push('\n');
-    md.push_str(&"|---".repeat(if control { 14 } else { 8 }));
+    md.push_str(&"|---".repeat(if control { 15 } else { 8 }));
     md.push_str("|\n");
     for r in rows {
         let _ = write!(
@@ -191,10 +192,10 @@ fn table(rows: &[SeedResult], config: &str) -> String {
             100.0 * (r.after.greedy - r.before.greedy),
             r.rl_secs
         );
-        if let Some((steps, c)) = r.control {
+        if let Some(Control { steps, secs, rate: c }) = r.control {
             let _ = write!(
                 md,
-                " {steps} | {} | {:+.1} | {} | {:+.1} | {:+.1} |",
+                " {steps} | {secs:.0} | {} | {:+.1} | {} | {:+.1} | {:+.1} |",
                 pct(c.sampled),
                 100.0 * (c.sampled - r.before.sampled),
                 pct(c.greedy),
@@ -212,10 +213,10 @@ fn table(rows: &[SeedResult], config: &str) -> String {
         pm(&col(&|r| r.after.greedy - r.before.greedy))
     );
     if control {
-        let c = |r: &SeedResult| r.control.map(|(_, c)| c).unwrap_or(r.before);
+        let c = |r: &SeedResult| r.control.map_or(r.before, |c| c.rate);
         let _ = write!(
             md,
-            " | | {} | | {} | {} |",
+            " | | | {} | | {} | {} |",
             pm(&col(&|r| c(r).sampled - r.before.sampled)),
             pm(&col(&|r| c(r).greedy - r.before.greedy)),
             pm(&col(&|r| r.after.sampled - c(r).sampled))
@@ -241,21 +242,22 @@ pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
         anyhow::ensure!(seen.insert(*s), "--seeds: seed {s} is given twice");
     }
     std::fs::create_dir_all(&args.out_dir).with_context(|| format!("{}", args.out_dir.display()))?;
+    args.stop.arm()?;
     // an earlier experiment's table is kept, as its runs are (moved aside to seed<S>.N)
-    if let Some(note) = move_summary_aside(&args.out_dir, &["seeds.md"])? {
-        println!("{note}");
-    }
+    args.stop.keep_earlier_summary(&args.out_dir, &["seeds.md"])?;
     let mut rows = Vec::new();
     for &seed in &args.seeds {
         let mut cfg = base.clone();
         cfg.run.seed = seed;
         cfg.run.name = format!("seed{seed}");
         cfg.run.out_dir = args.out_dir.clone();
-        println!("== seed {seed}");
-        let report = crate::train::job::run(&cfg, None, &mut std::io::stdout())?;
-        let (before, after) = report.rl.context("the run reported no RL evaluations")?;
-        let rl_secs = rl_seconds(&args.out_dir.join(&cfg.run.name).join("metrics.jsonl"))?;
-        let control = if args.control { Some(run_control(&cfg, rl_secs, &args.out_dir)?) } else { None };
+        args.stop.run(&cfg, &format!("seed {seed}"), &mut std::io::stdout())?;
+        let run = args.out_dir.join(&cfg.run.name);
+        let (before, after) = before_after(&run, &cfg).with_context(|| {
+            format!("{}: no held-out evaluations before RL and after its last RL step", run.display())
+        })?;
+        let rl_secs = rl_seconds(&run.join("metrics.jsonl"))?;
+        let control = if args.control { Some(run_control(&cfg, rl_secs, &args.out_dir, &args.stop)?) } else { None };
         rows.push(SeedResult { seed, before, after, rl_secs, control });
         // the table so far, so that an interrupted experiment keeps what it measured
         let md = table(&rows, &name);
@@ -285,7 +287,7 @@ mod tests {
             before: SolveRate { greedy: b, sampled: b, pass: None },
             after: SolveRate { greedy: a, sampled: a, pass: None },
             rl_secs: 300.0,
-            control: Some((1000, SolveRate { greedy: c, sampled: c, pass: None })),
+            control: Some(Control { steps: 1000, secs: 290.0, rate: SolveRate { greedy: c, sampled: c, pass: None } }),
         };
         let md = table(&[r(1, 0.2, 0.4, 0.3), r(2, 0.2, 0.3, 0.25)], "x.toml");
         assert!(md.contains("| 1 | 20.0 | 40.0 | +20.0 |"), "{md}");
@@ -293,5 +295,15 @@ mod tests {
         assert!(md.contains("+15.0 ± 7.1"), "{md}");
         // RL − control: 10 and 5 → 7.5 ± 3.5
         assert!(md.contains("+7.5 ± 3.5"), "{md}");
+        // the control's steps and the wall time they took, beside the RL phase's
+        assert!(
+            md.contains("| 1 | 20.0 | 40.0 | +20.0 | 20.0 | 40.0 | +20.0 | 300 | 1000 | 290 | 30.0 | +10.0 |"),
+            "{md}"
+        );
+        let header = md.lines().find(|l| l.starts_with("| seed |")).unwrap();
+        let (cells, rule) = (header.matches('|').count(), md.lines().find(|l| l.starts_with("|---")).unwrap());
+        assert_eq!(rule.matches('|').count(), cells, "{md}");
+        let mean = md.lines().find(|l| l.starts_with("| mean ± sd |")).unwrap();
+        assert_eq!(mean.matches('|').count(), cells, "{md}");
     }
 }

@@ -5,8 +5,9 @@
 //! sweep hours in; the table is rewritten after each point, so an interrupted sweep keeps what it
 //! measured.
 
+use super::experiment_runs::{before_after, evals, move_summary_aside, Resumable};
 use crate::config::{Override, RunConfig};
-use crate::train::rl::SolveRate;
+use crate::train::rl::{PassAtK, SolveRate};
 use anyhow::Context;
 use clap::Args;
 use std::fmt::Write as _;
@@ -38,19 +39,12 @@ pub struct SweepArgs {
     pub point: Option<usize>,
     /// Run nothing: write sweep.md and sweep.png from the points' finished runs (after `--point`
     /// jobs); a point without its finished runs is an error naming them.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["resume", "time_limit"])]
     pub report: bool,
-    /// Continue an interrupted sweep in place (a requeued job-array task): a finished run is kept,
-    /// a run with a checkpoint continues from its newest intact one (as `arbor train --resume
-    /// auto`), the others start. Without it an earlier run of the same name is moved aside.
-    #[arg(long, conflicts_with = "report")]
-    pub resume: bool,
-    /// Stop the sweep before this much wall time has passed, as at a preemption signal (SIGUSR1,
-    /// SIGTERM, which it also catches): the run in progress checkpoints at its next step end and
-    /// arbor exits with status 75; the same command with `--resume` continues (see `arbor train
-    /// --help`).
-    #[arg(long, value_name = "DURATION", value_parser = super::train::parse_time_limit, conflicts_with = "report")]
-    pub time_limit: Option<(std::time::Duration, String)>,
+    /// `--resume` (a finished run is kept, a checkpointed one continues: a requeued job-array task)
+    /// and `--time-limit`.
+    #[command(flatten)]
+    pub stop: Resumable,
 }
 
 /// One axis of the grid: its settings, one `KEY=VALUE` override per value.
@@ -119,40 +113,24 @@ struct PointResult {
 /// The files the sweep writes beside its runs: the table first, then the figure it shows.
 const SUMMARY_FILES: [&str; 2] = ["sweep.md", "sweep.png"];
 
-/// The held-out evaluations (rl_step, sampled, greedy) in a run's metrics.jsonl, read as `arbor
-/// plot` reads them.
-fn evals(metrics: &Path) -> anyhow::Result<Vec<(u64, f64, f64)>> {
-    let bytes = std::fs::read(metrics).with_context(|| format!("{}", metrics.display()))?;
-    let m = super::plot::parse_metrics(&metrics.display().to_string(), &bytes)?;
-    Ok(m.rl
-        .iter()
-        .filter_map(|r| {
-            let v = |k: &str| r.values.get(k).copied();
-            Some((r.step as u64, v("eval_solve_rate")?, v("eval_solve_rate_greedy")?))
-        })
-        .collect())
-}
-
 /// Point `i`'s row, read from its finished runs under `out` (one per seed): the evaluation before
-/// its RL phase and after its last step (`rl_steps`).
-fn point_row(out: &Path, i: usize, settings: &str, seeds: &[u64], rl_steps: u64) -> anyhow::Result<PointResult> {
+/// its RL phase and after its last step (`cfg`: the point's config).
+fn point_row(out: &Path, i: usize, settings: &str, seeds: &[u64], cfg: &RunConfig) -> anyhow::Result<PointResult> {
+    let (rl_steps, k) = cfg.rl.as_ref().map_or((0, 0), |r| (r.steps, r.eval_samples));
     let mut row = PointResult { settings: settings.to_string(), runs: Vec::new(), curve: Vec::new() };
     let mut per_seed = Vec::new();
     for &seed in seeds {
         let run = out.join(format!("p{i}-seed{seed}"));
-        let found = evals(&run.join("metrics.jsonl")).unwrap_or_default();
-        let rate = |step: u64| {
-            found.iter().rfind(|e| e.0 == step).map(|e| SolveRate { sampled: e.1, greedy: e.2, pass: None })
-        };
-        let (Some(before), Some(after)) = (rate(0), rate(rl_steps)) else {
+        let Some((before, after)) = before_after(&run, cfg) else {
             anyhow::bail!(
                 "sweep point p{i} ({settings}): {} holds no finished run (its evaluations before RL and after RL step \
                  {rl_steps}): run `--point {i}` first",
                 run.display()
             );
         };
+        let found = evals(&run.join("metrics.jsonl"), k)?;
         row.runs.push((seed, before, after));
-        per_seed.push(found.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>());
+        per_seed.push(found.iter().map(|e| (e.0, e.1.sampled)).collect::<Vec<_>>());
     }
     row.curve = mean_curve(&per_seed);
     Ok(row)
@@ -195,17 +173,32 @@ fn cell(v: impl Iterator<Item = f64>, signed: bool) -> String {
     }
 }
 
-/// The sweep.md table.
+/// The sweep.md table (pass@k columns where every run's evaluations have it).
 fn table(rows: &[PointResult], config: &str) -> String {
+    let runs = || rows.iter().flat_map(|r| &r.runs);
+    let pass = runs().all(|(_, b, a)| b.pass.is_some() && a.pass.is_some());
+    let ks: std::collections::BTreeSet<u32> =
+        runs().flat_map(|(_, b, a)| [b.pass, a.pass]).flatten().map(|p| p.k).collect();
+    let k = match ks.iter().collect::<Vec<_>>()[..] {
+        [k] => k.to_string(),
+        _ => "k".to_string(),
+    };
     let mut md = format!(
         "# arbor experiment sweep\n\nConfig: `{config}`. Held-out solve rates (%) before and after the RL phase, sampled at \
-         T = 1 and greedy; mean ± sd over the seeds. Runs: `p<i>-seed<S>/`.\n\n"
+         T = 1 and greedy{}; mean ± sd over the seeds. Runs: `p<i>-seed<S>/`.\n\n",
+        if pass { ", and pass@k (the problems one of their k = rl.eval_samples samples solves)" } else { "" }
     );
-    md.push_str("| point | settings | seeds | before | after | gain | greedy before | greedy after |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| point | settings | seeds | before | after | gain | greedy before | greedy after |");
+    if pass {
+        let _ = writeln!(md, " pass@{k} before | pass@{k} after |");
+    } else {
+        md.push('\n');
+    }
+    md.push_str(&"|---".repeat(if pass { 10 } else { 8 }));
+    md.push_str("|\n");
     for (i, r) in rows.iter().enumerate() {
         let seeds: Vec<String> = r.runs.iter().map(|(s, _, _)| s.to_string()).collect();
-        let _ = writeln!(
+        let _ = write!(
             md,
             "| p{i} | `{}` | {} | {} | {} | {} | {} | {} |",
             r.settings,
@@ -216,6 +209,12 @@ fn table(rows: &[PointResult], config: &str) -> String {
             cell(r.runs.iter().map(|(_, b, _)| b.greedy), false),
             cell(r.runs.iter().map(|(_, _, a)| a.greedy), false),
         );
+        if pass {
+            let rate = |p: Option<PassAtK>| p.map(|p| p.rate);
+            let (b, a) = (r.runs.iter().map(|(_, b, _)| rate(b.pass)), r.runs.iter().map(|(_, _, a)| rate(a.pass)));
+            let _ = write!(md, " {} | {} |", cell(b.flatten(), false), cell(a.flatten(), false));
+        }
+        md.push('\n');
     }
     md.push_str("\n![held-out solve rate by RL step](sweep.png)\n");
     md
@@ -236,13 +235,6 @@ fn point_configs(args: &SweepArgs) -> anyhow::Result<Vec<(String, RunConfig)>> {
         out.push((settings, cfg));
     }
     Ok(out)
-}
-
-/// Whether checkpoint `ck` (`checkpoints/step-N`) ends the run of `cfg`: N is its last step.
-fn finished(ck: &Path, cfg: &RunConfig) -> bool {
-    let total = cfg.train.steps + cfg.rl.as_ref().map_or(0, |r| r.steps);
-    let step = ck.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")?.parse::<u64>().ok());
-    step.is_some_and(|s| s >= total)
 }
 
 /// Run `arbor experiment sweep`.
@@ -266,14 +258,13 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     }
     let out: &Path = &args.out_dir;
     let seeds_of = |cfg: &RunConfig| if args.seeds.is_empty() { vec![cfg.run.seed] } else { args.seeds.clone() };
-    let rl_steps = |cfg: &RunConfig| cfg.rl.as_ref().map_or(0, |r| r.steps);
     if args.report {
         let rows = configs
             .iter()
             .enumerate()
-            .map(|(i, (settings, cfg))| point_row(out, i, settings, &seeds_of(cfg), rl_steps(cfg)))
+            .map(|(i, (settings, cfg))| point_row(out, i, settings, &seeds_of(cfg), cfg))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if let Some(note) = super::seeds::move_summary_aside(out, &SUMMARY_FILES)? {
+        if let Some(note) = move_summary_aside(out, &SUMMARY_FILES)? {
             println!("{note}");
         }
         write_summary(&rows, &name, out)?;
@@ -282,14 +273,9 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    crate::train::preempt::install_handlers()?;
-    if let Some((limit, shown)) = &args.time_limit {
-        crate::train::preempt::stop_after(*limit, shown);
-    }
+    args.stop.arm()?;
     if args.point.is_none() {
-        if let Some(note) = super::seeds::move_summary_aside(out, &SUMMARY_FILES)? {
-            println!("{note}");
-        }
+        args.stop.keep_earlier_summary(out, &SUMMARY_FILES)?;
     }
     let mut rows = Vec::new();
     for (i, (settings, base)) in configs.iter().enumerate() {
@@ -301,21 +287,12 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
             cfg.run.seed = seed;
             cfg.run.name = format!("p{i}-seed{seed}");
             cfg.run.out_dir = out.to_path_buf();
-            let from = if args.resume { super::train::resume_dir(&cfg, Some("auto"), None)? } else { None };
-            match from.as_deref().map(|ck| (ck, finished(ck, &cfg))) {
-                Some((ck, true)) => {
-                    println!("== p{i} ({settings}), seed {seed}: finished ({}), kept", ck.display());
-                    continue;
-                }
-                Some((ck, false)) => println!("== p{i} ({settings}), seed {seed}: resumed from {}", ck.display()),
-                None => println!("== p{i} ({settings}), seed {seed}"),
-            }
-            crate::train::job::run(&cfg, from.as_deref(), &mut std::io::stdout())?;
+            args.stop.run(&cfg, &format!("p{i} ({settings}), seed {seed}"), &mut std::io::stdout())?;
         }
         // the table so far, so that an interrupted sweep keeps what it measured (not for one
         // point of an array: the other tasks write beside it)
         if args.point.is_none() {
-            rows.push(point_row(out, i, settings, &seeds_of(base), rl_steps(base))?);
+            rows.push(point_row(out, i, settings, &seeds_of(base), base)?);
             write_summary(&rows, &name, out)?;
         }
     }
@@ -382,6 +359,22 @@ mod tests {
         );
         assert!(md.contains("| p1 | `rl.lr=2e-4` | 1 | 20.0 | 10.0 | -10.0 | 30.0 | 30.0 |"), "{md}");
         assert!(md.contains("](sweep.png)"), "{md}");
+        assert!(!md.contains("pass@k"), "no run has pass@k: {md}");
+        // every run with pass@k: two more columns
+        let mut rows = rows;
+        for r in &mut rows {
+            for (_, b, a) in &mut r.runs {
+                let pass = |rate| Some(PassAtK { k: 4, rate });
+                (b.pass, a.pass) = (pass(b.sampled + 0.5), pass(a.sampled + 0.25));
+            }
+        }
+        let md = table(&rows, "x.toml");
+        assert!(
+            md.contains("| greedy after | pass@4 before | pass@4 after |\n|---|---|---|---|---|---|---|---|---|---|\n"),
+            "{md}"
+        );
+        assert!(md.contains("| 30.0 ± 0.0 | 45.0 ± 7.1 | 70.0 ± 0.0 | 60.0 ± 7.1 |\n"), "{md}");
+        assert!(md.contains("| p1 | `rl.lr=2e-4` | 1 | 20.0 | 10.0 | -10.0 | 30.0 | 30.0 | 70.0 | 35.0 |\n"), "{md}");
         // the curve: the seeds' mean where both evaluated, the one value where one did
         let curve = mean_curve(&[vec![(0, 0.2), (2, 0.4)], vec![(0, 0.4), (2, 0.2), (3, 0.5)]]);
         assert_eq!(curve, [(0.0, 0.30000000000000004), (2.0, 0.30000000000000004), (3.0, 0.5)]);

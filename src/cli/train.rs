@@ -43,7 +43,8 @@ pub struct TrainArgs {
     /// requeue's cue; `--resume auto` continues). `3h55m`, `90m`, `45s`, `5400` (seconds) or Slurm's
     /// `HH:MM:SS` / `D-HH:MM:SS`; leave a margin for a step and a checkpoint. For schedulers
     /// without a warning signal. Under `[async]` the training ranks stop and halt the rollout ranks
-    /// (leave a margin for a batch's generation too).
+    /// (leave a margin for a batch's generation too). At the job's last step it stops nothing: the
+    /// run ends finished (exit 0).
     #[arg(long, value_name = "DURATION", value_parser = parse_time_limit)]
     pub time_limit: Option<(std::time::Duration, String)>,
     /// Replay a continuous `[async]` run's weight-install schedule (its rollout-schedule.jsonl):

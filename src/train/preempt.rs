@@ -4,7 +4,8 @@
 //! step, so a signal seen by any rank stops them all at the same step), rank 0 writes a checkpoint
 //! (the dump is flushed every step), and the run returns [`Error::Preempted`]: the process exits
 //! with [`EXIT_PREEMPTED`], which the shipped sbatch scripts answer with `scontrol requeue`, and the
-//! requeued job's `--resume auto` continues from that checkpoint.
+//! requeued job's `--resume auto` continues from that checkpoint. A request agreed at the job's
+//! last step stops nothing: the run ends finished (its final checkpoint written), exit status 0.
 
 use crate::error::{Error, Result};
 use crate::parallel::Comm;

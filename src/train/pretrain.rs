@@ -307,8 +307,11 @@ pub fn run_phase(
             write_line(metrics, &metrics_path, &line)?;
             report.evals.push((step + 1, e));
         }
-        // a signal on any rank (Slurm's preemption notice) stops every rank here, checkpointed
-        let preempted = crate::train::preempt::agreed(grid.world.as_ref())?;
+        // a signal on any rank (Slurm's preemption notice) stops every rank here, checkpointed (at
+        // the job's last step there is nothing left to stop: it ends as a finished run, exit 0,
+        // not requeued)
+        let job_ends = last && cfg.rl.is_none();
+        let preempted = crate::train::preempt::agreed(grid.world.as_ref())? && !job_ends;
         if last || preempted || (step + 1) % t.checkpoint_every.max(1) == 0 {
             metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
             let state = TrainerState {

@@ -351,8 +351,8 @@ pub(crate) fn run_phase_with(
             }
         }
         // a signal on any rank stops every rank here, checkpointed (under [async], any training
-        // rank: the leader then halts the rollout ranks)
-        let preempted = crate::train::preempt::agreed(grid.world.as_ref())?;
+        // rank: the leader then halts the rollout ranks); at the last step the run ends finished
+        let preempted = crate::train::preempt::agreed(grid.world.as_ref())? && !final_step;
         if final_step || preempted || new_best || (step + 1) % cfg.train.checkpoint_every.max(1) == 0 {
             io.metrics.flush().map_err(|e| Error::io(metrics_path(ph), e))?;
             trainer.sync_host(model, opt)?;
