@@ -2,7 +2,8 @@
 //! and munge in a scratch directory, stopped at the end): `slurm/train.sbatch` (srun + PMIx) and
 //! `slurm/train-mpirun.sbatch` with 2 tasks give rank 0's metrics and the same weights as one
 //! process (dp 2 = dp 1); a job signalled mid-run (`scancel --signal=USR1`) checkpoints, requeues
-//! itself and ends bit-identical to the uninterrupted job.
+//! itself and ends bit-identical to the uninterrupted job; so do a training sweep's job-array task
+//! (`slurm/train-sweep.sbatch`) and an `arbor experiment` job (`slurm/experiment.sbatch`).
 //!
 //! Needs root (the daemons run as root; scripts/slurm-local.sh installs the packages).
 #![cfg(feature = "mpi")]
@@ -273,6 +274,7 @@ fn sbatch_scripts_train_under_slurm_and_a_signalled_job_requeues_and_ends_bit_id
         RL_STEPS
     );
     training_sweep_array(&cluster, dir.path(), cfg_s);
+    experiment_job(&cluster, dir.path(), cfg_s);
 }
 
 /// `slurm/train-sweep.sbatch`: a 2-point training sweep as a job array; task 1 is signalled in its
@@ -333,6 +335,59 @@ fn training_sweep_array(cluster: &Cluster, dir: &Path, cfg: &str) {
     assert!(other.contains("restart 0") && !other.contains("restart 1"), "task 0 was not requeued with it:\n{other}");
     arbor(&[flags(&array_dir), vec!["--report".into()]].concat());
     assert_eq!(read(&array_dir.join("sweep.md")), read(&local_dir.join("sweep.md")), "the array's table");
+}
+
+/// `slurm/experiment.sbatch`: an `arbor experiment seeds` job signalled in its RL phase checkpoints,
+/// requeues itself and resumes; its run ends with the weights of the same experiment run in one
+/// process, and its table with the same RL figures.
+fn experiment_job(cluster: &Cluster, dir: &Path, cfg: &str) {
+    let flags = |out: &Path| {
+        let out = out.to_str().unwrap().to_string();
+        ["seeds", "--config", cfg, "--set", "rl.steps=400", "--seeds", "7", "--out-dir", &out]
+            .map(String::from)
+            .to_vec()
+    };
+    let (job_dir, local_dir, log) = (dir.join("experiment"), dir.join("experiment-local"), dir.join("experiment.log"));
+    let output = format!("--output={}", log.display());
+    let mut args: Vec<String> =
+        ["--parsable", "--ntasks=1", "--cpus-per-task=1", &output, "--chdir", REPO].map(String::from).to_vec();
+    args.push("slurm/experiment.sbatch".into());
+    args.extend(flags(&job_dir));
+    let job = cluster.run("sbatch", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let metrics = job_dir.join("seed7/metrics.jsonl");
+    let t0 = Instant::now();
+    while read(&metrics).lines().filter(|l| l.contains("\"rl_step\"")).count() < 6 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "job {job} did not reach RL step 5:\n{}", read(&log));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.run("scancel", &["--signal=USR1", &job]);
+    let t0 = Instant::now();
+    while !(cluster.field(&job, "Restarts") != "0" && cluster.field(&job, "JobState") == "PENDING") {
+        assert!(t0.elapsed() < Duration::from_secs(120), "job {job} did not requeue:\n{}", read(&log));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // (the requeue's hold lifted two seconds after it, as above)
+    std::thread::sleep(Duration::from_millis(2500));
+    cluster.run("scontrol", &["update", &format!("JobId={job}"), "StartTime=now"]);
+    let local = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(["--threads", "1", "experiment"])
+        .args(flags(&local_dir))
+        .output();
+    let local = local.unwrap();
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    cluster.wait(&job, &log, Duration::from_secs(150));
+    let text = read(&log);
+    assert!(text.contains("preempted after a checkpoint; requeueing job") && text.contains("restart 1"), "{text}");
+    assert!(text.contains("== seed 7: resumed from"), "the requeued job did not resume:\n{text}");
+    let last = |d: &Path| std::fs::read(d.join("seed7/checkpoints/step-402/model.safetensors")).unwrap();
+    assert!(last(&job_dir) == last(&local_dir), "the requeued experiment's weights differ from the one-process run's");
+    // the RL columns of the seed's row (its wall time differs)
+    let rl_cells = |d: &Path| {
+        let md = read(&d.join("seeds.md"));
+        let row = md.lines().find(|l| l.starts_with("| 7 |")).unwrap_or_else(|| panic!("no row of seed 7: {md}"));
+        row.split('|').take(8).collect::<Vec<_>>().join("|")
+    };
+    assert_eq!(rl_cells(&job_dir), rl_cells(&local_dir));
 }
 
 fn read(path: &Path) -> String {
