@@ -20,6 +20,17 @@ fn tiny_addition(sft_steps: u64, rl_keys: &str) -> String {
         + rl_keys
 }
 
+/// `tiny_addition` with a small RL phase of `rl_steps` steps (2 prompts × 2 samples, 4 held-out
+/// problems × 2 samples), written to `dir/name`.
+fn tiny_rl(dir: &std::path::Path, name: &str, sft_steps: u64, rl_steps: u64) -> std::path::PathBuf {
+    let rl = format!(
+        "steps = {rl_steps}\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n"
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, tiny_addition(sft_steps, &rl)).unwrap();
+    path
+}
+
 #[test]
 fn a_broken_trajectory_dump_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,7 +159,8 @@ fn a_time_limit_stops_the_run_checkpointed_and_the_resume_ends_as_the_straight_r
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("t.toml");
     std::fs::write(&cfg, tiny_addition(6, "steps = 1\n").replace("[rl]\nsteps = 1\n", "")).unwrap();
-    let run = |out: &str, extra: &[&str]| {
+    // `arbor train --config CFG --out-dir DIR/OUT EXTRA`: (exit status, stderr)
+    let train = |cfg: &std::path::Path, out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
         let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
             .args(["--threads", "1", "train", "--config", cfg.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
@@ -157,6 +169,7 @@ fn a_time_limit_stops_the_run_checkpointed_and_the_resume_ends_as_the_straight_r
             .unwrap();
         (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
     };
+    let run = |out: &str, extra: &[&str]| train(&cfg, out, extra);
     let (code, err) = run("limited", &["--time-limit", "0"]);
     assert_eq!(code, Some(75), "{err}");
     assert!(err.contains("stopped by its time limit (--time-limit 0) after step 1, checkpoint written"), "{err}");
@@ -178,18 +191,8 @@ fn a_time_limit_stops_the_run_checkpointed_and_the_resume_ends_as_the_straight_r
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("preempted") && weights("last", 1).is_ok(), "{err}");
     // and with an RL phase: the supervised phase's last step stops (RL follows), the RL phase's does not
-    let rl_cfg = dir.path().join("rl.toml");
-    let rl = "steps = 1\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\n";
-    std::fs::write(&rl_cfg, tiny_addition(1, rl)).unwrap();
-    let rl_run = |extra: &[&str]| {
-        let out = dir.path().join("rl");
-        let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
-            .args(["--threads", "1", "train", "--config", rl_cfg.to_str().unwrap(), "--out-dir", out.to_str().unwrap()])
-            .args(extra)
-            .output()
-            .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
-    };
+    let rl_cfg = tiny_rl(dir.path(), "rl.toml", 1, 1);
+    let rl_run = |extra: &[&str]| train(&rl_cfg, "rl", extra);
     let (code, err) = rl_run(&["--time-limit", "0"]);
     assert_eq!(code, Some(75), "{err}");
     let (code, err) = rl_run(&["--resume", "latest", "--time-limit", "0"]);
@@ -295,9 +298,7 @@ fn experiment_seeds_reports_every_seed_and_eval_reproduces_the_runs_last_eval() 
 #[test]
 fn experiment_seeds_resumes_every_run_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("seeds.toml");
-    let rl = "steps = 2\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n";
-    std::fs::write(&cfg, tiny_addition(2, rl)).unwrap();
+    let cfg = tiny_rl(dir.path(), "seeds.toml", 2, 2);
     let seeds = |out: &std::path::Path, extra: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
             .args(["--threads", "1", "experiment", "seeds", "--config", cfg.to_str().unwrap(), "--seeds", "7"])
@@ -378,9 +379,7 @@ fn experiment_seeds_resumes_every_run_in_place() {
 #[test]
 fn experiment_sweep_runs_every_point_of_the_grid_and_checks_them_all_first() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("sweep.toml");
-    let rl = "steps = 1\nprompts_per_step = 2\nsamples_per_prompt = 2\neval_problems = 4\neval_samples = 2\ndump_trajectories = false\n";
-    std::fs::write(&cfg, tiny_addition(2, rl)).unwrap();
+    let cfg = tiny_rl(dir.path(), "sweep.toml", 2, 1);
     let out = dir.path().join("sweep");
     let sweep_args = |out: &std::path::Path, grid: &[&str], extra: &[&str]| {
         let mut args = vec!["--threads", "1", "experiment", "sweep", "--config", cfg.to_str().unwrap()];

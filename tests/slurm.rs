@@ -80,6 +80,30 @@ impl Cluster {
             .to_string()
     }
 
+    /// Send `job` (writing `metrics`, its output in `log`) a preemption notice once its RL phase is
+    /// under way (RL step 5 done), wait until it has checkpointed and requeued itself, and let it
+    /// start again at once.
+    fn preempt_in_rl_phase(&self, job: &str, metrics: &Path, log: &Path) {
+        let t0 = Instant::now();
+        while read(metrics).lines().filter(|l| l.contains("\"rl_step\"")).count() < 6 {
+            assert!(t0.elapsed() < Duration::from_secs(120), "job {job} did not reach RL step 5:\n{}", read(log));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.run("scancel", &["--signal=USR1", job]);
+        // the job checkpoints, exits 75 and requeues itself; Slurm holds a requeued job back for a
+        // while (its begin time), which an operator may lift: here at once
+        let t0 = Instant::now();
+        while !(self.field(job, "Restarts") != "0" && self.field(job, "JobState") == "PENDING") {
+            assert!(t0.elapsed() < Duration::from_secs(120), "job {job} did not requeue:\n{}", read(log));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // slurmd refuses a job credential created in the same second as the job's last revocation
+        // ("Job credential revoked"): a requeued job started at once can fail that way, which is
+        // why Slurm holds it back; lift the hold only once two seconds have passed
+        std::thread::sleep(Duration::from_millis(2500));
+        self.run("scontrol", &["update", &format!("JobId={job}"), "StartTime=now"]);
+    }
+
     /// Wait until `job` ends; panics with its output if it fails or runs past `limit`.
     fn wait(&self, job: &str, log: &Path, limit: Duration) {
         let t0 = Instant::now();
@@ -187,37 +211,7 @@ fn sbatch_scripts_train_under_slurm_and_a_signalled_job_requeues_and_ends_bit_id
         .run("sbatch", &["--parsable", &after, &merge_out, "--chdir", REPO, "slurm/sim-sweep-merge.sbatch", &pieces]);
 
     // signal job b once its RL phase is under way (metrics written by rank 0)
-    let metrics_b = out("preempted").join("slurm/metrics.jsonl");
-    let t0 = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&metrics_b).unwrap_or_default();
-        if text.lines().filter(|l| l.contains("\"rl_step\"")).count() >= 6 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "job {b} did not reach RL step 5:\n{}",
-            std::fs::read_to_string(&log_b).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cluster.run("scancel", &["--signal=USR1", &b]);
-    // the job checkpoints, exits 75 and requeues itself; Slurm holds a requeued job back for a
-    // while (its begin time), which an operator may lift: here at once
-    let t0 = Instant::now();
-    while !(cluster.field(&b, "Restarts") != "0" && cluster.field(&b, "JobState") == "PENDING") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "job {b} did not requeue:\n{}",
-            std::fs::read_to_string(&log_b).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    // slurmd refuses a job credential created in the same second as the job's last revocation
-    // ("Job credential revoked"): a requeued job started at once can fail that way, which is why
-    // Slurm holds it back; lift the hold only once two seconds have passed
-    std::thread::sleep(Duration::from_millis(2500));
-    cluster.run("scontrol", &["update", &format!("JobId={b}"), "StartTime=now"]);
+    cluster.preempt_in_rl_phase(&b, &out("preempted").join("slurm/metrics.jsonl"), &log_b);
     for (job, log) in [(&a, &log_a), (&m, &log_m), (&b, &log_b)] {
         cluster.wait(job, log, Duration::from_secs(150));
     }
@@ -299,23 +293,7 @@ fn training_sweep_array(cluster: &Cluster, dir: &Path, cfg: &str) {
     args.extend(flags(&array_dir));
     let job = cluster.run("sbatch", &args.iter().map(String::as_str).collect::<Vec<_>>());
     let task = format!("{job}_1");
-    let metrics = array_dir.join("p1-seed7/metrics.jsonl");
-    let t0 = Instant::now();
-    while std::fs::read_to_string(&metrics).unwrap_or_default().lines().filter(|l| l.contains("\"rl_step\"")).count()
-        < 6
-    {
-        assert!(t0.elapsed() < Duration::from_secs(120), "task {task} did not reach RL step 5:\n{}", read(&log));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cluster.run("scancel", &["--signal=USR1", &task]);
-    let t0 = Instant::now();
-    while !(cluster.field(&task, "Restarts") != "0" && cluster.field(&task, "JobState") == "PENDING") {
-        assert!(t0.elapsed() < Duration::from_secs(120), "task {task} did not requeue:\n{}", read(&log));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    // (as for the training job above: lift the requeue's hold two seconds after it)
-    std::thread::sleep(Duration::from_millis(2500));
-    cluster.run("scontrol", &["update", &format!("JobId={task}"), "StartTime=now"]);
+    cluster.preempt_in_rl_phase(&task, &array_dir.join("p1-seed7/metrics.jsonl"), &log);
     // the same sweep in one process meanwhile
     let arbor = |extra: &[String]| {
         let o = Command::new(env!("CARGO_BIN_EXE_arbor"))
@@ -354,21 +332,7 @@ fn experiment_job(cluster: &Cluster, dir: &Path, cfg: &str) {
     args.push("slurm/experiment.sbatch".into());
     args.extend(flags(&job_dir));
     let job = cluster.run("sbatch", &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let metrics = job_dir.join("seed7/metrics.jsonl");
-    let t0 = Instant::now();
-    while read(&metrics).lines().filter(|l| l.contains("\"rl_step\"")).count() < 6 {
-        assert!(t0.elapsed() < Duration::from_secs(120), "job {job} did not reach RL step 5:\n{}", read(&log));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    cluster.run("scancel", &["--signal=USR1", &job]);
-    let t0 = Instant::now();
-    while !(cluster.field(&job, "Restarts") != "0" && cluster.field(&job, "JobState") == "PENDING") {
-        assert!(t0.elapsed() < Duration::from_secs(120), "job {job} did not requeue:\n{}", read(&log));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    // (the requeue's hold lifted two seconds after it, as above)
-    std::thread::sleep(Duration::from_millis(2500));
-    cluster.run("scontrol", &["update", &format!("JobId={job}"), "StartTime=now"]);
+    cluster.preempt_in_rl_phase(&job, &job_dir.join("seed7/metrics.jsonl"), &log);
     let local = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["--threads", "1", "experiment"])
         .args(flags(&local_dir))
