@@ -223,8 +223,29 @@ fn table(rows: &[SeedResult], config: &str) -> String {
         );
     }
     md.push('\n');
+    // a control whose 10-step calibration was thrown by a passing slowdown trained for another
+    // budget than the RL phase's: say so, with the way to rerun it
+    for r in rows {
+        let off = |c: &Control| r.rl_secs >= 30.0 && (c.secs / r.rl_secs - 1.0).abs() > CONTROL_BUDGET_SLACK;
+        if let Some(c) = r.control.filter(off) {
+            let seed = r.seed;
+            let _ = write!(
+                md,
+                "\nSeed {seed}'s control trained {:.0} s against the RL phase's {:.0} s ({:+.0} %): its step-time \
+                 calibration was off (a machine busy while it ran). To rerun it, move `sft-calibrate-seed{seed}` and \
+                 `sft-control-seed{seed}` aside and run the same command with `--resume`.\n",
+                c.secs,
+                r.rl_secs,
+                100.0 * (c.secs / r.rl_secs - 1.0)
+            );
+        }
+    }
     md
 }
+
+/// How far (relative) a control's training time may be from the RL phase's before seeds.md says so
+/// (for RL phases of 30 s or more: a shorter one's time is mostly noise).
+const CONTROL_BUDGET_SLACK: f64 = 0.15;
 
 /// Run `arbor experiment seeds`.
 pub fn run(args: &SeedsArgs) -> anyhow::Result<()> {
@@ -305,5 +326,12 @@ mod tests {
         assert_eq!(rule.matches('|').count(), cells, "{md}");
         let mean = md.lines().find(|l| l.starts_with("| mean ± sd |")).unwrap();
         assert_eq!(mean.matches('|').count(), cells, "{md}");
+        assert!(!md.contains("control trained"), "both controls within 15 % of 300 s: {md}");
+        // a control that trained 200 s of the RL phase's 300 s is named
+        let mut short = r(3, 0.2, 0.3, 0.25);
+        short.control.as_mut().unwrap().secs = 200.0;
+        let md = table(&[r(1, 0.2, 0.4, 0.3), short], "x.toml");
+        assert!(md.contains("Seed 3's control trained 200 s against the RL phase's 300 s (-33 %)"), "{md}");
+        assert!(!md.contains("Seed 1's control"), "{md}");
     }
 }
