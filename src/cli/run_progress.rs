@@ -311,7 +311,8 @@ mod tests {
         };
         write("seed2", &[eval(0, 0.25), rl(1)].concat());
         write("seed1", &[eval(0, 0.25), rl(1), rl(2), eval(2, 0.75)].concat());
-        // a started run with a checkpoint folder and no metrics yet; a model directory; a file
+        // a started run with a checkpoint folder and no metrics yet; a model directory and a summary
+        // file, which are not runs
         std::fs::create_dir_all(dir.path().join("seed3/checkpoints")).unwrap();
         std::fs::create_dir_all(dir.path().join("model")).unwrap();
         std::fs::write(dir.path().join("model/config.json"), "{}").unwrap();
