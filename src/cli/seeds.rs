@@ -68,42 +68,37 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, sd)
 }
 
-/// Sum of the RL steps' `step_s` in a run's metrics.jsonl.
-pub(crate) fn rl_seconds(metrics: &Path) -> anyhow::Result<f64> {
-    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
-    let mut secs = 0.0;
-    for line in text.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: a line is not JSON", metrics.display()))?;
-        if v.get("rl_step").is_some() {
-            secs += v.get("step_s").and_then(|s| s.as_f64()).unwrap_or(0.0);
-        }
-    }
-    Ok(secs)
+/// Which steps' times [`step_times`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Steps {
+    /// The RL steps.
+    Rl,
+    /// The supervised steps after this one.
+    SupervisedAfter(u64),
 }
 
-/// Sum of `step_s` of the supervised steps after step `after` in a run's metrics.jsonl.
-fn sft_seconds_after(metrics: &Path, after: u64) -> anyhow::Result<f64> {
-    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("loss").is_some() && v.get("rl_step").is_none())
-        .filter(|v| v.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s > after))
-        .filter_map(|v| v.get("step_s").and_then(|s| s.as_f64()))
-        .sum())
+/// `step_s` of a run's step lines in its metrics.jsonl, in order (a last line cut short by a kill
+/// is left out, as `arbor inspect` leaves it).
+fn step_times(metrics: &Path, which: Steps) -> anyhow::Result<Vec<f64>> {
+    let bytes = std::fs::read(metrics).with_context(|| format!("{}", metrics.display()))?;
+    let lines = crate::train::metrics::parse_lines(&metrics.display().to_string(), &bytes)?;
+    let counts = |v: &serde_json::Value| match which {
+        Steps::Rl => v.get("rl_step").is_some(),
+        Steps::SupervisedAfter(after) => {
+            v.get("loss").is_some() && v.get("rl_step").is_none() && v["step"].as_u64().is_some_and(|s| s > after)
+        }
+    };
+    Ok(lines.iter().map(|(_, v)| v).filter(|v| counts(v)).filter_map(|v| v.get("step_s")?.as_f64()).collect())
+}
+
+/// Sum of the RL steps' `step_s` in a run's metrics.jsonl.
+pub(crate) fn rl_seconds(metrics: &Path) -> anyhow::Result<f64> {
+    Ok(step_times(metrics, Steps::Rl)?.iter().sum())
 }
 
 /// Mean seconds per supervised step in a run's metrics.jsonl (the first step, which warms up, excluded).
 fn sft_step_seconds(metrics: &Path) -> anyhow::Result<f64> {
-    let text = std::fs::read_to_string(metrics).with_context(|| format!("{}", metrics.display()))?;
-    let times: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("loss").is_some() && v.get("rl_step").is_none())
-        .filter_map(|v| v.get("step_s").and_then(|s| s.as_f64()))
-        .skip(1)
-        .collect();
+    let times = step_times(metrics, Steps::SupervisedAfter(1))?;
     anyhow::ensure!(!times.is_empty(), "{}: no supervised step times", metrics.display());
     Ok(times.iter().sum::<f64>() / times.len() as f64)
 }
@@ -153,7 +148,8 @@ pub(crate) fn run_control(cfg: &RunConfig, secs: f64, out: &Path, stop: &Resumab
     // the RL arm's last eval used the stream of step rl.steps
     let mut engine = crate::train::engine::Engine::inference(cfg.train.compute(), &model)?;
     let rate = evaluate(&mut engine, &model, cfg, (task.as_ref(), &codec), rl, rl.steps, &Local)?;
-    let secs = sft_seconds_after(&out.join(&ctl.run.name).join("metrics.jsonl"), cfg.train.steps)?;
+    let trained = step_times(&out.join(&ctl.run.name).join("metrics.jsonl"), Steps::SupervisedAfter(cfg.train.steps))?;
+    let secs = trained.iter().sum();
     Ok(Control { steps, secs, rate })
 }
 
@@ -299,6 +295,22 @@ mod tests {
         assert!((m - 5.0).abs() < 1e-12);
         assert!((sd - 13.0f64.sqrt()).abs() < 1e-12);
         assert_eq!(mean_sd(&[3.0]), (3.0, 0.0));
+    }
+
+    #[test]
+    fn step_times_read_the_steps_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let sft = |s: u64, t: f64| format!("{{\"loss\":1.0,\"step\":{s},\"step_s\":{t}}}\n");
+        let rl = |s: u64, t: f64| format!("{{\"reward_mean\":0.5,\"rl_step\":{s},\"step_s\":{t}}}\n");
+        let eval = "{\"eval_solve_rate\":0.5,\"eval_solve_rate_greedy\":0.5,\"rl_step\":0}\n";
+        // (the last line cut short by a kill is left out)
+        let text = [sft(1, 9.0), sft(2, 1.0), sft(3, 2.0), eval.into(), rl(1, 4.0), rl(2, 5.0)].concat() + "{\"rl_st";
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(rl_seconds(&path).unwrap(), 9.0);
+        assert_eq!(sft_step_seconds(&path).unwrap(), 1.5, "step 1, the warm-up, left out");
+        assert_eq!(step_times(&path, Steps::SupervisedAfter(2)).unwrap(), [2.0]);
+        assert!(rl_seconds(&dir.path().join("absent")).is_err());
     }
 
     #[test]
