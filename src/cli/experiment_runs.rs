@@ -11,7 +11,7 @@ use crate::train::rl::{PassAtK, SolveRate};
 use crate::train::run_dir::numbered;
 use anyhow::Context;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// `--resume` and `--time-limit` of an experiment.
 #[derive(Debug, Clone, Default, Args)]
@@ -28,17 +28,6 @@ pub struct Resumable {
     pub time_limit: Option<(std::time::Duration, String)>,
 }
 
-/// How a run of an experiment went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ran {
-    /// It ran from its start.
-    Fresh,
-    /// It continued from this checkpoint.
-    Resumed(PathBuf),
-    /// An earlier invocation finished it (its last checkpoint): nothing ran.
-    Kept(PathBuf),
-}
-
 impl Resumable {
     /// Catch the preemption signals and start the time limit's clock: once, before the first run.
     pub fn arm(&self) -> anyhow::Result<()> {
@@ -53,28 +42,18 @@ impl Resumable {
     /// or under `--resume` keep it when finished or continue it from its newest intact checkpoint.
     /// A stop request ends the run at a step end with `Error::Preempted` (the caller passes it on:
     /// exit status 75).
-    pub fn run(&self, cfg: &RunConfig, label: &str, log: &mut dyn std::io::Write) -> anyhow::Result<Ran> {
+    pub fn run(&self, cfg: &RunConfig, label: &str, log: &mut dyn std::io::Write) -> anyhow::Result<()> {
         let from = if self.resume { super::train::resume_dir(cfg, Some("auto"), None)? } else { None };
-        let ran = match from {
-            Some(ck) if finished(&ck, cfg) => {
+        match &from {
+            Some(ck) if finished(ck, cfg) => {
                 println!("== {label}: finished ({}), kept", ck.display());
-                return Ok(Ran::Kept(ck));
+                return Ok(());
             }
-            Some(ck) => {
-                println!("== {label}: resumed from {}", ck.display());
-                Ran::Resumed(ck)
-            }
-            None => {
-                println!("== {label}");
-                Ran::Fresh
-            }
-        };
-        let from = match &ran {
-            Ran::Resumed(ck) => Some(ck.as_path()),
-            _ => None,
-        };
-        crate::train::job::run(cfg, from, log)?;
-        Ok(ran)
+            Some(ck) => println!("== {label}: resumed from {}", ck.display()),
+            None => println!("== {label}"),
+        }
+        crate::train::job::run(cfg, from.as_deref(), log)?;
+        Ok(())
     }
 
     /// Keep an earlier experiment's summary files (see [`move_summary_aside`]); a resumed
@@ -168,7 +147,7 @@ mod tests {
         let mut cfg = RunConfig::load_or_default(None).unwrap();
         cfg.train.steps = 3;
         cfg.rl.as_mut().expect("the default job has an [rl] phase").steps = 5;
-        let ck = |s: &str| PathBuf::from("runs/x/checkpoints").join(s);
+        let ck = |s: &str| std::path::PathBuf::from("runs/x/checkpoints").join(s);
         assert!(finished(&ck("step-8"), &cfg));
         assert!(!finished(&ck("step-7"), &cfg));
         assert!(!finished(&ck("step-x"), &cfg), "not a step directory");
