@@ -83,8 +83,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if args.check {
                 return train::check(&cfg, args.resume.as_deref());
             }
-            arbor::train::preempt::install_handlers()?;
-            train::arm_time_limit(&args);
+            arbor::train::preempt::arm(args.time_limit.as_ref())?;
             train::run(&cfg, args.resume.as_deref())
         }
         Command::Sft(args) => {
@@ -104,8 +103,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if args.check {
                 return train::check(&cfg, args.resume.as_deref());
             }
-            arbor::train::preempt::install_handlers()?;
-            train::arm_time_limit(&args);
+            arbor::train::preempt::arm(args.time_limit.as_ref())?;
             train::run(&cfg, args.resume.as_deref())
         }
         Command::Eval(args) => {

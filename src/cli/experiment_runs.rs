@@ -31,11 +31,7 @@ pub struct Resumable {
 impl Resumable {
     /// Catch the preemption signals and start the time limit's clock: once, before the first run.
     pub fn arm(&self) -> anyhow::Result<()> {
-        crate::train::preempt::install_handlers()?;
-        if let Some((limit, shown)) = &self.time_limit {
-            crate::train::preempt::stop_after(*limit, shown);
-        }
-        Ok(())
+        Ok(crate::train::preempt::arm(self.time_limit.as_ref())?)
     }
 
     /// Run the job of `cfg` to its end (`label` names it on stdout, the job's log goes to `log`),

@@ -112,14 +112,6 @@ pub fn parse_time_limit(text: &str) -> std::result::Result<(std::time::Duration,
     Ok((std::time::Duration::from_secs(secs), t.to_string()))
 }
 
-/// Arm `--time-limit` (from now). Under `[async]` every rank arms it; the training ranks decide
-/// (they agree at each step end, as at a signal) and the leader halts the rollout ranks.
-pub fn arm_time_limit(args: &TrainArgs) {
-    if let Some((limit, shown)) = &args.time_limit {
-        crate::train::preempt::stop_after(*limit, shown);
-    }
-}
-
 /// Load the config with overrides applied.
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     let mut cfg = RunConfig::load_or_default_with(args.config.as_deref(), &args.set)?;

@@ -34,6 +34,18 @@ pub fn install_handlers() -> Result<()> {
     Ok(())
 }
 
+/// Arm a process that runs training steps: catch the preemption signals and start `--time-limit`'s
+/// clock (`limit`: the duration and the text as given) from now. Once, before the first step. Under
+/// `[async]` every rank arms it; the training ranks decide (they agree at each step end, as at a
+/// signal) and the leader halts the rollout ranks.
+pub fn arm(limit: Option<&(std::time::Duration, String)>) -> Result<()> {
+    install_handlers()?;
+    if let Some((limit, shown)) = limit {
+        stop_after(*limit, shown);
+    }
+    Ok(())
+}
+
 /// Call `handler` on signal `sig` from now on, interrupted system calls resuming (SA_RESTART).
 /// `handler` must be async-signal-safe (atomic operations only).
 pub fn catch_signal(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> Result<()> {
