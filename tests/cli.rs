@@ -483,6 +483,7 @@ fn experiment_compare_with_control_reports_the_sft_arm() {
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     let line = md.lines().find(|l| l.starts_with("SFT-only control:")).unwrap_or_else(|| panic!("{md}"));
     assert!(line.contains("grpo's RL wall time") && line.contains("held-out solve rate sampled"), "{line}");
+    assert!(line.contains(" s; they took "), "the control's own training time: {line}");
     assert!(out.join("sft-control-seed1234/metrics.jsonl").is_file(), "the control's run directory");
     // the base config's --set reached the method's run
     let recorded = std::fs::read_to_string(out.join("grpo/config.toml")).unwrap();

@@ -310,10 +310,11 @@ pub fn run(cmd: &ExperimentCommand) -> anyhow::Result<()> {
     if args.control {
         let (first, cfg) = (&file.compare.methods[0], &cfgs[0]);
         let secs = super::seeds::rl_seconds(&out.join(first).join("metrics.jsonl"))?;
-        let super::seeds::Control { steps, rate, .. } = super::seeds::run_control(cfg, secs, &out, &args.stop)?;
+        let super::seeds::Control { steps, secs: trained, rate } =
+            super::seeds::run_control(cfg, secs, &out, &args.stop)?;
         let before = rows[0].evals.first().map_or(f64::NAN, |e| e.2);
         control = format!(
-            "\nSFT-only control: {steps} supervised steps from the same start in {first}'s RL wall time ({secs:.0} s): held-out solve rate sampled {:.1} % ({:+.1} points), greedy {:.1} %.\n",
+            "\nSFT-only control: {steps} supervised steps from the same start in {first}'s RL wall time ({secs:.0} s; they took {trained:.0} s): held-out solve rate sampled {:.1} % ({:+.1} points), greedy {:.1} %.\n",
             100.0 * rate.sampled,
             100.0 * (rate.sampled - before),
             100.0 * rate.greedy
