@@ -116,7 +116,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 bench::BenchCommand::TrainStep(a) => bench::train_step(&a),
                 bench::BenchCommand::Generate(a) => bench::generate(&a),
                 bench::BenchCommand::Gemm { n, reps } => bench::gemm(n, reps),
-                bench::BenchCommand::Allreduce(a) => arbor::cli::bench_allreduce::run(&a),
+                bench::BenchCommand::Allreduce(a) => arbor::cli::bench_comm::allreduce(&a),
+                bench::BenchCommand::Broadcast(a) => arbor::cli::bench_comm::broadcast(&a),
                 bench::BenchCommand::Env(a) => arbor::cli::bench_env::run(&a),
                 bench::BenchCommand::Gpu(a) => arbor::cli::bench_gpu::run(&a),
             }

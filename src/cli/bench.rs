@@ -21,7 +21,9 @@ pub enum BenchCommand {
     /// Batched generation with the KV cache (continuous batching), random prompts, no stop token.
     Generate(GenerateArgs),
     /// Gradient all-reduce bandwidth under mpirun: bucketed vs one raw MPI all-reduce.
-    Allreduce(crate::cli::bench_allreduce::AllreduceArgs),
+    Allreduce(crate::cli::bench_comm::AllreduceArgs),
+    /// One rank's message to all others under mpirun (`[async]` weights): a copy to each vs a relay.
+    Broadcast(crate::cli::bench_comm::BroadcastArgs),
     /// Multi-turn environments with latency: sync vs env-level async vs redundant groups.
     Env(crate::cli::bench_env::EnvArgs),
     /// CUDA backend (feature `cuda`): a train step (tokens/s, MFU) or attention fwd+bwd on a GPU.

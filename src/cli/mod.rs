@@ -1,8 +1,8 @@
 //! Subcommand implementations behind `src/main.rs` (parsing lives in main.rs; logic lives here).
 
 pub mod bench;
-pub mod bench_allreduce;
 pub mod bench_ceilings;
+pub mod bench_comm;
 pub mod bench_common;
 pub mod bench_env;
 pub mod bench_gpu;

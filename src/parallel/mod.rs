@@ -1,9 +1,11 @@
 //! SPMD parallelism: a communicator abstraction ([`Comm`]) with a single-process implementation
 //! ([`Local`]), an MPI one (feature `mpi`) and one over TCP to the hub of `arbor launch`
 //! (`tcp_comm`, `hub`: several processes on one machine without MPI), the data-parallel × tensor-parallel process grid,
-//! bucketed gradient all-reduce and a watchdog that aborts the whole job instead of hanging.
+//! bucketed gradient all-reduce, a pipelined relay for one rank's messages to many ([`Relay`]) and
+//! a watchdog that aborts the whole job instead of hanging.
 
 pub mod comm;
+pub mod relay;
 pub mod fault;
 pub mod grid;
 pub mod hub;
@@ -15,5 +17,6 @@ pub mod watchdog;
 pub mod wire;
 
 pub use comm::{all_reduce_buckets, Comm, Local, DEFAULT_BUCKET_BYTES};
+pub use relay::Relay;
 pub use grid::{partition, Grid};
 pub use tp::TpGroup;

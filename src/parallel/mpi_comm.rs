@@ -207,13 +207,20 @@ impl Comm for MpiComm {
             .map_err(|_| bad(format!("a {}-byte length (8 expected): ranks disagree on the protocol", head.len())))?;
         let total = usize::try_from(u64::from_le_bytes(len)).map_err(|_| bad("a length beyond memory".into()))?;
         let mut out = Vec::new();
-        out.try_reserve_exact(total).map_err(|e| bad(format!("{total} bytes do not fit in memory: {e}")))?;
+        if total > max_message() {
+            out.try_reserve_exact(total).map_err(|e| bad(format!("{total} bytes do not fit in memory: {e}")))?;
+        }
         while out.len() < total {
             let piece = self.recv_piece(src);
             if piece.is_empty() || out.len() + piece.len() > total {
                 return Err(bad(format!("a piece of {} bytes after {} of {total}", piece.len(), out.len())));
             }
-            out.extend_from_slice(&piece);
+            // (a message of one piece is that piece: no copy)
+            if piece.len() == total {
+                out = piece;
+            } else {
+                out.extend_from_slice(&piece);
+            }
         }
         Ok(out)
     }

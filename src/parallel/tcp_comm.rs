@@ -404,4 +404,4 @@ impl Comm for TcpComm {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -83,8 +83,11 @@ fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alph
             .unwrap();
         p.to_str().unwrap().to_string()
     };
-    // (name, ranks, rollout ranks, α): 1 trainer + 1 generator at α = 0 must be the synchronous run
-    for (name, np, rollout, alpha) in [("a0", 2, 1, 0.0), ("a1", 2, 1, 1.0), ("a1r2", 3, 2, 1.0), ("a2", 4, 2, 1.5)] {
+    // (name, ranks, rollout ranks, α): 1 trainer + 1 generator at α = 0 must be the synchronous run;
+    // with 4 trainers + 3 generators the weights and the step shares travel along relays in which
+    // rollout ranks and training ranks forward what they receive (parallel::relay)
+    let cases = [("a0", 2, 1, 0.0), ("a1", 2, 1, 1.0), ("a1r2", 3, 2, 1.0), ("a2", 4, 2, 1.5), ("a1r3t4", 7, 3, 1.0)];
+    for (name, np, rollout, alpha) in cases {
         let cfg = with(name, rollout, alpha);
         // (α = 0, compared bit for bit with the synchronous run below, sends every message of more
         // than 4 KiB, the weights and the batches, in pieces)
@@ -108,6 +111,7 @@ fn async_rollout_ranks_alpha_0_equal_synchronous_and_staleness_stays_within_alph
     compare_runs(&run("sync"), &run("a0"), "checkpoints/step-3", "async α = 0 vs synchronous");
     // the same α gives the same run whatever the number of rollout ranks
     compare_runs(&run("a1"), &run("a1r2"), "checkpoints/step-3", "α = 1: 1 vs 2 rollout ranks");
+    compare_runs(&run("a1"), &run("a1r3t4"), "checkpoints/step-3", "α = 1: 1 + 1 vs 4 + 3 ranks");
     // and a stale run really differs from the synchronous one
     let (_, ps) = load_hf_dir(&run("sync").join("checkpoints/step-3")).unwrap();
     let (_, pa) = load_hf_dir(&run("a1").join("checkpoints/step-3")).unwrap();
@@ -574,22 +578,29 @@ fn arbor_launch_runs_what_mpirun_runs() {
     fault_run_with(launch, "crash", &["rank 1 exited with signal: 6"]);
 }
 
-/// `arbor bench allreduce` measures both transports: one JSON line from rank 0 naming its
-/// transport, 2 ranks, the buckets of the buffer and positive bandwidths.
+/// `arbor bench allreduce` and `arbor bench broadcast` measure both transports: one JSON line
+/// from rank 0 naming its transport and ranks, the buckets of the buffer or the relay's chunk,
+/// and positive bandwidths or times (the broadcast's receivers check every byte they got).
 #[test]
-fn bench_allreduce_runs_under_mpirun_and_arbor_launch() {
-    let args = ["--threads", "1", "bench", "allreduce", "--mb", "1", "--bucket-mb", "0.25", "--reps", "2"];
+fn bench_allreduce_and_broadcast_run_under_mpirun_and_arbor_launch() {
+    let allreduce = ["--threads", "1", "bench", "allreduce", "--mb", "1", "--bucket-mb", "0.25", "--reps", "2"];
+    let broadcast = ["--threads", "1", "bench", "broadcast", "--mb", "1", "--chunk-mb", "0.25", "--reps", "2"];
     for (transport, launcher) in [("mpi", mpirun as Launcher), ("arbor launch", launch)] {
-        let o = launcher(2, &args, &[]);
-        assert!(o.status.success(), "{transport}: {}", text(&o));
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
-        assert_eq!(lines.len(), 1, "{transport}: one line from rank 0: {stdout}");
-        let j: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-        assert_eq!(
-            (j["transport"].as_str(), j["ranks"].as_u64(), j["buckets"].as_u64()),
-            (Some(transport), Some(2), Some(4))
-        );
+        let line = |np: usize, args: &[&str]| -> serde_json::Value {
+            let o = launcher(np, args, &[]);
+            assert!(o.status.success(), "{transport} {args:?}: {}", text(&o));
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+            assert_eq!(lines.len(), 1, "{transport}: one line from rank 0: {stdout}");
+            let j: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+            assert_eq!((j["transport"].as_str(), j["ranks"].as_u64()), (Some(transport), Some(np as u64)), "{j}");
+            j
+        };
+        let j = line(2, &allreduce);
+        assert_eq!(j["buckets"].as_u64(), Some(4), "{j}");
         assert!(j["bucketed_gb_per_s"].as_f64().unwrap() > 0.0 && j["raw_gb_per_s"].as_f64().unwrap() > 0.0);
+        let j = line(3, &broadcast);
+        assert_eq!((j["bytes"].as_u64(), j["chunk_bytes"].as_u64()), (Some(1 << 20), Some(1 << 18)), "{j}");
+        assert!(j["direct_s"].as_f64().unwrap() > 0.0 && j["relay_s"].as_f64().unwrap() > 0.0, "{j}");
     }
 }

@@ -28,12 +28,14 @@
 //! Messages are point-to-point on two duplicates of the world communicator (batches, weights)
 //! and one of the training ranks' (the leader's step shares); each rollout rank receives weights
 //! on a thread, so a publishing trainer never waits for generation, and sends batches from
-//! another, so generation never waits for the trainer.
+//! another, so generation never waits for the trainer. Weights and step shares travel along a
+//! relay (`parallel::relay`): the leader sends one copy, each receiver forwards its chunks to the
+//! next as they arrive, so publishing costs the leader the same for 2 or 200 rollout ranks.
 
 use crate::config::RlPlan;
 use crate::error::{Error, Result};
 use crate::model::{Model, Workspace};
-use crate::parallel::{Comm, Grid, TpGroup};
+use crate::parallel::{Comm, Grid, Relay, TpGroup};
 use crate::train::rl::rhythm::shape_rollouts;
 use crate::train::rl::wire::{merge_rollouts, share_of};
 use crate::train::rl::{
@@ -89,6 +91,9 @@ pub fn run_phase(
     let role = world.split(usize::from(is_rollout), rank)?;
     let batches = world.split(0, rank)?;
     let weights = world.split(0, rank)?;
+    // the leader publishes along a relay of the rollout ranks (each forwards to the next)
+    let members: Vec<usize> = std::iter::once(0).chain(first_rollout..size).collect();
+    let relay = Relay::new(&members, rank);
     let lag = ac.lag();
     // a batch-mode resume at α ≥ 1: the older versions its first batches need, and the phase's
     // first version (history.rs); without them batch versions count from the resumed step
@@ -105,7 +110,7 @@ pub fn run_phase(
             (RolloutMode::Continuous, None) => Some(stream::Installs::Live),
             (RolloutMode::Continuous, Some(path)) => Some(stream::Installs::Replay(schedule::read(path, rank)?)),
         };
-        let comms = RolloutComms { world_rank: rank, role, batches, weights };
+        let comms = RolloutComms { world_rank: rank, role, batches, weights: (weights, relay?) };
         let older = resumed.map(|h| h.msgs).unwrap_or_default();
         rollout_loop(model, ph, (start.done, first, start.sampling), (comms, older), installs)?;
         let none = SolveRate { greedy: 0.0, sampled: 0.0, pass: None };
@@ -113,6 +118,7 @@ pub fn run_phase(
     }
     let dp = role.split(0, role.rank())?;
     let shares = role.split(0, role.rank())?;
+    let shares = (Relay::new(&(0..shares.size()).collect::<Vec<_>>(), shares.rank())?, shares);
     let train_grid = Grid { world: role, dp, tp: TpGroup::single(), watchdog: grid.watchdog.clone() };
     let first_sum = weights_checksum(model);
     // the leader keeps what later checkpoints need (batch mode at α > 0; a resume's older versions first)
@@ -133,6 +139,7 @@ pub fn run_phase(
     let mut source = Received {
         batches,
         weights,
+        relay: relay.ok().filter(|_| rank == 0),
         rollout: (first_rollout..size).collect(),
         train: train_grid.world.as_ref(),
         shares,
@@ -150,9 +157,7 @@ pub fn run_phase(
     // no step left (a resume of a finished run, or rl.steps = 0): no version is ever published,
     // whose last publication tells the rollout ranks to stop, so they are told now
     if start.done >= ph.rl.steps && train_grid.is_root() {
-        for &r in &source.rollout {
-            source.weights.send_bytes(r, &[])?;
-        }
+        source.publish(&[])?;
     }
     if train_grid.is_root() {
         let _ = writeln!(
@@ -214,12 +219,12 @@ fn stream_leader<'g>(
 }
 
 /// A rollout rank's world rank and communicators: its role group (the rollout ranks), the batch
-/// channel to the leader and the weights channel from it.
+/// channel to the leader and the weights channel from it (with this rank's place in its relay).
 struct RolloutComms {
     world_rank: usize,
     role: Box<dyn Comm>,
     batches: Box<dyn Comm>,
-    weights: Box<dyn Comm>,
+    weights: (Box<dyn Comm>, Relay),
 }
 
 /// A rollout rank: generate batch b with policy version `batch_version(b)`, send it to the
@@ -248,8 +253,10 @@ fn rollout_loop(
             Ok(())
         });
         let halt = &halt;
+        // (forwarding each message to the next rank of the relay as it arrives)
+        let (weights, relay) = weights;
         scope.spawn(move || loop {
-            let msg = weights.recv_bytes(0);
+            let msg = relay.recv(weights.as_ref());
             let halts = msg.as_ref().is_ok_and(|m| halted(m).is_some());
             let stop = halts || msg.as_ref().map_or(true, |m| m.is_empty());
             if to_main.send(msg).is_err() || stop {
@@ -380,12 +387,15 @@ fn trainer_end(inbox: &mpsc::Receiver<Result<Vec<u8>>>) -> Result<()> {
 struct Received<'g> {
     batches: Box<dyn Comm>,
     weights: Box<dyn Comm>,
+    /// The leader's place at the head of the weights relay (`None` on the other training ranks).
+    relay: Option<Relay>,
     /// World ranks of the rollout ranks.
     rollout: Vec<usize>,
     /// The training ranks' communicator (rank 0 = world rank 0, the leader).
     train: &'g dyn Comm,
-    /// The training ranks' channel for the leader's step shares (a duplicate of `train`).
-    shares: Box<dyn Comm>,
+    /// The training ranks' channel for the leader's step shares (a duplicate of `train`), and
+    /// this rank's place in its relay.
+    shares: (Relay, Box<dyn Comm>),
     lag: u64,
     first: u64,
     /// (version, checksum) of every policy version published so far.
@@ -399,13 +409,17 @@ struct Received<'g> {
 }
 
 impl Received<'_> {
-    /// The leader hands the whole step to the other training ranks (point to point, so a rank
-    /// waiting for it sleeps instead of spinning in a collective while the leader assembles).
+    /// The leader sends `msg` to every rollout rank, along the weights relay.
+    fn publish(&self, msg: &[u8]) -> Result<()> {
+        let relay = self.relay.as_ref().ok_or_else(|| Error::Invalid("async: only the leader publishes".into()))?;
+        relay.send(self.weights.as_ref(), msg)
+    }
+
+    /// The leader hands the whole step to the other training ranks (point to point along a relay,
+    /// so a rank waiting for it sleeps instead of spinning in a collective while the leader
+    /// assembles, and the leader sends one copy whatever the number of ranks).
     fn share(&self, bytes: &[u8]) -> Result<()> {
-        for r in 1..self.train.size() {
-            self.shares.send_bytes(r, bytes)?;
-        }
-        Ok(())
+        self.shares.0.send(self.shares.1.as_ref(), bytes)
     }
 
     /// Receive and check every rollout rank's part of batch `step` (leader only).
@@ -469,7 +483,7 @@ impl SampleSource for Received<'_> {
             self.share(&encode_share(&all, gen_s, version)?)?;
             (all, gen_s, version)
         } else {
-            let bytes = self.shares.recv_bytes(0)?;
+            let bytes = self.shares.0.recv(self.shares.1.as_ref())?;
             decode_share(&bytes)
                 .map_err(|e| Error::collective(0, format!("async step {step} broadcast"), e.to_string()))?
         };
@@ -502,16 +516,12 @@ impl SampleSource for Received<'_> {
                 let oldest = batch_version(version, self.lag, self.first);
                 self.published.retain(|(v, _)| *v >= oldest);
             }
-            for &r in &self.rollout {
-                self.weights.send_bytes(r, &msg)?;
-            }
+            self.publish(&msg)?;
             if let Some(h) = self.history.as_mut() {
                 h.push(version, msg);
             }
         } else {
-            for &r in &self.rollout {
-                self.weights.send_bytes(r, &[])?;
-            }
+            self.publish(&[])?;
         }
         Ok(())
     }
@@ -532,10 +542,7 @@ impl SampleSource for Received<'_> {
         if self.train.rank() != 0 || step + 1 >= self.steps {
             return Ok(());
         }
-        let msg = halt_message(*global, why);
-        for &r in &self.rollout {
-            self.weights.send_bytes(r, &msg)?;
-        }
+        self.publish(&halt_message(*global, why))?;
         for &r in &self.rollout {
             while !self.batches.recv_bytes(r)?.is_empty() {}
         }
