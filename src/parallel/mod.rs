@@ -5,18 +5,18 @@
 //! a watchdog that aborts the whole job instead of hanging.
 
 pub mod comm;
-pub mod relay;
 pub mod fault;
 pub mod grid;
 pub mod hub;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
+pub mod relay;
 pub mod tcp_comm;
 pub mod tp;
 pub mod watchdog;
 pub mod wire;
 
 pub use comm::{all_reduce_buckets, Comm, Local, DEFAULT_BUCKET_BYTES};
-pub use relay::Relay;
 pub use grid::{partition, Grid};
+pub use relay::Relay;
 pub use tp::TpGroup;

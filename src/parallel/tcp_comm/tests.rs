@@ -6,7 +6,10 @@ use super::*;
 use std::net::TcpListener;
 
 /// Run `body` on `n` ranks (threads) against one hub; the hub's end and each rank's result.
-pub(crate) fn job<T: Send + 'static>(n: usize, body: impl Fn(TcpComm) -> T + Send + Sync + 'static) -> (HubEnd, Vec<T>) {
+pub(crate) fn job<T: Send + 'static>(
+    n: usize,
+    body: impl Fn(TcpComm) -> T + Send + Sync + 'static,
+) -> (HubEnd, Vec<T>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let hub = std::thread::spawn(move || serve(listener, n, Duration::from_secs(60)).unwrap());
