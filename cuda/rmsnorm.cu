@@ -143,3 +143,91 @@ extern "C" __global__ void colsum_add_f32(float* __restrict__ dst, const float* 
     for (int q = 0; q < p; ++q) t += partial[(long long)q * c + j];
     dst[j] += t;
 }
+
+// Per-head RMSNorm in place (Qwen3's q_norm / k_norm; CPU: src/tensor/cpu/head_norm.rs).
+//
+// The heads: rows i < n of `row_stride` floats, the pointer at the first head to norm; head h of
+// row i is x[i*row_stride + h*d .. + d]. A (row, head) pair r = i*heads + h is one "head row".
+//
+// head_norm_fwd_f32
+//   (float* x, float* raw, float* rstd, const float* w, int n, int row_stride, int heads, int d,
+//    float eps)
+//   rstd[r] = 1 / sqrt(mean_j(x_h[j]^2) + eps); x_h[j] = x_h[j] * rstd[r] * w[j];
+//   raw[r*d + j] = the input x_h[j] (raw and rstd may be null: nothing kept, as in a decode step).
+//   Launch: grid = (n * heads), block = 32 (one warp per head row), no dynamic shared memory.
+//
+// head_norm_bwd_f32                              (input gradient, OVERWRITES the output gradient)
+//   (float* dx, const float* raw, const float* w, const float* rstd, int n, int row_stride,
+//    int heads, int d)
+//   dx strided as x, holding dy: dot = sum_j dy[j] * w[j] * raw[j];  k = rstd^3 * dot / d;
+//   dx[j] = rstd * dy[j] * w[j] - k * raw[j].
+//   Launch: grid = (n * heads), block = 32.
+//
+// head_norm_dw_partial_f32                       (run before head_norm_bwd_f32: it reads dy)
+//   (float* partial, const float* dy, const float* raw, const float* rstd, int n, int row_stride,
+//    int heads, int d, int rows_per_chunk)
+//   partial: [P, d] with P = ceil(n * heads / rows_per_chunk) (overwritten);
+//   partial[p, j] = sum over head rows r of chunk p of dy_r[j] * raw[r*d + j] * rstd[r], in a
+//   fixed order; then colsum_add_f32 adds the P rows into dw.
+//   Launch: grid = (ceil(d / 32), P), block = (32, 8) (as rmsnorm_dw_partial).
+
+extern "C" __global__ void head_norm_fwd_f32(float* __restrict__ x, float* __restrict__ raw,
+                                             float* __restrict__ rstd, const float* __restrict__ w, int n,
+                                             int row_stride, int heads, int d, float eps) {
+    const long long r = blockIdx.x;
+    if (r >= (long long)n * heads) return;
+    float* xh = x + (r / heads) * row_stride + (r % heads) * d;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < d; j += 32) {
+        const float v = xh[j];
+        ss += v * v;
+    }
+    ss = warp_sum(ss);
+    const float s = 1.0f / sqrtf(ss / (float)d + eps);
+    if (threadIdx.x == 0 && rstd != nullptr) rstd[r] = s;
+    for (int j = threadIdx.x; j < d; j += 32) {
+        const float v = xh[j];
+        if (raw != nullptr) raw[r * d + j] = v;
+        xh[j] = v * s * w[j];
+    }
+}
+
+extern "C" __global__ void head_norm_bwd_f32(float* __restrict__ dx, const float* __restrict__ raw,
+                                             const float* __restrict__ w, const float* __restrict__ rstd, int n,
+                                             int row_stride, int heads, int d) {
+    const long long r = blockIdx.x;
+    if (r >= (long long)n * heads) return;
+    float* g = dx + (r / heads) * row_stride + (r % heads) * d;
+    const float* xh = raw + r * d;
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < d; j += 32) dot += g[j] * w[j] * xh[j];
+    dot = warp_sum(dot);
+    const float s = rstd[r];
+    const float k = s * s * s * dot / (float)d;
+    for (int j = threadIdx.x; j < d; j += 32) g[j] = s * g[j] * w[j] - k * xh[j];
+}
+
+extern "C" __global__ void head_norm_dw_partial_f32(float* __restrict__ partial, const float* __restrict__ dy,
+                                                    const float* __restrict__ raw, const float* __restrict__ rstd,
+                                                    int n, int row_stride, int heads, int d, int rows_per_chunk) {
+    __shared__ float acc[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    const long long total = (long long)n * heads;
+    const long long r0 = (long long)blockIdx.y * rows_per_chunk;
+    long long r1 = r0 + rows_per_chunk;
+    if (r1 > total) r1 = total;
+    float a = 0.0f;
+    if (j < d) {
+        for (long long r = r0 + threadIdx.y; r < r1; r += 8) {
+            a += dy[(r / heads) * row_stride + (r % heads) * d + j] * raw[r * d + j] * rstd[r];
+        }
+    }
+    acc[threadIdx.y][threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < d) {
+        float t = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) t += acc[q][threadIdx.x];
+        partial[(long long)blockIdx.y * d + j] = t;
+    }
+}

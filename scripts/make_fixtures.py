@@ -6,7 +6,7 @@
     .venv-torch/bin/python scripts/make_fixtures.py
 
 Writes, under tests/fixtures/:
-  qwen2_tiny/  llama_tiny/  : HF save_pretrained output + reference.safetensors
+  qwen2_tiny/  llama_tiny/  qwen3_tiny/ : HF save_pretrained output + reference.safetensors
   adamw/                    : reference.safetensors + hparams.json
 and configs/models/bench-tiny/config.json (benchmark config, no weights).
 Everything is float32 (ids int64) and deterministic (fixed seeds, CPU only).
@@ -24,6 +24,8 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,6 +172,27 @@ def llama_tiny():
     return build_model_fixture("llama_tiny", cfg, LlamaForCausalLM, seed=4321)
 
 
+def qwen3_tiny():
+    # Qwen3: q_norm / k_norm on every head, no biases, tied embeddings, and a head_dim (32) that
+    # is not hidden_size / heads (16), as in the released models
+    cfg = Qwen3Config(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        vocab_size=112,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        torch_dtype="float32",
+    )
+    return build_model_fixture("qwen3_tiny", cfg, Qwen3ForCausalLM, seed=2468)
+
+
 def adamw():
     out = os.path.join(FIX, "adamw")
     os.makedirs(out, exist_ok=True)
@@ -229,14 +252,16 @@ def bench_tiny_config():
 
 
 def main():
+    makers = {"qwen2_tiny": qwen2_tiny, "llama_tiny": llama_tiny, "qwen3_tiny": qwen3_tiny, "adamw": adamw,
+              "bench_tiny": bench_tiny_config}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.parse_args()
+    ap.add_argument("--only", nargs="+", choices=sorted(makers), help="make only these fixtures")
+    args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # single-threaded CPU reductions: reproducible bit-for-bit on one machine
-    qwen2_tiny()
-    llama_tiny()
-    adamw()
-    bench_tiny_config()
+    for name, make in makers.items():
+        if args.only is None or name in args.only:
+            make()
 
 
 if __name__ == "__main__":

@@ -85,6 +85,11 @@ fn llama_decode_matches_forward() {
 }
 
 #[test]
+fn qwen3_decode_matches_forward() {
+    check("qwen3_tiny");
+}
+
+#[test]
 fn bench_model_decode_matches_forward_past_several_key_blocks() {
     check_model("bench-tiny", &bench_tiny(), 45);
 }

@@ -1,6 +1,7 @@
 //! Parity with HF transformers: logits, log-probs, entropy, loss and every parameter gradient of
-//! tiny random Qwen2 (biases, GQA, untied head) and LLaMA (tied embeddings) models, against
-//! golden files written by `scripts/make_fixtures.py`.
+//! tiny random Qwen2 (biases, GQA, untied head), LLaMA (tied embeddings) and Qwen3 (query/key head
+//! norms, a head_dim other than hidden / heads, tied) models, against golden files written by
+//! `scripts/make_fixtures.py`.
 //!
 //! Tolerances: logits max-abs ≤ 1e-4 (f32 end to end, differences come from summation order);
 //! gradients ≤ 1e-3 relative to each tensor's largest reference entry.
@@ -72,6 +73,11 @@ fn qwen2_matches_transformers() {
 #[test]
 fn llama_tied_matches_transformers() {
     check_model("llama_tiny");
+}
+
+#[test]
+fn qwen3_head_norms_match_transformers() {
+    check_model("qwen3_tiny");
 }
 
 /// Packing is exact: the same sequences in a different order give the same per-token outputs.

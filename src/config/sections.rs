@@ -107,8 +107,8 @@ impl ModelSection {
         if !(self.init_std.is_finite() && self.init_std > 0.0) {
             return bad("model.init_std", format!("{} must be > 0", self.init_std));
         }
-        if self.arch != "qwen2" && self.arch != "llama" {
-            return bad("model.arch", format!("{:?} is not \"qwen2\" or \"llama\"", self.arch));
+        if !["qwen2", "qwen3", "llama"].contains(&self.arch.as_str()) {
+            return bad("model.arch", format!("{:?} is not \"qwen2\", \"qwen3\" or \"llama\"", self.arch));
         }
         if self.max_position_embeddings > MAX_POSITIONS {
             return bad(
@@ -199,7 +199,11 @@ impl ModelSection {
         use crate::model::Arch;
         let hidden = self.hidden_size.unwrap_or(0);
         let heads = self.num_heads.unwrap_or(1).max(1);
-        let arch = if self.arch == "llama" { Arch::Llama } else { Arch::Qwen2 };
+        let arch = match self.arch.as_str() {
+            "llama" => Arch::Llama,
+            "qwen3" => Arch::Qwen3,
+            _ => Arch::Qwen2,
+        };
         crate::model::ModelConfig {
             arch,
             hidden_size: hidden,

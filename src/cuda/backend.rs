@@ -56,6 +56,19 @@ impl Gpu {
     }
 }
 
+/// The views of a per-head norm hold their `n` rows of `heads` heads of `d` values (x strided by
+/// `row_stride`, `raw` contiguous).
+fn check_heads(n: usize, heads: usize, d: usize, row_stride: usize, x: usize, raw: Option<usize>) -> Result<()> {
+    let need_x = if n == 0 { 0 } else { (n - 1) * row_stride + heads * d };
+    if heads * d > row_stride || x < need_x || raw.is_some_and(|r| r < n * heads * d) {
+        return Err(Error::shape(
+            "head norm",
+            format!("{n} rows of {heads} heads of {d} (row stride {row_stride}) from views of {x} and {raw:?}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Backend for Gpu {
     type Buf = CudaSlice<f32>;
     type R<'a> = CudaView<'a, f32>;
@@ -276,6 +289,83 @@ impl Backend for Gpu {
         self.launch("rmsnorm", "colsum_add_f32", (c.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)?;
         Ok(())
     }
+    fn head_norm_forward(
+        &self,
+        mut x: Self::M<'_>,
+        raw: Option<Self::M<'_>>,
+        mut rstd: Self::M<'_>,
+        w: Self::R<'_>,
+        row_stride: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let (d, n) = (w.len(), rstd.len() / heads.max(1));
+        let mut raw = raw;
+        check_heads(n, heads, d, row_stride, x.len(), raw.as_ref().map(|r| r.len()))?;
+        let args = [
+            Arg::P(self.pm(&mut x)),
+            Arg::P(raw.as_mut().map_or(0, |r| self.pm(r))),
+            Arg::P(self.pm(&mut rstd)),
+            Arg::P(self.pr(&w)),
+            Arg::I(int(n, "rows")?),
+            Arg::I(int(row_stride, "row stride")?),
+            Arg::I(int(heads, "heads")?),
+            Arg::I(int(d, "head dim")?),
+            Arg::F(eps),
+        ];
+        if n * heads == 0 {
+            return Ok(());
+        }
+        self.launch("rmsnorm", "head_norm_fwd_f32", ((n * heads) as u32, 1, 1), (32, 1, 1), 0, &args)
+    }
+    fn head_norm_backward(
+        &self,
+        mut dx: Self::M<'_>,
+        mut dw: Self::M<'_>,
+        raw: Self::R<'_>,
+        rstd: Self::R<'_>,
+        w: Self::R<'_>,
+        row_stride: usize,
+        heads: usize,
+    ) -> Result<()> {
+        let (d, n) = (w.len(), rstd.len() / heads.max(1));
+        check_heads(n, heads, d, row_stride, dx.len(), Some(raw.len()))?;
+        if n * heads == 0 {
+            return Ok(());
+        }
+        let (ni, si, hi, di) =
+            (int(n, "rows")?, int(row_stride, "row stride")?, int(heads, "heads")?, int(d, "head dim")?);
+        // the weight's gradient first: it reads dy, which the input gradient overwrites
+        let rows = 256usize;
+        let p = (n * heads).div_ceil(rows);
+        let pp = self.scratch(p * d)?;
+        let dxp = self.pm(&mut dx);
+        let args = [
+            Arg::P(pp),
+            Arg::P(dxp),
+            Arg::P(self.pr(&raw)),
+            Arg::P(self.pr(&rstd)),
+            Arg::I(ni),
+            Arg::I(si),
+            Arg::I(hi),
+            Arg::I(di),
+            Arg::I(rows as i32),
+        ];
+        self.launch("rmsnorm", "head_norm_dw_partial_f32", (d.div_ceil(32) as u32, p as u32, 1), (32, 8, 1), 0, &args)?;
+        let args = [Arg::P(self.pm(&mut dw)), Arg::P(pp), Arg::I(p as i32), Arg::I(di)];
+        self.launch("rmsnorm", "colsum_add_f32", (d.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)?;
+        let args = [
+            Arg::P(dxp),
+            Arg::P(self.pr(&raw)),
+            Arg::P(self.pr(&w)),
+            Arg::P(self.pr(&rstd)),
+            Arg::I(ni),
+            Arg::I(si),
+            Arg::I(hi),
+            Arg::I(di),
+        ];
+        self.launch("rmsnorm", "head_norm_bwd_f32", ((n * heads) as u32, 1, 1), (32, 1, 1), 0, &args)
+    }
     fn add_bias(&self, mut out: Self::M<'_>, bias: Self::R<'_>) -> Result<()> {
         let c = bias.len();
         let n = out.len() / c.max(1);
@@ -473,6 +563,9 @@ mod tests {
             ("rmsnorm", "rmsnorm_bwd_f32"),
             ("rmsnorm", "rmsnorm_dw_partial_f32"),
             ("rmsnorm", "colsum_add_f32"),
+            ("rmsnorm", "head_norm_fwd_f32"),
+            ("rmsnorm", "head_norm_bwd_f32"),
+            ("rmsnorm", "head_norm_dw_partial_f32"),
             ("elementwise", "add_bias_f32"),
             ("elementwise", "col_partial_f32"),
             ("elementwise", "f32_to_bf16_n"),

@@ -153,6 +153,23 @@ impl DecodeDevice for GpuStep<'_> {
             None => 0,
         };
         let (qs, ml) = (qkv_w as i32, cache.max_len as i32);
+        // Qwen3's query and key head norms, in place, before RoPE (the model has no q|k|v bias)
+        if let Some(qn) = model.params.layout.layers[layer].qk_norm {
+            for (heads, col, _, w) in crate::model::transformer::head_norms(cfg, rows, qn) {
+                let args = [
+                    Arg::P(qp + 4 * col as u64),
+                    Arg::P(0),
+                    Arg::P(0),
+                    Arg::P(g.pr(&Gpu::r(self.p, w))),
+                    Arg::I(rows as i32),
+                    Arg::I(qs),
+                    Arg::I(heads as i32),
+                    Arg::I(d as i32),
+                    Arg::F(cfg.rms_norm_eps as f32),
+                ];
+                g.launch("rmsnorm", "head_norm_fwd_f32", ((rows * heads) as u32, 1, 1), (32, 1, 1), 0, &args)?;
+            }
+        }
         // bias, RoPE and the cache store in one pass (cuda/decode_attention.cu)
         let args = [
             Arg::P(qp),

@@ -17,6 +17,9 @@ pub enum Arch {
     Qwen2,
     /// `LlamaForCausalLM`: no biases (`attention_bias = true`, which adds o_proj's too, is refused).
     Llama,
+    /// `Qwen3ForCausalLM`: no biases (as Llama), and an RMSNorm over each query and key head
+    /// before RoPE (`q_norm`, `k_norm`: one weight of head_dim values each, shared by the heads).
+    Qwen3,
 }
 
 /// Decoder-only transformer shape. Letters used in shape comments across the crate:
@@ -64,6 +67,11 @@ pub fn token_ids(v: &Value, key: &str, file: &Path) -> Result<Vec<u32>> {
 }
 
 impl ModelConfig {
+    /// Whether each query and key head is RMS-normed before RoPE (Qwen3's q_norm and k_norm).
+    pub fn qk_norm(&self) -> bool {
+        self.arch == Arch::Qwen3
+    }
+
     /// Width of the fused q|k|v projection output: (H + 2·KV)·D.
     pub fn qkv_dim(&self) -> usize {
         (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
@@ -97,9 +105,12 @@ impl ModelConfig {
                 format!("{} does not divide num_attention_heads = {}", self.num_kv_heads, self.num_heads),
             );
         }
-        if self.arch == Arch::Llama && self.qkv_bias {
+        if self.arch != Arch::Qwen2 && self.qkv_bias {
             // (written back as `attention_bias = true`, which gives o_proj a bias arbor lacks)
-            return bad("attention_bias", "llama with q/k/v biases is not supported (HF adds an o_proj bias)".into());
+            return bad(
+                "attention_bias",
+                "llama or qwen3 with q/k/v biases is not supported (HF adds an o_proj bias)".into(),
+            );
         }
         if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim", format!("{} must be even for RoPE", self.head_dim));
@@ -202,11 +213,12 @@ impl ModelConfig {
         let (q, kv) = (n(self.num_heads).saturating_mul(d), n(self.num_kv_heads).saturating_mul(d));
         let qkv = q.saturating_add(kv.saturating_mul(2));
         let per_layer = [
-            c.saturating_mul(2),                   // the two norms
-            qkv.saturating_mul(c),                 // q, k, v
-            if self.qkv_bias { qkv } else { 0 },   // their biases
-            c.saturating_mul(q),                   // o_proj
-            i.saturating_mul(c).saturating_mul(3), // gate, up, down
+            c.saturating_mul(2),                                  // the two norms
+            qkv.saturating_mul(c),                                // q, k, v
+            if self.qkv_bias { qkv } else { 0 },                  // their biases
+            if self.qk_norm() { d.saturating_mul(2) } else { 0 }, // q_norm, k_norm
+            c.saturating_mul(q),                                  // o_proj
+            i.saturating_mul(c).saturating_mul(3),                // gate, up, down
         ]
         .into_iter()
         .fold(0u128, u128::saturating_add);
@@ -269,10 +281,12 @@ impl ModelConfig {
             Arch::Qwen2
         } else if model_type == "llama" || archs.contains(&"LlamaForCausalLM") {
             Arch::Llama
+        } else if model_type == "qwen3" || archs.contains(&"Qwen3ForCausalLM") {
+            Arch::Qwen3
         } else {
             return Err(err(
                 "model_type",
-                &format!("unsupported model_type {model_type:?} (supported: \"qwen2\", \"llama\")"),
+                &format!("unsupported model_type {model_type:?} (supported: \"qwen2\", \"qwen3\", \"llama\")"),
             ));
         };
         // RoPE: transformers < 5 writes `rope_theta` (+ optional `rope_scaling`); transformers 5
@@ -335,14 +349,24 @@ impl ModelConfig {
         if opt_bool("use_sliding_window", false)? {
             return Err(err("use_sliding_window", "sliding-window attention is not supported"));
         }
+        // transformers 5 names each layer's attention (Qwen3, Qwen2): only full attention
+        if let Some(types) = obj.get("layer_types").filter(|t| !t.is_null()) {
+            let other = match types.as_array() {
+                Some(a) => a.iter().find(|t| t.as_str() != Some("full_attention")).cloned(),
+                None => Some(types.clone()),
+            };
+            if let Some(t) = other {
+                return Err(err("layer_types", &format!("{t}: only \"full_attention\" layers are supported")));
+            }
+        }
         if opt_bool("mlp_bias", false)? {
             return Err(err("mlp_bias", "MLP biases are not supported"));
         }
-        // LlamaAttention's `attention_bias` gives q/k/v *and* o_proj biases; arbor has no o_proj bias
-        if arch == Arch::Llama && opt_bool("attention_bias", false)? {
+        // Llama's and Qwen3's `attention_bias` gives q/k/v *and* o_proj biases; arbor has no o_proj bias
+        if arch != Arch::Qwen2 && opt_bool("attention_bias", false)? {
             return Err(err(
                 "attention_bias",
-                "true is not supported for llama: it also gives o_proj a bias, which arbor's layout does not have",
+                "true is not supported for llama and qwen3: it also gives o_proj a bias, which arbor's layout does not have",
             ));
         }
         // the MLP is SwiGLU: SiLU gates (Qwen2's and Llama's "silu"; "swish" is the same function)
@@ -388,6 +412,7 @@ impl ModelConfig {
         let (arch_name, model_type) = match self.arch {
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Llama => ("LlamaForCausalLM", "llama"),
+            Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
         };
         m.insert("architectures".into(), json!([arch_name]));
         m.insert("model_type".into(), json!(model_type));
@@ -404,8 +429,10 @@ impl ModelConfig {
         m.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
         m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
         m.insert("torch_dtype".into(), json!("float32"));
-        if self.arch == Arch::Llama {
+        if self.arch != Arch::Qwen2 {
             m.insert("attention_bias".into(), json!(self.qkv_bias));
+        }
+        if self.arch == Arch::Llama {
             m.insert("mlp_bias".into(), json!(false));
         }
         if let Some(b) = self.bos_token_id {
@@ -436,7 +463,7 @@ mod tests {
 
     #[test]
     fn the_checked_parameter_count_is_the_layouts() {
-        for (tied, arch) in [(false, "llama"), (true, "llama"), (false, "qwen2")] {
+        for (tied, arch) in [(false, "llama"), (true, "llama"), (false, "qwen2"), (true, "qwen3")] {
             let cfg = llama(|m| {
                 m.insert("tie_word_embeddings".into(), json!(tied));
                 m.insert("model_type".into(), json!(arch));
@@ -462,6 +489,8 @@ mod tests {
             ("rope_parameters", json!({"rope_theta": 1e4})),
             ("rope_parameters", json!({"rope_theta": 1e4, "rope_type": "default", "partial_rotary_factor": 1.0})),
             ("rope_scaling", json!({"type": "default"})),
+            ("layer_types", json!(["full_attention", "full_attention"])),
+            ("layer_types", json!(null)),
         ] {
             assert!(llama(|m| drop(m.insert(key.into(), value.clone()))).is_ok(), "{key} = {value}");
         }
@@ -482,6 +511,8 @@ mod tests {
             ("rope_parameters", json!({"rope_theta": 1e4, "factor": 2.0}), "rope_parameters"),
             ("rope_scaling", json!({"type": "linear", "factor": 2.0}), "rope_scaling"),
             ("rope_scaling", json!({"rope_type": 3}), "rope_scaling"),
+            ("layer_types", json!(["full_attention", "sliding_attention"]), "layer_types"),
+            ("layer_types", json!("full_attention"), "layer_types"),
         ] {
             let e = llama(|m| drop(m.insert(key.into(), value.clone()))).unwrap_err().to_string();
             assert!(e.contains("c.json") && e.contains(&format!("`{named}`")), "{key} = {value}: {e}");
@@ -491,6 +522,20 @@ mod tests {
         cfg.qkv_bias = true;
         let e = cfg.validate(Path::new("c.json")).unwrap_err().to_string();
         assert!(e.contains("`attention_bias`") && e.contains("o_proj"), "{e}");
+        // Qwen3: no biases (its attention_bias also gives o_proj one), head norms, written back as qwen3
+        let qwen3 = |bias: bool| {
+            llama(|m| {
+                m.insert("model_type".into(), json!("qwen3"));
+                m.insert("attention_bias".into(), json!(bias));
+            })
+        };
+        let e = qwen3(true).unwrap_err().to_string();
+        assert!(e.contains("`attention_bias`") && e.contains("o_proj"), "{e}");
+        let cfg = qwen3(false).unwrap();
+        assert!(cfg.arch == Arch::Qwen3 && cfg.qk_norm() && !cfg.qkv_bias, "{cfg:?}");
+        let back = cfg.to_hf_json();
+        assert_eq!((&back["model_type"], &back["architectures"][0]), (&json!("qwen3"), &json!("Qwen3ForCausalLM")));
+        assert_eq!(ModelConfig::from_hf_json(&back, Path::new("c.json")).unwrap(), cfg);
         let cfg = llama(|m| drop(m.insert("eos_token_id".into(), json!([7, 9])))).unwrap();
         assert_eq!(cfg.eos_token_ids, [7, 9]);
         assert_eq!(cfg.to_hf_json()["eos_token_id"], json!([7, 9]), "a list is written back as a list");

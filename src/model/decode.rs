@@ -13,6 +13,7 @@ use crate::model::decode_attend::{attend_row, AttendShape, KB};
 use crate::model::decode_stack::{assign_positions, check_step, decode_stack, DecodeDevice, Norm, Proj};
 use crate::model::transformer::Model;
 use crate::model::workspace::Workspace;
+use crate::tensor::cpu::head_norm::head_norm_forward;
 use crate::tensor::cpu::ops;
 use crate::tensor::cpu::{matmul_nt, matmul_packed, AlignedBuf, PackedMatrix};
 use rayon::prelude::*;
@@ -146,7 +147,9 @@ impl DecodeBuffers {
         };
         grow(&mut self.x, rows * c.hidden_size);
         grow(&mut self.ln, rows * c.hidden_size);
-        grow(&mut self.rstd, rows);
+        // (the row norms', and with q/k head norms each head's)
+        let heads = if c.qk_norm() { c.num_heads + c.num_kv_heads } else { 1 };
+        grow(&mut self.rstd, rows * heads);
         grow(&mut self.qkv, rows * c.qkv_dim());
         grow(&mut self.att, rows * c.attn_dim());
         grow(&mut self.gate_up, rows * 2 * c.intermediate_size);
@@ -349,6 +352,13 @@ impl DecodeDevice for CpuStep<'_> {
             let bias = &model.params.data[bias..bias + qkv_w];
             for row in qkv.chunks_mut(qkv_w) {
                 row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            }
+        }
+        if let Some(qn) = model.params.layout.layers[layer].qk_norm {
+            let eps = cfg.rms_norm_eps as f32;
+            for (heads, col, _, w) in crate::model::transformer::head_norms(cfg, rows, qn) {
+                let rstd = &mut b.rstd[..rows * heads];
+                head_norm_forward(&mut qkv[col..], None, rstd, &model.params.data[w], qkv_w, heads, eps);
             }
         }
         ops::rope_rows(qkv, qkv_w, cfg.num_heads + cfg.num_kv_heads, &b.positions, &model.rope, false);

@@ -39,6 +39,9 @@ pub struct LayerOffsets {
     pub qkv_w: usize,
     /// [(H+2KV)·D] fused q|k|v bias (present only when `qkv_bias`).
     pub qkv_b: Option<usize>,
+    /// [2·D] the query heads' RMSNorm weight, then the key heads' (q_norm, k_norm; present only
+    /// when the model norms its heads, [`ModelConfig::qk_norm`]).
+    pub qk_norm: Option<usize>,
     /// [C, H·D] output projection.
     pub o_w: usize,
     /// `[C]` post-attention RMSNorm weight.
@@ -92,12 +95,17 @@ impl ParamLayout {
             } else {
                 None
             };
+            let qk_norm = cfg.qk_norm().then(|| {
+                let o = push(format!("{p}.self_attn.q_norm.weight"), vec![d], false);
+                push(format!("{p}.self_attn.k_norm.weight"), vec![d], false);
+                o
+            });
             let o_w = push(format!("{p}.self_attn.o_proj.weight"), vec![c, h * d], true);
             let ln2 = push(format!("{p}.post_attention_layernorm.weight"), vec![c], false);
             let gate_up_w = push(format!("{p}.mlp.gate_proj.weight"), vec![i, c], true);
             push(format!("{p}.mlp.up_proj.weight"), vec![i, c], true);
             let down_w = push(format!("{p}.mlp.down_proj.weight"), vec![c, i], true);
-            layers.push(LayerOffsets { ln1, qkv_w, qkv_b, o_w, ln2, gate_up_w, down_w });
+            layers.push(LayerOffsets { ln1, qkv_w, qkv_b, qk_norm, o_w, ln2, gate_up_w, down_w });
         }
         let final_norm = push("model.norm.weight".into(), vec![c], false);
         let lm_head = if cfg.tie_word_embeddings { embed } else { push("lm_head.weight".into(), vec![v, c], true) };

@@ -249,6 +249,20 @@ impl Model {
             if let Some(b) = o.qkv_b {
                 be.add_bias(B::m(&mut a.qkv, 0..n * qkv_w), B::r(p, b..b + qkv_w))?;
             }
+            if let Some(qn) = o.qk_norm {
+                for (heads, col, at, w) in head_norms(cfg, n, qn) {
+                    let (raw, rstd) = (at * cfg.head_dim..(at + n * heads) * cfg.head_dim, at..at + n * heads);
+                    be.head_norm_forward(
+                        B::m(&mut a.qkv, col..n * qkv_w),
+                        Some(B::m(&mut a.qk_raw, raw)),
+                        B::m(&mut a.qk_rstd, rstd),
+                        B::r(p, w),
+                        qkv_w,
+                        heads,
+                        eps,
+                    )?;
+                }
+            }
             let rot = cfg.num_heads + cfg.num_kv_heads;
             be.rope_apply(B::m(&mut a.qkv, 0..n * qkv_w), qkv_w, rot, dev, on.rope, false)?;
             be.attention_forward(
@@ -434,6 +448,20 @@ impl Model {
             )?;
             let rot = cfg.num_heads + cfg.num_kv_heads;
             be.rope_apply(B::m(&mut ws.dqkv, 0..n * qkv_w), qkv_w, rot, dev, on.rope, true)?;
+            if let Some(qn) = o.qk_norm {
+                for (heads, col, at, w) in head_norms(cfg, n, qn) {
+                    let (raw, rstd) = (at * cfg.head_dim..(at + n * heads) * cfg.head_dim, at..at + n * heads);
+                    be.head_norm_backward(
+                        B::m(&mut ws.dqkv, col..n * qkv_w),
+                        g!(w.clone()),
+                        B::r(&a.qk_raw, raw),
+                        B::r(&a.qk_rstd, rstd),
+                        B::r(p, w),
+                        qkv_w,
+                        heads,
+                    )?;
+                }
+            }
             if let Some(b) = o.qkv_b {
                 be.bias_backward(g!(b..b + qkv_w), B::r(&ws.dqkv, 0..n * qkv_w))?;
             }
@@ -464,6 +492,14 @@ impl Model {
             None => Ok(()),
         }
     }
+}
+
+/// The two head norms of a layer whose q_norm starts at `qn` in the parameters (k_norm follows):
+/// (heads, first column of the heads in a q|k|v row, offset of their rows in the layer's saved
+/// `qk_rstd` (× head_dim in `qk_raw`), the weight's range).
+pub(crate) fn head_norms(cfg: &ModelConfig, n: usize, qn: usize) -> [(usize, usize, usize, std::ops::Range<usize>); 2] {
+    let (h, kv, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    [(h, 0, 0, qn..qn + d), (kv, h * d, n * h, qn + d..qn + 2 * d)]
 }
 
 /// A model's weights and RoPE tables in one backend's memory: what the generic forward and

@@ -15,8 +15,12 @@ pub struct LayerActs<B: Backend = Cpu> {
     /// [N, C] input RMSNorm output; `[N]` its 1/rms.
     pub ln1: B::Act,
     pub rstd1: B::Buf,
-    /// [N, (H+2KV)·D] q|k|v after bias and RoPE.
+    /// [N, (H+2KV)·D] q|k|v after bias, head norms and RoPE.
     pub qkv: B::Buf,
+    /// Where the model norms its query and key heads (Qwen3): their inputs, [N·H·D] then
+    /// [N·KV·D], and the norms' 1/rms, [N·H] then [N·KV] (empty otherwise).
+    pub qk_raw: B::Buf,
+    pub qk_rstd: B::Buf,
     /// [N, H·D] attention output (before o_proj); [N, H] row log-sum-exp of the scores.
     pub att: B::Buf,
     pub lse: B::Buf,
@@ -71,6 +75,8 @@ impl<B: Backend> LayerActs<B> {
             ln1: be.act_empty()?,
             rstd1: be.empty()?,
             qkv: be.empty()?,
+            qk_raw: be.empty()?,
+            qk_rstd: be.empty()?,
             att: be.empty()?,
             lse: be.empty()?,
             resid_mid: be.empty()?,
@@ -81,7 +87,17 @@ impl<B: Backend> LayerActs<B> {
         })
     }
     fn bytes(&self) -> usize {
-        let bufs = [&self.resid_in, &self.rstd1, &self.qkv, &self.att, &self.lse, &self.resid_mid, &self.rstd2];
+        let bufs = [
+            &self.resid_in,
+            &self.rstd1,
+            &self.qkv,
+            &self.qk_raw,
+            &self.qk_rstd,
+            &self.att,
+            &self.lse,
+            &self.resid_mid,
+            &self.rstd2,
+        ];
         let acts = [&self.ln1, &self.ln2, &self.gate_up, &self.act];
         4 * bufs.iter().map(|b| B::len(b)).sum::<usize>() + acts.iter().map(|a| B::act_bytes(a)).sum::<usize>()
     }
@@ -165,6 +181,7 @@ impl<B: Backend> Workspace<B> {
         self.cap = 0;
         let (c, i, h) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads);
         let (qkv, hd) = (cfg.qkv_dim(), cfg.attn_dim());
+        let qk_heads = if cfg.qk_norm() { h + cfg.num_kv_heads } else { 0 };
         while self.layers.len() < cfg.num_layers {
             self.layers.push(LayerActs::new(be)?);
         }
@@ -174,6 +191,8 @@ impl<B: Backend> Workspace<B> {
                 (&mut l.resid_in, n * c),
                 (&mut l.rstd1, n),
                 (&mut l.qkv, n * qkv),
+                (&mut l.qk_raw, n * qk_heads * cfg.head_dim),
+                (&mut l.qk_rstd, n * qk_heads),
                 (&mut l.att, n * hd),
                 (&mut l.lse, n * h),
                 (&mut l.resid_mid, n * c),

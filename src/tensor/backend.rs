@@ -216,6 +216,34 @@ pub trait Backend {
         w: Self::R<'_>,
         rstd: Self::R<'_>,
     ) -> Result<()>;
+    /// Per-head RMSNorm in place (Qwen3's q_norm / k_norm): of each row of `x` ([N, row_stride],
+    /// the view starting at the first head), the first `heads` heads of `w.len()` values become
+    /// x·rstd·w; `rstd` [N·heads] = 1/sqrt(mean(x²) + eps) per head, `raw` [N·heads·d] keeps the
+    /// inputs for the backward (none at inference). N = `rstd.len() / heads`.
+    #[allow(clippy::too_many_arguments)]
+    fn head_norm_forward(
+        &self,
+        x: Self::M<'_>,
+        raw: Option<Self::M<'_>>,
+        rstd: Self::M<'_>,
+        w: Self::R<'_>,
+        row_stride: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// The backward of [`Backend::head_norm_forward`]: `dx` (strided as `x`) holds ∂L/∂y and is
+    /// overwritten with ∂L/∂x; dw += ∂L/∂w (summed over rows and heads in a fixed order).
+    #[allow(clippy::too_many_arguments)]
+    fn head_norm_backward(
+        &self,
+        dx: Self::M<'_>,
+        dw: Self::M<'_>,
+        raw: Self::R<'_>,
+        rstd: Self::R<'_>,
+        w: Self::R<'_>,
+        row_stride: usize,
+        heads: usize,
+    ) -> Result<()>;
     /// out[i, :] += bias.
     fn add_bias(&self, out: Self::M<'_>, bias: Self::R<'_>) -> Result<()>;
     /// dbias += Σ_i dout[i, :].

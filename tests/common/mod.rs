@@ -115,6 +115,18 @@ pub fn tiny_config(arch: arbor::model::Arch, tied: bool) -> arbor::model::ModelC
     }
 }
 
+/// Set every RMSNorm weight (the layers', the final one's, Qwen3's head norms') to 1 + 0.2·N(0, 1),
+/// so a weight read in the wrong place shows (initialisation sets them all to 1).
+#[allow(dead_code)]
+pub fn perturb_norms(params: &mut arbor::model::Params, seed: u64) {
+    let mut rng = arbor::rng::Rng::new(seed);
+    for spec in params.layout.specs.clone() {
+        if spec.name.ends_with("norm.weight") {
+            params.data[spec.range()].iter_mut().for_each(|x| *x = 1.0 + 0.2 * rng.normal() as f32);
+        }
+    }
+}
+
 /// Environment for Open MPI in the tests: root allowed, oversubscribed, shared memory and loopback
 /// only (containers have no other network).
 pub const OMPI_TEST_ENV: [(&str, &str); 7] = [

@@ -151,6 +151,29 @@ fn generation_on_the_gpu_equals_the_cpu_engine() {
     assert!(differ <= 1, "top-k/top-p: {differ} of {} completions differ from the CPU engine", cpu.len());
 }
 
+/// A Qwen3 model (its query and key head norms in every prefill and decode step, with norm
+/// weights other than 1) generates on the GPU what the CPU engine generates, greedy: the same
+/// tokens, log-probs within 1e-4.
+#[test]
+fn a_qwen3_model_generates_on_the_gpu_what_the_cpu_engine_does() {
+    let Some(g) = gpu() else { return };
+    let (qwen2, requests, cfg) = case(0.0);
+    let qcfg = arbor::model::ModelConfig { arch: Arch::Qwen3, qkv_bias: false, ..qwen2.cfg.clone() };
+    let mut params = init_params(&qcfg, 11, 1.0);
+    super::common::perturb_norms(&mut params, 3);
+    let model = Model::new(qcfg, params).unwrap();
+    let cpu = generate(&model, &requests, &cfg).unwrap();
+    let w = arbor::cuda::GpuModel::frozen(g.clone(), &model).unwrap();
+    let out = GpuDecoder::new(&g, &model).unwrap().generate(&model, w.weights(), &requests, &cfg).unwrap();
+    for (c, o) in cpu.iter().zip(&out) {
+        println!("qwen3 prompt {} sample {}: cpu {:?} gpu {:?}", c.prompt_id, c.sample_index, c.tokens, o.tokens);
+        assert_eq!(c.tokens, o.tokens, "prompt {} sample {}", c.prompt_id, c.sample_index);
+        for k in 0..c.tokens.len() {
+            assert!((o.logprobs[k] - c.logprobs[k]).abs() < 1e-4, "token {k} log-prob");
+        }
+    }
+}
+
 /// An `[async]` rollout rank's streaming loop on the GPU (`train::decoding::EngineSlots` on a
 /// forward-only CUDA engine, as a rollout rank makes it: device KV cache, weights installed
 /// between two decode steps, tokens drawn on the device) equals the same loop on the CPU engine,

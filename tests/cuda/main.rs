@@ -162,9 +162,15 @@ fn batch(rng: &mut Rng, lens: &[usize], v: u32) -> Batch {
 #[test]
 fn a_full_train_step_on_the_gpu_matches_the_cpu() {
     let Some(g) = gpu() else { return };
-    for arch in [Arch::Qwen2, Arch::Llama] {
+    // (Qwen3: its query and key head norms in the forward and the backward, with norm weights
+    // other than 1)
+    for arch in [Arch::Qwen2, Arch::Llama, Arch::Qwen3] {
         let cfg = tiny_config(arch, false);
-        let model = Model::new(cfg.clone(), init_params(&cfg, 7, 0.5)).unwrap();
+        let mut params = init_params(&cfg, 7, 0.5);
+        if arch == Arch::Qwen3 {
+            common::perturb_norms(&mut params, 9);
+        }
+        let model = Model::new(cfg.clone(), params).unwrap();
         let mut rng = Rng::new(4);
         let b = batch(&mut rng, &[9, 20, 4], cfg.vocab_size as u32);
         let n = b.len();

@@ -174,6 +174,32 @@ impl Backend for Cpu {
         ops::rmsnorm_backward(dx, dw, dy, x, w, rstd);
         Ok(())
     }
+    fn head_norm_forward(
+        &self,
+        x: &mut [f32],
+        raw: Option<&mut [f32]>,
+        rstd: &mut [f32],
+        w: &[f32],
+        row_stride: usize,
+        heads: usize,
+        eps: f32,
+    ) -> Result<()> {
+        super::head_norm::head_norm_forward(x, raw, rstd, w, row_stride, heads, eps);
+        Ok(())
+    }
+    fn head_norm_backward(
+        &self,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        raw: &[f32],
+        rstd: &[f32],
+        w: &[f32],
+        row_stride: usize,
+        heads: usize,
+    ) -> Result<()> {
+        super::head_norm::head_norm_backward(dx, dw, raw, rstd, w, row_stride, heads);
+        Ok(())
+    }
     fn add_bias(&self, out: &mut [f32], bias: &[f32]) -> Result<()> {
         ops::add_bias(out, bias);
         Ok(())

@@ -3,6 +3,7 @@
 
 pub mod aligned;
 pub mod backend;
+pub mod head_norm;
 pub mod isa;
 pub mod logits;
 pub mod matmul;
