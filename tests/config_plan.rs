@@ -61,7 +61,7 @@ fn expected_plan(file: &str) -> &'static str {
             GROUPS
         }
         // configs/hub: a Hub model with its own tokenizer
-        "qwen2.5-0.5b-gsm8k.toml" => GROUPS,
+        "qwen2.5-0.5b-gsm8k.toml" | "qwen3-1.7b-base-gsm8k.toml" => GROUPS,
         // configs/eff20: the default job as of docs/efficacy.md §3c (from step 2400) with one key changed
         "a-lr1e-4.toml" | "c-steps2000.toml" | "d-lr3e-4.toml" | "e-groups16x16.toml" | "f-prompts64.toml"
         | "g-entropy0.01.toml" | "h-temp1.2.toml" | "j-wd0.toml" | "k-rloo.toml" | "l-entropy0.05.toml"
