@@ -6,7 +6,7 @@
     .venv-torch/bin/python scripts/make_fixtures.py
 
 Writes, under tests/fixtures/:
-  qwen2_tiny/  llama_tiny/  qwen3_tiny/ : HF save_pretrained output + reference.safetensors
+  qwen2_tiny/  llama_tiny/  qwen3_tiny/  llama3_rope_tiny/ : HF save_pretrained output + reference.safetensors
   adamw/                    : reference.safetensors + hparams.json
 and configs/models/bench-tiny/config.json (benchmark config, no weights).
 Everything is float32 (ids int64) and deterministic (fixed seeds, CPU only).
@@ -70,8 +70,9 @@ def patch_config_json(path):
         c = json.load(f)
     rp = c.get("rope_parameters") or {}
     if "rope_theta" not in c and "rope_theta" in rp:
-        assert rp.get("rope_type", "default") == "default", rp
         c["rope_theta"] = rp["rope_theta"]
+    if rp.get("rope_type", "default") != "default" and "rope_scaling" not in c:
+        c["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
     if "torch_dtype" not in c and "dtype" in c:
         c["torch_dtype"] = c["dtype"]
     with open(path, "w") as f:
@@ -193,6 +194,29 @@ def qwen3_tiny():
     return build_model_fixture("qwen3_tiny", cfg, Qwen3ForCausalLM, seed=2468)
 
 
+def llama3_rope_tiny():
+    # Llama 3.1's RoPE scaling ("llama3"): with original_max_position_embeddings 64 and head_dim 16
+    # at theta 500000 the rotated pairs fall in all three bands (wavelength < 16 kept, > 64 divided
+    # by the factor, between interpolated)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        torch_dtype="float32",
+    )
+    return build_model_fixture("llama3_rope_tiny", cfg, LlamaForCausalLM, seed=1357)
+
+
 def adamw():
     out = os.path.join(FIX, "adamw")
     os.makedirs(out, exist_ok=True)
@@ -252,8 +276,8 @@ def bench_tiny_config():
 
 
 def main():
-    makers = {"qwen2_tiny": qwen2_tiny, "llama_tiny": llama_tiny, "qwen3_tiny": qwen3_tiny, "adamw": adamw,
-              "bench_tiny": bench_tiny_config}
+    makers = {"qwen2_tiny": qwen2_tiny, "llama_tiny": llama_tiny, "qwen3_tiny": qwen3_tiny,
+              "llama3_rope_tiny": llama3_rope_tiny, "adamw": adamw, "bench_tiny": bench_tiny_config}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=sorted(makers), help="make only these fixtures")
     args = ap.parse_args()

@@ -23,6 +23,7 @@ fn config(num_layers: usize) -> ModelConfig {
         head_dim: 16,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: None,
         vocab_size: 64,
         max_position_embeddings: 512,
         tie_word_embeddings: false,

@@ -90,6 +90,11 @@ fn qwen3_decode_matches_forward() {
 }
 
 #[test]
+fn llama3_rope_scaling_decode_matches_forward() {
+    check("llama3_rope_tiny");
+}
+
+#[test]
 fn bench_model_decode_matches_forward_past_several_key_blocks() {
     check_model("bench-tiny", &bench_tiny(), 45);
 }

@@ -1,7 +1,7 @@
 //! Parity with HF transformers: logits, log-probs, entropy, loss and every parameter gradient of
-//! tiny random Qwen2 (biases, GQA, untied head), LLaMA (tied embeddings) and Qwen3 (query/key head
-//! norms, a head_dim other than hidden / heads, tied) models, against golden files written by
-//! `scripts/make_fixtures.py`.
+//! tiny random Qwen2 (biases, GQA, untied head), LLaMA (tied embeddings), Qwen3 (query/key head
+//! norms, a head_dim other than hidden / heads, tied) and Llama 3.1-style (RoPE scaling "llama3")
+//! models, against golden files written by `scripts/make_fixtures.py`.
 //!
 //! Tolerances: logits max-abs ≤ 1e-4 (f32 end to end, differences come from summation order);
 //! gradients ≤ 1e-3 relative to each tensor's largest reference entry.
@@ -78,6 +78,13 @@ fn llama_tied_matches_transformers() {
 #[test]
 fn qwen3_head_norms_match_transformers() {
     check_model("qwen3_tiny");
+}
+
+/// Llama 3.1's RoPE scaling ("llama3", its three bands of wavelengths all present at head_dim 16,
+/// theta 5e5 and an original context of 64).
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    check_model("llama3_rope_tiny");
 }
 
 /// Packing is exact: the same sequences in a different order give the same per-token outputs.

@@ -41,6 +41,7 @@ fn train_step_allocates_no_buffers() {
         head_dim: 32,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: None,
         vocab_size: 256,
         max_position_embeddings: 256,
         tie_word_embeddings: false,

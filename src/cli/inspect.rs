@@ -235,6 +235,12 @@ fn print_config(cfg: &ModelConfig) {
         cfg.tie_word_embeddings,
         cfg.qkv_bias
     );
+    if let Some(s) = &cfg.rope_scaling {
+        println!("rope scaling: {s:?}");
+    }
+    if cfg.qk_norm() {
+        println!("query and key heads RMS-normed before RoPE (q_norm, k_norm)");
+    }
     println!("parameters: {}", cfg.num_params());
 }
 

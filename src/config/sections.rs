@@ -214,6 +214,7 @@ impl ModelSection {
             head_dim: hidden / heads,
             rms_norm_eps: 1e-6,
             rope_theta: self.rope_theta,
+            rope_scaling: None,
             vocab_size,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,

@@ -318,6 +318,7 @@ mod tests {
             head_dim: 8,
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
+            rope_scaling: None,
             vocab_size: 50,
             max_position_embeddings: 128,
             tie_word_embeddings: false,

@@ -1,6 +1,7 @@
 //! Model hyper-parameters, read from (and written back to) a Hugging Face `config.json`.
 
 use crate::error::{Error, Result};
+pub use crate::model::rope_scaling::RopeScaling;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -36,6 +37,9 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// RoPE's frequencies rescaled for longer contexts (`rope_scaling` / `rope_parameters` of
+    /// `config.json`); `None`: default RoPE.
+    pub rope_scaling: Option<RopeScaling>,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
@@ -290,31 +294,8 @@ impl ModelConfig {
             ));
         };
         // RoPE: transformers < 5 writes `rope_theta` (+ optional `rope_scaling`); transformers 5
-        // writes `rope_parameters: {rope_theta, rope_type}`. Accept both; only default RoPE over
-        // the whole head.
-        for key in ["rope_scaling", "rope_parameters"] {
-            if let Some(Value::Object(rs)) = obj.get(key) {
-                let kind = match rs.get("rope_type").or_else(|| rs.get("type")) {
-                    Some(Value::String(kind)) => kind.as_str(),
-                    Some(x) => return Err(err(key, &format!("rope_type {x}: expected a name such as \"default\""))),
-                    // no type: an object of only rope_theta (and a full partial_rotary_factor,
-                    // checked below) is default RoPE; any other key (`factor`, ...) asks for a
-                    // scaling it does not name (transformers 4 fails on it)
-                    None => match rs.keys().find(|k| *k != "rope_theta" && *k != "partial_rotary_factor") {
-                        Some(other) => {
-                            return Err(err(
-                                key,
-                                &format!("has {other:?} but no rope_type (or type): which RoPE scaling is meant?"),
-                            ))
-                        }
-                        None => "default",
-                    },
-                };
-                if kind != "default" {
-                    return Err(err(key, &format!("rope_type {kind:?} is not supported (only default RoPE)")));
-                }
-            }
-        }
+        // writes `rope_parameters: {rope_theta, rope_type, ...}`. Both are read (rope_scaling.rs).
+        let rope_scaling = RopeScaling::from_hf(obj, file)?;
         // HF rotates only the first head_dim·partial_rotary_factor dimensions of each head; arbor
         // rotates all of them
         let nested = |section: &str| obj.get(section).and_then(|r| r.get("partial_rotary_factor"));
@@ -394,6 +375,7 @@ impl ModelConfig {
             head_dim,
             rms_norm_eps: opt_f64("rms_norm_eps", 1e-6)?,
             rope_theta,
+            rope_scaling,
             vocab_size: req_usize("vocab_size")?,
             max_position_embeddings: req_usize("max_position_embeddings")?,
             tie_word_embeddings: opt_bool("tie_word_embeddings", false)?,
@@ -425,6 +407,9 @@ impl ModelConfig {
         m.insert("hidden_act".into(), json!("silu"));
         m.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
         m.insert("rope_theta".into(), json!(self.rope_theta));
+        if let Some(s) = &self.rope_scaling {
+            m.insert("rope_scaling".into(), s.to_hf());
+        }
         m.insert("vocab_size".into(), json!(self.vocab_size));
         m.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
         m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
@@ -509,7 +494,7 @@ mod tests {
             ),
             ("rope_scaling", json!({"factor": 8.0}), "rope_scaling"),
             ("rope_parameters", json!({"rope_theta": 1e4, "factor": 2.0}), "rope_parameters"),
-            ("rope_scaling", json!({"type": "linear", "factor": 2.0}), "rope_scaling"),
+            ("rope_scaling", json!({"type": "dynamic", "factor": 2.0}), "rope_scaling"),
             ("rope_scaling", json!({"rope_type": 3}), "rope_scaling"),
             ("layer_types", json!(["full_attention", "sliding_attention"]), "layer_types"),
             ("layer_types", json!("full_attention"), "layer_types"),

@@ -57,6 +57,7 @@ mod tests {
                 head_dim: 4,
                 rms_norm_eps: 1e-6,
                 rope_theta: 10000.0,
+                rope_scaling: None,
                 vocab_size: 37,
                 max_position_embeddings: 32,
                 tie_word_embeddings: tie,

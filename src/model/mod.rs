@@ -10,6 +10,7 @@ pub mod host_memory;
 pub mod init;
 pub mod micro_batch;
 pub mod params;
+pub mod rope_scaling;
 pub mod shard;
 pub mod transformer;
 pub mod workspace;

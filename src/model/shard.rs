@@ -179,6 +179,7 @@ mod tests {
             head_dim: 2,
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
+            rope_scaling: None,
             vocab_size: 11,
             max_position_embeddings: 16,
             tie_word_embeddings: false,

@@ -37,7 +37,8 @@ impl Model {
                 format!("has {} elements, the config needs {expected}", params.data.len()),
             ));
         }
-        let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings);
+        let inv = crate::model::rope_scaling::inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let rope = RopeTable::from_inv_freq(&inv, cfg.max_position_embeddings);
         Ok(Model { cfg, params, rope, tp: None })
     }
 

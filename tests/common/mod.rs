@@ -106,6 +106,7 @@ pub fn tiny_config(arch: arbor::model::Arch, tied: bool) -> arbor::model::ModelC
         head_dim: 4,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: None,
         vocab_size: 13,
         max_position_embeddings: 32,
         tie_word_embeddings: tied,

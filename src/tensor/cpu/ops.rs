@@ -121,6 +121,13 @@ impl RopeTable {
     pub fn new(head_dim: usize, theta: f64, max_pos: usize) -> Self {
         let half = head_dim / 2;
         let inv: Vec<f32> = (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+        Self::from_inv_freq(&inv, max_pos)
+    }
+
+    /// Tables of the given inverse frequencies (one per rotated pair of a head) for positions
+    /// 0..max_pos (a scaled RoPE's, `model::rope_scaling::inv_freq`).
+    pub fn from_inv_freq(inv: &[f32], max_pos: usize) -> Self {
+        let half = inv.len();
         let mut cos = vec![0.0; max_pos * half];
         let mut sin = vec![0.0; max_pos * half];
         for p in 0..max_pos {

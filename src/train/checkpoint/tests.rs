@@ -37,6 +37,7 @@ fn save_marked(
         head_dim: 4,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_scaling: None,
         vocab_size: 11,
         max_position_embeddings: 16,
         tie_word_embeddings: true,
