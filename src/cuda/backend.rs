@@ -161,6 +161,18 @@ impl Backend for Gpu {
     fn zero(&self, mut dst: CudaViewMut<'_, f32>) -> Result<()> {
         self.stream.memset_zeros(&mut dst).map_err(drv("memset"))
     }
+    fn add(&self, mut dst: CudaViewMut<'_, f32>, src: CudaView<'_, f32>) -> Result<()> {
+        let n = dst.len();
+        if src.len() != n {
+            return Err(Error::shape("add", format!("{} values into {n}", src.len())));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // (one row of partial sums added in: colsum_add_f32 with p = 1)
+        let args = [Arg::P(self.pm(&mut dst)), Arg::P(self.pr(&src)), Arg::I(1), Arg::I(int(n, "values")?)];
+        self.launch("rmsnorm", "colsum_add_f32", (n.div_ceil(256) as u32, 1, 1), (256, 1, 1), 0, &args)
+    }
     fn attn_scratch_len(&self, shape: AttnShape, n: usize) -> usize {
         self.flash_scratch_len(shape, n)
     }

@@ -8,6 +8,8 @@
 //!   down_proj (row-parallel);
 //! - a full copy of the embeddings, the norms and the LM head (replicated: arbor's vocabularies
 //!   are small, and a replicated head keeps sampling identical on every rank without a gather).
+//!   Qwen3's head norms (q_norm, k_norm) are replicated too; a shard's backward gives the part of
+//!   their gradients that its heads make, summed over the group before it is added.
 //!
 //! A shard is itself a valid model of the *local* configuration (H/tp heads, KV/tp kv heads,
 //! I/tp channels), so the layer code runs unchanged; the two all-reduces per block (after
@@ -46,12 +48,6 @@ pub fn split_of(name: &str) -> Split {
 /// The configuration of one of `tp` shards of `full` (clear error when tp does not divide the
 /// heads, the kv heads or the MLP width).
 pub fn shard_config(full: &ModelConfig, tp: usize) -> Result<ModelConfig> {
-    if full.qk_norm() && tp > 1 {
-        // (each rank's heads would give a part of q_norm's and k_norm's gradients, to be summed)
-        return Err(Error::Invalid(format!(
-            "parallel.tp = {tp}: tensor parallelism of a model with query/key head norms (qwen3) is not supported; use parallel.tp = 1"
-        )));
-    }
     for (what, n) in [
         ("num_attention_heads", full.num_heads),
         ("num_key_value_heads", full.num_kv_heads),
@@ -227,10 +223,5 @@ mod tests {
         let err = shard_config(&cfg(), 4).unwrap_err().to_string();
         assert!(err.contains("num_key_value_heads = 2"), "{err}");
         assert!(shard_config(&cfg(), 3).is_err());
-        // Qwen3's head norms would need their gradients summed over the group: refused, by key
-        let qwen3 = ModelConfig { arch: Arch::Qwen3, qkv_bias: false, ..cfg() };
-        let err = shard_config(&qwen3, 2).unwrap_err().to_string();
-        assert!(err.contains("parallel.tp = 2") && err.contains("qwen3"), "{err}");
-        assert_eq!(shard_config(&qwen3, 1).unwrap(), qwen3);
     }
 }

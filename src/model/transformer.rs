@@ -450,17 +450,29 @@ impl Model {
             let rot = cfg.num_heads + cfg.num_kv_heads;
             be.rope_apply(B::m(&mut ws.dqkv, 0..n * qkv_w), qkv_w, rot, dev, on.rope, true)?;
             if let Some(qn) = o.qk_norm {
-                for (heads, col, at, w) in head_norms(cfg, n, qn) {
-                    let (raw, rstd) = (at * cfg.head_dim..(at + n * heads) * cfg.head_dim, at..at + n * heads);
+                // a tensor-parallel shard holds some of the heads, so a part of the weights'
+                // gradients: summed over the group first (the weights are replicated)
+                let shard = self.tp.as_ref().is_some_and(|t| t.group.size() > 1);
+                let d = cfg.head_dim;
+                if shard {
+                    be.zero(B::m(&mut ws.dqk_norm, 0..2 * d))?;
+                }
+                for (k, (heads, col, at, w)) in head_norms(cfg, n, qn).into_iter().enumerate() {
+                    let (raw, rstd) = (at * d..(at + n * heads) * d, at..at + n * heads);
+                    let dw = if shard { B::m(&mut ws.dqk_norm, k * d..(k + 1) * d) } else { g!(w.clone()) };
                     be.head_norm_backward(
                         B::m(&mut ws.dqkv, col..n * qkv_w),
-                        g!(w.clone()),
+                        dw,
                         B::r(&a.qk_raw, raw),
                         B::r(&a.qk_rstd, rstd),
                         B::r(p, w),
                         qkv_w,
                         heads,
                     )?;
+                }
+                if shard {
+                    self.tp_reduce_on(be, B::m(&mut ws.dqk_norm, 0..2 * d))?;
+                    be.add(g!(qn..qn + 2 * d), B::r(&ws.dqk_norm, 0..2 * d))?;
                 }
             }
             if let Some(b) = o.qkv_b {

@@ -64,6 +64,9 @@ pub struct Workspace<B: Backend = Cpu> {
     pub datt: B::Buf,
     pub dgate_up: B::Act,
     pub dact: B::Buf,
+    /// [2·D] a tensor-parallel shard's part of a layer's q_norm and k_norm gradients (its heads'),
+    /// summed over the group before it is added (empty without head norms).
+    pub dqk_norm: B::Buf,
     /// Attention scratch, O(N · BLOCK_ROWS).
     pub attn_scratch: B::Buf,
 }
@@ -153,6 +156,7 @@ impl<B: Backend> Workspace<B> {
             datt: be.empty()?,
             dgate_up: be.act_empty()?,
             dact: be.empty()?,
+            dqk_norm: be.empty()?,
             attn_scratch: be.empty()?,
         })
     }
@@ -213,6 +217,7 @@ impl<B: Backend> Workspace<B> {
             (&mut self.dqkv, n * qkv),
             (&mut self.datt, n * hd),
             (&mut self.dact, n * i),
+            (&mut self.dqk_norm, if cfg.qk_norm() { 2 * cfg.head_dim } else { 0 }),
         ] {
             be.grow(v, len)?;
         }
@@ -261,6 +266,7 @@ impl<B: Backend> Workspace<B> {
             &self.dqkv,
             &self.datt,
             &self.dact,
+            &self.dqk_norm,
             &self.attn_scratch,
         ]
         .iter()

@@ -142,6 +142,8 @@ pub trait Backend {
     fn copy(&self, dst: Self::M<'_>, src: Self::R<'_>) -> Result<()>;
     /// dst = 0.
     fn zero(&self, dst: Self::M<'_>) -> Result<()>;
+    /// dst += src (equal lengths).
+    fn add(&self, dst: Self::M<'_>, src: Self::R<'_>) -> Result<()>;
     /// Floats of attention scratch for `n` tokens.
     fn attn_scratch_len(&self, shape: AttnShape, n: usize) -> usize;
     /// Largest number of logit elements one LM-head chunk may hold.

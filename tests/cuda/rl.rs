@@ -243,6 +243,12 @@ fn warm_text(extra: &str) -> String {
 /// (relative). Needs N devices: the SIMT emulator gives four (scripts/test.sh:
 /// `ARBOR_SIMT_DEVICES=4`, NCCL through shared memory); with fewer it says it skipped.
 fn gpus_equal_one(n: usize, extra: &str, says: &[&str], tol: f32, loss_tol: f64) {
+    let text = warm_text("").replace("steps = 4", "steps = 2").replace("eval_every = 2", "eval_every = 100");
+    gpus_equal_one_on(&text, "default", (n, extra), says, tol, loss_tol);
+}
+
+/// [`gpus_equal_one`] of the job `text` (its run named `name`, 2 steps in all).
+fn gpus_equal_one_on(text: &str, name: &str, (n, extra): (usize, &str), says: &[&str], tol: f32, loss_tol: f64) {
     let grid = says[0];
     if gpu().is_none() {
         return;
@@ -253,10 +259,9 @@ fn gpus_equal_one(n: usize, extra: &str, says: &[&str], tol: f32, loss_tol: f64)
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let text = warm_text("").replace("steps = 4", "steps = 2").replace("eval_every = 2", "eval_every = 100");
     let (one_cfg, two_cfg) = (dir.path().join("one.toml"), dir.path().join("two.toml"));
-    std::fs::write(&one_cfg, &text).unwrap();
-    std::fs::write(&two_cfg, text + extra).unwrap();
+    std::fs::write(&one_cfg, text).unwrap();
+    std::fs::write(&two_cfg, text.to_string() + extra).unwrap();
     let run = |launch: bool, out: &str| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"));
         if launch {
@@ -271,7 +276,7 @@ fn gpus_equal_one(n: usize, extra: &str, says: &[&str], tol: f32, loss_tol: f64)
         let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         assert!(o.status.success(), "{out}: {all}");
         assert_eq!(launch, says.iter().all(|s| all.contains(s)), "{out}: {all}");
-        out_dir.join("default")
+        out_dir.join(name)
     };
     let (one, two) = (run(false, "one"), run(true, "two"));
     let ck = "checkpoints/step-2";
@@ -311,6 +316,20 @@ fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
 #[test]
 fn tensor_parallel_rl_on_two_gpus_equals_one_gpu() {
     gpus_equal_one(2, "\n[parallel]\ntp = 2\n", &["dp 1 × tp 2", "tensor-parallel sums through NCCL"], 1e-4, 5e-5);
+}
+
+/// A Qwen3 model (2 supervised steps of a fresh one) with tp = 2 on two GPUs: its query and key
+/// head norms are replicated, and each shard's part of their gradients (its heads') is summed
+/// through NCCL before it is added; it ends with the one-GPU job's weights within the tp = 2
+/// test's bounds.
+#[test]
+fn a_qwen3_model_with_tensor_parallelism_on_two_gpus_equals_one_gpu() {
+    let text = small_addition(2)
+        .replace("arch = \"qwen2\"", "arch = \"qwen3\"")
+        .replace("[train]\n", "[train]\ndevice = \"cuda\"\n");
+    assert!(text.contains("arch = \"qwen3\"") && text.contains("device = \"cuda\""));
+    let says = ["dp 1 × tp 2", "tensor-parallel sums through NCCL"];
+    gpus_equal_one_on(&text, "addition-sft", (2, "\n[parallel]\ntp = 2\n"), &says, 1e-4, 5e-5);
 }
 
 /// Both on four GPUs: dp = 2 replicas of tp = 2 shards (the gradients of each shard summed over

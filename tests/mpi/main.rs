@@ -435,6 +435,18 @@ fn tensor_parallel_shards_compute_what_one_process_computes() {
     // and it does fail when the tolerance is below float rounding
     let o = mpirun(2, &["--threads", "1", "selftest", "tp", "--tp", "2", "--tol", "1e-12"], &[]);
     assert!(!o.status.success() && text(&o).contains("FAILED"), "{}", text(&o));
+    // a Qwen3 model: its query and key head norms are replicated, each shard's part of their
+    // gradients (from its heads) summed over the group
+    let dir = tempfile::tempdir().unwrap();
+    let qwen3 = sft_config().replace("arch = \"qwen2\"", "arch = \"qwen3\"");
+    assert!(qwen3.contains("arch = \"qwen3\""));
+    let cfg = write_config(dir.path(), &qwen3);
+    let o = mpirun(2, &["--threads", "1", "selftest", "tp", "--tp", "2", "--config", &cfg], &[]);
+    let all = text(&o);
+    assert!(o.status.success(), "qwen3: {all}");
+    for (name, v) in selftest_figures(&all) {
+        assert!(v <= 1e-5, "qwen3: {name} differs by {v:e}");
+    }
 }
 
 #[test]

@@ -106,6 +106,13 @@ impl Backend for Cpu {
         dst.fill(0.0);
         Ok(())
     }
+    fn add(&self, dst: &mut [f32], src: &[f32]) -> Result<()> {
+        if dst.len() != src.len() {
+            return Err(crate::error::Error::shape("add", format!("{} values into {}", src.len(), dst.len())));
+        }
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        Ok(())
+    }
     fn attn_scratch_len(&self, shape: AttnShape, n: usize) -> usize {
         shape.scratch_len(n)
     }
