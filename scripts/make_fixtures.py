@@ -6,7 +6,8 @@
     .venv-torch/bin/python scripts/make_fixtures.py
 
 Writes, under tests/fixtures/:
-  qwen2_tiny/  llama_tiny/  qwen3_tiny/  llama3_rope_tiny/ : HF save_pretrained output + reference.safetensors
+  qwen2_tiny/  llama_tiny/  qwen3_tiny/  llama3_rope_tiny/  mistral_tiny/ : HF save_pretrained output +
+                            reference.safetensors
   adamw/                    : reference.safetensors + hparams.json
 and configs/models/bench-tiny/config.json (benchmark config, no weights).
 Everything is float32 (ids int64) and deterministic (fixed seeds, CPU only).
@@ -22,6 +23,8 @@ from safetensors.torch import save_file
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -217,6 +220,26 @@ def llama3_rope_tiny():
     return build_model_fixture("llama3_rope_tiny", cfg, LlamaForCausalLM, seed=1357)
 
 
+def mistral_tiny():
+    # Mistral 7B v0.3's layout: Llama's layers under Mistral's names, no sliding window, untied
+    cfg = MistralConfig(
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=104,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=1000000.0,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    return build_model_fixture("mistral_tiny", cfg, MistralForCausalLM, seed=97531)
+
+
 def adamw():
     out = os.path.join(FIX, "adamw")
     os.makedirs(out, exist_ok=True)
@@ -277,7 +300,8 @@ def bench_tiny_config():
 
 def main():
     makers = {"qwen2_tiny": qwen2_tiny, "llama_tiny": llama_tiny, "qwen3_tiny": qwen3_tiny,
-              "llama3_rope_tiny": llama3_rope_tiny, "adamw": adamw, "bench_tiny": bench_tiny_config}
+              "llama3_rope_tiny": llama3_rope_tiny, "mistral_tiny": mistral_tiny, "adamw": adamw,
+              "bench_tiny": bench_tiny_config}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=sorted(makers), help="make only these fixtures")
     args = ap.parse_args()

@@ -90,6 +90,11 @@ fn qwen3_decode_matches_forward() {
 }
 
 #[test]
+fn mistral_decode_matches_forward() {
+    check("mistral_tiny");
+}
+
+#[test]
 fn llama3_rope_scaling_decode_matches_forward() {
     check("llama3_rope_tiny");
 }

@@ -107,8 +107,8 @@ impl ModelSection {
         if !(self.init_std.is_finite() && self.init_std > 0.0) {
             return bad("model.init_std", format!("{} must be > 0", self.init_std));
         }
-        if !["qwen2", "qwen3", "llama"].contains(&self.arch.as_str()) {
-            return bad("model.arch", format!("{:?} is not \"qwen2\", \"qwen3\" or \"llama\"", self.arch));
+        if !["qwen2", "qwen3", "llama", "mistral"].contains(&self.arch.as_str()) {
+            return bad("model.arch", format!("{:?} is not \"qwen2\", \"qwen3\", \"llama\" or \"mistral\"", self.arch));
         }
         if self.max_position_embeddings > MAX_POSITIONS {
             return bad(
@@ -202,6 +202,7 @@ impl ModelSection {
         let arch = match self.arch.as_str() {
             "llama" => Arch::Llama,
             "qwen3" => Arch::Qwen3,
+            "mistral" => Arch::Mistral,
             _ => Arch::Qwen2,
         };
         crate::model::ModelConfig {

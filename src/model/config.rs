@@ -21,6 +21,9 @@ pub enum Arch {
     /// `Qwen3ForCausalLM`: no biases (as Llama), and an RMSNorm over each query and key head
     /// before RoPE (`q_norm`, `k_norm`: one weight of head_dim values each, shared by the heads).
     Qwen3,
+    /// `MistralForCausalLM`: Llama's layers under Mistral's names; a sliding window shorter than
+    /// the context is refused.
+    Mistral,
 }
 
 /// Decoder-only transformer shape. Letters used in shape comments across the crate:
@@ -287,10 +290,14 @@ impl ModelConfig {
             Arch::Llama
         } else if model_type == "qwen3" || archs.contains(&"Qwen3ForCausalLM") {
             Arch::Qwen3
+        } else if model_type == "mistral" || archs.contains(&"MistralForCausalLM") {
+            Arch::Mistral
         } else {
             return Err(err(
                 "model_type",
-                &format!("unsupported model_type {model_type:?} (supported: \"qwen2\", \"qwen3\", \"llama\")"),
+                &format!(
+                    "unsupported model_type {model_type:?} (supported: \"qwen2\", \"qwen3\", \"llama\", \"mistral\")"
+                ),
             ));
         };
         // RoPE: transformers < 5 writes `rope_theta` (+ optional `rope_scaling`); transformers 5
@@ -343,11 +350,27 @@ impl ModelConfig {
         if opt_bool("mlp_bias", false)? {
             return Err(err("mlp_bias", "MLP biases are not supported"));
         }
+        // Mistral's window (Mistral 7B v0.1: 4096 of 32768 positions); null (v0.3) is full attention
+        if arch == Arch::Mistral {
+            let context = req_usize("max_position_embeddings")?;
+            match obj.get("sliding_window") {
+                None | Some(Value::Null) => {}
+                Some(w) => match w.as_u64() {
+                    Some(w) if w as u128 >= context as u128 => {}
+                    _ => {
+                        return Err(err(
+                            "sliding_window",
+                            &format!("{w}: sliding-window attention (a window shorter than max_position_embeddings = {context}) is not supported"),
+                        ))
+                    }
+                },
+            }
+        }
         // Llama's and Qwen3's `attention_bias` gives q/k/v *and* o_proj biases; arbor has no o_proj bias
         if arch != Arch::Qwen2 && opt_bool("attention_bias", false)? {
             return Err(err(
                 "attention_bias",
-                "true is not supported for llama and qwen3: it also gives o_proj a bias, which arbor's layout does not have",
+                "true is not supported for llama, qwen3 and mistral: it also gives o_proj a bias, which arbor's layout does not have",
             ));
         }
         // the MLP is SwiGLU: SiLU gates (Qwen2's and Llama's "silu"; "swish" is the same function)
@@ -395,6 +418,7 @@ impl ModelConfig {
             Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
             Arch::Llama => ("LlamaForCausalLM", "llama"),
             Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            Arch::Mistral => ("MistralForCausalLM", "mistral"),
         };
         m.insert("architectures".into(), json!([arch_name]));
         m.insert("model_type".into(), json!(model_type));
@@ -419,6 +443,9 @@ impl ModelConfig {
         }
         if self.arch == Arch::Llama {
             m.insert("mlp_bias".into(), json!(false));
+        }
+        if self.arch == Arch::Mistral {
+            m.insert("sliding_window".into(), Value::Null);
         }
         if let Some(b) = self.bos_token_id {
             m.insert("bos_token_id".into(), json!(b));
@@ -521,6 +548,23 @@ mod tests {
         let back = cfg.to_hf_json();
         assert_eq!((&back["model_type"], &back["architectures"][0]), (&json!("qwen3"), &json!("Qwen3ForCausalLM")));
         assert_eq!(ModelConfig::from_hf_json(&back, Path::new("c.json")).unwrap(), cfg);
+        // Mistral: Llama's layers; a window shorter than the context is refused, a null or
+        // context-long one is full attention
+        let mistral = |window: Value| {
+            llama(|m| {
+                m.insert("model_type".into(), json!("mistral"));
+                m.insert("sliding_window".into(), window);
+            })
+        };
+        let e = mistral(json!(32)).unwrap_err().to_string();
+        assert!(e.contains("`sliding_window`") && e.contains("max_position_embeddings = 64"), "{e}");
+        for ok in [json!(null), json!(64), json!(4096)] {
+            let cfg = mistral(ok.clone()).unwrap();
+            assert!(cfg.arch == Arch::Mistral && !cfg.qkv_bias && !cfg.qk_norm(), "{ok}");
+            let back = cfg.to_hf_json();
+            assert_eq!(back["model_type"], json!("mistral"));
+            assert_eq!(ModelConfig::from_hf_json(&back, Path::new("c.json")).unwrap(), cfg);
+        }
         let cfg = llama(|m| drop(m.insert("eos_token_id".into(), json!([7, 9])))).unwrap();
         assert_eq!(cfg.eos_token_ids, [7, 9]);
         assert_eq!(cfg.to_hf_json()["eos_token_id"], json!([7, 9]), "a list is written back as a list");
