@@ -97,6 +97,20 @@ extern "C" __global__ void rmsnorm_bwd_bf16(float* dx, const float* dy, const un
     rmsnorm_bwd<unsigned short>(dx, dy, x, w, rstd, n, c);
 }
 
+// Of a (32, 8) block whose threads (x, y) each summed a slice of column j's rows into `a`: the 8
+// slices' sums added in order y = 0..7 into partial[blockIdx.y, j] (of `cols` columns).
+__device__ __forceinline__ void fold8_store(float (*acc)[33], float a, float* __restrict__ partial, int j,
+                                            int cols) {
+    acc[threadIdx.y][threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < cols) {
+        float t = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) t += acc[q][threadIdx.x];
+        partial[(long long)blockIdx.y * cols + j] = t;
+    }
+}
+
 // blockDim = (32, 8): threadIdx.x picks the column, the 8 rows of threads stride over the chunk's
 // rows; the 8 per-thread sums are combined in a fixed order through shared memory.
 template <typename T>
@@ -115,14 +129,7 @@ __device__ void rmsnorm_dw_partial(float* __restrict__ partial, const float* __r
             a += dy[off] * load_f(x + off) * rstd[i];
         }
     }
-    acc[threadIdx.y][threadIdx.x] = a;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < c) {
-        float t = 0.0f;
-#pragma unroll
-        for (int q = 0; q < 8; ++q) t += acc[q][threadIdx.x];
-        partial[(long long)blockIdx.y * c + j] = t;
-    }
+    fold8_store(acc, a, partial, j, c);
 }
 
 extern "C" __global__ void rmsnorm_dw_partial_f32(float* partial, const float* dy, const float* x,
@@ -222,12 +229,5 @@ extern "C" __global__ void head_norm_dw_partial_f32(float* __restrict__ partial,
             a += dy[(r / heads) * row_stride + (r % heads) * d + j] * raw[r * d + j] * rstd[r];
         }
     }
-    acc[threadIdx.y][threadIdx.x] = a;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < d) {
-        float t = 0.0f;
-#pragma unroll
-        for (int q = 0; q < 8; ++q) t += acc[q][threadIdx.x];
-        partial[(long long)blockIdx.y * d + j] = t;
-    }
+    fold8_store(acc, a, partial, j, d);
 }

@@ -52,6 +52,19 @@ fn elementwise_kernels_match_the_cpu() {
     g.bias_backward(Gpu::m(&mut dbg, 0..c), Gpu::r(&dyg, 0..n * c)).unwrap();
     close("bias_backward", &down(&g, &dbg, c), &db, 1e-5);
 
+    // Qwen3's per-head norm in place, on heads in the middle of strided rows (d 128: four values a
+    // lane; d 40: lanes left idle), kept inputs and statistics, the backward in place, dw added
+    // into, the elementwise add
+    for (d, heads, stride, at) in [(128usize, 3usize, 520usize, 136usize), (40, 2, 90, 7)] {
+        head_norm_matches_the_cpu(&g, &mut rng, (n, d, heads, stride, at));
+    }
+    let (a, b) = (rand(&mut rng, 300), rand(&mut rng, 300));
+    let mut sum = a.clone();
+    Cpu.add(&mut sum, &b).unwrap();
+    let (mut ag, bg) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
+    g.add(Gpu::m(&mut ag, 0..300), Gpu::r(&bg, 0..300)).unwrap();
+    close("add", &down(&g, &ag, 300), &sum, 1e-6);
+
     // SwiGLU: 16-byte accesses (inter % 8 == 0, aligned views), one value at a time (inter 37,
     // or views that start one value in), and a row's short last group of 8 (37)
     for (inter, at) in [(inter, 0), (37, 0), (inter, 1)] {
@@ -228,4 +241,46 @@ fn gemm_embedding_rope_and_logprob_match_the_cpu() {
         g.logprob_backward(Gpu::m(&mut zg, 0..r * vv), dz, vv, &dev, rows.clone(), grad()).unwrap();
     });
     assert_eq!(down(&g, &zg, r * vv), z, "the logits stay as they were");
+}
+
+/// `head_norm_forward` and `_backward` on the GPU against the CPU: n rows of `stride` values, the
+/// heads starting at column `at`.
+fn head_norm_matches_the_cpu(g: &Gpu, rng: &mut Rng, (n, d, heads, stride, at): (usize, usize, usize, usize, usize)) {
+    let x = rand(rng, n * stride);
+    let w: Vec<f32> = rand(rng, d).iter().map(|v| 1.0 + 0.3 * v).collect();
+    let dy = rand(rng, n * stride);
+    let len = n * stride - at;
+    let (mut xc, mut raw, mut rstd) = (x.clone(), vec![0.0; n * heads * d], vec![0.0; n * heads]);
+    Cpu.head_norm_forward(&mut xc[at..], Some(&mut raw[..]), &mut rstd, &w, stride, heads, 1e-6).unwrap();
+    let (mut xg, wg) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
+    let (mut rawg, mut rg) = (g.upload(&vec![0.0; n * heads * d]).unwrap(), g.upload(&vec![0.0; n * heads]).unwrap());
+    g.head_norm_forward(
+        Gpu::m(&mut xg, at..at + len),
+        Some(Gpu::m(&mut rawg, 0..n * heads * d)),
+        Gpu::m(&mut rg, 0..n * heads),
+        Gpu::r(&wg, 0..d),
+        stride,
+        heads,
+        1e-6,
+    )
+    .unwrap();
+    close(&format!("head_norm fwd d {d}"), &down(g, &xg, n * stride), &xc, 1e-5);
+    close(&format!("head_norm raw d {d}"), &down(g, &rawg, n * heads * d), &raw, 0.0);
+    close(&format!("head_norm rstd d {d}"), &down(g, &rg, n * heads), &rstd, 1e-5);
+    let dw0 = rand(rng, d);
+    let (mut dx, mut dw) = (dy.clone(), dw0.clone());
+    Cpu.head_norm_backward(&mut dx[at..], &mut dw, &raw, &rstd, &w, stride, heads).unwrap();
+    let (mut dxg, mut dwg) = (g.upload(&dy).unwrap(), g.upload(&dw0).unwrap());
+    g.head_norm_backward(
+        Gpu::m(&mut dxg, at..at + len),
+        Gpu::m(&mut dwg, 0..d),
+        Gpu::r(&rawg, 0..n * heads * d),
+        Gpu::r(&rg, 0..n * heads),
+        Gpu::r(&wg, 0..d),
+        stride,
+        heads,
+    )
+    .unwrap();
+    close(&format!("head_norm bwd dx d {d}"), &down(g, &dxg, n * stride), &dx, 1e-5);
+    close(&format!("head_norm bwd dw d {d}"), &down(g, &dwg, d), &dw, 1e-4);
 }
