@@ -18,7 +18,8 @@
 #   variants  the memory pool released at every sync (the driver's default) against kept, f32 and
 #             tf32, the other kernel plans (grouped dK/dV, the bf16 train step with 64-row
 #             blocks and with the wgmma attention, per-head decode attention), batch 64 and long
-#             contexts, f32 peers, the rl-step in f32, with graphs and at issue 16's 64 x 8 x 256
+#             contexts, f32 peers, the rl-step in f32, with graphs and at issue 16's 64 x 8 x 256,
+#             a Qwen3 shape's bf16 train step and generation with their peers
 #   async     an [async] GRPO job, 1 trainer + 1 rollout rank, started by arbor launch
 # GPU_CHECK_PARTS=tests,headline (comma-separated) runs only those parts; GPU_CHECK_BUDGET_S=N
 # starts no command after N seconds, nor one that needs more time than is left (a device session
@@ -496,6 +497,16 @@ if part variants; then
     echo "== the GRPO step at issue 16's own shape: 64 prompts x 8 samples x 256 new tokens, bf16"
     run rl_step_0.5b_bf16_64x8x256 --need 60 --cap 180 "$arbor" bench gpu --kind rl-step --dtype bf16 "${q05[@]}" \
         --prompts 64 --samples 8 --new-tokens 256 --steps 1 --warmup 1
+    echo "== a Qwen3 shape (0.6B: its query and key head norms, 16 and 8 heads of 128), bf16: the train step vs"
+    echo "   torch and sampled generation at batch 64 vs transformers"
+    q3=(--model-config configs/models/qwen3-0.6b-shape)
+    run train_step_bf16_qwen3_0.6b "$arbor" bench gpu --kind train-step --dtype bf16 "${q3[@]}" --batch 4 --seq 1024
+    peer peer_train_step_bf16_qwen3_0.6b python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype bf16 \
+        "${q3[@]}" --batch 4 --seq 1024 --steps 5 --warmup 2
+    run generate_sampled_qwen3_0.6b_b64_bf16 --cap 90 "$arbor" bench gpu --kind generate --sample --dtype bf16 "${q3[@]}" \
+        --batch 64 --warmup 1 --steps 2 --new-tokens 64
+    peer peer_generate_sampled_qwen3_0.6b_b64_bf16 --cap 90 python3 scripts/peer/hf_generate.py --threads 16 --device cuda \
+        --dtype bf16 "${q3[@]}" --batch 64 --new-tokens 64 --reps 2
 fi
 done_part variants
 
