@@ -6,7 +6,7 @@
     .venv-torch/bin/python scripts/make_fixtures.py
 
 Writes, under tests/fixtures/:
-  qwen2_tiny/  llama_tiny/  qwen3_tiny/  llama3_rope_tiny/  mistral_tiny/ : HF save_pretrained output +
+  qwen2_tiny/  llama_tiny/  qwen3_tiny/  llama3_rope_tiny/  mistral_tiny/  qwen2_yarn_tiny/ : HF save_pretrained output +
                             reference.safetensors
   adamw/                    : reference.safetensors + hparams.json
 and configs/models/bench-tiny/config.json (benchmark config, no weights).
@@ -220,6 +220,27 @@ def llama3_rope_tiny():
     return build_model_fixture("llama3_rope_tiny", cfg, LlamaForCausalLM, seed=1357)
 
 
+def qwen2_yarn_tiny():
+    # YaRN (Qwen's long-context setting): at head_dim 16, theta 1e4 and an original context of 512 the
+    # correction range is pairs 0..4, so pairs 1-3 are mixed, pair 0 extrapolated, 4-7 interpolated;
+    # cos and sin carry the attention factor 0.1 ln 4 + 1
+    cfg = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 512},
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    return build_model_fixture("qwen2_yarn_tiny", cfg, Qwen2ForCausalLM, seed=8642)
+
+
 def mistral_tiny():
     # Mistral 7B v0.3's layout: Llama's layers under Mistral's names, no sliding window, untied
     cfg = MistralConfig(
@@ -300,7 +321,8 @@ def bench_tiny_config():
 
 def main():
     makers = {"qwen2_tiny": qwen2_tiny, "llama_tiny": llama_tiny, "qwen3_tiny": qwen3_tiny,
-              "llama3_rope_tiny": llama3_rope_tiny, "mistral_tiny": mistral_tiny, "adamw": adamw,
+              "llama3_rope_tiny": llama3_rope_tiny, "mistral_tiny": mistral_tiny, "qwen2_yarn_tiny": qwen2_yarn_tiny,
+              "adamw": adamw,
               "bench_tiny": bench_tiny_config}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=sorted(makers), help="make only these fixtures")

@@ -90,6 +90,11 @@ fn qwen3_decode_matches_forward() {
 }
 
 #[test]
+fn yarn_rope_scaling_decode_matches_forward() {
+    check("qwen2_yarn_tiny");
+}
+
+#[test]
 fn mistral_decode_matches_forward() {
     check("mistral_tiny");
 }

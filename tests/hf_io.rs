@@ -455,7 +455,7 @@ fn inspect_reports_models_and_rejects_hdf5() {
 
 #[test]
 fn committed_fixtures_load_save_load_bit_identical() {
-    for name in ["qwen2_tiny", "llama_tiny", "qwen3_tiny", "llama3_rope_tiny", "mistral_tiny"] {
+    for name in ["qwen2_tiny", "llama_tiny", "qwen3_tiny", "llama3_rope_tiny", "mistral_tiny", "qwen2_yarn_tiny"] {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
         let before = snapshot(&src);
         let original = load_hf_dir_with_report(&src).expect("fixture loads");

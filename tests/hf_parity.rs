@@ -1,7 +1,7 @@
 //! Parity with HF transformers: logits, log-probs, entropy, loss and every parameter gradient of
 //! tiny random Qwen2 (biases, GQA, untied head), LLaMA (tied embeddings), Qwen3 (query/key head
-//! norms, a head_dim other than hidden / heads, tied), Llama 3.1-style (RoPE scaling "llama3") and
-//! Mistral models, against golden files written by `scripts/make_fixtures.py`.
+//! norms, a head_dim other than hidden / heads, tied), Llama 3.1-style (RoPE scaling "llama3"),
+//! YaRN-scaled Qwen2 and Mistral models, against golden files written by `scripts/make_fixtures.py`.
 //!
 //! Tolerances: logits max-abs ≤ 1e-4 (f32 end to end, differences come from summation order);
 //! gradients ≤ 1e-3 relative to each tensor's largest reference entry.
@@ -78,6 +78,12 @@ fn llama_tied_matches_transformers() {
 #[test]
 fn qwen3_head_norms_match_transformers() {
     check_model("qwen3_tiny");
+}
+
+/// YaRN RoPE scaling (extrapolated, mixed and interpolated pairs; cos and sin × the attention factor).
+#[test]
+fn yarn_rope_scaling_matches_transformers() {
+    check_model("qwen2_yarn_tiny");
 }
 
 /// Mistral (7B v0.3's layout: no window, untied, 8 heads over 2 kv heads).

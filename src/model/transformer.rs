@@ -38,7 +38,10 @@ impl Model {
             ));
         }
         let inv = crate::model::rope_scaling::inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
-        let rope = RopeTable::from_inv_freq(&inv, cfg.max_position_embeddings);
+        let mut rope = RopeTable::from_inv_freq(&inv, cfg.max_position_embeddings);
+        if let Some(s) = &cfg.rope_scaling {
+            rope.scale(s.attention_factor() as f32);
+        }
         Ok(Model { cfg, params, rope, tp: None })
     }
 

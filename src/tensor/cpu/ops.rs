@@ -140,6 +140,13 @@ impl RopeTable {
         RopeTable { half, cos, sin }
     }
 
+    /// Multiply every cos and sin by `factor` (YaRN's attention factor; 1 leaves the table as it is).
+    pub fn scale(&mut self, factor: f32) {
+        if factor != 1.0 {
+            self.cos.iter_mut().chain(self.sin.iter_mut()).for_each(|x| *x *= factor);
+        }
+    }
+
     /// Highest position + 1 the table covers.
     pub fn max_positions(&self) -> usize {
         self.cos.len() / self.half.max(1)
