@@ -101,6 +101,28 @@ fn three_plus_three_rl_steps_equal_six() {
     assert_eq!(metrics(&a.path().join("addition-sft")), metrics(&run_b), "metrics differ after a boundary resume");
 }
 
+/// A Qwen3 model (its query and key head norms, a fresh one of the addition task): the resume
+/// inside the RL phase ends with the straight run's weights, and its checkpoints are Qwen3's.
+#[test]
+fn a_qwen3_model_resumes_in_the_rl_phase_bit_for_bit() {
+    let qwen3 = |out: &Path| {
+        let text = config_text(4).replace("arch = \"qwen2\"", "arch = \"qwen3\"");
+        let mut c = RunConfig::parse(&text, Path::new("rl_resume.toml")).unwrap();
+        c.run.out_dir = out.to_path_buf();
+        c
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = job::run(&qwen3(a.path()), None, &mut Vec::new()).unwrap();
+    let run_b = b.path().join("addition-sft");
+    job::run(&qwen3(b.path()), None, &mut Vec::new()).unwrap();
+    let ck = run_b.join(format!("checkpoints/step-{}", SFT_STEPS + 2));
+    let (cfg, params) = load_hf_dir(&ck).unwrap();
+    assert_eq!(cfg.arch, arbor::model::Arch::Qwen3);
+    assert!(params.layout.get("model.layers.1.self_attn.k_norm.weight").is_some());
+    let resumed = job::run(&qwen3(b.path()), Some(&ck), &mut Vec::new()).unwrap();
+    assert_eq!(straight.final_params, resumed.final_params, "weights differ after a Qwen3 RL resume");
+}
+
 #[test]
 fn a_checkpoint_past_the_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
