@@ -17,6 +17,7 @@ use super::messages::{decode_weights, u64_at};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 
 /// The file in a checkpoint's folder.
 pub(super) const FILE: &str = "async-history.bin";
@@ -28,7 +29,8 @@ pub(super) struct History {
     /// The phase's first version (batch versions are counted from it).
     pub first: u64,
     lag: u64,
-    msgs: VecDeque<(u64, Vec<u8>)>,
+    /// (shared with the publishing thread, which may still be sending the newest)
+    msgs: VecDeque<(u64, Arc<Vec<u8>>)>,
 }
 
 impl History {
@@ -37,8 +39,8 @@ impl History {
     }
 
     /// Keep the message of `version` (the newest), dropping those no checkpoint can need any more.
-    pub fn push(&mut self, version: u64, msg: Vec<u8>) {
-        self.msgs.push_back((version, msg));
+    pub fn push(&mut self, version: u64, msg: impl Into<Arc<Vec<u8>>>) {
+        self.msgs.push_back((version, msg.into()));
         let oldest = version.saturating_sub(self.lag);
         while self.msgs.front().is_some_and(|(v, _)| *v < oldest) {
             self.msgs.pop_front();
@@ -49,7 +51,7 @@ impl History {
     /// checkpoint does not hold: max(first, done − lag) .. done − 1.
     pub fn save(&self, dir: &Path, done: u64) -> Result<()> {
         let wanted = done.saturating_sub(self.lag).max(self.first)..done;
-        let keep: Vec<&(u64, Vec<u8>)> = self.msgs.iter().filter(|(v, _)| wanted.contains(v)).collect();
+        let keep: Vec<&(u64, Arc<Vec<u8>>)> = self.msgs.iter().filter(|(v, _)| wanted.contains(v)).collect();
         if keep.len() as u64 != wanted.end - wanted.start {
             return Err(Error::Invalid(format!(
                 "async: the checkpoint of step {done} needs policy versions {wanted:?}, the leader kept {:?}",
@@ -62,7 +64,7 @@ impl History {
         out.extend_from_slice(&(keep.len() as u64).to_le_bytes());
         for (_, msg) in keep {
             out.extend_from_slice(&(msg.len() as u64).to_le_bytes());
-            out.extend_from_slice(msg);
+            out.extend_from_slice(&msg[..]);
         }
         let path = dir.join(FILE);
         std::fs::write(&path, out).map_err(|e| Error::io(&path, e))

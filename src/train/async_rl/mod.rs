@@ -30,7 +30,8 @@
 //! on a thread, so a publishing trainer never waits for generation, and sends batches from
 //! another, so generation never waits for the trainer. Weights and step shares travel along a
 //! relay (`parallel::relay`): the leader sends one copy, each receiver forwards its chunks to the
-//! next as they arrive, so publishing costs the leader the same for 2 or 200 rollout ranks.
+//! next as they arrive, so publishing costs the leader the same for 2 or 200 rollout ranks; the
+//! leader publishes from a thread (`Publisher`), so the trainer does not wait for the transfer.
 
 use crate::config::RlPlan;
 use crate::error::{Error, Result};
@@ -46,7 +47,7 @@ use crate::train::AdamW;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 pub use crate::config::{AsyncConfig, RolloutMode};
@@ -136,10 +137,14 @@ pub fn run_phase(
     if let Some(h) = history.as_mut() {
         h.push(start.done, weights_message(model, start.done).0);
     }
+    // the leader's end of the weights channel goes to its publishing thread
+    let weights = match relay.ok().filter(|_| rank == 0) {
+        Some(relay) => Weights::Publisher(Publisher::start(weights, relay)?),
+        None => Weights::Idle(weights),
+    };
     let mut source = Received {
         batches,
         weights,
-        relay: relay.ok().filter(|_| rank == 0),
         rollout: (first_rollout..size).collect(),
         train: train_grid.world.as_ref(),
         shares,
@@ -157,7 +162,7 @@ pub fn run_phase(
     // no step left (a resume of a finished run, or rl.steps = 0): no version is ever published,
     // whose last publication tells the rollout ranks to stop, so they are told now
     if start.done >= ph.rl.steps && train_grid.is_root() {
-        source.publish(&[])?;
+        source.publish(Vec::new())?;
     }
     if train_grid.is_root() {
         let _ = writeln!(
@@ -171,6 +176,12 @@ pub fn run_phase(
     let ph = Phase { plan: &plan, ..*ph };
     let mut io = PhaseIo { metrics, log, source: Some(&mut source) };
     let res = run_phase_with(model, opt, &ph, start, &train_grid, &mut io);
+    // every publication out (the last tells the rollout ranks to stop) before the comms go
+    let flushed = match &mut source.weights {
+        Weights::Publisher(p) => p.finish(),
+        Weights::Idle(_) => Ok(()),
+    };
+    let res = res.and_then(|r| flushed.map(|()| r));
     // the train group's communicators go before the world's
     drop(train_grid);
     res
@@ -383,12 +394,62 @@ fn trainer_end(inbox: &mpsc::Receiver<Result<Vec<u8>>>) -> Result<()> {
     Ok(())
 }
 
+/// The weights channel's end on a training rank.
+enum Weights {
+    /// The leader's: its publishing thread owns it.
+    Publisher(Publisher),
+    /// Another training rank's (it publishes nothing; kept until the phase ends, as every rank's
+    /// communicators are).
+    Idle(#[allow(dead_code)] Box<dyn Comm>),
+}
+
+/// The leader's publications, sent along the relay by a thread of their own, in the order given:
+/// the trainer hands a version over and goes on with its next step while it travels.
+struct Publisher {
+    queue: Option<mpsc::Sender<Arc<Vec<u8>>>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Publisher {
+    fn start(comm: Box<dyn Comm>, relay: Relay) -> Result<Self> {
+        let (queue, messages) = mpsc::channel::<Arc<Vec<u8>>>();
+        let thread = std::thread::Builder::new()
+            .name("arbor-publish".into())
+            .spawn(move || messages.iter().try_for_each(|msg| relay.send(comm.as_ref(), &msg)))
+            .map_err(|e| Error::Invalid(format!("async: the publishing thread did not start: {e}")))?;
+        Ok(Publisher { queue: Some(queue), thread: Some(thread) })
+    }
+
+    /// Queue `msg`; where the thread has stopped (a send failed), its error.
+    fn send(&mut self, msg: Arc<Vec<u8>>) -> Result<()> {
+        if self.queue.as_ref().is_some_and(|q| q.send(msg).is_ok()) {
+            return Ok(());
+        }
+        self.finish()?;
+        Err(Error::Invalid("async: the publishing thread has stopped".into()))
+    }
+
+    /// Wait until every queued message has left; the thread's error if it met one.
+    fn finish(&mut self) -> Result<()> {
+        drop(self.queue.take());
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| Error::Invalid("async: the publishing thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// The training ranks' source of samples: batches from the rollout ranks.
 struct Received<'g> {
     batches: Box<dyn Comm>,
-    weights: Box<dyn Comm>,
-    /// The leader's place at the head of the weights relay (`None` on the other training ranks).
-    relay: Option<Relay>,
+    /// The leader's publishing thread; the other training ranks' (unused) end of the channel.
+    weights: Weights,
     /// World ranks of the rollout ranks.
     rollout: Vec<usize>,
     /// The training ranks' communicator (rank 0 = world rank 0, the leader).
@@ -409,10 +470,13 @@ struct Received<'g> {
 }
 
 impl Received<'_> {
-    /// The leader sends `msg` to every rollout rank, along the weights relay.
-    fn publish(&self, msg: &[u8]) -> Result<()> {
-        let relay = self.relay.as_ref().ok_or_else(|| Error::Invalid("async: only the leader publishes".into()))?;
-        relay.send(self.weights.as_ref(), msg)
+    /// The leader sends `msg` to every rollout rank, along the weights relay, from its publishing
+    /// thread (the trainer goes on while the message travels).
+    fn publish(&mut self, msg: impl Into<Arc<Vec<u8>>>) -> Result<()> {
+        match &mut self.weights {
+            Weights::Publisher(p) => p.send(msg.into()),
+            Weights::Idle(_) => Err(Error::Invalid("async: only the leader publishes".into())),
+        }
     }
 
     /// The leader hands the whole step to the other training ranks (point to point along a relay,
@@ -509,6 +573,7 @@ impl SampleSource for Received<'_> {
         let version = step + 1;
         if version < self.steps {
             let (msg, sum) = weights_message(model, version);
+            let msg = Arc::new(msg);
             self.published.push((version, sum));
             // keep the checksums a batch may still refer to (streaming: installs are reported
             // late, keep them all: 16 bytes a step)
@@ -516,12 +581,12 @@ impl SampleSource for Received<'_> {
                 let oldest = batch_version(version, self.lag, self.first);
                 self.published.retain(|(v, _)| *v >= oldest);
             }
-            self.publish(&msg)?;
+            self.publish(msg.clone())?;
             if let Some(h) = self.history.as_mut() {
                 h.push(version, msg);
             }
         } else {
-            self.publish(&[])?;
+            self.publish(Vec::new())?;
         }
         Ok(())
     }
@@ -542,7 +607,7 @@ impl SampleSource for Received<'_> {
         if self.train.rank() != 0 || step + 1 >= self.steps {
             return Ok(());
         }
-        self.publish(&halt_message(*global, why))?;
+        self.publish(halt_message(*global, why))?;
         for &r in &self.rollout {
             while !self.batches.recv_bytes(r)?.is_empty() {}
         }
