@@ -46,8 +46,8 @@ pub trait DecodeDevice {
     fn rmsnorm(&mut self, model: &Model, norm: Norm, rows: usize) -> Result<()>;
     /// The projection `proj` (see [`Proj`]).
     fn project(&mut self, model: &Model, proj: Proj, rows: usize) -> Result<()>;
-    /// Add layer `layer`'s q|k|v bias (where the model has one) to qkv, rotate its q and k heads
-    /// by each row's position, store the k and v of every row in its slot at its position, then
+    /// Add layer `layer`'s q|k|v bias (where the model has one) to qkv, RMS-norm its q and k
+    /// heads (where the model norms them: Qwen3), rotate its q and k heads by each row's position, store the k and v of every row in its slot at its position, then
     /// `att[r]` = attention of row r's query heads over its slot's positions 0..=position (every
     /// row's k/v of this step is stored first, so a prompt's rows attend causally among
     /// themselves).
