@@ -140,38 +140,41 @@ def build_model_fixture(name, cfg, model_cls, seed):
     return out
 
 
+def tiny(**dims):
+    """The dimensions every tiny model shares (64 wide, 2 layers, float32), with `dims`."""
+    return dict(hidden_size=64, num_hidden_layers=2, torch_dtype="float32", **dims)
+
+
 def qwen2_tiny():
     cfg = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
+        **tiny(
+            intermediate_size=160,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=128,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+        )
     )
     return build_model_fixture("qwen2_tiny", cfg, Qwen2ForCausalLM, seed=1234)
 
 
 def llama_tiny():
     cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=96,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
-        torch_dtype="float32",
+        **tiny(
+            intermediate_size=176,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=96,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+            attention_bias=False,
+            mlp_bias=False,
+        )
     )
     return build_model_fixture("llama_tiny", cfg, LlamaForCausalLM, seed=4321)
 
@@ -180,19 +183,18 @@ def qwen3_tiny():
     # Qwen3: q_norm / k_norm on every head, no biases, tied embeddings, and a head_dim (32) that
     # is not hidden_size / heads (16), as in the released models
     cfg = Qwen3Config(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        vocab_size=112,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-6,
-        rope_theta=1000000.0,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        torch_dtype="float32",
+        **tiny(
+            intermediate_size=160,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            vocab_size=112,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+            attention_bias=False,
+        )
     )
     return build_model_fixture("qwen3_tiny", cfg, Qwen3ForCausalLM, seed=2468)
 
@@ -202,20 +204,18 @@ def llama3_rope_tiny():
     # at theta 500000 the rotated pairs fall in all three bands (wavelength < 16 kept, > 64 divided
     # by the factor, between interpolated)
     cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=96,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
-        torch_dtype="float32",
+        **tiny(
+            intermediate_size=176,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=96,
+            max_position_embeddings=512,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+            tie_word_embeddings=True,
+            attention_bias=False,
+            mlp_bias=False,
+        )
     )
     return build_model_fixture("llama3_rope_tiny", cfg, LlamaForCausalLM, seed=1357)
 
@@ -225,18 +225,16 @@ def qwen2_yarn_tiny():
     # correction range is pairs 0..4, so pairs 1-3 are mixed, pair 0 extrapolated, 4-7 interpolated;
     # cos and sin carry the attention factor 0.1 ln 4 + 1
     cfg = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                         "original_max_position_embeddings": 512},
-        tie_word_embeddings=False,
-        torch_dtype="float32",
+        **tiny(
+            intermediate_size=160,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=128,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 512},
+            tie_word_embeddings=False,
+        )
     )
     return build_model_fixture("qwen2_yarn_tiny", cfg, Qwen2ForCausalLM, seed=8642)
 
@@ -244,19 +242,18 @@ def qwen2_yarn_tiny():
 def mistral_tiny():
     # Mistral 7B v0.3's layout: Llama's layers under Mistral's names, no sliding window, untied
     cfg = MistralConfig(
-        hidden_size=64,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=104,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        rope_theta=1000000.0,
-        sliding_window=None,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
+        **tiny(
+            intermediate_size=192,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=104,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=1000000.0,
+            sliding_window=None,
+            tie_word_embeddings=False,
+        )
     )
     return build_model_fixture("mistral_tiny", cfg, MistralForCausalLM, seed=97531)
 
