@@ -107,8 +107,8 @@ impl ModelSection {
         if !(self.init_std.is_finite() && self.init_std > 0.0) {
             return bad("model.init_std", format!("{} must be > 0", self.init_std));
         }
-        if !["qwen2", "qwen3", "llama", "mistral"].contains(&self.arch.as_str()) {
-            return bad("model.arch", format!("{:?} is not \"qwen2\", \"qwen3\", \"llama\" or \"mistral\"", self.arch));
+        if crate::model::Arch::from_model_type(&self.arch).is_none() {
+            return bad("model.arch", format!("{:?} is not one of {}", self.arch, crate::model::Arch::names()));
         }
         if self.max_position_embeddings > MAX_POSITIONS {
             return bad(
@@ -199,12 +199,8 @@ impl ModelSection {
         use crate::model::Arch;
         let hidden = self.hidden_size.unwrap_or(0);
         let heads = self.num_heads.unwrap_or(1).max(1);
-        let arch = match self.arch.as_str() {
-            "llama" => Arch::Llama,
-            "qwen3" => Arch::Qwen3,
-            "mistral" => Arch::Mistral,
-            _ => Arch::Qwen2,
-        };
+        // (validated: a known name)
+        let arch = Arch::from_model_type(&self.arch).unwrap_or(Arch::Qwen2);
         crate::model::ModelConfig {
             arch,
             hidden_size: hidden,

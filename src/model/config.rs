@@ -26,6 +26,31 @@ pub enum Arch {
     Mistral,
 }
 
+impl Arch {
+    /// Every architecture, in the order messages list them.
+    pub const ALL: [Arch; 4] = [Arch::Qwen2, Arch::Qwen3, Arch::Llama, Arch::Mistral];
+
+    /// HF's names: (`model_type`, the `architectures` class).
+    pub fn hf_names(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+            Arch::Qwen3 => ("qwen3", "Qwen3ForCausalLM"),
+            Arch::Llama => ("llama", "LlamaForCausalLM"),
+            Arch::Mistral => ("mistral", "MistralForCausalLM"),
+        }
+    }
+
+    /// The architecture of a `model_type` (also `[model] arch`'s values).
+    pub fn from_model_type(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.hf_names().0 == name)
+    }
+
+    /// The supported `model_type`s, quoted, for messages: `"qwen2", "qwen3", …`.
+    pub fn names() -> String {
+        Arch::ALL.map(|a| format!("{:?}", a.hf_names().0)).join(", ")
+    }
+}
+
 /// Decoder-only transformer shape. Letters used in shape comments across the crate:
 /// C = hidden_size, I = intermediate_size, L = num_layers, H = num_heads, KV = num_kv_heads,
 /// D = head_dim, V = vocab_size, N = tokens in a packed batch, T = length of one sequence.
@@ -284,21 +309,10 @@ impl ModelConfig {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let arch = if model_type == "qwen2" || archs.contains(&"Qwen2ForCausalLM") {
-            Arch::Qwen2
-        } else if model_type == "llama" || archs.contains(&"LlamaForCausalLM") {
-            Arch::Llama
-        } else if model_type == "qwen3" || archs.contains(&"Qwen3ForCausalLM") {
-            Arch::Qwen3
-        } else if model_type == "mistral" || archs.contains(&"MistralForCausalLM") {
-            Arch::Mistral
-        } else {
-            return Err(err(
-                "model_type",
-                &format!(
-                    "unsupported model_type {model_type:?} (supported: \"qwen2\", \"qwen3\", \"llama\", \"mistral\")"
-                ),
-            ));
+        let named = |a: &Arch| a.hf_names().0 == model_type || archs.contains(&a.hf_names().1);
+        let Some(arch) = Arch::ALL.into_iter().find(named) else {
+            let msg = format!("unsupported model_type {model_type:?} (supported: {})", Arch::names());
+            return Err(err("model_type", &msg));
         };
         // RoPE: transformers < 5 writes `rope_theta` (+ optional `rope_scaling`); transformers 5
         // writes `rope_parameters: {rope_theta, rope_type, ...}`. Both are read (rope_scaling.rs).
@@ -414,12 +428,7 @@ impl ModelConfig {
     /// The HF `config.json` contents for this model (loadable by transformers).
     pub fn to_hf_json(&self) -> Value {
         let mut m = Map::new();
-        let (arch_name, model_type) = match self.arch {
-            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-            Arch::Llama => ("LlamaForCausalLM", "llama"),
-            Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
-            Arch::Mistral => ("MistralForCausalLM", "mistral"),
-        };
+        let (model_type, arch_name) = self.arch.hf_names();
         m.insert("architectures".into(), json!([arch_name]));
         m.insert("model_type".into(), json!(model_type));
         m.insert("hidden_size".into(), json!(self.hidden_size));
