@@ -454,6 +454,11 @@ if part variants; then
     sdpa_peer sdpa python3 scripts/peer/sdpa_bench.py "${att64[@]}" --dtype f32
     run attention_grouped "$arbor" bench gpu --kind attention --dkdv grouped "${att64[@]}"
     run attention_bf16_grouped "$arbor" bench gpu --kind attention --dtype bf16 --dkdv grouped "${att64[@]}"
+    echo "== gradient checkpointing ([train] gradient_checkpointing): the bf16 train step recomputing every layer's"
+    echo "   activations in the backward, its cost and the device memory it saves, vs torch's (transformers') own"
+    run train_step_bf16_ckpt "$arbor" bench gpu --kind train-step --dtype bf16 --checkpointing "${q05[@]}" --batch 4 --seq 1024
+    peer peer_train_step_bf16_ckpt python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype bf16 \
+        --checkpointing "${q05[@]}" --batch 4 --seq 1024 --steps 5 --warmup 2
     echo "== bf16 train step with the attention in blocks of 64 rows (one warpgroup; the default has two)"
     run train_step_bf16_r64 "$arbor" bench gpu --kind train-step --dtype bf16 --attn-rows 64 "${q05[@]}" --batch 4 --seq 1024
     echo "== bf16 train step with the wgmma attention (Hopper only)"

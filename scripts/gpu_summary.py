@@ -171,6 +171,18 @@ def ratios(d):
             out.append(f"train step 0.5B 4x1024 peak device memory ({a.get('dtype')}): arbor {a['device_peak_mib']:,.0f} MiB, "
                        f"torch {p['device_peak_mib']:,.0f} MiB ({p.get('dtype')}), arbor = "
                        f"{a['device_peak_mib'] / p['device_peak_mib']:.2f}x torch")
+    ratio("train step 0.5B 4x1024 with gradient checkpointing, arbor bf16 vs torch bf16 (checkpointing too)",
+          "train_step_bf16_ckpt.json", "peer_train_step_bf16_ckpt.json")
+    # what checkpointing costs in speed and saves in memory, each side against its own plain step
+    for impl, plain, ckpt in (("arbor", "train_step_bf16.json", "train_step_bf16_ckpt.json"),
+                              ("torch", "peer_train_step_bf16.json", "peer_train_step_bf16_ckpt.json")):
+        a, c = load(d, plain), load(d, ckpt)
+        if a and c and a.get("tokens_per_s") and c.get("tokens_per_s") and a.get("device_peak_mib") \
+                and c.get("device_peak_mib"):
+            out.append(f"gradient checkpointing, {impl} bf16 train step 0.5B 4x1024: "
+                       f"{c['tokens_per_s'] / a['tokens_per_s']:.2f}x the plain step's tokens/s, peak device memory "
+                       f"{c['device_peak_mib']:,.0f} MiB vs {a['device_peak_mib']:,.0f} MiB "
+                       f"({c['device_peak_mib'] / a['device_peak_mib']:.2f}x)")
     for kept, what in (("train_step_bf16", "bf16 train step 0.5B 4x1024"),
                        ("generate_sampled_0.5b_b16_bf16", "bf16 sampled generation 0.5B batch 16")):
         a, b = load(d, f"{kept}.json"), load(d, f"{kept}_pool_release.json")

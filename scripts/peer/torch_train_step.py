@@ -12,6 +12,8 @@ AdamW state, the mixed-precision recipe arbor's bf16 path follows). On a GPU eac
 synchronised before its clock stops.
 Each step: forward with labels=input_ids (mean next-token CE), backward, clip_grad_norm_(1.0),
 AdamW(lr=1e-4, weight_decay=0.1).step(), zero_grad(set_to_none=True).
+--checkpointing turns on transformers' gradient checkpointing (each decoder layer's activations
+recomputed in the backward; non-reentrant torch.utils.checkpoint), arbor's `--checkpointing` peer.
 `warmup` untimed steps, then `steps` steps each timed with time.perf_counter.
 Prints exactly one JSON line on stdout (everything else goes to stderr).
 """
@@ -34,6 +36,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing of every decoder layer")
     args = ap.parse_args()
 
     import torch
@@ -63,6 +66,8 @@ def main():
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
     dev = torch.device(args.device)
     model.to(dev, torch.float32).train()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
 
@@ -122,6 +127,7 @@ def main():
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": args.dtype,
+        "checkpointing": args.checkpointing,
         "threads": args.threads,
         "batch": B,
         "seq": T,

@@ -53,6 +53,10 @@ pub struct TrainStepArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Gradient checkpointing (`[train] gradient_checkpointing`): the backward recomputes each
+    /// layer's activations; `workspace_mib` says what the step's buffers hold.
+    #[arg(long)]
+    pub checkpointing: bool,
 }
 
 /// Arguments of `arbor bench generate`.
@@ -172,7 +176,9 @@ pub fn train_step(args: &TrainStepArgs) -> anyhow::Result<()> {
     }
     let n = batch.len();
     let dlogp = vec![-1.0 / n as f32; n];
-    let mut ws = Workspace::new(&cfg, n);
+    let mut ws = Workspace::default();
+    ws.set_checkpointing(args.checkpointing);
+    ws.ensure(&cfg, n);
     let mut grads = vec![0.0f32; model.params.data.len()];
     let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
     let mut times = Vec::new();
@@ -198,6 +204,8 @@ pub fn train_step(args: &TrainStepArgs) -> anyhow::Result<()> {
         "threads": rayon::current_num_threads(),
         "batch": args.batch,
         "seq": args.seq,
+        "checkpointing": args.checkpointing,
+        "workspace_mib": ws.bytes() as f64 / (1u64 << 20) as f64,
         "params": cfg.num_params(),
         "step_ms": step_s * 1e3,
         "step_ms_min": times.iter().copied().fold(f64::INFINITY, f64::min) * 1e3,

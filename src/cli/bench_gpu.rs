@@ -104,6 +104,11 @@ pub struct GpuArgs {
     /// largest GPU times by operation, their sum (`busy_ms`) and the step's span (`span_ms`).
     #[arg(long)]
     pub profile: bool,
+    /// `--kind train-step`: gradient checkpointing (`[train] gradient_checkpointing`): the
+    /// backward recomputes each layer's activations; `workspace_mib` says what the step's buffers
+    /// hold.
+    #[arg(long)]
+    pub checkpointing: bool,
 }
 
 fn parse_dtype(s: &str) -> Result<crate::config::Dtype, String> {
@@ -307,6 +312,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
     let n = batch.len();
     let dlogp = vec![-1.0 / n as f32; n];
     let mut gm = GpuModel::new(gpu.clone(), &model)?;
+    gm.set_checkpointing(args.checkpointing);
     let mut opt = AdamW::for_layout(AdamWConfig::default(), &model.params.layout);
     // each phase ends on the host (forward returns log-probs; the backward and AdamW, which
     // reads back only the norm and queues its update, are synchronised), so the phase times add
@@ -340,6 +346,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         "dtype": gpu.dtype().name(),
         "attn_mma": gpu.attn_mma().name(),
         "attn_rows": gpu.attn_rows().name(),
+        "checkpointing": args.checkpointing,
         "params": cfg.num_params(),
         "batch": args.batch,
         "seq": args.seq,
@@ -353,6 +360,7 @@ fn train_step(gpu: &std::sync::Arc<crate::cuda::Gpu>, args: &GpuArgs) -> anyhow:
         // this process's buffers at their peak over the run (the memory pool's high-water mark;
         // the peer reports torch.cuda.max_memory_allocated)
         "device_peak_mib": gpu.take_peak_bytes().map(|b| b as f64 / (1u64 << 20) as f64),
+        "workspace_mib": gm.workspace_bytes() as f64 / (1u64 << 20) as f64,
     });
     crate::cli::bench_common::add_profile(gpu, args.profile, &mut line)?;
     println!("{line}");

@@ -281,6 +281,12 @@ pub struct TrainSection {
     /// activations, gradients, AdamW moments and every accumulation stay f32 (see [`Dtype`]).
     #[serde(default)]
     pub dtype: Dtype,
+    /// Gradient checkpointing in both phases: the workspaces keep each decoder layer's input and
+    /// the backward recomputes the layer's other activations from it (the same gradients, bit
+    /// for bit; activation memory about C numbers a token a layer instead of ~6C + 2·qkv + 3I,
+    /// for one more forward of the layers; `model::workspace`).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Steps in a row whose update may be skipped for a non-finite loss or gradient norm before
     /// the run stops (both phases; 0 = stop at the first).
     #[serde(default = "default_max_nonfinite")]

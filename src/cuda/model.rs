@@ -406,6 +406,22 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Gradient checkpointing for the passes that follow ([`Workspace::set_checkpointing`]).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.ws.set_checkpointing(on);
+    }
+
+    /// Whether the passes checkpoint (see [`GpuModel::set_checkpointing`]).
+    pub fn checkpointing(&self) -> bool {
+        self.ws.checkpointing()
+    }
+
+    /// Bytes of device memory the forward and backward's buffers hold now (activations, their
+    /// gradients, the head's chunk, the attention's scratch).
+    pub fn workspace_bytes(&self) -> usize {
+        self.ws.bytes()
+    }
+
     /// The size of the model's tensor-parallel group (1 without one).
     pub fn tp_size(&self) -> usize {
         self.tp_norm.as_ref().map_or(1, |t| crate::parallel::Comm::size(&t.group))

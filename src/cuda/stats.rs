@@ -24,8 +24,25 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 pub type FciResult = Vec<(Vec<f32>, Vec<Option<HeadId>>)>;
 
 /// [`crate::attention::stats::attention_stats`] on the GPU: runs the forward of `batch` on `gm`,
-/// then the statistics of `cfg` (same layers, Δ, W, window and fractions as on the CPU).
+/// then the statistics of `cfg` (same layers, Δ, W, window and fractions as on the CPU). The
+/// forward keeps every layer's activations (it reads them) whatever `gm`'s checkpointing mode,
+/// which is restored after.
 pub fn attention_stats(
+    gm: &mut GpuModel,
+    model: &Model,
+    batch: &Batch,
+    steps: &[SeqSteps],
+    cfg: &StatsConfig,
+) -> Result<Vec<SeqStats>> {
+    let checkpointing = gm.checkpointing();
+    gm.set_checkpointing(false);
+    let out = stats_of_all_layers(gm, model, batch, steps, cfg);
+    gm.set_checkpointing(checkpointing);
+    out
+}
+
+/// [`attention_stats`] on a workspace that keeps every layer.
+fn stats_of_all_layers(
     gm: &mut GpuModel,
     model: &Model,
     batch: &Batch,

@@ -8,6 +8,7 @@ pub mod decode_stack;
 pub mod head;
 pub mod host_memory;
 pub mod init;
+mod layer;
 pub mod micro_batch;
 pub mod params;
 pub mod rope_scaling;

@@ -14,7 +14,7 @@ use crate::model::workspace::Workspace;
 use crate::parallel::{Comm, TpGroup};
 use crate::tensor::cpu::matmul_nt;
 use crate::tensor::cpu::ops::RopeTable;
-use crate::tensor::{Backend, Cpu, GemmShape};
+use crate::tensor::{Backend, Cpu};
 
 /// A decoder-only transformer: configuration, f32 master weights and the RoPE tables. Under
 /// tensor parallelism `cfg` and `params` are this rank's shard (see [`crate::model::shard`]) and
@@ -103,7 +103,7 @@ impl Model {
         self.tp.as_ref().is_none_or(|t| t.group.rank() == 0)
     }
 
-    fn attn_shape(&self) -> AttnShape {
+    pub(crate) fn attn_shape(&self) -> AttnShape {
         AttnShape { num_heads: self.cfg.num_heads, num_kv_heads: self.cfg.num_kv_heads, head_dim: self.cfg.head_dim }
     }
 
@@ -216,112 +216,20 @@ impl Model {
         let cfg = &self.cfg;
         let n = batch.len();
         ws.ensure_on(be, cfg, n)?;
-        let (c, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qkv_w, hd) = (cfg.qkv_dim(), cfg.attn_dim());
+        let c = cfg.hidden_size;
         let eps = cfg.rms_norm_eps as f32;
         let lay = &self.params.layout;
-        let shape = self.attn_shape();
         let v = cfg.vocab_size;
         let nc = 0..n * c;
 
-        be.embedding_forward(
-            B::m(&mut ws.layers[0].resid_in, nc.clone()),
-            B::r(p, lay.embed..lay.embed + v * c),
-            dev,
-            c,
-        )?;
+        be.embedding_forward(B::m(&mut ws.resid_in[0], nc.clone()), B::r(p, lay.embed..lay.embed + v * c), dev, c)?;
         for l in 0..cfg.num_layers {
-            let o = lay.layers[l];
-            let (head, tail) = ws.layers.split_at_mut(l + 1);
-            let a = &mut head[l];
-            let x = B::r(&a.resid_in, nc.clone());
-            be.rmsnorm_forward(
-                B::act_m(&mut a.ln1, nc.clone()),
-                B::m(&mut a.rstd1, 0..n),
-                x,
-                B::r(p, o.ln1..o.ln1 + c),
-                eps,
-            )?;
-            let wqkv = B::r(p, o.qkv_w..o.qkv_w + qkv_w * c);
-            be.matmul_nt_act(
-                B::m(&mut a.qkv, 0..n * qkv_w),
-                B::act_r(&a.ln1, nc.clone()),
-                wqkv,
-                GemmShape::new(n, qkv_w, c),
-                false,
-            )?;
-            if let Some(b) = o.qkv_b {
-                be.add_bias(B::m(&mut a.qkv, 0..n * qkv_w), B::r(p, b..b + qkv_w))?;
-            }
-            if let Some(qn) = o.qk_norm {
-                for (heads, col, at, w) in head_norms(cfg, n, qn) {
-                    let (raw, rstd) = (at * cfg.head_dim..(at + n * heads) * cfg.head_dim, at..at + n * heads);
-                    be.head_norm_forward(
-                        B::m(&mut a.qkv, col..n * qkv_w),
-                        Some(B::m(&mut a.qk_raw, raw)),
-                        B::m(&mut a.qk_rstd, rstd),
-                        B::r(p, w),
-                        qkv_w,
-                        heads,
-                        eps,
-                    )?;
-                }
-            }
-            let rot = cfg.num_heads + cfg.num_kv_heads;
-            be.rope_apply(B::m(&mut a.qkv, 0..n * qkv_w), qkv_w, rot, dev, on.rope, false)?;
-            be.attention_forward(
-                B::m(&mut a.att, 0..n * hd),
-                B::m(&mut a.lse, 0..n * cfg.num_heads),
-                B::m(&mut ws.attn_scratch, 0..be.attn_scratch_len(shape, n)),
-                B::r(&a.qkv, 0..n * qkv_w),
-                dev,
-                shape,
-            )?;
-            // resid_mid = resid_in + att · Woᵀ (row-parallel: partial sums all-reduced)
-            if self.adds_residual() {
-                be.copy(B::m(&mut a.resid_mid, nc.clone()), B::r(&a.resid_in, nc.clone()))?;
-            } else {
-                be.zero(B::m(&mut a.resid_mid, nc.clone()))?;
-            }
-            let wo = B::r(p, o.o_w..o.o_w + c * hd);
-            be.matmul_nt(
-                B::m(&mut a.resid_mid, nc.clone()),
-                B::r(&a.att, 0..n * hd),
-                wo,
-                GemmShape::new(n, c, hd),
-                true,
-            )?;
-            self.tp_reduce_on(be, B::m(&mut a.resid_mid, nc.clone()))?;
-            let w2 = B::r(p, o.ln2..o.ln2 + c);
-            be.rmsnorm_forward(
-                B::act_m(&mut a.ln2, nc.clone()),
-                B::m(&mut a.rstd2, 0..n),
-                B::r(&a.resid_mid, nc.clone()),
-                w2,
-                eps,
-            )?;
-            let wgu = B::r(p, o.gate_up_w..o.gate_up_w + 2 * inter * c);
-            be.matmul_nt_to_act(
-                B::act_m(&mut a.gate_up, 0..n * 2 * inter),
-                B::act_r(&a.ln2, nc.clone()),
-                wgu,
-                GemmShape::new(n, 2 * inter, c),
-            )?;
-            be.swiglu_forward(B::act_m(&mut a.act, 0..n * inter), B::act_r(&a.gate_up, 0..n * 2 * inter), inter)?;
-            // next residual = resid_mid + act · Wdownᵀ
-            let out = match tail.first_mut() {
-                Some(next) => &mut next.resid_in,
-                None => &mut ws.resid_out,
-            };
-            if self.adds_residual() {
-                be.copy(B::m(out, nc.clone()), B::r(&a.resid_mid, nc.clone()))?;
-            } else {
-                be.zero(B::m(out, nc.clone()))?;
-            }
-            let wd = B::r(p, o.down_w..o.down_w + c * inter);
-            let act = B::act_r(&a.act, 0..n * inter);
-            be.matmul_nt_act(B::m(out, nc.clone()), act, wd, GemmShape::new(n, c, inter), true)?;
-            self.tp_reduce_on(be, B::m(out, nc.clone()))?;
+            let k = if ws.checkpointing() { 0 } else { l };
+            let (ins, outs) = ws.resid_in.split_at_mut(l + 1);
+            let a = &mut ws.layers[k];
+            self.attention_block(on, l, (&ins[l], a, &mut ws.attn_scratch), dev, n)?;
+            let out = outs.first_mut().unwrap_or(&mut ws.resid_out);
+            self.mlp_block(on, l, a, Some(out), n)?;
         }
         let fw = B::r(p, lay.final_norm..lay.final_norm + c);
         be.rmsnorm_forward(
@@ -404,7 +312,16 @@ impl Model {
         )?;
         for l in (0..cfg.num_layers).rev() {
             let o = lay.layers[l];
-            let a = &ws.layers[l];
+            if ws.checkpointing() {
+                // the layer's activations again, from its saved input (the shared set holds the
+                // last layer's already, from the forward)
+                if l + 1 < cfg.num_layers {
+                    let a = &mut ws.layers[0];
+                    self.attention_block(on, l, (&ws.resid_in[l], a, &mut ws.attn_scratch), dev, n)?;
+                    self.mlp_block(on, l, a, None, n)?;
+                }
+            }
+            let a = &ws.layers[if ws.checkpointing() { 0 } else { l }];
             // MLP: resid_out = resid_mid + act · Wdownᵀ
             let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
             let wd = o.down_w..o.down_w + c * inter;
@@ -492,7 +409,7 @@ impl Model {
                 B::m(&mut ws.dresid, nc.clone()),
                 g!(gr.clone()),
                 B::r(&ws.dln, nc.clone()),
-                B::r(&a.resid_in, nc.clone()),
+                B::r(&ws.resid_in[l], nc.clone()),
                 B::r(p, gr),
                 B::r(&a.rstd1, 0..n),
             )?;
@@ -502,7 +419,7 @@ impl Model {
     }
 
     /// Sum a row-parallel partial result over the tensor-parallel group (no-op without one).
-    fn tp_reduce_on<B: Backend>(&self, be: &B, x: B::M<'_>) -> Result<()> {
+    pub(crate) fn tp_reduce_on<B: Backend>(&self, be: &B, x: B::M<'_>) -> Result<()> {
         match &self.tp {
             Some(t) => be.all_reduce_tp(x, &t.group),
             None => Ok(()),

@@ -1,17 +1,24 @@
 //! Preallocated activation and gradient buffers, sized once from the config and the largest
 //! batch seen (a training step after the first allocates nothing).
+//!
+//! With gradient checkpointing ([`Workspace::set_checkpointing`]) the workspace keeps every
+//! layer's input (the residual stream, [N, C] a layer) but the other activations of one layer
+//! only: the forward runs every layer through that one set, and the backward runs each layer's
+//! forward again from its saved input just before the layer's backward (the down projection
+//! excepted: its output is the next layer's saved input). Every kernel is deterministic, so the
+//! gradients are the same bits as without; the memory of the saved activations falls from about
+//! (6C + 2(H+2KV)·D + 3I) numbers a token a layer to C, for one more forward of the layers.
 
 use crate::attention::AttnShape;
 use crate::error::Result;
 use crate::model::config::ModelConfig;
 use crate::tensor::{Backend, Cpu};
 
-/// Saved activations of one decoder layer (N = tokens), in backend `B`'s memory. The normed rows,
-/// the gate|up projection and the SwiGLU output, which only products and SwiGLU read, are in
-/// activation storage ([`Backend::Act`]: bf16 on a GPU with bf16 products).
+/// Saved activations of one decoder layer (N = tokens), in backend `B`'s memory, but for its
+/// input ([`Workspace::resid_in`]). The normed rows, the gate|up projection and the SwiGLU
+/// output, which only products and SwiGLU read, are in activation storage ([`Backend::Act`]:
+/// bf16 on a GPU with bf16 products).
 pub struct LayerActs<B: Backend = Cpu> {
-    /// [N, C] residual stream entering the layer.
-    pub resid_in: B::Buf,
     /// [N, C] input RMSNorm output; `[N]` its 1/rms.
     pub ln1: B::Act,
     pub rstd1: B::Buf,
@@ -38,6 +45,13 @@ pub struct LayerActs<B: Backend = Cpu> {
 /// All buffers a forward + backward pass needs, in backend `B`'s memory.
 pub struct Workspace<B: Backend = Cpu> {
     cap: usize,
+    /// Whether the backward recomputes each layer's activations from its input (one set of
+    /// [`LayerActs`] for all layers) instead of keeping them from the forward.
+    checkpointing: bool,
+    /// [N, C] the residual stream entering each layer (kept for every layer in both modes).
+    pub resid_in: Vec<B::Buf>,
+    /// The layers' saved activations: one per layer, or the one set every layer shares with
+    /// checkpointing (read a layer's through [`Workspace::acts`]).
     pub layers: Vec<LayerActs<B>>,
     /// [N, C] residual after the last layer; [N, C] final norm output; `[N]` its 1/rms.
     pub resid_out: B::Buf,
@@ -74,7 +88,6 @@ pub struct Workspace<B: Backend = Cpu> {
 impl<B: Backend> LayerActs<B> {
     fn new(be: &B) -> Result<Self> {
         Ok(LayerActs {
-            resid_in: be.empty()?,
             ln1: be.act_empty()?,
             rstd1: be.empty()?,
             qkv: be.empty()?,
@@ -90,17 +103,8 @@ impl<B: Backend> LayerActs<B> {
         })
     }
     fn bytes(&self) -> usize {
-        let bufs = [
-            &self.resid_in,
-            &self.rstd1,
-            &self.qkv,
-            &self.qk_raw,
-            &self.qk_rstd,
-            &self.att,
-            &self.lse,
-            &self.resid_mid,
-            &self.rstd2,
-        ];
+        let bufs =
+            [&self.rstd1, &self.qkv, &self.qk_raw, &self.qk_rstd, &self.att, &self.lse, &self.resid_mid, &self.rstd2];
         let acts = [&self.ln1, &self.ln2, &self.gate_up, &self.act];
         4 * bufs.iter().map(|b| B::len(b)).sum::<usize>() + acts.iter().map(|a| B::act_bytes(a)).sum::<usize>()
     }
@@ -139,6 +143,8 @@ impl<B: Backend> Workspace<B> {
     pub fn empty(be: &B) -> Result<Self> {
         Ok(Workspace {
             cap: 0,
+            checkpointing: false,
+            resid_in: Vec::new(),
             layers: Vec::new(),
             resid_out: be.empty()?,
             lnf: be.empty()?,
@@ -166,9 +172,48 @@ impl<B: Backend> Workspace<B> {
         self.cap
     }
 
+    /// Whether the backward recomputes the layers' activations (see the module's notes).
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// Switch gradient checkpointing on or off for the passes that follow (a forward and the
+    /// backward after it must run in the same mode). Switching it on lets the other layers'
+    /// activation buffers go at the next [`Workspace::ensure_on`]; switching it off grows them
+    /// there.
+    pub fn set_checkpointing(&mut self, on: bool) {
+        if on != self.checkpointing {
+            self.checkpointing = on;
+            self.cap = 0;
+            self.logits_cached = None;
+        }
+    }
+
+    /// The activation sets the mode keeps for `layers` layers.
+    fn act_sets(&self, layers: usize) -> usize {
+        if self.checkpointing {
+            layers.min(1)
+        } else {
+            layers
+        }
+    }
+
+    /// Layer `l`'s saved activations: its own, or with checkpointing the shared set (which holds
+    /// layer `l`'s only right after the forward of that layer ran into it).
+    pub fn acts(&self, l: usize) -> &LayerActs<B> {
+        &self.layers[if self.checkpointing { 0 } else { l }]
+    }
+
+    /// [`Workspace::acts`], mutable.
+    pub fn acts_mut(&mut self, l: usize) -> &mut LayerActs<B> {
+        let k = if self.checkpointing { 0 } else { l };
+        &mut self.layers[k]
+    }
+
     /// Grow the buffers to hold `n` tokens (no-op when they already do).
     pub fn ensure_on(&mut self, be: &B, cfg: &ModelConfig, n: usize) -> Result<()> {
-        if n <= self.cap && self.layers.len() == cfg.num_layers {
+        let sets = self.act_sets(cfg.num_layers);
+        if n <= self.cap && self.layers.len() == sets && self.resid_in.len() == cfg.num_layers {
             // the attention's scratch and the activations' storage also depend on the backend's
             // settings (a GPU's dtype and kernel plans), which may have changed since the buffers
             // were sized
@@ -186,13 +231,19 @@ impl<B: Backend> Workspace<B> {
         let (c, i, h) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads);
         let (qkv, hd) = (cfg.qkv_dim(), cfg.attn_dim());
         let qk_heads = if cfg.qk_norm() { h + cfg.num_kv_heads } else { 0 };
-        while self.layers.len() < cfg.num_layers {
+        while self.layers.len() < sets {
             self.layers.push(LayerActs::new(be)?);
         }
-        self.layers.truncate(cfg.num_layers);
+        self.layers.truncate(sets);
+        while self.resid_in.len() < cfg.num_layers {
+            self.resid_in.push(be.empty()?);
+        }
+        self.resid_in.truncate(cfg.num_layers);
+        for x in &mut self.resid_in {
+            be.grow(x, n * c)?;
+        }
         for l in &mut self.layers {
             for (v, len) in [
-                (&mut l.resid_in, n * c),
                 (&mut l.rstd1, n),
                 (&mut l.qkv, n * qkv),
                 (&mut l.qk_raw, n * qk_heads * cfg.head_dim),
@@ -252,7 +303,8 @@ impl<B: Backend> Workspace<B> {
 
     /// Bytes held by all buffers.
     pub fn bytes(&self) -> usize {
-        let per_layer: usize = self.layers.iter().map(LayerActs::bytes).sum();
+        let per_layer: usize = self.layers.iter().map(LayerActs::bytes).sum::<usize>()
+            + 4 * self.resid_in.iter().map(|x| B::len(x)).sum::<usize>();
         let rest: usize = [
             &self.resid_out,
             &self.lnf,

@@ -27,8 +27,9 @@ use crate::train::{clip_and_step_model, AdamW};
 
 /// The compute engine of one rank.
 pub enum Engine {
-    /// On the host; `grads` is the gradient accumulator (sized on first use).
-    Cpu { grads: Vec<f32> },
+    /// On the host; `grads` is the gradient accumulator (sized on first use); `checkpointing`
+    /// the mode the engine's forwards put the caller's workspace in.
+    Cpu { grads: Vec<f32>, checkpointing: bool },
     /// On the rank's GPU.
     #[cfg(feature = "cuda")]
     Cuda(Box<cuda::CudaEngine>),
@@ -37,7 +38,35 @@ pub enum Engine {
 impl Engine {
     /// The host engine.
     pub fn cpu() -> Engine {
-        Engine::Cpu { grads: Vec::new() }
+        Engine::Cpu { grads: Vec::new(), checkpointing: false }
+    }
+
+    /// Gradient checkpointing (`[train] gradient_checkpointing`, `model::workspace`) for the
+    /// forwards and backwards that follow: the workspaces keep each layer's input only and the
+    /// backward recomputes the rest (the same gradients, less memory, one more forward of the
+    /// layers). Engines made from this one ([`Engine::sibling`], [`Engine::frozen`]) inherit it;
+    /// the attention-statistics pass keeps every layer whatever the mode (it reads them).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        match self {
+            Engine::Cpu { checkpointing, .. } => *checkpointing = on,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.model.set_checkpointing(on),
+        }
+    }
+
+    /// Whether the engine's passes checkpoint (see [`Engine::set_checkpointing`]).
+    pub fn checkpointing(&self) -> bool {
+        match self {
+            Engine::Cpu { checkpointing, .. } => *checkpointing,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.model.checkpointing(),
+        }
+    }
+
+    /// `engine` in this engine's checkpointing mode.
+    fn inheriting(&self, mut engine: Engine) -> Engine {
+        engine.set_checkpointing(self.checkpointing());
+        engine
     }
 
     /// An engine for `compute` (a [`Device`] alone means f32 products) holding `model`'s weights,
@@ -83,26 +112,28 @@ impl Engine {
     /// gradients are summed over the same data-parallel group: on GPUs it shares this engine's
     /// NCCL communicator (one per group, however many models train).
     pub fn sibling(&self, model: &Model) -> Result<Engine> {
-        match self {
+        let engine = match self {
             Engine::Cpu { .. } => {
                 let _ = model;
-                Ok(Engine::cpu())
+                Engine::cpu()
             }
             #[cfg(feature = "cuda")]
-            Engine::Cuda(e) => Ok(Engine::Cuda(Box::new(e.sibling(model)?))),
-        }
+            Engine::Cuda(e) => Engine::Cuda(Box::new(e.sibling(model)?)),
+        };
+        Ok(self.inheriting(engine))
     }
 
     /// A forward-only engine on the same device for a frozen `model` (the KL reference).
     pub fn frozen(&self, model: &Model) -> Result<Engine> {
-        match self {
+        let engine = match self {
             Engine::Cpu { .. } => {
                 let _ = model;
-                Ok(Engine::cpu())
+                Engine::cpu()
             }
             #[cfg(feature = "cuda")]
-            Engine::Cuda(e) => Ok(Engine::Cuda(Box::new(e.frozen(model)?))),
-        }
+            Engine::Cuda(e) => Engine::Cuda(Box::new(e.frozen(model)?)),
+        };
+        Ok(self.inheriting(engine))
     }
 
     /// What runs the model, for the log.
@@ -145,7 +176,10 @@ impl Engine {
     /// of each row afterwards.
     pub fn forward(&mut self, model: &Model, batch: &Batch, ws: &mut Workspace) -> Result<()> {
         match self {
-            Engine::Cpu { .. } => model.forward(batch, ws),
+            Engine::Cpu { checkpointing, .. } => {
+                ws.set_checkpointing(*checkpointing);
+                model.forward(batch, ws)
+            }
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => e.forward(model, batch, ws),
         }
@@ -163,7 +197,8 @@ impl Engine {
         }
         let (w, b) = (&head[..c], head[c]);
         match self {
-            Engine::Cpu { .. } => {
+            Engine::Cpu { checkpointing, .. } => {
+                ws.set_checkpointing(*checkpointing);
                 model.forward_trunk(batch, ws)?;
                 Ok(ws.lnf[..batch.len() * c].chunks_exact(c).map(|h| dot(h, w) + b).collect())
             }
@@ -200,7 +235,7 @@ impl Engine {
             ));
         }
         match self {
-            Engine::Cpu { grads } => {
+            Engine::Cpu { grads, .. } => {
                 if grads.len() != model.params.data.len() {
                     return Err(Error::Invalid("engine: accumulate before zero_grads".into()));
                 }
@@ -239,7 +274,7 @@ impl Engine {
     /// Set the gradients to zero.
     pub fn zero_grads(&mut self, model: &Model) -> Result<()> {
         match self {
-            Engine::Cpu { grads } => {
+            Engine::Cpu { grads, .. } => {
                 grads.clear();
                 grads.resize(model.params.data.len(), 0.0);
                 Ok(())
@@ -260,7 +295,7 @@ impl Engine {
         ws: &mut Workspace,
     ) -> Result<()> {
         match self {
-            Engine::Cpu { grads } => {
+            Engine::Cpu { grads, .. } => {
                 if grads.len() != model.params.data.len() {
                     return Err(Error::Invalid("engine: accumulate before zero_grads".into()));
                 }
@@ -277,7 +312,7 @@ impl Engine {
     /// Sum the gradients over the data-parallel group `dp` (every rank calls this together).
     pub fn reduce_grads(&mut self, dp: &dyn Comm, bucket_bytes: usize) -> Result<()> {
         match self {
-            Engine::Cpu { grads } => all_reduce_buckets(dp, grads, bucket_bytes).map(|_| ()),
+            Engine::Cpu { grads, .. } => all_reduce_buckets(dp, grads, bucket_bytes).map(|_| ()),
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => e.reduce_grads(dp),
         }
@@ -288,7 +323,7 @@ impl Engine {
     /// `opt.t` unchanged).
     pub fn step(&mut self, opt: &mut AdamW, model: &mut Model, lr: f32, max_norm: f32) -> Result<f32> {
         match self {
-            Engine::Cpu { grads } => clip_and_step_model(opt, model, grads, lr, max_norm),
+            Engine::Cpu { grads, .. } => clip_and_step_model(opt, model, grads, lr, max_norm),
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => e.step(opt, lr, max_norm),
         }
@@ -297,7 +332,7 @@ impl Engine {
     /// The accumulated gradients, where they are on the host (tests and diagnostics).
     pub fn host_grads(&self) -> Option<&[f32]> {
         match self {
-            Engine::Cpu { grads } => Some(grads),
+            Engine::Cpu { grads, .. } => Some(grads),
             #[cfg(feature = "cuda")]
             Engine::Cuda(_) => None,
         }
@@ -316,6 +351,7 @@ impl Engine {
     ) -> Result<Vec<SeqStats>> {
         match self {
             Engine::Cpu { .. } => {
+                ws.set_checkpointing(false);
                 model.forward(batch, ws)?;
                 crate::attention::stats::attention_stats(model, batch, ws, steps, cfg)
             }

@@ -205,6 +205,7 @@ pub fn run_phase(
     }
     let mut ws = Workspace::new(&model.cfg, 0);
     let mut engine = Engine::new(t.compute(), model, dp)?;
+    engine.set_checkpointing(t.gradient_checkpointing);
     engine.load(model, opt)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();

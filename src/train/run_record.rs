@@ -11,9 +11,11 @@ use crate::train::run_dir::read_if_present;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Settings that may differ on a resume without being a change of the run (where it lives and how
-/// many threads compute it: docs/config.md's resume into another `run.name` or `--out-dir`).
-const NOT_A_CHANGE: [&str; 4] = ["run.name", "run.out_dir", "run.threads", "run.tensorboard"];
+/// Settings that may differ on a resume without being a change of the run (where it lives, how
+/// many threads compute it, whether the backward recomputes activations: docs/config.md's resume
+/// into another `run.name` or `--out-dir`).
+const NOT_A_CHANGE: [&str; 5] =
+    ["run.name", "run.out_dir", "run.threads", "run.tensorboard", "train.gradient_checkpointing"];
 
 /// One changed setting: dotted key, value recorded by the run, value given now (`None` = absent).
 #[derive(Debug, Clone, PartialEq)]

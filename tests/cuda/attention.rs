@@ -106,8 +106,12 @@ fn attention_statistics_on_the_gpu_match_the_cpu_pass() {
     let cpu = attention_stats(&model, &b, &ws, &steps, &scfg).unwrap();
     let mut gm = GpuModel::new(g, &model).unwrap();
     let gpu_stats = arbor::cuda::stats::attention_stats(&mut gm, &model, &b, &steps, &scfg).unwrap();
-    // every sum runs in a fixed order (no float atomics): a second pass repeats the first bit for bit
+    // every sum runs in a fixed order (no float atomics): a second pass repeats the first bit for
+    // bit, also from a model whose training passes checkpoint (the pass keeps every layer, then
+    // leaves the mode as it found it)
+    gm.set_checkpointing(true);
     let again = arbor::cuda::stats::attention_stats(&mut gm, &model, &b, &steps, &scfg).unwrap();
+    assert!(gm.checkpointing());
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for (x, y) in gpu_stats.iter().zip(&again) {
         assert_eq!(bits(&x.fci), bits(&y.fci), "FCI differs between two identical passes");

@@ -10,6 +10,7 @@
 #![cfg(feature = "cuda")]
 
 mod attention;
+mod checkpointing;
 #[path = "../common/mod.rs"]
 mod common;
 mod entropy;

@@ -252,6 +252,7 @@ pub(crate) fn run_phase_with(
     }
     let reference = reference_policy(model, ph, &start, grid)?;
     let mut engine = Engine::new(cfg.train.compute(), model, dp)?;
+    engine.set_checkpointing(cfg.train.gradient_checkpointing);
     engine.load(model, opt)?;
     if engine.on_device() {
         progress.say(&mut *io.log, &format!("rl: generation and training on {}", engine.describe()));
