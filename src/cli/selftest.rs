@@ -2,7 +2,8 @@
 //! every rank builds the config's full model, runs a forward, a backward and a sampled
 //! generation on it alone, then does the same as one shard of its tensor-parallel group, and the
 //! job reports the largest differences (logits, log-probs, entropy, loss, every gradient, the
-//! gradient norm, generated tokens). It fails (exit 1) when any exceeds the tolerance, so a user
+//! gradient norm, generated tokens), and the shard's gradients with gradient checkpointing
+//! against its own without (the recomputed layers' sums run over the group again). It fails (exit 1) when any exceeds the tolerance, so a user
 //! can check a cluster's TP setup before booking a long run, and the test suite runs it as is.
 
 use crate::config::{RunConfig, ADDITION_CONFIG};
@@ -38,13 +39,21 @@ pub struct TpArgs {
 }
 
 /// The measured differences, in print order.
-const NAMES: [&str; 7] = ["logits", "logprobs", "entropy", "loss", "gradients", "grad_norm", "generated_logprobs"];
+const NAMES: [&str; 8] =
+    ["logits", "logprobs", "entropy", "loss", "gradients", "grad_norm", "generated_logprobs", "checkpointed_gradients"];
 
-/// Forward + backward of a token-mean NLL over `batch`: (logits [N, V], logprobs, entropy, loss, full-layout gradients, grad norm).
+/// Forward + backward of a token-mean NLL over `batch`, with gradient checkpointing or without:
+/// (logits [N, V], logprobs, entropy, loss, full-layout gradients, grad norm).
 #[allow(clippy::type_complexity)]
-fn pass(model: &Model, batch: &Batch) -> crate::error::Result<(Vec<f32>, Vec<f32>, Vec<f32>, f64, Vec<f32>, f32)> {
+fn pass(
+    model: &Model,
+    batch: &Batch,
+    checkpointing: bool,
+) -> crate::error::Result<(Vec<f32>, Vec<f32>, Vec<f32>, f64, Vec<f32>, f32)> {
     let n = batch.len();
-    let mut ws = Workspace::new(&model.cfg, n);
+    let mut ws = Workspace::default();
+    ws.set_checkpointing(checkpointing);
+    ws.ensure(&model.cfg, n);
     model.forward(batch, &mut ws)?;
     let mut logits = vec![0.0; n * model.cfg.vocab_size];
     model.logits_into(&ws, n, &mut logits);
@@ -62,15 +71,16 @@ fn max_abs(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Every difference of this rank (NAMES order) and the number of generated tokens that differ.
-fn check(cfg: &RunConfig, grid: &Grid, sequences: usize) -> crate::error::Result<([f64; 7], usize)> {
+fn check(cfg: &RunConfig, grid: &Grid, sequences: usize) -> crate::error::Result<([f64; 8], usize)> {
     let codec = cfg.text_codec()?;
     let full = crate::train::pretrain::build_model(cfg, &codec)?;
     let shard = full.clone().shard(grid.tp.clone())?;
     let task = cfg.task(&codec)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     crate::train::pretrain::build_batch(&codec, task.as_ref(), SPLIT_TRAIN, 0, sequences, &mut batch, &mut mask)?;
-    let (l1, p1, e1, loss1, g1, n1) = pass(&full, &batch)?;
-    let (l2, p2, e2, loss2, g2, n2) = pass(&shard, &batch)?;
+    let (l1, p1, e1, loss1, g1, n1) = pass(&full, &batch, false)?;
+    let (l2, p2, e2, loss2, g2, n2) = pass(&shard, &batch, false)?;
+    let g3 = pass(&shard, &batch, true)?.4;
     let requests: Vec<Request> = (0..sequences as u64)
         .map(|i| {
             let p = task.problem(SPLIT_TRAIN, i);
@@ -103,6 +113,7 @@ fn check(cfg: &RunConfig, grid: &Grid, sequences: usize) -> crate::error::Result
         max_abs(&g1, &g2),
         (n1 - n2).abs() as f64,
         gen_lp,
+        max_abs(&g2, &g3),
     ];
     Ok((diffs, token_diff))
 }
@@ -127,8 +138,8 @@ pub fn tp(args: &TpArgs) -> anyhow::Result<()> {
     };
     let mut worst = [diffs.to_vec(), vec![tokens as f64]].concat();
     grid.world.all_reduce_max_f64(&mut worst)?;
-    diffs.copy_from_slice(&worst[..7]);
-    let bad_tokens = worst[7] as usize;
+    diffs.copy_from_slice(&worst[..8]);
+    let bad_tokens = worst[8] as usize;
     if let Some(w) = &grid.watchdog {
         w.stop();
     }
@@ -139,9 +150,9 @@ pub fn tp(args: &TpArgs) -> anyhow::Result<()> {
             grid.describe()
         );
         for (name, d) in NAMES.iter().zip(&diffs) {
-            println!("  {name:<20} {d:.3e}");
+            println!("  {name:<22} {d:.3e}");
         }
-        println!("  {:<20} {bad_tokens}", "generated tokens ≠");
+        println!("  {:<22} {bad_tokens}", "generated tokens ≠");
         println!("{} (tolerance {:.0e})", if ok { "ok" } else { "FAILED" }, args.tol);
     }
     anyhow::ensure!(ok, "tensor-parallel results differ from one process beyond {:.0e}", args.tol);

@@ -419,7 +419,8 @@ fn selftest_figures(out: &str) -> Vec<(String, f64)> {
 #[test]
 fn tensor_parallel_shards_compute_what_one_process_computes() {
     // every rank checks its shard against the full model it also builds: logits, log-probs,
-    // entropy, loss, all gradients (gathered), the gradient norm and sampled generation
+    // entropy, loss, all gradients (gathered), the gradient norm and sampled generation; and its
+    // shard's gradients with gradient checkpointing, bit for bit
     for np in [2, 4] {
         let o = mpirun(np, &["--threads", "1", "selftest", "tp", "--tp", "2"], &[]);
         let all = text(&o);
@@ -430,7 +431,9 @@ fn tensor_parallel_shards_compute_what_one_process_computes() {
             let v = figs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} missing:\n{all}")).1;
             assert!(v <= 1e-5, "np {np}: {name} differs by {v:e}");
         }
-        assert!(all.contains("generated tokens ≠   0"), "{all}");
+        let ckpt = figs.iter().find(|(n, _)| n == "checkpointed_gradients");
+        assert_eq!(ckpt.map(|f| f.1), Some(0.0), "np {np}: checkpointed gradients differ:\n{all}");
+        assert!(all.contains("generated tokens ≠     0"), "{all}");
     }
     // and it does fail when the tolerance is below float rounding
     let o = mpirun(2, &["--threads", "1", "selftest", "tp", "--tp", "2", "--tol", "1e-12"], &[]);
