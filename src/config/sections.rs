@@ -283,7 +283,7 @@ pub struct TrainSection {
     pub dtype: Dtype,
     /// Gradient checkpointing in both phases: the workspaces keep each decoder layer's input and
     /// the backward recomputes the layer's other activations from it (the same gradients, bit
-    /// for bit; activation memory about C numbers a token a layer instead of ~6C + 2·qkv + 3I,
+    /// for bit; activation memory about C numbers a token a layer instead of ~4C + qkv + H·D + 3I,
     /// for one more forward of the layers; `model::workspace`).
     #[serde(default)]
     pub gradient_checkpointing: bool,

@@ -7,7 +7,9 @@
 //! forward again from its saved input just before the layer's backward (the down projection
 //! excepted: its output is the next layer's saved input). Every kernel is deterministic, so the
 //! gradients are the same bits as without; the memory of the saved activations falls from about
-//! (6C + 2(H+2KV)·D + 3I) numbers a token a layer to C, for one more forward of the layers.
+//! 4C + (H+2KV)·D + H·D + 3I numbers a token a layer (the input, the two norms' outputs, the
+//! residual after attention, q|k|v, the attention's output, gate|up and SwiGLU's) to C, for about
+//! one more forward of the layers.
 
 use crate::attention::AttnShape;
 use crate::error::Result;
