@@ -65,10 +65,17 @@ fn committed_configs_parse_and_build_their_tasks() {
 }
 
 /// The configs for Hub models (`configs/hub/`) name inputs a user downloads first, so their tasks
-/// are not built here; they parse and validate, and their prompt templates are in their model's
-/// chat format.
+/// are not built here; they parse and validate, their prompt templates are in their model's
+/// chat format, and their device memory plan (`train::memory_plan`, on their model's dimensions,
+/// `configs/models/*-shape`, with GSM8K prompts of up to 256 tokens) fits an 80 GB GPU.
 #[test]
 fn hub_model_configs_parse_and_validate() {
+    use arbor::train::memory_plan::{Lengths, MemoryPlan, LARGE_GPU_HEAD_CHUNK};
+    let shape = |file: &str| match file {
+        "qwen2.5-0.5b-gsm8k.toml" => "qwen2-0.5b-shape",
+        "qwen3-1.7b-base-gsm8k.toml" => "qwen3-1.7b-shape",
+        other => panic!("configs/hub/{other}: name its model's shape (configs/models) here"),
+    };
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/hub");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -77,6 +84,13 @@ fn hub_model_configs_parse_and_validate() {
         let template = cfg.model.prompt_template.as_deref().unwrap_or_else(|| panic!("{}", path.display()));
         assert!(template.starts_with("<|im_start|>") && template.ends_with("<|im_start|>assistant\n"), "{template:?}");
         assert!(cfg.model.hf_dir.is_some() && cfg.rl.is_some(), "{}", path.display());
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let dims = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models").join(shape(file));
+        let model = arbor::model::ModelConfig::from_hf_file(&dims.join("config.json")).unwrap();
+        let lengths = Lengths { prompt: 256, sequence: 0 };
+        let plan = MemoryPlan::of(&cfg, &model, lengths, 1, LARGE_GPU_HEAD_CHUNK).unwrap();
+        println!("{file}:\n{}", plan.lines(Some(80 << 30)).join("\n"));
+        assert!(plan.over(76 << 30).is_none(), "{file}: {:?}", plan.over(76 << 30));
         n += 1;
     }
     assert!(n >= 1);

@@ -27,7 +27,7 @@ pub struct GpuRope {
 /// 4 × 1024 in the 0.5B benchmark, keeps its logits from the forward for the backward, which then
 /// skips the recompute product: 2·rows·V·C FLOPs, a tenth of the 0.5B step's); larger
 /// micro-batches recompute chunk by chunk.
-fn head_chunk_elems(total_mem: usize) -> usize {
+pub(crate) fn head_chunk_elems(total_mem: usize) -> usize {
     (total_mem / 16 / 4).clamp(1 << 24, 1 << 30)
 }
 

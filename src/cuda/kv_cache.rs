@@ -27,7 +27,7 @@ impl GpuKvCache {
     /// An empty cache for `model`, in bf16 when the device's products are "bf16".
     pub fn new(gpu: &Gpu, model: &Model, slots: usize, max_len: usize) -> Result<Self> {
         let bf16 = gpu.dtype() == Dtype::Bf16;
-        let per = (slots + 1) * model.cfg.num_kv_heads * max_len * model.cfg.head_dim * if bf16 { 1 } else { 2 };
+        let per = model.cfg.kv_cache_elems(slots, max_len) * if bf16 { 1 } else { 2 };
         let alloc = || gpu.alloc::<u16>(per.max(2), "the KV cache (lower max_batch)");
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for _ in 0..model.cfg.num_layers {

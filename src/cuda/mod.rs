@@ -33,7 +33,7 @@ pub mod stats;
 pub use backend::GpuRope;
 pub use batch::GpuBatch;
 pub use decode::GpuDecoder;
-pub use device::{device_count, unavailable, Arg, Gpu};
+pub use device::{device_count, this_process_memory, unavailable, Arg, Gpu};
 pub use kv_cache::GpuKvCache;
 pub use model::GpuModel;
 pub use plans::{AttnMma, AttnRows, DecodeAttn, DkdvPlan};

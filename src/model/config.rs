@@ -109,6 +109,13 @@ impl ModelConfig {
         (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
     }
 
+    /// Elements of one layer's keys (or values) in a device KV cache of `slots` sequences of
+    /// `max_len` positions: (slots + 1)·KV·max_len·D (a spare slot that the padding rows of a
+    /// captured decode step write into; `cuda::kv_cache`, `train::memory_plan`).
+    pub fn kv_cache_elems(&self, slots: usize, max_len: usize) -> usize {
+        (slots + 1) * self.num_kv_heads * max_len * self.head_dim
+    }
+
     /// Width of the attention output before o_proj: H·D.
     pub fn attn_dim(&self) -> usize {
         self.num_heads * self.head_dim

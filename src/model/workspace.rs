@@ -112,6 +112,49 @@ impl<B: Backend> LayerActs<B> {
     }
 }
 
+/// What a backend's buffers take beyond the model's shapes, for [`planned_bytes`]: bytes of an
+/// activation element (4 in f32, 2 in bf16), logits one LM-head chunk may hold, attention
+/// scratch floats for `n` tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferSizes {
+    pub act_bytes: usize,
+    pub head_chunk_elems: usize,
+    pub attn_scratch: fn(AttnShape, usize) -> usize,
+}
+
+/// The bytes a [`Workspace`] holds once grown for `n` tokens of `cfg`, with or without
+/// checkpointing, after a backward (the bf16 logit gradient included where activations are not
+/// f32): what [`Workspace::bytes`] then reports (tests/checkpointing.rs holds them equal), computed
+/// without allocating, for a device's memory plan (`train::memory_plan`).
+pub fn planned_bytes(cfg: &ModelConfig, n: usize, checkpointing: bool, sizes: BufferSizes) -> u128 {
+    let (c, i, h, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim);
+    let (qkv, hd) = (cfg.qkv_dim(), cfg.attn_dim());
+    let qk_heads = if cfg.qk_norm() { h + cfg.num_kv_heads } else { 0 };
+    let f32s = |x: usize| 4 * x as u128;
+    let acts = |x: usize| (sizes.act_bytes * x) as u128;
+    let sets = if checkpointing { cfg.num_layers.min(1) } else { cfg.num_layers };
+    let per_set =
+        f32s(n + n * qkv + n * qk_heads * d + n * qk_heads + n * hd + n * h + n * c + n) + acts(2 * n * c + 3 * n * i);
+    let inputs = f32s(cfg.num_layers * n * c);
+    let head_rows = (sizes.head_chunk_elems / cfg.vocab_size.max(1)).clamp(1, n.max(1));
+    let shape = AttnShape { num_heads: h, num_kv_heads: cfg.num_kv_heads, head_dim: d };
+    let qk_norm_grad = if cfg.qk_norm() { 2 * d } else { 0 };
+    // resid_out, lnf, dresid, dln; rstdf, logprobs, entropy, head_lse; dqkv, datt, dact; the
+    // head norms' gradient; the logit chunk; the attention's scratch; dgate_up
+    let rest = f32s(
+        4 * n * c
+            + 4 * n
+            + n * qkv
+            + n * hd
+            + n * i
+            + qk_norm_grad
+            + head_rows * cfg.vocab_size
+            + (sizes.attn_scratch)(shape, n),
+    ) + acts(2 * n * i);
+    let dlogits = if sizes.act_bytes == 4 { 0 } else { acts(head_rows.min(n) * cfg.vocab_size) };
+    sets as u128 * per_set + inputs + rest + dlogits
+}
+
 impl Default for Workspace<Cpu> {
     fn default() -> Self {
         // Empty host vectors cannot fail.

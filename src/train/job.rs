@@ -319,6 +319,11 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         );
     }
     say(log, job_line(cfg, &model, task.as_ref(), grid, &out_dir));
+    if root {
+        for line in memory_plan_lines(cfg, &model, task.as_ref(), &codec, grid)? {
+            say(log, line);
+        }
+    }
     // the checkpoint's count of non-finite steps belongs to the phase it was written in
     let sft_in_a_row = if start < t.steps { nonfinite_in_a_row } else { 0 };
     // checkpoints are committed in the background; a preempted run's last one is in place before
@@ -396,6 +401,33 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
 
 /// The line a job starts with: the model, the task, the phases' steps, the threads and grid, the
 /// run directory.
+/// A `device = "cuda"` run's memory plan ([`crate::train::memory_plan`]) as log lines, against
+/// this process's device where one is usable, with a warning line where it does not fit; nothing
+/// for a CPU run.
+fn memory_plan_lines(
+    cfg: &RunConfig,
+    model: &crate::model::Model,
+    task: &dyn crate::tasks::Task,
+    codec: &crate::tokenizer::TextCodec,
+    grid: &Grid,
+) -> Result<Vec<String>> {
+    use crate::train::memory_plan::{Lengths, MemoryPlan, LARGE_GPU_HEAD_CHUNK};
+    if cfg.train.device != crate::config::Device::Cuda {
+        return Ok(Vec::new());
+    }
+    #[cfg(feature = "cuda")]
+    let device = crate::cuda::this_process_memory();
+    #[cfg(not(feature = "cuda"))]
+    let device: Option<(u64, usize)> = None;
+    let head_chunk = device.map_or(LARGE_GPU_HEAD_CHUNK, |d| d.1);
+    let plan = MemoryPlan::of(cfg, &model.cfg, Lengths::of(task, codec)?, grid.dp.size(), head_chunk)?;
+    let mut lines = plan.lines(device.map(|d| d.0));
+    if let Some(over) = device.and_then(|d| plan.over(d.0)) {
+        lines.push(format!("warning: {over}"));
+    }
+    Ok(lines)
+}
+
 fn job_line(
     cfg: &RunConfig,
     model: &crate::model::Model,
@@ -440,6 +472,9 @@ pub fn check(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Res
         let _ = writeln!(log, "{s}");
     };
     say(log, job_line(cfg, &p.model, p.task.as_ref(), &grid, &p.out_dir));
+    for line in memory_plan_lines(cfg, &p.model, p.task.as_ref(), &p.codec, &grid)? {
+        say(log, line);
+    }
     match &p.resume {
         Some(dir) => say(log, format!("resumes after step {} from {}", p.start, dir.display())),
         None if crate::train::run_dir::holds_a_run(&p.out_dir) => say(

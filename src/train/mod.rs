@@ -10,6 +10,7 @@ pub mod dump;
 pub mod engine;
 pub mod guard;
 pub mod job;
+pub mod memory_plan;
 pub mod metrics;
 pub mod preempt;
 pub mod pretrain;
