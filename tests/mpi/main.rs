@@ -462,12 +462,18 @@ fn tensor_parallel_2_and_tp2_x_dp2_match_one_process_after_3_supervised_steps() 
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let one = single(&["--threads", "1", "train", "--config", &one_cfg, "--out-dir", &out("one")]);
     assert!(one.status.success(), "{}", text(&one));
-    for (np, grid) in [(2, "dp 1 × tp 2"), (4, "dp 2 × tp 2")] {
+    // (the dp 2 × tp 2 run with gradient checkpointing: its recomputed layers sum over the group
+    // again, and its gradients are the kept ones')
+    for (np, grid, ckpt) in [(2, "dp 1 × tp 2", "false"), (4, "dp 2 × tp 2", "true")] {
         let name = format!("np{np}");
-        let o = mpirun(np, &["--threads", "1", "train", "--config", tp_cfg, "--out-dir", &out(&name)], &[]);
+        let set = format!("train.gradient_checkpointing={ckpt}");
+        let args = ["--threads", "1", "train", "--config", tp_cfg, "--out-dir", &out(&name), "--set", &set];
+        let o = mpirun(np, &args, &[]);
         assert!(o.status.success(), "mpirun -np {np}: {}", text(&o));
         assert!(text(&o).contains(grid), "rank 0 prints the grid: {}", text(&o));
         let run = |n: &str| dir.path().join(n).join("addition-sft");
+        let recorded = std::fs::read_to_string(run(&name).join("config.toml")).unwrap();
+        assert!(recorded.contains(&format!("gradient_checkpointing = {ckpt}")), "{recorded}");
         // checkpoints hold the gathered full model (same config and tensor shapes as tp = 1)
         compare_runs_within(
             &run("one"),
