@@ -126,6 +126,23 @@ fn check_prints_a_gpu_configs_plan_without_a_gpu() {
         assert!(out.contains(part), "{part}: {out}");
     }
     assert!(out.contains("(checkpointed)") && out.contains("<- the largest phase"), "{out}");
+    assert!(out.contains("(no device here to compare with)") && !out.contains("warning:"), "{out}");
+    // against the GPU it will run on: a 1 GiB one is too small, and the warning names the keys
+    let check = |gib: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["train", "--check", "--config", "configs/countdown-gpu.toml", "--device-memory", gib])
+            .output()
+            .unwrap()
+    };
+    let o = check("1");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("of the device's 1.0 GiB"), "{out}");
+    assert!(out.contains("warning: the plan needs about") && out.contains("rl.micro_batch_tokens"), "{out}");
+    let o = check("80");
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("warning:"));
+    let o = check("0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--device-memory 0"), "{err}");
     // a CPU job has no plan
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["train", "--check", "--config", "configs/addition-sft.toml"])

@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// would record, and write nothing (before a job waits in a queue). A missing GPU is a note.
     #[arg(long)]
     pub check: bool,
+    /// With `--check` of a `device = "cuda"` job: compare its device memory plan with a GPU of
+    /// this many GiB (the one it will run on) instead of this machine's (a login node has none).
+    #[arg(long, value_name = "GIB", requires = "check")]
+    pub device_memory: Option<f64>,
     /// Stop before this much wall time has passed, as at a preemption signal: at the first step
     /// end after it every rank stops, a checkpoint is written, and arbor exits with status 75 (a
     /// requeue's cue; `--resume auto` continues). `3h55m`, `90m`, `45s`, `5400` (seconds) or Slurm's
@@ -297,9 +301,15 @@ pub(crate) fn resume_dir(
 }
 
 /// `arbor train --check`: the job checked in this process, nothing written (`train::job::check`).
-pub fn check(cfg: &RunConfig, resume: Option<&str>) -> anyhow::Result<()> {
+/// `device_gib`: the GPU's memory to plan against (`--device-memory`), else this machine's.
+pub fn check(cfg: &RunConfig, resume: Option<&str>, device_gib: Option<f64>) -> anyhow::Result<()> {
+    let device = match device_gib {
+        Some(g) if g.is_finite() && g > 0.0 && g < 1e9 => Some((g * (1u64 << 30) as f64) as u64),
+        Some(g) => anyhow::bail!("--device-memory {g}: a GPU's memory in GiB, e.g. 80"),
+        None => None,
+    };
     let dir = resume_dir(cfg, resume, None)?;
-    crate::train::job::check(cfg, dir.as_deref(), &mut std::io::stdout())?;
+    crate::train::job::check(cfg, dir.as_deref(), device, &mut std::io::stdout())?;
     Ok(())
 }
 

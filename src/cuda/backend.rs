@@ -22,13 +22,10 @@ pub struct GpuRope {
     pub sin: CudaSlice<f32>,
 }
 
-/// Logit elements per LM-head chunk on the device: a sixteenth of its memory, at most 4 GiB of
-/// f32 (an 80 GB GPU: a micro-batch of up to 7,067 tokens at Qwen2's 151,936-token vocabulary,
-/// 4 × 1024 in the 0.5B benchmark, keeps its logits from the forward for the backward, which then
-/// skips the recompute product: 2·rows·V·C FLOPs, a tenth of the 0.5B step's); larger
-/// micro-batches recompute chunk by chunk.
+/// Logit elements per LM-head chunk on a device of `total_mem` bytes
+/// ([`crate::train::memory_plan::gpu_head_chunk`], which the memory plan reads too).
 pub(crate) fn head_chunk_elems(total_mem: usize) -> usize {
-    (total_mem / 16 / 4).clamp(1 << 24, 1 << 30)
+    crate::train::memory_plan::gpu_head_chunk(total_mem as u64)
 }
 
 impl Gpu {

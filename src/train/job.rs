@@ -320,7 +320,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     }
     say(log, job_line(cfg, &model, task.as_ref(), grid, &out_dir));
     if root {
-        for line in memory_plan_lines(cfg, &model, task.as_ref(), &codec, grid)? {
+        for line in memory_plan_lines(cfg, &model, (task.as_ref(), &codec), grid, None)? {
             say(log, line);
         }
     }
@@ -402,23 +402,24 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
 /// The line a job starts with: the model, the task, the phases' steps, the threads and grid, the
 /// run directory.
 /// A `device = "cuda"` run's memory plan ([`crate::train::memory_plan`]) as log lines, against
-/// this process's device where one is usable, with a warning line where it does not fit; nothing
-/// for a CPU run.
+/// `device` bytes where given, else this process's device where one is usable, with a warning
+/// line where it does not fit; nothing for a CPU run.
 fn memory_plan_lines(
     cfg: &RunConfig,
     model: &crate::model::Model,
-    task: &dyn crate::tasks::Task,
-    codec: &crate::tokenizer::TextCodec,
+    (task, codec): (&dyn crate::tasks::Task, &crate::tokenizer::TextCodec),
     grid: &Grid,
+    device: Option<u64>,
 ) -> Result<Vec<String>> {
     use crate::train::memory_plan::{Lengths, MemoryPlan, LARGE_GPU_HEAD_CHUNK};
     if cfg.train.device != crate::config::Device::Cuda {
         return Ok(Vec::new());
     }
     #[cfg(feature = "cuda")]
-    let device = crate::cuda::this_process_memory();
+    let here = crate::cuda::this_process_memory();
     #[cfg(not(feature = "cuda"))]
-    let device: Option<(u64, usize)> = None;
+    let here: Option<(u64, usize)> = None;
+    let device = device.map(|d| (d, crate::train::memory_plan::gpu_head_chunk(d))).or(here);
     let head_chunk = device.map_or(LARGE_GPU_HEAD_CHUNK, |d| d.1);
     let plan = MemoryPlan::of(cfg, &model.cfg, Lengths::of(task, codec)?, grid.dp.size(), head_chunk)?;
     let mut lines = plan.lines(device.map(|d| d.0));
@@ -464,7 +465,7 @@ fn job_line(
 /// the model or checkpoint, a resume's config record, every dataset record against the context and
 /// the memory), and nothing written: what the run would do and the config it would record are
 /// printed. A GPU this machine lacks is a note, not an error (a login node checks a GPU job).
-pub fn check(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Result<()> {
+pub fn check(cfg: &RunConfig, resume: Option<&Path>, device: Option<u64>, log: &mut dyn Write) -> Result<()> {
     let no_gpu = crate::train::probe::probe(cfg.train.device).err();
     let grid = Grid::local();
     let p = prepare(cfg, resume, &grid, log)?;
@@ -472,7 +473,7 @@ pub fn check(cfg: &RunConfig, resume: Option<&Path>, log: &mut dyn Write) -> Res
         let _ = writeln!(log, "{s}");
     };
     say(log, job_line(cfg, &p.model, p.task.as_ref(), &grid, &p.out_dir));
-    for line in memory_plan_lines(cfg, &p.model, p.task.as_ref(), &p.codec, &grid)? {
+    for line in memory_plan_lines(cfg, &p.model, (p.task.as_ref(), &p.codec), &grid, device)? {
         say(log, line);
     }
     match &p.resume {
