@@ -175,12 +175,6 @@ fn a_checkpointing_run_ends_with_the_plain_runs_bits_and_may_resume_without_it()
 #[test]
 fn the_planned_workspace_size_is_what_the_workspace_holds() {
     use arbor::model::workspace::{planned_bytes, BufferSizes};
-    use arbor::tensor::Backend;
-    let sizes = BufferSizes {
-        act_bytes: 4,
-        head_chunk_elems: arbor::tensor::Cpu.head_chunk_elems(),
-        attn_scratch: |s, n| s.scratch_len(n),
-    };
     for arch in [Arch::Qwen2, Arch::Qwen3] {
         for (layers, vocab) in [(3, 13), (5, 70_000)] {
             let cfg = ModelConfig { num_layers: layers, vocab_size: vocab, ..common::tiny_config(arch, false) };
@@ -190,6 +184,7 @@ fn the_planned_workspace_size_is_what_the_workspace_holds() {
                     ws.set_checkpointing(checkpointing);
                     ws.ensure(&cfg, n);
                     let what = format!("{arch:?} {layers} layers, vocabulary {vocab}, {n} tokens, {checkpointing}");
+                    let sizes = BufferSizes::of(&arbor::tensor::Cpu, &cfg, n);
                     assert_eq!(planned_bytes(&cfg, n, checkpointing, sizes), ws.bytes() as u128, "{what}");
                 }
             }

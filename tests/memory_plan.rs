@@ -59,8 +59,7 @@ fn the_plan_follows_the_keys_that_size_each_part() {
 
     // a token budget, then checkpointing: the same n, the workspace's own sizes
     let sizes = |ckpt| {
-        let s =
-            BufferSizes { act_bytes: 2, head_chunk_elems: LARGE_GPU_HEAD_CHUNK, attn_scratch: |s, n| n * s.num_heads };
+        let s = BufferSizes { act_bytes: 2, head_chunk_elems: LARGE_GPU_HEAD_CHUNK, attn_scratch: 16384 * m.num_heads };
         planned_bytes(&m, 16384, ckpt, s)
     };
     let budget = plan(&job("", "micro_batch_tokens = 16384", "[loss]\nkl_coef = 0.0\n"));

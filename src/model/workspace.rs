@@ -112,14 +112,26 @@ impl<B: Backend> LayerActs<B> {
     }
 }
 
-/// What a backend's buffers take beyond the model's shapes, for [`planned_bytes`]: bytes of an
-/// activation element (4 in f32, 2 in bf16), logits one LM-head chunk may hold, attention
-/// scratch floats for `n` tokens.
+/// What a backend's buffers take beyond the model's shapes, for [`planned_bytes`] of `n` tokens:
+/// bytes of an activation element (4 in f32, 2 in bf16), logits one LM-head chunk may hold, the
+/// attention's scratch floats for the `n` tokens ([`Backend::attn_scratch_len`]).
 #[derive(Debug, Clone, Copy)]
 pub struct BufferSizes {
     pub act_bytes: usize,
     pub head_chunk_elems: usize,
-    pub attn_scratch: fn(AttnShape, usize) -> usize,
+    pub attn_scratch: usize,
+}
+
+impl BufferSizes {
+    /// What backend `be` takes now (its dtype, its device) for `n` tokens of `cfg`.
+    pub fn of<B: Backend>(be: &B, cfg: &ModelConfig, n: usize) -> BufferSizes {
+        let shape = AttnShape { num_heads: cfg.num_heads, num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+        BufferSizes {
+            act_bytes: if be.acts_are_f32() { 4 } else { 2 },
+            head_chunk_elems: be.head_chunk_elems(),
+            attn_scratch: be.attn_scratch_len(shape, n),
+        }
+    }
 }
 
 /// The bytes a [`Workspace`] holds once grown for `n` tokens of `cfg`, with or without
@@ -137,19 +149,11 @@ pub fn planned_bytes(cfg: &ModelConfig, n: usize, checkpointing: bool, sizes: Bu
         f32s(n + n * qkv + n * qk_heads * d + n * qk_heads + n * hd + n * h + n * c + n) + acts(2 * n * c + 3 * n * i);
     let inputs = f32s(cfg.num_layers * n * c);
     let head_rows = (sizes.head_chunk_elems / cfg.vocab_size.max(1)).clamp(1, n.max(1));
-    let shape = AttnShape { num_heads: h, num_kv_heads: cfg.num_kv_heads, head_dim: d };
     let qk_norm_grad = if cfg.qk_norm() { 2 * d } else { 0 };
     // resid_out, lnf, dresid, dln; rstdf, logprobs, entropy, head_lse; dqkv, datt, dact; the
     // head norms' gradient; the logit chunk; the attention's scratch; dgate_up
     let rest = f32s(
-        4 * n * c
-            + 4 * n
-            + n * qkv
-            + n * hd
-            + n * i
-            + qk_norm_grad
-            + head_rows * cfg.vocab_size
-            + (sizes.attn_scratch)(shape, n),
+        4 * n * c + 4 * n + n * qkv + n * hd + n * i + qk_norm_grad + head_rows * cfg.vocab_size + sizes.attn_scratch,
     ) + acts(2 * n * i);
     let dlogits = if sizes.act_bytes == 4 { 0 } else { acts(head_rows.min(n) * cfg.vocab_size) };
     sets as u128 * per_set + inputs + rest + dlogits

@@ -14,7 +14,6 @@
 //! (prompt, and prompt + solution for the supervised phase; plus `rl.max_new_tokens` for RL), and
 //! small buffers are left out.
 
-use crate::attention::AttnShape;
 use crate::config::{Dtype, RunConfig};
 use crate::error::Result;
 use crate::model::workspace::{planned_bytes, BufferSizes};
@@ -125,10 +124,11 @@ impl MemoryPlan {
                 keys: "critic.count, critic sizes",
             });
         }
-        let sizes = BufferSizes {
+        // (the attention's scratch: a float per head and token, its f32 kernels' least)
+        let sizes = |n: usize| BufferSizes {
             act_bytes: if bf16 { 2 } else { 4 },
             head_chunk_elems: head_chunk,
-            attn_scratch: |s: AttnShape, n| n * s.num_heads,
+            attn_scratch: n * model.num_heads,
         };
         let ckpt = cfg.train.gradient_checkpointing;
         let mode = if ckpt { "checkpointed" } else { "every layer kept" };
@@ -138,7 +138,7 @@ impl MemoryPlan {
             let n = (cfg.train.batch_size.div_ceil(dp.max(1)) * lengths.sequence.min(ctx)).max(1);
             phases.push(Part {
                 what: format!("supervised step: activations of up to {n} tokens ({mode})"),
-                bytes: planned_bytes(model, n, ckpt, sizes),
+                bytes: planned_bytes(model, n, ckpt, sizes(n)),
                 keys: "train.batch_size, train.gradient_checkpointing",
             });
         }
@@ -164,13 +164,13 @@ impl MemoryPlan {
             }
             phases.push(Part {
                 what: format!("RL update: activations of a micro-batch of up to {n} tokens ({mode})"),
-                bytes: planned_bytes(model, n, ckpt, sizes),
+                bytes: planned_bytes(model, n, ckpt, sizes(n)),
                 keys: "rl.micro_batch_tokens, rl.micro_batch, train.gradient_checkpointing",
             });
             if cfg.attnrl.is_some() || cfg.rhythm.is_some() {
                 phases.push(Part {
                     what: format!("attention statistics: activations of {n} tokens, every layer kept"),
-                    bytes: planned_bytes(model, n, false, sizes),
+                    bytes: planned_bytes(model, n, false, sizes(n)),
                     keys: "rl.micro_batch_tokens, rl.micro_batch",
                 });
             }

@@ -1,13 +1,14 @@
 //! Gradient checkpointing on the GPU (`[train] gradient_checkpointing`): the backward that
 //! recomputes each layer's activations from its saved input gives the bits of the one that kept
 //! them, with f32 and with bf16 products (bf16 activation storage), for the policy's loss and a
-//! value model's trunk, and the workspace holds less device memory; the CPU's side of the same
-//! property is tests/checkpointing.rs.
+//! value model's trunk, and the workspace holds less device memory, as much as the device memory
+//! plan computes; the CPU's side of the same properties is tests/checkpointing.rs.
 
 use super::common::{perturb_norms, tiny_config};
 use super::{batch, gpu};
 use arbor::config::Dtype;
 use arbor::cuda::GpuModel;
+use arbor::model::workspace::{planned_bytes, BufferSizes};
 use arbor::model::{init::init_params, Arch, Model, ModelConfig};
 use arbor::rng::Rng;
 
@@ -38,6 +39,11 @@ fn checkpointing_on_the_gpu_gives_the_kept_backwards_bits() {
                 gm.backward(&model, &b, &dlogp, Some(&dent)).unwrap();
                 let policy = gm.grads().unwrap();
                 let bytes = gm.workspace_bytes();
+                // what the device memory plan computes for these buffers (train::memory_plan), but
+                // for the one-float placeholder a device buffer of no length holds
+                let planned = planned_bytes(&cfg, n, checkpointing, BufferSizes::of(&*g, &cfg, n));
+                let extra = bytes as i128 - planned as i128;
+                assert!((0..=64).contains(&extra), "{dtype:?} {arch:?}: {bytes} bytes, planned {planned}");
                 gm.zero_grads().unwrap();
                 let values = gm.trunk_values(&model, &b, &w).unwrap();
                 let dw = gm.backward_trunk_head(&model, &b, &w, &dv).unwrap();
