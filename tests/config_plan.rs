@@ -311,6 +311,14 @@ fn rows() -> Vec<(Row, String)> {
             with(&[RL, "[async]\nrollout_ranks = 1\n", "[parallel]\ntp = 2\n"]),
         ),
         (
+            row(
+                "async_unsharded",
+                "parallel.shard_optimizer",
+                "[async] trains with its optimizer unsharded (its training ranks are a group of their own)",
+            ),
+            with(&[RL, "[async]\nrollout_ranks = 1\n", "[parallel]\nshard_optimizer = true\n"]),
+        ),
+        (
             row("attnrl_needs_rl", "attnrl", "[attnrl] and [rhythm] shape the RL phase: add an [rl] table"),
             with(&["[attnrl]\n"]),
         ),

@@ -84,6 +84,12 @@ fn the_plan_follows_the_keys_that_size_each_part() {
     let dp8 = MemoryPlan::of(&job("", "", "[loss]\nkl_coef = 0.0\n"), &m, lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
     assert!(part(&dp8, "RL update").what.contains("up to 78336 tokens"));
     assert!(part(&dp8, "generation").what.contains("64 sequences"));
+    // the optimizer's moments sharded over the 8 ranks: 8 + 1 + 2 bytes a parameter
+    let mut sharded = job("", "", "[loss]\nkl_coef = 0.0\n");
+    sharded.parallel.shard_optimizer = true;
+    let sharded = MemoryPlan::of(&sharded, &m, lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
+    assert_eq!(part(&sharded, "policy").bytes, 8 * p + p + 2 * p);
+    assert!(part(&sharded, "policy").what.contains("1/8 of the AdamW moments"));
     // the held-out evaluation's generation where it takes more slots than a step's
     let mut evals = job("", "", "[loss]\nkl_coef = 0.0\n");
     let rl = evals.rl.as_mut().unwrap();

@@ -46,6 +46,7 @@ pub const RULES: &[Rule] = &[
     Rule { name: "async_attention_batch", key: "async.mode", check: async_attention_batch },
     Rule { name: "async_no_off_policy", key: "attnrl.off_policy", check: async_no_off_policy },
     Rule { name: "async_tp_one", key: "async.rollout_ranks", check: async_tp_one },
+    Rule { name: "async_unsharded", key: "parallel.shard_optimizer", check: async_unsharded },
     Rule { name: "attnrl_needs_rl", key: "attnrl", check: attnrl_needs_rl },
     Rule { name: "hf_dir_init_std", key: "model.init_std", check: hf_dir_init_std },
     Rule { name: "behaviour_ratio_t1", key: "loss.old_logprobs", check: behaviour_ratio_t1 },
@@ -257,6 +258,12 @@ fn async_no_off_policy(cfg: &RunConfig) -> Option<String> {
 fn async_tp_one(cfg: &RunConfig) -> Option<String> {
     let tp = cfg.parallel.tp;
     when(cfg.async_rl.is_some() && tp != 1, || format!("[async] trains with tp = 1 (parallel.tp = {tp})"))
+}
+
+fn async_unsharded(cfg: &RunConfig) -> Option<String> {
+    when(cfg.async_rl.is_some() && cfg.parallel.shard_optimizer, || {
+        "[async] trains with its optimizer unsharded (its training ranks are a group of their own)".into()
+    })
 }
 
 fn attnrl_needs_rl(cfg: &RunConfig) -> Option<String> {

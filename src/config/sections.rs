@@ -428,11 +428,21 @@ pub struct ParallelSection {
     pub collective_timeout_s: f64,
     /// A training step that does not complete in this many seconds aborts the job (0 = never).
     pub step_timeout_s: f64,
+    /// ZeRO stage 1: each data-parallel rank keeps the policy's AdamW moments for its part of
+    /// the weights only and updates that part, then the parts are gathered (`parallel::zero`; the
+    /// same weights bit for bit, 8/dp bytes of moments a parameter instead of 8).
+    pub shard_optimizer: bool,
 }
 
 impl Default for ParallelSection {
     fn default() -> Self {
-        ParallelSection { tp: 1, bucket_mb: 4.0, collective_timeout_s: 300.0, step_timeout_s: 1800.0 }
+        ParallelSection {
+            tp: 1,
+            bucket_mb: 4.0,
+            collective_timeout_s: 300.0,
+            step_timeout_s: 1800.0,
+            shard_optimizer: false,
+        }
     }
 }
 

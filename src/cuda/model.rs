@@ -508,10 +508,17 @@ impl GpuModel {
     /// unchanged), as on the CPU.
     pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f32, max_norm: f32) -> Result<f32> {
         self.check_trainable()?;
-        if opt.m.len() != self.params.len() || opt.segments().iter().any(|(r, _)| r.end > self.params.len()) {
-            let why = format!("an optimizer of {} values for {} weights", opt.m.len(), self.params.len());
+        // (a data-parallel rank's shard updates its part: `parallel::zero`, `GpuModel::shard_moments`)
+        if opt.range().end > self.params.len() || opt.m.len() != self.m.len() {
+            let why = format!(
+                "an optimizer of weights {:?} with {} moments on the device, for {} weights",
+                opt.range(),
+                self.m.len(),
+                self.params.len()
+            );
             return Err(Error::shape("AdamW on the GPU", why));
         }
+        let o = opt.range().start;
         let norm = self.grad_norm()?;
         if !norm.is_finite() {
             return Ok(norm);
@@ -527,12 +534,12 @@ impl GpuModel {
         // the weights' bf16 image is written in the same pass (NULL: none)
         let image = self.image.as_ref().map_or(0, |i| i.ptr());
         for (range, decays) in decay_runs(opt.segments()) {
-            let off = (range.start * 4) as u64;
+            let (off, moff) = ((range.start * 4) as u64, ((range.start - o) * 4) as u64);
             let args = [
                 Arg::P(p + off),
                 Arg::P(g + off),
-                Arg::P(m + off),
-                Arg::P(v + off),
+                Arg::P(m + moff),
+                Arg::P(v + moff),
                 Arg::P(if image == 0 { 0 } else { image + (range.start * 2) as u64 }),
                 Arg::L(range.len() as i64),
                 Arg::F(c.beta1),
@@ -564,6 +571,8 @@ fn decay_runs(segments: &[(std::ops::Range<usize>, bool)]) -> Vec<(std::ops::Ran
     }
     runs
 }
+
+mod zero;
 
 #[cfg(test)]
 mod tests {

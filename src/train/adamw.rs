@@ -24,16 +24,21 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Optimizer state: first and second moments, step count, and which elements decay.
+/// Optimizer state: first and second moments, step count, and which elements decay. It updates
+/// the elements `offset..offset + m.len()` of the parameter buffer: all of them, or one data-
+/// parallel rank's shard ([`AdamW::shard`]: `[parallel] shard_optimizer`, ZeRO stage 1).
 #[derive(Debug, Clone)]
 pub struct AdamW {
     pub cfg: AdamWConfig,
+    /// The moments of the elements the optimizer updates (`m[i]` is element `offset + i`'s).
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     /// Steps taken so far (t in the bias corrections).
     pub t: u64,
-    /// Element ranges with their decay flag, in buffer order.
+    /// Element ranges of the parameter buffer with their decay flag, in buffer order (within
+    /// `offset..offset + m.len()`).
     segments: Vec<(std::ops::Range<usize>, bool)>,
+    offset: usize,
 }
 
 /// Elements per rayon task.
@@ -48,7 +53,40 @@ impl AdamW {
 
     /// State for `n` elements split into (range, decays) segments covering 0..n.
     pub fn with_segments(cfg: AdamWConfig, n: usize, segments: Vec<(std::ops::Range<usize>, bool)>) -> Self {
-        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], t: 0, segments }
+        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], t: 0, segments, offset: 0 }
+    }
+
+    /// The parameter elements this optimizer updates.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.m.len()
+    }
+
+    /// Whether it updates only part of the buffer (see [`AdamW::shard`]).
+    pub fn is_shard(&self, total: usize) -> bool {
+        self.range() != (0..total)
+    }
+
+    /// This optimizer restricted to `range` of the elements it updates: their moments, step
+    /// count and decay segments (a data-parallel rank's shard; the moments of a whole optimizer
+    /// loaded from a checkpoint are cut to the rank's).
+    pub fn shard(self, range: std::ops::Range<usize>) -> AdamW {
+        let own = self.range();
+        assert!(own.start <= range.start && range.end <= own.end, "AdamW::shard: {range:?} outside {own:?}");
+        let local = range.start - self.offset..range.end - self.offset;
+        let segments = self
+            .segments
+            .iter()
+            .map(|(r, d)| (r.start.max(range.start)..r.end.min(range.end), *d))
+            .filter(|(r, _)| !r.is_empty())
+            .collect();
+        AdamW {
+            cfg: self.cfg,
+            m: self.m[local.clone()].to_vec(),
+            v: self.v[local].to_vec(),
+            t: self.t,
+            segments,
+            offset: range.start,
+        }
     }
 
     /// The (range, decays) segments, in buffer order.
@@ -84,8 +122,9 @@ impl AdamW {
     /// `step` with the gradient multiplied by `grad_scale` on the fly (fuses gradient clipping:
     /// pass `clip_coefficient(norm, max_norm)` instead of rescaling the buffer first).
     pub fn step_scaled(&mut self, params: &mut [f32], grads: &[f32], lr: f32, grad_scale: f32) {
-        assert_eq!(params.len(), self.m.len(), "AdamW: parameter count changed");
-        assert_eq!(grads.len(), self.m.len(), "AdamW: gradient count differs from parameters");
+        assert!(self.range().end <= params.len(), "AdamW: parameter count changed");
+        assert_eq!(grads.len(), params.len(), "AdamW: gradient count differs from parameters");
+        let o = self.offset;
         self.t += 1;
         let c = self.cfg;
         let (step_size, inv_sqrt_bc2) = Self::step_factors(c, self.t, lr);
@@ -97,8 +136,8 @@ impl AdamW {
             params[r.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[r.clone()].par_chunks(CHUNK))
-                .zip(self.m[r.clone()].par_chunks_mut(CHUNK))
-                .zip(self.v[r].par_chunks_mut(CHUNK))
+                .zip(self.m[r.start - o..r.end - o].par_chunks_mut(CHUNK))
+                .zip(self.v[r.start - o..r.end - o].par_chunks_mut(CHUNK))
                 .for_each(|(((p, g), m), v)| adamw_update(p, g, m, v, hp));
         }
     }

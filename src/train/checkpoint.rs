@@ -397,15 +397,25 @@ pub struct LoadedState {
 /// Save a training checkpoint of `model`, which may be a tensor-parallel shard: the shards'
 /// weights and AdamW moments are gathered into the full model's layout (a collective over the
 /// model's tensor-parallel group, so every rank of the group calls this), and only the rank with
-/// `write` writes `checkpoints/step-N/`. Returns the directory on the writing rank.
+/// `write` writes `checkpoints/step-N/`. An optimizer sharded over the data-parallel group `dp`
+/// (`[parallel] shard_optimizer`) has its moments gathered first (a collective over `dp`), so a
+/// checkpoint is the same whatever the sharding. Returns the directory on the writing rank.
 pub fn save_model_checkpoint(
     run_dir: &Path,
     model: &crate::model::Model,
     opt: &AdamW,
     state: &TrainerState,
     files: &CheckpointFiles,
-    write: bool,
+    (write, dp): (bool, &dyn crate::parallel::Comm),
 ) -> Result<Option<PathBuf>> {
+    let whole;
+    let opt = match opt.is_shard(model.params.data.len()) {
+        true => {
+            whole = whole_optimizer(opt, &model.params.layout, dp)?;
+            &whole
+        }
+        false => opt,
+    };
     if model.tp.is_none() {
         return match write {
             true => save_checkpoint(run_dir, &model.cfg, &model.params, opt, state, files).map(Some),
@@ -420,6 +430,19 @@ pub fn save_model_checkpoint(
     let mut full_opt = AdamW::for_layout(opt.cfg, &params.layout);
     (full_opt.m, full_opt.v, full_opt.t) = (m, v, opt.t);
     save_checkpoint(run_dir, model.full_config(), &params, &full_opt, state, files).map(Some)
+}
+
+/// The whole optimizer of which `opt` is this rank's part (`parallel::zero`): every rank's
+/// moments gathered over `dp`.
+fn whole_optimizer(opt: &AdamW, layout: &crate::model::ParamLayout, dp: &dyn crate::parallel::Comm) -> Result<AdamW> {
+    let mut whole = AdamW::for_layout(opt.cfg, layout);
+    whole.t = opt.t;
+    let own = opt.range();
+    whole.m[own.clone()].copy_from_slice(&opt.m);
+    whole.v[own].copy_from_slice(&opt.v);
+    crate::parallel::zero::gather_shards(dp, &mut whole.m)?;
+    crate::parallel::zero::gather_shards(dp, &mut whole.v)?;
+    Ok(whole)
 }
 
 /// A checkpoint checked whole: sizes ([`check_complete`]), then checksums

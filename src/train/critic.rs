@@ -211,7 +211,7 @@ impl Critic {
         // a non-finite loss or gradient skips the critic's update (its weights never take a NaN):
         // the engine's step skips on a non-finite trunk norm and says so by returning it
         if loss.is_finite() && grad_norm(&head_grads).is_finite() {
-            let trunk = self.engine.step(&mut self.opt, &mut self.model, lr, 0.0)?;
+            let trunk = self.engine.step(&mut self.opt, &mut self.model, lr, 0.0, dp)?;
             if trunk.is_finite() {
                 self.head_opt.step(&mut self.head, &head_grads, lr);
             }

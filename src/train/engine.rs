@@ -320,12 +320,42 @@ impl Engine {
 
     /// Clip the gradients to global norm `max_norm` (0 = none) and take one AdamW step at `lr`.
     /// Returns the pre-clip norm; a non-finite norm skips the update (weights, moments and
-    /// `opt.t` unchanged).
-    pub fn step(&mut self, opt: &mut AdamW, model: &mut Model, lr: f32, max_norm: f32) -> Result<f32> {
-        match self {
-            Engine::Cpu { grads, .. } => clip_and_step_model(opt, model, grads, lr, max_norm),
+    /// `opt.t` unchanged). Where `opt` is this rank's shard of the data-parallel group `dp`
+    /// ([`AdamW::shard`], `parallel::zero`) it updates its part of the weights, then every rank
+    /// gets every part (every rank of `dp` calls this together).
+    pub fn step(&mut self, opt: &mut AdamW, model: &mut Model, lr: f32, max_norm: f32, dp: &dyn Comm) -> Result<f32> {
+        let n = model.params.data.len();
+        let sharded = opt.is_shard(n);
+        if sharded && opt.range() != crate::parallel::zero::shard_range(n, dp.rank(), dp.size()) {
+            let why = format!("weights {:?} of {n} on rank {} of {}", opt.range(), dp.rank(), dp.size());
+            return Err(Error::shape("a sharded optimizer", why));
+        }
+        let norm = match self {
+            Engine::Cpu { grads, .. } => clip_and_step_model(opt, model, grads, lr, max_norm)?,
             #[cfg(feature = "cuda")]
-            Engine::Cuda(e) => e.step(opt, lr, max_norm),
+            Engine::Cuda(e) => e.step(opt, lr, max_norm)?,
+        };
+        // (a non-finite norm skipped the update on every rank alike: nothing to gather)
+        if sharded && norm.is_finite() {
+            match self {
+                Engine::Cpu { .. } => crate::parallel::zero::gather_shards(dp, &mut model.params.data)?,
+                #[cfg(feature = "cuda")]
+                Engine::Cuda(e) => e.gather_shards(dp)?,
+            }
+        }
+        Ok(norm)
+    }
+
+    /// This engine's optimizer updates weights `range` only (`[parallel] shard_optimizer`): on a
+    /// GPU its moments shrink to them (call before [`Engine::load`]).
+    pub fn shard_optimizer(&mut self, range: std::ops::Range<usize>) -> Result<()> {
+        match self {
+            Engine::Cpu { .. } => {
+                let _ = range;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => e.model.shard_moments(range.len()),
         }
     }
 

@@ -136,6 +136,7 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
     let (mut start, mut nonfinite_in_a_row) = (0u64, 0u64);
+    let own = |opt: AdamW| own_part(opt, cfg, grid);
     let (mut rl_before, mut sampling, mut rl_best) = (None, None, None);
     if let Some((dir, state, exp_avg, exp_avg_sq)) = resumed {
         if state.seed != cfg.run.seed {
@@ -228,6 +229,8 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
         }
         _ => None,
     };
+    // (a resume loaded the whole optimizer's moments: a sharding rank keeps its part)
+    let opt = own(opt);
     Ok(Prepared {
         resume: resume_path,
         codec,
@@ -358,7 +361,8 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         let rl = &plan.section;
         let done = start.saturating_sub(t.steps);
         // the RL phase has its own AdamW; a resume inside the phase continues the loaded one
-        let mut rl_opt = if done > 0 { opt } else { AdamW::for_layout(adam, &model.params.layout) };
+        let mut rl_opt =
+            if done > 0 { opt } else { own_part(AdamW::for_layout(adam, &model.params.layout), cfg, grid) };
         let phase = crate::train::rl::Phase {
             cfg,
             plan,
@@ -401,6 +405,19 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
 
 /// The line a job starts with: the model, the task, the phases' steps, the threads and grid, the
 /// run directory.
+/// `opt` cut to this rank's part of the weights where `[parallel] shard_optimizer` shards it over
+/// the data-parallel group (`parallel::zero`), else as it is.
+fn own_part(opt: AdamW, cfg: &RunConfig, grid: &Grid) -> AdamW {
+    let (rank, size) = (grid.dp.rank(), grid.dp.size());
+    match cfg.parallel.shard_optimizer && size > 1 {
+        true => {
+            let n = opt.range().end;
+            opt.shard(crate::parallel::zero::shard_range(n, rank, size))
+        }
+        false => opt,
+    }
+}
+
 /// A `device = "cuda"` run's memory plan ([`crate::train::memory_plan`]) as log lines, against
 /// `device` bytes where given, else this process's device where one is usable, with a warning
 /// line where it does not fit; nothing for a CPU run.

@@ -99,14 +99,21 @@ impl MemoryPlan {
         head_chunk: usize,
     ) -> Result<MemoryPlan> {
         let bf16 = cfg.train.dtype == Dtype::Bf16;
-        let state = |p: u128| p * if bf16 { 18 } else { 16 };
+        // weights and gradients, the moments (a rank's part where they are sharded), the image
+        let dp_parts = if cfg.parallel.shard_optimizer { dp.max(1) as u128 } else { 1 };
+        let image_bytes = |p: u128| if bf16 { 2 * p } else { 0 };
+        let state = |p: u128, parts: u128| 8 * p + (8 * p).div_ceil(parts) + image_bytes(p);
         let frozen = |p: u128| p * if bf16 { 6 } else { 4 };
         let params = model.num_params() as u128;
         let image = if bf16 { " and its bf16 image" } else { "" };
+        let moments = match dp_parts {
+            1 => "AdamW moments".to_string(),
+            n => format!("1/{n} of the AdamW moments"),
+        };
         let mut resident = vec![Part {
-            what: format!("policy: {params} parameters' f32 weights, gradients, AdamW moments{image}"),
-            bytes: state(params),
-            keys: "[model], parallel.tp",
+            what: format!("policy: {params} parameters' f32 weights, gradients, {moments}{image}"),
+            bytes: state(params, dp_parts),
+            keys: "[model], parallel.tp, parallel.shard_optimizer",
         }];
         let rl = cfg.rl.as_ref();
         if rl.is_some() && cfg.loss.as_ref().is_some_and(|l| l.kl_coef > 0.0) {
@@ -120,7 +127,7 @@ impl MemoryPlan {
             let p = c.model_config(model)?.num_params() as u128;
             resident.push(Part {
                 what: format!("{} critics of {p} parameters: weights, gradients, AdamW moments{image}", c.count),
-                bytes: c.count as u128 * state(p),
+                bytes: c.count as u128 * state(p, 1),
                 keys: "critic.count, critic sizes",
             });
         }

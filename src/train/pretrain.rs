@@ -206,6 +206,9 @@ pub fn run_phase(
     let mut ws = Workspace::new(&model.cfg, 0);
     let mut engine = Engine::new(t.compute(), model, dp)?;
     engine.set_checkpointing(t.gradient_checkpointing);
+    if opt.is_shard(model.params.data.len()) {
+        engine.shard_optimizer(opt.range())?;
+    }
     engine.load(model, opt)?;
     let (mut batch, mut mask) = (Batch::new(), Vec::new());
     let mut dlogp = Vec::new();
@@ -258,7 +261,7 @@ pub fn run_phase(
         let lr = schedule.lr(step);
         // a non-finite loss or gradient norm skips the update (the optimizer refuses the norm)
         let norm = match loss.is_finite() {
-            true => engine.step(opt, model, lr, t.grad_clip)?,
+            true => engine.step(opt, model, lr, t.grad_clip, dp)?,
             false => f32::NAN,
         };
         let skipped = NonFiniteGuard::is_bad(loss, norm as f64) as usize;
@@ -334,7 +337,7 @@ pub fn run_phase(
                 commit: Some(ph.commit),
                 best: None,
             };
-            save_model_checkpoint(out_dir, model, opt, &state, &files, root)?;
+            save_model_checkpoint(out_dir, model, opt, &state, &files, (root, dp))?;
         }
         if preempted {
             progress.finish();

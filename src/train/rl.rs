@@ -187,7 +187,7 @@ impl<'a> RlTrainer<'a> {
             }
             src.published(model, step)?;
         }
-        self.report(model, step, rollouts, notes, updated, sampling)
+        self.report((model, opt), step, rollouts, notes, updated, sampling)
     }
 
     /// Stage 4: the critics' advantages and masks, then rhythm shaping, on the batch in place.
@@ -252,7 +252,7 @@ impl<'a> RlTrainer<'a> {
     /// Stage 6: the step's report over all ranks and every rank's samples (for the dump).
     pub fn report(
         &self,
-        model: &Model,
+        (model, opt): (&Model, &AdamW),
         step: u64,
         rollouts: Rollouts,
         notes: BatchNotes,
@@ -343,7 +343,7 @@ impl<'a> RlTrainer<'a> {
             time_generate_s: sampling.t_gen,
             time_train_s: t_train,
             step_s: secs,
-            train_state_mib: self.state_bytes(model) as f64 / (1u64 << 20) as f64,
+            train_state_mib: self.state_bytes(model, opt) as f64 / (1u64 << 20) as f64,
             device_mem_mib: self.engine.device_mem_mib(),
             device_peak_mib: self.engine.take_device_peak_mib(),
             sampler: SamplerNotes {
@@ -370,8 +370,9 @@ impl<'a> RlTrainer<'a> {
 
     /// Bytes of the training state: the policy's weights, gradients and AdamW moments, the
     /// reference weights, and each critic's weights, gradients and moments (f32).
-    pub fn state_bytes(&self, model: &Model) -> usize {
-        let policy = 4 * model.params.data.len();
+    pub fn state_bytes(&self, model: &Model, opt: &AdamW) -> usize {
+        // weights and gradients, the moments this rank keeps (a part of them where sharded)
+        let policy = 2 * model.params.data.len() + opt.m.len() + opt.v.len();
         let reference = self.reference.as_ref().map_or(0, |r| r.params.data.len());
         4 * (policy + reference) + self.critics.as_ref().map_or(0, Critics::state_bytes)
     }

@@ -12,10 +12,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Settings that may differ on a resume without being a change of the run (where it lives, how
-/// many threads compute it, whether the backward recomputes activations: docs/config.md's resume
-/// into another `run.name` or `--out-dir`).
-const NOT_A_CHANGE: [&str; 5] =
-    ["run.name", "run.out_dir", "run.threads", "run.tensorboard", "train.gradient_checkpointing"];
+/// many threads compute it, whether the backward recomputes activations, whether the optimizer's
+/// state is sharded: docs/config.md's resume into another `run.name` or `--out-dir`).
+const NOT_A_CHANGE: [&str; 6] = [
+    "run.name",
+    "run.out_dir",
+    "run.threads",
+    "run.tensorboard",
+    "train.gradient_checkpointing",
+    "parallel.shard_optimizer",
+];
 
 /// One changed setting: dotted key, value recorded by the run, value given now (`None` = absent).
 #[derive(Debug, Clone, PartialEq)]

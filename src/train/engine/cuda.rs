@@ -138,6 +138,15 @@ impl CudaEngine {
         Ok(norm)
     }
 
+    /// Every rank's part of the weights to every rank (after a sharded optimizer's step).
+    pub fn gather_shards(&mut self, dp: &dyn Comm) -> Result<()> {
+        match &self.nccl {
+            Some(n) => self.model.gather_shards(n),
+            None if dp.size() > 1 => Err(Error::Invalid("engine: no NCCL group for data parallelism".into())),
+            None => Ok(()),
+        }
+    }
+
     pub fn generate(&mut self, model: &Model, requests: &[Request], cfg: &GenerateConfig) -> Result<Vec<Completion>> {
         // the decoder reads the trained weights in place
         decoder(&mut self.decoder, &self.model, model)?.generate(model, self.model.weights(), requests, cfg)

@@ -253,6 +253,9 @@ pub(crate) fn run_phase_with(
     let reference = reference_policy(model, ph, &start, grid)?;
     let mut engine = Engine::new(cfg.train.compute(), model, dp)?;
     engine.set_checkpointing(cfg.train.gradient_checkpointing);
+    if opt.is_shard(model.params.data.len()) {
+        engine.shard_optimizer(opt.range())?;
+    }
     engine.load(model, opt)?;
     if engine.on_device() {
         progress.say(&mut *io.log, &format!("rl: generation and training on {}", engine.describe()));
@@ -465,6 +468,6 @@ fn checkpoint(
         commit: Some(ph.commit),
         best: best.filter(|_| new_best),
     };
-    save_model_checkpoint(ph.run_dir, model, opt, &state, &files, grid.is_root())?;
+    save_model_checkpoint(ph.run_dir, model, opt, &state, &files, (grid.is_root(), grid.dp.as_ref()))?;
     Ok(())
 }

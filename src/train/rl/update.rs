@@ -438,7 +438,7 @@ pub fn policy_update_dp(
             dp.comm.all_reduce_sum_f64(&mut l)?;
             // a non-finite loss or gradient norm skips the update (the optimizer refuses the norm)
             let norm = match l[0].is_finite() {
-                true => engine.step(opt, model, lr, plan.grad_clip)?,
+                true => engine.step(opt, model, lr, plan.grad_clip, dp.comm)?,
                 false => f32::NAN,
             };
             report.skipped_updates += crate::train::guard::NonFiniteGuard::is_bad(l[0], norm as f64) as usize;
