@@ -326,6 +326,17 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
         for line in memory_plan_lines(cfg, &model, (task.as_ref(), &codec), grid, None)? {
             say(log, line);
         }
+        if opt.is_shard(model.params.data.len()) {
+            let (n, dp) = (model.params.data.len(), grid.dp.size());
+            say(
+                log,
+                format!(
+                    "optimizer state sharded over {dp} data-parallel ranks (ZeRO stage 1): each keeps the AdamW moments \
+                     of about {} of the {n} weights",
+                    n.div_ceil(dp)
+                ),
+            );
+        }
     }
     // the checkpoint's count of non-finite steps belongs to the phase it was written in
     let sft_in_a_row = if start < t.steps { nonfinite_in_a_row } else { 0 };

@@ -308,6 +308,49 @@ fn data_parallel_rl_on_two_gpus_equals_one_gpu() {
     gpus_equal_one(2, "", &["dp 2 × tp 1", "NCCL"], 1e-5, 1e-6);
 }
 
+/// The same with the optimizer's state sharded over the two GPUs (`[parallel] shard_optimizer`,
+/// ZeRO stage 1: each keeps the moments of half the weights, updates that half, and the halves are
+/// broadcast by NCCL, the bf16 image refreshed): the unsharded job's bounds.
+#[test]
+fn a_sharded_optimizer_on_two_gpus_equals_one_gpu() {
+    let says = ["dp 2 × tp 1", "NCCL", "optimizer state sharded over 2 data-parallel ranks"];
+    gpus_equal_one(2, "\n[parallel]\nshard_optimizer = true\n", &says, 1e-5, 1e-6);
+}
+
+/// With bf16 products a sharded optimizer also refreshes the weights' bf16 image after the
+/// broadcast (the other half of it would be a step old): on two GPUs the sharded job ends with
+/// the unsharded two-GPU job's checkpoint byte for byte, weights and moments.
+#[test]
+fn a_sharded_bf16_job_on_two_gpus_writes_the_unsharded_jobs_bytes() {
+    if gpu().is_none() || arbor::cuda::device_count() < 2 {
+        assert!(!emulated() || gpu().is_none(), "the emulated run of the tests has four devices");
+        return;
+    }
+    let text = warm_text("").replace("steps = 4", "steps = 2").replace("eval_every = 2", "eval_every = 100");
+    let text = text.replace("[train]\n", "[train]\ndtype = \"bf16\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bf16.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let run = |sharded: bool| {
+        let out = dir.path().join(format!("sharded-{sharded}"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["launch", "--nproc", "2", "--", "--threads", "1", "train", "--config"])
+            .arg(&cfg)
+            .arg("--out-dir")
+            .arg(&out)
+            .args(["--set", &format!("parallel.shard_optimizer={sharded}")])
+            .env("SLURM_LOCALID", "0")
+            .output()
+            .unwrap();
+        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success() && all.contains("dp 2 × tp 1"), "{all}");
+        assert_eq!(all.contains("optimizer state sharded over 2"), sharded, "{all}");
+        let ck = out.join("default/checkpoints/step-2");
+        ["model.safetensors", "optimizer.safetensors"].map(|f| std::fs::read(ck.join(f)).unwrap())
+    };
+    assert!(run(false) == run(true), "the sharded bf16 job's checkpoint differs from the unsharded one's");
+}
+
 /// Tensor parallelism on GPUs: the RL job with tp = 2 (each GPU holds half of every layer's
 /// heads and MLP channels; the row-parallel outputs of the forward, the backward and every decode
 /// step are summed on the devices by NCCL, the gradient norm over both shards) ends with the
