@@ -627,8 +627,9 @@ fn bench_allreduce_and_broadcast_run_under_mpirun_and_arbor_launch() {
 }
 
 /// `[parallel] shard_optimizer` (ZeRO stage 1) with dp = 2: every rank keeps the AdamW moments of
-/// half the weights and updates that half, then the halves are gathered. The supervised job and
-/// the GRPO job (mini-batches, micro-batches, a KL term) end with the unsharded runs' weights and
+/// half the weights and updates that half, then the halves are gathered. The supervised job, the
+/// GRPO job (mini-batches, micro-batches, a KL term) and the supervised job with tp = 2 × dp = 2
+/// (each tensor-parallel shard split over its two replicas) end with the unsharded runs' weights and
 /// checkpoint files byte for byte (the checkpoints' moments gathered), each rank's
 /// `train_state_mib` falls by the moments it no longer holds, and a sharded run resumes from an
 /// unsharded run's checkpoint to the same bytes.
@@ -636,9 +637,11 @@ fn bench_allreduce_and_broadcast_run_under_mpirun_and_arbor_launch() {
 fn a_sharded_optimizer_gives_the_unsharded_runs_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    for (job, config, name, last) in
-        [("sft", sft_config(), "addition-sft", "step-3"), ("grpo", grpo_config(), "default", "step-3")]
+    let tp = sft_config() + "\n[parallel]\ntp = 2\n";
+    for (job, config, name, np) in
+        [("sft", sft_config(), "addition-sft", 2), ("grpo", grpo_config(), "default", 2), ("tp", tp, "addition-sft", 4)]
     {
+        let last = "step-3";
         let cfg = dir.path().join(format!("{job}.toml"));
         std::fs::write(&cfg, &config).unwrap();
         let cfg = cfg.to_str().unwrap();
@@ -651,7 +654,7 @@ fn a_sharded_optimizer_gives_the_unsharded_runs_bytes() {
                 ck = r.to_str().unwrap().to_string();
                 args.extend(["--resume", &ck]);
             }
-            let r = mpirun(2, &args, &[]);
+            let r = mpirun(np, &args, &[]);
             assert!(r.status.success(), "{job} {tag}: {}", text(&r));
             dir.path().join(format!("{job}-{tag}")).join(name)
         };
