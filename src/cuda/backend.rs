@@ -23,9 +23,9 @@ pub struct GpuRope {
 }
 
 /// Logit elements per LM-head chunk on a device of `total_mem` bytes
-/// ([`crate::train::memory_plan::gpu_head_chunk`], which the memory plan reads too).
+/// ([`crate::tensor::backend::gpu_head_chunk`], which the memory plan reads too).
 pub(crate) fn head_chunk_elems(total_mem: usize) -> usize {
-    crate::train::memory_plan::gpu_head_chunk(total_mem as u64)
+    crate::tensor::backend::gpu_head_chunk(total_mem as u64)
 }
 
 impl Gpu {

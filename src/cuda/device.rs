@@ -175,7 +175,7 @@ pub fn this_process_memory() -> Option<(u64, usize)> {
     }
     let ordinal = crate::cuda::placement::this_process(device_count()).ok()?;
     let total = CudaContext::new(ordinal).ok()?.total_mem().ok()?;
-    Some((total as u64, crate::train::memory_plan::gpu_head_chunk(total as u64)))
+    Some((total as u64, crate::tensor::backend::gpu_head_chunk(total as u64)))
 }
 
 /// How many CUDA devices the driver reports (0 without a driver or device).

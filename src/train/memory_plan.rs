@@ -24,14 +24,7 @@ use crate::tokenizer::TextCodec;
 /// Training problems whose longest prompt and sequence set the planned lengths.
 pub const SAMPLE_PROMPTS: u64 = 256;
 
-/// Logit elements per LM-head chunk on a GPU of `total_mem` bytes (`cuda::backend`): a sixteenth
-/// of its memory, at most 4 GiB of f32 (an 80 GB GPU: a micro-batch of up to 7,067 tokens at
-/// Qwen2's 151,936-token vocabulary, 4 × 1024 in the 0.5B benchmark, keeps its logits from the
-/// forward for the backward, which then skips the recompute product: 2·rows·V·C FLOPs, a tenth of
-/// the 0.5B step's); larger micro-batches recompute chunk by chunk.
-pub fn gpu_head_chunk(total_mem: u64) -> usize {
-    (total_mem / 16 / 4).clamp(1 << 24, 1 << 30) as usize
-}
+pub use crate::tensor::backend::gpu_head_chunk;
 
 /// The LM-head chunk of a GPU of 64 GiB or more, where the plan does not know the device.
 pub const LARGE_GPU_HEAD_CHUNK: usize = 1 << 30;

@@ -321,7 +321,7 @@ fn a_sharded_optimizer_on_two_gpus_equals_one_gpu() {
 /// broadcast (the other half of it would be a step old): on two GPUs the sharded job ends with
 /// the unsharded two-GPU job's checkpoint byte for byte, weights and moments.
 #[test]
-fn a_sharded_bf16_job_on_two_gpus_writes_the_unsharded_jobs_bytes() {
+fn a_sharded_bf16_rl_job_on_two_gpus_writes_the_unsharded_jobs_bytes() {
     if gpu().is_none() || arbor::cuda::device_count() < 2 {
         assert!(!emulated() || gpu().is_none(), "the emulated run of the tests has four devices");
         return;
