@@ -166,18 +166,6 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
-/// The memory of this process's device ([`crate::cuda::placement`]) in bytes, and the logits of
-/// the LM head's chunk a [`Gpu`] on it takes; `None` where no device is usable. Opens the
-/// device's context (which the run's `Gpu` then shares), nothing else.
-pub fn this_process_memory() -> Option<(u64, usize)> {
-    if unavailable().is_some() {
-        return None;
-    }
-    let ordinal = crate::cuda::placement::this_process(device_count()).ok()?;
-    let total = CudaContext::new(ordinal).ok()?.total_mem().ok()?;
-    Some((total as u64, crate::tensor::backend::gpu_head_chunk(total as u64)))
-}
-
 /// How many CUDA devices the driver reports (0 without a driver or device).
 pub fn device_count() -> usize {
     if unavailable().is_some() {

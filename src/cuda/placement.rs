@@ -60,6 +60,18 @@ pub fn this_process(count: usize) -> Result<usize> {
     device_ordinal(|k| std::env::var(k).ok(), count)
 }
 
+/// The memory of this process's device ([`this_process`]) in bytes, and the logits of the LM
+/// head's chunk a [`crate::cuda::Gpu`] on it takes; `None` where no device is usable. Opens the
+/// device's context (which the run's `Gpu` then shares), nothing else.
+pub fn this_process_memory() -> Option<(u64, usize)> {
+    if crate::cuda::unavailable().is_some() {
+        return None;
+    }
+    let ordinal = this_process(crate::cuda::device_count()).ok()?;
+    let total = cudarc::driver::CudaContext::new(ordinal).ok()?.total_mem().ok()?;
+    Some((total as u64, crate::tensor::backend::gpu_head_chunk(total as u64)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
