@@ -459,6 +459,11 @@ if part variants; then
     run train_step_bf16_ckpt "$arbor" bench gpu --kind train-step --dtype bf16 --checkpointing "${q05[@]}" --batch 4 --seq 1024
     peer peer_train_step_bf16_ckpt python3 scripts/peer/torch_train_step.py --threads 16 --device cuda --dtype bf16 \
         --checkpointing "${q05[@]}" --batch 4 --seq 1024 --steps 5 --warmup 2
+    echo "== a reasoning-length micro-batch, 4 x 4096 tokens: the bf16 train step with and without checkpointing"
+    run train_step_bf16_16k --cap 90 "$arbor" bench gpu --kind train-step --dtype bf16 "${q05[@]}" --batch 4 --seq 4096 \
+        --steps 2 --warmup 1
+    run train_step_bf16_16k_ckpt --cap 90 "$arbor" bench gpu --kind train-step --dtype bf16 --checkpointing "${q05[@]}" \
+        --batch 4 --seq 4096 --steps 2 --warmup 1
     echo "== bf16 train step with the attention in blocks of 64 rows (one warpgroup; the default has two)"
     run train_step_bf16_r64 "$arbor" bench gpu --kind train-step --dtype bf16 --attn-rows 64 "${q05[@]}" --batch 4 --seq 1024
     echo "== bf16 train step with the wgmma attention (Hopper only)"

@@ -175,11 +175,12 @@ def ratios(d):
           "train_step_bf16_ckpt.json", "peer_train_step_bf16_ckpt.json")
     # what checkpointing costs in speed and saves in memory, each side against its own plain step
     for impl, plain, ckpt in (("arbor", "train_step_bf16.json", "train_step_bf16_ckpt.json"),
-                              ("torch", "peer_train_step_bf16.json", "peer_train_step_bf16_ckpt.json")):
+                              ("torch", "peer_train_step_bf16.json", "peer_train_step_bf16_ckpt.json"),
+                              ("arbor 4x4096", "train_step_bf16_16k.json", "train_step_bf16_16k_ckpt.json")):
         a, c = load(d, plain), load(d, ckpt)
         if a and c and a.get("tokens_per_s") and c.get("tokens_per_s") and a.get("device_peak_mib") \
                 and c.get("device_peak_mib"):
-            out.append(f"gradient checkpointing, {impl} bf16 train step 0.5B 4x1024: "
+            out.append(f"gradient checkpointing, {impl} bf16 train step 0.5B{'' if '4096' in impl else ' 4x1024'}: "
                        f"{c['tokens_per_s'] / a['tokens_per_s']:.2f}x the plain step's tokens/s, peak device memory "
                        f"{c['device_peak_mib']:,.0f} MiB vs {a['device_peak_mib']:,.0f} MiB "
                        f"({c['device_peak_mib'] / a['device_peak_mib']:.2f}x)")

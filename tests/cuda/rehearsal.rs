@@ -69,7 +69,7 @@ fn gpu_check_rehearsal_runs_every_command_on_the_emulator() {
         .collect();
     names.sort();
     println!("rehearsed {} benchmark commands: {}", names.len(), names.join(" "));
-    // (the script runs 45 arbor benchmarks with the peers off, on an sm_90: the wgmma ones too)
+    // (the script runs 47 arbor benchmarks with the peers off, on an sm_90: the wgmma ones too)
     assert!(names.len() >= 40, "only {} benchmark commands ran: {names:?}", names.len());
     for kind in ["ceilings", "attention_bf16_wgmma", "train_step_bf16", "generate_sampled_0.5b_b256_bf16_graphs"] {
         assert!(names.iter().any(|n| n == kind), "{kind} did not run");
