@@ -81,7 +81,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let cfg = train::resolve(&args)?;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
             if args.check {
-                return train::check(&cfg, args.resume.as_deref(), args.device_memory);
+                return train::check(&cfg, args.resume.as_deref(), (args.device_memory, args.ranks));
             }
             arbor::train::preempt::arm(args.time_limit.as_ref())?;
             train::run(&cfg, args.resume.as_deref())
@@ -101,7 +101,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             cfg.rl = None;
             init_threads(cli.threads.unwrap_or(cfg.run.threads))?;
             if args.check {
-                return train::check(&cfg, args.resume.as_deref(), args.device_memory);
+                return train::check(&cfg, args.resume.as_deref(), (args.device_memory, args.ranks));
             }
             arbor::train::preempt::arm(args.time_limit.as_ref())?;
             train::run(&cfg, args.resume.as_deref())

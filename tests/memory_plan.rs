@@ -126,7 +126,7 @@ fn check_prints_a_gpu_configs_plan_without_a_gpu() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("device memory plan, a training rank: about"), "{out}");
+    assert!(out.contains("device memory plan, a training rank of dp 1 × tp 1: about"), "{out}");
     for part in ["policy: 25285120 parameters", "supervised step", "generation: KV cache", "RL update"] {
         assert!(out.contains(part), "{part}: {out}");
     }
@@ -148,6 +148,21 @@ fn check_prints_a_gpu_configs_plan_without_a_gpu() {
     let o = check("0");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--device-memory 0"), "{err}");
+    // for a job of 8 ranks, tp 2 with its optimizer sharded: a rank's shard, share and part
+    let ranks = |n: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["train", "--check", "--config", "configs/countdown-gpu.toml", "--ranks", n])
+            .args(["--set", "parallel.tp=2", "--set", "parallel.shard_optimizer=true"])
+            .output()
+            .unwrap()
+    };
+    let o = ranks("8");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("a training rank of dp 4 × tp 2"), "{out}");
+    assert!(out.contains("1/4 of the AdamW moments") && !out.contains("policy: 25285120 parameters"), "{out}");
+    let o = ranks("3");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--ranks 3: a multiple of parallel.tp = 2"), "{err}");
     // a CPU job has no plan
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args(["train", "--check", "--config", "configs/addition-sft.toml"])

@@ -42,6 +42,11 @@ pub struct TrainArgs {
     /// this many GiB (the one it will run on) instead of this machine's (a login node has none).
     #[arg(long, value_name = "GIB", requires = "check")]
     pub device_memory: Option<f64>,
+    /// With `--check` of a `device = "cuda"` job: plan its memory for a job of this many ranks
+    /// (dp = ranks / parallel.tp; each rank's tensor-parallel shard, its share of a step's
+    /// samples, its part of a sharded optimizer) instead of this one process.
+    #[arg(long, value_name = "N", requires = "check")]
+    pub ranks: Option<usize>,
     /// Stop before this much wall time has passed, as at a preemption signal: at the first step
     /// end after it every rank stops, a checkpoint is written, and arbor exits with status 75 (a
     /// requeue's cue; `--resume auto` continues). `3h55m`, `90m`, `45s`, `5400` (seconds) or Slurm's
@@ -301,15 +306,21 @@ pub(crate) fn resume_dir(
 }
 
 /// `arbor train --check`: the job checked in this process, nothing written (`train::job::check`).
-/// `device_gib`: the GPU's memory to plan against (`--device-memory`), else this machine's.
-pub fn check(cfg: &RunConfig, resume: Option<&str>, device_gib: Option<f64>) -> anyhow::Result<()> {
+/// `device_gib`: the GPU's memory to plan against (`--device-memory`), else this machine's;
+/// `ranks`: the job's ranks to plan for (`--ranks`), else this process.
+pub fn check(
+    cfg: &RunConfig,
+    resume: Option<&str>,
+    (device_gib, ranks): (Option<f64>, Option<usize>),
+) -> anyhow::Result<()> {
     let device = match device_gib {
         Some(g) if g.is_finite() && g > 0.0 && g < 1e9 => Some((g * (1u64 << 30) as f64) as u64),
         Some(g) => anyhow::bail!("--device-memory {g}: a GPU's memory in GiB, e.g. 80"),
         None => None,
     };
     let dir = resume_dir(cfg, resume, None)?;
-    crate::train::job::check(cfg, dir.as_deref(), device, &mut std::io::stdout())?;
+    let target = crate::train::job::PlanTarget { device, ranks };
+    crate::train::job::check(cfg, dir.as_deref(), target, &mut std::io::stdout())?;
     Ok(())
 }
 

@@ -323,7 +323,7 @@ pub fn run_on(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn
     }
     say(log, job_line(cfg, &model, task.as_ref(), grid, &out_dir));
     if root {
-        for line in memory_plan_lines(cfg, &model, (task.as_ref(), &codec), grid, None)? {
+        for line in memory_plan_lines(cfg, &model, (task.as_ref(), &codec), grid, PlanTarget::default())? {
             say(log, line);
         }
         if opt.is_shard(model.params.data.len()) {
@@ -429,15 +429,24 @@ fn own_part(opt: AdamW, cfg: &RunConfig, grid: &Grid) -> AdamW {
     }
 }
 
+/// What `arbor train --check` plans a GPU job's memory for, where this process is not it: the
+/// GPU's memory in bytes (`--device-memory`), the job's ranks (`--ranks`: dp = ranks / tp, each
+/// rank's tensor-parallel shard).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanTarget {
+    pub device: Option<u64>,
+    pub ranks: Option<usize>,
+}
+
 /// A `device = "cuda"` run's memory plan ([`crate::train::memory_plan`]) as log lines, against
-/// `device` bytes where given, else this process's device where one is usable, with a warning
+/// `target`'s device where given, else this process's device where one is usable, with a warning
 /// line where it does not fit; nothing for a CPU run.
 fn memory_plan_lines(
     cfg: &RunConfig,
     model: &crate::model::Model,
     (task, codec): (&dyn crate::tasks::Task, &crate::tokenizer::TextCodec),
     grid: &Grid,
-    device: Option<u64>,
+    target: PlanTarget,
 ) -> Result<Vec<String>> {
     use crate::train::memory_plan::{Lengths, MemoryPlan, LARGE_GPU_HEAD_CHUNK};
     if cfg.train.device != crate::config::Device::Cuda {
@@ -447,9 +456,19 @@ fn memory_plan_lines(
     let here = crate::cuda::this_process_memory();
     #[cfg(not(feature = "cuda"))]
     let here: Option<(u64, usize)> = None;
-    let device = device.map(|d| (d, crate::train::memory_plan::gpu_head_chunk(d))).or(here);
+    let device = target.device.map(|d| (d, crate::train::memory_plan::gpu_head_chunk(d))).or(here);
     let head_chunk = device.map_or(LARGE_GPU_HEAD_CHUNK, |d| d.1);
-    let plan = MemoryPlan::of(cfg, &model.cfg, Lengths::of(task, codec)?, grid.dp.size(), head_chunk)?;
+    // the ranks of the job `--check` plans for: its data-parallel size and each rank's shard
+    let tp = cfg.parallel.tp;
+    let (dp, shard) = match target.ranks {
+        Some(n) if n == 0 || n % tp != 0 => {
+            return Err(Error::Invalid(format!("--ranks {n}: a multiple of parallel.tp = {tp}")));
+        }
+        Some(n) if tp > 1 && model.tp.is_none() => (n / tp, crate::model::shard::shard_config(&model.cfg, tp)?),
+        Some(n) => (n / tp, model.cfg.clone()),
+        None => (grid.dp.size(), model.cfg.clone()),
+    };
+    let plan = MemoryPlan::of(cfg, &shard, Lengths::of(task, codec)?, dp, head_chunk)?;
     let mut lines = plan.lines(device.map(|d| d.0));
     if let Some(over) = device.and_then(|d| plan.over(d.0)) {
         lines.push(format!("warning: {over}"));
@@ -493,7 +512,7 @@ fn job_line(
 /// the model or checkpoint, a resume's config record, every dataset record against the context and
 /// the memory), and nothing written: what the run would do and the config it would record are
 /// printed. A GPU this machine lacks is a note, not an error (a login node checks a GPU job).
-pub fn check(cfg: &RunConfig, resume: Option<&Path>, device: Option<u64>, log: &mut dyn Write) -> Result<()> {
+pub fn check(cfg: &RunConfig, resume: Option<&Path>, target: PlanTarget, log: &mut dyn Write) -> Result<()> {
     let no_gpu = crate::train::probe::probe(cfg.train.device).err();
     let grid = Grid::local();
     let p = prepare(cfg, resume, &grid, log)?;
@@ -501,7 +520,7 @@ pub fn check(cfg: &RunConfig, resume: Option<&Path>, device: Option<u64>, log: &
         let _ = writeln!(log, "{s}");
     };
     say(log, job_line(cfg, &p.model, p.task.as_ref(), &grid, &p.out_dir));
-    for line in memory_plan_lines(cfg, &p.model, (p.task.as_ref(), &p.codec), &grid, device)? {
+    for line in memory_plan_lines(cfg, &p.model, (p.task.as_ref(), &p.codec), &grid, target)? {
         say(log, line);
     }
     match &p.resume {

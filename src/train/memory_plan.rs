@@ -47,6 +47,8 @@ pub struct MemoryPlan {
     pub resident: Vec<Part>,
     /// Held by one phase or pass at a time: the largest counts.
     pub phases: Vec<Part>,
+    /// The job's (dp, tp) the plan is for.
+    pub grid: (usize, usize),
 }
 
 /// The longest prompt and the longest supervised sequence (prompt, solution, end of sequence),
@@ -175,7 +177,7 @@ impl MemoryPlan {
                 });
             }
         }
-        Ok(MemoryPlan { resident, phases })
+        Ok(MemoryPlan { resident, phases, grid: (dp.max(1), cfg.parallel.tp) })
     }
 
     /// The largest phase.
@@ -194,7 +196,9 @@ impl MemoryPlan {
             Some(d) => format!(" of the device's {:.1} GiB", gib(d as u128)),
             None => " (no device here to compare with)".into(),
         };
-        let mut out = vec![format!("device memory plan, a training rank: about {:.1} GiB{against}", gib(self.total()))];
+        let (dp, tp) = self.grid;
+        let rank = format!("a training rank of dp {dp} × tp {tp}");
+        let mut out = vec![format!("device memory plan, {rank}: about {:.1} GiB{against}", gib(self.total()))];
         for p in &self.resident {
             out.push(format!("  {:>8.2} GiB  {}", gib(p.bytes), p.what));
         }
