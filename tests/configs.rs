@@ -88,7 +88,7 @@ fn hub_model_configs_parse_and_validate() {
         let dims = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/models").join(shape(file));
         let model = arbor::model::ModelConfig::from_hf_file(&dims.join("config.json")).unwrap();
         let lengths = Lengths { prompt: 256, sequence: 0 };
-        let plan = MemoryPlan::of(&cfg, &model, lengths, 1, LARGE_GPU_HEAD_CHUNK).unwrap();
+        let plan = MemoryPlan::of(&cfg, (&model, &model), lengths, 1, LARGE_GPU_HEAD_CHUNK).unwrap();
         println!("{file}:\n{}", plan.lines(Some(80 << 30)).join("\n"));
         assert!(plan.over(76 << 30).is_none(), "{file}: {:?}", plan.over(76 << 30));
         n += 1;

@@ -42,7 +42,7 @@ fn the_plan_follows_the_keys_that_size_each_part() {
     let m = qwen3();
     let lengths = Lengths { prompt: 200, sequence: 0 };
     let p = m.num_params() as u128;
-    let plan = |cfg: &RunConfig| MemoryPlan::of(cfg, &m, lengths, 1, LARGE_GPU_HEAD_CHUNK).unwrap();
+    let plan = |cfg: &RunConfig| MemoryPlan::of(cfg, (&m, &m), lengths, 1, LARGE_GPU_HEAD_CHUNK).unwrap();
 
     let base = plan(&job("", "", "[loss]\nkl_coef = 0.0\n"));
     assert_eq!(part(&base, "policy").bytes, 18 * p, "f32 weights, gradients, moments and a bf16 image");
@@ -81,20 +81,21 @@ fn the_plan_follows_the_keys_that_size_each_part() {
     let critics = plan(&job("", "", "[loss]\nkl_coef = 0.0\n[critic]\ncount = 2\n"));
     assert_eq!(part(&critics, "2 critics").bytes, 2 * 18 * p);
     // data parallelism splits the step's samples (and the slots they need) over the ranks
-    let dp8 = MemoryPlan::of(&job("", "", "[loss]\nkl_coef = 0.0\n"), &m, lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
+    let dp8 =
+        MemoryPlan::of(&job("", "", "[loss]\nkl_coef = 0.0\n"), (&m, &m), lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
     assert!(part(&dp8, "RL update").what.contains("up to 78336 tokens"));
     assert!(part(&dp8, "generation").what.contains("64 sequences"));
     // the optimizer's moments sharded over the 8 ranks: 8 + 1 + 2 bytes a parameter
     let mut sharded = job("", "", "[loss]\nkl_coef = 0.0\n");
     sharded.parallel.shard_optimizer = true;
-    let sharded = MemoryPlan::of(&sharded, &m, lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
+    let sharded = MemoryPlan::of(&sharded, (&m, &m), lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
     assert_eq!(part(&sharded, "policy").bytes, 8 * p + p + 2 * p);
     assert!(part(&sharded, "policy").what.contains("1/8 of the AdamW moments"));
     // the held-out evaluation's generation where it takes more slots than a step's
     let mut evals = job("", "", "[loss]\nkl_coef = 0.0\n");
     let rl = evals.rl.as_mut().unwrap();
     (rl.eval_problems, rl.eval_samples) = (500, 4);
-    let evals = MemoryPlan::of(&evals, &m, lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
+    let evals = MemoryPlan::of(&evals, (&m, &m), lengths, 8, LARGE_GPU_HEAD_CHUNK).unwrap();
     assert!(part(&evals, "generation").what.contains("250 sequences"));
 }
 
@@ -102,7 +103,7 @@ fn the_plan_follows_the_keys_that_size_each_part() {
 fn a_plan_over_the_devices_memory_names_its_keys() {
     let m = qwen3();
     let cfg = job("", "", "[loss]\nkl_coef = 0.0\n");
-    let plan = MemoryPlan::of(&cfg, &m, Lengths { prompt: 200, sequence: 0 }, 1, LARGE_GPU_HEAD_CHUNK).unwrap();
+    let plan = MemoryPlan::of(&cfg, (&m, &m), Lengths { prompt: 200, sequence: 0 }, 1, LARGE_GPU_HEAD_CHUNK).unwrap();
     let over = plan.over(80 << 30).expect("626688 tokens of activations do not fit 80 GiB");
     assert!(over.contains("rl.micro_batch_tokens") && over.contains("GiB"), "{over}");
     assert!(plan.over(u64::MAX).is_none());

@@ -22,7 +22,7 @@ use crate::rollout::slots::{run_requests, LoopStep};
 use crate::rollout::{Completion, GenerateConfig, Request};
 
 /// Rows one step may hold (prompt chunks wait for the next step beyond it).
-pub const MAX_ROWS: usize = 8192;
+pub const MAX_ROWS: usize = crate::tensor::backend::GPU_DECODE_ROWS;
 
 impl GpuDecoder {
     /// `rollout::generate` on the GPU: continuous batching over `cfg.max_batch` device KV-cache

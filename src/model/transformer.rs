@@ -224,7 +224,7 @@ impl Model {
 
         be.embedding_forward(B::m(&mut ws.resid_in[0], nc.clone()), B::r(p, lay.embed..lay.embed + v * c), dev, c)?;
         for l in 0..cfg.num_layers {
-            let k = if ws.checkpointing() { 0 } else { l };
+            let k = ws.slot(l);
             let (ins, outs) = ws.resid_in.split_at_mut(l + 1);
             let a = &mut ws.layers[k];
             self.attention_block(on, l, (&ins[l], a, &mut ws.attn_scratch), dev, n)?;
@@ -316,12 +316,13 @@ impl Model {
                 // the layer's activations again, from its saved input (the shared set holds the
                 // last layer's already, from the forward)
                 if l + 1 < cfg.num_layers {
-                    let a = &mut ws.layers[0];
+                    let k = ws.slot(l);
+                    let a = &mut ws.layers[k];
                     self.attention_block(on, l, (&ws.resid_in[l], a, &mut ws.attn_scratch), dev, n)?;
                     self.mlp_block(on, l, a, None, n)?;
                 }
             }
-            let a = &ws.layers[if ws.checkpointing() { 0 } else { l }];
+            let a = &ws.layers[ws.slot(l)];
             // MLP: resid_out = resid_mid + act · Wdownᵀ
             let (dr, ni, n2i) = (|| B::r(&ws.dresid, 0..n * c), 0..n * inter, 0..n * 2 * inter);
             let wd = o.down_w..o.down_w + c * inter;

@@ -53,7 +53,7 @@ pub struct Workspace<B: Backend = Cpu> {
     /// [N, C] the residual stream entering each layer (kept for every layer in both modes).
     pub resid_in: Vec<B::Buf>,
     /// The layers' saved activations: one per layer, or the one set every layer shares with
-    /// checkpointing (read a layer's through [`Workspace::acts`]).
+    /// checkpointing (a layer's is at [`Workspace::slot`]).
     pub layers: Vec<LayerActs<B>>,
     /// [N, C] residual after the last layer; [N, C] final norm output; `[N]` its 1/rms.
     pub resid_out: B::Buf,
@@ -247,16 +247,20 @@ impl<B: Backend> Workspace<B> {
         }
     }
 
-    /// Layer `l`'s saved activations: its own, or with checkpointing the shared set (which holds
-    /// layer `l`'s only right after the forward of that layer ran into it).
-    pub fn acts(&self, l: usize) -> &LayerActs<B> {
-        &self.layers[if self.checkpointing { 0 } else { l }]
+    /// The index in [`Workspace::layers`] of layer `l`'s activations: its own, or with
+    /// checkpointing the shared set (which holds layer `l`'s only right after the forward of that
+    /// layer ran into it).
+    pub fn slot(&self, l: usize) -> usize {
+        if self.checkpointing {
+            0
+        } else {
+            l
+        }
     }
 
-    /// [`Workspace::acts`], mutable.
-    pub fn acts_mut(&mut self, l: usize) -> &mut LayerActs<B> {
-        let k = if self.checkpointing { 0 } else { l };
-        &mut self.layers[k]
+    /// Layer `l`'s saved activations (see [`Workspace::slot`]).
+    pub fn acts(&self, l: usize) -> &LayerActs<B> {
+        &self.layers[self.slot(l)]
     }
 
     /// Grow the buffers to hold `n` tokens (no-op when they already do).

@@ -325,3 +325,7 @@ pub trait Backend {
 pub fn gpu_head_chunk(total_mem: u64) -> usize {
     (total_mem / 16 / 4).clamp(1 << 24, 1 << 30) as usize
 }
+
+/// Rows one GPU decode step may hold (`cuda::generate::MAX_ROWS`: a prefill's prompt chunks wait
+/// for the next step beyond it; the memory plan sizes the decode buffers by it).
+pub const GPU_DECODE_ROWS: usize = 8192;

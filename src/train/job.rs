@@ -136,7 +136,6 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
     let adam = AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay };
     let mut opt = AdamW::for_layout(adam, &model.params.layout);
     let (mut start, mut nonfinite_in_a_row) = (0u64, 0u64);
-    let own = |opt: AdamW| own_part(opt, cfg, grid);
     let (mut rl_before, mut sampling, mut rl_best) = (None, None, None);
     if let Some((dir, state, exp_avg, exp_avg_sq)) = resumed {
         if state.seed != cfg.run.seed {
@@ -230,7 +229,7 @@ fn prepare(cfg: &RunConfig, resume: Option<&Path>, grid: &Grid, log: &mut dyn Wr
         _ => None,
     };
     // (a resume loaded the whole optimizer's moments: a sharding rank keeps its part)
-    let opt = own(opt);
+    let opt = own_part(opt, cfg, grid);
     Ok(Prepared {
         resume: resume_path,
         codec,
@@ -468,7 +467,8 @@ fn memory_plan_lines(
         Some(n) => (n / tp, model.cfg.clone()),
         None => (grid.dp.size(), model.cfg.clone()),
     };
-    let plan = MemoryPlan::of(cfg, &shard, Lengths::of(task, codec)?, dp, head_chunk)?;
+    let full = model.full_config();
+    let plan = MemoryPlan::of(cfg, (&shard, full), Lengths::of(task, codec)?, dp, head_chunk)?;
     let mut lines = plan.lines(device.map(|d| d.0));
     if let Some(over) = device.and_then(|d| plan.over(d.0)) {
         lines.push(format!("warning: {over}"));

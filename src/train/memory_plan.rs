@@ -29,9 +29,6 @@ pub use crate::tensor::backend::gpu_head_chunk;
 /// The LM-head chunk of a GPU of 64 GiB or more, where the plan does not know the device.
 pub const LARGE_GPU_HEAD_CHUNK: usize = 1 << 30;
 
-/// Decode-step rows of the GPU's prefill (`cuda::generate::MAX_ROWS`).
-const DECODE_ROWS: usize = 8192;
-
 /// One part of the plan: what it is, its bytes, and the keys that size it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
@@ -84,11 +81,12 @@ fn gib(b: u128) -> f64 {
 
 impl MemoryPlan {
     /// The plan of a training rank of `cfg` whose model is `model` (this rank's shard under
-    /// tensor parallelism), `dp` data-parallel ranks, problems of `lengths`, and an LM-head chunk
-    /// of `head_chunk` logits (the device's: [`LARGE_GPU_HEAD_CHUNK`] where unknown).
+    /// tensor parallelism, of the whole model `full`, which the critics' sizes derive from), `dp`
+    /// data-parallel ranks, problems of `lengths`, and an LM-head chunk of `head_chunk` logits (the
+    /// device's: [`LARGE_GPU_HEAD_CHUNK`] where unknown).
     pub fn of(
         cfg: &RunConfig,
-        model: &ModelConfig,
+        (model, full): (&ModelConfig, &ModelConfig),
         lengths: Lengths,
         dp: usize,
         head_chunk: usize,
@@ -119,7 +117,7 @@ impl MemoryPlan {
             });
         }
         if let Some(c) = &cfg.critic {
-            let p = c.model_config(model)?.num_params() as u128;
+            let p = c.model_config(full)?.num_params() as u128;
             resident.push(Part {
                 what: format!("{} critics of {p} parameters: weights, gradients, AdamW moments{image}", c.count),
                 bytes: c.count as u128 * state(p, 1),
@@ -152,7 +150,7 @@ impl MemoryPlan {
             let kv_elem = if bf16 { 2 } else { 4 };
             let kv = 2 * (model.num_layers * model.kv_cache_elems(slots, len) * kv_elem) as u128;
             let row = 2 * model.hidden_size + model.qkv_dim() + model.attn_dim() + 3 * model.intermediate_size;
-            let decode = 4 * (DECODE_ROWS * row + slots * model.vocab_size) as u128;
+            let decode = 4 * (crate::tensor::backend::GPU_DECODE_ROWS * row + slots * model.vocab_size) as u128;
             phases.push(Part {
                 what: format!("generation: KV cache of {slots} sequences × {len} positions, decode buffers"),
                 bytes: kv + decode,
